@@ -1,0 +1,6 @@
+"""The feature cache: Zarr v3 stores of frozen-backbone features, their writer and their reader."""
+
+from isegprobe.cache.reader import CachedDataset
+from isegprobe.cache.store import FeatureStore
+
+__all__ = ["CachedDataset", "FeatureStore"]

@@ -1,0 +1,45 @@
+"""The attrs an extraction writes: enough to trust, reproduce and refuse to mix stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from isegprobe import __version__
+from isegprobe.cache.schema import COMPRESSOR, SCHEMA_VERSION
+
+
+def build_attrs(
+    provenance: dict[str, Any],
+    dataset: dict[str, Any],
+    item_ids: list[str],
+    views: list[str],
+    size: int,
+    resize: str,
+    items_per_shard: int,
+) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "package": {"name": "isegprobe", "version": __version__},
+        "featurizer": provenance,
+        "preprocessing": {
+            "size": size,
+            "resize": resize,
+            "mean": list(provenance["mean"]),
+            "std": list(provenance["std"]),
+            "image_interpolation": "bilinear",
+            "mask_interpolation": "nearest",
+        },
+        "views": views,
+        "dataset": dataset,
+        "item_ids": item_ids,
+        "layout": {
+            "items_per_shard": items_per_shard,
+            "chunks": "one chunk per (item, view); shards hold items_per_shard whole items",
+            "compressor": COMPRESSOR,
+        },
+        "completion": {
+            "array": "done",
+            "meaning": "done[i] == 1 once every array of item i is on disk",
+            "items_done": 0,
+        },
+    }

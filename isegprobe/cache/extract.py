@@ -1,0 +1,223 @@
+"""Stage one: run the frozen featurizer once over a dataset and fill a feature store.
+
+Resumable by construction: work is done shard by shard, a shard is written atomically after its features exist,
+and the `done` record says which items are finished. Under torchrun each rank takes every WORLD_SIZE-th shard.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from isegprobe.cache.attrs import build_attrs
+from isegprobe.cache.schema import mismatches, store_name
+from isegprobe.cache.store import FeatureStore
+from isegprobe.data import SampleSource, create_dataset
+from isegprobe.data.preprocess import ViewSpec, make_view, normalize_images, parse_views
+from isegprobe.errors import UserError
+from isegprobe.featurizers import Featurizer, create_featurizer
+
+
+@dataclass
+class ExtractionRequest:
+    featurizer: str
+    weights: str
+    dataset: str
+    root: str | None
+    split: str
+    size: int
+    views: str = "identity,hflip"
+    resize: str = "stretch"
+    batch_size: int = 8
+    device: str = "cpu"
+    out: str = "cache"
+    overwrite: bool = False
+    items_per_shard: int = 16
+    workers: int = 2
+
+
+@dataclass
+class ExtractionResult:
+    path: Path
+    items_total: int
+    items_extracted: int
+    seconds: float
+    nbytes: int
+
+
+class _ItemViews(Dataset):
+    """Item index -> every view of that item as numpy arrays; runs in DataLoader workers."""
+
+    def __init__(self, source: SampleSource, indices: list[int], specs: list[ViewSpec], size: int, resize: str):
+        self.source, self.indices, self.specs, self.size, self.resize = source, indices, specs, size, resize
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index = self.indices[position]
+        sample = self.source[index]
+        views = [make_view(sample, spec, self.size, self.resize, seed=index * 1009 + v) for v, spec in enumerate(self.specs)]
+        return {
+            "index": index,
+            "images": np.stack([view.image for view in views]),
+            "labels": np.stack([view.labels for view in views]),
+            "ignore": np.stack([view.ignore for view in views]),
+            "valid_box": np.array([view.valid_box for view in views], np.int32),
+            "crop_box": np.array([view.crop_box for view in views], np.int32),
+            "original_size": np.array(sample.image.shape[:2], np.int32),
+        }
+
+
+_ITEM_ARRAYS = ("images", "labels", "ignore", "valid_box", "crop_box", "original_size")
+
+
+def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    return batch[0]
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _open_or_create(path: Path, wanted: dict[str, Any], featurizer: Featurizer, overwrite: bool, rank: int) -> FeatureStore:
+    """Rank 0 creates (or checks) the store; the others open it after a barrier."""
+    if rank == 0:
+        if path.exists() and not overwrite:
+            if not (path / "zarr.json").is_file():
+                raise UserError(f"--out: {path} exists and is not a feature store; remove it or pass --overwrite")
+            store = FeatureStore.open(path, mode="r+")
+            problems = mismatches(store.attrs, wanted) if "featurizer" in store.attrs else ["the store has no attrs"]
+            if problems:
+                raise UserError(
+                    f"{path}: refusing to add to a store made differently:\n  "
+                    + "\n  ".join(problems)
+                    + "\nPass --overwrite to replace it, or choose another --out."
+                )
+        else:
+            grid = _feature_grid(featurizer, wanted["preprocessing"]["size"])
+            store = FeatureStore.create(path, wanted, dim=featurizer.dim, grid=grid)
+    _barrier()
+    return store if rank == 0 else FeatureStore.open(path, mode="r+")
+
+
+def _feature_grid(featurizer: Featurizer, size: int) -> tuple[int, int]:
+    if size % featurizer.patch_size:
+        raise UserError(f"--size {size}: must be a multiple of the featurizer's patch size {featurizer.patch_size}")
+    return size // featurizer.patch_size, size // featurizer.patch_size
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.inference_mode()
+def _forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """uint8 [M, S, S, 3] -> float16 [M, C, h, w], in batches of `batch_size` images."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(images[start : start + batch_size]).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        with _autocast(device):
+            features = featurizer(normalize_images(chunk, featurizer.mean, featurizer.std))
+        outputs.append(features.to(torch.float16).cpu().numpy())
+    return np.concatenate(outputs)
+
+
+def _pending_shards(store: FeatureStore, rank: int, world: int) -> list[range]:
+    done = store.done_mask()
+    return [items for shard, items in enumerate(store.shard_ranges()) if shard % world == rank and not done[items.start : items.stop].all()]
+
+
+def _shard_batches(loader: DataLoader, shards: list[range]) -> Iterator[tuple[range, list[dict[str, Any]]]]:
+    """Regroup the per-item stream from the loader into whole shards."""
+    stream = iter(loader)
+    for items in shards:
+        yield items, [next(stream) for _ in items]
+
+
+def extract(request: ExtractionRequest) -> ExtractionResult:
+    """Fill (or finish) the store for `request`; returns where it is and how much work was done."""
+    started = time.perf_counter()
+    rank, world = _rank_and_world()
+    specs = parse_views(request.views)
+    if request.batch_size < 1:
+        raise UserError(f"--batch-size: expected a positive number, got {request.batch_size}")
+    device = torch.device(request.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    source = create_dataset(request.dataset, request.root, request.split)
+    featurizer = create_featurizer(request.featurizer, weights=request.weights).to(device)
+    dataset_attrs = {"name": request.dataset.lower(), "split": request.split, "root": str(source.root), "num_items": len(source)}
+    wanted = build_attrs(
+        featurizer.provenance, dataset_attrs, list(source.ids()), [s.name for s in specs], request.size, request.resize,
+        request.items_per_shard,
+    )
+    path = Path(request.out) / store_name(request.featurizer, request.dataset.lower(), request.split, request.size)
+    store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
+    shards = _pending_shards(store, rank, world)
+    indices = [index for items in shards for index in items]
+    if indices:
+        _run(store, featurizer, source, specs, request, device, shards, indices, show_progress=rank == 0)
+    _barrier()
+    if rank == 0:
+        store.record_progress()
+    return ExtractionResult(path, store.num_items, len(indices), time.perf_counter() - started, store.nbytes_on_disk())
+
+
+def _run(
+    store: FeatureStore,
+    featurizer: Featurizer,
+    source: SampleSource,
+    specs: list[ViewSpec],
+    request: ExtractionRequest,
+    device: torch.device,
+    shards: list[range],
+    indices: list[int],
+    show_progress: bool,
+) -> None:
+    loader = DataLoader(
+        _ItemViews(source, indices, specs, request.size, request.resize),
+        batch_size=1,
+        collate_fn=_single,
+        num_workers=request.workers,
+        prefetch_factor=4 if request.workers else None,
+    )
+    progress = tqdm(total=len(indices) * len(specs), unit="img", desc="extract", disable=not show_progress, file=sys.stderr)
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: Future | None = None
+        for items, records in _shard_batches(loader, shards):
+            images = np.concatenate([record["images"] for record in records])
+            features = _forward(featurizer, images, request.batch_size, device)
+            arrays = {
+                "features": features.reshape(len(records), len(specs), *features.shape[1:]),
+                **{key: np.stack([record[key] for record in records]) for key in _ITEM_ARRAYS},
+            }
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(store.write_items, items, arrays)
+            progress.update(len(images))
+        if pending is not None:
+            pending.result()
+    progress.close()

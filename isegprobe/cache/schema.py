@@ -1,0 +1,86 @@
+"""What a feature store holds: array names, shapes, chunking and codecs, and the attrs that make it trustworthy.
+
+Everything here is written as plain Zarr v3 metadata, so `zarr.open(path)` (or any Zarr v3 reader) sees the
+arrays and `zarr.json` is readable JSON without this package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+ARRAY_NAMES = ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size", "done")
+
+# Keys of the featurizer provenance that decide whether two extractions give the same features.
+FEATURIZER_IDENTITY_KEYS = ("name", "architecture", "output", "weights_sha256", "random_seed", "patch_size", "dim")
+
+COMPRESSOR = {"name": "blosc", "cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array of the store: its per-item-view shape, dtype, and whether it has a view axis."""
+
+    name: str
+    item_shape: tuple[int, ...]
+    dtype: str
+    per_view: bool = True
+
+    def shape(self, num_items: int, num_views: int) -> tuple[int, ...]:
+        prefix = (num_items, num_views) if self.per_view else (num_items,)
+        return prefix + self.item_shape
+
+    def chunks(self) -> tuple[int, ...]:
+        """One chunk per item-view: the unit a training step reads."""
+        return ((1, 1) if self.per_view else (1,)) + self.item_shape
+
+    def shards(self, items_per_shard: int, num_views: int) -> tuple[int, ...]:
+        """A shard holds whole items (all views), so a writer that owns an item range owns whole shard files."""
+        return ((items_per_shard, num_views) if self.per_view else (items_per_shard,)) + self.item_shape
+
+
+def array_specs(dim: int, grid: tuple[int, int], size: int) -> list[ArraySpec]:
+    return [
+        ArraySpec("features", (dim, *grid), "float16"),
+        ArraySpec("images", (size, size, 3), "uint8"),
+        ArraySpec("labels", (size, size), "uint16"),
+        ArraySpec("ignore", (size, size), "bool"),
+        ArraySpec("valid_box", (4,), "int32"),
+        ArraySpec("crop_box", (4,), "int32"),
+        ArraySpec("original_size", (2,), "int32", per_view=False),
+        ArraySpec("done", (), "uint8", per_view=False),
+    ]
+
+
+def store_name(featurizer: str, dataset: str, split: str, size: int) -> str:
+    """`vit_small_patch14_dinov2-grabcut-test-448.zarr`: one store per featurizer x dataset x split x size."""
+    safe = "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in featurizer)
+    return f"{safe}-{dataset}-{split}-{size}.zarr"
+
+
+def mismatches(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Human-readable differences between a store's attrs and what an extraction would write."""
+    problems = []
+    for key in FEATURIZER_IDENTITY_KEYS:
+        old, new = existing["featurizer"].get(key), wanted["featurizer"].get(key)
+        if old != new:
+            problems.append(f"featurizer {key}: store has {old!r}, this run has {new!r}")
+    for section in ("preprocessing", "views"):
+        if existing[section] != wanted[section]:
+            problems.append(f"{section}: store has {existing[section]!r}, this run has {wanted[section]!r}")
+    for key in ("name", "split"):
+        if existing["dataset"][key] != wanted["dataset"][key]:
+            problems.append(f"dataset {key}: store has {existing['dataset'][key]!r}, this run has {wanted['dataset'][key]!r}")
+    if existing["item_ids"] != wanted["item_ids"]:
+        problems.append(
+            f"items: store has {len(existing['item_ids'])} items, the dataset now has {len(wanted['item_ids'])} "
+            "or they differ in name/order"
+        )
+    return problems
+
+
+def empty_item(spec: ArraySpec, num_views: int) -> np.ndarray:
+    return np.zeros(((num_views,) if spec.per_view else ()) + spec.item_shape, dtype=spec.dtype)

@@ -1,0 +1,126 @@
+"""The feature store on disk: one Zarr v3 group per (featurizer, dataset, split, working size).
+
+Writes go through zarr-python, one whole shard at a time: a shard file is replaced atomically, so an interrupted
+extraction loses at most the shard in flight, and the `done` record is written after the data it vouches for.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from isegprobe.cache.schema import COMPRESSOR, SCHEMA_VERSION, ArraySpec, array_specs
+from isegprobe.errors import UserError
+
+
+class FeatureStore:
+    """A handle on one store; `attrs` is the plain-JSON description written at creation."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self.group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> FeatureStore:
+        """Open an existing store; raises UserError if `path` is not one."""
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise UserError(f"{path}: not a feature store (no zarr.json); create one with `isegprobe extract-features`")
+        group = zarr.open_group(str(path), mode=mode)
+        if group.attrs.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(
+                f"{path}: store schema version {group.attrs.get('schema_version')!r}, this isegprobe reads {SCHEMA_VERSION}"
+            )
+        return cls(path, group)
+
+    @classmethod
+    def create(cls, path: str | Path, attrs: Mapping[str, Any], dim: int, grid: tuple[int, int]) -> FeatureStore:
+        """Make an empty store whose arrays are sized for `attrs['item_ids']` and `attrs['views']`."""
+        path = Path(path)
+        if path.exists():
+            shutil.rmtree(path)
+        num_items, num_views = len(attrs["item_ids"]), len(attrs["views"])
+        items_per_shard = attrs["layout"]["items_per_shard"]
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        for spec in array_specs(dim, grid, attrs["preprocessing"]["size"]):
+            zarr.create_array(
+                group.store,
+                name=spec.name,
+                shape=spec.shape(num_items, num_views),
+                dtype=spec.dtype,
+                chunks=spec.chunks(),
+                shards=spec.shards(items_per_shard, num_views),
+                compressors=_compressor(spec),
+                fill_value=0,
+                dimension_names=_dimension_names(spec),
+            )
+        group.attrs.update(dict(attrs))
+        return cls(path, group)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.attrs["item_ids"])
+
+    @property
+    def num_views(self) -> int:
+        return len(self.attrs["views"])
+
+    @property
+    def items_per_shard(self) -> int:
+        return int(self.attrs["layout"]["items_per_shard"])
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        return tuple(self.group["features"].shape[2:])
+
+    def shard_ranges(self) -> list[range]:
+        step = self.items_per_shard
+        return [range(start, min(start + step, self.num_items)) for start in range(0, self.num_items, step)]
+
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.group["done"][:]).astype(bool)
+
+    def write_items(self, items: range, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write every array for the contiguous `items` (one shard), then mark them done."""
+        window = slice(items.start, items.stop)
+        for name, values in arrays.items():
+            if name != "done":
+                self.group[name][window] = values
+        self.group["done"][window] = 1
+
+    def record_progress(self) -> None:
+        """Refresh the item count in the attrs (the per-item truth is the `done` array)."""
+        completion = dict(self.attrs["completion"])
+        completion["items_done"] = int(self.done_mask().sum())
+        self.group.attrs["completion"] = completion
+        self.attrs["completion"] = completion
+
+    def nbytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def _compressor(spec: ArraySpec) -> BloscCodec:
+    itemsize = np.dtype(spec.dtype).itemsize
+    shuffle = BloscShuffle.shuffle if itemsize > 1 else BloscShuffle.noshuffle
+    return BloscCodec(cname=COMPRESSOR["cname"], clevel=COMPRESSOR["clevel"], shuffle=shuffle, typesize=itemsize)
+
+
+def _dimension_names(spec: ArraySpec) -> tuple[str, ...]:
+    names = {
+        "features": ("channel", "y", "x"),
+        "images": ("y", "x", "rgb"),
+        "labels": ("y", "x"),
+        "ignore": ("y", "x"),
+        "valid_box": ("box",),
+        "crop_box": ("box",),
+        "original_size": ("hw",),
+        "done": (),
+    }[spec.name]
+    return (("item", "view") if spec.per_view else ("item",)) + names

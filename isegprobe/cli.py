@@ -1,0 +1,27 @@
+"""The `isegprobe` command: one click group, one module per subcommand under `isegprobe/commands/`."""
+
+from __future__ import annotations
+
+import click
+
+from isegprobe import __version__
+from isegprobe.commands.extract import extract_features
+from isegprobe.commands.quickstart import quickstart
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="isegprobe")
+def main() -> None:
+    """Probe frozen vision foundation models and feature upsamplers with interactive segmentation.
+
+    \b
+    Stage one runs the frozen backbone once per dataset and caches its features:
+        isegprobe extract-features --featurizer vit_small_patch14_dinov2 --weights hub \\
+            --dataset grabcut --root data/GrabCut --size 448 --out cache/
+    Stage two trains and evaluates probes from that cache.
+    Try `isegprobe quickstart` for the whole pipeline on the built-in data, on CPU, in a few minutes.
+    """
+
+
+main.add_command(extract_features)
+main.add_command(quickstart)

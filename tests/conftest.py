@@ -1,0 +1,31 @@
+"""Shared fixtures: the real GrabCut benchmark from ../shared, and small trees made from it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+GRABCUT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "GrabCut"
+
+
+@pytest.fixture(scope="session")
+def grabcut_root() -> Path:
+    if not (GRABCUT_ROOT / "data_GT").is_dir():
+        pytest.skip(f"real GrabCut data not found at {GRABCUT_ROOT} (expected ../shared/data/GrabCut beside the repo)")
+    return GRABCUT_ROOT
+
+
+@pytest.fixture()
+def grabcut_three(grabcut_root: Path, tmp_path: Path) -> Path:
+    """Three real GrabCut images (one .bmp, one .JPG, one .jpg) in the GrabCut layout, in a temporary folder."""
+    root = tmp_path / "GrabCut3"
+    (root / "data_GT").mkdir(parents=True)
+    (root / "boundary_GT").mkdir()
+    images = sorted((grabcut_root / "data_GT").iterdir())
+    chosen = [next(p for p in images if p.suffix == suffix) for suffix in (".bmp", ".JPG", ".jpg")]
+    for image in chosen:
+        shutil.copy(image, root / "data_GT" / image.name)
+        shutil.copy(grabcut_root / "boundary_GT" / f"{image.stem}.bmp", root / "boundary_GT" / f"{image.stem}.bmp")
+    return root

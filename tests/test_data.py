@@ -44,7 +44,9 @@ def test_builtin_scenes_are_deterministic_and_masks_exact():
 
 def test_views_flip_and_scale_crop_move_masks_with_images():
     sample = create_dataset("builtin", split="train")[0]
-    identity, hflip, zoom = (make_view(sample, spec, 64, "stretch", seed=7) for spec in parse_views("identity,hflip,scale2"))
+    identity, hflip, zoom = (
+        make_view(sample, spec, 64, "stretch", seed=7) for spec in parse_views("identity,hflip,scale2")
+    )
     assert np.array_equal(hflip.labels, identity.labels[:, ::-1])
     y0, x0, y1, x1 = zoom.crop_box
     assert (y1 - y0, x1 - x0) == (120, 160)

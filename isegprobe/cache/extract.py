@@ -6,7 +6,6 @@ and the `done` record says which items are finished. Under torchrun each rank ta
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -26,6 +24,7 @@ from isegprobe.cache.schema import mismatches, store_name
 from isegprobe.cache.store import FeatureStore
 from isegprobe.data import SampleSource, create_dataset
 from isegprobe.data.preprocess import ViewSpec, make_view, normalize_images, parse_views
+from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer, create_featurizer
 
@@ -69,7 +68,9 @@ class _ItemViews(Dataset):
     def __getitem__(self, position: int) -> dict[str, Any]:
         index = self.indices[position]
         sample = self.source[index]
-        views = [make_view(sample, spec, self.size, self.resize, seed=index * 1009 + v) for v, spec in enumerate(self.specs)]
+        views = [
+            make_view(sample, spec, self.size, self.resize, seed=index * 1009 + v) for v, spec in enumerate(self.specs)
+        ]
         return {
             "index": index,
             "images": np.stack([view.image for view in views]),
@@ -88,35 +89,29 @@ def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _open_or_create(path: Path, wanted: dict[str, Any], featurizer: Featurizer, overwrite: bool, rank: int) -> FeatureStore:
-    """Rank 0 creates (or checks) the store; the others open it after a barrier."""
+def _open_or_create(
+    path: Path, wanted: dict[str, Any], featurizer: Featurizer, overwrite: bool, rank: int
+) -> FeatureStore:
+    """Every rank checks an existing store; only rank 0 creates a new one, the others open it after a barrier."""
+    existed = path.exists()
+    barrier()
+    if existed and not overwrite:
+        if not (path / "zarr.json").is_file():
+            raise UserError(f"--out: {path} exists and is not a feature store; remove it or pass --overwrite")
+        store = FeatureStore.open(path, mode="r+")
+        problems = mismatches(store.attrs, wanted) if "featurizer" in store.attrs else ["the store has no attrs"]
+        if problems:
+            raise UserError(
+                f"{path}: refusing to add to a store made differently:\n  "
+                + "\n  ".join(problems)
+                + "\nPass --overwrite to replace it, or choose another --out."
+            )
+        return store
     if rank == 0:
-        if path.exists() and not overwrite:
-            if not (path / "zarr.json").is_file():
-                raise UserError(f"--out: {path} exists and is not a feature store; remove it or pass --overwrite")
-            store = FeatureStore.open(path, mode="r+")
-            problems = mismatches(store.attrs, wanted) if "featurizer" in store.attrs else ["the store has no attrs"]
-            if problems:
-                raise UserError(
-                    f"{path}: refusing to add to a store made differently:\n  "
-                    + "\n  ".join(problems)
-                    + "\nPass --overwrite to replace it, or choose another --out."
-                )
-        else:
-            grid = _feature_grid(featurizer, wanted["preprocessing"]["size"])
-            store = FeatureStore.create(path, wanted, dim=featurizer.dim, grid=grid)
-    _barrier()
+        store = FeatureStore.create(
+            path, wanted, dim=featurizer.dim, grid=_feature_grid(featurizer, wanted["preprocessing"]["size"])
+        )
+    barrier()
     return store if rank == 0 else FeatureStore.open(path, mode="r+")
 
 
@@ -147,7 +142,11 @@ def _forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device
 
 def _pending_shards(store: FeatureStore, rank: int, world: int) -> list[range]:
     done = store.done_mask()
-    return [items for shard, items in enumerate(store.shard_ranges()) if shard % world == rank and not done[items.start : items.stop].all()]
+    return [
+        items
+        for shard, items in enumerate(store.shard_ranges())
+        if shard % world == rank and not done[items.start : items.stop].all()
+    ]
 
 
 def _shard_batches(loader: DataLoader, shards: list[range]) -> Iterator[tuple[range, list[dict[str, Any]]]]:
@@ -160,18 +159,27 @@ def _shard_batches(loader: DataLoader, shards: list[range]) -> Iterator[tuple[ra
 def extract(request: ExtractionRequest) -> ExtractionResult:
     """Fill (or finish) the store for `request`; returns where it is and how much work was done."""
     started = time.perf_counter()
-    rank, world = _rank_and_world()
     specs = parse_views(request.views)
     if request.batch_size < 1:
         raise UserError(f"--batch-size: expected a positive number, got {request.batch_size}")
-    device = torch.device(request.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if request.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    rank, world, device = init_from_env(request.device)
     source = create_dataset(request.dataset, request.root, request.split)
     featurizer = create_featurizer(request.featurizer, weights=request.weights).to(device)
-    dataset_attrs = {"name": request.dataset.lower(), "split": request.split, "root": str(source.root), "num_items": len(source)}
+    dataset_attrs = {
+        "name": request.dataset.lower(),
+        "split": request.split,
+        "root": str(source.root),
+        "num_items": len(source),
+    }
     wanted = build_attrs(
-        featurizer.provenance, dataset_attrs, list(source.ids()), [s.name for s in specs], request.size, request.resize,
+        featurizer.provenance,
+        dataset_attrs,
+        list(source.ids()),
+        [s.name for s in specs],
+        request.size,
+        request.resize,
         request.items_per_shard,
     )
     path = Path(request.out) / store_name(request.featurizer, request.dataset.lower(), request.split, request.size)
@@ -180,7 +188,7 @@ def extract(request: ExtractionRequest) -> ExtractionResult:
     indices = [index for items in shards for index in items]
     if indices:
         _run(store, featurizer, source, specs, request, device, shards, indices, show_progress=rank == 0)
-    _barrier()
+    barrier()
     if rank == 0:
         store.record_progress()
     return ExtractionResult(path, store.num_items, len(indices), time.perf_counter() - started, store.nbytes_on_disk())
@@ -204,7 +212,9 @@ def _run(
         num_workers=request.workers,
         prefetch_factor=4 if request.workers else None,
     )
-    progress = tqdm(total=len(indices) * len(specs), unit="img", desc="extract", disable=not show_progress, file=sys.stderr)
+    progress = tqdm(
+        total=len(indices) * len(specs), unit="img", desc="extract", disable=not show_progress, file=sys.stderr
+    )
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: Future | None = None
         for items, records in _shard_batches(loader, shards):

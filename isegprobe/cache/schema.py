@@ -73,7 +73,9 @@ def mismatches(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
             problems.append(f"{section}: store has {existing[section]!r}, this run has {wanted[section]!r}")
     for key in ("name", "split"):
         if existing["dataset"][key] != wanted["dataset"][key]:
-            problems.append(f"dataset {key}: store has {existing['dataset'][key]!r}, this run has {wanted['dataset'][key]!r}")
+            problems.append(
+                f"dataset {key}: store has {existing['dataset'][key]!r}, this run has {wanted['dataset'][key]!r}"
+            )
     if existing["item_ids"] != wanted["item_ids"]:
         problems.append(
             f"items: store has {len(existing['item_ids'])} items, the dataset now has {len(wanted['item_ids'])} "

@@ -36,7 +36,8 @@ class FeatureStore:
         group = zarr.open_group(str(path), mode=mode)
         if group.attrs.get("schema_version") != SCHEMA_VERSION:
             raise UserError(
-                f"{path}: store schema version {group.attrs.get('schema_version')!r}, this isegprobe reads {SCHEMA_VERSION}"
+                f"{path}: store schema version {group.attrs.get('schema_version')!r}, "
+                f"this isegprobe reads {SCHEMA_VERSION}"
             )
         return cls(path, group)
 

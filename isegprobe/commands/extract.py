@@ -19,19 +19,60 @@ def human_bytes(count: int) -> str:
 
 
 @click.command("extract-features")
-@click.option("--featurizer", required=True, help="A timm ViT name (vit_small_patch14_dinov2, ...), NAME:keys for the last block's attention keys, or maskclip.")
-@click.option("--weights", default="hub", show_default=True, help="hub (timm's pretrained weights, needs the internet), random (meaningless numbers, for tests), or a checkpoint file (timm/HF safetensors or state dict, DINOv2 official .pth, OpenAI CLIP .pt).")
+@click.option(
+    "--featurizer",
+    required=True,
+    help="A timm ViT name (vit_small_patch14_dinov2, ...), NAME:keys for the last block's attention keys, or maskclip.",
+)
+@click.option(
+    "--weights",
+    default="hub",
+    show_default=True,
+    help="hub (timm's pretrained weights, needs the internet), random (meaningless numbers, for tests), "
+    "or a checkpoint file (timm/HF safetensors or state dict, DINOv2 official .pth, OpenAI CLIP .pt).",
+)
 @click.option("--dataset", required=True, help=f"Dataset family; one of: {', '.join(list_datasets())}.")
 @click.option("--root", default=None, help="Folder of the dataset in its usual layout (not needed for builtin).")
 @click.option("--split", default="test", show_default=True, help="Dataset split.")
-@click.option("--size", default=448, show_default=True, type=int, help="Working size in pixels (square); a multiple of the patch size.")
-@click.option("--views", default="identity,hflip", show_default=True, help="Comma-separated views to cache: identity, hflip, scale<f> (a zoomed-in crop, e.g. scale1.5). Stage two augments with them.")
-@click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default="stretch", show_default=True, help="stretch the image to size x size (the seed's and RITM's rule), or letterbox (keep aspect, pad).")
+@click.option(
+    "--size",
+    default=448,
+    show_default=True,
+    type=int,
+    help="Working size in pixels (square); a multiple of the patch size.",
+)
+@click.option(
+    "--views",
+    default="identity,hflip",
+    show_default=True,
+    help="Comma-separated views to cache: identity, hflip, scale<f> (a zoomed-in crop, e.g. scale1.5). "
+    "Stage two augments with them.",
+)
+@click.option(
+    "--resize",
+    type=click.Choice(["stretch", "letterbox"]),
+    default="stretch",
+    show_default=True,
+    help="stretch the image to size x size (the seed's and RITM's rule), or letterbox (keep aspect, pad).",
+)
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per backbone forward.")
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda (bf16/fp16 autocast on CUDA).")
-@click.option("--workers", default=2, show_default=True, type=int, help="DataLoader processes decoding and resizing images.")
-@click.option("--items-per-shard", default=16, show_default=True, type=int, help="Items per shard file; the unit of atomic writes and of resuming.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the store; it is created as OUT/<featurizer>-<dataset>-<split>-<size>.zarr.")
+@click.option(
+    "--workers", default=2, show_default=True, type=int, help="DataLoader processes decoding and resizing images."
+)
+@click.option(
+    "--items-per-shard",
+    default=16,
+    show_default=True,
+    type=int,
+    help="Items per shard file; the unit of atomic writes and of resuming.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the store; it is created as OUT/<featurizer>-<dataset>-<split>-<size>.zarr.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming it.")
 @reports_user_errors
 def extract_features(**options) -> None:
@@ -46,5 +87,8 @@ def extract_features(**options) -> None:
         click.echo(f"nothing to do: all {result.items_total} items are already in the store")
     else:
         rate = result.items_extracted / result.seconds
-        click.echo(f"extracted {result.items_extracted} of {result.items_total} items in {result.seconds:.1f} s ({rate:.2f} items/s)")
+        click.echo(
+            f"extracted {result.items_extracted} of {result.items_total} items "
+            f"in {result.seconds:.1f} s ({rate:.2f} items/s)"
+        )
     click.echo(f"store: {result.path} ({human_bytes(result.nbytes)})")

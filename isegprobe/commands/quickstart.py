@@ -15,8 +15,19 @@ QUICKSTART_SIZE = 224
 
 
 @click.command("quickstart")
-@click.option("--out", default="quickstart", show_default=True, type=click.Path(file_okay=False), help="Folder for the stores and runs.")
-@click.option("--weights", default="random", show_default=True, help="Featurizer weights: random (works offline; the numbers then mean nothing), hub, or a checkpoint file.")
+@click.option(
+    "--out",
+    default="quickstart",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the stores and runs.",
+)
+@click.option(
+    "--weights",
+    default="random",
+    show_default=True,
+    help="Featurizer weights: random (works offline; the numbers then mean nothing), hub, or a checkpoint file.",
+)
 @reports_user_errors
 def quickstart(out: str, weights: str) -> None:
     """Extract features of the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px.
@@ -25,11 +36,24 @@ def quickstart(out: str, weights: str) -> None:
     """
     cache_dir = Path(out) / "cache"
     for split in ("train", "test"):
-        click.echo(f"[stage one] extracting {QUICKSTART_FEATURIZER} features of builtin/{split} at {QUICKSTART_SIZE} px")
+        click.echo(
+            f"[stage one] extracting {QUICKSTART_FEATURIZER} features of builtin/{split} at {QUICKSTART_SIZE} px"
+        )
         result = extract(
             ExtractionRequest(
-                featurizer=QUICKSTART_FEATURIZER, weights=weights, dataset="builtin", root=None, split=split,
-                size=QUICKSTART_SIZE, views="identity,hflip", device="cpu", out=str(cache_dir), workers=0,
+                featurizer=QUICKSTART_FEATURIZER,
+                weights=weights,
+                dataset="builtin",
+                root=None,
+                split=split,
+                size=QUICKSTART_SIZE,
+                views="identity,hflip",
+                device="cpu",
+                out=str(cache_dir),
+                workers=0,
             )
         )
-        click.echo(f"  {result.items_extracted} new items, {result.items_total} in {result.path} ({human_bytes(result.nbytes)})")
+        click.echo(
+            f"  {result.items_extracted} new items, {result.items_total} in {result.path} "
+            f"({human_bytes(result.nbytes)})"
+        )

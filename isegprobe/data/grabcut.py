@@ -50,7 +50,9 @@ class GrabCutDataset:
         image = read_rgb(image_path)
         mask = read_gray(mask_path)
         if mask.shape != image.shape[:2]:
-            raise UserError(f"{mask_path}: mask size {mask.shape} differs from image {image_path.name} {image.shape[:2]}")
+            raise UserError(
+                f"{mask_path}: mask size {mask.shape} differs from image {image_path.name} {image.shape[:2]}"
+            )
         labels = (mask == OBJECT_VALUE).astype(np.uint16)
         return Sample(id=mask_path.stem, image=image, labels=labels, ignore=mask == IGNORE_VALUE)
 

@@ -51,7 +51,9 @@ def parse_views(text: str) -> list[ViewSpec]:
         elif match and float(match.group(1)) > 1.0:
             specs.append(ViewSpec(name, zoom=float(match.group(1))))
         else:
-            raise UserError(f"--views: unknown view {name!r}; expected identity, hflip or scale<f> with f > 1 (scale1.5)")
+            raise UserError(
+                f"--views: unknown view {name!r}; expected identity, hflip or scale<f> with f > 1 (scale1.5)"
+            )
     if not specs or specs[0].name != "identity":
         raise UserError(f"--views {text!r}: the first view must be identity")
     if len({spec.name for spec in specs}) != len(specs):

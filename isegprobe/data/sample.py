@@ -24,11 +24,14 @@ class Sample:
     def __post_init__(self) -> None:
         height, width = self.image.shape[:2]
         if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
-            raise ValueError(f"sample {self.id}: image must be uint8 [H, W, 3], got {self.image.dtype} {self.image.shape}")
+            raise ValueError(
+                f"sample {self.id}: image must be uint8 [H, W, 3], got {self.image.dtype} {self.image.shape}"
+            )
         for name in ("labels", "ignore"):
             if getattr(self, name).shape != (height, width):
                 raise ValueError(
-                    f"sample {self.id}: {name} shape {getattr(self, name).shape} differs from image size {(height, width)}"
+                    f"sample {self.id}: {name} shape {getattr(self, name).shape} "
+                    f"differs from image size {(height, width)}"
                 )
 
     @property

@@ -1,0 +1,154 @@
+"""Stage one end to end: extraction into a Zarr v3 store, reading it back, resuming, refusing mixed stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from isegprobe.cache import CachedDataset, FeatureStore
+from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.cache.store import FeatureStore as StoreClass
+from isegprobe.data import create_dataset
+from isegprobe.data.preprocess import make_view, parse_views
+from isegprobe.errors import UserError
+from isegprobe.featurizers import create_featurizer
+
+FEATURIZER = "vit_small_patch14_dinov2"
+
+
+def request(out, **overrides) -> ExtractionRequest:
+    base = dict(
+        featurizer=FEATURIZER,
+        weights="random",
+        dataset="builtin",
+        root=None,
+        split="test",
+        size=56,
+        views="identity,hflip",
+        batch_size=4,
+        device="cpu",
+        out=str(out),
+        workers=0,
+        items_per_shard=4,
+    )
+    base.update(overrides)
+    return ExtractionRequest(**base)
+
+
+def independent_features(weights: str, images_uint8: np.ndarray) -> np.ndarray:
+    """A plain timm forward on the stored images: normalized patch tokens, prefix tokens dropped."""
+    model = create_featurizer(FEATURIZER, weights=weights).model
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        tokens = model.forward_features(x)[:, model.num_prefix_tokens :]
+    side = images_uint8.shape[1] // 14
+    return tokens.reshape(len(x), side, side, -1).permute(0, 3, 1, 2).numpy()
+
+
+def test_grabcut_three_real_images(grabcut_three, tmp_path):
+    result = extract(request(tmp_path / "out", dataset="grabcut", root=str(grabcut_three), size=112))
+    root = zarr.open(str(result.path), mode="r")
+    features = root["features"]
+    assert features.dtype == np.float16 and features.shape == (3, 2, 384, 8, 8)
+    images = root["images"][:]
+    assert images.shape == (3, 2, 112, 112, 3)
+    assert np.array_equal(images[:, 1], images[:, 0, :, ::-1]), "hflip view is the mirror of the identity view"
+    expected = independent_features("random", images.reshape(-1, 112, 112, 3)).reshape(3, 2, 384, 8, 8)
+    np.testing.assert_allclose(features[:].astype(np.float32), expected, rtol=1e-2, atol=1e-2)
+    ignore = root["ignore"][:]
+    assert ignore[:, 0].any(axis=(1, 2)).sum() >= 2, "GrabCut's ignore band survives the resize"
+    dataset = create_dataset("grabcut", grabcut_three)
+    assert root.attrs["item_ids"] == dataset.ids()
+    original = root["original_size"][:]
+    assert [tuple(size) for size in original] == [dataset[i].image.shape[:2] for i in range(3)]
+
+
+def test_builtin_store_layout_attrs_and_masks(tmp_path):
+    result = extract(request(tmp_path))
+    metadata = json.loads((result.path / "zarr.json").read_text())
+    attrs = metadata["attributes"]
+    assert attrs["featurizer"]["name"] == FEATURIZER and attrs["views"] == ["identity", "hflip"]
+    assert attrs["preprocessing"]["size"] == 56 and attrs["completion"]["items_done"] == 12
+    root = zarr.open(str(result.path), mode="r")
+    assert dict(root.attrs) == attrs
+    feature_meta = json.loads((result.path / "features" / "zarr.json").read_text())
+    sharding = feature_meta["codecs"][0]
+    assert sharding["name"] == "sharding_indexed"
+    assert sharding["configuration"]["chunk_shape"] == [1, 1, 384, 4, 4]
+    assert feature_meta["chunk_grid"]["configuration"]["chunk_shape"] == [4, 2, 384, 4, 4]
+    assert any(
+        codec["name"] == "blosc" and codec["configuration"]["cname"] == "zstd"
+        for codec in sharding["configuration"]["codecs"]
+    )
+    sample = create_dataset("builtin", split="test")[5]
+    view = make_view(sample, parse_views("identity")[0], 56, "stretch", seed=0)
+    assert np.array_equal(root["labels"][5, 0], view.labels)
+    assert np.array_equal(root["images"][5, 0], view.image)
+
+
+def test_cached_dataset_yields_the_stored_tensors(tmp_path):
+    result = extract(request(tmp_path))
+    dataset = CachedDataset(result.path)
+    assert len(dataset) == 24
+    entry = dataset[7]
+    root = zarr.open(str(result.path), mode="r")
+    assert (entry["item"], entry["view"]) == (3, 1)
+    assert entry["features"].dtype == torch.float16 and entry["image"].shape == (3, 56, 56)
+    assert torch.equal(entry["features"], torch.from_numpy(root["features"][3, 1]))
+    assert torch.equal(entry["image"].permute(1, 2, 0), torch.from_numpy(root["images"][3, 1]))
+    assert torch.equal(entry["labels"], torch.from_numpy(root["labels"][3, 1].astype(np.int64)))
+    only_identity = CachedDataset(result.path, views=["identity"])
+    assert len(only_identity) == 12 and only_identity[7]["view"] == 0
+    assert dataset.preprocessing["mean"] == list(create_featurizer(FEATURIZER, "random").mean)
+
+
+def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch):
+    reference = extract(request(tmp_path / "reference"))
+    calls = {"count": 0}
+    original_write = StoreClass.write_items
+
+    def interrupted_write(self, items, arrays):
+        if calls["count"] == 2:
+            raise KeyboardInterrupt
+        calls["count"] += 1
+        original_write(self, items, arrays)
+
+    monkeypatch.setattr(StoreClass, "write_items", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        extract(request(tmp_path / "resumed"))
+    monkeypatch.setattr(StoreClass, "write_items", original_write)
+    partial = FeatureStore.open(reference.path.parents[1] / "resumed" / reference.path.name)
+    assert partial.done_mask().tolist() == [True] * 8 + [False] * 4
+    with pytest.raises(UserError, match="not extracted yet"):
+        CachedDataset(partial.path)
+    resumed = extract(request(tmp_path / "resumed"))
+    assert resumed.items_extracted == 4
+    first, second = zarr.open(str(reference.path), mode="r"), zarr.open(str(resumed.path), mode="r")
+    for name in ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size", "done"):
+        assert np.array_equal(first[name][:], second[name][:]), name
+    again = extract(request(tmp_path / "resumed"))
+    assert again.items_extracted == 0
+
+
+def test_refuses_a_store_made_differently(tmp_path):
+    extract(request(tmp_path))
+    weights = tmp_path / "w.pth"
+    torch.save(create_featurizer(FEATURIZER, "random").model.state_dict(), weights)
+    with pytest.raises(UserError, match="weights_sha256"):
+        extract(request(tmp_path, weights=str(weights)))
+    with pytest.raises(UserError, match="views"):
+        extract(request(tmp_path, views="identity"))
+    replaced = extract(request(tmp_path, views="identity", overwrite=True))
+    assert replaced.items_extracted == 12
+    assert zarr.open(str(replaced.path), mode="r")["features"].shape[1] == 1
+
+
+def test_size_must_be_a_multiple_of_the_patch(tmp_path):
+    with pytest.raises(UserError, match="--size 50"):
+        extract(request(tmp_path, size=50))

@@ -1,0 +1,141 @@
+"""The `isegprobe extract-features` console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import zarr
+
+ISEGPROBE = str(Path(sys.executable).with_name("isegprobe"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([ISEGPROBE, *args], capture_output=True, text=True, timeout=600)
+
+
+def timm_patch_tokens(model: torch.nn.Module, images_uint8: np.ndarray) -> np.ndarray:
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        tokens = model.forward_features(x)[:, model.num_prefix_tokens :]
+    side = images_uint8.shape[1] // model.patch_embed.patch_size[0]
+    return tokens.reshape(len(x), side, side, -1).permute(0, 3, 1, 2).numpy()
+
+
+def test_full_grabcut_with_a_timm_state_dict(grabcut_root, tmp_path):
+    torch.manual_seed(3)
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, dynamic_img_size=True).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    args = [
+        "extract-features",
+        "--featurizer",
+        "vit_small_patch14_dinov2",
+        "--weights",
+        str(tmp_path / "w.pth"),
+        "--dataset",
+        "grabcut",
+        "--root",
+        str(grabcut_root),
+        "--size",
+        "224",
+        "--views",
+        "identity,hflip",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "OUT"),
+    ]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    stores = list((tmp_path / "OUT").iterdir())
+    assert len(stores) == 1 and str(stores[0]) in first.stdout
+    root = zarr.open(str(stores[0]), mode="r")
+    features = root["features"]
+    assert features.dtype == np.float16 and features.shape == (50, 2, 384, 16, 16)
+    images = root["images"][:].reshape(100, 224, 224, 3)
+    expected = np.concatenate([timm_patch_tokens(model, images[i : i + 20]) for i in range(0, 100, 20)])
+    np.testing.assert_allclose(features[:].reshape(expected.shape).astype(np.float32), expected, rtol=1e-2, atol=1e-2)
+    second = run_cli(*args)
+    assert second.returncode == 0 and "nothing to do" in second.stdout
+
+
+def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path):
+    missing = run_cli(
+        "extract-features",
+        "--featurizer",
+        "vit_small_patch14_dinov2",
+        "--weights",
+        str(tmp_path / "nope.pth"),
+        "--dataset",
+        "builtin",
+        "--out",
+        str(tmp_path),
+    )
+    assert missing.returncode != 0 and "nope.pth" in missing.stderr and "Traceback" not in missing.stderr
+    unknown = run_cli(
+        "extract-features",
+        "--featurizer",
+        "vit_small_patch14_dinov2",
+        "--weights",
+        "random",
+        "--dataset",
+        "imagenet",
+        "--out",
+        str(tmp_path),
+    )
+    assert unknown.returncode != 0 and "imagenet" in unknown.stderr and "grabcut" in unknown.stderr
+
+
+def test_torchrun_ranks_fill_one_store(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed beside this Python")
+    common = [
+        "--featurizer",
+        "vit_small_patch14_dinov2",
+        "--weights",
+        "random",
+        "--dataset",
+        "builtin",
+        "--size",
+        "56",
+        "--items-per-shard",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    single = run_cli("extract-features", *common, "--out", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    launched = subprocess.run(
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29533",
+            "-m",
+            "isegprobe",
+            "extract-features",
+            *common,
+            "--out",
+            str(tmp_path / "ranks"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert launched.returncode == 0, launched.stderr
+    name = next((tmp_path / "single").iterdir()).name
+    one, two = zarr.open(str(tmp_path / "single" / name), mode="r"), zarr.open(str(tmp_path / "ranks" / name), mode="r")
+    assert two["done"][:].all() and two.attrs["completion"]["items_done"] == 12
+    np.testing.assert_array_equal(one["features"][:], two["features"][:])

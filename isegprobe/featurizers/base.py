@@ -1,0 +1,63 @@
+"""The contract every frozen backbone keeps, so the cache and the probe never need to look inside one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+
+class Featurizer(nn.Module):
+    """A frozen image encoder: normalized images [B, 3, H, W] -> dense features [B, dim, H/p, W/p].
+
+    Images must already be normalized with `mean` / `std`; H and W must be multiples of `patch_size`.
+    `token_bias` [B, embed_dim, H/p, W/p] is added to the patch tokens before the first block (early fusion):
+    the parameters stay frozen, but gradients flow through the blocks back to whatever produced the bias.
+    `provenance` holds plain JSON values that identify the features (written into every feature store).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        patch_size: int,
+        dim: int,
+        embed_dim: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        provenance: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.patch_size = patch_size
+        self.dim = dim
+        self.embed_dim = embed_dim
+        self.mean = mean
+        self.std = std
+        self.provenance = provenance
+
+    def forward(self, images: Tensor, token_bias: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> Featurizer:
+        """Stay in eval mode: the backbone is frozen, so a parent module's `.train()` must not switch on dropout."""
+        return super().train(False)
+
+    def freeze(self) -> None:
+        self.requires_grad_(False)
+        self.eval()
+
+    def feature_grid(self, images: Tensor, token_bias: Tensor | None) -> tuple[int, int]:
+        """The (H/p, W/p) grid of `images`, after checking that the inputs keep the contract above."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected images [B, 3, H, W], got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"{self.name}: image size {height}x{width} is not a multiple of the patch size {self.patch_size}"
+            )
+        grid = (height // self.patch_size, width // self.patch_size)
+        if token_bias is not None:
+            expected = (images.shape[0], self.embed_dim, *grid)
+            if tuple(token_bias.shape) != expected:
+                raise ValueError(f"{self.name}: token_bias must be {expected}, got {tuple(token_bias.shape)}")
+        return grid

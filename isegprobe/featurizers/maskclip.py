@@ -1,0 +1,49 @@
+"""MaskCLIP: dense CLIP features from the value path of the last block (Zhou et al., "Extract Free Dense Labels
+from CLIP", ECCV 2022), as FeatUp / LoftUp / iSegProbe compute it.
+
+The last block keeps only out_proj(v(ln_1(x))): no query-key attention, no residual, no MLP. Then ln_post and the
+CLIP projection are applied to every token, giving 512-d tokens in CLIP's joint image-text space (ViT-B/16).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from isegprobe.errors import UserError
+from isegprobe.featurizers.vit import TimmViTFeaturizer
+
+# OpenAI's CLIP ViT-B/16 was trained with QuickGELU: timm's plain `vit_base_patch16_clip_224` would use GELU
+# with the same weights and give different features.
+DEFAULT_CLIP_ARCH = "vit_base_patch16_clip_quickgelu_224.openai"
+
+
+class MaskCLIPFeaturizer(TimmViTFeaturizer):
+    """CLIP's value path in the last block, projected into the text space: dense features that keep CLIP semantics."""
+
+    output = "maskclip"
+    model_kwargs: ClassVar[dict[str, Any]] = {"dynamic_img_size": True}  # keeps the CLIP projection (timm: head)
+
+    @classmethod
+    def check_model(cls, name: str, model: Any) -> None:
+        super().check_model(name, model)
+        block = model.blocks[-1]
+        has_value_path = isinstance(block, Block) and isinstance(block.attn, Attention)
+        if not has_value_path or not isinstance(model.head, nn.Linear):
+            raise UserError(f"{name}: MaskCLIP needs a CLIP image tower (timm Block/Attention and a projection head)")
+
+    @classmethod
+    def output_dim(cls, model: VisionTransformer) -> int:
+        return model.head.out_features
+
+    def last_block(self, x: Tensor) -> Tensor:
+        block = self.model.blocks[-1]
+        attn = block.attn
+        width = attn.num_heads * attn.head_dim
+        bias = attn.qkv.bias[2 * width :] if attn.qkv.bias is not None else None
+        values = F.linear(block.norm1(x), attn.qkv.weight[2 * width :], bias)  # qkv rows are laid out [q | k | v]
+        return self.model.head(self.model.norm(attn.proj(values)))

@@ -1,0 +1,126 @@
+"""timm ViT featurizers: the last block's normalized tokens, or the last block's attention keys."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import timm
+import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor
+
+from isegprobe.errors import UserError
+from isegprobe.featurizers.attention import use_memory_efficient_attention
+from isegprobe.featurizers.base import Featurizer
+from isegprobe.featurizers.weights import WeightsSource
+
+
+class TimmViTFeaturizer(Featurizer):
+    """Patch embedding (+ token_bias), every block but the last, then `last_block`, which each output kind defines.
+
+    Position embeddings are resampled to any grid (timm's `dynamic_img_size`); class and register tokens are
+    dropped from the output.
+    """
+
+    output: ClassVar[str]
+    # timm.create_model arguments this output needs; a classifier head is dropped unless the output uses it.
+    model_kwargs: ClassVar[dict[str, Any]] = {"dynamic_img_size": True, "num_classes": 0}
+
+    def __init__(self, name: str, model: VisionTransformer, weights: WeightsSource) -> None:
+        self.check_model(name, model)
+        patch_height, patch_width = model.patch_embed.patch_size
+        if patch_height != patch_width:
+            raise UserError(f"{name}: non-square patches {patch_height}x{patch_width} are not supported")
+        cfg = model.pretrained_cfg
+        architecture = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
+        mean = tuple(float(v) for v in cfg["mean"])
+        std = tuple(float(v) for v in cfg["std"])
+        dim = self.output_dim(model)
+        super().__init__(
+            name=name,
+            patch_size=patch_height,
+            dim=dim,
+            embed_dim=model.embed_dim,
+            mean=mean,
+            std=std,
+            provenance={
+                "name": name,
+                "architecture": architecture,
+                "output": self.output,
+                "weights": weights.location,
+                "weights_sha256": weights.sha256,
+                "random_seed": weights.random_seed,
+                "patch_size": patch_height,
+                "dim": dim,
+                "embed_dim": model.embed_dim,
+                "mean": list(mean),
+                "std": list(std),
+                "timm_version": timm.__version__,
+            },
+        )
+        self.model = model
+        use_memory_efficient_attention(model)
+        self.freeze()
+
+    @classmethod
+    def check_model(cls, name: str, model: Any) -> None:
+        """Raise UserError if `model` lacks what this output reads."""
+        if not isinstance(model, VisionTransformer):
+            raise UserError(f"{name}: {type(model).__name__} is not a timm VisionTransformer")
+
+    @classmethod
+    def output_dim(cls, model: VisionTransformer) -> int:
+        return model.embed_dim
+
+    def last_block(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: Tensor, token_bias: Tensor | None = None) -> Tensor:
+        grid = self.feature_grid(images, token_bias)
+        model = self.model
+        x = model.patch_embed(images)  # [B, H/p, W/p, C]: dynamic_img_size keeps the grid until the pos embed
+        if token_bias is not None:
+            x = x + token_bias.permute(0, 2, 3, 1)
+        x = model.norm_pre(model.patch_drop(model._pos_embed(x)))
+        for block in model.blocks[:-1]:
+            x = block(x)
+        x = self.last_block(x)[:, model.num_prefix_tokens :]
+        return x.reshape(images.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
+
+
+class ViTTokensFeaturizer(TimmViTFeaturizer):
+    """The last block's output after the final norm: what timm's `forward_features` gives, patch tokens only."""
+
+    output = "tokens"
+
+    def last_block(self, x: Tensor) -> Tensor:
+        return self.model.norm(self.model.blocks[-1](x))
+
+
+class ViTKeysFeaturizer(TimmViTFeaturizer):
+    """The last block's attention keys (heads merged, k_norm applied): often better localized than the tokens."""
+
+    output = "keys"
+
+    @classmethod
+    def check_model(cls, name: str, model: Any) -> None:
+        super().check_model(name, model)
+        block = model.blocks[-1]
+        if not isinstance(block, Block) or not isinstance(block.attn, Attention):
+            raise UserError(f"{name}: keys need a pre-norm block with a fused qkv projection (timm Block/Attention)")
+
+    @classmethod
+    def output_dim(cls, model: VisionTransformer) -> int:
+        attn = model.blocks[-1].attn
+        return attn.num_heads * attn.head_dim
+
+    def last_block(self, x: Tensor) -> Tensor:
+        block = self.model.blocks[-1]
+        attn = block.attn
+        start, stop = self.dim, 2 * self.dim  # qkv rows are laid out [q | k | v]
+        bias = attn.qkv.bias[start:stop] if attn.qkv.bias is not None else None
+        keys = F.linear(block.norm1(x), attn.qkv.weight[start:stop], bias)
+        batch, tokens, _ = keys.shape
+        keys = attn.k_norm(keys.reshape(batch, tokens, attn.num_heads, attn.head_dim))
+        return keys.reshape(batch, tokens, self.dim)

@@ -1,0 +1,171 @@
+"""Where a backbone's weights come from: seeded random init, timm's hub, or a checkpoint file.
+
+Files may be in any layout researchers actually have on disk: timm / Hugging Face state dicts (.safetensors, .pth,
+.pt, .bin, possibly wrapped in {"model": ...} or {"state_dict": ...}), DINOv2's official `*_pretrain.pth`, and
+OpenAI CLIP's TorchScript `.pt` archives. timm's own converters translate the foreign layouts; loading is strict,
+and nothing is unpickled beyond plain tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor, nn
+
+from isegprobe.errors import UserError
+
+RANDOM_SEED = 0
+_SHOWN_KEYS = 5
+
+
+class RandomWeightsWarning(UserWarning):
+    """Features from random weights measure nothing about a pretrained model."""
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What the provenance records about the weights: "random", "hub" or the file's absolute path."""
+
+    location: str
+    sha256: str | None = None
+    random_seed: int | None = None
+
+
+def create_timm_model(arch: str, weights: str, **model_kwargs: Any) -> tuple[nn.Module, WeightsSource]:
+    """Build timm model `arch` with `weights` ("random", "hub" or a file path) and say where the weights came from."""
+    if weights == "hub":
+        return _from_hub(arch, **model_kwargs), WeightsSource("hub")
+    if weights == "random":
+        warnings.warn(
+            f"{arch}: random weights (seed {RANDOM_SEED}); features and any numbers measured on them say nothing "
+            "about the pretrained model. Use --weights hub or --weights PATH for real ones.",
+            RandomWeightsWarning,
+            stacklevel=3,
+        )
+        return _seeded(arch, **model_kwargs), WeightsSource("random", random_seed=RANDOM_SEED)
+    path = Path(weights).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(
+            f"weights file {path} does not exist (--weights takes 'random', 'hub' or a path to a "
+            ".safetensors / .pth / .pt / .bin checkpoint)"
+        )
+    model = _seeded(arch, **model_kwargs)
+    load_checkpoint(model, path)
+    return model, WeightsSource(str(path), sha256=file_sha256(path))
+
+
+def _seeded(arch: str, **model_kwargs: Any) -> nn.Module:
+    """Random init from a fixed seed, so a resumed extraction gets the same weights; the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(RANDOM_SEED)
+        return timm.create_model(arch, pretrained=False, **model_kwargs)
+
+
+def _from_hub(arch: str, **model_kwargs: Any) -> nn.Module:
+    if not timm.is_model_pretrained(arch):
+        raise UserError(f"timm has no pretrained weights for {arch}; use --weights PATH or another model")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return timm.create_model(arch, pretrained=True, **model_kwargs)
+    except OSError as error:
+        raise UserError(
+            f"could not fetch the {arch} weights from the Hugging Face hub: this needs the internet (or an HF cache "
+            f"that already holds them). Download the checkpoint elsewhere and pass --weights PATH. ({error})"
+        ) from error
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The tensors of a checkpoint file, unwrapped from {"model": ...} / {"state_dict": ...} and DDP's "module."."""
+    try:
+        if path.suffix == ".safetensors":
+            state = safetensors.torch.load_file(str(path), device="cpu")
+        elif _is_torchscript(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"could not read weights file {path}: {error}") from error
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not state:
+        raise UserError(f"weights file {path} holds no state dict (a mapping of parameter names to tensors)")
+    not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
+    if not_tensors:
+        raise UserError(f"weights file {path} is not a state dict: {_shown(not_tensors)} are not tensors")
+    if all(key.startswith("module.") for key in state):
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return dict(state)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives (OpenAI's CLIP .pt files) carry constants.pkl; torch.save's zip files do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def to_timm_layout(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+    """Translate official DINOv2 / OpenAI CLIP / timm checkpoints to `model`'s keys (timm's converters do the work)."""
+    if "mask_token" in state:
+        # DINOv2 trained with FSDP block chunks: blocks.<chunk>.<block>.* -> blocks.<block>.*
+        state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key): value for key, value in state.items()}
+    state = checkpoint_filter_fn(state, model)
+    if isinstance(model.head, nn.Identity):
+        state = {key: value for key, value in state.items() if not key.startswith("head.")}
+    return state
+
+
+def load_checkpoint(model: VisionTransformer, path: Path) -> None:
+    """Load `path` into `model` strictly; a file that does not fit names its missing, unexpected and misshaped keys."""
+    try:
+        state = to_timm_layout(read_state_dict(path), model)
+    except (RuntimeError, ValueError, KeyError, IndexError) as error:
+        raise UserError(f"weights file {path} could not be converted for {_arch(model)}: {error}") from error
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshaped = [
+        f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"{label}: {_shown(keys)}"
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped))
+        if keys
+    ]
+    if problems:
+        raise UserError(f"weights file {path} does not fit {_arch(model)}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _arch(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def _shown(keys: list[str]) -> str:
+    more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more

@@ -1,0 +1,459 @@
+"""Featurizers against independent computations: timm's own forward, hooks inside timm's blocks, and a plain-torch
+OpenAI CLIP; checkpoint files in timm, official DINOv2 and OpenAI CLIP layouts written here from known tensors."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+from torch import Tensor, nn
+
+from isegprobe.errors import UserError
+from isegprobe.featurizers import Featurizer, RandomWeightsWarning, create_featurizer
+from isegprobe.featurizers import attention as attention_module
+from isegprobe.featurizers.attention import MemoryEfficientAttention, attention_with_kernel
+
+DINO = "vit_small_patch14_dinov2"
+DINO_REG = "vit_small_patch14_reg4_dinov2"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small CPU models gain nothing from threads, and threads spin badly when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def create_featurizer_quietly(name: str) -> Featurizer:
+    """Random weights without the warning, which is tested on its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return create_featurizer(name)
+
+
+random_featurizer = functools.cache(create_featurizer_quietly)  # shared by tests that only read the featurizer
+
+
+def images(height: int, width: int, batch: int = 2, seed: int = 0) -> Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def as_map(tokens: Tensor, height: int, width: int) -> Tensor:
+    return tokens.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
+
+
+def other_timm_model(arch: str, **kwargs) -> nn.Module:
+    """A timm model whose weights differ from the featurizer's seed-0 init, biases and norms included."""
+    generator = torch.Generator().manual_seed(123)
+    model = timm.create_model(arch, pretrained=False, dynamic_img_size=True, **kwargs).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+# --- shapes and the interface ---
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "dim", "patch", "mean"),
+    [
+        (DINO, (56, 84), 384, 14, (0.485, 0.456, 0.406)),
+        (f"{DINO_REG}:keys", (42, 28), 384, 14, (0.485, 0.456, 0.406)),
+        ("vit_small_patch16_224", (64, 32), 384, 16, (0.5, 0.5, 0.5)),
+        ("maskclip", (32, 48), 512, 16, (0.48145466, 0.4578275, 0.40821073)),
+    ],
+)
+def test_output_shape_and_interface(name, size, dim, patch, mean):
+    featurizer = random_featurizer(name)
+    out = featurizer(images(*size))
+    assert out.shape == (2, dim, size[0] // patch, size[1] // patch)
+    assert out.dtype == torch.float32 and out.is_contiguous() and torch.isfinite(out).all()
+    assert (featurizer.name, featurizer.dim, featurizer.patch_size) == (name, dim, patch)
+    assert featurizer.embed_dim == (768 if name == "maskclip" else 384)
+    assert featurizer.mean == pytest.approx(mean)
+    assert not any(p.requires_grad for p in featurizer.parameters())
+    featurizer.train()
+    assert not featurizer.training and not any(m.training for m in featurizer.modules())
+    provenance = featurizer.provenance
+    assert json.loads(json.dumps(provenance)) == provenance
+    assert provenance["name"] == name and provenance["dim"] == dim and provenance["patch_size"] == patch
+    assert provenance["weights"] == "random" and provenance["random_seed"] == 0 and provenance["weights_sha256"] is None
+    assert provenance["output"] == {"maskclip": "maskclip"}.get(name, "keys" if name.endswith(":keys") else "tokens")
+
+
+def test_bad_inputs_are_rejected():
+    featurizer = random_featurizer(DINO)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        featurizer(images(56, 50))
+    with pytest.raises(ValueError, match="token_bias"):
+        featurizer(images(56, 56), token_bias=torch.zeros(2, 384, 3, 4))
+
+
+# --- outputs against independent computations ---
+
+
+@pytest.mark.parametrize(("arch", "prefix_tokens"), [(DINO, 1), (DINO_REG, 5)])
+def test_tokens_are_timm_forward_features_without_class_and_register_tokens(arch, prefix_tokens):
+    featurizer = random_featurizer(arch)
+    x = images(56, 42)
+    with torch.no_grad():
+        expected = featurizer.model.forward_features(x)
+    assert expected.shape[1] == 4 * 3 + prefix_tokens
+    torch.testing.assert_close(featurizer(x), as_map(expected[:, prefix_tokens:], 4, 3), rtol=0, atol=1e-6)
+
+
+def test_keys_are_the_last_blocks_attention_keys():
+    featurizer = random_featurizer(f"{DINO_REG}:keys")
+    attn = featurizer.model.blocks[-1].attn
+    captured = {}
+    handle = attn.k_norm.register_forward_hook(lambda module, args, out: captured.setdefault("k", out))
+    try:
+        x = images(42, 56)
+        with torch.no_grad():
+            featurizer.model.forward_features(x)
+    finally:
+        handle.remove()
+    keys = captured["k"]  # [B, heads, tokens, head_dim], as timm's attention computed it
+    keys = keys.transpose(1, 2).reshape(2, keys.shape[2], 384)[:, 5:]
+    torch.testing.assert_close(featurizer(x), as_map(keys, 3, 4), rtol=0, atol=1e-6)
+    tokens = random_featurizer(DINO_REG)(x)
+    assert not torch.allclose(featurizer(x), tokens)
+
+
+def test_maskclip_is_the_value_path_of_the_last_block():
+    featurizer = random_featurizer("maskclip")
+    model = featurizer.model
+    assert model.blocks[0].mlp.act.__class__.__name__ == "QuickGELU"  # as OpenAI's CLIP was trained
+    captured = {}
+    handle = model.blocks[-1].attn.qkv.register_forward_hook(lambda module, args, out: captured.setdefault("qkv", out))
+    try:
+        x = images(32, 48)
+        with torch.no_grad():
+            model.forward_features(x)
+            values = captured["qkv"][..., 2 * 768 :]  # qkv of timm's own last block, input from timm's own forward
+            expected = model.head(model.norm(model.blocks[-1].attn.proj(values)))[:, 1:]
+    finally:
+        handle.remove()
+    torch.testing.assert_close(featurizer(x), as_map(expected, 2, 3), rtol=0, atol=1e-5)
+
+
+# --- random weights ---
+
+
+def test_random_weights_are_deterministic_and_warned_about():
+    rng_before = torch.get_rng_state()
+    with pytest.warns(RandomWeightsWarning, match="random weights"):
+        first = create_featurizer(DINO)
+    with pytest.warns(RandomWeightsWarning):
+        second = create_featurizer(DINO)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    first_state, second_state = first.state_dict(), second.state_dict()
+    assert list(first_state) == list(second_state)
+    for key, value in first_state.items():
+        assert torch.equal(value, second_state[key]), key
+    x = images(28, 28)
+    assert torch.equal(first(x), second(x))
+
+
+# --- weights files ---
+
+
+@pytest.mark.parametrize("layout", ["pth", "wrapped_bin", "safetensors"])
+def test_timm_state_dict_files_load(tmp_path, layout):
+    arch = "vit_small_patch16_224" if layout == "safetensors" else DINO  # the former keeps its classifier head
+    reference = other_timm_model(arch)
+    state = reference.state_dict()
+    if layout == "pth":
+        path = tmp_path / "model.pth"
+        torch.save(state, path)
+    elif layout == "wrapped_bin":
+        path = tmp_path / "checkpoint.bin"
+        torch.save({"model": state, "epoch": 3}, path)
+    else:
+        path = tmp_path / "model.safetensors"
+        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    featurizer = create_featurizer(arch, weights=str(path))
+    x = images(112, 224, batch=1)  # a multiple of both patch sizes, 14 and 16
+    grid = (112 // featurizer.patch_size, 224 // featurizer.patch_size)
+    with torch.no_grad():
+        expected = as_map(reference.forward_features(x)[:, 1:], *grid)
+    torch.testing.assert_close(featurizer(x), expected, rtol=0, atol=1e-5)
+    assert featurizer.provenance["weights"] == str(path.resolve())
+    assert featurizer.provenance["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert featurizer.provenance["random_seed"] is None
+
+
+def official_dinov2_layout(timm_state: dict[str, Tensor], chunked: bool) -> dict[str, Tensor]:
+    """facebookresearch/dinov2 `dinov2/models/vision_transformer.py` key names: the same block names as timm
+    (norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1/fc2, ls2.gamma), plus `mask_token` [1, C]; registers
+    are `register_tokens` and pos_embed also covers the class token; block_chunks > 0 gives blocks.<chunk>.<i>."""
+    state = dict(timm_state)
+    dim = state["cls_token"].shape[-1]
+    if "reg_token" in state:
+        class_position = 0.1 * torch.randn(1, 1, dim, generator=torch.Generator().manual_seed(7))
+        state["register_tokens"] = state.pop("reg_token")
+        state["pos_embed"] = torch.cat([class_position, state["pos_embed"]], dim=1)
+        state["cls_token"] = state["cls_token"] - class_position
+    state["mask_token"] = torch.zeros(1, dim)
+    if chunked:
+        state = {re.sub(r"^blocks\.(\d+)\.", r"blocks.0.\1.", key): value for key, value in state.items()}
+    return state
+
+
+@pytest.mark.parametrize(
+    ("arch", "prefix_tokens", "chunked"), [(DINO, 1, False), (DINO, 1, True), (DINO_REG, 5, False)]
+)
+def test_official_dinov2_checkpoint_loads(tmp_path, arch, prefix_tokens, chunked):
+    reference = other_timm_model(arch)
+    official = official_dinov2_layout(reference.state_dict(), chunked)
+    assert official["pos_embed"].shape[1] == 37 * 37 + 1
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(official, path)
+    featurizer = create_featurizer(arch, weights=str(path))
+    x = images(56, 42)
+    with torch.no_grad():
+        expected = as_map(reference.forward_features(x)[:, prefix_tokens:], 4, 3)
+    torch.testing.assert_close(featurizer(x), expected, rtol=0, atol=1e-5)
+
+
+CLIP_WIDTH, CLIP_LAYERS, CLIP_HEADS = 768, 12, 12
+
+
+@pytest.fixture(scope="module")
+def openai_clip_state() -> dict[str, Tensor]:
+    """Random ViT-B/16 weights under OpenAI CLIP's names, in fp16 as OpenAI ships them (plus text-tower keys)."""
+    generator = torch.Generator().manual_seed(5)
+    width = CLIP_WIDTH
+
+    def tensor(*shape: int, scale: float = 0.02, mean: float = 0.0) -> Tensor:
+        return (mean + scale * torch.randn(*shape, generator=generator)).half()
+
+    state = {
+        "visual.conv1.weight": tensor(width, 3, 16, 16),
+        "visual.class_embedding": tensor(width, scale=0.5),
+        "visual.positional_embedding": tensor(197, width, scale=0.5),
+        "visual.ln_pre.weight": tensor(width, scale=0.1, mean=1.0),
+        "visual.ln_pre.bias": tensor(width),
+        "visual.ln_post.weight": tensor(width, scale=0.1, mean=1.0),
+        "visual.ln_post.bias": tensor(width),
+        "visual.proj": tensor(width, 512),
+        "token_embedding.weight": tensor(10, 512),
+        "logit_scale": torch.tensor(4.6052),
+    }
+    for i in range(CLIP_LAYERS):
+        block = f"visual.transformer.resblocks.{i}."
+        state |= {
+            block + "ln_1.weight": tensor(width, scale=0.1, mean=1.0),
+            block + "ln_1.bias": tensor(width),
+            block + "attn.in_proj_weight": tensor(3 * width, width, scale=0.05),
+            block + "attn.in_proj_bias": tensor(3 * width),
+            block + "attn.out_proj.weight": tensor(width, width),
+            block + "attn.out_proj.bias": tensor(width),
+            block + "ln_2.weight": tensor(width, scale=0.1, mean=1.0),
+            block + "ln_2.bias": tensor(width),
+            block + "mlp.c_fc.weight": tensor(4 * width, width),
+            block + "mlp.c_fc.bias": tensor(4 * width),
+            block + "mlp.c_proj.weight": tensor(width, 4 * width),
+            block + "mlp.c_proj.bias": tensor(width),
+        }
+    return state
+
+
+def openai_maskclip_reference(state: dict[str, Tensor], x: Tensor) -> Tensor:
+    """MaskCLIP written against OpenAI's CLIP modules (as FeatUp / LoftUp do), in plain torch; 224 px input."""
+    weight = {key: value.float() for key, value in state.items()}
+    width = CLIP_WIDTH
+
+    def layer_norm(t: Tensor, prefix: str) -> Tensor:
+        return F.layer_norm(t, (width,), weight[prefix + ".weight"], weight[prefix + ".bias"], eps=1e-5)
+
+    t = F.conv2d(x, weight["visual.conv1.weight"], stride=16).flatten(2).transpose(1, 2)
+    t = torch.cat([weight["visual.class_embedding"].expand(x.shape[0], 1, width), t], dim=1)
+    t = layer_norm(t + weight["visual.positional_embedding"], "visual.ln_pre")
+    for i in range(CLIP_LAYERS):
+        block = f"visual.transformer.resblocks.{i}."
+        y = layer_norm(t, block + "ln_1")
+        in_w, in_b = weight[block + "attn.in_proj_weight"], weight[block + "attn.in_proj_bias"]
+        out_w, out_b = weight[block + "attn.out_proj.weight"], weight[block + "attn.out_proj.bias"]
+        if i == CLIP_LAYERS - 1:
+            t = F.linear(F.linear(y, in_w[2 * width :], in_b[2 * width :]), out_w, out_b)
+            break
+        y = y.transpose(0, 1)
+        attended, _ = F.multi_head_attention_forward(
+            y, y, y, embed_dim_to_check=width, num_heads=CLIP_HEADS, in_proj_weight=in_w, in_proj_bias=in_b,
+            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=out_w, out_proj_bias=out_b,
+            training=False, need_weights=False,
+        )  # fmt: skip
+        t = t + attended.transpose(0, 1)
+        y = layer_norm(t, block + "ln_2")
+        hidden = F.linear(y, weight[block + "mlp.c_fc.weight"], weight[block + "mlp.c_fc.bias"])
+        hidden = hidden * torch.sigmoid(1.702 * hidden)  # QuickGELU
+        t = t + F.linear(hidden, weight[block + "mlp.c_proj.weight"], weight[block + "mlp.c_proj.bias"])
+    t = layer_norm(t, "visual.ln_post") @ weight["visual.proj"]
+    return as_map(t[:, 1:], 14, 14)
+
+
+def torchscript_archive(state: dict[str, Tensor], path: Path) -> None:
+    """A TorchScript archive whose state_dict has `state`'s names, like OpenAI's ViT-B-16.pt."""
+    root = nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, nn.Module())
+            module = getattr(module, part)
+        module.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(root).save(str(path))
+
+
+def test_openai_clip_torchscript_archive_gives_maskclip(tmp_path, openai_clip_state):
+    path = tmp_path / "ViT-B-16.pt"
+    torchscript_archive(openai_clip_state, path)
+    featurizer = create_featurizer("maskclip", weights=str(path))
+    x = images(224, 224, batch=1)
+    torch.testing.assert_close(featurizer(x), openai_maskclip_reference(openai_clip_state, x), rtol=0, atol=2e-4)
+
+
+def test_openai_clip_state_dict_file_loads(tmp_path, openai_clip_state):
+    path = tmp_path / "clip_vit_b16_state_dict.pt"
+    torch.save(openai_clip_state, path)
+    featurizer = create_featurizer("maskclip", weights=str(path))
+    projection = openai_clip_state["visual.proj"].float()
+    torch.testing.assert_close(featurizer.model.head.weight, projection.T, rtol=0, atol=0)
+    assert torch.count_nonzero(featurizer.model.head.bias) == 0
+
+
+class NotATensor:
+    pass
+
+
+@pytest.mark.parametrize("problem", ["garbage_pth", "garbage_safetensors", "pickled_object", "other_architecture"])
+def test_bad_weights_files_name_the_file(tmp_path, problem):
+    if problem == "garbage_pth":
+        path = tmp_path / "broken.pth"
+        path.write_bytes(b"definitely not a checkpoint" * 10)
+    elif problem == "garbage_safetensors":
+        path = tmp_path / "broken.safetensors"
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    elif problem == "pickled_object":
+        path = tmp_path / "unsafe.pt"
+        torch.save({"weight": NotATensor()}, path)
+    else:
+        path = tmp_path / "vit_small_patch16.pth"
+        torch.save(other_timm_model("vit_small_patch16_224").state_dict(), path)
+    with pytest.raises(UserError) as error:
+        create_featurizer(DINO, weights=str(path))
+    assert str(path.resolve()) in str(error.value)
+    if problem == "other_architecture":
+        assert "missing keys" in str(error.value) and "ls1.gamma" in str(error.value)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    path = tmp_path / "nowhere" / "model.pth"
+    with pytest.raises(UserError, match=re.escape(str(path))):
+        create_featurizer(DINO, weights=str(path))
+
+
+def test_hub_weights_offline_say_they_need_the_internet(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    with pytest.raises(UserError, match="internet") as error:
+        create_featurizer(DINO, weights="hub")
+    assert "--weights PATH" in str(error.value)
+
+
+# --- names ---
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("resnet50", "not a ViT"),
+        ("vit_smal_patch14_dinov2", "did you mean vit_small_patch14_dinov2"),
+        (f"{DINO}.no_such_tag", "no pretrained tag"),
+        ("maskclip:vit_small_patch16_224", "CLIP image tower"),
+        (f"{DINO}:values", "unknown featurizer"),
+    ],
+)
+def test_bad_names_are_user_errors(name, message):
+    with pytest.raises(UserError, match=message):
+        create_featurizer(name)
+
+
+# --- early fusion ---
+
+
+@pytest.mark.parametrize("name", [DINO_REG, f"{DINO}:keys"])
+def test_token_bias_reaches_the_output_and_carries_gradients(name):
+    featurizer = random_featurizer(name)
+    x = images(28, 42)
+    plain = featurizer(x)
+    torch.testing.assert_close(featurizer(x, token_bias=torch.zeros(2, 384, 2, 3)), plain, rtol=0, atol=0)
+    bias = torch.randn(2, 384, 2, 3, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    biased = featurizer(x, token_bias=bias)
+    assert not torch.allclose(biased, plain)
+    biased.square().sum().backward()
+    assert bias.grad is not None and bias.grad.abs().sum() > 0
+    assert all(p.grad is None for p in featurizer.parameters())
+
+
+def test_token_bias_is_added_to_the_patch_embeddings():
+    featurizer = random_featurizer(DINO)
+    model = featurizer.model
+    x = images(28, 28)
+    bias = torch.randn(2, 384, 2, 2, generator=torch.Generator().manual_seed(2))
+    handle = model.patch_embed.register_forward_hook(lambda module, args, out: out + bias.permute(0, 2, 3, 1))
+    try:
+        with torch.no_grad():
+            expected = as_map(model.forward_features(x)[:, 1:], 2, 2)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(featurizer(x, token_bias=bias), expected, rtol=0, atol=1e-6)
+
+
+# --- xformers switch (the kernel itself needs CUDA; its layout is checked with an SDPA stand-in) ---
+
+
+def sdpa_in_xformers_layout(q: Tensor, k: Tensor, v: Tensor, p: float = 0.0) -> Tensor:
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p)
+    return out.transpose(1, 2)
+
+
+def test_attention_with_a_bmhk_kernel_matches_timm():
+    attn = random_featurizer(DINO).model.blocks[3].attn
+    tokens = torch.randn(2, 17, 384, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            attention_with_kernel(attn, tokens, sdpa_in_xformers_layout), attn(tokens), rtol=0, atol=1e-5
+        )
+
+
+def test_xformers_switch_only_when_importable_and_cpu_keeps_timms_path(monkeypatch):
+    monkeypatch.setattr(attention_module, "xformers_kernel", lambda: None)
+    plain = create_featurizer_quietly(DINO)
+    assert not any(isinstance(m, MemoryEfficientAttention) for m in plain.modules())
+    monkeypatch.setattr(attention_module, "xformers_kernel", lambda: sdpa_in_xformers_layout)
+    switched = create_featurizer_quietly(DINO)
+    attentions = [m for m in switched.modules() if isinstance(m, Attention)]
+    assert len(attentions) == 12 and all(type(m) is MemoryEfficientAttention for m in attentions)
+    x = images(28, 28)
+    torch.testing.assert_close(switched(x), plain(x), rtol=0, atol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from isegprobe import __version__
+from isegprobe.commands.datasets import datasets
 from isegprobe.commands.extract import extract_features
 from isegprobe.commands.quickstart import quickstart
 
@@ -23,5 +24,6 @@ def main() -> None:
     """
 
 
+main.add_command(datasets)
 main.add_command(extract_features)
 main.add_command(quickstart)

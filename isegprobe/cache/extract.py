@@ -22,7 +22,7 @@ from tqdm import tqdm
 from isegprobe.cache.attrs import build_attrs
 from isegprobe.cache.schema import mismatches, store_name
 from isegprobe.cache.store import FeatureStore
-from isegprobe.data import SampleSource, create_dataset
+from isegprobe.data import SampleSource, create_dataset, resolve_root
 from isegprobe.data.preprocess import ViewSpec, make_view, normalize_images, parse_views
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
@@ -165,7 +165,7 @@ def extract(request: ExtractionRequest) -> ExtractionResult:
     if request.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rank, world, device = init_from_env(request.device)
-    source = create_dataset(request.dataset, request.root, request.split)
+    source = create_dataset(request.dataset, resolve_root(request.dataset, request.root), request.split)
     featurizer = create_featurizer(request.featurizer, weights=request.weights).to(device)
     dataset_attrs = {
         "name": request.dataset.lower(),

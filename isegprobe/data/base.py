@@ -1,0 +1,124 @@
+"""What the dataset families share: the per-image base class, the per-instance view, and the registry factory.
+
+A family's split (`val`) yields one `Sample` per image holding all its instances, painted later-on-top: features are
+cached once per image. Adding `-instances` to the split (`val-instances`) yields one `Sample` per annotated instance,
+labels 0/1, id `<image id>_<k>`: the exact mask even where instances overlap, and the item counts the papers report
+(SBD val: 2857 images, 6671 instance samples).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from isegprobe.data.catalog import dataset_facts
+from isegprobe.data.registry import SampleSource
+from isegprobe.data.roots import config_path, dataset_options, require_root
+from isegprobe.data.sample import Sample
+from isegprobe.errors import UserError
+
+INSTANCES_SUFFIX = "-instances"
+
+
+def parse_split(split: str) -> tuple[str, bool]:
+    """`val-instances` -> (`val`, True); `val` -> (`val`, False)."""
+    if split.endswith(INSTANCES_SUFFIX) and len(split) > len(INSTANCES_SUFFIX):
+        return split[: -len(INSTANCES_SUFFIX)], True
+    return split, False
+
+
+def one_instance(
+    sample: Sample, instance: int, mask: np.ndarray | None = None, ignore: np.ndarray | None = None
+) -> Sample:
+    """A copy of `sample` holding only one object (labels 0/1); the image's ignore region stays, minus the object."""
+    mask = sample.labels == instance if mask is None else mask
+    ignore = sample.ignore if ignore is None else ignore
+    return Sample(
+        id=f"{sample.id}_{instance}", image=sample.image, labels=mask.astype(np.uint16), ignore=ignore & ~mask
+    )
+
+
+class DatasetBase:
+    """One sample per image. Subclasses define `__len__`, `ids` and `__getitem__`; the rest has fallbacks.
+
+    `instance_counts` and `instance_sample` let `PerInstanceSource` expose one sample per instance; families whose
+    instances can overlap override `instance_sample` to return the exact mask instead of the painted one.
+    """
+
+    name: str
+    split: str
+    root: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def ids(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def image_id(self, index: int) -> str:
+        return self.ids()[index]
+
+    def instance_counts(self) -> list[int]:
+        """Instances per image, in the order `instance_sample` numbers them; this fallback reads every image."""
+        return [self[index].num_instances for index in range(len(self))]
+
+    def instance_sample(self, index: int, instance: int) -> Sample:
+        return one_instance(self[index], instance)
+
+
+class PerInstanceSource:
+    """Every instance of a per-image source as its own sample (see the module docstring)."""
+
+    def __init__(self, source: DatasetBase) -> None:
+        self.source = source
+        self.name = source.name
+        self.split = source.split + INSTANCES_SUFFIX
+        self.root = source.root
+        image_ids = source.ids()
+        self._keys = [(index, k) for index, count in enumerate(source.instance_counts()) for k in range(1, count + 1)]
+        self._ids = [f"{image_ids[index]}_{k}" for index, k in self._keys]
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def image_id(self, index: int) -> str:
+        return self.source.image_id(self._keys[index][0])
+
+    def __getitem__(self, index: int) -> Sample:
+        image_index, instance = self._keys[index]
+        sample = self.source.instance_sample(image_index, instance)
+        sample.id = self._ids[index]
+        return sample
+
+
+def require_same_size(
+    mask_path: Path, mask_shape: tuple[int, ...], image_path: Path, image_shape: tuple[int, ...]
+) -> None:
+    if tuple(mask_shape[:2]) != tuple(image_shape[:2]):
+        image_size = tuple(image_shape[:2])
+        raise UserError(
+            f"{mask_path}: mask size {tuple(mask_shape[:2])} differs from image {image_path.name} {image_size}"
+        )
+
+
+def build_source(name: str, root: Path | None, split: str, loader: Callable[..., DatasetBase]) -> SampleSource:
+    """The registry factory every family uses: root from --root or the config, split aliases, configured options."""
+    base_split, per_instance = parse_split(split)
+    base_split = dataset_facts(name).resolve_split(base_split)
+    options = dataset_options(name, base_split)
+    accepted = set(inspect.signature(loader).parameters) - {"root", "split"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        known = sorted(accepted) or "none"
+        raise UserError(f"{config_path()}: options.{name}.{base_split}: unknown keys {unknown}; {name} accepts {known}")
+    source = loader(root=require_root(name, root), split=base_split, **options)
+    return PerInstanceSource(source) if per_instance else source

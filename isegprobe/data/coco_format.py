@@ -1,0 +1,139 @@
+"""Images described by a COCO-style JSON (`images`, `annotations` with polygons or RLE): MS COCO, LVIS, custom.
+
+Crowd annotations are left out, as RITM does (their pixels are background). Images without any other annotation are
+left out too. Per image, objects are painted in annotation order, later on top; the `-instances` split gives every
+annotation its own exact mask.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from isegprobe.data.base import DatasetBase, require_same_size
+from isegprobe.data.image_io import read_rgb
+from isegprobe.data.instance_maps import paint_instances
+from isegprobe.data.sample import Sample
+from isegprobe.errors import UserError
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as file:
+            data = json.load(file)
+    except FileNotFoundError:
+        raise UserError(f"{path}: annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error})") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
+        raise UserError(f"{path}: expected a COCO-format JSON with 'images' and 'annotations' lists")
+    return data
+
+
+def coco_annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """bool [H, W] from COCO polygons, uncompressed RLE or compressed RLE, rasterized by pycocotools as COCO does."""
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise UserError("reading COCO-format annotations needs pycocotools: pip install pycocotools") from None
+    if isinstance(segmentation, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle).astype(bool)
+
+
+class AnnotatedImagesDataset(DatasetBase):
+    """One sample per image that has at least one (non-crowd) annotation, in the JSON's image order."""
+
+    max_overlap_ratio: float | None = None
+
+    def __init__(self, name: str, root: Path, split: str, annotation_file: Path, image_dirs: list[Path]) -> None:
+        self.name, self.split, self.root = name, split, str(root)
+        self.annotation_file = annotation_file
+        self.image_dirs = image_dirs
+        data = load_json(annotation_file)
+        by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        try:
+            for annotation in data["annotations"]:
+                if not annotation.get("iscrowd", 0):
+                    by_image[annotation["image_id"]].append(
+                        {"id": annotation.get("id"), "segmentation": annotation["segmentation"]}
+                    )
+            self._images = [image for image in data["images"] if by_image.get(image["id"])]
+            self._annotations = [by_image[image["id"]] for image in self._images]
+            self._ids = [self._sample_id(image) for image in self._images]
+            self._sizes = [(int(image["height"]), int(image["width"])) for image in self._images]
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{annotation_file}: an image or annotation entry lacks a valid {error} field") from None
+
+    def _file_name(self, image: dict[str, Any]) -> str:
+        return image["file_name"]
+
+    def _sample_id(self, image: dict[str, Any]) -> str:
+        return Path(self._file_name(image)).with_suffix("").as_posix().replace("/", "__")
+
+    def _image_path(self, image: dict[str, Any]) -> Path:
+        file_name = self._file_name(image)
+        for folder in self.image_dirs:
+            if (folder / file_name).is_file():
+                return folder / file_name
+        raise UserError(
+            f"{file_name}: image of {self.annotation_file.name} not found in {', '.join(map(str, self.image_dirs))}"
+        )
+
+    def _mask(self, annotation: dict[str, Any], height: int, width: int) -> np.ndarray:
+        return coco_annotation_mask(annotation["segmentation"], height, width)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def _read_image(self, index: int) -> np.ndarray:
+        path = self._image_path(self._images[index])
+        image = read_rgb(path)
+        require_same_size(self.annotation_file, self._sizes[index], path, image.shape)
+        return image
+
+    def _masks(self, index: int, annotations: list[dict[str, Any]], shape: tuple[int, int]) -> list[np.ndarray]:
+        masks = []
+        for annotation in annotations:
+            try:
+                masks.append(self._mask(annotation, *shape))
+            except UserError:
+                raise
+            except Exception as error:  # malformed polygons or RLE; name the annotation
+                where = f"annotation {annotation['id']} of image {self._ids[index]}"
+                raise UserError(f"{self.annotation_file}: {where}: bad segmentation ({error})") from None
+        return masks
+
+    def __getitem__(self, index: int) -> Sample:
+        image = self._read_image(index)
+        masks = self._masks(index, self._annotations[index], image.shape[:2])
+        labels = paint_instances(masks, image.shape[:2], self.max_overlap_ratio)
+        return Sample(id=self._ids[index], image=image, labels=labels, ignore=np.zeros(labels.shape, bool))
+
+    def instance_counts(self) -> list[int]:
+        return [len(annotations) for annotations in self._annotations]
+
+    def instance_sample(self, index: int, instance: int) -> Sample:
+        image = self._read_image(index)
+        (mask,) = self._masks(index, [self._annotations[index][instance - 1]], image.shape[:2])
+        return Sample(
+            id=f"{self._ids[index]}_{instance}",
+            image=image,
+            labels=mask.astype(np.uint16),
+            ignore=np.zeros(mask.shape, bool),
+        )

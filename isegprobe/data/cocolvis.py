@@ -1,0 +1,99 @@
+"""COCO+LVIS: RITM's combined annotations (cocolvis_annotation.tar.gz) over the LVIS v1 (COCO 2017) images.
+
+Layout, the annotations unpacked into the LVIS folder: `<split>/hannotation.pickle` (image id -> {'hierarchy':
+{instance id: parent/children or None}, 'num_instance_masks': n, ...}), `<split>/masks/<image id>.pickle` (a pair:
+PNG-encoded layers, and for every instance and stuff region its (layer, value)), `<split>/images/<image id>.jpg`.
+Objects can overlap because they live on different layers; a per-image sample paints them in id order, later on top,
+and `-instances` gives each its exact mask. Like RITM with `stuff_prob=0`, stuff regions are not objects; the
+part/whole hierarchy RITM uses when sampling training objects is not kept.
+The files are Python pickles: load only the archive RITM published, or one you made.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from isegprobe.data.base import DatasetBase, build_source, require_same_size
+from isegprobe.data.image_io import read_rgb
+from isegprobe.data.instance_maps import paint_instances
+from isegprobe.data.registry import SampleSource, register_dataset
+from isegprobe.data.sample import Sample
+from isegprobe.errors import UserError
+
+
+def _load_pickle(path: Path) -> Any:
+    try:
+        with open(path, "rb") as file:
+            return pickle.load(file)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except Exception as error:  # unpickling a damaged file raises many types; the user needs the file name
+        raise UserError(f"{path}: cannot unpickle ({type(error).__name__}: {error})") from None
+
+
+class CocoLvisDataset(DatasetBase):
+    def __init__(self, root: Path, split: str) -> None:
+        self.name, self.split, self.root = "cocolvis", split, str(root)
+        split_dir = root / split
+        self.image_dir, self.mask_dir = split_dir / "images", split_dir / "masks"
+        annotation_file = split_dir / "hannotation.pickle"
+        if not annotation_file.is_file():
+            raise UserError(
+                f"--root {root}: expected RITM's COCO+LVIS annotations, {split}/hannotation.pickle not found"
+            )
+        annotations = _load_pickle(annotation_file)
+        try:
+            self._items = [(str(image_id), sorted(info["hierarchy"])) for image_id, info in sorted(annotations.items())]
+        except (AttributeError, KeyError, TypeError) as error:
+            raise UserError(
+                f"{annotation_file}: not RITM's hannotation format ({type(error).__name__}: {error})"
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def ids(self) -> list[str]:
+        return [image_id for image_id, _ in self._items]
+
+    def _read(self, index: int, instances: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+        image_id = self._items[index][0]
+        image_path = self.image_dir / f"{image_id}.jpg"
+        image = read_rgb(image_path)
+        mask_path = self.mask_dir / f"{image_id}.pickle"
+        packed = _load_pickle(mask_path)
+        try:
+            encoded_layers, mapping = packed
+            layers = [cv2.imdecode(np.asarray(layer, np.uint8), cv2.IMREAD_UNCHANGED) for layer in encoded_layers]
+            if any(layer is None for layer in layers):
+                raise ValueError("a layer is not a decodable image")
+            for layer in layers:
+                require_same_size(mask_path, layer.shape, image_path, image.shape)
+            masks = [layers[mapping[instance][0]] == mapping[instance][1] for instance in instances]
+        except (ValueError, TypeError, IndexError, KeyError) as error:
+            raise UserError(f"{mask_path}: not RITM's packed-mask format ({type(error).__name__}: {error})") from None
+        return image, masks
+
+    def __getitem__(self, index: int) -> Sample:
+        image, masks = self._read(index, self._items[index][1])
+        labels = paint_instances(masks, image.shape[:2])
+        return Sample(id=self._items[index][0], image=image, labels=labels, ignore=np.zeros(labels.shape, bool))
+
+    def instance_counts(self) -> list[int]:
+        return [len(instances) for _, instances in self._items]
+
+    def instance_sample(self, index: int, instance: int) -> Sample:
+        image_id, instances = self._items[index]
+        image, (mask,) = self._read(index, [instances[instance - 1]])
+        return Sample(
+            id=f"{image_id}_{instance}", image=image, labels=mask.astype(np.uint16), ignore=np.zeros(mask.shape, bool)
+        )
+
+
+@register_dataset("cocolvis")
+def _create(root: Path | None, split: str) -> SampleSource:
+    return build_source("cocolvis", root, split, CocoLvisDataset)

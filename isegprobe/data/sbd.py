@@ -1,0 +1,102 @@
+"""SBD (Hariharan et al. 2011), the field's training set and one of its test sets.
+
+Layout (`benchmark_RELEASE/dataset` of the official archive): `img/<name>.jpg`, `inst/<name>.mat` whose
+`GTinst.Segmentation` holds instance ids (0 background), and `train.txt` / `val.txt` listing the names.
+Split `val` yields the 2857 images with all their instances; `val-instances` the 6671 one-object samples RITM's
+SBDEvaluationDataset evaluates. SBD instances never overlap, so both give the same masks.
+
+RITM's training filters are keywords (set them in configs/datasets.yaml): `min_object_area` drops objects with fewer
+pixels, `buggy_mask_threshold` drops objects covering less than that share of their bounding box (RITM: 0.08).
+Both apply at the image's own resolution; RITM's `keep_background_prob` acts on its random crops, so it belongs to
+training, not to the loader.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from isegprobe.data.base import DatasetBase, build_source, require_same_size
+from isegprobe.data.image_io import read_rgb
+from isegprobe.data.instance_maps import compact_labels
+from isegprobe.data.registry import SampleSource, register_dataset
+from isegprobe.data.sample import Sample
+from isegprobe.errors import UserError
+
+
+def read_sbd_instances(path: Path) -> np.ndarray:
+    """`GTinst.Segmentation` of one SBD .mat file, as int32 [H, W]."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise UserError("reading SBD needs scipy: pip install scipy") from None
+    try:
+        segmentation = loadmat(str(path), squeeze_me=True, struct_as_record=False)["GTinst"].Segmentation
+    except FileNotFoundError:
+        raise UserError(f"{path}: instance file not found") from None
+    except Exception as error:  # scipy raises many types for a damaged file; the user needs the file name
+        raise UserError(f"{path}: cannot read GTinst.Segmentation ({type(error).__name__}: {error})") from None
+    return np.asarray(segmentation, dtype=np.int32)
+
+
+def _box_fill_ratio(mask: np.ndarray) -> float:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    box_area = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+    return float(mask.sum()) / box_area
+
+
+class SBDDataset(DatasetBase):
+    def __init__(self, root: Path, split: str, min_object_area: int = 0, buggy_mask_threshold: float = 0.0) -> None:
+        self.name, self.split, self.root = "sbd", split, str(root)
+        self.image_dir, self.inst_dir = root / "img", root / "inst"
+        list_file = root / f"{split}.txt"
+        for needed in (self.image_dir, self.inst_dir, list_file):
+            if not needed.exists():
+                raise UserError(
+                    f"--root {root}: expected SBD's img/, inst/ and {split}.txt inside; {needed.name} not found"
+                )
+        self._names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        self.min_object_area = min_object_area
+        self.buggy_mask_threshold = buggy_mask_threshold
+        self._counts: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def ids(self) -> list[str]:
+        return self._names
+
+    def _labels(self, name: str) -> np.ndarray:
+        labels = read_sbd_instances(self.inst_dir / f"{name}.mat")
+        for instance in np.unique(labels[labels > 0]):
+            mask = labels == instance
+            if mask.sum() < self.min_object_area or _box_fill_ratio(mask) < self.buggy_mask_threshold:
+                labels[mask] = 0
+        return compact_labels(labels)
+
+    def __getitem__(self, index: int) -> Sample:
+        name = self._names[index]
+        image_path = self.image_dir / f"{name}.jpg"
+        image = read_rgb(image_path)
+        labels = self._labels(name)
+        require_same_size(self.inst_dir / f"{name}.mat", labels.shape, image_path, image.shape)
+        return Sample(id=name, image=image, labels=labels, ignore=np.zeros(labels.shape, bool))
+
+    def instance_counts(self) -> list[int]:
+        """Reads every .mat once (a few seconds for val), not the images; an unreadable one counts one instance,
+        so that reading that item reports the file."""
+        if self._counts is None:
+            self._counts = [self._count(name) for name in self._names]
+        return self._counts
+
+    def _count(self, name: str) -> int:
+        try:
+            return int(self._labels(name).max())
+        except UserError:
+            return 1
+
+
+@register_dataset("sbd")
+def _create(root: Path | None, split: str) -> SampleSource:
+    return build_source("sbd", root, split, SBDDataset)

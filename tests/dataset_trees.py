@@ -1,0 +1,49 @@
+"""Writing tiny dataset trees in each family's on-disk layout, for the dataset tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+
+def write_image(path: Path, height: int = 24, width: int = 32, seed: int = 0) -> np.ndarray:
+    """A random RGB picture saved losslessly when the suffix allows (PNG/BMP), as JPEG otherwise; returns it as RGB."""
+    image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return image
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = mask if mask.ndim == 2 else cv2.cvtColor(mask, cv2.COLOR_RGB2BGR)
+    assert cv2.imwrite(str(path), array)
+
+
+def box(height: int, width: int, y0: int, x0: int, y1: int, x1: int, value: int = 255) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[y0:y1, x0:x1] = value
+    return mask
+
+
+def use_dataset_config(monkeypatch, tmp_path: Path, roots: dict | None = None, options: dict | None = None) -> Path:
+    """Point $ISEGPROBE_DATASETS at a temporary config with these roots and options."""
+    path = tmp_path / "datasets.yaml"
+    path.write_text(yaml.safe_dump({"roots": roots or {}, "options": options or {}}))
+    monkeypatch.setenv("ISEGPROBE_DATASETS", str(path))
+    return path
+
+
+def berkeley_tree(root: Path, images: int, extra_masks: int, size: tuple[int, int] = (8, 10)) -> Path:
+    """`images` pictures with one mask each; the first `extra_masks` pictures get a second object (`<stem>_2.png`)."""
+    height, width = size
+    for index in range(images):
+        stem = f"{100000 + index}"
+        write_image(root / "images" / f"{stem}.jpg", height, width, seed=index)
+        write_mask(root / "masks" / f"{stem}.png", box(height, width, 1, 1, 4, 4))
+        if index < extra_masks:
+            write_mask(root / "masks" / f"{stem}_2.png", box(height, width, 5, 5, 8, 9))
+    return root

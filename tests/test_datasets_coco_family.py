@@ -1,0 +1,138 @@
+"""MS COCO and custom COCO-format JSON (pycocotools), LVIS (RITM's layout, polygons) and COCO+LVIS (RITM's pickles)."""
+
+import json
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+from dataset_trees import write_image
+
+from isegprobe.data import create_dataset
+from isegprobe.data.lvis import LVISDataset
+from isegprobe.errors import UserError
+
+mask_utils = pytest.importorskip("pycocotools.mask")
+H, W = 20, 30
+
+
+def _square(x0, y0, x1, y1):
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def _rle(mask):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+
+
+def _coco_json(file_names):
+    right_half = np.zeros((H, W), bool)
+    right_half[:, 15:] = True
+    return {
+        "images": [{"id": i + 1, "file_name": name, "height": H, "width": W} for i, name in enumerate(file_names)],
+        "annotations": [
+            {"id": 10, "image_id": 1, "segmentation": _square(2, 2, 12, 12), "iscrowd": 0},
+            {"id": 11, "image_id": 1, "segmentation": _square(8, 8, 20, 16), "iscrowd": 0},
+            {"id": 12, "image_id": 2, "segmentation": _rle(right_half), "iscrowd": 0},
+            {"id": 13, "image_id": 2, "segmentation": _rle(~right_half), "iscrowd": 1},
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+
+
+def test_coco_instances_paint_later_on_top_and_skip_crowds_and_empty_images(tmp_path):
+    root = tmp_path / "COCO"
+    names = ["000000000001.jpg", "000000000002.jpg", "000000000003.jpg"]
+    for seed, name in enumerate(names):
+        write_image(root / "val2017" / name, H, W, seed)
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(_coco_json(names)))
+    dataset = create_dataset("coco", root, "val")
+    assert dataset.split == "val2017"
+    assert dataset.ids() == ["000000000001", "000000000002"], "the image without annotations is left out"
+    overlapping = dataset[0]
+    assert overlapping.num_instances == 2 and overlapping.labels[10, 10] == 2
+    crowd_image = dataset[1]
+    assert crowd_image.num_instances == 1 and crowd_image.labels[:, 15:].all() and not crowd_image.labels[:, :15].any()
+    per_instance = create_dataset("coco", root, "val-instances")
+    assert per_instance.ids() == ["000000000001_1", "000000000001_2", "000000000002_1"]
+    first = per_instance[0]
+    assert first.labels[10, 10] == 1, "the exact mask keeps the part a later object covers"
+    assert first.labels.sum() == (overlapping.labels == 1).sum() + (first.labels & (overlapping.labels == 2)).sum()
+
+
+def test_custom_coco_json_finds_images_beside_it_and_checks_sizes(tmp_path):
+    folder = tmp_path / "mine"
+    write_image(folder / "images" / "a.png", H, W)
+    write_image(folder / "b.png", H + 2, W)
+    (folder / "labels.json").write_text(json.dumps(_coco_json(["a.png", "b.png"])))
+    dataset = create_dataset("custom", folder / "labels.json")
+    assert dataset.ids() == ["a", "b"]
+    assert dataset[0].num_instances == 2
+    with pytest.raises(UserError, match=r"labels\.json: mask size \(20, 30\) differs from image b\.png \(22, 30\)"):
+        dataset[1]
+
+
+def _lvis_json(urls):
+    return {
+        "images": [{"id": i + 1, "coco_url": url, "height": H, "width": W} for i, url in enumerate(urls)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "segmentation": _square(0, 0, 10, 10), "category_id": 1},
+            {"id": 2, "image_id": 1, "segmentation": _square(1, 1, 9, 9), "category_id": 1},  # mostly inside the first
+            {"id": 3, "image_id": 1, "segmentation": _square(20, 10, 28, 18), "category_id": 1},
+            {"id": 4, "image_id": 2, "segmentation": _square(5, 5, 15, 15), "category_id": 1},
+        ],
+    }
+
+
+def test_lvis_follows_coco_url_and_applies_the_overlap_filter(tmp_path):
+    root = tmp_path / "LVIS"
+    write_image(root / "train" / "images" / "000000000009.jpg", H, W)
+    write_image(root / "val" / "images" / "000000000139.jpg", H, W)
+    urls = [
+        "http://images.cocodataset.org/train2017/000000000009.jpg",
+        "http://images.cocodataset.org/val2017/000000000139.jpg",
+    ]
+    (root / "val").mkdir(exist_ok=True)
+    (root / "val" / "lvis_val.json").write_text(json.dumps(_lvis_json(urls)))
+    painted = create_dataset("lvis", root, "val")
+    assert painted.ids() == ["000000000009", "000000000139"]
+    assert painted[0].num_instances == 3, "without the filter, the nested object is painted over the first"
+    filtered = LVISDataset(root, "val", max_overlap_ratio=0.5)
+    sample = filtered[0]
+    assert sample.num_instances == 2 and sample.labels[5, 5] == 1
+    assert (sample.labels == 1).sum() == 121, "OpenCV fills polygons including their border, as in RITM"
+    assert len(create_dataset("lvis", root, "val-instances")) == 4
+
+
+def _packed_masks(layers, mapping):
+    return [cv2.imencode(".png", layer)[1] for layer in layers], mapping
+
+
+def test_cocolvis_reads_ritm_pickles_layers_and_drops_stuff(tmp_path):
+    root = tmp_path / "LVIS"
+    split = root / "val"
+    write_image(split / "images" / "42.jpg", H, W)
+    layer0 = np.zeros((H, W), np.uint8)
+    layer0[0:10, 0:10] = 1  # instance 0
+    layer0[15:20, :] = 2  # a stuff region
+    layer1 = np.zeros((H, W), np.uint8)
+    layer1[5:15, 5:15] = 1  # instance 1, overlapping instance 0 on another layer
+    (split / "masks").mkdir(parents=True)
+    with open(split / "masks" / "42.pickle", "wb") as file:
+        pickle.dump(_packed_masks([layer0, layer1], [(0, 1), (1, 1), (0, 2)]), file)
+    hierarchy = {
+        0: {"parent": None, "children": [1], "node_level": 0},
+        1: {"parent": 0, "children": [], "node_level": 1},
+    }
+    with open(split / "hannotation.pickle", "wb") as file:
+        pickle.dump({"42": {"hierarchy": hierarchy, "num_instance_masks": 2}}, file)
+    dataset = create_dataset("cocolvis", root, "val")
+    sample = dataset[0]
+    assert sample.num_instances == 2 and sample.labels[7, 7] == 2
+    assert not sample.labels[15:].any(), "stuff is background"
+    per_instance = create_dataset("cocolvis", root, "val-instances")
+    assert per_instance.ids() == ["42_1", "42_2"] and per_instance[0].labels.sum() == 100
+    (split / "masks" / "42.pickle").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match=r"42\.pickle: cannot unpickle"):
+        dataset[0]

@@ -1,0 +1,157 @@
+"""`isegprobe datasets download` against a local HTTP server: checksums, resumed transfers, unpacking."""
+
+import hashlib
+import io
+import pickle
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from dataset_trees import box, write_image, write_mask
+
+from isegprobe.commands.datasets import datasets
+from isegprobe.data import create_dataset
+
+
+class ArchiveHandler(BaseHTTPRequestHandler):
+    """Serves `server.payload`, honours Range, and drops the connection halfway while `server.cuts` > 0."""
+
+    def do_GET(self):
+        payload, requested = self.server.payload, self.headers.get("Range")
+        self.server.ranges.append(requested)
+        start = int(requested.removeprefix("bytes=").rstrip("-")) if requested else 0
+        if start >= len(payload):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(payload)}")
+            self.end_headers()
+            return
+        self.send_response(206 if requested else 200)
+        if requested:
+            self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
+        self.send_header("Content-Length", str(len(payload) - start))
+        self.end_headers()
+        body = payload[start:]
+        if self.server.cuts > 0:
+            self.server.cuts -= 1
+            body = body[: len(body) // 2]
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def server():
+    httpd = HTTPServer(("127.0.0.1", 0), ArchiveHandler)
+    httpd.payload, httpd.ranges, httpd.cuts = b"", [], 0
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _url(server, name):
+    return f"http://127.0.0.1:{server.server_address[1]}/{name}"
+
+
+def _grabcut_zip(tmp_path):
+    """A zip laid out like the f-BRS GrabCut.zip: a top folder with data_GT/ and boundary_GT/ (padded to 64 KiB)."""
+    source = tmp_path / "src"
+    write_image(source / "data_GT" / "a.png", 12, 16)
+    write_mask(source / "boundary_GT" / "a.bmp", box(12, 16, 2, 2, 8, 8))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        for path in sorted(source.rglob("*.*")):
+            bundle.write(path, f"GrabCut/{path.relative_to(source)}")
+        bundle.writestr("GrabCut/padding.bin", np.random.default_rng(0).bytes(1 << 16))
+    return buffer.getvalue()
+
+
+def _download(*args):
+    return CliRunner().invoke(datasets, ["download", *[str(arg) for arg in args]])
+
+
+def test_matching_checksum_downloads_and_unpacks_into_the_loader_layout(server, tmp_path):
+    server.payload = _grabcut_zip(tmp_path)
+    digest = hashlib.sha256(server.payload).hexdigest()
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"), "--sha256", digest)
+    assert result.exit_code == 0, result.output
+    assert f"sha256 {digest} (matches)" in result.output
+    root = tmp_path / "data" / "GrabCut"
+    assert create_dataset("grabcut", root)[0].num_instances == 1
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["GrabCut"], "archive and scratch folders are gone"
+    again = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"))
+    assert "already has the grabcut layout" in again.output and len(server.ranges) == 1
+
+
+def test_checksum_mismatch_fails_and_leaves_nothing_behind(server, tmp_path):
+    server.payload = _grabcut_zip(tmp_path)
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"), "--sha256", "0" * 64)
+    assert result.exit_code == 1
+    assert "SHA-256 mismatch" in result.output and hashlib.sha256(server.payload).hexdigest() in result.output
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):
+    server.payload = _grabcut_zip(tmp_path)
+    server.cuts = 1
+    digest = hashlib.sha256(server.payload).hexdigest()
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"), "--sha256", digest)
+    assert result.exit_code == 0, result.output
+    assert server.ranges == [None, f"bytes={len(server.payload) // 2}-"]
+    assert (tmp_path / "data" / "GrabCut" / "boundary_GT" / "a.bmp").is_file()
+
+
+def test_a_partial_file_from_an_earlier_run_is_resumed_and_unknown_hashes_are_printed(server, tmp_path):
+    server.payload = _grabcut_zip(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "GrabCut.zip.part").write_bytes(server.payload[:1000])
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"))
+    assert result.exit_code == 0, result.output
+    assert server.ranges == ["bytes=1000-"]
+    digest = hashlib.sha256(server.payload).hexdigest()
+    assert f"sha256 {digest} (no published checksum" in result.output and f"--sha256 {digest}" in result.output
+
+
+def test_a_connection_that_keeps_dropping_fails_and_keeps_the_partial_file(server, tmp_path):
+    server.payload = _grabcut_zip(tmp_path)
+    server.cuts = 100
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"))
+    assert result.exit_code == 1
+    assert "download interrupted" in result.output and "run the same command to resume" in result.output
+    assert (tmp_path / "data" / "GrabCut.zip.part").stat().st_size > len(server.payload) // 2
+
+
+def test_cocolvis_annotations_merge_into_an_existing_lvis_folder(server, tmp_path):
+    lvis = tmp_path / "data" / "LVIS"
+    write_image(lvis / "val" / "images" / "7.jpg", 10, 10)
+    layer = box(10, 10, 2, 2, 6, 6, value=1)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as bundle:
+        members = {
+            "cocolvis_annotation/val/hannotation.pickle": pickle.dumps(
+                {"7": {"hierarchy": {0: None}, "num_instance_masks": 1}}
+            ),
+            "cocolvis_annotation/val/masks/7.pickle": pickle.dumps(([cv2.imencode(".png", layer)[1]], [(0, 1)])),
+        }
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+    server.payload = buffer.getvalue()
+    result = _download("cocolvis", "--to", tmp_path / "data", "--url", _url(server, "cocolvis_annotation.tar.gz"))
+    assert result.exit_code == 0, result.output
+    assert "put the LVIS v1 images" in result.output
+    sample = create_dataset("cocolvis", lvis, "val")[0]
+    assert sample.num_instances == 1 and sample.labels.sum() == 16
+
+
+def test_datasets_without_a_public_archive_are_refused(tmp_path):
+    result = _download("coco", "--to", tmp_path)
+    assert result.exit_code == 1 and "no public archive" in result.output

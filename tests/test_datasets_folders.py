@@ -1,0 +1,103 @@
+"""Berkeley, DAVIS, COCO_MVal and custom folders: images and masks matched by stem."""
+
+import numpy as np
+import pytest
+from dataset_trees import box, use_dataset_config, write_image, write_mask
+
+from isegprobe.data import create_dataset
+from isegprobe.errors import UserError
+
+H, W = 12, 16
+
+
+@pytest.fixture()
+def berkeley_root(tmp_path):
+    root = tmp_path / "Berkeley"
+    write_image(root / "images" / "1001.jpg", H, W, seed=1)
+    anti_aliased = box(H, W, 2, 2, 8, 8)
+    anti_aliased[2, 2:8] = 200  # a soft edge that is still object
+    anti_aliased[7, 2:8] = 128  # exactly 128: RITM ignores it
+    anti_aliased[8, 2:8] = 100  # a fainter edge: background
+    write_mask(root / "masks" / "1001.png", anti_aliased)
+    write_image(root / "images" / "1002.jpg", H, W, seed=2)
+    write_mask(root / "masks" / "1002.png", box(H, W, 0, 0, 6, 6))
+    write_mask(root / "masks" / "1002_2.png", box(H, W, 4, 4, 10, 10))  # overlaps the first object
+    write_image(root / "images" / "1003.jpg", H, W, seed=3)
+    write_mask(root / "masks" / "1003.png", np.zeros((H, W), np.uint8))  # an empty mask
+    return root
+
+
+def test_berkeley_per_image_applies_ritm_thresholds_and_paints_later_masks_on_top(berkeley_root):
+    dataset = create_dataset("berkeley", berkeley_root)
+    assert (len(dataset), dataset.ids()) == (3, ["1001", "1002", "1003"])
+    first, second, empty = (dataset[i] for i in range(3))
+    assert first.num_instances == 1
+    assert first.labels[2, 2] == 1 and first.labels[7, 2] == 0 and first.labels[8, 2] == 0
+    assert first.ignore[7, 2:8].all() and first.ignore.sum() == 6
+    assert second.num_instances == 2
+    assert second.labels[5, 5] == 2, "the later mask is on top where the two overlap"
+    assert (second.labels == 1).sum() == 36 - 4
+    assert empty.num_instances == 0
+
+
+def test_berkeley_instances_split_gives_each_mask_exactly(berkeley_root):
+    dataset = create_dataset("berkeley", berkeley_root, "test-instances")
+    assert dataset.ids() == ["1001_1", "1002_1", "1002_2", "1003_1"]
+    assert dataset.split == "test-instances"
+    assert [dataset.image_id(i) for i in range(4)] == ["1001", "1002", "1002", "1003"]
+    whole_first = dataset[1]
+    assert whole_first.id == "1002_1"
+    assert whole_first.labels.sum() == 36, "the overlapped object keeps its full mask"
+    assert set(np.unique(whole_first.labels)) == {0, 1}
+    assert dataset[3].labels.sum() == 0
+
+
+def test_mask_without_image_and_size_mismatch_name_the_file(berkeley_root):
+    write_mask(berkeley_root / "masks" / "2000.png", box(H, W, 0, 0, 2, 2))
+    write_mask(berkeley_root / "masks" / "1003.png", box(H + 1, W, 0, 0, 2, 2))
+    dataset = create_dataset("berkeley", berkeley_root)
+    with pytest.raises(UserError, match=r"2000\.png: no image named 2000"):
+        dataset[dataset.ids().index("2000")]
+    with pytest.raises(UserError, match=r"1003\.png: mask size \(13, 16\) differs from image 1003\.jpg \(12, 16\)"):
+        dataset[dataset.ids().index("1003")]
+
+
+def test_davis_reads_any_channel_and_reports_an_image_without_mask(tmp_path):
+    root = tmp_path / "DAVIS"
+    write_image(root / "img" / "bear.jpg", H, W)
+    colour = np.zeros((H, W, 3), np.uint8)
+    colour[3:6, 3:9, 0] = 255  # object drawn in red only
+    write_mask(root / "gt" / "bear.png", colour)
+    write_image(root / "img" / "camel.jpg", H, W)
+    dataset = create_dataset("davis", root)
+    sample = dataset[0]
+    assert sample.labels.sum() == 18 and not sample.ignore.any()
+    with pytest.raises(UserError, match=r"camel\.jpg: no mask named camel"):
+        dataset[1]
+
+
+def test_coco_mval_keeps_one_sample_per_file_even_for_the_same_picture(tmp_path):
+    root = tmp_path / "COCO_MVal"
+    for stem in ("airplane00_000000281693", "airplane01_000000281693"):
+        write_image(root / "img" / f"{stem}.jpg", H, W)
+        write_mask(root / "gt" / f"{stem}.png", box(H, W, 1, 1, 5, 5))
+    dataset = create_dataset("coco_mval", root)
+    assert dataset.ids() == ["airplane00_000000281693", "airplane01_000000281693"]
+    assert all(dataset[i].num_instances == 1 for i in range(2))
+
+
+def test_custom_folder_and_configured_root(tmp_path, monkeypatch):
+    root = tmp_path / "mine"
+    write_image(root / "images" / "cat.png", H, W)
+    write_mask(root / "masks" / "cat.png", box(H, W, 0, 0, 4, 4))
+    write_mask(root / "masks" / "cat_2.png", box(H, W, 6, 6, 9, 9, value=200))
+    use_dataset_config(monkeypatch, tmp_path, roots={"custom": str(root)})
+    dataset = create_dataset("custom", None, "mine")
+    assert dataset.root == str(root) and dataset.split == "mine"
+    assert dataset[0].num_instances == 2
+
+
+def test_missing_root_names_the_config_entry(tmp_path, monkeypatch):
+    config = use_dataset_config(monkeypatch, tmp_path, roots={"berkeley": None})
+    with pytest.raises(UserError, match=rf"roots\.berkeley in {config}"):
+        create_dataset("berkeley", None)

@@ -1,0 +1,109 @@
+"""SBD (.mat instance maps, train/val lists, RITM's training filters) and PASCAL VOC (palette PNGs, 255 ignored)."""
+
+import numpy as np
+import pytest
+from dataset_trees import use_dataset_config, write_image
+from PIL import Image
+from scipy.io import savemat
+
+from isegprobe.data import create_dataset
+from isegprobe.errors import UserError
+
+H, W = 48, 64
+
+
+def _write_sbd_mat(path, segmentation):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    savemat(
+        str(path),
+        {"GTinst": {"Segmentation": segmentation.astype(np.uint8), "Categories": np.ones((segmentation.max(), 1))}},
+    )
+
+
+@pytest.fixture()
+def sbd_root(tmp_path):
+    root = tmp_path / "SBD"
+    two = np.zeros((H, W), np.uint8)
+    two[2:10, 2:10] = 1
+    two[12:18, 4:20] = 2
+    one_plus_filtered = np.zeros((H, W), np.uint8)
+    one_plus_filtered[5:15, 5:15] = 1
+    one_plus_filtered[H - 1, 0] = 2  # a 1-pixel object: under RITM's min_object_area
+    rows = np.arange(45)  # a 2-pixel-thick diagonal: 90 pixels filling 4 % of its box, a "buggy" mask for RITM
+    one_plus_filtered[rows, rows + 16] = 3
+    one_plus_filtered[rows, rows + 17] = 3
+    for name, segmentation in (("2008_000001", two), ("2008_000002", one_plus_filtered)):
+        write_image(root / "img" / f"{name}.jpg", H, W)
+        _write_sbd_mat(root / "inst" / f"{name}.mat", segmentation)
+    (root / "train.txt").write_text("2008_000002\n")
+    (root / "val.txt").write_text("2008_000001\n2008_000002\n")
+    return root
+
+
+def test_sbd_val_per_image_and_per_instance(sbd_root):
+    per_image = create_dataset("sbd", sbd_root, "val")
+    assert per_image.ids() == ["2008_000001", "2008_000002"]
+    first = per_image[0]
+    assert first.num_instances == 2 and first.labels[3, 3] == 1 and first.labels[15, 10] == 2
+    assert per_image[1].num_instances == 3, "evaluation keeps every instance"
+    per_instance = create_dataset("sbd", sbd_root, "val-instances")
+    assert per_instance.ids() == ["2008_000001_1", "2008_000001_2", "2008_000002_1", "2008_000002_2", "2008_000002_3"]
+    assert per_instance[1].labels.sum() == 6 * 16
+    assert create_dataset("sbd", sbd_root, "test").split == "val", "test means SBD's evaluation split"
+
+
+def test_sbd_train_filters_come_from_the_config(sbd_root, tmp_path, monkeypatch):
+    use_dataset_config(
+        monkeypatch, tmp_path, options={"sbd": {"train": {"min_object_area": 80, "buggy_mask_threshold": 0.08}}}
+    )
+    sample = create_dataset("sbd", sbd_root, "train")[0]
+    assert sample.num_instances == 1 and sample.labels.sum() == 100
+    assert create_dataset("sbd", sbd_root, "val")[1].num_instances == 3, "options are per split"
+
+
+def test_sbd_unknown_option_and_split_are_refused(sbd_root, tmp_path, monkeypatch):
+    config = use_dataset_config(monkeypatch, tmp_path, options={"sbd": {"val": {"min_area": 5}}})
+    with pytest.raises(UserError, match=rf"{config}: options\.sbd\.val: unknown keys \['min_area'\]"):
+        create_dataset("sbd", sbd_root, "val")
+    with pytest.raises(UserError, match="sbd has splits train, val"):
+        create_dataset("sbd", sbd_root, "trainval")
+
+
+def test_sbd_damaged_mat_names_the_file(sbd_root):
+    (sbd_root / "inst" / "2008_000002.mat").write_bytes(b"garbage")
+    per_instance = create_dataset("sbd", sbd_root, "val-instances")
+    assert len(per_instance) == 3, "an unreadable file stays one item, so reading it reports the file"
+    with pytest.raises(UserError, match=r"2008_000002\.mat"):
+        per_instance[2]
+
+
+def _write_palette_png(path, indices):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [224, 224, 192] * 253)
+    image.save(path)
+
+
+def test_pascalvoc_reads_palette_indices_and_ignores_255(tmp_path):
+    root = tmp_path / "VOC2012"
+    objects = np.zeros((H, W), np.uint8)
+    objects[2:8, 2:8] = 1
+    objects[10:16, 10:18] = 2
+    objects[1, 1:9] = 255
+    objects[9, 9:19] = 255
+    background_only = np.zeros((H, W), np.uint8)
+    background_only[0, :] = 255
+    for name, indices in (("2007_000032", objects), ("2007_000033", background_only)):
+        write_image(root / "JPEGImages" / f"{name}.jpg", H, W)
+        _write_palette_png(root / "SegmentationObject" / f"{name}.png", indices)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000032\n2007_000033\n")
+    dataset = create_dataset("pascalvoc", root)
+    assert dataset.split == "val"
+    sample = dataset[0]
+    assert sample.num_instances == 2 and (sample.labels == 2).sum() == 48
+    assert sample.ignore.sum() == 18 and not (sample.ignore & (sample.labels > 0)).any()
+    assert dataset[1].num_instances == 0 and dataset[1].ignore[0].all()
+    per_instance = create_dataset("pascalvoc", root, "val-instances")
+    assert per_instance.ids() == ["2007_000032_1", "2007_000032_2"]
+    assert per_instance[0].ignore.sum() == 18, "the border stays ignored for every object"

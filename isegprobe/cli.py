@@ -6,8 +6,10 @@ import click
 
 from isegprobe import __version__
 from isegprobe.commands.datasets import datasets
+from isegprobe.commands.evaluate import evaluate
 from isegprobe.commands.extract import extract_features
 from isegprobe.commands.quickstart import quickstart
+from isegprobe.commands.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -25,5 +27,7 @@ def main() -> None:
 
 
 main.add_command(datasets)
+main.add_command(evaluate)
 main.add_command(extract_features)
 main.add_command(quickstart)
+main.add_command(train)

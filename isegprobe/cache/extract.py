@@ -165,12 +165,13 @@ def extract(request: ExtractionRequest) -> ExtractionResult:
     if request.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rank, world, device = init_from_env(request.device)
-    source = create_dataset(request.dataset, resolve_root(request.dataset, request.root), request.split)
+    root = resolve_root(request.dataset, request.root)
+    source = create_dataset(request.dataset, root, request.split)
     featurizer = create_featurizer(request.featurizer, weights=request.weights).to(device)
     dataset_attrs = {
         "name": request.dataset.lower(),
         "split": request.split,
-        "root": str(source.root),
+        "root": str(root.resolve()) if root else None,
         "num_items": len(source),
     }
     wanted = build_attrs(

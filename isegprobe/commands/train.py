@@ -1,0 +1,118 @@
+"""`isegprobe train`: fit a probe on a feature store (stage two)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from isegprobe.cache import CachedDataset
+from isegprobe.commands.errors import reports_user_errors
+from isegprobe.config import list_presets, load_train_config
+from isegprobe.errors import UserError
+from isegprobe.featurizers import Featurizer, create_featurizer
+from isegprobe.training.checkpoint import resume_config
+from isegprobe.training.trainer import train as run_training
+
+
+@click.command("train")
+@click.option(
+    "--config",
+    "config_source",
+    default=None,
+    help=f"Preset name ({', '.join(list_presets())}) or YAML file. Default sbd_224; with --resume, the run's own.",
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.lr=1e-4."
+)
+@click.option(
+    "--cache", "cache_path", required=True, type=click.Path(exists=True, file_okay=False), help="Training store."
+)
+@click.option(
+    "--val-cache",
+    "val_cache_path",
+    type=click.Path(exists=True, file_okay=False),
+    help="Store to pick the best checkpoint on.",
+)
+@click.option(
+    "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory for checkpoints and logs."
+)
+@click.option(
+    "--online", is_flag=True, help="Compute features in the loop with the frozen featurizer instead of reading them."
+)
+@click.option("--featurizer", "featurizer_name", default=None, help="Featurizer for --online (default: the store's).")
+@click.option(
+    "--weights", "featurizer_weights", default=None, help="Featurizer weights for --online: random, hub or a file."
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint, at the same step and lr."
+)
+@click.option(
+    "--max-iters", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps in total."
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--wandb", "use_wandb", is_flag=True, help="Also log to Weights & Biases (WANDB_MODE=offline works).")
+@reports_user_errors
+def train(
+    config_source: str | None,
+    overrides: tuple[str, ...],
+    cache_path: str,
+    val_cache_path: str | None,
+    run_dir: str,
+    online: bool,
+    featurizer_name: str | None,
+    featurizer_weights: str | None,
+    resume: bool,
+    max_iters: int | None,
+    device: str | None,
+    use_wandb: bool,
+) -> None:
+    """Train an interactive-segmentation probe on cached frozen features.
+
+    \b
+    isegprobe train --config sbd_224 --cache cache/sbd_train.zarr --out runs/dinov2_s14
+    isegprobe train --config fast_cpu --set model.head.width=32 --cache STORE --out RUN --max-iters 200
+    """
+    overrides = (*overrides, f"schedule.max_iters={max_iters}") if max_iters is not None else overrides
+    if resume:
+        if not (Path(run_dir) / "last.json").is_file():
+            raise UserError(f"--resume: no last.json in {run_dir}")
+        if config_source is not None:
+            click.echo("--resume: using the run's saved config; --config is ignored (--set still applies)", err=True)
+        config = resume_config(run_dir, overrides)
+    else:
+        config = load_train_config(config_source or "sbd_224", overrides)
+
+    dataset = CachedDataset(cache_path)
+    val_dataset = CachedDataset(val_cache_path) if val_cache_path else None
+    needs_backbone = online or config.model.fusion == "before_backbone"
+    if config.model.fusion == "before_backbone" and not online:
+        click.echo(
+            "fusion before_backbone: the frozen backbone runs in the loop (online); cached features are unused",
+            err=True,
+        )
+    featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_backbone else None
+    summary = run_training(
+        config,
+        dataset,
+        run_dir,
+        featurizer=featurizer,
+        online=needs_backbone,
+        resume=resume,
+        device=device,
+        use_wandb=use_wandb,
+        val_dataset=val_dataset,
+    )
+    best = "n/a" if summary.best_metric is None else f"{summary.best_metric:.4f}"
+    click.echo(f"trained to step {summary.step}; best {best}; checkpoints in {summary.run_dir}")
+
+
+def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | None) -> Featurizer:
+    name = name or provenance.get("name")
+    weights = weights or provenance.get("weights")
+    if not name or not weights:
+        raise UserError(
+            "--online: the store's provenance does not name its featurizer; pass --featurizer and --weights"
+        )
+    return create_featurizer(name, weights=weights)

@@ -1,0 +1,71 @@
+"""What an evaluation leaves on disk: results.json, results.csv and the per-object IoU curves in ious.npz.
+
+The files are rewritten after every finished batch, so an interrupted evaluation keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from isegprobe.inference.metrics import summarize
+from isegprobe.training.checkpoint import atomic_write_bytes
+
+CSV_COLUMNS = ("dataset", "num_instances", "NoC@80", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "IoU@1", "sec_per_click")
+
+
+class ResultsWriter:
+    """Collects IoU curves per dataset and writes the three result files atomically."""
+
+    def __init__(self, out_dir: str | Path, max_clicks: int, run_info: dict[str, Any]) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.max_clicks = max_clicks
+        self.run_info = run_info
+        self.curves: dict[str, dict[str, np.ndarray]] = {}
+        self.seconds: dict[str, float] = {}
+        self.complete: dict[str, bool] = {}
+
+    def add(self, dataset: str, object_id: str, ious: np.ndarray) -> None:
+        self.curves.setdefault(dataset, {})[object_id] = np.asarray(ious, np.float32)
+        self.complete.setdefault(dataset, False)
+
+    def finish(self, dataset: str, predict_seconds: float, clicks_made: int) -> None:
+        self.seconds[dataset] = predict_seconds / max(clicks_made, 1)
+        self.complete[dataset] = True
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        table = {}
+        for dataset, curves in self.curves.items():
+            table[dataset] = summarize(
+                list(curves.values()), max_clicks=self.max_clicks, elapsed_s=None
+            ) | {"sec_per_click": self.seconds.get(dataset), "complete": self.complete[dataset]}
+        return table
+
+    def write(self) -> dict[str, dict[str, Any]]:
+        summaries = self.summaries()
+        document = {**self.run_info, "max_clicks": self.max_clicks, "datasets": summaries}
+        atomic_write_bytes(self.out_dir / "results.json", json.dumps(document, indent=2).encode())
+        atomic_write_bytes(self.out_dir / "results.csv", _csv(summaries).encode())
+        arrays = {}
+        for dataset, curves in self.curves.items():
+            arrays[f"{dataset}/ids"] = np.array(list(curves))
+            arrays[f"{dataset}/ious"] = np.stack(list(curves.values()))
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self.out_dir / "ious.npz", buffer.getvalue())
+        return summaries
+
+
+def _csv(summaries: dict[str, dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for dataset, summary in summaries.items():
+        writer.writerow([dataset, *[summary.get(column) for column in CSV_COLUMNS[1:]]])
+    return buffer.getvalue()

@@ -1,0 +1,59 @@
+"""Objects to evaluate, from a feature store (no backbone) or straight from a dataset (backbone online)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from isegprobe.cache import CachedDataset
+from isegprobe.data import SampleSource
+from isegprobe.data.preprocess import make_view, parse_views
+from isegprobe.data.sample import Sample
+from isegprobe.errors import UserError
+from isegprobe.inference.evaluation import ObjectTask
+from isegprobe.inference.predictor import WorkingView
+
+
+def _objects(sample: Sample, view: WorkingView, flip_view: WorkingView | None) -> Iterator[ObjectTask]:
+    """Every instance of the sample; an image with one object keeps its own id."""
+    count = sample.num_instances
+    for instance in range(1, count + 1):
+        gt = sample.labels == instance
+        if not gt.any():
+            continue
+        object_id = sample.id if count == 1 else f"{sample.id}_{instance}"
+        yield ObjectTask(object_id, gt, sample.ignore & ~gt, sample.image, view, flip_view)
+
+
+def cached_tasks(store_path: str, source: SampleSource, flip: bool) -> Iterator[ObjectTask]:
+    """Objects whose working-size inputs come from the store; masks come from the dataset at full resolution."""
+    views = ["identity", "hflip"] if flip else ["identity"]
+    cached = CachedDataset(store_path, views=views)
+    if list(source.ids()) != cached.item_ids:
+        raise UserError(f"{store_path}: its items differ from the dataset at {source.root}; re-extract or fix --root")
+    for position, item in enumerate(cached.items):
+        sample = source[item]
+        size = sample.image.shape[:2]
+        entries = [cached[position * len(views) + v] for v in range(len(views))]
+        working = [_working_view(entry["features"], entry["image"], entry["valid_box"], size) for entry in entries]
+        yield from _objects(sample, working[0], working[1] if flip else None)
+
+
+def online_tasks(source: SampleSource, size: int, resize: str, flip: bool) -> Iterator[ObjectTask]:
+    """Objects whose features the predictor computes online from freshly preprocessed images."""
+    specs = parse_views("identity,hflip" if flip else "identity")
+    for index in range(len(source)):
+        sample = source[index]
+        views = [make_view(sample, spec, size, resize, seed=0) for spec in specs]
+        working = [
+            _working_view(None, torch.from_numpy(v.image).permute(2, 0, 1), v.valid_box, sample.image.shape[:2])
+            for v in views
+        ]
+        yield from _objects(sample, working[0], working[1] if flip else None)
+
+
+def _working_view(features, image: torch.Tensor, valid_box, original_size) -> WorkingView:
+    box = tuple(int(v) for v in np.asarray(valid_box))
+    return WorkingView(features, image.contiguous(), box, tuple(int(v) for v in original_size))

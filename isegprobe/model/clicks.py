@@ -1,0 +1,76 @@
+"""Clicks as the probe sees them: binary disks at the working resolution, RITM's `DistMaps(use_disks=True)`.
+
+A batch of clicks is a tensor [B, K, 3] of (y, x, is_positive) in working-resolution pixels; rows with y < 0 are
+padding, so images with different numbers of clicks share one tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+PADDING_ROW = (-1, -1, 0)
+
+
+@lru_cache(maxsize=8)
+def _disk_offsets(radius: int) -> Tensor:
+    span = torch.arange(-radius, radius + 1)
+    dy, dx = torch.meshgrid(span, span, indexing="ij")
+    inside = dy * dy + dx * dx <= radius * radius
+    return torch.stack((dy[inside], dx[inside]), dim=1)
+
+
+def disk_offsets(radius: int, device: torch.device | str | None = None) -> Tensor:
+    """(dy, dx) of every pixel within `radius` of a click: RITM counts squared distance <= radius**2."""
+    return _disk_offsets(radius).to(device)
+
+
+def as_click_tensor(clicks: Tensor | Sequence[Iterable[Any]], device: torch.device | str | None = None) -> Tensor:
+    """A [B, K, 3] long tensor from a tensor or from per-image lists of (y, x, is_positive) tuples or Click objects."""
+    if isinstance(clicks, Tensor):
+        if clicks.ndim != 3 or clicks.shape[-1] != 3:
+            raise ValueError(f"clicks must be [B, K, 3] (y, x, is_positive), got {tuple(clicks.shape)}")
+        return clicks.to(device=device)
+    rows = [[_click_row(click) for click in image_clicks] for image_clicks in clicks]
+    width = max((len(image_rows) for image_rows in rows), default=0)
+    padded = [image_rows + [PADDING_ROW] * (width - len(image_rows)) for image_rows in rows]
+    return torch.tensor(padded, dtype=torch.long, device=device).reshape(len(rows), width, 3)
+
+
+def _click_row(click: Any) -> tuple[int, int, int]:
+    if hasattr(click, "is_positive"):
+        return round(click.y), round(click.x), int(bool(click.is_positive))
+    y, x, is_positive = click
+    return round(y), round(x), int(bool(is_positive))
+
+
+def click_maps(clicks: Tensor, size: tuple[int, int], radius: int = 5) -> Tensor:
+    """Positive and negative disk maps [B, 2, H, W] (float32, 0/1); click centres are rounded to whole pixels.
+
+    Disks are stamped with a fixed stencil rather than a distance map per click, so the cost is B*K*disk pixels
+    instead of B*K*H*W.
+    """
+    height, width = size
+    batch = clicks.shape[0]
+    maps = torch.zeros(batch, 2, height, width, device=clicks.device)
+    if clicks.shape[1] == 0:
+        return maps
+    offsets = disk_offsets(radius, clicks.device)
+    centres = clicks[..., :2].round().long()
+    rows = centres[..., 0, None] + offsets[:, 0]
+    cols = centres[..., 1, None] + offsets[:, 1]
+    channel = torch.where(clicks[..., 2] > 0, 0, 1)[..., None].expand_as(rows)
+    image = torch.arange(batch, device=clicks.device)[:, None, None].expand_as(rows)
+    keep = (centres[..., 0, None] >= 0) & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    maps[image[keep], channel[keep], rows[keep], cols[keep]] = 1.0
+    return maps
+
+
+def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5) -> Tensor:
+    """The probe's 3-channel click input [B, 3, H, W]: positive disks, negative disks, previous mask."""
+    maps = click_maps(clicks, tuple(prev_mask.shape[-2:]), radius)
+    return torch.cat((maps, prev_mask.to(maps.dtype)), dim=1)

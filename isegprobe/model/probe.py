@@ -1,0 +1,153 @@
+"""The interactive-segmentation probe: frozen features + clicks + previous mask -> object logits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from isegprobe.config import ModelConfig
+from isegprobe.errors import UserError
+from isegprobe.model.click_encoders import PATCH_ENCODERS, create_click_encoder
+from isegprobe.model.clicks import as_click_tensor, click_inputs
+from isegprobe.model.heads import SegmentationHead
+from isegprobe.upsamplers import create_upsampler
+
+FUSIONS = ("after_backbone", "after_upsampler", "before_backbone")
+
+
+class ISProbe(nn.Module):
+    """Click encoder, fusion, upsampler and head around a frozen featurizer's output.
+
+    Fusion points:
+    - `after_backbone`: click tokens are added to the low-resolution features, so cached features suffice.
+    - `after_upsampler`: clicks, encoded at the upsampled grid, are added to the upsampled features.
+    - `before_backbone`: click tokens are added to the featurizer's patch embeddings (SimpleClick's early fusion);
+      the featurizer must be attached and runs on every call. It is held outside the module tree, so its frozen
+      weights never enter the probe's state dict or checkpoint.
+
+    With a light head (`head.width`) and a channel-wise linear upsampler (bilinear, identity), the head's 1x1
+    reduction runs before upsampling: the same function, without upsampling all C channels to full resolution.
+    On CUDA the forward pass runs channels-last under bf16 autocast; the logits are always float32.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        feature_dim: int,
+        patch_size: int,
+        token_dim: int | None = None,
+        featurizer: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if config.fusion not in FUSIONS:
+            raise UserError(f"model.fusion: unknown {config.fusion!r}; known: {', '.join(FUSIONS)}")
+        _check_encoder_fits_fusion(config)
+        self.config = config
+        self.feature_dim = feature_dim
+        self.patch_size = patch_size
+        self.token_dim = feature_dim if token_dim is None else token_dim
+        encoder_dim = self.token_dim if config.fusion == "before_backbone" else feature_dim
+        self.click_encoder = create_click_encoder(config.click_encoder, encoder_dim, patch_size)
+        self.upsampler = create_upsampler(config.upsampler.name, feature_dim, config.upsampler.weights)
+        if not (config.upsampler.trainable and self.upsampler.trainable):
+            self.upsampler.requires_grad_(False)
+        self.head = SegmentationHead(feature_dim, config.head.width)
+        self.reduces_before_upsampling = (
+            config.head.width is not None
+            and config.fusion != "after_upsampler"
+            and self.upsampler.commutes_with_channel_mixing
+        )
+        self.mixed_precision = True
+        object.__setattr__(self, "_featurizer", None)
+        if featurizer is not None:
+            self.attach_featurizer(featurizer)
+
+    @property
+    def fusion(self) -> str:
+        return self.config.fusion
+
+    @property
+    def needs_featurizer(self) -> bool:
+        """True for early fusion: the backbone must run inside the probe, so cached features cannot be used."""
+        return self.config.fusion == "before_backbone"
+
+    @property
+    def featurizer(self) -> nn.Module | None:
+        return self._featurizer
+
+    def attach_featurizer(self, featurizer: nn.Module) -> None:
+        """Hold a frozen featurizer for early fusion (kept out of `state_dict`, `parameters` and `.to`)."""
+        embed_dim = getattr(featurizer, "embed_dim", None)
+        if self.needs_featurizer and embed_dim != self.token_dim:
+            raise UserError(
+                f"featurizer embed_dim {embed_dim} differs from the probe's click-token dim {self.token_dim}"
+            )
+        if getattr(featurizer, "dim", self.feature_dim) != self.feature_dim:
+            raise UserError(f"featurizer dim {featurizer.dim} differs from the probe's feature dim {self.feature_dim}")
+        featurizer.requires_grad_(False)
+        featurizer.eval()
+        object.__setattr__(self, "_featurizer", featurizer)
+
+    def dims(self) -> dict[str, int]:
+        """What, besides the config, rebuilds this probe from a checkpoint."""
+        return {"feature_dim": self.feature_dim, "patch_size": self.patch_size, "token_dim": self.token_dim}
+
+    def forward(
+        self,
+        features: Tensor | None,
+        image: Tensor,
+        clicks: Tensor | Sequence[Iterable[Any]],
+        prev_mask: Tensor,
+    ) -> Tensor:
+        """features [B, C, h, w] (None for early fusion), image [B, 3, H, W] normalized, clicks [B, K, 3]
+        (y, x, is_positive; y < 0 pads) or per-image lists of clicks, prev_mask [B, 1, H, W] -> logits [B, 1, H, W]."""
+        clicks = as_click_tensor(clicks, device=image.device)
+        on_cuda = image.is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and self.mixed_precision):
+            click_input = click_inputs(clicks, prev_mask, self.config.click_radius)
+            if on_cuda:
+                click_input = click_input.contiguous(memory_format=torch.channels_last)
+            features = self._backbone_features(features, image, click_input)
+            if self.fusion == "after_backbone":
+                features = features + self.click_encoder(click_input, tuple(features.shape[-2:]))
+            if self.reduces_before_upsampling:
+                logits = self.head.decode(self.upsampler(self.head.reduce(features), image))
+            else:
+                upsampled = self.upsampler(features, image)
+                if self.fusion == "after_upsampler":
+                    upsampled = upsampled + self.click_encoder(click_input, tuple(upsampled.shape[-2:]))
+                logits = self.head(upsampled)
+        logits = logits.float()
+        if logits.shape[-2:] != image.shape[-2:]:
+            logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+    def _backbone_features(self, features: Tensor | None, image: Tensor, click_input: Tensor) -> Tensor:
+        if self.needs_featurizer:
+            if self._featurizer is None:
+                raise UserError("fusion before_backbone needs a featurizer: attach one with probe.attach_featurizer()")
+            grid = (image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size)
+            return self._featurizer(image, token_bias=self.click_encoder(click_input, grid))
+        if features is None:
+            raise ValueError(f"fusion {self.fusion} needs the backbone features; got None")
+        features = features.to(image.dtype)
+        if image.is_cuda:
+            features = features.contiguous(memory_format=torch.channels_last)
+        return features
+
+
+def _check_encoder_fits_fusion(config: ModelConfig) -> None:
+    name = config.click_encoder.name
+    if config.fusion == "after_upsampler" and name != "conv":
+        raise UserError(
+            "fusion after_upsampler encodes clicks at the upsampled resolution: set model.click_encoder.name=conv"
+        )
+    if config.fusion != "after_upsampler" and name not in PATCH_ENCODERS:
+        raise UserError(
+            f"fusion {config.fusion} puts click tokens on the patch grid: model.click_encoder.name must be one of "
+            f"{', '.join(PATCH_ENCODERS)}, got {name!r}"
+        )

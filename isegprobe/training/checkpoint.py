@@ -1,0 +1,191 @@
+"""Probe checkpoints without pickle: safetensors for tensors, JSON for everything else.
+
+A run directory holds `last.*` (weights, optimizer state, metadata) and `best.*` (weights, metadata). Each file is
+written atomically (temp file in the same directory, fsync, os.replace), so a crash mid-write leaves the previous
+checkpoint whole. The files of one checkpoint carry its step; loading refuses files that disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from isegprobe.config import TrainConfig, train_config_from_dict
+from isegprobe.errors import UserError
+from isegprobe.model import ISProbe
+
+FORMAT = "isegprobe.probe"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    temp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(temp_path, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def checkpoint_files(run_dir: str | Path, name: str) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    return {
+        "weights": run_dir / f"{name}.safetensors",
+        "optimizer": run_dir / f"{name}.optim.safetensors",
+        "metadata": run_dir / f"{name}.json",
+    }
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    name: str,
+    probe: ISProbe,
+    metadata: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """Write checkpoint `name` ("last", "best") of `probe`; with `optimizer`, also what --resume needs."""
+    files = checkpoint_files(run_dir, name)
+    stamp = {"step": str(metadata["step"])}
+    weights = {key: value.detach().cpu().contiguous() for key, value in probe.state_dict().items()}
+    payloads = [(files["weights"], safetensors_bytes(weights, metadata=stamp))]
+    metadata = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION}
+    if optimizer is not None:
+        tensors, scalars = optimizer_state(optimizer)
+        payloads.append((files["optimizer"], safetensors_bytes(tensors, metadata=stamp)))
+        metadata["optimizer"] = scalars
+    payloads.append((files["metadata"], json.dumps(metadata, indent=2, sort_keys=True).encode()))
+    for path, payload in payloads:
+        atomic_write_bytes(path, payload)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split `optimizer.state_dict()` into tensors (for safetensors) and JSON scalars."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{param_id}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param_id), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": scalars}
+
+
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, param_id, name = key.split(".", 2)
+        state.setdefault(int(param_id), {})[name] = value
+    for param_id, values in scalars["state"].items():
+        state.setdefault(int(param_id), {}).update(values)
+    groups = [dict(group) for group in scalars["param_groups"]]
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _read_stamped(path: Path, step: int) -> dict[str, torch.Tensor]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise UserError(f"checkpoint file {path} is missing") from error
+    header_size = int.from_bytes(data[:8], "little")
+    stamp = json.loads(data[8 : 8 + header_size]).get("__metadata__", {}).get("step")
+    if stamp != str(step):
+        raise UserError(f"{path} is from step {stamp} but its JSON says step {step}: the checkpoint is incomplete")
+    return load_safetensors_bytes(data)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        metadata = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise UserError(f"no checkpoint metadata at {path}") from error
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from error
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path} is not an isegprobe probe checkpoint")
+    return metadata
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(weights, metadata) paths from a run directory (best, else last), a .safetensors or a .json file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        name = "best" if (path / "best.json").is_file() else "last"
+        files = checkpoint_files(path, name)
+        return files["weights"], files["metadata"]
+    stem = path.name.removesuffix(".safetensors").removesuffix(".json")
+    files = checkpoint_files(path.parent, stem)
+    return files["weights"], files["metadata"]
+
+
+def load_probe(
+    path: str | Path, featurizer: nn.Module | None = None, device: str | torch.device = "cpu"
+) -> tuple[ISProbe, dict[str, Any]]:
+    """Rebuild a trained probe (in eval mode) and return it with its checkpoint metadata.
+
+    Early-fusion probes need their frozen featurizer: pass it here or attach it later.
+    """
+    weights_path, metadata_path = resolve_checkpoint(path)
+    metadata = read_metadata(metadata_path)
+    config = train_config_from_dict(metadata["config"])
+    model_config = dataclasses.replace(
+        config.model, upsampler=dataclasses.replace(config.model.upsampler, weights=None)
+    )
+    probe = ISProbe(model_config, **metadata["model"])
+    probe.load_state_dict(_read_stamped(weights_path, metadata["step"]))
+    if featurizer is not None:
+        probe.attach_featurizer(featurizer)
+    return probe.to(device).eval(), metadata
+
+
+def restore_training_state(run_dir: str | Path, probe: ISProbe, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load `last.*` into probe and optimizer for --resume; returns its metadata (step, best metric, ...)."""
+    files = checkpoint_files(run_dir, "last")
+    metadata = read_metadata(files["metadata"])
+    step = metadata["step"]
+    probe.load_state_dict(_read_stamped(files["weights"], step))
+    restore_optimizer(optimizer, _read_stamped(files["optimizer"], step), metadata["optimizer"])
+    return metadata
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config a run was started with (from last.json), with further `key=value` overrides."""
+    metadata = read_metadata(checkpoint_files(run_dir, "last")["metadata"])
+    return train_config_from_dict(metadata["config"], overrides)

@@ -1,0 +1,84 @@
+"""Cached items -> training samples: a target object, its valid pixels and RITM's initial clicks.
+
+Sampling is a function of (seed, epoch, item index) alone: the loader's sampler yields (epoch, index) keys, so
+DataLoader workers (persistent or not) and resumed runs draw exactly the same targets and clicks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from isegprobe.training.points_sampler import MultiPointSampler
+
+
+def valid_pixels(ignore: np.ndarray, valid_box: np.ndarray) -> np.ndarray:
+    """Pixels that count for loss and clicks: inside the real image (not the square padding) and not ignored."""
+    y0, x0, y1, x1 = (int(value) for value in valid_box)
+    inside = np.zeros(ignore.shape, dtype=bool)
+    inside[y0:y1, x0:x1] = True
+    return inside & ~ignore
+
+
+class ClickTrainingSet(Dataset):
+    """Wraps a cache reader whose items are dicts (features, image, labels, ignore, valid_box, item, view)."""
+
+    def __init__(self, items: Dataset, sampler: MultiPointSampler, seed: int = 0, with_features: bool = True) -> None:
+        self.items = items
+        self.sampler = sampler
+        self.seed = seed
+        self.with_features = with_features
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        item: Mapping[str, Any] = self.items[index]
+        labels = _as_numpy(item["labels"])
+        valid = valid_pixels(_as_numpy(item["ignore"]).astype(bool), _as_numpy(item["valid_box"]))
+        sampled = self.sampler.sample(labels, valid, np.random.default_rng([self.seed, epoch, index]))
+        sample = {
+            "image": torch.as_tensor(item["image"]),
+            "target": torch.from_numpy(sampled.mask),
+            "valid": torch.from_numpy(valid),
+            "clicks": torch.from_numpy(sampled.clicks),
+            "item": int(item["item"]),
+            "view": int(item["view"]),
+        }
+        if self.with_features:
+            sample["features"] = torch.as_tensor(item["features"])
+        return sample
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+class EpochShuffleSampler(Sampler[tuple[int, int]]):
+    """Yields (epoch, index) in a per-epoch permutation fixed by the seed; `start` skips what a resumed run has seen."""
+
+    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.num_items = num_items
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.skip = 0
+
+    def start(self, epoch: int, skip: int = 0) -> None:
+        self.epoch = epoch
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.arange(self.num_items)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        for index in order[self.skip :]:
+            yield self.epoch, int(index)
+
+    def __len__(self) -> int:
+        return max(0, self.num_items - self.skip)

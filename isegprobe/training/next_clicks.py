@@ -1,0 +1,60 @@
+"""RITM's iterative training clicks (`get_next_points`): one more click into the larger error region.
+
+The click goes where the error is deepest: the distance transform of the false-negative or false-positive region
+(whichever reaches further from its border) picks a random pixel more than half the largest depth inside. Unlike
+RITM, pixels that are not valid (ignore, padding) count as neither error.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def next_click(
+    prob: np.ndarray, target: np.ndarray, valid: np.ndarray, rng: np.random.Generator, threshold: float = 0.49
+) -> tuple[int, int, int] | None:
+    """(y, x, is_positive) for one image, or None when the prediction has no error left."""
+    false_negative = target & (prob < threshold) & valid
+    false_positive = ~target & (prob > threshold) & valid
+    fn_depth = _inner_distance(false_negative)
+    fp_depth = _inner_distance(false_positive)
+    fn_max, fp_max = float(fn_depth.max()), float(fp_depth.max())
+    is_positive = fn_max > fp_max
+    depth = fn_depth if is_positive else fp_depth
+    candidates = np.argwhere(depth > max(fn_max, fp_max) / 2.0)
+    if len(candidates) == 0:
+        return None
+    y, x = candidates[int(rng.integers(len(candidates)))]
+    return int(y), int(x), int(is_positive)
+
+
+def _inner_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance to the region's border, where the image border counts as border too (hence the padding)."""
+    padded = np.pad(mask, 1).astype(np.uint8)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+
+
+def add_next_clicks(
+    prob: Tensor,
+    target: Tensor,
+    valid: Tensor,
+    clicks: Tensor,
+    slot: int,
+    rng: np.random.Generator,
+    threshold: float = 0.49,
+) -> Tensor:
+    """Write each image's next click into row `slot` of clicks [B, K, 3]; prob [B, 1, H, W], target/valid [B, H, W]."""
+    prob_np = prob[:, 0].float().cpu().numpy()
+    target_np = target.cpu().numpy().astype(bool)
+    valid_np = valid.cpu().numpy().astype(bool)
+    rows = clicks[:, slot].cpu().clone()
+    for index in range(prob_np.shape[0]):
+        click = next_click(prob_np[index], target_np[index], valid_np[index], rng, threshold)
+        if click is not None:
+            rows[index] = torch.tensor(click, dtype=rows.dtype)
+    clicks = clicks.clone()
+    clicks[:, slot] = rows.to(clicks.device)
+    return clicks

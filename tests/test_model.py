@@ -1,0 +1,240 @@
+"""The probe's parts: click disks, click encoders, fusion points, head widths, upsamplers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isegprobe.config import ClickEncoderConfig, HeadConfig, ModelConfig, UpsamplerConfig
+from isegprobe.errors import UserError
+from isegprobe.model import ISProbe, as_click_tensor, click_inputs, click_maps
+from isegprobe.model.click_encoders import sincos_positions
+from isegprobe.upsamplers import Upsampler, create_upsampler, list_upsamplers
+
+SIZE = 56
+PATCH = 8
+DIM = 32
+
+
+class StandInFeaturizer(nn.Module):
+    """The featurizer contract in miniature: frozen, forward(images, token_bias) -> [B, dim, H/p, W/p]."""
+
+    def __init__(self, dim: int = DIM, embed_dim: int = 24, patch_size: int = PATCH) -> None:
+        super().__init__()
+        self.dim, self.embed_dim, self.patch_size = dim, embed_dim, patch_size
+        self.mean, self.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+        self.provenance = {"name": "stand-in", "patch_size": patch_size}
+        self.embed = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
+        self.block = nn.Sequential(
+            nn.Conv2d(embed_dim, embed_dim, 3, padding=1), nn.GELU(), nn.Conv2d(embed_dim, dim, 1)
+        )
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: torch.Tensor, token_bias: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.embed(images)
+        if token_bias is not None:
+            tokens = tokens + token_bias
+        return self.block(tokens)
+
+
+def tiny_vit() -> ClickEncoderConfig:
+    return ClickEncoderConfig(name="simple_vit", depth=1, heads=8, mlp_dim=64)
+
+
+def model_config(
+    encoder: ClickEncoderConfig, fusion: str, width: int | None, upsampler: str = "bilinear"
+) -> ModelConfig:
+    return ModelConfig(
+        click_encoder=encoder, fusion=fusion, upsampler=UpsamplerConfig(name=upsampler), head=HeadConfig(width=width)
+    )
+
+
+def inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    features = torch.randn(batch, DIM, SIZE // PATCH, SIZE // PATCH)
+    image = torch.randn(batch, 3, SIZE, SIZE)
+    clicks = torch.tensor([[[10, 12, 1], [40, 30, 0], [-1, -1, 0]], [[28, 28, 1], [-1, -1, 0], [-1, -1, 0]]])[:batch]
+    prev_mask = torch.zeros(batch, 1, SIZE, SIZE)
+    return features, image, clicks, prev_mask
+
+
+def hand_disk(size: int, y: int, x: int, radius: int) -> torch.Tensor:
+    disk = torch.zeros(size, size)
+    for row in range(size):
+        for col in range(size):
+            if (row - y) ** 2 + (col - x) ** 2 <= radius**2:
+                disk[row, col] = 1
+    return disk
+
+
+# --- click maps -------------------------------------------------------------------------------------------------
+
+
+def test_radius_5_disk_has_81_pixels_as_counted_by_hand() -> None:
+    # rows dy = 0, +-1, +-2, +-3, +-4, +-5 hold 11, 9, 9, 9, 7, 1 pixels with dy^2 + dx^2 <= 25
+    by_hand = 11 + 2 * (9 + 9 + 9 + 7 + 1)
+    maps = click_maps(torch.tensor([[[20, 30, 1]]]), (SIZE, SIZE), radius=5)
+    assert by_hand == 81
+    assert maps[0, 0].sum().item() == by_hand
+    assert maps[0, 1].sum().item() == 0
+    assert torch.equal(maps[0, 0], hand_disk(SIZE, 20, 30, 5))
+
+
+def test_disks_clip_at_the_border_and_negatives_go_to_their_own_channel() -> None:
+    # a click in the corner keeps the quarter disk with dy, dx >= 0: 6 + 5 + 5 + 5 + 4 + 1 pixels
+    maps = click_maps(torch.tensor([[[0, 0, 0], [-1, -1, 1]]]), (SIZE, SIZE), radius=5)
+    assert maps[0, 1].sum().item() == 26
+    assert maps[0, 0].sum().item() == 0, "a padding row (y = -1) must draw nothing"
+    assert torch.equal(maps[0, 1], hand_disk(SIZE, 0, 0, 5))
+
+
+def test_click_inputs_stack_positive_negative_and_previous_mask() -> None:
+    prev_mask = torch.rand(1, 1, SIZE, SIZE)
+    stacked = click_inputs(torch.tensor([[[5, 5, 1], [50, 50, 0]]]), prev_mask, radius=5)
+    assert stacked.shape == (1, 3, SIZE, SIZE)
+    assert stacked[0, 0, 5, 5] == 1 and stacked[0, 1, 50, 50] == 1 and stacked[0, 0, 50, 50] == 0
+    assert torch.equal(stacked[:, 2:], prev_mask)
+
+
+def test_click_lists_become_a_padded_tensor() -> None:
+    @dataclasses.dataclass
+    class Click:
+        y: int
+        x: int
+        is_positive: bool
+
+    clicks = as_click_tensor([[(3, 4, True), Click(5, 6, False)], []])
+    assert clicks.tolist() == [[[3, 4, 1], [5, 6, 0]], [[-1, -1, 0], [-1, -1, 0]]]
+
+
+# --- the probe --------------------------------------------------------------------------------------------------
+
+PATCH_GRID_CASES = [
+    (encoder, fusion, width)
+    for encoder in (ClickEncoderConfig(name="patch_embed"), tiny_vit())
+    for fusion in ("after_backbone", "before_backbone")
+    for width in (None, 8)
+]
+
+
+@pytest.mark.parametrize(("encoder", "fusion", "width"), PATCH_GRID_CASES)
+def test_probe_gives_one_logit_per_input_pixel(encoder: ClickEncoderConfig, fusion: str, width: int | None) -> None:
+    features, image, clicks, prev_mask = inputs()
+    featurizer = StandInFeaturizer() if fusion == "before_backbone" else None
+    probe = ISProbe(
+        model_config(encoder, fusion, width), DIM, PATCH, token_dim=24 if featurizer else None, featurizer=featurizer
+    )
+    logits = probe(None if featurizer else features, image, clicks, prev_mask)
+    assert logits.shape == (2, 1, SIZE, SIZE)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("upsampler", ["bilinear", "identity"])
+@pytest.mark.parametrize("width", [None, 8])
+def test_after_upsampler_fusion_encodes_clicks_at_the_upsampled_grid(upsampler: str, width: int | None) -> None:
+    features, image, clicks, prev_mask = inputs()
+    probe = ISProbe(model_config(ClickEncoderConfig(name="conv"), "after_upsampler", width, upsampler), DIM, PATCH)
+    assert probe(features, image, clicks, prev_mask).shape == (2, 1, SIZE, SIZE)
+
+
+def test_identity_upsampler_runs_the_head_on_the_feature_grid() -> None:
+    features, image, clicks, prev_mask = inputs()
+    probe = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", 8, "identity"), DIM, PATCH)
+    seen = []
+    probe.head.logit.register_forward_hook(lambda module, args, output: seen.append(tuple(output.shape[-2:])))
+    assert probe(features, image, clicks, prev_mask).shape == (2, 1, SIZE, SIZE)
+    assert seen == [(SIZE // PATCH, SIZE // PATCH)]
+
+
+def test_clicks_change_the_prediction() -> None:
+    features, image, clicks, prev_mask = inputs(batch=1)
+    probe = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", 8), DIM, PATCH)
+    moved = clicks.clone()
+    moved[0, 0, :2] = torch.tensor([45, 45])
+    assert not torch.allclose(probe(features, image, clicks, prev_mask), probe(features, image, moved, prev_mask))
+
+
+def test_head_width_adds_a_1x1_reduction() -> None:
+    full = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", None), DIM, PATCH).head
+    light = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", 8), DIM, PATCH).head
+    assert isinstance(full.reduce, nn.Identity) and full.body[0].in_channels == DIM
+    assert light.reduce.kernel_size == (1, 1) and light.body[0].in_channels == 8
+    assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+@pytest.mark.parametrize("upsampler", ["bilinear", "identity"])
+def test_reducing_before_a_channelwise_upsampler_computes_the_seed_order(upsampler: str) -> None:
+    features, image, clicks, prev_mask = inputs()
+    probe = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", 8, upsampler), DIM, PATCH)
+    assert probe.reduces_before_upsampling
+    fused = features + probe.click_encoder(click_inputs(clicks, prev_mask), (SIZE // PATCH, SIZE // PATCH))
+    seed_order = F.interpolate(probe.head(probe.upsampler(fused, image)), size=(SIZE, SIZE), mode="bilinear")
+    torch.testing.assert_close(probe(features, image, clicks, prev_mask), seed_order, rtol=1e-5, atol=1e-5)
+    full_head = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", None, upsampler), DIM, PATCH)
+    assert not full_head.reduces_before_upsampling
+
+
+def test_encoders_that_do_not_fit_the_fusion_point_are_refused() -> None:
+    with pytest.raises(UserError, match="click_encoder.name=conv"):
+        ISProbe(model_config(ClickEncoderConfig(name="patch_embed"), "after_upsampler", None), DIM, PATCH)
+    with pytest.raises(UserError, match="patch grid"):
+        ISProbe(model_config(ClickEncoderConfig(name="conv"), "after_backbone", None), DIM, PATCH)
+    with pytest.raises(UserError, match="fusion"):
+        ISProbe(model_config(ClickEncoderConfig(), "sideways", None), DIM, PATCH)
+    with pytest.raises(UserError, match="divisible"):
+        ISProbe(model_config(ClickEncoderConfig(name="simple_vit", heads=5), "after_backbone", None), DIM, PATCH)
+
+
+def test_early_fusion_keeps_the_featurizer_out_of_the_state_dict_and_frozen() -> None:
+    featurizer = StandInFeaturizer()
+    probe = ISProbe(
+        model_config(ClickEncoderConfig(), "before_backbone", 8), DIM, PATCH, token_dim=24, featurizer=featurizer
+    )
+    assert all(key.split(".")[0] in {"click_encoder", "upsampler", "head"} for key in probe.state_dict())
+    assert not any(parameter is own for parameter in probe.parameters() for own in featurizer.parameters())
+    _, image, clicks, prev_mask = inputs()
+    probe(None, image, clicks, prev_mask).sum().backward()
+    assert probe.click_encoder.proj.weight.grad is not None and probe.click_encoder.proj.weight.grad.abs().sum() > 0
+    assert all(parameter.grad is None for parameter in featurizer.parameters())
+
+
+def test_early_fusion_without_a_featurizer_says_what_is_missing() -> None:
+    _, image, clicks, prev_mask = inputs()
+    probe = ISProbe(model_config(ClickEncoderConfig(), "before_backbone", 8), DIM, PATCH, token_dim=24)
+    with pytest.raises(UserError, match="attach"):
+        probe(None, image, clicks, prev_mask)
+    with pytest.raises(UserError, match="embed_dim"):
+        probe.attach_featurizer(StandInFeaturizer(embed_dim=16))
+
+
+def test_sincos_positions_are_distinct_per_grid_cell() -> None:
+    positions = sincos_positions(4, 5, 16)
+    assert positions.shape == (20, 16)
+    assert torch.cdist(positions, positions).add(torch.eye(20)).min() > 0
+
+
+# --- upsamplers -------------------------------------------------------------------------------------------------
+
+
+def test_bilinear_upsampler_is_plain_bilinear_interpolation_to_the_guidance_size() -> None:
+    upsampler = create_upsampler("bilinear", DIM)
+    features, image = torch.randn(2, DIM, 7, 7), torch.randn(2, 3, SIZE, SIZE)
+    expected = F.interpolate(features, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    assert torch.equal(upsampler(features, image), expected)
+    assert isinstance(upsampler, Upsampler) and upsampler.trainable is False
+
+
+def test_identity_upsampler_returns_the_features_and_the_registry_knows_both() -> None:
+    features = torch.randn(1, DIM, 7, 7)
+    assert create_upsampler("identity", DIM)(features, torch.randn(1, 3, SIZE, SIZE)) is features
+    assert {"bilinear", "identity"} <= set(list_upsamplers())
+    with pytest.raises(UserError, match="unknown upsampler"):
+        create_upsampler("magic", DIM)
+    with pytest.raises(UserError, match="no weights"):
+        create_upsampler("bilinear", DIM, weights="some.pth")

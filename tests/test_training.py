@@ -1,0 +1,483 @@
+"""Training: loss, point sampler, iterative clicks, the loop, checkpoints, resume, cache vs online, early fusion."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from isegprobe.config import SamplerConfig, TrainConfig, load_train_config
+from isegprobe.data.preprocess import normalize_images
+from isegprobe.errors import UserError
+from isegprobe.model import ISProbe
+from isegprobe.training import (
+    MultiPointSampler,
+    Trainer,
+    checkpoint,
+    load_probe,
+    normalized_focal_loss,
+    train,
+)
+from isegprobe.training.click_dataset import ClickTrainingSet, valid_pixels
+from isegprobe.training.next_clicks import add_next_clicks, next_click
+from isegprobe.training.run_logger import RunLogger
+from isegprobe.training.schedule import StepSchedule
+from isegprobe.training.trainer import batch_iou
+
+SIZE = 64
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+class StandInFeaturizer(nn.Module):
+    """The featurizer contract in miniature, for when the real featurizers cannot be imported."""
+
+    def __init__(self, dim: int = 32, embed_dim: int = 24, patch_size: int = 16) -> None:
+        super().__init__()
+        self.dim, self.embed_dim, self.patch_size = dim, embed_dim, patch_size
+        self.mean, self.std = MEAN, STD
+        self.provenance = {"name": "stand-in", "patch_size": patch_size}
+        self.embed = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
+        self.block = nn.Sequential(
+            nn.Conv2d(embed_dim, embed_dim, 3, padding=1), nn.GELU(), nn.Conv2d(embed_dim, dim, 1)
+        )
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: torch.Tensor, token_bias: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.embed(images)
+        if token_bias is not None:
+            tokens = tokens + token_bias
+        return self.block(tokens)
+
+
+@pytest.fixture(scope="module")
+def featurizer() -> nn.Module:
+    """The project's real featurizer (a random-weight ViT-Ti/16) when it imports, else the stand-in."""
+    try:
+        from isegprobe.featurizers import create_featurizer
+    except ImportError:
+        return StandInFeaturizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return create_featurizer("vit_tiny_patch16_224", weights="random")
+
+
+def square_scene(index: int, size: int = SIZE) -> dict[str, torch.Tensor]:
+    """Two bright rectangles on a dark ground, an ignore band around the first and 4 rows of padding at the bottom."""
+    rng = np.random.default_rng(index)
+    labels = np.zeros((size, size), dtype=np.int64)
+    y, x = rng.integers(4, 16, size=2)
+    labels[y : y + 18, x : x + 18] = 1
+    labels[40:56, 30 + index % 4 : 58] = 2
+    ring = np.zeros_like(labels, dtype=bool)
+    ring[y - 2 : y + 20, x - 2 : x + 20] = True
+    ignore = ring & (labels != 1)
+    image = np.full((size, size, 3), 30, dtype=np.uint8)
+    image[labels == 1] = (220, 60, 60)
+    image[labels == 2] = (60, 220, 60)
+    image[size - 4 :] = 0
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        "labels": torch.from_numpy(labels),
+        "ignore": torch.from_numpy(ignore),
+        "valid_box": torch.tensor([0, 0, size - 4, size]),
+    }
+
+
+class SquaresDataset(Dataset):
+    """A cache reader stand-in with the reader's item contract; features from `featurizer` or a fixed projection."""
+
+    def __init__(self, count: int = 4, featurizer: nn.Module | None = None, with_features: bool = True) -> None:
+        self.preprocessing = {"size": SIZE, "mean": list(MEAN), "std": list(STD)}
+        self.provenance = dict(getattr(featurizer, "provenance", {"name": "pooled", "patch_size": 8}))
+        self.path = "memory://squares"
+        generator = torch.Generator().manual_seed(0)
+        projection = torch.randn(16, 3, 1, 1, generator=generator)
+        self.items = []
+        for index in range(count):
+            item = {**square_scene(index), "item": index, "view": 0}
+            if with_features:
+                image = normalize_images(item["image"][None], MEAN, STD)
+                with torch.no_grad():
+                    if featurizer is not None:
+                        features = featurizer(image)[0]
+                    else:
+                        features = torch.nn.functional.conv2d(torch.nn.functional.avg_pool2d(image, 8), projection)[0]
+                item["features"] = features.half()
+            self.items.append(item)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def tiny_config(*overrides: str) -> TrainConfig:
+    return load_train_config(
+        "fast_cpu",
+        [
+            "model.head.width=8",
+            "data.batch_size=2",
+            "sampler.min_object_area=1",
+            "logging.tensorboard=false",
+            "logging.every_steps=1",
+            *overrides,
+        ],
+    )
+
+
+def sampled_batch(dataset: Dataset, config: TrainConfig, count: int = 2, with_features: bool = True) -> dict:
+    items = ClickTrainingSet(dataset, MultiPointSampler(config.sampler), seed=0, with_features=with_features)
+    return default_collate([items[index] for index in range(count)])
+
+
+# --- loss -------------------------------------------------------------------------------------------------------
+
+
+def reference_normalized_focal_loss(logits, target, valid, alpha=0.5, gamma=2.0) -> np.ndarray:
+    """RITM's NormalizedFocalLossSigmoid written out per image in float64, independently of the module."""
+    losses = []
+    for x, y, v in zip(logits.double().numpy(), target.numpy(), valid.numpy(), strict=True):
+        x, y, v = x.ravel(), y.ravel().astype(bool), v.ravel().astype(bool)
+        p = 1.0 / (1.0 + np.exp(-x))
+        p_true = np.where(y, p, 1.0 - p)
+        focal = np.where(v, (1.0 - p_true) ** gamma, 0.0)
+        normalizer = v.sum() / focal.sum()
+        class_weight = np.where(y, alpha, 1.0 - alpha)
+        per_pixel = -class_weight * focal * normalizer * np.log(p_true)
+        losses.append(per_pixel[v].sum() / v.sum())
+    return np.array(losses)
+
+
+def test_normalized_focal_loss_matches_the_formula_and_skips_ignored_pixels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 1, 20, 20) * 3
+    target = torch.rand(3, 1, 20, 20) > 0.6
+    valid = torch.rand(3, 1, 20, 20) > 0.2
+    loss = normalized_focal_loss(logits, target, valid, alpha=0.5, gamma=2.0)
+    expected = reference_normalized_focal_loss(logits, target, valid)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
+    other_alpha = normalized_focal_loss(logits, target, valid, alpha=0.25, gamma=2.0)
+    np.testing.assert_allclose(
+        other_alpha.numpy(), reference_normalized_focal_loss(logits, target, valid, alpha=0.25), rtol=1e-5
+    )
+
+    changed = logits.clone().requires_grad_(True)
+    with torch.no_grad():
+        changed[~valid] = 50.0
+    moved = normalized_focal_loss(changed, target, valid)
+    np.testing.assert_allclose(moved.detach().numpy(), loss.numpy(), rtol=1e-6)
+    moved.sum().backward()
+    assert changed.grad[~valid].abs().max() == 0
+
+
+# --- point sampler and iterative clicks ---------------------------------------------------------------------------
+
+
+def scene_arrays(index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    scene = square_scene(index)
+    labels = scene["labels"].numpy().copy()
+    labels[0:2, 60:62] = 3  # a 4-pixel object, below min_object_area: never a target, still "other"
+    return labels, valid_pixels(scene["ignore"].numpy(), scene["valid_box"].numpy())
+
+
+def test_sampler_clicks_land_on_the_target_or_the_background_and_never_in_ignore() -> None:
+    labels, valid = scene_arrays()
+    sampler = MultiPointSampler(SamplerConfig())
+    targets_seen = set()
+    for seed in range(150):
+        sampled = sampler.sample(labels, valid, np.random.default_rng(seed))
+        assert sampled.clicks.shape == (48, 3)
+        real = sampled.clicks[:, 0] >= 0
+        assert (sampled.clicks[~real] == (-1, -1, 0)).all()
+        positive = sampled.clicks[real & (sampled.clicks[:, 2] == 1)]
+        negative = sampled.clicks[real & (sampled.clicks[:, 2] == 0)]
+        assert len(positive) >= 1
+        assert sampled.mask[positive[:, 0], positive[:, 1]].all()
+        assert not sampled.mask[negative[:, 0], negative[:, 1]].any()
+        assert valid[sampled.clicks[real, 0], sampled.clicks[real, 1]].all()
+        targets_seen.add(tuple(sorted(np.unique(labels[sampled.mask]))))
+    assert targets_seen == {(1,), (2,), (1, 2)}, "single objects and (merge_objects_prob 0.15) merged pairs"
+
+
+def test_sampler_click_counts_follow_ritms_geometric_law() -> None:
+    labels, valid = scene_arrays()
+    sampler = MultiPointSampler(SamplerConfig(merge_objects_prob=0.0))
+    counts = [
+        (sampler.sample(labels, valid, np.random.default_rng(seed)).clicks[:24, 0] >= 0).sum() for seed in range(300)
+    ]
+    probs = 0.8 ** np.arange(24)
+    expected = 1 + (np.arange(24) * probs).sum() / probs.sum()
+    assert abs(np.mean(counts) - expected) < 0.6
+    assert max(counts) <= 24
+
+
+def test_merged_targets_get_a_first_click_in_every_object() -> None:
+    labels, valid = scene_arrays()
+    sampler = MultiPointSampler(SamplerConfig(merge_objects_prob=1.0))
+    for seed in range(20):
+        sampled = sampler.sample(labels, valid, np.random.default_rng(seed))
+        assert set(np.unique(labels[sampled.mask])) == {1, 2}
+        first_two = sampled.clicks[:2]
+        assert {labels[y, x] for y, x, _ in first_two} == {1, 2}
+
+
+def test_sampler_without_objects_gives_only_negative_clicks() -> None:
+    labels = np.zeros((SIZE, SIZE), dtype=np.int64)
+    valid = np.ones((SIZE, SIZE), dtype=bool)
+    for seed in range(10):
+        sampled = MultiPointSampler(SamplerConfig()).sample(labels, valid, np.random.default_rng(seed))
+        assert not sampled.mask.any()
+        assert (sampled.clicks[:24] == (-1, -1, 0)).all()
+        assert (sampled.clicks[24:, 2] == 0).all()
+
+
+def test_next_click_goes_deep_into_the_larger_error() -> None:
+    target = np.zeros((SIZE, SIZE), dtype=bool)
+    target[10:40, 10:40] = True
+    valid = np.ones_like(target)
+    rng = np.random.default_rng(0)
+    y, x, positive = next_click(np.zeros((SIZE, SIZE)), target, valid, rng)
+    assert positive == 1 and 17 <= y <= 32 and 17 <= x <= 32
+    y, x, positive = next_click(np.ones((SIZE, SIZE)), target, valid, rng)
+    assert positive == 0 and not target[y, x]
+    assert next_click(target.astype(float), target, valid, rng) is None
+
+
+def test_next_click_ignores_errors_in_ignored_pixels() -> None:
+    target = np.zeros((SIZE, SIZE), dtype=bool)
+    target[50:58, 50:58] = True
+    valid = np.ones_like(target)
+    valid[:40, :] = False  # a large false-positive area, all ignored
+    prob = np.zeros((SIZE, SIZE))
+    prob[:40, :] = 1.0
+    for seed in range(10):
+        y, x, positive = next_click(prob, target, valid, np.random.default_rng(seed))
+        assert positive == 1 and target[y, x]
+
+
+def test_add_next_clicks_fills_only_the_given_row() -> None:
+    target = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    target[:, 20:40, 20:40] = True
+    clicks = torch.tensor([[[25, 25, 1], [-1, -1, 0], [-1, -1, 0]]] * 2)
+    updated = add_next_clicks(
+        torch.zeros(2, 1, SIZE, SIZE), target, torch.ones_like(target), clicks, 2, np.random.default_rng(0)
+    )
+    assert torch.equal(updated[:, :2], clicks[:, :2])
+    assert (updated[:, 2, 2] == 1).all() and target[0, updated[0, 2, 0], updated[0, 2, 1]]
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+
+
+def test_a_few_steps_lower_the_loss_on_a_learnable_dataset() -> None:
+    # One object per image and per-pixel features (patch size 1): a task the head can solve exactly, so the
+    # normalized focal loss (an average over the hardest pixels) must fall, not just the IoU rise.
+    dataset = SquaresDataset(count=4, with_features=False)
+    projection = torch.randn(8, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    for item in dataset.items:
+        item["labels"] = (item["labels"] == 1).long()
+        pixels = normalize_images(item["image"][None], MEAN, STD)
+        item["features"] = torch.nn.functional.conv2d(pixels, projection)[0].half()
+    config = tiny_config("optim.lr=3e-3", "clicks.max_num_next_clicks=0")
+    torch.manual_seed(0)
+    trainer = Trainer(config, ISProbe(config.model, feature_dim=8, patch_size=1), dataset.preprocessing)
+    fixed = trainer.to_device(sampled_batch(dataset, config, count=4))
+    no_mask = torch.zeros(4, 1, SIZE, SIZE)
+    with torch.no_grad():
+        before, _ = trainer.loss_on(fixed, fixed.clicks, no_mask)
+    items = ClickTrainingSet(dataset, MultiPointSampler(config.sampler), seed=0)
+    for step in range(30):
+        batch = default_collate([items[(step, index)] for index in (step % 2 * 2, step % 2 * 2 + 1)])
+        trainer.train_step(batch, step, lr=3e-3)
+    with torch.no_grad():
+        after, logits = trainer.loss_on(fixed, fixed.clicks, no_mask)
+    assert after.item() < 0.5 * before.item()
+    assert batch_iou(logits, fixed.target, fixed.valid).min() > 0.9
+
+
+def test_the_learning_rate_follows_the_epoch_milestones() -> None:
+    schedule = StepSchedule.from_config(TrainConfig().schedule, 5e-5, num_items=20, batch_size=8)
+    assert (schedule.steps_per_epoch, schedule.total_steps) == (3, 60)
+    assert schedule.lr_at(16 * 3 + 2) == pytest.approx(5e-5)
+    assert schedule.lr_at(17 * 3) == pytest.approx(5e-6)
+
+
+def probe_metadata(probe: ISProbe, config: TrainConfig, step: int) -> dict:
+    from isegprobe.config import config_to_dict
+
+    return {"config": config_to_dict(config), "model": probe.dims(), "step": step}
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    config = tiny_config(
+        "model.click_encoder.name=simple_vit", "model.click_encoder.depth=1", "model.click_encoder.mlp_dim=32"
+    )
+    torch.manual_seed(1)
+    probe = ISProbe(config.model, 16, 8).eval()
+    checkpoint.save_checkpoint(tmp_path, "last", probe, probe_metadata(probe, config, 7))
+    loaded, metadata = load_probe(tmp_path / "last.safetensors")
+    features, image = torch.randn(2, 16, 8, 8), torch.randn(2, 3, SIZE, SIZE)
+    clicks, prev_mask = torch.tensor([[[5, 6, 1]], [[30, 40, 0]]]), torch.rand(2, 1, SIZE, SIZE)
+    assert torch.equal(loaded(features, image, clicks, prev_mask), probe(features, image, clicks, prev_mask))
+    assert metadata["step"] == 7 and not loaded.training
+    assert load_probe(tmp_path)[1]["step"] == 7
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "file.bin"
+    checkpoint.atomic_write_bytes(target, b"old")
+
+    def failing_fsync(descriptor: int) -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(OSError, match="disk full"):
+            checkpoint.atomic_write_bytes(target, b"new" * 1000)
+    assert target.read_bytes() == b"old"
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    good, bad = ISProbe(config.model, 16, 8).eval(), ISProbe(config.model, 16, 8).eval()
+    checkpoint.save_checkpoint(tmp_path, "last", good, probe_metadata(good, config, 1))
+
+    def failing_replace(source: str, destination: str) -> None:
+        raise OSError("interrupted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", failing_replace)
+        with pytest.raises(OSError, match="interrupted"):
+            checkpoint.save_checkpoint(tmp_path, "last", bad, probe_metadata(bad, config, 2))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file.bin", "last.json", "last.safetensors"]
+    loaded, metadata = load_probe(tmp_path)
+    assert metadata["step"] == 1
+    features, image, clicks = torch.randn(1, 16, 8, 8), torch.randn(1, 3, SIZE, SIZE), torch.tensor([[[9, 9, 1]]])
+    prev_mask = torch.zeros(1, 1, SIZE, SIZE)
+    assert torch.equal(loaded(features, image, clicks, prev_mask), good(features, image, clicks, prev_mask))
+
+
+def test_checkpoint_files_from_different_steps_are_refused(tmp_path: Path) -> None:
+    config = tiny_config()
+    probe = ISProbe(config.model, 16, 8)
+    checkpoint.save_checkpoint(tmp_path, "last", probe, probe_metadata(probe, config, 3))
+    metadata = json.loads((tmp_path / "last.json").read_text())
+    (tmp_path / "last.json").write_text(json.dumps({**metadata, "step": 4}))
+    with pytest.raises(UserError, match="incomplete"):
+        load_probe(tmp_path)
+
+
+def test_resume_continues_the_same_schedule_from_the_saved_step(tmp_path: Path) -> None:
+    dataset = SquaresDataset(count=4)
+    overrides = ("schedule.epochs=3", "schedule.milestones=[1]", "optim.lr=1e-3")
+    train(tiny_config(*overrides, "schedule.max_iters=5"), dataset, tmp_path / "straight", device="cpu", progress=False)
+    train(tiny_config(*overrides, "schedule.max_iters=3"), dataset, tmp_path / "split", device="cpu", progress=False)
+    interrupted = json.loads((tmp_path / "split" / "last.json").read_text())
+    assert (interrupted["step"], interrupted["epoch"]) == (3, 1)
+    assert interrupted["lr"] == pytest.approx(1e-4), "epoch 1 is past the milestone"
+    summary = train(
+        tiny_config(*overrides, "schedule.max_iters=5"),
+        dataset,
+        tmp_path / "split",
+        device="cpu",
+        resume=True,
+        progress=False,
+    )
+    assert summary.step == 5
+    resumed = json.loads((tmp_path / "split" / "last.json").read_text())
+    assert resumed["step"] == 5
+    assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert resumed["optimizer"]["state"] == {}
+    straight = load_file(tmp_path / "straight" / "last.safetensors")
+    split = load_file(tmp_path / "split" / "last.safetensors")
+    assert straight.keys() == split.keys()
+    for key in straight:
+        assert torch.equal(straight[key], split[key]), key
+    adam_straight = load_file(tmp_path / "straight" / "last.optim.safetensors")
+    adam_split = load_file(tmp_path / "split" / "last.optim.safetensors")
+    assert adam_split["state.0.step"].item() == 5
+    assert all(torch.equal(adam_straight[key], adam_split[key]) for key in adam_straight)
+
+
+def test_cache_and_online_give_the_same_loss(featurizer: nn.Module) -> None:
+    dataset = SquaresDataset(count=2, featurizer=featurizer)
+    dataset.preprocessing.update(mean=list(featurizer.mean), std=list(featurizer.std))
+    config = tiny_config()
+    torch.manual_seed(0)
+    cached_probe = ISProbe(config.model, featurizer.dim, featurizer.patch_size)
+    online_probe = copy.deepcopy(cached_probe)
+    cached = Trainer(config, cached_probe, dataset.preprocessing)
+    online = Trainer(config, online_probe, dataset.preprocessing, featurizer=featurizer, online=True)
+    batch = sampled_batch(dataset, config)
+    cached_batch, online_batch = cached.to_device(batch), online.to_device(batch)
+    assert cached_batch.features.dtype == torch.float16 and online_batch.features.dtype == torch.float32
+    torch.testing.assert_close(cached_batch.features.float(), online_batch.features, rtol=2e-3, atol=2e-3)
+    prev_mask = torch.zeros(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        cached_loss, _ = cached.loss_on(cached_batch, cached_batch.clicks, prev_mask)
+        online_loss, _ = online.loss_on(online_batch, online_batch.clicks, prev_mask)
+    assert cached_loss.item() == pytest.approx(online_loss.item(), rel=2e-3, abs=1e-4)
+
+
+def test_early_fusion_trains_online_and_leaves_the_featurizer_untouched(
+    tmp_path: Path, featurizer: nn.Module, caplog: pytest.LogCaptureFixture
+) -> None:
+    dataset = SquaresDataset(count=2, with_features=False)
+    dataset.preprocessing.update(mean=list(featurizer.mean), std=list(featurizer.std))
+    config = tiny_config("model.fusion=before_backbone", "schedule.max_iters=2", "optim.lr=1e-3")
+    frozen_before = {key: value.clone() for key, value in featurizer.state_dict().items()}
+    with caplog.at_level(logging.WARNING):
+        train(config, dataset, tmp_path, featurizer=featurizer, device="cpu", progress=False)
+    assert "online" in caplog.text
+    assert all(torch.equal(value, frozen_before[key]) for key, value in featurizer.state_dict().items())
+    assert all(not parameter.requires_grad and parameter.grad is None for parameter in featurizer.parameters())
+
+    saved = load_file(tmp_path / "last.safetensors")
+    assert {key.split(".")[0] for key in saved} == {"click_encoder", "head"}
+    torch.manual_seed(config.seed)
+    initial = ISProbe(config.model, featurizer.dim, featurizer.patch_size, token_dim=featurizer.embed_dim)
+    assert not torch.equal(saved["click_encoder.proj.weight"], initial.click_encoder.proj.weight.detach())
+
+    probe, metadata = load_probe(tmp_path, featurizer=featurizer)
+    assert metadata["online"] is True and probe.featurizer is featurizer
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(UserError, match="pip install"):
+        RunLogger(tmp_path, {}, tensorboard=False, use_wandb=True)
+
+
+def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isegprobe.commands import train as train_command
+
+    dataset = SquaresDataset(count=4)
+    monkeypatch.setattr(train_command, "CachedDataset", lambda path: dataset)
+    run_dir = tmp_path / "run"
+    common = ["--cache", str(tmp_path), "--out", str(run_dir), "--device", "cpu"]
+    settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.image_every_steps=2"]
+    result = CliRunner().invoke(train_command.train, ["--config", "fast_cpu", *settings, *common, "--max-iters", "2"])
+    assert result.exit_code == 0, result.output
+    assert "trained to step 2" in result.output
+    assert any((run_dir / "tensorboard").iterdir()), "TensorBoard events are written"
+    assert (run_dir / "best.safetensors").is_file()
+
+    result = CliRunner().invoke(train_command.train, [*common, "--resume", "--max-iters", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "last.json").read_text())["step"] == 3
+
+    result = CliRunner().invoke(train_command.train, ["--set", "optim.lrr=1", *common])
+    assert result.exit_code == 1 and "'optim.lrr'" in result.output

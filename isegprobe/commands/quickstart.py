@@ -6,12 +6,18 @@ from pathlib import Path
 
 import click
 
+from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.extract import human_bytes
+from isegprobe.config import load_train_config
+from isegprobe.inference.metrics import format_table
+from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+from isegprobe.training.trainer import train
 
 QUICKSTART_FEATURIZER = "vit_small_patch14_dinov2"
 QUICKSTART_SIZE = 224
+QUICKSTART_PRESET = "quickstart"
 
 
 @click.command("quickstart")
@@ -20,7 +26,7 @@ QUICKSTART_SIZE = 224
     default="quickstart",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Folder for the stores and runs.",
+    help="Folder for stores, run and results.",
 )
 @click.option(
     "--weights",
@@ -28,17 +34,28 @@ QUICKSTART_SIZE = 224
     show_default=True,
     help="Featurizer weights: random (works offline; the numbers then mean nothing), hub, or a checkpoint file.",
 )
+@click.option("--max-iters", default=200, show_default=True, type=click.IntRange(min=1), help="Training steps.")
+@click.option(
+    "--max-clicks",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Clicks per object in the evaluation.",
+)
 @reports_user_errors
-def quickstart(out: str, weights: str) -> None:
-    """Extract features of the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px.
+def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
+    """Extract, train and evaluate on the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px.
 
-    Writes one store per split under OUT/cache and prints what each stage did.
+    \b
+    1. extract-features: builtin/train (24 scenes) and builtin/test (12 scenes), views identity + hflip
+    2. train: the `quickstart` preset (a low-resolution probe: identity upsampler, head width 64) from the cache
+    3. evaluate: RITM's clicker on every test object, from the cache (the backbone is not loaded)
+    With --weights random the backbone is untrained: the pipeline runs, but the numbers say nothing about DINOv2.
     """
-    cache_dir = Path(out) / "cache"
+    out_dir = Path(out)
+    stores = {}
     for split in ("train", "test"):
-        click.echo(
-            f"[stage one] extracting {QUICKSTART_FEATURIZER} features of builtin/{split} at {QUICKSTART_SIZE} px"
-        )
+        click.echo(f"[1/3 extract] {QUICKSTART_FEATURIZER} features of builtin/{split} at {QUICKSTART_SIZE} px")
         result = extract(
             ExtractionRequest(
                 featurizer=QUICKSTART_FEATURIZER,
@@ -49,11 +66,38 @@ def quickstart(out: str, weights: str) -> None:
                 size=QUICKSTART_SIZE,
                 views="identity,hflip",
                 device="cpu",
-                out=str(cache_dir),
+                out=str(out_dir / "cache"),
                 workers=0,
             )
         )
+        stores[split] = result.path
         click.echo(
             f"  {result.items_extracted} new items, {result.items_total} in {result.path} "
             f"({human_bytes(result.nbytes)})"
         )
+    run_dir = out_dir / "run"
+    click.echo(f"[2/3 train] preset {QUICKSTART_PRESET} for {max_iters} steps from {stores['train']}")
+    config = load_train_config(QUICKSTART_PRESET, [f"schedule.max_iters={max_iters}"])
+    summary = train(
+        config, CachedDataset(stores["train"]), run_dir, device="cpu", resume=(run_dir / "last.json").is_file()
+    )
+    click.echo(f"  step {summary.step}; checkpoints and TensorBoard logs in {run_dir}")
+    click.echo(f"[3/3 evaluate] {max_clicks} clicks per object on builtin/test, from the cache")
+    results_dir = out_dir / "results"
+    request = EvaluationRequest(
+        checkpoint=str(run_dir / "last.safetensors"),
+        out_dir=str(results_dir),
+        stores=[str(stores["test"])],
+        max_clicks=max_clicks,
+        flip=True,
+        device="cpu",
+        vis_preds=6,
+    )
+    summaries = run_evaluation(request)
+    click.echo(format_table(summaries))
+    click.echo(f"  results, per-object IoU curves and overlays in {results_dir}")
+    curve = summaries["builtin"]["mIoU@k"]
+    click.echo(
+        "mIoU after k clicks: "
+        + ", ".join(f"{k}: {value:.3f}" for k, value in enumerate(curve, 1) if k in (1, 3, 5, 10, 20))
+    )

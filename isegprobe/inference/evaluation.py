@@ -93,7 +93,7 @@ def _evaluate_batch(
     ious = np.zeros((len(batch), max_clicks), np.float32)
     seconds = 0.0
     for click_index in range(max_clicks):
-        for clicker, pred in zip(clickers, preds):
+        for clicker, pred in zip(clickers, preds, strict=True):
             clicker.next_click(pred)
         started = time.perf_counter()
         probs = _predict(predictor, batch, clickers, prev_probs)
@@ -115,6 +115,6 @@ def _predict(predictor: Predictor, batch: Sequence[ObjectTask], clickers: Sequen
     probs = predictor.probabilities([task.view for task in batch], clicks, prev)
     if batch[0].flip_view is None:
         return probs
-    mirrored_clicks = [[mirror_click(c, task.gt.shape[1]) for c in cs] for task, cs in zip(batch, clicks)]
+    mirrored_clicks = [[mirror_click(c, task.gt.shape[1]) for c in cs] for task, cs in zip(batch, clicks, strict=True)]
     flipped = predictor.probabilities([task.flip_view for task in batch], mirrored_clicks, prev.flip(-1))
     return 0.5 * (probs + flipped.flip(-1))

@@ -99,7 +99,11 @@ def format_table(results_by_dataset: dict[str, dict]) -> str:
 
     def line(cells: list[str]) -> str:
         first, *rest = cells
-        return "| " + " | ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:]))]) + " |"
+        return (
+            "| "
+            + " | ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))])
+            + " |"
+        )
 
     separator = "|" + "|".join(["-" * (widths[0] + 2), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|"
     return "\n".join([line(rows[0]), separator, *(line(row) for row in rows[1:])])

@@ -67,7 +67,9 @@ class Predictor:
         """Working-size probabilities [B, S, S] for each view given its clicks and previous probabilities."""
         images = normalize_images(torch.stack([view.image for view in views]).to(self.device), self.mean, self.std)
         features = self._features(views, images)
-        click_rows = [[to_working(click, view) for click in view_clicks] for view, view_clicks in zip(views, clicks)]
+        click_rows = [
+            [to_working(click, view) for click in view_clicks] for view, view_clicks in zip(views, clicks, strict=True)
+        ]
         logits = self.probe(features, images, click_rows, prev_probs[:, None])
         return torch.sigmoid(logits[:, 0])
 

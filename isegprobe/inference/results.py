@@ -42,9 +42,10 @@ class ResultsWriter:
     def summaries(self) -> dict[str, dict[str, Any]]:
         table = {}
         for dataset, curves in self.curves.items():
-            table[dataset] = summarize(
-                list(curves.values()), max_clicks=self.max_clicks, elapsed_s=None
-            ) | {"sec_per_click": self.seconds.get(dataset), "complete": self.complete[dataset]}
+            table[dataset] = summarize(list(curves.values()), max_clicks=self.max_clicks, elapsed_s=None) | {
+                "sec_per_click": self.seconds.get(dataset),
+                "complete": self.complete[dataset],
+            }
         return table
 
     def write(self) -> dict[str, dict[str, Any]]:

@@ -15,7 +15,9 @@ POSITIVE_BGR, NEGATIVE_BGR, MASK_BGR = (0, 200, 0), (0, 0, 230), (255, 140, 0)
 def overlay(mask_probs: np.ndarray, clicks, image_rgb: np.ndarray | None = None) -> np.ndarray:
     """BGR uint8 picture: the image (or grey) tinted where the mask is, with green/red click dots."""
     height, width = mask_probs.shape
-    base = np.full((height, width, 3), 96, np.uint8) if image_rgb is None else cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    base = (
+        np.full((height, width, 3), 96, np.uint8) if image_rgb is None else cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    )
     tinted = base.copy()
     tinted[mask_probs > 0.5] = (0.5 * base[mask_probs > 0.5] + 0.5 * np.array(MASK_BGR)).astype(np.uint8)
     radius = max(3, round(min(height, width) / 80))

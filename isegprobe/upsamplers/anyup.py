@@ -104,14 +104,34 @@ class RoPE(nn.Module):
 
 
 def window_bounds(out_size: int, in_size: int, ratio: float) -> tuple[Tensor, Tensor]:
-    """For each output row (or column): the first and one-past-last input row its attention window covers.
-
-    Small index tensors, kept on the CPU so that slicing the keys by them never waits for an accelerator.
-    """
+    """For each output row (or column): the first and one-past-last feature row its attention window covers."""
     centres = (torch.arange(out_size, dtype=torch.float32) + 0.5) / out_size
     low = ((centres - ratio).clamp(0.0, 1.0) * in_size).floor().long()
     high = ((centres + ratio).clamp(0.0, 1.0) * in_size).ceil().long()
     return low, high
+
+
+class WindowMask:
+    """Which feature cells each output pixel may attend to: those within `ratio` of the image each way.
+
+    Small index tensors kept on the CPU, so slicing the keys by them never waits for an accelerator.
+    """
+
+    def __init__(self, out_size: tuple[int, int], grid: tuple[int, int], ratio: float) -> None:
+        self.grid_width = grid[1]
+        self.row_low, self.row_high = window_bounds(out_size[0], grid[0], ratio)
+        col_low, col_high = window_bounds(out_size[1], grid[1], ratio)
+        cols = torch.arange(grid[1])
+        self.cols_allowed = (cols >= col_low[:, None]) & (cols < col_high[:, None])
+
+    def band(self, start: int, stop: int) -> tuple[int, int, Tensor]:
+        """Output rows [start, stop): the feature rows [first, last) they reach and the bool mask, queries x cells."""
+        low, high = self.row_low[start:stop, None], self.row_high[start:stop, None]
+        first, last = int(low.min()), int(high.max())
+        rows = torch.arange(first, last)
+        rows_allowed = (rows >= low) & (rows < high)
+        allowed = rows_allowed[:, None, :, None] & self.cols_allowed[None, :, None, :]
+        return first, last, allowed.reshape(-1, (last - first) * self.grid_width)
 
 
 class CrossAttention(nn.Module):
@@ -132,6 +152,8 @@ class CrossAttention(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
+    """A 3x3 conv over the queries, then window attention whose weights average the raw features."""
+
     def __init__(self, dim: int, heads: int, window_ratio: float) -> None:
         super().__init__()
         self.cross_attn = CrossAttention(dim, heads)
@@ -145,29 +167,20 @@ class CrossAttentionBlock(nn.Module):
         """
         queries = self.conv2d(queries)
         batch, _, height, width = queries.shape
-        key_height, key_width = keys.shape[-2:]
+        key_width = keys.shape[-1]
         key_heads = self.cross_attn.attention.heads(self.cross_attn.norm_k(keys.flatten(2).transpose(1, 2)), 1)
         value_tokens = values.flatten(2).transpose(1, 2)
-        row_low, row_high = window_bounds(height, key_height, self.window_ratio)
-        col_low, col_high = window_bounds(width, key_width, self.window_ratio)
-        key_cols = torch.arange(key_width)
-        cols_allowed = (key_cols >= col_low[:, None]) & (key_cols < col_high[:, None])
+        windows = WindowMask((height, width), tuple(keys.shape[-2:]), self.window_ratio)
         if rows_per_band is None:
-            rows_per_band = max(
-                1, ATTENTION_BUDGET // (self.cross_attn.attention.num_heads * width * keys[0, 0].numel())
-            )
+            logits_per_row = self.cross_attn.attention.num_heads * width * keys[0, 0].numel()
+            rows_per_band = max(1, ATTENTION_BUDGET // logits_per_row)
         bands = []
         for start in range(0, height, rows_per_band):
             stop = min(start + rows_per_band, height)
-            first, last = int(row_low[start:stop].min()), int(row_high[start:stop].max())
-            key_rows = torch.arange(first, last)
-            rows_allowed = (key_rows >= row_low[start:stop, None]) & (key_rows < row_high[start:stop, None])
-            allowed = (rows_allowed[:, None, :, None] & cols_allowed[None, :, None, :]).reshape(
-                (stop - start) * width, (last - first) * key_width
-            ).to(queries.device)
-            band_queries = queries[:, :, start:stop].flatten(2).transpose(1, 2)
+            first, last, allowed = windows.band(start, stop)
             reached = slice(first * key_width, last * key_width)
-            weights = self.cross_attn.weights(band_queries, key_heads[:, :, reached], allowed)
+            band_queries = queries[:, :, start:stop].flatten(2).transpose(1, 2)
+            weights = self.cross_attn.weights(band_queries, key_heads[:, :, reached], allowed.to(queries.device))
             bands.append(weights @ value_tokens[:, reached])
         return torch.cat(bands, dim=1).transpose(1, 2).reshape(batch, -1, height, width)
 

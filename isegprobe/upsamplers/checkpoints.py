@@ -59,7 +59,7 @@ def rename_prefixes(state: Mapping[str, Tensor], renames: Mapping[str, str]) -> 
 
 
 def load_strictly(module: nn.Module, state: Mapping[str, Tensor], path: str | Path, method: str) -> None:
-    """`module.load_state_dict(state, strict=True)`, with a message naming the missing, unexpected and misshaped keys."""
+    """`module.load_state_dict(state, strict=True)`, with a message naming missing, unexpected and misshaped keys."""
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]

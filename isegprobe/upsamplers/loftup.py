@@ -32,7 +32,10 @@ QUERY_CHUNK_SIZE = 8192
 
 
 class MinMaxScaler(nn.Module):
-    """Each channel scaled to [-0.5, 0.5] by its min and max over the whole batch (as the authors do)."""
+    """Each channel scaled to [-0.5, 0.5] by its min and max over the whole batch.
+
+    So an image's output depends on the other images in its batch; kept, because the weights were trained that way.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.transpose(0, 1).flatten(1)
@@ -42,7 +45,7 @@ class MinMaxScaler(nn.Module):
 
 
 class FourierFeatures(nn.Module):
-    """sin/cos of (y, x[, RGB]) at exponentially spaced frequencies with learned phases: the authors' ImplicitFeaturizer.
+    """sin/cos of (y, x[, RGB]) at exponentially spaced frequencies, learned phases (the authors' ImplicitFeaturizer).
 
     The grid spans [-1, 1] over the input's own size, so the low-res position encoding depends on the feature grid.
     """

@@ -1,0 +1,364 @@
+"""The learned upsamplers: the authors' layouts and checkpoint files, output shapes, gradients, chunked attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from isegprobe.errors import UserError
+from isegprobe.upsamplers import create_upsampler
+from isegprobe.upsamplers.anyup import AnyUp
+from isegprobe.upsamplers.featup_jbu import adaptive_conv
+from isegprobe.upsamplers.learned import LearnedUpsampler
+from isegprobe.upsamplers.loftup import CrossAttentionLayer
+
+LEARNED = ["lift", "featup_jbu", "loftup", "anyup"]
+DIM = 16
+
+# Read off the authors' modules at dim 384: state-dict entries, parameter count, and keys with their shapes as they
+# appear in the published files (FeatUp's and LoftUp's Lightning files keep the ChannelNorm as `model.1.norm`).
+AUTHORS_LAYOUT = {
+    "lift": (
+        37,
+        1_187_280,
+        {
+            "up1.up.weight": (416, 208, 2, 2),
+            "up1.conv_1.double_conv.0.weight": (192, 240, 3, 3),
+            "up1.conv_1.double_conv.4.running_var": (192,),
+            "outc.weight": (384, 192, 1, 1),
+            "image_convs_1.3.weight": (32, 32, 3, 3),
+            "image_convs_2.1.num_batches_tracked": (),
+        },
+    ),
+    "featup_jbu": (
+        44,
+        173_540,
+        {
+            "model.1.norm.weight": (384,),
+            "upsampler.up1.range_temp": (),
+            "upsampler.up2.sigma_spatial": (),
+            "upsampler.up3.range_proj.3.weight": (32, 32, 1, 1),
+            "upsampler.up4.fixup_proj.0.weight": (49, 52, 1, 1),
+            "upsampler.fixup_proj.1.weight": (384, 384, 1, 1),
+        },
+    ),
+    "loftup": (
+        54,
+        4_303_894,
+        {
+            "model.1.norm.bias": (384,),
+            "upsampler.lr_pe.biases": (2, 2, 5),
+            "upsampler.fourier_feat.1.biases": (2, 5, 20),
+            "upsampler.first_conv.0.norm.weight": (203,),
+            "upsampler.first_conv.4.weight": (404, 404, 3, 3),
+            "upsampler.ca_transformer.layers.1.0.attention.in_proj_weight": (1212, 404),
+            "upsampler.ca_transformer.layers.0.1.net.4.weight": (404, 384),
+            "upsampler.final_conv.1.weight": (384,),
+        },
+    ),
+    "anyup": (
+        73,
+        878_080,
+        {
+            "image_encoder.0.weight": (128, 3, 1, 1),
+            "image_encoder.2.block.5.weight": (128, 128, 1, 1),
+            "key_features_encoder.0.basis": (128, 1, 5, 5),
+            "aggregation.0.weight": (128, 256, 3, 3),
+            "cross_decode.cross_attn.norm_q.weight": (128,),
+            "cross_decode.cross_attn.attention.in_proj_weight": (384, 128),
+            "cross_decode.cross_attn.attention.out_proj.weight": (128, 128),
+            "cross_decode.conv2d.weight": (128, 128, 3, 3),
+            "rope.freqs": (2, 128),
+        },
+    ),
+}
+
+LIGHTNING_FILES = {"featup_jbu", "loftup"}
+
+
+def lightning_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """How FeatUp's and LoftUp's training modules save the ChannelNorm: as `model.1` behind the backbone `model.0`."""
+    return {key.replace("channelnorm.norm.", "model.1.norm.", 1): value for key, value in state.items()}
+
+
+def lightning_checkpoint(state: dict[str, Tensor]) -> dict:
+    """A PyTorch Lightning file: the upsampler's weights among a backbone, training-only modules and loop state."""
+    extras = {
+        "model.0.model.cls_token": torch.randn(1, 1, 8),
+        "downsampler.attention_net.weight": torch.randn(1, 8, 3, 3),
+        "scale_net.net.weight": torch.randn(1, 8, 1, 1),
+    }
+    return {
+        "epoch": 0,
+        "global_step": 2000,
+        "pytorch-lightning_version": "1.9.5",
+        "state_dict": {**lightning_layout(state), **extras},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]}],
+    }
+
+
+def randomized(upsampler: nn.Module, seed: int = 1) -> nn.Module:
+    """Every float tensor (weights and BatchNorm statistics) set to seeded random values, as a trained file holds."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in upsampler.state_dict().items():
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=generator) + 0.5
+                tensor.copy_(values if "running_var" in name else (values - 1.0) * 0.6)
+    return upsampler
+
+
+def inputs(batch: int = 2, grid: tuple[int, int] = (3, 4), size: tuple[int, int] = (38, 46)) -> tuple[Tensor, Tensor]:
+    torch.manual_seed(0)
+    return torch.randn(batch, DIM, *grid), torch.randn(batch, 3, *size)
+
+
+# --- architecture and shapes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_dim_384_has_the_authors_parameter_names_shapes_and_count(name: str) -> None:
+    upsampler = create_upsampler(name, 384)
+    entries, parameters, samples = AUTHORS_LAYOUT[name]
+    state = upsampler.state_dict()
+    as_published = lightning_layout(state) if name in LIGHTNING_FILES else state
+    assert len(state) == entries
+    assert sum(parameter.numel() for parameter in upsampler.parameters()) == parameters
+    assert {key: tuple(as_published[key].shape) for key in samples} == samples
+    assert isinstance(upsampler, LearnedUpsampler) and upsampler.trainable
+
+
+def test_anyup_rope_starts_at_the_authors_frequencies() -> None:
+    freqs = create_upsampler("anyup", DIM).rope.freqs.detach()
+    rates = 2 * torch.pi * 100 ** torch.linspace(0, -1, 32)
+    assert torch.equal(freqs[0, :64], torch.cat([rates, rates])) and torch.equal(freqs[1, 64:], freqs[0, :64])
+    assert not freqs[0, 64:].any() and not freqs[1, :64].any()
+
+
+@pytest.mark.parametrize("name", ["bilinear", *LEARNED])
+def test_dim_384_maps_32x32_features_and_a_448_image_to_448x448(name: str) -> None:
+    """Shape and dtype at full size on the meta device: the real CPU run of the slow methods takes 15-60 s."""
+    with torch.device("meta"):
+        upsampler = create_upsampler(name, 384)
+    features, image = torch.empty(1, 384, 32, 32, device="meta"), torch.empty(1, 3, 448, 448, device="meta")
+    out = upsampler(features, image)
+    assert out.shape == (1, 384, 448, 448) and out.dtype == torch.float32
+
+
+def test_lift_runs_at_full_size_on_cpu() -> None:
+    upsampler = create_upsampler("lift", 384).eval()
+    with torch.no_grad():
+        out = upsampler(torch.randn(1, 384, 32, 32), torch.randn(1, 3, 448, 448))
+    assert out.shape == (1, 384, 448, 448) and out.dtype == torch.float32 and bool(out.isfinite().all())
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_output_has_the_guidance_size_for_any_grid(name: str) -> None:
+    features, image = inputs()
+    with torch.no_grad():
+        out = create_upsampler(name, DIM).eval()(features, image)
+    assert out.shape == (2, DIM, 38, 46) and out.dtype == torch.float32 and bool(out.isfinite().all())
+
+
+@pytest.mark.parametrize(("name", "native"), [("lift", (6, 8)), ("featup_jbu", (48, 64))])
+def test_fixed_factor_methods_resize_their_native_output_bilinearly(name: str, native: tuple[int, int]) -> None:
+    features, image = inputs()
+    upsampler = create_upsampler(name, DIM).eval()
+    with torch.no_grad():
+        own = upsampler.forward_native(features, image)
+        resized = upsampler(features, image)
+    assert own.shape[-2:] == native
+    assert torch.equal(resized, F.interpolate(own, size=(38, 46), mode="bilinear", align_corners=False))
+
+
+# Outputs of the authors' own modules (their code, run once with these weights and inputs): mean, mean |x|, and the
+# last pixel's first three channels of image 1, for features on a 10x12 grid (AnyUp's windows then hold several
+# cells). Our modules must reproduce them.
+AUTHORS_OUTPUTS = {
+    "lift": [0.051494, 0.157743, -0.191869, -0.200094, 0.160486],
+    "featup_jbu": [0.041092, 0.210231, -0.233309, -0.374603, 0.598496],
+    "loftup": [-0.053801, 0.202965, -0.047415, 0.230123, -0.426633],
+    "anyup": [-0.003123, 0.273551, 0.222652, 0.820503, -0.413455],
+}
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_the_output_is_the_authors_output_for_the_same_weights(name: str) -> None:
+    upsampler = randomized(create_upsampler(name, DIM)).eval()
+    features, image = inputs(grid=(10, 12))
+    with torch.no_grad():
+        out = upsampler.forward_native(features, image) if upsampler.scale else upsampler(features, image)
+    summary = [out.mean().item(), out.abs().mean().item(), *out[1, :3, -1, -1].tolist()]
+    assert summary == pytest.approx(AUTHORS_OUTPUTS[name], abs=1e-5)
+
+
+# --- the authors' checkpoint files ------------------------------------------------------------------------------
+
+FILES = [
+    ("lift", "lift.pth", "ddp"),
+    ("featup_jbu", "dinov2_jbu_stack_cocostuff.ckpt", "lightning"),
+    ("loftup", "pytorch_model.bin", "bare"),
+    ("loftup", "loftup_dinov2s.ckpt", "lightning"),
+    ("anyup", "anyup_paper.pth", "bare"),
+]
+
+
+def write_authors_file(name: str, filename: str, layout: str, directory: Path) -> tuple[Path, nn.Module]:
+    source = randomized(create_upsampler(name, DIM)).eval()
+    state = source.state_dict()
+    if layout == "lightning":
+        content: dict = lightning_checkpoint(state)
+    elif layout == "ddp":
+        content = {f"module.{key}": value for key, value in state.items()}
+    else:
+        content = state
+    path = directory / filename
+    torch.save(content, path)
+    return path, source
+
+
+@pytest.mark.parametrize(("name", "filename", "layout"), FILES)
+def test_the_authors_file_loads_strictly_and_gives_its_weights_outputs(
+    name: str, filename: str, layout: str, tmp_path: Path
+) -> None:
+    path, source = write_authors_file(name, filename, layout, tmp_path)
+    loaded = create_upsampler(name, DIM, weights=str(path))
+    assert not loaded.training
+    expected = source.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
+    features, image = inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(features, image), source(features, image))
+
+
+@pytest.mark.parametrize(("name", "filename", "layout"), FILES)
+def test_a_file_for_another_feature_dim_names_its_misshaped_keys(
+    name: str, filename: str, layout: str, tmp_path: Path
+) -> None:
+    if name == "anyup":
+        pytest.skip("AnyUp's weights do not depend on the feature dim")
+    path, _ = write_authors_file(name, filename, layout, tmp_path)
+    with pytest.raises(UserError, match="misshaped"):
+        create_upsampler(name, 2 * DIM, weights=str(path))
+
+
+def test_a_lightning_file_without_the_upsampler_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "backbone_only.ckpt"
+    torch.save({"state_dict": {"model.0.model.cls_token": torch.randn(1, 1, 8)}}, path)
+    with pytest.raises(UserError, match="missing: channelnorm.norm.weight"):
+        create_upsampler("loftup", DIM, weights=str(path))
+
+
+def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "anyup.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="could not read"):
+        create_upsampler("anyup", DIM, weights=str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        create_upsampler("anyup", DIM, weights=str(tmp_path / "missing.pth"))
+
+
+# --- trainable or frozen ----------------------------------------------------------------------------------------
+
+# AnyUp uses only nn.MultiheadAttention's head-averaged weights: its output projection is in the file but unused.
+UNUSED = {
+    "anyup": {"cross_decode.cross_attn.attention.out_proj.weight", "cross_decode.cross_attn.attention.out_proj.bias"}
+}
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_a_trainable_upsampler_gets_gradients_in_every_used_parameter(name: str) -> None:
+    upsampler = create_upsampler(name, DIM).train()
+    features, image = inputs(size=(30, 34))
+    upsampler(features, image).square().mean().backward()
+    without = {key for key, parameter in upsampler.named_parameters() if parameter.grad is None}
+    assert without == UNUSED.get(name, set())
+    assert upsampler.training
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_a_frozen_upsampler_gets_no_gradients_but_passes_them_to_the_features(name: str) -> None:
+    upsampler = create_upsampler(name, DIM).requires_grad_(False)
+    upsampler.train()
+    assert not any(module.training for module in upsampler.modules())
+    features, image = inputs(size=(30, 34))
+    features.requires_grad_(True)
+    upsampler(features, image).square().mean().backward()
+    assert all(parameter.grad is None for parameter in upsampler.parameters())
+    assert features.grad is not None and bool(features.grad.abs().sum() > 0)
+
+
+# --- the attention and convolution kernels match their references --------------------------------------------
+
+
+def test_loftup_query_chunks_give_the_unchunked_output() -> None:
+    upsampler = randomized(create_upsampler("loftup", DIM)).eval()
+    features, image = inputs(size=(30, 41))
+    with torch.no_grad():
+        upsampler.query_chunk_size = None
+        whole = upsampler(features, image)
+        upsampler.query_chunk_size = 97
+        chunked = upsampler(features, image)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_loftup_attention_is_nn_multiheadattention_with_the_same_weights() -> None:
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(36, heads=4)
+    reference = nn.MultiheadAttention(36, 4)
+    reference.load_state_dict(layer.attention.state_dict())
+    queries, memory = torch.randn(2, 50, 36), torch.randn(2, 12, 36)
+    keys, values = layer.keys_values(memory)
+    normed = layer.norm_kv(memory).transpose(0, 1)
+    expected, _ = reference(layer.norm_q(queries).transpose(0, 1), normed, normed)
+    torch.testing.assert_close(layer(queries, keys, values), expected.transpose(0, 1), rtol=1e-5, atol=1e-6)
+
+
+def authors_window_mask(out_size: tuple[int, int], grid: tuple[int, int], ratio: float) -> Tensor:
+    """AnyUp's rule, per output pixel centre: feature cells within `ratio` of the image each way (True = masked)."""
+    (height, width), (rows, cols) = out_size, grid
+    centre_y = ((torch.arange(height) + 0.5) / height).repeat_interleave(width)[:, None]
+    centre_x = ((torch.arange(width) + 0.5) / width).repeat(height)[:, None]
+    cell_y, cell_x = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)
+    inside_y = (cell_y >= ((centre_y - ratio).clamp(0, 1) * rows).floor()) & (
+        cell_y < ((centre_y + ratio).clamp(0, 1) * rows).ceil()
+    )
+    inside_x = (cell_x >= ((centre_x - ratio).clamp(0, 1) * cols).floor()) & (
+        cell_x < ((centre_x + ratio).clamp(0, 1) * cols).ceil()
+    )
+    return ~(inside_y & inside_x)
+
+
+@pytest.mark.parametrize("rows_per_band", [1, 5, None])
+def test_anyup_banded_window_attention_is_the_masked_multiheadattention(rows_per_band: int | None) -> None:
+    block = randomized(AnyUp()).cross_decode
+    torch.manual_seed(0)
+    queries, keys, values = torch.randn(2, 128, 23, 31), torch.randn(2, 128, 6, 9), torch.randn(2, DIM, 6, 9)
+    reference = nn.MultiheadAttention(128, 4, batch_first=True)
+    reference.load_state_dict(block.cross_attn.attention.state_dict())
+    query_tokens = block.cross_attn.norm_q(block.conv2d(queries).flatten(2).transpose(1, 2))
+    key_tokens = block.cross_attn.norm_k(keys.flatten(2).transpose(1, 2))
+    mask = authors_window_mask((23, 31), (6, 9), block.window_ratio)
+    _, weights = reference(query_tokens, key_tokens, key_tokens, attn_mask=mask, average_attn_weights=True)
+    expected = (weights @ values.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(2, DIM, 23, 31)
+    with torch.no_grad():
+        torch.testing.assert_close(block(queries, keys, values, rows_per_band), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_jbu_adaptive_conv_is_featups_per_pixel_7x7_sum_with_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    source = torch.randn(2, 5, 9 + 6, 11 + 6, requires_grad=True)
+    kernel = torch.randn(2, 49, 9, 11, requires_grad=True)
+    patches = F.unfold(source, 7).reshape(2, 5, 49, 9, 11)
+    expected = torch.einsum("bckhw,bkhw->bchw", patches, kernel)
+    out = adaptive_conv(source, kernel)
+    torch.testing.assert_close(out, expected)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), (source, kernel))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (source, kernel))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)

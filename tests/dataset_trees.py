@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+from scipy.io import savemat
 
 
 def write_image(path: Path, height: int = 24, width: int = 32, seed: int = 0) -> np.ndarray:
@@ -46,4 +47,33 @@ def berkeley_tree(root: Path, images: int, extra_masks: int, size: tuple[int, in
         write_mask(root / "masks" / f"{stem}.png", box(height, width, 1, 1, 4, 4))
         if index < extra_masks:
             write_mask(root / "masks" / f"{stem}_2.png", box(height, width, 5, 5, 8, 9))
+    return root
+
+
+def write_sbd_mat(path: Path, segmentation: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    savemat(
+        str(path),
+        {"GTinst": {"Segmentation": segmentation.astype(np.uint8), "Categories": np.ones((segmentation.max(), 1))}},
+    )
+
+
+def sbd_tree(root: Path) -> Path:
+    """Two 48 x 64 images listed in val.txt: one with two objects, one (also in train.txt) with an object and two more
+    that RITM's training filters drop."""
+    height, width = 48, 64
+    two = np.zeros((height, width), np.uint8)
+    two[2:10, 2:10] = 1
+    two[12:18, 4:20] = 2
+    one_plus_filtered = np.zeros((height, width), np.uint8)
+    one_plus_filtered[5:15, 5:15] = 1
+    one_plus_filtered[height - 1, 0] = 2  # a 1-pixel object: under RITM's min_object_area
+    rows = np.arange(45)  # a 2-pixel-thick diagonal: 90 pixels filling 4 % of its box, a "buggy" mask for RITM
+    one_plus_filtered[rows, rows + 16] = 3
+    one_plus_filtered[rows, rows + 17] = 3
+    for name, segmentation in (("2008_000001", two), ("2008_000002", one_plus_filtered)):
+        write_image(root / "img" / f"{name}.jpg", height, width)
+        write_sbd_mat(root / "inst" / f"{name}.mat", segmentation)
+    (root / "train.txt").write_text("2008_000002\n")
+    (root / "val.txt").write_text("2008_000001\n2008_000002\n")
     return root

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from dataset_trees import use_dataset_config, write_image
+from dataset_trees import sbd_tree, use_dataset_config, write_image
 from PIL import Image
-from scipy.io import savemat
 
 from isegprobe.data import create_dataset
 from isegprobe.errors import UserError
@@ -12,32 +11,9 @@ from isegprobe.errors import UserError
 H, W = 48, 64
 
 
-def _write_sbd_mat(path, segmentation):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    savemat(
-        str(path),
-        {"GTinst": {"Segmentation": segmentation.astype(np.uint8), "Categories": np.ones((segmentation.max(), 1))}},
-    )
-
-
 @pytest.fixture()
 def sbd_root(tmp_path):
-    root = tmp_path / "SBD"
-    two = np.zeros((H, W), np.uint8)
-    two[2:10, 2:10] = 1
-    two[12:18, 4:20] = 2
-    one_plus_filtered = np.zeros((H, W), np.uint8)
-    one_plus_filtered[5:15, 5:15] = 1
-    one_plus_filtered[H - 1, 0] = 2  # a 1-pixel object: under RITM's min_object_area
-    rows = np.arange(45)  # a 2-pixel-thick diagonal: 90 pixels filling 4 % of its box, a "buggy" mask for RITM
-    one_plus_filtered[rows, rows + 16] = 3
-    one_plus_filtered[rows, rows + 17] = 3
-    for name, segmentation in (("2008_000001", two), ("2008_000002", one_plus_filtered)):
-        write_image(root / "img" / f"{name}.jpg", H, W)
-        _write_sbd_mat(root / "inst" / f"{name}.mat", segmentation)
-    (root / "train.txt").write_text("2008_000002\n")
-    (root / "val.txt").write_text("2008_000001\n2008_000002\n")
-    return root
+    return sbd_tree(tmp_path / "SBD")
 
 
 def test_sbd_val_per_image_and_per_instance(sbd_root):

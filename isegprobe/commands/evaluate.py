@@ -30,7 +30,17 @@ from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 @click.option("--online", is_flag=True, help="Run the backbone on the images instead of reading a cache.")
 @click.option("--root", default=None, help="Dataset root, when the store's recorded root moved, or with --online.")
 @click.option("--max-clicks", default=20, show_default=True, type=click.IntRange(1, 100), help="Clicks per object.")
-@click.option("--flip", is_flag=True, help="Average with the horizontally flipped view (the store's hflip view).")
+@click.option(
+    "--flip",
+    is_flag=True,
+    help="Average with the horizontally flipped view (the store's hflip view; with --zoom-in, the mirrored crop).",
+)
+@click.option(
+    "--zoom-in",
+    is_flag=True,
+    help="RITM's zoom-in: from the 2nd click on, predict on a crop around the object (its box x1.4, at least 200 px, "
+    "resized to the working size). Loads the backbone, since crops have no cached features.",
+)
 @click.option("--threshold", default=0.5, show_default=True, type=float, help="Probability threshold of the mask.")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Objects per probe forward.")
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
@@ -41,16 +51,24 @@ from isegprobe.inference.runner import EvaluationRequest, run_evaluation
     type=int,
     help="Save overlays (clicks drawn) of the first N objects per dataset.",
 )
+@click.option(
+    "--save-feats",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Save the low-res and upsampled features of the first N objects per dataset to OUT/feats/<dataset>/ "
+    "(float16 .npz; the upsampled map alone is C x S x S, 154 MB for 384 channels at 448 px).",
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the results.")
 @reports_user_errors
 def evaluate(datasets: str, stores: tuple[str, ...], **options) -> None:
-    """Simulate RITM's clicker on every object: NoC@80/85/90, NoF@85/90, IoU@1 and the mIoU curve.
+    """Simulate RITM's clicker on every object: NoC@80/85/90, NoF@85/90, IoU@1, the mIoU curve, seconds per click.
 
     \b
-    From the cache (the backbone is never loaded):
+    From the cache (the backbone is never loaded, unless --zoom-in):
         isegprobe evaluate --checkpoint runs/probe --datasets grabcut,berkeley --cache-root cache/ --out results/
     Writes results.json, results.csv and ious.npz (one IoU curve per object) into --out, after every batch,
-    so an interrupted run keeps the objects it finished.
+    so an interrupted run (Ctrl-C) keeps the objects it finished.
     """
     request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
     summaries = run_evaluation(request)

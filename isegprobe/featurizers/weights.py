@@ -11,21 +11,19 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
+from isegprobe.state_dicts import load_strictly, read_state_dict
 
 RANDOM_SEED = 0
-_SHOWN_KEYS = 5
 
 
 class RandomWeightsWarning(UserWarning):
@@ -92,40 +90,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """The tensors of a checkpoint file, unwrapped from {"model": ...} / {"state_dict": ...} and DDP's "module."."""
-    try:
-        if path.suffix == ".safetensors":
-            state = safetensors.torch.load_file(str(path), device="cpu")
-        elif _is_torchscript(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"could not read weights file {path}: {error}") from error
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not state:
-        raise UserError(f"weights file {path} holds no state dict (a mapping of parameter names to tensors)")
-    not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
-    if not_tensors:
-        raise UserError(f"weights file {path} is not a state dict: {_shown(not_tensors)} are not tensors")
-    if all(key.startswith("module.") for key in state):
-        state = {key[len("module.") :]: value for key, value in state.items()}
-    return dict(state)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives (OpenAI's CLIP .pt files) carry constants.pkl; torch.save's zip files do not."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
-
-
 def to_timm_layout(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
     """Translate official DINOv2 / OpenAI CLIP / timm checkpoints to `model`'s keys (timm's converters do the work)."""
     if "mask_token" in state:
@@ -143,29 +107,9 @@ def load_checkpoint(model: VisionTransformer, path: Path) -> None:
         state = to_timm_layout(read_state_dict(path), model)
     except (RuntimeError, ValueError, KeyError, IndexError) as error:
         raise UserError(f"weights file {path} could not be converted for {_arch(model)}: {error}") from error
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    misshaped = [
-        f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
-        for key in expected
-        if key in state and state[key].shape != expected[key].shape
-    ]
-    problems = [
-        f"{label}: {_shown(keys)}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped))
-        if keys
-    ]
-    if problems:
-        raise UserError(f"weights file {path} does not fit {_arch(model)}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    load_strictly(model, state, f"weights file {path} does not fit {_arch(model)}")
 
 
 def _arch(model: nn.Module) -> str:
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     return cfg.get("architecture") or type(model).__name__
-
-
-def _shown(keys: list[str]) -> str:
-    more = f" (+{len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
-    return ", ".join(keys[:_SHOWN_KEYS]) + more

@@ -2,6 +2,7 @@
 
 Objects are evaluated in batches (one probe forward per click for the whole batch); each object keeps its own
 clicker, working at the original resolution, and its IoU curve is measured there with the ignore region excluded.
+What the probe sees of an object is its framing's choice: the whole image at the working size, or RITM's zoom-in.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from isegprobe.inference.clicker import Click, Clicker
 from isegprobe.inference.metrics import iou
-from isegprobe.inference.predictor import Predictor, WorkingView, mirror_click, to_original
+from isegprobe.inference.predictor import PredictionInput, Predictor, WorkingView, to_original
 
 
 @dataclass
@@ -25,7 +29,7 @@ class ObjectTask:
     id: str
     gt: np.ndarray  # bool [H, W]
     ignore: np.ndarray  # bool [H, W]
-    image: np.ndarray  # uint8 [H, W, 3], for pictures of the result
+    image: np.ndarray  # uint8 [H, W, 3]
     view: WorkingView
     flip_view: WorkingView | None = None
 
@@ -41,13 +45,39 @@ class ObjectResult:
 
 @dataclass
 class EvaluationRun:
-    results: list[ObjectResult]
-    predict_seconds: float
-    clicks_made: int
+    """Running totals; the per-object results go to `on_result`, so memory does not grow with the dataset."""
+
+    objects: int = 0
+    clicks_made: int = 0
+    predict_seconds: float = 0.0
 
     @property
     def seconds_per_click(self) -> float:
         return self.predict_seconds / max(self.clicks_made, 1)
+
+
+class Framing(Protocol):
+    """What the probe sees of one object at each click, and how its answer maps back to the original image."""
+
+    def inputs(self, clicks: Sequence[Click]) -> PredictionInput: ...
+
+    def to_original(self, probs: Tensor) -> Tensor: ...
+
+
+class WholeImage:
+    """The whole image at the working size (the cached or freshly made view); previous probabilities stay there."""
+
+    def __init__(self, task: ObjectTask, device: torch.device | str) -> None:
+        self.task = task
+        size = task.view.image.shape[-1]
+        self.prev_probs = torch.zeros(size, size, device=device)
+
+    def inputs(self, clicks: Sequence[Click]) -> PredictionInput:
+        return PredictionInput(self.task.view, self.task.flip_view, list(clicks), self.prev_probs)
+
+    def to_original(self, probs: Tensor) -> Tensor:
+        self.prev_probs = probs
+        return to_original(probs, self.task.view)
 
 
 def _batches(tasks: Iterator[ObjectTask], size: int) -> Iterator[list[ObjectTask]]:
@@ -68,38 +98,49 @@ def evaluate_objects(
     threshold: float = 0.5,
     batch_size: int = 8,
     on_result: Callable[[ObjectResult], None] | None = None,
+    on_batch: Callable[[EvaluationRun], None] | None = None,
+    framing: Callable[[ObjectTask], Framing] | None = None,
 ) -> EvaluationRun:
-    """Run the click protocol on every task; `on_result` sees each finished object (progress, partial saves)."""
-    results: list[ObjectResult] = []
-    predict_seconds, clicks_made = 0.0, 0
+    """Run the click protocol on every task.
+
+    `on_result` sees each finished object, `on_batch` the running totals after each batch (progress, partial saves).
+    `framing` makes each object's framing; the default is `WholeImage`.
+    """
+    framing = framing or partial(WholeImage, device=predictor.device)
+    run = EvaluationRun()
     for batch in _batches(tasks, batch_size):
-        batch_results, seconds = _evaluate_batch(predictor, batch, max_clicks, threshold)
-        predict_seconds += seconds
-        clicks_made += len(batch) * max_clicks
+        batch_results, seconds = _evaluate_batch(predictor, batch, max_clicks, threshold, framing)
+        run.predict_seconds += seconds
+        run.clicks_made += len(batch) * max_clicks
         for result in batch_results:
-            results.append(result)
+            run.objects += 1
             if on_result is not None:
                 on_result(result)
-    return EvaluationRun(results, predict_seconds, clicks_made)
+        if on_batch is not None:
+            on_batch(run)
+    return run
 
 
 def _evaluate_batch(
-    predictor: Predictor, batch: Sequence[ObjectTask], max_clicks: int, threshold: float
+    predictor: Predictor,
+    batch: Sequence[ObjectTask],
+    max_clicks: int,
+    threshold: float,
+    framing: Callable[[ObjectTask], Framing],
 ) -> tuple[list[ObjectResult], float]:
     clickers = [Clicker(task.gt, task.ignore) for task in batch]
+    framings = [framing(task) for task in batch]
     preds = [np.zeros_like(task.gt) for task in batch]
-    size = batch[0].view.image.shape[-1]
-    prev_probs = torch.zeros(len(batch), size, size, device=predictor.device)
     ious = np.zeros((len(batch), max_clicks), np.float32)
     seconds = 0.0
     for click_index in range(max_clicks):
         for clicker, pred in zip(clickers, preds, strict=True):
             clicker.next_click(pred)
         started = time.perf_counter()
-        probs = _predict(predictor, batch, clickers, prev_probs)
-        originals = [to_original(probs[i], task.view).cpu().numpy() for i, task in enumerate(batch)]
+        inputs = [frame.inputs(clicker.clicks) for frame, clicker in zip(framings, clickers, strict=True)]
+        probs = predictor.probabilities(inputs)
+        originals = [frame.to_original(probs[i]).cpu().numpy() for i, frame in enumerate(framings)]
         seconds += time.perf_counter() - started
-        prev_probs = probs
         for i, task in enumerate(batch):
             preds[i] = originals[i] > threshold
             ious[i, click_index] = iou(task.gt, preds[i], task.ignore)
@@ -108,13 +149,3 @@ def _evaluate_batch(
         for i, task in enumerate(batch)
     ]
     return results, seconds
-
-
-def _predict(predictor: Predictor, batch: Sequence[ObjectTask], clickers: Sequence[Clicker], prev: torch.Tensor):
-    clicks = [clicker.clicks for clicker in clickers]
-    probs = predictor.probabilities([task.view for task in batch], clicks, prev)
-    if batch[0].flip_view is None:
-        return probs
-    mirrored_clicks = [[mirror_click(c, task.gt.shape[1]) for c in cs] for task, cs in zip(batch, clicks, strict=True)]
-    flipped = predictor.probabilities([task.flip_view for task in batch], mirrored_clicks, prev.flip(-1))
-    return 0.5 * (probs + flipped.flip(-1))

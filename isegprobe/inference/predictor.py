@@ -1,8 +1,9 @@
-"""From clicks on the original image to a probability map at the original resolution, for a batch of objects.
+"""From clicks on an image to probabilities at the working size, for a batch of objects, and back.
 
-The probe works at the store's working size: clicks are mapped into it, and its probabilities are mapped back
-(the letterbox padding cropped first). With `flip`, the mirrored cached view is predicted too and the two
-probability maps averaged, RITM's horizontal-flip test-time augmentation.
+The probe works at the store's working size: clicks are mapped into a view (the whole image, or a zoom-in crop), and
+its probabilities are mapped back (the letterbox padding cropped first). Both mappings keep pixel centres aligned, so
+they are exact inverses. With a mirrored view, the mirrored image is predicted too and the two logit maps averaged
+before the sigmoid, as RITM's horizontal-flip test-time augmentation does.
 """
 
 from __future__ import annotations
@@ -21,12 +22,26 @@ from isegprobe.model.probe import ISProbe
 
 @dataclass
 class WorkingView:
-    """One object's inputs at the working size: cached features (None when computed online) and the image."""
+    """A region of the image at the working size: cached features (None: the backbone computes them) and pixels.
+
+    `original_size` is the size of the region in original pixels (the whole image, or a zoom-in crop); `valid_box`
+    (y0, x0, y1, x1) is where the region lies in the working-size square.
+    """
 
     features: Tensor | None  # [C, h, w]
     image: Tensor  # uint8 [3, S, S]
     valid_box: tuple[int, int, int, int]
     original_size: tuple[int, int]
+
+
+@dataclass
+class PredictionInput:
+    """One object's inputs to one prediction: clicks in `view.original_size` pixels, previous probabilities [S, S]."""
+
+    view: WorkingView
+    flip_view: WorkingView | None
+    clicks: Sequence[Click]
+    prev_probs: Tensor
 
 
 def to_working(click: Click, view: WorkingView) -> tuple[float, float, int]:
@@ -45,8 +60,20 @@ def to_original(probs: Tensor, view: WorkingView) -> Tensor:
     return F.interpolate(valid, size=view.original_size, mode="bilinear", align_corners=False)[0, 0]
 
 
+def mirror_click(click: Click, width: int) -> Click:
+    """The same click on the horizontally flipped region (the mirrored view's own geometry maps it in)."""
+    return Click(click.y, width - 1 - click.x, click.is_positive)
+
+
+def mirror_view(view: WorkingView) -> WorkingView:
+    """The view flipped left to right; the backbone computes its features, since features do not flip with pixels."""
+    y0, x0, y1, x1 = view.valid_box
+    size = view.image.shape[-1]
+    return WorkingView(None, view.image.flip(-1), (y0, size - x1, y1, size - x0), view.original_size)
+
+
 class Predictor:
-    """Runs a probe on batches of objects; `featurizer` (optional) computes features online from the images."""
+    """Runs a probe on batches of objects; `featurizer` computes the features of views that have none cached."""
 
     def __init__(
         self,
@@ -61,26 +88,48 @@ class Predictor:
         self.featurizer = featurizer.to(device) if featurizer is not None else None
 
     @torch.inference_mode()
-    def probabilities(
-        self, views: Sequence[WorkingView], clicks: Sequence[Sequence[Click]], prev_probs: Tensor
-    ) -> Tensor:
-        """Working-size probabilities [B, S, S] for each view given its clicks and previous probabilities."""
-        images = normalize_images(torch.stack([view.image for view in views]).to(self.device), self.mean, self.std)
-        features = self._features(views, images)
+    def probabilities(self, inputs: Sequence[PredictionInput]) -> Tensor:
+        """Working-size probabilities [B, S, S]; with flip views, the average of both logit maps through a sigmoid."""
+        prev = torch.stack([item.prev_probs for item in inputs]).to(self.device)
+        clicks = [item.clicks for item in inputs]
+        logits = self._logits([item.view for item in inputs], clicks, prev)
+        if inputs[0].flip_view is not None:
+            mirrored = [[mirror_click(click, item.view.original_size[1]) for click in item.clicks] for item in inputs]
+            flipped = self._logits([item.flip_view for item in inputs], mirrored, prev.flip(-1))
+            logits = 0.5 * (logits + flipped.flip(-1))
+        return torch.sigmoid(logits)
+
+    @torch.inference_mode()
+    def feature_maps(self, view: WorkingView) -> tuple[Tensor, Tensor]:
+        """The view's low-resolution features [C, h, w] and the probe's upsampler output [C, H', W'], without clicks."""
+        image = self._normalized([view])
+        features = self._features([view], image)
+        if features is None:
+            features = self._backbone(image)
+        return features[0], self.probe.upsampler(features, image)[0]
+
+    def _logits(self, views: Sequence[WorkingView], clicks: Sequence[Sequence[Click]], prev: Tensor) -> Tensor:
+        images = self._normalized(views)
         click_rows = [
             [to_working(click, view) for click in view_clicks] for view, view_clicks in zip(views, clicks, strict=True)
         ]
-        logits = self.probe(features, images, click_rows, prev_probs[:, None])
-        return torch.sigmoid(logits[:, 0])
+        return self.probe(self._features(views, images), images, click_rows, prev[:, None])[:, 0]
+
+    def _normalized(self, views: Sequence[WorkingView]) -> Tensor:
+        return normalize_images(torch.stack([view.image for view in views]).to(self.device), self.mean, self.std)
 
     def _features(self, views: Sequence[WorkingView], images: Tensor) -> Tensor | None:
         if self.probe.needs_featurizer:
             return None
-        if self.featurizer is not None:
-            return self.featurizer(images)
-        return torch.stack([view.features for view in views]).to(self.device).float()
+        if all(view.features is not None for view in views):
+            return torch.stack([view.features for view in views]).to(self.device).float()
+        return self._backbone(images)
 
-
-def mirror_click(click: Click, width: int) -> Click:
-    """The same click on the horizontally flipped original image (the hflip view's own geometry maps it in)."""
-    return Click(click.y, width - 1 - click.x, click.is_positive)
+    def _backbone(self, images: Tensor) -> Tensor:
+        """Features as the store would hold them: bf16 autocast on CUDA, as extraction runs, rounded to float16."""
+        featurizer = self.featurizer if self.featurizer is not None else self.probe.featurizer
+        if featurizer is None:
+            raise ValueError("these views have no cached features and no featurizer was given to compute them")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.is_cuda):
+            features = featurizer(images)
+        return features.to(torch.float16).float()

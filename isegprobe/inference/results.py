@@ -16,7 +16,18 @@ import numpy as np
 from isegprobe.inference.metrics import summarize
 from isegprobe.training.checkpoint import atomic_write_bytes
 
-CSV_COLUMNS = ("dataset", "num_instances", "NoC@80", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "IoU@1", "sec_per_click")
+CSV_COLUMNS = (
+    "dataset",
+    "num_instances",
+    "NoC@80",
+    "NoC@85",
+    "NoC@90",
+    "NoF@85",
+    "NoF@90",
+    "IoU@1",
+    "sec_per_click",
+    "complete",
+)
 
 
 class ResultsWriter:
@@ -35,17 +46,20 @@ class ResultsWriter:
         self.curves.setdefault(dataset, {})[object_id] = np.asarray(ious, np.float32)
         self.complete.setdefault(dataset, False)
 
-    def finish(self, dataset: str, predict_seconds: float, clicks_made: int) -> None:
-        self.seconds[dataset] = predict_seconds / max(clicks_made, 1)
+    def set_speed(self, dataset: str, seconds_per_click: float) -> None:
+        """Seconds per click so far: the time in the predictor (crops, backbone if online, probe, un-cropping)."""
+        self.seconds[dataset] = seconds_per_click
+
+    def finish(self, dataset: str) -> None:
         self.complete[dataset] = True
 
     def summaries(self) -> dict[str, dict[str, Any]]:
         table = {}
         for dataset, curves in self.curves.items():
-            table[dataset] = summarize(list(curves.values()), max_clicks=self.max_clicks, elapsed_s=None) | {
-                "sec_per_click": self.seconds.get(dataset),
-                "complete": self.complete[dataset],
-            }
+            summary = summarize(list(curves.values()), max_clicks=self.max_clicks)
+            if dataset in self.seconds:
+                summary["sec_per_click"] = self.seconds[dataset]
+            table[dataset] = summary | {"complete": self.complete[dataset]}
         return table
 
     def write(self) -> dict[str, dict[str, Any]]:

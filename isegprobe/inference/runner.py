@@ -1,13 +1,15 @@
 """One evaluation run: a checkpoint, some datasets (from stores or online), results on disk.
 
-Both `isegprobe evaluate` and the quickstart call `run_evaluation`; from the cache the backbone is never built.
+Both `isegprobe evaluate` and the quickstart call `run_evaluation`. From the cache without zoom-in the backbone is
+never built; zoom-in crops and --online need it, and it must be the featurizer the probe was trained on.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,13 @@ from isegprobe.cache.schema import FEATURIZER_IDENTITY_KEYS, store_name
 from isegprobe.data import create_dataset, resolve_root
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
-from isegprobe.inference.evaluation import ObjectResult, ObjectTask, evaluate_objects
+from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.results import ResultsWriter
+from isegprobe.inference.saved_features import saving_features
 from isegprobe.inference.tasks import cached_tasks, online_tasks
 from isegprobe.inference.visuals import save_overlay
+from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.training.checkpoint import load_probe
 
 
@@ -39,48 +43,86 @@ class EvaluationRequest:
     root: str | None = None
     max_clicks: int = 20
     flip: bool = False
+    zoom_in: bool = False
     threshold: float = 0.5
     batch_size: int = 8
     device: str = "cpu"
     vis_preds: int = 0
+    save_feats: int = 0
+
+
+def check_same_featurizer(trained: dict[str, Any], other: dict[str, Any], where: str) -> None:
+    """A probe only makes sense on features from the featurizer (and weights) it was trained on."""
+    differences = [
+        f"{key}: checkpoint {trained.get(key)!r}, {where} {other.get(key)!r}"
+        for key in FEATURIZER_IDENTITY_KEYS
+        if trained.get(key) != other.get(key)
+    ]
+    if differences:
+        raise UserError(f"{where}: features from another featurizer than the probe's:\n  " + "\n  ".join(differences))
 
 
 def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:
-    """A probe only makes sense on features from the featurizer (and weights) it was trained on."""
-    trained = metadata.get("featurizer_provenance") or {}
-    cached = store.attrs["featurizer"]
-    differences = [
-        f"{key}: checkpoint {trained.get(key)!r}, store {cached.get(key)!r}"
-        for key in FEATURIZER_IDENTITY_KEYS
-        if trained.get(key) != cached.get(key)
-    ]
-    if differences:
-        raise UserError(
-            f"{store.path}: features from another featurizer than the probe's:\n  " + "\n  ".join(differences)
-        )
+    check_same_featurizer(metadata.get("featurizer_provenance") or {}, store.attrs["featurizer"], str(store.path))
 
 
-def run_evaluation(request: EvaluationRequest) -> dict[str, dict[str, Any]]:
-    """Evaluate every requested dataset; returns the per-dataset summaries also written to `out_dir`."""
+def run_evaluation(
+    request: EvaluationRequest, on_result: Callable[[str, ObjectResult], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Evaluate every requested dataset; returns the per-dataset summaries also written to `out_dir`.
+
+    `on_result(dataset, result)` sees each object once its curve is recorded (the files are rewritten after each
+    batch and when the run stops, Ctrl-C included).
+    """
     device = torch.device(request.device)
     probe, metadata = load_probe(request.checkpoint, device=device)
     if probe.needs_featurizer and not request.online:
         raise UserError("this probe fuses clicks before the backbone (early fusion): evaluate it with --online")
     jobs = list(_jobs(request, metadata))
-    featurizer = _online_featurizer(metadata) if request.online else None
+    featurizer = _backbone(metadata) if request.online or request.zoom_in else None
     if featurizer is not None and probe.needs_featurizer:
         probe.attach_featurizer(featurizer.to(device))
     preprocessing = metadata["preprocessing"]
     predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], device, featurizer)
-    run_info = {"checkpoint": str(request.checkpoint), "flip": request.flip, "online": request.online}
+    framing = None
+    if request.zoom_in:
+        framing = partial(
+            _zoom_in,
+            size=int(preprocessing["size"]),
+            resize=preprocessing.get("resize", "stretch"),
+            flip=request.flip,
+            threshold=request.threshold,
+            device=device,
+        )
+    run_info = {
+        "checkpoint": str(request.checkpoint),
+        "featurizer": (metadata.get("featurizer_provenance") or {}).get("name"),
+        "flip": request.flip,
+        "zoom_in": request.zoom_in,
+        "online": request.online,
+        "threshold": request.threshold,
+    }
     writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
     for dataset_name, tasks in jobs:
-        _evaluate_dataset(predictor, request, writer, dataset_name, tasks)
+        if request.save_feats:
+            folder = Path(request.out_dir) / "feats" / dataset_name
+            tasks = saving_features(tasks, predictor, folder, request.save_feats)
+        _evaluate_dataset(predictor, request, writer, dataset_name, tasks, framing, on_result)
     return writer.write()
 
 
+def _zoom_in(task: ObjectTask, **settings: Any) -> ZoomIn:
+    return ZoomIn(task.image, **settings)
+
+
 def _evaluate_dataset(
-    predictor: Predictor, request: EvaluationRequest, writer: ResultsWriter, name: str, tasks: Iterator[ObjectTask]
+    predictor: Predictor,
+    request: EvaluationRequest,
+    writer: ResultsWriter,
+    name: str,
+    tasks: Iterator[ObjectTask],
+    framing: Callable[[ObjectTask], Framing] | None,
+    on_result: Callable[[str, ObjectResult], None] | None,
 ) -> None:
     progress = tqdm(desc=name, unit="obj", file=sys.stderr)
     pictures = Path(request.out_dir) / "vis" / name
@@ -90,32 +132,49 @@ def _evaluate_dataset(
             save_overlay(pictures, result)
         writer.add(name, result.id, result.ious)
         progress.update(1)
+        if on_result is not None:
+            on_result(name, result)
+
+    def batch_done(run: EvaluationRun) -> None:
+        writer.set_speed(name, run.seconds_per_click)
+        writer.write()
+        progress.set_postfix(sec_per_click=f"{run.seconds_per_click:.3f}")
 
     try:
-        run = evaluate_objects(predictor, tasks, request.max_clicks, request.threshold, request.batch_size, finished)
+        evaluate_objects(
+            predictor,
+            tasks,
+            request.max_clicks,
+            request.threshold,
+            request.batch_size,
+            on_result=finished,
+            on_batch=batch_done,
+            framing=framing,
+        )
+        writer.finish(name)
     finally:
         writer.write()
         progress.close()
-    writer.finish(name, run.predict_seconds, run.clicks_made)
 
 
 def _jobs(request: EvaluationRequest, metadata: dict[str, Any]) -> Iterator[tuple[str, Iterator[ObjectTask]]]:
-    """(dataset name, object tasks) per requested dataset or store."""
+    """(dataset name, object tasks) per requested dataset or store; zoom-in makes its own mirrored crops."""
     size = int(metadata["preprocessing"]["size"])
     resize = metadata["preprocessing"].get("resize", "stretch")
+    whole_image_flip = request.flip and not request.zoom_in
     if request.online:
         for name in request.datasets:
             source = create_dataset(name, resolve_root(name, request.root), request.split)
-            yield name, online_tasks(source, size, resize, request.flip)
+            yield name, online_tasks(source, size, resize, whole_image_flip)
         return
     for path in _store_paths(request, metadata):
         store = FeatureStore.open(path)
         check_store_matches(store, metadata)
         dataset = store.attrs["dataset"]
         source = create_dataset(dataset["name"], request.root or dataset["root"], dataset["split"])
-        if request.flip and "hflip" not in store.attrs["views"]:
+        if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
-        yield dataset["name"], cached_tasks(str(path), source, request.flip)
+        yield dataset["name"], cached_tasks(str(path), source, whole_image_flip)
 
 
 def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[Path]:
@@ -132,6 +191,11 @@ def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[P
     return paths
 
 
-def _online_featurizer(metadata: dict[str, Any]) -> torch.nn.Module:
-    provenance = metadata["featurizer_provenance"]
-    return create_featurizer(provenance["name"], weights=provenance["weights"])
+def _backbone(metadata: dict[str, Any]) -> torch.nn.Module:
+    """The probe's featurizer, rebuilt from the checkpoint's provenance and checked against it."""
+    provenance = metadata.get("featurizer_provenance") or {}
+    if "name" not in provenance or "weights" not in provenance:
+        raise UserError("the checkpoint records no featurizer provenance, so its backbone cannot be rebuilt")
+    featurizer = create_featurizer(provenance["name"], weights=provenance["weights"])
+    check_same_featurizer(provenance, featurizer.provenance, f"featurizer {provenance['name']}")
+    return featurizer

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isegprobe.upsamplers.checkpoints import load_strictly, read_state_dict
+from isegprobe.state_dicts import load_strictly, read_state_dict
 from isegprobe.upsamplers.layers import MultiheadProjections
 from isegprobe.upsamplers.learned import LearnedUpsampler, with_weights
 from isegprobe.upsamplers.registry import register_upsampler
@@ -210,7 +210,7 @@ class AnyUp(LearnedUpsampler):
         return self.cross_decode(queries, keys, features, self.rows_per_band)
 
     def load_checkpoint(self, path: Path) -> None:
-        load_strictly(self, read_state_dict(path), path, "AnyUp")
+        load_strictly(self, read_state_dict(path), f"{path} is not a AnyUp checkpoint for this feature dim")
 
 
 @register_upsampler("anyup")

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isegprobe.upsamplers.checkpoints import NORM_AND_UPSAMPLER, load_strictly, read_state_dict, rename_prefixes
+from isegprobe.state_dicts import load_strictly, read_state_dict
+from isegprobe.upsamplers.checkpoints import NORM_AND_UPSAMPLER, rename_prefixes
 from isegprobe.upsamplers.layers import ChannelNorm, resize_to
 from isegprobe.upsamplers.learned import LearnedUpsampler, with_weights
 from isegprobe.upsamplers.registry import register_upsampler
@@ -125,7 +126,7 @@ class FeatUpJBU(LearnedUpsampler):
 
     def load_checkpoint(self, path: Path) -> None:
         state = rename_prefixes(read_state_dict(path), NORM_AND_UPSAMPLER)
-        load_strictly(self, state, path, "FeatUp JBU")
+        load_strictly(self, state, f"{path} is not a FeatUp JBU checkpoint for this feature dim")
 
 
 @register_upsampler("featup_jbu")

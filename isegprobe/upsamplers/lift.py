@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isegprobe.upsamplers.checkpoints import load_strictly, read_state_dict
+from isegprobe.state_dicts import load_strictly, read_state_dict
 from isegprobe.upsamplers.layers import resize_to
 from isegprobe.upsamplers.learned import LearnedUpsampler, with_weights
 from isegprobe.upsamplers.registry import register_upsampler
@@ -76,7 +76,7 @@ class LiFT(LearnedUpsampler):
         return resize_to(self.forward_native(features, guidance), guidance.shape[-2:])
 
     def load_checkpoint(self, path: Path) -> None:
-        load_strictly(self, read_state_dict(path), path, "LiFT")
+        load_strictly(self, read_state_dict(path), f"{path} is not a LiFT checkpoint for this feature dim")
 
 
 @register_upsampler("lift")

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isegprobe.upsamplers.checkpoints import NORM_AND_UPSAMPLER, load_strictly, read_state_dict, rename_prefixes
+from isegprobe.state_dicts import load_strictly, read_state_dict
+from isegprobe.upsamplers.checkpoints import NORM_AND_UPSAMPLER, rename_prefixes
 from isegprobe.upsamplers.layers import ChannelNorm, MultiheadProjections
 from isegprobe.upsamplers.learned import LearnedUpsampler, with_weights
 from isegprobe.upsamplers.registry import register_upsampler
@@ -204,7 +205,7 @@ class LoftUp(LearnedUpsampler):
 
     def load_checkpoint(self, path: Path) -> None:
         state = rename_prefixes(read_state_dict(path), NORM_AND_UPSAMPLER)
-        load_strictly(self, state, path, "LoftUp")
+        load_strictly(self, state, f"{path} is not a LoftUp checkpoint for this feature dim")
 
 
 @register_upsampler("loftup")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from isegprobe import __version__
+from isegprobe.commands.cache import cache
 from isegprobe.commands.datasets import datasets
 from isegprobe.commands.evaluate import evaluate
 from isegprobe.commands.extract import extract_features
@@ -26,6 +27,7 @@ def main() -> None:
     """
 
 
+main.add_command(cache)
 main.add_command(datasets)
 main.add_command(evaluate)
 main.add_command(extract_features)

@@ -1,0 +1,38 @@
+"""`isegprobe cache inspect` and `isegprobe cache verify` on a real store."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from click.testing import CliRunner
+
+from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.commands.cache import cache
+
+
+def test_inspect_summarizes_and_verify_finds_a_damaged_item(tmp_path):
+    store = extract(
+        ExtractionRequest(
+            featurizer="vit_small_patch14_dinov2",
+            weights="random",
+            dataset="builtin",
+            root=None,
+            split="test",
+            size=28,
+            views="identity",
+            out=str(tmp_path),
+            workers=0,
+            items_per_shard=4,
+        )
+    ).path
+    runner = CliRunner()
+    inspected = runner.invoke(cache, ["inspect", str(store)])
+    assert inspected.exit_code == 0
+    assert "vit_small_patch14_dinov2" in inspected.output and "12 of 12 done" in inspected.output
+    assert runner.invoke(cache, ["verify", str(store)]).exit_code == 0
+    features = zarr.open(str(store), mode="r+")["features"]
+    damaged = features[5, 0]
+    damaged[0, 0, 0] = np.nan
+    features[5, 0] = damaged
+    verified = runner.invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 1 and "item 5 (test_005): features are not finite" in verified.output

@@ -35,19 +35,25 @@ class ObjectTask:
 
 
 @dataclass
-class ObjectResult:
+class ObjectCurve:
+    """What a run keeps of each object: its clicks and its IoU after each of them."""
+
     id: str
     ious: np.ndarray  # float32 [max_clicks]
     clicks: list[Click]
+
+
+@dataclass
+class ObjectResult(ObjectCurve):
+    """An object as it finishes, with the pictures' inputs; only `on_result` sees these, so memory stays flat."""
+
     final_probs: np.ndarray = field(repr=False)  # float32 [H, W]
     image: np.ndarray = field(repr=False)  # uint8 [H, W, 3]
 
 
 @dataclass
 class EvaluationRun:
-    """Running totals; the per-object results go to `on_result`, so memory does not grow with the dataset."""
-
-    objects: int = 0
+    results: list[ObjectCurve] = field(default_factory=list)
     clicks_made: int = 0
     predict_seconds: float = 0.0
 
@@ -113,7 +119,7 @@ def evaluate_objects(
         run.predict_seconds += seconds
         run.clicks_made += len(batch) * max_clicks
         for result in batch_results:
-            run.objects += 1
+            run.results.append(ObjectCurve(result.id, result.ious, result.clicks))
             if on_result is not None:
                 on_result(result)
         if on_batch is not None:

@@ -1,0 +1,396 @@
+"""Stage two's evaluation end to end on real GrabCut images: CLI, result files, flip, zoom-in, Ctrl-C, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from isegprobe.cache import CachedDataset
+from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.commands.evaluate import evaluate
+from isegprobe.config import config_to_dict, load_train_config
+from isegprobe.data import create_dataset
+from isegprobe.featurizers import create_featurizer
+from isegprobe.inference import runner
+from isegprobe.inference.clicker import Click, Clicker
+from isegprobe.inference.evaluation import WholeImage, evaluate_objects
+from isegprobe.inference.metrics import iou
+from isegprobe.inference.predictor import (
+    PredictionInput,
+    Predictor,
+    WorkingView,
+    mirror_click,
+    mirror_view,
+    to_original,
+    to_working,
+)
+from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+from isegprobe.inference.tasks import cached_tasks
+from isegprobe.inference.zoom_in import ZoomIn, box_iou, object_box
+from isegprobe.model import ISProbe
+from isegprobe.training.checkpoint import load_probe, save_checkpoint
+from isegprobe.training.trainer import train
+
+FEATURIZER = "vit_small_patch14_dinov2"
+SIZE = 56
+CLICKS = 4
+
+
+def extraction(root: Path, out: Path, weights: str = "random") -> Path:
+    """A store of the images at `root`, as `extract-features` makes it (random weights warn: they are meant here)."""
+    request = ExtractionRequest(
+        featurizer=FEATURIZER,
+        weights=weights,
+        dataset="grabcut",
+        root=str(root),
+        split="test",
+        size=SIZE,
+        views="identity,hflip",
+        out=str(out),
+        workers=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return extract(request).path
+
+
+@pytest.fixture(scope="module")
+def three_images(grabcut_root: Path, tmp_path_factory) -> Path:
+    """conftest's `grabcut_three` (one .bmp, one .JPG, one .jpg real GrabCut image), made once for the module."""
+    root = tmp_path_factory.mktemp("grabcut") / "GrabCut3"
+    (root / "data_GT").mkdir(parents=True)
+    (root / "boundary_GT").mkdir()
+    images = sorted((grabcut_root / "data_GT").iterdir())
+    for suffix in (".bmp", ".JPG", ".jpg"):
+        image = next(path for path in images if path.suffix == suffix)
+        shutil.copy(image, root / "data_GT" / image.name)
+        shutil.copy(grabcut_root / "boundary_GT" / f"{image.stem}.bmp", root / "boundary_GT" / f"{image.stem}.bmp")
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(three_images: Path, tmp_path_factory) -> Path:
+    return extraction(three_images, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """The stores' featurizer, built once: seeded random weights, so every build is the same module."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return create_featurizer(FEATURIZER, "random")
+
+
+@pytest.fixture()
+def built_once(backbone, monkeypatch):
+    """Let the evaluation rebuild the backbone from the checkpoint's provenance without paying for it again."""
+
+    def create(name: str, weights: str):
+        assert (name, weights) == (FEATURIZER, "random")
+        return backbone
+
+    monkeypatch.setattr(runner, "create_featurizer", create)
+
+
+@pytest.fixture(scope="module")
+def trained_run(store: Path, tmp_path_factory) -> Path:
+    """The quickstart probe, trained three steps on the cached images."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = load_train_config("quickstart", ["schedule.max_iters=3", "data.batch_size=2", "model.head.width=16"])
+    train(config, CachedDataset(store), run_dir, device="cpu", progress=False)
+    return run_dir
+
+
+def untrained_checkpoint(store: Path, run_dir: Path, overrides: list[str]) -> Path:
+    """A probe built from a config and saved as training would save it, with the store's provenance."""
+    cached = CachedDataset(store)
+    config = load_train_config("quickstart", ["model.head.width=16", *overrides])
+    torch.manual_seed(1)
+    probe = ISProbe(config.model, cached.store.attrs["featurizer"]["dim"], cached.provenance["patch_size"])
+    metadata = {
+        "config": config_to_dict(config),
+        "model": probe.dims(),
+        "step": 0,
+        "featurizer_provenance": cached.provenance,
+        "preprocessing": cached.preprocessing,
+    }
+    save_checkpoint(run_dir, "last", probe, metadata)
+    return run_dir / "last.safetensors"
+
+
+def cli(*args: str):
+    return CliRunner().invoke(evaluate, [*args, "--device", "cpu"], catch_exceptions=False)
+
+
+def test_cli_from_the_cache_writes_the_papers_numbers(store, trained_run, three_images, tmp_path, monkeypatch):
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone must not be loaded to evaluate from the cache")
+
+    monkeypatch.setattr(runner, "create_featurizer", no_backbone)
+    out = tmp_path / "results"
+    result = cli(
+        "--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", str(CLICKS),
+        "--batch-size", "2", "--vis-preds", "1", "--save-feats", "2", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("| Dataset")))
+    assert [cell.strip() for cell in lines[header].split("|")[1:-1]] == [
+        "Dataset", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "IoU@1", "SPC, s"
+    ]  # fmt: skip
+    assert lines[header + 2].startswith("| grabcut |")
+
+    document = json.loads((out / "results.json").read_text())
+    summary = document["datasets"]["grabcut"]
+    assert document["max_clicks"] == CLICKS and document["zoom_in"] is False and document["flip"] is False
+    assert summary["num_instances"] == 3 and summary["complete"] is True
+    assert len(summary["mIoU@k"]) == CLICKS
+    assert summary["sec_per_click"] > 0
+
+    source = create_dataset("grabcut", three_images, "test")
+    ious = np.load(out / "ious.npz")
+    assert list(ious["grabcut/ids"]) == list(source.ids())
+    curves = ious["grabcut/ious"]
+    assert curves.shape == (3, CLICKS) and curves.dtype == np.float32
+    np.testing.assert_allclose(summary["mIoU@k"], curves.mean(axis=0), rtol=1e-6)
+    for threshold in (85, 90):
+        reached = curves >= np.float32(threshold / 100)
+        nocs = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, CLICKS)
+        assert summary[f"NoC@{threshold}"] == pytest.approx(nocs.mean())
+        assert summary[f"NoF@{threshold}"] == int((nocs == CLICKS).sum())
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("dataset,num_instances,NoC@80,NoC@85,NoC@90")
+    assert csv_lines[1].startswith("grabcut,3,")
+
+    assert len(list((out / "vis" / "grabcut").glob("*.png"))) == 1
+    saved = sorted((out / "feats" / "grabcut").glob("*.npz"))
+    assert [path.stem for path in saved] == list(source.ids())[:2]
+    features = np.load(saved[0])
+    cached = CachedDataset(store, views=["identity"])[0]
+    assert features["lowres"].dtype == np.float16 and features["upsampled"].dtype == np.float16
+    np.testing.assert_array_equal(features["lowres"], cached["features"].numpy())
+    assert features["upsampled"].shape[0] == features["lowres"].shape[0]
+    assert features["image"].shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.parametrize("options", [["--flip"], ["--zoom-in", "--flip"]], ids=["flip", "zoom-in+flip"])
+def test_flip_and_zoom_in_paths_run(store, trained_run, tmp_path, options, built_once):
+    out = tmp_path / "results"
+    result = cli(
+        "--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", "3", "--out", str(out), *options
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "results.json").read_text())
+    assert document["flip"] is True and document["zoom_in"] == ("--zoom-in" in options)
+    assert np.load(out / "ious.npz")["grabcut/ious"].shape == (3, 3)
+
+
+class RecordingFraming:
+    """Wraps a framing and keeps what the evaluation gave it and got from it."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.clicks: list[list[Click]] = []
+        self.probs: list[np.ndarray] = []
+
+    def inputs(self, clicks):
+        self.clicks.append(list(clicks))
+        return self.inner.inputs(clicks)
+
+    def to_original(self, probs):
+        original = self.inner.to_original(probs)
+        self.probs.append(original.numpy().copy())
+        return original
+
+
+class ClickDisks:
+    """A predictor that paints a disk around each positive click: predictions that follow the clicks, for zooming."""
+
+    device = torch.device("cpu")
+
+    def probabilities(self, inputs):
+        probs = torch.full((len(inputs), SIZE, SIZE), 0.25)
+        rows, cols = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+        for i, item in enumerate(inputs):
+            for click in item.clicks:
+                y, x, positive = to_working(click, item.view)
+                if positive:
+                    probs[i][(rows - y) ** 2 + (cols - x) ** 2 <= 36] = 0.75
+        return probs
+
+
+@pytest.mark.parametrize("zoom", [False, True], ids=["whole-image, probe", "zoom-in, click disks"])
+def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_images, tmp_path, zoom):
+    if zoom:
+        predictor = ClickDisks()
+    else:
+        probe, metadata = load_probe(untrained_checkpoint(store, tmp_path, []))
+        preprocessing = metadata["preprocessing"]
+        predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"))
+    recorded: dict[str, RecordingFraming] = {}
+
+    def framing(task):
+        inner = ZoomIn(task.image, SIZE, min_crop=60) if zoom else WholeImage(task, "cpu")
+        return recorded.setdefault(task.id, RecordingFraming(inner))
+
+    tasks = list(cached_tasks(str(store), create_dataset("grabcut", three_images, "test"), flip=False))
+    results = []
+    evaluate_objects(predictor, iter(tasks), max_clicks=5, batch_size=2, on_result=results.append, framing=framing)
+
+    assert [result.id for result in results] == [task.id for task in tasks]
+    for task, result in zip(tasks, results, strict=True):
+        record = recorded[task.id]
+        replay = Clicker(task.gt, task.ignore)
+        expected = [replay.next_click(None)]
+        for probs in record.probs[:-1]:
+            expected.append(replay.next_click(probs > 0.5))
+        assert result.clicks == expected
+        assert record.clicks == [expected[: k + 1] for k in range(5)]
+        replayed_ious = [iou(task.gt, probs > 0.5, task.ignore) for probs in record.probs]
+        np.testing.assert_array_equal(result.ious, np.float32(replayed_ious))
+        np.testing.assert_array_equal(result.final_probs, record.probs[-1])
+    if zoom:
+        whole = {(0, task.gt.shape[0] - 1, 0, task.gt.shape[1] - 1) for task in tasks}
+        assert {framing.inner.box for framing in recorded.values()} - whole, "no object was zoomed in on"
+
+
+def test_flip_averages_logits_before_the_sigmoid(store, three_images, tmp_path):
+    probe, metadata = load_probe(untrained_checkpoint(store, tmp_path, []))
+    with torch.no_grad():  # logits far from 0, where averaging logits and averaging probabilities part ways
+        probe.head.logit.weight.mul_(300)
+    preprocessing = metadata["preprocessing"]
+    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"))
+    task = next(cached_tasks(str(store), create_dataset("grabcut", three_images, "test"), flip=True))
+    width = task.gt.shape[1]
+    clicks = [Click(150, 200, True), Click(20, width - 30, False)]
+    prev = torch.rand(SIZE, SIZE)
+    both = predictor.probabilities([PredictionInput(task.view, task.flip_view, clicks, prev)])[0]
+    plain = predictor.probabilities([PredictionInput(task.view, None, clicks, prev)])[0]
+    mirrored_clicks = [mirror_click(click, width) for click in clicks]
+    mirrored = predictor.probabilities([PredictionInput(task.flip_view, None, mirrored_clicks, prev.flip(-1))])[0]
+    logits = 0.5 * (torch.logit(plain.double()) + torch.logit(mirrored.double()).flip(-1))
+    torch.testing.assert_close(both.double(), torch.sigmoid(logits), atol=2e-4, rtol=0)
+    assert (both - 0.5 * (plain + mirrored.flip(-1))).abs().max() > 0.05  # not the average of probabilities
+
+
+def test_ctrl_c_leaves_the_finished_objects_on_disk(store, trained_run, tmp_path):
+    out = tmp_path / "results"
+    on_disk_at_second = []
+
+    def interrupt(dataset, result):
+        if len(on_disk_at_second) == 0 and (out / "ious.npz").exists():
+            on_disk_at_second.append(list(np.load(out / "ious.npz")[f"{dataset}/ids"]))
+            raise KeyboardInterrupt
+
+    request = EvaluationRequest(
+        checkpoint=str(trained_run), out_dir=str(out), stores=[str(store)], max_clicks=3, batch_size=1
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(request, on_result=interrupt)
+
+    first, second, _ = CachedDataset(store).item_ids
+    assert on_disk_at_second == [[first]]  # written when the first batch (one object) finished
+    document = json.loads((out / "results.json").read_text())
+    assert document["datasets"]["grabcut"]["num_instances"] == 2
+    assert document["datasets"]["grabcut"]["complete"] is False
+    assert list(np.load(out / "ious.npz")["grabcut/ids"]) == [first, second]
+
+
+def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tmp_path, backbone):
+    weights = tmp_path / "other.pth"
+    torch.save(backbone.model.state_dict(), weights)
+    other = extraction(three_images, tmp_path / "cache", weights=str(weights))
+    result = cli("--checkpoint", str(trained_run), "--store", str(other), "--out", str(tmp_path / "results"))
+    assert result.exit_code == 1
+    assert "another featurizer" in result.output and "weights_sha256" in result.output
+    assert not (tmp_path / "results" / "results.json").exists()
+
+
+def test_early_fusion_needs_online(store, three_images, tmp_path, built_once):
+    checkpoint = untrained_checkpoint(store, tmp_path, ["model.fusion=before_backbone"])
+    out = tmp_path / "results"
+    refused = cli("--checkpoint", str(checkpoint), "--store", str(store), "--out", str(out))
+    assert refused.exit_code == 1 and "--online" in refused.output
+    online = cli(
+        "--checkpoint", str(checkpoint), "--online", "--datasets", "grabcut", "--root", str(three_images),
+        "--max-clicks", "2", "--out", str(out),
+    )  # fmt: skip
+    assert online.exit_code == 0, online.output
+    assert json.loads((out / "results.json").read_text())["datasets"]["grabcut"]["num_instances"] == 3
+
+
+def blank_image(height: int, width: int) -> np.ndarray:
+    return np.zeros((height, width, 3), np.uint8)
+
+
+def test_zoom_in_boxes_follow_ritm_rules():
+    zoom = ZoomIn(blank_image(300, 400), SIZE)
+    first = [Click(120, 230, True)]
+    zoom.inputs(first)
+    assert zoom.box == (0, 299, 0, 399)  # empty previous mask: the whole image
+
+    zoom.prev_probs[100:150, 200:260] = 1.0
+    # box rows 100..149 x1.4 -> 70 < 200 -> 200 about 124.5: round(24.5) = 24 and round(224.5) = 224 (half to even);
+    # columns 200..259 -> 200 about 229.5: round(129.5) = 130, round(329.5) = 330
+    zoom.inputs(first)
+    assert zoom.box == (24, 224, 130, 330)
+    assert box_iou((0, 299, 0, 399), (24, 224, 130, 330)) < 0.5
+
+    zoom.inputs([*first, Click(10, 10, False)])  # negative clicks never move the box
+    assert zoom.box == (24, 224, 130, 330)
+    zoom.prev_probs[150:155, 200:260] = 1.0
+    assert object_box((zoom.prev_probs > 0.5).numpy(), first, 1.4, 200) == (27, 227, 130, 330)
+    zoom.inputs(first)  # IoU 198/204 with the current box: keep it
+    assert zoom.box == (24, 224, 130, 330)
+
+    zoom.inputs([*first, Click(224, 230, True)])  # RITM counts the box's last row as outside: a new box
+    assert zoom.box == (62, 262, 130, 330)  # rows 100..224 -> 200 rows about 162
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+@pytest.mark.parametrize("axis", [0, 1], ids=["rows", "columns"])
+def test_zoom_in_crop_and_uncrop_are_exact_inverses(resize, axis):
+    height, width = 300, 400
+    grids = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
+    ramp = grids[axis]  # each pixel's own row (or column) number
+    zoom = ZoomIn(blank_image(height, width), 112, resize, recompute_iou=0.0)
+    zoom.prev_probs = ramp.clone()
+    zoom.box = (40, 239, 100, 349)  # 200 x 250; kept, since the positive click is inside
+    clicks = [Click(123, 200, True), Click(60, 300, False)]
+    framed = zoom.inputs(clicks)
+    assert zoom.box == (40, 239, 100, 349)
+
+    # The cropped previous map holds original coordinates, so it says where each working position came from.
+    for click, local in zip(clicks, framed.clicks, strict=True):
+        y, x, _ = to_working(local, framed.view)
+        sampled = torch.nn.functional.grid_sample(
+            framed.prev_probs[None, None],
+            torch.tensor([[[[2 * (x + 0.5) / 112 - 1, 2 * (y + 0.5) / 112 - 1]]]]),
+            align_corners=False,
+        )
+        assert sampled.item() == pytest.approx((click.y, click.x)[axis], abs=1e-3)
+
+    back = zoom.to_original(framed.prev_probs)
+    inner = (slice(42, 238), slice(102, 348))  # linear ramps survive bilinear resampling away from the crop's edge
+    torch.testing.assert_close(back[inner], ramp[inner], atol=1e-3, rtol=0)
+    assert back[:40].abs().max() == 0 and back[:, 350:].abs().max() == 0
+
+
+def test_mirrored_view_mirrors_clicks_exactly():
+    view = WorkingView(None, torch.zeros(3, 112, 112, dtype=torch.uint8), (16, 0, 96, 112), (200, 280))
+    mirrored = mirror_view(view)
+    for click in (Click(0, 0, True), Click(57, 199, False), Click(199, 279, True)):
+        y, x, _ = to_working(click, view)
+        my, mx, _ = to_working(mirror_click(click, 280), mirrored)
+        assert (my, mx) == pytest.approx((y, 111 - x))
+    probs = torch.rand(112, 112)
+    torch.testing.assert_close(to_original(probs.flip(-1), mirrored).flip(-1), to_original(probs, view))

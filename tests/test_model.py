@@ -238,3 +238,10 @@ def test_identity_upsampler_returns_the_features_and_the_registry_knows_both() -
         create_upsampler("magic", DIM)
     with pytest.raises(UserError, match="no weights"):
         create_upsampler("bilinear", DIM, weights="some.pth")
+
+
+def test_a_click_just_outside_the_image_stamps_the_part_of_its_disk_inside():
+    maps = click_maps(torch.tensor([[[-3, 10, 0], [-1, -1, 0]]]), (20, 20), radius=5)
+    assert maps[0, 0].sum() == 0
+    # rows 0..2 of a radius-5 disk centred 3 px above the image: dy = 3, 4, 5 -> half-widths 4, 3, 0
+    assert maps[0, 1].sum() == (2 * 4 + 1) + (2 * 3 + 1) + 1

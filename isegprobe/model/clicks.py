@@ -1,7 +1,8 @@
 """Clicks as the probe sees them: binary disks at the working resolution, RITM's `DistMaps(use_disks=True)`.
 
-A batch of clicks is a tensor [B, K, 3] of (y, x, is_positive) in working-resolution pixels; rows with y < 0 are
-padding, so images with different numbers of clicks share one tensor.
+A batch of clicks is a tensor [B, K, 3] of (y, x, is_positive) in working-resolution pixels; rows with both y < 0
+and x < 0 are padding (RITM's rule), so images with different numbers of clicks share one tensor, and a click just
+outside a zoom-in crop still stamps the part of its disk that falls inside.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def click_maps(clicks: Tensor, size: tuple[int, int], radius: int = 5) -> Tensor
     cols = centres[..., 1, None] + offsets[:, 1]
     channel = torch.where(clicks[..., 2] > 0, 0, 1)[..., None].expand_as(rows)
     image = torch.arange(batch, device=clicks.device)[:, None, None].expand_as(rows)
-    keep = (centres[..., 0, None] >= 0) & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    padding = (centres[..., 0, None] < 0) & (centres[..., 1, None] < 0)
+    keep = ~padding & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     maps[image[keep], channel[keep], rows[keep], cols[keep]] = 1.0
     return maps
 

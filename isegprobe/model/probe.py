@@ -104,7 +104,8 @@ class ISProbe(nn.Module):
         prev_mask: Tensor,
     ) -> Tensor:
         """features [B, C, h, w] (None for early fusion), image [B, 3, H, W] normalized, clicks [B, K, 3]
-        (y, x, is_positive; y < 0 and x < 0 pads) or per-image lists of clicks, prev_mask [B, 1, H, W] -> logits [B, 1, H, W]."""
+        (y, x, is_positive; y < 0 and x < 0 pads) or per-image lists of clicks, prev_mask [B, 1, H, W]
+        -> logits [B, 1, H, W]."""
         clicks = as_click_tensor(clicks, device=image.device)
         on_cuda = image.is_cuda
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and self.mixed_precision):

@@ -44,11 +44,8 @@ class MultiPointSampler:
     def sample(self, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> SampledTarget:
         """Target mask and initial clicks for one image: positives first, then negatives, each padded to max_points."""
         config = self.config
-        object_ids = [
-            int(obj)
-            for obj in np.unique(labels[valid])
-            if obj > 0 and np.count_nonzero((labels == obj) & valid) >= max(1, config.min_object_area)
-        ]
+        areas = np.bincount(labels[valid].ravel())
+        object_ids = [int(obj) for obj in np.flatnonzero(areas[1:] >= max(1, config.min_object_area)) + 1]
         if not object_ids:
             background = valid & (labels == 0)
             target = np.zeros(labels.shape, dtype=bool)
@@ -113,19 +110,20 @@ class MultiPointSampler:
             count = int(rng.choice(max_points + 1, p=geometric_probs(max_points + 1, gamma)))
         else:
             count = 1 + int(rng.choice(max_points, p=geometric_probs(max_points, gamma)))
-        if isinstance(mask, list):
-            candidates = [np.argwhere(part) for part, _ in mask]
-            probs = np.array([prob for _, prob in mask], dtype=np.float64)
-            probs = probs / probs.sum()
-        else:
-            candidates = [np.argwhere(mask)]
-            probs = np.ones(1)
+        parts = [part for part, _ in mask] if isinstance(mask, list) else [mask]
+        probs = np.array([prob for _, prob in mask], dtype=np.float64) if isinstance(mask, list) else np.ones(1)
+        probs = probs / probs.sum()
+        pools: dict[int, np.ndarray] = {}
         points = []
         for _ in range(count):
-            pool = candidates[int(rng.choice(len(candidates), p=probs))]
+            chosen = int(rng.choice(len(parts), p=probs))
+            if chosen not in pools:
+                # Only the parts the draw picks are scanned: most of a 448 px mask is never a candidate.
+                pools[chosen] = np.flatnonzero(parts[chosen])
+            pool = pools[chosen]
             if len(pool):
-                y, x = pool[int(rng.integers(len(pool)))]
-                points.append((int(y), int(x)))
+                y, x = divmod(int(pool[int(rng.integers(len(pool)))]), parts[chosen].shape[1])
+                points.append((y, x))
         return points
 
     def _positive_erode(self, mask: np.ndarray, rng: np.random.Generator, valid: np.ndarray) -> np.ndarray:

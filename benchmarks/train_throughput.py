@@ -1,0 +1,319 @@
+"""Stage-two training speed from the cache, online (backbone in the loop) and from features in memory.
+
+The cache exists so that a probe trains without the frozen backbone: cache / online says what that buys, and
+cache / in-memory what reading the store costs against the limit. All three modes run the same real training step
+(`Trainer.train_step`) on the same batches through the same loader and click sampler; they differ only in where the
+features come from. Hooks on the real modules split each step into data, backbone, click encoder, upsampler,
+head forward, backward, optimizer and the rest, so nothing of the step is re-implemented here.
+
+Probe (a) is the seed's recipe (`sbd_224`: bilinear upsampling, then two 3x3 C -> C convs at full resolution); it
+runs at --size-a, 224 px by default, because one such step at 448 px takes minutes on a CPU. Probe (b) is the
+low-resolution probe (`quickstart`: identity upsampler, head width 64 on the feature grid) at --size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from common import (
+    Check,
+    InMemoryItems,
+    base_parser,
+    ensure_store,
+    interleave,
+    median,
+    report,
+    setup,
+    synchronize,
+    table,
+)
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from isegprobe.cache import CachedDataset
+from isegprobe.config import TrainConfig, load_train_config
+from isegprobe.featurizers import Featurizer, create_featurizer
+from isegprobe.model import ISProbe
+from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
+from isegprobe.training.points_sampler import MultiPointSampler
+from isegprobe.training.trainer import Trainer, probe_dims
+
+MODES = ("cache", "in-memory", "online")
+PHASES = ("data", "backbone", "click encoder", "upsampler", "head fwd", "backward", "optimizer", "other")
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    key: str
+    description: str
+    preset: str
+    size: int
+    batch_size: int
+    steps: int
+    repeats: int
+
+
+class PhaseTimer:
+    """Wall time per phase of the real `train_step`, taken by hooks on the modules and the optimizer it calls.
+
+    Backward is the time from the end of the loss's forward to the optimizer step (zero_grad included); forward
+    times include the no-grad passes of the simulated clicks. On CUDA every hook synchronizes.
+    """
+
+    def __init__(self, trainer: Trainer, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._started: dict[str, float] = {}
+        self._loss_done = 0.0
+        head = trainer.probe.head
+        watched: dict[str, list[nn.Module]] = {
+            "backbone": [trainer.featurizer] if trainer.online else [],
+            "click encoder": [trainer.probe.click_encoder],
+            "upsampler": [trainer.probe.upsampler],
+            "head fwd": [head.reduce, head.body, head.logit],
+        }
+        for phase, modules in watched.items():
+            for module in modules:
+                module.register_forward_pre_hook(partial(self._start, phase))
+                module.register_forward_hook(partial(self._stop, phase))
+        trainer.loss_fn.register_forward_hook(self._after_loss)
+        trainer.optimizer.register_step_pre_hook(self._before_optimizer)
+        trainer.optimizer.register_step_post_hook(self._after_optimizer)
+
+    def _now(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def _start(self, phase: str, *_: Any) -> None:
+        self._started[phase] = self._now()
+
+    def _stop(self, phase: str, *_: Any) -> None:
+        self.seconds[phase] += self._now() - self._started.pop(phase)
+
+    def _after_loss(self, *_: Any) -> None:
+        self._loss_done = self._now()
+
+    def _before_optimizer(self, *_: Any) -> None:
+        self._started["optimizer"] = self._now()
+        self.seconds["backward"] += self._started["optimizer"] - self._loss_done
+
+    def _after_optimizer(self, *_: Any) -> None:
+        self._stop("optimizer")
+
+    def take(self) -> dict[str, float]:
+        taken = dict(self.seconds)
+        self.seconds.clear()
+        return taken
+
+
+@dataclass
+class Mode:
+    trainer: Trainer
+    loader: DataLoader
+    order: EpochShuffleSampler
+    timer: PhaseTimer
+
+
+def build_mode(
+    config: TrainConfig,
+    items: Dataset,
+    dims: dict[str, int],
+    run: ProbeRun,
+    device: torch.device,
+    featurizer: Featurizer | None,
+    workers: int,
+) -> Mode:
+    """A fresh probe (same seed in every mode) and a loader like the trainer's own."""
+    torch.manual_seed(config.seed)
+    probe = ISProbe(config.model, **dims)
+    online = featurizer is not None
+    trainer = Trainer(config, probe, items.preprocessing, device, featurizer, online=online)
+    order = EpochShuffleSampler(len(items), seed=config.seed)
+    loader = DataLoader(
+        ClickTrainingSet(items, MultiPointSampler(config.sampler), config.seed, with_features=not online),
+        batch_size=run.batch_size,
+        sampler=order,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        multiprocessing_context="spawn" if workers > 0 else None,
+    )
+    return Mode(trainer, loader, order, PhaseTimer(trainer, device))
+
+
+def run_round(mode: Mode, steps: int, lr: float, device: torch.device) -> dict[str, float]:
+    """`steps` training steps on the epoch's first batches (the same in every round and mode): seconds per phase."""
+    mode.order.start(0)
+    batches = iter(mode.loader)
+    data = total = 0.0
+    mode.timer.take()
+    for step in range(steps):
+        started = time.perf_counter()
+        batch = next(batches)
+        loaded = time.perf_counter()
+        mode.trainer.train_step(batch, step, lr)
+        synchronize(device)
+        data += loaded - started
+        total += time.perf_counter() - started
+    phases = {phase: 0.0 for phase in PHASES} | mode.timer.take() | {"data": data}
+    phases["other"] = total - sum(value for phase, value in phases.items() if phase != "other")
+    return {"seconds": total, **phases}
+
+
+def measure_probe(
+    args: argparse.Namespace, run: ProbeRun, featurizer: Featurizer, device: torch.device
+) -> dict[str, Any]:
+    """Interleaved rounds of the three modes for one probe; per-mode medians of it/s and of each phase per step."""
+    store = ensure_store(args, args.split, run.size)
+    cached = CachedDataset(store, items=CachedDataset(store).items[: args.items])
+    in_memory = InMemoryItems(cached)
+    config = load_train_config(run.preset)
+    dims = probe_dims(cached, None, run.size)
+    modes = {
+        "cache": build_mode(config, cached, dims, run, device, None, args.workers),
+        "in-memory": build_mode(config, in_memory, dims, run, device, None, args.workers),
+        "online": build_mode(config, in_memory, dims, run, device, featurizer, args.workers),
+    }
+    lr = config.optim.lr
+    for mode in modes.values():
+        run_round(mode, 1, lr, device)
+    rounds = interleave(
+        {name: partial(timed_round, mode, run.steps, lr, device) for name, mode in modes.items()}, run.repeats
+    )
+    measured = {
+        "store": str(store),
+        "run": run.__dict__,
+        "modes": {name: _summarize(values, run.steps) for name, values in rounds.items()},
+    }
+    if args.profile:
+        measured["profile"] = _profile(modes["cache"], lr)
+    return measured
+
+
+def timed_round(mode: Mode, steps: int, lr: float, device: torch.device, round_index: int) -> dict[str, float]:
+    """`run_round` as `interleave` calls it (every round runs the same steps, so the index is unused)."""
+    return run_round(mode, steps, lr, device)
+
+
+def _summarize(rounds: list[dict[str, float]], steps: int) -> dict[str, Any]:
+    per_step = {phase: median([r[phase] for r in rounds]) / steps for phase in PHASES}
+    return {
+        "it_per_s": median([steps / r["seconds"] for r in rounds]),
+        "s_per_step": median([r["seconds"] for r in rounds]) / steps,
+        "phase_s_per_step": per_step,
+        "rounds": rounds,
+    }
+
+
+def _profile(mode: Mode, lr: float) -> str:
+    """torch.profiler's top operators over one cache-mode step: what the step's time is made of."""
+    mode.order.start(0)
+    batch = next(iter(mode.loader))
+    with torch.profiler.profile() as profiler:
+        mode.trainer.train_step(batch, 0, lr)
+    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+
+def probe_table(measured: dict[str, Any]) -> str:
+    modes = measured["modes"]
+    rows = []
+    for name in MODES:
+        mode = modes[name]
+        step = mode["s_per_step"]
+        phases = [_phase_cell(mode["phase_s_per_step"][phase], step) for phase in PHASES]
+        rows.append([name, mode["it_per_s"], f"{step * 1000:.0f}", *phases])
+    return table(["mode", "it/s", "ms/step", *(f"{phase} ms (%)" for phase in PHASES)], rows)
+
+
+def _phase_cell(seconds: float, step: float) -> str:
+    return f"{seconds * 1000:.0f} ({100 * seconds / step:.0f}%)"
+
+
+def ratios(measured: dict[str, Any]) -> dict[str, float]:
+    modes = measured["modes"]
+    cache = modes["cache"]
+    phases = cache["phase_s_per_step"]
+    return {
+        "cache/in-memory": cache["it_per_s"] / modes["in-memory"]["it_per_s"],
+        "cache/online": cache["it_per_s"] / modes["online"]["it_per_s"],
+        "head share (head fwd + backward) of a cache step": (phases["head fwd"] + phases["backward"])
+        / cache["s_per_step"],
+        "backbone share of an online step": modes["online"]["phase_s_per_step"]["backbone"]
+        / modes["online"]["s_per_step"],
+    }
+
+
+def checks_for(key: str, ratio: dict[str, float]) -> list[Check]:
+    checks = [Check(f"({key}) cache / in-memory", ratio["cache/in-memory"], 0.9)]
+    if key == "b":
+        checks.append(Check("(b) cache / online", ratio["cache/online"], 10.0))
+    return checks
+
+
+def parse_args() -> argparse.Namespace:
+    parser = base_parser("train_throughput", __doc__)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--items", type=int, default=8, help="store entries the batches are drawn from")
+    parser.add_argument("--size", type=int, default=448, help="working size of probe (b)")
+    parser.add_argument("--size-a", type=int, default=224, help="working size of probe (a), the seed's head")
+    parser.add_argument("--batch-size", type=int, default=2, help="batch size of probe (b)")
+    parser.add_argument("--batch-size-a", type=int, default=1, help="batch size of probe (a)")
+    parser.add_argument("--steps", type=int, default=3, help="steps per round of probe (b)")
+    parser.add_argument("--steps-a", type=int, default=1, help="steps per round of probe (a)")
+    parser.add_argument("--repeats-a", type=int, default=2, help="interleaved rounds of probe (a)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (spawned), as data.num_workers")
+    parser.add_argument("--probes", default="a,b", help="which probes to run: a, b or a,b")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of a cache step")
+    return parser.parse_args()
+
+
+def probe_runs(args: argparse.Namespace) -> list[ProbeRun]:
+    runs = {
+        "a": ProbeRun(
+            key="a",
+            description="seed head: bilinear + two 3x3 C->C convs at full res",
+            preset="sbd_224",
+            size=args.size_a,
+            batch_size=args.batch_size_a,
+            steps=args.steps_a,
+            repeats=args.repeats_a,
+        ),
+        "b": ProbeRun(
+            key="b",
+            description="low-res probe: identity upsampler, head width 64",
+            preset="quickstart",
+            size=args.size,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            repeats=args.repeats,
+        ),
+    }
+    return [runs[key.strip()] for key in args.probes.split(",") if key.strip()]
+
+
+def main() -> None:
+    args = parse_args()
+    device = setup(args)
+    featurizer = create_featurizer(args.featurizer, weights=args.weights)
+    sections, checks, results = {}, [], {}
+    for run in probe_runs(args):
+        measured = measure_probe(args, run, featurizer, device)
+        ratio = ratios(measured)
+        measured["ratios"] = ratio
+        results[run.key] = measured
+        title = f"probe ({run.key}) {run.description}; {run.size} px, batch {run.batch_size}, {args.featurizer}"
+        sections[title] = probe_table(measured) + "\n" + "\n".join(f"{k}: {v:.3g}" for k, v in ratio.items())
+        if "profile" in measured:
+            sections[f"probe ({run.key}) profile of one cache step"] = measured["profile"]
+        checks.extend(checks_for(run.key, ratio))
+    report("train_throughput", args, sections, checks, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Every benchmark script runs end to end with its smallest arguments, prints its table and writes valid JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--featurizer", "vit_tiny_patch16_224", "--size", "64", "--repeats", "1"]
+SMALLEST = {
+    "train_throughput": [
+        "--items", "4", "--size-a", "64", "--steps", "1", "--steps-a", "1", "--repeats-a", "1", "--batch-size", "1",
+    ],
+    "extract_overhead": ["--extract-workers", "0", "--batch-size", "4"],
+    "reader": ["--items", "4", "--batch-size", "2", "--batches", "1", "--steps", "1", "--workers", "0"],
+    "store_size": ["--items", "2"],
+    "eval_per_click": ["--objects", "1", "--clicks", "2", "--batch-size", "1"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store folder for all scripts, so each tiny store is extracted once."""
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+@pytest.mark.parametrize("name", list(SMALLEST))
+def test_benchmark_prints_table_and_writes_json(name: str, cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / f"{name}.json"
+    command = [sys.executable, str(BENCHMARKS / f"{name}.py"), *TINY, *SMALLEST[name]]
+    command += ["--cache-dir", str(cache_dir), "--json", str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"## {name}" in finished.stdout
+    assert "|---" in finished.stdout
+    assert "targets" in finished.stdout
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == name
+    assert payload["checks"] and all(isinstance(check["passed"], bool) for check in payload["checks"])
+    assert payload["results"]

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from stand_ins import StandInFeaturizer
 from torch import nn
 
 from isegprobe.config import ClickEncoderConfig, HeadConfig, ModelConfig, UpsamplerConfig
@@ -18,28 +19,6 @@ from isegprobe.upsamplers import Upsampler, create_upsampler, list_upsamplers
 SIZE = 56
 PATCH = 8
 DIM = 32
-
-
-class StandInFeaturizer(nn.Module):
-    """The featurizer contract in miniature: frozen, forward(images, token_bias) -> [B, dim, H/p, W/p]."""
-
-    def __init__(self, dim: int = DIM, embed_dim: int = 24, patch_size: int = PATCH) -> None:
-        super().__init__()
-        self.dim, self.embed_dim, self.patch_size = dim, embed_dim, patch_size
-        self.mean, self.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-        self.provenance = {"name": "stand-in", "patch_size": patch_size}
-        self.embed = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
-        self.block = nn.Sequential(
-            nn.Conv2d(embed_dim, embed_dim, 3, padding=1), nn.GELU(), nn.Conv2d(embed_dim, dim, 1)
-        )
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, images: torch.Tensor, token_bias: torch.Tensor | None = None) -> torch.Tensor:
-        tokens = self.embed(images)
-        if token_bias is not None:
-            tokens = tokens + token_bias
-        return self.block(tokens)
 
 
 def tiny_vit() -> ClickEncoderConfig:
@@ -125,7 +104,7 @@ PATCH_GRID_CASES = [
 @pytest.mark.parametrize(("encoder", "fusion", "width"), PATCH_GRID_CASES)
 def test_probe_gives_one_logit_per_input_pixel(encoder: ClickEncoderConfig, fusion: str, width: int | None) -> None:
     features, image, clicks, prev_mask = inputs()
-    featurizer = StandInFeaturizer() if fusion == "before_backbone" else None
+    featurizer = StandInFeaturizer(patch_size=PATCH) if fusion == "before_backbone" else None
     probe = ISProbe(
         model_config(encoder, fusion, width), DIM, PATCH, token_dim=24 if featurizer else None, featurizer=featurizer
     )
@@ -192,7 +171,7 @@ def test_encoders_that_do_not_fit_the_fusion_point_are_refused() -> None:
 
 
 def test_early_fusion_keeps_the_featurizer_out_of_the_state_dict_and_frozen() -> None:
-    featurizer = StandInFeaturizer()
+    featurizer = StandInFeaturizer(patch_size=PATCH)
     probe = ISProbe(
         model_config(ClickEncoderConfig(), "before_backbone", 8), DIM, PATCH, token_dim=24, featurizer=featurizer
     )
@@ -210,7 +189,7 @@ def test_early_fusion_without_a_featurizer_says_what_is_missing() -> None:
     with pytest.raises(UserError, match="attach"):
         probe(None, image, clicks, prev_mask)
     with pytest.raises(UserError, match="embed_dim"):
-        probe.attach_featurizer(StandInFeaturizer(embed_dim=16))
+        probe.attach_featurizer(StandInFeaturizer(embed_dim=16, patch_size=PATCH))
 
 
 def test_sincos_positions_are_distinct_per_grid_cell() -> None:

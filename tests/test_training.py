@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from stand_ins import StandInFeaturizer
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
@@ -40,35 +41,13 @@ SIZE = 64
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
-class StandInFeaturizer(nn.Module):
-    """The featurizer contract in miniature, for when the real featurizers cannot be imported."""
-
-    def __init__(self, dim: int = 32, embed_dim: int = 24, patch_size: int = 16) -> None:
-        super().__init__()
-        self.dim, self.embed_dim, self.patch_size = dim, embed_dim, patch_size
-        self.mean, self.std = MEAN, STD
-        self.provenance = {"name": "stand-in", "patch_size": patch_size}
-        self.embed = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
-        self.block = nn.Sequential(
-            nn.Conv2d(embed_dim, embed_dim, 3, padding=1), nn.GELU(), nn.Conv2d(embed_dim, dim, 1)
-        )
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, images: torch.Tensor, token_bias: torch.Tensor | None = None) -> torch.Tensor:
-        tokens = self.embed(images)
-        if token_bias is not None:
-            tokens = tokens + token_bias
-        return self.block(tokens)
-
-
 @pytest.fixture(scope="module")
 def featurizer() -> nn.Module:
     """The project's real featurizer (a random-weight ViT-Ti/16) when it imports, else the stand-in."""
     try:
         from isegprobe.featurizers import create_featurizer
     except ImportError:
-        return StandInFeaturizer()
+        return StandInFeaturizer(patch_size=16, std=STD)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return create_featurizer("vit_tiny_patch16_224", weights="random")

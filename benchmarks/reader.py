@@ -23,19 +23,21 @@ from torch.utils.data import Dataset, default_collate
 from train_throughput import ProbeRun, build_mode, run_round, timed_round
 
 from isegprobe.cache import CachedDataset, FeatureStore
+from isegprobe.cache.schema import COMPRESSORS
 from isegprobe.config import load_train_config
 from isegprobe.training.trainer import probe_dims
 
 _STORED = ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size")
 
 
-def tiled_store(source_path: Path, out: Path, items: int) -> Path:
+def tiled_store(source_path: Path, out: Path, items: int, codec: str) -> Path:
     """A store of `items` items, the source's items repeated, written through the library's own writer."""
     source = FeatureStore.open(source_path)
     repeat = [index % source.num_items for index in range(items)]
     attrs = dict(source.attrs)
     attrs["item_ids"] = [f"{source.attrs['item_ids'][index]}#{n}" for n, index in enumerate(repeat)]
     attrs["dataset"] = {**attrs["dataset"], "num_items": items}
+    attrs["layout"] = {**attrs["layout"], "compressor": COMPRESSORS[codec]}
     grid = tuple(source.feature_shape[1:])
     store = FeatureStore.create(out, attrs, dim=source.feature_shape[0], grid=grid)
     arrays = {name: np.asarray(source.group[name][:]) for name in _STORED}
@@ -144,13 +146,15 @@ def main() -> None:
     device = setup(args)
     source = ensure_store(args, "train", args.size)
     with tempfile.TemporaryDirectory(prefix="isegprobe-reader-") as scratch:
-        store = tiled_store(source, Path(scratch) / "tiled.zarr", args.items)
+        store = tiled_store(source, Path(scratch) / "tiled.zarr", args.items, "zstd")
         cached = CachedDataset(store)
+        cached_lz4 = CachedDataset(tiled_store(source, Path(scratch) / "tiled-lz4.zarr", args.items, "lz4"))
         shape = tuple(cached[0]["features"].shape)
         npz_folder = Path(scratch) / "npz"
         npz_folder.mkdir()
         readers = {
             "store (CachedDataset)": cached,
+            "store, --codec lz4": cached_lz4,
             "per-image .npz": NpzItems(cached, npz_folder),
             "in-memory": InMemoryItems(cached),
         }
@@ -163,6 +167,7 @@ def main() -> None:
     read_rows = [[name, medians[name], per_item[name]] for name in readers]
     store_vs_npz = medians["store (CachedDataset)"] / medians["per-image .npz"]
     store_vs_memory = medians["store (CachedDataset)"] / medians["in-memory"]
+    lz4_vs_npz = medians["store, --codec lz4"] / medians["per-image .npz"]
     wait_rows = [
         [name, w["ms_per_step"], w["data_ms_per_step"], f"{100 * w['data_share']:.1f}%"] for name, w in waits.items()
     ]
@@ -171,18 +176,23 @@ def main() -> None:
         f"random-order batches of {args.batch_size} from {args.items} entries (features {shape} fp16)": table(
             ["reader", "batches/s", "ms/item"], read_rows
         )
-        + f"\nstore / npz: {store_vs_npz:.3g}\nstore / in-memory: {store_vs_memory:.3g}",
+        + f"\nstore / npz: {store_vs_npz:.3g}\nstore (lz4) / npz: {lz4_vs_npz:.3g}"
+        + f"\nstore / in-memory: {store_vs_memory:.3g}",
         f"data wait in a training step from the store (probe (b), batch {first_wait['batch_size']})": table(
             ["loader", "ms/step", "data ms/step", "data share"], wait_rows
         ),
     }
-    checks = [Check("store / npz batches/s", store_vs_npz, 1.0)]
+    checks = [
+        Check("store / npz batches/s (default zstd)", store_vs_npz, 1.0),
+        Check("store / npz batches/s (--codec lz4)", lz4_vs_npz, 1.0),
+    ]
     checks += [Check(f"data wait share ({name})", w["data_share"], 0.10, at_least=False) for name, w in waits.items()]
     results = {
         "batches_per_s": rates,
         "median_batches_per_s": medians,
         "ms_per_item": per_item,
         "store_vs_npz": store_vs_npz,
+        "store_lz4_vs_npz": lz4_vs_npz,
         "store_vs_memory": store_vs_memory,
         "data_wait": waits,
     }

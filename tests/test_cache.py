@@ -152,3 +152,13 @@ def test_refuses_a_store_made_differently(tmp_path):
 def test_size_must_be_a_multiple_of_the_patch(tmp_path):
     with pytest.raises(UserError, match="--size 50"):
         extract(request(tmp_path, size=50))
+
+
+def test_lz4_codec_stores_the_same_features(tmp_path):
+    zstd = extract(request(tmp_path / "zstd"))
+    lz4 = extract(request(tmp_path / "lz4", codec="lz4"))
+    metadata = json.loads((lz4.path / "features" / "zarr.json").read_text())
+    inner = metadata["codecs"][0]["configuration"]["codecs"]
+    assert any(codec["name"] == "blosc" and codec["configuration"]["cname"] == "lz4" for codec in inner)
+    assert FeatureStore.open(lz4.path).attrs["layout"]["compressor"]["cname"] == "lz4"
+    np.testing.assert_array_equal(zarr.open(str(zstd.path))["features"][:], zarr.open(str(lz4.path))["features"][:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from isegprobe import __version__
-from isegprobe.cache.schema import COMPRESSOR, SCHEMA_VERSION
+from isegprobe.cache.schema import COMPRESSORS, SCHEMA_VERSION
 
 
 def build_attrs(
@@ -16,6 +16,7 @@ def build_attrs(
     size: int,
     resize: str,
     items_per_shard: int,
+    codec: str = "zstd",
 ) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -35,7 +36,7 @@ def build_attrs(
         "layout": {
             "items_per_shard": items_per_shard,
             "chunks": "one chunk per (item, view); shards hold items_per_shard whole items",
-            "compressor": COMPRESSOR,
+            "compressor": COMPRESSORS[codec],
         },
         "completion": {
             "array": "done",

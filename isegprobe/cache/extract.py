@@ -45,6 +45,7 @@ class ExtractionRequest:
     overwrite: bool = False
     items_per_shard: int = 16
     workers: int = 2
+    codec: str = "zstd"
 
 
 @dataclass
@@ -182,6 +183,7 @@ def extract(request: ExtractionRequest) -> ExtractionResult:
         request.size,
         request.resize,
         request.items_per_shard,
+        request.codec,
     )
     path = Path(request.out) / store_name(request.featurizer, request.dataset.lower(), request.split, request.size)
     store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)

@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from isegprobe.cache.schema import COMPRESSOR, SCHEMA_VERSION, ArraySpec, array_specs
+from isegprobe.cache.schema import SCHEMA_VERSION, ArraySpec, array_specs
 from isegprobe.errors import UserError
 
 
@@ -58,7 +58,7 @@ class FeatureStore:
                 dtype=spec.dtype,
                 chunks=spec.chunks(),
                 shards=spec.shards(items_per_shard, num_views),
-                compressors=_compressor(spec),
+                compressors=_compressor(spec, attrs["layout"]["compressor"]),
                 fill_value=0,
                 dimension_names=_dimension_names(spec),
             )
@@ -107,10 +107,10 @@ class FeatureStore:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
 
-def _compressor(spec: ArraySpec) -> BloscCodec:
+def _compressor(spec: ArraySpec, compressor: Mapping[str, Any]) -> BloscCodec:
     itemsize = np.dtype(spec.dtype).itemsize
     shuffle = BloscShuffle.shuffle if itemsize > 1 else BloscShuffle.noshuffle
-    return BloscCodec(cname=COMPRESSOR["cname"], clevel=COMPRESSOR["clevel"], shuffle=shuffle, typesize=itemsize)
+    return BloscCodec(cname=compressor["cname"], clevel=compressor["clevel"], shuffle=shuffle, typesize=itemsize)
 
 
 def _dimension_names(spec: ArraySpec) -> tuple[str, ...]:

@@ -102,10 +102,20 @@ def test_format_table():
 
     assert len(lines) == 4
     assert [cell.strip() for cell in lines[0].strip("|").split("|")] == [
-        "Dataset", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "IoU@1",
+        "Dataset",
+        "NoC@85",
+        "NoC@90",
+        "NoF@85",
+        "NoF@90",
+        "IoU@1",
     ]
     assert [cell.strip() for cell in lines[2].strip("|").split("|")] == [
-        "GrabCut", "1.50", "1.62", "0", "2", "87.65%",
+        "GrabCut",
+        "1.50",
+        "1.62",
+        "0",
+        "2",
+        "87.65%",
     ]
     assert [cell.strip() for cell in lines[3].strip("|").split("|")] == ["Berkeley", "2.00", "-", "-", "-", "-"]
     assert len({len(line) for line in lines}) == 1

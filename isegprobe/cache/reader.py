@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from isegprobe.cache.store import FeatureStore
 from isegprobe.errors import UserError
 
-_READ_ARRAYS = ("features", "images", "labels", "ignore", "valid_box")
+_READ_ARRAYS = ("features", "images", "labels", "ignore")
 
 
 def open_tensorstore(path: Path, name: str) -> ts.TensorStore:
@@ -54,6 +54,8 @@ class CachedDataset(Dataset):
                 f"{self.path}: {len(missing)} of {len(self.items)} items are not extracted yet; "
                 "run the same `isegprobe extract-features` command again to finish the store"
             )
+        # Boxes are a few bytes per entry: read them all once instead of one more read per entry.
+        self.valid_boxes = torch.from_numpy(np.asarray(self.store.group["valid_box"][:]).astype(np.int64))
         self._handles: dict[str, ts.TensorStore] = {}
         self._handles_pid: int | None = None
 
@@ -83,7 +85,7 @@ class CachedDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(values["images"].transpose(2, 0, 1))),
             "labels": torch.from_numpy(values["labels"].astype(np.int64)),
             "ignore": torch.from_numpy(values["ignore"]),
-            "valid_box": torch.from_numpy(values["valid_box"].astype(np.int64)),
+            "valid_box": self.valid_boxes[item, view].clone(),
             "item": item,
             "view": view,
         }

@@ -60,12 +60,17 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 
 class EpochShuffleSampler(Sampler[tuple[int, int]]):
-    """Yields (epoch, index) in a per-epoch permutation fixed by the seed; `start` skips what a resumed run has seen."""
+    """Yields (epoch, index) in a per-epoch permutation fixed by the seed; `start` skips what a resumed run has seen.
 
-    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True) -> None:
+    Under torchrun every rank walks the same permutation and takes every `world`-th entry of it, cut to a multiple
+    of `world` so that all ranks run the same number of steps; `skip` counts entries of the whole permutation.
+    """
+
+    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
         self.num_items = num_items
         self.seed = seed
         self.shuffle = shuffle
+        self.rank, self.world = rank, world
         self.epoch = 0
         self.skip = 0
 
@@ -77,8 +82,9 @@ class EpochShuffleSampler(Sampler[tuple[int, int]]):
         order = np.arange(self.num_items)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
-        for index in order[self.skip :]:
+        remaining = order[self.skip :]
+        for index in remaining[self.rank : len(remaining) - len(remaining) % self.world : self.world]:
             yield self.epoch, int(index)
 
     def __len__(self) -> int:
-        return max(0, self.num_items - self.skip)
+        return max(0, self.num_items - self.skip) // self.world

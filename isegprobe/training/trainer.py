@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from isegprobe import __version__
 from isegprobe.config import TrainConfig, config_to_dict
 from isegprobe.data.preprocess import normalize_images
+from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.training.checkpoint import restore_training_state, save_checkpoint
@@ -111,6 +113,7 @@ class Trainer:
         if self.device.type == "cuda":
             self.probe = self.probe.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # every batch has the store's one working size
+        self.model: nn.Module = self.probe
         self.loss_fn = NormalizedFocalLoss(config.loss.alpha, config.loss.gamma)
         self.optimizer = torch.optim.Adam(
             [parameter for parameter in self.probe.parameters() if parameter.requires_grad],
@@ -119,6 +122,14 @@ class Trainer:
             eps=config.optim.eps,
             weight_decay=config.optim.weight_decay,
         )
+
+    def distribute(self) -> None:
+        """Average gradients over the torchrun ranks with DistributedDataParallel.
+
+        Only the loss pass goes through the wrapper; the no-grad iterative-click passes call the probe itself.
+        """
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.model = DistributedDataParallel(self.probe, device_ids=device_ids)
 
     def to_device(self, batch: Mapping[str, Any]) -> DeviceBatch:
         """Move a collated batch to the device, normalize it there, and get its features (cached or computed)."""
@@ -146,7 +157,7 @@ class Trainer:
 
     def loss_on(self, batch: DeviceBatch, clicks: Tensor, prev_mask: Tensor) -> tuple[Tensor, Tensor]:
         """(mean loss, logits) of the probe for given clicks and previous mask."""
-        logits = self.probe(batch.features, batch.images, clicks, prev_mask)
+        logits = self.model(batch.features, batch.images, clicks, prev_mask)
         loss = self.loss_fn(logits, batch.target[:, None], batch.valid[:, None])
         return loss, logits
 
@@ -256,7 +267,9 @@ def train(
     `dataset` items follow the cache reader's contract; the dataset object has `.preprocessing` (size, mean, std)
     and optionally `.provenance` and `.path`. With `resume`, the run continues from `run_dir/last.*` at its step.
     """
-    device = resolve_device(device)
+    rank, world, device = init_from_env(str(resolve_device(device)))
+    if config.data.batch_size % world:
+        raise UserError(f"data.batch_size {config.data.batch_size} must be a multiple of the {world} torchrun ranks")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     preprocessing = dict(dataset.preprocessing)
@@ -276,27 +289,30 @@ def train(
     if resume:
         state = _ProgressState.from_metadata(restore_training_state(run_dir, trainer.probe, trainer.optimizer))
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.total_steps)
+    if world > 1:
+        trainer.distribute()
 
     point_sampler = MultiPointSampler(config.sampler)
-    shuffle = EpochShuffleSampler(len(dataset), seed=config.seed)
-    loader = _loader(
-        ClickTrainingSet(dataset, point_sampler, config.seed, with_features=not online), config, device, shuffle
-    )
+    shuffle = EpochShuffleSampler(len(dataset), seed=config.seed, rank=rank, world=world)
+    items = ClickTrainingSet(dataset, point_sampler, config.seed, with_features=not online)
+    loader = _loader(items, config, device, shuffle, config.data.batch_size // world)
     val_loader = None
     if val_dataset is not None:
         val_items = ClickTrainingSet(val_dataset, point_sampler, config.seed, with_features=not online)
         val_order = EpochShuffleSampler(len(val_dataset), seed=config.seed, shuffle=False)
-        val_loader = _loader(val_items, config, device, val_order)
+        val_loader = _loader(val_items, config, device, val_order, config.data.batch_size)
 
     describe = _RunDescription(config, trainer.probe, schedule, dataset, preprocessing, online)
     logger = RunLogger(
         run_dir,
         config_to_dict(config),
-        tensorboard=config.logging.tensorboard,
-        use_wandb=use_wandb,
+        tensorboard=config.logging.tensorboard and rank == 0,
+        use_wandb=use_wandb and rank == 0,
         wandb_project=config.logging.wandb_project,
     )
-    bar = tqdm(total=schedule.total_steps, initial=state.step, unit="it", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=schedule.total_steps, initial=state.step, unit="it", disable=not progress or rank != 0, dynamic_ncols=True
+    )
     running = _RunningMeans(device)
     last_loss = None
     try:
@@ -320,26 +336,31 @@ def train(
                     )
                     logger.images("train/predictions", panels, state.step)
                 epoch_done = state.step % schedule.steps_per_epoch == 0 or state.step == schedule.total_steps
-                if epoch_done:
+                if epoch_done and rank == 0:
                     _close_epoch(trainer, state, val_loader, logger, describe, run_dir)
+                elif epoch_done:
+                    state.reset_epoch()
                 every = config.checkpoint.every_steps
-                if epoch_done or (every and state.step % every == 0):
+                if rank == 0 and (epoch_done or (every and state.step % every == 0)):
                     save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
                 if state.step >= schedule.total_steps:
                     break
     finally:
         bar.close()
         logger.close()
+    barrier()
     return TrainSummary(run_dir, state.step, schedule.epoch_of(max(state.step - 1, 0)), last_loss, state.best_value)
 
 
-def _loader(items: Dataset, config: TrainConfig, device: torch.device, sampler: EpochShuffleSampler) -> DataLoader:
+def _loader(
+    items: Dataset, config: TrainConfig, device: torch.device, sampler: EpochShuffleSampler, batch_size: int
+) -> DataLoader:
     """Workers are spawned, not forked: tensorstore (the cache reader) and CUDA both break in a forked child once
     the parent has used them. They persist across epochs, so the start-up cost is paid once."""
     workers = config.data.num_workers
     return DataLoader(
         items,
-        batch_size=config.data.batch_size,
+        batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",

@@ -5,26 +5,13 @@ from __future__ import annotations
 import numpy as np
 import zarr
 from click.testing import CliRunner
+from stores import builtin_store
 
-from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.cache import cache
 
 
 def test_inspect_summarizes_and_verify_finds_a_damaged_item(tmp_path):
-    store = extract(
-        ExtractionRequest(
-            featurizer="vit_small_patch14_dinov2",
-            weights="random",
-            dataset="builtin",
-            root=None,
-            split="test",
-            size=28,
-            views="identity",
-            out=str(tmp_path),
-            workers=0,
-            items_per_shard=4,
-        )
-    ).path
+    store = builtin_store(tmp_path, size=28, views="identity", items_per_shard=4)
     runner = CliRunner()
     inspected = runner.invoke(cache, ["inspect", str(store)])
     assert inspected.exit_code == 0

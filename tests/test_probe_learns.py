@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
-from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.config import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.inference.evaluation import evaluate_objects
@@ -28,19 +28,7 @@ def probe_device(probe):
 
 
 def test_trained_probe_beats_untrained_after_three_clicks(tmp_path):
-    store = extract(
-        ExtractionRequest(
-            featurizer="vit_small_patch14_dinov2",
-            weights="random",
-            dataset="builtin",
-            root=None,
-            split="train",
-            size=112,
-            views="identity,hflip",
-            out=str(tmp_path / "cache"),
-            workers=0,
-        )
-    ).path
+    store = builtin_store(tmp_path / "cache", split="train", size=112)
     dataset = CachedDataset(store)
     config = load_train_config("quickstart", ["schedule.max_iters=120"])
     summary = train(config, dataset, tmp_path / "run", device="cpu", progress=False)

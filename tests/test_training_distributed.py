@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from stores import builtin_store
 
-from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.config import load_train_config
 from isegprobe.model.probe import ISProbe
 from isegprobe.training.checkpoint import read_metadata
@@ -23,19 +23,7 @@ def test_two_ranks_train_like_one_process(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun not installed beside this Python")
-    store = extract(
-        ExtractionRequest(
-            featurizer="vit_small_patch14_dinov2",
-            weights="random",
-            dataset="builtin",
-            root=None,
-            split="test",
-            size=56,
-            views="identity,hflip",
-            out=str(tmp_path / "cache"),
-            workers=0,
-        )
-    ).path
+    store = builtin_store(tmp_path / "cache")
     sets = [arg for override in OVERRIDES for arg in ("--set", override)]
     command = ["train", "--config", "quickstart", *sets, "--cache", str(store), "--device", "cpu"]
     single = subprocess.run(

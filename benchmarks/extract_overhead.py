@@ -21,6 +21,7 @@ from common import table as markdown_table
 from isegprobe.cache.extract import extract
 from isegprobe.data import create_dataset
 from isegprobe.data.preprocess import make_view, normalize_images, parse_views
+from isegprobe.devices import backbone_autocast
 from isegprobe.featurizers import Featurizer, create_featurizer
 
 
@@ -36,21 +37,13 @@ def working_images(args: argparse.Namespace) -> np.ndarray:
     return np.stack(images)
 
 
-def autocast(device: torch.device):
-    """The extraction's own precision: bf16 (or fp16) autocast on CUDA, fp32 on CPU."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
 @torch.inference_mode()
 def bare_forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> float:
     """Seconds for the forward alone: upload, normalize, backbone, fp16 features back on the host."""
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2)
-        with autocast(device):
+        with backbone_autocast(device):
             features = featurizer(normalize_images(batch, featurizer.mean, featurizer.std))
         features.to(torch.float16).cpu()
     synchronize(device)

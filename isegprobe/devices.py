@@ -5,6 +5,14 @@ from __future__ import annotations
 import torch
 
 
+def backbone_autocast(device: torch.device) -> torch.autocast:
+    """The frozen backbone's precision: bf16 (fp16 where bf16 is missing) autocast on CUDA, fp32 on CPU."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
 def default_device() -> str:
     """`cuda` when a GPU is visible, else `cpu`: the extraction and training defaults."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -24,6 +24,7 @@ from isegprobe.cache.schema import mismatches, store_name
 from isegprobe.cache.store import FeatureStore
 from isegprobe.data import SampleSource, create_dataset, resolve_root
 from isegprobe.data.preprocess import ViewSpec, make_view, normalize_images, parse_views
+from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer, create_featurizer
@@ -122,20 +123,13 @@ def _feature_grid(featurizer: Featurizer, size: int) -> tuple[int, int]:
     return size // featurizer.patch_size, size // featurizer.patch_size
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
 @torch.inference_mode()
 def _forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """uint8 [M, S, S, 3] -> float16 [M, C, h, w], in batches of `batch_size` images."""
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(images[start : start + batch_size]).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        with _autocast(device):
+        with backbone_autocast(device):
             features = featurizer(normalize_images(chunk, featurizer.mean, featurizer.std))
         outputs.append(features.to(torch.float16).cpu().numpy())
     return np.concatenate(outputs)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from isegprobe.data.preprocess import normalize_images
+from isegprobe.devices import backbone_autocast
 from isegprobe.inference.clicker import Click
 from isegprobe.model.probe import ISProbe
 
@@ -126,10 +127,10 @@ class Predictor:
         return self._backbone(images)
 
     def _backbone(self, images: Tensor) -> Tensor:
-        """Features as the store would hold them: bf16 autocast on CUDA, as extraction runs, rounded to float16."""
+        """Features as the store would hold them: the extraction's autocast, rounded to float16."""
         featurizer = self.featurizer if self.featurizer is not None else self.probe.featurizer
         if featurizer is None:
             raise ValueError("these views have no cached features and no featurizer was given to compute them")
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.is_cuda):
+        with backbone_autocast(images.device):
             features = featurizer(images)
         return features.to(torch.float16).float()

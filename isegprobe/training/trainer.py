@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from isegprobe import __version__
 from isegprobe.config import TrainConfig, config_to_dict
 from isegprobe.data.preprocess import normalize_images
+from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
@@ -149,7 +150,7 @@ class Trainer:
         if self.probe.needs_featurizer:
             return None
         if self.online:
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.no_grad(), backbone_autocast(self.device):
                 return self.featurizer(images)
         if "features" not in batch:
             raise UserError("the dataset gives no cached features: train with --online")

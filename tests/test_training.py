@@ -32,6 +32,7 @@ from isegprobe.training import (
     train,
 )
 from isegprobe.training.click_dataset import ClickTrainingSet, valid_pixels
+from isegprobe.training.losses import masked_bce
 from isegprobe.training.next_clicks import add_next_clicks, next_click
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
@@ -139,6 +140,17 @@ def reference_normalized_focal_loss(logits, target, valid, alpha=0.5, gamma=2.0)
         per_pixel = -class_weight * focal * normalizer * np.log(p_true)
         losses.append(per_pixel[v].sum() / v.sum())
     return np.array(losses)
+
+
+def test_masked_bce_is_the_mean_cross_entropy_of_the_valid_pixels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 6, 7) * 3
+    target = torch.rand(2, 1, 6, 7) > 0.5
+    valid = torch.rand(2, 1, 6, 7) > 0.3
+    for index in range(2):
+        chosen = valid[index]
+        expected = nn.functional.binary_cross_entropy_with_logits(logits[index][chosen], target[index][chosen].float())
+        assert masked_bce(logits, target, valid)[index].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_normalized_focal_loss_matches_the_formula_and_skips_ignored_pixels() -> None:
@@ -366,6 +378,8 @@ def test_resume_continues_the_same_schedule_from_the_saved_step(tmp_path: Path) 
     train(tiny_config(*overrides, "schedule.max_iters=3"), dataset, tmp_path / "split", device="cpu", progress=False)
     interrupted = json.loads((tmp_path / "split" / "last.json").read_text())
     assert (interrupted["step"], interrupted["epoch"]) == (3, 1)
+    with (tmp_path / "split" / "scalars.csv").open("a") as scalars:
+        scalars.write("4,train/loss,9.99\n")  # logged after the last checkpoint by a run that then died
     assert interrupted["lr"] == pytest.approx(1e-4), "epoch 1 is past the milestone"
     summary = train(
         tiny_config(*overrides, "schedule.max_iters=5"),
@@ -376,6 +390,13 @@ def test_resume_continues_the_same_schedule_from_the_saved_step(tmp_path: Path) 
         progress=False,
     )
     assert summary.step == 5
+    # A run stopped by max_iters scores its partial epoch, so only the per-step rows match the straight run's.
+    straight_rows, split_rows = (
+        [row for row in (tmp_path / run / "scalars.csv").read_text().splitlines() if ",train/" in row]
+        for run in ("straight", "split")
+    )
+    assert split_rows == straight_rows
+    assert [row.split(",")[0] for row in straight_rows[::4]] == ["1", "2", "3", "4", "5"]
     resumed = json.loads((tmp_path / "split" / "last.json").read_text())
     assert resumed["step"] == 5
     assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
@@ -448,9 +469,11 @@ def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pyte
     run_dir = tmp_path / "run"
     common = ["--cache", str(tmp_path), "--out", str(run_dir), "--device", "cpu"]
     settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.image_every_steps=2"]
+    settings += ["--set", "logging.every_steps=1"]
     result = CliRunner().invoke(train_command.train, ["--config", "fast_cpu", *settings, *common, "--max-iters", "2"])
     assert result.exit_code == 0, result.output
     assert "trained to step 2" in result.output
+    assert "first -> last logged means: loss (normalized focal)" in result.output
     assert any((run_dir / "tensorboard").iterdir()), "TensorBoard events are written"
     assert (run_dir / "best.safetensors").is_file()
 

@@ -81,7 +81,8 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
     summary = train(
         config, CachedDataset(stores["train"]), run_dir, device="cpu", resume=(run_dir / "last.json").is_file()
     )
-    click.echo(f"  step {summary.step}; checkpoints and TensorBoard logs in {run_dir}")
+    click.echo(f"  {summary.progress()}")
+    click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")
     click.echo(f"[3/3 evaluate] {max_clicks} clicks per object on builtin/test, from the cache")
     results_dir = out_dir / "results"
     request = EvaluationRequest(

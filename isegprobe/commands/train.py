@@ -105,6 +105,7 @@ def train(
         val_dataset=val_dataset,
     )
     best = "n/a" if summary.best_metric is None else f"{summary.best_metric:.4f}"
+    click.echo(summary.progress())
     click.echo(f"trained to step {summary.step}; best {best}; checkpoints in {summary.run_dir}")
 
 

@@ -8,6 +8,7 @@ per-image mean.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -27,6 +28,19 @@ def normalized_focal_loss(
     loss = -alpha_t * beta * scale * log_p_t * weight
     reduce_dims = tuple(range(1, loss.ndim))
     return loss.sum(dim=reduce_dims) / (weight.sum(dim=reduce_dims) + eps)
+
+
+def masked_bce(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Per-image binary cross-entropy [B] over the valid pixels; inputs as in `normalized_focal_loss`.
+
+    Logged beside the normalized focal loss because that loss is a mean over the hardest pixels only: it stays
+    high while a probe that cannot place boundaries inside a patch gets everything else right, whereas the BCE
+    counts every pixel alike and shows that progress.
+    """
+    weight = valid.to(torch.float32)
+    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), target.to(torch.float32), reduction="none")
+    reduce_dims = tuple(range(1, per_pixel.ndim))
+    return (per_pixel * weight).sum(dim=reduce_dims) / weight.sum(dim=reduce_dims).clamp(min=1)
 
 
 class NormalizedFocalLoss(nn.Module):

@@ -1,16 +1,22 @@
-"""Where training curves go: TensorBoard by default, Weights & Biases on request."""
+"""Where training curves go: TensorBoard and a plain CSV by default, Weights & Biases on request."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from torch import Tensor
 
 from isegprobe.errors import UserError
 
+SCALARS_CSV = "scalars.csv"
+
 
 class RunLogger:
+    """One call logs to every sink. `scalars.csv` (columns step, tag, value) reads without TensorBoard, e.g. with
+    `pandas.read_csv(run / "scalars.csv").pivot(index="step", columns="tag", values="value")`."""
+
     def __init__(
         self,
         run_dir: str | Path,
@@ -19,10 +25,15 @@ class RunLogger:
         tensorboard: bool = True,
         use_wandb: bool = False,
         wandb_project: str = "isegprobe",
+        write_csv: bool = True,
+        resumed_at: int | None = None,
     ) -> None:
+        """`resumed_at`: the step a resumed run restarts from; CSV rows logged after it (by the interrupted run,
+        past its last checkpoint) are dropped, since the resumed run logs those steps again."""
         run_dir = Path(run_dir)
         self._tensorboard = None
         self._wandb = None
+        self._csv_file = _open_csv(run_dir / SCALARS_CSV, resumed_at) if write_csv else None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -31,6 +42,9 @@ class RunLogger:
             self._wandb = _start_wandb(run_dir, config, wandb_project)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        if self._csv_file is not None:
+            csv.writer(self._csv_file).writerows([step, tag, value] for tag, value in values.items())
+            self._csv_file.flush()
         if self._tensorboard is not None:
             for tag, value in values.items():
                 self._tensorboard.add_scalar(tag, value, step)
@@ -46,10 +60,28 @@ class RunLogger:
             self._wandb.log({tag: pictures}, step=step)
 
     def close(self) -> None:
+        if self._csv_file is not None:
+            self._csv_file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _open_csv(path: Path, resumed_at: int | None) -> TextIO:
+    """`path` opened for appending rows: started afresh, or, for a resumed run, holding its rows up to the step the
+    run resumes from (rewritten through a temporary file, so an interruption never loses the earlier rows)."""
+    kept: list[list[str]] = []
+    if resumed_at is not None and path.is_file():
+        with path.open(newline="") as existing:
+            kept = [row for row in csv.reader(existing) if row[0] != "step" and int(row[0]) <= resumed_at]
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "tag", "value"])
+        writer.writerows(kept)
+    partial.replace(path)
+    return path.open("a", newline="")
 
 
 def _start_wandb(run_dir: Path, config: dict[str, Any], project: str) -> Any:

@@ -28,7 +28,7 @@ from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.training.checkpoint import restore_training_state, save_checkpoint
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
-from isegprobe.training.losses import NormalizedFocalLoss
+from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
 from isegprobe.training.next_clicks import add_next_clicks
 from isegprobe.training.points_sampler import MultiPointSampler
 from isegprobe.training.run_logger import RunLogger
@@ -52,6 +52,7 @@ class DeviceBatch:
 @dataclass
 class StepResult:
     loss: Tensor  # scalar, detached
+    bce: Tensor  # scalar, detached: the plain pixel cross-entropy of the same logits, for the logs
     iou: Tensor  # [B], detached
     num_next_clicks: int
     prob: Tensor  # [B, 1, H, W], detached
@@ -63,8 +64,21 @@ class TrainSummary:
     run_dir: Path
     step: int
     epoch: int
-    last_loss: float | None
     best_metric: float | None
+    first_logged: dict[str, float] | None  # the first and last logged training means of this invocation
+    last_logged: dict[str, float] | None
+
+    def progress(self) -> str:
+        """How the logged training means moved, first to last; the IoU and the BCE show learning that the
+        normalized focal loss (a mean over the hardest pixels) can hide."""
+        if not self.first_logged or not self.last_logged or self.first_logged is self.last_logged:
+            return "too few logged steps to show a trend"
+        parts = []
+        for name, label in (("loss", "loss (normalized focal)"), ("bce", "pixel BCE"), ("iou", "IoU")):
+            first, last = self.first_logged[name], self.last_logged[name]
+            change = f" ({(last - first) / first:+.0%})" if name != "iou" and first > 0 else ""
+            parts.append(f"{label} {first:.3f} -> {last:.3f}{change}")
+        return "first -> last logged means: " + ", ".join(parts)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -201,6 +215,7 @@ class Trainer:
         logits = logits.detach()
         return StepResult(
             loss=loss.detach(),
+            bce=masked_bce(logits, device_batch.target[:, None], device_batch.valid[:, None]).mean(),
             iou=batch_iou(logits, device_batch.target, device_batch.valid),
             num_next_clicks=count,
             prob=torch.sigmoid(logits),
@@ -310,12 +325,14 @@ def train(
         tensorboard=config.logging.tensorboard and rank == 0,
         use_wandb=use_wandb and rank == 0,
         wandb_project=config.logging.wandb_project,
+        write_csv=rank == 0,
+        resumed_at=state.step if resume else None,
     )
     bar = tqdm(
         total=schedule.total_steps, initial=state.step, unit="it", disable=not progress or rank != 0, dynamic_ncols=True
     )
     running = _RunningMeans(device)
-    last_loss = None
+    first_logged = last_logged = None
     try:
         while state.step < schedule.total_steps:
             epoch = schedule.epoch_of(state.step)
@@ -327,10 +344,11 @@ def train(
                 running.add(result)
                 state.add_epoch_iou(result.iou)
                 if state.step % config.logging.every_steps == 0 or state.step == schedule.total_steps:
-                    last_loss, mean_iou = running.pop()
                     lr = schedule.lr_at(state.step - 1)
-                    logger.scalars({"train/loss": last_loss, "train/iou": mean_iou, "train/lr": lr}, state.step)
-                    bar.set_postfix(loss=f"{last_loss:.4f}", iou=f"{mean_iou:.3f}", lr=f"{lr:.1e}")
+                    last_logged = {**running.pop(), "lr": lr}
+                    first_logged = first_logged or last_logged
+                    logger.scalars({f"train/{name}": value for name, value in last_logged.items()}, state.step)
+                    bar.set_postfix(loss=f"{last_logged['loss']:.4f}", iou=f"{last_logged['iou']:.3f}", lr=f"{lr:.1e}")
                 if state.step % config.logging.image_every_steps == 0:
                     panels = prediction_panels(
                         batch["image"], batch["target"], result.prob, result.clicks, config.logging.num_images
@@ -350,7 +368,8 @@ def train(
         bar.close()
         logger.close()
     barrier()
-    return TrainSummary(run_dir, state.step, schedule.epoch_of(max(state.step - 1, 0)), last_loss, state.best_value)
+    epoch = schedule.epoch_of(max(state.step - 1, 0))
+    return TrainSummary(run_dir, state.step, epoch, state.best_value, first_logged, last_logged)
 
 
 def _loader(
@@ -430,7 +449,7 @@ class _ProgressState:
 
 
 class _RunningMeans:
-    """Loss and IoU summed on the device, read back only when logged, so steps don't wait on the GPU."""
+    """Loss, BCE and IoU summed on the device, read back only when logged, so steps don't wait on the GPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -438,18 +457,25 @@ class _RunningMeans:
 
     def _reset(self) -> None:
         self.loss = torch.zeros((), device=self.device)
+        self.bce = torch.zeros((), device=self.device)
         self.iou = torch.zeros((), device=self.device)
         self.steps = 0
         self.images = 0
 
     def add(self, result: StepResult) -> None:
         self.loss += result.loss
+        self.bce += result.bce
         self.iou += result.iou.sum()
         self.steps += 1
         self.images += result.iou.numel()
 
-    def pop(self) -> tuple[float, float]:
-        means = float(self.loss) / max(self.steps, 1), float(self.iou) / max(self.images, 1)
+    def pop(self) -> dict[str, float]:
+        steps = max(self.steps, 1)
+        means = {
+            "loss": float(self.loss) / steps,
+            "bce": float(self.bce) / steps,
+            "iou": float(self.iou) / max(self.images, 1),
+        }
         self._reset()
         return means
 

@@ -412,6 +412,15 @@ def test_resume_continues_the_same_schedule_from_the_saved_step(tmp_path: Path) 
     assert all(torch.equal(adam_straight[key], adam_split[key]) for key in adam_straight)
 
 
+def test_a_learned_upsampler_without_weights_must_be_trained_or_given_weights(tmp_path: Path) -> None:
+    dataset = SquaresDataset(count=2)
+    with pytest.raises(UserError, match="model.upsampler.weights=PATH"):
+        train(tiny_config("model.upsampler.name=lift"), dataset, tmp_path / "frozen", device="cpu", progress=False)
+    assert not (tmp_path / "frozen" / "last.safetensors").exists()
+    config = tiny_config("model.upsampler.name=lift", "model.upsampler.trainable=true", "schedule.max_iters=1")
+    assert train(config, dataset, tmp_path / "trained", device="cpu", progress=False).step == 1
+
+
 def test_cache_and_online_give_the_same_loss(featurizer: nn.Module) -> None:
     dataset = SquaresDataset(count=2, featurizer=featurizer)
     dataset.preprocessing.update(mean=list(featurizer.mean), std=list(featurizer.std))

@@ -298,6 +298,7 @@ def train(
 
     torch.manual_seed(config.seed)
     probe = ISProbe(config.model, **probe_dims(dataset, featurizer if online else None, size))
+    _check_upsampler_is_not_frozen_at_random(config, probe)
     trainer = Trainer(config, probe, preprocessing, device, featurizer if online else None, online)
     schedule = StepSchedule.from_config(config.schedule, config.optim.lr, len(dataset), config.data.batch_size)
 
@@ -370,6 +371,17 @@ def train(
     barrier()
     epoch = schedule.epoch_of(max(state.step - 1, 0))
     return TrainSummary(run_dir, state.step, epoch, state.best_value, first_logged, last_logged)
+
+
+def _check_upsampler_is_not_frozen_at_random(config: TrainConfig, probe: ISProbe) -> None:
+    """A learned upsampler without its authors' weights would otherwise run frozen at its random initialisation:
+    the run would train, and its numbers would say nothing about the method."""
+    upsampler = config.model.upsampler
+    if probe.upsampler.trainable and upsampler.weights is None and not upsampler.trainable:
+        raise UserError(
+            f"upsampler {upsampler.name!r} has no weights: pass its authors' checkpoint with "
+            f"--set model.upsampler.weights=PATH, or train it from scratch with --set model.upsampler.trainable=true"
+        )
 
 
 def _loader(

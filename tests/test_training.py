@@ -421,6 +421,41 @@ def test_a_learned_upsampler_without_weights_must_be_trained_or_given_weights(tm
     assert train(config, dataset, tmp_path / "trained", device="cpu", progress=False).step == 1
 
 
+SEED_PRESETS = [
+    "seed_early_identity",
+    "seed_early_bilinear",
+    "seed_early_lift",
+    "seed_early_featup_jbu",
+    "seed_early_loftup",
+    "seed_late_simple_vit",
+]
+
+
+@pytest.mark.parametrize("preset", SEED_PRESETS)
+def test_the_seed_model_presets_train_with_a_frozen_upsampler_from_its_file(
+    preset: str, tmp_path: Path, featurizer: nn.Module
+) -> None:
+    from isegprobe.upsamplers import create_upsampler
+
+    fusion = load_train_config(preset).model.fusion
+    dataset = SquaresDataset(count=2, featurizer=None if fusion == "before_backbone" else featurizer)
+    dataset.preprocessing.update(mean=list(featurizer.mean), std=list(featurizer.std))
+    overrides = ["data.batch_size=2", "data.size=null", "schedule.max_iters=1", "logging.tensorboard=false"]
+    name = load_train_config(preset).model.upsampler.name
+    upsampler = create_upsampler(name, featurizer.dim)
+    if any(True for _ in upsampler.parameters()):
+        torch.save(upsampler.state_dict(), tmp_path / "authors.pth")
+        overrides.append(f"model.upsampler.weights={tmp_path / 'authors.pth'}")
+    config = load_train_config(preset, [*overrides, "model.click_encoder.depth=1", "model.click_encoder.mlp_dim=64"])
+    online = fusion == "before_backbone"
+    summary = train(config, dataset, tmp_path / "run", featurizer=featurizer, online=online, progress=False)
+    assert summary.step == 1
+    saved = load_file(tmp_path / "run" / "last.safetensors")
+    for key, value in upsampler.state_dict().items():
+        assert torch.equal(saved[f"upsampler.{key}"], value), key
+    assert not any(key.startswith("_featurizer") for key in saved)
+
+
 def test_cache_and_online_give_the_same_loss(featurizer: nn.Module) -> None:
     dataset = SquaresDataset(count=2, featurizer=featurizer)
     dataset.preprocessing.update(mean=list(featurizer.mean), std=list(featurizer.std))

@@ -73,6 +73,9 @@ def train(
     \b
     isegprobe train --config sbd_224 --cache cache/sbd_train.zarr --out runs/dinov2_s14
     isegprobe train --config fast_cpu --set model.head.width=32 --cache STORE --out RUN --max-iters 200
+    torchrun --nproc-per-node 4 -m isegprobe train --config sbd_224 --cache STORE --out RUN
+    Writes into --out: last/best checkpoints (.safetensors weights + .json config and provenance), tensorboard/
+    and scalars.csv (loss, pixel BCE, IoU, lr). Early-fusion presets (seed_early_*) run the backbone online.
     """
     overrides = (*overrides, f"schedule.max_iters={max_iters}") if max_iters is not None else overrides
     if resume:

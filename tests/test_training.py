@@ -379,7 +379,7 @@ def test_resume_continues_the_same_schedule_from_the_saved_step(tmp_path: Path) 
     interrupted = json.loads((tmp_path / "split" / "last.json").read_text())
     assert (interrupted["step"], interrupted["epoch"]) == (3, 1)
     with (tmp_path / "split" / "scalars.csv").open("a") as scalars:
-        scalars.write("4,train/loss,9.99\n")  # logged after the last checkpoint by a run that then died
+        scalars.write("4,train/loss,9.99\n5,train/lo")  # logged past the last checkpoint by a run that then died
     assert interrupted["lr"] == pytest.approx(1e-4), "epoch 1 is past the milestone"
     summary = train(
         tiny_config(*overrides, "schedule.max_iters=5"),

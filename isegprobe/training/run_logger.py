@@ -70,11 +70,13 @@ class RunLogger:
 
 def _open_csv(path: Path, resumed_at: int | None) -> TextIO:
     """`path` opened for appending rows: started afresh, or, for a resumed run, holding its rows up to the step the
-    run resumes from (rewritten through a temporary file, so an interruption never loses the earlier rows)."""
+    run resumes from (rewritten through a temporary file, so an interruption never loses the earlier rows; a row the
+    interrupted run left half-written is dropped)."""
     kept: list[list[str]] = []
     if resumed_at is not None and path.is_file():
         with path.open(newline="") as existing:
-            kept = [row for row in csv.reader(existing) if row[0] != "step" and int(row[0]) <= resumed_at]
+            rows = [row for row in csv.reader(existing) if len(row) == 3 and row[0].isdigit()]
+        kept = [row for row in rows if int(row[0]) <= resumed_at]
     partial = path.with_name(path.name + ".partial")
     with partial.open("w", newline="") as handle:
         writer = csv.writer(handle)

@@ -29,6 +29,7 @@ class ClickEncoderConfig:
     depth: int = 6
     heads: int = 8
     mlp_dim: int = 2048
+    dim_head: int = 64
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from isegprobe.config import ClickEncoderConfig, HeadConfig, ModelConfig, UpsamplerConfig
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, as_click_tensor, click_inputs, click_maps
-from isegprobe.model.click_encoders import sincos_positions
+from isegprobe.model.click_encoders import create_click_encoder, sincos_positions
 from isegprobe.upsamplers import Upsampler, create_upsampler, list_upsamplers
 
 SIZE = 56
@@ -166,8 +167,8 @@ def test_encoders_that_do_not_fit_the_fusion_point_are_refused() -> None:
         ISProbe(model_config(ClickEncoderConfig(name="conv"), "after_backbone", None), DIM, PATCH)
     with pytest.raises(UserError, match="fusion"):
         ISProbe(model_config(ClickEncoderConfig(), "sideways", None), DIM, PATCH)
-    with pytest.raises(UserError, match="divisible"):
-        ISProbe(model_config(ClickEncoderConfig(name="simple_vit", heads=5), "after_backbone", None), DIM, PATCH)
+    with pytest.raises(UserError, match="divisible by 4"):
+        ISProbe(model_config(ClickEncoderConfig(name="simple_vit"), "after_backbone", None), 30, PATCH)
 
 
 def test_early_fusion_keeps_the_featurizer_out_of_the_state_dict_and_frozen() -> None:
@@ -196,6 +197,71 @@ def test_sincos_positions_are_distinct_per_grid_cell() -> None:
     positions = sincos_positions(4, 5, 16)
     assert positions.shape == (20, 16)
     assert torch.cdist(positions, positions).add(torch.eye(20)).min() > 0
+
+
+def test_sincos_positions_are_simplevits() -> None:
+    # Cell (y=2, x=3) of a 4 x 5 grid, 16 channels: 4 frequencies 10000**-(i/3), x.sin, x.cos, y.sin, y.cos.
+    frequencies = [10000 ** -(i / 3) for i in range(4)]
+    expected = [
+        *(math.sin(3 * f) for f in frequencies),
+        *(math.cos(3 * f) for f in frequencies),
+        *(math.sin(2 * f) for f in frequencies),
+        *(math.cos(2 * f) for f in frequencies),
+    ]
+    assert sincos_positions(4, 5, 16)[2 * 5 + 3].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def simple_vit_by_hand(encoder: nn.Module, maps: torch.Tensor, patch: int, heads: int) -> torch.Tensor:
+    """SimpleViT's forward written out with the encoder's own parameters: [B, 3, H, W] -> tokens [B, N, dim]."""
+    state = encoder.state_dict()
+    unfolded = F.unfold(maps, patch, stride=patch)  # [B, C*p*p, N], channel-major
+    batch, _, count = unfolded.shape
+    tokens = unfolded.reshape(batch, 3, patch * patch, count).permute(0, 3, 2, 1).reshape(batch, count, -1)
+
+    def norm(x, key):
+        return F.layer_norm(x, x.shape[-1:], state[f"{key}.weight"], state[f"{key}.bias"])
+
+    def linear(x, key):
+        return F.linear(x, state[f"{key}.weight"], state.get(f"{key}.bias"))
+
+    tokens = norm(tokens, "to_patch_embedding.1")
+    tokens = linear(tokens, "to_patch_embedding.2")
+    tokens = norm(tokens, "to_patch_embedding.3")
+    grid = (maps.shape[-2] // patch, maps.shape[-1] // patch)
+    tokens = tokens + sincos_positions(*grid, tokens.shape[-1])
+    layer = 0
+    while f"transformer.layers.{layer}.0.to_qkv.weight" in state:
+        prefix = f"transformer.layers.{layer}"
+        q, k, v = linear(norm(tokens, f"{prefix}.0.norm"), f"{prefix}.0.to_qkv").chunk(3, dim=-1)
+        q, k, v = (t.reshape(batch, count, heads, -1).transpose(1, 2) for t in (q, k, v))
+        weights = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
+        attended = (weights @ v).transpose(1, 2).reshape(batch, count, -1)
+        tokens = tokens + linear(attended, f"{prefix}.0.to_out")
+        hidden = linear(norm(tokens, f"{prefix}.1.net.0"), f"{prefix}.1.net.1")
+        tokens = tokens + linear(F.gelu(hidden), f"{prefix}.1.net.3")
+        layer += 1
+    return norm(tokens, "transformer.norm")
+
+
+def test_simple_vit_click_encoder_is_the_seeds_simplevit_layer_for_layer() -> None:
+    torch.manual_seed(0)
+    config = ClickEncoderConfig(name="simple_vit", depth=2, heads=4, mlp_dim=48, dim_head=16)
+    encoder = create_click_encoder(config, DIM, PATCH)
+    for parameter in encoder.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)  # LayerNorms away from (1, 0), so their use is tested
+    assert encoder.transformer.layers[0][0].to_qkv.weight.shape == (3 * 4 * 16, DIM)
+    assert {key for key in encoder.state_dict() if ".1." in key or "norm" in key} >= {
+        "to_patch_embedding.1.weight",
+        "transformer.layers.0.0.norm.weight",
+        "transformer.layers.1.1.net.3.bias",
+        "transformer.norm.weight",
+    }
+    assert not any(key.endswith(("to_qkv.bias", "to_out.bias")) for key in encoder.state_dict())
+    maps = (torch.rand(2, 3, 3 * PATCH, 5 * PATCH) > 0.7).float()
+    with torch.no_grad():
+        tokens = simple_vit_by_hand(encoder, maps, PATCH, heads=4)
+        grid = encoder(maps, (3, 5))
+    torch.testing.assert_close(grid, tokens.transpose(1, 2).reshape(2, DIM, 3, 5), rtol=1e-4, atol=1e-5)
 
 
 # --- upsamplers -------------------------------------------------------------------------------------------------

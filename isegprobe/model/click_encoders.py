@@ -26,43 +26,103 @@ class PatchClickEncoder(nn.Module):
 
 
 def sincos_positions(height: int, width: int, dim: int) -> Tensor:
-    """Fixed 2-D sin-cos positions [height*width, dim] (MAE's layout: half the channels for y, half for x)."""
+    """Fixed 2-D sin-cos positions [height*width, dim], as lucidrains' SimpleViT (and so the seed) computes them:
+    frequencies 10000**-(i / (dim/4 - 1)), channels ordered x.sin, x.cos, y.sin, y.cos."""
     quarter = dim // 4
-    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter - 1, 1)))
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
     )
     y_angles = ys.reshape(-1, 1) * omega
     x_angles = xs.reshape(-1, 1) * omega
-    return torch.cat((y_angles.sin(), y_angles.cos(), x_angles.sin(), x_angles.cos()), dim=1)
+    return torch.cat((x_angles.sin(), x_angles.cos(), y_angles.sin(), y_angles.cos()), dim=1)
 
 
-class SimpleViTClickEncoder(nn.Module):
-    """A small pre-norm ViT (lucidrains' SimpleViT shape: fixed sin-cos positions, no class token) over click maps."""
+class Patchify(nn.Module):
+    """[B, C, h*p, w*p] -> [B, h*w, p*p*C], each patch flattened row by row with channels last (SimpleViT's order)."""
 
-    def __init__(self, dim: int, patch_size: int, depth: int = 6, heads: int = 8, mlp_dim: int = 2048) -> None:
+    def __init__(self, patch_size: int) -> None:
         super().__init__()
-        if dim % 4 or dim % heads:
-            raise UserError(f"click encoder simple_vit: dim {dim} must be divisible by 4 and by heads={heads}")
-        self.dim = dim
-        self.proj = nn.Conv2d(CLICK_CHANNELS, dim, kernel_size=patch_size, stride=patch_size)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                dim, heads, dim_feedforward=mlp_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-            )
+        self.patch_size = patch_size
+
+    def forward(self, maps: Tensor) -> Tensor:
+        batch, channels, height, width = maps.shape
+        p = self.patch_size
+        patches = maps.reshape(batch, channels, height // p, p, width // p, p)
+        return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, (height // p) * (width // p), p * p * channels)
+
+
+class SimpleViTAttention(nn.Module):
+    """Pre-norm self-attention, heads x dim_head wide, without biases (SimpleViT's `Attention`)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        query, key, value = (
+            part.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            for part in self.to_qkv(self.norm(tokens)).chunk(3, dim=-1)
+        )
+        attended = F.scaled_dot_product_attention(query, key, value)
+        return self.to_out(attended.transpose(1, 2).flatten(2))
+
+
+class SimpleViTFeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dim))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.net(tokens)
+
+
+class SimpleViTTransformer(nn.Module):
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleList([SimpleViTAttention(dim, heads, dim_head), SimpleViTFeedForward(dim, mlp_dim)])
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
 
+    def forward(self, tokens: Tensor) -> Tensor:
+        for attention, feed_forward in self.layers:
+            tokens = attention(tokens) + tokens
+            tokens = feed_forward(tokens) + tokens
+        return self.norm(tokens)
+
+
+class SimpleViTClickEncoder(nn.Module):
+    """The seed's `simple_vit` click encoder: lucidrains' SimpleViT over the click maps, layer for layer.
+
+    Patches are layer-normed, projected and normed again; fixed sin-cos positions; pre-norm blocks whose attention
+    is heads x dim_head wide (8 x 64 = 512 for a 384-d model) without biases; a final LayerNorm; no class token.
+    Parameter names follow the seed's module (`to_patch_embedding.*`, `transformer.layers.N.{0,1}.*`).
+    """
+
+    def __init__(
+        self, dim: int, patch_size: int, depth: int = 6, heads: int = 8, mlp_dim: int = 2048, dim_head: int = 64
+    ) -> None:
+        super().__init__()
+        if dim % 4:
+            raise UserError(f"click encoder simple_vit: dim {dim} must be divisible by 4 (sin-cos positions)")
+        patch_dim = CLICK_CHANNELS * patch_size * patch_size
+        self.patch_size = patch_size
+        self.to_patch_embedding = nn.Sequential(
+            Patchify(patch_size), nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim)
+        )
+        self.transformer = SimpleViTTransformer(dim, depth, heads, dim_head, mlp_dim)
+
     def forward(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
-        patches = self.proj(click_input)
-        batch, dim, height, width = patches.shape
-        positions = sincos_positions(height, width, dim).to(device=patches.device, dtype=patches.dtype)
-        tokens = patches.flatten(2).transpose(1, 2) + positions
-        for block in self.blocks:
-            tokens = block(tokens)
-        tokens = self.norm(tokens)
-        return _to_grid(tokens.transpose(1, 2).reshape(batch, dim, height, width), grid)
+        height, width = (side // self.patch_size for side in click_input.shape[-2:])
+        tokens = self.to_patch_embedding(click_input)
+        positions = sincos_positions(height, width, tokens.shape[-1]).to(device=tokens.device, dtype=tokens.dtype)
+        tokens = self.transformer(tokens + positions)
+        return _to_grid(tokens.transpose(1, 2).unflatten(-1, (height, width)), grid)
 
 
 class ConvClickEncoder(nn.Module):
@@ -96,7 +156,7 @@ def create_click_encoder(config: ClickEncoderConfig, dim: int, patch_size: int) 
     if config.name == "patch_embed":
         return PatchClickEncoder(dim, patch_size)
     if config.name == "simple_vit":
-        return SimpleViTClickEncoder(dim, patch_size, config.depth, config.heads, config.mlp_dim)
+        return SimpleViTClickEncoder(dim, patch_size, config.depth, config.heads, config.mlp_dim, config.dim_head)
     if config.name == "conv":
         return ConvClickEncoder(dim)
     raise UserError(f"model.click_encoder.name: unknown {config.name!r}; known: {', '.join(CLICK_ENCODERS)}")

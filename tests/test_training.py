@@ -37,6 +37,7 @@ from isegprobe.training.next_clicks import add_next_clicks, next_click
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.trainer import batch_iou
+from isegprobe.upsamplers import create_upsampler
 
 SIZE = 64
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -378,9 +379,9 @@ def test_resume_continues_the_same_schedule_from_the_saved_step(tmp_path: Path) 
     train(tiny_config(*overrides, "schedule.max_iters=3"), dataset, tmp_path / "split", device="cpu", progress=False)
     interrupted = json.loads((tmp_path / "split" / "last.json").read_text())
     assert (interrupted["step"], interrupted["epoch"]) == (3, 1)
+    assert interrupted["lr"] == pytest.approx(1e-4), "epoch 1 is past the milestone"
     with (tmp_path / "split" / "scalars.csv").open("a") as scalars:
         scalars.write("4,train/loss,9.99\n5,train/lo")  # logged past the last checkpoint by a run that then died
-    assert interrupted["lr"] == pytest.approx(1e-4), "epoch 1 is past the milestone"
     summary = train(
         tiny_config(*overrides, "schedule.max_iters=5"),
         dataset,
@@ -435,15 +436,13 @@ SEED_PRESETS = [
 def test_the_seed_model_presets_train_with_a_frozen_upsampler_from_its_file(
     preset: str, tmp_path: Path, featurizer: nn.Module
 ) -> None:
-    from isegprobe.upsamplers import create_upsampler
-
     fusion = load_train_config(preset).model.fusion
     dataset = SquaresDataset(count=2, featurizer=None if fusion == "before_backbone" else featurizer)
     dataset.preprocessing.update(mean=list(featurizer.mean), std=list(featurizer.std))
     overrides = ["data.batch_size=2", "data.size=null", "schedule.max_iters=1", "logging.tensorboard=false"]
     name = load_train_config(preset).model.upsampler.name
     upsampler = create_upsampler(name, featurizer.dim)
-    if any(True for _ in upsampler.parameters()):
+    if list(upsampler.parameters()):
         torch.save(upsampler.state_dict(), tmp_path / "authors.pth")
         overrides.append(f"model.upsampler.weights={tmp_path / 'authors.pth'}")
     config = load_train_config(preset, [*overrides, "model.click_encoder.depth=1", "model.click_encoder.mlp_dim=64"])

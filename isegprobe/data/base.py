@@ -72,6 +72,39 @@ class DatasetBase:
         return one_instance(self[index], instance)
 
 
+class NameListDataset(DatasetBase):
+    """Images named by a split file, one name per line (SBD's `val.txt`, VOC's `ImageSets/Segmentation/val.txt`).
+
+    Subclasses say how many instances one image's annotation holds (`count_instances`); counting reads every
+    annotation once, not the images, and an annotation that cannot be read counts one instance, so that reading
+    that item reports the file.
+    """
+
+    def __init__(self, list_file: Path) -> None:
+        self._names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        self._counts: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def ids(self) -> list[str]:
+        return self._names
+
+    def count_instances(self, name: str) -> int:
+        raise NotImplementedError
+
+    def instance_counts(self) -> list[int]:
+        if self._counts is None:
+            self._counts = [self._count_or_one(name) for name in self._names]
+        return self._counts
+
+    def _count_or_one(self, name: str) -> int:
+        try:
+            return self.count_instances(name)
+        except UserError:
+            return 1
+
+
 class PerInstanceSource:
     """Every instance of a per-image source as its own sample (see the module docstring)."""
 

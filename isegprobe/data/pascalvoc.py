@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from isegprobe.data.base import DatasetBase, build_source, require_same_size
+from isegprobe.data.base import NameListDataset, build_source, require_same_size
 from isegprobe.data.image_io import read_rgb
 from isegprobe.data.instance_maps import compact_labels
 from isegprobe.data.registry import SampleSource, register_dataset
@@ -34,7 +34,7 @@ def read_palette_indices(path: Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read this mask ({error})") from None
 
 
-class PascalVOCDataset(DatasetBase):
+class PascalVOCDataset(NameListDataset):
     def __init__(self, root: Path, split: str) -> None:
         self.name, self.split, self.root = "pascalvoc", split, str(root)
         self.image_dir, self.mask_dir = root / "JPEGImages", root / "SegmentationObject"
@@ -43,14 +43,7 @@ class PascalVOCDataset(DatasetBase):
             if not needed.exists():
                 layout = f"JPEGImages/, SegmentationObject/ and {list_file.relative_to(root)}"
                 raise UserError(f"--root {root}: expected VOC2012's {layout}; {needed.name} not found")
-        self._names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-        self._counts: list[int] | None = None
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def ids(self) -> list[str]:
-        return self._names
+        super().__init__(list_file)
 
     def _indices(self, name: str) -> np.ndarray:
         return read_palette_indices(self.mask_dir / f"{name}.png")
@@ -65,18 +58,8 @@ class PascalVOCDataset(DatasetBase):
         labels = compact_labels(np.where(ignore, 0, indices))
         return Sample(id=name, image=image, labels=labels, ignore=ignore)
 
-    def instance_counts(self) -> list[int]:
-        """Reads every mask once, not the images; an unreadable mask counts one so that its item reports it."""
-        if self._counts is None:
-            self._counts = [self._count(name) for name in self._names]
-        return self._counts
-
-    def _count(self, name: str) -> int:
-        try:
-            indices = self._indices(name)
-        except UserError:
-            return 1
-        return len(np.setdiff1d(np.unique(indices), [0, IGNORE_INDEX]))
+    def count_instances(self, name: str) -> int:
+        return len(np.setdiff1d(np.unique(self._indices(name)), [0, IGNORE_INDEX]))
 
 
 @register_dataset("pascalvoc")

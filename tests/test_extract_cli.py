@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
-import pytest
 import timm
 import torch
 import zarr
-
-ISEGPROBE = str(Path(sys.executable).with_name("isegprobe"))
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([ISEGPROBE, *args], capture_output=True, text=True, timeout=600)
+from launch import run_cli, run_two_ranks
 
 
 def timm_patch_tokens(model: torch.nn.Module, images_uint8: np.ndarray) -> np.ndarray:
@@ -95,9 +84,6 @@ def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path):
 
 
 def test_torchrun_ranks_fill_one_store(tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun not installed beside this Python")
     common = [
         "--featurizer",
         "vit_small_patch14_dinov2",
@@ -114,26 +100,9 @@ def test_torchrun_ranks_fill_one_store(tmp_path):
         "--device",
         "cpu",
     ]
+    launched = run_two_ranks("extract-features", *common, "--out", str(tmp_path / "ranks"), port=29533)
     single = run_cli("extract-features", *common, "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
-    launched = subprocess.run(
-        [
-            torchrun,
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29533",
-            "-m",
-            "isegprobe",
-            "extract-features",
-            *common,
-            "--out",
-            str(tmp_path / "ranks"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
     assert launched.returncode == 0, launched.stderr
     name = next((tmp_path / "single").iterdir()).name
     one, two = zarr.open(str(tmp_path / "single" / name), mode="r"), zarr.open(str(tmp_path / "ranks" / name), mode="r")

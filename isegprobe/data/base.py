@@ -30,15 +30,25 @@ def parse_split(split: str) -> tuple[str, bool]:
     return split, False
 
 
+def instance_id(image_id: str, instance: int) -> str:
+    return f"{image_id}_{instance}"
+
+
+def instance_sample_of(
+    image_id: str, instance: int, image: np.ndarray, mask: np.ndarray, ignore: np.ndarray | None = None
+) -> Sample:
+    """Instance `instance` (from 1) of image `image_id` as its own sample: labels 0/1, id `<image id>_<k>`, and the
+    image's ignore region (none when not given) minus the object."""
+    ignore = np.zeros(mask.shape, bool) if ignore is None else ignore & ~mask
+    return Sample(id=instance_id(image_id, instance), image=image, labels=mask.astype(np.uint16), ignore=ignore)
+
+
 def one_instance(
     sample: Sample, instance: int, mask: np.ndarray | None = None, ignore: np.ndarray | None = None
 ) -> Sample:
     """A copy of `sample` holding only one object (labels 0/1); the image's ignore region stays, minus the object."""
     mask = sample.labels == instance if mask is None else mask
-    ignore = sample.ignore if ignore is None else ignore
-    return Sample(
-        id=f"{sample.id}_{instance}", image=sample.image, labels=mask.astype(np.uint16), ignore=ignore & ~mask
-    )
+    return instance_sample_of(sample.id, instance, sample.image, mask, sample.ignore if ignore is None else ignore)
 
 
 class DatasetBase:
@@ -115,7 +125,7 @@ class PerInstanceSource:
         self.root = source.root
         image_ids = source.ids()
         self._keys = [(index, k) for index, count in enumerate(source.instance_counts()) for k in range(1, count + 1)]
-        self._ids = [f"{image_ids[index]}_{k}" for index, k in self._keys]
+        self._ids = [instance_id(image_ids[index], k) for index, k in self._keys]
 
     def __len__(self) -> int:
         return len(self._keys)

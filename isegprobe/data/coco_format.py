@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from isegprobe.data.base import DatasetBase, require_same_size
+from isegprobe.data.base import DatasetBase, instance_sample_of, require_same_size
 from isegprobe.data.image_io import read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
@@ -131,9 +131,4 @@ class AnnotatedImagesDataset(DatasetBase):
     def instance_sample(self, index: int, instance: int) -> Sample:
         image = self._read_image(index)
         (mask,) = self._masks(index, [self._annotations[index][instance - 1]], image.shape[:2])
-        return Sample(
-            id=f"{self._ids[index]}_{instance}",
-            image=image,
-            labels=mask.astype(np.uint16),
-            ignore=np.zeros(mask.shape, bool),
-        )
+        return instance_sample_of(self._ids[index], instance, image, mask)

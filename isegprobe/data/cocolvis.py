@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from isegprobe.data.base import DatasetBase, build_source, require_same_size
+from isegprobe.data.base import DatasetBase, build_source, instance_sample_of, require_same_size
 from isegprobe.data.image_io import read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.registry import SampleSource, register_dataset
@@ -89,9 +89,7 @@ class CocoLvisDataset(DatasetBase):
     def instance_sample(self, index: int, instance: int) -> Sample:
         image_id, instances = self._items[index]
         image, (mask,) = self._read(index, [instances[instance - 1]])
-        return Sample(
-            id=f"{image_id}_{instance}", image=image, labels=mask.astype(np.uint16), ignore=np.zeros(mask.shape, bool)
-        )
+        return instance_sample_of(image_id, instance, image, mask)
 
 
 @register_dataset("cocolvis")

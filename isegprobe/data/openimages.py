@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from isegprobe.data.base import DatasetBase, build_source
+from isegprobe.data.base import DatasetBase, build_source, instance_sample_of
 from isegprobe.data.image_io import read_gray, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.registry import SampleSource, register_dataset
@@ -79,9 +79,7 @@ class OpenImagesDataset(DatasetBase):
         image_id, mask_names = self._items[index]
         image = self._image(index)
         mask = self._mask(mask_names[instance - 1], image.shape[:2])
-        return Sample(
-            id=f"{image_id}_{instance}", image=image, labels=mask.astype(np.uint16), ignore=np.zeros(mask.shape, bool)
-        )
+        return instance_sample_of(image_id, instance, image, mask)
 
 
 @register_dataset("openimages")

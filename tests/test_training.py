@@ -436,17 +436,16 @@ SEED_PRESETS = [
 def test_the_seed_model_presets_train_with_a_frozen_upsampler_from_its_file(
     preset: str, tmp_path: Path, featurizer: nn.Module
 ) -> None:
-    fusion = load_train_config(preset).model.fusion
-    dataset = SquaresDataset(count=2, featurizer=None if fusion == "before_backbone" else featurizer)
+    model = load_train_config(preset).model
+    online = model.fusion == "before_backbone"
+    dataset = SquaresDataset(count=2, featurizer=None if online else featurizer)
     dataset.preprocessing.update(mean=list(featurizer.mean), std=list(featurizer.std))
     overrides = ["data.batch_size=2", "data.size=null", "schedule.max_iters=1", "logging.tensorboard=false"]
-    name = load_train_config(preset).model.upsampler.name
-    upsampler = create_upsampler(name, featurizer.dim)
+    upsampler = create_upsampler(model.upsampler.name, featurizer.dim)
     if list(upsampler.parameters()):
         torch.save(upsampler.state_dict(), tmp_path / "authors.pth")
         overrides.append(f"model.upsampler.weights={tmp_path / 'authors.pth'}")
     config = load_train_config(preset, [*overrides, "model.click_encoder.depth=1", "model.click_encoder.mlp_dim=64"])
-    online = fusion == "before_backbone"
     summary = train(config, dataset, tmp_path / "run", featurizer=featurizer, online=online, progress=False)
     assert summary.step == 1
     saved = load_file(tmp_path / "run" / "last.safetensors")

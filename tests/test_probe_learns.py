@@ -3,6 +3,7 @@ better than an untrained one."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from stores import builtin_store
@@ -50,7 +51,7 @@ def test_trained_probe_beats_untrained_after_three_clicks(tmp_path):
 def test_a_few_steps_on_a_cached_grabcut_store_lower_the_loss(grabcut_three, tmp_path):
     # Three real GrabCut images (two views each) through a random-weight ViT-S/14 store; the quickstart probe trains
     # 20 steps on that batch of six, with fixed clicks. The normalized focal loss is a mean over the hardest pixels,
-    # the boundary band that 8-px patch features cannot resolve, so it falls far less than the pixel BCE.
+    # the boundary band inside the 14-px patches that the probe cannot resolve, so it falls far less than the BCE.
     request = ExtractionRequest(
         featurizer="vit_small_patch14_dinov2",
         weights="random",
@@ -86,3 +87,45 @@ def test_a_few_steps_on_a_cached_grabcut_store_lower_the_loss(grabcut_three, tmp
     assert loss_after < 0.95 * loss_before, (loss_before, loss_after)
     assert bce_after < 0.6 * bce_before, (bce_before, bce_after)
     assert iou_after > iou_before + 0.3, (iou_before, iou_after)
+
+
+def bright_objects_on_dark_noise(root, count: int = 16) -> None:
+    """A custom dataset (images/ + masks/) whose objects any features can tell apart: a flat bright ellipse on
+    dark noise, so random-weight ViT features separate object from background by colour alone."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for index in range(count):
+        image = (rng.uniform(0.0, 0.35, size=(120, 160, 3)) * 255).astype(np.uint8)
+        mask = np.zeros((120, 160), np.uint8)
+        center = (int(rng.integers(50, 110)), int(rng.integers(40, 80)))
+        axes = (int(rng.integers(20, 40)), int(rng.integers(15, 30)))
+        cv2.ellipse(mask, center, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+        image[mask > 0] = (rng.uniform(0.7, 1.0, size=3) * 255).astype(np.uint8)
+        cv2.imwrite(str(root / "images" / f"scene{index:02d}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"scene{index:02d}.png"), mask)
+
+
+def test_probe_learns_to_segment_what_its_features_separate(tmp_path):
+    # Where the features separate the objects, 120 steps of the quickstart probe segment the training images
+    # almost exactly (when this was written: IoU 0.24 -> 0.93, pixel BCE 0.42 -> 0.03). The normalized focal loss
+    # does not fall all the same (0.31 -> 0.33): it is a mean over the pixels the probe still gets wrong, the
+    # boundary band inside the 14-px patches that a probe on the feature grid cannot place.
+    bright_objects_on_dark_noise(tmp_path / "scenes")
+    request = ExtractionRequest(
+        featurizer="vit_small_patch14_dinov2",
+        weights="random",
+        dataset="custom",
+        root=str(tmp_path / "scenes"),
+        split="train",
+        size=112,
+        views="identity,hflip",
+        out=str(tmp_path / "cache"),
+        workers=0,
+    )
+    dataset = CachedDataset(extract(request).path)
+    config = load_train_config("quickstart", ["schedule.max_iters=120"])
+    summary = train(config, dataset, tmp_path / "run", device="cpu", progress=False)
+    first, last = summary.first_logged, summary.last_logged
+    assert last["iou"] > 0.8, summary.progress()
+    assert last["bce"] < 0.3 * first["bce"], summary.progress()

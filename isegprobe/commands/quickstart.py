@@ -78,9 +78,10 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
     run_dir = out_dir / "run"
     click.echo(f"[2/3 train] preset {QUICKSTART_PRESET} for {max_iters} steps from {stores['train']}")
     config = load_train_config(QUICKSTART_PRESET, [f"schedule.max_iters={max_iters}"])
-    summary = train(
-        config, CachedDataset(stores["train"]), run_dir, device="cpu", resume=(run_dir / "last.json").is_file()
-    )
+    resume = (run_dir / "last.json").is_file()
+    if resume:
+        click.echo(f"  resuming the run in {run_dir} from its last checkpoint (delete the folder to start over)")
+    summary = train(config, CachedDataset(stores["train"]), run_dir, device="cpu", resume=resume)
     click.echo(f"  {summary.progress()}")
     click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")
     click.echo(f"[3/3 evaluate] {max_clicks} clicks per object on builtin/test, from the cache")

@@ -1,0 +1,26 @@
+"""`isegprobe quickstart`, the README's main job, as a user runs it: extract, train and evaluate in one command,
+and a second run reuses the stores and resumes the run instead of starting over."""
+
+from __future__ import annotations
+
+import json
+
+from launch import run_cli
+
+
+def test_quickstart_runs_the_pipeline_and_a_second_run_resumes(tmp_path):
+    out = tmp_path / "quickstart"
+    first = run_cli("quickstart", "--out", str(out), "--max-iters", "2", "--max-clicks", "3")
+    assert first.returncode == 0, first.stderr
+    assert "| builtin |" in first.stdout
+    assert "mIoU after k clicks: 1: " in first.stdout
+    builtin = json.loads((out / "results" / "results.json").read_text())["datasets"]["builtin"]
+    assert builtin["num_instances"] == 26
+    assert len(builtin["mIoU@k"]) == 3
+    assert (out / "run" / "last.safetensors").is_file()
+
+    second = run_cli("quickstart", "--out", str(out), "--max-iters", "3", "--max-clicks", "3")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("0 new items") == 2
+    assert "resuming the run" in second.stdout
+    assert "step 3;" in second.stdout

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from isegprobe.inference import format_table, iou, number_of_clicks, summarize
+from isegprobe.inference.metrics import format_miou_curves
 
 GT = np.array([[1, 1, 0], [1, 1, 0]], dtype=bool)
 PRED = np.array([[1, 1, 1], [1, 0, 0]], dtype=bool)
@@ -125,3 +126,11 @@ def test_format_table_shows_speed_when_known():
     table = format_table({"GrabCut": {"NoC@85": 1.5, "sec_per_click": 0.0421}})
     assert "SPC, s" in table.splitlines()[0]
     assert "0.042" in table.splitlines()[2]
+
+
+def test_format_miou_curves_shows_the_clicks_each_run_reached():
+    lines = format_miou_curves({"GrabCut": {"mIoU@k": [0.5, 0.6, 0.7, 0.75]}, "DAVIS": {"mIoU@k": [0.4]}})
+    assert lines.splitlines() == [
+        "mIoU after k clicks (GrabCut): 1: 0.500, 3: 0.700",
+        "mIoU after k clicks (DAVIS): 1: 0.400",
+    ]

@@ -413,6 +413,17 @@ def test_resume_continues_the_same_schedule_from_the_saved_step(tmp_path: Path) 
     assert all(torch.equal(adam_straight[key], adam_split[key]) for key in adam_straight)
 
 
+def test_zero_steps_save_the_untrained_probe_that_training_starts_from(tmp_path: Path) -> None:
+    dataset = SquaresDataset(count=4)
+    summary = train(tiny_config("schedule.max_iters=0"), dataset, tmp_path / "split", device="cpu", progress=False)
+    assert summary.step == 0 and json.loads((tmp_path / "split" / "last.json").read_text())["step"] == 0
+    train(tiny_config("schedule.max_iters=2"), dataset, tmp_path / "split", device="cpu", resume=True, progress=False)
+    train(tiny_config("schedule.max_iters=2"), dataset, tmp_path / "straight", device="cpu", progress=False)
+    straight = load_file(tmp_path / "straight" / "last.safetensors")
+    resumed = load_file(tmp_path / "split" / "last.safetensors")
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+
+
 def test_a_learned_upsampler_without_weights_must_be_trained_or_given_weights(tmp_path: Path) -> None:
     dataset = SquaresDataset(count=2)
     with pytest.raises(UserError, match="model.upsampler.weights=PATH"):

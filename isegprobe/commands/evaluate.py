@@ -8,7 +8,7 @@ import click
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.devices import default_device
-from isegprobe.inference.metrics import format_table
+from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 
 
@@ -73,4 +73,5 @@ def evaluate(datasets: str, stores: tuple[str, ...], **options) -> None:
     request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
     summaries = run_evaluation(request)
     click.echo(format_table(summaries))
+    click.echo(format_miou_curves(summaries))
     click.echo(f"results: {Path(request.out_dir).resolve()} (results.json, results.csv, ious.npz)")

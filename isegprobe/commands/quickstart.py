@@ -11,7 +11,7 @@ from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.extract import human_bytes
 from isegprobe.config import load_train_config
-from isegprobe.inference.metrics import format_table
+from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.training.trainer import train
 
@@ -98,8 +98,4 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
     summaries = run_evaluation(request)
     click.echo(format_table(summaries))
     click.echo(f"  results, per-object IoU curves and overlays in {results_dir}")
-    curve = summaries["builtin"]["mIoU@k"]
-    click.echo(
-        "mIoU after k clicks: "
-        + ", ".join(f"{k}: {value:.3f}" for k, value in enumerate(curve, 1) if k in (1, 3, 5, 10, 20))
-    )
+    click.echo(format_miou_curves(summaries))

@@ -49,7 +49,10 @@ from isegprobe.training.trainer import train as run_training
     "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint, at the same step and lr."
 )
 @click.option(
-    "--max-iters", type=click.IntRange(min=1), default=None, help="Stop after this many optimizer steps in total."
+    "--max-iters",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop after this many optimizer steps in total; 0 saves the untrained probe (a baseline to evaluate).",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--wandb", "use_wandb", is_flag=True, help="Also log to Weights & Biases (WANDB_MODE=offline works).")

@@ -365,6 +365,9 @@ def train(
                     save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
                 if state.step >= schedule.total_steps:
                     break
+        if state.step == 0 and rank == 0:
+            # A run of zero steps keeps the untrained probe: the baseline that evaluation compares training with.
+            save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
     finally:
         bar.close()
         logger.close()

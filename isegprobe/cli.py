@@ -9,6 +9,7 @@ from isegprobe.commands.cache import cache
 from isegprobe.commands.datasets import datasets
 from isegprobe.commands.evaluate import evaluate
 from isegprobe.commands.extract import extract_features
+from isegprobe.commands.import_seed import import_seed
 from isegprobe.commands.quickstart import quickstart
 from isegprobe.commands.train import train
 
@@ -31,5 +32,6 @@ main.add_command(cache)
 main.add_command(datasets)
 main.add_command(evaluate)
 main.add_command(extract_features)
+main.add_command(import_seed)
 main.add_command(quickstart)
 main.add_command(train)

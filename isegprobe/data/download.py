@@ -9,7 +9,6 @@ the computed hash is printed, so a user can pin it with `--sha256` on later down
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import re
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from isegprobe.data.catalog import dataset_facts, has_layout
 from isegprobe.errors import UserError
+from isegprobe.hashing import file_sha256
 
 CHUNK_BYTES = 1 << 20
 RETRIES = 3
@@ -90,14 +90,6 @@ def _transfer(url: str, part: Path) -> int | None:
     return total
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_file(
     url: str, dest: Path, sha256: str | None = None, size: int | None = None, retries: int = RETRIES
 ) -> str:
@@ -125,7 +117,7 @@ def download_file(
         raise UserError(
             f"{url}: got {received} bytes, expected {expected_size}; the partial file was removed, try again"
         )
-    digest = sha256_of(part)
+    digest = file_sha256(part)
     if sha256 is not None and digest != sha256.lower():
         part.unlink()
         raise UserError(f"{url}: SHA-256 mismatch: expected {sha256.lower()}, got {digest}; the file was removed")
@@ -215,7 +207,7 @@ def download_dataset(
     url = url or archive_info.url
     archive = to / url.rstrip("/").rsplit("/", 1)[-1]
     if archive.exists():
-        digest = sha256_of(archive)
+        digest = file_sha256(archive)
         if expected and digest != expected:
             raise UserError(
                 f"{archive}: SHA-256 mismatch: expected {expected}, got {digest}; remove the file and run again"

@@ -8,7 +8,6 @@ and nothing is unpickled beyond plain tensors.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
+from isegprobe.hashing import file_sha256
 from isegprobe.state_dicts import load_strictly, read_state_dict
 
 RANDOM_SEED = 0
@@ -80,14 +80,6 @@ def _from_hub(arch: str, **model_kwargs: Any) -> nn.Module:
             f"could not fetch the {arch} weights from the Hugging Face hub: this needs the internet (or an HF cache "
             f"that already holds them). Download the checkpoint elsewhere and pass --weights PATH. ({error})"
         ) from error
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def to_timm_layout(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:

@@ -1,0 +1,88 @@
+"""Turn a probe trained by the seed into an isegprobe run directory, so `evaluate` (and the demo tools) read it.
+
+The store the probe will be evaluated on supplies what the seed's checkpoint does not hold: the featurizer's
+provenance (checked against the seed's backbone type), the feature dims and the working size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from isegprobe import __version__
+from isegprobe.cache import FeatureStore
+from isegprobe.config import config_to_dict, load_train_config
+from isegprobe.errors import UserError
+from isegprobe.hashing import file_sha256
+from isegprobe.model import ISProbe
+from isegprobe.model.seed_checkpoints import read_seed_checkpoint, seed_probe
+from isegprobe.training.checkpoint import save_checkpoint
+
+
+def import_seed_probe(
+    seed_path: str | Path, store_path: str | Path, run_dir: str | Path, upsampler_weights: str | None = None
+) -> dict[str, Any]:
+    """Write `run_dir/last.*` from the seed checkpoint at `seed_path`; returns the checkpoint's metadata."""
+    seed_path, run_dir = Path(seed_path), Path(run_dir)
+    if (run_dir / "last.json").exists():
+        raise UserError(f"{run_dir} already holds a run (last.json); import into a new directory")
+    seed = seed_probe(read_seed_checkpoint(seed_path), str(seed_path))
+    store = FeatureStore.open(store_path)
+    provenance = dict(store.attrs["featurizer"])
+    if provenance.get("output") != seed.backbone_output:
+        raise UserError(
+            f"{store.path}: features of a {provenance.get('output')!r} featurizer ({provenance.get('name')}), but "
+            f"the probe was trained on the {seed.backbone_output!r} output of its {seed.backbone} backbone"
+        )
+    preprocessing = dict(store.attrs["preprocessing"])
+    overrides = [*seed.overrides, f"data.size={int(preprocessing['size'])}"]
+    if upsampler_weights is not None:
+        overrides.append(f"model.upsampler.weights={upsampler_weights}")
+    config = load_train_config("sbd_224", overrides)
+    fusion = config.model.fusion
+    dims = {
+        "feature_dim": int(provenance["dim"]),
+        "patch_size": int(provenance["patch_size"]),
+        "token_dim": int(provenance["embed_dim"] if fusion == "before_backbone" else provenance["dim"]),
+    }
+    probe = ISProbe(config.model, **dims)
+    if probe.upsampler.trainable and upsampler_weights is None:
+        raise UserError(
+            f"the probe used the {config.model.upsampler.name} upsampler, frozen with its authors' weights, "
+            "which iSegProbe checkpoints do not hold: pass them with --upsampler-weights PATH"
+        )
+    _load_into(probe, seed.state_dict, str(seed_path))
+    metadata = {
+        "package_version": __version__,
+        "config": config_to_dict(config),
+        "model": probe.dims(),
+        "featurizer_provenance": provenance,
+        "store_path": str(store.path),
+        "preprocessing": preprocessing,
+        "online": fusion == "before_backbone",
+        "step": 0,
+        "imported_from": {"path": str(seed_path.resolve()), "sha256": file_sha256(seed_path)},
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(run_dir, "last", probe, metadata)
+    return metadata
+
+
+def _load_into(probe: ISProbe, weights: dict[str, Any], source: str) -> None:
+    """Every probe weight outside the upsampler must come from the seed, with the same shape."""
+    expected = {key: value for key, value in probe.state_dict().items() if not key.startswith("upsampler.")}
+    missing = sorted(set(expected) - set(weights))
+    unknown = sorted(set(weights) - set(expected))
+    wrong = [
+        f"{key} {tuple(weights[key].shape)} (expected {tuple(expected[key].shape)})"
+        for key in sorted(set(expected) & set(weights))
+        if weights[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"{label} {', '.join(items[:4])}"
+        for label, items in (("missing", missing), ("unknown", unknown), ("wrong shape", wrong))
+        if items
+    ]
+    if problems:
+        raise UserError(f"{source}: its weights do not fit a probe on this store: " + "; ".join(problems))
+    probe.load_state_dict(weights, strict=False)

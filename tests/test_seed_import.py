@@ -1,0 +1,249 @@
+"""Probes trained by the iSegProbe research code (the seed), imported from checkpoints written in its format.
+
+The checkpoints are written here as the seed's `save_checkpoint` writes them: `torch.save` of its state dict and
+its serialized model config, whose values are EasyDicts, OmegaConf nodes and an instance of its ModelBuilder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from launch import run_cli
+from stores import builtin_store
+
+from isegprobe.cache import CachedDataset
+from isegprobe.config import ClickEncoderConfig
+from isegprobe.errors import UserError
+from isegprobe.model import click_maps, create_click_encoder
+from isegprobe.training import load_probe
+from isegprobe.training.seed_import import import_seed_probe
+
+easydict = pytest.importorskip("easydict", reason="easydict (a test extra) writes the seed's config objects")
+omegaconf = pytest.importorskip("omegaconf", reason="omegaconf (a test extra) writes the seed's config objects")
+
+SIZE, DIM, PATCH = 56, 384, 14
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return builtin_store(tmp_path_factory.mktemp("cache"), size=SIZE)
+
+
+@contextmanager
+def seed_model_builder() -> Iterator[type]:
+    """The seed's ModelBuilder class under its module path, so that pickling names it as the seed's file does."""
+    modules = {name: types.ModuleType(name) for name in ("core", "core.utils", "core.utils.model_builder")}
+    model_builder_class = type("ModelBuilder", (), {"__module__": "core.utils.model_builder"})
+    modules["core.utils.model_builder"].ModelBuilder = model_builder_class
+    sys.modules.update(modules)
+    try:
+        yield model_builder_class
+    finally:
+        for name in modules:
+            del sys.modules[name]
+
+
+def write_seed_checkpoint(
+    path: Path,
+    weights: dict[str, torch.Tensor],
+    injection: str = "after_backbone",
+    encoder: str = "patchEmbed",
+    upsampler: str = "identity",
+    backbone: dict | None = None,
+    head: str = "convhead",
+) -> Path:
+    hydra_cfg = omegaconf.OmegaConf.create({"training_params": {"crop_size": [SIZE, SIZE]}})
+    encoder_params = {"img_size": hydra_cfg.training_params.crop_size, "patch_size": (PATCH, PATCH), "embed_dim": DIM}
+    if encoder == "simple_vit":
+        encoder_params.update(depth=2, heads=2, mlp_dim=64, channels=3, dim_head=16)
+    modules = easydict.EasyDict(
+        {
+            "backbone": backbone or {"type": "dinov2", "params": {"feats_injection_mode": injection}},
+            "upsampler": {"type": upsampler, "params": {}},
+            "head": {"type": head, "params": {"in_channels": DIM, "num_layers": 2, "num_classes": 1}},
+            "embed_coords": {"type": encoder, "params": encoder_params},
+            "save": {"embed_coords": True, "backbone": False, "upsampler": False, "head": True},
+            "architecture": "backbone_upsampler_head",
+        }
+    )
+    with seed_model_builder() as model_builder_class:
+        params = {
+            "backbone_cfg": modules.backbone,
+            "head_cfg": modules.head,
+            "embed_coords_cfg": modules.embed_coords,
+            "neck_cfg": None,
+            "upsampler_cfg": modules.upsampler,
+            "save_cfg": modules.save,
+            "architecture": modules.architecture,
+            "model_builder": model_builder_class(),
+            "use_disks": True,
+            "norm_radius": 5,
+            "with_prev_mask": True,
+        }
+        config = {
+            "class": "core.model.iseg_probe_model.iSegProbeModel",
+            "params": {name: {"type": "builtin", "value": value, "specified": True} for name, value in params.items()},
+        }
+        torch.save({"state_dict": weights, "config": config}, path)
+    return path
+
+
+def seed_head_weights(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    weights = {}
+    for index in range(2):
+        weights[f"head.convs.{index}.conv.weight"] = torch.randn(DIM, DIM, 3, 3, generator=generator) * 0.02
+        weights[f"head.convs.{index}.conv.bias"] = torch.randn(DIM, generator=generator) * 0.02
+    weights["head.classifier.weight"] = torch.randn(1, DIM, 1, 1, generator=generator) * 0.05
+    weights["head.classifier.bias"] = torch.randn(1, generator=generator)
+    return weights
+
+
+def seed_head(weights: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+    """The seed's ConvSegHead written out: two 3x3 conv + ReLU, a 1x1 classifier; then isegprobe's resize."""
+    for index in range(2):
+        conv = f"head.convs.{index}.conv"
+        features = F.relu(F.conv2d(features, weights[f"{conv}.weight"], weights[f"{conv}.bias"], padding=1))
+    logits = F.conv2d(features, weights["head.classifier.weight"], weights["head.classifier.bias"])
+    return F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+
+
+def seed_click_maps(clicks: torch.Tensor, prev_mask: torch.Tensor) -> torch.Tensor:
+    """The seed's click input: the previous mask first, then the positive and negative disks."""
+    return torch.cat((prev_mask, click_maps(clicks, (SIZE, SIZE))), dim=1)
+
+
+def probe_inputs(store: Path) -> tuple[torch.Tensor, ...]:
+    entry = CachedDataset(store)[0]
+    features = entry["features"].float()[None]
+    image = torch.zeros(1, 3, SIZE, SIZE)
+    clicks = torch.tensor([[[20, 30, 1], [40, 10, 0], [5, 50, 1]]])
+    prev_mask = (torch.rand(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    return features, image, clicks, prev_mask
+
+
+def test_a_seed_patch_embed_probe_gives_the_seeds_outputs(store: Path, tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    weights = {
+        "embed_coords.proj.weight": torch.randn(DIM, 3, PATCH, PATCH, generator=generator) * 0.05,
+        "embed_coords.proj.bias": torch.randn(DIM, generator=generator) * 0.05,
+        **seed_head_weights(generator),
+    }
+    checkpoint = write_seed_checkpoint(tmp_path / "last_checkpoint.pth", weights)
+    metadata = import_seed_probe(checkpoint, store, tmp_path / "run")
+    probe, _ = load_probe(tmp_path / "run")
+    features, image, clicks, prev_mask = probe_inputs(store)
+
+    tokens = F.conv2d(
+        seed_click_maps(clicks, prev_mask),
+        weights["embed_coords.proj.weight"],
+        weights["embed_coords.proj.bias"],
+        stride=PATCH,
+    )
+    expected = seed_head(weights, features + tokens)
+    with torch.no_grad():
+        assert torch.allclose(probe(features, image, clicks, prev_mask), expected, atol=1e-5)
+    assert metadata["config"]["model"]["fusion"] == "after_backbone"
+    assert metadata["featurizer_provenance"]["name"] == "vit_small_patch14_dinov2"
+    assert len(metadata["imported_from"]["sha256"]) == 64
+
+
+def test_a_seed_simple_vit_probe_gives_the_seeds_outputs(store: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    seed_encoder = create_click_encoder(
+        ClickEncoderConfig(name="simple_vit", depth=2, heads=2, mlp_dim=64, dim_head=16), DIM, PATCH
+    ).eval()
+    weights = {f"embed_coords.{key}": value for key, value in seed_encoder.state_dict().items()}
+    weights.update(seed_head_weights(torch.Generator().manual_seed(2)))
+    checkpoint = write_seed_checkpoint(tmp_path / "010.pth", weights, encoder="simple_vit")
+    import_seed_probe(checkpoint, store, tmp_path / "run")
+    probe, metadata = load_probe(tmp_path / "run")
+    features, image, clicks, prev_mask = probe_inputs(store)
+
+    with torch.no_grad():
+        tokens = seed_encoder(seed_click_maps(clicks, prev_mask), (SIZE // PATCH, SIZE // PATCH))
+        expected = seed_head(weights, features + tokens)
+        assert torch.allclose(probe(features, image, clicks, prev_mask), expected, atol=1e-5)
+    encoder = metadata["config"]["model"]["click_encoder"]
+    assert (encoder["name"], encoder["depth"], encoder["heads"], encoder["dim_head"]) == ("simple_vit", 2, 2, 16)
+
+
+def patch_embed_weights() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(4)
+    return {
+        "embed_coords.proj.weight": torch.randn(DIM, 3, PATCH, PATCH, generator=generator),
+        "embed_coords.proj.bias": torch.zeros(DIM),
+        **seed_head_weights(generator),
+    }
+
+
+def test_an_early_fusion_seed_probe_imports_for_online_evaluation(store: Path, tmp_path: Path) -> None:
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights(), injection="before_backbone")
+    metadata = import_seed_probe(checkpoint, store, tmp_path / "run")
+    probe, _ = load_probe(tmp_path / "run")
+    assert probe.needs_featurizer and metadata["online"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"backbone": {"type": "vit", "params": {"feat_type": "key", "feats_injection_mode": "after_backbone"}}},
+            "keys",
+        ),
+        ({"upsampler": "lift"}, "--upsampler-weights"),
+        ({"upsampler": "bicubic"}, "upsampler 'bicubic'"),
+        ({"head": "linear"}, "head 'linear'"),
+    ],
+)
+def test_seed_probes_isegprobe_cannot_rebuild_are_refused(store: Path, tmp_path: Path, options, message) -> None:
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights(), **options)
+    with pytest.raises(UserError, match=message):
+        import_seed_probe(checkpoint, store, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.json").exists()
+
+
+class _RunsACommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_read_without_running_it(store: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    checkpoint = tmp_path / "hostile.pth"
+    hostile = {"state_dict": patch_embed_weights(), "config": {"params": {}}, "payload": _RunsACommand(marker)}
+    torch.save(hostile, checkpoint)
+    with pytest.raises(UserError, match="posix.system"):
+        import_seed_probe(checkpoint, store, tmp_path / "run")
+    assert not marker.exists()
+
+    torch.save({"state_dict": patch_embed_weights(), "config": {"params": {}}}, tmp_path / "no_config.pth")
+    with pytest.raises(UserError, match="has no backbone_cfg"):
+        import_seed_probe(tmp_path / "no_config.pth", store, tmp_path / "run")
+
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    with pytest.raises(UserError, match="'state_dict' and 'config'"):
+        import_seed_probe(tmp_path / "tensor.pth", store, tmp_path / "run")
+
+
+def test_import_seed_command_writes_a_run_that_evaluate_reads(store: Path, tmp_path: Path) -> None:
+    checkpoint = write_seed_checkpoint(tmp_path / "last_checkpoint.pth", patch_embed_weights())
+    imported = run_cli("import-seed", str(checkpoint), "--store", str(store), "--out", str(tmp_path / "run"))
+    assert imported.returncode == 0, imported.stderr
+    assert "fusion after_backbone, click encoder patch_embed, upsampler identity" in imported.stdout
+    evaluated = run_cli(
+        "evaluate", "--checkpoint", str(tmp_path / "run"), "--store", str(store), "--max-clicks", "2",
+        "--out", str(tmp_path / "results"),
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert (tmp_path / "results" / "results.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -10,6 +11,8 @@ from isegprobe.commands.errors import reports_user_errors
 from isegprobe.devices import default_device
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+from isegprobe.inference.wandb_results import log_results
+from isegprobe.training.run_logger import start_wandb
 
 
 @click.command("evaluate")
@@ -60,8 +63,11 @@ from isegprobe.inference.runner import EvaluationRequest, run_evaluation
     "(float16 .npz; the upsampled map alone is C x S x S, 154 MB for 384 channels at 448 px).",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the results.")
+@click.option(
+    "--wandb", "use_wandb", is_flag=True, help="Also log the results to Weights & Biases (WANDB_MODE=offline works)."
+)
 @reports_user_errors
-def evaluate(datasets: str, stores: tuple[str, ...], **options) -> None:
+def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options) -> None:
     """Simulate RITM's clicker on every object: NoC@80/85/90, NoF@85/90, IoU@1, the mIoU curve, seconds per click.
 
     \b
@@ -71,7 +77,10 @@ def evaluate(datasets: str, stores: tuple[str, ...], **options) -> None:
     so an interrupted run (Ctrl-C) keeps the objects it finished.
     """
     request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
+    wandb = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
     summaries = run_evaluation(request)
+    if wandb is not None:
+        log_results(wandb, summaries)
     click.echo(format_table(summaries))
     click.echo(format_miou_curves(summaries))
     click.echo(f"results: {Path(request.out_dir).resolve()} (results.json, results.csv, ious.npz)")

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from torch import Tensor
 
 from isegprobe.errors import UserError
@@ -39,7 +40,7 @@ class RunLogger:
 
             self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if use_wandb:
-            self._wandb = _start_wandb(run_dir, config, wandb_project)
+            self._wandb = start_wandb(run_dir, config, wandb_project, job_type="train")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._csv_file is not None:
@@ -56,7 +57,9 @@ class RunLogger:
         if self._tensorboard is not None:
             self._tensorboard.add_images(tag, images, step)
         if self._wandb is not None:
-            pictures = [self._wandb.Image(image.permute(1, 2, 0).numpy()) for image in images]
+            # W&B takes float arrays as 0-255 values, so [0, 1] floats would show black: hand it bytes.
+            pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            pictures = [self._wandb.Image(picture) for picture in pixels]
             self._wandb.log({tag: pictures}, step=step)
 
     def close(self) -> None:
@@ -86,10 +89,13 @@ def _open_csv(path: Path, resumed_at: int | None) -> TextIO:
     return path.open("a", newline="")
 
 
-def _start_wandb(run_dir: Path, config: dict[str, Any], project: str) -> Any:
+def start_wandb(run_dir: Path, config: dict[str, Any], project: str, job_type: str) -> Any:
+    """A W&B run named after `run_dir` that keeps its files there; returns the `wandb` module (`.log`, `.finish`).
+    `WANDB_MODE=offline` works without a network: `wandb sync` uploads the run later."""
     try:
         import wandb
     except ImportError as error:
         raise UserError("--wandb needs the wandb package: pip install 'isegprobe[wandb]' (or drop --wandb)") from error
-    wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=config, job_type=job_type)
     return wandb

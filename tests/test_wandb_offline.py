@@ -1,0 +1,41 @@
+"""Weights & Biases logging with the real package in offline mode (no network): `train --wandb` and
+`evaluate --wandb` write runs that `wandb sync` can upload later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import pytest
+from launch import run_cli
+from stores import builtin_store
+
+pytest.importorskip("wandb", reason="wandb (a test extra) is not installed")
+
+
+def offline_run_file(folder: Path) -> bytes:
+    runs = list((folder / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, f"one offline W&B run expected in {folder}, found {runs}"
+    return runs[0].read_bytes()
+
+
+def test_train_and_evaluate_log_to_an_offline_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    store = builtin_store(tmp_path / "cache", size=56)
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.every_steps=1"]
+    settings += ["--set", "logging.image_every_steps=2"]
+    trained = run_cli("train", "--config", "quickstart", *settings, "--max-iters", "2", "--wandb",
+                      "--cache", str(store), "--out", str(run_dir), "--device", "cpu")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    logged = offline_run_file(run_dir)
+    assert b"train/loss" in logged and b"train/predictions" in logged
+    pictures = list((run_dir / "wandb").glob("offline-run-*/files/media/images/train/predictions_*.png"))
+    assert pictures and all(cv2.imread(str(picture)).max() > 100 for picture in pictures), "not black"
+
+    evaluated = run_cli("evaluate", "--checkpoint", str(run_dir), "--store", str(store), "--max-clicks", "2",
+                        "--wandb", "--out", str(results))  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    logged = offline_run_file(results)
+    assert b"builtin/mIoU" in logged and b"builtin/NoC@85" in logged

@@ -247,3 +247,14 @@ def test_import_seed_command_writes_a_run_that_evaluate_reads(store: Path, tmp_p
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
     assert (tmp_path / "results" / "results.json").is_file()
+
+
+def test_a_seed_probe_from_another_patch_size_does_not_fit_the_store(store: Path, tmp_path: Path) -> None:
+    weights = {**patch_embed_weights(), "embed_coords.proj.weight": torch.zeros(DIM, 3, 16, 16)}
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", weights)
+    with pytest.raises(UserError, match=r"do not fit a probe on this store.*click_encoder.proj.weight"):
+        import_seed_probe(checkpoint, store, tmp_path / "run")
+    fitting = write_seed_checkpoint(tmp_path / "ok.pth", patch_embed_weights())
+    import_seed_probe(fitting, store, tmp_path / "ok")
+    with pytest.raises(UserError, match="already holds a run"):
+        import_seed_probe(fitting, store, tmp_path / "ok")

@@ -1,4 +1,4 @@
-"""Turn a probe trained by the seed into an isegprobe run directory, so `evaluate` (and the demo tools) read it.
+"""Turn a probe trained by the seed into an isegprobe run directory, so that `evaluate` reads it.
 
 The store the probe will be evaluated on supplies what the seed's checkpoint does not hold: the featurizer's
 provenance (checked against the seed's backbone type), the feature dims and the working size.
@@ -16,6 +16,7 @@ from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.model import ISProbe
 from isegprobe.model.seed_checkpoints import read_seed_checkpoint, seed_probe
+from isegprobe.state_dicts import load_strictly
 from isegprobe.training.checkpoint import save_checkpoint
 
 
@@ -51,7 +52,9 @@ def import_seed_probe(
             f"the probe used the {config.model.upsampler.name} upsampler, frozen with its authors' weights, "
             "which iSegProbe checkpoints do not hold: pass them with --upsampler-weights PATH"
         )
-    _load_into(probe, seed.state_dict, str(seed_path))
+    # The upsampler keeps the weights it was built with (its authors' file, or none); the rest comes from the seed.
+    upsampler = {key: value for key, value in probe.state_dict().items() if key.startswith("upsampler.")}
+    load_strictly(probe, {**upsampler, **seed.state_dict}, f"{seed_path}: its weights do not fit a probe on this store")
     metadata = {
         "package_version": __version__,
         "config": config_to_dict(config),
@@ -66,23 +69,3 @@ def import_seed_probe(
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run_dir, "last", probe, metadata)
     return metadata
-
-
-def _load_into(probe: ISProbe, weights: dict[str, Any], source: str) -> None:
-    """Every probe weight outside the upsampler must come from the seed, with the same shape."""
-    expected = {key: value for key, value in probe.state_dict().items() if not key.startswith("upsampler.")}
-    missing = sorted(set(expected) - set(weights))
-    unknown = sorted(set(weights) - set(expected))
-    wrong = [
-        f"{key} {tuple(weights[key].shape)} (expected {tuple(expected[key].shape)})"
-        for key in sorted(set(expected) & set(weights))
-        if weights[key].shape != expected[key].shape
-    ]
-    problems = [
-        f"{label} {', '.join(items[:4])}"
-        for label, items in (("missing", missing), ("unknown", unknown), ("wrong shape", wrong))
-        if items
-    ]
-    if problems:
-        raise UserError(f"{source}: its weights do not fit a probe on this store: " + "; ".join(problems))
-    probe.load_state_dict(weights, strict=False)

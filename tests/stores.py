@@ -1,4 +1,4 @@
-"""Feature stores for tests, extracted for real from the built-in data."""
+"""Feature stores for tests, extracted for real with a random-weight ViT-S/14 (the quickstart's backbone)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from pathlib import Path
 from isegprobe.cache.extract import ExtractionRequest, extract
 
 
-def builtin_store(out: Path, split: str = "test", size: int = 56, views: str = "identity,hflip", **options) -> Path:
-    """Extract the built-in data with a random-weight ViT-S/14 (the quickstart's backbone) and return the store."""
+def random_vit_store(
+    out: Path, dataset: str, root: Path | None, split: str, size: int, views: str = "identity,hflip", **options
+) -> Path:
+    """Extract `dataset` (read from `root`) with a random-weight ViT-S/14 and return the store."""
     request = ExtractionRequest(
         featurizer="vit_small_patch14_dinov2",
         weights="random",
-        dataset="builtin",
-        root=None,
+        dataset=dataset,
+        root=None if root is None else str(root),
         split=split,
         size=size,
         views=views,
@@ -22,3 +24,8 @@ def builtin_store(out: Path, split: str = "test", size: int = 56, views: str = "
         **options,
     )
     return extract(request).path
+
+
+def builtin_store(out: Path, split: str = "test", size: int = 56, views: str = "identity,hflip", **options) -> Path:
+    """The built-in data's store."""
+    return random_vit_store(out, "builtin", None, split, size, views, **options)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from stores import builtin_store
+from stores import builtin_store, random_vit_store
 from torch.utils.data import default_collate
 
 from isegprobe.cache import CachedDataset
-from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.config import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.inference.evaluation import evaluate_objects
@@ -52,18 +51,7 @@ def test_a_few_steps_on_a_cached_grabcut_store_lower_the_loss(grabcut_three, tmp
     # Three real GrabCut images (two views each) through a random-weight ViT-S/14 store; the quickstart probe trains
     # 20 steps on that batch of six, with fixed clicks. The normalized focal loss is a mean over the hardest pixels,
     # the boundary band inside the 14-px patches that the probe cannot resolve, so it falls far less than the BCE.
-    request = ExtractionRequest(
-        featurizer="vit_small_patch14_dinov2",
-        weights="random",
-        dataset="grabcut",
-        root=str(grabcut_three),
-        split="test",
-        size=112,
-        views="identity,hflip",
-        out=str(tmp_path / "cache"),
-        workers=0,
-    )
-    dataset = CachedDataset(extract(request).path)
+    dataset = CachedDataset(random_vit_store(tmp_path / "cache", "grabcut", grabcut_three, "test", 112))
     config = load_train_config("quickstart", ["clicks.max_num_next_clicks=0"])
     torch.manual_seed(0)
     probe = ISProbe(config.model, **probe_dims(dataset, None, 112))
@@ -112,18 +100,7 @@ def test_probe_learns_to_segment_what_its_features_separate(tmp_path):
     # does not fall all the same (0.31 -> 0.33): it is a mean over the pixels the probe still gets wrong, the
     # boundary band inside the 14-px patches that a probe on the feature grid cannot place.
     bright_objects_on_dark_noise(tmp_path / "scenes")
-    request = ExtractionRequest(
-        featurizer="vit_small_patch14_dinov2",
-        weights="random",
-        dataset="custom",
-        root=str(tmp_path / "scenes"),
-        split="train",
-        size=112,
-        views="identity,hflip",
-        out=str(tmp_path / "cache"),
-        workers=0,
-    )
-    dataset = CachedDataset(extract(request).path)
+    dataset = CachedDataset(random_vit_store(tmp_path / "cache", "custom", tmp_path / "scenes", "train", 112))
     config = load_train_config("quickstart", ["schedule.max_iters=120"])
     summary = train(config, dataset, tmp_path / "run", device="cpu", progress=False)
     first, last = summary.first_logged, summary.last_logged

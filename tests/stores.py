@@ -8,11 +8,18 @@ from isegprobe.cache.extract import ExtractionRequest, extract
 
 
 def random_vit_store(
-    out: Path, dataset: str, root: Path | None, split: str, size: int, views: str = "identity,hflip", **options
+    out: Path,
+    dataset: str,
+    root: Path | None,
+    split: str,
+    size: int,
+    views: str = "identity,hflip",
+    featurizer: str = "vit_small_patch14_dinov2",
+    **options,
 ) -> Path:
-    """Extract `dataset` (read from `root`) with a random-weight ViT-S/14 and return the store."""
+    """Extract `dataset` (read from `root`) with a random-weight ViT-S/14 (or `featurizer`) and return the store."""
     request = ExtractionRequest(
-        featurizer="vit_small_patch14_dinov2",
+        featurizer=featurizer,
         weights="random",
         dataset=dataset,
         root=None if root is None else str(root),

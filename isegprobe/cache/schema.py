@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from isegprobe.errors import UserError
+
 SCHEMA_VERSION = 1
 ARRAY_NAMES = ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size", "done")
 
@@ -65,6 +67,20 @@ def store_name(featurizer: str, dataset: str, split: str, size: int) -> str:
     """`vit_small_patch14_dinov2-grabcut-test-448.zarr`: one store per featurizer x dataset x split x size."""
     safe = "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in featurizer)
     return f"{safe}-{dataset}-{split}-{size}.zarr"
+
+
+def check_same_featurizer(
+    trained: dict[str, Any], other: dict[str, Any], where: str, trained_on: str = "checkpoint"
+) -> None:
+    """A probe only makes sense on features from the featurizer (and weights) it was trained on; `trained_on`
+    names where the probe's provenance comes from in the message."""
+    differences = [
+        f"{key}: {trained_on} {trained.get(key)!r}, {where} {other.get(key)!r}"
+        for key in FEATURIZER_IDENTITY_KEYS
+        if trained.get(key) != other.get(key)
+    ]
+    if differences:
+        raise UserError(f"{where}: features from another featurizer than the probe's:\n  " + "\n  ".join(differences))
 
 
 def mismatches(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

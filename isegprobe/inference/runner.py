@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from isegprobe.cache import FeatureStore
-from isegprobe.cache.schema import FEATURIZER_IDENTITY_KEYS, store_name
+from isegprobe.cache.schema import check_same_featurizer, store_name
 from isegprobe.data import create_dataset, resolve_root
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
@@ -49,17 +49,6 @@ class EvaluationRequest:
     device: str = "cpu"
     vis_preds: int = 0
     save_feats: int = 0
-
-
-def check_same_featurizer(trained: dict[str, Any], other: dict[str, Any], where: str) -> None:
-    """A probe only makes sense on features from the featurizer (and weights) it was trained on."""
-    differences = [
-        f"{key}: checkpoint {trained.get(key)!r}, {where} {other.get(key)!r}"
-        for key in FEATURIZER_IDENTITY_KEYS
-        if trained.get(key) != other.get(key)
-    ]
-    if differences:
-        raise UserError(f"{where}: features from another featurizer than the probe's:\n  " + "\n  ".join(differences))
 
 
 def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:

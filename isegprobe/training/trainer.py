@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from isegprobe import __version__
+from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.config import TrainConfig, config_to_dict
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.devices import backbone_autocast
@@ -292,6 +293,8 @@ def train(
     size = int(preprocessing["size"])
     if config.data.size is not None and config.data.size != size:
         raise UserError(f"data.size is {config.data.size} but the store was extracted at {size} px")
+    if val_dataset is not None:
+        _check_validation_matches(dataset, val_dataset, size)
     if config.model.fusion == "before_backbone" and not online:
         log.warning("fusion before_backbone runs the frozen backbone in the loop (online); cached features are unused")
     online = online or config.model.fusion == "before_backbone"
@@ -374,6 +377,18 @@ def train(
     barrier()
     epoch = schedule.epoch_of(max(state.step - 1, 0))
     return TrainSummary(run_dir, state.step, epoch, state.best_value, first_logged, last_logged)
+
+
+def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int) -> None:
+    """The best checkpoint is picked on the validation store, so it must hold the training store's kind of
+    features at the same working size; otherwise training would crash at the first validation or, worse, pick
+    checkpoints on features the probe never saw."""
+    where = f"--val-cache {getattr(val_dataset, 'path', '')}"
+    trained, validation = (getattr(store, "provenance", None) or {} for store in (dataset, val_dataset))
+    check_same_featurizer(trained, validation, where, trained_on="training store")
+    val_size = int(val_dataset.preprocessing["size"])
+    if val_size != size:
+        raise UserError(f"{where}: extracted at {val_size} px, the training store at {size} px")
 
 
 def _check_upsampler_is_not_frozen_at_random(config: TrainConfig, probe: ISProbe) -> None:

@@ -1,0 +1,44 @@
+"""`train --val-cache`: the best checkpoint is picked on a validation store, which must match the training store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from stores import builtin_store
+
+from isegprobe.cache import CachedDataset
+from isegprobe.config import load_train_config
+from isegprobe.errors import UserError
+from isegprobe.training import train
+
+OVERRIDES = ["schedule.max_iters=12", "data.batch_size=8", "model.head.width=16"]
+
+
+def test_the_best_checkpoint_is_the_one_with_the_best_validation_iou(tmp_path: Path) -> None:
+    training = CachedDataset(builtin_store(tmp_path / "cache", split="train", size=56))
+    validation = CachedDataset(builtin_store(tmp_path / "cache", split="test", size=56))
+    run, config = tmp_path / "run", load_train_config("quickstart", OVERRIDES)
+    train(config, training, run, device="cpu", val_dataset=validation, progress=False)
+
+    with (run / "scalars.csv").open() as scalars:
+        val_ious = {int(row["step"]): float(row["value"]) for row in csv.DictReader(scalars) if row["tag"] == "val/iou"}
+    assert sorted(val_ious) == [6, 12], "one validation per epoch of 6 steps"
+    best = json.loads((run / "best.json").read_text())
+    assert best["best_metric"]["name"] == "val_iou"
+    assert best["best_metric"]["value"] == max(val_ious.values())
+    assert best["step"] == max(val_ious, key=val_ious.get)
+
+
+def test_a_validation_store_unlike_the_training_store_is_refused(tmp_path: Path) -> None:
+    training = CachedDataset(builtin_store(tmp_path / "cache", split="train", size=56))
+    config = load_train_config("quickstart", OVERRIDES)
+    larger = CachedDataset(builtin_store(tmp_path / "cache", split="test", size=112))
+    with pytest.raises(UserError, match="extracted at 112 px, the training store at 56 px"):
+        train(config, training, tmp_path / "run", device="cpu", val_dataset=larger, progress=False)
+    keys = builtin_store(tmp_path / "cache", split="test", size=56, featurizer="vit_small_patch14_dinov2:keys")
+    with pytest.raises(UserError, match="output: training store 'tokens', --val-cache .* 'keys'"):
+        train(config, training, tmp_path / "run", device="cpu", val_dataset=CachedDataset(keys), progress=False)
+    assert not (tmp_path / "run" / "last.json").exists()

@@ -424,6 +424,15 @@ def test_zero_steps_save_the_untrained_probe_that_training_starts_from(tmp_path:
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
 
 
+def test_a_new_run_never_overwrites_an_existing_one(tmp_path: Path) -> None:
+    dataset = SquaresDataset(count=4)
+    train(tiny_config("schedule.max_iters=2"), dataset, tmp_path / "run", device="cpu", progress=False)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()}
+    with pytest.raises(UserError, match="already holds a run"):
+        train(tiny_config("schedule.max_iters=1"), dataset, tmp_path / "run", device="cpu", progress=False)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()} == before
+
+
 def test_a_learned_upsampler_without_weights_must_be_trained_or_given_weights(tmp_path: Path) -> None:
     dataset = SquaresDataset(count=2)
     with pytest.raises(UserError, match="model.upsampler.weights=PATH"):

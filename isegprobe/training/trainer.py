@@ -288,6 +288,11 @@ def train(
     if config.data.batch_size % world:
         raise UserError(f"data.batch_size {config.data.batch_size} must be a multiple of the {world} torchrun ranks")
     run_dir = Path(run_dir)
+    if not resume and (run_dir / "last.json").is_file():
+        raise UserError(
+            f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
+            "another --out"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     preprocessing = dict(dataset.preprocessing)
     size = int(preprocessing["size"])

@@ -15,9 +15,9 @@ from isegprobe.config import config_to_dict, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.model import ISProbe
-from isegprobe.model.seed_checkpoints import read_seed_checkpoint, seed_probe
 from isegprobe.state_dicts import load_strictly
 from isegprobe.training.checkpoint import save_checkpoint
+from isegprobe.training.seed_checkpoints import read_seed_checkpoint, seed_probe
 
 
 def import_seed_probe(

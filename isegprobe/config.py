@@ -53,6 +53,10 @@ class ModelConfig:
     upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     click_radius: int = 5
+    # How bilinear resizes to the image place the patch grid: false aligns pixel centres (every token over its own
+    # patch); true aligns the corner pixels, the seed's geometry, which its presets and imported probes keep so that
+    # their numbers compare with the seed's.
+    align_corners: bool = False
 
 
 @dataclass

@@ -264,6 +264,24 @@ def test_simple_vit_click_encoder_is_the_seeds_simplevit_layer_for_layer() -> No
     torch.testing.assert_close(grid, tokens.transpose(1, 2).reshape(2, DIM, 3, 5), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("upsampler", ["bilinear", "identity"])
+def test_align_corners_gives_the_seeds_resize_geometry(upsampler: str) -> None:
+    # The seed resizes features (bilinear upsampler) and logits (to the image) with align_corners=True.
+    features, image, clicks, prev_mask = inputs()
+    config = dataclasses.replace(
+        model_config(ClickEncoderConfig(), "after_backbone", None, upsampler), align_corners=True
+    )
+    probe = ISProbe(config, DIM, PATCH)
+    fused = features + probe.click_encoder(click_inputs(clicks, prev_mask), (SIZE // PATCH, SIZE // PATCH))
+    if upsampler == "bilinear":
+        fused = F.interpolate(fused, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+    seed = F.interpolate(probe.head(fused), size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(probe(features, image, clicks, prev_mask), seed, rtol=1e-5, atol=1e-5)
+    centred = ISProbe(dataclasses.replace(config, align_corners=False), DIM, PATCH)
+    centred.load_state_dict(probe.state_dict())
+    assert not torch.allclose(centred(features, image, clicks, prev_mask), seed, atol=1e-3)
+
+
 # --- upsamplers -------------------------------------------------------------------------------------------------
 
 
@@ -273,6 +291,17 @@ def test_bilinear_upsampler_is_plain_bilinear_interpolation_to_the_guidance_size
     expected = F.interpolate(features, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     assert torch.equal(upsampler(features, image), expected)
     assert isinstance(upsampler, Upsampler) and upsampler.trainable is False
+
+
+@pytest.mark.parametrize("name", ["lift", "featup_jbu"])
+def test_fixed_factor_upsamplers_resize_to_the_image_with_the_probes_geometry(name: str) -> None:
+    features, image = torch.randn(1, DIM, 7, 7), torch.randn(1, 3, SIZE, SIZE)
+    config = dataclasses.replace(model_config(ClickEncoderConfig(), "after_backbone", None, name), align_corners=True)
+    upsampler = ISProbe(config, DIM, PATCH).upsampler.eval()
+    with torch.no_grad():
+        native = upsampler.forward_native(features, image)
+        expected = F.interpolate(native, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+        torch.testing.assert_close(upsampler(features, image), expected)
 
 
 def test_identity_upsampler_returns_the_features_and_the_registry_knows_both() -> None:

@@ -107,12 +107,12 @@ def seed_head_weights(generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def seed_head(weights: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
-    """The seed's ConvSegHead written out: two 3x3 conv + ReLU, a 1x1 classifier; then isegprobe's resize."""
+    """The seed's ConvSegHead written out: two 3x3 conv + ReLU, a 1x1 classifier; then its resize to the image."""
     for index in range(2):
         conv = f"head.convs.{index}.conv"
         features = F.relu(F.conv2d(features, weights[f"{conv}.weight"], weights[f"{conv}.bias"], padding=1))
     logits = F.conv2d(features, weights["head.classifier.weight"], weights["head.classifier.bias"])
-    return F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
 
 
 def seed_click_maps(clicks: torch.Tensor, prev_mask: torch.Tensor) -> torch.Tensor:

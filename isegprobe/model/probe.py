@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from isegprobe.config import ModelConfig
@@ -15,6 +14,7 @@ from isegprobe.model.click_encoders import PATCH_ENCODERS, create_click_encoder
 from isegprobe.model.clicks import as_click_tensor, click_inputs
 from isegprobe.model.heads import SegmentationHead
 from isegprobe.upsamplers import create_upsampler
+from isegprobe.upsamplers.layers import resize_to
 
 FUSIONS = ("after_backbone", "after_upsampler", "before_backbone")
 
@@ -53,6 +53,7 @@ class ISProbe(nn.Module):
         encoder_dim = self.token_dim if config.fusion == "before_backbone" else feature_dim
         self.click_encoder = create_click_encoder(config.click_encoder, encoder_dim, patch_size)
         self.upsampler = create_upsampler(config.upsampler.name, feature_dim, config.upsampler.weights)
+        self.upsampler.align_corners = config.align_corners
         if not (config.upsampler.trainable and self.upsampler.trainable):
             self.upsampler.requires_grad_(False)
         self.head = SegmentationHead(feature_dim, config.head.width)
@@ -122,10 +123,7 @@ class ISProbe(nn.Module):
                 if self.fusion == "after_upsampler":
                     upsampled = upsampled + self.click_encoder(click_input, tuple(upsampled.shape[-2:]))
                 logits = self.head(upsampled)
-        logits = logits.float()
-        if logits.shape[-2:] != image.shape[-2:]:
-            logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
+        return resize_to(logits.float(), image.shape[-2:], self.config.align_corners)
 
     def _backbone_features(self, features: Tensor | None, image: Tensor, click_input: Tensor) -> Tensor:
         if self.needs_featurizer:

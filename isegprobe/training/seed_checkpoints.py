@@ -135,6 +135,7 @@ def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
         f"model.click_encoder.name={encoder}",
         f"model.click_radius={int(params.get('norm_radius', 5))}",
         "model.head.width=null",
+        "model.align_corners=true",
     ]
     if encoder == "simple_vit":
         encoder_params = dict(encoder_cfg.get("params") or {})

@@ -14,7 +14,7 @@ class BilinearUpsampler(Upsampler):
     commutes_with_channel_mixing = True
 
     def forward(self, features: Tensor, guidance: Tensor) -> Tensor:
-        return F.interpolate(features, size=guidance.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(features, size=guidance.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 @register_upsampler("bilinear")

@@ -122,7 +122,7 @@ class FeatUpJBU(LearnedUpsampler):
         return self.upsampler(self.channelnorm(features), guidance)
 
     def forward(self, features: Tensor, guidance: Tensor) -> Tensor:
-        return resize_to(self.forward_native(features, guidance), guidance.shape[-2:])
+        return resize_to(self.forward_native(features, guidance), guidance.shape[-2:], self.align_corners)
 
     def load_checkpoint(self, path: Path) -> None:
         state = rename_prefixes(read_state_dict(path), NORM_AND_UPSAMPLER)

@@ -47,8 +47,9 @@ class MultiheadProjections(nn.Module):
         return self.out_proj(heads.transpose(1, 2).flatten(2))
 
 
-def resize_to(features: Tensor, size: tuple[int, int]) -> Tensor:
-    """A fixed-factor method's native grid resized to the guidance image (bilinear, pixel centres aligned)."""
+def resize_to(features: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of [B, C, h, w] to `size` (a fixed-factor method's native grid to the guidance image, logits
+    to the image); pixel centres aligned unless `align_corners`. A no-op at the right size."""
     if tuple(features.shape[-2:]) == tuple(size):
         return features
-    return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(features, size=size, mode="bilinear", align_corners=align_corners)

@@ -73,7 +73,7 @@ class LiFT(LearnedUpsampler):
         return self.outc(self.up1(fused, image_2x))
 
     def forward(self, features: Tensor, guidance: Tensor) -> Tensor:
-        return resize_to(self.forward_native(features, guidance), guidance.shape[-2:])
+        return resize_to(self.forward_native(features, guidance), guidance.shape[-2:], self.align_corners)
 
     def load_checkpoint(self, path: Path) -> None:
         load_strictly(self, read_state_dict(path), f"{path} is not a LiFT checkpoint for this feature dim")

@@ -148,7 +148,7 @@ def test_head_width_adds_a_1x1_reduction() -> None:
     assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in full.parameters())
 
 
-@pytest.mark.parametrize("upsampler", ["bilinear", "identity"])
+@pytest.mark.parametrize("upsampler", ["nearest", "bilinear", "bicubic", "identity"])
 def test_reducing_before_a_channelwise_upsampler_computes_the_seed_order(upsampler: str) -> None:
     features, image, clicks, prev_mask = inputs()
     probe = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", 8, upsampler), DIM, PATCH)
@@ -285,12 +285,16 @@ def test_align_corners_gives_the_seeds_resize_geometry(upsampler: str) -> None:
 # --- upsamplers -------------------------------------------------------------------------------------------------
 
 
-def test_bilinear_upsampler_is_plain_bilinear_interpolation_to_the_guidance_size() -> None:
-    upsampler = create_upsampler("bilinear", DIM)
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+def test_interpolation_upsamplers_are_plain_interpolation_to_the_guidance_size(mode: str) -> None:
+    upsampler = create_upsampler(mode, DIM)
     features, image = torch.randn(2, DIM, 7, 7), torch.randn(2, 3, SIZE, SIZE)
-    expected = F.interpolate(features, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    expected = F.interpolate(features, size=(SIZE, SIZE), mode=mode)
     assert torch.equal(upsampler(features, image), expected)
     assert isinstance(upsampler, Upsampler) and upsampler.trainable is False
+    upsampler.align_corners = True  # only bilinear takes the seed's corner geometry; its bicubic never did
+    if mode == "bicubic":
+        assert torch.equal(upsampler(features, image), expected)
 
 
 @pytest.mark.parametrize("name", ["lift", "featup_jbu"])

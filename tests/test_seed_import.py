@@ -199,7 +199,7 @@ def test_an_early_fusion_seed_probe_imports_for_online_evaluation(store: Path, t
             "keys",
         ),
         ({"upsampler": "lift"}, "--upsampler-weights"),
-        ({"upsampler": "bicubic"}, "upsampler 'bicubic'"),
+        ({"upsampler": "magic"}, "upsampler 'magic'"),
         ({"head": "linear"}, "head 'linear'"),
     ],
 )

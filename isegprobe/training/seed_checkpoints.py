@@ -26,10 +26,12 @@ from isegprobe.errors import UserError
 # Our click channel k is the seed's channel SEED_CHANNEL_OF[k] (seed: prev_mask, positive, negative).
 SEED_CHANNEL_OF = (1, 2, 0)
 
-# The seed's upsampler registry names -> ours (its `nearest` and `bicubic` have no counterpart here).
+# The seed's upsampler registry names -> ours.
 SEED_UPSAMPLERS = {
     "identity": "identity",
+    "nearest": "nearest",
     "bilinear": "bilinear",
+    "bicubic": "bicubic",
     "jbu_featup": "featup_jbu",
     "lift": "lift",
     "loftup": "loftup",

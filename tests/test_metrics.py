@@ -128,9 +128,9 @@ def test_format_table_shows_speed_when_known():
     assert "0.042" in table.splitlines()[2]
 
 
-def test_format_miou_curves_shows_the_clicks_each_run_reached():
+def test_format_miou_curves_shows_the_clicks_each_run_reached_and_its_last():
     lines = format_miou_curves({"GrabCut": {"mIoU@k": [0.5, 0.6, 0.7, 0.75]}, "DAVIS": {"mIoU@k": [0.4]}})
     assert lines.splitlines() == [
-        "mIoU after k clicks (GrabCut): 1: 0.500, 3: 0.700",
+        "mIoU after k clicks (GrabCut): 1: 0.500, 3: 0.700, 4: 0.750",
         "mIoU after k clicks (DAVIS): 1: 0.400",
     ]

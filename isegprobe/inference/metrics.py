@@ -110,11 +110,12 @@ def format_table(results_by_dataset: dict[str, dict]) -> str:
 
 
 def format_miou_curves(results_by_dataset: dict[str, dict], clicks: tuple[int, ...] = (1, 3, 5, 10, 20)) -> str:
-    """One line per dataset with the mean IoU after the given numbers of clicks (those the run reached), the
-    per-click view that the NoC table folds away."""
+    """One line per dataset with the mean IoU after the given numbers of clicks that the run reached, and after its
+    last click: the per-click view that the NoC table folds away."""
     lines = []
     for dataset, results in results_by_dataset.items():
         curve = results["mIoU@k"]
-        points = ", ".join(f"{k}: {curve[k - 1]:.3f}" for k in clicks if k <= len(curve))
+        shown = sorted({k for k in clicks if k <= len(curve)} | {len(curve)})
+        points = ", ".join(f"{k}: {curve[k - 1]:.3f}" for k in shown)
         lines.append(f"mIoU after k clicks ({dataset}): {points}")
     return "\n".join(lines)

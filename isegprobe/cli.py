@@ -10,6 +10,7 @@ from isegprobe.commands.datasets import datasets
 from isegprobe.commands.evaluate import evaluate
 from isegprobe.commands.extract import extract_features
 from isegprobe.commands.import_seed import import_seed
+from isegprobe.commands.plot import plot
 from isegprobe.commands.quickstart import quickstart
 from isegprobe.commands.train import train
 
@@ -33,5 +34,6 @@ main.add_command(datasets)
 main.add_command(evaluate)
 main.add_command(extract_features)
 main.add_command(import_seed)
+main.add_command(plot)
 main.add_command(quickstart)
 main.add_command(train)

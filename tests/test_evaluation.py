@@ -150,6 +150,7 @@ def test_cli_from_the_cache_writes_the_papers_numbers(store, trained_run, three_
     document = json.loads((out / "results.json").read_text())
     summary = document["datasets"]["grabcut"]
     assert document["max_clicks"] == CLICKS and document["zoom_in"] is False and document["flip"] is False
+    assert (document["upsampler"], document["fusion"]) == ("identity", "after_backbone")
     assert summary["num_instances"] == 3 and summary["complete"] is True
     assert len(summary["mIoU@k"]) == CLICKS
     assert summary["sec_per_click"] > 0

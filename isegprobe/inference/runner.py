@@ -86,6 +86,8 @@ def run_evaluation(
     run_info = {
         "checkpoint": str(request.checkpoint),
         "featurizer": (metadata.get("featurizer_provenance") or {}).get("name"),
+        "upsampler": metadata["config"]["model"]["upsampler"]["name"],
+        "fusion": metadata["config"]["model"]["fusion"],
         "flip": request.flip,
         "zoom_in": request.zoom_in,
         "online": request.online,

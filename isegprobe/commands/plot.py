@@ -1,0 +1,107 @@
+"""`isegprobe plot`: mIoU against clicks for evaluations side by side, and features before and after upsampling."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from isegprobe.commands.errors import reports_user_errors
+from isegprobe.devices import default_device
+from isegprobe.errors import UserError
+from isegprobe.plots.feature_panels import (
+    feature_panels,
+    named_upsamplers,
+    open_item,
+    plot_feature_panels,
+    probe_upsampler,
+)
+from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
+
+
+@click.group("plot")
+def plot() -> None:
+    """Pictures of what the features and the probes do."""
+
+
+@plot.command("iou-vs-clicks")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--labels",
+    default=None,
+    help="Comma-separated legend labels, one per RESULTS folder. Default: featurizer + upsampler + fusion.",
+)
+@click.option("--title", default="", help="Figure title.")
+@click.option(
+    "--out",
+    default="iou_vs_clicks.png",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Output path; written as .png and as .svg (text kept editable).",
+)
+@reports_user_errors
+def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out: str) -> None:
+    """mIoU after each click, one curve per evaluation (RESULTS: folders written by `isegprobe evaluate --out`) and
+    one panel per dataset; the legend gives each curve's NoC@85 and NoC@90, dotted lines mark 85 and 90 % IoU."""
+    names = [None] * len(results) if labels is None else [label.strip() for label in labels.split(",")]
+    if len(names) != len(results):
+        raise UserError(f"--labels gives {len(names)} labels for {len(results)} RESULTS folders")
+    evaluations = [read_evaluation(folder, label) for folder, label in zip(results, names, strict=True)]
+    for path in plot_iou_vs_clicks(evaluations, out, title):
+        click.echo(f"wrote {path}")
+
+
+@plot.command("features")
+@click.option(
+    "--cache", "store_path", required=True, type=click.Path(exists=True, file_okay=False), help="A feature store."
+)
+@click.option("--item", default=0, show_default=True, type=int, help="Item index in the store.")
+@click.option("--view", default="identity", show_default=True, help="Which cached view of the item.")
+@click.option(
+    "--upsamplers",
+    default="bilinear",
+    show_default=True,
+    help="Comma-separated upsamplers to draw beside the low-res features (bilinear, bicubic, lift, featup_jbu, ...).",
+)
+@click.option(
+    "--weights",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="The authors' checkpoint of a learned upsampler in --upsamplers; repeatable.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True),
+    help="A trained probe (RUN_DIR or RUN/last.safetensors): also draw its own upsampler's output.",
+)
+@click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
+@click.option("--out", default="features.png", show_default=True, type=click.Path(dir_okay=False), help="PNG path.")
+@reports_user_errors
+def features(
+    store_path: str,
+    item: int,
+    view: str,
+    upsamplers: str,
+    weights: tuple[str, ...],
+    checkpoint: str | None,
+    device: str,
+    out: str,
+) -> None:
+    """The image, a PCA-to-RGB picture of its cached low-res features, and the same PCA (fitted once, on the
+    low-res features) of each upsampler's output: the same colour means the same feature in every panel."""
+    store = open_item(store_path, item, view)
+    names = [name.strip() for name in upsamplers.split(",") if name.strip()]
+    built = named_upsamplers(names, _weights_by_name(weights), int(store.provenance["dim"]))
+    if checkpoint is not None:
+        built.append(probe_upsampler(checkpoint, store))
+    for path in plot_feature_panels(feature_panels(store, built, device=torch.device(device)), out):
+        click.echo(f"wrote {path}")
+
+
+def _weights_by_name(pairs: tuple[str, ...]) -> dict[str, str]:
+    by_name = {}
+    for pair in pairs:
+        name, separator, path = pair.partition("=")
+        if not separator or not name or not path:
+            raise UserError(f"--weights {pair!r}: expected NAME=PATH, e.g. lift=lift.pth")
+        by_name[name.strip()] = path
+    return by_name

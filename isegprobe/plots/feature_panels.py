@@ -1,0 +1,101 @@
+"""The picture behind `isegprobe plot features`: one cached image, its low-resolution features, and what each
+upsampler makes of them, all through the one PCA colour map fitted on the low-resolution features."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from isegprobe.cache import CachedDataset, FeatureStore
+from isegprobe.cache.schema import check_same_featurizer
+from isegprobe.data.preprocess import normalize_images
+from isegprobe.errors import UserError
+from isegprobe.plots.feature_pca import PcaColours
+from isegprobe.plots.figures import new_figure, save_figure
+from isegprobe.training.checkpoint import load_probe
+from isegprobe.upsamplers import create_upsampler
+
+
+@dataclass
+class FeaturePanels:
+    """The image and one RGB picture per feature map, each cropped to the image's valid (unpadded) region."""
+
+    title: str
+    image: np.ndarray  # uint8 [H, W, 3]
+    pictures: list[tuple[str, np.ndarray]]  # (caption, uint8 [h, w, 3])
+
+
+def open_item(store_path: str | Path, item: int, view: str) -> CachedDataset:
+    """The store opened on the one entry to draw, with a clear error for an item it does not have."""
+    count = FeatureStore.open(store_path).num_items
+    if not 0 <= item < count:
+        raise UserError(f"{store_path}: --item {item} is not in the store, which has items 0..{count - 1}")
+    return CachedDataset(store_path, views=[view], items=[item])
+
+
+def named_upsamplers(names: Sequence[str], weights: Mapping[str, str], dim: int) -> list[tuple[str, nn.Module]]:
+    """Build each upsampler by name; a learned one needs its authors' weights, since at its random initialisation
+    its picture would say nothing about the method."""
+    unused = sorted(set(weights) - set(names))
+    if unused:
+        raise UserError(f"--weights given for {', '.join(unused)}, which --upsamplers does not list")
+    built = []
+    for name in names:
+        upsampler = create_upsampler(name, dim, weights.get(name))
+        if upsampler.trainable and name not in weights:
+            raise UserError(
+                f"upsampler {name!r} is learned and has no weights: pass its authors' checkpoint with "
+                f"--weights {name}=PATH, or show a trained probe's own upsampler with --checkpoint"
+            )
+        built.append((name, upsampler))
+    return built
+
+
+def probe_upsampler(checkpoint: str | Path, store: CachedDataset) -> tuple[str, nn.Module]:
+    """A trained probe's upsampler (trained along, or frozen from its authors' file), checked to be for this store's
+    featurizer."""
+    probe, metadata = load_probe(checkpoint)
+    check_same_featurizer(metadata["featurizer_provenance"], store.provenance, store.path)
+    return f"probe's {metadata['config']['model']['upsampler']['name']}", probe.upsampler
+
+
+@torch.inference_mode()
+def feature_panels(
+    store: CachedDataset, upsamplers: Sequence[tuple[str, nn.Module]], device: torch.device
+) -> FeaturePanels:
+    """Panels for the store's first entry (`open_item` opens a store on the one entry to draw)."""
+    entry = store[0]
+    features = entry["features"].float()
+    image = entry["image"]
+    y0, x0, y1, x1 = (int(value) for value in entry["valid_box"])
+    size = image.shape[-1]
+    grid_h, grid_w = features.shape[-2:]
+    tokens = features[
+        :, y0 * grid_h // size : math.ceil(y1 * grid_h / size), x0 * grid_w // size : math.ceil(x1 * grid_w / size)
+    ]
+    colours = PcaColours.fit(tokens)
+    guidance = normalize_images(image[None].to(device), store.preprocessing["mean"], store.preprocessing["std"])
+    pictures = [(f"low-res {grid_h}x{grid_w}", colours.rgb(tokens))]
+    for caption, upsampler in upsamplers:
+        upsampled = upsampler.to(device).eval()(features[None].to(device), guidance)[0].cpu()
+        pictures.append((caption, colours.rgb(upsampled[:, y0:y1, x0:x1])))
+    view = store.store.attrs["views"][store.view_indices[0]]
+    title = f"{store.provenance.get('name')}: {store.item_ids[store.items[0]]} ({view} view)"
+    return FeaturePanels(title, image[:, y0:y1, x0:x1].permute(1, 2, 0).numpy(), pictures)
+
+
+def plot_feature_panels(panels: FeaturePanels, out: str | Path) -> list[Path]:
+    """Image, low-resolution features and upsampled features side by side, as PNG."""
+    figure, axes = new_figure(1 + len(panels.pictures), panel_size=(3.2, 3.4))
+    for axis, (caption, picture) in zip(axes, [("image", panels.image), *panels.pictures], strict=True):
+        axis.imshow(picture, interpolation="nearest")
+        axis.set_title(caption, fontsize=9)
+        axis.set_axis_off()
+    figure.suptitle(panels.title, fontsize=10)
+    return save_figure(figure, Path(out), formats=("png",), dpi=200)

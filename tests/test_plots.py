@@ -1,0 +1,140 @@
+"""`isegprobe plot`: the curves and feature pictures show the numbers and features they are drawn from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from stores import builtin_store
+from torch import nn
+
+from isegprobe.cache import CachedDataset
+from isegprobe.cli import main
+from isegprobe.config import load_train_config
+from isegprobe.errors import UserError
+from isegprobe.inference.results import ResultsWriter
+from isegprobe.plots.feature_panels import feature_panels, named_upsamplers, open_item
+from isegprobe.plots.feature_pca import PcaColours
+from isegprobe.plots.iou_vs_clicks import read_evaluation
+from isegprobe.training.trainer import train
+
+RUN_INFO = {"featurizer": "vit_small_patch14_dinov2", "upsampler": "lift", "fusion": "after_backbone"}
+
+
+def write_results(folder: Path, curves: dict[str, list[float]], run_info: dict = RUN_INFO) -> None:
+    writer = ResultsWriter(folder, max_clicks=4, run_info=run_info)
+    for object_id, curve in curves.items():
+        writer.add("grabcut", object_id, np.array(curve))
+    writer.finish("grabcut")
+    writer.write()
+
+
+def plot(*args: str):
+    return CliRunner().invoke(main, ["plot", *args])
+
+
+def test_curves_are_the_evaluations_miou_and_labels_carry_their_noc(tmp_path: Path) -> None:
+    # Object a reaches 85 % at click 2 and 90 % at click 3; object b reaches both at click 4: NoC@85 3, NoC@90 3.5.
+    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95], "b": [0.1, 0.2, 0.3, 0.92]})
+    write_results(tmp_path / "old", {"a": [0.2, 0.4, 0.6, 0.8]}, run_info={"featurizer": "vit_small_patch14_dinov2"})
+
+    evaluation = read_evaluation(tmp_path / "lift")
+    np.testing.assert_allclose(evaluation.miou["grabcut"], [0.3, 0.53, 0.605, 0.935], rtol=1e-6)
+    assert evaluation.noc["grabcut"] == (3.0, 3.5)
+    assert read_evaluation(tmp_path / "old").label == "old", "without the probe's description, the folder names it"
+
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"), str(tmp_path / "old"), "--out", str(tmp_path / "curves.png"))
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "curves.png")) is not None
+    svg = (tmp_path / "curves.svg").read_text()
+    assert "vit_small_patch14_dinov2 + lift + after_backbone (NoC@85 3.00, NoC@90 3.50)" in svg
+    assert "old (NoC@85 4.00, NoC@90 4.00)" in svg
+
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"), "--labels", "LiFT", "--out", str(tmp_path / "one.png"))
+    assert result.exit_code == 0, result.output
+    assert "LiFT (NoC@85 3.00" in (tmp_path / "one.svg").read_text()
+
+
+def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> None:
+    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95]})
+    (tmp_path / "empty").mkdir()
+    result = plot("iou-vs-clicks", str(tmp_path / "empty"))
+    assert result.exit_code == 1 and "empty: no results.json" in result.output
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"), "--labels", "a,b")
+    assert result.exit_code == 1 and "--labels gives 2 labels for 1 RESULTS folders" in result.output
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text(json.dumps({"datasets": {"grabcut": {}}}))
+    with pytest.raises(UserError, match="not an evaluation's results.json"):
+        read_evaluation(tmp_path / "broken")
+
+
+def test_pca_colours_recover_the_three_strongest_feature_directions() -> None:
+    # Three uncorrelated zero-mean patterns of distinct strength, embedded in 32 channels with a little noise.
+    generator = torch.Generator().manual_seed(0)
+    patterns = torch.randn(144, 3, generator=generator)
+    patterns = torch.linalg.qr(patterns - patterns.mean(dim=0)).Q * torch.tensor([3.0, 2.0, 1.0])
+    signals = patterns.T.reshape(3, 12, 12)
+    basis = torch.linalg.qr(torch.randn(32, 3, generator=generator)).Q  # orthonormal [32, 3]
+    features = torch.einsum("ck,khw->chw", basis, signals) + 1e-3 * torch.randn(32, 12, 12, generator=generator)
+    picture = PcaColours.fit(features).rgb(features).astype(np.float64)
+    for channel in range(3):
+        correlation = np.corrcoef(picture[..., channel].ravel(), signals[channel].numpy().ravel())[0, 1]
+        assert abs(correlation) > 0.95, (channel, correlation)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return builtin_store(tmp_path_factory.mktemp("cache"), size=112)
+
+
+class DoubledNearest(nn.Module):
+    """An upsampler whose output leaves the backbone's feature space: nearest-neighbour, times two."""
+
+    def forward(self, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        return 2 * F.interpolate(features, size=guidance.shape[-2:], mode="nearest")
+
+
+def test_every_panel_is_drawn_through_the_low_res_colour_map(store: Path) -> None:
+    # Nearest-neighbour upsampling only repeats tokens, so through the shared colour map each block of its picture
+    # has exactly its token's colour; features scaled by two must change colour (a map refitted per panel would
+    # hide that).
+    entry = open_item(store, 2, "identity")
+    upsamplers = [*named_upsamplers(["nearest", "bilinear"], {}, 384), ("doubled", DoubledNearest())]
+    panels = feature_panels(entry, upsamplers, torch.device("cpu"))
+    (low_caption, low_res), (_, nearest), (_, bilinear), (_, doubled) = panels.pictures
+    assert low_caption == "low-res 8x8" and low_res.shape == (8, 8, 3)
+    assert nearest.shape == bilinear.shape == panels.image.shape == (112, 112, 3)
+    np.testing.assert_array_equal(nearest, low_res.repeat(14, axis=0).repeat(14, axis=1))
+    assert not np.array_equal(bilinear, nearest)
+    features = entry[0]["features"].float()
+    expected = PcaColours.fit(features).rgb(2 * features).repeat(14, axis=0).repeat(14, axis=1)
+    np.testing.assert_array_equal(doubled, expected)
+    assert not np.array_equal(doubled, nearest)
+    assert panels.title.endswith(f"{entry.item_ids[2]} (identity view)")
+
+
+def test_features_command_draws_a_trained_probes_upsampler_and_refuses_what_would_mislead(
+    store: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    config = load_train_config("quickstart", ["schedule.max_iters=0", "model.upsampler.name=bilinear"])
+    train(config, CachedDataset(store), run_dir, device="cpu", progress=False)
+    out = tmp_path / "features.png"
+    common = ["--cache", str(store), "--device", "cpu", "--out", str(out)]
+    result = plot("features", *common, "--upsamplers", "bicubic", "--checkpoint", str(run_dir))
+    assert result.exit_code == 0, result.output
+    picture = cv2.imread(str(out))
+    assert picture is not None and picture.shape[1] > 3 * picture.shape[0], "four panels side by side"
+
+    result = plot("features", *common, "--upsamplers", "lift")
+    assert result.exit_code == 1 and "--weights lift=PATH" in result.output
+    result = plot("features", *common, "--weights", "lift=x.pth")
+    assert result.exit_code == 1 and "--weights given for lift" in result.output
+    result = plot("features", *common, "--item", "99")
+    assert result.exit_code == 1 and "--item 99 is not in the store" in result.output

@@ -18,6 +18,7 @@ def test_quickstart_runs_the_pipeline_and_a_second_run_resumes(tmp_path):
     assert builtin["num_instances"] == 26
     assert len(builtin["mIoU@k"]) == 3
     assert (out / "run" / "last.safetensors").is_file()
+    assert "vit_small_patch14_dinov2 + identity + after_backbone" in (out / "results" / "iou_vs_clicks.svg").read_text()
 
     second = run_cli("quickstart", "--out", str(out), "--max-iters", "3", "--max-clicks", "3")
     assert second.returncode == 0, second.stderr

@@ -13,6 +13,7 @@ from isegprobe.commands.extract import human_bytes
 from isegprobe.config import load_train_config
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
 from isegprobe.training.trainer import train
 
 QUICKSTART_FEATURIZER = "vit_small_patch14_dinov2"
@@ -97,5 +98,6 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
     )
     summaries = run_evaluation(request)
     click.echo(format_table(summaries))
-    click.echo(f"  results, per-object IoU curves and overlays in {results_dir}")
     click.echo(format_miou_curves(summaries))
+    curves = plot_iou_vs_clicks([read_evaluation(results_dir)], results_dir / "iou_vs_clicks.png")
+    click.echo(f"  results, per-object IoU curves, overlays and the mIoU plot ({curves[0].name}) in {results_dir}")

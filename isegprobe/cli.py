@@ -12,6 +12,7 @@ from isegprobe.commands.extract import extract_features
 from isegprobe.commands.import_seed import import_seed
 from isegprobe.commands.plot import plot
 from isegprobe.commands.quickstart import quickstart
+from isegprobe.commands.report import report
 from isegprobe.commands.train import train
 
 
@@ -36,4 +37,5 @@ main.add_command(extract_features)
 main.add_command(import_seed)
 main.add_command(plot)
 main.add_command(quickstart)
+main.add_command(report)
 main.add_command(train)

@@ -1,4 +1,5 @@
-"""`isegprobe plot`: the curves and feature pictures show the numbers and features they are drawn from."""
+"""`isegprobe plot` and `isegprobe report`: curves, feature pictures and tables show the numbers and features they
+are drawn from."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ from isegprobe.training.trainer import train
 RUN_INFO = {"featurizer": "vit_small_patch14_dinov2", "upsampler": "lift", "fusion": "after_backbone"}
 
 
-def write_results(folder: Path, curves: dict[str, list[float]], run_info: dict = RUN_INFO) -> None:
-    writer = ResultsWriter(folder, max_clicks=4, run_info=run_info)
+def write_results(
+    folder: Path, curves: dict[str, list[float]], run_info: dict = RUN_INFO, max_clicks: int = 4, complete: bool = True
+) -> None:
+    writer = ResultsWriter(folder, max_clicks=max_clicks, run_info=run_info)
     for object_id, curve in curves.items():
         writer.add("grabcut", object_id, np.array(curve))
-    writer.finish("grabcut")
+    if complete:
+        writer.finish("grabcut")
     writer.write()
 
 
@@ -138,3 +142,41 @@ def test_features_command_draws_a_trained_probes_upsampler_and_refuses_what_woul
     assert result.exit_code == 1 and "--weights given for lift" in result.output
     result = plot("features", *common, "--item", "99")
     assert result.exit_code == 1 and "--item 99 is not in the store" in result.output
+
+
+def report(*args: str):
+    return CliRunner().invoke(main, ["report", *args])
+
+
+def test_report_bolds_the_best_probe_per_column(tmp_path: Path) -> None:
+    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95], "b": [0.1, 0.2, 0.3, 0.92]})
+    write_results(tmp_path / "bilinear", {"a": [0.6, 0.7, 0.8, 0.9], "b": [0.2, 0.3, 0.4, 0.5]})
+    folders = [str(tmp_path / "lift"), str(tmp_path / "bilinear")]
+    result = report(*folders, "--labels", "LiFT,bilinear", "--miou-at", "2", "--out", str(tmp_path / "table.md"))
+    assert result.exit_code == 0, result.output
+    # LiFT: NoC@85 (2 + 4) / 2, NoC@90 (3 + 4) / 2, mIoU@2 53 %; bilinear: (4 + 4) / 2 twice, mIoU@2 50 %.
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.output.splitlines()]
+    assert rows[0] == ["probe", "grabcut NoC@85", "grabcut NoC@90", "grabcut mIoU@2 (%)"]
+    assert rows[2] == ["LiFT", "**3.00**", "**3.50**", "**53.00**"]
+    assert rows[3] == ["bilinear", "4.00", "4.00", "50.00"]
+    assert (tmp_path / "table.md").read_text() == result.output
+
+    result = report(*folders, "--format", "csv")
+    assert result.output.splitlines() == [
+        "probe,grabcut NoC@85,grabcut NoC@90,grabcut mIoU@5 (%)",
+        "vit_small_patch14_dinov2 + lift + after_backbone,3.0000,3.5000,",
+        "vit_small_patch14_dinov2 + lift + after_backbone,4.0000,4.0000,",
+    ]
+
+
+def test_report_says_which_cells_do_not_compare(tmp_path: Path) -> None:
+    write_results(tmp_path / "stopped", {"a": [0.5, 0.86, 0.91, 0.95]}, complete=False)
+    write_results(tmp_path / "short", {"a": [0.9, 0.9], "b": [0.9, 0.9]}, max_clicks=2)
+    result = report(str(tmp_path / "stopped"), str(tmp_path / "short"), "--labels", "stopped,short")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [cell.strip() for cell in lines[2].split("|")[1:-1]] == ["stopped", "2.00*", "3.00*", "-"]
+    assert "* evaluation stopped before every object was done" in lines
+    assert any(line.startswith("rows had different click budgets (stopped: 4, short: 2)") for line in lines)
+    assert "grabcut: rows measured different numbers of objects (stopped: 1, short: 2), so they do not compare" in lines
+    assert lines[4] == "", "a blank line ends the Markdown table before the notes"

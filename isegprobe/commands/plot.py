@@ -6,6 +6,7 @@ import click
 import torch
 
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.results_options import labels_option, results_argument, split_labels
 from isegprobe.devices import default_device
 from isegprobe.errors import UserError
 from isegprobe.plots.feature_panels import (
@@ -24,12 +25,8 @@ def plot() -> None:
 
 
 @plot.command("iou-vs-clicks")
-@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--labels",
-    default=None,
-    help="Comma-separated legend labels, one per RESULTS folder. Default: featurizer + upsampler + fusion.",
-)
+@results_argument
+@labels_option
 @click.option("--title", default="", help="Figure title.")
 @click.option(
     "--out",
@@ -42,9 +39,7 @@ def plot() -> None:
 def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out: str) -> None:
     """mIoU after each click, one curve per evaluation (RESULTS: folders written by `isegprobe evaluate --out`) and
     one panel per dataset; the legend gives each curve's NoC@85 and NoC@90, dotted lines mark 85 and 90 % IoU."""
-    names = [None] * len(results) if labels is None else [label.strip() for label in labels.split(",")]
-    if len(names) != len(results):
-        raise UserError(f"--labels gives {len(names)} labels for {len(results)} RESULTS folders")
+    names = split_labels(labels, results)
     evaluations = [read_evaluation(folder, label) for folder, label in zip(results, names, strict=True)]
     for path in plot_iou_vs_clicks(evaluations, out, title):
         click.echo(f"wrote {path}")

@@ -94,7 +94,11 @@ def format_table(results_by_dataset: dict[str, dict]) -> str:
     for dataset, results in results_by_dataset.items():
         cells = [fmt.format(results[key]) if key in results else "-" for key, _, fmt in columns]
         rows.append([dataset, *cells])
+    return markdown_table(rows)
 
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """Rows (the first is the header) as an aligned Markdown table: first column left, the numbers right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(cells: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""What an evaluation leaves on disk: results.json, results.csv and the per-object IoU curves in ious.npz.
+"""What an evaluation leaves on disk: results.json, results.csv and the per-object IoU curves in ious.npz; and
+results.json read back, for plots and reports.
 
 The files are rewritten after every finished batch, so an interrupted evaluation keeps what it measured.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from isegprobe.errors import UserError
 from isegprobe.inference.metrics import summarize
 from isegprobe.training.checkpoint import atomic_write_bytes
 
@@ -28,6 +30,9 @@ CSV_COLUMNS = (
     "sec_per_click",
     "complete",
 )
+
+# What plots and reports read from each dataset's summary in results.json.
+READ_BACK_KEYS = ("NoC@85", "NoC@90", "mIoU@k")
 
 
 class ResultsWriter:
@@ -84,3 +89,33 @@ def _csv(summaries: dict[str, dict[str, Any]]) -> str:
     for dataset, summary in summaries.items():
         writer.writerow([dataset, *[summary.get(column) for column in CSV_COLUMNS[1:]]])
     return buffer.getvalue()
+
+
+def read_results(results_dir: str | Path) -> dict[str, Any]:
+    """The results.json that `isegprobe evaluate --out results_dir` wrote, checked to hold what plots and reports
+    read."""
+    path = Path(results_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{results_dir}: no results.json; pass folders written by `isegprobe evaluate --out`")
+    try:
+        document = json.loads(path.read_text())
+        missing = [
+            f"{name}/{key}"
+            for name, summary in document["datasets"].items()
+            for key in READ_BACK_KEYS
+            if key not in summary
+        ]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"{path}: not an evaluation's results.json ({error!r})") from None
+    if missing:
+        raise UserError(f"{path}: not an evaluation's results.json (no {', '.join(missing)})")
+    return document
+
+
+def probe_label(document: dict[str, Any], results_dir: str | Path) -> str:
+    """featurizer + upsampler + fusion, as the evaluated probe was built; the folder's name for results written
+    before evaluations recorded that."""
+    parts = [document.get(key) for key in ("featurizer", "upsampler", "fusion")]
+    if not all(parts):
+        return Path(results_dir).resolve().name
+    return " + ".join(parts)

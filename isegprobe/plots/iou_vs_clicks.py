@@ -8,7 +8,6 @@ first click above the target), and the label keeps the two from being confused.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from matplotlib.ticker import MaxNLocator
 
 from isegprobe.errors import UserError
+from isegprobe.inference.results import probe_label, read_results
 from isegprobe.plots.figures import new_figure, save_figure
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
@@ -32,26 +32,12 @@ class EvaluationCurves:
 
 
 def read_evaluation(results_dir: str | Path, label: str | None = None) -> EvaluationCurves:
-    """The curves of the evaluation written to `results_dir` (`isegprobe evaluate --out`); its label defaults to
-    featurizer + upsampler + fusion, as the probe was built."""
-    path = Path(results_dir) / "results.json"
-    if not path.is_file():
-        raise UserError(f"{results_dir}: no results.json; pass folders written by `isegprobe evaluate --out`")
-    try:
-        document = json.loads(path.read_text())
-        datasets = document["datasets"]
-        miou = {name: list(summary["mIoU@k"]) for name, summary in datasets.items()}
-        noc = {name: (summary["NoC@85"], summary["NoC@90"]) for name, summary in datasets.items()}
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise UserError(f"{path}: not an evaluation's results.json ({error!r})") from None
-    return EvaluationCurves(label or _describe(document, Path(results_dir)), miou, noc)
-
-
-def _describe(document: dict, results_dir: Path) -> str:
-    parts = [document.get(key) for key in ("featurizer", "upsampler", "fusion")]
-    if not all(parts):
-        return results_dir.resolve().name
-    return " + ".join(parts)
+    """The curves of the evaluation written to `results_dir`; its label defaults to the probe's description."""
+    document = read_results(results_dir)
+    datasets = document["datasets"]
+    miou = {name: list(summary["mIoU@k"]) for name, summary in datasets.items()}
+    noc = {name: (summary["NoC@85"], summary["NoC@90"]) for name, summary in datasets.items()}
+    return EvaluationCurves(label or probe_label(document, results_dir), miou, noc)
 
 
 def plot_iou_vs_clicks(evaluations: Sequence[EvaluationCurves], out: str | Path, title: str = "") -> list[Path]:

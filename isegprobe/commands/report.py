@@ -1,0 +1,40 @@
+"""`isegprobe report`: the papers' comparison table from several evaluations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.results_options import labels_option, results_argument, split_labels
+from isegprobe.inference.report import format_report
+from isegprobe.inference.results import probe_label, read_results
+from isegprobe.training.checkpoint import atomic_write_bytes
+
+
+@click.command("report")
+@results_argument
+@labels_option
+@click.option(
+    "--format",
+    "table_format",
+    type=click.Choice(["md", "csv"]),
+    default="md",
+    show_default=True,
+    help="md: Markdown, best value per column in bold; csv: plain numbers for a spreadsheet.",
+)
+@click.option("--miou-at", default=5, show_default=True, type=click.IntRange(min=1), help="Clicks for the mIoU column.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the table to this file.")
+@reports_user_errors
+def report(results: tuple[str, ...], labels: str | None, table_format: str, miou_at: int, out: str | None) -> None:
+    """One row per evaluation (RESULTS: folders written by `isegprobe evaluate --out`), and per dataset the NoC@85,
+    NoC@90 and mIoU after --miou-at clicks, as the papers' tables compare probes."""
+    evaluations = []
+    for folder, label in zip(results, split_labels(labels, results), strict=True):
+        document = read_results(folder)
+        evaluations.append((label or probe_label(document, folder), document))
+    table = format_report(evaluations, miou_at, table_format)
+    click.echo(table)
+    if out is not None:
+        atomic_write_bytes(Path(out), (table + "\n").encode())

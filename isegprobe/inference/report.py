@@ -1,0 +1,121 @@
+"""The papers' comparison table from several evaluations: one row per probe; NoC@85, NoC@90 and mIoU after k clicks
+per dataset; the best value of each column in bold (fewest clicks, highest mIoU).
+
+A cell is only as good as the evaluation behind it, so the table says when one was stopped before every object was
+done, when rows had different click budgets, or when two rows measured a dataset on different numbers of objects
+(another split, say).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from isegprobe.inference.metrics import markdown_table
+
+INCOMPLETE_MARK = "*"
+
+Evaluation = tuple[str, dict[str, Any]]  # (row label, results.json document)
+
+
+@dataclass
+class Column:
+    """One number of one dataset: NoC@85, NoC@90 (fewer is better) or the mIoU in % after `clicks` (more is)."""
+
+    dataset: str
+    metric: str
+    clicks: int = 0
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} {self.metric}" if self.metric != "mIoU" else f"{self.dataset} mIoU@{self.clicks} (%)"
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric != "mIoU"
+
+    def value(self, document: dict[str, Any]) -> float | None:
+        summary = document["datasets"].get(self.dataset)
+        if summary is None:
+            return None
+        if self.metric != "mIoU":
+            return float(summary[self.metric])
+        curve = summary["mIoU@k"]
+        return 100 * curve[self.clicks - 1] if len(curve) >= self.clicks else None
+
+
+def format_report(evaluations: Sequence[Evaluation], miou_at: int = 5, table_format: str = "md") -> str:
+    """The table as Markdown (best values in bold, notes below) or CSV (plain numbers, for spreadsheets)."""
+    datasets = list(dict.fromkeys(name for _, document in evaluations for name in document["datasets"]))
+    columns = [Column(dataset, metric, miou_at) for dataset in datasets for metric in ("NoC@85", "NoC@90", "mIoU")]
+    header = ["probe", *(column.title for column in columns)]
+    values = [[column.value(document) for column in columns] for _, document in evaluations]
+    labels = [label for label, _ in evaluations]
+    if table_format == "csv":
+        return _csv(header, labels, values)
+    best = [_best([row[index] for row in values], column.lower_is_better) for index, column in enumerate(columns)]
+    rows = [header]
+    for (label, document), row in zip(evaluations, values, strict=True):
+        cells = [
+            _cell(value, column_best, _incomplete(document, column.dataset))
+            for column, value, column_best in zip(columns, row, best, strict=True)
+        ]
+        rows.append([label, *cells])
+    notes = _notes(evaluations, datasets)
+    # A blank line ends the table: in GitHub's Markdown a text line right after it would become a row.
+    return markdown_table(rows) + "".join(f"\n\n{note}" for note in notes)
+
+
+def _incomplete(document: dict[str, Any], dataset: str) -> bool:
+    return not document["datasets"].get(dataset, {}).get("complete", True)
+
+
+def _best(values: list[float | None], lower_is_better: bool) -> float | None:
+    present = [value for value in values if value is not None]
+    if len(present) < 2:
+        return None
+    return min(present) if lower_is_better else max(present)
+
+
+def _cell(value: float | None, best: float | None, incomplete: bool) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.2f}"
+    if best is not None and text == f"{best:.2f}":
+        text = f"**{text}**"
+    return text + (INCOMPLETE_MARK if incomplete else "")
+
+
+def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str]) -> list[str]:
+    notes = []
+    if any(_incomplete(document, dataset) for _, document in evaluations for dataset in datasets):
+        notes.append(f"{INCOMPLETE_MARK} evaluation stopped before every object was done")
+    budgets = {label: document.get("max_clicks") for label, document in evaluations}
+    if len(set(budgets.values())) > 1:
+        listed = ", ".join(f"{label}: {budget}" for label, budget in budgets.items())
+        notes.append(
+            f"rows had different click budgets ({listed}): an object that never reaches the target counts as "
+            "the budget, so their NoC do not compare"
+        )
+    for dataset in datasets:
+        counts = {
+            label: document["datasets"][dataset]["num_instances"]
+            for label, document in evaluations
+            if dataset in document["datasets"]
+        }
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{label}: {count}" for label, count in counts.items())
+            notes.append(f"{dataset}: rows measured different numbers of objects ({listed}), so they do not compare")
+    return notes
+
+
+def _csv(header: list[str], labels: list[str], values: list[list[float | None]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for label, row in zip(labels, values, strict=True):
+        writer.writerow([label, *("" if value is None else f"{value:.4f}" for value in row)])
+    return buffer.getvalue().rstrip("\n")

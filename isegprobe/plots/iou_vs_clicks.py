@@ -68,7 +68,8 @@ def plot_iou_vs_clicks(evaluations: Sequence[EvaluationCurves], out: str | Path,
         axis.set_xlabel("number of clicks")
         axis.set_ylabel("mIoU (%)")
         axis.grid(True, linestyle="--", alpha=0.5)
-        axis.legend(fontsize=8, loc="lower right")
+        # Below the panel: long probe names would otherwise cover the curves.
+        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
     if title:
         figure.suptitle(title)
     return save_figure(figure, Path(out), formats=("png", "svg"))

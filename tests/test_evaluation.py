@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -296,12 +297,51 @@ def test_ctrl_c_leaves_the_finished_objects_on_disk(store, trained_run, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run_evaluation(request, on_result=interrupt)
 
-    first, second, _ = CachedDataset(store).item_ids
+    first, second, third = CachedDataset(store).item_ids
     assert on_disk_at_second == [[first]]  # written when the first batch (one object) finished
     document = json.loads((out / "results.json").read_text())
     assert document["datasets"]["grabcut"]["num_instances"] == 2
     assert document["datasets"]["grabcut"]["complete"] is False
-    assert list(np.load(out / "ious.npz")["grabcut/ids"]) == [first, second]
+    interrupted = np.load(out / "ious.npz")
+    assert list(interrupted["grabcut/ids"]) == [first, second]
+
+    # The same evaluation again evaluates only the object it did not finish, and ends as an uninterrupted run does.
+    evaluated_again = []
+    run_evaluation(request, on_result=lambda dataset, result: evaluated_again.append(result.id))
+    assert evaluated_again == [third]
+    resumed = np.load(out / "ious.npz")
+    np.testing.assert_array_equal(resumed["grabcut/ious"][:2], interrupted["grabcut/ious"])
+    uninterrupted = tmp_path / "uninterrupted"
+    run_evaluation(dataclasses.replace(request, out_dir=str(uninterrupted)))
+    summaries = [
+        json.loads((folder / "results.json").read_text())["datasets"]["grabcut"] for folder in (out, uninterrupted)
+    ]
+    for summary in summaries:
+        del summary["sec_per_click"]  # timing differs between runs
+    assert summaries[0] == summaries[1] and summaries[0]["complete"] is True
+    np.testing.assert_array_equal(resumed["grabcut/ious"], np.load(uninterrupted / "ious.npz")["grabcut/ious"])
+
+
+def test_results_of_another_evaluation_are_never_replaced_without_overwrite(store, trained_run, tmp_path):
+    out = tmp_path / "results"
+    common = ["--checkpoint", str(trained_run), "--store", str(store), "--batch-size", "3", "--out", str(out)]
+    assert cli(*common, "--max-clicks", "2").exit_code == 0
+    before = (out / "ious.npz").read_bytes()
+    evaluated_again = []
+    request = EvaluationRequest(checkpoint=str(trained_run), out_dir=str(out), stores=[str(store)], max_clicks=2)
+    run_evaluation(request, on_result=lambda dataset, result: evaluated_again.append(result.id))
+    assert evaluated_again == [], "a finished evaluation run again is read back, not redone"
+    assert (out / "ious.npz").read_bytes() == before
+
+    refused = cli(*common, "--max-clicks", "3")
+    assert refused.exit_code == 1
+    assert (
+        "holds the results of another evaluation" in refused.output and "max_clicks: 2 there, 3 now" in refused.output
+    )
+    assert (out / "ious.npz").read_bytes() == before
+    replaced = cli(*common, "--max-clicks", "3", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert np.load(out / "ious.npz")["grabcut/ious"].shape == (3, 3)
 
 
 def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tmp_path, backbone):

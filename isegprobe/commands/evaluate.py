@@ -62,7 +62,14 @@ from isegprobe.training.run_logger import start_wandb
     help="Save the low-res and upsampled features of the first N objects per dataset to OUT/feats/<dataset>/ "
     "(float16 .npz; the upsampled map alone is C x S x S, 154 MB for 384 channels at 448 px).",
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the results.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the results. If it holds an unfinished run of the same evaluation, that run is resumed.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the results already in --out instead of resuming them.")
 @click.option(
     "--wandb", "use_wandb", is_flag=True, help="Also log the results to Weights & Biases (WANDB_MODE=offline works)."
 )
@@ -74,7 +81,8 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     From the cache (the backbone is never loaded, unless --zoom-in):
         isegprobe evaluate --checkpoint runs/probe --datasets grabcut,berkeley --cache-root cache/ --out results/
     Writes results.json, results.csv and ious.npz (one IoU curve per object) into --out, after every batch,
-    so an interrupted run (Ctrl-C) keeps the objects it finished.
+    so an interrupted run (Ctrl-C) keeps the objects it finished, and the same command again evaluates only the
+    objects it did not finish. Results of another evaluation in --out are never replaced without --overwrite.
     """
     request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
     wandb = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None

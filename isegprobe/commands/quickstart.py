@@ -95,6 +95,7 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
         flip=True,
         device="cpu",
         vis_preds=6,
+        overwrite=True,  # a second quickstart trains on, so the first one's results are of another checkpoint
     )
     summaries = run_evaluation(request)
     click.echo(format_table(summaries))

@@ -47,6 +47,32 @@ class ResultsWriter:
         self.seconds: dict[str, float] = {}
         self.complete: dict[str, bool] = {}
 
+    def resume(self) -> None:
+        """Take back the curves an earlier run of this same evaluation left in `out_dir`, so that only the objects it
+        did not finish are evaluated. Results of another evaluation there are refused, never mixed or replaced."""
+        if not (self.out_dir / "results.json").is_file():
+            return
+        earlier = read_results(self.out_dir)
+        wanted = {**self.run_info, "max_clicks": self.max_clicks}
+        differences = [
+            f"{key}: {earlier.get(key)!r} there, {value!r} now"
+            for key, value in wanted.items()
+            if key != "checkpoint" and earlier.get(key) != value
+        ]
+        if differences:
+            raise UserError(
+                f"{self.out_dir} holds the results of another evaluation; choose another --out, or pass --overwrite "
+                "to replace them:\n  " + "\n  ".join(differences)
+            )
+        with np.load(self.out_dir / "ious.npz") as arrays:
+            for dataset, summary in earlier["datasets"].items():
+                ids, curves = arrays[f"{dataset}/ids"], arrays[f"{dataset}/ious"]
+                for object_id, curve in zip(ids, curves, strict=True):
+                    self.add(dataset, str(object_id), curve)
+                self.complete[dataset] = bool(summary["complete"])
+                if "sec_per_click" in summary:
+                    self.seconds[dataset] = summary["sec_per_click"]
+
     def add(self, dataset: str, object_id: str, ious: np.ndarray) -> None:
         self.curves.setdefault(dataset, {})[object_id] = np.asarray(ious, np.float32)
         self.complete.setdefault(dataset, False)

@@ -21,6 +21,7 @@ from isegprobe.cache.schema import check_same_featurizer, store_name
 from isegprobe.data import create_dataset, resolve_root
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
+from isegprobe.hashing import file_sha256
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.results import ResultsWriter
@@ -28,7 +29,7 @@ from isegprobe.inference.saved_features import saving_features
 from isegprobe.inference.tasks import cached_tasks, online_tasks
 from isegprobe.inference.visuals import save_overlay
 from isegprobe.inference.zoom_in import ZoomIn
-from isegprobe.training.checkpoint import load_probe
+from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
 
 @dataclass
@@ -49,6 +50,7 @@ class EvaluationRequest:
     device: str = "cpu"
     vis_preds: int = 0
     save_feats: int = 0
+    overwrite: bool = False
 
 
 def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:
@@ -85,6 +87,7 @@ def run_evaluation(
         )
     run_info = {
         "checkpoint": str(request.checkpoint),
+        "checkpoint_sha256": file_sha256(resolve_checkpoint(request.checkpoint)[0]),
         "featurizer": (metadata.get("featurizer_provenance") or {}).get("name"),
         "upsampler": metadata["config"]["model"]["upsampler"]["name"],
         "fusion": metadata["config"]["model"]["fusion"],
@@ -92,9 +95,16 @@ def run_evaluation(
         "zoom_in": request.zoom_in,
         "online": request.online,
         "threshold": request.threshold,
+        "sources": {name: source for name, source, _ in jobs},
     }
     writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
-    for dataset_name, tasks in jobs:
+    if not request.overwrite:
+        writer.resume()
+    for dataset_name, _, tasks in jobs:
+        if writer.complete.get(dataset_name):
+            continue
+        done = set(writer.curves.get(dataset_name, ()))
+        tasks = (task for task in tasks if task.id not in done)
         if request.save_feats:
             folder = Path(request.out_dir) / "feats" / dataset_name
             tasks = saving_features(tasks, predictor, folder, request.save_feats)
@@ -115,7 +125,7 @@ def _evaluate_dataset(
     framing: Callable[[ObjectTask], Framing] | None,
     on_result: Callable[[str, ObjectResult], None] | None,
 ) -> None:
-    progress = tqdm(desc=name, unit="obj", file=sys.stderr)
+    progress = tqdm(desc=name, unit="obj", file=sys.stderr, initial=len(writer.curves.get(name, {})))
     pictures = Path(request.out_dir) / "vis" / name
 
     def finished(result: ObjectResult) -> None:
@@ -148,15 +158,17 @@ def _evaluate_dataset(
         progress.close()
 
 
-def _jobs(request: EvaluationRequest, metadata: dict[str, Any]) -> Iterator[tuple[str, Iterator[ObjectTask]]]:
-    """(dataset name, object tasks) per requested dataset or store; zoom-in makes its own mirrored crops."""
+def _jobs(request: EvaluationRequest, metadata: dict[str, Any]) -> Iterator[tuple[str, str, Iterator[ObjectTask]]]:
+    """(dataset name, where its objects come from, object tasks) per requested dataset or store; zoom-in makes its
+    own mirrored crops."""
     size = int(metadata["preprocessing"]["size"])
     resize = metadata["preprocessing"].get("resize", "stretch")
     whole_image_flip = request.flip and not request.zoom_in
     if request.online:
         for name in request.datasets:
             source = create_dataset(name, resolve_root(name, request.root), request.split)
-            yield name, online_tasks(source, size, resize, whole_image_flip)
+            where = f"{name} {request.split} at {source.root}, online"
+            yield name, where, online_tasks(source, size, resize, whole_image_flip)
         return
     for path in _store_paths(request, metadata):
         store = FeatureStore.open(path)
@@ -165,7 +177,7 @@ def _jobs(request: EvaluationRequest, metadata: dict[str, Any]) -> Iterator[tupl
         source = create_dataset(dataset["name"], request.root or dataset["root"], dataset["split"])
         if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
-        yield dataset["name"], cached_tasks(str(path), source, whole_image_flip)
+        yield dataset["name"], str(Path(path).resolve()), cached_tasks(str(path), source, whole_image_flip)
 
 
 def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[Path]:

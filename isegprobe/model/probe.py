@@ -72,6 +72,13 @@ class ISProbe(nn.Module):
         return self.config.fusion
 
     @property
+    def upsampler_frozen_at_random(self) -> bool:
+        """A learned upsampler with neither its authors' weights nor training: it would run at its random
+        initialisation, and numbers measured through it would say nothing about the method."""
+        upsampler = self.config.upsampler
+        return self.upsampler.trainable and upsampler.weights is None and not upsampler.trainable
+
+    @property
     def needs_featurizer(self) -> bool:
         """True for early fusion: the backbone must run inside the probe, so cached features cannot be used."""
         return self.config.fusion == "before_backbone"

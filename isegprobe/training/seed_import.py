@@ -47,7 +47,7 @@ def import_seed_probe(
         "token_dim": int(provenance["embed_dim"] if fusion == "before_backbone" else provenance["dim"]),
     }
     probe = ISProbe(config.model, **dims)
-    if probe.upsampler.trainable and upsampler_weights is None:
+    if probe.upsampler_frozen_at_random:
         raise UserError(
             f"the probe used the {config.model.upsampler.name} upsampler, frozen with its authors' weights, "
             "which iSegProbe checkpoints do not hold: pass them with --upsampler-weights PATH"

@@ -397,10 +397,8 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
 
 
 def _check_upsampler_is_not_frozen_at_random(config: TrainConfig, probe: ISProbe) -> None:
-    """A learned upsampler without its authors' weights would otherwise run frozen at its random initialisation:
-    the run would train, and its numbers would say nothing about the method."""
     upsampler = config.model.upsampler
-    if probe.upsampler.trainable and upsampler.weights is None and not upsampler.trainable:
+    if probe.upsampler_frozen_at_random:
         raise UserError(
             f"upsampler {upsampler.name!r} has no weights: pass its authors' checkpoint with "
             f"--set model.upsampler.weights=PATH, or train it from scratch with --set model.upsampler.trainable=true"

@@ -1,12 +1,16 @@
-"""`isegprobe cache inspect` and `isegprobe cache verify` on a real store."""
+"""`isegprobe cache inspect`, `verify` and `stats` on a real store."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 import zarr
 from click.testing import CliRunner
 from stores import builtin_store
 
+from cache_tools.stats import feature_stats
 from isegprobe.commands.cache import cache
 
 
@@ -23,3 +27,52 @@ def test_inspect_summarizes_and_verify_finds_a_damaged_item(tmp_path):
     features[5, 0] = damaged
     verified = runner.invoke(cache, ["verify", str(store)])
     assert verified.exit_code == 1 and "item 5 (test_005): features are not finite" in verified.output
+
+
+def test_stats_are_the_stores_channel_moments_and_find_high_norm_tokens(tmp_path):
+    store = builtin_store(tmp_path, size=56, views="identity,hflip", items_per_shard=4)
+    features = zarr.open(str(store), mode="r+")["features"]
+    item = features[3, 1]
+    item[:, 0, :] *= 4.0  # one row of 4 tokens with four times the usual norm
+    features[3, 1] = item
+    values = np.asarray(features[:]).astype(np.float64)  # [12, 2, 384, 4, 4]
+    vectors = np.moveaxis(values, 2, -1).reshape(-1, 384)
+
+    stats = feature_stats(store)
+    assert (stats.items, stats.views, stats.tokens) == (12, 2, 12 * 2 * 16)
+    np.testing.assert_allclose(stats.channel_mean, vectors.mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stats.channel_std, vectors.std(axis=0), rtol=1e-6)
+    norms = np.linalg.norm(vectors, axis=1)
+    assert stats.norm_max == pytest.approx(norms.max())
+    assert stats.norm_quantiles["p50"] == pytest.approx(np.median(norms))
+    assert stats.high_norm_fraction == pytest.approx(4 / len(norms))
+
+    out = tmp_path / "stats.json"
+    shown = CliRunner().invoke(cache, ["stats", str(store), "--out", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "1.04 % of tokens above 2x the median norm" in shown.output
+    assert json.loads(out.read_text())["channel_std"] == pytest.approx(stats.channel_std)
+
+
+def test_ls_lists_every_store_under_a_root_and_nothing_inside_them(tmp_path):
+    builtin_store(tmp_path / "cache", size=28, views="identity")
+    builtin_store(tmp_path / "cache" / "other", split="train", size=56, views="identity")
+    (tmp_path / "cache" / "notes").mkdir()
+    listed = CliRunner().invoke(cache, ["ls", str(tmp_path / "cache")])
+    assert listed.exit_code == 0, listed.output
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in listed.output.splitlines()]
+    assert rows[0] == ["store", "featurizer", "weights", "dataset", "views", "size", "items done", "MiB"]
+    assert [row[:7] for row in rows[2:]] == [
+        ["other/vit_small_patch14_dinov2-builtin-train-56.zarr", "vit_small_patch14_dinov2", "random",
+         "builtin/train", "identity", "56", "24/24"],
+        ["vit_small_patch14_dinov2-builtin-test-28.zarr", "vit_small_patch14_dinov2", "random", "builtin/test",
+         "identity", "28", "12/12"],
+    ]  # fmt: skip
+    empty = CliRunner().invoke(cache, ["ls", str(tmp_path / "cache" / "notes")])
+    assert empty.exit_code == 1 and "no feature store in it or below it" in empty.output
+
+
+def test_an_array_inside_a_store_is_not_taken_for_a_store(tmp_path):
+    store = builtin_store(tmp_path, size=28, views="identity")
+    inspected = CliRunner().invoke(cache, ["inspect", str(store / "features")])
+    assert inspected.exit_code == 1 and "a Zarr array, not a feature store" in inspected.output

@@ -6,6 +6,7 @@ extraction loses at most the shard in flight, and the `done` record is written a
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,10 @@ class FeatureStore:
         path = Path(path)
         if not (path / "zarr.json").is_file():
             raise UserError(f"{path}: not a feature store (no zarr.json); create one with `isegprobe extract-features`")
+        if _node_type(path) != "group":
+            raise UserError(
+                f"{path}: a Zarr {_node_type(path)}, not a feature store (the folder that holds the arrays)"
+            )
         group = zarr.open_group(str(path), mode=mode)
         if group.attrs.get("schema_version") != SCHEMA_VERSION:
             raise UserError(
@@ -105,6 +110,13 @@ class FeatureStore:
 
     def nbytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def _node_type(path: Path) -> str:
+    try:
+        return str(json.loads((path / "zarr.json").read_text()).get("node_type"))
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise UserError(f"{path / 'zarr.json'}: unreadable Zarr metadata ({error})") from None
 
 
 def _compressor(spec: ArraySpec, compressor: Mapping[str, Any]) -> BloscCodec:

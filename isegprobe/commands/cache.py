@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
-from cache_tools import describe_store, verify_store
+from cache_tools import describe_store, feature_stats, format_stats, list_stores, verify_store
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.training.checkpoint import atomic_write_bytes
 
 
 @click.group("cache")
 def cache() -> None:
-    """Inspect and verify feature stores written by extract-features."""
+    """Inspect, verify and summarise feature stores written by extract-features."""
 
 
 @cache.command("inspect")
@@ -32,3 +36,26 @@ def verify_command(store: str) -> None:
     if problems:
         raise SystemExit(1)
     click.echo(f"{store}: consistent")
+
+
+@cache.command("stats")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write every channel's mean and std as JSON here.")
+@reports_user_errors
+def stats_command(store: str, out: str | None) -> None:
+    """Per-channel mean and std and the token norm distribution (high-norm artefact tokens included) of every
+    finished item and view, streamed shard by shard."""
+    stats = feature_stats(store)
+    click.echo(format_stats(stats))
+    if out is not None:
+        atomic_write_bytes(Path(out), json.dumps(stats.to_json(), indent=1).encode())
+        click.echo(f"wrote {out}")
+
+
+@cache.command("ls")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@reports_user_errors
+def ls_command(root: str) -> None:
+    """Every store under ROOT (an extract-features --out folder) as a table: featurizer, weights, dataset, size,
+    views, items done, size on disk."""
+    click.echo(list_stores(root))

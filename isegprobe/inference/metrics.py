@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from isegprobe.tables import markdown_table
+
 # (results key, column title, format)
 _TABLE_COLUMNS = (
     ("NoC@85", "NoC@85", "{:.2f}"),
@@ -95,22 +97,6 @@ def format_table(results_by_dataset: dict[str, dict]) -> str:
         cells = [fmt.format(results[key]) if key in results else "-" for key, _, fmt in columns]
         rows.append([dataset, *cells])
     return markdown_table(rows)
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    """Rows (the first is the header) as an aligned Markdown table: first column left, the numbers right."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-
-    def line(cells: list[str]) -> str:
-        first, *rest = cells
-        return (
-            "| "
-            + " | ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))])
-            + " |"
-        )
-
-    separator = "|" + "|".join(["-" * (widths[0] + 2), *("-" * (w + 1) + ":" for w in widths[1:])]) + "|"
-    return "\n".join([line(rows[0]), separator, *(line(row) for row in rows[1:])])
 
 
 def format_miou_curves(results_by_dataset: dict[str, dict], clicks: tuple[int, ...] = (1, 3, 5, 10, 20)) -> str:

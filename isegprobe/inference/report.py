@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from isegprobe.inference.metrics import markdown_table
+from isegprobe.tables import markdown_table
 
 INCOMPLETE_MARK = "*"
 

@@ -1,4 +1,4 @@
-"""A human-readable summary of a feature store, from its metadata alone (no feature is decoded)."""
+"""A human-readable summary of a feature store, from its metadata and file sizes alone (no feature is decoded)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ def describe_store(path: str | Path) -> str:
     store = FeatureStore.open(path)
     attrs = store.attrs
     featurizer, dataset, preprocessing = attrs["featurizer"], attrs["dataset"], attrs["preprocessing"]
+    codec = attrs["layout"]["compressor"]
     done = int(store.done_mask().sum())
     lines = [
         f"store      {store.path}  ({store.nbytes_on_disk() / 2**20:.1f} MiB on disk)",
@@ -19,9 +20,16 @@ def describe_store(path: str | Path) -> str:
         f"dataset    {dataset['name']}/{dataset['split']}  root {dataset['root']}",
         f"preprocess size {preprocessing['size']}  resize {preprocessing['resize']}  views {', '.join(attrs['views'])}",
         f"items      {done} of {store.num_items} done  ({store.items_per_shard} items per shard)",
-        "arrays:",
+        f"codec      {codec['name']} {codec['cname']} level {codec['clevel']}, {codec['shuffle']}",
+        "arrays     (raw: the decoded bytes of the done items; stored: their files on disk)",
     ]
     for name in store.group.array_keys():
         array = store.group[name]
-        lines.append(f"  {name:<14} {str(array.dtype):<8} {str(array.shape):<28} chunk {array.chunks}")
+        raw = array.nbytes * done / max(store.num_items, 1)
+        stored = sum(file.stat().st_size for file in (store.path / name).rglob("*") if file.is_file())
+        ratio = f"{raw / stored:5.1f}x" if stored else "    -"
+        lines.append(
+            f"  {name:<14} {str(array.dtype):<8} {str(array.shape):<26} chunk {str(array.chunks):<22} "
+            f"raw {raw / 2**20:8.2f} MiB  stored {stored / 2**20:8.2f} MiB  {ratio}"
+        )
     return "\n".join(lines)

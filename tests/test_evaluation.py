@@ -343,6 +343,10 @@ def test_results_of_another_evaluation_are_never_replaced_without_overwrite(stor
     assert replaced.exit_code == 0, replaced.output
     assert np.load(out / "ious.npz")["grabcut/ious"].shape == (3, 3)
 
+    (out / "ious.npz").unlink()
+    lost = cli(*common, "--max-clicks", "3")
+    assert lost.exit_code == 1 and "ious.npz: unreadable or short of the curves" in lost.output
+
 
 def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tmp_path, backbone):
     weights = tmp_path / "other.pth"

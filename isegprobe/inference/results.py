@@ -64,14 +64,23 @@ class ResultsWriter:
                 f"{self.out_dir} holds the results of another evaluation; choose another --out, or pass --overwrite "
                 "to replace them:\n  " + "\n  ".join(differences)
             )
-        with np.load(self.out_dir / "ious.npz") as arrays:
-            for dataset, summary in earlier["datasets"].items():
-                ids, curves = arrays[f"{dataset}/ids"], arrays[f"{dataset}/ious"]
-                for object_id, curve in zip(ids, curves, strict=True):
-                    self.add(dataset, str(object_id), curve)
-                self.complete[dataset] = bool(summary["complete"])
-                if "sec_per_click" in summary:
-                    self.seconds[dataset] = summary["sec_per_click"]
+        try:
+            with np.load(self.out_dir / "ious.npz") as arrays:
+                curves = {
+                    dataset: (arrays[f"{dataset}/ids"], arrays[f"{dataset}/ious"]) for dataset in earlier["datasets"]
+                }
+        except (OSError, KeyError, ValueError) as error:
+            raise UserError(
+                f"{self.out_dir / 'ious.npz'}: unreadable or short of the curves results.json counts ({error}); "
+                "pass --overwrite to start over"
+            ) from None
+        for dataset, summary in earlier["datasets"].items():
+            ids, ious = curves[dataset]
+            for object_id, curve in zip(ids, ious, strict=True):
+                self.add(dataset, str(object_id), curve)
+            self.complete[dataset] = bool(summary["complete"])
+            if "sec_per_click" in summary:
+                self.seconds[dataset] = summary["sec_per_click"]
 
     def add(self, dataset: str, object_id: str, ious: np.ndarray) -> None:
         self.curves.setdefault(dataset, {})[object_id] = np.asarray(ious, np.float32)
@@ -94,10 +103,8 @@ class ResultsWriter:
         return table
 
     def write(self) -> dict[str, dict[str, Any]]:
-        summaries = self.summaries()
-        document = {**self.run_info, "max_clicks": self.max_clicks, "datasets": summaries}
-        atomic_write_bytes(self.out_dir / "results.json", json.dumps(document, indent=2).encode())
-        atomic_write_bytes(self.out_dir / "results.csv", _csv(summaries).encode())
+        """The curves first: a run stopped between two files leaves a results.json that claims no more than
+        ious.npz holds, which is what `resume` relies on."""
         arrays = {}
         for dataset, curves in self.curves.items():
             arrays[f"{dataset}/ids"] = np.array(list(curves))
@@ -105,6 +112,10 @@ class ResultsWriter:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         atomic_write_bytes(self.out_dir / "ious.npz", buffer.getvalue())
+        summaries = self.summaries()
+        document = {**self.run_info, "max_clicks": self.max_clicks, "datasets": summaries}
+        atomic_write_bytes(self.out_dir / "results.json", json.dumps(document, indent=2).encode())
+        atomic_write_bytes(self.out_dir / "results.csv", _csv(summaries).encode())
         return summaries
 
 

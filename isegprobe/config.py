@@ -194,6 +194,12 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def config_to_yaml(config: TrainConfig) -> str:
+    """The whole resolved config (defaults, preset and overrides together) as YAML that `--config` reads back."""
+    header = "# The config this run trains with: `isegprobe train --config THIS_FILE ...` trains the same probe.\n"
+    return header + yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
 def _merge_into(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"

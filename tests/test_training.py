@@ -545,3 +545,10 @@ def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pyte
 
     result = CliRunner().invoke(train_command.train, ["--set", "optim.lrr=1", *common])
     assert result.exit_code == 1 and "'optim.lrr'" in result.output
+
+
+def test_the_run_keeps_a_config_yaml_that_trains_the_same_probe(tmp_path: Path) -> None:
+    dataset = SquaresDataset(count=4)
+    config = tiny_config("schedule.max_iters=1", "optim.lr=3e-4")
+    train(config, dataset, tmp_path / "run", device="cpu", progress=False)
+    assert load_train_config(tmp_path / "run" / "config.yaml") == config

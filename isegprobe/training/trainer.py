@@ -21,13 +21,13 @@ from tqdm.auto import tqdm
 
 from isegprobe import __version__
 from isegprobe.cache.schema import check_same_featurizer
-from isegprobe.config import TrainConfig, config_to_dict
+from isegprobe.config import TrainConfig, config_to_dict, config_to_yaml
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
-from isegprobe.training.checkpoint import restore_training_state, save_checkpoint
+from isegprobe.training.checkpoint import atomic_write_bytes, restore_training_state, save_checkpoint
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
 from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
 from isegprobe.training.next_clicks import add_next_clicks
@@ -337,6 +337,8 @@ def train(
         write_csv=rank == 0,
         resumed_at=state.step if resume else None,
     )
+    if rank == 0:
+        atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(config).encode())
     bar = tqdm(
         total=schedule.total_steps, initial=state.step, unit="it", disable=not progress or rank != 0, dynamic_ncols=True
     )

@@ -7,6 +7,7 @@ import click
 from isegprobe import __version__
 from isegprobe.commands.cache import cache
 from isegprobe.commands.datasets import datasets
+from isegprobe.commands.demo import demo
 from isegprobe.commands.evaluate import evaluate
 from isegprobe.commands.extract import extract_features
 from isegprobe.commands.import_seed import import_seed
@@ -32,6 +33,7 @@ def main() -> None:
 
 main.add_command(cache)
 main.add_command(datasets)
+main.add_command(demo)
 main.add_command(evaluate)
 main.add_command(extract_features)
 main.add_command(import_seed)

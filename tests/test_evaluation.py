@@ -239,7 +239,7 @@ def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_ima
     recorded: dict[str, RecordingFraming] = {}
 
     def framing(task):
-        inner = ZoomIn(task.image, SIZE, min_crop=60) if zoom else WholeImage(task, "cpu")
+        inner = ZoomIn(task.image, SIZE, min_crop=60) if zoom else WholeImage.of_task(task, "cpu")
         return recorded.setdefault(task.id, RecordingFraming(inner))
 
     tasks = list(cached_tasks(str(store), create_dataset("grabcut", three_images, "test"), flip=False))

@@ -71,7 +71,11 @@ def _crop_box(height: int, width: int, spec: ViewSpec, seed: int) -> tuple[int, 
     return y0, x0, y0 + crop_h, x0 + crop_w
 
 
-def _resize_into_square(array: np.ndarray, size: int, rule: str, interpolation: int) -> tuple[np.ndarray, tuple]:
+def resize_into_square(
+    array: np.ndarray, size: int, rule: str, interpolation: int = cv2.INTER_LINEAR
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The working-size square of an image (or mask) by `rule` (stretch or letterbox), and where the image lies in
+    it (y0, x0, y1, x1): the one resize that extraction, online evaluation and the demo share."""
     height, width = array.shape[:2]
     if rule == "stretch":
         return cv2.resize(array, (size, size), interpolation=interpolation), (0, 0, size, size)
@@ -92,9 +96,9 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
     image = sample.image[y0:y1, x0:x1]
     labels = sample.labels[y0:y1, x0:x1]
     ignore = sample.ignore[y0:y1, x0:x1].astype(np.uint8)
-    image, valid_box = _resize_into_square(np.ascontiguousarray(image), size, rule, cv2.INTER_LINEAR)
-    labels, _ = _resize_into_square(np.ascontiguousarray(labels), size, rule, cv2.INTER_NEAREST)
-    ignore, _ = _resize_into_square(np.ascontiguousarray(ignore), size, rule, cv2.INTER_NEAREST)
+    image, valid_box = resize_into_square(np.ascontiguousarray(image), size, rule, cv2.INTER_LINEAR)
+    labels, _ = resize_into_square(np.ascontiguousarray(labels), size, rule, cv2.INTER_NEAREST)
+    ignore, _ = resize_into_square(np.ascontiguousarray(ignore), size, rule, cv2.INTER_NEAREST)
     if spec.flip:
         # Flipping after the resize makes the flipped view the exact mirror of the unflipped one, so flip
         # averaging at evaluation lines predictions up pixel for pixel.

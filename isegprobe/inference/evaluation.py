@@ -71,19 +71,24 @@ class Framing(Protocol):
 
 
 class WholeImage:
-    """The whole image at the working size (the cached or freshly made view); previous probabilities stay there."""
+    """The whole image at the working size (the cached or freshly made view, and its mirror with flip); previous
+    probabilities stay at the working size."""
 
-    def __init__(self, task: ObjectTask, device: torch.device | str) -> None:
-        self.task = task
-        size = task.view.image.shape[-1]
+    def __init__(self, view: WorkingView, flip_view: WorkingView | None, device: torch.device | str) -> None:
+        self.view, self.flip_view = view, flip_view
+        size = view.image.shape[-1]
         self.prev_probs = torch.zeros(size, size, device=device)
 
+    @classmethod
+    def of_task(cls, task: ObjectTask, device: torch.device | str) -> WholeImage:
+        return cls(task.view, task.flip_view, device)
+
     def inputs(self, clicks: Sequence[Click]) -> PredictionInput:
-        return PredictionInput(self.task.view, self.task.flip_view, list(clicks), self.prev_probs)
+        return PredictionInput(self.view, self.flip_view, list(clicks), self.prev_probs)
 
     def to_original(self, probs: Tensor) -> Tensor:
         self.prev_probs = probs
-        return to_original(probs, self.task.view)
+        return to_original(probs, self.view)
 
 
 def _batches(tasks: Iterator[ObjectTask], size: int) -> Iterator[list[ObjectTask]]:
@@ -112,7 +117,7 @@ def evaluate_objects(
     `on_result` sees each finished object, `on_batch` the running totals after each batch (progress, partial saves).
     `framing` makes each object's framing; the default is `WholeImage`.
     """
-    framing = framing or partial(WholeImage, device=predictor.device)
+    framing = framing or partial(WholeImage.of_task, device=predictor.device)
     run = EvaluationRun()
     for batch in _batches(tasks, batch_size):
         batch_results, seconds = _evaluate_batch(predictor, batch, max_clicks, threshold, framing)

@@ -101,6 +101,14 @@ class Predictor:
         return torch.sigmoid(logits)
 
     @torch.inference_mode()
+    def view_features(self, view: WorkingView) -> Tensor | None:
+        """The view's low-res features [C, h, w], as a store would hold them, to compute once and reuse at every
+        click; None for early-fusion probes, whose backbone must run with the clicks."""
+        if self.probe.needs_featurizer:
+            return None
+        return self._backbone(self._normalized([view]))[0]
+
+    @torch.inference_mode()
     def feature_maps(self, view: WorkingView) -> tuple[Tensor, Tensor]:
         """The view's low-resolution features [C, h, w] and the probe's upsampler output [C, H', W'], without clicks."""
         image = self._normalized([view])

@@ -70,7 +70,7 @@ def run_evaluation(
     if probe.needs_featurizer and not request.online:
         raise UserError("this probe fuses clicks before the backbone (early fusion): evaluate it with --online")
     jobs = list(_jobs(request, metadata))
-    featurizer = _backbone(metadata) if request.online or request.zoom_in else None
+    featurizer = checkpoint_backbone(metadata) if request.online or request.zoom_in else None
     if featurizer is not None and probe.needs_featurizer:
         probe.attach_featurizer(featurizer.to(device))
     preprocessing = metadata["preprocessing"]
@@ -194,7 +194,7 @@ def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[P
     return paths
 
 
-def _backbone(metadata: dict[str, Any]) -> torch.nn.Module:
+def checkpoint_backbone(metadata: dict[str, Any]) -> torch.nn.Module:
     """The probe's featurizer, rebuilt from the checkpoint's provenance and checked against it."""
     provenance = metadata.get("featurizer_provenance") or {}
     if "name" not in provenance or "weights" not in provenance:

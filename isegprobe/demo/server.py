@@ -1,0 +1,152 @@
+"""The demo's web server: one page and a small JSON API around a `DemoSession`.
+
+One session per server: the demo is for one person at a time, on their own machine or through an SSH tunnel
+(`ssh -L 8765:127.0.0.1:8765 server`), so it binds to 127.0.0.1 unless told otherwise. Requests are served one at a
+time (a lock), since they all act on that one session.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from isegprobe.data.image_io import IMAGE_SUFFIXES, read_rgb
+from isegprobe.demo.picture import compose, encode
+from isegprobe.demo.session import DemoSession
+from isegprobe.errors import UserError
+
+STATIC = Path(__file__).parent / "static"
+
+
+class ImageCatalog:
+    """The images the page lists: every image file in a folder (sorted), or one file."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = {path.name: path for path in paths}
+
+    @classmethod
+    def from_options(cls, images: str | None, image: str | None) -> ImageCatalog:
+        if image is not None:
+            return cls([Path(image)])
+        if images is None:
+            return cls([])
+        folder = Path(images)
+        files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
+        return cls(files)
+
+    def names(self) -> list[str]:
+        return list(self.paths)
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self.paths:
+            raise UserError(f"no image {name!r} in the list")
+        return read_rgb(self.paths[name])
+
+
+class ClickRequest(BaseModel):
+    x: int
+    y: int
+    positive: bool
+
+
+class OpenImage(BaseModel):
+    name: str
+
+
+def create_app(session: DemoSession, catalog: ImageCatalog) -> FastAPI:
+    app = FastAPI(title="isegprobe demo", docs_url=None, redoc_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    lock = threading.Lock()
+    timing = {"seconds": 0.0}
+
+    def act(action: Callable[[], Any]) -> dict[str, Any]:
+        """Run one session action under the lock; bad input becomes a 400 with the message."""
+        with lock:
+            started = time.perf_counter()
+            try:
+                action()
+            except UserError as error:
+                raise HTTPException(status_code=400, detail=str(error)) from None
+            timing["seconds"] = time.perf_counter() - started
+            return _state(session, catalog, timing["seconds"])
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return (STATIC / "index.html").read_text()
+
+    @app.get("/api/state")
+    def state() -> dict[str, Any]:
+        with lock:
+            return _state(session, catalog, timing["seconds"])
+
+    @app.post("/api/open")
+    def open_image(request: OpenImage) -> dict[str, Any]:
+        return act(lambda: session.open(request.name, catalog.read(request.name)))
+
+    @app.post("/api/upload")
+    async def upload(request: Request, name: str = "upload") -> dict[str, Any]:
+        data = await request.body()
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        if decoded is None:
+            raise HTTPException(status_code=400, detail=f"{name}: not an image the server can read (PNG, JPEG, ...)")
+        return act(lambda: session.open(name, cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)))
+
+    @app.post("/api/click")
+    def click(request: ClickRequest) -> dict[str, Any]:
+        return act(lambda: session.click(request.y, request.x, request.positive))
+
+    @app.post("/api/undo")
+    def undo() -> dict[str, Any]:
+        return act(session.undo)
+
+    @app.post("/api/reset")
+    def reset() -> dict[str, Any]:
+        return act(session.reset)
+
+    @app.post("/api/finish")
+    def finish() -> dict[str, Any]:
+        return act(session.finish)
+
+    @app.get("/api/instances.png")
+    def instances() -> Response:
+        with lock:
+            if session.image is None:
+                raise HTTPException(status_code=400, detail="no image is open")
+            data = encode(session.image.instances)
+            stem = Path(session.image.name).stem
+        headers = {"Content-Disposition": f'attachment; filename="{stem}_instances.png"'}
+        return Response(data, media_type="image/png", headers=headers)
+
+    return app
+
+
+def _state(session: DemoSession, catalog: ImageCatalog, seconds: float) -> dict[str, Any]:
+    """Everything the page shows, the picture included (a JPEG data URL: small enough for an SSH tunnel)."""
+    image = session.image
+    state: dict[str, Any] = {"images": catalog.names(), "image": None, "seconds": round(seconds, 3)}
+    if image is None:
+        return state
+    picture = compose(image.pixels, image.instances, session.mask(), session.clicks)
+    height, width = image.pixels.shape[:2]
+    state.update(
+        image=image.name,
+        width=width,
+        height=height,
+        clicks=[{"x": click.x, "y": click.y, "positive": click.is_positive} for click in session.clicks],
+        objects=int(image.instances.max()),
+        picture="data:image/jpeg;base64," + base64.b64encode(encode(picture, ".jpg")).decode(),
+    )
+    return state

@@ -1,0 +1,120 @@
+"""One person's demo session: an image, the clicks on the current object, and the objects finished so far.
+
+The probe sees the image as evaluation does (the same working view, the same framings, whole image or RITM's
+zoom-in), so what a person sees in the demo is what the NoC numbers measure. The backbone runs once per image: its
+features are kept with the working view and every click reuses them (early-fusion and zoom-in crops excepted, which
+need the backbone with each click). Undo replays the remaining clicks from an empty mask, which gives exactly the
+masks the same clicks gave before, zoom-in boxes included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from isegprobe.data.preprocess import resize_into_square
+from isegprobe.errors import UserError
+from isegprobe.inference.clicker import Click
+from isegprobe.inference.evaluation import Framing, WholeImage
+from isegprobe.inference.predictor import Predictor, WorkingView
+from isegprobe.inference.zoom_in import ZoomIn
+
+MAX_OBJECTS = 65535  # instance ids are written as 16-bit PNG
+
+
+@dataclass
+class DemoImage:
+    name: str
+    pixels: np.ndarray  # uint8 [H, W, 3]
+    view: WorkingView
+    instances: np.ndarray = field(init=False)  # uint16 [H, W]: 0 background, k object k
+
+    def __post_init__(self) -> None:
+        self.instances = np.zeros(self.pixels.shape[:2], np.uint16)
+
+
+class DemoSession:
+    """Clicks in, masks out; `size` and `resize` are the probe's working size and resize rule."""
+
+    def __init__(
+        self, predictor: Predictor, size: int, resize: str, threshold: float = 0.5, zoom_in: bool = False
+    ) -> None:
+        self.predictor, self.size, self.resize = predictor, size, resize
+        self.threshold, self.zoom_in = threshold, zoom_in
+        self.image: DemoImage | None = None
+        self.clicks: list[Click] = []
+        self.probs: np.ndarray | None = None
+        self._framing: Framing | None = None
+
+    def open(self, name: str, pixels: np.ndarray) -> None:
+        """Start on a new image (uint8 [H, W, 3] RGB): its features are computed here, once."""
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise UserError(f"{name}: expected an 8-bit RGB image, got {pixels.dtype} {pixels.shape}")
+        working, valid_box = resize_into_square(np.ascontiguousarray(pixels), self.size, self.resize)
+        view = WorkingView(None, torch.from_numpy(working).permute(2, 0, 1).contiguous(), valid_box, pixels.shape[:2])
+        view.features = self.predictor.view_features(view)
+        self.image = DemoImage(name, pixels, view)
+        self.reset()
+
+    def click(self, y: int, x: int, is_positive: bool) -> np.ndarray:
+        """Add a click (original pixels) to the current object; returns its probabilities [H, W]."""
+        image = self._require_image()
+        height, width = image.pixels.shape[:2]
+        if not (0 <= y < height and 0 <= x < width):
+            raise UserError(f"click ({y}, {x}) is outside the {height}x{width} image")
+        self.clicks.append(Click(int(y), int(x), bool(is_positive)))
+        return self._predict()
+
+    def undo(self) -> np.ndarray | None:
+        """Take the last click back; returns the probabilities the remaining clicks give (None without clicks)."""
+        clicks = self.clicks[:-1]
+        self.reset()
+        for click in clicks:
+            self.clicks.append(click)
+            self._predict()
+        return self.probs
+
+    def reset(self) -> None:
+        """Forget the current object's clicks; finished objects stay."""
+        image = self._require_image()
+        self.clicks, self.probs = [], None
+        if self.zoom_in:
+            self._framing = ZoomIn(image.pixels, self.size, self.resize, threshold=self.threshold, device=self.device)
+        else:
+            self._framing = WholeImage(image.view, None, self.device)
+
+    def finish(self) -> int:
+        """Keep the current mask as the next object (where no earlier object lies); returns the number of objects."""
+        image = self._require_image()
+        count = int(image.instances.max())
+        if self.probs is not None and self.mask().any():
+            if count == MAX_OBJECTS:
+                raise UserError(f"{image.name}: {MAX_OBJECTS} objects is the most one instance map holds")
+            count += 1
+            image.instances[self.mask() & (image.instances == 0)] = count
+        self.reset()
+        return count
+
+    def mask(self) -> np.ndarray:
+        """The current object's mask [H, W] (all False before the first click)."""
+        image = self._require_image()
+        if self.probs is None:
+            return np.zeros(image.pixels.shape[:2], bool)
+        return self.probs > self.threshold
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def _predict(self) -> np.ndarray:
+        inputs = self._framing.inputs(self.clicks)
+        probs = self.predictor.probabilities([inputs])[0]
+        self.probs = self._framing.to_original(probs).float().cpu().numpy()
+        return self.probs
+
+    def _require_image(self) -> DemoImage:
+        if self.image is None:
+            raise UserError("no image is open: choose one from the list or upload one")
+        return self.image

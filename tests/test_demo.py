@@ -1,0 +1,171 @@
+"""`isegprobe demo`: the session segments as evaluation does, the API drives it, and a real browser drives the page."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from fastapi.testclient import TestClient
+from stores import builtin_store
+
+from isegprobe.cache import CachedDataset
+from isegprobe.config import load_train_config
+from isegprobe.data import create_dataset
+from isegprobe.demo.app import build_app
+from isegprobe.demo.session import DemoSession
+from isegprobe.inference.clicker import Click
+from isegprobe.inference.evaluation import WholeImage
+from isegprobe.inference.predictor import Predictor
+from isegprobe.inference.runner import checkpoint_backbone
+from isegprobe.inference.tasks import online_tasks
+from isegprobe.training.checkpoint import load_probe
+from isegprobe.training.trainer import train
+
+SIZE = 56
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """The quickstart probe, as initialised, on a random-weight ViT-S/14 store of the built-in scenes."""
+    folder = tmp_path_factory.mktemp("demo")
+    store = builtin_store(folder / "cache", size=SIZE)
+    config = load_train_config("quickstart", ["schedule.max_iters=0"])
+    train(config, CachedDataset(store), folder / "run", device="cpu", progress=False)
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    source = create_dataset("builtin", split="test")
+    for index in range(2):
+        sample = source[index]
+        cv2.imwrite(str(folder / f"{sample.id}.png"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def session_for(checkpoint: Path) -> DemoSession:
+    probe, metadata = load_probe(checkpoint)
+    featurizer = checkpoint_backbone(metadata)
+    preprocessing = metadata["preprocessing"]
+    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"), featurizer)
+    return DemoSession(predictor, SIZE, preprocessing["resize"])
+
+
+def test_the_session_predicts_what_evaluation_predicts_and_undo_replays_exactly(checkpoint: Path) -> None:
+    session = session_for(checkpoint)
+    sample = create_dataset("builtin", split="test")[0]
+    session.open(sample.id, sample.image)
+    clicks = [Click(20, 30, True), Click(5, 5, False), Click(40, 50, True)]
+    masks = []
+    for click in clicks:
+        session.click(click.y, click.x, click.is_positive)
+        masks.append(session.probs.copy())
+
+    # Evaluation's whole-image framing on the online view of the same image, with the same clicks.
+    task = next(online_tasks(create_dataset("builtin", split="test"), SIZE, "stretch", flip=False))
+    framing = WholeImage.of_task(task, "cpu")
+    for index in range(len(clicks)):
+        probs = session.predictor.probabilities([framing.inputs(clicks[: index + 1])])[0]
+        np.testing.assert_allclose(framing.to_original(probs).numpy(), masks[index], atol=1e-6)
+
+    session.undo()
+    np.testing.assert_array_equal(session.probs, masks[1])
+    assert session.clicks == clicks[:2]
+    count = session.finish()
+    assert count == (1 if (masks[1] > 0.5).any() else 0)
+    assert session.clicks == [] and not session.mask().any()
+    np.testing.assert_array_equal(session.image.instances == 1, (masks[1] > 0.5) if count else False)
+
+
+def picture_of(state: dict) -> np.ndarray:
+    header, data = state["picture"].split(",", 1)
+    assert header == "data:image/jpeg;base64"
+    return cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
+
+
+def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, image_folder: Path) -> None:
+    client = TestClient(build_app(str(checkpoint), images=str(image_folder)))
+    page = client.get("/")
+    assert page.status_code == 200 and "isegprobe demo" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    names = sorted(path.name for path in image_folder.iterdir())
+    assert client.get("/api/state").json() == {"images": names, "image": None, "seconds": 0.0}
+
+    state = client.post("/api/open", json={"name": names[0]}).json()
+    height, width = cv2.imread(str(image_folder / names[0])).shape[:2]
+    assert (state["width"], state["height"], state["clicks"], state["objects"]) == (width, height, [], 0)
+    assert picture_of(state).shape == (height, width, 3)
+
+    state = client.post("/api/click", json={"x": 30, "y": 20, "positive": True}).json()
+    state = client.post("/api/click", json={"x": 5, "y": 5, "positive": False}).json()
+    assert state["clicks"] == [{"x": 30, "y": 20, "positive": True}, {"x": 5, "y": 5, "positive": False}]
+    state = client.post("/api/undo").json()
+    assert state["clicks"] == [{"x": 30, "y": 20, "positive": True}]
+    state = client.post("/api/finish").json()
+    assert state["clicks"] == [] and state["objects"] in (0, 1)
+
+    download = client.get("/api/instances.png")
+    assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
+    instances = cv2.imdecode(np.frombuffer(download.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert instances.shape == (height, width) and int(instances.max()) == state["objects"]
+
+    outside = client.post("/api/click", json={"x": width, "y": 0, "positive": True})
+    assert outside.status_code == 400 and "outside the" in outside.json()["detail"]
+    assert client.post("/api/open", json={"name": "missing.png"}).status_code == 400
+
+    encoded = cv2.imencode(".png", np.full((30, 40, 3), 200, np.uint8))[1].tobytes()
+    uploaded = client.post("/api/upload?name=grey.png", content=encoded).json()
+    assert (uploaded["image"], uploaded["width"], uploaded["height"]) == ("grey.png", 40, 30)
+    refused = client.post("/api/upload?name=notes.txt", content=b"not an image")
+    assert refused.status_code == 400 and "notes.txt: not an image" in refused.json()["detail"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_real_browser_clicks_on_the_page(checkpoint: Path, image_folder: Path, tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("the browser test needs a Chromium (Debian: apt-get install chromium)")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(str(checkpoint), images=str(image_folder)), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=chromium)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.select_option("#images", index=0)
+            page.wait_for_function("document.getElementById('status').textContent.includes('0 clicks')")
+            page.click("#picture", position={"x": 30, "y": 20})
+            page.wait_for_function("document.getElementById('status').textContent.includes('1 click,')")
+            page.click("#picture", position={"x": 5, "y": 5}, button="right")
+            page.wait_for_function("document.getElementById('status').textContent.includes('2 clicks')")
+            page.keyboard.press("z")
+            page.wait_for_function("document.getElementById('status').textContent.includes('1 click,')")
+            page.keyboard.press(" ")
+            page.wait_for_function("document.getElementById('status').textContent.includes('0 clicks')")
+            page.screenshot(path=str(tmp_path / "demo.png"))
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

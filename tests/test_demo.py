@@ -126,6 +126,12 @@ def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, im
     encoded = cv2.imencode(".png", np.full((30, 40, 3), 200, np.uint8))[1].tobytes()
     uploaded = client.post("/api/upload?name=grey.png", content=encoded).json()
     assert (uploaded["image"], uploaded["width"], uploaded["height"]) == ("grey.png", 40, 30)
+    large = cv2.imencode(".png", np.full((1000, 2000, 3), 90, np.uint8))[1].tobytes()
+    uploaded = client.post("/api/upload?name=large.png", content=large).json()
+    assert (uploaded["width"], uploaded["height"]) == (2000, 1000), "clicks stay in the image's own pixels"
+    assert picture_of(uploaded).shape == (800, 1600, 3), "the picture sent is at most 1600 px on a side"
+    clicked = client.post("/api/click", json={"x": 1999, "y": 999, "positive": True}).json()
+    assert clicked["clicks"] == [{"x": 1999, "y": 999, "positive": True}]
     refused = client.post("/api/upload?name=notes.txt", content=b"not an image")
     assert refused.status_code == 400 and "notes.txt: not an image" in refused.json()["detail"]
 

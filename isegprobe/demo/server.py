@@ -27,6 +27,9 @@ from isegprobe.demo.session import DemoSession
 from isegprobe.errors import UserError
 
 STATIC = Path(__file__).parent / "static"
+# Pictures are sent at most this many pixels on a side (a phone photo would be megabytes per click through an SSH
+# tunnel); the page maps clicks through the image's own width and height, so they stay in original pixels.
+DISPLAY_MAX_SIDE = 1600
 
 
 class ImageCatalog:
@@ -141,6 +144,10 @@ def _state(session: DemoSession, catalog: ImageCatalog, seconds: float) -> dict[
         return state
     picture = compose(image.pixels, image.instances, session.mask(), session.clicks)
     height, width = image.pixels.shape[:2]
+    if max(height, width) > DISPLAY_MAX_SIDE:
+        scale = DISPLAY_MAX_SIDE / max(height, width)
+        display = (max(1, round(width * scale)), max(1, round(height * scale)))
+        picture = cv2.resize(picture, display, interpolation=cv2.INTER_AREA)
     state.update(
         image=image.name,
         width=width,

@@ -8,6 +8,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -34,6 +35,7 @@ from isegprobe.inference.predictor import (
 )
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.inference.tasks import cached_tasks
+from isegprobe.inference.visuals import strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn, box_iou, object_box
 from isegprobe.model import ISProbe
 from isegprobe.training.checkpoint import load_probe, save_checkpoint
@@ -171,7 +173,11 @@ def test_cli_from_the_cache_writes_the_papers_numbers(store, trained_run, three_
     assert csv_lines[0].startswith("dataset,num_instances,NoC@80,NoC@85,NoC@90")
     assert csv_lines[1].startswith("grabcut,3,")
 
-    assert len(list((out / "vis" / "grabcut").glob("*.png"))) == 1
+    (picture_path,) = (out / "vis" / "grabcut").glob("*.png")
+    picture = cv2.imread(str(picture_path))
+    height, width = source[0].image.shape[:2]
+    panels = len(strip_clicks(CLICKS))
+    assert picture.shape[0] > height and panels * width < picture.shape[1] < panels * (width + 20), picture.shape
     saved = sorted((out / "feats" / "grabcut").glob("*.npz"))
     assert [path.stem for path in saved] == list(source.ids())[:2]
     features = np.load(saved[0])
@@ -244,7 +250,9 @@ def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_ima
 
     tasks = list(cached_tasks(str(store), create_dataset("grabcut", three_images, "test"), flip=False))
     results = []
-    evaluate_objects(predictor, iter(tasks), max_clicks=5, batch_size=2, on_result=results.append, framing=framing)
+    evaluate_objects(
+        predictor, iter(tasks), 5, batch_size=2, on_result=results.append, framing=framing, keep_masks_at=(1, 3)
+    )
 
     assert [result.id for result in results] == [task.id for task in tasks]
     for task, result in zip(tasks, results, strict=True):
@@ -258,6 +266,9 @@ def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_ima
         replayed_ious = [iou(task.gt, probs > 0.5, task.ignore) for probs in record.probs]
         np.testing.assert_array_equal(result.ious, np.float32(replayed_ious))
         np.testing.assert_array_equal(result.final_probs, record.probs[-1])
+        assert sorted(result.masks) == [1, 3]
+        for count, mask in result.masks.items():
+            np.testing.assert_array_equal(mask, record.probs[count - 1] > 0.5)
     if zoom:
         whole = {(0, task.gt.shape[0] - 1, 0, task.gt.shape[1] - 1) for task in tasks}
         assert {framing.inner.box for framing in recorded.values()} - whole, "no object was zoomed in on"

@@ -49,6 +49,7 @@ class ObjectResult(ObjectCurve):
 
     final_probs: np.ndarray = field(repr=False)  # float32 [H, W]
     image: np.ndarray = field(repr=False)  # uint8 [H, W, 3]
+    masks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # clicks made -> bool [H, W]
 
 
 @dataclass
@@ -111,16 +112,18 @@ def evaluate_objects(
     on_result: Callable[[ObjectResult], None] | None = None,
     on_batch: Callable[[EvaluationRun], None] | None = None,
     framing: Callable[[ObjectTask], Framing] | None = None,
+    keep_masks_at: Sequence[int] = (),
 ) -> EvaluationRun:
     """Run the click protocol on every task.
 
     `on_result` sees each finished object, `on_batch` the running totals after each batch (progress, partial saves).
-    `framing` makes each object's framing; the default is `WholeImage`.
+    `framing` makes each object's framing; the default is `WholeImage`. `keep_masks_at`: after which numbers of
+    clicks `on_result` also gets the predicted mask (for pictures of how a mask grows).
     """
     framing = framing or partial(WholeImage.of_task, device=predictor.device)
     run = EvaluationRun()
     for batch in _batches(tasks, batch_size):
-        batch_results, seconds = _evaluate_batch(predictor, batch, max_clicks, threshold, framing)
+        batch_results, seconds = _evaluate_batch(predictor, batch, max_clicks, threshold, framing, keep_masks_at)
         run.predict_seconds += seconds
         run.clicks_made += len(batch) * max_clicks
         for result in batch_results:
@@ -138,11 +141,13 @@ def _evaluate_batch(
     max_clicks: int,
     threshold: float,
     framing: Callable[[ObjectTask], Framing],
+    keep_masks_at: Sequence[int],
 ) -> tuple[list[ObjectResult], float]:
     clickers = [Clicker(task.gt, task.ignore) for task in batch]
     framings = [framing(task) for task in batch]
     preds = [np.zeros_like(task.gt) for task in batch]
     ious = np.zeros((len(batch), max_clicks), np.float32)
+    kept: list[dict[int, np.ndarray]] = [{} for _ in batch]
     seconds = 0.0
     for click_index in range(max_clicks):
         for clicker, pred in zip(clickers, preds, strict=True):
@@ -155,8 +160,10 @@ def _evaluate_batch(
         for i, task in enumerate(batch):
             preds[i] = originals[i] > threshold
             ious[i, click_index] = iou(task.gt, preds[i], task.ignore)
+            if click_index + 1 in keep_masks_at:
+                kept[i][click_index + 1] = preds[i]
     results = [
-        ObjectResult(task.id, ious[i], list(clickers[i].clicks), originals[i].astype(np.float32), task.image)
+        ObjectResult(task.id, ious[i], list(clickers[i].clicks), originals[i].astype(np.float32), task.image, kept[i])
         for i, task in enumerate(batch)
     ]
     return results, seconds

@@ -27,7 +27,7 @@ from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.results import ResultsWriter
 from isegprobe.inference.saved_features import saving_features
 from isegprobe.inference.tasks import cached_tasks, online_tasks
-from isegprobe.inference.visuals import save_overlay
+from isegprobe.inference.visuals import save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
@@ -151,6 +151,7 @@ def _evaluate_dataset(
             on_result=finished,
             on_batch=batch_done,
             framing=framing,
+            keep_masks_at=strip_clicks(request.max_clicks) if request.vis_preds else (),
         )
         writer.finish(name)
     finally:

@@ -1,4 +1,4 @@
-"""Prediction overlays with the clicks drawn, for looking at what a probe does."""
+"""Prediction overlays with the clicks drawn, for looking at what a probe does: how the mask grows click by click."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from isegprobe.inference.evaluation import ObjectResult
 
 POSITIVE_BGR, NEGATIVE_BGR, MASK_BGR = (0, 200, 0), (0, 0, 230), (255, 140, 0)
+STRIP_CLICKS = (1, 3, 5, 10)
 
 
 def overlay(mask_probs: np.ndarray, clicks, image_rgb: np.ndarray | None = None) -> np.ndarray:
@@ -28,8 +29,34 @@ def overlay(mask_probs: np.ndarray, clicks, image_rgb: np.ndarray | None = None)
     return tinted
 
 
+def strip_clicks(max_clicks: int) -> tuple[int, ...]:
+    """After which numbers of clicks a picture shows the mask: 1, 3, 5, 10 within the budget, and the last."""
+    return tuple(sorted({count for count in STRIP_CLICKS if count <= max_clicks} | {max_clicks}))
+
+
 def save_overlay(folder: Path, result: ObjectResult) -> Path:
+    """One picture per object: side by side, the mask after each number of clicks in `result.masks` (the final
+    mask alone without them), each with the clicks made so far and its IoU above it."""
     folder.mkdir(parents=True, exist_ok=True)
+    stages = sorted(result.masks.items()) or [(len(result.clicks), result.final_probs > 0.5)]
+    panels = [
+        _captioned(
+            overlay(mask.astype(np.float32), result.clicks[:count], result.image),
+            f"{count} click{'s' if count > 1 else ''}: IoU {result.ious[count - 1]:.3f}",
+        )
+        for count, mask in stages
+    ]
     path = folder / f"{result.id}_{len(result.clicks)}clicks_iou{result.ious[-1]:.3f}.png"
-    cv2.imwrite(str(path), overlay(result.final_probs, result.clicks, result.image))
+    cv2.imwrite(str(path), np.concatenate(panels, axis=1))
     return path
+
+
+def _captioned(picture: np.ndarray, caption: str) -> np.ndarray:
+    """The picture under a white band with the caption, and a white gap on its right to part it from the next."""
+    height, width = picture.shape[:2]
+    scale = max(0.4, min(height, width) / 500)
+    band = int(30 * scale)
+    canvas = np.full((height + band, width + max(4, int(8 * scale)), 3), 255, np.uint8)
+    canvas[band:, :width] = picture
+    cv2.putText(canvas, caption, (4, int(22 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas

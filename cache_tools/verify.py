@@ -1,4 +1,5 @@
-"""Checks that a store's finished items hold what they claim: finite features, masks that fit, sane boxes."""
+"""Checks that a store's finished items hold what they claim: the bytes written at extraction (per-entry
+checksums), finite features, sane boxes."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from isegprobe.cache import FeatureStore
+from isegprobe.cache.checksums import CHECKED_ARRAYS, CHECKSUM_ARRAY, entry_checksums
+
+
+def has_checksums(path: str | Path) -> bool:
+    """False for stores made before per-entry checksums were recorded: their bytes cannot be checked."""
+    return CHECKSUM_ARRAY in FeatureStore.open(path).group
 
 
 def verify_store(path: str | Path) -> list[str]:
     """Problems found in the items marked done (an empty list means the store is consistent)."""
     store = FeatureStore.open(path)
     group, size = store.group, store.attrs["preprocessing"]["size"]
+    checked = CHECKSUM_ARRAY in group
+    views = store.attrs["views"]
     problems = []
     if group["features"].shape[:2] != (store.num_items, store.num_views):
         problems.append(f"features shape {group['features'].shape} does not match {store.num_items} items x views")
@@ -23,8 +32,17 @@ def verify_store(path: str | Path) -> list[str]:
         window = slice(items.start, items.stop)
         features = group["features"][window][done].astype(np.float32)
         boxes = group["valid_box"][window][done]
+        if checked:
+            recorded = group[CHECKSUM_ARRAY][window][done]
+            recomputed = entry_checksums({name: group[name][window][done] for name in CHECKED_ARRAYS})
         for offset, index in enumerate(np.flatnonzero(done) + items.start):
             item_id = store.attrs["item_ids"][index]
+            if checked and (recorded[offset] != recomputed[offset]).any():
+                changed = [views[view] for view in np.flatnonzero(recorded[offset] != recomputed[offset])]
+                problems.append(
+                    f"item {index} ({item_id}): view(s) {', '.join(changed)} no longer match their checksum "
+                    "(the stored bytes changed after extraction)"
+                )
             if not np.isfinite(features[offset]).all():
                 problems.append(f"item {index} ({item_id}): features are not finite")
             elif not features[offset].any():

@@ -80,3 +80,24 @@ def test_an_array_inside_a_store_is_not_taken_for_a_store(tmp_path):
     store = builtin_store(tmp_path, size=28, views="identity")
     inspected = CliRunner().invoke(cache, ["inspect", str(store / "features")])
     assert inspected.exit_code == 1 and "a Zarr array, not a feature store" in inspected.output
+
+
+def test_verify_finds_bytes_changed_after_extraction_by_their_checksum(tmp_path):
+    store = builtin_store(tmp_path, size=28, views="identity,hflip", items_per_shard=4)
+    runner = CliRunner()
+    verified = runner.invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 0 and "every finished entry matches its checksum" in verified.output
+    images = zarr.open(str(store), mode="r+")["images"]
+    image = images[7, 1]
+    image[3, 4, 0] ^= 1  # one bit of one pixel: still a valid image, so only the checksum can tell
+    images[7, 1] = image
+    verified = runner.invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 1
+    assert "item 7 (test_007): view(s) hflip no longer match their checksum" in verified.output
+
+
+def test_a_store_without_checksums_verifies_and_says_its_bytes_were_not_checked(tmp_path):
+    store = builtin_store(tmp_path, size=28, views="identity")
+    del zarr.open_group(str(store), mode="r+")["checksum"]
+    verified = CliRunner().invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 0 and "its bytes were not checked" in verified.output

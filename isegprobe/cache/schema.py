@@ -14,7 +14,6 @@ import numpy as np
 from isegprobe.errors import UserError
 
 SCHEMA_VERSION = 1
-ARRAY_NAMES = ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size", "done")
 
 # Keys of the featurizer provenance that decide whether two extractions give the same features.
 FEATURIZER_IDENTITY_KEYS = ("name", "architecture", "output", "weights_sha256", "random_seed", "patch_size", "dim")
@@ -59,6 +58,7 @@ def array_specs(dim: int, grid: tuple[int, int], size: int) -> list[ArraySpec]:
         ArraySpec("valid_box", (4,), "int32"),
         ArraySpec("crop_box", (4,), "int32"),
         ArraySpec("original_size", (2,), "int32", per_view=False),
+        ArraySpec("checksum", (), "uint32"),
         ArraySpec("done", (), "uint8", per_view=False),
     ]
 

@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from isegprobe.cache.checksums import CHECKSUM_ARRAY, entry_checksums
 from isegprobe.cache.schema import SCHEMA_VERSION, ArraySpec, array_specs
 from isegprobe.errors import UserError
 
@@ -94,9 +95,12 @@ class FeatureStore:
         return np.asarray(self.group["done"][:]).astype(bool)
 
     def write_items(self, items: range, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write every array for the contiguous `items` (one shard), then mark them done."""
+        """Write every array for the contiguous `items` (one shard) with their checksums, then mark them done."""
         window = slice(items.start, items.stop)
-        for name, values in arrays.items():
+        stored = {name: np.asarray(values, dtype=self.group[name].dtype) for name, values in arrays.items()}
+        if CHECKSUM_ARRAY in self.group:
+            stored[CHECKSUM_ARRAY] = entry_checksums(stored)
+        for name, values in stored.items():
             if name != "done":
                 self.group[name][window] = values
         self.group["done"][window] = 1
@@ -134,6 +138,7 @@ def _dimension_names(spec: ArraySpec) -> tuple[str, ...]:
         "valid_box": ("box",),
         "crop_box": ("box",),
         "original_size": ("hw",),
+        "checksum": (),
         "done": (),
     }[spec.name]
     return (("item", "view") if spec.per_view else ("item",)) + names

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from stores import builtin_store
 
 from cache_tools.stats import feature_stats
+from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.cache import cache
 
 
@@ -94,6 +95,36 @@ def test_verify_finds_bytes_changed_after_extraction_by_their_checksum(tmp_path)
     verified = runner.invoke(cache, ["verify", str(store)])
     assert verified.exit_code == 1
     assert "item 7 (test_007): view(s) hflip no longer match their checksum" in verified.output
+    assert "--repair" in verified.output
+
+
+def test_repair_extracts_the_broken_items_again_and_only_their_shard(tmp_path):
+    store = builtin_store(tmp_path, size=28, views="identity,hflip", items_per_shard=4)
+    pristine = {name: np.asarray(zarr.open(str(store))[name][:]) for name in ("features", "images", "checksum")}
+    group = zarr.open(str(store), mode="r+")
+    image = group["images"][7, 1]
+    image[3, 4, 0] ^= 1
+    group["images"][7, 1] = image
+    features = group["features"][2, 0]
+    features[0, 0, 0] = np.inf
+    group["features"][2, 0] = features
+
+    result = extract(
+        ExtractionRequest(
+            featurizer="vit_small_patch14_dinov2", weights="random", dataset="builtin", root=None, split="test",
+            size=28, views="identity,hflip", out=str(tmp_path), workers=0, items_per_shard=4, repair=True,
+        )
+    )  # fmt: skip
+    changed = "no longer match their checksum (the stored bytes changed after extraction)"
+    assert result.repaired == [
+        f"test_002: view(s) identity {changed}",
+        "test_002: features are not finite",
+        f"test_007: view(s) hflip {changed}",
+    ]
+    assert result.items_extracted == 8, "the two shards holding broken items, and nothing else"
+    assert CliRunner().invoke(cache, ["verify", str(store)]).exit_code == 0
+    for name, values in pristine.items():
+        np.testing.assert_array_equal(np.asarray(zarr.open(str(store))[name][:]), values)
 
 
 def test_a_store_without_checksums_verifies_and_says_its_bytes_were_not_checked(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from isegprobe.cache.attrs import build_attrs
+from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.schema import mismatches, store_name
 from isegprobe.cache.store import FeatureStore
 from isegprobe.data import SampleSource, create_dataset, resolve_root
@@ -44,6 +45,7 @@ class ExtractionRequest:
     device: str = "cpu"
     out: str = "cache"
     overwrite: bool = False
+    repair: bool = False
     items_per_shard: int = 16
     workers: int = 2
     codec: str = "zstd"
@@ -56,6 +58,7 @@ class ExtractionResult:
     items_extracted: int
     seconds: float
     nbytes: int
+    repaired: list[str] = field(default_factory=list)  # "item id: what was wrong", for --repair
 
 
 class _ItemViews(Dataset):
@@ -181,6 +184,8 @@ def extract(request: ExtractionRequest) -> ExtractionResult:
     )
     path = Path(request.out) / store_name(request.featurizer, request.dataset.lower(), request.split, request.size)
     store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
+    repaired = _mark_broken_undone(store) if request.repair and rank == 0 else []
+    barrier()
     shards = _pending_shards(store, rank, world)
     indices = [index for items in shards for index in items]
     if indices:
@@ -188,7 +193,16 @@ def extract(request: ExtractionRequest) -> ExtractionResult:
     barrier()
     if rank == 0:
         store.record_progress()
-    return ExtractionResult(path, store.num_items, len(indices), time.perf_counter() - started, store.nbytes_on_disk())
+    seconds = time.perf_counter() - started
+    return ExtractionResult(path, store.num_items, len(indices), seconds, store.nbytes_on_disk(), repaired)
+
+
+def _mark_broken_undone(store: FeatureStore) -> list[str]:
+    """--repair: the finished items that fail `cache verify`'s checks are marked undone, so that this run extracts
+    them again (with the rest of their shards, which are rewritten whole)."""
+    broken = list(broken_entries(store))
+    mark_undone(store, sorted({index for index, _ in broken}))
+    return [f"{store.attrs['item_ids'][index]}: {problem}" for index, problem in broken]
 
 
 def _run(

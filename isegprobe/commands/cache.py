@@ -36,6 +36,7 @@ def verify_command(store: str) -> None:
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
+        click.echo("the same extract-features command with --repair extracts the broken items again", err=True)
         raise SystemExit(1)
     if has_checksums(store):
         click.echo(f"{store}: consistent (every finished entry matches its checksum)")

@@ -81,6 +81,11 @@ def human_bytes(count: int) -> str:
     help="Folder for the store; it is created as OUT/<featurizer>-<dataset>-<split>-<size>.zarr.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming it.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="First check every finished item as `isegprobe cache verify` does, and extract the broken ones again.",
+)
 @reports_user_errors
 def extract_features(**options) -> None:
     """Run a frozen featurizer once over a dataset and cache its features in a Zarr v3 store.
@@ -90,6 +95,8 @@ def extract_features(**options) -> None:
     Under torchrun, each rank extracts its own shards of the same store.
     """
     result = extract(ExtractionRequest(**options))
+    for problem in result.repaired:
+        click.echo(f"repairing {problem}")
     if result.items_extracted == 0:
         click.echo(f"nothing to do: all {result.items_total} items are already in the store")
     else:

@@ -35,10 +35,9 @@ class FeatureStore:
         path = Path(path)
         if not (path / "zarr.json").is_file():
             raise UserError(f"{path}: not a feature store (no zarr.json); create one with `isegprobe extract-features`")
-        if _node_type(path) != "group":
-            raise UserError(
-                f"{path}: a Zarr {_node_type(path)}, not a feature store (the folder that holds the arrays)"
-            )
+        node_type = _node_type(path)
+        if node_type != "group":
+            raise UserError(f"{path}: a Zarr {node_type}, not a feature store (the folder that holds the arrays)")
         group = zarr.open_group(str(path), mode=mode)
         if group.attrs.get("schema_version") != SCHEMA_VERSION:
             raise UserError(

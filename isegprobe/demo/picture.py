@@ -1,7 +1,7 @@
 """What the page shows: the image with the finished objects, the current mask and its clicks drawn in.
 
-Drawn on the server, at the image's own resolution, so the page only displays a picture and maps mouse positions
-back to image pixels.
+Drawn on the server, at the image's own resolution (the server shrinks large pictures before sending them), so the
+page only displays a picture and maps mouse positions back to image pixels.
 """
 
 from __future__ import annotations

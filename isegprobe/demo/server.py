@@ -70,6 +70,8 @@ class OpenImage(BaseModel):
 
 
 def create_app(session: DemoSession, catalog: ImageCatalog) -> FastAPI:
+    """The page at /, its script under /static, and /api: state, open, upload, click, undo, reset, finish, and the
+    instance map as a 16-bit PNG. Every answer is the whole state the page shows; bad input answers 400 with why."""
     app = FastAPI(title="isegprobe demo", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     lock = threading.Lock()

@@ -27,6 +27,7 @@ from isegprobe.inference.evaluation import WholeImage
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.runner import checkpoint_backbone
 from isegprobe.inference.tasks import online_tasks
+from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.training.checkpoint import load_probe
 from isegprobe.training.trainer import train
 
@@ -53,12 +54,12 @@ def image_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def session_for(checkpoint: Path) -> DemoSession:
+def session_for(checkpoint: Path, zoom_in: bool = False) -> DemoSession:
     probe, metadata = load_probe(checkpoint)
     featurizer = checkpoint_backbone(metadata)
     preprocessing = metadata["preprocessing"]
     predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"), featurizer)
-    return DemoSession(predictor, SIZE, preprocessing["resize"])
+    return DemoSession(predictor, SIZE, preprocessing["resize"], zoom_in=zoom_in)
 
 
 def test_the_session_predicts_what_evaluation_predicts_and_undo_replays_exactly(checkpoint: Path) -> None:
@@ -85,6 +86,22 @@ def test_the_session_predicts_what_evaluation_predicts_and_undo_replays_exactly(
     assert count == (1 if (masks[1] > 0.5).any() else 0)
     assert session.clicks == [] and not session.mask().any()
     np.testing.assert_array_equal(session.image.instances == 1, (masks[1] > 0.5) if count else False)
+
+
+def test_zoom_in_sessions_follow_evaluations_zoom_in_and_undo_exactly(checkpoint: Path) -> None:
+    session = session_for(checkpoint, zoom_in=True)
+    sample = create_dataset("builtin", split="test")[1]
+    session.open(sample.id, sample.image)
+    clicks = [Click(60, 80, True), Click(100, 150, True), Click(10, 10, False)]
+    masks = []
+    for click in clicks:
+        masks.append(session.click(click.y, click.x, click.is_positive).copy())
+    framing = ZoomIn(sample.image, SIZE)
+    for index in range(len(clicks)):
+        probs = session.predictor.probabilities([framing.inputs(clicks[: index + 1])])[0]
+        np.testing.assert_allclose(framing.to_original(probs).numpy(), masks[index], atol=1e-6)
+    session.undo()
+    np.testing.assert_array_equal(session.probs, masks[1])
 
 
 def picture_of(state: dict) -> np.ndarray:

@@ -120,6 +120,12 @@ def test_every_panel_is_drawn_through_the_low_res_colour_map(store: Path) -> Non
     expected = PcaColours.fit(features).rgb(2 * features).repeat(14, axis=0).repeat(14, axis=1)
     np.testing.assert_array_equal(doubled, expected)
     assert not np.array_equal(doubled, nearest)
+
+    # Each panel through its own PCA: scaling by two no longer shows, the structure does.
+    own = feature_panels(entry, upsamplers, torch.device("cpu"), shared=False)
+    (_, own_low), (_, own_nearest), _, (_, own_doubled) = own.pictures
+    np.testing.assert_array_equal(own_low, low_res)
+    assert np.abs(own_doubled.astype(int) - own_nearest.astype(int)).max() <= 1
     assert panels.title.endswith(f"{entry.item_ids[2]} (identity view)")
 
 

@@ -68,6 +68,14 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     type=click.Path(exists=True),
     help="A trained probe (RUN_DIR or RUN/last.safetensors): also draw its own upsampler's output.",
 )
+@click.option(
+    "--colours",
+    type=click.Choice(["shared", "own"]),
+    default="shared",
+    show_default=True,
+    help="shared: every panel through the low-res features' PCA (colours compare across panels); own: each panel "
+    "through its own PCA (shows the structure of outputs far from the backbone's feature space).",
+)
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
 @click.option("--out", default="features.png", show_default=True, type=click.Path(dir_okay=False), help="PNG path.")
 @reports_user_errors
@@ -78,6 +86,7 @@ def features(
     upsamplers: str,
     weights: tuple[str, ...],
     checkpoint: str | None,
+    colours: str,
     device: str,
     out: str,
 ) -> None:
@@ -88,7 +97,8 @@ def features(
     built = named_upsamplers(names, _weights_by_name(weights), int(store.provenance["dim"]))
     if checkpoint is not None:
         built.append(probe_upsampler(checkpoint, store))
-    for path in plot_feature_panels(feature_panels(store, built, device=torch.device(device)), out):
+    panels = feature_panels(store, built, device=torch.device(device), shared=colours == "shared")
+    for path in plot_feature_panels(panels, out):
         click.echo(f"wrote {path}")
 
 

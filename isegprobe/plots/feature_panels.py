@@ -67,9 +67,10 @@ def probe_upsampler(checkpoint: str | Path, store: CachedDataset) -> tuple[str, 
 
 @torch.inference_mode()
 def feature_panels(
-    store: CachedDataset, upsamplers: Sequence[tuple[str, nn.Module]], device: torch.device
+    store: CachedDataset, upsamplers: Sequence[tuple[str, nn.Module]], device: torch.device, shared: bool = True
 ) -> FeaturePanels:
-    """Panels for the store's first entry (`open_item` opens a store on the one entry to draw)."""
+    """Panels for the store's first entry (`open_item` opens a store on the one entry to draw); `shared`: every
+    panel through the low-res features' PCA colours, else each through its own."""
     entry = store[0]
     features = entry["features"].float()
     image = entry["image"]
@@ -83,8 +84,8 @@ def feature_panels(
     guidance = normalize_images(image[None].to(device), store.preprocessing["mean"], store.preprocessing["std"])
     pictures = [(f"low-res {grid_h}x{grid_w}", colours.rgb(tokens))]
     for caption, upsampler in upsamplers:
-        upsampled = upsampler.to(device).eval()(features[None].to(device), guidance)[0].cpu()
-        pictures.append((caption, colours.rgb(upsampled[:, y0:y1, x0:x1])))
+        upsampled = upsampler.to(device).eval()(features[None].to(device), guidance)[0].cpu()[:, y0:y1, x0:x1]
+        pictures.append((caption, (colours if shared else PcaColours.fit(upsampled)).rgb(upsampled)))
     view = store.store.attrs["views"][store.view_indices[0]]
     title = f"{store.provenance.get('name')}: {store.item_ids[store.items[0]]} ({view} view)"
     return FeaturePanels(title, image[:, y0:y1, x0:x1].permute(1, 2, 0).numpy(), pictures)

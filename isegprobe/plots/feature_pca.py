@@ -1,8 +1,10 @@
 """Features as colours: the three principal directions of one image's low-resolution features, mapped to RGB.
 
-The directions and the colour range are fitted once, on the low-resolution features, and every upsampler's output
-is drawn through the same map: the same colour then means the same feature in every panel, so an upsampler that
-drifts away from the backbone's feature space shows as a change of colour, not just of sharpness.
+By default the directions and the colour range are fitted once, on the low-resolution features, and every
+upsampler's output is drawn through the same map: the same colour then means the same feature in every panel, so an
+upsampler that drifts away from the backbone's feature space shows as a change of colour, not just of sharpness.
+An output far from that space (an upsampler trained inside a probe, say) then looks flat; fitting each panel on its
+own tokens shows its structure instead, at the price of colours that no longer compare across panels.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 # The colour range spans these quantiles of the low-resolution projections: a few extreme tokens (such as the
 # high-norm artefact tokens of ViTs without registers) would otherwise wash every other colour out.
 RANGE_QUANTILES = (0.01, 0.99)
+FIT_TOKENS = 20_000
 
 
 @dataclass
@@ -28,9 +31,13 @@ class PcaColours:
     high: Tensor  # [3]
 
     @classmethod
-    def fit(cls, features: Tensor) -> PcaColours:
-        """Fit on the tokens of `features` [C, h, w] (exact SVD: one image has at most a few thousand tokens)."""
+    def fit(cls, features: Tensor, max_tokens: int = FIT_TOKENS) -> PcaColours:
+        """Fit on the tokens of `features` [C, h, w]: all of them for a low-res grid (exact SVD), a seeded sample of
+        `max_tokens` for an upsampled map."""
         tokens = features.flatten(1).T.float()
+        if len(tokens) > max_tokens:
+            generator = torch.Generator().manual_seed(0)
+            tokens = tokens[torch.randperm(len(tokens), generator=generator)[:max_tokens]]
         if min(tokens.shape) < 3:
             raise ValueError(f"three colours need at least 3 tokens and 3 channels, got {tuple(tokens.shape)}")
         mean = tokens.mean(dim=0)

@@ -6,17 +6,13 @@ import click
 import uvicorn
 
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.options import checkpoint_option
 from isegprobe.demo.app import build_app
 from isegprobe.devices import default_device
 
 
 @click.command("demo")
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(exists=True),
-    help="RUN_DIR (best, else last) or RUN/last.safetensors.",
-)
+@checkpoint_option
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="A folder of images to list.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="One image to list.")
 @click.option(

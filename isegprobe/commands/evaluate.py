@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.options import checkpoint_option
 from isegprobe.devices import default_device
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
@@ -16,12 +17,7 @@ from isegprobe.training.run_logger import start_wandb
 
 
 @click.command("evaluate")
-@click.option(
-    "--checkpoint",
-    required=True,
-    type=click.Path(exists=True),
-    help="RUN_DIR (best, else last) or RUN/last.safetensors.",
-)
+@checkpoint_option
 @click.option("--datasets", default="grabcut", show_default=True, help="Comma-separated dataset names.")
 @click.option("--split", default="test", show_default=True, help="Split of every dataset.")
 @click.option(

@@ -6,7 +6,7 @@ import click
 import torch
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.results_options import labels_option, results_argument, split_labels
+from isegprobe.commands.options import labels_option, results_argument, split_labels
 from isegprobe.devices import default_device
 from isegprobe.errors import UserError
 from isegprobe.plots.feature_panels import (

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.results_options import labels_option, results_argument, split_labels
+from isegprobe.commands.options import labels_option, results_argument, split_labels
 from isegprobe.inference.report import format_report
 from isegprobe.inference.results import probe_label, read_results
 from isegprobe.training.checkpoint import atomic_write_bytes

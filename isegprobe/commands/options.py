@@ -1,4 +1,4 @@
-"""The arguments shared by the commands that read several evaluations (`plot iou-vs-clicks`, `report`)."""
+"""Options and arguments that several commands share, so that they read and explain themselves the same way."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ import click
 
 from isegprobe.errors import UserError
 
+checkpoint_option = click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True),
+    help="RUN_DIR (best, else last) or RUN/last.safetensors.",
+)
+
+# For the commands that read several evaluations (`plot iou-vs-clicks`, `report`).
 results_argument = click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 
 labels_option = click.option(

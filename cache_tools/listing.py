@@ -13,23 +13,23 @@ COLUMNS = ["store", "featurizer", "weights", "dataset", "views", "size", "items 
 TEXT_COLUMNS = 5
 
 
-def find_stores(root: str | Path) -> list[Path]:
-    """Store folders under `root` (itself included), in path order; the arrays inside a store are not searched."""
+def find_stores(root: str | Path) -> list[FeatureStore]:
+    """Stores under `root` (itself included), opened, in path order; the arrays inside a store are not searched."""
     found = []
     for folder, subfolders, files in os.walk(root):
-        if "zarr.json" in files and _is_store(Path(folder)):
-            found.append(Path(folder))
+        store = _open_store(Path(folder)) if "zarr.json" in files else None
+        if store is not None:
+            found.append(store)
             subfolders.clear()
         subfolders.sort()
     return found
 
 
-def _is_store(path: Path) -> bool:
+def _open_store(path: Path) -> FeatureStore | None:
     try:
-        FeatureStore.open(path)
+        return FeatureStore.open(path)
     except UserError:
-        return False
-    return True
+        return None
 
 
 def list_stores(root: str | Path) -> str:
@@ -38,9 +38,8 @@ def list_stores(root: str | Path) -> str:
     if not stores:
         raise UserError(f"{root}: no feature store in it or below it")
     rows = [COLUMNS]
-    for path in stores:
-        store = FeatureStore.open(path)
-        attrs = store.attrs
+    for store in stores:
+        path, attrs = store.path, store.attrs
         featurizer, dataset = attrs["featurizer"], attrs["dataset"]
         rows.append(
             [

@@ -11,6 +11,8 @@ import numpy as np
 from isegprobe.cache.checksums import CHECKED_ARRAYS, CHECKSUM_ARRAY, entry_checksums
 from isegprobe.cache.store import FeatureStore
 
+CHANGED_BYTES = "no longer match their checksum (the stored bytes changed after extraction)"
+
 
 def broken_entries(store: FeatureStore) -> Iterator[tuple[int, str]]:
     """(item index, what is wrong) for every finished item that fails a check, shard by shard."""
@@ -23,21 +25,16 @@ def broken_entries(store: FeatureStore) -> Iterator[tuple[int, str]]:
         if not done.any():
             continue
         window = slice(items.start, items.stop)
-        features = group["features"][window][done].astype(np.float32)
+        # Each array of the shard is read once: the checksums and the feature checks share the features.
+        stored = {name: group[name][window][done] for name in (CHECKED_ARRAYS if checked else ("features",))}
+        features = stored["features"].astype(np.float32)
         boxes = group["valid_box"][window][done]
         if checked:
-            recorded = group[CHECKSUM_ARRAY][window][done]
-            recomputed = entry_checksums({name: group[name][window][done] for name in CHECKED_ARRAYS})
+            mismatched = group[CHECKSUM_ARRAY][window][done] != entry_checksums(stored)
         for offset, index in enumerate(np.flatnonzero(done) + items.start):
-            if checked and (recorded[offset] != recomputed[offset]).any():
-                changed = [views[view] for view in np.flatnonzero(recorded[offset] != recomputed[offset])]
-                yield (
-                    int(index),
-                    (
-                        f"view(s) {', '.join(changed)} no longer match their checksum "
-                        "(the stored bytes changed after extraction)"
-                    ),
-                )
+            if checked and mismatched[offset].any():
+                changed = ", ".join(views[view] for view in np.flatnonzero(mismatched[offset]))
+                yield int(index), f"view(s) {changed} {CHANGED_BYTES}"
             if not np.isfinite(features[offset]).all():
                 yield int(index), "features are not finite"
             elif not features[offset].any():
@@ -49,8 +46,8 @@ def broken_entries(store: FeatureStore) -> Iterator[tuple[int, str]]:
 
 def mark_undone(store: FeatureStore, indices: list[int]) -> None:
     """Clear the completion record of these items, so that the next extraction computes them (and their shards)
-    again; the attrs' item count follows."""
-    done = store.group["done"]
-    for index in indices:
-        done[index] = 0
+    again; the attrs' item count follows. One write of the record, not one per item."""
+    done = store.done_mask().astype(np.uint8)
+    done[indices] = 0
+    store.group["done"][:] = done
     store.record_progress()

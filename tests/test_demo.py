@@ -14,16 +14,21 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
+from isegprobe.cli import main
 from isegprobe.config import load_train_config
 from isegprobe.data import create_dataset
+from isegprobe.demo import server
 from isegprobe.demo.app import build_app
+from isegprobe.demo.catalog import DatasetCatalog, ImageCatalog
 from isegprobe.demo.session import DemoSession
 from isegprobe.inference.clicker import Click
 from isegprobe.inference.evaluation import WholeImage
+from isegprobe.inference.metrics import iou
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.runner import checkpoint_backbone
 from isegprobe.inference.tasks import online_tasks
@@ -104,6 +109,65 @@ def test_zoom_in_sessions_follow_evaluations_zoom_in_and_undo_exactly(checkpoint
     np.testing.assert_array_equal(session.probs, masks[1])
 
 
+def inside(sample, instance: int) -> tuple[int, int]:
+    """A pixel of `instance` in the middle of its list of pixels (y, x)."""
+    pixels = np.argwhere(sample.labels == instance)
+    y, x = pixels[len(pixels) // 2]
+    return int(y), int(x)
+
+
+def test_with_ground_truth_the_session_scores_the_object_under_the_first_positive_click(checkpoint: Path) -> None:
+    session = session_for(checkpoint)
+    sample = create_dataset("builtin", split="test")[0]
+    session.open(sample.id, sample.image, sample)
+    background = np.argwhere(sample.labels == 0)[0]
+    session.click(int(background[0]), int(background[1]), False)
+    assert session.truth_object() == 0 and session.truth_iou() is None, "no positive click yet"
+    y, x = inside(sample, 2)
+    session.click(y, x, True)
+    assert session.truth_object() == 2
+    assert session.truth_iou() == iou(sample.labels == 2, session.probs > 0.5, sample.ignore)
+    session.reset()
+    session.click(int(background[0]), int(background[1]), True)
+    assert session.truth_object() == 0 and session.truth_iou() is None, "a first positive click on background"
+
+    session.open("file.png", sample.image)
+    session.click(y, x, True)
+    assert session.truth_object() == 0 and session.truth_iou() is None, "an image without ground truth"
+
+
+def test_the_api_shows_the_iou_on_a_datasets_images(checkpoint: Path) -> None:
+    source = create_dataset("builtin", split="test")
+    client = TestClient(build_app(str(checkpoint), DatasetCatalog.from_options("builtin", None, "test")))
+    assert client.get("/api/state").json()["images"] == list(source.ids())
+    sample = source[1]
+    state = client.post("/api/open", json={"name": sample.id}).json()
+    assert (state["ground_truth"], state["truth_object"], state["iou"]) == (True, 0, None)
+    y, x = inside(sample, 1)
+    state = client.post("/api/click", json={"x": x, "y": y, "positive": True}).json()
+    assert state["truth_object"] == 1 and 0.0 <= state["iou"] <= 1.0
+    unknown = client.post("/api/open", json={"name": "../" + sample.id})
+    assert unknown.status_code == 400 and "no image '../" in unknown.json()["detail"]
+
+
+def test_uploads_over_the_size_limit_are_refused_before_decoding(
+    checkpoint: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "MAX_UPLOAD_BYTES", 1000)
+    client = TestClient(build_app(str(checkpoint), ImageCatalog.from_options(str(image_folder), None)))
+    encoded = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))[1].tobytes()
+    refused = client.post("/api/upload?name=noise.png", content=encoded)
+    assert refused.status_code == 413 and "noise.png" in refused.json()["detail"]
+    assert client.get("/api/state").json()["image"] is None, "the server keeps serving, nothing was opened"
+
+
+def test_the_demo_command_takes_one_source_of_images(checkpoint: Path, image_folder: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["demo", "--checkpoint", str(checkpoint), "--images", str(image_folder), "--dataset", "builtin"]
+    )
+    assert result.exit_code != 0 and "--images and --dataset: give one of them" in result.output
+
+
 def picture_of(state: dict) -> np.ndarray:
     header, data = state["picture"].split(",", 1)
     assert header == "data:image/jpeg;base64"
@@ -111,7 +175,7 @@ def picture_of(state: dict) -> np.ndarray:
 
 
 def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, image_folder: Path) -> None:
-    client = TestClient(build_app(str(checkpoint), images=str(image_folder)))
+    client = TestClient(build_app(str(checkpoint), ImageCatalog.from_options(str(image_folder), None)))
     page = client.get("/")
     assert page.status_code == 200 and "isegprobe demo" in page.text
     assert client.get("/static/app.js").status_code == 200
@@ -159,35 +223,52 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_real_browser_clicks_on_the_page(checkpoint: Path, image_folder: Path, tmp_path: Path) -> None:
+def test_a_real_browser_clicks_on_the_page(checkpoint: Path, tmp_path: Path) -> None:
+    """Three clicks on a built-in scene in Chromium: the status, the IoU against the ground truth and the
+    picture follow; undo by z and by backspace, finish by space. The screenshot after three clicks is kept in the
+    test's folder (demo_three_clicks.png)."""
     playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("the browser test needs a Chromium (Debian: apt-get install chromium)")
+    sample = create_dataset("builtin", split="test")[0]
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(str(checkpoint), images=str(image_folder)), port=port, log_level="warning")
-    )
+    app = build_app(str(checkpoint), DatasetCatalog.from_options("builtin", None, "test"))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+
+    def wait_for_text(element: str, text: str) -> None:
+        page.wait_for_function(f"document.getElementById({element!r}).textContent.includes({text!r})")
+
     try:
         while not server.started:
             time.sleep(0.05)
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=chromium)
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
             page.goto(f"http://127.0.0.1:{port}/")
             page.select_option("#images", index=0)
-            page.wait_for_function("document.getElementById('status').textContent.includes('0 clicks')")
-            page.click("#picture", position={"x": 30, "y": 20})
-            page.wait_for_function("document.getElementById('status').textContent.includes('1 click,')")
-            page.click("#picture", position={"x": 5, "y": 5}, button="right")
-            page.wait_for_function("document.getElementById('status').textContent.includes('2 clicks')")
+            wait_for_text("status", "0 clicks")
+            wait_for_text("truth", "the first positive click picks the object")
+            unclicked = page.get_attribute("#picture", "src")
+            y, x = inside(sample, 1)
+            page.click("#picture", position={"x": x, "y": y})
+            wait_for_text("status", "1 click,")
+            wait_for_text("truth", "IoU with ground-truth object 1:")
+            assert page.get_attribute("#picture", "src") != unclicked, "the click is drawn into the picture"
+            page.click("#picture", position={"x": 2, "y": 2}, button="right")
+            wait_for_text("status", "2 clicks")
+            y, x = inside(sample, 1)
+            page.click("#picture", position={"x": x + 1, "y": y + 1})
+            wait_for_text("status", "3 clicks")
+            page.screenshot(path=str(tmp_path / "demo_three_clicks.png"))
             page.keyboard.press("z")
-            page.wait_for_function("document.getElementById('status').textContent.includes('1 click,')")
+            wait_for_text("status", "2 clicks")
+            page.keyboard.press("Backspace")
+            wait_for_text("status", "1 click,")
             page.keyboard.press(" ")
-            page.wait_for_function("document.getElementById('status').textContent.includes('0 clicks')")
-            page.screenshot(path=str(tmp_path / "demo.png"))
+            wait_for_text("status", "0 clicks")
             browser.close()
     finally:
         server.should_exit = True

@@ -7,14 +7,24 @@ import uvicorn
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import checkpoint_option
+from isegprobe.data import list_datasets
 from isegprobe.demo.app import build_app
+from isegprobe.demo.catalog import Catalog, DatasetCatalog, ImageCatalog
 from isegprobe.devices import default_device
+from isegprobe.errors import UserError
 
 
 @click.command("demo")
 @checkpoint_option
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="A folder of images to list.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="One image to list.")
+@click.option(
+    "--dataset",
+    default=None,
+    help=f"List a dataset's images with their ground truth, and show the IoU; one of: {', '.join(list_datasets())}.",
+)
+@click.option("--root", default=None, help="Folder of --dataset in its usual layout (not needed for builtin).")
+@click.option("--split", default="test", show_default=True, help="Split of --dataset.")
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network."
 )
@@ -27,20 +37,34 @@ def demo(
     checkpoint: str,
     images: str | None,
     image: str | None,
+    dataset: str | None,
+    root: str | None,
+    split: str,
     host: str,
     port: int,
     device: str,
     zoom_in: bool,
     threshold: float,
 ) -> None:
-    """Serve a local web page on which left clicks are positive and right clicks negative, scroll zooms, z undoes,
-    r resets and space finishes an object; finished objects download as one instance-id PNG.
+    """Serve a local web page on which left clicks are positive and right clicks negative, scroll zooms, middle or
+    shift drag moves, z or backspace undoes, r resets and space finishes an object; finished objects download as
+    one instance-id PNG. With --dataset, the object under the first positive click is compared with the ground truth
+    and its IoU shown.
 
     \b
     On a remote GPU server, forward the port and open http://127.0.0.1:8765 locally:
         ssh -L 8765:127.0.0.1:8765 server
     The backbone the probe was trained on is rebuilt from the checkpoint and runs once per image.
     """
-    app = build_app(checkpoint, images, image, device, zoom_in, threshold)
+    app = build_app(checkpoint, _catalog(images, image, dataset, root, split), device, zoom_in, threshold)
     click.echo(f"isegprobe demo on http://{host}:{port} (Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _catalog(images: str | None, image: str | None, dataset: str | None, root: str | None, split: str) -> Catalog:
+    given = [option for option, value in (("--images", images), ("--image", image), ("--dataset", dataset)) if value]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)}: give one of them (or none, and upload images on the page)")
+    if dataset is not None:
+        return DatasetCatalog.from_options(dataset, root, split)
+    return ImageCatalog.from_options(images, image)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from fastapi import FastAPI
 
-from isegprobe.demo.server import ImageCatalog, create_app
+from isegprobe.demo.catalog import Catalog
+from isegprobe.demo.server import create_app
 from isegprobe.demo.session import DemoSession
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.runner import checkpoint_backbone
@@ -13,16 +14,10 @@ from isegprobe.training.checkpoint import load_probe
 
 
 def build_app(
-    checkpoint: str,
-    images: str | None = None,
-    image: str | None = None,
-    device: str = "cpu",
-    zoom_in: bool = False,
-    threshold: float = 0.5,
+    checkpoint: str, catalog: Catalog, device: str = "cpu", zoom_in: bool = False, threshold: float = 0.5
 ) -> FastAPI:
-    """The demo app for the probe at `checkpoint`, listing the images of folder `images` (or the one `image`)."""
+    """The demo app for the probe at `checkpoint`, listing the images of `catalog`."""
     torch_device = torch.device(device)
-    catalog = ImageCatalog.from_options(images, image)
     probe, metadata = load_probe(checkpoint, device=torch_device)
     featurizer = checkpoint_backbone(metadata).to(torch_device)
     if probe.needs_featurizer:

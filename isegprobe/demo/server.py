@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from isegprobe.data.image_io import IMAGE_SUFFIXES, read_rgb
+from isegprobe.demo.catalog import Catalog
 from isegprobe.demo.picture import compose, encode
 from isegprobe.demo.session import DemoSession
 from isegprobe.errors import UserError
@@ -30,33 +30,8 @@ STATIC = Path(__file__).parent / "static"
 # Pictures are sent at most this many pixels on a side (a phone photo would be megabytes per click through an SSH
 # tunnel); the page maps clicks through the image's own width and height, so they stay in original pixels.
 DISPLAY_MAX_SIDE = 1600
-
-
-class ImageCatalog:
-    """The images the page lists: every image file in a folder (sorted), or one file."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = {path.name: path for path in paths}
-
-    @classmethod
-    def from_options(cls, images: str | None, image: str | None) -> ImageCatalog:
-        if image is not None:
-            return cls([Path(image)])
-        if images is None:
-            return cls([])
-        folder = Path(images)
-        files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UserError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
-        return cls(files)
-
-    def names(self) -> list[str]:
-        return list(self.paths)
-
-    def read(self, name: str) -> np.ndarray:
-        if name not in self.paths:
-            raise UserError(f"no image {name!r} in the list")
-        return read_rgb(self.paths[name])
+# Uploads larger than this are refused before decoding (a 100-megapixel JPEG is about 30 MiB).
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 
 
 class ClickRequest(BaseModel):
@@ -69,7 +44,7 @@ class OpenImage(BaseModel):
     name: str
 
 
-def create_app(session: DemoSession, catalog: ImageCatalog) -> FastAPI:
+def create_app(session: DemoSession, catalog: Catalog) -> FastAPI:
     """The page at /, its script under /static, and /api: state, open, upload, click, undo, reset, finish, and the
     instance map as a 16-bit PNG. Every answer is the whole state the page shows; bad input answers 400 with why."""
     app = FastAPI(title="isegprobe demo", docs_url=None, redoc_url=None)
@@ -99,11 +74,16 @@ def create_app(session: DemoSession, catalog: ImageCatalog) -> FastAPI:
 
     @app.post("/api/open")
     def open_image(request: OpenImage) -> dict[str, Any]:
-        return act(lambda: session.open(request.name, catalog.read(request.name)))
+        return act(lambda: session.open(request.name, *catalog.read(request.name)))
 
     @app.post("/api/upload")
     async def upload(request: Request, name: str = "upload") -> dict[str, Any]:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_UPLOAD_BYTES:
+            raise HTTPException(status_code=413, detail=_too_large(name, declared))
         data = await request.body()
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(status_code=413, detail=_too_large(name, len(data)))
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if decoded is None:
             raise HTTPException(status_code=400, detail=f"{name}: not an image the server can read (PNG, JPEG, ...)")
@@ -138,7 +118,11 @@ def create_app(session: DemoSession, catalog: ImageCatalog) -> FastAPI:
     return app
 
 
-def _state(session: DemoSession, catalog: ImageCatalog, seconds: float) -> dict[str, Any]:
+def _too_large(name: str, size: int) -> str:
+    return f"{name}: {size / 2**20:.0f} MiB, more than the {MAX_UPLOAD_BYTES // 2**20} MiB an upload may have"
+
+
+def _state(session: DemoSession, catalog: Catalog, seconds: float) -> dict[str, Any]:
     """Everything the page shows, the picture included (a JPEG data URL: small enough for an SSH tunnel)."""
     image = session.image
     state: dict[str, Any] = {"images": catalog.names(), "image": None, "seconds": round(seconds, 3)}
@@ -156,6 +140,9 @@ def _state(session: DemoSession, catalog: ImageCatalog, seconds: float) -> dict[
         height=height,
         clicks=[{"x": click.x, "y": click.y, "positive": click.is_positive} for click in session.clicks],
         objects=int(image.instances.max()),
+        ground_truth=image.truth is not None,
+        truth_object=session.truth_object(),
+        iou=session.truth_iou(),
         picture="data:image/jpeg;base64," + base64.b64encode(encode(picture, ".jpg")).decode(),
     )
     return state

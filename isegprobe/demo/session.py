@@ -5,6 +5,9 @@ zoom-in), so what a person sees in the demo is what the NoC numbers measure. The
 features are kept with the working view and every click reuses them (early-fusion and zoom-in crops excepted, which
 need the backbone with each click). Undo replays the remaining clicks from an empty mask, which gives exactly the
 masks the same clicks gave before, zoom-in boxes included.
+
+An image read from a dataset keeps its ground truth: the object under the first positive click is the one being
+segmented, and its IoU is counted as evaluation counts it (the dataset's ignore region left out).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import numpy as np
 import torch
 
 from isegprobe.data.preprocess import resize_into_square
+from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
 from isegprobe.inference.clicker import Click
 from isegprobe.inference.evaluation import Framing, WholeImage
+from isegprobe.inference.metrics import iou
 from isegprobe.inference.predictor import Predictor, WorkingView
 from isegprobe.inference.zoom_in import ZoomIn
 
@@ -29,6 +34,7 @@ class DemoImage:
     name: str
     pixels: np.ndarray  # uint8 [H, W, 3]
     view: WorkingView
+    truth: Sample | None = None  # the dataset's sample, when the image came from one
     instances: np.ndarray = field(init=False)  # uint16 [H, W]: 0 background, k object k
 
     def __post_init__(self) -> None:
@@ -48,14 +54,15 @@ class DemoSession:
         self.probs: np.ndarray | None = None
         self._framing: Framing | None = None
 
-    def open(self, name: str, pixels: np.ndarray) -> None:
-        """Start on a new image (uint8 [H, W, 3] RGB): its features are computed here, once."""
+    def open(self, name: str, pixels: np.ndarray, truth: Sample | None = None) -> None:
+        """Start on a new image (uint8 [H, W, 3] RGB), with its dataset sample when it has ground truth; the
+        features are computed here, once."""
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
             raise UserError(f"{name}: expected an 8-bit RGB image, got {pixels.dtype} {pixels.shape}")
         working, valid_box = resize_into_square(np.ascontiguousarray(pixels), self.size, self.resize)
         view = WorkingView(None, torch.from_numpy(working).permute(2, 0, 1).contiguous(), valid_box, pixels.shape[:2])
         view.features = self.predictor.view_features(view)
-        self.image = DemoImage(name, pixels, view)
+        self.image = DemoImage(name, pixels, view, truth)
         self.reset()
 
     def click(self, y: int, x: int, is_positive: bool) -> np.ndarray:
@@ -103,6 +110,23 @@ class DemoSession:
         if self.probs is None:
             return np.zeros(image.pixels.shape[:2], bool)
         return self.probs > self.threshold
+
+    def truth_object(self) -> int:
+        """The ground-truth instance under the first positive click: 0 without ground truth, without a positive
+        click, or when that click lies on background."""
+        image = self._require_image()
+        first = next((click for click in self.clicks if click.is_positive), None)
+        if image.truth is None or first is None:
+            return 0
+        return int(image.truth.labels[first.y, first.x])
+
+    def truth_iou(self) -> float | None:
+        """IoU of the current mask with `truth_object`, ignore region left out; None when there is no such object."""
+        instance = self.truth_object()
+        if instance == 0:
+            return None
+        truth = self.image.truth
+        return iou(truth.instance_mask(instance), self.mask(), truth.ignore)
 
     @property
     def device(self) -> torch.device:

@@ -5,6 +5,8 @@ const picture = document.getElementById("picture");
 const imageList = document.getElementById("images");
 const statusLine = document.getElementById("status");
 const errorLine = document.getElementById("error");
+const truthLine = document.getElementById("truth");
+const view = document.getElementById("view");
 let state = null;
 let zoom = 1;
 
@@ -43,6 +45,17 @@ function show(next) {
     `${state.image} (${state.width} x ${state.height})\n` +
     `${clicks} click${clicks === 1 ? "" : "s"}, ${state.objects} object${state.objects === 1 ? "" : "s"} done\n` +
     `last request took ${state.seconds.toFixed(2)} s`;
+  truthLine.textContent = truthText(state);
+}
+
+function truthText(shown) {
+  if (!shown.ground_truth) {
+    return "";
+  }
+  if (shown.truth_object === 0) {
+    return "Ground truth: the first positive click picks the object.";
+  }
+  return `IoU with ground-truth object ${shown.truth_object}: ${(100 * shown.iou).toFixed(1)} %`;
 }
 
 function imagePixel(event) {
@@ -52,16 +65,31 @@ function imagePixel(event) {
   return { x: Math.min(Math.max(x, 0), state.width - 1), y: Math.min(Math.max(y, 0), state.height - 1) };
 }
 
+// Panning: drag with the middle button, or with the left button while shift is held.
+let drag = null;
 picture.addEventListener("mousedown", (event) => {
-  if (state === null || state.image === null || (event.button !== 0 && event.button !== 2)) {
+  if (state === null || state.image === null) {
     return;
   }
   event.preventDefault();
-  post("/api/click", { ...imagePixel(event), positive: event.button === 0 });
+  if (event.button === 1 || (event.button === 0 && event.shiftKey)) {
+    drag = { x: event.clientX, y: event.clientY, left: view.scrollLeft, top: view.scrollTop };
+  } else if (event.button === 0 || event.button === 2) {
+    post("/api/click", { ...imagePixel(event), positive: event.button === 0 });
+  }
+});
+window.addEventListener("mousemove", (event) => {
+  if (drag !== null) {
+    view.scrollLeft = drag.left - (event.clientX - drag.x);
+    view.scrollTop = drag.top - (event.clientY - drag.y);
+  }
+});
+window.addEventListener("mouseup", () => {
+  drag = null;
 });
 picture.addEventListener("contextmenu", (event) => event.preventDefault());
 
-document.getElementById("view").addEventListener(
+view.addEventListener(
   "wheel",
   (event) => {
     if (state === null || state.image === null) {
@@ -98,7 +126,7 @@ document.getElementById("save").addEventListener("click", (event) => {
   }
 });
 document.addEventListener("keydown", (event) => {
-  const actions = { z: "/api/undo", r: "/api/reset", " ": "/api/finish" };
+  const actions = { z: "/api/undo", Backspace: "/api/undo", r: "/api/reset", " ": "/api/finish" };
   if (event.key in actions) {
     event.preventDefault();
     post(actions[event.key]);

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from isegprobe.cache import CachedDataset
 from isegprobe.config import TrainConfig, load_train_config
 from isegprobe.featurizers import Featurizer, create_featurizer
+from isegprobe.loader_workers import ends_with_this_process
 from isegprobe.model import ISProbe
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
 from isegprobe.training.points_sampler import MultiPointSampler
@@ -143,6 +144,7 @@ def build_mode(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         multiprocessing_context="spawn" if workers > 0 else None,
+        worker_init_fn=ends_with_this_process(),
     )
     return Mode(trainer, loader, order, PhaseTimer(trainer, device))
 

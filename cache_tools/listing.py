@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from isegprobe.cache import FeatureStore
+from isegprobe.cache.store import STAGING_SUFFIX
 from isegprobe.errors import UserError
 from isegprobe.tables import markdown_table
 
@@ -14,9 +15,13 @@ TEXT_COLUMNS = 5
 
 
 def find_stores(root: str | Path) -> list[FeatureStore]:
-    """Stores under `root` (itself included), opened, in path order; the arrays inside a store are not searched."""
+    """Stores under `root` (itself included), opened, in path order; the arrays inside a store are not searched,
+    nor a store still being created."""
     found = []
     for folder, subfolders, files in os.walk(root):
+        if folder.endswith(STAGING_SUFFIX):
+            subfolders.clear()
+            continue
         store = _open_store(Path(folder)) if "zarr.json" in files else None
         if store is not None:
             found.append(store)

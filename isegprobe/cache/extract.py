@@ -29,6 +29,7 @@ from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer, create_featurizer
+from isegprobe.loader_workers import ends_with_this_process
 
 
 @dataclass
@@ -222,6 +223,7 @@ def _run(
         collate_fn=_single,
         num_workers=request.workers,
         prefetch_factor=4 if request.workers else None,
+        worker_init_fn=ends_with_this_process(),
     )
     progress = tqdm(
         total=len(indices) * len(specs), unit="img", desc="extract", disable=not show_progress, file=sys.stderr

@@ -1,7 +1,9 @@
 """The feature store on disk: one Zarr v3 group per (featurizer, dataset, split, working size).
 
 Writes go through zarr-python, one whole shard at a time: a shard file is replaced atomically, so an interrupted
-extraction loses at most the shard in flight, and the `done` record is written after the data it vouches for.
+extraction loses at most the shard in flight, and the `done` record is written after the data it vouches for. A new
+store is built in a sibling folder and renamed into place once its arrays and attrs are written, so a store under
+its own name is never half made.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from isegprobe.cache.checksums import CHECKSUM_ARRAY, entry_checksums
 from isegprobe.cache.schema import SCHEMA_VERSION, ArraySpec, array_specs
 from isegprobe.errors import UserError
+
+# A store being created lives under its name plus this suffix until it is complete.
+STAGING_SUFFIX = ".creating"
 
 
 class FeatureStore:
@@ -48,13 +53,15 @@ class FeatureStore:
 
     @classmethod
     def create(cls, path: str | Path, attrs: Mapping[str, Any], dim: int, grid: tuple[int, int]) -> FeatureStore:
-        """Make an empty store whose arrays are sized for `attrs['item_ids']` and `attrs['views']`."""
+        """Make an empty store whose arrays are sized for `attrs['item_ids']` and `attrs['views']`, replacing any
+        store at `path`."""
         path = Path(path)
-        if path.exists():
-            shutil.rmtree(path)
+        staging = path.with_name(path.name + STAGING_SUFFIX)
+        if staging.exists():
+            shutil.rmtree(staging)
         num_items, num_views = len(attrs["item_ids"]), len(attrs["views"])
         items_per_shard = attrs["layout"]["items_per_shard"]
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group = zarr.open_group(str(staging), mode="w", zarr_format=3)
         for spec in array_specs(dim, grid, attrs["preprocessing"]["size"]):
             zarr.create_array(
                 group.store,
@@ -68,7 +75,10 @@ class FeatureStore:
                 dimension_names=_dimension_names(spec),
             )
         group.attrs.update(dict(attrs))
-        return cls(path, group)
+        if path.exists():
+            shutil.rmtree(path)
+        staging.rename(path)
+        return cls.open(path, mode="r+")
 
     @property
     def num_items(self) -> int:

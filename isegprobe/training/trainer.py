@@ -26,6 +26,7 @@ from isegprobe.data.preprocess import normalize_images
 from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
+from isegprobe.loader_workers import ends_with_this_process
 from isegprobe.model import ISProbe
 from isegprobe.training.checkpoint import atomic_write_bytes, restore_training_state, save_checkpoint
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
@@ -411,7 +412,8 @@ def _loader(
     items: Dataset, config: TrainConfig, device: torch.device, sampler: EpochShuffleSampler, batch_size: int
 ) -> DataLoader:
     """Workers are spawned, not forked: tensorstore (the cache reader) and CUDA both break in a forked child once
-    the parent has used them. They persist across epochs, so the start-up cost is paid once."""
+    the parent has used them. They persist across epochs, so the start-up cost is paid once, and they end with
+    the training process, however it ends."""
     workers = config.data.num_workers
     return DataLoader(
         items,
@@ -421,6 +423,7 @@ def _loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         multiprocessing_context="spawn" if workers > 0 else None,
+        worker_init_fn=ends_with_this_process(),
         drop_last=False,
     )
 

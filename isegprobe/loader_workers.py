@@ -1,0 +1,35 @@
+"""DataLoader workers that end with the process that started them.
+
+When the main process is killed (`kill -9`, the out-of-memory killer), PyTorch's workers notice only while they
+wait for work. A worker that is waiting to hand over a finished item blocks on its result pipe for good (it holds
+that pipe's reading end as well, so the pipe never breaks), and the workers of a killed extraction stayed behind
+for ever. On Linux each worker asks the kernel to kill it as soon as its parent dies (PR_SET_PDEATHSIG); elsewhere
+nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def ends_with_this_process() -> Callable[[int], None] | None:
+    """A `worker_init_fn` that ties each worker's life to the calling process (None where Linux's prctl is
+    missing). It is a partial of a module function, so spawned workers can unpickle it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return functools.partial(_die_with, os.getpid())
+
+
+def _die_with(parent: int, worker_id: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        return
+    if os.getppid() != parent:  # the parent died before the request: the kernel would never send the signal
+        os._exit(1)

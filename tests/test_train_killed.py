@@ -1,0 +1,69 @@
+"""`isegprobe train` killed with SIGKILL mid-run, then `--resume`: the finished run's weights and Adam state equal
+those of a run never interrupted, bit for bit. Real processes and real kills, with spawned loader workers: the kills
+land wherever the run is, checkpoint writes included, and the workers must end with the killed process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from stores import builtin_store
+
+STEPS = 60
+
+
+def command(store: Path, run: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "isegprobe", "train", "--config", "quickstart", "--cache", str(store),
+        "--out", str(run), "--max-iters", str(STEPS), "--device", "cpu",
+        "--set", "checkpoint.every_steps=5", "--set", "data.num_workers=2", *extra,
+    ]  # fmt: skip
+
+
+def saved_step(run: Path) -> int:
+    try:
+        return int(json.loads((run / "last.json").read_text())["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def kill_after_step(store: Path, run: Path, step: int, *extra: str) -> None:
+    """Start training, SIGKILL its main process alone once a checkpoint at `step` or later is on disk, and check
+    that it was killed then and that its loader workers ended with it."""
+    process = subprocess.Popen(
+        command(store, run, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    while process.poll() is None and saved_step(run) < step:
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    try:
+        stderr = process.communicate(timeout=30)[1].decode()
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"loader workers of the training killed after step {step} outlived it by 30 s") from None
+    assert process.returncode == -signal.SIGKILL, f"training ended before step {step} could be killed:\n{stderr}"
+    assert saved_step(run) < STEPS
+
+
+def test_training_killed_twice_then_resumed_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    store = builtin_store(tmp_path / "cache", split="train")
+    subprocess.run(command(store, tmp_path / "straight"), check=True, capture_output=True)
+    run = tmp_path / "killed"
+    kill_after_step(store, run, 10)
+    kill_after_step(store, run, 30, "--resume")
+    resumed = subprocess.run(command(store, run, "--resume"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert saved_step(run) == STEPS
+
+    for name in ("last.safetensors", "last.optim.safetensors"):
+        straight, killed = load_file(tmp_path / "straight" / name), load_file(run / name)
+        assert straight.keys() == killed.keys()
+        for key in straight:
+            assert torch.equal(straight[key], killed[key]), f"{name}: {key}"

@@ -1,8 +1,10 @@
+import cv2
 import numpy as np
 import pytest
 
 from isegprobe.data import create_dataset
 from isegprobe.data.builtin import render_scene
+from isegprobe.data.image_io import is_truncated, read_rgb
 from isegprobe.data.preprocess import make_view, parse_views
 from isegprobe.errors import UserError
 
@@ -64,3 +66,17 @@ def test_letterbox_keeps_aspect_and_records_valid_box():
 def test_bad_views_are_refused(text):
     with pytest.raises(UserError, match="--views"):
         parse_views(text)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_truncated_image_file_is_refused_with_its_name(tmp_path, suffix):
+    """OpenCV alone decodes a cut JPEG into grey without an error; the reader refuses it."""
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+    whole = cv2.imencode(suffix, pixels)[1].tobytes()
+    path = tmp_path / f"cut{suffix}"
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(UserError, match=f"cut{suffix}: this image file is truncated"):
+        read_rgb(path)
+    path.write_bytes(whole + b"extra bytes some cameras append")
+    assert read_rgb(path).shape == (48, 64, 3), "data after the end of the image is allowed"
+    assert is_truncated(whole[:-2]) and not is_truncated(whole)

@@ -1,8 +1,10 @@
 """`isegprobe datasets list` and `datasets check`, through click's runner."""
 
+import json
+
 import numpy as np
 from click.testing import CliRunner
-from dataset_trees import berkeley_tree, use_dataset_config, write_mask
+from dataset_trees import berkeley_tree, use_dataset_config, write_image, write_mask
 
 from isegprobe.commands.datasets import datasets
 
@@ -42,14 +44,28 @@ def test_corrupt_image_stops_with_its_name_or_is_skipped(tmp_path):
     assert "1 bad items skipped" in skipped.output
 
 
-def test_check_uses_the_configured_root_and_flags_empty_items(tmp_path, monkeypatch):
+def test_check_uses_the_configured_root_and_refuses_an_empty_mask_file(tmp_path, monkeypatch):
     root = berkeley_tree(tmp_path / "B", images=2, extra_masks=0)
     write_mask(root / "masks" / "100001.png", np.zeros((8, 10), np.uint8))
     use_dataset_config(monkeypatch, tmp_path, roots={"berkeley": str(root)})
     result = _run("check", "berkeley")
+    assert result.exit_code == 1
+    assert "100001.png: an empty mask (no object pixel)" in result.output
+
+
+def test_check_warns_about_items_whose_annotations_cover_no_pixel(tmp_path):
+    write_image(tmp_path / "photo.jpg", 24, 32)
+    annotations = {
+        "images": [{"id": 1, "file_name": "photo.jpg", "height": 24, "width": 32}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": [[5, 5, 5.2, 5, 5.2, 5.2]]}
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(annotations))
+    result = _run("check", "custom", "--root", tmp_path / "annotations.json")
     assert result.exit_code == 0, result.output
-    assert ": 2 images / 1 instances" in result.output and "(differs)" in result.output
-    assert "warning: 100001: no object pixels" in result.output
+    assert "warning: photo: no object pixels" in result.output
 
 
 def test_list_shows_configured_roots_and_whether_they_are_there(tmp_path, monkeypatch, grabcut_root):

@@ -23,21 +23,22 @@ def berkeley_root(tmp_path):
     write_mask(root / "masks" / "1002.png", box(H, W, 0, 0, 6, 6))
     write_mask(root / "masks" / "1002_2.png", box(H, W, 4, 4, 10, 10))  # overlaps the first object
     write_image(root / "images" / "1003.jpg", H, W, seed=3)
-    write_mask(root / "masks" / "1003.png", np.zeros((H, W), np.uint8))  # an empty mask
+    write_mask(root / "masks" / "1003.png", np.zeros((H, W), np.uint8))  # an empty mask: refused when read
     return root
 
 
 def test_berkeley_per_image_applies_ritm_thresholds_and_paints_later_masks_on_top(berkeley_root):
     dataset = create_dataset("berkeley", berkeley_root)
     assert (len(dataset), dataset.ids()) == (3, ["1001", "1002", "1003"])
-    first, second, empty = (dataset[i] for i in range(3))
+    first, second = dataset[0], dataset[1]
     assert first.num_instances == 1
     assert first.labels[2, 2] == 1 and first.labels[7, 2] == 0 and first.labels[8, 2] == 0
     assert first.ignore[7, 2:8].all() and first.ignore.sum() == 6
     assert second.num_instances == 2
     assert second.labels[5, 5] == 2, "the later mask is on top where the two overlap"
     assert (second.labels == 1).sum() == 36 - 4
-    assert empty.num_instances == 0
+    with pytest.raises(UserError, match=r"1003\.png: an empty mask \(no object pixel\)"):
+        dataset[2]
 
 
 def test_berkeley_instances_split_gives_each_mask_exactly(berkeley_root):
@@ -49,7 +50,8 @@ def test_berkeley_instances_split_gives_each_mask_exactly(berkeley_root):
     assert whole_first.id == "1002_1"
     assert whole_first.labels.sum() == 36, "the overlapped object keeps its full mask"
     assert set(np.unique(whole_first.labels)) == {0, 1}
-    assert dataset[3].labels.sum() == 0
+    with pytest.raises(UserError, match=r"1003\.png: an empty mask"):
+        dataset[3]
 
 
 def test_mask_without_image_and_size_mismatch_name_the_file(berkeley_root):

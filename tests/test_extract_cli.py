@@ -6,6 +6,7 @@ import numpy as np
 import timm
 import torch
 import zarr
+from dataset_trees import box, write_image, write_mask
 from launch import run_cli, run_two_ranks
 
 
@@ -81,6 +82,32 @@ def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path):
         str(tmp_path),
     )
     assert unknown.returncode != 0 and "imagenet" in unknown.stderr and "grabcut" in unknown.stderr
+
+
+def test_a_truncated_image_stops_extraction_with_its_name_and_keeps_the_items_before_it(tmp_path):
+    """The error is raised in an image-decoding worker; it must reach the user as its one line, not as the
+    worker's traceback, and the items already extracted must stay for the next run."""
+    root = tmp_path / "mine"
+    for index in range(3):
+        write_image(root / "images" / f"im{index}.jpg", 28, 28, seed=index)
+        write_mask(root / "masks" / f"im{index}.png", box(28, 28, 4, 4, 20, 20))
+    whole = (root / "images" / "im2.jpg").read_bytes()
+    (root / "images" / "im2.jpg").write_bytes(whole[: len(whole) // 2])
+    args = ["extract-features", "--featurizer", "vit_small_patch14_dinov2", "--weights", "random"]
+    args += ["--dataset", "custom", "--root", str(root), "--size", "28", "--items-per-shard", "1", "--workers", "2"]
+    args += ["--out", str(tmp_path / "cache")]
+    stopped = run_cli(*args)
+    assert stopped.returncode == 1
+    assert "im2.jpg: this image file is truncated" in stopped.stderr
+    assert "The items extracted so far are kept" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and "DataLoader worker" not in stopped.stderr
+    store = zarr.open_group(str(tmp_path / "cache" / "vit_small_patch14_dinov2-custom-test-28.zarr"), mode="r")
+    assert store["done"][:].tolist() == [1, 1, 0]
+
+    (root / "images" / "im2.jpg").write_bytes(whole)
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "extracted 1 of 3 items" in resumed.stdout + resumed.stderr
 
 
 def test_torchrun_ranks_fill_one_store(tmp_path):

@@ -63,7 +63,11 @@ class ExtractionResult:
 
 
 class _ItemViews(Dataset):
-    """Item index -> every view of that item as numpy arrays; runs in DataLoader workers."""
+    """Item index -> every view of that item as numpy arrays; runs in DataLoader workers.
+
+    A file that cannot be read comes back as {"index", "error"} rather than as an exception: DataLoader would wrap
+    the exception in a worker traceback, and the main process raises it as the one-line message it is.
+    """
 
     def __init__(self, source: SampleSource, indices: list[int], specs: list[ViewSpec], size: int, resize: str):
         self.source, self.indices, self.specs, self.size, self.resize = source, indices, specs, size, resize
@@ -73,7 +77,10 @@ class _ItemViews(Dataset):
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         index = self.indices[position]
-        sample = self.source[index]
+        try:
+            sample = self.source[index]
+        except UserError as error:
+            return {"index": index, "error": str(error)}
         views = [
             make_view(sample, spec, self.size, self.resize, seed=index * 1009 + v) for v, spec in enumerate(self.specs)
         ]
@@ -149,10 +156,18 @@ def _pending_shards(store: FeatureStore, rank: int, world: int) -> list[range]:
 
 
 def _shard_batches(loader: DataLoader, shards: list[range]) -> Iterator[tuple[range, list[dict[str, Any]]]]:
-    """Regroup the per-item stream from the loader into whole shards."""
+    """Regroup the per-item stream from the loader into whole shards; stops at the first item that could not be
+    read, after the shards before it (their writes finish as the caller's writer shuts down)."""
     stream = iter(loader)
     for items in shards:
-        yield items, [next(stream) for _ in items]
+        records = [next(stream) for _ in items]
+        failed = next((record for record in records if "error" in record), None)
+        if failed is not None:
+            raise UserError(
+                f"{failed['error']}\nThe items extracted so far are kept: fix or remove the file and run the same "
+                "command again to go on."
+            )
+        yield items, records
 
 
 def extract(request: ExtractionRequest) -> ExtractionResult:

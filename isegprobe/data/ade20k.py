@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from isegprobe.data.base import DatasetBase, build_source, require_same_size
-from isegprobe.data.image_io import read_gray, read_rgb
+from isegprobe.data.image_io import decode_file, read_gray, read_rgb
 from isegprobe.data.instance_maps import compact_labels
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.sample import Sample
@@ -30,10 +30,7 @@ SEG_SUFFIX = "_seg.png"
 
 def read_instance_channel(path: Path) -> np.ndarray:
     """The blue channel of an ADE20K `_seg.png` (OpenCV's channel 0)."""
-    seg = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if seg is None:
-        raise UserError(f"{path}: cannot read this mask (missing, corrupt or not an image)")
-    return seg[..., 0]
+    return decode_file(path, cv2.IMREAD_COLOR, "mask")[..., 0]
 
 
 class ADE20kDataset(DatasetBase):

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from isegprobe.data.base import DatasetBase, require_same_size
-from isegprobe.data.image_io import IMAGE_SUFFIXES, read_gray, read_rgb
+from isegprobe.data.image_io import IMAGE_SUFFIXES, decode_file, read_gray, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -33,9 +33,7 @@ def ritm_binary_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def any_channel_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """RITM's DAVIS rule: a pixel non-zero in any channel is object; nothing is ignored."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise UserError(f"{path}: cannot read this mask (missing, corrupt or not an image)")
+    mask = decode_file(path, cv2.IMREAD_UNCHANGED, "mask")
     obj = mask.max(axis=2) > 0 if mask.ndim == 3 else mask > 0
     return obj, np.zeros(obj.shape, bool)
 
@@ -111,8 +109,12 @@ class MaskFolderDataset(DatasetBase):
         return read_rgb(entry.image)
 
     def _mask(self, path: Path, image: np.ndarray, image_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """One object's mask; an empty one is refused, since RITM's metric would score its object as never
+        segmented (an IoU of 0/0) and quietly raise the NoC."""
         obj, ignore = self.decode_mask(path)
         require_same_size(path, obj.shape, image_path, image.shape)
+        if not obj.any():
+            raise UserError(f"{path}: an empty mask (no object pixel); remove it or draw its object")
         return obj, ignore
 
     def __getitem__(self, index: int) -> Sample:

@@ -54,6 +54,8 @@ class GrabCutDataset:
                 f"{mask_path}: mask size {mask.shape} differs from image {image_path.name} {image.shape[:2]}"
             )
         labels = (mask == OBJECT_VALUE).astype(np.uint16)
+        if not labels.any():
+            raise UserError(f"{mask_path}: no object pixel (value {OBJECT_VALUE}) in this GrabCut mask")
         return Sample(id=mask_path.stem, image=image, labels=labels, ignore=mask == IGNORE_VALUE)
 
 

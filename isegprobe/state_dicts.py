@@ -36,7 +36,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise UserError(f"could not read weights file {path}: {error}") from error
+        raise UserError(
+            f"could not read weights file {path} ({_reason(error)}); expected safetensors, a torch.save'd state dict "
+            "(read with weights_only=True: nothing is unpickled beyond tensors and plain containers) or a "
+            "TorchScript archive"
+        ) from error
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -48,6 +52,18 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
     return dict(state)
+
+
+def _reason(error: Exception) -> str:
+    """One line of why a file did not load. torch.load's refusals are paragraphs that end in advice to unpickle
+    with weights_only=False, which is exactly what must not be done with a file of unknown origin; only the
+    unpickler's own complaint is kept."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def load_strictly(module: nn.Module, state: Mapping[str, Tensor], misfit_message: str) -> None:

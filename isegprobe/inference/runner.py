@@ -54,7 +54,17 @@ class EvaluationRequest:
 
 
 def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:
+    """The store must hold the probe's featurizer at the probe's working size and resize rule: at another size the
+    same click disks cover other parts of the objects, and the NoC would measure something the probe never saw."""
     check_same_featurizer(metadata.get("featurizer_provenance") or {}, store.attrs["featurizer"], str(store.path))
+    trained, stored = metadata["preprocessing"], store.attrs["preprocessing"]
+    wanted = (int(trained["size"]), trained.get("resize", "stretch"))
+    found = (int(stored["size"]), stored.get("resize", "stretch"))
+    if wanted != found:
+        raise UserError(
+            f"{store.path}: extracted at --size {found[0]} --resize {found[1]}, but the probe was trained at "
+            f"--size {wanted[0]} --resize {wanted[1]}; extract the dataset that way for it"
+        )
 
 
 def run_evaluation(

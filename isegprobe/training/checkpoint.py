@@ -118,13 +118,22 @@ def restore_optimizer(
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+CHECKPOINT_HINT = (
+    "A checkpoint is a run folder of `isegprobe train` or its last/best.safetensors; a probe trained by the iSegProbe "
+    "research code is converted with `isegprobe import-seed` first."
+)
+
+
 def _read_stamped(path: Path, step: int) -> dict[str, torch.Tensor]:
     try:
         data = path.read_bytes()
     except FileNotFoundError as error:
         raise UserError(f"checkpoint file {path} is missing") from error
     header_size = int.from_bytes(data[:8], "little")
-    stamp = json.loads(data[8 : 8 + header_size]).get("__metadata__", {}).get("step")
+    try:
+        stamp = json.loads(data[8 : 8 + header_size]).get("__metadata__", {}).get("step")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise UserError(f"{path}: not a safetensors file (corrupt or truncated)") from None
     if stamp != str(step):
         raise UserError(f"{path} is from step {stamp} but its JSON says step {step}: the checkpoint is incomplete")
     return load_safetensors_bytes(data)
@@ -135,7 +144,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         metadata = json.loads(path.read_text())
     except FileNotFoundError as error:
-        raise UserError(f"no checkpoint metadata at {path}") from error
+        raise UserError(
+            f"{path.with_suffix('.safetensors')}: not an isegprobe checkpoint, its metadata {path.name} is missing. "
+            f"{CHECKPOINT_HINT}"
+        ) from error
     except json.JSONDecodeError as error:
         raise UserError(f"{path} is not valid JSON: {error}") from error
     if metadata.get("format") != FORMAT:
@@ -147,6 +159,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """(weights, metadata) paths from a run directory (best, else last), a .safetensors or a .json file."""
     path = Path(path).expanduser()
     if path.is_dir():
+        if not any((path / f"{name}.json").is_file() for name in ("best", "last")):
+            raise UserError(f"{path}: not a run folder (no best.json or last.json in it). {CHECKPOINT_HINT}")
         name = "best" if (path / "best.json").is_file() else "last"
         files = checkpoint_files(path, name)
         return files["weights"], files["metadata"]

@@ -18,6 +18,7 @@ from torch import nn
 from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
 from isegprobe.config import load_train_config
+from isegprobe.data import create_dataset
 from isegprobe.errors import UserError
 from isegprobe.inference.results import ResultsWriter
 from isegprobe.plots.feature_panels import feature_panels, named_upsamplers, open_item
@@ -186,3 +187,27 @@ def test_report_says_which_cells_do_not_compare(tmp_path: Path) -> None:
     assert any(line.startswith("rows had different click budgets (stopped: 4, short: 2)") for line in lines)
     assert "grabcut: rows measured different numbers of objects (stopped: 1, short: 2), so they do not compare" in lines
     assert lines[4] == "", "a blank line ends the Markdown table before the notes"
+
+
+def test_predictions_replay_an_object_of_an_evaluation_and_match_its_recorded_curve(tmp_path: Path) -> None:
+    store = builtin_store(tmp_path / "cache", size=56)
+    config = load_train_config("quickstart", ["schedule.max_iters=3"])
+    training_store = CachedDataset(builtin_store(tmp_path / "cache", split="train", size=56))
+    train(config, training_store, tmp_path / "run", device="cpu", progress=False)
+    arguments = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--store", str(store), "--max-clicks", "6"]
+    evaluated = CliRunner().invoke(main, [*arguments, "--flip", "--out", str(tmp_path / "results")])
+    assert evaluated.exit_code == 0, evaluated.output
+
+    result = plot("predictions", str(tmp_path / "results"), "--object", "test_002_1")
+    assert result.exit_code == 0, result.output
+    assert "largest difference over the 6 clicks 0" in result.output and "warning" not in result.output
+    picture = cv2.imread(str(tmp_path / "results" / "predictions" / "builtin_test_002_1.png"))
+    height, width = create_dataset("builtin", split="test")[2].image.shape[:2]
+    assert picture.shape[0] > height and picture.shape[1] > 4 * width, "panels after 1, 3, 5 and 6 clicks"
+
+    unknown = plot("predictions", str(tmp_path / "results"), "--object", "test_002_9")
+    assert unknown.exit_code == 1 and "--object 'test_002_9': not among the 26 objects of builtin" in unknown.output
+    weights = Path(json.loads((tmp_path / "results" / "results.json").read_text())["checkpoint"])
+    weights.write_bytes(weights.read_bytes() + b" ")
+    changed = plot("predictions", str(tmp_path / "results"), "--object", "test_002_1")
+    assert changed.exit_code == 1 and "changed since the evaluation" in changed.output

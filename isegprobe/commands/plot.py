@@ -1,4 +1,5 @@
-"""`isegprobe plot`: mIoU against clicks for evaluations side by side, and features before and after upsampling."""
+"""`isegprobe plot`: mIoU against clicks for evaluations side by side, features before and after upsampling, and one
+object's masks click by click."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from isegprobe.plots.feature_panels import (
     probe_upsampler,
 )
 from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
+from isegprobe.plots.predictions import plot_predictions
+
+# IoU differences between a replay and the evaluation beyond float noise (batches of other sizes) mean that
+# something changed since.
+REPLAY_TOLERANCE = 1e-3
 
 
 @click.group("plot")
@@ -100,6 +106,37 @@ def features(
     panels = feature_panels(store, built, device=torch.device(device), shared=colours == "shared")
     for path in plot_feature_panels(panels, out):
         click.echo(f"wrote {path}")
+
+
+@plot.command("predictions")
+@click.argument("results", type=click.Path(exists=True, file_okay=False))
+@click.option("--object", "object_id", required=True, help="Object id, as in ious.npz and the --vis-preds files.")
+@click.option("--dataset", default=None, help="Which dataset of the evaluation (needed when it has several).")
+@click.option("--root", default=None, help="Dataset root, when it moved since the evaluation.")
+@click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
+@click.option(
+    "--out", default=None, type=click.Path(dir_okay=False), help="PNG path. Default: RESULTS/predictions/<object>.png."
+)
+@reports_user_errors
+def predictions(
+    results: str, object_id: str, dataset: str | None, root: str | None, device: str, out: str | None
+) -> None:
+    """One object of an evaluation (RESULTS: a folder written by `isegprobe evaluate --out`) evaluated again with
+    the same checkpoint, store and settings: its mask after 1, 3, 5, 10 clicks and the last, side by side, clicks
+    drawn (positive green, negative red) and the IoU above each. The replayed IoU curve is compared with the
+    recorded one."""
+    replayed = plot_predictions(results, object_id, dataset, out, root, device)
+    click.echo(f"wrote {replayed.path}")
+    click.echo(
+        f"IoU after the last click: {replayed.ious[-1]:.3f} now, {replayed.recorded[-1]:.3f} recorded; largest "
+        f"difference over the {len(replayed.ious)} clicks {replayed.largest_difference:.2g}"
+    )
+    if replayed.largest_difference > REPLAY_TOLERANCE:
+        click.echo(
+            f"warning: the replayed curve differs from the recorded one by more than {REPLAY_TOLERANCE}: the store "
+            "or the dataset changed since the evaluation, or it ran on another device",
+            err=True,
+        )
 
 
 def _weights_by_name(pairs: tuple[str, ...]) -> dict[str, str]:

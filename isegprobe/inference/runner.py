@@ -7,7 +7,7 @@ never built; zoom-in crops and --online need it, and it must be the featurizer t
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -75,28 +75,9 @@ def run_evaluation(
     `on_result(dataset, result)` sees each object once its curve is recorded (the files are rewritten after each
     batch and when the run stops, Ctrl-C included).
     """
-    device = torch.device(request.device)
-    probe, metadata = load_probe(request.checkpoint, device=device)
-    if probe.needs_featurizer and not request.online:
-        raise UserError("this probe fuses clicks before the backbone (early fusion): evaluate it with --online")
-    jobs = list(_jobs(request, metadata))
-    featurizer = checkpoint_backbone(metadata) if request.online or request.zoom_in else None
-    if featurizer is not None and probe.needs_featurizer:
-        probe.attach_featurizer(featurizer.to(device))
-    preprocessing = metadata["preprocessing"]
-    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], device, featurizer)
-    framing = None
-    if request.zoom_in:
-        framing = partial(
-            _zoom_in,
-            size=int(preprocessing["size"]),
-            resize=preprocessing.get("resize", "stretch"),
-            flip=request.flip,
-            threshold=request.threshold,
-            device=device,
-        )
+    predictor, metadata, jobs, framing = _set_up(request)
     run_info = {
-        "checkpoint": str(request.checkpoint),
+        "checkpoint": str(resolve_checkpoint(request.checkpoint)[0].resolve()),
         "checkpoint_sha256": file_sha256(resolve_checkpoint(request.checkpoint)[0]),
         "featurizer": (metadata.get("featurizer_provenance") or {}).get("name"),
         "upsampler": metadata["config"]["model"]["upsampler"]["name"],
@@ -120,6 +101,60 @@ def run_evaluation(
             tasks = saving_features(tasks, predictor, folder, request.save_feats)
         _evaluate_dataset(predictor, request, writer, dataset_name, tasks, framing, on_result)
     return writer.write()
+
+
+Jobs = list[tuple[str, str, Iterator[ObjectTask]]]
+
+
+def _set_up(
+    request: EvaluationRequest, only_items: Collection[str] | None = None
+) -> tuple[Predictor, dict[str, Any], Jobs, Callable[[ObjectTask], Framing] | None]:
+    """The predictor, the checkpoint's metadata, the (dataset, source, tasks) jobs and the framing of `request`."""
+    device = torch.device(request.device)
+    probe, metadata = load_probe(request.checkpoint, device=device)
+    if probe.needs_featurizer and not request.online:
+        raise UserError("this probe fuses clicks before the backbone (early fusion): evaluate it with --online")
+    jobs = list(_jobs(request, metadata, only_items))
+    featurizer = checkpoint_backbone(metadata) if request.online or request.zoom_in else None
+    if featurizer is not None and probe.needs_featurizer:
+        probe.attach_featurizer(featurizer.to(device))
+    preprocessing = metadata["preprocessing"]
+    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], device, featurizer)
+    framing = None
+    if request.zoom_in:
+        framing = partial(
+            _zoom_in,
+            size=int(preprocessing["size"]),
+            resize=preprocessing.get("resize", "stretch"),
+            flip=request.flip,
+            threshold=request.threshold,
+            device=device,
+        )
+    return predictor, metadata, jobs, framing
+
+
+def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collection[str]) -> list[ObjectResult]:
+    """The objects `object_ids` of `dataset` evaluated again exactly as `request` evaluates them, keeping the masks
+    after the clicks a strip shows (1, 3, 5, 10 and the last): what `plot predictions` draws. Only their images are
+    read."""
+    items = {object_id for object_id in object_ids} | {object_id.rsplit("_", 1)[0] for object_id in object_ids}
+    predictor, _, jobs, framing = _set_up(request, items)
+    tasks = next((tasks for name, _, tasks in jobs if name == dataset), None)
+    if tasks is None:
+        raise UserError(f"the evaluation has no dataset {dataset!r}; it has {', '.join(name for name, _, _ in jobs)}")
+    wanted = [task for task in tasks if task.id in object_ids]
+    results: list[ObjectResult] = []
+    evaluate_objects(
+        predictor,
+        iter(wanted),
+        request.max_clicks,
+        request.threshold,
+        request.batch_size,
+        on_result=results.append,
+        framing=framing,
+        keep_masks_at=strip_clicks(request.max_clicks),
+    )
+    return results
 
 
 def _zoom_in(task: ObjectTask, **settings: Any) -> ZoomIn:
@@ -169,9 +204,11 @@ def _evaluate_dataset(
         progress.close()
 
 
-def _jobs(request: EvaluationRequest, metadata: dict[str, Any]) -> Iterator[tuple[str, str, Iterator[ObjectTask]]]:
-    """(dataset name, where its objects come from, object tasks) per requested dataset or store; zoom-in makes its
-    own mirrored crops."""
+def _jobs(
+    request: EvaluationRequest, metadata: dict[str, Any], only_items: Collection[str] | None = None
+) -> Iterator[tuple[str, str, Iterator[ObjectTask]]]:
+    """(dataset name, where its objects come from, object tasks) per requested dataset or store, of the items
+    `only_items` (all when None); zoom-in makes its own mirrored crops."""
     size = int(metadata["preprocessing"]["size"])
     resize = metadata["preprocessing"].get("resize", "stretch")
     whole_image_flip = request.flip and not request.zoom_in
@@ -179,7 +216,7 @@ def _jobs(request: EvaluationRequest, metadata: dict[str, Any]) -> Iterator[tupl
         for name in request.datasets:
             source = create_dataset(name, resolve_root(name, request.root), request.split)
             where = f"{name} {request.split} at {source.root}, online"
-            yield name, where, online_tasks(source, size, resize, whole_image_flip)
+            yield name, where, online_tasks(source, size, resize, whole_image_flip, only_items)
         return
     for path in _store_paths(request, metadata):
         store = FeatureStore.open(path)
@@ -188,7 +225,7 @@ def _jobs(request: EvaluationRequest, metadata: dict[str, Any]) -> Iterator[tupl
         source = create_dataset(dataset["name"], request.root or dataset["root"], dataset["split"])
         if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
-        yield dataset["name"], str(Path(path).resolve()), cached_tasks(str(path), source, whole_image_flip)
+        yield dataset["name"], str(Path(path).resolve()), cached_tasks(str(path), source, whole_image_flip, only_items)
 
 
 def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[Path]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 import torch
@@ -27,13 +27,18 @@ def _objects(sample: Sample, view: WorkingView, flip_view: WorkingView | None) -
         yield ObjectTask(object_id, gt, sample.ignore & ~gt, sample.image, view, flip_view)
 
 
-def cached_tasks(store_path: str, source: SampleSource, flip: bool) -> Iterator[ObjectTask]:
-    """Objects whose working-size inputs come from the store; masks come from the dataset at full resolution."""
+def cached_tasks(
+    store_path: str, source: SampleSource, flip: bool, only_items: Collection[str] | None = None
+) -> Iterator[ObjectTask]:
+    """Objects whose working-size inputs come from the store; masks come from the dataset at full resolution.
+    `only_items`: the sample ids to read (all when None)."""
     views = ["identity", "hflip"] if flip else ["identity"]
     cached = CachedDataset(store_path, views=views)
     if list(source.ids()) != cached.item_ids:
         raise UserError(f"{store_path}: its items differ from the dataset at {source.root}; re-extract or fix --root")
     for position, item in enumerate(cached.items):
+        if only_items is not None and cached.item_ids[item] not in only_items:
+            continue
         sample = source[item]
         size = sample.image.shape[:2]
         entries = [cached[position * len(views) + v] for v in range(len(views))]
@@ -41,10 +46,16 @@ def cached_tasks(store_path: str, source: SampleSource, flip: bool) -> Iterator[
         yield from _objects(sample, working[0], working[1] if flip else None)
 
 
-def online_tasks(source: SampleSource, size: int, resize: str, flip: bool) -> Iterator[ObjectTask]:
-    """Objects whose features the predictor computes online from freshly preprocessed images."""
+def online_tasks(
+    source: SampleSource, size: int, resize: str, flip: bool, only_items: Collection[str] | None = None
+) -> Iterator[ObjectTask]:
+    """Objects whose features the predictor computes online from freshly preprocessed images; `only_items` as in
+    `cached_tasks`."""
     specs = parse_views("identity,hflip" if flip else "identity")
+    ids = list(source.ids())
     for index in range(len(source)):
+        if only_items is not None and ids[index] not in only_items:
+            continue
         sample = source[index]
         views = [make_view(sample, spec, size, resize, seed=0) for spec in specs]
         working = [

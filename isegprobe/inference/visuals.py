@@ -35,9 +35,16 @@ def strip_clicks(max_clicks: int) -> tuple[int, ...]:
 
 
 def save_overlay(folder: Path, result: ObjectResult) -> Path:
-    """One picture per object: side by side, the mask after each number of clicks in `result.masks` (the final
-    mask alone without them), each with the clicks made so far and its IoU above it."""
+    """`strip_picture(result)` as FOLDER/<object>_<clicks>clicks_iou<final IoU>.png."""
     folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{result.id}_{len(result.clicks)}clicks_iou{result.ious[-1]:.3f}.png"
+    cv2.imwrite(str(path), strip_picture(result))
+    return path
+
+
+def strip_picture(result: ObjectResult) -> np.ndarray:
+    """BGR: side by side, the mask after each number of clicks in `result.masks` (the final mask alone without
+    them), each with the clicks made so far and its IoU above it."""
     stages = sorted(result.masks.items()) or [(len(result.clicks), result.final_probs > 0.5)]
     panels = [
         _captioned(
@@ -46,9 +53,7 @@ def save_overlay(folder: Path, result: ObjectResult) -> Path:
         )
         for count, mask in stages
     ]
-    path = folder / f"{result.id}_{len(result.clicks)}clicks_iou{result.ious[-1]:.3f}.png"
-    cv2.imwrite(str(path), np.concatenate(panels, axis=1))
-    return path
+    return np.concatenate(panels, axis=1)
 
 
 def _captioned(picture: np.ndarray, caption: str) -> np.ndarray:

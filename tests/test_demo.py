@@ -25,7 +25,7 @@ from isegprobe.data import create_dataset
 from isegprobe.demo import server
 from isegprobe.demo.app import build_app
 from isegprobe.demo.catalog import DatasetCatalog, ImageCatalog
-from isegprobe.demo.session import DemoSession
+from isegprobe.demo.session import DemoProbe, DemoSession
 from isegprobe.inference.clicker import Click
 from isegprobe.inference.evaluation import WholeImage
 from isegprobe.inference.metrics import iou
@@ -50,6 +50,16 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def bilinear_checkpoint(tmp_path_factory) -> Path:
+    """A second probe on the same backbone: the quickstart's with a bilinear upsampler, as initialised."""
+    folder = tmp_path_factory.mktemp("demo_bilinear")
+    store = builtin_store(folder / "cache", size=SIZE)
+    config = load_train_config("quickstart", ["schedule.max_iters=0", "model.upsampler.name=bilinear", "seed=1"])
+    train(config, CachedDataset(store), folder / "run", device="cpu", progress=False)
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("images")
     source = create_dataset("builtin", split="test")
@@ -64,7 +74,7 @@ def session_for(checkpoint: Path, zoom_in: bool = False) -> DemoSession:
     featurizer = checkpoint_backbone(metadata)
     preprocessing = metadata["preprocessing"]
     predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"), featurizer)
-    return DemoSession(predictor, SIZE, preprocessing["resize"], zoom_in=zoom_in)
+    return DemoSession([DemoProbe("probe", predictor, SIZE, preprocessing["resize"])], zoom_in=zoom_in)
 
 
 def test_the_session_predicts_what_evaluation_predicts_and_undo_replays_exactly(checkpoint: Path) -> None:
@@ -81,7 +91,7 @@ def test_the_session_predicts_what_evaluation_predicts_and_undo_replays_exactly(
     task = next(online_tasks(create_dataset("builtin", split="test"), SIZE, "stretch", flip=False))
     framing = WholeImage.of_task(task, "cpu")
     for index in range(len(clicks)):
-        probs = session.predictor.probabilities([framing.inputs(clicks[: index + 1])])[0]
+        probs = session.probes[0].predictor.probabilities([framing.inputs(clicks[: index + 1])])[0]
         np.testing.assert_allclose(framing.to_original(probs).numpy(), masks[index], atol=1e-6)
 
     session.undo()
@@ -103,7 +113,7 @@ def test_zoom_in_sessions_follow_evaluations_zoom_in_and_undo_exactly(checkpoint
         masks.append(session.click(click.y, click.x, click.is_positive).copy())
     framing = ZoomIn(sample.image, SIZE)
     for index in range(len(clicks)):
-        probs = session.predictor.probabilities([framing.inputs(clicks[: index + 1])])[0]
+        probs = session.probes[0].predictor.probabilities([framing.inputs(clicks[: index + 1])])[0]
         np.testing.assert_allclose(framing.to_original(probs).numpy(), masks[index], atol=1e-6)
     session.undo()
     np.testing.assert_array_equal(session.probs, masks[1])
@@ -138,23 +148,51 @@ def test_with_ground_truth_the_session_scores_the_object_under_the_first_positiv
 
 def test_the_api_shows_the_iou_on_a_datasets_images(checkpoint: Path) -> None:
     source = create_dataset("builtin", split="test")
-    client = TestClient(build_app(str(checkpoint), DatasetCatalog.from_options("builtin", None, "test")))
+    client = TestClient(build_app([str(checkpoint)], DatasetCatalog.from_options("builtin", None, "test")))
     assert client.get("/api/state").json()["images"] == list(source.ids())
     sample = source[1]
     state = client.post("/api/open", json={"name": sample.id}).json()
-    assert (state["ground_truth"], state["truth_object"], state["iou"]) == (True, 0, None)
+    assert (state["ground_truth"], state["truth_object"], state["panels"][0]["iou"]) == (True, 0, None)
     y, x = inside(sample, 1)
     state = client.post("/api/click", json={"x": x, "y": y, "positive": True}).json()
-    assert state["truth_object"] == 1 and 0.0 <= state["iou"] <= 1.0
+    assert state["truth_object"] == 1 and 0.0 <= state["panels"][0]["iou"] <= 1.0
     unknown = client.post("/api/open", json={"name": "../" + sample.id})
     assert unknown.status_code == 400 and "no image '../" in unknown.json()["detail"]
+
+
+def test_probes_side_by_side_each_segment_as_they_would_alone(checkpoint: Path, bilinear_checkpoint: Path) -> None:
+    sample = create_dataset("builtin", split="test")[0]
+    first, second = session_for(checkpoint), session_for(bilinear_checkpoint)
+    both = DemoSession([*first.probes, *second.probes])
+    clicks = [Click(*inside(sample, 1), True), Click(3, 3, False)]
+    for session in (first, second, both):
+        session.open(sample.id, sample.image, sample)
+        for click in clicks:
+            session.click(click.y, click.x, click.is_positive)
+    np.testing.assert_array_equal(both.all_probs[0], first.probs)
+    np.testing.assert_array_equal(both.all_probs[1], second.probs)
+    assert not np.array_equal(first.probs, second.probs), "two different probes"
+    assert both.truth_iou(1) == second.truth_iou()
+
+    client = TestClient(
+        build_app([str(checkpoint), str(bilinear_checkpoint)], DatasetCatalog(create_dataset("builtin")))
+    )
+    client.post("/api/open", json={"name": sample.id})
+    y, x = inside(sample, 1)
+    state = client.post("/api/click", json={"x": x, "y": y, "positive": True}).json()
+    labels = [panel["label"] for panel in state["panels"]]
+    assert labels == [
+        "vit_small_patch14_dinov2 + identity + after_backbone",
+        "vit_small_patch14_dinov2 + bilinear + after_backbone",
+    ]
+    assert all(0.0 <= panel["iou"] <= 1.0 for panel in state["panels"])
 
 
 def test_uploads_over_the_size_limit_are_refused_before_decoding(
     checkpoint: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server, "MAX_UPLOAD_BYTES", 1000)
-    client = TestClient(build_app(str(checkpoint), ImageCatalog.from_options(str(image_folder), None)))
+    client = TestClient(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
     encoded = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))[1].tobytes()
     refused = client.post("/api/upload?name=noise.png", content=encoded)
     assert refused.status_code == 413 and "noise.png" in refused.json()["detail"]
@@ -169,13 +207,13 @@ def test_the_demo_command_takes_one_source_of_images(checkpoint: Path, image_fol
 
 
 def picture_of(state: dict) -> np.ndarray:
-    header, data = state["picture"].split(",", 1)
+    header, data = state["panels"][0]["picture"].split(",", 1)
     assert header == "data:image/jpeg;base64"
     return cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
 
 
 def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, image_folder: Path) -> None:
-    client = TestClient(build_app(str(checkpoint), ImageCatalog.from_options(str(image_folder), None)))
+    client = TestClient(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
     page = client.get("/")
     assert page.status_code == 200 and "isegprobe demo" in page.text
     assert client.get("/static/app.js").status_code == 200
@@ -223,17 +261,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_real_browser_clicks_on_the_page(checkpoint: Path, tmp_path: Path) -> None:
-    """Three clicks on a built-in scene in Chromium: the status, the IoU against the ground truth and the
-    picture follow; undo by z and by backspace, finish by space. The screenshot after three clicks is kept in the
-    test's folder (demo_three_clicks.png)."""
+def test_a_real_browser_clicks_on_the_page(checkpoint: Path, bilinear_checkpoint: Path, tmp_path: Path) -> None:
+    """Three clicks on a built-in scene in Chromium, two probes side by side: the status, each probe's IoU against
+    the ground truth and the pictures follow; undo by z and by backspace, finish by space. The screenshot after
+    three clicks is kept in the test's folder (demo_three_clicks.png)."""
     playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("the browser test needs a Chromium (Debian: apt-get install chromium)")
     sample = create_dataset("builtin", split="test")[0]
     port = free_port()
-    app = build_app(str(checkpoint), DatasetCatalog.from_options("builtin", None, "test"))
+    app = build_app([str(checkpoint), str(bilinear_checkpoint)], DatasetCatalog.from_options("builtin", None, "test"))
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -246,21 +284,22 @@ def test_a_real_browser_clicks_on_the_page(checkpoint: Path, tmp_path: Path) -> 
             time.sleep(0.05)
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=chromium)
-            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page = browser.new_page(viewport={"width": 1000, "height": 420})
             page.goto(f"http://127.0.0.1:{port}/")
             page.select_option("#images", index=0)
             wait_for_text("status", "0 clicks")
             wait_for_text("truth", "the first positive click picks the object")
-            unclicked = page.get_attribute("#picture", "src")
+            unclicked = page.get_attribute(".picture >> nth=0", "src")
             y, x = inside(sample, 1)
-            page.click("#picture", position={"x": x, "y": y})
+            page.click(".picture >> nth=0", position={"x": x, "y": y})
             wait_for_text("status", "1 click,")
             wait_for_text("truth", "IoU with ground-truth object 1:")
-            assert page.get_attribute("#picture", "src") != unclicked, "the click is drawn into the picture"
-            page.click("#picture", position={"x": 2, "y": 2}, button="right")
+            wait_for_text("panels", "bilinear + after_backbone: IoU")
+            assert page.get_attribute(".picture >> nth=0", "src") != unclicked, "the click is drawn into the picture"
+            page.click(".picture >> nth=0", position={"x": 2, "y": 2}, button="right")
             wait_for_text("status", "2 clicks")
             y, x = inside(sample, 1)
-            page.click("#picture", position={"x": x + 1, "y": y + 1})
+            page.click(".picture >> nth=0", position={"x": x + 1, "y": y + 1})
             wait_for_text("status", "3 clicks")
             page.screenshot(path=str(tmp_path / "demo_three_clicks.png"))
             page.keyboard.press("z")

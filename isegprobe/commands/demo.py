@@ -16,6 +16,12 @@ from isegprobe.errors import UserError
 
 @click.command("demo")
 @checkpoint_option
+@click.option(
+    "--compare",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Another probe (RUN_DIR or .safetensors), shown beside the first on the same clicks; repeatable.",
+)
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="A folder of images to list.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="One image to list.")
 @click.option(
@@ -35,6 +41,7 @@ from isegprobe.errors import UserError
 @reports_user_errors
 def demo(
     checkpoint: str,
+    compare: tuple[str, ...],
     images: str | None,
     image: str | None,
     dataset: str | None,
@@ -49,14 +56,16 @@ def demo(
     """Serve a local web page on which left clicks are positive and right clicks negative, scroll zooms, middle or
     shift drag moves, z or backspace undoes, r resets and space finishes an object; finished objects download as
     one instance-id PNG. With --dataset, the object under the first positive click is compared with the ground truth
-    and its IoU shown.
+    and its IoU shown. With --compare, other probes segment beside the first on the same clicks (finish keeps the
+    first one's mask).
 
     \b
     On a remote GPU server, forward the port and open http://127.0.0.1:8765 locally:
         ssh -L 8765:127.0.0.1:8765 server
     The backbone the probe was trained on is rebuilt from the checkpoint and runs once per image.
     """
-    app = build_app(checkpoint, _catalog(images, image, dataset, root, split), device, zoom_in, threshold)
+    catalog = _catalog(images, image, dataset, root, split)
+    app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold)
     click.echo(f"isegprobe demo on http://{host}:{port} (Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

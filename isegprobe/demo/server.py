@@ -123,17 +123,22 @@ def _too_large(name: str, size: int) -> str:
 
 
 def _state(session: DemoSession, catalog: Catalog, seconds: float) -> dict[str, Any]:
-    """Everything the page shows, the picture included (a JPEG data URL: small enough for an SSH tunnel)."""
+    """Everything the page shows: per probe its label, its picture (a JPEG data URL: small enough for an SSH tunnel)
+    and its IoU against the ground truth."""
     image = session.image
     state: dict[str, Any] = {"images": catalog.names(), "image": None, "seconds": round(seconds, 3)}
     if image is None:
         return state
-    picture = compose(image.pixels, image.instances, session.mask(), session.clicks)
     height, width = image.pixels.shape[:2]
-    if max(height, width) > DISPLAY_MAX_SIDE:
-        scale = DISPLAY_MAX_SIDE / max(height, width)
-        display = (max(1, round(width * scale)), max(1, round(height * scale)))
-        picture = cv2.resize(picture, display, interpolation=cv2.INTER_AREA)
+    panels = []
+    for index, probe in enumerate(session.probes):
+        picture = compose(image.pixels, image.instances, session.mask(index), session.clicks)
+        if max(height, width) > DISPLAY_MAX_SIDE:
+            scale = DISPLAY_MAX_SIDE / max(height, width)
+            display = (max(1, round(width * scale)), max(1, round(height * scale)))
+            picture = cv2.resize(picture, display, interpolation=cv2.INTER_AREA)
+        data_url = "data:image/jpeg;base64," + base64.b64encode(encode(picture, ".jpg")).decode()
+        panels.append({"label": probe.label, "picture": data_url, "iou": session.truth_iou(index)})
     state.update(
         image=image.name,
         width=width,
@@ -142,7 +147,6 @@ def _state(session: DemoSession, catalog: Catalog, seconds: float) -> dict[str, 
         objects=int(image.instances.max()),
         ground_truth=image.truth is not None,
         truth_object=session.truth_object(),
-        iou=session.truth_iou(),
-        picture="data:image/jpeg;base64," + base64.b64encode(encode(picture, ".jpg")).decode(),
+        panels=panels,
     )
     return state

@@ -1,7 +1,8 @@
-// The demo page: it shows the server's picture and sends clicks in image pixels; all state lives on the server.
+// The demo page: it shows the server's pictures (one per probe, all on the same clicks) and sends clicks in image
+// pixels; all state lives on the server.
 "use strict";
 
-const picture = document.getElementById("picture");
+const panels = document.getElementById("panels");
 const imageList = document.getElementById("images");
 const statusLine = document.getElementById("status");
 const errorLine = document.getElementById("error");
@@ -38,28 +39,49 @@ function show(next) {
     return;
   }
   imageList.value = state.image;
-  picture.src = state.picture;
-  picture.style.width = `${state.width * zoom}px`;
+  showPanels(state.panels);
   const clicks = state.clicks.length;
   statusLine.textContent =
     `${state.image} (${state.width} x ${state.height})\n` +
     `${clicks} click${clicks === 1 ? "" : "s"}, ${state.objects} object${state.objects === 1 ? "" : "s"} done\n` +
     `last request took ${state.seconds.toFixed(2)} s`;
-  truthLine.textContent = truthText(state);
+  truthLine.textContent = truthText(state, state.panels[0]);
 }
 
-function truthText(shown) {
+// One figure per probe: its label and IoU above its picture.
+function showPanels(shown) {
+  if (panels.children.length !== shown.length) {
+    panels.replaceChildren(
+      ...shown.map(() => {
+        const figure = document.createElement("figure");
+        const picture = document.createElement("img");
+        picture.className = "picture";
+        picture.alt = "";
+        figure.append(document.createElement("figcaption"), picture);
+        return figure;
+      }),
+    );
+  }
+  shown.forEach((panel, index) => {
+    const [caption, picture] = panels.children[index].children;
+    caption.textContent = panel.label + (panel.iou === null ? "" : `: IoU ${(100 * panel.iou).toFixed(1)} %`);
+    picture.src = panel.picture;
+    picture.style.width = `${state.width * zoom}px`;
+  });
+}
+
+function truthText(shown, first) {
   if (!shown.ground_truth) {
     return "";
   }
   if (shown.truth_object === 0) {
     return "Ground truth: the first positive click picks the object.";
   }
-  return `IoU with ground-truth object ${shown.truth_object}: ${(100 * shown.iou).toFixed(1)} %`;
+  return `IoU with ground-truth object ${shown.truth_object}: ${(100 * first.iou).toFixed(1)} %`;
 }
 
 function imagePixel(event) {
-  const box = picture.getBoundingClientRect();
+  const box = event.target.getBoundingClientRect();
   const x = Math.floor(((event.clientX - box.left) / box.width) * state.width);
   const y = Math.floor(((event.clientY - box.top) / box.height) * state.height);
   return { x: Math.min(Math.max(x, 0), state.width - 1), y: Math.min(Math.max(y, 0), state.height - 1) };
@@ -67,8 +89,8 @@ function imagePixel(event) {
 
 // Panning: drag with the middle button, or with the left button while shift is held.
 let drag = null;
-picture.addEventListener("mousedown", (event) => {
-  if (state === null || state.image === null) {
+panels.addEventListener("mousedown", (event) => {
+  if (state === null || state.image === null || !event.target.classList.contains("picture")) {
     return;
   }
   event.preventDefault();
@@ -87,7 +109,7 @@ window.addEventListener("mousemove", (event) => {
 window.addEventListener("mouseup", () => {
   drag = null;
 });
-picture.addEventListener("contextmenu", (event) => event.preventDefault());
+panels.addEventListener("contextmenu", (event) => event.preventDefault());
 
 view.addEventListener(
   "wheel",
@@ -97,7 +119,9 @@ view.addEventListener(
     }
     event.preventDefault();
     zoom = Math.min(Math.max(zoom * (event.deltaY < 0 ? 1.25 : 0.8), 0.1), 16);
-    picture.style.width = `${state.width * zoom}px`;
+    for (const picture of panels.querySelectorAll(".picture")) {
+      picture.style.width = `${state.width * zoom}px`;
+    }
   },
   { passive: false },
 );

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,3 +28,19 @@ def run_two_ranks(*args: str, port: int) -> subprocess.CompletedProcess:
         pytest.skip("torchrun not installed beside this Python")
     command = [torchrun, "--nproc-per-node", "2", "--master-port", str(port), "-m", "isegprobe", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def kill_when(command: Sequence[str], moment: Callable[[], bool], what: str) -> None:
+    """Start `command`, SIGKILL its main process alone as soon as `moment()` holds, and check that it really was
+    killed then (`what` says when) and that its DataLoader workers ended with it: they hold its stderr open until
+    they end, so a worker left behind shows as a pipe that does not close."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    while process.poll() is None and not moment():
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    try:
+        stderr = process.communicate(timeout=30)[1].decode()
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"workers of the run killed {what} outlived it by 30 s") from None
+    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed {what}:\n{stderr}"

@@ -63,9 +63,16 @@ def invoke(*args: object):
     return CliRunner().invoke(main, [str(arg) for arg in args])
 
 
+def extraction(*options: object, featurizer: str = "vit_small_patch14_dinov2", weights: object = "random") -> list:
+    return ["extract-features", "--featurizer", featurizer, "--weights", weights, *options]
+
+
+def training(w: World, out: str, *options: object) -> list[object]:
+    return ["train", "--config", "quickstart", "--cache", w.train_store, "--out", w.root / out, *options]
+
+
 def extract_custom(folder: Path, out: Path) -> list[object]:
-    return ["extract-features", "--featurizer", "vit_small_patch14_dinov2", "--weights", "random",
-            "--dataset", "custom", "--root", folder, "--size", "28", "--workers", "0", "--out", out]  # fmt: skip
+    return extraction("--dataset", "custom", "--root", folder, "--size", "28", "--workers", "0", "--out", out)
 
 
 def truncate(path: Path) -> None:
@@ -85,19 +92,7 @@ def set_feature(value: float) -> Callable[[zarr.Group], None]:
 # README row label -> (arguments built from the world, the words the message must contain)
 CASES: dict[str, tuple[Callable[[World], list[object]], str]] = {
     "dataset root that does not exist": (
-        lambda w: [
-            "extract-features",
-            "--featurizer",
-            "vit_small_patch14_dinov2",
-            "--weights",
-            "random",
-            "--dataset",
-            "grabcut",
-            "--root",
-            w.root / "nowhere",
-            "--out",
-            w.root / "x",
-        ],  # fmt: skip
+        lambda w: extraction("--dataset", "grabcut", "--root", w.root / "nowhere", "--out", w.root / "x"),
         "expected the GrabCut layout with data_GT/ inside",
     ),
     "truncated image file": (
@@ -128,93 +123,31 @@ CASES: dict[str, tuple[Callable[[World], list[object]], str]] = {
         "im1.png: an empty mask (no object pixel)",
     ),
     "unknown featurizer": (
-        lambda w: [
-            "extract-features",
-            "--featurizer",
-            "vit_imaginary",
-            "--weights",
-            "random",
-            "--dataset",
-            "builtin",
-            "--out",
-            w.root / "x",
-        ],  # fmt: skip
+        lambda w: extraction("--dataset", "builtin", "--out", w.root / "x", featurizer="vit_imaginary"),
         "unknown featurizer 'vit_imaginary': not a timm ViT name",
     ),
     "--size not a multiple of the patch size": (
-        lambda w: [
-            "extract-features",
-            "--featurizer",
-            "vit_small_patch14_dinov2",
-            "--weights",
-            "random",
-            "--dataset",
-            "builtin",
-            "--size",
-            "100",
-            "--out",
-            w.root / "x",
-        ],  # fmt: skip
+        lambda w: extraction("--dataset", "builtin", "--size", "100", "--out", w.root / "x"),
         "--size 100: must be a multiple of the featurizer's patch size 14",
     ),
     "weights file that is not a checkpoint": (
-        lambda w: [
-            "extract-features",
-            "--featurizer",
-            "vit_small_patch14_dinov2",
-            "--weights",
-            write_bytes(w.root / "junk.pth", b"\x80\x02junk"),
-            "--dataset",
-            "builtin",
-            "--out",
-            w.root / "x",
-        ],  # fmt: skip
+        lambda w: extraction(
+            "--dataset", "builtin", "--out", w.root / "x", weights=write_bytes(w.root / "junk.pth", b"\x80\x02junk")
+        ),
         "could not read weights file",
     ),
     "extraction into a store made differently": (
-        lambda w: [
-            "extract-features",
-            "--featurizer",
-            "vit_small_patch14_dinov2",
-            "--weights",
-            "random",
-            "--dataset",
-            "builtin",
-            "--size",
-            str(SIZE),
-            "--views",
-            "identity",
-            "--out",
-            w.store.parent,
-        ],  # fmt: skip
+        lambda w: extraction(
+            "--dataset", "builtin", "--size", str(SIZE), "--views", "identity", "--out", w.store.parent
+        ),
         "refusing to add to a store made differently",
     ),
     "config key that does not exist": (
-        lambda w: [
-            "train",
-            "--config",
-            "quickstart",
-            "--cache",
-            w.train_store,
-            "--out",
-            w.root / "r1",
-            "--set",
-            "optim.lrr=1",
-        ],  # fmt: skip
+        lambda w: training(w, "r1", "--set", "optim.lrr=1"),
         "unknown config key 'optim.lrr'; known here: betas, eps, lr, weight_decay",
     ),
     "config value of the wrong type": (
-        lambda w: [
-            "train",
-            "--config",
-            "quickstart",
-            "--cache",
-            w.train_store,
-            "--out",
-            w.root / "r2",
-            "--set",
-            "optim.lr=fast",
-        ],  # fmt: skip
+        lambda w: training(w, "r2", "--set", "optim.lr=fast"),
         "config key 'optim.lr' must be float, got 'fast'",
     ),
     "folder that is not a feature store": (

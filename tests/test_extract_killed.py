@@ -6,15 +6,13 @@ are when a job is killed on a cluster."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import zarr
+from launch import kill_when
 
 from isegprobe.cache.store import STAGING_SUFFIX
 
@@ -37,31 +35,16 @@ def done_shards(store: Path) -> int:
     return sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
 
 
-def run_until(out: Path, moment: Callable[[], bool], what: str) -> None:
-    """Start the extraction, SIGKILL its main process alone as soon as `moment()` holds, and check that it really
-    was killed then and that its image-decoding workers ended with it (they hold its stderr open until they end)."""
-    process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    while process.poll() is None and not moment():
-        time.sleep(0.001)
-    process.send_signal(signal.SIGKILL)
-    try:
-        stderr = process.communicate(timeout=30)[1].decode()
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError(f"workers of the extraction killed {what} outlived it by 30 s") from None
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed {what}:\n{stderr}"
-
-
 def test_sigkill_at_several_moments_then_the_same_command_gives_the_uninterrupted_store(tmp_path: Path) -> None:
     subprocess.run(command(tmp_path / "reference"), check=True, capture_output=True)
     out = tmp_path / "killed"
     store = out / STORE
 
     being_made = (out / (STORE + STAGING_SUFFIX), store)
-    run_until(out, lambda: any(path.exists() for path in being_made), "as the store was being created")
+    kill_when(command(out), lambda: any(path.exists() for path in being_made), "as the store was being created")
     assert not store.exists() or (store / "zarr.json").is_file()
     for shards in (1, 5, 13):
-        run_until(out, lambda shards=shards: done_shards(store) >= shards, f"after {shards} items")
+        kill_when(command(out), lambda shards=shards: done_shards(store) >= shards, f"after {shards} items")
         assert done_shards(store) < ITEMS, "a kill point came after the last item"
     finished = subprocess.run(command(out), capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr

@@ -5,14 +5,12 @@ land wherever the run is, checkpoint writes included, and the workers must end w
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from launch import kill_when
 from safetensors.torch import load_file
 from stores import builtin_store
 
@@ -35,20 +33,7 @@ def saved_step(run: Path) -> int:
 
 
 def kill_after_step(store: Path, run: Path, step: int, *extra: str) -> None:
-    """Start training, SIGKILL its main process alone once a checkpoint at `step` or later is on disk, and check
-    that it was killed then and that its loader workers ended with it."""
-    process = subprocess.Popen(
-        command(store, run, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    while process.poll() is None and saved_step(run) < step:
-        time.sleep(0.001)
-    process.send_signal(signal.SIGKILL)
-    try:
-        stderr = process.communicate(timeout=30)[1].decode()
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError(f"loader workers of the training killed after step {step} outlived it by 30 s") from None
-    assert process.returncode == -signal.SIGKILL, f"training ended before step {step} could be killed:\n{stderr}"
+    kill_when(command(store, run, *extra), lambda: saved_step(run) >= step, f"after step {step}")
     assert saved_step(run) < STEPS
 
 

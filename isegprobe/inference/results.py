@@ -44,8 +44,10 @@ class ResultsWriter:
         self.max_clicks = max_clicks
         self.run_info = run_info
         self.curves: dict[str, dict[str, np.ndarray]] = {}
-        self.seconds: dict[str, float] = {}
         self.complete: dict[str, bool] = {}
+        # (predict seconds, clicks) per dataset: of the runs resumed from, and of this run so far
+        self.timed_before: dict[str, tuple[float, int]] = {}
+        self.timed_now: dict[str, tuple[float, int]] = {}
 
     def resume(self) -> None:
         """Take back the curves an earlier run of this same evaluation left in `out_dir`, so that only the objects it
@@ -79,16 +81,18 @@ class ResultsWriter:
             for object_id, curve in zip(ids, ious, strict=True):
                 self.add(dataset, str(object_id), curve)
             self.complete[dataset] = bool(summary["complete"])
-            if "sec_per_click" in summary:
-                self.seconds[dataset] = summary["sec_per_click"]
+            clicks = int(summary.get("clicks_timed", 0))
+            self.timed_before[dataset] = (summary.get("sec_per_click", 0.0) * clicks, clicks)
 
     def add(self, dataset: str, object_id: str, ious: np.ndarray) -> None:
         self.curves.setdefault(dataset, {})[object_id] = np.asarray(ious, np.float32)
         self.complete.setdefault(dataset, False)
 
-    def set_speed(self, dataset: str, seconds_per_click: float) -> None:
-        """Seconds per click so far: the time in the predictor (crops, backbone if online, probe, un-cropping)."""
-        self.seconds[dataset] = seconds_per_click
+    def set_speed(self, dataset: str, predict_seconds: float, clicks: int) -> None:
+        """The time this run spent in the predictor (crops, backbone if online, probe, un-cropping) for `clicks`
+        clicks so far. Written out as seconds per click over this run and the runs it resumed, with the clicks
+        timed (`clicks_timed`), so that a resumed evaluation reports the speed of all of it."""
+        self.timed_now[dataset] = (predict_seconds, clicks)
 
     def finish(self, dataset: str) -> None:
         self.complete[dataset] = True
@@ -97,8 +101,11 @@ class ResultsWriter:
         table = {}
         for dataset, curves in self.curves.items():
             summary = summarize(list(curves.values()), max_clicks=self.max_clicks)
-            if dataset in self.seconds:
-                summary["sec_per_click"] = self.seconds[dataset]
+            seconds_before, clicks_before = self.timed_before.get(dataset, (0.0, 0))
+            seconds_now, clicks_now = self.timed_now.get(dataset, (0.0, 0))
+            if clicks_before + clicks_now:
+                summary["sec_per_click"] = (seconds_before + seconds_now) / (clicks_before + clicks_now)
+                summary["clicks_timed"] = clicks_before + clicks_now
             table[dataset] = summary | {"complete": self.complete[dataset]}
         return table
 

@@ -182,7 +182,7 @@ def _evaluate_dataset(
             on_result(name, result)
 
     def batch_done(run: EvaluationRun) -> None:
-        writer.set_speed(name, run.seconds_per_click)
+        writer.set_speed(name, run.predict_seconds, run.clicks_made)
         writer.write()
         progress.set_postfix(sec_per_click=f"{run.seconds_per_click:.3f}")
 

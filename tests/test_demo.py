@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -16,6 +20,7 @@ import torch
 import uvicorn
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from launch import ISEGPROBE
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
@@ -312,3 +317,29 @@ def test_a_real_browser_clicks_on_the_page(checkpoint: Path, bilinear_checkpoint
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_demo_command_serves_the_page_and_ends_cleanly_on_ctrl_c(checkpoint: Path, image_folder: Path) -> None:
+    """The console script as a user starts it: it answers on its port, and Ctrl-C (SIGINT) ends it at once with
+    status 0, leaving no process behind."""
+    port = free_port()
+    command = [ISEGPROBE, "demo", "--checkpoint", str(checkpoint), "--images", str(image_folder), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        state = None
+        deadline = time.monotonic() + 120
+        while state is None and process.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=1) as answer:
+                    state = json.loads(answer.read())
+            except OSError:
+                time.sleep(0.2)
+        assert state is not None, process.stderr.read() if process.poll() is not None else "no answer in 120 s"
+        assert state["images"] == sorted(path.name for path in image_folder.iterdir())
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert f"isegprobe demo on http://127.0.0.1:{port}" in stdout

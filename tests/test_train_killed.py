@@ -1,14 +1,18 @@
-"""`isegprobe train` killed with SIGKILL mid-run, then `--resume`: the finished run's weights and Adam state equal
-those of a run never interrupted, bit for bit. Real processes and real kills, with spawned loader workers: the kills
-land wherever the run is, checkpoint writes included, and the workers must end with the killed process."""
+"""`isegprobe train` killed with SIGKILL mid-run, or stopped by SIGINT / SIGTERM, then `--resume`: the finished
+run's weights and Adam state equal those of a run never interrupted, bit for bit. Real processes and real signals,
+with spawned loader workers: the kills land wherever the run is, checkpoint writes included, and the workers must end
+with the killed process; a stop request ends the run after a whole step and saves it there."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from launch import kill_when
 from safetensors.torch import load_file
@@ -17,12 +21,29 @@ from stores import builtin_store
 STEPS = 60
 
 
-def command(store: Path, run: Path, *extra: str) -> list[str]:
+def command(store: Path, run: Path, *extra: str, every: int = 5) -> list[str]:
     return [
         sys.executable, "-m", "isegprobe", "train", "--config", "quickstart", "--cache", str(store),
         "--out", str(run), "--max-iters", str(STEPS), "--device", "cpu",
-        "--set", "checkpoint.every_steps=5", "--set", "data.num_workers=2", *extra,
+        "--set", f"checkpoint.every_steps={every}", "--set", "data.num_workers=2", *extra,
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The training store and a run of it never interrupted."""
+    folder = tmp_path_factory.mktemp("straight")
+    store = builtin_store(folder / "cache", split="train")
+    subprocess.run(command(store, folder / "run"), check=True, capture_output=True)
+    return store, folder / "run"
+
+
+def assert_same_run(finished: Path, straight_run: Path) -> None:
+    for name in ("last.safetensors", "last.optim.safetensors"):
+        expected, got = load_file(straight_run / name), load_file(finished / name)
+        assert expected.keys() == got.keys()
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), f"{name}: {key}"
 
 
 def saved_step(run: Path) -> int:
@@ -37,18 +58,45 @@ def kill_after_step(store: Path, run: Path, step: int, *extra: str) -> None:
     assert saved_step(run) < STEPS
 
 
-def test_training_killed_twice_then_resumed_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
-    store = builtin_store(tmp_path / "cache", split="train")
-    subprocess.run(command(store, tmp_path / "straight"), check=True, capture_output=True)
+def test_training_killed_twice_then_resumed_ends_with_the_uninterrupted_weights(
+    straight: tuple[Path, Path], tmp_path: Path
+) -> None:
+    store, straight_run = straight
     run = tmp_path / "killed"
     kill_after_step(store, run, 10)
     kill_after_step(store, run, 30, "--resume")
     resumed = subprocess.run(command(store, run, "--resume"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert saved_step(run) == STEPS
+    assert_same_run(run, straight_run)
 
-    for name in ("last.safetensors", "last.optim.safetensors"):
-        straight, killed = load_file(tmp_path / "straight" / name), load_file(run / name)
-        assert straight.keys() == killed.keys()
-        for key in straight:
-            assert torch.equal(straight[key], killed[key]), f"{name}: {key}"
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ends_training_after_a_whole_step_saved_and_resume_finishes_it(
+    straight: tuple[Path, Path], tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Checkpoints every 1000 steps, so the one the stop leaves is the stop's own."""
+    store, straight_run = straight
+    run = tmp_path / "stopped"
+    process = subprocess.Popen(
+        command(store, run, every=1000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    while process.poll() is None and not logged_steps(run):
+        time.sleep(0.005)
+    process.send_signal(stop)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + stop.value, stderr
+    step = saved_step(run)
+    assert 0 < step < STEPS
+    assert f"{stop.name}: stopped after step {step}, saved as" in stderr
+    assert "Traceback" not in stderr
+
+    resumed = subprocess.run(command(store, run, "--resume", every=1000), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run, straight_run)
+
+
+def logged_steps(run: Path) -> bool:
+    """Training is under way: scalars.csv holds a logged step."""
+    scalars = run / "scalars.csv"
+    return scalars.is_file() and ",train/" in scalars.read_text()

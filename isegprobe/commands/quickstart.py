@@ -10,6 +10,7 @@ from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.extract import human_bytes
+from isegprobe.commands.train import exit_if_stopped
 from isegprobe.config import load_train_config
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
@@ -83,6 +84,7 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
     if resume:
         click.echo(f"  resuming the run in {run_dir} from its last checkpoint (delete the folder to start over)")
     summary = train(config, CachedDataset(stores["train"]), run_dir, device="cpu", resume=resume)
+    exit_if_stopped(summary, f"isegprobe quickstart --out {out_dir}")
     click.echo(f"  {summary.progress()}")
     click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")
     click.echo(f"[3/3 evaluate] {max_clicks} clicks per object on builtin/test, from the cache")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from isegprobe.config import list_presets, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer, create_featurizer
 from isegprobe.training.checkpoint import resume_config
+from isegprobe.training.trainer import TrainSummary
 from isegprobe.training.trainer import train as run_training
 
 
@@ -110,9 +112,23 @@ def train(
         use_wandb=use_wandb,
         val_dataset=val_dataset,
     )
+    exit_if_stopped(summary, f"isegprobe train --resume --out {run_dir}")
     best = "n/a" if summary.best_metric is None else f"{summary.best_metric:.4f}"
     click.echo(summary.progress())
     click.echo(f"trained to step {summary.step}; best {best}; checkpoints in {summary.run_dir}")
+
+
+def exit_if_stopped(summary: TrainSummary, how_to_continue: str) -> None:
+    """After a run stopped by SIGINT or SIGTERM: say where it stands and exit with the shell's status for that
+    signal (128 + its number), so that job scripts see the run did not finish."""
+    if summary.stopped_by is None:
+        return
+    click.echo(
+        f"{summary.stopped_by}: stopped after step {summary.step}, saved as {summary.run_dir / 'last.safetensors'}; "
+        f"`{how_to_continue}` continues the same schedule",
+        err=True,
+    )
+    raise SystemExit(128 + signal.Signals[summary.stopped_by].value)
 
 
 def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | None) -> Featurizer:

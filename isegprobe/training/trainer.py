@@ -35,6 +35,7 @@ from isegprobe.training.next_clicks import add_next_clicks
 from isegprobe.training.points_sampler import MultiPointSampler
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
+from isegprobe.training.stopping import StopRequests
 from isegprobe.training.visuals import prediction_panels
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class TrainSummary:
     best_metric: float | None
     first_logged: dict[str, float] | None  # the first and last logged training means of this invocation
     last_logged: dict[str, float] | None
+    stopped_by: str | None = None  # the signal (SIGINT, SIGTERM) that ended the run early, after saving `last`
 
     def progress(self) -> str:
         """How the logged training means moved, first to last; the IoU and the BCE show learning that the
@@ -345,46 +347,58 @@ def train(
     )
     running = _RunningMeans(device)
     first_logged = last_logged = None
-    try:
-        while state.step < schedule.total_steps:
-            epoch = schedule.epoch_of(state.step)
-            shuffle.start(epoch, (state.step - epoch * schedule.steps_per_epoch) * config.data.batch_size)
-            for batch in loader:
-                result = trainer.train_step(batch, state.step, schedule.lr_at(state.step))
-                state.step += 1
-                bar.update(1)
-                running.add(result)
-                state.add_epoch_iou(result.iou)
-                if state.step % config.logging.every_steps == 0 or state.step == schedule.total_steps:
-                    lr = schedule.lr_at(state.step - 1)
-                    last_logged = {**running.pop(), "lr": lr}
-                    first_logged = first_logged or last_logged
-                    logger.scalars({f"train/{name}": value for name, value in last_logged.items()}, state.step)
-                    bar.set_postfix(loss=f"{last_logged['loss']:.4f}", iou=f"{last_logged['iou']:.3f}", lr=f"{lr:.1e}")
-                if state.step % config.logging.image_every_steps == 0:
-                    panels = prediction_panels(
-                        batch["image"], batch["target"], result.prob, result.clicks, config.logging.num_images
-                    )
-                    logger.images("train/predictions", panels, state.step)
-                epoch_done = state.step % schedule.steps_per_epoch == 0 or state.step == schedule.total_steps
-                if epoch_done and rank == 0:
-                    _close_epoch(trainer, state, val_loader, logger, describe, run_dir)
-                elif epoch_done:
-                    state.reset_epoch()
-                every = config.checkpoint.every_steps
-                if rank == 0 and (epoch_done or (every and state.step % every == 0)):
-                    save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
-                if state.step >= schedule.total_steps:
-                    break
-        if state.step == 0 and rank == 0:
-            # A run of zero steps keeps the untrained probe: the baseline that evaluation compares training with.
-            save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
-    finally:
-        bar.close()
-        logger.close()
+    stopping = False
+    with StopRequests() as stop:
+        try:
+            while state.step < schedule.total_steps and not stopping:
+                epoch = schedule.epoch_of(state.step)
+                shuffle.start(epoch, (state.step - epoch * schedule.steps_per_epoch) * config.data.batch_size)
+                for batch in loader:
+                    result = trainer.train_step(batch, state.step, schedule.lr_at(state.step))
+                    state.step += 1
+                    bar.update(1)
+                    running.add(result)
+                    state.add_epoch_iou(result.iou)
+                    if state.step % config.logging.every_steps == 0 or state.step == schedule.total_steps:
+                        lr = schedule.lr_at(state.step - 1)
+                        last_logged = {**running.pop(), "lr": lr}
+                        first_logged = first_logged or last_logged
+                        logger.scalars({f"train/{name}": value for name, value in last_logged.items()}, state.step)
+                        bar.set_postfix(
+                            loss=f"{last_logged['loss']:.4f}", iou=f"{last_logged['iou']:.3f}", lr=f"{lr:.1e}"
+                        )
+                    if state.step % config.logging.image_every_steps == 0:
+                        panels = prediction_panels(
+                            batch["image"], batch["target"], result.prob, result.clicks, config.logging.num_images
+                        )
+                        logger.images("train/predictions", panels, state.step)
+                    epoch_done = state.step % schedule.steps_per_epoch == 0 or state.step == schedule.total_steps
+                    if epoch_done and rank == 0:
+                        _close_epoch(trainer, state, val_loader, logger, describe, run_dir)
+                    elif epoch_done:
+                        state.reset_epoch()
+                    every = config.checkpoint.every_steps
+                    saved = epoch_done or bool(every and state.step % every == 0)
+                    if rank == 0 and saved:
+                        save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
+                    if state.step >= schedule.total_steps:
+                        break
+                    stopping = stop.agreed(device)
+                    if stopping:
+                        if rank == 0 and not saved:
+                            metadata = describe.metadata(state)
+                            save_checkpoint(run_dir, "last", trainer.probe, metadata, trainer.optimizer)
+                        break
+            if state.step == 0 and rank == 0:
+                # A run of zero steps keeps the untrained probe: the baseline that evaluation compares training with.
+                save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
+        finally:
+            bar.close()
+            logger.close()
     barrier()
     epoch = schedule.epoch_of(max(state.step - 1, 0))
-    return TrainSummary(run_dir, state.step, epoch, state.best_value, first_logged, last_logged)
+    stopped_by = stop.signal.name if stopping else None
+    return TrainSummary(run_dir, state.step, epoch, state.best_value, first_logged, last_logged, stopped_by)
 
 
 def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int) -> None:

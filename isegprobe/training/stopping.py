@@ -1,0 +1,61 @@
+"""Stopping a training run on request without losing its steps: Ctrl-C (SIGINT) or SIGTERM (what Slurm and
+torchrun send before they kill a job) ends the run after the step in progress, and the trainer saves `last` there, so
+that `--resume` continues exactly. Stopping in the middle of a step could leave the weights half updated by the
+optimizer, which is why the signal only sets a flag. A second signal stops at once, as without this.
+
+Under torchrun the ranks may get the signal at different steps; they agree (an all-reduce of the flag at each step)
+so that all of them stop after the same one.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+
+import torch
+import torch.distributed as dist
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequests:
+    """A context in which SIGINT and SIGTERM set `requested` instead of stopping the process (main thread only;
+    elsewhere signals keep their handlers)."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._restore()
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank was asked to stop; every rank must call this at the same step."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signal is None:
+            self.signal = signal.SIGTERM
+        return bool(flag.item())
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        self.signal = signal.Signals(number)
+        self._restore()
+
+    def _restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}

@@ -115,7 +115,10 @@ def features(
 @click.option("--root", default=None, help="Dataset root, when it moved since the evaluation.")
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
 @click.option(
-    "--out", default=None, type=click.Path(dir_okay=False), help="PNG path. Default: RESULTS/predictions/<object>.png."
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Picture path (.png or .jpg). Default: RESULTS/predictions/<dataset>_<object>.png.",
 )
 @reports_user_errors
 def predictions(

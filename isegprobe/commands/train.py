@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,10 @@ def train(
         val_dataset=val_dataset,
     )
     exit_if_stopped(summary, f"isegprobe train --resume --out {run_dir}")
-    best = "n/a" if summary.best_metric is None else f"{summary.best_metric:.4f}"
-    click.echo(summary.progress())
-    click.echo(f"trained to step {summary.step}; best {best}; checkpoints in {summary.run_dir}")
+    if _rank() == 0:  # under torchrun, the rank that logs and saves
+        best = "n/a" if summary.best_metric is None else f"{summary.best_metric:.4f}"
+        click.echo(summary.progress())
+        click.echo(f"trained to step {summary.step}; best {best}; checkpoints in {summary.run_dir}")
 
 
 def exit_if_stopped(summary: TrainSummary, how_to_continue: str) -> None:
@@ -123,12 +125,17 @@ def exit_if_stopped(summary: TrainSummary, how_to_continue: str) -> None:
     signal (128 + its number), so that job scripts see the run did not finish."""
     if summary.stopped_by is None:
         return
-    click.echo(
-        f"{summary.stopped_by}: stopped after step {summary.step}, saved as {summary.run_dir / 'last.safetensors'}; "
-        f"`{how_to_continue}` continues the same schedule",
-        err=True,
-    )
+    if _rank() == 0:
+        click.echo(
+            f"{summary.stopped_by}: stopped after step {summary.step}, saved as "
+            f"{summary.run_dir / 'last.safetensors'}; `{how_to_continue}` continues the same schedule",
+            err=True,
+        )
     raise SystemExit(128 + signal.Signals[summary.stopped_by].value)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", 0))
 
 
 def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | None) -> Featurizer:

@@ -76,9 +76,10 @@ def run_evaluation(
     batch and when the run stops, Ctrl-C included).
     """
     predictor, metadata, jobs, framing = _set_up(request)
+    weights = resolve_checkpoint(request.checkpoint)[0].resolve()
     run_info = {
-        "checkpoint": str(resolve_checkpoint(request.checkpoint)[0].resolve()),
-        "checkpoint_sha256": file_sha256(resolve_checkpoint(request.checkpoint)[0]),
+        "checkpoint": str(weights),
+        "checkpoint_sha256": file_sha256(weights),
         "featurizer": (metadata.get("featurizer_provenance") or {}).get("name"),
         "upsampler": metadata["config"]["model"]["upsampler"]["name"],
         "fusion": metadata["config"]["model"]["fusion"],
@@ -137,7 +138,8 @@ def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collect
     """The objects `object_ids` of `dataset` evaluated again exactly as `request` evaluates them, keeping the masks
     after the clicks a strip shows (1, 3, 5, 10 and the last): what `plot predictions` draws. Only their images are
     read."""
-    items = {object_id for object_id in object_ids} | {object_id.rsplit("_", 1)[0] for object_id in object_ids}
+    # An object's id is its image's id, or the image's id and "_<instance>" when the image has several objects.
+    items = set(object_ids) | {object_id.rsplit("_", 1)[0] for object_id in object_ids}
     predictor, _, jobs, framing = _set_up(request, items)
     tasks = next((tasks for name, _, tasks in jobs if name == dataset), None)
     if tasks is None:

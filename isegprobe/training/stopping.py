@@ -42,14 +42,15 @@ class StopRequests:
         return self.signal is not None
 
     def agreed(self, device: torch.device) -> bool:
-        """Whether any rank was asked to stop; every rank must call this at the same step."""
+        """Whether any rank was asked to stop; every rank must call this at the same step. A rank stopped by
+        another takes that rank's signal (the highest-numbered one when several were sent)."""
         if not (dist.is_available() and dist.is_initialized()):
             return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.signal is None:
-            self.signal = signal.SIGTERM
-        return bool(flag.item())
+        number = torch.tensor([self.signal.value if self.signal else 0], device=device)
+        dist.all_reduce(number, op=dist.ReduceOp.MAX)
+        if number.item():
+            self.signal = signal.Signals(int(number.item()))
+        return self.requested
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         self.signal = signal.Signals(number)

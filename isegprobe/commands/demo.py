@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import click
-import uvicorn
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import checkpoint_option
 from isegprobe.data import list_datasets
-from isegprobe.demo.app import build_app
 from isegprobe.demo.catalog import Catalog, DatasetCatalog, ImageCatalog
 from isegprobe.devices import default_device
 from isegprobe.errors import UserError
@@ -64,6 +62,11 @@ def demo(
         ssh -L 8765:127.0.0.1:8765 server
     The backbone the probe was trained on is rebuilt from the checkpoint and runs once per image.
     """
+    # The web stack is imported here, not with the CLI: every other command starts without it.
+    import uvicorn
+
+    from isegprobe.demo.app import build_app
+
     catalog = _catalog(images, image, dataset, root, split)
     app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold)
     click.echo(f"isegprobe demo on http://{host}:{port} (Ctrl-C stops it)")

@@ -174,6 +174,12 @@ def measure_probe(
     """Interleaved rounds of the three modes for one probe; per-mode medians of it/s and of each phase per step."""
     store = ensure_store(args, args.split, run.size)
     cached = CachedDataset(store, items=CachedDataset(store).items[: args.items])
+    if run.steps * run.batch_size > len(cached):
+        raise SystemExit(
+            f"probe ({run.key}): {run.steps} steps of batch {run.batch_size} need {run.steps * run.batch_size} "
+            f"entries, but the store gives {len(cached)} (--items {args.items}); every round times one epoch's first "
+            "batches, so lower --steps or the batch size, or raise --items"
+        )
     in_memory = InMemoryItems(cached)
     config = load_train_config(run.preset)
     dims = probe_dims(cached, None, run.size)

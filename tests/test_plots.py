@@ -211,3 +211,19 @@ def test_predictions_replay_an_object_of_an_evaluation_and_match_its_recorded_cu
     weights.write_bytes(weights.read_bytes() + b" ")
     changed = plot("predictions", str(tmp_path / "results"), "--object", "test_002_1")
     assert changed.exit_code == 1 and "changed since the evaluation" in changed.output
+
+
+def test_predictions_replay_an_online_evaluation_from_its_dataset(tmp_path: Path) -> None:
+    store = builtin_store(tmp_path / "cache", split="train", size=56)
+    train(load_train_config("quickstart", ["schedule.max_iters=2"]), CachedDataset(store), tmp_path / "run",
+          device="cpu", progress=False)  # fmt: skip
+    arguments = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--online", "--datasets", "builtin"]
+    evaluated = CliRunner().invoke(main, [*arguments, "--max-clicks", "4", "--out", str(tmp_path / "results")])
+    assert evaluated.exit_code == 0, evaluated.output
+    document = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert document["online_sources"] == {"builtin": {"split": "test", "root": None}}
+
+    result = plot("predictions", str(tmp_path / "results"), "--object", "test_001_1", "--out", str(tmp_path / "p.png"))
+    assert result.exit_code == 0, result.output
+    assert "largest difference over the 4 clicks 0" in result.output
+    assert cv2.imread(str(tmp_path / "p.png")) is not None

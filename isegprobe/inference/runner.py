@@ -89,6 +89,12 @@ def run_evaluation(
         "threshold": request.threshold,
         "sources": {name: source for name, source, _ in jobs},
     }
+    if request.online:
+        # What `plot predictions` needs to read the same images again.
+        run_info["online_sources"] = {
+            name: {"split": request.split, "root": _root_text(resolve_root(name, request.root))}
+            for name in request.datasets
+        }
     writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
     if not request.overwrite:
         writer.resume()
@@ -157,6 +163,10 @@ def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collect
         keep_masks_at=strip_clicks(request.max_clicks),
     )
     return results
+
+
+def _root_text(root: Path | None) -> str | None:
+    return None if root is None else str(Path(root).resolve())
 
 
 def _zoom_in(task: ObjectTask, **settings: Any) -> ZoomIn:

@@ -1,9 +1,9 @@
 """`plot predictions`: one object of an evaluation, evaluated again and drawn after 1, 3, 5, 10 clicks and the last.
 
-An evaluation's results.json records the checkpoint (with its sha256), the store of each dataset and how it was
-run (click budget, flip, zoom-in, threshold). The object is evaluated again exactly that way, and its IoU curve is
-compared with the one in ious.npz: the picture shows the run the numbers came from, and a checkpoint changed since
-is refused rather than drawn.
+An evaluation's results.json records the checkpoint (with its sha256), the store of each dataset (or, online, its
+split and folder) and how it was run (click budget, flip, zoom-in, threshold). The object is evaluated again exactly
+that way, and its IoU curve is compared with the one in ious.npz: the picture shows the run the numbers came from,
+and a checkpoint changed since is refused rather than drawn.
 """
 
 from __future__ import annotations
@@ -45,28 +45,32 @@ def plot_predictions(
     RESULTS/predictions/<dataset>_<object>.png); `root` when the dataset moved since."""
     document = read_results(results_dir)
     dataset = _dataset(document, dataset)
-    if document.get("online"):
-        raise UserError(
-            f"{results_dir}: an --online evaluation; plot predictions replays evaluations from the cache "
-            "(for an online one, `isegprobe evaluate --online --vis-preds N` draws the same strips)"
-        )
     recorded = _recorded_curve(Path(results_dir), dataset, object_id)
     checkpoint = Path(document["checkpoint"])
     if not checkpoint.is_file():
         raise UserError(f"{results_dir}: its checkpoint {checkpoint} is gone")
     if file_sha256(checkpoint) != document.get("checkpoint_sha256"):
         raise UserError(f"{checkpoint}: changed since the evaluation in {results_dir} (its sha256 differs)")
-    request = EvaluationRequest(
-        checkpoint=str(checkpoint),
-        out_dir=str(results_dir),
-        stores=[document["sources"][dataset]],
-        root=root,
-        max_clicks=int(document["max_clicks"]),
-        flip=bool(document["flip"]),
-        zoom_in=bool(document["zoom_in"]),
-        threshold=float(document["threshold"]),
-        device=device,
-    )
+    settings = {
+        "max_clicks": int(document["max_clicks"]),
+        "flip": bool(document["flip"]),
+        "zoom_in": bool(document["zoom_in"]),
+        "threshold": float(document["threshold"]),
+        "device": device,
+    }
+    if document.get("online"):
+        source = document.get("online_sources", {}).get(dataset)
+        if source is None:
+            raise UserError(
+                f"{results_dir}: an --online evaluation from before results recorded their datasets' split and root; "
+                "`isegprobe evaluate --online --vis-preds N` draws the same strips"
+            )
+        where = {"datasets": [dataset], "split": source["split"], "online": True, "root": root or source["root"]}
+        request = EvaluationRequest(str(checkpoint), str(results_dir), **where, **settings)
+    else:
+        request = EvaluationRequest(
+            str(checkpoint), str(results_dir), stores=[document["sources"][dataset]], root=root, **settings
+        )
     (result,) = replay_objects(request, dataset, [object_id])
     path = Path(out) if out else Path(results_dir) / "predictions" / f"{dataset}_{object_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

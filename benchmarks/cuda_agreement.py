@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import zarr
 from common import Check, base_parser, extraction_request, report, setup, table
 
@@ -70,7 +69,12 @@ def main() -> None:
     device = setup(args)
     if device.type != "cuda":
         raise SystemExit("cuda_agreement compares CUDA with the CPU: run it with --device cuda")
-    work = Path(tempfile.mkdtemp(prefix="cuda_agreement-"))
+    with tempfile.TemporaryDirectory(prefix="cuda_agreement-") as folder:
+        compare(args, Path(folder))
+
+
+def compare(args: argparse.Namespace, work: Path) -> None:
+    """Extract on both devices, train on CUDA, evaluate on both; stores and runs go into `work`."""
     stores = {}
     for where in ("cpu", "cuda"):
         args.device = where
@@ -109,7 +113,6 @@ def main() -> None:
         Check("largest mIoU difference over the clicks", results["largest_miou_difference"], 0.02, at_least=False),
     ]
     report("cuda_agreement", args, sections, checks, results)
-    torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--featurizer", "vit_tiny_patch16_224", "--size", "64", "--repeats", "1"]
@@ -42,3 +43,13 @@ def test_benchmark_prints_table_and_writes_json(name: str, cache_dir: Path, tmp_
     assert payload["benchmark"] == name
     assert payload["checks"] and all(isinstance(check["passed"], bool) for check in payload["checks"])
     assert payload["results"]
+
+
+def test_cuda_agreement_needs_a_gpu_and_says_so() -> None:
+    """It compares CUDA with the CPU, so it runs only on a GPU machine; here it must stop with a clear message."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the comparison itself runs for minutes (see benchmarks/README.md)")
+    script = str(BENCHMARKS / "cuda_agreement.py")
+    for device, message in (("cuda", "--device cuda: no CUDA device here"), ("cpu", "run it with --device cuda")):
+        finished = subprocess.run([sys.executable, script, "--device", device], capture_output=True, text=True)
+        assert finished.returncode == 1 and message in finished.stderr, finished.stderr[-2000:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import click
 from isegprobe.cache import CachedDataset
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.config import list_presets, load_train_config
+from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer, create_featurizer
 from isegprobe.training.checkpoint import resume_config
@@ -114,7 +114,7 @@ def train(
         val_dataset=val_dataset,
     )
     exit_if_stopped(summary, f"isegprobe train --resume --out {run_dir}")
-    if _rank() == 0:  # under torchrun, the rank that logs and saves
+    if current_rank() == 0:  # under torchrun, the rank that logs and saves
         best = "n/a" if summary.best_metric is None else f"{summary.best_metric:.4f}"
         click.echo(summary.progress())
         click.echo(f"trained to step {summary.step}; best {best}; checkpoints in {summary.run_dir}")
@@ -125,17 +125,13 @@ def exit_if_stopped(summary: TrainSummary, how_to_continue: str) -> None:
     signal (128 + its number), so that job scripts see the run did not finish."""
     if summary.stopped_by is None:
         return
-    if _rank() == 0:
+    if current_rank() == 0:
         click.echo(
             f"{summary.stopped_by}: stopped after step {summary.step}, saved as "
             f"{summary.run_dir / 'last.safetensors'}; `{how_to_continue}` continues the same schedule",
             err=True,
         )
     raise SystemExit(128 + signal.Signals[summary.stopped_by].value)
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", 0))
 
 
 def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | None) -> Featurizer:

@@ -377,17 +377,12 @@ def train(
                         _close_epoch(trainer, state, val_loader, logger, describe, run_dir)
                     elif epoch_done:
                         state.reset_epoch()
+                    # Every rank asks at every step but the last, so that all of them agree on the same step.
+                    stopping = state.step < schedule.total_steps and stop.agreed(device)
                     every = config.checkpoint.every_steps
-                    saved = epoch_done or bool(every and state.step % every == 0)
-                    if rank == 0 and saved:
+                    if rank == 0 and (epoch_done or stopping or (every and state.step % every == 0)):
                         save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
-                    if state.step >= schedule.total_steps:
-                        break
-                    stopping = stop.agreed(device)
-                    if stopping:
-                        if rank == 0 and not saved:
-                            metadata = describe.metadata(state)
-                            save_checkpoint(run_dir, "last", trainer.probe, metadata, trainer.optimizer)
+                    if stopping or state.step >= schedule.total_steps:
                         break
             if state.step == 0 and rank == 0:
                 # A run of zero steps keeps the untrained probe: the baseline that evaluation compares training with.

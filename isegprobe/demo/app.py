@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from fastapi import FastAPI
@@ -13,6 +12,7 @@ from isegprobe.demo.catalog import Catalog
 from isegprobe.demo.server import create_app
 from isegprobe.demo.session import DemoProbe, DemoSession
 from isegprobe.inference.predictor import Predictor
+from isegprobe.inference.results import probe_identity, probe_label
 from isegprobe.inference.runner import checkpoint_backbone
 from isegprobe.training.checkpoint import load_probe
 
@@ -37,12 +37,6 @@ def build_app(
         preprocessing = metadata["preprocessing"]
         predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch_device, featurizer)
         size, resize = int(preprocessing["size"]), preprocessing.get("resize", "stretch")
-        probes.append(DemoProbe(_label(metadata), predictor, size, resize))
+        label = probe_label(probe_identity(metadata), checkpoint)
+        probes.append(DemoProbe(label, predictor, size, resize))
     return create_app(DemoSession(probes, threshold, zoom_in), catalog)
-
-
-def _label(metadata: dict[str, Any]) -> str:
-    """featurizer + upsampler + fusion, as `report` and the plots name probes."""
-    model = metadata["config"]["model"]
-    featurizer = (metadata.get("featurizer_provenance") or {}).get("name", "?")
-    return f"{featurizer} + {model['upsampler']['name']} + {model['fusion']}"

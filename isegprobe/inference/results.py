@@ -156,6 +156,17 @@ def read_results(results_dir: str | Path) -> dict[str, Any]:
     return document
 
 
+def probe_identity(metadata: dict[str, Any]) -> dict[str, str | None]:
+    """featurizer, upsampler and fusion of a probe, from its checkpoint metadata: what names it in results.json,
+    in the tables and plots (`probe_label`) and in the demo."""
+    model = metadata["config"]["model"]
+    return {
+        "featurizer": (metadata.get("featurizer_provenance") or {}).get("name"),
+        "upsampler": model["upsampler"]["name"],
+        "fusion": model["fusion"],
+    }
+
+
 def probe_label(document: dict[str, Any], results_dir: str | Path) -> str:
     """featurizer + upsampler + fusion, as the evaluated probe was built; the folder's name for results written
     before evaluations recorded that."""

@@ -24,9 +24,9 @@ from isegprobe.featurizers import create_featurizer
 from isegprobe.hashing import file_sha256
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
-from isegprobe.inference.results import ResultsWriter
+from isegprobe.inference.results import ResultsWriter, probe_identity
 from isegprobe.inference.saved_features import saving_features
-from isegprobe.inference.tasks import cached_tasks, online_tasks
+from isegprobe.inference.tasks import cached_tasks, image_ids_of, online_tasks
 from isegprobe.inference.visuals import save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
@@ -80,9 +80,7 @@ def run_evaluation(
     run_info = {
         "checkpoint": str(weights),
         "checkpoint_sha256": file_sha256(weights),
-        "featurizer": (metadata.get("featurizer_provenance") or {}).get("name"),
-        "upsampler": metadata["config"]["model"]["upsampler"]["name"],
-        "fusion": metadata["config"]["model"]["fusion"],
+        **probe_identity(metadata),
         "flip": request.flip,
         "zoom_in": request.zoom_in,
         "online": request.online,
@@ -144,9 +142,7 @@ def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collect
     """The objects `object_ids` of `dataset` evaluated again exactly as `request` evaluates them, keeping the masks
     after the clicks a strip shows (1, 3, 5, 10 and the last): what `plot predictions` draws. Only their images are
     read."""
-    # An object's id is its image's id, or the image's id and "_<instance>" when the image has several objects.
-    items = set(object_ids) | {object_id.rsplit("_", 1)[0] for object_id in object_ids}
-    predictor, _, jobs, framing = _set_up(request, items)
+    predictor, _, jobs, framing = _set_up(request, image_ids_of(object_ids))
     tasks = next((tasks for name, _, tasks in jobs if name == dataset), None)
     if tasks is None:
         raise UserError(f"the evaluation has no dataset {dataset!r}; it has {', '.join(name for name, _, _ in jobs)}")

@@ -16,6 +16,11 @@ from isegprobe.inference.evaluation import ObjectTask
 from isegprobe.inference.predictor import WorkingView
 
 
+def image_ids_of(object_ids: Collection[str]) -> set[str]:
+    """The sample ids that objects with these ids can come from (see `_objects` for how object ids are made)."""
+    return set(object_ids) | {object_id.rsplit("_", 1)[0] for object_id in object_ids}
+
+
 def _objects(sample: Sample, view: WorkingView, flip_view: WorkingView | None) -> Iterator[ObjectTask]:
     """Every instance of the sample; an image with one object keeps its own id."""
     count = sample.num_instances

@@ -35,7 +35,8 @@ def build_attrs(
         "item_ids": item_ids,
         "layout": {
             "items_per_shard": items_per_shard,
-            "chunks": "one chunk per (item, view); shards hold items_per_shard whole items",
+            "chunks": "features, images, labels, ignore: one chunk per (item, view), in shards of items_per_shard "
+            "whole items; the per-entry boxes, sizes, checksums and done record: one chunk per items_per_shard items",
             "compressor": COMPRESSORS[codec],
         },
         "completion": {

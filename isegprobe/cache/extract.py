@@ -29,7 +29,7 @@ from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer, create_featurizer
-from isegprobe.loader_workers import ends_with_this_process
+from isegprobe.loader_workers import default_loader_workers, ends_with_this_process
 
 
 @dataclass
@@ -48,7 +48,7 @@ class ExtractionRequest:
     overwrite: bool = False
     repair: bool = False
     items_per_shard: int = 16
-    workers: int = 2
+    workers: int = field(default_factory=default_loader_workers)
     codec: str = "zstd"
 
 

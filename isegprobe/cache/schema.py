@@ -29,23 +29,33 @@ COMPRESSOR = COMPRESSORS["zstd"]
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """An array of the store: its per-item-view shape, dtype, and whether it has a view axis."""
+    """An array of the store: its per-item-view shape, dtype, whether it has a view axis, and whether each entry is
+    a chunk of its own (the large arrays) or a whole shard's entries make one chunk (the few numbers per entry)."""
 
     name: str
     item_shape: tuple[int, ...]
     dtype: str
     per_view: bool = True
+    chunk_per_entry: bool = True
 
     def shape(self, num_items: int, num_views: int) -> tuple[int, ...]:
         prefix = (num_items, num_views) if self.per_view else (num_items,)
         return prefix + self.item_shape
 
-    def chunks(self) -> tuple[int, ...]:
-        """One chunk per item-view: the unit a training step reads."""
+    def chunks(self, items_per_shard: int, num_views: int) -> tuple[int, ...]:
+        """One chunk per item-view, the unit a training step reads, for the large arrays. The small ones are read
+        whole and written a shard at a time; a chunk per entry would cost zarr's one event-loop thread a codec
+        round trip per four integers, which held extraction on a fast GPU to about 60 items/s."""
+        if not self.chunk_per_entry:
+            return self._shard_shape(items_per_shard, num_views)
         return ((1, 1) if self.per_view else (1,)) + self.item_shape
 
-    def shards(self, items_per_shard: int, num_views: int) -> tuple[int, ...]:
-        """A shard holds whole items (all views), so a writer that owns an item range owns whole shard files."""
+    def shards(self, items_per_shard: int, num_views: int) -> tuple[int, ...] | None:
+        """A shard holds whole items (all views), so a writer that owns an item range owns whole shard files; an
+        array chunked a shard at a time needs no sharding."""
+        return self._shard_shape(items_per_shard, num_views) if self.chunk_per_entry else None
+
+    def _shard_shape(self, items_per_shard: int, num_views: int) -> tuple[int, ...]:
         return ((items_per_shard, num_views) if self.per_view else (items_per_shard,)) + self.item_shape
 
 
@@ -55,11 +65,11 @@ def array_specs(dim: int, grid: tuple[int, int], size: int) -> list[ArraySpec]:
         ArraySpec("images", (size, size, 3), "uint8"),
         ArraySpec("labels", (size, size), "uint16"),
         ArraySpec("ignore", (size, size), "bool"),
-        ArraySpec("valid_box", (4,), "int32"),
-        ArraySpec("crop_box", (4,), "int32"),
-        ArraySpec("original_size", (2,), "int32", per_view=False),
-        ArraySpec("checksum", (), "uint32"),
-        ArraySpec("done", (), "uint8", per_view=False),
+        ArraySpec("valid_box", (4,), "int32", chunk_per_entry=False),
+        ArraySpec("crop_box", (4,), "int32", chunk_per_entry=False),
+        ArraySpec("original_size", (2,), "int32", per_view=False, chunk_per_entry=False),
+        ArraySpec("checksum", (), "uint32", chunk_per_entry=False),
+        ArraySpec("done", (), "uint8", per_view=False, chunk_per_entry=False),
     ]
 
 

@@ -68,7 +68,7 @@ class FeatureStore:
                 name=spec.name,
                 shape=spec.shape(num_items, num_views),
                 dtype=spec.dtype,
-                chunks=spec.chunks(),
+                chunks=spec.chunks(items_per_shard, num_views),
                 shards=spec.shards(items_per_shard, num_views),
                 compressors=_compressor(spec, attrs["layout"]["compressor"]),
                 fill_value=0,
@@ -111,8 +111,15 @@ class FeatureStore:
             stored[CHECKSUM_ARRAY] = entry_checksums(stored)
         for name, values in stored.items():
             if name != "done":
-                self.group[name][window] = values
-        self.group["done"][window] = 1
+                self._writable(name)[window] = values
+        self._writable("done")[window] = 1
+
+    def _writable(self, name: str) -> zarr.Array:
+        """The array, set to write every chunk. By default zarr first compares each chunk with the fill value to
+        skip writing it; that check runs on zarr's one event-loop thread and cost more there than the write itself,
+        for nothing here: features and images are never all zero, and an all-zero ignore mask compresses to a few
+        bytes."""
+        return self.group[name].with_config({"write_empty_chunks": True})
 
     def record_progress(self) -> None:
         """Refresh the item count in the attrs (the per-item truth is the `done` array)."""

@@ -8,6 +8,7 @@ from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.data import list_datasets
 from isegprobe.devices import default_device
+from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
 
 
 def human_bytes(count: int) -> str:
@@ -58,7 +59,12 @@ def human_bytes(count: int) -> str:
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per backbone forward.")
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda (bf16/fp16 autocast on CUDA).")
 @click.option(
-    "--workers", default=2, show_default=True, type=int, help="DataLoader processes decoding and resizing images."
+    "--workers",
+    default=default_loader_workers(),
+    show_default=True,
+    type=int,
+    help=f"DataLoader processes decoding and resizing images (default: this machine's cores, shared among torchrun "
+    f"ranks, at most {MAX_DEFAULT_WORKERS}).",
 )
 @click.option(
     "--items-per-shard",

@@ -39,9 +39,11 @@ def _overlap(labels: np.ndarray, mask: np.ndarray, area: int, areas: dict[int, i
 
 
 def compact_labels(labels: np.ndarray) -> np.ndarray:
-    """Renumber the non-zero ids of `labels` to 1..K in increasing order (uint16)."""
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lookup = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.uint16)
-    lookup[ids] = np.arange(1, len(ids) + 1, dtype=np.uint16)
+    """Renumber the non-zero ids of `labels` to 1..K in increasing order (uint16). The ids are counted, not sorted
+    (np.unique): a third of the time on a full-size map, which every loader worker builds once per item."""
+    if not labels.size:
+        return labels.astype(np.uint16)
+    present = np.bincount(labels.ravel().astype(np.intp, copy=False)) > 0
+    present[0] = False
+    lookup = (np.cumsum(present) * present).astype(np.uint16)
     return lookup[labels]

@@ -17,6 +17,7 @@ SMALLEST = {
         "--items", "4", "--size-a", "64", "--steps", "1", "--steps-a", "1", "--repeats-a", "1", "--batch-size", "1",
     ],
     "extract_overhead": ["--extract-workers", "0", "--batch-size", "4"],
+    "extract_pipeline": ["--images", "3", "--batch-size", "2", "--extract-workers", "1"],
     "reader": ["--items", "4", "--batch-size", "2", "--batches", "1", "--steps", "1", "--workers", "0"],
     "store_size": ["--items", "2"],
     "eval_per_click": ["--objects", "1", "--clicks", "2", "--batch-size", "1"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,7 +64,11 @@ class ExtractionResult:
 
 
 class _ItemViews(Dataset):
-    """Item index -> every view of that item as numpy arrays; runs in DataLoader workers.
+    """Item index -> every view of that item; runs in DataLoader workers.
+
+    The pixel arrays travel as tensors, which PyTorch hands to the main process in shared memory; pickled through
+    the workers' pipes as numpy arrays (3 MB an item at 448 px), they held extraction on a 16-core GPU machine to
+    about 120 items/s whatever the number of workers.
 
     A file that cannot be read comes back as {"index", "error"} rather than as an exception: DataLoader would wrap
     the exception in a worker traceback, and the main process raises it as the one-line message it is.
@@ -86,9 +91,9 @@ class _ItemViews(Dataset):
         ]
         return {
             "index": index,
-            "images": np.stack([view.image for view in views]),
-            "labels": np.stack([view.labels for view in views]),
-            "ignore": np.stack([view.ignore for view in views]),
+            "images": torch.from_numpy(np.stack([view.image for view in views])),
+            "labels": torch.from_numpy(np.stack([view.labels for view in views])),
+            "ignore": torch.from_numpy(np.stack([view.ignore for view in views])),
             "valid_box": np.array([view.valid_box for view in views], np.int32),
             "crop_box": np.array([view.crop_box for view in views], np.int32),
             "original_size": np.array(sample.image.shape[:2], np.int32),
@@ -96,10 +101,17 @@ class _ItemViews(Dataset):
 
 
 _ITEM_ARRAYS = ("images", "labels", "ignore", "valid_box", "crop_box", "original_size")
+# Shard writes that may run while the next shard is read and computed. Each shard is its own set of files and its
+# items are marked done after its own data, so writes in flight together cannot mix, and a kill loses only them.
+SHARDS_IN_FLIGHT = 4
 
 
 def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
+
+
+def _host_arrays(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.numpy() if isinstance(value, torch.Tensor) else value for key, value in record.items()}
 
 
 def _open_or_create(
@@ -160,7 +172,7 @@ def _shard_batches(loader: DataLoader, shards: list[range]) -> Iterator[tuple[ra
     read, after the shards before it (their writes finish as the caller's writer shuts down)."""
     stream = iter(loader)
     for items in shards:
-        records = [next(stream) for _ in items]
+        records = [_host_arrays(next(stream)) for _ in items]
         failed = next((record for record in records if "error" in record), None)
         if failed is not None:
             raise UserError(
@@ -170,8 +182,9 @@ def _shard_batches(loader: DataLoader, shards: list[range]) -> Iterator[tuple[ra
         yield items, records
 
 
-def extract(request: ExtractionRequest) -> ExtractionResult:
-    """Fill (or finish) the store for `request`; returns where it is and how much work was done."""
+def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) -> ExtractionResult:
+    """Fill (or finish) the store for `request`; returns where it is and how much work was done. `featurizer` is
+    the one `request` names, already built (a caller extracting several datasets builds it once)."""
     started = time.perf_counter()
     specs = parse_views(request.views)
     if request.batch_size < 1:
@@ -181,7 +194,7 @@ def extract(request: ExtractionRequest) -> ExtractionResult:
     rank, world, device = init_from_env(request.device)
     root = resolve_root(request.dataset, request.root)
     source = create_dataset(request.dataset, root, request.split)
-    featurizer = create_featurizer(request.featurizer, weights=request.weights).to(device)
+    featurizer = (featurizer or create_featurizer(request.featurizer, weights=request.weights)).to(device)
     dataset_attrs = {
         "name": request.dataset.lower(),
         "split": request.split,
@@ -243,8 +256,8 @@ def _run(
     progress = tqdm(
         total=len(indices) * len(specs), unit="img", desc="extract", disable=not show_progress, file=sys.stderr
     )
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending: Future | None = None
+    with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-writer") as writer:
+        pending: deque[Future] = deque()
         for items, records in _shard_batches(loader, shards):
             images = np.concatenate([record["images"] for record in records])
             features = _forward(featurizer, images, request.batch_size, device)
@@ -252,10 +265,10 @@ def _run(
                 "features": features.reshape(len(records), len(specs), *features.shape[1:]),
                 **{key: np.stack([record[key] for record in records]) for key in _ITEM_ARRAYS},
             }
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(store.write_items, items, arrays)
+            if len(pending) == SHARDS_IN_FLIGHT:
+                pending.popleft().result()
+            pending.append(writer.submit(store.write_items, items, arrays))
             progress.update(len(images))
-        if pending is not None:
-            pending.result()
+        for write in pending:
+            write.result()
     progress.close()

@@ -1,0 +1,237 @@
+"""Can stage one keep its backbone busy? Extraction with the backbone's work taken out vs the bare backbone forward.
+
+On a CPU the backbone is the whole cost and `extract_overhead.py` says what extraction adds to it. On a fast GPU
+the backbone forward is cheap and what surrounds it (decoding JPEGs, views, the hand-over from the loader workers,
+compression and shard writes) decides the speed. This script runs the library's real `extract` over a folder of
+generated 640x480 JPEGs with a stand-in featurizer that returns features the real one computed beforehand, so the
+extraction costs everything but the backbone; beside it, the real backbone's bare forward on images of that size
+(all of them, or as many batches as fit in a few seconds). The ratio of their images/s says whether the pipeline
+can feed the backbone (>= 1) or holds it back (< 1). It also prints how much CPU each thread of the main process
+spent per item: a thread near the run's time per item is where the pipeline stops scaling with cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from common import Check, base_parser, interleave, median, report, setup, synchronize, table
+from extract_overhead import bare_forward
+
+from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.data.builtin import render_scene
+from isegprobe.data.preprocess import normalize_images
+from isegprobe.devices import backbone_autocast
+from isegprobe.featurizers import Featurizer, create_featurizer
+from isegprobe.loader_workers import default_loader_workers
+
+IMAGE_SIZE = (480, 640)  # height, width of the generated JPEGs: a typical benchmark photo
+FORWARD_SECONDS = 5.0
+PIPELINE, FORWARD = "pipeline, backbone stand-in", "bare backbone forward"
+
+
+class PrecomputedFeatures(Featurizer):
+    """The real featurizer's identity and output shape; its forward hands back features computed once, on the
+    device, so that extraction runs every step but the backbone's arithmetic."""
+
+    def __init__(self, real: Featurizer, features: torch.Tensor) -> None:
+        super().__init__(real.name, real.patch_size, real.dim, real.embed_dim, real.mean, real.std, real.provenance)
+        self.register_buffer("features", features)
+
+    def forward(self, images: torch.Tensor, token_bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.features[: len(images)]
+
+
+def write_scenes(root: Path, count: int) -> None:
+    """`count` built-in scenes enlarged to 640x480, as a `custom` dataset: images/NAME.jpg and a mask per object."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    height, width = IMAGE_SIZE
+    for index in range(count):
+        image, labels = render_scene(10_000 + index)
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+        name = f"scene{index:05d}"
+        cv2.imwrite(str(root / "images" / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        for instance in range(1, int(labels.max()) + 1):
+            suffix = "" if instance == 1 else f"_{instance}"
+            cv2.imwrite(str(root / "masks" / f"{name}{suffix}.png"), (labels == instance).astype(np.uint8) * 255)
+
+
+@torch.inference_mode()
+def precomputed_features(featurizer: Featurizer, args: argparse.Namespace, device: torch.device) -> torch.Tensor:
+    """Real features of generated scenes, one batch: compressed like the real ones when they are written."""
+    scenes = [render_scene(20_000 + index)[0] for index in range(args.batch_size)]
+    images = np.stack([cv2.resize(scene, (args.size, args.size)) for scene in scenes])
+    batch = torch.from_numpy(images).to(device).permute(0, 3, 1, 2)
+    with backbone_autocast(device):
+        return featurizer(normalize_images(batch, featurizer.mean, featurizer.std)).float()
+
+
+class ThreadClock:
+    """CPU seconds per thread name of this process while it runs, read from /proc (Linux). Threads that end during
+    the run (the shard writers) are read every 50 ms, so their time is counted up to their last reading."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[str, float]] = {}
+        self._start: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="thread-clock", daemon=True)
+
+    def __enter__(self) -> ThreadClock:
+        self._read()
+        self._start = {tid: cpu for tid, (_, cpu) in self._seen.items()}
+        self._poller.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._poller.join()
+        self._read()
+
+    def by_role(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for tid, (name, cpu) in self._seen.items():
+            if name != "thread-clock":
+                role = _role(name)
+                totals[role] = totals.get(role, 0.0) + cpu - self._start.get(tid, 0.0)
+        return totals
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            self._read()
+
+    def _read(self) -> None:
+        names = {thread.native_id: thread.name for thread in threading.enumerate()}
+        ticks = os.sysconf("SC_CLK_TCK")
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended between the listing and the read
+                continue
+            self._seen[int(tid)] = (names.get(int(tid), f"thread {tid}"), (int(fields[11]) + int(fields[12])) / ticks)
+
+
+def _role(name: str) -> str:
+    """zarr's event loop, zarr's codec threads, our shard writers, the main thread, native threads; any other
+    Python thread by its name."""
+    if name.startswith("asyncio_"):
+        return "zarr codec threads"
+    if name.startswith("shard-writer"):
+        return "shard writers"
+    if name.startswith("thread "):
+        return "threads outside Python (OpenMP, CUDA, ...)"
+    return {"zarr_io": "zarr event loop", "MainThread": "main thread"}.get(name, name)
+
+
+def forward_rate(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> float:
+    """Images/s of the bare forward, over the images or as many batches as fit in FORWARD_SECONDS: on a CPU the
+    backbone takes minutes over what the pipeline does in seconds, and its rate is steady after a few batches."""
+    done, seconds = 0, 0.0
+    for start in range(0, len(images), batch_size):
+        seconds += bare_forward(featurizer, images[start : start + batch_size], batch_size, device)
+        done += len(images[start : start + batch_size])
+        if seconds >= FORWARD_SECONDS:
+            break
+    return done / seconds
+
+
+def timed_pipeline(
+    request: ExtractionRequest, stand_in: Featurizer, device: torch.device, clocks: list[ThreadClock]
+) -> float:
+    """Seconds for one extraction into a fresh store, its threads' CPU time added to `clocks` where Linux tells."""
+    clock = ThreadClock() if Path("/proc/self/task").is_dir() else None
+    started = time.perf_counter()
+    if clock is None:
+        extract(request, featurizer=stand_in)
+    else:
+        with clock:
+            extract(request, featurizer=stand_in)
+        clocks.append(clock)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def parse_args() -> argparse.Namespace:
+    parser = base_parser("extract_pipeline", __doc__)
+    parser.set_defaults(repeats=2, threads=0)
+    parser.add_argument("--images", type=int, default=256, help="generated 640x480 JPEGs to extract")
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--views", default="identity,hflip", help="views per item, as extract-features --views")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward, as extract-features")
+    parser.add_argument(
+        "--extract-workers", type=int, default=default_loader_workers(), help="loader workers (the CLI's default)"
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    device = setup(args)
+    featurizer = create_featurizer(args.featurizer, weights=args.weights).to(device)
+    stand_in = PrecomputedFeatures(featurizer, precomputed_features(featurizer, args, device)).to(device)
+    views = len(args.views.split(","))
+    count = args.images * views
+    clocks: list[ThreadClock] = []
+    with tempfile.TemporaryDirectory(prefix="isegprobe-pipeline-") as scratch:
+        root = Path(scratch) / "scenes"
+        write_scenes(root, args.images)
+        request = ExtractionRequest(
+            featurizer=args.featurizer,
+            weights=args.weights,
+            dataset="custom",
+            root=str(root),
+            split="test",
+            size=args.size,
+            views=args.views,
+            batch_size=args.batch_size,
+            device=args.device,
+            out=str(Path(scratch) / "stores"),
+            overwrite=True,
+            workers=args.extract_workers,
+        )
+        images = np.random.default_rng(0).integers(0, 256, (count, args.size, args.size, 3), dtype=np.uint8)
+        bare_forward(featurizer, images[: args.batch_size], args.batch_size, device)
+        modes: dict[str, Callable[[int], float]] = {
+            PIPELINE: lambda _round: count / timed_pipeline(request, stand_in, device, clocks),
+            FORWARD: lambda _round: forward_rate(featurizer, images, args.batch_size, device),
+        }
+        per_round = interleave(modes, args.repeats)
+    rates = {name: median(values) for name, values in per_round.items()}
+    ratio = rates[PIPELINE] / rates[FORWARD]
+    rows = [[name, rates[name], rates[name] / views] for name in rates]
+    sections = {
+        f"{args.images} generated 640x480 JPEGs x views {args.views} = {count} images at {args.size} px, batch "
+        f"{args.batch_size}, {args.extract_workers} loader workers, {args.featurizer} on {args.device}": table(
+            ["mode", "images/s", "items/s"], rows
+        )
+        + f"\npipeline / bare forward (images/s): {ratio:.3g}"
+    }
+    thread_ms = {}
+    if clocks:
+        thread_ms = {role: 1000 * cpu / args.images for role, cpu in clocks[-1].by_role().items() if cpu > 0}
+        run_ms = 1000 * views / per_round[PIPELINE][-1]
+        thread_rows = [[role, value] for role, value in sorted(thread_ms.items(), key=lambda pair: -pair[1])]
+        sections[f"CPU ms per item by thread of the main process, last pipeline round ({run_ms:.3g} ms per item)"] = (
+            table(["thread", "CPU ms per item"], thread_rows)
+        )
+    results = {
+        "images": count,
+        "images_per_second": per_round,
+        "median_images_per_second": rates,
+        "ratio": ratio,
+        "thread_cpu_ms_per_item": thread_ms,
+    }
+    report("extract_pipeline", args, sections, [Check("pipeline / bare forward", ratio, 1.0)], results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The command group: subcommands load on first use, and `isegprobe --help` lists them as click would eagerly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from isegprobe.cli import COMMANDS, main
+
+
+def eager_group() -> click.Group:
+    """The same group with every subcommand imported up front: what the lazy listing must look like."""
+    group = click.Group(
+        "main", help=main.help, context_settings=main.context_settings, params=list(main.params), commands=[]
+    )
+    for name in COMMANDS:
+        group.add_command(main.get_command(click.Context(main), name), name)
+    return group
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_the_lazy_command_list_reads_exactly_as_the_commands_own_help(width: int) -> None:
+    runner = CliRunner()
+    lazy = runner.invoke(main, ["--help"], terminal_width=width)
+    eager = runner.invoke(eager_group(), ["--help"], terminal_width=width)
+    assert lazy.exit_code == 0 and eager.exit_code == 0
+    assert lazy.output == eager.output
+
+
+def test_every_entry_names_its_command() -> None:
+    for name in COMMANDS:
+        command = main.get_command(click.Context(main), name)
+        assert isinstance(command, click.Command) and command.name == name
+
+
+def test_help_and_an_unknown_command_start_without_torch() -> None:
+    probe = (
+        "import sys\n"
+        "from isegprobe.cli import main\n"
+        "for argv in (['--help'], ['no-such-command']):\n"
+        "    try:\n"
+        "        main(argv, prog_name='isegprobe')\n"
+        "    except SystemExit as stop:\n"
+        "        print('exit', stop.code)\n"
+        "print('heavy imports:', sorted(m for m in ('torch', 'timm', 'zarr', 'cv2') if m in sys.modules))\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "exit 0\nexit 2\nheavy imports: []" in finished.stdout, finished.stdout + finished.stderr
+    assert "No such command 'no-such-command'" in finished.stderr

@@ -22,17 +22,42 @@ class LazyCommand(NamedTuple):
 
 
 COMMANDS = {
-    "cache": LazyCommand("isegprobe.commands.cache:cache", "Inspect, verify and summarise feature stores written by extract-features."),
-    "datasets": LazyCommand("isegprobe.commands.datasets:datasets", "List, check and download the datasets the probe reads."),
-    "demo": LazyCommand("isegprobe.commands.demo:demo", "Serve a local web page on which a probe segments what you click."),
-    "evaluate": LazyCommand("isegprobe.commands.evaluate:evaluate", "Simulate RITM's clicker on every object: NoC@80/85/90, NoF@85/90, IoU@1, the mIoU curve, seconds per click."),
-    "extract-features": LazyCommand("isegprobe.commands.extract:extract_features", "Run a frozen featurizer once over a dataset and cache its features in a Zarr v3 store."),
-    "import-seed": LazyCommand("isegprobe.commands.import_seed:import_seed", "Convert a probe trained by the iSegProbe research code (its `last_checkpoint.pth` or `NNN.pth`) into RUN/last.safetensors + last.json."),
+    "cache": LazyCommand(
+        "isegprobe.commands.cache:cache", "Inspect, verify and summarise feature stores written by extract-features."
+    ),
+    "datasets": LazyCommand(
+        "isegprobe.commands.datasets:datasets", "List, check and download the datasets the probe reads."
+    ),
+    "demo": LazyCommand(
+        "isegprobe.commands.demo:demo", "Serve a local web page on which a probe segments what you click."
+    ),
+    "evaluate": LazyCommand(
+        "isegprobe.commands.evaluate:evaluate",
+        "Simulate RITM's clicker on every object: NoC@80/85/90, NoF@85/90, IoU@1, the mIoU curve, seconds per click.",
+    ),
+    "extract-features": LazyCommand(
+        "isegprobe.commands.extract:extract_features",
+        "Run a frozen featurizer once over a dataset and cache its features in a Zarr v3 store.",
+    ),
+    "import-seed": LazyCommand(
+        "isegprobe.commands.import_seed:import_seed",
+        "Convert a probe trained by the iSegProbe research code (its `last_checkpoint.pth` or `NNN.pth`) into "
+        "RUN/last.safetensors + last.json.",
+    ),
     "plot": LazyCommand("isegprobe.commands.plot:plot", "Pictures of what the features and the probes do."),
-    "quickstart": LazyCommand("isegprobe.commands.quickstart:quickstart", "Extract, train and evaluate on the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px."),
-    "report": LazyCommand("isegprobe.commands.report:report", "One row per evaluation (RESULTS: folders written by `isegprobe evaluate --out`), and per dataset the NoC@85, NoC@90 and mIoU after --miou-at clicks, as the papers' tables compare probes."),
-    "train": LazyCommand("isegprobe.commands.train:train", "Train an interactive-segmentation probe on cached frozen features."),
-}  # fmt: skip
+    "quickstart": LazyCommand(
+        "isegprobe.commands.quickstart:quickstart",
+        "Extract, train and evaluate on the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px.",
+    ),
+    "report": LazyCommand(
+        "isegprobe.commands.report:report",
+        "One row per evaluation (RESULTS: folders written by `isegprobe evaluate --out`), and per dataset the NoC@85, "
+        "NoC@90 and mIoU after --miou-at clicks, as the papers' tables compare probes.",
+    ),
+    "train": LazyCommand(
+        "isegprobe.commands.train:train", "Train an interactive-segmentation probe on cached frozen features."
+    ),
+}
 
 
 class LazyGroup(click.Group):

@@ -54,9 +54,9 @@ def demo(
     """Serve a local web page on which a probe segments what you click.
 
     Left clicks are positive and right clicks negative, scroll zooms, middle or shift drag moves, z or backspace
-    undoes, r resets and space finishes an object; finished objects download as one instance-id PNG. With --dataset, the object under the first positive click is compared with the ground truth
-    and its IoU shown. With --compare, other probes segment beside the first on the same clicks (finish keeps the
-    first one's mask).
+    undoes, r resets and space finishes an object; finished objects download as one instance-id PNG. With
+    --dataset, the object under the first positive click is compared with the ground truth and its IoU shown. With
+    --compare, other probes segment beside the first on the same clicks (finish keeps the first one's mask).
 
     \b
     On a remote GPU server, forward the port and open http://127.0.0.1:8765 locally:

@@ -1,7 +1,7 @@
 """The `isegprobe` command: one click group, one module per subcommand under `isegprobe/commands/`.
 
 Subcommands are imported when they run, not when the group starts. Most of them pull in torch, timm and zarr
-(5 s on a laptop-class CPU), which `isegprobe --help`, shell completion and `isegprobe datasets` do not need.
+(5 s on two CPU cores), which `isegprobe --help`, shell completion and `isegprobe datasets` do not need.
 """
 
 from __future__ import annotations

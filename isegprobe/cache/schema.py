@@ -44,8 +44,8 @@ class ArraySpec:
 
     def chunks(self, items_per_shard: int, num_views: int) -> tuple[int, ...]:
         """One chunk per item-view, the unit a training step reads, for the large arrays. The small ones are read
-        whole and written a shard at a time; a chunk per entry would cost zarr's one event-loop thread a codec
-        round trip per four integers, which held extraction on a fast GPU to about 60 items/s."""
+        whole and written a shard at a time: a chunk per entry made zarr's one event-loop thread run its codec
+        pipeline once per four integers, and that thread was what extraction on a fast GPU waited for."""
         if not self.chunk_per_entry:
             return self._shard_shape(items_per_shard, num_views)
         return ((1, 1) if self.per_view else (1,)) + self.item_shape

@@ -257,7 +257,11 @@ def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, im
     clicked = client.post("/api/click", json={"x": 1999, "y": 999, "positive": True}).json()
     assert clicked["clicks"] == [{"x": 1999, "y": 999, "positive": True}]
     refused = client.post("/api/upload?name=notes.txt", content=b"not an image")
-    assert refused.status_code == 400 and "notes.txt: not an image" in refused.json()["detail"]
+    assert refused.status_code == 400 and "notes.txt: cannot read this image" in refused.json()["detail"]
+    cut = client.post(
+        "/api/upload?name=cut.jpg", content=cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))[1][:-40]
+    )
+    assert cut.status_code == 400 and "cut.jpg: this image file is truncated" in cut.json()["detail"]
 
 
 def free_port() -> int:

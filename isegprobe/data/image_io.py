@@ -45,11 +45,16 @@ def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as error:
         raise UserError(f"{path}: cannot read this {kind} ({error.strerror or error})") from None
+    return decode_bytes(data, flags, str(path), kind)
+
+
+def decode_bytes(data: bytes, flags: int, name: str, kind: str) -> np.ndarray:
+    """`decode_file` for bytes already in memory (an upload), `name` saying where they came from."""
     if is_truncated(data):
-        raise UserError(f"{path}: this {kind} file is truncated (it stops before the end of the image)")
+        raise UserError(f"{name}: this {kind} file is truncated (it stops before the end of the image)")
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if decoded is None:
-        raise UserError(f"{path}: cannot read this {kind} (corrupt or not an image)")
+        raise UserError(f"{name}: cannot read this {kind} (corrupt or not an image)")
     return decoded
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from isegprobe.data.image_io import decode_bytes
 from isegprobe.demo.catalog import Catalog
 from isegprobe.demo.picture import compose, encode
 from isegprobe.demo.session import DemoSession
@@ -84,10 +84,13 @@ def create_app(session: DemoSession, catalog: Catalog) -> FastAPI:
         data = await request.body()
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(status_code=413, detail=_too_large(name, len(data)))
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-        if decoded is None:
-            raise HTTPException(status_code=400, detail=f"{name}: not an image the server can read (PNG, JPEG, ...)")
-        return act(lambda: session.open(name, cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)))
+
+        def open_upload() -> None:
+            """Truncated or undecodable bytes are refused as a file on disk would be (data/image_io.py)."""
+            image = decode_bytes(data, cv2.IMREAD_COLOR, name, "image")
+            session.open(name, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
+        return act(open_upload)
 
     @app.post("/api/click")
     def click(request: ClickRequest) -> dict[str, Any]:

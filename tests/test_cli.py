@@ -51,3 +51,19 @@ def test_help_and_an_unknown_command_start_without_torch() -> None:
     finished = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert "exit 0\nexit 2\nheavy imports: []" in finished.stdout, finished.stdout + finished.stderr
     assert "No such command 'no-such-command'" in finished.stderr
+
+
+def test_no_subcommand_help_loads_timm() -> None:
+    """timm and torchvision (2 s) load when a featurizer is built, not to print a command's options."""
+    probe = (
+        "import sys\n"
+        "from isegprobe.cli import COMMANDS, main\n"
+        "for name in COMMANDS:\n"
+        "    try:\n"
+        "        main([name, '--help'], prog_name='isegprobe')\n"
+        "    except SystemExit as stop:\n"
+        "        assert stop.code == 0, name\n"
+        "print('loaded:', sorted(m for m in ('timm', 'torchvision') if m in sys.modules))\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "loaded: []" in finished.stdout, finished.stdout[-2000:] + finished.stderr[-2000:]

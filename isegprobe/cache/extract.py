@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from isegprobe import featurizers
 from isegprobe.cache.attrs import build_attrs
 from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.schema import mismatches, store_name
@@ -29,7 +30,7 @@ from isegprobe.data.preprocess import ViewSpec, make_view, normalize_images, par
 from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
-from isegprobe.featurizers import Featurizer, create_featurizer
+from isegprobe.featurizers import Featurizer
 from isegprobe.loader_workers import default_loader_workers, ends_with_this_process
 
 
@@ -194,7 +195,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     rank, world, device = init_from_env(request.device)
     root = resolve_root(request.dataset, request.root)
     source = create_dataset(request.dataset, root, request.split)
-    featurizer = (featurizer or create_featurizer(request.featurizer, weights=request.weights)).to(device)
+    featurizer = (featurizer or featurizers.create_featurizer(request.featurizer, weights=request.weights)).to(device)
     dataset_attrs = {
         "name": request.dataset.lower(),
         "split": request.split,

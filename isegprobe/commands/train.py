@@ -8,12 +8,13 @@ from typing import Any
 
 import click
 
+from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.config import list_presets, load_train_config
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
-from isegprobe.featurizers import Featurizer, create_featurizer
+from isegprobe.featurizers import Featurizer
 from isegprobe.training.checkpoint import resume_config
 from isegprobe.training.trainer import TrainSummary
 from isegprobe.training.trainer import train as run_training
@@ -141,4 +142,4 @@ def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | Non
         raise UserError(
             "--online: the store's provenance does not name its featurizer; pass --featurizer and --weights"
         )
-    return create_featurizer(name, weights=weights)
+    return featurizers.create_featurizer(name, weights=weights)

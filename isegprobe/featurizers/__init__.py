@@ -1,7 +1,30 @@
-"""Frozen vision backbones (timm ViTs, DINOv2, CLIP, MaskCLIP) behind one interface: images -> dense features."""
+"""Frozen vision backbones (timm ViTs, DINOv2, CLIP, MaskCLIP) behind one interface: images -> dense features.
+
+timm, and torchvision with it, take about 2 s to import; they load with the first use of a name below that needs
+them, so the commands that never build a featurizer (and every command's --help) start without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from isegprobe.featurizers.base import Featurizer
-from isegprobe.featurizers.factory import create_featurizer, parse_featurizer_name
-from isegprobe.featurizers.weights import RandomWeightsWarning
+
+if TYPE_CHECKING:
+    from isegprobe.featurizers.factory import create_featurizer, parse_featurizer_name
+    from isegprobe.featurizers.weights import RandomWeightsWarning
+
+_NEEDS_TIMM = {
+    "create_featurizer": "isegprobe.featurizers.factory",
+    "parse_featurizer_name": "isegprobe.featurizers.factory",
+    "RandomWeightsWarning": "isegprobe.featurizers.weights",
+}
 
 __all__ = ["Featurizer", "RandomWeightsWarning", "create_featurizer", "parse_featurizer_name"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEEDS_TIMM:
+        return getattr(importlib.import_module(_NEEDS_TIMM[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.schema import check_same_featurizer, store_name
 from isegprobe.data import create_dataset, resolve_root
 from isegprobe.errors import UserError
-from isegprobe.featurizers import create_featurizer
 from isegprobe.hashing import file_sha256
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
@@ -255,6 +255,6 @@ def checkpoint_backbone(metadata: dict[str, Any]) -> torch.nn.Module:
     provenance = metadata.get("featurizer_provenance") or {}
     if "name" not in provenance or "weights" not in provenance:
         raise UserError("the checkpoint records no featurizer provenance, so its backbone cannot be rebuilt")
-    featurizer = create_featurizer(provenance["name"], weights=provenance["weights"])
+    featurizer = featurizers.create_featurizer(provenance["name"], weights=provenance["weights"])
     check_same_featurizer(provenance, featurizer.provenance, f"featurizer {provenance['name']}")
     return featurizer

@@ -20,7 +20,7 @@ from isegprobe.commands.evaluate import evaluate
 from isegprobe.config import config_to_dict, load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.featurizers import create_featurizer
-from isegprobe.inference import runner
+from isegprobe.featurizers import factory as featurizer_factory
 from isegprobe.inference.clicker import Click, Clicker
 from isegprobe.inference.evaluation import WholeImage, evaluate_objects
 from isegprobe.inference.metrics import iou
@@ -99,7 +99,7 @@ def built_once(backbone, monkeypatch):
         assert (name, weights) == (FEATURIZER, "random")
         return backbone
 
-    monkeypatch.setattr(runner, "create_featurizer", create)
+    monkeypatch.setattr(featurizer_factory, "create_featurizer", create)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_cli_from_the_cache_writes_the_papers_numbers(store, trained_run, three_
     def no_backbone(*args, **kwargs):
         raise AssertionError("the backbone must not be loaded to evaluate from the cache")
 
-    monkeypatch.setattr(runner, "create_featurizer", no_backbone)
+    monkeypatch.setattr(featurizer_factory, "create_featurizer", no_backbone)
     out = tmp_path / "results"
     result = cli(
         "--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", str(CLICKS),

@@ -13,6 +13,7 @@ spent per item: a thread near the run's time per item is where the pipeline stop
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import threading
@@ -26,7 +27,7 @@ import torch
 from common import Check, base_parser, interleave, median, report, setup, synchronize, table
 from extract_overhead import bare_forward
 
-from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.cache.extract import ExtractionRequest, LoopTimes, extract
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.devices import backbone_autocast
@@ -145,19 +146,24 @@ def forward_rate(featurizer: Featurizer, images: np.ndarray, batch_size: int, de
 
 
 def timed_pipeline(
-    request: ExtractionRequest, stand_in: Featurizer, device: torch.device, clocks: list[ThreadClock]
+    request: ExtractionRequest,
+    stand_in: Featurizer,
+    device: torch.device,
+    rounds: list[tuple[LoopTimes, ThreadClock | None]],
 ) -> float:
-    """Seconds for one extraction into a fresh store, its threads' CPU time added to `clocks` where Linux tells."""
+    """Seconds for one extraction into a fresh store; where its loop's time went, and its threads' CPU time where
+    Linux tells, are added to `rounds`."""
     clock = ThreadClock() if Path("/proc/self/task").is_dir() else None
     started = time.perf_counter()
     if clock is None:
-        extract(request, featurizer=stand_in)
+        result = extract(request, featurizer=stand_in)
     else:
         with clock:
-            extract(request, featurizer=stand_in)
-        clocks.append(clock)
+            result = extract(request, featurizer=stand_in)
     synchronize(device)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    rounds.append((result.loop, clock))
+    return seconds
 
 
 def parse_args() -> argparse.Namespace:
@@ -180,7 +186,7 @@ def main() -> None:
     stand_in = PrecomputedFeatures(featurizer, precomputed_features(featurizer, args, device)).to(device)
     views = len(args.views.split(","))
     count = args.images * views
-    clocks: list[ThreadClock] = []
+    rounds: list[tuple[LoopTimes, ThreadClock | None]] = []
     with tempfile.TemporaryDirectory(prefix="isegprobe-pipeline-") as scratch:
         root = Path(scratch) / "scenes"
         write_scenes(root, args.images)
@@ -201,7 +207,7 @@ def main() -> None:
         images = np.random.default_rng(0).integers(0, 256, (count, args.size, args.size, 3), dtype=np.uint8)
         bare_forward(featurizer, images[: args.batch_size], args.batch_size, device)
         modes: dict[str, Callable[[int], float]] = {
-            PIPELINE: lambda _round: count / timed_pipeline(request, stand_in, device, clocks),
+            PIPELINE: lambda _round: count / timed_pipeline(request, stand_in, device, rounds),
             FORWARD: lambda _round: forward_rate(featurizer, images, args.batch_size, device),
         }
         per_round = interleave(modes, args.repeats)
@@ -214,10 +220,12 @@ def main() -> None:
             ["mode", "images/s", "items/s"], rows
         )
         + f"\npipeline / bare forward (images/s): {ratio:.3g}"
+        + f"\nextraction loop, last pipeline round: {rounds[-1][0].summary()}"
     }
     thread_ms = {}
-    if clocks:
-        thread_ms = {role: 1000 * cpu / args.images for role, cpu in clocks[-1].by_role().items() if cpu > 0}
+    clock = rounds[-1][1]
+    if clock is not None:
+        thread_ms = {role: 1000 * cpu / args.images for role, cpu in clock.by_role().items() if cpu > 0}
         run_ms = 1000 * views / per_round[PIPELINE][-1]
         thread_rows = [[role, value] for role, value in sorted(thread_ms.items(), key=lambda pair: -pair[1])]
         sections[f"CPU ms per item by thread of the main process, last pipeline round ({run_ms:.3g} ms per item)"] = (
@@ -229,6 +237,7 @@ def main() -> None:
         "median_images_per_second": rates,
         "ratio": ratio,
         "thread_cpu_ms_per_item": thread_ms,
+        "loop_seconds": dataclasses.asdict(rounds[-1][0]),
     }
     report("extract_pipeline", args, sections, [Check("pipeline / bare forward", ratio, 1.0)], results)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import timm
 import torch
@@ -108,6 +110,9 @@ def test_a_truncated_image_stops_extraction_with_its_name_and_keeps_the_items_be
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert "extracted 1 of 3 items" in resumed.stdout + resumed.stderr
+    assert re.search(
+        r"extraction loop: \d+ % waiting for images, \d+ % backbone, \d+ % waiting for writes", resumed.stdout
+    )
 
 
 def test_torchrun_ranks_fill_one_store(tmp_path):

@@ -111,4 +111,5 @@ def extract_features(**options) -> None:
             f"extracted {result.items_extracted} of {result.items_total} items "
             f"in {result.seconds:.1f} s ({rate:.2f} items/s)"
         )
+        click.echo(f"extraction loop: {result.loop.summary()}")
     click.echo(f"store: {result.path} ({human_bytes(result.nbytes)})")

@@ -1,7 +1,8 @@
 """The `isegprobe` command: one click group, one module per subcommand under `isegprobe/commands/`.
 
 Subcommands are imported when they run, not when the group starts. Most of them pull in torch, timm and zarr
-(5 s on two CPU cores), which `isegprobe --help`, shell completion and `isegprobe datasets` do not need.
+(5 s on two CPU cores), which `isegprobe --help`, completing a subcommand's name and `isegprobe datasets` do not
+need.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import importlib
 from typing import NamedTuple
 
 import click
+from click.shell_completion import CompletionItem
 
 from isegprobe import __version__
 
@@ -78,8 +80,20 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attribute)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        stand_ins = [click.Command(name, help=entry.summary) for name, entry in self.lazy_commands.items()]
-        click.Group(commands=stand_ins).format_commands(ctx, formatter)
+        click.Group(commands=self._stand_ins()).format_commands(ctx, formatter)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """Subcommand names from the table too, so that completing `isegprobe tr<TAB>` imports nothing."""
+        names = [
+            CompletionItem(command.name, help=command.get_short_help_str())
+            for command in self._stand_ins()
+            if command.name.startswith(incomplete)
+        ]
+        return names + click.Command.shell_complete(self, ctx, incomplete)
+
+    def _stand_ins(self) -> list[click.Command]:
+        """Empty commands with the real ones' names and summaries: click lays them out as it would the real ones."""
+        return [click.Command(name, help=entry.summary) for name, entry in self.lazy_commands.items()]
 
 
 @click.group(

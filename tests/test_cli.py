@@ -53,6 +53,21 @@ def test_help_and_an_unknown_command_start_without_torch() -> None:
     assert "No such command 'no-such-command'" in finished.stderr
 
 
+def test_completing_a_subcommand_name_imports_no_subcommand() -> None:
+    probe = (
+        "import os, sys\n"
+        "from isegprobe.cli import main\n"
+        "os.environ.update(_ISEGPROBE_COMPLETE='bash_complete', COMP_WORDS='isegprobe tr', COMP_CWORD='1')\n"
+        "try:\n"
+        "    main([], prog_name='isegprobe')\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code)\n"
+        "print('loaded:', sorted(m for m in sys.modules if m.startswith('isegprobe.commands') or m == 'torch'))\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert finished.stdout.splitlines() == ["plain,train", "exit 0", "loaded: []"], finished.stdout + finished.stderr
+
+
 def test_no_subcommand_help_loads_timm() -> None:
     """timm and torchvision (2 s) load when a featurizer is built, not to print a command's options."""
     probe = (

@@ -225,7 +225,9 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     rank, world, device = init_from_env(request.device)
     root = resolve_root(request.dataset, request.root)
     source = create_dataset(request.dataset, root, request.split)
-    featurizer = (featurizer or featurizers.create_featurizer(request.featurizer, weights=request.weights)).to(device)
+    if featurizer is None:
+        featurizer = featurizers.create_featurizer(request.featurizer, weights=request.weights)
+    featurizer = featurizer.to(device)
     dataset_attrs = {
         "name": request.dataset.lower(),
         "split": request.split,

@@ -1,7 +1,7 @@
 """The feature store on disk: one Zarr v3 group per (featurizer, dataset, split, working size).
 
 Writes go through zarr-python, one whole shard at a time: a shard file is replaced atomically, so an interrupted
-extraction loses at most the shard in flight, and the `done` record is written after the data it vouches for. A new
+extraction loses at most the shards in flight, and the `done` record is written after the data it vouches for. A new
 store is built in a sibling folder and renamed into place once its arrays and attrs are written, so a store under
 its own name is never half made.
 """

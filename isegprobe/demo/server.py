@@ -133,12 +133,12 @@ def _state(session: DemoSession, catalog: Catalog, seconds: float) -> dict[str, 
     if image is None:
         return state
     height, width = image.pixels.shape[:2]
+    scale = min(1.0, DISPLAY_MAX_SIDE / max(height, width))
+    display = (max(1, round(width * scale)), max(1, round(height * scale)))
     panels = []
     for index, probe in enumerate(session.probes):
         picture = compose(image.pixels, image.instances, session.mask(index), session.clicks)
-        if max(height, width) > DISPLAY_MAX_SIDE:
-            scale = DISPLAY_MAX_SIDE / max(height, width)
-            display = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if scale < 1:
             picture = cv2.resize(picture, display, interpolation=cv2.INTER_AREA)
         data_url = "data:image/jpeg;base64," + base64.b64encode(encode(picture, ".jpg")).decode()
         panels.append({"label": probe.label, "picture": data_url, "iou": session.truth_iou(index)})

@@ -8,6 +8,7 @@ need.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import NamedTuple
 
 import click
@@ -96,6 +97,19 @@ class LazyGroup(click.Group):
         return [click.Command(name, help=entry.summary) for name, entry in self.lazy_commands.items()]
 
 
+_python_format_warning = warnings.formatwarning
+
+
+def format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """Our own warnings speak to the command's user: the message alone, not the library line that raised it.
+    Other packages' warnings keep Python's format, whose file and line help report them upstream."""
+    if category.__module__.split(".")[0] == "isegprobe":
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
 @click.group(
     cls=LazyGroup,
     lazy_commands=COMMANDS,
@@ -112,3 +126,4 @@ def main() -> None:
     Stage two trains and evaluates probes from that cache.
     Try `isegprobe quickstart` for the whole pipeline on the built-in data, on CPU, in a few minutes.
     """
+    warnings.formatwarning = format_warning

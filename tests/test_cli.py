@@ -82,3 +82,22 @@ def test_no_subcommand_help_loads_timm() -> None:
     )
     finished = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert "loaded: []" in finished.stdout, finished.stdout[-2000:] + finished.stderr[-2000:]
+
+
+def test_our_warnings_print_as_one_line_and_others_keep_their_source() -> None:
+    """A subcommand run shows `warning: ...` for the tool's own warnings; a third party's keeps file and line."""
+    probe = (
+        "import warnings\n"
+        "from isegprobe.cli import main\n"
+        "from isegprobe.featurizers import RandomWeightsWarning\n"
+        "try:\n"
+        "    main(['datasets', 'list'], prog_name='isegprobe')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "warnings.warn('meaningless numbers', RandomWeightsWarning)\n"
+        "warnings.warn('from elsewhere', UserWarning)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    lines = finished.stderr.splitlines()
+    assert "warning: meaningless numbers" in lines, finished.stderr
+    assert any(line.endswith("UserWarning: from elsewhere") and ":" in line.split("UserWarning")[0] for line in lines)

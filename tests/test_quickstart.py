@@ -13,6 +13,8 @@ def test_quickstart_runs_the_pipeline_and_a_second_run_resumes(tmp_path):
     first = run_cli("quickstart", "--out", str(out), "--max-iters", "2", "--max-clicks", "3")
     assert first.returncode == 0, first.stderr
     assert "| builtin |" in first.stdout
+    warning = "warning: vit_small_patch14_dinov2: random weights"
+    assert any(line.startswith(warning) for line in first.stderr.splitlines()), first.stderr
     assert "mIoU after k clicks (builtin): 1: " in first.stdout
     builtin = json.loads((out / "results" / "results.json").read_text())["datasets"]["builtin"]
     assert builtin["num_instances"] == 26

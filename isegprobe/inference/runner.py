@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -75,48 +75,62 @@ def run_evaluation(
     `on_result(dataset, result)` sees each object once its curve is recorded (the files are rewritten after each
     batch and when the run stops, Ctrl-C included).
     """
-    predictor, metadata, jobs, framing = _set_up(request)
-    weights = resolve_checkpoint(request.checkpoint)[0].resolve()
+    setup = _set_up(request)
     run_info = {
-        "checkpoint": str(weights),
-        "checkpoint_sha256": file_sha256(weights),
-        **probe_identity(metadata),
+        "checkpoint": str(setup.weights),
+        "checkpoint_sha256": file_sha256(setup.weights),
+        **probe_identity(setup.metadata),
         "flip": request.flip,
         "zoom_in": request.zoom_in,
         "online": request.online,
         "threshold": request.threshold,
-        "sources": {name: source for name, source, _ in jobs},
+        "sources": {job.name: job.source for job in setup.jobs},
     }
     if request.online:
         # What `plot predictions` needs to read the same images again.
         run_info["online_sources"] = {
-            name: {"split": request.split, "root": _root_text(resolve_root(name, request.root))}
-            for name in request.datasets
+            job.name: {"split": request.split, "root": _root_text(job.online_root)} for job in setup.jobs
         }
     writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
     if not request.overwrite:
         writer.resume()
-    for dataset_name, _, tasks in jobs:
-        if writer.complete.get(dataset_name):
+    for job in setup.jobs:
+        if writer.complete.get(job.name):
             continue
-        done = set(writer.curves.get(dataset_name, ()))
-        tasks = (task for task in tasks if task.id not in done)
+        done = set(writer.curves.get(job.name, ()))
+        tasks = (task for task in job.tasks if task.id not in done)
         if request.save_feats:
-            folder = Path(request.out_dir) / "feats" / dataset_name
-            tasks = saving_features(tasks, predictor, folder, request.save_feats)
-        _evaluate_dataset(predictor, request, writer, dataset_name, tasks, framing, on_result)
+            folder = Path(request.out_dir) / "feats" / job.name
+            tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
+        _evaluate_dataset(setup.predictor, request, writer, job.name, tasks, setup.framing, on_result)
     return writer.write()
 
 
-Jobs = list[tuple[str, str, Iterator[ObjectTask]]]
+class EvaluationJob(NamedTuple):
+    """One dataset of a run: its name, where its objects come from (the store, or the images online) and the
+    objects' tasks. `online_root` is the --root (or configured) folder an online job reads its images from: None
+    for the built-in data and for stores, whose attrs record their own."""
+
+    name: str
+    source: str
+    tasks: Iterator[ObjectTask]
+    online_root: Path | None = None
 
 
-def _set_up(
-    request: EvaluationRequest, only_items: Collection[str] | None = None
-) -> tuple[Predictor, dict[str, Any], Jobs, Callable[[ObjectTask], Framing] | None]:
-    """The predictor, the checkpoint's metadata, the (dataset, source, tasks) jobs and the framing of `request`."""
+class EvaluationSetUp(NamedTuple):
+    predictor: Predictor
+    metadata: dict[str, Any]
+    weights: Path
+    jobs: list[EvaluationJob]
+    framing: Callable[[ObjectTask], Framing] | None
+
+
+def _set_up(request: EvaluationRequest, only_items: Collection[str] | None = None) -> EvaluationSetUp:
+    """Everything a run of `request` needs. The checkpoint is resolved once, so that the results name the file that
+    was loaded, even when a training run writes its first `best` into the folder meanwhile."""
     device = torch.device(request.device)
-    probe, metadata = load_probe(request.checkpoint, device=device)
+    weights = resolve_checkpoint(request.checkpoint)[0].resolve()
+    probe, metadata = load_probe(weights, device=device)
     if probe.needs_featurizer and not request.online:
         raise UserError("this probe fuses clicks before the backbone (early fusion): evaluate it with --online")
     jobs = list(_jobs(request, metadata, only_items))
@@ -135,27 +149,27 @@ def _set_up(
             threshold=request.threshold,
             device=device,
         )
-    return predictor, metadata, jobs, framing
+    return EvaluationSetUp(predictor, metadata, weights, jobs, framing)
 
 
 def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collection[str]) -> list[ObjectResult]:
     """The objects `object_ids` of `dataset` evaluated again exactly as `request` evaluates them, keeping the masks
     after the clicks a strip shows (1, 3, 5, 10 and the last): what `plot predictions` draws. Only their images are
     read."""
-    predictor, _, jobs, framing = _set_up(request, image_ids_of(object_ids))
-    tasks = next((tasks for name, _, tasks in jobs if name == dataset), None)
-    if tasks is None:
-        raise UserError(f"the evaluation has no dataset {dataset!r}; it has {', '.join(name for name, _, _ in jobs)}")
-    wanted = [task for task in tasks if task.id in object_ids]
+    setup = _set_up(request, image_ids_of(object_ids))
+    job = next((job for job in setup.jobs if job.name == dataset), None)
+    if job is None:
+        raise UserError(f"the evaluation has no dataset {dataset!r}; it has {', '.join(j.name for j in setup.jobs)}")
+    wanted = [task for task in job.tasks if task.id in object_ids]
     results: list[ObjectResult] = []
     evaluate_objects(
-        predictor,
+        setup.predictor,
         iter(wanted),
         request.max_clicks,
         request.threshold,
         request.batch_size,
         on_result=results.append,
-        framing=framing,
+        framing=setup.framing,
         keep_masks_at=strip_clicks(request.max_clicks),
     )
     return results
@@ -214,17 +228,18 @@ def _evaluate_dataset(
 
 def _jobs(
     request: EvaluationRequest, metadata: dict[str, Any], only_items: Collection[str] | None = None
-) -> Iterator[tuple[str, str, Iterator[ObjectTask]]]:
-    """(dataset name, where its objects come from, object tasks) per requested dataset or store, of the items
-    `only_items` (all when None); zoom-in makes its own mirrored crops."""
+) -> Iterator[EvaluationJob]:
+    """A job per requested dataset or store, of the items `only_items` (all when None); zoom-in makes its own
+    mirrored crops."""
     size = int(metadata["preprocessing"]["size"])
     resize = metadata["preprocessing"].get("resize", "stretch")
     whole_image_flip = request.flip and not request.zoom_in
     if request.online:
         for name in request.datasets:
-            source = create_dataset(name, resolve_root(name, request.root), request.split)
+            root = resolve_root(name, request.root)
+            source = create_dataset(name, root, request.split)
             where = f"{name} {request.split} at {source.root}, online"
-            yield name, where, online_tasks(source, size, resize, whole_image_flip, only_items)
+            yield EvaluationJob(name, where, online_tasks(source, size, resize, whole_image_flip, only_items), root)
         return
     for path in _store_paths(request, metadata):
         store = FeatureStore.open(path)
@@ -233,7 +248,8 @@ def _jobs(
         source = create_dataset(dataset["name"], request.root or dataset["root"], dataset["split"])
         if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
-        yield dataset["name"], str(Path(path).resolve()), cached_tasks(str(path), source, whole_image_flip, only_items)
+        tasks = cached_tasks(str(path), source, whole_image_flip, only_items)
+        yield EvaluationJob(dataset["name"], str(Path(path).resolve()), tasks)
 
 
 def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[Path]:

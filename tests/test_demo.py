@@ -193,6 +193,18 @@ def test_probes_side_by_side_each_segment_as_they_would_alone(checkpoint: Path, 
     assert all(0.0 <= panel["iou"] <= 1.0 for panel in state["panels"])
 
 
+def test_two_runs_of_one_recipe_are_told_apart_by_their_folders(checkpoint: Path, tmp_path: Path) -> None:
+    again = shutil.copytree(checkpoint, tmp_path / "again")
+    app = build_app([str(checkpoint / "last.safetensors"), str(again)], DatasetCatalog(create_dataset("builtin")))
+    client = TestClient(app)
+    state = client.post("/api/open", json={"name": client.get("/api/state").json()["images"][0]}).json()
+    labels = [panel["label"] for panel in state["panels"]]
+    assert labels == [
+        "vit_small_patch14_dinov2 + identity + after_backbone (run)",
+        "vit_small_patch14_dinov2 + identity + after_backbone (again)",
+    ]
+
+
 def test_uploads_over_the_size_limit_are_refused_before_decoding(
     checkpoint: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,7 @@ are drawn from."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -171,9 +172,35 @@ def test_report_bolds_the_best_probe_per_column(tmp_path: Path) -> None:
     result = report(*folders, "--format", "csv")
     assert result.output.splitlines() == [
         "probe,grabcut NoC@85,grabcut NoC@90,grabcut mIoU@5 (%)",
-        "vit_small_patch14_dinov2 + lift + after_backbone,3.0000,3.5000,",
-        "vit_small_patch14_dinov2 + lift + after_backbone,4.0000,4.0000,",
+        "vit_small_patch14_dinov2 + lift + after_backbone (lift),3.0000,3.5000,",
+        "vit_small_patch14_dinov2 + lift + after_backbone (bilinear),4.0000,4.0000,",
     ]
+
+
+def test_default_labels_tell_apart_evaluations_of_the_same_probe(tmp_path: Path) -> None:
+    """Two evaluations of one probe are named by the protocol settings that differ; the same protocol twice (two
+    training runs of one recipe) by the results folders; a probe unlike the others keeps its plain name."""
+    curve = {"a": [0.5, 0.86, 0.91, 0.95]}
+    protocol = {"flip": True, "zoom_in": False, "online": False, "threshold": 0.5}
+    write_results(tmp_path / "zoom", curve, {**RUN_INFO, **protocol, "zoom_in": True})
+    write_results(tmp_path / "run1", curve, {**RUN_INFO, **protocol})
+    write_results(tmp_path / "run2", curve, {**RUN_INFO, **protocol})
+    write_results(tmp_path / "strict", curve, {**RUN_INFO, **protocol, "threshold": 0.49})
+    write_results(tmp_path / "other", curve, {**RUN_INFO, **protocol, "upsampler": "bilinear"})
+    folders = [str(tmp_path / name) for name in ("zoom", "run1", "run2", "strict", "other")]
+    result = report(*folders, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    lift = "vit_small_patch14_dinov2 + lift + after_backbone"
+    assert [row[0] for row in csv.reader(result.output.splitlines()[1:])] == [
+        f"{lift} (zoom-in, threshold 0.5)",
+        f"{lift} (no zoom-in, threshold 0.5, run1)",
+        f"{lift} (no zoom-in, threshold 0.5, run2)",
+        f"{lift} (no zoom-in, threshold 0.49)",
+        "vit_small_patch14_dinov2 + bilinear + after_backbone",
+    ]
+    result = plot("iou-vs-clicks", *folders[:2], "--out", str(tmp_path / "curves.png"))
+    assert result.exit_code == 0, result.output
+    assert f"{lift} (zoom-in) (NoC@85" in (tmp_path / "curves.svg").read_text()
 
 
 def test_report_says_which_cells_do_not_compare(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import click
 import torch
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import labels_option, results_argument, split_labels
+from isegprobe.commands.options import labels_option, results_and_labels, results_argument
 from isegprobe.devices import default_device
 from isegprobe.errors import UserError
 from isegprobe.plots.feature_panels import (
@@ -17,7 +17,7 @@ from isegprobe.plots.feature_panels import (
     plot_feature_panels,
     probe_upsampler,
 )
-from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
+from isegprobe.plots.iou_vs_clicks import evaluation_curves, plot_iou_vs_clicks
 from isegprobe.plots.predictions import plot_predictions
 
 # IoU differences between a replay and the evaluation beyond float noise (batches of other sizes) mean that
@@ -45,8 +45,7 @@ def plot() -> None:
 def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out: str) -> None:
     """mIoU after each click, one curve per evaluation (RESULTS: folders written by `isegprobe evaluate --out`) and
     one panel per dataset; the legend gives each curve's NoC@85 and NoC@90, dotted lines mark 85 and 90 % IoU."""
-    names = split_labels(labels, results)
-    evaluations = [read_evaluation(folder, label) for folder, label in zip(results, names, strict=True)]
+    evaluations = [evaluation_curves(document, name) for name, document in results_and_labels(results, labels)]
     for path in plot_iou_vs_clicks(evaluations, out, title):
         click.echo(f"wrote {path}")
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import labels_option, results_argument, split_labels
+from isegprobe.commands.options import labels_option, results_and_labels, results_argument
 from isegprobe.inference.report import format_report
-from isegprobe.inference.results import probe_label, read_results
 from isegprobe.training.checkpoint import atomic_write_bytes
 
 
@@ -30,11 +29,7 @@ from isegprobe.training.checkpoint import atomic_write_bytes
 def report(results: tuple[str, ...], labels: str | None, table_format: str, miou_at: int, out: str | None) -> None:
     """One row per evaluation (RESULTS: folders written by `isegprobe evaluate --out`), and per dataset the NoC@85,
     NoC@90 and mIoU after --miou-at clicks, as the papers' tables compare probes."""
-    evaluations = []
-    for folder, label in zip(results, split_labels(labels, results), strict=True):
-        document = read_results(folder)
-        evaluations.append((label or probe_label(document, folder), document))
-    table = format_report(evaluations, miou_at, table_format)
+    table = format_report(results_and_labels(results, labels), miou_at, table_format)
     click.echo(table)
     if out is not None:
         atomic_write_bytes(Path(out), (table + "\n").encode())

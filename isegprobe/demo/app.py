@@ -12,9 +12,9 @@ from isegprobe.demo.catalog import Catalog
 from isegprobe.demo.server import create_app
 from isegprobe.demo.session import DemoProbe, DemoSession
 from isegprobe.inference.predictor import Predictor
-from isegprobe.inference.results import probe_identity, probe_label
+from isegprobe.inference.results import default_labels, probe_identity
 from isegprobe.inference.runner import checkpoint_backbone
-from isegprobe.training.checkpoint import load_probe
+from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
 
 def build_app(
@@ -24,7 +24,7 @@ def build_app(
     Probes on the same backbone share one copy of it."""
     torch_device = torch.device(device)
     backbones: dict[str, nn.Module] = {}
-    probes = []
+    identities, runners = [], []
     for checkpoint in checkpoints:
         probe, metadata = load_probe(checkpoint, device=torch_device)
         provenance = metadata.get("featurizer_provenance") or {}
@@ -37,6 +37,10 @@ def build_app(
         preprocessing = metadata["preprocessing"]
         predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch_device, featurizer)
         size, resize = int(preprocessing["size"]), preprocessing.get("resize", "stretch")
-        label = probe_label(probe_identity(metadata), checkpoint)
-        probes.append(DemoProbe(label, predictor, size, resize))
+        identities.append(probe_identity(metadata))
+        runners.append((predictor, size, resize))
+    # Two runs of one recipe read the same as probes; their run folders tell them apart on the page.
+    run_folders = [resolve_checkpoint(checkpoint)[0].parent for checkpoint in checkpoints]
+    labels = default_labels(identities, run_folders)
+    probes = [DemoProbe(label, *runner) for label, runner in zip(labels, runners, strict=True)]
     return create_app(DemoSession(probes, threshold, zoom_in), catalog)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,37 @@ def probe_label(document: dict[str, Any], results_dir: str | Path) -> str:
     if not all(parts):
         return Path(results_dir).resolve().name
     return " + ".join(parts)
+
+
+# How each protocol setting of results.json reads in a label: (key, when on, when off).
+_PROTOCOL_WORDS = (("zoom_in", "zoom-in", "no zoom-in"), ("flip", "flip", "no flip"), ("online", "online", "cached"))
+
+
+def default_labels(documents: Sequence[dict[str, Any]], results_dirs: Sequence[str | Path]) -> list[str]:
+    """Names for evaluations shown side by side (report rows, plot curves): each one's `probe_label`. Where two
+    would read the same, what tells them apart follows in brackets: the protocol settings that differ among them
+    (zoom-in, flip, online, threshold), and where those are the same, the results folders' names."""
+    labels = [probe_label(document, folder) for document, folder in zip(documents, results_dirs, strict=True)]
+    notes: list[list[str]] = [[] for _ in labels]
+    _add_differences(labels, notes, [_protocol_words(document) for document in documents])
+    _add_differences(labels, notes, [[Path(folder).resolve().name] for folder in results_dirs])
+    return [f"{label} ({', '.join(note)})" if note else label for label, note in zip(labels, notes, strict=True)]
+
+
+def _protocol_words(document: dict[str, Any]) -> list[str]:
+    words = [on if document.get(key) else off for key, on, off in _PROTOCOL_WORDS]
+    return [*words, f"threshold {float(document.get('threshold', 0.5)):g}"]
+
+
+def _add_differences(labels: list[str], notes: list[list[str]], details: list[list[str]]) -> None:
+    """Within each group of labels that read the same so far (label and notes), add to the notes those of the
+    `details` that differ within the group."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, label in enumerate(labels):
+        groups.setdefault((label, *notes[index]), []).append(index)
+    for group in groups.values():
+        differing = [
+            position for position in range(len(details[group[0]])) if len({details[i][position] for i in group}) > 1
+        ]
+        for index in group:
+            notes[index].extend(details[index][position] for position in differing)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
@@ -34,10 +35,15 @@ class EvaluationCurves:
 def read_evaluation(results_dir: str | Path, label: str | None = None) -> EvaluationCurves:
     """The curves of the evaluation written to `results_dir`; its label defaults to the probe's description."""
     document = read_results(results_dir)
+    return evaluation_curves(document, label or probe_label(document, results_dir))
+
+
+def evaluation_curves(document: dict[str, Any], label: str) -> EvaluationCurves:
+    """The curves of an evaluation's results.json `document`."""
     datasets = document["datasets"]
     miou = {name: list(summary["mIoU@k"]) for name, summary in datasets.items()}
     noc = {name: (summary["NoC@85"], summary["NoC@90"]) for name, summary in datasets.items()}
-    return EvaluationCurves(label or probe_label(document, results_dir), miou, noc)
+    return EvaluationCurves(label, miou, noc)
 
 
 def plot_iou_vs_clicks(evaluations: Sequence[EvaluationCurves], out: str | Path, title: str = "") -> list[Path]:

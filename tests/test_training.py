@@ -424,6 +424,15 @@ def test_zero_steps_save_the_untrained_probe_that_training_starts_from(tmp_path:
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
 
 
+def test_max_iters_beyond_the_epochs_says_where_the_run_ends(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # 4 items in batches of 2 for 1 epoch: 2 steps, however many --max-iters asks for.
+    config = tiny_config("schedule.epochs=1", "schedule.milestones=[]", "schedule.max_iters=5")
+    with caplog.at_level(logging.WARNING):
+        summary = train(config, SquaresDataset(count=4), tmp_path / "run", device="cpu", progress=False)
+    assert summary.step == 2
+    assert "max_iters) 5: the schedule ends sooner, after schedule.epochs 1 of this store (2 steps)" in caplog.text
+
+
 def test_a_new_run_never_overwrites_an_existing_one(tmp_path: Path) -> None:
     dataset = SquaresDataset(count=4)
     train(tiny_config("schedule.max_iters=2"), dataset, tmp_path / "run", device="cpu", progress=False)

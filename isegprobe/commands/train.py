@@ -56,7 +56,8 @@ from isegprobe.training.trainer import train as run_training
     "--max-iters",
     type=click.IntRange(min=0),
     default=None,
-    help="Stop after this many optimizer steps in total; 0 saves the untrained probe (a baseline to evaluate).",
+    help="Stop after this many optimizer steps in total, or at the end of schedule.epochs if that comes first; 0 "
+    "saves the untrained probe (a baseline to evaluate).",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--wandb", "use_wandb", is_flag=True, help="Also log to Weights & Biases (WANDB_MODE=offline works).")

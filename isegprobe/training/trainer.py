@@ -312,6 +312,14 @@ def train(
     _check_upsampler_is_not_frozen_at_random(config, probe)
     trainer = Trainer(config, probe, preprocessing, device, featurizer if online else None, online)
     schedule = StepSchedule.from_config(config.schedule, config.optim.lr, len(dataset), config.data.batch_size)
+    if rank == 0 and schedule.total_steps < (config.schedule.max_iters or 0):
+        log.warning(
+            "--max-iters (schedule.max_iters) %d: the schedule ends sooner, after schedule.epochs %d of this store "
+            "(%d steps); set schedule.epochs to train longer",
+            config.schedule.max_iters,
+            config.schedule.epochs,
+            schedule.total_steps,
+        )
 
     state = _ProgressState()
     if resume:

@@ -118,6 +118,9 @@ class EvaluationJob(NamedTuple):
 
 
 class EvaluationSetUp(NamedTuple):
+    """What a run evaluates with: the predictor, the checkpoint's metadata and weights file, the jobs, and the
+    framing (zoom-in crops, or None for the whole image)."""
+
     predictor: Predictor
     metadata: dict[str, Any]
     weights: Path

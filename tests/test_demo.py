@@ -193,16 +193,20 @@ def test_probes_side_by_side_each_segment_as_they_would_alone(checkpoint: Path, 
     assert all(0.0 <= panel["iou"] <= 1.0 for panel in state["panels"])
 
 
-def test_two_runs_of_one_recipe_are_told_apart_by_their_folders(checkpoint: Path, tmp_path: Path) -> None:
-    again = shutil.copytree(checkpoint, tmp_path / "again")
-    app = build_app([str(checkpoint / "last.safetensors"), str(again)], DatasetCatalog(create_dataset("builtin")))
-    client = TestClient(app)
+def panel_labels(checkpoints: list[Path]) -> list[str]:
+    """The probes' labels on the page of a demo of `checkpoints`, once an image is open."""
+    client = TestClient(build_app([str(path) for path in checkpoints], DatasetCatalog(create_dataset("builtin"))))
     state = client.post("/api/open", json={"name": client.get("/api/state").json()["images"][0]}).json()
-    labels = [panel["label"] for panel in state["panels"]]
-    assert labels == [
-        "vit_small_patch14_dinov2 + identity + after_backbone (run)",
-        "vit_small_patch14_dinov2 + identity + after_backbone (again)",
-    ]
+    return [panel["label"] for panel in state["panels"]]
+
+
+def test_two_runs_or_checkpoints_of_one_recipe_are_told_apart(checkpoint: Path, tmp_path: Path) -> None:
+    again = shutil.copytree(checkpoint, tmp_path / "again")
+    probe = "vit_small_patch14_dinov2 + identity + after_backbone"
+    assert panel_labels([checkpoint / "last.safetensors", again]) == [f"{probe} (run)", f"{probe} (again)"]
+    for suffix in (".json", ".safetensors"):
+        (again / f"best{suffix}").write_bytes((again / f"last{suffix}").read_bytes())
+    assert panel_labels([again / "last.json", again]) == [f"{probe} (last)", f"{probe} (best)"]
 
 
 def test_uploads_over_the_size_limit_are_refused_before_decoding(

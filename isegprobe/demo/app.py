@@ -12,7 +12,7 @@ from isegprobe.demo.catalog import Catalog
 from isegprobe.demo.server import create_app
 from isegprobe.demo.session import DemoProbe, DemoSession
 from isegprobe.inference.predictor import Predictor
-from isegprobe.inference.results import default_labels, probe_identity
+from isegprobe.inference.results import probe_identity, probe_label, told_apart
 from isegprobe.inference.runner import checkpoint_backbone
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
@@ -39,8 +39,10 @@ def build_app(
         size, resize = int(preprocessing["size"]), preprocessing.get("resize", "stretch")
         identities.append(probe_identity(metadata))
         runners.append((predictor, size, resize))
-    # Two runs of one recipe read the same as probes; their run folders tell them apart on the page.
-    run_folders = [resolve_checkpoint(checkpoint)[0].parent for checkpoint in checkpoints]
-    labels = default_labels(identities, run_folders)
+    # Two runs of one recipe, or the best and last of one run, read the same as probes: their run folders and
+    # checkpoint names tell them apart on the page.
+    weights = [resolve_checkpoint(checkpoint)[0].resolve() for checkpoint in checkpoints]
+    names = [probe_label(identity, path.parent) for identity, path in zip(identities, weights, strict=True)]
+    labels = told_apart(names, [[path.parent.name, path.stem] for path in weights])
     probes = [DemoProbe(label, *runner) for label, runner in zip(labels, runners, strict=True)]
     return create_app(DemoSession(probes, threshold, zoom_in), catalog)

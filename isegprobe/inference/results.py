@@ -186,9 +186,16 @@ def default_labels(documents: Sequence[dict[str, Any]], results_dirs: Sequence[s
     would read the same, what tells them apart follows in brackets: the protocol settings that differ among them
     (zoom-in, flip, online, threshold), and where those are the same, the results folders' names."""
     labels = [probe_label(document, folder) for document, folder in zip(documents, results_dirs, strict=True)]
+    protocols = [_protocol_words(document) for document in documents]
+    return told_apart(labels, protocols, [[Path(folder).resolve().name] for folder in results_dirs])
+
+
+def told_apart(labels: Sequence[str], *details: Sequence[Sequence[str]]) -> list[str]:
+    """`labels`, where each group that reads the same gets in brackets those of its `details` (a list of words per
+    label, for each kind of detail in turn) that differ within the group, until the kinds run out."""
     notes: list[list[str]] = [[] for _ in labels]
-    _add_differences(labels, notes, [_protocol_words(document) for document in documents])
-    _add_differences(labels, notes, [[Path(folder).resolve().name] for folder in results_dirs])
+    for words in details:
+        _add_differences(labels, notes, words)
     return [f"{label} ({', '.join(note)})" if note else label for label, note in zip(labels, notes, strict=True)]
 
 
@@ -197,7 +204,7 @@ def _protocol_words(document: dict[str, Any]) -> list[str]:
     return [*words, f"threshold {float(document.get('threshold', 0.5)):g}"]
 
 
-def _add_differences(labels: list[str], notes: list[list[str]], details: list[list[str]]) -> None:
+def _add_differences(labels: Sequence[str], notes: list[list[str]], details: Sequence[Sequence[str]]) -> None:
     """Within each group of labels that read the same so far (label and notes), add to the notes those of the
     `details` that differ within the group."""
     groups: dict[tuple[str, ...], list[int]] = {}

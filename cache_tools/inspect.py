@@ -23,13 +23,14 @@ def describe_store(path: str | Path) -> str:
         f"codec      {codec['name']} {codec['cname']} level {codec['clevel']}, {codec['shuffle']}",
         "arrays     (raw: the decoded bytes of the done items; stored: their files on disk)",
     ]
-    for name in store.group.array_keys():
-        array = store.group[name]
+    arrays = [store.group[name] for name in store.group.array_keys()]
+    # Largest first: what the store's size is made of reads at the top.
+    for array in sorted(arrays, key=lambda array: (-array.nbytes, array.basename)):
         raw = array.nbytes * done / max(store.num_items, 1)
-        stored = sum(file.stat().st_size for file in (store.path / name).rglob("*") if file.is_file())
+        stored = sum(file.stat().st_size for file in (store.path / array.basename).rglob("*") if file.is_file())
         ratio = f"{raw / stored:5.1f}x" if stored else "    -"
         lines.append(
-            f"  {name:<14} {str(array.dtype):<8} {str(array.shape):<26} chunk {str(array.chunks):<22} "
+            f"  {array.basename:<14} {str(array.dtype):<8} {str(array.shape):<26} chunk {str(array.chunks):<22} "
             f"raw {raw / 2**20:8.2f} MiB  stored {stored / 2**20:8.2f} MiB  {ratio}"
         )
     return "\n".join(lines)

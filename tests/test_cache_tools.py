@@ -25,6 +25,9 @@ def test_inspect_summarizes_and_verify_finds_a_damaged_item(tmp_path):
     features_line = next(line for line in inspected.output.splitlines() if line.strip().startswith("features"))
     raw_mib = 12 * 1 * 384 * 2 * 2 * 2 / 2**20  # items x views x [384, 2, 2] float16
     assert f"raw {raw_mib:8.2f} MiB" in features_line and "stored" in features_line
+    names = [line.split()[0] for line in inspected.output.splitlines()[8:]]
+    assert names[:4] == ["features", "images", "labels", "ignore"], "largest first"
+    assert runner.invoke(cache, ["info", str(store)]).output == inspected.output
     assert runner.invoke(cache, ["verify", str(store)]).exit_code == 0
     features = zarr.open(str(store), mode="r+")["features"]
     damaged = features[5, 0]

@@ -22,7 +22,16 @@ def cache() -> None:
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
 @reports_user_errors
 def inspect_command(store: str) -> None:
-    """What a store holds: featurizer provenance, dataset, preprocessing, progress, arrays and chunking."""
+    """What a store holds: featurizer provenance, dataset, preprocessing, progress, and per array its chunking and
+    compression ratio, largest first."""
+    click.echo(describe_store(store))
+
+
+@cache.command("info")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@reports_user_errors
+def info_command(store: str) -> None:
+    """The same as `inspect`."""
     click.echo(describe_store(store))
 
 

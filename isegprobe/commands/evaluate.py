@@ -38,7 +38,8 @@ from isegprobe.training.run_logger import start_wandb
     "--zoom-in",
     is_flag=True,
     help="RITM's zoom-in: from the 2nd click on, predict on a crop around the object (its box x1.4, at least 200 px, "
-    "resized to the working size). Loads the backbone, since crops have no cached features.",
+    "resized to the working size). Loads the backbone, since crops have no cached features. The seed's "
+    "evaluate.py always zooms in and flips: --zoom-in --flip compares with its numbers.",
 )
 @click.option("--threshold", default=0.5, show_default=True, type=float, help="Probability threshold of the mask.")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Objects per probe forward.")

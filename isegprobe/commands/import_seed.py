@@ -32,10 +32,12 @@ def import_seed(checkpoint: str, store_path: str, upsampler_weights: str | None,
     \b
     isegprobe import-seed runs/sbd_dinov2_noup/checkpoints/last_checkpoint.pth \\
         --store cache/vit_small_patch14_dinov2-grabcut-test-224.zarr --out runs/seed_dinov2_noup
-    isegprobe evaluate --checkpoint runs/seed_dinov2_noup --online --datasets grabcut --root data/GrabCut --out res/
-    The file is read without running the seed's code (torch's weights-only loader). The click encoder and head
-    are mapped name for name, with the click channels reordered (the seed stacks previous mask, positive,
-    negative). Early-fusion probes (the seed's patch-embed models) evaluate with --online.
+    isegprobe evaluate --checkpoint runs/seed_dinov2_noup --online --zoom-in --flip --datasets grabcut \\
+        --root data/GrabCut --out res/
+    --zoom-in --flip is the seed's own evaluation protocol (its evaluate.py always zooms in and flips). The file
+    is read without running the seed's code (torch's weights-only loader). The click encoder and head are mapped
+    name for name, with the click channels reordered (the seed stacks previous mask, positive, negative).
+    Early-fusion probes (the seed's patch-embed models) evaluate with --online.
     """
     metadata = import_seed_probe(checkpoint, store_path, run_dir, upsampler_weights)
     model = metadata["config"]["model"]

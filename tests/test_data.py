@@ -55,6 +55,38 @@ def test_views_flip_and_scale_crop_move_masks_with_images():
     assert zoom.valid_box == (0, 0, 64, 64)
 
 
+def test_training_windows_are_ritms_crops_at_three_quarters_to_five_quarters_scale():
+    sample = create_dataset("builtin", split="train")[0]  # 240 x 320
+    specs = parse_views("identity,crop1,crop2")
+    sides = []
+    for index in range(40):
+        for view_index, spec in enumerate(specs[1:], start=1):
+            window = make_view(sample, spec, 64, "stretch", seed=index * 1009 + view_index)
+            y0, x0, y1, x1 = window.crop_box
+            assert y1 - y0 == x1 - x0, "a square region of the image, so the resize keeps its aspect"
+            assert 64 / 1.25 - 1 <= y1 - y0 <= 64 / 0.75 + 1
+            assert 0 <= y0 and y1 <= 240 and 0 <= x0 and x1 <= 320, "it fits, so it lies inside the image"
+            expected = cv2.resize(sample.labels[y0:y1, x0:x1], (64, 64), interpolation=cv2.INTER_NEAREST)
+            assert np.array_equal(window.labels, expected) and window.valid_box == (0, 0, 64, 64)
+            sides.append(y1 - y0)
+    assert min(sides) < 56 and max(sides) > 78, "the scale is drawn over the whole range"
+    again = make_view(sample, specs[1], 64, "stretch", seed=1009 + 1)
+    assert again.crop_box == make_view(sample, specs[1], 64, "stretch", seed=1009 + 1).crop_box
+
+
+def test_a_window_larger_than_the_image_is_padded_around_it():
+    sample = create_dataset("builtin", split="train")[0]  # 240 x 320: every window of a 448 px store is larger
+    window = make_view(sample, parse_views("identity,crop1")[1], 448, "stretch", seed=3)
+    y0, x0, y1, x1 = window.crop_box
+    side = y1 - y0
+    assert side > 320 and y0 == -((side - 240) // 2) and x0 == -((side - 320) // 2), "centred, as PadIfNeeded"
+    top, left, bottom, right = window.valid_box
+    assert (top, left) == (round(-y0 * 448 / side), round(-x0 * 448 / side))
+    assert (bottom, right) == (round((240 - y0) * 448 / side), round((320 - x0) * 448 / side))
+    assert (window.image[: top - 1] == 0).all() and (window.labels[: top - 1] == 0).all()
+    assert window.image[top + 1 : bottom - 1, left + 1 : right - 1].any()
+
+
 def test_letterbox_keeps_aspect_and_records_valid_box():
     sample = create_dataset("builtin", split="test")[0]
     view = make_view(sample, parse_views("identity")[0], 64, "letterbox", seed=0)
@@ -62,7 +94,10 @@ def test_letterbox_keeps_aspect_and_records_valid_box():
     assert (view.image[:8] == 0).all() and (view.labels[:8] == 0).all()
 
 
-@pytest.mark.parametrize("text", ["hflip,identity", "identity,zoom", "identity,scale0.5", "identity,identity"])
+@pytest.mark.parametrize(
+    "text",
+    ["hflip,identity", "identity,zoom", "identity,scale0.5", "identity,identity", "identity,crop", "identity,cropA"],
+)
 def test_bad_views_are_refused(text):
     with pytest.raises(UserError, match="--views"):
         parse_views(text)

@@ -96,8 +96,8 @@ def bright_objects_on_dark_noise(root, count: int = 16) -> None:
 
 def test_probe_learns_to_segment_what_its_features_separate(tmp_path):
     # Where the features separate the objects, 120 steps of the quickstart probe segment the training images
-    # almost exactly (when this was written: IoU 0.24 -> 0.93, pixel BCE 0.42 -> 0.03). The normalized focal loss
-    # does not fall all the same (0.31 -> 0.33): it is a mean over the pixels the probe still gets wrong, the
+    # almost exactly (when this was written: IoU 0.28 -> 0.94, pixel BCE 0.41 -> 0.03). The normalized focal loss
+    # does not fall all the same (0.30 -> 0.32): it is a mean over the pixels the probe still gets wrong, the
     # boundary band inside the 14-px patches that a probe on the feature grid cannot place.
     bright_objects_on_dark_noise(tmp_path / "scenes")
     dataset = CachedDataset(random_vit_store(tmp_path / "cache", "custom", tmp_path / "scenes", "train", 112))

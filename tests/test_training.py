@@ -301,6 +301,22 @@ def test_a_few_steps_lower_the_loss_on_a_learnable_dataset() -> None:
     assert batch_iou(logits, fixed.target, fixed.valid).min() > 0.9
 
 
+def test_an_epoch_shows_every_item_once_in_a_view_drawn_for_that_epoch() -> None:
+    # Three items with four views each, item-major as the cache reader stores them.
+    entries = [{**square_scene(item), "item": item, "view": view} for item in range(3) for view in range(4)]
+    sampler = MultiPointSampler(SamplerConfig(min_object_area=1))
+    items = ClickTrainingSet(entries, sampler, seed=0, with_features=False, views_per_item=4)
+    assert len(items) == 3
+    epochs = [[items[(epoch, position)] for position in range(3)] for epoch in range(20)]
+    assert all([sample["item"] for sample in epoch] == [0, 1, 2] for epoch in epochs)
+    drawn = [[sample["view"] for sample in epoch] for epoch in epochs]
+    assert {view for epoch in drawn for view in epoch} == {0, 1, 2, 3}, "every view comes up"
+    assert len({tuple(epoch) for epoch in drawn}) > 1, "the views change from epoch to epoch"
+    assert [items[(epoch, 1)]["view"] for epoch in range(20)] == [epoch[1] for epoch in drawn], "a function of the key"
+    with pytest.raises(ValueError, match="not 5 views of each item"):
+        ClickTrainingSet(entries, MultiPointSampler(SamplerConfig()), views_per_item=5)
+
+
 def test_the_learning_rate_follows_the_epoch_milestones() -> None:
     schedule = StepSchedule.from_config(TrainConfig().schedule, 5e-5, num_items=20, batch_size=8)
     assert (schedule.steps_per_epoch, schedule.total_steps) == (3, 60)

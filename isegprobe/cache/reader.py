@@ -63,6 +63,11 @@ class CachedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items) * len(self.view_indices)
 
+    @property
+    def num_views(self) -> int:
+        """Views per item; entries are item-major (entry = item position * num_views + view position)."""
+        return len(self.view_indices)
+
     def _arrays(self) -> dict[str, ts.TensorStore]:
         if self._handles_pid != os.getpid():
             self._handles = {name: open_tensorstore(self.store.path, name) for name in _READ_ARRAYS}

@@ -46,8 +46,9 @@ def human_bytes(count: int) -> str:
     "--views",
     default="identity,hflip",
     show_default=True,
-    help="Comma-separated views to cache: identity, hflip, scale<f> (a zoomed-in crop, e.g. scale1.5). "
-    "Stage two augments with them.",
+    help="Comma-separated views to cache: identity, hflip, scale<f> (a zoomed-in crop, e.g. scale1.5), crop<k> "
+    "(the seed's training crop: a working-size window at 0.75-1.25 scale; crop1,crop2,... for several). Stage two "
+    "trains on one view per image and epoch, drawn at random.",
 )
 @click.option(
     "--resize",

@@ -1,8 +1,8 @@
 """From a dataset sample to the square working-size views the backbone sees.
 
-A view is a crop of the original image (the whole image, or a zoomed-in crop for scale jitter), optionally
-flipped, resized to the working size. `stretch` resizes the crop to size x size like the seed and RITM's fixed
-working size; `letterbox` keeps the aspect ratio and pads, recording the valid box.
+A view is a crop of the original image (the whole image, a zoomed-in crop for scale jitter, or RITM's training
+window), optionally flipped, resized to the working size. `stretch` resizes the crop to size x size like the seed
+and RITM's fixed working size; `letterbox` keeps the aspect ratio and pads, recording the valid box.
 """
 
 from __future__ import annotations
@@ -19,15 +19,21 @@ from isegprobe.errors import UserError
 
 RESIZE_RULES = ("stretch", "letterbox")
 _SCALE_VIEW = re.compile(r"^scale(\d+(?:\.\d+)?)$")
+_WINDOW_VIEW = re.compile(r"^crop(\d+)$")
+# RITM's and the seed's training crops: UniformRandomResize(scale_range=(0.75, 1.25)), then a crop of the working
+# size, the image zero-padded (centred, as PadIfNeeded) where it is smaller.
+WINDOW_SCALE_RANGE = (0.75, 1.25)
 
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """`identity`, `hflip`, or `scale<f>` (a crop 1/f of the image's side, placed by a per-item seed)."""
+    """`identity`, `hflip`, `scale<f>` (a crop 1/f of the image's side, placed by a per-item seed), or `crop<k>`
+    (`window`: RITM's training crop, the k-th of an item, drawn by a per-item seed)."""
 
     name: str
     flip: bool = False
     zoom: float = 1.0
+    window: bool = False
 
 
 @dataclass
@@ -50,9 +56,12 @@ def parse_views(text: str) -> list[ViewSpec]:
             specs.append(ViewSpec(name, flip=True))
         elif match and float(match.group(1)) > 1.0:
             specs.append(ViewSpec(name, zoom=float(match.group(1))))
+        elif _WINDOW_VIEW.match(name):
+            specs.append(ViewSpec(name, window=True))
         else:
             raise UserError(
-                f"--views: unknown view {name!r}; expected identity, hflip or scale<f> with f > 1 (scale1.5)"
+                f"--views: unknown view {name!r}; expected identity, hflip, scale<f> with f > 1 (scale1.5) or "
+                "crop<k> (crop1, crop2, ...)"
             )
     if not specs or specs[0].name != "identity":
         raise UserError(f"--views {text!r}: the first view must be identity")
@@ -61,7 +70,13 @@ def parse_views(text: str) -> list[ViewSpec]:
     return specs
 
 
-def _crop_box(height: int, width: int, spec: ViewSpec, seed: int) -> tuple[int, int, int, int]:
+def _crop_box(height: int, width: int, spec: ViewSpec, seed: int, size: int) -> tuple[int, int, int, int]:
+    """The view's region of the original image (y0, x0, y1, x1); a training window may reach past its edges."""
+    if spec.window:
+        rng = np.random.default_rng(seed)
+        side = max(1, round(size / rng.uniform(*WINDOW_SCALE_RANGE)))
+        y0, x0 = _window_start(height, side, rng), _window_start(width, side, rng)
+        return y0, x0, y0 + side, x0 + side
     if spec.zoom == 1.0:
         return 0, 0, height, width
     crop_h, crop_w = max(1, round(height / spec.zoom)), max(1, round(width / spec.zoom))
@@ -69,6 +84,38 @@ def _crop_box(height: int, width: int, spec: ViewSpec, seed: int) -> tuple[int, 
     y0 = int(rng.integers(0, height - crop_h + 1))
     x0 = int(rng.integers(0, width - crop_w + 1))
     return y0, x0, y0 + crop_h, x0 + crop_w
+
+
+def _window_start(length: int, side: int, rng: np.random.Generator) -> int:
+    """Where a window of `side` pixels starts along an image side of `length`: anywhere it fits, else centred on
+    the image with the padding split evenly (PadIfNeeded's centre, then a crop of the padded image)."""
+    if side <= length:
+        return int(rng.integers(0, length - side + 1))
+    return -((side - length) // 2)
+
+
+def _padded_region(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """`array[y0:y1, x0:x1]`, with zeros where the box reaches past the array's edges."""
+    y0, x0, y1, x1 = box
+    height, width = array.shape[:2]
+    if y0 >= 0 and x0 >= 0 and y1 <= height and x1 <= width:
+        return np.ascontiguousarray(array[y0:y1, x0:x1])
+    region = np.zeros((y1 - y0, x1 - x0) + array.shape[2:], array.dtype)
+    top, left, bottom, right = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
+    region[top - y0 : bottom - y0, left - x0 : right - x0] = array[top:bottom, left:right]
+    return region
+
+
+def _real_pixels(box: tuple[int, int, int, int], height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Where the image's own pixels of a square window `box` land in the working square (the rest is padding)."""
+    y0, x0, y1, x1 = box
+    scale = size / (y1 - y0)
+    return (
+        round((max(y0, 0) - y0) * scale),
+        round((max(x0, 0) - x0) * scale),
+        round((min(y1, height) - y0) * scale),
+        round((min(x1, width) - x0) * scale),
+    )
 
 
 def resize_into_square(
@@ -89,22 +136,26 @@ def resize_into_square(
 
 
 def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -> View:
-    """One view of `sample`; `seed` places the scale-jitter crop so that re-extraction gives the same crop."""
+    """One view of `sample`; `seed` places the scale-jitter crop or the training window, so that re-extraction
+    gives the same one."""
     if rule not in RESIZE_RULES:
         raise UserError(f"--resize: expected one of {RESIZE_RULES}, got {rule!r}")
-    y0, x0, y1, x1 = _crop_box(*sample.image.shape[:2], spec, seed)
-    image = sample.image[y0:y1, x0:x1]
-    labels = sample.labels[y0:y1, x0:x1]
-    ignore = sample.ignore[y0:y1, x0:x1].astype(np.uint8)
-    image, valid_box = resize_into_square(np.ascontiguousarray(image), size, rule, cv2.INTER_LINEAR)
-    labels, _ = resize_into_square(np.ascontiguousarray(labels), size, rule, cv2.INTER_NEAREST)
-    ignore, _ = resize_into_square(np.ascontiguousarray(ignore), size, rule, cv2.INTER_NEAREST)
+    height, width = sample.image.shape[:2]
+    box = _crop_box(height, width, spec, seed, size)
+    image = _padded_region(sample.image, box)
+    labels = _padded_region(sample.labels, box)
+    ignore = _padded_region(sample.ignore.astype(np.uint8), box)
+    image, valid_box = resize_into_square(image, size, rule, cv2.INTER_LINEAR)
+    labels, _ = resize_into_square(labels, size, rule, cv2.INTER_NEAREST)
+    ignore, _ = resize_into_square(ignore, size, rule, cv2.INTER_NEAREST)
+    if spec.window:
+        valid_box = _real_pixels(box, height, width, size)
     if spec.flip:
         # Flipping after the resize makes the flipped view the exact mirror of the unflipped one, so flip
         # averaging at evaluation lines predictions up pixel for pixel.
         image, labels, ignore = (np.ascontiguousarray(a[:, ::-1]) for a in (image, labels, ignore))
         valid_box = (valid_box[0], size - valid_box[3], valid_box[2], size - valid_box[1])
-    return View(image, labels, ignore.astype(bool), valid_box, (y0, x0, y1, x1))
+    return View(image, labels, ignore.astype(bool), valid_box, box)
 
 
 def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Cached items -> training samples: a target object, its valid pixels and RITM's initial clicks.
 
 Sampling is a function of (seed, epoch, item index) alone: the loader's sampler yields (epoch, index) keys, so
-DataLoader workers (persistent or not) and resumed runs draw exactly the same targets and clicks.
+DataLoader workers (persistent or not) and resumed runs draw exactly the same views, targets and clicks.
 """
 
 from __future__ import annotations
@@ -24,21 +24,45 @@ def valid_pixels(ignore: np.ndarray, valid_box: np.ndarray) -> np.ndarray:
     return inside & ~ignore
 
 
-class ClickTrainingSet(Dataset):
-    """Wraps a cache reader whose items are dicts (features, image, labels, ignore, valid_box, item, view)."""
+# Keeps the per-epoch view draw apart from the target and click draws that share (seed, epoch).
+_VIEW_STREAM = 1
 
-    def __init__(self, items: Dataset, sampler: MultiPointSampler, seed: int = 0, with_features: bool = True) -> None:
-        self.items = items
+
+class ClickTrainingSet(Dataset):
+    """Wraps a cache reader whose entries are dicts (features, image, labels, ignore, valid_box, item, view).
+
+    The reader's entries are item-major, `views_per_item` cached views of each item. The cached views are the
+    augmentation, so the set has one sample per item, and each epoch shows it in one of its views, drawn at random:
+    an epoch sees every image once, as RITM's and the seed's epochs see every image once in one random
+    augmentation, however many views the store holds.
+    """
+
+    def __init__(
+        self,
+        entries: Dataset,
+        sampler: MultiPointSampler,
+        seed: int = 0,
+        with_features: bool = True,
+        views_per_item: int = 1,
+    ) -> None:
+        if len(entries) % views_per_item:
+            raise ValueError(f"{len(entries)} entries are not {views_per_item} views of each item")
+        self.entries = entries
         self.sampler = sampler
         self.seed = seed
         self.with_features = with_features
+        self.views_per_item = views_per_item
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.entries) // self.views_per_item
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        item: Mapping[str, Any] = self.items[index]
+        epoch, position = key if isinstance(key, tuple) else (0, key)
+        view = 0
+        if self.views_per_item > 1:
+            view = int(np.random.default_rng([self.seed, _VIEW_STREAM, epoch, position]).integers(self.views_per_item))
+        index = position * self.views_per_item + view
+        item: Mapping[str, Any] = self.entries[index]
         labels = _as_numpy(item["labels"])
         valid = valid_pixels(_as_numpy(item["ignore"]).astype(bool), _as_numpy(item["valid_box"]))
         sampled = self.sampler.sample(labels, valid, np.random.default_rng([self.seed, epoch, index]))

@@ -284,8 +284,9 @@ def train(
 ) -> TrainSummary:
     """Train a probe on a cache reader's dataset and write checkpoints and logs into `run_dir`.
 
-    `dataset` items follow the cache reader's contract; the dataset object has `.preprocessing` (size, mean, std)
-    and optionally `.provenance` and `.path`. With `resume`, the run continues from `run_dir/last.*` at its step.
+    `dataset` entries follow the cache reader's contract; the dataset object has `.preprocessing` (size, mean, std)
+    and optionally `.provenance`, `.path` and `.num_views` (entries item-major, that many views per item; an epoch
+    shows each item once, in one of them). With `resume`, the run continues from `run_dir/last.*` at its step.
     """
     rank, world, device = init_from_env(str(resolve_device(device)))
     if config.data.batch_size % world:
@@ -311,7 +312,10 @@ def train(
     probe = ISProbe(config.model, **probe_dims(dataset, featurizer if online else None, size))
     _check_upsampler_is_not_frozen_at_random(config, probe)
     trainer = Trainer(config, probe, preprocessing, device, featurizer if online else None, online)
-    schedule = StepSchedule.from_config(config.schedule, config.optim.lr, len(dataset), config.data.batch_size)
+    point_sampler = MultiPointSampler(config.sampler)
+    views_per_item = int(getattr(dataset, "num_views", 1))
+    items = ClickTrainingSet(dataset, point_sampler, config.seed, not online, views_per_item)
+    schedule = StepSchedule.from_config(config.schedule, config.optim.lr, len(items), config.data.batch_size)
     if rank == 0 and schedule.total_steps < (config.schedule.max_iters or 0):
         log.warning(
             "--max-iters (schedule.max_iters) %d: the schedule ends sooner, after schedule.epochs %d of this store "
@@ -328,9 +332,7 @@ def train(
     if world > 1:
         trainer.distribute()
 
-    point_sampler = MultiPointSampler(config.sampler)
-    shuffle = EpochShuffleSampler(len(dataset), seed=config.seed, rank=rank, world=world)
-    items = ClickTrainingSet(dataset, point_sampler, config.seed, with_features=not online)
+    shuffle = EpochShuffleSampler(len(items), seed=config.seed, rank=rank, world=world)
     loader = _loader(items, config, device, shuffle, config.data.batch_size // world)
     val_loader = None
     if val_dataset is not None:

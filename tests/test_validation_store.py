@@ -25,7 +25,7 @@ def test_the_best_checkpoint_is_the_one_with_the_best_validation_iou(tmp_path: P
 
     with (run / "scalars.csv").open() as scalars:
         val_ious = {int(row["step"]): float(row["value"]) for row in csv.DictReader(scalars) if row["tag"] == "val/iou"}
-    assert sorted(val_ious) == [6, 12], "one validation per epoch of 6 steps"
+    assert sorted(val_ious) == [3, 6, 9, 12], "one validation per epoch: 24 training images in batches of 8"
     best = json.loads((run / "best.json").read_text())
     assert best["best_metric"]["name"] == "val_iou"
     assert best["best_metric"]["value"] == max(val_ious.values())

@@ -79,11 +79,14 @@ class ScheduleConfig:
 
 @dataclass
 class DataConfig:
-    """`size` is the working size the store must have been extracted at (null accepts any)."""
+    """`size` is the working size the store must have been extracted at (null accepts any); `views` the store's
+    views to train on, one drawn per image and epoch (null: all of them), e.g. [identity, crop1, crop2] for an
+    ablation without flips."""
 
     size: int | None = 224
     batch_size: int = 8
     num_workers: int = 0
+    views: list[str] | None = None
 
 
 @dataclass

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 from stand_ins import StandInFeaturizer
+from stores import builtin_store
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
@@ -552,7 +554,7 @@ def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pyte
     from isegprobe.commands import train as train_command
 
     dataset = SquaresDataset(count=4)
-    monkeypatch.setattr(train_command, "CachedDataset", lambda path: dataset)
+    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: dataset)
     run_dir = tmp_path / "run"
     common = ["--cache", str(tmp_path), "--out", str(run_dir), "--device", "cpu"]
     settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.image_every_steps=2"]
@@ -570,6 +572,23 @@ def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pyte
 
     result = CliRunner().invoke(train_command.train, ["--set", "optim.lrr=1", *common])
     assert result.exit_code == 1 and "'optim.lrr'" in result.output
+
+
+def test_data_views_trains_on_a_subset_of_the_stores_views(tmp_path: Path) -> None:
+    from isegprobe.commands import train as train_command
+
+    store = builtin_store(tmp_path / "cache", split="train", size=28)
+    common = ["--config", "quickstart", "--cache", str(store), "--device", "cpu", "--max-iters", "1"]
+
+    def train_on(views: str, run: str):
+        return CliRunner().invoke(train_command.train, [*common, "--set", f"data.views={views}", "--out", run])
+
+    result = train_on("[hflip]", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["data"]["views"] == ["hflip"]
+    result = train_on("[crop1]", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert "no view(s) ['crop1']; the store has ['identity', 'hflip']" in result.output
 
 
 def test_the_run_keeps_a_config_yaml_that_trains_the_same_probe(tmp_path: Path) -> None:

@@ -83,7 +83,8 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
     resume = (run_dir / "last.json").is_file()
     if resume:
         click.echo(f"  resuming the run in {run_dir} from its last checkpoint (delete the folder to start over)")
-    summary = train(config, CachedDataset(stores["train"]), run_dir, device="cpu", resume=resume)
+    dataset = CachedDataset(stores["train"], views=config.data.views)
+    summary = train(config, dataset, run_dir, device="cpu", resume=resume)
     exit_if_stopped(summary, f"isegprobe quickstart --out {out_dir}")
     click.echo(f"  {summary.progress()}")
     click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")

@@ -95,7 +95,7 @@ def train(
     else:
         config = load_train_config(config_source or "sbd_224", overrides)
 
-    dataset = CachedDataset(cache_path)
+    dataset = CachedDataset(cache_path, views=config.data.views)
     val_dataset = CachedDataset(val_cache_path) if val_cache_path else None
     needs_backbone = online or config.model.fusion == "before_backbone"
     if config.model.fusion == "before_backbone" and not online:

@@ -24,9 +24,10 @@ def build_app(
     Probes on the same backbone share one copy of it."""
     torch_device = torch.device(device)
     backbones: dict[str, nn.Module] = {}
+    weights = [resolve_checkpoint(checkpoint)[0].resolve() for checkpoint in checkpoints]
     identities, runners = [], []
-    for checkpoint in checkpoints:
-        probe, metadata = load_probe(checkpoint, device=torch_device)
+    for path in weights:
+        probe, metadata = load_probe(path, device=torch_device)
         provenance = metadata.get("featurizer_provenance") or {}
         key = f"{provenance.get('name')}|{provenance.get('weights')}|{provenance.get('weights_sha256')}"
         if key not in backbones:
@@ -41,7 +42,6 @@ def build_app(
         runners.append((predictor, size, resize))
     # Two runs of one recipe, or the best and last of one run, read the same as probes: their run folders and
     # checkpoint names tell them apart on the page.
-    weights = [resolve_checkpoint(checkpoint)[0].resolve() for checkpoint in checkpoints]
     names = [probe_label(identity, path.parent) for identity, path in zip(identities, weights, strict=True)]
     labels = told_apart(names, [[path.parent.name, path.stem] for path in weights])
     probes = [DemoProbe(label, *runner) for label, runner in zip(labels, runners, strict=True)]

@@ -7,6 +7,7 @@ data loader, logging, checkpoints and --resume. Both are usable without the CLI 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,6 +325,8 @@ def train(
             config.schedule.epochs,
             schedule.total_steps,
         )
+    if rank == 0 and progress:
+        tqdm.write(_schedule_line(len(items), views_per_item, config.data.batch_size, schedule), file=sys.stderr)
 
     state = _ProgressState()
     if resume:
@@ -404,6 +407,15 @@ def train(
     epoch = schedule.epoch_of(max(state.step - 1, 0))
     stopped_by = stop.signal.name if stopping else None
     return TrainSummary(run_dir, state.step, epoch, state.best_value, first_logged, last_logged, stopped_by)
+
+
+def _schedule_line(images: int, views: int, batch_size: int, schedule: StepSchedule) -> str:
+    """What an epoch is and how long the run lasts, said before it starts: the schedule follows from the store."""
+    per_image = f" x {views} views (one per image and epoch)" if views > 1 else ""
+    return (
+        f"training on {images} images{per_image} in batches of {batch_size}: {schedule.steps_per_epoch} steps an "
+        f"epoch, {schedule.total_steps} steps in all"
+    )
 
 
 def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int) -> None:

@@ -87,6 +87,29 @@ def test_a_window_larger_than_the_image_is_padded_around_it():
     assert window.image[top + 1 : bottom - 1, left + 1 : right - 1].any()
 
 
+# What each view does to the identity view's arrays.
+MOVES = {
+    "vflip": lambda a: a[::-1],
+    "rot90": lambda a: np.rot90(a, 1),
+    "rot180": lambda a: np.rot90(a, 2),
+    "rot270": lambda a: np.rot90(a, 3),
+}
+
+
+@pytest.mark.parametrize("name", MOVES)
+def test_vertical_flips_and_quarter_turns_move_image_masks_and_valid_box_together(name):
+    sample = create_dataset("builtin", split="test")[0]
+    identity, other = (make_view(sample, spec, 64, "letterbox", seed=0) for spec in parse_views(f"identity,{name}"))
+    move = MOVES[name]
+    for array in ("image", "labels", "ignore"):
+        assert np.array_equal(getattr(other, array), move(getattr(identity, array))), array
+    real = np.zeros((64, 64), bool)
+    real[slice(*identity.valid_box[0::2]), slice(*identity.valid_box[1::2])] = True
+    y0, x0, y1, x1 = other.valid_box
+    assert np.flatnonzero(move(real).any(axis=1))[[0, -1]].tolist() == [y0, y1 - 1]
+    assert np.flatnonzero(move(real).any(axis=0))[[0, -1]].tolist() == [x0, x1 - 1]
+
+
 def test_letterbox_keeps_aspect_and_records_valid_box():
     sample = create_dataset("builtin", split="test")[0]
     view = make_view(sample, parse_views("identity")[0], 64, "letterbox", seed=0)

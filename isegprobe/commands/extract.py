@@ -46,7 +46,8 @@ def human_bytes(count: int) -> str:
     "--views",
     default="identity,hflip",
     show_default=True,
-    help="Comma-separated views to cache: identity, hflip, scale<f> (a zoomed-in crop, e.g. scale1.5), crop<k> "
+    help="Comma-separated views to cache: identity, hflip, vflip, rot90, rot180, rot270, scale<f> (a zoomed-in "
+    "crop, e.g. scale1.5), crop<k> "
     "(the seed's training crop: a working-size window at 0.75-1.25 scale; crop1,crop2,... for several). Stage two "
     "trains on one view per image and epoch, drawn at random.",
 )

@@ -20,6 +20,8 @@ from isegprobe.errors import UserError
 RESIZE_RULES = ("stretch", "letterbox")
 _SCALE_VIEW = re.compile(r"^scale(\d+(?:\.\d+)?)$")
 _WINDOW_VIEW = re.compile(r"^crop(\d+)$")
+# Quarter turns counter-clockwise, as np.rot90 (the seed's RandomRotate90 draws among these).
+_TURN_VIEWS = {"rot90": 1, "rot180": 2, "rot270": 3}
 # RITM's and the seed's training crops: UniformRandomResize(scale_range=(0.75, 1.25)), then a crop of the working
 # size, the image zero-padded (centred, as PadIfNeeded) where it is smaller.
 WINDOW_SCALE_RANGE = (0.75, 1.25)
@@ -27,13 +29,16 @@ WINDOW_SCALE_RANGE = (0.75, 1.25)
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """`identity`, `hflip`, `scale<f>` (a crop 1/f of the image's side, placed by a per-item seed), or `crop<k>`
-    (`window`: RITM's training crop, the k-th of an item, drawn by a per-item seed)."""
+    """`identity`, `hflip`, `vflip`, `rot90`/`rot180`/`rot270` (`turns` counter-clockwise), `scale<f>` (a crop 1/f
+    of the image's side, placed by a per-item seed), or `crop<k>` (`window`: RITM's training crop, the k-th of an
+    item, drawn by a per-item seed)."""
 
     name: str
     flip: bool = False
     zoom: float = 1.0
     window: bool = False
+    vflip: bool = False
+    turns: int = 0
 
 
 @dataclass
@@ -54,14 +59,18 @@ def parse_views(text: str) -> list[ViewSpec]:
             specs.append(ViewSpec(name))
         elif name == "hflip":
             specs.append(ViewSpec(name, flip=True))
+        elif name == "vflip":
+            specs.append(ViewSpec(name, vflip=True))
+        elif name in _TURN_VIEWS:
+            specs.append(ViewSpec(name, turns=_TURN_VIEWS[name]))
         elif match and float(match.group(1)) > 1.0:
             specs.append(ViewSpec(name, zoom=float(match.group(1))))
         elif _WINDOW_VIEW.match(name):
             specs.append(ViewSpec(name, window=True))
         else:
             raise UserError(
-                f"--views: unknown view {name!r}; expected identity, hflip, scale<f> with f > 1 (scale1.5) or "
-                "crop<k> (crop1, crop2, ...)"
+                f"--views: unknown view {name!r}; expected identity, hflip, vflip, rot90, rot180, rot270, scale<f> "
+                "with f > 1 (scale1.5) or crop<k> (crop1, crop2, ...)"
             )
     if not specs or specs[0].name != "identity":
         raise UserError(f"--views {text!r}: the first view must be identity")
@@ -155,6 +164,13 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
         # averaging at evaluation lines predictions up pixel for pixel.
         image, labels, ignore = (np.ascontiguousarray(a[:, ::-1]) for a in (image, labels, ignore))
         valid_box = (valid_box[0], size - valid_box[3], valid_box[2], size - valid_box[1])
+    if spec.vflip:
+        image, labels, ignore = (np.ascontiguousarray(a[::-1]) for a in (image, labels, ignore))
+        valid_box = (size - valid_box[2], valid_box[1], size - valid_box[0], valid_box[3])
+    for _ in range(spec.turns):
+        # Like the flips, on the working square: the turned view is the identity view turned, pixel for pixel.
+        image, labels, ignore = (np.ascontiguousarray(np.rot90(a)) for a in (image, labels, ignore))
+        valid_box = (size - valid_box[3], valid_box[0], size - valid_box[1], valid_box[2])
     return View(image, labels, ignore.astype(bool), valid_box, box)
 
 

@@ -153,7 +153,7 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
     box = _crop_box(height, width, spec, seed, size)
     image = _padded_region(sample.image, box)
     labels = _padded_region(sample.labels, box)
-    ignore = _padded_region(sample.ignore.astype(np.uint8), box)
+    ignore = _padded_region(sample.ignore, box).astype(np.uint8)
     image, valid_box = resize_into_square(image, size, rule, cv2.INTER_LINEAR)
     labels, _ = resize_into_square(labels, size, rule, cv2.INTER_NEAREST)
     ignore, _ = resize_into_square(ignore, size, rule, cv2.INTER_NEAREST)

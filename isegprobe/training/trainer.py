@@ -315,7 +315,9 @@ def train(
     trainer = Trainer(config, probe, preprocessing, device, featurizer if online else None, online)
     point_sampler = MultiPointSampler(config.sampler)
     views_per_item = int(getattr(dataset, "num_views", 1))
-    items = ClickTrainingSet(dataset, point_sampler, config.seed, not online, views_per_item)
+    items = ClickTrainingSet(
+        dataset, point_sampler, config.seed, with_features=not online, views_per_item=views_per_item
+    )
     schedule = StepSchedule.from_config(config.schedule, config.optim.lr, len(items), config.data.batch_size)
     if rank == 0 and schedule.total_steps < (config.schedule.max_iters or 0):
         log.warning(

@@ -32,6 +32,7 @@ from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
+from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.loader_workers import default_loader_workers, ends_with_this_process
 
 
@@ -53,6 +54,7 @@ class ExtractionRequest:
     items_per_shard: int = 16
     workers: int = field(default_factory=default_loader_workers)
     codec: str = "zstd"
+    normalization: str = DEFAULT_NORMALIZATION
 
 
 @dataclass
@@ -226,7 +228,9 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     root = resolve_root(request.dataset, request.root)
     source = create_dataset(request.dataset, root, request.split)
     if featurizer is None:
-        featurizer = featurizers.create_featurizer(request.featurizer, weights=request.weights)
+        featurizer = featurizers.create_featurizer(
+            request.featurizer, weights=request.weights, normalization=request.normalization
+        )
     featurizer = featurizer.to(device)
     dataset_attrs = {
         "name": request.dataset.lower(),
@@ -244,7 +248,9 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         request.items_per_shard,
         request.codec,
     )
-    path = Path(request.out) / store_name(request.featurizer, request.dataset.lower(), request.split, request.size)
+    path = Path(request.out) / store_name(
+        request.featurizer, request.dataset.lower(), request.split, request.size, featurizer.provenance["normalization"]
+    )
     store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
     repaired = _mark_broken_undone(store) if request.repair and rank == 0 else []
     barrier()

@@ -16,7 +16,23 @@ from isegprobe.errors import UserError
 SCHEMA_VERSION = 1
 
 # Keys of the featurizer provenance that decide whether two extractions give the same features.
-FEATURIZER_IDENTITY_KEYS = ("name", "architecture", "output", "weights_sha256", "random_seed", "patch_size", "dim")
+FEATURIZER_IDENTITY_KEYS = (
+    "name",
+    "architecture",
+    "output",
+    "weights_sha256",
+    "random_seed",
+    "patch_size",
+    "dim",
+    "normalization",
+)
+# What a provenance written before a key existed meant by leaving it out.
+FEATURIZER_IDENTITY_DEFAULTS = {"normalization": "model"}
+
+
+def identity_value(provenance: dict[str, Any], key: str) -> Any:
+    """`provenance[key]`, or what stores and checkpoints written before that key existed meant by its absence."""
+    return provenance.get(key, FEATURIZER_IDENTITY_DEFAULTS.get(key))
 
 # Blosc with byte shuffle either way: zstd (the default) stores features in 0.42x their float32 size; lz4 in 0.47x
 # but decodes about 2.6x faster, which makes random-order reads faster than per-image .npz (benchmarks/reader.py).
@@ -73,9 +89,12 @@ def array_specs(dim: int, grid: tuple[int, int], size: int) -> list[ArraySpec]:
     ]
 
 
-def store_name(featurizer: str, dataset: str, split: str, size: int) -> str:
-    """`vit_small_patch14_dinov2-grabcut-test-448.zarr`: one store per featurizer x dataset x split x size."""
+def store_name(featurizer: str, dataset: str, split: str, size: int, normalization: str = "model") -> str:
+    """`vit_small_patch14_dinov2-grabcut-test-448.zarr`: one store per featurizer x dataset x split x size; inputs
+    normalized other than by the model's own statistics add it (`dinov2_vits14-imagenet_norm-grabcut-test-224.zarr`)."""
     safe = "".join(ch if ch.isalnum() or ch in "._" else "_" for ch in featurizer)
+    if normalization != "model":
+        safe = f"{safe}-{normalization}_norm"
     return f"{safe}-{dataset}-{split}-{size}.zarr"
 
 
@@ -85,9 +104,9 @@ def check_same_featurizer(
     """A probe only makes sense on features from the featurizer (and weights) it was trained on; `trained_on`
     names where the probe's provenance comes from in the message."""
     differences = [
-        f"{key}: {trained_on} {trained.get(key)!r}, {where} {other.get(key)!r}"
+        f"{key}: {trained_on} {identity_value(trained, key)!r}, {where} {identity_value(other, key)!r}"
         for key in FEATURIZER_IDENTITY_KEYS
-        if trained.get(key) != other.get(key)
+        if identity_value(trained, key) != identity_value(other, key)
     ]
     if differences:
         raise UserError(f"{where}: features from another featurizer than the probe's:\n  " + "\n  ".join(differences))
@@ -97,7 +116,7 @@ def mismatches(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Human-readable differences between a store's attrs and what an extraction would write."""
     problems = []
     for key in FEATURIZER_IDENTITY_KEYS:
-        old, new = existing["featurizer"].get(key), wanted["featurizer"].get(key)
+        old, new = identity_value(existing["featurizer"], key), identity_value(wanted["featurizer"], key)
         if old != new:
             problems.append(f"featurizer {key}: store has {old!r}, this run has {new!r}")
     for section in ("preprocessing", "views"):

@@ -8,6 +8,7 @@ from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.data import list_datasets
 from isegprobe.devices import default_device
+from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
 
 
@@ -23,7 +24,8 @@ def human_bytes(count: int) -> str:
 @click.option(
     "--featurizer",
     required=True,
-    help="A timm ViT name (vit_small_patch14_dinov2, ...), NAME:keys for the last block's attention keys, or maskclip.",
+    help="A timm ViT name (vit_small_patch14_dinov2, ...), NAME:keys for the last block's attention keys, maskclip, "
+    "or a DINOv2 torch.hub name (dinov2_vits14, ...: the official model, its position interpolation included).",
 )
 @click.option(
     "--weights",
@@ -31,6 +33,14 @@ def human_bytes(count: int) -> str:
     show_default=True,
     help="hub (timm's pretrained weights, needs the internet), random (meaningless numbers, for tests), "
     "or a checkpoint file (timm/HF safetensors or state dict, DINOv2 official .pth, OpenAI CLIP .pt).",
+)
+@click.option(
+    "--normalization",
+    type=click.Choice(NORMALIZATIONS),
+    default=DEFAULT_NORMALIZATION,
+    show_default=True,
+    help="Input statistics: the model's own (model), or ImageNet mean/std for every model (imagenet), as the "
+    "iSegProbe research code normalizes; recorded in the store, which is never mixed with the other kind.",
 )
 @click.option("--dataset", required=True, help=f"Dataset family; one of: {', '.join(list_datasets())}.")
 @click.option("--root", default=None, help="Folder of the dataset in its usual layout (not needed for builtin).")

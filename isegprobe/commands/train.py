@@ -143,4 +143,4 @@ def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | Non
         raise UserError(
             "--online: the store's provenance does not name its featurizer; pass --featurizer and --weights"
         )
-    return featurizers.create_featurizer(name, weights=weights)
+    return featurizers.recreate_featurizer({**provenance, "name": name, "weights": weights})

@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 from isegprobe.featurizers.base import Featurizer
 
 if TYPE_CHECKING:
-    from isegprobe.featurizers.factory import create_featurizer, parse_featurizer_name
+    from isegprobe.featurizers.factory import create_featurizer, parse_featurizer_name, recreate_featurizer
     from isegprobe.featurizers.weights import RandomWeightsWarning
 
 _NEEDS_TIMM = {
     "create_featurizer": "isegprobe.featurizers.factory",
     "parse_featurizer_name": "isegprobe.featurizers.factory",
+    "recreate_featurizer": "isegprobe.featurizers.factory",
     "RandomWeightsWarning": "isegprobe.featurizers.weights",
 }
 
-__all__ = ["Featurizer", "RandomWeightsWarning", "create_featurizer", "parse_featurizer_name"]
+__all__ = ["Featurizer", "RandomWeightsWarning", "create_featurizer", "parse_featurizer_name", "recreate_featurizer"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ from torch import Tensor
 from isegprobe.errors import UserError
 from isegprobe.featurizers.attention import use_memory_efficient_attention
 from isegprobe.featurizers.base import Featurizer
+from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, input_statistics
 from isegprobe.featurizers.weights import WeightsSource
 
 
@@ -27,15 +28,20 @@ class TimmViTFeaturizer(Featurizer):
     # timm.create_model arguments this output needs; a classifier head is dropped unless the output uses it.
     model_kwargs: ClassVar[dict[str, Any]] = {"dynamic_img_size": True, "num_classes": 0}
 
-    def __init__(self, name: str, model: VisionTransformer, weights: WeightsSource) -> None:
+    # How position embeddings reach a grid other than the model's own (provenance: features differ between rules).
+    position_resampling: ClassVar[str] = "timm"
+
+    def __init__(
+        self, name: str, model: VisionTransformer, weights: WeightsSource, normalization: str = DEFAULT_NORMALIZATION
+    ) -> None:
         self.check_model(name, model)
         patch_height, patch_width = model.patch_embed.patch_size
         if patch_height != patch_width:
             raise UserError(f"{name}: non-square patches {patch_height}x{patch_width} are not supported")
         cfg = model.pretrained_cfg
         architecture = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
-        mean = tuple(float(v) for v in cfg["mean"])
-        std = tuple(float(v) for v in cfg["std"])
+        model_statistics = (tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
+        mean, std = input_statistics(normalization, model_statistics)
         dim = self.output_dim(model)
         super().__init__(
             name=name,
@@ -56,6 +62,8 @@ class TimmViTFeaturizer(Featurizer):
                 "embed_dim": model.embed_dim,
                 "mean": list(mean),
                 "std": list(std),
+                "normalization": normalization,
+                "position_resampling": self.position_resampling,
                 "timm_version": timm.__version__,
             },
         )
@@ -76,13 +84,18 @@ class TimmViTFeaturizer(Featurizer):
     def last_block(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def embed_positions(self, x: Tensor) -> Tensor:
+        """Patch tokens [B, h, w, C] -> the token sequence with prefix tokens and position embeddings (timm's
+        resampling to the grid: bicubic, antialiased)."""
+        return self.model._pos_embed(x)
+
     def forward(self, images: Tensor, token_bias: Tensor | None = None) -> Tensor:
         grid = self.feature_grid(images, token_bias)
         model = self.model
         x = model.patch_embed(images)  # [B, H/p, W/p, C]: dynamic_img_size keeps the grid until the pos embed
         if token_bias is not None:
             x = x + token_bias.permute(0, 2, 3, 1)
-        x = model.norm_pre(model.patch_drop(model._pos_embed(x)))
+        x = model.norm_pre(model.patch_drop(self.embed_positions(x)))
         for block in model.blocks[:-1]:
             x = block(x)
         x = self.last_block(x)[:, model.num_prefix_tokens :]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
-from isegprobe.cache.schema import check_same_featurizer, store_name
+from isegprobe.cache.schema import check_same_featurizer, identity_value, store_name
 from isegprobe.data import create_dataset, resolve_root
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
@@ -262,7 +262,11 @@ def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[P
         raise UserError("give --cache-root DIR (or --store PATH) to evaluate from the cache, or --online")
     name = metadata["featurizer_provenance"]["name"]
     size = int(metadata["preprocessing"]["size"])
-    paths = [Path(request.cache_root) / store_name(name, dataset, request.split, size) for dataset in request.datasets]
+    normalization = identity_value(metadata["featurizer_provenance"], "normalization")
+    paths = [
+        Path(request.cache_root) / store_name(name, dataset, request.split, size, normalization)
+        for dataset in request.datasets
+    ]
     missing = [str(path) for path in paths if not path.is_dir()]
     if missing:
         raise UserError("--cache-root: no store " + ", ".join(missing) + "; run `isegprobe extract-features` first")
@@ -274,6 +278,6 @@ def checkpoint_backbone(metadata: dict[str, Any]) -> torch.nn.Module:
     provenance = metadata.get("featurizer_provenance") or {}
     if "name" not in provenance or "weights" not in provenance:
         raise UserError("the checkpoint records no featurizer provenance, so its backbone cannot be rebuilt")
-    featurizer = featurizers.create_featurizer(provenance["name"], weights=provenance["weights"])
+    featurizer = featurizers.recreate_featurizer(provenance)
     check_same_featurizer(provenance, featurizer.provenance, f"featurizer {provenance['name']}")
     return featurizer

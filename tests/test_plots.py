@@ -164,16 +164,16 @@ def test_report_bolds_the_best_probe_per_column(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     # LiFT: NoC@85 (2 + 4) / 2, NoC@90 (3 + 4) / 2, mIoU@2 53 %; bilinear: (4 + 4) / 2 twice, mIoU@2 50 %.
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.output.splitlines()]
-    assert rows[0] == ["probe", "grabcut NoC@85", "grabcut NoC@90", "grabcut mIoU@2 (%)"]
-    assert rows[2] == ["LiFT", "**3.00**", "**3.50**", "**53.00**"]
-    assert rows[3] == ["bilinear", "4.00", "4.00", "50.00"]
+    assert rows[0] == ["probe", "protocol", "grabcut NoC@85", "grabcut NoC@90", "grabcut mIoU@2 (%)"]
+    assert rows[2] == ["LiFT", "cache", "**3.00**", "**3.50**", "**53.00**"]
+    assert rows[3] == ["bilinear", "cache", "4.00", "4.00", "50.00"]
     assert (tmp_path / "table.md").read_text() == result.output
 
     result = report(*folders, "--format", "csv")
     assert result.output.splitlines() == [
-        "probe,grabcut NoC@85,grabcut NoC@90,grabcut mIoU@5 (%)",
-        "vit_small_patch14_dinov2 + lift + after_backbone (lift),3.0000,3.5000,",
-        "vit_small_patch14_dinov2 + lift + after_backbone (bilinear),4.0000,4.0000,",
+        "probe,protocol,grabcut NoC@85,grabcut NoC@90,grabcut mIoU@5 (%)",
+        "vit_small_patch14_dinov2 + lift + after_backbone (lift),cache,3.0000,3.5000,",
+        "vit_small_patch14_dinov2 + lift + after_backbone (bilinear),cache,4.0000,4.0000,",
     ]
 
 
@@ -209,7 +209,7 @@ def test_report_says_which_cells_do_not_compare(tmp_path: Path) -> None:
     result = report(str(tmp_path / "stopped"), str(tmp_path / "short"), "--labels", "stopped,short")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert [cell.strip() for cell in lines[2].split("|")[1:-1]] == ["stopped", "2.00*", "3.00*", "-"]
+    assert [cell.strip() for cell in lines[2].split("|")[1:-1]] == ["stopped", "cache", "2.00*", "3.00*", "-"]
     assert "* evaluation stopped before every object was done" in lines
     assert any(line.startswith("rows had different click budgets (stopped: 4, short: 2)") for line in lines)
     assert "grabcut: rows measured different numbers of objects (stopped: 1, short: 2), so they do not compare" in lines

@@ -10,7 +10,9 @@ import click
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import checkpoint_option
 from isegprobe.devices import default_device
+from isegprobe.errors import UserError
 from isegprobe.inference.metrics import format_miou_curves, format_table
+from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts, get_protocol
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.inference.wandb_results import log_results
 from isegprobe.training.run_logger import start_wandb
@@ -18,6 +20,16 @@ from isegprobe.training.run_logger import start_wandb
 
 @click.command("evaluate")
 @checkpoint_option
+@click.option(
+    "--protocol",
+    type=click.Choice(list(PROTOCOLS), case_sensitive=False),
+    default=DEFAULT_PROTOCOL,
+    show_default=True,
+    help="cache: isegprobe's own (the store's cached view; the flags below decide zoom-in, flip, threshold, clicks; a "
+    "run folder gives its best checkpoint). iSegProbe: the research code's evaluate.py exactly (RITM's zoom-in to "
+    "the working size in its geometry, flip-averaged logits, threshold 0.5, 20 clicks, float32, the run's last "
+    "checkpoint; online on --datasets, so that its numbers compare with the paper's).",
+)
 @click.option("--datasets", default="grabcut", show_default=True, help="Comma-separated dataset names.")
 @click.option("--split", default="test", show_default=True, help="Split of every dataset.")
 @click.option(
@@ -81,6 +93,16 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     so an interrupted run (Ctrl-C) keeps the objects it finished, and the same command again evaluates only the
     objects it did not finish. Results of another evaluation in --out are never replaced without --overwrite.
     """
+    protocol = get_protocol(options["protocol"])
+    context = click.get_current_context()
+    given = {
+        name: value
+        for name, value in options.items()
+        if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    clashes = conflicts(protocol, given)
+    if clashes:
+        raise UserError(f"--protocol {protocol.name} fixes what these flags change: {'; '.join(clashes)}")
     request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
     wandb = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
     summaries = run_evaluation(request)

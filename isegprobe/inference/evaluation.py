@@ -54,9 +54,14 @@ class ObjectResult(ObjectCurve):
 
 @dataclass
 class EvaluationRun:
+    """Running totals: `predict_seconds` is the time in the predictor (crops, backbone, probe, un-cropping);
+    `loop_seconds` the whole loop's, reading the images and the clicker included (what iSegProbe's evaluate.py times),
+    without the writing of result files."""
+
     results: list[ObjectCurve] = field(default_factory=list)
     clicks_made: int = 0
     predict_seconds: float = 0.0
+    loop_seconds: float = 0.0
 
     @property
     def seconds_per_click(self) -> float:
@@ -122,16 +127,19 @@ def evaluate_objects(
     """
     framing = framing or partial(WholeImage.of_task, device=predictor.device)
     run = EvaluationRun()
+    started = time.perf_counter()
     for batch in _batches(tasks, batch_size):
         batch_results, seconds = _evaluate_batch(predictor, batch, max_clicks, threshold, framing, keep_masks_at)
         run.predict_seconds += seconds
         run.clicks_made += len(batch) * max_clicks
+        run.loop_seconds += time.perf_counter() - started
         for result in batch_results:
             run.results.append(ObjectCurve(result.id, result.ious, result.clicks))
             if on_result is not None:
                 on_result(result)
         if on_batch is not None:
             on_batch(run)
+        started = time.perf_counter()
     return run
 
 

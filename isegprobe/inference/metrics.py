@@ -16,7 +16,8 @@ _TABLE_COLUMNS = (
     ("NoF@90", "NoF@90", "{:d}"),
     ("IoU@1", "IoU@1", "{:.2%}"),
 )
-_SPEED_COLUMN = ("sec_per_click", "SPC, s", "{:.3f}")
+# Seconds per click: in the predictor alone, and over the whole loop, reading images included (iSegProbe's SPC).
+_SPEED_COLUMNS = (("sec_per_click", "SPC, s", "{:.3f}"), ("sec_per_click_loop", "SPC loop, s", "{:.3f}"))
 
 
 def iou(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> float:
@@ -87,11 +88,12 @@ def summarize(
 def format_table(results_by_dataset: dict[str, dict]) -> str:
     """A Markdown table with one row per dataset and the columns of the papers' tables ("-" where a value is missing).
 
-    The seconds-per-click column appears only when some dataset has it.
+    A seconds-per-click column appears only when some dataset has it.
     """
     columns = list(_TABLE_COLUMNS)
-    if any(_SPEED_COLUMN[0] in results for results in results_by_dataset.values()):
-        columns.append(_SPEED_COLUMN)
+    for speed in _SPEED_COLUMNS:
+        if any(speed[0] in results for results in results_by_dataset.values()):
+            columns.append(speed)
     rows = [["Dataset", *(title for _, title, _ in columns)]]
     for dataset, results in results_by_dataset.items():
         cells = [fmt.format(results[key]) if key in results else "-" for key, _, fmt in columns]

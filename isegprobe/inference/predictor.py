@@ -1,9 +1,11 @@
 """From clicks on an image to probabilities at the working size, for a batch of objects, and back.
 
 The probe works at the store's working size: clicks are mapped into a view (the whole image, or a zoom-in crop), and
-its probabilities are mapped back (the letterbox padding cropped first). Both mappings keep pixel centres aligned, so
-they are exact inverses. With a mirrored view, the mirrored image is predicted too and the two logit maps averaged
-before the sigmoid, as RITM's horizontal-flip test-time augmentation does.
+its probabilities are mapped back (the letterbox padding cropped first). By default both mappings keep pixel centres
+aligned, so they are exact inverses. A view made as RITM makes its zoom-in crops (`align_corners`) maps as RITM
+does instead: pixels resized with the corner pixels aligned, clicks scaled by the size ratio. With a mirrored view,
+the mirrored image is predicted too, its clicks mirrored in the working square (x -> S - 1 - x), and the two logit
+maps averaged before the sigmoid, as RITM's horizontal-flip test-time augmentation does.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ class WorkingView:
     """
 
     features: Tensor | None  # [C, h, w]
-    image: Tensor  # uint8 [3, S, S]
+    image: Tensor  # uint8 [3, S, S], or float in [0, 255] for a view resized without rounding
     valid_box: tuple[int, int, int, int]
     original_size: tuple[int, int]
+    align_corners: bool = False
 
 
 @dataclass
@@ -46,9 +49,12 @@ class PredictionInput:
 
 
 def to_working(click: Click, view: WorkingView) -> tuple[float, float, int]:
-    """Map a click at original resolution to the working-size image (pixel centres kept aligned)."""
+    """Map a click at original resolution to the working-size image: pixel centres kept aligned, or, in a view with
+    `align_corners`, scaled by the size ratio as RITM's zoom-in scales its clicks."""
     y0, x0, y1, x1 = view.valid_box
     height, width = view.original_size
+    if view.align_corners:
+        return y0 + click.y * (y1 - y0) / height, x0 + click.x * (x1 - x0) / width, int(click.is_positive)
     y = y0 + (click.y + 0.5) * (y1 - y0) / height - 0.5
     x = x0 + (click.x + 0.5) * (x1 - x0) / width - 0.5
     return y, x, int(click.is_positive)
@@ -58,23 +64,29 @@ def to_original(probs: Tensor, view: WorkingView) -> Tensor:
     """[S, S] working-size probabilities -> [H, W] at the original resolution."""
     y0, x0, y1, x1 = view.valid_box
     valid = probs[y0:y1, x0:x1][None, None]
-    return F.interpolate(valid, size=view.original_size, mode="bilinear", align_corners=False)[0, 0]
+    return F.interpolate(valid, size=view.original_size, mode="bilinear", align_corners=view.align_corners)[0, 0]
 
 
-def mirror_click(click: Click, width: int) -> Click:
-    """The same click on the horizontally flipped region (the mirrored view's own geometry maps it in)."""
-    return Click(click.y, width - 1 - click.x, click.is_positive)
+def mirror_rows(rows: Sequence[tuple[float, float, int]], size: int) -> list[tuple[float, float, int]]:
+    """Working-size clicks on the horizontally flipped square (RITM's `AddHorizontalFlip`: x -> S - 1 - x)."""
+    return [(y, size - 1 - x, positive) for y, x, positive in rows]
 
 
 def mirror_view(view: WorkingView) -> WorkingView:
     """The view flipped left to right; the backbone computes its features, since features do not flip with pixels."""
     y0, x0, y1, x1 = view.valid_box
     size = view.image.shape[-1]
-    return WorkingView(None, view.image.flip(-1), (y0, size - x1, y1, size - x0), view.original_size)
+    return WorkingView(
+        None, view.image.flip(-1), (y0, size - x1, y1, size - x0), view.original_size, view.align_corners
+    )
 
 
 class Predictor:
-    """Runs a probe on batches of objects; `featurizer` computes the features of views that have none cached."""
+    """Runs a probe on batches of objects; `featurizer` computes the features of views that have none cached.
+
+    `exact` runs everything in float32 (no autocast on CUDA, online features not rounded to the store's float16), as
+    the iSegProbe research code evaluates; otherwise features computed online are rounded as a store holds them.
+    """
 
     def __init__(
         self,
@@ -83,19 +95,23 @@ class Predictor:
         std: Sequence[float],
         device: torch.device,
         featurizer: torch.nn.Module | None = None,
+        exact: bool = False,
     ) -> None:
         self.probe = probe.to(device).eval()
-        self.mean, self.std, self.device = tuple(mean), tuple(std), device
+        self.probe.mixed_precision = not exact
+        self.mean, self.std, self.device, self.exact = tuple(mean), tuple(std), device, exact
         self.featurizer = featurizer.to(device) if featurizer is not None else None
 
     @torch.inference_mode()
     def probabilities(self, inputs: Sequence[PredictionInput]) -> Tensor:
         """Working-size probabilities [B, S, S]; with flip views, the average of both logit maps through a sigmoid."""
         prev = torch.stack([item.prev_probs for item in inputs]).to(self.device)
-        clicks = [item.clicks for item in inputs]
-        logits = self._logits([item.view for item in inputs], clicks, prev)
+        views = [item.view for item in inputs]
+        rows = [[to_working(click, item.view) for click in item.clicks] for item in inputs]
+        logits = self._logits(views, rows, prev)
         if inputs[0].flip_view is not None:
-            mirrored = [[mirror_click(click, item.view.original_size[1]) for click in item.clicks] for item in inputs]
+            size = views[0].image.shape[-1]
+            mirrored = [mirror_rows(view_rows, size) for view_rows in rows]
             flipped = self._logits([item.flip_view for item in inputs], mirrored, prev.flip(-1))
             logits = 0.5 * (logits + flipped.flip(-1))
         return torch.sigmoid(logits)
@@ -117,11 +133,11 @@ class Predictor:
             features = self._backbone(image)
         return features[0], self.probe.upsampler(features, image)[0]
 
-    def _logits(self, views: Sequence[WorkingView], clicks: Sequence[Sequence[Click]], prev: Tensor) -> Tensor:
+    def _logits(
+        self, views: Sequence[WorkingView], click_rows: Sequence[Sequence[tuple[float, float, int]]], prev: Tensor
+    ) -> Tensor:
+        """Logits [B, S, S] of the views, with clicks already in working-size pixels."""
         images = self._normalized(views)
-        click_rows = [
-            [to_working(click, view) for click in view_clicks] for view, view_clicks in zip(views, clicks, strict=True)
-        ]
         return self.probe(self._features(views, images), images, click_rows, prev[:, None])[:, 0]
 
     def _normalized(self, views: Sequence[WorkingView]) -> Tensor:
@@ -139,6 +155,8 @@ class Predictor:
         featurizer = self.featurizer if self.featurizer is not None else self.probe.featurizer
         if featurizer is None:
             raise ValueError("these views have no cached features and no featurizer was given to compute them")
+        if self.exact:
+            return featurizer(images).float()
         with backbone_autocast(images.device):
             features = featurizer(images)
         return features.to(torch.float16).float()

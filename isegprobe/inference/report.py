@@ -1,9 +1,10 @@
-"""The papers' comparison table from several evaluations: one row per probe; NoC@85, NoC@90 and mIoU after k clicks
-per dataset; the best value of each column in bold (fewest clicks, highest mIoU).
+"""The papers' comparison table from several evaluations: one row per probe, with the protocol that evaluated it;
+NoC@85, NoC@90 and mIoU after k clicks per dataset; the best value of each column in bold (fewest clicks, highest
+mIoU).
 
 A cell is only as good as the evaluation behind it, so the table says when one was stopped before every object was
-done, when rows had different click budgets, or when two rows measured a dataset on different numbers of objects
-(another split, say).
+done, when rows came from different protocols or click budgets, or when two rows measured a dataset on different
+numbers of objects (another split, say).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from isegprobe.inference.results import RUN_INFO_DEFAULTS
 from isegprobe.tables import markdown_table
 
 INCOMPLETE_MARK = "*"
@@ -51,11 +53,11 @@ def format_report(evaluations: Sequence[Evaluation], miou_at: int = 5, table_for
     """The table as Markdown (best values in bold, notes below) or CSV (plain numbers, for spreadsheets)."""
     datasets = list(dict.fromkeys(name for _, document in evaluations for name in document["datasets"]))
     columns = [Column(dataset, metric, miou_at) for dataset in datasets for metric in ("NoC@85", "NoC@90", "mIoU")]
-    header = ["probe", *(column.title for column in columns)]
+    header = ["probe", "protocol", *(column.title for column in columns)]
     values = [[column.value(document) for column in columns] for _, document in evaluations]
     labels = [label for label, _ in evaluations]
     if table_format == "csv":
-        return _csv(header, labels, values)
+        return _csv(header, labels, [protocol_of(document) for _, document in evaluations], values)
     best = [_best([row[index] for row in values], column.lower_is_better) for index, column in enumerate(columns)]
     rows = [header]
     for (label, document), row in zip(evaluations, values, strict=True):
@@ -63,10 +65,15 @@ def format_report(evaluations: Sequence[Evaluation], miou_at: int = 5, table_for
             _cell(value, column_best, _incomplete(document, column.dataset))
             for column, value, column_best in zip(columns, row, best, strict=True)
         ]
-        rows.append([label, *cells])
+        rows.append([label, protocol_of(document), *cells])
     notes = _notes(evaluations, datasets)
     # A blank line ends the table: in GitHub's Markdown a text line right after it would become a row.
     return markdown_table(rows) + "".join(f"\n\n{note}" for note in notes)
+
+
+def protocol_of(document: dict[str, Any]) -> str:
+    """The evaluation protocol of a results.json (see isegprobe.inference.protocols)."""
+    return str(document.get("protocol", RUN_INFO_DEFAULTS["protocol"]))
 
 
 def _incomplete(document: dict[str, Any], dataset: str) -> bool:
@@ -93,6 +100,10 @@ def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str]) -> list[s
     notes = []
     if any(_incomplete(document, dataset) for _, document in evaluations for dataset in datasets):
         notes.append(f"{INCOMPLETE_MARK} evaluation stopped before every object was done")
+    protocols = {label: protocol_of(document) for label, document in evaluations}
+    if len(set(protocols.values())) > 1:
+        listed = ", ".join(f"{label}: {protocol}" for label, protocol in protocols.items())
+        notes.append(f"rows come from different evaluation protocols ({listed}), so their numbers do not compare")
     budgets = {label: document.get("max_clicks") for label, document in evaluations}
     if len(set(budgets.values())) > 1:
         listed = ", ".join(f"{label}: {budget}" for label, budget in budgets.items())
@@ -112,10 +123,10 @@ def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str]) -> list[s
     return notes
 
 
-def _csv(header: list[str], labels: list[str], values: list[list[float | None]]) -> str:
+def _csv(header: list[str], labels: list[str], protocols: list[str], values: list[list[float | None]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    for label, row in zip(labels, values, strict=True):
-        writer.writerow([label, *("" if value is None else f"{value:.4f}" for value in row)])
+    for label, protocol, row in zip(labels, protocols, values, strict=True):
+        writer.writerow([label, protocol, *("" if value is None else f"{value:.4f}" for value in row)])
     return buffer.getvalue().rstrip("\n")

@@ -29,8 +29,12 @@ CSV_COLUMNS = (
     "NoF@90",
     "IoU@1",
     "sec_per_click",
+    "sec_per_click_loop",
     "complete",
 )
+
+# What results.json files written before a run-info key existed meant by leaving it out.
+RUN_INFO_DEFAULTS = {"protocol": "cache"}
 
 # What plots and reports read from each dataset's summary in results.json.
 READ_BACK_KEYS = ("NoC@85", "NoC@90", "mIoU@k")
@@ -46,9 +50,9 @@ class ResultsWriter:
         self.run_info = run_info
         self.curves: dict[str, dict[str, np.ndarray]] = {}
         self.complete: dict[str, bool] = {}
-        # (predict seconds, clicks) per dataset: of the runs resumed from, and of this run so far
-        self.timed_before: dict[str, tuple[float, int]] = {}
-        self.timed_now: dict[str, tuple[float, int]] = {}
+        # (predict seconds, loop seconds, clicks) per dataset: of the runs resumed from, and of this run so far
+        self.timed_before: dict[str, tuple[float, float, int]] = {}
+        self.timed_now: dict[str, tuple[float, float, int]] = {}
 
     def resume(self) -> None:
         """Take back the curves an earlier run of this same evaluation left in `out_dir`, so that only the objects it
@@ -58,9 +62,9 @@ class ResultsWriter:
         earlier = read_results(self.out_dir)
         wanted = {**self.run_info, "max_clicks": self.max_clicks}
         differences = [
-            f"{key}: {earlier.get(key)!r} there, {value!r} now"
+            f"{key}: {earlier.get(key, RUN_INFO_DEFAULTS.get(key))!r} there, {value!r} now"
             for key, value in wanted.items()
-            if key != "checkpoint" and earlier.get(key) != value
+            if key != "checkpoint" and earlier.get(key, RUN_INFO_DEFAULTS.get(key)) != value
         ]
         if differences:
             raise UserError(
@@ -83,17 +87,22 @@ class ResultsWriter:
                 self.add(dataset, str(object_id), curve)
             self.complete[dataset] = bool(summary["complete"])
             clicks = int(summary.get("clicks_timed", 0))
-            self.timed_before[dataset] = (summary.get("sec_per_click", 0.0) * clicks, clicks)
+            self.timed_before[dataset] = (
+                summary.get("sec_per_click", 0.0) * clicks,
+                summary.get("sec_per_click_loop", 0.0) * clicks,
+                clicks,
+            )
 
     def add(self, dataset: str, object_id: str, ious: np.ndarray) -> None:
         self.curves.setdefault(dataset, {})[object_id] = np.asarray(ious, np.float32)
         self.complete.setdefault(dataset, False)
 
-    def set_speed(self, dataset: str, predict_seconds: float, clicks: int) -> None:
-        """The time this run spent in the predictor (crops, backbone if online, probe, un-cropping) for `clicks`
-        clicks so far. Written out as seconds per click over this run and the runs it resumed, with the clicks
-        timed (`clicks_timed`), so that a resumed evaluation reports the speed of all of it."""
-        self.timed_now[dataset] = (predict_seconds, clicks)
+    def set_speed(self, dataset: str, predict_seconds: float, loop_seconds: float, clicks: int) -> None:
+        """The time this run spent in the predictor (crops, backbone if online, probe, un-cropping), and in the whole
+        loop (reading images and the clicker too), for `clicks` clicks so far. Written out as seconds per click,
+        `sec_per_click` and `sec_per_click_loop` (iSegProbe's definition), over this run and the runs it resumed, with
+        the clicks timed (`clicks_timed`), so that a resumed evaluation reports the speed of all of it."""
+        self.timed_now[dataset] = (predict_seconds, loop_seconds, clicks)
 
     def finish(self, dataset: str) -> None:
         self.complete[dataset] = True
@@ -102,11 +111,13 @@ class ResultsWriter:
         table = {}
         for dataset, curves in self.curves.items():
             summary = summarize(list(curves.values()), max_clicks=self.max_clicks)
-            seconds_before, clicks_before = self.timed_before.get(dataset, (0.0, 0))
-            seconds_now, clicks_now = self.timed_now.get(dataset, (0.0, 0))
-            if clicks_before + clicks_now:
-                summary["sec_per_click"] = (seconds_before + seconds_now) / (clicks_before + clicks_now)
-                summary["clicks_timed"] = clicks_before + clicks_now
+            predict_before, loop_before, clicks_before = self.timed_before.get(dataset, (0.0, 0.0, 0))
+            predict_now, loop_now, clicks_now = self.timed_now.get(dataset, (0.0, 0.0, 0))
+            clicks = clicks_before + clicks_now
+            if clicks:
+                summary["sec_per_click"] = (predict_before + predict_now) / clicks
+                summary["sec_per_click_loop"] = (loop_before + loop_now) / clicks
+                summary["clicks_timed"] = clicks
             table[dataset] = summary | {"complete": self.complete[dataset]}
         return table
 
@@ -201,7 +212,8 @@ def told_apart(labels: Sequence[str], *details: Sequence[Sequence[str]]) -> list
 
 def _protocol_words(document: dict[str, Any]) -> list[str]:
     words = [on if document.get(key) else off for key, on, off in _PROTOCOL_WORDS]
-    return [*words, f"threshold {float(document.get('threshold', 0.5)):g}"]
+    protocol = f"{document.get('protocol', RUN_INFO_DEFAULTS['protocol'])} protocol"
+    return [protocol, *words, f"threshold {float(document.get('threshold', 0.5)):g}"]
 
 
 def _add_differences(labels: Sequence[str], notes: list[list[str]], details: Sequence[Sequence[str]]) -> None:

@@ -6,6 +6,7 @@ never built; zoom-in crops and --online need it, and it must be the featurizer t
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
+from isegprobe.inference.protocols import DEFAULT_PROTOCOL, get_protocol
 from isegprobe.inference.results import ResultsWriter, probe_identity
 from isegprobe.inference.saved_features import saving_features
 from isegprobe.inference.tasks import cached_tasks, image_ids_of, online_tasks
@@ -51,6 +53,18 @@ class EvaluationRequest:
     vis_preds: int = 0
     save_feats: int = 0
     overwrite: bool = False
+    protocol: str = DEFAULT_PROTOCOL
+
+
+def under_protocol(request: EvaluationRequest) -> EvaluationRequest:
+    """`request` with the settings its protocol fixes (see isegprobe.inference.protocols)."""
+    protocol = get_protocol(request.protocol)
+    if protocol.fixed.get("online") and request.stores:
+        raise UserError(
+            f"--protocol {protocol.name} runs the backbone on every zoom-in crop, online: give --datasets (and "
+            "--root), not --store"
+        )
+    return dataclasses.replace(request, protocol=protocol.name, **protocol.fixed)
 
 
 def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:
@@ -75,8 +89,10 @@ def run_evaluation(
     `on_result(dataset, result)` sees each object once its curve is recorded (the files are rewritten after each
     batch and when the run stops, Ctrl-C included).
     """
+    request = under_protocol(request)
     setup = _set_up(request)
     run_info = {
+        "protocol": request.protocol,
         "checkpoint": str(setup.weights),
         "checkpoint_sha256": file_sha256(setup.weights),
         **probe_identity(setup.metadata),
@@ -132,7 +148,8 @@ def _set_up(request: EvaluationRequest, only_items: Collection[str] | None = Non
     """Everything a run of `request` needs. The checkpoint is resolved once, so that the results name the file that
     was loaded, even when a training run writes its first `best` into the folder meanwhile."""
     device = torch.device(request.device)
-    weights = resolve_checkpoint(request.checkpoint)[0].resolve()
+    protocol = get_protocol(request.protocol)
+    weights = resolve_checkpoint(request.checkpoint, prefer=protocol.checkpoint)[0].resolve()
     probe, metadata = load_probe(weights, device=device)
     if probe.needs_featurizer and not request.online:
         raise UserError("this probe fuses clicks before the backbone (early fusion): evaluate it with --online")
@@ -141,16 +158,23 @@ def _set_up(request: EvaluationRequest, only_items: Collection[str] | None = Non
     if featurizer is not None and probe.needs_featurizer:
         probe.attach_featurizer(featurizer.to(device))
     preprocessing = metadata["preprocessing"]
-    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], device, featurizer)
+    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], device, featurizer, protocol.exact)
     framing = None
     if request.zoom_in:
+        resize = preprocessing.get("resize", "stretch")
+        if protocol.ritm_geometry and resize != "stretch":
+            raise UserError(
+                f"--protocol {protocol.name} stretches its crops to the working size, as the probe must have been "
+                f"trained; this probe was trained on --resize {resize} views"
+            )
         framing = partial(
             _zoom_in,
             size=int(preprocessing["size"]),
-            resize=preprocessing.get("resize", "stretch"),
+            resize=resize,
             flip=request.flip,
             threshold=request.threshold,
             device=device,
+            align_corners=protocol.ritm_geometry,
         )
     return EvaluationSetUp(predictor, metadata, weights, jobs, framing)
 
@@ -159,6 +183,7 @@ def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collect
     """The objects `object_ids` of `dataset` evaluated again exactly as `request` evaluates them, keeping the masks
     after the clicks a strip shows (1, 3, 5, 10 and the last): what `plot predictions` draws. Only their images are
     read."""
+    request = under_protocol(request)
     setup = _set_up(request, image_ids_of(object_ids))
     job = next((job for job in setup.jobs if job.name == dataset), None)
     if job is None:
@@ -207,7 +232,7 @@ def _evaluate_dataset(
             on_result(name, result)
 
     def batch_done(run: EvaluationRun) -> None:
-        writer.set_speed(name, run.predict_seconds, run.clicks_made)
+        writer.set_speed(name, run.predict_seconds, run.loop_seconds, run.clicks_made)
         writer.write()
         progress.set_postfix(sec_per_click=f"{run.seconds_per_click:.3f}")
 

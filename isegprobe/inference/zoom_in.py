@@ -5,11 +5,12 @@ with the settings of its evaluation: skip_clicks -1, expansion 1.4, crops of at 
 a positive click falls outside the current one or the current box's IoU with the new one drops under 0.5. Boxes are
 RITM's (rmin, rmax, cmin, cmax) with both ends inclusive, so its rules, quirks included, read the same here.
 
-Two choices differ on purpose. The crop is resized to the store's working size with the store's resize rule
-(stretch, as SimpleClick's square target size does, or letterbox), since that is what the probe was trained on. And
-crop pixels, clicks and probabilities are mapped with pixel centres aligned, the predictor's convention, so cropping
-and un-cropping are exact inverses; RITM resizes with align_corners=True but scales clicks by the size ratio, which
-puts them up to half a crop pixel off.
+The crop is resized to the store's working size with the store's resize rule (stretch, as SimpleClick's square
+target size does, or letterbox), since that is what the probe was trained on. By default crop pixels, clicks and
+probabilities are mapped with pixel centres aligned, the predictor's convention, so cropping and un-cropping are exact
+inverses. RITM resizes with align_corners=True but scales clicks by the size ratio, which puts them up to half a crop
+pixel off; `align_corners=True` does exactly that (and keeps the resized crop in float, unrounded), for numbers that
+equal RITM's and iSegProbe's (`evaluate --protocol iSegProbe`).
 
 With skip_clicks -1 the first click's box is the whole image, so a box always exists and RITM's
 `check_possible_recalculation` (which acts only while there is none) never fires: it has no counterpart here.
@@ -34,7 +35,8 @@ class ZoomIn:
     """One object's zoom-in: the current box and the previous probabilities at the original resolution.
 
     `image` is the original uint8 [H, W, 3]; crops are resized to `size` x `size` by `resize` ("stretch" or
-    "letterbox"). With `flip`, the mirrored crop is predicted too (RITM flips after zooming).
+    "letterbox"). With `flip`, the mirrored crop is predicted too (RITM flips after zooming). `align_corners`: RITM's
+    own geometry (stretch only), see the module's docstring.
     """
 
     def __init__(
@@ -48,9 +50,13 @@ class ZoomIn:
         expansion: float = 1.4,
         min_crop: int = 200,
         recompute_iou: float = 0.5,
+        align_corners: bool = False,
     ) -> None:
+        if align_corners and resize != "stretch":
+            raise ValueError("RITM's zoom-in geometry (align_corners) stretches its crops; letterbox has none")
         self.image = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
         self.size, self.resize, self.flip, self.threshold = size, resize, flip, threshold
+        self.align_corners = align_corners
         self.expansion, self.min_crop, self.recompute_iou = expansion, min_crop, recompute_iou
         self.box: Box | None = None
         self.prev_probs = torch.zeros(image.shape[:2], device=device)
@@ -62,9 +68,12 @@ class ZoomIn:
         rmin, rmax, cmin, cmax = self.box
         height, width = rmax - rmin + 1, cmax - cmin + 1
         valid_box = square_box(height, width, self.size, self.resize)
-        image = into_square(self.image[:, rmin : rmax + 1, cmin : cmax + 1], valid_box, self.size)
-        prev = into_square(self.prev_probs[None, rmin : rmax + 1, cmin : cmax + 1], valid_box, self.size)[0]
-        self._view = WorkingView(None, image.round().clamp(0, 255).to(torch.uint8), valid_box, (height, width))
+        corners = self.align_corners
+        image = into_square(self.image[:, rmin : rmax + 1, cmin : cmax + 1], valid_box, self.size, corners)
+        prev = into_square(self.prev_probs[None, rmin : rmax + 1, cmin : cmax + 1], valid_box, self.size, corners)[0]
+        if not corners:
+            image = image.round().clamp(0, 255).to(torch.uint8)
+        self._view = WorkingView(None, image, valid_box, (height, width), corners)
         local = [Click(click.y - rmin, click.x - cmin, click.is_positive) for click in clicks]
         return PredictionInput(self._view, mirror_view(self._view) if self.flip else None, local, prev)
 
@@ -158,11 +167,14 @@ def square_box(height: int, width: int, size: int, resize: str) -> tuple[int, in
     return y0, x0, y0 + new_height, x0 + new_width
 
 
-def into_square(region: Tensor, valid_box: tuple[int, int, int, int], size: int) -> Tensor:
-    """float [C, h, w] -> [C, size, size]: bilinear (pixel centres aligned) into `valid_box`, zeros around it."""
+def into_square(
+    region: Tensor, valid_box: tuple[int, int, int, int], size: int, align_corners: bool = False
+) -> Tensor:
+    """float [C, h, w] -> [C, size, size]: bilinear (pixel centres aligned unless `align_corners`) into
+    `valid_box`, zeros around it."""
     y0, x0, y1, x1 = valid_box
     square = region.new_zeros(region.shape[0], size, size)
     square[:, y0:y1, x0:x1] = F.interpolate(
-        region[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False
+        region[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=align_corners
     )[0]
     return square

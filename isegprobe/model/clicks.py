@@ -2,7 +2,9 @@
 
 A batch of clicks is a tensor [B, K, 3] of (y, x, is_positive) in working-resolution pixels; rows with both y < 0
 and x < 0 are padding (RITM's rule), so images with different numbers of clicks share one tensor, and a click just
-outside a zoom-in crop still stamps the part of its disk that falls inside.
+outside a zoom-in crop still stamps the part of its disk that falls inside. Centres need not be whole pixels (a click
+mapped into a crop rarely is): a pixel is in the disk when its squared float32 distance to the centre is at most
+radius**2, as RITM computes it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-PADDING_ROW = (-1, -1, 0)
+PADDING_ROW = (-1.0, -1.0, 0.0)
 
 
 @lru_cache(maxsize=8)
@@ -26,12 +28,20 @@ def _disk_offsets(radius: int) -> Tensor:
 
 
 def disk_offsets(radius: int, device: torch.device | str | None = None) -> Tensor:
-    """(dy, dx) of every pixel within `radius` of a click: RITM counts squared distance <= radius**2."""
+    """(dy, dx) of every pixel within `radius` of a click on a whole pixel: RITM counts squared distance <= radius**2."""
     return _disk_offsets(radius).to(device)
 
 
+@lru_cache(maxsize=8)
+def _window_offsets(radius: int) -> Tensor:
+    span = torch.arange(-radius, radius + 2)
+    dy, dx = torch.meshgrid(span, span, indexing="ij")
+    return torch.stack((dy.reshape(-1), dx.reshape(-1)), dim=1)
+
+
 def as_click_tensor(clicks: Tensor | Sequence[Iterable[Any]], device: torch.device | str | None = None) -> Tensor:
-    """A [B, K, 3] long tensor from a tensor or from per-image lists of (y, x, is_positive) tuples or Click objects."""
+    """A [B, K, 3] tensor from a tensor or from per-image lists of (y, x, is_positive) tuples or Click objects; lists
+    become float32, so that centres between pixels stay where they are."""
     if isinstance(clicks, Tensor):
         if clicks.ndim != 3 or clicks.shape[-1] != 3:
             raise ValueError(f"clicks must be [B, K, 3] (y, x, is_positive), got {tuple(clicks.shape)}")
@@ -39,35 +49,54 @@ def as_click_tensor(clicks: Tensor | Sequence[Iterable[Any]], device: torch.devi
     rows = [[_click_row(click) for click in image_clicks] for image_clicks in clicks]
     width = max((len(image_rows) for image_rows in rows), default=0)
     padded = [image_rows + [PADDING_ROW] * (width - len(image_rows)) for image_rows in rows]
-    return torch.tensor(padded, dtype=torch.long, device=device).reshape(len(rows), width, 3)
+    return torch.tensor(padded, dtype=torch.float32, device=device).reshape(len(rows), width, 3)
 
 
-def _click_row(click: Any) -> tuple[int, int, int]:
+def _click_row(click: Any) -> tuple[float, float, float]:
     if hasattr(click, "is_positive"):
-        return round(click.y), round(click.x), int(bool(click.is_positive))
+        return float(click.y), float(click.x), float(bool(click.is_positive))
     y, x, is_positive = click
-    return round(y), round(x), int(bool(is_positive))
+    return float(y), float(x), float(bool(is_positive))
 
 
 def click_maps(clicks: Tensor, size: tuple[int, int], radius: int = 5) -> Tensor:
-    """Positive and negative disk maps [B, 2, H, W] (float32, 0/1); click centres are rounded to whole pixels.
+    """Positive and negative disk maps [B, 2, H, W] (float32, 0/1).
 
-    Disks are stamped with a fixed stencil rather than a distance map per click, so the cost is B*K*disk pixels
-    instead of B*K*H*W.
+    Each click tests only the (2r + 2)^2 window of pixels that can lie within `radius` of its centre, rather than a
+    distance map per click, so the cost is B*K*window pixels instead of B*K*H*W.
     """
     height, width = size
     batch = clicks.shape[0]
     maps = torch.zeros(batch, 2, height, width, device=clicks.device)
     if clicks.shape[1] == 0:
         return maps
-    offsets = disk_offsets(radius, clicks.device)
-    centres = clicks[..., :2].round().long()
-    rows = centres[..., 0, None] + offsets[:, 0]
-    cols = centres[..., 1, None] + offsets[:, 1]
-    channel = torch.where(clicks[..., 2] > 0, 0, 1)[..., None].expand_as(rows)
-    image = torch.arange(batch, device=clicks.device)[:, None, None].expand_as(rows)
+    if not clicks.is_floating_point():
+        return _whole_pixel_maps(maps, clicks, radius)
+    centres = clicks[..., :2].float()
+    offsets = _window_offsets(radius).to(clicks.device)
+    rows = centres[..., 0, None].floor().long() + offsets[:, 0]
+    cols = centres[..., 1, None].floor().long() + offsets[:, 1]
+    distance = (rows.float() - centres[..., 0, None]).square() + (cols.float() - centres[..., 1, None]).square()
+    inside = distance <= float(radius * radius)
     padding = (centres[..., 0, None] < 0) & (centres[..., 1, None] < 0)
-    keep = ~padding & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    return _stamp(maps, clicks, rows, cols, inside & ~padding)
+
+
+def _whole_pixel_maps(maps: Tensor, clicks: Tensor, radius: int) -> Tensor:
+    """Integer clicks (training's): the disk is a fixed stencil around each centre."""
+    offsets = disk_offsets(radius, clicks.device)
+    rows = clicks[..., 0, None] + offsets[:, 0]
+    cols = clicks[..., 1, None] + offsets[:, 1]
+    padding = (clicks[..., 0, None] < 0) & (clicks[..., 1, None] < 0)
+    return _stamp(maps, clicks, rows, cols, ~padding.expand_as(rows))
+
+
+def _stamp(maps: Tensor, clicks: Tensor, rows: Tensor, cols: Tensor, keep: Tensor) -> Tensor:
+    """Set maps[b, channel of the click, rows, cols] = 1 where `keep` and inside the image."""
+    height, width = maps.shape[-2:]
+    channel = torch.where(clicks[..., 2] > 0, 0, 1)[..., None].expand_as(rows)
+    image = torch.arange(maps.shape[0], device=clicks.device)[:, None, None].expand_as(rows)
+    keep = keep & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     maps[image[keep], channel[keep], rows[keep], cols[keep]] = 1.0
     return maps
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
+from isegprobe.inference.protocols import DEFAULT_PROTOCOL
 from isegprobe.inference.results import read_results
 from isegprobe.inference.runner import EvaluationRequest, replay_objects
 from isegprobe.inference.visuals import strip_picture
@@ -57,6 +58,7 @@ def plot_predictions(
         "zoom_in": bool(document["zoom_in"]),
         "threshold": float(document["threshold"]),
         "device": device,
+        "protocol": document.get("protocol", DEFAULT_PROTOCOL),
     }
     if document.get("online"):
         source = document.get("online_sources", {}).get(dataset)

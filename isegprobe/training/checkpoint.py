@@ -155,13 +155,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(weights, metadata) paths from a run directory (best, else last), a .safetensors or a .json file."""
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> tuple[Path, Path]:
+    """(weights, metadata) paths from a run directory (`prefer`: "best" or "last", else the other), a .safetensors
+    or a .json file."""
     path = Path(path).expanduser()
     if path.is_dir():
         if not any((path / f"{name}.json").is_file() for name in ("best", "last")):
             raise UserError(f"{path}: not a run folder (no best.json or last.json in it). {CHECKPOINT_HINT}")
-        name = "best" if (path / "best.json").is_file() else "last"
+        other = "last" if prefer == "best" else "best"
+        name = prefer if (path / f"{prefer}.json").is_file() else other
         files = checkpoint_files(path, name)
         return files["weights"], files["metadata"]
     stem = path.name.removesuffix(".safetensors").removesuffix(".json")

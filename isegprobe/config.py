@@ -34,9 +34,14 @@ class ClickEncoderConfig:
 
 @dataclass
 class UpsamplerConfig:
+    """`trainable`: fine-tune a learned upsampler's weights with the probe. `train_mode_when_frozen`: a frozen
+    learned upsampler still switches to training mode while the probe trains (BatchNorm on batch statistics,
+    dropout on), as the iSegProbe research code's `net.train()` does; off by default, since frozen means eval."""
+
     name: str = "bilinear"
     weights: str | None = None
     trainable: bool = False
+    train_mode_when_frozen: bool = False
 
 
 @dataclass
@@ -78,15 +83,37 @@ class ScheduleConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """On-the-fly augmentations of the cached views (isegprobe.training.augment): `photometric` (brightness,
+    contrast, RGB shift) and `shift_rotate` (+-3 degrees, 3 % shift; online training only), iSegProbe's recipe."""
+
+    photometric: bool = False
+    shift_rotate: bool = False
+
+
+@dataclass
 class DataConfig:
     """`size` is the working size the store must have been extracted at (null accepts any); `views` the store's
     views to train on, one drawn per image and epoch (null: all of them), e.g. [identity, crop1, crop2] for an
-    ablation without flips."""
+    ablation without flips. `featurizer` and `normalization`: what the store must have been extracted with (null
+    accepts any), so that a preset that reproduces a model trains on that model's features.
+
+    `sample_weights`: RITM's per-image scores (its sbd_samples_weights.pkl, or a CSV index,image,score); an epoch
+    then draws as many images as the store holds, with replacement, with probability (1 - score) ** gamma.
+    `keep_background_prob`: a drawn view that holds no object is drawn again (among the image's other views) unless
+    a coin with this probability says keep it, as RITM redraws empty crops (its keep_background_prob 0.01).
+    """
 
     size: int | None = 224
     batch_size: int = 8
     num_workers: int = 0
     views: list[str] | None = None
+    featurizer: str | None = None
+    normalization: str | None = None
+    sample_weights: str | None = None
+    sample_weights_gamma: float = 1.25
+    keep_background_prob: float = 1.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

@@ -34,7 +34,9 @@ SIZE, DIM, PATCH = 56, 384, 14
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return builtin_store(tmp_path_factory.mktemp("cache"), size=SIZE)
+    return builtin_store(
+        tmp_path_factory.mktemp("cache"), size=SIZE, featurizer="dinov2_vits14", normalization="imagenet"
+    )
 
 
 @contextmanager
@@ -137,7 +139,7 @@ def test_a_seed_patch_embed_probe_gives_the_seeds_outputs(store: Path, tmp_path:
         **seed_head_weights(generator),
     }
     checkpoint = write_seed_checkpoint(tmp_path / "last_checkpoint.pth", weights)
-    metadata = import_seed_probe(checkpoint, store, tmp_path / "run")
+    metadata = import_seed_probe(checkpoint, tmp_path / "run", store_path=store)
     probe, _ = load_probe(tmp_path / "run")
     features, image, clicks, prev_mask = probe_inputs(store)
 
@@ -151,7 +153,7 @@ def test_a_seed_patch_embed_probe_gives_the_seeds_outputs(store: Path, tmp_path:
     with torch.no_grad():
         assert torch.allclose(probe(features, image, clicks, prev_mask), expected, atol=1e-5)
     assert metadata["config"]["model"]["fusion"] == "after_backbone"
-    assert metadata["featurizer_provenance"]["name"] == "vit_small_patch14_dinov2"
+    assert metadata["featurizer_provenance"]["name"] == "dinov2_vits14"
     assert len(metadata["imported_from"]["sha256"]) == 64
 
 
@@ -163,7 +165,7 @@ def test_a_seed_simple_vit_probe_gives_the_seeds_outputs(store: Path, tmp_path: 
     weights = {f"embed_coords.{key}": value for key, value in seed_encoder.state_dict().items()}
     weights.update(seed_head_weights(torch.Generator().manual_seed(2)))
     checkpoint = write_seed_checkpoint(tmp_path / "010.pth", weights, encoder="simple_vit")
-    import_seed_probe(checkpoint, store, tmp_path / "run")
+    import_seed_probe(checkpoint, tmp_path / "run", store_path=store)
     probe, metadata = load_probe(tmp_path / "run")
     features, image, clicks, prev_mask = probe_inputs(store)
 
@@ -186,7 +188,7 @@ def patch_embed_weights() -> dict[str, torch.Tensor]:
 
 def test_an_early_fusion_seed_probe_imports_for_online_evaluation(store: Path, tmp_path: Path) -> None:
     checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights(), injection="before_backbone")
-    metadata = import_seed_probe(checkpoint, store, tmp_path / "run")
+    metadata = import_seed_probe(checkpoint, tmp_path / "run", store_path=store)
     probe, _ = load_probe(tmp_path / "run")
     assert probe.needs_featurizer and metadata["online"]
 
@@ -195,8 +197,12 @@ def test_an_early_fusion_seed_probe_imports_for_online_evaluation(store: Path, t
     ("options", "message"),
     [
         (
-            {"backbone": {"type": "vit", "params": {"feat_type": "key", "feats_injection_mode": "after_backbone"}}},
-            "keys",
+            {"backbone": {"type": "vit", "params": {"arch": "dino_vitb16", "feats_injection_mode": "after_backbone"}}},
+            "DINO hub ViT-S names",
+        ),
+        (
+            {"backbone": {"type": "vit", "params": {"arch": "vit_small_patch16_224", "feat_type": "cls"}}},
+            "feat_type 'cls'",
         ),
         ({"upsampler": "lift"}, "--upsampler-weights"),
         ({"upsampler": "magic"}, "upsampler 'magic'"),
@@ -206,7 +212,7 @@ def test_an_early_fusion_seed_probe_imports_for_online_evaluation(store: Path, t
 def test_seed_probes_isegprobe_cannot_rebuild_are_refused(store: Path, tmp_path: Path, options, message) -> None:
     checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights(), **options)
     with pytest.raises(UserError, match=message):
-        import_seed_probe(checkpoint, store, tmp_path / "run")
+        import_seed_probe(checkpoint, tmp_path / "run", store_path=store)
     assert not (tmp_path / "run" / "last.json").exists()
 
 
@@ -224,16 +230,16 @@ def test_a_checkpoint_that_would_run_code_is_read_without_running_it(store: Path
     hostile = {"state_dict": patch_embed_weights(), "config": {"params": {}}, "payload": _RunsACommand(marker)}
     torch.save(hostile, checkpoint)
     with pytest.raises(UserError, match="posix.system"):
-        import_seed_probe(checkpoint, store, tmp_path / "run")
+        import_seed_probe(checkpoint, tmp_path / "run", store_path=store)
     assert not marker.exists()
 
     torch.save({"state_dict": patch_embed_weights(), "config": {"params": {}}}, tmp_path / "no_config.pth")
     with pytest.raises(UserError, match="has no backbone_cfg"):
-        import_seed_probe(tmp_path / "no_config.pth", store, tmp_path / "run")
+        import_seed_probe(tmp_path / "no_config.pth", tmp_path / "run", store_path=store)
 
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(UserError, match="'state_dict' and 'config'"):
-        import_seed_probe(tmp_path / "tensor.pth", store, tmp_path / "run")
+        import_seed_probe(tmp_path / "tensor.pth", tmp_path / "run", store_path=store)
 
 
 def test_import_seed_command_writes_a_run_that_evaluate_reads(store: Path, tmp_path: Path) -> None:
@@ -249,12 +255,12 @@ def test_import_seed_command_writes_a_run_that_evaluate_reads(store: Path, tmp_p
     assert (tmp_path / "results" / "results.json").is_file()
 
 
-def test_a_seed_probe_from_another_patch_size_does_not_fit_the_store(store: Path, tmp_path: Path) -> None:
+def test_a_seed_probe_from_another_patch_size_does_not_fit_its_backbone(store: Path, tmp_path: Path) -> None:
     weights = {**patch_embed_weights(), "embed_coords.proj.weight": torch.zeros(DIM, 3, 16, 16)}
     checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", weights)
-    with pytest.raises(UserError, match=r"do not fit a probe on this store.*click_encoder.proj.weight"):
-        import_seed_probe(checkpoint, store, tmp_path / "run")
+    with pytest.raises(UserError, match=r"do not fit a probe on dinov2_vits14.*click_encoder.proj.weight"):
+        import_seed_probe(checkpoint, tmp_path / "run", store_path=store)
     fitting = write_seed_checkpoint(tmp_path / "ok.pth", patch_embed_weights())
-    import_seed_probe(fitting, store, tmp_path / "ok")
+    import_seed_probe(fitting, tmp_path / "ok", store_path=store)
     with pytest.raises(UserError, match="already holds a run"):
-        import_seed_probe(fitting, store, tmp_path / "ok")
+        import_seed_probe(fitting, tmp_path / "ok", store_path=store)

@@ -8,6 +8,18 @@ from isegprobe import __version__
 from isegprobe.cache.schema import COMPRESSORS, SCHEMA_VERSION
 
 
+def preprocessing_attrs(provenance: dict[str, Any], size: int, resize: str) -> dict[str, Any]:
+    """How images become the featurizer's input: what a probe needs to see its images as its store saw them."""
+    return {
+        "size": size,
+        "resize": resize,
+        "mean": list(provenance["mean"]),
+        "std": list(provenance["std"]),
+        "image_interpolation": "bilinear",
+        "mask_interpolation": "nearest",
+    }
+
+
 def build_attrs(
     provenance: dict[str, Any],
     dataset: dict[str, Any],
@@ -22,14 +34,7 @@ def build_attrs(
         "schema_version": SCHEMA_VERSION,
         "package": {"name": "isegprobe", "version": __version__},
         "featurizer": provenance,
-        "preprocessing": {
-            "size": size,
-            "resize": resize,
-            "mean": list(provenance["mean"]),
-            "std": list(provenance["std"]),
-            "image_interpolation": "bilinear",
-            "mask_interpolation": "nearest",
-        },
+        "preprocessing": preprocessing_attrs(provenance, size, resize),
         "views": views,
         "dataset": dataset,
         "item_ids": item_ids,

@@ -26,6 +26,8 @@ FEATURIZER_IDENTITY_KEYS = (
     "dim",
     "normalization",
 )
+# The keys that say which function of the image a featurizer computes, whatever its weights.
+ARCHITECTURE_IDENTITY_KEYS = ("name", "architecture", "output", "patch_size", "dim", "normalization")
 # What a provenance written before a key existed meant by leaving it out.
 FEATURIZER_IDENTITY_DEFAULTS = {"normalization": "model"}
 
@@ -99,13 +101,17 @@ def store_name(featurizer: str, dataset: str, split: str, size: int, normalizati
 
 
 def check_same_featurizer(
-    trained: dict[str, Any], other: dict[str, Any], where: str, trained_on: str = "checkpoint"
+    trained: dict[str, Any],
+    other: dict[str, Any],
+    where: str,
+    trained_on: str = "checkpoint",
+    keys: tuple[str, ...] = FEATURIZER_IDENTITY_KEYS,
 ) -> None:
     """A probe only makes sense on features from the featurizer (and weights) it was trained on; `trained_on`
-    names where the probe's provenance comes from in the message."""
+    names where the probe's provenance comes from in the message, `keys` what must agree."""
     differences = [
         f"{key}: {trained_on} {identity_value(trained, key)!r}, {where} {identity_value(other, key)!r}"
-        for key in FEATURIZER_IDENTITY_KEYS
+        for key in keys
         if identity_value(trained, key) != identity_value(other, key)
     ]
     if differences:

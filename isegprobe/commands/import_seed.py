@@ -1,4 +1,4 @@
-"""`isegprobe import-seed`: a probe trained by the iSegProbe research code (the seed), as a run directory."""
+"""`isegprobe import-seed`: a probe trained by the iSegProbe research code, as a run directory."""
 
 from __future__ import annotations
 
@@ -11,38 +11,51 @@ from isegprobe.training.seed_import import import_seed_probe
 @click.command("import-seed")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option(
-    "--store",
-    "store_path",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="A store extracted with the featurizer the probe was trained on; it fixes the dims and working size.",
+    "--weights",
+    default="hub",
+    show_default=True,
+    help="The backbone's weights the probe was trained with: hub (timm's copy of the official weights, needs the "
+    "internet or a cache), or the file itself (DINOv2's dinov2_vits14_pretrain.pth, a timm/HF checkpoint of "
+    "vit_small_patch16_224, ...).",
 )
 @click.option(
     "--upsampler-weights",
     default=None,
-    help="The authors' checkpoint of the probe's frozen upsampler (LiFT, FeatUp JBU, LoftUp); iSegProbe "
-    "checkpoints do not hold it.",
+    help="The authors' checkpoint of the probe's frozen upsampler (LiFT's .pth, FeatUp's "
+    "dinov2_jbu_stack_cocostuff.ckpt, LoftUp's .ckpt); the research code's checkpoints do not hold it.",
+)
+@click.option(
+    "--store",
+    "store_path",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Optional: a store of the probe's featurizer at its crop size (extract-features --normalization "
+    "imagenet), to evaluate a late-fusion probe from the cache; its weights then stand for --weights.",
 )
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @reports_user_errors
-def import_seed(checkpoint: str, store_path: str, upsampler_weights: str | None, run_dir: str) -> None:
+def import_seed(
+    checkpoint: str, weights: str, upsampler_weights: str | None, store_path: str | None, run_dir: str
+) -> None:
     """Convert a probe trained by the iSegProbe research code (its `last_checkpoint.pth` or `NNN.pth`) into
-    RUN/last.safetensors + last.json.
+    RUN/last.safetensors + last.json, on the same backbone and upsampler.
 
     \b
-    isegprobe import-seed runs/sbd_dinov2_noup/checkpoints/last_checkpoint.pth \\
-        --store cache/vit_small_patch14_dinov2-grabcut-test-224.zarr --out runs/seed_dinov2_noup
-    isegprobe evaluate --checkpoint runs/seed_dinov2_noup --online --zoom-in --flip --datasets grabcut \\
+    isegprobe import-seed exps/sbd_dinov2_lift/checkpoints/last_checkpoint.pth \\
+        --weights dinov2_vits14_pretrain.pth --upsampler-weights lift_dinov2_s14.pth --out runs/seed_dinov2_lift
+    isegprobe evaluate --checkpoint runs/seed_dinov2_lift --protocol iSegProbe --datasets grabcut \\
         --root data/GrabCut --out res/
-    --zoom-in --flip is the seed's own evaluation protocol (its evaluate.py always zooms in and flips). The file
-    is read without running the seed's code (torch's weights-only loader). The click encoder and head are mapped
-    name for name, with the click channels reordered (the seed stacks previous mask, positive, negative).
-    Early-fusion probes (the seed's patch-embed models) evaluate with --online.
+    --protocol iSegProbe evaluates as the research code's evaluate.py does (zoom-in, flip, 20 clicks), so the
+    numbers compare with its own. The file is read without running the research code (torch's weights-only loader).
+    The backbone is rebuilt as the research code built it: dinov2 -> dinov2_vits14 (the official model), vit ->
+    timm's model of its arch with the last block's attention keys (its feat_type default) or tokens, mask_clip ->
+    maskclip; images normalized with ImageNet statistics, as its base model does. The click encoder and head map
+    name for name (click channels and, on keys, the head's input channels reordered to isegprobe's layout).
     """
-    metadata = import_seed_probe(checkpoint, store_path, run_dir, upsampler_weights)
+    metadata = import_seed_probe(checkpoint, run_dir, weights, upsampler_weights, store_path)
     model = metadata["config"]["model"]
     click.echo(
-        f"imported {checkpoint}: fusion {model['fusion']}, click encoder {model['click_encoder']['name']}, "
-        f"upsampler {model['upsampler']['name']}, on {metadata['featurizer_provenance']['name']} features at "
-        f"{metadata['preprocessing']['size']} px -> {run_dir}"
+        f"imported {checkpoint} as preset {metadata['imported_from']['preset']}: fusion {model['fusion']}, click "
+        f"encoder {model['click_encoder']['name']}, upsampler {model['upsampler']['name']}, on "
+        f"{metadata['featurizer_provenance']['name']} features at {metadata['preprocessing']['size']} px -> {run_dir}"
     )

@@ -15,6 +15,7 @@ from isegprobe.model.clicks import as_click_tensor, click_inputs
 from isegprobe.model.heads import SegmentationHead
 from isegprobe.upsamplers import create_upsampler
 from isegprobe.upsamplers.layers import resize_to
+from isegprobe.upsamplers.learned import LearnedUpsampler
 
 FUSIONS = ("after_backbone", "after_upsampler", "before_backbone")
 
@@ -56,6 +57,8 @@ class ISProbe(nn.Module):
         self.upsampler.align_corners = config.align_corners
         if not (config.upsampler.trainable and self.upsampler.trainable):
             self.upsampler.requires_grad_(False)
+            if config.upsampler.train_mode_when_frozen and isinstance(self.upsampler, LearnedUpsampler):
+                self.upsampler.follow_train_mode()
         self.head = SegmentationHead(feature_dim, config.head.width)
         self.reduces_before_upsampling = (
             config.head.width is not None

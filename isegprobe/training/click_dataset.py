@@ -13,6 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from isegprobe.config import AugmentConfig
+from isegprobe.errors import UserError
+from isegprobe.training.augment import photometric, shift_rotate
 from isegprobe.training.points_sampler import MultiPointSampler
 
 
@@ -24,8 +27,11 @@ def valid_pixels(ignore: np.ndarray, valid_box: np.ndarray) -> np.ndarray:
     return inside & ~ignore
 
 
-# Keeps the per-epoch view draw apart from the target and click draws that share (seed, epoch).
+# Keep the per-epoch view draw, the redraws of empty views and the augmentations apart from the target and click
+# draws that share (seed, epoch).
 _VIEW_STREAM = 1
+_REDRAW_STREAM = 2
+_AUGMENT_STREAM = 3
 
 
 class ClickTrainingSet(Dataset):
@@ -33,8 +39,9 @@ class ClickTrainingSet(Dataset):
 
     The reader's entries are item-major, `views_per_item` cached views of each item. The cached views are the
     augmentation, so the set has one sample per item, and each epoch shows it in one of its views, drawn at random:
-    an epoch sees every image once, as RITM's and the seed's epochs see every image once in one random
-    augmentation, however many views the store holds.
+    an epoch sees every image once, as RITM's and iSegProbe's epochs see every image once in one random
+    augmentation, however many views the store holds. A view without any object is drawn again among the others
+    unless a coin with `keep_background_prob` keeps it; `augment` adds the on-the-fly augmentations.
     """
 
     def __init__(
@@ -44,30 +51,39 @@ class ClickTrainingSet(Dataset):
         seed: int = 0,
         with_features: bool = True,
         views_per_item: int = 1,
+        keep_background_prob: float = 1.0,
+        augment: AugmentConfig | None = None,
     ) -> None:
         if len(entries) % views_per_item:
             raise ValueError(f"{len(entries)} entries are not {views_per_item} views of each item")
+        augment = augment or AugmentConfig()
+        if augment.shift_rotate and with_features:
+            raise UserError(
+                "data.augment.shift_rotate: cached features cannot follow a rotation; it needs online training "
+                "(--online, or fusion before_backbone)"
+            )
         self.entries = entries
         self.sampler = sampler
         self.seed = seed
         self.with_features = with_features
         self.views_per_item = views_per_item
+        self.keep_background_prob = keep_background_prob
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.entries) // self.views_per_item
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, position = key if isinstance(key, tuple) else (0, key)
-        view = 0
-        if self.views_per_item > 1:
-            view = int(np.random.default_rng([self.seed, _VIEW_STREAM, epoch, position]).integers(self.views_per_item))
-        index = position * self.views_per_item + view
-        item: Mapping[str, Any] = self.entries[index]
+        index, item = self._draw_view(epoch, position)
+        image = _as_numpy(item["image"])
         labels = _as_numpy(item["labels"])
         valid = valid_pixels(_as_numpy(item["ignore"]).astype(bool), _as_numpy(item["valid_box"]))
+        if self.augment.photometric or self.augment.shift_rotate:
+            image, labels, valid = self._augmented(image, labels, valid, epoch, index)
         sampled = self.sampler.sample(labels, valid, np.random.default_rng([self.seed, epoch, index]))
         sample = {
-            "image": torch.as_tensor(item["image"]),
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
             "target": torch.from_numpy(sampled.mask),
             "valid": torch.from_numpy(valid),
             "clicks": torch.from_numpy(sampled.clicks),
@@ -78,6 +94,39 @@ class ClickTrainingSet(Dataset):
             sample["features"] = torch.as_tensor(item["features"])
         return sample
 
+    def _draw_view(self, epoch: int, position: int) -> tuple[int, Mapping[str, Any]]:
+        """(entry index, entry) of the item's view for this epoch: the epoch's draw, or, when that view holds no
+        object and the coin says redraw, the first of the item's other views (in a drawn order) that holds one."""
+        view = 0
+        if self.views_per_item > 1:
+            view = int(np.random.default_rng([self.seed, _VIEW_STREAM, epoch, position]).integers(self.views_per_item))
+        index = position * self.views_per_item + view
+        item: Mapping[str, Any] = self.entries[index]
+        if self.keep_background_prob >= 1.0 or _as_numpy(item["labels"]).any():
+            return index, item
+        rng = np.random.default_rng([self.seed, _REDRAW_STREAM, epoch, position])
+        if rng.random() < self.keep_background_prob:
+            return index, item
+        for other in rng.permutation(self.views_per_item):
+            if other == view:
+                continue
+            candidate = self.entries[position * self.views_per_item + int(other)]
+            if _as_numpy(candidate["labels"]).any():
+                return position * self.views_per_item + int(other), candidate
+        return index, item
+
+    def _augmented(
+        self, image: np.ndarray, labels: np.ndarray, valid: np.ndarray, epoch: int, index: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The on-the-fly augmentations of one sample (image [3, H, W] uint8), from its own random stream."""
+        rng = np.random.default_rng([self.seed, _AUGMENT_STREAM, epoch, index])
+        pixels = np.ascontiguousarray(image.transpose(1, 2, 0))
+        if self.augment.shift_rotate:
+            pixels, labels, valid = shift_rotate(pixels, labels, valid, rng)
+        if self.augment.photometric:
+            pixels = photometric(pixels, rng)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)), labels, valid
+
 
 def _as_numpy(value: Any) -> np.ndarray:
     return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -86,15 +135,26 @@ def _as_numpy(value: Any) -> np.ndarray:
 class EpochShuffleSampler(Sampler[tuple[int, int]]):
     """Yields (epoch, index) in a per-epoch permutation fixed by the seed; `start` skips what a resumed run has seen.
 
-    Under torchrun every rank walks the same permutation and takes every `world`-th entry of it, cut to a multiple
-    of `world` so that all ranks run the same number of steps; `skip` counts entries of the whole permutation.
+    With `probabilities` an epoch is instead as many draws with replacement, each item with its probability (RITM's
+    weighted SBD sampling), fixed by the seed in the same way. Under torchrun every rank walks the same order and
+    takes every `world`-th entry of it, cut to a multiple of `world` so that all ranks run the same number of steps;
+    `skip` counts entries of the whole order.
     """
 
-    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        probabilities: np.ndarray | None = None,
+    ) -> None:
         self.num_items = num_items
         self.seed = seed
         self.shuffle = shuffle
         self.rank, self.world = rank, world
+        self.probabilities = probabilities
         self.epoch = 0
         self.skip = 0
 
@@ -104,7 +164,11 @@ class EpochShuffleSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.arange(self.num_items)
-        if self.shuffle:
+        if self.probabilities is not None:
+            order = np.random.default_rng([self.seed, self.epoch]).choice(
+                self.num_items, size=self.num_items, p=self.probabilities
+            )
+        elif self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
         remaining = order[self.skip :]
         for index in remaining[self.rank : len(remaining) - len(remaining) % self.world : self.world]:

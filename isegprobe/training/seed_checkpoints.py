@@ -26,20 +26,6 @@ from isegprobe.errors import UserError
 # Our click channel k is the seed's channel SEED_CHANNEL_OF[k] (seed: prev_mask, positive, negative).
 SEED_CHANNEL_OF = (1, 2, 0)
 
-# The seed's upsampler registry names -> ours.
-SEED_UPSAMPLERS = {
-    "identity": "identity",
-    "nearest": "nearest",
-    "bilinear": "bilinear",
-    "bicubic": "bicubic",
-    "jbu_featup": "featup_jbu",
-    "lift": "lift",
-    "loftup": "loftup",
-}
-
-SEED_FUSIONS = {"before_backbone": "before_backbone", "after_backbone": "after_backbone"}
-
-
 class _Placeholder:
     """Stands in for any class or function the seed's pickle names: it accepts whatever it is built with."""
 
@@ -66,14 +52,53 @@ _CONTAINER_STAND_INS = {
 }
 
 
+# The research code's `jbu_featup` upsampler is the `.upsampler` of FeatUp's hub model: the JBU stack alone, fed the
+# backbone's features without the ChannelNorm the hub model puts in front (isegprobe's `featup_jbu_stack`).
+SEED_UPSAMPLERS = {
+    "identity": "identity",
+    "nearest": "nearest",
+    "bilinear": "bilinear",
+    "bicubic": "bicubic",
+    "jbu_featup": "featup_jbu_stack",
+    "lift": "lift",
+    "loftup": "loftup",
+}
+
+SEED_FUSIONS = {"before_backbone": "before_backbone", "after_backbone": "after_backbone"}
+
+# DINO's torch.hub ViT-S names (the research code's DINOFeaturizer builds a ViT-S whatever the name) -> timm's copy.
+DINO_HUB_VITS = {"dino_vits16": "vit_small_patch16_224.dino", "dino_vits8": "vit_small_patch8_224.dino"}
+
+# (backbone, click encoder, upsampler, fusion) of each configuration the research code ships (models/sbd/) -> the
+# isegprobe preset that reproduces it.
+RESEARCH_PRESETS = {
+    ("dinov2", "patch_embed", "bilinear", "before_backbone"): "sbd_dinov2_patch-embed_bilinear",
+    ("dinov2", "patch_embed", "featup_jbu_stack", "before_backbone"): "sbd_dinov2_patch-embed_jbu",
+    ("dinov2", "patch_embed", "lift", "before_backbone"): "sbd_dinov2_patch-embed_lift",
+    ("dinov2", "patch_embed", "loftup", "before_backbone"): "sbd_dinov2_patch-embed_loftup",
+    ("dinov2", "patch_embed", "identity", "before_backbone"): "sbd_dinov2_patch-embed_noup",
+    ("dinov2", "simple_vit", "identity", "after_backbone"): "sbd_dinov2_simple-vit_noup",
+    ("mask_clip", "patch_embed", "identity", "before_backbone"): "sbd_maskclip_patch-embed_noup",
+    ("vit", "patch_embed", "identity", "before_backbone"): "sbd_vit_patch-embed_noup",
+}
+# A combination the research code does not ship starts from the generic recipe; the overrides set the model.
+GENERIC_PRESET = "sbd_224"
+
+
 @dataclass
 class SeedProbe:
     """What a seed checkpoint says about its probe, in isegprobe's terms."""
 
     backbone: str  # the seed's backbone type: dinov2, vit or mask_clip
-    backbone_output: str  # the featurizer output the probe was trained on: tokens, keys or maskclip
-    overrides: list[str]  # `--set` overrides that turn the seed's SBD recipe (sbd_224) into this probe's config
+    featurizer: str  # the isegprobe featurizer that computes the seed backbone's features
+    size: int  # the working size it was trained at (the research code's crop size)
+    preset: str  # the isegprobe preset of its research configuration (GENERIC_PRESET for another combination)
+    overrides: list[str]  # `--set` overrides that make the preset this probe's config
     state_dict: dict[str, Tensor]  # ISProbe names; the upsampler's weights are not in it
+
+    @property
+    def online(self) -> bool:
+        return "model.fusion=before_backbone" in self.overrides
 
 
 def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -103,13 +128,15 @@ def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
     """Translate a seed checkpoint (from `read_seed_checkpoint`) into isegprobe's config and weights.
 
     `source` names the file in error messages. Anything the probe cannot reproduce is refused, never
-    approximated: another head, distance maps instead of disks, no previous-mask channel, an unknown upsampler.
+    approximated: another head, distance maps instead of disks, no previous-mask channel, an unknown upsampler or
+    backbone.
     """
     params = {name: entry.get("value") for name, entry in dict(checkpoint["config"].get("params", {})).items()}
     backbone_cfg, head_cfg = _section(params, "backbone_cfg", source), _section(params, "head_cfg", source)
     encoder_cfg = _section(params, "embed_coords_cfg", source)
     upsampler_cfg = params.get("upsampler_cfg") or {"type": "bilinear"}
     backbone_params = dict(backbone_cfg.get("params") or {})
+    upsampler_params = dict(upsampler_cfg.get("params") or {})
 
     problems = []
     if params.get("architecture", "backbone_upsampler_head") != "backbone_upsampler_head":
@@ -125,9 +152,14 @@ def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
     upsampler = SEED_UPSAMPLERS.get(upsampler_cfg.get("type"))
     if upsampler is None:
         problems.append(f"upsampler {upsampler_cfg.get('type')!r}")
+    if upsampler == "loftup" and upsampler_params.get("lr_pe_type", "sine") != "sine":
+        problems.append(f"LoftUp with lr_pe_type {upsampler_params.get('lr_pe_type')!r} (only its sine encoding)")
     encoder = {"patchEmbed": "patch_embed", "simple_vit": "simple_vit"}.get(encoder_cfg.get("type"))
     if encoder is None:
         problems.append(f"click encoder {encoder_cfg.get('type')!r}")
+    featurizer = _featurizer_name(str(backbone_cfg.get("type")), backbone_params, problems)
+    if featurizer.endswith(":keys") and upsampler not in (None, "identity", "nearest", "bilinear", "bicubic"):
+        problems.append(f"a learned upsampler ({upsampler}) on attention keys, whose channel order differs here")
     if problems:
         raise UserError(f"{source}: isegprobe cannot rebuild this probe: " + "; ".join(problems))
 
@@ -143,12 +175,72 @@ def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
         encoder_params = dict(encoder_cfg.get("params") or {})
         overrides += [f"model.click_encoder.{key}={int(encoder_params[key])}" for key in ("depth", "heads", "mlp_dim")]
         overrides.append(f"model.click_encoder.dim_head={int(encoder_params.get('dim_head', 64))}")
+    backbone = str(backbone_cfg.get("type"))
     return SeedProbe(
-        backbone=str(backbone_cfg.get("type")),
-        backbone_output=_backbone_output(backbone_cfg, source),
+        backbone=backbone,
+        featurizer=featurizer,
+        size=_crop_size(encoder_cfg, source),
+        preset=RESEARCH_PRESETS.get((backbone, encoder, upsampler, fusion), GENERIC_PRESET),
         overrides=overrides,
         state_dict=_probe_weights(dict(checkpoint["state_dict"]), encoder, source),
     )
+
+
+def _featurizer_name(kind: str, backbone_params: dict[str, Any], problems: list[str]) -> str:
+    """The featurizer that computes what the research code's backbone of type `kind` gave the probe.
+
+    `vit` is timm's model of the given name with its weights (DINO's hub ViT-S for `dino_*` names), giving the last
+    block's attention keys unless `feat_type` says "token": DINOFeaturizer's default is "key".
+    """
+    if kind == "dinov2":
+        arch = backbone_params.get("arch", "dinov2_vits14")
+        if arch != "dinov2_vits14":
+            problems.append(f"DINOv2 arch {arch!r} (the research code builds only dinov2_vits14)")
+        return "dinov2_vits14"
+    if kind == "vit":
+        arch = str(backbone_params.get("arch"))
+        feat_type = backbone_params.get("feat_type", "key")
+        if feat_type not in ("key", "token"):
+            problems.append(f"ViT feat_type {feat_type!r}")
+        if "dino" in arch and arch not in DINO_HUB_VITS:
+            problems.append(f"ViT arch {arch!r} (DINO hub ViT-S names: {', '.join(DINO_HUB_VITS)})")
+        name = DINO_HUB_VITS.get(arch, arch)
+        return f"{name}:keys" if feat_type == "key" else name
+    if kind == "mask_clip":
+        if backbone_params.get("model_name", "ViT-B/16") != "ViT-B/16":
+            problems.append(f"MaskCLIP model {backbone_params.get('model_name')!r} (only ViT-B/16)")
+        return "maskclip"
+    problems.append(f"backbone type {kind!r} (known: dinov2, vit, mask_clip)")
+    return ""
+
+
+def _crop_size(encoder_cfg: dict[str, Any], source: str) -> int:
+    """The training crop size, which the research code gives its click encoder as img_size (often the OmegaConf
+    list of its training config)."""
+    size = plain_value(dict(encoder_cfg.get("params") or {}).get("img_size", (224, 224)))
+    try:
+        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise UserError(f"{source}: its click encoder's img_size {size!r} is not a crop size") from None
+    if height != width:
+        raise UserError(f"{source}: trained on {height}x{width} crops; isegprobe's working size is square")
+    return int(height)
+
+
+def plain_value(value: Any) -> Any:
+    """`value` with the stand-ins of OmegaConf nodes replaced by what they hold: a ListConfig or DictConfig keeps its
+    items in `_content`, a value node its value in `_val`."""
+    if isinstance(value, _Placeholder) and isinstance(getattr(value, "state", None), dict):
+        state = value.state
+        if "_content" in state:
+            return plain_value(state["_content"])
+        if "_val" in state:
+            return plain_value(state["_val"])
+    if isinstance(value, list | tuple):
+        return [plain_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain_value(item) for key, item in value.items()}
+    return value
 
 
 def _section(params: dict[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -156,18 +248,6 @@ def _section(params: dict[str, Any], name: str, source: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise UserError(f"{source}: the checkpoint's config has no {name}")
     return dict(section)
-
-
-def _backbone_output(backbone_cfg: dict[str, Any], source: str) -> str:
-    """Which featurizer output the seed's backbone gave: DINOv2 and ViT tokens, ViT keys, or MaskCLIP."""
-    kind = backbone_cfg.get("type")
-    if kind == "dinov2":
-        return "tokens"
-    if kind == "vit":
-        return "keys" if dict(backbone_cfg.get("params") or {}).get("feat_type") == "key" else "tokens"
-    if kind == "mask_clip":
-        return "maskclip"
-    raise UserError(f"{source}: unknown backbone type {kind!r} (known: dinov2, vit, mask_clip)")
 
 
 def _probe_weights(seed_weights: dict[str, Tensor], encoder: str, source: str) -> dict[str, Tensor]:
@@ -206,3 +286,18 @@ def _reorder_click_channels(weights: dict[str, Tensor], key: str, dim: int, sour
     tensor = weights[key]
     order = torch.arange(tensor.shape[dim]).reshape(-1, 3)[:, list(SEED_CHANNEL_OF)].reshape(-1)
     weights[key] = tensor.index_select(dim, order)
+
+
+def seed_keys_to_isegprobe(weights: dict[str, Tensor], num_heads: int, head_dim: int, fusion: str) -> None:
+    """Put the head's input channels (and, with late fusion, the click tokens) in isegprobe's order of attention keys.
+
+    The research code (like FeatUp) lays the keys of head h, channel d out as channel d * num_heads + h; isegprobe's
+    keys featurizer as h * head_dim + d. The function stays the same when the weights that read the features move
+    with them.
+    """
+    ours = torch.arange(num_heads * head_dim)
+    seed_channel_of_ours = (ours % head_dim) * num_heads + ours // head_dim
+    weights["head.body.0.weight"] = weights["head.body.0.weight"].index_select(1, seed_channel_of_ours)
+    if fusion == "after_backbone":
+        for name in ("click_encoder.proj.weight", "click_encoder.proj.bias"):
+            weights[name] = weights[name].index_select(0, seed_channel_of_ours)

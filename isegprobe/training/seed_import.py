@@ -1,45 +1,62 @@
-"""Turn a probe trained by the seed into an isegprobe run directory, so that `evaluate` reads it.
+"""Turn a probe trained by the iSegProbe research code into an isegprobe run directory, so that `evaluate` reads it.
 
-The store the probe will be evaluated on supplies what the seed's checkpoint does not hold: the featurizer's
-provenance (checked against the seed's backbone type), the feature dims and the working size.
+The checkpoint names the research code's backbone, click encoder, upsampler and crop size; isegprobe rebuilds the
+same featurizer (the official DINOv2, or timm's ViT with its attention keys, ...) with the research code's input rule
+(ImageNet mean/std for every backbone) and the backbone weights the probe was trained on. A store, when given,
+supplies that featurizer's provenance instead and must match it (a late-fusion probe evaluated from the cache).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
-from isegprobe import __version__
+from isegprobe import __version__, featurizers
 from isegprobe.cache import FeatureStore
+from isegprobe.cache.attrs import preprocessing_attrs
+from isegprobe.cache.schema import ARCHITECTURE_IDENTITY_KEYS, check_same_featurizer
 from isegprobe.config import config_to_dict, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.model import ISProbe
 from isegprobe.state_dicts import load_strictly
 from isegprobe.training.checkpoint import save_checkpoint
-from isegprobe.training.seed_checkpoints import read_seed_checkpoint, seed_probe
+from isegprobe.training.seed_checkpoints import SeedProbe, read_seed_checkpoint, seed_keys_to_isegprobe, seed_probe
+
+# The research code's base model standardizes every backbone's input with ImageNet's statistics.
+SEED_NORMALIZATION = "imagenet"
 
 
 def import_seed_probe(
-    seed_path: str | Path, store_path: str | Path, run_dir: str | Path, upsampler_weights: str | None = None
+    seed_path: str | Path,
+    run_dir: str | Path,
+    weights: str = "hub",
+    upsampler_weights: str | None = None,
+    store_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write `run_dir/last.*` from the seed checkpoint at `seed_path`; returns the checkpoint's metadata."""
+    """Write `run_dir/last.*` from the seed checkpoint at `seed_path`; returns the checkpoint's metadata.
+
+    `weights`: the backbone's weights ("hub", or the file the probe was trained with); `upsampler_weights`: the
+    authors' file of a frozen learned upsampler, which the research code's checkpoints do not hold; `store_path`: a
+    store of the same featurizer at the probe's crop size, whose provenance then stands for the featurizer.
+    """
     seed_path, run_dir = Path(seed_path), Path(run_dir)
     if (run_dir / "last.json").exists():
         raise UserError(f"{run_dir} already holds a run (last.json); import into a new directory")
     seed = seed_probe(read_seed_checkpoint(seed_path), str(seed_path))
-    store = FeatureStore.open(store_path)
-    provenance = dict(store.attrs["featurizer"])
-    if provenance.get("output") != seed.backbone_output:
-        raise UserError(
-            f"{store.path}: features of a {provenance.get('output')!r} featurizer ({provenance.get('name')}), but "
-            f"the probe was trained on the {seed.backbone_output!r} output of its {seed.backbone} backbone"
-        )
-    preprocessing = dict(store.attrs["preprocessing"])
-    overrides = [*seed.overrides, f"data.size={int(preprocessing['size'])}"]
+    if store_path is None:
+        featurizer = featurizers.create_featurizer(seed.featurizer, weights=weights, normalization=SEED_NORMALIZATION)
+        provenance = featurizer.provenance
+    else:
+        with warnings.catch_warnings():  # only the architecture is read from it; the store's weights stand
+            warnings.simplefilter("ignore", featurizers.RandomWeightsWarning)
+            featurizer = featurizers.create_featurizer(seed.featurizer, "random", SEED_NORMALIZATION)
+        provenance = _store_provenance(store_path, seed, featurizer.provenance)
+    overrides = [*seed.overrides, f"data.size={seed.size}"]
     if upsampler_weights is not None:
         overrides.append(f"model.upsampler.weights={upsampler_weights}")
-    config = load_train_config("sbd_224", overrides)
+    config = load_train_config(seed.preset, overrides)
     fusion = config.model.fusion
     dims = {
         "feature_dim": int(provenance["dim"]),
@@ -52,20 +69,41 @@ def import_seed_probe(
             f"the probe used the {config.model.upsampler.name} upsampler, frozen with its authors' weights, "
             "which iSegProbe checkpoints do not hold: pass them with --upsampler-weights PATH"
         )
+    state = dict(seed.state_dict)
+    if provenance["output"] == "keys":
+        attention = featurizer.model.blocks[-1].attn
+        seed_keys_to_isegprobe(state, attention.num_heads, attention.head_dim, fusion)
     # The upsampler keeps the weights it was built with (its authors' file, or none); the rest comes from the seed.
     upsampler = {key: value for key, value in probe.state_dict().items() if key.startswith("upsampler.")}
-    load_strictly(probe, {**upsampler, **seed.state_dict}, f"{seed_path}: its weights do not fit a probe on this store")
+    load_strictly(probe, {**upsampler, **state}, f"{seed_path}: its weights do not fit a probe on {seed.featurizer}")
     metadata = {
         "package_version": __version__,
         "config": config_to_dict(config),
         "model": probe.dims(),
         "featurizer_provenance": provenance,
-        "store_path": str(store.path),
-        "preprocessing": preprocessing,
-        "online": fusion == "before_backbone",
+        "store_path": None if store_path is None else str(Path(store_path).resolve()),
+        "preprocessing": preprocessing_attrs(provenance, seed.size, "stretch"),
+        "online": store_path is None or fusion == "before_backbone",
         "step": 0,
-        "imported_from": {"path": str(seed_path.resolve()), "sha256": file_sha256(seed_path)},
+        "imported_from": {"path": str(seed_path.resolve()), "sha256": file_sha256(seed_path), "preset": seed.preset},
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run_dir, "last", probe, metadata)
     return metadata
+
+
+def _store_provenance(store_path: str | Path, seed: SeedProbe, built: dict[str, Any]) -> dict[str, Any]:
+    """The store's featurizer provenance, after checking that it computes what the seed's backbone computed, at the
+    probe's crop size."""
+    store = FeatureStore.open(store_path)
+    provenance = dict(store.attrs["featurizer"])
+    check_same_featurizer(
+        built, provenance, str(store.path), trained_on="the probe's backbone", keys=ARCHITECTURE_IDENTITY_KEYS
+    )
+    size = int(store.attrs["preprocessing"]["size"])
+    if size != seed.size or store.attrs["preprocessing"].get("resize", "stretch") != "stretch":
+        raise UserError(
+            f"{store.path}: extracted at --size {size}; the probe was trained on {seed.size} px crops, stretched: "
+            f"extract with --size {seed.size} --resize stretch"
+        )
+    return provenance

@@ -35,8 +35,10 @@ from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
 from isegprobe.training.next_clicks import add_next_clicks
 from isegprobe.training.points_sampler import MultiPointSampler
 from isegprobe.training.run_logger import RunLogger
+from isegprobe.training.sample_weights import draw_probabilities, read_sample_scores
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.stopping import StopRequests
+from isegprobe.training.store_checks import check_store_fits
 from isegprobe.training.visuals import prediction_panels
 
 log = logging.getLogger(__name__)
@@ -301,8 +303,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     preprocessing = dict(dataset.preprocessing)
     size = int(preprocessing["size"])
-    if config.data.size is not None and config.data.size != size:
-        raise UserError(f"data.size is {config.data.size} but the store was extracted at {size} px")
+    check_store_fits(config.data, preprocessing, getattr(dataset, "provenance", None))
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
     if config.model.fusion == "before_backbone" and not online:
@@ -316,7 +317,13 @@ def train(
     point_sampler = MultiPointSampler(config.sampler)
     views_per_item = int(getattr(dataset, "num_views", 1))
     items = ClickTrainingSet(
-        dataset, point_sampler, config.seed, with_features=not online, views_per_item=views_per_item
+        dataset,
+        point_sampler,
+        config.seed,
+        with_features=not online,
+        views_per_item=views_per_item,
+        keep_background_prob=config.data.keep_background_prob,
+        augment=config.data.augment,
     )
     schedule = StepSchedule.from_config(config.schedule, config.optim.lr, len(items), config.data.batch_size)
     if rank == 0 and schedule.total_steps < (config.schedule.max_iters or 0):
@@ -337,7 +344,12 @@ def train(
     if world > 1:
         trainer.distribute()
 
-    shuffle = EpochShuffleSampler(len(items), seed=config.seed, rank=rank, world=world)
+    probabilities = None
+    if config.data.sample_weights is not None:
+        scores = read_sample_scores(config.data.sample_weights)
+        item_ids = [dataset.item_ids[item] for item in dataset.items]
+        probabilities = draw_probabilities(item_ids, scores, config.data.sample_weights_gamma)
+    shuffle = EpochShuffleSampler(len(items), seed=config.seed, rank=rank, world=world, probabilities=probabilities)
     loader = _loader(items, config, device, shuffle, config.data.batch_size // world)
     val_loader = None
     if val_dataset is not None:

@@ -9,6 +9,10 @@ sum is 49 shifted multiply-adds on the padded map, which runs on any device, is 
 Weights: FeatUp's Lightning checkpoints as served by its torch hub entry points (`dinov2` ->
 `dinov2_jbu_stack_cocostuff.ckpt`): `upsampler.*`, and the ChannelNorm `model.1.norm.*` the upsampler was trained
 behind; the backbone and training-only modules in the file are skipped.
+
+Two ways to run them, both legitimate, so both by name: `featup_jbu` is FeatUp's hub model (ChannelNorm, then the
+stack); `featup_jbu_stack` is the stack alone, fed the backbone's features as they are, which is what the iSegProbe
+research code runs (its `JBUFeatUp` keeps only the hub model's `.upsampler`).
 """
 
 from __future__ import annotations
@@ -129,6 +133,32 @@ class FeatUpJBU(LearnedUpsampler):
         load_strictly(self, state, f"{path} is not a FeatUp JBU checkpoint for this feature dim")
 
 
+class FeatUpJBUStack(LearnedUpsampler):
+    """FeatUp's JBU stack without the ChannelNorm in front, as iSegProbe's `JBUFeatUp` runs it."""
+
+    scale = 16
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.upsampler = JBUStack(dim)
+
+    def forward_native(self, features: Tensor, guidance: Tensor) -> Tensor:
+        """The stack's output: [B, C, 16h, 16w]."""
+        return self.upsampler(features, guidance)
+
+    def forward(self, features: Tensor, guidance: Tensor) -> Tensor:
+        return resize_to(self.forward_native(features, guidance), guidance.shape[-2:], self.align_corners)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = rename_prefixes(read_state_dict(path), {"upsampler.": "upsampler."})
+        load_strictly(self, state, f"{path} is not a FeatUp JBU checkpoint for this feature dim")
+
+
 @register_upsampler("featup_jbu")
 def create_featup_jbu(dim: int, weights: str | None = None) -> FeatUpJBU:
     return with_weights(FeatUpJBU(dim), weights)
+
+
+@register_upsampler("featup_jbu_stack")
+def create_featup_jbu_stack(dim: int, weights: str | None = None) -> FeatUpJBUStack:
+    return with_weights(FeatUpJBUStack(dim), weights)

@@ -33,15 +33,21 @@ QUERY_CHUNK_SIZE = 8192
 
 
 class MinMaxScaler(nn.Module):
-    """Each channel scaled to [-0.5, 0.5] by its min and max over the whole batch.
+    """Each channel scaled to [-0.5, 0.5] by its min and max.
 
-    So an image's output depends on the other images in its batch; kept, because the weights were trained that way.
+    The authors pool the min and max over the whole batch, so an image's output depends on the other images in its
+    batch. That is kept in training mode, where the weights were trained that way; in eval mode each image is
+    scaled by its own statistics, so that an object's result does not depend on which objects share its forward
+    (the research code evaluates an image with its mirror, which has the same statistics).
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.transpose(0, 1).flatten(1)
-        low = flat.min(dim=1).values.reshape(1, -1, 1, 1)
-        span = flat.max(dim=1).values.reshape(1, -1, 1, 1) - low
+        if self.training:
+            flat = x.transpose(0, 1).flatten(1)[None]
+        else:
+            flat = x.flatten(2)
+        low = flat.min(dim=-1).values[..., None, None]
+        span = flat.max(dim=-1).values[..., None, None] - low
         return (x - low) / span.clamp_min(1e-4) - 0.5
 
 

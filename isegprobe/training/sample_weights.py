@@ -1,0 +1,66 @@
+"""RITM's per-image sampling weights for SBD: images the probe finds easy are drawn less often.
+
+RITM (and iSegProbe after it) scored every SBD training image once and draws training images with probability
+proportional to (1 - score) ** gamma (gamma 1.25), with replacement. The scores ship as RITM's
+`assets/sbd_samples_weights.pkl`, a pickled list of (index, image name, numpy float32 score); the same table as CSV
+(`index,image,score`) reads too. The pickle is read with an unpickler that builds only those values, never an object
+the file names.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from isegprobe.errors import UserError
+
+# What the scores pickle may build: numpy's scalars (and the dtype they carry) besides plain containers.
+_ALLOWED_GLOBALS = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
+
+
+class _ScoresUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not part of a scores table")
+        return super().find_class(module, name)
+
+
+def read_sample_scores(path: str | Path) -> dict[str, float]:
+    """image name -> score, from RITM's pickle or a CSV with columns index, image, score."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"data.sample_weights: no file {path}")
+    data = path.read_bytes()
+    try:
+        if path.suffix == ".csv":
+            rows = [(row["image"], row["score"]) for row in csv.DictReader(io.StringIO(data.decode()))]
+        else:
+            rows = [(entry[1], entry[2]) for entry in _ScoresUnpickler(io.BytesIO(data)).load()]
+        scores = {str(name): float(score) for name, score in rows}
+    except (pickle.UnpicklingError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError, EOFError) as error:
+        raise UserError(
+            f"data.sample_weights: {path} is not a table of (index, image, score) rows, as RITM's "
+            f"sbd_samples_weights.pkl or a CSV with those columns ({error})"
+        ) from None
+    if not scores:
+        raise UserError(f"data.sample_weights: {path} holds no scores")
+    return scores
+
+
+def draw_probabilities(item_ids: Sequence[str], scores: dict[str, float], gamma: float) -> np.ndarray:
+    """Each item's probability of being drawn: (1 - score) ** gamma, normalized over the store's items."""
+    missing = [item for item in item_ids if item not in scores]
+    if missing:
+        raise UserError(
+            f"data.sample_weights: no score for {len(missing)} of the store's {len(item_ids)} images "
+            f"(e.g. {', '.join(missing[:3])}); the table must score every training image"
+        )
+    weights = np.array([(1.0 - scores[item]) ** gamma for item in item_ids], dtype=np.float64)
+    if not np.all(np.isfinite(weights)) or weights.sum() <= 0:
+        raise UserError("data.sample_weights: the scores give no positive weights (scores must lie in [0, 1])")
+    return weights / weights.sum()

@@ -39,6 +39,7 @@ from isegprobe.inference.zoom_in import ZoomIn, box_iou, object_box
 from isegprobe.model import ISProbe
 from isegprobe.training.checkpoint import load_probe, save_checkpoint
 from isegprobe.training.trainer import train
+from isegprobe.upsamplers import create_upsampler
 
 FEATURIZER = "vit_small_patch14_dinov2"
 SIZE = 56
@@ -457,3 +458,104 @@ def test_mirrored_view_mirrors_clicks_exactly():
         assert (my, mx) == pytest.approx((y, 111 - x))
     probs = torch.rand(112, 112)
     torch.testing.assert_close(to_original(probs.flip(-1), mirrored).flip(-1), to_original(probs, view))
+
+
+# --- iSegProbe's protocol ---------------------------------------------------------------------------------------
+
+
+def test_ritm_zoom_in_geometry_maps_crops_and_clicks_as_ritm_does():
+    """RITM's ZoomIn (iSegProbe's evaluate.py): the crop resized with the corner pixels aligned and kept in float,
+    clicks scaled by the size ratio (row * S / crop height), and the probabilities put back with corners aligned."""
+    height, width, size = 300, 400, 112
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    zoom = ZoomIn(image, size, align_corners=True, recompute_iou=0.0)
+    zoom.box = (40, 239, 100, 349)  # 200 x 250
+    clicks = [Click(123, 200, True), Click(60, 300, False)]
+    framed = zoom.inputs(clicks)
+    assert zoom.box == (40, 239, 100, 349)
+
+    # grid_sample with align_corners=True reads crop pixel (i, j) at source (40 + i * 199 / 111, 100 + j * 249 / 111)
+    rows = torch.linspace(-1, 1, size)
+    grid = torch.stack(torch.meshgrid(rows, rows, indexing="ij")[::-1], dim=-1)[None]
+    region = torch.from_numpy(image).permute(2, 0, 1).float()[None, :, 40:240, 100:350]
+    expected = torch.nn.functional.grid_sample(region, grid, mode="bilinear", align_corners=True)[0]
+    assert framed.view.image.dtype == torch.float32, "RITM's crop is never rounded to uint8"
+    torch.testing.assert_close(framed.view.image, expected, atol=0.02, rtol=0)  # of 255: float rounding only
+
+    working = [to_working(click, framed.view) for click in framed.clicks]
+    assert working == [
+        pytest.approx((size * (123 - 40) / 200, size * (200 - 100) / 250, 1)),
+        pytest.approx((size * (60 - 40) / 200, size * (300 - 100) / 250, 0)),
+    ]
+    probs = torch.rand(size, size)
+    back = zoom.to_original(probs)
+    inside = torch.nn.functional.interpolate(probs[None, None], size=(200, 250), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(back[40:240, 100:350], inside[0, 0])
+    assert back[:40].abs().max() == 0 and back[:, 350:].abs().max() == 0
+
+
+def test_an_objects_curve_does_not_depend_on_the_objects_beside_it_with_loftup(store, three_images, tmp_path):
+    """LoftUp scales its guidance by min and max; in evaluation each object uses its own, as the research code's
+    batch of one image (and its mirror) does, so batching objects changes nothing."""
+    cached = CachedDataset(store)
+    upsampler = create_upsampler("loftup", cached.provenance["dim"])
+    with torch.no_grad():
+        for tensor in upsampler.parameters():
+            tensor.normal_(0, 0.3)
+    torch.save(upsampler.state_dict(), tmp_path / "loftup.pth")
+    overrides = ["model.upsampler.name=loftup", f"model.upsampler.weights={tmp_path / 'loftup.pth'}"]
+    probe, metadata = load_probe(untrained_checkpoint(store, tmp_path, overrides))
+    preprocessing = metadata["preprocessing"]
+    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"))
+    source = create_dataset("grabcut", three_images, "test")
+    tasks = list(cached_tasks(str(store), source, flip=False))
+    dim = tasks[1].view  # photographs span 0..255 in every channel; this one spans less, so ranges differ
+    tasks[1].view = WorkingView(dim.features, dim.image // 3 + 40, dim.valid_box, dim.original_size)
+    inputs = [
+        PredictionInput(task.view, None, [Click(*np.argwhere(task.gt)[0], True)], torch.zeros(SIZE, SIZE))
+        for task in tasks
+    ]
+    together = predictor.probabilities(inputs)
+    alone = torch.cat([predictor.probabilities([item]) for item in inputs])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+    curves = {}
+    for batch_size in (1, 3):
+        run = evaluate_objects(predictor, iter(tasks), 3, batch_size=batch_size)
+        curves[batch_size] = np.stack([result.ious for result in run.results])
+    np.testing.assert_array_equal(curves[1], curves[3])
+
+
+def test_the_isegprobe_protocol_fixes_its_settings_and_evaluates_the_last_checkpoint(
+    store, three_images, tmp_path, built_once
+):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    untrained_checkpoint(store, run_dir, ["model.align_corners=true"])
+    for suffix in (".safetensors", ".json"):  # a best checkpoint beside the last one: the protocol takes the last
+        shutil.copy(run_dir / f"last{suffix}", run_dir / f"best{suffix}")
+    request = EvaluationRequest(
+        checkpoint=str(run_dir), out_dir=str(tmp_path / "out"), datasets=["grabcut"], root=str(three_images),
+        protocol="iSegProbe", batch_size=3,
+    )  # fmt: skip
+    summaries = run_evaluation(request)
+    document = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert document["protocol"] == "iSegProbe"
+    assert (document["zoom_in"], document["flip"], document["online"]) == (True, True, True)
+    assert (document["max_clicks"], document["threshold"]) == (20, 0.5)
+    assert Path(document["checkpoint"]).name == "last.safetensors"
+    summary = summaries["grabcut"]
+    assert len(summary["mIoU@k"]) == 20, "every object gets all 20 clicks (no early stop), as print_ious does"
+    assert summary["sec_per_click_loop"] >= summary["sec_per_click"] > 0
+
+    refused = cli(
+        "--checkpoint", str(run_dir), "--protocol", "iSegProbe", "--max-clicks", "5", "--datasets", "grabcut",
+        "--root", str(three_images), "--out", str(tmp_path / "refused"),
+    )  # fmt: skip
+    assert refused.exit_code == 1
+    assert "--protocol iSegProbe fixes what these flags change: --max-clicks 5 (it uses 20)" in refused.output
+    refused = cli(
+        "--checkpoint", str(run_dir), "--protocol", "iSegProbe", "--store", str(store), "--out", str(tmp_path / "r2")
+    )
+    assert refused.exit_code == 1 and "not --store" in refused.output
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "r2").exists()

@@ -229,6 +229,62 @@ def test_official_dinov2_checkpoint_loads(tmp_path, arch, prefix_tokens, chunked
     torch.testing.assert_close(featurizer(x), expected, rtol=0, atol=1e-5)
 
 
+def official_position_table(model: nn.Module, rows: int, cols: int) -> Tensor:
+    """DINOv2's `interpolate_pos_encoding` for its hub models without registers, as its code documents it: the
+    37x37 patch table resized bicubically by the scale factors (n + 0.1) / 37, no antialiasing; the class position
+    unchanged."""
+    table = model.pos_embed.detach()
+    grid = table[:, 1:].reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + 0.1) / 37, (cols + 0.1) / 37), mode="bicubic", antialias=False)
+    return torch.cat([table[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
+
+
+@pytest.mark.parametrize(("height", "width"), [(224, 224), (56, 98)])
+def test_dinov2_hub_names_are_the_official_model_with_its_position_interpolation(tmp_path, height, width):
+    reference = other_timm_model(DINO)
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(official_dinov2_layout(reference.state_dict(), chunked=False), path)
+    hub = create_featurizer("dinov2_vits14", weights=str(path))
+    rows, cols = height // 14, width // 14
+    # timm's model at a fixed size, its position table replaced by the official interpolation of the same weights
+    fixed = timm.create_model(DINO, pretrained=False, img_size=(height, width), num_classes=0).eval()
+    state = reference.state_dict()
+    state["pos_embed"] = official_position_table(reference, rows, cols)
+    fixed.load_state_dict(state)
+    x = images(height, width)
+    with torch.no_grad():
+        expected = as_map(fixed.forward_features(x)[:, 1:], rows, cols)
+        timm_rule = create_featurizer(DINO, weights=str(path))(x)
+    torch.testing.assert_close(hub(x), expected, rtol=0, atol=1e-5)
+    assert (hub(x) - timm_rule).abs().max() > 1e-2, "timm's own resampling gives other features"
+    assert hub.provenance["name"] == "dinov2_vits14" and hub.provenance["position_resampling"] == "dinov2"
+    assert hub.provenance["architecture"] == "vit_small_patch14_dinov2.lvd142m"
+
+
+def test_dinov2_hub_names_keep_the_table_at_its_own_grid(tmp_path):
+    reference = other_timm_model(DINO)
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(official_dinov2_layout(reference.state_dict(), chunked=False), path)
+    x = images(518, 518, batch=1)
+    with torch.no_grad():
+        expected = as_map(reference.forward_features(x)[:, 1:], 37, 37)
+        torch.testing.assert_close(create_featurizer("dinov2_vits14", weights=str(path))(x), expected, atol=1e-5, rtol=0)
+
+
+def test_imagenet_normalization_is_recorded_and_changes_the_statistics():
+    augreg = create_featurizer_quietly("vit_small_patch16_224")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        imagenet = create_featurizer("vit_small_patch16_224", normalization="imagenet")
+    assert augreg.mean == pytest.approx((0.5, 0.5, 0.5)) and augreg.provenance["normalization"] == "model"
+    assert imagenet.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert imagenet.std == pytest.approx((0.229, 0.224, 0.225))
+    assert imagenet.provenance["normalization"] == "imagenet"
+    assert imagenet.provenance["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    with pytest.raises(UserError, match="unknown normalization 'clip'"):
+        create_featurizer("vit_small_patch16_224", normalization="clip")
+
+
 CLIP_WIDTH, CLIP_LAYERS, CLIP_HEADS = 768, 12, 12
 
 

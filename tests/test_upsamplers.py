@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
+from isegprobe.config import load_train_config
+from isegprobe.model import ISProbe
 from isegprobe.upsamplers import create_upsampler
 from isegprobe.upsamplers.anyup import AnyUp
 from isegprobe.upsamplers.featup_jbu import adaptive_conv
 from isegprobe.upsamplers.learned import LearnedUpsampler
-from isegprobe.upsamplers.loftup import CrossAttentionLayer
+from isegprobe.upsamplers.loftup import CrossAttentionLayer, MinMaxScaler
 
 LEARNED = ["lift", "featup_jbu", "loftup", "anyup"]
 DIM = 16
@@ -186,9 +189,18 @@ AUTHORS_OUTPUTS = {
 }
 
 
+def with_batch_pooled_min_max(upsampler: nn.Module) -> nn.Module:
+    """LoftUp's min-max scaling as its authors' module always runs it, over the whole batch (isegprobe does so in
+    training mode only); the rest stays in eval mode."""
+    for module in upsampler.modules():
+        if isinstance(module, MinMaxScaler):
+            module.train()
+    return upsampler
+
+
 @pytest.mark.parametrize("name", LEARNED)
 def test_the_output_is_the_authors_output_for_the_same_weights(name: str) -> None:
-    upsampler = randomized(create_upsampler(name, DIM)).eval()
+    upsampler = with_batch_pooled_min_max(randomized(create_upsampler(name, DIM)).eval())
     features, image = inputs(grid=(10, 12))
     with torch.no_grad():
         out = upsampler.forward_native(features, image) if upsampler.scale else upsampler(features, image)
@@ -362,3 +374,69 @@ def test_jbu_adaptive_conv_is_featups_per_pixel_7x7_sum_with_the_same_gradients(
     expected_grads = torch.autograd.grad((expected * weights).sum(), (source, kernel))
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad)
+
+
+# --- as the iSegProbe research code runs them -------------------------------------------------------------------
+
+
+def test_loftup_in_eval_mode_scales_each_image_by_its_own_range() -> None:
+    """An image's output does not depend on the images beside it in the batch; the research code's batch (an image
+    and its mirror, which has the same range) gives the same output as the image alone."""
+    upsampler = randomized(create_upsampler("loftup", DIM)).eval()
+    features, image = inputs(batch=3)
+    image[1] = image[1] * 4 + 2  # another range than its neighbours
+    with torch.no_grad():
+        together = upsampler(features, image)
+        alone = torch.cat([upsampler(features[i : i + 1], image[i : i + 1]) for i in range(3)])
+        with_mirror = upsampler(
+            torch.stack([features[1], features[1].flip(-1)]), torch.stack([image[1], image[1].flip(-1)])
+        )[:1]
+        pooled = with_batch_pooled_min_max(upsampler)(features, image)
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(with_mirror, alone[1:2], rtol=0, atol=1e-5)
+    assert (pooled - alone).abs().max() > 1e-2, "pooling over the batch would mix the images"
+
+
+def test_featup_jbu_stack_is_the_hub_models_upsampler_without_its_channel_norm(tmp_path: Path) -> None:
+    """The research code's JBUFeatUp takes FeatUp's hub model's `.upsampler` only: the same file's JBU stack, fed the
+    features without the ChannelNorm that `featup_jbu` (the whole hub model) puts in front."""
+    path, source = write_authors_file("featup_jbu", "dinov2_jbu_stack_cocostuff.ckpt", "lightning", tmp_path)
+    stack = create_upsampler("featup_jbu_stack", DIM, weights=str(path))
+    assert {key.removeprefix("upsampler.") for key in stack.state_dict()} == {
+        key.removeprefix("upsampler.") for key in source.state_dict() if key.startswith("upsampler.")
+    }
+    features, image = inputs()
+    with torch.no_grad():
+        expected = source.upsampler(features, image)  # the JBU stack alone, at 16x
+        torch.testing.assert_close(stack.forward_native(features, image), expected, rtol=0, atol=1e-6)
+        assert (stack(features, image) - create_upsampler("featup_jbu", DIM, str(path))(features, image)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_frozen_upsampler_follows_the_probes_train_mode_only_when_asked(follow: bool, tmp_path: Path) -> None:
+    """With `train_mode_when_frozen` (the research presets) a frozen LiFT trains on batch statistics, as the research
+    code's `net.train()` runs it, and still evaluates, and is saved, with its authors' running statistics."""
+    path, source = write_authors_file("lift", "lift.pth", "bare", tmp_path)
+    config = load_train_config(
+        "fast_cpu",
+        [
+            "model.upsampler.name=lift",
+            f"model.upsampler.weights={path}",
+            f"model.upsampler.train_mode_when_frozen={str(follow).lower()}",
+        ],
+    )
+    probe = ISProbe(config.model, DIM, 8).train()
+    features, image = inputs()
+    with torch.no_grad():
+        in_training = probe.upsampler(features, image)
+        by_running_stats = source.eval()(features, image)
+        by_batch_stats = copy.deepcopy(source).train()(features, image)
+    assert probe.upsampler.training is follow
+    torch.testing.assert_close(in_training, by_batch_stats if follow else by_running_stats)
+    assert not any(parameter.requires_grad for parameter in probe.upsampler.parameters())
+    saved = {key: value for key, value in probe.state_dict().items() if key.startswith("upsampler.")}
+    authors = source.state_dict()
+    assert all(torch.equal(value, authors[key.removeprefix("upsampler.")]) for key, value in saved.items())
+    probe.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(probe.upsampler(features, image), by_running_stats)

@@ -11,6 +11,7 @@ import zarr
 
 from isegprobe.cache import CachedDataset, FeatureStore
 from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.cache.store import FeatureStore as StoreClass
 from isegprobe.data import create_dataset
 from isegprobe.data.preprocess import make_view, parse_views
@@ -151,6 +152,26 @@ def test_refuses_a_store_made_differently(tmp_path):
     replaced = extract(request(tmp_path, views="identity", overwrite=True))
     assert replaced.items_extracted == 12
     assert zarr.open(str(replaced.path), mode="r")["features"].shape[1] == 1
+
+
+def test_imagenet_normalized_features_are_their_own_store_never_mixed_with_the_models(tmp_path):
+    """iSegProbe's input rule (ImageNet statistics for every backbone) gives other features than the model's own
+    statistics: a store of its own name, its own provenance, and never read as the other kind."""
+    own = extract(request(tmp_path, featurizer="vit_small_patch16_224", size=64)).path
+    imagenet = extract(request(tmp_path, featurizer="vit_small_patch16_224", size=64, normalization="imagenet")).path
+    assert own.name == "vit_small_patch16_224-builtin-test-64.zarr"
+    assert imagenet.name == "vit_small_patch16_224-imagenet_norm-builtin-test-64.zarr"
+    own_attrs, imagenet_attrs = FeatureStore.open(own).attrs, FeatureStore.open(imagenet).attrs
+    assert own_attrs["preprocessing"]["mean"] == pytest.approx([0.5, 0.5, 0.5])
+    assert imagenet_attrs["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert imagenet_attrs["featurizer"]["normalization"] == "imagenet"
+    own_features = np.asarray(zarr.open(str(own), mode="r")["features"][0, 0])
+    imagenet_features = np.asarray(zarr.open(str(imagenet), mode="r")["features"][0, 0])
+    assert np.abs(own_features.astype(np.float32) - imagenet_features).max() > 1e-2
+    with pytest.raises(UserError, match="normalization: checkpoint 'imagenet', .* 'model'"):
+        check_same_featurizer(imagenet_attrs["featurizer"], own_attrs["featurizer"], str(own))
+    legacy = {key: value for key, value in own_attrs["featurizer"].items() if key != "normalization"}
+    check_same_featurizer(legacy, own_attrs["featurizer"], str(own))  # written before the key: the model's own
 
 
 def test_size_must_be_a_multiple_of_the_patch(tmp_path):

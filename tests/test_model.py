@@ -73,6 +73,17 @@ def test_disks_clip_at_the_border_and_negatives_go_to_their_own_channel() -> Non
     assert torch.equal(maps[0, 1], hand_disk(SIZE, 0, 0, 5))
 
 
+def test_a_click_between_pixels_stamps_ritms_disk_around_its_unrounded_centre() -> None:
+    """Clicks mapped into a zoom-in crop fall between pixels; RITM's DistMaps draws each disk around the exact centre
+    (squared distance <= radius**2 in float32), which no rounded centre reproduces."""
+    centre = (20.6, 30.4)
+    maps = click_maps(torch.tensor([[[*centre, 1.0]]]), (SIZE, SIZE), radius=5)
+    rows, cols = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+    ritm = ((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= 25).float()
+    assert torch.equal(maps[0, 0], ritm)
+    assert not torch.equal(maps[0, 0], hand_disk(SIZE, 21, 30, 5)), "the rounded centre's disk differs"
+
+
 def test_click_inputs_stack_positive_negative_and_previous_mask() -> None:
     prev_mask = torch.rand(1, 1, SIZE, SIZE)
     stacked = click_inputs(torch.tensor([[[5, 5, 1], [50, 50, 0]]]), prev_mask, radius=5)

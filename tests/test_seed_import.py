@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +21,12 @@ from launch import run_cli
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
-from isegprobe.config import ClickEncoderConfig
+from isegprobe.config import ClickEncoderConfig, load_train_config
 from isegprobe.errors import UserError
+from isegprobe.featurizers import RandomWeightsWarning, recreate_featurizer
 from isegprobe.model import click_maps, create_click_encoder
 from isegprobe.training import load_probe
+from isegprobe.training.seed_checkpoints import SeedProbe, read_seed_checkpoint, seed_probe
 from isegprobe.training.seed_import import import_seed_probe
 
 easydict = pytest.importorskip("easydict", reason="easydict (a test extra) writes the seed's config objects")
@@ -61,9 +64,11 @@ def write_seed_checkpoint(
     upsampler: str = "identity",
     backbone: dict | None = None,
     head: str = "convhead",
+    size: int = SIZE,
+    patch: int = PATCH,
 ) -> Path:
-    hydra_cfg = omegaconf.OmegaConf.create({"training_params": {"crop_size": [SIZE, SIZE]}})
-    encoder_params = {"img_size": hydra_cfg.training_params.crop_size, "patch_size": (PATCH, PATCH), "embed_dim": DIM}
+    hydra_cfg = omegaconf.OmegaConf.create({"training_params": {"crop_size": [size, size]}})
+    encoder_params = {"img_size": hydra_cfg.training_params.crop_size, "patch_size": (patch, patch), "embed_dim": DIM}
     if encoder == "simple_vit":
         encoder_params.update(depth=2, heads=2, mlp_dim=64, channels=3, dim_head=16)
     modules = easydict.EasyDict(
@@ -108,18 +113,18 @@ def seed_head_weights(generator: torch.Generator) -> dict[str, torch.Tensor]:
     return weights
 
 
-def seed_head(weights: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+def seed_head(weights: dict[str, torch.Tensor], features: torch.Tensor, size: int = SIZE) -> torch.Tensor:
     """The seed's ConvSegHead written out: two 3x3 conv + ReLU, a 1x1 classifier; then its resize to the image."""
     for index in range(2):
         conv = f"head.convs.{index}.conv"
         features = F.relu(F.conv2d(features, weights[f"{conv}.weight"], weights[f"{conv}.bias"], padding=1))
     logits = F.conv2d(features, weights["head.classifier.weight"], weights["head.classifier.bias"])
-    return F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=True)
+    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True)
 
 
 def seed_click_maps(clicks: torch.Tensor, prev_mask: torch.Tensor) -> torch.Tensor:
     """The seed's click input: the previous mask first, then the positive and negative disks."""
-    return torch.cat((prev_mask, click_maps(clicks, (SIZE, SIZE))), dim=1)
+    return torch.cat((prev_mask, click_maps(clicks, tuple(prev_mask.shape[-2:]))), dim=1)
 
 
 def probe_inputs(store: Path) -> tuple[torch.Tensor, ...]:
@@ -264,3 +269,131 @@ def test_a_seed_probe_from_another_patch_size_does_not_fit_its_backbone(store: P
     import_seed_probe(fitting, tmp_path / "ok", store_path=store)
     with pytest.raises(UserError, match="already holds a run"):
         import_seed_probe(fitting, tmp_path / "ok", store_path=store)
+
+
+# --- the research code's backbones, presets and channel orders ---------------------------------------------------
+
+VIT_SIZE, VIT_PATCH = 64, 16
+
+
+def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp_path: Path) -> None:
+    """The research code's `vit` backbone gives the last block's keys unless feat_type says otherwise, laid out head
+    minor (channel d * 6 + h) where isegprobe's keys featurizer is head major (h * 64 + d): the imported head reads
+    isegprobe's keys as the research head read its own. Its ViT is timm's vit_small_patch16_224 (AugReg weights,
+    not DINO's), its inputs normalized with ImageNet's statistics."""
+    generator = torch.Generator().manual_seed(6)
+    weights = {
+        "embed_coords.proj.weight": torch.randn(DIM, 3, VIT_PATCH, VIT_PATCH, generator=generator) * 0.05,
+        "embed_coords.proj.bias": torch.randn(DIM, generator=generator) * 0.05,
+        **seed_head_weights(generator),
+    }
+    backbone = {
+        "type": "vit",
+        "params": {"arch": "vit_small_patch16_224", "patch_size": 16, "feats_injection_mode": "before_backbone"},
+    }
+    checkpoint = write_seed_checkpoint(
+        tmp_path / "vit.pth", weights, backbone=backbone, size=VIT_SIZE, patch=VIT_PATCH
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        metadata = import_seed_probe(checkpoint, tmp_path / "run", weights="random")
+        featurizer = recreate_featurizer(metadata["featurizer_provenance"])
+    provenance = metadata["featurizer_provenance"]
+    assert (provenance["name"], provenance["normalization"]) == ("vit_small_patch16_224:keys", "imagenet")
+    assert metadata["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert metadata["imported_from"]["preset"] == "sbd_vit_patch-embed_noup"
+    probe, _ = load_probe(tmp_path / "run", featurizer=featurizer)
+
+    image = torch.randn(1, 3, VIT_SIZE, VIT_SIZE, generator=generator)
+    clicks = torch.tensor([[[20, 30, 1], [40, 10, 0]]])
+    prev_mask = torch.rand(1, 1, VIT_SIZE, VIT_SIZE, generator=generator)
+    with torch.no_grad():
+        tokens = F.conv2d(
+            seed_click_maps(clicks, prev_mask),
+            weights["embed_coords.proj.weight"],
+            weights["embed_coords.proj.bias"],
+            stride=VIT_PATCH,
+        )
+        keys = featurizer(image, token_bias=tokens)  # isegprobe's layout: channel h * 64 + d
+        grid = VIT_SIZE // VIT_PATCH
+        research_keys = keys.reshape(1, 6, 64, grid, grid).transpose(1, 2).reshape(1, DIM, grid, grid)
+        expected = seed_head(weights, research_keys, VIT_SIZE)
+        torch.testing.assert_close(probe(None, image, clicks, prev_mask), expected, rtol=0, atol=1e-5)
+
+
+def translated(tmp_path: Path, **options) -> SeedProbe:
+    """What isegprobe reads from a seed checkpoint with these options, without building anything."""
+    weights = patch_embed_weights()
+    if options.get("encoder") == "simple_vit":
+        encoder = create_click_encoder(
+            ClickEncoderConfig(name="simple_vit", depth=2, heads=2, mlp_dim=64, dim_head=16), DIM, PATCH
+        )
+        weights = {f"embed_coords.{key}": value for key, value in encoder.state_dict().items()}
+        weights.update(seed_head_weights(torch.Generator().manual_seed(2)))
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", weights, **options)
+    return seed_probe(read_seed_checkpoint(checkpoint), str(checkpoint))
+
+
+@pytest.mark.parametrize(
+    ("arch", "feat_type", "featurizer"),
+    [
+        ("vit_small_patch16_224", None, "vit_small_patch16_224:keys"),
+        ("vit_small_patch16_224", "token", "vit_small_patch16_224"),
+        ("dino_vits16", "key", "vit_small_patch16_224.dino:keys"),
+    ],
+)
+def test_the_research_codes_vit_names_become_the_same_timm_weights(
+    tmp_path: Path, arch: str, feat_type: str | None, featurizer: str
+) -> None:
+    params = {"arch": arch, "feats_injection_mode": "before_backbone"}
+    if feat_type is not None:
+        params["feat_type"] = feat_type
+    assert translated(tmp_path, backbone={"type": "vit", "params": params}).featurizer == featurizer
+
+
+RESEARCH_CONFIGS = [
+    # (models/sbd file, backbone type, click encoder, upsampler, injection) -> preset
+    ("dinov2/patch-embed_bilinear.py", "dinov2", "patchEmbed", "bilinear", "before_backbone"),
+    ("dinov2/patch-embed_jbu.py", "dinov2", "patchEmbed", "jbu_featup", "before_backbone"),
+    ("dinov2/patch-embed_lift.py", "dinov2", "patchEmbed", "lift", "before_backbone"),
+    ("dinov2/patch-embed_loftup.py", "dinov2", "patchEmbed", "loftup", "before_backbone"),
+    ("dinov2/patch-embed_noup.py", "dinov2", "patchEmbed", "identity", "before_backbone"),
+    ("dinov2/simple-vit_noup.py", "dinov2", "simple_vit", "identity", "after_backbone"),
+    ("maskclip/patch-embed_noup.py", "mask_clip", "patchEmbed", "identity", "before_backbone"),
+    ("vit/patch-embed_noup.py", "vit", "patchEmbed", "identity", "before_backbone"),
+]
+
+
+@pytest.mark.parametrize(("research_file", "backbone", "encoder", "upsampler", "injection"), RESEARCH_CONFIGS)
+def test_every_research_configuration_has_its_preset_and_imports_to_it(
+    tmp_path: Path, research_file: str, backbone: str, encoder: str, upsampler: str, injection: str
+) -> None:
+    backbone_params = {"feats_injection_mode": injection}
+    if backbone == "vit":
+        backbone_params.update(arch="vit_small_patch16_224", patch_size=16, feat_type="key")
+    if backbone == "mask_clip":
+        backbone_params["model_name"] = "ViT-B/16"
+    seed = translated(
+        tmp_path,
+        size=224,  # the research code's crop size
+        backbone={"type": backbone, "params": backbone_params},
+        encoder=encoder,
+        upsampler=upsampler,
+        injection=injection,
+    )
+    folder, name = research_file.removesuffix(".py").split("/")
+    assert seed.preset == f"sbd_{folder}_{name}"
+    preset = load_train_config(seed.preset)
+    imported = load_train_config(seed.preset, seed.overrides)
+    assert (imported.model.fusion, imported.model.upsampler.name) == (preset.model.fusion, preset.model.upsampler.name)
+    assert imported.model.click_encoder.name == preset.model.click_encoder.name
+    assert preset.model.align_corners and preset.data.size == seed.size
+    assert (preset.data.featurizer, preset.data.normalization) == (seed.featurizer, "imagenet")
+    frozen_learned = upsampler in ("lift", "jbu_featup", "loftup")
+    assert preset.model.upsampler.train_mode_when_frozen is frozen_learned
+    assert preset.data.keep_background_prob == 0.01 and preset.data.augment.photometric
+
+
+def test_featup_jbu_imports_as_the_stack_without_channel_norm(tmp_path: Path) -> None:
+    seed = translated(tmp_path, upsampler="jbu_featup", injection="before_backbone")
+    assert "model.upsampler.name=featup_jbu_stack" in seed.overrides

@@ -536,7 +536,7 @@ def test_the_isegprobe_protocol_fixes_its_settings_and_evaluates_the_last_checkp
         shutil.copy(run_dir / f"last{suffix}", run_dir / f"best{suffix}")
     request = EvaluationRequest(
         checkpoint=str(run_dir), out_dir=str(tmp_path / "out"), datasets=["grabcut"], root=str(three_images),
-        protocol="iSegProbe", batch_size=3,
+        protocol="iSegProbe",
     )  # fmt: skip
     summaries = run_evaluation(request)
     document = json.loads((tmp_path / "out" / "results.json").read_text())

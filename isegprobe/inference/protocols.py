@@ -7,8 +7,9 @@
   ZoomIn with skip_clicks -1 on a 224 x 224 (the probe's working size) stretched crop, in RITM's geometry (crops
   resized with the corner pixels aligned, clicks scaled by the size ratio, click disks around unrounded centres),
   logits averaged with the horizontally flipped crop before the sigmoid, masks at probability > 0.5, 20 clicks for
-  every object (its print_ious sets the target IoU to 1.01, so no object stops early), everything in float32, and
-  the last checkpoint of a run. The backbone runs on every crop, as the research code's does.
+  every object (its print_ious sets the target IoU to 1.01, so no object stops early), everything in float32 with
+  its deterministic kernels, one object (and its mirror) per forward as it runs them, and the last checkpoint of a
+  run. The backbone runs on every crop, as the research code's does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from isegprobe.errors import UserError
 @dataclass(frozen=True)
 class EvaluationProtocol:
     """`fixed`: the request settings the protocol sets (a flag that says otherwise is refused); `checkpoint`: which
-    checkpoint of a run folder it evaluates; `exact`: float32 throughout (no autocast, no float16 features);
+    checkpoint of a run folder it evaluates; `exact`: float32 throughout (no autocast, no float16 features) with
+    deterministic kernels;
     `ritm_geometry`: zoom-in crops mapped as RITM maps them."""
 
     name: str
@@ -36,7 +38,7 @@ PROTOCOLS = {
     "cache": EvaluationProtocol("cache"),
     "iSegProbe": EvaluationProtocol(
         "iSegProbe",
-        fixed={"zoom_in": True, "flip": True, "threshold": 0.5, "max_clicks": 20, "online": True},
+        fixed={"zoom_in": True, "flip": True, "threshold": 0.5, "max_clicks": 20, "online": True, "batch_size": 1},
         checkpoint="last",
         exact=True,
         ritm_geometry=True,

@@ -21,6 +21,7 @@ from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.schema import check_same_featurizer, identity_value, store_name
 from isegprobe.data import create_dataset, resolve_root
+from isegprobe.devices import use_deterministic_arithmetic
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
@@ -149,6 +150,8 @@ def _set_up(request: EvaluationRequest, only_items: Collection[str] | None = Non
     was loaded, even when a training run writes its first `best` into the folder meanwhile."""
     device = torch.device(request.device)
     protocol = get_protocol(request.protocol)
+    if protocol.exact:
+        use_deterministic_arithmetic()
     weights = resolve_checkpoint(request.checkpoint, prefer=protocol.checkpoint)[0].resolve()
     probe, metadata = load_probe(weights, device=device)
     if probe.needs_featurizer and not request.online:

@@ -45,7 +45,7 @@ COMMANDS = {
     "import-seed": LazyCommand(
         "isegprobe.commands.import_seed:import_seed",
         "Convert a probe trained by the iSegProbe research code (its `last_checkpoint.pth` or `NNN.pth`) into "
-        "RUN/last.safetensors + last.json.",
+        "RUN/last.safetensors + last.json, on the same backbone and upsampler.",
     ),
     "plot": LazyCommand("isegprobe.commands.plot:plot", "Pictures of what the features and the probes do."),
     "quickstart": LazyCommand(

@@ -32,7 +32,7 @@ class WorkingView:
     """
 
     features: Tensor | None  # [C, h, w]
-    image: Tensor  # uint8 [3, S, S], or float in [0, 255] for a view resized without rounding
+    image: Tensor  # uint8 [3, S, S], or float in [0, 1] for a view resized without rounding
     valid_box: tuple[int, int, int, int]
     original_size: tuple[int, int]
     align_corners: bool = False

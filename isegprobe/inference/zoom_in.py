@@ -9,8 +9,8 @@ The crop is resized to the store's working size with the store's resize rule (st
 target size does, or letterbox), since that is what the probe was trained on. By default crop pixels, clicks and
 probabilities are mapped with pixel centres aligned, the predictor's convention, so cropping and un-cropping are exact
 inverses. RITM resizes with align_corners=True but scales clicks by the size ratio, which puts them up to half a crop
-pixel off; `align_corners=True` does exactly that (and keeps the resized crop in float, unrounded), for numbers that
-equal RITM's and iSegProbe's (`evaluate --protocol iSegProbe`).
+pixel off; `align_corners=True` does exactly that, on the image scaled to [0, 1] first and unrounded after, as RITM's
+tensors are, for numbers that equal RITM's and iSegProbe's (`evaluate --protocol iSegProbe`).
 
 With skip_clicks -1 the first click's box is the whole image, so a box always exists and RITM's
 `check_possible_recalculation` (which acts only while there is none) never fires: it has no counterpart here.
@@ -55,6 +55,8 @@ class ZoomIn:
         if align_corners and resize != "stretch":
             raise ValueError("RITM's zoom-in geometry (align_corners) stretches its crops; letterbox has none")
         self.image = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
+        if align_corners:
+            self.image = self.image / 255.0  # what torchvision's to_tensor gives RITM's predictor
         self.size, self.resize, self.flip, self.threshold = size, resize, flip, threshold
         self.align_corners = align_corners
         self.expansion, self.min_crop, self.recompute_iou = expansion, min_crop, recompute_iou

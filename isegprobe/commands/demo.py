@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import checkpoint_option
+from isegprobe.commands.options import allow_torchscript_option, checkpoint_option
 from isegprobe.data import list_datasets
 from isegprobe.demo.catalog import Catalog, DatasetCatalog, ImageCatalog
 from isegprobe.devices import default_device
@@ -36,6 +36,7 @@ from isegprobe.errors import UserError
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
 @click.option("--zoom-in", is_flag=True, help="RITM's zoom-in from the second click on (the backbone runs per click).")
 @click.option("--threshold", default=0.5, show_default=True, type=float, help="Probability threshold of the mask.")
+@allow_torchscript_option
 @reports_user_errors
 def demo(
     checkpoint: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.options import allow_torchscript_option
 from isegprobe.training.seed_import import import_seed_probe
 
 
@@ -24,6 +25,7 @@ from isegprobe.training.seed_import import import_seed_probe
     "checkpoints do not hold it.",
 )
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@allow_torchscript_option
 @reports_user_errors
 def import_seed(checkpoint: str, store_path: str, upsampler_weights: str | None, run_dir: str) -> None:
     """Convert a probe trained by the iSegProbe research code (its `last_checkpoint.pth` or `NNN.pth`) into

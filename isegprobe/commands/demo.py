@@ -70,7 +70,7 @@ def demo(
     from isegprobe.demo.app import build_app
 
     catalog = _catalog(images, image, dataset, root, split)
-    app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold)
+    app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port)
     click.echo(f"isegprobe demo on http://{host}:{port} (Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

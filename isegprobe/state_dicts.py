@@ -2,11 +2,13 @@
 
 Backbones and upsamplers come as safetensors, torch.save files (bare, or wrapped in {"model": ...} /
 {"state_dict": ...} as Lightning does, or with DDP's `module.` prefix) and TorchScript archives (OpenAI's CLIP .pt).
-Nothing is unpickled beyond plain containers and tensors.
+Nothing is unpickled beyond plain containers and tensors. A TorchScript archive cannot be read without running the
+code it carries, so it is loaded only where the user allowed it (isegprobe.trust, --allow-torchscript).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -17,8 +19,17 @@ import torch
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
+from isegprobe.trust import ALLOW_TORCHSCRIPT, torchscript_allowed
 
 _SHOWN_KEYS = 5
+# torch's refusal of a global, in its two wordings (not allowlisted; from a blocked module such as os or posix).
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
+# The lines of torch's refusals that advise loading the file anyway.
+_ADVICE = re.compile(r"weights_only|weights only load failed|safe_globals|trusted source|documentation", re.IGNORECASE)
+
+
+class TorchScriptWarning(UserWarning):
+    """A TorchScript archive is being loaded, which runs the code it carries."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -26,10 +37,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist")
+    torchscript = path.suffix != ".safetensors" and _is_torchscript(path)
+    if torchscript:
+        _require_torchscript_allowed(path)
     try:
         if path.suffix == ".safetensors":
             state = safetensors.torch.load_file(str(path), device="cpu")
-        elif _is_torchscript(path):
+        elif torchscript:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -37,9 +51,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(
-            f"could not read weights file {path} ({_reason(error)}); expected safetensors, a torch.save'd state dict "
-            "(read with weights_only=True: nothing is unpickled beyond tensors and plain containers) or a "
-            "TorchScript archive"
+            f"could not read weights file {path} ({unpickler_complaint(error)}); expected safetensors, a torch.save'd "
+            "state dict (read by torch's weights-only unpickler: nothing is unpickled beyond tensors and plain "
+            f"containers) or, with {ALLOW_TORCHSCRIPT}, a TorchScript archive"
         ) from error
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -54,16 +68,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return dict(state)
 
 
-def _reason(error: Exception) -> str:
-    """One line of why a file did not load. torch.load's refusals are paragraphs that end in advice to unpickle
-    with weights_only=False, which is exactly what must not be done with a file of unknown origin; only the
-    unpickler's own complaint is kept."""
+def unpickler_complaint(error: Exception) -> str:
+    """One line of why torch could not load a file. torch's refusals are paragraphs of advice (load it with
+    weights_only=False, or allowlist the global), which is exactly what must not be done with a file of unknown
+    origin: only what was refused is kept."""
     text = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return f"it names {refused.group(1)}, which is not a tensor or a plain container"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _ADVICE.search(line)]
+    return lines[-1] if lines else type(error).__name__
 
 
 def load_strictly(module: nn.Module, state: Mapping[str, Tensor], misfit_message: str) -> None:
@@ -93,8 +107,25 @@ def shown(keys: list[str]) -> str:
 
 
 def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives (OpenAI's CLIP .pt files) carry constants.pkl; torch.save's zip files do not."""
-    if not zipfile.is_zipfile(path):
+    """TorchScript archives (OpenAI's CLIP .pt files) carry constants.pkl; torch.save's zip files do not. A zip file
+    that cannot be listed is left to torch.load, which refuses TorchScript itself when it reads weights only."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(Path(name).name == "constants.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _require_torchscript_allowed(path: Path) -> None:
+    """Refuse a TorchScript archive unless the user allowed running its code; where allowed, say that it runs."""
+    if not torchscript_allowed():
+        raise UserError(
+            f"weights file {path} is a TorchScript archive (it holds constants.pkl): loading one runs the code it "
+            f"carries, so it is not loaded without {ALLOW_TORCHSCRIPT}. Give that flag only for a file from a source "
+            "you trust, or save the archive's state dict as .safetensors where you trust it and pass that file"
+        )
+    warnings.warn(
+        f"{path}: loading a TorchScript archive, which runs the code it carries ({ALLOW_TORCHSCRIPT})",
+        TorchScriptWarning,
+        stacklevel=3,
+    )

@@ -74,6 +74,11 @@ def image_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def api(app) -> TestClient:
+    """A client that calls the app at the address it serves (127.0.0.1:8765 by default), as its own page does."""
+    return TestClient(app, base_url="http://127.0.0.1:8765")
+
+
 def session_for(checkpoint: Path, zoom_in: bool = False) -> DemoSession:
     probe, metadata = load_probe(checkpoint)
     featurizer = checkpoint_backbone(metadata)
@@ -153,7 +158,7 @@ def test_with_ground_truth_the_session_scores_the_object_under_the_first_positiv
 
 def test_the_api_shows_the_iou_on_a_datasets_images(checkpoint: Path) -> None:
     source = create_dataset("builtin", split="test")
-    client = TestClient(build_app([str(checkpoint)], DatasetCatalog.from_options("builtin", None, "test")))
+    client = api(build_app([str(checkpoint)], DatasetCatalog.from_options("builtin", None, "test")))
     assert client.get("/api/state").json()["images"] == list(source.ids())
     sample = source[1]
     state = client.post("/api/open", json={"name": sample.id}).json()
@@ -179,9 +184,7 @@ def test_probes_side_by_side_each_segment_as_they_would_alone(checkpoint: Path, 
     assert not np.array_equal(first.probs, second.probs), "two different probes"
     assert both.truth_iou(1) == second.truth_iou()
 
-    client = TestClient(
-        build_app([str(checkpoint), str(bilinear_checkpoint)], DatasetCatalog(create_dataset("builtin")))
-    )
+    client = api(build_app([str(checkpoint), str(bilinear_checkpoint)], DatasetCatalog(create_dataset("builtin"))))
     client.post("/api/open", json={"name": sample.id})
     y, x = inside(sample, 1)
     state = client.post("/api/click", json={"x": x, "y": y, "positive": True}).json()
@@ -195,7 +198,7 @@ def test_probes_side_by_side_each_segment_as_they_would_alone(checkpoint: Path, 
 
 def panel_labels(checkpoints: list[Path]) -> list[str]:
     """The probes' labels on the page of a demo of `checkpoints`, once an image is open."""
-    client = TestClient(build_app([str(path) for path in checkpoints], DatasetCatalog(create_dataset("builtin"))))
+    client = api(build_app([str(path) for path in checkpoints], DatasetCatalog(create_dataset("builtin"))))
     state = client.post("/api/open", json={"name": client.get("/api/state").json()["images"][0]}).json()
     return [panel["label"] for panel in state["panels"]]
 
@@ -213,7 +216,7 @@ def test_uploads_over_the_size_limit_are_refused_before_decoding(
     checkpoint: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server, "MAX_UPLOAD_BYTES", 1000)
-    client = TestClient(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
+    client = api(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
     encoded = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))[1].tobytes()
     refused = client.post("/api/upload?name=noise.png", content=encoded)
     assert refused.status_code == 413 and "noise.png" in refused.json()["detail"]
@@ -234,7 +237,7 @@ def picture_of(state: dict) -> np.ndarray:
 
 
 def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, image_folder: Path) -> None:
-    client = TestClient(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
+    client = api(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
     page = client.get("/")
     assert page.status_code == 200 and "isegprobe demo" in page.text
     assert client.get("/static/app.js").status_code == 200
@@ -296,7 +299,8 @@ def test_a_real_browser_clicks_on_the_page(checkpoint: Path, bilinear_checkpoint
         pytest.skip("the browser test needs a Chromium (Debian: apt-get install chromium)")
     sample = create_dataset("builtin", split="test")[0]
     port = free_port()
-    app = build_app([str(checkpoint), str(bilinear_checkpoint)], DatasetCatalog.from_options("builtin", None, "test"))
+    catalog = DatasetCatalog.from_options("builtin", None, "test")
+    app = build_app([str(checkpoint), str(bilinear_checkpoint)], catalog, port=port)
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

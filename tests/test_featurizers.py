@@ -22,6 +22,8 @@ from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer, RandomWeightsWarning, create_featurizer
 from isegprobe.featurizers import attention as attention_module
 from isegprobe.featurizers.attention import MemoryEfficientAttention, attention_with_kernel
+from isegprobe.state_dicts import TorchScriptWarning
+from isegprobe.trust import allowing_torchscript
 
 DINO = "vit_small_patch14_dinov2"
 DINO_REG = "vit_small_patch14_reg4_dinov2"
@@ -381,7 +383,10 @@ def torchscript_archive(state: dict[str, Tensor], path: Path) -> None:
 def test_openai_clip_torchscript_archive_gives_maskclip(tmp_path, openai_clip_state):
     path = tmp_path / "ViT-B-16.pt"
     torchscript_archive(openai_clip_state, path)
-    featurizer = create_featurizer("maskclip", weights=str(path))
+    with pytest.raises(UserError, match="is a TorchScript archive .* not loaded without --allow-torchscript"):
+        create_featurizer("maskclip", weights=str(path))
+    with allowing_torchscript(), pytest.warns(TorchScriptWarning, match="runs the code it carries"):
+        featurizer = create_featurizer("maskclip", weights=str(path))
     x = images(224, 224, batch=1)
     torch.testing.assert_close(featurizer(x), openai_maskclip_reference(openai_clip_state, x), rtol=0, atol=2e-4)
 

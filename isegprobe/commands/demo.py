@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import checkpoint_option
+from isegprobe.commands.options import allow_torchscript_option, checkpoint_option
 from isegprobe.data import list_datasets
 from isegprobe.demo.catalog import Catalog, DatasetCatalog, ImageCatalog
 from isegprobe.devices import default_device
@@ -36,6 +36,7 @@ from isegprobe.errors import UserError
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
 @click.option("--zoom-in", is_flag=True, help="RITM's zoom-in from the second click on (the backbone runs per click).")
 @click.option("--threshold", default=0.5, show_default=True, type=float, help="Probability threshold of the mask.")
+@allow_torchscript_option
 @reports_user_errors
 def demo(
     checkpoint: str,
@@ -69,7 +70,7 @@ def demo(
     from isegprobe.demo.app import build_app
 
     catalog = _catalog(images, image, dataset, root, split)
-    app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold)
+    app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port)
     click.echo(f"isegprobe demo on http://{host}:{port} (Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

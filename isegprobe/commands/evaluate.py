@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import checkpoint_option
+from isegprobe.commands.options import allow_torchscript_option, checkpoint_option
 from isegprobe.devices import default_device
 from isegprobe.errors import UserError
 from isegprobe.inference.metrics import format_miou_curves, format_table
@@ -83,6 +83,7 @@ from isegprobe.training.run_logger import start_wandb
 @click.option(
     "--wandb", "use_wandb", is_flag=True, help="Also log the results to Weights & Biases (WANDB_MODE=offline works)."
 )
+@allow_torchscript_option
 @reports_user_errors
 def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options) -> None:
     """Simulate RITM's clicker on every object: NoC@80/85/90, NoF@85/90, IoU@1, the mIoU curve, seconds per click.

@@ -6,18 +6,12 @@ import click
 
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.options import allow_torchscript_option
 from isegprobe.data import list_datasets
 from isegprobe.devices import default_device
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
-
-
-def human_bytes(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{count} B"
-        count /= 1024
-    raise AssertionError("unreachable")
+from isegprobe.units import human_bytes
 
 
 @click.command("extract-features")
@@ -104,6 +98,7 @@ def human_bytes(count: int) -> str:
     is_flag=True,
     help="First check every finished item as `isegprobe cache verify` does, and extract the broken ones again.",
 )
+@allow_torchscript_option
 @reports_user_errors
 def extract_features(**options) -> None:
     """Run a frozen featurizer once over a dataset and cache its features in a Zarr v3 store.

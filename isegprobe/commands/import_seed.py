@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.options import allow_torchscript_option
 from isegprobe.training.seed_import import import_seed_probe
 
 
@@ -33,6 +34,7 @@ from isegprobe.training.seed_import import import_seed_probe
     "imagenet), to evaluate a late-fusion probe from the cache; its weights then stand for --weights.",
 )
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@allow_torchscript_option
 @reports_user_errors
 def import_seed(
     checkpoint: str, weights: str, upsampler_weights: str | None, store_path: str | None, run_dir: str

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from isegprobe.errors import UserError
 from isegprobe.inference.results import default_labels, read_results
+from isegprobe.trust import ALLOW_TORCHSCRIPT, allowing_torchscript
+
+F = TypeVar("F", bound=Callable)
 
 checkpoint_option = click.option(
     "--checkpoint",
@@ -15,6 +20,26 @@ checkpoint_option = click.option(
     type=click.Path(exists=True),
     help="RUN_DIR (best, else last) or RUN/last.safetensors.",
 )
+
+
+def allow_torchscript_option(command: F) -> F:
+    """--allow-torchscript, for every command that may read a weights file (its own, or one a checkpoint or store
+    names): only with it are TorchScript archives loaded, since loading one runs the code it carries."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, allow_torchscript: bool, **kwargs: Any) -> Any:
+        with allowing_torchscript(allow_torchscript):
+            return command(*args, **kwargs)
+
+    option = click.option(
+        ALLOW_TORCHSCRIPT,
+        "allow_torchscript",
+        is_flag=True,
+        help="Load weights files that are TorchScript archives (OpenAI's CLIP .pt). Loading one runs the code it "
+        "carries: give this only for files from a source you trust.",
+    )
+    return option(wrapper)  # type: ignore[return-value]
+
 
 # For the commands that read several evaluations (`plot iou-vs-clicks`, `report`).
 results_argument = click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))

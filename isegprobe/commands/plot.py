@@ -7,7 +7,7 @@ import click
 import torch
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import labels_option, results_and_labels, results_argument
+from isegprobe.commands.options import allow_torchscript_option, labels_option, results_and_labels, results_argument
 from isegprobe.devices import default_device
 from isegprobe.errors import UserError
 from isegprobe.plots.feature_panels import (
@@ -83,6 +83,7 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
 )
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
 @click.option("--out", default="features.png", show_default=True, type=click.Path(dir_okay=False), help="PNG path.")
+@allow_torchscript_option
 @reports_user_errors
 def features(
     store_path: str,
@@ -119,6 +120,7 @@ def features(
     type=click.Path(dir_okay=False),
     help="Picture path (.png or .jpg). Default: RESULTS/predictions/<dataset>_<object>.png.",
 )
+@allow_torchscript_option
 @reports_user_errors
 def predictions(
     results: str, object_id: str, dataset: str | None, root: str | None, device: str, out: str | None

@@ -9,13 +9,14 @@ import click
 from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.extract import human_bytes
+from isegprobe.commands.options import allow_torchscript_option
 from isegprobe.commands.train import exit_if_stopped
 from isegprobe.config import load_train_config
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
 from isegprobe.training.trainer import train
+from isegprobe.units import human_bytes
 
 QUICKSTART_FEATURIZER = "vit_small_patch14_dinov2"
 QUICKSTART_SIZE = 224
@@ -44,6 +45,7 @@ QUICKSTART_PRESET = "quickstart"
     type=click.IntRange(min=1),
     help="Clicks per object in the evaluation.",
 )
+@allow_torchscript_option
 @reports_user_errors
 def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
     """Extract, train and evaluate on the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px.

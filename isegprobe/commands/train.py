@@ -11,6 +11,7 @@ import click
 from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.options import allow_torchscript_option
 from isegprobe.config import list_presets, load_train_config
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
@@ -61,6 +62,7 @@ from isegprobe.training.trainer import train as run_training
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
 @click.option("--wandb", "use_wandb", is_flag=True, help="Also log to Weights & Biases (WANDB_MODE=offline works).")
+@allow_torchscript_option
 @reports_user_errors
 def train(
     config_source: str | None,

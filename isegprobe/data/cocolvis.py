@@ -6,14 +6,13 @@ PNG-encoded layers, and for every instance and stuff region its (layer, value)),
 Objects can overlap because they live on different layers; a per-image sample paints them in id order, later on top,
 and `-instances` gives each its exact mask. Like RITM with `stuff_prob=0`, stuff regions are not objects; the
 part/whole hierarchy RITM uses when sampling training objects is not kept.
-The files are Python pickles: load only the archive RITM published, or one you made.
+The files are Python pickles; they are read by an unpickler that admits builtin containers and numpy arrays only
+(data/restricted_pickle.py), so a crafted file cannot run code.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -22,18 +21,9 @@ from isegprobe.data.base import DatasetBase, build_source, instance_sample_of, r
 from isegprobe.data.image_io import read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.registry import SampleSource, register_dataset
+from isegprobe.data.restricted_pickle import read_ritm_pickle
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
-
-
-def _load_pickle(path: Path) -> Any:
-    try:
-        with open(path, "rb") as file:
-            return pickle.load(file)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except Exception as error:  # unpickling a damaged file raises many types; the user needs the file name
-        raise UserError(f"{path}: cannot unpickle ({type(error).__name__}: {error})") from None
 
 
 class CocoLvisDataset(DatasetBase):
@@ -46,7 +36,7 @@ class CocoLvisDataset(DatasetBase):
             raise UserError(
                 f"--root {root}: expected RITM's COCO+LVIS annotations, {split}/hannotation.pickle not found"
             )
-        annotations = _load_pickle(annotation_file)
+        annotations = read_ritm_pickle(annotation_file)
         try:
             self._items = [(str(image_id), sorted(info["hierarchy"])) for image_id, info in sorted(annotations.items())]
         except (AttributeError, KeyError, TypeError) as error:
@@ -65,7 +55,7 @@ class CocoLvisDataset(DatasetBase):
         image_path = self.image_dir / f"{image_id}.jpg"
         image = read_rgb(image_path)
         mask_path = self.mask_dir / f"{image_id}.pickle"
-        packed = _load_pickle(mask_path)
+        packed = read_ritm_pickle(mask_path)
         try:
             encoded_layers, mapping = packed
             layers = [cv2.imdecode(np.asarray(layer, np.uint8), cv2.IMREAD_UNCHANGED) for layer in encoded_layers]

@@ -50,12 +50,17 @@ def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
 
 def decode_bytes(data: bytes, flags: int, name: str, kind: str) -> np.ndarray:
     """`decode_file` for bytes already in memory (an upload), `name` saying where they came from."""
-    if is_truncated(data):
-        raise UserError(f"{name}: this {kind} file is truncated (it stops before the end of the image)")
+    require_complete(data, name, kind)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if decoded is None:
         raise UserError(f"{name}: cannot read this {kind} (corrupt or not an image)")
     return decoded
+
+
+def require_complete(data: bytes, name: str, kind: str) -> None:
+    """A truncated JPEG or PNG is a UserError naming it, before anything else reads the file."""
+    if is_truncated(data):
+        raise UserError(f"{name}: this {kind} file is truncated (it stops before the end of the image)")
 
 
 def is_truncated(data: bytes) -> bool:

@@ -18,10 +18,16 @@ from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
 
 def build_app(
-    checkpoints: Sequence[str], catalog: Catalog, device: str = "cpu", zoom_in: bool = False, threshold: float = 0.5
+    checkpoints: Sequence[str],
+    catalog: Catalog,
+    device: str = "cpu",
+    zoom_in: bool = False,
+    threshold: float = 0.5,
+    host: str = "127.0.0.1",
+    port: int = 8765,
 ) -> FastAPI:
-    """The demo app for the probes at `checkpoints` (side by side, on the same clicks), listing `catalog`'s images.
-    Probes on the same backbone share one copy of it."""
+    """The demo app for the probes at `checkpoints` (side by side, on the same clicks), listing `catalog`'s images,
+    for a server bound to `host`:`port`. Probes on the same backbone share one copy of it."""
     torch_device = torch.device(device)
     backbones: dict[str, nn.Module] = {}
     weights = [resolve_checkpoint(checkpoint)[0].resolve() for checkpoint in checkpoints]
@@ -45,4 +51,4 @@ def build_app(
     names = [probe_label(identity, path.parent) for identity, path in zip(identities, weights, strict=True)]
     labels = told_apart(names, [[path.parent.name, path.stem] for path in weights])
     probes = [DemoProbe(label, *runner) for label, runner in zip(labels, runners, strict=True)]
-    return create_app(DemoSession(probes, threshold, zoom_in), catalog)
+    return create_app(DemoSession(probes, threshold, zoom_in), catalog, host, port)

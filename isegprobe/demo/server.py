@@ -1,29 +1,37 @@
 """The demo's web server: one page and a small JSON API around a `DemoSession`.
 
 One session per server: the demo is for one person at a time, on their own machine or through an SSH tunnel
-(`ssh -L 8765:127.0.0.1:8765 server`), so it binds to 127.0.0.1 unless told otherwise. Requests are served one at a
-time (a lock), since they all act on that one session.
+(`ssh -L 8765:127.0.0.1:8765 server`), so it binds to 127.0.0.1 unless told otherwise, and answers only requests for
+that address from its own page (guard.py). Requests are served one at a time (a lock), since they all act on that
+one session; an upload is decoded off the event loop and outside that lock, one at a time, so that a large image
+neither stalls the other requests nor is decoded many times over at once.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import cv2
+import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
-from isegprobe.data.image_io import decode_bytes
 from isegprobe.demo.catalog import Catalog
+from isegprobe.demo.guard import BodyLimit, DemoAddress, RequestGuard
 from isegprobe.demo.picture import compose, encode
 from isegprobe.demo.session import DemoSession
+from isegprobe.demo.upload import TooManyPixels, read_upload
 from isegprobe.errors import UserError
 
 STATIC = Path(__file__).parent / "static"
@@ -32,6 +40,9 @@ STATIC = Path(__file__).parent / "static"
 DISPLAY_MAX_SIDE = 1600
 # Uploads larger than this are refused before decoding (a 100-megapixel JPEG is about 30 MiB).
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+# Every other request carries a little JSON (a click, an image name) or nothing.
+MAX_REQUEST_BYTES = 64 * 1024
+UPLOAD_PATH = "/api/upload"
 
 
 class ClickRequest(BaseModel):
@@ -44,12 +55,21 @@ class OpenImage(BaseModel):
     name: str
 
 
-def create_app(session: DemoSession, catalog: Catalog) -> FastAPI:
+def create_app(session: DemoSession, catalog: Catalog, host: str = "127.0.0.1", port: int = 8765) -> FastAPI:
     """The page at /, its script under /static, and /api: state, open, upload, click, undo, reset, finish, and the
-    instance map as a 16-bit PNG. Every answer is the whole state the page shows; bad input answers 400 with why."""
+    instance map as a 16-bit PNG, for the server bound to `host`:`port`. Every answer is the whole state the page
+    shows; bad input answers 400 with why, a body or image over its limit 413, a request from elsewhere than the
+    demo's own address and page 403."""
     app = FastAPI(title="isegprobe demo", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    lock = threading.Lock()
+    app.add_middleware(
+        RequestGuard,
+        address=DemoAddress(host, port),
+        limits={UPLOAD_PATH: BodyLimit(MAX_UPLOAD_BYTES, "an upload", named_by="name")},
+        default=BodyLimit(MAX_REQUEST_BYTES, "a request"),
+    )
+    app.add_exception_handler(RequestValidationError, _bad_request)
+    lock, decoding = threading.Lock(), threading.Lock()
     timing = {"seconds": 0.0}
 
     def act(action: Callable[[], Any]) -> dict[str, Any]:
@@ -76,21 +96,20 @@ def create_app(session: DemoSession, catalog: Catalog) -> FastAPI:
     def open_image(request: OpenImage) -> dict[str, Any]:
         return act(lambda: session.open(request.name, *catalog.read(request.name)))
 
-    @app.post("/api/upload")
+    def decoded(data: bytes, name: str) -> np.ndarray:
+        with decoding:
+            return read_upload(data, name)
+
+    @app.post(UPLOAD_PATH)
     async def upload(request: Request, name: str = "upload") -> dict[str, Any]:
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > MAX_UPLOAD_BYTES:
-            raise HTTPException(status_code=413, detail=_too_large(name, declared))
-        data = await request.body()
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise HTTPException(status_code=413, detail=_too_large(name, len(data)))
-
-        def open_upload() -> None:
-            """Truncated or undecodable bytes are refused as a file on disk would be (data/image_io.py)."""
-            image = decode_bytes(data, cv2.IMREAD_COLOR, name, "image")
-            session.open(name, cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-
-        return act(open_upload)
+        data = await request.body()  # the guard stops reading at MAX_UPLOAD_BYTES
+        try:
+            pixels = await run_in_threadpool(decoded, data, name)
+        except TooManyPixels as error:
+            raise HTTPException(status_code=413, detail=str(error)) from None
+        except UserError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from None
+        return await run_in_threadpool(act, lambda: session.open(name, pixels))
 
     @app.post("/api/click")
     def click(request: ClickRequest) -> dict[str, Any]:
@@ -115,14 +134,29 @@ def create_app(session: DemoSession, catalog: Catalog) -> FastAPI:
                 raise HTTPException(status_code=400, detail="no image is open")
             data = encode(session.image.instances)
             stem = Path(session.image.name).stem
-        headers = {"Content-Disposition": f'attachment; filename="{stem}_instances.png"'}
+        headers = {"Content-Disposition": attachment(f"{stem}_instances.png")}
         return Response(data, media_type="image/png", headers=headers)
 
     return app
 
 
-def _too_large(name: str, size: int) -> str:
-    return f"{name}: {size / 2**20:.0f} MiB, more than the {MAX_UPLOAD_BYTES // 2**20} MiB an upload may have"
+def attachment(filename: str) -> str:
+    """A Content-Disposition that saves as `filename`, whatever characters it holds (an upload's name is the
+    user's): the exact name percent-encoded as UTF-8 (RFC 6266 filename*), and for old clients a fallback in which
+    quotes, backslashes, control and non-ASCII characters are `_`."""
+    fallback = re.sub(r"[^A-Za-z0-9 !#$%&'()+,.;=@\[\]^_`{}~-]", "_", filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+async def _bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """A body that is not what the endpoint takes: 400 with one line per problem, `field: what was expected`. The
+    problems are told without the input they came with: a NaN or Infinity in it cannot be written as JSON at all."""
+    problems = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"] if part != "body")
+        reason = problem["msg"] + (f" ({problem['ctx']['error']})" if "error" in problem.get("ctx", {}) else "")
+        problems.append(f"{where}: {reason}" if where else reason)
+    return JSONResponse({"detail": f"{request.url.path}: " + "; ".join(problems)}, status_code=400)
 
 
 def _state(session: DemoSession, catalog: Catalog, seconds: float) -> dict[str, Any]:

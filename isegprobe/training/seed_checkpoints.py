@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from isegprobe.errors import UserError
+from isegprobe.state_dicts import unpickler_complaint
 
 # Our click channel k is the seed's channel SEED_CHANNEL_OF[k] (seed: prev_mask, positive, negative).
 SEED_CHANNEL_OF = (1, 2, 0)
@@ -112,16 +113,10 @@ def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(stand_ins):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as error:
-        raise UserError(f"{path}: not a readable iSegProbe checkpoint ({_reason(error)})") from error
+        raise UserError(f"{path}: not a readable iSegProbe checkpoint ({unpickler_complaint(error)})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
         raise UserError(f"{path}: a seed checkpoint holds 'state_dict' and 'config'; this file does not")
     return checkpoint
-
-
-def _reason(error: Exception) -> str:
-    """The line of torch's long weights-only error that names what was refused."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return next((line for line in lines if "GLOBAL" in line), lines[-1] if lines else type(error).__name__)
 
 
 def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:

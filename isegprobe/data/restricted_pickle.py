@@ -1,10 +1,10 @@
-"""Reading RITM's COCO+LVIS pickles without running anything a file names.
+"""Reading RITM's pickles (COCO+LVIS annotations, SBD sample weights) without running anything a file names.
 
 `pickle.load` calls whatever function a file names, so a crafted `hannotation.pickle` runs code. RITM's files hold
-builtin containers, numbers and strings (the annotation file: image id -> {'num_instance_masks', 'hierarchy'}) and
-numpy arrays (each mask file: the PNG bytes cv2.imencode returns, one array per layer); the unpickler here admits
-only the numpy names those arrays are pickled with, under numpy 1's and numpy 2's module names, and refuses any
-other global.
+builtin containers, numbers and strings (the annotation file: image id -> {'num_instance_masks', 'hierarchy'}; the
+SBD weights: (index, name, score) tuples) and numpy arrays and numbers (each mask file: the PNG bytes cv2.imencode
+returns, one array per layer; the scores: numpy float32); the unpickler here admits only the numpy names those are
+pickled with, under numpy 1's and numpy 2's module names, and refuses any other global.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def read_ritm_pickle(path: Path) -> Any:
         raise UserError(f"{path}: not found") from None
     except RefusedGlobal as error:
         raise UserError(
-            f"{path}: refused to unpickle {error}: RITM's COCO+LVIS pickles hold only dicts, lists, numbers, strings "
-            "and numpy arrays, and loading anything else could run code the file carries"
+            f"{path}: refused to unpickle {error}: RITM's pickles hold only dicts, lists, numbers, strings and numpy "
+            "arrays, and loading anything else could run code the file carries"
         ) from None
     except Exception as error:  # unpickling a damaged file raises many types; the user needs the file name
         raise UserError(f"{path}: cannot unpickle ({type(error).__name__}: {error})") from None

@@ -2,32 +2,21 @@
 
 RITM (and iSegProbe after it) scored every SBD training image once and draws training images with probability
 proportional to (1 - score) ** gamma (gamma 1.25), with replacement. The scores ship as RITM's
-`assets/sbd_samples_weights.pkl`, a pickled list of (index, image name, numpy float32 score); the same table as CSV
-(`index,image,score`) reads too. The pickle is read with an unpickler that builds only those values, never an object
-the file names.
+`assets/sbd_samples_weights.pkl`, a pickled list of (index, image name, numpy float32 score), read here without
+unpickling anything but those values; the same table as CSV (`index,image,score`) reads too.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from isegprobe.data.restricted_pickle import read_ritm_pickle
 from isegprobe.errors import UserError
-
-# What the scores pickle may build: numpy's scalars (and the dtype they carry) besides plain containers.
-_ALLOWED_GLOBALS = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
-
-
-class _ScoresUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not part of a scores table")
-        return super().find_class(module, name)
 
 
 def read_sample_scores(path: str | Path) -> dict[str, float]:
@@ -35,14 +24,13 @@ def read_sample_scores(path: str | Path) -> dict[str, float]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"data.sample_weights: no file {path}")
-    data = path.read_bytes()
     try:
         if path.suffix == ".csv":
-            rows = [(row["image"], row["score"]) for row in csv.DictReader(io.StringIO(data.decode()))]
+            rows = [(row["image"], row["score"]) for row in csv.DictReader(io.StringIO(path.read_text()))]
         else:
-            rows = [(entry[1], entry[2]) for entry in _ScoresUnpickler(io.BytesIO(data)).load()]
+            rows = [(entry[1], entry[2]) for entry in read_ritm_pickle(path)]
         scores = {str(name): float(score) for name, score in rows}
-    except (pickle.UnpicklingError, UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError, EOFError) as error:
+    except (UnicodeDecodeError, KeyError, IndexError, TypeError, ValueError) as error:
         raise UserError(
             f"data.sample_weights: {path} is not a table of (index, image, score) rows, as RITM's "
             f"sbd_samples_weights.pkl or a CSV with those columns ({error})"

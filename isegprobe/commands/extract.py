@@ -6,6 +6,7 @@ import click
 
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.limits import max_pixels_option
 from isegprobe.data import list_datasets
 from isegprobe.devices import default_device
 from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
@@ -39,7 +40,7 @@ def human_bytes(count: int) -> str:
     "--size",
     default=448,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=1),
     help="Working size in pixels (square); a multiple of the patch size.",
 )
 @click.option(
@@ -58,13 +59,15 @@ def human_bytes(count: int) -> str:
     show_default=True,
     help="stretch the image to size x size (the seed's and RITM's rule), or letterbox (keep aspect, pad).",
 )
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per backbone forward.")
+@click.option(
+    "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per backbone forward."
+)
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda (bf16/fp16 autocast on CUDA).")
 @click.option(
     "--workers",
     default=default_loader_workers(),
     show_default=True,
-    type=int,
+    type=click.IntRange(min=0),
     help=f"DataLoader processes decoding and resizing images (default: this machine's cores, shared among torchrun "
     f"ranks, at most {MAX_DEFAULT_WORKERS}).",
 )
@@ -72,7 +75,7 @@ def human_bytes(count: int) -> str:
     "--items-per-shard",
     default=16,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=1),
     help="Items per shard file; the unit of atomic writes and of resuming.",
 )
 @click.option(
@@ -89,6 +92,7 @@ def human_bytes(count: int) -> str:
     help="Folder for the store; it is created as OUT/<featurizer>-<dataset>-<split>-<size>.zarr.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming it.")
+@max_pixels_option
 @click.option(
     "--repair",
     is_flag=True,

@@ -19,6 +19,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from isegprobe.cache.checksums import CHECKSUM_ARRAY, entry_checksums
+from isegprobe.cache.consistency import check_attrs, check_shapes
 from isegprobe.cache.schema import SCHEMA_VERSION, ArraySpec, array_specs
 from isegprobe.errors import UserError
 
@@ -49,6 +50,9 @@ class FeatureStore:
                 f"{path}: store schema version {group.attrs.get('schema_version')!r}, "
                 f"this isegprobe reads {SCHEMA_VERSION}"
             )
+        attrs = dict(group.attrs)
+        check_attrs(path, attrs)
+        check_shapes(path, group, attrs)
         return cls(path, group)
 
     @classmethod
@@ -101,7 +105,14 @@ class FeatureStore:
         return [range(start, min(start + step, self.num_items)) for start in range(0, self.num_items, step)]
 
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.group["done"][:]).astype(bool)
+        """Which items are finished; a chunk of the record that is missing means its items are not."""
+        try:
+            return np.asarray(self.group["done"][:]).astype(bool)
+        except (RuntimeError, ValueError) as error:  # Blosc's and Zarr's words for bytes that do not decode
+            raise UserError(
+                f"{self.path / 'done'}: the completion record cannot be read ({error}); extract the store again "
+                "(extract-features --overwrite)"
+            ) from None
 
     def write_items(self, items: range, arrays: Mapping[str, np.ndarray]) -> None:
         """Write every array for the contiguous `items` (one shard) with their checksums, then mark them done."""

@@ -34,7 +34,7 @@ from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.loader_workers import default_loader_workers, ends_with_this_process
-from isegprobe.locks import exclusive_lock, store_lock_path
+from isegprobe.locks import exclusive_lock
 
 
 @dataclass
@@ -247,7 +247,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         request.codec,
     )
     path = Path(request.out) / store_name(request.featurizer, request.dataset.lower(), request.split, request.size)
-    with exclusive_lock(store_lock_path(path), path) if rank == 0 else nullcontext():
+    with exclusive_lock(path) if rank == 0 else nullcontext():
         store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
         repaired = _mark_broken_undone(store, request.repair) if rank == 0 else []
         barrier()

@@ -28,13 +28,20 @@ _READ_ARRAYS = ("features", "images", "labels", "ignore")
 
 
 class ChunkError(UserError):
-    """A chunk of a finished item that is missing or does not decode; `item` and `array` say which."""
+    """A chunk of a finished item that is missing or does not decode; `problem` says which and how. Built from its
+    message alone too, as a DataLoader worker's exception is rebuilt in the main process."""
 
-    def __init__(self, store: FeatureStore, array: str, item: int, error: Exception) -> None:
-        self.item, self.array, self.problem = item, array, f"the {array} chunk {chunk_problem(error)}"
-        super().__init__(
-            f"{store.path}: item {item} ({store.attrs['item_ids'][item]}): {self.problem}. `isegprobe cache verify "
-            f"{store.path}` lists every damaged item; `extract-features --repair` extracts them again"
+    def __init__(self, message: str, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem
+
+    @classmethod
+    def of(cls, store: FeatureStore, array: str, item: int, error: Exception) -> ChunkError:
+        problem = f"the {array} chunk {chunk_problem(error)}"
+        return cls(
+            f"{store.path}: item {item} ({store.attrs['item_ids'][item]}): {problem}. `isegprobe cache verify "
+            f"{store.path}` lists every damaged item; `extract-features --repair` extracts them again",
+            problem,
         )
 
 
@@ -58,8 +65,8 @@ def read_items(store: FeatureStore, handle: ts.TensorStore, name: str, items: ra
             try:
                 handle[item].read().result()
             except ValueError as item_error:
-                raise ChunkError(store, name, item, item_error) from None
-        raise ChunkError(store, name, items.start, error) from None
+                raise ChunkError.of(store, name, item, item_error) from None
+        raise ChunkError.of(store, name, items.start, error) from None
 
 
 class CachedDataset(Dataset):
@@ -131,7 +138,7 @@ class CachedDataset(Dataset):
             try:
                 values[name] = future.result()
             except ValueError as error:
-                raise ChunkError(self.store, name, item, error) from None
+                raise ChunkError.of(self.store, name, item, error) from None
         return {
             "features": torch.from_numpy(values["features"]),
             "image": torch.from_numpy(np.ascontiguousarray(values["images"].transpose(2, 0, 1))),

@@ -1,8 +1,10 @@
-"""Turning `UserError` into click's one-line error and exit status 1."""
+"""Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk into one too."""
 
 from __future__ import annotations
 
+import errno
 import functools
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,6 +14,10 @@ from isegprobe.errors import UserError
 
 F = TypeVar("F", bound=Callable)
 
+FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+FORBIDDEN = {errno.EROFS, errno.EACCES, errno.EPERM}
+_WORKER_PREAMBLE = "\nOriginal Traceback (most recent call last):"
+
 
 def reports_user_errors(command: F) -> F:
     @functools.wraps(command)
@@ -19,6 +25,37 @@ def reports_user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(own_message(error)) from None
+        except OSError as error:
+            if error.errno not in FULL | FORBIDDEN:
+                raise
+            raise click.ClickException(disk_message(error)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def own_message(error: UserError) -> str:
+    """The error's message; one raised in a DataLoader worker reaches the main process wrapped in the worker's
+    traceback (torch rebuilds it from the formatted text), which the user needs no more than any other."""
+    message = str(error)
+    if _WORKER_PREAMBLE not in message:
+        return message
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return message.rsplit(marker, 1)[-1].rstrip()
+
+
+def disk_message(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    cause = "the disk is full (or a quota or file size limit is reached)" if error.errno in FULL else "not allowed"
+    return (
+        f"{where}cannot write ({error.strerror}): {cause}. What was written before stays as it was: make room (or "
+        "choose a writable place) and run the same command again"
+    )
+
+
+def quiet_disk_errors_in_threads(arguments: threading.ExceptHookArgs) -> None:
+    """A writer thread (TensorBoard's) that meets a full or read-only disk re-raises the error in the command, which
+    reports it in one line; printing the thread's traceback as well would only bury that line."""
+    if isinstance(arguments.exc_value, OSError) and arguments.exc_value.errno in FULL | FORBIDDEN:
+        return
+    threading.__excepthook__(arguments)

@@ -48,7 +48,8 @@ def require_chunk_files(store: FeatureStore, items: Iterable[int] | None = None)
     listed = [f"item {item} ({item_ids[item]}): {', '.join(names)}" for item, names in list(missing.items())]
     more = f"; and {len(listed) - MAX_LISTED} more" if len(listed) > MAX_LISTED else ""
     raise UserError(
-        f"{store.path}: {len(missing)} finished items have chunk files missing (an interrupted copy?): "
+        f"{store.path}: {len(missing)} finished {'item has' if len(missing) == 1 else 'items have'} chunk files "
+        "missing (an interrupted copy?): "
         f"{'; '.join(listed[:MAX_LISTED])}{more}. The same `isegprobe extract-features` command extracts them again"
     )
 

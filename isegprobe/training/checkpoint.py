@@ -98,7 +98,13 @@ def save_checkpoint(
     try:
         for key in _MOVE_ORDER:
             if key in payloads:
-                atomic_write_bytes(pending(files[key]), payloads[key])
+                try:
+                    atomic_write_bytes(pending(files[key]), payloads[key])
+                except OSError as error:
+                    if error.errno is None:
+                        raise
+                    # named by the file it was writing for, not by its pending name
+                    raise OSError(error.errno, error.strerror, str(files[key])) from error
     except BaseException:
         _discard_pending(files)
         raise

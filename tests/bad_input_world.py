@@ -4,8 +4,11 @@ the helpers that damage copies of them and check that nothing already written ch
 from __future__ import annotations
 
 import hashlib
+import resource
 import shutil
+import signal
 import struct
+import subprocess
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import zarr
 from click.testing import CliRunner, Result
 from dataset_trees import box, write_image, write_mask
+from launch import ISEGPROBE
 from stores import builtin_store, random_vit_store
 
 from isegprobe.cache import CachedDataset
@@ -125,3 +129,17 @@ def png_declaring(path: Path, width: int, height: int) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
     return path
+
+
+def with_file_limit(arguments: list[object], limit: int) -> tuple[int, str]:
+    """(exit status, output) of the command in its own process, allowed files of `limit` bytes at most: a write
+    beyond fails as on a full disk (EFBIG instead of ENOSPC, the same error path), the rest runs for real."""
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [ISEGPROBE, *map(str, arguments)], capture_output=True, text=True, preexec_fn=set_limit, timeout=300
+    )
+    return done.returncode, done.stdout + done.stderr

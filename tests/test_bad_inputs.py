@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,13 +24,13 @@ from bad_input_world import (
     remove_chunk_file,
     scramble_chunk_file,
     snapshot,
+    with_file_limit,
 )
 from dataset_trees import box, write_image, write_mask
-from launch import ISEGPROBE, hold_lock
+from launch import hold_lock
 from safetensors.torch import load_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-FILE_LIMIT = 16 << 10  # bytes: what a file may grow to in the "disk full" cases (zarr.json fits, a shard does not)
 
 
 def extraction(*options: object, featurizer: str = "vit_small_patch14_dinov2", weights: object = "random") -> list:
@@ -74,23 +72,14 @@ def set_feature(value: float) -> Callable[[Path], None]:
     return damage
 
 
+def with_small_files(arguments: list[object]) -> tuple[int, str]:
+    """The command in its own process, allowed files of 16 kB: zarr.json files fit, a shard or weights do not."""
+    return with_file_limit(arguments, 16 << 10)
+
+
 def in_process(arguments: list[object]) -> tuple[int, str]:
     result = invoke(*arguments)
     return result.exit_code, result.output
-
-
-def with_file_limit(arguments: list[object]) -> tuple[int, str]:
-    """The command in its own process, allowed files of FILE_LIMIT bytes at most: a write beyond fails as it would
-    on a full disk (EFBIG instead of ENOSPC, the same error path), while everything else runs for real."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    done = subprocess.run(
-        [ISEGPROBE, *map(str, arguments)], capture_output=True, text=True, preexec_fn=limit, timeout=300
-    )
-    return done.returncode, done.stdout + done.stderr
 
 
 class Case(NamedTuple):
@@ -265,12 +254,12 @@ CASES: dict[str, Case] = {
         lambda w: extraction("--dataset", "builtin", "--size", SIZE, "--workers", "0", "--out", w.root / "full"),
         "-56.zarr: cannot write (File too large): the disk is full (or a quota or file size limit is reached). What "
         "was written before stays as it was",
-        run=with_file_limit,
+        run=with_small_files,
     ),
     "disk full while saving a checkpoint": Case(
         lambda w: ["train", "--resume", "--out", w.run_copy("full_run")],
         "full_run/last.safetensors: cannot write (File too large): the disk is full",
-        run=with_file_limit,
+        run=with_small_files,
         then=lambda w, output: assert_no_pending_checkpoint(w.root / "full_run"),
     ),
 }

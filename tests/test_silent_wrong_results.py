@@ -111,7 +111,7 @@ def test_every_numeric_option_has_a_range_that_refuses_nan():
         ["extract-features", "--featurizer", "f", "--dataset", "builtin", "--out", "x", "--items-per-shard", "0"],
         ["extract-features", "--featurizer", "f", "--dataset", "builtin", "--out", "x", "--workers", "-1"],
         ["extract-features", "--featurizer", "f", "--dataset", "builtin", "--out", "x", "--max-pixels", "0"],
-        ["demo", "--checkpoint", ".", "--threshold", "inf"],
+        ["demo", "--checkpoint", ".", "--threshold", "nan"],
         ["plot", "features", "--cache", ".", "--item", "-1"],
     ],
 )

@@ -44,15 +44,21 @@ class FeatureStore:
         node_type = _node_type(path)
         if node_type != "group":
             raise UserError(f"{path}: a Zarr {node_type}, not a feature store (the folder that holds the arrays)")
-        group = zarr.open_group(str(path), mode=mode)
-        if group.attrs.get("schema_version") != SCHEMA_VERSION:
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+            if group.attrs.get("schema_version") != SCHEMA_VERSION:
+                raise UserError(
+                    f"{path}: store schema version {group.attrs.get('schema_version')!r}, "
+                    f"this isegprobe reads {SCHEMA_VERSION}"
+                )
+            attrs = dict(group.attrs)
+            check_attrs(path, attrs)
+            check_shapes(path, group, attrs)
+        except (ValueError, KeyError, TypeError) as error:  # an array's zarr.json that is not valid JSON or Zarr
             raise UserError(
-                f"{path}: store schema version {group.attrs.get('schema_version')!r}, "
-                f"this isegprobe reads {SCHEMA_VERSION}"
-            )
-        attrs = dict(group.attrs)
-        check_attrs(path, attrs)
-        check_shapes(path, group, attrs)
+                f"{path}: unreadable Zarr metadata ({type(error).__name__}: {error}); extract the store again "
+                "(extract-features --overwrite)"
+            ) from None
         return cls(path, group)
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 from pathlib import Path
@@ -160,8 +161,10 @@ def _run_stores(run_dir: str, cache_path: str | None, val_cache_path: str | None
 
 def _resume_command(run_dir: str, online: bool, featurizer_name: str | None, featurizer_weights: str | None) -> str:
     """The command that continues this run: the run recorded its stores and config; what it did not record is
-    repeated here."""
-    words = ["isegprobe", "train", "--resume", "--out", run_dir]
+    repeated here (under torchrun, the launcher with this node's processes; other nodes' options are the user's)."""
+    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    launcher = ["isegprobe"] if ranks == "1" else ["torchrun", "--nproc-per-node", ranks, "-m", "isegprobe"]
+    words = [*launcher, "train", "--resume", "--out", run_dir]
     words += ["--online"] if online else []
     words += ["--featurizer", featurizer_name] if featurizer_name else []
     words += ["--weights", featurizer_weights] if featurizer_weights else []

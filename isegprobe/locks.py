@@ -1,4 +1,5 @@
-"""One writer per output: an exclusive lock on a feature store, or on a training run, for the life of the command.
+"""One writer per output: an exclusive lock on a feature store, a training run or an evaluation's results folder, for
+the life of the command that writes it.
 
 Two extractions into one store, or two trainings into one run folder, would otherwise interleave their files (or one
 would delete the other's store) and both report success. The lock is `fcntl.flock` on a small file beside the
@@ -11,28 +12,37 @@ holds the lock for the whole job; the other ranks follow it through barriers.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from isegprobe.errors import UserError
 
+# flock's answers on a file system that has no locks (some NFS mounts): the command goes on, unprotected, and says so
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+class LockWarning(UserWarning):
+    """An output that could not be locked."""
+
 
 def lock_path(output: Path) -> Path:
-    """The lock file of a store or run folder: beside it, named after it."""
+    """The lock file of an output folder: beside it, named after it."""
     output = output.resolve()
     return output.with_name(output.name + ".lock")
 
 
 @contextmanager
 def exclusive_lock(output: Path) -> Iterator[None]:
-    """Hold the lock of `output` (a store or run folder) for the `with` body, or refuse at once naming the process
-    that holds it."""
+    """Hold the lock of `output` (a store, run or results folder) for the `with` body, or refuse at once naming the
+    process that holds it."""
     path = lock_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
@@ -45,6 +55,15 @@ def exclusive_lock(output: Path) -> Iterator[None]:
                 f"{output}: in use by another isegprobe command ({holder}); wait for it to end, or stop it, and run "
                 "this one again"
             ) from None
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                raise
+            warnings.warn(
+                f"{path}: this file system does not lock files ({error.strerror}); nothing stops a second command "
+                f"from writing {output} meanwhile",
+                LockWarning,
+                stacklevel=3,
+            )
         handle.seek(0)
         handle.truncate()
         command = " ".join(["isegprobe", *sys.argv[1:]])

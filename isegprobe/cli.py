@@ -16,7 +16,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from isegprobe import __version__
-from isegprobe.commands.errors import quiet_disk_errors_in_threads
+from isegprobe.errors import quiet_disk_errors_in_threads
 
 
 class LazyCommand(NamedTuple):

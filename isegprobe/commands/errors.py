@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import functools
-import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 import click
 
-from isegprobe.errors import UserError
+from isegprobe.errors import DISK_FULL, NOT_ALLOWED, UserError
 
 F = TypeVar("F", bound=Callable)
-
-FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-FORBIDDEN = {errno.EROFS, errno.EACCES, errno.EPERM}
 _WORKER_PREAMBLE = "\nOriginal Traceback (most recent call last):"
 
 
@@ -27,7 +22,7 @@ def reports_user_errors(command: F) -> F:
         except UserError as error:
             raise click.ClickException(own_message(error)) from None
         except OSError as error:
-            if error.errno not in FULL | FORBIDDEN:
+            if error.errno not in DISK_FULL | NOT_ALLOWED:
                 raise
             raise click.ClickException(disk_message(error)) from None
 
@@ -46,16 +41,8 @@ def own_message(error: UserError) -> str:
 
 def disk_message(error: OSError) -> str:
     where = f"{error.filename}: " if error.filename else ""
-    cause = "the disk is full (or a quota or file size limit is reached)" if error.errno in FULL else "not allowed"
+    cause = "the disk is full (or a quota or file size limit is reached)" if error.errno in DISK_FULL else "not allowed"
     return (
         f"{where}cannot write ({error.strerror}): {cause}. What was written before stays as it was: make room (or "
         "choose a writable place) and run the same command again"
     )
-
-
-def quiet_disk_errors_in_threads(arguments: threading.ExceptHookArgs) -> None:
-    """A writer thread (TensorBoard's) that meets a full or read-only disk re-raises the error in the command, which
-    reports it in one line; printing the thread's traceback as well would only bury that line."""
-    if isinstance(arguments.exc_value, OSError) and arguments.exc_value.errno in FULL | FORBIDDEN:
-        return
-    threading.__excepthook__(arguments)

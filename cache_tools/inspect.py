@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from isegprobe.cache import FeatureStore
+from isegprobe.cache.chunks import missing_chunk_files
 
 
 def describe_store(path: str | Path) -> str:
@@ -20,6 +21,7 @@ def describe_store(path: str | Path) -> str:
         f"dataset    {dataset['name']}/{dataset['split']}  root {dataset['root']}",
         f"preprocess size {preprocessing['size']}  resize {preprocessing['resize']}  views {', '.join(attrs['views'])}",
         f"items      {done} of {store.num_items} done  ({store.items_per_shard} items per shard)",
+        *_missing_chunks_line(store),
         f"codec      {codec['name']} {codec['cname']} level {codec['clevel']}, {codec['shuffle']}",
         "arrays     (raw: the decoded bytes of the done items; stored: their files on disk)",
     ]
@@ -34,3 +36,11 @@ def describe_store(path: str | Path) -> str:
             f"raw {raw / 2**20:8.2f} MiB  stored {stored / 2**20:8.2f} MiB  {ratio}"
         )
     return "\n".join(lines)
+
+
+def _missing_chunks_line(store: FeatureStore) -> list[str]:
+    """A warning line when finished items lack chunk files (readers refuse such a store)."""
+    missing = missing_chunk_files(store)
+    if not missing:
+        return []
+    return [f"           {len(missing)} finished items have chunk files missing: `isegprobe cache verify` lists them"]

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from isegprobe.cache import FeatureStore
+from isegprobe.cache.chunks import require_chunk_files
+from isegprobe.cache.reader import open_tensorstore, read_items
 from isegprobe.errors import UserError
 
 NORM_SAMPLE_PER_SHARD = 4096
@@ -46,6 +48,8 @@ def feature_stats(path: str | Path) -> FeatureStats:
     done = store.done_mask()
     if not done.any():
         raise UserError(f"{store.path}: no item is extracted yet; run `isegprobe extract-features` first")
+    require_chunk_files(store)
+    handle = open_tensorstore(store.path, "features")
     dim = store.feature_shape[0]
     total, total_sq = np.zeros(dim), np.zeros(dim)
     tokens, norm_sum, norm_max = 0, 0.0, 0.0
@@ -55,7 +59,7 @@ def feature_stats(path: str | Path) -> FeatureStats:
         finished = done[items.start : items.stop]
         if not finished.any():
             continue
-        features = np.asarray(store.group["features"][items.start : items.stop])[finished].astype(np.float64)
+        features = read_items(store, handle, "features", items)[finished].astype(np.float64)
         vectors = np.moveaxis(features, 2, -1).reshape(-1, dim)  # [items * views * h * w, C]
         total += vectors.sum(axis=0)
         total_sq += np.square(vectors).sum(axis=0)

@@ -8,6 +8,7 @@ need.
 from __future__ import annotations
 
 import importlib
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from isegprobe import __version__
+from isegprobe.errors import quiet_disk_errors_in_threads
 
 
 class LazyCommand(NamedTuple):
@@ -127,3 +129,4 @@ def main() -> None:
     Try `isegprobe quickstart` for the whole pipeline on the built-in data, on CPU, in a few minutes.
     """
     warnings.formatwarning = format_warning
+    threading.excepthook = quiet_disk_errors_in_threads

@@ -1,12 +1,15 @@
 """Training configuration: YAML presets -> typed dataclasses, with `--set key.sub=value` overrides.
 
 Every default lives here, so a preset lists only what it means to say and a checkpoint's JSON describes its run in
-full. The defaults are the seed's SBD recipe (RITM/SimpleClick training settings).
+full. The defaults are the seed's SBD recipe (RITM/SimpleClick training settings). Every number has its allowed
+range beside its default (`number`), checked when a config is built, so a value such as `optim.lr=inf` or
+`schedule.epochs=-3` stops the command at once instead of training on nonsense.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -21,15 +24,54 @@ from isegprobe.errors import UserError
 PRESET_DIR = Path(__file__).parent / "configs" / "train"
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config key accepts (each item, for a list); NaN and infinities never."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(bounds)
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+PROBABILITY = Range(0, 1)
+OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)
+
+
+def number(default: Any, allowed: Range) -> Any:
+    """A numeric field (or list of numbers) with its default and allowed range."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"range": allowed})
+    return field(default=default, metadata={"range": allowed})
+
+
 @dataclass
 class ClickEncoderConfig:
     """How click maps become tokens: `patch_embed` and `simple_vit` on the patch grid, `conv` at high resolution."""
 
     name: str = "patch_embed"
-    depth: int = 6
-    heads: int = 8
-    mlp_dim: int = 2048
-    dim_head: int = 64
+    depth: int = number(6, AT_LEAST_ONE)
+    heads: int = number(8, AT_LEAST_ONE)
+    mlp_dim: int = number(2048, AT_LEAST_ONE)
+    dim_head: int = number(64, AT_LEAST_ONE)
 
 
 @dataclass
@@ -48,7 +90,7 @@ class UpsamplerConfig:
 class HeadConfig:
     """`width: null` is the seed's full head (3x3 convs at the feature dim); a number adds a 1x1 reduction first."""
 
-    width: int | None = None
+    width: int | None = number(None, AT_LEAST_ONE)
 
 
 @dataclass
@@ -57,7 +99,7 @@ class ModelConfig:
     fusion: str = "after_backbone"
     upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    click_radius: int = 5
+    click_radius: int = number(5, AT_LEAST_ONE)
     # How bilinear resizes to the image place the patch grid: false aligns pixel centres (every token over its own
     # patch); true aligns the corner pixels, the seed's geometry, which its presets and imported probes keep so that
     # their numbers compare with the seed's.
@@ -66,20 +108,20 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-5
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    lr: float = number(5e-5, POSITIVE)
+    betas: list[float] = number([0.9, 0.999], Range(0, 1, high_open=True))
+    eps: float = number(1e-8, NON_NEGATIVE)
+    weight_decay: float = number(0.0, NON_NEGATIVE)
 
 
 @dataclass
 class ScheduleConfig:
     """MultiStep decay with milestones counted in epochs, as RITM steps its scheduler once per epoch."""
 
-    epochs: int = 20
-    milestones: list[int] = field(default_factory=lambda: [17, 20])
-    gamma: float = 0.1
-    max_iters: int | None = None
+    epochs: int = number(20, AT_LEAST_ONE)
+    milestones: list[int] = number([17, 20], NON_NEGATIVE)
+    gamma: float = number(0.1, Range(0, 1, low_open=True))
+    max_iters: int | None = number(None, NON_NEGATIVE)
 
 
 @dataclass
@@ -104,9 +146,9 @@ class DataConfig:
     a coin with this probability says keep it, as RITM redraws empty crops (its keep_background_prob 0.01).
     """
 
-    size: int | None = 224
-    batch_size: int = 8
-    num_workers: int = 0
+    size: int | None = number(224, AT_LEAST_ONE)
+    batch_size: int = number(8, AT_LEAST_ONE)
+    num_workers: int = number(0, NON_NEGATIVE)
     views: list[str] | None = None
     featurizer: str | None = None
     normalization: str | None = None
@@ -120,40 +162,40 @@ class DataConfig:
 class SamplerConfig:
     """RITM's MultiPointSampler as SimpleClick trains on SBD."""
 
-    max_points: int = 24
-    prob_gamma: float = 0.8
-    merge_objects_prob: float = 0.15
-    max_merged_objects: int = 2
-    expand_ratio: float = 0.1
-    positive_erode_prob: float = 0.9
-    positive_erode_iters: int = 3
-    negative_bg_prob: float = 0.1
-    negative_other_prob: float = 0.4
-    negative_border_prob: float = 0.5
-    min_object_area: int = 80
+    max_points: int = number(24, AT_LEAST_ONE)
+    prob_gamma: float = number(0.8, NON_NEGATIVE)
+    merge_objects_prob: float = number(0.15, PROBABILITY)
+    max_merged_objects: int = number(2, Range(2))
+    expand_ratio: float = number(0.1, NON_NEGATIVE)
+    positive_erode_prob: float = number(0.9, PROBABILITY)
+    positive_erode_iters: int = number(3, NON_NEGATIVE)
+    negative_bg_prob: float = number(0.1, PROBABILITY)
+    negative_other_prob: float = number(0.4, PROBABILITY)
+    negative_border_prob: float = number(0.5, PROBABILITY)
+    min_object_area: int = number(80, NON_NEGATIVE)
 
 
 @dataclass
 class ClicksConfig:
     """Iterative training clicks: 0..max_num_next_clicks no-grad passes, each adding one click on the error."""
 
-    max_num_next_clicks: int = 3
-    pred_threshold: float = 0.49
+    max_num_next_clicks: int = number(3, NON_NEGATIVE)
+    pred_threshold: float = number(0.49, OPEN_UNIT)
 
 
 @dataclass
 class LossConfig:
     """RITM's NormalizedFocalLossSigmoid."""
 
-    alpha: float = 0.5
-    gamma: float = 2.0
+    alpha: float = number(0.5, PROBABILITY)
+    gamma: float = number(2.0, NON_NEGATIVE)
 
 
 @dataclass
 class LoggingConfig:
-    every_steps: int = 25
-    image_every_steps: int = 500
-    num_images: int = 4
+    every_steps: int = number(25, AT_LEAST_ONE)
+    image_every_steps: int = number(500, AT_LEAST_ONE)
+    num_images: int = number(4, AT_LEAST_ONE)
     tensorboard: bool = True
     wandb_project: str = "isegprobe"
 
@@ -162,7 +204,7 @@ class LoggingConfig:
 class CheckpointConfig:
     """Checkpoints are written at every epoch end and at the end of the run; `every_steps` adds more in between."""
 
-    every_steps: int | None = None
+    every_steps: int | None = number(None, AT_LEAST_ONE)
 
 
 @dataclass
@@ -176,7 +218,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    seed: int = 0
+    seed: int = number(0, NON_NEGATIVE)
 
 
 def list_presets() -> list[str]:
@@ -217,7 +259,9 @@ def train_config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (
     _merge_into(merged, data, prefix="")
     for override in overrides:
         _apply_override(merged, override)
-    return _build(TrainConfig, merged, prefix="")
+    config = _build(TrainConfig, merged, prefix="")
+    _check_together(config)
+    return config
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -269,7 +313,32 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             values[item.name] = _build(hint, data[item.name], prefix=f"{dotted}.")
         else:
             values[item.name] = _coerce(data[item.name], hint, dotted)
+            if "range" in item.metadata:
+                _check_range(values[item.name], item.metadata["range"], dotted)
     return cls(**values)
+
+
+def _check_range(value: Any, allowed: Range, key: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, list):
+        if not all(item in allowed for item in value):
+            raise UserError(f"config key {key!r} must hold finite numbers {allowed}, got {value!r}")
+    elif value not in allowed:
+        raise UserError(f"config key {key!r} must be a finite number {allowed}, got {value!r}")
+
+
+def _check_together(config: TrainConfig) -> None:
+    """Keys whose allowed values depend on each other."""
+    if len(config.optim.betas) != 2:
+        raise UserError(f"config key 'optim.betas' must hold two numbers (Adam's), got {config.optim.betas!r}")
+    sampler = config.sampler
+    negatives = (sampler.negative_bg_prob, sampler.negative_other_prob, sampler.negative_border_prob)
+    if not math.isclose(sum(negatives), 1.0, abs_tol=1e-6):
+        raise UserError(
+            "config keys sampler.negative_bg_prob, negative_other_prob and negative_border_prob must add up to 1, "
+            f"got {' + '.join(f'{value:g}' for value in negatives)} = {sum(negatives):g}"
+        )
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

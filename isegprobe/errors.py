@@ -1,5 +1,38 @@
 """The error users see: the CLI turns it into a one-line message and a non-zero exit, without a traceback."""
 
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# What a full disk (or quota, or file size limit) and a read-only or forbidden place answer to a write.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
 
 class UserError(Exception):
     """Bad input from the user (a file, an option, a dataset): the message names it and says what was expected."""
+
+
+@contextmanager
+def writing_to(path: str | Path) -> Iterator[None]:
+    """Name `path` in an OSError of the `with` body that names no file: a failed write() or flush() (a full disk)
+    names none, and the message the user gets should say where."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def quiet_disk_errors_in_threads(arguments: threading.ExceptHookArgs) -> None:
+    """A writer thread (TensorBoard's) that meets a full or read-only disk re-raises the error in the command, which
+    reports it in one line; printing the thread's traceback as well would only bury that line."""
+    error = arguments.exc_value
+    if isinstance(error, OSError) and error.errno in DISK_FULL | NOT_ALLOWED:
+        return
+    threading.__excepthook__(arguments)

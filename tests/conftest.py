@@ -29,3 +29,11 @@ def grabcut_three(grabcut_root: Path, tmp_path: Path) -> Path:
         shutil.copy(image, root / "data_GT" / image.name)
         shutil.copy(grabcut_root / "boundary_GT" / f"{image.stem}.bmp", root / "boundary_GT" / f"{image.stem}.bmp")
     return root
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """Good stores, a run and an evaluation for the bad-input tests to damage copies of (see bad_input_world)."""
+    from bad_input_world import World
+
+    return World(tmp_path_factory.mktemp("bad_inputs"))

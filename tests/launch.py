@@ -44,3 +44,19 @@ def kill_when(command: Sequence[str], moment: Callable[[], bool], what: str) -> 
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError(f"workers of the run killed {what} outlived it by 30 s") from None
     assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed {what}:\n{stderr}"
+
+
+def hold_lock(output: Path) -> subprocess.Popen:
+    """Another process holding the lock of `output` (a store or run folder), as a running extraction or training
+    does, until it is killed."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from isegprobe.locks import exclusive_lock\n"
+        "with exclusive_lock(Path(sys.argv[1])):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(output)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "held"
+    return process

@@ -1,66 +1,36 @@
 """Every bad input in the README's table "When the input is wrong", given to the command as a user would: each must
-exit non-zero with its message (naming the file or option), never a traceback. A second test keeps the README's
-table and these cases the same list."""
+exit non-zero with its message (naming the file, option or item and what was expected), never a traceback, and leave
+every file already written as it was. A second test keeps the README's table and these cases the same list."""
 
 from __future__ import annotations
 
+import json
 import re
-import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
-import zarr
-from click.testing import CliRunner
+import torch
+from bad_input_world import (
+    SIZE,
+    World,
+    assert_unchanged,
+    edit_attrs,
+    invoke,
+    png_declaring,
+    remove_chunk_file,
+    scramble_chunk_file,
+    snapshot,
+    with_file_limit,
+)
 from dataset_trees import box, write_image, write_mask
-from stores import builtin_store, random_vit_store
-
-from isegprobe.cache import CachedDataset
-from isegprobe.cli import main
-from isegprobe.config import load_train_config
-from isegprobe.training.trainer import train
+from launch import hold_lock
+from safetensors.torch import load_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SIZE = 56
-
-
-class World:
-    """What the cases break: good stores, a run and an evaluation, and a folder of images with masks."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.store = builtin_store(root / "cache", size=SIZE, items_per_shard=4)
-        self.train_store = builtin_store(root / "cache", split="train", size=SIZE)
-        self.store_112 = builtin_store(root / "cache_112", size=112)
-        self.store_patch16 = random_vit_store(root / "cache_p16", "builtin", None, "test", 64, "identity",
-                                              featurizer="vit_small_patch16_224")  # fmt: skip
-        config = load_train_config("quickstart", ["schedule.max_iters=0"])
-        train(config, CachedDataset(self.train_store), root / "run", device="cpu", progress=False)
-        self.run = root / "run"
-        self.results = root / "results"
-        evaluated = invoke("evaluate", "--checkpoint", self.run, "--store", self.store, "--max-clicks", "2",
-                           "--out", self.results)  # fmt: skip
-        assert evaluated.exit_code == 0, evaluated.output
-
-    def images(self, name: str, damage: Callable[[Path], None]) -> Path:
-        """A custom dataset folder of two images with one mask each, then `damage(folder)`."""
-        folder = self.root / name
-        for index in range(2):
-            write_image(folder / "images" / f"im{index}.jpg", 28, 28, seed=index)
-            write_mask(folder / "masks" / f"im{index}.png", box(28, 28, 4, 4, 20, 20))
-        damage(folder)
-        return folder
-
-    def damaged_store(self, name: str, damage: Callable[[zarr.Group], None]) -> Path:
-        copy = self.root / name / self.store.name
-        shutil.copytree(self.store, copy)
-        damage(zarr.open_group(str(copy), mode="r+"))
-        return copy
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(main, [str(arg) for arg in args])
 
 
 def extraction(*options: object, featurizer: str = "vit_small_patch14_dinov2", weights: object = "random") -> list:
@@ -69,6 +39,16 @@ def extraction(*options: object, featurizer: str = "vit_small_patch14_dinov2", w
 
 def training(w: World, out: str, *options: object) -> list[object]:
     return ["train", "--config", "quickstart", "--cache", w.train_store, "--out", w.root / out, *options]
+
+
+def evaluation(w: World, store: Path, out: str, *options: object) -> list[object]:
+    return ["evaluate", "--checkpoint", w.run, "--store", store, "--max-clicks", "2", "--out", w.root / out, *options]
+
+
+def extract_the_test_store_again(w: World) -> list[object]:
+    """The world's own extraction of its test store: nothing left to do, when nothing is in the way."""
+    options = ("--dataset", "builtin", "--size", SIZE, "--items-per-shard", "4", "--workers", "0")
+    return extraction(*options, "--out", w.store.parent)
 
 
 def extract_custom(folder: Path, out: Path) -> list[object]:
@@ -80,85 +60,106 @@ def truncate(path: Path) -> None:
     path.write_bytes(whole[: len(whole) * 2 // 3])
 
 
-def set_feature(value: float) -> Callable[[zarr.Group], None]:
-    def damage(group: zarr.Group) -> None:
-        entry = group["features"][5, 0]
+def set_feature(value: float) -> Callable[[Path], None]:
+    def damage(store: Path) -> None:
+        import zarr
+
+        features = zarr.open_group(str(store), mode="r+")["features"]
+        entry = features[5, 0]
         entry[0, 0, 0] = value
-        group["features"][5, 0] = entry
+        features[5, 0] = entry
 
     return damage
 
 
+def with_small_files(arguments: list[object]) -> tuple[int, str]:
+    """The command in its own process, allowed files of 16 kB: zarr.json files fit, a shard or weights do not."""
+    return with_file_limit(arguments, 16 << 10)
+
+
+def in_process(arguments: list[object]) -> tuple[int, str]:
+    result = invoke(*arguments)
+    return result.exit_code, result.output
+
+
+class Case(NamedTuple):
+    arguments: Callable[[World], list[object]]
+    message: str  # what the output must contain; the README row shows it
+    exit_code: int = 1  # 2: click's own refusal of an option's value, as for any usage error
+    run: Callable[[list[object]], tuple[int, str]] = in_process
+    then: Callable[[World, str], None] | None = None  # further checks once the command has ended, given its output
+
+
 # README row label -> (arguments built from the world, the words the message must contain)
-CASES: dict[str, tuple[Callable[[World], list[object]], str]] = {
-    "dataset root that does not exist": (
+CASES: dict[str, Case] = {
+    "dataset root that does not exist": Case(
         lambda w: extraction("--dataset", "grabcut", "--root", w.root / "nowhere", "--out", w.root / "x"),
         "expected the GrabCut layout with data_GT/ inside",
     ),
-    "truncated image file": (
+    "truncated image file": Case(
         lambda w: extract_custom(w.images("cut", lambda f: truncate(f / "images" / "im1.jpg")), w.root / "x1"),
         "im1.jpg: this image file is truncated",
     ),
-    "file that is not an image": (
+    "file that is not an image": Case(
         lambda w: extract_custom(
             w.images("text", lambda f: (f / "images" / "im1.jpg").write_text("not a picture")), w.root / "x2"
         ),
         "im1.jpg: cannot read this image (corrupt or not an image)",
     ),
-    "image without a mask": (
+    "image without a mask": Case(
         lambda w: extract_custom(w.images("nomask", lambda f: (f / "masks" / "im1.png").unlink()), w.root / "x3"),
         "im1.jpg: no mask named im1.*",
     ),
-    "mask of another size than its image": (
+    "mask of another size than its image": Case(
         lambda w: extract_custom(
             w.images("size", lambda f: write_mask(f / "masks" / "im1.png", box(20, 28, 2, 2, 9, 9))), w.root / "x4"
         ),
         "im1.png: mask size (20, 28) differs from image im1.jpg (28, 28)",
     ),
-    "empty mask": (
+    "empty mask": Case(
         lambda w: extract_custom(
             w.images("empty", lambda f: write_mask(f / "masks" / "im1.png", np.zeros((28, 28), np.uint8))),
             w.root / "x5",
         ),
         "im1.png: an empty mask (no object pixel)",
     ),
-    "unknown featurizer": (
+    "unknown featurizer": Case(
         lambda w: extraction("--dataset", "builtin", "--out", w.root / "x", featurizer="vit_imaginary"),
         "unknown featurizer 'vit_imaginary': not a timm ViT name",
     ),
-    "--size not a multiple of the patch size": (
+    "--size not a multiple of the patch size": Case(
         lambda w: extraction("--dataset", "builtin", "--size", "100", "--out", w.root / "x"),
         "--size 100: must be a multiple of the featurizer's patch size 14",
     ),
-    "weights file that is not a checkpoint": (
+    "weights file that is not a checkpoint": Case(
         lambda w: extraction(
             "--dataset", "builtin", "--out", w.root / "x", weights=write_bytes(w.root / "junk.pth", b"\x80\x02junk")
         ),
         "could not read weights file",
     ),
-    "extraction into a store made differently": (
+    "extraction into a store made differently": Case(
         lambda w: extraction(
             "--dataset", "builtin", "--size", str(SIZE), "--views", "identity", "--out", w.store.parent
         ),
         "refusing to add to a store made differently",
     ),
-    "config key that does not exist": (
+    "config key that does not exist": Case(
         lambda w: training(w, "r1", "--set", "optim.lrr=1"),
         "unknown config key 'optim.lrr'; known here: betas, eps, lr, weight_decay",
     ),
-    "config value of the wrong type": (
+    "config value of the wrong type": Case(
         lambda w: training(w, "r2", "--set", "optim.lr=fast"),
         "config key 'optim.lr' must be float, got 'fast'",
     ),
-    "folder that is not a feature store": (
+    "folder that is not a feature store": Case(
         lambda w: ["train", "--config", "quickstart", "--cache", w.root / "run", "--out", w.root / "r3"],
         "not a feature store (no zarr.json)",
     ),
-    "train into a folder that holds a run": (
+    "train into a folder that holds a run": Case(
         lambda w: ["train", "--config", "quickstart", "--cache", w.train_store, "--out", w.run],
         "already holds a run (last.json): --resume continues it",
     ),
-    "checkpoint file that is not isegprobe's": (
+    "checkpoint file that is not isegprobe's": Case(
         lambda w: [
             "evaluate",
             "--checkpoint",
@@ -170,23 +171,23 @@ CASES: dict[str, tuple[Callable[[World], list[object]], str]] = {
         ],  # fmt: skip
         "other.safetensors: not an isegprobe checkpoint",
     ),
-    "folder that is not a run": (
+    "folder that is not a run": Case(
         lambda w: ["evaluate", "--checkpoint", w.root / "cache", "--store", w.store, "--out", w.root / "e2"],
         "not a run folder (no best.json or last.json in it)",
     ),
-    "checkpoint whose weights file is damaged": (
+    "checkpoint whose weights file is damaged": Case(
         lambda w: ["evaluate", "--checkpoint", damaged_run(w), "--store", w.store, "--out", w.root / "e3"],
         "last.safetensors: not a safetensors file (corrupt or truncated)",
     ),
-    "store from another featurizer than the probe's": (
+    "store from another featurizer than the probe's": Case(
         lambda w: ["evaluate", "--checkpoint", w.run, "--store", w.store_patch16, "--out", w.root / "e4"],
         "features from another featurizer than the probe's",
     ),
-    "store at another working size than the probe's": (
+    "store at another working size than the probe's": Case(
         lambda w: ["evaluate", "--checkpoint", w.run, "--store", w.store_112, "--out", w.root / "e5"],
         "extracted at --size 112 --resize stretch, but the probe was trained at --size 56",
     ),
-    "evaluation into a folder with other results": (
+    "evaluation into a folder with other results": Case(
         lambda w: [
             "evaluate",
             "--checkpoint",
@@ -200,13 +201,66 @@ CASES: dict[str, tuple[Callable[[World], list[object]], str]] = {
         ],  # fmt: skip
         "holds the results of another evaluation",
     ),
-    "store bytes changed after extraction": (
+    "store bytes changed after extraction": Case(
         lambda w: ["cache", "verify", w.damaged_store("flipped", set_feature(0.25))],
         "item 5 (test_005): view(s) identity no longer match their checksum",
     ),
-    "NaN or Inf in cached features": (
+    "NaN or Inf in cached features": Case(
         lambda w: ["cache", "verify", w.damaged_store("nan", set_feature(float("nan")))],
         "item 5 (test_005): features are not finite",
+    ),
+    "two image files with one name": Case(
+        lambda w: extract_custom(
+            w.images("twins", lambda f: write_image(f / "images" / "im1.bmp", 28, 28, seed=7)), w.root / "x6"
+        ),
+        "im1.bmp and im1.jpg: 2 image files named im1; which one belongs to the item is ambiguous",
+    ),
+    "image above the pixel limit": Case(
+        lambda w: extract_custom(w.images("huge", declare_a_huge_image), w.root / "x7"),
+        "im1.png: 8000 x 6000 pixels (48.0 MP) is above the limit of 40000000 pixels (40 MP); pass --max-pixels",
+    ),
+    "option value outside its range": Case(
+        lambda w: evaluation(w, w.store, "e6", "--threshold", "nan"),
+        "Invalid value for '--threshold': nan is not a finite number in the range 0<x<1",
+        exit_code=2,
+    ),
+    "config value outside its range": Case(
+        lambda w: training(w, "r4", "--set", "schedule.epochs=-3"),
+        "config key 'schedule.epochs' must be a finite number >= 1, got -3",
+    ),
+    "training loss that becomes NaN or infinite": Case(
+        lambda w: training(w, "r5", "--set", "optim.lr=1e30", "--set", "checkpoint.every_steps=1", "--max-iters", "6"),
+        "the training loss became NaN or infinite at step 2",
+        then=lambda w, output: assert_last_good_checkpoint_kept(w.root / "r5", step=1),
+    ),
+    "store with chunk files missing": Case(
+        lambda w: evaluation(w, w.damaged_store("nochunk", remove_chunk_file("features", 1)), "e7"),
+        "4 finished items have chunk files missing (an interrupted copy?): item 4 (test_004): features",
+    ),
+    "store chunk whose bytes no longer decode": Case(
+        lambda w: ["cache", "verify", w.damaged_store("scrambled", scramble_chunk_file("features", 1))],
+        "item 4 (test_004): the features chunk cannot be decoded",
+    ),
+    "store whose arrays disagree with its attrs": Case(
+        lambda w: evaluation(w, w.damaged_store("edited", edit_attrs(item_ids=TEST_IDS + ["test_012"])), "e8"),
+        "features: shape (12, 2, 384, 4, 4) disagrees with the store's attrs, which give (13, 2, 384, 4, 4)",
+    ),
+    "store in use by another command": Case(
+        lambda w: [*held(w.store), *extract_the_test_store_again(w)],
+        "-56.zarr: in use by another isegprobe command (PID",
+        then=lambda w, output: release_and_check_holder(output),
+    ),
+    "disk full while extracting": Case(
+        lambda w: extraction("--dataset", "builtin", "--size", SIZE, "--workers", "0", "--out", w.root / "full"),
+        "-56.zarr: cannot write (File too large): the disk is full (or a quota or file size limit is reached). What "
+        "was written before stays as it was",
+        run=with_small_files,
+    ),
+    "disk full while saving a checkpoint": Case(
+        lambda w: ["train", "--resume", "--out", w.run_copy("full_run")],
+        "full_run/last.safetensors: cannot write (File too large): the disk is full",
+        run=with_small_files,
+        then=lambda w, output: assert_no_pending_checkpoint(w.root / "full_run"),
     ),
 }
 
@@ -217,24 +271,62 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 
 def damaged_run(world: World) -> Path:
-    copy = world.root / "damaged_run"
-    shutil.copytree(world.run, copy, dirs_exist_ok=True)
+    copy = world.run_copy("damaged_run")
     (copy / "last.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b"{not json}")
     return copy
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return World(tmp_path_factory.mktemp("bad_inputs"))
+HOLDERS: list[subprocess.Popen] = []
+TEST_IDS = [f"test_{index:03d}" for index in range(12)]
+
+
+def declare_a_huge_image(folder: Path) -> None:
+    (folder / "images" / "im1.jpg").unlink()
+    png_declaring(folder / "images" / "im1.png", 8000, 6000)
+
+
+def held(output: Path) -> list[object]:
+    """Start another process that holds `output`'s lock (no arguments: the case's command follows)."""
+    HOLDERS.append(hold_lock(output))
+    return []
+
+
+def release_and_check_holder(output: str) -> None:
+    holder = HOLDERS.pop()
+    holder.kill()
+    holder.wait()
+    assert f"(PID {holder.pid} on " in output, "the message names the process that holds the store"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_holder_left() -> Iterator[None]:
+    yield
+    for holder in HOLDERS:
+        holder.kill()
+
+
+def assert_last_good_checkpoint_kept(run: Path, step: int) -> None:
+    assert json.loads((run / "last.json").read_text())["step"] == step
+    weights = load_file(run / "last.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values()), "the saved weights are the good ones"
+
+
+def assert_no_pending_checkpoint(run: Path) -> None:
+    assert not list(run.glob("*.pending")), "a checkpoint that could not be written leaves nothing behind"
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gets_its_message_and_a_non_zero_exit(world: World, case: str) -> None:
-    arguments, message = CASES[case]
-    result = invoke(*arguments(world))
-    assert result.exit_code == 1, result.output
-    assert message in result.output
-    assert "Traceback" not in result.output
+    arguments, message, exit_code, run, then = CASES[case]
+    command = arguments(world)
+    before = snapshot(world.root)
+    code, output = run(command)
+    assert code == exit_code, output
+    assert message in output
+    assert "Traceback" not in output
+    assert_unchanged(before, snapshot(world.root))
+    if then is not None:
+        then(world, output)
 
 
 def test_the_readme_table_lists_exactly_these_cases_with_their_messages() -> None:
@@ -242,5 +334,5 @@ def test_the_readme_table_lists_exactly_these_cases_with_their_messages() -> Non
     rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     table = {cells[0].strip(): cells[1] for cells in rows[1:]}
     assert list(table) == list(CASES)
-    for case, (_, message) in CASES.items():
+    for case, (_, message, *_) in CASES.items():
         assert re.sub(r"\s+", " ", message) in table[case].replace("`", ""), case

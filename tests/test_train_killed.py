@@ -1,11 +1,13 @@
 """`isegprobe train` killed with SIGKILL mid-run, or stopped by SIGINT / SIGTERM, then `--resume`: the finished
 run's weights and Adam state equal those of a run never interrupted, bit for bit. Real processes and real signals,
 with spawned loader workers: the kills land wherever the run is, checkpoint writes included, and the workers must end
-with the killed process; a stop request ends the run after a whole step and saves it there."""
+with the killed process; a stop request ends the run after a whole step and saves it there, and the command its
+message gives continues the run as it is written."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -91,7 +93,9 @@ def test_a_stop_signal_ends_training_after_a_whole_step_saved_and_resume_finishe
     assert f"{stop.name}: stopped after step {step}, saved as" in stderr
     assert "Traceback" not in stderr
 
-    resumed = subprocess.run(command(store, run, "--resume", every=1000), capture_output=True, text=True)
+    hint = stderr.split("`")[-2]  # the command the message gives, run as given: the run recorded its store
+    assert hint == f"isegprobe train --resume --out {run}"
+    resumed = subprocess.run([sys.executable, "-m", *shlex.split(hint)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run, straight_run)
 

@@ -380,6 +380,34 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path: Path, monkeypat
     assert torch.equal(loaded(features, image, clicks, prev_mask), good(features, image, clicks, prev_mask))
 
 
+def test_a_checkpoint_interrupted_between_its_files_is_read_whole_and_completed(tmp_path: Path) -> None:
+    """The states a save passes through, made with real saves: its files written under pending names, then moved
+    into place, the metadata last. Stopped before the move, the previous checkpoint is read and the pending files
+    are discarded; stopped after the weights moved, the pending metadata of their step is read and the next writer
+    moves it into place."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    old, new = ISProbe(config.model, 16, 8).eval(), ISProbe(config.model, 16, 8).eval()
+    run, later = tmp_path / "run", tmp_path / "later"
+    run.mkdir(), later.mkdir()
+    checkpoint.save_checkpoint(run, "last", old, probe_metadata(old, config, 1))
+    checkpoint.save_checkpoint(later, "last", new, probe_metadata(new, config, 2))
+    pending = checkpoint.pending
+
+    (pending(run / "last.safetensors")).write_bytes((later / "last.safetensors").read_bytes())  # still writing
+    assert checkpoint.load_probe(run)[1]["step"] == 1
+    checkpoint.recover_checkpoint(run, "last")
+    assert not list(run.glob("*.pending"))
+
+    (run / "last.safetensors").write_bytes((later / "last.safetensors").read_bytes())  # the weights moved
+    (pending(run / "last.json")).write_bytes((later / "last.json").read_bytes())
+    loaded, metadata = checkpoint.load_probe(run)
+    assert metadata["step"] == 2
+    assert all(torch.equal(value, new.state_dict()[key]) for key, value in loaded.state_dict().items())
+    checkpoint.recover_checkpoint(run, "last")
+    assert json.loads((run / "last.json").read_text())["step"] == 2 and not list(run.glob("*.pending"))
+
+
 def test_checkpoint_files_from_different_steps_are_refused(tmp_path: Path) -> None:
     config = tiny_config()
     probe = ISProbe(config.model, 16, 8)

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from isegprobe import featurizers
 from isegprobe.cache.attrs import build_attrs
+from isegprobe.cache.chunks import missing_chunk_files
 from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.schema import mismatches, store_name
 from isegprobe.cache.store import FeatureStore
@@ -34,6 +35,7 @@ from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.loader_workers import default_loader_workers, ends_with_this_process
+from isegprobe.locks import exclusive_lock
 
 
 @dataclass
@@ -251,24 +253,32 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     path = Path(request.out) / store_name(
         request.featurizer, request.dataset.lower(), request.split, request.size, featurizer.provenance["normalization"]
     )
-    store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
-    repaired = _mark_broken_undone(store) if request.repair and rank == 0 else []
-    barrier()
-    shards = _pending_shards(store, rank, world)
-    indices = [index for items in shards for index in items]
-    loop = _run(store, featurizer, source, specs, request, device, shards, indices, rank == 0) if indices else None
-    barrier()
-    if rank == 0:
-        store.record_progress()
+    with exclusive_lock(path) if rank == 0 else nullcontext():
+        store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
+        repaired = _mark_broken_undone(store, request.repair) if rank == 0 else []
+        barrier()
+        shards = _pending_shards(store, rank, world)
+        indices = [index for items in shards for index in items]
+        loop = _run(store, featurizer, source, specs, request, device, shards, indices, rank == 0) if indices else None
+        barrier()
+        if rank == 0:
+            store.record_progress()
     seconds = time.perf_counter() - started
     return ExtractionResult(path, store.num_items, len(indices), seconds, store.nbytes_on_disk(), repaired, loop)
 
 
-def _mark_broken_undone(store: FeatureStore) -> list[str]:
-    """--repair: the finished items that fail `cache verify`'s checks are marked undone, so that this run extracts
-    them again (with the rest of their shards, which are rewritten whole)."""
-    broken = list(broken_entries(store))
-    mark_undone(store, sorted({index for index, _ in broken}))
+def _mark_broken_undone(store: FeatureStore, repair: bool) -> list[str]:
+    """Finished items whose chunk files are missing (an interrupted copy) are marked undone, so that this run
+    extracts them again (with the rest of their shards, which are rewritten whole); with --repair, so are those
+    that fail any of `cache verify`'s checks."""
+    missing = missing_chunk_files(store)
+    broken = [(index, f"chunk files missing ({', '.join(names)})") for index, names in missing.items()]
+    if broken and repair:
+        mark_undone(store, list(missing))  # so that the checks below read only what is there
+    if repair:
+        broken += list(broken_entries(store))
+    if broken:
+        mark_undone(store, sorted({index for index, _ in broken}))
     return [f"{store.attrs['item_ids'][index]}: {problem}" for index, problem in broken]
 
 

@@ -1,6 +1,6 @@
-"""Which finished entries of a store can no longer be trusted: bytes that changed after extraction (checksums),
-non-finite or all-zero features, boxes outside the image. `cache verify` reports them; `extract-features --repair`
-marks their items undone and extracts them again."""
+"""Which finished entries of a store can no longer be trusted: chunks that are missing or do not decode, bytes that
+changed after extraction (checksums), non-finite or all-zero features, boxes outside the image. `cache verify`
+reports them; `extract-features --repair` marks their items undone and extracts them again."""
 
 from __future__ import annotations
 
@@ -9,39 +9,55 @@ from collections.abc import Iterator
 import numpy as np
 
 from isegprobe.cache.checksums import CHECKED_ARRAYS, CHECKSUM_ARRAY, entry_checksums
+from isegprobe.cache.reader import ChunkError, open_tensorstore, read_items
 from isegprobe.cache.store import FeatureStore
 
 CHANGED_BYTES = "no longer match their checksum (the stored bytes changed after extraction)"
 
 
 def broken_entries(store: FeatureStore) -> Iterator[tuple[int, str]]:
-    """(item index, what is wrong) for every finished item that fails a check, shard by shard."""
-    group, size = store.group, store.attrs["preprocessing"]["size"]
-    checked = CHECKSUM_ARRAY in group
-    views = store.attrs["views"]
+    """(item index, what is wrong) for every finished item that fails a check, shard by shard. A shard with an
+    unreadable chunk is checked again item by item, so that one damaged item hides none of its neighbours."""
+    checked = CHECKSUM_ARRAY in store.group
+    names = [*(CHECKED_ARRAYS if checked else ("features",)), "valid_box", *((CHECKSUM_ARRAY,) if checked else ())]
+    handles = {name: open_tensorstore(store.path, name) for name in names}
     done_mask = store.done_mask()
     for items in store.shard_ranges():
-        done = done_mask[items.start : items.stop]
-        if not done.any():
+        done = np.flatnonzero(done_mask[items.start : items.stop]) + items.start
+        if not len(done):
             continue
-        window = slice(items.start, items.stop)
-        # Each array of the shard is read once: the checksums and the feature checks share the features.
-        stored = {name: group[name][window][done] for name in (CHECKED_ARRAYS if checked else ("features",))}
-        features = stored["features"].astype(np.float32)
-        boxes = group["valid_box"][window][done]
-        if checked:
-            mismatched = group[CHECKSUM_ARRAY][window][done] != entry_checksums(stored)
-        for offset, index in enumerate(np.flatnonzero(done) + items.start):
-            if checked and mismatched[offset].any():
-                changed = ", ".join(views[view] for view in np.flatnonzero(mismatched[offset]))
-                yield int(index), f"view(s) {changed} {CHANGED_BYTES}"
-            if not np.isfinite(features[offset]).all():
-                yield int(index), "features are not finite"
-            elif not features[offset].any():
-                yield int(index), "features are all zero although marked done"
-            y0, x0, y1, x1 = boxes[offset].T
-            if ((y0 < 0) | (x0 < 0) | (y1 > size) | (x1 > size) | (y1 <= y0) | (x1 <= x0)).any():
-                yield int(index), f"valid box outside the {size} px image"
+        try:
+            yield from _problems(store, handles, items, done)
+        except ChunkError:
+            for index in done:
+                try:
+                    yield from _problems(store, handles, range(index, index + 1), done[done == index])
+                except ChunkError as error:
+                    yield int(index), error.problem
+
+
+def _problems(store: FeatureStore, handles: dict, items: range, done: np.ndarray) -> list[tuple[int, str]]:
+    """The problems of the finished items `done` of `items`, read in one go (each array once: the checksums and
+    the feature checks share the features); raises ChunkError before reporting anything."""
+    size, views = store.attrs["preprocessing"]["size"], store.attrs["views"]
+    stored = {name: read_items(store, handle, name, items)[done - items.start] for name, handle in handles.items()}
+    features, boxes = stored["features"].astype(np.float32), stored["valid_box"]
+    mismatched = None
+    if CHECKSUM_ARRAY in stored:
+        mismatched = stored[CHECKSUM_ARRAY] != entry_checksums({name: stored[name] for name in CHECKED_ARRAYS})
+    problems = []
+    for offset, index in enumerate(done.tolist()):
+        if mismatched is not None and mismatched[offset].any():
+            changed = ", ".join(views[view] for view in np.flatnonzero(mismatched[offset]))
+            problems.append((index, f"view(s) {changed} {CHANGED_BYTES}"))
+        if not np.isfinite(features[offset]).all():
+            problems.append((index, "features are not finite"))
+        elif not features[offset].any():
+            problems.append((index, "features are all zero although marked done"))
+        y0, x0, y1, x1 = boxes[offset].T
+        if ((y0 < 0) | (x0 < 0) | (y1 > size) | (x1 > size) | (y1 <= y0) | (x1 <= x0)).any():
+            problems.append((index, f"valid box outside the {size} px image"))
+    return problems
 
 
 def mark_undone(store: FeatureStore, indices: list[int]) -> None:

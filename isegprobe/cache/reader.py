@@ -4,6 +4,9 @@ Reads go through tensorstore: on the same Zarr v3 store it reads an entry at 0.8
 file with zstd and 1.2x with lz4 (benchmarks/reader.py), where zarr-python is several times slower per item (see
 DESIGN.md). Each process opens its own handles; DataLoader workers must be spawned, not forked, because tensorstore
 does not survive a fork once the parent has read.
+
+Reads are strict: a chunk that is missing or does not decode is an error naming the item (`ChunkError`), never the
+array's fill value, and a store whose finished items lack chunk files is refused when it is opened (`chunks`).
 """
 
 from __future__ import annotations
@@ -17,15 +20,53 @@ import tensorstore as ts
 import torch
 from torch.utils.data import Dataset
 
+from isegprobe.cache.chunks import chunk_problem, require_chunk_files
 from isegprobe.cache.store import FeatureStore
 from isegprobe.errors import UserError
 
 _READ_ARRAYS = ("features", "images", "labels", "ignore")
 
 
-def open_tensorstore(path: Path, name: str) -> ts.TensorStore:
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / name)}}
+class ChunkError(UserError):
+    """A chunk of a finished item that is missing or does not decode; `problem` says which and how. Built from its
+    message alone too, as a DataLoader worker's exception is rebuilt in the main process."""
+
+    def __init__(self, message: str, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem
+
+    @classmethod
+    def of(cls, store: FeatureStore, array: str, item: int, error: Exception) -> ChunkError:
+        problem = f"the {array} chunk {chunk_problem(error)}"
+        return cls(
+            f"{store.path}: item {item} ({store.attrs['item_ids'][item]}): {problem}. `isegprobe cache verify "
+            f"{store.path}` lists every damaged item; `extract-features --repair` extracts them again",
+            problem,
+        )
+
+
+def open_tensorstore(path: str | Path, name: str) -> ts.TensorStore:
+    """A strict read handle on one array (tensorstore wants an absolute path: `../cache` is an invalid one)."""
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": str(Path(path).resolve() / name)},
+        "fill_missing_data_reads": False,
+    }
     return ts.open(spec, read=True, context=ts.Context({"cache_pool": {"total_bytes_limit": 32 << 20}})).result()
+
+
+def read_items(store: FeatureStore, handle: ts.TensorStore, name: str, items: range) -> np.ndarray:
+    """The entries of `items` of one array in one read; a chunk that cannot be read raises `ChunkError` naming the
+    first item it belongs to."""
+    try:
+        return handle[items.start : items.stop].read().result()
+    except ValueError as error:
+        for item in items:
+            try:
+                handle[item].read().result()
+            except ValueError as item_error:
+                raise ChunkError.of(store, name, item, item_error) from None
+        raise ChunkError.of(store, name, items.start, error) from None
 
 
 class CachedDataset(Dataset):
@@ -37,7 +78,7 @@ class CachedDataset(Dataset):
 
     def __init__(self, path: str | Path, views: list[str] | None = None, items: list[int] | None = None) -> None:
         self.store = FeatureStore.open(path)
-        self.path = str(self.store.path)
+        self.path = str(self.store.path.resolve())
         self.provenance: dict[str, Any] = self.store.attrs["featurizer"]
         self.preprocessing: dict[str, Any] = self.store.attrs["preprocessing"]
         self.item_ids: list[str] = self.store.attrs["item_ids"]
@@ -55,10 +96,17 @@ class CachedDataset(Dataset):
                 f"{self.path}: {len(missing)} of {len(self.items)} items are not extracted yet; "
                 "run the same `isegprobe extract-features` command again to finish the store"
             )
-        # Boxes are a few bytes per entry: read them all once instead of one more read per entry.
-        self.valid_boxes = torch.from_numpy(np.asarray(self.store.group["valid_box"][:]).astype(np.int64))
+        require_chunk_files(self.store, self.items)
         self._handles: dict[str, ts.TensorStore] = {}
         self._handles_pid: int | None = None
+        # Boxes are a few bytes per entry: read those of the shards in use once instead of one more read per entry.
+        boxes = np.zeros(self.store.group["valid_box"].shape, np.int64)
+        handle = open_tensorstore(self.path, "valid_box")
+        wanted = set(self.items)
+        for shard in self.store.shard_ranges():
+            if wanted.intersection(shard):
+                boxes[shard.start : shard.stop] = read_items(self.store, handle, "valid_box", shard)
+        self.valid_boxes = torch.from_numpy(boxes)
 
     def __len__(self) -> int:
         return len(self.items) * len(self.view_indices)
@@ -85,7 +133,12 @@ class CachedDataset(Dataset):
         item, view = self.locate(index)
         arrays = self._arrays()
         futures = {name: arrays[name][item, view].read() for name in _READ_ARRAYS}
-        values = {name: future.result() for name, future in futures.items()}
+        values = {}
+        for name, future in futures.items():
+            try:
+                values[name] = future.result()
+            except ValueError as error:
+                raise ChunkError.of(self.store, name, item, error) from None
         return {
             "features": torch.from_numpy(values["features"]),
             "image": torch.from_numpy(np.ascontiguousarray(values["images"].transpose(2, 0, 1))),

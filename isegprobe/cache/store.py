@@ -19,8 +19,9 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from isegprobe.cache.checksums import CHECKSUM_ARRAY, entry_checksums
+from isegprobe.cache.consistency import check_attrs, check_shapes
 from isegprobe.cache.schema import SCHEMA_VERSION, ArraySpec, array_specs
-from isegprobe.errors import UserError
+from isegprobe.errors import UserError, writing_to
 
 # A store being created lives under its name plus this suffix until it is complete.
 STAGING_SUFFIX = ".creating"
@@ -43,12 +44,21 @@ class FeatureStore:
         node_type = _node_type(path)
         if node_type != "group":
             raise UserError(f"{path}: a Zarr {node_type}, not a feature store (the folder that holds the arrays)")
-        group = zarr.open_group(str(path), mode=mode)
-        if group.attrs.get("schema_version") != SCHEMA_VERSION:
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+            if group.attrs.get("schema_version") != SCHEMA_VERSION:
+                raise UserError(
+                    f"{path}: store schema version {group.attrs.get('schema_version')!r}, "
+                    f"this isegprobe reads {SCHEMA_VERSION}"
+                )
+            attrs = dict(group.attrs)
+            check_attrs(path, attrs)
+            check_shapes(path, group, attrs)
+        except (ValueError, KeyError, TypeError) as error:  # an array's zarr.json that is not valid JSON or Zarr
             raise UserError(
-                f"{path}: store schema version {group.attrs.get('schema_version')!r}, "
-                f"this isegprobe reads {SCHEMA_VERSION}"
-            )
+                f"{path}: unreadable Zarr metadata ({type(error).__name__}: {error}); extract the store again "
+                "(extract-features --overwrite)"
+            ) from None
         return cls(path, group)
 
     @classmethod
@@ -61,20 +71,21 @@ class FeatureStore:
             shutil.rmtree(staging)
         num_items, num_views = len(attrs["item_ids"]), len(attrs["views"])
         items_per_shard = attrs["layout"]["items_per_shard"]
-        group = zarr.open_group(str(staging), mode="w", zarr_format=3)
-        for spec in array_specs(dim, grid, attrs["preprocessing"]["size"]):
-            zarr.create_array(
-                group.store,
-                name=spec.name,
-                shape=spec.shape(num_items, num_views),
-                dtype=spec.dtype,
-                chunks=spec.chunks(items_per_shard, num_views),
-                shards=spec.shards(items_per_shard, num_views),
-                compressors=_compressor(spec, attrs["layout"]["compressor"]),
-                fill_value=0,
-                dimension_names=_dimension_names(spec),
-            )
-        group.attrs.update(dict(attrs))
+        with writing_to(staging):
+            group = zarr.open_group(str(staging), mode="w", zarr_format=3)
+            for spec in array_specs(dim, grid, attrs["preprocessing"]["size"]):
+                zarr.create_array(
+                    group.store,
+                    name=spec.name,
+                    shape=spec.shape(num_items, num_views),
+                    dtype=spec.dtype,
+                    chunks=spec.chunks(items_per_shard, num_views),
+                    shards=spec.shards(items_per_shard, num_views),
+                    compressors=_compressor(spec, attrs["layout"]["compressor"]),
+                    fill_value=0,
+                    dimension_names=_dimension_names(spec),
+                )
+            group.attrs.update(dict(attrs))
         if path.exists():
             shutil.rmtree(path)
         staging.rename(path)
@@ -101,7 +112,14 @@ class FeatureStore:
         return [range(start, min(start + step, self.num_items)) for start in range(0, self.num_items, step)]
 
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.group["done"][:]).astype(bool)
+        """Which items are finished; a chunk of the record that is missing means its items are not."""
+        try:
+            return np.asarray(self.group["done"][:]).astype(bool)
+        except (RuntimeError, ValueError) as error:  # Blosc's and Zarr's words for bytes that do not decode
+            raise UserError(
+                f"{self.path / 'done'}: the completion record cannot be read ({error}); extract the store again "
+                "(extract-features --overwrite)"
+            ) from None
 
     def write_items(self, items: range, arrays: Mapping[str, np.ndarray]) -> None:
         """Write every array for the contiguous `items` (one shard) with their checksums, then mark them done."""
@@ -109,10 +127,11 @@ class FeatureStore:
         stored = {name: np.asarray(values, dtype=self.group[name].dtype) for name, values in arrays.items()}
         if CHECKSUM_ARRAY in self.group:
             stored[CHECKSUM_ARRAY] = entry_checksums(stored)
-        for name, values in stored.items():
-            if name != "done":
-                self._writable(name)[window] = values
-        self._writable("done")[window] = 1
+        with writing_to(self.path):
+            for name, values in stored.items():
+                if name != "done":
+                    self._writable(name)[window] = values
+            self._writable("done")[window] = 1
 
     def _writable(self, name: str) -> zarr.Array:
         """The array, set to write every chunk. By default zarr first compares each chunk with the fill value to
@@ -125,7 +144,8 @@ class FeatureStore:
         """Refresh the item count in the attrs (the per-item truth is the `done` array)."""
         completion = dict(self.attrs["completion"])
         completion["items_done"] = int(self.done_mask().sum())
-        self.group.attrs["completion"] = completion
+        with writing_to(self.path):
+            self.group.attrs["completion"] = completion
         self.attrs["completion"] = completion
 
     def nbytes_on_disk(self) -> int:

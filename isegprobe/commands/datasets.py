@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.limits import max_pixels_option
 from isegprobe.data import create_dataset, list_datasets
 from isegprobe.data.catalog import CATALOG, has_layout
 from isegprobe.data.check import ON_ERROR_CHOICES, CheckReport, check_source
@@ -84,6 +85,7 @@ def _print_report(report: CheckReport) -> None:
     show_default=True,
     help="stop at the first bad file, or skip it, read on and list them all.",
 )
+@max_pixels_option
 @click.pass_context
 @reports_user_errors
 def check_command(context: click.Context, name: str, root: str | None, split: str | None, on_error: str) -> None:

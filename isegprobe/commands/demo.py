@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.limits import max_pixels_option, threshold_option
 from isegprobe.commands.options import allow_torchscript_option, checkpoint_option
 from isegprobe.data import list_datasets
 from isegprobe.demo.catalog import Catalog, DatasetCatalog, ImageCatalog
@@ -32,10 +33,11 @@ from isegprobe.errors import UserError
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network."
 )
-@click.option("--port", default=8765, show_default=True, type=int, help="Port of the page.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port of the page.")
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
 @click.option("--zoom-in", is_flag=True, help="RITM's zoom-in from the second click on (the backbone runs per click).")
-@click.option("--threshold", default=0.5, show_default=True, type=float, help="Probability threshold of the mask.")
+@threshold_option
+@max_pixels_option
 @allow_torchscript_option
 @reports_user_errors
 def demo(

@@ -1,4 +1,4 @@
-"""Turning `UserError` into click's one-line error and exit status 1."""
+"""Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk into one too."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import TypeVar
 
 import click
 
-from isegprobe.errors import UserError
+from isegprobe.errors import DISK_FULL, NOT_ALLOWED, UserError
 
 F = TypeVar("F", bound=Callable)
+_WORKER_PREAMBLE = "\nOriginal Traceback (most recent call last):"
 
 
 def reports_user_errors(command: F) -> F:
@@ -19,6 +20,29 @@ def reports_user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(own_message(error)) from None
+        except OSError as error:
+            if error.errno not in DISK_FULL | NOT_ALLOWED:
+                raise
+            raise click.ClickException(disk_message(error)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def own_message(error: UserError) -> str:
+    """The error's message; one raised in a DataLoader worker reaches the main process wrapped in the worker's
+    traceback (torch rebuilds it from the formatted text), which the user needs no more than any other."""
+    message = str(error)
+    if _WORKER_PREAMBLE not in message:
+        return message
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return message.rsplit(marker, 1)[-1].rstrip()
+
+
+def disk_message(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    cause = "the disk is full (or a quota or file size limit is reached)" if error.errno in DISK_FULL else "not allowed"
+    return (
+        f"{where}cannot write ({error.strerror}): {cause}. What was written before stays as it was: make room (or "
+        "choose a writable place) and run the same command again"
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.limits import max_pixels_option, threshold_option
 from isegprobe.commands.options import allow_torchscript_option, checkpoint_option
 from isegprobe.devices import default_device
 from isegprobe.errors import UserError
@@ -54,14 +55,16 @@ from isegprobe.training.run_logger import start_wandb
     "resized to the working size). Loads the backbone, since crops have no cached features. The seed's "
     "evaluate.py always zooms in and flips: --zoom-in --flip compares with its numbers.",
 )
-@click.option("--threshold", default=0.5, show_default=True, type=float, help="Probability threshold of the mask.")
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Objects per probe forward.")
+@threshold_option
+@click.option(
+    "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Objects per probe forward."
+)
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
 @click.option(
     "--vis-preds",
     default=0,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=0),
     help="Save overlays (clicks drawn) of the first N objects per dataset.",
 )
 @click.option(
@@ -80,6 +83,7 @@ from isegprobe.training.run_logger import start_wandb
     help="Folder for the results. If it holds an unfinished run of the same evaluation, that run is resumed.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the results already in --out instead of resuming them.")
+@max_pixels_option
 @click.option(
     "--wandb", "use_wandb", is_flag=True, help="Also log the results to Weights & Biases (WANDB_MODE=offline works)."
 )

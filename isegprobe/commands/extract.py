@@ -6,6 +6,7 @@ import click
 
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.limits import max_pixels_option
 from isegprobe.commands.options import allow_torchscript_option
 from isegprobe.data import list_datasets
 from isegprobe.devices import default_device
@@ -43,7 +44,7 @@ from isegprobe.units import human_bytes
     "--size",
     default=448,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=1),
     help="Working size in pixels (square); a multiple of the patch size.",
 )
 @click.option(
@@ -62,13 +63,15 @@ from isegprobe.units import human_bytes
     show_default=True,
     help="stretch the image to size x size (the seed's and RITM's rule), or letterbox (keep aspect, pad).",
 )
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per backbone forward.")
+@click.option(
+    "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per backbone forward."
+)
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda (bf16/fp16 autocast on CUDA).")
 @click.option(
     "--workers",
     default=default_loader_workers(),
     show_default=True,
-    type=int,
+    type=click.IntRange(min=0),
     help=f"DataLoader processes decoding and resizing images (default: this machine's cores, shared among torchrun "
     f"ranks, at most {MAX_DEFAULT_WORKERS}).",
 )
@@ -76,7 +79,7 @@ from isegprobe.units import human_bytes
     "--items-per-shard",
     default=16,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=1),
     help="Items per shard file; the unit of atomic writes and of resuming.",
 )
 @click.option(
@@ -93,6 +96,7 @@ from isegprobe.units import human_bytes
     help="Folder for the store; it is created as OUT/<featurizer>-<dataset>-<split>-<size>.zarr.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming it.")
+@max_pixels_option
 @click.option(
     "--repair",
     is_flag=True,

@@ -7,7 +7,13 @@ import click
 import torch
 
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import allow_torchscript_option, labels_option, results_and_labels, results_argument
+from isegprobe.commands.limits import max_pixels_option
+from isegprobe.commands.options import (
+    allow_torchscript_option,
+    labels_option,
+    results_and_labels,
+    results_argument,
+)
 from isegprobe.devices import default_device
 from isegprobe.errors import UserError
 from isegprobe.plots.feature_panels import (
@@ -54,7 +60,7 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
 @click.option(
     "--cache", "store_path", required=True, type=click.Path(exists=True, file_okay=False), help="A feature store."
 )
-@click.option("--item", default=0, show_default=True, type=int, help="Item index in the store.")
+@click.option("--item", default=0, show_default=True, type=click.IntRange(min=0), help="Item index in the store.")
 @click.option("--view", default="identity", show_default=True, help="Which cached view of the item.")
 @click.option(
     "--upsamplers",
@@ -113,6 +119,7 @@ def features(
 @click.option("--object", "object_id", required=True, help="Object id, as in ious.npz and the --vis-preds files.")
 @click.option("--dataset", default=None, help="Which dataset of the evaluation (needed when it has several).")
 @click.option("--root", default=None, help="Dataset root, when it moved since the evaluation.")
+@max_pixels_option
 @click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
 @click.option(
     "--out",

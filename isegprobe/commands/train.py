@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from isegprobe.config import list_presets, load_train_config
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
-from isegprobe.training.checkpoint import resume_config
+from isegprobe.training.checkpoint import checkpoint_files, read_metadata, resume_config
 from isegprobe.training.trainer import TrainSummary
 from isegprobe.training.trainer import train as run_training
 
@@ -32,13 +34,16 @@ from isegprobe.training.trainer import train as run_training
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.lr=1e-4."
 )
 @click.option(
-    "--cache", "cache_path", required=True, type=click.Path(exists=True, file_okay=False), help="Training store."
+    "--cache",
+    "cache_path",
+    type=click.Path(exists=True, file_okay=False),
+    help="Training store (with --resume: the run's own, unless given).",
 )
 @click.option(
     "--val-cache",
     "val_cache_path",
     type=click.Path(exists=True, file_okay=False),
-    help="Store to pick the best checkpoint on.",
+    help="Store to pick the best checkpoint on (with --resume: the run's own, unless given).",
 )
 @click.option(
     "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory for checkpoints and logs."
@@ -67,7 +72,7 @@ from isegprobe.training.trainer import train as run_training
 def train(
     config_source: str | None,
     overrides: tuple[str, ...],
-    cache_path: str,
+    cache_path: str | None,
     val_cache_path: str | None,
     run_dir: str,
     online: bool,
@@ -94,7 +99,10 @@ def train(
         if config_source is not None:
             click.echo("--resume: using the run's saved config; --config is ignored (--set still applies)", err=True)
         config = resume_config(run_dir, overrides)
+        cache_path, val_cache_path = _run_stores(run_dir, cache_path, val_cache_path)
     else:
+        if cache_path is None:
+            raise click.UsageError("Missing option '--cache' (the training store).")
         config = load_train_config(config_source or "sbd_224", overrides)
 
     dataset = CachedDataset(cache_path, views=config.data.views)
@@ -117,7 +125,7 @@ def train(
         use_wandb=use_wandb,
         val_dataset=val_dataset,
     )
-    exit_if_stopped(summary, f"isegprobe train --resume --out {run_dir}")
+    exit_if_stopped(summary, _resume_command(run_dir, online, featurizer_name, featurizer_weights))
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
         best = "n/a" if summary.best_metric is None else f"{summary.best_metric:.4f}"
         click.echo(summary.progress())
@@ -136,6 +144,33 @@ def exit_if_stopped(summary: TrainSummary, how_to_continue: str) -> None:
             err=True,
         )
     raise SystemExit(128 + signal.Signals[summary.stopped_by].value)
+
+
+def _run_stores(run_dir: str, cache_path: str | None, val_cache_path: str | None) -> tuple[str, str | None]:
+    """The stores a resumed run trains and validates on: those given, else those its last checkpoint recorded."""
+    metadata = read_metadata(checkpoint_files(run_dir, "last")["metadata"])
+    if cache_path is None:
+        cache_path = metadata.get("store_path") or None
+        if cache_path is None or not Path(cache_path).is_dir():
+            raise UserError(
+                f"--resume: the training store the run in {run_dir} recorded ({cache_path}) is not there; "
+                "pass --cache STORE"
+            )
+    if val_cache_path is None:
+        val_cache_path = metadata.get("val_store_path") or None
+    return cache_path, val_cache_path
+
+
+def _resume_command(run_dir: str, online: bool, featurizer_name: str | None, featurizer_weights: str | None) -> str:
+    """The command that continues this run: the run recorded its stores and config; what it did not record is
+    repeated here (under torchrun, the launcher with this node's processes; other nodes' options are the user's)."""
+    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    launcher = ["isegprobe"] if ranks == "1" else ["torchrun", "--nproc-per-node", ranks, "-m", "isegprobe"]
+    words = [*launcher, "train", "--resume", "--out", run_dir]
+    words += ["--online"] if online else []
+    words += ["--featurizer", featurizer_name] if featurizer_name else []
+    words += ["--weights", featurizer_weights] if featurizer_weights else []
+    return shlex.join(words)
 
 
 def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | None) -> Featurizer:

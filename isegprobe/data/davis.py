@@ -1,6 +1,7 @@
 """DAVIS as the interactive-segmentation test set: 345 frames, one object each (`img/`, `gt/`, matched by stem).
 
-RITM's rule: a mask pixel non-zero in any channel is object; there is no ignore region.
+A mask pixel above 128 in any channel is object (`binary_masks`; RITM's "non-zero" on the published 0/255 masks);
+there is no ignore region.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from isegprobe.data.base import DatasetBase, require_same_size
-from isegprobe.data.image_io import IMAGE_SUFFIXES, decode_file, read_gray, read_rgb
+from isegprobe.data.binary_masks import object_and_ignore
+from isegprobe.data.image_io import decode_file, files_by_stem, only_file, read_gray, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -26,46 +27,45 @@ _NUMBERED = re.compile(r"^(.+)_(\d+)$")
 
 
 def ritm_binary_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """RITM's GrabCut/Berkeley rule on the first channel: > 128 object, exactly 128 ignored, the rest background."""
-    mask = read_gray(path)
-    return mask > 128, mask == 128
+    """The first channel, by the one rule of `binary_masks`, with its ignore band (GrabCut, Berkeley, custom)."""
+    return object_and_ignore(read_gray(path), ignore_band=True)
 
 
 def any_channel_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """RITM's DAVIS rule: a pixel non-zero in any channel is object; nothing is ignored."""
+    """DAVIS's masks: the brightest channel, by the one rule of `binary_masks`; nothing is ignored."""
     mask = decode_file(path, cv2.IMREAD_UNCHANGED, "mask")
-    obj = mask.max(axis=2) > 0 if mask.ndim == 3 else mask > 0
-    return obj, np.zeros(obj.shape, bool)
+    return object_and_ignore(mask.max(axis=2) if mask.ndim == 3 else mask, ignore_band=False)
 
 
 @dataclass(frozen=True)
 class ImageMasks:
+    """An item: the files named like its image (one, unless the name is ambiguous; none for masks without an
+    image) and, per object, the mask files of that object's name. Reading the item refuses an ambiguous name."""
+
     id: str
-    image: Path | None  # None: masks that match no image (reading the item reports them)
-    masks: tuple[Path, ...]
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images: tuple[Path, ...]
+    masks: tuple[tuple[Path, ...], ...]
 
 
 def pair_images_and_masks(image_dir: Path, mask_dir: Path, numbered_masks: bool) -> list[ImageMasks]:
-    """Every image with its masks, sorted by id; masks without an image become items of their own."""
-    images: dict[str, Path] = {}
-    for path in _image_files(image_dir):
-        images.setdefault(path.stem, path)
-    groups: dict[str, list[tuple[int, Path]]] = {stem: [] for stem in images}
-    orphans: dict[str, list[tuple[int, Path]]] = {}
-    for mask in _image_files(mask_dir):
-        match = _NUMBERED.match(mask.stem) if numbered_masks else None
-        if mask.stem in images:
-            groups[mask.stem].append((0, mask))
+    """Every image with its masks, sorted by id; masks without an image become items of their own. Names are
+    compared exactly (see `files_by_stem`)."""
+    images = files_by_stem(image_dir)
+    masks = files_by_stem(mask_dir)
+    groups: dict[str, list[tuple[int, str]]] = {stem: [] for stem in images}
+    orphans: dict[str, list[tuple[int, str]]] = {}
+    for stem in masks:
+        match = _NUMBERED.match(stem) if numbered_masks else None
+        if stem in images:
+            groups[stem].append((0, stem))
         elif match and match.group(1) in images:
-            groups[match.group(1)].append((int(match.group(2)), mask))
+            groups[match.group(1)].append((int(match.group(2)), stem))
         else:
-            orphans.setdefault(mask.stem, []).append((0, mask))
-    entries = [ImageMasks(stem, images[stem], tuple(p for _, p in sorted(masks))) for stem, masks in groups.items()]
-    entries += [ImageMasks(stem, None, tuple(p for _, p in masks)) for stem, masks in orphans.items()]
+            orphans.setdefault(stem, []).append((0, stem))
+    entries = [
+        ImageMasks(stem, tuple(images.get(stem, ())), tuple(tuple(masks[name]) for _, name in sorted(objects)))
+        for stem, objects in (*groups.items(), *orphans.items())
+    ]
     return sorted(entries, key=lambda entry: entry.id)
 
 
@@ -101,16 +101,21 @@ class MaskFolderDataset(DatasetBase):
     def ids(self) -> list[str]:
         return [entry.id for entry in self._entries]
 
-    def _image(self, entry: ImageMasks) -> np.ndarray:
-        if entry.image is None:
-            raise UserError(f"{entry.masks[0]}: no image named {entry.id}.* in {self.image_dir}")
+    def _image(self, entry: ImageMasks) -> tuple[Path, np.ndarray]:
+        """(path, pixels) of the item's image, once its name is known to pick one image and its masks."""
+        if not entry.images:
+            raise UserError(f"{entry.masks[0][0]}: no image named {entry.id}.* in {self.image_dir}")
+        path = only_file(entry.images, "image")
         if not entry.masks:
-            raise UserError(f"{entry.image}: no mask named {entry.id}.* in {self.mask_dir}")
-        return read_rgb(entry.image)
+            raise UserError(f"{path}: no mask named {entry.id}.* in {self.mask_dir}")
+        for candidates in entry.masks:
+            only_file(candidates, "mask")
+        return path, read_rgb(path)
 
-    def _mask(self, path: Path, image: np.ndarray, image_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _mask(self, candidates: tuple[Path, ...], image: np.ndarray, image_path: Path) -> tuple[np.ndarray, np.ndarray]:
         """One object's mask; an empty one is refused, since RITM's metric would score its object as never
         segmented (an IoU of 0/0) and quietly raise the NoC."""
+        path = only_file(candidates, "mask")
         obj, ignore = self.decode_mask(path)
         require_same_size(path, obj.shape, image_path, image.shape)
         if not obj.any():
@@ -119,8 +124,8 @@ class MaskFolderDataset(DatasetBase):
 
     def __getitem__(self, index: int) -> Sample:
         entry = self._entries[index]
-        image = self._image(entry)
-        decoded = [self._mask(path, image, entry.image) for path in entry.masks]
+        image_path, image = self._image(entry)
+        decoded = [self._mask(candidates, image, image_path) for candidates in entry.masks]
         labels = paint_instances((obj for obj, _ in decoded), image.shape[:2])
         ignore = np.logical_or.reduce([ign for _, ign in decoded]) & (labels == 0)
         return Sample(id=entry.id, image=image, labels=labels, ignore=ignore)
@@ -131,6 +136,6 @@ class MaskFolderDataset(DatasetBase):
 
     def instance_sample(self, index: int, instance: int) -> Sample:
         entry = self._entries[index]
-        image = self._image(entry)
-        obj, ignore = self._mask(entry.masks[instance - 1], image, entry.image)
+        image_path, image = self._image(entry)
+        obj, ignore = self._mask(entry.masks[instance - 1], image, image_path)
         return Sample(id=f"{entry.id}_{instance}", image=image, labels=obj.astype(np.uint16), ignore=ignore & ~obj)

@@ -1,7 +1,8 @@
 """GrabCut (Rother et al. 2004) in the layout the field uses since RITM.
 
 `data_GT/` holds the 50 images (.jpg, .JPG, .bmp), `boundary_GT/` one .bmp mask per image with the same stem:
-255 object, 0 background, 128 the unlabelled band along the object's boundary (ignored by the IoU).
+255 object, 0 background, 128 the unlabelled band along the object's boundary (ignored by the IoU). Masks are read
+by RITM's rule (`binary_masks`: above 128 object, exactly 128 ignored), so a copy saved as JPEG keeps its object.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from isegprobe.data.image_io import IMAGE_SUFFIXES, find_by_stem, read_gray, read_rgb
+from isegprobe.data.base import require_same_size
+from isegprobe.data.binary_masks import OBJECT_ABOVE, object_and_ignore
+from isegprobe.data.image_io import files_by_stem, only_file, read_gray, read_rgb
 from isegprobe.data.registry import register_dataset
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
-
-OBJECT_VALUE = 255
-IGNORE_VALUE = 128
 
 
 class GrabCutDataset:
@@ -32,31 +32,31 @@ class GrabCutDataset:
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
                 raise UserError(f"--root {root}: expected the GrabCut layout with {folder.name}/ inside, not found")
-        self._masks = sorted(p for p in self.mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self._masks = files_by_stem(self.mask_dir)
         if not self._masks:
             raise UserError(f"{self.mask_dir}: no masks found")
+        self._images = files_by_stem(self.image_dir)
+        self._ids = sorted(self._masks, key=lambda stem: self._masks[stem][0].name)  # in mask file name order
 
     def __len__(self) -> int:
-        return len(self._masks)
+        return len(self._ids)
 
     def ids(self) -> list[str]:
-        return [path.stem for path in self._masks]
+        return self._ids
 
     def __getitem__(self, index: int) -> Sample:
-        mask_path = self._masks[index]
-        image_path = find_by_stem(self.image_dir, mask_path.stem)
-        if image_path is None:
-            raise UserError(f"{mask_path}: no image with stem {mask_path.stem!r} in {self.image_dir}")
+        stem = self._ids[index]
+        mask_path = only_file(self._masks[stem], "mask")
+        if stem not in self._images:
+            raise UserError(f"{mask_path}: no image with stem {stem!r} in {self.image_dir}")
+        image_path = only_file(self._images[stem], "image")
         image = read_rgb(image_path)
         mask = read_gray(mask_path)
-        if mask.shape != image.shape[:2]:
-            raise UserError(
-                f"{mask_path}: mask size {mask.shape} differs from image {image_path.name} {image.shape[:2]}"
-            )
-        labels = (mask == OBJECT_VALUE).astype(np.uint16)
-        if not labels.any():
-            raise UserError(f"{mask_path}: no object pixel (value {OBJECT_VALUE}) in this GrabCut mask")
-        return Sample(id=mask_path.stem, image=image, labels=labels, ignore=mask == IGNORE_VALUE)
+        require_same_size(mask_path, mask.shape, image_path, image.shape)
+        obj, ignore = object_and_ignore(mask, ignore_band=True)
+        if not obj.any():
+            raise UserError(f"{mask_path}: no object pixel (value above {OBJECT_ABOVE}) in this GrabCut mask")
+        return Sample(id=stem, image=image, labels=obj.astype(np.uint16), ignore=ignore)
 
 
 @register_dataset("grabcut")

@@ -4,22 +4,61 @@ OpenCV decodes a truncated JPEG (an interrupted download or copy) without an err
 grey and prints a warning nobody reads, and the benchmark would then be run on that grey. So the file's bytes are
 checked for the end of the image before decoding: a JPEG needs an end-of-image marker after its last scan, a PNG
 its whole IEND chunk.
+
+Pixels are read as stored: an EXIF orientation tag is ignored, for images and masks alike. The benchmarks' masks
+were drawn on the stored pixels, and OpenCV would otherwise turn a phone photo by its tag but not the mask beside it.
+
+An image's size is read from its header before it is decoded, so that a file declaring more pixels than the limit
+(`ISEGPROBE_MAX_PIXELS`, `--max-pixels`) is refused without spending its memory.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from isegprobe.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
+MAX_PIXELS_ENV = "ISEGPROBE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 40_000_000
 
 _JPEG_START, _JPEG_SCAN, _JPEG_END = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
 _PNG_START, _PNG_END = b"\x89PNG", b"IEND"
+
+
+def set_max_pixels(limit: int) -> None:
+    """The pixel limit for this process and the processes it starts (loader workers inherit the environment)."""
+    os.environ[MAX_PIXELS_ENV] = str(limit)
+
+
+def max_pixels() -> int:
+    """The largest width x height an image or mask may declare: `ISEGPROBE_MAX_PIXELS`, else 40 million."""
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None:
+        return DEFAULT_MAX_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{MAX_PIXELS_ENV}={value!r}: expected a whole number of pixels >= 1")
+    return int(value)
+
+
+def require_within_pixel_limit(height: int, width: int, name: str) -> None:
+    if height * width > max_pixels():
+        raise _too_large(name, f"{width} x {height} pixels ({height * width / 1e6:.1f} MP)")
+
+
+def _too_large(name: str, size: str) -> UserError:
+    limit = max_pixels()
+    return UserError(
+        f"{name}: {size} is above the limit of {limit} pixels ({limit / 1e6:g} MP); pass --max-pixels (or set "
+        f"{MAX_PIXELS_ENV}) to read larger images"
+    )
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -39,8 +78,8 @@ def read_gray(path: Path) -> np.ndarray:
 
 
 def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
-    """The decoded array of an image file (`cv2.imread` flags); a missing, truncated or undecodable file is a
-    UserError naming it, `kind` ("image", "mask") saying what it was read as."""
+    """The decoded array of an image file (`cv2.imread` flags); a missing, truncated, oversized or undecodable file
+    is a UserError naming it, `kind` ("image", "mask") saying what it was read as."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
@@ -51,9 +90,16 @@ def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
 def decode_bytes(data: bytes, flags: int, name: str, kind: str) -> np.ndarray:
     """`decode_file` for bytes already in memory (an upload), `name` saying where they came from."""
     require_complete(data, name, kind)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    _check_declared_size(data, name)
+    if flags != cv2.IMREAD_UNCHANGED:  # IMREAD_UNCHANGED already ignores the tag
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    except cv2.error as error:  # OpenCV's own limits (more than 2**30 pixels) raise instead of returning None
+        raise UserError(f"{name}: cannot read this {kind} ({getattr(error, 'err', error)})") from None
     if decoded is None:
         raise UserError(f"{name}: cannot read this {kind} (corrupt or not an image)")
+    require_within_pixel_limit(*decoded.shape[:2], name)  # formats whose header Pillow does not read
     return decoded
 
 
@@ -61,6 +107,24 @@ def require_complete(data: bytes, name: str, kind: str) -> None:
     """A truncated JPEG or PNG is a UserError naming it, before anything else reads the file."""
     if is_truncated(data):
         raise UserError(f"{name}: this {kind} file is truncated (it stops before the end of the image)")
+
+
+def _check_declared_size(data: bytes, name: str) -> None:
+    """Refuse a file whose header declares more pixels than the limit; Pillow reads the header without decoding.
+    Pillow itself refuses a header of more than twice `Image.MAX_IMAGE_PIXELS`, as a decompression bomb."""
+    bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
+            with Image.open(io.BytesIO(data)) as image:
+                height, width = image.height, image.width
+    except Image.DecompressionBombError:
+        if max_pixels() < bomb:
+            raise _too_large(name, f"a size of more than {bomb} pixels") from None
+        return
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return  # a format Pillow does not know, or a damaged header: OpenCV decides
+    require_within_pixel_limit(height, width, name)
 
 
 def is_truncated(data: bytes) -> bool:
@@ -74,9 +138,22 @@ def is_truncated(data: bytes) -> bool:
     return False
 
 
-def find_by_stem(folder: Path, stem: str) -> Path | None:
-    """The image in `folder` named `stem` with any usual suffix, case-insensitive (GrabCut mixes .jpg and .JPG)."""
-    for candidate in sorted(folder.glob(f"{stem}.*")):
-        if candidate.suffix.lower() in IMAGE_SUFFIXES:
-            return candidate
-    return None
+def files_by_stem(folder: Path) -> dict[str, list[Path]]:
+    """The image files of `folder` grouped by their exact stem (file names compared as strings, never used as
+    patterns: `a[1].jpg` is not `a1.jpg`); suffixes match case-insensitively (GrabCut mixes .jpg and .JPG)."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            groups.setdefault(path.stem, []).append(path)
+    return groups
+
+
+def only_file(candidates: list[Path] | tuple[Path, ...], kind: str) -> Path:
+    """The one file of a name; two files of one name (`a.jpg` beside `a.bmp`) would be paired by chance."""
+    if len(candidates) > 1:
+        others = " and ".join(path.name for path in candidates[1:])
+        raise UserError(
+            f"{candidates[0]} and {others}: {len(candidates)} {kind} files named {candidates[0].stem}; which one "
+            "belongs to the item is ambiguous: keep one of them (rename or remove the others)"
+        )
+    return candidates[0]

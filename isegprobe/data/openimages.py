@@ -3,7 +3,8 @@
 Layout, per split (`train`, `validation`, `test`; `val` is an alias): `<split>/images/<ImageID>.jpg`,
 `<split>/masks/<MaskPath>` (the mask zips unpacked flat) and `<split>-annotations-object-segmentation.csv` in
 `<split>/` (RITM's place) or in the root. Open Images masks are stored at their own resolution: they are resized to
-the image with nearest neighbour (RITM instead shrinks the image to the mask). A non-zero mask pixel is object.
+the image with nearest neighbour (RITM instead shrinks the image to the mask). A mask pixel above 128 is object
+(`binary_masks`; the published masks hold 0 and 255).
 Per image, masks are painted in CSV order, later on top; `-instances` gives each mask exactly.
 """
 
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from isegprobe.data.base import DatasetBase, build_source, instance_sample_of
+from isegprobe.data.binary_masks import object_and_ignore
 from isegprobe.data.image_io import read_gray, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.registry import SampleSource, register_dataset
@@ -64,7 +66,7 @@ class OpenImagesDataset(DatasetBase):
         mask = read_gray(self.mask_dir / mask_name)
         if mask.shape != shape:
             mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-        return mask > 0
+        return object_and_ignore(mask, ignore_band=False)[0]
 
     def __getitem__(self, index: int) -> Sample:
         image = self._image(index)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from isegprobe.data.base import NameListDataset, build_source, require_same_size
-from isegprobe.data.image_io import read_rgb
+from isegprobe.data.image_io import read_rgb, require_within_pixel_limit
 from isegprobe.data.instance_maps import compact_labels
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.sample import Sample
@@ -24,13 +24,15 @@ IGNORE_INDEX = 255
 
 
 def read_palette_indices(path: Path) -> np.ndarray:
-    """uint8 [H, W] palette indices; OpenCV would return the palette's colours instead."""
+    """uint8 [H, W] palette indices; OpenCV would return the palette's colours instead. Pillow reads them as
+    stored (no EXIF turn), and the pixel limit applies before the pixels are decoded."""
     try:
         with Image.open(path) as image:
             if image.mode not in ("P", "L"):
                 raise UserError(f"{path}: expected a palette or grey PNG of object indices, got mode {image.mode}")
+            require_within_pixel_limit(image.height, image.width, str(path))
             return np.array(image)
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise UserError(f"{path}: cannot read this mask ({error})") from None
 
 

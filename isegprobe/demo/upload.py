@@ -1,4 +1,5 @@
-"""An uploaded image's pixels, refused from its header when it declares more pixels than the demo takes.
+"""An uploaded image's pixels, refused from its header when it declares more pixels than the limit (the same limit
+as for dataset images: 40 MP unless `--max-pixels` or ISEGPROBE_MAX_PIXELS says otherwise).
 
 A file of a megabyte can declare 20000 x 20000 pixels; decoding it takes minutes and gigabytes. The header says the
 size before any pixel is decoded (Pillow reads only the header on open), so a file over the limit is refused there.
@@ -15,24 +16,22 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from isegprobe.data.image_io import decode_bytes, require_complete
+from isegprobe.data.image_io import decode_bytes, max_pixels, require_complete
 from isegprobe.errors import UserError
 
-# 40 megapixels: a full-frame camera's photo; as RGB, 120 MB once decoded.
-MAX_UPLOAD_PIXELS = 40_000_000
 # Pillow's names of the formats read here (its JPEG reader also opens the multi-picture JPEGs phones save).
 UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM")
 
 
 class TooManyPixels(UserError):
-    """An upload declares more pixels than MAX_UPLOAD_PIXELS."""
+    """An upload declares more pixels than the pixel limit."""
 
 
 def read_upload(data: bytes, name: str) -> np.ndarray:
     """uint8 [H, W, 3] RGB from an uploaded file's bytes; `name` is the file's name for messages."""
     require_complete(data, name, "image")
     width, height = declared_size(data, name)
-    if width * height > MAX_UPLOAD_PIXELS:
+    if width * height > max_pixels():
         raise TooManyPixels(_over_limit(name, f"{width}x{height} pixels ({width * height / 1e6:.1f} MP)"))
     image = decode_bytes(data, cv2.IMREAD_COLOR, name, "image")
     decoded_height, decoded_width = image.shape[:2]
@@ -60,4 +59,4 @@ def declared_size(data: bytes, name: str) -> tuple[int, int]:
 
 
 def _over_limit(name: str, declared: str) -> str:
-    return f"{name}: {declared}, more than the {MAX_UPLOAD_PIXELS / 1e6:g} MP an upload may have"
+    return f"{name}: {declared}, more than the {max_pixels() / 1e6:g} MP an upload may have (--max-pixels)"

@@ -32,6 +32,7 @@ from isegprobe.inference.saved_features import saving_features
 from isegprobe.inference.tasks import cached_tasks, image_ids_of, online_tasks
 from isegprobe.inference.visuals import save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
+from isegprobe.locks import exclusive_lock
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
 
@@ -108,19 +109,20 @@ def run_evaluation(
         run_info["online_sources"] = {
             job.name: {"split": request.split, "root": _root_text(job.online_root)} for job in setup.jobs
         }
-    writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
-    if not request.overwrite:
-        writer.resume()
-    for job in setup.jobs:
-        if writer.complete.get(job.name):
-            continue
-        done = set(writer.curves.get(job.name, ()))
-        tasks = (task for task in job.tasks if task.id not in done)
-        if request.save_feats:
-            folder = Path(request.out_dir) / "feats" / job.name
-            tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
-        _evaluate_dataset(setup.predictor, request, writer, job.name, tasks, setup.framing, on_result)
-    return writer.write()
+    with exclusive_lock(Path(request.out_dir)):  # one evaluation writes a results folder at a time
+        writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
+        if not request.overwrite:
+            writer.resume()
+        for job in setup.jobs:
+            if writer.complete.get(job.name):
+                continue
+            done = set(writer.curves.get(job.name, ()))
+            tasks = (task for task in job.tasks if task.id not in done)
+            if request.save_feats:
+                folder = Path(request.out_dir) / "feats" / job.name
+                tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
+            _evaluate_dataset(setup.predictor, request, writer, job.name, tasks, setup.framing, on_result)
+        return writer.write()
 
 
 class EvaluationJob(NamedTuple):

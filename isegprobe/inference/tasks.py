@@ -36,11 +36,18 @@ def cached_tasks(
     store_path: str, source: SampleSource, flip: bool, only_items: Collection[str] | None = None
 ) -> Iterator[ObjectTask]:
     """Objects whose working-size inputs come from the store; masks come from the dataset at full resolution.
-    `only_items`: the sample ids to read (all when None)."""
+    `only_items`: the sample ids to read (all when None). The store is opened (and refused) at once, before any
+    result is written."""
     views = ["identity", "hflip"] if flip else ["identity"]
     cached = CachedDataset(store_path, views=views)
     if list(source.ids()) != cached.item_ids:
         raise UserError(f"{store_path}: its items differ from the dataset at {source.root}; re-extract or fix --root")
+    return _cached_objects(cached, source, views, flip, only_items)
+
+
+def _cached_objects(
+    cached: CachedDataset, source: SampleSource, views: list[str], flip: bool, only_items: Collection[str] | None
+) -> Iterator[ObjectTask]:
     for position, item in enumerate(cached.items):
         if only_items is not None and cached.item_ids[item] not in only_items:
             continue

@@ -1,8 +1,11 @@
 """Probe checkpoints without pickle: safetensors for tensors, JSON for everything else.
 
-A run directory holds `last.*` (weights, optimizer state, metadata) and `best.*` (weights, metadata). Each file is
-written atomically (temp file in the same directory, fsync, os.replace), so a crash mid-write leaves the previous
-checkpoint whole. The files of one checkpoint carry its step; loading refuses files that disagree.
+A run directory holds `last.*` (weights, optimizer state, metadata) and `best.*` (weights, metadata). The files of
+one checkpoint appear together or not at all: each is first written whole under a pending name (`last.json.pending`,
+...; temp file, fsync, os.replace), the metadata last, and only then are they moved into place, the metadata last
+again. A crash (or a full disk) while writing leaves the previous checkpoint as it was; one while moving leaves the
+new metadata pending, which the next training run moves into place and readers take when its step is the weights'.
+The files of one checkpoint carry its step; loading refuses files that disagree.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from isegprobe.config import TrainConfig, train_config_from_dict
-from isegprobe.errors import UserError
+from isegprobe.errors import UserError, writing_to
 from isegprobe.model import ISProbe
 
 FORMAT = "isegprobe.probe"
 FORMAT_VERSION = 1
+PENDING_SUFFIX = ".pending"
+_MOVE_ORDER = ("weights", "optimizer", "metadata")  # the metadata last: its pending file says all are written
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -33,7 +38,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     temp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with open(temp_path, "xb") as handle:
+        with writing_to(path), open(temp_path, "xb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -66,6 +71,10 @@ def checkpoint_files(run_dir: str | Path, name: str) -> dict[str, Path]:
     }
 
 
+def pending(path: Path) -> Path:
+    return path.with_name(path.name + PENDING_SUFFIX)
+
+
 def save_checkpoint(
     run_dir: str | Path,
     name: str,
@@ -73,19 +82,56 @@ def save_checkpoint(
     metadata: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
-    """Write checkpoint `name` ("last", "best") of `probe`; with `optimizer`, also what --resume needs."""
+    """Write checkpoint `name` ("last", "best") of `probe`; with `optimizer`, also what --resume needs. Its files
+    appear together or not at all (see the module docstring)."""
     files = checkpoint_files(run_dir, name)
+    recover_checkpoint(run_dir, name)
     stamp = {"step": str(metadata["step"])}
     weights = {key: value.detach().cpu().contiguous() for key, value in probe.state_dict().items()}
-    payloads = [(files["weights"], safetensors_bytes(weights, metadata=stamp))]
+    payloads = {"weights": safetensors_bytes(weights, metadata=stamp)}
     metadata = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION}
     if optimizer is not None:
         tensors, scalars = optimizer_state(optimizer)
-        payloads.append((files["optimizer"], safetensors_bytes(tensors, metadata=stamp)))
+        payloads["optimizer"] = safetensors_bytes(tensors, metadata=stamp)
         metadata["optimizer"] = scalars
-    payloads.append((files["metadata"], json.dumps(metadata, indent=2, sort_keys=True).encode()))
-    for path, payload in payloads:
-        atomic_write_bytes(path, payload)
+    payloads["metadata"] = json.dumps(metadata, indent=2, sort_keys=True).encode()
+    try:
+        for key in _MOVE_ORDER:
+            if key in payloads:
+                try:
+                    atomic_write_bytes(pending(files[key]), payloads[key])
+                except OSError as error:
+                    if error.errno is None:
+                        raise
+                    # named by the file it was writing for, not by its pending name
+                    raise OSError(error.errno, error.strerror, str(files[key])) from error
+    except BaseException:
+        _discard_pending(files)
+        raise
+    _move_pending(files)
+
+
+def recover_checkpoint(run_dir: str | Path, name: str) -> None:
+    """Finish or forget a save of checkpoint `name` that was interrupted: one stopped while moving its files into
+    place (its metadata still pending) is completed; one stopped while writing them is discarded. Only the process
+    that writes the run (holding its lock) may call this."""
+    files = checkpoint_files(run_dir, name)
+    if pending(files["metadata"]).is_file():
+        _move_pending(files)
+    else:
+        _discard_pending(files)
+
+
+def _move_pending(files: dict[str, Path]) -> None:
+    for key in _MOVE_ORDER:
+        if pending(files[key]).is_file():
+            os.replace(pending(files[key]), files[key])
+    _fsync_directory(files["metadata"].parent)
+
+
+def _discard_pending(files: dict[str, Path]) -> None:
+    for path in files.values():
+        pending(path).unlink(missing_ok=True)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -125,18 +171,46 @@ CHECKPOINT_HINT = (
 
 
 def _read_stamped(path: Path, step: int) -> dict[str, torch.Tensor]:
+    stamp, data = _stamped_bytes(path)
+    _require_step(path, stamp, step)
+    return load_safetensors_bytes(data)
+
+
+def _require_step(path: Path, stamp: str | None, step: int) -> None:
+    if stamp != str(step):
+        raise UserError(f"{path} is from step {stamp} but its JSON says step {step}: the checkpoint is incomplete")
+
+
+def _stamped_bytes(path: Path) -> tuple[str | None, bytes]:
+    """(the step a safetensors file was written at, its bytes)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError as error:
         raise UserError(f"checkpoint file {path} is missing") from error
     header_size = int.from_bytes(data[:8], "little")
     try:
-        stamp = json.loads(data[8 : 8 + header_size]).get("__metadata__", {}).get("step")
+        return json.loads(data[8 : 8 + header_size]).get("__metadata__", {}).get("step"), data
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         raise UserError(f"{path}: not a safetensors file (corrupt or truncated)") from None
-    if stamp != str(step):
-        raise UserError(f"{path} is from step {stamp} but its JSON says step {step}: the checkpoint is incomplete")
-    return load_safetensors_bytes(data)
+
+
+def _read_weights_and_metadata(
+    weights_path: Path, metadata_path: Path
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, weights) of one step. While a save moves its files into place (or after a crash then), the
+    weights can be a step ahead of the metadata, whose new version is then still pending."""
+    if not pending(metadata_path).is_file():
+        metadata = read_metadata(metadata_path)  # first: a file that is no checkpoint is refused as such
+        return metadata, _read_stamped(weights_path, metadata["step"])
+    stamp, data = _stamped_bytes(weights_path)
+    try:
+        metadata = read_metadata(pending(metadata_path))
+    except UserError:  # moved into place meanwhile
+        metadata = {}
+    if str(metadata.get("step")) != stamp:
+        metadata = read_metadata(metadata_path)
+    _require_step(weights_path, stamp, metadata["step"])
+    return metadata, load_safetensors_bytes(data)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -179,13 +253,13 @@ def load_probe(
     Early-fusion probes need their frozen featurizer: pass it here or attach it later.
     """
     weights_path, metadata_path = resolve_checkpoint(path)
-    metadata = read_metadata(metadata_path)
+    metadata, weights = _read_weights_and_metadata(weights_path, metadata_path)
     config = train_config_from_dict(metadata["config"])
     model_config = dataclasses.replace(
         config.model, upsampler=dataclasses.replace(config.model.upsampler, weights=None)
     )
     probe = ISProbe(model_config, **metadata["model"])
-    probe.load_state_dict(_read_stamped(weights_path, metadata["step"]))
+    probe.load_state_dict(weights)
     if featurizer is not None:
         probe.attach_featurizer(featurizer)
     return probe.to(device).eval(), metadata

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor
 
-from isegprobe.errors import UserError
+from isegprobe.errors import UserError, writing_to
 
 SCALARS_CSV = "scalars.csv"
 
@@ -31,31 +31,35 @@ class RunLogger:
     ) -> None:
         """`resumed_at`: the step a resumed run restarts from; CSV rows logged after it (by the interrupted run,
         past its last checkpoint) are dropped, since the resumed run logs those steps again."""
-        run_dir = Path(run_dir)
+        self.run_dir = Path(run_dir)
         self._tensorboard = None
         self._wandb = None
-        self._csv_file = _open_csv(run_dir / SCALARS_CSV, resumed_at) if write_csv else None
+        with writing_to(self.run_dir / SCALARS_CSV):
+            self._csv_file = _open_csv(self.run_dir / SCALARS_CSV, resumed_at) if write_csv else None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         if use_wandb:
             self._wandb = start_wandb(run_dir, config, wandb_project, job_type="train")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._csv_file is not None:
-            csv.writer(self._csv_file).writerows([step, tag, value] for tag, value in values.items())
-            self._csv_file.flush()
+            with writing_to(self.run_dir / SCALARS_CSV):
+                csv.writer(self._csv_file).writerows([step, tag, value] for tag, value in values.items())
+                self._csv_file.flush()
         if self._tensorboard is not None:
-            for tag, value in values.items():
-                self._tensorboard.add_scalar(tag, value, step)
+            with writing_to(self.run_dir / "tensorboard"):
+                for tag, value in values.items():
+                    self._tensorboard.add_scalar(tag, value, step)
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
     def images(self, tag: str, images: Tensor, step: int) -> None:
         """images: [N, 3, H, W] floats in [0, 1]."""
         if self._tensorboard is not None:
-            self._tensorboard.add_images(tag, images, step)
+            with writing_to(self.run_dir / "tensorboard"):
+                self._tensorboard.add_images(tag, images, step)
         if self._wandb is not None:
             # W&B takes float arrays as 0-255 values, so [0, 1] floats would show black: hand it bytes.
             pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -66,7 +70,8 @@ class RunLogger:
         if self._csv_file is not None:
             self._csv_file.close()
         if self._tensorboard is not None:
-            self._tensorboard.close()
+            with writing_to(self.run_dir / "tensorboard"):
+                self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
 

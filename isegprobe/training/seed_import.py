@@ -19,6 +19,7 @@ from isegprobe.cache.schema import ARCHITECTURE_IDENTITY_KEYS, check_same_featur
 from isegprobe.config import config_to_dict, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
+from isegprobe.locks import exclusive_lock
 from isegprobe.model import ISProbe
 from isegprobe.state_dicts import load_strictly
 from isegprobe.training.checkpoint import save_checkpoint
@@ -87,8 +88,9 @@ def import_seed_probe(
         "step": 0,
         "imported_from": {"path": str(seed_path.resolve()), "sha256": file_sha256(seed_path), "preset": seed.preset},
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(run_dir, "last", probe, metadata)
+    with exclusive_lock(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(run_dir, "last", probe, metadata)
     return metadata
 
 

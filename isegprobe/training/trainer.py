@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,16 @@ from isegprobe.devices import backbone_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.loader_workers import ends_with_this_process
+from isegprobe.locks import exclusive_lock
 from isegprobe.model import ISProbe
-from isegprobe.training.checkpoint import atomic_write_bytes, restore_training_state, save_checkpoint
+from isegprobe.training.checkpoint import (
+    atomic_write_bytes,
+    recover_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+)
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
+from isegprobe.training.divergence import DivergenceWatch
 from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
 from isegprobe.training.next_clicks import add_next_clicks
 from isegprobe.training.points_sampler import MultiPointSampler
@@ -295,12 +303,36 @@ def train(
     if config.data.batch_size % world:
         raise UserError(f"data.batch_size {config.data.batch_size} must be a multiple of the {world} torchrun ranks")
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(run_dir) if rank == 0 else nullcontext():
+        if rank == 0:
+            for name in ("last", "best"):
+                recover_checkpoint(run_dir, name)
+        return _train(
+            config, dataset, run_dir, rank, world, device, featurizer, online, resume, use_wandb, val_dataset, progress
+        )
+
+
+def _train(
+    config: TrainConfig,
+    dataset: Dataset,
+    run_dir: Path,
+    rank: int,
+    world: int,
+    device: torch.device,
+    featurizer: nn.Module | None,
+    online: bool,
+    resume: bool,
+    use_wandb: bool,
+    val_dataset: Dataset | None,
+    progress: bool,
+) -> TrainSummary:
+    """`train` once its run folder is held."""
     if not resume and (run_dir / "last.json").is_file():
         raise UserError(
             f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
             "another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
     preprocessing = dict(dataset.preprocessing)
     size = int(preprocessing["size"])
     check_store_fits(config.data, preprocessing, getattr(dataset, "provenance", None))
@@ -357,7 +389,7 @@ def train(
         val_order = EpochShuffleSampler(len(val_dataset), seed=config.seed, shuffle=False)
         val_loader = _loader(val_items, config, device, val_order, config.data.batch_size)
 
-    describe = _RunDescription(config, trainer.probe, schedule, dataset, preprocessing, online)
+    describe = _RunDescription(config, trainer.probe, schedule, dataset, val_dataset, preprocessing, online)
     logger = RunLogger(
         run_dir,
         config_to_dict(config),
@@ -373,6 +405,8 @@ def train(
         total=schedule.total_steps, initial=state.step, unit="it", disable=not progress or rank != 0, dynamic_ncols=True
     )
     running = _RunningMeans(device)
+    divergence = DivergenceWatch(device)
+    saved_step = state.step if resume else None
     first_logged = last_logged = None
     stopping = False
     with StopRequests() as stop:
@@ -385,9 +419,18 @@ def train(
                     state.step += 1
                     bar.update(1)
                     running.add(result)
+                    divergence.add(result.loss, state.step)
                     state.add_epoch_iou(result.iou)
-                    if state.step % config.logging.every_steps == 0 or state.step == schedule.total_steps:
-                        lr = schedule.lr_at(state.step - 1)
+                    epoch_done = state.step % schedule.steps_per_epoch == 0 or state.step == schedule.total_steps
+                    # Every rank asks at every step but the last, so that all of them agree on the same step.
+                    stopping = state.step < schedule.total_steps and stop.agreed(device)
+                    every = config.checkpoint.every_steps
+                    saving = epoch_done or stopping or bool(every and state.step % every == 0)
+                    logging_due = state.step % config.logging.every_steps == 0 or state.step == schedule.total_steps
+                    lr = schedule.lr_at(state.step - 1)
+                    if saving or logging_due:  # the same steps on every rank
+                        divergence.check(trainer.probe, state.step, lr, run_dir, saved_step)
+                    if logging_due:
                         last_logged = {**running.pop(), "lr": lr}
                         first_logged = first_logged or last_logged
                         logger.scalars({f"train/{name}": value for name, value in last_logged.items()}, state.step)
@@ -399,16 +442,13 @@ def train(
                             batch["image"], batch["target"], result.prob, result.clicks, config.logging.num_images
                         )
                         logger.images("train/predictions", panels, state.step)
-                    epoch_done = state.step % schedule.steps_per_epoch == 0 or state.step == schedule.total_steps
                     if epoch_done and rank == 0:
                         _close_epoch(trainer, state, val_loader, logger, describe, run_dir)
                     elif epoch_done:
                         state.reset_epoch()
-                    # Every rank asks at every step but the last, so that all of them agree on the same step.
-                    stopping = state.step < schedule.total_steps and stop.agreed(device)
-                    every = config.checkpoint.every_steps
-                    if rank == 0 and (epoch_done or stopping or (every and state.step % every == 0)):
+                    if rank == 0 and saving:
                         save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
+                        saved_step = state.step
                     if stopping or state.step >= schedule.total_steps:
                         break
             if state.step == 0 and rank == 0:
@@ -572,6 +612,7 @@ class _RunDescription:
         probe: ISProbe,
         schedule: StepSchedule,
         dataset: Dataset,
+        val_dataset: Dataset | None,
         preprocessing: dict[str, Any],
         online: bool,
     ) -> None:
@@ -581,6 +622,7 @@ class _RunDescription:
             "model": probe.dims(),
             "featurizer_provenance": dict(getattr(dataset, "provenance", None) or {}),
             "store_path": str(getattr(dataset, "path", "") or ""),
+            "val_store_path": str(getattr(val_dataset, "path", "") or ""),
             "preprocessing": preprocessing,
             "online": online,
             "total_steps": schedule.total_steps,

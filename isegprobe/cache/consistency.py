@@ -1,0 +1,73 @@
+"""Whether a store's metadata holds together: the attrs every reader relies on, and array shapes that agree with
+them. An edited or half-copied `zarr.json` would otherwise surface as an IndexError deep in a training step, or
+worse, as items read from the wrong place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from isegprobe.cache.checksums import CHECKSUM_ARRAY
+from isegprobe.cache.schema import array_specs
+from isegprobe.errors import UserError
+
+# attrs key -> the type its value must have
+_SECTIONS = {
+    "featurizer": dict,
+    "preprocessing": dict,
+    "dataset": dict,
+    "layout": dict,
+    "completion": dict,
+    "views": list,
+    "item_ids": list,
+}
+# (section, key) holding a whole number >= 1
+_COUNTS = (
+    ("featurizer", "dim"),
+    ("featurizer", "patch_size"),
+    ("preprocessing", "size"),
+    ("layout", "items_per_shard"),
+)
+_REMEDY = "the store's zarr.json was edited or damaged: extract it again (extract-features --overwrite)"
+
+
+def check_attrs(path: Path, attrs: dict[str, Any]) -> None:
+    """Refuse attrs that lack what readers use, naming the key."""
+    for key, kind in _SECTIONS.items():
+        if not isinstance(attrs.get(key), kind):
+            raise _bad(path, key, f"a {kind.__name__}", attrs.get(key))
+    for section, key in _COUNTS:
+        value = attrs[section].get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _bad(path, f"{section}.{key}", "a whole number >= 1", value)
+    for key in ("views", "item_ids"):
+        if not attrs[key] or not all(isinstance(name, str) for name in attrs[key]):
+            raise _bad(path, key, "a non-empty list of names", attrs[key])
+
+
+def check_shapes(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
+    """Every array the schema lists must exist with the shape the attrs give it (`checksum` may be absent: stores
+    made before checksums existed)."""
+    size, patch = attrs["preprocessing"]["size"], attrs["featurizer"]["patch_size"]
+    items, views = len(attrs["item_ids"]), len(attrs["views"])
+    arrays = set(group.array_keys())
+    for spec in array_specs(attrs["featurizer"]["dim"], (size // patch, size // patch), size):
+        if spec.name not in arrays:
+            if spec.name == CHECKSUM_ARRAY:
+                continue
+            raise UserError(f"{path}: array {spec.name} is missing; {_REMEDY}")
+        actual, expected = tuple(group[spec.name].shape), spec.shape(items, views)
+        if actual != expected:
+            raise UserError(
+                f"{path / spec.name}: shape {actual} disagrees with the store's attrs, which give {expected} "
+                f"({items} item_ids, {views} views, dim {attrs['featurizer']['dim']}, size {size}, patch {patch}); "
+                f"{_REMEDY}"
+            )
+
+
+def _bad(path: Path, key: str, expected: str, value: Any) -> UserError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return UserError(f"{path}: attrs {key}: expected {expected}, got {shown}; {_REMEDY}")

@@ -30,7 +30,8 @@ class DivergenceWatch:
     def check(self, probe: nn.Module, step: int, lr: float, run_dir: Path, saved_step: int | None) -> None:
         """Raise when a loss so far was not finite or the weights are not: the checkpoints written before stay."""
         first = int(self.first_step)
-        if first < 0 and all(bool(torch.isfinite(parameter).all()) for parameter in probe.parameters()):
+        flags = [torch.isfinite(parameter).all() for parameter in probe.parameters()]
+        if first < 0 and (not flags or bool(torch.stack(flags).all())):  # one read-back for all the weights
             return
         when = f"at step {first}" if first >= 0 else f"by step {step} (in the weights)"
         kept = (

@@ -270,7 +270,9 @@ def test_dinov2_hub_names_keep_the_table_at_its_own_grid(tmp_path):
     x = images(518, 518, batch=1)
     with torch.no_grad():
         expected = as_map(reference.forward_features(x)[:, 1:], 37, 37)
-        torch.testing.assert_close(create_featurizer("dinov2_vits14", weights=str(path))(x), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            create_featurizer("dinov2_vits14", weights=str(path))(x), expected, atol=1e-5, rtol=0
+        )
 
 
 def test_imagenet_normalization_is_recorded_and_changes_the_statistics():

@@ -291,9 +291,7 @@ def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp
         "type": "vit",
         "params": {"arch": "vit_small_patch16_224", "patch_size": 16, "feats_injection_mode": "before_backbone"},
     }
-    checkpoint = write_seed_checkpoint(
-        tmp_path / "vit.pth", weights, backbone=backbone, size=VIT_SIZE, patch=VIT_PATCH
-    )
+    checkpoint = write_seed_checkpoint(tmp_path / "vit.pth", weights, backbone=backbone, size=VIT_SIZE, patch=VIT_PATCH)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
         metadata = import_seed_probe(checkpoint, tmp_path / "run", weights="random")

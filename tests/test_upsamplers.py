@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from isegprobe.errors import UserError
 from isegprobe.config import load_train_config
+from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.upsamplers import create_upsampler
 from isegprobe.upsamplers.anyup import AnyUp
@@ -409,7 +409,9 @@ def test_featup_jbu_stack_is_the_hub_models_upsampler_without_its_channel_norm(t
     with torch.no_grad():
         expected = source.upsampler(features, image)  # the JBU stack alone, at 16x
         torch.testing.assert_close(stack.forward_native(features, image), expected, rtol=0, atol=1e-6)
-        assert (stack(features, image) - create_upsampler("featup_jbu", DIM, str(path))(features, image)).abs().max() > 1e-3
+        assert (
+            stack(features, image) - create_upsampler("featup_jbu", DIM, str(path))(features, image)
+        ).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("follow", [False, True])

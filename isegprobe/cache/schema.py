@@ -36,6 +36,7 @@ def identity_value(provenance: dict[str, Any], key: str) -> Any:
     """`provenance[key]`, or what stores and checkpoints written before that key existed meant by its absence."""
     return provenance.get(key, FEATURIZER_IDENTITY_DEFAULTS.get(key))
 
+
 # Blosc with byte shuffle either way: zstd (the default) stores features in 0.42x their float32 size; lz4 in 0.47x
 # but decodes about 2.6x faster, which makes random-order reads faster than per-image .npz (benchmarks/reader.py).
 COMPRESSORS = {

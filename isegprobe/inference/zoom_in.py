@@ -169,9 +169,7 @@ def square_box(height: int, width: int, size: int, resize: str) -> tuple[int, in
     return y0, x0, y0 + new_height, x0 + new_width
 
 
-def into_square(
-    region: Tensor, valid_box: tuple[int, int, int, int], size: int, align_corners: bool = False
-) -> Tensor:
+def into_square(region: Tensor, valid_box: tuple[int, int, int, int], size: int, align_corners: bool = False) -> Tensor:
     """float [C, h, w] -> [C, size, size]: bilinear (pixel centres aligned unless `align_corners`) into
     `valid_box`, zeros around it."""
     y0, x0, y1, x1 = valid_box

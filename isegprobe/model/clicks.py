@@ -28,7 +28,7 @@ def _disk_offsets(radius: int) -> Tensor:
 
 
 def disk_offsets(radius: int, device: torch.device | str | None = None) -> Tensor:
-    """(dy, dx) of every pixel within `radius` of a click on a whole pixel: RITM counts squared distance <= radius**2."""
+    """(dy, dx) of every pixel within `radius` of a click on a whole pixel (squared distance <= radius**2, as RITM)."""
     return _disk_offsets(radius).to(device)
 
 

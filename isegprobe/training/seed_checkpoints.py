@@ -27,6 +27,7 @@ from isegprobe.state_dicts import unpickler_complaint
 # Our click channel k is the seed's channel SEED_CHANNEL_OF[k] (seed: prev_mask, positive, negative).
 SEED_CHANNEL_OF = (1, 2, 0)
 
+
 class _Placeholder:
     """Stands in for any class or function the seed's pickle names: it accepts whatever it is built with."""
 
@@ -96,10 +97,6 @@ class SeedProbe:
     preset: str  # the isegprobe preset of its research configuration (GENERIC_PRESET for another combination)
     overrides: list[str]  # `--set` overrides that make the preset this probe's config
     state_dict: dict[str, Tensor]  # ISProbe names; the upsampler's weights are not in it
-
-    @property
-    def online(self) -> bool:
-        return "model.fusion=before_backbone" in self.overrides
 
 
 def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -153,8 +153,8 @@ class DataConfig:
     featurizer: str | None = None
     normalization: str | None = None
     sample_weights: str | None = None
-    sample_weights_gamma: float = 1.25
-    keep_background_prob: float = 1.0
+    sample_weights_gamma: float = number(1.25, NON_NEGATIVE)
+    keep_background_prob: float = number(1.0, PROBABILITY)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from isegprobe.data.image_io import MAX_PIXELS_ENV
+
 GRABCUT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "GrabCut"
+
+
+@pytest.fixture(autouse=True)
+def each_test_keeps_its_pixel_limit_to_itself():
+    """`--max-pixels` sets the limit for the whole process (so that loader workers see it); a command run in-process
+    by one test must not move the limit of the tests after it."""
+    before = os.environ.get(MAX_PIXELS_ENV)
+    yield
+    if before is None:
+        os.environ.pop(MAX_PIXELS_ENV, None)
+    else:
+        os.environ[MAX_PIXELS_ENV] = before
 
 
 @pytest.fixture(scope="session")

@@ -149,6 +149,7 @@ def test_every_numeric_config_key_has_a_range():
         ("data.batch_size=-2", "'data.batch_size' must be a finite number >= 1, got -2"),
         ("optim.betas=[0.9, 1.0]", "'optim.betas' must hold finite numbers >= 0 and < 1"),
         ("loss.alpha=1.5", "'loss.alpha' must be a finite number >= 0 and <= 1, got 1.5"),
+        ("data.keep_background_prob=2", "'data.keep_background_prob' must be a finite number >= 0 and <= 1, got 2"),
         ("clicks.pred_threshold=1", "'clicks.pred_threshold' must be a finite number > 0 and < 1"),
         ("sampler.negative_bg_prob=0.9", "must add up to 1, got 0.9 + 0.4 + 0.5 = 1.8"),
     ],

@@ -52,8 +52,8 @@ from isegprobe.training.run_logger import start_wandb
     "--zoom-in",
     is_flag=True,
     help="RITM's zoom-in: from the 2nd click on, predict on a crop around the object (its box x1.4, at least 200 px, "
-    "resized to the working size). Loads the backbone, since crops have no cached features. The seed's "
-    "evaluate.py always zooms in and flips: --zoom-in --flip compares with its numbers.",
+    "resized to the working size). Loads the backbone, since crops have no cached features. To compare with "
+    "the iSegProbe paper, use --protocol iSegProbe, which also zooms in and flips, in the research code's geometry.",
 )
 @threshold_option
 @click.option(

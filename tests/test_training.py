@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -604,7 +605,7 @@ def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pyte
     settings += ["--set", "logging.every_steps=1"]
     result = CliRunner().invoke(train_command.train, ["--config", "fast_cpu", *settings, *common, "--max-iters", "2"])
     assert result.exit_code == 0, result.output
-    assert "trained to step 2" in result.output
+    assert re.search(r"trained to step 2; best train_iou \d\.\d{4} \(step \d\)", result.output), result.output
     assert "training on 4 images in batches of 2: 2 steps an epoch, 2 steps in all" in result.output
     assert "first -> last logged means: loss (normalized focal)" in result.output
     assert any((run_dir / "tensorboard").iterdir()), "TensorBoard events are written"

@@ -127,9 +127,13 @@ def train(
     )
     exit_if_stopped(summary, _resume_command(run_dir, online, featurizer_name, featurizer_weights))
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
-        best = "n/a" if summary.best_metric is None else f"{summary.best_metric:.4f}"
+        best = (
+            "no best checkpoint yet"
+            if summary.best_metric is None
+            else f"best {summary.best_metric_name} {summary.best_metric:.4f} (step {summary.best_step})"
+        )
         click.echo(summary.progress())
-        click.echo(f"trained to step {summary.step}; best {best}; checkpoints in {summary.run_dir}")
+        click.echo(f"trained to step {summary.step}; {best}; checkpoints in {summary.run_dir}")
 
 
 def exit_if_stopped(summary: TrainSummary, how_to_continue: str) -> None:

@@ -79,6 +79,8 @@ class TrainSummary:
     step: int
     epoch: int
     best_metric: float | None
+    best_metric_name: str  # train_iou, or val_iou with a validation store: the metric `best` was chosen by
+    best_step: int | None
     first_logged: dict[str, float] | None  # the first and last logged training means of this invocation
     last_logged: dict[str, float] | None
     stopped_by: str | None = None  # the signal (SIGINT, SIGTERM) that ended the run early, after saving `last`
@@ -460,7 +462,17 @@ def _train(
     barrier()
     epoch = schedule.epoch_of(max(state.step - 1, 0))
     stopped_by = stop.signal.name if stopping else None
-    return TrainSummary(run_dir, state.step, epoch, state.best_value, first_logged, last_logged, stopped_by)
+    return TrainSummary(
+        run_dir,
+        state.step,
+        epoch,
+        state.best_value,
+        state.metric_name,
+        state.best_step,
+        first_logged,
+        last_logged,
+        stopped_by,
+    )
 
 
 def _schedule_line(images: int, views: int, batch_size: int, schedule: StepSchedule) -> str:

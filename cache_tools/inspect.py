@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.chunks import missing_chunk_files
+from isegprobe.cache.schema import identity_value
 
 
 def describe_store(path: str | Path) -> str:
@@ -16,7 +18,8 @@ def describe_store(path: str | Path) -> str:
     done = int(store.done_mask().sum())
     lines = [
         f"store      {store.path}  ({store.nbytes_on_disk() / 2**20:.1f} MiB on disk)",
-        f"featurizer {featurizer['name']}  weights {featurizer['weights']}  sha256 {featurizer.get('weights_sha256')}",
+        f"featurizer {featurizer['name']}  weights {_weights(featurizer)}  "
+        f"normalization {identity_value(featurizer, 'normalization')}",
         f"           patch {featurizer['patch_size']}  dim {featurizer['dim']}  timm {featurizer.get('timm_version')}",
         f"dataset    {dataset['name']}/{dataset['split']}  root {dataset['root']}",
         f"preprocess size {preprocessing['size']}  resize {preprocessing['resize']}  views {', '.join(attrs['views'])}",
@@ -44,3 +47,9 @@ def _missing_chunks_line(store: FeatureStore) -> list[str]:
     if not missing:
         return []
     return [f"           {len(missing)} finished items have chunk files missing: `isegprobe cache verify` lists them"]
+
+
+def _weights(featurizer: dict[str, Any]) -> str:
+    """The weights' source, with the file's sha256 when they came from a file (random and hub weights have none)."""
+    sha256 = featurizer.get("weights_sha256")
+    return f"{featurizer['weights']}  sha256 {sha256}" if sha256 else str(featurizer["weights"])

@@ -90,7 +90,7 @@ def train(
     isegprobe train --config fast_cpu --set model.head.width=32 --cache STORE --out RUN --max-iters 200
     torchrun --nproc-per-node 4 -m isegprobe train --config sbd_224 --cache STORE --out RUN
     Writes into --out: last/best checkpoints (.safetensors weights + .json config and provenance), tensorboard/
-    and scalars.csv (loss, pixel BCE, IoU, lr). Early-fusion presets (seed_early_*) run the backbone online.
+    and scalars.csv (loss, pixel BCE, IoU, lr). Early-fusion presets (sbd_dinov2_patch-embed_*) run the backbone online.
     """
     overrides = (*overrides, f"schedule.max_iters={max_iters}") if max_iters is not None else overrides
     if resume:

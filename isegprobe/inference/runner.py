@@ -33,6 +33,7 @@ from isegprobe.inference.tasks import cached_tasks, image_ids_of, online_tasks
 from isegprobe.inference.visuals import save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.locks import exclusive_lock
+from isegprobe.same_images import warn_when_evaluating_training_images
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
 
@@ -278,6 +279,7 @@ def _jobs(
         store = FeatureStore.open(path)
         check_store_matches(store, metadata)
         dataset = store.attrs["dataset"]
+        warn_when_evaluating_training_images(metadata, Path(path), dataset)
         source = create_dataset(dataset["name"], request.root or dataset["root"], dataset["split"])
         if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")

@@ -31,6 +31,7 @@ from isegprobe.errors import UserError
 from isegprobe.loader_workers import ends_with_this_process
 from isegprobe.locks import exclusive_lock
 from isegprobe.model import ISProbe
+from isegprobe.same_images import warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import (
     atomic_write_bytes,
     recover_checkpoint,
@@ -338,6 +339,9 @@ def _train(
     preprocessing = dict(dataset.preprocessing)
     size = int(preprocessing["size"])
     check_store_fits(config.data, preprocessing, getattr(dataset, "provenance", None))
+    store = getattr(dataset, "store", None)  # a CachedDataset's; other datasets know no split
+    if store is not None and rank == 0:
+        warn_when_training_on_a_test_split(store.attrs["dataset"])
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
     if config.model.fusion == "before_backbone" and not online:

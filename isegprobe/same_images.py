@@ -1,0 +1,54 @@
+"""Saying so when a probe is trained on a benchmark's test images, or evaluated on the images it was trained on.
+
+Some benchmarks (GrabCut, Berkeley, DAVIS) have a test split only. Training on it is allowed (a quick check, an
+overfitting test), but numbers measured afterwards on the same images say how well the probe remembers them, not how
+well it segments; the user must know that before reading them."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from isegprobe.cache.store import FeatureStore
+
+
+class SameImagesWarning(UserWarning):
+    """The training and the evaluation images are the same."""
+
+
+def warn_when_training_on_a_test_split(dataset: dict[str, Any]) -> None:
+    """`dataset` is a store's `dataset` attribute (name, split, root)."""
+    if dataset.get("split") == "test":
+        warnings.warn(
+            f"training on the test split of {dataset.get('name')}: an evaluation on {dataset.get('name')} afterwards "
+            "measures images this probe was trained on",
+            SameImagesWarning,
+            stacklevel=2,
+        )
+
+
+def warn_when_evaluating_training_images(checkpoint: dict[str, Any], store: Path, dataset: dict[str, Any]) -> None:
+    """`checkpoint` is a probe's metadata (it records its training store); `store` and `dataset` the store evaluated
+    and its `dataset` attribute. The same store, or another store of the same dataset split, is the same images."""
+    trained_on = checkpoint.get("store_path")
+    if not trained_on:
+        return
+    same = Path(trained_on).resolve() == store.resolve()
+    if not same:
+        same = _dataset_of(Path(trained_on)) == (dataset.get("name"), dataset.get("split"))
+    if same:
+        warnings.warn(
+            f"{store}: this probe was trained on these images ({dataset.get('name')}/{dataset.get('split')}), so its "
+            "numbers here measure how well it remembers them",
+            SameImagesWarning,
+            stacklevel=2,
+        )
+
+
+def _dataset_of(store: Path) -> tuple[Any, Any] | None:
+    """(name, split) of a store's images, or None when the store is no longer there."""
+    if not (store / "zarr.json").is_file():
+        return None
+    dataset = FeatureStore.open(store).attrs.get("dataset") or {}
+    return dataset.get("name"), dataset.get("split")

@@ -22,7 +22,7 @@ from stores import builtin_store
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from isegprobe.config import SamplerConfig, TrainConfig, load_train_config
+from isegprobe.config import SamplerConfig, TrainConfig, config_to_dict, load_train_config
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
@@ -641,3 +641,16 @@ def test_the_run_keeps_a_config_yaml_that_trains_the_same_probe(tmp_path: Path) 
     config = tiny_config("schedule.max_iters=1", "optim.lr=3e-4")
     train(config, dataset, tmp_path / "run", device="cpu", progress=False)
     assert load_train_config(tmp_path / "run" / "config.yaml") == config
+
+
+def test_without_a_config_the_preset_suits_the_device_and_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from isegprobe.commands import train as train_command
+
+    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
+    common = ["--store", str(tmp_path), "--device", "cpu", "--max-iters", "1", "--set", "data.batch_size=2"]
+    result = CliRunner().invoke(train_command.train, [*common, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "no --config: preset fast_cpu (a light head" in result.output
+    saved = json.loads((tmp_path / "run" / "last.json").read_text())["config"]
+    assert saved == config_to_dict(load_train_config("fast_cpu", ["schedule.max_iters=1", "data.batch_size=2"]))
+    assert train_command.DEFAULT_PRESETS["cuda"] == "sbd_224"

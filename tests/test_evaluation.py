@@ -538,7 +538,12 @@ def test_the_isegprobe_protocol_fixes_its_settings_and_evaluates_the_last_checkp
         checkpoint=str(run_dir), out_dir=str(tmp_path / "out"), datasets=["grabcut"], root=str(three_images),
         protocol="iSegProbe",
     )  # fmt: skip
-    summaries = run_evaluation(request)
+    deterministic = []
+    summaries = run_evaluation(
+        request, lambda _, result: deterministic.append(torch.are_deterministic_algorithms_enabled())
+    )
+    assert deterministic and all(deterministic), "the research code's deterministic kernels while it evaluates"
+    assert not torch.are_deterministic_algorithms_enabled(), "and the process's own settings afterwards"
     document = json.loads((tmp_path / "out" / "results.json").read_text())
     assert document["protocol"] == "iSegProbe"
     assert (document["zoom_in"], document["flip"], document["online"]) == (True, True, True)

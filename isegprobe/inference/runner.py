@@ -21,7 +21,7 @@ from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.schema import check_same_featurizer, identity_value, store_name
 from isegprobe.data import create_dataset, resolve_root
-from isegprobe.devices import use_deterministic_arithmetic
+from isegprobe.devices import deterministic_arithmetic
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
@@ -93,6 +93,13 @@ def run_evaluation(
     batch and when the run stops, Ctrl-C included).
     """
     request = under_protocol(request)
+    with deterministic_arithmetic(get_protocol(request.protocol).exact):
+        return _evaluate(request, on_result)
+
+
+def _evaluate(
+    request: EvaluationRequest, on_result: Callable[[str, ObjectResult], None] | None
+) -> dict[str, dict[str, Any]]:
     setup = _set_up(request)
     run_info = {
         "protocol": request.protocol,
@@ -153,8 +160,6 @@ def _set_up(request: EvaluationRequest, only_items: Collection[str] | None = Non
     was loaded, even when a training run writes its first `best` into the folder meanwhile."""
     device = torch.device(request.device)
     protocol = get_protocol(request.protocol)
-    if protocol.exact:
-        use_deterministic_arithmetic()
     weights = resolve_checkpoint(request.checkpoint, prefer=protocol.checkpoint)[0].resolve()
     probe, metadata = load_probe(weights, device=device)
     if probe.needs_featurizer and not request.online:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from isegprobe.cache.store import FeatureStore
+from isegprobe.errors import UserError
 
 
 class SameImagesWarning(UserWarning):
@@ -47,8 +48,12 @@ def warn_when_evaluating_training_images(checkpoint: dict[str, Any], store: Path
 
 
 def _dataset_of(store: Path) -> tuple[Any, Any] | None:
-    """(name, split) of a store's images, or None when the store is no longer there."""
+    """(name, split) of a store's images, or None when the store is no longer there or no longer opens (the
+    evaluation does not depend on it)."""
     if not (store / "zarr.json").is_file():
         return None
-    dataset = FeatureStore.open(store).attrs.get("dataset") or {}
+    try:
+        dataset = FeatureStore.open(store).attrs.get("dataset") or {}
+    except UserError:
+        return None
     return dataset.get("name"), dataset.get("split")

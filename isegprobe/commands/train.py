@@ -155,7 +155,8 @@ def _default_preset(device: str | None) -> str:
         else "a light head that trains in seconds a step on a CPU; --config sbd_224 runs the research recipe, "
         "minutes a step here"
     )
-    click.echo(f"no --config: preset {preset} ({why})", err=True)
+    if current_rank() == 0:
+        click.echo(f"no --config: preset {preset} ({why})", err=True)
     return preset
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Draws the README's figures again with the tool itself, from the built-in scenes and the quickstart's probe. The
-# backbone has random weights: the figures show what each command draws, not what DINOv2 can do.
+# Draws the figures of the README and docs/plots.md again with the tool itself, from the built-in scenes and the
+# quickstart's probe. The featurizer has random weights: the figures show what each command draws, not what DINOv2
+# can do.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
@@ -10,6 +11,6 @@ store="$work/qs/cache/vit_small_patch14_dinov2-builtin-test-224.zarr"
 .venv/bin/isegprobe plot iou-vs-clicks "$work/qs/results" --labels "quickstart probe (random-weight ViT-S/14)" \
     --out "$work/iou_vs_clicks.png"
 cp "$work/iou_vs_clicks.png" docs/figures/iou_vs_clicks.png
-.venv/bin/isegprobe plot features --cache "$store" --item 3 --upsamplers bilinear,bicubic \
+.venv/bin/isegprobe plot features --store "$store" --item 3 --upsamplers bilinear,bicubic \
     --out docs/figures/features.png
 .venv/bin/isegprobe plot predictions "$work/qs/results" --object test_003_2 --out docs/figures/predictions.jpg

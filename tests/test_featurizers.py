@@ -19,9 +19,16 @@ from timm.layers import Attention
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
-from isegprobe.featurizers import Featurizer, RandomWeightsWarning, create_featurizer
+from isegprobe.featurizers import (
+    Featurizer,
+    RandomWeightsWarning,
+    create_featurizer,
+    list_featurizers,
+    parse_featurizer_name,
+)
 from isegprobe.featurizers import attention as attention_module
 from isegprobe.featurizers.attention import MemoryEfficientAttention, attention_with_kernel
+from isegprobe.featurizers.registry import FEATURIZERS
 from isegprobe.state_dicts import TorchScriptWarning
 from isegprobe.trust import allowing_torchscript
 
@@ -69,22 +76,30 @@ def other_timm_model(arch: str, **kwargs) -> nn.Module:
 # --- shapes and the interface ---
 
 
-@pytest.mark.parametrize(
-    ("name", "size", "dim", "patch", "mean"),
-    [
-        (DINO, (56, 84), 384, 14, (0.485, 0.456, 0.406)),
-        (f"{DINO_REG}:keys", (42, 28), 384, 14, (0.485, 0.456, 0.406)),
-        ("vit_small_patch16_224", (64, 32), 384, 16, (0.5, 0.5, 0.5)),
-        ("maskclip", (32, 48), 512, 16, (0.48145466, 0.4578275, 0.40821073)),
-    ],
-)
-def test_output_shape_and_interface(name, size, dim, patch, mean):
+IMAGENET_MEAN, CLIP_MEAN = (0.485, 0.456, 0.406), (0.48145466, 0.4578275, 0.40821073)
+
+# One small name per registered featurizer family (a family without one fails below): the name, an image size, and
+# what the featurizer must report: dim, embed_dim, patch size, mean, provenance output.
+FAMILY_CASES = {
+    "timm_vit": (DINO, (56, 84), 384, 384, 14, IMAGENET_MEAN, "tokens"),
+    "timm_vit_keys": (f"{DINO_REG}:keys", (42, 28), 384, 384, 14, IMAGENET_MEAN, "keys"),
+    "maskclip": ("maskclip:vit_xsmall_patch16_clip_224", (32, 48), 512, 256, 16, CLIP_MEAN, "maskclip"),
+    "dinov2_hub": ("dinov2_vits14", (28, 42), 384, 384, 14, IMAGENET_MEAN, "tokens"),
+}
+
+
+@pytest.mark.parametrize("family", list_featurizers())
+def test_every_family_builds_a_name_with_random_weights_and_keeps_the_interface(family):
+    if family not in FAMILY_CASES:
+        pytest.fail(f"featurizer family {family!r} has no case in FAMILY_CASES")
+    name, size, dim, embed_dim, patch, mean, output = FAMILY_CASES[family]
     featurizer = random_featurizer(name)
+    assert type(featurizer) is FEATURIZERS.get(family)
     out = featurizer(images(*size))
     assert out.shape == (2, dim, size[0] // patch, size[1] // patch)
     assert out.dtype == torch.float32 and out.is_contiguous() and torch.isfinite(out).all()
-    assert (featurizer.name, featurizer.dim, featurizer.patch_size) == (name, dim, patch)
-    assert featurizer.embed_dim == (768 if name == "maskclip" else 384)
+    assert (featurizer.name, featurizer.dim, featurizer.embed_dim) == (name, dim, embed_dim)
+    assert featurizer.patch_size == patch
     assert featurizer.mean == pytest.approx(mean)
     assert not any(p.requires_grad for p in featurizer.parameters())
     featurizer.train()
@@ -93,7 +108,7 @@ def test_output_shape_and_interface(name, size, dim, patch, mean):
     assert json.loads(json.dumps(provenance)) == provenance
     assert provenance["name"] == name and provenance["dim"] == dim and provenance["patch_size"] == patch
     assert provenance["weights"] == "random" and provenance["random_seed"] == 0 and provenance["weights_sha256"] is None
-    assert provenance["output"] == {"maskclip": "maskclip"}.get(name, "keys" if name.endswith(":keys") else "tokens")
+    assert provenance["output"] == output
 
 
 def test_bad_inputs_are_rejected():
@@ -455,11 +470,30 @@ def test_hub_weights_offline_say_they_need_the_internet(tmp_path, monkeypatch):
         (f"{DINO}.no_such_tag", "no pretrained tag"),
         ("maskclip:vit_small_patch16_224", "CLIP image tower"),
         (f"{DINO}:values", "unknown featurizer"),
+        ("maskclip:", r"use one of .*maskclip:\{arch\}"),
+        ("dinov2_vits14:keys", "e.g. vit_small_patch14_dinov2.lvd142m:keys"),
     ],
 )
 def test_bad_names_are_user_errors(name, message):
     with pytest.raises(UserError, match=message):
         create_featurizer(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "arch", "family"),
+    [
+        (DINO, DINO, "timm_vit"),
+        ("vit_base_patch16_clip_224.openai", "vit_base_patch16_clip_224.openai", "timm_vit"),
+        ("vit_base_patch16_clip_224.openai:keys", "vit_base_patch16_clip_224.openai", "timm_vit_keys"),
+        ("maskclip", "vit_base_patch16_clip_quickgelu_224.openai", "maskclip"),
+        ("maskclip:vit_base_patch16_clip_224.openai", "vit_base_patch16_clip_224.openai", "maskclip"),
+        ("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", "dinov2_hub"),
+        ("dinov2_vitg14_reg", "vit_giant_patch14_reg4_dinov2.lvd142m", "dinov2_hub"),
+    ],
+)
+def test_names_go_to_their_family_and_timm_architecture(name, arch, family):
+    """Fixed names (`maskclip`, `dinov2_vits14`) win over the `{arch}` pattern; nothing is built."""
+    assert parse_featurizer_name(name) == (arch, FEATURIZERS.get(family))
 
 
 # --- early fusion ---

@@ -1,9 +1,9 @@
 """Reading a feature store for stage two.
 
 Reads go through tensorstore: on the same Zarr v3 store it reads an entry at 0.8x the speed of a per-image .npz
-file with zstd and 1.2x with lz4 (benchmarks/reader.py), where zarr-python is several times slower per item (see
-DESIGN.md). Each process opens its own handles; DataLoader workers must be spawned, not forked, because tensorstore
-does not survive a fork once the parent has read.
+file with zstd and 1.2x with lz4 (benchmarks/reader.py), where zarr-python is several times slower per item. Each
+process opens its own handles; DataLoader workers must be spawned, not forked, because tensorstore does not survive a
+fork once the parent has read.
 
 Reads are strict: a chunk that is missing or does not decode is an error naming the item (`ChunkError`), never the
 array's fill value, and a store whose finished items lack chunk files is refused when it is opened (`chunks`).

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from isegprobe.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -140,7 +138,3 @@ def mismatches(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
             "or they differ in name/order"
         )
     return problems
-
-
-def empty_item(spec: ArraySpec, num_views: int) -> np.ndarray:
-    return np.zeros(((num_views,) if spec.per_view else ()) + spec.item_shape, dtype=spec.dtype)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from isegprobe.data.sample import Sample
-from isegprobe.errors import UserError
+from isegprobe.registry import Registry
 
 
 class SampleSource(Protocol):
@@ -25,29 +25,19 @@ class SampleSource(Protocol):
 
 
 DatasetFactory = Callable[[Path | None, str], SampleSource]
-_REGISTRY: dict[str, DatasetFactory] = {}
+DATASETS: Registry[DatasetFactory] = Registry("dataset", where="--dataset")
 
 
 def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
-    def decorator(factory: DatasetFactory) -> DatasetFactory:
-        _REGISTRY[name.lower()] = factory
-        return factory
-
-    return decorator
+    """Decorate a `(root, split) -> SampleSource` factory to make it `create_dataset(name, ...)`."""
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def create_dataset(name: str, root: str | Path | None = None, split: str = "test") -> SampleSource:
     """Build the loader `name` over `root` (a folder in that dataset's usual layout)."""
-    factory = _REGISTRY.get(name.lower())
-    if factory is None:
-        raise UserError(f"--dataset: unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    factory = DATASETS.get(name)
     return factory(Path(root).expanduser() if root is not None else None, split)
-
-
-def iterate(source: SampleSource) -> Iterator[Sample]:
-    for index in range(len(source)):
-        yield source[index]

@@ -1,4 +1,5 @@
-"""Frozen vision backbones (timm ViTs, DINOv2, CLIP, MaskCLIP) behind one interface: images -> dense features.
+"""Featurizers: frozen vision models (timm ViTs, DINOv2, CLIP, MaskCLIP) behind one interface: images -> dense
+features.
 
 timm, and torchvision with it, take about 2 s to import; they load with the first use of a name below that needs
 them, so the commands that never build a featurizer (and every command's --help) start without them.
@@ -12,17 +13,36 @@ from typing import TYPE_CHECKING, Any
 from isegprobe.featurizers.base import Featurizer
 
 if TYPE_CHECKING:
-    from isegprobe.featurizers.factory import create_featurizer, parse_featurizer_name, recreate_featurizer
+    from isegprobe.featurizers.factory import (
+        create_featurizer,
+        featurizer_forms,
+        list_featurizers,
+        parse_featurizer_name,
+        recreate_featurizer,
+    )
+    from isegprobe.featurizers.registry import register_featurizer
     from isegprobe.featurizers.weights import RandomWeightsWarning
 
 _NEEDS_TIMM = {
     "create_featurizer": "isegprobe.featurizers.factory",
+    "featurizer_forms": "isegprobe.featurizers.factory",
+    "list_featurizers": "isegprobe.featurizers.factory",
     "parse_featurizer_name": "isegprobe.featurizers.factory",
     "recreate_featurizer": "isegprobe.featurizers.factory",
+    "register_featurizer": "isegprobe.featurizers.registry",
     "RandomWeightsWarning": "isegprobe.featurizers.weights",
 }
 
-__all__ = ["Featurizer", "RandomWeightsWarning", "create_featurizer", "parse_featurizer_name", "recreate_featurizer"]
+__all__ = [
+    "Featurizer",
+    "RandomWeightsWarning",
+    "create_featurizer",
+    "featurizer_forms",
+    "list_featurizers",
+    "parse_featurizer_name",
+    "recreate_featurizer",
+    "register_featurizer",
+]
 
 
 def __getattr__(name: str) -> Any:

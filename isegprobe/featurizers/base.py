@@ -1,4 +1,4 @@
-"""The contract every frozen backbone keeps, so the cache and the probe never need to look inside one."""
+"""The contract every featurizer keeps, so the cache and the probe never need to look inside one."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Featurizer(nn.Module):
         raise NotImplementedError
 
     def train(self, mode: bool = True) -> Featurizer:
-        """Stay in eval mode: the backbone is frozen, so a parent module's `.train()` must not switch on dropout."""
+        """Stay in eval mode: the featurizer is frozen, so a parent module's `.train()` must not switch on dropout."""
         return super().train(False)
 
     def freeze(self) -> None:

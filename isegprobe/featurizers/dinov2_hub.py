@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from isegprobe.featurizers.registry import register_featurizer
 from isegprobe.featurizers.vit import ViTTokensFeaturizer
 
 
@@ -61,10 +62,16 @@ def official_patch_positions(positions: Tensor, rows: int, cols: int, offset: fl
     return grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(positions.dtype)
 
 
+@register_featurizer("dinov2_hub")
 class DINOv2HubFeaturizer(ViTTokensFeaturizer):
     """The last block's normalized patch tokens of the official DINOv2 (`x_norm_patchtokens`)."""
 
     position_resampling = "dinov2"
+    accepts = tuple(DINOV2_HUB_MODELS)
+
+    @classmethod
+    def timm_architecture(cls, name: str, arch: str | None) -> str:
+        return DINOV2_HUB_MODELS[name].architecture
 
     def embed_positions(self, x: Tensor) -> Tensor:
         """The official token layout: class token and patches get their positions, registers none (timm keeps the

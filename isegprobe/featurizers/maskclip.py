@@ -11,10 +11,13 @@ from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from timm.layers import Attention
+from timm.models import split_model_name_tag
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
+from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer
+from isegprobe.featurizers.timm_names import check_timm_vit
 from isegprobe.featurizers.vit import TimmViTFeaturizer
 
 # OpenAI's CLIP ViT-B/16 was trained with QuickGELU: timm's plain `vit_base_patch16_clip_224` would use GELU
@@ -22,11 +25,23 @@ from isegprobe.featurizers.vit import TimmViTFeaturizer
 DEFAULT_CLIP_ARCH = "vit_base_patch16_clip_quickgelu_224.openai"
 
 
+@register_featurizer("maskclip")
 class MaskCLIPFeaturizer(TimmViTFeaturizer):
-    """CLIP's value path in the last block, projected into the text space: dense features that keep CLIP semantics."""
+    """CLIP's value path in the last block, projected into the text space: dense features that keep CLIP semantics.
+    `maskclip` is OpenAI's ViT-B/16; `maskclip:<timm CLIP ViT name>` another CLIP image tower."""
 
     output = "maskclip"
+    accepts = ("maskclip", f"maskclip:{ARCH_SLOT}")
     model_kwargs: ClassVar[dict[str, Any]] = {"dynamic_img_size": True}  # keeps the CLIP projection (timm: head)
+
+    @classmethod
+    def timm_architecture(cls, name: str, arch: str | None) -> str:
+        if arch is None:
+            return DEFAULT_CLIP_ARCH
+        check_timm_vit(arch)
+        if "clip" not in split_model_name_tag(arch)[0]:
+            raise UserError(f"{name}: MaskCLIP needs a CLIP image tower, e.g. maskclip:{DEFAULT_CLIP_ARCH}")
+        return arch
 
     @classmethod
     def check_model(cls, name: str, model: Any) -> None:

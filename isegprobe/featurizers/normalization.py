@@ -1,6 +1,6 @@
-"""How images are standardized before the backbone: with the model's own statistics, or with ImageNet's for every
+"""How images are standardized before the featurizer: with the model's own statistics, or with ImageNet's for every
 model, as the iSegProbe research code does (its base model normalizes every input with ImageNet mean/std, whatever
-the backbone was trained with: AugReg ViTs with 0.5/0.5, CLIP with its own).
+the network was trained with: AugReg ViTs with 0.5/0.5, CLIP with its own).
 
 The choice changes the features, so it is part of a featurizer's provenance and a store made one way is never read
 as the other.

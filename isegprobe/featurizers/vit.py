@@ -1,4 +1,5 @@
-"""timm ViT featurizers: the last block's normalized tokens, or the last block's attention keys."""
+"""timm ViT featurizers: the last block's normalized tokens (`<timm ViT name>`), or the last block's attention keys
+(`<timm ViT name>:keys`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from isegprobe.errors import UserError
 from isegprobe.featurizers.attention import use_memory_efficient_attention
 from isegprobe.featurizers.base import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, input_statistics
+from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer
+from isegprobe.featurizers.timm_names import check_timm_vit
 from isegprobe.featurizers.weights import WeightsSource
 
 
@@ -25,6 +28,8 @@ class TimmViTFeaturizer(Featurizer):
     """
 
     output: ClassVar[str]
+    # The featurizer names a registered family accepts: fixed names, or forms with an `{arch}` slot (a timm ViT name).
+    accepts: ClassVar[tuple[str, ...]] = ()
     # timm.create_model arguments this output needs; a classifier head is dropped unless the output uses it.
     model_kwargs: ClassVar[dict[str, Any]] = {"dynamic_img_size": True, "num_classes": 0}
 
@@ -72,6 +77,15 @@ class TimmViTFeaturizer(Featurizer):
         self.freeze()
 
     @classmethod
+    def timm_architecture(cls, name: str, arch: str | None) -> str:
+        """The timm model to build for `name`, whose `{arch}` slot holds `arch` (None for a fixed name); a
+        UserError says what is wrong with a name this family accepts in form but cannot build."""
+        if arch is None:
+            raise NotImplementedError(f"{cls.__name__} accepts fixed names but maps none of them to a timm model")
+        check_timm_vit(arch)
+        return arch
+
+    @classmethod
     def check_model(cls, name: str, model: Any) -> None:
         """Raise UserError if `model` lacks what this output reads."""
         if not isinstance(model, VisionTransformer):
@@ -102,19 +116,23 @@ class TimmViTFeaturizer(Featurizer):
         return x.reshape(images.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
 
 
+@register_featurizer("timm_vit")
 class ViTTokensFeaturizer(TimmViTFeaturizer):
     """The last block's output after the final norm: what timm's `forward_features` gives, patch tokens only."""
 
     output = "tokens"
+    accepts = (ARCH_SLOT,)
 
     def last_block(self, x: Tensor) -> Tensor:
         return self.model.norm(self.model.blocks[-1](x))
 
 
+@register_featurizer("timm_vit_keys")
 class ViTKeysFeaturizer(TimmViTFeaturizer):
     """The last block's attention keys (heads merged, k_norm applied): often better localized than the tokens."""
 
     output = "keys"
+    accepts = (f"{ARCH_SLOT}:keys",)
 
     @classmethod
     def check_model(cls, name: str, model: Any) -> None:

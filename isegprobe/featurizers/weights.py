@@ -1,4 +1,4 @@
-"""Where a backbone's weights come from: seeded random init, timm's hub, or a checkpoint file.
+"""Where a featurizer's weights come from: seeded random init, timm's hub, or a checkpoint file.
 
 Files may be in any layout researchers actually have on disk: timm / Hugging Face state dicts (.safetensors, .pth,
 .pt, .bin, possibly wrapped in {"model": ...} or {"state_dict": ...}), DINOv2's official `*_pretrain.pth`, and

@@ -1,10 +1,14 @@
 """Click encoders: the 3-channel click input [B, 3, H, W] -> click tokens [B, dim, h, w] on a given grid.
 
 `patch_embed` is SimpleClick's: one conv with kernel = stride = patch size. `simple_vit` lets clicks see each other
-before fusion. `conv` keeps full resolution, for fusing after the upsampler.
+before fusion. `conv` keeps full resolution, for fusing after the upsampler. Each registers itself by name, so
+`model.click_encoder.name` picks it and a new encoder is one class and one decorator.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -12,14 +16,57 @@ from torch import Tensor, nn
 
 from isegprobe.config import ClickEncoderConfig
 from isegprobe.errors import UserError
+from isegprobe.registry import Registry
 
 CLICK_CHANNELS = 3
 
 
-class PatchClickEncoder(nn.Module):
+class ClickEncoder(nn.Module):
+    """`forward(click_input [B, 3, H, W], grid) -> [B, dim, *grid]`. `on_patch_grid`: the tokens belong on the
+    featurizer's patch grid (fusion before or after the featurizer) rather than at the upsampled resolution."""
+
+    on_patch_grid: ClassVar[bool]
+
+    @classmethod
+    def from_config(cls, config: ClickEncoderConfig, dim: int, patch_size: int) -> ClickEncoder:
+        raise NotImplementedError
+
+    def forward(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
+        raise NotImplementedError
+
+
+CLICK_ENCODERS: Registry[type[ClickEncoder]] = Registry("click encoder", where="model.click_encoder.name")
+
+
+def register_click_encoder(name: str) -> Callable[[type[ClickEncoder]], type[ClickEncoder]]:
+    """Decorate a `ClickEncoder` subclass to make it `model.click_encoder.name: <name>`."""
+    return CLICK_ENCODERS.register(name)
+
+
+def list_click_encoders() -> list[str]:
+    return CLICK_ENCODERS.names()
+
+
+def patch_grid_encoders() -> list[str]:
+    """The encoders whose tokens sit on the patch grid, which fusion before or after the featurizer needs."""
+    return [name for name in CLICK_ENCODERS.names() if CLICK_ENCODERS.get(name).on_patch_grid]
+
+
+def create_click_encoder(config: ClickEncoderConfig, dim: int, patch_size: int) -> ClickEncoder:
+    return CLICK_ENCODERS.get(config.name).from_config(config, dim, patch_size)
+
+
+@register_click_encoder("patch_embed")
+class PatchClickEncoder(ClickEncoder):
+    on_patch_grid = True
+
     def __init__(self, dim: int, patch_size: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(CLICK_CHANNELS, dim, kernel_size=patch_size, stride=patch_size)
+
+    @classmethod
+    def from_config(cls, config: ClickEncoderConfig, dim: int, patch_size: int) -> PatchClickEncoder:
+        return cls(dim, patch_size)
 
     def forward(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
         return _to_grid(self.proj(click_input), grid)
@@ -96,13 +143,16 @@ class SimpleViTTransformer(nn.Module):
         return self.norm(tokens)
 
 
-class SimpleViTClickEncoder(nn.Module):
+@register_click_encoder("simple_vit")
+class SimpleViTClickEncoder(ClickEncoder):
     """The seed's `simple_vit` click encoder: lucidrains' SimpleViT over the click maps, layer for layer.
 
     Patches are layer-normed, projected and normed again; fixed sin-cos positions; pre-norm blocks whose attention
     is heads x dim_head wide (8 x 64 = 512 for a 384-d model) without biases; a final LayerNorm; no class token.
     Parameter names follow the seed's module (`to_patch_embedding.*`, `transformer.layers.N.{0,1}.*`).
     """
+
+    on_patch_grid = True
 
     def __init__(
         self, dim: int, patch_size: int, depth: int = 6, heads: int = 8, mlp_dim: int = 2048, dim_head: int = 64
@@ -117,6 +167,10 @@ class SimpleViTClickEncoder(nn.Module):
         )
         self.transformer = SimpleViTTransformer(dim, depth, heads, dim_head, mlp_dim)
 
+    @classmethod
+    def from_config(cls, config: ClickEncoderConfig, dim: int, patch_size: int) -> SimpleViTClickEncoder:
+        return cls(dim, patch_size, config.depth, config.heads, config.mlp_dim, config.dim_head)
+
     def forward(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
         height, width = (side // self.patch_size for side in click_input.shape[-2:])
         tokens = self.to_patch_embedding(click_input)
@@ -125,8 +179,11 @@ class SimpleViTClickEncoder(nn.Module):
         return _to_grid(tokens.transpose(1, 2).unflatten(-1, (height, width)), grid)
 
 
-class ConvClickEncoder(nn.Module):
+@register_click_encoder("conv")
+class ConvClickEncoder(ClickEncoder):
     """Two 3x3 convs applied on the target grid itself, so thin disks survive at high resolution."""
+
+    on_patch_grid = False
 
     def __init__(self, dim: int, hidden: int = 32) -> None:
         super().__init__()
@@ -135,6 +192,10 @@ class ConvClickEncoder(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, dim, kernel_size=3, padding=1),
         )
+
+    @classmethod
+    def from_config(cls, config: ClickEncoderConfig, dim: int, patch_size: int) -> ConvClickEncoder:
+        return cls(dim)
 
     def forward(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
         if tuple(click_input.shape[-2:]) != tuple(grid):
@@ -146,17 +207,3 @@ def _to_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     if tuple(tokens.shape[-2:]) == tuple(grid):
         return tokens
     return F.interpolate(tokens, size=grid, mode="bilinear", align_corners=False)
-
-
-PATCH_ENCODERS = ("patch_embed", "simple_vit")
-CLICK_ENCODERS = (*PATCH_ENCODERS, "conv")
-
-
-def create_click_encoder(config: ClickEncoderConfig, dim: int, patch_size: int) -> nn.Module:
-    if config.name == "patch_embed":
-        return PatchClickEncoder(dim, patch_size)
-    if config.name == "simple_vit":
-        return SimpleViTClickEncoder(dim, patch_size, config.depth, config.heads, config.mlp_dim, config.dim_head)
-    if config.name == "conv":
-        return ConvClickEncoder(dim)
-    raise UserError(f"model.click_encoder.name: unknown {config.name!r}; known: {', '.join(CLICK_ENCODERS)}")

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from isegprobe.config import ModelConfig
 from isegprobe.errors import UserError
-from isegprobe.model.click_encoders import PATCH_ENCODERS, create_click_encoder
+from isegprobe.model.click_encoders import create_click_encoder, patch_grid_encoders
 from isegprobe.model.clicks import as_click_tensor, click_inputs
 from isegprobe.model.heads import SegmentationHead
 from isegprobe.upsamplers import create_upsampler
@@ -151,12 +151,13 @@ class ISProbe(nn.Module):
 
 def _check_encoder_fits_fusion(config: ModelConfig) -> None:
     name = config.click_encoder.name
-    if config.fusion == "after_upsampler" and name != "conv":
+    patch_encoders = patch_grid_encoders()
+    if config.fusion == "after_upsampler" and name.lower() in patch_encoders:
         raise UserError(
             "fusion after_upsampler encodes clicks at the upsampled resolution: set model.click_encoder.name=conv"
         )
-    if config.fusion != "after_upsampler" and name not in PATCH_ENCODERS:
+    if config.fusion != "after_upsampler" and name.lower() not in patch_encoders:
         raise UserError(
             f"fusion {config.fusion} puts click tokens on the patch grid: model.click_encoder.name must be one of "
-            f"{', '.join(PATCH_ENCODERS)}, got {name!r}"
+            f"{', '.join(patch_encoders)}, got {name!r}"
         )

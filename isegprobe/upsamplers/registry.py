@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from isegprobe.errors import UserError
+from isegprobe.registry import Registry
 from isegprobe.upsamplers.base import Upsampler
 
 UpsamplerFactory = Callable[[int, str | None], Upsampler]
-_REGISTRY: dict[str, UpsamplerFactory] = {}
+UPSAMPLERS: Registry[UpsamplerFactory] = Registry("upsampler")
 
 
 def register_upsampler(name: str) -> Callable[[UpsamplerFactory], UpsamplerFactory]:
-    def decorator(factory: UpsamplerFactory) -> UpsamplerFactory:
-        _REGISTRY[name.lower()] = factory
-        return factory
-
-    return decorator
+    """Decorate a `(dim, weights) -> Upsampler` factory to make it `create_upsampler(name, ...)`."""
+    return UPSAMPLERS.register(name)
 
 
 def list_upsamplers() -> list[str]:
-    return sorted(_REGISTRY)
+    return UPSAMPLERS.names()
 
 
 def create_upsampler(name: str, dim: int, weights: str | None = None) -> Upsampler:
@@ -29,7 +26,4 @@ def create_upsampler(name: str, dim: int, weights: str | None = None) -> Upsampl
     With `weights=None` a method must still build (randomly initialised): `load_probe` rebuilds upsamplers that way
     and fills their weights from the probe checkpoint.
     """
-    factory = _REGISTRY.get(name.lower())
-    if factory is None:
-        raise UserError(f"unknown upsampler {name!r}; known: {', '.join(list_upsamplers())}")
-    return factory(dim, weights)
+    return UPSAMPLERS.get(name)(dim, weights)

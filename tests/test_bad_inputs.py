@@ -1,6 +1,6 @@
-"""Every bad input in the README's table "When the input is wrong", given to the command as a user would: each must
+"""Every bad input in docs/errors.md's table "When the input is wrong", given to the command as a user would: each must
 exit non-zero with its message (naming the file, option or item and what was expected), never a traceback, and leave
-every file already written as it was. A second test keeps the README's table and these cases the same list."""
+every file already written as it was. A second test keeps that table and these cases the same list."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from dataset_trees import box, write_image, write_mask
 from launch import hold_lock
 from safetensors.torch import load_file
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ERROR_TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
 
 def extraction(*options: object, featurizer: str = "vit_small_patch14_dinov2", weights: object = "random") -> list:
@@ -84,13 +84,13 @@ def in_process(arguments: list[object]) -> tuple[int, str]:
 
 class Case(NamedTuple):
     arguments: Callable[[World], list[object]]
-    message: str  # what the output must contain; the README row shows it
+    message: str  # what the output must contain; the table row shows it
     exit_code: int = 1  # 2: click's own refusal of an option's value, as for any usage error
     run: Callable[[list[object]], tuple[int, str]] = in_process
     then: Callable[[World, str], None] | None = None  # further checks once the command has ended, given its output
 
 
-# README row label -> (arguments built from the world, the words the message must contain)
+# table row label -> (arguments built from the world, the words the message must contain)
 CASES: dict[str, Case] = {
     "dataset root that does not exist": Case(
         lambda w: extraction("--dataset", "grabcut", "--root", w.root / "nowhere", "--out", w.root / "x"),
@@ -329,8 +329,8 @@ def test_bad_input_gets_its_message_and_a_non_zero_exit(world: World, case: str)
         then(world, output)
 
 
-def test_the_readme_table_lists_exactly_these_cases_with_their_messages() -> None:
-    section = README.read_text().split("## When the input is wrong", 1)[1].split("\n## ", 1)[0]
+def test_the_error_table_lists_exactly_these_cases_with_their_messages() -> None:
+    section = ERROR_TABLE.read_text().split("## When the input is wrong", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     table = {cells[0].strip(): cells[1] for cells in rows[1:]}
     assert list(table) == list(CASES)

@@ -21,7 +21,8 @@ MAX_LISTED_WARNINGS = 20
 def datasets() -> None:
     """List, check and download the datasets the probe reads.
 
-    Dataset folders are set once in configs/datasets.yaml (or the file $ISEGPROBE_DATASETS names); --root wins.
+    Dataset folders come from $ISEGPROBE_DATASETS's file, else ~/.config/isegprobe/datasets.yaml ($XDG_CONFIG_HOME),
+    else data/<folder> under the current directory; --root wins.
     """
 
 
@@ -41,7 +42,7 @@ def _root_status(name: str, root: str | None) -> str:
 def list_command() -> None:
     """Every dataset family: published size, configured root, and whether it is there."""
     config = load_dataset_config()
-    click.echo(f"roots from {config.path}")
+    click.echo(f"roots from {config.roots_source}")
     rows = [("name", "splits (test =)", "published", "root", "status")]
     for name in list_datasets():
         facts = CATALOG.get(name)
@@ -72,7 +73,7 @@ def _print_report(report: CheckReport) -> None:
 
 @datasets.command("check")
 @click.argument("name")
-@click.option("--root", default=None, help="Folder of the dataset; default: its entry in configs/datasets.yaml.")
+@click.option("--root", default=None, help="Folder of the dataset; default: its configured root (see `datasets list`).")
 @click.option(
     "--split",
     default=None,

@@ -1,5 +1,6 @@
-"""Dataset roots are the user's: $ISEGPROBE_DATASETS, else the XDG config file, else data/<folder> here; --root wins.
-The loader options ship with the recipe, and a user's file may override them key by key."""
+"""Dataset roots are the user's: $ISEGPROBE_DATASETS's file, else the XDG config file; a dataset the file does not
+name is looked for in data/<folder> here; --root wins. The loader options ship with the recipe, and a user's file may
+override them key by key."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_without_a_user_file_each_dataset_is_looked_for_in_data(home: Path) -> N
     assert resolve_root("GrabCut", None) == Path("data/GrabCut")
     assert resolve_root("pascalvoc", None) == Path("data/VOCdevkit/VOC2012")
     assert resolve_root("custom", None) is None, "your own data has no conventional folder"
-    assert "the defaults data/<folder>" in config.roots_source
+    assert config.roots_source == f"data/<folder> under {home} (no {config.path})"
     with pytest.raises(UserError, match=r"data/SBD does not exist .*set roots\.sbd in .*config/isegprobe/datasets"):
         require_root("sbd", None)
     (home / "data" / "SBD").mkdir(parents=True)
@@ -51,14 +52,20 @@ def test_without_a_user_file_each_dataset_is_looked_for_in_data(home: Path) -> N
 
 
 def test_the_xdg_file_then_the_environment_variable_then_root_win(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    xdg = write_yaml(home / "config" / "isegprobe" / "datasets.yaml", {"roots": {"sbd": "/xdg/SBD"}})
+    xdg = write_yaml(home / "config" / "isegprobe" / "datasets.yaml", {"roots": {"sbd": "/xdg/SBD", "davis": None}})
     assert resolve_root("sbd", None) == Path("/xdg/SBD")
-    assert resolve_root("grabcut", None) is None, "a user file lists every root it means; no data/ fallback"
-    assert load_dataset_config().roots_source == str(xdg)
+    assert resolve_root("grabcut", None) == Path("data/GrabCut"), "a dataset the file does not name: its default"
+    assert resolve_root("davis", None) is None, "null: no root"
+    with pytest.raises(UserError, match=rf"no folder given for davis and none set under roots\.davis in {xdg}"):
+        require_root("davis", None)
+    with pytest.raises(UserError, match=rf"^roots\.sbd in {xdg}: /xdg/SBD does not exist"):
+        require_root("sbd", None)
+    assert load_dataset_config().roots_source == f"{xdg}, else data/<folder> under {home}"
     named = write_yaml(home / "mine.yaml", {"roots": {"sbd": "~/SBD"}})
     monkeypatch.setenv(CONFIG_ENV, str(named))
     assert resolve_root("sbd", None) == Path("~/SBD").expanduser()
-    assert load_dataset_config().roots_source == f"{named} (${CONFIG_ENV})"
+    assert resolve_root("davis", None) == Path("data/DAVIS"), "the XDG file is not read then"
+    assert load_dataset_config().roots_source.startswith(f"{named} (${CONFIG_ENV}), else")
     assert resolve_root("sbd", "elsewhere") == Path("elsewhere")
     with pytest.raises(UserError, match=r"^--root: elsewhere does not exist"):
         require_root("sbd", "elsewhere")
@@ -94,9 +101,18 @@ def test_shipped_options_apply_and_the_users_win_key_by_key(home: Path, monkeypa
     assert options_source("lvis", "train") != str(mine)
 
 
-def test_datasets_list_says_where_the_roots_come_from(home: Path) -> None:
+def test_datasets_list_says_where_each_root_comes_from(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def row(output: str, name: str) -> list[str]:
+        return next(line for line in output.splitlines() if line.startswith(f"{name} ")).split()
+
     result = CliRunner().invoke(datasets, ["list"])
     assert result.exit_code == 0, result.output
-    assert f"roots from the defaults data/<folder> under {home}" in result.output
-    grabcut = next(line for line in result.output.splitlines() if line.startswith("grabcut "))
-    assert "data/GrabCut" in grabcut and grabcut.endswith("missing")
+    assert f"roots from data/<folder> under {home} (no {home / 'config'}" in result.output
+    assert row(result.output, "grabcut")[-3:] == ["data/GrabCut", "default", "missing"]
+    assert row(result.output, "custom")[-4:] == ["-", "default", "not", "set"]
+    (home / "SBD").mkdir()
+    monkeypatch.setenv(CONFIG_ENV, str(write_yaml(home / "mine.yaml", {"roots": {"sbd": str(home / "SBD")}})))
+    result = CliRunner().invoke(datasets, ["list"])
+    assert f"roots from {home / 'mine.yaml'} (${CONFIG_ENV}), else data/<folder>" in result.output
+    assert row(result.output, "sbd")[-5:] == [str(home / "SBD"), "file", "layout", "not", "found"]
+    assert row(result.output, "grabcut")[-2:] == ["default", "missing"]

@@ -21,8 +21,8 @@ MAX_LISTED_WARNINGS = 20
 def datasets() -> None:
     """List, check and download the datasets the probe reads.
 
-    Dataset folders come from $ISEGPROBE_DATASETS's file, else ~/.config/isegprobe/datasets.yaml ($XDG_CONFIG_HOME),
-    else data/<folder> under the current directory; --root wins.
+    Dataset folders come from the file $ISEGPROBE_DATASETS names, else ~/.config/isegprobe/datasets.yaml
+    ($XDG_CONFIG_HOME); a dataset the file does not name is looked for in data/<folder> here. --root wins.
     """
 
 
@@ -43,13 +43,14 @@ def list_command() -> None:
     """Every dataset family: published size, configured root, and whether it is there."""
     config = load_dataset_config()
     click.echo(f"roots from {config.roots_source}")
-    rows = [("name", "splits (test =)", "published", "root", "status")]
+    rows = [("name", "splits (test =)", "published", "root", "from", "status")]
     for name in list_datasets():
         facts = CATALOG.get(name)
-        root = config.roots.get(name)
+        root = config.root(name)
         splits = f"{', '.join(facts.splits) or 'any'} ({facts.eval_split})" if facts else "-"
         published = facts.published_text(facts.eval_split) if facts else "-"
-        rows.append((name, splits, published, root or "-", _root_status(name, root)))
+        origin = "-" if name == "builtin" else config.root_origin(name)
+        rows.append((name, splits, published, root or "-", origin, _root_status(name, root)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

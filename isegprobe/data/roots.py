@@ -2,10 +2,12 @@
 
 Roots are a user setting, so none ship with the package. They come from the user's datasets.yaml: the file
 `$ISEGPROBE_DATASETS` names if set, else `$XDG_CONFIG_HOME/isegprobe/datasets.yaml` (~/.config/isegprobe/) if it
-exists; without either file each dataset is looked for in `data/<its folder>` under the current directory, where
-`isegprobe datasets download NAME --to data` puts it. A --root option always wins. The loader options (RITM's SBD
-training filters, ...) are part of the recipe and ship in isegprobe.configs' datasets.yaml; an `options:` mapping of
-the same shape in the user's file wins key by key.
+exists; a dataset the file does not name (or every dataset, without a file) is looked for in `data/<its folder>`
+under the current directory, where `isegprobe datasets download NAME --to data` puts it. A --root option always wins;
+`null` in the file means no root. In the file, `~` is expanded and
+relative roots are taken from the current directory. The loader options (RITM's SBD training filters, ...) are part
+of the recipe and ship in isegprobe.configs' datasets.yaml; an `options:` mapping of the same shape in the user's
+file wins key by key.
 """
 
 from __future__ import annotations
@@ -32,20 +34,28 @@ Options = dict[str, dict[str, dict[str, Any]]]  # dataset -> split -> keyword ->
 @dataclass(frozen=True)
 class DatasetConfig:
     path: Path  # the user's datasets.yaml: the one read, or where one would be read
-    from_file: bool  # False: there is no such file, and the roots are the data/<folder> defaults
-    named_by_env: bool  # whether $ISEGPROBE_DATASETS named `path`
-    roots: dict[str, str | None]
+    from_file: bool  # whether that file exists
+    named_by_env: bool  # whether $ISEGPROBE_DATASETS named it
+    user_roots: dict[str, str | None]  # the roots the file sets (null: none)
     options: Options  # the shipped options with the user's on top
     user_options: frozenset[tuple[str, str]]  # the (dataset, split) pairs whose options the user's file sets
 
+    def root(self, name: str) -> str | None:
+        """`name`'s root: the file's entry if it has one, else the data/<folder> default."""
+        name = name.lower()
+        return self.user_roots[name] if name in self.user_roots else default_root(name)
+
+    def root_origin(self, name: str) -> str:
+        return "file" if name.lower() in self.user_roots else "default"
+
     @property
     def roots_source(self) -> str:
-        """Where the roots come from, for messages and `datasets list`."""
-        if self.named_by_env:
-            return f"{self.path} (${CONFIG_ENV})"
-        if self.from_file:
-            return str(self.path)
-        return f"the defaults {DATA_DIR}/<folder> under {Path.cwd()} (no {self.path}, no ${CONFIG_ENV})"
+        """Where the roots come from, for `datasets list`."""
+        defaults = f"{DATA_DIR}/<folder> under {Path.cwd()}"
+        if not self.from_file:
+            return f"{defaults} (no {self.path})"
+        named = f" (${CONFIG_ENV})" if self.named_by_env else ""
+        return f"{self.path}{named}, else {defaults}"
 
     def options_source(self, name: str, split: str) -> str:
         return str(self.path if (name.lower(), split) in self.user_options else SHIPPED_OPTIONS)
@@ -62,9 +72,10 @@ def user_config_path() -> tuple[Path, bool]:
     return config_home / "isegprobe" / "datasets.yaml", False
 
 
-def default_roots() -> dict[str, str | None]:
-    """Each dataset's conventional folder under the current directory (`datasets download NAME --to data`)."""
-    return {name: str(DATA_DIR / facts.folder) if facts.folder else None for name, facts in CATALOG.items()}
+def default_root(name: str) -> str | None:
+    """The dataset's conventional folder under the current directory (`datasets download NAME --to data`)."""
+    facts = CATALOG.get(name.lower())
+    return str(DATA_DIR / facts.folder) if facts is not None and facts.folder else None
 
 
 def load_dataset_config() -> DatasetConfig:
@@ -73,7 +84,7 @@ def load_dataset_config() -> DatasetConfig:
         raise UserError(f"${CONFIG_ENV}: {path} is not a file (expected a YAML file with roots: NAME: FOLDER)")
     options = _read(SHIPPED_OPTIONS, {"options"})["options"]
     if not path.is_file():
-        return DatasetConfig(path, False, False, default_roots(), options, frozenset())
+        return DatasetConfig(path, False, False, {}, options, frozenset())
     user = _read(path, {"roots", "options"})
     user_options = set()
     for name, by_split in user["options"].items():
@@ -112,7 +123,7 @@ def resolve_root(name: str, root_option: str | Path | None) -> Path | None:
     """The root a command should use for dataset `name`: the --root option if given, else the configured one."""
     if root_option is not None:
         return Path(root_option).expanduser()
-    configured = load_dataset_config().roots.get(name.lower())
+    configured = load_dataset_config().root(name)
     return Path(configured).expanduser() if configured else None
 
 
@@ -124,14 +135,14 @@ def require_root(name: str, root_option: str | Path | None) -> Path:
     if root_option is not None:
         raise UserError(f"--root: {root} does not exist")
     config = load_dataset_config()
-    if config.from_file:
+    if config.root_origin(name) == "file":
         if root is None:
             raise UserError(f"--root: no folder given for {name} and none set under roots.{name} in {config.path}")
-        raise UserError(f"roots.{name} in {config.roots_source}: {root} does not exist")
+        raise UserError(f"roots.{name} in {config.path}: {root} does not exist")
     if root is None:
         raise UserError(f"--root: no folder given for {name}, which has no default; set roots.{name} in {config.path}")
     raise UserError(
-        f"{root} does not exist ({name}'s folder by {config.roots_source}); pass --root DIR or set roots.{name} in "
+        f"{root} does not exist ({name}'s default folder, under {Path.cwd()}); pass --root DIR or set roots.{name} in "
         f"{config.path}"
     )
 

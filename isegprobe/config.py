@@ -1,9 +1,10 @@
 """Training configuration: YAML presets -> typed dataclasses, with `--set key.sub=value` overrides.
 
 Every default lives here, so a preset lists only what it means to say and a checkpoint's JSON describes its run in
-full. The defaults are the seed's SBD recipe (RITM/SimpleClick training settings). Every number has its allowed
-range beside its default (`number`), checked when a config is built, so a value such as `optim.lr=inf` or
-`schedule.epochs=-3` stops the command at once instead of training on nonsense.
+full. The defaults are the SBD recipe of the iSegProbe research code (arXiv 2505.02075; RITM/SimpleClick training
+settings). Every number has its allowed range beside its default (`number`), checked when a config is built, so a
+value such as `optim.lr=inf` or `schedule.epochs=-3` stops the command at once instead of training on nonsense.
+Where presets are found and how their `base:` chains unfold: isegprobe.presets.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from typing import Any
 import yaml
 
 from isegprobe.errors import UserError
-
-PRESET_DIR = Path(__file__).parent / "configs" / "train"
+from isegprobe.presets import read_config_layers
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class UpsamplerConfig:
 
 @dataclass
 class HeadConfig:
-    """`width: null` is the seed's full head (3x3 convs at the feature dim); a number adds a 1x1 reduction first."""
+    """`width: null` is iSegProbe's full head (3x3 convs at the feature dim); a number adds a 1x1 reduction first."""
 
     width: int | None = number(None, AT_LEAST_ONE)
 
@@ -101,8 +101,8 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     click_radius: int = number(5, AT_LEAST_ONE)
     # How bilinear resizes to the image place the patch grid: false aligns pixel centres (every token over its own
-    # patch); true aligns the corner pixels, the seed's geometry, which its presets and imported probes keep so that
-    # their numbers compare with the seed's.
+    # patch); true aligns the corner pixels, the iSegProbe research code's geometry, which the presets of its models
+    # and the probes imported from it keep so that their numbers compare with its own.
     align_corners: bool = False
 
 
@@ -221,42 +221,26 @@ class TrainConfig:
     seed: int = number(0, NON_NEGATIVE)
 
 
-def list_presets() -> list[str]:
-    return sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
-
-
-def resolve_preset(source: str | Path) -> Path:
-    """A YAML path as given, or a preset name such as `sbd_224` from the package's configs/train/."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    preset = PRESET_DIR / f"{Path(str(source)).stem}.yaml"
-    if path.suffix not in (".yaml", ".yml") and preset.is_file():
-        return preset
-    raise UserError(
-        f"--config: no file {str(source)!r} and no preset of that name; presets: {', '.join(list_presets())}"
-    )
-
-
 def load_train_config(source: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults, then the YAML file or preset `source`, then `key.sub=value` overrides."""
-    data: dict[str, Any] = {}
-    if source is not None:
-        path = resolve_preset(source)
+    """Defaults, then the YAML file or preset `source` (after its chain of bases), then `key.sub=value` overrides."""
+    merged = config_to_dict(TrainConfig())
+    layers = read_config_layers(source) if source is not None else []
+    for name, layer in layers:
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise UserError(f"--config: {path} is not valid YAML: {error}") from error
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise UserError(f"--config: {path} must hold a mapping at the top level")
-        data = dict(loaded or {})
-    return train_config_from_dict(data, overrides)
+            _merge_into(merged, layer, prefix="")
+        except UserError as error:
+            raise UserError(f"--config: {name}: {error}") from None
+    return _finish(merged, overrides)
 
 
 def train_config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
     """Rebuild a config from a (possibly partial) nested dict, e.g. one saved in a checkpoint's JSON."""
     merged = config_to_dict(TrainConfig())
     _merge_into(merged, data, prefix="")
+    return _finish(merged, overrides)
+
+
+def _finish(merged: dict[str, Any], overrides: Sequence[str]) -> TrainConfig:
     for override in overrides:
         _apply_override(merged, override)
     config = _build(TrainConfig, merged, prefix="")

@@ -25,6 +25,14 @@ def each_test_keeps_its_pixel_limit_to_itself():
         os.environ[MAX_PIXELS_ENV] = before
 
 
+@pytest.fixture(autouse=True)
+def no_users_dataset_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The user's own datasets.yaml ($ISEGPROBE_DATASETS, ~/.config/isegprobe/) must not reach a test: roots then
+    default to data/<folder>, options to the shipped ones, unless the test writes its own file."""
+    monkeypatch.delenv("ISEGPROBE_DATASETS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.getbasetemp() / "no-user-config"))
+
+
 @pytest.fixture(scope="session")
 def grabcut_root() -> Path:
     if not (GRABCUT_ROOT / "data_GT").is_dir():

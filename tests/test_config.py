@@ -1,23 +1,19 @@
-"""Training config: defaults = the seed's SBD recipe, presets, `--set` overrides, and errors that name the key."""
+"""Training config: defaults = iSegProbe's SBD recipe, presets and their bases, `--set` overrides, and errors that name
+the key or the file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
-from isegprobe.config import (
-    PRESET_DIR,
-    TrainConfig,
-    config_to_dict,
-    list_presets,
-    load_train_config,
-    train_config_from_dict,
-)
+from isegprobe.config import TrainConfig, config_to_dict, load_train_config, train_config_from_dict
 from isegprobe.errors import UserError
+from isegprobe.presets import BASE_KEY, list_presets, preset_folder
 
 
-def test_defaults_are_the_seed_sbd_recipe() -> None:
+def test_defaults_are_the_isegprobe_sbd_recipe() -> None:
     config = TrainConfig()
     assert (config.optim.lr, config.optim.betas, config.optim.eps) == (5e-5, [0.9, 0.999], 1e-8)
     assert (config.schedule.epochs, config.schedule.milestones, config.schedule.gamma) == (20, [17, 20], 0.1)
@@ -38,21 +34,110 @@ def test_defaults_are_the_seed_sbd_recipe() -> None:
     )
 
 
+def preset_text(name: str) -> str:
+    return (preset_folder() / f"{name}.yaml").read_text()
+
+
 def test_presets_load_and_say_which_head_they_use() -> None:
-    assert {"sbd_224", "sbd_448", "fast_cpu"} <= set(list_presets())
+    assert set(list_presets()) == {
+        "fast_cpu",
+        "quickstart",
+        "sbd_224",
+        "sbd_448",
+        "sbd_dinov2_patch-embed",
+        "sbd_dinov2_simple-vit_noup",
+        "sbd_maskclip_patch-embed_noup",
+        "sbd_research",
+        "sbd_vit_patch-embed_noup",
+    }
     assert load_train_config("sbd_224") == TrainConfig()
     sbd_448 = load_train_config("sbd_448")
     assert sbd_448.data.size == 448 and sbd_448.model.head.width is None
     fast = load_train_config("fast_cpu")
     assert fast.model.head.width == 64 and fast.data.batch_size == 4
     for name in list_presets():
-        assert "# Head:" in (PRESET_DIR / f"{name}.yaml").read_text(), name
+        assert "# Head:" in preset_text(name), name
+
+
+def test_a_preset_says_only_what_differs_from_its_base() -> None:
+    assert yaml.safe_load(preset_text("sbd_448")) == {"base": "sbd_224", "data": {"size": 448}}
+    for name in list_presets():
+        data = yaml.safe_load(preset_text(name))
+        base = data.pop(BASE_KEY, None)
+        if base is None:
+            continue
+        inherited = config_to_dict(load_train_config(base))
+        for key, value in _leaves(data):
+            assert _lookup(inherited, key) != value, f"{name}: {key} is {value!r} in its base {base} already"
+
+
+def _leaves(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _lookup(data: dict, dotted: str):
+    for key in dotted.split("."):
+        data = data[key]
+    return data
+
+
+def test_the_dinov2_patch_embed_preset_takes_its_upsampler_by_override() -> None:
+    """One preset for the research code's five DINOv2 patch-embed configurations: the upsampler is an override, and
+    a frozen learned one runs in training mode as the research code runs it."""
+    bilinear = load_train_config("sbd_dinov2_patch-embed")
+    assert (bilinear.model.upsampler.name, bilinear.model.fusion, bilinear.data.featurizer) == (
+        "bilinear",
+        "before_backbone",
+        "dinov2_vits14",
+    )
+    lift = load_train_config("sbd_dinov2_patch-embed", ["model.upsampler.name=lift", "model.upsampler.weights=w.pth"])
+    assert lift.model.upsampler.train_mode_when_frozen and lift.model.upsampler.weights == "w.pth"
+    assert config_to_dict(lift)["data"] == config_to_dict(bilinear)["data"]
 
 
 def test_a_preset_is_found_by_name_or_by_path() -> None:
-    assert load_train_config(PRESET_DIR / "fast_cpu.yaml") == load_train_config("fast_cpu")
+    assert load_train_config(Path(str(preset_folder() / "fast_cpu.yaml"))) == load_train_config("fast_cpu")
     with pytest.raises(UserError, match="sbd_999"):
         load_train_config("sbd_999")
+    with pytest.raises(UserError, match="no file 'sbd_224.yaml'"):
+        load_train_config("sbd_224.yaml")
+
+
+def test_bases_chain_from_a_file_to_presets_and_to_files_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "mine.yaml").write_text("base: fast_cpu\noptim:\n  lr: 1.0e-3\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "short.yaml").write_text("base: ../mine.yaml\nschedule:\n  max_iters: 5\n")
+    config = load_train_config(tmp_path / "runs" / "short.yaml")
+    assert config == load_train_config("fast_cpu", ["optim.lr=1e-3", "schedule.max_iters=5"])
+    assert load_train_config("quickstart").model.head.width == 64, "quickstart -> fast_cpu -> sbd_224"
+
+
+def test_a_base_cycle_or_an_unknown_base_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    cycle = r"b\.yaml: base 'a\.yaml' makes a cycle: \S*a\.yaml -> \S*b\.yaml -> \S*a\.yaml$"
+    with pytest.raises(UserError, match=cycle):
+        load_train_config(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(UserError, match=r"self\.yaml: base 'self\.yaml' makes a cycle"):
+        load_train_config(tmp_path / "self.yaml")
+    (tmp_path / "lost.yaml").write_text("base: sbd_999\n")
+    with pytest.raises(UserError, match=r"lost\.yaml: base: no file .*and no preset 'sbd_999'; presets: fast_cpu"):
+        load_train_config(tmp_path / "lost.yaml")
+    (tmp_path / "listed.yaml").write_text("base: [sbd_224]\n")
+    with pytest.raises(UserError, match=r"listed\.yaml: base must be a preset name or a YAML path"):
+        load_train_config(tmp_path / "listed.yaml")
+
+
+def test_a_bad_key_in_a_base_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "typo.yaml").write_text("optim:\n  lrr: 1.0\n")
+    (tmp_path / "child.yaml").write_text("base: typo.yaml\n")
+    with pytest.raises(UserError, match=r"typo\.yaml: unknown config key 'optim\.lrr'"):
+        load_train_config(tmp_path / "child.yaml")
 
 
 def test_overrides_are_parsed_as_yaml_scalars() -> None:

@@ -73,7 +73,12 @@ def test_list_shows_configured_roots_and_whether_they_are_there(tmp_path, monkey
     config = use_dataset_config(
         monkeypatch,
         tmp_path,
-        roots={"grabcut": str(grabcut_root), "berkeley": str(berkeley), "davis": str(tmp_path / "nowhere")},
+        roots={
+            "grabcut": str(grabcut_root),
+            "berkeley": str(berkeley),
+            "davis": str(tmp_path / "nowhere"),
+            "sbd": None,
+        },
     )
     result = _run("list")
     assert result.exit_code == 0, result.output
@@ -92,7 +97,7 @@ def test_list_shows_configured_roots_and_whether_they_are_there(tmp_path, monkey
 
 
 def test_check_unknown_dataset_and_missing_root_are_clear(tmp_path, monkeypatch):
-    use_dataset_config(monkeypatch, tmp_path, roots={})
+    use_dataset_config(monkeypatch, tmp_path, roots={"sbd": None})
     assert "unknown dataset 'nope'" in _run("check", "nope", "--root", tmp_path).output
     missing = _run("check", "sbd")
     assert missing.exit_code == 1 and "no folder given for sbd" in missing.output

@@ -380,9 +380,9 @@ def test_every_research_configuration_has_its_preset_and_imports_to_it(
         injection=injection,
     )
     folder, name = research_file.removesuffix(".py").split("/")
-    assert seed.preset == f"sbd_{folder}_{name}"
-    preset = load_train_config(seed.preset)
-    imported = load_train_config(seed.preset, seed.overrides)
+    assert f"sbd_{folder}_{name}".startswith(seed.preset), "the file's preset, or its family's (upsampler by --set)"
+    preset = load_train_config(seed.preset, seed.preset_overrides)
+    imported = load_train_config(seed.preset, [*seed.preset_overrides, *seed.overrides])
     assert (imported.model.fusion, imported.model.upsampler.name) == (preset.model.fusion, preset.model.upsampler.name)
     assert imported.model.click_encoder.name == preset.model.click_encoder.name
     assert preset.model.align_corners and preset.data.size == seed.size

@@ -39,6 +39,7 @@ from isegprobe.training.losses import masked_bce
 from isegprobe.training.next_clicks import add_next_clicks, next_click
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
+from isegprobe.training.seed_checkpoints import RESEARCH_PRESETS
 from isegprobe.training.trainer import batch_iou
 from isegprobe.upsamplers import create_upsampler
 
@@ -498,25 +499,13 @@ def test_a_learned_upsampler_without_weights_must_be_trained_or_given_weights(tm
     assert train(config, dataset, tmp_path / "trained", device="cpu", progress=False).step == 1
 
 
-RESEARCH_PRESETS = [
-    "sbd_dinov2_patch-embed_bilinear",
-    "sbd_dinov2_patch-embed_jbu",
-    "sbd_dinov2_patch-embed_lift",
-    "sbd_dinov2_patch-embed_loftup",
-    "sbd_dinov2_patch-embed_noup",
-    "sbd_dinov2_simple-vit_noup",
-    "sbd_maskclip_patch-embed_noup",
-    "sbd_vit_patch-embed_noup",
-]
-
-
-@pytest.mark.parametrize("preset", RESEARCH_PRESETS)
+@pytest.mark.parametrize(("preset", "preset_overrides"), sorted(RESEARCH_PRESETS.values()))
 def test_the_research_presets_train_with_a_frozen_upsampler_from_its_file(
-    preset: str, tmp_path: Path, featurizer: nn.Module
+    preset: str, preset_overrides: tuple[str, ...], tmp_path: Path, featurizer: nn.Module
 ) -> None:
     """Each preset trains a step; a frozen upsampler comes out as its authors' file went in, even where the preset
     runs it in training mode as the research code does (its BatchNorm statistics are not updated)."""
-    model = load_train_config(preset).model
+    model = load_train_config(preset, preset_overrides).model
     online = model.fusion == "before_backbone"
     dataset = SquaresDataset(count=2, featurizer=None if online else featurizer)
     dataset.preprocessing.update(mean=list(featurizer.mean), std=list(featurizer.std))
@@ -536,7 +525,9 @@ def test_the_research_presets_train_with_a_frozen_upsampler_from_its_file(
                 module.running_var.uniform_(0.5, 2)
         torch.save(upsampler.state_dict(), tmp_path / "authors.pth")
         overrides.append(f"model.upsampler.weights={tmp_path / 'authors.pth'}")
-    config = load_train_config(preset, [*overrides, "model.click_encoder.depth=1", "model.click_encoder.mlp_dim=64"])
+    config = load_train_config(
+        preset, [*preset_overrides, *overrides, "model.click_encoder.depth=1", "model.click_encoder.mlp_dim=64"]
+    )
     summary = train(config, dataset, tmp_path / "run", featurizer=featurizer, online=online, progress=False)
     assert summary.step == 1
     saved = load_file(tmp_path / "run" / "last.safetensors")

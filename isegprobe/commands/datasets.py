@@ -21,7 +21,8 @@ MAX_LISTED_WARNINGS = 20
 def datasets() -> None:
     """List, check and download the datasets the probe reads.
 
-    Dataset folders are set once in configs/datasets.yaml (or the file $ISEGPROBE_DATASETS names); --root wins.
+    Dataset folders come from the file $ISEGPROBE_DATASETS names, else ~/.config/isegprobe/datasets.yaml
+    ($XDG_CONFIG_HOME); a dataset the file does not name is looked for in data/<folder> here. --root wins.
     """
 
 
@@ -41,14 +42,15 @@ def _root_status(name: str, root: str | None) -> str:
 def list_command() -> None:
     """Every dataset family: published size, configured root, and whether it is there."""
     config = load_dataset_config()
-    click.echo(f"roots from {config.path}")
-    rows = [("name", "splits (test =)", "published", "root", "status")]
+    click.echo(f"roots from {config.roots_source}")
+    rows = [("name", "splits (test =)", "published", "root", "from", "status")]
     for name in list_datasets():
         facts = CATALOG.get(name)
-        root = config.roots.get(name)
+        root = config.root(name)
         splits = f"{', '.join(facts.splits) or 'any'} ({facts.eval_split})" if facts else "-"
         published = facts.published_text(facts.eval_split) if facts else "-"
-        rows.append((name, splits, published, root or "-", _root_status(name, root)))
+        origin = "-" if name == "builtin" else config.root_origin(name)
+        rows.append((name, splits, published, root or "-", origin, _root_status(name, root)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
@@ -72,7 +74,7 @@ def _print_report(report: CheckReport) -> None:
 
 @datasets.command("check")
 @click.argument("name")
-@click.option("--root", default=None, help="Folder of the dataset; default: its entry in configs/datasets.yaml.")
+@click.option("--root", default=None, help="Folder of the dataset; default: its configured root (see `datasets list`).")
 @click.option(
     "--split",
     default=None,

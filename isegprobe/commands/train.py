@@ -14,11 +14,12 @@ from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option
-from isegprobe.config import list_presets, load_train_config
+from isegprobe.config import load_train_config
 from isegprobe.devices import default_device
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
+from isegprobe.presets import list_presets
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata, resume_config
 from isegprobe.training.trainer import TrainSummary
 from isegprobe.training.trainer import train as run_training
@@ -99,7 +100,8 @@ def train(
     isegprobe train --config fast_cpu --set model.head.width=32 --store STORE --out RUN --max-iters 200
     torchrun --nproc-per-node 4 -m isegprobe train --config sbd_224 --store STORE --out RUN
     Writes into --out: last/best checkpoints (.safetensors weights + .json config and provenance), tensorboard/
-    and scalars.csv (loss, pixel BCE, IoU, lr). Early-fusion presets (sbd_dinov2_patch-embed_*) run the backbone online.
+    and scalars.csv (loss, pixel BCE, IoU, lr). Early-fusion presets (sbd_research, sbd_*_patch-embed*) run the
+    backbone online.
     """
     overrides = (*overrides, f"schedule.max_iters={max_iters}") if max_iters is not None else overrides
     if resume:

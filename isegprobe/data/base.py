@@ -16,7 +16,7 @@ import numpy as np
 
 from isegprobe.data.catalog import dataset_facts
 from isegprobe.data.registry import SampleSource
-from isegprobe.data.roots import config_path, dataset_options, require_root
+from isegprobe.data.roots import dataset_options, options_source, require_root
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
 
@@ -162,6 +162,7 @@ def build_source(name: str, root: Path | None, split: str, loader: Callable[...,
     unknown = sorted(set(options) - accepted)
     if unknown:
         known = sorted(accepted) or "none"
-        raise UserError(f"{config_path()}: options.{name}.{base_split}: unknown keys {unknown}; {name} accepts {known}")
+        where = options_source(name, base_split)
+        raise UserError(f"{where}: options.{name}.{base_split}: unknown keys {unknown}; {name} accepts {known}")
     source = loader(root=require_root(name, root), split=base_split, **options)
     return PerInstanceSource(source) if per_instance else source

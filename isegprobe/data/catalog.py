@@ -1,8 +1,8 @@
 """What is known about each dataset family before touching the disk: splits, published counts, on-disk layout.
 
 `datasets list` prints it, `datasets check` compares what it counts with it, and `datasets download` uses the layout to
-find the dataset's folder inside an archive. Counts are the ones the field publishes (the seed's README, RITM's paper)
-for the evaluation protocol: every annotated instance is one object to segment.
+find the dataset's folder inside an archive. Counts are the ones the field publishes (the iSegProbe research code's
+README, RITM's paper) for the evaluation protocol: every annotated instance is one object to segment.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from isegprobe.errors import UserError
 class DatasetFacts:
     name: str
     title: str
-    folder: str  # the folder name the archives and the default config use
+    folder: str | None  # its folder under a data directory (downloads, the default root); None: no such convention
     splits: tuple[str, ...]  # empty: any split name is accepted (the data have no splits)
     eval_split: str  # what `test` means when the family has no split of that name
     layouts: tuple[tuple[str, ...], ...]  # alternatives; each lists paths that must all exist under the root
@@ -50,7 +50,7 @@ CATALOG: dict[str, DatasetFacts] = _facts(
     DatasetFacts(
         name="builtin",
         title="procedural scenes shipped as code",
-        folder="-",
+        folder=None,
         splits=("train", "test"),
         eval_split="test",
         layouts=((),),
@@ -104,7 +104,7 @@ CATALOG: dict[str, DatasetFacts] = _facts(
     DatasetFacts(
         name="pascalvoc",
         title="PASCAL VOC 2012 instance masks",
-        folder="VOC2012",
+        folder="VOCdevkit/VOC2012",
         splits=("train", "val", "trainval"),
         eval_split="val",
         layouts=(("JPEGImages", "SegmentationObject", "ImageSets/Segmentation"),),
@@ -160,7 +160,7 @@ CATALOG: dict[str, DatasetFacts] = _facts(
     DatasetFacts(
         name="custom",
         title="your own data: images/ + masks/ with the same stem, or a COCO-format JSON",
-        folder="custom",
+        folder=None,
         splits=(),
         eval_split="test",
         layouts=(("images", "masks"),),

@@ -72,16 +72,26 @@ SEED_FUSIONS = {"before_backbone": "before_backbone", "after_backbone": "after_b
 DINO_HUB_VITS = {"dino_vits16": "vit_small_patch16_224.dino", "dino_vits8": "vit_small_patch8_224.dino"}
 
 # (backbone, click encoder, upsampler, fusion) of each configuration the research code ships (models/sbd/) -> the
-# isegprobe preset that reproduces it.
-RESEARCH_PRESETS = {
-    ("dinov2", "patch_embed", "bilinear", "before_backbone"): "sbd_dinov2_patch-embed_bilinear",
-    ("dinov2", "patch_embed", "featup_jbu_stack", "before_backbone"): "sbd_dinov2_patch-embed_jbu",
-    ("dinov2", "patch_embed", "lift", "before_backbone"): "sbd_dinov2_patch-embed_lift",
-    ("dinov2", "patch_embed", "loftup", "before_backbone"): "sbd_dinov2_patch-embed_loftup",
-    ("dinov2", "patch_embed", "identity", "before_backbone"): "sbd_dinov2_patch-embed_noup",
-    ("dinov2", "simple_vit", "identity", "after_backbone"): "sbd_dinov2_simple-vit_noup",
-    ("mask_clip", "patch_embed", "identity", "before_backbone"): "sbd_maskclip_patch-embed_noup",
-    ("vit", "patch_embed", "identity", "before_backbone"): "sbd_vit_patch-embed_noup",
+# isegprobe preset and `--set` overrides that reproduce it. sbd_dinov2_patch-embed holds the five DINOv2 patch-embed
+# configurations, which differ only in the upsampler. It switches a frozen learned upsampler to training mode as the
+# research code does; the flag changes nothing for bilinear and identity, whose imported configs record it off.
+_DINOV2_PATCH_EMBED = "sbd_dinov2_patch-embed"
+_NO_TRAIN_MODE = "model.upsampler.train_mode_when_frozen=false"
+RESEARCH_PRESETS: dict[tuple[str, str, str, str], tuple[str, tuple[str, ...]]] = {
+    ("dinov2", "patch_embed", "bilinear", "before_backbone"): (_DINOV2_PATCH_EMBED, (_NO_TRAIN_MODE,)),
+    ("dinov2", "patch_embed", "featup_jbu_stack", "before_backbone"): (
+        _DINOV2_PATCH_EMBED,
+        ("model.upsampler.name=featup_jbu_stack",),
+    ),
+    ("dinov2", "patch_embed", "lift", "before_backbone"): (_DINOV2_PATCH_EMBED, ("model.upsampler.name=lift",)),
+    ("dinov2", "patch_embed", "loftup", "before_backbone"): (_DINOV2_PATCH_EMBED, ("model.upsampler.name=loftup",)),
+    ("dinov2", "patch_embed", "identity", "before_backbone"): (
+        _DINOV2_PATCH_EMBED,
+        ("model.upsampler.name=identity", _NO_TRAIN_MODE),
+    ),
+    ("dinov2", "simple_vit", "identity", "after_backbone"): ("sbd_dinov2_simple-vit_noup", ()),
+    ("mask_clip", "patch_embed", "identity", "before_backbone"): ("sbd_maskclip_patch-embed_noup", ()),
+    ("vit", "patch_embed", "identity", "before_backbone"): ("sbd_vit_patch-embed_noup", ()),
 }
 # A combination the research code does not ship starts from the generic recipe; the overrides set the model.
 GENERIC_PRESET = "sbd_224"
@@ -95,7 +105,8 @@ class SeedProbe:
     featurizer: str  # the isegprobe featurizer that computes the seed backbone's features
     size: int  # the working size it was trained at (the research code's crop size)
     preset: str  # the isegprobe preset of its research configuration (GENERIC_PRESET for another combination)
-    overrides: list[str]  # `--set` overrides that make the preset this probe's config
+    preset_overrides: list[str]  # `--set` overrides that make the preset that research configuration
+    overrides: list[str]  # `--set` overrides, after those, that make it this probe's config
     state_dict: dict[str, Tensor]  # ISProbe names; the upsampler's weights are not in it
 
 
@@ -168,11 +179,13 @@ def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
         overrides += [f"model.click_encoder.{key}={int(encoder_params[key])}" for key in ("depth", "heads", "mlp_dim")]
         overrides.append(f"model.click_encoder.dim_head={int(encoder_params.get('dim_head', 64))}")
     backbone = str(backbone_cfg.get("type"))
+    preset, preset_overrides = RESEARCH_PRESETS.get((backbone, encoder, upsampler, fusion), (GENERIC_PRESET, ()))
     return SeedProbe(
         backbone=backbone,
         featurizer=featurizer,
         size=_crop_size(encoder_cfg, source),
-        preset=RESEARCH_PRESETS.get((backbone, encoder, upsampler, fusion), GENERIC_PRESET),
+        preset=preset,
+        preset_overrides=list(preset_overrides),
         overrides=overrides,
         state_dict=_probe_weights(dict(checkpoint["state_dict"]), encoder, source),
     )

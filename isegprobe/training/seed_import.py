@@ -54,7 +54,7 @@ def import_seed_probe(
             warnings.simplefilter("ignore", featurizers.RandomWeightsWarning)
             featurizer = featurizers.create_featurizer(seed.featurizer, "random", SEED_NORMALIZATION)
         provenance = _store_provenance(store_path, seed, featurizer.provenance)
-    overrides = [*seed.overrides, f"data.size={seed.size}"]
+    overrides = [*seed.preset_overrides, *seed.overrides, f"data.size={seed.size}"]
     if upsampler_weights is not None:
         overrides.append(f"model.upsampler.weights={upsampler_weights}")
     config = load_train_config(seed.preset, overrides)

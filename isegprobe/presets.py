@@ -1,0 +1,84 @@
+"""Training presets and config files: where a `--config` source is found, and how `base:` chains unfold.
+
+The presets are YAML files in the package `isegprobe.configs` (the repository's top-level configs/train/), read with
+importlib.resources so that an installed isegprobe finds them wherever it runs. A file may start from another with
+`base: NAME` (a preset) or `base: PATH.yaml` (relative to the file that names it) and then says only what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from isegprobe.errors import UserError
+
+PRESET_SUFFIX = ".yaml"
+BASE_KEY = "base"
+
+ConfigFile = Path | Traversable
+
+
+def preset_folder() -> Traversable:
+    return resources.files("isegprobe.configs") / "train"
+
+
+def list_presets() -> list[str]:
+    return sorted(
+        item.name.removesuffix(PRESET_SUFFIX) for item in preset_folder().iterdir() if item.name.endswith(PRESET_SUFFIX)
+    )
+
+
+def find_config_file(source: str | Path, relative_to: Path | None = None) -> ConfigFile:
+    """A YAML file (a relative path from `relative_to`, else the current directory) or a preset name (`sbd_224`)."""
+    path = Path(source).expanduser()
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
+    if path.is_file():
+        return path.resolve()  # one name per file, so that a chain of bases that comes back is seen to
+    text = str(source)
+    if Path(text).suffix not in (".yaml", ".yml") and "/" not in text:
+        preset = preset_folder() / f"{text}{PRESET_SUFFIX}"
+        if preset.is_file():
+            return preset
+    raise UserError(f"no file {str(path)!r} and no preset {text!r}; presets: {', '.join(list_presets())}")
+
+
+def read_config_layers(source: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """The mappings of `source` and of its chain of bases, the farthest base first, each with its file's name."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    file = _find(source, None, "--config")
+    while True:
+        name = str(file)
+        data = _read_mapping(file)
+        base = data.pop(BASE_KEY, None)
+        layers.append((name, data))
+        if base is None:
+            return layers[::-1]
+        if not isinstance(base, str) or not base:
+            raise UserError(f"--config: {name}: base must be a preset name or a YAML path, got {base!r}")
+        file = _find(base, file.parent if isinstance(file, Path) else None, f"--config: {name}: base")
+        chain = [seen for seen, _ in layers]
+        if str(file) in chain:
+            raise UserError(f"--config: {name}: base {base!r} makes a cycle: {' -> '.join([*chain, str(file)])}")
+
+
+def _find(source: str | Path, relative_to: Path | None, where: str) -> ConfigFile:
+    try:
+        return find_config_file(source, relative_to)
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+
+
+def _read_mapping(file: ConfigFile) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise UserError(f"--config: {file} is not valid YAML: {error}") from error
+    if loaded is not None and not isinstance(loaded, Mapping):
+        raise UserError(f"--config: {file} must hold a mapping at the top level")
+    return dict(loaded or {})

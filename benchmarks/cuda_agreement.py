@@ -24,7 +24,7 @@ from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import extract
 from isegprobe.config import load_train_config
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
-from isegprobe.training.trainer import train
+from isegprobe.training import train
 
 
 def parse_args() -> argparse.Namespace:

@@ -25,7 +25,7 @@ from train_throughput import ProbeRun, build_mode, run_round, timed_round
 from isegprobe.cache import CachedDataset, FeatureStore
 from isegprobe.cache.schema import COMPRESSORS
 from isegprobe.config import load_train_config
-from isegprobe.training.trainer import probe_dims
+from isegprobe.training.run_setup import probe_dims
 
 _STORED = ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size")
 

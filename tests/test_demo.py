@@ -38,8 +38,8 @@ from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.runner import checkpoint_backbone
 from isegprobe.inference.tasks import online_tasks
 from isegprobe.inference.zoom_in import ZoomIn
+from isegprobe.training import train
 from isegprobe.training.checkpoint import load_probe
-from isegprobe.training.trainer import train
 
 SIZE = 56
 

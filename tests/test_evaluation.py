@@ -37,8 +37,8 @@ from isegprobe.inference.tasks import cached_tasks
 from isegprobe.inference.visuals import strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn, box_iou, object_box
 from isegprobe.model import ISProbe
+from isegprobe.training import train
 from isegprobe.training.checkpoint import load_probe, save_checkpoint
-from isegprobe.training.trainer import train
 from isegprobe.upsamplers import create_upsampler
 
 FEATURIZER = "vit_small_patch14_dinov2"

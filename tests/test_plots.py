@@ -25,7 +25,7 @@ from isegprobe.inference.results import ResultsWriter
 from isegprobe.plots.feature_panels import feature_panels, named_upsamplers, open_item
 from isegprobe.plots.feature_pca import PcaColours
 from isegprobe.plots.iou_vs_clicks import read_evaluation
-from isegprobe.training.trainer import train
+from isegprobe.training import train
 
 RUN_INFO = {"featurizer": "vit_small_patch14_dinov2", "upsampler": "lift", "fusion": "after_backbone"}
 

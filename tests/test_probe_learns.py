@@ -16,11 +16,12 @@ from isegprobe.inference.evaluation import evaluate_objects
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.tasks import cached_tasks
 from isegprobe.model.probe import ISProbe
-from isegprobe.training import MultiPointSampler, Trainer
+from isegprobe.training import MultiPointSampler, Trainer, train
 from isegprobe.training.checkpoint import load_probe
 from isegprobe.training.click_dataset import ClickTrainingSet
 from isegprobe.training.losses import masked_bce
-from isegprobe.training.trainer import batch_iou, probe_dims, train
+from isegprobe.training.run_setup import probe_dims
+from isegprobe.training.trainer import batch_iou
 
 
 def miou_after_three_clicks(probe, store, preprocessing) -> float:

@@ -38,7 +38,7 @@ from isegprobe.demo.app import build_app
 from isegprobe.demo.catalog import ImageCatalog
 from isegprobe.demo.upload import read_upload
 from isegprobe.state_dicts import TorchScriptWarning
-from isegprobe.training.trainer import train
+from isegprobe.training import train
 
 SIZE = 56
 

@@ -15,7 +15,7 @@ from isegprobe.config import load_train_config
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
-from isegprobe.training.trainer import train
+from isegprobe.training import train
 from isegprobe.units import human_bytes
 
 QUICKSTART_FEATURIZER = "vit_small_patch14_dinov2"

@@ -19,10 +19,11 @@ from isegprobe.devices import default_device
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
+from isegprobe.model import runs_featurizer_online
 from isegprobe.presets import list_presets
+from isegprobe.training import TrainSummary
+from isegprobe.training import train as run_training
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata, resume_config
-from isegprobe.training.trainer import TrainSummary
-from isegprobe.training.trainer import train as run_training
 
 # The research recipe's full-resolution head takes minutes a step on a CPU (188 s on 2 cores at 224 px), so a user who
 # names no preset gets one that suits the device the run will use.
@@ -118,12 +119,7 @@ def train(
 
     dataset = CachedDataset(cache_path, views=config.data.views)
     val_dataset = CachedDataset(val_cache_path) if val_cache_path else None
-    needs_backbone = online or config.model.fusion == "before_backbone"
-    if config.model.fusion == "before_backbone" and not online:
-        click.echo(
-            "fusion before_backbone: the frozen backbone runs in the loop (online); cached features are unused",
-            err=True,
-        )
+    needs_backbone = runs_featurizer_online(config.model, online)
     featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_backbone else None
     summary = run_training(
         config,

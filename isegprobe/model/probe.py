@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,6 +19,22 @@ from isegprobe.upsamplers.layers import resize_to
 from isegprobe.upsamplers.learned import LearnedUpsampler
 
 FUSIONS = ("after_backbone", "after_upsampler", "before_backbone")
+
+log = logging.getLogger(__name__)
+
+
+def needs_featurizer_online(config: ModelConfig) -> bool:
+    """True for early fusion (`before_backbone`): click tokens are added to the patch embeddings, so the features
+    change with every click and no store can hold them; the frozen featurizer must run inside the probe."""
+    return config.fusion == "before_backbone"
+
+
+def runs_featurizer_online(config: ModelConfig, asked: bool) -> bool:
+    """Whether training or evaluation runs the featurizer in the loop: when `asked` (--online), and always for a
+    probe that needs it, which is said, since that probe reads a store's images but not its features."""
+    if needs_featurizer_online(config) and not asked:
+        log.warning("fusion before_backbone: the frozen backbone runs in the loop (online); cached features are unused")
+    return asked or needs_featurizer_online(config)
 
 
 class ISProbe(nn.Module):
@@ -51,7 +68,7 @@ class ISProbe(nn.Module):
         self.feature_dim = feature_dim
         self.patch_size = patch_size
         self.token_dim = feature_dim if token_dim is None else token_dim
-        encoder_dim = self.token_dim if config.fusion == "before_backbone" else feature_dim
+        encoder_dim = self.token_dim if needs_featurizer_online(config) else feature_dim
         self.click_encoder = create_click_encoder(config.click_encoder, encoder_dim, patch_size)
         self.upsampler = create_upsampler(config.upsampler.name, feature_dim, config.upsampler.weights)
         self.upsampler.align_corners = config.align_corners
@@ -84,7 +101,7 @@ class ISProbe(nn.Module):
     @property
     def needs_featurizer(self) -> bool:
         """True for early fusion: the backbone must run inside the probe, so cached features cannot be used."""
-        return self.config.fusion == "before_backbone"
+        return needs_featurizer_online(self.config)
 
     @property
     def featurizer(self) -> nn.Module | None:

@@ -3,7 +3,9 @@
 from isegprobe.training.checkpoint import load_probe, save_checkpoint
 from isegprobe.training.losses import NormalizedFocalLoss, normalized_focal_loss
 from isegprobe.training.points_sampler import MultiPointSampler
-from isegprobe.training.trainer import Trainer, TrainSummary, train
+from isegprobe.training.run_loop import train
+from isegprobe.training.run_state import TrainSummary
+from isegprobe.training.trainer import Trainer
 
 __all__ = [
     "MultiPointSampler",

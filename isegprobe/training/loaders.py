@@ -1,0 +1,66 @@
+"""The data loaders a training run draws its batches from: one for training, one for the validation store.
+
+Benchmarks build their loaders here too, so that what they time is what a run trains on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from isegprobe.config import TrainConfig
+from isegprobe.loader_workers import ends_with_this_process
+from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
+from isegprobe.training.points_sampler import MultiPointSampler
+from isegprobe.training.sample_weights import draw_probabilities, read_sample_scores
+
+
+def training_loader(
+    dataset: Dataset, config: TrainConfig, device: torch.device, online: bool, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """This rank's share of each epoch: one view per image, its target and initial clicks, in batches of
+    `data.batch_size / world`. `loader.sampler.start(epoch, skip)` chooses the epoch; `loader.dataset` is the
+    `ClickTrainingSet`, one sample per image. `online`: the features are computed in the loop, not read."""
+    items = ClickTrainingSet(
+        dataset,
+        MultiPointSampler(config.sampler),
+        config.seed,
+        with_features=not online,
+        views_per_item=int(getattr(dataset, "num_views", 1)),
+        keep_background_prob=config.data.keep_background_prob,
+        augment=config.data.augment,
+    )
+    probabilities = None
+    if config.data.sample_weights is not None:
+        scores = read_sample_scores(config.data.sample_weights)
+        item_ids = [dataset.item_ids[item] for item in dataset.items]
+        probabilities = draw_probabilities(item_ids, scores, config.data.sample_weights_gamma)
+    order = EpochShuffleSampler(len(items), seed=config.seed, rank=rank, world=world, probabilities=probabilities)
+    return _loader(items, config, device, order, config.data.batch_size // world)
+
+
+def validation_loader(dataset: Dataset, config: TrainConfig, device: torch.device, online: bool) -> DataLoader:
+    """Every entry of the validation store, in order, with the same targets and clicks at every epoch."""
+    items = ClickTrainingSet(dataset, MultiPointSampler(config.sampler), config.seed, with_features=not online)
+    order = EpochShuffleSampler(len(dataset), seed=config.seed, shuffle=False)
+    return _loader(items, config, device, order, config.data.batch_size)
+
+
+def _loader(
+    items: Dataset, config: TrainConfig, device: torch.device, sampler: EpochShuffleSampler, batch_size: int
+) -> DataLoader:
+    """Workers are spawned, not forked: tensorstore (the cache reader) and CUDA both break in a forked child once
+    the parent has used them. They persist across epochs, so the start-up cost is paid once, and they end with
+    the training process, however it ends."""
+    workers = config.data.num_workers
+    return DataLoader(
+        items,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        multiprocessing_context="spawn" if workers > 0 else None,
+        worker_init_fn=ends_with_this_process(),
+        drop_last=False,
+    )

@@ -1,0 +1,156 @@
+"""Everything a training run builds and checks before its first step: the probe and its optimizer, the loaders,
+the schedule, and, with --resume, the state it continues from."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from isegprobe.cache.schema import check_same_featurizer
+from isegprobe.config import TrainConfig
+from isegprobe.errors import UserError
+from isegprobe.model import ISProbe, runs_featurizer_online
+from isegprobe.same_images import warn_when_training_on_a_test_split
+from isegprobe.training.checkpoint import restore_training_state
+from isegprobe.training.loaders import training_loader, validation_loader
+from isegprobe.training.run_state import RunDescription, RunProgress
+from isegprobe.training.schedule import StepSchedule
+from isegprobe.training.store_checks import check_store_fits
+from isegprobe.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSetUp:
+    """What the step loop runs with; `state` is where it starts (step 0, or the resumed checkpoint's)."""
+
+    trainer: Trainer
+    schedule: StepSchedule
+    loader: DataLoader
+    val_loader: DataLoader | None
+    description: RunDescription
+    state: RunProgress
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    return device
+
+
+def set_up_run(
+    config: TrainConfig,
+    dataset: Dataset,
+    run_dir: Path,
+    *,
+    rank: int,
+    world: int,
+    device: torch.device,
+    featurizer: nn.Module | None,
+    online: bool,
+    resume: bool,
+    val_dataset: Dataset | None,
+    progress: bool,
+) -> RunSetUp:
+    """Check the data and the run folder, then build the run. The probe's weights are drawn from `config.seed`
+    first, so that a run's numbers depend on its config alone."""
+    if not resume and (run_dir / "last.json").is_file():
+        raise UserError(
+            f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
+            "another --out"
+        )
+    preprocessing = dict(dataset.preprocessing)
+    size = int(preprocessing["size"])
+    check_store_fits(config.data, preprocessing, getattr(dataset, "provenance", None))
+    store = getattr(dataset, "store", None)  # a CachedDataset's; other datasets know no split
+    if store is not None and rank == 0:
+        warn_when_training_on_a_test_split(store.attrs["dataset"])
+    if val_dataset is not None:
+        _check_validation_matches(dataset, val_dataset, size)
+    online = runs_featurizer_online(config.model, online)
+
+    torch.manual_seed(config.seed)
+    probe = ISProbe(config.model, **probe_dims(dataset, featurizer if online else None, size))
+    _check_upsampler_is_not_frozen_at_random(config, probe)
+    trainer = Trainer(config, probe, preprocessing, device, featurizer if online else None, online)
+    loader = training_loader(dataset, config, device, online, rank, world)
+    items = loader.dataset
+    schedule = StepSchedule.from_config(config.schedule, config.optim.lr, len(items), config.data.batch_size)
+    if rank == 0 and schedule.total_steps < (config.schedule.max_iters or 0):
+        log.warning(
+            "--max-iters (schedule.max_iters) %d: the schedule ends sooner, after schedule.epochs %d of this store "
+            "(%d steps); set schedule.epochs to train longer",
+            config.schedule.max_iters,
+            config.schedule.epochs,
+            schedule.total_steps,
+        )
+    if rank == 0 and progress:
+        tqdm.write(_schedule_line(len(items), items.views_per_item, config.data.batch_size, schedule), file=sys.stderr)
+
+    state = RunProgress()
+    if resume:
+        state = RunProgress.from_metadata(restore_training_state(run_dir, trainer.probe, trainer.optimizer))
+        log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.total_steps)
+    if world > 1:
+        trainer.distribute()
+    val_loader = None if val_dataset is None else validation_loader(val_dataset, config, device, online)
+    description = RunDescription(config, trainer.probe, schedule, dataset, val_dataset, preprocessing, online)
+    return RunSetUp(trainer, schedule, loader, val_loader, description, state)
+
+
+def probe_dims(dataset: Dataset, featurizer: nn.Module | None, size: int) -> dict[str, int]:
+    """feature_dim, patch_size and token_dim for a probe on this dataset (from the featurizer, else the cache)."""
+    if featurizer is not None:
+        return {
+            "feature_dim": int(featurizer.dim),
+            "patch_size": int(featurizer.patch_size),
+            "token_dim": int(getattr(featurizer, "embed_dim", featurizer.dim)),
+        }
+    first = dataset[0]
+    if "features" not in first:
+        raise UserError("the dataset gives no cached features and no featurizer was given")
+    feature_dim, height = int(first["features"].shape[0]), int(first["features"].shape[1])
+    provenance = getattr(dataset, "provenance", None) or {}
+    patch_size = int(provenance.get("patch_size") or size // height)
+    return {"feature_dim": feature_dim, "patch_size": patch_size, "token_dim": feature_dim}
+
+
+def _schedule_line(images: int, views: int, batch_size: int, schedule: StepSchedule) -> str:
+    """What an epoch is and how long the run lasts, said before it starts: the schedule follows from the store."""
+    per_image = f" x {views} views (one per image and epoch)" if views > 1 else ""
+    return (
+        f"training on {images} images{per_image} in batches of {batch_size}: {schedule.steps_per_epoch} steps an "
+        f"epoch, {schedule.total_steps} steps in all"
+    )
+
+
+def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int) -> None:
+    """The best checkpoint is picked on the validation store, so it must hold the training store's kind of
+    features at the same working size; otherwise training would crash at the first validation or, worse, pick
+    checkpoints on features the probe never saw."""
+    where = f"--val-cache {getattr(val_dataset, 'path', '')}"
+    trained, validation = (getattr(store, "provenance", None) or {} for store in (dataset, val_dataset))
+    check_same_featurizer(trained, validation, where, trained_on="training store")
+    val_size = int(val_dataset.preprocessing["size"])
+    if val_size != size:
+        raise UserError(f"{where}: extracted at {val_size} px, the training store at {size} px")
+
+
+def _check_upsampler_is_not_frozen_at_random(config: TrainConfig, probe: ISProbe) -> None:
+    upsampler = config.model.upsampler
+    if probe.upsampler_frozen_at_random:
+        raise UserError(
+            f"upsampler {upsampler.name!r} has no weights: pass its authors' checkpoint with "
+            f"--set model.upsampler.weights=PATH, or train it from scratch with --set model.upsampler.trainable=true"
+        )

@@ -1,0 +1,149 @@
+"""What a training run remembers: the progress a checkpoint saves and --resume restores, the running means it
+logs, the metadata every checkpoint carries, and the summary it ends with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from isegprobe import __version__
+from isegprobe.config import TrainConfig, config_to_dict
+from isegprobe.model import ISProbe
+from isegprobe.training.schedule import StepSchedule
+from isegprobe.training.trainer import StepResult
+
+
+@dataclass
+class RunProgress:
+    """What a checkpoint must remember to resume exactly: the step, the best score, the epoch's running IoU."""
+
+    step: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+    metric_name: str = "train_iou"
+    epoch_iou_sum: float | Tensor = 0.0  # a device tensor while an epoch runs: read back only when needed
+    epoch_iou_count: int = 0
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> RunProgress:
+        best = metadata.get("best_metric") or {}
+        epoch = metadata.get("epoch_metrics") or {}
+        return cls(
+            step=int(metadata["step"]),
+            best_value=best.get("value"),
+            best_step=best.get("step"),
+            metric_name=best.get("name", "train_iou"),
+            epoch_iou_sum=float(epoch.get("iou_sum", 0.0)),
+            epoch_iou_count=int(epoch.get("iou_count", 0)),
+        )
+
+    def add_epoch_iou(self, iou: Tensor) -> None:
+        self.epoch_iou_sum = self.epoch_iou_sum + iou.sum()
+        self.epoch_iou_count += iou.numel()
+
+    def epoch_iou(self) -> float:
+        return float(self.epoch_iou_sum) / max(self.epoch_iou_count, 1)
+
+    def reset_epoch(self) -> None:
+        self.epoch_iou_sum, self.epoch_iou_count = 0.0, 0
+
+
+class RunningMeans:
+    """Loss, BCE and IoU summed on the device, read back only when logged, so steps don't wait on the GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.bce = torch.zeros((), device=self.device)
+        self.iou = torch.zeros((), device=self.device)
+        self.steps = 0
+        self.images = 0
+
+    def add(self, result: StepResult) -> None:
+        self.loss += result.loss
+        self.bce += result.bce
+        self.iou += result.iou.sum()
+        self.steps += 1
+        self.images += result.iou.numel()
+
+    def pop(self) -> dict[str, float]:
+        steps = max(self.steps, 1)
+        means = {
+            "loss": float(self.loss) / steps,
+            "bce": float(self.bce) / steps,
+            "iou": float(self.iou) / max(self.images, 1),
+        }
+        self._reset()
+        return means
+
+
+class RunDescription:
+    """The fixed part of every checkpoint's JSON: config, probe dims, data provenance, versions."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        probe: ISProbe,
+        schedule: StepSchedule,
+        dataset: Dataset,
+        val_dataset: Dataset | None,
+        preprocessing: dict[str, Any],
+        online: bool,
+    ) -> None:
+        self.fixed = {
+            "package_version": __version__,
+            "config": config_to_dict(config),
+            "model": probe.dims(),
+            "featurizer_provenance": dict(getattr(dataset, "provenance", None) or {}),
+            "store_path": str(getattr(dataset, "path", "") or ""),
+            "val_store_path": str(getattr(val_dataset, "path", "") or ""),
+            "preprocessing": preprocessing,
+            "online": online,
+            "total_steps": schedule.total_steps,
+            "steps_per_epoch": schedule.steps_per_epoch,
+        }
+        self.schedule = schedule
+
+    def metadata(self, progress: RunProgress) -> dict[str, Any]:
+        return {
+            **self.fixed,
+            "step": progress.step,
+            "epoch": self.schedule.epoch_of(progress.step),
+            "lr": self.schedule.lr_at(progress.step),
+            "best_metric": {"name": progress.metric_name, "value": progress.best_value, "step": progress.best_step},
+            "epoch_metrics": {"iou_sum": float(progress.epoch_iou_sum), "iou_count": progress.epoch_iou_count},
+        }
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    step: int
+    epoch: int
+    best_metric: float | None
+    best_metric_name: str  # train_iou, or val_iou with a validation store: the metric `best` was chosen by
+    best_step: int | None
+    first_logged: dict[str, float] | None  # the first and last logged training means of this invocation
+    last_logged: dict[str, float] | None
+    stopped_by: str | None = None  # the signal (SIGINT, SIGTERM) that ended the run early, after saving `last`
+
+    def progress(self) -> str:
+        """How the logged training means moved, first to last; the IoU and the BCE show learning that the
+        normalized focal loss (a mean over the hardest pixels) can hide."""
+        if not self.first_logged or not self.last_logged or self.first_logged is self.last_logged:
+            return "too few logged steps to show a trend"
+        parts = []
+        for name, label in (("loss", "loss (normalized focal)"), ("bce", "pixel BCE"), ("iou", "IoU")):
+            first, last = self.first_logged[name], self.last_logged[name]
+            change = f" ({(last - first) / first:+.0%})" if name != "iou" and first > 0 else ""
+            parts.append(f"{label} {first:.3f} -> {last:.3f}{change}")
+        return "first -> last logged means: " + ", ".join(parts)

@@ -6,7 +6,7 @@ cache / in-memory what reading the store costs against the limit. All three mode
 features come from. Hooks on the real modules split each step into data, backbone, click encoder, upsampler,
 head forward, backward, optimizer and the rest, so nothing of the step is re-implemented here.
 
-Probe (a) is the seed's recipe (`sbd_224`: bilinear upsampling, then two 3x3 C -> C convs at full resolution); it
+Probe (a) is iSegProbe's recipe (`sbd_224`: bilinear upsampling, then two 3x3 C -> C convs at full resolution); it
 runs at --size-a, 224 px by default, because one such step at 448 px takes minutes on a CPU. Probe (b) is the
 low-resolution probe (`quickstart`: identity upsampler, head width 64 on the feature grid) at --size.
 """
@@ -39,11 +39,11 @@ from torch.utils.data import DataLoader, Dataset
 from isegprobe.cache import CachedDataset
 from isegprobe.config import TrainConfig, load_train_config
 from isegprobe.featurizers import Featurizer, create_featurizer
-from isegprobe.loader_workers import ends_with_this_process
 from isegprobe.model import ISProbe
-from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
-from isegprobe.training.points_sampler import MultiPointSampler
-from isegprobe.training.trainer import Trainer, probe_dims
+from isegprobe.training.click_dataset import EpochShuffleSampler
+from isegprobe.training.loaders import training_loader
+from isegprobe.training.run_setup import probe_dims
+from isegprobe.training.trainer import Trainer
 
 MODES = ("cache", "in-memory", "online")
 PHASES = ("data", "backbone", "click encoder", "upsampler", "head fwd", "backward", "optimizer", "other")
@@ -125,28 +125,16 @@ def build_mode(
     config: TrainConfig,
     items: Dataset,
     dims: dict[str, int],
-    run: ProbeRun,
     device: torch.device,
     featurizer: Featurizer | None,
-    workers: int,
 ) -> Mode:
-    """A fresh probe (same seed in every mode) and a loader like the trainer's own."""
+    """A fresh probe (same seed in every mode) and the loader a training run builds (`training_loader`)."""
     torch.manual_seed(config.seed)
     probe = ISProbe(config.model, **dims)
     online = featurizer is not None
     trainer = Trainer(config, probe, items.preprocessing, device, featurizer, online=online)
-    order = EpochShuffleSampler(len(items), seed=config.seed)
-    loader = DataLoader(
-        ClickTrainingSet(items, MultiPointSampler(config.sampler), config.seed, with_features=not online),
-        batch_size=run.batch_size,
-        sampler=order,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        multiprocessing_context="spawn" if workers > 0 else None,
-        worker_init_fn=ends_with_this_process(),
-    )
-    return Mode(trainer, loader, order, PhaseTimer(trainer, device))
+    loader = training_loader(items, config, device, online)
+    return Mode(trainer, loader, loader.sampler, PhaseTimer(trainer, device))
 
 
 def run_round(mode: Mode, steps: int, lr: float, device: torch.device) -> dict[str, float]:
@@ -181,12 +169,12 @@ def measure_probe(
             "batches, so lower --steps or the batch size, or raise --items"
         )
     in_memory = InMemoryItems(cached)
-    config = load_train_config(run.preset)
+    config = load_train_config(run.preset, [f"data.batch_size={run.batch_size}", f"data.num_workers={args.workers}"])
     dims = probe_dims(cached, None, run.size)
     modes = {
-        "cache": build_mode(config, cached, dims, run, device, None, args.workers),
-        "in-memory": build_mode(config, in_memory, dims, run, device, None, args.workers),
-        "online": build_mode(config, in_memory, dims, run, device, featurizer, args.workers),
+        "cache": build_mode(config, cached, dims, device, None),
+        "in-memory": build_mode(config, in_memory, dims, device, None),
+        "online": build_mode(config, in_memory, dims, device, featurizer),
     }
     lr = config.optim.lr
     for mode in modes.values():
@@ -269,7 +257,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--split", default="train")
     parser.add_argument("--items", type=int, default=8, help="store entries the batches are drawn from")
     parser.add_argument("--size", type=int, default=448, help="working size of probe (b)")
-    parser.add_argument("--size-a", type=int, default=224, help="working size of probe (a), the seed's head")
+    parser.add_argument("--size-a", type=int, default=224, help="working size of probe (a), iSegProbe's head")
     parser.add_argument("--batch-size", type=int, default=2, help="batch size of probe (b)")
     parser.add_argument("--batch-size-a", type=int, default=1, help="batch size of probe (a)")
     parser.add_argument("--steps", type=int, default=3, help="steps per round of probe (b)")
@@ -285,7 +273,7 @@ def probe_runs(args: argparse.Namespace) -> list[ProbeRun]:
     runs = {
         "a": ProbeRun(
             key="a",
-            description="seed head: bilinear + two 3x3 C->C convs at full res",
+            description="iSegProbe's head: bilinear + two 3x3 C->C convs at full res",
             preset="sbd_224",
             size=args.size_a,
             batch_size=args.batch_size_a,

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,14 @@ class Range:
         return " and ".join(bounds)
 
 
+class RenamedConfigKeyWarning(FutureWarning):
+    """A config (a YAML file, --set, or the one saved in a run folder or checkpoint) uses a key's old name."""
+
+
+# Keys renamed since configs were first saved (old dotted name -> new one, in the same section): run folders and
+# checkpoints keep the config they were written with, so the old names must go on loading.
+RENAMED_KEYS = {"model.upsampler.trainable": "model.upsampler.fine_tune"}
+
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
@@ -76,13 +85,14 @@ class ClickEncoderConfig:
 
 @dataclass
 class UpsamplerConfig:
-    """`trainable`: fine-tune a learned upsampler's weights with the probe. `train_mode_when_frozen`: a frozen
-    learned upsampler still switches to training mode while the probe trains (BatchNorm on batch statistics,
-    dropout on), as the iSegProbe research code's `net.train()` does; off by default, since frozen means eval."""
+    """`fine_tune`: train a learned upsampler's weights with the probe (an upsampler whose `trainable` is false has
+    none to train). `train_mode_when_frozen`: a frozen learned upsampler still switches to training mode while the
+    probe trains (BatchNorm on batch statistics, dropout on), as the iSegProbe research code's `net.train()` does;
+    off by default, since frozen means eval."""
 
     name: str = "bilinear"
     weights: str | None = None
-    trainable: bool = False
+    fine_tune: bool = False
     train_mode_when_frozen: bool = False
 
 
@@ -261,6 +271,8 @@ def config_to_yaml(config: TrainConfig) -> str:
 def _merge_into(base: dict[str, Any], update: Mapping[str, Any], prefix: str) -> None:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
+        if dotted in RENAMED_KEYS:
+            key, dotted = _renamed(dotted, update)
         if key not in base:
             raise UserError(f"unknown config key {dotted!r}; known here: {', '.join(sorted(base))}")
         if isinstance(base[key], dict):
@@ -269,6 +281,20 @@ def _merge_into(base: dict[str, Any], update: Mapping[str, Any], prefix: str) ->
             _merge_into(base[key], value, prefix=f"{dotted}.")
         else:
             base[key] = value
+
+
+def _renamed(old: str, update: Mapping[str, Any]) -> tuple[str, str]:
+    """(key, dotted key) that an old key name stands for now, said once per place it is read from."""
+    new = RENAMED_KEYS[old]
+    leaf = new.rsplit(".", 1)[-1]
+    if leaf in update:
+        raise UserError(f"config keys {old!r} and {new!r} are one setting ({old!r} is its old name): give only {new!r}")
+    warnings.warn(
+        f"config key {old!r} is now {new!r}; the old name is read as the new one, but configs should use {new!r}",
+        RenamedConfigKeyWarning,
+        stacklevel=2,
+    )
+    return leaf, new
 
 
 def _apply_override(merged: dict[str, Any], override: str) -> None:

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from isegprobe.config import TrainConfig, config_to_dict, load_train_config, train_config_from_dict
+from isegprobe.config import (
+    RenamedConfigKeyWarning,
+    TrainConfig,
+    config_to_dict,
+    load_train_config,
+    train_config_from_dict,
+)
 from isegprobe.errors import UserError
 from isegprobe.presets import BASE_KEY, list_presets, preset_folder
 
@@ -183,6 +189,24 @@ def test_values_of_the_wrong_type_are_errors_that_name_the_key() -> None:
         load_train_config(None, ["model.head=64"])
     with pytest.raises(UserError, match="KEY=VALUE"):
         load_train_config(None, ["optim.lr"])
+
+
+def test_the_old_name_of_the_upsampler_fine_tune_key_still_loads(tmp_path: Path) -> None:
+    """`model.upsampler.trainable` is now `fine_tune`: configs saved with the old name (YAML files, run folders,
+    checkpoints) and `--set` with it load as before, with a warning that names the new key."""
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  upsampler:\n    name: lift\n    trainable: true\n")
+    with pytest.warns(RenamedConfigKeyWarning, match="'model.upsampler.fine_tune'"):
+        assert load_train_config(old).model.upsampler.fine_tune is True
+    with pytest.warns(RenamedConfigKeyWarning):
+        assert load_train_config(None, ["model.upsampler.trainable=true"]).model.upsampler.fine_tune is True
+    saved = config_to_dict(TrainConfig())
+    saved["model"]["upsampler"]["trainable"] = saved["model"]["upsampler"].pop("fine_tune")
+    with pytest.warns(RenamedConfigKeyWarning):
+        assert train_config_from_dict(saved) == TrainConfig()
+    both = {"model": {"upsampler": {"trainable": True, "fine_tune": False}}}
+    with pytest.raises(UserError, match="give only 'model.upsampler.fine_tune'"):
+        train_config_from_dict(both)
 
 
 def test_a_config_survives_its_dict_form() -> None:

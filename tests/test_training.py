@@ -22,7 +22,7 @@ from stores import builtin_store
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from isegprobe.config import SamplerConfig, TrainConfig, config_to_dict, load_train_config
+from isegprobe.config import RenamedConfigKeyWarning, SamplerConfig, TrainConfig, config_to_dict, load_train_config
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
@@ -34,6 +34,7 @@ from isegprobe.training import (
     normalized_focal_loss,
     train,
 )
+from isegprobe.training.checkpoint import resume_config
 from isegprobe.training.click_dataset import ClickTrainingSet, valid_pixels
 from isegprobe.training.losses import masked_bce
 from isegprobe.training.next_clicks import add_next_clicks, next_click
@@ -495,8 +496,27 @@ def test_a_learned_upsampler_without_weights_must_be_trained_or_given_weights(tm
     with pytest.raises(UserError, match="model.upsampler.weights=PATH"):
         train(tiny_config("model.upsampler.name=lift"), dataset, tmp_path / "frozen", device="cpu", progress=False)
     assert not (tmp_path / "frozen" / "last.safetensors").exists()
-    config = tiny_config("model.upsampler.name=lift", "model.upsampler.trainable=true", "schedule.max_iters=1")
+    config = tiny_config("model.upsampler.name=lift", "model.upsampler.fine_tune=true", "schedule.max_iters=1")
     assert train(config, dataset, tmp_path / "trained", device="cpu", progress=False).step == 1
+
+
+def test_a_run_saved_before_the_fine_tune_rename_loads_and_resumes(tmp_path: Path) -> None:
+    """Run folders whose saved config says `model.upsampler.trainable` (now `fine_tune`) keep working."""
+    dataset = SquaresDataset(count=2)
+    config = tiny_config("model.upsampler.name=lift", "model.upsampler.fine_tune=true", "schedule.max_iters=1")
+    train(config, dataset, tmp_path, device="cpu", progress=False)
+    for saved in (tmp_path / "last.json", tmp_path / "best.json"):
+        metadata = json.loads(saved.read_text())
+        upsampler = metadata["config"]["model"]["upsampler"]
+        upsampler["trainable"] = upsampler.pop("fine_tune")
+        saved.write_text(json.dumps(metadata))
+    with pytest.warns(RenamedConfigKeyWarning, match="model.upsampler.fine_tune"):
+        probe, _ = load_probe(tmp_path)
+    assert all(parameter.requires_grad for parameter in probe.upsampler.parameters())
+    with pytest.warns(RenamedConfigKeyWarning):
+        resumed = resume_config(tmp_path, ["schedule.max_iters=2"])
+    assert train(resumed, dataset, tmp_path, device="cpu", resume=True, progress=False).step == 2
+    assert json.loads((tmp_path / "last.json").read_text())["config"]["model"]["upsampler"]["fine_tune"] is True
 
 
 @pytest.mark.parametrize(("preset", "preset_overrides"), sorted(RESEARCH_PRESETS.values()))

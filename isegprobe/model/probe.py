@@ -72,7 +72,7 @@ class ISProbe(nn.Module):
         self.click_encoder = create_click_encoder(config.click_encoder, encoder_dim, patch_size)
         self.upsampler = create_upsampler(config.upsampler.name, feature_dim, config.upsampler.weights)
         self.upsampler.align_corners = config.align_corners
-        if not (config.upsampler.trainable and self.upsampler.trainable):
+        if not (config.upsampler.fine_tune and self.upsampler.trainable):
             self.upsampler.requires_grad_(False)
             if config.upsampler.train_mode_when_frozen and isinstance(self.upsampler, LearnedUpsampler):
                 self.upsampler.follow_train_mode()
@@ -96,7 +96,7 @@ class ISProbe(nn.Module):
         """A learned upsampler with neither its authors' weights nor training: it would run at its random
         initialisation, and numbers measured through it would say nothing about the method."""
         upsampler = self.config.upsampler
-        return self.upsampler.trainable and upsampler.weights is None and not upsampler.trainable
+        return self.upsampler.trainable and upsampler.weights is None and not upsampler.fine_tune
 
     @property
     def needs_featurizer(self) -> bool:

@@ -152,5 +152,5 @@ def _check_upsampler_is_not_frozen_at_random(config: TrainConfig, probe: ISProbe
     if probe.upsampler_frozen_at_random:
         raise UserError(
             f"upsampler {upsampler.name!r} has no weights: pass its authors' checkpoint with "
-            f"--set model.upsampler.weights=PATH, or train it from scratch with --set model.upsampler.trainable=true"
+            f"--set model.upsampler.weights=PATH, or train it from scratch with --set model.upsampler.fine_tune=true"
         )

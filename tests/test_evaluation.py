@@ -377,17 +377,22 @@ def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tm
     assert not (tmp_path / "results" / "results.json").exists()
 
 
-def test_early_fusion_needs_online(store, three_images, tmp_path, built_once):
+def test_early_fusion_runs_the_backbone_on_the_store_images_as_online(store, three_images, tmp_path, built_once):
+    """As in training, an early-fusion probe evaluated from a store runs its backbone on the store's images: the
+    same curves as --online, which computes the same working views from the dataset."""
     checkpoint = untrained_checkpoint(store, tmp_path, ["model.fusion=before_backbone"])
-    out = tmp_path / "results"
-    refused = cli("--checkpoint", str(checkpoint), "--store", str(store), "--out", str(out))
-    assert refused.exit_code == 1 and "--online" in refused.output
-    online = cli(
+    cached, online = tmp_path / "cached", tmp_path / "online"
+    from_store = cli("--checkpoint", str(checkpoint), "--store", str(store), "--max-clicks", "2", "--out", str(cached))
+    assert from_store.exit_code == 0, from_store.output
+    from_images = cli(
         "--checkpoint", str(checkpoint), "--online", "--datasets", "grabcut", "--root", str(three_images),
-        "--max-clicks", "2", "--out", str(out),
+        "--max-clicks", "2", "--out", str(online),
     )  # fmt: skip
-    assert online.exit_code == 0, online.output
-    assert json.loads((out / "results.json").read_text())["datasets"]["grabcut"]["num_instances"] == 3
+    assert from_images.exit_code == 0, from_images.output
+    assert json.loads((online / "results.json").read_text())["datasets"]["grabcut"]["num_instances"] == 3
+    curves = [np.load(out / "ious.npz") for out in (cached, online)]
+    np.testing.assert_array_equal(curves[0]["grabcut/ids"], curves[1]["grabcut/ids"])
+    np.testing.assert_array_equal(curves[0]["grabcut/ious"], curves[1]["grabcut/ious"])
 
 
 def blank_image(height: int, width: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """One evaluation run: a checkpoint, some datasets (from stores or online), results on disk.
 
 Both `isegprobe evaluate` and the quickstart call `run_evaluation`. From the cache without zoom-in the backbone is
-never built; zoom-in crops and --online need it, and it must be the featurizer the probe was trained on.
+never built; zoom-in crops, --online and early-fusion probes need it, and it must be the featurizer the probe was
+trained on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from isegprobe.inference.tasks import cached_tasks, image_ids_of, online_tasks
 from isegprobe.inference.visuals import save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.locks import exclusive_lock
+from isegprobe.model import runs_featurizer_online
 from isegprobe.same_images import warn_when_evaluating_training_images
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
@@ -162,10 +164,9 @@ def _set_up(request: EvaluationRequest, only_items: Collection[str] | None = Non
     protocol = get_protocol(request.protocol)
     weights = resolve_checkpoint(request.checkpoint, prefer=protocol.checkpoint)[0].resolve()
     probe, metadata = load_probe(weights, device=device)
-    if probe.needs_featurizer and not request.online:
-        raise UserError("this probe fuses clicks before the backbone (early fusion): evaluate it with --online")
     jobs = list(_jobs(request, metadata, only_items))
-    featurizer = checkpoint_backbone(metadata) if request.online or request.zoom_in else None
+    backbone = runs_featurizer_online(probe.config, request.online) or request.zoom_in
+    featurizer = checkpoint_backbone(metadata) if backbone else None
     if featurizer is not None and probe.needs_featurizer:
         probe.attach_featurizer(featurizer.to(device))
     preprocessing = metadata["preprocessing"]

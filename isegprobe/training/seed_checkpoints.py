@@ -1,12 +1,12 @@
-"""Probes trained by the iSegProbe research code ("the seed"), read from its `.pth` checkpoints.
+"""Probes trained by the iSegProbe research code (arXiv 2505.02075), read from its `.pth` checkpoints.
 
-The seed saves `{"state_dict": ..., "config": model._config}` with `torch.save`: the trained click encoder
-(`embed_coords.*`) and head (`head.*`), and a config whose values include objects of the seed's own classes
+iSegProbe saves `{"state_dict": ..., "config": model._config}` with `torch.save`: the trained click encoder
+(`embed_coords.*`) and head (`head.*`), and a config whose values include objects of the research code's own classes
 (EasyDict, OmegaConf nodes, its ModelBuilder). Those classes are never imported or run here: the file is read
 with torch's weights-only unpickler, every class it names standing in as an inert placeholder (EasyDict, a dict,
 as an OrderedDict), so a checkpoint cannot execute code.
 
-The weights map onto `ISProbe` name for name, with one reordering: the seed stacks its click maps as
+The weights map onto `ISProbe` name for name, with one reordering: iSegProbe stacks its click maps as
 [previous mask, positive, negative], isegprobe as [positive, negative, previous mask].
 """
 
@@ -24,12 +24,12 @@ from torch import Tensor
 from isegprobe.errors import UserError
 from isegprobe.state_dicts import unpickler_complaint
 
-# Our click channel k is the seed's channel SEED_CHANNEL_OF[k] (seed: prev_mask, positive, negative).
+# Our click channel k is iSegProbe's channel SEED_CHANNEL_OF[k] (iSegProbe: prev_mask, positive, negative).
 SEED_CHANNEL_OF = (1, 2, 0)
 
 
 class _Placeholder:
-    """Stands in for any class or function the seed's pickle names: it accepts whatever it is built with."""
+    """Stands in for any class or function an iSegProbe pickle names: it accepts whatever it is built with."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> _Placeholder:
         return object.__new__(cls)
@@ -99,10 +99,10 @@ GENERIC_PRESET = "sbd_224"
 
 @dataclass
 class SeedProbe:
-    """What a seed checkpoint says about its probe, in isegprobe's terms."""
+    """What an iSegProbe checkpoint says about its probe, in isegprobe's terms."""
 
-    backbone: str  # the seed's backbone type: dinov2, vit or mask_clip
-    featurizer: str  # the isegprobe featurizer that computes the seed backbone's features
+    backbone: str  # the research code's backbone type: dinov2, vit or mask_clip
+    featurizer: str  # the isegprobe featurizer that computes that backbone's features
     size: int  # the working size it was trained at (the research code's crop size)
     preset: str  # the isegprobe preset of its research configuration (GENERIC_PRESET for another combination)
     preset_overrides: list[str]  # `--set` overrides that make the preset that research configuration
@@ -111,10 +111,10 @@ class SeedProbe:
 
 
 def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The seed checkpoint's dictionary, loaded without importing or running anything it names."""
+    """The iSegProbe checkpoint's dictionary, loaded without importing or running anything it names."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such seed checkpoint file")
+        raise UserError(f"{path}: no such iSegProbe checkpoint file")
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         stand_ins = [(_CONTAINER_STAND_INS.get(name, _Placeholder), name) for name in names]
@@ -123,12 +123,12 @@ def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as error:
         raise UserError(f"{path}: not a readable iSegProbe checkpoint ({unpickler_complaint(error)})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
-        raise UserError(f"{path}: a seed checkpoint holds 'state_dict' and 'config'; this file does not")
+        raise UserError(f"{path}: an iSegProbe checkpoint holds 'state_dict' and 'config'; this file does not")
     return checkpoint
 
 
 def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
-    """Translate a seed checkpoint (from `read_seed_checkpoint`) into isegprobe's config and weights.
+    """Translate an iSegProbe checkpoint (from `read_seed_checkpoint`) into isegprobe's config and weights.
 
     `source` names the file in error messages. Anything the probe cannot reproduce is refused, never
     approximated: another head, distance maps instead of disks, no previous-mask channel, an unknown upsampler or
@@ -256,7 +256,7 @@ def _section(params: dict[str, Any], name: str, source: str) -> dict[str, Any]:
 
 
 def _probe_weights(seed_weights: dict[str, Tensor], encoder: str, source: str) -> dict[str, Tensor]:
-    """The seed's `embed_coords.*` and `head.*` under ISProbe's names, click channels in isegprobe's order."""
+    """iSegProbe's `embed_coords.*` and `head.*` under ISProbe's names, click channels in isegprobe's order."""
     weights: dict[str, Tensor] = {}
     unexpected = []
     for key, value in seed_weights.items():
@@ -284,7 +284,7 @@ def _probe_weights(seed_weights: dict[str, Tensor], encoder: str, source: str) -
 
 
 def _reorder_click_channels(weights: dict[str, Tensor], key: str, dim: int, source: str) -> None:
-    """Put the seed's click channels in isegprobe's order along `dim`: a conv's 3 input channels, or a flattened
+    """Put iSegProbe's click channels in isegprobe's order along `dim`: a conv's 3 input channels, or a flattened
     (p1 p2 c) patch, in which the channel is the innermost index of every run of 3."""
     if key not in weights:
         raise UserError(f"{source}: the checkpoint has no {key.replace('click_encoder.', 'embed_coords.')}")

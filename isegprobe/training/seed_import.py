@@ -3,7 +3,7 @@
 The checkpoint names the research code's backbone, click encoder, upsampler and crop size; isegprobe rebuilds the
 same featurizer (the official DINOv2, or timm's ViT with its attention keys, ...) with the research code's input rule
 (ImageNet mean/std for every backbone) and the backbone weights the probe was trained on. A store, when given,
-supplies that featurizer's provenance instead and must match it (a late-fusion probe evaluated from the cache).
+supplies that featurizer's provenance instead and must match it (a probe evaluated from the cache).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from isegprobe.config import config_to_dict, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.locks import exclusive_lock
-from isegprobe.model import ISProbe
+from isegprobe.model import ISProbe, needs_featurizer_online
 from isegprobe.state_dicts import load_strictly
 from isegprobe.training.checkpoint import save_checkpoint
 from isegprobe.training.seed_checkpoints import SeedProbe, read_seed_checkpoint, seed_keys_to_isegprobe, seed_probe
@@ -36,7 +36,7 @@ def import_seed_probe(
     upsampler_weights: str | None = None,
     store_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write `run_dir/last.*` from the seed checkpoint at `seed_path`; returns the checkpoint's metadata.
+    """Write `run_dir/last.*` from the iSegProbe checkpoint at `seed_path`; returns the checkpoint's metadata.
 
     `weights`: the backbone's weights ("hub", or the file the probe was trained with); `upsampler_weights`: the
     authors' file of a frozen learned upsampler, which the research code's checkpoints do not hold; `store_path`: a
@@ -59,10 +59,11 @@ def import_seed_probe(
         overrides.append(f"model.upsampler.weights={upsampler_weights}")
     config = load_train_config(seed.preset, overrides)
     fusion = config.model.fusion
+    early_fusion = needs_featurizer_online(config.model)
     dims = {
         "feature_dim": int(provenance["dim"]),
         "patch_size": int(provenance["patch_size"]),
-        "token_dim": int(provenance["embed_dim"] if fusion == "before_backbone" else provenance["dim"]),
+        "token_dim": int(provenance["embed_dim"] if early_fusion else provenance["dim"]),
     }
     probe = ISProbe(config.model, **dims)
     if probe.upsampler_frozen_at_random:
@@ -74,7 +75,7 @@ def import_seed_probe(
     if provenance["output"] == "keys":
         attention = featurizer.model.blocks[-1].attn
         seed_keys_to_isegprobe(state, attention.num_heads, attention.head_dim, fusion)
-    # The upsampler keeps the weights it was built with (its authors' file, or none); the rest comes from the seed.
+    # The upsampler keeps the weights it was built with (its authors' file, or none); the rest comes from iSegProbe's.
     upsampler = {key: value for key, value in probe.state_dict().items() if key.startswith("upsampler.")}
     load_strictly(probe, {**upsampler, **state}, f"{seed_path}: its weights do not fit a probe on {seed.featurizer}")
     metadata = {
@@ -84,7 +85,7 @@ def import_seed_probe(
         "featurizer_provenance": provenance,
         "store_path": None if store_path is None else str(Path(store_path).resolve()),
         "preprocessing": preprocessing_attrs(provenance, seed.size, "stretch"),
-        "online": store_path is None or fusion == "before_backbone",
+        "online": store_path is None or early_fusion,
         "step": 0,
         "imported_from": {"path": str(seed_path.resolve()), "sha256": file_sha256(seed_path), "preset": seed.preset},
     }
@@ -95,7 +96,7 @@ def import_seed_probe(
 
 
 def _store_provenance(store_path: str | Path, seed: SeedProbe, built: dict[str, Any]) -> dict[str, Any]:
-    """The store's featurizer provenance, after checking that it computes what the seed's backbone computed, at the
+    """The store's featurizer provenance, after checking that it computes what iSegProbe's backbone computed, at the
     probe's crop size."""
     store = FeatureStore.open(store_path)
     provenance = dict(store.attrs["featurizer"])

@@ -110,7 +110,9 @@ def data_wait(args: argparse.Namespace, store: Path, device: torch.device) -> di
     run = ProbeRun("b", "low-res probe", "quickstart", size, config.data.batch_size, args.steps, args.repeats)
     dims = probe_dims(cached, None, run.size)
     modes = {
-        f"workers={workers}": build_mode(config, cached, dims, run, device, None, workers)
+        f"workers={workers}": build_mode(
+            load_train_config("quickstart", [f"data.num_workers={workers}"]), cached, dims, device, None
+        )
         for workers in sorted({0, args.workers})
     }
     for mode in modes.values():

@@ -40,7 +40,7 @@ from isegprobe.training.losses import masked_bce
 from isegprobe.training.next_clicks import add_next_clicks, next_click
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
-from isegprobe.training.seed_checkpoints import RESEARCH_PRESETS
+from isegprobe.training.seed_configurations import RESEARCH_PRESETS
 from isegprobe.training.trainer import batch_iou
 from isegprobe.upsamplers import create_upsampler
 

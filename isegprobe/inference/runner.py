@@ -135,8 +135,7 @@ def _evaluate(
             if request.save_feats:
                 folder = Path(request.out_dir) / "feats" / job.name
                 tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
-            progress = _object_progress(job.name, job.count(), len(done))
-            _evaluate_dataset(setup.predictor, request, writer, job.name, tasks, setup.framing, on_result, progress)
+            _evaluate_dataset(setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result)
         return writer.write()
 
 
@@ -234,22 +233,21 @@ def _zoom_in(task: ObjectTask, **settings: Any) -> ZoomIn:
     return ZoomIn(task.image, **settings)
 
 
-def _object_progress(name: str, total: int, done: int) -> tqdm:
-    """The bar of one dataset: objects done of all its objects, with an ETA; `miniters=0` lets a batch that is still
-    clicking redraw it (at most every 0.1 s) while no object finishes."""
-    return tqdm(desc=name, unit="obj", total=total, initial=done, miniters=0, file=sys.stderr)
-
-
 def _evaluate_dataset(
     predictor: Predictor,
     request: EvaluationRequest,
     writer: ResultsWriter,
     name: str,
     tasks: Iterator[ObjectTask],
+    total: int,
     framing: Callable[[ObjectTask], Framing] | None,
     on_result: Callable[[str, ObjectResult], None] | None,
-    progress: tqdm,
 ) -> None:
+    """Evaluate one dataset's `tasks` (of `total` objects, those done before included), showing objects done of the
+    total with an ETA; `miniters=0` lets a batch that is still clicking redraw the bar (at most every 0.1 s) while
+    no object finishes."""
+    done = len(writer.curves.get(name, {}))
+    progress = tqdm(desc=name, unit="obj", total=total, initial=done, miniters=0, file=sys.stderr)
     pictures = Path(request.out_dir) / "vis" / name
     postfix: dict[str, str] = {}
 

@@ -1,7 +1,7 @@
 """Tools around feature stores: what is in one (`inspect`), whether it can be trusted (`verify`), how its features
 are distributed (`stats`), and which stores a folder holds (`listing`).
 
-Also reachable as `isegprobe cache inspect|info|verify|stats STORE` and `isegprobe cache ls ROOT`.
+Also reachable as `isegprobe cache inspect|info|verify|stats STORE` and `isegprobe cache ls STORE_ROOT`.
 """
 
 from cache_tools.inspect import describe_store

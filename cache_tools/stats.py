@@ -9,11 +9,13 @@ through in bounded memory.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.chunks import require_chunk_files
@@ -55,19 +57,21 @@ def feature_stats(path: str | Path) -> FeatureStats:
     tokens, norm_sum, norm_max = 0, 0.0, 0.0
     samples = []
     rng = np.random.default_rng(0)
-    for items in store.shard_ranges():
-        finished = done[items.start : items.stop]
-        if not finished.any():
-            continue
-        features = read_items(store, handle, "features", items)[finished].astype(np.float64)
-        vectors = np.moveaxis(features, 2, -1).reshape(-1, dim)  # [items * views * h * w, C]
-        total += vectors.sum(axis=0)
-        total_sq += np.square(vectors).sum(axis=0)
-        norms = np.linalg.norm(vectors, axis=1)
-        tokens += len(norms)
-        norm_sum += float(norms.sum())
-        norm_max = max(norm_max, float(norms.max()))
-        samples.append(rng.choice(norms, size=min(len(norms), NORM_SAMPLE_PER_SHARD), replace=False))
+    with tqdm(desc="reading", total=int(done.sum()), unit="item", disable=None, file=sys.stderr) as progress:
+        for items in store.shard_ranges():
+            finished = done[items.start : items.stop]
+            if not finished.any():
+                continue
+            features = read_items(store, handle, "features", items)[finished].astype(np.float64)
+            vectors = np.moveaxis(features, 2, -1).reshape(-1, dim)  # [items * views * h * w, C]
+            total += vectors.sum(axis=0)
+            total_sq += np.square(vectors).sum(axis=0)
+            norms = np.linalg.norm(vectors, axis=1)
+            tokens += len(norms)
+            norm_sum += float(norms.sum())
+            norm_max = max(norm_max, float(norms.max()))
+            samples.append(rng.choice(norms, size=min(len(norms), NORM_SAMPLE_PER_SHARD), replace=False))
+            progress.update(int(finished.sum()))
     mean = total / tokens
     std = np.sqrt(np.maximum(total_sq / tokens - np.square(mean), 0.0))
     sample = np.concatenate(samples)

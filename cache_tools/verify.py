@@ -4,7 +4,10 @@ extraction (per-entry checksums), finite features, sane boxes. The checks themse
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+from tqdm import tqdm
 
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.checksums import CHECKSUM_ARRAY
@@ -17,7 +20,11 @@ def has_checksums(path: str | Path) -> bool:
 
 
 def verify_store(path: str | Path) -> list[str]:
-    """Problems found in the items marked done (an empty list means the store is consistent)."""
+    """Problems found in the items marked done (an empty list means the store is consistent); the items read so far
+    show on a terminal, with an ETA."""
     store = FeatureStore.open(path)
     item_ids = store.attrs["item_ids"]
-    return [f"item {index} ({item_ids[index]}): {problem}" for index, problem in broken_entries(store)]
+    total = int(store.done_mask().sum())
+    with tqdm(desc="verifying", total=total, unit="item", disable=None, file=sys.stderr) as progress:
+        broken = list(broken_entries(store, on_shard=progress.update))
+    return [f"item {index} ({item_ids[index]}): {problem}" for index, problem in broken]

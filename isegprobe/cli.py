@@ -126,7 +126,7 @@ def main() -> None:
         isegprobe extract-features --featurizer vit_small_patch14_dinov2 --weights hub \\
             --dataset grabcut --root data/GrabCut --size 448 --out cache/
     Stage two trains and evaluates probes from that cache.
-    Try `isegprobe quickstart` for the whole pipeline on the built-in data, on CPU, in a few minutes.
+    Try `isegprobe quickstart` for the whole pipeline on the built-in data, in a few minutes even on a CPU.
     """
     warnings.formatwarning = format_warning
     threading.excepthook = quiet_disk_errors_in_threads

@@ -1,4 +1,5 @@
-"""Device choice in one place."""
+"""Device choice in one place: every command runs on CUDA when a GPU is visible, else on the CPU, unless --device
+says otherwise."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+
+from isegprobe.errors import UserError
+
+# The rule, as --help states it.
+DEVICE_RULE = "cuda when a GPU is visible, else cpu"
 
 
 def backbone_autocast(device: torch.device) -> torch.autocast:
@@ -42,5 +48,25 @@ def deterministic_arithmetic(enabled: bool = True) -> Iterator[None]:
 
 
 def default_device() -> str:
-    """`cuda` when a GPU is visible, else `cpu`: the extraction and training defaults."""
+    """`cuda` when a GPU is visible, else `cpu`: the device of every command that is not told otherwise."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | None) -> str:
+    """The device a command runs on: `device` as given (cpu, cuda, cuda:N), else `default_device()`. A GPU asked for
+    where there is none is refused here, before any work starts."""
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {device}: no CUDA device is available here")
+        if parsed.index is not None and parsed.index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s), numbered from 0")
+    return str(parsed)

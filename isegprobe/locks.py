@@ -61,6 +61,27 @@ def exclusive_lock(output: Path) -> Iterator[None]:
         handle.close()
 
 
+def lock_holder(output: Path) -> str | None:
+    """What the command holding the lock of `output` says of itself (PID, host, start, command line), or None when
+    no live command holds it: a reader's way to tell a results folder still being written from one whose writer
+    stopped. It tries a shared lock for an instant, never waiting, and lets go at once."""
+    try:
+        handle = open(lock_path(output))
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "a command that has not said which yet"
+        except OSError as error:
+            if error.errno in _NO_LOCKS:
+                return None
+            raise
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 def _acquire(path: Path, output: Path) -> TextIO:
     """The lock file, opened and locked. A holder removes the file as it ends, so a lock taken on a file that is no
     longer at `path` is let go and the new file locked instead: otherwise two commands could each hold a file."""

@@ -38,7 +38,7 @@ def extraction(*options: object, featurizer: str = "vit_small_patch14_dinov2", w
 
 
 def training(w: World, out: str, *options: object) -> list[object]:
-    return ["train", "--config", "quickstart", "--cache", w.train_store, "--out", w.root / out, *options]
+    return ["train", "--config", "quickstart", "--store", w.train_store, "--out", w.root / out, *options]
 
 
 def evaluation(w: World, store: Path, out: str, *options: object) -> list[object]:
@@ -152,11 +152,11 @@ CASES: dict[str, Case] = {
         "config key 'optim.lr' must be float, got 'fast'",
     ),
     "folder that is not a feature store": Case(
-        lambda w: ["train", "--config", "quickstart", "--cache", w.root / "run", "--out", w.root / "r3"],
+        lambda w: ["train", "--config", "quickstart", "--store", w.root / "run", "--out", w.root / "r3"],
         "not a feature store (no zarr.json)",
     ),
     "train into a folder that holds a run": Case(
-        lambda w: ["train", "--config", "quickstart", "--cache", w.train_store, "--out", w.run],
+        lambda w: ["train", "--config", "quickstart", "--store", w.train_store, "--out", w.run],
         "already holds a run (last.json): --resume continues it",
     ),
     "checkpoint file that is not isegprobe's": Case(

@@ -101,3 +101,105 @@ def test_our_warnings_print_as_one_line_and_others_keep_their_source() -> None:
     lines = finished.stderr.splitlines()
     assert "warning: meaningless numbers" in lines, finished.stderr
     assert any(line.endswith("UserWarning: from elsewhere") and ":" in line.split("UserWarning")[0] for line in lines)
+
+
+def test_a_renamed_option_takes_its_old_name_with_a_warning_and_help_shows_only_the_new() -> None:
+    from isegprobe.commands.options import renamed_option
+
+    @click.command()
+    @renamed_option("--store", "store_path", ["--cache"], required=True, help="A store.")
+    def show(store_path: str) -> None:
+        click.echo(f"store {store_path}")
+
+    runner = CliRunner()
+    new = runner.invoke(show, ["--store", "a"])
+    assert new.exit_code == 0 and new.stdout == "store a\n" and new.stderr == ""
+    old = runner.invoke(show, ["--cache", "a"])
+    assert old.exit_code == 0 and old.stdout == "store a\n"
+    assert old.stderr == "warning: --cache is deprecated; use --store\n"
+    both = runner.invoke(show, ["--store", "a", "--cache", "b"])
+    assert both.exit_code == 2 and "--cache is the former name of --store: give one of them" in both.stderr
+    missing = runner.invoke(show, [])
+    assert missing.exit_code == 2 and "Missing option '--store'." in missing.stderr
+    help_text = runner.invoke(show, ["--help"]).stdout
+    assert "--store" in help_text and "[required]" in help_text and "--cache" not in help_text
+
+
+def test_the_old_store_option_of_train_still_reaches_the_command(tmp_path) -> None:
+    """`train --cache` (the name before --store): warned about, and its value is the training store."""
+    not_a_store = tmp_path / "folder"
+    not_a_store.mkdir()
+    arguments = ["train", "--cache", str(not_a_store), "--config", "fast_cpu", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, [*arguments, "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("warning: --cache is deprecated; use --store\n")
+    assert str(not_a_store) in result.stderr
+
+
+STORE_OPTIONS = {  # command -> (options that take one store, options that take a folder of stores)
+    ("train",): (["--store", "--val-store"], []),
+    ("evaluate",): (["--store"], ["--store-root"]),
+    ("plot", "features"): (["--store"], []),
+    ("import-seed",): (["--store"], []),
+}
+
+
+@pytest.mark.parametrize("path", list(STORE_OPTIONS), ids=" ".join)
+def test_stores_are_named_the_same_way_in_every_command(path: tuple[str, ...]) -> None:
+    command = main
+    for name in path:
+        command = command.get_command(click.Context(command), name)
+    shown = {option for param in command.params if not getattr(param, "hidden", False) for option in param.opts}
+    one, folder = STORE_OPTIONS[path]
+    assert set(one + folder) <= shown
+    assert not {option for option in shown if "cache" in option}, "a store is --store, a folder of them --store-root"
+
+
+DEVICE_COMMANDS = [("extract-features",), ("train",), ("evaluate",), ("plot", "features"), ("plot", "predictions"),
+                   ("demo",), ("quickstart",)]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", DEVICE_COMMANDS, ids=" ".join)
+def test_every_command_that_computes_picks_its_device_by_one_rule(path: tuple[str, ...], monkeypatch) -> None:
+    import torch
+
+    from isegprobe.commands import options
+    from isegprobe.devices import DEVICE_RULE
+
+    command = main
+    for name in path:
+        command = command.get_command(click.Context(command), name)
+    (device,) = [param for param in command.params if param.name == "device"]
+    assert device.default is None and DEVICE_RULE in device.help
+    assert device.callback is options._device, "the shared --device of commands/options.py"
+
+    context = click.Context(command)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device.process_value(context, None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device.process_value(context, None) == "cuda"
+    assert device.process_value(context, "cpu") == "cpu"
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_refused_before_any_work(monkeypatch) -> None:
+    import torch
+
+    from isegprobe.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["plot", "features", "--store", ".", "--device", "cuda"])
+    assert result.exit_code == 2 and "--device cuda: no CUDA device is available here" in result.stderr
+    with pytest.raises(Exception, match="expected cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+
+
+def test_train_picks_its_preset_by_the_resolved_device_and_says_so_in_help() -> None:
+    from isegprobe.commands import train as train_command
+
+    assert train_command._default_preset("cuda") == "sbd_224"
+    assert train_command._default_preset("cuda:1") == "sbd_224"
+    assert train_command._default_preset("cpu") == "fast_cpu"
+    help_text = " ".join(CliRunner().invoke(main, ["train", "--help"], terminal_width=200).stdout.split())
+    assert "Without it the preset is picked by the device (see --device): sbd_224 (the research recipe) on CUDA, " \
+        "fast_cpu (a light head) on CPU" in help_text  # fmt: skip

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from dataset_trees import box, write_image, write_mask
+from tqdm import tqdm
 
 from isegprobe.commands.datasets import datasets
-from isegprobe.data import create_dataset
+from isegprobe.data import create_dataset, download
 
 
 class ArchiveHandler(BaseHTTPRequestHandler):
@@ -155,3 +156,22 @@ def test_cocolvis_annotations_merge_into_an_existing_lvis_folder(server, tmp_pat
 def test_datasets_without_a_public_archive_are_refused(tmp_path):
     result = _download("coco", "--to", tmp_path)
     assert result.exit_code == 1 and "no public archive" in result.output
+
+
+def test_the_transfer_shows_bytes_of_the_announced_total(server, tmp_path, monkeypatch):
+    """The bar (shown on a terminal) starts where a partial file stops and ends at the archive's length."""
+    bars = []
+
+    def shown(*args, **kwargs):
+        bars.append(tqdm(*args, **{**kwargs, "disable": False, "file": io.StringIO()}))
+        return bars[-1]
+
+    monkeypatch.setattr(download, "tqdm", shown)
+    server.payload = _grabcut_zip(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "GrabCut.zip.part").write_bytes(server.payload[:1000])
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"))
+    assert result.exit_code == 0, result.output
+    (bar,) = bars
+    assert (bar.initial, bar.n, bar.total, bar.unit) == (1000, len(server.payload), len(server.payload), "B")
+    assert "GrabCut.zip: 100%" in bar.fp.getvalue()

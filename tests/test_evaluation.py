@@ -154,6 +154,8 @@ def test_cli_from_the_cache_writes_the_papers_numbers(store, trained_run, three_
         "Dataset", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "IoU@1", "SPC, s", "SPC loop, s"
     ]  # fmt: skip
     assert lines[header + 2].startswith("| grabcut |")
+    assert "grabcut:   0%|          | 0/3 [" in result.stderr, "the objects' total is known before the first one"
+    assert "grabcut: 100%|██████████| 3/3 [" in result.stderr
 
     document = json.loads((out / "results.json").read_text())
     summary = document["datasets"]["grabcut"]
@@ -525,10 +527,15 @@ def test_an_objects_curve_does_not_depend_on_the_objects_beside_it_with_loftup(s
     alone = torch.cat([predictor.probabilities([item]) for item in inputs])
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
     curves = {}
+    clicked: dict[int, list[tuple[int, int]]] = {1: [], 3: []}
     for batch_size in (1, 3):
-        run = evaluate_objects(predictor, iter(tasks), 3, batch_size=batch_size)
+        record = clicked[batch_size].append
+        run = evaluate_objects(
+            predictor, iter(tasks), 3, batch_size=batch_size, on_click=lambda *call, r=record: r(call)
+        )
         curves[batch_size] = np.stack([result.ious for result in run.results])
     np.testing.assert_array_equal(curves[1], curves[3])
+    assert clicked == {1: [(1, 1), (2, 1), (3, 1)] * 3, 3: [(1, 3), (2, 3), (3, 3)]}, "progress inside a batch"
 
 
 def test_the_isegprobe_protocol_fixes_its_settings_and_evaluates_the_last_checkpoint(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -13,18 +15,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from stores import builtin_store
 from torch import nn
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
+from isegprobe.commands.options import results_and_labels
 from isegprobe.config import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.errors import UserError
 from isegprobe.inference.results import ResultsWriter
 from isegprobe.plots.feature_panels import feature_panels, named_upsamplers, open_item
 from isegprobe.plots.feature_pca import PcaColours
-from isegprobe.plots.iou_vs_clicks import read_evaluation
+from isegprobe.plots.iou_vs_clicks import evaluation_curves, iou_vs_clicks_figure, read_evaluation
 from isegprobe.training import train
 
 RUN_INFO = {"featurizer": "vit_small_patch14_dinov2", "upsampler": "lift", "fusion": "after_backbone"}
@@ -138,7 +142,7 @@ def test_features_command_draws_a_trained_probes_upsampler_and_refuses_what_woul
     config = load_train_config("quickstart", ["schedule.max_iters=0", "model.upsampler.name=bilinear"])
     train(config, CachedDataset(store), run_dir, device="cpu", progress=False)
     out = tmp_path / "features.png"
-    common = ["--cache", str(store), "--device", "cpu", "--out", str(out)]
+    common = ["--store", str(store), "--device", "cpu", "--out", str(out)]
     result = plot("features", *common, "--upsamplers", "bicubic", "--checkpoint", str(run_dir))
     assert result.exit_code == 0, result.output
     picture = cv2.imread(str(out))
@@ -200,7 +204,8 @@ def test_default_labels_tell_apart_evaluations_of_the_same_probe(tmp_path: Path)
     ]
     result = plot("iou-vs-clicks", *folders[:2], "--out", str(tmp_path / "curves.png"))
     assert result.exit_code == 0, result.output
-    assert f"{lift} (zoom-in) (NoC@85" in (tmp_path / "curves.svg").read_text()
+    svg = (tmp_path / "curves.svg").read_text()
+    assert f"{lift} (zoom-in)" in svg and "(NoC@85 2.00, NoC@90 3.00)" in svg, "a long label wraps before its NoC"
 
 
 def test_report_says_which_cells_do_not_compare(tmp_path: Path) -> None:
@@ -254,3 +259,66 @@ def test_predictions_replay_an_online_evaluation_from_its_dataset(tmp_path: Path
     assert result.exit_code == 0, result.output
     assert "largest difference over the 4 clicks 0" in result.output
     assert cv2.imread(str(tmp_path / "p.png")) is not None
+
+
+def test_long_default_labels_wrap_inside_the_figure_and_keep_their_noc(tmp_path: Path, recwarn) -> None:
+    """Default labels of evaluations of one probe read `featurizer + upsampler + fusion (protocol words, folder)`:
+    the legend below each panel wraps them instead of squeezing the axes away (matplotlib's "constrained_layout not
+    applied"), and stays inside the picture with every NoC."""
+    protocol = {"flip": True, "zoom_in": False, "online": False, "threshold": 0.5}
+    folders = []
+    for index in range(4):
+        folder = tmp_path / f"sbd_dinov2_featup_jbu_after_backbone_run{index}_with_a_longer_name_than_most_would_give"
+        write_results(folder, {"a": [0.5, 0.86, 0.91, 0.95]}, {**RUN_INFO, **protocol, "upsampler": "featup_jbu"})
+        folders.append(folder)
+    evaluations = [evaluation_curves(document, label) for label, document in results_and_labels(tuple(folders), None)]
+    assert all(len(evaluation.label) > 110 for evaluation in evaluations), [e.label for e in evaluations]
+
+    figure = iou_vs_clicks_figure(evaluations)
+    figure.canvas = FigureCanvasAgg(figure)
+    figure.canvas.draw()
+    assert not [warning for warning in recwarn if "constrained_layout not applied" in str(warning.message)]
+    (axis,) = figure.axes
+    legend = axis.get_legend()
+    inside = figure.bbox.padded(0.5)
+    assert inside.contains(*legend.get_window_extent().p0) and inside.contains(*legend.get_window_extent().p1)
+    assert axis.get_window_extent().height > 0.4 * figure.bbox.height, "the axes keep their room"
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert all(text.endswith("(NoC@85 2.00, NoC@90 3.00)") and "\n" in text for text in texts)
+    assert ["".join(text.split()) for text in texts] == [
+        "".join(f"{evaluation.label} (NoC@85 2.00, NoC@90 3.00)".split()) for evaluation in evaluations
+    ], "the labels, only broken into lines"
+
+
+def test_a_report_tells_an_evaluation_in_progress_from_a_stopped_one(tmp_path: Path) -> None:
+    """The lock an `isegprobe evaluate` holds on its results folder while it runs, taken by a live process."""
+    write_results(tmp_path / "running", {"a": [0.5, 0.86, 0.91, 0.95]}, complete=False)
+    write_results(tmp_path / "stopped", {"a": [0.5, 0.86, 0.91, 0.95]}, complete=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "running")], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        result = report(str(tmp_path / "running"), str(tmp_path / "stopped"), "--labels", "running,stopped")
+    finally:
+        holder.communicate(b"\n", timeout=30)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [cell.strip() for cell in lines[2].split("|")[1:-1]][:3] == ["running", "cache", "**2.00**†"]
+    assert [cell.strip() for cell in lines[3].split("|")[1:-1]][:3] == ["stopped", "cache", "**2.00***"]
+    assert "* evaluation stopped before every object was done" in lines
+    (note,) = [line for line in lines if line.startswith("† running: evaluation in progress")]
+    assert f"PID {holder.pid} " in note
+
+    after = report(str(tmp_path / "running"), "--labels", "running")
+    assert "2.00*" in after.stdout and "in progress" not in after.stdout, "its command ended: stopped"
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from isegprobe.locks import exclusive_lock
+with exclusive_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""

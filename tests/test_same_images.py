@@ -29,16 +29,16 @@ def invoke(*args: str):
 def test_training_on_a_test_split_says_that_its_evaluations_there_measure_training_images(stores, tmp_path):
     said = "training on the test split of builtin: an evaluation on builtin afterwards measures images this probe"
     with pytest.warns(UserWarning, match=said):
-        invoke("train", *TRAIN, "--cache", str(stores["test"]), "--out", str(tmp_path / "on_test"))
+        invoke("train", *TRAIN, "--store", str(stores["test"]), "--out", str(tmp_path / "on_test"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        invoke("train", *TRAIN, "--cache", str(stores["train"]), "--out", str(tmp_path / "on_train"))
+        invoke("train", *TRAIN, "--store", str(stores["train"]), "--out", str(tmp_path / "on_train"))
     assert not [w for w in caught if "test split" in str(w.message)]
 
 
 def test_evaluating_on_the_training_images_says_so_and_on_others_does_not(stores, tmp_path):
     run = tmp_path / "run"
-    invoke("train", *TRAIN, "--cache", str(stores["train"]), "--out", str(run))
+    invoke("train", *TRAIN, "--store", str(stores["train"]), "--out", str(run))
     evaluate = ["evaluate", "--checkpoint", str(run), "--max-clicks", "2"]
     with pytest.warns(UserWarning, match=r"this probe was trained on these images \(builtin/train\)"):
         invoke(*evaluate, "--store", str(stores["train"]), "--out", str(tmp_path / "same"))

@@ -112,7 +112,7 @@ def test_every_numeric_option_has_a_range_that_refuses_nan():
         ["extract-features", "--featurizer", "f", "--dataset", "builtin", "--out", "x", "--workers", "-1"],
         ["extract-features", "--featurizer", "f", "--dataset", "builtin", "--out", "x", "--max-pixels", "0"],
         ["demo", "--checkpoint", ".", "--threshold", "nan"],
-        ["plot", "features", "--cache", ".", "--item", "-1"],
+        ["plot", "features", "--store", ".", "--item", "-1"],
     ],
 )
 def test_an_option_outside_its_range_is_refused_naming_it_and_the_range(arguments):
@@ -179,11 +179,11 @@ def test_the_pixel_limit_is_read_from_the_header_and_can_be_moved(tmp_path, monk
     ("command", "expected"),
     [
         (
-            lambda w, store: ["train", "--config", "quickstart", "--cache", store, "--out", w.root / "t_missing"],
+            lambda w, store: ["train", "--config", "quickstart", "--store", store, "--out", w.root / "t_missing"],
             "16 finished items have chunk files missing (an interrupted copy?): item 0 (train_000): images",
         ),
         (
-            lambda w, store: ["plot", "features", "--cache", store, "--item", "3", "--out", w.root / "missing.png"],
+            lambda w, store: ["plot", "features", "--store", store, "--item", "3", "--out", w.root / "missing.png"],
             "1 finished item has chunk files missing (an interrupted copy?): item 3 (train_003): images",
         ),
         (
@@ -209,7 +209,7 @@ def test_a_chunk_that_does_not_decode_stops_training_naming_the_item_even_in_a_l
     without the worker's traceback."""
     damage = scramble_chunk_file("features", 1, end=-600)  # items 16-23, every view
     store = world.damaged_store("scrambled_train", damage, world.train_store)
-    trained = invoke("train", "--config", "quickstart", "--cache", store, "--out", world.root / "t_scrambled",
+    trained = invoke("train", "--config", "quickstart", "--store", store, "--out", world.root / "t_scrambled",
                      "--set", "data.num_workers=1", "--max-iters", "6")  # fmt: skip
     assert trained.exit_code == 1, trained.output
     assert re.search(r"item (1[6-9]|2[0-3]) \(train_0\d\d\): the features chunk cannot be decoded", trained.output)

@@ -25,7 +25,7 @@ STEPS = 60
 
 def command(store: Path, run: Path, *extra: str, every: int = 5) -> list[str]:
     return [
-        sys.executable, "-m", "isegprobe", "train", "--config", "quickstart", "--cache", str(store),
+        sys.executable, "-m", "isegprobe", "train", "--config", "quickstart", "--store", str(store),
         "--out", str(run), "--max-iters", str(STEPS), "--device", "cpu",
         "--set", f"checkpoint.every_steps={every}", "--set", "data.num_workers=2", *extra,
     ]  # fmt: skip

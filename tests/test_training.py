@@ -611,7 +611,7 @@ def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pyte
     dataset = SquaresDataset(count=4)
     monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: dataset)
     run_dir = tmp_path / "run"
-    common = ["--cache", str(tmp_path), "--out", str(run_dir), "--device", "cpu"]
+    common = ["--store", str(tmp_path), "--out", str(run_dir), "--device", "cpu"]
     settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.image_every_steps=2"]
     settings += ["--set", "logging.every_steps=1"]
     result = CliRunner().invoke(train_command.train, ["--config", "fast_cpu", *settings, *common, "--max-iters", "2"])
@@ -634,7 +634,7 @@ def test_data_views_trains_on_a_subset_of_the_stores_views(tmp_path: Path) -> No
     from isegprobe.commands import train as train_command
 
     store = builtin_store(tmp_path / "cache", split="train", size=28)
-    common = ["--config", "quickstart", "--cache", str(store), "--device", "cpu", "--max-iters", "1"]
+    common = ["--config", "quickstart", "--store", str(store), "--device", "cpu", "--max-iters", "1"]
 
     def train_on(views: str, run: str):
         return CliRunner().invoke(train_command.train, [*common, "--set", f"data.views={views}", "--out", run])

@@ -17,7 +17,7 @@ OVERRIDES = ["clicks.max_num_next_clicks=0", "data.batch_size=4", "schedule.max_
 def test_two_ranks_train_like_one_process(tmp_path):
     store = builtin_store(tmp_path / "cache")
     sets = [arg for override in OVERRIDES for arg in ("--set", override)]
-    command = ["train", "--config", "quickstart", *sets, "--cache", str(store), "--device", "cpu"]
+    command = ["train", "--config", "quickstart", *sets, "--store", str(store), "--device", "cpu"]
     ranks = run_two_ranks(*command, "--out", str(tmp_path / "ranks"), port=29541)
     single = run_cli(*command, "--out", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr

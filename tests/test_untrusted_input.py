@@ -174,7 +174,7 @@ def test_a_torchscript_backbone_file_is_loaded_only_with_the_flag_which_says_it_
 def test_torchscript_upsampler_weights_are_refused_by_train(world: Path, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     weights = torchscript_archive(tmp_path / "lift.pt", marker)
-    result = invoke("train", "--config", "quickstart", "--cache", store_of(world), "--out", tmp_path / "run",
+    result = invoke("train", "--config", "quickstart", "--store", store_of(world), "--out", tmp_path / "run",
                     "--set", "model.upsampler.name=lift", "--set", f"model.upsampler.weights={weights}")  # fmt: skip
     refused(result, f"weights file {weights} is a TorchScript archive", "--allow-torchscript")
     assert not marker.exists(), "the archive's code ran"

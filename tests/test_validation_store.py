@@ -1,4 +1,4 @@
-"""`train --val-cache`: the best checkpoint is picked on a validation store, which must match the training store."""
+"""`train --val-store`: the best checkpoint is picked on a validation store, which must match the training store."""
 
 from __future__ import annotations
 
@@ -39,6 +39,6 @@ def test_a_validation_store_unlike_the_training_store_is_refused(tmp_path: Path)
     with pytest.raises(UserError, match="extracted at 112 px, the training store at 56 px"):
         train(config, training, tmp_path / "run", device="cpu", val_dataset=larger, progress=False)
     keys = builtin_store(tmp_path / "cache", split="test", size=56, featurizer="vit_small_patch14_dinov2:keys")
-    with pytest.raises(UserError, match="output: training store 'tokens', --val-cache .* 'keys'"):
+    with pytest.raises(UserError, match="output: training store 'tokens', --val-store .* 'keys'"):
         train(config, training, tmp_path / "run", device="cpu", val_dataset=CachedDataset(keys), progress=False)
     assert not (tmp_path / "run" / "last.json").exists()

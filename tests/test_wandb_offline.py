@@ -27,7 +27,7 @@ def test_train_and_evaluate_log_to_an_offline_wandb_run(tmp_path: Path, monkeypa
     settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.every_steps=1"]
     settings += ["--set", "logging.image_every_steps=2"]
     trained = run_cli("train", "--config", "quickstart", *settings, "--max-iters", "2", "--wandb",
-                      "--cache", str(store), "--out", str(run_dir), "--device", "cpu")  # fmt: skip
+                      "--store", str(store), "--out", str(run_dir), "--device", "cpu")  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     logged = offline_run_file(run_dir)
     assert b"train/loss" in logged and b"train/predictions" in logged

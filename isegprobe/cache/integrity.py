@@ -4,7 +4,7 @@ reports them; `extract-features --repair` marks their items undone and extracts 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -15,9 +15,10 @@ from isegprobe.cache.store import FeatureStore
 CHANGED_BYTES = "no longer match their checksum (the stored bytes changed after extraction)"
 
 
-def broken_entries(store: FeatureStore) -> Iterator[tuple[int, str]]:
+def broken_entries(store: FeatureStore, on_shard: Callable[[int], None] | None = None) -> Iterator[tuple[int, str]]:
     """(item index, what is wrong) for every finished item that fails a check, shard by shard. A shard with an
-    unreadable chunk is checked again item by item, so that one damaged item hides none of its neighbours."""
+    unreadable chunk is checked again item by item, so that one damaged item hides none of its neighbours.
+    `on_shard(checked)` follows the reading (a progress bar): after each shard, with its number of finished items."""
     checked = CHECKSUM_ARRAY in store.group
     names = [*(CHECKED_ARRAYS if checked else ("features",)), "valid_box", *((CHECKSUM_ARRAY,) if checked else ())]
     handles = {name: open_tensorstore(store.path, name) for name in names}
@@ -34,6 +35,8 @@ def broken_entries(store: FeatureStore) -> Iterator[tuple[int, str]]:
                     yield from _problems(store, handles, range(index, index + 1), done[done == index])
                 except ChunkError as error:
                     yield int(index), error.problem
+        if on_shard is not None:
+            on_shard(len(done))
 
 
 def _problems(store: FeatureStore, handles: dict, items: range, done: np.ndarray) -> list[tuple[int, str]]:

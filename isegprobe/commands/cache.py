@@ -70,9 +70,9 @@ def stats_command(store: str, out: str | None) -> None:
 
 
 @cache.command("ls")
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.argument("store_root", type=click.Path(exists=True, file_okay=False))
 @reports_user_errors
-def ls_command(root: str) -> None:
-    """Every store under ROOT (an extract-features --out folder) as a table: featurizer, weights, dataset, size,
-    views, items done, size on disk."""
-    click.echo(list_stores(root))
+def ls_command(store_root: str) -> None:
+    """Every store under STORE_ROOT (an extract-features --out folder, evaluate's --store-root) as a table:
+    featurizer, weights, dataset, size, views, items done, size on disk."""
+    click.echo(list_stores(store_root))

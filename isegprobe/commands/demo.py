@@ -6,10 +6,9 @@ import click
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option, threshold_option
-from isegprobe.commands.options import allow_torchscript_option, checkpoint_option
+from isegprobe.commands.options import allow_torchscript_option, checkpoint_option, device_option
 from isegprobe.data import list_datasets
 from isegprobe.demo.catalog import Catalog, DatasetCatalog, ImageCatalog
-from isegprobe.devices import default_device
 from isegprobe.errors import UserError
 
 
@@ -34,7 +33,7 @@ from isegprobe.errors import UserError
     "--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network."
 )
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port of the page.")
-@click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
+@device_option
 @click.option("--zoom-in", is_flag=True, help="RITM's zoom-in from the second click on (the backbone runs per click).")
 @threshold_option
 @max_pixels_option

@@ -9,8 +9,7 @@ import click
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option, threshold_option
-from isegprobe.commands.options import allow_torchscript_option, checkpoint_option
-from isegprobe.devices import default_device
+from isegprobe.commands.options import allow_torchscript_option, checkpoint_option, device_option, renamed_option
 from isegprobe.errors import UserError
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts, get_protocol
@@ -34,13 +33,17 @@ from isegprobe.training.run_logger import start_wandb
 )
 @click.option("--datasets", default="grabcut", show_default=True, help="Comma-separated dataset names.")
 @click.option("--split", default="test", show_default=True, help="Split of every dataset.")
-@click.option(
-    "--cache-root", type=click.Path(file_okay=False), help="Folder holding the stores (extract-features --out)."
+@renamed_option(
+    "--store-root",
+    "store_root",
+    ["--cache-root"],
+    type=click.Path(file_okay=False),
+    help="Folder of stores (extract-features --out): each dataset's store of the probe's featurizer and size.",
 )
 @click.option(
     "--store", "stores", multiple=True, type=click.Path(file_okay=False), help="An explicit store; repeatable."
 )
-@click.option("--online", is_flag=True, help="Run the backbone on the images instead of reading a cache.")
+@click.option("--online", is_flag=True, help="Run the backbone on the images instead of reading stores.")
 @click.option("--root", default=None, help="Dataset root, when the store's recorded root moved, or with --online.")
 @click.option("--max-clicks", default=20, show_default=True, type=click.IntRange(1, 100), help="Clicks per object.")
 @click.option(
@@ -59,7 +62,7 @@ from isegprobe.training.run_logger import start_wandb
 @click.option(
     "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Objects per probe forward."
 )
-@click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
+@device_option
 @click.option(
     "--vis-preds",
     default=0,
@@ -94,7 +97,7 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
 
     \b
     From the cache (the backbone is never loaded, unless --zoom-in):
-        isegprobe evaluate --checkpoint runs/probe --datasets grabcut,berkeley --cache-root cache/ --out results/
+        isegprobe evaluate --checkpoint runs/probe --datasets grabcut,berkeley --store-root cache/ --out results/
     Writes results.json, results.csv and ious.npz (one IoU curve per object) into --out, after every batch,
     so an interrupted run (Ctrl-C) keeps the objects it finished, and the same command again evaluates only the
     objects it did not finish. Results of another evaluation in --out are never replaced without --overwrite.

@@ -7,9 +7,8 @@ import click
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option
-from isegprobe.commands.options import allow_torchscript_option
+from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.data import list_datasets
-from isegprobe.devices import default_device
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
 from isegprobe.units import human_bytes
@@ -53,7 +52,7 @@ from isegprobe.units import human_bytes
     show_default=True,
     help="Comma-separated views to cache: identity, hflip, vflip, rot90, rot180, rot270, scale<f> (a zoomed-in "
     "crop, e.g. scale1.5), crop<k> "
-    "(the seed's training crop: a working-size window at 0.75-1.25 scale; crop1,crop2,... for several). Stage two "
+    "(iSegProbe's training crop: a working-size window at 0.75-1.25 scale; crop1,crop2,... for several). Stage two "
     "trains on one view per image and epoch, drawn at random.",
 )
 @click.option(
@@ -61,12 +60,12 @@ from isegprobe.units import human_bytes
     type=click.Choice(["stretch", "letterbox"]),
     default="stretch",
     show_default=True,
-    help="stretch the image to size x size (the seed's and RITM's rule), or letterbox (keep aspect, pad).",
+    help="stretch the image to size x size (iSegProbe's and RITM's rule), or letterbox (keep aspect, pad).",
 )
 @click.option(
     "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per backbone forward."
 )
-@click.option("--device", default=default_device(), show_default=True, help="cpu or cuda (bf16/fp16 autocast on CUDA).")
+@device_option
 @click.option(
     "--workers",
     default=default_loader_workers(),
@@ -109,7 +108,8 @@ def extract_features(**options) -> None:
 
     Running the same command again resumes: finished items are skipped. A store made with another featurizer,
     other weights or other preprocessing is never mixed with: the command refuses unless --overwrite is given.
-    Under torchrun, each rank extracts its own shards of the same store.
+    Under torchrun, each rank extracts its own shards of the same store. On CUDA the backbone runs under bf16 (fp16
+    where bf16 is missing) autocast, on a CPU in float32.
     """
     result = extract(ExtractionRequest(**options))
     for problem in result.repaired:

@@ -44,9 +44,10 @@ def import_seed(
 
     \b
     isegprobe import-seed exps/sbd_dinov2_lift/checkpoints/last_checkpoint.pth \\
-        --weights dinov2_vits14_pretrain.pth --upsampler-weights lift_dinov2_s14.pth --out runs/seed_dinov2_lift
-    isegprobe evaluate --checkpoint runs/seed_dinov2_lift --protocol iSegProbe --datasets grabcut \\
+        --weights dinov2_vits14_pretrain.pth --upsampler-weights lift_dinov2_s14.pth --out runs/imported_dinov2_lift
+    isegprobe evaluate --checkpoint runs/imported_dinov2_lift --protocol iSegProbe --datasets grabcut \\
         --root data/GrabCut --out res/
+    The research code is the one published with the iSegProbe paper (arXiv 2505.02075).
     --protocol iSegProbe evaluates as the research code's evaluate.py does (zoom-in, flip, 20 clicks), so the
     numbers compare with its own. The file is read without running the research code (torch's weights-only loader).
     The backbone is rebuilt as the research code built it: dinov2 -> dinov2_vits14 (the official model), vit ->

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
+from isegprobe.devices import DEVICE_RULE, resolve_device
 from isegprobe.errors import UserError
 from isegprobe.inference.results import default_labels, read_results
 from isegprobe.trust import ALLOW_TORCHSCRIPT, allowing_torchscript
@@ -20,6 +21,57 @@ checkpoint_option = click.option(
     type=click.Path(exists=True),
     help="RUN_DIR (best, else last) or RUN/last.safetensors.",
 )
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    try:
+        return resolve_device(value)
+    except UserError as error:
+        raise click.UsageError(str(error), ctx) from None
+
+
+# One rule for every command that computes: the command receives the device already resolved.
+device_option = click.option(
+    "--device",
+    default=None,
+    metavar="cpu|cuda|cuda:N",
+    callback=_device,
+    help=f"Where to compute. Default: {DEVICE_RULE}.",
+)
+
+
+def renamed_option(
+    name: str, dest: str, old_names: Sequence[str], *, required: bool = False, **attributes: Any
+) -> Callable[[F], F]:
+    """`click.option(name, dest, **attributes)` for a single value, still accepting the option's former names,
+    hidden from --help: scripts written for them keep working, and each use prints a one-line warning that names
+    the new spelling. `required` is checked once the old names are read, since either spelling may give the value."""
+
+    def decorate(command: F) -> F:
+        old_dests = {old: f"{dest}__{old.lstrip('-').replace('-', '_')}" for old in old_names}
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, old_dest in old_dests.items():
+                value = kwargs.pop(old_dest)
+                if value is None:
+                    continue
+                click.echo(f"warning: {old} is deprecated; use {name}", err=True)
+                if kwargs[dest] is not None:
+                    raise click.UsageError(f"{old} is the former name of {name}: give one of them")
+                kwargs[dest] = value
+            if required and kwargs[dest] is None:
+                raise click.UsageError(f"Missing option '{name}'.")
+            return command(*args, **kwargs)
+
+        decorated = wrapper
+        hidden = {key: value for key, value in attributes.items() if key != "help"}
+        for old, old_dest in old_dests.items():
+            decorated = click.option(old, old_dest, hidden=True, **hidden)(decorated)
+        shown = {**attributes, "help": f"{attributes.get('help', '')}  [required]"} if required else attributes
+        return click.option(name, dest, **shown)(decorated)  # type: ignore[return-value]
+
+    return decorate
 
 
 def allow_torchscript_option(command: F) -> F:

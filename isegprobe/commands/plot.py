@@ -10,11 +10,12 @@ from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option
 from isegprobe.commands.options import (
     allow_torchscript_option,
+    device_option,
     labels_option,
+    renamed_option,
     results_and_labels,
     results_argument,
 )
-from isegprobe.devices import default_device
 from isegprobe.errors import UserError
 from isegprobe.plots.feature_panels import (
     feature_panels,
@@ -57,8 +58,13 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
 
 
 @plot.command("features")
-@click.option(
-    "--cache", "store_path", required=True, type=click.Path(exists=True, file_okay=False), help="A feature store."
+@renamed_option(
+    "--store",
+    "store_path",
+    ["--cache"],
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A feature store (extract-features' output).",
 )
 @click.option("--item", default=0, show_default=True, type=click.IntRange(min=0), help="Item index in the store.")
 @click.option("--view", default="identity", show_default=True, help="Which cached view of the item.")
@@ -87,7 +93,7 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     help="shared: every panel through the low-res features' PCA (colours compare across panels); own: each panel "
     "through its own PCA (shows the structure of outputs far from the backbone's feature space).",
 )
-@click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
+@device_option
 @click.option("--out", default="features.png", show_default=True, type=click.Path(dir_okay=False), help="PNG path.")
 @allow_torchscript_option
 @reports_user_errors
@@ -120,7 +126,7 @@ def features(
 @click.option("--dataset", default=None, help="Which dataset of the evaluation (needed when it has several).")
 @click.option("--root", default=None, help="Dataset root, when it moved since the evaluation.")
 @max_pixels_option
-@click.option("--device", default=default_device(), show_default=True, help="cpu or cuda.")
+@device_option
 @click.option(
     "--out",
     default=None,

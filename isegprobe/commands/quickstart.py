@@ -1,4 +1,4 @@
-"""`isegprobe quickstart`: the whole pipeline on the built-in data, on CPU, with nothing to download."""
+"""`isegprobe quickstart`: the whole pipeline on the built-in data, with nothing to download; minutes on a CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import allow_torchscript_option
+from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.commands.train import exit_if_stopped
 from isegprobe.config import load_train_config
 from isegprobe.inference.metrics import format_miou_curves, format_table
@@ -45,9 +45,10 @@ QUICKSTART_PRESET = "quickstart"
     type=click.IntRange(min=1),
     help="Clicks per object in the evaluation.",
 )
+@device_option
 @allow_torchscript_option
 @reports_user_errors
-def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
+def quickstart(out: str, weights: str, max_iters: int, max_clicks: int, device: str) -> None:
     """Extract, train and evaluate on the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px.
 
     \b
@@ -69,7 +70,7 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
                 split=split,
                 size=QUICKSTART_SIZE,
                 views="identity,hflip",
-                device="cpu",
+                device=device,
                 out=str(out_dir / "cache"),
                 workers=0,
             )
@@ -86,7 +87,7 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
     if resume:
         click.echo(f"  resuming the run in {run_dir} from its last checkpoint (delete the folder to start over)")
     dataset = CachedDataset(stores["train"], views=config.data.views)
-    summary = train(config, dataset, run_dir, device="cpu", resume=resume)
+    summary = train(config, dataset, run_dir, device=device, resume=resume)
     exit_if_stopped(summary, f"isegprobe quickstart --out {out_dir}")
     click.echo(f"  {summary.progress()}")
     click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")
@@ -98,7 +99,7 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int) -> None:
         stores=[str(stores["test"])],
         max_clicks=max_clicks,
         flip=True,
-        device="cpu",
+        device=device,
         vis_preds=6,
         overwrite=True,  # a second quickstart trains on, so the first one's results are of another checkpoint
     )

@@ -9,6 +9,7 @@ import click
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import labels_option, results_and_labels, results_argument
 from isegprobe.inference.report import format_report
+from isegprobe.locks import lock_holder
 from isegprobe.training.checkpoint import atomic_write_bytes
 
 
@@ -28,8 +29,18 @@ from isegprobe.training.checkpoint import atomic_write_bytes
 @reports_user_errors
 def report(results: tuple[str, ...], labels: str | None, table_format: str, miou_at: int, out: str | None) -> None:
     """One row per evaluation (RESULTS: folders written by `isegprobe evaluate --out`), and per dataset the NoC@85,
-    NoC@90 and mIoU after --miou-at clicks, as the papers' tables compare probes."""
-    table = format_report(results_and_labels(results, labels), miou_at, table_format)
+    NoC@90 and mIoU after --miou-at clicks, as the papers' tables compare probes.
+
+    Cells of a dataset an evaluation has not finished are marked: as in progress while its `isegprobe evaluate`
+    still runs (it holds the folder's lock), as stopped once it does not.
+    """
+    evaluations = results_and_labels(results, labels)
+    running = {
+        label: holder
+        for (label, _), folder in zip(evaluations, results, strict=True)
+        if (holder := lock_holder(Path(folder))) is not None
+    }
+    table = format_report(evaluations, miou_at, table_format, running)
     click.echo(table)
     if out is not None:
         atomic_write_bytes(Path(out), (table + "\n").encode())

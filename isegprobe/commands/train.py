@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.options import allow_torchscript_option
+from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
 from isegprobe.config import load_train_config
-from isegprobe.devices import default_device
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
@@ -35,24 +35,24 @@ DEFAULT_PRESETS = {"cuda": "sbd_224", "cpu": "fast_cpu"}
     "--config",
     "config_source",
     default=None,
-    help=f"Preset name ({', '.join(list_presets())}) or YAML file. Default: {DEFAULT_PRESETS['cuda']} (the research "
-    f"recipe) when training on CUDA, {DEFAULT_PRESETS['cpu']} (a light head) on a CPU; with --resume, the run's own.",
+    help=f"Preset name ({', '.join(list_presets())}) or YAML file. Without it the preset is picked by the device "
+    f"(see --device): {DEFAULT_PRESETS['cuda']} (the research recipe) on CUDA, {DEFAULT_PRESETS['cpu']} (a light "
+    "head) on CPU; with --resume, the run's own.",
 )
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.lr=1e-4."
 )
-@click.option(
+@renamed_option(
     "--store",
-    "--cache",
-    "cache_path",
+    "store_path",
+    ["--cache"],
     type=click.Path(exists=True, file_okay=False),
-    help="Training store, extract-features' output (--cache is its older name; with --resume: the run's own, unless "
-    "given).",
+    help="Training store, extract-features' output (with --resume: the run's own, unless given).",
 )
-@click.option(
+@renamed_option(
     "--val-store",
-    "--val-cache",
-    "val_cache_path",
+    "val_store_path",
+    ["--val-cache"],
     type=click.Path(exists=True, file_okay=False),
     help="Store to pick the best checkpoint on (with --resume: the run's own, unless given).",
 )
@@ -76,22 +76,22 @@ DEFAULT_PRESETS = {"cuda": "sbd_224", "cpu": "fast_cpu"}
     help="Stop after this many optimizer steps in total, or at the end of schedule.epochs if that comes first; 0 "
     "saves the untrained probe (a baseline to evaluate).",
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@device_option
 @click.option("--wandb", "use_wandb", is_flag=True, help="Also log to Weights & Biases (WANDB_MODE=offline works).")
 @allow_torchscript_option
 @reports_user_errors
 def train(
     config_source: str | None,
     overrides: tuple[str, ...],
-    cache_path: str | None,
-    val_cache_path: str | None,
+    store_path: str | None,
+    val_store_path: str | None,
     run_dir: str,
     online: bool,
     featurizer_name: str | None,
     featurizer_weights: str | None,
     resume: bool,
     max_iters: int | None,
-    device: str | None,
+    device: str,
     use_wandb: bool,
 ) -> None:
     """Train an interactive-segmentation probe on cached frozen features.
@@ -111,14 +111,14 @@ def train(
         if config_source is not None:
             click.echo("--resume: using the run's saved config; --config is ignored (--set still applies)", err=True)
         config = resume_config(run_dir, overrides)
-        cache_path, val_cache_path = _run_stores(run_dir, cache_path, val_cache_path)
+        store_path, val_store_path = _run_stores(run_dir, store_path, val_store_path)
     else:
-        if cache_path is None:
+        if store_path is None:
             raise click.UsageError("Missing option '--store' (the training store).")
         config = load_train_config(config_source or _default_preset(device), overrides)
 
-    dataset = CachedDataset(cache_path, views=config.data.views)
-    val_dataset = CachedDataset(val_cache_path) if val_cache_path else None
+    dataset = CachedDataset(store_path, views=config.data.views)
+    val_dataset = CachedDataset(val_store_path) if val_store_path else None
     needs_backbone = runs_featurizer_online(config.model, online)
     featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_backbone else None
     summary = run_training(
@@ -143,9 +143,10 @@ def train(
         click.echo(f"trained to step {summary.step}; {best}; checkpoints in {summary.run_dir}")
 
 
-def _default_preset(device: str | None) -> str:
-    """The preset for a run without --config, said as it is chosen."""
-    where = device or default_device()
+def _default_preset(device: str) -> str:
+    """The preset for a run without --config, chosen by the device the run trains on (already resolved by
+    --device's rule), said as it is chosen."""
+    where = torch.device(device).type
     preset = DEFAULT_PRESETS[where]
     why = (
         "the research recipe, for a GPU"
@@ -172,19 +173,19 @@ def exit_if_stopped(summary: TrainSummary, how_to_continue: str) -> None:
     raise SystemExit(128 + signal.Signals[summary.stopped_by].value)
 
 
-def _run_stores(run_dir: str, cache_path: str | None, val_cache_path: str | None) -> tuple[str, str | None]:
+def _run_stores(run_dir: str, store_path: str | None, val_store_path: str | None) -> tuple[str, str | None]:
     """The stores a resumed run trains and validates on: those given, else those its last checkpoint recorded."""
     metadata = read_metadata(checkpoint_files(run_dir, "last")["metadata"])
-    if cache_path is None:
-        cache_path = metadata.get("store_path") or None
-        if cache_path is None or not Path(cache_path).is_dir():
+    if store_path is None:
+        store_path = metadata.get("store_path") or None
+        if store_path is None or not Path(store_path).is_dir():
             raise UserError(
-                f"--resume: the training store the run in {run_dir} recorded ({cache_path}) is not there; "
+                f"--resume: the training store the run in {run_dir} recorded ({store_path}) is not there; "
                 "pass --store STORE"
             )
-    if val_cache_path is None:
-        val_cache_path = metadata.get("val_store_path") or None
-    return cache_path, val_cache_path
+    if val_store_path is None:
+        val_store_path = metadata.get("val_store_path") or None
+    return store_path, val_store_path
 
 
 def _resume_command(run_dir: str, online: bool, featurizer_name: str | None, featurizer_weights: str | None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import re
 import shutil
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -19,6 +20,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from isegprobe.data.catalog import dataset_facts, has_layout
 from isegprobe.errors import UserError
@@ -84,10 +87,26 @@ def _transfer(url: str, part: Path) -> int | None:
         if offset and response.status != 206:  # the server ignored the Range header: start over
             offset = 0
         total = _total_length(url, response, offset)
-        with open(part, "ab" if offset else "wb") as file:
+        with open(part, "ab" if offset else "wb") as file, _byte_progress(part, total, offset) as progress:
             while chunk := response.read(CHUNK_BYTES):
                 file.write(chunk)
+                progress.update(len(chunk))
     return total
+
+
+def _byte_progress(part: Path, total: int | None, offset: int) -> tqdm:
+    """Bytes received of the archive's length (when the server tells it), with an ETA; on a terminal only."""
+    name = part.name.removesuffix(".part")
+    return tqdm(
+        desc=name,
+        total=total,
+        initial=offset,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=None,
+        file=sys.stderr,
+    )
 
 
 def download_file(

@@ -118,18 +118,23 @@ def evaluate_objects(
     on_batch: Callable[[EvaluationRun], None] | None = None,
     framing: Callable[[ObjectTask], Framing] | None = None,
     keep_masks_at: Sequence[int] = (),
+    on_click: Callable[[int, int], None] | None = None,
 ) -> EvaluationRun:
     """Run the click protocol on every task.
 
     `on_result` sees each finished object, `on_batch` the running totals after each batch (progress, partial saves).
     `framing` makes each object's framing; the default is `WholeImage`. `keep_masks_at`: after which numbers of
-    clicks `on_result` also gets the predicted mask (for pictures of how a mask grows).
+    clicks `on_result` also gets the predicted mask (for pictures of how a mask grows). `on_click(click, objects)`
+    follows a batch inside: after its click number `click` (from 1) on each of its `objects` objects, since with
+    zoom-in (the backbone on every crop) one batch can take minutes.
     """
     framing = framing or partial(WholeImage.of_task, device=predictor.device)
     run = EvaluationRun()
     started = time.perf_counter()
     for batch in _batches(tasks, batch_size):
-        batch_results, seconds = _evaluate_batch(predictor, batch, max_clicks, threshold, framing, keep_masks_at)
+        batch_results, seconds = _evaluate_batch(
+            predictor, batch, max_clicks, threshold, framing, keep_masks_at, on_click
+        )
         run.predict_seconds += seconds
         run.clicks_made += len(batch) * max_clicks
         run.loop_seconds += time.perf_counter() - started
@@ -150,6 +155,7 @@ def _evaluate_batch(
     threshold: float,
     framing: Callable[[ObjectTask], Framing],
     keep_masks_at: Sequence[int],
+    on_click: Callable[[int, int], None] | None,
 ) -> tuple[list[ObjectResult], float]:
     clickers = [Clicker(task.gt, task.ignore) for task in batch]
     framings = [framing(task) for task in batch]
@@ -170,6 +176,8 @@ def _evaluate_batch(
             ious[i, click_index] = iou(task.gt, preds[i], task.ignore)
             if click_index + 1 in keep_masks_at:
                 kept[i][click_index + 1] = preds[i]
+        if on_click is not None:
+            on_click(click_index + 1, len(batch))
     results = [
         ObjectResult(task.id, ious[i], list(clickers[i].clicks), originals[i].astype(np.float32), task.image, kept[i])
         for i, task in enumerate(batch)

@@ -2,16 +2,16 @@
 NoC@85, NoC@90 and mIoU after k clicks per dataset; the best value of each column in bold (fewest clicks, highest
 mIoU).
 
-A cell is only as good as the evaluation behind it, so the table says when one was stopped before every object was
-done, when rows came from different protocols or click budgets, or when two rows measured a dataset on different
-numbers of objects (another split, say).
+A cell is only as good as the evaluation behind it, so the table says when one is still running or was stopped before
+every object was done, when rows came from different protocols or click budgets, or when two rows measured a dataset
+on different numbers of objects (another split, say).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from isegprobe.inference.results import RUN_INFO_DEFAULTS
 from isegprobe.tables import markdown_table
 
 INCOMPLETE_MARK = "*"
+RUNNING_MARK = "†"
 
 Evaluation = tuple[str, dict[str, Any]]  # (row label, results.json document)
 
@@ -49,8 +50,16 @@ class Column:
         return 100 * curve[self.clicks - 1] if len(curve) >= self.clicks else None
 
 
-def format_report(evaluations: Sequence[Evaluation], miou_at: int = 5, table_format: str = "md") -> str:
-    """The table as Markdown (best values in bold, notes below) or CSV (plain numbers, for spreadsheets)."""
+def format_report(
+    evaluations: Sequence[Evaluation],
+    miou_at: int = 5,
+    table_format: str = "md",
+    running: Mapping[str, str] | None = None,
+) -> str:
+    """The table as Markdown (best values in bold, notes below) or CSV (plain numbers, for spreadsheets).
+    `running`: the labels of evaluations still being written, with what their command says of itself (see
+    `isegprobe.locks.lock_holder`); their unfinished cells are marked as in progress, not as stopped."""
+    running = running or {}
     datasets = list(dict.fromkeys(name for _, document in evaluations for name in document["datasets"]))
     columns = [Column(dataset, metric, miou_at) for dataset in datasets for metric in ("NoC@85", "NoC@90", "mIoU")]
     header = ["probe", "protocol", *(column.title for column in columns)]
@@ -62,11 +71,11 @@ def format_report(evaluations: Sequence[Evaluation], miou_at: int = 5, table_for
     rows = [header]
     for (label, document), row in zip(evaluations, values, strict=True):
         cells = [
-            _cell(value, column_best, _incomplete(document, column.dataset))
+            _cell(value, column_best, _mark(document, column.dataset, label in running))
             for column, value, column_best in zip(columns, row, best, strict=True)
         ]
         rows.append([label, protocol_of(document), *cells])
-    notes = _notes(evaluations, datasets)
+    notes = _notes(evaluations, datasets, running)
     # A blank line ends the table: in GitHub's Markdown a text line right after it would become a row.
     return markdown_table(rows) + "".join(f"\n\n{note}" for note in notes)
 
@@ -80,6 +89,12 @@ def _incomplete(document: dict[str, Any], dataset: str) -> bool:
     return not document["datasets"].get(dataset, {}).get("complete", True)
 
 
+def _mark(document: dict[str, Any], dataset: str, running: bool) -> str:
+    if not _incomplete(document, dataset):
+        return ""
+    return RUNNING_MARK if running else INCOMPLETE_MARK
+
+
 def _best(values: list[float | None], lower_is_better: bool) -> float | None:
     present = [value for value in values if value is not None]
     if len(present) < 2:
@@ -87,19 +102,28 @@ def _best(values: list[float | None], lower_is_better: bool) -> float | None:
     return min(present) if lower_is_better else max(present)
 
 
-def _cell(value: float | None, best: float | None, incomplete: bool) -> str:
+def _cell(value: float | None, best: float | None, mark: str) -> str:
     if value is None:
         return "-"
     text = f"{value:.2f}"
     if best is not None and text == f"{best:.2f}":
         text = f"**{text}**"
-    return text + (INCOMPLETE_MARK if incomplete else "")
+    return text + mark
 
 
-def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str]) -> list[str]:
+def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: Mapping[str, str]) -> list[str]:
     notes = []
-    if any(_incomplete(document, dataset) for _, document in evaluations for dataset in datasets):
+    stopped = [
+        label
+        for label, document in evaluations
+        if label not in running and any(_incomplete(document, dataset) for dataset in datasets)
+    ]
+    if stopped:
         notes.append(f"{INCOMPLETE_MARK} evaluation stopped before every object was done")
+    for label, holder in running.items():
+        notes.append(
+            f"{RUNNING_MARK} {label}: evaluation in progress, its numbers cover the objects done so far ({holder})"
+        )
     protocols = {label: protocol_of(document) for label, document in evaluations}
     if len(set(protocols.values())) > 1:
         listed = ", ".join(f"{label}: {protocol}" for label, protocol in protocols.items())

@@ -30,7 +30,13 @@ from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, get_protocol
 from isegprobe.inference.results import ResultsWriter, probe_identity
 from isegprobe.inference.saved_features import saving_features
-from isegprobe.inference.tasks import cached_tasks, image_ids_of, online_tasks
+from isegprobe.inference.tasks import (
+    cached_object_count,
+    cached_tasks,
+    image_ids_of,
+    online_object_count,
+    online_tasks,
+)
 from isegprobe.inference.visuals import save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.locks import exclusive_lock
@@ -45,7 +51,7 @@ class EvaluationRequest:
     out_dir: str
     datasets: list[str] = field(default_factory=lambda: ["grabcut"])
     split: str = "test"
-    cache_root: str | None = None
+    store_root: str | None = None
     stores: list[str] = field(default_factory=list)
     online: bool = False
     root: str | None = None
@@ -131,18 +137,20 @@ def _evaluate(
             if request.save_feats:
                 folder = Path(request.out_dir) / "feats" / job.name
                 tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
-            _evaluate_dataset(setup.predictor, request, writer, job.name, tasks, setup.framing, on_result)
+            _evaluate_dataset(setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result)
         return writer.write()
 
 
 class EvaluationJob(NamedTuple):
-    """One dataset of a run: its name, where its objects come from (the store, or the images online) and the
-    objects' tasks. `online_root` is the --root (or configured) folder an online job reads its images from: None
-    for the built-in data and for stores, whose attrs record their own."""
+    """One dataset of a run: its name, where its objects come from (the store, or the images online), the objects'
+    tasks and how to count them (for the progress bar, before the first one). `online_root` is the --root (or
+    configured) folder an online job reads its images from: None for the built-in data and for stores, whose attrs
+    record their own."""
 
     name: str
     source: str
     tasks: Iterator[ObjectTask]
+    count: Callable[[], int]
     online_root: Path | None = None
 
 
@@ -202,16 +210,19 @@ def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collect
         raise UserError(f"the evaluation has no dataset {dataset!r}; it has {', '.join(j.name for j in setup.jobs)}")
     wanted = [task for task in job.tasks if task.id in object_ids]
     results: list[ObjectResult] = []
-    evaluate_objects(
-        setup.predictor,
-        iter(wanted),
-        request.max_clicks,
-        request.threshold,
-        request.batch_size,
-        on_result=results.append,
-        framing=setup.framing,
-        keep_masks_at=strip_clicks(request.max_clicks),
-    )
+    clicks = len(wanted) * request.max_clicks
+    with tqdm(desc=f"replaying {dataset}", unit="click", total=clicks, file=sys.stderr) as progress:
+        evaluate_objects(
+            setup.predictor,
+            iter(wanted),
+            request.max_clicks,
+            request.threshold,
+            request.batch_size,
+            on_result=results.append,
+            framing=setup.framing,
+            keep_masks_at=strip_clicks(request.max_clicks),
+            on_click=lambda click, objects: progress.update(objects),
+        )
     return results
 
 
@@ -229,16 +240,29 @@ def _evaluate_dataset(
     writer: ResultsWriter,
     name: str,
     tasks: Iterator[ObjectTask],
+    total: int,
     framing: Callable[[ObjectTask], Framing] | None,
     on_result: Callable[[str, ObjectResult], None] | None,
 ) -> None:
-    progress = tqdm(desc=name, unit="obj", file=sys.stderr, initial=len(writer.curves.get(name, {})))
+    """Evaluate one dataset's `tasks` (of `total` objects, those done before included), showing objects done of the
+    total with an ETA; `miniters=0` lets a batch that is still clicking redraw the bar (at most every 0.1 s) while
+    no object finishes."""
+    done = len(writer.curves.get(name, {}))
+    progress = tqdm(desc=name, unit="obj", total=total, initial=done, miniters=0, file=sys.stderr)
     pictures = Path(request.out_dir) / "vis" / name
+    postfix: dict[str, str] = {}
+
+    def clicked(click: int, objects: int) -> None:
+        postfix["click"] = f"{click}/{request.max_clicks}"
+        progress.set_postfix(postfix, refresh=False)
+        progress.update(0)
 
     def finished(result: ObjectResult) -> None:
-        if progress.n < request.vis_preds:
+        if len(writer.curves.get(name, {})) < request.vis_preds:
             save_overlay(pictures, result)
         writer.add(name, result.id, result.ious)
+        if progress.n >= progress.total:  # an object the count up front missed (too small at the working size)
+            progress.total = progress.n + 1
         progress.update(1)
         if on_result is not None:
             on_result(name, result)
@@ -246,7 +270,8 @@ def _evaluate_dataset(
     def batch_done(run: EvaluationRun) -> None:
         writer.set_speed(name, run.predict_seconds, run.loop_seconds, run.clicks_made)
         writer.write()
-        progress.set_postfix(sec_per_click=f"{run.seconds_per_click:.3f}")
+        postfix["sec_per_click"] = f"{run.seconds_per_click:.3f}"
+        progress.set_postfix(postfix)
 
     try:
         evaluate_objects(
@@ -259,8 +284,10 @@ def _evaluate_dataset(
             on_batch=batch_done,
             framing=framing,
             keep_masks_at=strip_clicks(request.max_clicks) if request.vis_preds else (),
+            on_click=clicked,
         )
         writer.finish(name)
+        progress.total = progress.n  # the objects evaluated, where the count up front was off
     finally:
         writer.write()
         progress.close()
@@ -279,7 +306,8 @@ def _jobs(
             root = resolve_root(name, request.root)
             source = create_dataset(name, root, request.split)
             where = f"{name} {request.split} at {source.root}, online"
-            yield EvaluationJob(name, where, online_tasks(source, size, resize, whole_image_flip, only_items), root)
+            tasks = online_tasks(source, size, resize, whole_image_flip, only_items)
+            yield EvaluationJob(name, where, tasks, partial(online_object_count, source), root)
         return
     for path in _store_paths(request, metadata):
         store = FeatureStore.open(path)
@@ -290,24 +318,24 @@ def _jobs(
         if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
         tasks = cached_tasks(str(path), source, whole_image_flip, only_items)
-        yield EvaluationJob(dataset["name"], str(Path(path).resolve()), tasks)
+        yield EvaluationJob(dataset["name"], str(Path(path).resolve()), tasks, partial(cached_object_count, str(path)))
 
 
 def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[Path]:
     if request.stores:
         return [Path(path) for path in request.stores]
-    if not request.cache_root:
-        raise UserError("give --cache-root DIR (or --store PATH) to evaluate from the cache, or --online")
+    if not request.store_root:
+        raise UserError("give --store-root DIR (or --store PATH) to evaluate from stores, or --online")
     name = metadata["featurizer_provenance"]["name"]
     size = int(metadata["preprocessing"]["size"])
     normalization = identity_value(metadata["featurizer_provenance"], "normalization")
     paths = [
-        Path(request.cache_root) / store_name(name, dataset, request.split, size, normalization)
+        Path(request.store_root) / store_name(name, dataset, request.split, size, normalization)
         for dataset in request.datasets
     ]
     missing = [str(path) for path in paths if not path.is_dir()]
     if missing:
-        raise UserError("--cache-root: no store " + ", ".join(missing) + "; run `isegprobe extract-features` first")
+        raise UserError("--store-root: no store " + ", ".join(missing) + "; run `isegprobe extract-features` first")
     return paths
 
 

@@ -7,8 +7,10 @@ from collections.abc import Collection, Iterator
 import numpy as np
 import torch
 
-from isegprobe.cache import CachedDataset
+from isegprobe.cache import CachedDataset, FeatureStore
+from isegprobe.cache.reader import open_tensorstore, read_items
 from isegprobe.data import SampleSource
+from isegprobe.data.base import PerInstanceSource
 from isegprobe.data.preprocess import make_view, parse_views
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -30,6 +32,35 @@ def _objects(sample: Sample, view: WorkingView, flip_view: WorkingView | None) -
             continue
         object_id = sample.id if count == 1 else f"{sample.id}_{instance}"
         yield ObjectTask(object_id, gt, sample.ignore & ~gt, sample.image, view, flip_view)
+
+
+def object_count(labels: np.ndarray) -> int:
+    """The objects `_objects` makes of a label map: its instance ids that cover at least one pixel."""
+    return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+
+
+def cached_object_count(store_path: str) -> int:
+    """The objects of a store's items, counted on its working-size label maps (identity view, a shard per read)
+    rather than the dataset's full-size masks, which the evaluation reads anyway: a progress bar's total, known
+    before the first object. An object too small to survive the resize to the working size is not counted."""
+    store = FeatureStore.open(store_path)
+    labels = open_tensorstore(store.path, "labels")[:, store.attrs["views"].index("identity")]
+    return sum(
+        object_count(item_labels)
+        for shard in store.shard_ranges()
+        for item_labels in read_items(store, labels, "labels", shard)
+    )
+
+
+def online_object_count(source: SampleSource) -> int:
+    """The objects of `source`, from its loader's instance counts where it keeps them (read from its annotations),
+    else from one pass over its samples: a progress bar's total, known before the first object."""
+    if isinstance(source, PerInstanceSource):
+        return len(source)
+    counts = getattr(source, "instance_counts", None)
+    if counts is not None:
+        return sum(counts())
+    return sum(object_count(source[index].labels) for index in range(len(source)))
 
 
 def cached_tasks(

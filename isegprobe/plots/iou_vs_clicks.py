@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import text_to_path
 from matplotlib.ticker import MaxNLocator
 
 from isegprobe.errors import UserError
@@ -21,6 +24,12 @@ from isegprobe.plots.figures import new_figure, save_figure
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
 TARGETS = (0.85, 0.90)
+PANEL_SIZE = (5.5, 4.2)  # inches: the axes with their labels and title; each panel's legend below adds its height
+LEGEND_FONT = FontProperties(size=8)
+# Legend text wider than this share of a panel wraps: the rest is the line sample and the margins.
+LEGEND_TEXT_SHARE = 0.85
+LINE_SPACING = 1.2  # a legend text line's height, in font sizes
+ENTRY_SPACING = 0.5  # matplotlib's default gap between legend entries, in font sizes
 
 
 @dataclass
@@ -48,24 +57,38 @@ def evaluation_curves(document: dict[str, Any], label: str) -> EvaluationCurves:
 
 def plot_iou_vs_clicks(evaluations: Sequence[EvaluationCurves], out: str | Path, title: str = "") -> list[Path]:
     """Write `out` as PNG and SVG (text kept as text, so labels stay editable); returns both paths."""
+    return save_figure(iou_vs_clicks_figure(evaluations, title), Path(out), formats=("png", "svg"))
+
+
+def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "") -> Figure:
+    """One panel per dataset, its legend below it. Labels wrap to the panel's width and the figure grows by the
+    legend's height, so that long probe names neither cover the curves nor squeeze the axes away, and every NoC
+    stays in view."""
     datasets = list(dict.fromkeys(name for evaluation in evaluations for name in evaluation.miou))
     if not datasets:
         raise UserError("the evaluations hold no dataset results to plot")
-    figure, axes = new_figure(len(datasets), panel_size=(5.5, 4.2))
+    width, height = PANEL_SIZE
+    text_width = LEGEND_TEXT_SHARE * width * 72
+    labels = {
+        dataset: {
+            index: wrap_label(evaluation.label, _noc_text(evaluation.noc[dataset]), text_width)
+            for index, evaluation in enumerate(evaluations)
+            if evaluation.miou.get(dataset)
+        }
+        for dataset in datasets
+    }
+    legend_height = max(_legend_height(list(wrapped.values())) for wrapped in labels.values())
+    figure, axes = new_figure(len(datasets), panel_size=(width, height + legend_height))
     for axis, dataset in zip(axes, datasets, strict=True):
-        for index, evaluation in enumerate(evaluations):
-            curve = evaluation.miou.get(dataset)
-            if not curve:
-                continue
-            noc85, noc90 = evaluation.noc[dataset]
-            clicks = range(1, len(curve) + 1)
+        for index, label in labels[dataset].items():
+            curve = evaluations[index].miou[dataset]
             axis.plot(
-                clicks,
+                range(1, len(curve) + 1),
                 [100 * value for value in curve],
                 marker=MARKERS[index % len(MARKERS)],
                 markersize=4,
                 linewidth=1.8,
-                label=f"{evaluation.label} (NoC@85 {noc85:.2f}, NoC@90 {noc90:.2f})",
+                label=label,
             )
         for target in TARGETS:
             axis.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
@@ -74,8 +97,43 @@ def plot_iou_vs_clicks(evaluations: Sequence[EvaluationCurves], out: str | Path,
         axis.set_xlabel("number of clicks")
         axis.set_ylabel("mIoU (%)")
         axis.grid(True, linestyle="--", alpha=0.5)
-        # Below the panel: long probe names would otherwise cover the curves.
-        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+        axis.legend(prop=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
     if title:
         figure.suptitle(title)
-    return save_figure(figure, Path(out), formats=("png", "svg"))
+    return figure
+
+
+def wrap_label(label: str, ending: str, max_points: float) -> str:
+    """`label` and then `ending` (kept whole: the NoC values), broken at spaces into lines at most `max_points`
+    wide in the legend's font; a word wider than a line is split where it must be."""
+    words = [piece for word in label.split(" ") for piece in _pieces(word, max_points)] + [ending]
+    lines: list[str] = []
+    for word in words:
+        if lines and _points(f"{lines[-1]} {word}") <= max_points:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
+def _noc_text(noc: tuple[float, float]) -> str:
+    return f"(NoC@85 {noc[0]:.2f}, NoC@90 {noc[1]:.2f})"
+
+
+def _pieces(word: str, max_points: float) -> list[str]:
+    pieces = [""]
+    for character in word:
+        if pieces[-1] and _points(pieces[-1] + character) > max_points:
+            pieces.append("")
+        pieces[-1] += character
+    return pieces
+
+
+def _points(text: str) -> float:
+    return text_to_path.get_text_width_height_descent(text, LEGEND_FONT, ismath=False)[0]
+
+
+def _legend_height(labels: Sequence[str]) -> float:
+    """Inches the legend of these (wrapped) labels takes below its panel."""
+    lines = sum(label.count("\n") + 1 for label in labels)
+    return LEGEND_FONT.get_size_in_points() * (LINE_SPACING * lines + ENTRY_SPACING * len(labels)) / 72

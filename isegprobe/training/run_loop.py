@@ -12,13 +12,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from isegprobe.config import TrainConfig, config_to_dict, config_to_yaml
+from isegprobe.devices import resolve_device
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.locks import exclusive_lock
 from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint, save_checkpoint
 from isegprobe.training.divergence import DivergenceWatch
 from isegprobe.training.run_logger import RunLogger
-from isegprobe.training.run_setup import RunSetUp, resolve_device, set_up_run
+from isegprobe.training.run_setup import RunSetUp, set_up_run
 from isegprobe.training.run_state import RunDescription, RunningMeans, RunProgress, TrainSummary
 from isegprobe.training.stopping import StopRequests
 from isegprobe.training.trainer import Trainer
@@ -44,7 +45,7 @@ def train(
     and optionally `.provenance`, `.path` and `.num_views` (entries item-major, that many views per item; an epoch
     shows each item once, in one of them). With `resume`, the run continues from `run_dir/last.*` at its step.
     """
-    rank, world, device = init_from_env(str(resolve_device(device)))
+    rank, world, device = init_from_env(resolve_device(None if device is None else str(device)))
     if config.data.batch_size % world:
         raise UserError(f"data.batch_size {config.data.batch_size} must be a multiple of the {world} torchrun ranks")
     run_dir = Path(run_dir)

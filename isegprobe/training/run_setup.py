@@ -40,15 +40,6 @@ class RunSetUp:
     state: RunProgress
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
-    return device
-
-
 def set_up_run(
     config: TrainConfig,
     dataset: Dataset,
@@ -139,7 +130,7 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
     """The best checkpoint is picked on the validation store, so it must hold the training store's kind of
     features at the same working size; otherwise training would crash at the first validation or, worse, pick
     checkpoints on features the probe never saw."""
-    where = f"--val-cache {getattr(val_dataset, 'path', '')}"
+    where = f"--val-store {getattr(val_dataset, 'path', '')}"
     trained, validation = (getattr(store, "provenance", None) or {} for store in (dataset, val_dataset))
     check_same_featurizer(trained, validation, where, trained_on="training store")
     val_size = int(val_dataset.preprocessing["size"])

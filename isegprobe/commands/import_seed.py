@@ -31,7 +31,7 @@ from isegprobe.training.seed_import import import_seed_probe
     default=None,
     type=click.Path(exists=True, file_okay=False),
     help="Optional: a store of the probe's featurizer at its crop size (extract-features --normalization "
-    "imagenet), to evaluate a late-fusion probe from the cache; its weights then stand for --weights.",
+    "imagenet), to evaluate the probe from that store; its weights then stand for --weights.",
 )
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @allow_torchscript_option

@@ -1,7 +1,7 @@
 """From a dataset sample to the square working-size views the backbone sees.
 
 A view is a crop of the original image (the whole image, a zoomed-in crop for scale jitter, or RITM's training
-window), optionally flipped, resized to the working size. `stretch` resizes the crop to size x size like the seed
+window), optionally flipped, resized to the working size. `stretch` resizes the crop to size x size like iSegProbe
 and RITM's fixed working size; `letterbox` keeps the aspect ratio and pads, recording the valid box.
 """
 
@@ -20,9 +20,9 @@ from isegprobe.errors import UserError
 RESIZE_RULES = ("stretch", "letterbox")
 _SCALE_VIEW = re.compile(r"^scale(\d+(?:\.\d+)?)$")
 _WINDOW_VIEW = re.compile(r"^crop(\d+)$")
-# Quarter turns counter-clockwise, as np.rot90 (the seed's RandomRotate90 draws among these).
+# Quarter turns counter-clockwise, as np.rot90 (iSegProbe's RandomRotate90 draws among these).
 _TURN_VIEWS = {"rot90": 1, "rot180": 2, "rot270": 3}
-# RITM's and the seed's training crops: UniformRandomResize(scale_range=(0.75, 1.25)), then a crop of the working
+# RITM's and iSegProbe's training crops: UniformRandomResize(scale_range=(0.75, 1.25)), then a crop of the working
 # size, the image zero-padded (centred, as PadIfNeeded) where it is smaller.
 WINDOW_SCALE_RANGE = (0.75, 1.25)
 

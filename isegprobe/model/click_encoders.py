@@ -73,7 +73,7 @@ class PatchClickEncoder(ClickEncoder):
 
 
 def sincos_positions(height: int, width: int, dim: int) -> Tensor:
-    """Fixed 2-D sin-cos positions [height*width, dim], as lucidrains' SimpleViT (and so the seed) computes them:
+    """Fixed 2-D sin-cos positions [height*width, dim], as lucidrains' SimpleViT (and so iSegProbe) computes them:
     frequencies 10000**-(i / (dim/4 - 1)), channels ordered x.sin, x.cos, y.sin, y.cos."""
     quarter = dim // 4
     omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter - 1, 1)))
@@ -145,11 +145,11 @@ class SimpleViTTransformer(nn.Module):
 
 @register_click_encoder("simple_vit")
 class SimpleViTClickEncoder(ClickEncoder):
-    """The seed's `simple_vit` click encoder: lucidrains' SimpleViT over the click maps, layer for layer.
+    """iSegProbe's `simple_vit` click encoder: lucidrains' SimpleViT over the click maps, layer for layer.
 
     Patches are layer-normed, projected and normed again; fixed sin-cos positions; pre-norm blocks whose attention
     is heads x dim_head wide (8 x 64 = 512 for a 384-d model) without biases; a final LayerNorm; no class token.
-    Parameter names follow the seed's module (`to_patch_embedding.*`, `transformer.layers.N.{0,1}.*`).
+    Parameter names follow iSegProbe's module (`to_patch_embedding.*`, `transformer.layers.N.{0,1}.*`).
     """
 
     on_patch_grid = True

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 
 class SegmentationHead(nn.Module):
-    """The seed's head: two 3x3 conv + ReLU at the feature dim, then a 1x1 conv to one logit.
+    """iSegProbe's head: two 3x3 conv + ReLU at the feature dim, then a 1x1 conv to one logit.
 
     At full resolution those C -> C convs dominate a cached step (benchmarks/train_throughput.py times each part of
     one), so `width` optionally reduces C with a 1x1 conv first and runs the 3x3 convs at that width.

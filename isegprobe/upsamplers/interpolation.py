@@ -1,5 +1,5 @@
 """The baselines every learned upsampler must beat: fixed interpolation (nearest, bilinear, bicubic) of each
-channel to the guidance image's grid, as the seed offers them."""
+channel to the guidance image's grid, as iSegProbe offers them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ MODES = ("nearest", "bilinear", "bicubic")
 
 class InterpolationUpsampler(Upsampler):
     """`F.interpolate` to the guidance size. Bilinear follows the probe's `align_corners`; bicubic aligns pixel
-    centres and nearest copies the nearest token, as the seed's do, so imported probes see the same features."""
+    centres and nearest copies the nearest token, as iSegProbe's do, so imported probes see the same features."""
 
     commutes_with_channel_mixing = True
 

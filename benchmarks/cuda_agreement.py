@@ -1,6 +1,6 @@
 """What running on CUDA changes, against the CPU on the same data: the cached features and a probe's NoC.
 
-On CUDA the backbone runs under bf16 (or fp16) autocast and the probe channels-last under bf16; on the CPU both run
+On CUDA the featurizer runs under bf16 (or fp16) autocast and the probe channels-last under bf16; on the CPU both run
 in float32. Features are stored as float16 either way. This script extracts the same split on both devices and
 compares the stores entry by entry (largest difference, cosine similarity per token), then trains one probe on the
 CUDA store and evaluates it on CUDA from the CUDA store and on the CPU from the CPU store: the NoC and mIoU a

@@ -1,6 +1,6 @@
-"""Seconds per click of the click protocol, from the cache vs online (the backbone rerun at every click).
+"""Seconds per click of the click protocol, from the cache vs online (the featurizer rerun at every click).
 
-Evaluation repeats the probe once per click for up to 20 clicks per object; from the cache the backbone's work is
+Evaluation repeats the probe once per click for up to 20 clicks per object; from the cache the featurizer's work is
 read back instead of recomputed each time. Both modes run the library's own `evaluate_objects` with RITM's clicker
 on the same objects, with the same (untrained, seeded) probe: speed does not depend on how good it is. Seconds per
 click are the predictor's time, as `isegprobe evaluate` reports them; wall time adds the clicker and the IoU.

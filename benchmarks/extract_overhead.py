@@ -1,4 +1,4 @@
-"""Stage one's cost over the backbone itself: `extract` wall time vs a bare featurizer forward on the same images.
+"""Stage one's cost over the featurizer itself: `extract` wall time vs a bare featurizer forward on the same images.
 
 Extraction should cost little more than the forward it cannot avoid: decoding, views, compression and writes run
 beside it (loader workers, a writer thread). Both modes see the same preprocessed views in the same batch size;
@@ -21,7 +21,7 @@ from common import table as markdown_table
 from isegprobe.cache.extract import extract
 from isegprobe.data import create_dataset
 from isegprobe.data.preprocess import make_view, normalize_images, parse_views
-from isegprobe.devices import backbone_autocast
+from isegprobe.devices import featurizer_autocast
 from isegprobe.featurizers import Featurizer, create_featurizer
 
 
@@ -39,11 +39,11 @@ def working_images(args: argparse.Namespace) -> np.ndarray:
 
 @torch.inference_mode()
 def bare_forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> float:
-    """Seconds for the forward alone: upload, normalize, backbone, fp16 features back on the host."""
+    """Seconds for the forward alone: upload, normalize, featurizer, fp16 features back on the host."""
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2)
-        with backbone_autocast(device):
+        with featurizer_autocast(device):
             features = featurizer(normalize_images(batch, featurizer.mean, featurizer.std))
         features.to(torch.float16).cpu()
     synchronize(device)

@@ -1,12 +1,12 @@
-"""Can stage one keep its backbone busy? Extraction with the backbone's work taken out vs the bare backbone forward.
+"""Can stage one keep its featurizer busy? Extraction with the featurizer's work taken out vs its bare forward.
 
-On a CPU the backbone is the whole cost and `extract_overhead.py` says what extraction adds to it. On a fast GPU
-the backbone forward is cheap and what surrounds it (decoding JPEGs, views, the hand-over from the loader workers,
+On a CPU the featurizer is the whole cost and `extract_overhead.py` says what extraction adds to it. On a fast GPU
+the featurizer forward is cheap and what surrounds it (decoding JPEGs, views, the hand-over from the loader workers,
 compression and shard writes) decides the speed. This script runs the library's real `extract` over a folder of
 generated 640x480 JPEGs with a stand-in featurizer that returns features the real one computed beforehand, so the
-extraction costs everything but the backbone; beside it, the real backbone's bare forward on images of that size
+extraction costs everything but the featurizer; beside it, the real featurizer's bare forward on images of that size
 (all of them, or as many batches as fit in a few seconds). The ratio of their images/s says whether the pipeline
-can feed the backbone (>= 1) or holds it back (< 1). It also prints how much CPU each thread of the main process
+can feed the featurizer (>= 1) or holds it back (< 1). It also prints how much CPU each thread of the main process
 spent per item: a thread near the run's time per item is where the pipeline stops scaling with cores.
 """
 
@@ -30,18 +30,18 @@ from extract_overhead import bare_forward
 from isegprobe.cache.extract import ExtractionRequest, LoopTimes, extract
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.preprocess import normalize_images
-from isegprobe.devices import backbone_autocast
+from isegprobe.devices import featurizer_autocast
 from isegprobe.featurizers import Featurizer, create_featurizer
 from isegprobe.loader_workers import default_loader_workers
 
 IMAGE_SIZE = (480, 640)  # height, width of the generated JPEGs: a typical benchmark photo
 FORWARD_SECONDS = 5.0
-PIPELINE, FORWARD = "pipeline, backbone stand-in", "bare backbone forward"
+PIPELINE, FORWARD = "pipeline, featurizer stand-in", "bare featurizer forward"
 
 
 class PrecomputedFeatures(Featurizer):
     """The real featurizer's identity and output shape; its forward hands back features computed once, on the
-    device, so that extraction runs every step but the backbone's arithmetic."""
+    device, so that extraction runs every step but the featurizer's arithmetic."""
 
     def __init__(self, real: Featurizer, features: torch.Tensor) -> None:
         super().__init__(real.name, real.patch_size, real.dim, real.embed_dim, real.mean, real.std, real.provenance)
@@ -73,7 +73,7 @@ def precomputed_features(featurizer: Featurizer, args: argparse.Namespace, devic
     scenes = [render_scene(20_000 + index)[0] for index in range(args.batch_size)]
     images = np.stack([cv2.resize(scene, (args.size, args.size)) for scene in scenes])
     batch = torch.from_numpy(images).to(device).permute(0, 3, 1, 2)
-    with backbone_autocast(device):
+    with featurizer_autocast(device):
         return featurizer(normalize_images(batch, featurizer.mean, featurizer.std)).float()
 
 
@@ -135,7 +135,7 @@ def _role(name: str) -> str:
 
 def forward_rate(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> float:
     """Images/s of the bare forward, over the images or as many batches as fit in FORWARD_SECONDS: on a CPU the
-    backbone takes minutes over what the pipeline does in seconds, and its rate is steady after a few batches."""
+    featurizer takes minutes over what the pipeline does in seconds, and its rate is steady after a few batches."""
     done, seconds = 0, 0.0
     for start in range(0, len(images), batch_size):
         seconds += bare_forward(featurizer, images[start : start + batch_size], batch_size, device)

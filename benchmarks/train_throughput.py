@@ -1,9 +1,9 @@
-"""Stage-two training speed from the cache, online (backbone in the loop) and from features in memory.
+"""Stage-two training speed from the cache, online (featurizer in the loop) and from features in memory.
 
-The cache exists so that a probe trains without the frozen backbone: cache / online says what that buys, and
+The cache exists so that a probe trains without the frozen featurizer: cache / online says what that buys, and
 cache / in-memory what reading the store costs against the limit. All three modes run the same real training step
 (`Trainer.train_step`) on the same batches through the same loader and click sampler; they differ only in where the
-features come from. Hooks on the real modules split each step into data, backbone, click encoder, upsampler,
+features come from. Hooks on the real modules split each step into data, featurizer, click encoder, upsampler,
 head forward, backward, optimizer and the rest, so nothing of the step is re-implemented here.
 
 Probe (a) is iSegProbe's recipe (`sbd_224`: bilinear upsampling, then two 3x3 C -> C convs at full resolution); it
@@ -46,7 +46,7 @@ from isegprobe.training.run_setup import probe_dims
 from isegprobe.training.trainer import Trainer
 
 MODES = ("cache", "in-memory", "online")
-PHASES = ("data", "backbone", "click encoder", "upsampler", "head fwd", "backward", "optimizer", "other")
+PHASES = ("data", "featurizer", "click encoder", "upsampler", "head fwd", "backward", "optimizer", "other")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class PhaseTimer:
         self._loss_done = 0.0
         head = trainer.probe.head
         watched: dict[str, list[nn.Module]] = {
-            "backbone": [trainer.featurizer] if trainer.online else [],
+            "featurizer": [trainer.featurizer] if trainer.online else [],
             "click encoder": [trainer.probe.click_encoder],
             "upsampler": [trainer.probe.upsampler],
             "head fwd": [head.reduce, head.body, head.logit],
@@ -240,7 +240,7 @@ def ratios(measured: dict[str, Any]) -> dict[str, float]:
         "cache/online": cache["it_per_s"] / modes["online"]["it_per_s"],
         "head share (head fwd + backward) of a cache step": (phases["head fwd"] + phases["backward"])
         / cache["s_per_step"],
-        "backbone share of an online step": modes["online"]["phase_s_per_step"]["backbone"]
+        "featurizer share of an online step": modes["online"]["phase_s_per_step"]["featurizer"]
         / modes["online"]["s_per_step"],
     }
 

@@ -47,7 +47,7 @@ COMMANDS = {
     "import-seed": LazyCommand(
         "isegprobe.commands.import_seed:import_seed",
         "Convert a probe trained by the iSegProbe research code (its `last_checkpoint.pth` or `NNN.pth`) into "
-        "RUN/last.safetensors + last.json, on the same backbone and upsampler.",
+        "RUN/last.safetensors + last.json, on the same featurizer and upsampler.",
     ),
     "plot": LazyCommand("isegprobe.commands.plot:plot", "Pictures of what the features and the probes do."),
     "quickstart": LazyCommand(
@@ -122,7 +122,7 @@ def main() -> None:
     """Probe frozen vision foundation models and feature upsamplers with interactive segmentation.
 
     \b
-    Stage one runs the frozen backbone once per dataset and caches its features:
+    Stage one runs the frozen featurizer once per dataset and caches its features:
         isegprobe extract-features --featurizer vit_small_patch14_dinov2 --weights hub \\
             --dataset grabcut --root data/GrabCut --size 448 --out cache/
     Stage two trains and evaluates probes from that cache.

@@ -15,8 +15,8 @@ from isegprobe.errors import UserError
 DEVICE_RULE = "cuda when a GPU is visible, else cpu"
 
 
-def backbone_autocast(device: torch.device) -> torch.autocast:
-    """The frozen backbone's precision: bf16 (fp16 where bf16 is missing) autocast on CUDA, fp32 on CPU."""
+def featurizer_autocast(device: torch.device) -> torch.autocast:
+    """The frozen featurizer's precision: bf16 (fp16 where bf16 is missing) autocast on CUDA, fp32 on CPU."""
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)

@@ -1,6 +1,6 @@
 """Reading checkpoint files other people publish, and loading them strictly with a message that says what misfits.
 
-Backbones and upsamplers come as safetensors, torch.save files (bare, or wrapped in {"model": ...} /
+Featurizer and upsampler weights come as safetensors, torch.save files (bare, or wrapped in {"model": ...} /
 {"state_dict": ...} as Lightning does, or with DDP's `module.` prefix) and TorchScript archives (OpenAI's CLIP .pt).
 Nothing is unpickled beyond plain containers and tensors. A TorchScript archive cannot be read without running the
 code it carries, so it is loaded only where the user allowed it (isegprobe.trust, --allow-torchscript).

@@ -1,4 +1,4 @@
-"""Feature stores for tests, extracted for real with a random-weight ViT-S/14 (the quickstart's backbone)."""
+"""Feature stores for tests, extracted for real with a random-weight ViT-S/14 (the quickstart's featurizer)."""
 
 from __future__ import annotations
 

@@ -137,8 +137,8 @@ def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch)
     assert again.items_extracted == 0
     assert again.loop is None, "nothing was extracted, so there is no loop to time"
     loop = reference.loop
-    assert loop.backbone > 0 and loop.waiting_for_images >= 0 and loop.waiting_for_writes >= 0
-    assert loop.waiting_for_images + loop.backbone + loop.waiting_for_writes <= loop.total
+    assert loop.featurizer > 0 and loop.waiting_for_images >= 0 and loop.waiting_for_writes >= 0
+    assert loop.waiting_for_images + loop.featurizer + loop.waiting_for_writes <= loop.total
 
 
 def test_refuses_a_store_made_differently(tmp_path):

@@ -35,7 +35,7 @@ from isegprobe.inference.clicker import Click
 from isegprobe.inference.evaluation import WholeImage
 from isegprobe.inference.metrics import iou
 from isegprobe.inference.predictor import Predictor
-from isegprobe.inference.runner import checkpoint_backbone
+from isegprobe.inference.runner import checkpoint_featurizer
 from isegprobe.inference.tasks import online_tasks
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.training import train
@@ -56,7 +56,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bilinear_checkpoint(tmp_path_factory) -> Path:
-    """A second probe on the same backbone: the quickstart's with a bilinear upsampler, as initialised."""
+    """A second probe on the same featurizer: the quickstart's with a bilinear upsampler, as initialised."""
     folder = tmp_path_factory.mktemp("demo_bilinear")
     store = builtin_store(folder / "cache", size=SIZE)
     config = load_train_config("quickstart", ["schedule.max_iters=0", "model.upsampler.name=bilinear", "seed=1"])
@@ -81,7 +81,7 @@ def api(app) -> TestClient:
 
 def session_for(checkpoint: Path, zoom_in: bool = False) -> DemoSession:
     probe, metadata = load_probe(checkpoint)
-    featurizer = checkpoint_backbone(metadata)
+    featurizer = checkpoint_featurizer(metadata)
     preprocessing = metadata["preprocessing"]
     predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"), featurizer)
     return DemoSession([DemoProbe("probe", predictor, SIZE, preprocessing["resize"])], zoom_in=zoom_in)

@@ -89,7 +89,7 @@ def store(three_images: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def featurizer():
     """The stores' featurizer, built once: seeded random weights, so every build is the same module."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,12 +97,12 @@ def backbone():
 
 
 @pytest.fixture()
-def built_once(backbone, monkeypatch):
-    """Let the evaluation rebuild the backbone from the checkpoint's provenance without paying for it again."""
+def built_once(featurizer, monkeypatch):
+    """Let the evaluation rebuild the featurizer from the checkpoint's provenance without paying for it again."""
 
     def create(name: str, weights: str, normalization: str):
         assert (name, weights, normalization) == (FEATURIZER, "random", "model")
-        return backbone
+        return featurizer
 
     monkeypatch.setattr(featurizer_factory, "create_featurizer", create)
 
@@ -138,10 +138,10 @@ def cli(*args: str):
 
 
 def test_cli_from_the_cache_writes_the_papers_numbers(store, trained_run, three_images, tmp_path, monkeypatch):
-    def no_backbone(*args, **kwargs):
-        raise AssertionError("the backbone must not be loaded to evaluate from the cache")
+    def no_featurizer(*args, **kwargs):
+        raise AssertionError("the featurizer must not be loaded to evaluate from the cache")
 
-    monkeypatch.setattr(featurizer_factory, "create_featurizer", no_backbone)
+    monkeypatch.setattr(featurizer_factory, "create_featurizer", no_featurizer)
     out = tmp_path / "results"
     result = cli(
         "--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", str(CLICKS),
@@ -369,9 +369,9 @@ def test_results_of_another_evaluation_are_never_replaced_without_overwrite(stor
     assert lost.exit_code == 1 and "ious.npz: unreadable or short of the curves" in lost.output
 
 
-def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tmp_path, backbone):
+def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tmp_path, featurizer):
     weights = tmp_path / "other.pth"
-    torch.save(backbone.model.state_dict(), weights)
+    torch.save(featurizer.model.state_dict(), weights)
     other = extraction(three_images, tmp_path / "cache", weights=str(weights))
     result = cli("--checkpoint", str(trained_run), "--store", str(other), "--out", str(tmp_path / "results"))
     assert result.exit_code == 1
@@ -379,8 +379,8 @@ def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tm
     assert not (tmp_path / "results" / "results.json").exists()
 
 
-def test_early_fusion_runs_the_backbone_on_the_store_images_as_online(store, three_images, tmp_path, built_once):
-    """As in training, an early-fusion probe evaluated from a store runs its backbone on the store's images: the
+def test_early_fusion_runs_the_featurizer_on_the_store_images_as_online(store, three_images, tmp_path, built_once):
+    """As in training, an early-fusion probe evaluated from a store runs its featurizer on the store's images: the
     same curves as --online, which computes the same working views from the dataset."""
     checkpoint = untrained_checkpoint(store, tmp_path, ["model.fusion=before_backbone"])
     cached, online = tmp_path / "cached", tmp_path / "online"

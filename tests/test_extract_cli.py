@@ -111,7 +111,7 @@ def test_a_truncated_image_stops_extraction_with_its_name_and_keeps_the_items_be
     assert resumed.returncode == 0, resumed.stderr
     assert "extracted 1 of 3 items" in resumed.stdout + resumed.stderr
     assert re.search(
-        r"extraction loop: \d+ % waiting for images, \d+ % backbone, \d+ % waiting for writes", resumed.stdout
+        r"extraction loop: \d+ % waiting for images, \d+ % featurizer, \d+ % waiting for writes", resumed.stdout
     )
 
 

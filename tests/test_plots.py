@@ -104,7 +104,7 @@ def store(tmp_path_factory) -> Path:
 
 
 class DoubledNearest(nn.Module):
-    """An upsampler whose output leaves the backbone's feature space: nearest-neighbour, times two."""
+    """An upsampler whose output leaves the featurizer's feature space: nearest-neighbour, times two."""
 
     def forward(self, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         return 2 * F.interpolate(features, size=guidance.shape[-2:], mode="nearest")

@@ -260,7 +260,7 @@ def test_import_seed_command_writes_a_run_that_evaluate_reads(store: Path, tmp_p
     assert (tmp_path / "results" / "results.json").is_file()
 
 
-def test_a_seed_probe_from_another_patch_size_does_not_fit_its_backbone(store: Path, tmp_path: Path) -> None:
+def test_a_seed_probe_from_another_patch_size_does_not_fit_its_featurizer(store: Path, tmp_path: Path) -> None:
     weights = {**patch_embed_weights(), "embed_coords.proj.weight": torch.zeros(DIM, 3, 16, 16)}
     checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", weights)
     with pytest.raises(UserError, match=r"do not fit a probe on dinov2_vits14.*click_encoder.proj.weight"):

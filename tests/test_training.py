@@ -532,7 +532,7 @@ def test_the_research_presets_train_with_a_frozen_upsampler_from_its_file(
     overrides = [
         "data.batch_size=2",
         "data.size=null",
-        "data.featurizer=null",  # the tests' small random featurizer stands in for the preset's backbone
+        "data.featurizer=null",  # the tests' small random featurizer stands in for the preset's featurizer
         "data.normalization=null",
         "schedule.max_iters=1",
         "logging.tensorboard=false",

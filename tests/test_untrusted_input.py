@@ -155,7 +155,7 @@ def test_a_cocolvis_pickle_that_names_code_is_refused_before_it_runs(tmp_path: P
 # Weights files: torch's weights-only unpickler, and TorchScript archives only with --allow-torchscript.
 
 
-def test_a_torchscript_backbone_file_is_loaded_only_with_the_flag_which_says_it_runs_code(tmp_path: Path) -> None:
+def test_a_torchscript_featurizer_file_is_loaded_only_with_the_flag_which_says_it_runs_code(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     weights = torchscript_archive(tmp_path / "ViT-S-14.pt", marker)
     extract = ["extract-features", "--featurizer", "vit_tiny_patch16_224", "--weights", weights,

@@ -1,4 +1,4 @@
-"""The feature cache: Zarr v3 stores of frozen-backbone features, their writer and their reader."""
+"""The feature cache: Zarr v3 stores of a frozen featurizer's features, their writer and their reader."""
 
 from isegprobe.cache.reader import CachedDataset
 from isegprobe.cache.store import FeatureStore

@@ -29,7 +29,7 @@ from isegprobe.cache.schema import mismatches, store_name
 from isegprobe.cache.store import FeatureStore
 from isegprobe.data import SampleSource, create_dataset, resolve_root
 from isegprobe.data.preprocess import ViewSpec, make_view, normalize_images, parse_views
-from isegprobe.devices import backbone_autocast
+from isegprobe.devices import featurizer_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
@@ -62,11 +62,11 @@ class ExtractionRequest:
 @dataclass
 class LoopTimes:
     """Where the extraction loop's wall time went, which says what to change when extraction is slow: waiting for
-    images means decoding and resizing are behind (more --workers, where cores are free); the backbone is the
+    images means decoding and resizing are behind (more --workers, where cores are free); `featurizer` is the
     forward itself; waiting for writes means compression and the disk are behind."""
 
     waiting_for_images: float = 0.0
-    backbone: float = 0.0
+    featurizer: float = 0.0
     waiting_for_writes: float = 0.0
     total: float = 0.0
 
@@ -78,10 +78,10 @@ class LoopTimes:
         setattr(self, stage, getattr(self, stage) + time.perf_counter() - started)
 
     def summary(self) -> str:
-        """'41 % waiting for images, 35 % backbone, 20 % waiting for writes' (the rest is the loop's own work)."""
+        """'41 % waiting for images, 35 % featurizer, 20 % waiting for writes' (the rest is the loop's own work)."""
         parts = {
             "waiting for images": self.waiting_for_images,
-            "backbone": self.backbone,
+            "featurizer": self.featurizer,
             "waiting for writes": self.waiting_for_writes,
         }
         return ", ".join(f"{100 * seconds / self.total:.0f} % {name}" for name, seconds in parts.items())
@@ -187,7 +187,7 @@ def _forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(images[start : start + batch_size]).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        with backbone_autocast(device):
+        with featurizer_autocast(device):
             features = featurizer(normalize_images(chunk, featurizer.mean, featurizer.std))
         outputs.append(features.to(torch.float16).cpu().numpy())
     return np.concatenate(outputs)
@@ -316,7 +316,7 @@ def _run(
                 break
             items, records = batch
             images = np.concatenate([record["images"] for record in records])
-            with times.measure("backbone"):
+            with times.measure("featurizer"):
                 features = _forward(featurizer, images, request.batch_size, device)
             arrays = {
                 "features": features.reshape(len(records), len(specs), *features.shape[1:]),

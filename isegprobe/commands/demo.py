@@ -34,7 +34,9 @@ from isegprobe.errors import UserError
 )
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port of the page.")
 @device_option
-@click.option("--zoom-in", is_flag=True, help="RITM's zoom-in from the second click on (the backbone runs per click).")
+@click.option(
+    "--zoom-in", is_flag=True, help="RITM's zoom-in from the second click on (the featurizer runs per click)."
+)
 @threshold_option
 @max_pixels_option
 @allow_torchscript_option
@@ -63,7 +65,7 @@ def demo(
     \b
     On a remote GPU server, forward the port and open http://127.0.0.1:8765 locally:
         ssh -L 8765:127.0.0.1:8765 server
-    The backbone the probe was trained on is rebuilt from the checkpoint and runs once per image.
+    The featurizer the probe was trained on is rebuilt from the checkpoint and runs once per image.
     """
     # The web stack is imported here, not with the CLI: every other command starts without it.
     import uvicorn

@@ -43,7 +43,7 @@ from isegprobe.training.run_logger import start_wandb
 @click.option(
     "--store", "stores", multiple=True, type=click.Path(file_okay=False), help="An explicit store; repeatable."
 )
-@click.option("--online", is_flag=True, help="Run the backbone on the images instead of reading stores.")
+@click.option("--online", is_flag=True, help="Run the featurizer on the images instead of reading stores.")
 @click.option("--root", default=None, help="Dataset root, when the store's recorded root moved, or with --online.")
 @click.option("--max-clicks", default=20, show_default=True, type=click.IntRange(1, 100), help="Clicks per object.")
 @click.option(
@@ -55,7 +55,7 @@ from isegprobe.training.run_logger import start_wandb
     "--zoom-in",
     is_flag=True,
     help="RITM's zoom-in: from the 2nd click on, predict on a crop around the object (its box x1.4, at least 200 px, "
-    "resized to the working size). Loads the backbone, since crops have no cached features. To compare with "
+    "resized to the working size). Loads the featurizer, since crops have no cached features. To compare with "
     "the iSegProbe paper, use --protocol iSegProbe, which also zooms in and flips, in the research code's geometry.",
 )
 @threshold_option
@@ -96,7 +96,7 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     """Simulate RITM's clicker on every object: NoC@80/85/90, NoF@85/90, IoU@1, the mIoU curve, seconds per click.
 
     \b
-    From the cache (the backbone is never loaded, unless --zoom-in):
+    From the cache (the featurizer is never loaded, unless --zoom-in):
         isegprobe evaluate --checkpoint runs/probe --datasets grabcut,berkeley --store-root cache/ --out results/
     Writes results.json, results.csv and ious.npz (one IoU curve per object) into --out, after every batch,
     so an interrupted run (Ctrl-C) keeps the objects it finished, and the same command again evaluates only the

@@ -63,7 +63,7 @@ from isegprobe.units import human_bytes
     help="stretch the image to size x size (iSegProbe's and RITM's rule), or letterbox (keep aspect, pad).",
 )
 @click.option(
-    "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per backbone forward."
+    "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per featurizer forward."
 )
 @device_option
 @click.option(
@@ -108,7 +108,7 @@ def extract_features(**options) -> None:
 
     Running the same command again resumes: finished items are skipped. A store made with another featurizer,
     other weights or other preprocessing is never mixed with: the command refuses unless --overwrite is given.
-    Under torchrun, each rank extracts its own shards of the same store. On CUDA the backbone runs under bf16 (fp16
+    Under torchrun, each rank extracts its own shards of the same store. On CUDA the featurizer runs under bf16 (fp16
     where bf16 is missing) autocast, on a CPU in float32.
     """
     result = extract(ExtractionRequest(**options))

@@ -15,7 +15,7 @@ from isegprobe.training.seed_import import import_seed_probe
     "--weights",
     default="hub",
     show_default=True,
-    help="The backbone's weights the probe was trained with: hub (timm's copy of the official weights, needs the "
+    help="The featurizer's weights the probe was trained with: hub (timm's copy of the official weights, needs the "
     "internet or a cache), or the file itself (DINOv2's dinov2_vits14_pretrain.pth, a timm/HF checkpoint of "
     "vit_small_patch16_224, ...).",
 )
@@ -40,7 +40,7 @@ def import_seed(
     checkpoint: str, weights: str, upsampler_weights: str | None, store_path: str | None, run_dir: str
 ) -> None:
     """Convert a probe trained by the iSegProbe research code (its `last_checkpoint.pth` or `NNN.pth`) into
-    RUN/last.safetensors + last.json, on the same backbone and upsampler.
+    RUN/last.safetensors + last.json, on the same featurizer and upsampler.
 
     \b
     isegprobe import-seed exps/sbd_dinov2_lift/checkpoints/last_checkpoint.pth \\
@@ -50,10 +50,10 @@ def import_seed(
     The research code is the one published with the iSegProbe paper (arXiv 2505.02075).
     --protocol iSegProbe evaluates as the research code's evaluate.py does (zoom-in, flip, 20 clicks), so the
     numbers compare with its own. The file is read without running the research code (torch's weights-only loader).
-    The backbone is rebuilt as the research code built it: dinov2 -> dinov2_vits14 (the official model), vit ->
-    timm's model of its arch with the last block's attention keys (its feat_type default) or tokens, mask_clip ->
-    maskclip; images normalized with ImageNet statistics, as its base model does. The click encoder and head map
-    name for name (click channels and, on keys, the head's input channels reordered to isegprobe's layout).
+    The featurizer is rebuilt as the research code built its backbone: dinov2 -> dinov2_vits14 (the official
+    model), vit -> timm's model of its arch with the last block's attention keys (its feat_type default) or tokens,
+    mask_clip -> maskclip; images normalized with ImageNet statistics, as its base model does. The click encoder and
+    head map name for name (click channels and, on keys, the head's input channels reordered to isegprobe's layout).
     """
     metadata = import_seed_probe(checkpoint, run_dir, weights, upsampler_weights, store_path)
     model = metadata["config"]["model"]

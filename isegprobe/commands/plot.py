@@ -91,7 +91,7 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     default="shared",
     show_default=True,
     help="shared: every panel through the low-res features' PCA (colours compare across panels); own: each panel "
-    "through its own PCA (shows the structure of outputs far from the backbone's feature space).",
+    "through its own PCA (shows the structure of outputs far from the featurizer's feature space).",
 )
 @device_option
 @click.option("--out", default="features.png", show_default=True, type=click.Path(dir_okay=False), help="PNG path.")

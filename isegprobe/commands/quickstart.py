@@ -54,8 +54,8 @@ def quickstart(out: str, weights: str, max_iters: int, max_clicks: int, device: 
     \b
     1. extract-features: builtin/train (24 scenes) and builtin/test (12 scenes), views identity + hflip
     2. train: the `quickstart` preset (a low-resolution probe: identity upsampler, head width 64) from the cache
-    3. evaluate: RITM's clicker on every test object, from the cache (the backbone is not loaded)
-    With --weights random the backbone is untrained: the pipeline runs, but the numbers say nothing about DINOv2.
+    3. evaluate: RITM's clicker on every test object, from the cache (the featurizer is not loaded)
+    With --weights random the featurizer is untrained: the pipeline runs, but the numbers say nothing about DINOv2.
     """
     out_dir = Path(out)
     stores = {}

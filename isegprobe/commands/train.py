@@ -102,7 +102,7 @@ def train(
     torchrun --nproc-per-node 4 -m isegprobe train --config sbd_224 --store STORE --out RUN
     Writes into --out: last/best checkpoints (.safetensors weights + .json config and provenance), tensorboard/
     and scalars.csv (loss, pixel BCE, IoU, lr). Early-fusion presets (sbd_research, sbd_*_patch-embed*) run the
-    backbone online.
+    featurizer online.
     """
     overrides = (*overrides, f"schedule.max_iters={max_iters}") if max_iters is not None else overrides
     if resume:
@@ -119,14 +119,14 @@ def train(
 
     dataset = CachedDataset(store_path, views=config.data.views)
     val_dataset = CachedDataset(val_store_path) if val_store_path else None
-    needs_backbone = runs_featurizer_online(config.model, online)
-    featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_backbone else None
+    needs_featurizer = runs_featurizer_online(config.model, online)
+    featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
     summary = run_training(
         config,
         dataset,
         run_dir,
         featurizer=featurizer,
-        online=needs_backbone,
+        online=needs_featurizer,
         resume=resume,
         device=device,
         use_wandb=use_wandb,

@@ -1,4 +1,4 @@
-"""From a dataset sample to the square working-size views the backbone sees.
+"""From a dataset sample to the square working-size views the featurizer sees.
 
 A view is a crop of the original image (the whole image, a zoomed-in crop for scale jitter, or RITM's training
 window), optionally flipped, resized to the working size. `stretch` resizes the crop to size x size like iSegProbe
@@ -176,7 +176,7 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
 
 def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 [B, 3, H, W] (or float already scaled to [0, 1]) -> float [B, 3, H, W], scaled to [0, 1] then
-    standardized as the backbone was trained."""
+    standardized as the featurizer was trained."""
     mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     scaled = images.float() if images.is_floating_point() else images.float() / 255.0

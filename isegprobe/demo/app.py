@@ -1,4 +1,4 @@
-"""From checkpoints and some images to the demo's web app: the probes, their backbones, a session, the server."""
+"""From checkpoints and some images to the demo's web app: the probes, their featurizers, a session, the server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from isegprobe.demo.server import create_app
 from isegprobe.demo.session import DemoProbe, DemoSession
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.results import probe_identity, probe_label, told_apart
-from isegprobe.inference.runner import checkpoint_backbone
+from isegprobe.inference.runner import checkpoint_featurizer
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 
 
@@ -27,18 +27,18 @@ def build_app(
     port: int = 8765,
 ) -> FastAPI:
     """The demo app for the probes at `checkpoints` (side by side, on the same clicks), listing `catalog`'s images,
-    for a server bound to `host`:`port`. Probes on the same backbone share one copy of it."""
+    for a server bound to `host`:`port`. Probes on the same featurizer share one copy of it."""
     torch_device = torch.device(device)
-    backbones: dict[str, nn.Module] = {}
+    featurizers: dict[str, nn.Module] = {}
     weights = [resolve_checkpoint(checkpoint)[0].resolve() for checkpoint in checkpoints]
     identities, runners = [], []
     for path in weights:
         probe, metadata = load_probe(path, device=torch_device)
         provenance = metadata.get("featurizer_provenance") or {}
         key = f"{provenance.get('name')}|{provenance.get('weights')}|{provenance.get('weights_sha256')}"
-        if key not in backbones:
-            backbones[key] = checkpoint_backbone(metadata).to(torch_device)
-        featurizer = backbones[key]
+        if key not in featurizers:
+            featurizers[key] = checkpoint_featurizer(metadata).to(torch_device)
+        featurizer = featurizers[key]
         if probe.needs_featurizer:
             probe.attach_featurizer(featurizer)
         preprocessing = metadata["preprocessing"]

@@ -1,12 +1,12 @@
 """One person's demo session: an image, the clicks on the current object, and the objects finished so far.
 
 The probe sees the image as evaluation does (the same working view, the same framings, whole image or RITM's
-zoom-in), so what a person sees in the demo is what the NoC numbers measure. The backbone runs once per image: its
+zoom-in), so what a person sees in the demo is what the NoC numbers measure. The featurizer runs once per image: its
 features are kept with the working view and every click reuses them (early-fusion and zoom-in crops excepted, which
-need the backbone with each click). Undo replays the remaining clicks from an empty mask, which gives exactly the
+need the featurizer with each click). Undo replays the remaining clicks from an empty mask, which gives exactly the
 masks the same clicks gave before, zoom-in boxes included.
 
-Several probes can share the session (e.g. the same backbone with a bilinear and with a LoftUp upsampler): each
+Several probes can share the session (e.g. the same featurizer with a bilinear and with a LoftUp upsampler): each
 click goes to all of them and each keeps its own working view and mask; the first probe's mask is the one that
 `finish` keeps. An image read from a dataset keeps its ground truth: the object under the first positive click is
 the one being segmented, and each probe's IoU is counted as evaluation counts it (the ignore region left out).

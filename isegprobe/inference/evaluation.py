@@ -54,7 +54,7 @@ class ObjectResult(ObjectCurve):
 
 @dataclass
 class EvaluationRun:
-    """Running totals: `predict_seconds` is the time in the predictor (crops, backbone, probe, un-cropping);
+    """Running totals: `predict_seconds` is the time in the predictor (crops, featurizer, probe, un-cropping);
     `loop_seconds` the whole loop's, reading the images and the clicker included (what iSegProbe's evaluate.py times),
     without the writing of result files."""
 
@@ -126,7 +126,7 @@ def evaluate_objects(
     `framing` makes each object's framing; the default is `WholeImage`. `keep_masks_at`: after which numbers of
     clicks `on_result` also gets the predicted mask (for pictures of how a mask grows). `on_click(click, objects)`
     follows a batch inside: after its click number `click` (from 1) on each of its `objects` objects, since with
-    zoom-in (the backbone on every crop) one batch can take minutes.
+    zoom-in (the featurizer on every crop) one batch can take minutes.
     """
     framing = framing or partial(WholeImage.of_task, device=predictor.device)
     run = EvaluationRun()

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from isegprobe.data.preprocess import normalize_images
-from isegprobe.devices import backbone_autocast
+from isegprobe.devices import featurizer_autocast
 from isegprobe.inference.clicker import Click
 from isegprobe.model.probe import ISProbe
 
 
 @dataclass
 class WorkingView:
-    """A region of the image at the working size: cached features (None: the backbone computes them) and pixels.
+    """A region of the image at the working size: cached features (None: the featurizer computes them) and pixels.
 
     `original_size` is the size of the region in original pixels (the whole image, or a zoom-in crop); `valid_box`
     (y0, x0, y1, x1) is where the region lies in the working-size square.
@@ -73,7 +73,7 @@ def mirror_rows(rows: Sequence[tuple[float, float, int]], size: int) -> list[tup
 
 
 def mirror_view(view: WorkingView) -> WorkingView:
-    """The view flipped left to right; the backbone computes its features, since features do not flip with pixels."""
+    """The view flipped left to right; the featurizer computes its features, since features do not flip with pixels."""
     y0, x0, y1, x1 = view.valid_box
     size = view.image.shape[-1]
     return WorkingView(
@@ -119,10 +119,10 @@ class Predictor:
     @torch.inference_mode()
     def view_features(self, view: WorkingView) -> Tensor | None:
         """The view's low-res features [C, h, w], as a store would hold them, to compute once and reuse at every
-        click; None for early-fusion probes, whose backbone must run with the clicks."""
+        click; None for early-fusion probes, whose featurizer must run with the clicks."""
         if self.probe.needs_featurizer:
             return None
-        return self._backbone(self._normalized([view]))[0]
+        return self._run_featurizer(self._normalized([view]))[0]
 
     @torch.inference_mode()
     def feature_maps(self, view: WorkingView) -> tuple[Tensor, Tensor]:
@@ -130,7 +130,7 @@ class Predictor:
         image = self._normalized([view])
         features = self._features([view], image)
         if features is None:
-            features = self._backbone(image)
+            features = self._run_featurizer(image)
         return features[0], self.probe.upsampler(features, image)[0]
 
     def _logits(
@@ -148,15 +148,15 @@ class Predictor:
             return None
         if all(view.features is not None for view in views):
             return torch.stack([view.features for view in views]).to(self.device).float()
-        return self._backbone(images)
+        return self._run_featurizer(images)
 
-    def _backbone(self, images: Tensor) -> Tensor:
+    def _run_featurizer(self, images: Tensor) -> Tensor:
         """Features as the store would hold them: the extraction's autocast, rounded to float16."""
         featurizer = self.featurizer if self.featurizer is not None else self.probe.featurizer
         if featurizer is None:
             raise ValueError("these views have no cached features and no featurizer was given to compute them")
         if self.exact:
             return featurizer(images).float()
-        with backbone_autocast(images.device):
+        with featurizer_autocast(images.device):
             features = featurizer(images)
         return features.to(torch.float16).float()

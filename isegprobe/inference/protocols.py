@@ -9,7 +9,7 @@
   logits averaged with the horizontally flipped crop before the sigmoid, masks at probability > 0.5, 20 clicks for
   every object (its print_ious sets the target IoU to 1.01, so no object stops early), everything in float32 with
   its deterministic kernels, one object (and its mirror) per forward as it runs them, and the last checkpoint of a
-  run. The backbone runs on every crop, as the research code's does.
+  run. The featurizer runs on every crop, as the research code's backbone does.
 """
 
 from __future__ import annotations

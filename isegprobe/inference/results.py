@@ -98,7 +98,7 @@ class ResultsWriter:
         self.complete.setdefault(dataset, False)
 
     def set_speed(self, dataset: str, predict_seconds: float, loop_seconds: float, clicks: int) -> None:
-        """The time this run spent in the predictor (crops, backbone if online, probe, un-cropping), and in the whole
+        """The time this run spent in the predictor (crops, featurizer if online, probe, un-cropping), and in the whole
         loop (reading images and the clicker too), for `clicks` clicks so far. Written out as seconds per click,
         `sec_per_click` and `sec_per_click_loop` (iSegProbe's definition), over this run and the runs it resumed, with
         the clicks timed (`clicks_timed`), so that a resumed evaluation reports the speed of all of it."""

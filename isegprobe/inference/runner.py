@@ -1,6 +1,6 @@
 """One evaluation run: a checkpoint, some datasets (from stores or online), results on disk.
 
-Both `isegprobe evaluate` and the quickstart call `run_evaluation`. From the cache without zoom-in the backbone is
+Both `isegprobe evaluate` and the quickstart call `run_evaluation`. From the cache without zoom-in the featurizer is
 never built; zoom-in crops, --online and early-fusion probes need it, and it must be the featurizer the probe was
 trained on.
 """
@@ -72,7 +72,7 @@ def under_protocol(request: EvaluationRequest) -> EvaluationRequest:
     protocol = get_protocol(request.protocol)
     if protocol.fixed.get("online") and request.stores:
         raise UserError(
-            f"--protocol {protocol.name} runs the backbone on every zoom-in crop, online: give --datasets (and "
+            f"--protocol {protocol.name} runs the featurizer on every zoom-in crop, online: give --datasets (and "
             "--root), not --store"
         )
     return dataclasses.replace(request, protocol=protocol.name, **protocol.fixed)
@@ -173,8 +173,8 @@ def _set_up(request: EvaluationRequest, only_items: Collection[str] | None = Non
     weights = resolve_checkpoint(request.checkpoint, prefer=protocol.checkpoint)[0].resolve()
     probe, metadata = load_probe(weights, device=device)
     jobs = list(_jobs(request, metadata, only_items))
-    backbone = runs_featurizer_online(probe.config, request.online) or request.zoom_in
-    featurizer = checkpoint_backbone(metadata) if backbone else None
+    featurizer_needed = runs_featurizer_online(probe.config, request.online) or request.zoom_in
+    featurizer = checkpoint_featurizer(metadata) if featurizer_needed else None
     if featurizer is not None and probe.needs_featurizer:
         probe.attach_featurizer(featurizer.to(device))
     preprocessing = metadata["preprocessing"]
@@ -339,11 +339,11 @@ def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[P
     return paths
 
 
-def checkpoint_backbone(metadata: dict[str, Any]) -> torch.nn.Module:
+def checkpoint_featurizer(metadata: dict[str, Any]) -> torch.nn.Module:
     """The probe's featurizer, rebuilt from the checkpoint's provenance and checked against it."""
     provenance = metadata.get("featurizer_provenance") or {}
     if "name" not in provenance or "weights" not in provenance:
-        raise UserError("the checkpoint records no featurizer provenance, so its backbone cannot be rebuilt")
+        raise UserError("the checkpoint records no featurizer provenance, so the probe's featurizer cannot be rebuilt")
     featurizer = featurizers.recreate_featurizer(provenance)
     check_same_featurizer(provenance, featurizer.provenance, f"featurizer {provenance['name']}")
     return featurizer

@@ -1,6 +1,6 @@
 """`--save-feats`: the features a probe worked from, kept for a few objects so plots can show them.
 
-Each object gets OUT/feats/<dataset>/<id>.npz with `lowres` [C, h, w] (the cached features, or the backbone's),
+Each object gets OUT/feats/<dataset>/<id>.npz with `lowres` [C, h, w] (the cached features, or the featurizer's),
 `upsampled` [C, H', W'] (the probe's upsampler on them, before any click is fused) as float16, and `image`
 [S, S, 3] uint8, the working-size view they belong to.
 """

@@ -1,4 +1,4 @@
-"""Objects to evaluate, from a feature store (no backbone) or straight from a dataset (backbone online)."""
+"""Objects to evaluate, from a feature store (no featurizer) or straight from a dataset (featurizer online)."""
 
 from __future__ import annotations
 

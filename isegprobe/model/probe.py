@@ -33,7 +33,9 @@ def runs_featurizer_online(config: ModelConfig, asked: bool) -> bool:
     """Whether training or evaluation runs the featurizer in the loop: when `asked` (--online), and always for a
     probe that needs it, which is said, since that probe reads a store's images but not its features."""
     if needs_featurizer_online(config) and not asked:
-        log.warning("fusion before_backbone: the frozen backbone runs in the loop (online); cached features are unused")
+        log.warning(
+            "fusion before_backbone: the frozen featurizer runs in the loop (online); cached features are unused"
+        )
     return asked or needs_featurizer_online(config)
 
 
@@ -100,7 +102,7 @@ class ISProbe(nn.Module):
 
     @property
     def needs_featurizer(self) -> bool:
-        """True for early fusion: the backbone must run inside the probe, so cached features cannot be used."""
+        """True for early fusion: the featurizer must run inside the probe, so cached features cannot be used."""
         return needs_featurizer_online(self.config)
 
     @property
@@ -140,7 +142,7 @@ class ISProbe(nn.Module):
             click_input = click_inputs(clicks, prev_mask, self.config.click_radius)
             if on_cuda:
                 click_input = click_input.contiguous(memory_format=torch.channels_last)
-            features = self._backbone_features(features, image, click_input)
+            features = self._featurizer_features(features, image, click_input)
             if self.fusion == "after_backbone":
                 features = features + self.click_encoder(click_input, tuple(features.shape[-2:]))
             if self.reduces_before_upsampling:
@@ -152,14 +154,14 @@ class ISProbe(nn.Module):
                 logits = self.head(upsampled)
         return resize_to(logits.float(), image.shape[-2:], self.config.align_corners)
 
-    def _backbone_features(self, features: Tensor | None, image: Tensor, click_input: Tensor) -> Tensor:
+    def _featurizer_features(self, features: Tensor | None, image: Tensor, click_input: Tensor) -> Tensor:
         if self.needs_featurizer:
             if self._featurizer is None:
                 raise UserError("fusion before_backbone needs a featurizer: attach one with probe.attach_featurizer()")
             grid = (image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size)
             return self._featurizer(image, token_bias=self.click_encoder(click_input, grid))
         if features is None:
-            raise ValueError(f"fusion {self.fusion} needs the backbone features; got None")
+            raise ValueError(f"fusion {self.fusion} needs the featurizer's features; got None")
         features = features.to(image.dtype)
         if image.is_cuda:
             features = features.contiguous(memory_format=torch.channels_last)

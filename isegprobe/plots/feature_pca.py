@@ -2,7 +2,7 @@
 
 By default the directions and the colour range are fitted once, on the low-resolution features, and every
 upsampler's output is drawn through the same map: the same colour then means the same feature in every panel, so an
-upsampler that drifts away from the backbone's feature space shows as a change of colour, not just of sharpness.
+upsampler that drifts away from the featurizer's feature space shows as a change of colour, not just of sharpness.
 An output far from that space (an upsampler trained inside a probe, say) then looks flat; fitting each panel on its
 own tokens shows its structure instead, at the price of colours that no longer compare across panels.
 """

@@ -9,8 +9,8 @@ stream (so runs stay deterministic):
 - shift_rotate: ShiftScaleRotate with no scaling (rotation within +-3 degrees, shift within 3 % of the side, p 0.75,
   zeros where the image moved away), applied to the image, the object labels and the region that counts.
 
-What stays different, and why: with cached features the backbone saw the un-jittered pixels (only the upsampler's
-guidance image and the online backbone of early fusion see the jitter), so shift_rotate is refused there, since
+What stays different, and why: with cached features the featurizer saw the un-jittered pixels (only the upsampler's
+guidance image and the online featurizer of early fusion see the jitter), so shift_rotate is refused there, since
 features cannot follow a rotation exactly. And the research code rotates the resized image before cropping, here
 the cached crop is rotated, so the zeros it brings in lie inside the crop's edge.
 """

@@ -2,7 +2,7 @@
 
 The checkpoint names the research code's backbone, click encoder, upsampler and crop size; isegprobe rebuilds the
 same featurizer (the official DINOv2, or timm's ViT with its attention keys, ...) with the research code's input rule
-(ImageNet mean/std for every backbone) and the backbone weights the probe was trained on. A store, when given,
+(ImageNet mean/std for every backbone) and the featurizer weights the probe was trained on. A store, when given,
 supplies that featurizer's provenance instead and must match it (a probe evaluated from the cache).
 """
 
@@ -38,7 +38,7 @@ def import_seed_probe(
 ) -> dict[str, Any]:
     """Write `run_dir/last.*` from the iSegProbe checkpoint at `seed_path`; returns the checkpoint's metadata.
 
-    `weights`: the backbone's weights ("hub", or the file the probe was trained with); `upsampler_weights`: the
+    `weights`: the featurizer's weights ("hub", or the file the probe was trained with); `upsampler_weights`: the
     authors' file of a frozen learned upsampler, which the research code's checkpoints do not hold; `store_path`: a
     store of the same featurizer at the probe's crop size, whose provenance then stands for the featurizer.
     """
@@ -101,7 +101,7 @@ def _store_provenance(store_path: str | Path, seed: SeedProbe, built: dict[str, 
     store = FeatureStore.open(store_path)
     provenance = dict(store.attrs["featurizer"])
     check_same_featurizer(
-        built, provenance, str(store.path), trained_on="the probe's backbone", keys=ARCHITECTURE_IDENTITY_KEYS
+        built, provenance, str(store.path), trained_on="the probe's featurizer", keys=ARCHITECTURE_IDENTITY_KEYS
     )
     size = int(store.attrs["preprocessing"]["size"])
     if size != seed.size or store.attrs["preprocessing"].get("resize", "stretch") != "stretch":

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from isegprobe.config import TrainConfig
 from isegprobe.data.preprocess import normalize_images
-from isegprobe.devices import backbone_autocast
+from isegprobe.devices import featurizer_autocast
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
@@ -120,7 +120,7 @@ class Trainer:
         if self.probe.needs_featurizer:
             return None
         if self.online:
-            with torch.no_grad(), backbone_autocast(self.device):
+            with torch.no_grad(), featurizer_autocast(self.device):
                 return self.featurizer(images)
         if "features" not in batch:
             raise UserError("the dataset gives no cached features: train with --online")

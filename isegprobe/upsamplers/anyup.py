@@ -3,7 +3,7 @@
 An image encoder (1x1 convs + RoPE) gives queries at the output grid and keys pooled to the feature grid; the keys
 also see the features through a learned feature unification (any channel count maps to 128). Each output pixel
 attends, with head-averaged weights, to the features inside a window around it (10 % of the image each way) and
-takes their weighted mean, so the output stays in the input's feature space and the same weights serve any backbone.
+takes their weighted mean, so the output stays in the input's feature space and the same weights serve any featurizer.
 Attention runs in bands of output rows, each against only the feature rows its windows reach: the same result as
 AnyUp's masked full attention, in bounded memory.
 

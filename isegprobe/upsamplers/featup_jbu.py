@@ -11,7 +11,7 @@ Weights: FeatUp's Lightning checkpoints as served by its torch hub entry points 
 behind; the backbone and training-only modules in the file are skipped.
 
 Two ways to run them, both legitimate, so both by name: `featup_jbu` is FeatUp's hub model (ChannelNorm, then the
-stack); `featup_jbu_stack` is the stack alone, fed the backbone's features as they are, which is what the iSegProbe
+stack); `featup_jbu_stack` is the stack alone, fed the featurizer's features as they are, which is what the iSegProbe
 research code runs (its `JBUFeatUp` keeps only the hub model's `.upsampler`).
 """
 

@@ -85,6 +85,7 @@ FAMILY_CASES = {
     "timm_vit_keys": (f"{DINO_REG}:keys", (42, 28), 384, 384, 14, IMAGENET_MEAN, "keys"),
     "maskclip": ("maskclip:vit_xsmall_patch16_clip_224", (32, 48), 512, 256, 16, CLIP_MEAN, "maskclip"),
     "dinov2_hub": ("dinov2_vits14", (28, 42), 384, 384, 14, IMAGENET_MEAN, "tokens"),
+    "timm_dense": ("vit_small_patch16_dinov3", (32, 48), 384, 384, 16, IMAGENET_MEAN, "intermediates"),
 }
 
 
@@ -465,7 +466,7 @@ def test_hub_weights_offline_say_they_need_the_internet(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("resnet50", "not a ViT"),
+        ("resnet50:keys", "not a ViT"),
         ("vit_smal_patch14_dinov2", "did you mean vit_small_patch14_dinov2"),
         (f"{DINO}.no_such_tag", "no pretrained tag"),
         ("maskclip:vit_small_patch16_224", "CLIP image tower"),
@@ -489,10 +490,15 @@ def test_bad_names_are_user_errors(name, message):
         ("maskclip:vit_base_patch16_clip_224.openai", "vit_base_patch16_clip_224.openai", "maskclip"),
         ("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", "dinov2_hub"),
         ("dinov2_vitg14_reg", "vit_giant_patch14_reg4_dinov2.lvd142m", "dinov2_hub"),
+        ("vit_small_patch16_dinov3", "vit_small_patch16_dinov3", "timm_dense"),
+        ("resnet50", "resnet50", "timm_dense"),
+        (f"{DINO}@-4", DINO, "timm_dense"),
+        ("convnext_atto.d2_in1k@2", "convnext_atto.d2_in1k", "timm_dense"),
     ],
 )
 def test_names_go_to_their_family_and_timm_architecture(name, arch, family):
-    """Fixed names (`maskclip`, `dinov2_vits14`) win over the `{arch}` pattern; nothing is built."""
+    """Fixed names (`maskclip`, `dinov2_vits14`) win over the `{arch}` pattern; of the two families taking `{arch}`,
+    timm's plain ViTs go to timm_vit unless a block is chosen; nothing is built."""
     assert parse_featurizer_name(name) == (arch, FEATURIZERS.get(family))
 
 

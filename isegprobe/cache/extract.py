@@ -177,7 +177,9 @@ def _open_or_create(
 
 def _feature_grid(featurizer: Featurizer, size: int) -> tuple[int, int]:
     if size % featurizer.patch_size:
-        raise UserError(f"--size {size}: must be a multiple of the featurizer's patch size {featurizer.patch_size}")
+        raise UserError(
+            f"--size {size}: must be a multiple of the featurizer's {featurizer.stride_name} {featurizer.patch_size}"
+        )
     return size // featurizer.patch_size, size // featurizer.patch_size
 
 

@@ -23,9 +23,11 @@ FEATURIZER_IDENTITY_KEYS = (
     "patch_size",
     "dim",
     "normalization",
+    "block",
+    "normed",
 )
 # The keys that say which function of the image a featurizer computes, whatever its weights.
-ARCHITECTURE_IDENTITY_KEYS = ("name", "architecture", "output", "patch_size", "dim", "normalization")
+ARCHITECTURE_IDENTITY_KEYS = ("name", "architecture", "output", "patch_size", "dim", "normalization", "block", "normed")
 # What a provenance written before a key existed meant by leaving it out.
 FEATURIZER_IDENTITY_DEFAULTS = {"normalization": "model"}
 

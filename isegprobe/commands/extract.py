@@ -18,8 +18,13 @@ from isegprobe.units import human_bytes
 @click.option(
     "--featurizer",
     required=True,
-    help="A timm ViT name (vit_small_patch14_dinov2, ...), NAME:keys for the last block's attention keys, maskclip, "
-    "or a DINOv2 torch.hub name (dinov2_vits14, ...: the official model, its position interpolation included).",
+    help="Families, one example each: a timm ViT name (vit_small_patch14_dinov2): the last block's tokens; "
+    "NAME:keys (vit_small_patch14_dinov2:keys): the last block's attention keys; maskclip "
+    "(maskclip:vit_base_patch16_clip_224.openai); a DINOv2 torch.hub name (dinov2_vits14: the official model, its "
+    "position interpolation included); any other timm model with forward_intermediates (vit_small_patch16_dinov3, "
+    "eva02_tiny_patch14_224, samvit_base_patch16, convnext_atto, ...): its last block's normed features. "
+    "NAME@BLOCK takes another block of any timm name, ViTs included (vit_small_patch16_dinov3@-4, convnext_atto@2; "
+    "negative counts from the end); this forward_intermediates family supports late fusion only.",
 )
 @click.option(
     "--weights",
@@ -44,7 +49,7 @@ from isegprobe.units import human_bytes
     default=448,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Working size in pixels (square); a multiple of the patch size.",
+    help="Working size in pixels (square); a multiple of the patch size (a CNN's stride at the chosen stage).",
 )
 @click.option(
     "--views",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -14,7 +14,12 @@ class Featurizer(nn.Module):
     `token_bias` [B, embed_dim, H/p, W/p] is added to the patch tokens before the first block (early fusion):
     the parameters stay frozen, but gradients flow through the blocks back to whatever produced the bias.
     `provenance` holds plain JSON values that identify the features (written into every feature store).
+    `patch_size` is the stride of the feature grid: `stride_name` says which word fits the model in messages.
+    A family whose model takes no `token_bias` sets `supports_early_fusion` False.
     """
+
+    stride_name: ClassVar[str] = "patch size"
+    supports_early_fusion: ClassVar[bool] = True
 
     def __init__(
         self,

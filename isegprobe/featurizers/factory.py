@@ -6,14 +6,16 @@ Names, by family (`list_featurizers`, `featurizer_forms`):
 - `timm_vit_keys`: `<timm ViT name>:keys`: the last block's attention keys;
 - `maskclip`: `maskclip` or `maskclip:<timm CLIP ViT name>`: MaskCLIP's dense CLIP features;
 - `dinov2_hub`: DINOv2's torch.hub names (`dinov2_vits14`, `dinov2_vitb14_reg`, ...): the official model's tokens,
-  its own position-embedding interpolation included.
+  its own position-embedding interpolation included;
+- `timm_dense`: any other timm model with `forward_intermediates` (`vit_small_patch16_dinov3`, `convnext_atto`, ...)
+  and `<timm name>@BLOCK` for any of them, ViTs included: a block's normed features.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from isegprobe.featurizers import dinov2_hub, maskclip, vit  # noqa: F401  (registers the built-in families)
+from isegprobe.featurizers import dense, dinov2_hub, maskclip, vit  # noqa: F401  (registers the built-in families)
 from isegprobe.featurizers.base import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.featurizers.registry import FEATURIZERS, FamilyClass, find_family
@@ -26,7 +28,7 @@ def create_featurizer(name: str, weights: str = "random", normalization: str = D
     """A frozen featurizer in eval mode; `weights` is "random" (seeded), "hub" or a checkpoint file path;
     `normalization` the input statistics ("model": the model's own, "imagenet": iSegProbe's rule for every model)."""
     arch, featurizer_class = parse_featurizer_name(name)
-    model, source = create_timm_model(arch, weights, **featurizer_class.model_kwargs)
+    model, source = create_timm_model(arch, weights, **featurizer_class.timm_kwargs(arch))
     return featurizer_class(name, model, source, normalization)
 
 
@@ -45,7 +47,7 @@ def list_featurizers() -> list[str]:
 
 
 def featurizer_forms() -> dict[str, tuple[str, ...]]:
-    """Family -> the name forms it accepts (`{arch}` stands for a timm ViT name)."""
+    """Family -> the name forms it accepts (`{arch}` stands for a timm model name)."""
     return {family: FEATURIZERS.get(family).accepts for family in list_featurizers()}
 
 

@@ -1,4 +1,5 @@
-"""Which timm names a featurizer can be built on: timm's plain ViTs, with a pretrained tag timm knows."""
+"""Which timm names a featurizer can be built on: timm's plain ViTs, or any timm model, with a pretrained tag timm
+knows."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from isegprobe.errors import UserError
 
 def check_timm_vit(arch: str) -> None:
     """Accept only timm's plain ViTs (timm.models.vision_transformer), with a valid pretrained tag if one is given."""
-    base, tag = split_model_name_tag(arch)
+    base, _ = split_model_name_tag(arch)
     if base not in _timm_vits():
         if timm.is_model(base):
             raise UserError(
@@ -23,6 +24,26 @@ def check_timm_vit(arch: str) -> None:
         close = difflib.get_close_matches(base, sorted(_timm_vits()), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models('vit_*'))"
         raise UserError(f"unknown featurizer {arch!r}: not a timm ViT name{hint}")
+    _check_tag(arch)
+
+
+def check_timm_model(arch: str) -> None:
+    """Accept any timm model name, with a valid pretrained tag if one is given."""
+    base, _ = split_model_name_tag(arch)
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
+        raise UserError(f"unknown featurizer {arch!r}: not a timm ViT name, nor any other timm model name{hint}")
+    _check_tag(arch)
+
+
+def is_timm_vit(arch: str) -> bool:
+    """True for a name of timm's plain ViTs (whatever its tag): the ones the ViT families build."""
+    return split_model_name_tag(arch)[0] in _timm_vits()
+
+
+def _check_tag(arch: str) -> None:
+    base, tag = split_model_name_tag(arch)
     if tag:
         try:
             get_pretrained_cfg(arch, allow_unregistered=False)

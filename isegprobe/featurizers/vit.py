@@ -16,7 +16,7 @@ from isegprobe.featurizers.attention import use_memory_efficient_attention
 from isegprobe.featurizers.base import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, input_statistics
 from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer
-from isegprobe.featurizers.timm_names import check_timm_vit
+from isegprobe.featurizers.timm_names import check_timm_vit, is_timm_vit
 from isegprobe.featurizers.weights import WeightsSource
 
 
@@ -75,6 +75,15 @@ class TimmViTFeaturizer(Featurizer):
         self.model = model
         use_memory_efficient_attention(model)
         self.freeze()
+
+    @classmethod
+    def claims(cls, arch: str | None, block: int | None) -> bool:
+        """Whether this family builds `arch` (None: one of its fixed names): the last block of a timm ViT."""
+        return block is None and (arch is None or is_timm_vit(arch))
+
+    @classmethod
+    def timm_kwargs(cls, arch: str) -> dict[str, Any]:
+        return cls.model_kwargs
 
     @classmethod
     def timm_architecture(cls, name: str, arch: str | None) -> str:

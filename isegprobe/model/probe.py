@@ -111,6 +111,11 @@ class ISProbe(nn.Module):
 
     def attach_featurizer(self, featurizer: nn.Module) -> None:
         """Hold a frozen featurizer for early fusion (kept out of `state_dict`, `parameters` and `.to`)."""
+        if self.needs_featurizer and not getattr(featurizer, "supports_early_fusion", True):
+            raise UserError(
+                f"fusion before_backbone: featurizer {getattr(featurizer, 'name', '?')} supports late fusion only "
+                "(fusion after_backbone or after_upsampler)"
+            )
         embed_dim = getattr(featurizer, "embed_dim", None)
         if self.needs_featurizer and embed_dim != self.token_dim:
             raise UserError(

@@ -1,0 +1,187 @@
+"""The timm_dense family (any timm model with `forward_intermediates`) against timm's own feature API, and its stores
+through `isegprobe extract-features`, as a user runs it."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import zarr
+from click.testing import CliRunner
+from torch import Tensor
+
+from isegprobe.cli import main
+from isegprobe.config import ClickEncoderConfig, HeadConfig, ModelConfig, UpsamplerConfig
+from isegprobe.errors import UserError
+from isegprobe.featurizers import Featurizer, RandomWeightsWarning, create_featurizer
+from isegprobe.model import ISProbe
+
+DINOV3 = "vit_small_patch16_dinov3"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small CPU models gain nothing from threads, and threads spin badly when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.cache
+def random_featurizer(name: str) -> Featurizer:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return create_featurizer(name)
+
+
+def images(size: int, batch: int = 2) -> Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def timm_intermediate(model: torch.nn.Module, x: Tensor, block: int) -> Tensor:
+    """What the family promises: timm's call, as written in its docstring (every block run, no stop_early)."""
+    with torch.no_grad():
+        return model.forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)[
+            -1
+        ]
+
+
+# name, image size, block index it resolves to, stride, channels
+CASES = [
+    (DINOV3, 32, 11, 16, 384),
+    (f"{DINOV3}@-4", 32, 8, 16, 384),
+    ("eva02_tiny_patch14_224", 28, 11, 14, 192),
+    ("eva02_tiny_patch14_224@6", 28, 6, 14, 192),
+    ("convnext_atto", 64, 3, 32, 320),
+    ("convnext_atto@1", 64, 1, 8, 80),
+]
+
+
+@pytest.mark.parametrize(("name", "size", "block", "stride", "dim"), CASES)
+def test_features_are_timms_forward_intermediates(name, size, block, stride, dim):
+    featurizer = random_featurizer(name)
+    x = images(size)
+    out = featurizer(x)
+    assert out.shape == (2, dim, size // stride, size // stride)
+    assert (featurizer.patch_size, featurizer.dim, featurizer.stride_name) == (stride, dim, "stride")
+    torch.testing.assert_close(out, timm_intermediate(featurizer.model, x, block), rtol=0, atol=1e-5)
+    provenance = featurizer.provenance
+    assert (provenance["block"], provenance["normed"], provenance["output"]) == (block, True, "intermediates")
+
+
+def test_a_vit_at_its_last_block_equals_the_vit_family_bit_for_bit():
+    x = images(42)
+    chosen, plain = random_featurizer("vit_small_patch14_dinov2@-1"), random_featurizer("vit_small_patch14_dinov2")
+    assert type(chosen) is not type(plain)
+    torch.testing.assert_close(chosen(x), plain(x), rtol=0, atol=0)
+
+
+def test_a_block_counted_from_either_end_is_the_same_block():
+    forward, backward = random_featurizer(f"{DINOV3}@6"), random_featurizer(f"{DINOV3}@-6")
+    assert forward.provenance["block"] == backward.provenance["block"] == 6
+    x = images(32)
+    torch.testing.assert_close(forward(x), backward(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (f"{DINOV3}@12", "no block 12; the model has 12"),
+        ("convnext_atto@-5", "no block -5"),
+        ("maskclip@3", "takes no block"),
+        ("vit_small_patch14_dinov2:keys@2", "takes no block"),
+        ("convnext_atto:keys", "not a ViT"),
+        ("convnext_atoo", "did you mean convnext_atto"),
+    ],
+)
+def test_bad_names_are_user_errors(name, message):
+    with pytest.raises(UserError, match=message), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        create_featurizer(name)
+
+
+def test_early_fusion_is_refused_with_late_fusion_only():
+    featurizer = random_featurizer("convnext_atto")
+    with pytest.raises(UserError, match="supports late fusion only"):
+        featurizer(images(64), token_bias=torch.zeros(2, 320, 2, 2))
+    config = ModelConfig(
+        click_encoder=ClickEncoderConfig(name="patch_embed"),
+        fusion="before_backbone",
+        upsampler=UpsamplerConfig(name="bilinear"),
+        head=HeadConfig(width=8),
+    )
+    with pytest.raises(UserError, match="supports late fusion only"):
+        ISProbe(config, 320, 32, token_dim=320, featurizer=featurizer)
+
+
+@pytest.mark.skip(
+    reason="samvit_base_patch16 (90 M parameters) and naflexvit_base_patch16_radio_v3 (86 M) take 4-6 s to build on "
+    "2 shared CPU cores; both build and run at 64 px by hand (SAM: 256 channels, its neck; RADIO: 768), stride 16"
+)
+@pytest.mark.parametrize("name", ["samvit_base_patch16", "naflexvit_base_patch16_radio_v3"])
+def test_large_models_are_timms_forward_intermediates(name):
+    featurizer = random_featurizer(name)
+    x = images(64, batch=1)
+    torch.testing.assert_close(featurizer(x), timm_intermediate(featurizer.model, x, -1), rtol=0, atol=1e-5)
+
+
+# --- extract-features ---
+
+
+def extract(out: Path, featurizer: str, size: int = 64) -> object:
+    args = ["extract-features", "--featurizer", featurizer, "--weights", "random", "--dataset", "builtin"]
+    args += ["--size", str(size), "--views", "identity", "--workers", "0", "--device", "cpu", "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return CliRunner().invoke(main, args)
+
+
+def seeded_dinov3() -> torch.nn.Module:
+    """The weights `--weights random` promises: timm's init from seed 0, built here without isegprobe."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return timm.create_model(DINOV3, pretrained=False, num_classes=0, dynamic_img_size=True).eval()
+
+
+def test_extracted_store_holds_timms_features_of_the_seeded_weights(tmp_path):
+    result = extract(tmp_path, DINOV3)
+    assert result.exit_code == 0, result.output
+    (store,) = tmp_path.glob("*.zarr")
+    root = zarr.open(str(store), mode="r")
+    assert root.attrs["featurizer"]["block"] == 11 and root.attrs["featurizer"]["patch_size"] == 16
+    stored = root["features"][:, 0].astype(np.float32)
+    model = seeded_dinov3()
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(root["images"][:, 0]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    expected = timm_intermediate(model, x, 11).numpy()
+    assert stored.shape == expected.shape and expected.shape[1:] == (384, 4, 4)
+    np.testing.assert_allclose(stored, expected, rtol=1e-2, atol=1e-2)
+
+
+def test_a_store_of_another_block_is_never_resumed(tmp_path):
+    assert extract(tmp_path, f"{DINOV3}@6").exit_code == 0
+    (store,) = tmp_path.glob("*.zarr")
+    store.rename(store.with_name(store.name.replace(f"{DINOV3}_6", DINOV3)))  # where the last block's store goes
+    result = extract(tmp_path, DINOV3)
+    assert result.exit_code != 0
+    assert "featurizer block: store has 6, this run has 11" in result.output
+
+
+def test_a_size_off_the_stride_is_refused_naming_both(tmp_path):
+    result = extract(tmp_path, "convnext_atto", size=48)
+    assert result.exit_code != 0
+    assert "--size 48: must be a multiple of the featurizer's stride 32" in result.output
+
+
+def test_help_lists_every_family_with_an_example():
+    text = " ".join(CliRunner().invoke(main, ["extract-features", "--help"]).output.split())
+    for example in ("vit_small_patch14_dinov2", ":keys", "maskclip", "dinov2_vits14", DINOV3, "convnext_atto"):
+        assert example in text
+    assert f"{DINOV3}@-4" in text and "late fusion only" in text

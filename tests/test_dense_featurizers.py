@@ -75,6 +75,17 @@ def test_features_are_timms_forward_intermediates(name, size, block, stride, dim
     assert (provenance["block"], provenance["normed"], provenance["output"]) == (block, True, "intermediates")
 
 
+@pytest.mark.parametrize(("arch", "size"), [("convnext_atto", 64), (DINOV3, 32)])
+def test_a_timm_state_dict_with_its_classifier_loads(arch, size, tmp_path):
+    """timm's own files hold the classifier the featurizer is built without (ConvNeXt: head.fc inside its head)."""
+    torch.manual_seed(5)
+    model = timm.create_model(arch, pretrained=False, **({"dynamic_img_size": True} if arch == DINOV3 else {})).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    featurizer = create_featurizer(arch, weights=str(tmp_path / "w.pth"))
+    x = images(size)
+    torch.testing.assert_close(featurizer(x), timm_intermediate(model, x, -1), rtol=0, atol=1e-5)
+
+
 def test_a_vit_at_its_last_block_equals_the_vit_family_bit_for_bit():
     x = images(42)
     chosen, plain = random_featurizer("vit_small_patch14_dinov2@-1"), random_featurizer("vit_small_patch14_dinov2")

@@ -27,7 +27,8 @@ from isegprobe.featurizers.weights import WeightsSource
 class DenseFeaturizer(Featurizer):
     """`forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)`: block
     `@BLOCK` of the name (negative from the end; the last by default), with timm's final norm applied where timm
-    applies it (every block of ViT-likes, the last stage of ConvNeXt). The grid's stride is the block's reduction."""
+    applies it (every block of ViT-likes, the last stage of ConvNeXt, SAM's neck). Stride and channels are
+    measured, since a normed output can differ from timm's `feature_info`."""
 
     output: ClassVar[str] = "intermediates"
     accepts: ClassVar[tuple[str, ...]] = (ARCH_SLOT,)

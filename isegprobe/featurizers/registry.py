@@ -3,7 +3,7 @@
 family it belongs to.
 
 A family gives its names as forms: fixed names (`dinov2_vits14`) or a pattern with one `{arch}` slot that holds a
-timm ViT name (`{arch}`, `{arch}:keys`, `maskclip:{arch}`). A fixed name wins over any pattern, and of two patterns
+timm model name (`{arch}`, `{arch}:keys`, `maskclip:{arch}`). A fixed name wins over any pattern, and of two patterns
 the one with more fixed text, so `maskclip:x` is MaskCLIP on x, and `x:keys` the keys of x. Where two families take
 the same form (`{arch}`: timm's plain ViTs and every other timm model), the one that `claims` the name builds it.
 
@@ -21,7 +21,7 @@ from isegprobe.errors import UserError
 from isegprobe.registry import Registry
 
 ARCH_SLOT = "{arch}"
-_BLOCK_SUFFIX = re.compile(r"@(-?\d+)")
+_WITH_BLOCK = re.compile(r"(.+)@(-?\d+)")
 
 
 class FamilyClass(Protocol):
@@ -51,10 +51,8 @@ def register_featurizer(family: str) -> Callable[[FamilyClass], FamilyClass]:
 
 def split_block(name: str) -> tuple[str, int | None]:
     """`x@-4` -> ("x", -4); a name without `@BLOCK` -> (name, None)."""
-    base, at, block = name.rpartition("@")
-    if at and _BLOCK_SUFFIX.fullmatch(f"@{block}"):
-        return base, int(block)
-    return name, None
+    match = _WITH_BLOCK.fullmatch(name)
+    return (match.group(1), int(match.group(2))) if match else (name, None)
 
 
 def find_family(name: str) -> tuple[FamilyClass, str | None]:

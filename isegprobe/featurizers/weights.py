@@ -16,7 +16,7 @@ from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
@@ -82,18 +82,19 @@ def _from_hub(arch: str, **model_kwargs: Any) -> nn.Module:
         ) from error
 
 
-def to_timm_layout(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
-    """Translate official DINOv2 / OpenAI CLIP / timm checkpoints to `model`'s keys (timm's converters do the work)."""
+def to_timm_layout(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Translate official DINOv2 / OpenAI CLIP / timm checkpoints to `model`'s keys (timm's converters do the work).
+    A classifier the featurizer was built without (`num_classes=0`) is dropped from the file."""
     if "mask_token" in state:
         # DINOv2 trained with FSDP block chunks: blocks.<chunk>.<block>.* -> blocks.<block>.*
         state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key): value for key, value in state.items()}
     state = checkpoint_filter_fn(state, model)
-    if isinstance(model.head, nn.Identity):
-        state = {key: value for key, value in state.items() if not key.startswith("head.")}
-    return state
+    classifier = f"{model.pretrained_cfg.get('classifier') or 'head'}."
+    own = model.state_dict().keys()
+    return {key: value for key, value in state.items() if key in own or not key.startswith(classifier)}
 
 
-def load_checkpoint(model: VisionTransformer, path: Path) -> None:
+def load_checkpoint(model: nn.Module, path: Path) -> None:
     """Load `path` into `model` strictly; a file that does not fit names its missing, unexpected and misshaped keys."""
     try:
         state = to_timm_layout(read_state_dict(path), model)

@@ -1,5 +1,5 @@
-"""Featurizers: frozen vision models (timm ViTs, DINOv2, CLIP, MaskCLIP) behind one interface: images -> dense
-features.
+"""Featurizers: frozen vision models (timm ViTs, DINOv2, CLIP, MaskCLIP, and any timm model with
+`forward_intermediates`: DINOv3, EVA02, SAM, ConvNeXt, ...) behind one interface: images -> dense features.
 
 timm, and torchvision with it, take about 2 s to import; they load with the first use of a name below that needs
 them, so the commands that never build a featurizer (and every command's --help) start without them.

@@ -13,7 +13,8 @@ from isegprobe.errors import UserError
 
 SCHEMA_VERSION = 1
 
-# Keys of the featurizer provenance that decide whether two extractions give the same features.
+# Keys of the featurizer provenance that decide whether two extractions give the same features. `block` and `normed`
+# (which block's output, timm's norm applied or not) only the timm_dense family records; elsewhere both are None.
 FEATURIZER_IDENTITY_KEYS = (
     "name",
     "architecture",

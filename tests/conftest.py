@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from isegprobe.data.image_io import MAX_PIXELS_ENV
 
@@ -60,3 +61,13 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     from bad_input_world import World
 
     return World(tmp_path_factory.mktemp("bad_inputs"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small CPU models gain nothing from threads, and threads spin badly when the cores are shared: modules of
+    small featurizers ask for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

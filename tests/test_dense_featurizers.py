@@ -24,13 +24,7 @@ from isegprobe.model import ISProbe
 DINOV3 = "vit_small_patch16_dinov3"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small CPU models gain nothing from threads, and threads spin badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.cache

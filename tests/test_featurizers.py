@@ -36,13 +36,7 @@ DINO = "vit_small_patch14_dinov2"
 DINO_REG = "vit_small_patch14_reg4_dinov2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small CPU models gain nothing from threads, and threads spin badly when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def create_featurizer_quietly(name: str) -> Featurizer:

@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from isegprobe.errors import UserError
 from isegprobe.featurizers.attention import use_memory_efficient_attention
 from isegprobe.featurizers.base import Featurizer
-from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, input_statistics
+from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer, split_block
+from isegprobe.featurizers.timm_identity import architecture_name, model_input_statistics, timm_provenance
 from isegprobe.featurizers.timm_names import check_timm_model, is_timm_vit
 from isegprobe.featurizers.weights import WeightsSource
 
@@ -43,11 +44,8 @@ class DenseFeaturizer(Featurizer):
         block = _block_index(name, len(blocks))
         model.eval()
         stride, dim = _measure(name, model, block, int(blocks[block]["reduction"]))
-        cfg = model.pretrained_cfg
-        architecture = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
-        mean, std = input_statistics(
-            normalization, (tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
-        )
+        architecture = architecture_name(model)
+        mean, std = model_input_statistics(model, normalization)
         super().__init__(
             name=name,
             patch_size=stride,
@@ -55,25 +53,20 @@ class DenseFeaturizer(Featurizer):
             embed_dim=dim,
             mean=mean,
             std=std,
-            provenance={
-                "name": name,
-                "architecture": architecture,
-                "output": self.output,
-                "block": block,
-                "num_blocks": len(blocks),
-                "normed": self.normed,
-                "weights": weights.location,
-                "weights_sha256": weights.sha256,
-                "random_seed": weights.random_seed,
-                "patch_size": stride,
-                "dim": dim,
-                "embed_dim": dim,
-                "mean": list(mean),
-                "std": list(std),
-                "normalization": normalization,
-                "position_resampling": "timm",
-                "timm_version": timm.__version__,
-            },
+            provenance=timm_provenance(
+                name,
+                architecture,
+                self.output,
+                weights,
+                patch_size=stride,
+                dim=dim,
+                embed_dim=dim,
+                mean=mean,
+                std=std,
+                normalization=normalization,
+                position_resampling="timm",
+                family_keys={"block": block, "num_blocks": len(blocks), "normed": self.normed},
+            ),
         )
         self.block = block
         self.model = model

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import timm
 import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -14,8 +13,9 @@ from torch import Tensor
 from isegprobe.errors import UserError
 from isegprobe.featurizers.attention import use_memory_efficient_attention
 from isegprobe.featurizers.base import Featurizer
-from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, input_statistics
+from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer
+from isegprobe.featurizers.timm_identity import architecture_name, model_input_statistics, timm_provenance
 from isegprobe.featurizers.timm_names import check_timm_vit, is_timm_vit
 from isegprobe.featurizers.weights import WeightsSource
 
@@ -43,10 +43,8 @@ class TimmViTFeaturizer(Featurizer):
         patch_height, patch_width = model.patch_embed.patch_size
         if patch_height != patch_width:
             raise UserError(f"{name}: non-square patches {patch_height}x{patch_width} are not supported")
-        cfg = model.pretrained_cfg
-        architecture = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
-        model_statistics = (tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"]))
-        mean, std = input_statistics(normalization, model_statistics)
+        architecture = architecture_name(model)
+        mean, std = model_input_statistics(model, normalization)
         dim = self.output_dim(model)
         super().__init__(
             name=name,
@@ -55,22 +53,19 @@ class TimmViTFeaturizer(Featurizer):
             embed_dim=model.embed_dim,
             mean=mean,
             std=std,
-            provenance={
-                "name": name,
-                "architecture": architecture,
-                "output": self.output,
-                "weights": weights.location,
-                "weights_sha256": weights.sha256,
-                "random_seed": weights.random_seed,
-                "patch_size": patch_height,
-                "dim": dim,
-                "embed_dim": model.embed_dim,
-                "mean": list(mean),
-                "std": list(std),
-                "normalization": normalization,
-                "position_resampling": self.position_resampling,
-                "timm_version": timm.__version__,
-            },
+            provenance=timm_provenance(
+                name,
+                architecture,
+                self.output,
+                weights,
+                patch_size=patch_height,
+                dim=dim,
+                embed_dim=model.embed_dim,
+                mean=mean,
+                std=std,
+                normalization=normalization,
+                position_resampling=self.position_resampling,
+            ),
         )
         self.model = model
         use_memory_efficient_attention(model)

@@ -15,17 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
-from isegprobe.featurizers.attention import use_memory_efficient_attention
-from isegprobe.featurizers.base import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer, split_block
-from isegprobe.featurizers.timm_identity import architecture_name, model_input_statistics, timm_provenance
+from isegprobe.featurizers.timm_base import TimmFeaturizer
 from isegprobe.featurizers.timm_names import check_timm_model, is_timm_vit
 from isegprobe.featurizers.weights import WeightsSource
 
 
 @register_featurizer("timm_dense")
-class DenseFeaturizer(Featurizer):
+class DenseFeaturizer(TimmFeaturizer):
     """`forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)`: block
     `@BLOCK` of the name (negative from the end; the last by default), with timm's final norm applied where timm
     applies it (every block of ViT-likes, the last stage of ConvNeXt, SAM's neck). Stride and channels are
@@ -44,34 +42,17 @@ class DenseFeaturizer(Featurizer):
         block = _block_index(name, len(blocks))
         model.eval()
         stride, dim = _measure(name, model, block, int(blocks[block]["reduction"]))
-        architecture = architecture_name(model)
-        mean, std = model_input_statistics(model, normalization)
         super().__init__(
-            name=name,
+            name,
+            model,
+            weights,
+            normalization,
             patch_size=stride,
             dim=dim,
             embed_dim=dim,
-            mean=mean,
-            std=std,
-            provenance=timm_provenance(
-                name,
-                architecture,
-                self.output,
-                weights,
-                patch_size=stride,
-                dim=dim,
-                embed_dim=dim,
-                mean=mean,
-                std=std,
-                normalization=normalization,
-                position_resampling="timm",
-                family_keys={"block": block, "num_blocks": len(blocks), "normed": self.normed},
-            ),
+            family_keys={"block": block, "num_blocks": len(blocks), "normed": self.normed},
         )
         self.block = block
-        self.model = model
-        use_memory_efficient_attention(model)
-        self.freeze()
 
     @classmethod
     def claims(cls, arch: str | None, block: int | None) -> bool:

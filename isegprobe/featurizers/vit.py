@@ -11,30 +11,24 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
 from isegprobe.errors import UserError
-from isegprobe.featurizers.attention import use_memory_efficient_attention
-from isegprobe.featurizers.base import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer
-from isegprobe.featurizers.timm_identity import architecture_name, model_input_statistics, timm_provenance
+from isegprobe.featurizers.timm_base import TimmFeaturizer
 from isegprobe.featurizers.timm_names import check_timm_vit, is_timm_vit
 from isegprobe.featurizers.weights import WeightsSource
 
 
-class TimmViTFeaturizer(Featurizer):
+class TimmViTFeaturizer(TimmFeaturizer):
     """Patch embedding (+ token_bias), every block but the last, then `last_block`, which each output kind defines.
 
     Position embeddings are resampled to any grid (timm's `dynamic_img_size`); class and register tokens are
     dropped from the output.
     """
 
-    output: ClassVar[str]
     # The featurizer names a registered family accepts: fixed names, or forms with an `{arch}` slot (a timm ViT name).
     accepts: ClassVar[tuple[str, ...]] = ()
     # timm.create_model arguments this output needs; a classifier head is dropped unless the output uses it.
     model_kwargs: ClassVar[dict[str, Any]] = {"dynamic_img_size": True, "num_classes": 0}
-
-    # How position embeddings reach a grid other than the model's own (provenance: features differ between rules).
-    position_resampling: ClassVar[str] = "timm"
 
     def __init__(
         self, name: str, model: VisionTransformer, weights: WeightsSource, normalization: str = DEFAULT_NORMALIZATION
@@ -43,33 +37,15 @@ class TimmViTFeaturizer(Featurizer):
         patch_height, patch_width = model.patch_embed.patch_size
         if patch_height != patch_width:
             raise UserError(f"{name}: non-square patches {patch_height}x{patch_width} are not supported")
-        architecture = architecture_name(model)
-        mean, std = model_input_statistics(model, normalization)
-        dim = self.output_dim(model)
         super().__init__(
-            name=name,
+            name,
+            model,
+            weights,
+            normalization,
             patch_size=patch_height,
-            dim=dim,
+            dim=self.output_dim(model),
             embed_dim=model.embed_dim,
-            mean=mean,
-            std=std,
-            provenance=timm_provenance(
-                name,
-                architecture,
-                self.output,
-                weights,
-                patch_size=patch_height,
-                dim=dim,
-                embed_dim=model.embed_dim,
-                mean=mean,
-                std=std,
-                normalization=normalization,
-                position_resampling=self.position_resampling,
-            ),
         )
-        self.model = model
-        use_memory_efficient_attention(model)
-        self.freeze()
 
     @classmethod
     def claims(cls, arch: str | None, block: int | None) -> bool:

@@ -21,6 +21,7 @@ from isegprobe.config import config_to_dict, load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.featurizers import create_featurizer
 from isegprobe.featurizers import factory as featurizer_factory
+from isegprobe.inference import runner
 from isegprobe.inference.clicker import Click, Clicker
 from isegprobe.inference.evaluation import WholeImage, evaluate_objects
 from isegprobe.inference.metrics import iou
@@ -32,7 +33,7 @@ from isegprobe.inference.predictor import (
     to_original,
     to_working,
 )
-from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+from isegprobe.inference.runner import EvaluationRequest, replay_objects, run_evaluation
 from isegprobe.inference.tasks import cached_tasks
 from isegprobe.inference.visuals import strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn, box_iou, object_box
@@ -539,7 +540,7 @@ def test_an_objects_curve_does_not_depend_on_the_objects_beside_it_with_loftup(s
 
 
 def test_the_isegprobe_protocol_fixes_its_settings_and_evaluates_the_last_checkpoint(
-    store, three_images, tmp_path, built_once
+    store, three_images, tmp_path, built_once, monkeypatch
 ):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -550,12 +551,28 @@ def test_the_isegprobe_protocol_fixes_its_settings_and_evaluates_the_last_checkp
         checkpoint=str(run_dir), out_dir=str(tmp_path / "out"), datasets=["grabcut"], root=str(three_images),
         protocol="iSegProbe",
     )  # fmt: skip
-    deterministic = []
-    summaries = run_evaluation(
-        request, lambda _, result: deterministic.append(torch.are_deterministic_algorithms_enabled())
-    )
+    deterministic, curves = [], {}
+
+    def evaluated(_, result):
+        deterministic.append(torch.are_deterministic_algorithms_enabled())
+        curves[result.id] = result.ious
+
+    summaries = run_evaluation(request, evaluated)
     assert deterministic and all(deterministic), "the research code's deterministic kernels while it evaluates"
     assert not torch.are_deterministic_algorithms_enabled(), "and the process's own settings afterwards"
+    replayed_under = []
+
+    def recording(*args, **kwargs):
+        replayed_under.append(torch.are_deterministic_algorithms_enabled())
+        return evaluate_objects(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate_objects", recording)
+    first = next(iter(curves))
+    replayed = replay_objects(request, "grabcut", [first])
+    assert replayed_under == [True], "plot predictions replays an object under the same kernels"
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert [result.id for result in replayed] == [first]
+    np.testing.assert_array_equal(replayed[0].ious, curves[first])
     document = json.loads((tmp_path / "out" / "results.json").read_text())
     assert document["protocol"] == "iSegProbe"
     assert (document["zoom_in"], document["flip"], document["online"]) == (True, True, True)

@@ -204,6 +204,11 @@ def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collect
     after the clicks a strip shows (1, 3, 5, 10 and the last): what `plot predictions` draws. Only their images are
     read."""
     request = under_protocol(request)
+    with deterministic_arithmetic(get_protocol(request.protocol).exact):
+        return _replay(request, dataset, object_ids)
+
+
+def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str]) -> list[ObjectResult]:
     setup = _set_up(request, image_ids_of(object_ids))
     job = next((job for job in setup.jobs if job.name == dataset), None)
     if job is None:

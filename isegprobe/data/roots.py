@@ -3,11 +3,10 @@
 Roots are a user setting, so none ship with the package. They come from the user's datasets.yaml: the file
 `$ISEGPROBE_DATASETS` names if set, else `$XDG_CONFIG_HOME/isegprobe/datasets.yaml` (~/.config/isegprobe/) if it
 exists; a dataset the file does not name (or every dataset, without a file) is looked for in `data/<its folder>`
-under the current directory, where `isegprobe datasets download NAME --to data` puts it. A --root option always wins;
-`null` in the file means no root. In the file, `~` is expanded and
-relative roots are taken from the current directory. The loader options (RITM's SBD training filters, ...) are part
-of the recipe and ship in isegprobe.configs' datasets.yaml; an `options:` mapping of the same shape in the user's
-file wins key by key.
+under the current directory, where `isegprobe datasets download NAME --to data` puts it. A --root option always wins.
+In the file, `null` means no root, `~` is expanded and relative roots are taken from the current directory. The
+loader options (RITM's SBD training filters, ...) are part of the recipe and ship in isegprobe.configs'
+datasets.yaml; an `options:` mapping of the same shape in the user's file wins key by key.
 """
 
 from __future__ import annotations

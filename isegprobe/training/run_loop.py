@@ -151,18 +151,16 @@ def _run_steps(
             bar.close()
             logger.close()
     barrier()
-    epoch = schedule.epoch_of(max(state.step - 1, 0))
-    stopped_by = stop.signal.name if stopping else None
     return TrainSummary(
         run_dir,
-        state.step,
-        epoch,
-        state.best_value,
-        state.metric_name,
-        state.best_step,
-        first_logged,
-        last_logged,
-        stopped_by,
+        step=state.step,
+        epoch=schedule.epoch_of(max(state.step - 1, 0)),
+        best_metric=state.best_value,
+        best_metric_name=state.metric_name,
+        best_step=state.best_step,
+        first_logged=first_logged,
+        last_logged=last_logged,
+        stopped_by=stop.signal.name if stopping else None,
     )
 
 

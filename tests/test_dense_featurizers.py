@@ -3,6 +3,7 @@ through `isegprobe extract-features`, as a user runs it."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from pathlib import Path
@@ -19,6 +20,8 @@ from isegprobe.cli import main
 from isegprobe.config import ClickEncoderConfig, HeadConfig, ModelConfig, UpsamplerConfig
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer, RandomWeightsWarning, create_featurizer
+from isegprobe.featurizers.dense import DenseFeaturizer
+from isegprobe.featurizers.weights import WeightsSource
 from isegprobe.model import ISProbe
 
 DINOV3 = "vit_small_patch16_dinov3"
@@ -111,29 +114,107 @@ def test_bad_names_are_user_errors(name, message):
         create_featurizer(name)
 
 
-def test_early_fusion_is_refused_with_late_fusion_only():
-    featurizer = random_featurizer("convnext_atto")
-    with pytest.raises(UserError, match="supports late fusion only"):
-        featurizer(images(64), token_bias=torch.zeros(2, 320, 2, 2))
+# --- early fusion: clicks added to the patch embedding's output ---
+
+# Small variants (timm's architectures, fewer and narrower blocks) of the models with a patch embedding.
+SMALL = {
+    "samvit_base_patch16": {
+        "embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": (1,), "img_size": 64, "neck_chans": 32,
+        "window_size": 2,
+    },
+    "naflexvit_base_patch16_radio_v3": {"embed_dim": 64, "depth": 2, "num_heads": 2},
+    "eva02_tiny_patch14_224": {"depth": 2},
+    DINOV3: {"depth": 2},
+    "vit_small_patch14_dinov2": {"depth": 2},
+}  # fmt: skip
+
+
+def small_featurizer(arch: str, block: int = -1) -> DenseFeaturizer:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model(arch, pretrained=False, **DenseFeaturizer.timm_kwargs(arch), **SMALL[arch])
+    return DenseFeaturizer(f"{arch}@{block}", model, WeightsSource("random"))
+
+
+def constant_clicks(featurizer: DenseFeaturizer, x: Tensor) -> Tensor:
+    grid = (x.shape[-2] // featurizer.patch_size, x.shape[-1] // featurizer.patch_size)
+    values = torch.randn(featurizer.embed_dim, generator=torch.Generator().manual_seed(1))
+    return values.view(1, -1, 1, 1).expand(x.shape[0], -1, *grid)
+
+
+@pytest.mark.parametrize(
+    ("arch", "dim", "embed_dim"), [("samvit_base_patch16", 32, 64), ("naflexvit_base_patch16_radio_v3", 64, 64)]
+)
+def test_sam_and_radio_features_are_timms_forward_intermediates(arch, dim, embed_dim):
+    """SAM's neck maps the 64-wide tokens (what clicks are added to) to 32 channels."""
+    featurizer = small_featurizer(arch)
+    x = images(64)
+    assert (featurizer.dim, featurizer.embed_dim, featurizer.patch_size) == (dim, embed_dim, 16)
+    torch.testing.assert_close(featurizer(x), timm_intermediate(featurizer.model, x, -1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", SMALL)
+def test_early_fusion_without_clicks_is_late_fusions_input(arch):
+    featurizer = small_featurizer(arch, block=0)
+    x = images(4 * featurizer.patch_size)
+    zeros = torch.zeros(2, featurizer.embed_dim, 4, 4)
+    torch.testing.assert_close(featurizer(x, token_bias=zeros), featurizer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", SMALL)
+def test_clicks_enter_where_the_patch_embedding_adds_its_bias(arch):
+    """Clicks equal everywhere shift every patch token alike: the features of a model whose patch projection has
+    that much more bias; and gradients reach the clicks through the frozen blocks."""
+    featurizer = small_featurizer(arch)
+    x = images(4 * featurizer.patch_size)
+    clicks = constant_clicks(featurizer, x).clone().requires_grad_(True)
+    features = featurizer(x, token_bias=clicks)
+    shifted = copy.deepcopy(featurizer.model)
+    projection = shifted.get_submodule(featurizer.patch_tokens.path)
+    projection = getattr(projection, "proj", projection)
+    with torch.no_grad():
+        projection.bias += clicks[0, :, 0, 0]
+    torch.testing.assert_close(features, timm_intermediate(shifted, x, -1), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(features, featurizer(x), atol=1e-2)
+    features.square().mean().backward()
+    assert clicks.grad is not None and clicks.grad.abs().sum() > 0
+    assert all(parameter.grad is None for parameter in featurizer.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("convnext_atto", "timm's ConvNeXt has no patch embedding to add clicks to"),
+        ("convnext_atto@1", "timm's ConvNeXt has no patch embedding"),
+    ],
+)
+def test_early_fusion_is_refused_without_a_patch_embedding(name, reason):
+    featurizer = random_featurizer(name)
+    x = images(64)
+    grid = 64 // featurizer.patch_size
+    with pytest.raises(UserError, match=f"supports late fusion only .*{reason}"):
+        featurizer(x, token_bias=torch.zeros(2, featurizer.embed_dim, grid, grid))
     config = ModelConfig(
         click_encoder=ClickEncoderConfig(name="patch_embed"),
         fusion="before_backbone",
         upsampler=UpsamplerConfig(name="bilinear"),
         head=HeadConfig(width=8),
     )
-    with pytest.raises(UserError, match="supports late fusion only"):
-        ISProbe(config, 320, 32, token_dim=320, featurizer=featurizer)
+    dim = featurizer.dim
+    with pytest.raises(UserError, match=f"fusion before_backbone: featurizer {name} supports late fusion only"):
+        ISProbe(config, dim, featurizer.patch_size, token_dim=dim, featurizer=featurizer)
 
 
-@pytest.mark.skip(
-    reason="samvit_base_patch16 (90 M parameters) and naflexvit_base_patch16_radio_v3 (86 M) take 4-6 s to build on "
-    "2 shared CPU cores; both build and run at 64 px by hand (SAM: 256 channels, its neck; RADIO: 768), stride 16"
-)
-@pytest.mark.parametrize("name", ["samvit_base_patch16", "naflexvit_base_patch16_radio_v3"])
-def test_large_models_are_timms_forward_intermediates(name):
-    featurizer = random_featurizer(name)
-    x = images(64, batch=1)
-    torch.testing.assert_close(featurizer(x), timm_intermediate(featurizer.model, x, -1), rtol=0, atol=1e-5)
+def test_a_patch_embedding_off_the_feature_grid_is_refused_naming_the_stride():
+    """Swin embeds 4x4 patches and gives features at stride 32 after its last stage."""
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, depths=(1, 1, 1, 1), embed_dim=32,
+        num_heads=(1, 1, 1, 1), img_size=128, window_size=4,
+    )  # fmt: skip
+    featurizer = DenseFeaturizer("swin_tiny_patch4_window7_224", model, WeightsSource("random"))
+    assert featurizer.early_fusion_refusal.endswith(
+        "its patch embedding (patch_embed) is not on the grid of these features (stride 32)"
+    )
 
 
 # --- extract-features ---

@@ -15,11 +15,11 @@ class Featurizer(nn.Module):
     the parameters stay frozen, but gradients flow through the blocks back to whatever produced the bias.
     `provenance` holds plain JSON values that identify the features (written into every feature store).
     `patch_size` is the stride of the feature grid: `stride_name` says which word fits the model in messages.
-    A family whose model takes no `token_bias` sets `supports_early_fusion` False.
+    A featurizer that takes no `token_bias` says why in `early_fusion_refusal`.
     """
 
     stride_name: ClassVar[str] = "patch size"
-    supports_early_fusion: ClassVar[bool] = True
+    early_fusion_refusal: str | None = None
 
     def __init__(
         self,

@@ -1,13 +1,15 @@
 """Any timm model with `forward_intermediates` (DINOv3, EVA02, SAM ViT, ConvNeXt, ResNet, ...): the normed output
 of one block or stage, as timm's own feature API computes it, so no model needs code of its own here.
 
-timm's plain ViTs keep their family (vit.py), which also adds clicks to the patch embeddings; `<ViT name>@BLOCK`
-comes here. This family runs timm's forward untouched, so it supports late fusion only.
+timm's plain ViTs keep their family (vit.py); `<ViT name>@BLOCK` comes here. timm's forward runs untouched: for
+early fusion the click tokens are added to the output of the model's patch embedding (patch_tokens.py), so every
+model with one (ViTs, Eva, SAM, RADIO) takes clicks, and a model without one (ConvNeXt, ResNet) late fusion only.
 """
 
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import timm
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from isegprobe.errors import UserError
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
+from isegprobe.featurizers.patch_tokens import PatchTokens, find_patch_embedding, patch_tokens_of
 from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer, split_block
 from isegprobe.featurizers.timm_base import TimmFeaturizer
 from isegprobe.featurizers.timm_names import check_timm_model, is_timm_vit
@@ -27,12 +30,12 @@ class DenseFeaturizer(TimmFeaturizer):
     """`forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)`: block
     `@BLOCK` of the name (negative from the end; the last by default), with timm's final norm applied where timm
     applies it (every block of ViT-likes, the last stage of ConvNeXt, SAM's neck). Stride and channels are
-    measured, since a normed output can differ from timm's `feature_info`."""
+    measured, since a normed output can differ from timm's `feature_info`; so are the patch embedding's layout and
+    width, which early fusion's click tokens take (`embed_dim`)."""
 
     output: ClassVar[str] = "intermediates"
     accepts: ClassVar[tuple[str, ...]] = (ARCH_SLOT,)
     stride_name = "stride"
-    supports_early_fusion = False
     normed: ClassVar[bool] = True
 
     def __init__(
@@ -41,7 +44,7 @@ class DenseFeaturizer(TimmFeaturizer):
         blocks = _feature_blocks(name, model)
         block = _block_index(name, len(blocks))
         model.eval()
-        stride, dim = _measure(name, model, block, int(blocks[block]["reduction"]))
+        stride, dim, patch_tokens = _measure(name, model, block, int(blocks[block]["reduction"]))
         super().__init__(
             name,
             model,
@@ -49,10 +52,12 @@ class DenseFeaturizer(TimmFeaturizer):
             normalization,
             patch_size=stride,
             dim=dim,
-            embed_dim=dim,
+            embed_dim=patch_tokens.width if patch_tokens else dim,
             family_keys={"block": block, "num_blocks": len(blocks), "normed": self.normed},
         )
         self.block = block
+        self.patch_tokens = patch_tokens
+        self.early_fusion_refusal = None if patch_tokens else late_fusion_only(model, stride)
 
     @classmethod
     def claims(cls, arch: str | None, block: int | None) -> bool:
@@ -73,10 +78,11 @@ class DenseFeaturizer(TimmFeaturizer):
         return {"num_classes": 0, **({"dynamic_img_size": True} if takes_dynamic_img_size(arch) else {})}
 
     def forward(self, images: Tensor, token_bias: Tensor | None = None) -> Tensor:
-        if token_bias is not None:
-            raise UserError(late_fusion_only(self.name))
-        grid = self.feature_grid(images, None)
-        features = _intermediate(self.model, images, self.block)
+        if token_bias is not None and self.patch_tokens is None:
+            raise UserError(f"{self.name}: {self.early_fusion_refusal}")
+        grid = self.feature_grid(images, token_bias)
+        with self.patch_tokens.adding(token_bias) if self.patch_tokens and token_bias is not None else nullcontext():
+            features = _intermediate(self.model, images, self.block)
         if tuple(features.shape[-2:]) != grid:
             raise ValueError(f"{self.name}: block {self.block} gave a {tuple(features.shape[-2:])} grid, not {grid}")
         return features.contiguous()
@@ -95,26 +101,38 @@ def _intermediate(model: nn.Module, images: Tensor, block: int) -> Tensor:
 
 
 @torch.inference_mode()
-def _measure(name: str, model: nn.Module, block: int, reduction: int) -> tuple[int, int]:
-    """(stride, channels) of the block's output, from one forward on a 4x4 grid: `feature_info` gives the trunk's
-    channels, and a normed output can have others (SAM's neck maps 768 to 256)."""
+def _measure(name: str, model: nn.Module, block: int, reduction: int) -> tuple[int, int, PatchTokens | None]:
+    """(stride, channels) of the block's output, from one forward on a 4x4 grid (`feature_info` gives the trunk's
+    channels, and a normed output can have others: SAM's neck maps 768 to 256), and the patch embedding's tokens
+    seen in the same forward, where they lie on the features' grid."""
     side = 4 * reduction
-    features = _intermediate(model, torch.zeros(1, 3, side, side, device=_device(model)), block)
+    embedding = find_patch_embedding(model)
+    seen: list[Tensor] = []
+    handle = embedding[1].register_forward_hook(lambda _m, _i, tokens: seen.append(tokens)) if embedding else None
+    try:
+        features = _intermediate(model, torch.zeros(1, 3, side, side, device=_device(model)), block)
+    finally:
+        if handle is not None:
+            handle.remove()
     rows, cols = features.shape[-2:]
     if rows != cols or side % rows:
         raise UserError(f"{name}: a {side}x{side} image gave a {rows}x{cols} grid, not one of stride {reduction}")
-    return side // rows, int(features.shape[1])
+    patch_tokens = patch_tokens_of(*embedding, seen[0], (rows, cols)) if embedding and seen else None
+    return side // rows, int(features.shape[1]), patch_tokens
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def late_fusion_only(name: str) -> str:
-    return (
-        f"{name}: the timm_dense featurizer family supports late fusion only (fusion after_backbone or "
-        "after_upsampler): timm's forward takes no clicks in the patch embeddings"
+def late_fusion_only(model: nn.Module, stride: int) -> str:
+    embedding = find_patch_embedding(model)
+    reason = (
+        f"its patch embedding ({embedding[0]}) is not on the grid of these features (stride {stride})"
+        if embedding
+        else f"timm's {type(model).__name__} has no patch embedding to add clicks to"
     )
+    return f"supports late fusion only (fusion after_backbone or after_upsampler): {reason}"
 
 
 @functools.cache

@@ -1,14 +1,16 @@
 """Where a featurizer's weights come from: seeded random init, timm's hub, or a checkpoint file.
 
 Files may be in any layout researchers actually have on disk: timm / Hugging Face state dicts (.safetensors, .pth,
-.pt, .bin, possibly wrapped in {"model": ...} or {"state_dict": ...}), DINOv2's official `*_pretrain.pth`, and
-OpenAI CLIP's TorchScript `.pt` archives. timm's own converters translate the foreign layouts; loading is strict,
-and nothing is unpickled beyond plain tensors.
+.pt, .bin, possibly wrapped in {"model": ...} or {"state_dict": ...}), DINOv2's and DINOv3's official
+`*_pretrain*.pth`, OpenAI CLIP's TorchScript `.pt` archives, SAM's `sam_vit_*.pth`, RADIO's and the official
+ConvNeXt files. timm's own converter for the model's family translates the foreign layouts (DINOv3's is ours, to
+account for every tensor); loading is strict, and nothing is unpickled beyond plain tensors.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +18,10 @@ from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
+from isegprobe.featurizers.dinov3_checkpoints import dinov3_to_timm, is_dinov3_layout
 from isegprobe.hashing import file_sha256
 from isegprobe.state_dicts import load_strictly, read_state_dict
 
@@ -83,15 +85,24 @@ def _from_hub(arch: str, **model_kwargs: Any) -> nn.Module:
 
 
 def to_timm_layout(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Translate official DINOv2 / OpenAI CLIP / timm checkpoints to `model`'s keys (timm's converters do the work).
+    """Translate official checkpoints (DINOv2, DINOv3, OpenAI CLIP, SAM, RADIO, ConvNeXt, ...) to `model`'s keys.
     A classifier the featurizer was built without (`num_classes=0`) is dropped from the file."""
-    if "mask_token" in state:
-        # DINOv2 trained with FSDP block chunks: blocks.<chunk>.<block>.* -> blocks.<block>.*
-        state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key): value for key, value in state.items()}
-    state = checkpoint_filter_fn(state, model)
+    if is_dinov3_layout(state):
+        state = dinov3_to_timm(state, model)
+    else:
+        if "mask_token" in state:
+            # DINOv2 trained with FSDP block chunks: blocks.<chunk>.<block>.* -> blocks.<block>.*
+            state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key): value for key, value in state.items()}
+        state = _family_converter(model)(state, model)
     classifier = f"{model.pretrained_cfg.get('classifier') or 'head'}."
     own = model.state_dict().keys()
     return {key: value for key, value in state.items() if key in own or not key.startswith(classifier)}
+
+
+def _family_converter(model: nn.Module) -> Any:
+    """timm's `checkpoint_filter_fn` from the module that defines the model's class (its own file formats), or
+    none where that module has no converter."""
+    return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", lambda state, _: state)
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:

@@ -111,11 +111,9 @@ class ISProbe(nn.Module):
 
     def attach_featurizer(self, featurizer: nn.Module) -> None:
         """Hold a frozen featurizer for early fusion (kept out of `state_dict`, `parameters` and `.to`)."""
-        if self.needs_featurizer and not getattr(featurizer, "supports_early_fusion", True):
-            raise UserError(
-                f"fusion before_backbone: featurizer {getattr(featurizer, 'name', '?')} supports late fusion only "
-                "(fusion after_backbone or after_upsampler)"
-            )
+        refusal = getattr(featurizer, "early_fusion_refusal", None)
+        if self.needs_featurizer and refusal:
+            raise UserError(f"fusion before_backbone: featurizer {getattr(featurizer, 'name', '?')} {refusal}")
         embed_dim = getattr(featurizer, "embed_dim", None)
         if self.needs_featurizer and embed_dim != self.token_dim:
             raise UserError(

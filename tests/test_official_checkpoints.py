@@ -1,0 +1,189 @@
+"""Checkpoint files in their authors' own layouts, loaded into timm models: DINOv3's `dinov3_vit*_pretrain_*.pth`
+(every tensor accounted for) and SAM's `sam_vit_*.pth` (timm's converter for its family)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import zarr
+from click.testing import CliRunner
+from torch import Tensor
+
+from isegprobe.cli import main
+from isegprobe.errors import UserError
+from isegprobe.featurizers import RandomWeightsWarning, create_featurizer
+from isegprobe.featurizers.weights import load_checkpoint
+
+DINOV3 = "vit_small_patch16_dinov3"
+OFFICIAL_FILE = "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"
+
+# The authors' ViT-S/16 (facebookresearch/dinov3, `dinov3_vits16`): its state dict has 188 tensors; these are some of
+# them, with their shapes. DINOv3 masks the key part of its fused q/k/v bias with `bias_mask` (1 on q and v, 0 on k)
+# and keeps its RoPE periods as a buffer (bfloat16 in the released files).
+AUTHORS_VITS16 = {
+    "cls_token": (1, 1, 384),
+    "storage_tokens": (1, 4, 384),
+    "mask_token": (1, 384),
+    "rope_embed.periods": (16,),
+    "patch_embed.proj.weight": (384, 3, 16, 16),
+    "blocks.0.attn.qkv.bias": (1152,),
+    "blocks.0.attn.qkv.bias_mask": (1152,),
+    "blocks.0.ls1.gamma": (384,),
+    "blocks.11.ls2.gamma": (384,),
+    "blocks.11.mlp.fc2.weight": (384, 1536),
+    "norm.bias": (384,),
+}
+AUTHORS_VITS16_TENSORS = 188
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def seeded(arch: str, seed: int = 3, **kwargs) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs).eval()
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith(("_bias", "gamma_1", "gamma_2")):
+                    parameter.normal_(0, 0.1)  # timm initialises these to 0 or 1e-5: make them matter
+    return model
+
+
+def authors_layout(model: torch.nn.Module) -> dict[str, Tensor]:
+    """`model`'s weights as DINOv3's code names and stores them: registers as storage tokens, LayerScale as
+    ls1/ls2.gamma, one fused q/k/v bias with its mask (the key part random, as the mask hides it), a mask token,
+    and the RoPE periods in bfloat16."""
+    dim = model.embed_dim
+    state = model.state_dict()
+    layout = {"mask_token": torch.zeros(1, dim), "rope_embed.periods": model.rope.periods.to(torch.bfloat16)}
+    for key, value in state.items():
+        if key.endswith(("attn.q_bias", "attn.v_bias")):
+            continue
+        layout[
+            key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        ] = value
+    mask = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
+    for index in range(len(model.blocks)):
+        attention = f"blocks.{index}.attn"
+        query = state.get(f"{attention}.q_bias", torch.zeros(dim))
+        value = state.get(f"{attention}.v_bias", torch.zeros(dim))
+        layout[f"{attention}.qkv.bias"] = torch.cat([query, torch.randn(dim), value])
+        layout[f"{attention}.qkv.bias_mask"] = mask.clone()
+    return layout
+
+
+def timm_features(model: torch.nn.Module, x: Tensor, block: int) -> Tensor:
+    with torch.no_grad():
+        return model.forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)[
+            -1
+        ]
+
+
+def test_the_layout_written_here_is_the_authors_vits16():
+    layout = authors_layout(seeded(DINOV3))
+    assert len(layout) == AUTHORS_VITS16_TENSORS
+    assert {key: tuple(layout[key].shape) for key in AUTHORS_VITS16} == AUTHORS_VITS16
+
+
+@pytest.fixture(scope="module")
+def official_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    model = seeded(DINOV3, dynamic_img_size=True)
+    path = tmp_path_factory.mktemp("dinov3") / OFFICIAL_FILE
+    torch.save(authors_layout(model), path)
+    return path, model
+
+
+@pytest.mark.parametrize("block", [None, 6])
+def test_extract_features_from_the_official_file_writes_timms_features(official_file, grabcut_three, tmp_path, block):
+    path, model = official_file
+    featurizer = DINOV3 if block is None else f"{DINOV3}@{block}"
+    args = ["extract-features", "--featurizer", featurizer, "--weights", str(path), "--dataset", "grabcut"]
+    args += ["--root", str(grabcut_three), "--size", "64", "--views", "identity", "--workers", "0"]
+    result = CliRunner().invoke(main, [*args, "--device", "cpu", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (store,) = tmp_path.glob("*.zarr")
+    root = zarr.open(str(store), mode="r")
+    assert root.attrs["featurizer"]["weights"] == str(path)
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(root["images"][:, 0]).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    expected = timm_features(model, x, 11 if block is None else block).numpy()
+    stored = root["features"][:, 0].astype(np.float32)
+    assert stored.shape == expected.shape == (3, 384, 4, 4)
+    np.testing.assert_allclose(stored, expected, rtol=1e-2, atol=1e-2 * np.abs(expected).max())
+
+
+def test_the_qkvb_variant_takes_the_files_query_and_value_biases(tmp_path):
+    model = seeded(f"{DINOV3}_qkvb", dynamic_img_size=True)
+    path = tmp_path / OFFICIAL_FILE
+    torch.save(authors_layout(model), path)
+    featurizer = create_featurizer(f"{DINOV3}_qkvb", weights=str(path))
+    x = torch.randn(2, 3, 48, 32)
+    torch.testing.assert_close(featurizer(x), timm_features(model, x, 11), rtol=0, atol=1e-5)
+    with pytest.raises(UserError, match=r"blocks\.0\.attn\.qkv\.bias: .*nonzero query/value biases.*`_qkvb` variant"):
+        create_featurizer(DINOV3, weights=str(path))
+
+
+def damaged(official_file, tmp_path: Path, change) -> str:
+    state = torch.load(official_file[0], weights_only=True)
+    change(state)
+    path = tmp_path / OFFICIAL_FILE
+    torch.save(state, path)
+    return str(path)
+
+
+def test_an_unknown_tensor_is_named(official_file, tmp_path):
+    path = damaged(official_file, tmp_path, lambda state: state.update({"blocks.0.attn.extra": torch.zeros(2)}))
+    with pytest.raises(UserError, match=r"unexpected: blocks\.0\.attn\.extra"):
+        create_featurizer(DINOV3, weights=path)
+
+
+def test_a_missing_tensor_is_named(official_file, tmp_path):
+    path = damaged(official_file, tmp_path, lambda state: state.pop("blocks.3.ls2.gamma"))
+    with pytest.raises(UserError, match=r"missing: blocks\.3\.gamma_2"):
+        create_featurizer(DINOV3, weights=path)
+
+
+def test_a_nonzero_key_bias_is_refused(official_file, tmp_path):
+    path = damaged(official_file, tmp_path, lambda state: state["blocks.2.attn.qkv.bias_mask"].fill_(1))
+    with pytest.raises(UserError, match=r"blocks\.2\.attn\.qkv\.bias: .*nonzero key bias"):
+        create_featurizer(DINOV3, weights=path)
+
+
+def test_a_file_for_another_rope_is_refused(official_file, tmp_path):
+    path = damaged(official_file, tmp_path, lambda state: state["rope_embed.periods"].mul_(3))
+    with pytest.raises(UserError, match="RoPE periods are not the chosen model's"):
+        create_featurizer(DINOV3, weights=path)
+
+
+def test_a_file_for_another_size_names_its_misshaped_tensors(official_file):
+    with pytest.raises(UserError, match=r"misshaped: .*patch_embed\.proj\.weight"):
+        create_featurizer("vit_base_patch16_dinov3", weights=str(official_file[0]))
+
+
+def test_sams_own_file_loads_through_timms_sam_converter(tmp_path):
+    """SAM's `sam_vit_b_01ec64.pth` holds the image encoder under `image_encoder.` (MLP as lin1/lin2) beside the
+    prompt encoder and mask decoder, which the featurizer does not use."""
+    small = {"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": (1,), "img_size": 64}
+    model = seeded("samvit_base_patch16", neck_chans=32, window_size=2, **small)
+    state = {
+        f"image_encoder.{key.replace('mlp.fc', 'mlp.lin')}": value
+        for key, value in model.state_dict().items()
+        if not key.startswith("head.")
+    }
+    state["prompt_encoder.point_embeddings.0.weight"] = torch.randn(1, 32)
+    state["mask_decoder.iou_token.weight"] = torch.randn(1, 32)
+    torch.save(state, tmp_path / "sam_vit_b_01ec64.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        target = timm.create_model(
+            "samvit_base_patch16", pretrained=False, num_classes=0, neck_chans=32, window_size=2, **small
+        )
+    load_checkpoint(target, tmp_path / "sam_vit_b_01ec64.pth")
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(timm_features(target.eval(), x, -1), timm_features(model, x, -1), rtol=0, atol=0)

@@ -26,14 +26,18 @@ _SHOWN_KEYS = 5
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 # The lines of torch's refusals that advise loading the file anyway.
 _ADVICE = re.compile(r"weights_only|weights only load failed|safe_globals|trusted source|documentation", re.IGNORECASE)
+# Keys under which training code saves the weights beside its other state (Lightning's `state_dict`).
+WRAPPERS = ("model", "state_dict")
 
 
 class TorchScriptWarning(UserWarning):
     """A TorchScript archive is being loaded, which runs the code it carries."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of `path`, unwrapped from {"model": ...} / {"state_dict": ...} and from DDP's `module.` prefix."""
+def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> dict[str, Tensor]:
+    """The tensors of `path`, unwrapped from DDP's `module.` prefix and from {"model": ...} / {"state_dict": ...}, or
+    from the `wrappers` a method's authors save under instead (JAFAR's {"jafar": ...}); entries beside the wrapper
+    (optimizer state, epoch) are ignored."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist")
@@ -55,7 +59,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             "state dict (read by torch's weights-only unpickler: nothing is unpickled beyond tensors and plain "
             f"containers) or, with {ALLOW_TORCHSCRIPT}, a TorchScript archive"
         ) from error
-    for wrapper in ("model", "state_dict"):
+    for wrapper in wrappers:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not state:

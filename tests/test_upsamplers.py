@@ -16,10 +16,11 @@ from isegprobe.model import ISProbe
 from isegprobe.upsamplers import create_upsampler
 from isegprobe.upsamplers.anyup import AnyUp
 from isegprobe.upsamplers.featup_jbu import adaptive_conv
+from isegprobe.upsamplers.jafar import JAFAR, CrossAttention
 from isegprobe.upsamplers.learned import LearnedUpsampler
 from isegprobe.upsamplers.loftup import CrossAttentionLayer, MinMaxScaler
 
-LEARNED = ["lift", "featup_jbu", "loftup", "anyup"]
+LEARNED = ["lift", "featup_jbu", "loftup", "anyup", "jafar"]
 DIM = 16
 
 # Read off the authors' modules at dim 384: state-dict entries, parameter count, and keys with their shapes as they
@@ -75,6 +76,24 @@ AUTHORS_LAYOUT = {
             "cross_decode.cross_attn.attention.in_proj_weight": (384, 128),
             "cross_decode.cross_attn.attention.out_proj.weight": (128, 128),
             "cross_decode.conv2d.weight": (128, 128, 3, 3),
+            "rope.freqs": (2, 128),
+        },
+    ),
+    "jafar": (
+        65,
+        628_480,
+        {
+            "image_encoder.0.weight": (128, 3, 1, 1),
+            "image_encoder.2.norm2.weight": (128,),
+            "key_features_encoder.0.weight": (128, 384, 1, 1),
+            "key_features_encoder.1.conv1.weight": (128, 128, 1, 1),
+            "cross_decode.cross_attn.norm_v.weight": (384,),
+            "cross_decode.cross_attn.attention.q_proj_weight": (128, 128),
+            "cross_decode.cross_attn.attention.v_proj_weight": (128, 384),
+            "cross_decode.cross_attn.attention.in_proj_bias": (384,),
+            "cross_decode.cross_attn.attention.out_proj.weight": (128, 128),
+            "cross_decode.conv2d.weight": (128, 128, 3, 3),
+            "sft_key.gamma.weight": (128, 128, 1, 1),
             "rope.freqs": (2, 128),
         },
     ),
@@ -135,8 +154,9 @@ def test_dim_384_has_the_authors_parameter_names_shapes_and_count(name: str) -> 
     assert isinstance(upsampler, LearnedUpsampler) and upsampler.trainable
 
 
-def test_anyup_rope_starts_at_the_authors_frequencies() -> None:
-    freqs = create_upsampler("anyup", DIM).rope.freqs.detach()
+@pytest.mark.parametrize("name", ["anyup", "jafar"])
+def test_the_rope_starts_at_the_authors_frequencies(name: str) -> None:
+    freqs = create_upsampler(name, DIM).rope.freqs.detach()
     rates = 2 * torch.pi * 100 ** torch.linspace(0, -1, 32)
     assert torch.equal(freqs[0, :64], torch.cat([rates, rates])) and torch.equal(freqs[1, 64:], freqs[0, :64])
     assert not freqs[0, 64:].any() and not freqs[1, :64].any()
@@ -178,6 +198,13 @@ AUTHORS_OUTPUTS = {
     "featup_jbu": [0.041092, 0.210231, -0.233309, -0.374603, 0.598496],
     "loftup": [-0.053801, 0.202965, -0.047415, 0.230123, -0.426633],
     "anyup": [-0.003123, 0.273551, 0.222652, 0.820503, -0.413455],
+    "jafar": [-0.001438, 0.073429, -0.029211, -0.007293, -0.067095],
+}
+# JAFAR's module also takes the output size: the authors' outputs at sizes other than the guidance image's (38x46).
+JAFAR_AUTHORS_OUTPUTS_AT = {
+    (7, 5): [-0.001352, 0.073119, -0.031992, -0.009243, -0.072391],
+    (20, 31): [-0.00133, 0.073311, -0.030363, -0.010318, -0.06967],
+    (97, 60): [-0.001374, 0.073364, -0.034592, -0.005576, -0.071003],
 }
 
 
@@ -200,6 +227,17 @@ def test_the_output_is_the_authors_output_for_the_same_weights(name: str) -> Non
     assert summary == pytest.approx(AUTHORS_OUTPUTS[name], abs=1e-5)
 
 
+@pytest.mark.parametrize("size", list(JAFAR_AUTHORS_OUTPUTS_AT))
+def test_jafar_at_any_output_size_is_the_authors_output(size: tuple[int, int]) -> None:
+    upsampler = randomized(create_upsampler("jafar", DIM)).eval()
+    features, image = inputs(grid=(10, 12))
+    with torch.no_grad():
+        out = upsampler(features, image, size)
+    summary = [out.mean().item(), out.abs().mean().item(), *out[1, :3, -1, -1].tolist()]
+    assert out.shape == (2, DIM, *size)
+    assert summary == pytest.approx(JAFAR_AUTHORS_OUTPUTS_AT[size], abs=1e-5)
+
+
 # --- the authors' checkpoint files ------------------------------------------------------------------------------
 
 FILES = [
@@ -208,6 +246,7 @@ FILES = [
     ("loftup", "pytorch_model.bin", "bare"),
     ("loftup", "loftup_dinov2s.ckpt", "lightning"),
     ("anyup", "anyup_paper.pth", "bare"),
+    ("jafar", "vit_small_patch14_dinov2.lvd142m.pth", "jafar"),
 ]
 
 
@@ -216,6 +255,8 @@ def write_authors_file(name: str, filename: str, layout: str, directory: Path) -
     state = source.state_dict()
     if layout == "lightning":
         content: dict = lightning_checkpoint(state)
+    elif layout == "jafar":
+        content = {"jafar": state}
     elif layout == "ddp":
         content = {f"module.{key}": value for key, value in state.items()}
     else:
@@ -268,9 +309,16 @@ def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
 
 # --- trainable or frozen ----------------------------------------------------------------------------------------
 
-# AnyUp uses only nn.MultiheadAttention's head-averaged weights: its output projection is in the file but unused.
+# AnyUp and JAFAR use only nn.MultiheadAttention's head-averaged weights: its output projection (and JAFAR's value
+# norm and projection) are in the files but unused.
 UNUSED = {
-    "anyup": {"cross_decode.cross_attn.attention.out_proj.weight", "cross_decode.cross_attn.attention.out_proj.bias"}
+    "anyup": {"cross_decode.cross_attn.attention.out_proj.weight", "cross_decode.cross_attn.attention.out_proj.bias"},
+    "jafar": {
+        "cross_decode.cross_attn.norm_v.weight",
+        "cross_decode.cross_attn.attention.v_proj_weight",
+        "cross_decode.cross_attn.attention.out_proj.weight",
+        "cross_decode.cross_attn.attention.out_proj.bias",
+    },
 }
 
 
@@ -353,6 +401,51 @@ def test_anyup_banded_window_attention_is_the_masked_multiheadattention(rows_per
         torch.testing.assert_close(block(queries, keys, values, rows_per_band), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows_per_band", [1, 7])
+def test_jafar_row_bands_give_the_one_band_output(rows_per_band: int) -> None:
+    upsampler = randomized(JAFAR(DIM)).eval()
+    features, image = inputs(grid=(10, 12))
+    with torch.no_grad():
+        for size in [(38, 46), (23, 9)]:
+            upsampler.rows_per_band = size[0]
+            whole = upsampler(features, image, size)
+            upsampler.rows_per_band = rows_per_band
+            torch.testing.assert_close(upsampler(features, image, size), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_jafar_bands_fit_the_attention_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default band height, no band holds more attention logits than ATTENTION_BUDGET."""
+    monkeypatch.setattr("isegprobe.upsamplers.jafar.ATTENTION_BUDGET", 4 * 46 * 120 * 5)
+    upsampler = randomized(JAFAR(DIM)).eval()
+    features, image = inputs(grid=(10, 12))
+    bands = []
+    original = CrossAttention.weights
+
+    def counted(self: CrossAttention, queries: Tensor, keys: Tensor) -> Tensor:
+        bands.append(queries.shape[1])
+        return original(self, queries, keys)
+
+    monkeypatch.setattr(CrossAttention, "weights", counted)
+    with torch.no_grad():
+        upsampler(features, image)
+    assert bands == [5 * 46] * 7 + [3 * 46]
+
+
+@pytest.mark.parametrize("dim", [DIM, 128, 384])
+def test_jafar_attention_is_nn_multiheadattention_with_values_of_the_feature_width(dim: int) -> None:
+    """The authors' layer: nn.MultiheadAttention(128, 4, vdim=dim), whose head-averaged weights average the raw
+    values. At dim 128 it packs its projections into `in_proj_weight`; at any other dim they are separate."""
+    torch.manual_seed(0)
+    layer = CrossAttention(128, dim, 4)
+    reference = nn.MultiheadAttention(128, 4, vdim=dim, batch_first=True)
+    reference.load_state_dict(layer.attention.state_dict(), strict=True)
+    queries, keys, values = torch.randn(2, 50, 128), torch.randn(2, 12, 128), torch.randn(2, 12, dim)
+    key_heads = layer.attention.heads(layer.norm_k(keys), 1)
+    with torch.no_grad():
+        _, expected = reference(layer.norm_q(queries), layer.norm_k(keys), layer.norm_v(values))
+        torch.testing.assert_close(layer.weights(queries, key_heads), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_jbu_adaptive_conv_is_featups_per_pixel_7x7_sum_with_the_same_gradients() -> None:
     torch.manual_seed(0)
     source = torch.randn(2, 5, 9 + 6, 11 + 6, requires_grad=True)
@@ -404,6 +497,18 @@ def test_featup_jbu_stack_is_the_hub_models_upsampler_without_its_channel_norm(t
         assert (
             stack(features, image) - create_upsampler("featup_jbu", DIM, str(path))(features, image)
         ).abs().max() > 1e-3
+
+
+def test_a_training_config_takes_jafar_and_its_authors_file_by_name(tmp_path: Path) -> None:
+    path, source = write_authors_file("jafar", "vit_small_patch14_dinov2.lvd142m.pth", "jafar", tmp_path)
+    config = load_train_config(
+        "fast_cpu", ["model.upsampler.name=jafar", f"model.upsampler.weights={path}", "model.upsampler.fine_tune=false"]
+    )
+    probe = ISProbe(config.model, DIM, 8)
+    assert isinstance(probe.upsampler, JAFAR) and not probe.upsampler_frozen_at_random
+    features, image = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(probe.upsampler(features, image), source(features, image), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("follow", [False, True])

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from isegprobe.state_dicts import load_strictly, read_state_dict
-from isegprobe.upsamplers.layers import MultiheadProjections
+from isegprobe.upsamplers.layers import MultiheadProjections, RoPE
 from isegprobe.upsamplers.learned import LearnedUpsampler, with_weights
 from isegprobe.upsamplers.registry import register_upsampler
 
@@ -80,27 +80,6 @@ class LearnedFeatureUnification(nn.Module):
         valid_taps = F.conv2d(F.pad(ones, [pad] * 4), window)
         responses = (responses / valid_taps).view(batch, self.out_channels, channels, height, width)
         return F.softmax(responses, dim=1).mean(dim=2)
-
-
-class RoPE(nn.Module):
-    """2D rotary encoding of [B, N, C] tokens: the first half of the channels rotate with y, the second with x."""
-
-    def __init__(self, dim: int, theta: float = 100) -> None:
-        super().__init__()
-        rates = theta ** torch.linspace(0, -1, dim // 4)
-        rates = torch.cat([rates, rates])
-        freqs = torch.zeros(2, dim)
-        freqs[0, : dim // 2] = rates
-        freqs[1, -dim // 2 :] = rates
-        self.freqs = nn.Parameter(freqs * 2 * torch.pi)
-
-    def forward(self, tokens: Tensor, height: int, width: int) -> Tensor:
-        grid_y = torch.linspace(0, 1, height, device=tokens.device, dtype=tokens.dtype)
-        grid_x = torch.linspace(0, 1, width, device=tokens.device, dtype=tokens.dtype)
-        coords = torch.stack(torch.meshgrid(grid_y, grid_x, indexing="ij"), dim=-1).reshape(1, height * width, 2)
-        angle = coords @ self.freqs
-        first, second = tokens.chunk(2, dim=-1)
-        return tokens * angle.cos() + torch.cat([-second, first], dim=-1) * angle.sin()
 
 
 def window_bounds(out_size: int, in_size: int, ratio: float) -> tuple[Tensor, Tensor]:

@@ -2,8 +2,8 @@
 
 The files come in a few layouts: a bare state dict (LiFT, AnyUp, LoftUp on Hugging Face), a PyTorch Lightning
 checkpoint whose `state_dict` also holds the frozen backbone and training-only modules (FeatUp, LoftUp's Google Drive
-files), and state dicts saved from DistributedDataParallel with a `module.` prefix; `isegprobe.state_dicts` reads
-them all.
+files), JAFAR's `{"jafar": state_dict}`, and state dicts saved from DistributedDataParallel with a `module.` prefix;
+`isegprobe.state_dicts` reads them all.
 """
 
 from __future__ import annotations

@@ -2,23 +2,28 @@
 
 Featurizer and upsampler weights come as safetensors, torch.save files (bare, or wrapped in {"model": ...} /
 {"state_dict": ...} as Lightning does, or with DDP's `module.` prefix) and TorchScript archives (OpenAI's CLIP .pt).
-Nothing is unpickled beyond plain containers and tensors. A TorchScript archive cannot be read without running the
-code it carries, so it is loaded only where the user allowed it (isegprobe.trust, --allow-torchscript).
+Nothing is unpickled beyond plain containers and tensors: objects of other classes that training code saves beside
+the weights (JAFAR's OmegaConf config) are read as inert stand-ins (isegprobe.inert_pickles) and must stay outside
+the state dict. A TorchScript archive cannot be read without running the code it carries, so it is loaded only where
+the user allowed it (isegprobe.trust, --allow-torchscript).
 """
 
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
+from isegprobe.inert_pickles import load_inertly
 from isegprobe.trust import ALLOW_TORCHSCRIPT, torchscript_allowed
 
 _SHOWN_KEYS = 5
@@ -44,6 +49,7 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
     torchscript = path.suffix != ".safetensors" and _is_torchscript(path)
     if torchscript:
         _require_torchscript_allowed(path)
+    refusal = None
     try:
         if path.suffix == ".safetensors":
             state = safetensors.torch.load_file(str(path), device="cpu")
@@ -52,7 +58,7 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
                 warnings.simplefilter("ignore", FutureWarning)
                 state = torch.jit.load(str(path), map_location="cpu").state_dict()
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state, refusal = _load_pickled(path)
     except Exception as error:
         raise UserError(
             f"could not read weights file {path} ({unpickler_complaint(error)}); expected safetensors, a torch.save'd "
@@ -62,6 +68,8 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
     for wrapper in wrappers:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
+    if refusal is not None and not (isinstance(state, dict) and all(isinstance(v, Tensor) for v in state.values())):
+        raise UserError(f"could not read weights file {path} ({unpickler_complaint(refusal)}, in its weights)")
     if not isinstance(state, dict) or not state:
         raise UserError(f"weights file {path} holds no state dict (parameter names mapped to tensors)")
     not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
@@ -70,6 +78,17 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
     if all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
     return dict(state)
+
+
+def _load_pickled(path: Path) -> tuple[Any, Exception | None]:
+    """The file's content, and torch's weights-only refusal where the file names other classes (then read as inert
+    stand-ins, which may only sit beside the weights)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except pickle.UnpicklingError as refusal:
+        if not torch.serialization.get_unsafe_globals_in_checkpoint(str(path)):
+            raise
+        return load_inertly(path), refusal
 
 
 def unpickler_complaint(error: Exception) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from isegprobe.config import load_train_config
@@ -247,7 +248,16 @@ FILES = [
     ("loftup", "loftup_dinov2s.ckpt", "lightning"),
     ("anyup", "anyup_paper.pth", "bare"),
     ("jafar", "vit_small_patch14_dinov2.lvd142m.pth", "jafar"),
+    ("jafar", "model_100000steps.pth", "jafar_training"),
 ]
+
+
+def jafar_training_checkpoint(state: dict[str, Tensor]) -> dict:
+    """What JAFAR's train.py saves: the weights beside the optimizer state, the epoch and the run's OmegaConf config
+    (a pickled DictConfig, which torch's weights-only unpickler refuses)."""
+    cfg = OmegaConf.create({"model": {"_target_": "src.upsampler.JAFAR", "v_dim": DIM}, "max_steps": 100000})
+    optimizer = {"state": {}, "param_groups": [{"lr": 2e-4, "params": [0, 1]}]}
+    return {"optimizer_jafar": optimizer, "epoch": 3, "cfg": cfg, "jafar": state}
 
 
 def write_authors_file(name: str, filename: str, layout: str, directory: Path) -> tuple[Path, nn.Module]:
@@ -257,6 +267,8 @@ def write_authors_file(name: str, filename: str, layout: str, directory: Path) -
         content: dict = lightning_checkpoint(state)
     elif layout == "jafar":
         content = {"jafar": state}
+    elif layout == "jafar_training":
+        content = jafar_training_checkpoint(state)
     elif layout == "ddp":
         content = {f"module.{key}": value for key, value in state.items()}
     else:

@@ -12,7 +12,6 @@ The weights map onto `ISProbe` name for name, with one reordering: iSegProbe sta
 
 from __future__ import annotations
 
-import collections
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 
 from isegprobe.errors import UserError
+from isegprobe.inert_pickles import Placeholder, load_inertly
 from isegprobe.state_dicts import unpickler_complaint
 from isegprobe.training.seed_configurations import (
     DINO_HUB_VITS,
@@ -33,32 +33,6 @@ from isegprobe.training.seed_configurations import (
 
 # Our click channel k is iSegProbe's channel SEED_CHANNEL_OF[k] (iSegProbe: prev_mask, positive, negative).
 SEED_CHANNEL_OF = (1, 2, 0)
-
-
-class _Placeholder:
-    """Stands in for any class or function an iSegProbe pickle names: it accepts whatever it is built with."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> _Placeholder:
-        return object.__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _empty_dict(*args: Any) -> dict:
-    return {}
-
-
-# Stand-ins that must behave like containers, because the pickle fills them item by item.
-_CONTAINER_STAND_INS = {
-    "easydict.EasyDict": collections.OrderedDict,
-    "collections.defaultdict": _empty_dict,
-    "builtins.dict": dict,
-    "builtins.list": list,
-}
 
 
 @dataclass
@@ -80,10 +54,7 @@ def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such iSegProbe checkpoint file")
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        stand_ins = [(_CONTAINER_STAND_INS.get(name, _Placeholder), name) for name in names]
-        with torch.serialization.safe_globals(stand_ins):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_inertly(path)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as error:
         raise UserError(f"{path}: not a readable iSegProbe checkpoint ({unpickler_complaint(error)})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
@@ -199,7 +170,7 @@ def _crop_size(encoder_cfg: dict[str, Any], source: str) -> int:
 def plain_value(value: Any) -> Any:
     """`value` with the stand-ins of OmegaConf nodes replaced by what they hold: a ListConfig or DictConfig keeps its
     items in `_content`, a value node its value in `_val`."""
-    if isinstance(value, _Placeholder) and isinstance(getattr(value, "state", None), dict):
+    if isinstance(value, Placeholder) and isinstance(getattr(value, "state", None), dict):
         state = value.state
         if "_content" in state:
             return plain_value(state["_content"])

@@ -1,0 +1,50 @@
+"""torch.save files that pickle objects of other people's classes (training configs: OmegaConf, EasyDict, a model
+builder), read without importing or running any of them.
+
+torch's weights-only unpickler refuses every class it does not know. Here each class a file names stands in as an
+inert `Placeholder`, or as a plain container where the pickle fills it item by item; nothing the file names is ever
+imported or called, so such a file cannot execute code, and the tensors beside those objects can be read.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class Placeholder:
+    """Stands in for any class or function a pickle names: it accepts whatever it is built with and keeps it."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _empty_dict(*args: Any) -> dict:
+    return {}
+
+
+# Stand-ins that must behave like containers, because the pickle fills them item by item.
+_CONTAINER_STAND_INS = {
+    "easydict.EasyDict": collections.OrderedDict,
+    "collections.defaultdict": _empty_dict,
+    "builtins.dict": dict,
+    "builtins.list": list,
+}
+
+
+def load_inertly(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)` with every global the file names standing in as an inert object.
+    Raises what torch raises for a file that is not a torch.save archive."""
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    stand_ins = [(_CONTAINER_STAND_INS.get(name, Placeholder), name) for name in names]
+    with torch.serialization.safe_globals(stand_ins):
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import warnings
 from pathlib import Path
 
@@ -271,3 +272,32 @@ def test_help_lists_every_family_with_an_example():
     for example in ("vit_small_patch14_dinov2", ":keys", "maskclip", "dinov2_vits14", DINOV3, "convnext_atto"):
         assert example in text
     assert f"{DINOV3}@-4" in text and "late fusion only" in text
+
+
+# --- end to end ---
+
+
+def test_quickstart_trains_and_evaluates_a_probe_on_dinov3(tmp_path):
+    out = tmp_path / "quickstart"
+    args = ["quickstart", "--featurizer", DINOV3, "--size", "64", "--out", str(out), "--max-iters", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        result = CliRunner().invoke(main, [*args, "--max-clicks", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    builtin = json.loads((out / "results" / "results.json").read_text())["datasets"]["builtin"]
+    assert builtin["num_instances"] == 26 and len(builtin["mIoU@k"]) == 3
+    assert f"{DINOV3} + identity + after_backbone" in (out / "results" / "iou_vs_clicks.svg").read_text()
+
+
+def test_early_fusion_trains_and_evaluates_through_dinov3s_patch_embedding(tmp_path):
+    """Clicks in the patch embeddings: training and evaluation run DINOv3 on the store's images."""
+    assert extract(tmp_path / "cache", DINOV3).exit_code == 0
+    (store,) = (tmp_path / "cache").glob("*.zarr")
+    settings = ["--set", "model.fusion=before_backbone", "--set", "data.batch_size=2"]
+    train = ["train", "--config", "quickstart", "--store", str(store), *settings, "--max-iters", "2"]
+    result = CliRunner().invoke(main, [*train, "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    evaluate = ["evaluate", "--checkpoint", str(tmp_path / "run" / "last.safetensors"), "--store", str(store)]
+    result = CliRunner().invoke(main, [*evaluate, "--max-clicks", "2", "--device", "cpu", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((tmp_path / "e" / "results.json").read_text())["datasets"]["builtin"]["mIoU@k"]) == 2

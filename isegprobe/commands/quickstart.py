@@ -25,6 +25,19 @@ QUICKSTART_PRESET = "quickstart"
 
 @click.command("quickstart")
 @click.option(
+    "--featurizer",
+    default=QUICKSTART_FEATURIZER,
+    show_default=True,
+    help="Any name extract-features takes (vit_small_patch16_dinov3, convnext_atto, ...).",
+)
+@click.option(
+    "--size",
+    default=QUICKSTART_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Working size in pixels; a multiple of the featurizer's patch size or stride.",
+)
+@click.option(
     "--out",
     default="quickstart",
     show_default=True,
@@ -48,27 +61,29 @@ QUICKSTART_PRESET = "quickstart"
 @device_option
 @allow_torchscript_option
 @reports_user_errors
-def quickstart(out: str, weights: str, max_iters: int, max_clicks: int, device: str) -> None:
-    """Extract, train and evaluate on the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px.
+def quickstart(
+    featurizer: str, size: int, out: str, weights: str, max_iters: int, max_clicks: int, device: str
+) -> None:
+    """Extract, train and evaluate on the built-in scenes, by default with a ViT-S/14 (DINOv2 architecture) at 224 px.
 
     \b
     1. extract-features: builtin/train (24 scenes) and builtin/test (12 scenes), views identity + hflip
     2. train: the `quickstart` preset (a low-resolution probe: identity upsampler, head width 64) from the cache
     3. evaluate: RITM's clicker on every test object, from the cache (the featurizer is not loaded)
-    With --weights random the featurizer is untrained: the pipeline runs, but the numbers say nothing about DINOv2.
+    With --weights random the featurizer is untrained: the pipeline runs, but the numbers say nothing about the model.
     """
     out_dir = Path(out)
     stores = {}
     for split in ("train", "test"):
-        click.echo(f"[1/3 extract] {QUICKSTART_FEATURIZER} features of builtin/{split} at {QUICKSTART_SIZE} px")
+        click.echo(f"[1/3 extract] {featurizer} features of builtin/{split} at {size} px")
         result = extract(
             ExtractionRequest(
-                featurizer=QUICKSTART_FEATURIZER,
+                featurizer=featurizer,
                 weights=weights,
                 dataset="builtin",
                 root=None,
                 split=split,
-                size=QUICKSTART_SIZE,
+                size=size,
                 views="identity,hflip",
                 device=device,
                 out=str(out_dir / "cache"),

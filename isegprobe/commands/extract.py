@@ -9,29 +9,27 @@ from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.data import list_datasets
+from isegprobe.featurizers.catalog import catalog_help
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
 from isegprobe.units import human_bytes
 
 
-@click.command("extract-features")
+@click.command("extract-features", epilog=catalog_help())
 @click.option(
     "--featurizer",
     required=True,
-    help="Families, one example each: a timm ViT name (vit_small_patch14_dinov2): the last block's tokens; "
-    "NAME:keys (vit_small_patch14_dinov2:keys): the last block's attention keys; maskclip "
-    "(maskclip:vit_base_patch16_clip_224.openai); a DINOv2 torch.hub name (dinov2_vits14: the official model, its "
-    "position interpolation included); any other timm model with forward_intermediates (vit_small_patch16_dinov3, "
-    "eva02_tiny_patch14_224, samvit_base_patch16, convnext_atto, ...): its last block's normed features. "
-    "NAME@BLOCK takes another block of any timm name, ViTs included (vit_small_patch16_dinov3@-4, convnext_atto@2; "
-    "negative counts from the end); this forward_intermediates family supports late fusion only.",
+    help="A timm model name (its last block's features), NAME:keys (a ViT's last attention keys), maskclip, "
+    "a DINOv2 torch.hub name (the official model) or NAME@BLOCK (another block); the families, one example each, "
+    "are listed below.",
 )
 @click.option(
     "--weights",
     default="hub",
     show_default=True,
     help="hub (timm's pretrained weights, needs the internet), random (meaningless numbers, for tests), "
-    "or a checkpoint file (timm/HF safetensors or state dict, DINOv2 official .pth, OpenAI CLIP .pt).",
+    "or a checkpoint file: timm/HF safetensors or state dict, or the authors' own file for DINOv2, DINOv3, OpenAI "
+    "CLIP (.pt, with --allow-torchscript), SAM, RADIO or ConvNeXt.",
 )
 @click.option(
     "--normalization",

@@ -29,9 +29,10 @@ from isegprobe.featurizers.weights import WeightsSource
 class DenseFeaturizer(TimmFeaturizer):
     """`forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)`: block
     `@BLOCK` of the name (negative from the end; the last by default), with timm's final norm applied where timm
-    applies it (every block of ViT-likes, the last stage of ConvNeXt, SAM's neck). Stride and channels are
-    measured, since a normed output can differ from timm's `feature_info`; so are the patch embedding's layout and
-    width, which early fusion's click tokens take (`embed_dim`)."""
+    applies it: every block of ViT-likes, SAM's neck; ConvNeXt's `norm_pre` on its last stage, an identity for
+    most ConvNeXts, whose final LayerNorm belongs to the classifier head that timm keeps out of this API. Stride
+    and channels are measured, since a normed output can differ from timm's `feature_info`; so are the patch
+    embedding's layout and width, which early fusion's click tokens take (`embed_dim`)."""
 
     output: ClassVar[str] = "intermediates"
     accepts: ClassVar[tuple[str, ...]] = (ARCH_SLOT,)

@@ -1,14 +1,15 @@
 """`create_featurizer(name, weights)`: one entry point from a featurizer name to a frozen, ready module.
 
 Names, by family (`list_featurizers`, `featurizer_forms`):
-- `timm_vit`: any timm ViT name (`vit_small_patch14_dinov2`, `vit_base_patch16_clip_224.openai`, ...): normalized
-  tokens;
+- `timm_vit`: any timm ViT name (`vit_small_patch14_dinov2`, `vit_base_patch16_clip_quickgelu_224.openai`, ...):
+  normalized tokens;
 - `timm_vit_keys`: `<timm ViT name>:keys`: the last block's attention keys;
 - `maskclip`: `maskclip` or `maskclip:<timm CLIP ViT name>`: MaskCLIP's dense CLIP features;
 - `dinov2_hub`: DINOv2's torch.hub names (`dinov2_vits14`, `dinov2_vitb14_reg`, ...): the official model's tokens,
   its own position-embedding interpolation included;
 - `timm_dense`: any other timm model with `forward_intermediates` (`vit_small_patch16_dinov3`, `convnext_atto`, ...)
   and `<timm name>@BLOCK` for any of them, ViTs included: a block's normed features.
+The models each family has been checked with, one example each: `catalog.py`.
 """
 
 from __future__ import annotations

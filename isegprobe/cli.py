@@ -52,7 +52,8 @@ COMMANDS = {
     "plot": LazyCommand("isegprobe.commands.plot:plot", "Pictures of what the features and the probes do."),
     "quickstart": LazyCommand(
         "isegprobe.commands.quickstart:quickstart",
-        "Extract, train and evaluate on the built-in scenes with a ViT-S/14 (DINOv2 architecture) at 224 px.",
+        "Extract, train and evaluate on the built-in scenes, by default with a ViT-S/14 (DINOv2 architecture) at 224 "
+        "px.",
     ),
     "report": LazyCommand(
         "isegprobe.commands.report:report",

@@ -4,6 +4,13 @@ Evaluation repeats the probe once per click for up to 20 clicks per object; from
 read back instead of recomputed each time. Both modes run the library's own `evaluate_objects` with RITM's clicker
 on the same objects, with the same (untrained, seeded) probe: speed does not depend on how good it is. Seconds per
 click are the predictor's time, as `isegprobe evaluate` reports them; wall time adds the clicker and the IoU.
+
+The CPU time per click outside the forward is the loop's process CPU time (all threads) less the probe's and the
+featurizer's forwards and less reading the objects (a cost per object, reported apart): the clicker, the IoU,
+preparing the predictor's inputs and mapping its answers back. "cache, before" runs the loop as it was before issue
+22 (`per_object_reference.py`) on the same objects, and must give the same clicks and IoUs.
+OpenCV runs with its default threads, as in `isegprobe evaluate`, unless --opencv-threads says otherwise: on one
+thread the loop before gets its transforms from IPP, whose ties fall by chance, so its clicks may then differ.
 """
 
 from __future__ import annotations
@@ -15,14 +22,16 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from common import Check, base_parser, dataset_root, ensure_store, interleave, median, report, setup, table
+from per_object_reference import PerClickPredictor, evaluate_per_object
 
 from isegprobe.cache import FeatureStore
 from isegprobe.config import load_train_config
 from isegprobe.data import SampleSource, create_dataset
 from isegprobe.featurizers import Featurizer, create_featurizer
-from isegprobe.inference.evaluation import ObjectTask, evaluate_objects
+from isegprobe.inference.evaluation import EvaluationRun, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.tasks import cached_tasks, online_tasks
 from isegprobe.model import ISProbe
@@ -36,14 +45,63 @@ def make_probe(preset: str, featurizer: Featurizer) -> ISProbe:
     return ISProbe(config.model, featurizer.dim, featurizer.patch_size)
 
 
-def run_mode(predictor: Predictor, tasks: Iterator[ObjectTask], args: argparse.Namespace) -> dict[str, Any]:
-    started = time.perf_counter()
-    run = evaluate_objects(predictor, islice(tasks, args.objects), args.clicks, batch_size=args.batch_size)
-    wall = time.perf_counter() - started
+class ForwardClock:
+    """Process CPU time spent inside the given modules' forwards (a forward inside another counted once)."""
+
+    def __init__(self, modules: list[torch.nn.Module]) -> None:
+        self.seconds, self._depth, self._started = 0.0, 0, 0.0
+        for module in modules:
+            module.register_forward_pre_hook(self._enter)
+            module.register_forward_hook(self._leave)
+
+    def _enter(self, *_: Any) -> None:
+        if self._depth == 0:
+            self._started = time.process_time()
+        self._depth += 1
+
+    def _leave(self, *_: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.process_time() - self._started
+
+
+def timed_reads(tasks: Iterator[ObjectTask], spent: list[float]) -> Iterator[ObjectTask]:
+    """The tasks, adding the process CPU time of reading each one to spent[0]."""
+    while True:
+        started = time.process_time()
+        task = next(tasks, None)
+        spent[0] += time.process_time() - started
+        if task is None:
+            return
+        yield task
+
+
+def run_mode(
+    evaluate: Callable[..., EvaluationRun],
+    predictor: Predictor,
+    clock: ForwardClock,
+    tasks: Iterator[ObjectTask],
+    args: argparse.Namespace,
+    warm_up: bool = False,
+) -> dict[str, Any]:
+    """One round of a mode; a warm-up round (one object, one click, not reported) first lets each mode's one-time
+    costs (allocations, OpenCV's thread pool) fall outside the timed rounds."""
+    objects, clicks = (1, 1) if warm_up else (args.objects, args.clicks)
+    reading = [0.0]
+    forward_before = clock.seconds
+    started, cpu_started = time.perf_counter(), time.process_time()
+    run = evaluate(predictor, timed_reads(islice(tasks, objects), reading), clicks, batch_size=args.batch_size)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    made = max(run.clicks_made, 1)
+    forward = clock.seconds - forward_before
     return {
         "s_per_click": run.seconds_per_click,
-        "wall_s_per_click": wall / max(run.clicks_made, 1),
+        "wall_s_per_click": wall / made,
+        "cpu_ms_per_click_outside_forward": 1000 * (cpu - forward - reading[0]) / made,
+        "forward_cpu_ms_per_click": 1000 * forward / made,
+        "read_cpu_ms_per_object": 1000 * reading[0] / max(len(run.results), 1),
         "clicks": run.clicks_made,
+        "curves": [(curve.id, curve.ious.tolist(), curve.clicks) for curve in run.results],
     }
 
 
@@ -56,6 +114,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clicks", type=int, default=5, help="clicks per object")
     parser.add_argument("--batch-size", type=int, default=4, help="objects per probe forward, as evaluate")
     parser.add_argument("--preset", default=LOW_RES_PRESET, help="probe preset; quickstart is the low-res probe (b)")
+    parser.add_argument(
+        "--opencv-threads",
+        type=int,
+        default=-1,
+        help="OpenCV threads for the clicker's transforms (-1: OpenCV's default, as isegprobe evaluate runs it)",
+    )
     return parser.parse_args()
 
 
@@ -70,12 +134,24 @@ def modes(
     preprocessing = FeatureStore.open(store).attrs["preprocessing"]
     mean, std = preprocessing["mean"], preprocessing["std"]
     cached = Predictor(probe, mean, std, device)
+    before = PerClickPredictor(probe, mean, std, device)
     online = Predictor(probe, mean, std, device, featurizer)
+    clock = ForwardClock([probe, featurizer])
     resize = preprocessing["resize"]
-    return {
-        "cache": lambda _round: run_mode(cached, cached_tasks(str(store), source, flip=False), args),
-        "online": lambda _round: run_mode(online, online_tasks(source, args.size, resize, flip=False), args),
-    }
+
+    def cache(round_index: int) -> dict[str, Any]:
+        tasks = cached_tasks(str(store), source, flip=False)
+        return run_mode(evaluate_objects, cached, clock, tasks, args, warm_up=round_index < 0)
+
+    def cache_before(round_index: int) -> dict[str, Any]:
+        tasks = cached_tasks(str(store), source, flip=False)
+        return run_mode(evaluate_per_object, before, clock, tasks, args, warm_up=round_index < 0)
+
+    def online_mode(round_index: int) -> dict[str, Any]:
+        tasks = online_tasks(source, args.size, resize, flip=False)
+        return run_mode(evaluate_objects, online, clock, tasks, args, warm_up=round_index < 0)
+
+    return {"cache": cache, "cache, before": cache_before, "online": online_mode}
 
 
 def main() -> None:
@@ -85,32 +161,60 @@ def main() -> None:
     source = create_dataset(args.dataset, dataset_root(args.dataset, args.root), args.split)
     featurizer = create_featurizer(args.featurizer, weights=args.weights)
     probe = make_probe(args.preset, featurizer)
-    runs = interleave(modes(args, store, source, probe, featurizer, device), args.repeats)
+    cv2.setNumThreads(args.opencv_threads)
+    timed = modes(args, store, source, probe, featurizer, device)
+    for mode in timed.values():
+        mode(-1)
+    runs = interleave(timed, args.repeats)
+    keys = ("s_per_click", "wall_s_per_click", "cpu_ms_per_click_outside_forward", "forward_cpu_ms_per_click")
     summary = {
         name: {
-            "s_per_click": median([r["s_per_click"] for r in values]),
-            "wall_s_per_click": median([r["wall_s_per_click"] for r in values]),
+            **{key: median([r[key] for r in values]) for key in keys},
+            "read_cpu_ms_per_object": median([r["read_cpu_ms_per_object"] for r in values]),
             "clicks_per_round": values[0]["clicks"],
         }
         for name, values in runs.items()
     }
+    same = all(r["curves"] == runs["cache"][0]["curves"] for name in ("cache", "cache, before") for r in runs[name])
     ratio = summary["online"]["s_per_click"] / summary["cache"]["s_per_click"]
     wall_ratio = summary["online"]["wall_s_per_click"] / summary["cache"]["wall_s_per_click"]
-    rows = [[name, s["s_per_click"], s["wall_s_per_click"], s["clicks_per_round"]] for name, s in summary.items()]
+    outside = "cpu_ms_per_click_outside_forward"
+    outside_ratio = summary["cache"][outside] / summary["cache, before"][outside]
+    rows = [
+        [name, s["s_per_click"], s["wall_s_per_click"], s[outside], s["forward_cpu_ms_per_click"],
+         s["read_cpu_ms_per_object"], s["clicks_per_round"]]
+        for name, s in summary.items()
+    ]  # fmt: skip
     title = (
         f"{args.objects} objects x {args.clicks} clicks ({args.dataset}/{args.split}, {args.size} px, "
-        f"probe {args.preset}, {args.featurizer})"
+        f"probe {args.preset}, {args.featurizer}, {cv2.getNumThreads()} OpenCV threads)"
     )
+    headers = ["mode", "s/click", "wall s/click", "CPU ms/click outside forward", "forward CPU ms/click",
+               "read CPU ms/object", "clicks/round"]  # fmt: skip
     sections = {
-        title: table(["mode", "s/click", "wall s/click", "clicks/round"], rows)
+        title: table(headers, rows)
         + f"\nonline / cache s/click: {ratio:.3g}\nonline / cache wall: {wall_ratio:.3g}"
+        + f"\ncache / cache, before: CPU outside the forward per click {outside_ratio:.3g}"
+        + f"\nsame clicks and IoUs as before: {'yes' if same else 'NO'}"
     }
-    checks = [Check("(b) online / cache s/click", ratio, 10.0)] if args.preset == LOW_RES_PRESET else []
+    checks = [
+        Check("CPU per click outside the forward, today / before", outside_ratio, 0.30, at_least=False),
+        Check("same clicks and IoUs as before (1 = yes)", float(same), 1.0),
+    ]
+    if args.preset == LOW_RES_PRESET:
+        checks.insert(0, Check("(b) online / cache s/click", ratio, 10.0))
     results = {
         "modes": summary,
         "online_over_cache": ratio,
         "online_over_cache_wall": wall_ratio,
-        "rounds": runs,
+        "cpu_ms_per_click_outside_forward": summary["cache"][outside],
+        "cpu_ms_per_click_outside_forward_before": summary["cache, before"][outside],
+        "outside_forward_today_over_before": outside_ratio,
+        "same_clicks_and_ious": same,
+        "opencv_threads": cv2.getNumThreads(),
+        "rounds": {
+            name: [{k: v for k, v in r.items() if k != "curves"} for r in values] for name, values in runs.items()
+        },
     }
     report("eval_per_click", args, sections, checks, results)
 

@@ -176,8 +176,9 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
 
 def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 [B, 3, H, W] (or float already scaled to [0, 1]) -> float [B, 3, H, W], scaled to [0, 1] then
-    standardized as the featurizer was trained."""
+    standardized as the featurizer was trained. Divisions run in place on the new tensors (the same arithmetic, two
+    full-size allocations instead of three), never on `images`."""
     mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
-    scaled = images.float() if images.is_floating_point() else images.float() / 255.0
-    return (scaled - mean_t) / std_t
+    scaled = images.float() if images.is_floating_point() else images.float().div_(255.0)
+    return (scaled - mean_t).div_(std_t)

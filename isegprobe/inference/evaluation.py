@@ -3,6 +3,8 @@
 Objects are evaluated in batches (one probe forward per click for the whole batch); each object keeps its own
 clicker, working at the original resolution, and its IoU curve is measured there with the ignore region excluded.
 What the probe sees of an object is its framing's choice: the whole image at the working size, or RITM's zoom-in.
+Probabilities are mapped back and thresholded on the predictor's device; only the boolean masks come to the CPU,
+where one pass makes each object's error regions, which give both its IoU and its next click.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import torch
 from torch import Tensor
 
 from isegprobe.inference.clicker import Click, Clicker
-from isegprobe.inference.metrics import iou
 from isegprobe.inference.predictor import PredictionInput, Predictor, WorkingView, to_original
 
 
@@ -159,27 +160,32 @@ def _evaluate_batch(
 ) -> tuple[list[ObjectResult], float]:
     clickers = [Clicker(task.gt, task.ignore) for task in batch]
     framings = [framing(task) for task in batch]
-    preds = [np.zeros_like(task.gt) for task in batch]
+    errors = [clicker.errors() for clicker in clickers]
     ious = np.zeros((len(batch), max_clicks), np.float32)
     kept: list[dict[int, np.ndarray]] = [{} for _ in batch]
     seconds = 0.0
     for click_index in range(max_clicks):
-        for clicker, pred in zip(clickers, preds, strict=True):
-            clicker.next_click(pred)
+        for clicker, object_errors in zip(clickers, errors, strict=True):
+            clicker.click(object_errors)
         started = time.perf_counter()
         inputs = [frame.inputs(clicker.clicks) for frame, clicker in zip(framings, clickers, strict=True)]
         probs = predictor.probabilities(inputs)
-        originals = [frame.to_original(probs[i]).cpu().numpy() for i, frame in enumerate(framings)]
+        originals = [frame.to_original(probs[i]) for i, frame in enumerate(framings)]
+        preds = [(original > threshold).cpu().numpy() for original in originals]
         seconds += time.perf_counter() - started
-        for i, task in enumerate(batch):
-            preds[i] = originals[i] > threshold
-            ious[i, click_index] = iou(task.gt, preds[i], task.ignore)
+        for i, clicker in enumerate(clickers):
+            errors[i] = clicker.errors(preds[i])
+            ious[i, click_index] = errors[i].iou()
             if click_index + 1 in keep_masks_at:
                 kept[i][click_index + 1] = preds[i]
         if on_click is not None:
             on_click(click_index + 1, len(batch))
     results = [
-        ObjectResult(task.id, ious[i], list(clickers[i].clicks), originals[i].astype(np.float32), task.image, kept[i])
+        ObjectResult(task.id, ious[i], list(clickers[i].clicks), _numpy(originals[i]), task.image, kept[i])
         for i, task in enumerate(batch)
     ]
     return results, seconds
+
+
+def _numpy(probs: Tensor) -> np.ndarray:
+    return probs.cpu().numpy().astype(np.float32)

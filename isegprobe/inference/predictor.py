@@ -86,6 +86,10 @@ class Predictor:
 
     `exact` runs everything in float32 (no autocast on CUDA, online features not rounded to the store's float16), as
     the iSegProbe research code evaluates; otherwise features computed online are rounded as a store holds them.
+
+    With whole-image framing every click of a batch predicts the same views (and their mirrors), so the normalized
+    images and stacked cached features of the last two lists of views are kept and made once per batch, not once
+    per click. Features the featurizer computes are not kept: it runs at every click, as online evaluation does.
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class Predictor:
         self.probe.mixed_precision = not exact
         self.mean, self.std, self.device, self.exact = tuple(mean), tuple(std), device, exact
         self.featurizer = featurizer.to(device) if featurizer is not None else None
+        self._prepared: list[tuple[tuple[WorkingView, ...], Tensor, Tensor | None]] = []
 
     @torch.inference_mode()
     def probabilities(self, inputs: Sequence[PredictionInput]) -> Tensor:
@@ -137,8 +142,22 @@ class Predictor:
         self, views: Sequence[WorkingView], click_rows: Sequence[Sequence[tuple[float, float, int]]], prev: Tensor
     ) -> Tensor:
         """Logits [B, S, S] of the views, with clicks already in working-size pixels."""
+        images, cached = self._prepare(views)
+        features = cached if cached is not None else self._features(views, images)
+        return self.probe(features, images, click_rows, prev[:, None])[:, 0]
+
+    def _prepare(self, views: Sequence[WorkingView]) -> tuple[Tensor, Tensor | None]:
+        """The views' normalized images and, where all of them hold cached features, those stacked: kept for the
+        last two lists of views (the same objects, not equal ones)."""
+        for kept_views, images, cached in self._prepared:
+            if len(kept_views) == len(views) and all(a is b for a, b in zip(kept_views, views, strict=True)):
+                return images, cached
         images = self._normalized(views)
-        return self.probe(self._features(views, images), images, click_rows, prev[:, None])[:, 0]
+        cached = None
+        if not self.probe.needs_featurizer and all(view.features is not None for view in views):
+            cached = self._features(views, images)
+        self._prepared = [(tuple(views), images, cached), *self._prepared[:1]]
+        return images, cached
 
     def _normalized(self, views: Sequence[WorkingView]) -> Tensor:
         return normalize_images(torch.stack([view.image for view in views]).to(self.device), self.mean, self.std)

@@ -86,7 +86,11 @@ def _load_pickled(path: Path) -> tuple[Any, Exception | None]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), None
     except pickle.UnpicklingError as refusal:
-        if not torch.serialization.get_unsafe_globals_in_checkpoint(str(path)):
+        try:
+            named = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except (RuntimeError, ValueError):
+            raise refusal from None  # torch lists the classes of zip archives only, not of the legacy format
+        if not named:
             raise
         return load_inertly(path), refusal
 

@@ -319,6 +319,16 @@ def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
         create_upsampler("anyup", DIM, weights=str(tmp_path / "missing.pth"))
 
 
+def test_a_training_file_in_torchs_legacy_format_names_the_class_it_cannot_read(tmp_path: Path) -> None:
+    """torch lists the classes a file pickles for zip archives only: a legacy-format file with a config beside the
+    weights is refused, naming the config's class."""
+    state = create_upsampler("jafar", DIM).state_dict()
+    path = tmp_path / "model_100000steps.pth"
+    torch.save(jafar_training_checkpoint(state), path, _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match="it names omegaconf.dictconfig.DictConfig, which is not a tensor"):
+        create_upsampler("jafar", DIM, weights=str(path))
+
+
 # --- trainable or frozen ----------------------------------------------------------------------------------------
 
 # AnyUp and JAFAR use only nn.MultiheadAttention's head-averaged weights: its output projection (and JAFAR's value

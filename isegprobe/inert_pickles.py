@@ -9,6 +9,7 @@ imported or called, so such a file cannot execute code, and the tensors beside t
 from __future__ import annotations
 
 import collections
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,21 @@ _CONTAINER_STAND_INS = {
 
 def load_inertly(path: str | Path) -> Any:
     """`torch.load(path, weights_only=True)` with every global the file names standing in as an inert object.
-    Raises what torch raises for a file that is not a torch.save archive."""
+
+    A class the pickle fills item by item (a dict subclass such as Lightning's `AttributeDict` of hyperparameters)
+    needs a dict to stand in for it, and the pickle does not say which class is one: if placeholders fail for that
+    reason, every named class stands in as an OrderedDict instead. Raises what torch raises for a file that is not a
+    torch.save archive, or that neither reading fits."""
     names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    stand_ins = [(_CONTAINER_STAND_INS.get(name, Placeholder), name) for name in names]
+    try:
+        return _load_standing_in(path, names, Placeholder)
+    except pickle.UnpicklingError as error:
+        if "SETITEM" not in str(error):
+            raise
+        return _load_standing_in(path, names, collections.OrderedDict)
+
+
+def _load_standing_in(path: str | Path, names: list[str], default: type) -> Any:
+    stand_ins = [(_CONTAINER_STAND_INS.get(name, default), name) for name in names]
     with torch.serialization.safe_globals(stand_ins):
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -108,8 +108,14 @@ def lightning_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {key.replace("channelnorm.norm.", "model.1.norm.", 1): value for key, value in state.items()}
 
 
+class AttributeDict(dict):
+    """Stands for Lightning's `AttributeDict`, the dict subclass its files keep their hyperparameters in: pickled by
+    its class name, which the reader never imports."""
+
+
 def lightning_checkpoint(state: dict[str, Tensor]) -> dict:
-    """A PyTorch Lightning file: the upsampler's weights among a backbone, training-only modules and loop state."""
+    """A PyTorch Lightning file: the upsampler's weights among a backbone, training-only modules, loop state and the
+    hyperparameters (an AttributeDict holding the run's OmegaConf config, as FeatUp's and LoftUp's hydra runs save)."""
     extras = {
         "model.0.model.cls_token": torch.randn(1, 1, 8),
         "downsampler.attention_net.weight": torch.randn(1, 8, 3, 3),
@@ -121,6 +127,7 @@ def lightning_checkpoint(state: dict[str, Tensor]) -> dict:
         "pytorch-lightning_version": "1.9.5",
         "state_dict": {**lightning_layout(state), **extras},
         "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]}],
+        "hyper_parameters": AttributeDict(cfg=OmegaConf.create({"model_type": "dinov2", "dim": DIM}), lr=1e-3),
     }
 
 

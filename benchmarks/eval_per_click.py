@@ -35,6 +35,7 @@ from isegprobe.inference.evaluation import EvaluationRun, ObjectTask, evaluate_o
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.tasks import cached_tasks, online_tasks
 from isegprobe.model import ISProbe
+from isegprobe.training.checkpoint import load_probe
 
 LOW_RES_PRESET = "quickstart"
 
@@ -115,6 +116,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="objects per probe forward, as evaluate")
     parser.add_argument("--preset", default=LOW_RES_PRESET, help="probe preset; quickstart is the low-res probe (b)")
     parser.add_argument(
+        "--checkpoint",
+        help="a trained probe (run folder or checkpoint) instead of the preset's untrained one: a trained probe's "
+        "errors shrink click by click, as in a real evaluation, where an untrained one's cover the image",
+    )
+    parser.add_argument(
         "--opencv-threads",
         type=int,
         default=-1,
@@ -160,7 +166,7 @@ def main() -> None:
     store = ensure_store(args, args.split, args.size)
     source = create_dataset(args.dataset, dataset_root(args.dataset, args.root), args.split)
     featurizer = create_featurizer(args.featurizer, weights=args.weights)
-    probe = make_probe(args.preset, featurizer)
+    probe = load_probe(args.checkpoint)[0] if args.checkpoint else make_probe(args.preset, featurizer)
     cv2.setNumThreads(args.opencv_threads)
     timed = modes(args, store, source, probe, featurizer, device)
     for mode in timed.values():

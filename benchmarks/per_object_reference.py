@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import torch
 from torch import Tensor
 
 from isegprobe.inference.clicker import Click
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectCurve, ObjectTask, WholeImage
 from isegprobe.inference.metrics import iou
-from isegprobe.inference.predictor import Predictor, WorkingView
+from isegprobe.inference.predictor import PredictionInput, Predictor, WorkingView
 
 
 class ReferenceClicker:
@@ -47,10 +48,41 @@ class ReferenceClicker:
 
 
 class PerClickPredictor(Predictor):
-    """The predictor as it was: images normalized and cached features stacked again at every click."""
+    """The predictor as it was: images normalized (a new tensor per step) and cached features stacked (and made
+    float32) again at every click, previous and new probabilities in new tensors."""
+
+    @torch.inference_mode()
+    def probabilities(self, inputs: Sequence[PredictionInput]) -> Tensor:
+        return torch.sigmoid(self.logits(inputs))
 
     def _prepare(self, views: Sequence[WorkingView]) -> tuple[Tensor, Tensor | None]:
         return self._normalized(views), None
+
+    def _normalized(self, views: Sequence[WorkingView]) -> Tensor:
+        images = torch.stack([view.image for view in views]).to(self.device)
+        mean = torch.tensor(self.mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+        scaled = images.float() if images.is_floating_point() else images.float() / 255.0
+        return (scaled - mean) / std
+
+    def _features(self, views: Sequence[WorkingView], images: Tensor) -> Tensor | None:
+        if self.probe.needs_featurizer:
+            return None
+        if all(view.features is not None for view in views):
+            return torch.stack([view.features for view in views]).to(self.device).float()
+        return self._run_featurizer(images)
+
+    def _stacked_prev(self, prev_probs: Sequence[Tensor]) -> Tensor:
+        return torch.stack(list(prev_probs)).to(self.device)
+
+
+class ZerosPerObject(WholeImage):
+    """The whole-image framing as it was: a new zero map of previous probabilities for every object."""
+
+    def __init__(self, view: WorkingView, flip_view: WorkingView | None, device: torch.device | str) -> None:
+        super().__init__(view, flip_view, device)
+        size = view.image.shape[-1]
+        self.prev_probs = torch.zeros(size, size, device=device)
 
 
 def evaluate_per_object(
@@ -64,7 +96,7 @@ def evaluate_per_object(
 ) -> EvaluationRun:
     """The old `evaluate_objects`, without its progress callbacks; `on_result` sees each curve and its last
     probabilities."""
-    framing = framing or (lambda task: WholeImage.of_task(task, predictor.device))
+    framing = framing or (lambda task: ZerosPerObject.of_task(task, predictor.device))
     run = EvaluationRun()
     batch: list[ObjectTask] = []
     for task in tasks:

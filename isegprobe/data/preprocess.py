@@ -174,11 +174,16 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
     return View(image, labels, ignore.astype(bool), valid_box, box)
 
 
-def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def normalize_images(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """uint8 [B, 3, H, W] (or float already scaled to [0, 1]) -> float [B, 3, H, W], scaled to [0, 1] then
-    standardized as the featurizer was trained. Divisions run in place on the new tensors (the same arithmetic, two
-    full-size allocations instead of three), never on `images`."""
+    standardized as the featurizer was trained. Every step after the one copy (into `out`, a float32 tensor of the
+    same shape, when given) runs in place on it: the same arithmetic, one full-size tensor instead of three (on a CPU
+    each fresh one costs its page faults again), never written into `images`."""
     mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
-    scaled = images.float() if images.is_floating_point() else images.float().div_(255.0)
-    return (scaled - mean_t).div_(std_t)
+    scaled = images.to(torch.float32, copy=True) if out is None else out.copy_(images)
+    if not images.is_floating_point():
+        scaled.div_(255.0)
+    return scaled.sub_(mean_t).div_(std_t)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import TracebackType
 
 import cv2
 import numpy as np
@@ -91,25 +94,31 @@ class Clicker:
         return self.click(self.errors(pred))
 
     def click(self, errors: ErrorRegions) -> Click:
-        """The click answering these error regions (of this object's current prediction), recorded and returned."""
-        fn_depth, fn_y, fn_x = self._deepest(errors.false_negative)
-        fp_depth, fp_y, fp_x = self._deepest(errors.false_positive)
-        is_positive = bool(fn_depth > fp_depth)
-        y, x = (fn_y, fn_x) if is_positive else (fp_y, fp_x)
+        """The click answering these error regions (of this object's current prediction), recorded and returned.
+
+        No pixel is deeper than half the shorter side of its region's bounding box (rounded up): the region that could
+        be deeper is transformed first, and the other only if its bound could still change the answer.
+        """
+        fn_box, fp_box = _bounding_box(errors.false_negative), _bounding_box(errors.false_positive)
+        if _depth_bound(fn_box) >= _depth_bound(fp_box):
+            fn = self._deepest(errors.false_negative, fn_box)
+            fp = _NOTHING if _depth_bound(fp_box) < fn[0] else self._deepest(errors.false_positive, fp_box)
+        else:
+            fp = self._deepest(errors.false_positive, fp_box)
+            fn = _NOTHING if _depth_bound(fn_box) <= fp[0] else self._deepest(errors.false_negative, fn_box)
+        is_positive = bool(fn[0] > fp[0])
+        _, y, x = fn if is_positive else fp
         click = Click(y=y, x=x, is_positive=is_positive)
         self.clicks.append(click)
         return click
 
-    def _deepest(self, error: np.ndarray) -> tuple[np.float32, int, int]:
+    def _deepest(self, error: np.ndarray, box: Box) -> tuple[np.float32, int, int]:
         """The largest depth of a not yet clicked error pixel and the first pixel at it in row-major order; (0, 0, 0)
         without any, as the first maximum of an all-zero map."""
-        rows = np.flatnonzero(error.any(axis=1))
-        if rows.size == 0:
-            return np.float32(0), 0, 0
-        top, bottom = int(rows[0]), int(rows[-1]) + 1
-        cols = np.flatnonzero(error[top:bottom].any(axis=0))
-        left, right = int(cols[0]), int(cols[-1]) + 1
-        depth = _transform(error[top:bottom, left:right])
+        top, left, bottom, right = box
+        if top == bottom:
+            return _NOTHING
+        depth = _transform(error, box)
         for click in self.clicks:
             y, x = click.y - top, click.x - left
             if 0 <= y < depth.shape[0] and 0 <= x < depth.shape[1]:
@@ -117,19 +126,75 @@ class Clicker:
         index = int(np.argmax(depth))
         deepest = depth.flat[index]
         if deepest == 0:
-            return np.float32(0), 0, 0
+            return _NOTHING
         y, x = divmod(index, depth.shape[1])
         return deepest, top + y, left + x
 
 
-def _transform(error: np.ndarray) -> np.ndarray:
-    """float32 distances of the error pixels to the nearest pixel outside the error, on a one-pixel zero border,
-    by OpenCV's own code (IPP off for this thread meanwhile)."""
-    padded = np.pad(error, 1).astype(np.uint8)
+class BatchClicker:
+    """Clicks for a batch of objects at once, each object's transforms on one of OpenCV's threads.
+
+    OpenCV splits one transform over its threads, whose waiting costs CPU time of its own (a third more than on one
+    thread, at 240 x 320 on 2 cores). While a batch clicks, OpenCV runs on one thread and the objects are spread
+    over as many threads as it had instead. The clicks do not depend on the threads.
+    """
+
+    def __enter__(self) -> BatchClicker:
+        threads = cv2.getNumThreads()
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def click(self, clickers: Sequence[Clicker], errors: Sequence[ErrorRegions]) -> list[Click]:
+        """Each clicker's click answering its object's error regions, as `Clicker.click` makes it."""
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            if self._pool is None or len(clickers) == 1:
+                return [clicker.click(regions) for clicker, regions in zip(clickers, errors, strict=True)]
+            return list(self._pool.map(Clicker.click, clickers, errors))
+        finally:
+            cv2.setNumThreads(threads)
+
+
+Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive); all equal for an empty region
+_NOTHING = (np.float32(0), 0, 0)
+
+
+def _bounding_box(error: np.ndarray) -> Box:
+    left, top, width, height = cv2.boundingRect(error.view(np.uint8))
+    return top, left, top + height, left + width
+
+
+def _depth_bound(box: Box) -> int:
+    """The largest distance a pixel of the box can have to the nearest pixel outside it."""
+    top, left, bottom, right = box
+    return (min(bottom - top, right - left) + 1) // 2
+
+
+def _transform(error: np.ndarray, box: Box) -> np.ndarray:
+    """float32 distances of the box's error pixels to the nearest pixel outside the error, the image's edge counting
+    as outside, by OpenCV's own code (IPP off for this thread meanwhile).
+
+    The pixels around a tight bounding box are not in the error, so the box is transformed with that ring as it lies
+    in the image, and a zero ring is added only where the box touches the image's edge.
+    """
+    top, left, bottom, right = box
+    height, width = error.shape
+    y0, x0, y1, x1 = max(top - 1, 0), max(left - 1, 0), min(bottom + 1, height), min(right + 1, width)
+    window = error[y0:y1, x0:x1].view(np.uint8)
+    edges = ((1 - (top - y0), 1 - (y1 - bottom)), (1 - (left - x0), 1 - (x1 - right)))
+    if any(any(pair) for pair in edges):
+        window = np.pad(window, edges)
     used_ipp = cv2.ipp.useIPP()
     cv2.ipp.setUseIPP(False)
     try:
-        return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        return cv2.distanceTransform(window, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     finally:
         cv2.ipp.setUseIPP(used_ipp)
 

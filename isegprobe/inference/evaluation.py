@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from isegprobe.inference.clicker import Click, Clicker
+from isegprobe.inference.clicker import BatchClicker, Click, Clicker
 from isegprobe.inference.predictor import PredictionInput, Predictor, WorkingView, to_original
 
 
@@ -83,8 +83,7 @@ class WholeImage:
 
     def __init__(self, view: WorkingView, flip_view: WorkingView | None, device: torch.device | str) -> None:
         self.view, self.flip_view = view, flip_view
-        size = view.image.shape[-1]
-        self.prev_probs = torch.zeros(size, size, device=device)
+        self.prev_probs = _no_probabilities(view.image.shape[-1], torch.device(device))
 
     @classmethod
     def of_task(cls, task: ObjectTask, device: torch.device | str) -> WholeImage:
@@ -96,6 +95,12 @@ class WholeImage:
     def to_original(self, probs: Tensor) -> Tensor:
         self.prev_probs = probs
         return to_original(probs, self.view)
+
+
+@lru_cache(maxsize=4)
+def _no_probabilities(size: int, device: torch.device) -> Tensor:
+    """The previous probabilities before the first click, one zero map shared by every object (it is only read)."""
+    return torch.zeros(size, size, device=device)
 
 
 def _batches(tasks: Iterator[ObjectTask], size: int) -> Iterator[list[ObjectTask]]:
@@ -132,25 +137,27 @@ def evaluate_objects(
     framing = framing or partial(WholeImage.of_task, device=predictor.device)
     run = EvaluationRun()
     started = time.perf_counter()
-    for batch in _batches(tasks, batch_size):
-        batch_results, seconds = _evaluate_batch(
-            predictor, batch, max_clicks, threshold, framing, keep_masks_at, on_click
-        )
-        run.predict_seconds += seconds
-        run.clicks_made += len(batch) * max_clicks
-        run.loop_seconds += time.perf_counter() - started
-        for result in batch_results:
-            run.results.append(ObjectCurve(result.id, result.ious, result.clicks))
-            if on_result is not None:
-                on_result(result)
-        if on_batch is not None:
-            on_batch(run)
-        started = time.perf_counter()
+    with BatchClicker() as batch_clicker:
+        for batch in _batches(tasks, batch_size):
+            batch_results, seconds = _evaluate_batch(
+                predictor, batch_clicker, batch, max_clicks, threshold, framing, keep_masks_at, on_click
+            )
+            run.predict_seconds += seconds
+            run.clicks_made += len(batch) * max_clicks
+            run.loop_seconds += time.perf_counter() - started
+            for result in batch_results:
+                run.results.append(ObjectCurve(result.id, result.ious, result.clicks))
+                if on_result is not None:
+                    on_result(result)
+            if on_batch is not None:
+                on_batch(run)
+            started = time.perf_counter()
     return run
 
 
 def _evaluate_batch(
     predictor: Predictor,
+    batch_clicker: BatchClicker,
     batch: Sequence[ObjectTask],
     max_clicks: int,
     threshold: float,
@@ -165,8 +172,7 @@ def _evaluate_batch(
     kept: list[dict[int, np.ndarray]] = [{} for _ in batch]
     seconds = 0.0
     for click_index in range(max_clicks):
-        for clicker, object_errors in zip(clickers, errors, strict=True):
-            clicker.click(object_errors)
+        batch_clicker.click(clickers, errors)
         started = time.perf_counter()
         inputs = [frame.inputs(clicker.clicks) for frame, clicker in zip(framings, clickers, strict=True)]
         probs = predictor.probabilities(inputs)

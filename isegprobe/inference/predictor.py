@@ -106,11 +106,17 @@ class Predictor:
         self.mean, self.std, self.device, self.exact = tuple(mean), tuple(std), device, exact
         self.featurizer = featurizer.to(device) if featurizer is not None else None
         self._prepared: list[tuple[tuple[WorkingView, ...], Tensor, Tensor | None]] = []
+        self._prev_buffer: Tensor | None = None
 
     @torch.inference_mode()
     def probabilities(self, inputs: Sequence[PredictionInput]) -> Tensor:
         """Working-size probabilities [B, S, S]; with flip views, the average of both logit maps through a sigmoid."""
-        prev = torch.stack([item.prev_probs for item in inputs]).to(self.device)
+        return self.logits(inputs).sigmoid_()
+
+    @torch.inference_mode()
+    def logits(self, inputs: Sequence[PredictionInput]) -> Tensor:
+        """Working-size logits [B, S, S]; with flip views, the average of both logit maps."""
+        prev = self._stacked_prev([item.prev_probs for item in inputs])
         views = [item.view for item in inputs]
         rows = [[to_working(click, item.view) for click in item.clicks] for item in inputs]
         logits = self._logits(views, rows, prev)
@@ -119,7 +125,7 @@ class Predictor:
             mirrored = [mirror_rows(view_rows, size) for view_rows in rows]
             flipped = self._logits([item.flip_view for item in inputs], mirrored, prev.flip(-1))
             logits = 0.5 * (logits + flipped.flip(-1))
-        return torch.sigmoid(logits)
+        return logits
 
     @torch.inference_mode()
     def view_features(self, view: WorkingView) -> Tensor | None:
@@ -146,28 +152,45 @@ class Predictor:
         features = cached if cached is not None else self._features(views, images)
         return self.probe(features, images, click_rows, prev[:, None])[:, 0]
 
+    def _stacked_prev(self, prev_probs: Sequence[Tensor]) -> Tensor:
+        """The previous probabilities [B, S, S] on the device, in a buffer kept between calls (they are read only
+        within one)."""
+        self._prev_buffer = _reusable(self._prev_buffer, (len(prev_probs), *prev_probs[0].shape), self.device)
+        return torch.stack([probs.to(self.device) for probs in prev_probs], out=self._prev_buffer)
+
     def _prepare(self, views: Sequence[WorkingView]) -> tuple[Tensor, Tensor | None]:
         """The views' normalized images and, where all of them hold cached features, those stacked: kept for the
-        last two lists of views (the same objects, not equal ones)."""
+        last two lists of views (the same objects, not equal ones). A new list is written into the buffers of the
+        one it replaces."""
         for kept_views, images, cached in self._prepared:
             if len(kept_views) == len(views) and all(a is b for a, b in zip(kept_views, views, strict=True)):
                 return images, cached
-        images = self._normalized(views)
+        spare_images, spare_cached = self._prepared[1][1:] if len(self._prepared) == 2 else (None, None)
+        images = self._normalized(views, spare_images)
         cached = None
         if not self.probe.needs_featurizer and all(view.features is not None for view in views):
-            cached = self._features(views, images)
+            cached = self._stacked_features(views, spare_cached)
         self._prepared = [(tuple(views), images, cached), *self._prepared[:1]]
         return images, cached
 
-    def _normalized(self, views: Sequence[WorkingView]) -> Tensor:
-        return normalize_images(torch.stack([view.image for view in views]).to(self.device), self.mean, self.std)
+    def _normalized(self, views: Sequence[WorkingView], buffer: Tensor | None = None) -> Tensor:
+        images = _reusable(buffer, (len(views), *views[0].image.shape), self.device)
+        for index, view in enumerate(views):
+            normalize_images(view.image[None].to(self.device), self.mean, self.std, out=images[index : index + 1])
+        return images
 
     def _features(self, views: Sequence[WorkingView], images: Tensor) -> Tensor | None:
         if self.probe.needs_featurizer:
             return None
         if all(view.features is not None for view in views):
-            return torch.stack([view.features for view in views]).to(self.device).float()
+            return self._stacked_features(views)
         return self._run_featurizer(images)
+
+    def _stacked_features(self, views: Sequence[WorkingView], buffer: Tensor | None = None) -> Tensor:
+        features = _reusable(buffer, (len(views), *views[0].features.shape), self.device)
+        for index, view in enumerate(views):
+            features[index].copy_(view.features)
+        return features
 
     def _run_featurizer(self, images: Tensor) -> Tensor:
         """Features as the store would hold them: the extraction's autocast, rounded to float16."""
@@ -179,3 +202,12 @@ class Predictor:
         with featurizer_autocast(images.device):
             features = featurizer(images)
         return features.to(torch.float16).float()
+
+
+def _reusable(buffer: Tensor | None, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """`buffer` if it is a float32 tensor of this shape on this device, else a new one. Evaluation writes each
+    click's and each batch's tensors into the last ones' buffers: on a CPU every fresh buffer costs its page faults
+    again, more than the arithmetic that fills it."""
+    if buffer is not None and buffer.shape == shape and buffer.dtype == torch.float32 and buffer.device == device:
+        return buffer
+    return torch.empty(shape, device=device)

@@ -2,8 +2,12 @@
 
 Evaluation repeats the probe once per click for up to 20 clicks per object; from the cache the featurizer's work is
 read back instead of recomputed each time. Both modes run the library's own `evaluate_objects` with RITM's clicker
-on the same objects, with the same (untrained, seeded) probe: speed does not depend on how good it is. Seconds per
-click are the predictor's time, as `isegprobe evaluate` reports them; wall time adds the clicker and the IoU.
+on the same objects, with the same probe. The forward's speed does not depend on how good the probe is, but the
+clicker's does: its transforms cover each error region's bounding box, which shrinks click by click for a trained
+probe and covers most of the image at every click for an untrained one. So the probe is the preset trained
+--train-steps steps on the train split (once; the run is kept in --cache-dir), and --untrained times the clicker's
+worst case. Seconds per click are the predictor's time, as `isegprobe evaluate` reports them; wall time adds the
+clicker and the IoU.
 
 The CPU time per click outside the forward is the loop's process CPU time (all threads) less the probe's and the
 featurizer's forwards and less reading the objects (a cost per object, reported apart): the clicker, the IoU,
@@ -27,7 +31,7 @@ import torch
 from common import Check, base_parser, dataset_root, ensure_store, interleave, median, report, setup, table
 from per_object_reference import PerClickPredictor, evaluate_per_object
 
-from isegprobe.cache import FeatureStore
+from isegprobe.cache import CachedDataset, FeatureStore
 from isegprobe.config import load_train_config
 from isegprobe.data import SampleSource, create_dataset
 from isegprobe.featurizers import Featurizer, create_featurizer
@@ -35,7 +39,7 @@ from isegprobe.inference.evaluation import EvaluationRun, ObjectTask, evaluate_o
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.tasks import cached_tasks, online_tasks
 from isegprobe.model import ISProbe
-from isegprobe.training.checkpoint import load_probe
+from isegprobe.training import load_probe, train
 
 LOW_RES_PRESET = "quickstart"
 
@@ -44,6 +48,28 @@ def make_probe(preset: str, featurizer: Featurizer) -> ISProbe:
     config = load_train_config(preset)
     torch.manual_seed(config.seed)
     return ISProbe(config.model, featurizer.dim, featurizer.patch_size)
+
+
+def probe_name(args: argparse.Namespace) -> str:
+    if args.checkpoint:
+        return args.checkpoint
+    return f"{args.preset}, untrained" if args.untrained else f"{args.preset} trained {args.train_steps} steps"
+
+
+def benchmark_probe(args: argparse.Namespace, featurizer: Featurizer, device: torch.device) -> ISProbe:
+    """The probe to time: --checkpoint, the untrained preset, or the preset trained --train-steps steps on the train
+    split's store (trained once, then read back from --cache-dir)."""
+    if args.checkpoint:
+        return load_probe(args.checkpoint)[0]
+    if args.untrained:
+        return make_probe(args.preset, featurizer)
+    run_dir = args.cache_dir / f"probe-{args.preset}-{args.featurizer}-{args.dataset}-{args.size}-{args.train_steps}"
+    if not (run_dir / "last.json").is_file():
+        config = load_train_config(args.preset, [f"schedule.max_iters={args.train_steps}"])
+        store = ensure_store(args, "train", args.size)
+        summary = train(config, CachedDataset(store), run_dir, device=device)
+        print(f"trained the probe: {summary.progress()}")
+    return load_probe(run_dir)[0]
 
 
 class ForwardClock:
@@ -116,10 +142,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="objects per probe forward, as evaluate")
     parser.add_argument("--preset", default=LOW_RES_PRESET, help="probe preset; quickstart is the low-res probe (b)")
     parser.add_argument(
-        "--checkpoint",
-        help="a trained probe (run folder or checkpoint) instead of the preset's untrained one: a trained probe's "
-        "errors shrink click by click, as in a real evaluation, where an untrained one's cover the image",
+        "--train-steps",
+        type=int,
+        default=200,
+        help="the probe is the preset trained this many steps on the dataset's train split (as quickstart trains "
+        "it; the run is kept in --cache-dir): its errors shrink click by click, as in a real evaluation",
     )
+    parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="time the preset's untrained probe instead, whose errors cover most of the image at every click: the "
+        "clicker's worst case",
+    )
+    parser.add_argument("--checkpoint", help="time this trained probe (run folder or checkpoint) instead")
     parser.add_argument(
         "--opencv-threads",
         type=int,
@@ -166,7 +201,7 @@ def main() -> None:
     store = ensure_store(args, args.split, args.size)
     source = create_dataset(args.dataset, dataset_root(args.dataset, args.root), args.split)
     featurizer = create_featurizer(args.featurizer, weights=args.weights)
-    probe = load_probe(args.checkpoint)[0] if args.checkpoint else make_probe(args.preset, featurizer)
+    probe = benchmark_probe(args, featurizer, device)
     cv2.setNumThreads(args.opencv_threads)
     timed = modes(args, store, source, probe, featurizer, device)
     for mode in timed.values():
@@ -193,7 +228,7 @@ def main() -> None:
     ]  # fmt: skip
     title = (
         f"{args.objects} objects x {args.clicks} clicks ({args.dataset}/{args.split}, {args.size} px, "
-        f"probe {args.preset}, {args.featurizer}, {cv2.getNumThreads()} OpenCV threads)"
+        f"probe {probe_name(args)}, {args.featurizer}, {cv2.getNumThreads()} OpenCV threads)"
     )
     headers = ["mode", "s/click", "wall s/click", "CPU ms/click outside forward", "forward CPU ms/click",
                "read CPU ms/object", "clicks/round"]  # fmt: skip

@@ -8,6 +8,7 @@ import pytest
 from scipy.ndimage import distance_transform_edt, uniform_filter
 
 from isegprobe.inference import Click, Clicker
+from isegprobe.inference.clicker import BatchClicker
 
 GRABCUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "GrabCut"
 
@@ -213,6 +214,43 @@ def test_matches_scipy_version_on_random_masks(seed):
 
     clicker = Clicker(gt, ignore)
     assert [clicker.next_click(pred) for pred in preds] == scipy_clicks(gt, ignore, preds)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_a_prediction_that_stays_the_same_clicks_as_the_rule_does(seed):
+    # A settled prediction leaves the same error regions click after click: their transforms are reused, and the
+    # clicked pixels must still be left out anew each time.
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(2, 12)), int(rng.integers(2, 40)))
+    gt = blobs(rng, shape, fill=rng.uniform(0.2, 0.8))
+    ignore = blobs(rng, shape, fill=0.1) if seed % 3 == 0 else np.zeros(shape, dtype=bool)
+    settled = gt ^ blobs(rng, shape, fill=rng.uniform(0.05, 0.5))
+    other = gt ^ blobs(rng, shape, fill=0.3)
+    preds = [np.zeros(shape, dtype=bool), settled, settled.copy(), settled, other, settled, settled, settled]
+
+    clicker = Clicker(gt, ignore)
+    assert [clicker.next_click(pred) for pred in preds] == scipy_clicks(gt, ignore, preds)
+
+
+def test_batch_clicker_clicks_as_each_object_alone_and_gives_opencv_its_threads_back():
+    rng = np.random.default_rng(0)
+    gts = [blobs(rng, (60, 80), fill=0.5) for _ in range(5)]
+    preds = [[gt ^ blobs(rng, gt.shape, fill=0.3) for _ in range(4)] for gt in gts]
+    alone = []
+    for gt, object_preds in zip(gts, preds, strict=True):
+        clicker = Clicker(gt)
+        alone.append([clicker.next_click(pred) for pred in object_preds])
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        clickers = [Clicker(gt) for gt in gts]
+        with BatchClicker() as batch:
+            for step in range(4):
+                batch.click(clickers, [c.errors(p[step]) for c, p in zip(clickers, preds, strict=True)])
+                assert cv2.getNumThreads() == 3
+        assert [clicker.clicks for clicker in clickers] == alone
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def grabcut_masks(count):

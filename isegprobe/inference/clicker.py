@@ -74,6 +74,7 @@ class Clicker:
         self._object = gt & ~ignore
         self._background = ~gt & ~ignore
         self._object_area = int(np.count_nonzero(self._object))
+        self._last_transforms: dict[str, tuple[np.ndarray, Box, np.ndarray]] = {}
 
     def reset(self) -> None:
         """Forget all clicks, to simulate another run on the same object."""
@@ -101,24 +102,24 @@ class Clicker:
         """
         fn_box, fp_box = _bounding_box(errors.false_negative), _bounding_box(errors.false_positive)
         if _depth_bound(fn_box) >= _depth_bound(fp_box):
-            fn = self._deepest(errors.false_negative, fn_box)
-            fp = _NOTHING if _depth_bound(fp_box) < fn[0] else self._deepest(errors.false_positive, fp_box)
+            fn = self._deepest("fn", errors.false_negative, fn_box)
+            fp = _NOTHING if _depth_bound(fp_box) < fn[0] else self._deepest("fp", errors.false_positive, fp_box)
         else:
-            fp = self._deepest(errors.false_positive, fp_box)
-            fn = _NOTHING if _depth_bound(fn_box) <= fp[0] else self._deepest(errors.false_negative, fn_box)
+            fp = self._deepest("fp", errors.false_positive, fp_box)
+            fn = _NOTHING if _depth_bound(fn_box) <= fp[0] else self._deepest("fn", errors.false_negative, fn_box)
         is_positive = bool(fn[0] > fp[0])
         _, y, x = fn if is_positive else fp
         click = Click(y=y, x=x, is_positive=is_positive)
         self.clicks.append(click)
         return click
 
-    def _deepest(self, error: np.ndarray, box: Box) -> tuple[np.float32, int, int]:
+    def _deepest(self, kind: str, error: np.ndarray, box: Box) -> tuple[np.float32, int, int]:
         """The largest depth of a not yet clicked error pixel and the first pixel at it in row-major order; (0, 0, 0)
         without any, as the first maximum of an all-zero map."""
         top, left, bottom, right = box
         if top == bottom:
             return _NOTHING
-        depth = _transform(error, box)
+        depth = self._distances(kind, error, box).copy()
         for click in self.clicks:
             y, x = click.y - top, click.x - left
             if 0 <= y < depth.shape[0] and 0 <= x < depth.shape[1]:
@@ -129,6 +130,18 @@ class Clicker:
             return _NOTHING
         y, x = divmod(index, depth.shape[1])
         return deepest, top + y, left + x
+
+    def _distances(self, kind: str, error: np.ndarray, box: Box) -> np.ndarray:
+        """The transform of the box of this kind of error region, reused while the region stays the same from one
+        click to the next (as a prediction that has settled leaves it): the transform depends on the region alone."""
+        top, left, bottom, right = box
+        region = error[top:bottom, left:right]
+        last = self._last_transforms.get(kind)
+        if last is not None and last[1] == box and np.array_equal(last[0], region):
+            return last[2]
+        distances = _transform(error, box)
+        self._last_transforms[kind] = (region.copy(), box, distances)
+        return distances
 
 
 class BatchClicker:

@@ -231,11 +231,20 @@ def _phase_cell(seconds: float, step: float) -> str:
     return f"{seconds * 1000:.0f} ({100 * seconds / step:.0f}%)"
 
 
+def host_ms_per_step(mode: dict[str, Any]) -> float:
+    """A step's time outside the modules' and the optimizer's arithmetic: data (reading, click sampling, collation)
+    and the rest (click maps, the iterative clicks' transforms, Python; the loss and the logits' resize too, which
+    the hooks do not separate)."""
+    phases = mode["phase_s_per_step"]
+    return 1000 * (phases["data"] + phases["other"])
+
+
 def ratios(measured: dict[str, Any]) -> dict[str, float]:
     modes = measured["modes"]
     cache = modes["cache"]
     phases = cache["phase_s_per_step"]
     return {
+        "host ms per cache step (data + other)": host_ms_per_step(cache),
         "cache/in-memory": cache["it_per_s"] / modes["in-memory"]["it_per_s"],
         "cache/online": cache["it_per_s"] / modes["online"]["it_per_s"],
         "head share (head fwd + backward) of a cache step": (phases["head fwd"] + phases["backward"])
@@ -302,6 +311,7 @@ def main() -> None:
         measured = measure_probe(args, run, featurizer, device)
         ratio = ratios(measured)
         measured["ratios"] = ratio
+        measured["host_ms_per_step"] = host_ms_per_step(measured["modes"]["cache"])
         results[run.key] = measured
         title = f"probe ({run.key}) {run.description}; {run.size} px, batch {run.batch_size}, {args.featurizer}"
         sections[title] = probe_table(measured) + "\n" + "\n".join(f"{k}: {v:.3g}" for k, v in ratio.items())

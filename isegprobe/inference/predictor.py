@@ -208,6 +208,8 @@ def _reusable(buffer: Tensor | None, shape: tuple[int, ...], device: torch.devic
     """`buffer` if it is a float32 tensor of this shape on this device, else a new one. Evaluation writes each
     click's and each batch's tensors into the last ones' buffers: on a CPU every fresh buffer costs its page faults
     again, more than the arithmetic that fills it."""
-    if buffer is not None and buffer.shape == shape and buffer.dtype == torch.float32 and buffer.device == device:
-        return buffer
+    device = torch.device(device)
+    if buffer is not None and buffer.shape == shape and buffer.dtype == torch.float32:
+        if buffer.device.type == device.type and device.index in (None, buffer.device.index):
+            return buffer
     return torch.empty(shape, device=device)

@@ -46,7 +46,7 @@ from isegprobe.training.run_setup import probe_dims
 from isegprobe.training.trainer import Trainer
 
 MODES = ("cache", "in-memory", "online")
-PHASES = ("data", "featurizer", "click encoder", "upsampler", "head fwd", "backward", "optimizer", "other")
+PHASES = ("data", "featurizer", "click encoder", "upsampler", "head fwd", "loss", "backward", "optimizer", "other")
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class PhaseTimer:
             for module in modules:
                 module.register_forward_pre_hook(partial(self._start, phase))
                 module.register_forward_hook(partial(self._stop, phase))
+        trainer.loss_fn.register_forward_pre_hook(partial(self._start, "loss"))
         trainer.loss_fn.register_forward_hook(self._after_loss)
         trainer.optimizer.register_step_pre_hook(self._before_optimizer)
         trainer.optimizer.register_step_post_hook(self._after_optimizer)
@@ -98,7 +99,8 @@ class PhaseTimer:
         self.seconds[phase] += self._now() - self._started.pop(phase)
 
     def _after_loss(self, *_: Any) -> None:
-        self._loss_done = self._now()
+        self._stop("loss")
+        self._loss_done = time.perf_counter()
 
     def _before_optimizer(self, *_: Any) -> None:
         self._started["optimizer"] = self._now()
@@ -232,9 +234,9 @@ def _phase_cell(seconds: float, step: float) -> str:
 
 
 def host_ms_per_step(mode: dict[str, Any]) -> float:
-    """A step's time outside the modules' and the optimizer's arithmetic: data (reading, click sampling, collation)
-    and the rest (click maps, the iterative clicks' transforms, Python; the loss and the logits' resize too, which
-    the hooks do not separate)."""
+    """A step's time outside the modules', the loss's and the optimizer's arithmetic: data (reading, click sampling,
+    collation) and the rest (click maps, the iterative clicks' transforms, Python; the logits' resize and sigmoid
+    too, which the hooks do not separate)."""
     phases = mode["phase_s_per_step"]
     return 1000 * (phases["data"] + phases["other"])
 

@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -264,6 +265,29 @@ def test_next_click_ignores_errors_in_ignored_pixels() -> None:
     for seed in range(10):
         y, x, positive = next_click(prob, target, valid, np.random.default_rng(seed))
         assert positive == 1 and target[y, x]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_add_next_clicks_draws_what_a_per_image_argwhere_draws(seed: int) -> None:
+    # The batch's error regions are made on the device and the candidates listed flat: the same pixels in the same
+    # order as thresholding each image on the CPU and listing them with np.argwhere, so a seed keeps its clicks.
+    rng = np.random.default_rng(seed)
+    prob = torch.from_numpy(rng.random((3, 1, SIZE, SIZE)).astype(np.float32)).clamp(0.2, 0.8)
+    prob[0] = 0.49
+    target = torch.from_numpy(rng.random((3, SIZE, SIZE)) > 0.4)
+    valid = torch.from_numpy(rng.random((3, SIZE, SIZE)) > 0.1)
+    clicks = torch.tensor([[[1, 1, 1], [-1, -1, 0]]] * 3)
+    expected, draws = [], np.random.default_rng(seed)
+    for p, t, v in zip(prob[:, 0].numpy(), target.numpy(), valid.numpy(), strict=True):
+        fn, fp = t & (p < 0.49) & v, ~t & (p > 0.49) & v
+        depths = [cv2.distanceTransform(np.pad(e, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1] for e in (fn, fp)]
+        positive = depths[0].max() > depths[1].max()
+        depth = depths[0] if positive else depths[1]
+        candidates = np.argwhere(depth > max(d.max() for d in depths) / 2.0)
+        y, x = candidates[int(draws.integers(len(candidates)))] if len(candidates) else (-1, -1)
+        expected.append([int(y), int(x), int(positive) if len(candidates) else 0])
+    updated = add_next_clicks(prob, target, valid, clicks, 1, np.random.default_rng(seed))
+    assert updated[:, 1].tolist() == expected
 
 
 def test_add_next_clicks_fills_only_the_given_row() -> None:

@@ -19,21 +19,29 @@ def next_click(
     """(y, x, is_positive) for one image, or None when the prediction has no error left."""
     false_negative = target & (prob < threshold) & valid
     false_positive = ~target & (prob > threshold) & valid
+    return click_into_errors(false_negative, false_positive, rng)
+
+
+def click_into_errors(
+    false_negative: np.ndarray, false_positive: np.ndarray, rng: np.random.Generator
+) -> tuple[int, int, int] | None:
+    """`next_click` from the error regions themselves (bool [H, W]); candidates in row-major order, as np.argwhere
+    lists them, so the same draw picks the same pixel."""
     fn_depth = _inner_distance(false_negative)
     fp_depth = _inner_distance(false_positive)
     fn_max, fp_max = float(fn_depth.max()), float(fp_depth.max())
     is_positive = fn_max > fp_max
     depth = fn_depth if is_positive else fp_depth
-    candidates = np.argwhere(depth > max(fn_max, fp_max) / 2.0)
+    candidates = np.flatnonzero(depth > max(fn_max, fp_max) / 2.0)
     if len(candidates) == 0:
         return None
-    y, x = candidates[int(rng.integers(len(candidates)))]
-    return int(y), int(x), int(is_positive)
+    y, x = divmod(int(candidates[int(rng.integers(len(candidates)))]), depth.shape[1])
+    return y, x, int(is_positive)
 
 
 def _inner_distance(mask: np.ndarray) -> np.ndarray:
     """Distance to the region's border, where the image border counts as border too (hence the padding)."""
-    padded = np.pad(mask, 1).astype(np.uint8)
+    padded = cv2.copyMakeBorder(mask.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
 
 
@@ -46,13 +54,16 @@ def add_next_clicks(
     rng: np.random.Generator,
     threshold: float = 0.49,
 ) -> Tensor:
-    """Write each image's next click into row `slot` of clicks [B, K, 3]; prob [B, 1, H, W], target/valid [B, H, W]."""
-    prob_np = prob[:, 0].float().cpu().numpy()
-    target_np = target.cpu().numpy().astype(bool)
-    valid_np = valid.cpu().numpy().astype(bool)
+    """Write each image's next click into row `slot` of clicks [B, K, 3]; prob [B, 1, H, W], target/valid [B, H, W].
+
+    The error regions are made on the device for the whole batch; only they come to the CPU, for the transforms.
+    """
+    target, valid = target.bool(), valid.bool()
+    false_negatives = (target & (prob[:, 0] < threshold) & valid).cpu().numpy()
+    false_positives = (~target & (prob[:, 0] > threshold) & valid).cpu().numpy()
     rows = clicks[:, slot].cpu().clone()
-    for index in range(prob_np.shape[0]):
-        click = next_click(prob_np[index], target_np[index], valid_np[index], rng, threshold)
+    for index in range(prob.shape[0]):
+        click = click_into_errors(false_negatives[index], false_positives[index], rng)
         if click is not None:
             rows[index] = torch.tensor(click, dtype=rows.dtype)
     clicks = clicks.clone()

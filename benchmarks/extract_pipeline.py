@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import tempfile
 import threading
 import time
@@ -78,18 +79,22 @@ def precomputed_features(featurizer: Featurizer, args: argparse.Namespace, devic
 
 
 class ThreadClock:
-    """CPU seconds per thread name of this process while it runs, read from /proc (Linux). Threads that end during
-    the run (the shard writers) are read every 50 ms, so their time is counted up to their last reading."""
+    """CPU seconds per thread of this process and of its child processes (the loader workers) while it runs, read
+    from /proc (Linux). Threads and processes that end during the run (the shard writers, the workers) are read every
+    50 ms, so their time is counted up to their last reading; `total` is exact, from getrusage of this process and
+    its reaped children, less this clock's own thread."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, tuple[str, float]] = {}
-        self._start: dict[int, float] = {}
+        self._seen: dict[tuple[int, int], tuple[str, float]] = {}
+        self._start: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="thread-clock", daemon=True)
+        self.total = 0.0
 
     def __enter__(self) -> ThreadClock:
         self._read()
-        self._start = {tid: cpu for tid, (_, cpu) in self._seen.items()}
+        self._start = {key: cpu for key, (_, cpu) in self._seen.items()}
+        self._usage = _process_tree_cpu()
         self._poller.start()
         return self
 
@@ -97,14 +102,28 @@ class ThreadClock:
         self._stop.set()
         self._poller.join()
         self._read()
+        self.total = _process_tree_cpu() - self._usage - self._spent().get("thread-clock", 0.0)
 
     def by_role(self) -> dict[str, float]:
         totals: dict[str, float] = {}
-        for tid, (name, cpu) in self._seen.items():
+        for name, cpu in self._spent().items():
             if name != "thread-clock":
-                role = _role(name)
-                totals[role] = totals.get(role, 0.0) + cpu - self._start.get(tid, 0.0)
+                totals[_role(name)] = totals.get(_role(name), 0.0) + cpu
         return totals
+
+    def busiest(self) -> tuple[str, float]:
+        """The thread, of any of the processes, that spent the most CPU time, and that time."""
+        spent = [
+            (cpu - self._start.get(key, 0.0), name) for key, (name, cpu) in self._seen.items() if name != "thread-clock"
+        ]
+        cpu, name = max(spent)
+        return name, cpu
+
+    def _spent(self) -> dict[str, float]:
+        spent: dict[str, float] = {}
+        for key, (name, cpu) in self._seen.items():
+            spent[name] = spent.get(name, 0.0) + cpu - self._start.get(key, 0.0)
+        return spent
 
     def _poll(self) -> None:
         while not self._stop.wait(0.05):
@@ -112,13 +131,46 @@ class ThreadClock:
 
     def _read(self) -> None:
         names = {thread.native_id: thread.name for thread in threading.enumerate()}
-        ticks = os.sysconf("SC_CLK_TCK")
-        for tid in os.listdir("/proc/self/task"):
+        own = os.getpid()
+        for pid in (own, *_child_processes(own)):
+            for tid, cpu in _thread_cpu(pid).items():
+                name = names.get(tid, f"thread {tid}") if pid == own else f"worker process {pid}, thread {tid}"
+                self._seen[pid, tid] = (name, cpu)
+
+
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of process `pid` (none if it has ended)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return seconds
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended between the listing and the read
+            continue
+        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return seconds
+
+
+def _child_processes(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
             try:
-                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # the thread ended between the listing and the read
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            self._seen[int(tid)] = (names.get(int(tid), f"thread {tid}"), (int(fields[11]) + int(fields[12])) / ticks)
+            if parent == pid:
+                children.append(int(entry))
+    return children
+
+
+def _process_tree_cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _role(name: str) -> str:
@@ -130,6 +182,8 @@ def _role(name: str) -> str:
         return "shard writers"
     if name.startswith("thread "):
         return "threads outside Python (OpenMP, CUDA, ...)"
+    if name.startswith("worker process"):
+        return "loader worker processes"
     return {"zarr_io": "zarr event loop", "MainThread": "main thread"}.get(name, name)
 
 
@@ -222,24 +276,37 @@ def main() -> None:
         + f"\npipeline / bare forward (images/s): {ratio:.3g}"
         + f"\nextraction loop, last pipeline round: {rounds[-1][0].summary()}"
     }
-    thread_ms = {}
+    thread_ms, per_image, checks = {}, {}, [Check("pipeline / bare forward", ratio, 1.0)]
     clock = rounds[-1][1]
     if clock is not None:
         thread_ms = {role: 1000 * cpu / args.images for role, cpu in clock.by_role().items() if cpu > 0}
         run_ms = 1000 * views / per_round[PIPELINE][-1]
         thread_rows = [[role, value] for role, value in sorted(thread_ms.items(), key=lambda pair: -pair[1])]
-        sections[f"CPU ms per item by thread of the main process, last pipeline round ({run_ms:.3g} ms per item)"] = (
+        busiest, busiest_cpu = clock.busiest()
+        per_image = {
+            "serial_ms_per_image": 1000 * busiest_cpu / count,
+            "cpu_ms_per_image": 1000 * clock.total / count,
+            "busiest_thread": busiest,
+        }
+        sections[f"CPU ms per item by thread, last pipeline round ({run_ms:.3g} ms per item)"] = (
             table(["thread", "CPU ms per item"], thread_rows)
+            + f"\nbusiest single thread ({busiest}): {per_image['serial_ms_per_image']:.3g} ms per view image"
+            + f"\nall processes: {per_image['cpu_ms_per_image']:.3g} CPU ms per view image"
         )
+        checks += [
+            Check("busiest thread, CPU ms per view image", per_image["serial_ms_per_image"], 1.0, at_least=False),
+            Check("all processes, CPU ms per view image", per_image["cpu_ms_per_image"], 8.0, at_least=False),
+        ]
     results = {
         "images": count,
         "images_per_second": per_round,
         "median_images_per_second": rates,
         "ratio": ratio,
         "thread_cpu_ms_per_item": thread_ms,
+        **per_image,
         "loop_seconds": dataclasses.asdict(rounds[-1][0]),
     }
-    report("extract_pipeline", args, sections, [Check("pipeline / bare forward", ratio, 1.0)], results)
+    report("extract_pipeline", args, sections, checks, results)
 
 
 if __name__ == "__main__":

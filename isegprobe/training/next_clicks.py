@@ -41,7 +41,8 @@ def click_into_errors(
 
 def _inner_distance(mask: np.ndarray) -> np.ndarray:
     """Distance to the region's border, where the image border counts as border too (hence the padding)."""
-    padded = cv2.copyMakeBorder(mask.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    as_bytes = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).view(np.uint8)
+    padded = cv2.copyMakeBorder(as_bytes, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
 
 

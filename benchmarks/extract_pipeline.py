@@ -110,21 +110,23 @@ class ThreadClock:
         totals: dict[str, float] = {}
         for name, cpu in self._spent().items():
             if name != "thread-clock":
-                totals[_role(name)] = totals.get(_role(name), 0.0) + cpu
+                role = _role(name)
+                totals[role] = totals.get(role, 0.0) + cpu
         return totals
 
     def busiest(self) -> tuple[str, float]:
         """The thread, of any of the processes, that spent the most CPU time, and that time."""
-        spent = [
-            (cpu - self._start.get(key, 0.0), name) for key, (name, cpu) in self._seen.items() if name != "thread-clock"
-        ]
-        cpu, name = max(spent)
+        cpu, name = max((cpu, name) for name, cpu in self._by_thread() if name != "thread-clock")
         return name, cpu
+
+    def _by_thread(self) -> list[tuple[str, float]]:
+        """(name, CPU seconds spent while the clock ran) of every thread seen."""
+        return [(name, cpu - self._start.get(key, 0.0)) for key, (name, cpu) in self._seen.items()]
 
     def _spent(self) -> dict[str, float]:
         spent: dict[str, float] = {}
-        for key, (name, cpu) in self._seen.items():
-            spent[name] = spent.get(name, 0.0) + cpu - self._start.get(key, 0.0)
+        for name, cpu in self._by_thread():
+            spent[name] = spent.get(name, 0.0) + cpu
         return spent
 
     def _poll(self) -> None:
@@ -150,7 +152,7 @@ def _thread_cpu(pid: int) -> dict[int, float]:
         return seconds
     for tid in tids:
         try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(Path(f"/proc/{pid}/task/{tid}/stat"))
         except OSError:  # the thread ended between the listing and the read
             continue
         seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
@@ -162,12 +164,17 @@ def _child_processes(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent = int(_stat_fields(Path(f"/proc/{entry}/stat"))[1])
             except (OSError, IndexError, ValueError):
                 continue
             if parent == pid:
                 children.append(int(entry))
     return children
+
+
+def _stat_fields(path: Path) -> list[str]:
+    """The fields of a /proc stat file after the command name, which may itself hold spaces and parentheses."""
+    return path.read_text().rsplit(")", 1)[1].split()
 
 
 def _process_tree_cpu() -> float:

@@ -101,12 +101,13 @@ class Clicker:
         be deeper is transformed first, and the other only if its bound could still change the answer.
         """
         fn_box, fp_box = _bounding_box(errors.false_negative), _bounding_box(errors.false_positive)
-        if _depth_bound(fn_box) >= _depth_bound(fp_box):
+        fn_bound, fp_bound = _depth_bound(fn_box), _depth_bound(fp_box)
+        if fn_bound >= fp_bound:
             fn = self._deepest("fn", errors.false_negative, fn_box)
-            fp = _NOTHING if _depth_bound(fp_box) < fn[0] else self._deepest("fp", errors.false_positive, fp_box)
+            fp = _NOTHING if fp_bound < fn[0] else self._deepest("fp", errors.false_positive, fp_box)
         else:
             fp = self._deepest("fp", errors.false_positive, fp_box)
-            fn = _NOTHING if _depth_bound(fn_box) <= fp[0] else self._deepest("fn", errors.false_negative, fn_box)
+            fn = _NOTHING if fn_bound <= fp[0] else self._deepest("fn", errors.false_negative, fn_box)
         is_positive = bool(fn[0] > fp[0])
         _, y, x = fn if is_positive else fp
         click = Click(y=y, x=x, is_positive=is_positive)

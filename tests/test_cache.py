@@ -114,11 +114,11 @@ def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch)
     calls = {"count": 0}
     original_write = StoreClass.write_items
 
-    def interrupted_write(self, items, arrays):
+    def interrupted_write(self, items, arrays, written=()):
         if calls["count"] == 2:
             raise KeyboardInterrupt
         calls["count"] += 1
-        original_write(self, items, arrays)
+        original_write(self, items, arrays, written)
 
     monkeypatch.setattr(StoreClass, "write_items", interrupted_write)
     with pytest.raises(KeyboardInterrupt):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,17 +121,29 @@ class FeatureStore:
                 "(extract-features --overwrite)"
             ) from None
 
-    def write_items(self, items: range, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write every array for the contiguous `items` (one shard) with their checksums, then mark them done."""
-        window = slice(items.start, items.stop)
-        stored = {name: np.asarray(values, dtype=self.group[name].dtype) for name, values in arrays.items()}
+    def write_items(self, items: range, arrays: Mapping[str, np.ndarray], written: Collection[str] = ()) -> None:
+        """Write every array for the contiguous `items` (one shard) with their checksums, then mark them done.
+
+        The arrays named in `written` were already written with these values (by `write_arrays`, in a loader
+        worker); they are read here only for the checksums."""
+        stored = self._stored(arrays)
         if CHECKSUM_ARRAY in self.group:
             stored[CHECKSUM_ARRAY] = entry_checksums(stored)
+        self.write_arrays(items, {name: values for name, values in stored.items() if name not in written})
         with writing_to(self.path):
-            for name, values in stored.items():
+            self._writable("done")[items.start : items.stop] = 1
+
+    def write_arrays(self, items: range, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write `arrays` (not `done`) for the contiguous `items` of one shard, without marking them done. A loader
+        worker writes the arrays it made itself, so that their compression runs beside the main process's."""
+        window = slice(items.start, items.stop)
+        with writing_to(self.path):
+            for name, values in self._stored(arrays).items():
                 if name != "done":
                     self._writable(name)[window] = values
-            self._writable("done")[window] = 1
+
+    def _stored(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: np.asarray(values, dtype=self.group[name].dtype) for name, values in arrays.items()}
 
     def _writable(self, name: str) -> zarr.Array:
         """The array, set to write every chunk. By default zarr first compares each chunk with the fill value to

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 22's GPU figures in one run, for a lent GPU machine whose time is short: each benchmark prints its table and
+# verdicts and writes its JSON into $RESULTS (default benchmarks/results/gpu), and a step that overruns its time
+# limit is cut without stopping the rest. Run from the repository root with a Python that has torch with CUDA and
+# this repository's requirements (PYTHONPATH=. is enough for isegprobe itself):
+#
+#     bash benchmarks/on_gpu.sh            # about 8 minutes on one H200 with 16 cores
+#     SCALE=small DEVICE=cpu bash benchmarks/on_gpu.sh   # a few minutes: checks the script itself, no figures
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+DEVICE="${DEVICE:-cuda}"
+RESULTS="${RESULTS:-benchmarks/results/gpu}"
+CACHE="$RESULTS/cache"
+mkdir -p "$RESULTS"
+if [ "${SCALE:-full}" = small ]; then
+  SMALL=vit_small_patch14_dinov2 LARGE=vit_small_patch14_dinov2 SIZE=112 IMAGES=16 OBJECTS=2 STEPS=20 LIMIT=300
+else
+  SMALL=vit_small_patch14_dinov2 LARGE=vit_large_patch14_dinov2 SIZE=448 IMAGES=1024 OBJECTS=16 STEPS=200 LIMIT=150
+fi
+
+step() {  # step NAME COMMAND...: run one benchmark under the time limit, its output kept in $RESULTS/NAME.log
+  local name=$1
+  shift
+  echo "=== $name: $*"
+  timeout "$LIMIT" "$@" --device "$DEVICE" --cache-dir "$CACHE" --json "$RESULTS/$name.json" 2>&1 \
+    | grep -v -e '^extract' -e '^train ' -e 'it/s\]$' | tee "$RESULTS/$name.log"
+  echo "=== $name: exit ${PIPESTATUS[0]}"
+}
+
+python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+step extract_small python3 benchmarks/extract_pipeline.py --featurizer "$SMALL" --size "$SIZE" --images "$IMAGES" \
+  --featurizer-target 0.5 --with-featurizer
+step extract_large python3 benchmarks/extract_pipeline.py --featurizer "$LARGE" --size "$SIZE" \
+  --images "$((IMAGES / 2))" --featurizer-target 0.9 --with-featurizer
+step train_small python3 benchmarks/train_throughput.py --featurizer "$SMALL" --threads 0 --size "$SIZE" \
+  --size-a "$SIZE" --items 24 --repeats 3 --repeats-a 2 --steps 10 --steps-a 3
+step train_large python3 benchmarks/train_throughput.py --featurizer "$LARGE" --threads 0 --size "$SIZE" \
+  --probes b --items 24 --batch-size 8 --repeats 3 --steps 2
+step eval_large python3 benchmarks/eval_per_click.py --featurizer "$LARGE" --threads 0 --size "$SIZE" \
+  --objects "$OBJECTS" --batch-size "$OBJECTS" --train-steps "$STEPS"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue 22's GPU figures in one run, for a lent GPU machine whose time is short: each benchmark prints its table and
 # verdicts and writes its JSON into $RESULTS (default benchmarks/results/gpu), and a step that overruns its time
-# limit is cut without stopping the rest. Run from the repository root with a Python that has torch with CUDA and
-# this repository's requirements (PYTHONPATH=. is enough for isegprobe itself):
+# limit is cut without stopping the rest. Run from the repository root with a Python that has torch with CUDA, this
+# repository's requirements, and isegprobe installed (`pip install --no-deps --no-build-isolation -e .` works
+# offline; PYTHONPATH=. is not enough, since the presets are the package isegprobe.configs mapped from configs/):
 #
-#     bash benchmarks/on_gpu.sh            # about 8 minutes on one H200 with 16 cores
+#     bash benchmarks/on_gpu.sh            # about 5 minutes on one H200 with 16 cores
 #     SCALE=small DEVICE=cpu bash benchmarks/on_gpu.sh   # a few minutes: checks the script itself, no figures
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+export PYTHONUNBUFFERED=1
 DEVICE="${DEVICE:-cuda}"
 RESULTS="${RESULTS:-benchmarks/results/gpu}"
 CACHE="$RESULTS/cache"

@@ -194,6 +194,59 @@ def measure_probe(
     return measured
 
 
+def side_by_side_round(modes: list[Mode], steps: int, lr: float, device: torch.device) -> dict[str, float]:
+    """`steps` steps of every probe in `modes` on batches read once, from the first one's loader, as `isegprobe
+    train --variant ...` runs them: seconds in all, reading the data, and the probes' phases summed."""
+    lead = modes[0]
+    lead.order.start(0)
+    batches = iter(lead.loader)
+    for mode in modes:
+        mode.timer.take()
+    data = total = 0.0
+    for step in range(steps):
+        started = time.perf_counter()
+        batch = next(batches)
+        loaded = time.perf_counter()
+        prepared = modes[0].trainer.to_device(batch)  # the probes share their inputs, as side by side in a run
+        for mode in modes:
+            mode.trainer.train_step(batch, step, lr, prepared)
+        synchronize(device)
+        data += loaded - started
+        total += time.perf_counter() - started
+    arithmetic = sum(sum(mode.timer.take().values()) for mode in modes)
+    return {"seconds": total, "data": data, "host": total - arithmetic}
+
+
+def measure_side_by_side(args: argparse.Namespace, run: ProbeRun, count: int, device: torch.device) -> dict[str, Any]:
+    """One probe alone against `count` probes side by side, interleaved, from the cache: host ms per step (data and
+    everything outside the modules', loss's and optimizer's arithmetic) of each."""
+    store = ensure_store(args, args.split, run.size)
+    cached = CachedDataset(store, items=CachedDataset(store).items[: args.items])
+    config = load_train_config(run.preset, [f"data.batch_size={run.batch_size}", f"data.num_workers={args.workers}"])
+    dims = probe_dims(cached, None, run.size)
+    groups = {
+        "one probe": [build_mode(config, cached, dims, device, None)],
+        f"{count} probes side by side": [build_mode(config, cached, dims, device, None) for _ in range(count)],
+    }
+    lr = config.optim.lr
+    for modes in groups.values():
+        side_by_side_round(modes, 1, lr, device)
+    rounds = interleave(
+        {name: partial(_side_by_side_timed, modes, run.steps, lr, device) for name, modes in groups.items()},
+        run.repeats,
+    )
+    return {
+        name: {key: 1000 * median([r[key] for r in values]) / run.steps for key in ("seconds", "data", "host")}
+        for name, values in rounds.items()
+    }
+
+
+def _side_by_side_timed(
+    modes: list[Mode], steps: int, lr: float, device: torch.device, round_index: int
+) -> dict[str, float]:
+    return side_by_side_round(modes, steps, lr, device)
+
+
 def timed_round(mode: Mode, steps: int, lr: float, device: torch.device, round_index: int) -> dict[str, float]:
     """`run_round` as `interleave` calls it (every round runs the same steps, so the index is unused)."""
     return run_round(mode, steps, lr, device)
@@ -277,6 +330,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (spawned), as data.num_workers")
     parser.add_argument("--probes", default="a,b", help="which probes to run: a, b or a,b")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of a cache step")
+    parser.add_argument(
+        "--side-by-side",
+        type=int,
+        default=5,
+        help="also time this many copies of probe (b) trained side by side from one loader, against one (0: skip)",
+    )
     return parser.parse_args()
 
 
@@ -320,6 +379,17 @@ def main() -> None:
         if "profile" in measured:
             sections[f"probe ({run.key}) profile of one cache step"] = measured["profile"]
         checks.extend(checks_for(run.key, ratio))
+        if run.key == "b" and args.side_by_side > 1:
+            side = measure_side_by_side(args, run, args.side_by_side, device)
+            one, many = side.values()
+            ratio = many["host"] / one["host"]
+            results["side_by_side"] = {"ms_per_step": side, "host_ratio": ratio}
+            rows = [[name, f"{v['seconds']:.1f}", f"{v['data']:.1f}", f"{v['host']:.1f}"] for name, v in side.items()]
+            sections[f"probe (b), {args.side_by_side} copies side by side (one read of each batch), cache"] = (
+                table(["run", "ms/step", "data ms", "host ms (data + other)"], rows)
+                + f"\nhost ms, {args.side_by_side} side by side / one: {ratio:.3g}"
+            )
+            checks.append(Check(f"(b) host time, {args.side_by_side} probes side by side / one", ratio, 1.3, False))
     report("train_throughput", args, sections, checks, results)
 
 

@@ -15,15 +15,15 @@ from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
-from isegprobe.config import load_train_config
+from isegprobe.commands.train_runs import planned_runs, resumed_runs
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.model import runs_featurizer_online
 from isegprobe.presets import list_presets
 from isegprobe.training import TrainSummary
-from isegprobe.training import train as run_training
-from isegprobe.training.checkpoint import checkpoint_files, read_metadata, resume_config
+from isegprobe.training.checkpoint import checkpoint_files, read_metadata
+from isegprobe.training.run_loop import train_side_by_side
 
 # The research recipe's full-resolution head takes minutes a step on a CPU (188 s on 2 cores at 224 px), so a user who
 # names no preset gets one that suits the device the run will use.
@@ -33,14 +33,24 @@ DEFAULT_PRESETS = {"cuda": "sbd_224", "cpu": "fast_cpu"}
 @click.command("train")
 @click.option(
     "--config",
-    "config_source",
-    default=None,
+    "config_sources",
+    multiple=True,
     help=f"Preset name ({', '.join(list_presets())}) or YAML file. Without it the preset is picked by the device "
     f"(see --device): {DEFAULT_PRESETS['cuda']} (the research recipe) on CUDA, {DEFAULT_PRESETS['cpu']} (a light "
-    "head) on CPU; with --resume, the run's own.",
+    "head) on CPU; with --resume, the run's own. Given several times, the presets train side by side (see "
+    "--variant).",
 )
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.lr=1e-4."
+)
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    metavar="'NAME KEY=VALUE ...'",
+    help="A probe to train side by side with the others: the config with these overrides, into --out/NAME. Each "
+    "batch is read once and every probe takes its own step on it (own clicks, optimizer, checkpoints, logs), with "
+    "the numbers it gets alone; the probes must share data.*, sampler.*, seed and the schedule's length.",
 )
 @renamed_option(
     "--store",
@@ -81,8 +91,9 @@ DEFAULT_PRESETS = {"cuda": "sbd_224", "cpu": "fast_cpu"}
 @allow_torchscript_option
 @reports_user_errors
 def train(
-    config_source: str | None,
+    config_sources: tuple[str, ...],
     overrides: tuple[str, ...],
+    variants: tuple[str, ...],
     store_path: str | None,
     val_store_path: str | None,
     run_dir: str,
@@ -100,31 +111,35 @@ def train(
     isegprobe train --config sbd_224 --store cache/sbd_train.zarr --out runs/dinov2_s14
     isegprobe train --config fast_cpu --set model.head.width=32 --store STORE --out RUN --max-iters 200
     torchrun --nproc-per-node 4 -m isegprobe train --config sbd_224 --store STORE --out RUN
-    Writes into --out: last/best checkpoints (.safetensors weights + .json config and provenance), tensorboard/
-    and scalars.csv (loss, pixel BCE, IoU, lr). Early-fusion presets (sbd_research, sbd_*_patch-embed*) run the
-    featurizer online.
+    isegprobe train --config sbd_224 --store STORE --out RUNS --variant 'bilinear model.upsampler.name=bilinear'
+      --variant 'lift model.upsampler.name=lift model.upsampler.fine_tune=true'   (RUNS/bilinear, RUNS/lift)
+    Writes into --out (into --out/NAME for each of several runs): last/best checkpoints (.safetensors weights +
+    .json config and provenance), tensorboard/ and scalars.csv (loss, pixel BCE, IoU, lr). Early-fusion presets
+    (sbd_research, sbd_*_patch-embed*) run the featurizer online. --resume --out RUNS continues runs trained side
+    by side together.
     """
     overrides = (*overrides, f"schedule.max_iters={max_iters}") if max_iters is not None else overrides
     if resume:
-        if not (Path(run_dir) / "last.json").is_file():
-            raise UserError(f"--resume: no last.json in {run_dir}")
-        if config_source is not None:
-            click.echo("--resume: using the run's saved config; --config is ignored (--set still applies)", err=True)
-        config = resume_config(run_dir, overrides)
-        store_path, val_store_path = _run_stores(run_dir, store_path, val_store_path)
+        if config_sources or variants:
+            click.echo(
+                "--resume: using the runs' saved configs; --config and --variant are ignored (--set still applies)",
+                err=True,
+            )
+        runs = resumed_runs(run_dir, overrides)
+        store_path, val_store_path = _run_stores(str(runs[0].folder), store_path, val_store_path)
     else:
         if store_path is None:
             raise click.UsageError("Missing option '--store' (the training store).")
-        config = load_train_config(config_source or _default_preset(device), overrides)
+        runs = planned_runs(run_dir, config_sources or (_default_preset(device),), variants, overrides)
 
-    dataset = CachedDataset(store_path, views=config.data.views)
+    dataset = CachedDataset(store_path, views=runs[0].config.data.views)
     val_dataset = CachedDataset(val_store_path) if val_store_path else None
-    needs_featurizer = runs_featurizer_online(config.model, online)
+    needs_featurizer = any(runs_featurizer_online(run.config.model, online) for run in runs)
     featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
-    summary = run_training(
-        config,
+    summaries = train_side_by_side(
+        [run.config for run in runs],
         dataset,
-        run_dir,
+        [run.folder for run in runs],
         featurizer=featurizer,
         online=needs_featurizer,
         resume=resume,
@@ -132,15 +147,16 @@ def train(
         use_wandb=use_wandb,
         val_dataset=val_dataset,
     )
-    exit_if_stopped(summary, _resume_command(run_dir, online, featurizer_name, featurizer_weights))
+    exit_if_stopped(summaries[0], _resume_command(run_dir, online, featurizer_name, featurizer_weights))
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
-        best = (
-            "no best checkpoint yet"
-            if summary.best_metric is None
-            else f"best {summary.best_metric_name} {summary.best_metric:.4f} (step {summary.best_step})"
-        )
-        click.echo(summary.progress())
-        click.echo(f"trained to step {summary.step}; {best}; checkpoints in {summary.run_dir}")
+        for summary in summaries:
+            best = (
+                "no best checkpoint yet"
+                if summary.best_metric is None
+                else f"best {summary.best_metric_name} {summary.best_metric:.4f} (step {summary.best_step})"
+            )
+            click.echo(summary.progress())
+            click.echo(f"trained to step {summary.step}; {best}; checkpoints in {summary.run_dir}")
 
 
 def _default_preset(device: str) -> str:

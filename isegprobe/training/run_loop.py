@@ -1,14 +1,21 @@
 """A whole training run: the step loop around `Trainer.train_step`, with logging, validation, checkpoints,
---resume and stopping on a signal. Usable without the CLI (quickstart, benchmarks, tests)."""
+--resume and stopping on a signal. Usable without the CLI (quickstart, benchmarks, tests).
+
+Several probes can train side by side from one loader (`train_side_by_side`): each batch is read, decoded and
+given its initial clicks once, and every probe takes its own step on it, with its own iterative clicks, optimizer,
+checkpoints and logs. Each run's numbers are those it gets alone with the same config.
+"""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from isegprobe.config import TrainConfig, config_to_dict, config_to_yaml
@@ -20,9 +27,10 @@ from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint
 from isegprobe.training.divergence import DivergenceWatch
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.run_setup import RunSetUp, set_up_run
-from isegprobe.training.run_state import RunDescription, RunningMeans, RunProgress, TrainSummary
+from isegprobe.training.run_state import RunningMeans, TrainSummary
+from isegprobe.training.side_by_side import check_shared_batches
 from isegprobe.training.stopping import StopRequests
-from isegprobe.training.trainer import Trainer
+from isegprobe.training.trainer import DeviceBatch
 from isegprobe.training.visuals import prediction_panels
 
 
@@ -45,143 +53,232 @@ def train(
     and optionally `.provenance`, `.path` and `.num_views` (entries item-major, that many views per item; an epoch
     shows each item once, in one of them). With `resume`, the run continues from `run_dir/last.*` at its step.
     """
+    return train_side_by_side(
+        [config],
+        dataset,
+        [run_dir],
+        featurizer=featurizer,
+        online=online,
+        resume=resume,
+        device=device,
+        use_wandb=use_wandb,
+        val_dataset=val_dataset,
+        progress=progress,
+    )[0]
+
+
+def train_side_by_side(
+    configs: Sequence[TrainConfig],
+    dataset: Dataset,
+    run_dirs: Sequence[str | Path],
+    *,
+    featurizer: nn.Module | None = None,
+    online: bool = False,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    use_wandb: bool = False,
+    val_dataset: Dataset | None = None,
+    progress: bool = True,
+) -> list[TrainSummary]:
+    """Train one probe per config, each into its run folder, from one pass over the data; as `train` otherwise.
+
+    The configs must draw the same batches (the same `data`, `sampler`, `seed` and number of steps); they may
+    differ in the probe, its optimizer, loss, iterative clicks, logging and checkpoints. With `resume`, every run
+    continues from its own `last.*`, and all of them must stand at the same step."""
     rank, world, device = init_from_env(resolve_device(None if device is None else str(device)))
-    if config.data.batch_size % world:
-        raise UserError(f"data.batch_size {config.data.batch_size} must be a multiple of the {world} torchrun ranks")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(run_dir) if rank == 0 else nullcontext():
-        if rank == 0:
-            for name in ("last", "best"):
-                recover_checkpoint(run_dir, name)
-        run = set_up_run(
-            config,
-            dataset,
+    folders = [Path(run_dir) for run_dir in run_dirs]
+    if len(configs) != len(folders) or not folders:
+        raise ValueError(f"{len(configs)} configs for {len(folders)} run folders")
+    if len({folder.resolve() for folder in folders}) != len(folders):
+        raise UserError(f"runs side by side need a folder each, got {', '.join(map(str, folders))}")
+    for config in configs:
+        if config.data.batch_size % world:
+            raise UserError(
+                f"data.batch_size {config.data.batch_size} must be a multiple of the {world} torchrun ranks"
+            )
+    with ExitStack() as locks:
+        runs = []
+        for index, (config, folder) in enumerate(zip(configs, folders, strict=True)):
+            folder.mkdir(parents=True, exist_ok=True)
+            if rank == 0:
+                locks.enter_context(exclusive_lock(folder))
+                for name in ("last", "best"):
+                    recover_checkpoint(folder, name)
+            setup = set_up_run(
+                config,
+                dataset,
+                folder,
+                rank=rank,
+                world=world,
+                device=device,
+                featurizer=featurizer,
+                online=online,
+                resume=resume,
+                val_dataset=val_dataset,
+                progress=progress and index == 0,
+            )
+            runs.append(_Run(config, setup, folder, rank, device, resume, use_wandb))
+        check_shared_batches(configs, [run.setup for run in runs], folders)
+        return _run_steps(runs, rank, device, progress)
+
+
+class _Run:
+    """One probe's side of the step loop: its step on each batch, and its logs, validation and checkpoints."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        setup: RunSetUp,
+        run_dir: Path,
+        rank: int,
+        device: torch.device,
+        resume: bool,
+        use_wandb: bool,
+    ) -> None:
+        self.config, self.setup, self.run_dir, self.rank = config, setup, run_dir, rank
+        self.logger = RunLogger(
             run_dir,
-            rank=rank,
-            world=world,
-            device=device,
-            featurizer=featurizer,
-            online=online,
-            resume=resume,
-            val_dataset=val_dataset,
-            progress=progress,
+            config_to_dict(config),
+            tensorboard=config.logging.tensorboard and rank == 0,
+            use_wandb=use_wandb and rank == 0,
+            wandb_project=config.logging.wandb_project,
+            write_csv=rank == 0,
+            resumed_at=setup.state.step if resume else None,
         )
-        return _run_steps(config, run, run_dir, rank, device, resume, use_wandb, progress)
+        if rank == 0:
+            atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(config).encode())
+        self.running = RunningMeans(device)
+        self.divergence = DivergenceWatch(device)
+        self.saved_step = setup.state.step if resume else None
+        self.first_logged: dict[str, float] | None = None
+        self.last_logged: dict[str, float] | None = None
+
+    def step(self, batch: Mapping[str, Any], prepared: dict[tuple[Any, ...], DeviceBatch]) -> None:
+        """This probe's optimizer step on `batch`, and the running sums it feeds. `prepared` holds the batch as
+        the runs before it put it on the device, by `Trainer.inputs_key`: each form is made once."""
+        trainer, schedule, state = self.setup.trainer, self.setup.schedule, self.setup.state
+        key = trainer.inputs_key()
+        if key not in prepared:
+            prepared[key] = trainer.to_device(batch)
+        self.result = trainer.train_step(batch, state.step, schedule.lr_at(state.step), prepared[key])
+        state.step += 1
+        self.running.add(self.result)
+        self.divergence.add(self.result.loss, state.step)
+        state.add_epoch_iou(self.result.iou)
+
+    def after_step(self, batch: Mapping[str, Any], stopping: bool) -> bool:
+        """Logs, validation and checkpoints due after the step just taken; whether it logged scalars."""
+        config, state, schedule = self.config, self.setup.state, self.setup.schedule
+        epoch_done = state.step % schedule.steps_per_epoch == 0 or state.step == schedule.total_steps
+        every = config.checkpoint.every_steps
+        saving = epoch_done or stopping or bool(every and state.step % every == 0)
+        logging_due = state.step % config.logging.every_steps == 0 or state.step == schedule.total_steps
+        lr = schedule.lr_at(state.step - 1)
+        if saving or logging_due:  # the same steps on every rank
+            self.divergence.check(self.setup.trainer.probe, state.step, lr, self.run_dir, self.saved_step)
+        if logging_due:
+            self.last_logged = {**self.running.pop(), "lr": lr}
+            self.first_logged = self.first_logged or self.last_logged
+            self.logger.scalars({f"train/{name}": value for name, value in self.last_logged.items()}, state.step)
+        if state.step % config.logging.image_every_steps == 0:
+            panels = prediction_panels(
+                batch["image"], batch["target"], self.result.prob, self.result.clicks, config.logging.num_images
+            )
+            self.logger.images("train/predictions", panels, state.step)
+        if epoch_done and self.rank == 0:
+            self._close_epoch()
+        elif epoch_done:
+            state.reset_epoch()
+        if self.rank == 0 and saving:
+            self._save("last")
+            self.saved_step = state.step
+        return logging_due
+
+    def finish(self) -> None:
+        """A run of zero steps keeps the untrained probe: the baseline that evaluation compares training with."""
+        if self.setup.state.step == 0 and self.rank == 0:
+            self._save("last")
+
+    def summary(self, stopped_by: str | None) -> TrainSummary:
+        state, schedule = self.setup.state, self.setup.schedule
+        return TrainSummary(
+            self.run_dir,
+            step=state.step,
+            epoch=schedule.epoch_of(max(state.step - 1, 0)),
+            best_metric=state.best_value,
+            best_metric_name=state.metric_name,
+            best_step=state.best_step,
+            first_logged=self.first_logged,
+            last_logged=self.last_logged,
+            stopped_by=stopped_by,
+        )
+
+    def _save(self, name: str) -> None:
+        trainer = self.setup.trainer
+        metadata = self.setup.description.metadata(self.setup.state)
+        save_checkpoint(self.run_dir, name, trainer.probe, metadata, trainer.optimizer if name == "last" else None)
+
+    def _close_epoch(self) -> None:
+        """Score the epoch (validation IoU, else the epoch's training IoU) and keep the best weights."""
+        state, val_loader = self.setup.state, self.setup.val_loader
+        if val_loader is not None:
+            val_loss, metric = self.setup.trainer.evaluate(val_loader)
+            self.logger.scalars({"val/loss": val_loss, "val/iou": metric}, state.step)
+            state.metric_name = "val_iou"
+        else:
+            metric = state.epoch_iou()
+            state.metric_name = "train_iou"
+        self.logger.scalars({"epoch/" + state.metric_name: metric}, state.step)
+        if state.best_value is None or metric > state.best_value:
+            state.best_value, state.best_step = metric, state.step
+            self._save("best")
+        state.reset_epoch()
 
 
-def _run_steps(
-    config: TrainConfig,
-    run: RunSetUp,
-    run_dir: Path,
-    rank: int,
-    device: torch.device,
-    resume: bool,
-    use_wandb: bool,
-    progress: bool,
-) -> TrainSummary:
-    """Steps from `run.state` to the end of the schedule, or to the step after which a signal asked to stop."""
-    trainer, schedule, state, describe = run.trainer, run.schedule, run.state, run.description
-    shuffle = run.loader.sampler
-    logger = RunLogger(
-        run_dir,
-        config_to_dict(config),
-        tensorboard=config.logging.tensorboard and rank == 0,
-        use_wandb=use_wandb and rank == 0,
-        wandb_project=config.logging.wandb_project,
-        write_csv=rank == 0,
-        resumed_at=state.step if resume else None,
-    )
-    if rank == 0:
-        atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(config).encode())
+def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool) -> list[TrainSummary]:
+    """Steps from the runs' common step to the end of the schedule, or to the step after which a signal asked to
+    stop. The first run's loader gives every batch; the runs check beforehand that theirs would give the same."""
+    lead = runs[0].setup
+    schedule, loader, shuffle = lead.schedule, lead.loader, lead.loader.sampler
+    config = runs[0].config
     bar = tqdm(
-        total=schedule.total_steps, initial=state.step, unit="it", disable=not progress or rank != 0, dynamic_ncols=True
+        total=schedule.total_steps,
+        initial=lead.state.step,
+        unit="it",
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
     )
-    running = RunningMeans(device)
-    divergence = DivergenceWatch(device)
-    saved_step = state.step if resume else None
-    first_logged = last_logged = None
     stopping = False
     with StopRequests() as stop:
         try:
-            while state.step < schedule.total_steps and not stopping:
-                epoch = schedule.epoch_of(state.step)
-                shuffle.start(epoch, (state.step - epoch * schedule.steps_per_epoch) * config.data.batch_size)
-                for batch in run.loader:
-                    result = trainer.train_step(batch, state.step, schedule.lr_at(state.step))
-                    state.step += 1
+            while lead.state.step < schedule.total_steps and not stopping:
+                epoch = schedule.epoch_of(lead.state.step)
+                shuffle.start(epoch, (lead.state.step - epoch * schedule.steps_per_epoch) * config.data.batch_size)
+                for batch in loader:
+                    prepared: dict[tuple[Any, ...], DeviceBatch] = {}
+                    for run in runs:
+                        run.step(batch, prepared)
                     bar.update(1)
-                    running.add(result)
-                    divergence.add(result.loss, state.step)
-                    state.add_epoch_iou(result.iou)
-                    epoch_done = state.step % schedule.steps_per_epoch == 0 or state.step == schedule.total_steps
                     # Every rank asks at every step but the last, so that all of them agree on the same step.
-                    stopping = state.step < schedule.total_steps and stop.agreed(device)
-                    every = config.checkpoint.every_steps
-                    saving = epoch_done or stopping or bool(every and state.step % every == 0)
-                    logging_due = state.step % config.logging.every_steps == 0 or state.step == schedule.total_steps
-                    lr = schedule.lr_at(state.step - 1)
-                    if saving or logging_due:  # the same steps on every rank
-                        divergence.check(trainer.probe, state.step, lr, run_dir, saved_step)
-                    if logging_due:
-                        last_logged = {**running.pop(), "lr": lr}
-                        first_logged = first_logged or last_logged
-                        logger.scalars({f"train/{name}": value for name, value in last_logged.items()}, state.step)
-                        bar.set_postfix(
-                            loss=f"{last_logged['loss']:.4f}", iou=f"{last_logged['iou']:.3f}", lr=f"{lr:.1e}"
-                        )
-                    if state.step % config.logging.image_every_steps == 0:
-                        panels = prediction_panels(
-                            batch["image"], batch["target"], result.prob, result.clicks, config.logging.num_images
-                        )
-                        logger.images("train/predictions", panels, state.step)
-                    if epoch_done and rank == 0:
-                        _close_epoch(trainer, state, run.val_loader, logger, describe, run_dir)
-                    elif epoch_done:
-                        state.reset_epoch()
-                    if rank == 0 and saving:
-                        save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
-                        saved_step = state.step
-                    if stopping or state.step >= schedule.total_steps:
+                    stopping = lead.state.step < schedule.total_steps and stop.agreed(device)
+                    logged = [run for run in runs if run.after_step(batch, stopping)]
+                    if logged:
+                        bar.set_postfix(_postfix(runs, logged))
+                    if stopping or lead.state.step >= schedule.total_steps:
                         break
-            if state.step == 0 and rank == 0:
-                # A run of zero steps keeps the untrained probe: the baseline that evaluation compares training with.
-                save_checkpoint(run_dir, "last", trainer.probe, describe.metadata(state), trainer.optimizer)
+            for run in runs:
+                run.finish()
         finally:
             bar.close()
-            logger.close()
+            for run in runs:
+                run.logger.close()
     barrier()
-    return TrainSummary(
-        run_dir,
-        step=state.step,
-        epoch=schedule.epoch_of(max(state.step - 1, 0)),
-        best_metric=state.best_value,
-        best_metric_name=state.metric_name,
-        best_step=state.best_step,
-        first_logged=first_logged,
-        last_logged=last_logged,
-        stopped_by=stop.signal.name if stopping else None,
-    )
+    return [run.summary(stop.signal.name if stopping else None) for run in runs]
 
 
-def _close_epoch(
-    trainer: Trainer,
-    state: RunProgress,
-    val_loader: DataLoader | None,
-    logger: RunLogger,
-    describe: RunDescription,
-    run_dir: Path,
-) -> None:
-    """Score the epoch (validation IoU, else the epoch's training IoU) and keep the best weights."""
-    if val_loader is not None:
-        val_loss, metric = trainer.evaluate(val_loader)
-        logger.scalars({"val/loss": val_loss, "val/iou": metric}, state.step)
-        state.metric_name = "val_iou"
-    else:
-        metric = state.epoch_iou()
-        state.metric_name = "train_iou"
-    logger.scalars({"epoch/" + state.metric_name: metric}, state.step)
-    if state.best_value is None or metric > state.best_value:
-        state.best_value, state.best_step = metric, state.step
-        save_checkpoint(run_dir, "best", trainer.probe, describe.metadata(state))
-    state.reset_epoch()
+def _postfix(runs: list[_Run], logged: list[_Run]) -> dict[str, str]:
+    """The progress bar's loss, IoU and lr for one run; each logged run's loss for several."""
+    if len(runs) == 1:
+        last = logged[0].last_logged or {}
+        return {"loss": f"{last['loss']:.4f}", "iou": f"{last['iou']:.3f}", "lr": f"{last['lr']:.1e}"}
+    return {run.run_dir.name: f"{(run.last_logged or {})['loss']:.4f}" for run in logged}

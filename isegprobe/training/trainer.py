@@ -33,7 +33,7 @@ class DeviceBatch:
     features: Tensor | None  # [B, C, h, w]; None for early fusion
     target: Tensor  # bool [B, H, W]
     valid: Tensor  # bool [B, H, W]
-    clicks: Tensor  # long [B, K, 3], the last max_num_next_clicks rows kept free for iterative clicks
+    clicks: Tensor  # long [B, K, 3], the sampler's clicks (rows of -1 are none)
 
 
 @dataclass
@@ -42,8 +42,13 @@ class StepResult:
     bce: Tensor  # scalar, detached: the plain pixel cross-entropy of the same logits, for the logs
     iou: Tensor  # [B], detached
     num_next_clicks: int
-    prob: Tensor  # [B, 1, H, W], detached
-    clicks: Tensor  # [B, K, 3], the clicks the loss saw
+    logits: Tensor  # [B, 1, H, W], detached
+    clicks: Tensor  # [B, K + max_num_next_clicks, 3], the clicks the loss saw
+
+    @property
+    def prob(self) -> Tensor:
+        """The prediction as probabilities, made only when asked for (the logged pictures)."""
+        return torch.sigmoid(self.logits)
 
 
 def batch_iou(logits: Tensor, target: Tensor, valid: Tensor) -> Tensor:
@@ -106,15 +111,18 @@ class Trainer:
         """Move a collated batch to the device, normalize it there, and get its features (cached or computed)."""
         non_blocking = self.device.type == "cuda"
         images = normalize_images(batch["image"].to(self.device, non_blocking=non_blocking), self.mean, self.std)
-        clicks = batch["clicks"].to(self.device, non_blocking=non_blocking)
-        free_rows = clicks.new_tensor((-1, -1, 0)).expand(clicks.shape[0], self.config.clicks.max_num_next_clicks, 3)
         return DeviceBatch(
             images=images,
             features=self._features(batch, images),
             target=batch["target"].to(self.device, non_blocking=non_blocking),
             valid=batch["valid"].to(self.device, non_blocking=non_blocking),
-            clicks=torch.cat((clicks, free_rows), dim=1),
+            clicks=batch["clicks"].to(self.device, non_blocking=non_blocking),
         )
+
+    def inputs_key(self) -> tuple[Any, ...]:
+        """Trainers with equal keys make the same `DeviceBatch` of a batch, so that probes trained side by side
+        prepare it (and compute online features) once; none of them writes into it."""
+        return (self.device, self.mean, self.std, self.online, id(self.featurizer), self.probe.needs_featurizer)
 
     def _features(self, batch: Mapping[str, Any], images: Tensor) -> Tensor | None:
         if self.probe.needs_featurizer:
@@ -133,8 +141,12 @@ class Trainer:
         return loss, logits
 
     def simulate_clicks(self, batch: DeviceBatch, rng: np.random.Generator) -> tuple[Tensor, Tensor, int]:
-        """RITM: 0..max_num_next_clicks no-grad passes, each adding a click on the error and feeding its mask back."""
-        clicks = batch.clicks
+        """RITM: 0..max_num_next_clicks no-grad passes, each adding a click on the error and feeding its mask back.
+        The clicks come back with max_num_next_clicks more rows, those not clicked left at -1."""
+        free_rows = batch.clicks.new_tensor((-1, -1, 0)).expand(
+            batch.clicks.shape[0], self.config.clicks.max_num_next_clicks, 3
+        )
+        clicks = torch.cat((batch.clicks, free_rows), dim=1)
         prev_mask = torch.zeros_like(batch.images[:, :1])
         count = int(rng.integers(0, self.config.clicks.max_num_next_clicks + 1))
         if count == 0:
@@ -157,10 +169,14 @@ class Trainer:
         self.probe.train(was_training)
         return clicks, prev_mask, count
 
-    def train_step(self, batch: Mapping[str, Any], step: int, lr: float) -> StepResult:
+    def train_step(
+        self, batch: Mapping[str, Any], step: int, lr: float, device_batch: DeviceBatch | None = None
+    ) -> StepResult:
+        """One optimizer step on `batch`; `device_batch` is its `to_device`, when another trainer with the same
+        `inputs_key` made it already."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        device_batch = self.to_device(batch)
+        device_batch = device_batch or self.to_device(batch)
         rng = np.random.default_rng([self.config.seed, step])
         self.probe.train()
         clicks, prev_mask, count = self.simulate_clicks(device_batch, rng)
@@ -174,7 +190,7 @@ class Trainer:
             bce=masked_bce(logits, device_batch.target[:, None], device_batch.valid[:, None]).mean(),
             iou=batch_iou(logits, device_batch.target, device_batch.valid),
             num_next_clicks=count,
-            prob=torch.sigmoid(logits),
+            logits=logits,
             clicks=clicks,
         )
 

@@ -1,0 +1,75 @@
+"""Which runs one `isegprobe train` command makes: one, or several side by side (presets x variants), each in its
+own folder under --out; and, for --resume, which runs a folder holds."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from isegprobe.config import TrainConfig, load_train_config
+from isegprobe.errors import UserError
+from isegprobe.training.checkpoint import resume_config
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    folder: Path
+    config: TrainConfig
+
+
+def planned_runs(
+    out: str, sources: tuple[str, ...], variants: tuple[str, ...], overrides: tuple[str, ...]
+) -> list[PlannedRun]:
+    """One run per (--config, --variant) pair, the --set overrides under each variant's own. A single run goes
+    straight into `out`; several go into `out/NAME`: the preset (or YAML file's stem), the variant's name, or
+    `PRESET-VARIANT` when there are several of both."""
+    parsed = [_parse_variant(text) for text in variants]
+    names = [_source_name(source) for source in sources]
+    if len(set(names)) != len(names):
+        raise UserError(f"--config: each preset or file once, got {', '.join(sources)}")
+    if len({name for name, _ in parsed}) != len(parsed):
+        raise UserError(f"--variant: each name once, got {', '.join(name for name, _ in parsed)}")
+    runs = []
+    for (source, source_name), (variant, variant_overrides) in itertools.product(
+        zip(sources, names, strict=True), parsed or [("", ())]
+    ):
+        if len(sources) == 1 and not parsed:
+            folder = Path(out)
+        else:
+            label = "-".join(part for part in (source_name if len(sources) > 1 else "", variant) if part)
+            folder = Path(out) / label
+        runs.append(PlannedRun(folder, load_train_config(source, (*overrides, *variant_overrides))))
+    return runs
+
+
+def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:
+    """The run in `out` (its last.json), or the runs side by side in its subfolders, with their saved configs."""
+    root = Path(out)
+    if (root / "last.json").is_file():
+        return [PlannedRun(root, resume_config(root, overrides))]
+    folders = sorted(path.parent for path in root.glob("*/last.json"))
+    if not folders:
+        raise UserError(f"--resume: no last.json in {out} or in its subfolders (runs trained side by side)")
+    return [PlannedRun(folder, resume_config(folder, overrides)) for folder in folders]
+
+
+def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
+    words = shlex.split(text)
+    if not words or not _FOLDER_NAME.fullmatch(words[0]) or "=" in words[0]:
+        raise UserError(
+            f"--variant {text!r}: expected a name (letters, digits, '.', '_', '-') and then KEY=VALUE overrides, "
+            "e.g. --variant 'lift model.upsampler.name=lift'"
+        )
+    bad = [word for word in words[1:] if "=" not in word]
+    if bad:
+        raise UserError(f"--variant {text!r}: {bad[0]!r} is not KEY=VALUE")
+    return words[0], tuple(words[1:])
+
+
+def _source_name(source: str) -> str:
+    return Path(source).stem if source.endswith((".yaml", ".yml")) else source

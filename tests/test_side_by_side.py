@@ -1,0 +1,155 @@
+"""Probes trained side by side from one loader: each run's weights, optimizer, logs and checkpoints are those it
+gets alone, and runs that would not see the same batches are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from safetensors.torch import load_file
+from stand_ins import StandInFeaturizer
+from stores import builtin_store
+from test_training import MEAN, STD, SquaresDataset, tiny_config
+
+from isegprobe.cli import main
+from isegprobe.errors import UserError
+from isegprobe.training import train
+from isegprobe.training.run_loop import train_side_by_side
+
+SCHEDULE = ("schedule.epochs=3", "schedule.milestones=[1]")
+VARIANTS = {
+    "narrow": ("optim.lr=1e-3",),
+    "wide": ("model.head.width=16", "optim.lr=3e-4", "clicks.max_num_next_clicks=2"),
+    "bilinear": ("model.upsampler.name=bilinear", "loss.gamma=1.0", "logging.every_steps=2"),
+}
+
+
+def configs(*extra: str) -> dict:
+    return {name: tiny_config(*SCHEDULE, *overrides, *extra) for name, overrides in VARIANTS.items()}
+
+
+def files_equal(first: Path, second: Path, name: str) -> None:
+    one, other = load_file(first / name), load_file(second / name)
+    assert one.keys() == other.keys(), name
+    for key in one:
+        assert torch.equal(one[key], other[key]), f"{name}: {key}"
+
+
+def train_rows(run: Path) -> list[str]:
+    return [row for row in (run / "scalars.csv").read_text().splitlines() if ",train/" in row or ",epoch/" in row]
+
+
+def test_each_run_side_by_side_is_the_run_alone(tmp_path: Path) -> None:
+    dataset = SquaresDataset(count=6)
+    chosen = configs("schedule.max_iters=7")
+    for name, config in chosen.items():
+        train(config, dataset, tmp_path / "alone" / name, device="cpu", progress=False)
+    summaries = train_side_by_side(
+        list(chosen.values()), dataset, [tmp_path / "together" / name for name in chosen], device="cpu", progress=False
+    )
+    assert [summary.step for summary in summaries] == [7, 7, 7]
+    for name in chosen:
+        alone, together = tmp_path / "alone" / name, tmp_path / "together" / name
+        for file in ("last.safetensors", "last.optim.safetensors", "best.safetensors"):
+            files_equal(alone, together, file)
+        assert train_rows(together) == train_rows(alone)
+        assert (together / "config.yaml").read_text() == (alone / "config.yaml").read_text()
+    narrow, wide = (load_file(tmp_path / "together" / name / "last.safetensors") for name in ("narrow", "wide"))
+    assert narrow.keys() != wide.keys() or any(not torch.equal(narrow[k], wide[k]) for k in narrow)
+
+
+def test_runs_side_by_side_resume_together(tmp_path: Path) -> None:
+    dataset = SquaresDataset(count=6)
+    for name, config in configs("schedule.max_iters=5").items():
+        train(config, dataset, tmp_path / "straight" / name, device="cpu", progress=False)
+    folders = [tmp_path / "split" / name for name in VARIANTS]
+    train_side_by_side(list(configs("schedule.max_iters=3").values()), dataset, folders, device="cpu", progress=False)
+    summaries = train_side_by_side(
+        list(configs("schedule.max_iters=5").values()), dataset, folders, device="cpu", resume=True, progress=False
+    )
+    assert [summary.step for summary in summaries] == [5, 5, 5]
+    for name in VARIANTS:
+        files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.safetensors")
+        files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.optim.safetensors")
+
+
+def test_runs_that_would_see_other_batches_are_refused(tmp_path: Path) -> None:
+    dataset = SquaresDataset(count=6)
+    same = tiny_config(*SCHEDULE, "schedule.max_iters=2")
+    for other, words in (
+        ("data.batch_size=3", "data.batch_size 2 there, 3 here"),
+        ("sampler.max_points=5", "sampler.max_points 24 there, 5 here"),
+        ("seed=7", "seed"),
+        ("schedule.max_iters=1", "steps in all 2 there, 1 here"),
+    ):
+        folders = [tmp_path / other / "a", tmp_path / other / "b"]
+        with pytest.raises(UserError, match=words):
+            train_side_by_side(
+                [same, tiny_config(*SCHEDULE, "schedule.max_iters=2", other)],
+                dataset,
+                folders,
+                device="cpu",
+                progress=False,
+            )
+        assert not (folders[0] / "last.json").exists(), "nothing is trained before the check"
+    with pytest.raises(UserError, match="need a folder each"):
+        train_side_by_side([same, same], dataset, [tmp_path / "x", tmp_path / "x"], device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return builtin_store(tmp_path_factory.mktemp("side_by_side"), split="train", views="identity")
+
+
+def cli(*arguments: object) -> Result:
+    return CliRunner().invoke(main, [str(argument) for argument in arguments], catch_exceptions=False)
+
+
+def test_train_variants_from_the_command_line_and_resume_them(store: Path, tmp_path: Path) -> None:
+    common = ("train", "--config", "quickstart", "--store", store, "--set", "logging.tensorboard=false")
+    variants = ("--variant", "w8 model.head.width=8", "--variant", "w16 model.head.width=16 optim.lr=1e-3")
+    result = cli(*common, "--out", tmp_path / "runs", "--max-iters", 2, *variants)
+    assert result.exit_code == 0, result.output
+    assert "checkpoints in " + str(tmp_path / "runs" / "w8") in result.output
+    assert cli(*common, "--set", "model.head.width=8", "--out", tmp_path / "w8", "--max-iters", 4).exit_code == 0
+    resumed = cli("train", "--resume", "--out", tmp_path / "runs", "--max-iters", 4)
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.output.count("trained to step 4") == 2
+    files_equal(tmp_path / "w8", tmp_path / "runs" / "w8", "last.safetensors")
+    assert load_file(tmp_path / "runs" / "w16" / "last.safetensors")["head.reduce.weight"].shape[0] == 16
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--variant", "model.head.width=8"), "expected a name"),
+        (("--variant", "a model.head.width"), "'model.head.width' is not KEY=VALUE"),
+        (("--variant", "a seed=1", "--variant", "a seed=2"), "each name once"),
+        (("--variant", "a", "--variant", "b data.batch_size=1"), "data.batch_size 4 there, 1 here"),
+    ],
+)
+def test_variants_that_cannot_train_together_are_refused(
+    store: Path, tmp_path: Path, options: tuple[str, ...], message: str
+) -> None:
+    result = cli("train", "--config", "quickstart", "--store", store, "--out", tmp_path / "runs", *options)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not list(tmp_path.glob("runs/*/last.json"))
+
+
+def test_online_probes_side_by_side_run_the_featurizer_once_a_step(tmp_path: Path) -> None:
+    featurizer = StandInFeaturizer(mean=MEAN, std=STD)
+    calls = []
+    featurizer.register_forward_hook(lambda *_: calls.append(1))
+    dataset = SquaresDataset(count=6, featurizer=featurizer)
+    chosen = configs("schedule.max_iters=4")
+    alone = tmp_path / "alone" / "wide"
+    train(chosen["wide"], dataset, alone, featurizer=featurizer, online=True, device="cpu", progress=False)
+    calls.clear()
+    folders = [tmp_path / "together" / name for name in chosen]
+    train_side_by_side(
+        list(chosen.values()), dataset, folders, featurizer=featurizer, online=True, device="cpu", progress=False
+    )
+    assert len(calls) == 4, "three probes, one featurizer forward a step"
+    files_equal(alone, tmp_path / "together" / "wide", "last.safetensors")

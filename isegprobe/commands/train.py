@@ -147,7 +147,7 @@ def train(
         use_wandb=use_wandb,
         val_dataset=val_dataset,
     )
-    exit_if_stopped(summaries[0], _resume_command(run_dir, online, featurizer_name, featurizer_weights))
+    exit_if_stopped(summaries[0], _resume_command(run_dir, online, featurizer_name, featurizer_weights), len(summaries))
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
         for summary in summaries:
             best = (
@@ -175,15 +175,18 @@ def _default_preset(device: str) -> str:
     return preset
 
 
-def exit_if_stopped(summary: TrainSummary, how_to_continue: str) -> None:
+def exit_if_stopped(summary: TrainSummary, how_to_continue: str, side_by_side: int = 1) -> None:
     """After a run stopped by SIGINT or SIGTERM: say where it stands and exit with the shell's status for that
-    signal (128 + its number), so that job scripts see the run did not finish."""
+    signal (128 + its number), so that job scripts see the run did not finish. `summary` is the first of
+    `side_by_side` runs that stopped together at the same step."""
     if summary.stopped_by is None:
         return
     if current_rank() == 0:
+        saved = summary.run_dir / "last.safetensors"
+        where = f"{saved}" if side_by_side == 1 else f"{saved} and in the {side_by_side - 1} runs beside it"
         click.echo(
-            f"{summary.stopped_by}: stopped after step {summary.step}, saved as "
-            f"{summary.run_dir / 'last.safetensors'}; `{how_to_continue}` continues the same schedule",
+            f"{summary.stopped_by}: stopped after step {summary.step}, saved as {where}; `{how_to_continue}` "
+            "continues the same schedule",
             err=True,
         )
     raise SystemExit(128 + signal.Signals[summary.stopped_by].value)

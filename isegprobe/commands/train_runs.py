@@ -60,7 +60,7 @@ def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:
 
 def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
     words = shlex.split(text)
-    if not words or not _FOLDER_NAME.fullmatch(words[0]) or "=" in words[0]:
+    if not words or not _FOLDER_NAME.fullmatch(words[0]):
         raise UserError(
             f"--variant {text!r}: expected a name (letters, digits, '.', '_', '-') and then KEY=VALUE overrides, "
             "e.g. --variant 'lift model.upsampler.name=lift'"

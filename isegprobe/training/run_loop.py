@@ -97,7 +97,7 @@ def train_side_by_side(
                 f"data.batch_size {config.data.batch_size} must be a multiple of the {world} torchrun ranks"
             )
     with ExitStack() as locks:
-        runs = []
+        setups = []
         for index, (config, folder) in enumerate(zip(configs, folders, strict=True)):
             folder.mkdir(parents=True, exist_ok=True)
             if rank == 0:
@@ -117,8 +117,12 @@ def train_side_by_side(
                 val_dataset=val_dataset,
                 progress=progress and index == 0,
             )
-            runs.append(_Run(config, setup, folder, rank, device, resume, use_wandb))
-        check_shared_batches(configs, [run.setup for run in runs], folders)
+            setups.append(setup)
+        check_shared_batches(configs, setups, folders)
+        runs = [
+            _Run(config, setup, folder, rank, device, resume, use_wandb)
+            for config, setup, folder in zip(configs, setups, folders, strict=True)
+        ]
         return _run_steps(runs, rank, device, progress)
 
 

@@ -30,3 +30,25 @@ def test_two_ranks_train_like_one_process(tmp_path):
     moved = torch.sqrt(sum(((one[key] - start[key]) ** 2).sum() for key in one))
     apart = torch.sqrt(sum(((one[key] - two[key]) ** 2).sum() for key in one))
     assert moved > 0 and apart < 0.02 * moved, (float(apart), float(moved))
+
+
+def test_two_ranks_train_probes_side_by_side_like_one_process(tmp_path):
+    store = builtin_store(tmp_path / "cache")
+    sets = [arg for override in OVERRIDES for arg in ("--set", override)]
+    variants = ["--variant", "w16 model.head.width=16", "--variant", "w32 model.head.width=32 optim.lr=1e-3"]
+    command = ["train", "--config", "quickstart", *sets, *variants, "--store", str(store), "--device", "cpu"]
+    ranks = run_two_ranks(*command, "--out", str(tmp_path / "ranks"), port=29547)
+    single = run_cli(*command, "--out", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    assert ranks.returncode == 0, ranks.stderr
+    for name, width in (("w16", 16), ("w32", 32)):
+        one = load_file(tmp_path / "single" / name / "last.safetensors")
+        two = load_file(tmp_path / "ranks" / name / "last.safetensors")
+        metadata = read_metadata(tmp_path / "ranks" / name / "last.json")
+        assert metadata["step"] == 3
+        torch.manual_seed(0)
+        config = load_train_config("quickstart", [*OVERRIDES, f"model.head.width={width}"])
+        start = ISProbe(config.model, **metadata["model"]).state_dict()
+        moved = torch.sqrt(sum(((one[key] - start[key]) ** 2).sum() for key in one))
+        apart = torch.sqrt(sum(((one[key] - two[key]) ** 2).sum() for key in one))
+        assert moved > 0 and apart < 0.02 * moved, (name, float(apart), float(moved))

@@ -310,17 +310,20 @@ def main() -> None:
     rates = {name: median(values) for name, values in per_round.items()}
     ratio = rates[PIPELINE] / rates[FORWARD]
     rows = [[name, rates[name], rates[name] / views] for name in rates]
+    extraction_ratio = rates[EXTRACTION] / rates[FORWARD] if EXTRACTION in rates else None
+    extraction_line = (
+        "" if extraction_ratio is None else f"\nextract-features / bare forward (images/s): {extraction_ratio:.3g}"
+    )
     sections = {
         f"{args.images} generated 640x480 JPEGs x views {args.views} = {count} images at {args.size} px, batch "
         f"{args.batch_size}, {args.extract_workers} loader workers, codec {args.codec}, {args.featurizer} on "
         f"{args.device}": table(["mode", "images/s", "items/s"], rows)
         + f"\npipeline / bare forward (images/s): {ratio:.3g}"
+        + extraction_line
         + f"\nextraction loop, last pipeline round: {rounds[-1][0].summary()}"
     }
     thread_ms, per_image, checks = {}, {}, [Check("pipeline / bare forward", ratio, 1.0)]
-    if EXTRACTION in rates:
-        extraction_ratio = rates[EXTRACTION] / rates[FORWARD]
-        sections[next(iter(sections))] += f"\nextract-features / bare forward (images/s): {extraction_ratio:.3g}"
+    if extraction_ratio is not None:
         checks.append(Check("extract-features / bare forward", extraction_ratio, args.featurizer_target))
     clock = rounds[-1][1]
     if clock is not None:
@@ -347,7 +350,7 @@ def main() -> None:
         "images_per_second": per_round,
         "median_images_per_second": rates,
         "ratio": ratio,
-        "extraction_ratio": rates[EXTRACTION] / rates[FORWARD] if EXTRACTION in rates else None,
+        "extraction_ratio": extraction_ratio,
         "thread_cpu_ms_per_item": thread_ms,
         **per_image,
         "loop_seconds": dataclasses.asdict(rounds[-1][0]),

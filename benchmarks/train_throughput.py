@@ -1,7 +1,8 @@
 """Stage-two training speed from the cache, online (featurizer in the loop) and from features in memory.
 
 The cache exists so that a probe trains without the frozen featurizer: cache / online says what that buys, and
-cache / in-memory what reading the store costs against the limit. All three modes run the same real training step
+cache / in-memory what reading the store costs against the limit (in-memory is the store preloaded, as
+`data.preload` trains). All three modes run the same real training step
 (`Trainer.train_step`) on the same batches through the same loader and click sampler; they differ only in where the
 features come from. Hooks on the real modules split each step into data, featurizer, click encoder, upsampler,
 head forward, backward, optimizer and the rest, so nothing of the step is re-implemented here.
@@ -23,7 +24,6 @@ from typing import Any
 import torch
 from common import (
     Check,
-    InMemoryItems,
     base_parser,
     ensure_store,
     interleave,
@@ -170,7 +170,8 @@ def measure_probe(
             f"entries, but the store gives {len(cached)} (--items {args.items}); every round times one epoch's first "
             "batches, so lower --steps or the batch size, or raise --items"
         )
-    in_memory = InMemoryItems(cached)
+    in_memory = CachedDataset(store, items=cached.items)
+    in_memory.preload()  # data.preload
     config = load_train_config(run.preset, [f"data.batch_size={run.batch_size}", f"data.num_workers={args.workers}"])
     dims = probe_dims(cached, None, run.size)
     modes = {

@@ -154,6 +154,9 @@ class DataConfig:
     then draws as many images as the store holds, with replacement, with probability (1 - score) ** gamma.
     `keep_background_prob`: a drawn view that holds no object is drawn again (among the image's other views) unless
     a coin with this probability says keep it, as RITM redraws empty crops (its keep_background_prob 0.01).
+    `preload`: read the training (and validation) store's entries in use into memory before the first step, for
+    a fast GPU that would otherwise wait for the store's decoding; refused when they would not fit in memory, and
+    with loader workers (each would hold a copy).
     """
 
     size: int | None = number(224, AT_LEAST_ONE)
@@ -166,6 +169,7 @@ class DataConfig:
     sample_weights_gamma: float = number(1.25, NON_NEGATIVE)
     keep_background_prob: float = number(1.0, PROBABILITY)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    preload: bool = False
 
 
 @dataclass
@@ -342,6 +346,12 @@ def _check_together(config: TrainConfig) -> None:
     """Keys whose allowed values depend on each other."""
     if len(config.optim.betas) != 2:
         raise UserError(f"config key 'optim.betas' must hold two numbers (Adam's), got {config.optim.betas!r}")
+    if config.data.preload and config.data.num_workers:
+        raise UserError(
+            f"config keys data.preload and data.num_workers {config.data.num_workers}: a preloaded store is read "
+            "from memory in the training process; each loader worker would hold a copy of it. Set "
+            "data.num_workers=0"
+        )
     sampler = config.sampler
     negatives = (sampler.negative_bg_prob, sampler.negative_other_prob, sampler.negative_border_prob)
     if not math.isclose(sum(negatives), 1.0, abs_tol=1e-6):

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from isegprobe.cache.chunks import chunk_problem, require_chunk_files
+from isegprobe.cache.preload import read_into_memory
 from isegprobe.cache.store import FeatureStore
 from isegprobe.errors import UserError
 
@@ -99,6 +100,7 @@ class CachedDataset(Dataset):
         require_chunk_files(self.store, self.items)
         self._handles: dict[str, ts.TensorStore] = {}
         self._handles_pid: int | None = None
+        self._in_memory: dict[str, np.ndarray] | None = None
         # Boxes are a few bytes per entry: read those of the shards in use once instead of one more read per entry.
         boxes = np.zeros(self.store.group["valid_box"].shape, np.int64)
         handle = open_tensorstore(self.path, "valid_box")
@@ -122,6 +124,16 @@ class CachedDataset(Dataset):
             self._handles_pid = os.getpid()
         return self._handles
 
+    def preload(self) -> None:
+        """Read every entry in use into memory now (`data.preload`); later entries come from there, the same
+        tensors as read from the store. Refuses, naming the sizes, a store that would not fit in memory."""
+        if self._in_memory is None:
+            self._in_memory = read_into_memory(self.store, self._arrays(), self.items, self.view_indices, read_items)
+
+    @property
+    def preloaded(self) -> bool:
+        return self._in_memory is not None
+
     def locate(self, index: int) -> tuple[int, int]:
         """Entry index -> (item, view) as stored."""
         if not 0 <= index < len(self):
@@ -131,14 +143,7 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item, view = self.locate(index)
-        arrays = self._arrays()
-        futures = {name: arrays[name][item, view].read() for name in _READ_ARRAYS}
-        values = {}
-        for name, future in futures.items():
-            try:
-                values[name] = future.result()
-            except ValueError as error:
-                raise ChunkError.of(self.store, name, item, error) from None
+        values = self._from_memory(index) if self._in_memory is not None else self._read(item, view)
         return {
             "features": torch.from_numpy(values["features"]),
             "image": torch.from_numpy(np.ascontiguousarray(values["images"].transpose(2, 0, 1))),
@@ -148,3 +153,20 @@ class CachedDataset(Dataset):
             "item": item,
             "view": view,
         }
+
+    def _read(self, item: int, view: int) -> dict[str, np.ndarray]:
+        arrays = self._arrays()
+        futures = {name: arrays[name][item, view].read() for name in _READ_ARRAYS}
+        values = {}
+        for name, future in futures.items():
+            try:
+                values[name] = future.result()
+            except ValueError as error:
+                raise ChunkError.of(self.store, name, item, error) from None
+        return values
+
+    def _from_memory(self, index: int) -> dict[str, np.ndarray]:
+        """The entry's arrays as preloaded; copies, so that a caller that writes into an entry cannot change the
+        next epoch's."""
+        item_position, view_position = divmod(index, len(self.view_indices))
+        return {name: values[item_position, view_position].copy() for name, values in self._in_memory.items()}

@@ -70,6 +70,9 @@ def set_up_run(
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
     online = runs_featurizer_online(config.model, online)
+    if config.data.preload:
+        for data in (dataset, val_dataset):
+            _preload(data)
 
     torch.manual_seed(config.seed)
     probe = ISProbe(config.model, **probe_dims(dataset, featurizer if online else None, size))
@@ -136,6 +139,16 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
     val_size = int(val_dataset.preprocessing["size"])
     if val_size != size:
         raise UserError(f"{where}: extracted at {val_size} px, the training store at {size} px")
+
+
+def _preload(dataset: Dataset | None) -> None:
+    """data.preload: a store's entries read into memory once (a store already preloaded is left as it is)."""
+    if dataset is None:
+        return
+    preload = getattr(dataset, "preload", None)
+    if preload is None:
+        raise UserError(f"data.preload: {type(dataset).__name__} is not a feature store and cannot be preloaded")
+    preload()
 
 
 def _check_upsampler_is_not_frozen_at_random(config: TrainConfig, probe: ISProbe) -> None:

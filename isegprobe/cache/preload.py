@@ -43,7 +43,7 @@ def read_into_memory(
             f"{MEMORY_SHARE:.0%} of it is used); train without data.preload, which reads the store as it goes"
         )
     arrays = {name: np.empty(shape, handles[name].dtype.numpy_dtype) for name, shape in shapes.items()}
-    for positions, run in _contiguous_runs(items):
+    for positions, run in _contiguous_runs(items, store.items_per_shard):
         for name, handle in handles.items():
             arrays[name][positions] = read_items(store, handle, name, run)[:, list(view_indices)]
     return arrays
@@ -63,11 +63,12 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
-def _contiguous_runs(items: Sequence[int]) -> list[tuple[slice, range]]:
-    """(positions in `items`, stored items) for each run of consecutive item numbers."""
+def _contiguous_runs(items: Sequence[int], longest: int) -> list[tuple[slice, range]]:
+    """(positions in `items`, stored items) for each run of consecutive item numbers, at most `longest` long: a
+    read holds every view of its run at once, so a run is at most a shard, not the whole store twice over."""
     runs, start = [], 0
     for position in range(1, len(items) + 1):
-        if position == len(items) or items[position] != items[position - 1] + 1:
+        if position == len(items) or items[position] != items[position - 1] + 1 or position - start == longest:
             runs.append((slice(start, position), range(items[start], items[position - 1] + 1)))
             start = position
     return runs

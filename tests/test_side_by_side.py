@@ -75,6 +75,25 @@ def test_runs_side_by_side_resume_together(tmp_path: Path) -> None:
         files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.optim.safetensors")
 
 
+def test_runs_resumed_from_different_steps_catch_up_with_each_other(tmp_path: Path) -> None:
+    """A kill between two runs' checkpoints leaves them at different steps; resumed together, each ends where it
+    would have alone."""
+    dataset = SquaresDataset(count=6)
+    for name, config in configs("schedule.max_iters=7").items():
+        train(config, dataset, tmp_path / "straight" / name, device="cpu", progress=False)
+    folders = [tmp_path / "split" / name for name in VARIANTS]
+    train_side_by_side(list(configs("schedule.max_iters=2").values()), dataset, folders, device="cpu", progress=False)
+    ahead = configs("schedule.max_iters=5")["wide"]
+    train(ahead, dataset, tmp_path / "split" / "wide", device="cpu", resume=True, progress=False)
+    summaries = train_side_by_side(
+        list(configs("schedule.max_iters=7").values()), dataset, folders, device="cpu", resume=True, progress=False
+    )
+    assert [summary.step for summary in summaries] == [7, 7, 7]
+    for name in VARIANTS:
+        files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.safetensors")
+        files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.optim.safetensors")
+
+
 def test_runs_that_would_see_other_batches_are_refused(tmp_path: Path) -> None:
     dataset = SquaresDataset(count=6)
     same = tiny_config(*SCHEDULE, "schedule.max_iters=2")

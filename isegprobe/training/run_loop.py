@@ -84,7 +84,7 @@ def train_side_by_side(
 
     The configs must draw the same batches (the same `data`, `sampler`, `seed` and number of steps); they may
     differ in the probe, its optimizer, loss, iterative clicks, logging and checkpoints. With `resume`, every run
-    continues from its own `last.*`, and all of them must stand at the same step."""
+    continues from its own `last.*`; the runs behind catch up with those further on."""
     rank, world, device = init_from_env(resolve_device(None if device is None else str(device)))
     folders = [Path(run_dir) for run_dir in run_dirs]
     if len(configs) != len(folders) or not folders:
@@ -240,9 +240,11 @@ class _Run:
 
 
 def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool) -> list[TrainSummary]:
-    """Steps from the runs' common step to the end of the schedule, or to the step after which a signal asked to
-    stop. The first run's loader gives every batch; the runs check beforehand that theirs would give the same."""
-    lead = runs[0].setup
+    """Steps from the runs' earliest step to the end of the schedule, or to the step after which a signal asked to
+    stop. One loader gives every batch (the runs checked beforehand that theirs would give the same). A resumed run
+    that stands further on (a kill between two runs' checkpoints) waits, batch after batch, for the others to
+    reach its step, and then takes the batch it would have taken."""
+    lead = min((run.setup for run in runs), key=lambda setup: setup.state.step)
     schedule, loader, shuffle = lead.schedule, lead.loader, lead.loader.sampler
     config = runs[0].config
     bar = tqdm(
@@ -260,12 +262,13 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
                 shuffle.start(epoch, (lead.state.step - epoch * schedule.steps_per_epoch) * config.data.batch_size)
                 for batch in loader:
                     prepared: dict[tuple[Any, ...], DeviceBatch] = {}
-                    for run in runs:
+                    stepping = [run for run in runs if run.setup.state.step == lead.state.step]
+                    for run in stepping:
                         run.step(batch, prepared)
                     bar.update(1)
                     # Every rank asks at every step but the last, so that all of them agree on the same step.
                     stopping = lead.state.step < schedule.total_steps and stop.agreed(device)
-                    logged = [run for run in runs if run.after_step(batch, stopping)]
+                    logged = [run for run in stepping if run.after_step(batch, stopping)]
                     if logged:
                         bar.set_postfix(_postfix(runs, logged))
                     if stopping or lead.state.step >= schedule.total_steps:

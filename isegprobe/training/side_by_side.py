@@ -33,8 +33,8 @@ def check_shared_batches(configs: Sequence[TrainConfig], setups: Sequence[RunSet
             raise UserError(
                 f"{folder} cannot train side by side with {folders[0]}: "
                 + "; ".join(differences)
-                + ". Runs that share batches must agree on data.*, sampler.*, seed, the schedule's length and the "
-                "step they start at; train the others separately"
+                + ". Runs that share batches must agree on data.*, sampler.*, seed and the schedule's length; train "
+                "the others separately"
             )
 
 
@@ -47,7 +47,6 @@ def _shared(config: TrainConfig, setup: RunSetUp) -> dict[str, Any]:
     flat["online (features computed in the loop)"] = setup.trainer.online
     flat["steps per epoch"] = setup.schedule.steps_per_epoch
     flat["steps in all"] = setup.schedule.total_steps
-    flat["starting step"] = setup.state.step
     return flat
 
 

@@ -183,7 +183,8 @@ def exit_if_stopped(summary: TrainSummary, how_to_continue: str, side_by_side: i
         return
     if current_rank() == 0:
         saved = summary.run_dir / "last.safetensors"
-        where = f"{saved}" if side_by_side == 1 else f"{saved} and in the {side_by_side - 1} runs beside it"
+        others = side_by_side - 1
+        where = f"{saved}" + ("" if not others else f" and in {others} other run{'s' if others > 1 else ''}")
         click.echo(
             f"{summary.stopped_by}: stopped after step {summary.step}, saved as {where}; `{how_to_continue}` "
             "continues the same schedule",

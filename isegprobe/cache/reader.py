@@ -26,6 +26,7 @@ from isegprobe.cache.store import FeatureStore
 from isegprobe.errors import UserError
 
 _READ_ARRAYS = ("features", "images", "labels", "ignore")
+_PASSED_AS_IS = ("features", "ignore")  # entries share these arrays' memory (torch.from_numpy)
 
 
 class ChunkError(UserError):
@@ -166,7 +167,13 @@ class CachedDataset(Dataset):
         return values
 
     def _from_memory(self, index: int) -> dict[str, np.ndarray]:
-        """The entry's arrays as preloaded; copies, so that a caller that writes into an entry cannot change the
-        next epoch's."""
+        """The entry's arrays as preloaded. Those that `__getitem__` hands on as they are (`_PASSED_AS_IS`) are
+        copies, so that a caller that writes into an entry cannot change the next epoch's; the others become new
+        arrays there anyway (labels widened, pixels transposed)."""
         item_position, view_position = divmod(index, len(self.view_indices))
-        return {name: values[item_position, view_position].copy() for name, values in self._in_memory.items()}
+        return {
+            name: values[item_position, view_position].copy()
+            if name in _PASSED_AS_IS
+            else values[item_position, view_position]
+            for name, values in self._in_memory.items()
+        }

@@ -37,6 +37,13 @@ def files_equal(first: Path, second: Path, name: str) -> None:
         assert torch.equal(one[key], other[key]), f"{name}: {key}"
 
 
+def split_runs_equal_straight(tmp_path: Path) -> None:
+    """Each variant's weights and Adam state in tmp_path/split equal those in tmp_path/straight."""
+    for name in VARIANTS:
+        for file in ("last.safetensors", "last.optim.safetensors"):
+            files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, file)
+
+
 def train_rows(run: Path) -> list[str]:
     return [row for row in (run / "scalars.csv").read_text().splitlines() if ",train/" in row or ",epoch/" in row]
 
@@ -70,9 +77,7 @@ def test_runs_side_by_side_resume_together(tmp_path: Path) -> None:
         list(configs("schedule.max_iters=5").values()), dataset, folders, device="cpu", resume=True, progress=False
     )
     assert [summary.step for summary in summaries] == [5, 5, 5]
-    for name in VARIANTS:
-        files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.safetensors")
-        files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.optim.safetensors")
+    split_runs_equal_straight(tmp_path)
 
 
 def test_runs_resumed_from_different_steps_catch_up_with_each_other(tmp_path: Path) -> None:
@@ -89,9 +94,7 @@ def test_runs_resumed_from_different_steps_catch_up_with_each_other(tmp_path: Pa
         list(configs("schedule.max_iters=7").values()), dataset, folders, device="cpu", resume=True, progress=False
     )
     assert [summary.step for summary in summaries] == [7, 7, 7]
-    for name in VARIANTS:
-        files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.safetensors")
-        files_equal(tmp_path / "straight" / name, tmp_path / "split" / name, "last.optim.safetensors")
+    split_runs_equal_straight(tmp_path)
 
 
 def test_runs_that_would_see_other_batches_are_refused(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, default_collate
 from train_throughput import ProbeRun, build_mode, run_round, timed_round
 
 from isegprobe.cache import CachedDataset, FeatureStore
+from isegprobe.cache.checksums import pixel_checksums
 from isegprobe.cache.schema import COMPRESSORS
 from isegprobe.config import load_train_config
 from isegprobe.training.run_setup import probe_dims
@@ -42,7 +43,10 @@ def tiled_store(source_path: Path, out: Path, items: int, codec: str) -> Path:
     store = FeatureStore.create(out, attrs, dim=source.feature_shape[0], grid=grid)
     arrays = {name: np.asarray(source.group[name][:]) for name in _STORED}
     for shard in store.shard_ranges():
-        store.write_items(shard, {name: values[repeat[shard.start : shard.stop]] for name, values in arrays.items()})
+        part = {name: values[repeat[shard.start : shard.stop]] for name, values in arrays.items()}
+        features = part.pop("features")
+        store.write_arrays(shard, part)
+        store.finish_items(shard, features, pixel_checksums(part))
     store.record_progress()
     return out
 

@@ -58,9 +58,11 @@ def test_grabcut_three_real_images(grabcut_three, tmp_path):
     features = root["features"]
     assert features.dtype == np.float16 and features.shape == (3, 2, 384, 8, 8)
     images = root["images"][:]
-    assert images.shape == (3, 2, 112, 112, 3)
-    assert np.array_equal(images[:, 1], images[:, 0, :, ::-1]), "hflip view is the mirror of the identity view"
-    expected = independent_features("random", images.reshape(-1, 112, 112, 3)).reshape(3, 2, 384, 8, 8)
+    assert images.shape == (3, 1, 112, 112, 3), "the hflip view keeps no pixels: they are the identity view's"
+    entries = CachedDataset(result.path)
+    assert np.array_equal(entries[1]["image"].permute(1, 2, 0).numpy(), images[0, 0, :, ::-1]), "read as the mirror"
+    views = np.stack([images[:, 0], images[:, 0, :, ::-1]], axis=1)
+    expected = independent_features("random", views.reshape(-1, 112, 112, 3)).reshape(3, 2, 384, 8, 8)
     np.testing.assert_allclose(features[:].astype(np.float32), expected, rtol=1e-2, atol=1e-2)
     ignore = root["ignore"][:]
     assert ignore[:, 0].any(axis=(1, 2)).sum() >= 2, "GrabCut's ignore band survives the resize"
@@ -102,8 +104,9 @@ def test_cached_dataset_yields_the_stored_tensors(tmp_path):
     assert (entry["item"], entry["view"]) == (3, 1)
     assert entry["features"].dtype == torch.float16 and entry["image"].shape == (3, 56, 56)
     assert torch.equal(entry["features"], torch.from_numpy(root["features"][3, 1]))
-    assert torch.equal(entry["image"].permute(1, 2, 0), torch.from_numpy(root["images"][3, 1]))
-    assert torch.equal(entry["labels"], torch.from_numpy(root["labels"][3, 1].astype(np.int64)))
+    mirrored = np.ascontiguousarray(root["images"][3, 0][:, ::-1])  # hflip: the identity view's pixels, mirrored
+    assert torch.equal(entry["image"].permute(1, 2, 0), torch.from_numpy(mirrored))
+    assert torch.equal(entry["labels"], torch.from_numpy(root["labels"][3, 0][:, ::-1].astype(np.int64)))
     only_identity = CachedDataset(result.path, views=["identity"])
     assert len(only_identity) == 12 and only_identity[7]["view"] == 0
     assert dataset.preprocessing["mean"] == list(create_featurizer(FEATURIZER, "random").mean)
@@ -112,18 +115,18 @@ def test_cached_dataset_yields_the_stored_tensors(tmp_path):
 def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch):
     reference = extract(request(tmp_path / "reference"))
     calls = {"count": 0}
-    original_write = StoreClass.write_items
+    original_finish = StoreClass.finish_items
 
-    def interrupted_write(self, items, arrays, written=()):
+    def interrupted_finish(self, items, features, pixel_sums):
         if calls["count"] == 2:
             raise KeyboardInterrupt
         calls["count"] += 1
-        original_write(self, items, arrays, written)
+        original_finish(self, items, features, pixel_sums)
 
-    monkeypatch.setattr(StoreClass, "write_items", interrupted_write)
+    monkeypatch.setattr(StoreClass, "finish_items", interrupted_finish)
     with pytest.raises(KeyboardInterrupt):
         extract(request(tmp_path / "resumed"))
-    monkeypatch.setattr(StoreClass, "write_items", original_write)
+    monkeypatch.setattr(StoreClass, "finish_items", original_finish)
     partial = FeatureStore.open(reference.path.parents[1] / "resumed" / reference.path.name)
     assert partial.done_mask().tolist() == [True] * 8 + [False] * 4
     with pytest.raises(UserError, match="not extracted yet"):

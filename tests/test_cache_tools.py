@@ -92,13 +92,17 @@ def test_verify_finds_bytes_changed_after_extraction_by_their_checksum(tmp_path)
     runner = CliRunner()
     verified = runner.invoke(cache, ["verify", str(store)])
     assert verified.exit_code == 0 and "every finished entry matches its checksum" in verified.output
-    images = zarr.open(str(store), mode="r+")["images"]
-    image = images[7, 1]
+    group = zarr.open(str(store), mode="r+")
+    image = group["images"][7, 0]
     image[3, 4, 0] ^= 1  # one bit of one pixel: still a valid image, so only the checksum can tell
-    images[7, 1] = image
+    group["images"][7, 0] = image
+    features = group["features"][5, 1]
+    features.view(np.uint16)[0, 1, 1] ^= 1  # the lowest bit of one feature: still finite, still a number
+    group["features"][5, 1] = features
     verified = runner.invoke(cache, ["verify", str(store)])
     assert verified.exit_code == 1
-    assert "item 7 (test_007): view(s) hflip no longer match their checksum" in verified.output
+    assert "item 5 (test_005): view(s) hflip no longer match their checksum" in verified.output
+    assert "item 7 (test_007): view(s) identity, hflip no longer match" in verified.output, "hflip reads those pixels"
     assert "--repair" in verified.output
 
 
@@ -106,9 +110,9 @@ def test_repair_extracts_the_broken_items_again_and_only_their_shard(tmp_path):
     store = builtin_store(tmp_path, size=28, views="identity,hflip", items_per_shard=4)
     pristine = {name: np.asarray(zarr.open(str(store))[name][:]) for name in ("features", "images", "checksum")}
     group = zarr.open(str(store), mode="r+")
-    image = group["images"][7, 1]
+    image = group["images"][7, 0]
     image[3, 4, 0] ^= 1
-    group["images"][7, 1] = image
+    group["images"][7, 0] = image
     features = group["features"][2, 0]
     features[0, 0, 0] = np.inf
     group["features"][2, 0] = features
@@ -123,7 +127,7 @@ def test_repair_extracts_the_broken_items_again_and_only_their_shard(tmp_path):
     assert result.repaired == [
         f"test_002: view(s) identity {changed}",
         "test_002: features are not finite",
-        f"test_007: view(s) hflip {changed}",
+        f"test_007: view(s) identity, hflip {changed}",
     ]
     assert result.items_extracted == 8, "the two shards holding broken items, and nothing else"
     assert CliRunner().invoke(cache, ["verify", str(store)]).exit_code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from isegprobe import __version__
+from isegprobe.cache.pixel_views import stored_pixel_views
 from isegprobe.cache.schema import COMPRESSORS, SCHEMA_VERSION
 
 
@@ -42,6 +43,10 @@ def build_attrs(
             "items_per_shard": items_per_shard,
             "chunks": "features, images, labels, ignore: one chunk per (item, view), in shards of items_per_shard "
             "whole items; the per-entry boxes, sizes, checksums and done record: one chunk per items_per_shard items",
+            "pixel_views": stored_pixel_views(views),
+            "pixels": "images, labels and ignore hold the pixel_views only, along their pixel_view axis; a view left "
+            "out is the identity view's pixels flipped (hflip: x reversed, vflip: y reversed) or turned (rotK: "
+            "K/90 quarter turns counter-clockwise, numpy.rot90)",
             "compressor": COMPRESSORS[codec],
         },
         "completion": {

@@ -10,6 +10,7 @@ from typing import Any
 import zarr
 
 from isegprobe.cache.checksums import CHECKSUM_ARRAY
+from isegprobe.cache.pixel_views import check_pixel_views, pixel_views
 from isegprobe.cache.schema import array_specs
 from isegprobe.errors import UserError
 
@@ -45,24 +46,28 @@ def check_attrs(path: Path, attrs: dict[str, Any]) -> None:
     for key in ("views", "item_ids"):
         if not attrs[key] or not all(isinstance(name, str) for name in attrs[key]):
             raise _bad(path, key, "a non-empty list of names", attrs[key])
+    problem = check_pixel_views(attrs)
+    if problem is not None:
+        raise _bad(path, "layout.pixel_views", problem, attrs["layout"].get("pixel_views"))
 
 
 def check_shapes(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
     """Every array the schema lists must exist with the shape the attrs give it (`checksum` may be absent: stores
     made before checksums existed)."""
     size, patch = attrs["preprocessing"]["size"], attrs["featurizer"]["patch_size"]
-    items, views = len(attrs["item_ids"]), len(attrs["views"])
+    items, views, stored = len(attrs["item_ids"]), len(attrs["views"]), len(pixel_views(attrs))
     arrays = set(group.array_keys())
     for spec in array_specs(attrs["featurizer"]["dim"], (size // patch, size // patch), size):
         if spec.name not in arrays:
             if spec.name == CHECKSUM_ARRAY:
                 continue
             raise UserError(f"{path}: array {spec.name} is missing; {_REMEDY}")
-        actual, expected = tuple(group[spec.name].shape), spec.shape(items, views)
+        actual, expected = tuple(group[spec.name].shape), spec.shape(items, spec.view_count(views, stored))
         if actual != expected:
             raise UserError(
                 f"{path / spec.name}: shape {actual} disagrees with the store's attrs, which give {expected} "
-                f"({items} item_ids, {views} views, dim {attrs['featurizer']['dim']}, size {size}, patch {patch}); "
+                f"({items} item_ids, {views} views, {stored} with pixels, dim {attrs['featurizer']['dim']}, "
+                f"size {size}, patch {patch}); "
                 f"{_REMEDY}"
             )
 

@@ -23,12 +23,14 @@ from tqdm import tqdm
 
 from isegprobe import featurizers
 from isegprobe.cache.attrs import build_attrs
+from isegprobe.cache.checksums import PIXEL_ARRAYS, pixel_checksums
 from isegprobe.cache.chunks import missing_chunk_files
 from isegprobe.cache.integrity import broken_entries, mark_undone
-from isegprobe.cache.schema import mismatches, store_name
+from isegprobe.cache.pixel_views import PixelSource
+from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
 from isegprobe.cache.store import FeatureStore
 from isegprobe.data import SampleSource, create_dataset, resolve_root
-from isegprobe.data.preprocess import ViewSpec, make_view, normalize_images, parse_views
+from isegprobe.data.preprocess import View, ViewSpec, make_view, normalize_images, orient_box, parse_views
 from isegprobe.devices import featurizer_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
@@ -99,19 +101,21 @@ class ExtractionResult:
 
 
 class _ShardViews(Dataset):
-    """Shard position -> every view of every item of that shard, stacked; runs in DataLoader workers.
+    """Shard position -> every view's image of every item of that shard, stacked; runs in DataLoader workers.
 
-    The pixel arrays travel as tensors, which PyTorch hands to the main process in shared memory. Pickled through
-    the workers' pipes as numpy arrays (3 MB an item at 448 px), they kept the main process of an extraction on a
+    The images travel as a tensor, which PyTorch hands to the main process in shared memory. Pickled through the
+    workers' pipes as numpy arrays (3 MB an item at 448 px), they kept the main process of an extraction on a
     16-core GPU machine waiting for 60 % of the run, whatever the number of workers. A whole shard travels at once:
     each shared tensor costs the main process a round trip to the worker's resource sharer, about 0.8 ms of its
     CPU time, so handing items over one by one cost it more than the rest of its loop together on a CPU.
 
-    The worker also writes what it made (`WORKER_ARRAYS`: pixels, labels, boxes) into the store before handing the
-    shard over; the main process writes the features, the checksums and the `done` record after them. Compressing
-    images in the main process's zarr threads cost 8 ms of CPU per 448 px view image with zstd (a JPEG photo is
-    nearly incompressible) and held a GPU extraction to a tenth of its featurizer's speed; in the workers it runs
-    on as many cores as there are workers.
+    The worker also writes what it made into the store before handing the shard over: the pixels of the views that
+    keep their own (`pixel_sources`), every view's boxes and the items' sizes. With them comes the CRC of each
+    stored pixel entry, which the main process continues over the features it writes, with the checksums and the
+    `done` record, after them. Compressing images in the main process's zarr threads cost 8 ms of CPU per 448 px
+    view image with zstd and held a GPU extraction to a tenth of its featurizer's speed; in the workers it runs on
+    as many cores as there are workers. A view that is a flip or turn of the identity view costs only its image's
+    rearrangement, for the featurizer.
 
     A file that cannot be read comes back as {"index", "error"} rather than as an exception: DataLoader would wrap
     the exception in a worker traceback, and the main process raises it as the one-line message it is. Nothing of
@@ -119,10 +123,17 @@ class _ShardViews(Dataset):
     """
 
     def __init__(
-        self, source: SampleSource, shards: list[range], specs: list[ViewSpec], size: int, resize: str, store: Path
+        self,
+        source: SampleSource,
+        shards: list[range],
+        specs: list[ViewSpec],
+        sources: list[PixelSource],
+        size: int,
+        resize: str,
+        store: Path,
     ):
-        self.source, self.shards, self.specs, self.size, self.resize = source, shards, specs, size, resize
-        self.store_path = store
+        self.source, self.shards, self.specs, self.sources = source, shards, specs, sources
+        self.size, self.resize, self.store_path = size, resize, store
         self._store: FeatureStore | None = None  # opened in the process that writes, on its first shard
 
     def __len__(self) -> int:
@@ -139,25 +150,39 @@ class _ShardViews(Dataset):
         if self._store is None:
             self._store = FeatureStore.open(self.store_path, mode="r+")
         self._store.write_arrays(self.shards[position], arrays)
-        return {name: torch.from_numpy(values) if name in _PIXEL_ARRAYS else values for name, values in arrays.items()}
+        return {
+            "images": torch.from_numpy(np.stack([item["view_images"] for item in items])),
+            "pixel_sums": pixel_checksums(arrays),
+        }
 
     def _item(self, index: int) -> dict[str, np.ndarray]:
         sample = self.source[index]
-        views = [
-            make_view(sample, spec, self.size, self.resize, seed=index * 1009 + v) for v, spec in enumerate(self.specs)
-        ]
+        stored: list[View] = []
+        images, valid_boxes, crop_boxes = [], [], []
+        for v, (spec, source) in enumerate(zip(self.specs, self.sources, strict=True)):
+            if source.rearranged_by is None:
+                stored.append(make_view(sample, spec, self.size, self.resize, seed=index * 1009 + v))
+                view = stored[-1]
+                images.append(view.image)
+                valid_boxes.append(view.valid_box)
+            else:
+                view = stored[source.stored]
+                images.append(np.ascontiguousarray(source.orient(view.image)))
+                valid_boxes.append(orient_box(view.valid_box, spec, self.size))
+            crop_boxes.append(view.crop_box)
         return {
-            "images": np.stack([view.image for view in views]),
-            "labels": np.stack([view.labels for view in views]),
-            "ignore": np.stack([view.ignore for view in views]),
-            "valid_box": np.array([view.valid_box for view in views], np.int32),
-            "crop_box": np.array([view.crop_box for view in views], np.int32),
+            "view_images": np.stack(images),
+            "images": np.stack([view.image for view in stored]),
+            "labels": np.stack([view.labels for view in stored]),
+            "ignore": np.stack([view.ignore for view in stored]),
+            "valid_box": np.array(valid_boxes, np.int32),
+            "crop_box": np.array(crop_boxes, np.int32),
             "original_size": np.array(sample.image.shape[:2], np.int32),
         }
 
 
-_PIXEL_ARRAYS = ("images", "labels", "ignore")  # handed over as tensors, in shared memory
-WORKER_ARRAYS = (*_PIXEL_ARRAYS, "valid_box", "crop_box", "original_size")
+# What a loader worker writes itself: the stored views' pixels, every view's boxes, the item's size.
+WORKER_ARRAYS = (*PIXEL_ARRAYS, "valid_box", "crop_box", "original_size")
 # Shard writes that may run while the next shard is read and computed. Each shard is its own set of files and its
 # items are marked done after its own data, so writes in flight together cannot mix, and a kill loses only them.
 SHARDS_IN_FLIGHT = 4
@@ -165,10 +190,6 @@ SHARDS_IN_FLIGHT = 4
 
 def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
-
-
-def _host_arrays(record: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {key: value.numpy() if isinstance(value, torch.Tensor) else value for key, value in record.items()}
 
 
 def _open_or_create(
@@ -181,6 +202,12 @@ def _open_or_create(
         if not (path / "zarr.json").is_file():
             raise UserError(f"--out: {path} exists and is not a feature store; remove it or pass --overwrite")
         store = FeatureStore.open(path, mode="r+")
+        if store.schema_version != SCHEMA_VERSION:
+            raise UserError(
+                f"{path}: a store of schema {store.schema_version}, written by an earlier isegprobe (every view's "
+                f"pixels stored); it still reads and verifies, but extraction writes schema {SCHEMA_VERSION} only. "
+                "Pass --overwrite to extract it again in the new layout, or choose another --out."
+            )
         problems = mismatches(store.attrs, wanted) if "featurizer" in store.attrs else ["the store has no attrs"]
         if problems:
             raise UserError(
@@ -313,7 +340,7 @@ def _run(
     show_progress: bool,
 ) -> LoopTimes:
     loader = DataLoader(
-        _ShardViews(source, shards, specs, request.size, request.resize, store.path),
+        _ShardViews(source, shards, specs, store.pixel_sources, request.size, request.resize, store.path),
         batch_size=1,
         collate_fn=_single,
         num_workers=request.workers,
@@ -336,15 +363,15 @@ def _run(
                     f"{arrays['error']}\nThe items extracted so far are kept: fix or remove the file and run the same "
                     "command again to go on."
                 )
-            arrays = _host_arrays(arrays)
-            images = arrays["images"].reshape(-1, *arrays["images"].shape[2:])
+            images = arrays["images"].numpy()
+            images = images.reshape(-1, *images.shape[2:])
             with times.measure("featurizer"):
                 features = _forward(featurizer, images, request.batch_size, device)
-            arrays["features"] = features.reshape(len(items), len(specs), *features.shape[1:])
+            features = features.reshape(len(items), len(specs), *features.shape[1:])
             if len(pending) == SHARDS_IN_FLIGHT:
                 with times.measure("waiting_for_writes"):
                     pending.popleft().result()
-            pending.append(writer.submit(store.write_items, items, arrays, WORKER_ARRAYS))
+            pending.append(writer.submit(store.finish_items, items, features, arrays["pixel_sums"]))
             progress.update(len(images))
         with times.measure("waiting_for_writes"):
             for write in pending:

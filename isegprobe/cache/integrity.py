@@ -8,7 +8,13 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from isegprobe.cache.checksums import CHECKED_ARRAYS, CHECKSUM_ARRAY, entry_checksums
+from isegprobe.cache.checksums import (
+    CHECKSUM_ARRAY,
+    PIXEL_ARRAYS,
+    entry_checksums,
+    pixel_checksums,
+    schema1_checksums,
+)
 from isegprobe.cache.reader import ChunkError, open_tensorstore, read_items
 from isegprobe.cache.store import FeatureStore
 
@@ -20,7 +26,7 @@ def broken_entries(store: FeatureStore, on_shard: Callable[[int], None] | None =
     unreadable chunk is checked again item by item, so that one damaged item hides none of its neighbours.
     `on_shard(checked)` follows the reading (a progress bar): after each shard, with its number of finished items."""
     checked = CHECKSUM_ARRAY in store.group
-    names = [*(CHECKED_ARRAYS if checked else ("features",)), "valid_box", *((CHECKSUM_ARRAY,) if checked else ())]
+    names = ["features", *(PIXEL_ARRAYS if checked else ()), "valid_box", *((CHECKSUM_ARRAY,) if checked else ())]
     handles = {name: open_tensorstore(store.path, name) for name in names}
     done_mask = store.done_mask()
     for items in store.shard_ranges():
@@ -45,9 +51,7 @@ def _problems(store: FeatureStore, handles: dict, items: range, done: np.ndarray
     size, views = store.attrs["preprocessing"]["size"], store.attrs["views"]
     stored = {name: read_items(store, handle, name, items)[done - items.start] for name, handle in handles.items()}
     features, boxes = stored["features"].astype(np.float32), stored["valid_box"]
-    mismatched = None
-    if CHECKSUM_ARRAY in stored:
-        mismatched = stored[CHECKSUM_ARRAY] != entry_checksums({name: stored[name] for name in CHECKED_ARRAYS})
+    mismatched = None if CHECKSUM_ARRAY not in stored else stored[CHECKSUM_ARRAY] != _checksums(store, stored)
     problems = []
     for offset, index in enumerate(done.tolist()):
         if mismatched is not None and mismatched[offset].any():
@@ -61,6 +65,14 @@ def _problems(store: FeatureStore, handles: dict, items: range, done: np.ndarray
         if ((y0 < 0) | (x0 < 0) | (y1 > size) | (x1 > size) | (y1 <= y0) | (x1 <= x0)).any():
             problems.append((index, f"valid box outside the {size} px image"))
     return problems
+
+
+def _checksums(store: FeatureStore, stored: dict[str, np.ndarray]) -> np.ndarray:
+    """The checksums of the entries read into `stored`, by the rule of the store's schema (`checksums`)."""
+    if store.schema_version == 1:
+        return schema1_checksums(stored)
+    pixel_sums = pixel_checksums({name: stored[name] for name in PIXEL_ARRAYS})
+    return entry_checksums(stored["features"], pixel_sums, [source.stored for source in store.pixel_sources])
 
 
 def mark_undone(store: FeatureStore, indices: list[int]) -> None:

@@ -28,24 +28,25 @@ def read_into_memory(
     store: FeatureStore,
     handles: Mapping[str, ts.TensorStore],
     items: Sequence[int],
-    view_indices: Sequence[int],
+    view_indices: Mapping[str, Sequence[int]],
     read_items: Callable[[FeatureStore, ts.TensorStore, str, range], np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """Every array of `handles` for `items` (in that order) and the views `view_indices`: [items, views, ...] each.
-    `read_items(store, handle, name, range)` reads a contiguous run of items, strictly."""
-    shapes = {name: (len(items), len(view_indices), *handle.shape[2:]) for name, handle in handles.items()}
+    """Every array of `handles` for `items` (in that order) and, along its view axis, the entries
+    `view_indices[name]`: [items, len(view_indices[name]), ...] each. `read_items(store, handle, name, range)` reads
+    a contiguous run of items, strictly."""
+    shapes = {name: (len(items), len(view_indices[name]), *handle.shape[2:]) for name, handle in handles.items()}
     needed = sum(int(np.prod(shape)) * handles[name].dtype.numpy_dtype.itemsize for name, shape in shapes.items())
     available = available_memory()
     if needed > MEMORY_SHARE * available:
         raise UserError(
             f"{store.path}: data.preload needs {_size(needed)} of memory for {len(items)} items x "
-            f"{len(view_indices)} views, and {_size(available)} are available (at most "
+            f"{len(view_indices['features'])} views, and {_size(available)} are available (at most "
             f"{MEMORY_SHARE:.0%} of it is used); train without data.preload, which reads the store as it goes"
         )
     arrays = {name: np.empty(shape, handles[name].dtype.numpy_dtype) for name, shape in shapes.items()}
     for positions, run in _contiguous_runs(items, store.items_per_shard):
         for name, handle in handles.items():
-            arrays[name][positions] = read_items(store, handle, name, run)[:, list(view_indices)]
+            arrays[name][positions] = read_items(store, handle, name, run)[:, list(view_indices[name])]
     return arrays
 
 

@@ -20,13 +20,13 @@ import tensorstore as ts
 import torch
 from torch.utils.data import Dataset
 
+from isegprobe.cache.checksums import PIXEL_ARRAYS
 from isegprobe.cache.chunks import chunk_problem, require_chunk_files
 from isegprobe.cache.preload import read_into_memory
 from isegprobe.cache.store import FeatureStore
 from isegprobe.errors import UserError
 
-_READ_ARRAYS = ("features", "images", "labels", "ignore")
-_PASSED_AS_IS = ("features", "ignore")  # entries share these arrays' memory (torch.from_numpy)
+_READ_ARRAYS = ("features", *PIXEL_ARRAYS)
 
 
 class ChunkError(UserError):
@@ -90,6 +90,9 @@ class CachedDataset(Dataset):
         if unknown:
             raise UserError(f"{self.path}: no view(s) {unknown}; the store has {all_views}")
         self.view_indices = [all_views.index(name) for name in wanted_views]
+        # The pixels of a flipped or turned view are the identity view's, rearranged as they are read.
+        self.pixel_sources = [self.store.pixel_sources[view] for view in self.view_indices]
+        self._pixel_indices = sorted({source.stored for source in self.pixel_sources})
         done = self.store.done_mask()
         self.items = list(range(self.store.num_items)) if items is None else list(items)
         missing = [index for index in self.items if not done[index]]
@@ -129,7 +132,10 @@ class CachedDataset(Dataset):
         """Read every entry in use into memory now (`data.preload`); later entries come from there, the same
         tensors as read from the store. Refuses, naming the sizes, a store that would not fit in memory."""
         if self._in_memory is None:
-            self._in_memory = read_into_memory(self.store, self._arrays(), self.items, self.view_indices, read_items)
+            indices = {
+                name: self._pixel_indices if name in PIXEL_ARRAYS else self.view_indices for name in _READ_ARRAYS
+            }
+            self._in_memory = read_into_memory(self.store, self._arrays(), self.items, indices, read_items)
 
     @property
     def preloaded(self) -> bool:
@@ -144,20 +150,26 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item, view = self.locate(index)
-        values = self._from_memory(index) if self._in_memory is not None else self._read(item, view)
+        source = self.store.pixel_sources[view]
+        values = self._from_memory(index) if self._in_memory is not None else self._read(item, view, source.stored)
+        features, ignore = values["features"], source.orient(values["ignore"])
+        if self._in_memory is not None:  # entries must not share the preloaded arrays: a caller may write into them
+            features, ignore = features.copy(), ignore.copy()
         return {
-            "features": torch.from_numpy(values["features"]),
-            "image": torch.from_numpy(np.ascontiguousarray(values["images"].transpose(2, 0, 1))),
-            "labels": torch.from_numpy(values["labels"].astype(np.int64)),
-            "ignore": torch.from_numpy(values["ignore"]),
+            "features": torch.from_numpy(features),
+            "image": torch.from_numpy(np.ascontiguousarray(source.orient(values["images"]).transpose(2, 0, 1))),
+            "labels": torch.from_numpy(np.ascontiguousarray(source.orient(values["labels"]), dtype=np.int64)),
+            "ignore": torch.from_numpy(np.ascontiguousarray(ignore)),
             "valid_box": self.valid_boxes[item, view].clone(),
             "item": item,
             "view": view,
         }
 
-    def _read(self, item: int, view: int) -> dict[str, np.ndarray]:
+    def _read(self, item: int, view: int, pixel_view: int) -> dict[str, np.ndarray]:
         arrays = self._arrays()
-        futures = {name: arrays[name][item, view].read() for name in _READ_ARRAYS}
+        futures = {
+            name: arrays[name][item, pixel_view if name in PIXEL_ARRAYS else view].read() for name in _READ_ARRAYS
+        }
         values = {}
         for name, future in futures.items():
             try:
@@ -167,13 +179,10 @@ class CachedDataset(Dataset):
         return values
 
     def _from_memory(self, index: int) -> dict[str, np.ndarray]:
-        """The entry's arrays as preloaded. Those that `__getitem__` hands on as they are (`_PASSED_AS_IS`) are
-        copies, so that a caller that writes into an entry cannot change the next epoch's; the others become new
-        arrays there anyway (labels widened, pixels transposed)."""
+        """The entry's arrays as preloaded (the stored pixel entry, for a flipped or turned view)."""
         item_position, view_position = divmod(index, len(self.view_indices))
+        pixel_position = self._pixel_indices.index(self.pixel_sources[view_position].stored)
         return {
-            name: values[item_position, view_position].copy()
-            if name in _PASSED_AS_IS
-            else values[item_position, view_position]
+            name: values[item_position, pixel_position if name in PIXEL_ARRAYS else view_position]
             for name, values in self._in_memory.items()
         }

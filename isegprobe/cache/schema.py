@@ -11,7 +11,10 @@ from typing import Any
 
 from isegprobe.errors import UserError
 
-SCHEMA_VERSION = 1
+# 2: a flipped or turned view of the identity view keeps no pixels of its own (`pixel_views`). 1: every view's pixels
+# stored; such stores still read and verify, but extraction does not add to them.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 # Keys of the featurizer provenance that decide whether two extractions give the same features. `block` and `normed`
 # (which block's output, timm's norm applied or not) only the timm_dense family records; elsewhere both are None.
@@ -49,16 +52,24 @@ COMPRESSOR = COMPRESSORS["zstd"]
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """An array of the store: its per-item-view shape, dtype, whether it has a view axis, and whether each entry is
-    a chunk of its own (the large arrays) or a whole shard's entries make one chunk (the few numbers per entry)."""
+    """An array of the store: its per-item-view shape, dtype, whether it has a view axis (and whether that axis
+    counts the views or only the views that keep their pixels, `pixels`), and whether each entry is a chunk of its
+    own (the large arrays) or a whole shard's entries make one chunk (the few numbers per entry)."""
 
     name: str
     item_shape: tuple[int, ...]
     dtype: str
     per_view: bool = True
     chunk_per_entry: bool = True
+    pixels: bool = False
+
+    def view_count(self, num_views: int, num_pixel_views: int) -> int:
+        """The length of the array's view axis in a store of `num_views` views, `num_pixel_views` of them stored
+        with their pixels."""
+        return num_pixel_views if self.pixels else num_views
 
     def shape(self, num_items: int, num_views: int) -> tuple[int, ...]:
+        """The array's shape for `num_views` entries per item along its view axis (`view_count`)."""
         prefix = (num_items, num_views) if self.per_view else (num_items,)
         return prefix + self.item_shape
 
@@ -82,9 +93,9 @@ class ArraySpec:
 def array_specs(dim: int, grid: tuple[int, int], size: int) -> list[ArraySpec]:
     return [
         ArraySpec("features", (dim, *grid), "float16"),
-        ArraySpec("images", (size, size, 3), "uint8"),
-        ArraySpec("labels", (size, size), "uint16"),
-        ArraySpec("ignore", (size, size), "bool"),
+        ArraySpec("images", (size, size, 3), "uint8", pixels=True),
+        ArraySpec("labels", (size, size), "uint16", pixels=True),
+        ArraySpec("ignore", (size, size), "bool", pixels=True),
         ArraySpec("valid_box", (4,), "int32", chunk_per_entry=False),
         ArraySpec("crop_box", (4,), "int32", chunk_per_entry=False),
         ArraySpec("original_size", (2,), "int32", per_view=False, chunk_per_entry=False),

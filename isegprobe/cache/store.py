@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from isegprobe.cache.checksums import CHECKSUM_ARRAY, entry_checksums
 from isegprobe.cache.consistency import check_attrs, check_shapes
-from isegprobe.cache.schema import SCHEMA_VERSION, ArraySpec, array_specs
+from isegprobe.cache.pixel_views import PixelSource, pixel_sources, pixel_views
+from isegprobe.cache.schema import READABLE_SCHEMA_VERSIONS, ArraySpec, array_specs
 from isegprobe.errors import UserError, writing_to
 
 # A store being created lives under its name plus this suffix until it is complete.
@@ -46,10 +47,10 @@ class FeatureStore:
             raise UserError(f"{path}: a Zarr {node_type}, not a feature store (the folder that holds the arrays)")
         try:
             group = zarr.open_group(str(path), mode=mode)
-            if group.attrs.get("schema_version") != SCHEMA_VERSION:
+            if group.attrs.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
                 raise UserError(
                     f"{path}: store schema version {group.attrs.get('schema_version')!r}, "
-                    f"this isegprobe reads {SCHEMA_VERSION}"
+                    f"this isegprobe reads {' and '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
                 )
             attrs = dict(group.attrs)
             check_attrs(path, attrs)
@@ -69,18 +70,19 @@ class FeatureStore:
         staging = path.with_name(path.name + STAGING_SUFFIX)
         if staging.exists():
             shutil.rmtree(staging)
-        num_items, num_views = len(attrs["item_ids"]), len(attrs["views"])
+        num_items, num_views, stored = len(attrs["item_ids"]), len(attrs["views"]), len(pixel_views(attrs))
         items_per_shard = attrs["layout"]["items_per_shard"]
         with writing_to(staging):
             group = zarr.open_group(str(staging), mode="w", zarr_format=3)
             for spec in array_specs(dim, grid, attrs["preprocessing"]["size"]):
+                views = spec.view_count(num_views, stored)
                 zarr.create_array(
                     group.store,
                     name=spec.name,
-                    shape=spec.shape(num_items, num_views),
+                    shape=spec.shape(num_items, views),
                     dtype=spec.dtype,
-                    chunks=spec.chunks(items_per_shard, num_views),
-                    shards=spec.shards(items_per_shard, num_views),
+                    chunks=spec.chunks(items_per_shard, views),
+                    shards=spec.shards(items_per_shard, views),
                     compressors=_compressor(spec, attrs["layout"]["compressor"]),
                     fill_value=0,
                     dimension_names=_dimension_names(spec),
@@ -104,6 +106,15 @@ class FeatureStore:
         return int(self.attrs["layout"]["items_per_shard"])
 
     @property
+    def schema_version(self) -> int:
+        return int(self.attrs["schema_version"])
+
+    @property
+    def pixel_sources(self) -> list[PixelSource]:
+        """Where each view's pixels are stored (`cache.pixel_views`)."""
+        return pixel_sources(self.attrs)
+
+    @property
     def feature_shape(self) -> tuple[int, int, int]:
         return tuple(self.group["features"].shape[2:])
 
@@ -121,15 +132,13 @@ class FeatureStore:
                 "(extract-features --overwrite)"
             ) from None
 
-    def write_items(self, items: range, arrays: Mapping[str, np.ndarray], written: Collection[str] = ()) -> None:
-        """Write every array for the contiguous `items` (one shard) with their checksums, then mark them done.
-
-        The arrays named in `written` were already written with these values (by `write_arrays`, in a loader
-        worker); they are read here only for the checksums."""
-        stored = self._stored(arrays)
-        if CHECKSUM_ARRAY in self.group:
-            stored[CHECKSUM_ARRAY] = entry_checksums(stored)
-        self.write_arrays(items, {name: values for name, values in stored.items() if name not in written})
+    def finish_items(self, items: range, features: np.ndarray, pixel_sums: np.ndarray) -> None:
+        """Write the features of the contiguous `items` (one shard) and their checksums, then mark them done. The
+        other arrays are already written (`write_arrays`, in a loader worker); `pixel_sums` are the CRCs of their
+        pixel entries (`checksums.pixel_checksums`)."""
+        features = np.asarray(features, dtype=self.group["features"].dtype)
+        checksums = entry_checksums(features, pixel_sums, [source.stored for source in self.pixel_sources])
+        self.write_arrays(items, {"features": features, CHECKSUM_ARRAY: checksums})
         with writing_to(self.path):
             self._writable("done")[items.start : items.stop] = 1
 
@@ -189,4 +198,5 @@ def _dimension_names(spec: ArraySpec) -> tuple[str, ...]:
         "checksum": (),
         "done": (),
     }[spec.name]
-    return (("item", "view") if spec.per_view else ("item",)) + names
+    views = ("item", "pixel_view") if spec.pixels else ("item", "view")
+    return (views if spec.per_view else ("item",)) + names

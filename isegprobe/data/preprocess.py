@@ -40,6 +40,17 @@ class ViewSpec:
     vflip: bool = False
     turns: int = 0
 
+    @property
+    def oriented(self) -> bool:
+        """Whether the view flips or turns its crop."""
+        return self.flip or self.vflip or self.turns > 0
+
+    @property
+    def from_identity(self) -> bool:
+        """Whether the view is the identity view flipped or turned, nothing else: its pixels are the identity
+        view's, rearranged."""
+        return self.oriented and self.zoom == 1.0 and not self.window
+
 
 @dataclass
 class View:
@@ -159,19 +170,38 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
     ignore, _ = resize_into_square(ignore, size, rule, cv2.INTER_NEAREST)
     if spec.window:
         valid_box = _real_pixels(box, height, width, size)
+    return orient_view(View(image, labels, ignore.astype(bool), valid_box, box), spec, size)
+
+
+def orient_view(view: View, spec: ViewSpec, size: int) -> View:
+    """`view` flipped and turned as `spec` says. Flips and turns act after the resize, on the working square, so a
+    flipped or turned view is the unflipped one rearranged pixel for pixel: flip averaging at evaluation lines
+    predictions up exactly, and a store keeps only the identity view's pixels of such views (`cache.pixel_views`)."""
+    if not spec.oriented:
+        return view
+    image, labels, ignore = (np.ascontiguousarray(orient(a, spec)) for a in (view.image, view.labels, view.ignore))
+    return View(image, labels, ignore, orient_box(view.valid_box, spec, size), view.crop_box)
+
+
+def orient(array: np.ndarray, spec: ViewSpec) -> np.ndarray:
+    """The first two axes (y, x) of `array` flipped, then turned counter-clockwise, as `spec` says; a strided view of
+    `array`, not a copy."""
     if spec.flip:
-        # Flipping after the resize makes the flipped view the exact mirror of the unflipped one, so flip
-        # averaging at evaluation lines predictions up pixel for pixel.
-        image, labels, ignore = (np.ascontiguousarray(a[:, ::-1]) for a in (image, labels, ignore))
-        valid_box = (valid_box[0], size - valid_box[3], valid_box[2], size - valid_box[1])
+        array = array[:, ::-1]
     if spec.vflip:
-        image, labels, ignore = (np.ascontiguousarray(a[::-1]) for a in (image, labels, ignore))
-        valid_box = (size - valid_box[2], valid_box[1], size - valid_box[0], valid_box[3])
+        array = array[::-1]
+    return np.rot90(array, spec.turns) if spec.turns else array
+
+
+def orient_box(box: tuple[int, int, int, int], spec: ViewSpec, size: int) -> tuple[int, int, int, int]:
+    """A box (y0, x0, y1, x1) of the working square, moved as `orient` moves the pixels under it."""
+    if spec.flip:
+        box = (box[0], size - box[3], box[2], size - box[1])
+    if spec.vflip:
+        box = (size - box[2], box[1], size - box[0], box[3])
     for _ in range(spec.turns):
-        # Like the flips, on the working square: the turned view is the identity view turned, pixel for pixel.
-        image, labels, ignore = (np.ascontiguousarray(np.rot90(a)) for a in (image, labels, ignore))
-        valid_box = (size - valid_box[3], valid_box[0], size - valid_box[1], valid_box[2])
-    return View(image, labels, ignore.astype(bool), valid_box, box)
+        box = (size - box[3], box[0], size - box[1], box[2])
+    return box
 
 
 def normalize_images(

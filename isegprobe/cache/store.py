@@ -83,7 +83,7 @@ class FeatureStore:
                     dtype=spec.dtype,
                     chunks=spec.chunks(items_per_shard, views),
                     shards=spec.shards(items_per_shard, views),
-                    compressors=_compressor(spec, attrs["layout"]["compressor"]),
+                    compressors=blosc_codec(spec.dtype, attrs["layout"]["compressor"]),
                     fill_value=0,
                     dimension_names=_dimension_names(spec),
                 )
@@ -180,9 +180,13 @@ def _node_type(path: Path) -> str:
         raise UserError(f"{path / 'zarr.json'}: unreadable Zarr metadata ({error})") from None
 
 
-def _compressor(spec: ArraySpec, compressor: Mapping[str, Any]) -> BloscCodec:
-    itemsize = np.dtype(spec.dtype).itemsize
-    shuffle = BloscShuffle.shuffle if itemsize > 1 else BloscShuffle.noshuffle
+def blosc_codec(dtype: str, compressor: Mapping[str, Any]) -> BloscCodec:
+    """The Blosc codec of an array of `dtype` in a store whose attrs' `layout.compressor` is `compressor`."""
+    itemsize = np.dtype(dtype).itemsize
+    if compressor["shuffle"] == "bitshuffle":
+        shuffle = BloscShuffle.bitshuffle
+    else:  # byte shuffle, which has nothing to shuffle in one-byte values
+        shuffle = BloscShuffle.shuffle if itemsize > 1 else BloscShuffle.noshuffle
     return BloscCodec(cname=compressor["cname"], clevel=compressor["clevel"], shuffle=shuffle, typesize=itemsize)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.chunks import missing_chunk_files
+from isegprobe.cache.pixel_views import pixel_views
 from isegprobe.cache.schema import identity_value
 
 
@@ -23,6 +24,7 @@ def describe_store(path: str | Path) -> str:
         f"           patch {featurizer['patch_size']}  dim {featurizer['dim']}  timm {featurizer.get('timm_version')}",
         f"dataset    {dataset['name']}/{dataset['split']}  root {dataset['root']}",
         f"preprocess size {preprocessing['size']}  resize {preprocessing['resize']}  views {', '.join(attrs['views'])}",
+        _pixels_line(store),
         f"items      {done} of {store.num_items} done  ({store.items_per_shard} items per shard)",
         *_missing_chunks_line(store),
         f"codec      {codec['name']} {codec['cname']} level {codec['clevel']}, {codec['shuffle']}",
@@ -39,6 +41,14 @@ def describe_store(path: str | Path) -> str:
             f"raw {raw / 2**20:8.2f} MiB  stored {stored / 2**20:8.2f} MiB  {ratio}"
         )
     return "\n".join(lines)
+
+
+def _pixels_line(store: FeatureStore) -> str:
+    """Which views keep their pixels; the others are read as the identity view's, flipped or turned."""
+    stored = pixel_views(store.attrs)
+    derived = [name for name in store.attrs["views"] if name not in stored]
+    layout = f"schema {store.schema_version}: stored for {', '.join(stored)}"
+    return f"pixels     {layout}; {', '.join(derived)} read from identity's" if derived else f"pixels     {layout}"
 
 
 def _missing_chunks_line(store: FeatureStore) -> list[str]:

@@ -23,10 +23,11 @@ def test_inspect_summarizes_and_verify_finds_a_damaged_item(tmp_path):
     assert "vit_small_patch14_dinov2  weights random  normalization model\n" in inspected.output
     assert "12 of 12 done" in inspected.output
     assert "codec      blosc zstd level 1, bitshuffle" in inspected.output
+    assert "pixels     schema 2: stored for identity\n" in inspected.output
     features_line = next(line for line in inspected.output.splitlines() if line.strip().startswith("features"))
     raw_mib = 12 * 1 * 384 * 2 * 2 * 2 / 2**20  # items x views x [384, 2, 2] float16
     assert f"raw {raw_mib:8.2f} MiB" in features_line and "stored" in features_line
-    names = [line.split()[0] for line in inspected.output.splitlines()[8:]]
+    names = [line.split()[0] for line in inspected.output.splitlines()[9:]]
     assert names[:4] == ["features", "images", "labels", "ignore"], "largest first"
     assert runner.invoke(cache, ["info", str(store)]).output == inspected.output
     assert runner.invoke(cache, ["verify", str(store)]).exit_code == 0

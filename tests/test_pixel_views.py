@@ -96,6 +96,11 @@ def test_a_schema1_store_reads_as_a_new_extraction_of_the_same_data(tmp_path):
     two.preload()
     assert_same_entries(one, two)
     assert cached_object_count(str(SCHEMA1)) == cached_object_count(str(new_path)) > 0
+    runner = CliRunner()
+    inspected = {path: runner.invoke(cache, ["inspect", str(path)]).output for path in (SCHEMA1, new_path)}
+    assert "pixels     schema 1: stored for identity, hflip, rot90, scale1.5\n" in inspected[SCHEMA1]
+    new_layout = "pixels     schema 2: stored for identity, scale1.5; hflip, rot90 read from identity's"
+    assert new_layout in inspected[new_path]
 
 
 def test_a_schema1_store_verifies_by_its_own_checksums(tmp_path):
@@ -112,10 +117,17 @@ def test_a_schema1_store_verifies_by_its_own_checksums(tmp_path):
     assert verified.exit_code == 1 and "item 6 (test_006): view(s) hflip no longer match" in verified.output
 
 
-def test_extraction_refuses_to_add_to_a_schema1_store_and_overwrite_replaces_it(tmp_path):
-    shutil.copytree(SCHEMA1, tmp_path / SCHEMA1.name.removeprefix("schema1-"))
+def test_extraction_leaves_a_finished_schema1_store_but_refuses_to_add_to_one(tmp_path):
+    copy = tmp_path / SCHEMA1.name.removeprefix("schema1-")
+    shutil.copytree(SCHEMA1, copy)
+    assert extract(extraction(tmp_path, SCHEMA1_VIEWS)).items_extracted == 0, "finished: nothing to do"
     with pytest.raises(UserError, match="a store of schema 1, written by an earlier isegprobe.*--overwrite"):
+        extract(extraction(tmp_path, SCHEMA1_VIEWS, repair=True))
+    done = zarr.open_group(str(copy), mode="r+")["done"]
+    done[5] = 0
+    with pytest.raises(UserError, match="cannot finish or repair it"):
         extract(extraction(tmp_path, SCHEMA1_VIEWS))
+    assert FeatureStore.open(copy).done_mask().sum() == 11, "refused before anything was written"
     replaced = extract(extraction(tmp_path, SCHEMA1_VIEWS, overwrite=True))
     assert FeatureStore.open(replaced.path).schema_version == 2 and replaced.items_extracted == 12
 

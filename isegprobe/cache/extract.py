@@ -202,12 +202,6 @@ def _open_or_create(
         if not (path / "zarr.json").is_file():
             raise UserError(f"--out: {path} exists and is not a feature store; remove it or pass --overwrite")
         store = FeatureStore.open(path, mode="r+")
-        if store.schema_version != SCHEMA_VERSION:
-            raise UserError(
-                f"{path}: a store of schema {store.schema_version}, written by an earlier isegprobe (every view's "
-                f"pixels stored); it still reads and verifies, but extraction writes schema {SCHEMA_VERSION} only. "
-                "Pass --overwrite to extract it again in the new layout, or choose another --out."
-            )
         problems = mismatches(store.attrs, wanted) if "featurizer" in store.attrs else ["the store has no attrs"]
         if problems:
             raise UserError(
@@ -301,6 +295,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     )
     with exclusive_lock(path) if rank == 0 else nullcontext():
         store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
+        _refuse_to_add_to_an_old_layout(store, request.repair)
         repaired = _mark_broken_undone(store, request.repair) if rank == 0 else []
         barrier()
         shards = _pending_shards(store, rank, world)
@@ -311,6 +306,19 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
             store.record_progress()
     seconds = time.perf_counter() - started
     return ExtractionResult(path, store.num_items, len(indices), seconds, store.nbytes_on_disk(), repaired, loop)
+
+
+def _refuse_to_add_to_an_old_layout(store: FeatureStore, repair: bool) -> None:
+    """A finished store of an earlier schema is left as it is (it reads as before); one that this run would write
+    into is refused, since its items would be laid out in two ways."""
+    finished = bool(store.done_mask().all())
+    if store.schema_version == SCHEMA_VERSION or (finished and not repair):
+        return
+    raise UserError(
+        f"{store.path}: a store of schema {store.schema_version}, written by an earlier isegprobe (every view's pixels "
+        f"stored); it reads and verifies as before, but extraction writes schema {SCHEMA_VERSION} only, so it cannot "
+        "finish or repair it. Pass --overwrite to extract it again in the new layout, or choose another --out."
+    )
 
 
 def _mark_broken_undone(store: FeatureStore, repair: bool) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -190,3 +192,24 @@ def test_lz4_codec_stores_the_same_features(tmp_path):
     assert any(codec["name"] == "blosc" and codec["configuration"]["cname"] == "lz4" for codec in inner)
     assert FeatureStore.open(lz4.path).attrs["layout"]["compressor"]["cname"] == "lz4"
     np.testing.assert_array_equal(zarr.open(str(zstd.path))["features"][:], zarr.open(str(lz4.path))["features"][:])
+
+
+def test_a_full_disk_under_the_feature_writer_is_the_os_error_naming_the_store(tmp_path):
+    """Tensorstore reports a failed write as a ValueError; the writer raises it as the OSError the CLI words as a full
+    disk. The child process may write files of 4 KiB at most (EFBIG, the same path as ENOSPC)."""
+    store = extract(request(tmp_path))
+    child = f"""
+import errno, resource, signal
+import numpy as np
+from isegprobe.cache.array_writer import ArrayWriter
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+features = np.random.default_rng(0).random((4, 2, 384, 4, 4)).astype(np.float16)  # does not compress to 4 KiB
+try:
+    ArrayWriter(Path({str(store.path)!r})).write(slice(0, 4), {{"features": features}})
+except OSError as error:
+    print(error.errno == errno.EFBIG, error.filename)
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["True", str(store.path)], done.stderr

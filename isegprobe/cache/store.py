@@ -1,7 +1,8 @@
 """The feature store on disk: one Zarr v3 group per (featurizer, dataset, split, working size).
 
-Writes go through zarr-python, one whole shard at a time: a shard file is replaced atomically, so an interrupted
-extraction loses at most the shards in flight, and the `done` record is written after the data it vouches for. A new
+Arrays are written one whole shard at a time, the features through tensorstore (`ArrayWriter`): a shard file is replaced
+atomically, so an interrupted extraction loses at most the shards in flight, and the `done` record is
+written after the data it vouches for. A new
 store is built in a sibling folder and renamed into place once its arrays and attrs are written, so a store under
 its own name is never half made.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
+from isegprobe.cache.array_writer import ArrayWriter
 from isegprobe.cache.checksums import CHECKSUM_ARRAY, entry_checksums
 from isegprobe.cache.consistency import check_attrs, check_shapes
 from isegprobe.cache.pixel_views import PixelSource, pixel_sources, pixel_views
@@ -35,6 +37,7 @@ class FeatureStore:
         self.path = path
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
+        self._writer = ArrayWriter(path)
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> FeatureStore:
@@ -136,30 +139,26 @@ class FeatureStore:
         """Write the features of the contiguous `items` (one shard) and their checksums, then mark them done. The
         other arrays are already written (`write_arrays`, in a loader worker); `pixel_sums` are the CRCs of their
         pixel entries (`checksums.pixel_checksums`)."""
+        window = slice(items.start, items.stop)
         features = np.asarray(features, dtype=self.group["features"].dtype)
         checksums = entry_checksums(features, pixel_sums, [source.stored for source in self.pixel_sources])
-        self.write_arrays(items, {"features": features, CHECKSUM_ARRAY: checksums})
-        with writing_to(self.path):
-            self._writable("done")[items.start : items.stop] = 1
+        self._writer.write(window, {"features": features, CHECKSUM_ARRAY: checksums})
+        self._writer.write(window, {"done": np.ones(len(items), np.uint8)})
 
     def write_arrays(self, items: range, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write `arrays` (not `done`) for the contiguous `items` of one shard, without marking them done. A loader
-        worker writes the arrays it made itself, so that their compression runs beside the main process's."""
+        """Write `arrays` for the contiguous `items` of one shard, without marking them done. A loader worker writes
+        the arrays it made itself, so that their compression runs beside the main process's.
+
+        Through zarr-python, not tensorstore: the workers are forked (they share the dataset's annotations with the
+        main process instead of unpickling a copy each), and tensorstore in a child forked after the parent used it
+        aborts the child."""
         window = slice(items.start, items.stop)
         with writing_to(self.path):
-            for name, values in self._stored(arrays).items():
-                if name != "done":
-                    self._writable(name)[window] = values
-
-    def _stored(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: np.asarray(values, dtype=self.group[name].dtype) for name, values in arrays.items()}
-
-    def _writable(self, name: str) -> zarr.Array:
-        """The array, set to write every chunk. By default zarr first compares each chunk with the fill value to
-        skip writing it; that check runs on zarr's one event-loop thread and cost more there than the write itself,
-        for nothing here: features and images are never all zero, and an all-zero ignore mask compresses to a few
-        bytes."""
-        return self.group[name].with_config({"write_empty_chunks": True})
+            for name, values in arrays.items():
+                # Every chunk is written: zarr would first compare each with the fill value, on its one event-loop
+                # thread, to skip it, and readers refuse a missing chunk (an all-zero ignore mask is one).
+                array = self.group[name].with_config({"write_empty_chunks": True})
+                array[window] = np.asarray(values, dtype=array.dtype)
 
     def record_progress(self) -> None:
         """Refresh the item count in the attrs (the per-item truth is the `done` array)."""

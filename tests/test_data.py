@@ -5,6 +5,7 @@ import pytest
 from isegprobe.data import create_dataset
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.image_io import is_truncated, read_rgb
+from isegprobe.data.instance_maps import compact_labels
 from isegprobe.data.preprocess import make_view, parse_views
 from isegprobe.errors import UserError
 
@@ -138,3 +139,14 @@ def test_a_truncated_image_file_is_refused_with_its_name(tmp_path, suffix):
     path.write_bytes(whole + b"extra bytes some cameras append")
     assert read_rgb(path).shape == (48, 64, 3), "data after the end of the image is allowed"
     assert is_truncated(whole[:-2]) and not is_truncated(whole)
+
+
+@pytest.mark.parametrize("ids", [(0, 1, 2, 3), (0, 2, 5, 9), (1, 2), (0, 3), (0,)])
+def test_compact_labels_numbers_the_ids_present_1_to_k_in_order(ids):
+    """Against np.unique's numbering, with ids already 1..K (converted only) and with gaps (looked up)."""
+    labels = np.random.default_rng(len(ids)).choice(np.array(ids, np.int32), size=(48, 64))
+    present = np.unique(labels)
+    expected = np.searchsorted(present[present > 0], labels) + 1
+    expected[labels == 0] = 0
+    compacted = compact_labels(labels)
+    assert compacted.dtype == np.uint16 and np.array_equal(compacted, expected)

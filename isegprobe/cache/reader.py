@@ -150,7 +150,7 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item, view = self.locate(index)
-        source = self.store.pixel_sources[view]
+        source = self.pixel_sources[index % len(self.view_indices)]
         values = self._from_memory(index) if self._in_memory is not None else self._read(item, view, source.stored)
         features, ignore = values["features"], source.orient(values["ignore"])
         if self._in_memory is not None:  # entries must not share the preloaded arrays: a caller may write into them

@@ -1,10 +1,9 @@
 """The feature store on disk: one Zarr v3 group per (featurizer, dataset, split, working size).
 
-Arrays are written one whole shard at a time, the features through tensorstore (`ArrayWriter`): a shard file is replaced
-atomically, so an interrupted extraction loses at most the shards in flight, and the `done` record is
-written after the data it vouches for. A new
-store is built in a sibling folder and renamed into place once its arrays and attrs are written, so a store under
-its own name is never half made.
+Arrays are written one whole shard at a time (the features through tensorstore, `ArrayWriter`): a shard file is
+replaced atomically, so an interrupted extraction loses at most the shards in flight, and the `done` record is written
+after the data it vouches for. A new store is built in a sibling folder and renamed into place once its arrays and
+attrs are written, so a store under its own name is never half made.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ class FeatureStore:
     def schema_version(self) -> int:
         return int(self.attrs["schema_version"])
 
-    @property
+    @cached_property
     def pixel_sources(self) -> list[PixelSource]:
         """Where each view's pixels are stored (`cache.pixel_views`)."""
         return pixel_sources(self.attrs)

@@ -6,7 +6,7 @@ from isegprobe.data import create_dataset
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.image_io import is_truncated, read_rgb
 from isegprobe.data.instance_maps import compact_labels
-from isegprobe.data.preprocess import make_view, parse_views
+from isegprobe.data.preprocess import make_view, orient, oriented_copy, parse_views
 from isegprobe.errors import UserError
 
 
@@ -150,3 +150,15 @@ def test_compact_labels_numbers_the_ids_present_1_to_k_in_order(ids):
     expected[labels == 0] = 0
     compacted = compact_labels(labels)
     assert compacted.dtype == np.uint16 and np.array_equal(compacted, expected)
+
+
+@pytest.mark.parametrize("name", ["hflip", "vflip", "rot90", "rot180", "rot270"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "bool"])
+def test_oriented_copies_are_numpys_flips_and_turns(name, dtype):
+    (spec,) = parse_views(f"identity,{name}")[1:]
+    rng = np.random.default_rng(0)
+    shape = (5, 7, 3) if dtype == "uint8" else (5, 7)  # not square: a turn swaps the sides
+    array = (rng.integers(0, 1000, shape) % (2 if dtype == "bool" else 1000)).astype(dtype)
+    copied = oriented_copy(array, spec)
+    assert copied.dtype == array.dtype and copied.flags.c_contiguous
+    assert np.array_equal(copied, orient(array, spec))

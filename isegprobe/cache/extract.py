@@ -30,7 +30,15 @@ from isegprobe.cache.pixel_views import PixelSource
 from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
 from isegprobe.cache.store import FeatureStore
 from isegprobe.data import SampleSource, create_dataset, resolve_root
-from isegprobe.data.preprocess import View, ViewSpec, make_view, normalize_images, orient_box, parse_views
+from isegprobe.data.preprocess import (
+    View,
+    ViewSpec,
+    make_view,
+    normalize_images,
+    orient_box,
+    oriented_copy,
+    parse_views,
+)
 from isegprobe.devices import featurizer_autocast
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
@@ -167,7 +175,7 @@ class _ShardViews(Dataset):
                 valid_boxes.append(view.valid_box)
             else:
                 view = stored[source.stored]
-                images.append(np.ascontiguousarray(source.orient(view.image)))
+                images.append(oriented_copy(view.image, spec))
                 valid_boxes.append(orient_box(view.valid_box, spec, self.size))
             crop_boxes.append(view.crop_box)
         return {

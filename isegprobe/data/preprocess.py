@@ -22,6 +22,8 @@ _SCALE_VIEW = re.compile(r"^scale(\d+(?:\.\d+)?)$")
 _WINDOW_VIEW = re.compile(r"^crop(\d+)$")
 # Quarter turns counter-clockwise, as np.rot90 (iSegProbe's RandomRotate90 draws among these).
 _TURN_VIEWS = {"rot90": 1, "rot180": 2, "rot270": 3}
+# np.rot90's quarter turns (counter-clockwise) as OpenCV's rotations.
+_CV2_TURNS = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
 # RITM's and iSegProbe's training crops: UniformRandomResize(scale_range=(0.75, 1.25)), then a crop of the working
 # size, the image zero-padded (centred, as PadIfNeeded) where it is smaller.
 WINDOW_SCALE_RANGE = (0.75, 1.25)
@@ -179,7 +181,7 @@ def orient_view(view: View, spec: ViewSpec, size: int) -> View:
     predictions up exactly, and a store keeps only the identity view's pixels of such views (`cache.pixel_views`)."""
     if not spec.oriented:
         return view
-    image, labels, ignore = (np.ascontiguousarray(orient(a, spec)) for a in (view.image, view.labels, view.ignore))
+    image, labels, ignore = (oriented_copy(a, spec) for a in (view.image, view.labels, view.ignore))
     return View(image, labels, ignore, orient_box(view.valid_box, spec, size), view.crop_box)
 
 
@@ -191,6 +193,21 @@ def orient(array: np.ndarray, spec: ViewSpec) -> np.ndarray:
     if spec.vflip:
         array = array[::-1]
     return np.rot90(array, spec.turns) if spec.turns else array
+
+
+def oriented_copy(array: np.ndarray, spec: ViewSpec) -> np.ndarray:
+    """`orient(array, spec)` as a new contiguous array, the same values, made by OpenCV's flip and rotate: numpy's
+    strided copy of a mirrored 448 px image takes 1.3 ms, OpenCV's 0.03."""
+    as_bytes = array.dtype == bool
+    result = array.view(np.uint8) if as_bytes else array
+    if spec.flip:
+        result = cv2.flip(result, 1)
+    if spec.vflip:
+        result = cv2.flip(result, 0)
+    if spec.turns:
+        result = cv2.rotate(result, _CV2_TURNS[spec.turns])
+    result = np.ascontiguousarray(result)  # no copy unless nothing above made one
+    return result.view(bool) if as_bytes else result
 
 
 def orient_box(box: tuple[int, int, int, int], spec: ViewSpec, size: int) -> tuple[int, int, int, int]:

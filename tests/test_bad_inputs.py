@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from launch import hold_lock
 from safetensors.torch import load_file
 
 ERROR_TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+SCHEMA1_STORE = Path(__file__).parent / "data" / "schema1-vit_small_patch14_dinov2-builtin-test-28.zarr"
 
 
 def extraction(*options: object, featurizer: str = "vit_small_patch14_dinov2", weights: object = "random") -> list:
@@ -49,6 +51,15 @@ def extract_the_test_store_again(w: World) -> list[object]:
     """The world's own extraction of its test store: nothing left to do, when nothing is in the way."""
     options = ("--dataset", "builtin", "--size", SIZE, "--items-per-shard", "4", "--workers", "0")
     return extraction(*options, "--out", w.store.parent)
+
+
+def repair_a_schema1_store(w: World) -> list[object]:
+    """A copy of tests/data's schema-1 store under its own name, and the extraction that made it, with --repair."""
+    out = w.root / "schema1"
+    shutil.copytree(SCHEMA1_STORE, out / SCHEMA1_STORE.name.removeprefix("schema1-"))
+    views = "identity,hflip,rot90,scale1.5"
+    options = ("--dataset", "builtin", "--size", "28", "--views", views, "--items-per-shard", "4", "--workers", "0")
+    return extraction(*options, "--repair", "--out", out)
 
 
 def extract_custom(folder: Path, out: Path) -> list[object]:
@@ -142,6 +153,11 @@ CASES: dict[str, Case] = {
             "--dataset", "builtin", "--size", str(SIZE), "--views", "identity", "--out", w.store.parent
         ),
         "refusing to add to a store made differently",
+    ),
+    "extraction that would add to a store of the earlier layout": Case(
+        repair_a_schema1_store,
+        "a store of schema 1, written by an earlier isegprobe (every view's pixels stored); it reads and verifies as "
+        "before, but extraction writes schema 2 only, so it cannot finish or repair it. Pass --overwrite",
     ),
     "config key that does not exist": Case(
         lambda w: training(w, "r1", "--set", "optim.lrr=1"),

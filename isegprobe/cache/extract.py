@@ -319,8 +319,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
 def _refuse_to_add_to_an_old_layout(store: FeatureStore, repair: bool) -> None:
     """A finished store of an earlier schema is left as it is (it reads as before); one that this run would write
     into is refused, since its items would be laid out in two ways."""
-    finished = bool(store.done_mask().all())
-    if store.schema_version == SCHEMA_VERSION or (finished and not repair):
+    if store.schema_version == SCHEMA_VERSION or (not repair and store.done_mask().all()):
         return
     raise UserError(
         f"{store.path}: a store of schema {store.schema_version}, written by an earlier isegprobe (every view's pixels "

@@ -93,6 +93,8 @@ class CachedDataset(Dataset):
         # The pixels of a flipped or turned view are the identity view's, rearranged as they are read.
         self.pixel_sources = [self.store.pixel_sources[view] for view in self.view_indices]
         self._pixel_indices = sorted({source.stored for source in self.pixel_sources})
+        # Per wanted view, where its pixel entry sits among `_pixel_indices` (the preloaded pixel arrays' view axis).
+        self._pixel_positions = [self._pixel_indices.index(source.stored) for source in self.pixel_sources]
         done = self.store.done_mask()
         self.items = list(range(self.store.num_items)) if items is None else list(items)
         missing = [index for index in self.items if not done[index]]
@@ -181,7 +183,7 @@ class CachedDataset(Dataset):
     def _from_memory(self, index: int) -> dict[str, np.ndarray]:
         """The entry's arrays as preloaded (the stored pixel entry, for a flipped or turned view)."""
         item_position, view_position = divmod(index, len(self.view_indices))
-        pixel_position = self._pixel_indices.index(self.pixel_sources[view_position].stored)
+        pixel_position = self._pixel_positions[view_position]
         return {
             name: values[item_position, pixel_position if name in PIXEL_ARRAYS else view_position]
             for name, values in self._in_memory.items()

@@ -5,7 +5,9 @@ cache / in-memory what reading the store costs against the limit (in-memory is t
 `data.preload` trains). All three modes run the same real training step
 (`Trainer.train_step`) on the same batches through the same loader and click sampler; they differ only in where the
 features come from. Hooks on the real modules split each step into data, featurizer, click encoder, upsampler,
-head forward, backward, optimizer and the rest, so nothing of the step is re-implemented here.
+head forward, backward, optimizer and the rest, so nothing of the step is re-implemented here. Where the targets and
+initial clicks are drawn on the device (`data.click_sampling`, on a GPU by default), a fourth mode times the cache
+with them drawn per image in the loader, as before, beside it.
 
 Probe (a) is iSegProbe's recipe (`sbd_224`: bilinear upsampling, then two 3x3 C -> C convs at full resolution); it
 runs at --size-a, 224 px by default, because one such step at 448 px takes minutes on a CPU. Probe (b) is the
@@ -41,11 +43,11 @@ from isegprobe.config import TrainConfig, load_train_config
 from isegprobe.featurizers import Featurizer, create_featurizer
 from isegprobe.model import ISProbe
 from isegprobe.training.click_dataset import EpochShuffleSampler
-from isegprobe.training.loaders import training_loader
+from isegprobe.training.loaders import draws_on_device, training_loader
 from isegprobe.training.run_setup import probe_dims
 from isegprobe.training.trainer import Trainer
 
-MODES = ("cache", "in-memory", "online")
+LOADER_CLICKS = "cache, clicks drawn in the loader"
 PHASES = ("data", "featurizer", "click encoder", "upsampler", "head fwd", "loss", "backward", "optimizer", "other")
 
 
@@ -161,7 +163,7 @@ def run_round(mode: Mode, steps: int, lr: float, device: torch.device) -> dict[s
 def measure_probe(
     args: argparse.Namespace, run: ProbeRun, featurizer: Featurizer, device: torch.device
 ) -> dict[str, Any]:
-    """Interleaved rounds of the three modes for one probe; per-mode medians of it/s and of each phase per step."""
+    """Interleaved rounds of the modes for one probe; per-mode medians of it/s and of each phase per step."""
     store = ensure_store(args, args.split, run.size)
     cached = CachedDataset(store, items=CachedDataset(store).items[: args.items])
     if run.steps * run.batch_size > len(cached):
@@ -172,13 +174,15 @@ def measure_probe(
         )
     in_memory = CachedDataset(store, items=cached.items)
     in_memory.preload()  # data.preload
-    config = load_train_config(run.preset, [f"data.batch_size={run.batch_size}", f"data.num_workers={args.workers}"])
+    config = train_config(args, run)
     dims = probe_dims(cached, None, run.size)
     modes = {
         "cache": build_mode(config, cached, dims, device, None),
         "in-memory": build_mode(config, in_memory, dims, device, None),
         "online": build_mode(config, in_memory, dims, device, featurizer),
     }
+    if draws_on_device(config, device):  # today's path beside it: each image's clicks drawn in the loader
+        modes[LOADER_CLICKS] = build_mode(train_config(args, run, "loader"), cached, dims, device, None)
     lr = config.optim.lr
     for mode in modes.values():
         run_round(mode, 1, lr, device)
@@ -193,6 +197,12 @@ def measure_probe(
     if args.profile:
         measured["profile"] = _profile(modes["cache"], lr)
     return measured
+
+
+def train_config(args: argparse.Namespace, run: ProbeRun, click_sampling: str | None = None) -> TrainConfig:
+    """The probe's preset at the run's batch size, with the loader workers and click sampling asked for."""
+    overrides = [f"data.batch_size={run.batch_size}", f"data.num_workers={args.workers}"]
+    return load_train_config(run.preset, [*overrides, f"data.click_sampling={click_sampling or args.click_sampling}"])
 
 
 def side_by_side_round(modes: list[Mode], steps: int, lr: float, device: torch.device) -> dict[str, float]:
@@ -223,7 +233,7 @@ def measure_side_by_side(args: argparse.Namespace, run: ProbeRun, count: int, de
     everything outside the modules', loss's and optimizer's arithmetic) of each."""
     store = ensure_store(args, args.split, run.size)
     cached = CachedDataset(store, items=CachedDataset(store).items[: args.items])
-    config = load_train_config(run.preset, [f"data.batch_size={run.batch_size}", f"data.num_workers={args.workers}"])
+    config = train_config(args, run)
     dims = probe_dims(cached, None, run.size)
     groups = {
         "one probe": [build_mode(config, cached, dims, device, None)],
@@ -275,8 +285,7 @@ def _profile(mode: Mode, lr: float) -> str:
 def probe_table(measured: dict[str, Any]) -> str:
     modes = measured["modes"]
     rows = []
-    for name in MODES:
-        mode = modes[name]
+    for name, mode in modes.items():
         step = mode["s_per_step"]
         phases = [_phase_cell(mode["phase_s_per_step"][phase], step) for phase in PHASES]
         rows.append([name, mode["it_per_s"], f"{step * 1000:.0f}", *phases])
@@ -307,7 +316,11 @@ def ratios(measured: dict[str, Any]) -> dict[str, float]:
         / cache["s_per_step"],
         "featurizer share of an online step": modes["online"]["phase_s_per_step"]["featurizer"]
         / modes["online"]["s_per_step"],
-    }
+    } | (
+        {f"host ms per cache step, {LOADER_CLICKS}": host_ms_per_step(modes[LOADER_CLICKS])}
+        if LOADER_CLICKS in modes
+        else {}
+    )
 
 
 def checks_for(key: str, ratio: dict[str, float]) -> list[Check]:
@@ -330,6 +343,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats-a", type=int, default=2, help="interleaved rounds of probe (a)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (spawned), as data.num_workers")
     parser.add_argument("--probes", default="a,b", help="which probes to run: a, b or a,b")
+    parser.add_argument(
+        "--click-sampling",
+        default="auto",
+        choices=("auto", "loader", "device"),
+        help="data.click_sampling of the probes (auto: on the device on a GPU, where the loader's way is also timed)",
+    )
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of a cache step")
     parser.add_argument(
         "--side-by-side",

@@ -63,6 +63,7 @@ NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
 PROBABILITY = Range(0, 1)
 OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)
+CLICK_SAMPLING = ("auto", "loader", "device")
 
 
 def number(default: Any, allowed: Range) -> Any:
@@ -157,6 +158,10 @@ class DataConfig:
     `preload`: read the training (and validation) store's entries in use into memory before the first step, for
     a fast GPU that would otherwise wait for the store's decoding; refused when they would not fit in memory, and
     with loader workers (each would hold a copy).
+    `click_sampling`: where each sample's target and initial clicks are drawn. `loader`: per image, in the data
+    loader (its workers, if any); `device`: for the whole batch on the training device (training/batch_sampler.py),
+    which spares a GPU run the per-image work of one CPU thread; `auto`: device on a GPU, loader otherwise. The
+    draws are the same either way.
     """
 
     size: int | None = number(224, AT_LEAST_ONE)
@@ -170,6 +175,7 @@ class DataConfig:
     keep_background_prob: float = number(1.0, PROBABILITY)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     preload: bool = False
+    click_sampling: str = "auto"
 
 
 @dataclass
@@ -351,6 +357,11 @@ def _check_together(config: TrainConfig) -> None:
             f"config keys data.preload and data.num_workers {config.data.num_workers}: a preloaded store is read "
             "from memory in the training process; each loader worker would hold a copy of it. Set "
             "data.num_workers=0"
+        )
+    if config.data.click_sampling not in CLICK_SAMPLING:
+        raise UserError(
+            f"config key 'data.click_sampling' must be one of {', '.join(CLICK_SAMPLING)}, "
+            f"got {config.data.click_sampling!r}"
         )
     sampler = config.sampler
     negatives = (sampler.negative_bg_prob, sampler.negative_other_prob, sampler.negative_border_prob)

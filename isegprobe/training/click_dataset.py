@@ -42,6 +42,9 @@ class ClickTrainingSet(Dataset):
     an epoch sees every image once, as RITM's and iSegProbe's epochs see every image once in one random
     augmentation, however many views the store holds. A view without any object is drawn again among the others
     unless a coin with `keep_background_prob` keeps it; `augment` adds the on-the-fly augmentations.
+
+    With `draw_on_device` a sample carries its labels and its seed (`sample_seed`) instead of a target and clicks:
+    the trainer draws those for the whole batch on its device (batch_sampler.py), the same ones.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class ClickTrainingSet(Dataset):
         views_per_item: int = 1,
         keep_background_prob: float = 1.0,
         augment: AugmentConfig | None = None,
+        draw_on_device: bool = False,
     ) -> None:
         if len(entries) % views_per_item:
             raise ValueError(f"{len(entries)} entries are not {views_per_item} views of each item")
@@ -69,6 +73,7 @@ class ClickTrainingSet(Dataset):
         self.views_per_item = views_per_item
         self.keep_background_prob = keep_background_prob
         self.augment = augment
+        self.draw_on_device = draw_on_device
 
     def __len__(self) -> int:
         return len(self.entries) // self.views_per_item
@@ -81,15 +86,20 @@ class ClickTrainingSet(Dataset):
         valid = valid_pixels(_as_numpy(item["ignore"]).astype(bool), _as_numpy(item["valid_box"]))
         if self.augment.photometric or self.augment.shift_rotate:
             image, labels, valid = self._augmented(image, labels, valid, epoch, index)
-        sampled = self.sampler.sample(labels, valid, np.random.default_rng([self.seed, epoch, index]))
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "target": torch.from_numpy(sampled.mask),
             "valid": torch.from_numpy(valid),
-            "clicks": torch.from_numpy(sampled.clicks),
             "item": int(item["item"]),
             "view": int(item["view"]),
         }
+        seed = [self.seed, epoch, index]
+        if self.draw_on_device:
+            sample["labels"] = torch.from_numpy(labels.astype(np.int32))
+            sample["sample_seed"] = torch.tensor(seed, dtype=torch.int64)
+        else:
+            sampled = self.sampler.sample(labels, valid, np.random.default_rng(seed))
+            sample["target"] = torch.from_numpy(sampled.mask)
+            sample["clicks"] = torch.from_numpy(sampled.clicks)
         if self.with_features:
             sample["features"] = torch.as_tensor(item["features"])
         return sample

@@ -29,6 +29,7 @@ def training_loader(
         views_per_item=int(getattr(dataset, "num_views", 1)),
         keep_background_prob=config.data.keep_background_prob,
         augment=config.data.augment,
+        draw_on_device=draws_on_device(config, device),
     )
     probabilities = None
     if config.data.sample_weights is not None:
@@ -41,9 +42,21 @@ def training_loader(
 
 def validation_loader(dataset: Dataset, config: TrainConfig, device: torch.device, online: bool) -> DataLoader:
     """Every entry of the validation store, in order, with the same targets and clicks at every epoch."""
-    items = ClickTrainingSet(dataset, MultiPointSampler(config.sampler), config.seed, with_features=not online)
+    items = ClickTrainingSet(
+        dataset,
+        MultiPointSampler(config.sampler),
+        config.seed,
+        with_features=not online,
+        draw_on_device=draws_on_device(config, device),
+    )
     order = EpochShuffleSampler(len(dataset), seed=config.seed, shuffle=False)
     return _loader(items, config, device, order, config.data.batch_size)
+
+
+def draws_on_device(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the batches' targets and initial clicks are drawn on the training device (`data.click_sampling`)."""
+    setting = config.data.click_sampling
+    return setting == "device" or (setting == "auto" and device.type == "cuda")
 
 
 def _loader(

@@ -186,7 +186,7 @@ class _Run:
             self.logger.scalars({f"train/{name}": value for name, value in self.last_logged.items()}, state.step)
         if state.step % config.logging.image_every_steps == 0:
             panels = prediction_panels(
-                batch["image"], batch["target"], self.result.prob, self.result.clicks, config.logging.num_images
+                batch["image"], self.result.target, self.result.prob, self.result.clicks, config.logging.num_images
             )
             self.logger.images("train/predictions", panels, state.step)
         if epoch_done and self.rank == 0:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from isegprobe.data.preprocess import normalize_images
 from isegprobe.devices import featurizer_autocast
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
+from isegprobe.training.batch_sampler import BatchPointSampler
 from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
 from isegprobe.training.next_clicks import add_next_clicks
 
@@ -44,6 +46,7 @@ class StepResult:
     num_next_clicks: int
     logits: Tensor  # [B, 1, H, W], detached
     clicks: Tensor  # [B, K + max_num_next_clicks, 3], the clicks the loss saw
+    target: Tensor  # bool [B, H, W]
 
     @property
     def prob(self) -> Tensor:
@@ -91,6 +94,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # every batch has the store's one working size
         self.model: nn.Module = self.probe
         self.loss_fn = NormalizedFocalLoss(config.loss.alpha, config.loss.gamma)
+        self.batch_sampler = BatchPointSampler(config.sampler)
         self.optimizer = torch.optim.Adam(
             [parameter for parameter in self.probe.parameters() if parameter.requires_grad],
             lr=config.optim.lr,
@@ -108,21 +112,34 @@ class Trainer:
         self.model = DistributedDataParallel(self.probe, device_ids=device_ids)
 
     def to_device(self, batch: Mapping[str, Any]) -> DeviceBatch:
-        """Move a collated batch to the device, normalize it there, and get its features (cached or computed)."""
+        """Move a collated batch to the device, normalize it there, and get its features (cached or computed).
+        A batch without targets and clicks (`data.click_sampling` device) has them drawn here, for all its images
+        at once."""
         non_blocking = self.device.type == "cuda"
         images = normalize_images(batch["image"].to(self.device, non_blocking=non_blocking), self.mean, self.std)
+        valid = batch["valid"].to(self.device, non_blocking=non_blocking)
+        if "clicks" in batch:
+            target = batch["target"].to(self.device, non_blocking=non_blocking)
+            clicks = batch["clicks"].to(self.device, non_blocking=non_blocking)
+        else:
+            labels = batch["labels"].to(self.device, non_blocking=non_blocking)
+            target, clicks = self.batch_sampler.sample(labels, valid, batch["sample_seed"])
         return DeviceBatch(
-            images=images,
-            features=self._features(batch, images),
-            target=batch["target"].to(self.device, non_blocking=non_blocking),
-            valid=batch["valid"].to(self.device, non_blocking=non_blocking),
-            clicks=batch["clicks"].to(self.device, non_blocking=non_blocking),
+            images=images, features=self._features(batch, images), target=target, valid=valid, clicks=clicks
         )
 
     def inputs_key(self) -> tuple[Any, ...]:
         """Trainers with equal keys make the same `DeviceBatch` of a batch, so that probes trained side by side
-        prepare it (and compute online features) once; none of them writes into it."""
-        return (self.device, self.mean, self.std, self.online, id(self.featurizer), self.probe.needs_featurizer)
+        prepare it (and compute online features, or draw targets and clicks) once; none of them writes into it."""
+        return (
+            self.device,
+            self.mean,
+            self.std,
+            self.online,
+            id(self.featurizer),
+            self.probe.needs_featurizer,
+            dataclasses.astuple(self.config.sampler),
+        )
 
     def _features(self, batch: Mapping[str, Any], images: Tensor) -> Tensor | None:
         if self.probe.needs_featurizer:
@@ -192,6 +209,7 @@ class Trainer:
             num_next_clicks=count,
             logits=logits,
             clicks=clicks,
+            target=device_batch.target,
         )
 
     def evaluate(self, loader: DataLoader) -> tuple[float, float]:

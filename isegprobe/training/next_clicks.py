@@ -7,6 +7,9 @@ RITM, pixels that are not valid (ignore, padding) count as neither error.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
 import cv2
 import numpy as np
 import torch
@@ -25,18 +28,33 @@ def next_click(
 def click_into_errors(
     false_negative: np.ndarray, false_positive: np.ndarray, rng: np.random.Generator
 ) -> tuple[int, int, int] | None:
-    """`next_click` from the error regions themselves (bool [H, W]); candidates in row-major order, as np.argwhere
-    lists them, so the same draw picks the same pixel."""
+    """`next_click` from the error regions themselves (bool [H, W])."""
+    return _draw(deepest_errors(false_negative, false_positive), false_negative.shape[1], rng)
+
+
+def deepest_errors(false_negative: np.ndarray, false_positive: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(flat indices of the pixels deeper than half the largest depth, whether they are false negatives): the
+    candidates in row-major order, as np.argwhere lists them, so that the same draw picks the same pixel."""
     fn_depth = _inner_distance(false_negative)
     fp_depth = _inner_distance(false_positive)
     fn_max, fp_max = float(fn_depth.max()), float(fp_depth.max())
     is_positive = fn_max > fp_max
     depth = fn_depth if is_positive else fp_depth
-    candidates = np.flatnonzero(depth > max(fn_max, fp_max) / 2.0)
+    return np.flatnonzero(depth > max(fn_max, fp_max) / 2.0), is_positive
+
+
+def _draw(deepest: tuple[np.ndarray, bool], width: int, rng: np.random.Generator) -> tuple[int, int, int] | None:
+    candidates, is_positive = deepest
     if len(candidates) == 0:
         return None
-    y, x = divmod(int(candidates[int(rng.integers(len(candidates)))]), depth.shape[1])
+    y, x = divmod(int(candidates[int(rng.integers(len(candidates)))]), width)
     return y, x, int(is_positive)
+
+
+@cache
+def _transform_threads() -> ThreadPoolExecutor:
+    """The threads the batch's transforms share (OpenCV's own count): distanceTransform releases the GIL."""
+    return ThreadPoolExecutor(max(1, cv2.getNumThreads()), thread_name_prefix="next-clicks")
 
 
 def _inner_distance(mask: np.ndarray) -> np.ndarray:
@@ -57,14 +75,16 @@ def add_next_clicks(
 ) -> Tensor:
     """Write each image's next click into row `slot` of clicks [B, K, 3]; prob [B, 1, H, W], target/valid [B, H, W].
 
-    The error regions are made on the device for the whole batch; only they come to the CPU, for the transforms.
+    The error regions are made on the device for the whole batch; only they come to the CPU, for the transforms,
+    which run on several threads; the draws then follow in the batch's order, as one after the other would take them.
     """
     target, valid = target.bool(), valid.bool()
     false_negatives = (target & (prob[:, 0] < threshold) & valid).cpu().numpy()
     false_positives = (~target & (prob[:, 0] > threshold) & valid).cpu().numpy()
     rows = clicks[:, slot].cpu().clone()
-    for index in range(prob.shape[0]):
-        click = click_into_errors(false_negatives[index], false_positives[index], rng)
+    deepest = _transform_threads().map(deepest_errors, false_negatives, false_positives)
+    for index, image_deepest in enumerate(deepest):
+        click = _draw(image_deepest, prob.shape[-1], rng)
         if click is not None:
             rows[index] = torch.tensor(click, dtype=rows.dtype)
     clicks = clicks.clone()

@@ -1,10 +1,10 @@
 """Stage-two training speed from the cache, online (featurizer in the loop) and from features in memory.
 
 The cache exists so that a probe trains without the frozen featurizer: cache / online says what that buys, and
-cache / in-memory what reading the store costs against the limit (in-memory is the store preloaded, as
-`data.preload` trains). All three modes run the same real training step
-(`Trainer.train_step`) on the same batches through the same loader and click sampler; they differ only in where the
-features come from. Hooks on the real modules split each step into data, featurizer, click encoder, upsampler,
+cache / in-memory what reading the store costs against the limit (in-memory is the store preloaded, as `data.preload`
+trains: in host memory, or on a GPU that draws the clicks, in its memory). All three modes run the same real training
+step (`Trainer.train_step`) on the same batches through the same loader and click sampler; they differ only in where
+the features come from. Hooks on the real modules split each step into data, featurizer, click encoder, upsampler,
 head forward, backward, optimizer and the rest, so nothing of the step is re-implemented here. Where the targets and
 initial clicks are drawn on the device (`data.click_sampling`, on a GPU by default), a fourth mode times the cache
 with them drawn per image in the loader, as before, beside it.
@@ -43,7 +43,7 @@ from isegprobe.config import TrainConfig, load_train_config
 from isegprobe.featurizers import Featurizer, create_featurizer
 from isegprobe.model import ISProbe
 from isegprobe.training.click_dataset import EpochShuffleSampler
-from isegprobe.training.loaders import draws_on_device, training_loader
+from isegprobe.training.loaders import draws_on_device, preload_device, training_loader
 from isegprobe.training.run_setup import probe_dims
 from isegprobe.training.trainer import Trainer
 
@@ -172,9 +172,9 @@ def measure_probe(
             f"entries, but the store gives {len(cached)} (--items {args.items}); every round times one epoch's first "
             "batches, so lower --steps or the batch size, or raise --items"
         )
-    in_memory = CachedDataset(store, items=cached.items)
-    in_memory.preload()  # data.preload
     config = train_config(args, run)
+    in_memory = CachedDataset(store, items=cached.items)
+    in_memory.preload(preload_device(config, device))  # data.preload: on a GPU that draws the clicks, kept there
     dims = probe_dims(cached, None, run.size)
     modes = {
         "cache": build_mode(config, cached, dims, device, None),

@@ -1,5 +1,6 @@
 """data.preload: a store's entries read into memory once give the same entries, and the same training, as reading
-the store as it goes; a store that would not fit, or loader workers beside it, are refused."""
+the store as it goes, in host memory or kept on the device; a store that would not fit, or loader workers beside it,
+are refused (on the device: kept in host memory)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,71 @@ def test_preloaded_entries_are_the_stored_ones(store: Path) -> None:
                 assert value.dtype == got[key].dtype and torch.equal(value, got[key]), (index, key)
             else:
                 assert value == got[key], (index, key)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_entries_kept_on_a_device_are_the_stored_ones(store: Path, device: str) -> None:
+    items, views = [7, 2, 3, 4, 11, 20], ["rot90", "identity", "hflip"]
+    read, kept = CachedDataset(store, views, items), CachedDataset(store, views, items)
+    kept.preload(device)
+    assert kept.preloaded and kept.device == torch.device(device)
+    for index in range(len(read)):
+        expected, got = read[index], kept[index]
+        assert expected.keys() == got.keys()
+        for key, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                on_device = got[key].device.type == device or key == "valid_box"
+                assert on_device and got[key].is_contiguous() and value.dtype == got[key].dtype, (index, key)
+                assert torch.equal(value, got[key].cpu()), (index, key)
+            else:
+                assert value == got[key], (index, key)
+    entry = kept[5]
+    entry["image"].zero_()
+    assert torch.equal(kept[5]["image"].cpu(), read[5]["image"]), "an entry is a copy, not the kept arrays"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_from_a_store_kept_on_the_device_is_training_from_the_store(
+    store: Path, tmp_path: Path, device: str
+) -> None:
+    """The store kept on the device, its samples made there and its clicks drawn there, against the store read as
+    it goes and the clicks drawn per image in the loader: the same weights and logs, bit for bit."""
+    overrides = ["data.batch_size=4", "schedule.max_iters=4", "logging.tensorboard=false", "data.size=56"]
+    runs = {"read": ["data.click_sampling=loader"], "kept": ["data.preload=true", "data.click_sampling=device"]}
+    for name, options in runs.items():
+        config = load_train_config("quickstart", [*overrides, *options])
+        dataset = CachedDataset(store)
+        if name == "kept":
+            dataset.preload(device)  # on a GPU, data.preload does this itself (preload_device)
+        train(config, dataset, tmp_path / name, device=device, progress=False)
+    read, kept = (load_file(tmp_path / name / "last.safetensors") for name in runs)
+    assert read.keys() == kept.keys()
+    assert all(torch.equal(read[key], kept[key]) for key in read)
+    rows = [(tmp_path / name / "scalars.csv").read_text() for name in runs]
+    assert rows[0] == rows[1]
+
+
+def test_a_store_that_does_not_fit_on_the_device_stays_in_host_memory(
+    store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    dataset = CachedDataset(store)
+    free = {"calls": 0}
+
+    def little_free_on_the_device() -> int:  # host memory is asked first (plenty), the device's second (64 KiB)
+        free["calls"] += 1
+        return 64 << 30 if free["calls"] == 1 else 64 << 10
+
+    monkeypatch.setattr(preload_module, "available_memory", little_free_on_the_device)
+    dataset.preload("cpu")
+    assert dataset.preloaded and dataset.device is None
+    assert "data.preload keeps the store in host memory: on cpu it would take" in caplog.text
+    assert "of the 0.1 MiB free" in caplog.text
 
 
 def test_writing_into_an_entry_leaves_the_preloaded_store_as_it_was(store: Path) -> None:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from isegprobe.data.preprocess import ViewSpec, orient, parse_views
+from isegprobe.data.preprocess import ViewSpec, orient, orient_tensor, parse_views
 from isegprobe.errors import UserError
 
 
@@ -30,6 +31,10 @@ class PixelSource:
     def orient(self, array: np.ndarray) -> np.ndarray:
         """The view's pixels from the stored entry's (y, x first): a strided view, no copy."""
         return array if self.rearranged_by is None else orient(array, self.rearranged_by)
+
+    def orient_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`orient` for an entry kept as a tensor, on its device."""
+        return tensor if self.rearranged_by is None else orient_tensor(tensor, self.rearranged_by)
 
 
 def stored_pixel_views(views: list[str]) -> list[str]:

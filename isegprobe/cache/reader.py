@@ -12,6 +12,7 @@ array's fill value, and a store whose finished items lack chunk files is refused
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from torch.utils.data import Dataset
 
 from isegprobe.cache.checksums import PIXEL_ARRAYS
 from isegprobe.cache.chunks import chunk_problem, require_chunk_files
-from isegprobe.cache.preload import read_into_memory
+from isegprobe.cache.pixel_views import PixelSource
+from isegprobe.cache.preload import onto_device, read_into_memory
 from isegprobe.cache.store import FeatureStore
 from isegprobe.errors import UserError
 
@@ -107,6 +109,7 @@ class CachedDataset(Dataset):
         self._handles: dict[str, ts.TensorStore] = {}
         self._handles_pid: int | None = None
         self._in_memory: dict[str, np.ndarray] | None = None
+        self._on_device: dict[str, torch.Tensor] | None = None
         # Boxes are a few bytes per entry: read those of the shards in use once instead of one more read per entry.
         boxes = np.zeros(self.store.group["valid_box"].shape, np.int64)
         handle = open_tensorstore(self.path, "valid_box")
@@ -130,18 +133,29 @@ class CachedDataset(Dataset):
             self._handles_pid = os.getpid()
         return self._handles
 
-    def preload(self) -> None:
+    def preload(self, device: torch.device | str | None = None) -> None:
         """Read every entry in use into memory now (`data.preload`); later entries come from there, the same
-        tensors as read from the store. Refuses, naming the sizes, a store that would not fit in memory."""
-        if self._in_memory is None:
-            indices = {
-                name: self._pixel_indices if name in PIXEL_ARRAYS else self.view_indices for name in _READ_ARRAYS
-            }
-            self._in_memory = read_into_memory(self.store, self._arrays(), self.items, indices, read_items)
+        tensors as read from the store. With a `device`, the entries are kept on it and come as tensors there (in
+        host memory still, said in a warning, when they would not fit). Refuses, naming the sizes, a store that
+        would not fit in host memory, which every entry passes through."""
+        if self._in_memory is not None or self._on_device is not None:
+            return
+        indices = {name: self._pixel_indices if name in PIXEL_ARRAYS else self.view_indices for name in _READ_ARRAYS}
+        arrays = read_into_memory(self.store, self._arrays(), self.items, indices, read_items)
+        on_device = None if device is None else onto_device(arrays, torch.device(device), self.path)
+        if on_device is None:
+            self._in_memory = arrays
+        else:
+            self._on_device = on_device
 
     @property
     def preloaded(self) -> bool:
-        return self._in_memory is not None
+        return self._in_memory is not None or self._on_device is not None
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the entries are kept as tensors (`preload` onto a device); None: they come to the host."""
+        return None if self._on_device is None else self._on_device["features"].device
 
     def locate(self, index: int) -> tuple[int, int]:
         """Entry index -> (item, view) as stored."""
@@ -153,6 +167,8 @@ class CachedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item, view = self.locate(index)
         source = self.pixel_sources[index % len(self.view_indices)]
+        if self._on_device is not None:
+            return self._device_entry(index, item, view, source)
         values = self._from_memory(index) if self._in_memory is not None else self._read(item, view, source.stored)
         features, ignore = values["features"], source.orient(values["ignore"])
         if self._in_memory is not None:  # entries must not share the preloaded arrays: a caller may write into them
@@ -162,6 +178,21 @@ class CachedDataset(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(source.orient(values["images"]).transpose(2, 0, 1))),
             "labels": torch.from_numpy(np.ascontiguousarray(source.orient(values["labels"]), dtype=np.int64)),
             "ignore": torch.from_numpy(np.ascontiguousarray(ignore)),
+            "valid_box": self.valid_boxes[item, view].clone(),
+            "item": item,
+            "view": view,
+        }
+
+    def _device_entry(self, index: int, item: int, view: int, source: PixelSource) -> dict[str, Any]:
+        """The entry from the arrays kept on the device, as tensors there: the values of a store read, each a
+        tensor of its own."""
+        values = self._from_memory(index, self._on_device)
+        contiguous = torch.contiguous_format
+        return {
+            "features": values["features"].clone(memory_format=contiguous),
+            "image": source.orient_tensor(values["images"]).permute(2, 0, 1).clone(memory_format=contiguous),
+            "labels": source.orient_tensor(values["labels"]).to(torch.int64, memory_format=contiguous, copy=True),
+            "ignore": source.orient_tensor(values["ignore"]).clone(memory_format=contiguous),
             "valid_box": self.valid_boxes[item, view].clone(),
             "item": item,
             "view": view,
@@ -180,11 +211,11 @@ class CachedDataset(Dataset):
                 raise ChunkError.of(self.store, name, item, error) from None
         return values
 
-    def _from_memory(self, index: int) -> dict[str, np.ndarray]:
+    def _from_memory(self, index: int, arrays: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The entry's arrays as preloaded (the stored pixel entry, for a flipped or turned view)."""
         item_position, view_position = divmod(index, len(self.view_indices))
         pixel_position = self._pixel_positions[view_position]
         return {
             name: values[item_position, pixel_position if name in PIXEL_ARRAYS else view_position]
-            for name, values in self._in_memory.items()
+            for name, values in (self._in_memory if arrays is None else arrays).items()
         }

@@ -27,6 +27,14 @@ def valid_pixels(ignore: np.ndarray, valid_box: np.ndarray) -> np.ndarray:
     return inside & ~ignore
 
 
+def valid_pixels_tensor(ignore: torch.Tensor, valid_box: torch.Tensor) -> torch.Tensor:
+    """`valid_pixels` for an ignore mask kept as a tensor, on its device (the box is on the host)."""
+    y0, x0, y1, x1 = (int(value) for value in valid_box)
+    inside = torch.zeros(ignore.shape, dtype=torch.bool, device=ignore.device)
+    inside[y0:y1, x0:x1] = True
+    return inside & ~ignore
+
+
 # Keep the per-epoch view draw, the redraws of empty views and the augmentations apart from the target and click
 # draws that share (seed, epoch).
 _VIEW_STREAM = 1
@@ -44,7 +52,9 @@ class ClickTrainingSet(Dataset):
     unless a coin with `keep_background_prob` keeps it; `augment` adds the on-the-fly augmentations.
 
     With `draw_on_device` a sample carries its labels and its seed (`sample_seed`) instead of a target and clicks:
-    the trainer draws those for the whole batch on its device (batch_sampler.py), the same ones.
+    the trainer draws those for the whole batch on its device (batch_sampler.py), the same ones. Without
+    augmentations the sample is then made with tensor operations, so that entries kept on the device (`preload`
+    onto it) stay there.
     """
 
     def __init__(
@@ -81,10 +91,14 @@ class ClickTrainingSet(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, position = key if isinstance(key, tuple) else (0, key)
         index, item = self._draw_view(epoch, position)
+        seed = [self.seed, epoch, index]
+        augmenting = self.augment.photometric or self.augment.shift_rotate
+        if self.draw_on_device and not augmenting:
+            return self._tensor_sample(item, seed)
         image = _as_numpy(item["image"])
         labels = _as_numpy(item["labels"])
         valid = valid_pixels(_as_numpy(item["ignore"]).astype(bool), _as_numpy(item["valid_box"]))
-        if self.augment.photometric or self.augment.shift_rotate:
+        if augmenting:
             image, labels, valid = self._augmented(image, labels, valid, epoch, index)
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
@@ -92,7 +106,6 @@ class ClickTrainingSet(Dataset):
             "item": int(item["item"]),
             "view": int(item["view"]),
         }
-        seed = [self.seed, epoch, index]
         if self.draw_on_device:
             sample["labels"] = torch.from_numpy(labels.astype(np.int32))
             sample["sample_seed"] = torch.tensor(seed, dtype=torch.int64)
@@ -100,6 +113,21 @@ class ClickTrainingSet(Dataset):
             sampled = self.sampler.sample(labels, valid, np.random.default_rng(seed))
             sample["target"] = torch.from_numpy(sampled.mask)
             sample["clicks"] = torch.from_numpy(sampled.clicks)
+        if self.with_features:
+            sample["features"] = torch.as_tensor(item["features"])
+        return sample
+
+    def _tensor_sample(self, item: Mapping[str, Any], seed: list[int]) -> dict[str, Any]:
+        """The sample of an entry whose target and clicks the device draws, by tensor operations where the entry
+        is (the same values as the NumPy way)."""
+        sample = {
+            "image": torch.as_tensor(item["image"]),
+            "valid": valid_pixels_tensor(torch.as_tensor(item["ignore"]).bool(), torch.as_tensor(item["valid_box"])),
+            "item": int(item["item"]),
+            "view": int(item["view"]),
+            "labels": torch.as_tensor(item["labels"]).int(),
+            "sample_seed": torch.tensor(seed, dtype=torch.int64),
+        }
         if self.with_features:
             sample["features"] = torch.as_tensor(item["features"])
         return sample
@@ -112,7 +140,7 @@ class ClickTrainingSet(Dataset):
             view = int(np.random.default_rng([self.seed, _VIEW_STREAM, epoch, position]).integers(self.views_per_item))
         index = position * self.views_per_item + view
         item: Mapping[str, Any] = self.entries[index]
-        if self.keep_background_prob >= 1.0 or _as_numpy(item["labels"]).any():
+        if self.keep_background_prob >= 1.0 or bool(item["labels"].any()):
             return index, item
         rng = np.random.default_rng([self.seed, _REDRAW_STREAM, epoch, position])
         if rng.random() < self.keep_background_prob:
@@ -121,7 +149,7 @@ class ClickTrainingSet(Dataset):
             if other == view:
                 continue
             candidate = self.entries[position * self.views_per_item + int(other)]
-            if _as_numpy(candidate["labels"]).any():
+            if bool(candidate["labels"].any()):
                 return position * self.views_per_item + int(other), candidate
         return index, item
 

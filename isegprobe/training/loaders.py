@@ -37,7 +37,7 @@ def training_loader(
         item_ids = [dataset.item_ids[item] for item in dataset.items]
         probabilities = draw_probabilities(item_ids, scores, config.data.sample_weights_gamma)
     order = EpochShuffleSampler(len(items), seed=config.seed, rank=rank, world=world, probabilities=probabilities)
-    return _loader(items, config, device, order, config.data.batch_size // world)
+    return _loader(items, config, device, order, config.data.batch_size // world, pinned=_on_host(dataset))
 
 
 def validation_loader(dataset: Dataset, config: TrainConfig, device: torch.device, online: bool) -> DataLoader:
@@ -50,7 +50,7 @@ def validation_loader(dataset: Dataset, config: TrainConfig, device: torch.devic
         draw_on_device=draws_on_device(config, device),
     )
     order = EpochShuffleSampler(len(dataset), seed=config.seed, shuffle=False)
-    return _loader(items, config, device, order, config.data.batch_size)
+    return _loader(items, config, device, order, config.data.batch_size, pinned=_on_host(dataset))
 
 
 def draws_on_device(config: TrainConfig, device: torch.device) -> bool:
@@ -59,19 +59,37 @@ def draws_on_device(config: TrainConfig, device: torch.device) -> bool:
     return setting == "device" or (setting == "auto" and device.type == "cuda")
 
 
+def preload_device(config: TrainConfig, device: torch.device) -> torch.device | None:
+    """Where `data.preload` keeps a store: on a GPU that draws the clicks and takes no augmentations, its own
+    memory (the samples are then made there, with tensor operations); else host memory (None)."""
+    augment = config.data.augment
+    if device.type == "cuda" and draws_on_device(config, device) and not (augment.photometric or augment.shift_rotate):
+        return device
+    return None
+
+
+def _on_host(dataset: Dataset) -> bool:
+    return getattr(dataset, "device", None) is None
+
+
 def _loader(
-    items: Dataset, config: TrainConfig, device: torch.device, sampler: EpochShuffleSampler, batch_size: int
+    items: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    sampler: EpochShuffleSampler,
+    batch_size: int,
+    pinned: bool,
 ) -> DataLoader:
     """Workers are spawned, not forked: tensorstore (the cache reader) and CUDA both break in a forked child once
     the parent has used them. They persist across epochs, so the start-up cost is paid once, and they end with
-    the training process, however it ends."""
+    the training process, however it ends. Batches from the host are pinned for the copy to a GPU (`pinned`)."""
     workers = config.data.num_workers
     return DataLoader(
         items,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=pinned and device.type == "cuda",
         persistent_workers=workers > 0,
         multiprocessing_context="spawn" if workers > 0 else None,
         worker_init_fn=ends_with_this_process(),

@@ -19,7 +19,7 @@ from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.same_images import warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import restore_training_state
-from isegprobe.training.loaders import training_loader, validation_loader
+from isegprobe.training.loaders import preload_device, training_loader, validation_loader
 from isegprobe.training.run_state import RunDescription, RunProgress
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.store_checks import check_store_fits
@@ -72,7 +72,7 @@ def set_up_run(
     online = runs_featurizer_online(config.model, online)
     if config.data.preload:
         for data in (dataset, val_dataset):
-            _preload(data)
+            _preload(data, preload_device(config, device))
 
     torch.manual_seed(config.seed)
     probe = ISProbe(config.model, **probe_dims(dataset, featurizer if online else None, size))
@@ -141,14 +141,15 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
         raise UserError(f"{where}: extracted at {val_size} px, the training store at {size} px")
 
 
-def _preload(dataset: Dataset | None) -> None:
-    """data.preload: a store's entries read into memory once (a store already preloaded is left as it is)."""
+def _preload(dataset: Dataset | None, device: torch.device | None) -> None:
+    """data.preload: a store's entries read into memory once, kept on `device` (None: in host memory); a store
+    already preloaded is left as it is."""
     if dataset is None:
         return
     preload = getattr(dataset, "preload", None)
     if preload is None:
         raise UserError(f"data.preload: {type(dataset).__name__} is not a feature store and cannot be preloaded")
-    preload()
+    preload(device)
 
 
 def _check_upsampler_is_not_frozen_at_random(config: TrainConfig, probe: ISProbe) -> None:

@@ -39,6 +39,7 @@ from isegprobe.training.checkpoint import resume_config
 from isegprobe.training.click_dataset import ClickTrainingSet, valid_pixels
 from isegprobe.training.losses import masked_bce
 from isegprobe.training.next_clicks import add_next_clicks, next_click
+from isegprobe.training.points_sampler import categorical, cumulative, geometric_cdf
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.seed_configurations import RESEARCH_PRESETS
@@ -209,6 +210,21 @@ def test_sampler_clicks_land_on_the_target_or_the_background_and_never_in_ignore
         assert valid[sampled.clicks[real, 0], sampled.clicks[real, 1]].all()
         targets_seen.add(tuple(sorted(np.unique(labels[sampled.mask]))))
     assert targets_seen == {(1,), (2,), (1, 2)}, "single objects and (merge_objects_prob 0.15) merged pairs"
+
+
+def test_categorical_draws_what_numpy_choice_draws() -> None:
+    """The sampler's draws among weighted parts and click counts take NumPy's `choice` shortcut; a NumPy whose
+    `choice` drew otherwise would change every sample a seed gives, so this pins it."""
+    weights = np.random.default_rng(0).random((40, 5)) ** 3
+    for seed, row in enumerate(weights):
+        probs = row / row.sum()
+        ours, numpys = np.random.default_rng(seed), np.random.default_rng(seed)
+        cdf = cumulative(probs)
+        assert [categorical(cdf, ours) for _ in range(200)] == [int(numpys.choice(5, p=probs)) for _ in range(200)]
+    counts, numpys = np.random.default_rng(9), np.random.default_rng(9)
+    probs = 0.8 ** np.arange(25) / (0.8 ** np.arange(25)).sum()
+    cdf = geometric_cdf(25, 0.8)
+    assert [categorical(cdf, counts) for _ in range(500)] == [int(numpys.choice(25, p=probs)) for _ in range(500)]
 
 
 def test_sampler_click_counts_follow_ritms_geometric_law() -> None:

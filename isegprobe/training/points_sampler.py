@@ -12,6 +12,7 @@ only how many pixels each candidate region (a "part") holds, and says which pixe
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from functools import cache
 
@@ -50,10 +51,22 @@ class Pick:
 
 
 @cache
-def geometric_probs(count: int, gamma: float) -> np.ndarray:
-    """P(k) proportional to gamma**k for k < count: few clicks are common, many are rare."""
-    probs = gamma ** np.arange(count, dtype=np.float64)
-    return probs / probs.sum()
+def geometric_cdf(count: int, gamma: float) -> list[float]:
+    """Cumulative P(k) for k < count, P(k) proportional to gamma**k: few clicks are common, many are rare."""
+    return cumulative(gamma ** np.arange(count, dtype=np.float64))
+
+
+def cumulative(probs: np.ndarray) -> list[float]:
+    """The cumulative sums of probabilities, scaled to end at 1, as `numpy.random.Generator.choice` makes them."""
+    cdf = np.asarray(probs, dtype=np.float64).cumsum()
+    cdf /= cdf[-1]
+    return cdf.tolist()
+
+
+def categorical(cdf: list[float], rng: np.random.Generator) -> int:
+    """`rng.choice(len(cdf), p=probs)` for the probabilities with these cumulative sums: the same index from the same
+    single uniform draw (NumPy's choice searches its cdf for it), without choice's checks, a sixth of its time."""
+    return bisect.bisect_right(cdf, rng.random())
 
 
 def border_radius(config: SamplerConfig, target_area: int) -> int:
@@ -160,14 +173,14 @@ class MultiPointSampler:
         max_points = self.config.max_points
         gamma = self.config.prob_gamma
         if is_negative:
-            count = int(rng.choice(max_points + 1, p=geometric_probs(max_points + 1, gamma)))
+            count = categorical(geometric_cdf(max_points + 1, gamma), rng)
         else:
-            count = 1 + int(rng.choice(max_points, p=geometric_probs(max_points, gamma)))
+            count = 1 + categorical(geometric_cdf(max_points, gamma), rng)
         probs = np.array([prob for _, prob in mask], dtype=np.float64)
-        probs = probs / probs.sum()
+        cdf = cumulative(probs / probs.sum())
         points = []
         for _ in range(count):
-            part = mask[int(rng.choice(len(mask), p=probs))][0]
+            part = mask[categorical(cdf, rng)][0]
             if part_sizes[part]:
                 points.append((part, int(rng.integers(part_sizes[part]))))
         return points

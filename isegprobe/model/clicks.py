@@ -92,13 +92,19 @@ def _whole_pixel_maps(maps: Tensor, clicks: Tensor, radius: int) -> Tensor:
 
 
 def _stamp(maps: Tensor, clicks: Tensor, rows: Tensor, cols: Tensor, keep: Tensor) -> Tensor:
-    """Set maps[b, channel of the click, rows, cols] = 1 where `keep` and inside the image."""
-    height, width = maps.shape[-2:]
+    """Set maps[b, channel of the click, rows, cols] = 1 where `keep` and inside the image.
+
+    The pixels left out are pointed at one spare element past the maps rather than selected with a boolean mask, so
+    that a GPU need not report how many there are (a wait for the device at every forward).
+    """
+    batch, channels, height, width = maps.shape
     channel = torch.where(clicks[..., 2] > 0, 0, 1)[..., None].expand_as(rows)
-    image = torch.arange(maps.shape[0], device=clicks.device)[:, None, None].expand_as(rows)
+    image = torch.arange(batch, device=clicks.device)[:, None, None].expand_as(rows)
     keep = keep & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    maps[image[keep], channel[keep], rows[keep], cols[keep]] = 1.0
-    return maps
+    flat = ((image * channels + channel) * height + rows) * width + cols
+    spare = torch.cat((maps.flatten(), maps.new_zeros(1)))
+    spare.index_fill_(0, torch.where(keep, flat, maps.numel()).flatten(), 1.0)
+    return spare[:-1].view_as(maps)
 
 
 def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5) -> Tensor:

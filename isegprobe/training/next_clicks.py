@@ -79,8 +79,9 @@ def add_next_clicks(
     which run on several threads; the draws then follow in the batch's order, as one after the other would take them.
     """
     target, valid = target.bool(), valid.bool()
-    false_negatives = (target & (prob[:, 0] < threshold) & valid).cpu().numpy()
-    false_positives = (~target & (prob[:, 0] > threshold) & valid).cpu().numpy()
+    false_negative = target & (prob[:, 0] < threshold) & valid
+    false_positive = ~target & (prob[:, 0] > threshold) & valid
+    false_negatives, false_positives = torch.stack((false_negative, false_positive)).cpu().numpy()
     rows = clicks[:, slot].cpu().clone()
     deepest = _transform_threads().map(deepest_errors, false_negatives, false_positives)
     for index, image_deepest in enumerate(deepest):

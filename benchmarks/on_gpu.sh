@@ -30,10 +30,12 @@ step() {  # step NAME COMMAND...: run one benchmark under the time limit, its ou
 }
 
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-# The batch click sampler's CUDA cases first: they check the device's draws against the loader's, and they warm the
-# machine up (a fresh one ran the first benchmark 2.4 to 3.8x slower than the same command right after).
-echo "=== pytest tests/test_batch_sampler.py"
-timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider tests/test_batch_sampler.py 2>&1 | tail -3
+# The CUDA cases of the tests first: the clicks drawn on the device against the loader's, and a store kept on the
+# device against the store read; they also warm the machine up (a fresh one ran the first benchmark 2.4 to 3.8x
+# slower than the same command right after).
+echo "=== pytest -k cuda tests/test_batch_sampler.py tests/test_preload.py"
+timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_batch_sampler.py tests/test_preload.py 2>&1 \
+  | tail -3
 step extract_small python3 benchmarks/extract_pipeline.py --featurizer "$SMALL" --size "$SIZE" --images "$IMAGES" \
   --featurizer-target 0.5 --with-featurizer
 step extract_large python3 benchmarks/extract_pipeline.py --featurizer "$LARGE" --size "$SIZE" \

@@ -15,7 +15,10 @@ from isegprobe.cache import CachedDataset
 from isegprobe.cache import preload as preload_module
 from isegprobe.config import load_train_config
 from isegprobe.errors import UserError
-from isegprobe.training import train
+from isegprobe.model import ISProbe
+from isegprobe.training import Trainer, train
+from isegprobe.training.loaders import training_loader
+from isegprobe.training.run_setup import probe_dims
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def test_entries_kept_on_a_device_are_the_stored_ones(store: Path, device: str) 
     items, views = [7, 2, 3, 4, 11, 20], ["rot90", "identity", "hflip"]
     read, kept = CachedDataset(store, views, items), CachedDataset(store, views, items)
     kept.preload(device)
-    assert kept.preloaded and kept.device == torch.device(device)
+    assert kept.preloaded and kept.device.type == device
     for index in range(len(read)):
         expected, got = read[index], kept[index]
         assert expected.keys() == got.keys()
@@ -67,19 +70,35 @@ def test_entries_kept_on_a_device_are_the_stored_ones(store: Path, device: str) 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_training_from_a_store_kept_on_the_device_is_training_from_the_store(
-    store: Path, tmp_path: Path, device: str
-) -> None:
-    """The store kept on the device, its samples made there and its clicks drawn there, against the store read as
-    it goes and the clicks drawn per image in the loader: the same weights and logs, bit for bit."""
+def test_batches_from_a_store_kept_on_the_device_are_the_stores(store: Path, device: str) -> None:
+    """What a training step sees (images, features, valid pixels, target, clicks on the device) from the store kept
+    on the device, its samples made and its clicks drawn there, against the store read and the loader's clicks."""
+    batches = {}
+    for name, options in {"read": ["data.click_sampling=loader"], "kept": ["data.click_sampling=device"]}.items():
+        config = load_train_config("quickstart", ["data.batch_size=5", "data.size=56", *options])
+        dataset = CachedDataset(store)
+        if name == "kept":
+            dataset.preload(device)
+        loader = training_loader(dataset, config, torch.device(device), online=False)
+        loader.sampler.start(3)
+        trainer = Trainer(config, ISProbe(config.model, **probe_dims(dataset, None, 56)), dataset.preprocessing, device)
+        batches[name] = [trainer.to_device(batch) for batch, _ in zip(loader, range(3), strict=False)]
+    for read, kept in zip(batches["read"], batches["kept"], strict=True):
+        for field in ("images", "features", "target", "valid", "clicks"):
+            expected, got = getattr(read, field), getattr(kept, field)
+            assert got.device.type == device and got.dtype == expected.dtype and torch.equal(got, expected), field
+
+
+def test_training_from_a_store_kept_on_the_device_is_training_from_the_store(store: Path, tmp_path: Path) -> None:
+    """The whole run, on a CPU (where the arithmetic repeats bit for bit): the same weights and logs."""
     overrides = ["data.batch_size=4", "schedule.max_iters=4", "logging.tensorboard=false", "data.size=56"]
     runs = {"read": ["data.click_sampling=loader"], "kept": ["data.preload=true", "data.click_sampling=device"]}
     for name, options in runs.items():
         config = load_train_config("quickstart", [*overrides, *options])
         dataset = CachedDataset(store)
         if name == "kept":
-            dataset.preload(device)  # on a GPU, data.preload does this itself (preload_device)
-        train(config, dataset, tmp_path / name, device=device, progress=False)
+            dataset.preload("cpu")  # on a GPU, data.preload does this itself (loaders.preload_device)
+        train(config, dataset, tmp_path / name, device="cpu", progress=False)
     read, kept = (load_file(tmp_path / name / "last.safetensors") for name in runs)
     assert read.keys() == kept.keys()
     assert all(torch.equal(read[key], kept[key]) for key in read)

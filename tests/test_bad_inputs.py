@@ -272,6 +272,12 @@ CASES: dict[str, Case] = {
         "was written before stays as it was",
         run=with_small_files,
     ),
+    "disk full while the loader workers write the pixels": Case(
+        lambda w: extraction("--dataset", "builtin", "--size", SIZE, "--workers", "2", "--out", w.root / "full2"),
+        "-56.zarr: cannot write (File too large): the disk is full (or a quota or file size limit is reached). What "
+        "was written before stays as it was",
+        run=with_small_files,
+    ),
     "disk full while saving a checkpoint": Case(
         lambda w: ["train", "--resume", "--out", w.run_copy("full_run")],
         "full_run/last.safetensors: cannot write (File too large): the disk is full",

@@ -127,7 +127,9 @@ class _ShardViews(Dataset):
 
     A file that cannot be read comes back as {"index", "error"} rather than as an exception: DataLoader would wrap
     the exception in a worker traceback, and the main process raises it as the one-line message it is. Nothing of
-    that shard is written then.
+    that shard is written then. A write that fails (a full disk) comes back as {"write_error": (errno, strerror,
+    filename)} for the same reason: DataLoader rebuilds a worker's OSError from its text, without its errno, and
+    the main process raises it as the OSError it was.
     """
 
     def __init__(
@@ -157,7 +159,12 @@ class _ShardViews(Dataset):
         arrays = {name: np.stack([item[name] for item in items]) for name in WORKER_ARRAYS}
         if self._store is None:
             self._store = FeatureStore.open(self.store_path, mode="r+")
-        self._store.write_arrays(self.shards[position], arrays)
+        try:
+            self._store.write_arrays(self.shards[position], arrays)
+        except OSError as error:
+            if error.errno is None:
+                raise
+            return {"write_error": (error.errno, error.strerror, error.filename)}
         return {
             "images": torch.from_numpy(np.stack([item["view_images"] for item in items])),
             "pixel_sums": pixel_checksums(arrays),
@@ -373,6 +380,8 @@ def _run(
         for items in shards:
             with times.measure("waiting_for_images"):
                 arrays = next(shard_views)
+            if "write_error" in arrays:
+                raise OSError(*arrays["write_error"])
             if "error" in arrays:
                 raise UserError(
                     f"{arrays['error']}\nThe items extracted so far are kept: fix or remove the file and run the same "

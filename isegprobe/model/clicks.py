@@ -67,11 +67,17 @@ def click_maps(clicks: Tensor, size: tuple[int, int], radius: int = 5) -> Tensor
     """
     height, width = size
     batch = clicks.shape[0]
-    maps = torch.zeros(batch, 2, height, width, device=clicks.device)
+    buffer = torch.zeros(batch * 2 * height * width + 1, device=clicks.device)  # one spare element: see _stamp
+    maps = buffer[:-1].view(batch, 2, height, width)
     if clicks.shape[1] == 0:
         return maps
-    if not clicks.is_floating_point():
-        return _whole_pixel_maps(maps, clicks, radius)
+    disks = _whole_pixel_disks(clicks, radius) if not clicks.is_floating_point() else _disks(clicks, radius)
+    _stamp(buffer, maps.shape, clicks, *disks)
+    return maps
+
+
+def _disks(clicks: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(rows, cols, inside) of each click's window [B, K, window]: the pixels within `radius` of its centre."""
     centres = clicks[..., :2].float()
     offsets = _window_offsets(radius).to(clicks.device)
     rows = centres[..., 0, None].floor().long() + offsets[:, 0]
@@ -79,32 +85,31 @@ def click_maps(clicks: Tensor, size: tuple[int, int], radius: int = 5) -> Tensor
     distance = (rows.float() - centres[..., 0, None]).square() + (cols.float() - centres[..., 1, None]).square()
     inside = distance <= float(radius * radius)
     padding = (centres[..., 0, None] < 0) & (centres[..., 1, None] < 0)
-    return _stamp(maps, clicks, rows, cols, inside & ~padding)
+    return rows, cols, inside & ~padding
 
 
-def _whole_pixel_maps(maps: Tensor, clicks: Tensor, radius: int) -> Tensor:
+def _whole_pixel_disks(clicks: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
     """Integer clicks (training's): the disk is a fixed stencil around each centre."""
     offsets = disk_offsets(radius, clicks.device)
     rows = clicks[..., 0, None] + offsets[:, 0]
     cols = clicks[..., 1, None] + offsets[:, 1]
     padding = (clicks[..., 0, None] < 0) & (clicks[..., 1, None] < 0)
-    return _stamp(maps, clicks, rows, cols, ~padding.expand_as(rows))
+    return rows, cols, ~padding.expand_as(rows)
 
 
-def _stamp(maps: Tensor, clicks: Tensor, rows: Tensor, cols: Tensor, keep: Tensor) -> Tensor:
-    """Set maps[b, channel of the click, rows, cols] = 1 where `keep` and inside the image.
+def _stamp(buffer: Tensor, shape: torch.Size, clicks: Tensor, rows: Tensor, cols: Tensor, keep: Tensor) -> None:
+    """Set maps[b, channel of the click, rows, cols] = 1 where `keep` and inside the image, the maps of `shape`
+    being all of `buffer` but its last element.
 
-    The pixels left out are pointed at one spare element past the maps rather than selected with a boolean mask, so
-    that a GPU need not report how many there are (a wait for the device at every forward).
+    The pixels left out are pointed at that spare element rather than selected with a boolean mask, so that a GPU
+    need not report how many there are (a wait for the device at every forward).
     """
-    batch, channels, height, width = maps.shape
+    batch, channels, height, width = shape
     channel = torch.where(clicks[..., 2] > 0, 0, 1)[..., None].expand_as(rows)
     image = torch.arange(batch, device=clicks.device)[:, None, None].expand_as(rows)
     keep = keep & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     flat = ((image * channels + channel) * height + rows) * width + cols
-    spare = torch.cat((maps.flatten(), maps.new_zeros(1)))
-    spare.index_fill_(0, torch.where(keep, flat, maps.numel()).flatten(), 1.0)
-    return spare[:-1].view_as(maps)
+    buffer.index_fill_(0, torch.where(keep, flat, buffer.numel() - 1).flatten(), 1.0)
 
 
 def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5) -> Tensor:

@@ -66,11 +66,13 @@ class PhaseTimer:
     """Wall time per phase of the real `train_step`, taken by hooks on the modules and the optimizer it calls.
 
     Backward is the time from the end of the loss's forward to the optimizer step (zero_grad included); forward
-    times include the no-grad passes of the simulated clicks. On CUDA every hook synchronizes.
+    times include the no-grad passes of the simulated clicks. On CUDA every hook synchronizes, which keeps the host
+    from running ahead of the device: `untimed` turns the hooks off, for steps timed as training runs them.
     """
 
     def __init__(self, trainer: Trainer, device: torch.device) -> None:
         self.device = device
+        self.untimed = False
         self.seconds: dict[str, float] = defaultdict(float)
         self._started: dict[str, float] = {}
         self._loss_done = 0.0
@@ -95,18 +97,21 @@ class PhaseTimer:
         return time.perf_counter()
 
     def _start(self, phase: str, *_: Any) -> None:
-        self._started[phase] = self._now()
+        if not self.untimed:
+            self._started[phase] = self._now()
 
     def _stop(self, phase: str, *_: Any) -> None:
-        self.seconds[phase] += self._now() - self._started.pop(phase)
+        if not self.untimed:
+            self.seconds[phase] += self._now() - self._started.pop(phase)
 
     def _after_loss(self, *_: Any) -> None:
         self._stop("loss")
         self._loss_done = time.perf_counter()
 
     def _before_optimizer(self, *_: Any) -> None:
-        self._started["optimizer"] = self._now()
-        self.seconds["backward"] += self._started["optimizer"] - self._loss_done
+        if not self.untimed:
+            self._started["optimizer"] = self._now()
+            self.seconds["backward"] += self._started["optimizer"] - self._loss_done
 
     def _after_optimizer(self, *_: Any) -> None:
         self._stop("optimizer")
@@ -189,10 +194,14 @@ def measure_probe(
     rounds = interleave(
         {name: partial(timed_round, mode, run.steps, lr, device) for name, mode in modes.items()}, run.repeats
     )
+    untimed = interleave(
+        {name: partial(untimed_round, mode, run.steps, lr, device) for name, mode in modes.items()}, run.repeats
+    )
     measured = {
         "store": str(store),
         "run": run.__dict__,
         "modes": {name: _summarize(values, run.steps) for name, values in rounds.items()},
+        "untimed_ms_per_step": {name: 1000 * median(values) / run.steps for name, values in untimed.items()},
     }
     if args.profile:
         measured["profile"] = _profile(modes["cache"], lr)
@@ -261,6 +270,15 @@ def _side_by_side_timed(
 def timed_round(mode: Mode, steps: int, lr: float, device: torch.device, round_index: int) -> dict[str, float]:
     """`run_round` as `interleave` calls it (every round runs the same steps, so the index is unused)."""
     return run_round(mode, steps, lr, device)
+
+
+def untimed_round(mode: Mode, steps: int, lr: float, device: torch.device, round_index: int) -> float:
+    """Seconds for the same steps with the phase hooks off: no synchronization inside a step, as in training."""
+    mode.timer.untimed = True
+    try:
+        return run_round(mode, steps, lr, device)["seconds"]
+    finally:
+        mode.timer.untimed = False
 
 
 def _summarize(rounds: list[dict[str, float]], steps: int) -> dict[str, Any]:
@@ -395,7 +413,12 @@ def main() -> None:
         measured["host_ms_per_step"] = host_ms_per_step(measured["modes"]["cache"])
         results[run.key] = measured
         title = f"probe ({run.key}) {run.description}; {run.size} px, batch {run.batch_size}, {args.featurizer}"
-        sections[title] = probe_table(measured) + "\n" + "\n".join(f"{k}: {v:.3g}" for k, v in ratio.items())
+        untimed = ", ".join(f"{name} {ms:.1f}" for name, ms in measured["untimed_ms_per_step"].items())
+        sections[title] = (
+            probe_table(measured)
+            + f"\nms per step with the phase hooks off (no synchronization inside a step): {untimed}\n"
+            + "\n".join(f"{k}: {v:.3g}" for k, v in ratio.items())
+        )
         if "profile" in measured:
             sections[f"probe ({run.key}) profile of one cache step"] = measured["profile"]
         checks.extend(checks_for(run.key, ratio))

@@ -143,6 +143,11 @@ class AugmentConfig:
     photometric: bool = False
     shift_rotate: bool = False
 
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation runs: a sample is then made on the host, with NumPy and OpenCV."""
+        return self.photometric or self.shift_rotate
+
 
 @dataclass
 class DataConfig:

@@ -62,8 +62,8 @@ def onto_device(arrays: Mapping[str, np.ndarray], device: torch.device, where: s
     """The preloaded arrays as tensors on `device` (labels as int32: its GPU kernels do not all take uint16), or
     None, said in a warning, when they would take more than MEMORY_SHARE of its free memory: they then stay in
     host memory, from where training reads them as well, only slower."""
-    wire = {name: values.astype(np.int32) if values.dtype == np.uint16 else values for name, values in arrays.items()}
-    needed = sum(values.nbytes for values in wire.values())
+    widened = {name for name, values in arrays.items() if values.dtype == np.uint16}
+    needed = sum(values.size * 4 if name in widened else values.nbytes for name, values in arrays.items())
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
     if needed > MEMORY_SHARE * free:
         log.warning(
@@ -74,7 +74,10 @@ def onto_device(arrays: Mapping[str, np.ndarray], device: torch.device, where: s
             _size(free),
         )
         return None
-    return {name: torch.from_numpy(values).to(device) for name, values in wire.items()}
+    return {
+        name: torch.from_numpy(values.astype(np.int32) if name in widened else values).to(device)
+        for name, values in arrays.items()
+    }
 
 
 def available_memory() -> int:

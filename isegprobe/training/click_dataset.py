@@ -92,13 +92,12 @@ class ClickTrainingSet(Dataset):
         epoch, position = key if isinstance(key, tuple) else (0, key)
         index, item = self._draw_view(epoch, position)
         seed = [self.seed, epoch, index]
-        augmenting = self.augment.photometric or self.augment.shift_rotate
-        if self.draw_on_device and not augmenting:
+        if self.draw_on_device and not self.augment.enabled:
             return self._tensor_sample(item, seed)
         image = _as_numpy(item["image"])
         labels = _as_numpy(item["labels"])
         valid = valid_pixels(_as_numpy(item["ignore"]).astype(bool), _as_numpy(item["valid_box"]))
-        if augmenting:
+        if self.augment.enabled:
             image, labels, valid = self._augmented(image, labels, valid, epoch, index)
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(image)),

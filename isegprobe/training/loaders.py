@@ -62,8 +62,7 @@ def draws_on_device(config: TrainConfig, device: torch.device) -> bool:
 def preload_device(config: TrainConfig, device: torch.device) -> torch.device | None:
     """Where `data.preload` keeps a store: on a GPU that draws the clicks and takes no augmentations, its own
     memory (the samples are then made there, with tensor operations); else host memory (None)."""
-    augment = config.data.augment
-    if device.type == "cuda" and draws_on_device(config, device) and not (augment.photometric or augment.shift_rotate):
+    if device.type == "cuda" and draws_on_device(config, device) and not config.data.augment.enabled:
         return device
     return None
 

@@ -69,11 +69,16 @@ def click_maps(clicks: Tensor, size: tuple[int, int], radius: int = 5) -> Tensor
     batch = clicks.shape[0]
     buffer = torch.zeros(batch * 2 * height * width + 1, device=clicks.device)  # one spare element: see _stamp
     maps = buffer[:-1].view(batch, 2, height, width)
-    if clicks.shape[1] == 0:
-        return maps
-    disks = _whole_pixel_disks(clicks, radius) if not clicks.is_floating_point() else _disks(clicks, radius)
-    _stamp(buffer, maps.shape, clicks, *disks)
+    _stamp_disks(buffer, maps.shape, clicks, radius)
     return maps
+
+
+def _stamp_disks(buffer: Tensor, shape: torch.Size, clicks: Tensor, radius: int) -> None:
+    """Stamp every click's disk into channel 0 (positive) or 1 (negative) of the maps that `buffer` holds."""
+    if clicks.shape[1] == 0:
+        return
+    disks = _whole_pixel_disks(clicks, radius) if not clicks.is_floating_point() else _disks(clicks, radius)
+    _stamp(buffer, shape, clicks, *disks)
 
 
 def _disks(clicks: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -113,6 +118,14 @@ def _stamp(buffer: Tensor, shape: torch.Size, clicks: Tensor, rows: Tensor, cols
 
 
 def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5) -> Tensor:
-    """The probe's 3-channel click input [B, 3, H, W]: positive disks, negative disks, previous mask."""
-    maps = click_maps(clicks, tuple(prev_mask.shape[-2:]), radius)
-    return torch.cat((maps, prev_mask.to(maps.dtype)), dim=1)
+    """The probe's 3-channel click input [B, 3, H, W]: positive disks, negative disks, previous mask (float32).
+
+    The disks are stamped and the mask copied into one buffer, rather than concatenated: a step makes this input
+    for every pass of the probe, at full resolution."""
+    batch, _, height, width = prev_mask.shape
+    buffer = torch.empty(batch * 3 * height * width + 1, device=prev_mask.device)  # one spare element: see _stamp
+    inputs = buffer[:-1].view(batch, 3, height, width)
+    inputs[:, :2].zero_()
+    inputs[:, 2:].copy_(prev_mask)
+    _stamp_disks(buffer, inputs.shape, clicks.to(prev_mask.device), radius)
+    return inputs

@@ -64,6 +64,7 @@ AT_LEAST_ONE = Range(1)
 PROBABILITY = Range(0, 1)
 OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)
 CLICK_SAMPLING = ("auto", "loader", "device")
+PRELOAD = (True, False, "auto")
 
 
 def number(default: Any, allowed: Range) -> Any:
@@ -162,7 +163,8 @@ class DataConfig:
     a coin with this probability says keep it, as RITM redraws empty crops (its keep_background_prob 0.01).
     `preload`: read the training (and validation) store's entries in use into memory before the first step, for
     a fast GPU that would otherwise wait for the store's decoding; refused when they would not fit in memory, and
-    with loader workers (each would hold a copy).
+    with loader workers (each would hold a copy). `auto` (the default): on a GPU, when they fit and there are no
+    loader workers; never on a CPU, whose step's arithmetic hides the reads.
     `click_sampling`: where each sample's target and initial clicks are drawn. `loader`: per image, in the data
     loader (its workers, if any); `device`: for the whole batch on the training device (training/batch_sampler.py),
     which spares a GPU run the per-image work of one CPU thread; `auto`: device on a GPU, loader otherwise. The
@@ -179,7 +181,7 @@ class DataConfig:
     sample_weights_gamma: float = number(1.25, NON_NEGATIVE)
     keep_background_prob: float = number(1.0, PROBABILITY)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    preload: bool = False
+    preload: bool | str = "auto"
     click_sampling: str = "auto"
 
 
@@ -357,7 +359,9 @@ def _check_together(config: TrainConfig) -> None:
     """Keys whose allowed values depend on each other."""
     if len(config.optim.betas) != 2:
         raise UserError(f"config key 'optim.betas' must hold two numbers (Adam's), got {config.optim.betas!r}")
-    if config.data.preload and config.data.num_workers:
+    if config.data.preload not in PRELOAD:
+        raise UserError(f"config key 'data.preload' must be true, false or auto, got {config.data.preload!r}")
+    if config.data.preload is True and config.data.num_workers:
         raise UserError(
             f"config keys data.preload and data.num_workers {config.data.num_workers}: a preloaded store is read "
             "from memory in the training process; each loader worker would hold a copy of it. Set "

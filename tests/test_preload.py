@@ -1,9 +1,10 @@
 """data.preload: a store's entries read into memory once give the same entries, and the same training, as reading
 the store as it goes, in host memory or kept on the device; a store that would not fit, or loader workers beside it,
-are refused (on the device: kept in host memory)."""
+are refused (on the device: kept in host memory); `auto` preloads on a GPU only, and only what fits."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,16 @@ from isegprobe.cache import preload as preload_module
 from isegprobe.config import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
-from isegprobe.training import Trainer, train
-from isegprobe.training.loaders import training_loader
+from isegprobe.training import Trainer, loaders, train
+from isegprobe.training.loaders import preloads, training_loader
 from isegprobe.training.run_setup import probe_dims
+
+
+class NotAStore(torch.utils.data.Dataset):
+    """A dataset that is not a feature store: nothing to preload."""
+
+    def __len__(self) -> int:
+        return 1
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +167,52 @@ def test_a_store_that_does_not_fit_in_memory_is_refused(store: Path, monkeypatch
 def test_preload_with_loader_workers_is_refused() -> None:
     with pytest.raises(UserError, match="data.preload and data.num_workers 2"):
         load_train_config("quickstart", ["data.preload=true", "data.num_workers=2"])
+
+
+def test_preload_bytes_are_what_preloading_takes(store: Path) -> None:
+    dataset = CachedDataset(store, views=["hflip", "identity"])
+    expected = dataset.preload_bytes()
+    dataset.preload()
+    assert expected == sum(array.nbytes for array in dataset._in_memory.values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "device", "online", "expected"),
+    [
+        ([], "cuda", False, True),
+        ([], "cpu", False, False),  # a CPU step's arithmetic hides the reads
+        ([], "cuda", True, False),  # online: the features would be held for nothing
+        (["data.num_workers=2"], "cuda", False, False),  # each worker would hold a copy
+        (["data.preload=true"], "cpu", False, True),
+        (["data.preload=false"], "cuda", False, False),
+    ],
+)
+def test_preload_auto_reads_the_store_into_memory_on_a_gpu_only(
+    store: Path, overrides: list[str], device: str, online: bool, expected: bool
+) -> None:
+    config = load_train_config("quickstart", overrides)
+    assert preloads(config, torch.device(device), online, (CachedDataset(store), None)) == expected
+
+
+def test_preload_auto_reads_from_the_store_what_would_not_fit_in_every_ranks_memory(
+    store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_train_config("quickstart", [])
+    stores = (CachedDataset(store), CachedDataset(store, views=["identity"]))
+    needed = sum(dataset.preload_bytes() for dataset in stores)
+    monkeypatch.setattr(loaders, "available_memory", lambda: int(needed / preload_module.MEMORY_SHARE) + 1)
+    with caplog.at_level(logging.INFO, logger="isegprobe.training.loaders"):
+        assert preloads(config, torch.device("cuda"), False, stores, world=1)
+        assert not preloads(config, torch.device("cuda"), False, stores, world=2)
+    assert (
+        "(2 rank(s)) of the" in caplog.text
+        and "MiB of memory available: read from the store at every step" in caplog.text
+    )
+    assert not preloads(config, torch.device("cuda"), False, (NotAStore(), None))
+
+
+def test_data_preload_takes_true_false_or_auto() -> None:
+    assert load_train_config("quickstart", []).data.preload == "auto"
+    assert load_train_config("quickstart", ["data.preload=auto", "data.num_workers=2"]).data.num_workers == 2
+    with pytest.raises(UserError, match="config key 'data.preload' must be true, false or auto, got 'always'"):
+        load_train_config("quickstart", ["data.preload=always"])

@@ -42,13 +42,13 @@ def read_into_memory(
     """Every array of `handles` for `items` (in that order) and, along its view axis, the entries
     `view_indices[name]`: [items, len(view_indices[name]), ...] each. `read_items(store, handle, name, range)` reads
     a contiguous run of items, strictly."""
-    shapes = {name: (len(items), len(view_indices[name]), *handle.shape[2:]) for name, handle in handles.items()}
-    needed = sum(int(np.prod(shape)) * handles[name].dtype.numpy_dtype.itemsize for name, shape in shapes.items())
+    shapes = _shapes(handles, items, view_indices)
+    needed = memory_needed(handles, items, view_indices)
     available = available_memory()
-    if needed > MEMORY_SHARE * available:
+    if not fits_in_memory(needed, available):
         raise UserError(
-            f"{store.path}: data.preload needs {_size(needed)} of memory for {len(items)} items x "
-            f"{len(view_indices['features'])} views, and {_size(available)} are available (at most "
+            f"{store.path}: data.preload needs {readable_size(needed)} of memory for {len(items)} items x "
+            f"{len(view_indices['features'])} views, and {readable_size(available)} are available (at most "
             f"{MEMORY_SHARE:.0%} of it is used); train without data.preload, which reads the store as it goes"
         )
     arrays = {name: np.empty(shape, handles[name].dtype.numpy_dtype) for name, shape in shapes.items()}
@@ -56,6 +56,25 @@ def read_into_memory(
         for name, handle in handles.items():
             arrays[name][positions] = read_items(store, handle, name, run)[:, list(view_indices[name])]
     return arrays
+
+
+def memory_needed(
+    handles: Mapping[str, ts.TensorStore], items: Sequence[int], view_indices: Mapping[str, Sequence[int]]
+) -> int:
+    """Bytes that `read_into_memory` would take for these items and views, as stored."""
+    shapes = _shapes(handles, items, view_indices)
+    return sum(int(np.prod(shape)) * handles[name].dtype.numpy_dtype.itemsize for name, shape in shapes.items())
+
+
+def fits_in_memory(needed: int, available: int | None = None) -> bool:
+    """Whether `needed` bytes are at most MEMORY_SHARE of the memory available (now, unless given)."""
+    return needed <= MEMORY_SHARE * (available_memory() if available is None else available)
+
+
+def _shapes(
+    handles: Mapping[str, ts.TensorStore], items: Sequence[int], view_indices: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
+    return {name: (len(items), len(view_indices[name]), *handle.shape[2:]) for name, handle in handles.items()}
 
 
 def onto_device(arrays: Mapping[str, np.ndarray], device: torch.device, where: str) -> dict[str, torch.Tensor] | None:
@@ -70,8 +89,8 @@ def onto_device(arrays: Mapping[str, np.ndarray], device: torch.device, where: s
             "%s: data.preload keeps the store in host memory: on %s it would take %s of the %s free",
             where,
             device,
-            _size(needed),
-            _size(free),
+            readable_size(needed),
+            readable_size(free),
         )
         return None
     return {
@@ -90,7 +109,7 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _size(nbytes: int) -> str:
+def readable_size(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 

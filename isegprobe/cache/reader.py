@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from isegprobe.cache.checksums import PIXEL_ARRAYS
 from isegprobe.cache.chunks import chunk_problem, require_chunk_files
 from isegprobe.cache.pixel_views import PixelSource
-from isegprobe.cache.preload import onto_device, read_into_memory
+from isegprobe.cache.preload import memory_needed, onto_device, read_into_memory
 from isegprobe.cache.store import FeatureStore
 from isegprobe.errors import UserError
 
@@ -140,13 +140,19 @@ class CachedDataset(Dataset):
         would not fit in host memory, which every entry passes through."""
         if self._in_memory is not None or self._on_device is not None:
             return
-        indices = {name: self._pixel_indices if name in PIXEL_ARRAYS else self.view_indices for name in _READ_ARRAYS}
-        arrays = read_into_memory(self.store, self._arrays(), self.items, indices, read_items)
+        arrays = read_into_memory(self.store, self._arrays(), self.items, self._preload_indices(), read_items)
         on_device = None if device is None else onto_device(arrays, torch.device(device), self.path)
         if on_device is None:
             self._in_memory = arrays
         else:
             self._on_device = on_device
+
+    def preload_bytes(self) -> int:
+        """Host memory that `preload` would take: the entries in use, as stored."""
+        return memory_needed(self._arrays(), self.items, self._preload_indices())
+
+    def _preload_indices(self) -> dict[str, list[int]]:
+        return {name: self._pixel_indices if name in PIXEL_ARRAYS else self.view_indices for name in _READ_ARRAYS}
 
     @property
     def preloaded(self) -> bool:

@@ -19,7 +19,7 @@ from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.same_images import warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import restore_training_state
-from isegprobe.training.loaders import preload_device, training_loader, validation_loader
+from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
 from isegprobe.training.run_state import RunDescription, RunProgress
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.store_checks import check_store_fits
@@ -70,7 +70,7 @@ def set_up_run(
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
     online = runs_featurizer_online(config.model, online)
-    if config.data.preload:
+    if preloads(config, device, online, (dataset, val_dataset), world):
         for data in (dataset, val_dataset):
             _preload(data, preload_device(config, device))
 

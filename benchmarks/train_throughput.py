@@ -17,10 +17,13 @@ low-resolution probe (`quickstart`: identity upsampler, head width 64 on the fea
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -204,7 +207,7 @@ def measure_probe(
         "untimed_ms_per_step": {name: 1000 * median(values) / run.steps for name, values in untimed.items()},
     }
     if args.profile:
-        measured["profile"] = _profile(modes["cache"], lr)
+        measured["profile"] = _profile(modes["cache"], lr, run.steps, device)
     return measured
 
 
@@ -291,13 +294,39 @@ def _summarize(rounds: list[dict[str, float]], steps: int) -> dict[str, Any]:
     }
 
 
-def _profile(mode: Mode, lr: float) -> str:
-    """torch.profiler's top operators over one cache-mode step: what the step's time is made of."""
+# Where a cache step's host time goes, by cProfile: (label, file, function) of the library's functions that do it.
+HOST_WORK = (
+    ("reading and the click sampler (loader)", "click_dataset.py", "__getitem__"),
+    ("  of which the click sampler", "points_sampler.py", "sample"),
+    ("iterative clicks (error maps, transforms, draws)", "next_clicks.py", "add_next_clicks"),
+    ("click maps", "clicks.py", "click_inputs"),
+    ("logits resized to full size", "layers.py", "resize_to"),
+    ("logged BCE", "losses.py", "masked_bce"),
+    ("logged IoU", "trainer.py", "batch_iou"),
+)
+
+
+def _profile(mode: Mode, lr: float, steps: int, device: torch.device) -> str:
+    """torch.profiler's top operators over one cache-mode step: what the step's time is made of; and cProfile's
+    time per step in the library's functions that make up its host time (cProfile's own cost included)."""
     mode.order.start(0)
     batch = next(iter(mode.loader))
     with torch.profiler.profile() as profiler:
         mode.trainer.train_step(batch, 0, lr)
-    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+    operators = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+    profile = cProfile.Profile()
+    profile.enable()
+    run_round(mode, steps, lr, device)
+    profile.disable()
+    spent = {
+        (Path(file).name, function): cumulative
+        for (file, _, function), (_, _, _, cumulative, _) in pstats.Stats(profile).stats.items()
+    }
+    rows = []
+    for name, file, function in HOST_WORK:
+        milliseconds = 1000 * spent.get((file, function), 0.0) / steps
+        rows.append([name, f"{function} ({file})", f"{milliseconds:.2f}"])
+    return operators + "\n" + table(["host work", "function", f"ms per step (cProfile, {steps} steps)"], rows)
 
 
 def probe_table(measured: dict[str, Any]) -> str:
@@ -367,7 +396,11 @@ def parse_args() -> argparse.Namespace:
         choices=("auto", "loader", "device"),
         help="data.click_sampling of the probes (auto: on the device on a GPU, where the loader's way is also timed)",
     )
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of a cache step")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's top ops of a cache step, and cProfile's ms per step of its host work",
+    )
     parser.add_argument(
         "--side-by-side",
         type=int,
@@ -426,11 +459,13 @@ def main() -> None:
             side = measure_side_by_side(args, run, args.side_by_side, device)
             one, many = side.values()
             ratio = many["host"] / one["host"]
-            results["side_by_side"] = {"ms_per_step": side, "host_ratio": ratio}
+            data_ratio = many["data"] / one["data"]
+            results["side_by_side"] = {"ms_per_step": side, "host_ratio": ratio, "data_ratio": data_ratio}
             rows = [[name, f"{v['seconds']:.1f}", f"{v['data']:.1f}", f"{v['host']:.1f}"] for name, v in side.items()]
             sections[f"probe (b), {args.side_by_side} copies side by side (one read of each batch), cache"] = (
                 table(["run", "ms/step", "data ms", "host ms (data + other)"], rows)
                 + f"\nhost ms, {args.side_by_side} side by side / one: {ratio:.3g}"
+                + f"\ndata ms (the batch read once, shared), {args.side_by_side} side by side / one: {data_ratio:.3g}"
             )
             checks.append(Check(f"(b) host time, {args.side_by_side} probes side by side / one", ratio, 1.3, False))
     report("train_throughput", args, sections, checks, results)

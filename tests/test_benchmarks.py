@@ -15,6 +15,7 @@ TINY = ["--featurizer", "vit_tiny_patch16_224", "--size", "64", "--repeats", "1"
 SMALLEST = {
     "train_throughput": [
         "--items", "4", "--size-a", "64", "--steps", "1", "--steps-a", "1", "--repeats-a", "1", "--batch-size", "1",
+        "--profile",
     ],
     "extract_overhead": ["--extract-workers", "0", "--batch-size", "4"],
     "extract_pipeline": ["--images", "3", "--batch-size", "2", "--extract-workers", "1"],

@@ -163,8 +163,12 @@ class DataConfig:
     a coin with this probability says keep it, as RITM redraws empty crops (its keep_background_prob 0.01).
     `preload`: read the training (and validation) store's entries in use into memory before the first step, for
     a fast GPU that would otherwise wait for the store's decoding; refused when they would not fit in memory, and
-    with loader workers (each would hold a copy). `auto` (the default): on a GPU, when they fit and there are no
-    loader workers; never on a CPU, whose step's arithmetic hides the reads.
+    with loader workers (each would hold a copy). `auto` (the default): on a GPU, when they fit and no loader
+    workers are asked for; never on a CPU, whose step's arithmetic hides the reads.
+    `num_workers`: DataLoader worker processes that read, decode and sample the batches beside the training process.
+    `auto` (the default): on a GPU, up to AUTO_GPU_WORKERS (fewer on a machine with fewer cores per torchrun rank)
+    for a store read as training goes, none for one preloaded; none on a CPU, whose cores the step's arithmetic
+    uses. Workers give the same batches as none.
     `click_sampling`: where each sample's target and initial clicks are drawn. `loader`: per image, in the data
     loader (its workers, if any); `device`: for the whole batch on the training device (training/batch_sampler.py),
     which spares a GPU run the per-image work of one CPU thread; `auto`: device on a GPU, loader otherwise. The
@@ -173,7 +177,7 @@ class DataConfig:
 
     size: int | None = number(224, AT_LEAST_ONE)
     batch_size: int = number(8, AT_LEAST_ONE)
-    num_workers: int = number(0, NON_NEGATIVE)
+    num_workers: int | str = "auto"
     views: list[str] | None = None
     featurizer: str | None = None
     normalization: str | None = None
@@ -355,13 +359,21 @@ def _check_range(value: Any, allowed: Range, key: str) -> None:
         raise UserError(f"config key {key!r} must be a finite number {allowed}, got {value!r}")
 
 
+def asks_for_workers(data: DataConfig) -> bool:
+    """Whether the config names a number of loader workers above 0 (`auto` leaves it to the run)."""
+    return data.num_workers != "auto" and data.num_workers > 0
+
+
 def _check_together(config: TrainConfig) -> None:
     """Keys whose allowed values depend on each other."""
     if len(config.optim.betas) != 2:
         raise UserError(f"config key 'optim.betas' must hold two numbers (Adam's), got {config.optim.betas!r}")
     if config.data.preload not in PRELOAD:
         raise UserError(f"config key 'data.preload' must be true, false or auto, got {config.data.preload!r}")
-    if config.data.preload is True and config.data.num_workers:
+    workers = config.data.num_workers
+    if workers != "auto" and (isinstance(workers, str) or workers < 0):
+        raise UserError(f"config key 'data.num_workers' must be a number >= 0 or auto, got {workers!r}")
+    if config.data.preload is True and asks_for_workers(config.data):
         raise UserError(
             f"config keys data.preload and data.num_workers {config.data.num_workers}: a preloaded store is read "
             "from memory in the training process; each loader worker would hold a copy of it. Set "

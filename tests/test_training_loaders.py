@@ -1,0 +1,54 @@
+"""The training loader's workers: `data.num_workers: auto` starts them on a GPU for a store read as training goes,
+and a run with workers trains exactly as one without."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from stores import builtin_store
+
+from isegprobe.cache import CachedDataset
+from isegprobe.config import load_train_config
+from isegprobe.errors import UserError
+from isegprobe.loader_workers import default_loader_workers
+from isegprobe.training import train
+from isegprobe.training.loaders import AUTO_GPU_WORKERS, loader_workers, training_loader
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return builtin_store(tmp_path_factory.mktemp("loaders"), split="train", size=56)
+
+
+def test_auto_starts_workers_on_a_gpu_for_a_store_read_as_training_goes(store: Path) -> None:
+    config = load_train_config("quickstart", [])
+    assert config.data.num_workers == "auto"
+    read, preloaded = CachedDataset(store), CachedDataset(store)
+    preloaded.preload()
+    gpu = torch.device("cuda")
+    assert loader_workers(config, gpu, read) == min(AUTO_GPU_WORKERS, default_loader_workers()) > 0
+    assert loader_workers(config, gpu, preloaded) == 0
+    assert loader_workers(config, torch.device("cpu"), read) == 0
+    assert loader_workers(load_train_config("quickstart", ["data.num_workers=3"]), gpu, preloaded) == 3
+    assert training_loader(read, config, torch.device("cpu"), online=False).num_workers == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "1.5"])
+def test_a_bad_number_of_workers_is_refused_naming_the_key(value: str) -> None:
+    with pytest.raises(UserError, match="data.num_workers"):
+        load_train_config("quickstart", [f"data.num_workers={value}"])
+
+
+def test_training_with_loader_workers_is_training_without(store: Path, tmp_path: Path) -> None:
+    overrides = ["data.batch_size=4", "schedule.max_iters=4", "logging.tensorboard=false", "data.size=56"]
+    for workers in (0, 2):
+        config = load_train_config("quickstart", [*overrides, f"data.num_workers={workers}"])
+        train(config, CachedDataset(store), tmp_path / str(workers), device="cpu", progress=False)
+    without, with_workers = (load_file(tmp_path / name / "last.safetensors") for name in ("0", "2"))
+    assert without.keys() == with_workers.keys()
+    assert all(torch.equal(without[key], with_workers[key]) for key in without)
+    rows = [(tmp_path / name / "scalars.csv").read_text() for name in ("0", "2")]
+    assert rows[0] == rows[1]

@@ -388,7 +388,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="steps per round of probe (b)")
     parser.add_argument("--steps-a", type=int, default=1, help="steps per round of probe (a)")
     parser.add_argument("--repeats-a", type=int, default=2, help="interleaved rounds of probe (a)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (spawned), as data.num_workers")
+    parser.add_argument(
+        "--workers",
+        default="auto",
+        help="DataLoader workers (spawned), as data.num_workers (auto: four on a GPU for the store read as it goes)",
+    )
     parser.add_argument("--probes", default="a,b", help="which probes to run: a, b or a,b")
     parser.add_argument(
         "--click-sampling",

@@ -177,7 +177,7 @@ class DataConfig:
 
     size: int | None = number(224, AT_LEAST_ONE)
     batch_size: int = number(8, AT_LEAST_ONE)
-    num_workers: int | str = "auto"
+    num_workers: int | str = number("auto", NON_NEGATIVE)
     views: list[str] | None = None
     featurizer: str | None = None
     normalization: str | None = None
@@ -350,7 +350,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 
 
 def _check_range(value: Any, allowed: Range, key: str) -> None:
-    if value is None:
+    """Numbers only: a key that also takes a word (None, `auto`) has that checked where the word is used."""
+    if value is None or isinstance(value, str):
         return
     if isinstance(value, list):
         if not all(item in allowed for item in value):
@@ -370,9 +371,8 @@ def _check_together(config: TrainConfig) -> None:
         raise UserError(f"config key 'optim.betas' must hold two numbers (Adam's), got {config.optim.betas!r}")
     if config.data.preload not in PRELOAD:
         raise UserError(f"config key 'data.preload' must be true, false or auto, got {config.data.preload!r}")
-    workers = config.data.num_workers
-    if workers != "auto" and (isinstance(workers, str) or workers < 0):
-        raise UserError(f"config key 'data.num_workers' must be a number >= 0 or auto, got {workers!r}")
+    if isinstance(config.data.num_workers, str) and config.data.num_workers != "auto":
+        raise UserError(f"config key 'data.num_workers' must be a number >= 0 or auto, got {config.data.num_workers!r}")
     if config.data.preload is True and asks_for_workers(config.data):
         raise UserError(
             f"config keys data.preload and data.num_workers {config.data.num_workers}: a preloaded store is read "

@@ -390,8 +390,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats-a", type=int, default=2, help="interleaved rounds of probe (a)")
     parser.add_argument(
         "--workers",
-        default="auto",
-        help="DataLoader workers (spawned), as data.num_workers (auto: four on a GPU for the store read as it goes)",
+        default="0",
+        help="DataLoader workers (spawned), as data.num_workers; `auto` times a GPU run's default (four for the "
+        "store read as it goes), best with --steps 10 or more, since every round waits for the workers' first batch",
     )
     parser.add_argument("--probes", default="a,b", help="which probes to run: a, b or a,b")
     parser.add_argument(

@@ -42,6 +42,9 @@ step extract_large python3 benchmarks/extract_pipeline.py --featurizer "$LARGE" 
   --images "$((IMAGES / 2))" --featurizer-target 0.9 --with-featurizer
 step train_small python3 benchmarks/train_throughput.py --featurizer "$SMALL" --threads 0 --size "$SIZE" \
   --size-a "$SIZE" --items 24 --repeats 3 --repeats-a 2 --steps 10 --steps-a 3
+# The same with the loader workers a GPU run now starts by default (data.num_workers: auto) for the store read as it goes.
+step train_small_workers python3 benchmarks/train_throughput.py --featurizer "$SMALL" --threads 0 --size "$SIZE" \
+  --probes b --items 24 --repeats 3 --steps 10 --side-by-side 0 --workers auto
 step train_large python3 benchmarks/train_throughput.py --featurizer "$LARGE" --threads 0 --size "$SIZE" \
   --probes b --items 24 --batch-size 8 --repeats 3 --steps 2
 step eval_large python3 benchmarks/eval_per_click.py --featurizer "$LARGE" --threads 0 --size "$SIZE" \

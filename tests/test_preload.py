@@ -216,3 +216,9 @@ def test_data_preload_takes_true_false_or_auto() -> None:
     assert load_train_config("quickstart", ["data.preload=auto", "data.num_workers=2"]).data.num_workers == 2
     with pytest.raises(UserError, match="config key 'data.preload' must be true, false or auto, got 'always'"):
         load_train_config("quickstart", ["data.preload=always"])
+
+
+def test_preloading_shows_a_bar_naming_the_store_and_its_size(store: Path, capsys: pytest.CaptureFixture) -> None:
+    CachedDataset(store).preload(progress=True)
+    bar = capsys.readouterr().err
+    assert f"data.preload {store.name} (" in bar and "MiB)" in bar and "24/24" in bar

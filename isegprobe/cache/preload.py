@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
 import torch
+from tqdm.auto import tqdm
 
 from isegprobe.cache.store import FeatureStore
 from isegprobe.errors import UserError
@@ -38,10 +40,12 @@ def read_into_memory(
     items: Sequence[int],
     view_indices: Mapping[str, Sequence[int]],
     read_items: Callable[[FeatureStore, ts.TensorStore, str, range], np.ndarray],
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every array of `handles` for `items` (in that order) and, along its view axis, the entries
     `view_indices[name]`: [items, len(view_indices[name]), ...] each. `read_items(store, handle, name, range)` reads
-    a contiguous run of items, strictly."""
+    a contiguous run of items, strictly. With `progress`, a bar counts the items read: a large store takes minutes
+    before training's first step."""
     shapes = _shapes(handles, items, view_indices)
     needed = memory_needed(handles, items, view_indices)
     available = available_memory()
@@ -52,9 +56,12 @@ def read_into_memory(
             f"{MEMORY_SHARE:.0%} of it is used); train without data.preload, which reads the store as it goes"
         )
     arrays = {name: np.empty(shape, handles[name].dtype.numpy_dtype) for name, shape in shapes.items()}
-    for positions, run in _contiguous_runs(items, store.items_per_shard):
-        for name, handle in handles.items():
-            arrays[name][positions] = read_items(store, handle, name, run)[:, list(view_indices[name])]
+    description = f"data.preload {store.path.name} ({readable_size(needed)})"
+    with tqdm(total=len(items), unit="item", desc=description, disable=not progress, file=sys.stderr) as bar:
+        for positions, run in _contiguous_runs(items, store.items_per_shard):
+            for name, handle in handles.items():
+                arrays[name][positions] = read_items(store, handle, name, run)[:, list(view_indices[name])]
+            bar.update(len(run))
     return arrays
 
 

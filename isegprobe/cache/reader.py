@@ -133,14 +133,16 @@ class CachedDataset(Dataset):
             self._handles_pid = os.getpid()
         return self._handles
 
-    def preload(self, device: torch.device | str | None = None) -> None:
+    def preload(self, device: torch.device | str | None = None, progress: bool = False) -> None:
         """Read every entry in use into memory now (`data.preload`); later entries come from there, the same
         tensors as read from the store. With a `device`, the entries are kept on it and come as tensors there (in
         host memory still, said in a warning, when they would not fit). Refuses, naming the sizes, a store that
-        would not fit in host memory, which every entry passes through."""
+        would not fit in host memory, which every entry passes through. `progress`: a bar counts the items read."""
         if self._in_memory is not None or self._on_device is not None:
             return
-        arrays = read_into_memory(self.store, self._arrays(), self.items, self._preload_indices(), read_items)
+        arrays = read_into_memory(
+            self.store, self._arrays(), self.items, self._preload_indices(), read_items, progress=progress
+        )
         on_device = None if device is None else onto_device(arrays, torch.device(device), self.path)
         if on_device is None:
             self._in_memory = arrays

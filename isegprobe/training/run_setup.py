@@ -72,7 +72,7 @@ def set_up_run(
     online = runs_featurizer_online(config.model, online)
     if preloads(config, device, online, (dataset, val_dataset), world):
         for data in (dataset, val_dataset):
-            _preload(data, preload_device(config, device))
+            _preload(data, preload_device(config, device), progress and rank == 0)
 
     torch.manual_seed(config.seed)
     probe = ISProbe(config.model, **probe_dims(dataset, featurizer if online else None, size))
@@ -141,15 +141,15 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
         raise UserError(f"{where}: extracted at {val_size} px, the training store at {size} px")
 
 
-def _preload(dataset: Dataset | None, device: torch.device | None) -> None:
-    """data.preload: a store's entries read into memory once, kept on `device` (None: in host memory); a store
-    already preloaded is left as it is."""
+def _preload(dataset: Dataset | None, device: torch.device | None, progress: bool) -> None:
+    """data.preload: a store's entries read into memory once, kept on `device` (None: in host memory), with a
+    progress bar where the run shows one; a store already preloaded is left as it is."""
     if dataset is None:
         return
     preload = getattr(dataset, "preload", None)
     if preload is None:
         raise UserError(f"data.preload: {type(dataset).__name__} is not a feature store and cannot be preloaded")
-    preload(device)
+    preload(device, progress=progress)
 
 
 def _check_upsampler_is_not_frozen_at_random(config: TrainConfig, probe: ISProbe) -> None:

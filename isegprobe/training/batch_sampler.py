@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from isegprobe.config import SamplerConfig
-from isegprobe.training.points_sampler import MultiPointSampler, Pick, TargetChoice, border_radius
+from isegprobe.training.points_sampler import ERODED_TOO_FEW, MultiPointSampler, Pick, TargetChoice, border_radius
 
 _PAD_ROW = (-1, -1, 0)
 
@@ -106,12 +106,13 @@ def _negatives(labels: Tensor, target: Tensor, choices: list[TargetChoice], radi
 
 def _part_regions(choice: TargetChoice, region_sizes: np.ndarray, slots: int) -> list[int]:
     """Which of an image's regions (object j at j, eroded at slots + j, negatives from 2 * slots) is each part of
-    `draw_clicks`: an object's eroded region when its coin says erode and more than 10 pixels are left."""
+    `draw_clicks`: an object's eroded region when its coin says erode and more than ERODED_TOO_FEW pixels are
+    left."""
     negatives = 2 * slots
     if not choice.objects:
         return [negatives]
     positives = [
-        slots + index if erode and region_sizes[slots + index] > 10 else index
+        slots + index if erode and region_sizes[slots + index] > ERODED_TOO_FEW else index
         for index, erode in enumerate(choice.erode)
     ]
     return positives + [negatives, negatives + 1, negatives + 2]

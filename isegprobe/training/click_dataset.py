@@ -93,43 +93,41 @@ class ClickTrainingSet(Dataset):
         index, item = self._draw_view(epoch, position)
         seed = [self.seed, epoch, index]
         if self.draw_on_device and not self.augment.enabled:
-            return self._tensor_sample(item, seed)
+            sample = self._tensor_pixels(item)
+        else:
+            sample = self._host_pixels(item, epoch, index, seed)
+        if self.draw_on_device:
+            sample["sample_seed"] = torch.tensor(seed, dtype=torch.int64)
+        sample["item"], sample["view"] = int(item["item"]), int(item["view"])
+        if self.with_features:
+            sample["features"] = torch.as_tensor(item["features"])
+        return sample
+
+    def _host_pixels(self, item: Mapping[str, Any], epoch: int, index: int, seed: list[int]) -> dict[str, Any]:
+        """Image and valid pixels made with NumPy and OpenCV (augmented, when asked for), with the labels the device
+        draws from, or with the target and clicks drawn here."""
         image = _as_numpy(item["image"])
         labels = _as_numpy(item["labels"])
         valid = valid_pixels(_as_numpy(item["ignore"]).astype(bool), _as_numpy(item["valid_box"]))
         if self.augment.enabled:
             image, labels, valid = self._augmented(image, labels, valid, epoch, index)
-        sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "valid": torch.from_numpy(valid),
-            "item": int(item["item"]),
-            "view": int(item["view"]),
-        }
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(image)), "valid": torch.from_numpy(valid)}
         if self.draw_on_device:
             sample["labels"] = torch.from_numpy(labels.astype(np.int32))
-            sample["sample_seed"] = torch.tensor(seed, dtype=torch.int64)
         else:
             sampled = self.sampler.sample(labels, valid, np.random.default_rng(seed))
             sample["target"] = torch.from_numpy(sampled.mask)
             sample["clicks"] = torch.from_numpy(sampled.clicks)
-        if self.with_features:
-            sample["features"] = torch.as_tensor(item["features"])
         return sample
 
-    def _tensor_sample(self, item: Mapping[str, Any], seed: list[int]) -> dict[str, Any]:
-        """The sample of an entry whose target and clicks the device draws, by tensor operations where the entry
-        is (the same values as the NumPy way)."""
-        sample = {
+    def _tensor_pixels(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """Image, valid pixels and labels of an entry whose target and clicks the device draws, by tensor operations
+        where the entry is (the same values as the NumPy way)."""
+        return {
             "image": torch.as_tensor(item["image"]),
             "valid": valid_pixels_tensor(torch.as_tensor(item["ignore"]).bool(), torch.as_tensor(item["valid_box"])),
-            "item": int(item["item"]),
-            "view": int(item["view"]),
             "labels": torch.as_tensor(item["labels"]).int(),
-            "sample_seed": torch.tensor(seed, dtype=torch.int64),
         }
-        if self.with_features:
-            sample["features"] = torch.as_tensor(item["features"])
-        return sample
 
     def _draw_view(self, epoch: int, position: int) -> tuple[int, Mapping[str, Any]]:
         """(entry index, entry) of the item's view for this epoch: the epoch's draw, or, when that view holds no

@@ -22,6 +22,8 @@ import numpy as np
 from isegprobe.config import SamplerConfig
 
 _KERNEL = np.ones((3, 3), np.uint8)
+# An eroded object with no more valid pixels than this is not clicked in: its clicks go anywhere on it (RITM).
+ERODED_TOO_FEW = 10
 _PAD_ROW = (-1, -1, 0)
 
 
@@ -34,7 +36,8 @@ class SampledTarget:
 @dataclass(frozen=True)
 class TargetChoice:
     """The objects a sample segments, and for each whether its positive clicks keep off its edge (when eroding the
-    object leaves more than 10 valid pixels). No objects: the target is empty and only negatives are clicked."""
+    object leaves more than ERODED_TOO_FEW valid pixels). No objects: the target is empty and only negatives are
+    clicked."""
 
     objects: list[int]
     erode: list[bool]
@@ -192,7 +195,7 @@ class MultiPointSampler:
             return clickable
         eroded = cv2.erode(mask.astype(np.uint8), _KERNEL, iterations=self.config.positive_erode_iters).astype(bool)
         eroded &= valid
-        return eroded if eroded.sum() > 10 else clickable
+        return eroded if eroded.sum() > ERODED_TOO_FEW else clickable
 
     def _border(self, target: np.ndarray, radius: int) -> np.ndarray:
         """A ring around the target, `radius` pixels wide."""

@@ -47,7 +47,7 @@ def read_into_memory(
     a contiguous run of items, strictly. With `progress`, a bar counts the items read: a large store takes minutes
     before training's first step."""
     shapes = _shapes(handles, items, view_indices)
-    needed = memory_needed(handles, items, view_indices)
+    needed = _nbytes(handles, shapes)
     available = available_memory()
     if not fits_in_memory(needed, available):
         raise UserError(
@@ -69,8 +69,7 @@ def memory_needed(
     handles: Mapping[str, ts.TensorStore], items: Sequence[int], view_indices: Mapping[str, Sequence[int]]
 ) -> int:
     """Bytes that `read_into_memory` would take for these items and views, as stored."""
-    shapes = _shapes(handles, items, view_indices)
-    return sum(int(np.prod(shape)) * handles[name].dtype.numpy_dtype.itemsize for name, shape in shapes.items())
+    return _nbytes(handles, _shapes(handles, items, view_indices))
 
 
 def fits_in_memory(needed: int, available: int | None = None) -> bool:
@@ -84,6 +83,10 @@ def _shapes(
     return {name: (len(items), len(view_indices[name]), *handle.shape[2:]) for name, handle in handles.items()}
 
 
+def _nbytes(handles: Mapping[str, ts.TensorStore], shapes: Mapping[str, tuple[int, ...]]) -> int:
+    return sum(int(np.prod(shape)) * handles[name].dtype.numpy_dtype.itemsize for name, shape in shapes.items())
+
+
 def onto_device(arrays: Mapping[str, np.ndarray], device: torch.device, where: str) -> dict[str, torch.Tensor] | None:
     """The preloaded arrays as tensors on `device` (labels as int32: its GPU kernels do not all take uint16), or
     None, said in a warning, when they would take more than MEMORY_SHARE of its free memory: they then stay in
@@ -91,7 +94,7 @@ def onto_device(arrays: Mapping[str, np.ndarray], device: torch.device, where: s
     widened = {name for name, values in arrays.items() if values.dtype == np.uint16}
     needed = sum(values.size * 4 if name in widened else values.nbytes for name, values in arrays.items())
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
-    if needed > MEMORY_SHARE * free:
+    if not fits_in_memory(needed, free):
         log.warning(
             "%s: data.preload keeps the store in host memory: on %s it would take %s of the %s free",
             where,

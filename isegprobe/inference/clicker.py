@@ -100,8 +100,8 @@ class Clicker:
         No pixel is deeper than half the shorter side of its region's bounding box (rounded up): the region that could
         be deeper is transformed first, and the other only if its bound could still change the answer.
         """
-        fn_box, fp_box = _bounding_box(errors.false_negative), _bounding_box(errors.false_positive)
-        fn_bound, fp_bound = _depth_bound(fn_box), _depth_bound(fp_box)
+        fn_box, fp_box = bounding_box(errors.false_negative), bounding_box(errors.false_positive)
+        fn_bound, fp_bound = box_depth_bound(fn_box), box_depth_bound(fp_box)
         if fn_bound >= fp_bound:
             fn = self._deepest("fn", errors.false_negative, fn_box)
             fp = _NOTHING if fp_bound < fn[0] else self._deepest("fp", errors.false_positive, fp_box)
@@ -180,13 +180,15 @@ Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive); all equ
 _NOTHING = (np.float32(0), 0, 0)
 
 
-def _bounding_box(error: np.ndarray) -> Box:
+def bounding_box(error: np.ndarray) -> Box:
+    """(top, left, bottom, right) of the region's pixels, bottom and right exclusive."""
     left, top, width, height = cv2.boundingRect(error.view(np.uint8))
     return top, left, top + height, left + width
 
 
-def _depth_bound(box: Box) -> int:
-    """The largest distance a pixel of the box can have to the nearest pixel outside it."""
+def box_depth_bound(box: Box) -> int:
+    """The largest distance a pixel of the box can have to the nearest pixel outside it (also the training
+    clicks' chamfer distance, which is at most the number of horizontal and vertical steps)."""
     top, left, bottom, right = box
     return (min(bottom - top, right - left) + 1) // 2
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from isegprobe.inference.clicker import bounding_box, box_depth_bound
+
 
 def next_click(
     prob: np.ndarray, target: np.ndarray, valid: np.ndarray, rng: np.random.Generator, threshold: float = 0.49
@@ -75,8 +77,7 @@ class ErrorRegion:
         by_area = (1 + math.isqrt(2 * self.area - 1)) // 2  # the largest d whose diamond fits in the area
         if not reaches(by_area, level):
             return False
-        _, _, width, height = cv2.boundingRect(self.mask.view(np.uint8))
-        return reaches(min(by_area, (min(width, height) + 1) // 2), level)
+        return reaches(min(by_area, box_depth_bound(bounding_box(self.mask))), level)
 
     @property
     def max_depth(self) -> float:

@@ -2,7 +2,7 @@
 
 Extraction should cost little more than the forward it cannot avoid: decoding, views, compression and writes run
 beside it (loader workers, a writer thread). Both modes see the same preprocessed views in the same batch size;
-the extraction is the library's real `extract` (what `isegprobe extract-features` runs), into a fresh store each
+the extraction is the library's real `extract` (what `isegprobe extract-features` runs), into a new folder each
 round, with the featurizer built inside it as the command does. The build time is measured on its own too.
 """
 
@@ -15,7 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Check, base_parser, dataset_root, extraction_request, interleave, median, report, setup, synchronize
+from common import (
+    Check,
+    base_parser,
+    dataset_root,
+    extraction_request,
+    interleave,
+    into_new_folder,
+    median,
+    report,
+    setup,
+    synchronize,
+)
 from common import table as markdown_table
 
 from isegprobe.cache.extract import extract
@@ -52,11 +63,11 @@ def bare_forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, de
 
 def timed_extract(args: argparse.Namespace, out: Path) -> float:
     request = extraction_request(args, args.split, args.size, args.views, out, args.batch_size, args.extract_workers)
-    request.overwrite = True
-    started = time.perf_counter()
-    extract(request)
-    synchronize(torch.device(args.device))
-    return time.perf_counter() - started
+    with into_new_folder(request) as fresh:
+        started = time.perf_counter()
+        extract(fresh)
+        synchronize(torch.device(args.device))
+        return time.perf_counter() - started
 
 
 def timed_build(args: argparse.Namespace, device: torch.device) -> float:

@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from common import Check, base_parser, interleave, median, report, setup, synchronize, table
+from common import Check, base_parser, interleave, into_new_folder, median, report, setup, synchronize, table
 from extract_overhead import bare_forward
 
 from isegprobe.cache.extract import ExtractionRequest, LoopTimes, extract
@@ -219,27 +219,29 @@ def timed_pipeline(
     device: torch.device,
     rounds: list[tuple[LoopTimes, ThreadClock | None]],
 ) -> float:
-    """Seconds for one extraction into a fresh store; where its loop's time went, and its threads' CPU time where
+    """Seconds for one extraction into a new store; where its loop's time went, and its threads' CPU time where
     Linux tells, are added to `rounds`."""
     clock = ThreadClock() if Path("/proc/self/task").is_dir() else None
-    started = time.perf_counter()
-    if clock is None:
-        result = extract(request, featurizer=stand_in)
-    else:
-        with clock:
-            result = extract(request, featurizer=stand_in)
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    with into_new_folder(request) as fresh:
+        started = time.perf_counter()
+        if clock is None:
+            result = extract(fresh, featurizer=stand_in)
+        else:
+            with clock:
+                result = extract(fresh, featurizer=stand_in)
+        synchronize(device)
+        seconds = time.perf_counter() - started
     rounds.append((result.loop, clock))
     return seconds
 
 
 def timed_extraction(request: ExtractionRequest, featurizer: Featurizer, device: torch.device) -> float:
-    """Seconds for one extraction into a fresh store with the real featurizer, already built and on the device."""
-    started = time.perf_counter()
-    extract(request, featurizer=featurizer)
-    synchronize(device)
-    return time.perf_counter() - started
+    """Seconds for one extraction into a new store with the real featurizer, already built and on the device."""
+    with into_new_folder(request) as fresh:
+        started = time.perf_counter()
+        extract(fresh, featurizer=featurizer)
+        synchronize(device)
+        return time.perf_counter() - started
 
 
 def parse_args() -> argparse.Namespace:
@@ -294,7 +296,6 @@ def main() -> None:
             batch_size=args.batch_size,
             device=args.device,
             out=str(Path(scratch) / "stores"),
-            overwrite=True,
             workers=args.extract_workers,
             codec=args.codec,
         )

@@ -8,6 +8,8 @@ need.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import threading
 import warnings
 from typing import NamedTuple
@@ -113,6 +115,28 @@ def format_warning(
     return _python_format_warning(message, category, filename, lineno, line)
 
 
+class NotesToStderr(logging.Handler):
+    """The library's log records as the command's own lines on stderr: its INFO records say what it decided for the
+    user (whether `data.preload: auto` reads the store into memory, the step a resumed run starts at), its WARNING
+    ones begin with "warning:", as its warnings do. Under torchrun only rank 0 prints the INFO ones, which every
+    rank decides alike. The stream is looked up at each record, since one process may run several commands."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        click.echo(f"warning: {message}" if record.levelno >= logging.WARNING else message, err=True)
+
+
+def show_library_notes() -> None:
+    """Route the `isegprobe` loggers' records to `NotesToStderr`, once per process."""
+    logger = logging.getLogger("isegprobe")
+    if not any(isinstance(handler, NotesToStderr) for handler in logger.handlers):
+        logger.addHandler(NotesToStderr())
+        logger.setLevel(logging.INFO)
+
+
 @click.group(
     cls=LazyGroup,
     lazy_commands=COMMANDS,
@@ -130,4 +154,5 @@ def main() -> None:
     Try `isegprobe quickstart` for the whole pipeline on the built-in data, in a few minutes even on a CPU.
     """
     warnings.formatwarning = format_warning
+    show_library_notes()
     threading.excepthook = quiet_disk_errors_in_threads

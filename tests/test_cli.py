@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -101,6 +102,33 @@ def test_our_warnings_print_as_one_line_and_others_keep_their_source() -> None:
     lines = finished.stderr.splitlines()
     assert "warning: meaningless numbers" in lines, finished.stderr
     assert any(line.endswith("UserWarning: from elsewhere") and ":" in line.split("UserWarning")[0] for line in lines)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_the_librarys_notes_print_as_lines_and_only_rank_0_says_what_it_decided(rank: str) -> None:
+    """What the library logs (data.preload auto's decision, a resumed run's step) reaches a command's user: INFO
+    records as plain lines from rank 0, WARNING ones as `warning: ...` from every rank, once each however many
+    commands the process runs."""
+    probe = (
+        "import logging\n"
+        "from isegprobe.cli import main\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        main(['datasets', 'list'], prog_name='isegprobe')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "logging.getLogger('isegprobe.training.loaders').info('data.preload auto: read into memory')\n"
+        "logging.getLogger('isegprobe.cache.preload').warning('kept in host memory')\n"
+        "logging.getLogger('isegprobe.training.loaders').debug('a detail')\n"
+    )
+    environment = {**os.environ, "RANK": rank}
+    finished = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=environment
+    )
+    lines = finished.stderr.splitlines()
+    assert lines.count("warning: kept in host memory") == 1, finished.stderr
+    assert lines.count("data.preload auto: read into memory") == (1 if rank == "0" else 0), finished.stderr
+    assert "a detail" not in finished.stderr
 
 
 def test_a_renamed_option_takes_its_old_name_with_a_warning_and_help_shows_only_the_new() -> None:

@@ -5,7 +5,7 @@ import pytest
 from isegprobe.data import create_dataset
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.image_io import is_truncated, read_rgb
-from isegprobe.data.instance_maps import compact_labels
+from isegprobe.data.instance_maps import compact_labels, ids_present
 from isegprobe.data.preprocess import make_view, orient, oriented_copy, parse_views
 from isegprobe.errors import UserError
 
@@ -150,6 +150,27 @@ def test_compact_labels_numbers_the_ids_present_1_to_k_in_order(ids):
     expected[labels == 0] = 0
     compacted = compact_labels(labels)
     assert compacted.dtype == np.uint16 and np.array_equal(compacted, expected)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "largest"),
+    [("uint8", 255), ("uint16", 2**16 - 1), ("int32", 2**16 - 1), ("int32", 2**16), ("int64", 70_000), ("bool", 1)],
+)
+def test_ids_present_are_those_np_bincount_counts(dtype, largest):
+    """OpenCV's histogram below 2**16, np.bincount above: the same ids, up to the largest a map can hold, in
+    contiguous and strided maps; 0 and the largest id always drawn, so both ends of the range are checked."""
+    rng = np.random.default_rng(largest)
+    for _ in range(20):
+        ids = np.concatenate(([0, largest], rng.integers(0, largest + 1, rng.integers(0, 4))))
+        labels = rng.choice(ids, size=tuple(rng.integers(1, 200, 2))).astype(dtype)
+        for view in (labels, labels[::2, ::3]):
+            if view.size:
+                assert np.array_equal(ids_present(view), np.bincount(view.ravel().astype(np.intp)) > 0)
+
+
+def test_ids_present_refuses_a_negative_id_as_bincount_does():
+    with pytest.raises(ValueError):
+        ids_present(np.array([[3, -1]], np.int32))
 
 
 @pytest.mark.parametrize("name", ["hflip", "vflip", "rot90", "rot180", "rot270"])

@@ -126,8 +126,8 @@ def extraction_request(
 def into_new_folder(request: ExtractionRequest) -> Iterator[ExtractionRequest]:
     """`request` writing into a new empty folder under its `out`, removed when the block ends. A timed extraction
     then writes its store as a first `extract-features` does: into an existing store's place (`overwrite`), it
-    would first remove the last round's store, 1 ms of CPU per 448 px view image on a CPU, which no extraction into
-    a new folder pays."""
+    would first remove the last round's store, which took about 1 ms per 448 px view image on two CPU cores (0.13 s
+    a round of 64 items) and which no extraction into a new folder pays."""
     Path(request.out).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="round-", dir=request.out))
     try:

@@ -55,9 +55,9 @@ def compact_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def ids_present(labels: np.ndarray) -> np.ndarray:
-    """bool [largest id + 1]: which ids occur in a map of non-negative integer ids.
+    """bool [largest id + 1]: which ids occur in a non-empty map of non-negative integer ids.
 
-    Ids below 2**16 are counted by OpenCV's histogram of the map as uint16: 0.1 to 0.3 ms on a 640x480 map, where
+    Ids below 2**16 are counted by OpenCV's histogram of the map as uint16: 0.1 to 0.35 ms on a 640x480 map, where
     np.bincount, which first widens every pixel to 64 bits, took 1 ms. Larger ids are counted by np.bincount."""
     top = int(labels.max())
     if top < 2**16 and (labels.dtype.kind in "bu" or int(labels.min()) >= 0):

@@ -4,9 +4,10 @@ says otherwise."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from isegprobe.errors import UserError
@@ -21,6 +22,13 @@ def featurizer_autocast(device: torch.device) -> torch.autocast:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
+
+
+def from_host(values: torch.Tensor | np.ndarray | Sequence, device: torch.device | str | None) -> torch.Tensor:
+    """Values the host made (clicks, draws, picks), on `device` without waiting for it. A plain copy from the host to a
+    GPU first waits for every kernel queued there; this one (`non_blocking`) is staged at once and ordered before the
+    kernels that read it, so the host goes on queueing work. The values must not be changed afterwards."""
+    return torch.as_tensor(values).to(device=device, non_blocking=True)
 
 
 @contextmanager

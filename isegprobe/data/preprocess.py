@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -237,9 +238,17 @@ def normalize_images(
     standardized as the featurizer was trained. Every step after the one copy (into `out`, a float32 tensor of the
     same shape, when given) runs in place on it: the same arithmetic, one full-size tensor instead of three (on a CPU
     each fresh one costs its page faults again), never written into `images`."""
-    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+    mean_t = _per_channel(tuple(float(value) for value in mean), images.device)
+    std_t = _per_channel(tuple(float(value) for value in std), images.device)
     scaled = images.to(torch.float32, copy=True) if out is None else out.copy_(images)
     if not images.is_floating_point():
         scaled.div_(255.0)
     return scaled.sub_(mean_t).div_(std_t)
+
+
+@lru_cache(maxsize=16)
+def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """float32 [1, C, 1, 1] on `device`, made once and only read: made from Python numbers at every call, it was a
+    copy from the host that waits for every kernel queued on a GPU, at every training step and every batch of an
+    extraction."""
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)

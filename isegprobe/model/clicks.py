@@ -16,40 +16,47 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from isegprobe.devices import from_host
+
 PADDING_ROW = (-1.0, -1.0, 0.0)
 
 
-@lru_cache(maxsize=8)
-def _disk_offsets(radius: int) -> Tensor:
+def disk_offsets(radius: int, device: torch.device | str | None = None) -> Tensor:
+    """(dy, dx) of every pixel within `radius` of a click on a whole pixel (squared distance <= radius**2, as RITM),
+    on `device`. The tensor is made once per radius and device and shared: read it, never write into it."""
+    return _disk_offsets(radius, torch.device(device if device is not None else "cpu"))
+
+
+@lru_cache(maxsize=16)
+def _disk_offsets(radius: int, device: torch.device) -> Tensor:
+    """Kept on the device, since a copy from the host to a GPU first waits for every kernel queued there, and every
+    pass of a probe stamps its clicks."""
     span = torch.arange(-radius, radius + 1)
     dy, dx = torch.meshgrid(span, span, indexing="ij")
     inside = dy * dy + dx * dx <= radius * radius
-    return torch.stack((dy[inside], dx[inside]), dim=1)
+    return torch.stack((dy[inside], dx[inside]), dim=1).to(device)
 
 
-def disk_offsets(radius: int, device: torch.device | str | None = None) -> Tensor:
-    """(dy, dx) of every pixel within `radius` of a click on a whole pixel (squared distance <= radius**2, as RITM)."""
-    return _disk_offsets(radius).to(device)
-
-
-@lru_cache(maxsize=8)
-def _window_offsets(radius: int) -> Tensor:
+@lru_cache(maxsize=16)
+def _window_offsets(radius: int, device: torch.device) -> Tensor:
+    """(dy, dx) of the (2r + 2)^2 window around a click between pixels, kept on the device as `_disk_offsets`."""
     span = torch.arange(-radius, radius + 2)
     dy, dx = torch.meshgrid(span, span, indexing="ij")
-    return torch.stack((dy.reshape(-1), dx.reshape(-1)), dim=1)
+    return torch.stack((dy.reshape(-1), dx.reshape(-1)), dim=1).to(device)
 
 
 def as_click_tensor(clicks: Tensor | Sequence[Iterable[Any]], device: torch.device | str | None = None) -> Tensor:
     """A [B, K, 3] tensor from a tensor or from per-image lists of (y, x, is_positive) tuples or Click objects; lists
-    become float32, so that centres between pixels stay where they are."""
+    become float32, so that centres between pixels stay where they are. Clicks from the host reach the device
+    without a wait for it (`from_host`)."""
     if isinstance(clicks, Tensor):
         if clicks.ndim != 3 or clicks.shape[-1] != 3:
             raise ValueError(f"clicks must be [B, K, 3] (y, x, is_positive), got {tuple(clicks.shape)}")
-        return clicks.to(device=device)
+        return from_host(clicks, device)
     rows = [[_click_row(click) for click in image_clicks] for image_clicks in clicks]
     width = max((len(image_rows) for image_rows in rows), default=0)
     padded = [image_rows + [PADDING_ROW] * (width - len(image_rows)) for image_rows in rows]
-    return torch.tensor(padded, dtype=torch.float32, device=device).reshape(len(rows), width, 3)
+    return from_host(torch.tensor(padded, dtype=torch.float32).reshape(len(rows), width, 3), device)
 
 
 def _click_row(click: Any) -> tuple[float, float, float]:
@@ -84,7 +91,7 @@ def _stamp_disks(buffer: Tensor, shape: torch.Size, clicks: Tensor, radius: int)
 def _disks(clicks: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
     """(rows, cols, inside) of each click's window [B, K, window]: the pixels within `radius` of its centre."""
     centres = clicks[..., :2].float()
-    offsets = _window_offsets(radius).to(clicks.device)
+    offsets = _window_offsets(radius, clicks.device)
     rows = centres[..., 0, None].floor().long() + offsets[:, 0]
     cols = centres[..., 1, None].floor().long() + offsets[:, 1]
     distance = (rows.float() - centres[..., 0, None]).square() + (cols.float() - centres[..., 1, None]).square()

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from isegprobe.config import SamplerConfig
+from isegprobe.devices import from_host
 from isegprobe.training.points_sampler import ERODED_TOO_FEW, MultiPointSampler, Pick, TargetChoice, border_radius
 
 _PAD_ROW = (-1, -1, 0)
@@ -90,17 +91,17 @@ def _object_ids(choices: list[TargetChoice], device: torch.device) -> Tensor:
     ids = torch.full((len(choices), max(1, *(len(choice.objects) for choice in choices))), -1, dtype=torch.long)
     for row, choice in zip(ids, choices, strict=True):
         row[: len(choice.objects)] = torch.tensor(choice.objects, dtype=torch.long)
-    return ids.to(device, non_blocking=True)[:, :, None, None]
+    return from_host(ids, device)[:, :, None, None]
 
 
 def _negatives(labels: Tensor, target: Tensor, choices: list[TargetChoice], radii: list[int]) -> Tensor:
     """[B, 3, H, W]: background, other objects, border ring; without objects only the background, unlabelled."""
     device = labels.device
-    no_objects = torch.tensor([not choice.objects for choice in choices], device=device)[:, None, None]
-    others_exist = torch.tensor([choice.others_exist for choice in choices], device=device)[:, None, None]
+    no_objects = from_host([not choice.objects for choice in choices], device)[:, None, None]
+    others_exist = from_host([choice.others_exist for choice in choices], device)[:, None, None]
     background = ~target & (~no_objects | (labels == 0))
     other = torch.where(others_exist, (labels > 0) & ~target, ~target)
-    border = square_dilation(target, torch.tensor(radii, device=device)) & ~target
+    border = square_dilation(target, from_host(radii, device)) & ~target
     return torch.stack((background, other, border), dim=1)
 
 
@@ -140,18 +141,18 @@ def _clicks(regions: Tensor, picks: list[list[tuple[int, Pick] | None]]) -> Tens
             positive[image, row] = int(pick.positive)
     clicks = torch.tensor(_PAD_ROW, dtype=torch.long).repeat(batch, rows, 1)
     if not pair_of:
-        return clicks.to(regions.device)
+        return from_host(clicks, regions.device)
     device = regions.device
-    images, region_ids = (torch.tensor(values, device=device) for values in zip(*pair_of, strict=True))
+    images, region_ids = (from_host(values, device) for values in zip(*pair_of, strict=True))
     counts = regions[images, region_ids].flatten(1).cumsum(1, dtype=torch.int32)
     longest = max(len(wanted) for wanted in ranks)
     padded = torch.tensor([wanted + [1] * (longest - len(wanted)) for wanted in ranks], dtype=torch.int32)
-    flat = torch.searchsorted(counts, padded.to(device)).view(-1)
-    where = torch.from_numpy(where).to(device)
+    flat = torch.searchsorted(counts, from_host(padded, device)).view(-1)
+    where = from_host(where, device)
     picked = where[..., 0] >= 0
     index = flat[(where[..., 0] * longest + where[..., 1]).clamp(min=0)]
-    found = torch.stack((index // width, index % width, torch.from_numpy(positive).to(device)), dim=-1)
-    return torch.where(picked[..., None], found, clicks.to(device))
+    found = torch.stack((index // width, index % width, from_host(positive, device)), dim=-1)
+    return torch.where(picked[..., None], found, from_host(clicks, device))
 
 
 def square_dilation(masks: Tensor, radius: int | Tensor) -> Tensor:

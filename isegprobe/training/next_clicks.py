@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from isegprobe.devices import from_host
 from isegprobe.inference.clicker import bounding_box, box_depth_bound
 
 
@@ -143,5 +144,5 @@ def add_next_clicks(
         if click is not None:
             rows[index] = torch.tensor(click, dtype=rows.dtype)
     clicks = clicks.clone()
-    clicks[:, slot] = rows.to(clicks.device)
+    clicks[:, slot] = from_host(rows, clicks.device)
     return clicks

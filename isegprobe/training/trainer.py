@@ -160,9 +160,8 @@ class Trainer:
     def simulate_clicks(self, batch: DeviceBatch, rng: np.random.Generator) -> tuple[Tensor, Tensor, int]:
         """RITM: 0..max_num_next_clicks no-grad passes, each adding a click on the error and feeding its mask back.
         The clicks come back with max_num_next_clicks more rows, those not clicked left at -1."""
-        free_rows = batch.clicks.new_tensor((-1, -1, 0)).expand(
-            batch.clicks.shape[0], self.config.clicks.max_num_next_clicks, 3
-        )
+        free_rows = batch.clicks.new_full((batch.clicks.shape[0], self.config.clicks.max_num_next_clicks, 3), -1)
+        free_rows[..., 2] = 0  # RITM's padding row (-1, -1, 0), made on the device: no copy from the host
         clicks = torch.cat((batch.clicks, free_rows), dim=1)
         prev_mask = torch.zeros_like(batch.images[:, :1])
         count = int(rng.integers(0, self.config.clicks.max_num_next_clicks + 1))

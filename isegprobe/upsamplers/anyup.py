@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from isegprobe.devices import from_host
 from isegprobe.state_dicts import load_strictly, read_state_dict
 from isegprobe.upsamplers.layers import MultiheadProjections, RoPE
 from isegprobe.upsamplers.learned import LearnedUpsampler, with_weights
@@ -93,7 +94,8 @@ def window_bounds(out_size: int, in_size: int, ratio: float) -> tuple[Tensor, Te
 class WindowMask:
     """Which feature cells each output pixel may attend to: those within `ratio` of the image each way.
 
-    Small index tensors kept on the CPU, so slicing the keys by them never waits for an accelerator.
+    Small index tensors kept on the CPU, so slicing the keys by them never waits for an accelerator; each band's
+    mask goes to the device by `from_host`, which does not wait either.
     """
 
     def __init__(self, out_size: tuple[int, int], grid: tuple[int, int], ratio: float) -> None:
@@ -159,7 +161,8 @@ class CrossAttentionBlock(nn.Module):
             first, last, allowed = windows.band(start, stop)
             reached = slice(first * key_width, last * key_width)
             band_queries = queries[:, :, start:stop].flatten(2).transpose(1, 2)
-            weights = self.cross_attn.weights(band_queries, key_heads[:, :, reached], allowed.to(queries.device))
+            allowed = from_host(allowed, queries.device)
+            weights = self.cross_attn.weights(band_queries, key_heads[:, :, reached], allowed)
             bands.append(weights @ value_tokens[:, reached])
         return torch.cat(bands, dim=1).transpose(1, 2).reshape(batch, -1, height, width)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from torch.overrides import TorchFunctionMode
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import ExtractionRequest, extract
@@ -280,6 +281,30 @@ def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_ima
     if zoom:
         whole = {(0, task.gt.shape[0] - 1, 0, task.gt.shape[1] - 1) for task in tasks}
         assert {framing.inner.box for framing in recorded.values()} - whole, "no object was zoomed in on"
+
+
+class CopiesToHost(TorchFunctionMode):
+    """Counts `.cpu()` calls: on a GPU each is a copy that waits for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") == "cpu"
+        return func(*args, **(kwargs or {}))
+
+
+def test_each_click_brings_the_batchs_masks_over_in_one_copy(store, three_images, tmp_path):
+    """One copy from the device per click for the whole batch of objects, not one per object, then each object's
+    final probabilities once."""
+    probe, metadata = load_probe(untrained_checkpoint(store, tmp_path, []))
+    preprocessing = metadata["preprocessing"]
+    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"))
+    tasks = list(cached_tasks(str(store), create_dataset("grabcut", three_images, "test"), flip=False))
+    with CopiesToHost() as copies:
+        evaluate_objects(predictor, iter(tasks), 4, batch_size=len(tasks))
+    assert len(tasks) == 3 and copies.count == 4 + len(tasks)
 
 
 def test_flip_averages_logits_before_the_sigmoid(store, three_images, tmp_path):

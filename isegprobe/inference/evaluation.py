@@ -3,8 +3,9 @@
 Objects are evaluated in batches (one probe forward per click for the whole batch); each object keeps its own
 clicker, working at the original resolution, and its IoU curve is measured there with the ignore region excluded.
 What the probe sees of an object is its framing's choice: the whole image at the working size, or RITM's zoom-in.
-Probabilities are mapped back and thresholded on the predictor's device; only the boolean masks come to the CPU,
-where one pass makes each object's error regions, which give both its IoU and its next click.
+Probabilities are mapped back and thresholded on the predictor's device; only the boolean masks come to the CPU, in
+one copy per click for the batch, where one pass makes each object's error regions, which give both its IoU and its
+next click.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _evaluate_batch(
         inputs = [frame.inputs(clicker.clicks) for frame, clicker in zip(framings, clickers, strict=True)]
         probs = predictor.probabilities(inputs)
         originals = [frame.to_original(probs[i]) for i, frame in enumerate(framings)]
-        preds = [(original > threshold).cpu().numpy() for original in originals]
+        preds = _on_host([original > threshold for original in originals])
         seconds += time.perf_counter() - started
         for i, clicker in enumerate(clickers):
             errors[i] = clicker.errors(preds[i])
@@ -191,6 +192,14 @@ def _evaluate_batch(
         for i, task in enumerate(batch)
     ]
     return results, seconds
+
+
+def _on_host(masks: Sequence[Tensor]) -> list[np.ndarray]:
+    """The objects' masks as NumPy arrays, brought over in one copy: a copy each would wait for the device once per
+    object at every click."""
+    flat = torch.cat([mask.flatten() for mask in masks]).cpu().numpy()
+    ends = np.cumsum([mask.numel() for mask in masks])[:-1]
+    return [part.reshape(mask.shape) for part, mask in zip(np.split(flat, ends), masks, strict=True)]
 
 
 def _numpy(probs: Tensor) -> np.ndarray:

@@ -20,7 +20,8 @@ import argparse
 import cProfile
 import pstats
 import time
-from collections import defaultdict
+import traceback
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,7 @@ from common import (
     table,
 )
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from isegprobe.cache import CachedDataset
@@ -306,14 +308,54 @@ HOST_WORK = (
 )
 
 
+class OperatorCensus(TorchDispatchMode):
+    """The operators a step dispatches, counted by the line of the library (or of torch.optim) that called them; a
+    backward's count under the line that called it. Views are counted too; the rest each launch a kernel on a GPU,
+    where every launch costs the host a few microseconds, whatever its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_line: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.by_line[_calling_line()] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _calling_line() -> str:
+    for frame in reversed(traceback.extract_stack()):
+        if "/isegprobe/" in frame.filename or "/torch/optim/" in frame.filename:
+            return f"{Path(frame.filename).name}:{frame.lineno} {(frame.line or '').strip()}"
+    return "elsewhere"
+
+
+def _census(mode: Mode, lr: float, steps: int) -> str:
+    """Operators per step of the epoch's first `steps` batches, the lines that call the most first."""
+    mode.order.start(0)
+    batches = iter(mode.loader)
+    census, rounds = OperatorCensus(), 0
+    for step in range(steps):
+        batch = next(batches)
+        with census:
+            rounds += mode.trainer.train_step(batch, step, lr).num_next_clicks
+    rows = [[line[:100], count / steps] for line, count in census.by_line.most_common(12)]
+    total = sum(census.by_line.values()) / steps
+    return (
+        table(["calling line", "operators per step"], rows)
+        + f"\noperators per step in all: {total:.0f} ({rounds} next-click rounds in {steps} steps)"
+    )
+
+
 def _profile(mode: Mode, lr: float, steps: int, device: torch.device) -> str:
-    """torch.profiler's top operators over one cache-mode step: what the step's time is made of; and cProfile's
-    time per step in the library's functions that make up its host time (cProfile's own cost included)."""
+    """torch.profiler's top operators over one cache-mode step: what the step's time is made of; the operators a
+    step dispatches, by calling line; and cProfile's time per step in the library's functions that make up its host
+    time (cProfile's own cost included)."""
     mode.order.start(0)
     batch = next(iter(mode.loader))
     with torch.profiler.profile() as profiler:
         mode.trainer.train_step(batch, 0, lr)
     operators = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+    census = _census(mode, lr, steps)
     profile = cProfile.Profile()
     profile.enable()
     run_round(mode, steps, lr, device)
@@ -326,7 +368,8 @@ def _profile(mode: Mode, lr: float, steps: int, device: torch.device) -> str:
     for name, file, function in HOST_WORK:
         milliseconds = 1000 * spent.get((file, function), 0.0) / steps
         rows.append([name, f"{function} ({file})", f"{milliseconds:.2f}"])
-    return operators + "\n" + table(["host work", "function", f"ms per step (cProfile, {steps} steps)"], rows)
+    host_work = table(["host work", "function", f"ms per step (cProfile, {steps} steps)"], rows)
+    return operators + "\n" + census + "\n" + host_work
 
 
 def probe_table(measured: dict[str, Any]) -> str:
@@ -404,7 +447,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="also print torch.profiler's top ops of a cache step, and cProfile's ms per step of its host work",
+        help="also print torch.profiler's top ops of a cache step, the operators a step dispatches by calling line, "
+        "and cProfile's ms per step of its host work",
     )
     parser.add_argument(
         "--side-by-side",

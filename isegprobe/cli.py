@@ -119,7 +119,9 @@ class NotesToStderr(logging.Handler):
     """The library's log records as the command's own lines on stderr: its INFO records say what it decided for the
     user (whether `data.preload: auto` reads the store into memory, the step a resumed run starts at), its WARNING
     ones begin with "warning:", as its warnings do. Under torchrun only rank 0 prints the INFO ones, which every
-    rank decides alike. The stream is looked up at each record, since one process may run several commands."""
+    rank decides alike; the rank is read from RANK here, as `distributed.current_rank` does, since that module
+    imports torch, which the command group does not load. The stream is looked up at each record, since one process
+    may run several commands."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING)

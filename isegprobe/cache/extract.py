@@ -39,7 +39,7 @@ from isegprobe.data.preprocess import (
     oriented_copy,
     parse_views,
 )
-from isegprobe.devices import featurizer_autocast
+from isegprobe.devices import featurizer_autocast, from_host
 from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
@@ -252,7 +252,7 @@ def _forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device
     roundings are IEEE round-to-nearest-even, so the stored values are the same."""
     outputs: torch.Tensor | None = None
     for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(images[start : start + batch_size]).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        chunk = from_host(images[start : start + batch_size], device).permute(0, 3, 1, 2)
         with featurizer_autocast(device):
             features = featurizer(normalize_images(chunk, featurizer.mean, featurizer.std))
         if device.type != "cpu":

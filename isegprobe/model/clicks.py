@@ -134,5 +134,5 @@ def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5) -> Tensor:
     inputs = buffer[:-1].view(batch, 3, height, width)
     inputs[:, :2].zero_()
     inputs[:, 2:].copy_(prev_mask)
-    _stamp_disks(buffer, inputs.shape, clicks.to(prev_mask.device), radius)
+    _stamp_disks(buffer, inputs.shape, from_host(clicks, prev_mask.device), radius)
     return inputs

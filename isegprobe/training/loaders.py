@@ -79,9 +79,9 @@ def preloads(
     setting = config.data.preload
     if setting != "auto":
         return bool(setting)
-    stores = [dataset for dataset in datasets if dataset is not None]
     if device.type != "cuda" or online or asks_for_workers(config.data):
         return False
+    stores = [dataset for dataset in datasets if dataset is not None]
     if not all(hasattr(data, "preload_bytes") for data in stores):
         return False
     needed = world * sum(data.preload_bytes() for data in stores)

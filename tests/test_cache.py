@@ -16,7 +16,8 @@ from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.cache.store import FeatureStore as StoreClass
 from isegprobe.data import create_dataset
-from isegprobe.data.preprocess import make_view, parse_views
+from isegprobe.data.preprocess import make_view, normalize_images, parse_views
+from isegprobe.devices import featurizer_autocast
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
 
@@ -112,6 +113,33 @@ def test_cached_dataset_yields_the_stored_tensors(tmp_path):
     only_identity = CachedDataset(result.path, views=["identity"])
     assert len(only_identity) == 12 and only_identity[7]["view"] == 0
     assert dataset.preprocessing["mean"] == list(create_featurizer(FEATURIZER, "random").mean)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_features_queued_ahead_are_those_of_a_forward_waited_for(tmp_path, device):
+    """The loop queues each shard's forward and goes on (on a GPU the copies back are pinned and not waited for);
+    the stored features must be what a forward of each batch, waited for, gives: same batches, same values."""
+    result = extract(request(tmp_path, device=device, workers=2, batch_size=3))
+    root = zarr.open(str(result.path), mode="r")
+    identity = root["images"][:, 0]
+    images = np.stack([identity, np.ascontiguousarray(identity[:, :, ::-1])], axis=1)  # views: identity, hflip
+    featurizer = create_featurizer(FEATURIZER, "random").to(device)
+    for start in range(0, 12, 4):  # a shard: 4 items, 8 images, in batches of 3, 3 and 2
+        shard = torch.from_numpy(images[start : start + 4]).flatten(0, 1)
+        expected = []
+        for batch in shard.split(3):
+            pixels = batch.to(device).permute(0, 3, 1, 2)
+            with torch.no_grad(), featurizer_autocast(torch.device(device)):
+                features = featurizer(normalize_images(pixels, featurizer.mean, featurizer.std))
+            expected.append(features.to(torch.float16).cpu())
+        stored = torch.from_numpy(root["features"][start : start + 4]).flatten(0, 1)
+        assert torch.equal(stored, torch.cat(expected)), f"shard at item {start}"
 
 
 def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch):

@@ -73,7 +73,8 @@ class ExtractionRequest:
 class LoopTimes:
     """Where the extraction loop's wall time went, which says what to change when extraction is slow: waiting for
     images means decoding and resizing are behind (more --workers, where cores are free); `featurizer` is the
-    forward itself; waiting for writes means compression and the disk are behind."""
+    forward itself (on a GPU, queueing it and waiting for the device once the loop is as many shards ahead as may
+    be written at once); waiting for writes means compression and the disk are behind."""
 
     waiting_for_images: float = 0.0
     featurizer: float = 0.0
@@ -241,15 +242,38 @@ def _feature_grid(featurizer: Featurizer, size: int) -> tuple[int, int]:
     return size // featurizer.patch_size, size // featurizer.patch_size
 
 
+class QueuedFeatures:
+    """A shard's float16 features [M, C, h, w] as the device makes them, in host memory once `wait` returns.
+
+    On a GPU the forward and the copy back are only queued: the loop goes on to the next shard's images while the
+    device computes, and the shard's writer waits for this. A forward that the loop waited for left the GPU idle
+    while the loop took the next shard's images from the workers, and the host idle while the GPU computed; at
+    ViT-L/14 the two took turns (202 images/s against 285 for the forward alone and 342 for the rest)."""
+
+    def __init__(self, values: torch.Tensor, copied: torch.cuda.Event | None) -> None:
+        self.values, self._copied = values, copied
+
+    def wait(self) -> np.ndarray:
+        """The features, once the device has copied them back (at once on a CPU)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self.values.numpy()
+
+
 @torch.inference_mode()
-def _forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+def _queue_forward(
+    featurizer: Featurizer, images: torch.Tensor, batch_size: int, device: torch.device
+) -> QueuedFeatures:
     """uint8 [M, S, S, 3] -> float16 [M, C, h, w], in batches of `batch_size` images, each batch's features copied
-    straight into the host array that is returned (no concatenation).
+    straight into the host tensor that is returned (no concatenation).
 
     On an accelerator the features are cast to float16 there, before the copy. A blocking copy to the host that
     also converts has PyTorch copy into a fresh host tensor of the source dtype and convert it with the main
     process's CPU threads, moving twice the bytes (autocast leaves the final norm's output in float32). Both
-    roundings are IEEE round-to-nearest-even, so the stored values are the same."""
+    roundings are IEEE round-to-nearest-even, so the stored values are the same. On a GPU the images come in pinned
+    memory (the loader pins them) and the features go back into pinned memory, so that neither copy waits for the
+    device: the host only queues the work."""
+    on_gpu = device.type == "cuda"
     outputs: torch.Tensor | None = None
     for start in range(0, len(images), batch_size):
         chunk = from_host(images[start : start + batch_size], device).permute(0, 3, 1, 2)
@@ -258,9 +282,21 @@ def _forward(featurizer: Featurizer, images: np.ndarray, batch_size: int, device
         if device.type != "cpu":
             features = features.to(torch.float16)
         if outputs is None:
-            outputs = torch.empty((len(images), *features.shape[1:]), dtype=torch.float16)
-        outputs[start : start + len(features)].copy_(features)
-    return outputs.numpy()
+            shape = (len(images), *features.shape[1:])
+            outputs = torch.empty(shape, dtype=torch.float16, pin_memory=on_gpu)
+        outputs[start : start + len(features)].copy_(features, non_blocking=on_gpu)
+    copied = torch.cuda.Event() if on_gpu else None
+    if copied is not None:
+        copied.record()
+    return QueuedFeatures(outputs, copied)
+
+
+def _finish_shard(
+    store: FeatureStore, items: range, queued: QueuedFeatures, num_views: int, pixel_sums: np.ndarray
+) -> None:
+    """Write a shard's features, checksums and `done` record once its features are on the host (a writer thread)."""
+    features = queued.wait()
+    store.finish_items(items, features.reshape(len(items), num_views, *features.shape[1:]), pixel_sums)
 
 
 def _pending_shards(store: FeatureStore, rank: int, world: int) -> list[range]:
@@ -367,6 +403,7 @@ def _run(
         collate_fn=_single,
         num_workers=request.workers,
         prefetch_factor=1 if request.workers else None,
+        pin_memory=device.type == "cuda",
         worker_init_fn=ends_with_this_process(),
     )
     progress = tqdm(
@@ -375,7 +412,7 @@ def _run(
     times = LoopTimes()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-writer") as writer:
-        pending: deque[Future] = deque()
+        pending: deque[tuple[QueuedFeatures, Future]] = deque()
         shard_views = iter(loader)
         for items in shards:
             with times.measure("waiting_for_images"):
@@ -387,18 +424,23 @@ def _run(
                     f"{arrays['error']}\nThe items extracted so far are kept: fix or remove the file and run the same "
                     "command again to go on."
                 )
-            images = arrays["images"].numpy()
-            images = images.reshape(-1, *images.shape[2:])
+            images = arrays["images"].flatten(0, 1)
             with times.measure("featurizer"):
-                features = _forward(featurizer, images, request.batch_size, device)
-            features = features.reshape(len(items), len(specs), *features.shape[1:])
+                queued = _queue_forward(featurizer, images, request.batch_size, device)
             if len(pending) == SHARDS_IN_FLIGHT:
+                oldest, write = pending.popleft()
+                with times.measure("featurizer"):
+                    oldest.wait()
                 with times.measure("waiting_for_writes"):
-                    pending.popleft().result()
-            pending.append(writer.submit(store.finish_items, items, features, arrays["pixel_sums"]))
+                    write.result()
+            pending.append(
+                (queued, writer.submit(_finish_shard, store, items, queued, len(specs), arrays["pixel_sums"]))
+            )
             progress.update(len(images))
-        with times.measure("waiting_for_writes"):
-            for write in pending:
+        for queued, write in pending:
+            with times.measure("featurizer"):
+                queued.wait()
+            with times.measure("waiting_for_writes"):
                 write.result()
     progress.close()
     times.total = time.perf_counter() - started

@@ -287,7 +287,7 @@ def _queue_forward(
         outputs[start : start + len(features)].copy_(features, non_blocking=on_gpu)
     copied = torch.cuda.Event() if on_gpu else None
     if copied is not None:
-        copied.record()
+        copied.record(torch.cuda.current_stream(device))  # the stream of `device`, which need not be the current one
     return QueuedFeatures(outputs, copied)
 
 

@@ -5,7 +5,7 @@
 # repository's requirements, and isegprobe installed (`pip install --no-deps --no-build-isolation -e .` works
 # offline; PYTHONPATH=. is not enough, since the presets are the package isegprobe.configs mapped from configs/):
 #
-#     bash benchmarks/on_gpu.sh            # about 5 minutes on one H200 with 16 cores
+#     bash benchmarks/on_gpu.sh            # about 6 minutes on one H200 with 16 cores
 #     SCALE=small DEVICE=cpu bash benchmarks/on_gpu.sh   # a few minutes: checks the script itself, no figures
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,14 +30,17 @@ step() {  # step NAME COMMAND...: run one benchmark under the time limit, its ou
 }
 
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
-# The CUDA cases of the tests first: the clicks drawn on the device against the loader's, and a store kept on the
-# device against the store read; they also warm the machine up (a fresh one ran the first benchmark 2.4 to 3.8x
-# slower than the same command right after).
-echo "=== pytest -k cuda tests/test_batch_sampler.py tests/test_preload.py"
-timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_batch_sampler.py tests/test_preload.py 2>&1 \
-  | tail -3
+# The CUDA cases of the tests first: the clicks drawn on the device against the loader's, a store kept on the
+# device against the store read, and extraction's queued forward against one waited for; they also warm the machine
+# up (a fresh one ran the first benchmark 2.4 to 3.8x slower than the same command right after).
+CUDA_TESTS="tests/test_batch_sampler.py tests/test_preload.py tests/test_cache.py"
+echo "=== pytest -k cuda $CUDA_TESTS"
+timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider -k cuda $CUDA_TESTS 2>&1 | tail -3
 step extract_small python3 benchmarks/extract_pipeline.py --featurizer "$SMALL" --size "$SIZE" --images "$IMAGES" \
   --featurizer-target 0.5 --with-featurizer
+# The same with more loader workers than the default's eight: with the forward queued, the workers may be the limit.
+step extract_small_workers python3 benchmarks/extract_pipeline.py --featurizer "$SMALL" --size "$SIZE" \
+  --images "$IMAGES" --featurizer-target 0.5 --with-featurizer --extract-workers 12
 step extract_large python3 benchmarks/extract_pipeline.py --featurizer "$LARGE" --size "$SIZE" \
   --images "$((IMAGES / 2))" --featurizer-target 0.9 --with-featurizer
 step train_small python3 benchmarks/train_throughput.py --featurizer "$SMALL" --threads 0 --size "$SIZE" \

@@ -159,6 +159,12 @@ class FeatureStore:
                 array = self._zarr_writer(name)
                 array[window] = np.asarray(values, dtype=array.dtype)
 
+    def empty_entries(self, name: str, items: int) -> np.ndarray:
+        """An uninitialized array for `items` items of the array `name`, in its stored shape and dtype: a loader worker
+        fills one per shard as it makes the items, then writes it (`write_arrays`)."""
+        array = self._zarr_writer(name)
+        return np.empty((items, *array.shape[1:]), dtype=array.dtype)
+
     def _zarr_writer(self, name: str) -> zarr.Array:
         """The array `name`, opened for writing once per handle: opening reads its metadata from disk, 0.6 ms a time,
         six arrays a shard. Every chunk is written: zarr would first compare each with the fill value, on its one

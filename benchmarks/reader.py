@@ -45,8 +45,7 @@ def tiled_store(source_path: Path, out: Path, items: int, codec: str) -> Path:
     for shard in store.shard_ranges():
         part = {name: values[repeat[shard.start : shard.stop]] for name, values in arrays.items()}
         features = part.pop("features")
-        store.write_arrays(shard, part)
-        store.finish_items(shard, features, pixel_checksums(part))
+        store.finish_items(shard, part, features, pixel_checksums(part))
     store.record_progress()
     return out
 

@@ -147,11 +147,11 @@ def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch)
     calls = {"count": 0}
     original_finish = StoreClass.finish_items
 
-    def interrupted_finish(self, items, features, pixel_sums):
+    def interrupted_finish(self, items, arrays, features, pixel_sums):
         if calls["count"] == 2:
             raise KeyboardInterrupt
         calls["count"] += 1
-        original_finish(self, items, features, pixel_sums)
+        original_finish(self, items, arrays, features, pixel_sums)
 
     monkeypatch.setattr(StoreClass, "finish_items", interrupted_finish)
     with pytest.raises(KeyboardInterrupt):

@@ -111,30 +111,28 @@ class ExtractionResult:
 
 
 class _ShardViews(Dataset):
-    """Shard position -> every view's image of every item of that shard, stacked; runs in DataLoader workers.
+    """Shard position -> every view's image of every item of that shard, and the arrays the store keeps of them;
+    runs in DataLoader workers.
 
     The images travel as a tensor, which PyTorch hands to the main process in shared memory. Pickled through the
     workers' pipes as numpy arrays (3 MB an item at 448 px), they kept the main process of an extraction on a
     16-core GPU machine waiting for 60 % of the run, whatever the number of workers. A whole shard travels at once:
     each shared tensor costs the main process a round trip to the worker's resource sharer, about 0.8 ms of its
-    CPU time, so handing items over one by one cost it more than the rest of its loop together on a CPU. Each item's
-    views go straight into the shard's arrays, and the images for the featurizer are made from them in shared
-    memory once the arrays are written, rather than being stacked per item, then per shard, then copied into shared
-    memory as they are sent.
+    CPU time, so handing items over one by one cost it more than the rest of its loop together on a CPU.
 
-    The worker also writes what it made into the store before handing the shard over: the pixels of the views that
-    keep their own (`pixel_sources`), every view's boxes and the items' sizes. With them comes the CRC of each
-    stored pixel entry, which the main process continues over the features it writes, with the checksums and the
-    `done` record, after them. Compressing images in the main process's zarr threads cost 8 ms of CPU per 448 px
-    view image with zstd and held a GPU extraction to a tenth of its featurizer's speed; in the workers it runs on
-    as many cores as there are workers. A view that is a flip or turn of the identity view costs only its image's
-    rearrangement, for the featurizer.
+    With the images come the arrays the store keeps (`WORKER_ARRAYS`): the pixels of the views that keep their own
+    (`pixel_sources`), every view's boxes and the items' sizes, with the CRC of each stored pixel entry. The main
+    process writes them through tensorstore with the features, whose CRCs continue those. Each item's views go
+    straight into these arrays, made in shared memory (`_handed_over`), and the images for the featurizer are made
+    from the stored pixels: a view that is a flip or turn of the identity view costs only its image's rearrangement.
+    Written in the workers through zarr-python (tensorstore aborts in a forked child once its parent has used it),
+    the arrays cost 4.3 ms of a worker's CPU per item (two 448 px views), against 2.2 ms in tensorstore's threads,
+    which run outside Python; compressed in the main process's zarr threads they had held a GPU extraction to a tenth
+    of its featurizer's speed.
 
     A file that cannot be read comes back as {"index", "error"} rather than as an exception: DataLoader would wrap
     the exception in a worker traceback, and the main process raises it as the one-line message it is. Nothing of
-    that shard is written then. A write that fails (a full disk) comes back as {"write_error": (errno, strerror,
-    filename)} for the same reason: DataLoader rebuilds a worker's OSError from its text, without its errno, and
-    the main process raises it as the OSError it was.
+    that shard is written then. A shard that finds no room in shared memory comes back as {"no_room"}.
     """
 
     def __init__(
@@ -145,32 +143,29 @@ class _ShardViews(Dataset):
         sources: list[PixelSource],
         size: int,
         resize: str,
-        store: Path,
+        layouts: dict[str, tuple[tuple[int, ...], np.dtype]],
     ):
         self.source, self.shards, self.specs, self.sources = source, shards, specs, sources
-        self.size, self.resize, self.store_path = size, resize, store
-        self._store: FeatureStore | None = None  # opened in the process that writes, on its first shard
+        self.size, self.resize, self.layouts = size, resize, layouts
 
     def __len__(self) -> int:
         return len(self.shards)
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         items = self.shards[position]
-        if self._store is None:
-            self._store = FeatureStore.open(self.store_path, mode="r+")
-        arrays = {name: self._store.empty_entries(name, len(items)) for name in WORKER_ARRAYS}
+        try:
+            tensors = {name: _handed_over((len(items), *shape), dtype) for name, (shape, dtype) in self.layouts.items()}
+            images = _handed_over((len(items), len(self.specs), self.size, self.size, 3), np.dtype(np.uint8))
+        except RuntimeError as error:  # PyTorch's words for a shared-memory file it cannot make
+            return {"no_room": f"no room for a shard in shared memory (/dev/shm): {error}"}
+        arrays = {name: tensor.numpy() for name, tensor in tensors.items()}
         for slot, index in enumerate(items):
             try:
                 self._fill(slot, index, arrays)
             except UserError as error:
                 return {"index": index, "error": str(error)}
-        try:
-            self._store.write_arrays(items, arrays)
-        except OSError as error:
-            if error.errno is None:
-                raise
-            return {"write_error": (error.errno, error.strerror, error.filename)}
-        return {"images": self._view_images(arrays["images"]), "pixel_sums": pixel_checksums(arrays)}
+        self._view_images(arrays["images"], images.numpy())
+        return {"images": images, "stored": KeptOnHost(tensors), "pixel_sums": pixel_checksums(arrays)}
 
     def _fill(self, slot: int, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Make item `index`'s views and put them at `slot` of the shard's arrays: the pixels of the views that keep
@@ -191,30 +186,39 @@ class _ShardViews(Dataset):
             arrays["crop_box"][slot, v] = view.crop_box
         arrays["original_size"][slot] = sample.image.shape[:2]
 
-    def _view_images(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 [items, views, S, S, 3]: every view's image for the featurizer, from the stored views' `pixels`
-        [items, stored views, S, S, 3] (a flip or turn of the identity view rearranged by OpenCV)."""
-        images = _handed_over_images((len(pixels), len(self.specs), self.size, self.size, 3))
-        destination = images.numpy()
+    def _view_images(self, pixels: np.ndarray, images: np.ndarray) -> None:
+        """Every view's image for the featurizer into `images` [items, views, S, S, 3], from the stored views'
+        `pixels` [items, stored views, S, S, 3] (a flip or turn of the identity view rearranged by OpenCV)."""
         for v, source in enumerate(self.sources):
             for slot, stored in enumerate(pixels[:, source.stored]):
                 rearranged = source.rearranged_by
-                destination[slot, v] = stored if rearranged is None else oriented_copy(stored, rearranged)
-        return images
+                images[slot, v] = stored if rearranged is None else oriented_copy(stored, rearranged)
 
 
-def _handed_over_images(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialized uint8 tensor of `shape` for the view images a shard hands over, made in shared memory when
-    this is a loader worker, as DataLoader's own collate does: a tensor that is not is copied there as it is sent.
+@dataclass
+class KeptOnHost:
+    """Tensors of a batch that DataLoader's pinning leaves where they are: it pins those in dicts, lists and tuples
+    for the copy to a GPU, and the arrays a shard keeps go to the disk."""
+
+    tensors: dict[str, torch.Tensor]
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {name: tensor.numpy() for name, tensor in self.tensors.items()}
+
+
+def _handed_over(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """An uninitialized tensor of `shape` and `dtype` for what a shard hands over, made in shared memory when this
+    is a loader worker, as DataLoader's own collate does: a tensor that is not is copied there as it is sent.
     Stacking the views per item and per shard and that copy cost a worker 1.8 to 1.9 ms of CPU per item (two 448 px
     views), filling the shared tensor 0.8 ms, page faults included."""
+    torch_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        return torch.empty(shape, dtype=torch_dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=torch_dtype).set_(storage).view(shape)
 
 
-# What a loader worker writes itself: the stored views' pixels, every view's boxes, the item's size.
+# What a loader worker makes for the store: the stored views' pixels, every view's boxes, the item's size.
 WORKER_ARRAYS = (*PIXEL_ARRAYS, "valid_box", "crop_box", "original_size")
 # Shard writes that may run while the next shard is read and computed. Each shard is its own set of files and its
 # items are marked done after its own data, so writes in flight together cannot mix, and a kill loses only them.
@@ -309,11 +313,17 @@ def _queue_forward(
 
 
 def _finish_shard(
-    store: FeatureStore, items: range, queued: QueuedFeatures, num_views: int, pixel_sums: np.ndarray
+    store: FeatureStore,
+    items: range,
+    stored: KeptOnHost,
+    pixel_sums: np.ndarray,
+    queued: QueuedFeatures,
+    num_views: int,
 ) -> None:
-    """Write a shard's features, checksums and `done` record once its features are on the host (a writer thread)."""
+    """Write a shard once its features are on the host (a writer thread): its arrays, features and checksums, then
+    its `done` record."""
     features = queued.wait()
-    store.finish_items(items, features.reshape(len(items), num_views, *features.shape[1:]), pixel_sums)
+    store.finish_items(items, stored.numpy(), features.reshape(len(items), num_views, *features.shape[1:]), pixel_sums)
 
 
 def _pending_shards(store: FeatureStore, rank: int, world: int) -> list[range]:
@@ -415,7 +425,9 @@ def _run(
     show_progress: bool,
 ) -> LoopTimes:
     loader = DataLoader(
-        _ShardViews(source, shards, specs, store.pixel_sources, request.size, request.resize, store.path),
+        _ShardViews(
+            source, shards, specs, store.pixel_sources, request.size, request.resize, store.entry_layouts(WORKER_ARRAYS)
+        ),
         batch_size=1,
         collate_fn=_single,
         num_workers=request.workers,
@@ -434,12 +446,15 @@ def _run(
         for items in shards:
             with times.measure("waiting_for_images"):
                 arrays = next(shard_views)
-            if "write_error" in arrays:
-                raise OSError(*arrays["write_error"])
             if "error" in arrays:
                 raise UserError(
                     f"{arrays['error']}\nThe items extracted so far are kept: fix or remove the file and run the same "
                     "command again to go on."
+                )
+            if "no_room" in arrays:
+                raise UserError(
+                    f"{arrays['no_room']}\nThe items extracted so far are kept: give shared memory room (docker run "
+                    "--shm-size=4g ...) or pass --workers 0, and run the same command again to go on."
                 )
             images = arrays["images"].flatten(0, 1)
             with times.measure("featurizer"):
@@ -450,9 +465,10 @@ def _run(
                     oldest.wait()
                 with times.measure("waiting_for_writes"):
                     write.result()
-            pending.append(
-                (queued, writer.submit(_finish_shard, store, items, queued, len(specs), arrays["pixel_sums"]))
+            shard_write = writer.submit(
+                _finish_shard, store, items, arrays["stored"], arrays["pixel_sums"], queued, len(specs)
             )
+            pending.append((queued, shard_write))
             progress.update(len(images))
         for queued, write in pending:
             with times.measure("featurizer"):

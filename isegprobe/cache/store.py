@@ -1,8 +1,8 @@
 """The feature store on disk: one Zarr v3 group per (featurizer, dataset, split, working size).
 
-Arrays are written one whole shard at a time (the features through tensorstore, `ArrayWriter`): a shard file is
-replaced atomically, so an interrupted extraction loses at most the shards in flight, and the `done` record is written
-after the data it vouches for. A new store is built in a sibling folder and renamed into place once its arrays and
+Arrays are written one whole shard at a time (through tensorstore, `ArrayWriter`): a shard file is replaced
+atomically, so an interrupted extraction loses at most the shards in flight, and the `done` record is written after
+the data it vouches for. A new store is built in a sibling folder and renamed into place once its arrays and
 attrs are written, so a store under its own name is never half made.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ class FeatureStore:
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
         self._writer = ArrayWriter(path)
-        self._zarr_writers: dict[str, zarr.Array] = {}
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> FeatureStore:
@@ -136,42 +135,22 @@ class FeatureStore:
                 "(extract-features --overwrite)"
             ) from None
 
-    def finish_items(self, items: range, features: np.ndarray, pixel_sums: np.ndarray) -> None:
-        """Write the features of the contiguous `items` (one shard) and their checksums, then mark them done. The
-        other arrays are already written (`write_arrays`, in a loader worker); `pixel_sums` are the CRCs of their
-        pixel entries (`checksums.pixel_checksums`)."""
+    def finish_items(
+        self, items: range, arrays: Mapping[str, np.ndarray], features: np.ndarray, pixel_sums: np.ndarray
+    ) -> None:
+        """Write the contiguous `items` (one shard) and mark them done: `arrays` (the stored views' pixels, every
+        view's boxes and the items' sizes, as a loader worker made them), their features and the entries' checksums
+        all at once, then the `done` record. `pixel_sums` are the CRCs of the pixel entries
+        (`checksums.pixel_checksums`), which the checksums continue over the features."""
         window = slice(items.start, items.stop)
         features = np.asarray(features, dtype=self.group["features"].dtype)
         checksums = entry_checksums(features, pixel_sums, [source.stored for source in self.pixel_sources])
-        self._writer.write(window, {"features": features, CHECKSUM_ARRAY: checksums})
+        self._writer.write(window, {**arrays, "features": features, CHECKSUM_ARRAY: checksums})
         self._writer.write(window, {"done": np.ones(len(items), np.uint8)})
 
-    def write_arrays(self, items: range, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write `arrays` for the contiguous `items` of one shard, without marking them done. A loader worker writes
-        the arrays it made itself, so that their compression runs beside the main process's.
-
-        Through zarr-python, not tensorstore: the workers are forked (they share the dataset's annotations with the
-        main process instead of unpickling a copy each), and tensorstore in a child forked after the parent used it
-        aborts the child."""
-        window = slice(items.start, items.stop)
-        with writing_to(self.path):
-            for name, values in arrays.items():
-                array = self._zarr_writer(name)
-                array[window] = np.asarray(values, dtype=array.dtype)
-
-    def empty_entries(self, name: str, items: int) -> np.ndarray:
-        """An uninitialized array for `items` items of the array `name`, in its stored shape and dtype: a loader worker
-        fills one per shard as it makes the items, then writes it (`write_arrays`)."""
-        array = self._zarr_writer(name)
-        return np.empty((items, *array.shape[1:]), dtype=array.dtype)
-
-    def _zarr_writer(self, name: str) -> zarr.Array:
-        """The array `name`, opened for writing once per handle: opening reads its metadata from disk, 0.6 ms a time,
-        six arrays a shard. Every chunk is written: zarr would first compare each with the fill value, on its one
-        event-loop thread, to skip it, and readers refuse a missing chunk (an all-zero ignore mask is one)."""
-        if name not in self._zarr_writers:
-            self._zarr_writers[name] = self.group[name].with_config({"write_empty_chunks": True})
-        return self._zarr_writers[name]
+    def entry_layouts(self, names: Iterable[str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """(shape of one item's entries, dtype) of each array `names` names, for a loader worker to make them in."""
+        return {name: (tuple(self.group[name].shape[1:]), np.dtype(self.group[name].dtype)) for name in names}
 
     def record_progress(self) -> None:
         """Refresh the item count in the attrs (the per-item truth is the `done` array)."""

@@ -165,7 +165,7 @@ class _ShardViews(Dataset):
             except UserError as error:
                 return {"index": index, "error": str(error)}
         self._view_images(arrays["images"], images.numpy())
-        return {"images": images, "stored": KeptOnHost(tensors), "pixel_sums": pixel_checksums(arrays)}
+        return {"images": images, "stored": _KeptOnHost(tensors), "pixel_sums": pixel_checksums(arrays)}
 
     def _fill(self, slot: int, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Make item `index`'s views and put them at `slot` of the shard's arrays: the pixels of the views that keep
@@ -190,13 +190,13 @@ class _ShardViews(Dataset):
         """Every view's image for the featurizer into `images` [items, views, S, S, 3], from the stored views'
         `pixels` [items, stored views, S, S, 3] (a flip or turn of the identity view rearranged by OpenCV)."""
         for v, source in enumerate(self.sources):
+            rearranged = source.rearranged_by
             for slot, stored in enumerate(pixels[:, source.stored]):
-                rearranged = source.rearranged_by
                 images[slot, v] = stored if rearranged is None else oriented_copy(stored, rearranged)
 
 
 @dataclass
-class KeptOnHost:
+class _KeptOnHost:
     """Tensors of a batch that DataLoader's pinning leaves where they are: it pins those in dicts, lists and tuples
     for the copy to a GPU, and the arrays a shard keeps go to the disk."""
 
@@ -315,7 +315,7 @@ def _queue_forward(
 def _finish_shard(
     store: FeatureStore,
     items: range,
-    stored: KeptOnHost,
+    stored: _KeptOnHost,
     pixel_sums: np.ndarray,
     queued: QueuedFeatures,
     num_views: int,
@@ -445,18 +445,18 @@ def _run(
         shard_views = iter(loader)
         for items in shards:
             with times.measure("waiting_for_images"):
-                arrays = next(shard_views)
-            if "error" in arrays:
+                shard = next(shard_views)
+            if "error" in shard:
                 raise UserError(
-                    f"{arrays['error']}\nThe items extracted so far are kept: fix or remove the file and run the same "
+                    f"{shard['error']}\nThe items extracted so far are kept: fix or remove the file and run the same "
                     "command again to go on."
                 )
-            if "no_room" in arrays:
+            if "no_room" in shard:
                 raise UserError(
-                    f"{arrays['no_room']}\nThe items extracted so far are kept: give shared memory room (docker run "
+                    f"{shard['no_room']}\nThe items extracted so far are kept: give shared memory room (docker run "
                     "--shm-size=4g ...) or pass --workers 0, and run the same command again to go on."
                 )
-            images = arrays["images"].flatten(0, 1)
+            images = shard["images"].flatten(0, 1)
             with times.measure("featurizer"):
                 queued = _queue_forward(featurizer, images, request.batch_size, device)
             if len(pending) == SHARDS_IN_FLIGHT:
@@ -466,7 +466,7 @@ def _run(
                 with times.measure("waiting_for_writes"):
                     write.result()
             shard_write = writer.submit(
-                _finish_shard, store, items, arrays["stored"], arrays["pixel_sums"], queued, len(specs)
+                _finish_shard, store, items, shard["stored"], shard["pixel_sums"], queued, len(specs)
             )
             pending.append((queued, shard_write))
             progress.update(len(images))

@@ -5,7 +5,8 @@ zarr-python runs every write through its one event-loop thread and its codec pip
 (zstd level 1, bit shuffle, 2 cores). In an extraction's main process that work was serial. Extraction writes every
 array through this, from the main process: the loader workers make the pixels and boxes but do not write them, since
 tensorstore aborts in a child forked after its parent used it. Tensorstore writes each chunk file to a temporary name
-and renames it into place, so a shard file is replaced whole, as zarr-python did, and the bytes are the same.
+and renames it into place, so a shard file is replaced whole, as zarr-python did. The values are the same; where an
+item has several entries in a shard, tensorstore lays its chunks out in another order (the shard's index says where).
 """
 
 from __future__ import annotations

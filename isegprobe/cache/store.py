@@ -150,7 +150,8 @@ class FeatureStore:
 
     def entry_layouts(self, names: Iterable[str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """(shape of one item's entries, dtype) of each array `names` names, for a loader worker to make them in."""
-        return {name: (tuple(self.group[name].shape[1:]), np.dtype(self.group[name].dtype)) for name in names}
+        arrays = {name: self.group[name] for name in names}  # each opening reads the array's metadata from disk
+        return {name: (tuple(array.shape[1:]), np.dtype(array.dtype)) for name, array in arrays.items()}
 
     def record_progress(self) -> None:
         """Refresh the item count in the attrs (the per-item truth is the `done` array)."""

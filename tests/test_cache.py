@@ -16,7 +16,7 @@ from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.cache.store import FeatureStore as StoreClass
 from isegprobe.data import create_dataset
-from isegprobe.data.preprocess import make_view, normalize_images, parse_views
+from isegprobe.data.preprocess import make_view, normalize_images, orient, parse_views
 from isegprobe.devices import featurizer_autocast
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
@@ -132,14 +132,37 @@ def test_features_queued_ahead_are_those_of_a_forward_waited_for(tmp_path, devic
     featurizer = create_featurizer(FEATURIZER, "random").to(device)
     for start in range(0, 12, 4):  # a shard: 4 items, 8 images, in batches of 3, 3 and 2
         shard = torch.from_numpy(images[start : start + 4]).flatten(0, 1)
-        expected = []
-        for batch in shard.split(3):
-            pixels = batch.to(device).permute(0, 3, 1, 2)
-            with torch.no_grad(), featurizer_autocast(torch.device(device)):
-                features = featurizer(normalize_images(pixels, featurizer.mean, featurizer.std))
-            expected.append(features.to(torch.float16).cpu())
         stored = torch.from_numpy(root["features"][start : start + 4]).flatten(0, 1)
-        assert torch.equal(stored, torch.cat(expected)), f"shard at item {start}"
+        assert torch.equal(stored, waited_forward(featurizer, shard, 3, device)), f"shard at item {start}"
+
+
+def waited_forward(featurizer, images: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
+    """uint8 [M, S, S, 3] -> float16 features, batch by batch, each forward waited for."""
+    expected = []
+    for batch in images.split(batch_size):
+        pixels = batch.to(device).permute(0, 3, 1, 2)
+        with torch.no_grad(), featurizer_autocast(torch.device(device)):
+            features = featurizer(normalize_images(pixels, featurizer.mean, featurizer.std))
+        expected.append(features.to(torch.float16).cpu())
+    return torch.cat(expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_each_flip_and_turn_is_featurized_from_the_identity_pixels_so_oriented(tmp_path, device):
+    """The featurizer's images of the views that keep no pixels are made on the device from the identity view's;
+    each view's features must be the featurizer's on the stored pixels oriented as `orient` reads them."""
+    views = "identity,hflip,vflip,rot90,rot180,rot270"
+    result = extract(request(tmp_path, device=device, workers=2, views=views, batch_size=5))
+    root = zarr.open(str(result.path), mode="r")
+    assert root["images"].shape[1] == 1, "only the identity view keeps pixels"
+    identity = root["images"][:, 0]
+    specs = parse_views(views)
+    images = np.stack([[orient(item, spec) for spec in specs] for item in identity])
+    featurizer = create_featurizer(FEATURIZER, "random").to(device)
+    for start in range(0, 12, 4):  # a shard: 4 items, 24 images, in batches of 5
+        shard = torch.from_numpy(images[start : start + 4]).flatten(0, 1)
+        stored = torch.from_numpy(root["features"][start : start + 4]).flatten(0, 1)
+        assert torch.equal(stored, waited_forward(featurizer, shard, 5, device)), f"shard at item {start}"
 
 
 def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch):

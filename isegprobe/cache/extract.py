@@ -37,7 +37,6 @@ from isegprobe.data.preprocess import (
     make_view,
     normalize_images,
     orient_box,
-    oriented_copy,
     parse_views,
 )
 from isegprobe.devices import featurizer_autocast, from_host
@@ -120,11 +119,12 @@ class _ShardViews(Dataset):
     each shared tensor costs the main process a round trip to the worker's resource sharer, about 0.8 ms of its
     CPU time, so handing items over one by one cost it more than the rest of its loop together on a CPU.
 
-    With the images come the arrays the store keeps (`WORKER_ARRAYS`): the pixels of the views that keep their own
+    What travels is what the store keeps (`WORKER_ARRAYS`): the pixels of the views that keep their own
     (`pixel_sources`), every view's boxes and the items' sizes, with the CRC of each stored pixel entry. The main
     process writes them through tensorstore with the features, whose CRCs continue those. Each item's views go
-    straight into these arrays, made in shared memory (`_handed_over`), and the images for the featurizer are made
-    from the stored pixels: a view that is a flip or turn of the identity view costs only its image's rearrangement.
+    straight into these arrays, made in shared memory (`_handed_over`). The featurizer's images are made from the
+    stored pixels on the device (`_featurizer_images`): a view that is a flip or turn of the identity view travels
+    as no bytes at all, where its image had doubled what each item handed over, pinned and copied to a GPU.
     Written in the workers through zarr-python (tensorstore aborts in a forked child once its parent has used it),
     the arrays cost 4.3 ms of a worker's CPU per item (two 448 px views), against 2.2 ms in tensorstore's threads,
     which run outside Python; compressed in the main process's zarr threads they had held a GPU extraction to a tenth
@@ -155,7 +155,6 @@ class _ShardViews(Dataset):
         items = self.shards[position]
         try:
             tensors = {name: _handed_over((len(items), *shape), dtype) for name, (shape, dtype) in self.layouts.items()}
-            images = _handed_over((len(items), len(self.specs), self.size, self.size, 3), np.dtype(np.uint8))
         except RuntimeError as error:  # PyTorch's words for a shared-memory file it cannot make
             return {"no_room": f"no room for a shard in shared memory (/dev/shm): {error}"}
         arrays = {name: tensor.numpy() for name, tensor in tensors.items()}
@@ -164,8 +163,8 @@ class _ShardViews(Dataset):
                 self._fill(slot, index, arrays)
             except UserError as error:
                 return {"index": index, "error": str(error)}
-        self._view_images(arrays["images"], images.numpy())
-        return {"images": images, "stored": _KeptOnHost(tensors), "pixel_sums": pixel_checksums(arrays)}
+        pixel_sums = pixel_checksums(arrays)
+        return {"pixels": tensors.pop("images"), "stored": _KeptOnHost(tensors), "pixel_sums": pixel_sums}
 
     def _fill(self, slot: int, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Make item `index`'s views and put them at `slot` of the shard's arrays: the pixels of the views that keep
@@ -185,14 +184,6 @@ class _ShardViews(Dataset):
             arrays["valid_box"][slot, v] = valid_box
             arrays["crop_box"][slot, v] = view.crop_box
         arrays["original_size"][slot] = sample.image.shape[:2]
-
-    def _view_images(self, pixels: np.ndarray, images: np.ndarray) -> None:
-        """Every view's image for the featurizer into `images` [items, views, S, S, 3], from the stored views'
-        `pixels` [items, stored views, S, S, 3] (a flip or turn of the identity view rearranged by OpenCV)."""
-        for v, source in enumerate(self.sources):
-            rearranged = source.rearranged_by
-            for slot, stored in enumerate(pixels[:, source.stored]):
-                images[slot, v] = stored if rearranged is None else oriented_copy(stored, rearranged)
 
 
 @dataclass
@@ -281,25 +272,59 @@ class QueuedFeatures:
         return self.values.numpy()
 
 
+class _Scratch:
+    """Tensors on the extraction's device that each shard refills: every view's image, the featurizer's normalized
+    input. On a CPU a fresh tensor per shard or batch costs its page faults every time (normalizing 32 images at
+    448 px took 88 ms of CPU into a new tensor, 57 into one used before); on a GPU the work queued on one stream
+    reads and refills them in order."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A contiguous tensor of `shape`: the first `shape[0]` rows of the one kept as `name` (of one dtype and
+        device in a run), made anew when that one is too small."""
+        kept = self._kept.get(name)
+        if kept is None or kept.shape[1:] != shape[1:] or len(kept) < shape[0]:
+            kept = self._kept[name] = torch.empty(shape, dtype=dtype, device=device)
+        return kept[: shape[0]]
+
+
+def _featurizer_images(
+    pixels: torch.Tensor, sources: list[PixelSource], device: torch.device, scratch: _Scratch
+) -> torch.Tensor:
+    """A shard's stored pixels, uint8 [items, stored views, S, S, 3] on the host -> every view's image on `device`,
+    uint8 [items * views, S, S, 3] (item-major, contiguous: the featurizer's input layout decides which kernels run,
+    and so the last bits of the features). The pixels cross to the device once; the flips and turns happen there."""
+    stored = from_host(pixels, device)
+    images = scratch.take("images", (len(pixels), len(sources), *pixels.shape[2:]), pixels.dtype, device)
+    for v, source in enumerate(sources):
+        images[:, v] = source.orient_tensor(stored[:, source.stored].movedim(0, 2)).movedim(2, 0)
+    return images.flatten(0, 1)
+
+
 @torch.inference_mode()
 def _queue_forward(
-    featurizer: Featurizer, images: torch.Tensor, batch_size: int, device: torch.device
+    featurizer: Featurizer, images: torch.Tensor, batch_size: int, device: torch.device, scratch: _Scratch
 ) -> QueuedFeatures:
-    """uint8 [M, S, S, 3] -> float16 [M, C, h, w], in batches of `batch_size` images, each batch's features copied
-    straight into the host tensor that is returned (no concatenation).
+    """uint8 [M, S, S, 3] on `device` -> float16 [M, C, h, w] on the host, in batches of `batch_size` images, each
+    batch's features copied straight into the host tensor that is returned (no concatenation).
 
     On an accelerator the features are cast to float16 there, before the copy. A blocking copy to the host that
     also converts has PyTorch copy into a fresh host tensor of the source dtype and convert it with the main
     process's CPU threads, moving twice the bytes (autocast leaves the final norm's output in float32). Both
-    roundings are IEEE round-to-nearest-even, so the stored values are the same. On a GPU the images come in pinned
-    memory (the loader pins them) and the features go back into pinned memory, so that neither copy waits for the
-    device: the host only queues the work."""
+    roundings are IEEE round-to-nearest-even, so the stored values are the same. On a GPU the features go back
+    into pinned memory (the pixels came in pinned memory too: the loader pins them), so that neither copy waits for
+    the device: the host only queues the work."""
     on_gpu = device.type == "cuda"
     outputs: torch.Tensor | None = None
     for start in range(0, len(images), batch_size):
-        chunk = from_host(images[start : start + batch_size], device).permute(0, 3, 1, 2)
+        chunk = images[start : start + batch_size]
+        normalized = scratch.take("normalized", chunk.shape, torch.float32, device).permute(0, 3, 1, 2)
         with featurizer_autocast(device):
-            features = featurizer(normalize_images(chunk, featurizer.mean, featurizer.std))
+            features = featurizer(
+                normalize_images(chunk.permute(0, 3, 1, 2), featurizer.mean, featurizer.std, normalized)
+            )
         if device.type != "cpu":
             features = features.to(torch.float16)
         if outputs is None:
@@ -313,17 +338,14 @@ def _queue_forward(
 
 
 def _finish_shard(
-    store: FeatureStore,
-    items: range,
-    stored: _KeptOnHost,
-    pixel_sums: np.ndarray,
-    queued: QueuedFeatures,
-    num_views: int,
+    store: FeatureStore, items: range, shard: dict[str, Any], queued: QueuedFeatures, num_views: int
 ) -> None:
     """Write a shard once its features are on the host (a writer thread): its arrays, features and checksums, then
     its `done` record."""
     features = queued.wait()
-    store.finish_items(items, stored.numpy(), features.reshape(len(items), num_views, *features.shape[1:]), pixel_sums)
+    arrays = {"images": shard["pixels"].numpy(), **shard["stored"].numpy()}
+    features = features.reshape(len(items), num_views, *features.shape[1:])
+    store.finish_items(items, arrays, features, shard["pixel_sums"])
 
 
 def _pending_shards(store: FeatureStore, rank: int, world: int) -> list[range]:
@@ -438,7 +460,7 @@ def _run(
     progress = tqdm(
         total=len(indices) * len(specs), unit="img", desc="extract", disable=not show_progress, file=sys.stderr
     )
-    times = LoopTimes()
+    times, scratch = LoopTimes(), _Scratch()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-writer") as writer:
         pending: deque[tuple[QueuedFeatures, Future]] = deque()
@@ -456,18 +478,16 @@ def _run(
                     f"{shard['no_room']}\nThe items extracted so far are kept: give shared memory room (docker run "
                     "--shm-size=4g ...) or pass --workers 0, and run the same command again to go on."
                 )
-            images = shard["images"].flatten(0, 1)
             with times.measure("featurizer"):
-                queued = _queue_forward(featurizer, images, request.batch_size, device)
+                images = _featurizer_images(shard["pixels"], store.pixel_sources, device, scratch)
+                queued = _queue_forward(featurizer, images, request.batch_size, device, scratch)
             if len(pending) == SHARDS_IN_FLIGHT:
                 oldest, write = pending.popleft()
                 with times.measure("featurizer"):
                     oldest.wait()
                 with times.measure("waiting_for_writes"):
                     write.result()
-            shard_write = writer.submit(
-                _finish_shard, store, items, shard["stored"], shard["pixel_sums"], queued, len(specs)
-            )
+            shard_write = writer.submit(_finish_shard, store, items, shard, queued, len(specs))
             pending.append((queued, shard_write))
             progress.update(len(images))
         for queued, write in pending:

@@ -117,6 +117,12 @@ class FeatureStore:
         """Where each view's pixels are stored (`cache.pixel_views`)."""
         return pixel_sources(self.attrs)
 
+    @cached_property
+    def feature_dtype(self) -> np.dtype:
+        """The features' stored dtype, read once: opening the array reads its metadata from disk, in Python (0.1 ms
+        of CPU), which an extraction's writer threads did at every shard, taking turns for the GIL with the loop."""
+        return np.dtype(self.group["features"].dtype)
+
     @property
     def feature_shape(self) -> tuple[int, int, int]:
         return tuple(self.group["features"].shape[2:])
@@ -143,7 +149,7 @@ class FeatureStore:
         all at once, then the `done` record. `pixel_sums` are the CRCs of the pixel entries
         (`checksums.pixel_checksums`), which the checksums continue over the features."""
         window = slice(items.start, items.stop)
-        features = np.asarray(features, dtype=self.group["features"].dtype)
+        features = np.asarray(features, dtype=self.feature_dtype)
         checksums = entry_checksums(features, pixel_sums, [source.stored for source in self.pixel_sources])
         self._writer.write(window, {**arrays, "features": features, CHECKSUM_ARRAY: checksums})
         self._writer.write(window, {"done": np.ones(len(items), np.uint8)})

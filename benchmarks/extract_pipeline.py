@@ -9,7 +9,10 @@ extraction costs everything but the featurizer; beside it, the real featurizer's
 can feed the featurizer (>= 1) or holds it back (< 1). It also prints how much CPU the threads of the main process
 and of the loader workers spent per item: a thread near the run's time per item is where the pipeline stops scaling
 with cores. The busiest single thread (`serial_ms_per_image`) and all processes together (`cpu_ms_per_image`), per
-view image, are its targets: at most 1 and 8 ms, so that 16 cores can feed about 2000 images/s.
+view image, are its targets: at most 1 and 8 ms, so that 16 cores can feed about 2000 images/s. On a CPU the
+extraction's device is the CPU, so those figures include the device's work (normalizing the images, the views' flips
+and turns, the cast to float16), which a GPU takes off the host; `host_serial_ms_per_image` and `host_cpu_ms_per_image`
+are the same figures without it: the loop thread's CPU time in its featurizer stage and torch's own threads.
 
 With `--with-featurizer` (the default on CUDA) it also times the real extraction, featurizer included, against the
 bare forward: the figure a researcher waits for. Its target (`--featurizer-target`) is 0.5 for ViT-S/14 and 0.9 for
@@ -27,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -121,8 +125,12 @@ class ThreadClock:
 
     def busiest(self) -> tuple[str, float]:
         """The thread, of any of the processes, that spent the most CPU time, and that time."""
-        cpu, name = max((cpu, name) for name, cpu in self._by_thread() if name != "thread-clock")
+        cpu, name = max((cpu, name) for name, cpu in self.threads())
         return name, cpu
+
+    def threads(self) -> list[tuple[str, float]]:
+        """(name, CPU seconds) of every thread of every process but this clock's."""
+        return [(name, cpu) for name, cpu in self._by_thread() if name != "thread-clock"]
 
     def _by_thread(self) -> list[tuple[str, float]]:
         """(name, CPU seconds spent while the clock ran) of every thread seen."""
@@ -143,8 +151,21 @@ class ThreadClock:
         own = os.getpid()
         for pid in (own, *_child_processes(own)):
             for tid, cpu in _thread_cpu(pid).items():
-                name = names.get(tid, f"thread {tid}") if pid == own else f"worker process {pid}, thread {tid}"
+                if pid != own:
+                    name = f"worker process {pid}, thread {tid}"
+                else:
+                    name = names.get(tid) or _native_name(pid, tid)
                 self._seen[pid, tid] = (name, cpu)
+
+
+def _native_name(pid: int, tid: int) -> str:
+    """A thread that Python did not start: tensorstore's (which names its own), or another (torch's OpenMP threads,
+    CUDA's)."""
+    try:
+        comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        comm = ""
+    return f"tensorstore thread {tid}" if comm.startswith("ts_") else f"thread {tid}"
 
 
 def _thread_cpu(pid: int) -> dict[int, float]:
@@ -187,18 +208,43 @@ def _process_tree_cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+OTHER_NATIVE_THREADS = "threads outside Python (OpenMP, CUDA, ...)"
+
+
 def _role(name: str) -> str:
-    """zarr's event loop, zarr's codec threads, our shard writers, the main thread, native threads; any other
-    Python thread by its name."""
+    """zarr's event loop, zarr's codec threads, our shard writers, the main thread, tensorstore's threads, other
+    native threads; any other Python thread by its name."""
     if name.startswith("asyncio_"):
         return "zarr codec threads"
     if name.startswith("shard-writer"):
         return "shard writers"
+    if name.startswith("tensorstore thread"):
+        return "tensorstore threads"
     if name.startswith("thread "):
-        return "threads outside Python (OpenMP, CUDA, ...)"
+        return OTHER_NATIVE_THREADS
     if name.startswith("worker process"):
         return "loader worker processes"
     return {"zarr_io": "zarr event loop", "MainThread": "main thread"}.get(name, name)
+
+
+def host_figures(clock: ThreadClock, loop: LoopTimes, count: int) -> dict[str, Any]:
+    """On a CPU run, the busiest thread and all processes per view image without the device's work: the loop
+    thread's CPU time in its featurizer stage, and torch's own threads (the other native threads of the main
+    process; tensorstore's are told apart by name)."""
+    in_featurizer = loop.thread_cpu.get("featurizer", 0.0)
+    device, host = in_featurizer, []
+    for name, cpu in clock.threads():
+        if _role(name) == OTHER_NATIVE_THREADS:
+            device += cpu
+        else:
+            host.append((cpu - in_featurizer if name == "MainThread" else cpu, name))
+    busiest_cpu, busiest = max(host)
+    return {
+        "host_serial_ms_per_image": 1000 * busiest_cpu / count,
+        "host_cpu_ms_per_image": 1000 * (clock.total - device) / count,
+        "host_busiest_thread": busiest,
+        "device_work_ms_per_image": 1000 * device / count,
+    }
 
 
 def forward_rate(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> float:
@@ -337,10 +383,20 @@ def main() -> None:
             "cpu_ms_per_image": 1000 * clock.total / count,
             "busiest_thread": busiest,
         }
+        lines = (
+            f"\nbusiest single thread ({busiest}): {per_image['serial_ms_per_image']:.3g} ms per view image"
+            f"\nall processes: {per_image['cpu_ms_per_image']:.3g} CPU ms per view image"
+        )
+        if args.device == "cpu":
+            per_image |= host_figures(clock, rounds[-1][0], count)
+            lines += (
+                f"\nthe device's work (the loop's featurizer stage, torch's threads): "
+                f"{per_image['device_work_ms_per_image']:.3g} CPU ms per view image; without it, the busiest thread "
+                f"({per_image['host_busiest_thread']}) {per_image['host_serial_ms_per_image']:.3g} and all processes "
+                f"{per_image['host_cpu_ms_per_image']:.3g} ms per view image"
+            )
         sections[f"CPU ms per item by thread, last pipeline round ({run_ms:.3g} ms per item)"] = (
-            table(["thread", "CPU ms per item"], thread_rows)
-            + f"\nbusiest single thread ({busiest}): {per_image['serial_ms_per_image']:.3g} ms per view image"
-            + f"\nall processes: {per_image['cpu_ms_per_image']:.3g} CPU ms per view image"
+            table(["thread", "CPU ms per item"], thread_rows) + lines
         )
         checks += [
             Check("busiest thread, CPU ms per view image", per_image["serial_ms_per_image"], 1.0, at_least=False),

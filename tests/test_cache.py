@@ -195,6 +195,7 @@ def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch)
     loop = reference.loop
     assert loop.featurizer > 0 and loop.waiting_for_images >= 0 and loop.waiting_for_writes >= 0
     assert loop.waiting_for_images + loop.featurizer + loop.waiting_for_writes <= loop.total
+    assert 0 < loop.thread_cpu["featurizer"], "on a CPU the loop's thread does the device's work: it takes CPU time"
 
 
 def test_refuses_a_store_made_differently(tmp_path):

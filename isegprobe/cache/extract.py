@@ -74,19 +74,26 @@ class LoopTimes:
     """Where the extraction loop's wall time went, which says what to change when extraction is slow: waiting for
     images means decoding and resizing are behind (more --workers, where cores are free); `featurizer` is the
     forward itself (on a GPU, queueing it and waiting for the device once the loop is as many shards ahead as may
-    be written at once); waiting for writes means compression and the disk are behind."""
+    be written at once); waiting for writes means compression and the disk are behind.
+
+    `thread_cpu` is the CPU time the loop's own thread spent in each stage. Its featurizer part is, on a CPU, the
+    device's work itself (normalizing, the views' flips and turns, the cast to float16), which a GPU takes off the
+    host; `benchmarks/extract_pipeline.py` tells it apart from the host's work by it."""
 
     waiting_for_images: float = 0.0
     featurizer: float = 0.0
     waiting_for_writes: float = 0.0
     total: float = 0.0
+    thread_cpu: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def measure(self, stage: str) -> Iterator[None]:
-        """Add the wall time of the `with` body to `stage` (one of the fields above)."""
-        started = time.perf_counter()
+        """Add the wall time of the `with` body to `stage` (one of the fields above), its thread's CPU time to
+        `thread_cpu[stage]`."""
+        started, cpu = time.perf_counter(), time.thread_time()
         yield
         setattr(self, stage, getattr(self, stage) + time.perf_counter() - started)
+        self.thread_cpu[stage] = self.thread_cpu.get(stage, 0.0) + time.thread_time() - cpu
 
     def summary(self) -> str:
         """'41 % waiting for images, 35 % featurizer, 20 % waiting for writes' (the rest is the loop's own work)."""

@@ -117,14 +117,14 @@ class ExtractionResult:
 
 
 class _ShardViews(Dataset):
-    """Shard position -> every view's image of every item of that shard, and the arrays the store keeps of them;
-    runs in DataLoader workers.
+    """Shard position -> the arrays the store keeps of every view of every item of that shard; runs in DataLoader
+    workers.
 
-    The images travel as a tensor, which PyTorch hands to the main process in shared memory. Pickled through the
+    The arrays travel as tensors, which PyTorch hands to the main process in shared memory. Pickled through the
     workers' pipes as numpy arrays (3 MB an item at 448 px), they kept the main process of an extraction on a
     16-core GPU machine waiting for 60 % of the run, whatever the number of workers. A whole shard travels at once:
-    each shared tensor costs the main process a round trip to the worker's resource sharer, about 0.8 ms of its
-    CPU time, so handing items over one by one cost it more than the rest of its loop together on a CPU.
+    each shared tensor costs the main process a round trip to the worker's resource sharer (0.2 to 0.3 ms of its
+    CPU time here), and handing items over one by one had cost it more than the rest of its loop together on a CPU.
 
     What travels is what the store keeps (`WORKER_ARRAYS`): the pixels of the views that keep their own
     (`pixel_sources`), every view's boxes and the items' sizes, with the CRC of each stored pixel entry. The main

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import resource
+import shlex
 import shutil
 import signal
 import struct
@@ -13,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import zarr
 from click.testing import CliRunner, Result
 from dataset_trees import box, write_image, write_mask
@@ -129,6 +131,23 @@ def png_declaring(path: Path, width: int, height: int) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
     return path
+
+
+def with_small_shared_memory(arguments: list[object], size: str) -> tuple[int, str]:
+    """(exit status, output) of the command in its own process and mount namespace, whose /dev/shm is a tmpfs of
+    `size` (mount's words, e.g. 200k): shared memory that is really full, as in a container given too little.
+    Skipped where this process may not make a mount namespace (that needs root, as in CI's container)."""
+    tried = subprocess.run(["unshare", "-m", "true"], capture_output=True) if shutil.which("unshare") else None
+    if tried is None or tried.returncode != 0:
+        pytest.skip("no mount namespace for a small /dev/shm here (unshare -m needs root)")
+    command = " ".join(shlex.quote(str(part)) for part in (ISEGPROBE, *arguments))
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {command}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done.returncode, done.stdout + done.stderr
 
 
 def with_file_limit(arguments: list[object], limit: int) -> tuple[int, str]:

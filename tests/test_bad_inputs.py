@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,6 +27,7 @@ from bad_input_world import (
     scramble_chunk_file,
     snapshot,
     with_file_limit,
+    with_small_shared_memory,
 )
 from dataset_trees import box, write_image, write_mask
 from launch import hold_lock
@@ -277,6 +279,12 @@ CASES: dict[str, Case] = {
         lambda w: extraction("--dataset", "builtin", "--size", SIZE, "--workers", "2", "--out", w.root / "full2"),
         "no room for a shard in shared memory (/dev/shm): unable to resize file",
         run=with_small_files,
+    ),
+    # The same, for real: a /dev/shm of 200 kB, less than one shard of two workers' at 56 px (about 300 kB each).
+    "shared memory full (a container's small /dev/shm)": Case(
+        lambda w: extraction("--dataset", "builtin", "--size", SIZE, "--workers", "2", "--out", w.root / "shm"),
+        "no room for a shard in shared memory (/dev/shm): unable to allocate shared memory(shm) for file",
+        run=partial(with_small_shared_memory, size="200k"),
     ),
     "disk full while saving a checkpoint": Case(
         lambda w: ["train", "--resume", "--out", w.run_copy("full_run")],

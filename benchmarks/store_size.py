@@ -34,7 +34,11 @@ from isegprobe.data.preprocess import make_view, normalize_images, parse_views
 from isegprobe.featurizers import create_featurizer
 
 ITEMS_PER_SHARD = 16
-STORE_CODEC = f"{COMPRESSOR['cname']}-{COMPRESSOR['clevel']} {COMPRESSOR['shuffle']}"
+STORE_CODEC = (
+    f"{COMPRESSOR['cname']}-{COMPRESSOR['clevel']} {COMPRESSOR['shuffle']}, {COMPRESSOR['blocksize'] >> 10} KiB blocks"
+)
+# The store's codec as it was before its Blosc blocks were set: Blosc chose them.
+BLOSC_BLOCKS = {name: value for name, value in COMPRESSOR.items() if name != "blocksize"}
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,13 @@ def candidates() -> list[Candidate]:
         Candidate("blosc zstd-3 shuffle, float32", "float32", BloscCodec(cname="zstd", clevel=3, typesize=4)),
         Candidate("raw float16", "float16", None),
         Candidate("blosc lz4-5 shuffle, float16", "float16", BloscCodec(cname="lz4", clevel=5, typesize=2)),
-        Candidate("blosc zstd-3 shuffle, float16 (stores before)", "float16", BloscCodec(cname="zstd", typesize=2)),
+        Candidate("blosc zstd-3 shuffle, float16 (schema 1)", "float16", BloscCodec(cname="zstd", typesize=2)),
         Candidate(f"blosc {STORE_CODEC}, float16 (the store)", "float16", blosc_codec("float16", COMPRESSOR)),
+        Candidate(
+            "blosc zstd-1 bitshuffle, Blosc's blocks, float16 (stores before)",
+            "float16",
+            blosc_codec("float16", BLOSC_BLOCKS),
+        ),
         Candidate(
             "blosc zstd-3 bitshuffle, float16",
             "float16",
@@ -81,7 +90,10 @@ def image_candidates() -> list[Candidate]:
     plain = BloscShuffle.noshuffle
     return [
         Candidate(f"blosc {STORE_CODEC} (the store)", "uint8", blosc_codec("uint8", COMPRESSOR)),
-        Candidate("blosc zstd-3 (stores before)", "uint8", BloscCodec(cname="zstd", clevel=3, shuffle=plain)),
+        Candidate(
+            "blosc zstd-1 bitshuffle, Blosc's blocks (stores before)", "uint8", blosc_codec("uint8", BLOSC_BLOCKS)
+        ),
+        Candidate("blosc zstd-3 (schema 1)", "uint8", BloscCodec(cname="zstd", clevel=3, shuffle=plain)),
         Candidate("blosc lz4-5", "uint8", BloscCodec(cname="lz4", clevel=5, shuffle=plain)),
         Candidate("raw uint8", "uint8", None),
     ]

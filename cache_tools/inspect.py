@@ -27,7 +27,7 @@ def describe_store(path: str | Path) -> str:
         _pixels_line(store),
         f"items      {done} of {store.num_items} done  ({store.items_per_shard} items per shard)",
         *_missing_chunks_line(store),
-        f"codec      {codec['name']} {codec['cname']} level {codec['clevel']}, {codec['shuffle']}",
+        f"codec      {codec['name']} {codec['cname']} level {codec['clevel']}, {codec['shuffle']}{_blocks(codec)}",
         "arrays     (raw: the decoded bytes of the done items; stored: their files on disk)",
     ]
     arrays = [store.group[name] for name in store.group.array_keys()]
@@ -63,3 +63,9 @@ def _weights(featurizer: dict[str, Any]) -> str:
     """The weights' source, with the file's sha256 when they came from a file (random and hub weights have none)."""
     sha256 = featurizer.get("weights_sha256")
     return f"{featurizer['weights']}  sha256 {sha256}" if sha256 else str(featurizer["weights"])
+
+
+def _blocks(codec: dict[str, Any]) -> str:
+    """', 1024 KiB blocks' where the store set Blosc's block size; nothing where Blosc chose it."""
+    blocksize = codec.get("blocksize", 0)
+    return f", {blocksize >> 10} KiB blocks" if blocksize else ""

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
 
+from cache_tools import verify_store
 from isegprobe.cache import CachedDataset, FeatureStore
 from isegprobe.cache.extract import ExtractionRequest, extract
-from isegprobe.cache.schema import check_same_featurizer
+from isegprobe.cache.schema import COMPRESSORS, check_same_featurizer
 from isegprobe.cache.store import FeatureStore as StoreClass
 from isegprobe.data import create_dataset
 from isegprobe.data.preprocess import make_view, normalize_images, orient, parse_views
@@ -163,6 +165,49 @@ def test_each_flip_and_turn_is_featurized_from_the_identity_pixels_so_oriented(t
         shard = torch.from_numpy(images[start : start + 4]).flatten(0, 1)
         stored = torch.from_numpy(root["features"][start : start + 4]).flatten(0, 1)
         assert torch.equal(stored, waited_forward(featurizer, shard, 5, device)), f"shard at item {start}"
+
+
+def blosc_configurations(store: Path) -> set[str]:
+    """Each array's Blosc settings, as its zarr.json gives them."""
+    found, codecs = set(), []
+    for metadata in store.glob("*/zarr.json"):
+        codecs += json.loads(metadata.read_text())["codecs"]
+    while codecs:
+        codec = codecs.pop()
+        if codec["name"] == "sharding_indexed":
+            codecs += codec["configuration"]["codecs"]
+        elif codec["name"] == "blosc":
+            found.add(json.dumps(codec["configuration"], sort_keys=True))
+    return found
+
+
+def test_a_store_whose_blosc_chose_its_blocks_is_finished_with_them(tmp_path, monkeypatch):
+    """Stores made before the 1 MiB Blosc blocks keep Blosc's own choice (blocksize 0) in their arrays' metadata: an
+    interrupted one is finished with it, to the values a new store gets, and verifies."""
+    reference = extract(request(tmp_path / "reference"))
+    assert all('"blocksize": 1048576' in codec for codec in blosc_configurations(reference.path))
+    before_blocks = {name: value for name, value in COMPRESSORS["zstd"].items() if name != "blocksize"}
+    original_finish = StoreClass.finish_items
+    calls = {"count": 0}
+
+    def interrupted_finish(self, items, arrays, features, pixel_sums):
+        if calls["count"] == 1:
+            raise KeyboardInterrupt
+        calls["count"] += 1
+        original_finish(self, items, arrays, features, pixel_sums)
+
+    with monkeypatch.context() as patched:
+        patched.setitem(COMPRESSORS, "zstd", before_blocks)
+        patched.setattr(StoreClass, "finish_items", interrupted_finish)
+        with pytest.raises(KeyboardInterrupt):
+            extract(request(tmp_path / "old"))
+    resumed = extract(request(tmp_path / "old"))
+    assert resumed.items_extracted == 8
+    assert all('"blocksize": 0' in codec for codec in blosc_configurations(resumed.path))
+    first, second = zarr.open(str(reference.path), mode="r"), zarr.open(str(resumed.path), mode="r")
+    for name in ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size", "checksum"):
+        assert np.array_equal(first[name][:], second[name][:]), name
+    assert verify_store(resumed.path) == []
 
 
 def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch):

@@ -179,13 +179,20 @@ def _node_type(path: Path) -> str:
 
 
 def blosc_codec(dtype: str, compressor: Mapping[str, Any]) -> BloscCodec:
-    """The Blosc codec of an array of `dtype` in a store whose attrs' `layout.compressor` is `compressor`."""
+    """The Blosc codec of an array of `dtype` in a store whose attrs' `layout.compressor` is `compressor` (with no
+    `blocksize`, as stores made before it was set have, Blosc chooses the blocks)."""
     itemsize = np.dtype(dtype).itemsize
     if compressor["shuffle"] == "bitshuffle":
         shuffle = BloscShuffle.bitshuffle
     else:  # byte shuffle, which has nothing to shuffle in one-byte values
         shuffle = BloscShuffle.shuffle if itemsize > 1 else BloscShuffle.noshuffle
-    return BloscCodec(cname=compressor["cname"], clevel=compressor["clevel"], shuffle=shuffle, typesize=itemsize)
+    return BloscCodec(
+        cname=compressor["cname"],
+        clevel=compressor["clevel"],
+        shuffle=shuffle,
+        typesize=itemsize,
+        blocksize=compressor.get("blocksize", 0),
+    )
 
 
 def _dimension_names(spec: ArraySpec) -> tuple[str, ...]:

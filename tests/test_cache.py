@@ -167,6 +167,20 @@ def test_each_flip_and_turn_is_featurized_from_the_identity_pixels_so_oriented(t
         assert torch.equal(stored, waited_forward(featurizer, shard, 5, device)), f"shard at item {start}"
 
 
+def finish_interrupted_after(shards: int):
+    """`FeatureStore.finish_items` that writes `shards` shards, then stops the extraction as a kill would."""
+    original_finish = StoreClass.finish_items
+    calls = {"count": 0}
+
+    def interrupted_finish(self, items, arrays, features, pixel_sums):
+        if calls["count"] == shards:
+            raise KeyboardInterrupt
+        calls["count"] += 1
+        original_finish(self, items, arrays, features, pixel_sums)
+
+    return interrupted_finish
+
+
 def blosc_configurations(store: Path) -> set[str]:
     """Each array's Blosc settings, as its zarr.json gives them."""
     found, codecs = set(), []
@@ -185,25 +199,18 @@ def test_a_store_whose_blosc_chose_its_blocks_is_finished_with_them(tmp_path, mo
     """Stores made before the 1 MiB Blosc blocks keep Blosc's own choice (blocksize 0) in their arrays' metadata: an
     interrupted one is finished with it, to the values a new store gets, and verifies."""
     reference = extract(request(tmp_path / "reference"))
-    assert all('"blocksize": 1048576' in codec for codec in blosc_configurations(reference.path))
+    configurations = blosc_configurations(reference.path)
+    assert configurations and all('"blocksize": 1048576' in codec for codec in configurations)
     before_blocks = {name: value for name, value in COMPRESSORS["zstd"].items() if name != "blocksize"}
-    original_finish = StoreClass.finish_items
-    calls = {"count": 0}
-
-    def interrupted_finish(self, items, arrays, features, pixel_sums):
-        if calls["count"] == 1:
-            raise KeyboardInterrupt
-        calls["count"] += 1
-        original_finish(self, items, arrays, features, pixel_sums)
-
     with monkeypatch.context() as patched:
         patched.setitem(COMPRESSORS, "zstd", before_blocks)
-        patched.setattr(StoreClass, "finish_items", interrupted_finish)
+        patched.setattr(StoreClass, "finish_items", finish_interrupted_after(1))
         with pytest.raises(KeyboardInterrupt):
             extract(request(tmp_path / "old"))
     resumed = extract(request(tmp_path / "old"))
     assert resumed.items_extracted == 8
-    assert all('"blocksize": 0' in codec for codec in blosc_configurations(resumed.path))
+    configurations = blosc_configurations(resumed.path)
+    assert configurations and all('"blocksize": 0' in codec for codec in configurations)
     first, second = zarr.open(str(reference.path), mode="r"), zarr.open(str(resumed.path), mode="r")
     for name in ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size", "checksum"):
         assert np.array_equal(first[name][:], second[name][:]), name
@@ -212,16 +219,8 @@ def test_a_store_whose_blosc_chose_its_blocks_is_finished_with_them(tmp_path, mo
 
 def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch):
     reference = extract(request(tmp_path / "reference"))
-    calls = {"count": 0}
     original_finish = StoreClass.finish_items
-
-    def interrupted_finish(self, items, arrays, features, pixel_sums):
-        if calls["count"] == 2:
-            raise KeyboardInterrupt
-        calls["count"] += 1
-        original_finish(self, items, arrays, features, pixel_sums)
-
-    monkeypatch.setattr(StoreClass, "finish_items", interrupted_finish)
+    monkeypatch.setattr(StoreClass, "finish_items", finish_interrupted_after(2))
     with pytest.raises(KeyboardInterrupt):
         extract(request(tmp_path / "resumed"))
     monkeypatch.setattr(StoreClass, "finish_items", original_finish)

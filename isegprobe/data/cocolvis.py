@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from isegprobe.data.base import DatasetBase, build_source, instance_sample_of, require_same_size
-from isegprobe.data.image_io import read_rgb
+from isegprobe.data.image_io import decode_packed_layer, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.restricted_pickle import read_ritm_pickle
@@ -58,7 +57,9 @@ class CocoLvisDataset(DatasetBase):
         packed = read_ritm_pickle(mask_path)
         try:
             encoded_layers, mapping = packed
-            layers = [cv2.imdecode(np.asarray(layer, np.uint8), cv2.IMREAD_UNCHANGED) for layer in encoded_layers]
+            layers = [
+                decode_packed_layer(np.asarray(layer, np.uint8).tobytes(), str(mask_path)) for layer in encoded_layers
+            ]
             if any(layer is None for layer in layers):
                 raise ValueError("a layer is not a decodable image")
             for layer in layers:

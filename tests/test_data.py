@@ -5,7 +5,7 @@ import pytest
 from isegprobe.data import create_dataset
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.image_io import is_truncated, read_rgb
-from isegprobe.data.instance_maps import compact_labels, ids_present
+from isegprobe.data.instance_maps import FEW_IDS, compact_labels, ids_present
 from isegprobe.data.preprocess import make_view, orient, oriented_copy, parse_views
 from isegprobe.errors import UserError
 
@@ -154,11 +154,21 @@ def test_compact_labels_numbers_the_ids_present_1_to_k_in_order(ids):
 
 @pytest.mark.parametrize(
     ("dtype", "largest"),
-    [("uint8", 255), ("uint16", 2**16 - 1), ("int32", 2**16 - 1), ("int32", 2**16), ("int64", 70_000), ("bool", 1)],
+    [
+        ("bool", 1),
+        ("uint8", FEW_IDS - 1),
+        ("int32", FEW_IDS),
+        ("uint8", 255),
+        ("uint16", 2**16 - 1),
+        ("int32", 2**16 - 1),
+        ("int32", 2**16),
+        ("int64", 70_000),
+    ],
 )
 def test_ids_present_are_those_np_bincount_counts(dtype, largest):
-    """OpenCV's histogram below 2**16, np.bincount above: the same ids, up to the largest a map can hold, in
-    contiguous and strided maps; 0 and the largest id always drawn, so both ends of the range are checked."""
+    """A comparison per id below FEW_IDS, OpenCV's histogram below 2**16, np.bincount above: the same ids, up to
+    the largest a map can hold, in contiguous and strided maps; 0 and the largest id always drawn, so both ends of
+    the range are checked."""
     rng = np.random.default_rng(largest)
     for _ in range(20):
         ids = np.concatenate(([0, largest], rng.integers(0, largest + 1, rng.integers(0, 4))))

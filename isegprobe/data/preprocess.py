@@ -167,10 +167,13 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
     box = _crop_box(height, width, spec, seed, size)
     image = _padded_region(sample.image, box)
     labels = _padded_region(sample.labels, box)
-    ignore = _padded_region(sample.ignore, box).astype(np.uint8)
+    ignore = _padded_region(sample.ignore, box)
     image, valid_box = resize_into_square(image, size, rule, cv2.INTER_LINEAR)
     labels, _ = resize_into_square(labels, size, rule, cv2.INTER_NEAREST)
-    ignore, _ = resize_into_square(ignore, size, rule, cv2.INTER_NEAREST)
+    if ignore.any():
+        ignore, _ = resize_into_square(ignore.astype(np.uint8), size, rule, cv2.INTER_NEAREST)
+    else:  # most images ignore no pixel: nothing to resize
+        ignore = np.zeros((size, size), np.uint8)
     if spec.window:
         valid_box = _real_pixels(box, height, width, size)
     return orient_view(View(image, labels, ignore.astype(bool), valid_box, box), spec, size)

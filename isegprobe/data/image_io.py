@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from isegprobe.data.gray_png import plain_gray_png
+from isegprobe.data.gray_png import GrayPng, plain_gray_png
 from isegprobe.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -91,9 +91,11 @@ def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
 def decode_bytes(data: bytes, flags: int, name: str, kind: str) -> np.ndarray:
     """`decode_file` for bytes already in memory (an upload), `name` saying where they came from."""
     require_complete(data, name, kind)
-    if flags == cv2.IMREAD_UNCHANGED and (pixels := _plain_gray_png_pixels(data, name)) is not None:
+    png = plain_gray_png(data) if flags == cv2.IMREAD_UNCHANGED else None
+    if png is not None and (pixels := _plain_pixels(png, name)) is not None:
         return pixels
-    _check_declared_size(data, name)
+    if png is None:  # a plain PNG's size was checked from its header already
+        _check_declared_size(data, name)
     if flags != cv2.IMREAD_UNCHANGED:  # IMREAD_UNCHANGED already ignores the tag
         flags |= cv2.IMREAD_IGNORE_ORIENTATION
     try:
@@ -110,16 +112,14 @@ def decode_packed_layer(data: bytes, name: str) -> np.ndarray | None:
     """`cv2.imdecode(data, cv2.IMREAD_UNCHANGED)` for an image packed inside a dataset's file (`name`), None for
     what OpenCV cannot decode included; a plain 8-bit greyscale PNG, as OpenCV writes label layers, is decoded by
     `gray_png` (the same pixels, a quarter of the time) within the pixel limit."""
-    pixels = _plain_gray_png_pixels(data, name)
+    png = plain_gray_png(data)
+    pixels = None if png is None else _plain_pixels(png, name)
     return pixels if pixels is not None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def _plain_gray_png_pixels(data: bytes, name: str) -> np.ndarray | None:
-    """The pixels of a PNG that `gray_png` decodes, once its size is within the limit; None to leave it to
-    OpenCV."""
-    png = plain_gray_png(data)
-    if png is None:
-        return None
+def _plain_pixels(png: GrayPng, name: str) -> np.ndarray | None:
+    """The pixels of a plain greyscale PNG once its size is within the limit; None to leave it to OpenCV (rows
+    filtered with Average or Paeth)."""
     require_within_pixel_limit(png.height, png.width, name)
     return png.decode()
 

@@ -1,17 +1,18 @@
 """8-bit greyscale PNGs (object masks, COCO+LVIS's packed layers) decoded with ISA-L's inflate.
 
-OpenCV's PNG decoder spends most of a mask's time in zlib 1.2's inflate: a 640x480 mask of 1.9 kB takes 1.5 ms to
-decode, of which inflating its rows takes 0.9. ISA-L (`isal`, already here for the checksums) inflates the same
-stream in 0.14 ms, and PyTorch undoes the rows' Sub filters in 0.14 more. Every item of an extraction decodes its
-masks (2.25 an item in benchmarks/extract_pipeline.py, dozens of layers an image in COCO+LVIS) in the loader
-workers, whose CPU feeds the GPU.
+OpenCV's PNG decoder spends most of a mask's time in zlib 1.2's inflate: a 640x480 mask of 1.9 kB that OpenCV
+wrote takes 1.5 ms to decode, of which inflating its rows takes 0.9. ISA-L (`isal`, already here for the checksums)
+inflates the same stream in 0.14 ms, and PyTorch undoes the rows' Sub filters in 0.14 more. Every item of an
+extraction decodes its masks (2.25 an item in benchmarks/extract_pipeline.py, dozens of layers an image in
+COCO+LVIS) in the loader workers, whose CPU feeds the GPU.
 
 PNG is lossless, so the pixels are OpenCV's bit for bit. Only a plain file is decoded here: 8 bits, greyscale, not
 interlaced, no chunk but IHDR, consecutive IDATs, IEND and text or time or resolution notes that OpenCV leaves
 aside, every chunk's CRC right, a zlib stream (its Adler-32 checked) that ends where the IDATs do with exactly the
-filtered rows, and rows filtered with None, Sub or Up (what OpenCV, Pillow and libpng write for masks; Average and
-Paeth depend on the pixel to their left, which no array operation undoes). Anything else is left to OpenCV, which
-decodes it, or refuses it, as before.
+filtered rows, and rows filtered with None, Sub or Up (OpenCV writes Sub rows only; Pillow, and libpng at high
+levels, filter some rows with Average or Paeth, which depend on the pixel to their left, and no array operation
+undoes that). Anything else is left to OpenCV, which decodes it, or refuses it, as before; a file with Average or
+Paeth rows is found only once inflated, so it costs 0.17 ms more than before (benchmarks/mask_decoding.py).
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ def paint_instances(
     every id in the map is a clickable object. With `max_overlap_ratio` (LVIS in RITM), a mask is skipped when more
     than that share of it, or of an object already painted, would overlap.
     """
-    masks = list(masks)
-    labels = np.zeros(shape, np.uint16 if len(masks) < 2**16 else np.int32)  # uint16 is what the map is kept as
+    labels = np.zeros(shape, np.uint16)  # as the map is kept, unless there are more masks than it numbers
     areas: dict[int, int] = {}
     for index, mask in enumerate(masks, start=1):
+        if index == 2**16:
+            labels = labels.astype(np.int32)
         area = np.count_nonzero(mask)
         if area == 0:
             continue

@@ -37,6 +37,22 @@ def test_sbd_train_filters_come_from_the_config(sbd_root, tmp_path, monkeypatch)
     assert create_dataset("sbd", sbd_root, "val")[1].num_instances == 3, "options are per split"
 
 
+@pytest.mark.parametrize(
+    ("options", "dropped"),
+    [
+        ({"min_object_area": 80, "buggy_mask_threshold": 0}, (0, 47)),
+        ({"min_object_area": 0, "buggy_mask_threshold": 0.08}, (56, 40)),
+    ],
+)
+def test_each_sbd_train_filter_drops_its_objects_alone(sbd_root, tmp_path, monkeypatch, options, dropped):
+    """The 1-pixel object is under the area, the thin diagonal (90 pixels) under the box fill, not the other way;
+    `dropped` is (x, y) of the object that goes."""
+    use_dataset_config(monkeypatch, tmp_path, options={"sbd": {"train": options}})
+    sample = create_dataset("sbd", sbd_root, "train")[0]
+    x, y = dropped
+    assert sample.num_instances == 2 and sample.labels[y, x] == 0
+
+
 def test_sbd_unknown_option_and_split_are_refused(sbd_root, tmp_path, monkeypatch):
     config = use_dataset_config(monkeypatch, tmp_path, options={"sbd": {"val": {"min_area": 5}}})
     with pytest.raises(UserError, match=rf"{config}: options\.sbd\.val: unknown keys \['min_area'\]"):

@@ -5,7 +5,7 @@ import pytest
 from isegprobe.data import create_dataset
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.image_io import is_truncated, read_rgb
-from isegprobe.data.instance_maps import FEW_IDS, compact_labels, ids_present
+from isegprobe.data.instance_maps import FEW_IDS, compact_labels, ids_present, valid_areas
 from isegprobe.data.preprocess import make_view, orient, oriented_copy, parse_views
 from isegprobe.errors import UserError
 
@@ -176,6 +176,19 @@ def test_ids_present_are_those_np_bincount_counts(dtype, largest):
         for view in (labels, labels[::2, ::3]):
             if view.size:
                 assert np.array_equal(ids_present(view), np.bincount(view.ravel().astype(np.intp)) > 0)
+
+
+@pytest.mark.parametrize(("dtype", "largest"), [("bool", 1), ("uint8", 3), ("uint16", FEW_IDS - 1), ("uint16", 300)])
+def test_valid_areas_are_np_bincount_of_the_valid_pixels(dtype, largest):
+    """The same array (values, length, dtype) as np.bincount(labels[valid]): ids missing from the valid part at
+    the top of the range shorten it, and an empty valid part gives an empty array."""
+    rng = np.random.default_rng(largest)
+    for trial in range(30):
+        labels = rng.integers(0, largest + 1, tuple(rng.integers(1, 60, 2))).astype(dtype)
+        valid = rng.random(labels.shape) < (0.0, 0.05, 0.5, 1.0)[trial % 4]
+        expected = np.bincount(labels[valid].ravel())
+        areas = valid_areas(labels, valid)
+        assert areas.dtype == expected.dtype and np.array_equal(areas, expected)
 
 
 def test_ids_present_refuses_a_negative_id_as_bincount_does():

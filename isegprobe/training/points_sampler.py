@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from isegprobe.config import SamplerConfig
+from isegprobe.data.instance_maps import valid_areas
 
 _KERNEL = np.ones((3, 3), np.uint8)
 # An eroded object with no more valid pixels than this is not clicked in: its clicks go anywhere on it (RITM).
@@ -88,7 +89,7 @@ class MultiPointSampler:
 
     def sample(self, labels: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> SampledTarget:
         """Target mask and initial clicks for one image: positives first, then negatives, each padded to max_points."""
-        choice = self.choose_target(np.bincount(labels[valid].ravel()), rng)
+        choice = self.choose_target(valid_areas(labels, valid), rng)
         if not choice.objects:
             target = np.zeros(labels.shape, dtype=bool)
             parts = [valid & (labels == 0)]

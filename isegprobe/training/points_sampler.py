@@ -95,13 +95,13 @@ class MultiPointSampler:
             parts = [valid & (labels == 0)]
         else:
             object_masks = [labels == obj for obj in choice.objects]
-            target = np.logical_or.reduce(object_masks)
+            target = object_masks[0] if len(object_masks) == 1 else np.logical_or.reduce(object_masks)
             positives = [
                 self._positive_part(mask, valid, erode) for mask, erode in zip(object_masks, choice.erode, strict=True)
             ]
             background = ~target
             other = (labels > 0) & ~target if choice.others_exist else background
-            border = self._border(target, border_radius(self.config, int(target.sum())))
+            border = self._border(target, border_radius(self.config, np.count_nonzero(target)))
             parts = [*positives, *(mask & valid for mask in (background, other, border))]
         picks = self.draw_clicks(choice, [int(np.count_nonzero(part)) for part in parts], rng)
         pools: dict[int, np.ndarray] = {}
@@ -196,7 +196,7 @@ class MultiPointSampler:
             return clickable
         eroded = cv2.erode(mask.astype(np.uint8), _KERNEL, iterations=self.config.positive_erode_iters).astype(bool)
         eroded &= valid
-        return eroded if eroded.sum() > ERODED_TOO_FEW else clickable
+        return eroded if np.count_nonzero(eroded) > ERODED_TOO_FEW else clickable
 
     def _border(self, target: np.ndarray, radius: int) -> np.ndarray:
         """A ring around the target, `radius` pixels wide."""

@@ -205,3 +205,36 @@ def test_a_packed_layer_decodes_as_opencv_decodes_it():
     jpeg = cv2.imencode(".jpg", layer)[1].tobytes()
     assert np.array_equal(decode_packed_layer(jpeg, "42.pickle"), opencv(jpeg))
     assert decode_packed_layer(b"not an image", "42.pickle") is None
+
+
+def _with_chunk_body_changed(data: bytes, kind: bytes, change) -> bytes:
+    """`data` with the first chunk of `kind` given the body `change(body)` returns, its CRC made right again, so
+    that the damage reaches past the chunk checks."""
+    at = data.index(kind) - 4
+    (length,) = struct.unpack_from(">I", data, at)
+    body = data[at + 8 : at + 8 + length]
+    return data[:at] + chunk(kind, change(body)) + data[at + 12 + length :]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_damaged_pngs_with_right_crcs_decode_as_opencv_decodes_them_or_are_refused(seed):
+    """Bytes of the stream or the header changed and the CRC made to fit: the pixels are OpenCV's, or the file is
+    refused as OpenCV refuses it, with our one-line error; nothing else escapes."""
+    rng = np.random.default_rng(seed)
+    pixels = masks()[["binary", "instance layer", "noise"][seed % 3]]
+    data = WRITERS["opencv, none sub or up" if seed % 2 else "opencv"](pixels)
+
+    def damage(body: bytes) -> bytes:
+        changed = bytearray(body)
+        for at in rng.integers(0, len(changed), rng.integers(1, 4)):
+            changed[at] = int(rng.integers(0, 256))
+        return bytes(changed)
+
+    damaged = _with_chunk_body_changed(data, b"IHDR" if seed % 5 == 0 else b"IDAT", damage)
+    expected = opencv(damaged)
+    try:
+        decoded = decode_bytes(damaged, cv2.IMREAD_UNCHANGED, "mask.png", "mask")
+    except UserError as error:
+        assert expected is None, str(error)
+    else:
+        assert expected is not None and np.array_equal(decoded, expected)

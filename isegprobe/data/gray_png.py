@@ -52,6 +52,8 @@ class GrayPng:
         if len(inflated) != self.height * stride or not inflater.eof or inflater.unused_data:
             return None
         rows = np.frombuffer(inflated, np.uint8).reshape(self.height, stride)
+        if int(rows[:, 0].max()) > _UP:  # before the copy below: such a file goes to OpenCV
+            return None
         return unfiltered(rows[:, 0], rows[:, 1:].copy())  # writable and contiguous, as torch wants it
 
 

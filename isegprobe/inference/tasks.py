@@ -11,6 +11,7 @@ from isegprobe.cache import CachedDataset, FeatureStore
 from isegprobe.cache.reader import open_tensorstore, read_items
 from isegprobe.data import SampleSource
 from isegprobe.data.base import PerInstanceSource
+from isegprobe.data.instance_maps import ids_present
 from isegprobe.data.preprocess import make_view, parse_views
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -36,7 +37,7 @@ def _objects(sample: Sample, view: WorkingView, flip_view: WorkingView | None) -
 
 def object_count(labels: np.ndarray) -> int:
     """The objects `_objects` makes of a label map: its instance ids that cover at least one pixel."""
-    return int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
+    return int(np.count_nonzero(ids_present(labels)[1:])) if labels.size else 0
 
 
 def cached_object_count(store_path: str) -> int:

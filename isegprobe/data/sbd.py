@@ -61,8 +61,9 @@ class SBDDataset(NameListDataset):
         self.buggy_mask_threshold = buggy_mask_threshold
 
     def _labels(self, name: str) -> np.ndarray:
-        """The item's instance map, RITM's filters applied. With both filters off (their default, and evaluation's)
-        no object can be dropped, so none is looked at: that was 1 ms of a loader worker's time per image."""
+        """The item's instance map, RITM's filters applied. With both filters off (SBD val, which evaluation reads,
+        and any split configured without them) no object can be dropped, so none is looked at: that was 1 ms of a
+        loader worker's time per image."""
         labels = read_sbd_instances(self.inst_dir / f"{name}.mat")
         if self.min_object_area > 0 or self.buggy_mask_threshold > 0:
             for instance in np.flatnonzero(ids_present(labels)[1:]) + 1:

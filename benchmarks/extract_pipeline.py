@@ -6,15 +6,15 @@ compression and shard writes) decides the speed. This script runs the library's 
 generated 640x480 JPEGs with a stand-in featurizer that returns features the real one computed beforehand, so the
 extraction costs everything but the featurizer; beside it, the real featurizer's bare forward on images of that size
 (all of them, or as many batches as fit in a few seconds). The ratio of their images/s says whether the pipeline
-can feed the featurizer (>= 1) or holds it back (< 1). It also prints how much CPU the threads of the main process
-and of the loader workers spent per item: a thread near the run's time per item is where the pipeline stops scaling
-with cores. The busiest single thread (`serial_ms_per_image`) and all processes together (`cpu_ms_per_image`), per
-view image, are its targets: at most 1 and 8 ms, so that 16 cores can feed about 2000 images/s. On a CPU the
-extraction's device is the CPU, so those figures include the device's work (normalizing the images, the views' flips
-and turns, the cast to float16), which a GPU takes off the host; `host_serial_ms_per_image` and `host_cpu_ms_per_image`
-are the same figures without it: the loop thread's CPU time in its featurizer stage and torch's own threads. The
-busiest thread is often a loader worker's, whose load divides among the workers; the main process's busiest thread
-(`host_main_process_serial_ms_per_image`) is the one that more cores do not relieve.
+can feed the featurizer (>= 1) or holds it back (< 1). It also prints how much CPU the threads of the main process and
+of the loader workers spent per item: a thread near the run's time per item is where the pipeline stops scaling with
+cores. The busiest single thread (`serial_ms_per_image`) and all processes together (`cpu_ms_per_image`), per view
+image, medians over the pipeline rounds, are its targets: at most 1 and 8 ms, so that 16 cores can feed about 2000
+images/s. On a CPU the extraction's device is the CPU, so those figures include the device's work (normalizing the
+images, the views' flips and turns, the cast to float16), which a GPU takes off the host; `host_serial_ms_per_image` and
+`host_cpu_ms_per_image` are the same figures without it: the loop thread's CPU time in its featurizer stage and torch's
+own threads. The busiest thread is often a loader worker's, whose load divides among the workers; the main process's
+busiest thread (`host_main_process_serial_ms_per_image`) is the one that more cores do not relieve.
 
 With `--with-featurizer` (the default on CUDA) it also times the real extraction, featurizer included, against the
 bare forward: the figure a researcher waits for. Its target (`--featurizer-target`) is 0.5 for ViT-S/14 and 0.9 for
@@ -255,6 +255,27 @@ def host_figures(clock: ThreadClock, loop: LoopTimes, count: int) -> dict[str, A
     }
 
 
+def round_figures(clock: ThreadClock, loop: LoopTimes, count: int, on_cpu: bool) -> dict[str, Any]:
+    """One pipeline round's figures per view image: the busiest thread and all processes, and on a CPU run the same
+    without the device's work (`host_figures`)."""
+    busiest, busiest_cpu = clock.busiest()
+    figures = {
+        "serial_ms_per_image": 1000 * busiest_cpu / count,
+        "cpu_ms_per_image": 1000 * clock.total / count,
+        "busiest_thread": busiest,
+    }
+    return figures | host_figures(clock, loop, count) if on_cpu else figures
+
+
+def median_figures(each_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every figure's median over the rounds (a shared machine's noise moves single rounds by half a millisecond
+    per view image); the threads' names are the last round's."""
+    return {
+        name: median([figures[name] for figures in each_round]) if isinstance(value, float) else value
+        for name, value in each_round[-1].items()
+    }
+
+
 def forward_rate(featurizer: Featurizer, images: np.ndarray, batch_size: int, device: torch.device) -> float:
     """Images/s of the bare forward, over the images or as many batches as fit in FORWARD_SECONDS: on a CPU the
     featurizer takes minutes over what the pipeline does in seconds, and its rate is steady after a few batches."""
@@ -385,18 +406,18 @@ def main() -> None:
         thread_ms = {role: 1000 * cpu / args.images for role, cpu in clock.by_role().items() if cpu > 0}
         run_ms = 1000 * views / per_round[PIPELINE][-1]
         thread_rows = [[role, value] for role, value in sorted(thread_ms.items(), key=lambda pair: -pair[1])]
-        busiest, busiest_cpu = clock.busiest()
-        per_image = {
-            "serial_ms_per_image": 1000 * busiest_cpu / count,
-            "cpu_ms_per_image": 1000 * clock.total / count,
-            "busiest_thread": busiest,
-        }
+        each_round = [
+            round_figures(round_clock, loop, count, args.device == "cpu")
+            for loop, round_clock in rounds
+            if round_clock is not None
+        ]
+        per_image = median_figures(each_round) | {"each_round": each_round}
         lines = (
-            f"\nbusiest single thread ({busiest}): {per_image['serial_ms_per_image']:.3g} ms per view image"
-            f"\nall processes: {per_image['cpu_ms_per_image']:.3g} CPU ms per view image"
+            f"\nmedians of {len(each_round)} pipeline rounds (threads named from the last):"
+            f"\nbusiest single thread ({per_image['busiest_thread']}): {per_image['serial_ms_per_image']:.3g} ms per "
+            f"view image\nall processes: {per_image['cpu_ms_per_image']:.3g} CPU ms per view image"
         )
         if args.device == "cpu":
-            per_image |= host_figures(clock, rounds[-1][0], count)
             lines += (
                 f"\nthe device's work (the loop's featurizer stage, torch's threads): "
                 f"{per_image['device_work_ms_per_image']:.3g} CPU ms per view image; without it, the busiest thread "

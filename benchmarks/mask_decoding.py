@@ -91,7 +91,7 @@ def main() -> None:
         for writer_name, writer in WRITERS.items():
             files = [writer(array) for array in arrays]
             for data, array in zip(files, arrays, strict=True):
-                ours = decode_bytes(data, cv2.IMREAD_UNCHANGED, "mask.png", "mask")
+                ours = library_decode(data)
                 all_equal &= np.array_equal(ours, array) and np.array_equal(ours, opencv_decode(data))
             timings = interleave(
                 {

@@ -52,9 +52,9 @@ class GrayPng:
         if len(inflated) != self.height * stride or not inflater.eof or inflater.unused_data:
             return None
         rows = np.frombuffer(inflated, np.uint8).reshape(self.height, stride)
-        if int(rows[:, 0].max()) > _UP:  # before the copy below: such a file goes to OpenCV
+        if int(rows[:, 0].max()) > _UP:  # Average or Paeth rows: such a file goes to OpenCV
             return None
-        return unfiltered(rows[:, 0], rows[:, 1:].copy())  # writable and contiguous, as torch wants it
+        return _unfiltered(rows[:, 0], rows[:, 1:].copy())  # writable and contiguous, as torch wants it
 
 
 def plain_gray_png(data: bytes) -> GrayPng | None:
@@ -106,16 +106,14 @@ def _plain_gray_size(body: memoryview) -> tuple[int, int] | None:
     return height, width
 
 
-def unfiltered(filters: np.ndarray, residuals: np.ndarray) -> np.ndarray | None:
-    """uint8 [H, W] pixels of rows filtered as `filters` [H] says (one byte a pixel), from their `residuals`
-    [H, W]; None when a row uses Average or Paeth.
+def _unfiltered(filters: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] pixels of rows filtered with None, Sub or Up as `filters` [H] says (one byte a pixel), from
+    their `residuals` [H, W].
 
     Modulo 256, a Sub row is the running sum of its residuals along the row, and an Up row the sum of its own and
     those of the Up rows above it, down from the nearest None or Sub row (whose pixels it then adds). So the rows
     are worked out at once: each None or Sub row's pixels, then the running sum of every row down the image, less
     that sum just above each row's nearest None or Sub row."""
-    if int(filters.max(initial=0)) > _UP:
-        return None
     values = torch.from_numpy(residuals)
     is_sub = torch.from_numpy(filters == _SUB)
     if is_sub.any():

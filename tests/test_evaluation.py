@@ -197,6 +197,19 @@ def test_cli_from_the_cache_writes_the_papers_numbers(store, trained_run, three_
     assert features["image"].shape == (SIZE, SIZE, 3)
 
 
+def test_both_clickers_give_the_same_curves_from_the_cli(store, trained_run, tmp_path):
+    curves = {}
+    for clicker in ("opencv", "tensor"):
+        out = tmp_path / clicker
+        result = cli(
+            "--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", str(CLICKS),
+            "--batch-size", "2", "--clicker", clicker, "--out", str(out),
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        curves[clicker] = np.load(out / "ious.npz")["grabcut/ious"]
+    np.testing.assert_array_equal(curves["opencv"], curves["tensor"])
+
+
 @pytest.mark.parametrize("options", [["--flip"], ["--zoom-in", "--flip"]], ids=["flip", "zoom-in+flip"])
 def test_flip_and_zoom_in_paths_run(store, trained_run, tmp_path, options, built_once):
     out = tmp_path / "results"
@@ -243,8 +256,9 @@ class ClickDisks:
         return probs
 
 
+@pytest.mark.parametrize("clicker", ["opencv", "tensor"])
 @pytest.mark.parametrize("zoom", [False, True], ids=["whole-image, probe", "zoom-in, click disks"])
-def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_images, tmp_path, zoom):
+def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_images, tmp_path, zoom, clicker):
     if zoom:
         predictor = ClickDisks()
     else:
@@ -260,7 +274,14 @@ def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_ima
     tasks = list(cached_tasks(str(store), create_dataset("grabcut", three_images, "test"), flip=False))
     results = []
     evaluate_objects(
-        predictor, iter(tasks), 5, batch_size=2, on_result=results.append, framing=framing, keep_masks_at=(1, 3)
+        predictor,
+        iter(tasks),
+        5,
+        batch_size=2,
+        on_result=results.append,
+        framing=framing,
+        keep_masks_at=(1, 3),
+        clicker=clicker,
     )
 
     assert [result.id for result in results] == [task.id for task in tasks]
@@ -295,16 +316,18 @@ class CopiesToHost(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_each_click_brings_the_batchs_masks_over_in_one_copy(store, three_images, tmp_path):
-    """One copy from the device per click for the whole batch of objects, not one per object, then each object's
-    final probabilities once."""
+@pytest.mark.parametrize("clicker", ["opencv", "tensor"])
+def test_each_click_brings_the_batchs_masks_or_clicks_over_in_one_copy(store, three_images, tmp_path, clicker):
+    """One copy from the device per click for the whole batch of objects, not one per object (the masks for OpenCV's
+    clicker, the clicks from the tensor clicker, whose IoUs then come over once), then each object's final
+    probabilities once."""
     probe, metadata = load_probe(untrained_checkpoint(store, tmp_path, []))
     preprocessing = metadata["preprocessing"]
     predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"))
     tasks = list(cached_tasks(str(store), create_dataset("grabcut", three_images, "test"), flip=False))
     with CopiesToHost() as copies:
-        evaluate_objects(predictor, iter(tasks), 4, batch_size=len(tasks))
-    assert len(tasks) == 3 and copies.count == 4 + len(tasks)
+        evaluate_objects(predictor, iter(tasks), 4, batch_size=len(tasks), clicker=clicker)
+    assert len(tasks) == 3 and copies.count == 4 + (clicker == "tensor") + len(tasks)
 
 
 def test_flip_averages_logits_before_the_sigmoid(store, three_images, tmp_path):

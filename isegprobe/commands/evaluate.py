@@ -11,6 +11,7 @@ from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option, threshold_option
 from isegprobe.commands.options import allow_torchscript_option, checkpoint_option, device_option, renamed_option
 from isegprobe.errors import UserError
+from isegprobe.inference.evaluation import CLICKERS
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts, get_protocol
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
@@ -63,6 +64,15 @@ from isegprobe.training.run_logger import start_wandb
     "--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Objects per probe forward."
 )
 @device_option
+@click.option(
+    "--clicker",
+    type=click.Choice(CLICKERS),
+    default="auto",
+    show_default=True,
+    help="Where RITM's simulated user makes its clicks; the clicks and IoUs are the same either way. opencv: per "
+    "object on CPU threads, the masks copied to the host at every click. tensor: the whole batch at once in tensor "
+    "operations on --device, only the clicks copied. auto: tensor on a GPU, opencv on a CPU.",
+)
 @click.option(
     "--vis-preds",
     default=0,

@@ -1,11 +1,12 @@
 """The click protocol over a whole dataset: every object gets `max_clicks` simulated clicks, RITM style.
 
-Objects are evaluated in batches (one probe forward per click for the whole batch); each object keeps its own
-clicker, working at the original resolution, and its IoU curve is measured there with the ignore region excluded.
-What the probe sees of an object is its framing's choice: the whole image at the working size, or RITM's zoom-in.
-Probabilities are mapped back and thresholded on the predictor's device; only the boolean masks come to the CPU, in
-one copy per click for the batch, where one pass makes each object's error regions, which give both its IoU and its
-next click.
+Objects are evaluated in batches (one probe forward per click for the whole batch); each object gets RITM's clicks,
+made at the original resolution, and its IoU curve is measured there with the ignore region excluded. What the probe
+sees of an object is its framing's choice: the whole image at the working size, or RITM's zoom-in. Probabilities are
+mapped back and thresholded on the predictor's device. The clicker (`clicker`) is OpenCV's on the CPU, where the
+boolean masks come in one copy per click for the batch and one pass makes each object's error regions, which give
+both its IoU and its next click; or tensor operations on the device for the whole batch (tensor_clicker.py), where
+only the clicks come to the CPU. Both make the same clicks and IoUs.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from isegprobe.inference.clicker import BatchClicker, Click, Clicker
+from isegprobe.inference.clicker import BatchClicker, Click, Clicker, ErrorRegions
 from isegprobe.inference.predictor import PredictionInput, Predictor, WorkingView, to_original
+from isegprobe.inference.tensor_clicker import TensorClicks
+
+CLICKERS = ("auto", "opencv", "tensor")
 
 
 @dataclass
@@ -126,6 +130,7 @@ def evaluate_objects(
     framing: Callable[[ObjectTask], Framing] | None = None,
     keep_masks_at: Sequence[int] = (),
     on_click: Callable[[int, int], None] | None = None,
+    clicker: str = "auto",
 ) -> EvaluationRun:
     """Run the click protocol on every task.
 
@@ -133,15 +138,26 @@ def evaluate_objects(
     `framing` makes each object's framing; the default is `WholeImage`. `keep_masks_at`: after which numbers of
     clicks `on_result` also gets the predicted mask (for pictures of how a mask grows). `on_click(click, objects)`
     follows a batch inside: after its click number `click` (from 1) on each of its `objects` objects, since with
-    zoom-in (the featurizer on every crop) one batch can take minutes.
+    zoom-in (the featurizer on every crop) one batch can take minutes. `clicker`: one of CLICKERS (auto: tensor on a
+    GPU, opencv elsewhere, where OpenCV on the objects' error regions costs less than tensor operations on whole
+    images).
     """
+    if clicker not in CLICKERS:
+        raise ValueError(f"clicker must be one of {', '.join(CLICKERS)}, got {clicker!r}")
     framing = framing or partial(WholeImage.of_task, device=predictor.device)
+    on_device = clicker == "tensor" or (clicker == "auto" and predictor.device.type == "cuda")
     run = EvaluationRun()
     started = time.perf_counter()
     with BatchClicker() as batch_clicker:
         for batch in _batches(tasks, batch_size):
+            if on_device:
+                objects: ObjectsClicks = TensorClicks(
+                    [task.gt for task in batch], [task.ignore for task in batch], predictor.device
+                )
+            else:
+                objects = OpenCVClicks(batch, batch_clicker)
             batch_results, seconds = _evaluate_batch(
-                predictor, batch_clicker, batch, max_clicks, threshold, framing, keep_masks_at, on_click
+                predictor, objects, batch, max_clicks, threshold, framing, keep_masks_at, on_click
             )
             run.predict_seconds += seconds
             run.clicks_made += len(batch) * max_clicks
@@ -156,9 +172,51 @@ def evaluate_objects(
     return run
 
 
+class ObjectsClicks(Protocol):
+    """The simulated user of a batch of objects: each object's clicks so far, and its IoU after each prediction."""
+
+    @property
+    def clicks(self) -> list[list[Click]]:
+        """Each object's clicks, in order."""
+
+    def click(self) -> None:
+        """Each object's next click, answering its last prediction observed (the empty one before the first)."""
+
+    def observe(self, masks: Sequence[Tensor]) -> None:
+        """The objects' new predictions: bool [H, W] each, at the original size, on the predictor's device."""
+
+    def ious(self) -> np.ndarray:
+        """float32 [objects, predictions observed]."""
+
+
+class OpenCVClicks:
+    """`ObjectsClicks` by a `Clicker` per object, on the CPU: the masks come over in one copy per prediction."""
+
+    def __init__(self, batch: Sequence[ObjectTask], batch_clicker: BatchClicker) -> None:
+        self.clickers = [Clicker(task.gt, task.ignore) for task in batch]
+        self.batch_clicker = batch_clicker
+        self.errors: list[ErrorRegions] = [clicker.errors() for clicker in self.clickers]
+        self._ious: list[list[float]] = []
+
+    @property
+    def clicks(self) -> list[list[Click]]:
+        return [clicker.clicks for clicker in self.clickers]
+
+    def click(self) -> None:
+        self.batch_clicker.click(self.clickers, self.errors)
+
+    def observe(self, masks: Sequence[Tensor]) -> None:
+        preds = _on_host(masks)
+        self.errors = [clicker.errors(pred) for clicker, pred in zip(self.clickers, preds, strict=True)]
+        self._ious.append([errors.iou() for errors in self.errors])
+
+    def ious(self) -> np.ndarray:
+        return np.array(self._ious, np.float32).T
+
+
 def _evaluate_batch(
     predictor: Predictor,
-    batch_clicker: BatchClicker,
+    objects: ObjectsClicks,
     batch: Sequence[ObjectTask],
     max_clicks: int,
     threshold: float,
@@ -166,32 +224,39 @@ def _evaluate_batch(
     keep_masks_at: Sequence[int],
     on_click: Callable[[int, int], None] | None,
 ) -> tuple[list[ObjectResult], float]:
-    clickers = [Clicker(task.gt, task.ignore) for task in batch]
+    """The batch's IoU curves and results, and the seconds spent predicting (the masks thresholded on the device
+    included, with the device's work waited for)."""
     framings = [framing(task) for task in batch]
-    errors = [clicker.errors() for clicker in clickers]
-    ious = np.zeros((len(batch), max_clicks), np.float32)
     kept: list[dict[int, np.ndarray]] = [{} for _ in batch]
     seconds = 0.0
     for click_index in range(max_clicks):
-        batch_clicker.click(clickers, errors)
+        objects.click()
         started = time.perf_counter()
-        inputs = [frame.inputs(clicker.clicks) for frame, clicker in zip(framings, clickers, strict=True)]
+        inputs = [frame.inputs(clicks) for frame, clicks in zip(framings, objects.clicks, strict=True)]
         probs = predictor.probabilities(inputs)
         originals = [frame.to_original(probs[i]) for i, frame in enumerate(framings)]
-        preds = _on_host([original > threshold for original in originals])
+        masks = [original > threshold for original in originals]
+        _wait_for(predictor.device)
         seconds += time.perf_counter() - started
-        for i, clicker in enumerate(clickers):
-            errors[i] = clicker.errors(preds[i])
-            ious[i, click_index] = errors[i].iou()
-            if click_index + 1 in keep_masks_at:
-                kept[i][click_index + 1] = preds[i]
+        objects.observe(masks)
+        if click_index + 1 in keep_masks_at:
+            for index, mask in enumerate(_on_host(masks)):
+                kept[index][click_index + 1] = mask
         if on_click is not None:
             on_click(click_index + 1, len(batch))
+    ious = objects.ious()
     results = [
-        ObjectResult(task.id, ious[i], list(clickers[i].clicks), _numpy(originals[i]), task.image, kept[i])
+        ObjectResult(task.id, ious[i], list(objects.clicks[i]), _numpy(originals[i]), task.image, kept[i])
         for i, task in enumerate(batch)
     ]
     return results, seconds
+
+
+def _wait_for(device: torch.device) -> None:
+    """Let the device finish what is queued, so that the time measured is the prediction's, whichever clicker then
+    reads the masks."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _on_host(masks: Sequence[Tensor]) -> list[np.ndarray]:

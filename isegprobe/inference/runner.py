@@ -61,6 +61,7 @@ class EvaluationRequest:
     threshold: float = 0.5
     batch_size: int = 8
     device: str = "cpu"
+    clicker: str = "auto"
     vis_preds: int = 0
     save_feats: int = 0
     overwrite: bool = False
@@ -227,6 +228,7 @@ def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str
             framing=setup.framing,
             keep_masks_at=strip_clicks(request.max_clicks),
             on_click=lambda click, objects: progress.update(objects),
+            clicker=request.clicker,
         )
     return results
 
@@ -290,6 +292,7 @@ def _evaluate_dataset(
             framing=framing,
             keep_masks_at=strip_clicks(request.max_clicks) if request.vis_preds else (),
             on_click=clicked,
+            clicker=request.clicker,
         )
         writer.finish(name)
         progress.total = progress.n  # the objects evaluated, where the count up front was off

@@ -1,0 +1,158 @@
+"""The tensor clicker against OpenCV's transform and against `Clicker`: the same depths, pixels, clicks and IoUs."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import uniform_filter
+
+from isegprobe.inference.clicker import Click, Clicker
+from isegprobe.inference.tensor_clicker import TensorClicks, deepest_pixels, float32_root, lowest_alike_square
+
+GRABCUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "GrabCut"
+
+
+def opencv_depths(error: np.ndarray) -> np.ndarray:
+    """`Clicker`'s transform of a whole map: OpenCV's own code (IPP off), the image edge a zero border."""
+    used_ipp = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        return cv2.distanceTransform(np.pad(error, 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    finally:
+        cv2.ipp.setUseIPP(used_ipp)
+
+
+def random_map(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Noise, blobs, overlapping disks, a blocky picture scaled up, thin lines, everything or nothing."""
+    height, width = shape
+    kind = rng.integers(7)
+    if kind == 0:
+        return rng.random(shape) < rng.uniform(0.3, 0.95)
+    if kind == 1:
+        return uniform_filter(rng.random(shape), size=3, mode="constant") > rng.uniform(0.2, 0.7)
+    if kind == 2:
+        disks = np.zeros(shape, np.uint8)
+        for _ in range(rng.integers(1, 5)):
+            centre = (int(rng.integers(width)), int(rng.integers(height)))
+            cv2.circle(disks, centre, int(rng.integers(1, max(height, width))), 1, -1)
+        return disks.astype(bool)
+    if kind == 3:
+        blocks = (rng.random((4, 5)) < 0.6).astype(np.uint8)
+        return cv2.resize(blocks, (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    if kind == 4:
+        lines = np.zeros(shape, np.uint8)
+        for _ in range(rng.integers(1, 4)):
+            ends = [(int(rng.integers(width)), int(rng.integers(height))) for _ in range(2)]
+            cv2.line(lines, *ends, 1, int(rng.integers(1, 6)))
+        return lines.astype(bool)
+    return np.full(shape, kind == 5)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_deepest_pixels_are_the_maximum_and_first_pixel_of_opencvs_transform(seed):
+    # Six maps of different sizes in one padded batch, as TensorClicks holds its objects: what lies beyond a map's
+    # own size must act as its image edge.
+    rng = np.random.default_rng(seed)
+    shapes = [(int(rng.integers(1, 90)), int(rng.integers(1, 90))) for _ in range(6)]
+    errors = [random_map(rng, shape) for shape in shapes]
+    clicked = [rng.random(shape) < rng.choice([0.0, 0.002, 0.05]) for shape in shapes]
+    height, width = (max(sizes) for sizes in zip(*shapes, strict=True))
+    batch, batch_clicked = np.zeros((6, height, width), bool), np.zeros((6, height, width), bool)
+    for index, (error, done) in enumerate(zip(errors, clicked, strict=True)):
+        batch[index, : error.shape[0], : error.shape[1]] = error
+        batch_clicked[index, : error.shape[0], : error.shape[1]] = done
+
+    depths, pixels = deepest_pixels(torch.from_numpy(batch), torch.from_numpy(batch_clicked))
+
+    for index, (error, done) in enumerate(zip(errors, clicked, strict=True)):
+        expected = opencv_depths(error)
+        expected[done] = 0
+        first = int(np.argmax(expected))
+        y, x = divmod(int(pixels[index]), width)
+        assert depths[index].numpy().view(np.int32) == expected.flat[first].view(np.int32)
+        assert (y, x) == divmod(first, error.shape[1]) if expected.flat[first] > 0 else (y, x) == (0, 0)
+
+
+def test_roots_are_rounded_as_opencv_rounds_them():
+    # One pixel outside the error in the corner of a 900 x 900 map: every sum of two squares up to 2 * 899**2.
+    error = np.ones((900, 900), bool)
+    error[0, 0] = False
+    rows, columns = np.mgrid[:900, :900]
+    squares = torch.from_numpy(rows.astype(np.int64) ** 2 + columns**2)
+    expected = cv2.distanceTransform(error.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    np.testing.assert_array_equal(float32_root(squares).numpy(), expected)
+
+
+def test_no_integer_below_the_lowest_alike_square_rounds_to_its_root():
+    squares = np.unique(np.random.default_rng(0).integers(1, 2**31, 20_000))
+    lowest = lowest_alike_square(torch.from_numpy(squares)).numpy()
+    roots = np.sqrt(squares.astype(np.float64)).astype(np.float32)
+    below = np.sqrt((lowest - 1).astype(np.float64)).astype(np.float32)
+    assert np.all((below < roots) | (lowest == 1))
+    # Distinct integers do share roots at these sizes, so the margin is needed.
+    assert np.any(np.sqrt((squares - 1).astype(np.float64)).astype(np.float32) == roots)
+
+
+def tensor_and_opencv_clicks(gts, ignores, predictions):
+    """Both clickers over the same predictions: (tensor clicks, OpenCV clicks, tensor IoUs, OpenCV IoUs)."""
+    tensor = TensorClicks(gts, ignores, torch.device("cpu"))
+    clickers = [Clicker(gt, ignore) for gt, ignore in zip(gts, ignores, strict=True)]
+    errors = [clicker.errors() for clicker in clickers]
+    ious = []
+    for preds in predictions:
+        tensor.click()
+        for clicker, regions in zip(clickers, errors, strict=True):
+            clicker.click(regions)
+        tensor.observe([torch.from_numpy(pred) for pred in preds])
+        errors = [clicker.errors(pred) for clicker, pred in zip(clickers, preds, strict=True)]
+        ious.append([regions.iou() for regions in errors])
+    return tensor.clicks, [clicker.clicks for clicker in clickers], tensor.ious(), np.float32(ious).T
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tensor_clicks_are_the_clickers_on_random_objects(seed):
+    rng = np.random.default_rng(seed)
+    shapes = [(int(rng.integers(1, 70)), int(rng.integers(1, 70))) for _ in range(5)]
+    gts = [random_map(rng, shape) for shape in shapes]
+    ignores = [rng.random(shape) < 0.05 if index % 2 else np.zeros(shape, bool) for index, shape in enumerate(shapes)]
+    predictions = [
+        [gt ^ (rng.random(gt.shape) < rng.choice([0.0, 0.05, 0.5])) for gt in gts],
+        [np.zeros_like(gt) for gt in gts],
+        [np.ones_like(gt) for gt in gts],
+        [cv2.dilate(gt.view(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) for gt in gts],
+        [gt.copy() for gt in gts],
+        [np.zeros_like(gt) for gt in gts],
+    ]
+    tensor_clicks, clicks, tensor_ious, ious = tensor_and_opencv_clicks(gts, ignores, predictions)
+    assert tensor_clicks == clicks
+    np.testing.assert_array_equal(tensor_ious, ious)
+
+
+def test_an_object_whose_every_error_is_clicked_gets_a_negative_click_at_the_origin():
+    gt = np.zeros((5, 7), bool)
+    gt[3, 4] = True
+    empty = [np.zeros_like(gt)]
+    tensor_clicks, clicks, _, _ = tensor_and_opencv_clicks([gt], [np.zeros_like(gt)], [empty, empty])
+    assert tensor_clicks == clicks == [[Click(3, 4, True), Click(0, 0, False)]]
+
+
+def test_tensor_clicks_are_the_clickers_on_grabcut_objects():
+    """Real objects of different sizes in one batch, ignore bands included; the first click's error is the whole
+    object, over 100 px deep."""
+    paths = sorted(GRABCUT.glob("boundary_GT/*.bmp"))[:6]
+    if not paths:
+        pytest.skip(f"GrabCut not found at {GRABCUT}")
+    labels = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in paths]
+    gts, ignores = [label == 255 for label in labels], [label == 128 for label in labels]
+    kernel = np.ones((15, 15), np.uint8)
+    predictions = [
+        [cv2.erode(gt.view(np.uint8), kernel).astype(bool) for gt in gts],
+        [cv2.dilate(gt.view(np.uint8), kernel).astype(bool) for gt in gts],
+        [np.roll(gt, 20, axis=1) for gt in gts],
+    ]
+    tensor_clicks, clicks, tensor_ious, ious = tensor_and_opencv_clicks(gts, ignores, predictions)
+    assert len({gt.shape for gt in gts}) > 1
+    assert tensor_clicks == clicks
+    np.testing.assert_array_equal(tensor_ious, ious)

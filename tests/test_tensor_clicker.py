@@ -95,9 +95,9 @@ def test_no_integer_below_the_lowest_alike_square_rounds_to_its_root():
     assert np.any(np.sqrt((squares - 1).astype(np.float64)).astype(np.float32) == roots)
 
 
-def tensor_and_opencv_clicks(gts, ignores, predictions):
+def tensor_and_opencv_clicks(gts, ignores, predictions, device="cpu"):
     """Both clickers over the same predictions: (tensor clicks, OpenCV clicks, tensor IoUs, OpenCV IoUs)."""
-    tensor = TensorClicks(gts, ignores, torch.device("cpu"))
+    tensor = TensorClicks(gts, ignores, torch.device(device))
     clickers = [Clicker(gt, ignore) for gt, ignore in zip(gts, ignores, strict=True)]
     errors = [clicker.errors() for clicker in clickers]
     ious = []
@@ -105,7 +105,7 @@ def tensor_and_opencv_clicks(gts, ignores, predictions):
         tensor.click()
         for clicker, regions in zip(clickers, errors, strict=True):
             clicker.click(regions)
-        tensor.observe([torch.from_numpy(pred) for pred in preds])
+        tensor.observe([torch.from_numpy(pred).to(device) for pred in preds])
         errors = [clicker.errors(pred) for clicker, pred in zip(clickers, preds, strict=True)]
         ious.append([regions.iou() for regions in errors])
     return tensor.clicks, [clicker.clicks for clicker in clickers], tensor.ious(), np.float32(ious).T
@@ -154,5 +154,17 @@ def test_tensor_clicks_are_the_clickers_on_grabcut_objects():
     ]
     tensor_clicks, clicks, tensor_ious, ious = tensor_and_opencv_clicks(gts, ignores, predictions)
     assert len({gt.shape for gt in gts}) > 1
+    assert tensor_clicks == clicks
+    np.testing.assert_array_equal(tensor_ious, ious)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_clicks_are_the_clickers():
+    rng = np.random.default_rng(7)
+    shapes = [(int(rng.integers(100, 480)), int(rng.integers(100, 640))) for _ in range(8)]
+    gts = [random_map(rng, shape) for shape in shapes]
+    ignores = [rng.random(shape) < 0.02 for shape in shapes]
+    predictions = [[gt ^ (rng.random(gt.shape) < rate) for gt in gts] for rate in (0.0, 0.01, 0.3)]
+    tensor_clicks, clicks, tensor_ious, ious = tensor_and_opencv_clicks(gts, ignores, predictions, "cuda")
     assert tensor_clicks == clicks
     np.testing.assert_array_equal(tensor_ious, ious)

@@ -56,6 +56,7 @@ def deepest_pixels(errors: Tensor, clicked: Tensor) -> tuple[Tensor, Tensor]:
     row_squares = rows.square().view(maps, -1)
     bounds = torch.minimum(columns, rows).square_().masked_fill_(clicked, 0).view(maps, -1)
     every_map = torch.arange(maps, device=errors.device)
+    # The exact depth of the pixel with the largest bound: the deepest pixel is at least that deep.
     reached = _exact_squares(column_squares, row_squares, every_map, bounds.argmax(1))
     candidate_maps, candidate_pixels = (bounds >= lowest_alike_square(reached)[:, None]).nonzero(as_tuple=True)
     depths = float32_root(_exact_squares(column_squares, row_squares, candidate_maps, candidate_pixels))
@@ -100,8 +101,7 @@ class TensorClicks:
     object nor background: an error never reaches it, so it acts as the edge of that object's image."""
 
     def __init__(self, gts: Sequence[np.ndarray], ignores: Sequence[np.ndarray], device: torch.device) -> None:
-        self.shapes = [gt.shape for gt in gts]
-        height, width = (max(sizes) for sizes in zip(*self.shapes, strict=True))
+        height, width = (max(sizes) for sizes in zip(*(gt.shape for gt in gts), strict=True))
         gt, known = np.zeros((len(gts), height, width), bool), np.zeros((len(gts), height, width), bool)
         for index, (mask, ignore) in enumerate(zip(gts, ignores, strict=True)):
             gt[index, : mask.shape[0], : mask.shape[1]] = mask

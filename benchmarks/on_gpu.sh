@@ -48,6 +48,9 @@ step train_small python3 benchmarks/train_throughput.py --featurizer "$SMALL" --
 # The same with the loader workers a GPU run now starts by default (data.num_workers: auto) for the store read as it goes.
 step train_small_workers python3 benchmarks/train_throughput.py --featurizer "$SMALL" --threads 0 --size "$SIZE" \
   --probes b --items 24 --repeats 3 --steps 10 --side-by-side 0 --workers auto
+# One profiled step of the small probe: the device's busy time against the step's, and the kernels that take it.
+step train_profile python3 benchmarks/train_throughput.py --featurizer "$SMALL" --threads 0 --size "$SIZE" \
+  --probes b --items 24 --repeats 1 --steps 10 --side-by-side 0 --profile
 step train_large python3 benchmarks/train_throughput.py --featurizer "$LARGE" --threads 0 --size "$SIZE" \
   --probes b --items 24 --batch-size 8 --repeats 3 --steps 2
 step eval_large python3 benchmarks/eval_per_click.py --featurizer "$LARGE" --threads 0 --size "$SIZE" \

@@ -352,9 +352,20 @@ def _profile(mode: Mode, lr: float, steps: int, device: torch.device) -> str:
     time (cProfile's own cost included)."""
     mode.order.start(0)
     batch = next(iter(mode.loader))
+    started = time.perf_counter()
     with torch.profiler.profile() as profiler:
         mode.trainer.train_step(batch, 0, lr)
-    operators = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+        synchronize(device)
+    wall = time.perf_counter() - started
+    averages = profiler.key_averages()
+    operators = averages.table(sort_by="self_cpu_time_total", row_limit=12)
+    if device.type == "cuda":
+        busy = sum(event.self_device_time_total for event in averages) / 1000
+        operators += (
+            "\n"
+            + averages.table(sort_by="self_device_time_total", row_limit=12)
+            + f"\nthe device busy {busy:.1f} ms of the profiled step's {1000 * wall:.1f} ms (profiler included)"
+        )
     census = _census(mode, lr, steps)
     profile = cProfile.Profile()
     profile.enable()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.ndimage import uniform_filter
 
+from isegprobe.inference import tensor_clicker
 from isegprobe.inference.clicker import Click, Clicker
 from isegprobe.inference.tensor_clicker import TensorClicks, deepest_pixels, float32_root, lowest_alike_square
 
@@ -73,6 +74,16 @@ def test_deepest_pixels_are_the_maximum_and_first_pixel_of_opencvs_transform(see
         y, x = divmod(int(pixels[index]), width)
         assert depths[index].numpy().view(np.int32) == expected.flat[first].view(np.int32)
         assert (y, x) == divmod(first, error.shape[1]) if expected.flat[first] > 0 else (y, x) == (0, 0)
+
+
+def test_maps_transformed_in_groups_give_the_same_depths_and_pixels(monkeypatch):
+    rng = np.random.default_rng(3)
+    errors = torch.from_numpy(np.stack([random_map(rng, (40, 50)) for _ in range(7)]))
+    clicked = torch.from_numpy(rng.random((7, 40, 50)) < 0.01)
+    whole = deepest_pixels(errors, clicked)
+    monkeypatch.setattr(tensor_clicker, "_PIXELS_AT_ONCE", 3 * 40 * 50)
+    grouped = deepest_pixels(errors, clicked)
+    assert all(torch.equal(a, b) for a, b in zip(whole, grouped, strict=True))
 
 
 def test_roots_are_rounded_as_opencv_rounds_them():

@@ -33,6 +33,8 @@ from isegprobe.inference.clicker import Click
 
 # Candidate rows whose exact depths are computed at once: this many int64 values (128 MiB), whatever the batch.
 _CANDIDATE_VALUES_AT_ONCE = 2**24
+# Map pixels transformed at once (about 40 bytes of temporaries each): a batch of large images goes in groups.
+_PIXELS_AT_ONCE = 2**25
 
 
 def float32_root(squares: Tensor) -> Tensor:
@@ -50,6 +52,15 @@ def deepest_pixels(errors: Tensor, clicked: Tensor) -> tuple[Tensor, Tensor]:
     """For each map of `errors` (bool [M, H, W]): the float32 depth [M] of its deepest pixel not in `clicked` (bool,
     the same shape) and that pixel's flat index [M] in row-major order (the first at that depth); depth 0 and index
     0 where there is none. The map's edge counts as outside the error, as the zero border OpenCV is given does."""
+    maps, height, width = errors.shape
+    per_group = max(1, _PIXELS_AT_ONCE // (height * width))
+    if maps <= per_group:
+        return _deepest_pixels(errors, clicked)
+    groups = [_deepest_pixels(errors[i : i + per_group], clicked[i : i + per_group]) for i in range(0, maps, per_group)]
+    return torch.cat([depths for depths, _ in groups]), torch.cat([pixels for _, pixels in groups])
+
+
+def _deepest_pixels(errors: Tensor, clicked: Tensor) -> tuple[Tensor, Tensor]:
     maps, height, width = errors.shape
     columns, rows = _distance_along(errors, 1), _distance_along(errors, 2)
     column_squares = columns.square()

@@ -209,10 +209,14 @@ def modes(
     }
 
 
-def other_clicker(device: torch.device, auto: bool = False) -> str:
-    """The clicker `evaluate --clicker auto` does not pick on this device, timed beside the one it picks (or, with
-    `auto`, that one)."""
-    return "opencv" if (device.type == "cuda") != auto else "tensor"
+def auto_clicker(device: torch.device) -> str:
+    """The clicker `evaluate --clicker auto` picks on this device."""
+    return "tensor" if device.type == "cuda" else "opencv"
+
+
+def other_clicker(device: torch.device) -> str:
+    """The clicker `evaluate --clicker auto` does not pick on this device, timed beside the one it picks."""
+    return "opencv" if auto_clicker(device) == "tensor" else "tensor"
 
 
 def main() -> None:
@@ -258,7 +262,7 @@ def main() -> None:
         title: table(headers, rows)
         + f"\nonline / cache s/click: {ratio:.3g}\nonline / cache wall: {wall_ratio:.3g}"
         + f"\ncache / cache, before: CPU outside the forward per click {outside_ratio:.3g}"
-        + f"\n{other} / cache (the {other_clicker(device, auto=True)} clicker): wall per click {clickers_ratio:.3g}"
+        + f"\n{other} / cache (the {auto_clicker(device)} clicker): wall per click {clickers_ratio:.3g}"
         + f"\nsame clicks and IoUs in every cache mode: {'yes' if same else 'NO'}"
     }
     checks = [

@@ -31,8 +31,9 @@ step() {  # step NAME COMMAND...: run one benchmark under the time limit, its ou
 
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 # The CUDA cases of the tests first: the clicks drawn on the device against the loader's, a store kept on the
-# device against the store read, and extraction's queued forward against one waited for; they also warm the machine
-# up (a fresh one ran the first benchmark 2.4 to 3.8x slower than the same command right after).
+# device against the store read, extraction's queued forward against one waited for, and the tensor clicker's clicks
+# against OpenCV's; they also warm the machine up (a fresh one ran the first benchmark 2.4 to 3.8x slower than the
+# same command right after).
 CUDA_TESTS="tests/test_batch_sampler.py tests/test_preload.py tests/test_cache.py tests/test_tensor_clicker.py"
 echo "=== pytest -k cuda $CUDA_TESTS"
 timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider -k cuda $CUDA_TESTS 2>&1 | tail -3

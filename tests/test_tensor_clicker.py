@@ -150,6 +150,13 @@ def test_an_object_whose_every_error_is_clicked_gets_a_negative_click_at_the_ori
     assert tensor_clicks == clicks == [[Click(3, 4, True), Click(0, 0, False)]]
 
 
+@pytest.mark.parametrize("mask", [torch.zeros(5, 6, dtype=torch.bool), torch.zeros(6, 7)], ids=["shape", "dtype"])
+def test_refuses_predictions_that_are_not_boolean_masks_of_the_objects_size(mask):
+    clicks = TensorClicks([np.ones((6, 7), bool)], [np.zeros((6, 7), bool)], torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"prediction 0 must be a boolean mask of shape \(6, 7\)"):
+        clicks.observe([mask])
+
+
 def test_tensor_clicks_are_the_clickers_on_grabcut_objects():
     """Real objects of different sizes in one batch, ignore bands included; the first click's error is the whole
     object, over 100 px deep."""

@@ -112,7 +112,8 @@ class TensorClicks:
     object nor background: an error never reaches it, so it acts as the edge of that object's image."""
 
     def __init__(self, gts: Sequence[np.ndarray], ignores: Sequence[np.ndarray], device: torch.device) -> None:
-        height, width = (max(sizes) for sizes in zip(*(gt.shape for gt in gts), strict=True))
+        self.shapes = [tuple(gt.shape) for gt in gts]
+        height, width = (max(sizes) for sizes in zip(*self.shapes, strict=True))
         gt, known = np.zeros((len(gts), height, width), bool), np.zeros((len(gts), height, width), bool)
         for index, (mask, ignore) in enumerate(zip(gts, ignores, strict=True)):
             gt[index, : mask.shape[0], : mask.shape[1]] = mask
@@ -141,8 +142,13 @@ class TensorClicks:
     def observe(self, masks: Sequence[Tensor]) -> None:
         """The objects' new predictions: bool [H, W] each, at the original size, on the device."""
         predicted = torch.zeros_like(self.object)
-        for index, mask in enumerate(masks):
-            predicted[index, : mask.shape[0], : mask.shape[1]] = mask
+        for index, (mask, shape) in enumerate(zip(masks, self.shapes, strict=True)):
+            if mask.dtype != torch.bool or tuple(mask.shape) != shape:
+                raise ValueError(
+                    f"prediction {index} must be a boolean mask of shape {shape} (threshold probabilities first), "
+                    f"got {mask.dtype} {tuple(mask.shape)}"
+                )
+            predicted[index, : shape[0], : shape[1]] = mask
         false_negative, false_positive = self.object & ~predicted, self.background & predicted
         self.errors = torch.cat((false_negative, false_positive))
         self._error_counts.append(self.errors.flatten(1).sum(1).view(2, -1).T)

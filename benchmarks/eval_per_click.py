@@ -38,7 +38,7 @@ from isegprobe.cache import CachedDataset, FeatureStore
 from isegprobe.config import load_train_config
 from isegprobe.data import SampleSource, create_dataset
 from isegprobe.featurizers import Featurizer, create_featurizer
-from isegprobe.inference.evaluation import EvaluationRun, ObjectTask, evaluate_objects
+from isegprobe.inference.evaluation import EvaluationRun, ObjectTask, evaluate_objects, resolved_clicker
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.tasks import cached_tasks, online_tasks
 from isegprobe.model import ISProbe
@@ -209,14 +209,9 @@ def modes(
     }
 
 
-def auto_clicker(device: torch.device) -> str:
-    """The clicker `evaluate --clicker auto` picks on this device."""
-    return "tensor" if device.type == "cuda" else "opencv"
-
-
 def other_clicker(device: torch.device) -> str:
     """The clicker `evaluate --clicker auto` does not pick on this device, timed beside the one it picks."""
-    return "opencv" if auto_clicker(device) == "tensor" else "tensor"
+    return "opencv" if resolved_clicker("auto", device) == "tensor" else "tensor"
 
 
 def main() -> None:
@@ -262,7 +257,7 @@ def main() -> None:
         title: table(headers, rows)
         + f"\nonline / cache s/click: {ratio:.3g}\nonline / cache wall: {wall_ratio:.3g}"
         + f"\ncache / cache, before: CPU outside the forward per click {outside_ratio:.3g}"
-        + f"\n{other} / cache (the {auto_clicker(device)} clicker): wall per click {clickers_ratio:.3g}"
+        + f"\n{other} / cache (the {resolved_clicker('auto', device)} clicker): wall per click {clickers_ratio:.3g}"
         + f"\nsame clicks and IoUs in every cache mode: {'yes' if same else 'NO'}"
     }
     checks = [

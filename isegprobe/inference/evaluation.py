@@ -142,10 +142,8 @@ def evaluate_objects(
     GPU, opencv elsewhere, where OpenCV on the objects' error regions costs less than tensor operations on whole
     images).
     """
-    if clicker not in CLICKERS:
-        raise ValueError(f"clicker must be one of {', '.join(CLICKERS)}, got {clicker!r}")
     framing = framing or partial(WholeImage.of_task, device=predictor.device)
-    on_device = clicker == "tensor" or (clicker == "auto" and predictor.device.type == "cuda")
+    on_device = resolved_clicker(clicker, predictor.device) == "tensor"
     run = EvaluationRun()
     started = time.perf_counter()
     with BatchClicker() as batch_clicker:
@@ -170,6 +168,15 @@ def evaluate_objects(
                 on_batch(run)
             started = time.perf_counter()
     return run
+
+
+def resolved_clicker(clicker: str, device: torch.device) -> str:
+    """`opencv` or `tensor`: the clicker that `clicker` (one of CLICKERS) names on `device`."""
+    if clicker not in CLICKERS:
+        raise ValueError(f"clicker must be one of {', '.join(CLICKERS)}, got {clicker!r}")
+    if clicker == "auto":
+        return "tensor" if device.type == "cuda" else "opencv"
+    return clicker
 
 
 class ObjectsClicks(Protocol):

@@ -64,13 +64,13 @@ def _deepest_pixels(errors: Tensor, clicked: Tensor) -> tuple[Tensor, Tensor]:
     maps, height, width = errors.shape
     columns, rows = _distance_along(errors, 1), _distance_along(errors, 2)
     column_squares = columns.square()
-    row_squares = rows.square().view(maps, -1)
     bounds = torch.minimum(columns, rows).square_().masked_fill_(clicked, 0).view(maps, -1)
+    rows = rows.view(maps, -1)
     every_map = torch.arange(maps, device=errors.device)
     # The exact depth of the pixel with the largest bound: the deepest pixel is at least that deep.
-    reached = _exact_squares(column_squares, row_squares, every_map, bounds.argmax(1))
+    reached = _exact_squares(column_squares, rows, every_map, bounds.argmax(1))
     candidate_maps, candidate_pixels = (bounds >= lowest_alike_square(reached)[:, None]).nonzero(as_tuple=True)
-    depths = float32_root(_exact_squares(column_squares, row_squares, candidate_maps, candidate_pixels))
+    depths = float32_root(_exact_squares(column_squares, rows, candidate_maps, candidate_pixels))
     deepest = torch.zeros(maps, device=errors.device).scatter_reduce_(0, candidate_maps, depths, "amax")
     at_deepest = torch.where(depths == deepest[candidate_maps], candidate_pixels, height * width)
     first = torch.full_like(every_map, height * width).scatter_reduce_(0, candidate_maps, at_deepest, "amin")
@@ -89,10 +89,10 @@ def _distance_along(errors: Tensor, dim: int) -> Tensor:
     return torch.minimum(index - before, after - index)
 
 
-def _exact_squares(column_squares: Tensor, row_squares: Tensor, maps: Tensor, pixels: Tensor) -> Tensor:
+def _exact_squares(column_squares: Tensor, rows: Tensor, maps: Tensor, pixels: Tensor) -> Tensor:
     """The exact squared depth (int64) of the pixels at flat `pixels` of maps `maps`: the least column distance
-    squared plus horizontal offset squared over the pixel's row, or the row distance squared (which counts the
-    map's left and right edges)."""
+    squared plus horizontal offset squared over the pixel's row, or the row distance (`rows`, [M, H * W]) squared,
+    which counts the map's left and right edges."""
     width = column_squares.shape[-1]
     columns = torch.arange(width, device=column_squares.device)
     per_chunk = max(1, _CANDIDATE_VALUES_AT_ONCE // width)
@@ -102,7 +102,7 @@ def _exact_squares(column_squares: Tensor, row_squares: Tensor, maps: Tensor, pi
         lines = column_squares[chunk_maps, chunk_pixels // width]
         offsets = (chunk_pixels[:, None] % width - columns).square_()
         squares.append((lines + offsets).amin(1))
-    along_rows = row_squares[maps, pixels].long()
+    along_rows = rows[maps, pixels].long().square_()
     return torch.minimum(torch.cat(squares), along_rows) if squares else along_rows
 
 
@@ -121,8 +121,8 @@ class TensorClicks:
         self.object = torch.from_numpy(gt & known).to(device)
         self.background = torch.from_numpy(~gt & known).to(device)
         self.areas = np.count_nonzero(gt & known, axis=(1, 2))
-        self.clicked = torch.zeros_like(self.object)
         self.errors = torch.cat((self.object, torch.zeros_like(self.object)))  # of the empty prediction
+        self.clicked = torch.zeros_like(self.errors)  # for the false negatives' maps, then the false positives'
         self.clicks: list[list[Click]] = [[] for _ in gts]
         self._error_counts: list[Tensor] = []
 
@@ -130,11 +130,11 @@ class TensorClicks:
         """Each object's next click, answering its last prediction observed (the empty one before the first): one
         copy to the host for the batch."""
         count, width = len(self.clicks), self.object.shape[-1]
-        depths, pixels = deepest_pixels(self.errors, self.clicked.repeat(2, 1, 1))
+        depths, pixels = deepest_pixels(self.errors, self.clicked)
         positive = depths[:count] > depths[count:]
         pixel = torch.where(positive, pixels[:count], pixels[count:])
         ys, xs = pixel // width, pixel % width
-        self.clicked[torch.arange(count, device=pixel.device), ys, xs] = True
+        self.clicked[torch.arange(2 * count, device=pixel.device), ys.repeat(2), xs.repeat(2)] = True
         answers = torch.stack((ys, xs, positive.long()), 1).cpu().tolist()
         for clicks, (y, x, is_positive) in zip(self.clicks, answers, strict=True):
             clicks.append(Click(y=y, x=x, is_positive=bool(is_positive)))

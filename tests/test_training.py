@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from stand_ins import StandInFeaturizer
 from stores import builtin_store
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from isegprobe.config import RenamedConfigKeyWarning, SamplerConfig, TrainConfig, config_to_dict, load_train_config
@@ -43,7 +43,7 @@ from isegprobe.training.points_sampler import categorical, cumulative, geometric
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.seed_configurations import RESEARCH_PRESETS
-from isegprobe.training.trainer import batch_iou
+from isegprobe.training.trainer import batch_iou, torch_draws_of_step
 from isegprobe.upsamplers import create_upsampler
 
 SIZE = 64
@@ -318,6 +318,31 @@ def test_add_next_clicks_fills_only_the_given_row() -> None:
 
 
 # --- the loop -----------------------------------------------------------------------------------------------------
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_steps_torch_draws_depend_on_the_seed_and_step_alone(device: str) -> None:
+    """Dropout inside a step draws the same whatever was drawn before it, and the stream outside goes on as if the
+    step had drawn nothing."""
+
+    def draws(seed: int, step: int) -> Tensor:
+        with torch_draws_of_step(seed, step, torch.device(device)):
+            return torch.nn.functional.dropout(torch.ones(64, device=device), 0.5).cpu()
+
+    torch.manual_seed(0)
+    first = draws(3, 10)
+    torch.rand(5, device=device)
+    assert torch.equal(draws(3, 10), first)
+    assert not torch.equal(draws(3, 11), first)
+    assert not torch.equal(draws(4, 10), first)
+    torch.manual_seed(0)
+    untouched = torch.rand(8, device=device)
+    torch.manual_seed(0)
+    draws(3, 10)
+    assert torch.equal(torch.rand(8, device=device), untouched)
 
 
 def test_a_few_steps_lower_the_loss_on_a_learnable_dataset() -> None:

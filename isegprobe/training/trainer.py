@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
 from isegprobe.training.next_clicks import add_next_clicks
 
 _VALIDATION_STREAM = 1
+_TORCH_DRAWS_STREAM = 2
 
 
 @dataclass
@@ -194,12 +196,13 @@ class Trainer:
             group["lr"] = lr
         device_batch = device_batch or self.to_device(batch)
         rng = np.random.default_rng([self.config.seed, step])
-        self.probe.train()
-        clicks, prev_mask, count = self.simulate_clicks(device_batch, rng)
-        loss, logits = self.loss_on(device_batch, clicks, prev_mask)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with torch_draws_of_step(self.config.seed, step, self.device):
+            self.probe.train()
+            clicks, prev_mask, count = self.simulate_clicks(device_batch, rng)
+            loss, logits = self.loss_on(device_batch, clicks, prev_mask)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         logits = logits.detach()
         return StepResult(
             loss=loss.detach(),
@@ -225,6 +228,26 @@ class Trainer:
             ious.extend(batch_iou(logits, device_batch.target, device_batch.valid).tolist())
         self.probe.train()
         return float(np.mean(losses)), float(np.mean(ious))
+
+
+@contextmanager
+def torch_draws_of_step(seed: int, step: int, device: torch.device) -> Iterator[None]:
+    """torch's generators (the CPU's and `device`'s) seeded from (seed, step) for one training step, and put back as
+    they were afterwards.
+
+    A probe's dropout (FeatUp JBU's, when it trains or follows train mode) then draws the same masks at a step
+    whatever ran before it. Drawn from one stream that runs on from `torch.manual_seed(seed)`, they depended on every
+    draw before: probes side by side took each other's, and a resumed run restarted the stream, so neither gave the
+    numbers of the run alone and uninterrupted. Outside the steps the stream is as it was: a run that draws nothing
+    in its steps is unchanged."""
+    value = int(np.random.SeedSequence([seed, _TORCH_DRAWS_STREAM, step]).generate_state(1, np.uint64)[0])
+    on_gpu = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if on_gpu else []):
+        torch.random.default_generator.manual_seed(value)
+        if on_gpu:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(value)
+        yield
 
 
 def _check_normalization(featurizer: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:

@@ -31,10 +31,10 @@ step() {  # step NAME COMMAND...: run one benchmark under the time limit, its ou
 
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 # The CUDA cases of the tests first: the clicks drawn on the device against the loader's, a store kept on the
-# device against the store read, extraction's queued forward against one waited for, and the tensor clicker's clicks
-# against OpenCV's; they also warm the machine up (a fresh one ran the first benchmark 2.4 to 3.8x slower than the
-# same command right after).
-CUDA_TESTS="tests/test_batch_sampler.py tests/test_preload.py tests/test_cache.py tests/test_tensor_clicker.py"
+# device against the store read, extraction's queued forward against one waited for, the tensor clicker's clicks
+# against OpenCV's, and a training step's torch draws; they also warm the machine up (a fresh one ran the first
+# benchmark 2.4 to 3.8x slower than the same command right after).
+CUDA_TESTS="tests/test_batch_sampler.py tests/test_preload.py tests/test_cache.py tests/test_tensor_clicker.py tests/test_training.py"
 echo "=== pytest -k cuda $CUDA_TESTS"
 timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider -k cuda $CUDA_TESTS 2>&1 | tail -3
 step extract_small python3 benchmarks/extract_pipeline.py --featurizer "$SMALL" --size "$SIZE" --images "$IMAGES" \

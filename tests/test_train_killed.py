@@ -2,7 +2,7 @@
 run's weights and Adam state equal those of a run never interrupted, bit for bit. Real processes and real signals,
 with spawned loader workers: the kills land wherever the run is, checkpoint writes included, and the workers must end
 with the killed process; a stop request ends the run after a whole step and saves it there, and the command its
-message gives continues the run as it is written."""
+message gives continues the run as it is written, logging the means it would have logged uninterrupted."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def test_training_killed_twice_then_resumed_ends_with_the_uninterrupted_weights(
     assert resumed.returncode == 0, resumed.stderr
     assert saved_step(run) == STEPS
     assert_same_run(run, straight_run)
+    assert train_rows(run) == train_rows(straight_run)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
@@ -98,6 +99,11 @@ def test_a_stop_signal_ends_training_after_a_whole_step_saved_and_resume_finishe
     resumed = subprocess.run([sys.executable, "-m", *shlex.split(hint)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run, straight_run)
+    assert train_rows(run) == train_rows(straight_run), "the logged means of the window the stop cut"
+
+
+def train_rows(run: Path) -> list[str]:
+    return [row for row in (run / "scalars.csv").read_text().splitlines() if ",train/" in row or ",epoch/" in row]
 
 
 def logged_steps(run: Path) -> bool:

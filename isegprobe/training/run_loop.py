@@ -151,7 +151,7 @@ class _Run:
         )
         if rank == 0:
             atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(config).encode())
-        self.running = RunningMeans(device)
+        self.running = RunningMeans(device, setup.state.log_window if resume else None)
         self.divergence = DivergenceWatch(device)
         self.saved_step = setup.state.step if resume else None
         self.first_logged: dict[str, float] | None = None
@@ -219,7 +219,7 @@ class _Run:
 
     def _save(self, name: str) -> None:
         trainer = self.setup.trainer
-        metadata = self.setup.description.metadata(self.setup.state)
+        metadata = self.setup.description.metadata(self.setup.state, self.running)
         save_checkpoint(self.run_dir, name, trainer.probe, metadata, trainer.optimizer if name == "last" else None)
 
     def _close_epoch(self) -> None:

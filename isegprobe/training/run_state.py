@@ -21,7 +21,8 @@ from isegprobe.training.trainer import StepResult
 
 @dataclass
 class RunProgress:
-    """What a checkpoint must remember to resume exactly: the step, the best score, the epoch's running IoU."""
+    """What a checkpoint must remember to resume exactly: the step, the best score, the epoch's running IoU, and the
+    sums of the logging window in progress (`RunningMeans.saved`)."""
 
     step: int = 0
     best_value: float | None = None
@@ -29,6 +30,7 @@ class RunProgress:
     metric_name: str = "train_iou"
     epoch_iou_sum: float | Tensor = 0.0  # a device tensor while an epoch runs: read back only when needed
     epoch_iou_count: int = 0
+    log_window: Mapping[str, float] | None = None
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> RunProgress:
@@ -41,6 +43,7 @@ class RunProgress:
             metric_name=best.get("name", "train_iou"),
             epoch_iou_sum=float(epoch.get("iou_sum", 0.0)),
             epoch_iou_count=int(epoch.get("iou_count", 0)),
+            log_window=metadata.get("log_window"),
         )
 
     def add_epoch_iou(self, iou: Tensor) -> None:
@@ -55,11 +58,21 @@ class RunProgress:
 
 
 class RunningMeans:
-    """Loss, BCE and IoU summed on the device, read back only when logged, so steps don't wait on the GPU."""
+    """Loss, BCE and IoU summed on the device, read back only when logged, so steps don't wait on the GPU.
 
-    def __init__(self, device: torch.device) -> None:
+    A checkpoint keeps the sums of the window in progress (`saved`), and a resumed run starts from them: a run
+    stopped between two logged steps (Ctrl-C, or `checkpoint.every_steps` that `logging.every_steps` does not
+    divide) then logs, at the next logged step, the mean over the same steps as a run never stopped, bit for bit."""
+
+    _SUMS = ("loss", "bce", "iou")
+
+    def __init__(self, device: torch.device, saved: Mapping[str, float] | None = None) -> None:
         self.device = device
         self._reset()
+        if saved:
+            for name in self._SUMS:
+                setattr(self, name, torch.tensor(saved[name], dtype=torch.float32, device=device))
+            self.steps, self.images = int(saved["steps"]), int(saved["images"])
 
     def _reset(self) -> None:
         self.loss = torch.zeros((), device=self.device)
@@ -67,6 +80,13 @@ class RunningMeans:
         self.iou = torch.zeros((), device=self.device)
         self.steps = 0
         self.images = 0
+
+    def saved(self) -> dict[str, float]:
+        """The window's sums and counts, for a checkpoint (float32 sums as Python floats: exactly)."""
+        return {name: float(getattr(self, name)) for name in self._SUMS} | {
+            "steps": self.steps,
+            "images": self.images,
+        }
 
     def add(self, result: StepResult) -> None:
         self.loss += result.loss
@@ -113,7 +133,9 @@ class RunDescription:
         }
         self.schedule = schedule
 
-    def metadata(self, progress: RunProgress) -> dict[str, Any]:
+    def metadata(self, progress: RunProgress, running: RunningMeans | None = None) -> dict[str, Any]:
+        """A checkpoint's JSON; with `running`, the logging window in progress too."""
+        window = {"log_window": running.saved()} if running is not None else {}
         return {
             **self.fixed,
             "step": progress.step,
@@ -121,6 +143,7 @@ class RunDescription:
             "lr": self.schedule.lr_at(progress.step),
             "best_metric": {"name": progress.metric_name, "value": progress.best_value, "step": progress.best_step},
             "epoch_metrics": {"iou_sum": float(progress.epoch_iou_sum), "iou_count": progress.epoch_iou_count},
+            **window,
         }
 
 

@@ -664,6 +664,27 @@ def test_early_fusion_trains_online_and_leaves_the_featurizer_untouched(
     assert metadata["online"] is True and probe.featurizer is featurizer
 
 
+def test_a_resumed_run_replaces_the_logs_of_the_steps_it_takes_again(tmp_path: Path) -> None:
+    """The interrupted run logged steps 1 to 5 and saved step 3; the resumed run logs 4 and 5 again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = RunLogger(tmp_path, {})
+    for step in range(1, 6):
+        first.scalars({"train/loss": float(step)}, step)
+    first.close()
+    resumed = RunLogger(tmp_path, {}, resumed_at=3)
+    for step in (4, 5):
+        resumed.scalars({"train/loss": 10.0 * step}, step)
+    resumed.close()
+
+    expected = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)]
+    rows = (tmp_path / "scalars.csv").read_text().splitlines()[1:]
+    assert [(int(step), float(value)) for step, _, value in (row.split(",") for row in rows)] == expected
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(event.step, event.value) for event in events.Scalars("train/loss")] == expected
+
+
 def test_wandb_without_the_package_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(UserError, match="pip install"):

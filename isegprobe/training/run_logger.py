@@ -29,8 +29,10 @@ class RunLogger:
         write_csv: bool = True,
         resumed_at: int | None = None,
     ) -> None:
-        """`resumed_at`: the step a resumed run restarts from; CSV rows logged after it (by the interrupted run,
-        past its last checkpoint) are dropped, since the resumed run logs those steps again."""
+        """`resumed_at`: the step a resumed run restarts from; what the interrupted run logged after it (past its
+        last checkpoint) is dropped, since the resumed run logs those steps again: CSV rows are removed, and
+        TensorBoard is told to hide the old events from the next step on (its `purge_step`), which would otherwise
+        draw the two runs' values over each other."""
         self.run_dir = Path(run_dir)
         self._tensorboard = None
         self._wandb = None
@@ -39,7 +41,8 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            purge_step = resumed_at + 1 if resumed_at is not None else None
+            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if use_wandb:
             self._wandb = start_wandb(run_dir, config, wandb_project, job_type="train")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -39,3 +40,29 @@ def test_train_and_evaluate_log_to_an_offline_wandb_run(tmp_path: Path, monkeypa
     assert evaluated.returncode == 0, evaluated.stderr
     logged = offline_run_file(results)
     assert b"builtin/mIoU" in logged and b"builtin/NoC@85" in logged
+
+
+def test_probes_side_by_side_log_a_wandb_run_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    store = builtin_store(tmp_path / "cache", size=56)
+    runs = tmp_path / "runs"
+    trained = run_cli("train", "--config", "quickstart", "--set", "model.head.width=8", "--set", "data.batch_size=2",
+                      "--set", "logging.every_steps=1", "--max-iters", "3", "--wandb", "--store", str(store),
+                      "--out", str(runs), "--variant", "fast optim.lr=1e-3", "--variant", "slow optim.lr=1e-5",
+                      "--device", "cpu")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    for name in ("fast", "slow"):
+        rows = (runs / name / "scalars.csv").read_text().splitlines()
+        losses = {float(row.split(",")[2]) for row in rows if ",train/loss," in row}
+        assert len(losses) == 3
+        assert logged_values(offline_run_file(runs / name), "train/loss") == losses, f"{name}: its own steps alone"
+
+
+def logged_values(run_file: bytes, key: str) -> set[float]:
+    """The values logged under `key` in an offline run's records (each a JSON string of its length after the key)."""
+    values = set()
+    for match in re.finditer(re.escape(key.encode()) + rb"\x82\x01(.)", run_file, re.DOTALL):
+        start = match.end()
+        values.add(float(run_file[start : start + match.group(1)[0]]))
+    return values

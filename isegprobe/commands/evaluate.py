@@ -123,10 +123,10 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     if clashes:
         raise UserError(f"--protocol {protocol.name} fixes what these flags change: {'; '.join(clashes)}")
     request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
-    wandb = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
+    run = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
     summaries = run_evaluation(request)
-    if wandb is not None:
-        log_results(wandb, summaries)
+    if run is not None:
+        log_results(run, summaries)
     click.echo(format_table(summaries))
     click.echo(format_miou_curves(summaries))
     click.echo(f"results: {Path(request.out_dir).resolve()} (results.json, results.csv, ious.npz)")

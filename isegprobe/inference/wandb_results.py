@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def log_results(wandb: Any, summaries: dict[str, dict[str, Any]]) -> None:
+def log_results(run: Any, summaries: dict[str, dict[str, Any]]) -> None:
     """Each dataset's mIoU after k clicks as a curve over k (W&B's step), and its NoC, NoF and IoU@1 in the run
     summary, so the runs table lists them side by side; then closes the run."""
     longest = max((len(results["mIoU@k"]) for results in summaries.values()), default=0)
@@ -15,8 +15,8 @@ def log_results(wandb: Any, summaries: dict[str, dict[str, Any]]) -> None:
             for name, results in summaries.items()
             if click <= len(results["mIoU@k"])
         }
-        wandb.log(point, step=click)
-    wandb.run.summary.update(
+        run.log(point, step=click)
+    run.summary.update(
         {
             f"{name}/{key}": value
             for name, results in summaries.items()
@@ -24,4 +24,4 @@ def log_results(wandb: Any, summaries: dict[str, dict[str, Any]]) -> None:
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         }
     )
-    wandb.finish()
+    run.finish()

@@ -66,7 +66,7 @@ class RunLogger:
         if self._wandb is not None:
             # W&B takes float arrays as 0-255 values, so [0, 1] floats would show black: hand it bytes.
             pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            pictures = [self._wandb.Image(picture) for picture in pixels]
+            pictures = [_wandb().Image(picture) for picture in pixels]
             self._wandb.log({tag: pictures}, step=step)
 
     def close(self) -> None:
@@ -98,12 +98,22 @@ def _open_csv(path: Path, resumed_at: int | None) -> TextIO:
 
 
 def start_wandb(run_dir: Path, config: dict[str, Any], project: str, job_type: str) -> Any:
-    """A W&B run named after `run_dir` that keeps its files there; returns the `wandb` module (`.log`, `.finish`).
-    `WANDB_MODE=offline` works without a network: `wandb sync` uploads the run later."""
+    """A W&B run named after `run_dir` that keeps its files there (`.log`, `.summary`, `.finish`).
+    `WANDB_MODE=offline` works without a network: `wandb sync` uploads the run later.
+
+    Each call makes a run of its own, open beside the others (`reinit="create_new"`): probes trained side by side log
+    one run each. By default a second `wandb.init` in a process hands back the first run, which then got every
+    probe's scalars."""
+    wandb = _wandb()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(
+        project=project, name=run_dir.name, dir=str(run_dir), config=config, job_type=job_type, reinit="create_new"
+    )
+
+
+def _wandb() -> Any:
     try:
         import wandb
     except ImportError as error:
         raise UserError("--wandb needs the wandb package: pip install 'isegprobe[wandb]' (or drop --wandb)") from error
-    run_dir.mkdir(parents=True, exist_ok=True)
-    wandb.init(project=project, name=run_dir.name, dir=str(run_dir), config=config, job_type=job_type)
     return wandb

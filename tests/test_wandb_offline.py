@@ -66,3 +66,19 @@ def logged_values(run_file: bytes, key: str) -> set[float]:
         start = match.end()
         values.add(float(run_file[start : start + match.group(1)[0]]))
     return values
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    store = builtin_store(tmp_path / "cache", size=56)
+    run_dir = tmp_path / "run"
+    common = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.every_steps=1"]
+    common += ["--wandb", "--out", str(run_dir), "--device", "cpu"]
+    trained = run_cli("train", "--config", "quickstart", "--store", str(store), "--max-iters", "2", *common)
+    assert trained.returncode == 0, trained.stderr
+    resumed = run_cli("train", "--resume", "--max-iters", "3", *common)
+    assert resumed.returncode == 0, resumed.stderr
+    run_id = (run_dir / "wandb_run_id").read_text()
+    offline_runs = sorted(path.name for path in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(name.endswith(f"-{run_id}") for name in offline_runs), offline_runs

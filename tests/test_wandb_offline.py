@@ -42,21 +42,29 @@ def test_train_and_evaluate_log_to_an_offline_wandb_run(tmp_path: Path, monkeypa
     assert b"builtin/mIoU" in logged and b"builtin/NoC@85" in logged
 
 
-def test_probes_side_by_side_log_a_wandb_run_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probes_side_by_side_log_a_wandb_run_each_which_resume_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     store = builtin_store(tmp_path / "cache", size=56)
     runs = tmp_path / "runs"
-    trained = run_cli("train", "--config", "quickstart", "--set", "model.head.width=8", "--set", "data.batch_size=2",
-                      "--set", "logging.every_steps=1", "--max-iters", "3", "--wandb", "--store", str(store),
-                      "--out", str(runs), "--variant", "fast optim.lr=1e-3", "--variant", "slow optim.lr=1e-5",
-                      "--device", "cpu")  # fmt: skip
+    settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.every_steps=1"]
+    settings += ["--wandb", "--out", str(runs), "--device", "cpu"]
+    trained = run_cli("train", "--config", "quickstart", "--store", str(store), "--max-iters", "2", *settings,
+                      "--variant", "fast optim.lr=1e-3", "--variant", "slow optim.lr=1e-5")  # fmt: skip
     assert trained.returncode == 0, trained.stderr
+    resumed = run_cli("train", "--resume", "--max-iters", "3", *settings)
+    assert resumed.returncode == 0, resumed.stderr
     for name in ("fast", "slow"):
         rows = (runs / name / "scalars.csv").read_text().splitlines()
         losses = {float(row.split(",")[2]) for row in rows if ",train/loss," in row}
         assert len(losses) == 3
-        assert logged_values(offline_run_file(runs / name), "train/loss") == losses, f"{name}: its own steps alone"
+        run_id = (runs / name / "wandb_run_id").read_text()
+        offline_runs = sorted((runs / name / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+        assert len(offline_runs) == 2, f"{name}: the run and its resumption, in one W&B run"
+        logged = set().union(*(logged_values(path.read_bytes(), "train/loss") for path in offline_runs))
+        assert logged == losses, f"{name}: its own steps alone"
 
 
 def logged_values(run_file: bytes, key: str) -> set[float]:
@@ -66,19 +74,3 @@ def logged_values(run_file: bytes, key: str) -> set[float]:
         start = match.end()
         values.add(float(run_file[start : start + match.group(1)[0]]))
     return values
-
-
-def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    store = builtin_store(tmp_path / "cache", size=56)
-    run_dir = tmp_path / "run"
-    common = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.every_steps=1"]
-    common += ["--wandb", "--out", str(run_dir), "--device", "cpu"]
-    trained = run_cli("train", "--config", "quickstart", "--store", str(store), "--max-iters", "2", *common)
-    assert trained.returncode == 0, trained.stderr
-    resumed = run_cli("train", "--resume", "--max-iters", "3", *common)
-    assert resumed.returncode == 0, resumed.stderr
-    run_id = (run_dir / "wandb_run_id").read_text()
-    offline_runs = sorted(path.name for path in (run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 2 and all(name.endswith(f"-{run_id}") for name in offline_runs), offline_runs

@@ -691,6 +691,13 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path: Path, monkeypatch:
         RunLogger(tmp_path, {}, tensorboard=False, use_wandb=True)
 
 
+def test_a_wandb_too_old_for_a_run_per_probe_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb = pytest.importorskip("wandb", reason="wandb (a test extra) is not installed")
+    monkeypatch.setattr(wandb, "__version__", "0.19.9")
+    with pytest.raises(UserError, match=r"wandb 0\.19\.10 or newer .* 0\.19\.9 is installed"):
+        RunLogger(tmp_path, {}, tensorboard=False, use_wandb=True)
+
+
 def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from isegprobe.commands import train as train_command
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -13,6 +14,7 @@ from isegprobe.errors import UserError, writing_to
 from isegprobe.training.checkpoint import atomic_write_bytes
 
 WANDB_RUN_ID = "wandb_run_id"
+WANDB_AT_LEAST = (0, 19, 10)  # reinit="create_new"
 SCALARS_CSV = "scalars.csv"
 
 
@@ -129,8 +131,15 @@ def start_wandb(run_dir: Path, config: dict[str, Any], project: str, job_type: s
 
 
 def _wandb() -> Any:
+    """The wandb module, of a version that keeps several runs open in one process."""
     try:
         import wandb
     except ImportError as error:
         raise UserError("--wandb needs the wandb package: pip install 'isegprobe[wandb]' (or drop --wandb)") from error
+    version = tuple(int(part) for part in re.findall(r"\d+", wandb.__version__)[:3])
+    if version < WANDB_AT_LEAST:
+        raise UserError(
+            f"--wandb needs wandb {'.'.join(map(str, WANDB_AT_LEAST))} or newer (a run per probe trained side by "
+            f"side), and {wandb.__version__} is installed: pip install -U wandb (or drop --wandb)"
+        )
     return wandb

@@ -292,6 +292,11 @@ CASES: dict[str, Case] = {
         run=with_small_files,
         then=lambda w, output: assert_no_pending_checkpoint(w.root / "full_run"),
     ),
+    "checkpoint whose progress is not as train writes it": Case(
+        lambda w: ["train", "--resume", "--out", edited_run(w, "log_window", {"loss": 0.5})],
+        "edited_run/last.json: cannot resume from it (KeyError: 'bce'); its step, best_metric, epoch_metrics and "
+        "log_window must be as train writes them",
+    ),
 }
 
 
@@ -303,6 +308,14 @@ def write_bytes(path: Path, data: bytes) -> Path:
 def damaged_run(world: World) -> Path:
     copy = world.run_copy("damaged_run")
     (copy / "last.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b"{not json}")
+    return copy
+
+
+def edited_run(world: World, key: str, value: object) -> Path:
+    """A copy of the world's run whose last.json has `key` set to `value`."""
+    copy = world.run_copy("edited_run")
+    metadata = json.loads((copy / "last.json").read_text())
+    (copy / "last.json").write_text(json.dumps({**metadata, key: value}))
     return copy
 
 

@@ -269,7 +269,9 @@ def restore_training_state(run_dir: str | Path, probe: ISProbe, optimizer: torch
     """Load `last.*` into probe and optimizer for --resume; returns its metadata (step, best metric, ...)."""
     files = checkpoint_files(run_dir, "last")
     metadata = read_metadata(files["metadata"])
-    step = metadata["step"]
+    step = metadata.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise UserError(f"{files['metadata']}: its step is {step!r}, where train writes the number of steps taken")
     probe.load_state_dict(_read_stamped(files["weights"], step))
     restore_optimizer(optimizer, _read_stamped(files["optimizer"], step), metadata["optimizer"])
     return metadata

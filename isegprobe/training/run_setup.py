@@ -18,7 +18,7 @@ from isegprobe.config import TrainConfig
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.same_images import warn_when_training_on_a_test_split
-from isegprobe.training.checkpoint import restore_training_state
+from isegprobe.training.checkpoint import checkpoint_files, restore_training_state
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
 from isegprobe.training.run_state import RunDescription, RunProgress
 from isegprobe.training.schedule import StepSchedule
@@ -94,7 +94,8 @@ def set_up_run(
 
     state = RunProgress()
     if resume:
-        state = RunProgress.from_metadata(restore_training_state(run_dir, trainer.probe, trainer.optimizer))
+        metadata = restore_training_state(run_dir, trainer.probe, trainer.optimizer)
+        state = RunProgress.from_metadata(metadata, checkpoint_files(run_dir, "last")["metadata"])
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.total_steps)
     if world > 1:
         trainer.distribute()

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from isegprobe import __version__
 from isegprobe.config import TrainConfig, config_to_dict
+from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.trainer import StepResult
@@ -33,18 +34,26 @@ class RunProgress:
     log_window: Mapping[str, float] | None = None
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> RunProgress:
-        best = metadata.get("best_metric") or {}
-        epoch = metadata.get("epoch_metrics") or {}
-        return cls(
-            step=int(metadata["step"]),
-            best_value=best.get("value"),
-            best_step=best.get("step"),
-            metric_name=best.get("name", "train_iou"),
-            epoch_iou_sum=float(epoch.get("iou_sum", 0.0)),
-            epoch_iou_count=int(epoch.get("iou_count", 0)),
-            log_window=metadata.get("log_window"),
-        )
+    def from_metadata(cls, metadata: Mapping[str, Any], source: Path) -> RunProgress:
+        """The progress that `source` (a checkpoint's JSON) records; a field that is not as `train` writes it is a
+        UserError naming the file, raised before the resumed run writes anything."""
+        try:
+            best = metadata.get("best_metric") or {}
+            epoch = metadata.get("epoch_metrics") or {}
+            return cls(
+                step=int(metadata["step"]),
+                best_value=_optional_float(best.get("value")),
+                best_step=_optional_int(best.get("step")),
+                metric_name=str(best.get("name", "train_iou")),
+                epoch_iou_sum=float(epoch.get("iou_sum", 0.0)),
+                epoch_iou_count=int(epoch.get("iou_count", 0)),
+                log_window=RunningMeans.checked_window(metadata.get("log_window")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise UserError(
+                f"{source}: cannot resume from it ({type(error).__name__}: {error}); its step, best_metric, "
+                "epoch_metrics and log_window must be as train writes them"
+            ) from error
 
     def add_epoch_iou(self, iou: Tensor) -> None:
         self.epoch_iou_sum = self.epoch_iou_sum + iou.sum()
@@ -55,6 +64,14 @@ class RunProgress:
 
     def reset_epoch(self) -> None:
         self.epoch_iou_sum, self.epoch_iou_count = 0.0, 0
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 class RunningMeans:
@@ -80,6 +97,16 @@ class RunningMeans:
         self.iou = torch.zeros((), device=self.device)
         self.steps = 0
         self.images = 0
+
+    @classmethod
+    def checked_window(cls, saved: Any) -> dict[str, float] | None:
+        """A window as `saved` wrote it, its numbers read as such (KeyError, TypeError or ValueError otherwise)."""
+        if saved is None:
+            return None
+        return {name: float(saved[name]) for name in cls._SUMS} | {
+            "steps": int(saved["steps"]),
+            "images": int(saved["images"]),
+        }
 
     def saved(self) -> dict[str, float]:
         """The window's sums and counts, for a checkpoint (float32 sums as Python floats: exactly)."""

@@ -178,3 +178,25 @@ def test_online_probes_side_by_side_run_the_featurizer_once_a_step(tmp_path: Pat
     )
     assert len(calls) == 4, "three probes, one featurizer forward a step"
     files_equal(alone, tmp_path / "together" / "wide", "last.safetensors")
+
+
+def test_a_run_that_diverges_beside_others_stops_alone(store: Path, tmp_path: Path) -> None:
+    """The first run's loss becomes NaN (optim.lr 1e30): it stops with its message, and the other run ends as it
+    does alone; the command then exits with status 1, naming the run that stopped."""
+    common = ("train", "--config", "quickstart", "--store", store, "--set", "logging.tensorboard=false")
+    common += ("--set", "logging.every_steps=1", "--max-iters", 4)
+    assert cli(*common, "--set", "optim.lr=1e-3", "--out", tmp_path / "alone").exit_code == 0
+    variants = ("--variant", "bad optim.lr=1e30", "--variant", "good optim.lr=1e-3")
+    result = CliRunner().invoke(main, [str(argument) for argument in (*common, "--out", tmp_path / "runs", *variants)])
+    assert result.exit_code == 1, result.output
+    assert (
+        "1 of 2 runs stopped early, the others trained to the end: " + str(tmp_path / "runs" / "bad") in result.output
+    )
+    assert "the training loss became NaN or infinite at step" in result.output
+    assert "stopped at step 2, its loss no longer finite: " + str(tmp_path / "runs" / "bad") in result.output
+    assert result.output.count("trained to step 4") == 1
+    for name in ("last.safetensors", "last.optim.safetensors"):
+        files_equal(tmp_path / "alone", tmp_path / "runs" / "good", name)
+    assert not (tmp_path / "runs" / "bad" / "last.json").exists() or all(
+        torch.isfinite(value).all() for value in load_file(tmp_path / "runs" / "bad" / "last.safetensors").values()
+    )

@@ -150,6 +150,9 @@ def train(
     exit_if_stopped(summaries[0], _resume_command(run_dir, online, featurizer_name, featurizer_weights), len(summaries))
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
         for summary in summaries:
+            if summary.diverged:
+                click.echo(f"stopped at step {summary.step}, its loss no longer finite: {summary.run_dir} (below)")
+                continue
             best = (
                 "no best checkpoint yet"
                 if summary.best_metric is None
@@ -157,6 +160,14 @@ def train(
             )
             click.echo(summary.progress())
             click.echo(f"trained to step {summary.step}; {best}; checkpoints in {summary.run_dir}")
+    diverged = [summary for summary in summaries if summary.diverged]
+    if diverged:
+        how = (
+            f"{len(diverged)} of {len(summaries)} runs stopped early, the others trained to the end"
+            if len(diverged) < len(summaries)
+            else "every run stopped early"
+        )
+        raise UserError(f"{how}: " + "; ".join(f"{summary.run_dir}: {summary.diverged}" for summary in diverged))
 
 
 def _default_preset(device: str) -> str:

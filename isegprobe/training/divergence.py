@@ -16,6 +16,10 @@ from torch import Tensor, nn
 from isegprobe.errors import UserError
 
 
+class Diverged(UserError):
+    """A run's loss or weights are no longer finite: that run stops, its checkpoints as they were."""
+
+
 class DivergenceWatch:
     """Remembers the first step whose loss was not finite; `check` stops the run once there is one."""
 
@@ -40,7 +44,7 @@ class DivergenceWatch:
             if saved_step is not None
             else f"no checkpoint was written to {run_dir}"
         )
-        raise UserError(
+        raise Diverged(
             f"the training loss became NaN or infinite {when} (optim.lr {lr:g}); the run stopped without saving "
             f"these weights: {kept}. A lower optim.lr, or a store checked with `isegprobe cache verify`, may help"
         )

@@ -8,6 +8,7 @@ checkpoints and logs. Each run's numbers are those it gets alone with the same c
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,7 +25,7 @@ from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.locks import exclusive_lock
 from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint, save_checkpoint
-from isegprobe.training.divergence import DivergenceWatch
+from isegprobe.training.divergence import Diverged, DivergenceWatch
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.run_setup import RunSetUp, set_up_run
 from isegprobe.training.run_state import RunningMeans, TrainSummary
@@ -156,6 +157,7 @@ class _Run:
         self.saved_step = setup.state.step if resume else None
         self.first_logged: dict[str, float] | None = None
         self.last_logged: dict[str, float] | None = None
+        self.diverged: str | None = None
 
     def step(self, batch: Mapping[str, Any], prepared: dict[tuple[Any, ...], DeviceBatch]) -> None:
         """This probe's optimizer step on `batch`, and the running sums it feeds. `prepared` holds the batch as
@@ -215,6 +217,7 @@ class _Run:
             first_logged=self.first_logged,
             last_logged=self.last_logged,
             stopped_by=stopped_by,
+            diverged=self.diverged,
         )
 
     def _save(self, name: str) -> None:
@@ -243,8 +246,10 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
     """Steps from the runs' earliest step to the end of the schedule, or to the step after which a signal asked to
     stop. One loader gives every batch (the runs checked beforehand that theirs would give the same). A resumed run
     that stands further on (a kill between two runs' checkpoints) waits, batch after batch, for the others to
-    reach its step, and then takes the batch it would have taken."""
-    lead = min((run.setup for run in runs), key=lambda setup: setup.state.step)
+    reach its step, and then takes the batch it would have taken. A run beside others whose loss stops being finite
+    stops alone (`Diverged`, said as it happens and in its summary): the others' numbers do not depend on it."""
+    active = list(runs)
+    lead = _lead(active)
     schedule, loader, shuffle = lead.schedule, lead.loader, lead.loader.sampler
     config = runs[0].config
     bar = tqdm(
@@ -257,20 +262,31 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
     stopping = False
     with StopRequests() as stop:
         try:
-            while lead.state.step < schedule.total_steps and not stopping:
+            while active and lead.state.step < schedule.total_steps and not stopping:
                 epoch = schedule.epoch_of(lead.state.step)
                 shuffle.start(epoch, (lead.state.step - epoch * schedule.steps_per_epoch) * config.data.batch_size)
                 for batch in loader:
                     prepared: dict[tuple[Any, ...], DeviceBatch] = {}
-                    stepping = [run for run in runs if run.setup.state.step == lead.state.step]
+                    stepping = [run for run in active if run.setup.state.step == lead.state.step]
                     for run in stepping:
                         run.step(batch, prepared)
                     bar.update(1)
                     # Every rank asks at every step but the last, so that all of them agree on the same step.
                     stopping = lead.state.step < schedule.total_steps and stop.agreed(device)
-                    logged = [run for run in stepping if run.after_step(batch, stopping)]
+                    logged = []
+                    for run in stepping:
+                        try:
+                            if run.after_step(batch, stopping):
+                                logged.append(run)
+                        except Diverged as error:
+                            if len(runs) == 1:
+                                raise
+                            _stop_alone(run, error, active, rank)
                     if logged:
                         bar.set_postfix(_postfix(runs, logged))
+                    if not active:
+                        break
+                    lead = _lead(active)
                     if stopping or lead.state.step >= schedule.total_steps:
                         break
             for run in runs:
@@ -281,6 +297,19 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
                 run.logger.close()
     barrier()
     return [run.summary(stop.signal.name if stopping else None) for run in runs]
+
+
+def _lead(active: list[_Run]) -> RunSetUp:
+    """The setup of the run furthest behind, whose step the loop takes next."""
+    return min((run.setup for run in active), key=lambda setup: setup.state.step)
+
+
+def _stop_alone(run: _Run, error: Diverged, active: list[_Run], rank: int) -> None:
+    """Take a run that diverged beside others out of the loop, saying so at once; the others go on."""
+    run.diverged = str(error)
+    active.remove(run)
+    if rank == 0:
+        tqdm.write(f"{run.run_dir}: {error}" + ("; the other runs go on" if active else ""), file=sys.stderr)
 
 
 def _postfix(runs: list[_Run], logged: list[_Run]) -> dict[str, str]:

@@ -185,6 +185,7 @@ class TrainSummary:
     first_logged: dict[str, float] | None  # the first and last logged training means of this invocation
     last_logged: dict[str, float] | None
     stopped_by: str | None = None  # the signal (SIGINT, SIGTERM) that ended the run early, after saving `last`
+    diverged: str | None = None  # why a run trained beside others stopped early (`Diverged`), the others going on
 
     def progress(self) -> str:
         """How the logged training means moved, first to last; the IoU and the BCE show learning that the

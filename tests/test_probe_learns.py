@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from stores import builtin_store, random_vit_store
 from torch.utils.data import default_collate
@@ -22,6 +23,8 @@ from isegprobe.training.click_dataset import ClickTrainingSet
 from isegprobe.training.losses import masked_bce
 from isegprobe.training.run_setup import probe_dims
 from isegprobe.training.trainer import batch_iou
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def miou_after_three_clicks(probe, store, preprocessing) -> float:

@@ -18,6 +18,8 @@ from isegprobe.errors import UserError
 from isegprobe.training import train
 from isegprobe.training.run_loop import train_side_by_side
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SCHEDULE = ("schedule.epochs=3", "schedule.milestones=[1]")
 VARIANTS = {
     # FeatUp JBU trained with the probe: its dropout draws from torch's generators at every step. Set up first, so

@@ -35,10 +35,18 @@ class ErrorRegions:
 
     def iou(self) -> float:
         """The prediction's IoU, as `metrics.iou(gt, pred, ignore)` computes it (1.0 for an empty union)."""
-        union = self.object_area + np.count_nonzero(self.false_positive)
-        if union == 0:
-            return 1.0
-        return (self.object_area - np.count_nonzero(self.false_negative)) / union
+        return float(
+            iou_from_counts(
+                self.object_area, np.count_nonzero(self.false_negative), np.count_nonzero(self.false_positive)
+            )
+        )
+
+
+def iou_from_counts(object_area: np.ndarray, false_negatives: np.ndarray, false_positives: np.ndarray) -> np.ndarray:
+    """IoUs (float64) from the object's area and the prediction's error counts, all outside the ignore region:
+    (area - |fn|) / (area + |fp|), 1.0 where that union is empty. Arrays or numbers, broadcast."""
+    union = np.add(object_area, false_positives)
+    return np.where(union > 0, np.subtract(object_area, false_negatives) / np.maximum(union, 1), 1.0)
 
 
 class Clicker:

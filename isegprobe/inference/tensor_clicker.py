@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from isegprobe.inference.clicker import Click
+from isegprobe.inference.clicker import Click, iou_from_counts
 
 # Candidate rows whose exact depths are computed at once: this many int64 values (128 MiB), whatever the batch.
 _CANDIDATE_VALUES_AT_ONCE = 2**24
@@ -157,6 +157,4 @@ class TensorClicks:
         """float32 [objects, predictions observed]: each prediction's IoU, computed as `ErrorRegions.iou` computes
         it, from counts that cross to the host once."""
         counts = torch.stack(self._error_counts, 1).cpu().numpy()
-        areas = self.areas[:, None]
-        union = areas + counts[..., 1]
-        return np.where(union > 0, (areas - counts[..., 0]) / np.maximum(union, 1), 1.0).astype(np.float32)
+        return iou_from_counts(self.areas[:, None], counts[..., 0], counts[..., 1]).astype(np.float32)

@@ -40,6 +40,7 @@ def test_train_and_evaluate_log_to_an_offline_wandb_run(tmp_path: Path, monkeypa
     assert evaluated.returncode == 0, evaluated.stderr
     logged = offline_run_file(results)
     assert b"builtin/mIoU" in logged and b"builtin/NoC@85" in logged
+    assert not (results / "wandb_run_id").exists(), "an evaluation is not resumed into its W&B run"
 
 
 def test_probes_side_by_side_log_a_wandb_run_each_which_resume_continues(

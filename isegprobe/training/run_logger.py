@@ -48,7 +48,19 @@ class RunLogger:
             purge_step = resumed_at + 1 if resumed_at is not None else None
             self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if use_wandb:
-            self._wandb = start_wandb(run_dir, config, wandb_project, job_type="train", resume=resumed_at is not None)
+            self._wandb = self._start_wandb(config, wandb_project, resumed=resumed_at is not None)
+
+    def _start_wandb(self, config: dict[str, Any], project: str, resumed: bool) -> Any:
+        """The run's W&B run; its id is kept in `run_dir/wandb_run_id`, so that a resumed run continues that W&B run
+        rather than starting a second one of the same name (W&B keeps the first values of a step logged twice,
+        which a resumed run logs as the interrupted one did)."""
+        id_file = self.run_dir / WANDB_RUN_ID
+        kept_id = (id_file.read_text().strip() or None) if resumed and id_file.is_file() else None
+        run = start_wandb(self.run_dir, config, project, job_type="train", run_id=kept_id)
+        if kept_id is None:
+            with writing_to(id_file):
+                atomic_write_bytes(id_file, run.id.encode())
+        return run
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self._csv_file is not None:
@@ -101,33 +113,25 @@ def _open_csv(path: Path, resumed_at: int | None) -> TextIO:
     return path.open("a", newline="")
 
 
-def start_wandb(run_dir: Path, config: dict[str, Any], project: str, job_type: str, resume: bool = False) -> Any:
-    """A W&B run named after `run_dir` that keeps its files there (`.log`, `.summary`, `.finish`).
-    `WANDB_MODE=offline` works without a network: `wandb sync` uploads the run later.
+def start_wandb(run_dir: Path, config: dict[str, Any], project: str, job_type: str, run_id: str | None = None) -> Any:
+    """A W&B run named after `run_dir` that keeps its files there (`.log`, `.summary`, `.finish`); with `run_id`,
+    that W&B run continued. `WANDB_MODE=offline` works without a network: `wandb sync` uploads the run later.
 
     Each call makes a run of its own, open beside the others (`reinit="create_new"`): probes trained side by side log
     one run each. By default a second `wandb.init` in a process hands back the first run, which then got every
-    probe's scalars. The run's id is kept in `run_dir/wandb_run_id`; with `resume`, the run continues that W&B run
-    rather than starting a second one of the same name (W&B keeps the first values of a step logged twice, which a
-    resumed run logs as the interrupted one did)."""
+    probe's scalars."""
     wandb = _wandb()
     run_dir.mkdir(parents=True, exist_ok=True)
-    id_file = run_dir / WANDB_RUN_ID
-    continued = id_file.read_text().strip() if resume and id_file.is_file() else None
-    run = wandb.init(
+    return wandb.init(
         project=project,
         name=run_dir.name,
         dir=str(run_dir),
         config=config,
         job_type=job_type,
         reinit="create_new",
-        id=continued,
-        resume="allow" if continued else None,
+        id=run_id,
+        resume="allow" if run_id else None,
     )
-    if continued is None:
-        with writing_to(id_file):
-            atomic_write_bytes(id_file, run.id.encode())
-    return run
 
 
 def _wandb() -> Any:

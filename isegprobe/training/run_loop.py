@@ -248,8 +248,7 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
     that stands further on (a kill between two runs' checkpoints) waits, batch after batch, for the others to
     reach its step, and then takes the batch it would have taken. A run beside others whose loss stops being finite
     stops alone (`Diverged`, said as it happens and in its summary): the others' numbers do not depend on it."""
-    active = list(runs)
-    lead = _lead(active)
+    lead = _lead(runs)
     schedule, loader, shuffle = lead.schedule, lead.loader, lead.loader.sampler
     config = runs[0].config
     bar = tqdm(
@@ -262,12 +261,12 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
     stopping = False
     with StopRequests() as stop:
         try:
-            while active and lead.state.step < schedule.total_steps and not stopping:
+            while lead is not None and lead.state.step < schedule.total_steps and not stopping:
                 epoch = schedule.epoch_of(lead.state.step)
                 shuffle.start(epoch, (lead.state.step - epoch * schedule.steps_per_epoch) * config.data.batch_size)
                 for batch in loader:
                     prepared: dict[tuple[Any, ...], DeviceBatch] = {}
-                    stepping = [run for run in active if run.setup.state.step == lead.state.step]
+                    stepping = [run for run in _active(runs) if run.setup.state.step == lead.state.step]
                     for run in stepping:
                         run.step(batch, prepared)
                     bar.update(1)
@@ -281,13 +280,11 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
                         except Diverged as error:
                             if len(runs) == 1:
                                 raise
-                            _stop_alone(run, error, active, rank)
+                            _stop_alone(run, error, runs, rank)
                     if logged:
                         bar.set_postfix(_postfix(runs, logged))
-                    if not active:
-                        break
-                    lead = _lead(active)
-                    if stopping or lead.state.step >= schedule.total_steps:
+                    lead = _lead(runs)
+                    if lead is None or stopping or lead.state.step >= schedule.total_steps:
                         break
             for run in runs:
                 run.finish()
@@ -299,17 +296,22 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
     return [run.summary(stop.signal.name if stopping else None) for run in runs]
 
 
-def _lead(active: list[_Run]) -> RunSetUp:
-    """The setup of the run furthest behind, whose step the loop takes next."""
-    return min((run.setup for run in active), key=lambda setup: setup.state.step)
+def _active(runs: list[_Run]) -> list[_Run]:
+    """The runs still training: all but those that diverged."""
+    return [run for run in runs if run.diverged is None]
 
 
-def _stop_alone(run: _Run, error: Diverged, active: list[_Run], rank: int) -> None:
+def _lead(runs: list[_Run]) -> RunSetUp | None:
+    """The setup of the active run furthest behind, whose step the loop takes next; None when none is left."""
+    return min((run.setup for run in _active(runs)), key=lambda setup: setup.state.step, default=None)
+
+
+def _stop_alone(run: _Run, error: Diverged, runs: list[_Run], rank: int) -> None:
     """Take a run that diverged beside others out of the loop, saying so at once; the others go on."""
     run.diverged = str(error)
-    active.remove(run)
     if rank == 0:
-        tqdm.write(f"{run.run_dir}: {error}" + ("; the other runs go on" if active else ""), file=sys.stderr)
+        going_on = "; the other runs go on" if _active(runs) else ""
+        tqdm.write(f"{run.run_dir}: {error}{going_on}", file=sys.stderr)
 
 
 def _postfix(runs: list[_Run], logged: list[_Run]) -> dict[str, str]:

@@ -60,14 +60,15 @@ def write_sbd_mat(path: Path, segmentation: np.ndarray) -> None:
 
 def sbd_tree(root: Path) -> Path:
     """Two 48 x 64 images listed in val.txt: one with two objects, one (also in train.txt) with an object and two more
-    that RITM's training filters drop."""
+    that RITM's training filters concern: a "buggy" mask its loader drops, and an object under its minimum area,
+    which only its sampler leaves out."""
     height, width = 48, 64
     two = np.zeros((height, width), np.uint8)
     two[2:10, 2:10] = 1
     two[12:18, 4:20] = 2
     one_plus_filtered = np.zeros((height, width), np.uint8)
     one_plus_filtered[5:15, 5:15] = 1
-    one_plus_filtered[height - 1, 0] = 2  # a 1-pixel object: under RITM's min_object_area
+    one_plus_filtered[height - 1, 0] = 2  # a 1-pixel object: under RITM's min_object_area (80)
     rows = np.arange(45)  # a 2-pixel-thick diagonal: 90 pixels filling 4 % of its box, a "buggy" mask for RITM
     one_plus_filtered[rows, rows + 16] = 3
     one_plus_filtered[rows, rows + 17] = 3

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from dataset_trees import sbd_tree, use_dataset_config
 
 from cache_tools import verify_store
 from isegprobe.cache import CachedDataset, FeatureStore
@@ -22,6 +24,7 @@ from isegprobe.data.preprocess import make_view, normalize_images, orient, parse
 from isegprobe.devices import featurizer_autocast
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
+from isegprobe.training.store_checks import OldLabelsWarning, warn_when_labels_predate_crop_filters
 
 FEATURIZER = "vit_small_patch14_dinov2"
 
@@ -309,3 +312,25 @@ except OSError as error:
 """
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["True", str(store.path)], done.stderr
+
+
+def test_a_store_records_its_loader_options_and_is_not_mixed_with_other_ones(tmp_path, monkeypatch):
+    """RITM's SBD training filter shapes the labels a store holds: the store says which options made them, and
+    resuming it under other options is refused as another featurizer would be."""
+    root = sbd_tree(tmp_path / "SBD")
+    use_dataset_config(monkeypatch, tmp_path, options={"sbd": {"train": {"buggy_mask_threshold": 0.08}}})
+    sbd = request(tmp_path / "cache", dataset="sbd", root=str(root), split="train", views="identity")
+    path = extract(sbd).path
+    assert FeatureStore.open(path).attrs["dataset"]["options"] == {"buggy_mask_threshold": 0.08}
+    use_dataset_config(monkeypatch, tmp_path, options={"sbd": {"train": {"buggy_mask_threshold": 0.5}}})
+    with pytest.raises(UserError, match=r"dataset loader options: store has \{'buggy_mask_threshold': 0.08\}"):
+        extract(sbd)
+
+
+def test_training_on_an_sbd_store_whose_labels_lost_small_objects_says_so():
+    with pytest.warns(OldLabelsWarning, match="Extract it again"):
+        warn_when_labels_predate_crop_filters({"name": "sbd", "split": "train", "num_items": 8498})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_when_labels_predate_crop_filters({"name": "sbd", "split": "train", "options": {}})
+        warn_when_labels_predate_crop_filters({"name": "sbd", "split": "val", "num_items": 2857})

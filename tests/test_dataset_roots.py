@@ -90,13 +90,13 @@ def test_a_missing_or_malformed_user_file_is_named(home: Path, monkeypatch: pyte
         load_dataset_config()
 
 
-def test_shipped_options_apply_and_the_users_win_key_by_key(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert dataset_options("sbd", "train") == {"min_object_area": 80, "buggy_mask_threshold": 0.08}
+def test_shipped_options_apply_and_the_users_win(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert dataset_options("sbd", "train") == {"buggy_mask_threshold": 0.08}
     assert dataset_options("sbd", "val") == {}
     assert options_source("sbd", "train").endswith("datasets.yaml")
-    mine = write_yaml(home / "mine.yaml", {"roots": {}, "options": {"SBD": {"train": {"min_object_area": 10}}}})
+    mine = write_yaml(home / "mine.yaml", {"roots": {}, "options": {"SBD": {"train": {"buggy_mask_threshold": 0.1}}}})
     monkeypatch.setenv(CONFIG_ENV, str(mine))
-    assert dataset_options("sbd", "train") == {"min_object_area": 10, "buggy_mask_threshold": 0.08}
+    assert dataset_options("sbd", "train") == {"buggy_mask_threshold": 0.1}
     assert options_source("sbd", "train") == str(mine)
     assert options_source("lvis", "train") != str(mine)
 

@@ -159,6 +159,20 @@ def test_head_width_adds_a_1x1_reduction() -> None:
     assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in full.parameters())
 
 
+@pytest.mark.parametrize("width", [None, 64])
+def test_head_convs_start_as_the_research_heads_conv_modules(width: int | None) -> None:
+    """mmcv's ConvModule, which iSegProbe's ConvSegHead is made of, re-initialises its conv with He normal over the
+    fan-out (3 * 3 * C) and zero bias; PyTorch's default would give a third of that spread and nonzero biases."""
+    torch.manual_seed(0)
+    head = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", width), 384, PATCH).head
+    channels = 384 if width is None else width
+    expected = math.sqrt(2.0 / (channels * 9))
+    for conv in (head.body[0], head.body[2]):
+        assert torch.count_nonzero(conv.bias) == 0
+        assert abs(conv.weight.std().item() / expected - 1) < 0.05
+        assert abs(conv.weight.mean().item()) < 0.05 * expected
+
+
 @pytest.mark.parametrize("upsampler", ["nearest", "bilinear", "bicubic", "identity"])
 def test_reducing_before_a_channelwise_upsampler_computes_the_seed_order(upsampler: str) -> None:
     features, image, clicks, prev_mask = inputs()

@@ -31,6 +31,7 @@ from isegprobe.cache.pixel_views import PixelSource
 from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
 from isegprobe.cache.store import FeatureStore
 from isegprobe.data import SampleSource, create_dataset, resolve_root
+from isegprobe.data.base import loader_options
 from isegprobe.data.preprocess import (
     View,
     ViewSpec,
@@ -386,6 +387,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         "split": request.split,
         "root": str(root.resolve()) if root else None,
         "num_items": len(source),
+        "options": loader_options(request.dataset, request.split),
     }
     wanted = build_attrs(
         featurizer.provenance,

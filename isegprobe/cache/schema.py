@@ -155,6 +155,12 @@ def mismatches(existing: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
             problems.append(
                 f"dataset {key}: store has {existing['dataset'][key]!r}, this run has {wanted['dataset'][key]!r}"
             )
+    # Stores written before the loader's options were recorded do not say them; their other attrs still must match.
+    if "options" in existing["dataset"] and existing["dataset"]["options"] != wanted["dataset"]["options"]:
+        problems.append(
+            f"dataset loader options: store has {existing['dataset']['options']!r}, this run has "
+            f"{wanted['dataset']['options']!r}"
+        )
     if existing["item_ids"] != wanted["item_ids"]:
         problems.append(
             f"items: store has {len(existing['item_ids'])} items, the dataset now has {len(wanted['item_ids'])} "

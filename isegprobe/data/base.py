@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -153,11 +154,18 @@ def require_same_size(
         )
 
 
+def loader_options(name: str, split: str) -> dict[str, Any]:
+    """The keywords the loader of `name`'s `split` (an alias or per-instance name included) is made with: they
+    shape the labels a store holds, so extraction records them."""
+    base_split, _ = parse_split(split)
+    return dataset_options(name, dataset_facts(name).resolve_split(base_split))
+
+
 def build_source(name: str, root: Path | None, split: str, loader: Callable[..., DatasetBase]) -> SampleSource:
     """The registry factory every family uses: root from --root or the config, split aliases, configured options."""
     base_split, per_instance = parse_split(split)
     base_split = dataset_facts(name).resolve_split(base_split)
-    options = dataset_options(name, base_split)
+    options = loader_options(name, split)
     accepted = set(inspect.signature(loader).parameters) - {"root", "split"}
     unknown = sorted(set(options) - accepted)
     if unknown:

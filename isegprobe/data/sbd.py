@@ -5,10 +5,11 @@ Layout (`benchmark_RELEASE/dataset` of the official archive): `img/<name>.jpg`, 
 Split `val` yields the 2857 images with all their instances; `val-instances` the 6671 one-object samples RITM's
 SBDEvaluationDataset evaluates. SBD instances never overlap, so both give the same masks.
 
-RITM's training filters are keywords (set them in configs/datasets.yaml): `min_object_area` drops objects with fewer
-pixels, `buggy_mask_threshold` drops objects covering less than that share of their bounding box (RITM: 0.08).
-Both apply at the image's own resolution; RITM's `keep_background_prob` acts on its random crops, so it belongs to
-training, not to the loader.
+RITM's loader filter is a keyword (set in configs/datasets.yaml): `buggy_mask_threshold` drops objects covering less
+than that share of their bounding box (RITM: 0.08), at the image's own resolution. RITM's other training filters act
+on its random crops, so they belong to training, not to the loader: `min_object_area` (80 pixels) makes a smaller
+object of a crop no target while its pixels stay labelled (an "other" region for the negative clicks, not
+background), which is `sampler.min_object_area`; `keep_background_prob` is `data.keep_background_prob`.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _box_fill_ratio(mask: np.ndarray) -> float:
 
 
 class SBDDataset(NameListDataset):
-    def __init__(self, root: Path, split: str, min_object_area: int = 0, buggy_mask_threshold: float = 0.0) -> None:
+    def __init__(self, root: Path, split: str, buggy_mask_threshold: float = 0.0) -> None:
         self.name, self.split, self.root = "sbd", split, str(root)
         self.image_dir, self.inst_dir = root / "img", root / "inst"
         list_file = root / f"{split}.txt"
@@ -57,18 +58,17 @@ class SBDDataset(NameListDataset):
                     f"--root {root}: expected SBD's img/, inst/ and {split}.txt inside; {needed.name} not found"
                 )
         super().__init__(list_file)
-        self.min_object_area = min_object_area
         self.buggy_mask_threshold = buggy_mask_threshold
 
     def _labels(self, name: str) -> np.ndarray:
-        """The item's instance map, RITM's filters applied. With both filters off (SBD val, which evaluation reads,
-        and any split configured without them) no object can be dropped, so none is looked at: that was 1 ms of a
-        loader worker's time per image."""
+        """The item's instance map, RITM's filter applied. With the filter off (SBD val, which evaluation reads, and
+        any split configured without it) no object can be dropped, so none is looked at: that was 1 ms of a loader
+        worker's time per image."""
         labels = read_sbd_instances(self.inst_dir / f"{name}.mat")
-        if self.min_object_area > 0 or self.buggy_mask_threshold > 0:
+        if self.buggy_mask_threshold > 0:
             for instance in np.flatnonzero(ids_present(labels)[1:]) + 1:
                 mask = labels == instance
-                if np.count_nonzero(mask) < self.min_object_area or _box_fill_ratio(mask) < self.buggy_mask_threshold:
+                if _box_fill_ratio(mask) < self.buggy_mask_threshold:
                     labels[mask] = 0
         return compact_labels(labels)
 

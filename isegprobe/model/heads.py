@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 
 class SegmentationHead(nn.Module):
-    """iSegProbe's head: two 3x3 conv + ReLU at the feature dim, then a 1x1 conv to one logit.
+    """iSegProbe's head (its `ConvSegHead`): two 3x3 conv + ReLU at the feature dim, then a 1x1 conv to one logit.
 
     At full resolution those C -> C convs dominate a cached step (benchmarks/train_throughput.py times each part of
     one), so `width` optionally reduces C with a 1x1 conv first and runs the 3x3 convs at that width.
@@ -17,9 +17,9 @@ class SegmentationHead(nn.Module):
         inner = dim if width is None else width
         self.reduce = nn.Identity() if width is None else nn.Conv2d(dim, width, kernel_size=1)
         self.body = nn.Sequential(
-            nn.Conv2d(inner, inner, kernel_size=3, padding=1),
+            _conv_before_relu(inner),
             nn.ReLU(inplace=True),
-            nn.Conv2d(inner, inner, kernel_size=3, padding=1),
+            _conv_before_relu(inner),
             nn.ReLU(inplace=True),
         )
         self.logit = nn.Conv2d(inner, 1, kernel_size=1)
@@ -30,3 +30,13 @@ class SegmentationHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.decode(self.reduce(features))
+
+
+def _conv_before_relu(channels: int) -> nn.Conv2d:
+    """A 3x3 conv initialised as the research head's mmcv `ConvModule` initialises its conv (`kaiming_init`: He
+    normal over the fan-out, for a ReLU, and zero bias), not with PyTorch's default: a probe trained from scratch
+    then starts where the research code's does (activations about 6x larger than under the default at C = 384)."""
+    conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+    return conv

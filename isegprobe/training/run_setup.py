@@ -22,7 +22,7 @@ from isegprobe.training.checkpoint import checkpoint_files, restore_training_sta
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
 from isegprobe.training.run_state import RunDescription, RunProgress
 from isegprobe.training.schedule import StepSchedule
-from isegprobe.training.store_checks import check_store_fits
+from isegprobe.training.store_checks import check_store_fits, warn_when_labels_predate_crop_filters
 from isegprobe.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def set_up_run(
     store = getattr(dataset, "store", None)  # a CachedDataset's; other datasets know no split
     if store is not None and rank == 0:
         warn_when_training_on_a_test_split(store.attrs["dataset"])
+        warn_when_labels_predate_crop_filters(store.attrs["dataset"])
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
     online = runs_featurizer_online(config.model, online)

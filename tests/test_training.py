@@ -389,9 +389,19 @@ def test_an_epoch_shows_every_item_once_in_a_view_drawn_for_that_epoch() -> None
 
 def test_the_learning_rate_follows_the_epoch_milestones() -> None:
     schedule = StepSchedule.from_config(TrainConfig().schedule, 5e-5, num_items=20, batch_size=8)
-    assert (schedule.steps_per_epoch, schedule.total_steps) == (3, 60)
-    assert schedule.lr_at(16 * 3 + 2) == pytest.approx(5e-5)
-    assert schedule.lr_at(17 * 3) == pytest.approx(5e-6)
+    assert (schedule.steps_per_epoch, schedule.total_steps) == (2, 40)
+    assert schedule.lr_at(16 * 2 + 1) == pytest.approx(5e-5)
+    assert schedule.lr_at(17 * 2) == pytest.approx(5e-6)
+
+
+def test_an_epoch_is_its_full_batches_as_ritms_loader_drops_the_last() -> None:
+    """The research code's DataLoader has drop_last=True: SBD train's 8498 images in batches of 8 are 1062 steps an
+    epoch, and the rate drops after 17 of them."""
+    sbd = StepSchedule.from_config(TrainConfig().schedule, 5e-5, num_items=8498, batch_size=8)
+    assert (sbd.steps_per_epoch, sbd.total_steps) == (1062, 21240)
+    assert (sbd.lr_at(18053), sbd.lr_at(18054)) == (pytest.approx(5e-5), pytest.approx(5e-6))
+    small = StepSchedule.from_config(TrainConfig().schedule, 5e-5, num_items=5, batch_size=8)
+    assert small.steps_per_epoch == 1, "images that do not fill a batch are one batch an epoch"
 
 
 def probe_metadata(probe: ISProbe, config: TrainConfig, step: int) -> dict:

@@ -52,3 +52,13 @@ def test_training_with_loader_workers_is_training_without(store: Path, tmp_path:
     assert all(torch.equal(without[key], with_workers[key]) for key in without)
     rows = [(tmp_path / name / "scalars.csv").read_text() for name in ("0", "2")]
     assert rows[0] == rows[1]
+
+
+@pytest.mark.parametrize(("batch_size", "batches"), [(8, [8, 8, 8]), (7, [7, 7, 7]), (32, [24])])
+def test_an_epoch_gives_its_full_batches_only(store: Path, batch_size: int, batches: list[int]) -> None:
+    """RITM's training loader drops an epoch's last, partial batch; a store smaller than a batch is one batch."""
+    config = load_train_config("quickstart", [f"data.batch_size={batch_size}", "data.size=56"])
+    data = CachedDataset(store)
+    loader = training_loader(data, config, torch.device("cpu"), online=False)
+    assert len(loader.dataset) == 24
+    assert [len(batch["item"]) for batch in loader] == batches

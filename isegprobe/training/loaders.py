@@ -17,6 +17,7 @@ from isegprobe.loader_workers import default_loader_workers, ends_with_this_proc
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
 from isegprobe.training.points_sampler import MultiPointSampler
 from isegprobe.training.sample_weights import draw_probabilities, read_sample_scores
+from isegprobe.training.schedule import drops_last_batch
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def training_loader(
         item_ids = [dataset.item_ids[item] for item in dataset.items]
         probabilities = draw_probabilities(item_ids, scores, config.data.sample_weights_gamma)
     order = EpochShuffleSampler(len(items), seed=config.seed, rank=rank, world=world, probabilities=probabilities)
-    return _loader(items, config, device, order, config.data.batch_size // world, dataset)
+    drop_last = drops_last_batch(len(items), config.data.batch_size)
+    return _loader(items, config, device, order, config.data.batch_size // world, dataset, drop_last)
 
 
 def validation_loader(dataset: Dataset, config: TrainConfig, device: torch.device, online: bool) -> DataLoader:
@@ -60,7 +62,7 @@ def validation_loader(dataset: Dataset, config: TrainConfig, device: torch.devic
         draw_on_device=draws_on_device(config, device),
     )
     order = EpochShuffleSampler(len(dataset), seed=config.seed, shuffle=False)
-    return _loader(items, config, device, order, config.data.batch_size, dataset)
+    return _loader(items, config, device, order, config.data.batch_size, dataset, drop_last=False)
 
 
 def draws_on_device(config: TrainConfig, device: torch.device) -> bool:
@@ -127,10 +129,12 @@ def _loader(
     sampler: EpochShuffleSampler,
     batch_size: int,
     dataset: Dataset,
+    drop_last: bool,
 ) -> DataLoader:
     """Workers are spawned, not forked: tensorstore (the cache reader) and CUDA both break in a forked child once
     the parent has used them. They persist across epochs, so the start-up cost is paid once, and they end with
-    the training process, however it ends. Batches from the host are pinned for the copy to a GPU."""
+    the training process, however it ends. Batches from the host are pinned for the copy to a GPU. `drop_last`:
+    training's epochs are their full batches (`StepSchedule`); validation reads every entry."""
     workers = loader_workers(config, device, dataset)
     pinned = _on_host(dataset)
     return DataLoader(
@@ -142,5 +146,5 @@ def _loader(
         persistent_workers=workers > 0,
         multiprocessing_context="spawn" if workers > 0 else None,
         worker_init_fn=ends_with_this_process(),
-        drop_last=False,
+        drop_last=drop_last,
     )

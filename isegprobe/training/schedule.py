@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass
 
 from isegprobe.config import ScheduleConfig
@@ -21,7 +20,9 @@ class StepSchedule:
 
     @classmethod
     def from_config(cls, config: ScheduleConfig, base_lr: float, num_items: int, batch_size: int) -> StepSchedule:
-        steps_per_epoch = max(1, math.ceil(num_items / batch_size))
+        """An epoch is its full batches: RITM's loader drops the last, partial one (SBD train: 1062 steps of 8, not
+        1063), unless the images do not fill one batch, when the epoch is that one batch (`drops_last_batch`)."""
+        steps_per_epoch = max(1, num_items // batch_size)
         total_steps = config.epochs * steps_per_epoch
         if config.max_iters is not None:
             total_steps = min(total_steps, config.max_iters)
@@ -32,3 +33,8 @@ class StepSchedule:
 
     def lr_at(self, step: int) -> float:
         return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, self.epoch_of(step))
+
+
+def drops_last_batch(num_items: int, batch_size: int) -> bool:
+    """Whether an epoch leaves out its last, partial batch, as `StepSchedule` counts its steps."""
+    return num_items >= batch_size

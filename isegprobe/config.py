@@ -183,7 +183,7 @@ class DataConfig:
     normalization: str | None = None
     sample_weights: str | None = None
     sample_weights_gamma: float = number(1.25, NON_NEGATIVE)
-    keep_background_prob: float = number(1.0, PROBABILITY)
+    keep_background_prob: float = number(0.01, PROBABILITY)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     preload: bool | str = "auto"
     click_sampling: str = "auto"

@@ -23,7 +23,8 @@ def test_defaults_are_the_isegprobe_sbd_recipe() -> None:
     config = TrainConfig()
     assert (config.optim.lr, config.optim.betas, config.optim.eps) == (5e-5, [0.9, 0.999], 1e-8)
     assert (config.schedule.epochs, config.schedule.milestones, config.schedule.gamma) == (20, [17, 20], 0.1)
-    assert (config.data.batch_size, config.data.size) == (8, 224)
+    assert (config.data.batch_size, config.data.size, config.data.keep_background_prob) == (8, 224, 0.01)
+    assert config.sampler.min_object_area == 80, "RITM's min_object_area, on each crop"
     assert (config.loss.alpha, config.loss.gamma) == (0.5, 2.0)
     assert (config.sampler.max_points, config.sampler.prob_gamma, config.sampler.merge_objects_prob) == (24, 0.8, 0.15)
     assert config.clicks.max_num_next_clicks == 3

@@ -542,8 +542,10 @@ def test_a_training_config_takes_jafar_and_its_authors_file_by_name(tmp_path: Pa
 
 @pytest.mark.parametrize("follow", [False, True])
 def test_a_frozen_upsampler_follows_the_probes_train_mode_only_when_asked(follow: bool, tmp_path: Path) -> None:
-    """With `train_mode_when_frozen` (the research presets) a frozen LiFT trains on batch statistics, as the research
-    code's `net.train()` runs it, and still evaluates, and is saved, with its authors' running statistics."""
+    """With `train_mode_when_frozen` (the research presets) a frozen LiFT trains on batch statistics and moves its
+    running statistics, as the research code's `net.train()` runs it, so that the eval-mode passes of the iterative
+    clicks use the moved ones, as the research code's do; the authors' are saved beside them, and a probe loaded for
+    evaluation uses those, as the research code reloads the authors' file."""
     path, source = write_authors_file("lift", "lift.pth", "bare", tmp_path)
     config = load_train_config(
         "fast_cpu",
@@ -555,16 +557,46 @@ def test_a_frozen_upsampler_follows_the_probes_train_mode_only_when_asked(follow
     )
     probe = ISProbe(config.model, DIM, 8).train()
     features, image = inputs()
+    research = copy.deepcopy(source).train()
     with torch.no_grad():
         in_training = probe.upsampler(features, image)
-        by_running_stats = source.eval()(features, image)
-        by_batch_stats = copy.deepcopy(source).train()(features, image)
+        by_authors_stats = source.eval()(features, image)
+        by_batch_stats = research(features, image)
+        by_moved_stats = research.eval()(features, image)
     assert probe.upsampler.training is follow
-    torch.testing.assert_close(in_training, by_batch_stats if follow else by_running_stats)
+    torch.testing.assert_close(in_training, by_batch_stats if follow else by_authors_stats)
     assert not any(parameter.requires_grad for parameter in probe.upsampler.parameters())
-    saved = {key: value for key, value in probe.state_dict().items() if key.startswith("upsampler.")}
-    authors = source.state_dict()
-    assert all(torch.equal(value, authors[key.removeprefix("upsampler.")]) for key, value in saved.items())
     probe.eval()
     with torch.no_grad():
-        torch.testing.assert_close(probe.upsampler(features, image), by_running_stats)
+        torch.testing.assert_close(probe.upsampler(features, image), by_moved_stats if follow else by_authors_stats)
+    authors = source.state_dict()
+    saved = {key.removeprefix("upsampler."): value for key, value in probe.state_dict().items()}
+    moved = research.state_dict()
+    for key, value in authors.items():
+        assert torch.equal(saved[key], moved[key] if follow else value), key
+        if follow and key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            where, statistic = key.rsplit(".", 1)
+            assert torch.equal(saved[f"{where}.authors_{statistic}"], value), key
+    key = "image_convs_1.1.running_mean"
+    assert not torch.equal(moved[key], authors[key]), "a training-mode pass moves the running statistics"
+
+
+def test_a_probe_saved_before_the_authors_statistics_were_kept_loads_with_its_running_ones_as_theirs(
+    tmp_path: Path,
+) -> None:
+    """Such a probe's training did not move its statistics, so its running ones are the authors'."""
+    path, source = write_authors_file("lift", "lift.pth", "bare", tmp_path)
+    overrides = ["model.upsampler.name=lift", f"model.upsampler.weights={path}"]
+    config = load_train_config("fast_cpu", [*overrides, "model.upsampler.train_mode_when_frozen=true"])
+    older = {key: value for key, value in ISProbe(config.model, DIM, 8).state_dict().items() if ".authors_" not in key}
+    probe = ISProbe(config.model, DIM, 8)
+    for module in probe.upsampler.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.authors_running_mean.fill_(7.0)
+    probe.load_state_dict(older)
+    probe.upsampler.use_authors_statistics()
+    assert all(
+        torch.equal(value, source.state_dict()[key])
+        for key, value in probe.upsampler.state_dict().items()
+        if ".authors_" not in key
+    )

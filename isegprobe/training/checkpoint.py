@@ -26,6 +26,7 @@ from torch import nn
 from isegprobe.config import TrainConfig, train_config_from_dict
 from isegprobe.errors import UserError, writing_to
 from isegprobe.model import ISProbe
+from isegprobe.upsamplers.learned import LearnedUpsampler
 
 FORMAT = "isegprobe.probe"
 FORMAT_VERSION = 1
@@ -248,7 +249,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> tuple[Path, Pa
 def load_probe(
     path: str | Path, featurizer: nn.Module | None = None, device: str | torch.device = "cpu"
 ) -> tuple[ISProbe, dict[str, Any]]:
-    """Rebuild a trained probe (in eval mode) and return it with its checkpoint metadata.
+    """Rebuild a trained probe (in eval mode, a frozen upsampler with its authors' running statistics) and return it
+    with its checkpoint metadata.
 
     Early-fusion probes need their frozen featurizer: pass it here or attach it later.
     """
@@ -260,6 +262,8 @@ def load_probe(
     )
     probe = ISProbe(model_config, **metadata["model"])
     probe.load_state_dict(weights)
+    if isinstance(probe.upsampler, LearnedUpsampler):
+        probe.upsampler.use_authors_statistics()
     if featurizer is not None:
         probe.attach_featurizer(featurizer)
     return probe.to(device).eval(), metadata

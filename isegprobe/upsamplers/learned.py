@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -20,7 +20,7 @@ class LearnedUpsampler(Upsampler):
     a probe calls `.train()`: its BatchNorm keeps the authors' running statistics and its dropout stays off. Unless
     `follow_train_mode()` was called: then it switches with the probe, as the iSegProbe research code's
     `net.train()` switches its frozen upsamplers (BatchNorm on batch statistics, dropout on, LoftUp's min-max over
-    the batch), while the running statistics stay the authors' for evaluation, where the research code reloads them.
+    the batch).
     """
 
     trainable = True
@@ -32,16 +32,49 @@ class LearnedUpsampler(Upsampler):
         return super().train(mode and (learns or self.follows_train_mode))
 
     def follow_train_mode(self) -> None:
-        """Switch to training mode with the probe even when frozen, without updating BatchNorm running statistics."""
+        """Switch to training mode with the probe even when frozen, as the research code's `net.train()` does.
+
+        Its BatchNorm then normalizes by batch statistics and moves its running statistics towards them, and the
+        eval-mode passes of the iterative clicks use those moved statistics, as the research code's do. Evaluation
+        uses the authors' (the research code reloads their file, since it saves no upsampler): they are kept beside
+        the moving ones (`authors_running_mean`, ... of each BatchNorm, saved with the probe) for
+        `use_authors_statistics`. A probe saved before they were kept never moved its statistics, so its running
+        ones are the authors'.
+        """
         self.follows_train_mode = True
-        for module in self.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                # Batch statistics in training mode, untouched running statistics (used in eval mode).
-                module.track_running_stats = False
+        for module in self._batch_norms():
+            for name in _STATISTICS:
+                module.register_buffer(f"authors_{name}", getattr(module, name).clone())
+        self.register_load_state_dict_pre_hook(_authors_statistics_of_older_probes)
+
+    def use_authors_statistics(self) -> None:
+        """Put the authors' running statistics back into every BatchNorm, for evaluation."""
+        for module in self._batch_norms():
+            if hasattr(module, "authors_running_mean"):
+                for name in _STATISTICS:
+                    getattr(module, name).copy_(getattr(module, f"authors_{name}"))
+
+    def _batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        return [module for module in self.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
 
     def load_checkpoint(self, path: Path) -> None:
         """Load the checkpoint file the method's authors publish, strictly."""
         raise NotImplementedError
+
+
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _authors_statistics_of_older_probes(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """A state dict saved before the authors' statistics were kept beside the running ones: they are its running
+    ones, which training did not move then."""
+    for name, child in module.named_modules():
+        if not hasattr(child, "authors_running_mean"):
+            continue
+        where = f"{prefix}{name}." if name else prefix
+        for statistic in _STATISTICS:
+            if f"{where}authors_{statistic}" not in state_dict and f"{where}{statistic}" in state_dict:
+                state_dict[f"{where}authors_{statistic}"] = state_dict[f"{where}{statistic}"]
 
 
 def with_weights(upsampler: LearnedT, weights: str | None) -> LearnedT:

@@ -117,6 +117,10 @@ class ModelConfig:
     # patch); true aligns the corner pixels, the iSegProbe research code's geometry, which the presets of its models
     # and the probes imported from it keep so that their numbers compare with its own.
     align_corners: bool = False
+    # The probe's training arithmetic on CUDA: false is float32, as the research code trains (and as the CPU always
+    # runs); true runs the probe's forward, an early-fusion featurizer's included, under bf16 autocast, faster on a
+    # GPU but another rounding at every layer. Evaluation has its own rule (`evaluate --protocol`).
+    mixed_precision: bool = False
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Berkeley, DAVIS, COCO_MVal and custom folders: images and masks matched by stem."""
 
+import cv2
 import numpy as np
 import pytest
 from dataset_trees import box, use_dataset_config, write_image, write_mask
@@ -103,3 +104,40 @@ def test_missing_root_names_the_config_entry(tmp_path, monkeypatch):
     config = use_dataset_config(monkeypatch, tmp_path, roots={"berkeley": None})
     with pytest.raises(UserError, match=rf"roots\.berkeley in {config}"):
         create_dataset("berkeley", None)
+
+
+def soft_edged_square() -> np.ndarray:
+    """A square of 255 whose rows carry the values a soft or palette mask holds: 1, 50, 128, 200."""
+    mask = box(H, W, 2, 2, 10, 10)
+    for row, value in zip((2, 3, 4, 5), (1, 50, 128, 200), strict=True):
+        mask[row, 2:10] = value
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("family", "images", "masks"), [("grabcut", "data_GT", "boundary_GT"), ("berkeley", "images", "masks")]
+)
+def test_grabcut_and_berkeley_read_a_mask_as_ritms_grabcut_loader(tmp_path, family, images, masks):
+    """RITM ignores 128, relabels the values above 128 to 1 and takes 1 for the object: so an original 1 is object,
+    the other values under 128 background."""
+    root = tmp_path / family
+    write_image(root / images / "1001.jpg", H, W)
+    write_mask(root / masks / "1001.png", soft_edged_square())
+    sample = create_dataset(family, root)[0]
+    rows = [(bool(sample.labels[row, 5]), bool(sample.ignore[row, 5])) for row in (2, 3, 4, 5, 6)]
+    assert rows == [(True, False), (False, False), (False, True), (True, False), (True, False)]
+
+
+@pytest.mark.parametrize("family", ["davis", "coco_mval"])
+def test_davis_and_coco_mval_read_a_mask_as_ritms_davis_loader(tmp_path, family):
+    """Any value above 0 in any colour channel, as cv2.imread gives the colour channels: an alpha channel is not
+    one of them."""
+    root = tmp_path / family
+    write_image(root / "img" / "bear.jpg", H, W)
+    with_alpha = np.zeros((H, W, 4), np.uint8)
+    with_alpha[..., :3] = soft_edged_square()[..., None]
+    with_alpha[..., 3] = 255  # opaque everywhere, object or not
+    (root / "gt").mkdir(parents=True)
+    assert cv2.imwrite(str(root / "gt" / "bear.png"), with_alpha)
+    sample = create_dataset(family, root)[0]
+    assert np.array_equal(sample.labels > 0, soft_edged_square() > 0) and not sample.ignore.any()

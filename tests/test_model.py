@@ -345,3 +345,12 @@ def test_a_click_just_outside_the_image_stamps_the_part_of_its_disk_inside():
     assert maps[0, 0].sum() == 0
     # rows 0..2 of a radius-5 disk centred 3 px above the image: dy = 3, 4, 5 -> half-widths 4, 3, 0
     assert maps[0, 1].sum() == (2 * 4 + 1) + (2 * 3 + 1) + 1
+
+
+def test_the_probe_trains_in_float32_unless_the_config_asks_for_bf16() -> None:
+    """The research code trains in float32; `model.mixed_precision` is the faster choice on a GPU."""
+    default = ISProbe(model_config(ClickEncoderConfig(), "after_backbone", 8), DIM, PATCH)
+    mixed = ISProbe(
+        dataclasses.replace(model_config(ClickEncoderConfig(), "after_backbone", 8), mixed_precision=True), DIM, PATCH
+    )
+    assert (default.mixed_precision, mixed.mixed_precision) == (False, True)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from isegprobe.data.base import build_source
-from isegprobe.data.folder_pairs import MaskFolderDataset, any_channel_mask
+from isegprobe.data.folder_pairs import MaskFolderDataset, ritm_davis_mask
 from isegprobe.data.registry import SampleSource, register_dataset
 
 
 def coco_mval_dataset(root: Path, split: str) -> MaskFolderDataset:
-    return MaskFolderDataset("coco_mval", root, split, "img", "gt", any_channel_mask, numbered_masks=False)
+    return MaskFolderDataset("coco_mval", root, split, "img", "gt", ritm_davis_mask, numbered_masks=False)
 
 
 @register_dataset("coco_mval")

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from isegprobe.data.base import DatasetBase, build_source
 from isegprobe.data.coco_format import AnnotatedImagesDataset
-from isegprobe.data.folder_pairs import MaskFolderDataset, ritm_binary_mask
+from isegprobe.data.folder_pairs import MaskFolderDataset, banded_mask
 from isegprobe.data.registry import SampleSource, register_dataset
 
 
 def custom_dataset(root: Path, split: str) -> DatasetBase:
     if root.is_file():
         return AnnotatedImagesDataset("custom", root, split, root, [root.parent, root.parent / "images"])
-    return MaskFolderDataset("custom", root, split, "images", "masks", ritm_binary_mask, numbered_masks=True)
+    return MaskFolderDataset("custom", root, split, "images", "masks", banded_mask, numbered_masks=True)
 
 
 @register_dataset("custom")

@@ -11,12 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from isegprobe.data.base import DatasetBase, require_same_size
-from isegprobe.data.binary_masks import object_and_ignore
-from isegprobe.data.image_io import decode_file, files_by_stem, only_file, read_gray, read_rgb
+from isegprobe.data.binary_masks import object_and_ignore, ritm_davis_rule, ritm_grabcut_rule
+from isegprobe.data.image_io import files_by_stem, only_file, read_gray, read_mask, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -26,15 +25,19 @@ MaskDecoder = Callable[[Path], tuple[np.ndarray, np.ndarray]]
 _NUMBERED = re.compile(r"^(.+)_(\d+)$")
 
 
-def ritm_binary_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The first channel, by the one rule of `binary_masks`, with its ignore band (GrabCut, Berkeley, custom)."""
+def ritm_grabcut_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Berkeley's masks, as RITM's GrabCut loader reads them (`binary_masks`)."""
+    return ritm_grabcut_rule(*read_mask(path))
+
+
+def ritm_davis_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """DAVIS's and COCO_MVal's masks, as RITM's DAVIS loader reads them (`binary_masks`)."""
+    return ritm_davis_rule(*read_mask(path, colour=True))
+
+
+def banded_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """custom's masks: the first channel, above 128 object, 128 ignored (`binary_masks`)."""
     return object_and_ignore(read_gray(path), ignore_band=True)
-
-
-def any_channel_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """DAVIS's masks: the brightest channel, by the one rule of `binary_masks`; nothing is ignored."""
-    mask = decode_file(path, cv2.IMREAD_UNCHANGED, "mask")
-    return object_and_ignore(mask.max(axis=2) if mask.ndim == 3 else mask, ignore_band=False)
 
 
 @dataclass(frozen=True)

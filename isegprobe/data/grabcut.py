@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from isegprobe.data.base import require_same_size
-from isegprobe.data.binary_masks import OBJECT_ABOVE, object_and_ignore
-from isegprobe.data.image_io import files_by_stem, only_file, read_gray, read_rgb
+from isegprobe.data.binary_masks import OBJECT_ABOVE, ritm_grabcut_rule
+from isegprobe.data.image_io import files_by_stem, only_file, read_mask, read_rgb
 from isegprobe.data.registry import register_dataset
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -51,9 +51,9 @@ class GrabCutDataset:
             raise UserError(f"{mask_path}: no image with stem {stem!r} in {self.image_dir}")
         image_path = only_file(self._images[stem], "image")
         image = read_rgb(image_path)
-        mask = read_gray(mask_path)
+        mask, lossy = read_mask(mask_path)
         require_same_size(mask_path, mask.shape, image_path, image.shape)
-        obj, ignore = object_and_ignore(mask, ignore_band=True)
+        obj, ignore = ritm_grabcut_rule(mask, lossy)
         if not obj.any():
             raise UserError(f"{mask_path}: no object pixel (value above {OBJECT_ABOVE}) in this GrabCut mask")
         return Sample(id=stem, image=image, labels=obj.astype(np.uint16), ignore=ignore)

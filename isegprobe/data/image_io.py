@@ -70,22 +70,35 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def read_gray(path: Path) -> np.ndarray:
     """uint8 [H, W]; for masks stored as 8-bit (or colour, taking the first channel) images."""
-    mask = decode_file(path, cv2.IMREAD_UNCHANGED, "mask")
+    return read_mask(path)[0]
+
+
+def read_mask(path: Path, colour: bool = False) -> tuple[np.ndarray, bool]:
+    """(pixels, lossy) of a mask file: its first channel, uint8 [H, W], or with `colour` the three channels as
+    `cv2.imread` decodes colour (alpha dropped, 16-bit samples scaled to 8 bits); `lossy` when the file is a JPEG,
+    whose values around 0 and 255 are compression noise."""
+    data = _file_bytes(path, "mask")
+    if colour:
+        return decode_bytes(data, cv2.IMREAD_COLOR, str(path), "mask"), data.startswith(_JPEG_START)
+    mask = decode_bytes(data, cv2.IMREAD_UNCHANGED, str(path), "mask")
     if mask.ndim == 3:
         mask = mask[..., 0]
     if mask.dtype != np.uint8:
         raise UserError(f"{path}: expected an 8-bit mask, got {mask.dtype}")
-    return mask
+    return mask, data.startswith(_JPEG_START)
 
 
 def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
     """The decoded array of an image file (`cv2.imread` flags); a missing, truncated, oversized or undecodable file
     is a UserError naming it, `kind` ("image", "mask") saying what it was read as."""
+    return decode_bytes(_file_bytes(path, kind), flags, str(path), kind)
+
+
+def _file_bytes(path: Path, kind: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as error:
         raise UserError(f"{path}: cannot read this {kind} ({error.strerror or error})") from None
-    return decode_bytes(data, flags, str(path), kind)
 
 
 def decode_bytes(data: bytes, flags: int, name: str, kind: str) -> np.ndarray:

@@ -51,7 +51,8 @@ class ISProbe(nn.Module):
 
     With a light head (`head.width`) and a channel-wise linear upsampler (bilinear, identity), the head's 1x1
     reduction runs before upsampling: the same function, without upsampling all C channels to full resolution.
-    On CUDA the forward pass runs channels-last under bf16 autocast; the logits are always float32.
+    On CUDA the forward pass runs channels-last, under bf16 autocast when `mixed_precision` (`model.mixed_precision`
+    in training; evaluation sets it by its protocol); the logits are always float32.
     """
 
     def __init__(
@@ -84,7 +85,7 @@ class ISProbe(nn.Module):
             and config.fusion != "after_upsampler"
             and self.upsampler.commutes_with_channel_mixing
         )
-        self.mixed_precision = True
+        self.mixed_precision = config.mixed_precision
         object.__setattr__(self, "_featurizer", None)
         if featurizer is not None:
             self.attach_featurizer(featurizer)

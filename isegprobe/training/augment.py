@@ -57,7 +57,8 @@ def shift_rotate(
     height, width = labels.shape
     angle = rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES)
     shift_x, shift_y = rng.uniform(-SHIFT_FRACTION, SHIFT_FRACTION, size=2)
-    matrix = cv2.getRotationMatrix2D((width / 2 - 0.5, height / 2 - 0.5), angle, 1.0)
+    # About (width / 2, height / 2), as albumentations 0.5.2 (the research code's pin) rotates.
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
     matrix[0, 2] += shift_x * width
     matrix[1, 2] += shift_y * height
 

@@ -186,7 +186,7 @@ def test_a_run_that_diverges_beside_others_stops_alone(store: Path, tmp_path: Pa
     """The first run's loss becomes NaN (optim.lr 1e30): it stops with its message, and the other run ends as it
     does alone; the command then exits with status 1, naming the run that stopped."""
     common = ("train", "--config", "quickstart", "--store", store, "--set", "logging.tensorboard=false")
-    common += ("--set", "logging.every_steps=1", "--max-iters", 4)
+    common += ("--set", "logging.every_steps=3", "--max-iters", 4)
     assert cli(*common, "--set", "optim.lr=1e-3", "--out", tmp_path / "alone").exit_code == 0
     variants = ("--variant", "bad optim.lr=1e30", "--variant", "good optim.lr=1e-3")
     result = CliRunner().invoke(main, [str(argument) for argument in (*common, "--out", tmp_path / "runs", *variants)])
@@ -194,11 +194,17 @@ def test_a_run_that_diverges_beside_others_stops_alone(store: Path, tmp_path: Pa
     assert (
         "1 of 2 runs stopped early, the others trained to the end: " + str(tmp_path / "runs" / "bad") in result.output
     )
-    assert "the training loss became NaN or infinite at step" in result.output
-    assert "stopped at step 2, its loss no longer finite: " + str(tmp_path / "runs" / "bad") in result.output
+    assert "the training loss became NaN or infinite at step 2" in result.output
+    # checked where the run logs, after step 3, the run stopped there, its loss not finite since its first update
+    assert (
+        "stopped at step 3, its loss no longer finite from step 2: " + str(tmp_path / "runs" / "bad") in result.output
+    )
     assert result.output.count("trained to step 4") == 1
     for name in ("last.safetensors", "last.optim.safetensors"):
         files_equal(tmp_path / "alone", tmp_path / "runs" / "good", name)
-    assert not (tmp_path / "runs" / "bad" / "last.json").exists() or all(
-        torch.isfinite(value).all() for value in load_file(tmp_path / "runs" / "bad" / "last.safetensors").values()
+    assert not (tmp_path / "runs" / "bad" / "last.json").exists(), "its loss was not finite before its first save"
+    resumed = CliRunner().invoke(main, ["train", "--resume", "--out", str(tmp_path / "runs"), "--max-iters", "5"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{tmp_path / 'runs' / 'bad'} holds no checkpoint (its run stopped before its first): not resumed" in (
+        resumed.output
     )

@@ -151,7 +151,10 @@ def train(
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
         for summary in summaries:
             if summary.diverged:
-                click.echo(f"stopped at step {summary.step}, its loss no longer finite: {summary.run_dir} (below)")
+                since = "" if summary.diverged_from is None else f" from step {summary.diverged_from}"
+                click.echo(
+                    f"stopped at step {summary.step}, its loss no longer finite{since}: {summary.run_dir} (below)"
+                )
                 continue
             best = (
                 "no best checkpoint yet"

@@ -9,6 +9,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+
 from isegprobe.config import TrainConfig, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.training.checkpoint import resume_config
@@ -55,6 +57,11 @@ def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:
     folders = sorted(path.parent for path in root.glob("*/last.json"))
     if not folders:
         raise UserError(f"--resume: no last.json in {out} or in its subfolders (runs trained side by side)")
+    for started in sorted(path.parent for path in root.glob("*/config.yaml")):
+        if started not in folders:
+            click.echo(
+                f"--resume: {started} holds no checkpoint (its run stopped before its first): not resumed", err=True
+            )
     return [PlannedRun(folder, resume_config(folder, overrides)) for folder in folders]
 
 

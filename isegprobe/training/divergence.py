@@ -17,7 +17,13 @@ from isegprobe.errors import UserError
 
 
 class Diverged(UserError):
-    """A run's loss or weights are no longer finite: that run stops, its checkpoints as they were."""
+    """A run's loss or weights are no longer finite: that run stops, its checkpoints as they were. `first_step`: the
+    first step whose loss was not finite (None when only the weights showed it), which the check, made where the
+    run logs or saves, may find some steps later."""
+
+    def __init__(self, message: str, first_step: int | None = None) -> None:
+        super().__init__(message)
+        self.first_step = first_step
 
 
 class DivergenceWatch:
@@ -46,5 +52,6 @@ class DivergenceWatch:
         )
         raise Diverged(
             f"the training loss became NaN or infinite {when} (optim.lr {lr:g}); the run stopped without saving "
-            f"these weights: {kept}. A lower optim.lr, or a store checked with `isegprobe cache verify`, may help"
+            f"these weights: {kept}. A lower optim.lr, or a store checked with `isegprobe cache verify`, may help",
+            first if first >= 0 else None,
         )

@@ -186,6 +186,7 @@ class TrainSummary:
     last_logged: dict[str, float] | None
     stopped_by: str | None = None  # the signal (SIGINT, SIGTERM) that ended the run early, after saving `last`
     diverged: str | None = None  # why a run trained beside others stopped early (`Diverged`), the others going on
+    diverged_from: int | None = None  # the first step whose loss was not finite, where `diverged` knows it
 
     def progress(self) -> str:
         """How the logged training means moved, first to last; the IoU and the BCE show learning that the

@@ -32,6 +32,19 @@ def test_corrupt_grabcut_image_is_named(grabcut_three):
         [dataset[i] for i in range(len(dataset))]
 
 
+def test_grabcut_lists_its_images_in_ritms_order_and_names_one_without_a_mask(grabcut_three):
+    """RITM's loader walks the images sorted by file name; an image whose mask is missing is an item that reading
+    names, not one left out without a word."""
+    images = sorted(path.name for path in (grabcut_three / "data_GT").iterdir())
+    assert create_dataset("grabcut", grabcut_three).ids() == [name.rsplit(".", 1)[0] for name in images]
+    missing = grabcut_three / "boundary_GT" / f"{images[1].rsplit('.', 1)[0]}.bmp"
+    missing.unlink()
+    dataset = create_dataset("grabcut", grabcut_three)
+    assert len(dataset) == 3
+    with pytest.raises(UserError, match=rf"{images[1]}: no mask named {missing.stem}\.\* in .*boundary_GT"):
+        dataset[1]
+
+
 def test_builtin_scenes_are_deterministic_and_masks_exact():
     first_image, first_labels = render_scene(1234)
     second_image, second_labels = render_scene(1234)

@@ -2,7 +2,8 @@
 
 `data_GT/` holds the 50 images (.jpg, .JPG, .bmp), `boundary_GT/` one .bmp mask per image with the same stem:
 255 object, 0 background, 128 the unlabelled band along the object's boundary (ignored by the IoU). Masks are read
-by RITM's rule (`binary_masks`: above 128 object, exactly 128 ignored), so a copy saved as JPEG keeps its object.
+by RITM's GrabCut loader's rule (`binary_masks`: above 128 object, exactly 128 ignored). Items come in RITM's order,
+its images' file names.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ class GrabCutDataset:
         if not self._masks:
             raise UserError(f"{self.mask_dir}: no masks found")
         self._images = files_by_stem(self.image_dir)
-        self._ids = sorted(self._masks, key=lambda stem: self._masks[stem][0].name)  # in mask file name order
+        # RITM's order, its images' file names; an image without a mask, or a mask without an image, is an item
+        # that reading reports.
+        self._ids = sorted(
+            self._images.keys() | self._masks.keys(),
+            key=lambda stem: (self._images.get(stem) or self._masks[stem])[0].name,
+        )
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -46,6 +52,9 @@ class GrabCutDataset:
 
     def __getitem__(self, index: int) -> Sample:
         stem = self._ids[index]
+        if stem not in self._masks:
+            image = only_file(self._images[stem], "image")
+            raise UserError(f"{image}: no mask named {stem}.* in {self.mask_dir}")
         mask_path = only_file(self._masks[stem], "mask")
         if stem not in self._images:
             raise UserError(f"{mask_path}: no image with stem {stem!r} in {self.image_dir}")

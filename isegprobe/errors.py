@@ -11,6 +11,7 @@ from pathlib import Path
 # What a full disk (or quota, or file size limit) and a read-only or forbidden place answer to a write.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}
+NOT_A_FOLDER = {errno.ENOTDIR, errno.EEXIST}  # a file where an output path needs a folder
 
 
 class UserError(Exception):

@@ -297,6 +297,27 @@ CASES: dict[str, Case] = {
         "edited_run/last.json: cannot resume from it (KeyError: 'bce'); its step, best_metric, epoch_metrics and "
         "log_window must be as train writes them",
     ),
+    "output path through a file": Case(
+        lambda w: training(w, write_bytes(w.root / "a_file.txt", b"notes").name + "/run"),
+        "a_file.txt/run: cannot create (Not a directory): a file stands where this path needs a folder",
+    ),
+    "output folder inside a feature store": Case(
+        lambda w: evaluation(w, w.store, str(w.damaged_store("holds_results", lambda _: None) / "results")),
+        "inside the feature store",
+    ),
+    "resuming a run with another store than its own": Case(
+        lambda w: ["train", "--resume", "--out", w.run_copy("elsewhere"), "--store", w.store, "--max-iters", "1"],
+        "not the store this run trained on",
+    ),
+    "resuming an evaluation on a store extracted again": Case(
+        lambda w: evaluation(w, w.store, str(results_of_another_store(w))),
+        "source_fingerprints:",
+    ),
+    "checkpoint weights of another probe than its JSON's": Case(
+        lambda w: evaluation(w, w.store, "other_width", "--checkpoint", run_of_another_width(w)),
+        "last.safetensors: these weights do not fit the probe that last.json (and the store's features) describe: "
+        "size mismatch for head.reduce.weight",
+    ),
 }
 
 
@@ -316,6 +337,25 @@ def edited_run(world: World, key: str, value: object) -> Path:
     copy = world.run_copy("edited_run")
     metadata = json.loads((copy / "last.json").read_text())
     (copy / "last.json").write_text(json.dumps({**metadata, key: value}))
+    return copy
+
+
+def results_of_another_store(world: World) -> Path:
+    """A copy of the world's results whose results.json says their objects came from a store made otherwise."""
+    copy = world.root / "results_elsewhere"
+    shutil.copytree(world.results, copy)
+    results = json.loads((copy / "results.json").read_text())
+    results["source_fingerprints"] = {name: "0" * 64 for name in results["source_fingerprints"]}
+    (copy / "results.json").write_text(json.dumps(results))
+    return copy
+
+
+def run_of_another_width(world: World) -> Path:
+    """A copy of the world's run whose last.json describes a head of another width than its weights'."""
+    copy = world.run_copy("other_width_run")
+    metadata = json.loads((copy / "last.json").read_text())
+    metadata["config"]["model"]["head"]["width"] = 32
+    (copy / "last.json").write_text(json.dumps(metadata))
     return copy
 
 

@@ -6,6 +6,8 @@ arrays and `zarr.json` is readable JSON without this package.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,21 @@ FEATURIZER_IDENTITY_DEFAULTS = {"normalization": "model"}
 def identity_value(provenance: dict[str, Any], key: str) -> Any:
     """`provenance[key]`, or what stores and checkpoints written before that key existed meant by its absence."""
     return provenance.get(key, FEATURIZER_IDENTITY_DEFAULTS.get(key))
+
+
+def store_fingerprint(attrs: dict[str, Any]) -> str:
+    """A digest of what a store's entries are made of: its featurizer's identity, preprocessing, views, dataset split
+    and items. A store extracted again at the same path from other data or with another featurizer gets another;
+    the same extraction again, or a copy elsewhere, the same. Runs and results record it, to refuse resuming on a
+    store that is no longer the one they began on."""
+    made_of = {
+        "featurizer": {key: identity_value(attrs["featurizer"], key) for key in FEATURIZER_IDENTITY_KEYS},
+        "preprocessing": attrs["preprocessing"],
+        "views": attrs["views"],
+        "dataset": [attrs["dataset"]["name"], attrs["dataset"]["split"]],
+        "item_ids": attrs["item_ids"],
+    }
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()
 
 
 # zstd (the default): Blosc zstd level 1 with bit shuffle, for every array. On 448 px GrabCut photos and their

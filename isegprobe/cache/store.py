@@ -171,6 +171,18 @@ class FeatureStore:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
 
+def refuse_output_inside_a_store(out: str | Path, option: str = "--out") -> None:
+    """An output folder (a run, results) must not be, or lie inside, a Zarr store: `extract-features --overwrite`
+    replaces a store's folder whole, with anything written into it."""
+    folder = Path(out).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / "zarr.json").is_file():
+            raise UserError(
+                f"{option} {out}: inside the feature store {candidate}, which `extract-features --overwrite` replaces "
+                "whole with all it holds; choose a folder outside it"
+            )
+
+
 def _node_type(path: Path) -> str:
     try:
         return str(json.loads((path / "zarr.json").read_text()).get("node_type"))

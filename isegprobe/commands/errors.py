@@ -1,14 +1,16 @@
-"""Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk into one too."""
+"""Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk, or an output path
+through a file, into one too."""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
 import click
 
-from isegprobe.errors import DISK_FULL, NOT_ALLOWED, UserError
+from isegprobe.errors import DISK_FULL, NOT_A_FOLDER, NOT_ALLOWED, UserError
 
 F = TypeVar("F", bound=Callable)
 _WORKER_PREAMBLE = "\nOriginal Traceback (most recent call last):"
@@ -22,6 +24,8 @@ def reports_user_errors(command: F) -> F:
         except UserError as error:
             raise click.ClickException(own_message(error)) from None
         except OSError as error:
+            if error.errno in NOT_A_FOLDER and error.filename and not os.path.isdir(error.filename):
+                raise click.ClickException(folder_message(error)) from None
             if error.errno not in DISK_FULL | NOT_ALLOWED:
                 raise
             raise click.ClickException(disk_message(error)) from None
@@ -45,4 +49,11 @@ def disk_message(error: OSError) -> str:
     return (
         f"{where}cannot write ({error.strerror}): {cause}. What was written before stays as it was: make room (or "
         "choose a writable place) and run the same command again"
+    )
+
+
+def folder_message(error: OSError) -> str:
+    return (
+        f"{error.filename}: cannot create ({error.strerror}): a file stands where this path needs a folder; choose "
+        "another output path"
     )

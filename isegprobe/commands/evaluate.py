@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option, threshold_option
 from isegprobe.commands.options import allow_torchscript_option, checkpoint_option, device_option, renamed_option
@@ -123,6 +124,7 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     if clashes:
         raise UserError(f"--protocol {protocol.name} fixes what these flags change: {'; '.join(clashes)}")
     request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
+    refuse_output_inside_a_store(request.out_dir)
     run = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
     summaries = run_evaluation(request)
     if run is not None:

@@ -13,6 +13,7 @@ import torch
 
 from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
+from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
 from isegprobe.commands.train_runs import planned_runs, resumed_runs
@@ -132,6 +133,7 @@ def train(
             raise click.UsageError("Missing option '--store' (the training store).")
         runs = planned_runs(run_dir, config_sources or (_default_preset(device),), variants, overrides)
 
+    refuse_output_inside_a_store(run_dir)
     dataset = CachedDataset(store_path, views=runs[0].config.data.views)
     val_dataset = CachedDataset(val_store_path) if val_store_path else None
     needs_featurizer = any(runs_featurizer_online(run.config.model, online) for run in runs)

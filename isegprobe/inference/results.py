@@ -35,6 +35,8 @@ CSV_COLUMNS = (
 
 # What results.json files written before a run-info key existed meant by leaving it out.
 RUN_INFO_DEFAULTS = {"protocol": "cache"}
+# Run-info keys that results.json files written before them cannot be checked against.
+RECORDED_SINCE = frozenset({"source_fingerprints"})
 
 # What plots and reports read from each dataset's summary in results.json.
 READ_BACK_KEYS = ("NoC@85", "NoC@90", "mIoU@k")
@@ -64,7 +66,9 @@ class ResultsWriter:
         differences = [
             f"{key}: {earlier.get(key, RUN_INFO_DEFAULTS.get(key))!r} there, {value!r} now"
             for key, value in wanted.items()
-            if key != "checkpoint" and earlier.get(key, RUN_INFO_DEFAULTS.get(key)) != value
+            if key != "checkpoint"
+            and not (key in RECORDED_SINCE and key not in earlier)
+            and earlier.get(key, RUN_INFO_DEFAULTS.get(key)) != value
         ]
         if differences:
             raise UserError(

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
-from isegprobe.cache.schema import check_same_featurizer, identity_value, store_name
+from isegprobe.cache.schema import check_same_featurizer, identity_value, store_fingerprint, store_name
 from isegprobe.data import create_dataset, resolve_root
 from isegprobe.devices import deterministic_arithmetic
 from isegprobe.errors import UserError
@@ -43,6 +43,7 @@ from isegprobe.locks import exclusive_lock
 from isegprobe.model import runs_featurizer_online
 from isegprobe.same_images import warn_when_evaluating_training_images
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
+from isegprobe.training.store_checks import check_store_matches
 
 
 @dataclass
@@ -79,20 +80,6 @@ def under_protocol(request: EvaluationRequest) -> EvaluationRequest:
     return dataclasses.replace(request, protocol=protocol.name, **protocol.fixed)
 
 
-def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:
-    """The store must hold the probe's featurizer at the probe's working size and resize rule: at another size the
-    same click disks cover other parts of the objects, and the NoC would measure something the probe never saw."""
-    check_same_featurizer(metadata.get("featurizer_provenance") or {}, store.attrs["featurizer"], str(store.path))
-    trained, stored = metadata["preprocessing"], store.attrs["preprocessing"]
-    wanted = (int(trained["size"]), trained.get("resize", "stretch"))
-    found = (int(stored["size"]), stored.get("resize", "stretch"))
-    if wanted != found:
-        raise UserError(
-            f"{store.path}: extracted at --size {found[0]} --resize {found[1]}, but the probe was trained at "
-            f"--size {wanted[0]} --resize {wanted[1]}; extract the dataset that way for it"
-        )
-
-
 def run_evaluation(
     request: EvaluationRequest, on_result: Callable[[str, ObjectResult], None] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -120,6 +107,7 @@ def _evaluate(
         "online": request.online,
         "threshold": request.threshold,
         "sources": {job.name: job.source for job in setup.jobs},
+        "source_fingerprints": {job.name: job.fingerprint for job in setup.jobs if job.fingerprint},
     }
     if request.online:
         # What `plot predictions` needs to read the same images again.
@@ -153,6 +141,7 @@ class EvaluationJob(NamedTuple):
     tasks: Iterator[ObjectTask]
     count: Callable[[], int]
     online_root: Path | None = None
+    fingerprint: str | None = None  # a store's (`store_fingerprint`), so that a resume on a store made again refuses
 
 
 class EvaluationSetUp(NamedTuple):
@@ -326,7 +315,13 @@ def _jobs(
         if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
         tasks = cached_tasks(str(path), source, whole_image_flip, only_items)
-        yield EvaluationJob(dataset["name"], str(Path(path).resolve()), tasks, partial(cached_object_count, str(path)))
+        yield EvaluationJob(
+            dataset["name"],
+            str(Path(path).resolve()),
+            tasks,
+            partial(cached_object_count, str(path)),
+            fingerprint=store_fingerprint(store.attrs),
+        )
 
 
 def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[Path]:

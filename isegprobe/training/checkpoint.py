@@ -261,7 +261,7 @@ def load_probe(
         config.model, upsampler=dataclasses.replace(config.model.upsampler, weights=None)
     )
     probe = ISProbe(model_config, **metadata["model"])
-    probe.load_state_dict(weights)
+    _load_weights(probe, weights, weights_path, metadata_path)
     if isinstance(probe.upsampler, LearnedUpsampler):
         probe.upsampler.use_authors_statistics()
     if featurizer is not None:
@@ -276,9 +276,23 @@ def restore_training_state(run_dir: str | Path, probe: ISProbe, optimizer: torch
     step = metadata.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise UserError(f"{files['metadata']}: its step is {step!r}, where train writes the number of steps taken")
-    probe.load_state_dict(_read_stamped(files["weights"], step))
+    _load_weights(probe, _read_stamped(files["weights"], step), files["weights"], files["metadata"])
     restore_optimizer(optimizer, _read_stamped(files["optimizer"], step), metadata["optimizer"])
     return metadata
+
+
+def _load_weights(probe: ISProbe, weights: dict[str, torch.Tensor], weights_path: Path, metadata_path: Path) -> None:
+    """Load a checkpoint's weights into the probe its JSON describes; weights of another probe (a file copied from
+    another run, an edited config, a store of another featurizer on resume) are refused naming both files."""
+    try:
+        probe.load_state_dict(weights)
+    except RuntimeError as error:
+        lines = str(error).splitlines()
+        first = (lines[1] if len(lines) > 1 else lines[0]).strip().rstrip(".")
+        raise UserError(
+            f"{weights_path}: these weights do not fit the probe that {metadata_path.name} (and the store's features) "
+            f"describe: {first}; keep each run's files together, and resume a run with the store it trained on"
+        ) from None
 
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:

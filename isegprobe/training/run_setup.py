@@ -18,11 +18,15 @@ from isegprobe.config import TrainConfig
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.same_images import warn_when_training_on_a_test_split
-from isegprobe.training.checkpoint import checkpoint_files, restore_training_state
+from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
 from isegprobe.training.run_state import RunDescription, RunProgress
 from isegprobe.training.schedule import StepSchedule
-from isegprobe.training.store_checks import check_store_fits, warn_when_labels_predate_crop_filters
+from isegprobe.training.store_checks import (
+    check_resumed_store,
+    check_store_fits,
+    warn_when_labels_predate_crop_filters,
+)
 from isegprobe.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,8 @@ def set_up_run(
     if store is not None and rank == 0:
         warn_when_training_on_a_test_split(store.attrs["dataset"])
         warn_when_labels_predate_crop_filters(store.attrs["dataset"])
+    if store is not None and resume:
+        check_resumed_store(store, read_metadata(checkpoint_files(run_dir, "last")["metadata"]))
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
     online = runs_featurizer_online(config.model, online)

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from isegprobe import __version__
+from isegprobe.cache.schema import store_fingerprint
 from isegprobe.config import TrainConfig, config_to_dict
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
@@ -152,6 +153,7 @@ class RunDescription:
             "model": probe.dims(),
             "featurizer_provenance": dict(getattr(dataset, "provenance", None) or {}),
             "store_path": str(getattr(dataset, "path", "") or ""),
+            "store_fingerprint": _fingerprint(dataset),
             "val_store_path": str(getattr(val_dataset, "path", "") or ""),
             "preprocessing": preprocessing,
             "online": online,
@@ -199,3 +201,9 @@ class TrainSummary:
             change = f" ({(last - first) / first:+.0%})" if name != "iou" and first > 0 else ""
             parts.append(f"{label} {first:.3f} -> {last:.3f}{change}")
         return "first -> last logged means: " + ", ".join(parts)
+
+
+def _fingerprint(dataset: Dataset) -> str | None:
+    """The training store's `store_fingerprint`, which `--resume` checks the store it is given against."""
+    store = getattr(dataset, "store", None)
+    return None if store is None else store_fingerprint(store.attrs)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from isegprobe.cache.schema import identity_value
+from isegprobe.cache.schema import check_same_featurizer, identity_value, store_fingerprint
+from isegprobe.cache.store import FeatureStore
 from isegprobe.config import DataConfig
 from isegprobe.errors import UserError
 
@@ -43,4 +44,32 @@ def warn_when_labels_predate_crop_filters(dataset: dict[str, Any]) -> None:
             "targets on each crop only. Extract it again (--overwrite) to train as the research code does",
             OldLabelsWarning,
             stacklevel=2,
+        )
+
+
+def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:
+    """The store must hold the probe's featurizer at the probe's working size and resize rule: at another size the
+    same click disks cover other parts of the objects, and the NoC would measure something the probe never saw."""
+    check_same_featurizer(metadata.get("featurizer_provenance") or {}, store.attrs["featurizer"], str(store.path))
+    trained, stored = metadata["preprocessing"], store.attrs["preprocessing"]
+    wanted = (int(trained["size"]), trained.get("resize", "stretch"))
+    found = (int(stored["size"]), stored.get("resize", "stretch"))
+    if wanted != found:
+        raise UserError(
+            f"{store.path}: extracted at --size {found[0]} --resize {found[1]}, but the probe was trained at "
+            f"--size {wanted[0]} --resize {wanted[1]}; extract the dataset that way for it"
+        )
+
+
+def check_resumed_store(store: FeatureStore, metadata: dict[str, Any]) -> None:
+    """A resumed run must go on with the store it trained on (`metadata`: its last.json): another featurizer or
+    size would train the probe on features it never saw, and other images would change its epochs, while the
+    checkpoint would record the new store as the one it was trained on. A copy of the store elsewhere is the same."""
+    check_store_matches(store, metadata)
+    recorded = metadata.get("store_fingerprint")  # absent from runs saved before it was recorded
+    if recorded is not None and recorded != store_fingerprint(store.attrs):
+        trained_on = metadata.get("store_path") or "the one its last.json names"
+        raise UserError(
+            f"{store.path}: not the store this run trained on ({trained_on}): its views or items differ (extracted "
+            "again since?); resume with that store, or start a new run"
         )

@@ -334,3 +334,10 @@ def test_training_on_an_sbd_store_whose_labels_lost_small_objects_says_so():
         warnings.simplefilter("error")
         warn_when_labels_predate_crop_filters({"name": "sbd", "split": "train", "options": {}})
         warn_when_labels_predate_crop_filters({"name": "sbd", "split": "val", "num_items": 2857})
+
+
+def test_shards_hold_at_most_the_datasets_items(tmp_path):
+    """A shard is made with room for all its items, so a number far above the dataset's would fill a disk."""
+    path = extract(request(tmp_path, items_per_shard=100_000_000)).path
+    assert FeatureStore.open(path).items_per_shard == 12
+    assert FeatureStore.open(path).nbytes_on_disk() < 10 << 20

@@ -45,6 +45,15 @@ def test_grabcut_lists_its_images_in_ritms_order_and_names_one_without_a_mask(gr
         dataset[1]
 
 
+def test_the_test_only_benchmarks_refuse_another_split(grabcut_three, tmp_path):
+    """A store named grabcut-train would hold the test images."""
+    with pytest.raises(UserError, match="--split: grabcut has splits test, not 'train'"):
+        create_dataset("grabcut", grabcut_three, "train")
+    with pytest.raises(UserError, match="--split: davis has splits test, not 'nosuch'"):
+        create_dataset("davis", tmp_path, "nosuch")
+    assert create_dataset("grabcut", grabcut_three, "test-instances").split == "test-instances"
+
+
 def test_builtin_scenes_are_deterministic_and_masks_exact():
     first_image, first_labels = render_scene(1234)
     second_image, second_labels = render_scene(1234)

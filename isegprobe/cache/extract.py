@@ -396,7 +396,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         [s.name for s in specs],
         request.size,
         request.resize,
-        request.items_per_shard,
+        min(request.items_per_shard, max(1, len(source))),  # a shard holds room for all its items: no more
         request.codec,
     )
     path = Path(request.out) / store_name(

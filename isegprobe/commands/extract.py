@@ -82,7 +82,7 @@ from isegprobe.units import human_bytes
     default=16,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Items per shard file; the unit of atomic writes and of resuming.",
+    help="Items per shard file; the unit of atomic writes and of resuming (at most the dataset's items).",
 )
 @click.option(
     "--codec",

@@ -33,7 +33,8 @@ class DatasetFacts:
         if split == "test":
             return self.eval_split
         known = ", ".join(self.splits + tuple(self.aliases))
-        raise UserError(f"--split: {self.name} has splits {known} (and test = {self.eval_split}), not {split!r}")
+        test = "" if self.eval_split == "test" else f" (and test = {self.eval_split})"
+        raise UserError(f"--split: {self.name} has splits {known}{test}, not {split!r}")
 
     def published_text(self, split: str) -> str:
         counts = self.published.get(split)
@@ -60,7 +61,7 @@ CATALOG: dict[str, DatasetFacts] = _facts(
         name="grabcut",
         title="GrabCut (Rother et al. 2004)",
         folder="GrabCut",
-        splits=(),
+        splits=("test",),
         eval_split="test",
         layouts=(("data_GT", "boundary_GT"),),
         published={"test": (50, 50)},
@@ -69,7 +70,7 @@ CATALOG: dict[str, DatasetFacts] = _facts(
         name="berkeley",
         title="Berkeley (McGuinness & O'Connor 2010)",
         folder="Berkeley",
-        splits=(),
+        splits=("test",),
         eval_split="test",
         layouts=(("images", "masks"),),
         published={"test": (96, 100)},
@@ -78,7 +79,7 @@ CATALOG: dict[str, DatasetFacts] = _facts(
         name="davis",
         title="DAVIS, the 345-frame interactive-segmentation test set",
         folder="DAVIS",
-        splits=(),
+        splits=("test",),
         eval_split="test",
         layouts=(("img", "gt"),),
         published={"test": (345, 345)},
@@ -87,7 +88,7 @@ CATALOG: dict[str, DatasetFacts] = _facts(
         name="coco_mval",
         title="COCO MVal (800 COCO objects)",
         folder="COCO_MVal",
-        splits=(),
+        splits=("test",),
         eval_split="test",
         layouts=(("img", "gt"),),
         published={"test": (800, 800)},

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from isegprobe.data.base import require_same_size
+from isegprobe.data.base import parse_split, require_same_size
 from isegprobe.data.binary_masks import OBJECT_ABOVE, ritm_grabcut_rule
+from isegprobe.data.catalog import dataset_facts
 from isegprobe.data.image_io import files_by_stem, only_file, read_mask, read_rgb
 from isegprobe.data.registry import register_dataset
 from isegprobe.data.sample import Sample
@@ -72,4 +73,5 @@ class GrabCutDataset:
 def _create(root: Path | None, split: str) -> GrabCutDataset:
     if root is None:
         raise UserError("--root: the GrabCut dataset needs the folder that holds data_GT/ and boundary_GT/")
+    dataset_facts("grabcut").resolve_split(parse_split(split)[0])  # refuses a split GrabCut does not have
     return GrabCutDataset(root, split)

@@ -63,6 +63,7 @@ NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
 PROBABILITY = Range(0, 1)
 OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)
+SEED = Range(0, 2**63 - 1)  # what torch.manual_seed takes
 CLICK_SAMPLING = ("auto", "loader", "device")
 PRELOAD = (True, False, "auto")
 
@@ -254,7 +255,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    seed: int = number(0, NON_NEGATIVE)
+    seed: int = number(0, SEED)
 
 
 def load_train_config(source: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -384,6 +385,8 @@ def _check_together(config: TrainConfig) -> None:
             "from memory in the training process; each loader worker would hold a copy of it. Set "
             "data.num_workers=0"
         )
+    if config.data.views is not None and not config.data.views:
+        raise UserError("config key 'data.views' must name at least one of the store's views (null: all of them)")
     if config.data.click_sampling not in CLICK_SAMPLING:
         raise UserError(
             f"config key 'data.click_sampling' must be one of {', '.join(CLICK_SAMPLING)}, "

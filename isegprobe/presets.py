@@ -77,8 +77,8 @@ def _find(source: str | Path, relative_to: Path | None, where: str) -> ConfigFil
 def _read_mapping(file: ConfigFile) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"--config: {file} is not valid YAML: {error}") from error
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"--config: {file} is not valid YAML: {error}") from None
     if loaded is not None and not isinstance(loaded, Mapping):
         raise UserError(f"--config: {file} must hold a mapping at the top level")
     return dict(loaded or {})

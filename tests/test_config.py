@@ -140,6 +140,12 @@ def test_a_base_cycle_or_an_unknown_base_names_the_file(tmp_path: Path) -> None:
         load_train_config(tmp_path / "listed.yaml")
 
 
+def test_a_config_file_that_is_not_text_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(UserError, match=r"binary\.yaml is not valid YAML: 'utf-8' codec can't decode"):
+        load_train_config(str(tmp_path / "binary.yaml"))
+
+
 def test_a_bad_key_in_a_base_names_that_file(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text("optim:\n  lrr: 1.0\n")
     (tmp_path / "child.yaml").write_text("base: typo.yaml\n")

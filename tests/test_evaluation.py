@@ -413,6 +413,9 @@ def test_results_of_another_evaluation_are_never_replaced_without_overwrite(stor
     assert replaced.exit_code == 0, replaced.output
     assert np.load(out / "ious.npz")["grabcut/ious"].shape == (3, 3)
 
+    (out / "ious.npz").write_bytes((out / "ious.npz").read_bytes()[:300])
+    cut = cli(*common, "--max-clicks", "3")
+    assert cut.exit_code == 1 and "ious.npz: unreadable or short of the curves" in cut.output, cut.output
     (out / "ious.npz").unlink()
     lost = cli(*common, "--max-clicks", "3")
     assert lost.exit_code == 1 and "ious.npz: unreadable or short of the curves" in lost.output

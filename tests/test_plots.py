@@ -82,6 +82,14 @@ def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> N
     (tmp_path / "broken" / "results.json").write_text(json.dumps({"datasets": {"grabcut": {}}}))
     with pytest.raises(UserError, match="not an evaluation's results.json"):
         read_evaluation(tmp_path / "broken")
+    edited = json.loads((tmp_path / "lift" / "results.json").read_text())
+    edited["datasets"]["grabcut"]["NoC@85"] = "abc"
+    (tmp_path / "lift" / "results.json").write_text(json.dumps(edited))
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"))
+    assert result.exit_code == 1 and "(grabcut/NoC@85 not numbers)" in result.output, result.output
+    (tmp_path / "lift" / "results.json").write_bytes(b"\xff\xfe{not text")
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"))
+    assert result.exit_code == 1 and "not an evaluation's results.json (UnicodeDecodeError" in result.output
 
 
 def test_pca_colours_recover_the_three_strongest_feature_directions() -> None:

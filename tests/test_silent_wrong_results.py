@@ -152,6 +152,8 @@ def test_every_numeric_config_key_has_a_range():
         ("data.keep_background_prob=2", "'data.keep_background_prob' must be a finite number >= 0 and <= 1, got 2"),
         ("clicks.pred_threshold=1", "'clicks.pred_threshold' must be a finite number > 0 and < 1"),
         ("sampler.negative_bg_prob=0.9", "must add up to 1, got 0.9 + 0.4 + 0.5 = 1.8"),
+        ("seed=99999999999999999999999", "'seed' must be a finite number >= 0 and <= 9.22337e+18"),
+        ("data.views=[]", "'data.views' must name at least one of the store's views (null: all of them)"),
     ],
 )
 def test_a_config_value_outside_its_range_is_refused_naming_the_key_and_the_range(override, message):

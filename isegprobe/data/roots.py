@@ -97,7 +97,7 @@ def _read(path: Path | Traversable, keys: set[str]) -> dict[str, Any]:
     """`path`'s mapping with the given top-level keys (each missing one empty), checked for shape."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict) or set(data) - keys:
         raise UserError(f"{path}: expected a mapping with the keys {' and '.join(sorted(keys))}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ class ResultsWriter:
                 curves = {
                     dataset: (arrays[f"{dataset}/ids"], arrays[f"{dataset}/ious"]) for dataset in earlier["datasets"]
                 }
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
             raise UserError(
                 f"{self.out_dir / 'ious.npz'}: unreadable or short of the curves results.json counts ({error}); "
                 "pass --overwrite to start over"
@@ -165,11 +166,23 @@ def read_results(results_dir: str | Path) -> dict[str, Any]:
             for key in READ_BACK_KEYS
             if key not in summary
         ]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
         raise UserError(f"{path}: not an evaluation's results.json ({error!r})") from None
     if missing:
         raise UserError(f"{path}: not an evaluation's results.json (no {', '.join(missing)})")
+    not_numbers = [
+        f"{name}/{key}"
+        for name, summary in document["datasets"].items()
+        for key in READ_BACK_KEYS
+        if not all(_is_number(value) for value in (summary[key] if isinstance(summary[key], list) else [summary[key]]))
+    ]
+    if not_numbers:
+        raise UserError(f"{path}: not an evaluation's results.json ({', '.join(not_numbers)} not numbers)")
     return document
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def probe_identity(metadata: dict[str, Any]) -> dict[str, str | None]:

@@ -99,5 +99,6 @@ def test_list_shows_configured_roots_and_whether_they_are_there(tmp_path, monkey
 def test_check_unknown_dataset_and_missing_root_are_clear(tmp_path, monkeypatch):
     use_dataset_config(monkeypatch, tmp_path, roots={"sbd": None})
     assert "unknown dataset 'nope'" in _run("check", "nope", "--root", tmp_path).output
+    assert "unknown dataset 'nope'" in _run("check", "nope").output, "said before its root is looked for"
     missing = _run("check", "sbd")
     assert missing.exit_code == 1 and "no folder given for sbd" in missing.output

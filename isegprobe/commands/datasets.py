@@ -9,7 +9,7 @@ import click
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option
 from isegprobe.data import create_dataset, list_datasets
-from isegprobe.data.catalog import CATALOG, has_layout
+from isegprobe.data.catalog import CATALOG, dataset_facts, has_layout
 from isegprobe.data.check import ON_ERROR_CHOICES, CheckReport, check_source
 from isegprobe.data.download import ARCHIVES, download_dataset
 from isegprobe.data.roots import load_dataset_config, require_root, resolve_root
@@ -95,8 +95,8 @@ def check_command(context: click.Context, name: str, root: str | None, split: st
 
     Exits with status 1 when any item is bad.
     """
-    facts = CATALOG.get(name.lower())
-    split = split or (facts.eval_split if facts else "test")
+    facts = dataset_facts(name)  # an unknown name is refused before its root is looked for
+    split = split or facts.eval_split
     source = create_dataset(name, None if name.lower() == "builtin" else require_root(name, root), split)
     report = check_source(source, on_error)
     _print_report(report)

@@ -61,7 +61,7 @@ def find_family(name: str) -> tuple[FamilyClass, str | None]:
     base, block = split_block(name)
     candidates = _candidates(base)
     if not candidates:
-        forms = ", ".join(form for featurizer_class in _families() for form in featurizer_class.accepts)
+        forms = ", ".join(dict.fromkeys(form for featurizer_class in _families() for form in featurizer_class.accepts))
         raise UserError(f"unknown featurizer {name!r}: use one of {forms} ({ARCH_SLOT}: a timm model name)")
     chosen = next(((cls, form, arch) for cls, form, arch in candidates if cls.claims(arch, block)), None)
     if chosen is None and block is not None:

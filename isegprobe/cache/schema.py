@@ -45,14 +45,14 @@ def identity_value(provenance: dict[str, Any], key: str) -> Any:
 
 def store_fingerprint(attrs: dict[str, Any]) -> str:
     """A digest of what a store's entries are made of: its featurizer's identity, preprocessing, views, dataset split
-    and items. A store extracted again at the same path from other data or with another featurizer gets another;
-    the same extraction again, or a copy elsewhere, the same. Runs and results record it, to refuse resuming on a
-    store that is no longer the one they began on."""
+    (and the loader options its labels were made with) and items. A store extracted again at the same path from other
+    data or with another featurizer gets another; the same extraction again, or a copy elsewhere, the same. Runs and
+    results record it, to refuse resuming on a store that is no longer the one they began on."""
     made_of = {
         "featurizer": {key: identity_value(attrs["featurizer"], key) for key in FEATURIZER_IDENTITY_KEYS},
         "preprocessing": attrs["preprocessing"],
         "views": attrs["views"],
-        "dataset": [attrs["dataset"]["name"], attrs["dataset"]["split"]],
+        "dataset": [attrs["dataset"]["name"], attrs["dataset"]["split"], attrs["dataset"].get("options")],
         "item_ids": attrs["item_ids"],
     }
     return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()

@@ -16,19 +16,39 @@ import signal
 import sys
 from collections.abc import Callable
 
+from isegprobe.errors import UserError
+
 _PR_SET_PDEATHSIG = 1
 # Above this many, extraction stopped getting faster on a 16-core GPU machine (8, 12 and 14 workers ran alike): the
 # main process is the limit by then.
 MAX_DEFAULT_WORKERS = 8
 
 
+# Workers per core beyond which more only wait for each other: each is a process that starts Python and torch.
+MAX_WORKERS_PER_CORE = 4
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_loader_workers() -> int:
     """The cores this process may use, shared among the torchrun ranks on this machine, at most
     MAX_DEFAULT_WORKERS. Decoding and resizing a 640x480 JPEG into two 448 px views costs 15 to 25 ms of CPU, so
     two workers would hold a GPU extraction to 80 to 130 items/s."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(MAX_DEFAULT_WORKERS, cores // ranks))
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() // ranks))
+
+
+def require_sensible_workers(workers: int, option: str) -> None:
+    """Refuse more loader workers than MAX_WORKERS_PER_CORE per core: starting a thousand took minutes on 2 cores
+    before the first batch."""
+    most = MAX_WORKERS_PER_CORE * usable_cores()
+    if workers > most:
+        raise UserError(
+            f"{option} {workers}: more loader worker processes than {most} ({MAX_WORKERS_PER_CORE} per core of the "
+            f"{usable_cores()} here) only wait for each other, each starting its own Python and torch"
+        )
 
 
 def ends_with_this_process() -> Callable[[int], None] | None:

@@ -216,6 +216,20 @@ def test_default_labels_tell_apart_evaluations_of_the_same_probe(tmp_path: Path)
     assert f"{lift} (zoom-in)" in svg and "(NoC@85 2.00, NoC@90 3.00)" in svg, "a long label wraps before its NoC"
 
 
+def test_a_nan_in_results_is_never_the_best_cell(tmp_path: Path) -> None:
+    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95]})
+    write_results(tmp_path / "edited", {"a": [0.6, 0.7, 0.8, 0.9]})
+    edited = json.loads((tmp_path / "edited" / "results.json").read_text())
+    edited["datasets"]["grabcut"]["NoC@85"] = float("nan")
+    (tmp_path / "edited" / "results.json").write_text(json.dumps(edited))
+    write_results(tmp_path / "bilinear", {"a": [0.6, 0.7, 0.8, 0.9]})
+    folders = [str(tmp_path / name) for name in ("edited", "lift", "bilinear")]
+    result = report(*folders, "--labels", "edited,lift,bilinear")
+    assert result.exit_code == 0, result.output
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.output.splitlines()[2:5]]
+    assert [row[2] for row in rows] == ["nan", "**2.00**", "4.00"]
+
+
 def test_report_says_which_cells_do_not_compare(tmp_path: Path) -> None:
     write_results(tmp_path / "stopped", {"a": [0.5, 0.86, 0.91, 0.95]}, complete=False)
     write_results(tmp_path / "short", {"a": [0.9, 0.9], "b": [0.9, 0.9]}, max_clicks=2)

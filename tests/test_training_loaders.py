@@ -36,6 +36,13 @@ def test_auto_starts_workers_on_a_gpu_for_a_store_read_as_training_goes(store: P
     assert training_loader(read, config, torch.device("cpu"), online=False).num_workers == 0
 
 
+def test_far_more_workers_than_cores_are_refused_naming_the_key(store: Path) -> None:
+    """A thousand spawned workers took minutes on 2 cores before the first batch."""
+    config = load_train_config("quickstart", ["data.num_workers=100000"])
+    with pytest.raises(UserError, match=r"data.num_workers 100000: more loader worker processes than \d+"):
+        loader_workers(config, torch.device("cpu"), CachedDataset(store))
+
+
 @pytest.mark.parametrize("value", ["-1", "many", "1.5"])
 def test_a_bad_number_of_workers_is_refused_naming_the_key(value: str) -> None:
     with pytest.raises(UserError, match="data.num_workers"):

@@ -45,7 +45,7 @@ from isegprobe.distributed import barrier, init_from_env
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
-from isegprobe.loader_workers import default_loader_workers, ends_with_this_process
+from isegprobe.loader_workers import default_loader_workers, ends_with_this_process, require_sensible_workers
 from isegprobe.locks import exclusive_lock
 
 
@@ -372,6 +372,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     specs = parse_views(request.views)
     if request.batch_size < 1:
         raise UserError(f"--batch-size: expected a positive number, got {request.batch_size}")
+    require_sensible_workers(request.workers, "--workers")
     if request.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rank, world, device = init_from_env(request.device)

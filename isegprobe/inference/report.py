@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +97,8 @@ def _mark(document: dict[str, Any], dataset: str, running: bool) -> str:
 
 
 def _best(values: list[float | None], lower_is_better: bool) -> float | None:
-    present = [value for value in values if value is not None]
+    """The column's best value; a NaN (a damaged or hand-edited results.json) is never it."""
+    present = [value for value in values if value is not None and not math.isnan(value)]
     if len(present) < 2:
         return None
     return min(present) if lower_is_better else max(present)

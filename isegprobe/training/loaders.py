@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from isegprobe.cache.preload import available_memory, fits_in_memory, readable_size
 from isegprobe.config import TrainConfig, asks_for_workers
-from isegprobe.loader_workers import default_loader_workers, ends_with_this_process
+from isegprobe.loader_workers import default_loader_workers, ends_with_this_process, require_sensible_workers
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
 from isegprobe.training.points_sampler import MultiPointSampler
 from isegprobe.training.sample_weights import draw_probabilities, read_sample_scores
@@ -112,6 +112,7 @@ def loader_workers(config: TrainConfig, device: torch.device, dataset: Dataset) 
     for a dataset read as training goes, none for a preloaded store; none on a CPU."""
     setting = config.data.num_workers
     if setting != "auto":
+        require_sensible_workers(setting, "data.num_workers")
         return setting
     if device.type != "cuda" or getattr(dataset, "preloaded", False):
         return 0

@@ -27,4 +27,17 @@ def verify_store(path: str | Path) -> list[str]:
     total = int(store.done_mask().sum())
     with tqdm(desc="verifying", total=total, unit="item", disable=None, file=sys.stderr) as progress:
         broken = list(broken_entries(store, on_shard=progress.update))
-    return [f"item {index} ({item_ids[index]}): {problem}" for index, problem in broken]
+    problems = [f"item {index} ({item_ids[index]}): {problem}" for index, problem in broken]
+    recorded = int(store.attrs["completion"].get("items_done", 0))
+    if recorded > total:  # the last extraction counted more finished items than the done record now holds
+        problems.append(
+            f"the done record holds {total} finished items where the extraction that wrote the store counted "
+            f"{recorded}: its chunk file is missing or was overwritten"
+        )
+    return problems
+
+
+def finished_items(path: str | Path) -> tuple[int, int]:
+    """(finished items, items) of a store, by its done record."""
+    store = FeatureStore.open(path)
+    return int(store.done_mask().sum()), store.num_items

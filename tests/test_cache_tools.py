@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -30,13 +31,26 @@ def test_inspect_summarizes_and_verify_finds_a_damaged_item(tmp_path):
     names = [line.split()[0] for line in inspected.output.splitlines()[9:]]
     assert names[:4] == ["features", "images", "labels", "ignore"], "largest first"
     assert runner.invoke(cache, ["info", str(store)]).output == inspected.output
-    assert runner.invoke(cache, ["verify", str(store)]).exit_code == 0
+    verified = runner.invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 0 and "consistent (12 of 12 items finished" in verified.output
     features = zarr.open(str(store), mode="r+")["features"]
     damaged = features[5, 0]
     damaged[0, 0, 0] = np.nan
     features[5, 0] = damaged
     verified = runner.invoke(cache, ["verify", str(store)])
     assert verified.exit_code == 1 and "item 5 (test_005): features are not finite" in verified.output
+
+
+def test_verify_finds_a_done_record_that_lost_its_items(tmp_path):
+    """With the done array's chunk gone, every item reads as unfinished, and there is nothing left to check it
+    against but the count the extraction wrote into the attrs."""
+    store = builtin_store(tmp_path, size=28, views="identity", items_per_shard=4)
+    shutil.rmtree(store / "done" / "c")
+    verified = CliRunner().invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 1
+    assert "the done record holds 0 finished items where the extraction that wrote the store counted 12" in (
+        verified.output
+    )
 
 
 def test_stats_are_the_stores_channel_moments_and_find_high_norm_tokens(tmp_path):
@@ -92,7 +106,7 @@ def test_verify_finds_bytes_changed_after_extraction_by_their_checksum(tmp_path)
     store = builtin_store(tmp_path, size=28, views="identity,hflip", items_per_shard=4)
     runner = CliRunner()
     verified = runner.invoke(cache, ["verify", str(store)])
-    assert verified.exit_code == 0 and "every finished entry matches its checksum" in verified.output
+    assert verified.exit_code == 0 and "each entry matching its checksum" in verified.output
     group = zarr.open(str(store), mode="r+")
     image = group["images"][7, 0]
     image[3, 4, 0] ^= 1  # one bit of one pixel: still a valid image, so only the checksum can tell

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cache_tools import describe_store, feature_stats, format_stats, list_stores, verify_store
-from cache_tools.verify import has_checksums
+from cache_tools.verify import finished_items, has_checksums
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.training.checkpoint import atomic_write_bytes
 
@@ -47,11 +47,13 @@ def verify_command(store: str) -> None:
     if problems:
         click.echo("the same extract-features command with --repair extracts the broken items again", err=True)
         raise SystemExit(1)
+    done, items = finished_items(store)
     if has_checksums(store):
-        click.echo(f"{store}: consistent (every finished entry matches its checksum)")
+        click.echo(f"{store}: consistent ({done} of {items} items finished, each entry matching its checksum)")
     else:
         click.echo(
-            f"{store}: consistent, but made before per-entry checksums were recorded: its bytes were not checked"
+            f"{store}: consistent ({done} of {items} items finished), but made before per-entry checksums were "
+            "recorded: its bytes were not checked"
         )
 
 

@@ -6,7 +6,7 @@ import click
 
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
-from isegprobe.commands.limits import max_pixels_option
+from isegprobe.commands.limits import WORKING_SIZE, max_pixels_option
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.data import list_datasets
 from isegprobe.featurizers.catalog import catalog_help
@@ -46,7 +46,7 @@ from isegprobe.units import human_bytes
     "--size",
     default=448,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=WORKING_SIZE,
     help="Working size in pixels (square); a multiple of the patch size (a CNN's stride at the chosen stage).",
 )
 @click.option(

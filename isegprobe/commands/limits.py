@@ -22,6 +22,10 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+# The largest working size: a view of it is 50 MiB of pixels, a shard of them gigabytes; the probes run at 224-672.
+MAX_WORKING_SIZE = 4096
+WORKING_SIZE = click.IntRange(min=1, max=MAX_WORKING_SIZE)
+
 threshold_option = click.option(
     "--threshold",
     default=0.5,

@@ -9,6 +9,7 @@ import click
 from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.limits import WORKING_SIZE
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.commands.train import exit_if_stopped
 from isegprobe.config import load_train_config
@@ -34,7 +35,7 @@ QUICKSTART_PRESET = "quickstart"
     "--size",
     default=QUICKSTART_SIZE,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=WORKING_SIZE,
     help="Working size in pixels; a multiple of the featurizer's patch size or stride.",
 )
 @click.option(

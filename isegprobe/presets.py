@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from isegprobe.errors import UserError
+from isegprobe.yaml_text import load_yaml
 
 PRESET_SUFFIX = ".yaml"
 BASE_KEY = "base"
@@ -76,7 +77,7 @@ def _find(source: str | Path, relative_to: Path | None, where: str) -> ConfigFil
 
 def _read_mapping(file: ConfigFile) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(file.read_text())
+        loaded = load_yaml(file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise UserError(f"--config: {file} is not valid YAML: {error}") from None
     if loaded is not None and not isinstance(loaded, Mapping):

@@ -146,6 +146,12 @@ def test_a_config_file_that_is_not_text_is_refused_naming_it(tmp_path: Path) -> 
         load_train_config(str(tmp_path / "binary.yaml"))
 
 
+def test_a_key_written_twice_is_refused_where_yaml_would_keep_the_last(tmp_path: Path) -> None:
+    (tmp_path / "twice.yaml").write_text("base: quickstart\noptim:\n  lr: 1.0e-3\n  lr: 1.0e-4\n")
+    with pytest.raises(UserError, match=r"(?s)twice\.yaml is not valid YAML: .*the key 'lr' is written twice"):
+        load_train_config(str(tmp_path / "twice.yaml"))
+
+
 def test_a_bad_key_in_a_base_names_that_file(tmp_path: Path) -> None:
     (tmp_path / "typo.yaml").write_text("optim:\n  lrr: 1.0\n")
     (tmp_path / "child.yaml").write_text("base: typo.yaml\n")

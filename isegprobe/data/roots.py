@@ -22,6 +22,7 @@ import yaml
 
 from isegprobe.data.catalog import CATALOG
 from isegprobe.errors import UserError
+from isegprobe.yaml_text import load_yaml
 
 CONFIG_ENV = "ISEGPROBE_DATASETS"
 DATA_DIR = Path("data")
@@ -96,7 +97,7 @@ def load_dataset_config() -> DatasetConfig:
 def _read(path: Path | Traversable, keys: set[str]) -> dict[str, Any]:
     """`path`'s mapping with the given top-level keys (each missing one empty), checked for shape."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict) or set(data) - keys:

@@ -103,7 +103,16 @@ def set_up_run(
     if resume:
         metadata = restore_training_state(run_dir, trainer.probe, trainer.optimizer)
         state = RunProgress.from_metadata(metadata, checkpoint_files(run_dir, "last")["metadata"])
-        log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.total_steps)
+        if state.step >= schedule.total_steps:
+            log.warning(
+                "%s is at step %d already, at or past the %d steps of this schedule: nothing left to train (a run "
+                "trained further is not cut back; train a new one in another folder)",
+                run_dir,
+                state.step,
+                schedule.total_steps,
+            )
+        else:
+            log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.total_steps)
     if world > 1:
         trainer.distribute()
     val_loader = None if val_dataset is None else validation_loader(val_dataset, config, device, online)

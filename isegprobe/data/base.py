@@ -165,7 +165,7 @@ def build_source(name: str, root: Path | None, split: str, loader: Callable[...,
     """The registry factory every family uses: root from --root or the config, split aliases, configured options."""
     base_split, per_instance = parse_split(split)
     base_split = dataset_facts(name).resolve_split(base_split)
-    options = loader_options(name, split)
+    options = dataset_options(name, base_split)
     accepted = set(inspect.signature(loader).parameters) - {"root", "split"}
     unknown = sorted(set(options) - accepted)
     if unknown:

@@ -157,8 +157,7 @@ class _Run:
         self.saved_step = setup.state.step if resume else None
         self.first_logged: dict[str, float] | None = None
         self.last_logged: dict[str, float] | None = None
-        self.diverged: str | None = None
-        self.diverged_from: int | None = None
+        self.diverged: Diverged | None = None
 
     def step(self, batch: Mapping[str, Any], prepared: dict[tuple[Any, ...], DeviceBatch]) -> None:
         """This probe's optimizer step on `batch`, and the running sums it feeds. `prepared` holds the batch as
@@ -218,8 +217,8 @@ class _Run:
             first_logged=self.first_logged,
             last_logged=self.last_logged,
             stopped_by=stopped_by,
-            diverged=self.diverged,
-            diverged_from=self.diverged_from,
+            diverged=None if self.diverged is None else str(self.diverged),
+            diverged_from=None if self.diverged is None else self.diverged.first_step,
         )
 
     def _save(self, name: str) -> None:
@@ -310,7 +309,7 @@ def _lead(runs: list[_Run]) -> RunSetUp | None:
 
 def _stop_alone(run: _Run, error: Diverged, runs: list[_Run], rank: int) -> None:
     """Take a run that diverged beside others out of the loop, saying so at once; the others go on."""
-    run.diverged, run.diverged_from = str(error), error.first_step
+    run.diverged = error
     if rank == 0:
         going_on = "; the other runs go on" if _active(runs) else ""
         tqdm.write(f"{run.run_dir}: {error}{going_on}", file=sys.stderr)

@@ -46,14 +46,15 @@ def kill_when(command: Sequence[str], moment: Callable[[], bool], what: str) -> 
     assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed {what}:\n{stderr}"
 
 
-def hold_lock(output: Path) -> subprocess.Popen:
+def hold_lock(output: Path, shared: bool = False) -> subprocess.Popen:
     """Another process holding the lock of `output` (a store or run folder), as a running extraction or training
-    does, until it is killed."""
+    does, until it is killed; `shared`: a store's shared lock, as a training or evaluation that reads it holds."""
+    lock = "shared_locks" if shared else "exclusive_lock"
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from isegprobe.locks import exclusive_lock\n"
-        "with exclusive_lock(Path(sys.argv[1])):\n"
+        f"from isegprobe.locks import {lock}\n"
+        f"with {lock}(Path(sys.argv[1])):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"
     )

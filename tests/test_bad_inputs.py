@@ -268,6 +268,16 @@ CASES: dict[str, Case] = {
         "-56.zarr: in use by another isegprobe command (PID",
         then=lambda w, output: release_and_check_holder(output),
     ),
+    "store being read by another command": Case(
+        lambda w: [*held(w.store, shared=True), *extract_the_test_store_again(w), "--overwrite"],
+        "-56.zarr: being read by other isegprobe commands (PID",
+        then=lambda w, output: release_and_check_holder(output, reader=True),
+    ),
+    "store being written by another command": Case(
+        lambda w: [*held(w.store), *evaluation(w, w.store, "e_held")],
+        "-56.zarr: being written by another isegprobe command (PID",
+        then=lambda w, output: release_and_check_holder(output),
+    ),
     "disk full while extracting": Case(
         lambda w: extraction("--dataset", "builtin", "--size", SIZE, "--workers", "0", "--out", w.root / "full"),
         "-56.zarr: cannot write (File too large): the disk is full (or a quota or file size limit is reached). What "
@@ -368,17 +378,19 @@ def declare_a_huge_image(folder: Path) -> None:
     png_declaring(folder / "images" / "im1.png", 8000, 6000)
 
 
-def held(output: Path) -> list[object]:
-    """Start another process that holds `output`'s lock (no arguments: the case's command follows)."""
-    HOLDERS.append(hold_lock(output))
+def held(output: Path, shared: bool = False) -> list[object]:
+    """Start another process that holds `output`'s lock (no arguments: the case's command follows); `shared`: as a
+    command reading a store holds it."""
+    HOLDERS.append(hold_lock(output, shared))
     return []
 
 
-def release_and_check_holder(output: str) -> None:
+def release_and_check_holder(output: str, reader: bool = False) -> None:
     holder = HOLDERS.pop()
     holder.kill()
     holder.wait()
-    assert f"(PID {holder.pid} on " in output, "the message names the process that holds the store"
+    named = f"(PID {holder.pid}: -c import sys, time from pathlib" if reader else f"(PID {holder.pid} on "
+    assert named in output, "the message names the process that holds the store"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,6 +10,7 @@ import click
 from cache_tools import describe_store, feature_stats, format_stats, list_stores, verify_store
 from cache_tools.verify import finished_items, has_checksums
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.locks import shared_locks
 from isegprobe.training.checkpoint import atomic_write_bytes
 
 
@@ -41,13 +42,14 @@ def info_command(store: str) -> None:
 def verify_command(store: str) -> None:
     """Read every finished item and check it against its checksum (written at extraction), for finite features and
     sane boxes; exits 1 and lists the problems if any."""
-    problems = verify_store(store)
-    for problem in problems:
-        click.echo(problem, err=True)
-    if problems:
-        click.echo("the same extract-features command with --repair extracts the broken items again", err=True)
-        raise SystemExit(1)
-    done, items = finished_items(store)
+    with shared_locks(store):
+        problems = verify_store(store)
+        for problem in problems:
+            click.echo(problem, err=True)
+        if problems:
+            click.echo("the same extract-features command with --repair extracts the broken items again", err=True)
+            raise SystemExit(1)
+        done, items = finished_items(store)
     if has_checksums(store):
         click.echo(f"{store}: consistent ({done} of {items} items finished, each entry matching its checksum)")
     else:
@@ -64,7 +66,8 @@ def verify_command(store: str) -> None:
 def stats_command(store: str, out: str | None) -> None:
     """Per-channel mean and std and the token norm distribution (high-norm artefact tokens included) of every
     finished item and view, streamed shard by shard."""
-    stats = feature_stats(store)
+    with shared_locks(store):
+        stats = feature_stats(store)
     click.echo(format_stats(stats))
     if out is not None:
         atomic_write_bytes(Path(out), json.dumps(stats.to_json(), indent=1).encode())

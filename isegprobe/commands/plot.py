@@ -17,6 +17,7 @@ from isegprobe.commands.options import (
     results_argument,
 )
 from isegprobe.errors import UserError
+from isegprobe.locks import shared_locks
 from isegprobe.plots.feature_panels import (
     feature_panels,
     named_upsamplers,
@@ -110,12 +111,13 @@ def features(
 ) -> None:
     """The image, a PCA-to-RGB picture of its cached low-res features, and the same PCA (fitted once, on the
     low-res features) of each upsampler's output: the same colour means the same feature in every panel."""
-    store = open_item(store_path, item, view)
-    names = [name.strip() for name in upsamplers.split(",") if name.strip()]
-    built = named_upsamplers(names, _weights_by_name(weights), int(store.provenance["dim"]))
-    if checkpoint is not None:
-        built.append(probe_upsampler(checkpoint, store))
-    panels = feature_panels(store, built, device=torch.device(device), shared=colours == "shared")
+    with shared_locks(store_path):
+        store = open_item(store_path, item, view)
+        names = [name.strip() for name in upsamplers.split(",") if name.strip()]
+        built = named_upsamplers(names, _weights_by_name(weights), int(store.provenance["dim"]))
+        if checkpoint is not None:
+            built.append(probe_upsampler(checkpoint, store))
+        panels = feature_panels(store, built, device=torch.device(device), shared=colours == "shared")
     for path in plot_feature_panels(panels, out):
         click.echo(f"wrote {path}")
 

@@ -15,6 +15,7 @@ from isegprobe.commands.train import exit_if_stopped
 from isegprobe.config import load_train_config
 from isegprobe.inference.metrics import format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+from isegprobe.locks import shared_locks
 from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
 from isegprobe.training import train
 from isegprobe.units import human_bytes
@@ -102,8 +103,9 @@ def quickstart(
     resume = (run_dir / "last.json").is_file()
     if resume:
         click.echo(f"  resuming the run in {run_dir} from its last checkpoint (delete the folder to start over)")
-    dataset = CachedDataset(stores["train"], views=config.data.views)
-    summary = train(config, dataset, run_dir, device=device, resume=resume)
+    with shared_locks(stores["train"]):
+        dataset = CachedDataset(stores["train"], views=config.data.views)
+        summary = train(config, dataset, run_dir, device=device, resume=resume)
     exit_if_stopped(summary, f"isegprobe quickstart --out {out_dir}")
     click.echo(f"  {summary.progress()}")
     click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")

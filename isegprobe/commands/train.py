@@ -20,6 +20,7 @@ from isegprobe.commands.train_runs import planned_runs, resumed_runs
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
+from isegprobe.locks import shared_locks
 from isegprobe.model import runs_featurizer_online
 from isegprobe.presets import list_presets
 from isegprobe.training import TrainSummary
@@ -134,21 +135,22 @@ def train(
         runs = planned_runs(run_dir, config_sources or (_default_preset(device),), variants, overrides)
 
     refuse_output_inside_a_store(run_dir)
-    dataset = CachedDataset(store_path, views=runs[0].config.data.views)
-    val_dataset = CachedDataset(val_store_path) if val_store_path else None
-    needs_featurizer = any(runs_featurizer_online(run.config.model, online) for run in runs)
-    featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
-    summaries = train_side_by_side(
-        [run.config for run in runs],
-        dataset,
-        [run.folder for run in runs],
-        featurizer=featurizer,
-        online=needs_featurizer,
-        resume=resume,
-        device=device,
-        use_wandb=use_wandb,
-        val_dataset=val_dataset,
-    )
+    with shared_locks(store_path, val_store_path):  # no extraction rewrites them under the training
+        dataset = CachedDataset(store_path, views=runs[0].config.data.views)
+        val_dataset = CachedDataset(val_store_path) if val_store_path else None
+        needs_featurizer = any(runs_featurizer_online(run.config.model, online) for run in runs)
+        featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
+        summaries = train_side_by_side(
+            [run.config for run in runs],
+            dataset,
+            [run.folder for run in runs],
+            featurizer=featurizer,
+            online=needs_featurizer,
+            resume=resume,
+            device=device,
+            use_wandb=use_wandb,
+            val_dataset=val_dataset,
+        )
     exit_if_stopped(summaries[0], _resume_command(run_dir, online, featurizer_name, featurizer_weights), len(summaries))
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
         for summary in summaries:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable, Collection, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,7 +40,7 @@ from isegprobe.inference.tasks import (
 )
 from isegprobe.inference.visuals import save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
-from isegprobe.locks import exclusive_lock
+from isegprobe.locks import exclusive_lock, shared_locks
 from isegprobe.model import runs_featurizer_online
 from isegprobe.same_images import warn_when_evaluating_training_images
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
@@ -96,38 +97,41 @@ def run_evaluation(
 def _evaluate(
     request: EvaluationRequest, on_result: Callable[[str, ObjectResult], None] | None
 ) -> dict[str, dict[str, Any]]:
-    setup = _set_up(request)
-    run_info = {
-        "protocol": request.protocol,
-        "checkpoint": str(setup.weights),
-        "checkpoint_sha256": file_sha256(setup.weights),
-        **probe_identity(setup.metadata),
-        "flip": request.flip,
-        "zoom_in": request.zoom_in,
-        "online": request.online,
-        "threshold": request.threshold,
-        "sources": {job.name: job.source for job in setup.jobs},
-        "source_fingerprints": {job.name: job.fingerprint for job in setup.jobs if job.fingerprint},
-    }
-    if request.online:
-        # What `plot predictions` needs to read the same images again.
-        run_info["online_sources"] = {
-            job.name: {"split": request.split, "root": _root_text(job.online_root)} for job in setup.jobs
+    with ExitStack() as reading:  # the stores it reads stay locked against extraction until it ends
+        setup = _set_up(request, reading)
+        run_info = {
+            "protocol": request.protocol,
+            "checkpoint": str(setup.weights),
+            "checkpoint_sha256": file_sha256(setup.weights),
+            **probe_identity(setup.metadata),
+            "flip": request.flip,
+            "zoom_in": request.zoom_in,
+            "online": request.online,
+            "threshold": request.threshold,
+            "sources": {job.name: job.source for job in setup.jobs},
+            "source_fingerprints": {job.name: job.fingerprint for job in setup.jobs if job.fingerprint},
         }
-    with exclusive_lock(Path(request.out_dir)):  # one evaluation writes a results folder at a time
-        writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
-        if not request.overwrite:
-            writer.resume()
-        for job in setup.jobs:
-            if writer.complete.get(job.name):
-                continue
-            done = set(writer.curves.get(job.name, ()))
-            tasks = (task for task in job.tasks if task.id not in done)
-            if request.save_feats:
-                folder = Path(request.out_dir) / "feats" / job.name
-                tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
-            _evaluate_dataset(setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result)
-        return writer.write()
+        if request.online:
+            # What `plot predictions` needs to read the same images again.
+            run_info["online_sources"] = {
+                job.name: {"split": request.split, "root": _root_text(job.online_root)} for job in setup.jobs
+            }
+        with exclusive_lock(Path(request.out_dir)):  # one evaluation writes a results folder at a time
+            writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
+            if not request.overwrite:
+                writer.resume()
+            for job in setup.jobs:
+                if writer.complete.get(job.name):
+                    continue
+                done = set(writer.curves.get(job.name, ()))
+                tasks = (task for task in job.tasks if task.id not in done)
+                if request.save_feats:
+                    folder = Path(request.out_dir) / "feats" / job.name
+                    tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
+                _evaluate_dataset(
+                    setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result
+                )
+            return writer.write()
 
 
 class EvaluationJob(NamedTuple):
@@ -155,14 +159,17 @@ class EvaluationSetUp(NamedTuple):
     framing: Callable[[ObjectTask], Framing] | None
 
 
-def _set_up(request: EvaluationRequest, only_items: Collection[str] | None = None) -> EvaluationSetUp:
+def _set_up(
+    request: EvaluationRequest, reading: ExitStack, only_items: Collection[str] | None = None
+) -> EvaluationSetUp:
     """Everything a run of `request` needs. The checkpoint is resolved once, so that the results name the file that
-    was loaded, even when a training run writes its first `best` into the folder meanwhile."""
+    was loaded, even when a training run writes its first `best` into the folder meanwhile. The stores it reads are
+    locked against extraction until `reading` closes."""
     device = torch.device(request.device)
     protocol = get_protocol(request.protocol)
     weights = resolve_checkpoint(request.checkpoint, prefer=protocol.checkpoint)[0].resolve()
     probe, metadata = load_probe(weights, device=device)
-    jobs = list(_jobs(request, metadata, only_items))
+    jobs = list(_jobs(request, metadata, reading, only_items))
     featurizer_needed = runs_featurizer_online(probe.config, request.online) or request.zoom_in
     featurizer = checkpoint_featurizer(metadata) if featurizer_needed else None
     if featurizer is not None and probe.needs_featurizer:
@@ -199,27 +206,30 @@ def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collect
 
 
 def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str]) -> list[ObjectResult]:
-    setup = _set_up(request, image_ids_of(object_ids))
-    job = next((job for job in setup.jobs if job.name == dataset), None)
-    if job is None:
-        raise UserError(f"the evaluation has no dataset {dataset!r}; it has {', '.join(j.name for j in setup.jobs)}")
-    wanted = [task for task in job.tasks if task.id in object_ids]
-    results: list[ObjectResult] = []
-    clicks = len(wanted) * request.max_clicks
-    with tqdm(desc=f"replaying {dataset}", unit="click", total=clicks, file=sys.stderr) as progress:
-        evaluate_objects(
-            setup.predictor,
-            iter(wanted),
-            request.max_clicks,
-            request.threshold,
-            request.batch_size,
-            on_result=results.append,
-            framing=setup.framing,
-            keep_masks_at=strip_clicks(request.max_clicks),
-            on_click=lambda click, objects: progress.update(objects),
-            clicker=request.clicker,
-        )
-    return results
+    with ExitStack() as reading:
+        setup = _set_up(request, reading, image_ids_of(object_ids))
+        job = next((job for job in setup.jobs if job.name == dataset), None)
+        if job is None:
+            raise UserError(
+                f"the evaluation has no dataset {dataset!r}; it has {', '.join(j.name for j in setup.jobs)}"
+            )
+        wanted = [task for task in job.tasks if task.id in object_ids]
+        results: list[ObjectResult] = []
+        clicks = len(wanted) * request.max_clicks
+        with tqdm(desc=f"replaying {dataset}", unit="click", total=clicks, file=sys.stderr) as progress:
+            evaluate_objects(
+                setup.predictor,
+                iter(wanted),
+                request.max_clicks,
+                request.threshold,
+                request.batch_size,
+                on_result=results.append,
+                framing=setup.framing,
+                keep_masks_at=strip_clicks(request.max_clicks),
+                on_click=lambda click, objects: progress.update(objects),
+                clicker=request.clicker,
+            )
+        return results
 
 
 def _root_text(root: Path | None) -> str | None:
@@ -291,7 +301,10 @@ def _evaluate_dataset(
 
 
 def _jobs(
-    request: EvaluationRequest, metadata: dict[str, Any], only_items: Collection[str] | None = None
+    request: EvaluationRequest,
+    metadata: dict[str, Any],
+    reading: ExitStack,
+    only_items: Collection[str] | None = None,
 ) -> Iterator[EvaluationJob]:
     """A job per requested dataset or store, of the items `only_items` (all when None); zoom-in makes its own
     mirrored crops."""
@@ -307,6 +320,7 @@ def _jobs(
             yield EvaluationJob(name, where, tasks, partial(online_object_count, source), root)
         return
     for path in _store_paths(request, metadata):
+        reading.enter_context(shared_locks(path))
         store = FeatureStore.open(path)
         check_store_matches(store, metadata)
         dataset = store.attrs["dataset"]

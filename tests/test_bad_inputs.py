@@ -49,6 +49,12 @@ def evaluation(w: World, store: Path, out: str, *options: object) -> list[object
     return ["evaluate", "--checkpoint", w.run, "--store", store, "--max-clicks", "2", "--out", w.root / out, *options]
 
 
+def link_to_nowhere(folder: Path) -> None:
+    """im1.jpg replaced by a link to a file that is not there (a dataset linked from a disk since moved)."""
+    (folder / "images" / "im1.jpg").unlink()
+    (folder / "images" / "im1.jpg").symlink_to(folder / "moved" / "im1.jpg")
+
+
 def extract_the_test_store_again(w: World) -> list[object]:
     """The world's own extraction of its test store: nothing left to do, when nothing is in the way."""
     options = ("--dataset", "builtin", "--size", SIZE, "--items-per-shard", "4", "--workers", "0")
@@ -118,6 +124,10 @@ CASES: dict[str, Case] = {
             w.images("text", lambda f: (f / "images" / "im1.jpg").write_text("not a picture")), w.root / "x2"
         ),
         "im1.jpg: cannot read this image (corrupt or not an image)",
+    ),
+    "image that is a broken link": Case(
+        lambda w: extract_custom(w.images("link", link_to_nowhere), w.root / "x9"),
+        "im1.jpg: a link to a file that does not exist (",
     ),
     "image without a mask": Case(
         lambda w: extract_custom(w.images("nomask", lambda f: (f / "masks" / "im1.png").unlink()), w.root / "x3"),

@@ -97,6 +97,10 @@ def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
 def _file_bytes(path: Path, kind: str) -> bytes:
     try:
         return Path(path).read_bytes()
+    except FileNotFoundError:
+        if Path(path).is_symlink():
+            raise UserError(f"{path}: a link to a file that does not exist ({os.readlink(path)})") from None
+        raise UserError(f"{path}: cannot read this {kind} (No such file or directory)") from None
     except OSError as error:
         raise UserError(f"{path}: cannot read this {kind} ({error.strerror or error})") from None
 
@@ -174,10 +178,11 @@ def is_truncated(data: bytes) -> bool:
 
 def files_by_stem(folder: Path) -> dict[str, list[Path]]:
     """The image files of `folder` grouped by their exact stem (file names compared as strings, never used as
-    patterns: `a[1].jpg` is not `a1.jpg`); suffixes match case-insensitively (GrabCut mixes .jpg and .JPG)."""
+    patterns: `a[1].jpg` is not `a1.jpg`); suffixes match case-insensitively (GrabCut mixes .jpg and .JPG). A link
+    whose file is gone stays, so that reading it says so instead of calling the image missing."""
     groups: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        if (path.is_file() or path.is_symlink() and not path.exists()) and path.suffix.lower() in IMAGE_SUFFIXES:
             groups.setdefault(path.stem, []).append(path)
     return groups
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from isegprobe.inference import format_table, iou, number_of_clicks, summarize
-from isegprobe.inference.metrics import format_miou_curves
+from isegprobe.inference.metrics import curve_warnings, format_miou_curves
 
 GT = np.array([[1, 1, 0], [1, 1, 0]], dtype=bool)
 PRED = np.array([[1, 1, 1], [1, 0, 0]], dtype=bool)
@@ -133,4 +133,19 @@ def test_format_miou_curves_shows_the_clicks_each_run_reached_and_its_last():
     assert lines.splitlines() == [
         "mIoU after k clicks (GrabCut): 1: 0.500, 3: 0.700, 4: 0.750",
         "mIoU after k clicks (DAVIS): 1: 0.400",
+    ]
+
+
+def test_curves_of_a_probe_that_segments_nothing_or_ignores_the_clicks_are_warned_of() -> None:
+    summaries = {
+        "grabcut": {"mIoU@k": [0.0, 0.0, 0.0]},
+        "berkeley": {"mIoU@k": [0.219, 0.210, 0.203]},
+        "davis": {"mIoU@k": [0.5, 0.7, 0.8]},
+        "sbd": {"mIoU@k": [0.6]},
+    }
+    assert curve_warnings(summaries) == [
+        "warning (grabcut): the IoU is 0 at every click on every object: the probe segments nothing of them "
+        "(untrained, diverged, or trained on other features?)",
+        "warning (berkeley): the mean IoU falls as clicks are added (0.219 after 1, 0.203 after 3): the probe does "
+        "not follow the clicks",
     ]

@@ -190,23 +190,26 @@ def test_report_bolds_the_best_probe_per_column(tmp_path: Path) -> None:
 
 
 def test_default_labels_tell_apart_evaluations_of_the_same_probe(tmp_path: Path) -> None:
-    """Two evaluations of one probe are named by the protocol settings that differ; the same protocol twice (two
-    training runs of one recipe) by the results folders; a probe unlike the others keeps its plain name."""
+    """Two evaluations of one probe are named by the protocol settings that differ; the same protocol twice by the
+    checkpoints' steps (a run's best and last checkpoints), and where those are the same too (two training runs of
+    one recipe) by the results folders; a probe unlike the others keeps its plain name."""
     curve = {"a": [0.5, 0.86, 0.91, 0.95]}
-    protocol = {"flip": True, "zoom_in": False, "online": False, "threshold": 0.5}
+    protocol = {"flip": True, "zoom_in": False, "online": False, "threshold": 0.5, "checkpoint_step": 38}
     write_results(tmp_path / "zoom", curve, {**RUN_INFO, **protocol, "zoom_in": True})
     write_results(tmp_path / "run1", curve, {**RUN_INFO, **protocol})
     write_results(tmp_path / "run2", curve, {**RUN_INFO, **protocol})
+    write_results(tmp_path / "best", curve, {**RUN_INFO, **protocol, "checkpoint_step": 6})
     write_results(tmp_path / "strict", curve, {**RUN_INFO, **protocol, "threshold": 0.49})
     write_results(tmp_path / "other", curve, {**RUN_INFO, **protocol, "upsampler": "bilinear"})
-    folders = [str(tmp_path / name) for name in ("zoom", "run1", "run2", "strict", "other")]
+    folders = [str(tmp_path / name) for name in ("zoom", "run1", "run2", "best", "strict", "other")]
     result = report(*folders, "--format", "csv")
     assert result.exit_code == 0, result.output
     lift = "vit_small_patch14_dinov2 + lift + after_backbone"
     assert [row[0] for row in csv.reader(result.output.splitlines()[1:])] == [
         f"{lift} (zoom-in, threshold 0.5)",
-        f"{lift} (no zoom-in, threshold 0.5, run1)",
-        f"{lift} (no zoom-in, threshold 0.5, run2)",
+        f"{lift} (no zoom-in, threshold 0.5, step 38, run1)",
+        f"{lift} (no zoom-in, threshold 0.5, step 38, run2)",
+        f"{lift} (no zoom-in, threshold 0.5, step 6)",
         f"{lift} (no zoom-in, threshold 0.49)",
         "vit_small_patch14_dinov2 + bilinear + after_backbone",
     ]
@@ -228,6 +231,16 @@ def test_a_nan_in_results_is_never_the_best_cell(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.output.splitlines()[2:5]]
     assert [row[2] for row in rows] == ["nan", "**2.00**", "4.00"]
+
+
+def test_a_column_whose_rows_all_read_the_same_has_no_best_cell(tmp_path: Path) -> None:
+    """Two probes that both reach no IoU of 90 % in the clicks given tie at the budget: neither is bolded there."""
+    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.88, 0.89]})
+    write_results(tmp_path / "bilinear", {"a": [0.5, 0.7, 0.8, 0.86]})
+    result = report(str(tmp_path / "lift"), str(tmp_path / "bilinear"), "--labels", "lift,bilinear")
+    assert result.exit_code == 0, result.output
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.output.splitlines()[2:4]]
+    assert [row[2:4] for row in rows] == [["**2.00**", "4.00"], ["4.00", "4.00"]]
 
 
 def test_report_says_which_cells_do_not_compare(tmp_path: Path) -> None:

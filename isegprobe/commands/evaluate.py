@@ -13,7 +13,7 @@ from isegprobe.commands.limits import max_pixels_option, threshold_option
 from isegprobe.commands.options import allow_torchscript_option, checkpoint_option, device_option, renamed_option
 from isegprobe.errors import UserError
 from isegprobe.inference.evaluation import CLICKERS
-from isegprobe.inference.metrics import format_miou_curves, format_table
+from isegprobe.inference.metrics import curve_warnings, format_miou_curves, format_table
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts, get_protocol
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.inference.wandb_results import log_results
@@ -131,4 +131,6 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
         log_results(run, summaries)
     click.echo(format_table(summaries))
     click.echo(format_miou_curves(summaries))
+    for warning in curve_warnings(summaries):
+        click.echo(warning, err=True)
     click.echo(f"results: {Path(request.out_dir).resolve()} (results.json, results.csv, ious.npz)")

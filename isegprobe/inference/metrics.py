@@ -111,3 +111,25 @@ def format_miou_curves(results_by_dataset: dict[str, dict], clicks: tuple[int, .
         points = ", ".join(f"{k}: {curve[k - 1]:.3f}" for k in shown)
         lines.append(f"mIoU after k clicks ({dataset}): {points}")
     return "\n".join(lines)
+
+
+def curve_warnings(results_by_dataset: dict[str, dict]) -> list[str]:
+    """What the mIoU curves say of the probe where its numbers would read as an ordinary weak probe's: one that
+    predicts nothing of any object at any click (untrained, diverged, or a threshold it never crosses), or one whose
+    mean IoU falls as the clicks are added (it does not follow them)."""
+    warnings = []
+    for dataset, results in results_by_dataset.items():
+        curve = results["mIoU@k"]
+        if not curve:
+            continue
+        if max(curve) == 0:
+            warnings.append(
+                f"warning ({dataset}): the IoU is 0 at every click on every object: the probe segments nothing of "
+                "them (untrained, diverged, or trained on other features?)"
+            )
+        elif len(curve) > 1 and curve[-1] < curve[0]:
+            warnings.append(
+                f"warning ({dataset}): the mean IoU falls as clicks are added ({curve[0]:.3f} after 1, "
+                f"{curve[-1]:.3f} after {len(curve)}): the probe does not follow the clicks"
+            )
+    return warnings

@@ -97,9 +97,10 @@ def _mark(document: dict[str, Any], dataset: str, running: bool) -> str:
 
 
 def _best(values: list[float | None], lower_is_better: bool) -> float | None:
-    """The column's best value; a NaN (a damaged or hand-edited results.json) is never it."""
+    """The column's best value; a NaN (a damaged or hand-edited results.json) is never it, and a column whose rows
+    all read the same has none (every probe at the click budget is no probe's success)."""
     present = [value for value in values if value is not None and not math.isnan(value)]
-    if len(present) < 2:
+    if len({f"{value:.2f}" for value in present}) < 2:
         return None
     return min(present) if lower_is_better else max(present)
 

@@ -37,7 +37,7 @@ CSV_COLUMNS = (
 # What results.json files written before a run-info key existed meant by leaving it out.
 RUN_INFO_DEFAULTS = {"protocol": "cache"}
 # Run-info keys that results.json files written before them cannot be checked against.
-RECORDED_SINCE = frozenset({"source_fingerprints"})
+RECORDED_SINCE = frozenset({"source_fingerprints", "checkpoint_step"})
 
 # What plots and reports read from each dataset's summary in results.json.
 READ_BACK_KEYS = ("NoC@85", "NoC@90", "mIoU@k")
@@ -212,10 +212,12 @@ _PROTOCOL_WORDS = (("zoom_in", "zoom-in", "no zoom-in"), ("flip", "flip", "no fl
 def default_labels(documents: Sequence[dict[str, Any]], results_dirs: Sequence[str | Path]) -> list[str]:
     """Names for evaluations shown side by side (report rows, plot curves): each one's `probe_label`. Where two
     would read the same, what tells them apart follows in brackets: the protocol settings that differ among them
-    (zoom-in, flip, online, threshold), and where those are the same, the results folders' names."""
+    (zoom-in, flip, online, threshold), then the checkpoints' training steps, and where those are the same, the
+    results folders' names."""
     labels = [probe_label(document, folder) for document, folder in zip(documents, results_dirs, strict=True)]
     protocols = [_protocol_words(document) for document in documents]
-    return told_apart(labels, protocols, [[Path(folder).resolve().name] for folder in results_dirs])
+    steps = [[f"step {document.get('checkpoint_step', '?')}"] for document in documents]
+    return told_apart(labels, protocols, steps, [[Path(folder).resolve().name] for folder in results_dirs])
 
 
 def told_apart(labels: Sequence[str], *details: Sequence[Sequence[str]]) -> list[str]:

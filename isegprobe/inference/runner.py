@@ -43,7 +43,7 @@ from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.locks import exclusive_lock, shared_locks
 from isegprobe.model import runs_featurizer_online
 from isegprobe.same_images import warn_when_evaluating_training_images
-from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
+from isegprobe.training.checkpoint import checkpoint_description, load_probe, resolve_checkpoint
 from isegprobe.training.store_checks import check_store_matches
 
 
@@ -99,10 +99,12 @@ def _evaluate(
 ) -> dict[str, dict[str, Any]]:
     with ExitStack() as reading:  # the stores it reads stay locked against extraction until it ends
         setup = _set_up(request, reading)
+        tqdm.write(checkpoint_description(setup.weights, setup.metadata), file=sys.stderr)
         run_info = {
             "protocol": request.protocol,
             "checkpoint": str(setup.weights),
             "checkpoint_sha256": file_sha256(setup.weights),
+            "checkpoint_step": setup.metadata.get("step"),
             **probe_identity(setup.metadata),
             "flip": request.flip,
             "zoom_in": request.zoom_in,
@@ -250,26 +252,29 @@ def _evaluate_dataset(
     framing: Callable[[ObjectTask], Framing] | None,
     on_result: Callable[[str, ObjectResult], None] | None,
 ) -> None:
-    """Evaluate one dataset's `tasks` (of `total` objects, those done before included), showing objects done of the
-    total with an ETA; `miniters=0` lets a batch that is still clicking redraw the bar (at most every 0.1 s) while
-    no object finishes."""
+    """Evaluate one dataset's `tasks` (of `total` objects, those done before included). The bar counts clicks,
+    every object's `max_clicks` of them, so that its rate and ETA hold while a batch of objects is still clicking
+    (counted in objects, it stood still for a batch's 20 clicks and then jumped); the objects done follow it."""
+    clicks = request.max_clicks
     done = len(writer.curves.get(name, {}))
-    progress = tqdm(desc=name, unit="obj", total=total, initial=done, miniters=0, file=sys.stderr)
+    progress = tqdm(desc=name, unit="click", total=total * clicks, initial=done * clicks, smoothing=0, file=sys.stderr)
     pictures = Path(request.out_dir) / "vis" / name
-    postfix: dict[str, str] = {}
+    postfix = {"objects": f"{done}/{total}"}
 
     def clicked(click: int, objects: int) -> None:
-        postfix["click"] = f"{click}/{request.max_clicks}"
-        progress.set_postfix(postfix, refresh=False)
-        progress.update(0)
+        progress.update(objects)
 
     def finished(result: ObjectResult) -> None:
+        nonlocal total
         if len(writer.curves.get(name, {})) < request.vis_preds:
             save_overlay(pictures, result)
         writer.add(name, result.id, result.ious)
-        if progress.n >= progress.total:  # an object the count up front missed (too small at the working size)
-            progress.total = progress.n + 1
-        progress.update(1)
+        finished_objects = len(writer.curves[name])
+        if finished_objects > total:  # an object the count up front missed (too small at the working size)
+            total = finished_objects
+            progress.total = total * clicks
+        postfix["objects"] = f"{finished_objects}/{total}"
+        progress.set_postfix(postfix)
         if on_result is not None:
             on_result(name, result)
 
@@ -294,7 +299,7 @@ def _evaluate_dataset(
             clicker=request.clicker,
         )
         writer.finish(name)
-        progress.total = progress.n  # the objects evaluated, where the count up front was off
+        progress.total = progress.n  # the clicks made, where the count of objects up front was off
     finally:
         writer.write()
         progress.close()

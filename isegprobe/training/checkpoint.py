@@ -246,6 +246,26 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> tuple[Path, Pa
     return files["weights"], files["metadata"]
 
 
+def checkpoint_description(weights: Path, metadata: dict[str, Any]) -> str:
+    """Which probe an evaluation loads, said before it starts: the file, its step and how it was chosen. A run
+    folder gives its best checkpoint, which after a short run can be many steps before the last one; this says so
+    rather than let the numbers pass for the last step's."""
+    step = metadata.get("step")
+    words = [f"step {step}"]
+    best = metadata.get("best_metric") or {}
+    if weights.name.startswith("best") and best.get("name") is not None:
+        words.append(f"best {best['name']} {float(best['value']):.4f}")
+    last = weights.with_name("last.json")
+    if weights.name.startswith("best") and last.is_file():
+        try:
+            last_step = json.loads(last.read_text()).get("step")
+        except (OSError, ValueError):
+            last_step = None
+        if isinstance(last_step, int) and isinstance(step, int) and last_step > step:
+            words.append(f"the run's last checkpoint is at step {last_step}: --checkpoint {last} evaluates that")
+    return f"probe: {weights} ({'; '.join(words)})"
+
+
 def load_probe(
     path: str | Path, featurizer: nn.Module | None = None, device: str | torch.device = "cpu"
 ) -> tuple[ISProbe, dict[str, Any]]:

@@ -113,7 +113,7 @@ class ModelConfig:
     fusion: str = "after_backbone"
     upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    click_radius: int = number(5, AT_LEAST_ONE)
+    click_radius: int = number(5, Range(1, 100))  # px at the working size; the research code's is 5
     # How bilinear resizes to the image place the patch grid: false aligns pixel centres (every token over its own
     # patch); true aligns the corner pixels, the iSegProbe research code's geometry, which the presets of its models
     # and the probes imported from it keep so that their numbers compare with its own.
@@ -128,7 +128,7 @@ class ModelConfig:
 class OptimConfig:
     lr: float = number(5e-5, POSITIVE)
     betas: list[float] = number([0.9, 0.999], Range(0, 1, high_open=True))
-    eps: float = number(1e-8, NON_NEGATIVE)
+    eps: float = number(1e-8, POSITIVE)  # Adam divides by sqrt(v) + eps, and v is 0 where no gradient came yet
     weight_decay: float = number(0.0, NON_NEGATIVE)
 
 
@@ -216,7 +216,7 @@ class SamplerConfig:
 class ClicksConfig:
     """Iterative training clicks: 0..max_num_next_clicks no-grad passes, each adding one click on the error."""
 
-    max_num_next_clicks: int = number(3, NON_NEGATIVE)
+    max_num_next_clicks: int = number(3, Range(0, 100))  # each a no-grad pass per step, as evaluate's at most 100
     pred_threshold: float = number(0.49, OPEN_UNIT)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from isegprobe.errors import UserError
+from isegprobe.home_paths import expand_home
 from isegprobe.yaml_text import load_yaml
 
 PRESET_SUFFIX = ".yaml"
@@ -36,7 +37,7 @@ def list_presets() -> list[str]:
 
 def find_config_file(source: str | Path, relative_to: Path | None = None) -> ConfigFile:
     """A YAML file (a relative path from `relative_to`, else the current directory) or a preset name (`sbd_224`)."""
-    path = Path(source).expanduser()
+    path = expand_home(source)
     if relative_to is not None and not path.is_absolute():
         path = relative_to / path
     if path.is_file():

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
+from isegprobe.home_paths import expand_home
 from isegprobe.inert_pickles import load_inertly
 from isegprobe.trust import ALLOW_TORCHSCRIPT, torchscript_allowed
 
@@ -43,7 +44,7 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
     """The tensors of `path`, unwrapped from DDP's `module.` prefix and from {"model": ...} / {"state_dict": ...}, or
     from the `wrappers` a method's authors save under instead (JAFAR's {"jafar": ...}); entries beside the wrapper
     (optimizer state, epoch) are ignored."""
-    path = Path(path).expanduser()
+    path = expand_home(path)
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist")
     torchscript = path.suffix != ".safetensors" and _is_torchscript(path)

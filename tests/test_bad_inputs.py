@@ -115,6 +115,10 @@ CASES: dict[str, Case] = {
         lambda w: extraction("--dataset", "grabcut", "--root", w.root / "nowhere", "--out", w.root / "x"),
         "expected the GrabCut layout with data_GT/ inside",
     ),
+    "path under the home of a user this machine does not have": Case(
+        lambda w: ["datasets", "check", "grabcut", "--root", "~nosuchuser/GrabCut"],
+        "~nosuchuser/GrabCut: no home directory for nosuchuser on this machine, so its ~ cannot be expanded",
+    ),
     "truncated image file": Case(
         lambda w: extract_custom(w.images("cut", lambda f: truncate(f / "images" / "im1.jpg")), w.root / "x1"),
         "im1.jpg: this image file is truncated",

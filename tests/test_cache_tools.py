@@ -53,6 +53,16 @@ def test_verify_finds_a_done_record_that_lost_its_items(tmp_path):
     )
 
 
+@pytest.mark.parametrize("array", ["crop_box", "original_size"])
+def test_verify_finds_a_missing_chunk_of_the_arrays_no_checksum_covers(tmp_path, array):
+    """Where each view lies in its image: no checksum covers it, yet every reader refuses a store without it."""
+    store = builtin_store(tmp_path, size=28, views="identity", items_per_shard=4)
+    shutil.rmtree(store / array / "c")
+    verified = CliRunner().invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 1
+    assert f"item 0 (test_000): the {array} chunk is missing" in verified.output
+
+
 def test_stats_are_the_stores_channel_moments_and_find_high_norm_tokens(tmp_path):
     store = builtin_store(tmp_path, size=56, views="identity,hflip", items_per_shard=4)
     features = zarr.open(str(store), mode="r+")["features"]
@@ -76,6 +86,14 @@ def test_stats_are_the_stores_channel_moments_and_find_high_norm_tokens(tmp_path
     assert shown.exit_code == 0, shown.output
     assert "1.04 % of tokens above 2x the median norm" in shown.output
     assert json.loads(out.read_text())["channel_std"] == pytest.approx(stats.channel_std)
+
+
+def test_stats_never_write_into_the_store_they_read(tmp_path):
+    store = builtin_store(tmp_path, size=28, views="identity", items_per_shard=4)
+    metadata = (store / "zarr.json").read_bytes()
+    refused = CliRunner().invoke(cache, ["stats", str(store), "--out", str(store / "zarr.json")])
+    assert refused.exit_code == 1 and "inside the feature store" in refused.output
+    assert (store / "zarr.json").read_bytes() == metadata
 
 
 def test_ls_lists_every_store_under_a_root_and_nothing_inside_them(tmp_path):

@@ -91,6 +91,19 @@ def test_matching_checksum_downloads_and_unpacks_into_the_loader_layout(server, 
     assert "already has the grabcut layout" in again.output and len(server.ranges) == 1
 
 
+def test_a_url_named_like_the_datasets_folder_unpacks_beside_the_users_files(server, tmp_path):
+    """A URL ending in /GrabCut: saved under that name, the archive would stand where it is to be unpacked."""
+    server.payload = _grabcut_zip(tmp_path)
+    notes = tmp_path / "data" / "GrabCut" / "my_notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut"))
+    assert result.exit_code == 0, result.output
+    assert create_dataset("grabcut", tmp_path / "data" / "GrabCut")[0].num_instances == 1
+    assert notes.read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["GrabCut"]
+
+
 def test_checksum_mismatch_fails_and_leaves_nothing_behind(server, tmp_path):
     server.payload = _grabcut_zip(tmp_path)
     result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"), "--sha256", "0" * 64)

@@ -263,7 +263,8 @@ def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, im
     assert instances.shape == (height, width) and int(instances.max()) == state["objects"]
 
     outside = client.post("/api/click", json={"x": width, "y": 0, "positive": True})
-    assert outside.status_code == 400 and "outside the" in outside.json()["detail"]
+    assert outside.status_code == 400
+    assert outside.json()["detail"] == f"click at x={width}, y=0 is outside the image, {width} wide and {height} high"
     assert client.post("/api/open", json={"name": "missing.png"}).status_code == 400
 
     encoded = cv2.imencode(".png", np.full((30, 40, 3), 200, np.uint8))[1].tobytes()
@@ -341,6 +342,18 @@ def test_a_real_browser_clicks_on_the_page(checkpoint: Path, bilinear_checkpoint
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_port_already_in_use_is_said_before_the_page_is_announced(checkpoint: Path, image_folder: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = ["demo", "--checkpoint", str(checkpoint), "--images", str(image_folder), "--port", str(port)]
+        refused = CliRunner().invoke(main, command)
+    assert refused.exit_code == 1, refused.output
+    assert f"--host 127.0.0.1 --port {port}: cannot serve there (Address already in use)" in refused.output
+    assert "isegprobe demo on" not in refused.output
 
 
 def test_the_demo_command_serves_the_page_and_ends_cleanly_on_ctrl_c(checkpoint: Path, image_folder: Path) -> None:

@@ -19,6 +19,9 @@ from isegprobe.cache.reader import ChunkError, open_tensorstore, read_items
 from isegprobe.cache.store import FeatureStore
 
 CHANGED_BYTES = "no longer match their checksum (the stored bytes changed after extraction)"
+# Where each view lies in its image, which evaluation and `plot predictions` read: no checksum covers them, but a
+# missing or undecodable chunk of theirs makes every reader refuse the store
+_GEOMETRY_ARRAYS = ("crop_box", "original_size")
 
 
 def broken_entries(store: FeatureStore, on_shard: Callable[[int], None] | None = None) -> Iterator[tuple[int, str]]:
@@ -27,6 +30,7 @@ def broken_entries(store: FeatureStore, on_shard: Callable[[int], None] | None =
     `on_shard(checked)` follows the reading (a progress bar): after each shard, with its number of finished items."""
     checked = CHECKSUM_ARRAY in store.group
     names = ["features", *(PIXEL_ARRAYS if checked else ()), "valid_box", *((CHECKSUM_ARRAY,) if checked else ())]
+    names += [name for name in _GEOMETRY_ARRAYS if name in store.group]  # read for their chunks alone
     handles = {name: open_tensorstore(store.path, name) for name in names}
     done_mask = store.done_mask()
     for items in store.shard_ranges():

@@ -9,6 +9,7 @@ import click
 
 from cache_tools import describe_store, feature_stats, format_stats, list_stores, verify_store
 from cache_tools.verify import finished_items, has_checksums
+from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.locks import shared_locks
 from isegprobe.training.checkpoint import atomic_write_bytes
@@ -66,6 +67,8 @@ def verify_command(store: str) -> None:
 def stats_command(store: str, out: str | None) -> None:
     """Per-channel mean and std and the token norm distribution (high-norm artefact tokens included) of every
     finished item and view, streamed shard by shard."""
+    if out is not None:
+        refuse_output_inside_a_store(out)
     with shared_locks(store):
         stats = feature_stats(store)
     click.echo(format_stats(stats))

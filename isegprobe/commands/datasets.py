@@ -13,6 +13,7 @@ from isegprobe.data.catalog import CATALOG, dataset_facts, has_layout
 from isegprobe.data.check import ON_ERROR_CHOICES, CheckReport, check_source
 from isegprobe.data.download import ARCHIVES, download_dataset
 from isegprobe.data.roots import load_dataset_config, require_root, resolve_root
+from isegprobe.home_paths import expand_home
 
 MAX_LISTED_WARNINGS = 20
 
@@ -31,7 +32,7 @@ def _root_status(name: str, root: str | None) -> str:
         return "built in"
     if root is None:
         return "not set"
-    path = Path(root).expanduser()
+    path = expand_home(root)
     if has_layout(name, path):
         return "found"
     return "layout not found" if path.exists() else "missing"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+
 import click
 
 from isegprobe.commands.errors import reports_user_errors
@@ -74,8 +77,28 @@ def demo(
 
     catalog = _catalog(images, image, dataset, root, split)
     app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port)
+    listening = _listening_socket(host, port)
     click.echo(f"isegprobe demo on http://{host}:{port} (Ctrl-C stops it)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, which the server passes on once it has shut down
+        server.run(sockets=[listening])
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the page is announced: a port in use (another demo) or a host this
+    machine does not have is said naming the options, where the server would log it after the announcement and
+    exit with status 3."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+    except OSError as error:
+        raise UserError(
+            f"--host {host} --port {port}: cannot serve there ({error.strerror or error}); pass another --port "
+            "(or --host)"
+        ) from None
+    return listening
 
 
 def _catalog(images: str | None, image: str | None, dataset: str | None, root: str | None, split: str) -> Catalog:

@@ -204,6 +204,15 @@ def unpack(name: str, archive: Path, target: Path) -> Path:
     return target
 
 
+def _archive_path(url: str, to: Path, target: Path) -> Path:
+    """Where the archive at `url` is saved: named as the URL names it, unless that name is the dataset's own folder
+    (a URL ending in `/GrabCut`), where the archive would stand in the way of its own unpacking, or no file name."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    if name in ("", ".", "..") or to / name == target:
+        name = f"{target.name}.archive"  # unpacking tells zip from tar by the bytes, not the name
+    return to / name
+
+
 def download_dataset(
     name: str,
     to: Path,
@@ -224,7 +233,9 @@ def download_dataset(
     expected = (sha256 or archive_info.sha256 or "").lower() or None
     size = archive_info.size if url is None else None
     url = url or archive_info.url
-    archive = to / url.rstrip("/").rsplit("/", 1)[-1]
+    archive = _archive_path(url, to, target)
+    if archive.exists() and not archive.is_file():
+        raise UserError(f"{archive}: a folder where the archive {url} is to be saved; move it, or pass another --to")
     if archive.exists():
         digest = file_sha256(archive)
         if expected and digest != expected:

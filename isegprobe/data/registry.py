@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from isegprobe.data.sample import Sample
+from isegprobe.home_paths import expand_home
 from isegprobe.registry import Registry
 
 
@@ -40,4 +41,4 @@ def list_datasets() -> list[str]:
 def create_dataset(name: str, root: str | Path | None = None, split: str = "test") -> SampleSource:
     """Build the loader `name` over `root` (a folder in that dataset's usual layout)."""
     factory = DATASETS.get(name)
-    return factory(Path(root).expanduser() if root is not None else None, split)
+    return factory(expand_home(root) if root is not None else None, split)

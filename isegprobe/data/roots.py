@@ -22,6 +22,7 @@ import yaml
 
 from isegprobe.data.catalog import CATALOG
 from isegprobe.errors import UserError
+from isegprobe.home_paths import expand_home
 from isegprobe.yaml_text import load_yaml
 
 CONFIG_ENV = "ISEGPROBE_DATASETS"
@@ -65,7 +66,7 @@ def user_config_path() -> tuple[Path, bool]:
     """The user's datasets.yaml, and whether `$ISEGPROBE_DATASETS` named it (then it must exist)."""
     named = os.environ.get(CONFIG_ENV)
     if named:
-        return Path(named).expanduser(), True
+        return expand_home(named), True
     config_home = Path(os.environ.get("XDG_CONFIG_HOME", ""))
     if not config_home.is_absolute():  # unset, empty or relative: the XDG default
         config_home = Path.home() / ".config"
@@ -122,9 +123,9 @@ def _read(path: Path | Traversable, keys: set[str]) -> dict[str, Any]:
 def resolve_root(name: str, root_option: str | Path | None) -> Path | None:
     """The root a command should use for dataset `name`: the --root option if given, else the configured one."""
     if root_option is not None:
-        return Path(root_option).expanduser()
+        return expand_home(root_option)
     configured = load_dataset_config().root(name)
-    return Path(configured).expanduser() if configured else None
+    return expand_home(configured) if configured else None
 
 
 def require_root(name: str, root_option: str | Path | None) -> Path:

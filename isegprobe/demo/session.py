@@ -88,7 +88,7 @@ class DemoSession:
         image = self._require_image()
         height, width = image.pixels.shape[:2]
         if not (0 <= y < height and 0 <= x < width):
-            raise UserError(f"click ({y}, {x}) is outside the {height}x{width} image")
+            raise UserError(f"click at x={x}, y={y} is outside the image, {width} wide and {height} high")
         self.clicks.append(Click(int(y), int(x), bool(is_positive)))
         self._predict()
         return self.probs

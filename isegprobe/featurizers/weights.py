@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from isegprobe.errors import UserError
 from isegprobe.featurizers.dinov3_checkpoints import dinov3_to_timm, is_dinov3_layout
 from isegprobe.hashing import file_sha256
+from isegprobe.home_paths import expand_home
 from isegprobe.state_dicts import load_strictly, read_state_dict
 
 RANDOM_SEED = 0
@@ -53,7 +54,7 @@ def create_timm_model(arch: str, weights: str, **model_kwargs: Any) -> tuple[nn.
             stacklevel=3,
         )
         return _seeded(arch, **model_kwargs), WeightsSource("random", random_seed=RANDOM_SEED)
-    path = Path(weights).expanduser().resolve()
+    path = expand_home(weights).resolve()
     if not path.is_file():
         raise UserError(
             f"weights file {path} does not exist (--weights takes 'random', 'hub' or a path to a "

@@ -25,6 +25,7 @@ from torch import nn
 
 from isegprobe.config import TrainConfig, train_config_from_dict
 from isegprobe.errors import UserError, writing_to
+from isegprobe.home_paths import expand_home
 from isegprobe.model import ISProbe
 from isegprobe.upsamplers.learned import LearnedUpsampler
 
@@ -233,7 +234,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> tuple[Path, Path]:
     """(weights, metadata) paths from a run directory (`prefer`: "best" or "last", else the other), a .safetensors
     or a .json file."""
-    path = Path(path).expanduser()
+    path = expand_home(path)
     if path.is_dir():
         if not any((path / f"{name}.json").is_file() for name in ("best", "last")):
             raise UserError(f"{path}: not a run folder (no best.json or last.json in it). {CHECKPOINT_HINT}")

@@ -17,11 +17,12 @@ import numpy as np
 
 from isegprobe.data.restricted_pickle import read_ritm_pickle
 from isegprobe.errors import UserError
+from isegprobe.home_paths import expand_home
 
 
 def read_sample_scores(path: str | Path) -> dict[str, float]:
     """image name -> score, from RITM's pickle or a CSV with columns index, image, score."""
-    path = Path(path).expanduser()
+    path = expand_home(path)
     if not path.is_file():
         raise UserError(f"data.sample_weights: no file {path}")
     try:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from isegprobe.cli import main
 from isegprobe.config import (
     RenamedConfigKeyWarning,
     TrainConfig,
@@ -225,3 +227,13 @@ def test_the_old_name_of_the_upsampler_fine_tune_key_still_loads(tmp_path: Path)
 def test_a_config_survives_its_dict_form() -> None:
     config = load_train_config("fast_cpu", ["schedule.max_iters=7", "model.click_encoder.name=simple_vit"])
     assert train_config_from_dict(config_to_dict(config)) == config
+
+
+def test_show_config_lists_every_key_with_what_it_takes_as_yaml_that_reads_back(tmp_path: Path) -> None:
+    shown = CliRunner().invoke(main, ["train", "--show-config", "--config", "sbd_224", "--set", "optim.lr=1e-4"])
+    assert shown.exit_code == 0, shown.output
+    assert "\n  click_radius: 5  # >= 1 and <= 100\n" in shown.output
+    assert "\n    name: bilinear  # one of anyup, bicubic, bilinear, featup_jbu, " in shown.output
+    assert "\n  num_workers: auto  # >= 0, or auto\n" in shown.output
+    (tmp_path / "shown.yaml").write_text(shown.output)
+    assert load_train_config(tmp_path / "shown.yaml") == load_train_config("sbd_224", ["optim.lr=1e-4"])

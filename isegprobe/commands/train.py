@@ -17,6 +17,8 @@ from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
 from isegprobe.commands.train_runs import planned_runs, resumed_runs
+from isegprobe.config import load_train_config
+from isegprobe.config_reference import annotated_config
 from isegprobe.distributed import current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
@@ -68,8 +70,12 @@ DEFAULT_PRESETS = {"cuda": "sbd_224", "cpu": "fast_cpu"}
     type=click.Path(exists=True, file_okay=False),
     help="Store to pick the best checkpoint on (with --resume: the run's own, unless given).",
 )
+@click.option("--out", "run_dir", type=click.Path(file_okay=False), help="Run directory for checkpoints and logs.")
 @click.option(
-    "--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory for checkpoints and logs."
+    "--show-config",
+    is_flag=True,
+    help="Print the config that --config and --set make, every key with its value and what it takes, and exit "
+    "(no --store or --out needed): the keys --set and --variant change.",
 )
 @click.option(
     "--online", is_flag=True, help="Compute features in the loop with the frozen featurizer instead of reading them."
@@ -106,6 +112,7 @@ def train(
     max_iters: int | None,
     device: str,
     use_wandb: bool,
+    show_config: bool,
 ) -> None:
     """Train an interactive-segmentation probe on cached frozen features.
 
@@ -121,6 +128,14 @@ def train(
     by side together.
     """
     overrides = (*overrides, f"schedule.max_iters={max_iters}") if max_iters is not None else overrides
+    if show_config:
+        sources = config_sources or (_default_preset(device),)
+        for source in sources:
+            heading = f"# --config {source}\n" if len(sources) > 1 else ""
+            click.echo(heading + annotated_config(load_train_config(source, overrides)), nl=False)
+        return
+    if run_dir is None:
+        raise click.UsageError("Missing option '--out' (the run directory).")
     if resume:
         if config_sources or variants:
             click.echo(

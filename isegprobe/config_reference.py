@@ -1,0 +1,58 @@
+"""Every key of a training config with its value and what it takes, for `isegprobe train --show-config`: the keys that
+`--set` and `--variant` change are otherwise found only by reading isegprobe/config.py or a run's config.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import yaml
+
+from isegprobe.config import CLICK_SAMPLING, PRELOAD, TrainConfig
+from isegprobe.model import FUSIONS, list_click_encoders
+from isegprobe.upsamplers import list_upsamplers
+
+
+def _words(values: typing.Iterable[Any]) -> str:
+    return "one of " + ", ".join(str(value).lower() if isinstance(value, bool) else str(value) for value in values)
+
+
+# What the keys that take a word accept (the numbers' ranges come from the config's own fields).
+_CHOICES = {
+    "model.fusion": lambda: _words(FUSIONS),
+    "model.upsampler.name": lambda: _words(list_upsamplers()),
+    "model.click_encoder.name": lambda: _words(list_click_encoders()),
+    "data.click_sampling": lambda: _words(CLICK_SAMPLING),
+    "data.preload": lambda: _words(PRELOAD),
+    "data.num_workers": lambda: ">= 0, or auto",
+}
+
+
+def annotated_config(config: TrainConfig) -> str:
+    """`config` as YAML that `--config` reads back, each key followed by what it takes: a number's range or a word's
+    choices."""
+    lines = [
+        "# The resolved config: defaults, then the preset or YAML files, then --set. Any key below can be given",
+        "# as --set KEY=VALUE (e.g. --set optim.lr=1e-4 --set model.upsampler.name=lift), or in a YAML --config.",
+        "# What each does: the sections' descriptions in isegprobe/config.py, and docs/training.md.",
+    ]
+    _add_section(config, "", 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _add_section(section: Any, prefix: str, depth: int, lines: list[str]) -> None:
+    hints = typing.get_type_hints(type(section))
+    indent = "  " * depth
+    for field in dataclasses.fields(section):
+        value = getattr(section, field.name)
+        key = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(hints[field.name]):
+            lines.append(f"{indent}{field.name}:")
+            _add_section(value, f"{key}.", depth + 1, lines)
+            continue
+        takes = _CHOICES[key]() if key in _CHOICES else str(field.metadata.get("range") or "")
+        if takes and type(None) in typing.get_args(hints[field.name]):
+            takes += ", or null"
+        rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+        lines.append(f"{indent}{field.name}: {rendered}" + (f"  # {takes}" if takes else ""))

@@ -17,7 +17,14 @@ from isegprobe.training.checkpoint import atomic_write_bytes
 
 @click.group("cache")
 def cache() -> None:
-    """Inspect, verify and summarise feature stores written by extract-features."""
+    """Inspect, verify and summarise feature stores written by extract-features.
+
+    \b
+        isegprobe cache ls cache/
+        isegprobe cache inspect cache/vit_small_patch14_dinov2-grabcut-test-448.zarr
+        isegprobe cache verify cache/vit_small_patch14_dinov2-grabcut-test-448.zarr
+        isegprobe cache stats cache/vit_small_patch14_dinov2-grabcut-test-448.zarr --out stats.json
+    """
 
 
 @cache.command("inspect")

@@ -24,6 +24,11 @@ def datasets() -> None:
 
     Dataset folders come from the file $ISEGPROBE_DATASETS names, else ~/.config/isegprobe/datasets.yaml
     ($XDG_CONFIG_HOME); a dataset the file does not name is looked for in data/<folder> here. --root wins.
+
+    \b
+        isegprobe datasets list
+        isegprobe datasets check grabcut --root data/GrabCut
+        isegprobe datasets download grabcut --to data
     """
 
 
@@ -44,7 +49,7 @@ def list_command() -> None:
     """Every dataset family: published size, configured root, and whether it is there."""
     config = load_dataset_config()
     click.echo(f"roots from {config.roots_source}")
-    rows = [("name", "splits (test =)", "published", "root", "from", "status")]
+    rows = [("name", "splits (evaluated)", "published", "root", "from", "status")]
     for name in list_datasets():
         facts = CATALOG.get(name)
         root = config.root(name)

@@ -25,6 +25,7 @@ from isegprobe.training.run_logger import start_wandb
 @click.option(
     "--protocol",
     type=click.Choice(list(PROTOCOLS), case_sensitive=False),
+    metavar=f"[{'|'.join(PROTOCOLS)}]",  # click would list the names lower-cased
     default=DEFAULT_PROTOCOL,
     show_default=True,
     help="cache: isegprobe's own (the store's cached view; the flags below decide zoom-in, flip, threshold, clicks; a "

@@ -200,8 +200,9 @@ def _default_preset(device: str) -> str:
     why = (
         "the research recipe, for a GPU"
         if where == "cuda"
-        else "a light head that trains in seconds a step on a CPU; --config sbd_224 runs the research recipe, "
-        "minutes a step here"
+        else "a light head after the bilinear upsampler, seconds a step on a CPU at 224 px (a learned upsampler "
+        "such as lift more; --set model.upsampler.name=identity keeps the head on the feature grid, under a second); "
+        "--config sbd_224 runs the research recipe, minutes a step here"
     )
     if current_rank() == 0:
         click.echo(f"no --config: preset {preset} ({why})", err=True)

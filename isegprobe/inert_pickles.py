@@ -42,6 +42,17 @@ _CONTAINER_STAND_INS = {
 }
 
 
+# torch.save's format before torch 1.6 (a run of pickles, not a zip archive) opens with this pickled magic number.
+_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[2:-1]
+
+
+def is_legacy_torch_save(path: str | Path) -> bool:
+    """Whether `path` is in torch.save's format before torch 1.6: torch lists the classes of zip archives only, so
+    such a file cannot be read inertly, and deserves a message that says so rather than that it is no checkpoint."""
+    with open(path, "rb") as file:
+        return _LEGACY_MAGIC in file.read(64)
+
+
 def load_inertly(path: str | Path) -> Any:
     """`torch.load(path, weights_only=True)` with every global the file names standing in as an inert object.
 

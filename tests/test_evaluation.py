@@ -156,8 +156,10 @@ def test_cli_from_the_cache_writes_the_papers_numbers(store, trained_run, three_
         "Dataset", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "IoU@1", "SPC, s", "SPC loop, s"
     ]  # fmt: skip
     assert lines[header + 2].startswith("| grabcut |")
-    assert "grabcut:   0%|          | 0/3 [" in result.stderr, "the objects' total is known before the first one"
-    assert "grabcut: 100%|██████████| 3/3 [" in result.stderr
+    total = 3 * CLICKS  # the bar counts clicks, every object's CLICKS
+    assert f"grabcut:   0%|          | 0/{total} [" in result.stderr, "the objects' total is known before the first"
+    assert f"grabcut: 100%|██████████| {total}/{total} [" in result.stderr and "objects=3/3" in result.stderr
+    assert f"probe: {trained_run.resolve()}/" in result.stderr, "it names the checkpoint it loaded"
 
     document = json.loads((out / "results.json").read_text())
     summary = document["datasets"]["grabcut"]

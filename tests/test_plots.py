@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.textpath import text_to_path
 from stores import builtin_store
 from torch import nn
 
@@ -25,10 +27,22 @@ from isegprobe.commands.options import results_and_labels
 from isegprobe.config import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.errors import UserError
+from isegprobe.hashing import file_sha256
+from isegprobe.inference.clicker import Click
+from isegprobe.inference.evaluation import ObjectResult
+from isegprobe.inference.report import format_report
 from isegprobe.inference.results import ResultsWriter
+from isegprobe.inference.visuals import save_overlay
 from isegprobe.plots.feature_panels import feature_panels, named_upsamplers, open_item
 from isegprobe.plots.feature_pca import PcaColours
-from isegprobe.plots.iou_vs_clicks import evaluation_curves, iou_vs_clicks_figure, read_evaluation
+from isegprobe.plots.iou_vs_clicks import (
+    LEGEND_FONT,
+    LEGEND_TEXT_SHARE,
+    PANEL_SIZE,
+    evaluation_curves,
+    iou_vs_clicks_figure,
+    read_evaluation,
+)
 from isegprobe.training import train
 
 RUN_INFO = {"featurizer": "vit_small_patch14_dinov2", "upsampler": "lift", "fusion": "after_backbone"}
@@ -339,8 +353,8 @@ def test_a_report_tells_an_evaluation_in_progress_from_a_stopped_one(tmp_path: P
         holder.communicate(b"\n", timeout=30)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert [cell.strip() for cell in lines[2].split("|")[1:-1]][:3] == ["running", "cache", "**2.00**†"]
-    assert [cell.strip() for cell in lines[3].split("|")[1:-1]][:3] == ["stopped", "cache", "**2.00***"]
+    assert [cell.strip() for cell in lines[2].split("|")[1:-1]][:3] == ["running", "cache", "2.00†"]
+    assert [cell.strip() for cell in lines[3].split("|")[1:-1]][:3] == ["stopped", "cache", "2.00*"]
     assert "* evaluation stopped before every object was done" in lines
     (note,) = [line for line in lines if line.startswith("† running: evaluation in progress")]
     assert f"PID {holder.pid} " in note
@@ -357,3 +371,195 @@ with exclusive_lock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.readline()
 """
+
+
+def test_rows_labelled_alike_keep_their_notes_and_marks() -> None:
+    """Notes and marks belong to rows, not to labels: two rows that read the same keep apart a 4-click from a
+    2-click evaluation, and the one still running from the one stopped."""
+    summary = {"NoC@85": 2.0, "NoC@90": 3.0, "mIoU@k": [0.5, 0.86], "num_instances": 1, "complete": False}
+    stopped = {"max_clicks": 4, "datasets": {"grabcut": summary}}
+    running = {
+        "protocol": "ritm",
+        "max_clicks": 2,
+        "datasets": {"grabcut": {**summary, "NoC@85": 1.0, "NoC@90": 1.0, "mIoU@k": [0.9, 0.9], "num_instances": 2}},
+    }
+    table = format_report([("x", stopped), ("x", running)], miou_at=2, running={1: "PID 7 isegprobe evaluate"})
+    lines = table.splitlines()
+    assert [cell.strip() for cell in lines[2].split("|")[1:-1]][2] == "2.00*"
+    assert [cell.strip() for cell in lines[3].split("|")[1:-1]][2] == "**1.00**†"
+    assert "† x: evaluation in progress, its numbers cover the objects done so far (PID 7 isegprobe evaluate)" in lines
+    assert "rows come from different evaluation protocols (x: cache, x: ritm), so their numbers do not compare" in lines
+    assert any(line.startswith("rows had different click budgets (x: 4, x: 2)") for line in lines)
+    assert "grabcut: rows measured different numbers of objects (x: 1, x: 2), so they do not compare" in lines
+
+
+def test_results_folders_of_one_name_get_labels_that_differ_and_repeated_labels_are_refused(tmp_path: Path) -> None:
+    write_results(tmp_path / "a" / "results", {"a": [0.5, 0.86, 0.91, 0.95]})
+    write_results(tmp_path / "b" / "results", {"a": [0.5, 0.86, 0.91, 0.95], "b": [0.1, 0.2, 0.3, 0.4]})
+    folders = [str(tmp_path / "a" / "results"), str(tmp_path / "b" / "results")]
+    result = report(*folders)
+    assert result.exit_code == 0, result.output
+    lift = "vit_small_patch14_dinov2 + lift + after_backbone"
+    assert f"grabcut: rows measured different numbers of objects ({lift} (a/results): 1, {lift} (b/results): 2)" in (
+        result.output
+    )
+    for command in (["report"], ["plot", "iou-vs-clicks", "--out", str(tmp_path / "curves.png")]):
+        result = CliRunner().invoke(main, [*command, *folders, "--labels", "x, x"])
+        assert result.exit_code == 1, result.output
+        assert "--labels: 'x' given to more than one RESULTS folder" in result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "drawn"),
+    [
+        (["--labels", "cost $5 vs $10"], "cost $5 vs $10 (NoC@85 2.00"),
+        (["--labels", r"$\foo$"], r"$\foo$ (NoC@85 2.00"),
+        (["--title", r"$\frac{$"], r"$\frac{$"),
+    ],
+)
+def test_labels_and_titles_are_drawn_as_written(tmp_path: Path, arguments: list[str], drawn: str) -> None:
+    """A `$` in a label or title is a dollar, not the start of matplotlib's math (which dropped the dollars and
+    spaces of the first and failed on the others)."""
+    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95]})
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"), *arguments, "--out", str(tmp_path / "curves.png"))
+    assert result.exit_code == 0, result.output
+    assert f">{drawn}" in (tmp_path / "curves.svg").read_text()
+
+
+def test_featurizer_and_dataset_names_with_dollars_draw_and_wrap_as_measured(tmp_path: Path) -> None:
+    run_info = {**RUN_INFO, "featurizer": r"$\foo$ " + "$x$ " * 40}
+    writer = ResultsWriter(tmp_path / "dollars", max_clicks=4, run_info=run_info)
+    writer.add("$grab$cut", "a", np.array([0.5, 0.86, 0.91, 0.95]))
+    writer.write()
+    figure = iou_vs_clicks_figure([read_evaluation(tmp_path / "dollars")], title=r"$\frac{$")
+    figure.canvas = FigureCanvasAgg(figure)
+    figure.canvas.draw()
+    (axis,) = figure.axes
+    assert axis.get_title() == "$grab$cut"
+    (legend_text,) = axis.get_legend().get_texts()
+    lines = legend_text.get_text().split("\n")
+    assert len(lines) > 2 and lines[0].startswith(r"$\foo$ $x$"), "wrapped, the dollars kept"
+    measured = max(text_to_path.get_text_width_height_descent(line, LEGEND_FONT, ismath=False)[0] for line in lines)
+    drawn = legend_text.get_window_extent().width * 72 / figure.dpi
+    assert measured <= LEGEND_TEXT_SHARE * PANEL_SIZE[0] * 72 and drawn == pytest.approx(measured, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda document: document["datasets"].update(builtin="NoC@85 NoC@90 mIoU@k"), "(builtin not objects)"),
+        (lambda document: document["datasets"].update(builtin=["NoC@85", "NoC@90", "mIoU@k"]), "builtin not objects"),
+        (lambda document: document.update(threshold="abc"), "(threshold not numbers)"),
+        (lambda document: document.update(threshold=None), "(threshold not numbers)"),
+        (lambda document: document.update(featurizer=5), "(featurizer not text or null)"),
+        (lambda document: document.update(max_clicks=[4]), "(max_clicks not counts)"),
+        (lambda document: document["datasets"]["grabcut"].pop("num_instances"), "(no grabcut/num_instances)"),
+        (lambda document: document["datasets"]["grabcut"].update(num_instances=[1]), "grabcut/num_instances not"),
+    ],
+)
+def test_damaged_results_are_refused_by_file_and_key(tmp_path: Path, edit, message: str) -> None:
+    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95]}, {**RUN_INFO, "threshold": 0.5})
+    write_results(tmp_path / "other", {"a": [0.5, 0.86, 0.91, 0.95]})
+    document = json.loads((tmp_path / "lift" / "results.json").read_text())
+    edit(document)
+    (tmp_path / "lift" / "results.json").write_text(json.dumps(document))
+    folders = [str(tmp_path / "lift"), str(tmp_path / "other")]
+    for command in (["report"], ["plot", "iou-vs-clicks", "--out", str(tmp_path / "curves.png")]):
+        result = CliRunner().invoke(main, [*command, *folders])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        assert f"{tmp_path / 'lift' / 'results.json'}: not an evaluation's results.json" in result.output
+        assert message in result.output, result.output
+
+
+def drawn_object(object_id: str) -> ObjectResult:
+    """What a replay of one object returns, without a probe to replay it."""
+    return ObjectResult(
+        id=object_id,
+        ious=np.array([0.5, 0.86, 0.91, 0.95], np.float32),
+        clicks=[Click(y=8, x=8, is_positive=True)] * 4,
+        final_probs=np.zeros((32, 32), np.float32),
+        image=np.zeros((32, 32, 3), np.uint8),
+        masks={1: np.ones((32, 32), bool), 4: np.ones((32, 32), bool)},
+    )
+
+
+@dataclass
+class ReplayableResults:
+    """A results folder, and the objects replayed from it so far."""
+
+    folder: Path
+    replays: list[list[str]] = field(default_factory=list)
+
+
+@pytest.fixture
+def replayable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ReplayableResults:
+    """A results folder whose evaluation `plot predictions` replays (its replay stood in for)."""
+    checkpoint = tmp_path / "last.safetensors"
+    checkpoint.write_bytes(b"weights")
+    replayed = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "flip": False}
+    run_info = {**RUN_INFO, **replayed, "zoom_in": False, "threshold": 0.5, "sources": {"grabcut": "store"}}
+    write_results(tmp_path / "results", {"a": [0.5, 0.86, 0.91, 0.95], "b" * 300: [0.5, 0.86, 0.91, 0.95]}, run_info)
+    results = ReplayableResults(tmp_path / "results")
+
+    def replay(request, dataset: str, object_ids: list[str]) -> list[ObjectResult]:
+        results.replays.append(object_ids)
+        return [drawn_object(object_ids[0])]
+
+    monkeypatch.setattr("isegprobe.plots.predictions.replay_objects", replay)
+    return results
+
+
+def test_predictions_are_written_where_said_or_refused_before_the_replay(
+    replayable: ReplayableResults, tmp_path: Path
+) -> None:
+    result = plot("predictions", str(replayable.folder), "--object", "a", "--out", str(tmp_path / "strip.jpg"))
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "strip.jpg")) is not None
+
+    result = plot("predictions", str(replayable.folder), "--object", "b" * 300)
+    assert result.exit_code == 0, result.output
+    (written,) = (replayable.folder / "predictions").iterdir()
+    assert written.name.startswith("grabcut_bbb") and len(written.name) <= 200 and cv2.imread(str(written)) is not None
+    assert f"wrote {written}" in result.output
+
+    replays = len(replayable.replays)
+    for out in ("strip.txt", "strip"):
+        result = plot("predictions", str(replayable.folder), "--object", "a", "--out", str(tmp_path / out))
+        assert result.exit_code == 1 and f"--out {tmp_path / out}: a picture path ends in .png" in result.output
+    assert len(replayable.replays) == replays, "refused before the replay"
+
+    result = plot("predictions", str(replayable.folder), "--object", "a", "--out", "/proc/strip.png")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "/proc/strip.png: cannot write" in result.output and "wrote" not in result.output
+
+
+def test_predictions_without_the_recorded_curves_say_so(replayable: ReplayableResults) -> None:
+    (replayable.folder / "ious.npz").unlink()
+    result = plot("predictions", str(replayable.folder), "--object", "a")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"{replayable.folder / 'ious.npz'}: missing or unreadable" in result.output
+
+
+def test_predictions_of_results_that_do_not_say_how_they_ran_are_refused(tmp_path: Path) -> None:
+    write_results(tmp_path / "results", {"a": [0.5, 0.86, 0.91, 0.95]})
+    result = plot("predictions", str(tmp_path / "results"), "--object", "a")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "results.json: no checkpoint, flip, zoom_in, threshold: the evaluation cannot be replayed" in result.output
+
+
+def test_overlays_of_objects_with_long_ids_are_written_under_names_that_differ(tmp_path: Path) -> None:
+    first = save_overlay(tmp_path / "vis", drawn_object("x" * 300 + "1"))
+    second = save_overlay(tmp_path / "vis", drawn_object("x" * 300 + "2"))
+    assert first != second and first.name.endswith("_4clicks_iou0.950.png")
+    assert cv2.imread(str(first)) is not None and cv2.imread(str(second)) is not None
+
+
+def test_report_never_writes_over_the_files_of_an_evaluation_it_reads(tmp_path: Path) -> None:
+    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95]})
+    before = {name: (tmp_path / "lift" / name).read_bytes() for name in ("results.json", "results.csv")}
+    for name in before:
+        refused = report(str(tmp_path / "lift"), "--format", "csv", "--out", str(tmp_path / "lift" / name))
+        assert refused.exit_code == 1 and "one of the files `isegprobe evaluate` wrote into" in refused.output
+    assert {name: (tmp_path / "lift" / name).read_bytes() for name in before} == before
+    beside = report(str(tmp_path / "lift"), "--out", str(tmp_path / "lift" / "table.md"))
+    assert beside.exit_code == 0 and (tmp_path / "lift" / "table.md").is_file(), "a file of its own beside them"

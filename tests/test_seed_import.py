@@ -10,17 +10,19 @@ import os
 import sys
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 from launch import run_cli
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
+from isegprobe.cli import main
 from isegprobe.config import ClickEncoderConfig, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.featurizers import RandomWeightsWarning, recreate_featurizer
@@ -66,6 +68,7 @@ def write_seed_checkpoint(
     head: str = "convhead",
     size: int = SIZE,
     patch: int = PATCH,
+    edit: Callable[[dict], None] | None = None,
 ) -> Path:
     hydra_cfg = omegaconf.OmegaConf.create({"training_params": {"crop_size": [size, size]}})
     encoder_params = {"img_size": hydra_cfg.training_params.crop_size, "patch_size": (patch, patch), "embed_dim": DIM}
@@ -99,7 +102,10 @@ def write_seed_checkpoint(
             "class": "core.model.iseg_probe_model.iSegProbeModel",
             "params": {name: {"type": "builtin", "value": value, "specified": True} for name, value in params.items()},
         }
-        torch.save({"state_dict": weights, "config": config}, path)
+        checkpoint = {"state_dict": weights, "config": config}
+        if edit is not None:
+            edit(checkpoint)
+        torch.save(checkpoint, path)
     return path
 
 
@@ -271,6 +277,117 @@ def test_a_seed_probe_from_another_patch_size_does_not_fit_its_featurizer(store:
         import_seed_probe(fitting, tmp_path / "ok", store_path=store)
 
 
+def setting(*path: str, to: object) -> Callable[[dict], None]:
+    """An edit of a seed checkpoint's dictionary: the item at `path` (keys from the top) set `to` a value."""
+
+    def edit(checkpoint: dict) -> None:
+        *parents, last = path
+        for key in parents:
+            checkpoint = checkpoint[key]
+        checkpoint[last] = to
+
+    return edit
+
+
+def param(*path: str, to: object) -> Callable[[dict], None]:
+    """An edit of the value of one of the seed model's config entries (config.params.NAME.value...)."""
+    name, *inside = path
+    return setting("config", "params", name, "value", *inside, to=to)
+
+
+MALFORMED_SEED_CHECKPOINTS = [
+    pytest.param(
+        param("embed_coords_cfg", "params", "img_size", to="77"), "img_size '77' is not a crop size", id="img_size text"
+    ),
+    pytest.param(
+        param("embed_coords_cfg", "params", "img_size", to=0), "img_size is 0, expected a value >= 1", id="img_size 0"
+    ),
+    pytest.param(setting("state_dict", to=[1, 2]), "its state_dict is [1, 2], expected a dict", id="state_dict list"),
+    pytest.param(setting("config", to="abc"), "its config is 'abc', expected a dict", id="config text"),
+    pytest.param(setting("config", "params", to=[1]), "its config's params is [1], expected a dict", id="params list"),
+    pytest.param(
+        setting("config", "params", "norm_radius", to="5"),
+        "params entry 'norm_radius' is '5', expected a dict with a 'value'",
+        id="params entry text",
+    ),
+    pytest.param(
+        param("backbone_cfg", "params", to="abc"),
+        "backbone_cfg.params is 'abc', expected a dict",
+        id="backbone params text",
+    ),
+    pytest.param(
+        param("upsampler_cfg", to="abc"), "its upsampler_cfg is 'abc', expected a dict", id="upsampler_cfg text"
+    ),
+    pytest.param(
+        param("upsampler_cfg", "type", to=["identity"]),
+        "upsampler_cfg.type is ['identity'], expected a name",
+        id="upsampler type list",
+    ),
+    pytest.param(param("norm_radius", to="abc"), "its norm_radius is 'abc', expected a whole number", id="radius text"),
+    pytest.param(
+        param("norm_radius", to=float("nan")), "its norm_radius is nan, expected a whole number", id="radius NaN"
+    ),
+    pytest.param(param("norm_radius", to=-5), "its norm_radius is -5, expected a value >= 1", id="radius -5"),
+    pytest.param(
+        param("embed_coords_cfg", "type", to="simple_vit"),
+        "simple_vit click encoder's depth is missing, expected a whole number",
+        id="simple_vit without depth",
+    ),
+    pytest.param(
+        setting("state_dict", "head.convs.0", to=torch.zeros(1)),
+        "state_dict key 'head.convs.0' is not head.convs.<layer>.conv.<parameter>",
+        id="head key without parameter",
+    ),
+    pytest.param(
+        setting("state_dict", "head.convs.x.conv.weight", to=torch.zeros(1)),
+        "state_dict key 'head.convs.x.conv.weight' is not head.convs.<layer>",
+        id="head key without layer",
+    ),
+    pytest.param(
+        setting("state_dict", "embed_coords.proj.weight", to=[1.0]),
+        "state_dict entry 'embed_coords.proj.weight' is [1.0], expected a tensor",
+        id="click weight list",
+    ),
+    pytest.param(
+        setting("state_dict", "embed_coords.proj.weight", to=torch.zeros(3)),
+        "embed_coords.proj.weight has shape (3,), expected 3 click channels",
+        id="click weight 1-D",
+    ),
+    pytest.param(
+        setting("state_dict", "embed_coords.proj.weight", to=torch.zeros(DIM, 4, PATCH, PATCH)),
+        f"embed_coords.proj.weight has shape ({DIM}, 4, {PATCH}, {PATCH}), expected 3 click channels",
+        id="click weight of 4 channels",
+    ),
+    pytest.param(
+        param("head_cfg", "params", "num_layers", to=torch.zeros(2)),
+        "not an iSegProbe checkpoint as the research code writes it",
+        id="num_layers tensor",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), MALFORMED_SEED_CHECKPOINTS)
+def test_a_malformed_seed_checkpoint_is_refused_in_one_line_that_names_the_file_and_the_field(
+    tmp_path: Path, edit: Callable[[dict], None], message: str
+) -> None:
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights(), edit=edit)
+    result = CliRunner().invoke(main, ["import-seed", str(checkpoint), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.startswith(f"Error: {checkpoint}: ") and result.output.count("\n") == 1, result.output
+    assert message in result.output
+    assert "config key" not in result.output, "a value from the checkpoint is named as a config key the user set"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_seed_checkpoint_in_torch_saves_old_format_is_told_to_be_saved_again(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "seed.pth"
+    torch.save({"state_dict": patch_embed_weights(), "config": {}}, checkpoint, _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match=r"torch\.save's old format .*save it again with a current torch") as refused:
+        import_seed_probe(checkpoint, tmp_path / "run")
+    assert str(refused.value).startswith(f"{checkpoint}: ")
+    assert not (tmp_path / "run").exists()
+
+
 # --- the research code's backbones, presets and channel orders ---------------------------------------------------
 
 VIT_SIZE, VIT_PATCH = 64, 16
@@ -317,6 +434,30 @@ def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp
         research_keys = keys.reshape(1, 6, 64, grid, grid).transpose(1, 2).reshape(1, DIM, grid, grid)
         expected = seed_head(weights, research_keys, VIT_SIZE)
         torch.testing.assert_close(probe(None, image, clicks, prev_mask), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("key", "weight", "misfit"),
+    [
+        ("head.convs.0.conv.weight", None, "missing: head.body.0.weight"),
+        ("head.convs.0.conv.weight", torch.zeros(DIM, 10, 3, 3), "misshaped: head.body.0.weight"),
+        ("embed_coords.proj.weight", torch.zeros(6, 3, VIT_PATCH, VIT_PATCH), "misshaped: click_encoder.proj.weight"),
+    ],
+)
+def test_a_seed_probe_on_keys_whose_weights_do_not_fit_is_refused_before_the_reordering(
+    tmp_path: Path, key: str, weight: torch.Tensor | None, misfit: str
+) -> None:
+    weights = {**patch_embed_weights(), "embed_coords.proj.weight": torch.zeros(DIM, 3, VIT_PATCH, VIT_PATCH)}
+    if weight is None:
+        del weights[key]
+    else:
+        weights[key] = weight
+    backbone = {"type": "vit", "params": {"arch": "vit_small_patch16_224", "feats_injection_mode": "after_backbone"}}
+    checkpoint = write_seed_checkpoint(tmp_path / "vit.pth", weights, backbone=backbone, size=VIT_SIZE, patch=VIT_PATCH)
+    with warnings.catch_warnings(), pytest.raises(UserError, match=f"do not fit a probe on .*{misfit}"):
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        import_seed_probe(checkpoint, tmp_path / "run", weights="random")
+    assert not (tmp_path / "run").exists()
 
 
 def translated(tmp_path: Path, **options) -> SeedProbe:

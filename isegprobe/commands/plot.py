@@ -17,6 +17,7 @@ from isegprobe.commands.options import (
     results_argument,
 )
 from isegprobe.errors import UserError
+from isegprobe.inference.results import refuse_repeated_labels
 from isegprobe.locks import shared_locks
 from isegprobe.plots.feature_panels import (
     feature_panels,
@@ -27,6 +28,7 @@ from isegprobe.plots.feature_panels import (
 )
 from isegprobe.plots.iou_vs_clicks import evaluation_curves, plot_iou_vs_clicks
 from isegprobe.plots.predictions import plot_predictions
+from isegprobe.upsamplers import list_upsamplers
 
 # IoU differences between a replay and the evaluation beyond float noise (batches of other sizes) mean that
 # something changed since.
@@ -53,7 +55,10 @@ def plot() -> None:
 def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out: str) -> None:
     """mIoU after each click, one curve per evaluation (RESULTS: folders written by `isegprobe evaluate --out`) and
     one panel per dataset; the legend gives each curve's NoC@85 and NoC@90, dotted lines mark 85 and 90 % IoU."""
-    evaluations = [evaluation_curves(document, name) for name, document in results_and_labels(results, labels)]
+    labelled = results_and_labels(results, labels)
+    if labels is not None:
+        refuse_repeated_labels([label for label, _ in labelled])
+    evaluations = [evaluation_curves(document, label) for label, document in labelled]
     for path in plot_iou_vs_clicks(evaluations, out, title):
         click.echo(f"wrote {path}")
 
@@ -73,7 +78,7 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     "--upsamplers",
     default="bilinear",
     show_default=True,
-    help="Comma-separated upsamplers to draw beside the low-res features (bilinear, bicubic, lift, featup_jbu, ...).",
+    help="Comma-separated upsamplers to draw beside the low-res features, of: " + ", ".join(list_upsamplers()) + ".",
 )
 @click.option(
     "--weights",

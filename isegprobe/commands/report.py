@@ -9,6 +9,7 @@ import click
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import labels_option, results_and_labels, results_argument
 from isegprobe.inference.report import format_report
+from isegprobe.inference.results import refuse_repeated_labels, refuse_to_replace_results
 from isegprobe.locks import lock_holder
 from isegprobe.training.checkpoint import atomic_write_bytes
 
@@ -34,11 +35,13 @@ def report(results: tuple[str, ...], labels: str | None, table_format: str, miou
     Cells of a dataset an evaluation has not finished are marked: as in progress while its `isegprobe evaluate`
     still runs (it holds the folder's lock), as stopped once it does not.
     """
+    if out is not None:
+        refuse_to_replace_results(out, results)
     evaluations = results_and_labels(results, labels)
+    if labels is not None:
+        refuse_repeated_labels([label for label, _ in evaluations])
     running = {
-        label: holder
-        for (label, _), folder in zip(evaluations, results, strict=True)
-        if (holder := lock_holder(Path(folder))) is not None
+        index: holder for index, folder in enumerate(results) if (holder := lock_holder(Path(folder))) is not None
     }
     table = format_report(evaluations, miou_at, table_format, running)
     click.echo(table)

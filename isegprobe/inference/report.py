@@ -55,11 +55,12 @@ def format_report(
     evaluations: Sequence[Evaluation],
     miou_at: int = 5,
     table_format: str = "md",
-    running: Mapping[str, str] | None = None,
+    running: Mapping[int, str] | None = None,
 ) -> str:
     """The table as Markdown (best values in bold, notes below) or CSV (plain numbers, for spreadsheets).
-    `running`: the labels of evaluations still being written, with what their command says of itself (see
-    `isegprobe.locks.lock_holder`); their unfinished cells are marked as in progress, not as stopped."""
+    `running`: the positions in `evaluations` of those still being written, with what their command says of itself
+    (see `isegprobe.locks.lock_holder`); their unfinished cells are marked as in progress, not as stopped. Rows are
+    told apart by position, never by label, so that two rows labelled alike keep their notes."""
     running = running or {}
     datasets = list(dict.fromkeys(name for _, document in evaluations for name in document["datasets"]))
     columns = [Column(dataset, metric, miou_at) for dataset in datasets for metric in ("NoC@85", "NoC@90", "mIoU")]
@@ -70,9 +71,9 @@ def format_report(
         return _csv(header, labels, [protocol_of(document) for _, document in evaluations], values)
     best = [_best([row[index] for row in values], column.lower_is_better) for index, column in enumerate(columns)]
     rows = [header]
-    for (label, document), row in zip(evaluations, values, strict=True):
+    for index, ((label, document), row) in enumerate(zip(evaluations, values, strict=True)):
         cells = [
-            _cell(value, column_best, _mark(document, column.dataset, label in running))
+            _cell(value, column_best, _mark(document, column.dataset, index in running))
             for column, value, column_best in zip(columns, row, best, strict=True)
         ]
         rows.append([label, protocol_of(document), *cells])
@@ -114,40 +115,51 @@ def _cell(value: float | None, best: float | None, mark: str) -> str:
     return text + mark
 
 
-def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: Mapping[str, str]) -> list[str]:
+def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: Mapping[int, str]) -> list[str]:
     notes = []
     stopped = [
-        label
-        for label, document in evaluations
-        if label not in running and any(_incomplete(document, dataset) for dataset in datasets)
+        index
+        for index, (_, document) in enumerate(evaluations)
+        if index not in running and any(_incomplete(document, dataset) for dataset in datasets)
     ]
     if stopped:
         notes.append(f"{INCOMPLETE_MARK} evaluation stopped before every object was done")
-    for label, holder in running.items():
+    for index, holder in running.items():
+        label = evaluations[index][0]
         notes.append(
             f"{RUNNING_MARK} {label}: evaluation in progress, its numbers cover the objects done so far ({holder})"
         )
-    protocols = {label: protocol_of(document) for label, document in evaluations}
-    if len(set(protocols.values())) > 1:
-        listed = ", ".join(f"{label}: {protocol}" for label, protocol in protocols.items())
-        notes.append(f"rows come from different evaluation protocols ({listed}), so their numbers do not compare")
-    budgets = {label: document.get("max_clicks") for label, document in evaluations}
-    if len(set(budgets.values())) > 1:
-        listed = ", ".join(f"{label}: {budget}" for label, budget in budgets.items())
+    protocols = [(label, protocol_of(document)) for label, document in evaluations]
+    if _differ(protocols):
         notes.append(
-            f"rows had different click budgets ({listed}): an object that never reaches the target counts as "
-            "the budget, so their NoC do not compare"
+            f"rows come from different evaluation protocols ({_listed(protocols)}), so their numbers do not compare"
+        )
+    budgets = [(label, document.get("max_clicks")) for label, document in evaluations]
+    if _differ(budgets):
+        notes.append(
+            f"rows had different click budgets ({_listed(budgets)}): an object that never reaches the target counts "
+            "as the budget, so their NoC do not compare"
         )
     for dataset in datasets:
-        counts = {
-            label: document["datasets"][dataset]["num_instances"]
+        counts = [
+            (label, document["datasets"][dataset]["num_instances"])
             for label, document in evaluations
             if dataset in document["datasets"]
-        }
-        if len(set(counts.values())) > 1:
-            listed = ", ".join(f"{label}: {count}" for label, count in counts.items())
-            notes.append(f"{dataset}: rows measured different numbers of objects ({listed}), so they do not compare")
+        ]
+        if _differ(counts):
+            notes.append(
+                f"{dataset}: rows measured different numbers of objects ({_listed(counts)}), so they do not compare"
+            )
     return notes
+
+
+def _differ(labelled: Sequence[tuple[str, Any]]) -> bool:
+    """Whether the rows' values (one per row, with its label) are not all the same."""
+    return len({value for _, value in labelled}) > 1
+
+
+def _listed(labelled: Sequence[tuple[str, Any]]) -> str:
+    return ", ".join(f"{label}: {value}" for label, value in labelled)
 
 
 def _csv(header: list[str], labels: list[str], protocols: list[str], values: list[list[float | None]]) -> str:

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,21 @@ CSV_COLUMNS = (
 
 # What results.json files written before a run-info key existed meant by leaving it out.
 RUN_INFO_DEFAULTS = {"protocol": "cache"}
+# The files an evaluation writes into its folder, which nothing else may replace.
+EVALUATION_FILES = ("results.json", "results.csv", "ious.npz")
 # Run-info keys that results.json files written before them cannot be checked against.
 RECORDED_SINCE = frozenset({"source_fingerprints", "checkpoint_step"})
 
-# What plots and reports read from each dataset's summary in results.json.
-READ_BACK_KEYS = ("NoC@85", "NoC@90", "mIoU@k")
+# What plots and reports read from each dataset's summary in results.json, and what each holds (as a refusal names it).
+SUMMARY_KEYS = {"NoC@85": "numbers", "NoC@90": "numbers", "mIoU@k": "lists of numbers", "num_instances": "counts"}
+# What they read of the run info, which results.json files written before a key existed leave out.
+OPTIONAL_RUN_KEYS = {
+    "featurizer": "text or null",
+    "upsampler": "text or null",
+    "fusion": "text or null",
+    "threshold": "numbers",
+    "max_clicks": "counts",
+}
 
 
 class ResultsWriter:
@@ -154,35 +164,59 @@ def _csv(summaries: dict[str, dict[str, Any]]) -> str:
 
 def read_results(results_dir: str | Path) -> dict[str, Any]:
     """The results.json that `isegprobe evaluate --out results_dir` wrote, checked to hold what plots and reports
-    read."""
+    read, so that a damaged or hand-edited file is refused by name instead of failing halfway through a table."""
     path = Path(results_dir) / "results.json"
     if not path.is_file():
         raise UserError(f"{results_dir}: no results.json; pass folders written by `isegprobe evaluate --out`")
     try:
         document = json.loads(path.read_text())
-        missing = [
-            f"{name}/{key}"
-            for name, summary in document["datasets"].items()
-            for key in READ_BACK_KEYS
-            if key not in summary
-        ]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not an evaluation's results.json ({error!r})") from None
-    if missing:
-        raise UserError(f"{path}: not an evaluation's results.json (no {', '.join(missing)})")
-    not_numbers = [
-        f"{name}/{key}"
-        for name, summary in document["datasets"].items()
-        for key in READ_BACK_KEYS
-        if not all(_is_number(value) for value in (summary[key] if isinstance(summary[key], list) else [summary[key]]))
-    ]
-    if not_numbers:
-        raise UserError(f"{path}: not an evaluation's results.json ({', '.join(not_numbers)} not numbers)")
+    problems = _read_back_problems(document)
+    if problems:
+        raise UserError(f"{path}: not an evaluation's results.json ({'; '.join(problems)})")
     return document
+
+
+def _read_back_problems(document: Any) -> list[str]:
+    """What keeps `document` from being read back: keys missing, or holding another kind of value than plots and
+    reports expect ("no grabcut/NoC@85", "threshold not numbers")."""
+    if not isinstance(document, dict) or not isinstance(document.get("datasets"), dict):
+        return ["no datasets object"]
+    summaries = document["datasets"]
+    not_objects = [name for name, summary in summaries.items() if not isinstance(summary, dict)]
+    if not_objects:
+        return [f"{', '.join(not_objects)} not objects"]
+    missing = [f"{name}/{key}" for name, summary in summaries.items() for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        return [f"no {', '.join(missing)}"]
+    values = [
+        (f"{name}/{key}", summary[key], kind)
+        for name, summary in summaries.items()
+        for key, kind in SUMMARY_KEYS.items()
+    ]
+    values += [(key, document[key], kind) for key, kind in OPTIONAL_RUN_KEYS.items() if key in document]
+    wrong: dict[str, list[str]] = {}
+    for key, value, kind in values:
+        if not _KIND_TESTS[kind](value):
+            wrong.setdefault(kind, []).append(key)
+    return [f"{', '.join(keys)} not {kind}" for kind, keys in wrong.items()]
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_KIND_TESTS: dict[str, Callable[[Any], bool]] = {
+    "numbers": _is_number,
+    "counts": _is_count,
+    "lists of numbers": lambda value: isinstance(value, list) and all(_is_number(item) for item in value),
+    "text or null": lambda value: value is None or isinstance(value, str),
+}
 
 
 def probe_identity(metadata: dict[str, Any]) -> dict[str, str | None]:
@@ -200,7 +234,7 @@ def probe_label(document: dict[str, Any], results_dir: str | Path) -> str:
     """featurizer + upsampler + fusion, as the evaluated probe was built; the folder's name for results written
     before evaluations recorded that."""
     parts = [document.get(key) for key in ("featurizer", "upsampler", "fusion")]
-    if not all(parts):
+    if not all(part and isinstance(part, str) for part in parts):
         return Path(results_dir).resolve().name
     return " + ".join(parts)
 
@@ -213,11 +247,49 @@ def default_labels(documents: Sequence[dict[str, Any]], results_dirs: Sequence[s
     """Names for evaluations shown side by side (report rows, plot curves): each one's `probe_label`. Where two
     would read the same, what tells them apart follows in brackets: the protocol settings that differ among them
     (zoom-in, flip, online, threshold), then the checkpoints' training steps, and where those are the same, the
-    results folders' names."""
+    results folders' names (with their parent folders where the names alone are the same)."""
     labels = [probe_label(document, folder) for document, folder in zip(documents, results_dirs, strict=True)]
     protocols = [_protocol_words(document) for document in documents]
     steps = [[f"step {document.get('checkpoint_step', '?')}"] for document in documents]
-    return told_apart(labels, protocols, steps, [[Path(folder).resolve().name] for folder in results_dirs])
+    return told_apart(labels, protocols, steps, [[name] for name in _folder_names(results_dirs)])
+
+
+def _folder_names(folders: Sequence[str | Path]) -> list[str]:
+    """Each folder's name, after as many of its parent folders as it takes to differ from the other folders' names:
+    `a/results` and `b/results` rather than `results` twice."""
+    paths = [Path(folder).resolve() for folder in folders]
+    return [_shortest_distinct_tail(path, [other for other in paths if other != path]) for path in paths]
+
+
+def _shortest_distinct_tail(path: Path, others: Sequence[Path]) -> str:
+    for length in range(1, len(path.parts)):
+        tail = path.parts[-length:]
+        if all(other.parts[-length:] != tail for other in others):
+            return str(Path(*tail))
+    return str(path)
+
+
+def refuse_to_replace_results(out: str | Path, results_dirs: Sequence[str | Path], option: str = "--out") -> None:
+    """A table or picture written with `option` must not replace one of the files of an evaluation it reads
+    (`report RESULTS --format csv --out RESULTS/results.csv` would have)."""
+    target = Path(out).resolve()
+    for folder in results_dirs:
+        if target in {Path(folder).resolve() / name for name in EVALUATION_FILES}:
+            raise UserError(
+                f"{option} {out}: one of the files `isegprobe evaluate` wrote into {folder}, which this command reads; "
+                "choose another file name"
+            )
+
+
+def refuse_repeated_labels(labels: Sequence[str]) -> None:
+    """Labels given for evaluations side by side must differ: a table or legend that names two alike cannot say
+    which numbers are whose."""
+    repeated = list(dict.fromkeys(label for label in labels if labels.count(label) > 1))
+    if repeated:
+        raise UserError(
+            f"--labels: {', '.join(repr(label) for label in repeated)} given to more than one RESULTS folder; give "
+            "each its own label"
+        )
 
 
 def told_apart(labels: Sequence[str], *details: Sequence[Sequence[str]]) -> list[str]:
@@ -232,7 +304,8 @@ def told_apart(labels: Sequence[str], *details: Sequence[Sequence[str]]) -> list
 def _protocol_words(document: dict[str, Any]) -> list[str]:
     words = [on if document.get(key) else off for key, on, off in _PROTOCOL_WORDS]
     protocol = f"{document.get('protocol', RUN_INFO_DEFAULTS['protocol'])} protocol"
-    return [protocol, *words, f"threshold {float(document.get('threshold', 0.5)):g}"]
+    threshold = document.get("threshold", 0.5)
+    return [protocol, *words, f"threshold {threshold:g}" if _is_number(threshold) else f"threshold {threshold}"]
 
 
 def _add_differences(labels: Sequence[str], notes: list[list[str]], details: Sequence[Sequence[str]]) -> None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from isegprobe.errors import DISK_FULL, NOT_A_FOLDER, NOT_ALLOWED, UserError
 from isegprobe.inference.evaluation import ObjectResult
+from isegprobe.training.checkpoint import atomic_write_bytes
 
 POSITIVE_BGR, NEGATIVE_BGR, MASK_BGR = (0, 200, 0), (0, 0, 230), (255, 140, 0)
 STRIP_CLICKS = (1, 3, 5, 10)
+# The longest picture file name made from an object id: file systems take 255 bytes, and the temporary file that
+# `atomic_write_bytes` writes first adds up to 22 to it.
+MAX_NAME_BYTES = 200
 
 
 def overlay(mask_probs: np.ndarray, clicks, image_rgb: np.ndarray | None = None) -> np.ndarray:
@@ -36,10 +42,35 @@ def strip_clicks(max_clicks: int) -> tuple[int, ...]:
 
 def save_overlay(folder: Path, result: ObjectResult) -> Path:
     """`strip_picture(result)` as FOLDER/<object>_<clicks>clicks_iou<final IoU>.png."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{result.id}_{len(result.clicks)}clicks_iou{result.ious[-1]:.3f}.png"
-    cv2.imwrite(str(path), strip_picture(result))
+    path = folder / file_name(result.id, f"_{len(result.clicks)}clicks_iou{result.ious[-1]:.3f}.png")
+    write_picture(path, strip_picture(result))
     return path
+
+
+def file_name(stem: str, ending: str) -> str:
+    """`stem + ending`; where that is too long for a file name, the start of `stem`, then a hash of all of it (so
+    that two long object ids still name two files), then `ending`."""
+    if len(f"{stem}{ending}".encode()) <= MAX_NAME_BYTES:
+        return f"{stem}{ending}"
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:16]
+    room = MAX_NAME_BYTES - len(f"-{digest}{ending}".encode())
+    return f"{stem.encode()[:room].decode(errors='ignore')}-{digest}{ending}"
+
+
+def write_picture(path: Path, picture: np.ndarray) -> None:
+    """`picture` (BGR) encoded as `path`'s suffix says and written atomically, its folder made first. cv2.imwrite
+    answers a failed write with False alone; here a failure is an error that names the path: a full disk or a
+    read-only place as an OSError (the commands explain those), any other as a UserError."""
+    encoded, data = cv2.imencode(path.suffix, picture)
+    if not encoded:
+        raise UserError(f"{path}: cannot encode the picture as {path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data.tobytes())
+    except OSError as error:
+        if error.errno in DISK_FULL | NOT_ALLOWED | NOT_A_FOLDER:
+            raise
+        raise UserError(f"{path}: cannot write ({error.strerror})") from None
 
 
 def strip_picture(result: ObjectResult) -> np.ndarray:

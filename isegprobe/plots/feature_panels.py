@@ -96,7 +96,7 @@ def plot_feature_panels(panels: FeaturePanels, out: str | Path) -> list[Path]:
     figure, axes = new_figure(1 + len(panels.pictures), panel_size=(3.2, 3.4))
     for axis, (caption, picture) in zip(axes, [("image", panels.image), *panels.pictures], strict=True):
         axis.imshow(picture, interpolation="nearest")
-        axis.set_title(caption, fontsize=9)
+        axis.set_title(caption, fontsize=9, parse_math=False)
         axis.set_axis_off()
-    figure.suptitle(panels.title, fontsize=10)
+    figure.suptitle(panels.title, fontsize=10, parse_math=False)
     return save_figure(figure, Path(out), formats=("png",), dpi=200)

@@ -63,7 +63,7 @@ def plot_iou_vs_clicks(evaluations: Sequence[EvaluationCurves], out: str | Path,
 def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "") -> Figure:
     """One panel per dataset, its legend below it. Labels wrap to the panel's width and the figure grows by the
     legend's height, so that long probe names neither cover the curves nor squeeze the axes away, and every NoC
-    stays in view."""
+    stays in view. Labels, titles and dataset names are drawn as written: a `$` in them is not matplotlib's math."""
     datasets = list(dict.fromkeys(name for evaluation in evaluations for name in evaluation.miou))
     if not datasets:
         raise UserError("the evaluations hold no dataset results to plot")
@@ -92,14 +92,16 @@ def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "
             )
         for target in TARGETS:
             axis.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
-        axis.set_title(dataset)
+        axis.set_title(dataset, parse_math=False)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("number of clicks")
         axis.set_ylabel("mIoU (%)")
         axis.grid(True, linestyle="--", alpha=0.5)
-        axis.legend(prop=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+        legend = axis.legend(prop=LEGEND_FONT, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+        for text in legend.get_texts():
+            text.set_parse_math(False)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(title, parse_math=False)
     return figure
 
 
@@ -130,6 +132,7 @@ def _pieces(word: str, max_points: float) -> list[str]:
 
 
 def _points(text: str) -> float:
+    """Width of `text` drawn literally, as the legend draws it: a `$` is a dollar, never the start of math."""
     return text_to_path.get_text_width_height_descent(text, LEGEND_FONT, ismath=False)[0]
 
 

@@ -8,11 +8,11 @@ and a checkpoint changed since is refused rather than drawn.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from isegprobe.errors import UserError
@@ -20,7 +20,11 @@ from isegprobe.hashing import file_sha256
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL
 from isegprobe.inference.results import read_results
 from isegprobe.inference.runner import EvaluationRequest, replay_objects
-from isegprobe.inference.visuals import strip_picture
+from isegprobe.inference.visuals import file_name, strip_picture, write_picture
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# What a replay reads of results.json beyond what `read_results` checks for every reader.
+REPLAY_KEYS = ("checkpoint", "max_clicks", "flip", "zoom_in", "threshold")
 
 
 @dataclass
@@ -44,9 +48,12 @@ def plot_predictions(
 ) -> Replayed:
     """Evaluate `object_id` of `dataset` again as the evaluation in `results_dir` did and save its strip (default
     RESULTS/predictions/<dataset>_<object>.png); `root` when the dataset moved since."""
+    if out:
+        _check_picture_suffix(out)
     document = read_results(results_dir)
     dataset = _dataset(document, dataset)
     recorded = _recorded_curve(Path(results_dir), dataset, object_id)
+    _check_replayable(document, Path(results_dir))
     checkpoint = Path(document["checkpoint"])
     if not checkpoint.is_file():
         raise UserError(f"{results_dir}: its checkpoint {checkpoint} is gone")
@@ -74,10 +81,25 @@ def plot_predictions(
             str(checkpoint), str(results_dir), stores=[document["sources"][dataset]], root=root, **settings
         )
     (result,) = replay_objects(request, dataset, [object_id])
-    path = Path(out) if out else Path(results_dir) / "predictions" / f"{dataset}_{object_id}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), strip_picture(result))
+    path = Path(out) if out else Path(results_dir) / "predictions" / file_name(f"{dataset}_{object_id}", ".png")
+    write_picture(path, strip_picture(result))
     return Replayed(path, np.asarray(result.ious, np.float32), recorded)
+
+
+def _check_picture_suffix(out: str | Path) -> None:
+    """Before the replay, which takes a while: a picture path cv2 cannot encode would only fail after it."""
+    if Path(out).suffix.lower() not in PICTURE_SUFFIXES:
+        raise UserError(f"--out {out}: a picture path ends in {', '.join(PICTURE_SUFFIXES)}")
+
+
+def _check_replayable(document: dict[str, Any], results_dir: Path) -> None:
+    """Results that do not say how their evaluation ran (written before they recorded it, or edited since) are
+    refused by what they lack, before any of it is read."""
+    missing = [key for key in REPLAY_KEYS if key not in document]
+    if missing:
+        raise UserError(f"{results_dir / 'results.json'}: no {', '.join(missing)}: the evaluation cannot be replayed")
+    if not isinstance(document["checkpoint"], str):
+        raise UserError(f"{results_dir / 'results.json'}: checkpoint not text: the evaluation cannot be replayed")
 
 
 def _dataset(document: dict[str, Any], dataset: str | None) -> str:
@@ -90,8 +112,12 @@ def _dataset(document: dict[str, Any], dataset: str | None) -> str:
 
 
 def _recorded_curve(results_dir: Path, dataset: str, object_id: str) -> np.ndarray:
-    with np.load(results_dir / "ious.npz") as arrays:
-        ids, ious = [str(name) for name in arrays[f"{dataset}/ids"]], arrays[f"{dataset}/ious"]
+    try:
+        with np.load(results_dir / "ious.npz") as arrays:
+            ids, ious = [str(name) for name in arrays[f"{dataset}/ids"]], arrays[f"{dataset}/ious"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        raise UserError(f"{results_dir / 'ious.npz'}: missing or unreadable") from None
     if object_id not in ids:
-        raise UserError(f"--object {object_id!r}: not among the {len(ids)} objects of {dataset} (e.g. {ids[0]})")
+        example = f" (e.g. {ids[0]})" if ids else ""
+        raise UserError(f"--object {object_id!r}: not among the {len(ids)} objects of {dataset}{example}")
     return ious[ids.index(object_id)]

@@ -13,15 +13,20 @@ The weights map onto `ISProbe` name for name, with one reordering: iSegProbe sta
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+import re
+import reprlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig, Range
 from isegprobe.errors import UserError
-from isegprobe.inert_pickles import Placeholder, load_inertly
+from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
 from isegprobe.state_dicts import unpickler_complaint
 from isegprobe.training.seed_configurations import (
     DINO_HUB_VITS,
@@ -33,6 +38,17 @@ from isegprobe.training.seed_configurations import (
 
 # Our click channel k is iSegProbe's channel SEED_CHANNEL_OF[k] (iSegProbe: prev_mask, positive, negative).
 SEED_CHANNEL_OF = (1, 2, 0)
+
+# How a key of the research code's ConvSegHead names its layer: head.convs.<layer>.[conv.]<parameter>.
+_HEAD_CONV_KEY = re.compile(r"head\.convs\.(\d+)\.(.+)")
+
+# What reading a structure of the wrong shape raises: a list where a dict belongs, a tensor where a number does,
+# a list that holds itself (RecursionError)...
+_STRUCTURE_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError, RuntimeError)
+
+# Checkpoint values in messages: long enough for any name the research code uses, short for hostile ones.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
 
 
 @dataclass
@@ -56,6 +72,11 @@ def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = load_inertly(path)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as error:
+        if is_legacy_torch_save(path):
+            raise UserError(
+                f"{path}: written in torch.save's old format (before torch 1.6), which isegprobe cannot read without "
+                "running what it names: load it with the research code and save it again with a current torch"
+            ) from error
         raise UserError(f"{path}: not a readable iSegProbe checkpoint ({unpickler_complaint(error)})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
         raise UserError(f"{path}: an iSegProbe checkpoint holds 'state_dict' and 'config'; this file does not")
@@ -69,64 +90,88 @@ def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
     approximated: another head, distance maps instead of disks, no previous-mask channel, an unknown upsampler or
     backbone.
     """
-    params = {name: entry.get("value") for name, entry in dict(checkpoint["config"].get("params", {})).items()}
+    with _reading_structure(source):
+        return _translate(checkpoint, source)
+
+
+@contextmanager
+def _reading_structure(source: str) -> Iterator[None]:
+    """One line naming the file, instead of a traceback, for a checkpoint shaped in a way the checks did not foresee."""
+    try:
+        yield
+    except _STRUCTURE_ERRORS as error:
+        what = " ".join(f"{type(error).__name__}: {error}".split())
+        raise UserError(f"{source}: not an iSegProbe checkpoint as the research code writes it ({what})") from None
+
+
+def _translate(checkpoint: dict[str, Any], source: str) -> SeedProbe:
+    params = _config_params(checkpoint["config"], source)
     backbone_cfg, head_cfg = _section(params, "backbone_cfg", source), _section(params, "head_cfg", source)
     encoder_cfg = _section(params, "embed_coords_cfg", source)
-    upsampler_cfg = params.get("upsampler_cfg") or {"type": "bilinear"}
-    backbone_params = dict(backbone_cfg.get("params") or {})
-    upsampler_params = dict(upsampler_cfg.get("params") or {})
+    upsampler_cfg = _mapping(params.get("upsampler_cfg"), "upsampler_cfg", source) or {"type": "bilinear"}
+    backbone_params = _mapping(backbone_cfg.get("params"), "backbone_cfg.params", source)
+    upsampler_params = _mapping(upsampler_cfg.get("params"), "upsampler_cfg.params", source)
+    encoder_params = _mapping(encoder_cfg.get("params"), "embed_coords_cfg.params", source)
 
     problems = []
     if params.get("architecture", "backbone_upsampler_head") != "backbone_upsampler_head":
-        problems.append(f"architecture {params.get('architecture')!r} (only backbone_upsampler_head maps)")
+        problems.append(f"architecture {_shown(params.get('architecture'))} (only backbone_upsampler_head maps)")
     if params.get("use_disks") is not True or params.get("with_prev_mask") is not True:
         problems.append("click maps other than disks with a previous-mask channel")
-    head_params = dict(head_cfg.get("params") or {})
-    if head_cfg.get("type") != "convhead" or head_params.get("num_layers") != 2:
-        problems.append(f"head {head_cfg.get('type')!r} with {head_params.get('num_layers')} layers (only convhead x2)")
-    fusion = SEED_FUSIONS.get(backbone_params.get("feats_injection_mode"))
+    head_params = _mapping(head_cfg.get("params"), "head_cfg.params", source)
+    head_type, head_layers = head_cfg.get("type"), head_params.get("num_layers")
+    if head_type != "convhead" or head_layers != 2:
+        problems.append(f"head {_shown(head_type)} with {_shown(head_layers)} layers (only convhead x2)")
+    injection = _name(backbone_params, "feats_injection_mode", "backbone_cfg.params", source)
+    fusion = SEED_FUSIONS.get(injection)
     if fusion is None:
-        problems.append(f"feats_injection_mode {backbone_params.get('feats_injection_mode')!r}")
-    upsampler = SEED_UPSAMPLERS.get(upsampler_cfg.get("type"))
+        problems.append(f"feats_injection_mode {injection!r}")
+    upsampler_type = _name(upsampler_cfg, "type", "upsampler_cfg", source)
+    upsampler = SEED_UPSAMPLERS.get(upsampler_type)
     if upsampler is None:
-        problems.append(f"upsampler {upsampler_cfg.get('type')!r}")
+        problems.append(f"upsampler {upsampler_type!r}")
     if upsampler == "loftup" and upsampler_params.get("lr_pe_type", "sine") != "sine":
-        problems.append(f"LoftUp with lr_pe_type {upsampler_params.get('lr_pe_type')!r} (only its sine encoding)")
-    encoder = {"patchEmbed": "patch_embed", "simple_vit": "simple_vit"}.get(encoder_cfg.get("type"))
+        problems.append(f"LoftUp with lr_pe_type {_shown(upsampler_params.get('lr_pe_type'))} (only its sine encoding)")
+    encoder_type = _name(encoder_cfg, "type", "embed_coords_cfg", source)
+    encoder = {"patchEmbed": "patch_embed", "simple_vit": "simple_vit"}.get(encoder_type)
     if encoder is None:
-        problems.append(f"click encoder {encoder_cfg.get('type')!r}")
-    featurizer = _featurizer_name(str(backbone_cfg.get("type")), backbone_params, problems)
+        problems.append(f"click encoder {encoder_type!r}")
+    backbone = str(_name(backbone_cfg, "type", "backbone_cfg", source))
+    featurizer = _featurizer_name(backbone, backbone_params, problems, source)
     if featurizer.endswith(":keys") and upsampler not in (None, "identity", "nearest", "bilinear", "bicubic"):
         problems.append(f"a learned upsampler ({upsampler}) on attention keys, whose channel order differs here")
     if problems:
         raise UserError(f"{source}: isegprobe cannot rebuild this probe: " + "; ".join(problems))
 
+    radius = _whole_number(params.get("norm_radius", 5), "norm_radius", ModelConfig, "click_radius", source)
     overrides = [
         f"model.fusion={fusion}",
         f"model.upsampler.name={upsampler}",
         f"model.click_encoder.name={encoder}",
-        f"model.click_radius={int(params.get('norm_radius', 5))}",
+        f"model.click_radius={radius}",
         "model.head.width=null",
         "model.align_corners=true",
     ]
     if encoder == "simple_vit":
-        encoder_params = dict(encoder_cfg.get("params") or {})
-        overrides += [f"model.click_encoder.{key}={int(encoder_params[key])}" for key in ("depth", "heads", "mlp_dim")]
-        overrides.append(f"model.click_encoder.dim_head={int(encoder_params.get('dim_head', 64))}")
-    backbone = str(backbone_cfg.get("type"))
+        encoder_params.setdefault("dim_head", 64)  # the research code's SimpleViT default
+        for key in ("depth", "heads", "mlp_dim", "dim_head"):
+            value = _whole_number(
+                encoder_params.get(key), f"simple_vit click encoder's {key}", ClickEncoderConfig, key, source
+            )
+            overrides.append(f"model.click_encoder.{key}={value}")
     preset, preset_overrides = RESEARCH_PRESETS.get((backbone, encoder, upsampler, fusion), (GENERIC_PRESET, ()))
     return SeedProbe(
         backbone=backbone,
         featurizer=featurizer,
-        size=_crop_size(encoder_cfg, source),
+        size=_crop_size(encoder_params, source),
         preset=preset,
         preset_overrides=list(preset_overrides),
         overrides=overrides,
-        state_dict=_probe_weights(dict(checkpoint["state_dict"]), encoder, source),
+        state_dict=_probe_weights(_seed_weights(checkpoint["state_dict"], source), encoder, source),
     )
 
 
-def _featurizer_name(kind: str, backbone_params: dict[str, Any], problems: list[str]) -> str:
+def _featurizer_name(kind: str, backbone_params: dict[str, Any], problems: list[str], source: str) -> str:
     """The featurizer that computes what the research code's backbone of type `kind` gave the probe.
 
     `vit` is timm's model of the given name with its weights (DINO's hub ViT-S for `dino_*` names), giving the last
@@ -135,36 +180,99 @@ def _featurizer_name(kind: str, backbone_params: dict[str, Any], problems: list[
     if kind == "dinov2":
         arch = backbone_params.get("arch", "dinov2_vits14")
         if arch != "dinov2_vits14":
-            problems.append(f"DINOv2 arch {arch!r} (the research code builds only dinov2_vits14)")
+            problems.append(f"DINOv2 arch {_shown(arch)} (the research code builds only dinov2_vits14)")
         return "dinov2_vits14"
     if kind == "vit":
-        arch = str(backbone_params.get("arch"))
+        arch = str(_name(backbone_params, "arch", "backbone_cfg.params", source))
         feat_type = backbone_params.get("feat_type", "key")
         if feat_type not in ("key", "token"):
-            problems.append(f"ViT feat_type {feat_type!r}")
+            problems.append(f"ViT feat_type {_shown(feat_type)}")
         if "dino" in arch and arch not in DINO_HUB_VITS:
             problems.append(f"ViT arch {arch!r} (DINO hub ViT-S names: {', '.join(DINO_HUB_VITS)})")
         name = DINO_HUB_VITS.get(arch, arch)
         return f"{name}:keys" if feat_type == "key" else name
     if kind == "mask_clip":
         if backbone_params.get("model_name", "ViT-B/16") != "ViT-B/16":
-            problems.append(f"MaskCLIP model {backbone_params.get('model_name')!r} (only ViT-B/16)")
+            problems.append(f"MaskCLIP model {_shown(backbone_params.get('model_name'))} (only ViT-B/16)")
         return "maskclip"
     problems.append(f"backbone type {kind!r} (known: dinov2, vit, mask_clip)")
     return ""
 
 
-def _crop_size(encoder_cfg: dict[str, Any], source: str) -> int:
+def _crop_size(encoder_params: dict[str, Any], source: str) -> int:
     """The training crop size, which the research code gives its click encoder as img_size (often the OmegaConf
     list of its training config)."""
-    size = plain_value(dict(encoder_cfg.get("params") or {}).get("img_size", (224, 224)))
-    try:
-        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    except (TypeError, ValueError, IndexError, KeyError):
-        raise UserError(f"{source}: its click encoder's img_size {size!r} is not a crop size") from None
+    size = plain_value(encoder_params.get("img_size", (224, 224)))
+    sides = size if isinstance(size, list) else [size, size]
+    if len(sides) != 2 or not all(_is_whole_number(side) for side in sides):
+        raise UserError(f"{source}: its click encoder's img_size {_shown(size)} is not a crop size (an int or two)")
+    height, width = (int(side) for side in sides)
     if height != width:
         raise UserError(f"{source}: trained on {height}x{width} crops; isegprobe's working size is square")
-    return int(height)
+    return _within(height, "click encoder's img_size", _allowed_range(DataConfig, "size"), source)
+
+
+def _config_params(config: Any, source: str) -> dict[str, Any]:
+    """The research model's constructor arguments, which its config keeps as entries {"value": ..., ...}."""
+    entries = _mapping(_mapping(config, "config", source).get("params"), "config's params", source)
+    params = {}
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise UserError(
+                f"{source}: its config's params entry {_shown(name)} is {_shown(entry)}, expected a dict with a 'value'"
+            )
+        params[name] = entry.get("value")
+    return params
+
+
+def _mapping(value: Any, what: str, source: str) -> dict[str, Any]:
+    """`value` as a dict, {} for None: the research code's config sections are dicts (EasyDicts), absent ones None."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{source}: its {what} is {_shown(value)}, expected a dict")
+    return dict(value)
+
+
+def _name(section: dict[str, Any], key: str, where: str, source: str) -> str | None:
+    """`section[key]` where the research code names a registered type or mode; None when absent."""
+    value = plain_value(section.get(key))
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{source}: its {where}.{key} is {_shown(value)}, expected a name")
+    return value
+
+
+def _whole_number(value: Any, what: str, config_class: type, key: str, source: str) -> int:
+    """A count or size from the checkpoint, refused rather than truncated (int("7.9"), NaN) and checked against
+    the range isegprobe allows `config_class.key`, under the checkpoint's own name `what`."""
+    value = plain_value(value)
+    if not _is_whole_number(value):
+        shown = "missing" if value is None else _shown(value)
+        raise UserError(f"{source}: its {what} is {shown}, expected a whole number")
+    return _within(int(value), what, _allowed_range(config_class, key), source)
+
+
+def _is_whole_number(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+
+
+def _within(number: int, what: str, allowed: Range, source: str) -> int:
+    if number not in allowed:
+        raise UserError(f"{source}: its {what} is {number}, expected a value {allowed}")
+    return number
+
+
+def _allowed_range(config_class: type, key: str) -> Range:
+    """The range isegprobe's config allows `key`: a value taken from a checkpoint is checked against it here, where
+    the message can name the checkpoint's field rather than a config key the user never set."""
+    return next(item.metadata["range"] for item in fields(config_class) if item.name == key)
+
+
+def _shown(value: Any) -> str:
+    """A value from the checkpoint in a one-line message, cut short: it may be a tensor or a long list."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return " ".join(_SHOWN.repr(value).split())
 
 
 def plain_value(value: Any) -> Any:
@@ -183,6 +291,15 @@ def plain_value(value: Any) -> Any:
     return value
 
 
+def _seed_weights(state_dict: Any, source: str) -> dict[str, Tensor]:
+    """The checkpoint's state dict, refused unless it maps names to tensors."""
+    weights = _mapping(state_dict, "state_dict", source)
+    for key, value in weights.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise UserError(f"{source}: its state_dict entry {_shown(key)} is {_shown(value)}, expected a tensor")
+    return weights
+
+
 def _section(params: dict[str, Any], name: str, source: str) -> dict[str, Any]:
     section = params.get(name)
     if not isinstance(section, dict):
@@ -198,8 +315,12 @@ def _probe_weights(seed_weights: dict[str, Tensor], encoder: str, source: str) -
         if key.startswith("embed_coords."):
             weights["click_encoder." + key.removeprefix("embed_coords.")] = value
         elif key.startswith("head.convs."):
-            index, rest = key.removeprefix("head.convs.").split(".", 1)
-            weights[f"head.body.{2 * int(index)}.{rest.removeprefix('conv.')}"] = value
+            conv = _HEAD_CONV_KEY.fullmatch(key)
+            if conv is None:
+                raise UserError(
+                    f"{source}: its state_dict key {_shown(key)} is not head.convs.<layer>.conv.<parameter>"
+                )
+            weights[f"head.body.{2 * int(conv[1])}.{conv[2].removeprefix('conv.')}"] = value
         elif key.startswith("head.classifier."):
             weights["head.logit." + key.removeprefix("head.classifier.")] = value
         else:
@@ -221,9 +342,15 @@ def _probe_weights(seed_weights: dict[str, Tensor], encoder: str, source: str) -
 def _reorder_click_channels(weights: dict[str, Tensor], key: str, dim: int, source: str) -> None:
     """Put iSegProbe's click channels in isegprobe's order along `dim`: a conv's 3 input channels, or a flattened
     (p1 p2 c) patch, in which the channel is the innermost index of every run of 3."""
+    seed_key = key.replace("click_encoder.", "embed_coords.")
     if key not in weights:
-        raise UserError(f"{source}: the checkpoint has no {key.replace('click_encoder.', 'embed_coords.')}")
+        raise UserError(f"{source}: the checkpoint has no {seed_key}")
     tensor = weights[key]
+    if tensor.dim() <= dim or tensor.shape[dim] % 3:
+        raise UserError(
+            f"{source}: its {seed_key} has shape {tuple(tensor.shape)}, expected 3 click channels (or runs of 3) "
+            f"along dimension {dim}"
+        )
     order = torch.arange(tensor.shape[dim]).reshape(-1, 3)[:, list(SEED_CHANNEL_OF)].reshape(-1)
     weights[key] = tensor.index_select(dim, order)
 
@@ -237,7 +364,15 @@ def seed_keys_to_isegprobe(weights: dict[str, Tensor], num_heads: int, head_dim:
     """
     ours = torch.arange(num_heads * head_dim)
     seed_channel_of_ours = (ours % head_dim) * num_heads + ours // head_dim
-    weights["head.body.0.weight"] = weights["head.body.0.weight"].index_select(1, seed_channel_of_ours)
+    _reorder_key_channels(weights, "head.body.0.weight", 1, seed_channel_of_ours)
     if fusion == "after_backbone":
         for name in ("click_encoder.proj.weight", "click_encoder.proj.bias"):
-            weights[name] = weights[name].index_select(0, seed_channel_of_ours)
+            _reorder_key_channels(weights, name, 0, seed_channel_of_ours)
+
+
+def _reorder_key_channels(weights: dict[str, Tensor], name: str, dim: int, order: Tensor) -> None:
+    """`weights[name]` in `order` along `dim`; a weight that is missing or has other channels is left as it is, for
+    the check of the weights against the probe to report."""
+    tensor = weights.get(name)
+    if tensor is not None and tensor.dim() > dim and tensor.shape[dim] == len(order):
+        weights[name] = tensor.index_select(dim, order)

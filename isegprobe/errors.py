@@ -19,13 +19,15 @@ class UserError(Exception):
 
 
 @contextmanager
-def writing_to(path: str | Path) -> Iterator[None]:
-    """Name `path` in an OSError of the `with` body that names no file: a failed write() or flush() (a full disk)
-    names none, and the message the user gets should say where."""
+def writing_to(path: str | Path, stand_in: str | Path | None = None) -> Iterator[None]:
+    """Name `path` in an OSError of the `with` body that names no file, or names `stand_in` (the temporary file
+    that becomes `path`): a failed write() or flush() (a full disk) names none, and the message the user gets should
+    say where, in the name they gave."""
     try:
         yield
     except OSError as error:
-        if error.filename is not None or error.errno is None:
+        named = error.filename is not None and (stand_in is None or str(error.filename) != str(stand_in))
+        if named or error.errno is None:
             raise
         raise OSError(error.errno, error.strerror, str(path)) from error
 

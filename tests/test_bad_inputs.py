@@ -325,6 +325,10 @@ CASES: dict[str, Case] = {
         lambda w: training(w, write_bytes(w.root / "a_file.txt", b"notes").name + "/run"),
         "a_file.txt/run: cannot create (Not a directory): a file stands where this path needs a folder",
     ),
+    "output file name too long for the file system": Case(
+        lambda w: ["report", w.results, "--out", w.root / ("x" * 300 + ".md")],
+        "xxx.md: cannot create (File name too long): choose a shorter output path",
+    ),
     "output folder inside a feature store": Case(
         lambda w: evaluation(w, w.store, str(w.damaged_store("holds_results", lambda _: None) / "results")),
         "inside the feature store",

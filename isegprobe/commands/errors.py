@@ -1,8 +1,9 @@
-"""Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk, or an output path
-through a file, into one too."""
+"""Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk, an output path
+through a file, or a file name too long for the file system, into one too."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable
@@ -26,6 +27,10 @@ def reports_user_errors(command: F) -> F:
         except OSError as error:
             if error.errno in NOT_A_FOLDER and error.filename and not os.path.isdir(error.filename):
                 raise click.ClickException(folder_message(error)) from None
+            if error.errno == errno.ENAMETOOLONG and error.filename:
+                raise click.ClickException(
+                    f"{error.filename}: cannot create ({error.strerror}): choose a shorter output path"
+                ) from None
             if error.errno not in DISK_FULL | NOT_ALLOWED:
                 raise
             raise click.ClickException(disk_message(error)) from None

@@ -10,6 +10,7 @@ The files of one checkpoint carry its step; loading refuses files that disagree.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,13 +41,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     temp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with writing_to(path), open(temp_path, "xb") as handle:
+        with writing_to(path, stand_in=temp_path), open(temp_path, "xb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_path, path)
     except BaseException:
-        temp_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a name too long to create is too long to remove: the first error tells
+            temp_path.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
 

@@ -14,48 +14,60 @@ COLUMNS = ["store", "featurizer", "weights", "dataset", "views", "size", "items 
 TEXT_COLUMNS = 5
 
 
-def find_stores(root: str | Path) -> list[FeatureStore]:
-    """Stores under `root` (itself included), opened, in path order; the arrays inside a store are not searched,
-    nor a store still being created."""
-    found = []
+def find_stores(root: str | Path) -> list[tuple[Path, FeatureStore | UserError]]:
+    """Each folder under `root` (itself included) with a `zarr.json`, in path order, with its store opened or what
+    keeps it from opening: a damaged store gets its row rather than vanish from the list. The arrays inside a store
+    are not searched, nor a store still being created."""
+    found: list[tuple[Path, FeatureStore | UserError]] = []
     for folder, subfolders, files in os.walk(root):
-        if folder.endswith(STAGING_SUFFIX):
+        if folder.endswith(STAGING_SUFFIX) or "zarr.json" in files:
             subfolders.clear()
-            continue
-        store = _open_store(Path(folder)) if "zarr.json" in files else None
-        if store is not None:
-            found.append(store)
-            subfolders.clear()
+        if "zarr.json" in files and not folder.endswith(STAGING_SUFFIX):
+            found.append((Path(folder), _open_store(Path(folder))))
         subfolders.sort()
     return found
 
 
-def _open_store(path: Path) -> FeatureStore | None:
+def _open_store(path: Path) -> FeatureStore | UserError:
     try:
         return FeatureStore.open(path)
-    except UserError:
-        return None
+    except UserError as error:
+        return error
 
 
 def list_stores(root: str | Path) -> str:
-    """A Markdown table of the stores under `root`; stores of another schema version are left out."""
+    """A Markdown table of the stores under `root`, one row each; one that does not open, or whose record of
+    finished items does not read, says why in its row."""
     stores = find_stores(root)
     if not stores:
         raise UserError(f"{root}: no feature store in it or below it")
     rows = [COLUMNS]
-    for store in stores:
-        path, attrs = store.path, store.attrs
-        featurizer, dataset = attrs["featurizer"], attrs["dataset"]
-        rows.append(
-            [
-                str(path.relative_to(root)) if path != Path(root) else path.name,
-                featurizer["name"],
-                str(featurizer["weights"]),
-                f"{dataset['name']}/{dataset['split']}",
-                ",".join(attrs["views"]),
-                str(attrs["preprocessing"]["size"]),
-                f"{int(store.done_mask().sum())}/{store.num_items}",
-                f"{store.nbytes_on_disk() / 2**20:.1f}",
-            ]
-        )
+    for path, store in stores:
+        name = str(path.relative_to(root)) if path != Path(root) else path.name
+        try:
+            rows.append([name, *_described(store)])
+        except UserError as error:
+            rows.append([name, f"unreadable: {_in_a_cell(error, path)}", *[""] * (len(COLUMNS) - 2)])
     return markdown_table(rows, text_columns=TEXT_COLUMNS)
+
+
+def _described(store: FeatureStore | UserError) -> list[str]:
+    """A store's cells after its name; the error of one that did not open, raised."""
+    if isinstance(store, UserError):
+        raise store
+    attrs = store.attrs
+    featurizer, dataset = attrs["featurizer"], attrs["dataset"]
+    return [
+        featurizer["name"],
+        str(featurizer["weights"]),
+        f"{dataset['name']}/{dataset['split']}",
+        ",".join(attrs["views"]),
+        str(attrs["preprocessing"]["size"]),
+        f"{int(store.done_mask().sum())}/{store.num_items}",
+        f"{store.nbytes_on_disk() / 2**20:.1f}",
+    ]
+
+
+def _in_a_cell(error: UserError, path: Path) -> str:
+    """The error's message without the store's path, which the row already names, on one line."""
+    return " ".join(str(error).removeprefix(f"{path}: ").removeprefix(f"{path.resolve()}: ").split()).replace("|", "/")

@@ -114,6 +114,24 @@ def test_ls_lists_every_store_under_a_root_and_nothing_inside_them(tmp_path):
     assert empty.exit_code == 1 and "no feature store in it or below it" in empty.output
 
 
+def test_ls_gives_a_damaged_store_its_row_and_lists_the_others(tmp_path):
+    builtin_store(tmp_path / "cache", size=28, views="identity")
+    damaged = builtin_store(tmp_path / "cache" / "damaged", size=28, views="identity")
+    (damaged / "zarr.json").write_text("{")
+    lost_record = builtin_store(tmp_path / "cache" / "lost", size=28, views="identity")
+    (lost_record / "done" / "zarr.json").unlink()
+    listed = CliRunner().invoke(cache, ["ls", str(tmp_path / "cache")])
+    assert listed.exit_code == 0, listed.output
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in listed.output.splitlines()[2:]]
+    assert [row[0] for row in rows] == [
+        "damaged/vit_small_patch14_dinov2-builtin-test-28.zarr",
+        "lost/vit_small_patch14_dinov2-builtin-test-28.zarr",
+        "vit_small_patch14_dinov2-builtin-test-28.zarr",
+    ]
+    assert rows[0][1].startswith("unreadable: ") and rows[1][1].startswith("unreadable: ")
+    assert rows[2][1:3] == ["vit_small_patch14_dinov2", "random"]
+
+
 def test_an_array_inside_a_store_is_not_taken_for_a_store(tmp_path):
     store = builtin_store(tmp_path, size=28, views="identity")
     inspected = CliRunner().invoke(cache, ["inspect", str(store / "features")])

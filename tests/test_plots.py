@@ -547,6 +547,23 @@ def test_predictions_of_results_that_do_not_say_how_they_ran_are_refused(tmp_pat
     assert "results.json: no checkpoint, flip, zoom_in, threshold: the evaluation cannot be replayed" in result.output
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"sources": None}, "no store recorded for grabcut (sources/grabcut)"),
+        ({"online": True, "online_sources": {"grabcut": "data"}}, "online_sources/grabcut is not a split and a root"),
+    ],
+)
+def test_predictions_of_results_without_their_source_are_refused(
+    replayable: ReplayableResults, edit: dict, message: str
+) -> None:
+    path = replayable.folder / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    result = plot("predictions", str(replayable.folder), "--object", "a")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert message in result.output and not replayable.replays
+
+
 def test_overlays_of_objects_with_long_ids_are_written_under_names_that_differ(tmp_path: Path) -> None:
     first = save_overlay(tmp_path / "vis", drawn_object("x" * 300 + "1"))
     second = save_overlay(tmp_path / "vis", drawn_object("x" * 300 + "2"))

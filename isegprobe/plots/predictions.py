@@ -68,18 +68,23 @@ def plot_predictions(
         "protocol": document.get("protocol", DEFAULT_PROTOCOL),
     }
     if document.get("online"):
-        source = document.get("online_sources", {}).get(dataset)
+        source = _recorded(document, "online_sources", dataset)
         if source is None:
             raise UserError(
                 f"{results_dir}: an --online evaluation from before results recorded their datasets' split and root; "
                 "`isegprobe evaluate --online --vis-preds N` draws the same strips"
             )
-        where = {"datasets": [dataset], "split": source["split"], "online": True, "root": root or source["root"]}
+        if not isinstance(source, dict) or not isinstance(source.get("split"), str):
+            raise UserError(f"{Path(results_dir) / 'results.json'}: online_sources/{dataset} is not a split and a root")
+        where = {"datasets": [dataset], "split": source["split"], "online": True, "root": root or source.get("root")}
         request = EvaluationRequest(str(checkpoint), str(results_dir), **where, **settings)
     else:
-        request = EvaluationRequest(
-            str(checkpoint), str(results_dir), stores=[document["sources"][dataset]], root=root, **settings
-        )
+        store = _recorded(document, "sources", dataset)
+        if not isinstance(store, str):
+            raise UserError(
+                f"{Path(results_dir) / 'results.json'}: no store recorded for {dataset} (sources/{dataset})"
+            )
+        request = EvaluationRequest(str(checkpoint), str(results_dir), stores=[store], root=root, **settings)
     (result,) = replay_objects(request, dataset, [object_id])
     path = Path(out) if out else Path(results_dir) / "predictions" / file_name(f"{dataset}_{object_id}", ".png")
     write_picture(path, strip_picture(result))
@@ -100,6 +105,12 @@ def _check_replayable(document: dict[str, Any], results_dir: Path) -> None:
         raise UserError(f"{results_dir / 'results.json'}: no {', '.join(missing)}: the evaluation cannot be replayed")
     if not isinstance(document["checkpoint"], str):
         raise UserError(f"{results_dir / 'results.json'}: checkpoint not text: the evaluation cannot be replayed")
+
+
+def _recorded(document: dict[str, Any], key: str, dataset: str) -> Any:
+    """What `document[key]` records for `dataset`, None where it records nothing (or is not a mapping)."""
+    recorded = document.get(key)
+    return recorded.get(dataset) if isinstance(recorded, dict) else None
 
 
 def _dataset(document: dict[str, Any], dataset: str | None) -> str:

@@ -64,6 +64,8 @@ AT_LEAST_ONE = Range(1)
 PROBABILITY = Range(0, 1)
 OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)
 SEED = Range(0, 2**63 - 1)  # what torch.manual_seed takes
+# The largest working size: a view of it is 50 MiB of pixels, a shard of them gigabytes; the probes run at 224-672.
+MAX_WORKING_SIZE = 4096
 CLICK_SAMPLING = ("auto", "loader", "device")
 PRELOAD = (True, False, "auto")
 
@@ -80,10 +82,11 @@ class ClickEncoderConfig:
     """How click maps become tokens: `patch_embed` and `simple_vit` on the patch grid, `conv` at high resolution."""
 
     name: str = "patch_embed"
-    depth: int = number(6, AT_LEAST_ONE)
-    heads: int = number(8, AT_LEAST_ONE)
-    mlp_dim: int = number(2048, AT_LEAST_ONE)
-    dim_head: int = number(64, AT_LEAST_ONE)
+    # simple_vit's size; the bounds are far above any probe's and keep a typo from asking for terabytes
+    depth: int = number(6, Range(1, 64))
+    heads: int = number(8, Range(1, 64))
+    mlp_dim: int = number(2048, Range(1, 16384))
+    dim_head: int = number(64, Range(1, 1024))
 
 
 @dataclass
@@ -181,7 +184,7 @@ class DataConfig:
     draws are the same either way.
     """
 
-    size: int | None = number(224, AT_LEAST_ONE)
+    size: int | None = number(224, Range(1, MAX_WORKING_SIZE))
     batch_size: int = number(8, AT_LEAST_ONE)
     num_workers: int | str = number("auto", NON_NEGATIVE)
     views: list[str] | None = None

@@ -302,6 +302,11 @@ MALFORMED_SEED_CHECKPOINTS = [
     pytest.param(
         param("embed_coords_cfg", "params", "img_size", to=0), "img_size is 0, expected a value >= 1", id="img_size 0"
     ),
+    pytest.param(
+        param("embed_coords_cfg", "params", "img_size", to=10**30),
+        "img_size is 1000000000000000000000000000000, expected a value >= 1 and <= 4096",
+        id="img_size huge",
+    ),
     pytest.param(setting("state_dict", to=[1, 2]), "its state_dict is [1, 2], expected a dict", id="state_dict list"),
     pytest.param(setting("config", to="abc"), "its config is 'abc', expected a dict", id="config text"),
     pytest.param(setting("config", "params", to=[1]), "its config's params is [1], expected a dict", id="params list"),

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from isegprobe.config import MAX_WORKING_SIZE
 from isegprobe.data.image_io import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, set_max_pixels
 
 
@@ -22,8 +23,6 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-# The largest working size: a view of it is 50 MiB of pixels, a shard of them gigabytes; the probes run at 224-672.
-MAX_WORKING_SIZE = 4096
 WORKING_SIZE = click.IntRange(min=1, max=MAX_WORKING_SIZE)
 
 threshold_option = click.option(

@@ -157,7 +157,10 @@ def test_every_numeric_config_key_has_a_range():
         ("model.click_radius=100000", "'model.click_radius' must be a finite number >= 1 and <= 100, got 100000"),
         ("optim.eps=0", "'optim.eps' must be a finite number > 0, got 0"),
         ("data.size=100000", "'data.size' must be a finite number >= 1 and <= 4096, got 100000"),
-        ("model.click_encoder.mlp_dim=1e12", "'model.click_encoder.mlp_dim' must be a finite number >= 1 and <= 16384"),
+        (
+            "model.click_encoder.mlp_dim=1000000000000",
+            "'model.click_encoder.mlp_dim' must be a finite number >= 1 and <= 16384",
+        ),
         ("data.views=[]", "'data.views' must name at least one of the store's views (null: all of them)"),
     ],
 )

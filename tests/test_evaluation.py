@@ -394,6 +394,26 @@ def test_ctrl_c_leaves_the_finished_objects_on_disk(store, trained_run, tmp_path
     np.testing.assert_array_equal(resumed["grabcut/ious"], np.load(uninterrupted / "ious.npz")["grabcut/ious"])
 
 
+def test_max_objects_stops_each_dataset_as_an_interruption_does_and_the_same_command_goes_on(
+    store, trained_run, tmp_path
+):
+    out = tmp_path / "results"
+    common = ["--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", "3", "--batch-size", "1"]
+    first = cli(*common, "--max-objects", "1", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    assert "grabcut: stopped at 1 of 3 objects (--max-objects)" in first.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["datasets"]["grabcut"]["num_instances"] == 1
+    assert document["datasets"]["grabcut"]["complete"] is False
+    rest = cli(*common, "--out", str(out))
+    assert rest.exit_code == 0, rest.output
+    whole = cli(*common, "--out", str(tmp_path / "whole"))
+    assert whole.exit_code == 0, whole.output
+    resumed, uninterrupted = (np.load(folder / "ious.npz") for folder in (out, tmp_path / "whole"))
+    np.testing.assert_array_equal(resumed["grabcut/ious"], uninterrupted["grabcut/ious"])
+    assert json.loads((out / "results.json").read_text())["datasets"]["grabcut"]["complete"] is True
+
+
 def test_results_of_another_evaluation_are_never_replaced_without_overwrite(store, trained_run, tmp_path):
     out = tmp_path / "results"
     common = ["--checkpoint", str(trained_run), "--store", str(store), "--batch-size", "3", "--out", str(out)]

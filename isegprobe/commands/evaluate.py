@@ -76,6 +76,14 @@ from isegprobe.training.run_logger import start_wandb
     "operations on --device, only the clicks copied. auto: tensor on a GPU, opencv on a CPU.",
 )
 @click.option(
+    "--max-objects",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop each dataset after N objects (those an earlier run of this evaluation in --out finished count), as "
+    "an interrupted run stops: a quick look at a slow probe. The results say the dataset is unfinished (report "
+    "marks it), and the same command without it evaluates the rest.",
+)
+@click.option(
     "--vis-preds",
     default=0,
     show_default=True,

@@ -58,6 +58,7 @@ class EvaluationRequest:
     online: bool = False
     root: str | None = None
     max_clicks: int = 20
+    max_objects: int | None = None  # stop each dataset after this many objects, as an interrupted run stops
     flip: bool = False
     zoom_in: bool = False
     threshold: float = 0.5
@@ -234,6 +235,21 @@ def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str
         return results
 
 
+class FirstObjects:
+    """The first `limit` of `tasks` (none when `limit` is 0 or less); `cut` says, once they are taken, whether
+    others were left: the dataset is then left unfinished, for a later run to go on with."""
+
+    def __init__(self, tasks: Iterator[ObjectTask], limit: int) -> None:
+        self._tasks, self._limit, self.cut = tasks, limit, False
+
+    def __iter__(self) -> Iterator[ObjectTask]:
+        for taken, task in enumerate(self._tasks):
+            if taken >= self._limit:
+                self.cut = True
+                return
+            yield task
+
+
 def _root_text(root: Path | None) -> str | None:
     return None if root is None else str(Path(root).resolve())
 
@@ -257,6 +273,7 @@ def _evaluate_dataset(
     (counted in objects, it stood still for a batch's 20 clicks and then jumped); the objects done follow it."""
     clicks = request.max_clicks
     done = len(writer.curves.get(name, {}))
+    first = FirstObjects(tasks, request.max_objects - done) if request.max_objects is not None else None
     progress = tqdm(desc=name, unit="click", total=total * clicks, initial=done * clicks, smoothing=0, file=sys.stderr)
     pictures = Path(request.out_dir) / "vis" / name
     postfix = {"objects": f"{done}/{total}"}
@@ -287,7 +304,7 @@ def _evaluate_dataset(
     try:
         evaluate_objects(
             predictor,
-            tasks,
+            iter(first) if first is not None else tasks,
             request.max_clicks,
             request.threshold,
             request.batch_size,
@@ -298,6 +315,13 @@ def _evaluate_dataset(
             on_click=clicked,
             clicker=request.clicker,
         )
+        if first is not None and first.cut:
+            progress.write(
+                f"{name}: stopped at {len(writer.curves.get(name, {}))} of {total} objects (--max-objects); the same "
+                "command without it evaluates the rest",
+                file=sys.stderr,
+            )
+            return
         writer.finish(name)
         progress.total = progress.n  # the clicks made, where the count of objects up front was off
     finally:

@@ -399,9 +399,10 @@ def test_max_objects_stops_each_dataset_as_an_interruption_does_and_the_same_com
 ):
     out = tmp_path / "results"
     common = ["--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", "3", "--batch-size", "1"]
-    first = cli(*common, "--max-objects", "1", "--out", str(out))
+    first = cli(*common, "--max-objects", "1", "--save-feats", "3", "--out", str(out))
     assert first.exit_code == 0, first.output
     assert "grabcut: stopped at 1 of 3 objects (--max-objects)" in first.stderr
+    assert len(list((out / "feats" / "grabcut").iterdir())) == 1, "no features saved of an object left for later"
     document = json.loads((out / "results.json").read_text())
     assert document["datasets"]["grabcut"]["num_instances"] == 1
     assert document["datasets"]["grabcut"]["complete"] is False

@@ -127,12 +127,15 @@ def _evaluate(
                 if writer.complete.get(job.name):
                     continue
                 done = set(writer.curves.get(job.name, ()))
-                tasks = (task for task in job.tasks if task.id not in done)
-                if request.save_feats:
+                tasks: Iterator[ObjectTask] = (task for task in job.tasks if task.id not in done)
+                limited = None if request.max_objects is None else FirstObjects(tasks, request.max_objects - len(done))
+                if limited is not None:
+                    tasks = iter(limited)
+                if request.save_feats:  # after the limit: no features saved of an object left for later
                     folder = Path(request.out_dir) / "feats" / job.name
                     tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
                 _evaluate_dataset(
-                    setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result
+                    setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result, limited
                 )
             return writer.write()
 
@@ -267,13 +270,14 @@ def _evaluate_dataset(
     total: int,
     framing: Callable[[ObjectTask], Framing] | None,
     on_result: Callable[[str, ObjectResult], None] | None,
+    limited: FirstObjects | None = None,
 ) -> None:
     """Evaluate one dataset's `tasks` (of `total` objects, those done before included). The bar counts clicks,
     every object's `max_clicks` of them, so that its rate and ETA hold while a batch of objects is still clicking
-    (counted in objects, it stood still for a batch's 20 clicks and then jumped); the objects done follow it."""
+    (counted in objects, it stood still for a batch's 20 clicks and then jumped); the objects done follow it.
+    `limited`: the --max-objects cut `tasks` come through; a dataset it cut stays unfinished."""
     clicks = request.max_clicks
     done = len(writer.curves.get(name, {}))
-    first = FirstObjects(tasks, request.max_objects - done) if request.max_objects is not None else None
     progress = tqdm(desc=name, unit="click", total=total * clicks, initial=done * clicks, smoothing=0, file=sys.stderr)
     pictures = Path(request.out_dir) / "vis" / name
     postfix = {"objects": f"{done}/{total}"}
@@ -304,7 +308,7 @@ def _evaluate_dataset(
     try:
         evaluate_objects(
             predictor,
-            iter(first) if first is not None else tasks,
+            tasks,
             request.max_clicks,
             request.threshold,
             request.batch_size,
@@ -315,7 +319,7 @@ def _evaluate_dataset(
             on_click=clicked,
             clicker=request.clicker,
         )
-        if first is not None and first.cut:
+        if limited is not None and limited.cut:
             progress.write(
                 f"{name}: stopped at {len(writer.curves.get(name, {}))} of {total} objects (--max-objects); the same "
                 "command without it evaluates the rest",

@@ -14,25 +14,18 @@ COLUMNS = ["store", "featurizer", "weights", "dataset", "views", "size", "items 
 TEXT_COLUMNS = 5
 
 
-def find_stores(root: str | Path) -> list[tuple[Path, FeatureStore | UserError]]:
-    """Each folder under `root` (itself included) with a `zarr.json`, in path order, with its store opened or what
-    keeps it from opening: a damaged store gets its row rather than vanish from the list. The arrays inside a store
-    are not searched, nor a store still being created."""
-    found: list[tuple[Path, FeatureStore | UserError]] = []
+def find_stores(root: str | Path) -> list[Path]:
+    """Each folder under `root` (itself included) with a `zarr.json`, in path order, whether or not it opens as a
+    store: a damaged store gets its row rather than vanish from the list. The arrays inside a store are not searched,
+    nor a store still being created."""
+    found = []
     for folder, subfolders, files in os.walk(root):
         if folder.endswith(STAGING_SUFFIX) or "zarr.json" in files:
             subfolders.clear()
         if "zarr.json" in files and not folder.endswith(STAGING_SUFFIX):
-            found.append((Path(folder), _open_store(Path(folder))))
+            found.append(Path(folder))
         subfolders.sort()
     return found
-
-
-def _open_store(path: Path) -> FeatureStore | UserError:
-    try:
-        return FeatureStore.open(path)
-    except UserError as error:
-        return error
 
 
 def list_stores(root: str | Path) -> str:
@@ -42,19 +35,17 @@ def list_stores(root: str | Path) -> str:
     if not stores:
         raise UserError(f"{root}: no feature store in it or below it")
     rows = [COLUMNS]
-    for path, store in stores:
+    for path in stores:
         name = str(path.relative_to(root)) if path != Path(root) else path.name
         try:
-            rows.append([name, *_described(store)])
+            rows.append([name, *_described(FeatureStore.open(path))])
         except UserError as error:
             rows.append([name, f"unreadable: {_in_a_cell(error, path)}", *[""] * (len(COLUMNS) - 2)])
     return markdown_table(rows, text_columns=TEXT_COLUMNS)
 
 
-def _described(store: FeatureStore | UserError) -> list[str]:
-    """A store's cells after its name; the error of one that did not open, raised."""
-    if isinstance(store, UserError):
-        raise store
+def _described(store: FeatureStore) -> list[str]:
+    """A store's cells after its name."""
     attrs = store.attrs
     featurizer, dataset = attrs["featurizer"], attrs["dataset"]
     return [

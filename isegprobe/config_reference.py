@@ -20,12 +20,12 @@ def _words(values: typing.Iterable[Any]) -> str:
 
 # What the keys that take a word accept (the numbers' ranges come from the config's own fields).
 _CHOICES = {
-    "model.fusion": lambda: _words(FUSIONS),
-    "model.upsampler.name": lambda: _words(list_upsamplers()),
-    "model.click_encoder.name": lambda: _words(list_click_encoders()),
-    "data.click_sampling": lambda: _words(CLICK_SAMPLING),
-    "data.preload": lambda: _words(PRELOAD),
-    "data.num_workers": lambda: ">= 0, or auto",
+    "model.fusion": _words(FUSIONS),
+    "model.upsampler.name": _words(list_upsamplers()),
+    "model.click_encoder.name": _words(list_click_encoders()),
+    "data.click_sampling": _words(CLICK_SAMPLING),
+    "data.preload": _words(PRELOAD),
+    "data.num_workers": ">= 0, or auto",
 }
 
 
@@ -51,7 +51,7 @@ def _add_section(section: Any, prefix: str, depth: int, lines: list[str]) -> Non
             lines.append(f"{indent}{field.name}:")
             _add_section(value, f"{key}.", depth + 1, lines)
             continue
-        takes = _CHOICES[key]() if key in _CHOICES else str(field.metadata.get("range") or "")
+        takes = _CHOICES.get(key) or str(field.metadata.get("range") or "")
         if takes and type(None) in typing.get_args(hints[field.name]):
             takes += ", or null"
         rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()

@@ -43,11 +43,12 @@ def default_loader_workers() -> int:
 def require_sensible_workers(workers: int, option: str) -> None:
     """Refuse more loader workers than MAX_WORKERS_PER_CORE per core: starting a thousand took minutes on 2 cores
     before the first batch."""
-    most = MAX_WORKERS_PER_CORE * usable_cores()
-    if workers > most:
+    cores = usable_cores()
+    if workers > MAX_WORKERS_PER_CORE * cores:
         raise UserError(
-            f"{option} {workers}: more loader worker processes than {most} ({MAX_WORKERS_PER_CORE} per core of the "
-            f"{usable_cores()} here) only wait for each other, each starting its own Python and torch"
+            f"{option} {workers}: more loader worker processes than {MAX_WORKERS_PER_CORE * cores} "
+            f"({MAX_WORKERS_PER_CORE} per core of the {cores} here) only wait for each other, each starting its own "
+            "Python and torch"
         )
 
 

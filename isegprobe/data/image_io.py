@@ -97,11 +97,9 @@ def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
 def _file_bytes(path: Path, kind: str) -> bytes:
     try:
         return Path(path).read_bytes()
-    except FileNotFoundError:
-        if Path(path).is_symlink():
-            raise UserError(f"{path}: a link to a file that does not exist ({os.readlink(path)})") from None
-        raise UserError(f"{path}: cannot read this {kind} (No such file or directory)") from None
     except OSError as error:
+        if isinstance(error, FileNotFoundError) and Path(path).is_symlink():
+            raise UserError(f"{path}: a link to a file that does not exist ({os.readlink(path)})") from None
         raise UserError(f"{path}: cannot read this {kind} ({error.strerror or error})") from None
 
 

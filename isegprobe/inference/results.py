@@ -234,7 +234,7 @@ def probe_label(document: dict[str, Any], results_dir: str | Path) -> str:
     """featurizer + upsampler + fusion, as the evaluated probe was built; the folder's name for results written
     before evaluations recorded that."""
     parts = [document.get(key) for key in ("featurizer", "upsampler", "fusion")]
-    if not all(part and isinstance(part, str) for part in parts):
+    if not all(parts):
         return Path(results_dir).resolve().name
     return " + ".join(parts)
 
@@ -304,8 +304,7 @@ def told_apart(labels: Sequence[str], *details: Sequence[Sequence[str]]) -> list
 def _protocol_words(document: dict[str, Any]) -> list[str]:
     words = [on if document.get(key) else off for key, on, off in _PROTOCOL_WORDS]
     protocol = f"{document.get('protocol', RUN_INFO_DEFAULTS['protocol'])} protocol"
-    threshold = document.get("threshold", 0.5)
-    return [protocol, *words, f"threshold {threshold:g}" if _is_number(threshold) else f"threshold {threshold}"]
+    return [protocol, *words, f"threshold {float(document.get('threshold', 0.5)):g}"]
 
 
 def _add_differences(labels: Sequence[str], notes: list[list[str]], details: Sequence[Sequence[str]]) -> None:

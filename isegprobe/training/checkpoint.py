@@ -255,18 +255,23 @@ def checkpoint_description(weights: Path, metadata: dict[str, Any]) -> str:
     rather than let the numbers pass for the last step's."""
     step = metadata.get("step")
     words = [f"step {step}"]
-    best = metadata.get("best_metric") or {}
-    if weights.name.startswith("best") and best.get("name") is not None:
-        words.append(f"best {best['name']} {float(best['value']):.4f}")
-    last = weights.with_name("last.json")
-    if weights.name.startswith("best") and last.is_file():
-        try:
-            last_step = json.loads(last.read_text()).get("step")
-        except (OSError, ValueError):
-            last_step = None
+    if weights.name.startswith("best"):
+        best = metadata.get("best_metric") or {}
+        if best.get("name") is not None:
+            words.append(f"best {best['name']} {float(best['value']):.4f}")
+        last = weights.with_name("last.json")
+        last_step = _recorded_step(last)
         if isinstance(last_step, int) and isinstance(step, int) and last_step > step:
             words.append(f"the run's last checkpoint is at step {last_step}: --checkpoint {last} evaluates that")
     return f"probe: {weights} ({'; '.join(words)})"
+
+
+def _recorded_step(metadata_path: Path) -> Any:
+    """The step a checkpoint's JSON records, None where there is no readable one."""
+    try:
+        return json.loads(metadata_path.read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_probe(

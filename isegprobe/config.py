@@ -125,6 +125,11 @@ class ModelConfig:
     # runs); true runs the probe's forward, an early-fusion featurizer's included, under bf16 autocast, faster on a
     # GPU but another rounding at every layer. Evaluation has its own rule (`evaluate --protocol`).
     mixed_precision: bool = False
+    # The featurizer's arithmetic where the probe runs it (early fusion, --online, evaluation's online passes): true
+    # runs it as the iSegProbe research code loads it on the device, which differs only for MaskCLIP on CUDA:
+    # float16, as OpenAI's clip.load leaves the model there (LayerNorm in float32). The research presets set it, and
+    # `evaluate --protocol iSegProbe` runs every featurizer so.
+    research_precision: bool = False
 
 
 @dataclass

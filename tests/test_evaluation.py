@@ -258,6 +258,21 @@ class ClickDisks:
         return probs
 
 
+@pytest.mark.parametrize(
+    ("overrides", "exact", "research"),
+    [([], False, False), ([], True, True), (["model.research_precision=true"], False, True)],
+    ids=["cache protocol", "research protocol", "probe trained in research precision"],
+)
+def test_the_featurizer_runs_as_the_research_code_loads_it_under_its_protocol_or_as_the_probe_trained(
+    store, tmp_path, overrides, exact, research
+):
+    probe, metadata = load_probe(untrained_checkpoint(store, tmp_path, overrides))
+    featurizer = runner.checkpoint_featurizer(metadata)
+    preprocessing = metadata["preprocessing"]
+    Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"), featurizer, exact)
+    assert featurizer.research_precision is research
+
+
 @pytest.mark.parametrize("clicker", ["opencv", "tensor"])
 @pytest.mark.parametrize("zoom", [False, True], ids=["whole-image, probe", "zoom-in, click disks"])
 def test_clicks_are_a_plain_clicker_replayed_on_the_predictions(store, three_images, tmp_path, zoom, clicker):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor, nn
 
+from isegprobe.cache.schema import check_same_featurizer, store_fingerprint
 from isegprobe.errors import UserError
 from isegprobe.featurizers import (
     Featurizer,
@@ -152,14 +153,14 @@ def test_maskclip_is_the_value_path_of_the_last_block():
     captured = {}
     handle = model.blocks[-1].attn.qkv.register_forward_hook(lambda module, args, out: captured.setdefault("qkv", out))
     try:
-        x = images(32, 48)
+        x = images(224, 224, batch=1)  # CLIP's own grid: timm's forward resamples no positions
         with torch.no_grad():
             model.forward_features(x)
             values = captured["qkv"][..., 2 * 768 :]  # qkv of timm's own last block, input from timm's own forward
             expected = model.head(model.norm(model.blocks[-1].attn.proj(values)))[:, 1:]
     finally:
         handle.remove()
-    torch.testing.assert_close(featurizer(x), as_map(expected, 2, 3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(featurizer(x), as_map(expected, 14, 14), rtol=0, atol=1e-5)
 
 
 # --- random weights ---
@@ -342,17 +343,34 @@ def openai_clip_state() -> dict[str, Tensor]:
     return state
 
 
-def openai_maskclip_reference(state: dict[str, Tensor], x: Tensor) -> Tensor:
-    """MaskCLIP written against OpenAI's CLIP modules (as FeatUp / LoftUp do), in plain torch; 224 px input."""
-    weight = {key: value.float() for key, value in state.items()}
+def openai_maskclip_reference(
+    state: dict[str, Tensor], x: Tensor, dtype: torch.dtype = torch.float32, token_bias: Tensor | None = None
+) -> Tensor:
+    """MaskCLIP written against OpenAI's CLIP modules as FeatUp, LoftUp and the iSegProbe research code run it, in
+    plain torch: nn.MultiheadAttention's functional form on [tokens, batch, C], DINO's position interpolation
+    (scale (n + 0.1) / 14, bicubic, no antialiasing) off the 14 x 14 grid. With `dtype` float16, as `clip.load` leaves
+    the model on a GPU: float16 weights but for LayerNorm's and the embeddings, LayerNorm in float32, the embeddings
+    cast to float16 where added. `token_bias` [B, tokens, C] is added into the patch embedding (early fusion)."""
+    kept_float32 = ("ln_", "class_embedding", "positional_embedding")
+    weight = {k: v.float() if any(part in k for part in kept_float32) else v.to(dtype) for k, v in state.items()}
     width = CLIP_WIDTH
 
     def layer_norm(t: Tensor, prefix: str) -> Tensor:
-        return F.layer_norm(t, (width,), weight[prefix + ".weight"], weight[prefix + ".bias"], eps=1e-5)
+        normed = F.layer_norm(t.float(), (width,), weight[prefix + ".weight"], weight[prefix + ".bias"], eps=1e-5)
+        return normed.to(t.dtype)
 
-    t = F.conv2d(x, weight["visual.conv1.weight"], stride=16).flatten(2).transpose(1, 2)
-    t = torch.cat([weight["visual.class_embedding"].expand(x.shape[0], 1, width), t], dim=1)
-    t = layer_norm(t + weight["visual.positional_embedding"], "visual.ln_pre")
+    rows, cols = x.shape[-2] // 16, x.shape[-1] // 16
+    t = F.conv2d(x.to(dtype), weight["visual.conv1.weight"], stride=16).flatten(2).transpose(1, 2)
+    if token_bias is not None:
+        t += token_bias
+    positions = weight["visual.positional_embedding"]
+    if (rows, cols) != (14, 14):
+        grid = positions[1:].reshape(1, 14, 14, width).permute(0, 3, 1, 2)
+        scale = ((rows + 0.1) / 14, (cols + 0.1) / 14)
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", recompute_scale_factor=False)
+        positions = torch.cat([positions[:1], grid.permute(0, 2, 3, 1).reshape(rows * cols, width)])
+    cls = weight["visual.class_embedding"].to(dtype) + torch.zeros(x.shape[0], 1, width, dtype=dtype)
+    t = layer_norm(torch.cat([cls, t], dim=1) + positions.to(dtype), "visual.ln_pre").transpose(0, 1)
     for i in range(CLIP_LAYERS):
         block = f"visual.transformer.resblocks.{i}."
         y = layer_norm(t, block + "ln_1")
@@ -361,19 +379,18 @@ def openai_maskclip_reference(state: dict[str, Tensor], x: Tensor) -> Tensor:
         if i == CLIP_LAYERS - 1:
             t = F.linear(F.linear(y, in_w[2 * width :], in_b[2 * width :]), out_w, out_b)
             break
-        y = y.transpose(0, 1)
         attended, _ = F.multi_head_attention_forward(
             y, y, y, embed_dim_to_check=width, num_heads=CLIP_HEADS, in_proj_weight=in_w, in_proj_bias=in_b,
             bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=out_w, out_proj_bias=out_b,
             training=False, need_weights=False,
         )  # fmt: skip
-        t = t + attended.transpose(0, 1)
+        t = t + attended
         y = layer_norm(t, block + "ln_2")
         hidden = F.linear(y, weight[block + "mlp.c_fc.weight"], weight[block + "mlp.c_fc.bias"])
         hidden = hidden * torch.sigmoid(1.702 * hidden)  # QuickGELU
         t = t + F.linear(hidden, weight[block + "mlp.c_proj.weight"], weight[block + "mlp.c_proj.bias"])
-    t = layer_norm(t, "visual.ln_post") @ weight["visual.proj"]
-    return as_map(t[:, 1:], 14, 14)
+    t = layer_norm(t.transpose(0, 1)[:, 1:], "visual.ln_post") @ weight["visual.proj"]
+    return as_map(t.float(), rows, cols)
 
 
 def torchscript_archive(state: dict[str, Tensor], path: Path) -> None:
@@ -554,3 +571,51 @@ def test_xformers_switch_only_when_importable_and_cpu_keeps_timms_path(monkeypat
     assert len(attentions) == 12 and all(type(m) is MemoryEfficientAttention for m in attentions)
     x = images(28, 28)
     torch.testing.assert_close(switched(x), plain(x), rtol=0, atol=0)
+
+
+def test_maskclip_off_its_grid_interpolates_positions_as_featup_and_the_research_code(tmp_path, openai_clip_state):
+    path = tmp_path / "clip_vit_b16_state_dict.pt"
+    torch.save(openai_clip_state, path)
+    featurizer = create_featurizer("maskclip", weights=str(path))
+    assert featurizer.provenance["position_resampling"] == "dino"
+    x = images(160, 208, batch=1)
+    with torch.no_grad():
+        ours = featurizer(x)
+        timm_resampled = featurizer.model.forward_features(x)
+    torch.testing.assert_close(ours, openai_maskclip_reference(openai_clip_state, x), rtol=0, atol=2e-4)
+    assert not torch.allclose(ours.flatten(2).transpose(1, 2)[0], featurizer.last_block(timm_resampled)[0, 1:])
+
+
+@pytest.mark.parametrize("size", [(224, 224), (160, 208)])
+def test_maskclip_in_research_precision_runs_float16_as_clip_load_leaves_it_on_a_gpu(tmp_path, openai_clip_state, size):
+    path = tmp_path / "clip_vit_b16_state_dict.pt"
+    torch.save(openai_clip_state, path)
+    featurizer = create_featurizer("maskclip", weights=str(path))
+    x = images(*size, batch=2)
+    rows, cols = size[0] // 16, size[1] // 16
+    bias = 0.1 * torch.randn(2, CLIP_WIDTH, rows, cols, generator=torch.Generator().manual_seed(3))
+    featurizer.research_precision = True
+    with torch.no_grad():
+        float32 = featurizer(x, bias)  # on a CPU, clip.load leaves the model in float32
+        float16 = featurizer.forward_float16(x, bias)
+    reference_bias = bias.flatten(2).transpose(1, 2)
+    expected = openai_maskclip_reference(openai_clip_state, x, torch.float16, reference_bias)
+    assert float16.dtype == torch.float32 and featurizer.model.blocks[0].attn.qkv.weight.dtype == torch.float16
+    assert featurizer.model.norm_pre.weight.dtype == torch.float32 and featurizer.model.pos_embed.dtype == torch.float32
+    torch.testing.assert_close(float16, expected, rtol=0, atol=2e-3)
+    float32_error = (float32 - expected).abs().mean()
+    assert (float16 - expected).abs().mean() < float32_error / 4  # the float16 rounding, not float32's arithmetic
+    with pytest.raises(ValueError, match="float16"):
+        featurizer(x)  # its weights are float16 now, as clip.load leaves them: no float32 pass any more
+
+
+def test_maskclip_features_before_its_authors_position_rule_are_told_apart_from_todays():
+    today = create_featurizer("maskclip:vit_xsmall_patch16_clip_224").provenance
+    before = {**today, "position_resampling": "timm"}
+    with pytest.raises(UserError, match="position_resampling: checkpoint 'timm', store 'dino'"):
+        check_same_featurizer(before, today, "store")
+    written_before_the_key = {key: value for key, value in today.items() if key != "position_resampling"}
+    check_same_featurizer(written_before_the_key, {**today, "position_resampling": "timm"}, "store")
+    attrs = {"preprocessing": {}, "views": ["identity"], "dataset": {"name": "d", "split": "s"}, "item_ids": ["0"]}
+    # Runs and results that recorded a store's fingerprint before the rule changed still find their store.
+    assert store_fingerprint({**attrs, "featurizer": today}) == store_fingerprint({**attrs, "featurizer": before})

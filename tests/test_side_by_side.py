@@ -182,6 +182,18 @@ def test_online_probes_side_by_side_run_the_featurizer_once_a_step(tmp_path: Pat
     files_equal(alone, tmp_path / "together" / "wide", "last.safetensors")
 
 
+def test_online_probes_side_by_side_share_their_featurizers_precision(tmp_path: Path) -> None:
+    """One featurizer computes every online run's features, so the runs must agree on how it runs."""
+    featurizer = StandInFeaturizer(mean=MEAN, std=STD)
+    dataset = SquaresDataset(count=6, featurizer=featurizer)
+    chosen = [tiny_config(*SCHEDULE), tiny_config(*SCHEDULE, "model.research_precision=true")]
+    folders = [tmp_path / "float32", tmp_path / "research"]
+    with pytest.raises(UserError, match="model.research_precision False there, True here"):
+        train_side_by_side(chosen, dataset, folders, featurizer=featurizer, online=True, device="cpu", progress=False)
+    train(chosen[1], dataset, folders[1], featurizer=featurizer, online=True, device="cpu", progress=False)
+    assert featurizer.research_precision
+
+
 def test_a_run_that_diverges_beside_others_stops_alone(store: Path, tmp_path: Path) -> None:
     """The first run's loss becomes NaN (optim.lr 1e30): it stops with its message, and the other run ends as it
     does alone; the command then exits with status 1, naming the run that stopped."""

@@ -18,9 +18,9 @@ from isegprobe.errors import UserError
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 
-# Keys of the featurizer provenance that decide whether two extractions give the same features. `block` and `normed`
-# (which block's output, timm's norm applied or not) only the timm_dense family records; elsewhere both are None.
-FEATURIZER_IDENTITY_KEYS = (
+# Keys of the featurizer provenance that a store's fingerprint is made of. `block` and `normed` (which block's output,
+# timm's norm applied or not) only the timm_dense family records; elsewhere both are None.
+FINGERPRINTED_FEATURIZER_KEYS = (
     "name",
     "architecture",
     "output",
@@ -32,10 +32,24 @@ FEATURIZER_IDENTITY_KEYS = (
     "block",
     "normed",
 )
+# Keys that decide whether two extractions give the same features: those, and how position embeddings reach another
+# grid (MaskCLIP's changed from timm's rule to its authors' own; runs and results that recorded a fingerprint before
+# that still find their stores, so the fingerprint leaves it out).
+FEATURIZER_IDENTITY_KEYS = (*FINGERPRINTED_FEATURIZER_KEYS, "position_resampling")
 # The keys that say which function of the image a featurizer computes, whatever its weights.
-ARCHITECTURE_IDENTITY_KEYS = ("name", "architecture", "output", "patch_size", "dim", "normalization", "block", "normed")
+ARCHITECTURE_IDENTITY_KEYS = (
+    "name",
+    "architecture",
+    "output",
+    "patch_size",
+    "dim",
+    "normalization",
+    "block",
+    "normed",
+    "position_resampling",
+)
 # What a provenance written before a key existed meant by leaving it out.
-FEATURIZER_IDENTITY_DEFAULTS = {"normalization": "model"}
+FEATURIZER_IDENTITY_DEFAULTS = {"normalization": "model", "position_resampling": "timm"}
 
 
 def identity_value(provenance: dict[str, Any], key: str) -> Any:
@@ -49,7 +63,7 @@ def store_fingerprint(attrs: dict[str, Any]) -> str:
     data or with another featurizer gets another; the same extraction again, or a copy elsewhere, the same. Runs and
     results record it, to refuse resuming on a store that is no longer the one they began on."""
     made_of = {
-        "featurizer": {key: identity_value(attrs["featurizer"], key) for key in FEATURIZER_IDENTITY_KEYS},
+        "featurizer": {key: identity_value(attrs["featurizer"], key) for key in FINGERPRINTED_FEATURIZER_KEYS},
         "preprocessing": attrs["preprocessing"],
         "views": attrs["views"],
         "dataset": [attrs["dataset"]["name"], attrs["dataset"]["split"], attrs["dataset"].get("options")],

@@ -30,9 +30,9 @@ from isegprobe.training.run_logger import start_wandb
     show_default=True,
     help="cache: isegprobe's own (the store's cached view; the flags below decide zoom-in, flip, threshold, clicks; a "
     "run folder gives its best checkpoint). iSegProbe: the research code's evaluate.py exactly (RITM's zoom-in to "
-    "the working size in its geometry, flip-averaged logits, threshold 0.5, 20 clicks, float32 and deterministic "
-    "kernels, one object per forward, the run's last checkpoint; online on --datasets), so that its numbers "
-    "compare with the paper's.",
+    "the working size in its geometry, flip-averaged logits, threshold 0.5, 20 clicks, float32 (MaskCLIP float16 "
+    "on a GPU, as its clip.load leaves it) and deterministic kernels, one object per forward, the run's last "
+    "checkpoint; online on --datasets), so that its numbers compare with the paper's.",
 )
 @click.option("--datasets", default="grabcut", show_default=True, help="Comma-separated dataset names.")
 @click.option("--split", default="test", show_default=True, help="Split of every dataset.")

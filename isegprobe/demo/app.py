@@ -35,7 +35,11 @@ def build_app(
     for path in weights:
         probe, metadata = load_probe(path, device=torch_device)
         provenance = metadata.get("featurizer_provenance") or {}
-        key = f"{provenance.get('name')}|{provenance.get('weights')}|{provenance.get('weights_sha256')}"
+        # A featurizer in research precision keeps float16 weights on a GPU, so it is shared only by such probes.
+        key = (
+            f"{provenance.get('name')}|{provenance.get('weights')}|{provenance.get('weights_sha256')}|"
+            f"{probe.config.research_precision}"
+        )
         if key not in featurizers:
             featurizers[key] = checkpoint_featurizer(metadata).to(torch_device)
         featurizer = featurizers[key]

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from isegprobe.featurizers.positions import tokens_with_positions
 from isegprobe.featurizers.registry import register_featurizer
 from isegprobe.featurizers.vit import ViTTokensFeaturizer
 
@@ -41,27 +40,6 @@ DINOV2_HUB_MODELS = {
 }
 
 
-def official_patch_positions(positions: Tensor, rows: int, cols: int, offset: float, antialias: bool) -> Tensor:
-    """The patch position embeddings [1, M*M, C] at a rows x cols grid: DINOv2's `interpolate_pos_encoding`.
-
-    The official model returns its table unchanged only when the image is square and has M*M patches; otherwise it
-    interpolates bicubically in float32, by the scale factors ((rows + offset) / M, (cols + offset) / M) when it has
-    an offset ("a small number to avoid floating point error"), else to the size itself.
-    """
-    side = round(positions.shape[1] ** 0.5)
-    if rows == cols and rows * cols == side * side:
-        return positions
-    grid = positions.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    if offset:
-        scale = ((rows + offset) / side, (cols + offset) / side)
-        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=antialias)
-    else:
-        grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", antialias=antialias)
-    if tuple(grid.shape[-2:]) != (rows, cols):
-        raise ValueError(f"position interpolation to {rows}x{cols} gave {tuple(grid.shape[-2:])}")
-    return grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(positions.dtype)
-
-
 @register_featurizer("dinov2_hub")
 class DINOv2HubFeaturizer(ViTTokensFeaturizer):
     """The last block's normalized patch tokens of the official DINOv2 (`x_norm_patchtokens`)."""
@@ -74,20 +52,5 @@ class DINOv2HubFeaturizer(ViTTokensFeaturizer):
         return DINOV2_HUB_MODELS[name].architecture
 
     def embed_positions(self, x: Tensor) -> Tensor:
-        """The official token layout: class token and patches get their positions, registers none (timm keeps the
-        class token's position in its cls_token for the register models, as their checkpoints are converted)."""
-        model = self.model
-        batch, rows, cols, channels = x.shape
-        prefix = model.num_prefix_tokens if not model.no_embed_class else 0
-        table = model.pos_embed
         hub = DINOV2_HUB_MODELS[self.name]
-        positions = official_patch_positions(
-            table[:, prefix:], rows, cols, hub.interpolate_offset, hub.interpolate_antialias
-        )
-        patches = x.reshape(batch, rows * cols, channels) + positions
-        tokens = [model.cls_token.expand(batch, -1, -1) + table[:, :prefix]] if prefix else []
-        if model.no_embed_class:
-            tokens.append(model.cls_token.expand(batch, -1, -1))
-        if model.reg_token is not None:
-            tokens.append(model.reg_token.expand(batch, -1, -1))
-        return model.pos_drop(torch.cat([*tokens, patches], dim=1))
+        return tokens_with_positions(self.model, x, hub.interpolate_offset, hub.interpolate_antialias)

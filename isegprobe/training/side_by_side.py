@@ -33,7 +33,8 @@ def check_shared_batches(configs: Sequence[TrainConfig], setups: Sequence[RunSet
             raise UserError(
                 f"{folder} cannot train side by side with {folders[0]}: "
                 + "; ".join(differences)
-                + ". Runs that share batches must agree on data.*, sampler.*, seed and the schedule's length; train "
+                + ". Runs that share batches must agree on data.*, sampler.*, seed and the schedule's length (online, "
+                "on model.research_precision too: one featurizer computes their features); train "
                 "the others separately"
             )
 
@@ -45,6 +46,8 @@ def _shared(config: TrainConfig, setup: RunSetUp) -> dict[str, Any]:
     for section in SHARED_SECTIONS:
         _flatten(settings[section], section, flat)
     flat["online (features computed in the loop)"] = setup.trainer.online
+    if setup.trainer.online:  # one featurizer computes every run's features
+        flat["model.research_precision"] = config.model.research_precision
     flat["steps per epoch"] = setup.schedule.steps_per_epoch
     flat["steps in all"] = setup.schedule.total_steps
     return flat

@@ -87,6 +87,7 @@ class Trainer:
         self.featurizer = featurizer
         if featurizer is not None:
             _check_normalization(featurizer, self.mean, self.std)
+            featurizer.research_precision = config.model.research_precision
             featurizer.to(self.device).requires_grad_(False).eval()
             if probe.needs_featurizer:
                 probe.attach_featurizer(featurizer)

@@ -125,10 +125,11 @@ class ModelConfig:
     # runs); true runs the probe's forward, an early-fusion featurizer's included, under bf16 autocast, faster on a
     # GPU but another rounding at every layer. Evaluation has its own rule (`evaluate --protocol`).
     mixed_precision: bool = False
-    # The featurizer's arithmetic where the probe runs it (early fusion, --online, evaluation's online passes): true
-    # runs it as the iSegProbe research code loads it on the device, which differs only for MaskCLIP on CUDA:
-    # float16, as OpenAI's clip.load leaves the model there (LayerNorm in float32). The research presets set it, and
-    # `evaluate --protocol iSegProbe` runs every featurizer so.
+    # Rounding as the iSegProbe research code's: true computes what that code's own model copies compute otherwise
+    # as they do: a featurizer the probe runs itself (early fusion, --online, evaluation's online passes) as that code
+    # loads it on the device (MaskCLIP float16 on CUDA, as OpenAI's clip.load leaves it there; DINOv2 and the ViT's
+    # keys with attention written out instead of PyTorch's fused kernel), and a simple_vit click encoder's attention
+    # written out too. The research presets set it, and `evaluate --protocol iSegProbe` runs every probe so.
     research_precision: bool = False
 
 

@@ -619,3 +619,50 @@ def test_maskclip_features_before_its_authors_position_rule_are_told_apart_from_
     attrs = {"preprocessing": {}, "views": ["identity"], "dataset": {"name": "d", "split": "s"}, "item_ids": ["0"]}
     # Runs and results that recorded a store's fingerprint before the rule changed still find their store.
     assert store_fingerprint({**attrs, "featurizer": today}) == store_fingerprint({**attrs, "featurizer": before})
+
+
+def test_dinov2_in_research_precision_writes_its_attention_out_as_its_official_code(tmp_path):
+    """DINOv2's own Attention (the research code's copy, without xformers): softmax((q * scale) @ k^T) @ v, as
+    timm's unfused path computes it; PyTorch's fused kernel rounds otherwise."""
+    reference = other_timm_model(DINO)
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(official_dinov2_layout(reference.state_dict(), chunked=False), path)
+    hub = create_featurizer("dinov2_vits14", weights=str(path))
+    unfused = timm.create_model(DINO, pretrained=False, img_size=(56, 98), num_classes=0).eval()
+    state = reference.state_dict()
+    state["pos_embed"] = official_position_table(reference, 4, 7)
+    unfused.load_state_dict(state)
+    for module in unfused.modules():
+        if isinstance(module, Attention):
+            module.fused_attn = False
+    x = images(56, 98)
+    with torch.no_grad():
+        expected = as_map(unfused.forward_features(x)[:, 1:], 4, 7)
+        fused = hub(x)
+        hub.research_precision = True
+        written_out = hub(x)
+    assert torch.equal(written_out, expected)
+    assert not torch.equal(fused, expected)
+
+
+def test_vit_keys_in_research_precision_write_attention_out_as_dinos_vit():
+    """The research code's ViT runs DINO's ViT code: softmax((q @ k^T) * scale) @ v in every block before the one
+    whose keys are read."""
+    featurizer = create_featurizer_quietly("vit_small_patch16_224:keys")
+    model = featurizer.model
+    x = images(64, 48)
+    with torch.no_grad():
+        fused = featurizer(x)
+        tokens = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+        for block in model.blocks[:-1]:
+            attn = block.attn
+            q, k, v = attn.qkv(block.norm1(tokens)).reshape(2, -1, 3, 6, 64).permute(2, 0, 3, 1, 4)
+            weights = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(dim=-1)
+            tokens = tokens + attn.proj((weights @ v).transpose(1, 2).reshape(2, -1, 384))
+            tokens = tokens + block.mlp(block.norm2(tokens))
+        last = model.blocks[-1]
+        keys = F.linear(last.norm1(tokens), *(p[384:768] for p in (last.attn.qkv.weight, last.attn.qkv.bias)))
+        featurizer.research_precision = True
+        written_out = featurizer(x)
+    assert torch.equal(written_out, as_map(keys[:, 1:], 4, 3))
+    assert not torch.equal(fused, written_out)

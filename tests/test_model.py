@@ -287,6 +287,14 @@ def test_simple_vit_click_encoder_is_the_seeds_simplevit_layer_for_layer() -> No
         tokens = simple_vit_by_hand(encoder, maps, PATCH, heads=4)
         grid = encoder(maps, (3, 5))
     torch.testing.assert_close(grid, tokens.transpose(1, 2).reshape(2, DIM, 3, 5), rtol=1e-4, atol=1e-5)
+    for module in encoder.modules():  # what ISProbe.use_research_precision switches
+        if hasattr(module, "research_precision"):
+            module.research_precision = True
+    with torch.no_grad():
+        written_out = encoder(maps, (3, 5))
+    # The attention as SimpleViT writes it (product, softmax, product) rounds as the research code's does.
+    assert torch.equal(written_out, tokens.transpose(1, 2).reshape(2, DIM, 3, 5))
+    assert not torch.equal(written_out, grid)
 
 
 @pytest.mark.parametrize("upsampler", ["bilinear", "identity"])

@@ -397,6 +397,15 @@ def test_loftup_attention_is_nn_multiheadattention_with_the_same_weights() -> No
     normed = layer.norm_kv(memory).transpose(0, 1)
     expected, _ = reference(layer.norm_q(queries).transpose(0, 1), normed, normed)
     torch.testing.assert_close(layer(queries, keys, values), expected.transpose(0, 1), rtol=1e-5, atol=1e-6)
+    # As the authors' layer calls it (keys and values normed apart, its weights asked for), to the bit.
+    with torch.no_grad():
+        key, value = (layer.norm_kv(memory).transpose(0, 1) for _ in range(2))
+        authors, _ = reference(layer.norm_q(queries).transpose(0, 1), key, value)
+        fused = layer(queries, keys, values)
+        layer.research_precision = True
+        written_out = layer(queries, keys, values)
+    assert torch.equal(written_out, authors.transpose(0, 1))
+    assert not torch.equal(fused, written_out)
 
 
 def authors_window_mask(out_size: tuple[int, int], grid: tuple[int, int], ratio: float) -> Tensor:

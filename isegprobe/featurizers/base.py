@@ -16,8 +16,9 @@ class Featurizer(nn.Module):
     `provenance` holds plain JSON values that identify the features (written into every feature store).
     `patch_size` is the stride of the feature grid: `stride_name` says which word fits the model in messages.
     A featurizer that takes no `token_bias` says why in `early_fusion_refusal`.
-    `research_precision`: run as the iSegProbe research code loads the model on the device of the images, which
-    differs from float32 only for MaskCLIP on a GPU (float16, as OpenAI's `clip.load` leaves it there).
+    `research_precision`: compute as the iSegProbe research code's own copy of the model does, on the device of the
+    images: MaskCLIP in float16 on a GPU (as OpenAI's `clip.load` leaves it there), DINOv2 and the ViT's keys with
+    their attention written out (`explicit_attention`); every other featurizer as without it.
     """
 
     stride_name: ClassVar[str] = "patch size"

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from isegprobe.explicit_attention import queries_scaled_first
 from isegprobe.featurizers.positions import tokens_with_positions
 from isegprobe.featurizers.registry import register_featurizer
 from isegprobe.featurizers.vit import ViTTokensFeaturizer
@@ -46,6 +47,7 @@ class DINOv2HubFeaturizer(ViTTokensFeaturizer):
 
     position_resampling = "dinov2"
     accepts = tuple(DINOV2_HUB_MODELS)
+    research_attention = queries_scaled_first
 
     @classmethod
     def timm_architecture(cls, name: str, arch: str | None) -> str:

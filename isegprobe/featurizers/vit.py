@@ -11,6 +11,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor
 
 from isegprobe.errors import UserError
+from isegprobe.explicit_attention import AttentionOrder, products_scaled
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer
 from isegprobe.featurizers.timm_base import TimmFeaturizer
@@ -29,6 +30,9 @@ class TimmViTFeaturizer(TimmFeaturizer):
     accepts: ClassVar[tuple[str, ...]] = ()
     # timm.create_model arguments this output needs; a classifier head is dropped unless the output uses it.
     model_kwargs: ClassVar[dict[str, Any]] = {"dynamic_img_size": True, "num_classes": 0}
+    # How the iSegProbe research code's own copy of this model writes attention out, which `research_precision`
+    # follows (None: the code has no copy of its own, or its copy runs PyTorch's fused kernel as timm does).
+    research_attention: ClassVar[AttentionOrder | None] = None
 
     def __init__(
         self, name: str, model: VisionTransformer, weights: WeightsSource, normalization: str = DEFAULT_NORMALIZATION
@@ -91,9 +95,22 @@ class TimmViTFeaturizer(TimmFeaturizer):
             x = x + token_bias.permute(0, 2, 3, 1)
         x = model.norm_pre(model.patch_drop(self.embed_positions(x)))
         for block in model.blocks[:-1]:
-            x = block(x)
+            x = self.run_block(block, x)
         x = self.last_block(x)[:, model.num_prefix_tokens :]
         return x.reshape(images.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
+
+    def run_block(self, block: Block, x: Tensor) -> Tensor:
+        """`block(x)`, its attention written out as the research code writes it under `research_precision`."""
+        order = type(self).research_attention
+        if not self.research_precision or order is None:
+            return block(x)
+        attn = block.attn
+        batch, tokens, _ = x.shape
+        qkv = attn.qkv(block.norm1(x)).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = order(attn.q_norm(q), attn.k_norm(k), v, attn.scale).transpose(1, 2).reshape(batch, tokens, -1)
+        x = x + block.ls1(attn.proj(attn.norm(attended)))
+        return x + block.ls2(block.mlp(block.norm2(x)))
 
 
 @register_featurizer("timm_vit")
@@ -104,7 +121,7 @@ class ViTTokensFeaturizer(TimmViTFeaturizer):
     accepts = (ARCH_SLOT,)
 
     def last_block(self, x: Tensor) -> Tensor:
-        return self.model.norm(self.model.blocks[-1](x))
+        return self.model.norm(self.run_block(self.model.blocks[-1], x))
 
 
 @register_featurizer("timm_vit_keys")
@@ -113,6 +130,7 @@ class ViTKeysFeaturizer(TimmViTFeaturizer):
 
     output = "keys"
     accepts = (f"{ARCH_SLOT}:keys",)
+    research_attention = products_scaled  # the research code's ViT runs DINO's ViT code
 
     @classmethod
     def check_model(cls, name: str, model: Any) -> None:

@@ -85,9 +85,9 @@ class Predictor:
     """Runs a probe on batches of objects; `featurizer` computes the features of views that have none cached.
 
     `exact` runs everything as the iSegProbe research code evaluates: in float32 (no autocast on CUDA, online
-    features not rounded to the store's float16), the featurizer as that code loads it (`research_precision`: MaskCLIP
-    in float16 on CUDA); otherwise features computed online are rounded as a store holds them, and the featurizer
-    runs as the probe was trained to see it (`model.research_precision`).
+    features not rounded to the store's float16), with its rounding (`research_precision`: MaskCLIP in float16 on
+    CUDA, attention written out where its model copies write it); otherwise features computed online are rounded as
+    a store holds them, and the probe computes as it was trained (`model.research_precision`).
 
     With whole-image framing every click of a batch predicts the same views (and their mirrors), so the normalized
     images and stacked cached features of the last two lists of views are kept and made once per batch, not once
@@ -107,9 +107,10 @@ class Predictor:
         self.probe.mixed_precision = not exact
         self.mean, self.std, self.device, self.exact = tuple(mean), tuple(std), device, exact
         self.featurizer = featurizer.to(device) if featurizer is not None else None
-        running = self.featurizer if self.featurizer is not None else probe.featurizer
-        if running is not None:
-            running.research_precision = exact or probe.config.research_precision
+        research_precision = exact or probe.config.research_precision
+        self.probe.use_research_precision(research_precision)
+        if self.featurizer is not None:
+            self.featurizer.research_precision = research_precision
         self._prepared: list[tuple[tuple[WorkingView, ...], Tensor, Tensor | None]] = []
         self._prev_buffer: Tensor | None = None
 

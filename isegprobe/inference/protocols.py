@@ -8,9 +8,9 @@
   resized with the corner pixels aligned, clicks scaled by the size ratio, click disks around unrounded centres),
   logits averaged with the horizontally flipped crop before the sigmoid, masks at probability > 0.5, 20 clicks for
   every object (its print_ious sets the target IoU to 1.01, so no object stops early), everything in float32 with
-  its deterministic kernels (the featurizer as that code loads it: MaskCLIP in float16 on a GPU), one object (and
-  its mirror) per forward as it runs them, and the last checkpoint of a run. The featurizer runs on every crop, as
-  the research code's backbone does.
+  its deterministic kernels and its rounding (`model.research_precision`: MaskCLIP in float16 on a GPU, attention
+  written out where its model copies write it), one object (and its mirror) per forward as it runs them, and the
+  last checkpoint of a run. The featurizer runs on every crop, as the research code's backbone does.
 """
 
 from __future__ import annotations

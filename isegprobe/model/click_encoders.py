@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from isegprobe.config import ClickEncoderConfig
 from isegprobe.errors import UserError
+from isegprobe.explicit_attention import products_scaled
 from isegprobe.registry import Registry
 
 CLICK_CHANNELS = 3
@@ -100,21 +101,27 @@ class Patchify(nn.Module):
 
 
 class SimpleViTAttention(nn.Module):
-    """Pre-norm self-attention, heads x dim_head wide, without biases (SimpleViT's `Attention`)."""
+    """Pre-norm self-attention, heads x dim_head wide, without biases (SimpleViT's `Attention`). PyTorch's fused
+    kernel, or under `research_precision` the product, softmax and product written out as SimpleViT writes them."""
 
     def __init__(self, dim: int, heads: int, dim_head: int) -> None:
         super().__init__()
         self.heads = heads
+        self.scale = dim_head**-0.5
         self.norm = nn.LayerNorm(dim)
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
+        self.research_precision = False
 
     def forward(self, tokens: Tensor) -> Tensor:
         query, key, value = (
             part.unflatten(-1, (self.heads, -1)).transpose(1, 2)
             for part in self.to_qkv(self.norm(tokens)).chunk(3, dim=-1)
         )
-        attended = F.scaled_dot_product_attention(query, key, value)
+        if self.research_precision:
+            attended = products_scaled(query, key, value, self.scale)
+        else:
+            attended = F.scaled_dot_product_attention(query, key, value)
         return self.to_out(attended.transpose(1, 2).flatten(2))
 
 

@@ -52,7 +52,10 @@ class ISProbe(nn.Module):
     With a light head (`head.width`) and a channel-wise linear upsampler (bilinear, identity), the head's 1x1
     reduction runs before upsampling: the same function, without upsampling all C channels to full resolution.
     On CUDA the forward pass runs channels-last, under bf16 autocast when `mixed_precision` (`model.mixed_precision`
-    in training; evaluation sets it by its protocol); the logits are always float32.
+    in training; evaluation sets it by its protocol); the logits are always float32. `research_precision`
+    (`model.research_precision` in training; evaluation: the research protocol or the probe's config) computes, where
+    the research code rounds otherwise, as it does: the attention of a SimpleViT click encoder and of LoftUp, and the
+    featurizer held.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class ISProbe(nn.Module):
         self.token_dim = feature_dim if token_dim is None else token_dim
         encoder_dim = self.token_dim if needs_featurizer_online(config) else feature_dim
         self.click_encoder = create_click_encoder(config.click_encoder, encoder_dim, patch_size)
+        self.research_precision = False
         self.upsampler = create_upsampler(config.upsampler.name, feature_dim, config.upsampler.weights)
         self.upsampler.align_corners = config.align_corners
         if not (config.upsampler.fine_tune and self.upsampler.trainable):
@@ -87,6 +91,7 @@ class ISProbe(nn.Module):
         )
         self.mixed_precision = config.mixed_precision
         object.__setattr__(self, "_featurizer", None)
+        self.use_research_precision(config.research_precision)
         if featurizer is not None:
             self.attach_featurizer(featurizer)
 
@@ -124,7 +129,17 @@ class ISProbe(nn.Module):
             raise UserError(f"featurizer dim {featurizer.dim} differs from the probe's feature dim {self.feature_dim}")
         featurizer.requires_grad_(False)
         featurizer.eval()
+        featurizer.research_precision = self.research_precision
         object.__setattr__(self, "_featurizer", featurizer)
+
+    def use_research_precision(self, enabled: bool) -> None:
+        """Compute as the iSegProbe research code does where its rounding differs (the class docstring)."""
+        self.research_precision = enabled
+        for module in self.modules():
+            if module is not self and hasattr(module, "research_precision"):
+                module.research_precision = enabled
+        if self._featurizer is not None:
+            self._featurizer.research_precision = enabled
 
     def dims(self) -> dict[str, int]:
         """What, besides the config, rebuilds this probe from a checkpoint."""

@@ -13,12 +13,14 @@ training-only modules, which are skipped).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from isegprobe.explicit_attention import queries_scaled_first
 from isegprobe.state_dicts import load_strictly, read_state_dict
 from isegprobe.upsamplers.checkpoints import NORM_AND_UPSAMPLER, rename_prefixes
 from isegprobe.upsamplers.layers import ChannelNorm, MultiheadProjections
@@ -96,13 +98,18 @@ class ChannelsFirstLayerNorm(nn.Module):
 
 
 class CrossAttentionLayer(nn.Module):
-    """Pre-norm multi-head cross-attention; keys and values are both the normed low-res tokens."""
+    """Pre-norm multi-head cross-attention; keys and values are both the normed low-res tokens.
+
+    The authors call `nn.MultiheadAttention` with its default `need_weights=True`, which writes the attention out:
+    softmax((q * sqrt(1 / head_dim)) @ k^T) @ v. Under `research_precision` it is computed so; otherwise PyTorch's
+    fused kernel gives the same function, rounded otherwise."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.attention = MultiheadProjections(dim, heads)
+        self.research_precision = False
 
     def keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Projected keys and values of the [B, N, E] low-res tokens, computed once for all query chunks."""
@@ -110,7 +117,11 @@ class CrossAttentionLayer(nn.Module):
         return self.attention.heads(normed, 1), self.attention.heads(normed, 2)
 
     def forward(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-        attended = F.scaled_dot_product_attention(self.attention.heads(self.norm_q(queries), 0), keys, values)
+        heads = self.attention.heads(self.norm_q(queries), 0)
+        if self.research_precision:
+            attended = queries_scaled_first(heads, keys, values, math.sqrt(1.0 / heads.shape[-1]))
+        else:
+            attended = F.scaled_dot_product_attention(heads, keys, values)
         return self.attention.merge(attended)
 
 

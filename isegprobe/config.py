@@ -128,8 +128,9 @@ class ModelConfig:
     # Rounding as the iSegProbe research code's: true computes what that code's own model copies compute otherwise
     # as they do: a featurizer the probe runs itself (early fusion, --online, evaluation's online passes) as that code
     # loads it on the device (MaskCLIP float16 on CUDA, as OpenAI's clip.load leaves it there; DINOv2 and the ViT's
-    # keys with attention written out instead of PyTorch's fused kernel), and a simple_vit click encoder's attention
-    # written out too. The research presets set it, and `evaluate --protocol iSegProbe` runs every probe so.
+    # keys with attention written out instead of PyTorch's fused kernel), and the attention of a simple_vit click
+    # encoder and of LoftUp written out too. The research presets set it; `evaluate --protocol iSegProbe` runs every
+    # probe so.
     research_precision: bool = False
 
 

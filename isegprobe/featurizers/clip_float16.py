@@ -54,11 +54,11 @@ def embedded_tokens(model: VisionTransformer, images: Tensor, token_bias: Tensor
 def block(module: Block, x: Tensor) -> Tensor:
     """A residual attention block of CLIP in float16: PyTorch's scaled-dot-product attention, as the research
     code's nn.MultiheadAttention computes it, between the fused qkv and the output projection."""
-    x = x + module.ls1(attention(module, layer_norm(module.norm1, x)))
+    x = x + module.ls1(_attention(module, layer_norm(module.norm1, x)))
     return x + module.ls2(module.mlp(layer_norm(module.norm2, x)))
 
 
-def attention(module: Block, x: Tensor) -> Tensor:
+def _attention(module: Block, x: Tensor) -> Tensor:
     attn = module.attn
     batch, tokens, channels = x.shape
     q, k, v = attn.qkv(x).reshape(batch, tokens, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

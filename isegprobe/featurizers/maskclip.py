@@ -73,7 +73,7 @@ class MaskCLIPFeaturizer(TimmViTFeaturizer):
         if self.research_precision and images.is_cuda:
             return self.forward_float16(images, token_bias)
         if clip_float16.is_float16(self.model):
-            raise ValueError(f"{self.name}: its weights are float16 since it ran in float16; it runs so only")
+            raise ValueError(f"{self.name} ran in float16 (research precision on a GPU) and has float16 weights since")
         return super().forward(images, token_bias)
 
     def forward_float16(self, images: Tensor, token_bias: Tensor | None = None) -> Tensor:

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -687,6 +688,11 @@ def test_a_resumed_run_replaces_the_logs_of_the_steps_it_takes_again(tmp_path: P
     for step in range(1, 6):
         first.scalars({"train/loss": float(step)}, step)
     first.close()
+    # As if the interrupted run's file were made in the second the resumed one starts in, by a writer whose counter
+    # sorts after the resumed one's (TensorBoard reads files in name order: ".9" after ".10").
+    (interrupted,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    host_and_process = interrupted.name.removeprefix("events.out.tfevents.").split(".", 1)[1].rsplit(".", 1)[0]
+    interrupted.rename(interrupted.with_name(f"events.out.tfevents.{int(time.time()) + 1}.{host_and_process}.9"))
     resumed = RunLogger(tmp_path, {}, resumed_at=3)
     for step in (4, 5):
         resumed.scalars({"train/loss": 10.0 * step}, step)

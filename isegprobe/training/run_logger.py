@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +17,7 @@ from isegprobe.training.checkpoint import atomic_write_bytes
 WANDB_RUN_ID = "wandb_run_id"
 WANDB_AT_LEAST = (0, 19, 10)  # reinit="create_new"
 SCALARS_CSV = "scalars.csv"
+EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")  # the second TensorBoard's writer made the file in
 
 
 class RunLogger:
@@ -46,6 +48,8 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             purge_step = resumed_at + 1 if resumed_at is not None else None
+            if resumed_at is not None:
+                _wait_to_sort_after(self.run_dir / "tensorboard")
             self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
         if use_wandb:
             self._wandb = self._start_wandb(config, wandb_project, resumed=resumed_at is not None)
@@ -93,6 +97,18 @@ class RunLogger:
                 self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _wait_to_sort_after(log_dir: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with the second it was made in, then
+    the host, the process and a counter of the process's writers (which sorts 10 before 9). A resumed run's file
+    made in the same second as the interrupted run's last one could be read first, and its purge would then hide
+    nothing but its own steps: waiting for the next second (at most one) makes it the last."""
+    made = [
+        int(found.group(1)) for path in log_dir.glob("events.out.tfevents.*") if (found := EVENT_FILE.match(path.name))
+    ]
+    while made and int(time.time()) <= max(made):
+        time.sleep(0.05)
 
 
 def _open_csv(path: Path, resumed_at: int | None) -> TextIO:

@@ -88,7 +88,7 @@ class MaskCLIPFeaturizer(TimmViTFeaturizer):
             for block in model.blocks[:-1]:
                 x = clip_float16.block(block, x)
             x = self.projected_values(x, clip_float16.layer_norm)[:, model.num_prefix_tokens :]
-        return x.float().reshape(images.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
+        return self.feature_map(x.float(), grid)
 
     def last_block(self, x: Tensor) -> Tensor:
         return self.projected_values(x, lambda norm, tokens: norm(tokens))

@@ -96,8 +96,15 @@ class TimmViTFeaturizer(TimmFeaturizer):
         x = model.norm_pre(model.patch_drop(self.embed_positions(x)))
         for block in model.blocks[:-1]:
             x = self.run_block(block, x)
-        x = self.last_block(x)[:, model.num_prefix_tokens :]
-        return x.reshape(images.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
+        return self.feature_map(self.last_block(x)[:, model.num_prefix_tokens :], grid)
+
+    def feature_map(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Patch tokens [B, h*w, C] -> [B, C, h, w], contiguous; under `research_precision` kept in the tokens'
+        memory order (channels last), as the research code's featurizers hand their features over (a permuted view
+        of the token grid): on a CPU the convolutions and interpolations after them round otherwise on NCHW memory
+        (up to 1e-6 in a 3x3 conv head)."""
+        features = tokens.reshape(tokens.shape[0], *grid, -1).permute(0, 3, 1, 2)
+        return features if self.research_precision else features.contiguous()
 
     def run_block(self, block: Block, x: Tensor) -> Tensor:
         """`block(x)`, its attention written out as the research code writes it under `research_precision`."""

@@ -125,13 +125,20 @@ class Predictor:
         prev = self._stacked_prev([item.prev_probs for item in inputs])
         views = [item.view for item in inputs]
         rows = [[to_working(click, item.view) for click in item.clicks] for item in inputs]
-        logits = self._logits(views, rows, prev)
-        if inputs[0].flip_view is not None:
-            size = views[0].image.shape[-1]
-            mirrored = [mirror_rows(view_rows, size) for view_rows in rows]
-            flipped = self._logits([item.flip_view for item in inputs], mirrored, prev.flip(-1))
-            logits = 0.5 * (logits + flipped.flip(-1))
-        return logits
+        if inputs[0].flip_view is None:
+            return self._logits(views, rows, prev)
+        size = views[0].image.shape[-1]
+        mirrored = [mirror_rows(view_rows, size) for view_rows in rows]
+        flip_views = [item.flip_view for item in inputs]
+        if self.exact:
+            # One forward for the views and their mirrors, as RITM's AddHorizontalFlip batches them: on a CPU a
+            # batch of one rounds otherwise than a batch of two in the featurizer's and the head's kernels.
+            both = self._logits([*views, *flip_views], [*rows, *mirrored], torch.cat([prev, prev.flip(-1)]))
+            logits, flipped = both[: len(views)], both[len(views) :]
+        else:
+            logits = self._logits(views, rows, prev)
+            flipped = self._logits(flip_views, mirrored, prev.flip(-1))
+        return 0.5 * (logits + flipped.flip(-1))
 
     @torch.inference_mode()
     def view_features(self, view: WorkingView) -> Tensor | None:

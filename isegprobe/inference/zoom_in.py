@@ -56,7 +56,9 @@ class ZoomIn:
             raise ValueError("RITM's zoom-in geometry (align_corners) stretches its crops; letterbox has none")
         self.image = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float()
         if align_corners:
-            self.image = self.image / 255.0  # what torchvision's to_tensor gives RITM's predictor
+            # What torchvision's to_tensor gives RITM's predictor: channel planes contiguous, as it copies them before
+            # it divides; the crops' bilinear resize rounds otherwise on channels-last memory (up to 7e-7 on a CPU).
+            self.image = self.image.contiguous() / 255.0
         self.size, self.resize, self.flip, self.threshold = size, resize, flip, threshold
         self.align_corners = align_corners
         self.expansion, self.min_crop, self.recompute_iou = expansion, min_crop, recompute_iou
@@ -71,9 +73,16 @@ class ZoomIn:
         height, width = rmax - rmin + 1, cmax - cmin + 1
         valid_box = square_box(height, width, self.size, self.resize)
         corners = self.align_corners
-        image = into_square(self.image[:, rmin : rmax + 1, cmin : cmax + 1], valid_box, self.size, corners)
-        prev = into_square(self.prev_probs[None, rmin : rmax + 1, cmin : cmax + 1], valid_box, self.size, corners)[0]
-        if not corners:
+        region = (slice(rmin, rmax + 1), slice(cmin, cmax + 1))
+        if corners:
+            # RITM resizes the image and the previous probabilities as one 4-channel tensor: on a CPU the bilinear
+            # kernel rounds 3 channel planes otherwise than 4.
+            both = torch.cat([self.image[:, region[0], region[1]], self.prev_probs[None, region[0], region[1]]])
+            image, prev = into_square(both, valid_box, self.size, corners).split([3, 1])
+            prev = prev[0]
+        else:
+            image = into_square(self.image[:, region[0], region[1]], valid_box, self.size, corners)
+            prev = into_square(self.prev_probs[None, region[0], region[1]], valid_box, self.size, corners)[0]
             image = image.round().clamp(0, 255).to(torch.uint8)
         self._view = WorkingView(None, image, valid_box, (height, width), corners)
         local = [Click(click.y - rmin, click.x - cmin, click.is_positive) for click in clicks]

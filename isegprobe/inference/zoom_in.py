@@ -78,8 +78,8 @@ class ZoomIn:
             # RITM resizes the image and the previous probabilities as one 4-channel tensor: on a CPU the bilinear
             # kernel rounds 3 channel planes otherwise than 4.
             both = torch.cat([self.image[:, region[0], region[1]], self.prev_probs[None, region[0], region[1]]])
-            image, prev = into_square(both, valid_box, self.size, corners).split([3, 1])
-            prev = prev[0]
+            both = into_square(both, valid_box, self.size, corners)
+            image, prev = both[:3], both[3]
         else:
             image = into_square(self.image[:, region[0], region[1]], valid_box, self.size, corners)
             prev = into_square(self.prev_probs[None, region[0], region[1]], valid_box, self.size, corners)[0]

@@ -76,7 +76,6 @@ class ISProbe(nn.Module):
         self.token_dim = feature_dim if token_dim is None else token_dim
         encoder_dim = self.token_dim if needs_featurizer_online(config) else feature_dim
         self.click_encoder = create_click_encoder(config.click_encoder, encoder_dim, patch_size)
-        self.research_precision = False
         self.upsampler = create_upsampler(config.upsampler.name, feature_dim, config.upsampler.weights)
         self.upsampler.align_corners = config.align_corners
         if not (config.upsampler.fine_tune and self.upsampler.trainable):

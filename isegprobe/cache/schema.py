@@ -37,17 +37,8 @@ FINGERPRINTED_FEATURIZER_KEYS = (
 # that still find their stores, so the fingerprint leaves it out).
 FEATURIZER_IDENTITY_KEYS = (*FINGERPRINTED_FEATURIZER_KEYS, "position_resampling")
 # The keys that say which function of the image a featurizer computes, whatever its weights.
-ARCHITECTURE_IDENTITY_KEYS = (
-    "name",
-    "architecture",
-    "output",
-    "patch_size",
-    "dim",
-    "normalization",
-    "block",
-    "normed",
-    "position_resampling",
-)
+WEIGHTS_IDENTITY_KEYS = ("weights_sha256", "random_seed")
+ARCHITECTURE_IDENTITY_KEYS = tuple(key for key in FEATURIZER_IDENTITY_KEYS if key not in WEIGHTS_IDENTITY_KEYS)
 # What a provenance written before a key existed meant by leaving it out.
 FEATURIZER_IDENTITY_DEFAULTS = {"normalization": "model", "position_resampling": "timm"}
 

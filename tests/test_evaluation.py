@@ -592,6 +592,37 @@ def test_ritm_zoom_in_geometry_maps_crops_and_clicks_as_ritm_does():
     assert back[:40].abs().max() == 0 and back[:, 350:].abs().max() == 0
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # as the comparison with the research code ran
+def test_ritm_zoom_in_resizes_image_and_previous_probabilities_as_ritms_one_4_channel_tensor():
+    """RITM's predictor concatenates to_tensor's image (channel planes contiguous) with the previous probabilities
+    and resizes the crop of the four channels in one call; a 3-channel or channels-last resize rounds otherwise."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    zoom = ZoomIn(image, 112, align_corners=True, recompute_iou=0.0)
+    zoom.prev_probs = torch.from_numpy(rng.random((300, 400), dtype=np.float32))
+    zoom.box = (40, 239, 100, 349)
+    framed = zoom.inputs([Click(123, 200, True)])
+    to_tensor = torch.from_numpy(image.transpose(2, 0, 1)).contiguous().float().div(255)  # torchvision's to_tensor
+    image_nd = torch.cat([to_tensor, zoom.prev_probs[None]])[None, :, 40:240, 100:350]
+    expected = torch.nn.functional.interpolate(image_nd, size=(112, 112), mode="bilinear", align_corners=True)[0]
+    assert torch.equal(framed.view.image, expected[:3]) and torch.equal(framed.prev_probs, expected[3])
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["research protocol", "cache protocol"])
+def test_a_view_and_its_mirror_share_one_forward_under_the_research_protocol(store, tmp_path, exact):
+    """RITM's AddHorizontalFlip predicts the image and its mirror as one batch of two."""
+    probe, metadata = load_probe(untrained_checkpoint(store, tmp_path, []))
+    preprocessing = metadata["preprocessing"]
+    featurizer = runner.checkpoint_featurizer(metadata)
+    predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch.device("cpu"), featurizer, exact)
+    image = torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    view = WorkingView(None, image, (0, 0, SIZE, SIZE), (SIZE, SIZE))
+    batches = []
+    probe.register_forward_hook(lambda module, args, output: batches.append(len(output)))
+    predictor.logits([PredictionInput(view, mirror_view(view), [Click(5, 5, True)], torch.zeros(SIZE, SIZE))])
+    assert batches == ([2] if exact else [1, 1])
+
+
 def test_an_objects_curve_does_not_depend_on_the_objects_beside_it_with_loftup(store, three_images, tmp_path):
     """LoftUp scales its guidance by min and max; in evaluation each object uses its own, as the research code's
     batch of one image (and its mirror) does, so batching objects changes nothing."""

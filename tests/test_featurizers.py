@@ -643,6 +643,8 @@ def test_dinov2_in_research_precision_writes_its_attention_out_as_its_official_c
         written_out = hub(x)
     assert torch.equal(written_out, expected)
     assert not torch.equal(fused, expected)
+    # handed over with channels innermost, as the research featurizers' permuted token grids are; NCHW otherwise
+    assert written_out.stride()[1] == 1 and written_out.stride()[3] == written_out.shape[1] and fused.is_contiguous()
 
 
 def test_vit_keys_in_research_precision_write_attention_out_as_dinos_vit():

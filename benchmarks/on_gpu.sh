@@ -7,6 +7,7 @@
 #
 #     bash benchmarks/on_gpu.sh            # about 6 minutes on one H200 with 16 cores
 #     SCALE=small DEVICE=cpu bash benchmarks/on_gpu.sh   # a few minutes: checks the script itself, no figures
+#     SKIP="extract_small_workers train_large" bash benchmarks/on_gpu.sh   # leaves out the steps named
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -23,6 +24,7 @@ fi
 step() {  # step NAME COMMAND...: run one benchmark under the time limit, its output kept in $RESULTS/NAME.log
   local name=$1
   shift
+  case " ${SKIP:-} " in *" $name "*) echo "=== $name: skipped"; return ;; esac
   echo "=== $name: $*"
   timeout "$LIMIT" "$@" --device "$DEVICE" --cache-dir "$CACHE" --json "$RESULTS/$name.json" 2>&1 \
     | grep -v -e '^extract' -e '^train ' -e 'it/s\]$' | tee "$RESULTS/$name.log"

@@ -26,9 +26,9 @@ from isegprobe.cli import main
 from isegprobe.config import ClickEncoderConfig, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.featurizers import RandomWeightsWarning, recreate_featurizer
-from isegprobe.model import click_maps, create_click_encoder
+from isegprobe.model import click_inputs, click_maps, create_click_encoder
 from isegprobe.training import load_probe
-from isegprobe.training.seed_checkpoints import SeedProbe, read_seed_checkpoint, seed_probe
+from isegprobe.training.seed_checkpoints import SEED_CHANNEL_OF, SeedProbe, read_seed_checkpoint, seed_probe
 from isegprobe.training.seed_import import import_seed_probe
 
 easydict = pytest.importorskip("easydict", reason="easydict (a test extra) writes the seed's config objects")
@@ -186,6 +186,48 @@ def test_a_seed_simple_vit_probe_gives_the_seeds_outputs(store: Path, tmp_path: 
         assert torch.allclose(probe(features, image, clicks, prev_mask), expected, atol=1e-5)
     encoder = metadata["config"]["model"]["click_encoder"]
     assert (encoder["name"], encoder["depth"], encoder["heads"], encoder["dim_head"]) == ("simple_vit", 2, 2, 16)
+
+
+@pytest.mark.parametrize(("encoder", "seed_name"), [("patch_embed", "patchEmbed"), ("simple_vit", "simple_vit")])
+def test_in_research_precision_a_seed_probes_click_tokens_are_the_seeds_to_the_bit(
+    store: Path, tmp_path: Path, encoder: str, seed_name: str
+) -> None:
+    """The seed stacks its click maps [previous mask, positive, negative]; the import reorders the encoder's weights
+    to isegprobe's order, which computes the same function but sums the channels in another order. In research
+    precision the probe stacks them as the seed does and reads its weights in that order: the seed's rounding."""
+    torch.manual_seed(5)
+    config = ClickEncoderConfig(name=encoder, depth=2, heads=2, mlp_dim=64, dim_head=16)
+    seed_encoder = create_click_encoder(config, DIM, PATCH).eval()
+    for module in seed_encoder.modules():
+        if hasattr(module, "research_precision"):
+            module.research_precision = True  # SimpleViT's attention written out, as the seed's copy writes it
+    weights = {f"embed_coords.{key}": value for key, value in seed_encoder.state_dict().items()}
+    weights.update(seed_head_weights(torch.Generator().manual_seed(6)))
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", weights, encoder=seed_name)
+    import_seed_probe(checkpoint, tmp_path / "run", store_path=store)
+    probe, _ = load_probe(tmp_path / "run")
+    features, image, clicks, _ = probe_inputs(store)
+    prev_probs = torch.rand(1, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    tokens: list[torch.Tensor] = []
+    probe.click_encoder.register_forward_hook(lambda module, args, output: tokens.append(output))
+
+    with torch.no_grad():
+        expected = seed_encoder(seed_click_maps(clicks, prev_probs), (SIZE // PATCH, SIZE // PATCH))
+        for research_precision in (False, True):
+            probe.use_research_precision(research_precision)
+            probe(features, image, clicks, prev_probs)
+    isegprobe_order, research_order = tokens
+    assert torch.equal(research_order, expected)
+    torch.testing.assert_close(isegprobe_order, expected)
+    assert not torch.equal(isegprobe_order, expected)  # the same function, rounded otherwise
+
+
+def test_click_inputs_in_the_research_order_are_the_same_maps_stacked_as_the_seed_stacks_them() -> None:
+    clicks = torch.tensor([[[20.5, 30.25, 1], [40, 10, 0], [-1, -1, 0]], [[3, 4, 0], [50, 52, 1], [0, 55, 0]]])
+    prev_probs = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(8))
+    research_order = click_inputs(clicks, prev_probs, research_order=True)
+    assert torch.equal(research_order, seed_click_maps(clicks, prev_probs))
+    assert torch.equal(research_order[:, list(SEED_CHANNEL_OF)], click_inputs(clicks, prev_probs))
 
 
 def patch_embed_weights() -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from isegprobe.config import ClickEncoderConfig
 from isegprobe.errors import UserError
 from isegprobe.explicit_attention import products_scaled
+from isegprobe.model.clicks import RESEARCH_CLICK_CHANNELS, in_click_channel_order
 from isegprobe.registry import Registry
 
 CLICK_CHANNELS = 3
@@ -24,9 +25,12 @@ CLICK_CHANNELS = 3
 
 class ClickEncoder(nn.Module):
     """`forward(click_input [B, 3, H, W], grid) -> [B, dim, *grid]`. `on_patch_grid`: the tokens belong on the
-    featurizer's patch grid (fusion before or after the featurizer) rather than at the upsampled resolution."""
+    featurizer's patch grid (fusion before or after the featurizer) rather than at the upsampled resolution.
+    `click_channel_parameters`: the parameters that read the click channels, each with the dimension along which
+    it holds them (3, or runs of 3 with the channel innermost)."""
 
     on_patch_grid: ClassVar[bool]
+    click_channel_parameters: ClassVar[dict[str, int]]
 
     @classmethod
     def from_config(cls, config: ClickEncoderConfig, dim: int, patch_size: int) -> ClickEncoder:
@@ -34,6 +38,16 @@ class ClickEncoder(nn.Module):
 
     def forward(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
         raise NotImplementedError
+
+    def in_research_order(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The same function of a click input stacked in the research code's order (`click_inputs(...,
+        research_order=True)`): the parameters that read the click channels are taken in that order too, so that
+        every sum over the channels runs in the research code's order and rounds as its sums do."""
+        reordered = {
+            name: in_click_channel_order(self.get_parameter(name), dim, RESEARCH_CLICK_CHANNELS)
+            for name, dim in self.click_channel_parameters.items()
+        }
+        return torch.func.functional_call(self, reordered, (click_input, grid))
 
 
 CLICK_ENCODERS: Registry[type[ClickEncoder]] = Registry("click encoder", where="model.click_encoder.name")
@@ -60,6 +74,7 @@ def create_click_encoder(config: ClickEncoderConfig, dim: int, patch_size: int) 
 @register_click_encoder("patch_embed")
 class PatchClickEncoder(ClickEncoder):
     on_patch_grid = True
+    click_channel_parameters: ClassVar[dict[str, int]] = {"proj.weight": 1}
 
     def __init__(self, dim: int, patch_size: int) -> None:
         super().__init__()
@@ -160,6 +175,11 @@ class SimpleViTClickEncoder(ClickEncoder):
     """
 
     on_patch_grid = True
+    click_channel_parameters: ClassVar[dict[str, int]] = {
+        "to_patch_embedding.1.weight": 0,  # the flattened patches' LayerNorm
+        "to_patch_embedding.1.bias": 0,
+        "to_patch_embedding.2.weight": 1,
+    }
 
     def __init__(
         self, dim: int, patch_size: int, depth: int = 6, heads: int = 8, mlp_dim: int = 2048, dim_head: int = 64
@@ -191,6 +211,7 @@ class ConvClickEncoder(ClickEncoder):
     """Two 3x3 convs applied on the target grid itself, so thin disks survive at high resolution."""
 
     on_patch_grid = False
+    click_channel_parameters: ClassVar[dict[str, int]] = {"layers.0.weight": 1}
 
     def __init__(self, dim: int, hidden: int = 32) -> None:
         super().__init__()

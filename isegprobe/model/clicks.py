@@ -20,6 +20,10 @@ from isegprobe.devices import from_host
 
 PADDING_ROW = (-1.0, -1.0, 0.0)
 
+# The research code (iSegProbe, after RITM) stacks its click input as [previous mask, positive, negative], isegprobe
+# as [positive, negative, previous mask]: its channel j is isegprobe's channel RESEARCH_CLICK_CHANNELS[j].
+RESEARCH_CLICK_CHANNELS = (2, 0, 1)
+
 
 def disk_offsets(radius: int, device: torch.device | str | None = None) -> Tensor:
     """(dy, dx) of every pixel within `radius` of a click on a whole pixel (squared distance <= radius**2, as RITM),
@@ -80,12 +84,14 @@ def click_maps(clicks: Tensor, size: tuple[int, int], radius: int = 5) -> Tensor
     return maps
 
 
-def _stamp_disks(buffer: Tensor, shape: torch.Size, clicks: Tensor, radius: int) -> None:
-    """Stamp every click's disk into channel 0 (positive) or 1 (negative) of the maps that `buffer` holds."""
+def _stamp_disks(
+    buffer: Tensor, shape: torch.Size, clicks: Tensor, radius: int, positive: int = 0, negative: int = 1
+) -> None:
+    """Stamp every click's disk into channel `positive` or `negative` of the maps that `buffer` holds."""
     if clicks.shape[1] == 0:
         return
     disks = _whole_pixel_disks(clicks, radius) if not clicks.is_floating_point() else _disks(clicks, radius)
-    _stamp(buffer, shape, clicks, *disks)
+    _stamp(buffer, shape, clicks, *disks, positive, negative)
 
 
 def _disks(clicks: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -109,7 +115,16 @@ def _whole_pixel_disks(clicks: Tensor, radius: int) -> tuple[Tensor, Tensor, Ten
     return rows, cols, ~padding.expand_as(rows)
 
 
-def _stamp(buffer: Tensor, shape: torch.Size, clicks: Tensor, rows: Tensor, cols: Tensor, keep: Tensor) -> None:
+def _stamp(
+    buffer: Tensor,
+    shape: torch.Size,
+    clicks: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    keep: Tensor,
+    positive: int,
+    negative: int,
+) -> None:
     """Set maps[b, channel of the click, rows, cols] = 1 where `keep` and inside the image, the maps of `shape`
     being all of `buffer` but its last element.
 
@@ -117,22 +132,32 @@ def _stamp(buffer: Tensor, shape: torch.Size, clicks: Tensor, rows: Tensor, cols
     need not report how many there are (a wait for the device at every forward).
     """
     batch, channels, height, width = shape
-    channel = torch.where(clicks[..., 2] > 0, 0, 1)[..., None].expand_as(rows)
+    channel = torch.where(clicks[..., 2] > 0, positive, negative)[..., None].expand_as(rows)
     image = torch.arange(batch, device=clicks.device)[:, None, None].expand_as(rows)
     keep = keep & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     flat = ((image * channels + channel) * height + rows) * width + cols
     buffer.index_fill_(0, torch.where(keep, flat, buffer.numel() - 1).flatten(), 1.0)
 
 
-def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5) -> Tensor:
-    """The probe's 3-channel click input [B, 3, H, W]: positive disks, negative disks, previous mask (float32).
+def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5, research_order: bool = False) -> Tensor:
+    """The probe's 3-channel click input [B, 3, H, W]: positive disks, negative disks, previous mask (float32);
+    with `research_order`, in the research code's order (`RESEARCH_CLICK_CHANNELS`).
 
     The disks are stamped and the mask copied into one buffer, rather than concatenated: a step makes this input
     for every pass of the probe, at full resolution."""
     batch, _, height, width = prev_mask.shape
     buffer = torch.empty(batch * 3 * height * width + 1, device=prev_mask.device)  # one spare element: see _stamp
     inputs = buffer[:-1].view(batch, 3, height, width)
-    inputs[:, :2].zero_()
-    inputs[:, 2:].copy_(prev_mask)
-    _stamp_disks(buffer, inputs.shape, from_host(clicks, prev_mask.device), radius)
+    positive, negative, previous = (RESEARCH_CLICK_CHANNELS.index(k) for k in range(3)) if research_order else (0, 1, 2)
+    inputs[:, positive].zero_()
+    inputs[:, negative].zero_()
+    inputs[:, previous].copy_(prev_mask[:, 0])
+    _stamp_disks(buffer, inputs.shape, from_host(clicks, prev_mask.device), radius, positive, negative)
     return inputs
+
+
+def in_click_channel_order(tensor: Tensor, dim: int, order: Sequence[int]) -> Tensor:
+    """`tensor` with the click channels it holds along `dim` (3 of them, or runs of 3 with the channel innermost,
+    as in a flattened (p1 p2 c) patch) taken in `order`: channel j of the result is channel order[j] of `tensor`."""
+    index = torch.arange(tensor.shape[dim], device=tensor.device).reshape(-1, 3)[:, list(order)].reshape(-1)
+    return tensor.index_select(dim, index)

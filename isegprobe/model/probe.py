@@ -54,8 +54,8 @@ class ISProbe(nn.Module):
     On CUDA the forward pass runs channels-last, under bf16 autocast when `mixed_precision` (`model.mixed_precision`
     in training; evaluation sets it by its protocol); the logits are always float32. `research_precision`
     (`model.research_precision` in training; evaluation: the research protocol or the probe's config) computes, where
-    the research code rounds otherwise, as it does: the attention of a SimpleViT click encoder and of LoftUp, and the
-    featurizer held.
+    the research code rounds otherwise, as it does: the click input stacked in its channel order, the attention of a
+    SimpleViT click encoder and of LoftUp, and the featurizer held.
     """
 
     def __init__(
@@ -157,27 +157,32 @@ class ISProbe(nn.Module):
         clicks = as_click_tensor(clicks, device=image.device)
         on_cuda = image.is_cuda
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and self.mixed_precision):
-            click_input = click_inputs(clicks, prev_mask, self.config.click_radius)
+            click_input = click_inputs(clicks, prev_mask, self.config.click_radius, self.research_precision)
             if on_cuda:
                 click_input = click_input.contiguous(memory_format=torch.channels_last)
             features = self._featurizer_features(features, image, click_input)
             if self.fusion == "after_backbone":
-                features = features + self.click_encoder(click_input, tuple(features.shape[-2:]))
+                features = features + self._encoded_clicks(click_input, tuple(features.shape[-2:]))
             if self.reduces_before_upsampling:
                 logits = self.head.decode(self.upsampler(self.head.reduce(features), image))
             else:
                 upsampled = self.upsampler(features, image)
                 if self.fusion == "after_upsampler":
-                    upsampled = upsampled + self.click_encoder(click_input, tuple(upsampled.shape[-2:]))
+                    upsampled = upsampled + self._encoded_clicks(click_input, tuple(upsampled.shape[-2:]))
                 logits = self.head(upsampled)
         return resize_to(logits.float(), image.shape[-2:], self.config.align_corners)
+
+    def _encoded_clicks(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
+        if self.research_precision:
+            return self.click_encoder.in_research_order(click_input, grid)
+        return self.click_encoder(click_input, grid)
 
     def _featurizer_features(self, features: Tensor | None, image: Tensor, click_input: Tensor) -> Tensor:
         if self.needs_featurizer:
             if self._featurizer is None:
                 raise UserError("fusion before_backbone needs a featurizer: attach one with probe.attach_featurizer()")
             grid = (image.shape[-2] // self.patch_size, image.shape[-1] // self.patch_size)
-            return self._featurizer(image, token_bias=self.click_encoder(click_input, grid))
+            return self._featurizer(image, token_bias=self._encoded_clicks(click_input, grid))
         if features is None:
             raise ValueError(f"fusion {self.fusion} needs the featurizer's features; got None")
         features = features.to(image.dtype)

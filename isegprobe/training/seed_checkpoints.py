@@ -27,6 +27,8 @@ from torch import Tensor
 from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig, Range
 from isegprobe.errors import UserError
 from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
+from isegprobe.model.click_encoders import CLICK_ENCODERS
+from isegprobe.model.clicks import RESEARCH_CLICK_CHANNELS, in_click_channel_order
 from isegprobe.state_dicts import unpickler_complaint
 from isegprobe.training.seed_configurations import (
     DINO_HUB_VITS,
@@ -37,7 +39,7 @@ from isegprobe.training.seed_configurations import (
 )
 
 # Our click channel k is iSegProbe's channel SEED_CHANNEL_OF[k] (iSegProbe: prev_mask, positive, negative).
-SEED_CHANNEL_OF = (1, 2, 0)
+SEED_CHANNEL_OF = tuple(RESEARCH_CLICK_CHANNELS.index(channel) for channel in range(3))
 
 # How a key of the research code's ConvSegHead names its layer: head.convs.<layer>.[conv.]<parameter>.
 _HEAD_CONV_KEY = re.compile(r"head\.convs\.(\d+)\.(.+)")
@@ -330,12 +332,8 @@ def _probe_weights(seed_weights: dict[str, Tensor], encoder: str, source: str) -
             f"{source}: weights outside the click encoder and head ({', '.join(unexpected[:4])}, ...): a trained "
             "upsampler or backbone is not imported; give a frozen upsampler's own checkpoint instead"
         )
-    if encoder == "patch_embed":
-        _reorder_click_channels(weights, "click_encoder.proj.weight", dim=1, source=source)
-    else:
-        for name in ("to_patch_embedding.1.weight", "to_patch_embedding.1.bias"):
-            _reorder_click_channels(weights, f"click_encoder.{name}", dim=0, source=source)
-        _reorder_click_channels(weights, "click_encoder.to_patch_embedding.2.weight", dim=1, source=source)
+    for name, dim in CLICK_ENCODERS.get(encoder).click_channel_parameters.items():
+        _reorder_click_channels(weights, f"click_encoder.{name}", dim=dim, source=source)
     return weights
 
 
@@ -351,8 +349,7 @@ def _reorder_click_channels(weights: dict[str, Tensor], key: str, dim: int, sour
             f"{source}: its {seed_key} has shape {tuple(tensor.shape)}, expected 3 click channels (or runs of 3) "
             f"along dimension {dim}"
         )
-    order = torch.arange(tensor.shape[dim]).reshape(-1, 3)[:, list(SEED_CHANNEL_OF)].reshape(-1)
-    weights[key] = tensor.index_select(dim, order)
+    weights[key] = in_click_channel_order(tensor, dim, SEED_CHANNEL_OF)
 
 
 def seed_keys_to_isegprobe(weights: dict[str, Tensor], num_heads: int, head_dim: int, fusion: str) -> None:

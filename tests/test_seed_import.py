@@ -440,11 +440,9 @@ def test_a_seed_checkpoint_in_torch_saves_old_format_is_told_to_be_saved_again(t
 VIT_SIZE, VIT_PATCH = 64, 16
 
 
-def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp_path: Path) -> None:
-    """The research code's `vit` backbone gives the last block's keys unless feat_type says otherwise, laid out head
-    minor (channel d * 6 + h) where isegprobe's keys featurizer is head major (h * 64 + d): the imported head reads
-    isegprobe's keys as the research head read its own. Its ViT is timm's vit_small_patch16_224 (AugReg weights,
-    not DINO's), its inputs normalized with ImageNet's statistics."""
+def imported_vit_probe(tmp_path: Path) -> tuple[dict[str, torch.Tensor], dict, torch.nn.Module, torch.nn.Module]:
+    """A research `vit` probe (patch-embed, early fusion) written and imported: its weights, the import's metadata,
+    the featurizer and the probe."""
     generator = torch.Generator().manual_seed(6)
     weights = {
         "embed_coords.proj.weight": torch.randn(DIM, 3, VIT_PATCH, VIT_PATCH, generator=generator) * 0.05,
@@ -460,15 +458,29 @@ def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp
         warnings.simplefilter("ignore", RandomWeightsWarning)
         metadata = import_seed_probe(checkpoint, tmp_path / "run", weights="random")
         featurizer = recreate_featurizer(metadata["featurizer_provenance"])
+    probe, _ = load_probe(tmp_path / "run", featurizer=featurizer)
+    return weights, metadata, featurizer, probe
+
+
+def vit_probe_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(9)
+    image = torch.randn(1, 3, VIT_SIZE, VIT_SIZE, generator=generator)
+    clicks = torch.tensor([[[20, 30, 1], [40, 10, 0]]])
+    return image, clicks, torch.rand(1, 1, VIT_SIZE, VIT_SIZE, generator=generator)
+
+
+def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp_path: Path) -> None:
+    """The research code's `vit` backbone gives the last block's keys unless feat_type says otherwise, laid out head
+    minor (channel d * 6 + h) where isegprobe's keys featurizer is head major (h * 64 + d): the imported head reads
+    isegprobe's keys as the research head read its own. Its ViT is timm's vit_small_patch16_224 (AugReg weights,
+    not DINO's), its inputs normalized with ImageNet's statistics."""
+    weights, metadata, featurizer, probe = imported_vit_probe(tmp_path)
     provenance = metadata["featurizer_provenance"]
     assert (provenance["name"], provenance["normalization"]) == ("vit_small_patch16_224:keys", "imagenet")
     assert metadata["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert metadata["imported_from"]["preset"] == "sbd_vit_patch-embed_noup"
-    probe, _ = load_probe(tmp_path / "run", featurizer=featurizer)
 
-    image = torch.randn(1, 3, VIT_SIZE, VIT_SIZE, generator=generator)
-    clicks = torch.tensor([[[20, 30, 1], [40, 10, 0]]])
-    prev_mask = torch.rand(1, 1, VIT_SIZE, VIT_SIZE, generator=generator)
+    image, clicks, prev_mask = vit_probe_inputs()
     with torch.no_grad():
         tokens = F.conv2d(
             seed_click_maps(clicks, prev_mask),
@@ -481,6 +493,33 @@ def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp
         research_keys = keys.reshape(1, 6, 64, grid, grid).transpose(1, 2).reshape(1, DIM, grid, grid)
         expected = seed_head(weights, research_keys, VIT_SIZE)
         torch.testing.assert_close(probe(None, image, clicks, prev_mask), expected, rtol=0, atol=1e-5)
+
+
+def test_in_research_precision_a_vit_seed_probes_head_reads_the_keys_in_the_research_codes_order_to_the_bit(
+    tmp_path: Path,
+) -> None:
+    """The head's first conv sums the key channels in the order they come: in research precision it reads them in
+    the research code's (head minor, channels-last as its featurizer hands them over), with its weights taken alike,
+    and rounds as the research head does."""
+    weights, _, featurizer, probe = imported_vit_probe(tmp_path)
+    image, clicks, prev_mask = vit_probe_inputs()
+    probe.use_research_precision(True)
+    with torch.no_grad():
+        tokens = F.conv2d(
+            seed_click_maps(clicks, prev_mask),
+            weights["embed_coords.proj.weight"],
+            weights["embed_coords.proj.bias"],
+            stride=VIT_PATCH,
+        )
+        keys = featurizer(image, token_bias=tokens).permute(0, 2, 3, 1)  # [1, h, w, heads * 64], head major
+        grid = VIT_SIZE // VIT_PATCH
+        research_keys = keys.reshape(1, grid, grid, 6, 64).transpose(3, 4).reshape(1, grid, grid, DIM)
+        expected = seed_head(weights, research_keys.permute(0, 3, 1, 2), VIT_SIZE)
+        assert torch.equal(probe(None, image, clicks, prev_mask), expected)
+        probe.feature_order = None  # isegprobe's own order: the same function, rounded otherwise
+        isegprobe_order = probe(None, image, clicks, prev_mask)
+    torch.testing.assert_close(isegprobe_order, expected)
+    assert not torch.equal(isegprobe_order, expected)
 
 
 @pytest.mark.parametrize(

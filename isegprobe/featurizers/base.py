@@ -19,11 +19,14 @@ class Featurizer(nn.Module):
     `research_precision`: compute as the iSegProbe research code's own copy of the model does, on the device of the
     images: MaskCLIP in float16 on a GPU (as OpenAI's `clip.load` leaves it there), DINOv2 and the ViT's keys with
     their attention written out (`explicit_attention`); every other featurizer as without it.
+    `research_channels`: where the research code lays the same features out in another channel order, its channel
+    c is channel research_channels[c] here (a probe's head in research precision reads them in that order).
     """
 
     stride_name: ClassVar[str] = "patch size"
     early_fusion_refusal: str | None = None
     research_precision: bool = False
+    research_channels: Tensor | None = None
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -151,6 +152,11 @@ class ViTKeysFeaturizer(TimmViTFeaturizer):
         attn = model.blocks[-1].attn
         return attn.num_heads * attn.head_dim
 
+    @property
+    def research_channels(self) -> Tensor:
+        attn = self.model.blocks[-1].attn
+        return research_key_channels(attn.num_heads, attn.head_dim)
+
     def last_block(self, x: Tensor) -> Tensor:
         block = self.model.blocks[-1]
         attn = block.attn
@@ -160,3 +166,10 @@ class ViTKeysFeaturizer(TimmViTFeaturizer):
         batch, tokens, _ = keys.shape
         keys = attn.k_norm(keys.reshape(batch, tokens, attn.num_heads, attn.head_dim))
         return keys.reshape(batch, tokens, self.dim)
+
+
+def research_key_channels(num_heads: int, head_dim: int) -> Tensor:
+    """The research code (like FeatUp) lays the keys of head h, channel d out as channel d * num_heads + h, the keys
+    featurizer here as h * head_dim + d: research channel c is channel research_key_channels(...)[c] here."""
+    channel = torch.arange(num_heads * head_dim)
+    return (channel % num_heads) * head_dim + channel // num_heads

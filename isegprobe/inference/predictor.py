@@ -111,6 +111,7 @@ class Predictor:
         self.probe.use_research_precision(research_precision)
         if self.featurizer is not None:
             self.featurizer.research_precision = research_precision
+            self.probe.read_features_as(self.featurizer)
         self._prepared: list[tuple[tuple[WorkingView, ...], Tensor, Tensor | None]] = []
         self._prev_buffer: Tensor | None = None
 

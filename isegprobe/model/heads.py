@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -30,6 +31,15 @@ class SegmentationHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.decode(self.reduce(features))
+
+    def in_channel_order(self, features: Tensor, order: Tensor) -> Tensor:
+        """The same function, reading the channels of `features` in `order` (channel j of what its first layer reads
+        is channel order[j]) and its first layer's weights alike: every sum over the channels then runs in that order.
+        The gathered features are laid out channels-last, as the research code's featurizers hand theirs over."""
+        first = "body.0.weight" if isinstance(self.reduce, nn.Identity) else "reduce.weight"
+        gathered = features.permute(0, 2, 3, 1).index_select(3, order).permute(0, 3, 1, 2)
+        weight = self.get_parameter(first).index_select(1, order)
+        return torch.func.functional_call(self, {first: weight}, (gathered,))
 
 
 def _conv_before_relu(channels: int) -> nn.Conv2d:

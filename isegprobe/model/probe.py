@@ -55,7 +55,9 @@ class ISProbe(nn.Module):
     in training; evaluation sets it by its protocol); the logits are always float32. `research_precision`
     (`model.research_precision` in training; evaluation: the research protocol or the probe's config) computes, where
     the research code rounds otherwise, as it does: the click input stacked in its channel order, the attention of a
-    SimpleViT click encoder and of LoftUp, and the featurizer held.
+    SimpleViT click encoder and of LoftUp, the head's reading of features that the research code lays out in another
+    channel order (`read_features_as`; not for a head that reduces before upsampling, which it has not), and the
+    featurizer held.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class ISProbe(nn.Module):
             and self.upsampler.commutes_with_channel_mixing
         )
         self.mixed_precision = config.mixed_precision
+        self.register_buffer("feature_order", None, persistent=False)  # see read_features_as
         object.__setattr__(self, "_featurizer", None)
         self.use_research_precision(config.research_precision)
         if featurizer is not None:
@@ -130,6 +133,7 @@ class ISProbe(nn.Module):
         featurizer.eval()
         featurizer.research_precision = self.research_precision
         object.__setattr__(self, "_featurizer", featurizer)
+        self.read_features_as(featurizer)
 
     def use_research_precision(self, enabled: bool) -> None:
         """Compute as the iSegProbe research code does where its rounding differs (the class docstring)."""
@@ -169,8 +173,19 @@ class ISProbe(nn.Module):
                 upsampled = self.upsampler(features, image)
                 if self.fusion == "after_upsampler":
                     upsampled = upsampled + self._encoded_clicks(click_input, tuple(upsampled.shape[-2:]))
-                logits = self.head(upsampled)
+                logits = self._head(upsampled)
         return resize_to(logits.float(), image.shape[-2:], self.config.align_corners)
+
+    def read_features_as(self, featurizer: nn.Module | None) -> None:
+        """Take the channel order in which the research code holds `featurizer`'s features (its
+        `research_channels`; none for a featurizer without one): in research precision the head reads them so."""
+        order = getattr(featurizer, "research_channels", None)
+        self.feature_order = order.to(self.head.logit.weight.device) if order is not None else None
+
+    def _head(self, features: Tensor) -> Tensor:
+        if self.research_precision and self.feature_order is not None:
+            return self.head.in_channel_order(features, self.feature_order)
+        return self.head(features)
 
     def _encoded_clicks(self, click_input: Tensor, grid: tuple[int, int]) -> Tensor:
         if self.research_precision:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig, Range
 from isegprobe.errors import UserError
+from isegprobe.featurizers.vit import research_key_channels
 from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
 from isegprobe.model.click_encoders import CLICK_ENCODERS
 from isegprobe.model.clicks import RESEARCH_CLICK_CHANNELS, in_click_channel_order
@@ -359,8 +360,7 @@ def seed_keys_to_isegprobe(weights: dict[str, Tensor], num_heads: int, head_dim:
     keys featurizer as h * head_dim + d. The function stays the same when the weights that read the features move
     with them.
     """
-    ours = torch.arange(num_heads * head_dim)
-    seed_channel_of_ours = (ours % head_dim) * num_heads + ours // head_dim
+    seed_channel_of_ours = torch.argsort(research_key_channels(num_heads, head_dim))
     _reorder_key_channels(weights, "head.body.0.weight", 1, seed_channel_of_ours)
     if fusion == "after_backbone":
         for name in ("click_encoder.proj.weight", "click_encoder.proj.bias"):

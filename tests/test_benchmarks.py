@@ -56,3 +56,11 @@ def test_cuda_agreement_needs_a_gpu_and_says_so() -> None:
     for device, message in (("cuda", "--device cuda: no CUDA device here"), ("cpu", "run it with --device cuda")):
         finished = subprocess.run([sys.executable, script, "--device", device], capture_output=True, text=True)
         assert finished.returncode == 1 and message in finished.stderr, finished.stderr[-2000:]
+
+
+def test_research_maskclip_needs_the_research_code_and_says_so(tmp_path: Path) -> None:
+    """It compares with the iSegProbe research code's own MaskCLIP, which is no part of isegprobe: without a checkout
+    of it, it must stop with a clear message."""
+    script = str(BENCHMARKS / "research_maskclip.py")
+    finished = subprocess.run([sys.executable, script, "--research-src", str(tmp_path)], capture_output=True, text=True)
+    assert finished.returncode == 1 and "not an iSegProbe checkout" in finished.stderr, finished.stderr[-2000:]

@@ -389,23 +389,63 @@ def test_loftup_query_chunks_give_the_unchunked_output() -> None:
 
 def test_loftup_attention_is_nn_multiheadattention_with_the_same_weights() -> None:
     torch.manual_seed(0)
-    layer = CrossAttentionLayer(36, heads=4)
-    reference = nn.MultiheadAttention(36, 4)
+    layer = CrossAttentionLayer(64, heads=4).requires_grad_(False)  # frozen, as the research code loads LoftUp
+    reference = nn.MultiheadAttention(64, 4).requires_grad_(False)
     reference.load_state_dict(layer.attention.state_dict())
-    queries, memory = torch.randn(2, 50, 36), torch.randn(2, 12, 36)
+    queries, memory = torch.randn(2, 50, 64), torch.randn(2, 12, 64)
     keys, values = layer.keys_values(memory)
     normed = layer.norm_kv(memory).transpose(0, 1)
     expected, _ = reference(layer.norm_q(queries).transpose(0, 1), normed, normed)
     torch.testing.assert_close(layer(queries, keys, values), expected.transpose(0, 1), rtol=1e-5, atol=1e-6)
-    # As the authors' layer calls it (keys and values normed apart, its weights asked for), to the bit.
+    # As the authors' layer calls it (sequence first, keys and values normed apart, its weights asked for), to the
+    # bit: a linear layer over the sequence-first view adds its bias apart from the product, and rounds otherwise.
     with torch.no_grad():
         key, value = (layer.norm_kv(memory).transpose(0, 1) for _ in range(2))
         authors, _ = reference(layer.norm_q(queries).transpose(0, 1), key, value)
         fused = layer(queries, keys, values)
         layer.research_precision = True
-        written_out = layer(queries, keys, values)
+        written_out = layer(queries, *layer.keys_values(memory))
     assert torch.equal(written_out, authors.transpose(0, 1))
     assert not torch.equal(fused, written_out)
+
+
+def authors_loftup(upsampler: nn.Module, features: Tensor, image: Tensor) -> Tensor:
+    """The authors' LoftUp forward on the same weights, written against PyTorch's own modules: all queries at once,
+    nn.MultiheadAttention (sequence first) in every block, the 1x1 conv on the map and their LayerNorm written out."""
+    network = upsampler.upsampler
+    stem = network.first_conv(network.fourier_feat(image))
+    batch, width, height, breadth = stem.shape
+    features = upsampler.channelnorm(features)
+    memory = torch.cat([features, network.lr_pe(features)], dim=1).flatten(2).permute(0, 2, 1)
+    query = stem.flatten(2).permute(0, 2, 1)
+    for attention, feed_forward in network.ca_transformer.layers:
+        reference = nn.MultiheadAttention(width, attention.attention.num_heads).requires_grad_(False)
+        reference.load_state_dict(attention.attention.state_dict())
+        key, value = (attention.norm_kv(memory).permute(1, 0, 2) for _ in range(2))
+        attended, _ = reference(attention.norm_q(query).permute(1, 0, 2), key, value)
+        query = attended.permute(1, 0, 2) + query
+        query = feed_forward(query) + query
+    x = network.ca_transformer.norm(query).permute(0, 2, 1).reshape(batch, width, height, breadth)
+    conv, norm = network.final_conv
+    x = conv(x)
+    mean = x.mean(1, keepdim=True)
+    x = (x - mean) / torch.sqrt((x - mean).pow(2).mean(1, keepdim=True) + 1e-6)
+    return norm.weight[:, None, None] * x + norm.bias[:, None, None]
+
+
+def test_loftup_in_research_precision_is_the_authors_forward_to_the_bit() -> None:
+    upsampler = randomized(create_upsampler("loftup", DIM)).eval().requires_grad_(False)
+    features, image = inputs(size=(30, 41))
+    with torch.no_grad():
+        expected = authors_loftup(upsampler, features, image)
+        own = upsampler(features, image)
+        for module in upsampler.modules():
+            if hasattr(module, "research_precision"):
+                module.research_precision = True
+        research = upsampler(features, image)
+    assert torch.equal(research, expected)
+    torch.testing.assert_close(own, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(own, expected)  # the same function, rounded otherwise
 
 
 def authors_window_mask(out_size: tuple[int, int], grid: tuple[int, int], ratio: float) -> Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -13,6 +12,7 @@ from torch import Tensor
 
 from isegprobe.errors import UserError
 from isegprobe.explicit_attention import AttentionOrder, products_scaled
+from isegprobe.featurizers.key_channels import research_key_channels
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.featurizers.registry import ARCH_SLOT, register_featurizer
 from isegprobe.featurizers.timm_base import TimmFeaturizer
@@ -166,10 +166,3 @@ class ViTKeysFeaturizer(TimmViTFeaturizer):
         batch, tokens, _ = keys.shape
         keys = attn.k_norm(keys.reshape(batch, tokens, attn.num_heads, attn.head_dim))
         return keys.reshape(batch, tokens, self.dim)
-
-
-def research_key_channels(num_heads: int, head_dim: int) -> Tensor:
-    """The research code (like FeatUp) lays the keys of head h, channel d out as channel d * num_heads + h, the keys
-    featurizer here as h * head_dim + d: research channel c is channel research_key_channels(...)[c] here."""
-    channel = torch.arange(num_heads * head_dim)
-    return (channel % num_heads) * head_dim + channel // num_heads

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig, Range
 from isegprobe.errors import UserError
-from isegprobe.featurizers.vit import research_key_channels
+from isegprobe.featurizers.key_channels import research_key_channels
 from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
 from isegprobe.model.click_encoders import CLICK_ENCODERS
 from isegprobe.model.clicks import RESEARCH_CLICK_CHANNELS, in_click_channel_order

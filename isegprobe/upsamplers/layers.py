@@ -44,14 +44,21 @@ class MultiheadProjections(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         nn.init.zeros_(self.out_proj.bias)
 
-    def heads(self, x: Tensor, which: int) -> Tensor:
-        """Project [B, N, D] tokens with the query (0), key (1) or value (2) weights and split them: [B, h, N, E/h]."""
+    def heads(self, x: Tensor, which: int, sequence_first: bool = False) -> Tensor:
+        """Project [B, N, D] tokens with the query (0), key (1) or value (2) weights and split them: [B, h, N, E/h].
+
+        `sequence_first` projects them as `nn.MultiheadAttention` does its [N, B, D] inputs (a view of these): on a
+        CPU a linear layer over such a strided input adds its bias after the product instead of within it, and
+        rounds otherwise."""
         rows = slice(which * self.dim, (which + 1) * self.dim)
         if self.packed:
             weight = self.in_proj_weight[rows]
         else:
             weight = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)[which]
-        projected = F.linear(x, weight, self.in_proj_bias[rows])
+        if sequence_first:
+            projected = F.linear(x.transpose(0, 1), weight, self.in_proj_bias[rows]).transpose(0, 1)
+        else:
+            projected = F.linear(x, weight, self.in_proj_bias[rows])
         return projected.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def merge(self, heads: Tensor) -> Tensor:

@@ -82,27 +82,35 @@ class FourierFeatures(nn.Module):
 
 
 class ChannelsFirstLayerNorm(nn.Module):
-    """LayerNorm over dim 1 of [B, C, ...] with eps 1e-6 (the authors' `LayerNorm`, ConvNeXt style)."""
+    """LayerNorm over dim 1 of [B, C, ...] with eps 1e-6 (the authors' `LayerNorm`, ConvNeXt style). The authors
+    write its mean and variance out; under `research_precision` it is computed so, otherwise by PyTorch's kernel."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
+        self.research_precision = False
 
     def normalize_tokens(self, tokens: Tensor) -> Tensor:
         """The same normalization for [..., C] tokens."""
         return F.layer_norm(tokens, self.weight.shape, self.weight, self.bias, eps=1e-6)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.research_precision:
+            mean = x.mean(1, keepdim=True)
+            variance = (x - mean).pow(2).mean(1, keepdim=True)
+            normalized = (x - mean) / torch.sqrt(variance + 1e-6)
+            return self.weight[:, None, None] * normalized + self.bias[:, None, None]
         return self.normalize_tokens(x.movedim(1, -1)).movedim(-1, 1)
 
 
 class CrossAttentionLayer(nn.Module):
     """Pre-norm multi-head cross-attention; keys and values are both the normed low-res tokens.
 
-    The authors call `nn.MultiheadAttention` with its default `need_weights=True`, which writes the attention out:
-    softmax((q * sqrt(1 / head_dim)) @ k^T) @ v. Under `research_precision` it is computed so; otherwise PyTorch's
-    fused kernel gives the same function, rounded otherwise."""
+    The authors call `nn.MultiheadAttention` (sequence first) with its default `need_weights=True`, which writes the
+    attention out: softmax((q * sqrt(1 / head_dim)) @ k^T) @ v. Under `research_precision` it is computed so, the
+    projections taken over the sequence-first view as it takes them; otherwise PyTorch's fused kernel gives the same
+    function, rounded otherwise."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -114,10 +122,11 @@ class CrossAttentionLayer(nn.Module):
     def keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Projected keys and values of the [B, N, E] low-res tokens, computed once for all query chunks."""
         normed = self.norm_kv(memory)
-        return self.attention.heads(normed, 1), self.attention.heads(normed, 2)
+        sequence_first = self.research_precision
+        return self.attention.heads(normed, 1, sequence_first), self.attention.heads(normed, 2, sequence_first)
 
     def forward(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-        heads = self.attention.heads(self.norm_q(queries), 0)
+        heads = self.attention.heads(self.norm_q(queries), 0, self.research_precision)
         if self.research_precision:
             attended = queries_scaled_first(heads, keys, values, math.sqrt(1.0 / heads.shape[-1]))
         else:
@@ -184,17 +193,22 @@ class LoftUpNetwork(nn.Module):
         )
         self.final_conv = nn.Sequential(nn.Conv2d(width, dim, kernel_size=1), ChannelsFirstLayerNorm(dim))
         self.ca_transformer = CATransformer(width, depth=NUM_LAYERS, heads=NUM_HEADS, mlp_dim=dim)
+        self.research_precision = False
 
     def forward(self, features: Tensor, guidance: Tensor, query_chunk_size: int | None = None) -> Tensor:
         """features [B, C, h, w] (already ChannelNorm-ed), guidance [B, 3, H, W] -> [B, C, H, W].
 
-        `query_chunk_size` queries go through the transformer at a time (None: all at once).
+        `query_chunk_size` queries go through the transformer at a time (None: all at once). Under
+        `research_precision` all of them go at once and `final_conv` runs on the map, as in the authors' forward.
         """
         stem = self.first_conv(self.fourier_feat(guidance))
         batch, _, height, width = stem.shape
         memory = torch.cat([features, self.lr_pe(features)], dim=1).flatten(2).transpose(1, 2)
         keys_values = self.ca_transformer.keys_values(memory)
         queries = stem.flatten(2).transpose(1, 2)
+        if self.research_precision:
+            tokens = self.ca_transformer(queries, keys_values)
+            return self.final_conv(tokens.transpose(1, 2).reshape(batch, -1, height, width))
         step = queries.shape[1] if query_chunk_size is None else query_chunk_size
         outputs = [
             self.project(self.ca_transformer(queries[:, start : start + step], keys_values))

@@ -8,6 +8,7 @@
 #     bash benchmarks/on_gpu.sh            # about 6 minutes on one H200 with 16 cores
 #     SCALE=small DEVICE=cpu bash benchmarks/on_gpu.sh   # a few minutes: checks the script itself, no figures
 #     SKIP="extract_small_workers train_large" bash benchmarks/on_gpu.sh   # leaves out the steps named
+#     RESEARCH_SRC=.gpu/iSegProbe bash benchmarks/on_gpu.sh   # first MaskCLIP's float16 against the research code's
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -39,6 +40,11 @@ python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name() 
 CUDA_TESTS="tests/test_batch_sampler.py tests/test_preload.py tests/test_cache.py tests/test_tensor_clicker.py tests/test_training.py"
 echo "=== pytest -k cuda $CUDA_TESTS"
 timeout "$LIMIT" python3 -m pytest -q -p no:cacheprovider -k cuda $CUDA_TESTS 2>&1 | tail -3
+if [ -n "${RESEARCH_SRC:-}" ]; then  # a checkout of havrylovv/iSegProbe (core/model/featurizers is all it reads)
+  echo "=== research_maskclip"
+  timeout "$LIMIT" python3 benchmarks/research_maskclip.py --research-src "$RESEARCH_SRC" --device "$DEVICE" 2>&1 \
+    | tee "$RESULTS/research_maskclip.log"
+fi
 step extract_small python3 benchmarks/extract_pipeline.py --featurizer "$SMALL" --size "$SIZE" --images "$IMAGES" \
   --featurizer-target 0.5 --with-featurizer
 # The same with more loader workers than the default's eight: with the forward queued, the workers may be the limit.

@@ -56,8 +56,8 @@ class ISProbe(nn.Module):
     (`model.research_precision` in training; evaluation: the research protocol or the probe's config) computes, where
     the research code rounds otherwise, as it does: the click input stacked in its channel order, the attention of a
     SimpleViT click encoder and of LoftUp, the head's reading of features that the research code lays out in another
-    channel order (`read_features_as`; not for a head that reduces before upsampling, which it has not), and the
-    featurizer held.
+    channel order (`read_features_as`; not for a head that reduces before upsampling, which that code has none of),
+    LoftUp's forward as its authors', and the featurizer held.
     """
 
     def __init__(

@@ -469,6 +469,26 @@ def vit_probe_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return image, clicks, torch.rand(1, 1, VIT_SIZE, VIT_SIZE, generator=generator)
 
 
+def research_vit_keys(
+    weights: dict[str, torch.Tensor],
+    featurizer: torch.nn.Module,
+    image: torch.Tensor,
+    clicks: torch.Tensor,
+    prev_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The keys as the research code's ViT hands them to its head: its click tokens added to the patch tokens,
+    channel d * 6 + h (head minor), laid out channels-last."""
+    tokens = F.conv2d(
+        seed_click_maps(clicks, prev_mask),
+        weights["embed_coords.proj.weight"],
+        weights["embed_coords.proj.bias"],
+        stride=VIT_PATCH,
+    )
+    keys = featurizer(image, token_bias=tokens).permute(0, 2, 3, 1)  # isegprobe's layout: channel h * 64 + d
+    grid = VIT_SIZE // VIT_PATCH
+    return keys.reshape(1, grid, grid, 6, 64).transpose(3, 4).reshape(1, grid, grid, DIM).permute(0, 3, 1, 2)
+
+
 def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp_path: Path) -> None:
     """The research code's `vit` backbone gives the last block's keys unless feat_type says otherwise, laid out head
     minor (channel d * 6 + h) where isegprobe's keys featurizer is head major (h * 64 + d): the imported head reads
@@ -482,16 +502,7 @@ def test_a_vit_seed_probe_reads_the_keys_in_the_research_codes_channel_order(tmp
 
     image, clicks, prev_mask = vit_probe_inputs()
     with torch.no_grad():
-        tokens = F.conv2d(
-            seed_click_maps(clicks, prev_mask),
-            weights["embed_coords.proj.weight"],
-            weights["embed_coords.proj.bias"],
-            stride=VIT_PATCH,
-        )
-        keys = featurizer(image, token_bias=tokens)  # isegprobe's layout: channel h * 64 + d
-        grid = VIT_SIZE // VIT_PATCH
-        research_keys = keys.reshape(1, 6, 64, grid, grid).transpose(1, 2).reshape(1, DIM, grid, grid)
-        expected = seed_head(weights, research_keys, VIT_SIZE)
+        expected = seed_head(weights, research_vit_keys(weights, featurizer, image, clicks, prev_mask), VIT_SIZE)
         torch.testing.assert_close(probe(None, image, clicks, prev_mask), expected, rtol=0, atol=1e-5)
 
 
@@ -505,16 +516,7 @@ def test_in_research_precision_a_vit_seed_probes_head_reads_the_keys_in_the_rese
     image, clicks, prev_mask = vit_probe_inputs()
     probe.use_research_precision(True)
     with torch.no_grad():
-        tokens = F.conv2d(
-            seed_click_maps(clicks, prev_mask),
-            weights["embed_coords.proj.weight"],
-            weights["embed_coords.proj.bias"],
-            stride=VIT_PATCH,
-        )
-        keys = featurizer(image, token_bias=tokens).permute(0, 2, 3, 1)  # [1, h, w, heads * 64], head major
-        grid = VIT_SIZE // VIT_PATCH
-        research_keys = keys.reshape(1, grid, grid, 6, 64).transpose(3, 4).reshape(1, grid, grid, DIM)
-        expected = seed_head(weights, research_keys.permute(0, 3, 1, 2), VIT_SIZE)
+        expected = seed_head(weights, research_vit_keys(weights, featurizer, image, clicks, prev_mask), VIT_SIZE)
         assert torch.equal(probe(None, image, clicks, prev_mask), expected)
         probe.feature_order = None  # isegprobe's own order: the same function, rounded otherwise
         isegprobe_order = probe(None, image, clicks, prev_mask)

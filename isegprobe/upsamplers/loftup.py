@@ -4,7 +4,8 @@ Queries come from Fourier features of (x, y, RGB) at the guidance resolution thr
 the ChannelNorm-ed low-resolution features with a sine position encoding; two cross-attention blocks and a 1x1
 projection + LayerNorm give features at the guidance image's size, whatever it is. Everything after the stem works
 per query, so queries are processed in chunks: memory stays bounded (32x32 -> 448x448 at dim 384 in well under 4 GB on
-CPU) and the result is the same as attending all queries at once.
+CPU) and the result is the same as attending all queries at once. Under `research_precision` they are attended all at
+once, as the authors' forward does, and take the memory it takes.
 
 Weights: the authors' files load strictly, either the Hugging Face `pytorch_model.bin` (haiwen/loftup-dinov2s etc.:
 `channelnorm.*`, `upsampler.*`) or the Lightning `.ckpt` (`model.1.norm.*`, `upsampler.*`, plus a backbone and

@@ -48,8 +48,8 @@ class MultiheadProjections(nn.Module):
         """Project [B, N, D] tokens with the query (0), key (1) or value (2) weights and split them: [B, h, N, E/h].
 
         `sequence_first` projects them as `nn.MultiheadAttention` does its [N, B, D] inputs (a view of these): on a
-        CPU a linear layer over such a strided input adds its bias after the product instead of within it, and
-        rounds otherwise."""
+        CPU a linear layer over such a strided input takes another path (with frozen weights, the bias added after
+        the product instead of within it) and rounds otherwise."""
         rows = slice(which * self.dim, (which + 1) * self.dim)
         if self.packed:
             weight = self.in_proj_weight[rows]

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -704,6 +705,17 @@ def test_a_resumed_run_replaces_the_logs_of_the_steps_it_takes_again(tmp_path: P
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(event.step, event.value) for event in events.Scalars("train/loss")] == expected
+
+
+def test_a_resume_beside_an_event_file_named_ahead_of_this_clock_does_not_wait_for_it(tmp_path: Path) -> None:
+    """A run folder copied from a machine whose clock runs ahead holds event files named in seconds still to come
+    here; the resume's wait for the next second must not wait for them."""
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / f"events.out.tfevents.{int(time.time()) + 3600}.elsewhere.1.0").write_bytes(b"")
+    resumed = threading.Thread(target=lambda: RunLogger(tmp_path, {}, resumed_at=3).close(), daemon=True)
+    resumed.start()
+    resumed.join(timeout=30)
+    assert not resumed.is_alive()
 
 
 def test_wandb_without_the_package_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,11 +103,13 @@ def _wait_to_sort_after(log_dir: Path) -> None:
     """TensorBoard reads a run's event files in name order, and a name starts with the second it was made in, then
     the host, the process and a counter of the process's writers (which sorts 10 before 9). A resumed run's file
     made in the same second as the interrupted run's last one could be read first, and its purge would then hide
-    nothing but its own steps: waiting for the next second (at most one) makes it the last."""
-    made = [
-        int(found.group(1)) for path in log_dir.glob("events.out.tfevents.*") if (found := EVENT_FILE.match(path.name))
-    ]
-    while made and int(time.time()) <= max(made):
+    nothing but its own steps: waiting for the second after it makes it the last. A file named more than a second
+    ahead of this clock (another machine's) is not waited for: at most two seconds pass here."""
+    names = (EVENT_FILE.match(path.name) for path in log_dir.glob("events.out.tfevents.*"))
+    newest = max((int(found.group(1)) for found in names if found), default=None)
+    if newest is None or newest > int(time.time()) + 1:
+        return
+    while int(time.time()) <= newest:
         time.sleep(0.05)
 
 

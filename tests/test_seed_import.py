@@ -27,8 +27,9 @@ from isegprobe.config import ClickEncoderConfig, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.featurizers import RandomWeightsWarning, recreate_featurizer
 from isegprobe.model import click_inputs, click_maps, create_click_encoder
+from isegprobe.model.clicks import RESEARCH_CHANNEL_OF
 from isegprobe.training import load_probe
-from isegprobe.training.seed_checkpoints import SEED_CHANNEL_OF, SeedProbe, read_seed_checkpoint, seed_probe
+from isegprobe.training.seed_checkpoints import SeedProbe, read_seed_checkpoint, seed_probe
 from isegprobe.training.seed_import import import_seed_probe
 
 easydict = pytest.importorskip("easydict", reason="easydict (a test extra) writes the seed's config objects")
@@ -227,7 +228,7 @@ def test_click_inputs_in_the_research_order_are_the_same_maps_stacked_as_the_see
     prev_probs = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(8))
     research_order = click_inputs(clicks, prev_probs, research_order=True)
     assert torch.equal(research_order, seed_click_maps(clicks, prev_probs))
-    assert torch.equal(research_order[:, list(SEED_CHANNEL_OF)], click_inputs(clicks, prev_probs))
+    assert torch.equal(research_order[:, list(RESEARCH_CHANNEL_OF)], click_inputs(clicks, prev_probs))
 
 
 def patch_embed_weights() -> dict[str, torch.Tensor]:

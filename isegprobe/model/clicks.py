@@ -21,8 +21,10 @@ from isegprobe.devices import from_host
 PADDING_ROW = (-1.0, -1.0, 0.0)
 
 # The research code (iSegProbe, after RITM) stacks its click input as [previous mask, positive, negative], isegprobe
-# as [positive, negative, previous mask]: its channel j is isegprobe's channel RESEARCH_CLICK_CHANNELS[j].
+# as [positive, negative, previous mask]: its channel j is isegprobe's channel RESEARCH_CLICK_CHANNELS[j], and
+# isegprobe's channel k is its channel RESEARCH_CHANNEL_OF[k].
 RESEARCH_CLICK_CHANNELS = (2, 0, 1)
+RESEARCH_CHANNEL_OF = tuple(RESEARCH_CLICK_CHANNELS.index(channel) for channel in range(3))
 
 
 def disk_offsets(radius: int, device: torch.device | str | None = None) -> Tensor:
@@ -148,7 +150,7 @@ def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5, research_or
     batch, _, height, width = prev_mask.shape
     buffer = torch.empty(batch * 3 * height * width + 1, device=prev_mask.device)  # one spare element: see _stamp
     inputs = buffer[:-1].view(batch, 3, height, width)
-    positive, negative, previous = (RESEARCH_CLICK_CHANNELS.index(k) for k in range(3)) if research_order else (0, 1, 2)
+    positive, negative, previous = RESEARCH_CHANNEL_OF if research_order else (0, 1, 2)
     inputs[:, positive].zero_()
     inputs[:, negative].zero_()
     inputs[:, previous].copy_(prev_mask[:, 0])

@@ -29,7 +29,7 @@ from isegprobe.errors import UserError
 from isegprobe.featurizers.key_channels import research_key_channels
 from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
 from isegprobe.model.click_encoders import CLICK_ENCODERS
-from isegprobe.model.clicks import RESEARCH_CLICK_CHANNELS, in_click_channel_order
+from isegprobe.model.clicks import RESEARCH_CHANNEL_OF, in_click_channel_order
 from isegprobe.state_dicts import unpickler_complaint
 from isegprobe.training.seed_configurations import (
     DINO_HUB_VITS,
@@ -38,9 +38,6 @@ from isegprobe.training.seed_configurations import (
     SEED_FUSIONS,
     SEED_UPSAMPLERS,
 )
-
-# Our click channel k is iSegProbe's channel SEED_CHANNEL_OF[k] (iSegProbe: prev_mask, positive, negative).
-SEED_CHANNEL_OF = tuple(RESEARCH_CLICK_CHANNELS.index(channel) for channel in range(3))
 
 # How a key of the research code's ConvSegHead names its layer: head.convs.<layer>.[conv.]<parameter>.
 _HEAD_CONV_KEY = re.compile(r"head\.convs\.(\d+)\.(.+)")
@@ -350,7 +347,7 @@ def _reorder_click_channels(weights: dict[str, Tensor], key: str, dim: int, sour
             f"{source}: its {seed_key} has shape {tuple(tensor.shape)}, expected 3 click channels (or runs of 3) "
             f"along dimension {dim}"
         )
-    weights[key] = in_click_channel_order(tensor, dim, SEED_CHANNEL_OF)
+    weights[key] = in_click_channel_order(tensor, dim, RESEARCH_CHANNEL_OF)
 
 
 def seed_keys_to_isegprobe(weights: dict[str, Tensor], num_heads: int, head_dim: int, fusion: str) -> None:

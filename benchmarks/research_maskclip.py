@@ -123,14 +123,13 @@ def import_research(src: Path) -> tuple[type, types.ModuleType]:
 
 
 def research_featurizer(
-    featurizer_class: type, clip_model: types.ModuleType, state: dict, device: str, float16: bool, fusion: bool
+    featurizer_class: type, clip_model: types.ModuleType, state: dict, device: str, float16: bool
 ) -> nn.Module:
     """Built as its `__init__` builds it through `clip.load`: `build_model` (float16 weights), moved to the device,
-    back to float32 unless on CUDA (or `float16`)."""
+    back to float32 unless on CUDA (or `float16`). Its `feats_injection_mode` says whether click tokens go in."""
     featurizer = object.__new__(featurizer_class)
     nn.Module.__init__(featurizer)
-    featurizer.feats_injection_mode = "before_backbone" if fusion else "no_injection"
-    model = clip_model.build_model(dict(state)).to(device)
+    model = clip_model.build_model(state).to(device)
     featurizer.model = model if float16 else model.float()
     featurizer.patch_size = model.visual.patch_size
     return featurizer.requires_grad_(False).eval()
@@ -145,6 +144,7 @@ def main() -> None:
         openai_clip_state(path)
         state = torch.load(path)
         ours = create_featurizer("maskclip", weights=str(path)).to(args.device).eval()
+    research = research_featurizer(featurizer_class, clip_model, state, args.device, float16)
     ours.research_precision = True
     generator = torch.Generator().manual_seed(123)
     print(f"torch {torch.__version__}, {args.device}, {'float16' if float16 else 'float32'} on both sides")
@@ -156,7 +156,7 @@ def main() -> None:
         rows, cols = height // PATCH, width // PATCH
         tokens = 0.5 * torch.randn(2, rows * cols, WIDTH, generator=generator).to(args.device)
         for fusion in (False, True) if height == width else (False,):
-            research = research_featurizer(featurizer_class, clip_model, state, args.device, float16, fusion)
+            research.feats_injection_mode = "before_backbone" if fusion else "no_injection"
             bias = tokens.transpose(1, 2).reshape(2, WIDTH, rows, cols) if fusion else None
             with torch.no_grad(), deterministic_arithmetic():
                 expected = research(images, tokens.clone() if fusion else None).float()

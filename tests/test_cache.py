@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -243,6 +245,33 @@ def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch)
     assert loop.featurizer > 0 and loop.waiting_for_images >= 0 and loop.waiting_for_writes >= 0
     assert loop.waiting_for_images + loop.featurizer + loop.waiting_for_writes <= loop.total
     assert 0 < loop.thread_cpu["featurizer"], "on a CPU the loop's thread does the device's work: it takes CPU time"
+
+
+def test_a_store_removed_while_it_is_written_stops_the_extraction_naming_it(tmp_path, monkeypatch):
+    """A store's folder removed mid-run (a scratch disk cleaned): tensorstore makes the chunk folders it writes into,
+    so the run went on filling a folder of the store's name with chunks that no metadata describes, and ended in a
+    KeyError. The next shard's write refuses instead, naming the store, and the same command extracts it anew."""
+    original_finish = StoreClass.finish_items
+    written, calls = threading.Semaphore(0), {"count": 0}
+
+    def finish_removing_the_store_before_the_third_shard(self, items, arrays, features, pixel_sums):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            for _ in range(2):  # the writer threads have written the first two shards
+                assert written.acquire(timeout=60)
+            shutil.rmtree(self.path)
+        original_finish(self, items, arrays, features, pixel_sums)
+        written.release()
+
+    monkeypatch.setattr(StoreClass, "finish_items", finish_removing_the_store_before_the_third_shard)
+    with pytest.raises(UserError, match=r"-56\.zarr: the store was removed or moved while this command was writing"):
+        extract(request(tmp_path))
+    assert calls["count"] == 3
+    assert [path.name for path in tmp_path.iterdir()] == [], "nothing written under the removed store's name"
+    monkeypatch.setattr(StoreClass, "finish_items", original_finish)
+    again = extract(request(tmp_path))
+    assert again.items_extracted == 12
+    assert verify_store(again.path) == []
 
 
 def test_refuses_a_store_made_differently(tmp_path):

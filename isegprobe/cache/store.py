@@ -161,6 +161,7 @@ class FeatureStore:
 
     def record_progress(self) -> None:
         """Refresh the item count in the attrs (the per-item truth is the `done` array)."""
+        self._writer.require_in_place()
         completion = dict(self.attrs["completion"])
         completion["items_done"] = int(self.done_mask().sum())
         with writing_to(self.path):

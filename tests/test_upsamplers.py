@@ -16,7 +16,7 @@ from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.upsamplers import create_upsampler
 from isegprobe.upsamplers.anyup import AnyUp
-from isegprobe.upsamplers.featup_jbu import adaptive_conv
+from isegprobe.upsamplers.featup_jbu import JBULearnedRange, JBUStack, adaptive_conv
 from isegprobe.upsamplers.jafar import JAFAR, CrossAttention
 from isegprobe.upsamplers.learned import LearnedUpsampler
 from isegprobe.upsamplers.loftup import CrossAttentionLayer, MinMaxScaler
@@ -575,6 +575,56 @@ def test_featup_jbu_stack_is_the_hub_models_upsampler_without_its_channel_norm(t
         assert (
             stack(features, image) - create_upsampler("featup_jbu", DIM, str(path))(features, image)
         ).abs().max() > 1e-3
+
+
+def featup_jbu_step(step: JBULearnedRange, source: Tensor, guidance: Tensor) -> Tensor:
+    """FeatUp's `JBULearnedRange.forward` (featup/upsamplers.py), formula for formula, with its adaptive convolution
+    as its CUDA kernel computes it, which the research code ran: per output value, from zero, one fused multiply-add
+    per tap, row-major over the window (emulated in float64: the product is exact there, the sum rounded once more)."""
+    batch, _, height, width = guidance.shape
+    keys = step.range_proj(guidance)
+    queries = nn.Unfold(7)(F.pad(keys, [3] * 4, mode="reflect")).reshape(batch, 32, 49, height, width)
+    temperature = step.range_temp.exp().clamp_min(1e-4).clamp_max(1e4)
+    similarity = torch.einsum("bchwp,bchw->bphw", queries.permute(0, 1, 3, 4, 2), keys)
+    range_kernel = F.softmax(temperature * similarity, dim=1)
+    offsets = torch.linspace(-1, 1, 7)
+    patch = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"))
+    spatial_kernel = torch.exp(-patch.square().sum(0) / (2 * step.sigma_spatial**2)).reshape(1, 49, 1, 1)
+    kernel = range_kernel * spatial_kernel
+    kernel /= kernel.sum(1, keepdim=True).clamp(1e-7)
+    kernel += 0.1 * step.fixup_proj(torch.cat([kernel, guidance], dim=1))
+    upsampled = F.pad(nn.Upsample((height, width), mode="bicubic")(source), [3] * 4, mode="reflect")
+    out = torch.zeros(batch, source.shape[1], height, width, dtype=torch.float64)
+    for tap in range(49):
+        window = upsampled[..., tap // 7 : tap // 7 + height, tap % 7 : tap % 7 + width]
+        out = (kernel[:, tap : tap + 1].double() * window.double() + out).float().double()
+    return out.float()
+
+
+def featup_jbu_stack(stack: JBUStack, source: Tensor, guidance: Tensor) -> Tensor:
+    """FeatUp's `JBUStack.forward`: four steps, each guided by the image pooled to its output grid, then the fixup."""
+    for step in (stack.up1, stack.up2, stack.up3, stack.up4):
+        pooled = F.adaptive_avg_pool2d(guidance, [2 * size for size in source.shape[-2:]])
+        source = featup_jbu_step(step, source, pooled)
+    return stack.fixup_proj(source) * 0.1 + source
+
+
+def test_featup_jbu_in_research_precision_is_featups_forward_to_the_bit() -> None:
+    """Under research precision the range kernel's similarity is FeatUp's unfold and einsum (a batched matrix
+    product), not a sum over the key channels; the adaptive convolution is its CUDA kernel's chain of fused
+    multiply-adds either way."""
+    upsampler = randomized(create_upsampler("featup_jbu_stack", DIM)).eval()
+    features, image = inputs(size=(48, 64))
+    with torch.no_grad():
+        expected = featup_jbu_stack(upsampler.upsampler, features, image)
+        own = upsampler.forward_native(features, image)
+        for module in upsampler.modules():
+            if hasattr(module, "research_precision"):
+                module.research_precision = True
+        research = upsampler.forward_native(features, image)
+    assert torch.equal(research, expected)
+    torch.testing.assert_close(own, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(own, expected)  # the same function, rounded otherwise
 
 
 def test_a_training_config_takes_jafar_and_its_authors_file_by_name(tmp_path: Path) -> None:

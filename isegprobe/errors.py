@@ -12,6 +12,7 @@ from pathlib import Path
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}
 NOT_A_FOLDER = {errno.ENOTDIR, errno.EEXIST}  # a file where an output path needs a folder
+GONE = {errno.ENOENT}  # a folder on the path removed (or moved) while the command ran
 
 
 class UserError(Exception):
@@ -33,9 +34,10 @@ def writing_to(path: str | Path, stand_in: str | Path | None = None) -> Iterator
 
 
 def quiet_disk_errors_in_threads(arguments: threading.ExceptHookArgs) -> None:
-    """A writer thread (TensorBoard's) that meets a full or read-only disk re-raises the error in the command, which
-    reports it in one line; printing the thread's traceback as well would only bury that line."""
+    """A writer thread (TensorBoard's) that meets a full or read-only disk, or finds its folder gone, re-raises the
+    error in the command, which reports it in one line; printing the thread's traceback as well would only bury that
+    line."""
     error = arguments.exc_value
-    if isinstance(error, OSError) and error.errno in DISK_FULL | NOT_ALLOWED:
+    if isinstance(error, OSError) and error.errno in DISK_FULL | NOT_ALLOWED | GONE:
         return
     threading.__excepthook__(arguments)

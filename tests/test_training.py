@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -754,6 +755,38 @@ def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pyte
 
     result = CliRunner().invoke(train_command.train, ["--set", "optim.lrr=1", *common])
     assert result.exit_code == 1 and "'optim.lrr'" in result.output
+
+
+def test_a_run_folder_removed_while_training_writes_it_ends_the_run_in_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run folder removed mid-run (a scratch disk cleaned): the next write into it (TensorBoard's, a checkpoint's)
+    meets ENOENT, which came out as TensorBoard's thread's traceback and the command's. One line names the folder now,
+    and the TensorBoard thread's own report of the same error is kept quiet."""
+    from isegprobe.commands import train as train_command
+    from isegprobe.errors import quiet_disk_errors_in_threads
+    from isegprobe.training.trainer import Trainer
+
+    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
+    run_dir = tmp_path / "run"
+    original_step = Trainer.train_step
+
+    def step_removing_the_run_folder_at_step_3(self, batch, step, lr, device_batch=None):
+        if step == 3:
+            shutil.rmtree(run_dir)
+        return original_step(self, batch, step, lr, device_batch)
+
+    monkeypatch.setattr(Trainer, "train_step", step_removing_the_run_folder_at_step_3)
+    reported = []
+    monkeypatch.setattr(threading, "__excepthook__", reported.append)
+    monkeypatch.setattr(threading, "excepthook", quiet_disk_errors_in_threads)
+    settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.every_steps=1"]
+    common = ["--store", str(tmp_path), "--out", str(run_dir), "--device", "cpu", "--max-iters", "6"]
+    result = CliRunner().invoke(train_command.train, ["--config", "fast_cpu", *settings, *common])
+    assert result.exit_code == 1, result.output
+    assert f"{run_dir} was removed or moved while this command wrote into it" in result.output
+    assert "Traceback" not in result.output and reported == [], "no thread printed its traceback"
+    assert not run_dir.exists(), "nothing made the run folder again"
 
 
 def test_data_views_trains_on_a_subset_of_the_stores_views(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk, an output path
-through a file, or a file name too long for the file system, into one too."""
+through a file, a file name too long for the file system, or a folder removed while the command wrote into it,
+into one too."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import errno
 import functools
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import click
 
-from isegprobe.errors import DISK_FULL, NOT_A_FOLDER, NOT_ALLOWED, UserError
+from isegprobe.errors import DISK_FULL, GONE, NOT_A_FOLDER, NOT_ALLOWED, UserError
 
 F = TypeVar("F", bound=Callable)
 _WORKER_PREAMBLE = "\nOriginal Traceback (most recent call last):"
@@ -31,6 +33,8 @@ def reports_user_errors(command: F) -> F:
                 raise click.ClickException(
                     f"{error.filename}: cannot create ({error.strerror}): choose a shorter output path"
                 ) from None
+            if error.errno in GONE and error.filename and (folder := vanished_folder(error.filename)):
+                raise click.ClickException(vanished_message(error, folder)) from None
             if error.errno not in DISK_FULL | NOT_ALLOWED:
                 raise
             raise click.ClickException(disk_message(error)) from None
@@ -61,4 +65,21 @@ def folder_message(error: OSError) -> str:
     return (
         f"{error.filename}: cannot create ({error.strerror}): a file stands where this path needs a folder; choose "
         "another output path"
+    )
+
+
+def vanished_folder(filename: str | bytes) -> Path | None:
+    """The outermost folder of `filename`'s path that no longer exists, where the folder above it does (a run or
+    results folder removed while the command wrote into it); None when the folders are all there and only the file
+    is missing, which says nothing of the kind."""
+    path = Path(os.fsdecode(filename))
+    missing = [folder for folder in path.parents if not folder.is_dir()]
+    return missing[-1] if missing else None
+
+
+def vanished_message(error: OSError, folder: Path) -> str:
+    return (
+        f"{os.fsdecode(error.filename)}: {error.strerror}: {folder} was removed or moved while this command wrote into "
+        "it, so nothing more is written there. Put it back and run the command again to go on from what it holds "
+        "(train: with --resume), or run the command again to start anew"
     )

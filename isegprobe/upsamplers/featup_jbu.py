@@ -42,8 +42,9 @@ def shifted_windows(padded: Tensor, height: int, width: int, diameter: int) -> l
 def adaptive_conv(padded_source: Tensor, kernel: Tensor) -> Tensor:
     """sum_k kernel[b, k, y, x] * source[b, c, y + k // d, x + k % d]: FeatUp's AdaptiveConv, unfold-free.
 
-    One fused multiply-add per tap (`addcmul_`, fused on a CPU and on CUDA), row-major over the window, from the
-    first product: the rounding of FeatUp's CUDA kernel, whose `output_val += weight * input_val` nvcc contracts.
+    One fused multiply-add per tap (`addcmul_`), row-major over the window, from the first product: the rounding of
+    FeatUp's CUDA kernel, whose `output_val += weight * input_val` nvcc contracts. On a CPU `addcmul_` is fused (the
+    tests check it against the chain emulated in float64); on CUDA it is the same expression under nvcc's contraction.
 
     padded_source [B, C, H + d - 1, W + d - 1], kernel [B, d*d, H, W] -> [B, C, H, W].
     """

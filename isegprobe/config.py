@@ -129,9 +129,9 @@ class ModelConfig:
     # as they do: a featurizer the probe runs itself (early fusion, --online, evaluation's online passes) as that code
     # loads it on the device (MaskCLIP float16 on CUDA, as OpenAI's clip.load leaves it there; DINOv2 and the ViT's
     # keys with attention written out instead of PyTorch's fused kernel), the attention of a simple_vit click
-    # encoder written out too, LoftUp as its authors' forward computes it, and that code's channel orders (click
-    # maps stacked [previous mask, positive, negative], a ViT's keys read head minor). The research presets set it;
-    # `evaluate --protocol iSegProbe` runs every probe so.
+    # encoder written out too, LoftUp and FeatUp's JBU as their authors' forwards compute them, and that code's
+    # channel orders (click maps stacked [previous mask, positive, negative], a ViT's keys read head minor). The
+    # research presets set it; `evaluate --protocol iSegProbe` runs every probe so.
     research_precision: bool = False
 
 

@@ -580,7 +580,8 @@ def test_featup_jbu_stack_is_the_hub_models_upsampler_without_its_channel_norm(t
 def featup_jbu_step(step: JBULearnedRange, source: Tensor, guidance: Tensor) -> Tensor:
     """FeatUp's `JBULearnedRange.forward` (featup/upsamplers.py), formula for formula, with its adaptive convolution
     as its CUDA kernel computes it, which the research code ran: per output value, from zero, one fused multiply-add
-    per tap, row-major over the window (emulated in float64: the product is exact there, the sum rounded once more)."""
+    per tap, row-major over the window (emulated in float64: the product is exact there, the sum rounded once more),
+    into the NCHW tensor the extension allocates."""
     batch, _, height, width = guidance.shape
     keys = step.range_proj(guidance)
     queries = nn.Unfold(7)(F.pad(keys, [3] * 4, mode="reflect")).reshape(batch, 32, 49, height, width)
@@ -594,10 +595,10 @@ def featup_jbu_step(step: JBULearnedRange, source: Tensor, guidance: Tensor) -> 
     kernel /= kernel.sum(1, keepdim=True).clamp(1e-7)
     kernel += 0.1 * step.fixup_proj(torch.cat([kernel, guidance], dim=1))
     upsampled = F.pad(nn.Upsample((height, width), mode="bicubic")(source), [3] * 4, mode="reflect")
-    out = torch.zeros(batch, source.shape[1], height, width, dtype=torch.float64)
+    out = torch.zeros(batch, source.shape[1], height, width, dtype=torch.float64)  # NCHW, as the extension makes it
     for tap in range(49):
         window = upsampled[..., tap // 7 : tap // 7 + height, tap % 7 : tap % 7 + width]
-        out = (kernel[:, tap : tap + 1].double() * window.double() + out).float().double()
+        out.copy_((kernel[:, tap : tap + 1].double() * window.double() + out).float())
     return out.float()
 
 
@@ -611,10 +612,11 @@ def featup_jbu_stack(stack: JBUStack, source: Tensor, guidance: Tensor) -> Tenso
 
 def test_featup_jbu_in_research_precision_is_featups_forward_to_the_bit() -> None:
     """Under research precision the range kernel's similarity is FeatUp's unfold and einsum (a batched matrix
-    product), not a sum over the key channels; the adaptive convolution is its CUDA kernel's chain of fused
-    multiply-adds either way."""
+    product), not a sum over the key channels, and each step returns NCHW as FeatUp's extension does; the adaptive
+    convolution is its CUDA kernel's chain of fused multiply-adds either way."""
     upsampler = randomized(create_upsampler("featup_jbu_stack", DIM)).eval()
     features, image = inputs(size=(48, 64))
+    features = features.contiguous(memory_format=torch.channels_last)  # as the featurizers hand them over
     with torch.no_grad():
         expected = featup_jbu_stack(upsampler.upsampler, features, image)
         own = upsampler.forward_native(features, image)
@@ -623,6 +625,7 @@ def test_featup_jbu_in_research_precision_is_featups_forward_to_the_bit() -> Non
                 module.research_precision = True
         research = upsampler.forward_native(features, image)
     assert torch.equal(research, expected)
+    assert research.stride() == expected.stride(), "FeatUp's extension returns NCHW, which the layers after round by"
     torch.testing.assert_close(own, expected, rtol=1e-5, atol=1e-5)
     assert not torch.equal(own, expected)  # the same function, rounded otherwise
 

@@ -39,19 +39,23 @@ def shifted_windows(padded: Tensor, height: int, width: int, diameter: int) -> l
     return [padded[..., i : i + height, j : j + width] for i in range(diameter) for j in range(diameter)]
 
 
-def adaptive_conv(padded_source: Tensor, kernel: Tensor) -> Tensor:
+def adaptive_conv(padded_source: Tensor, kernel: Tensor, contiguous: bool = False) -> Tensor:
     """sum_k kernel[b, k, y, x] * source[b, c, y + k // d, x + k % d]: FeatUp's AdaptiveConv, unfold-free.
 
     One fused multiply-add per tap (`addcmul_`), row-major over the window, from the first product: the rounding of
     FeatUp's CUDA kernel, whose `output_val += weight * input_val` nvcc contracts. On a CPU `addcmul_` is fused (the
     tests check it against the chain emulated in float64); on CUDA it is the same expression under nvcc's contraction.
 
-    padded_source [B, C, H + d - 1, W + d - 1], kernel [B, d*d, H, W] -> [B, C, H, W].
+    padded_source [B, C, H + d - 1, W + d - 1], kernel [B, d*d, H, W] -> [B, C, H, W], in the source's memory layout,
+    or contiguous (NCHW) with `contiguous`, as FeatUp's extension returns it whatever the source's layout: the values
+    are the same, but the layers after the upsampler (the resize to the image, the head's convolutions) round by it.
     """
     height, width = kernel.shape[-2:]
     diameter = padded_source.shape[-1] - width + 1
     windows = shifted_windows(padded_source, height, width, diameter)
     out = windows[0] * kernel[:, :1]
+    if contiguous:
+        out = out.contiguous()
     for index, window in enumerate(windows[1:], start=1):
         out = out.addcmul_(window, kernel[:, index : index + 1])
     return out
@@ -106,7 +110,8 @@ class JBULearnedRange(nn.Module):
         kernel = kernel / kernel.sum(1, keepdim=True).clamp(1e-7)
         kernel = kernel + 0.1 * self.fixup_proj(torch.cat([kernel, guidance], dim=1))
         upsampled = F.interpolate(source, size=guidance.shape[-2:], mode="bicubic", align_corners=False)
-        return adaptive_conv(F.pad(upsampled, [self.radius] * 4, mode="reflect"), kernel)
+        padded = F.pad(upsampled, [self.radius] * 4, mode="reflect")
+        return adaptive_conv(padded, kernel, contiguous=self.research_precision)
 
 
 class JBUStack(nn.Module):

@@ -784,7 +784,7 @@ def test_a_run_folder_removed_while_training_writes_it_ends_the_run_in_one_line_
     common = ["--store", str(tmp_path), "--out", str(run_dir), "--device", "cpu", "--max-iters", "6"]
     result = CliRunner().invoke(train_command.train, ["--config", "fast_cpu", *settings, *common])
     assert result.exit_code == 1, result.output
-    assert f"{run_dir} was removed or moved while this command wrote into it" in result.output
+    assert f"{run_dir} was removed or moved while this command ran, so it stopped" in result.output
     assert "Traceback" not in result.output and reported == [], "no thread printed its traceback"
     assert not run_dir.exists(), "nothing made the run folder again"
 

@@ -1,6 +1,6 @@
 """Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk, an output path
-through a file, a file name too long for the file system, or a folder removed while the command wrote into it,
-into one too."""
+through a file, a file name too long for the file system, or a folder removed while the command ran, into one
+too."""
 
 from __future__ import annotations
 
@@ -69,9 +69,9 @@ def folder_message(error: OSError) -> str:
 
 
 def vanished_folder(filename: str | bytes) -> Path | None:
-    """The outermost folder of `filename`'s path that no longer exists, where the folder above it does (a run or
-    results folder removed while the command wrote into it); None when the folders are all there and only the file
-    is missing, which says nothing of the kind."""
+    """The outermost folder of `filename`'s path that no longer exists (a run or results folder removed while the
+    command wrote into it); None when the folders are all there and only the file is missing, which says nothing of
+    the kind."""
     path = Path(os.fsdecode(filename))
     missing = [folder for folder in path.parents if not folder.is_dir()]
     return missing[-1] if missing else None
@@ -79,7 +79,7 @@ def vanished_folder(filename: str | bytes) -> Path | None:
 
 def vanished_message(error: OSError, folder: Path) -> str:
     return (
-        f"{os.fsdecode(error.filename)}: {error.strerror}: {folder} was removed or moved while this command wrote into "
-        "it, so nothing more is written there. Put it back and run the command again to go on from what it holds "
-        "(train: with --resume), or run the command again to start anew"
+        f"{os.fsdecode(error.filename)}: {error.strerror}: {folder} was removed or moved while this command ran, so it "
+        "stopped. Put the folder back and run the same command again to go on from what was written (train: with "
+        "--resume), or run it again to start anew"
     )

@@ -43,8 +43,8 @@ def adaptive_conv(padded_source: Tensor, kernel: Tensor, contiguous: bool = Fals
     """sum_k kernel[b, k, y, x] * source[b, c, y + k // d, x + k % d]: FeatUp's AdaptiveConv, unfold-free.
 
     One fused multiply-add per tap (`addcmul_`), row-major over the window, from the first product: the rounding of
-    FeatUp's CUDA kernel, whose `output_val += weight * input_val` nvcc contracts. On a CPU `addcmul_` is fused (the
-    tests check it against the chain emulated in float64); on CUDA it is the same expression under nvcc's contraction.
+    FeatUp's CUDA kernel, whose `output_val += weight * input_val` nvcc contracts. With value 1, ATen's `addcmul`
+    calls `std::fma`, on a CPU and on CUDA alike (the tests check the CPU's against the chain emulated in float64).
 
     padded_source [B, C, H + d - 1, W + d - 1], kernel [B, d*d, H, W] -> [B, C, H, W], in the source's memory layout,
     or contiguous (NCHW) with `contiguous`, as FeatUp's extension returns it whatever the source's layout: the values

@@ -81,7 +81,7 @@ def test_stats_are_the_stores_channel_moments_and_find_high_norm_tokens(tmp_path
     assert stats.norm_quantiles["p50"] == pytest.approx(np.median(norms))
     assert stats.high_norm_fraction == pytest.approx(4 / len(norms))
 
-    out = tmp_path / "stats.json"
+    out = tmp_path / "stats" / "new" / "stats.json"  # folders that do not exist yet are made
     shown = CliRunner().invoke(cache, ["stats", str(store), "--out", str(out)])
     assert shown.exit_code == 0, shown.output
     assert "1.04 % of tokens above 2x the median norm" in shown.output

@@ -186,14 +186,15 @@ def test_report_bolds_the_best_probe_per_column(tmp_path: Path) -> None:
     write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95], "b": [0.1, 0.2, 0.3, 0.92]})
     write_results(tmp_path / "bilinear", {"a": [0.6, 0.7, 0.8, 0.9], "b": [0.2, 0.3, 0.4, 0.5]})
     folders = [str(tmp_path / "lift"), str(tmp_path / "bilinear")]
-    result = report(*folders, "--labels", "LiFT,bilinear", "--miou-at", "2", "--out", str(tmp_path / "table.md"))
+    table = tmp_path / "tables" / "new" / "table.md"  # folders that do not exist yet are made
+    result = report(*folders, "--labels", "LiFT,bilinear", "--miou-at", "2", "--out", str(table))
     assert result.exit_code == 0, result.output
     # LiFT: NoC@85 (2 + 4) / 2, NoC@90 (3 + 4) / 2, mIoU@2 53 %; bilinear: (4 + 4) / 2 twice, mIoU@2 50 %.
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.output.splitlines()]
     assert rows[0] == ["probe", "protocol", "grabcut NoC@85", "grabcut NoC@90", "grabcut mIoU@2 (%)"]
     assert rows[2] == ["LiFT", "cache", "**3.00**", "**3.50**", "**53.00**"]
     assert rows[3] == ["bilinear", "cache", "4.00", "4.00", "50.00"]
-    assert (tmp_path / "table.md").read_text() == result.output
+    assert table.read_text() == result.output
 
     result = report(*folders, "--format", "csv")
     assert result.output.splitlines() == [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -12,7 +11,7 @@ from cache_tools.verify import finished_items, has_checksums
 from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.locks import shared_locks
-from isegprobe.training.checkpoint import atomic_write_bytes
+from isegprobe.training.checkpoint import write_output_file
 
 
 @click.group("cache")
@@ -80,7 +79,7 @@ def stats_command(store: str, out: str | None) -> None:
         stats = feature_stats(store)
     click.echo(format_stats(stats))
     if out is not None:
-        atomic_write_bytes(Path(out), json.dumps(stats.to_json(), indent=1).encode())
+        write_output_file(out, json.dumps(stats.to_json(), indent=1).encode())
         click.echo(f"wrote {out}")
 
 

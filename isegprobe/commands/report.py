@@ -11,7 +11,7 @@ from isegprobe.commands.options import labels_option, results_and_labels, result
 from isegprobe.inference.report import format_report
 from isegprobe.inference.results import refuse_repeated_labels, refuse_to_replace_results
 from isegprobe.locks import lock_holder
-from isegprobe.training.checkpoint import atomic_write_bytes
+from isegprobe.training.checkpoint import write_output_file
 
 
 @click.command("report")
@@ -46,4 +46,4 @@ def report(results: tuple[str, ...], labels: str | None, table_format: str, miou
     table = format_report(evaluations, miou_at, table_format, running)
     click.echo(table)
     if out is not None:
-        atomic_write_bytes(Path(out), (table + "\n").encode())
+        write_output_file(out, (table + "\n").encode())

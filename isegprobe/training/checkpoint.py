@@ -53,6 +53,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
+def write_output_file(path: str | Path, data: bytes) -> None:
+    """`atomic_write_bytes` into a path a user named, making its folders first, as the plots make theirs: a folder
+    that does not exist yet is one to create, not one that vanished while the command ran."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
 def _fsync_directory(directory: Path) -> None:
     try:
         descriptor = os.open(directory, os.O_RDONLY)

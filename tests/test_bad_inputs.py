@@ -113,7 +113,7 @@ class Case(NamedTuple):
 CASES: dict[str, Case] = {
     "dataset root that does not exist": Case(
         lambda w: extraction("--dataset", "grabcut", "--root", w.root / "nowhere", "--out", w.root / "x"),
-        "expected the GrabCut layout with data_GT/ inside",
+        "nowhere does not exist (expected grabcut's folder, which holds data_GT and boundary_GT)",
     ),
     "path under the home of a user this machine does not have": Case(
         lambda w: ["datasets", "check", "grabcut", "--root", "~nosuchuser/GrabCut"],

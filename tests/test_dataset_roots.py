@@ -4,12 +4,15 @@ override them key by key."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from dataset_trees import box, write_image, write_mask
 
+from isegprobe.cli import main
 from isegprobe.commands.datasets import datasets
 from isegprobe.data.roots import (
     CONFIG_ENV,
@@ -19,6 +22,7 @@ from isegprobe.data.roots import (
     require_root,
     resolve_root,
 )
+from isegprobe.demo.catalog import DatasetCatalog
 from isegprobe.errors import UserError
 
 
@@ -67,7 +71,10 @@ def test_the_xdg_file_then_the_environment_variable_then_root_win(home: Path, mo
     assert resolve_root("davis", None) == Path("data/DAVIS"), "the XDG file is not read then"
     assert load_dataset_config().roots_source.startswith(f"{named} (${CONFIG_ENV}), else")
     assert resolve_root("sbd", "elsewhere") == Path("elsewhere")
-    with pytest.raises(UserError, match=r"^--root: elsewhere does not exist"):
+    holds = r"img and inst and train\.txt or img and inst and val\.txt"
+    with pytest.raises(
+        UserError, match=rf"^--root elsewhere does not exist \(expected sbd's folder, which holds {holds}\)"
+    ):
         require_root("sbd", "elsewhere")
 
 
@@ -116,3 +123,25 @@ def test_datasets_list_says_where_each_root_comes_from(home: Path, monkeypatch: 
     assert f"roots from {home / 'mine.yaml'} (${CONFIG_ENV}), else data/<folder>" in result.output
     assert row(result.output, "sbd")[-5:] == [str(home / "SBD"), "file", "layout", "not", "found"]
     assert row(result.output, "grabcut")[-2:] == ["default", "missing"]
+
+
+def test_every_command_that_reads_a_dataset_tells_a_missing_folder_alike_and_reads_the_default(home: Path) -> None:
+    """extract-features, evaluate --online, the demo and datasets check all find a dataset's folder the same way
+    (the demo took only --root before), and say the same when it is missing."""
+    missing = (
+        rf"data/GrabCut does not exist \(grabcut's default folder, under {home}; expected grabcut's folder, which "
+        r"holds data_GT and boundary_GT\); pass --root DIR"
+    )
+    extract = ["extract-features", "--dataset", "grabcut", "--featurizer", "vit_tiny_patch16_224", "--size", "32"]
+    result = CliRunner().invoke(main, [*extract, "--out", str(home / "cache")])
+    assert result.exit_code == 1 and re.search(missing, result.output), result.output
+    with pytest.raises(UserError, match=missing):
+        DatasetCatalog.from_options("grabcut", None, "test")
+    with pytest.raises(UserError, match=r"--root: no folder given for custom, which has no default; pass --root DIR"):
+        DatasetCatalog.from_options("custom", None, "test")
+
+    for stem in ("a", "b"):
+        write_image(home / "data" / "GrabCut" / "data_GT" / f"{stem}.jpg")
+        write_mask(home / "data" / "GrabCut" / "boundary_GT" / f"{stem}.bmp", box(24, 32, 2, 2, 9, 9))
+    assert DatasetCatalog.from_options("grabcut", None, "test").names() == ["a", "b"]
+    assert len(DatasetCatalog.from_options("builtin", None, "test").names()) == 12

@@ -30,7 +30,7 @@ from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.pixel_views import PixelSource
 from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
 from isegprobe.cache.store import FeatureStore
-from isegprobe.data import SampleSource, create_dataset, resolve_root
+from isegprobe.data import SampleSource, create_dataset, dataset_root
 from isegprobe.data.base import loader_options
 from isegprobe.data.preprocess import (
     View,
@@ -376,7 +376,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     if request.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rank, world, device = init_from_env(request.device)
-    root = resolve_root(request.dataset, request.root)
+    root = dataset_root(request.dataset, request.root)
     source = create_dataset(request.dataset, root, request.split)
     if featurizer is None:
         featurizer = featurizers.create_featurizer(

@@ -9,10 +9,10 @@ import click
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option
 from isegprobe.data import create_dataset, list_datasets
-from isegprobe.data.catalog import CATALOG, dataset_facts, has_layout
+from isegprobe.data.catalog import BUILTIN, CATALOG, dataset_facts, has_layout
 from isegprobe.data.check import ON_ERROR_CHOICES, CheckReport, check_source
 from isegprobe.data.download import ARCHIVES, download_dataset
-from isegprobe.data.roots import load_dataset_config, require_root, resolve_root
+from isegprobe.data.roots import dataset_root, load_dataset_config, resolve_root
 from isegprobe.home_paths import expand_home
 
 MAX_LISTED_WARNINGS = 20
@@ -33,7 +33,7 @@ def datasets() -> None:
 
 
 def _root_status(name: str, root: str | None) -> str:
-    if name == "builtin":
+    if name == BUILTIN:
         return "built in"
     if root is None:
         return "not set"
@@ -55,7 +55,7 @@ def list_command() -> None:
         root = config.root(name)
         splits = f"{', '.join(facts.splits) or 'any'} ({facts.eval_split})" if facts else "-"
         published = facts.published_text(facts.eval_split) if facts else "-"
-        origin = "-" if name == "builtin" else config.root_origin(name)
+        origin = "-" if name == BUILTIN else config.root_origin(name)
         rows.append((name, splits, published, root or "-", origin, _root_status(name, root)))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
@@ -103,7 +103,7 @@ def check_command(context: click.Context, name: str, root: str | None, split: st
     """
     facts = dataset_facts(name)  # an unknown name is refused before its root is looked for
     split = split or facts.eval_split
-    source = create_dataset(name, None if name.lower() == "builtin" else require_root(name, root), split)
+    source = create_dataset(name, dataset_root(name, root), split)
     report = check_source(source, on_error)
     _print_report(report)
     if report.problems:

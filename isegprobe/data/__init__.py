@@ -16,7 +16,7 @@ from isegprobe.data import (
     sbd,
 )
 from isegprobe.data.registry import SampleSource, create_dataset, list_datasets, register_dataset
-from isegprobe.data.roots import resolve_root
+from isegprobe.data.roots import dataset_root, resolve_root
 from isegprobe.data.sample import Sample
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "cocolvis",
     "create_dataset",
     "custom",
+    "dataset_root",
     "davis",
     "grabcut",
     "list_datasets",

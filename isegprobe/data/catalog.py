@@ -12,6 +12,8 @@ from pathlib import Path
 
 from isegprobe.errors import UserError
 
+BUILTIN = "builtin"  # the scenes that ship in the package: the one dataset read without a root folder
+
 
 @dataclass(frozen=True)
 class DatasetFacts:
@@ -36,6 +38,11 @@ class DatasetFacts:
         test = "" if self.eval_split == "test" else f" (and test = {self.eval_split})"
         raise UserError(f"--split: {self.name} has splits {known}{test}, not {split!r}")
 
+    @property
+    def folder_holds(self) -> str:
+        """What the dataset's folder holds, for messages: `data_GT and boundary_GT`, alternatives joined by `or`."""
+        return " or ".join(" and ".join(layout) for layout in self.layouts if layout)
+
     def published_text(self, split: str) -> str:
         counts = self.published.get(split)
         if counts is not None:
@@ -49,7 +56,7 @@ def _facts(*entries: DatasetFacts) -> dict[str, DatasetFacts]:
 
 CATALOG: dict[str, DatasetFacts] = _facts(
     DatasetFacts(
-        name="builtin",
+        name=BUILTIN,
         title="procedural scenes shipped as code",
         folder=None,
         splits=("train", "test"),

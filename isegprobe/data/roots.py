@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from isegprobe.data.catalog import CATALOG
+from isegprobe.data.catalog import BUILTIN, CATALOG, dataset_facts
 from isegprobe.errors import UserError
 from isegprobe.home_paths import expand_home
 from isegprobe.yaml_text import load_yaml
@@ -129,23 +129,39 @@ def resolve_root(name: str, root_option: str | Path | None) -> Path | None:
 
 
 def require_root(name: str, root_option: str | Path | None) -> Path:
-    """`resolve_root`'s folder, which must exist; the error says where the root came from and how to set one."""
+    """`resolve_root`'s folder, which must exist; the error says where the root came from, what the folder should
+    hold, and how to set one."""
     root = resolve_root(name, root_option)
     if root is not None and root.exists():
         return root
+    holds = dataset_facts(name).folder_holds
+    expected = f"expected {name}'s folder, which holds {holds}" if holds else f"expected {name}'s folder"
     if root_option is not None:
-        raise UserError(f"--root: {root} does not exist")
+        raise UserError(f"--root {root} does not exist ({expected})")
     config = load_dataset_config()
     if config.root_origin(name) == "file":
         if root is None:
             raise UserError(f"--root: no folder given for {name} and none set under roots.{name} in {config.path}")
-        raise UserError(f"roots.{name} in {config.path}: {root} does not exist")
+        raise UserError(f"roots.{name} in {config.path}: {root} does not exist ({expected})")
     if root is None:
-        raise UserError(f"--root: no folder given for {name}, which has no default; set roots.{name} in {config.path}")
+        raise UserError(
+            f"--root: no folder given for {name}, which has no default; pass --root DIR or set roots.{name} in "
+            f"{config.path}"
+        )
     raise UserError(
-        f"{root} does not exist ({name}'s default folder, under {Path.cwd()}); pass --root DIR or set roots.{name} in "
-        f"{config.path}"
+        f"{root} does not exist ({name}'s default folder, under {Path.cwd()}; {expected}); pass --root DIR or set "
+        f"roots.{name} in {config.path}"
     )
+
+
+def dataset_root(name: str, root_option: str | Path | None) -> Path | None:
+    """The folder every command reads dataset `name` from: none for the built-in scenes, which ship in the package;
+    `require_root`'s for any other, so that a missing folder is told alike everywhere, with where its path came from
+    (--root, the user's datasets.yaml or the data/ default) and how to give another. An unknown name is refused
+    first, as unknown."""
+    if dataset_facts(name).name == BUILTIN:
+        return None
+    return require_root(name, root_option)
 
 
 def dataset_options(name: str, split: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from isegprobe.data import create_dataset
+from isegprobe.data import create_dataset, dataset_root
 from isegprobe.data.image_io import IMAGE_SUFFIXES, read_rgb
 from isegprobe.data.registry import SampleSource
 from isegprobe.data.sample import Sample
@@ -60,7 +60,7 @@ class DatasetCatalog:
 
     @classmethod
     def from_options(cls, dataset: str, root: str | None, split: str) -> DatasetCatalog:
-        source = create_dataset(dataset, root, split)
+        source = create_dataset(dataset, dataset_root(dataset, root), split)
         if len(source) == 0:
             raise UserError(f"--dataset {dataset} --split {split}: no samples under {source.root}")
         return cls(source)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.schema import check_same_featurizer, identity_value, store_fingerprint, store_name
-from isegprobe.data import create_dataset, resolve_root
+from isegprobe.data import create_dataset, dataset_root
 from isegprobe.devices import deterministic_arithmetic
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
@@ -346,7 +346,7 @@ def _jobs(
     whole_image_flip = request.flip and not request.zoom_in
     if request.online:
         for name in request.datasets:
-            root = resolve_root(name, request.root)
+            root = dataset_root(name, request.root)
             source = create_dataset(name, root, request.split)
             where = f"{name} {request.split} at {source.root}, online"
             tasks = online_tasks(source, size, resize, whole_image_flip, only_items)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from dataset_trees import sbd_tree, use_dataset_config
+from dataset_trees import box, sbd_tree, use_dataset_config, write_image, write_mask
 
 from cache_tools import verify_store
 from isegprobe.cache import CachedDataset, FeatureStore
@@ -285,6 +285,47 @@ def test_refuses_a_store_made_differently(tmp_path):
     replaced = extract(request(tmp_path, views="identity", overwrite=True))
     assert replaced.items_extracted == 12
     assert zarr.open(str(replaced.path), mode="r")["features"].shape[1] == 1
+
+
+def custom_tree(root: Path, images: int) -> Path:
+    for index in range(images):
+        write_image(root / "images" / f"im{index}.png", seed=index)
+        write_mask(root / "masks" / f"im{index}.png", box(24, 32, 4, 4, 16, 20))
+    return root
+
+
+def test_overwrite_keeps_the_old_store_whole_until_its_replacement_is_done(tmp_path):
+    """--overwrite extracts beside the store it replaces: a run that fails half way leaves the old store as it was,
+    and the same command resumes the replacement and then swaps it in."""
+    root = custom_tree(tmp_path / "data", images=8)
+    common = dict(dataset="custom", root=str(root), items_per_shard=2)
+    old = extract(request(tmp_path / "cache", **common)).path
+    old_features = zarr.open_group(str(old), mode="r")["features"][:]
+    good = (root / "images" / "im5.png").read_bytes()
+    (root / "images" / "im5.png").write_bytes(good[:40])  # a shard after two finished ones cannot be read
+    with pytest.raises(UserError, match=r"(?s)im5\.png: .*The items extracted so far are kept: fix the file"):
+        extract(request(tmp_path / "cache", views="identity,hflip,vflip", overwrite=True, **common))
+    kept = FeatureStore.open(old)
+    assert kept.num_views == 2 and kept.done_mask().all()
+    np.testing.assert_array_equal(zarr.open_group(str(old), mode="r")["features"][:], old_features)
+    replacement = old.with_name(old.name + ".replacing")
+    assert FeatureStore.open(replacement).done_mask().sum() == 4
+
+    (root / "images" / "im5.png").write_bytes(good)
+    resumed = extract(request(tmp_path / "cache", views="identity,hflip,vflip", overwrite=True, **common))
+    assert resumed.path == old and resumed.items_extracted == 4, "the replacement's four finished items are kept"
+    assert FeatureStore.open(old).num_views == 3 and verify_store(old) == []
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == [old.name]
+
+
+def test_overwrite_through_a_link_replaces_the_link_and_leaves_its_target(tmp_path):
+    elsewhere = extract(request(tmp_path / "elsewhere")).path
+    link = tmp_path / "cache" / elsewhere.name
+    link.parent.mkdir()
+    link.symlink_to(elsewhere, target_is_directory=True)
+    replaced = extract(request(tmp_path / "cache", views="identity", overwrite=True))
+    assert replaced.path == link and not link.is_symlink() and FeatureStore.open(link).num_views == 1
+    assert FeatureStore.open(elsewhere).num_views == 2 and verify_store(elsewhere) == []
 
 
 def test_imagenet_normalized_features_are_their_own_store_never_mixed_with_the_models(tmp_path):

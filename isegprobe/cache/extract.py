@@ -29,7 +29,7 @@ from isegprobe.cache.chunks import missing_chunk_files
 from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.pixel_views import PixelSource
 from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
-from isegprobe.cache.store import FeatureStore
+from isegprobe.cache.store import FeatureStore, put_in_place, replacement_path
 from isegprobe.data import SampleSource, create_dataset, dataset_root
 from isegprobe.data.base import loader_options
 from isegprobe.data.preprocess import (
@@ -231,8 +231,13 @@ def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
 def _open_or_create(
     path: Path, wanted: dict[str, Any], featurizer: Featurizer, overwrite: bool, rank: int
 ) -> FeatureStore:
-    """Every rank checks an existing store; only rank 0 creates a new one, the others open it after a barrier."""
-    existed = path.exists()
+    """The store this run writes: the one at `path`, or a new one. Under --overwrite an existing store stays in place,
+    whole and readable, while its replacement is extracted beside it (`replacement_path`), which the same command
+    resumes as any store; `put_in_place` swaps them once every item is done, so a run that fails loses nothing.
+    Every rank decides from what is on disk before the barrier; only rank 0 creates, the others open after it."""
+    existed = path.exists() or path.is_symlink()
+    target = replacement_path(path) if existed and overwrite else path
+    resumable = target != path and _matching_store(target, wanted) is not None
     barrier()
     if existed and not overwrite:
         if not (path / "zarr.json").is_file():
@@ -246,12 +251,25 @@ def _open_or_create(
                 + "\nPass --overwrite to replace it, or choose another --out."
             )
         return store
+    if resumable:
+        return FeatureStore.open(target, mode="r+")
     if rank == 0:
         store = FeatureStore.create(
-            path, wanted, dim=featurizer.dim, grid=_feature_grid(featurizer, wanted["preprocessing"]["size"])
+            target, wanted, dim=featurizer.dim, grid=_feature_grid(featurizer, wanted["preprocessing"]["size"])
         )
     barrier()
-    return store if rank == 0 else FeatureStore.open(path, mode="r+")
+    return store if rank == 0 else FeatureStore.open(target, mode="r+")
+
+
+def _matching_store(path: Path, wanted: dict[str, Any]) -> FeatureStore | None:
+    """The store at `path` if there is one, readable, made as `wanted` asks."""
+    if not (path / "zarr.json").is_file():
+        return None
+    try:
+        store = FeatureStore.open(path)
+    except UserError:
+        return None
+    return store if "featurizer" in store.attrs and not mismatches(store.attrs, wanted) else None
 
 
 def _feature_grid(featurizer: Featurizer, size: int) -> tuple[int, int]:
@@ -414,6 +432,8 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         barrier()
         if rank == 0:
             store.record_progress()
+            if store.path != path and store.done_mask().all():
+                store = put_in_place(store, path)
     seconds = time.perf_counter() - started
     return ExtractionResult(path, store.num_items, len(indices), seconds, store.nbytes_on_disk(), repaired, loop)
 
@@ -480,8 +500,9 @@ def _run(
                 shard = next(shard_views)
             if "error" in shard:
                 raise UserError(
-                    f"{shard['error']}\nThe items extracted so far are kept: fix or remove the file and run the same "
-                    "command again to go on."
+                    f"{shard['error']}\nThe items extracted so far are kept: fix the file and run the same command "
+                    "again to go on. (Removed instead, it leaves the dataset with other items than the store's, which "
+                    "the store then refuses: --overwrite extracts them anew beside it and replaces it once done.)"
                 )
             if "no_room" in shard:
                 raise UserError(

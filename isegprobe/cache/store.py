@@ -28,6 +28,9 @@ from isegprobe.errors import UserError, writing_to
 
 # A store being created lives under its name plus this suffix until it is complete.
 STAGING_SUFFIX = ".creating"
+# A store that `extract-features --overwrite` extracts anew lives under its name plus this suffix until every item is
+# done; the store it replaces stays in place, whole and readable, until then.
+REPLACEMENT_SUFFIX = ".replacing"
 
 
 class FeatureStore:
@@ -170,6 +173,31 @@ class FeatureStore:
 
     def nbytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def replacement_path(path: Path) -> Path:
+    """Where `extract-features --overwrite` extracts the store that will replace the one at `path`."""
+    return path.with_name(path.name + REPLACEMENT_SUFFIX)
+
+
+def put_in_place(replacement: FeatureStore, path: Path) -> FeatureStore:
+    """Move a finished replacement to `path`, and only then discard what stood there: the old store (a folder, or a
+    link to one, whose target is left as it is). Neither is lost between the two renames: a crash there leaves the
+    old store under its name plus `.replaced`, the new one under `replacement_path`."""
+    replaced = path.with_name(path.name + ".replaced")
+    _discard(replaced)
+    with writing_to(path):
+        path.rename(replaced)
+        replacement.path.rename(path)
+    _discard(replaced)
+    return FeatureStore.open(path, mode="r+")
+
+
+def _discard(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 def refuse_output_inside_a_store(out: str | Path, option: str = "--out") -> None:

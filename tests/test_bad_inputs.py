@@ -74,6 +74,25 @@ def extract_custom(folder: Path, out: Path) -> list[object]:
     return extraction("--dataset", "custom", "--root", folder, "--size", "28", "--workers", "0", "--out", out)
 
 
+def coco_file_of_twins(folder: Path) -> Path:
+    """A COCO-format file listing a.jpg and a.png, one object each: both would be item `a`."""
+    images = [{"id": 1, "file_name": "a.jpg", "height": 28, "width": 28}, {"id": 2, "file_name": "a.png", "height": 28,
+              "width": 28}]  # fmt: skip
+    for image in images:
+        write_image(folder / "images" / image["file_name"], 28, 28, seed=image["id"])
+    square = [[4, 4, 20, 4, 20, 20, 4, 20]]
+    annotations = [{"id": image["id"], "image_id": image["id"], "segmentation": square} for image in images]
+    (folder / "coco.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    return folder / "coco.json"
+
+
+def name_one_like_the_others_object(folder: Path) -> None:
+    """im0 gets a second object (masks im0.png and im0_2.png, its objects im0_1 and im0_2) beside an image im0_1."""
+    write_mask(folder / "masks" / "im0_2.png", box(28, 28, 2, 2, 8, 8))
+    write_image(folder / "images" / "im0_1.jpg", 28, 28, seed=5)
+    write_mask(folder / "masks" / "im0_1.png", box(28, 28, 4, 4, 20, 20))
+
+
 def truncate(path: Path) -> None:
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) * 2 // 3])
@@ -246,6 +265,36 @@ CASES: dict[str, Case] = {
             w.images("twins", lambda f: write_image(f / "images" / "im1.bmp", 28, 28, seed=7)), w.root / "x6"
         ),
         "im1.bmp and im1.jpg: 2 image files named im1; which one belongs to the item is ambiguous",
+    ),
+    "two images of one id in a COCO-format file": Case(
+        lambda w: extraction(
+            "--dataset",
+            "custom",
+            "--root",
+            coco_file_of_twins(w.root / "coco_twins"),
+            "--size",
+            "28",
+            "--out",
+            w.root / "x10",
+        ),  # fmt: skip
+        "coco.json: the images 'a.jpg' (id 1) and 'a.png' (id 2) would both be item 'a'",
+    ),
+    "image named like another image's object": Case(
+        lambda w: [
+            "evaluate",
+            "--checkpoint",
+            w.run,
+            "--online",
+            "--datasets",
+            "custom",
+            "--root",
+            w.images("named_like_an_object", name_one_like_the_others_object),
+            "--max-clicks",
+            "2",
+            "--out",
+            w.root / "e_named",
+        ],  # fmt: skip
+        "custom: two objects have the id 'im0_1': the image of that name, and object 1 of the image 'im0'",
     ),
     "image above the pixel limit": Case(
         lambda w: extract_custom(w.images("huge", declare_a_huge_image), w.root / "x7"),

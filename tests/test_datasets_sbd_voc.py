@@ -47,6 +47,13 @@ def test_sbd_unknown_option_and_split_are_refused(sbd_root, tmp_path, monkeypatc
         create_dataset("sbd", sbd_root, "trainval")
 
 
+def test_an_image_listed_twice_is_refused_rather_than_made_one_item(tmp_path):
+    root = sbd_tree(tmp_path / "SBD")
+    (root / "val.txt").write_text("2008_000001\n2008_000002\n2008_000001\n")
+    with pytest.raises(UserError, match=r"SBD: two items of sbd val have the id '2008_000001'; each image needs"):
+        create_dataset("sbd", root, "val")
+
+
 def test_sbd_damaged_mat_names_the_file(sbd_root):
     (sbd_root / "inst" / "2008_000002.mat").write_bytes(b"garbage")
     per_instance = create_dataset("sbd", sbd_root, "val-instances")

@@ -76,6 +76,21 @@ class AnnotatedImagesDataset(DatasetBase):
             self._sizes = [(int(image["height"]), int(image["width"])) for image in self._images]
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"{annotation_file}: an image or annotation entry lacks a valid {error} field") from None
+        self._refuse_shared_ids()
+
+    def _refuse_shared_ids(self) -> None:
+        """Two images whose ids are equal (`a.jpg` and `a.png`, `sub/b.jpg` and `sub__b.jpg`, one image listed twice)
+        would be one item of a store and one row of the results, silently: the first such pair is named instead."""
+        first_of: dict[str, dict[str, Any]] = {}
+        for image, sample_id in zip(self._images, self._ids, strict=True):
+            other = first_of.setdefault(sample_id, image)
+            if other is not image:
+                raise UserError(
+                    f"{self.annotation_file}: the images {other['file_name']!r} (id {other['id']}) and "
+                    f"{image['file_name']!r} (id {image['id']}) would both be item {sample_id!r} (an item's id is its "
+                    "file name without the extension, folders joined by '__'): list each image once, and rename one "
+                    "of two files that differ only so"
+                )
 
     def _file_name(self, image: dict[str, Any]) -> str:
         return image["file_name"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from isegprobe.data.sample import Sample
+from isegprobe.errors import UserError
 from isegprobe.home_paths import expand_home
 from isegprobe.registry import Registry
 
@@ -41,4 +42,19 @@ def list_datasets() -> list[str]:
 def create_dataset(name: str, root: str | Path | None = None, split: str = "test") -> SampleSource:
     """Build the loader `name` over `root` (a folder in that dataset's usual layout)."""
     factory = DATASETS.get(name)
-    return factory(expand_home(root) if root is not None else None, split)
+    source = factory(expand_home(root) if root is not None else None, split)
+    _refuse_shared_ids(source)
+    return source
+
+
+def _refuse_shared_ids(source: SampleSource) -> None:
+    """Items are told apart by id everywhere (a store's items, results' objects, resuming): two items of one id would
+    silently be one."""
+    seen: set[str] = set()
+    for sample_id in source.ids():
+        if sample_id in seen:
+            raise UserError(
+                f"{source.root}: two items of {source.name} {source.split} have the id {sample_id!r}; each image "
+                "needs a name of its own: rename one of them"
+            )
+        seen.add(sample_id)

@@ -34,6 +34,7 @@ from isegprobe.inference.saved_features import saving_features
 from isegprobe.inference.tasks import (
     cached_object_count,
     cached_tasks,
+    distinct_objects,
     image_ids_of,
     online_object_count,
     online_tasks,
@@ -349,7 +350,7 @@ def _jobs(
             root = dataset_root(name, request.root)
             source = create_dataset(name, root, request.split)
             where = f"{name} {request.split} at {source.root}, online"
-            tasks = online_tasks(source, size, resize, whole_image_flip, only_items)
+            tasks = distinct_objects(online_tasks(source, size, resize, whole_image_flip, only_items), name)
             yield EvaluationJob(name, where, tasks, partial(online_object_count, source), root)
         return
     for path in _store_paths(request, metadata):
@@ -361,7 +362,7 @@ def _jobs(
         source = create_dataset(dataset["name"], request.root or dataset["root"], dataset["split"])
         if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
-        tasks = cached_tasks(str(path), source, whole_image_flip, only_items)
+        tasks = distinct_objects(cached_tasks(str(path), source, whole_image_flip, only_items), dataset["name"])
         yield EvaluationJob(
             dataset["name"],
             str(Path(path).resolve()),

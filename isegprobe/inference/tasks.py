@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -22,6 +22,23 @@ from isegprobe.inference.predictor import WorkingView
 def image_ids_of(object_ids: Collection[str]) -> set[str]:
     """The sample ids that objects with these ids can come from (see `_objects` for how object ids are made)."""
     return set(object_ids) | {object_id.rsplit("_", 1)[0] for object_id in object_ids}
+
+
+def distinct_objects(tasks: Iterable[ObjectTask], dataset: str) -> Iterator[ObjectTask]:
+    """`tasks`, stopped at an object id made twice. The items' ids are distinct (`create_dataset` checks), but an
+    image named like another image's object (`cat_1` beside a `cat` of two objects) makes one object id of two
+    objects: results keyed by it would keep one curve, and a resumed run skip the other object."""
+    seen: set[str] = set()
+    for task in tasks:
+        if task.id in seen:
+            image, instance = task.id.rsplit("_", 1)
+            raise UserError(
+                f"{dataset}: two objects have the id {task.id!r}: the image of that name, and object {instance} of "
+                f"the image {image!r} (an image of several objects numbers them {image}_1, {image}_2, ...); rename "
+                "one of the two images"
+            )
+        seen.add(task.id)
+        yield task
 
 
 def _objects(sample: Sample, view: WorkingView, flip_view: WorkingView | None) -> Iterator[ObjectTask]:

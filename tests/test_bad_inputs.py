@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -93,6 +94,18 @@ def name_one_like_the_others_object(folder: Path) -> None:
     write_mask(folder / "masks" / "im0_1.png", box(28, 28, 4, 4, 20, 20))
 
 
+def mask_of_white_with_alpha(folder: Path) -> None:
+    """White everywhere, the object drawn in the alpha channel only: its first channel would make it all object."""
+    white = np.full((28, 28, 3), 255, np.uint8)
+    assert cv2.imwrite(str(folder / "masks" / "im1.png"), np.dstack([white, box(28, 28, 4, 4, 20, 20)]))
+
+
+def yellow_mask(folder: Path) -> None:
+    """A yellow object on black: its blue channel, the first that OpenCV decodes, is 0 everywhere."""
+    red_and_green = [box(28, 28, 4, 4, 20, 20)] * 2
+    write_mask(folder / "masks" / "im1.png", np.dstack([*red_and_green, np.zeros((28, 28), np.uint8)]))
+
+
 def truncate(path: Path) -> None:
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) * 2 // 3])
@@ -168,6 +181,22 @@ CASES: dict[str, Case] = {
             w.root / "x5",
         ),
         "im1.png: an empty mask (no object pixel)",
+    ),
+    "mask with transparency": Case(
+        lambda w: extract_custom(w.images("see_through", mask_of_white_with_alpha), w.root / "x11"),
+        "im1.png: 528 pixels of this mask are transparent or partly so; a mask is read from its grey levels",
+    ),
+    "colour mask": Case(
+        lambda w: extract_custom(w.images("yellow", yellow_mask), w.root / "x12"),
+        "im1.png: a colour mask (256 pixels are not grey): draw the object in grey levels above 128 (255) on 0",
+    ),
+    "mask of 0 and 1": Case(
+        lambda w: extract_custom(
+            w.images("ones", lambda f: write_mask(f / "masks" / "im1.png", box(28, 28, 4, 4, 20, 20, value=1))),
+            w.root / "x13",
+        ),
+        "im1.png: a mask of 0 and 1 only: draw the object in grey levels above 128 (255) on 0, with 128 for pixels "
+        "to ignore, so multiply it by 255",
     ),
     "unknown featurizer": Case(
         lambda w: extraction("--dataset", "builtin", "--out", w.root / "x", featurizer="vit_imaginary"),

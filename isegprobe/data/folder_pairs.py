@@ -15,7 +15,7 @@ import numpy as np
 
 from isegprobe.data.base import DatasetBase, require_same_size
 from isegprobe.data.binary_masks import object_and_ignore, ritm_davis_rule, ritm_grabcut_rule
-from isegprobe.data.image_io import files_by_stem, only_file, read_gray, read_mask, read_rgb
+from isegprobe.data.image_io import files_by_stem, only_file, read_grey_mask, read_mask, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -36,8 +36,8 @@ def ritm_davis_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def banded_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """custom's masks: the first channel, above 128 object, 128 ignored (`binary_masks`)."""
-    return object_and_ignore(read_gray(path), ignore_band=True)
+    """custom's masks: grey levels, above 128 object, 128 ignored (`binary_masks`); colour or transparency refused."""
+    return object_and_ignore(read_grey_mask(path), ignore_band=True)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ MAX_PIXELS_ENV = "ISEGPROBE_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 40_000_000
 
 _JPEG_START, _JPEG_SCAN, _JPEG_END = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
+GREY_MASK_RULE = "draw the object in grey levels above 128 (255) on 0, with 128 for pixels to ignore"
 _PNG_START, _PNG_END = b"\x89PNG", b"IEND"
 
 
@@ -71,6 +72,31 @@ def read_rgb(path: Path) -> np.ndarray:
 def read_gray(path: Path) -> np.ndarray:
     """uint8 [H, W]; for masks stored as 8-bit (or colour, taking the first channel) images."""
     return read_mask(path)[0]
+
+
+def read_grey_mask(path: Path) -> np.ndarray:
+    """uint8 [H, W] of a mask drawn in grey levels, for the families whose rule is our own (custom): a mask whose
+    grey cannot be read without a guess is refused, naming what it holds, where taking its first channel would make
+    a transparent background object or a red or yellow object background, without a word."""
+    pixels = decode_bytes(_file_bytes(path, "mask"), cv2.IMREAD_UNCHANGED, str(path), "mask")
+    if pixels.dtype != np.uint8:
+        raise UserError(f"{path}: expected an 8-bit mask, got {pixels.dtype}")
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        see_through = int(np.count_nonzero(pixels[..., 3] != 255))
+        if see_through:
+            raise UserError(
+                f"{path}: {see_through} pixels of this mask are transparent or partly so; a mask is read from its grey "
+                f"levels, not its alpha channel: {GREY_MASK_RULE}"
+            )
+    if pixels.ndim == 3:
+        colour = pixels[..., :3]
+        coloured = int(np.count_nonzero((colour[..., 0] != colour[..., 1]) | (colour[..., 1] != colour[..., 2])))
+        if coloured:
+            raise UserError(f"{path}: a colour mask ({coloured} pixels are not grey): {GREY_MASK_RULE}")
+        pixels = colour[..., 0]
+    if 0 < int(pixels.max()) <= 1:
+        raise UserError(f"{path}: a mask of 0 and 1 only: {GREY_MASK_RULE}, so multiply it by 255")
+    return pixels
 
 
 def read_mask(path: Path, colour: bool = False) -> tuple[np.ndarray, bool]:

@@ -75,16 +75,25 @@ def extract_custom(folder: Path, out: Path) -> list[object]:
     return extraction("--dataset", "custom", "--root", folder, "--size", "28", "--workers", "0", "--out", out)
 
 
-def coco_file_of_twins(folder: Path) -> Path:
-    """A COCO-format file listing a.jpg and a.png, one object each: both would be item `a`."""
-    images = [{"id": 1, "file_name": "a.jpg", "height": 28, "width": 28}, {"id": 2, "file_name": "a.png", "height": 28,
-              "width": 28}]  # fmt: skip
+SQUARE = [[4, 4, 20, 4, 20, 20, 4, 20]]
+
+
+def coco_file(folder: Path, names: list[str], **annotation: object) -> Path:
+    """A COCO-format file of 28 x 28 images `names` (ids 1, 2, ...), one annotation each (a square polygon, unless
+    `annotation` sets other fields), and the images under folder/images."""
+    images = [{"id": index, "file_name": name, "height": 28, "width": 28} for index, name in enumerate(names, 1)]
     for image in images:
         write_image(folder / "images" / image["file_name"], 28, 28, seed=image["id"])
-    square = [[4, 4, 20, 4, 20, 20, 4, 20]]
-    annotations = [{"id": image["id"], "image_id": image["id"], "segmentation": square} for image in images]
+    annotations = [
+        {"id": image["id"], "image_id": image["id"], "segmentation": SQUARE, **annotation} for image in images
+    ]
     (folder / "coco.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     return folder / "coco.json"
+
+
+def coco_file_of_twins(folder: Path) -> Path:
+    """a.jpg and a.png, one object each: both would be item `a`."""
+    return coco_file(folder, ["a.jpg", "a.png"])
 
 
 def name_one_like_the_others_object(folder: Path) -> None:
@@ -307,6 +316,50 @@ CASES: dict[str, Case] = {
             w.root / "x10",
         ),  # fmt: skip
         "coco.json: the images 'a.jpg' (id 1) and 'a.png' (id 2) would both be item 'a'",
+    ),
+    "COCO-format file whose annotations match no image": Case(
+        lambda w: extraction(
+            "--dataset",
+            "custom",
+            "--root",
+            coco_file(w.root / "coco_ids", ["a.jpg"], image_id="1"),
+            "--size",
+            "28",
+            "--out",
+            w.root / "x14",
+        ),  # fmt: skip
+        "coco.json: no image has an annotation to segment: no annotation's image_id is an image's id (images' ids "
+        "such as 1, annotations' image_id such as '1': they must be the same values, of the same type)",
+    ),
+    "iscrowd that is not the number 0 or 1": Case(
+        lambda w: extraction(
+            "--dataset",
+            "custom",
+            "--root",
+            coco_file(w.root / "coco_crowd", ["a.jpg"], iscrowd="0"),
+            "--size",
+            "28",
+            "--out",
+            w.root / "x15",
+        ),  # fmt: skip
+        "coco.json: annotation 1: iscrowd must be the number 0 or 1, got '0'",
+    ),
+    "dataset without one object to evaluate": Case(
+        lambda w: [
+            "evaluate",
+            "--checkpoint",
+            w.run,
+            "--online",
+            "--datasets",
+            "custom",
+            "--root",
+            coco_file(w.root / "coco_flat", ["a.jpg"], segmentation=[[4, 4, 20, 4, 12, 4]]),
+            "--max-clicks",
+            "2",
+            "--out",
+            w.root / "e_flat",
+        ],  # fmt: skip
+        "custom: not one object to evaluate, every mask of its items being empty",
     ),
     "image named like another image's object": Case(
         lambda w: [

@@ -396,6 +396,8 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     rank, world, device = init_from_env(request.device)
     root = dataset_root(request.dataset, request.root)
     source = create_dataset(request.dataset, root, request.split)
+    if len(source) == 0:
+        raise UserError(f"--dataset {request.dataset} --split {request.split}: no items under {source.root}")
     if featurizer is None:
         featurizer = featurizers.create_featurizer(
             request.featurizer, weights=request.weights, normalization=request.normalization

@@ -38,6 +38,32 @@ def load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_crowd(annotation: dict[str, Any], annotation_file: Path) -> bool:
+    """COCO's `iscrowd`, 0 or 1 (absent: 0); any other value is refused, since a string "0" would be true."""
+    crowd = annotation.get("iscrowd", 0)
+    if isinstance(crowd, bool) or not isinstance(crowd, int | float) or crowd not in (0, 1):
+        raise UserError(
+            f"{annotation_file}: annotation {annotation.get('id')!r}: iscrowd must be the number 0 or 1, got {crowd!r}"
+        )
+    return crowd == 1
+
+
+def _why_no_image(data: dict[str, Any]) -> str:
+    """Why a COCO-format file yields no sample, for the error that says so."""
+    images, annotations = data["images"], data["annotations"]
+    if not images:
+        return "its images list is empty"
+    if not annotations:
+        return "its annotations list is empty"
+    plain = [annotation for annotation in annotations if not annotation.get("iscrowd", 0)]
+    if not plain:
+        return "every annotation is a crowd one (iscrowd 1), which is left out as RITM leaves it"
+    return (
+        f"no annotation's image_id is an image's id (images' ids such as {images[0].get('id')!r}, annotations' "
+        f"image_id such as {plain[0].get('image_id')!r}: they must be the same values, of the same type)"
+    )
+
+
 def coco_annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """bool [H, W] from COCO polygons, uncompressed RLE or compressed RLE, rasterized by pycocotools as COCO does."""
     try:
@@ -66,7 +92,7 @@ class AnnotatedImagesDataset(DatasetBase):
         by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         try:
             for annotation in data["annotations"]:
-                if not annotation.get("iscrowd", 0):
+                if not _is_crowd(annotation, annotation_file):
                     by_image[annotation["image_id"]].append(
                         {"id": annotation.get("id"), "segmentation": annotation["segmentation"]}
                     )
@@ -76,6 +102,8 @@ class AnnotatedImagesDataset(DatasetBase):
             self._sizes = [(int(image["height"]), int(image["width"])) for image in self._images]
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"{annotation_file}: an image or annotation entry lacks a valid {error} field") from None
+        if not self._images:
+            raise UserError(f"{annotation_file}: no image has an annotation to segment: {_why_no_image(data)}")
         self._refuse_shared_ids()
 
     def _refuse_shared_ids(self) -> None:

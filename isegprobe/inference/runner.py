@@ -327,6 +327,11 @@ def _evaluate_dataset(
                 file=sys.stderr,
             )
             return
+        if not writer.curves.get(name):
+            raise UserError(
+                f"{name}: not one object to evaluate, every mask of its items being empty; `isegprobe datasets check "
+                f"{name}` says which"
+            )
         writer.finish(name)
         progress.total = progress.n  # the clicks made, where the count of objects up front was off
     finally:

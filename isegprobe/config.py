@@ -210,13 +210,15 @@ class DataConfig:
 class SamplerConfig:
     """RITM's MultiPointSampler as SimpleClick trains on SBD."""
 
-    max_points: int = number(24, AT_LEAST_ONE)
-    prob_gamma: float = number(0.8, NON_NEGATIVE)
+    # The upper bounds keep a step's work and memory finite (each sample holds max_points click rows; the weights
+    # are prob_gamma to the power of a click count) with room far above any recipe's values.
+    max_points: int = number(24, Range(1, 100))
+    prob_gamma: float = number(0.8, Range(0, 10))
     merge_objects_prob: float = number(0.15, PROBABILITY)
-    max_merged_objects: int = number(2, Range(2))
-    expand_ratio: float = number(0.1, NON_NEGATIVE)
+    max_merged_objects: int = number(2, Range(2, 1000))
+    expand_ratio: float = number(0.1, Range(0, 10))  # the negative ring's width, in multiples of sqrt(area)
     positive_erode_prob: float = number(0.9, PROBABILITY)
-    positive_erode_iters: int = number(3, NON_NEGATIVE)
+    positive_erode_iters: int = number(3, Range(0, MAX_WORKING_SIZE))
     negative_bg_prob: float = number(0.1, PROBABILITY)
     negative_other_prob: float = number(0.4, PROBABILITY)
     negative_border_prob: float = number(0.5, PROBABILITY)

@@ -155,6 +155,10 @@ def test_every_numeric_config_key_has_a_range():
         ("seed=99999999999999999999999", "'seed' must be a finite number >= 0 and <= 9.22337e+18"),
         ("clicks.max_num_next_clicks=1000000", "'clicks.max_num_next_clicks' must be a finite number >= 0 and <= 100"),
         ("model.click_radius=100000", "'model.click_radius' must be a finite number >= 1 and <= 100, got 100000"),
+        ("sampler.max_points=1000000000", "'sampler.max_points' must be a finite number >= 1 and <= 100"),
+        ("sampler.prob_gamma=1e300", "'sampler.prob_gamma' must be a finite number >= 0 and <= 10"),
+        ("sampler.expand_ratio=1e300", "'sampler.expand_ratio' must be a finite number >= 0 and <= 10"),
+        ("sampler.positive_erode_iters=1000000000", "'sampler.positive_erode_iters' must be a finite number >= 0 and"),
         ("optim.eps=0", "'optim.eps' must be a finite number > 0, got 0"),
         ("data.size=100000", "'data.size' must be a finite number >= 1 and <= 4096, got 100000"),
         (

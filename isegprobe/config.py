@@ -23,6 +23,7 @@ import yaml
 
 from isegprobe.errors import UserError
 from isegprobe.presets import read_config_layers
+from isegprobe.yaml_text import load_yaml
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,7 @@ def _apply_override(merged: dict[str, Any], override: str) -> None:
     if not separator or not key:
         raise UserError(f"--set {override!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = load_yaml(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as error:
         raise UserError(f"--set {override!r}: the value is not a YAML scalar or list: {error}") from error
     *parents, leaf = key.split(".")

@@ -3,6 +3,7 @@ the key or the file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from isegprobe.config import (
 )
 from isegprobe.errors import UserError
 from isegprobe.presets import BASE_KEY, list_presets, preset_folder
+from isegprobe.yaml_text import load_yaml
 
 
 def test_defaults_are_the_isegprobe_sbd_recipe() -> None:
@@ -152,6 +154,31 @@ def test_a_key_written_twice_is_refused_where_yaml_would_keep_the_last(tmp_path:
     (tmp_path / "twice.yaml").write_text("base: quickstart\noptim:\n  lr: 1.0e-3\n  lr: 1.0e-4\n")
     with pytest.raises(UserError, match=r"(?s)twice\.yaml is not valid YAML: .*the key 'lr' is written twice"):
         load_train_config(str(tmp_path / "twice.yaml"))
+
+
+def test_merge_keys_read_as_yaml_means_them_and_their_keys_may_be_written_over(tmp_path: Path) -> None:
+    (tmp_path / "merged.yaml").write_text(
+        "base: quickstart\nshared: &adam {lr: 1.0e-3, eps: 1.0e-6}\noptim:\n  <<: *adam\n  lr: 2.0e-3\n"
+    )
+    with pytest.raises(UserError, match="unknown config key 'shared'"):  # the anchor's own key is still a key
+        load_train_config(str(tmp_path / "merged.yaml"))
+    (tmp_path / "merged.yaml").write_text("base: quickstart\noptim: &adam\n  eps: 1.0e-6\n  lr: 1.0e-3\n")
+    assert load_train_config(str(tmp_path / "merged.yaml")).optim.eps == 1e-6
+    assert load_yaml("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n")["b"] == {"x": 3, "y": 2}
+
+
+def test_values_read_as_they_look_not_as_yaml_1_1_types_them() -> None:
+    """YAML 1.1 (PyYAML's) reads 1:30 as 90, 017 as 15, 2024-06-01 as a date and off as false."""
+    assert load_train_config("quickstart", ["logging.wandb_project=2024-06-01"]).logging.wandb_project == "2024-06-01"
+    assert load_train_config("quickstart", ["logging.wandb_project=off"]).logging.wandb_project == "off"
+    for override, message in (
+        ("seed=1:30", "'seed' must be int, got '1:30'"),
+        ("seed=017", "'seed' must be int, got '017'"),
+        ("logging.tensorboard=off", "'logging.tensorboard' must be bool, got 'off'"),
+    ):
+        with pytest.raises(UserError, match=re.escape(message)):
+            load_train_config("quickstart", [override])
+    assert load_yaml("[0x10, 0b11, 1.5, .inf, true, null, 1e-4]") == [16, 3, 1.5, float("inf"), True, None, "1e-4"]
 
 
 def test_a_bad_key_in_a_base_names_that_file(tmp_path: Path) -> None:

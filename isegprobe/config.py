@@ -401,6 +401,8 @@ def _check_together(config: TrainConfig) -> None:
         )
     if config.data.views is not None and not config.data.views:
         raise UserError("config key 'data.views' must name at least one of the store's views (null: all of them)")
+    if config.data.views is not None and len(set(config.data.views)) < len(config.data.views):
+        raise UserError(f"config key 'data.views' names a view twice: {config.data.views}")
     if config.data.click_sampling not in CLICK_SAMPLING:
         raise UserError(
             f"config key 'data.click_sampling' must be one of {', '.join(CLICK_SAMPLING)}, "

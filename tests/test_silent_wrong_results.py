@@ -23,6 +23,7 @@ from isegprobe.config import TrainConfig, load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.data.image_io import MAX_PIXELS_ENV
 from isegprobe.errors import UserError
+from isegprobe.training.store_checks import check_store_fits
 
 
 def test_files_are_paired_by_exact_name_never_by_a_pattern(tmp_path):
@@ -166,6 +167,7 @@ def test_every_numeric_config_key_has_a_range():
             "'model.click_encoder.mlp_dim' must be a finite number >= 1 and <= 16384",
         ),
         ("data.views=[]", "'data.views' must name at least one of the store's views (null: all of them)"),
+        ("data.views=[identity, identity]", "'data.views' names a view twice: ['identity', 'identity']"),
     ],
 )
 def test_a_config_value_outside_its_range_is_refused_naming_the_key_and_the_range(override, message):
@@ -257,3 +259,16 @@ def test_store_and_run_paths_above_the_working_folder_work(world: World, monkeyp
     evaluated = invoke("evaluate", "--checkpoint", "../run", "--store", store, "--max-clicks", "1", "--out", "res")
     assert evaluated.exit_code == 0, evaluated.output
     assert invoke("cache", "verify", store).exit_code == 0
+
+
+def test_a_store_that_does_not_fit_the_config_is_refused_saying_how_to_go_on():
+    data = load_train_config("quickstart", ["data.size=224"]).data
+    preprocessing, provenance = {"size": 56}, {"name": "vit_small_patch14_dinov2", "normalization": "model"}
+    with pytest.raises(UserError, match=r"extract the dataset with --size 224 .* or train at the store's size with "
+                       r"--set data\.size=56"):  # fmt: skip
+        check_store_fits(data, preprocessing, provenance)
+    data = load_train_config("quickstart", ["data.size=56", "data.normalization=bogus"]).data
+    with pytest.raises(
+        UserError, match=r"data\.normalization must be null \(any\) or one of model, imagenet, got 'bogus'"
+    ):
+        check_store_fits(data, preprocessing, provenance)

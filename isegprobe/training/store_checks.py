@@ -10,13 +10,21 @@ from isegprobe.cache.schema import check_same_featurizer, identity_value, store_
 from isegprobe.cache.store import FeatureStore
 from isegprobe.config import DataConfig
 from isegprobe.errors import UserError
+from isegprobe.featurizers.normalization import NORMALIZATIONS
 
 
 def check_store_fits(data: DataConfig, preprocessing: dict[str, Any], provenance: dict[str, Any] | None) -> None:
     """Refuse a store extracted otherwise than `data.size`, `data.featurizer` and `data.normalization` say."""
     size = int(preprocessing["size"])
     if data.size is not None and data.size != size:
-        raise UserError(f"data.size is {data.size} but the store was extracted at {size} px")
+        raise UserError(
+            f"data.size is {data.size} but the store was extracted at {size} px: extract the dataset with --size "
+            f"{data.size} for this config, or train at the store's size with --set data.size={size}"
+        )
+    if data.normalization not in (None, *NORMALIZATIONS):
+        raise UserError(
+            f"data.normalization must be null (any) or one of {', '.join(NORMALIZATIONS)}, got {data.normalization!r}"
+        )
     provenance = provenance or {}
     wanted = {"featurizer": (data.featurizer, "name"), "normalization": (data.normalization, "normalization")}
     for key, (value, provenance_key) in wanted.items():

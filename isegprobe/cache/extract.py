@@ -494,7 +494,7 @@ def _run(
     )
     times, scratch = LoopTimes(), _Scratch()
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-writer") as writer:
+    with progress, ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-writer") as writer:
         pending: deque[tuple[QueuedFeatures, Future]] = deque()
         shard_views = iter(loader)
         for items in shards:
@@ -528,6 +528,5 @@ def _run(
                 queued.wait()
             with times.measure("waiting_for_writes"):
                 write.result()
-    progress.close()
     times.total = time.perf_counter() - started
     return times

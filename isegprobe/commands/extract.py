@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from isegprobe.cache.extract import ExtractionRequest, extract
@@ -115,7 +117,15 @@ def extract_features(**options) -> None:
     Under torchrun, each rank extracts its own shards of the same store. On CUDA the featurizer runs under bf16 (fp16
     where bf16 is missing) autocast, on a CPU in float32.
     """
-    result = extract(ExtractionRequest(**options))
+    try:
+        result = extract(ExtractionRequest(**options))
+    except KeyboardInterrupt:
+        click.echo(
+            "extract-features: interrupted; the items finished before it are kept in the store, and the same command "
+            "goes on from there",
+            err=True,
+        )
+        raise SystemExit(128 + signal.SIGINT.value) from None
     for problem in result.repaired:
         click.echo(f"repairing {problem}")
     if result.items_extracted == 0:

@@ -115,6 +115,13 @@ def yellow_mask(folder: Path) -> None:
     write_mask(folder / "masks" / "im1.png", np.dstack([*red_and_green, np.zeros((28, 28), np.uint8)]))
 
 
+def without_attrs(store: Path) -> None:
+    """The store as a copy of it taken while it was still being created has it: arrays, but no attrs yet."""
+    metadata = json.loads((store / "zarr.json").read_text())
+    metadata["attributes"] = {}
+    (store / "zarr.json").write_text(json.dumps(metadata))
+
+
 def truncate(path: Path) -> None:
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) * 2 // 3])
@@ -243,6 +250,10 @@ CASES: dict[str, Case] = {
     "folder that is not a feature store": Case(
         lambda w: ["train", "--config", "quickstart", "--store", w.root / "run", "--out", w.root / "r3"],
         "not a feature store (no zarr.json)",
+    ),
+    "store copied before its description was written": Case(
+        lambda w: ["cache", "verify", w.damaged_store("undescribed", without_attrs)],
+        "an unfinished store, whose description (attrs) was never written: a copy of a store still being created",
     ),
     "train into a folder that holds a run": Case(
         lambda w: ["train", "--config", "quickstart", "--store", w.train_store, "--out", w.run],

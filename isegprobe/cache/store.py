@@ -53,6 +53,12 @@ class FeatureStore:
             raise UserError(f"{path}: a Zarr {node_type}, not a feature store (the folder that holds the arrays)")
         try:
             group = zarr.open_group(str(path), mode=mode)
+            if "schema_version" not in group.attrs:
+                raise UserError(
+                    f"{path}: an unfinished store, whose description (attrs) was never written: a copy of a store "
+                    f"still being created ({path.name}{STAGING_SUFFIX})? Extract it again (extract-features "
+                    "--overwrite)"
+                )
             if group.attrs.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
                 raise UserError(
                     f"{path}: store schema version {group.attrs.get('schema_version')!r}, "

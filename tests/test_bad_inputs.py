@@ -185,6 +185,12 @@ CASES: dict[str, Case] = {
         lambda w: extract_custom(w.images("nomask", lambda f: (f / "masks" / "im1.png").unlink()), w.root / "x3"),
         "im1.jpg: no mask named im1.*",
     ),
+    "image in a format that is not read": Case(
+        lambda w: extract_custom(
+            w.images("gif", lambda f: (f / "images" / "im1.jpg").rename(f / "images" / "im1.gif")), w.root / "x16"
+        ),
+        "(im1.gif is there, but only .jpg, .jpeg, .png, .bmp, .tif, .tiff files are read)",
+    ),
     "mask of another size than its image": Case(
         lambda w: extract_custom(
             w.images("size", lambda f: write_mask(f / "masks" / "im1.png", box(20, 28, 2, 2, 9, 9))), w.root / "x4"

@@ -15,7 +15,7 @@ import numpy as np
 
 from isegprobe.data.base import DatasetBase, require_same_size
 from isegprobe.data.binary_masks import object_and_ignore, ritm_davis_rule, ritm_grabcut_rule
-from isegprobe.data.image_io import files_by_stem, only_file, read_grey_mask, read_mask, read_rgb
+from isegprobe.data.image_io import files_by_stem, only_file, read_grey_mask, read_mask, read_rgb, unread_files_named
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -107,7 +107,10 @@ class MaskFolderDataset(DatasetBase):
     def _image(self, entry: ImageMasks) -> tuple[Path, np.ndarray]:
         """(path, pixels) of the item's image, once its name is known to pick one image and its masks."""
         if not entry.images:
-            raise UserError(f"{entry.masks[0][0]}: no image named {entry.id}.* in {self.image_dir}")
+            raise UserError(
+                f"{entry.masks[0][0]}: no image named {entry.id}.* in {self.image_dir}"
+                + unread_files_named(self.image_dir, entry.id)
+            )
         path = only_file(entry.images, "image")
         if not entry.masks:
             raise UserError(f"{path}: no mask named {entry.id}.* in {self.mask_dir}")

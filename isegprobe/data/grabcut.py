@@ -15,7 +15,7 @@ import numpy as np
 from isegprobe.data.base import parse_split, require_same_size
 from isegprobe.data.binary_masks import OBJECT_ABOVE, ritm_grabcut_rule
 from isegprobe.data.catalog import dataset_facts
-from isegprobe.data.image_io import files_by_stem, only_file, read_mask, read_rgb
+from isegprobe.data.image_io import files_by_stem, only_file, read_mask, read_rgb, unread_files_named
 from isegprobe.data.registry import register_dataset
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -58,7 +58,10 @@ class GrabCutDataset:
             raise UserError(f"{image}: no mask named {stem}.* in {self.mask_dir}")
         mask_path = only_file(self._masks[stem], "mask")
         if stem not in self._images:
-            raise UserError(f"{mask_path}: no image with stem {stem!r} in {self.image_dir}")
+            raise UserError(
+                f"{mask_path}: no image with stem {stem!r} in {self.image_dir}"
+                + unread_files_named(self.image_dir, stem)
+            )
         image_path = only_file(self._images[stem], "image")
         image = read_rgb(image_path)
         mask, lossy = read_mask(mask_path)

@@ -211,6 +211,18 @@ def files_by_stem(folder: Path) -> dict[str, list[Path]]:
     return groups
 
 
+def unread_files_named(folder: Path, stem: str) -> str:
+    """For a message saying that no image of this name was found: the files of that name that are there but in a
+    format not read (` (a.gif is there, but only .jpg, ... files are read)`), or nothing."""
+    unread = sorted(
+        path.name for path in folder.glob("*") if path.stem == stem and path.suffix.lower() not in IMAGE_SUFFIXES
+    )
+    if not unread:
+        return ""
+    verb = "is" if len(unread) == 1 else "are"
+    return f" ({' and '.join(unread)} {verb} there, but only {', '.join(IMAGE_SUFFIXES)} files are read)"
+
+
 def only_file(candidates: list[Path] | tuple[Path, ...], kind: str) -> Path:
     """The one file of a name; two files of one name (`a.jpg` beside `a.bmp`) would be paired by chance."""
     if len(candidates) > 1:

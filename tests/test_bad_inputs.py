@@ -115,6 +115,10 @@ def yellow_mask(folder: Path) -> None:
     write_mask(folder / "masks" / "im1.png", np.dstack([*red_and_green, np.zeros((28, 28), np.uint8)]))
 
 
+def hide_im0_under_a_second_mask(folder: Path) -> None:
+    write_mask(folder / "masks" / "im0_2.png", box(28, 28, 2, 2, 24, 24))  # covers im0.png's square whole
+
+
 def without_attrs(store: Path) -> None:
     """The store as a copy of it taken while it was still being created has it: arrays, but no attrs yet."""
     metadata = json.loads((store / "zarr.json").read_text())
@@ -184,6 +188,11 @@ CASES: dict[str, Case] = {
     "image without a mask": Case(
         lambda w: extract_custom(w.images("nomask", lambda f: (f / "masks" / "im1.png").unlink()), w.root / "x3"),
         "im1.jpg: no mask named im1.*",
+    ),
+    "object hidden whole under another mask of its image": Case(
+        lambda w: extract_custom(w.images("hidden", hide_im0_under_a_second_mask), w.root / "x17"),
+        "masks/im0.png: its object lies wholly under later masks of the image im0.jpg (im0_2.png), and an image's "
+        "objects are painted into one label map, later on top; read --split test-instances",
     ),
     "image in a format that is not read": Case(
         lambda w: extract_custom(

@@ -133,8 +133,25 @@ class MaskFolderDataset(DatasetBase):
         image_path, image = self._image(entry)
         decoded = [self._mask(candidates, image, image_path) for candidates in entry.masks]
         labels = paint_instances((obj for obj, _ in decoded), image.shape[:2])
+        if int(labels.max()) < len(decoded):
+            self._refuse_hidden_objects(entry, [obj for obj, _ in decoded], image_path)
         ignore = np.logical_or.reduce([ign for _, ign in decoded]) & (labels == 0)
         return Sample(id=entry.id, image=image, labels=labels, ignore=ignore)
+
+    def _refuse_hidden_objects(self, entry: ImageMasks, objects: list[np.ndarray], image_path: Path) -> None:
+        """An object that later masks of its image cover whole would vanish from the label map, and from every
+        evaluation, without a word: name it instead."""
+        covered = np.zeros_like(objects[0])
+        for number in range(len(objects), 0, -1):
+            if not (objects[number - 1] & ~covered).any():
+                hidden = only_file(entry.masks[number - 1], "mask")
+                later = ", ".join(only_file(candidates, "mask").name for candidates in entry.masks[number:])
+                raise UserError(
+                    f"{hidden}: its object lies wholly under later masks of the image {image_path.name} ({later}), "
+                    "and an image's objects are painted into one label map, later on top; read --split "
+                    f"{self.split}-instances (one sample per mask, overlaps kept) or draw the objects apart"
+                )
+            covered |= objects[number - 1]
 
     def instance_counts(self) -> list[int]:
         """One per mask file; an image without masks still counts one, so reading it reports the missing mask."""

@@ -569,6 +569,18 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path: Path) -> None:
     assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()} == before
 
 
+def test_a_run_with_not_one_object_to_segment_says_so(tmp_path: Path) -> None:
+    """Objects all under sampler.min_object_area leave every target empty: a probe that learns nothing, whose IoU
+    reads 1.0 once it predicts nothing."""
+    dataset = SquaresDataset(count=4)
+    trained = train(tiny_config("schedule.max_iters=2"), dataset, tmp_path / "objects", device="cpu", progress=False)
+    assert (trained.samples, trained.samples_with_an_object) == (4, 4) and trained.nothing_to_segment() is None
+    config = tiny_config("schedule.max_iters=2", "sampler.min_object_area=100000")
+    empty = train(config, dataset, tmp_path / "none", device="cpu", progress=False)
+    assert (empty.samples, empty.samples_with_an_object) == (4, 0)
+    assert "not one of the 4 samples this run trained on had an object to segment" in empty.nothing_to_segment()
+
+
 def test_a_learned_upsampler_without_weights_must_be_trained_or_given_weights(tmp_path: Path) -> None:
     dataset = SquaresDataset(count=2)
     with pytest.raises(UserError, match="model.upsampler.weights=PATH"):

@@ -182,6 +182,8 @@ def train(
             )
             click.echo(summary.progress())
             click.echo(f"trained to step {summary.step}; {best}; checkpoints in {summary.run_dir}")
+            if (warning := summary.nothing_to_segment()) is not None:
+                click.echo(warning, err=True)
     diverged = [summary for summary in summaries if summary.diverged]
     if diverged:
         how = (

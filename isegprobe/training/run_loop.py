@@ -158,6 +158,9 @@ class _Run:
         self.first_logged: dict[str, float] | None = None
         self.last_logged: dict[str, float] | None = None
         self.diverged: Diverged | None = None
+        # Samples of this invocation, and those whose target holds an object (summed on the device, read once).
+        self.samples = 0
+        self.samples_with_an_object = torch.zeros((), dtype=torch.long, device=device)
 
     def step(self, batch: Mapping[str, Any], prepared: dict[tuple[Any, ...], DeviceBatch]) -> None:
         """This probe's optimizer step on `batch`, and the running sums it feeds. `prepared` holds the batch as
@@ -168,6 +171,8 @@ class _Run:
             prepared[key] = trainer.to_device(batch)
         self.result = trainer.train_step(batch, state.step, schedule.lr_at(state.step), prepared[key])
         state.step += 1
+        self.samples += self.result.target.shape[0]
+        self.samples_with_an_object += self.result.target.flatten(1).any(1).sum()
         self.running.add(self.result)
         self.divergence.add(self.result.loss, state.step)
         state.add_epoch_iou(self.result.iou)
@@ -219,6 +224,8 @@ class _Run:
             stopped_by=stopped_by,
             diverged=None if self.diverged is None else str(self.diverged),
             diverged_from=None if self.diverged is None else self.diverged.first_step,
+            samples=self.samples,
+            samples_with_an_object=int(self.samples_with_an_object),
         )
 
     def _save(self, name: str) -> None:

@@ -189,6 +189,19 @@ class TrainSummary:
     stopped_by: str | None = None  # the signal (SIGINT, SIGTERM) that ended the run early, after saving `last`
     diverged: str | None = None  # why a run trained beside others stopped early (`Diverged`), the others going on
     diverged_from: int | None = None  # the first step whose loss was not finite, where `diverged` knows it
+    samples: int = 0  # the samples this invocation trained on (this rank's), and those with an object as target
+    samples_with_an_object: int = 0
+
+    def nothing_to_segment(self) -> str | None:
+        """A warning when not one sample had an object: the probe then learnt to predict nothing, and its IoU of 1.0
+        is an empty prediction's of an empty target."""
+        if self.samples == 0 or self.samples_with_an_object:
+            return None
+        return (
+            f"warning: not one of the {self.samples} samples this run trained on had an object to segment (every "
+            "object under sampler.min_object_area at the store's working size?): the probe learns to predict nothing, "
+            "and an empty prediction of an empty target scores an IoU of 1.0"
+        )
 
     def progress(self) -> str:
         """How the logged training means moved, first to last; the IoU and the BCE show learning that the

@@ -538,6 +538,24 @@ def test_resume_continues_the_same_schedule_from_the_saved_step(tmp_path: Path) 
     adam_split = load_file(tmp_path / "split" / "last.optim.safetensors")
     assert adam_split["state.0.step"].item() == 5
     assert all(torch.equal(adam_straight[key], adam_split[key]) for key in adam_straight)
+    # The run's record keeps the setting a --resume changed, and from which step: no one config trains this run.
+    assert resumed["config_changes"] == [{"step": 3, "changed": {"schedule.max_iters": [3, 5]}}]
+    assert (
+        (tmp_path / "split" / "config.yaml")
+        .read_text()
+        .startswith(
+            "# Settings changed on --resume; the steps before each change trained with the values before it:\n"
+            "#   from step 3 on: schedule.max_iters 3 -> 5\n"
+        )
+    )
+    assert json.loads((tmp_path / "straight" / "last.json").read_text())["config_changes"] == []
+    again = train(tiny_config(*overrides, "schedule.max_iters=6", "optim.lr=2e-3"), dataset, tmp_path / "split",
+                  device="cpu", resume=True, progress=False)  # fmt: skip
+    assert again.step == 6
+    assert json.loads((tmp_path / "split" / "last.json").read_text())["config_changes"] == [
+        {"step": 3, "changed": {"schedule.max_iters": [3, 5]}},
+        {"step": 5, "changed": {"optim.lr": [1e-3, 2e-3], "schedule.max_iters": [5, 6]}},
+    ]
 
 
 def test_zero_steps_save_the_untrained_probe_that_training_starts_from(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint
 from isegprobe.training.divergence import Diverged, DivergenceWatch
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.run_setup import RunSetUp, set_up_run
-from isegprobe.training.run_state import RunningMeans, TrainSummary
+from isegprobe.training.run_state import RunningMeans, TrainSummary, changes_text
 from isegprobe.training.side_by_side import check_shared_batches
 from isegprobe.training.stopping import StopRequests
 from isegprobe.training.trainer import DeviceBatch
@@ -151,7 +151,7 @@ class _Run:
             resumed_at=setup.state.step if resume else None,
         )
         if rank == 0:
-            atomic_write_bytes(run_dir / "config.yaml", config_to_yaml(config).encode())
+            atomic_write_bytes(run_dir / "config.yaml", self._config_yaml().encode())
         self.running = RunningMeans(device, setup.state.log_window if resume else None)
         self.divergence = DivergenceWatch(device)
         self.saved_step = setup.state.step if resume else None
@@ -161,6 +161,17 @@ class _Run:
         # Samples of this invocation, and those whose target holds an object (summed on the device, read once).
         self.samples = 0
         self.samples_with_an_object = torch.zeros((), dtype=torch.long, device=device)
+
+    def _config_yaml(self) -> str:
+        """config.yaml: the run's settings, and the changes a --resume made to them, which no one config trains."""
+        changes = self.setup.description.fixed["config_changes"]
+        if not changes:
+            return config_to_yaml(self.config)
+        lines = "".join(f"#   {line}\n" for line in changes_text(changes).splitlines())
+        return (
+            f"# Settings changed on --resume; the steps before each change trained with the values before it:\n{lines}"
+            + config_to_yaml(self.config)
+        )
 
     def step(self, batch: Mapping[str, Any], prepared: dict[tuple[Any, ...], DeviceBatch]) -> None:
         """This probe's optimizer step on `batch`, and the running sums it feeds. `prepared` holds the batch as

@@ -20,7 +20,7 @@ from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.same_images import warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
-from isegprobe.training.run_state import RunDescription, RunProgress
+from isegprobe.training.run_state import RunDescription, RunProgress, changes_text, config_changes
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.store_checks import (
     check_resumed_store,
@@ -99,10 +99,15 @@ def set_up_run(
     if rank == 0 and progress:
         tqdm.write(_schedule_line(len(items), items.views_per_item, config.data.batch_size, schedule), file=sys.stderr)
 
-    state = RunProgress()
+    state, changes = RunProgress(), []
     if resume:
         metadata = restore_training_state(run_dir, trainer.probe, trainer.optimizer)
         state = RunProgress.from_metadata(metadata, checkpoint_files(run_dir, "last")["metadata"])
+        changes = config_changes(metadata["config"], config, state.step, metadata.get("config_changes"))
+        if rank == 0 and changes and changes[-1]["step"] == state.step:
+            log.info(
+                "%s: settings changed %s (kept in its checkpoints' config_changes)", run_dir, changes_text(changes[-1:])
+            )
         if state.step >= schedule.total_steps:
             log.warning(
                 "%s is at step %d already, at or past the %d steps of this schedule: nothing left to train (a run "
@@ -116,7 +121,7 @@ def set_up_run(
     if world > 1:
         trainer.distribute()
     val_loader = None if val_dataset is None else validation_loader(val_dataset, config, device, online)
-    description = RunDescription(config, trainer.probe, schedule, dataset, val_dataset, preprocessing, online)
+    description = RunDescription(config, trainer.probe, schedule, dataset, val_dataset, preprocessing, online, changes)
     return RunSetUp(trainer, schedule, loader, val_loader, description, state)
 
 

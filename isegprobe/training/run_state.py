@@ -67,6 +67,35 @@ class RunProgress:
         self.epoch_iou_sum, self.epoch_iou_count = 0.0, 0
 
 
+def config_changes(before: Mapping[str, Any], after: TrainConfig, step: int, earlier: Any) -> list[dict[str, Any]]:
+    """The run's record of the settings a --resume changed (`--set` on a run under way): the record the checkpoint
+    kept (`earlier`), and the keys that differ between its config (`before`) and `after`, from `step` on, as
+    {"step": step, "changed": {"optim.lr": [old, new]}}. `config` then holds the latest settings only."""
+    history = [dict(entry) for entry in earlier] if isinstance(earlier, list) else []
+    old, new = _dotted(before), _dotted(config_to_dict(after))
+    changed = {key: [old.get(key), value] for key, value in new.items() if old.get(key) != value}
+    return [*history, {"step": step, "changed": changed}] if changed else history
+
+
+def changes_text(changes: list[dict[str, Any]]) -> str:
+    """`config_changes` in words, one line each: `from step 120 on: optim.lr 0.0005 -> 1.0`."""
+    return "\n".join(
+        f"from step {entry['step']} on: "
+        + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in entry["changed"].items())
+        for entry in changes
+    )
+
+
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= _dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -146,6 +175,7 @@ class RunDescription:
         val_dataset: Dataset | None,
         preprocessing: dict[str, Any],
         online: bool,
+        config_changes: list[dict[str, Any]] | None = None,
     ) -> None:
         self.fixed = {
             "package_version": __version__,
@@ -159,6 +189,7 @@ class RunDescription:
             "online": online,
             "total_steps": schedule.total_steps,
             "steps_per_epoch": schedule.steps_per_epoch,
+            "config_changes": config_changes or [],
         }
         self.schedule = schedule
 

@@ -91,6 +91,14 @@ def coco_file(folder: Path, names: list[str], **annotation: object) -> Path:
     return folder / "coco.json"
 
 
+def coco_of_a_negative_height(folder: Path) -> Path:
+    path = coco_file(folder, ["a.jpg"])
+    data = json.loads(path.read_text())
+    data["images"][0]["height"] = -28
+    path.write_text(json.dumps(data))
+    return path
+
+
 def coco_file_of_twins(folder: Path) -> Path:
     """a.jpg and a.png, one object each: both would be item `a`."""
     return coco_file(folder, ["a.jpg", "a.png"])
@@ -356,6 +364,19 @@ CASES: dict[str, Case] = {
         ),  # fmt: skip
         "coco.json: no image has an annotation to segment: no annotation's image_id is an image's id (images' ids "
         "such as 1, annotations' image_id such as '1': they must be the same values, of the same type)",
+    ),
+    "COCO-format image of a size that is not a number of pixels": Case(
+        lambda w: extraction(
+            "--dataset",
+            "custom",
+            "--root",
+            coco_of_a_negative_height(w.root / "coco_size"),
+            "--size",
+            "28",
+            "--out",
+            w.root / "x18",
+        ),  # fmt: skip
+        "coco.json: image 'a.jpg': height must be a whole number of pixels, got -28",
     ),
     "iscrowd that is not the number 0 or 1": Case(
         lambda w: extraction(

@@ -48,6 +48,18 @@ def _is_crowd(annotation: dict[str, Any], annotation_file: Path) -> bool:
     return crowd == 1
 
 
+def _check_image(image: dict[str, Any], name: Any, annotation_file: Path) -> None:
+    """An `images` entry must name its file by text (`name`, its file_name or the like) and give its height and
+    width as positive whole numbers."""
+    height, width = image["height"], image["width"]
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{annotation_file}: image {image['id']!r}: file_name must be a file's name, got {name!r}")
+    for key, value in (("height", height), ("width", width)):
+        whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
+        if isinstance(value, bool) or not whole or value < 1:
+            raise UserError(f"{annotation_file}: image {name!r}: {key} must be a whole number of pixels, got {value!r}")
+
+
 def _why_no_image(data: dict[str, Any]) -> str:
     """Why a COCO-format file yields no sample, for the error that says so."""
     images, annotations = data["images"], data["annotations"]
@@ -97,6 +109,8 @@ class AnnotatedImagesDataset(DatasetBase):
                         {"id": annotation.get("id"), "segmentation": annotation["segmentation"]}
                     )
             self._images = [image for image in data["images"] if by_image.get(image["id"])]
+            for image in self._images:
+                _check_image(image, self._file_name(image), annotation_file)
             self._annotations = [by_image[image["id"]] for image in self._images]
             self._ids = [self._sample_id(image) for image in self._images]
             self._sizes = [(int(image["height"]), int(image["width"])) for image in self._images]

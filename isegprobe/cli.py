@@ -153,7 +153,7 @@ def main() -> None:
         isegprobe extract-features --featurizer vit_small_patch14_dinov2 --weights hub \\
             --dataset grabcut --root data/GrabCut --size 448 --out cache/
     Stage two trains and evaluates probes from that cache.
-    Try `isegprobe quickstart` for the whole pipeline on the built-in data, in a few minutes even on a CPU.
+    Try `isegprobe quickstart` for the whole pipeline on the built-in data, in about a minute even on a CPU.
     """
     warnings.formatwarning = format_warning
     show_library_notes()

@@ -149,3 +149,8 @@ def test_curves_of_a_probe_that_segments_nothing_or_ignores_the_clicks_are_warne
         "warning (berkeley): the mean IoU falls as clicks are added (0.219 after 1, 0.203 after 3): the probe does "
         "not follow the clicks",
     ]
+    nearly_flat = {"coco_mval": {"mIoU@k": [0.2000004, 0.2000002, 0.2000001]}}
+    assert curve_warnings(nearly_flat) == [
+        "warning (coco_mval): the mean IoU falls as clicks are added (0.2000004 after 1, 0.2000001 after 3): the "
+        "probe does not follow the clicks"
+    ], "as many decimals as tell the two apart"

@@ -98,9 +98,16 @@ from isegprobe.units import human_bytes
     "--out",
     required=True,
     type=click.Path(file_okay=False),
-    help="Folder for the store; it is created as OUT/<featurizer>-<dataset>-<split>-<size>.zarr.",
+    help=(
+        "Folder for the store; it is created as OUT/<featurizer>-<dataset>-<split>-<size>.zarr, the featurizer's "
+        "characters other than letters, digits, . and _ written as _ (NAME:keys: NAME_keys)."
+    ),
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing store instead of resuming it.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing store instead of resuming it; it stays whole until its replacement has every item.",
+)
 @max_pixels_option
 @click.option(
     "--repair",

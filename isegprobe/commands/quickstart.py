@@ -1,4 +1,4 @@
-"""`isegprobe quickstart`: the whole pipeline on the built-in data, with nothing to download; minutes on a CPU."""
+"""`isegprobe quickstart`: the whole pipeline on the built-in data, nothing to download; about a minute on a CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from isegprobe.commands.limits import WORKING_SIZE
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.commands.train import exit_if_stopped
 from isegprobe.config import load_train_config
-from isegprobe.inference.metrics import format_miou_curves, format_table
+from isegprobe.inference.metrics import curve_warnings, format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.locks import shared_locks
 from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
@@ -71,7 +71,8 @@ def quickstart(
     \b
     1. extract-features: builtin/train (24 scenes) and builtin/test (12 scenes), views identity + hflip
     2. train: the `quickstart` preset (a low-resolution probe: identity upsampler, head width 64) from the cache
-    3. evaluate: RITM's clicker on every test object, from the cache (the featurizer is not loaded)
+    3. evaluate: RITM's clicker on every test object, from the cache (the featurizer is not loaded), with the last
+       checkpoint and --flip: `evaluate --checkpoint OUT/run/last.json --flip` gives the same numbers
     With --weights random the featurizer is untrained: the pipeline runs, but the numbers say nothing about the model.
     """
     out_dir = Path(out)
@@ -109,7 +110,12 @@ def quickstart(
     exit_if_stopped(summary, f"isegprobe quickstart --out {out_dir}")
     click.echo(f"  {summary.progress()}")
     click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")
-    click.echo(f"[3/3 evaluate] {max_clicks} clicks per object on builtin/test, from the cache")
+    if (warning := summary.nothing_to_segment()) is not None:
+        click.echo(warning, err=True)
+    click.echo(
+        f"[3/3 evaluate] {max_clicks} clicks per object on builtin/test, from the cache, with the last checkpoint "
+        "and --flip"
+    )
     results_dir = out_dir / "results"
     request = EvaluationRequest(
         checkpoint=str(run_dir / "last.safetensors"),
@@ -124,5 +130,7 @@ def quickstart(
     summaries = run_evaluation(request)
     click.echo(format_table(summaries))
     click.echo(format_miou_curves(summaries))
+    for warning in curve_warnings(summaries):
+        click.echo(warning, err=True)
     curves = plot_iou_vs_clicks([read_evaluation(results_dir)], results_dir / "iou_vs_clicks.png")
     click.echo(f"  results, per-object IoU curves, overlays and the mIoU plot ({curves[0].name}) in {results_dir}")

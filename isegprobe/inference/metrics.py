@@ -128,8 +128,10 @@ def curve_warnings(results_by_dataset: dict[str, dict]) -> list[str]:
                 "them (untrained, diverged, or trained on other features?)"
             )
         elif len(curve) > 1 and curve[-1] < curve[0]:
+            # As many decimals as it takes for the two numbers to read apart.
+            digits = next((places for places in range(3, 10) if round(curve[0], places) != round(curve[-1], places)), 9)
             warnings.append(
-                f"warning ({dataset}): the mean IoU falls as clicks are added ({curve[0]:.3f} after 1, "
-                f"{curve[-1]:.3f} after {len(curve)}): the probe does not follow the clicks"
+                f"warning ({dataset}): the mean IoU falls as clicks are added ({curve[0]:.{digits}f} after 1, "
+                f"{curve[-1]:.{digits}f} after {len(curve)}): the probe does not follow the clicks"
             )
     return warnings

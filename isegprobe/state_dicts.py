@@ -28,6 +28,7 @@ from isegprobe.inert_pickles import load_inertly
 from isegprobe.trust import ALLOW_TORCHSCRIPT, torchscript_allowed
 
 _SHOWN_KEYS = 5
+_ZIP_START, _PICKLE_START = b"PK\x03\x04", b"\x80"  # torch.save since 1.6; a pickle of protocol 2 or later
 # torch's refusal of a global, in its two wordings (not allowlisted; from a blocked module such as os or posix).
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 # The lines of torch's refusals that advise loading the file anyway.
@@ -62,7 +63,7 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
             state, refusal = _load_pickled(path)
     except Exception as error:
         raise UserError(
-            f"could not read weights file {path} ({unpickler_complaint(error)}); expected safetensors, a torch.save'd "
+            f"could not read weights file {path} ({_what_is_wrong(path, error)}); expected safetensors, a torch.save'd "
             "state dict (read by torch's weights-only unpickler: nothing is unpickled beyond tensors and plain "
             f"containers) or, with {ALLOW_TORCHSCRIPT}, a TorchScript archive"
         ) from error
@@ -94,6 +95,16 @@ def _load_pickled(path: Path) -> tuple[Any, Exception | None]:
         if not named:
             raise
         return load_inertly(path), refusal
+
+
+def _what_is_wrong(path: Path, error: Exception) -> str:
+    """Why a weights file did not load: torch's complaint, unless the file is no kind of checkpoint at all, where
+    torch's unpickler says only what it made of the first bytes (a number, for a text file)."""
+    with open(path, "rb") as file:
+        start = file.read(8)
+    if path.suffix != ".safetensors" and not start.startswith((_ZIP_START, _PICKLE_START)):
+        return f"not a zip archive, as torch.save writes, nor a pickle: it begins with {start!r}"
+    return unpickler_complaint(error)
 
 
 def unpickler_complaint(error: Exception) -> str:

@@ -251,6 +251,12 @@ CASES: dict[str, Case] = {
         ),
         "could not read weights file",
     ),
+    "weights file that is no kind of checkpoint": Case(
+        lambda w: extraction(
+            "--dataset", "builtin", "--out", w.root / "x", weights=write_bytes(w.root / "notes.pth", b"junk\n")
+        ),
+        "not a zip archive, as torch.save writes, nor a pickle: it begins with b'junk\\n'",
+    ),
     "extraction into a store made differently": Case(
         lambda w: extraction(
             "--dataset", "builtin", "--size", str(SIZE), "--views", "identity", "--out", w.store.parent

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import pickle
+import socket
 import tarfile
 import threading
 import zipfile
@@ -110,6 +111,22 @@ def test_checksum_mismatch_fails_and_leaves_nothing_behind(server, tmp_path):
     assert result.exit_code == 1
     assert "SHA-256 mismatch" in result.output and hashlib.sha256(server.payload).hexdigest() in result.output
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_no_network_says_so_and_a_local_copy_of_the_archive_is_taken_by_url(tmp_path):
+    with socket.socket() as unused:  # a port that nothing listens on: the connection is refused at once
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/GrabCut.zip"
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", url, "--sha256", "0" * 64)
+    assert result.exit_code == 1
+    assert "not one byte came; is there a network to it here?" in result.output and ".part" not in result.output
+    archive = tmp_path / "GrabCut.zip"
+    archive.write_bytes(_grabcut_zip(tmp_path))
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", archive.as_uri(), "--sha256", digest)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "GrabCut" / "boundary_GT" / "a.bmp").is_file()
 
 
 def test_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):

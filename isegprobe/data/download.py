@@ -126,8 +126,12 @@ def download_file(
         except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
             failure = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
         if attempt == retries:
-            received = part.stat().st_size if part.exists() else 0
-            kept = f"{received} bytes kept in {part}"
+            if not part.exists():
+                raise UserError(
+                    f"{url}: could not download ({failure}), not one byte came; is there a network to it here? "
+                    "Download the archive elsewhere and pass it with --url file://PATH (or a mirror's URL)"
+                )
+            kept = f"{part.stat().st_size} bytes kept in {part}"
             raise UserError(f"{url}: download interrupted ({failure}); {kept}, run the same command to resume")
     received = part.stat().st_size
     expected_size = size if size is not None else total

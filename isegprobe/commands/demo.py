@@ -60,8 +60,8 @@ def demo(
 ) -> None:
     """Serve a local web page on which a probe segments what you click.
 
-    Left clicks are positive and right clicks negative, scroll zooms, middle or shift drag moves, z or backspace
-    undoes, r resets and space finishes an object; finished objects download as one instance-id PNG. With
+    Left clicks are positive and right clicks negative, scroll zooms, middle or shift drag moves, z (or ctrl-z,
+    backspace) undoes, r resets and space finishes an object; finished objects download as one instance-id PNG. With
     --dataset, the object under the first positive click is compared with the ground truth and its IoU shown. With
     --compare, other probes segment beside the first on the same clicks (finish keeps the first one's mask).
 

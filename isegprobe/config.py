@@ -138,6 +138,9 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    """Adam (`torch.optim.Adam`): `lr` its learning rate (the schedule's milestones scale it), `betas` and `eps` its
+    moment decays and the term its step divides by beside sqrt(v), `weight_decay` its L2 penalty."""
+
     lr: float = number(5e-5, POSITIVE)
     betas: list[float] = number([0.9, 0.999], Range(0, 1, high_open=True))
     eps: float = number(1e-8, POSITIVE)  # Adam divides by sqrt(v) + eps, and v is 0 where no gradient came yet
@@ -146,7 +149,9 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """MultiStep decay with milestones counted in epochs, as RITM steps its scheduler once per epoch."""
+    """MultiStep decay with milestones counted in epochs, as RITM steps its scheduler once per epoch: the learning
+    rate is multiplied by `gamma` at each of `milestones`. `max_iters` (optimizer steps) ends the run earlier than
+    `epochs` would; null: the epochs decide."""
 
     epochs: int = number(20, AT_LEAST_ONE)
     milestones: list[int] = number([17, 20], NON_NEGATIVE)
@@ -209,7 +214,17 @@ class DataConfig:
 
 @dataclass
 class SamplerConfig:
-    """RITM's MultiPointSampler as SimpleClick trains on SBD."""
+    """RITM's MultiPointSampler as SimpleClick trains on SBD: each sample's target object and first clicks.
+
+    The target is one object of the view at least `min_object_area` pixels large (at the working size), or, with
+    probability `merge_objects_prob`, 2 to `max_merged_objects` of them as one. Up to `max_points` positive and as
+    many negative clicks follow, their counts drawn with weights `prob_gamma` ** count (below 1, few clicks are
+    likelier). Positive clicks fall on the target eroded `positive_erode_iters` times by a 3x3 square (with
+    probability `positive_erode_prob`; on the whole target if that leaves almost nothing), so they keep off its edge.
+    Each negative click falls on the background (`negative_bg_prob`), on another object (`negative_other_prob`) or on
+    a ring around the target `expand_ratio` * sqrt(its area) pixels wide (`negative_border_prob`); the three add up
+    to 1.
+    """
 
     # The upper bounds keep a step's work and memory finite (each sample holds max_points click rows; the weights
     # are prob_gamma to the power of a click count) with room far above any recipe's values.
@@ -228,7 +243,11 @@ class SamplerConfig:
 
 @dataclass
 class ClicksConfig:
-    """Iterative training clicks: 0..max_num_next_clicks no-grad passes, each adding one click on the error."""
+    """Iterative training clicks: each step draws a count from 0 to `max_num_next_clicks` and makes that many no-grad
+    passes, each adding one click on a random pixel deep inside the larger error region (deeper than half its largest
+    distance to the region's border, RITM's rule), and feeding its prediction back as the previous mask.
+    `pred_threshold`: the probability above which a pixel counts as predicted object when the errors are found
+    (RITM's 0.49)."""
 
     max_num_next_clicks: int = number(3, Range(0, 100))  # each a no-grad pass per step, as evaluate's at most 100
     pred_threshold: float = number(0.49, OPEN_UNIT)
@@ -236,7 +255,9 @@ class ClicksConfig:
 
 @dataclass
 class LossConfig:
-    """RITM's NormalizedFocalLossSigmoid."""
+    """RITM's NormalizedFocalLossSigmoid: the focal loss (`alpha` weighs the object's pixels against the background's,
+    `gamma` how much the well-predicted pixels are discounted), its focal weights rescaled per image to add up to the
+    number of pixels counted."""
 
     alpha: float = number(0.5, PROBABILITY)
     gamma: float = number(2.0, NON_NEGATIVE)
@@ -244,6 +265,10 @@ class LossConfig:
 
 @dataclass
 class LoggingConfig:
+    """`every_steps`: how often the running means (loss, pixel BCE, IoU) are logged; `image_every_steps`: how often
+    `num_images` prediction panels are; `tensorboard` writes both under the run's folder, and `wandb_project` names the
+    W&B project when `train --wandb` logs there too."""
+
     every_steps: int = number(25, AT_LEAST_ONE)
     image_every_steps: int = number(500, AT_LEAST_ONE)
     num_images: int = number(4, AT_LEAST_ONE)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import textwrap
 import typing
 from typing import Any
 
@@ -17,6 +19,8 @@ from isegprobe.upsamplers import list_upsamplers
 def _words(values: typing.Iterable[Any]) -> str:
     return "one of " + ", ".join(str(value).lower() if isinstance(value, bool) else str(value) for value in values)
 
+
+_WIDTH = 118
 
 # What the keys that take a word accept (the numbers' ranges come from the config's own fields).
 _CHOICES = {
@@ -35,7 +39,7 @@ def annotated_config(config: TrainConfig) -> str:
     lines = [
         "# The resolved config: defaults, then the preset or YAML files, then --set. Any key below can be given",
         "# as --set KEY=VALUE (e.g. --set optim.lr=1e-4 --set model.upsampler.name=lift), or in a YAML --config.",
-        "# What each does: the sections' descriptions in isegprobe/config.py, and docs/training.md.",
+        "# Each section says what its keys do; more in docs/training.md.",
     ]
     _add_section(config, "", 0, lines)
     return "\n".join(lines) + "\n"
@@ -48,6 +52,7 @@ def _add_section(section: Any, prefix: str, depth: int, lines: list[str]) -> Non
         value = getattr(section, field.name)
         key = f"{prefix}{field.name}"
         if dataclasses.is_dataclass(hints[field.name]):
+            lines.extend(_description(hints[field.name], indent))
             lines.append(f"{indent}{field.name}:")
             _add_section(value, f"{key}.", depth + 1, lines)
             continue
@@ -56,3 +61,16 @@ def _add_section(section: Any, prefix: str, depth: int, lines: list[str]) -> Non
             takes += ", or null"
         rendered = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
         lines.append(f"{indent}{field.name}: {rendered}" + (f"  # {takes}" if takes else ""))
+
+
+def _description(section: type, indent: str) -> list[str]:
+    """A section's docstring as comment lines above it, rewrapped to the listing's width; none for one without."""
+    text = section.__doc__ if "__doc__" in vars(section) else None
+    if not text or text.startswith(f"{section.__name__}("):  # the signature dataclasses write in for no docstring
+        return []
+    width = _WIDTH - len(indent) - 2
+    return [
+        f"{indent}# {line}"
+        for paragraph in inspect.cleandoc(text).split("\n\n")
+        for line in textwrap.wrap(" ".join(paragraph.split()), width) or [""]
+    ]

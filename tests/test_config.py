@@ -3,6 +3,7 @@ the key or the file."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from isegprobe.cli import main
 from isegprobe.config import (
     RenamedConfigKeyWarning,
+    SamplerConfig,
     TrainConfig,
     config_to_dict,
     load_train_config,
@@ -262,5 +264,10 @@ def test_show_config_lists_every_key_with_what_it_takes_as_yaml_that_reads_back(
     assert "\n  click_radius: 5  # >= 1 and <= 100\n" in shown.output
     assert "\n    name: bilinear  # one of anyup, bicubic, bilinear, featup_jbu, " in shown.output
     assert "\n  num_workers: auto  # >= 0, or auto\n" in shown.output
+    # Each section says what its keys do, above it: the sampler's otherwise unexplained keys included.
+    sampler = shown.output.split("\nsampler:\n")[0].rsplit("\n# RITM's MultiPointSampler", 1)[1]
+    assert all(f"`{key}`" in " ".join(sampler.split()) for key in dataclasses.asdict(SamplerConfig()))
+    assert "\n  # How click maps become tokens:" in shown.output, "a nested section's, indented with it"
+    assert max(len(line) for line in shown.output.splitlines() if line.lstrip().startswith("#")) <= 120
     (tmp_path / "shown.yaml").write_text(shown.output)
     assert load_train_config(tmp_path / "shown.yaml") == load_train_config("sbd_224", ["optim.lr=1e-4"])

@@ -76,6 +76,7 @@ def extract_custom(folder: Path, out: Path) -> list[object]:
 
 
 SQUARE = [[4, 4, 20, 4, 20, 20, 4, 20]]
+FLAT = [4, 4, 20, 4, 12, 4]  # a polygon of zero area: it paints no pixel
 
 
 def coco_file(folder: Path, names: list[str], **annotation: object) -> Path:
@@ -132,6 +133,12 @@ def without_attrs(store: Path) -> None:
     metadata = json.loads((store / "zarr.json").read_text())
     metadata["attributes"] = {}
     (store / "zarr.json").write_text(json.dumps(metadata))
+
+
+def evaluate_custom(w: World, root: Path, out: str) -> list[object]:
+    """The world's run evaluated online on a custom dataset (a folder, or a COCO-format file)."""
+    return ["evaluate", "--checkpoint", w.run, "--online", "--datasets", "custom", "--root", root, "--max-clicks", "2",
+            "--out", w.root / out]  # fmt: skip
 
 
 def truncate(path: Path) -> None:
@@ -345,90 +352,28 @@ CASES: dict[str, Case] = {
         "im1.bmp and im1.jpg: 2 image files named im1; which one belongs to the item is ambiguous",
     ),
     "two images of one id in a COCO-format file": Case(
-        lambda w: extraction(
-            "--dataset",
-            "custom",
-            "--root",
-            coco_file_of_twins(w.root / "coco_twins"),
-            "--size",
-            "28",
-            "--out",
-            w.root / "x10",
-        ),  # fmt: skip
+        lambda w: extract_custom(coco_file_of_twins(w.root / "coco_twins"), w.root / "x10"),
         "coco.json: the images 'a.jpg' (id 1) and 'a.png' (id 2) would both be item 'a'",
     ),
     "COCO-format file whose annotations match no image": Case(
-        lambda w: extraction(
-            "--dataset",
-            "custom",
-            "--root",
-            coco_file(w.root / "coco_ids", ["a.jpg"], image_id="1"),
-            "--size",
-            "28",
-            "--out",
-            w.root / "x14",
-        ),  # fmt: skip
+        lambda w: extract_custom(coco_file(w.root / "coco_ids", ["a.jpg"], image_id="1"), w.root / "x14"),
         "coco.json: no image has an annotation to segment: no annotation's image_id is an image's id (images' ids "
         "such as 1, annotations' image_id such as '1': they must be the same values, of the same type)",
     ),
     "COCO-format image of a size that is not a number of pixels": Case(
-        lambda w: extraction(
-            "--dataset",
-            "custom",
-            "--root",
-            coco_of_a_negative_height(w.root / "coco_size"),
-            "--size",
-            "28",
-            "--out",
-            w.root / "x18",
-        ),  # fmt: skip
+        lambda w: extract_custom(coco_of_a_negative_height(w.root / "coco_size"), w.root / "x18"),
         "coco.json: image 'a.jpg': height must be a whole number of pixels, got -28",
     ),
     "iscrowd that is not the number 0 or 1": Case(
-        lambda w: extraction(
-            "--dataset",
-            "custom",
-            "--root",
-            coco_file(w.root / "coco_crowd", ["a.jpg"], iscrowd="0"),
-            "--size",
-            "28",
-            "--out",
-            w.root / "x15",
-        ),  # fmt: skip
+        lambda w: extract_custom(coco_file(w.root / "coco_crowd", ["a.jpg"], iscrowd="0"), w.root / "x15"),
         "coco.json: annotation 1: iscrowd must be the number 0 or 1, got '0'",
     ),
     "dataset without one object to evaluate": Case(
-        lambda w: [
-            "evaluate",
-            "--checkpoint",
-            w.run,
-            "--online",
-            "--datasets",
-            "custom",
-            "--root",
-            coco_file(w.root / "coco_flat", ["a.jpg"], segmentation=[[4, 4, 20, 4, 12, 4]]),
-            "--max-clicks",
-            "2",
-            "--out",
-            w.root / "e_flat",
-        ],  # fmt: skip
+        lambda w: evaluate_custom(w, coco_file(w.root / "coco_flat", ["a.jpg"], segmentation=[FLAT]), "e_flat"),
         "custom: not one object to evaluate, every mask of its items being empty",
     ),
     "image named like another image's object": Case(
-        lambda w: [
-            "evaluate",
-            "--checkpoint",
-            w.run,
-            "--online",
-            "--datasets",
-            "custom",
-            "--root",
-            w.images("named_like_an_object", name_one_like_the_others_object),
-            "--max-clicks",
-            "2",
-            "--out",
-            w.root / "e_named",
-        ],  # fmt: skip
+        lambda w: evaluate_custom(w, w.images("named_like_an_object", name_one_like_the_others_object), "e_named"),
         "custom: two objects have the id 'im0_1': the image of that name, and object 1 of the image 'im0'",
     ),
     "image above the pixel limit": Case(

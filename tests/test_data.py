@@ -6,7 +6,7 @@ from isegprobe.data import create_dataset
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.image_io import is_truncated, read_rgb
 from isegprobe.data.instance_maps import FEW_IDS, compact_labels, ids_present, valid_areas
-from isegprobe.data.preprocess import make_view, orient, oriented_copy, parse_views
+from isegprobe.data.preprocess import drawn_orientation, make_view, orient, oriented_copy, parse_views
 from isegprobe.errors import UserError
 
 
@@ -95,6 +95,44 @@ def test_training_windows_are_ritms_crops_at_three_quarters_to_five_quarters_sca
     assert min(sides) < 56 and max(sides) > 78, "the scale is drawn over the whole range"
     again = make_view(sample, specs[1], 64, "stretch", seed=1009 + 1)
     assert again.crop_box == make_view(sample, specs[1], 64, "stretch", seed=1009 + 1).crop_box
+
+
+def dihedral_index(flip: bool, vflip: bool, turns: int) -> tuple:
+    """An orientation, named by where it sends a 2 x 3 array's corners (two orientations that move pixels alike
+    are one)."""
+    probe = np.arange(6).reshape(2, 3)
+    if flip:
+        probe = probe[:, ::-1]
+    if vflip:
+        probe = probe[::-1]
+    return tuple(np.rot90(probe, turns).ravel()) + (np.rot90(probe, turns).shape,)
+
+
+def test_rcrop_is_crops_window_oriented_as_the_research_codes_flip_and_rotate90_draw():
+    """rcrop<k>: the same window as crop<k>, then flipped and turned with albumentations' probabilities (Flip: with
+    probability 1/2 horizontal, vertical or both; then RandomRotate90: with probability 1/2, 0-3 quarter turns)."""
+    sample = create_dataset("builtin", split="train")[0]
+    window, oriented = parse_views("identity,crop1,rcrop1")[1:]
+    counts: dict[tuple, int] = {}
+    draws = 4000
+    for seed in range(draws):
+        plain, turned = (make_view(sample, spec, 32, "stretch", seed=seed) for spec in (window, oriented))
+        assert turned.crop_box == plain.crop_box, "the same window of the image"
+        drawn = drawn_orientation(seed)
+        assert np.array_equal(turned.image, orient(plain.image, drawn))
+        assert np.array_equal(turned.labels, orient(plain.labels, drawn))
+        key = dihedral_index(drawn.flip, drawn.vflip, drawn.turns)
+        counts[key] = counts.get(key, 0) + 1
+    expected: dict[tuple, float] = {}
+    flips = [((False, False), 1 / 2)] + [(pair, 1 / 6) for pair in ((True, False), (False, True), (True, True))]
+    turns = [(0, 1 / 2 + 1 / 8)] + [(k, 1 / 8) for k in (1, 2, 3)]
+    for (flip, vflip), p_flip in flips:
+        for k, p_turn in turns:
+            key = dihedral_index(flip, vflip, k)
+            expected[key] = expected.get(key, 0.0) + p_flip * p_turn
+    assert set(counts) == set(expected) and len(expected) == 8, "all eight orientations, transposes included"
+    for key, probability in expected.items():
+        assert abs(counts[key] / draws - probability) < 0.025, (key, counts[key] / draws, probability)
 
 
 def test_a_window_larger_than_the_image_is_padded_around_it():

@@ -48,16 +48,18 @@ def assert_same_entries(one: CachedDataset, other: CachedDataset, feature_tolera
 
 
 def test_flips_and_turns_read_as_the_views_extraction_made(tmp_path):
-    """Letterboxed 320x240 scenes, so that the valid box moves with each flip and turn."""
-    store = extract(extraction(tmp_path, EVERY_TURN, resize="letterbox")).path
+    """Letterboxed 320x240 scenes, so that the valid box moves with each flip and turn; the drawn orientations of
+    rcrop views are stored as their own pixels."""
+    views = f"{EVERY_TURN},rcrop1,rcrop2"
+    store = extract(extraction(tmp_path, views, resize="letterbox")).path
     group = zarr.open_group(str(store), mode="r")
     assert group.attrs["schema_version"] == 2
-    assert group.attrs["layout"]["pixel_views"] == ["identity", "scale1.5"]
-    assert group["images"].shape[1] == group["labels"].shape[1] == group["ignore"].shape[1] == 2
-    assert group["features"].shape[1] == group["valid_box"].shape[1] == 7
+    assert group.attrs["layout"]["pixel_views"] == ["identity", "scale1.5", "rcrop1", "rcrop2"]
+    assert group["images"].shape[1] == group["labels"].shape[1] == group["ignore"].shape[1] == 4
+    assert group["features"].shape[1] == group["valid_box"].shape[1] == 9
     entries = CachedDataset(store)
     samples = create_dataset("builtin", split="test")
-    specs = parse_views(EVERY_TURN)
+    specs = parse_views(views)
     for index in range(len(entries)):
         entry = entries[index]
         item, view = entry["item"], entry["view"]

@@ -56,9 +56,9 @@ from isegprobe.units import human_bytes
     default="identity,hflip",
     show_default=True,
     help="Comma-separated views to cache: identity, hflip, vflip, rot90, rot180, rot270, scale<f> (a zoomed-in "
-    "crop, e.g. scale1.5), crop<k> "
-    "(iSegProbe's training crop: a working-size window at 0.75-1.25 scale; crop1,crop2,... for several). Stage two "
-    "trains on one view per image and epoch, drawn at random.",
+    "crop, e.g. scale1.5), crop<k> (iSegProbe's training crop: a working-size window at 0.75-1.25 scale; "
+    "crop1,crop2,... for several), rcrop<k> (that crop, randomly flipped and turned as iSegProbe's training draws "
+    "it). Stage two trains on one view per image and epoch, drawn at random (data.views: among which).",
 )
 @click.option(
     "--resize",

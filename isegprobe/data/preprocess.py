@@ -21,6 +21,7 @@ from isegprobe.errors import UserError
 RESIZE_RULES = ("stretch", "letterbox")
 _SCALE_VIEW = re.compile(r"^scale(\d+(?:\.\d+)?)$")
 _WINDOW_VIEW = re.compile(r"^crop(\d+)$")
+_ORIENTED_WINDOW_VIEW = re.compile(r"^rcrop(\d+)$")
 # Quarter turns counter-clockwise, as np.rot90 (iSegProbe's RandomRotate90 draws among these).
 _TURN_VIEWS = {"rot90": 1, "rot180": 2, "rot270": 3}
 # np.rot90's quarter turns (counter-clockwise) as OpenCV's rotations.
@@ -33,8 +34,9 @@ WINDOW_SCALE_RANGE = (0.75, 1.25)
 @dataclass(frozen=True)
 class ViewSpec:
     """`identity`, `hflip`, `vflip`, `rot90`/`rot180`/`rot270` (`turns` counter-clockwise), `scale<f>` (a crop 1/f
-    of the image's side, placed by a per-item seed), or `crop<k>` (`window`: RITM's training crop, the k-th of an
-    item, drawn by a per-item seed)."""
+    of the image's side, placed by a per-item seed), `crop<k>` (`window`: RITM's training crop, the k-th of an item,
+    drawn by a per-item seed) or `rcrop<k>` (that crop, then flipped and turned as drawn by the same seed:
+    `drawn_orientation`)."""
 
     name: str
     flip: bool = False
@@ -42,6 +44,7 @@ class ViewSpec:
     window: bool = False
     vflip: bool = False
     turns: int = 0
+    drawn_orientation: bool = False
 
     @property
     def oriented(self) -> bool:
@@ -81,10 +84,12 @@ def parse_views(text: str) -> list[ViewSpec]:
             specs.append(ViewSpec(name, zoom=float(match.group(1))))
         elif _WINDOW_VIEW.match(name):
             specs.append(ViewSpec(name, window=True))
+        elif _ORIENTED_WINDOW_VIEW.match(name):
+            specs.append(ViewSpec(name, window=True, drawn_orientation=True))
         else:
             raise UserError(
                 f"--views: unknown view {name!r}; expected identity, hflip, vflip, rot90, rot180, rot270, scale<f> "
-                "with f > 1 (scale1.5) or crop<k> (crop1, crop2, ...)"
+                "with f > 1 (scale1.5), crop<k> (crop1, crop2, ...) or rcrop<k> (rcrop1, rcrop2, ...)"
             )
     if not specs or specs[0].name != "identity":
         raise UserError(f"--views {text!r}: the first view must be identity")
@@ -176,7 +181,23 @@ def make_view(sample: Sample, spec: ViewSpec, size: int, rule: str, seed: int) -
         ignore = np.zeros((size, size), np.uint8)
     if spec.window:
         valid_box = _real_pixels(box, height, width, size)
-    return orient_view(View(image, labels, ignore.astype(bool), valid_box, box), spec, size)
+    orientation = drawn_orientation(seed) if spec.drawn_orientation else spec
+    return orient_view(View(image, labels, ignore.astype(bool), valid_box, box), orientation, size)
+
+
+def drawn_orientation(seed: int) -> ViewSpec:
+    """The flips and quarter turns of an `rcrop<k>` view, drawn as the iSegProbe research code's training augmentation
+    draws them at every step: albumentations' `Flip` (with probability 1/2, horizontal, vertical or both, alike
+    likely), then `RandomRotate90` (with probability 1/2, 0 to 3 quarter turns counter-clockwise, alike likely). A
+    random window flipped and turned is, in distribution, a window of the image flipped and turned first, as that code
+    orders them. The draws come from a stream of the item's seed of their own, so the window is `crop<k>`'s."""
+    rng = np.random.default_rng([seed, 1])
+    flip, vflip, turns = False, False, 0
+    if rng.random() < 0.5:
+        flip, vflip = ((True, True), (False, True), (True, False))[int(rng.integers(3))]
+    if rng.random() < 0.5:
+        turns = int(rng.integers(4))
+    return ViewSpec("drawn", flip=flip, vflip=vflip, turns=turns)
 
 
 def orient_view(view: View, spec: ViewSpec, size: int) -> View:

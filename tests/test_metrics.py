@@ -154,3 +154,18 @@ def test_curves_of_a_probe_that_segments_nothing_or_ignores_the_clicks_are_warne
         "warning (coco_mval): the mean IoU falls as clicks are added (0.2000004 after 1, 0.2000001 after 3): the "
         "probe does not follow the clicks"
     ], "as many decimals as tell the two apart"
+
+
+def test_mean_ious_are_the_research_codes_float32_means_to_the_bit() -> None:
+    """The iSegProbe research code (core/inference/utils.py) averages float32 curves with numpy: IoU@1 as
+    `np.array([ious[0] for ious in all_ious]).mean(0)`, mIoU@k as `np.array([x[:k] for x in all_ious]).mean(axis=0)`;
+    float64 means of the same curves differ in the last bits."""
+    rng = np.random.default_rng(0)
+    curves = [rng.random(20).astype(np.float32) for _ in range(997)]
+    results = summarize(curves, max_clicks=20)
+    first = np.array([ious[0] for ious in curves]).mean(0)
+    per_click = np.array([ious[:20] for ious in curves]).mean(axis=0)
+    assert results["IoU@1"] == float(first)
+    assert results["mIoU@k"] == [float(value) for value in per_click]
+    in_float64 = np.stack([np.asarray(ious, np.float64) for ious in curves]).mean(axis=0)
+    assert [float(value) for value in in_float64] != results["mIoU@k"], "the test can tell the two apart"

@@ -146,6 +146,30 @@ def test_photometric_jitter_changes_pixels_within_its_ranges_and_is_reproducible
     np.testing.assert_array_equal(photometric(image, np.random.default_rng(5)), outputs[5])
 
 
+def test_photometric_jitter_rounds_as_albumentations_float32_tables() -> None:
+    """albumentations 0.5.2 (the research code's) builds its brightness-contrast and RGB-shift tables in float32:
+    `lut = np.arange(256).astype("float32"); lut *= alpha; lut += beta`, clipped and cast to uint8. Seeds 592 and
+    2855 draw shifts whose float64 tables differ from those by a grey level at some level."""
+    image = np.arange(256, dtype=np.uint8).reshape(16, 16)[..., None].repeat(3, axis=2)
+    for seed in (592, 2855, 2948, 3670):
+        reference, rng = image, np.random.default_rng(seed)
+        if rng.random() < 0.75:
+            alpha, beta = 1.0 + rng.uniform(-0.15, 0.4), rng.uniform(-0.25, 0.25) * 255.0
+            lut = np.arange(256).astype("float32")
+            lut *= alpha
+            lut += beta
+            reference = np.clip(lut, 0, 255).astype(np.uint8)[reference]
+        if rng.random() < 0.75:
+            shifts = rng.uniform(-10.0, 10.0, size=3)
+            channels = []
+            for channel in range(3):
+                lut = np.arange(256).astype("float32")
+                lut += shifts[channel]
+                channels.append(np.clip(lut, 0, 255).astype(np.uint8)[reference[..., channel]])
+            reference = np.stack(channels, axis=-1)
+        np.testing.assert_array_equal(photometric(image, np.random.default_rng(seed)), reference, err_msg=str(seed))
+
+
 def test_rotations_need_online_training_and_augmented_samples_stay_deterministic() -> None:
     sampler = MultiPointSampler(SamplerConfig(min_object_area=1))
     augment = AugmentConfig(photometric=True, shift_rotate=True)

@@ -76,9 +76,12 @@ def summarize(
         results[f"NoC@{percent}"] = float(nocs.mean())
         results[f"NoF@{percent}"] = int(np.count_nonzero(nocs == max_clicks))
 
+    # Means in float32, summed as the research code's numpy calls sum them: IoU@1 over the first clicks as one
+    # vector (pairwise), mIoU@k down the stacked curves (row after row); float64 means differ by about 1e-7.
     shortest = min(len(curve[:max_clicks]) for curve in curves)
-    miou = np.stack([curve[:shortest] for curve in curves]).mean(axis=0)
-    results["IoU@1"] = float(miou[0])
+    firsts = np.array([curve[0] for curve in curves], dtype=np.float32)
+    miou = np.array([curve[:shortest] for curve in curves], dtype=np.float32).mean(axis=0)
+    results["IoU@1"] = float(firsts.mean(0))
     results["mIoU@k"] = [float(value) for value in miou]
     if elapsed_s is not None:
         results["sec_per_click"] = float(elapsed_s) / sum(len(curve) for curve in curves)

@@ -34,11 +34,17 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < PROBABILITY:
         alpha = 1.0 + rng.uniform(*CONTRAST)
         beta = rng.uniform(*BRIGHTNESS) * 255.0  # brightness relative to the maximum value, as albumentations
-        out = _through_table(out, np.arange(256) * alpha + beta)
+        out = _through_table(out, _levels() * np.float32(alpha) + np.float32(beta))
     if rng.random() < PROBABILITY:
         shifts = rng.uniform(-RGB_SHIFT, RGB_SHIFT, size=3)
-        out = np.stack([_through_table(out[..., c], np.arange(256) + shifts[c]) for c in range(3)], axis=-1)
+        out = np.stack([_through_table(out[..., c], _levels() + np.float32(shifts[c])) for c in range(3)], axis=-1)
     return out
+
+
+def _levels() -> np.ndarray:
+    """The 256 grey levels as float32, the type albumentations (0.5.2, the research code's) builds its lookup
+    tables in: each level's new value rounds as there, a grey level apart from a float64 table now and then."""
+    return np.arange(256, dtype=np.float32)
 
 
 def _through_table(values: np.ndarray, table: np.ndarray) -> np.ndarray:

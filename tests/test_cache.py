@@ -26,7 +26,12 @@ from isegprobe.data.preprocess import make_view, normalize_images, orient, parse
 from isegprobe.devices import featurizer_autocast
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
-from isegprobe.training.store_checks import OldLabelsWarning, warn_when_labels_predate_crop_filters
+from isegprobe.training.store_checks import (
+    OldLabelsWarning,
+    UniformDrawsWarning,
+    warn_when_labels_predate_crop_filters,
+    warn_when_sbd_is_drawn_uniformly,
+)
 
 FEATURIZER = "vit_small_patch14_dinov2"
 
@@ -404,6 +409,15 @@ def test_training_on_an_sbd_store_whose_labels_lost_small_objects_says_so():
         warnings.simplefilter("error")
         warn_when_labels_predate_crop_filters({"name": "sbd", "split": "train", "options": {}})
         warn_when_labels_predate_crop_filters({"name": "sbd", "split": "val", "num_items": 2857})
+
+
+def test_training_on_sbd_train_without_its_image_weights_says_so():
+    with pytest.warns(UniformDrawsWarning, match=r"data\.sample_weights=PATH/sbd_samples_weights\.pkl"):
+        warn_when_sbd_is_drawn_uniformly({"name": "sbd", "split": "train"}, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_when_sbd_is_drawn_uniformly({"name": "sbd", "split": "train"}, "assets/sbd_samples_weights.pkl")
+        warn_when_sbd_is_drawn_uniformly({"name": "builtin", "split": "train"}, None)
 
 
 def test_shards_hold_at_most_the_datasets_items(tmp_path):

@@ -26,6 +26,7 @@ from isegprobe.training.store_checks import (
     check_resumed_store,
     check_store_fits,
     warn_when_labels_predate_crop_filters,
+    warn_when_sbd_is_drawn_uniformly,
 )
 from isegprobe.training.trainer import Trainer
 
@@ -72,6 +73,7 @@ def set_up_run(
     if store is not None and rank == 0:
         warn_when_training_on_a_test_split(store.attrs["dataset"])
         warn_when_labels_predate_crop_filters(store.attrs["dataset"])
+        warn_when_sbd_is_drawn_uniformly(store.attrs["dataset"], config.data.sample_weights)
     if store is not None and resume:
         check_resumed_store(store, read_metadata(checkpoint_files(run_dir, "last")["metadata"]))
     if val_dataset is not None:

@@ -55,6 +55,24 @@ def warn_when_labels_predate_crop_filters(dataset: dict[str, Any]) -> None:
         )
 
 
+class UniformDrawsWarning(UserWarning):
+    """SBD's training images are drawn uniformly, where RITM and the iSegProbe research code weight them."""
+
+
+def warn_when_sbd_is_drawn_uniformly(dataset: dict[str, Any], sample_weights: str | None) -> None:
+    """`dataset` is a store's `dataset` attribute. RITM's recipe, which the research code trains with, draws SBD's
+    training images by their scores (its assets/sbd_samples_weights.pkl, not shipped here): without
+    `data.sample_weights` an epoch draws them uniformly, another recipe."""
+    if dataset.get("name") == "sbd" and dataset.get("split") == "train" and sample_weights is None:
+        warnings.warn(
+            "training on SBD train with its images drawn uniformly: RITM and the iSegProbe research code draw them "
+            "by per-image scores; --set data.sample_weights=PATH/sbd_samples_weights.pkl (the research code's "
+            "assets/) trains as they do",
+            UniformDrawsWarning,
+            stacklevel=2,
+        )
+
+
 def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:
     """The store must hold the probe's featurizer at the probe's working size and resize rule: at another size the
     same click disks cover other parts of the objects, and the NoC would measure something the probe never saw."""

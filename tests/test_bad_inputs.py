@@ -376,6 +376,10 @@ CASES: dict[str, Case] = {
         lambda w: evaluate_custom(w, w.images("named_like_an_object", name_one_like_the_others_object), "e_named"),
         "custom: two objects have the id 'im0_1': the image of that name, and object 1 of the image 'im0'",
     ),
+    "two stores of one dataset": Case(
+        lambda w: evaluation(w, w.store, "e_two", "--store", w.train_store),
+        "are both 'builtin', and an evaluation keeps one result per dataset: evaluate each into its own --out",
+    ),
     "image above the pixel limit": Case(
         lambda w: extract_custom(w.images("huge", declare_a_huge_image), w.root / "x7"),
         "im1.png: 8000 x 6000 pixels (48.0 MP) is above the limit of 40000000 pixels (40 MP); pass --max-pixels",

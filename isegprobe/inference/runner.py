@@ -177,6 +177,7 @@ def _set_up(
     weights = resolve_checkpoint(request.checkpoint, prefer=protocol.checkpoint)[0].resolve()
     probe, metadata = load_probe(weights, device=device)
     jobs = list(_jobs(request, metadata, reading, only_items))
+    _refuse_two_jobs_of_one_dataset(jobs)
     featurizer_needed = runs_featurizer_online(probe.config, request.online) or request.zoom_in
     featurizer = checkpoint_featurizer(metadata) if featurizer_needed else None
     if featurizer is not None and probe.needs_featurizer:
@@ -237,6 +238,19 @@ def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str
                 clicker=request.clicker,
             )
         return results
+
+
+def _refuse_two_jobs_of_one_dataset(jobs: list[EvaluationJob]) -> None:
+    """Results are kept per dataset name (every custom folder or COCO file is `custom`): a second store of a dataset
+    already evaluated would be skipped as done, and the results would name it as their source."""
+    sources: dict[str, str] = {}
+    for job in jobs:
+        if job.name in sources:
+            raise UserError(
+                f"{sources[job.name]} and {job.source} are both {job.name!r}, and an evaluation keeps one result per "
+                "dataset: evaluate each into its own --out"
+            )
+        sources[job.name] = job.source
 
 
 class FirstObjects:

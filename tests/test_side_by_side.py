@@ -14,6 +14,7 @@ from stores import builtin_store
 from test_training import MEAN, STD, SquaresDataset, tiny_config
 
 from isegprobe.cli import main
+from isegprobe.commands.train_runs import planned_runs
 from isegprobe.errors import UserError
 from isegprobe.training import train
 from isegprobe.training.run_loop import train_side_by_side
@@ -220,3 +221,17 @@ def test_a_run_that_diverges_beside_others_stops_alone(store: Path, tmp_path: Pa
     assert f"{tmp_path / 'runs' / 'bad'} holds no checkpoint (its run stopped before its first): not resumed" in (
         resumed.output
     )
+
+
+def test_a_config_file_names_its_run_by_its_stem_whatever_its_path_and_suffix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--config quickstart --config /abs/cfgs/fast.YAML` trains into OUT/quickstart and OUT/fast: the file's path
+    made the folder before (an absolute path pointing outside OUT, or folders nested in it) unless it ended in .yaml."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfgs").mkdir()
+    for name in ("fast.YAML", "slow.conf"):
+        (tmp_path / "cfgs" / name).write_text("base: quickstart\n")
+    sources = ("quickstart", str(tmp_path / "cfgs" / "fast.YAML"), "cfgs/slow.conf")
+    runs = planned_runs(str(tmp_path / "out"), sources, (), ())
+    assert [run.folder for run in runs] == [tmp_path / "out" / name for name in ("quickstart", "fast", "slow")]

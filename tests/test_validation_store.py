@@ -41,4 +41,7 @@ def test_a_validation_store_unlike_the_training_store_is_refused(tmp_path: Path)
     keys = builtin_store(tmp_path / "cache", split="test", size=56, featurizer="vit_small_patch14_dinov2:keys")
     with pytest.raises(UserError, match="output: training store 'tokens', --val-store .* 'keys'"):
         train(config, training, tmp_path / "run", device="cpu", val_dataset=CachedDataset(keys), progress=False)
+    letterboxed = CachedDataset(builtin_store(tmp_path / "letterbox", split="test", size=56, resize="letterbox"))
+    with pytest.raises(UserError, match="extracted with --resize letterbox, the training store with --resize stretch"):
+        train(config, training, tmp_path / "run", device="cpu", val_dataset=letterboxed, progress=False)
     assert not (tmp_path / "run" / "last.json").exists()

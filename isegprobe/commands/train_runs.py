@@ -79,4 +79,7 @@ def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _source_name(source: str) -> str:
-    return Path(source).stem if source.endswith((".yaml", ".yml")) else source
+    """A run folder's name for a --config: a preset's own name, or a file's stem (`cfgs/fast.YAML`: `fast`), never
+    its path, which would nest the run in folders of that path or point outside --out."""
+    path = Path(source)
+    return path.stem if path.suffix or path.name != source else source

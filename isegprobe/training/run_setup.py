@@ -163,6 +163,9 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
     val_size = int(val_dataset.preprocessing["size"])
     if val_size != size:
         raise UserError(f"{where}: extracted at {val_size} px, the training store at {size} px")
+    resizes = [store.preprocessing.get("resize", "stretch") for store in (dataset, val_dataset)]
+    if resizes[0] != resizes[1]:
+        raise UserError(f"{where}: extracted with --resize {resizes[1]}, the training store with --resize {resizes[0]}")
 
 
 def _preload(dataset: Dataset | None, device: torch.device | None, progress: bool) -> None:

@@ -376,6 +376,10 @@ CASES: dict[str, Case] = {
         lambda w: evaluate_custom(w, w.images("named_like_an_object", name_one_like_the_others_object), "e_named"),
         "custom: two objects have the id 'im0_1': the image of that name, and object 1 of the image 'im0'",
     ),
+    "online training with another featurizer than the store's": Case(
+        lambda w: training(w, "r_online", "--online", "--featurizer", "vit_small_patch16_224", "--weights", "random"),
+        "--online with --featurizer vit_small_patch16_224 --weights random: features from another featurizer than",
+    ),
     "two stores of one dataset": Case(
         lambda w: evaluation(w, w.store, "e_two", "--store", w.train_store),
         "are both 'builtin', and an evaluation keeps one result per dataset: evaluate each into its own --out",

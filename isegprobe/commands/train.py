@@ -13,6 +13,7 @@ import torch
 
 from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
+from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
@@ -263,4 +264,12 @@ def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | Non
         raise UserError(
             "--online: the store's provenance does not name its featurizer; pass --featurizer and --weights"
         )
-    return featurizers.recreate_featurizer({**provenance, "name": name, "weights": weights})
+    featurizer = featurizers.recreate_featurizer({**provenance, "name": name, "weights": weights})
+    if "name" in provenance:  # a store that names its featurizer: online features must be the store's
+        check_same_featurizer(
+            provenance,
+            featurizer.provenance,
+            f"--online with --featurizer {name} --weights {weights}",
+            trained_on="training store",
+        )
+    return featurizer

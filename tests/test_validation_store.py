@@ -45,3 +45,22 @@ def test_a_validation_store_unlike_the_training_store_is_refused(tmp_path: Path)
     with pytest.raises(UserError, match="extracted with --resize letterbox, the training store with --resize stretch"):
         train(config, training, tmp_path / "run", device="cpu", val_dataset=letterboxed, progress=False)
     assert not (tmp_path / "run" / "last.json").exists()
+
+
+def test_a_resume_picks_the_best_checkpoint_on_what_the_run_picked_it_on(tmp_path: Path) -> None:
+    """Its training IoU, or the one validation store: another measurement would be compared with the best so far."""
+    training = CachedDataset(builtin_store(tmp_path / "cache", split="train", size=56))
+    validation = CachedDataset(builtin_store(tmp_path / "cache", split="test", size=56))
+    other = CachedDataset(builtin_store(tmp_path / "other", split="test", size=56, views="identity"))
+    short, longer = (load_train_config("quickstart", [*OVERRIDES, f"schedule.max_iters={steps}"]) for steps in (3, 6))
+    train(short, training, tmp_path / "plain", device="cpu", progress=False)
+    with pytest.raises(UserError, match=r"on its training IoU \(no --val-store\); resuming with --val-store"):
+        train(longer, training, tmp_path / "plain", device="cpu", val_dataset=validation, resume=True, progress=False)
+    train(short, training, tmp_path / "validated", device="cpu", val_dataset=validation, progress=False)
+    with pytest.raises(UserError, match="resuming with no --val-store would compare another measurement"):
+        train(longer, training, tmp_path / "validated", device="cpu", resume=True, progress=False)
+    with pytest.raises(UserError, match=r"is another store \(its views or items differ\)"):
+        train(longer, training, tmp_path / "validated", device="cpu", val_dataset=other, resume=True, progress=False)
+    resumed = train(longer, training, tmp_path / "validated", device="cpu", val_dataset=validation, resume=True,
+                    progress=False)  # fmt: skip
+    assert resumed.step == 6 and resumed.best_metric_name == "val_iou"

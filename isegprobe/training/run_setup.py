@@ -24,6 +24,7 @@ from isegprobe.training.run_state import RunDescription, RunProgress, changes_te
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.store_checks import (
     check_resumed_store,
+    check_resumed_validation,
     check_store_fits,
     warn_when_labels_predate_crop_filters,
     warn_when_sbd_is_drawn_uniformly,
@@ -75,7 +76,9 @@ def set_up_run(
         warn_when_labels_predate_crop_filters(store.attrs["dataset"])
         warn_when_sbd_is_drawn_uniformly(store.attrs["dataset"], config.data.sample_weights)
     if store is not None and resume:
-        check_resumed_store(store, read_metadata(checkpoint_files(run_dir, "last")["metadata"]))
+        recorded = read_metadata(checkpoint_files(run_dir, "last")["metadata"])
+        check_resumed_store(store, recorded)
+        check_resumed_validation(getattr(val_dataset, "store", None), recorded)
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
     online = runs_featurizer_online(config.model, online)

@@ -185,6 +185,7 @@ class RunDescription:
             "store_path": str(getattr(dataset, "path", "") or ""),
             "store_fingerprint": _fingerprint(dataset),
             "val_store_path": str(getattr(val_dataset, "path", "") or ""),
+            "val_store_fingerprint": None if val_dataset is None else _fingerprint(val_dataset),
             "preprocessing": preprocessing,
             "online": online,
             "total_steps": schedule.total_steps,

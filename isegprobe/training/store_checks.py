@@ -87,6 +87,26 @@ def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:
         )
 
 
+def check_resumed_validation(val_store: FeatureStore | None, metadata: dict[str, Any]) -> None:
+    """A resumed run keeps picking its best checkpoint on what it picked it on before (`metadata`: its last.json):
+    its training IoU, or one validation store. Another measurement would be compared with the best so far, and the
+    best checkpoint would be a choice between numbers that do not compare."""
+    recorded_path = metadata.get("val_store_path") or None
+    before = f"the validation store {recorded_path}" if recorded_path else "its training IoU (no --val-store)"
+    now = "no --val-store" if val_store is None else f"--val-store {val_store.path}"
+    if (recorded_path is None) != (val_store is None):
+        raise UserError(
+            f"--resume: this run picks its best checkpoint on {before}; resuming with {now} would compare another "
+            "measurement with its best so far: resume as it began, or train a new run"
+        )
+    recorded = metadata.get("val_store_fingerprint")  # absent from runs saved before it was recorded
+    if val_store is not None and recorded is not None and recorded != store_fingerprint(val_store.attrs):
+        raise UserError(
+            f"--resume: this run picks its best checkpoint on {before}, and {now} is another store (its views or "
+            "items differ): resume with that one, or train a new run"
+        )
+
+
 def check_resumed_store(store: FeatureStore, metadata: dict[str, Any]) -> None:
     """A resumed run must go on with the store it trained on (`metadata`: its last.json): another featurizer or
     size would train the probe on features it never saw, and other images would change its epochs, while the

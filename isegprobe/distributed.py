@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from isegprobe.errors import UserError
 
 
 def init_from_env(device: str) -> tuple[int, int, torch.device]:
@@ -31,3 +34,23 @@ def current_rank() -> int:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def refuse_ranks_that_differ(settings: dict[str, Any]) -> None:
+    """Under torchrun every rank must run the same command. Ranks of other step counts wait for each other for ever
+    in the gradients' all-reduce; ranks of other recipes average gradients of different steps, and rank 0 saves its
+    own weights. `settings` (what this rank runs with) is compared with rank 0's on every rank, so all of them stop
+    alike, naming the first setting that differs."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gathered: list[dict[str, Any] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, settings)
+    reference = gathered[0] or {}
+    for rank, other in enumerate(gathered[1:], start=1):
+        other = other or {}
+        for key in sorted(reference.keys() | other.keys()):
+            if reference.get(key) != other.get(key):
+                raise UserError(
+                    f"torchrun rank {rank} runs another command than rank 0: {key} is {other.get(key)!r} there and "
+                    f"{reference.get(key)!r} on rank 0; start every rank with the same command, on the same files"
+                )

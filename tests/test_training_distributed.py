@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from launch import run_cli, run_two_ranks
 from safetensors.torch import load_file
@@ -52,3 +59,27 @@ def test_two_ranks_train_probes_side_by_side_like_one_process(tmp_path):
         moved = torch.sqrt(sum(((one[key] - start[key]) ** 2).sum() for key in one))
         apart = torch.sqrt(sum(((one[key] - two[key]) ** 2).sum() for key in one))
         assert moved > 0 and apart < 0.02 * moved, (name, float(apart), float(moved))
+
+
+def test_ranks_started_with_different_commands_stop_naming_the_setting(tmp_path):
+    """As two nodes' commands can differ: rank 1 with another step count waited for ever in the gradients'
+    all-reduce (another learning rate trained on, exit 0). Every rank now stops, naming the setting."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed beside this Python")
+    store = builtin_store(tmp_path / "cache")
+    sets = [arg for override in OVERRIDES for arg in ("--set", override)]
+    command = [sys.executable, "-m", "isegprobe", "train", "--config", "quickstart", *sets, "--store", str(store)]
+    script = tmp_path / "rank.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$RANK" = "1" ]; then set -- --set schedule.max_iters=4; fi\n'
+        f'exec {shlex.join([*command, "--device", "cpu", "--out", str(tmp_path / "run")])} "$@"\n'
+    )
+    script.chmod(0o755)
+    launched = [torchrun, "--nproc-per-node", "2", "--master-port", "29547", "--no-python", str(script)]
+    result = subprocess.run(launched, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    message = "torchrun rank 1 runs another command than rank 0: the run schedule.max_iters is 4 there and 3 on rank 0"
+    assert result.stderr.count(message) == 2, result.stderr  # both ranks say it, and neither waits
+    assert not (tmp_path / "run" / "last.json").exists()

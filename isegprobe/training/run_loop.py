@@ -19,16 +19,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from isegprobe.cache.schema import store_fingerprint
 from isegprobe.config import TrainConfig, config_to_dict, config_to_yaml
 from isegprobe.devices import resolve_device
-from isegprobe.distributed import barrier, init_from_env
+from isegprobe.distributed import barrier, init_from_env, refuse_ranks_that_differ
 from isegprobe.errors import UserError
 from isegprobe.locks import exclusive_lock
 from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint, save_checkpoint
 from isegprobe.training.divergence import Diverged, DivergenceWatch
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.run_setup import RunSetUp, set_up_run
-from isegprobe.training.run_state import RunningMeans, TrainSummary, changes_text
+from isegprobe.training.run_state import RunningMeans, TrainSummary, changes_text, dotted
 from isegprobe.training.side_by_side import check_shared_batches
 from isegprobe.training.stopping import StopRequests
 from isegprobe.training.trainer import DeviceBatch
@@ -120,11 +121,27 @@ def train_side_by_side(
             )
             setups.append(setup)
         check_shared_batches(configs, setups, folders)
+        refuse_ranks_that_differ(_rank_settings(configs, setups, folders, dataset))
         runs = [
             _Run(config, setup, folder, rank, device, resume, use_wandb)
             for config, setup, folder in zip(configs, setups, folders, strict=True)
         ]
         return _run_steps(runs, rank, device, progress)
+
+
+def _rank_settings(
+    configs: Sequence[TrainConfig], setups: Sequence[RunSetUp], folders: Sequence[Path], dataset: Dataset
+) -> dict[str, Any]:
+    """What a rank trains, for `refuse_ranks_that_differ`: each run's folder, settings, starting step and length,
+    and the store."""
+    store = getattr(dataset, "store", None)
+    settings: dict[str, Any] = {"store": None if store is None else store_fingerprint(store.attrs)}
+    for index, (config, setup, folder) in enumerate(zip(configs, setups, folders, strict=True)):
+        run = f"run {index + 1} ({folder.name})" if len(folders) > 1 else "the run"
+        settings[f"{run} folder"] = str(folder)
+        settings[f"{run} steps"] = (setup.state.step, setup.schedule.total_steps)
+        settings |= {f"{run} {key}": value for key, value in dotted(config_to_dict(config)).items()}
+    return settings
 
 
 class _Run:

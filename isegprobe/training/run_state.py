@@ -72,7 +72,7 @@ def config_changes(before: Mapping[str, Any], after: TrainConfig, step: int, ear
     kept (`earlier`), and the keys that differ between its config (`before`) and `after`, from `step` on, as
     {"step": step, "changed": {"optim.lr": [old, new]}}. `config` then holds the latest settings only."""
     history = [dict(entry) for entry in earlier] if isinstance(earlier, list) else []
-    old, new = _dotted(before), _dotted(config_to_dict(after))
+    old, new = dotted(before), dotted(config_to_dict(after))
     changed = {key: [old.get(key), value] for key, value in new.items() if old.get(key) != value}
     return [*history, {"step": step, "changed": changed}] if changed else history
 
@@ -86,11 +86,12 @@ def changes_text(changes: list[dict[str, Any]]) -> str:
     )
 
 
-def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping's leaves by dotted key (`optim.lr`)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat |= _dotted(value, f"{prefix}{key}.")
+            flat |= dotted(value, f"{prefix}{key}.")
         else:
             flat[f"{prefix}{key}"] = value
     return flat

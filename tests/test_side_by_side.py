@@ -156,6 +156,8 @@ def test_train_variants_from_the_command_line_and_resume_them(store: Path, tmp_p
         (("--variant", "a model.head.width"), "'model.head.width' is not KEY=VALUE"),
         (("--variant", "a seed=1", "--variant", "a seed=2"), "each name once"),
         (("--variant", "a", "--variant", "b data.batch_size=1"), "data.batch_size 4 there, 1 here"),
+        (("--variant", "a", "--variant", "b optim.lrr=1"), "--variant 'b': unknown config key 'optim.lrr'"),
+        (("--variant", "a", "--set", "optim.lrr=1"), "Error: unknown config key 'optim.lrr'"),
     ],
 )
 def test_variants_that_cannot_train_together_are_refused(

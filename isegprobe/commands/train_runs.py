@@ -45,8 +45,21 @@ def planned_runs(
         else:
             label = "-".join(part for part in (source_name if len(sources) > 1 else "", variant) if part)
             folder = Path(out) / label
-        runs.append(PlannedRun(folder, load_train_config(source, (*overrides, *variant_overrides))))
+        runs.append(PlannedRun(folder, _variant_config(source, overrides, variant, variant_overrides)))
     return runs
+
+
+def _variant_config(
+    source: str, overrides: tuple[str, ...], variant: str, variant_overrides: tuple[str, ...]
+) -> TrainConfig:
+    """The config of one run; a bad key or value among a variant's own overrides says which variant it is in."""
+    try:
+        return load_train_config(source, (*overrides, *variant_overrides))
+    except UserError as error:
+        if not variant_overrides:
+            raise
+        load_train_config(source, overrides)  # the fault is the shared overrides': their own error, unprefixed
+        raise UserError(f"--variant {variant!r}: {error}") from None
 
 
 def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:

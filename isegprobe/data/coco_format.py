@@ -60,14 +60,14 @@ def _check_image(image: dict[str, Any], name: Any, annotation_file: Path) -> Non
             raise UserError(f"{annotation_file}: image {name!r}: {key} must be a whole number of pixels, got {value!r}")
 
 
-def _why_no_image(data: dict[str, Any]) -> str:
+def _why_no_image(data: dict[str, Any], annotation_file: Path) -> str:
     """Why a COCO-format file yields no sample, for the error that says so."""
     images, annotations = data["images"], data["annotations"]
     if not images:
         return "its images list is empty"
     if not annotations:
         return "its annotations list is empty"
-    plain = [annotation for annotation in annotations if not annotation.get("iscrowd", 0)]
+    plain = [annotation for annotation in annotations if not _is_crowd(annotation, annotation_file)]
     if not plain:
         return "every annotation is a crowd one (iscrowd 1), which is left out as RITM leaves it"
     return (
@@ -117,7 +117,9 @@ class AnnotatedImagesDataset(DatasetBase):
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"{annotation_file}: an image or annotation entry lacks a valid {error} field") from None
         if not self._images:
-            raise UserError(f"{annotation_file}: no image has an annotation to segment: {_why_no_image(data)}")
+            raise UserError(
+                f"{annotation_file}: no image has an annotation to segment: {_why_no_image(data, annotation_file)}"
+            )
         self._refuse_shared_ids()
 
     def _refuse_shared_ids(self) -> None:

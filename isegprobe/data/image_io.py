@@ -78,9 +78,7 @@ def read_grey_mask(path: Path) -> np.ndarray:
     """uint8 [H, W] of a mask drawn in grey levels, for the families whose rule is our own (custom): a mask whose
     grey cannot be read without a guess is refused, naming what it holds, where taking its first channel would make
     a transparent background object or a red or yellow object background, without a word."""
-    pixels = decode_bytes(_file_bytes(path, "mask"), cv2.IMREAD_UNCHANGED, str(path), "mask")
-    if pixels.dtype != np.uint8:
-        raise UserError(f"{path}: expected an 8-bit mask, got {pixels.dtype}")
+    pixels = _mask_as_stored(_file_bytes(path, "mask"), path)
     if pixels.ndim == 3 and pixels.shape[2] == 4:
         see_through = int(np.count_nonzero(pixels[..., 3] != 255))
         if see_through:
@@ -106,12 +104,16 @@ def read_mask(path: Path, colour: bool = False) -> tuple[np.ndarray, bool]:
     data = _file_bytes(path, "mask")
     if colour:
         return decode_bytes(data, cv2.IMREAD_COLOR, str(path), "mask"), data.startswith(_JPEG_START)
-    mask = decode_bytes(data, cv2.IMREAD_UNCHANGED, str(path), "mask")
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    if mask.dtype != np.uint8:
-        raise UserError(f"{path}: expected an 8-bit mask, got {mask.dtype}")
-    return mask, data.startswith(_JPEG_START)
+    mask = _mask_as_stored(data, path)
+    return mask[..., 0] if mask.ndim == 3 else mask, data.startswith(_JPEG_START)
+
+
+def _mask_as_stored(data: bytes, path: Path) -> np.ndarray:
+    """A mask file's pixels with every channel it stores, which must be 8-bit."""
+    pixels = decode_bytes(data, cv2.IMREAD_UNCHANGED, str(path), "mask")
+    if pixels.dtype != np.uint8:
+        raise UserError(f"{path}: expected an 8-bit mask, got {pixels.dtype}")
+    return pixels
 
 
 def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:

@@ -11,7 +11,7 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from isegprobe.training.checkpoint import atomic_write_bytes
+from isegprobe.training.checkpoint import write_output_file
 
 
 def new_figure(panels: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
@@ -23,13 +23,12 @@ def new_figure(panels: int, panel_size: tuple[float, float]) -> tuple[Figure, li
 
 def save_figure(figure: Figure, out: Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[Path]:
     """Write the figure once per format (`out` with that suffix), each file atomically; returns the paths."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for extension in formats:
         path = out.with_suffix(f".{extension}")
         buffer = io.BytesIO()
         with matplotlib.rc_context({"svg.fonttype": "none"}):
             figure.savefig(buffer, format=extension, dpi=dpi)
-        atomic_write_bytes(path, buffer.getvalue())
+        write_output_file(path, buffer.getvalue())
         written.append(path)
     return written

@@ -19,7 +19,6 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from isegprobe.cache.schema import store_fingerprint
 from isegprobe.config import TrainConfig, config_to_dict, config_to_yaml
 from isegprobe.devices import resolve_device
 from isegprobe.distributed import barrier, init_from_env, refuse_ranks_that_differ
@@ -29,7 +28,7 @@ from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint
 from isegprobe.training.divergence import Diverged, DivergenceWatch
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.run_setup import RunSetUp, set_up_run
-from isegprobe.training.run_state import RunningMeans, TrainSummary, changes_text, dotted
+from isegprobe.training.run_state import RunningMeans, TrainSummary, changes_text, dataset_fingerprint, dotted
 from isegprobe.training.side_by_side import check_shared_batches
 from isegprobe.training.stopping import StopRequests
 from isegprobe.training.trainer import DeviceBatch
@@ -134,8 +133,7 @@ def _rank_settings(
 ) -> dict[str, Any]:
     """What a rank trains, for `refuse_ranks_that_differ`: each run's folder, settings, starting step and length,
     and the store."""
-    store = getattr(dataset, "store", None)
-    settings: dict[str, Any] = {"store": None if store is None else store_fingerprint(store.attrs)}
+    settings: dict[str, Any] = {"store": dataset_fingerprint(dataset)}
     for index, (config, setup, folder) in enumerate(zip(configs, setups, folders, strict=True)):
         run = f"run {index + 1} ({folder.name})" if len(folders) > 1 else "the run"
         settings[f"{run} folder"] = str(folder)

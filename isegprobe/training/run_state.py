@@ -184,9 +184,9 @@ class RunDescription:
             "model": probe.dims(),
             "featurizer_provenance": dict(getattr(dataset, "provenance", None) or {}),
             "store_path": str(getattr(dataset, "path", "") or ""),
-            "store_fingerprint": _fingerprint(dataset),
+            "store_fingerprint": dataset_fingerprint(dataset),
             "val_store_path": str(getattr(val_dataset, "path", "") or ""),
-            "val_store_fingerprint": None if val_dataset is None else _fingerprint(val_dataset),
+            "val_store_fingerprint": None if val_dataset is None else dataset_fingerprint(val_dataset),
             "preprocessing": preprocessing,
             "online": online,
             "total_steps": schedule.total_steps,
@@ -249,7 +249,8 @@ class TrainSummary:
         return "first -> last logged means: " + ", ".join(parts)
 
 
-def _fingerprint(dataset: Dataset) -> str | None:
-    """The training store's `store_fingerprint`, which `--resume` checks the store it is given against."""
+def dataset_fingerprint(dataset: Dataset) -> str | None:
+    """A store's `store_fingerprint` (None for data that is no store), which `--resume` checks the store it is given
+    against."""
     store = getattr(dataset, "store", None)
     return None if store is None else store_fingerprint(store.attrs)

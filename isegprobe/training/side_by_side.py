@@ -15,6 +15,7 @@ from typing import Any
 from isegprobe.config import TrainConfig, config_to_dict
 from isegprobe.errors import UserError
 from isegprobe.training.run_setup import RunSetUp
+from isegprobe.training.run_state import dotted
 
 SHARED_SECTIONS = ("data", "sampler", "seed")
 
@@ -41,21 +42,10 @@ def check_shared_batches(configs: Sequence[TrainConfig], setups: Sequence[RunSet
 
 def _shared(config: TrainConfig, setup: RunSetUp) -> dict[str, Any]:
     """The settings that decide the batches and the steps, flattened to dotted keys."""
-    settings = config_to_dict(config)
-    flat: dict[str, Any] = {}
-    for section in SHARED_SECTIONS:
-        _flatten(settings[section], section, flat)
+    flat = {key: value for key, value in dotted(config_to_dict(config)).items() if key.split(".")[0] in SHARED_SECTIONS}
     flat["online (features computed in the loop)"] = setup.trainer.online
     if setup.trainer.online:  # one featurizer computes every run's features
         flat["model.research_precision"] = config.model.research_precision
     flat["steps per epoch"] = setup.schedule.steps_per_epoch
     flat["steps in all"] = setup.schedule.total_steps
     return flat
-
-
-def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            _flatten(inner, f"{prefix}.{key}", into)
-    else:
-        into[prefix] = value

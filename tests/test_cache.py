@@ -323,6 +323,31 @@ def test_overwrite_keeps_the_old_store_whole_until_its_replacement_is_done(tmp_p
     assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == [old.name]
 
 
+def test_a_swap_stopped_between_its_renames_is_finished_by_the_next_run(tmp_path):
+    """A crash between `put_in_place`'s two renames leaves the old store as NAME.replaced and the finished new one as
+    NAME.replacing, nothing under the store's own name: readers say how to go on, and the next run swaps them."""
+    old = extract(request(tmp_path / "cache")).path
+    new = extract(request(tmp_path / "elsewhere", views="identity")).path
+    old.rename(old.with_name(old.name + ".replaced"))
+    new.rename(old.with_name(old.name + ".replacing"))
+    with pytest.raises(UserError, match=r"\.replaced is beside it: .*run it again to finish the swap"):
+        FeatureStore.open(old)
+    finished = extract(request(tmp_path / "cache", views="identity"))
+    assert finished.items_extracted == 0 and finished.repaired == [
+        f"{old.name}: an earlier --overwrite stopped between swapping the stores; its new store is now in place"
+    ]
+    assert FeatureStore.open(old).num_views == 1 and verify_store(old) == []
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == [old.name]
+
+
+def test_a_swap_whose_replacement_is_gone_puts_the_old_store_back(tmp_path):
+    old = extract(request(tmp_path / "cache")).path
+    old.rename(old.with_name(old.name + ".replaced"))
+    again = extract(request(tmp_path / "cache"))
+    assert again.items_extracted == 0 and "the old store is back in place" in again.repaired[0]
+    assert FeatureStore.open(old).num_views == 2 and verify_store(old) == []
+
+
 def test_overwrite_through_a_link_replaces_the_link_and_leaves_its_target(tmp_path):
     elsewhere = extract(request(tmp_path / "elsewhere")).path
     link = tmp_path / "cache" / elsewhere.name

@@ -29,7 +29,7 @@ from isegprobe.cache.chunks import missing_chunk_files
 from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.pixel_views import PixelSource
 from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
-from isegprobe.cache.store import FeatureStore, put_in_place, replacement_path
+from isegprobe.cache.store import FeatureStore, finish_an_interrupted_swap, put_in_place, replacement_path
 from isegprobe.data import SampleSource, create_dataset, dataset_root
 from isegprobe.data.base import loader_options
 from isegprobe.data.preprocess import (
@@ -113,7 +113,7 @@ class ExtractionResult:
     items_extracted: int
     seconds: float
     nbytes: int
-    repaired: list[str] = field(default_factory=list)  # "item id: what was wrong", for --repair
+    repaired: list[str] = field(default_factory=list)  # "item id: what was wrong" (--repair), or a swap finished
     loop: LoopTimes | None = None  # None when nothing was extracted
 
 
@@ -424,9 +424,13 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         request.featurizer, request.dataset.lower(), request.split, request.size, featurizer.provenance["normalization"]
     )
     with exclusive_lock(path) if rank == 0 else nullcontext():
+        swap = finish_an_interrupted_swap(path) if rank == 0 else None
+        barrier()
         store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
         _refuse_to_add_to_an_old_layout(store, request.repair)
         repaired = _mark_broken_undone(store, request.repair) if rank == 0 else []
+        if swap:
+            repaired.insert(0, f"{path.name}: {swap}")
         barrier()
         shards = _pending_shards(store, rank, world)
         indices = [index for items in shards for index in items]

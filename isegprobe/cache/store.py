@@ -31,6 +31,8 @@ STAGING_SUFFIX = ".creating"
 # A store that `extract-features --overwrite` extracts anew lives under its name plus this suffix until every item is
 # done; the store it replaces stays in place, whole and readable, until then.
 REPLACEMENT_SUFFIX = ".replacing"
+# The store that a finished replacement displaces, between the two renames that swap them.
+REPLACED_SUFFIX = ".replaced"
 
 
 class FeatureStore:
@@ -47,6 +49,11 @@ class FeatureStore:
         """Open an existing store; raises UserError if `path` is not one."""
         path = Path(path)
         if not (path / "zarr.json").is_file():
+            if not _exists(path) and _exists(replaced_path(path)):
+                raise UserError(
+                    f"{path}: not there, but {replaced_path(path).name} is beside it: an `extract-features "
+                    "--overwrite` stopped while swapping the stores; run it again to finish the swap"
+                )
             raise UserError(f"{path}: not a feature store (no zarr.json); create one with `isegprobe extract-features`")
         node_type = _node_type(path)
         if node_type != "group":
@@ -189,14 +196,51 @@ def replacement_path(path: Path) -> Path:
 def put_in_place(replacement: FeatureStore, path: Path) -> FeatureStore:
     """Move a finished replacement to `path`, and only then discard what stood there: the old store (a folder, or a
     link to one, whose target is left as it is). Neither is lost between the two renames: a crash there leaves the
-    old store under its name plus `.replaced`, the new one under `replacement_path`."""
-    replaced = path.with_name(path.name + ".replaced")
+    old store under `replaced_path` and the new one under `replacement_path`, which `finish_an_interrupted_swap`
+    completes."""
+    replaced = replaced_path(path)
     _discard(replaced)
     with writing_to(path):
         path.rename(replaced)
         replacement.path.rename(path)
     _discard(replaced)
     return FeatureStore.open(path, mode="r+")
+
+
+def replaced_path(path: Path) -> Path:
+    """Where `put_in_place` keeps the store it replaces between its two renames."""
+    return path.with_name(path.name + REPLACED_SUFFIX)
+
+
+def finish_an_interrupted_swap(path: Path) -> str | None:
+    """Complete a `put_in_place` that stopped between its two renames, which leaves nothing at `path`: the finished
+    replacement is moved there, or, if it is not there whole, the old store is moved back. A swap that stopped after
+    them leaves only the old store's copy to discard. Returns what was done, if anything was moved."""
+    replaced, replacement = replaced_path(path), replacement_path(path)
+    if _exists(path):
+        if _exists(replaced):
+            _discard(replaced)
+        return None
+    if not _exists(replaced):
+        return None
+    with writing_to(path):
+        if _is_finished_store(replacement):
+            replacement.rename(path)
+            _discard(replaced)
+            return "an earlier --overwrite stopped between swapping the stores; its new store is now in place"
+        replaced.rename(path)
+        return "an earlier --overwrite stopped between swapping the stores; the old store is back in place"
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _is_finished_store(path: Path) -> bool:
+    try:
+        return bool(FeatureStore.open(path).done_mask().all())
+    except UserError:
+        return False
 
 
 def _discard(path: Path) -> None:

@@ -54,3 +54,19 @@ def refuse_ranks_that_differ(settings: dict[str, Any]) -> None:
                     f"torchrun rank {rank} runs another command than rank 0: {key} is {other.get(key)!r} there and "
                     f"{reference.get(key)!r} on rank 0; start every rank with the same command, on the same files"
                 )
+
+
+class LostRank(Exception):
+    """Another torchrun rank stopped (it failed, or was killed) while this one waited for it in a collective."""
+
+    def __init__(self, step: int, kept: dict[str, int | None]) -> None:
+        super().__init__(f"lost contact with another torchrun rank after step {step}")
+        self.step, self.kept = step, kept
+
+
+def lost_contact(error: BaseException) -> bool:
+    """Whether `error` is a collective's failure because a peer went away: gloo raises a plain RuntimeError whose
+    text names its transport ("Connection closed by peer"), NCCL and the store torch's `DistError`s."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return isinstance(error, dist.DistError) or "/gloo/" in str(error)

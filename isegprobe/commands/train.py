@@ -20,7 +20,7 @@ from isegprobe.commands.options import allow_torchscript_option, device_option, 
 from isegprobe.commands.train_runs import planned_runs, resumed_runs
 from isegprobe.config import load_train_config
 from isegprobe.config_reference import annotated_config
-from isegprobe.distributed import current_rank
+from isegprobe.distributed import LostRank, current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.locks import shared_locks
@@ -156,17 +156,22 @@ def train(
         val_dataset = CachedDataset(val_store_path) if val_store_path else None
         needs_featurizer = any(runs_featurizer_online(run.config.model, online) for run in runs)
         featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
-        summaries = train_side_by_side(
-            [run.config for run in runs],
-            dataset,
-            [run.folder for run in runs],
-            featurizer=featurizer,
-            online=needs_featurizer,
-            resume=resume,
-            device=device,
-            use_wandb=use_wandb,
-            val_dataset=val_dataset,
-        )
+        try:
+            summaries = train_side_by_side(
+                [run.config for run in runs],
+                dataset,
+                [run.folder for run in runs],
+                featurizer=featurizer,
+                online=needs_featurizer,
+                resume=resume,
+                device=device,
+                use_wandb=use_wandb,
+                val_dataset=val_dataset,
+            )
+        except LostRank as lost:
+            raise UserError(
+                _lost_rank_message(lost, _resume_command(run_dir, online, featurizer_name, featurizer_weights))
+            ) from None
     exit_if_stopped(summaries[0], _resume_command(run_dir, online, featurizer_name, featurizer_weights), len(summaries))
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
         for summary in summaries:
@@ -228,6 +233,19 @@ def exit_if_stopped(summary: TrainSummary, how_to_continue: str, side_by_side: i
             err=True,
         )
     raise SystemExit(128 + signal.Signals[summary.stopped_by].value)
+
+
+def _lost_rank_message(lost: LostRank, how_to_continue: str) -> str:
+    """What a rank says when another one went away: the step it got to, what each run keeps, and how to go on."""
+    kept = [
+        f"{folder}: last checkpoint at step {step}" if step is not None else f"{folder}: no checkpoint written yet"
+        for folder, step in lost.kept.items()
+    ]
+    return (
+        f"rank {current_rank()}: {lost} (it failed or was killed; its own output says why). "
+        + "; ".join(kept)
+        + f". `{how_to_continue}` continues from there"
+    )
 
 
 def _run_stores(run_dir: str, store_path: str | None, val_store_path: str | None) -> tuple[str, str | None]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from isegprobe.config import TrainConfig, config_to_dict, config_to_yaml
 from isegprobe.devices import resolve_device
-from isegprobe.distributed import barrier, init_from_env, refuse_ranks_that_differ
+from isegprobe.distributed import LostRank, barrier, init_from_env, lost_contact, refuse_ranks_that_differ
 from isegprobe.errors import UserError
 from isegprobe.locks import exclusive_lock
 from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint, save_checkpoint
@@ -226,8 +226,9 @@ class _Run:
             self._close_epoch()
         elif epoch_done:
             state.reset_epoch()
-        if self.rank == 0 and saving:
-            self._save("last")
+        if saving:  # every rank knows the step that rank 0 saved
+            if self.rank == 0:
+                self._save("last")
             self.saved_step = state.step
         return logging_due
 
@@ -281,7 +282,8 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
     stop. One loader gives every batch (the runs checked beforehand that theirs would give the same). A resumed run
     that stands further on (a kill between two runs' checkpoints) waits, batch after batch, for the others to
     reach its step, and then takes the batch it would have taken. A run beside others whose loss stops being finite
-    stops alone (`Diverged`, said as it happens and in its summary): the others' numbers do not depend on it."""
+    stops alone (`Diverged`, said as it happens and in its summary): the others' numbers do not depend on it. A
+    torchrun rank that loses its peers raises `LostRank`, naming the step each run has kept."""
     lead = _lead(runs)
     schedule, loader, shuffle = lead.schedule, lead.loader, lead.loader.sampler
     config = runs[0].config
@@ -322,6 +324,10 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
                         break
             for run in runs:
                 run.finish()
+        except RuntimeError as error:
+            if lead is None or not lost_contact(error):
+                raise
+            raise LostRank(lead.state.step, {str(run.run_dir): run.saved_step for run in runs}) from None
         finally:
             bar.close()
             for run in runs:

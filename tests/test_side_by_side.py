@@ -17,6 +17,7 @@ from isegprobe.cli import main
 from isegprobe.commands.train_runs import planned_runs
 from isegprobe.errors import UserError
 from isegprobe.training import train
+from isegprobe.training.checkpoint import read_metadata
 from isegprobe.training.run_loop import train_side_by_side
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -195,6 +196,30 @@ def test_online_probes_side_by_side_share_their_featurizers_precision(tmp_path: 
         train_side_by_side(chosen, dataset, folders, featurizer=featurizer, online=True, device="cpu", progress=False)
     train(chosen[1], dataset, folders[1], featurizer=featurizer, online=True, device="cpu", progress=False)
     assert featurizer.research_precision
+
+
+def test_a_late_fusion_probe_beside_an_early_fusion_one_reads_the_store(tmp_path: Path) -> None:
+    """Only the probe that needs the featurizer in the loop runs it: the late-fusion probe beside it trained online
+    too (a featurizer forward a step for features the store holds) and recorded `online: true`."""
+    featurizer = StandInFeaturizer(mean=MEAN, std=STD)
+    plain_forwards = []
+    featurizer.register_forward_hook(
+        lambda _, args, kwargs, __: (
+            plain_forwards.append(1) if len(args) < 2 and kwargs.get("token_bias") is None else None
+        ),
+        with_kwargs=True,
+    )
+    dataset = SquaresDataset(count=6, featurizer=featurizer)
+    late = tiny_config(*SCHEDULE, "schedule.max_iters=4")
+    early = tiny_config(*SCHEDULE, "schedule.max_iters=4", "model.fusion=before_backbone")
+    train(late, dataset, tmp_path / "alone", device="cpu", progress=False)
+    plain_forwards.clear()
+    folders = [tmp_path / "together" / "late", tmp_path / "together" / "early"]
+    train_side_by_side([late, early], dataset, folders, featurizer=featurizer, device="cpu", progress=False)
+    assert plain_forwards == [], "the late-fusion probe reads the store's features"
+    files_equal(tmp_path / "alone", folders[0], "last.safetensors")
+    files_equal(tmp_path / "alone", folders[0], "last.optim.safetensors")
+    assert [read_metadata(folder / "last.json")["online"] for folder in folders] == [False, True]
 
 
 def test_a_run_that_diverges_beside_others_stops_alone(store: Path, tmp_path: Path) -> None:

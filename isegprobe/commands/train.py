@@ -24,7 +24,7 @@ from isegprobe.distributed import LostRank, current_rank
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.locks import shared_locks
-from isegprobe.model import runs_featurizer_online
+from isegprobe.model import needs_featurizer_online
 from isegprobe.presets import list_presets
 from isegprobe.training import TrainSummary
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata
@@ -154,7 +154,7 @@ def train(
     with shared_locks(store_path, val_store_path):  # no extraction rewrites them under the training
         dataset = CachedDataset(store_path, views=runs[0].config.data.views)
         val_dataset = CachedDataset(val_store_path) if val_store_path else None
-        needs_featurizer = any(runs_featurizer_online(run.config.model, online) for run in runs)
+        needs_featurizer = online or any(needs_featurizer_online(run.config.model) for run in runs)
         featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
         try:
             summaries = train_side_by_side(
@@ -162,7 +162,7 @@ def train(
                 dataset,
                 [run.folder for run in runs],
                 featurizer=featurizer,
-                online=needs_featurizer,
+                online=online,
                 resume=resume,
                 device=device,
                 use_wandb=use_wandb,

@@ -24,6 +24,7 @@ from isegprobe.devices import resolve_device
 from isegprobe.distributed import LostRank, barrier, init_from_env, lost_contact, refuse_ranks_that_differ
 from isegprobe.errors import UserError
 from isegprobe.locks import exclusive_lock
+from isegprobe.model import needs_featurizer_online
 from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint, save_checkpoint
 from isegprobe.training.divergence import Diverged, DivergenceWatch
 from isegprobe.training.run_logger import RunLogger
@@ -84,7 +85,9 @@ def train_side_by_side(
     """Train one probe per config, each into its run folder, from one pass over the data; as `train` otherwise.
 
     The configs must draw the same batches (the same `data`, `sampler`, `seed` and number of steps); they may
-    differ in the probe, its optimizer, loss, iterative clicks, logging and checkpoints. With `resume`, every run
+    differ in the probe, its optimizer, loss, iterative clicks, logging and checkpoints. `online` asks every run to
+    compute its features in the loop; without it only the probes that need the featurizer there do (early fusion),
+    and the others read the store's. With `resume`, every run
     continues from its own `last.*`; the runs behind catch up with those further on."""
     rank, world, device = init_from_env(resolve_device(None if device is None else str(device)))
     folders = [Path(run_dir) for run_dir in run_dirs]
@@ -97,6 +100,9 @@ def train_side_by_side(
             raise UserError(
                 f"data.batch_size {config.data.batch_size} must be a multiple of the {world} torchrun ranks"
             )
+    # One loader gives every run its batches: they carry the store's features when a run reads them, which a
+    # probe that needs the featurizer in the loop beside it (early fusion) does not change.
+    loader_reads_features = any(not (online or needs_featurizer_online(config.model)) for config in configs)
     with ExitStack() as locks:
         setups = []
         for index, (config, folder) in enumerate(zip(configs, folders, strict=True)):
@@ -114,6 +120,7 @@ def train_side_by_side(
                 device=device,
                 featurizer=featurizer,
                 online=online,
+                loader_reads_features=loader_reads_features,
                 resume=resume,
                 val_dataset=val_dataset,
                 progress=progress and index == 0,

@@ -59,9 +59,11 @@ def set_up_run(
     resume: bool,
     val_dataset: Dataset | None,
     progress: bool,
+    loader_reads_features: bool | None = None,
 ) -> RunSetUp:
     """Check the data and the run folder, then build the run. The probe's weights are drawn from `config.seed`
-    first, so that a run's numbers depend on its config alone."""
+    first, so that a run's numbers depend on its config alone. `loader_reads_features`: whether the training loader
+    carries the store's features, which runs side by side share (by default, when this run reads them)."""
     if not resume and (run_dir / "last.json").is_file():
         raise UserError(
             f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
@@ -82,7 +84,9 @@ def set_up_run(
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
     online = runs_featurizer_online(config.model, online)
-    if preloads(config, device, online, (dataset, val_dataset), world):
+    if loader_reads_features is None:
+        loader_reads_features = not online
+    if preloads(config, device, not loader_reads_features, (dataset, val_dataset), world):
         for data in (dataset, val_dataset):
             _preload(data, preload_device(config, device), progress and rank == 0)
 
@@ -90,7 +94,7 @@ def set_up_run(
     probe = ISProbe(config.model, **probe_dims(dataset, featurizer if online else None, size))
     _check_upsampler_is_not_frozen_at_random(config, probe)
     trainer = Trainer(config, probe, preprocessing, device, featurizer if online else None, online)
-    loader = training_loader(dataset, config, device, online, rank, world)
+    loader = training_loader(dataset, config, device, not loader_reads_features, rank, world)
     items = loader.dataset
     schedule = StepSchedule.from_config(config.schedule, config.optim.lr, len(items), config.data.batch_size)
     if rank == 0 and schedule.total_steps < (config.schedule.max_iters or 0):

@@ -409,6 +409,30 @@ def test_ctrl_c_leaves_the_finished_objects_on_disk(store, trained_run, tmp_path
     np.testing.assert_array_equal(resumed["grabcut/ious"], np.load(uninterrupted / "ious.npz")["grabcut/ious"])
 
 
+def test_vis_preds_on_a_resumed_evaluation_draws_the_first_objects_an_earlier_run_finished(
+    store, trained_run, tmp_path
+):
+    """--vis-preds N draws a dataset's first N objects: those an earlier run finished without drawing are evaluated
+    again and drawn, as one uninterrupted run draws them (only the objects evaluated from then on were drawn)."""
+    out, whole = tmp_path / "results", tmp_path / "whole"
+    common = ["--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", "3", "--batch-size", "1"]
+    assert cli(*common, "--max-objects", "2", "--out", str(out)).exit_code == 0
+    curves = np.load(out / "ious.npz")["grabcut/ious"].copy()
+    resumed = cli(*common, "--vis-preds", "3", "--out", str(out))
+    assert resumed.exit_code == 0, resumed.output
+    assert "grabcut: drawing 2 object(s) an earlier run finished (--vis-preds)" in resumed.stderr
+    assert cli(*common, "--vis-preds", "3", "--out", str(whole)).exit_code == 0
+    drawn, expected = (sorted((folder / "vis" / "grabcut").iterdir()) for folder in (out, whole))
+    assert [path.name for path in drawn] == [path.name for path in expected] and len(drawn) == 3
+    assert all(one.read_bytes() == other.read_bytes() for one, other in zip(drawn, expected, strict=True))
+    np.testing.assert_array_equal(np.load(out / "ious.npz")["grabcut/ious"][:2], curves)
+    drawn[0].unlink()
+    again = cli(*common, "--vis-preds", "3", "--out", str(out))
+    assert "grabcut: drawing 1 object(s)" in again.stderr, "a finished evaluation draws what it lacks"
+    assert drawn[0].read_bytes() == expected[0].read_bytes()
+    assert "drawing" not in cli(*common, "--vis-preds", "3", "--out", str(out)).stderr, "nor draws anything twice"
+
+
 def test_max_objects_stops_each_dataset_as_an_interruption_does_and_the_same_command_goes_on(
     store, trained_run, tmp_path
 ):

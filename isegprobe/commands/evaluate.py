@@ -88,7 +88,8 @@ from isegprobe.training.run_logger import start_wandb
     default=0,
     show_default=True,
     type=click.IntRange(min=0),
-    help="Save overlays (clicks drawn) of the first N objects per dataset.",
+    help="Save overlays (clicks drawn) of the first N objects per dataset; those an earlier run of this "
+    "evaluation in --out finished undrawn are evaluated again to draw them.",
 )
 @click.option(
     "--save-feats",

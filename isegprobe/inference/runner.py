@@ -39,7 +39,7 @@ from isegprobe.inference.tasks import (
     online_object_count,
     online_tasks,
 )
-from isegprobe.inference.visuals import save_overlay, strip_clicks
+from isegprobe.inference.visuals import has_overlay, save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.locks import exclusive_lock, shared_locks
 from isegprobe.model import runs_featurizer_online
@@ -125,6 +125,8 @@ def _evaluate(
             if not request.overwrite:
                 writer.resume()
             for job in setup.jobs:
+                first = list(writer.curves.get(job.name, {}))[: request.vis_preds]
+                _draw_objects_finished_undrawn(request, job.name, first, Path(request.out_dir) / "vis" / job.name)
                 if writer.complete.get(job.name):
                     continue
                 done = set(writer.curves.get(job.name, ()))
@@ -293,8 +295,8 @@ def _evaluate_dataset(
     `limited`: the --max-objects cut `tasks` come through; a dataset it cut stays unfinished."""
     clicks = request.max_clicks
     done = len(writer.curves.get(name, {}))
-    progress = tqdm(desc=name, unit="click", total=total * clicks, initial=done * clicks, smoothing=0, file=sys.stderr)
     pictures = Path(request.out_dir) / "vis" / name
+    progress = tqdm(desc=name, unit="click", total=total * clicks, initial=done * clicks, smoothing=0, file=sys.stderr)
     postfix = {"objects": f"{done}/{total}"}
 
     def clicked(click: int, objects: int) -> None:
@@ -351,6 +353,18 @@ def _evaluate_dataset(
     finally:
         writer.write()
         progress.close()
+
+
+def _draw_objects_finished_undrawn(request: EvaluationRequest, name: str, first: list[str], pictures: Path) -> None:
+    """--vis-preds N draws the first N objects of a dataset. Those of `first` that an earlier run of this evaluation
+    finished without drawing (it ran without --vis-preds, or with a smaller N) are evaluated again, as `plot
+    predictions` does, and drawn; their recorded curves stay as they are."""
+    undrawn = [object_id for object_id in first if not has_overlay(pictures, object_id)]
+    if not undrawn:
+        return
+    tqdm.write(f"{name}: drawing {len(undrawn)} object(s) an earlier run finished (--vis-preds)", file=sys.stderr)
+    for result in replay_objects(request, name, undrawn):
+        save_overlay(pictures, result)
 
 
 def _jobs(

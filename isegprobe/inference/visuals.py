@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,8 @@ STRIP_CLICKS = (1, 3, 5, 10)
 # The longest picture file name made from an object id: file systems take 255 bytes, and the temporary file that
 # `atomic_write_bytes` writes first adds up to 22 to it.
 MAX_NAME_BYTES = 200
+# What `save_overlay` adds to an object id: the clicks made and the final IoU.
+OVERLAY_ENDING = re.compile(r"_\d+clicks_iou\d+\.\d{3}\.png$")
 
 
 def overlay(mask_probs: np.ndarray, clicks, image_rgb: np.ndarray | None = None) -> np.ndarray:
@@ -45,6 +48,17 @@ def save_overlay(folder: Path, result: ObjectResult) -> Path:
     path = folder / file_name(result.id, f"_{len(result.clicks)}clicks_iou{result.ious[-1]:.3f}.png")
     write_picture(path, strip_picture(result))
     return path
+
+
+def has_overlay(folder: Path, object_id: str) -> bool:
+    """Whether `folder` holds the picture `save_overlay` makes of `object_id` (whatever its clicks and IoU)."""
+    if not folder.is_dir():
+        return False
+    for path in folder.iterdir():
+        ending = OVERLAY_ENDING.search(path.name)
+        if ending is not None and file_name(object_id, ending.group()) == path.name:
+            return True
+    return False
 
 
 def file_name(stem: str, ending: str) -> str:

@@ -77,6 +77,15 @@ def authors_layout(model: torch.nn.Module) -> dict[str, Tensor]:
     return layout
 
 
+def as_the_authors_load_it(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` computing its RoPE from the periods `authors_layout` stores, as the authors' model does: it loads its
+    periods from the file (a persistent buffer), bfloat16 values into a float32 buffer. Otherwise timm's forward is
+    the authors' to the bit (compared with facebookresearch/dinov3's own module on the same random weights)."""
+    with torch.no_grad():
+        model.rope.periods.copy_(model.rope.periods.to(torch.bfloat16).float())
+    return model
+
+
 def timm_features(model: torch.nn.Module, x: Tensor, block: int) -> Tensor:
     with torch.no_grad():
         return model.forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)[
@@ -95,7 +104,7 @@ def official_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch
     model = seeded(DINOV3, dynamic_img_size=True)
     path = tmp_path_factory.mktemp("dinov3") / OFFICIAL_FILE
     torch.save(authors_layout(model), path)
-    return path, model
+    return path, as_the_authors_load_it(model)
 
 
 @pytest.mark.parametrize("block", [None, 6])
@@ -124,7 +133,10 @@ def test_the_qkvb_variant_takes_the_files_query_and_value_biases(tmp_path):
     torch.save(authors_layout(model), path)
     featurizer = create_featurizer(f"{DINOV3}_qkvb", weights=str(path))
     x = torch.randn(2, 3, 48, 32)
-    torch.testing.assert_close(featurizer(x), timm_features(model, x, 11), rtol=0, atol=1e-5)
+    timms = timm_features(model, x, 11)
+    authors = timm_features(as_the_authors_load_it(model), x, 11)
+    assert (timms - authors).abs().max() > 1e-5, "the periods matter"
+    torch.testing.assert_close(featurizer(x), authors, rtol=0, atol=1e-6)
     with pytest.raises(UserError, match=r"blocks\.0\.attn\.qkv\.bias: .*nonzero query/value biases.*`_qkvb` variant"):
         create_featurizer(DINOV3, weights=str(path))
 

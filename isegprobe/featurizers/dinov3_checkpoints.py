@@ -1,10 +1,10 @@
 """DINOv3's official ViT files (`dinov3_vit*_pretrain_<data>-<hash>.pth`, facebookresearch/dinov3) in timm's names.
 
 timm builds DINOv3 on its `Eva` class. Every tensor of the official file is accounted for: renamed, folded into
-another (the q/k/v bias with its mask), checked against what timm computes itself (RoPE periods), or dropped
-because no feature depends on it (pretraining's mask token, the SAT ViT-L's norm for local crops, which the
-authors' model never applies in evaluation). Anything else is an error naming the tensor, and `load_strictly`
-then reports every timm tensor the file did not fill.
+another (the q/k/v bias with its mask), checked against what timm computes itself and then used in its place (RoPE
+periods, `use_files_periods`), or dropped because no feature depends on it (pretraining's mask token, the SAT
+ViT-L's norm for local crops, which the authors' model never applies in evaluation). Anything else is an error
+naming the tensor, and `load_strictly` then reports every timm tensor the file did not fill.
 """
 
 from __future__ import annotations
@@ -55,6 +55,18 @@ def dinov3_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tens
             key = key.replace(source, target)
         converted[key] = value
     return converted
+
+
+def use_files_periods(state: dict[str, Tensor], model: nn.Module) -> None:
+    """Make `model`'s RoPE use the official file's periods. The released files hold them rounded to bfloat16, and
+    the authors' model computes its angles from the file's values (`RopePositionEmbedding.periods` is a persistent
+    buffer, loaded strictly); timm computes them anew in float32, which moved ViT-S/16 features by up to 8e-4 and
+    ViT-B/16's by up to 1.7e-3 from the authors' (random weights, 224 px). Call after the file is loaded."""
+    rope = model.rope
+    with torch.no_grad():
+        rope.periods.copy_(state[PERIODS].to(rope.periods.dtype))
+    if getattr(rope, "pos_embed_cached", None) is not None and rope.feat_shape is not None:
+        rope._cache_embed(list(rope.feat_shape))  # the fixed-size model's table, from the new periods
 
 
 def _split_qkv_bias(attention: str, bias: Tensor, mask: Tensor, own: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
-from isegprobe.featurizers.dinov3_checkpoints import dinov3_to_timm, is_dinov3_layout
+from isegprobe.featurizers.dinov3_checkpoints import dinov3_to_timm, is_dinov3_layout, use_files_periods
 from isegprobe.hashing import file_sha256
 from isegprobe.home_paths import expand_home
 from isegprobe.state_dicts import load_strictly, read_state_dict
@@ -109,10 +109,13 @@ def _family_converter(model: nn.Module) -> Any:
 def load_checkpoint(model: nn.Module, path: Path) -> None:
     """Load `path` into `model` strictly; a file that does not fit names its missing, unexpected and misshaped keys."""
     try:
-        state = to_timm_layout(read_state_dict(path), model)
+        stored = read_state_dict(path)
+        state = to_timm_layout(stored, model)
     except (RuntimeError, ValueError, KeyError, IndexError) as error:
         raise UserError(f"weights file {path} could not be converted for {_arch(model)}: {error}") from error
     load_strictly(model, state, f"weights file {path} does not fit {_arch(model)}")
+    if is_dinov3_layout(stored):
+        use_files_periods(stored, model)
 
 
 def _arch(model: nn.Module) -> str:

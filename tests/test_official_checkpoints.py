@@ -14,6 +14,7 @@ import zarr
 from click.testing import CliRunner
 from torch import Tensor
 
+from isegprobe.cache.schema import check_same_featurizer, store_fingerprint
 from isegprobe.cli import main
 from isegprobe.errors import UserError
 from isegprobe.featurizers import RandomWeightsWarning, create_featurizer
@@ -118,6 +119,7 @@ def test_extract_features_from_the_official_file_writes_timms_features(official_
     (store,) = tmp_path.glob("*.zarr")
     root = zarr.open(str(store), mode="r")
     assert root.attrs["featurizer"]["weights"] == str(path)
+    assert root.attrs["featurizer"]["rope_periods"] == "file"
     mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
     x = (torch.from_numpy(root["images"][:, 0]).permute(0, 3, 1, 2).float() / 255 - mean) / std
@@ -199,3 +201,14 @@ def test_sams_own_file_loads_through_timms_sam_converter(tmp_path):
     load_checkpoint(target, tmp_path / "sam_vit_b_01ec64.pth")
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(timm_features(target.eval(), x, -1), timm_features(model, x, -1), rtol=0, atol=0)
+
+
+def test_features_from_timms_periods_are_told_apart_from_the_files(official_file):
+    """Stores and probes made before the file's periods were used hold features of timm's: never mixed with today's."""
+    today = create_featurizer(DINOV3, weights=str(official_file[0])).provenance
+    before = {key: value for key, value in today.items() if key != "rope_periods"}
+    with pytest.raises(UserError, match="rope_periods: checkpoint 'timm', store 'file'"):
+        check_same_featurizer(before, today, "store")
+    attrs = {"preprocessing": {}, "views": ["identity"], "dataset": {"name": "d", "split": "s"}, "item_ids": ["0"]}
+    assert store_fingerprint({**attrs, "featurizer": today}) == store_fingerprint({**attrs, "featurizer": before})
+    assert "rope_periods" not in create_featurizer(DINOV3, weights="random").provenance

@@ -60,6 +60,7 @@ class TimmFeaturizer(Featurizer):
                 "std": list(std),
                 "normalization": normalization,
                 "position_resampling": self.position_resampling,
+                **({"rope_periods": weights.rope_periods} if weights.rope_periods else {}),
                 "timm_version": timm.__version__,
             },
         )

@@ -40,6 +40,9 @@ class WeightsSource:
     location: str
     sha256: str | None = None
     random_seed: int | None = None
+    # "file" where DINOv3's RoPE periods come from the official file, as the authors' model takes them, rather than
+    # from timm's own float32 computation (None: no RoPE periods to choose, or timm's).
+    rope_periods: str | None = None
 
 
 def create_timm_model(arch: str, weights: str, **model_kwargs: Any) -> tuple[nn.Module, WeightsSource]:
@@ -61,8 +64,8 @@ def create_timm_model(arch: str, weights: str, **model_kwargs: Any) -> tuple[nn.
             ".safetensors / .pth / .pt / .bin checkpoint)"
         )
     model = _seeded(arch, **model_kwargs)
-    load_checkpoint(model, path)
-    return model, WeightsSource(str(path), sha256=file_sha256(path))
+    rope_periods = load_checkpoint(model, path)
+    return model, WeightsSource(str(path), sha256=file_sha256(path), rope_periods=rope_periods)
 
 
 def _seeded(arch: str, **model_kwargs: Any) -> nn.Module:
@@ -106,16 +109,19 @@ def _family_converter(model: nn.Module) -> Any:
     return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", lambda state, _: state)
 
 
-def load_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load `path` into `model` strictly; a file that does not fit names its missing, unexpected and misshaped keys."""
+def load_checkpoint(model: nn.Module, path: Path) -> str | None:
+    """Load `path` into `model` strictly; a file that does not fit names its missing, unexpected and misshaped keys.
+    Returns "file" where the model's RoPE periods now come from the file (DINOv3's official layout)."""
     try:
         stored = read_state_dict(path)
         state = to_timm_layout(stored, model)
     except (RuntimeError, ValueError, KeyError, IndexError) as error:
         raise UserError(f"weights file {path} could not be converted for {_arch(model)}: {error}") from error
     load_strictly(model, state, f"weights file {path} does not fit {_arch(model)}")
-    if is_dinov3_layout(stored):
-        use_files_periods(stored, model)
+    if not is_dinov3_layout(stored):
+        return None
+    use_files_periods(stored, model)
+    return "file"
 
 
 def _arch(model: nn.Module) -> str:

@@ -577,6 +577,21 @@ def test_featup_jbu_stack_is_the_hub_models_upsampler_without_its_channel_norm(t
         ).abs().max() > 1e-3
 
 
+def test_a_featup_no_norm_checkpoint_loads_as_the_stack_and_featup_jbu_says_so(tmp_path: Path) -> None:
+    """FeatUp's `no_norm/` files (MaskCLIP's is only one) hold the JBU stack without a ChannelNorm: `featup_jbu`
+    spoke of a feature dim and two missing keys; it now names the upsampler that takes the file."""
+    source = randomized(create_upsampler("featup_jbu", DIM)).eval()
+    stack_only = {key: value for key, value in source.state_dict().items() if key.startswith("upsampler.")}
+    path = tmp_path / "maskclip_jbu_stack_cocostuff.ckpt"
+    torch.save(lightning_checkpoint(stack_only), path)
+    with pytest.raises(UserError, match=r"without its ChannelNorm.*model\.upsampler\.name=featup_jbu_stack"):
+        create_upsampler("featup_jbu", DIM, weights=str(path))
+    stack = create_upsampler("featup_jbu_stack", DIM, weights=str(path))
+    features, image = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(stack.forward_native(features, image), source.upsampler(features, image))
+
+
 def featup_jbu_step(step: JBULearnedRange, source: Tensor, guidance: Tensor) -> Tensor:
     """FeatUp's `JBULearnedRange.forward` (featup/upsamplers.py), formula for formula, with its adaptive convolution
     as its CUDA kernel computes it, which the research code ran: per output value, from zero, one fused multiply-add

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from isegprobe.errors import UserError
 from isegprobe.state_dicts import load_strictly, read_state_dict
 from isegprobe.upsamplers.checkpoints import NORM_AND_UPSAMPLER, rename_prefixes
 from isegprobe.upsamplers.layers import ChannelNorm, resize_to
@@ -151,6 +152,13 @@ class FeatUpJBU(LearnedUpsampler):
 
     def load_checkpoint(self, path: Path) -> None:
         state = rename_prefixes(read_state_dict(path), NORM_AND_UPSAMPLER)
+        if not any(key.startswith("channelnorm.") for key in state) and any(
+            key.startswith("upsampler.") for key in state
+        ):
+            raise UserError(
+                f"{path}: a FeatUp JBU stack without its ChannelNorm, as FeatUp's `no_norm/` checkpoints are "
+                "(MaskCLIP's only exists so): load it with model.upsampler.name=featup_jbu_stack"
+            )
         load_strictly(self, state, f"{path} is not a FeatUp JBU checkpoint for this feature dim")
 
 

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, default_collate
 from isegprobe.config import RenamedConfigKeyWarning, SamplerConfig, TrainConfig, config_to_dict, load_train_config
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.errors import UserError
+from isegprobe.featurizers.normalization import IMAGENET_MEAN, IMAGENET_STD
 from isegprobe.model import ISProbe
 from isegprobe.training import (
     MultiPointSampler,
@@ -46,6 +47,7 @@ from isegprobe.training.points_sampler import categorical, cumulative, geometric
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.seed_configurations import RESEARCH_PRESETS
+from isegprobe.training.store_checks import GuidanceStatisticsWarning
 from isegprobe.training.trainer import batch_iou, torch_draws_of_step
 from isegprobe.upsamplers import create_upsampler
 
@@ -854,3 +856,33 @@ def test_without_a_config_the_preset_suits_the_device_and_is_named(tmp_path: Pat
     saved = json.loads((tmp_path / "run" / "last.json").read_text())["config"]
     assert saved == config_to_dict(load_train_config("fast_cpu", ["schedule.max_iters=1", "data.batch_size=2"]))
     assert train_command.DEFAULT_PRESETS["cuda"] == "sbd_224"
+
+
+@pytest.mark.parametrize("upsampler", ["lift", "loftup"])
+def test_authors_upsampler_weights_guided_by_other_statistics_than_they_learnt_from_are_said(
+    upsampler: str, tmp_path: Path
+) -> None:
+    """LiFT (as FeatUp and AnyUp) learnt from ImageNet-normalized guidance images; LoftUp rescales each image by its
+    own range, so any statistics do."""
+    weights = tmp_path / f"{upsampler}.pth"
+    torch.save(create_upsampler(upsampler, 16).state_dict(), weights)
+    config = tiny_config(
+        "schedule.max_iters=1", f"model.upsampler.name={upsampler}", f"model.upsampler.weights={weights}"
+    )
+    dataset = SquaresDataset(count=2)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        train(config, dataset, tmp_path / "own", device="cpu", progress=False)
+    guidance = [str(warning.message) for warning in said if warning.category is GuidanceStatisticsWarning]
+    if upsampler == "loftup":
+        assert guidance == []
+        return
+    assert guidance == [
+        "model.upsampler.weights: lift's authors trained it on guidance images normalized by ImageNet's mean and std; "
+        "this store's images are normalized by mean [0.5, 0.5, 0.5] and std [0.5, 0.5, 0.5], which it gets instead. A "
+        "store extracted with --normalization imagenet gives it the images it learnt from"
+    ]
+    dataset.preprocessing = {**dataset.preprocessing, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GuidanceStatisticsWarning)
+        train(config, dataset, tmp_path / "imagenet", device="cpu", progress=False)

@@ -26,6 +26,7 @@ from isegprobe.training.store_checks import (
     check_resumed_store,
     check_resumed_validation,
     check_store_fits,
+    warn_when_guidance_is_normalized_otherwise,
     warn_when_labels_predate_crop_filters,
     warn_when_sbd_is_drawn_uniformly,
 )
@@ -93,6 +94,8 @@ def set_up_run(
     torch.manual_seed(config.seed)
     probe = ISProbe(config.model, **probe_dims(dataset, featurizer if online else None, size))
     _check_upsampler_is_not_frozen_at_random(config, probe)
+    if rank == 0:
+        warn_when_guidance_is_normalized_otherwise(probe.upsampler, config.model.upsampler, preprocessing)
     trainer = Trainer(config, probe, preprocessing, device, featurizer if online else None, online)
     loader = training_loader(dataset, config, device, not loader_reads_features, rank, world)
     items = loader.dataset

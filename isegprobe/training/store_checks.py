@@ -6,11 +6,14 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
+from torch import nn
+
 from isegprobe.cache.schema import check_same_featurizer, identity_value, store_fingerprint
 from isegprobe.cache.store import FeatureStore
-from isegprobe.config import DataConfig
+from isegprobe.config import DataConfig, UpsamplerConfig
 from isegprobe.errors import UserError
-from isegprobe.featurizers.normalization import NORMALIZATIONS
+from isegprobe.featurizers.normalization import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
 
 
 def check_store_fits(data: DataConfig, preprocessing: dict[str, Any], provenance: dict[str, Any] | None) -> None:
@@ -71,6 +74,34 @@ def warn_when_sbd_is_drawn_uniformly(dataset: dict[str, Any], sample_weights: st
             UniformDrawsWarning,
             stacklevel=2,
         )
+
+
+class GuidanceStatisticsWarning(UserWarning):
+    """A learned upsampler's guidance images are normalized otherwise than its authors' checkpoint learnt from."""
+
+
+def warn_when_guidance_is_normalized_otherwise(
+    upsampler: nn.Module, config: UpsamplerConfig, preprocessing: dict[str, Any]
+) -> None:
+    """The probe guides its upsampler with the images as the store normalizes them (the featurizer's input). FeatUp,
+    AnyUp and LiFT learnt from ImageNet-normalized images whatever the backbone, so their authors' weights on a
+    store of other statistics (a CLIP's own, `--normalization model`) see images shifted from what they learnt."""
+    if config.weights is None or getattr(upsampler, "guidance_statistics", None) != "imagenet":
+        return
+    mean, std = (tuple(float(value) for value in preprocessing[key]) for key in ("mean", "std"))
+    if np.allclose(mean, IMAGENET_MEAN, atol=1e-4) and np.allclose(std, IMAGENET_STD, atol=1e-4):
+        return
+    warnings.warn(
+        f"model.upsampler.weights: {config.name}'s authors trained it on guidance images normalized by ImageNet's "
+        f"mean and std; this store's images are normalized by mean {_rounded(mean)} and std {_rounded(std)}, which "
+        "it gets instead. A store extracted with --normalization imagenet gives it the images it learnt from",
+        GuidanceStatisticsWarning,
+        stacklevel=2,
+    )
+
+
+def _rounded(values: tuple[float, ...]) -> list[float]:
+    return [round(value, 4) for value in values]
 
 
 def check_store_matches(store: FeatureStore, metadata: dict[str, Any]) -> None:

@@ -170,6 +170,8 @@ class CrossAttentionBlock(nn.Module):
 class AnyUp(LearnedUpsampler):
     """AnyUp with the paper's settings (qk dim 128, 4 heads, 5x5 unification basis, window ratio 0.1)."""
 
+    guidance_statistics = "imagenet"  # its README asks for ImageNet-normalized images, whatever the backbone
+
     def __init__(self, rows_per_band: int | None = None) -> None:
         super().__init__()
         self.rows_per_band = rows_per_band

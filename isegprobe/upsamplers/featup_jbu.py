@@ -137,6 +137,7 @@ class FeatUpJBU(LearnedUpsampler):
     """ChannelNorm then FeatUp's JBU stack, the pair FeatUp's hub model runs after its backbone."""
 
     scale = 16
+    guidance_statistics = "imagenet"  # FeatUp trains every JBU stack on ImageNet-normalized images
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -166,6 +167,7 @@ class FeatUpJBUStack(LearnedUpsampler):
     """FeatUp's JBU stack without the ChannelNorm in front, as iSegProbe's `JBUFeatUp` runs it."""
 
     scale = 16
+    guidance_statistics = "imagenet"
 
     def __init__(self, dim: int) -> None:
         super().__init__()

@@ -26,6 +26,10 @@ class LearnedUpsampler(Upsampler):
     trainable = True
     scale: int | None = None
     follows_train_mode = False
+    # How the guidance images its authors' checkpoints learnt from were normalized: "imagenet" (ImageNet's mean and
+    # std, whatever the featurizer), or None where the method does not depend on it (LoftUp rescales each image by
+    # its own range; JAFAR takes the featurizer's own statistics, as the probe gives them).
+    guidance_statistics: str | None = None
 
     def train(self: LearnedT, mode: bool = True) -> LearnedT:
         learns = any(parameter.requires_grad for parameter in self.parameters())

@@ -55,6 +55,7 @@ class Up(nn.Module):
 
 class LiFT(LearnedUpsampler):
     scale = 2
+    guidance_statistics = "imagenet"  # the DINO and DINOv2 checkpoints (the authors', iSegProbe's) learnt so
 
     def __init__(self, dim: int) -> None:
         super().__init__()

@@ -66,7 +66,8 @@ class LostRank(Exception):
 
 def lost_contact(error: BaseException) -> bool:
     """Whether `error` is a collective's failure because a peer went away: gloo raises a plain RuntimeError whose
-    text names its transport ("Connection closed by peer"), NCCL and the store torch's `DistError`s."""
+    text names its transport ("Connection closed by peer"); NCCL and the rendezvous store raise torch's
+    `DistError`s."""
     if not (dist.is_available() and dist.is_initialized()):
         return False
     return isinstance(error, dist.DistError) or "/gloo/" in str(error)

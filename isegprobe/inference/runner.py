@@ -295,8 +295,8 @@ def _evaluate_dataset(
     `limited`: the --max-objects cut `tasks` come through; a dataset it cut stays unfinished."""
     clicks = request.max_clicks
     done = len(writer.curves.get(name, {}))
-    pictures = Path(request.out_dir) / "vis" / name
     progress = tqdm(desc=name, unit="click", total=total * clicks, initial=done * clicks, smoothing=0, file=sys.stderr)
+    pictures = Path(request.out_dir) / "vis" / name
     postfix = {"objects": f"{done}/{total}"}
 
     def clicked(click: int, objects: int) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from isegprobe.errors import UserError
 from isegprobe.inference.metrics import summarize
+from isegprobe.kept_files import EVALUATION_FILES
 from isegprobe.training.checkpoint import atomic_write_bytes
 
 CSV_COLUMNS = (
@@ -36,8 +37,6 @@ CSV_COLUMNS = (
 
 # What results.json files written before a run-info key existed meant by leaving it out.
 RUN_INFO_DEFAULTS = {"protocol": "cache"}
-# The files an evaluation writes into its folder, which nothing else may replace.
-EVALUATION_FILES = ("results.json", "results.csv", "ious.npz")
 # Run-info keys that results.json files written before them cannot be checked against.
 RECORDED_SINCE = frozenset({"source_fingerprints", "checkpoint_step"})
 

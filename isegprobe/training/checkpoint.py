@@ -27,6 +27,7 @@ from torch import nn
 from isegprobe.config import TrainConfig, train_config_from_dict
 from isegprobe.errors import UserError, writing_to
 from isegprobe.home_paths import expand_home
+from isegprobe.kept_files import refuse_to_replace_a_kept_file
 from isegprobe.model import ISProbe
 from isegprobe.upsamplers.learned import LearnedUpsampler
 
@@ -55,8 +56,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_output_file(path: str | Path, data: bytes) -> None:
     """`atomic_write_bytes` into a path a user named, making its folders first, as the plots make theirs: a folder
-    that does not exist yet is one to create, not one that vanished while the command ran."""
+    that does not exist yet is one to create, not one that vanished while the command ran. A file of a training run
+    or an evaluation is never replaced (`refuse_to_replace_a_kept_file`)."""
     path = Path(path)
+    refuse_to_replace_a_kept_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
 

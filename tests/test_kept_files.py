@@ -1,0 +1,46 @@
+"""Outputs a user names (tables, statistics, pictures) never replace a training run's or an evaluation's own files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from isegprobe.errors import UserError
+from isegprobe.training.checkpoint import write_output_file
+
+
+def folder_with(path: Path, *names: str) -> Path:
+    path.mkdir()
+    for name in names:
+        (path / name).write_text("kept")
+    return path
+
+
+@pytest.mark.parametrize("name", ["best.json", "last.json", "last.safetensors", "config.yaml", "scalars.csv"])
+def test_a_run_keeps_its_files(tmp_path: Path, name: str) -> None:
+    """`cache stats --out RUN/best.json` replaced the run's checkpoint metadata: it could be neither resumed nor
+    evaluated."""
+    run = folder_with(tmp_path / "run", "last.json", "best.json", "last.safetensors", "config.yaml", "scalars.csv")
+    with pytest.raises(UserError, match=f"{name}: a file of the training run in .*run, which this would replace"):
+        write_output_file(run / name, b"{}")
+    assert (run / name).read_text() == "kept"
+    write_output_file(run / "stats.json", b"{}")  # a file of its own beside them is welcome
+
+
+@pytest.mark.parametrize("name", ["results.json", "results.csv", "ious.npz"])
+def test_an_evaluation_keeps_its_files(tmp_path: Path, name: str) -> None:
+    results = folder_with(tmp_path / "results", "results.json", "results.csv", "ious.npz")
+    with pytest.raises(UserError, match=f"{name}: a file of the evaluation in .*results"):
+        write_output_file(results / name, b"table")
+    assert (results / name).read_text() == "kept"
+    write_output_file(results / "report.md", b"table")
+    write_output_file(results / "report.md", b"table again")  # an output of its own is replaced as asked
+    assert (results / "report.md").read_bytes() == b"table again"
+
+
+def test_the_same_names_elsewhere_are_plain_outputs(tmp_path: Path) -> None:
+    folder = folder_with(tmp_path / "mine", "config.yaml", "results.csv")
+    write_output_file(folder / "config.yaml", b"a: 1")
+    write_output_file(folder / "results.csv", b"a,b")
+    assert (folder / "results.csv").read_bytes() == b"a,b"

@@ -28,7 +28,8 @@ from isegprobe.errors import UserError
 from isegprobe.featurizers import RandomWeightsWarning, recreate_featurizer
 from isegprobe.model import click_inputs, click_maps, create_click_encoder
 from isegprobe.model.clicks import RESEARCH_CHANNEL_OF
-from isegprobe.training import load_probe
+from isegprobe.training import load_probe, seed_import
+from isegprobe.training.checkpoint import read_metadata
 from isegprobe.training.seed_checkpoints import SeedProbe, read_seed_checkpoint, seed_probe
 from isegprobe.training.seed_import import import_seed_probe
 
@@ -318,6 +319,33 @@ def test_a_seed_probe_from_another_patch_size_does_not_fit_its_featurizer(store:
     import_seed_probe(fitting, tmp_path / "ok", store_path=store)
     with pytest.raises(UserError, match="already holds a run"):
         import_seed_probe(fitting, tmp_path / "ok", store_path=store)
+
+
+def test_two_imports_into_one_folder_at_once_leave_the_first_and_refuse_the_second(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both imports passed the folder's check before either held its lock: both said they imported, the second's
+    weights replaced the first's. The check is made again under the lock."""
+    first = write_seed_checkpoint(tmp_path / "first.pth", patch_embed_weights())
+    second = write_seed_checkpoint(tmp_path / "second.pth", {k: v + 1 for k, v in patch_embed_weights().items()})
+    read_seed = seed_import.seed_probe
+
+    def first_finishes_meanwhile(*args: object) -> object:
+        monkeypatch.setattr(seed_import, "seed_probe", read_seed)
+        import_seed_probe(first, tmp_path / "run", store_path=store)
+        return read_seed(*args)
+
+    monkeypatch.setattr(seed_import, "seed_probe", first_finishes_meanwhile)
+    with pytest.raises(UserError, match="already holds a run"):
+        import_seed_probe(second, tmp_path / "run", store_path=store)
+    assert read_metadata(tmp_path / "run" / "last.json")["imported_from"]["path"] == str(first.resolve())
+
+
+def test_an_import_into_a_store_is_refused(store: Path, tmp_path: Path) -> None:
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights())
+    with pytest.raises(UserError, match="inside the feature store"):
+        import_seed_probe(checkpoint, store / "run", store_path=store)
+    assert not (store / "run").exists()
 
 
 def setting(*path: str, to: object) -> Callable[[dict], None]:

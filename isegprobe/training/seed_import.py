@@ -16,6 +16,7 @@ from isegprobe import __version__, featurizers
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.attrs import preprocessing_attrs
 from isegprobe.cache.schema import ARCHITECTURE_IDENTITY_KEYS, check_same_featurizer
+from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.config import config_to_dict, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
@@ -43,8 +44,8 @@ def import_seed_probe(
     store of the same featurizer at the probe's crop size, whose provenance then stands for the featurizer.
     """
     seed_path, run_dir = Path(seed_path), Path(run_dir)
-    if (run_dir / "last.json").exists():
-        raise UserError(f"{run_dir} already holds a run (last.json); import into a new directory")
+    refuse_output_inside_a_store(run_dir)
+    _refuse_a_run_folder(run_dir)  # before the featurizer is built; again under the lock, where it decides
     seed = seed_probe(read_seed_checkpoint(seed_path), str(seed_path))
     if store_path is None:
         featurizer = featurizers.create_featurizer(seed.featurizer, weights=weights, normalization=SEED_NORMALIZATION)
@@ -90,9 +91,15 @@ def import_seed_probe(
         "imported_from": {"path": str(seed_path.resolve()), "sha256": file_sha256(seed_path), "preset": seed.preset},
     }
     with exclusive_lock(run_dir):
+        _refuse_a_run_folder(run_dir)  # another import into the same folder may have finished meanwhile
         run_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(run_dir, "last", probe, metadata)
     return metadata
+
+
+def _refuse_a_run_folder(run_dir: Path) -> None:
+    if (run_dir / "last.json").exists():
+        raise UserError(f"{run_dir} already holds a run (last.json); import into a new directory")
 
 
 def _store_provenance(store_path: str | Path, seed: SeedProbe, built: dict[str, Any]) -> dict[str, Any]:

@@ -37,8 +37,10 @@ from isegprobe.demo import server
 from isegprobe.demo.app import build_app
 from isegprobe.demo.catalog import ImageCatalog
 from isegprobe.demo.upload import read_upload
+from isegprobe.errors import UserError
 from isegprobe.state_dicts import TorchScriptWarning
 from isegprobe.training import train
+from isegprobe.training.checkpoint import read_metadata
 
 SIZE = 56
 
@@ -412,3 +414,26 @@ def test_an_upload_name_is_escaped_in_the_download_header(demo: int, name: str) 
     (fallback, exact) = (value for key, value in params if key == "filename")
     assert collapse_rfc2231_value(exact) == f"{Path(name).stem}_instances.png", "the exact name, as UTF-8"
     assert fallback.isascii() and not set(fallback) & set('"\\\r\n'), "for old clients: no quote, no escape"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deep to read"),
+        ("[1]", "not an isegprobe probe checkpoint"),
+        (b"\xff\xfe{", "not valid JSON"),
+    ],
+)
+def test_checkpoint_metadata_of_any_json_is_refused_in_one_line(tmp_path: Path, content: str | bytes, message: str):
+    """A list, bytes that are not UTF-8 and JSON nested past the parser's depth (RecursionError) were tracebacks."""
+    path = tmp_path / "last.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(UserError, match=message):
+        read_metadata(path)
+
+
+def test_a_coco_file_nested_past_the_parsers_depth_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="annotations.json: not a COCO-format JSON"):
+        create_dataset("custom", path)

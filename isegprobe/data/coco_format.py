@@ -29,6 +29,8 @@ def load_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: annotation file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:  # nested deeper than the parser goes: no COCO-format file is
+        raise UserError(f"{path}: not a COCO-format JSON (nested too deep to read)") from None
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("images"), list)

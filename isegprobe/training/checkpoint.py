@@ -237,9 +237,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{path.with_suffix('.safetensors')}: not an isegprobe checkpoint, its metadata {path.name} is missing. "
             f"{CHECKPOINT_HINT}"
         ) from error
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON: {error}") from error
-    if metadata.get("format") != FORMAT:
+    except RecursionError:  # nested deeper than the parser goes: no checkpoint's metadata is
+        raise UserError(f"{path} is not an isegprobe probe checkpoint (JSON nested too deep to read)") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise UserError(f"{path} is not an isegprobe probe checkpoint")
     return metadata
 

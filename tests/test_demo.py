@@ -230,6 +230,13 @@ def test_the_demo_command_takes_one_source_of_images(checkpoint: Path, image_fol
     assert result.exit_code != 0 and "--images and --dataset: give one of them" in result.output
 
 
+def test_an_image_option_that_names_no_image_file_is_refused_at_start(checkpoint: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "results.json"
+    notes.write_text("{}")
+    result = CliRunner().invoke(main, ["demo", "--checkpoint", str(checkpoint), "--image", str(notes)])
+    assert result.exit_code == 1 and f"--image {notes}: not an image file" in result.output
+
+
 def picture_of(state: dict) -> np.ndarray:
     header, data = state["panels"][0]["picture"].split(",", 1)
     assert header == "data:image/jpeg;base64"
@@ -276,6 +283,8 @@ def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, im
     assert picture_of(uploaded).shape == (800, 1600, 3), "the picture sent is at most 1600 px on a side"
     clicked = client.post("/api/click", json={"x": 1999, "y": 999, "positive": True}).json()
     assert clicked["clicks"] == [{"x": 1999, "y": 999, "positive": True}]
+    listed = client.post(f"/api/upload?name={names[0]}", content=encoded).json()
+    assert listed["image"] == f"upload-{names[0]}", "an upload never takes the name of an image of the list"
     refused = client.post("/api/upload?name=notes.txt", content=b"not an image")
     assert refused.status_code == 400 and "notes.txt: cannot read this image" in refused.json()["detail"]
     cut = client.post(

@@ -33,6 +33,8 @@ class ImageCatalog:
     @classmethod
     def from_options(cls, images: str | None, image: str | None) -> ImageCatalog:
         if image is not None:
+            if Path(image).suffix.lower() not in IMAGE_SUFFIXES:
+                raise UserError(f"--image {image}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
             return cls([Path(image)])
         if images is None:
             return cls([])

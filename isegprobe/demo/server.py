@@ -109,7 +109,7 @@ def create_app(session: DemoSession, catalog: Catalog, host: str = "127.0.0.1", 
             raise HTTPException(status_code=413, detail=str(error)) from None
         except UserError as error:
             raise HTTPException(status_code=400, detail=str(error)) from None
-        return await run_in_threadpool(act, lambda: session.open(name, pixels))
+        return await run_in_threadpool(act, lambda: session.open(_upload_name(name, catalog.names()), pixels))
 
     @app.post("/api/click")
     def click(request: ClickRequest) -> dict[str, Any]:
@@ -157,6 +157,16 @@ async def _bad_request(request: Request, error: RequestValidationError) -> JSONR
         reason = problem["msg"] + (f" ({problem['ctx']['error']})" if "error" in problem.get("ctx", {}) else "")
         problems.append(f"{where}: {reason}" if where else reason)
     return JSONResponse({"detail": f"{request.url.path}: " + "; ".join(problems)}, status_code=400)
+
+
+def _upload_name(name: str, listed: list[str]) -> str:
+    """What an upload is called: its file name, unless an image of the list has it. Then the page would mark that
+    image as open while showing the upload, and the upload's objects would download under the listed image's name."""
+    taken, candidate, copy = set(listed), name, 1
+    while candidate in taken:
+        candidate = f"upload-{copy}-{name}" if copy > 1 else f"upload-{name}"
+        copy += 1
+    return candidate
 
 
 def _state(session: DemoSession, catalog: Catalog, seconds: float) -> dict[str, Any]:

@@ -95,6 +95,15 @@ def test_a_missing_or_malformed_user_file_is_named(home: Path, monkeypatch: pyte
     write_yaml(bad, {"roots": {"sbd": 3}})
     with pytest.raises(UserError, match="roots must map dataset names to folders"):
         load_dataset_config()
+    bad.write_text("[]\n")  # a list: it was read as an empty file
+    with pytest.raises(UserError, match=rf"{bad}: expected a mapping with the keys options and roots"):
+        load_dataset_config()
+    write_yaml(bad, {"roots": {"grabcutt": "data/GrabCut"}})  # it was ignored, GrabCut read from its default folder
+    with pytest.raises(UserError, match=r"roots\.grabcutt names no dataset; did you mean grabcut\?"):
+        load_dataset_config()
+    write_yaml(bad, {"options": {"sdb": {"train": {}}}})
+    with pytest.raises(UserError, match=r"options\.sdb names no dataset; did you mean sbd\?"):
+        load_dataset_config()
 
 
 def test_shipped_options_apply_and_the_users_win(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ datasets.yaml; an `options:` mapping of the same shape in the user's file wins k
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -98,9 +99,10 @@ def load_dataset_config() -> DatasetConfig:
 def _read(path: Path | Traversable, keys: set[str]) -> dict[str, Any]:
     """`path`'s mapping with the given top-level keys (each missing one empty), checked for shape."""
     try:
-        data = load_yaml(path.read_text()) or {}
+        data = load_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid YAML: {error}") from None
+    data = {} if data is None else data  # an empty file
     if not isinstance(data, dict) or set(data) - keys:
         raise UserError(f"{path}: expected a mapping with the keys {' and '.join(sorted(keys))}")
     roots, options = data.get("roots") or {}, data.get("options") or {}
@@ -111,6 +113,8 @@ def _read(path: Path | Traversable, keys: set[str]) -> dict[str, Any]:
     for name, by_split in options.items():
         if not isinstance(by_split, dict) or not all(isinstance(value, dict) for value in by_split.values()):
             raise UserError(f"{path}: options.{name} must map split names to keyword mappings")
+    for section, names in (("roots", roots), ("options", options)):
+        _refuse_unknown_datasets(path, section, names)
     return {
         "roots": {str(name).lower(): value for name, value in roots.items()},
         "options": {
@@ -118,6 +122,15 @@ def _read(path: Path | Traversable, keys: set[str]) -> dict[str, Any]:
             for name, by_split in options.items()
         },
     }
+
+
+def _refuse_unknown_datasets(path: Path | Traversable, section: str, names: dict[Any, Any]) -> None:
+    """A misspelled dataset under roots or options was ignored, and the dataset read from its default folder."""
+    for name in names:
+        if str(name).lower() not in CATALOG:
+            close = difflib.get_close_matches(str(name).lower(), sorted(CATALOG), n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(CATALOG))}"
+            raise UserError(f"{path}: {section}.{name} names no dataset; {hint}")
 
 
 def resolve_root(name: str, root_option: str | Path | None) -> Path | None:

@@ -23,7 +23,7 @@ def describe_store(path: str | Path) -> str:
         f"normalization {identity_value(featurizer, 'normalization')}",
         f"           patch {featurizer['patch_size']}  dim {featurizer['dim']}  timm {featurizer.get('timm_version')}",
         f"dataset    {dataset['name']}/{dataset['split']}  root {dataset['root']}",
-        f"preprocess size {preprocessing['size']}  resize {preprocessing['resize']}  views {', '.join(attrs['views'])}",
+        f"preprocess size {preprocessing['size']}  resize {_resize(preprocessing)}  views {', '.join(attrs['views'])}",
         _pixels_line(store),
         f"items      {done} of {store.num_items} done  ({store.items_per_shard} items per shard)",
         *_missing_chunks_line(store),
@@ -57,6 +57,11 @@ def _missing_chunks_line(store: FeatureStore) -> list[str]:
     if not missing:
         return []
     return [f"           {len(missing)} finished items have chunk files missing: `isegprobe cache verify` lists them"]
+
+
+def _resize(preprocessing: dict[str, Any]) -> str:
+    """How images were brought to the working size; a store that does not say was stretched, as readers take it."""
+    return str(preprocessing.get("resize", "stretch"))
 
 
 def _weights(featurizer: dict[str, Any]) -> str:

@@ -17,9 +17,16 @@ TEXT_COLUMNS = 5
 def find_stores(root: str | Path) -> list[Path]:
     """Each folder under `root` (itself included) with a `zarr.json`, in path order, whether or not it opens as a
     store: a damaged store gets its row rather than vanish from the list. The arrays inside a store are not searched,
-    nor a store still being created."""
+    nor a store still being created. Linked folders are followed (stores kept on another disk are often linked into
+    a cache folder), each folder once, so a link to a folder above it does not lead round in circles."""
     found = []
-    for folder, subfolders, files in os.walk(root):
+    visited = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        where = os.stat(folder)
+        if (where.st_dev, where.st_ino) in visited:
+            subfolders.clear()
+            continue
+        visited.add((where.st_dev, where.st_ino))
         if folder.endswith(STAGING_SUFFIX) or "zarr.json" in files:
             subfolders.clear()
         if "zarr.json" in files and not folder.endswith(STAGING_SUFFIX):

@@ -63,6 +63,7 @@ def feature_stats(path: str | Path) -> FeatureStats:
             if not finished.any():
                 continue
             features = read_items(store, handle, "features", items)[finished].astype(np.float64)
+            _refuse_non_finite(store, features, np.flatnonzero(finished) + items.start)
             vectors = np.moveaxis(features, 2, -1).reshape(-1, dim)  # [items * views * h * w, C]
             total += vectors.sum(axis=0)
             total_sq += np.square(vectors).sum(axis=0)
@@ -88,6 +89,18 @@ def feature_stats(path: str | Path) -> FeatureStats:
         norm_quantiles=quantiles,
         high_norm_fraction=float(np.mean(sample > HIGH_NORM_FACTOR * quantiles["p50"])),
     )
+
+
+def _refuse_non_finite(store: FeatureStore, features: np.ndarray, indices: np.ndarray) -> None:
+    """One NaN or Inf makes every mean, std and norm of its channel or of the store NaN (and the running maximum
+    forget it), which would be reported, and written as JSON, as if they were numbers."""
+    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)
+    if not finite.all():
+        index = int(indices[np.argmin(finite)])
+        raise UserError(
+            f"{store.path}: item {index} ({store.attrs['item_ids'][index]}): features are not finite, so its "
+            "statistics would be NaN; `isegprobe cache verify` lists every such item"
+        )
 
 
 def format_stats(stats: FeatureStats, top: int = 5) -> str:

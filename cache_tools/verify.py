@@ -28,8 +28,13 @@ def verify_store(path: str | Path) -> list[str]:
     with tqdm(desc="verifying", total=total, unit="item", disable=None, file=sys.stderr) as progress:
         broken = list(broken_entries(store, on_shard=progress.update))
     problems = [f"item {index} ({item_ids[index]}): {problem}" for index, problem in broken]
-    recorded = int(store.attrs["completion"].get("items_done", 0))
-    if recorded > total:  # the last extraction counted more finished items than the done record now holds
+    recorded = store.attrs["completion"].get("items_done", 0)
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 0:
+        problems.append(
+            f"attrs completion.items_done: expected the number of finished items, got {recorded!r}: the store's "
+            "zarr.json was edited or damaged (the next extract-features writes it again)"
+        )
+    elif recorded > total:  # the last extraction counted more finished items than the done record now holds
         problems.append(
             f"the done record holds {total} finished items where the extraction that wrote the store counted "
             f"{recorded}: its chunk file is missing or was overwritten"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,28 @@ from stores import builtin_store
 from cache_tools.stats import feature_stats
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.cache import cache
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small finished store, extracted once for the tests that copy it and damage the copy."""
+    return builtin_store(tmp_path_factory.mktemp("pristine"), size=28, views="identity", items_per_shard=4)
+
+
+def copied(store: Path, folder: Path) -> Path:
+    return Path(shutil.copytree(store, folder / store.name, symlinks=True))
+
+
+def edit_attrs(store: Path, change: Callable[[dict], None]) -> None:
+    """Change the attrs in the store's zarr.json by hand, as an edit or a half-copy would."""
+    metadata = json.loads((store / "zarr.json").read_text())
+    change(metadata["attributes"])
+    (store / "zarr.json").write_text(json.dumps(metadata))
+
+
+def listed_rows(output: str) -> list[list[str]]:
+    """The cells of `cache ls`'s rows below its header."""
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in output.splitlines()[2:]]
 
 
 def test_inspect_summarizes_and_verify_finds_a_damaged_item(tmp_path):
@@ -191,3 +215,88 @@ def test_a_store_without_checksums_verifies_and_says_its_bytes_were_not_checked(
     del zarr.open_group(str(store), mode="r+")["checksum"]
     verified = CliRunner().invoke(cache, ["verify", str(store)])
     assert verified.exit_code == 0 and "its bytes were not checked" in verified.output
+
+
+def test_stats_refuse_features_that_are_not_finite_and_write_nothing(pristine, tmp_path):
+    """A NaN would make every statistic of its channel NaN (and JSON without a standard reading), an Inf the norms."""
+    store = copied(pristine, tmp_path)
+    features = zarr.open(str(store), mode="r+")["features"]
+    for item, value in ((9, np.inf), (3, np.nan)):
+        damaged = features[item, 0]
+        damaged[0, 0, 0] = value
+        features[item, 0] = damaged
+    out = tmp_path / "stats.json"
+    refused = CliRunner().invoke(cache, ["stats", str(store), "--out", str(out)])
+    assert refused.exit_code == 1
+    assert "item 3 (test_003): features are not finite" in refused.output, "the first such item"
+    assert "`isegprobe cache verify`" in refused.output and "Traceback" not in refused.output
+    assert not out.exists()
+
+
+def test_ls_follows_linked_stores_and_not_a_link_round_in_a_circle(pristine, tmp_path):
+    root = tmp_path / "cache"
+    (root / "elsewhere").mkdir(parents=True)
+    (root / "elsewhere" / pristine.name).symlink_to(pristine, target_is_directory=True)
+    (root / "elsewhere" / "up").symlink_to(root, target_is_directory=True)
+    listed = CliRunner().invoke(cache, ["ls", str(root)])
+    assert listed.exit_code == 0, listed.output
+    rows = listed_rows(listed.output)
+    assert [row[:3] for row in rows] == [
+        [f"elsewhere/{pristine.name}", "vit_small_patch14_dinov2", "random"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("featurizer", "name"),
+        ("featurizer", "weights"),
+        ("dataset", "name"),
+        ("dataset", "split"),
+        ("dataset", "root"),
+        ("layout", "compressor"),
+    ],
+)
+def test_a_store_without_a_key_its_readers_use_is_refused_by_name_and_listed_as_such(pristine, tmp_path, section, key):
+    intact = copied(pristine, tmp_path)
+    damaged = copied(pristine, tmp_path / "damaged")
+    edit_attrs(damaged, lambda attrs: attrs[section].pop(key))
+    inspected = CliRunner().invoke(cache, ["inspect", str(damaged)])
+    assert inspected.exit_code == 1
+    assert f"attrs {section}.{key}: expected" in inspected.output and "no such key" in inspected.output
+    listed = CliRunner().invoke(cache, ["ls", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    rows = listed_rows(listed.output)
+    assert [row[0] for row in rows] == [f"damaged/{damaged.name}", intact.name]
+    assert rows[0][1].startswith(f"unreadable: attrs {section}.{key}: expected")
+    assert rows[1][1] == "vit_small_patch14_dinov2"
+
+
+def test_a_store_that_does_not_say_how_it_resized_reads_as_stretched(pristine, tmp_path):
+    """What every reader takes its absence for."""
+    store = copied(pristine, tmp_path)
+    edit_attrs(store, lambda attrs: attrs["preprocessing"].pop("resize"))
+    inspected = CliRunner().invoke(cache, ["inspect", str(store)])
+    assert inspected.exit_code == 0, inspected.output
+    assert "preprocess size 28  resize stretch  views identity\n" in inspected.output
+
+
+def test_metadata_that_is_not_text_is_reported_as_unreadable(pristine, tmp_path):
+    store = copied(pristine, tmp_path)
+    (store / "zarr.json").write_bytes(b"\xff\xfe\x00garbage")
+    runner = CliRunner()
+    for command in ("inspect", "verify", "stats"):
+        refused = runner.invoke(cache, [command, str(store)])
+        assert refused.exit_code == 1
+        assert f"{store / 'zarr.json'}: unreadable Zarr metadata" in refused.output, command
+    listed = runner.invoke(cache, ["ls", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert listed_rows(listed.output)[0][1].startswith("unreadable: ")
+
+
+def test_verify_reports_a_count_of_finished_items_that_is_not_a_number(pristine, tmp_path):
+    store = copied(pristine, tmp_path)
+    edit_attrs(store, lambda attrs: attrs["completion"].update(items_done="x"))
+    verified = CliRunner().invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 1
+    assert "attrs completion.items_done: expected the number of finished items, got 'x'" in verified.output

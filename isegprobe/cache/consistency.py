@@ -31,18 +31,49 @@ _COUNTS = (
     ("preprocessing", "size"),
     ("layout", "items_per_shard"),
 )
+# (section, key) holding a name, which `cache inspect` and `cache ls` show and evaluation finds the data by. Every
+# store extract-features wrote, of either schema, has them; `preprocessing.resize` is not among them because readers
+# take its absence for "stretch".
+_NAMES = (
+    ("featurizer", "name"),
+    ("featurizer", "weights"),
+    ("dataset", "name"),
+    ("dataset", "split"),
+)
+# The Blosc settings `layout.compressor` gives, which `cache inspect` shows: key -> the type of its value
+_CODEC_KEYS = {"name": str, "cname": str, "clevel": int, "shuffle": str}
+
+
+class _Absent:
+    """What a key that is not there shows as in a message (where None would read as a value)."""
+
+    def __repr__(self) -> str:
+        return "nothing (no such key)"
+
+
+_ABSENT = _Absent()
 _REMEDY = "the store's zarr.json was edited or damaged: extract it again (extract-features --overwrite)"
 
 
 def check_attrs(path: Path, attrs: dict[str, Any]) -> None:
     """Refuse attrs that lack what readers use, naming the key."""
     for key, kind in _SECTIONS.items():
-        if not isinstance(attrs.get(key), kind):
-            raise _bad(path, key, f"a {kind.__name__}", attrs.get(key))
+        if not isinstance(attrs.get(key, _ABSENT), kind):
+            raise _bad(path, key, f"a {kind.__name__}", attrs.get(key, _ABSENT))
     for section, key in _COUNTS:
-        value = attrs[section].get(key)
+        value = attrs[section].get(key, _ABSENT)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise _bad(path, f"{section}.{key}", "a whole number >= 1", value)
+    for section, key in _NAMES:
+        value = attrs[section].get(key, _ABSENT)
+        if not isinstance(value, str) or not value:
+            raise _bad(path, f"{section}.{key}", "a non-empty string", value)
+    root = attrs["dataset"].get("root", _ABSENT)
+    if root is not None and not isinstance(root, str):  # None: built-in data, read from no folder
+        raise _bad(path, "dataset.root", "the dataset's folder, or null for built-in data", root)
+    codec = attrs["layout"].get("compressor", _ABSENT)
+    if not isinstance(codec, dict) or not all(isinstance(codec.get(key), kind) for key, kind in _CODEC_KEYS.items()):
+        raise _bad(path, "layout.compressor", f"a Blosc codec's {', '.join(_CODEC_KEYS)}", codec)
     for key in ("views", "item_ids"):
         if not attrs[key] or not all(isinstance(name, str) for name in attrs[key]):
             raise _bad(path, key, "a non-empty list of names", attrs[key])

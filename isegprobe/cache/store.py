@@ -265,7 +265,7 @@ def refuse_output_inside_a_store(out: str | Path, option: str = "--out") -> None
 def _node_type(path: Path) -> str:
     try:
         return str(json.loads((path / "zarr.json").read_text()).get("node_type"))
-    except (json.JSONDecodeError, AttributeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise UserError(f"{path / 'zarr.json'}: unreadable Zarr metadata ({error})") from None
 
 

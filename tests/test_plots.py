@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -271,28 +272,70 @@ def test_report_says_which_cells_do_not_compare(tmp_path: Path) -> None:
     assert lines[4] == "", "a blank line ends the Markdown table before the notes"
 
 
-def test_predictions_replay_an_object_of_an_evaluation_and_match_its_recorded_curve(tmp_path: Path) -> None:
-    store = builtin_store(tmp_path / "cache", size=56)
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The results folder of an evaluation (6 clicks, --flip) of a briefly trained probe on the built-in store."""
+    folder = tmp_path_factory.mktemp("evaluated")
+    store = builtin_store(folder / "cache", size=56)
     config = load_train_config("quickstart", ["schedule.max_iters=3"])
-    training_store = CachedDataset(builtin_store(tmp_path / "cache", split="train", size=56))
-    train(config, training_store, tmp_path / "run", device="cpu", progress=False)
-    arguments = ["evaluate", "--checkpoint", str(tmp_path / "run"), "--store", str(store), "--max-clicks", "6"]
-    evaluated = CliRunner().invoke(main, [*arguments, "--flip", "--out", str(tmp_path / "results")])
-    assert evaluated.exit_code == 0, evaluated.output
+    training_store = CachedDataset(builtin_store(folder / "cache", split="train", size=56))
+    train(config, training_store, folder / "run", device="cpu", progress=False)
+    arguments = ["evaluate", "--checkpoint", str(folder / "run"), "--store", str(store), "--max-clicks", "6"]
+    result = CliRunner().invoke(main, [*arguments, "--flip", "--out", str(folder / "results")])
+    assert result.exit_code == 0, result.output
+    return folder / "results"
 
-    result = plot("predictions", str(tmp_path / "results"), "--object", "test_002_1")
+
+def edited_results(evaluated: Path, folder: Path, **changes) -> Path:
+    """A copy of the evaluation's results in `folder`, with `changes` made to its results.json."""
+    shutil.copytree(evaluated, folder, ignore=shutil.ignore_patterns("predictions", "*.lock"))
+    path = folder / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return folder
+
+
+def test_predictions_replay_an_object_of_an_evaluation_and_match_its_recorded_curve(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    result = plot("predictions", str(evaluated), "--object", "test_002_1")
     assert result.exit_code == 0, result.output
     assert "largest difference over the 6 clicks 0" in result.output and "warning" not in result.output
-    picture = cv2.imread(str(tmp_path / "results" / "predictions" / "builtin_test_002_1.png"))
+    picture = cv2.imread(str(evaluated / "predictions" / "builtin_test_002_1.png"))
     height, width = create_dataset("builtin", split="test")[2].image.shape[:2]
     assert picture.shape[0] > height and picture.shape[1] > 4 * width, "panels after 1, 3, 5 and 6 clicks"
 
-    unknown = plot("predictions", str(tmp_path / "results"), "--object", "test_002_9")
+    unknown = plot("predictions", str(evaluated), "--object", "test_002_9")
     assert unknown.exit_code == 1 and "--object 'test_002_9': not among the 26 objects of builtin" in unknown.output
-    weights = Path(json.loads((tmp_path / "results" / "results.json").read_text())["checkpoint"])
+    weights = tmp_path / "last.safetensors"
+    shutil.copyfile(json.loads((evaluated / "results.json").read_text())["checkpoint"], weights)
+    results = edited_results(evaluated, tmp_path / "results", checkpoint=str(weights))
     weights.write_bytes(weights.read_bytes() + b" ")
-    changed = plot("predictions", str(tmp_path / "results"), "--object", "test_002_1")
+    changed = plot("predictions", str(results), "--object", "test_002_1")
     assert changed.exit_code == 1 and "changed since the evaluation" in changed.output
+
+
+def test_predictions_refuse_a_store_extracted_again_since_the_evaluation(evaluated: Path, tmp_path: Path) -> None:
+    """The replay would read other features than the evaluation did, and draw them as its."""
+    results = edited_results(evaluated, tmp_path / "results", source_fingerprints={"builtin": "0" * 64})
+    store = json.loads((results / "results.json").read_text())["sources"]["builtin"]
+    result = plot("predictions", str(results), "--object", "test_002_1", "--out", str(tmp_path / "p.png"))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"{store}: not the store this evaluation read: extracted again since, its fingerprint differs" in (
+        result.output
+    )
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_predictions_of_an_object_its_store_no_longer_holds_name_it(evaluated: Path, tmp_path: Path) -> None:
+    results = edited_results(evaluated, tmp_path / "results")
+    with np.load(results / "ious.npz") as arrays:
+        curves = dict(arrays)
+    curves["builtin/ids"] = np.append(curves["builtin/ids"], "test_002_9")
+    curves["builtin/ious"] = np.concatenate([curves["builtin/ious"], curves["builtin/ious"][:1]])
+    np.savez(results / "ious.npz", **curves)
+    result = plot("predictions", str(results), "--object", "test_002_9")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "no object test_002_9 of builtin there; the store or dataset folder changed since" in result.output
 
 
 def test_predictions_replay_an_online_evaluation_from_its_dataset(tmp_path: Path) -> None:
@@ -387,7 +430,7 @@ def test_rows_labelled_alike_keep_their_notes_and_marks() -> None:
     table = format_report([("x", stopped), ("x", running)], miou_at=2, running={1: "PID 7 isegprobe evaluate"})
     lines = table.splitlines()
     assert [cell.strip() for cell in lines[2].split("|")[1:-1]][2] == "2.00*"
-    assert [cell.strip() for cell in lines[3].split("|")[1:-1]][2] == "**1.00**†"
+    assert [cell.strip() for cell in lines[3].split("|")[1:-1]][2] == "1.00†", "an unfinished row is never the best"
     assert "† x: evaluation in progress, its numbers cover the objects done so far (PID 7 isegprobe evaluate)" in lines
     assert "rows come from different evaluation protocols (x: cache, x: ritm), so their numbers do not compare" in lines
     assert any(line.startswith("rows had different click budgets (x: 4, x: 2)") for line in lines)

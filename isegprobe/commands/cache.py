@@ -11,6 +11,7 @@ from cache_tools.verify import finished_items, has_checksums
 from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.locks import shared_locks
+from isegprobe.output_files import output_file
 from isegprobe.training.checkpoint import write_output_file
 
 
@@ -74,6 +75,7 @@ def stats_command(store: str, out: str | None) -> None:
     """Per-channel mean and std and the token norm distribution (high-norm artefact tokens included) of every
     finished item and view, streamed shard by shard."""
     if out is not None:
+        output_file(out)
         refuse_output_inside_a_store(out)
     with shared_locks(store):
         stats = feature_stats(store)

@@ -3,6 +3,8 @@ object's masks click by click."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import torch
 
@@ -18,15 +20,17 @@ from isegprobe.commands.options import (
 )
 from isegprobe.errors import UserError
 from isegprobe.inference.results import refuse_repeated_labels
-from isegprobe.locks import shared_locks
+from isegprobe.locks import lock_holder, shared_locks
 from isegprobe.plots.feature_panels import (
+    PANEL_FORMATS,
     feature_panels,
     named_upsamplers,
     open_item,
     plot_feature_panels,
     probe_upsampler,
 )
-from isegprobe.plots.iou_vs_clicks import evaluation_curves, plot_iou_vs_clicks
+from isegprobe.plots.figures import figure_paths
+from isegprobe.plots.iou_vs_clicks import CURVE_FORMATS, evaluation_curves, object_count_notes, plot_iou_vs_clicks
 from isegprobe.plots.predictions import plot_predictions
 from isegprobe.upsamplers import list_upsamplers
 
@@ -49,18 +53,24 @@ def plot() -> None:
     default="iou_vs_clicks.png",
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="Output path; written as .png and as .svg (text kept editable).",
+    help="Output path, ending in .png, .svg or no suffix; written as .png and as .svg (text kept editable).",
 )
 @reports_user_errors
 def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out: str) -> None:
     """mIoU after each click, one curve per evaluation (RESULTS: folders written by `isegprobe evaluate --out`) and
     one panel per dataset; the legend gives each curve's NoC@85 and NoC@90, dotted lines mark 85 and 90 % IoU."""
+    figure_paths(out, CURVE_FORMATS)
     labelled = results_and_labels(results, labels)
     if labels is not None:
         refuse_repeated_labels([label for label, _ in labelled])
-    evaluations = [evaluation_curves(document, label) for label, document in labelled]
+    evaluations = [
+        evaluation_curves(document, label, lock_holder(Path(folder)))
+        for folder, (label, document) in zip(results, labelled, strict=True)
+    ]
     for path in plot_iou_vs_clicks(evaluations, out, title):
         click.echo(f"wrote {path}")
+    for note in object_count_notes(evaluations):
+        click.echo(f"note: {note}", err=True)
 
 
 @plot.command("features")
@@ -100,7 +110,13 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     "through its own PCA (shows the structure of outputs far from the featurizer's feature space).",
 )
 @device_option
-@click.option("--out", default="features.png", show_default=True, type=click.Path(dir_okay=False), help="PNG path.")
+@click.option(
+    "--out",
+    default="features.png",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="PNG path (.png added where it has no suffix).",
+)
 @allow_torchscript_option
 @reports_user_errors
 def features(
@@ -116,6 +132,7 @@ def features(
 ) -> None:
     """The image, a PCA-to-RGB picture of its cached low-res features, and the same PCA (fitted once, on the
     low-res features) of each upsampler's output: the same colour means the same feature in every panel."""
+    figure_paths(out, PANEL_FORMATS)
     with shared_locks(store_path):
         store = open_item(store_path, item, view)
         names = [name.strip() for name in upsamplers.split(",") if name.strip()]

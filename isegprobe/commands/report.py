@@ -11,6 +11,7 @@ from isegprobe.commands.options import labels_option, results_and_labels, result
 from isegprobe.inference.report import format_report
 from isegprobe.inference.results import refuse_repeated_labels, refuse_to_replace_results
 from isegprobe.locks import lock_holder
+from isegprobe.output_files import output_file
 from isegprobe.training.checkpoint import write_output_file
 
 
@@ -36,6 +37,7 @@ def report(results: tuple[str, ...], labels: str | None, table_format: str, miou
     still runs (it holds the folder's lock), as stopped once it does not.
     """
     if out is not None:
+        output_file(out)
         refuse_to_replace_results(out, results)
     evaluations = results_and_labels(results, labels)
     if labels is not None:

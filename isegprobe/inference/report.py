@@ -3,8 +3,9 @@ NoC@85, NoC@90 and mIoU after k clicks per dataset; the best value of each colum
 mIoU).
 
 A cell is only as good as the evaluation behind it, so the table says when one is still running or was stopped before
-every object was done, when rows came from different protocols or click budgets, or when two rows measured a dataset
-on different numbers of objects (another split, say).
+every object was done (and such a cell is never a column's best), when rows came from different protocols, settings
+(flip, zoom-in, online, threshold) or click budgets, or when two rows measured a dataset on different numbers of
+objects (another split, say).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from isegprobe.inference.results import RUN_INFO_DEFAULTS
+from isegprobe.inference.results import RUN_INFO_DEFAULTS, protocol_words
 from isegprobe.tables import markdown_table
 
 INCOMPLETE_MARK = "*"
@@ -69,13 +70,18 @@ def format_report(
     labels = [label for label, _ in evaluations]
     if table_format == "csv":
         return _csv(header, labels, [protocol_of(document) for _, document in evaluations], values)
-    best = [_best([row[index] for row in values], column.lower_is_better) for index, column in enumerate(columns)]
+    # The cells of an evaluation that did not do every object are not final: never a column's best.
+    final = [
+        [None if _incomplete(document, column.dataset) else value for column, value in zip(columns, row, strict=True)]
+        for (_, document), row in zip(evaluations, values, strict=True)
+    ]
+    best = [_best([row[index] for row in final], column.lower_is_better) for index, column in enumerate(columns)]
     rows = [header]
     for index, ((label, document), row) in enumerate(zip(evaluations, values, strict=True)):
-        cells = [
-            _cell(value, column_best, _mark(document, column.dataset, index in running))
-            for column, value, column_best in zip(columns, row, best, strict=True)
-        ]
+        cells = []
+        for column, value, column_best in zip(columns, row, best, strict=True):
+            mark = _mark(document, column.dataset, index in running)
+            cells.append(_cell(value, None if mark else column_best, mark))
         rows.append([label, protocol_of(document), *cells])
     notes = _notes(evaluations, datasets, running)
     # A blank line ends the table: in GitHub's Markdown a text line right after it would become a row.
@@ -134,6 +140,15 @@ def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: 
         notes.append(
             f"rows come from different evaluation protocols ({_listed(protocols)}), so their numbers do not compare"
         )
+    # The protocol, the first of the words, has its note above.
+    settings = _differing_settings([protocol_words(document)[1:] for _, document in evaluations])
+    if any(settings):
+        listed = "; ".join(
+            f"{label}: {', '.join(words)}" for (label, _), words in zip(evaluations, settings, strict=True)
+        )
+        notes.append(
+            f"rows were evaluated with different settings ({listed}), so their differences are not the probes'"
+        )
     budgets = [(label, document.get("max_clicks")) for label, document in evaluations]
     if _differ(budgets):
         notes.append(
@@ -151,6 +166,13 @@ def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: 
                 f"{dataset}: rows measured different numbers of objects ({_listed(counts)}), so they do not compare"
             )
     return notes
+
+
+def _differing_settings(words: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Per row, those of its settings' words (`default_labels`' words: "flip" / "no flip", "threshold 0.5", ...)
+    that not every row shares."""
+    differing = [position for position, column in enumerate(zip(*words, strict=True)) if len(set(column)) > 1]
+    return [[row[position] for position in differing] for row in words]
 
 
 def _differ(labelled: Sequence[tuple[str, Any]]) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 
 from isegprobe.errors import UserError
 from isegprobe.inference.metrics import summarize
-from isegprobe.kept_files import EVALUATION_FILES
+from isegprobe.output_files import EVALUATION_FILES
 from isegprobe.training.checkpoint import atomic_write_bytes
 
 CSV_COLUMNS = (
@@ -171,6 +171,8 @@ def read_results(results_dir: str | Path) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not an evaluation's results.json ({error!r})") from None
+    except RecursionError:  # arrays or objects nested deeper than the parser's stack; no evaluation writes them
+        raise UserError(f"{path}: not an evaluation's results.json (nested too deeply to read)") from None
     problems = _read_back_problems(document)
     if problems:
         raise UserError(f"{path}: not an evaluation's results.json ({'; '.join(problems)})")
@@ -248,7 +250,7 @@ def default_labels(documents: Sequence[dict[str, Any]], results_dirs: Sequence[s
     (zoom-in, flip, online, threshold), then the checkpoints' training steps, and where those are the same, the
     results folders' names (with their parent folders where the names alone are the same)."""
     labels = [probe_label(document, folder) for document, folder in zip(documents, results_dirs, strict=True)]
-    protocols = [_protocol_words(document) for document in documents]
+    protocols = [protocol_words(document) for document in documents]
     steps = [[f"step {document.get('checkpoint_step', '?')}"] for document in documents]
     return told_apart(labels, protocols, steps, [[name] for name in _folder_names(results_dirs)])
 
@@ -300,7 +302,7 @@ def told_apart(labels: Sequence[str], *details: Sequence[Sequence[str]]) -> list
     return [f"{label} ({', '.join(note)})" if note else label for label, note in zip(labels, notes, strict=True)]
 
 
-def _protocol_words(document: dict[str, Any]) -> list[str]:
+def protocol_words(document: dict[str, Any]) -> list[str]:
     words = [on if document.get(key) else off for key, on, off in _PROTOCOL_WORDS]
     protocol = f"{document.get('protocol', RUN_INFO_DEFAULTS['protocol'])} protocol"
     return [protocol, *words, f"threshold {float(document.get('threshold', 0.5)):g}"]

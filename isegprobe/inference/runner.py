@@ -224,6 +224,12 @@ def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str
                 f"the evaluation has no dataset {dataset!r}; it has {', '.join(j.name for j in setup.jobs)}"
             )
         wanted = [task for task in job.tasks if task.id in object_ids]
+        missing = sorted(set(object_ids) - {task.id for task in wanted})
+        if missing:
+            raise UserError(
+                f"{job.source}: no object {', '.join(missing)} of {dataset} there; the store or dataset folder "
+                "changed since the evaluation (extracted again, or another --root)"
+            )
         results: list[ObjectResult] = []
         clicks = len(wanted) * request.max_clicks
         with tqdm(desc=f"replaying {dataset}", unit="click", total=clicks, file=sys.stderr) as progress:

@@ -21,6 +21,9 @@ from isegprobe.plots.figures import new_figure, save_figure
 from isegprobe.training.checkpoint import load_probe
 from isegprobe.upsamplers import create_upsampler
 
+PANEL_FORMATS = ("png",)
+PCA_TOKENS = 3  # three colours are three principal directions, which take at least three tokens
+
 
 @dataclass
 class FeaturePanels:
@@ -80,6 +83,7 @@ def feature_panels(
     tokens = features[
         :, y0 * grid_h // size : math.ceil(y1 * grid_h / size), x0 * grid_w // size : math.ceil(x1 * grid_w / size)
     ]
+    _check_drawable(store, features, tokens)
     colours = PcaColours.fit(tokens)
     guidance = normalize_images(image[None].to(device), store.preprocessing["mean"], store.preprocessing["std"])
     pictures = [(f"low-res {grid_h}x{grid_w}", colours.rgb(tokens))]
@@ -91,6 +95,22 @@ def feature_panels(
     return FeaturePanels(title, image[:, y0:y1, x0:x1].permute(1, 2, 0).numpy(), pictures)
 
 
+def _check_drawable(store: CachedDataset, features: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Features the PCA cannot colour are refused by the item and the store, before the SVD fails on them."""
+    item = f"{store.path}: item {store.items[0]}"
+    if not torch.isfinite(features).all():
+        raise UserError(
+            f"{item} has non-finite features (NaN or inf): the store is damaged; `isegprobe cache verify "
+            f"{store.path}` finds every such item"
+        )
+    grid_h, grid_w = features.shape[-2:]
+    if tokens.shape[-2] * tokens.shape[-1] < PCA_TOKENS:
+        raise UserError(
+            f"{item}: its image covers {tokens.shape[-2]}x{tokens.shape[-1]} tokens of the store's {grid_h}x{grid_w} "
+            f"feature grid, and three PCA colours need at least {PCA_TOKENS}; extract the store at a larger --size"
+        )
+
+
 def plot_feature_panels(panels: FeaturePanels, out: str | Path) -> list[Path]:
     """Image, low-resolution features and upsampled features side by side, as PNG."""
     figure, axes = new_figure(1 + len(panels.pictures), panel_size=(3.2, 3.4))
@@ -99,4 +119,4 @@ def plot_feature_panels(panels: FeaturePanels, out: str | Path) -> list[Path]:
         axis.set_title(caption, fontsize=9, parse_math=False)
         axis.set_axis_off()
     figure.suptitle(panels.title, fontsize=10, parse_math=False)
-    return save_figure(figure, Path(out), formats=("png",), dpi=200)
+    return save_figure(figure, out, formats=PANEL_FORMATS, dpi=200)

@@ -11,6 +11,8 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from isegprobe.errors import UserError
+from isegprobe.output_files import output_file
 from isegprobe.training.checkpoint import write_output_file
 
 
@@ -21,11 +23,25 @@ def new_figure(panels: int, panel_size: tuple[float, float]) -> tuple[Figure, li
     return figure, list(figure.subplots(1, panels, squeeze=False)[0])
 
 
-def save_figure(figure: Figure, out: Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[Path]:
-    """Write the figure once per format (`out` with that suffix), each file atomically; returns the paths."""
+def figure_paths(out: str | Path, formats: Sequence[str], option: str = "--out") -> list[Path]:
+    """The files a figure saved to `out` is written to, one per format: `out` with that format's suffix. `out` may
+    end in one of those suffixes or in none (`fig` and `fig.png` both write fig.png); any other suffix is refused,
+    since replacing it would write a file of another name than the one given (`plot.final.v2` as plot.final.png)."""
+    path = output_file(out, option)
+    suffixes = [f".{extension}" for extension in formats]
+    if path.suffix and path.suffix.lower() not in suffixes:
+        written = " and ".join(f"{path.name}{suffix}" for suffix in suffixes)
+        raise UserError(
+            f"{option} {out}: a figure path ends in {' or '.join(suffixes)}, or in no suffix, not {path.suffix} "
+            f"(`{option} {out}{suffixes[0]}` writes {written})"
+        )
+    return [path.with_suffix(suffix) for suffix in suffixes]
+
+
+def save_figure(figure: Figure, out: str | Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[Path]:
+    """Write the figure once per format (`figure_paths`), each file atomically; returns the paths."""
     written = []
-    for extension in formats:
-        path = out.with_suffix(f".{extension}")
+    for extension, path in zip(formats, figure_paths(out, formats), strict=True):
         buffer = io.BytesIO()
         with matplotlib.rc_context({"svg.fonttype": "none"}):
             figure.savefig(buffer, format=extension, dpi=dpi)

@@ -3,7 +3,9 @@
 The curves are read from each evaluation's results.json (`mIoU@k`, computed once by `summarize`, as RITM does), so a
 picture always shows the numbers the tables show. NoC@85 and NoC@90 are in each curve's legend label and the two IoU
 targets are drawn as dotted lines: where a curve crosses them is not the NoC (a mean over objects of each object's own
-first click above the target), and the label keeps the two from being confused.
+first click above the target), and the label keeps the two from being confused. A curve of an evaluation that did
+not do every object of a dataset is marked in its label as `report` marks its cells (`*` stopped, `†` still running),
+with the number of objects it covers.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from matplotlib.textpath import text_to_path
 from matplotlib.ticker import MaxNLocator
 
 from isegprobe.errors import UserError
+from isegprobe.inference.report import INCOMPLETE_MARK, RUNNING_MARK
 from isegprobe.inference.results import probe_label, read_results
+from isegprobe.locks import lock_holder
 from isegprobe.plots.figures import new_figure, save_figure
+
+CURVE_FORMATS = ("png", "svg")
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "X")
 TARGETS = (0.85, 0.90)
@@ -34,30 +40,55 @@ ENTRY_SPACING = 0.5  # matplotlib's default gap between legend entries, in font 
 
 @dataclass
 class EvaluationCurves:
-    """One evaluation's curves: its legend label and, per dataset, mIoU@k and the NoC at 85 and 90 % IoU."""
+    """One evaluation's curves: its legend label and, per dataset, mIoU@k, the NoC at 85 and 90 % IoU, how many
+    objects they average over and whether those were all of the dataset's (an evaluation stopped early, by
+    --max-objects or killed, covers only the first ones)."""
 
     label: str
     miou: dict[str, list[float]]
     noc: dict[str, tuple[float, float]]
+    num_instances: dict[str, int]
+    complete: dict[str, bool]
+    running: bool = False  # its `isegprobe evaluate` still runs: unfinished datasets are in progress, not stopped
 
 
 def read_evaluation(results_dir: str | Path, label: str | None = None) -> EvaluationCurves:
     """The curves of the evaluation written to `results_dir`; its label defaults to the probe's description."""
     document = read_results(results_dir)
-    return evaluation_curves(document, label or probe_label(document, results_dir))
+    return evaluation_curves(document, label or probe_label(document, results_dir), lock_holder(Path(results_dir)))
 
 
-def evaluation_curves(document: dict[str, Any], label: str) -> EvaluationCurves:
-    """The curves of an evaluation's results.json `document`."""
+def evaluation_curves(document: dict[str, Any], label: str, running: str | None = None) -> EvaluationCurves:
+    """The curves of an evaluation's results.json `document`; `running`: what the `isegprobe evaluate` still
+    writing it says of itself (`isegprobe.locks.lock_holder`), None when none is."""
     datasets = document["datasets"]
     miou = {name: list(summary["mIoU@k"]) for name, summary in datasets.items()}
     noc = {name: (summary["NoC@85"], summary["NoC@90"]) for name, summary in datasets.items()}
-    return EvaluationCurves(label, miou, noc)
+    num_instances = {name: summary["num_instances"] for name, summary in datasets.items()}
+    complete = {name: bool(summary.get("complete", True)) for name, summary in datasets.items()}
+    return EvaluationCurves(label, miou, noc, num_instances, complete, running is not None)
+
+
+def object_count_notes(evaluations: Sequence[EvaluationCurves]) -> list[str]:
+    """Per dataset whose curves average over different numbers of objects, a note naming each curve's count, as
+    `report` notes it of its rows: such curves do not compare, however close they lie."""
+    datasets = dict.fromkeys(name for evaluation in evaluations for name in evaluation.miou)
+    notes = []
+    for dataset in datasets:
+        counts = [
+            (evaluation.label, evaluation.num_instances[dataset])
+            for evaluation in evaluations
+            if dataset in evaluation.num_instances
+        ]
+        if len({count for _, count in counts}) > 1:
+            listed = ", ".join(f"{label}: {count}" for label, count in counts)
+            notes.append(f"{dataset}: curves measured different numbers of objects ({listed}), so they do not compare")
+    return notes
 
 
 def plot_iou_vs_clicks(evaluations: Sequence[EvaluationCurves], out: str | Path, title: str = "") -> list[Path]:
     """Write `out` as PNG and SVG (text kept as text, so labels stay editable); returns both paths."""
-    return save_figure(iou_vs_clicks_figure(evaluations, title), Path(out), formats=("png", "svg"))
+    return save_figure(iou_vs_clicks_figure(evaluations, title), out, formats=CURVE_FORMATS)
 
 
 def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "") -> Figure:
@@ -71,7 +102,7 @@ def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "
     text_width = LEGEND_TEXT_SHARE * width * 72
     labels = {
         dataset: {
-            index: wrap_label(evaluation.label, _noc_text(evaluation.noc[dataset]), text_width)
+            index: wrap_label(evaluation.label, _endings(evaluation, dataset), text_width)
             for index, evaluation in enumerate(evaluations)
             if evaluation.miou.get(dataset)
         }
@@ -105,10 +136,11 @@ def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "
     return figure
 
 
-def wrap_label(label: str, ending: str, max_points: float) -> str:
-    """`label` and then `ending` (kept whole: the NoC values), broken at spaces into lines at most `max_points`
-    wide in the legend's font; a word wider than a line is split where it must be."""
-    words = [piece for word in label.split(" ") for piece in _pieces(word, max_points)] + [ending]
+def wrap_label(label: str, endings: Sequence[str], max_points: float) -> str:
+    """`label` and then `endings` (each kept whole: the NoC values, the note of an evaluation stopped early),
+    broken at spaces into lines at most `max_points` wide in the legend's font; a word wider than a line is split
+    where it must be."""
+    words = [piece for word in label.split(" ") for piece in _pieces(word, max_points)] + list(endings)
     lines: list[str] = []
     for word in words:
         if lines and _points(f"{lines[-1]} {word}") <= max_points:
@@ -118,8 +150,18 @@ def wrap_label(label: str, ending: str, max_points: float) -> str:
     return "\n".join(lines)
 
 
-def _noc_text(noc: tuple[float, float]) -> str:
-    return f"(NoC@85 {noc[0]:.2f}, NoC@90 {noc[1]:.2f})"
+def _endings(evaluation: EvaluationCurves, dataset: str) -> list[str]:
+    """The curve's NoC and, where the evaluation did not do every object, `report`'s mark and how many objects
+    its numbers cover: those numbers are not the evaluation's final ones."""
+    noc = evaluation.noc[dataset]
+    endings = [f"(NoC@85 {noc[0]:.2f}, NoC@90 {noc[1]:.2f})"]
+    if evaluation.complete[dataset]:
+        return endings
+    count = evaluation.num_instances[dataset]
+    done = f"{count} object{'' if count == 1 else 's'}"
+    if evaluation.running:
+        return [*endings, f"{RUNNING_MARK} in progress, {done} so far"]
+    return [*endings, f"{INCOMPLETE_MARK} stopped after {done}"]
 
 
 def _pieces(word: str, max_points: float) -> list[str]:

@@ -3,7 +3,7 @@
 An evaluation's results.json records the checkpoint (with its sha256), the store of each dataset (or, online, its
 split and folder) and how it was run (click budget, flip, zoom-in, threshold). The object is evaluated again exactly
 that way, and its IoU curve is compared with the one in ious.npz: the picture shows the run the numbers came from,
-and a checkpoint changed since is refused rather than drawn.
+and a checkpoint changed since, or a store extracted again since, is refused rather than drawn.
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from isegprobe.cache import FeatureStore
+from isegprobe.cache.schema import store_fingerprint
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL
 from isegprobe.inference.results import read_results
 from isegprobe.inference.runner import EvaluationRequest, replay_objects
 from isegprobe.inference.visuals import file_name, strip_picture, write_picture
+from isegprobe.output_files import output_file
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # What a replay reads of results.json beyond what `read_results` checks for every reader.
@@ -48,7 +51,7 @@ def plot_predictions(
 ) -> Replayed:
     """Evaluate `object_id` of `dataset` again as the evaluation in `results_dir` did and save its strip (default
     RESULTS/predictions/<dataset>_<object>.png); `root` when the dataset moved since."""
-    if out:
+    if out is not None:
         _check_picture_suffix(out)
     document = read_results(results_dir)
     dataset = _dataset(document, dataset)
@@ -84,6 +87,7 @@ def plot_predictions(
             raise UserError(
                 f"{Path(results_dir) / 'results.json'}: no store recorded for {dataset} (sources/{dataset})"
             )
+        _check_same_store(document, dataset, store)
         request = EvaluationRequest(str(checkpoint), str(results_dir), stores=[store], root=root, **settings)
     (result,) = replay_objects(request, dataset, [object_id])
     path = Path(out) if out else Path(results_dir) / "predictions" / file_name(f"{dataset}_{object_id}", ".png")
@@ -93,7 +97,7 @@ def plot_predictions(
 
 def _check_picture_suffix(out: str | Path) -> None:
     """Before the replay, which takes a while: a picture path cv2 cannot encode would only fail after it."""
-    if Path(out).suffix.lower() not in PICTURE_SUFFIXES:
+    if output_file(out).suffix.lower() not in PICTURE_SUFFIXES:
         raise UserError(f"--out {out}: a picture path ends in {', '.join(PICTURE_SUFFIXES)}")
 
 
@@ -105,6 +109,18 @@ def _check_replayable(document: dict[str, Any], results_dir: Path) -> None:
         raise UserError(f"{results_dir / 'results.json'}: no {', '.join(missing)}: the evaluation cannot be replayed")
     if not isinstance(document["checkpoint"], str):
         raise UserError(f"{results_dir / 'results.json'}: checkpoint not text: the evaluation cannot be replayed")
+
+
+def _check_same_store(document: dict[str, Any], dataset: str, store: str) -> None:
+    """The store at the recorded path must still be the one the evaluation read, as a resumed evaluation checks:
+    one extracted again there since (other items, views or featurizer) would be replayed and drawn as if it were.
+    Results written before they recorded fingerprints cannot be checked."""
+    recorded = _recorded(document, "source_fingerprints", dataset)
+    if recorded is not None and recorded != store_fingerprint(FeatureStore.open(store).attrs):
+        raise UserError(
+            f"{store}: not the store this evaluation read: extracted again since, its fingerprint differs; evaluate "
+            "again to draw its objects"
+        )
 
 
 def _recorded(document: dict[str, Any], key: str, dataset: str) -> Any:

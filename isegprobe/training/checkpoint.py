@@ -27,8 +27,8 @@ from torch import nn
 from isegprobe.config import TrainConfig, train_config_from_dict
 from isegprobe.errors import UserError, writing_to
 from isegprobe.home_paths import expand_home
-from isegprobe.kept_files import refuse_to_replace_a_kept_file
 from isegprobe.model import ISProbe
+from isegprobe.output_files import refuse_to_replace_a_kept_file
 from isegprobe.upsamplers.learned import LearnedUpsampler
 
 FORMAT = "isegprobe.probe"

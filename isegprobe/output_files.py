@@ -1,7 +1,9 @@
-"""The files a training run and an evaluation keep as their results, which no output a user names may replace."""
+"""Where a command writes a file a user named with --out: a file's path, never a folder, and never one of the files
+a training run or an evaluation keeps as its results."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from isegprobe.errors import UserError
@@ -19,6 +21,7 @@ RUN_FILES = (
     "scalars.csv",
 )
 RUN_MARKERS = ("last.json", "best.json")
+FOLDER_NAMES = ("", ".", "..")  # what a path's last part reads when the path names a folder
 
 
 def refuse_to_replace_a_kept_file(path: Path) -> None:
@@ -31,3 +34,18 @@ def refuse_to_replace_a_kept_file(path: Path) -> None:
         raise UserError(f"{path}: a file of the training run in {folder}, which this would replace; name another")
     if path.name in EVALUATION_FILES and (folder / "results.json").is_file():
         raise UserError(f"{path}: a file of the evaluation in {folder}, which this would replace; name another")
+
+
+def output_file(out: str | Path, option: str = "--out") -> Path:
+    """`out` as the path of a file to write. An empty one, one that ends in a path separator and one that names a
+    folder are refused: pathlib reads them as the current folder or drops the separator, so the file would be
+    written somewhere the user did not name (`figs/` as ./figs.png, `rep/` as a file named rep)."""
+    text = os.fspath(out)
+    separators = tuple(separator for separator in (os.sep, os.altsep) if separator)
+    if not text:
+        raise UserError(f"{option} '': empty; give the path of the file to write")
+    if text.endswith(separators):
+        raise UserError(f"{option} {text}: ends in a path separator, so it names a folder; give a file's path")
+    if Path(text).name in FOLDER_NAMES or Path(text).is_dir():
+        raise UserError(f"{option} {text}: a folder; give a file's path")
+    return Path(text)

@@ -1,4 +1,5 @@
-"""Outputs a user names (tables, statistics, pictures) never replace a training run's or an evaluation's own files."""
+"""Outputs a user names (tables, statistics, pictures) are files, never folders, and never replace a training run's or
+an evaluation's own files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from isegprobe.errors import UserError
+from isegprobe.output_files import output_file
 from isegprobe.training.checkpoint import write_output_file
 
 
@@ -44,3 +46,13 @@ def test_the_same_names_elsewhere_are_plain_outputs(tmp_path: Path) -> None:
     write_output_file(folder / "config.yaml", b"a: 1")
     write_output_file(folder / "results.csv", b"a,b")
     assert (folder / "results.csv").read_bytes() == b"a,b"
+
+
+@pytest.mark.parametrize("out", ["", "figs/", ".", "..", "folder"])
+def test_an_output_that_names_a_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str) -> None:
+    """pathlib reads "" as the current folder and drops a trailing separator: `report --out rep/` wrote a file rep."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match="--out .*(empty|folder)"):
+        output_file(out)
+    assert output_file("figs/table.md") == Path("figs/table.md")

@@ -433,6 +433,24 @@ def test_vis_preds_on_a_resumed_evaluation_draws_the_first_objects_an_earlier_ru
     assert "drawing" not in cli(*common, "--vis-preds", "3", "--out", str(out)).stderr, "nor draws anything twice"
 
 
+def test_save_feats_on_a_resumed_evaluation_keeps_the_first_objects_of_the_dataset(store, trained_run, tmp_path):
+    """--save-feats N keeps a dataset's first N objects' features: a resumed run saved the first N of the objects
+    still to do (N more), and none of those an earlier run finished without them."""
+    out, whole = tmp_path / "results", tmp_path / "whole"
+    common = ["--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", "3", "--batch-size", "1"]
+    assert cli(*common, "--max-objects", "1", "--save-feats", "1", "--out", str(out)).exit_code == 0
+    assert cli(*common, "--max-objects", "2", "--out", str(out)).exit_code == 0
+    resumed = cli(*common, "--save-feats", "2", "--out", str(out))
+    assert resumed.exit_code == 0, resumed.output
+    assert "grabcut: saving the features of 1 object(s) an earlier run finished" in resumed.stderr
+    assert cli(*common, "--save-feats", "2", "--out", str(whole)).exit_code == 0
+    saved, expected = (sorted((folder / "feats" / "grabcut").iterdir()) for folder in (out, whole))
+    assert [path.name for path in saved] == [path.name for path in expected] and len(saved) == 2
+    for one, other in zip(saved, expected, strict=True):
+        with np.load(one) as first, np.load(other) as second:
+            assert all(np.array_equal(first[key], second[key]) for key in ("lowres", "upsampled", "image"))
+
+
 def test_max_objects_stops_each_dataset_as_an_interruption_does_and_the_same_command_goes_on(
     store, trained_run, tmp_path
 ):

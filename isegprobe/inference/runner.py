@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable, Collection, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,7 +30,7 @@ from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult,
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, get_protocol
 from isegprobe.inference.results import ResultsWriter, probe_identity
-from isegprobe.inference.saved_features import saving_features
+from isegprobe.inference.saved_features import save_features, saving_features
 from isegprobe.inference.tasks import (
     cached_object_count,
     cached_tasks,
@@ -136,7 +136,9 @@ def _evaluate(
                     tasks = iter(limited)
                 if request.save_feats:  # after the limit: no features saved of an object left for later
                     folder = Path(request.out_dir) / "feats" / job.name
-                    tasks = saving_features(tasks, setup.predictor, folder, request.save_feats)
+                    first = list(writer.curves.get(job.name, {}))[: request.save_feats]
+                    _save_features_of_objects_finished_unsaved(request, job.name, first, folder)
+                    tasks = saving_features(tasks, setup.predictor, folder, request.save_feats - len(done))
                 _evaluate_dataset(
                     setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result, limited
                 )
@@ -215,7 +217,12 @@ def replay_objects(request: EvaluationRequest, dataset: str, object_ids: Collect
         return _replay(request, dataset, object_ids)
 
 
-def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str]) -> list[ObjectResult]:
+@contextmanager
+def _objects_again(
+    request: EvaluationRequest, dataset: str, object_ids: Collection[str]
+) -> Iterator[tuple[EvaluationSetUp, list[ObjectTask]]]:
+    """A set-up of `request` reading only the images of `object_ids`, with those objects' tasks, for the `with`
+    body: what a replay, or the features of objects an earlier run finished, are made from."""
     with ExitStack() as reading:
         setup = _set_up(request, reading, image_ids_of(object_ids))
         job = next((job for job in setup.jobs if job.name == dataset), None)
@@ -230,6 +237,11 @@ def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str
                 f"{job.source}: no object {', '.join(missing)} of {dataset} there; the store or dataset folder "
                 "changed since the evaluation (extracted again, or another --root)"
             )
+        yield setup, wanted
+
+
+def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str]) -> list[ObjectResult]:
+    with _objects_again(request, dataset, object_ids) as (setup, wanted):
         results: list[ObjectResult] = []
         clicks = len(wanted) * request.max_clicks
         with tqdm(desc=f"replaying {dataset}", unit="click", total=clicks, file=sys.stderr) as progress:
@@ -371,6 +383,20 @@ def _draw_objects_finished_undrawn(request: EvaluationRequest, name: str, first:
     tqdm.write(f"{name}: drawing {len(undrawn)} object(s) an earlier run finished (--vis-preds)", file=sys.stderr)
     for result in replay_objects(request, name, undrawn):
         save_overlay(pictures, result)
+
+
+def _save_features_of_objects_finished_unsaved(
+    request: EvaluationRequest, name: str, first: list[str], folder: Path
+) -> None:
+    """--save-feats N keeps the features of a dataset's first N objects: those of `first` that an earlier run of this
+    evaluation finished without saving them get theirs now (no click is made for them)."""
+    unsaved = [object_id for object_id in first if not (folder / f"{object_id}.npz").is_file()]
+    if not unsaved:
+        return
+    tqdm.write(f"{name}: saving the features of {len(unsaved)} object(s) an earlier run finished", file=sys.stderr)
+    with _objects_again(request, name, unsaved) as (setup, tasks):
+        for task in tasks:
+            save_features(folder, task, setup.predictor)
 
 
 def _jobs(

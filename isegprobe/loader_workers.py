@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from types import TracebackType
 
 from isegprobe.errors import UserError
 
@@ -54,15 +55,29 @@ def require_sensible_workers(workers: int, option: str) -> None:
 
 def ends_with_this_process() -> Callable[[int], None] | None:
     """A `worker_init_fn` that ties each worker's life to the calling process (None where Linux's prctl is
-    missing). It is a partial of a module function, so spawned workers can unpickle it."""
+    missing), quietly. It is a partial of a module function, so spawned workers can unpickle it."""
     if not sys.platform.startswith("linux"):
         return None
     return functools.partial(_die_with, os.getpid())
 
 
 def _die_with(parent: int, worker_id: int) -> None:
+    sys.excepthook = _silent_when_the_parent_hangs_up
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         return
     if os.getppid() != parent:  # the parent died before the request: the kernel would never send the signal
         os._exit(1)
+
+
+def _silent_when_the_parent_hangs_up(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    """A worker hands each tensor over through a thread that the parent connects to (multiprocessing's
+    resource_sharer), which reports a failed connection through `sys.excepthook`. A parent that stops (Ctrl-C, which
+    it answers by saying what is kept) may hang up in the middle of one: the worker then printed an EOFError's
+    traceback after the parent's message, about nothing the user must know. Every other error is printed as
+    before."""
+    if issubclass(kind, EOFError | ConnectionError):
+        return
+    sys.__excepthook__(kind, error, trace)

@@ -218,8 +218,7 @@ def finish_an_interrupted_swap(path: Path) -> str | None:
     them leaves only the old store's copy to discard. Returns what was done, if anything was moved."""
     replaced, replacement = replaced_path(path), replacement_path(path)
     if _exists(path):
-        if _exists(replaced):
-            _discard(replaced)
+        _discard(replaced)
         return None
     if not _exists(replaced):
         return None

@@ -19,6 +19,7 @@ from isegprobe.commands.options import (
     results_argument,
 )
 from isegprobe.errors import UserError
+from isegprobe.inference.report import object_count_notes
 from isegprobe.inference.results import refuse_repeated_labels
 from isegprobe.locks import lock_holder, shared_locks
 from isegprobe.plots.feature_panels import (
@@ -30,7 +31,7 @@ from isegprobe.plots.feature_panels import (
     probe_upsampler,
 )
 from isegprobe.plots.figures import figure_paths
-from isegprobe.plots.iou_vs_clicks import CURVE_FORMATS, evaluation_curves, object_count_notes, plot_iou_vs_clicks
+from isegprobe.plots.iou_vs_clicks import CURVE_FORMATS, evaluation_curves, plot_iou_vs_clicks
 from isegprobe.plots.predictions import plot_predictions
 from isegprobe.upsamplers import list_upsamplers
 
@@ -69,7 +70,7 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     ]
     for path in plot_iou_vs_clicks(evaluations, out, title):
         click.echo(f"wrote {path}")
-    for note in object_count_notes(evaluations):
+    for note in object_count_notes([(curves.label, curves.num_instances) for curves in evaluations], "curves"):
         click.echo(f"note: {note}", err=True)
 
 

@@ -155,15 +155,23 @@ def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: 
             f"rows had different click budgets ({_listed(budgets)}): an object that never reaches the target counts "
             "as the budget, so their NoC do not compare"
         )
+    counted = [
+        (label, {name: summary["num_instances"] for name, summary in document["datasets"].items()})
+        for label, document in evaluations
+    ]
+    return notes + object_count_notes(counted, "rows")
+
+
+def object_count_notes(counted: Sequence[tuple[str, Mapping[str, int]]], what: str) -> list[str]:
+    """Per dataset that `counted` (each a label and its objects per dataset) measured on different numbers of
+    objects, a note naming each one's count: such `what` (rows, curves) do not compare, however close they lie."""
+    datasets = dict.fromkeys(name for _, counts in counted for name in counts)
+    notes = []
     for dataset in datasets:
-        counts = [
-            (label, document["datasets"][dataset]["num_instances"])
-            for label, document in evaluations
-            if dataset in document["datasets"]
-        ]
+        counts = [(label, by_dataset[dataset]) for label, by_dataset in counted if dataset in by_dataset]
         if _differ(counts):
             notes.append(
-                f"{dataset}: rows measured different numbers of objects ({_listed(counts)}), so they do not compare"
+                f"{dataset}: {what} measured different numbers of objects ({_listed(counts)}), so they do not compare"
             )
     return notes
 

@@ -69,23 +69,6 @@ def evaluation_curves(document: dict[str, Any], label: str, running: str | None 
     return EvaluationCurves(label, miou, noc, num_instances, complete, running is not None)
 
 
-def object_count_notes(evaluations: Sequence[EvaluationCurves]) -> list[str]:
-    """Per dataset whose curves average over different numbers of objects, a note naming each curve's count, as
-    `report` notes it of its rows: such curves do not compare, however close they lie."""
-    datasets = dict.fromkeys(name for evaluation in evaluations for name in evaluation.miou)
-    notes = []
-    for dataset in datasets:
-        counts = [
-            (evaluation.label, evaluation.num_instances[dataset])
-            for evaluation in evaluations
-            if dataset in evaluation.num_instances
-        ]
-        if len({count for _, count in counts}) > 1:
-            listed = ", ".join(f"{label}: {count}" for label, count in counts)
-            notes.append(f"{dataset}: curves measured different numbers of objects ({listed}), so they do not compare")
-    return notes
-
-
 def plot_iou_vs_clicks(evaluations: Sequence[EvaluationCurves], out: str | Path, title: str = "") -> list[Path]:
     """Write `out` as PNG and SVG (text kept as text, so labels stay editable); returns both paths."""
     return save_figure(iou_vs_clicks_figure(evaluations, title), out, formats=CURVE_FORMATS)

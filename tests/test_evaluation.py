@@ -434,8 +434,9 @@ def test_vis_preds_on_a_resumed_evaluation_draws_the_first_objects_an_earlier_ru
 
 
 def test_save_feats_on_a_resumed_evaluation_keeps_the_first_objects_of_the_dataset(store, trained_run, tmp_path):
-    """--save-feats N keeps a dataset's first N objects' features: a resumed run saved the first N of the objects
-    still to do (N more), and none of those an earlier run finished without them."""
+    """--save-feats N keeps a dataset's first N objects' features: a resumed or finished evaluation saves those an
+    earlier run finished without them (a resumed one saved the first N of the objects still to do, N more, and a
+    finished one nothing)."""
     out, whole = tmp_path / "results", tmp_path / "whole"
     common = ["--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", "3", "--batch-size", "1"]
     assert cli(*common, "--max-objects", "1", "--save-feats", "1", "--out", str(out)).exit_code == 0
@@ -449,6 +450,11 @@ def test_save_feats_on_a_resumed_evaluation_keeps_the_first_objects_of_the_datas
     for one, other in zip(saved, expected, strict=True):
         with np.load(one) as first, np.load(other) as second:
             assert all(np.array_equal(first[key], second[key]) for key in ("lowres", "upsampled", "image"))
+    saved[0].unlink()
+    again = cli(*common, "--save-feats", "2", "--out", str(out))
+    assert "grabcut: saving the features of 1 object(s)" in again.stderr, "a finished evaluation saves what it lacks"
+    assert saved[0].read_bytes() == expected[0].read_bytes()
+    assert "saving" not in cli(*common, "--save-feats", "2", "--out", str(out)).stderr, "nor saves anything twice"
 
 
 def test_max_objects_stops_each_dataset_as_an_interruption_does_and_the_same_command_goes_on(

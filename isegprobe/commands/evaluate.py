@@ -97,7 +97,8 @@ from isegprobe.training.run_logger import start_wandb
     show_default=True,
     type=click.IntRange(min=0),
     help="Save the low-res and upsampled features of the first N objects per dataset to OUT/feats/<dataset>/ "
-    "(float16 .npz; the upsampled map alone is C x S x S, 154 MB for 384 channels at 448 px).",
+    "(float16 .npz; the upsampled map alone is C x S x S, 154 MB for 384 channels at 448 px), those an earlier "
+    "run of this evaluation in --out finished without them included.",
 )
 @click.option(
     "--out",

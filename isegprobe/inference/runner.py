@@ -125,8 +125,10 @@ def _evaluate(
             if not request.overwrite:
                 writer.resume()
             for job in setup.jobs:
-                first = list(writer.curves.get(job.name, {}))[: request.vis_preds]
-                _draw_objects_finished_undrawn(request, job.name, first, Path(request.out_dir) / "vis" / job.name)
+                finished = list(writer.curves.get(job.name, {}))
+                pictures, feats = (Path(request.out_dir) / kind / job.name for kind in ("vis", "feats"))
+                _draw_objects_finished_undrawn(request, job.name, finished[: request.vis_preds], pictures)
+                _save_features_of_objects_finished_unsaved(request, job.name, finished[: request.save_feats], feats)
                 if writer.complete.get(job.name):
                     continue
                 done = set(writer.curves.get(job.name, ()))
@@ -135,10 +137,7 @@ def _evaluate(
                 if limited is not None:
                     tasks = iter(limited)
                 if request.save_feats:  # after the limit: no features saved of an object left for later
-                    folder = Path(request.out_dir) / "feats" / job.name
-                    first = list(writer.curves.get(job.name, {}))[: request.save_feats]
-                    _save_features_of_objects_finished_unsaved(request, job.name, first, folder)
-                    tasks = saving_features(tasks, setup.predictor, folder, request.save_feats - len(done))
+                    tasks = saving_features(tasks, setup.predictor, feats, request.save_feats - len(done))
                 _evaluate_dataset(
                     setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result, limited
                 )

@@ -67,5 +67,9 @@ def _described(store: FeatureStore) -> list[str]:
 
 
 def _in_a_cell(error: UserError, path: Path) -> str:
-    """The error's message without the store's path, which the row already names, on one line."""
-    return " ".join(str(error).removeprefix(f"{path}: ").removeprefix(f"{path.resolve()}: ").split()).replace("|", "/")
+    """The error's message without the store's path, which the row already names (a file in the store keeps its
+    name in it: `zarr.json: ...`), on one line."""
+    text = str(error)
+    for store in (str(path), str(path.resolve())):
+        text = text.removeprefix(f"{store}: ").removeprefix(f"{store}/")
+    return " ".join(text.split()).replace("|", "/")

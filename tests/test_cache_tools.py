@@ -291,7 +291,7 @@ def test_metadata_that_is_not_text_is_reported_as_unreadable(pristine, tmp_path)
         assert f"{store / 'zarr.json'}: unreadable Zarr metadata" in refused.output, command
     listed = runner.invoke(cache, ["ls", str(tmp_path)])
     assert listed.exit_code == 0, listed.output
-    assert listed_rows(listed.output)[0][1].startswith("unreadable: ")
+    assert listed_rows(listed.output)[0][1].startswith("unreadable: zarr.json: unreadable Zarr metadata")
 
 
 def test_verify_reports_a_count_of_finished_items_that_is_not_a_number(pristine, tmp_path):

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from isegprobe.data.lookup_normalization import looked_up
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
 
@@ -261,7 +262,26 @@ def normalize_images(
     """uint8 [B, 3, H, W] (or float already scaled to [0, 1]) -> float [B, 3, H, W], scaled to [0, 1] then
     standardized as the featurizer was trained. Every step after the one copy (into `out`, a float32 tensor of the
     same shape, when given) runs in place on it: the same arithmetic, one full-size tensor instead of three (on a CPU
-    each fresh one costs its page faults again), never written into `images`."""
+    each fresh one costs its page faults again), never written into `images`. uint8 images on a CPU get the same
+    values by table lookup (lookup_normalization.py)."""
+    if images.device.type == "cpu" and images.dtype == torch.uint8:
+        mean, std = tuple(float(value) for value in mean), tuple(float(value) for value in std)
+        normalized = looked_up(images, _normalization_table(mean, std), out)
+        if normalized is not None:
+            return normalized
+    return _normalized_by_arithmetic(images, mean, std, out)
+
+
+@lru_cache(maxsize=16)
+def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 [256, C]: every uint8 value of every channel normalized by `_normalized_by_arithmetic`."""
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, len(mean), 256, 1)
+    return _normalized_by_arithmetic(values, mean, std)[0, :, :, 0].T.contiguous().numpy()
+
+
+def _normalized_by_arithmetic(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], out: torch.Tensor | None = None
+) -> torch.Tensor:
     mean_t = _per_channel(tuple(float(value) for value in mean), images.device)
     std_t = _per_channel(tuple(float(value) for value in std), images.device)
     scaled = images.to(torch.float32, copy=True) if out is None else out.copy_(images)

@@ -140,3 +140,5 @@ def test_torchrun_ranks_fill_one_store(tmp_path):
     one, two = zarr.open(str(tmp_path / "single" / name), mode="r"), zarr.open(str(tmp_path / "ranks" / name), mode="r")
     assert two["done"][:].all() and two.attrs["completion"]["items_done"] == 12
     np.testing.assert_array_equal(one["features"][:], two["features"][:])
+    assert launched.stdout.count("extracted 12 of 12 items") == 1, "rank 0 reports every rank's items, once"
+    assert "extracted 6 of" not in launched.stdout and "nothing to do" not in launched.stdout

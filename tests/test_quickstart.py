@@ -27,3 +27,9 @@ def test_quickstart_runs_the_pipeline_and_a_second_run_resumes(tmp_path):
     assert second.stdout.count("0 new items") == 2
     assert "resuming the run" in second.stdout
     assert "step 3;" in second.stdout
+
+    other_size = run_cli("quickstart", "--out", str(out), "--size", "112", "--max-iters", "3", "--max-clicks", "3")
+    assert other_size.returncode == 1
+    assert "this folder's run trained on vit_small_patch14_dinov2-builtin-train-224.zarr" in other_size.stderr
+    assert "give each featurizer and size its own --out" in other_size.stderr
+    assert not list((out / "cache").glob("*-112.zarr")), "refused before extracting anything"

@@ -110,7 +110,7 @@ class LoopTimes:
 class ExtractionResult:
     path: Path
     items_total: int
-    items_extracted: int
+    items_extracted: int  # under torchrun, rank 0's figure counts every rank's items, the others' their own
     seconds: float
     nbytes: int
     repaired: list[str] = field(default_factory=list)  # "item id: what was wrong" (--repair), or a swap finished
@@ -431,17 +431,21 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         repaired = _mark_broken_undone(store, request.repair) if rank == 0 else []
         if swap:
             repaired.insert(0, f"{path.name}: {swap}")
+        done_before = int(store.done_mask().sum()) if rank == 0 else 0
         barrier()
         shards = _pending_shards(store, rank, world)
         indices = [index for items in shards for index in items]
         loop = _run(store, featurizer, source, specs, request, device, shards, indices, rank == 0) if indices else None
         barrier()
+        extracted = len(indices)
         if rank == 0:
             store.record_progress()
-            if store.path != path and store.done_mask().all():
+            done = store.done_mask()
+            extracted = int(done.sum()) - done_before  # every rank's items
+            if store.path != path and done.all():
                 store = put_in_place(store, path)
     seconds = time.perf_counter() - started
-    return ExtractionResult(path, store.num_items, len(indices), seconds, store.nbytes_on_disk(), repaired, loop)
+    return ExtractionResult(path, store.num_items, extracted, seconds, store.nbytes_on_disk(), repaired, loop)
 
 
 def _refuse_to_add_to_an_old_layout(store: FeatureStore, repair: bool) -> None:

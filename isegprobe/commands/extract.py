@@ -11,6 +11,7 @@ from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import WORKING_SIZE, max_pixels_option
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.data import list_datasets
+from isegprobe.distributed import current_rank
 from isegprobe.featurizers.catalog import catalog_help
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
@@ -133,6 +134,8 @@ def extract_features(**options) -> None:
             err=True,
         )
         raise SystemExit(128 + signal.SIGINT.value) from None
+    if current_rank() != 0:  # under torchrun, rank 0 reports for all
+        return
     for problem in result.repaired:
         click.echo(f"repairing {problem}")
     if result.items_extracted == 0:
@@ -143,5 +146,6 @@ def extract_features(**options) -> None:
             f"extracted {result.items_extracted} of {result.items_total} items "
             f"in {result.seconds:.1f} s ({rate:.2f} items/s)"
         )
-        click.echo(f"extraction loop: {result.loop.summary()}")
+        if result.loop is not None:  # None where the items were other ranks'
+            click.echo(f"extraction loop: {result.loop.summary()}")
     click.echo(f"store: {result.path} ({human_bytes(result.nbytes)})")

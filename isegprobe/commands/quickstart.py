@@ -8,16 +8,19 @@ import click
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.cache.schema import store_name
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import WORKING_SIZE
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.commands.train import exit_if_stopped
 from isegprobe.config import load_train_config
+from isegprobe.errors import UserError
 from isegprobe.inference.metrics import curve_warnings, format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.locks import shared_locks
 from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
 from isegprobe.training import train
+from isegprobe.training.checkpoint import read_metadata
 from isegprobe.units import human_bytes
 
 QUICKSTART_FEATURIZER = "vit_small_patch14_dinov2"
@@ -76,6 +79,8 @@ def quickstart(
     With --weights random the featurizer is untrained: the pipeline runs, but the numbers say nothing about the model.
     """
     out_dir = Path(out)
+    run_dir = out_dir / "run"
+    _refuse_a_run_of_other_features(run_dir, store_name(featurizer, "builtin", "train", size))
     stores = {}
     for split in ("train", "test"):
         click.echo(f"[1/3 extract] {featurizer} features of builtin/{split} at {size} px")
@@ -98,7 +103,6 @@ def quickstart(
             f"  {result.items_extracted} new items, {result.items_total} in {result.path} "
             f"({human_bytes(result.nbytes)})"
         )
-    run_dir = out_dir / "run"
     click.echo(f"[2/3 train] preset {QUICKSTART_PRESET} for {max_iters} steps from {stores['train']}")
     config = load_train_config(QUICKSTART_PRESET, [f"schedule.max_iters={max_iters}"])
     resume = (run_dir / "last.json").is_file()
@@ -134,3 +138,17 @@ def quickstart(
         click.echo(warning, err=True)
     curves = plot_iou_vs_clicks([read_evaluation(results_dir)], results_dir / "iou_vs_clicks.png")
     click.echo(f"  results, per-object IoU curves, overlays and the mIoU plot ({curves[0].name}) in {results_dir}")
+
+
+def _refuse_a_run_of_other_features(run_dir: Path, train_store: str) -> None:
+    """A quickstart in a folder whose run trained on another featurizer's or size's store would extract its own
+    stores and only then be refused, by the resume: say so before any work."""
+    metadata = run_dir / "last.json"
+    recorded = read_metadata(metadata).get("store_path") if metadata.is_file() else None
+    trained_on = Path(str(recorded)).name
+    if recorded is not None and trained_on != train_store:
+        raise UserError(
+            f"{run_dir}: this folder's run trained on {trained_on}, where this quickstart would train on "
+            f"{train_store}; give each featurizer and size its own --out (the same command again resumes in its "
+            "folder), or delete the run folder to train anew"
+        )

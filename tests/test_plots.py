@@ -40,6 +40,7 @@ from isegprobe.plots.iou_vs_clicks import (
     LEGEND_FONT,
     LEGEND_TEXT_SHARE,
     PANEL_SIZE,
+    EvaluationCurves,
     evaluation_curves,
     iou_vs_clicks_figure,
     read_evaluation,
@@ -84,6 +85,28 @@ def test_curves_are_the_evaluations_miou_and_labels_carry_their_noc(tmp_path: Pa
     result = plot("iou-vs-clicks", str(tmp_path / "lift"), "--labels", "LiFT", "--out", str(tmp_path / "one.png"))
     assert result.exit_code == 0, result.output
     assert "LiFT (NoC@85 3.00" in (tmp_path / "one.svg").read_text()
+
+
+def test_an_evaluation_keeps_its_colour_and_marker_in_every_panel() -> None:
+    only_grabcut = EvaluationCurves(
+        "first", {"grabcut": [0.5, 0.9]}, {"grabcut": (2.0, 2.0)}, {"grabcut": 3}, {"grabcut": True}
+    )
+    both = EvaluationCurves(
+        "second",
+        {"builtin": [0.4, 0.8], "grabcut": [0.6, 0.95]},
+        {"builtin": (2.0, 3.0), "grabcut": (2.0, 2.0)},
+        {"builtin": 5, "grabcut": 3},
+        {"builtin": True, "grabcut": True},
+    )
+    figure = iou_vs_clicks_figure([only_grabcut, both])
+    styles = {
+        (axis.get_title(), line.get_label().split(" (")[0]): (line.get_color(), line.get_marker())
+        for axis in figure.axes
+        for line in axis.get_lines()
+        if not line.get_label().startswith("_")
+    }
+    assert styles[("grabcut", "second")] == styles[("builtin", "second")]
+    assert styles[("grabcut", "first")] != styles[("grabcut", "second")]
 
 
 def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> None:

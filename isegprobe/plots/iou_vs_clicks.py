@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib import rcParams
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import text_to_path
@@ -100,6 +101,7 @@ def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "
                 range(1, len(curve) + 1),
                 [100 * value for value in curve],
                 marker=MARKERS[index % len(MARKERS)],
+                color=_colour(index),
                 markersize=4,
                 linewidth=1.8,
                 label=label,
@@ -117,6 +119,13 @@ def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "
     if title:
         figure.suptitle(title, parse_math=False)
     return figure
+
+
+def _colour(index: int) -> str:
+    """Evaluation `index`'s colour in every panel: the axes' own cycle would give the first evaluation that has a
+    dataset the first colour, whichever evaluation it is."""
+    cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+    return cycle[index % len(cycle)]
 
 
 def wrap_label(label: str, endings: Sequence[str], max_points: float) -> str:

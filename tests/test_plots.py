@@ -258,6 +258,27 @@ def test_default_labels_tell_apart_evaluations_of_the_same_probe(tmp_path: Path)
     assert f"{lift} (zoom-in)" in svg and "(NoC@85 2.00, NoC@90 3.00)" in svg, "a long label wraps before its NoC"
 
 
+def test_default_labels_name_the_training_runs_before_their_steps(tmp_path: Path) -> None:
+    """Checkpoints of two training runs are named by their run folders (their steps would read as two checkpoints of
+    one run); two checkpoints of one run by their steps."""
+    curve = {"a": [0.5, 0.86, 0.91, 0.95]}
+    checkpoints = {
+        "first": (tmp_path / "runs" / "lift_a" / "last.safetensors", 200),
+        "second": (tmp_path / "runs" / "lift_b" / "last.safetensors", 156),
+        "early": (tmp_path / "runs" / "lift_b" / "best.safetensors", 40),
+    }
+    for name, (checkpoint, step) in checkpoints.items():
+        write_results(tmp_path / name, curve, {**RUN_INFO, "checkpoint": str(checkpoint), "checkpoint_step": step})
+    result = report(*(str(tmp_path / name) for name in checkpoints), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    lift = "vit_small_patch14_dinov2 + lift + after_backbone"
+    assert [row[0] for row in csv.reader(result.output.splitlines()[1:])] == [
+        f"{lift} (run lift_a)",
+        f"{lift} (run lift_b, step 156)",
+        f"{lift} (run lift_b, step 40)",
+    ]
+
+
 def test_a_nan_in_results_is_never_the_best_cell(tmp_path: Path) -> None:
     write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95]})
     write_results(tmp_path / "edited", {"a": [0.6, 0.7, 0.8, 0.9]})

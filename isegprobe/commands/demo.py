@@ -21,7 +21,7 @@ from isegprobe.errors import UserError
     "--compare",
     multiple=True,
     type=click.Path(exists=True),
-    help="Another probe (RUN_DIR or .safetensors), shown beside the first on the same clicks; repeatable.",
+    help="Another probe (RUN_DIR or one checkpoint of it), shown beside the first on the same clicks; repeatable.",
 )
 @click.option("--images", type=click.Path(exists=True, file_okay=False), help="A folder of images to list.")
 @click.option("--image", type=click.Path(exists=True, dir_okay=False), help="One image to list.")

@@ -19,7 +19,8 @@ checkpoint_option = click.option(
     "--checkpoint",
     required=True,
     type=click.Path(exists=True),
-    help="RUN_DIR (best, else last) or RUN/last.safetensors.",
+    help="RUN_DIR (its best checkpoint, else its last) or one checkpoint of it: RUN/last.safetensors, "
+    "RUN/best.safetensors or their .json.",
 )
 
 

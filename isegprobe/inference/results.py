@@ -247,12 +247,19 @@ _PROTOCOL_WORDS = (("zoom_in", "zoom-in", "no zoom-in"), ("flip", "flip", "no fl
 def default_labels(documents: Sequence[dict[str, Any]], results_dirs: Sequence[str | Path]) -> list[str]:
     """Names for evaluations shown side by side (report rows, plot curves): each one's `probe_label`. Where two
     would read the same, what tells them apart follows in brackets: the protocol settings that differ among them
-    (zoom-in, flip, online, threshold), then the checkpoints' training steps, and where those are the same, the
-    results folders' names (with their parent folders where the names alone are the same)."""
+    (zoom-in, flip, online, threshold), then the training runs the checkpoints are of (two runs of one recipe), then
+    the checkpoints' training steps (a run's best and last), and where those are the same, the results folders'
+    names; a folder's name comes with its parent folders where the names alone are the same."""
     labels = [probe_label(document, folder) for document, folder in zip(documents, results_dirs, strict=True)]
     protocols = [protocol_words(document) for document in documents]
+    runs = [[f"run {name}"] for name in _folder_names([_run_folder(document) for document in documents])]
     steps = [[f"step {document.get('checkpoint_step', '?')}"] for document in documents]
-    return told_apart(labels, protocols, steps, [[name] for name in _folder_names(results_dirs)])
+    return told_apart(labels, protocols, runs, steps, [[name] for name in _folder_names(results_dirs)])
+
+
+def _run_folder(document: dict[str, Any]) -> str:
+    """The folder of the checkpoint evaluated (results.json records the checkpoint file's path as given)."""
+    return str(Path(str(document.get("checkpoint", "?"))).parent)
 
 
 def _folder_names(folders: Sequence[str | Path]) -> list[str]:

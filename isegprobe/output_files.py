@@ -1,9 +1,11 @@
 """Where a command writes a file a user named with --out: a file's path, never a folder, and never one of the files
-a training run or an evaluation keeps as its results."""
+a training run or an evaluation keeps as its results; and output folders that a refused command made, taken away."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from isegprobe.errors import UserError
@@ -49,3 +51,18 @@ def output_file(out: str | Path, option: str = "--out") -> Path:
     if Path(text).name in FOLDER_NAMES or Path(text).is_dir():
         raise UserError(f"{option} {text}: a folder; give a file's path")
     return Path(text)
+
+
+@contextmanager
+def folders_removed_if_left_empty(folders: Sequence[Path]) -> Iterator[None]:
+    """Those of `folders` (and of their parents) that do not exist yet are removed again if the `with` body fails
+    before writing anything into them: a refused `train --out runs/new` left an empty runs/new behind, which reads as
+    a run that was started."""
+    made = [folder for path in folders for folder in (path, *path.parents) if not folder.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(set(made), key=lambda path: len(path.parts), reverse=True):
+            with suppress(OSError):  # not empty, or already gone: kept as it is
+                folder.rmdir()
+        raise

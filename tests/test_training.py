@@ -838,6 +838,17 @@ def test_data_views_trains_on_a_subset_of_the_stores_views(tmp_path: Path) -> No
     assert "no view(s) ['crop1']; the store has ['identity', 'hflip']" in result.output
 
 
+def test_a_run_refused_before_it_writes_leaves_no_folder_behind(tmp_path: Path) -> None:
+    from isegprobe.commands import train as train_command
+
+    store = builtin_store(tmp_path / "cache", split="train", size=28)
+    run = tmp_path / "runs" / "lift"
+    arguments = ["--config", "quickstart", "--store", str(store), "--device", "cpu", "--out", str(run)]
+    result = CliRunner().invoke(train_command.train, [*arguments, "--set", "model.upsampler.name=lift"])
+    assert result.exit_code == 1 and "has no weights" in result.output, result.output
+    assert not (tmp_path / "runs").exists(), "an empty run folder reads as a run that was started"
+
+
 def test_the_run_keeps_a_config_yaml_that_trains_the_same_probe(tmp_path: Path) -> None:
     dataset = SquaresDataset(count=4)
     config = tiny_config("schedule.max_iters=1", "optim.lr=3e-4")

@@ -25,6 +25,7 @@ from isegprobe.distributed import LostRank, barrier, init_from_env, lost_contact
 from isegprobe.errors import UserError
 from isegprobe.locks import exclusive_lock
 from isegprobe.model import needs_featurizer_online
+from isegprobe.output_files import folders_removed_if_left_empty
 from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint, save_checkpoint
 from isegprobe.training.divergence import Diverged, DivergenceWatch
 from isegprobe.training.run_logger import RunLogger
@@ -103,7 +104,7 @@ def train_side_by_side(
     # One loader gives every run its batches: they carry the store's features when a run reads them, which a
     # probe that needs the featurizer in the loop beside it (early fusion) does not change.
     loader_reads_features = any(not (online or needs_featurizer_online(config.model)) for config in configs)
-    with ExitStack() as locks:
+    with folders_removed_if_left_empty(folders), ExitStack() as locks:
         setups = []
         for index, (config, folder) in enumerate(zip(configs, folders, strict=True)):
             folder.mkdir(parents=True, exist_ok=True)

@@ -45,10 +45,15 @@ class Range:
     def __str__(self) -> str:
         bounds = []
         if self.low is not None:
-            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            bounds.append(f"{'>' if self.low_open else '>='} {_bound(self.low)}")
         if self.high is not None:
-            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            bounds.append(f"{'<' if self.high_open else '<='} {_bound(self.high)}")
         return " and ".join(bounds)
+
+
+def _bound(value: float) -> str:
+    """An integer bound in full (the largest seed is 9223372036854775807, which `:g` rounds up to 9.22337e+18)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 class RenamedConfigKeyWarning(FutureWarning):
@@ -189,7 +194,7 @@ class DataConfig:
     with loader workers (each would hold a copy). `auto` (the default): on a GPU, when they fit and no loader
     workers are asked for; never on a CPU, whose step's arithmetic hides the reads.
     `num_workers`: DataLoader worker processes that read, decode and sample the batches beside the training process.
-    `auto` (the default): on a GPU, up to AUTO_GPU_WORKERS (fewer on a machine with fewer cores per torchrun rank)
+    `auto` (the default): on a GPU, up to 4 (fewer on a machine with fewer cores per torchrun rank)
     for a store read as training goes, none for one preloaded; none on a CPU, whose cores the step's arithmetic
     uses. Workers give the same batches as none.
     `click_sampling`: where each sample's target and initial clicks are drawn. `loader`: per image, in the data

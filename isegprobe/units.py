@@ -10,3 +10,8 @@ def human_bytes(count: int) -> str:
             return f"{count:.1f} {unit}" if unit != "B" else f"{count} B"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def counted(count: int, noun: str) -> str:
+    """`1 step`, `2 steps`: a count with its noun (one that takes an s in the plural)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

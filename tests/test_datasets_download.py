@@ -8,6 +8,7 @@ import tarfile
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -90,6 +91,16 @@ def test_matching_checksum_downloads_and_unpacks_into_the_loader_layout(server, 
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["GrabCut"], "archive and scratch folders are gone"
     again = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"))
     assert "already has the grabcut layout" in again.output and len(server.ranges) == 1
+
+
+def test_the_settings_line_it_suggests_names_the_folder_from_anywhere(server, tmp_path, monkeypatch):
+    """datasets.yaml is read from whichever folder a command runs in: a relative root there would move with it."""
+    server.payload = _grabcut_zip(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = _download("grabcut", "--to", "downloads", "--url", _url(server, "GrabCut.zip"))
+    assert result.exit_code == 0, result.output
+    relative, absolute = Path("downloads", "GrabCut"), tmp_path / "downloads" / "GrabCut"
+    assert f"use it with --root {relative}, or set roots.grabcut: {absolute} in" in result.output
 
 
 def test_a_url_named_like_the_datasets_folder_unpacks_beside_the_users_files(server, tmp_path):

@@ -350,6 +350,8 @@ def test_predictions_replay_an_object_of_an_evaluation_and_match_its_recorded_cu
 
     unknown = plot("predictions", str(evaluated), "--object", "test_002_9")
     assert unknown.exit_code == 1 and "--object 'test_002_9': not among the 26 objects of builtin" in unknown.output
+    other = plot("predictions", str(evaluated), "--object", "test_002_1", "--dataset", "grabcut")
+    assert other.exit_code == 1 and "--dataset grabcut: the evaluation has builtin, not it" in other.output
     weights = tmp_path / "last.safetensors"
     shutil.copyfile(json.loads((evaluated / "results.json").read_text())["checkpoint"], weights)
     results = edited_results(evaluated, tmp_path / "results", checkpoint=str(weights))

@@ -153,7 +153,7 @@ def test_every_numeric_config_key_has_a_range():
         ("data.keep_background_prob=2", "'data.keep_background_prob' must be a finite number >= 0 and <= 1, got 2"),
         ("clicks.pred_threshold=1", "'clicks.pred_threshold' must be a finite number > 0 and < 1"),
         ("sampler.negative_bg_prob=0.9", "must add up to 1, got 0.9 + 0.4 + 0.5 = 1.8"),
-        ("seed=99999999999999999999999", "'seed' must be a finite number >= 0 and <= 9.22337e+18"),
+        ("seed=99999999999999999999999", "'seed' must be a finite number >= 0 and <= 9223372036854775807"),
         ("clicks.max_num_next_clicks=1000000", "'clicks.max_num_next_clicks' must be a finite number >= 0 and <= 100"),
         ("model.click_radius=100000", "'model.click_radius' must be a finite number >= 1 and <= 100, got 100000"),
         ("sampler.max_points=1000000000", "'sampler.max_points' must be a finite number >= 1 and <= 100"),

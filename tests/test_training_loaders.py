@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
-from isegprobe.config import load_train_config
+from isegprobe.config import DataConfig, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.loader_workers import default_loader_workers
 from isegprobe.training import train
@@ -33,6 +33,7 @@ def test_auto_starts_workers_on_a_gpu_for_a_store_read_as_training_goes(store: P
     assert loader_workers(config, gpu, preloaded) == 0
     assert loader_workers(config, torch.device("cpu"), read) == 0
     assert loader_workers(load_train_config("quickstart", ["data.num_workers=3"]), gpu, preloaded) == 3
+    assert f"on a GPU, up to {AUTO_GPU_WORKERS} " in DataConfig.__doc__, "--show-config says how many"
     assert training_loader(read, config, torch.device("cpu"), online=False).num_workers == 0
 
 

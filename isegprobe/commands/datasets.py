@@ -130,4 +130,5 @@ def download_command(name: str, to: str, url: str | None, sha256: str | None, ke
     click.echo(f"{name} is in {root}")
     configured = resolve_root(name, None)
     if configured is None or configured.resolve() != root.resolve():
-        click.echo(f"use it with --root {root}, or set roots.{name.lower()}: {root} in {load_dataset_config().path}")
+        settings = load_dataset_config().path  # read from any folder: the root it names must not be relative
+        click.echo(f"use it with --root {root}, or set roots.{name.lower()}: {root.resolve()} in {settings}")

@@ -26,6 +26,7 @@ from isegprobe.inference.report import INCOMPLETE_MARK, RUNNING_MARK
 from isegprobe.inference.results import probe_label, read_results
 from isegprobe.locks import lock_holder
 from isegprobe.plots.figures import new_figure, save_figure
+from isegprobe.units import counted
 
 CURVE_FORMATS = ("png", "svg")
 
@@ -150,7 +151,7 @@ def _endings(evaluation: EvaluationCurves, dataset: str) -> list[str]:
     if evaluation.complete[dataset]:
         return endings
     count = evaluation.num_instances[dataset]
-    done = f"{count} object{'' if count == 1 else 's'}"
+    done = counted(count, "object")
     if evaluation.running:
         return [*endings, f"{RUNNING_MARK} in progress, {done} so far"]
     return [*endings, f"{INCOMPLETE_MARK} stopped after {done}"]

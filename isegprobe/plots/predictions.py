@@ -133,8 +133,10 @@ def _dataset(document: dict[str, Any], dataset: str | None) -> str:
     names = list(document["datasets"])
     if dataset is None and len(names) == 1:
         return names[0]
+    if dataset is None:
+        raise UserError(f"--dataset: the evaluation has {', '.join(names)}; say which")
     if dataset not in names:
-        raise UserError(f"--dataset: the evaluation has {', '.join(names)}; say which (got {dataset!r})")
+        raise UserError(f"--dataset {dataset}: the evaluation has {', '.join(names)}, not it")
     return dataset
 
 

@@ -31,6 +31,7 @@ from isegprobe.training.store_checks import (
     warn_when_sbd_is_drawn_uniformly,
 )
 from isegprobe.training.trainer import Trainer
+from isegprobe.units import counted
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ def _schedule_line(images: int, views: int, batch_size: int, schedule: StepSched
     """What an epoch is and how long the run lasts, said before it starts: the schedule follows from the store."""
     per_image = f" x {views} views (one per image and epoch)" if views > 1 else ""
     return (
-        f"training on {images} images{per_image} in batches of {batch_size}: {schedule.steps_per_epoch} steps an "
-        f"epoch, {schedule.total_steps} steps in all"
+        f"training on {counted(images, 'image')}{per_image} in batches of {batch_size}: "
+        f"{counted(schedule.steps_per_epoch, 'step')} an epoch, {counted(schedule.total_steps, 'step')} in all"
     )
 
 

@@ -1,8 +1,10 @@
 """Checkpoint files in their authors' own layouts, loaded into timm models: DINOv3's `dinov3_vit*_pretrain_*.pth`
-(every tensor accounted for) and SAM's `sam_vit_*.pth` (timm's converter for its family)."""
+(every tensor accounted for), SAM's `sam_vit_*.pth` and the ConvNeXt files of DINOv3 and FB (timm's converters for
+their families)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import zarr
 from click.testing import CliRunner
 from torch import Tensor
@@ -212,3 +215,94 @@ def test_features_from_timms_periods_are_told_apart_from_the_files(official_file
     attrs = {"preprocessing": {}, "views": ["identity"], "dataset": {"name": "d", "split": "s"}, "item_ids": ["0"]}
     assert store_fingerprint({**attrs, "featurizer": today}) == store_fingerprint({**attrs, "featurizer": before})
     assert "rope_periods" not in create_featurizer(DINOV3, weights="random").provenance
+
+
+# DINOv3's ConvNeXt-T (facebookresearch/dinov3, `dinov3_convnext_tiny`): 182 tensors, its final norm kept twice, as
+# `norm` and as `norms.3` (the per-stage norms of its dense output: identities before the last).
+AUTHORS_CONVNEXT_TINY_TENSORS = 182
+CONVNEXT_RENAMES = (
+    (r"^stem\.", "downsample_layers.0."),
+    (r"^stages\.(\d+)\.downsample\.(\d+)\.", r"downsample_layers.\1.\2."),
+    (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2."),
+    (r"\.conv_dw\.", ".dwconv."),
+    (r"\.mlp\.fc(\d)\.", r".pwconv\1."),
+)
+
+
+def seeded_convnext(arch: str = "convnext_tiny") -> torch.nn.Module:
+    """A random ConvNeXt whose final norm (timm's `head.norm`) is far from the identity, so that it shows."""
+    model = seeded(arch)
+    with torch.no_grad():
+        model.head.norm.weight.normal_(0.3, 0.5)
+        model.head.norm.bias.normal_(0, 0.5)
+    return model
+
+
+def convnext_layout(model: torch.nn.Module, dinov3: bool) -> dict[str, Tensor]:
+    """`model`'s weights as the authors' ConvNeXt code names them: DINOv3's (its final norm also as `norms.3`) or
+    FB's ImageNet ConvNeXt's (with its classifier)."""
+    layout = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("head.norm."):
+            suffix = key.removeprefix("head.norm.")
+            layout[f"norm.{suffix}"] = value
+            if dinov3:
+                layout[f"norms.3.{suffix}"] = value
+            continue
+        for pattern, replacement in CONVNEXT_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        layout[key] = value
+    if not dinov3:
+        layout |= {"head.weight": torch.zeros(1000, model.num_features), "head.bias": torch.zeros(1000)}
+    return layout
+
+
+def normed_every_location(features: Tensor, norm: torch.nn.Module) -> Tensor:
+    """The authors' dense output of DINOv3's ConvNeXt written out: `norm(patches.flatten(-2, -1).permute(0, 2, 1))`
+    with its final nn.LayerNorm (eps 1e-6), back to [B, C, H, W]."""
+    batch, channels, height, width = features.shape
+    tokens = F.layer_norm(features.flatten(2).permute(0, 2, 1), (channels,), norm.weight, norm.bias, 1e-6)
+    return tokens.permute(0, 2, 1).reshape(batch, channels, height, width)
+
+
+def test_dinov3s_convnext_file_gives_its_last_stage_normed_at_every_location(tmp_path):
+    """timm keeps DINOv3's final norm as its classifier head's, which its forward_intermediates leaves out."""
+    model = seeded_convnext()
+    layout = convnext_layout(model, dinov3=True)
+    assert len(layout) == AUTHORS_CONVNEXT_TINY_TENSORS
+    torch.save(layout, tmp_path / "dinov3_convnext_tiny_pretrain_lvd1689m-21b726bb.pth")
+    x = torch.randn(2, 3, 64, 96)
+    last = timm_features(model, x, -1)
+    for name, block, expected in (
+        ("convnext_tiny", -1, normed_every_location(last, model.head.norm)),
+        ("convnext_tiny@-2", -2, timm_features(model, x, -2)),  # the authors' norms before the last are identities
+    ):
+        featurizer = create_featurizer(
+            name, weights=str(tmp_path / "dinov3_convnext_tiny_pretrain_lvd1689m-21b726bb.pth")
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(featurizer(x), expected, rtol=0, atol=1e-6)
+        assert featurizer.provenance.get("last_stage_norm") == ("dinov3" if block == -1 else None), name
+    assert (normed_every_location(last, model.head.norm) - last).abs().max() > 0.5, "the norm matters here"
+
+
+def test_fbs_imagenet_convnext_file_keeps_its_dense_features_unnormed(tmp_path):
+    """FB's ConvNeXt normalizes only the pooled vector that its classifier reads."""
+    model = seeded_convnext()
+    torch.save({"model": convnext_layout(model, dinov3=False)}, tmp_path / "convnext_tiny_1k_224_ema.pth")
+    featurizer = create_featurizer("convnext_tiny", weights=str(tmp_path / "convnext_tiny_1k_224_ema.pth"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(featurizer(x), timm_features(model, x, -1), rtol=0, atol=0)
+    assert "last_stage_norm" not in featurizer.provenance
+
+
+def test_timms_dinov3_convnext_names_norm_their_last_stage_and_old_stores_are_told_apart():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        dinov3 = create_featurizer("convnext_tiny.dinov3_lvd1689m", weights="random")
+        imagenet = create_featurizer("convnext_tiny", weights="random")
+    assert dinov3.provenance["last_stage_norm"] == "dinov3" and "last_stage_norm" not in imagenet.provenance
+    before = {key: value for key, value in dinov3.provenance.items() if key != "last_stage_norm"}
+    with pytest.raises(UserError, match="last_stage_norm: checkpoint 'none', store 'dinov3'"):
+        check_same_featurizer(before, dinov3.provenance, "store")

@@ -33,15 +33,21 @@ FINGERPRINTED_FEATURIZER_KEYS = (
     "normed",
 )
 # Keys that decide whether two extractions give the same features: those, how position embeddings reach another
-# grid (MaskCLIP's changed from timm's rule to its authors' own) and where DINOv3's RoPE periods come from (its
-# official files' own since they were found to differ from timm's). Runs and results that recorded a fingerprint
-# before these keys still find their stores, so the fingerprint leaves them out.
-FEATURIZER_IDENTITY_KEYS = (*FINGERPRINTED_FEATURIZER_KEYS, "position_resampling", "rope_periods")
+# grid (MaskCLIP's changed from timm's rule to its authors' own), where DINOv3's RoPE periods come from (its
+# official files' own since they were found to differ from timm's) and whether DINOv3's ConvNeXt's last stage
+# passes through its final norm (as its authors' dense output does, since 2026-12-06). Runs and results that
+# recorded a fingerprint before these keys still find their stores, so the fingerprint leaves them out.
+FEATURIZER_IDENTITY_KEYS = (*FINGERPRINTED_FEATURIZER_KEYS, "position_resampling", "rope_periods", "last_stage_norm")
 # The keys that say which function of the image a featurizer computes, whatever its weights.
 WEIGHTS_IDENTITY_KEYS = ("weights_sha256", "random_seed")
 ARCHITECTURE_IDENTITY_KEYS = tuple(key for key in FEATURIZER_IDENTITY_KEYS if key not in WEIGHTS_IDENTITY_KEYS)
 # What a provenance written before a key existed meant by leaving it out.
-FEATURIZER_IDENTITY_DEFAULTS = {"normalization": "model", "position_resampling": "timm", "rope_periods": "timm"}
+FEATURIZER_IDENTITY_DEFAULTS = {
+    "normalization": "model",
+    "position_resampling": "timm",
+    "rope_periods": "timm",
+    "last_stage_norm": "none",
+}
 
 
 def identity_value(provenance: dict[str, Any], key: str) -> Any:

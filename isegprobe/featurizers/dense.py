@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import timm
 import torch
+from timm.models.convnext import ConvNeXt
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
@@ -30,7 +31,8 @@ class DenseFeaturizer(TimmFeaturizer):
     """`forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)`: block
     `@BLOCK` of the name (negative from the end; the last by default), with timm's final norm applied where timm
     applies it: every block of ViT-likes, SAM's neck; ConvNeXt's `norm_pre` on its last stage, an identity for
-    most ConvNeXts, whose final LayerNorm belongs to the classifier head that timm keeps out of this API. Stride
+    most ConvNeXts, whose final LayerNorm belongs to the classifier head that timm keeps out of this API, except
+    DINOv3's ConvNeXt, whose authors apply it at every location of the last stage (`_norms_every_location`). Stride
     and channels are measured, since a normed output can differ from timm's `feature_info`; so are the patch
     embedding's layout and width, which early fusion's click tokens take (`embed_dim`)."""
 
@@ -46,6 +48,7 @@ class DenseFeaturizer(TimmFeaturizer):
         block = _block_index(name, len(blocks))
         model.eval()
         stride, dim, patch_tokens = _measure(name, model, block, int(blocks[block]["reduction"]))
+        norms_every_location = _norms_every_location(model, weights, block, len(blocks))
         super().__init__(
             name,
             model,
@@ -54,9 +57,15 @@ class DenseFeaturizer(TimmFeaturizer):
             patch_size=stride,
             dim=dim,
             embed_dim=patch_tokens.width if patch_tokens else dim,
-            family_keys={"block": block, "num_blocks": len(blocks), "normed": self.normed},
+            family_keys={
+                "block": block,
+                "num_blocks": len(blocks),
+                "normed": self.normed,
+                **({"last_stage_norm": "dinov3"} if norms_every_location else {}),
+            },
         )
         self.block = block
+        self.norms_every_location = norms_every_location
         self.patch_tokens = patch_tokens
         self.early_fusion_refusal = None if patch_tokens else late_fusion_only(model, stride)
 
@@ -84,9 +93,27 @@ class DenseFeaturizer(TimmFeaturizer):
         grid = self.feature_grid(images, token_bias)
         with self.patch_tokens.adding(token_bias) if self.patch_tokens and token_bias is not None else nullcontext():
             features = _intermediate(self.model, images, self.block)
+        if self.norms_every_location:
+            features = self.model.head.norm(features)
         if tuple(features.shape[-2:]) != grid:
             raise ValueError(f"{self.name}: block {self.block} gave a {tuple(features.shape[-2:])} grid, not {grid}")
         return features.contiguous()
+
+
+def _norms_every_location(model: nn.Module, weights: WeightsSource, block: int, count: int) -> bool:
+    """Whether the features are DINOv3's ConvNeXt's last stage, which its authors' dense output
+    (`get_intermediate_layers(norm=True)`, `x_norm_patchtokens`) passes through the model's final LayerNorm at every
+    location (earlier stages unnormed). timm keeps that norm as its classifier head's (`head.norm`, applied there to
+    the pooled vector only), so its `forward_intermediates` leaves it out: up to 2.3 apart from the authors'
+    features of a ConvNeXt-T on random weights. FB's ImageNet ConvNeXt normalizes only the pooled vector, and its
+    dense features stay as timm gives them."""
+    return (
+        weights.dinov3
+        and isinstance(model, ConvNeXt)
+        and isinstance(model.norm_pre, nn.Identity)
+        and isinstance(getattr(model.head, "norm", None), nn.Module)
+        and block == count - 1
+    )
 
 
 def _intermediate(model: nn.Module, images: Tensor, block: int) -> Tensor:

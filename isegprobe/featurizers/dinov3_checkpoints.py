@@ -1,4 +1,5 @@
-"""DINOv3's official ViT files (`dinov3_vit*_pretrain_<data>-<hash>.pth`, facebookresearch/dinov3) in timm's names.
+"""DINOv3's official ViT files (`dinov3_vit*_pretrain_<data>-<hash>.pth`, facebookresearch/dinov3) in timm's names,
+and its ConvNeXt files told apart (timm's ConvNeXt converter reads them).
 
 timm builds DINOv3 on its `Eva` class. Every tensor of the official file is accounted for: renamed, folded into
 another (the q/k/v bias with its mask), checked against what timm computes itself and then used in its place (RoPE
@@ -35,8 +36,15 @@ QKV_BIAS = re.compile(r"^(blocks\.\d+\.attn)\.qkv\.bias$")
 
 
 def is_dinov3_layout(state: dict[str, Tensor]) -> bool:
-    """The official layout names its register tokens `storage_tokens` and its RoPE `rope_embed`."""
+    """The official ViT layout names its register tokens `storage_tokens` and its RoPE `rope_embed`."""
     return "storage_tokens" in state and PERIODS in state
+
+
+def is_dinov3_convnext_layout(state: dict[str, Tensor]) -> bool:
+    """The official ConvNeXt layout (`dinov3_convnext_*_pretrain_*.pth`) keeps its final norm twice, as `norm` and
+    as the last of the per-stage `norms` it applies to dense outputs (identities before it); timm's ConvNeXt
+    converter takes the first as its head's norm and drops the second."""
+    return "norms.3.weight" in state and "norm.weight" in state
 
 
 def dinov3_to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:

@@ -14,14 +14,19 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import timm
 import torch
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
-from isegprobe.featurizers.dinov3_checkpoints import dinov3_to_timm, is_dinov3_layout, use_files_periods
+from isegprobe.featurizers.dinov3_checkpoints import (
+    dinov3_to_timm,
+    is_dinov3_convnext_layout,
+    is_dinov3_layout,
+    use_files_periods,
+)
 from isegprobe.hashing import file_sha256
 from isegprobe.home_paths import expand_home
 from isegprobe.state_dicts import load_strictly, read_state_dict
@@ -43,12 +48,16 @@ class WeightsSource:
     # "file" where DINOv3's RoPE periods come from the official file, as the authors' model takes them, rather than
     # from timm's own float32 computation (None: no RoPE periods to choose, or timm's).
     rope_periods: str | None = None
+    # Whether the weights are DINOv3's (its official file, or timm's pretrained weights of a name tagged dinov3): its
+    # ConvNeXt normalizes every location of its last stage (dense.py), FB's ImageNet ConvNeXt does not.
+    dinov3: bool = False
 
 
 def create_timm_model(arch: str, weights: str, **model_kwargs: Any) -> tuple[nn.Module, WeightsSource]:
     """Build timm model `arch` with `weights` ("random", "hub" or a file path) and say where the weights came from."""
     if weights == "hub":
-        return _from_hub(arch, **model_kwargs), WeightsSource("hub")
+        model = _from_hub(arch, **model_kwargs)
+        return model, WeightsSource("hub", dinov3=_tagged_dinov3(model))
     if weights == "random":
         warnings.warn(
             f"{arch}: random weights (seed {RANDOM_SEED}); features and any numbers measured on them say nothing "
@@ -56,7 +65,8 @@ def create_timm_model(arch: str, weights: str, **model_kwargs: Any) -> tuple[nn.
             RandomWeightsWarning,
             stacklevel=3,
         )
-        return _seeded(arch, **model_kwargs), WeightsSource("random", random_seed=RANDOM_SEED)
+        model = _seeded(arch, **model_kwargs)
+        return model, WeightsSource("random", random_seed=RANDOM_SEED, dinov3=_tagged_dinov3(model))
     path = expand_home(weights).resolve()
     if not path.is_file():
         raise UserError(
@@ -64,8 +74,15 @@ def create_timm_model(arch: str, weights: str, **model_kwargs: Any) -> tuple[nn.
             ".safetensors / .pth / .pt / .bin checkpoint)"
         )
     model = _seeded(arch, **model_kwargs)
-    rope_periods = load_checkpoint(model, path)
-    return model, WeightsSource(str(path), sha256=file_sha256(path), rope_periods=rope_periods)
+    loaded = load_checkpoint(model, path)
+    return model, WeightsSource(
+        str(path), sha256=file_sha256(path), rope_periods=loaded.rope_periods, dinov3=loaded.dinov3
+    )
+
+
+def _tagged_dinov3(model: nn.Module) -> bool:
+    """Whether timm's pretrained weights of `model`'s name are DINOv3's (`convnext_tiny.dinov3_lvd1689m`)."""
+    return str((getattr(model, "pretrained_cfg", None) or {}).get("tag") or "").startswith("dinov3")
 
 
 def _seeded(arch: str, **model_kwargs: Any) -> nn.Module:
@@ -109,9 +126,16 @@ def _family_converter(model: nn.Module) -> Any:
     return getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", lambda state, _: state)
 
 
-def load_checkpoint(model: nn.Module, path: Path) -> str | None:
-    """Load `path` into `model` strictly; a file that does not fit names its missing, unexpected and misshaped keys.
-    Returns "file" where the model's RoPE periods now come from the file (DINOv3's official layout)."""
+class LoadedFile(NamedTuple):
+    """What a weights file said of itself: `rope_periods` "file" where the model's RoPE periods now come from it
+    (DINOv3's official ViT layout), `dinov3` whether it is one of DINOv3's official files (ViT or ConvNeXt)."""
+
+    rope_periods: str | None
+    dinov3: bool
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> LoadedFile:
+    """Load `path` into `model` strictly; a file that does not fit names its missing, unexpected and misshaped keys."""
     try:
         stored = read_state_dict(path)
         state = to_timm_layout(stored, model)
@@ -119,9 +143,9 @@ def load_checkpoint(model: nn.Module, path: Path) -> str | None:
         raise UserError(f"weights file {path} could not be converted for {_arch(model)}: {error}") from error
     load_strictly(model, state, f"weights file {path} does not fit {_arch(model)}")
     if not is_dinov3_layout(stored):
-        return None
+        return LoadedFile(None, is_dinov3_convnext_layout(stored))
     use_files_periods(stored, model)
-    return "file"
+    return LoadedFile("file", True)
 
 
 def _arch(model: nn.Module) -> str:

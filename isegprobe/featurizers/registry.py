@@ -96,7 +96,8 @@ def _refuse_a_fixed_name_in_the_slot(name: str, form: str, arch: str) -> None:
         if arch in featurizer_class.accepts:
             timm_name = featurizer_class.timm_architecture(arch, None)
             example = form.replace(ARCH_SLOT, timm_name)
-            raise UserError(f"{name}: {form} takes a timm model name, which {arch} is not; e.g. {example}")
+            pattern = form.replace(ARCH_SLOT, "NAME")
+            raise UserError(f"{name}: {pattern} takes a timm model name as NAME, which {arch} is not; e.g. {example}")
 
 
 def _families() -> list[FamilyClass]:

@@ -11,6 +11,8 @@ from timm.models import get_pretrained_cfg, split_model_name_tag
 
 from isegprobe.errors import UserError
 
+OWN_NAMES_HELP = "`isegprobe extract-features --help` lists every kind of name, with an example of each"
+
 
 def check_timm_vit(arch: str) -> None:
     """Accept only timm's plain ViTs (timm.models.vision_transformer), with a valid pretrained tag if one is given."""
@@ -33,7 +35,10 @@ def check_timm_model(arch: str) -> None:
     if not timm.is_model(base):
         close = difflib.get_close_matches(base, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
-        raise UserError(f"unknown featurizer {arch!r}: not a timm ViT name, nor any other timm model name{hint}")
+        raise UserError(
+            f"unknown featurizer {arch!r}: neither a timm model name{hint} nor one of isegprobe's own names "
+            f"({OWN_NAMES_HELP})"
+        )
     _check_tag(arch)
 
 

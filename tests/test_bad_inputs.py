@@ -246,7 +246,7 @@ CASES: dict[str, Case] = {
     ),
     "unknown featurizer": Case(
         lambda w: extraction("--dataset", "builtin", "--out", w.root / "x", featurizer="vit_imaginary"),
-        "unknown featurizer 'vit_imaginary': neither a timm model name",
+        "unknown featurizer 'vit_imaginary': neither a timm model name nor one of isegprobe's own names",
     ),
     "--size not a multiple of the patch size": Case(
         lambda w: extraction("--dataset", "builtin", "--size", "100", "--out", w.root / "x"),

@@ -431,20 +431,19 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         repaired = _mark_broken_undone(store, request.repair) if rank == 0 else []
         if swap:
             repaired.insert(0, f"{path.name}: {swap}")
-        done_before = int(store.done_mask().sum()) if rank == 0 else 0
+        # Rank 0 reports every rank's items: the shards left to do, whichever rank takes each.
+        every_ranks = sum(len(items) for items in _pending_shards(store, 0, 1)) if rank == 0 else 0
         barrier()
         shards = _pending_shards(store, rank, world)
         indices = [index for items in shards for index in items]
         loop = _run(store, featurizer, source, specs, request, device, shards, indices, rank == 0) if indices else None
         barrier()
-        extracted = len(indices)
         if rank == 0:
             store.record_progress()
-            done = store.done_mask()
-            extracted = int(done.sum()) - done_before  # every rank's items
-            if store.path != path and done.all():
+            if store.path != path and store.done_mask().all():
                 store = put_in_place(store, path)
     seconds = time.perf_counter() - started
+    extracted = every_ranks if rank == 0 else len(indices)
     return ExtractionResult(path, store.num_items, extracted, seconds, store.nbytes_on_disk(), repaired, loop)
 
 

@@ -34,10 +34,10 @@ def check_timm_model(arch: str) -> None:
     base, _ = split_model_name_tag(arch)
     if not timm.is_model(base):
         close = difflib.get_close_matches(base, timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
+        hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models() lists timm's"
         raise UserError(
-            f"unknown featurizer {arch!r}: neither a timm model name{hint} nor one of isegprobe's own names "
-            f"({OWN_NAMES_HELP})"
+            f"unknown featurizer {arch!r}: neither a timm model name nor one of isegprobe's own names "
+            f"({OWN_NAMES_HELP}){hint}"
         )
     _check_tag(arch)
 

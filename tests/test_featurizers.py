@@ -146,6 +146,36 @@ def test_keys_are_the_last_blocks_attention_keys():
     assert not torch.allclose(featurizer(x), tokens)
 
 
+@pytest.mark.parametrize("arch", ["vit_base_patch16_siglip_224", "aimv2_large_patch14_224"])
+def test_tokens_of_vits_without_a_class_token_are_all_of_timms_forward_features(arch):
+    """SigLIP and AIMv2 pool without a class token: every token timm gives is a patch's."""
+    featurizer = random_featurizer(arch)
+    patch = featurizer.patch_size
+    x = images(4 * patch, 3 * patch)
+    with torch.no_grad():
+        expected = featurizer.model.forward_features(x)
+    assert featurizer.model.num_prefix_tokens == 0 and expected.shape[1] == 4 * 3
+    torch.testing.assert_close(featurizer(x), as_map(expected, 4, 3), rtol=0, atol=1e-6)
+
+
+def test_keys_of_a_vit_without_qkv_biases_are_its_attention_keys():
+    """AIMv2's attention has no q/k/v bias."""
+    featurizer = random_featurizer("aimv2_large_patch14_224:keys")
+    attn = featurizer.model.blocks[-1].attn
+    assert attn.qkv.bias is None
+    captured = {}
+    handle = attn.k_norm.register_forward_hook(lambda module, args, out: captured.setdefault("k", out))
+    try:
+        x = images(56, 42)
+        with torch.no_grad():
+            featurizer.model.forward_features(x)
+    finally:
+        handle.remove()
+    keys = captured["k"]
+    keys = keys.transpose(1, 2).reshape(2, keys.shape[2], featurizer.dim)
+    torch.testing.assert_close(featurizer(x), as_map(keys, 4, 3), rtol=0, atol=1e-6)
+
+
 def test_maskclip_is_the_value_path_of_the_last_block():
     featurizer = random_featurizer("maskclip")
     model = featurizer.model

@@ -31,9 +31,10 @@ def warn_when_training_on_a_test_split(dataset: dict[str, Any]) -> None:
 
 def warn_when_evaluating_training_images(checkpoint: dict[str, Any], store: Path, dataset: dict[str, Any]) -> None:
     """`checkpoint` is a probe's metadata (it records its training store); `store` and `dataset` the store evaluated
-    and its `dataset` attribute. The same store, or another store of the same dataset split, is the same images."""
+    and its `dataset` attribute. The same store, or another store of the same dataset split, is the same images.
+    An untrained probe (`train --max-iters 0`, a baseline) has seen no image yet."""
     trained_on = checkpoint.get("store_path")
-    if not trained_on:
+    if not trained_on or checkpoint.get("step") == 0:
         return
     same = Path(trained_on).resolve() == store.resolve()
     if not same:

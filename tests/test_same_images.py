@@ -46,3 +46,22 @@ def test_evaluating_on_the_training_images_says_so_and_on_others_does_not(stores
         warnings.simplefilter("always")
         invoke(*evaluate, "--store", str(stores["test"]), "--out", str(tmp_path / "other"))
     assert not [w for w in caught if "trained on these images" in str(w.message)]
+
+
+def test_an_untrained_baseline_evaluated_on_the_training_store_is_not_said_to_remember_it(stores, tmp_path):
+    run = tmp_path / "baseline"
+    invoke("train", *TRAIN, "--max-iters", "0", "--store", str(stores["train"]), "--out", str(run))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        invoke(
+            "evaluate",
+            "--checkpoint",
+            str(run),
+            "--max-clicks",
+            "2",
+            "--store",
+            str(stores["train"]),
+            "--out",
+            str(tmp_path / "res"),
+        )
+    assert not [w for w in caught if "trained on these images" in str(w.message)]

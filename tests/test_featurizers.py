@@ -209,6 +209,8 @@ def test_random_weights_are_deterministic_and_warned_about():
         assert torch.equal(value, second_state[key]), key
     x = images(28, 28)
     assert torch.equal(first(x), second(x))
+    with pytest.warns(RandomWeightsWarning, match=r"^dinov2_vits14: random weights"):
+        create_featurizer("dinov2_vits14")  # the name given, not timm's vit_small_patch14_dinov2.lvd142m
 
 
 # --- weights files ---

@@ -29,7 +29,7 @@ def create_featurizer(name: str, weights: str = "random", normalization: str = D
     """A frozen featurizer in eval mode; `weights` is "random" (seeded), "hub" or a checkpoint file path;
     `normalization` the input statistics ("model": the model's own, "imagenet": iSegProbe's rule for every model)."""
     arch, featurizer_class = parse_featurizer_name(name)
-    model, source = create_timm_model(arch, weights, **featurizer_class.timm_kwargs(arch))
+    model, source = create_timm_model(arch, weights, shown_as=name, **featurizer_class.timm_kwargs(arch))
     return featurizer_class(name, model, source, normalization)
 
 

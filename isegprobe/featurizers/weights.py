@@ -53,15 +53,19 @@ class WeightsSource:
     dinov3: bool = False
 
 
-def create_timm_model(arch: str, weights: str, **model_kwargs: Any) -> tuple[nn.Module, WeightsSource]:
-    """Build timm model `arch` with `weights` ("random", "hub" or a file path) and say where the weights came from."""
+def create_timm_model(
+    arch: str, weights: str, shown_as: str | None = None, **model_kwargs: Any
+) -> tuple[nn.Module, WeightsSource]:
+    """Build timm model `arch` with `weights` ("random", "hub" or a file path) and say where the weights came from;
+    `shown_as` is the featurizer name the user gave, which warnings name (`dinov2_vits14` rather than timm's
+    `vit_small_patch14_dinov2.lvd142m`)."""
     if weights == "hub":
         model = _from_hub(arch, **model_kwargs)
         return model, WeightsSource("hub", dinov3=_tagged_dinov3(model))
     if weights == "random":
         warnings.warn(
-            f"{arch}: random weights (seed {RANDOM_SEED}); features and any numbers measured on them say nothing "
-            "about the pretrained model. Use --weights hub or --weights PATH for real ones.",
+            f"{shown_as or arch}: random weights (seed {RANDOM_SEED}); features and any numbers measured on them say "
+            "nothing about the pretrained model. Use --weights hub or --weights PATH for real ones.",
             RandomWeightsWarning,
             stacklevel=3,
         )

@@ -300,3 +300,31 @@ def test_verify_reports_a_count_of_finished_items_that_is_not_a_number(pristine,
     verified = CliRunner().invoke(cache, ["verify", str(store)])
     assert verified.exit_code == 1
     assert "attrs completion.items_done: expected the number of finished items, got 'x'" in verified.output
+
+
+def test_verify_recompute_tells_features_that_other_code_computed_though_their_checksums_hold(
+    pristine, tmp_path, monkeypatch
+):
+    """A store whose extraction normalized the colour channels in the wrong order matches its own checksums; only
+    featurizing its pixels again shows that its features are not the featurizer's."""
+    from isegprobe.cache import extract as extraction
+
+    runner = CliRunner()
+    agreed = runner.invoke(cache, ["verify", str(pristine), "--recompute", "3", "--device", "cpu"])
+    assert agreed.exit_code == 0, agreed.output
+    assert "features of 3 stored images (3 items) computed again on cpu: lowest cosine similarity" in agreed.output
+    assert "largest difference 0" in agreed.output, "the same code on the same machine gives the same bits"
+
+    original = extraction.normalize_images
+
+    def channels_reversed(images, mean, std, out=None):
+        return original(images, tuple(reversed(mean)), tuple(reversed(std)), out)
+
+    monkeypatch.setattr(extraction, "normalize_images", channels_reversed)
+    wrong = builtin_store(tmp_path, size=28, views="identity,hflip", items_per_shard=4)
+    monkeypatch.undo()
+    assert runner.invoke(cache, ["verify", str(wrong)]).exit_code == 0, "its checksums hold"
+    refused = runner.invoke(cache, ["verify", str(wrong), "--recompute", "2", "--device", "cpu"])
+    assert refused.exit_code == 1
+    assert "features of 4 stored images (2 items) computed again on cpu" in refused.output
+    assert "below 0.999, so the stored features are not what the recorded featurizer computes" in refused.output

@@ -7,9 +7,11 @@ import json
 import click
 
 from cache_tools import describe_store, feature_stats, format_stats, list_stores, verify_store
+from cache_tools.recompute import AGREEMENT, Recomputed, recompute_features
 from cache_tools.verify import finished_items, has_checksums
 from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
+from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.locks import shared_locks
 from isegprobe.output_files import output_file
 from isegprobe.training.checkpoint import write_output_file
@@ -46,8 +48,22 @@ def info_command(store: str) -> None:
 
 @cache.command("verify")
 @click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--recompute",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Also featurize every view of N finished items (spread over the store) again with the featurizer the store "
+    "records, and compare with the stored features: checksums cannot tell features that other code computed.",
+)
+@click.option(
+    "--weights", default=None, help="With --recompute: weights in place of the recorded ones (hub or a file)."
+)
+@device_option
+@allow_torchscript_option
 @reports_user_errors
-def verify_command(store: str) -> None:
+def verify_command(store: str, recompute: int, weights: str | None, device: str) -> None:
     """Read every finished item and check it against its checksum (written at extraction), for finite features and
     sane boxes; exits 1 and lists the problems if any."""
     with shared_locks(store):
@@ -58,6 +74,7 @@ def verify_command(store: str) -> None:
             click.echo("the same extract-features command with --repair extracts the broken items again", err=True)
             raise SystemExit(1)
         done, items = finished_items(store)
+        recomputed = recompute_features(store, recompute, device, weights) if recompute else None
     if has_checksums(store):
         click.echo(f"{store}: consistent ({done} of {items} items finished, each entry matching its checksum)")
     else:
@@ -65,6 +82,26 @@ def verify_command(store: str) -> None:
             f"{store}: consistent ({done} of {items} items finished), but made before per-entry checksums were "
             "recorded: its bytes were not checked"
         )
+    if recomputed is not None:
+        _report_recomputed(recomputed, device)
+
+
+def _report_recomputed(recomputed: Recomputed, device: str) -> None:
+    said = (
+        f"features of {recomputed.entries} stored images ({recomputed.items} items) computed again on {device}: "
+        f"lowest cosine similarity between a token's stored and recomputed features {recomputed.lowest_cosine:.6f} "
+        f"({recomputed.where}), largest difference {recomputed.largest_difference:.3g}"
+    )
+    if recomputed.agrees:
+        click.echo(said)
+        return
+    click.echo(
+        f"{said}: below {AGREEMENT}, so the stored features are not what the recorded featurizer computes from the "
+        "stored pixels (another version of isegprobe or timm, or other weights, wrote them); extract-features "
+        "--overwrite extracts the store again",
+        err=True,
+    )
+    raise SystemExit(1)
 
 
 @cache.command("stats")

@@ -128,19 +128,24 @@ def test_tokens_are_timm_forward_features_without_class_and_register_tokens(arch
     torch.testing.assert_close(featurizer(x), as_map(expected[:, prefix_tokens:], 4, 3), rtol=0, atol=1e-6)
 
 
-def test_keys_are_the_last_blocks_attention_keys():
-    featurizer = random_featurizer(f"{DINO_REG}:keys")
+def timms_last_keys(featurizer: nn.Module, x: Tensor) -> Tensor:
+    """The last block's attention keys [B, tokens, heads * head_dim], as timm's own forward computes them."""
     attn = featurizer.model.blocks[-1].attn
     captured = {}
     handle = attn.k_norm.register_forward_hook(lambda module, args, out: captured.setdefault("k", out))
     try:
-        x = images(42, 56)
         with torch.no_grad():
             featurizer.model.forward_features(x)
     finally:
         handle.remove()
-    keys = captured["k"]  # [B, heads, tokens, head_dim], as timm's attention computed it
-    keys = keys.transpose(1, 2).reshape(2, keys.shape[2], 384)[:, 5:]
+    keys = captured["k"]  # [B, heads, tokens, head_dim]
+    return keys.transpose(1, 2).reshape(len(x), keys.shape[2], featurizer.dim)
+
+
+def test_keys_are_the_last_blocks_attention_keys():
+    featurizer = random_featurizer(f"{DINO_REG}:keys")
+    x = images(42, 56)
+    keys = timms_last_keys(featurizer, x)[:, 5:]
     torch.testing.assert_close(featurizer(x), as_map(keys, 3, 4), rtol=0, atol=1e-6)
     tokens = random_featurizer(DINO_REG)(x)
     assert not torch.allclose(featurizer(x), tokens)
@@ -161,19 +166,9 @@ def test_tokens_of_vits_without_a_class_token_are_all_of_timms_forward_features(
 def test_keys_of_a_vit_without_qkv_biases_are_its_attention_keys():
     """AIMv2's attention has no q/k/v bias."""
     featurizer = random_featurizer("aimv2_large_patch14_224:keys")
-    attn = featurizer.model.blocks[-1].attn
-    assert attn.qkv.bias is None
-    captured = {}
-    handle = attn.k_norm.register_forward_hook(lambda module, args, out: captured.setdefault("k", out))
-    try:
-        x = images(56, 42)
-        with torch.no_grad():
-            featurizer.model.forward_features(x)
-    finally:
-        handle.remove()
-    keys = captured["k"]
-    keys = keys.transpose(1, 2).reshape(2, keys.shape[2], featurizer.dim)
-    torch.testing.assert_close(featurizer(x), as_map(keys, 4, 3), rtol=0, atol=1e-6)
+    assert featurizer.model.blocks[-1].attn.qkv.bias is None
+    x = images(56, 42)
+    torch.testing.assert_close(featurizer(x), as_map(timms_last_keys(featurizer, x), 4, 3), rtol=0, atol=1e-6)
 
 
 def test_maskclip_is_the_value_path_of_the_last_block():

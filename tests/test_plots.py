@@ -228,6 +228,13 @@ def test_report_bolds_the_best_probe_per_column(tmp_path: Path) -> None:
     ]
 
 
+def report_row_labels(*folders: str) -> list[str]:
+    """The probe column of `report --format csv` over `folders`."""
+    result = report(*folders, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    return [row[0] for row in csv.reader(result.output.splitlines()[1:])]
+
+
 def test_default_labels_tell_apart_evaluations_of_the_same_probe(tmp_path: Path) -> None:
     """Two evaluations of one probe are named by the protocol settings that differ; the same protocol twice by the
     checkpoints' steps (a run's best and last checkpoints), and where those are the same too (two training runs of
@@ -241,10 +248,8 @@ def test_default_labels_tell_apart_evaluations_of_the_same_probe(tmp_path: Path)
     write_results(tmp_path / "strict", curve, {**RUN_INFO, **protocol, "threshold": 0.49})
     write_results(tmp_path / "other", curve, {**RUN_INFO, **protocol, "upsampler": "bilinear"})
     folders = [str(tmp_path / name) for name in ("zoom", "run1", "run2", "best", "strict", "other")]
-    result = report(*folders, "--format", "csv")
-    assert result.exit_code == 0, result.output
     lift = "vit_small_patch14_dinov2 + lift + after_backbone"
-    assert [row[0] for row in csv.reader(result.output.splitlines()[1:])] == [
+    assert report_row_labels(*folders) == [
         f"{lift} (zoom-in, threshold 0.5)",
         f"{lift} (no zoom-in, threshold 0.5, step 38, run1)",
         f"{lift} (no zoom-in, threshold 0.5, step 38, run2)",
@@ -269,10 +274,8 @@ def test_default_labels_name_the_training_runs_before_their_steps(tmp_path: Path
     }
     for name, (checkpoint, step) in checkpoints.items():
         write_results(tmp_path / name, curve, {**RUN_INFO, "checkpoint": str(checkpoint), "checkpoint_step": step})
-    result = report(*(str(tmp_path / name) for name in checkpoints), "--format", "csv")
-    assert result.exit_code == 0, result.output
     lift = "vit_small_patch14_dinov2 + lift + after_backbone"
-    assert [row[0] for row in csv.reader(result.output.splitlines()[1:])] == [
+    assert report_row_labels(*(str(tmp_path / name) for name in checkpoints)) == [
         f"{lift} (run lift_a)",
         f"{lift} (run lift_b, step 156)",
         f"{lift} (run lift_b, step 40)",

@@ -40,3 +40,8 @@ def test_the_lookup_gives_the_arithmetics_bits_in_the_inputs_layout(layout, into
 def test_a_layout_opencv_cannot_read_in_place_gets_the_same_values():
     images = every_value_in_every_channel("channels-first")[:, :, ::2]
     assert torch.equal(normalize_images(images, MEAN, STD), by_arithmetic(images))
+
+
+def test_an_empty_batch_gives_an_empty_batch():
+    empty = every_value_in_every_channel("channels-last")[:0]
+    assert normalize_images(empty, MEAN, STD).shape == (0, 3, 20, 30)

@@ -23,9 +23,12 @@ def looked_up(images: torch.Tensor, table: np.ndarray, out: torch.Tensor | None 
     result = torch.empty_like(images, dtype=torch.float32) if out is None else out
     pixels_last, result_last = images.permute(0, 2, 3, 1), result.permute(0, 2, 3, 1)
     if pixels_last.is_contiguous() and result_last.is_contiguous():
-        pixel_table = table.reshape(256, 1, table.shape[1])
-        for image, written in zip(pixels_last.numpy(), result_last.numpy(), strict=True):
-            cv2.LUT(image, pixel_table, dst=written)
+        # The batch as one tall image: OpenCV splits a lookup of over 2**18 pixels among its threads (one 448 px
+        # image alone stays on the calling thread).
+        width, channels = images.shape[-1], images.shape[1]
+        pixels, written = (array.numpy().reshape(-1, width, channels) for array in (pixels_last, result_last))
+        if pixels.size:  # OpenCV refuses an empty image
+            cv2.LUT(pixels, table.reshape(256, 1, channels), dst=written)
         return result
     if images.is_contiguous() and result.is_contiguous():
         channel_tables = [np.ascontiguousarray(table[:, channel]) for channel in range(table.shape[1])]

@@ -48,14 +48,14 @@ class Recomputed:
 def recompute_features(path: str | Path, count: int, device: str = "cpu", weights: str | None = None) -> Recomputed:
     """Featurize again every view of `count` finished items of the store at `path`, spread over its items, with the
     featurizer it records (`weights` in place of the recorded weights, e.g. a file that moved)."""
+    from isegprobe.featurizers import recreate_featurizer  # imports timm, which `isegprobe cache --help` must not
+
     store = FeatureStore.open(path)
     finished = np.flatnonzero(store.done_mask())
     if len(finished) == 0:
         raise UserError(f"{path}: no finished item whose features could be computed again")
     spread = np.linspace(0, len(finished) - 1, min(count, len(finished))).round().astype(int)
     dataset = CachedDataset(path, items=sorted({int(finished[index]) for index in spread}))
-    from isegprobe.featurizers import recreate_featurizer  # imports timm, which `isegprobe cache --help` must not
-
     target = torch.device(device)
     featurizer = recreate_featurizer(dataset.provenance, weights=weights).to(target)
     lowest, largest, where = 1.0, 0.0, ""

@@ -409,6 +409,18 @@ def test_ctrl_c_leaves_the_finished_objects_on_disk(store, trained_run, tmp_path
     np.testing.assert_array_equal(resumed["grabcut/ious"], np.load(uninterrupted / "ious.npz")["grabcut/ious"])
 
 
+def made_again_once(arguments: list[str], made: Path, expected: Path, saying: str) -> None:
+    """`made`, a file an evaluation in --out wrote for one of its first objects, deleted: the same command on the
+    finished evaluation makes it again as an uninterrupted run made it (`expected`), saying so (`grabcut: SAYING`),
+    and run once more makes nothing."""
+    made.unlink()
+    again = cli(*arguments)
+    assert f"grabcut: {saying}" in again.stderr, "a finished evaluation makes what it lacks"
+    assert made.read_bytes() == expected.read_bytes()
+    verb = saying.split()[0]
+    assert verb not in cli(*arguments).stderr, "nor anything twice"
+
+
 def test_vis_preds_on_a_resumed_evaluation_draws_the_first_objects_an_earlier_run_finished(
     store, trained_run, tmp_path
 ):
@@ -426,11 +438,7 @@ def test_vis_preds_on_a_resumed_evaluation_draws_the_first_objects_an_earlier_ru
     assert [path.name for path in drawn] == [path.name for path in expected] and len(drawn) == 3
     assert all(one.read_bytes() == other.read_bytes() for one, other in zip(drawn, expected, strict=True))
     np.testing.assert_array_equal(np.load(out / "ious.npz")["grabcut/ious"][:2], curves)
-    drawn[0].unlink()
-    again = cli(*common, "--vis-preds", "3", "--out", str(out))
-    assert "grabcut: drawing 1 object(s)" in again.stderr, "a finished evaluation draws what it lacks"
-    assert drawn[0].read_bytes() == expected[0].read_bytes()
-    assert "drawing" not in cli(*common, "--vis-preds", "3", "--out", str(out)).stderr, "nor draws anything twice"
+    made_again_once([*common, "--vis-preds", "3", "--out", str(out)], drawn[0], expected[0], "drawing 1 object(s)")
 
 
 def test_save_feats_on_a_resumed_evaluation_keeps_the_first_objects_of_the_dataset(store, trained_run, tmp_path):
@@ -450,11 +458,9 @@ def test_save_feats_on_a_resumed_evaluation_keeps_the_first_objects_of_the_datas
     for one, other in zip(saved, expected, strict=True):
         with np.load(one) as first, np.load(other) as second:
             assert all(np.array_equal(first[key], second[key]) for key in ("lowres", "upsampled", "image"))
-    saved[0].unlink()
-    again = cli(*common, "--save-feats", "2", "--out", str(out))
-    assert "grabcut: saving the features of 1 object(s)" in again.stderr, "a finished evaluation saves what it lacks"
-    assert saved[0].read_bytes() == expected[0].read_bytes()
-    assert "saving" not in cli(*common, "--save-feats", "2", "--out", str(out)).stderr, "nor saves anything twice"
+    made_again_once(
+        [*common, "--save-feats", "2", "--out", str(out)], saved[0], expected[0], "saving the features of 1 object(s)"
+    )
 
 
 def test_max_objects_stops_each_dataset_as_an_interruption_does_and_the_same_command_goes_on(

@@ -50,7 +50,7 @@ from isegprobe.model import ISProbe
 from isegprobe.training.click_dataset import EpochShuffleSampler
 from isegprobe.training.loaders import draws_on_device, preload_device, training_loader
 from isegprobe.training.run_setup import probe_dims
-from isegprobe.training.trainer import Trainer
+from isegprobe.training.trainer import StepRequest, Trainer, train_steps_together
 
 LOADER_CLICKS = "cache, clicks drawn in the loader"
 PHASES = ("data", "featurizer", "click encoder", "upsampler", "head fwd", "loss", "backward", "optimizer", "other")
@@ -219,9 +219,13 @@ def train_config(args: argparse.Namespace, run: ProbeRun, click_sampling: str | 
     return load_train_config(run.preset, [*overrides, f"data.click_sampling={click_sampling or args.click_sampling}"])
 
 
-def side_by_side_round(modes: list[Mode], steps: int, lr: float, device: torch.device) -> dict[str, float]:
+def side_by_side_round(
+    modes: list[Mode], steps: int, lr: float, device: torch.device, in_turn: bool = False
+) -> dict[str, float]:
     """`steps` steps of every probe in `modes` on batches read once, from the first one's loader, as `isegprobe
-    train --variant ...` runs them: seconds in all, reading the data, and the probes' phases summed."""
+    train --variant ...` runs them (`train_steps_together`: each round of iterative clicks made for all of them at
+    once), or with `in_turn` each probe's whole step after the other's, as before: seconds in all, reading the
+    data, and the probes' phases summed."""
     lead = modes[0]
     lead.order.start(0)
     batches = iter(lead.loader)
@@ -233,8 +237,12 @@ def side_by_side_round(modes: list[Mode], steps: int, lr: float, device: torch.d
         batch = next(batches)
         loaded = time.perf_counter()
         prepared = modes[0].trainer.to_device(batch)  # the probes share their inputs, as side by side in a run
-        for mode in modes:
-            mode.trainer.train_step(batch, step, lr, prepared)
+        requests = [StepRequest(mode.trainer, batch, step, lr, prepared) for mode in modes]
+        if in_turn:
+            for request in requests:
+                train_steps_together([request])
+        else:
+            train_steps_together(requests)
         synchronize(device)
         data += loaded - started
         total += time.perf_counter() - started
@@ -242,9 +250,13 @@ def side_by_side_round(modes: list[Mode], steps: int, lr: float, device: torch.d
     return {"seconds": total, "data": data, "host": total - arithmetic}
 
 
+IN_TURN = "side by side, each probe's step in turn (before)"
+
+
 def measure_side_by_side(args: argparse.Namespace, run: ProbeRun, count: int, device: torch.device) -> dict[str, Any]:
     """One probe alone against `count` probes side by side, interleaved, from the cache: host ms per step (data and
-    everything outside the modules', loss's and optimizer's arithmetic) of each."""
+    everything outside the modules', loss's and optimizer's arithmetic) of each; and the same probes stepped one
+    after the other, as side by side training did before its rounds of clicks were made together."""
     store = ensure_store(args, args.split, run.size)
     cached = CachedDataset(store, items=CachedDataset(store).items[: args.items])
     config = train_config(args, run)
@@ -253,11 +265,15 @@ def measure_side_by_side(args: argparse.Namespace, run: ProbeRun, count: int, de
         "one probe": [build_mode(config, cached, dims, device, None)],
         f"{count} probes side by side": [build_mode(config, cached, dims, device, None) for _ in range(count)],
     }
+    groups[f"{count} probes {IN_TURN}"] = groups[f"{count} probes side by side"]
     lr = config.optim.lr
     for modes in groups.values():
         side_by_side_round(modes, 1, lr, device)
     rounds = interleave(
-        {name: partial(_side_by_side_timed, modes, run.steps, lr, device) for name, modes in groups.items()},
+        {
+            name: partial(_side_by_side_timed, modes, run.steps, lr, device, name.endswith(IN_TURN))
+            for name, modes in groups.items()
+        },
         run.repeats,
     )
     return {
@@ -267,9 +283,9 @@ def measure_side_by_side(args: argparse.Namespace, run: ProbeRun, count: int, de
 
 
 def _side_by_side_timed(
-    modes: list[Mode], steps: int, lr: float, device: torch.device, round_index: int
+    modes: list[Mode], steps: int, lr: float, device: torch.device, in_turn: bool, round_index: int
 ) -> dict[str, float]:
-    return side_by_side_round(modes, steps, lr, device)
+    return side_by_side_round(modes, steps, lr, device, in_turn)
 
 
 def timed_round(mode: Mode, steps: int, lr: float, device: torch.device, round_index: int) -> dict[str, float]:
@@ -517,14 +533,21 @@ def main() -> None:
         checks.extend(checks_for(run.key, ratio))
         if run.key == "b" and args.side_by_side > 1:
             side = measure_side_by_side(args, run, args.side_by_side, device)
-            one, many = side.values()
+            one, many, in_turn = side.values()
             ratio = many["host"] / one["host"]
             data_ratio = many["data"] / one["data"]
-            results["side_by_side"] = {"ms_per_step": side, "host_ratio": ratio, "data_ratio": data_ratio}
+            in_turn_ratio = in_turn["host"] / one["host"]
+            results["side_by_side"] = {
+                "ms_per_step": side,
+                "host_ratio": ratio,
+                "data_ratio": data_ratio,
+                "in_turn_host_ratio": in_turn_ratio,
+            }
             rows = [[name, f"{v['seconds']:.1f}", f"{v['data']:.1f}", f"{v['host']:.1f}"] for name, v in side.items()]
             sections[f"probe (b), {args.side_by_side} copies side by side (one read of each batch), cache"] = (
                 table(["run", "ms/step", "data ms", "host ms (data + other)"], rows)
-                + f"\nhost ms, {args.side_by_side} side by side / one: {ratio:.3g}"
+                + f"\nhost ms, {args.side_by_side} side by side / one: {ratio:.3g} ({in_turn_ratio:.3g} with each "
+                "probe's step in turn)"
                 + f"\ndata ms (the batch read once, shared), {args.side_by_side} side by side / one: {data_ratio:.3g}"
             )
             checks.append(Check(f"(b) host time, {args.side_by_side} probes side by side / one", ratio, 1.3, False))

@@ -17,7 +17,9 @@ from isegprobe.cli import main
 from isegprobe.commands.train_runs import planned_runs
 from isegprobe.errors import UserError
 from isegprobe.training import train
+from isegprobe.training import trainer as trainer_module
 from isegprobe.training.checkpoint import read_metadata
+from isegprobe.training.next_clicks import next_clicks_together
 from isegprobe.training.run_loop import train_side_by_side
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -184,6 +186,28 @@ def test_online_probes_side_by_side_run_the_featurizer_once_a_step(tmp_path: Pat
     )
     assert len(calls) == 4, "three probes, one featurizer forward a step"
     files_equal(alone, tmp_path / "together" / "wide", "last.safetensors")
+
+
+def test_probes_side_by_side_click_together_round_by_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every round of iterative clicks is made for all the probes that take it at once (on a GPU, one wait for the
+    device per round): 'wide' takes at most two rounds a step, the others three."""
+    rounds_clicked = []
+
+    def clicked_together(rounds: list) -> list:
+        rounds_clicked.append(len(rounds))
+        return next_clicks_together(rounds)
+
+    monkeypatch.setattr(trainer_module, "next_clicks_together", clicked_together)
+    chosen = configs("schedule.max_iters=6")
+    train_side_by_side(
+        list(chosen.values()),
+        SquaresDataset(count=6),
+        [tmp_path / name for name in chosen],
+        device="cpu",
+        progress=False,
+    )
+    assert set(rounds_clicked) >= {len(chosen), len(chosen) - 1}
+    assert len(rounds_clicked) <= 3 * 6, "at most max_num_next_clicks rounds a step"
 
 
 def test_online_probes_side_by_side_share_their_featurizers_precision(tmp_path: Path) -> None:

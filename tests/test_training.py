@@ -42,13 +42,13 @@ from isegprobe.training import (
 from isegprobe.training.checkpoint import resume_config
 from isegprobe.training.click_dataset import ClickTrainingSet, valid_pixels
 from isegprobe.training.losses import masked_bce
-from isegprobe.training.next_clicks import add_next_clicks, next_click
+from isegprobe.training.next_clicks import ClickRound, add_next_clicks, next_click, next_clicks_together
 from isegprobe.training.points_sampler import categorical, cumulative, geometric_cdf
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.seed_configurations import RESEARCH_PRESETS
 from isegprobe.training.store_checks import GuidanceStatisticsWarning
-from isegprobe.training.trainer import batch_iou, torch_draws_of_step
+from isegprobe.training.trainer import StepDraws, batch_iou
 from isegprobe.upsamplers import create_upsampler
 
 SIZE = 64
@@ -311,6 +311,27 @@ def test_add_next_clicks_draws_what_a_per_image_argwhere_draws(seed: int) -> Non
     assert updated[:, 1].tolist() == expected
 
 
+def test_rounds_clicked_together_are_each_round_clicked_alone() -> None:
+    """Probes side by side click together, each round drawing from its own generator."""
+    rng = np.random.default_rng(5)
+    target = torch.from_numpy(rng.random((2, SIZE, SIZE)) > 0.4)
+    valid = torch.from_numpy(rng.random((2, SIZE, SIZE)) > 0.1)
+    clicks = torch.tensor([[[1, 1, 1], [-1, -1, 0], [-1, -1, 0]]] * 2)
+    probs = [torch.from_numpy(rng.random((2, 1, SIZE, SIZE)).astype(np.float32)) for _ in range(3)]
+    slots, thresholds = (1, 2, 1), (0.49, 0.3, 0.49)
+    alone = [
+        add_next_clicks(prob, target, valid, clicks, slot, np.random.default_rng(index), threshold)
+        for index, (prob, slot, threshold) in enumerate(zip(probs, slots, thresholds, strict=True))
+    ]
+    rounds = [
+        ClickRound(prob, target, valid, clicks, slot, np.random.default_rng(index), threshold)
+        for index, (prob, slot, threshold) in enumerate(zip(probs, slots, thresholds, strict=True))
+    ]
+    together = next_clicks_together(rounds)
+    assert all(torch.equal(one, two) for one, two in zip(alone, together, strict=True))
+    assert not torch.equal(together[0], together[2]), "each round clicks on its own prediction"
+
+
 def test_add_next_clicks_fills_only_the_given_row() -> None:
     target = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
     target[:, 20:40, 20:40] = True
@@ -334,7 +355,7 @@ def test_a_steps_torch_draws_depend_on_the_seed_and_step_alone(device: str) -> N
     step had drawn nothing."""
 
     def draws(seed: int, step: int) -> Tensor:
-        with torch_draws_of_step(seed, step, torch.device(device)):
+        with StepDraws(seed, step, torch.device(device)):
             return torch.nn.functional.dropout(torch.ones(64, device=device), 0.5).cpu()
 
     torch.manual_seed(0)
@@ -348,6 +369,27 @@ def test_a_steps_torch_draws_depend_on_the_seed_and_step_alone(device: str) -> N
     torch.manual_seed(0)
     draws(3, 10)
     assert torch.equal(torch.rand(8, device=device), untouched)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_step_entered_again_goes_on_drawing_where_it_left_off(device: str) -> None:
+    """Probes side by side take turns within a step: each one's draws, split among its turns with others' between
+    them, are those of its step taken in one go."""
+
+    def dropout() -> Tensor:
+        return torch.nn.functional.dropout(torch.ones(64, device=device), 0.5).cpu()
+
+    with StepDraws(3, 10, torch.device(device)):
+        in_one_go = [dropout(), dropout()]
+    mine, other = StepDraws(3, 10, torch.device(device)), StepDraws(4, 10, torch.device(device))
+    taking_turns = []
+    for _ in range(2):
+        with mine:
+            taking_turns.append(dropout())
+        with other:
+            dropout()
+    assert all(torch.equal(one, two) for one, two in zip(in_one_go, taking_turns, strict=True))
+    assert not torch.equal(taking_turns[0], taking_turns[1])
 
 
 def test_a_few_steps_lower_the_loss_on_a_learnable_dataset() -> None:
@@ -797,18 +839,18 @@ def test_a_run_folder_removed_while_training_writes_it_ends_the_run_in_one_line_
     and the TensorBoard thread's own report of the same error is kept quiet."""
     from isegprobe.commands import train as train_command
     from isegprobe.errors import quiet_disk_errors_in_threads
-    from isegprobe.training.trainer import Trainer
+    from isegprobe.training import run_loop
 
     monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
     run_dir = tmp_path / "run"
-    original_step = Trainer.train_step
+    original_steps = run_loop.train_steps_together
 
-    def step_removing_the_run_folder_at_step_3(self, batch, step, lr, device_batch=None):
-        if step == 3:
+    def steps_removing_the_run_folder_at_step_3(requests):
+        if requests[0].step == 3:
             shutil.rmtree(run_dir)
-        return original_step(self, batch, step, lr, device_batch)
+        return original_steps(requests)
 
-    monkeypatch.setattr(Trainer, "train_step", step_removing_the_run_folder_at_step_3)
+    monkeypatch.setattr(run_loop, "train_steps_together", steps_removing_the_run_folder_at_step_3)
     reported = []
     monkeypatch.setattr(threading, "__excepthook__", reported.append)
     monkeypatch.setattr(threading, "excepthook", quiet_disk_errors_in_threads)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cache
 
 import cv2
@@ -129,20 +131,52 @@ def add_next_clicks(
     threshold: float = 0.49,
 ) -> Tensor:
     """Write each image's next click into row `slot` of clicks [B, K, 3]; prob [B, 1, H, W], target/valid [B, H, W].
+    One batch's `next_clicks_together`."""
+    return next_clicks_together([ClickRound(prob, target, valid, clicks, slot, rng, threshold)])[0]
 
-    The error regions are made on the device for the whole batch; only they come to the CPU, for the transforms,
-    which run on several threads; the draws then follow in the batch's order, as one after the other would take them.
+
+@dataclass(frozen=True)
+class ClickRound:
+    """A batch to click on after a pass of one probe: its probabilities [B, 1, H, W], target and valid pixels
+    [B, H, W], its clicks [B, K, 3] and the row to write, and the generator of that probe's draws."""
+
+    prob: Tensor
+    target: Tensor
+    valid: Tensor
+    clicks: Tensor
+    slot: int
+    rng: np.random.Generator
+    threshold: float = 0.49
+
+
+def next_clicks_together(rounds: Sequence[ClickRound]) -> list[Tensor]:
+    """Each round's clicks with every image's next click written into row `slot` (a new tensor each); the rounds'
+    images are of one size (probes side by side share their batches).
+
+    The error regions are made on the device; all rounds' come to the CPU in one copy, a single wait for a GPU
+    whatever the number of probes side by side, and their transforms share the threads. The draws then follow
+    round after round, each image in its batch's order from its round's generator: what each probe alone draws.
     """
-    target, valid = target.bool(), valid.bool()
-    false_negative = target & (prob[:, 0] < threshold) & valid
-    false_positive = ~target & (prob[:, 0] > threshold) & valid
-    false_negatives, false_positives = torch.stack((false_negative, false_positive)).cpu().numpy()
-    rows = clicks[:, slot].cpu().clone()
-    deepest = _transform_threads().map(deepest_errors, false_negatives, false_positives)
-    for index, image_deepest in enumerate(deepest):
-        click = _draw(image_deepest, prob.shape[-1], rng)
-        if click is not None:
-            rows[index] = torch.tensor(click, dtype=rows.dtype)
-    clicks = clicks.clone()
-    clicks[:, slot] = from_host(rows, clicks.device)
-    return clicks
+    first = rounds[0].prob
+    errors = first.new_empty((sum(len(round_.prob) for round_ in rounds), 2, *first.shape[-2:]), dtype=torch.bool)
+    start = 0
+    for round_ in rounds:
+        end = start + len(round_.prob)
+        target, valid, prob = round_.target.bool(), round_.valid.bool(), round_.prob[:, 0]
+        torch.logical_and(target & valid, prob < round_.threshold, out=errors[start:end, 0])  # false negatives
+        torch.logical_and(~target & valid, prob > round_.threshold, out=errors[start:end, 1])  # false positives
+        start = end
+    pairs = errors.cpu().numpy()
+    rows = torch.cat([round_.clicks[:, round_.slot] for round_ in rounds]).cpu()  # a new tensor: cat copies
+    host_rows = rows.split([len(round_.clicks) for round_ in rounds])
+    deepest = iter(_transform_threads().map(deepest_errors, pairs[:, 0], pairs[:, 1]))
+    clicked = []
+    for round_, round_rows in zip(rounds, host_rows, strict=True):
+        for index in range(len(round_rows)):
+            click = _draw(next(deepest), round_.prob.shape[-1], round_.rng)
+            if click is not None:
+                round_rows[index] = torch.tensor(click, dtype=round_rows.dtype)
+        clicks = round_.clicks.clone()
+        clicks[:, round_.slot] = from_host(round_rows, clicks.device)
+        clicked.append(clicks)
+    return clicked

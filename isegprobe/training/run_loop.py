@@ -33,7 +33,7 @@ from isegprobe.training.run_setup import RunSetUp, set_up_run
 from isegprobe.training.run_state import RunningMeans, TrainSummary, changes_text, dataset_fingerprint, dotted
 from isegprobe.training.side_by_side import check_shared_batches
 from isegprobe.training.stopping import StopRequests
-from isegprobe.training.trainer import DeviceBatch
+from isegprobe.training.trainer import DeviceBatch, StepRequest, StepResult, train_steps_together
 from isegprobe.training.visuals import prediction_panels
 
 
@@ -196,20 +196,26 @@ class _Run:
             + config_to_yaml(self.config)
         )
 
-    def step(self, batch: Mapping[str, Any], prepared: dict[tuple[Any, ...], DeviceBatch]) -> None:
-        """This probe's optimizer step on `batch`, and the running sums it feeds. `prepared` holds the batch as
-        the runs before it put it on the device, by `Trainer.inputs_key`: each form is made once."""
+    def step_request(self, batch: Mapping[str, Any], prepared: dict[tuple[Any, ...], DeviceBatch]) -> StepRequest:
+        """This probe's optimizer step on `batch`, to take with the other runs' (`train_steps_together`).
+        `prepared` holds the batch as the runs before it put it on the device, by `Trainer.inputs_key`: each form
+        is made once."""
         trainer, schedule, state = self.setup.trainer, self.setup.schedule, self.setup.state
         key = trainer.inputs_key()
         if key not in prepared:
             prepared[key] = trainer.to_device(batch)
-        self.result = trainer.train_step(batch, state.step, schedule.lr_at(state.step), prepared[key])
+        return StepRequest(trainer, batch, state.step, schedule.lr_at(state.step), prepared[key])
+
+    def took(self, result: StepResult) -> None:
+        """The step `step_request` asked for is taken: the running sums it feeds."""
+        state = self.setup.state
+        self.result = result
         state.step += 1
-        self.samples += self.result.target.shape[0]
-        self.samples_with_an_object += self.result.target.flatten(1).any(1).sum()
-        self.running.add(self.result)
-        self.divergence.add(self.result.loss, state.step)
-        state.add_epoch_iou(self.result.iou)
+        self.samples += result.target.shape[0]
+        self.samples_with_an_object += result.target.flatten(1).any(1).sum()
+        self.running.add(result)
+        self.divergence.add(result.loss, state.step)
+        state.add_epoch_iou(result.iou)
 
     def after_step(self, batch: Mapping[str, Any], stopping: bool) -> bool:
         """Logs, validation and checkpoints due after the step just taken; whether it logged scalars."""
@@ -311,8 +317,9 @@ def _run_steps(runs: list[_Run], rank: int, device: torch.device, progress: bool
                 for batch in loader:
                     prepared: dict[tuple[Any, ...], DeviceBatch] = {}
                     stepping = [run for run in _active(runs) if run.setup.state.step == lead.state.step]
-                    for run in stepping:
-                        run.step(batch, prepared)
+                    requests = [run.step_request(batch, prepared) for run in stepping]
+                    for run, result in zip(stepping, train_steps_together(requests), strict=True):
+                        run.took(result)
                     bar.update(1)
                     # Every rank asks at every step but the last, so that all of them agree on the same step.
                     stopping = lead.state.step < schedule.total_steps and stop.agreed(device)

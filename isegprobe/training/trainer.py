@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.training.batch_sampler import BatchPointSampler
 from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
-from isegprobe.training.next_clicks import add_next_clicks
+from isegprobe.training.next_clicks import ClickRound, next_clicks_together
 
 _VALIDATION_STREAM = 1
 _TORCH_DRAWS_STREAM = 2
@@ -163,56 +163,68 @@ class Trainer:
     def simulate_clicks(self, batch: DeviceBatch, rng: np.random.Generator) -> tuple[Tensor, Tensor, int]:
         """RITM: 0..max_num_next_clicks no-grad passes, each adding a click on the error and feeding its mask back.
         The clicks come back with max_num_next_clicks more rows, those not clicked left at -1."""
+        simulation = self._start_clicks(batch, rng, nullcontext())
+        _simulate_together([simulation])
+        return simulation.clicks, simulation.prev_mask, simulation.count
+
+    def _start_clicks(
+        self, batch: DeviceBatch, rng: np.random.Generator, draws: AbstractContextManager
+    ) -> _ClickSimulation:
         free_rows = batch.clicks.new_full((batch.clicks.shape[0], self.config.clicks.max_num_next_clicks, 3), -1)
         free_rows[..., 2] = 0  # RITM's padding row (-1, -1, 0), made on the device: no copy from the host
-        clicks = torch.cat((batch.clicks, free_rows), dim=1)
-        prev_mask = torch.zeros_like(batch.images[:, :1])
-        count = int(rng.integers(0, self.config.clicks.max_num_next_clicks + 1))
-        if count == 0:
-            return clicks, prev_mask, 0
-        first_free = clicks.shape[1] - self.config.clicks.max_num_next_clicks
+        return _ClickSimulation(
+            trainer=self,
+            batch=batch,
+            rng=rng,
+            draws=draws,
+            clicks=torch.cat((batch.clicks, free_rows), dim=1),
+            prev_mask=torch.zeros_like(batch.images[:, :1]),
+            count=int(rng.integers(0, self.config.clicks.max_num_next_clicks + 1)),
+            first_free=batch.clicks.shape[1],
+        )
+
+    def _predicted(self, simulation: _ClickSimulation) -> Tensor:
+        """The probe's probabilities for the simulation's clicks and mask, in eval mode and without gradients."""
         was_training = self.probe.training
         self.probe.eval()
         with torch.no_grad():
-            for index in range(count):
-                prev_mask = torch.sigmoid(self.probe(batch.features, batch.images, clicks, prev_mask))
-                clicks = add_next_clicks(
-                    prev_mask,
-                    batch.target,
-                    batch.valid,
-                    clicks,
-                    first_free + index,
-                    rng,
-                    self.config.clicks.pred_threshold,
-                )
+            batch = simulation.batch
+            prob = torch.sigmoid(self.probe(batch.features, batch.images, simulation.clicks, simulation.prev_mask))
         self.probe.train(was_training)
-        return clicks, prev_mask, count
+        return prob
 
     def train_step(
         self, batch: Mapping[str, Any], step: int, lr: float, device_batch: DeviceBatch | None = None
     ) -> StepResult:
         """One optimizer step on `batch`; `device_batch` is its `to_device`, when another trainer with the same
         `inputs_key` made it already."""
+        return train_steps_together([StepRequest(self, batch, step, lr, device_batch)])[0]
+
+    def _begin_step(self, request: StepRequest) -> _ClickSimulation:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        device_batch = device_batch or self.to_device(batch)
-        rng = np.random.default_rng([self.config.seed, step])
-        with torch_draws_of_step(self.config.seed, step, self.device):
+            group["lr"] = request.lr
+        device_batch = request.device_batch or self.to_device(request.batch)
+        draws = StepDraws(self.config.seed, request.step, self.device)
+        with draws:
             self.probe.train()
-            clicks, prev_mask, count = self.simulate_clicks(device_batch, rng)
-            loss, logits = self.loss_on(device_batch, clicks, prev_mask)
+            return self._start_clicks(device_batch, np.random.default_rng([self.config.seed, request.step]), draws)
+
+    def _finish_step(self, simulation: _ClickSimulation) -> StepResult:
+        batch = simulation.batch
+        with simulation.draws:
+            loss, logits = self.loss_on(batch, simulation.clicks, simulation.prev_mask)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
         logits = logits.detach()
         return StepResult(
             loss=loss.detach(),
-            bce=masked_bce(logits, device_batch.target[:, None], device_batch.valid[:, None]).mean(),
-            iou=batch_iou(logits, device_batch.target, device_batch.valid),
-            num_next_clicks=count,
+            bce=masked_bce(logits, batch.target[:, None], batch.valid[:, None]).mean(),
+            iou=batch_iou(logits, batch.target, batch.valid),
+            num_next_clicks=simulation.count,
             logits=logits,
-            clicks=clicks,
-            target=device_batch.target,
+            clicks=simulation.clicks,
+            target=batch.target,
         )
 
     def evaluate(self, loader: DataLoader) -> tuple[float, float]:
@@ -231,24 +243,107 @@ class Trainer:
         return float(np.mean(losses)), float(np.mean(ious))
 
 
-@contextmanager
-def torch_draws_of_step(seed: int, step: int, device: torch.device) -> Iterator[None]:
-    """torch's generators (the CPU's and `device`'s) seeded from (seed, step) for one training step, and put back as
-    they were afterwards.
+@dataclass(frozen=True)
+class StepRequest:
+    """A probe's optimizer step to take: its trainer, the batch, the step's index and learning rate, and the batch
+    on the device when a trainer with the same `inputs_key` made it already."""
+
+    trainer: Trainer
+    batch: Mapping[str, Any]
+    step: int
+    lr: float
+    device_batch: DeviceBatch | None = None
+
+
+def train_steps_together(requests: Sequence[StepRequest]) -> list[StepResult]:
+    """One optimizer step of each request's probe: their iterative-click passes take turns, round by round, so that
+    every round's clicks are made for all of them at once (`next_clicks_together`: on a GPU one wait and one copy of
+    the error regions per round, not one per probe, and their transforms on the threads together); then each probe's
+    loss pass and optimizer step. Each probe's numbers are those of its step taken alone: its clicks come from its
+    own generator, and its torch draws (dropout) from its own `StepDraws`, which keeps them between its turns."""
+    simulations = [request.trainer._begin_step(request) for request in requests]
+    _simulate_together(simulations)
+    return [simulation.trainer._finish_step(simulation) for simulation in simulations]
+
+
+@dataclass
+class _ClickSimulation:
+    """A probe's iterative clicks on a batch, under way: the clicks and previous mask so far, how many no-grad
+    passes the step takes (drawn at its start), the row of the first, and the draws its passes run under."""
+
+    trainer: Trainer
+    batch: DeviceBatch
+    rng: np.random.Generator
+    draws: AbstractContextManager
+    clicks: Tensor
+    prev_mask: Tensor
+    count: int
+    first_free: int
+
+
+def _simulate_together(simulations: Sequence[_ClickSimulation]) -> None:
+    for index in range(max(simulation.count for simulation in simulations)):
+        active = [simulation for simulation in simulations if index < simulation.count]
+        for simulation in active:
+            with simulation.draws:
+                simulation.prev_mask = simulation.trainer._predicted(simulation)
+        rounds = [
+            ClickRound(
+                simulation.prev_mask,
+                simulation.batch.target,
+                simulation.batch.valid,
+                simulation.clicks,
+                simulation.first_free + index,
+                simulation.rng,
+                simulation.trainer.config.clicks.pred_threshold,
+            )
+            for simulation in active
+        ]
+        for simulation, clicks in zip(active, next_clicks_together(rounds), strict=True):
+            simulation.clicks = clicks
+
+
+class StepDraws:
+    """torch's generators (the CPU's and `device`'s) seeded from (seed, step) for one training step, in use inside
+    `with` and put back as they were outside. It may be entered again: each time the draws go on from where the
+    last left off, so a step whose passes take turns with other probes' draws what it draws in one go.
 
     A probe's dropout (FeatUp JBU's, when it trains or follows train mode) then draws the same masks at a step
     whatever ran before it. Drawn from one stream that runs on from `torch.manual_seed(seed)`, they depended on every
     draw before: probes side by side took each other's, and a resumed run restarted the stream, so neither gave the
     numbers of the run alone and uninterrupted. Outside the steps the stream is as it was: a run that draws nothing
     in its steps is unchanged."""
-    value = int(np.random.SeedSequence([seed, _TORCH_DRAWS_STREAM, step]).generate_state(1, np.uint64)[0])
-    on_gpu = device.type == "cuda"
-    with torch.random.fork_rng(devices=[device] if on_gpu else []):
-        torch.random.default_generator.manual_seed(value)
-        if on_gpu:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(value)
-        yield
+
+    def __init__(self, seed: int, step: int, device: torch.device) -> None:
+        self._value = int(np.random.SeedSequence([seed, _TORCH_DRAWS_STREAM, step]).generate_state(1, np.uint64)[0])
+        self._gpu = device if device.type == "cuda" else None
+        self._own: tuple[Tensor, Tensor | None] | None = None
+        self._outside: tuple[Tensor, Tensor | None] | None = None
+
+    def __enter__(self) -> StepDraws:
+        self._outside = self._states()
+        if self._own is None:
+            torch.random.default_generator.manual_seed(self._value)
+            if self._gpu is not None:
+                with torch.cuda.device(self._gpu):
+                    torch.cuda.manual_seed(self._value)
+        else:
+            self._set_states(self._own)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._own = self._states()
+        if self._outside is not None:
+            self._set_states(self._outside)
+
+    def _states(self) -> tuple[Tensor, Tensor | None]:
+        return torch.random.get_rng_state(), None if self._gpu is None else torch.cuda.get_rng_state(self._gpu)
+
+    def _set_states(self, states: tuple[Tensor, Tensor | None]) -> None:
+        cpu, gpu = states
+        torch.random.set_rng_state(cpu)
+        if gpu is not None:
+            torch.cuda.set_rng_state(gpu, self._gpu)
 
 
 def _check_normalization(featurizer: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:

@@ -282,7 +282,8 @@ class _ClickSimulation:
 
 
 def _simulate_together(simulations: Sequence[_ClickSimulation]) -> None:
-    for index in range(max(simulation.count for simulation in simulations)):
+    """RITM's no-grad passes of every simulation, round by round: each takes as many as it drew."""
+    for index in range(max((simulation.count for simulation in simulations), default=0)):
         active = [simulation for simulation in simulations if index < simulation.count]
         for simulation in active:
             with simulation.draws:

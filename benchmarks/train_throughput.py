@@ -237,12 +237,11 @@ def side_by_side_round(
         batch = next(batches)
         loaded = time.perf_counter()
         prepared = modes[0].trainer.to_device(batch)  # the probes share their inputs, as side by side in a run
-        requests = [StepRequest(mode.trainer, batch, step, lr, prepared) for mode in modes]
         if in_turn:
-            for request in requests:
-                train_steps_together([request])
+            for mode in modes:
+                mode.trainer.train_step(batch, step, lr, prepared)
         else:
-            train_steps_together(requests)
+            train_steps_together([StepRequest(mode.trainer, batch, step, lr, prepared) for mode in modes])
         synchronize(device)
         data += loaded - started
         total += time.perf_counter() - started

@@ -180,7 +180,6 @@ class Trainer:
             clicks=torch.cat((batch.clicks, free_rows), dim=1),
             prev_mask=torch.zeros_like(batch.images[:, :1]),
             count=int(rng.integers(0, self.config.clicks.max_num_next_clicks + 1)),
-            first_free=batch.clicks.shape[1],
         )
 
     def _predicted(self, simulation: _ClickSimulation) -> Tensor:
@@ -268,8 +267,9 @@ def train_steps_together(requests: Sequence[StepRequest]) -> list[StepResult]:
 
 @dataclass
 class _ClickSimulation:
-    """A probe's iterative clicks on a batch, under way: the clicks and previous mask so far, how many no-grad
-    passes the step takes (drawn at its start), the row of the first, and the draws its passes run under."""
+    """A probe's iterative clicks on a batch, under way: the clicks and previous mask so far (the clicks' rows after
+    the batch's own are those the passes fill), how many no-grad passes the step takes (drawn at its start), and the
+    draws its passes run under."""
 
     trainer: Trainer
     batch: DeviceBatch
@@ -278,7 +278,6 @@ class _ClickSimulation:
     clicks: Tensor
     prev_mask: Tensor
     count: int
-    first_free: int
 
 
 def _simulate_together(simulations: Sequence[_ClickSimulation]) -> None:
@@ -294,7 +293,7 @@ def _simulate_together(simulations: Sequence[_ClickSimulation]) -> None:
                 simulation.batch.target,
                 simulation.batch.valid,
                 simulation.clicks,
-                simulation.first_free + index,
+                simulation.batch.clicks.shape[1] + index,
                 simulation.rng,
                 simulation.trainer.config.clicks.pred_threshold,
             )

@@ -315,7 +315,7 @@ def _summarize(rounds: list[dict[str, float]], steps: int) -> dict[str, Any]:
 HOST_WORK = (
     ("reading and the click sampler (loader)", "click_dataset.py", "__getitem__"),
     ("  of which the click sampler", "points_sampler.py", "sample"),
-    ("iterative clicks (error maps, transforms, draws)", "next_clicks.py", "add_next_clicks"),
+    ("iterative clicks (error maps, transforms, draws)", "next_clicks.py", "next_clicks_together"),
     ("click maps", "clicks.py", "click_inputs"),
     ("logits resized to full size", "layers.py", "resize_to"),
     ("logged BCE", "losses.py", "masked_bce"),

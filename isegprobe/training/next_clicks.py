@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from isegprobe.devices import from_host
-from isegprobe.inference.clicker import bounding_box, box_depth_bound
+from isegprobe.inference.clicker import Box, bounding_box, box_depth_bound, ringed_box
 
 
 def next_click(
@@ -65,12 +65,23 @@ class ErrorRegion:
     transform reaches no pixel at more than the number of horizontal and vertical steps (of cost 1) to the border,
     so every pixel fewer than d such steps from one of depth d lies in the region, a diamond of 2d^2 - 2d + 1 pixels
     whose middle row and column are 2d - 1 long.
+
+    The transform covers the region's bounding box and the ring around it only (`ringed_box`), which gives the
+    whole image's depths there: late in training, when the errors are small, a fraction of the image.
     """
 
     def __init__(self, mask: np.ndarray) -> None:
         self.mask = np.ascontiguousarray(mask)
         self.area = cv2.countNonZero(self.mask.view(np.uint8))
+        self._box: Box | None = None
         self._depth: np.ndarray | None = None
+
+    @property
+    def box(self) -> Box:
+        """(top, left, bottom, right) of the region's pixels, bottom and right exclusive."""
+        if self._box is None:
+            self._box = bounding_box(self.mask)
+        return self._box
 
     def may_reach(self, level: float, tie_wins: bool) -> bool:
         """Whether the largest depth could be above `level` (or equal to it, where a tie wins)."""
@@ -80,7 +91,7 @@ class ErrorRegion:
         by_area = (1 + math.isqrt(2 * self.area - 1)) // 2  # the largest d whose diamond fits in the area
         if not reaches(by_area, level):
             return False
-        return reaches(min(by_area, box_depth_bound(bounding_box(self.mask))), level)
+        return reaches(min(by_area, box_depth_bound(self.box)), level)
 
     @property
     def max_depth(self) -> float:
@@ -88,16 +99,19 @@ class ErrorRegion:
 
     @property
     def depth(self) -> np.ndarray:
-        """RITM's transform of the whole image (float32 [H, W])."""
+        """RITM's transform of the whole image (float32), over the region's bounding box."""
         if self._depth is None:
-            self._depth = _inner_distance(self.mask)
+            self._depth = _inner_distance(self.mask, self.box)
         return self._depth
 
     def deeper_than(self, level: float) -> np.ndarray:
-        """Flat indices, in row-major order, of the pixels deeper than `level`."""
+        """Flat indices in the image, in row-major order, of the pixels deeper than `level`."""
         if self.area == 0:
             return np.empty(0, dtype=np.intp)
-        return np.flatnonzero(self.depth > level)
+        in_box = np.flatnonzero(self.depth > level)
+        top, left, _, right = self.box
+        rows, cols = np.divmod(in_box, right - left)
+        return (rows + top) * self.mask.shape[1] + (cols + left)
 
 
 def _draw(deepest: tuple[np.ndarray, bool], width: int, rng: np.random.Generator) -> tuple[int, int, int] | None:
@@ -114,11 +128,10 @@ def _transform_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max(1, cv2.getNumThreads()), thread_name_prefix="next-clicks")
 
 
-def _inner_distance(mask: np.ndarray) -> np.ndarray:
-    """Distance to the region's border, where the image border counts as border too (hence the padding)."""
-    as_bytes = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).view(np.uint8)
-    padded = cv2.copyMakeBorder(as_bytes, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    return cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
+def _inner_distance(mask: np.ndarray, box: Box) -> np.ndarray:
+    """Depth of the box's pixels: distance to the region's border, where the image border counts as border too
+    (RITM pads the whole image with zeros)."""
+    return cv2.distanceTransform(ringed_box(mask, box), cv2.DIST_L2, 5)[1:-1, 1:-1]
 
 
 def add_next_clicks(

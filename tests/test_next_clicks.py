@@ -91,9 +91,9 @@ def test_equal_depths_go_to_the_false_positives_whichever_is_transformed_first()
 
 def test_a_region_that_cannot_win_and_an_empty_one_are_not_transformed(monkeypatch: pytest.MonkeyPatch) -> None:
     transformed: list[int] = []
-    transform = next_clicks._inner_distance
+    transform = next_clicks.region_depth
     monkeypatch.setattr(
-        next_clicks, "_inner_distance", lambda mask, box: transformed.append(mask.sum()) or transform(mask, box)
+        next_clicks, "region_depth", lambda mask, box: transformed.append(mask.sum()) or transform(mask, box)
     )
     large, small = np.zeros((40, 40), dtype=bool), np.zeros((40, 40), dtype=bool)
     large[5:35, 5:35] = True
@@ -112,29 +112,3 @@ def test_deepest_errors_on_grabcut_objects_and_shifted_predictions(grabcut_root:
             false_negative, false_positive = truth & ~predicted, ~truth & predicted
             candidates, is_positive = deepest_errors(false_negative, false_positive)
             assert (candidates.tolist(), is_positive) == both_transforms_candidates(false_negative, false_positive)
-
-
-@pytest.mark.parametrize("use_ipp", [True, False])
-def test_a_box_transformed_alone_has_the_whole_images_depths(use_ipp: bool) -> None:
-    # Boxes 0 to 3 pixels from each edge of the image: the ring around the box lies in the image, or is the padding
-    # where the box touches the edge, and the 5x5 mask reaches past it; either way the whole image's depths.
-    rng = np.random.default_rng(7)
-    height, width = 40, 50
-    was_using_ipp = cv2.ipp.useIPP()
-    cv2.ipp.setUseIPP(use_ipp)
-    try:
-        for margin_top, margin_left, margin_bottom, margin_right in rng.integers(0, 4, (48, 4)):
-            mask = np.zeros((height, width), dtype=bool)
-            inner = rng.random((height - margin_top - margin_bottom, width - margin_left - margin_right)) < 0.85
-            inner[0, rng.integers(inner.shape[1])] = inner[-1, rng.integers(inner.shape[1])] = True
-            inner[rng.integers(inner.shape[0]), 0] = inner[rng.integers(inner.shape[0]), -1] = True
-            mask[margin_top : height - margin_bottom, margin_left : width - margin_right] = inner
-            region = ErrorRegion(mask)
-            assert region.box == (margin_top, margin_left, height - margin_bottom, width - margin_right)
-            whole = whole_image_depth(mask)
-            top, left, bottom, right = region.box
-            np.testing.assert_array_equal(region.depth, whole[top:bottom, left:right])
-            level = float(whole.max()) / 2.0
-            assert region.deeper_than(level).tolist() == np.flatnonzero(whole > level).tolist()
-    finally:
-        cv2.ipp.setUseIPP(was_using_ipp)

@@ -201,14 +201,12 @@ def box_depth_bound(box: Box) -> int:
     return (min(bottom - top, right - left) + 1) // 2
 
 
-def ringed_box(error: np.ndarray, box: Box) -> np.ndarray:
-    """uint8 window of the region's bounding box with the one-pixel ring around it, the image's edge counting as
-    outside the region: what a distance transform of the whole image sees of the box's depths.
+def _transform(error: np.ndarray, box: Box) -> np.ndarray:
+    """float32 distances of the box's error pixels to the nearest pixel outside the error, the image's edge counting
+    as outside, by OpenCV's own code (IPP off for this thread meanwhile).
 
-    The pixels around a tight bounding box are not in the error, so the ring is taken as it lies in the image, and
-    zeros are added only where the box touches the image's edge. Transforms whose mask reaches further (OpenCV's
-    5x5 chamfer) need no more: a pixel farther out than the ring is never nearer than the ring pixel in its
-    direction.
+    The pixels around a tight bounding box are not in the error, so the box is transformed with that ring as it lies
+    in the image, and a zero ring is added only where the box touches the image's edge.
     """
     top, left, bottom, right = box
     height, width = error.shape
@@ -217,16 +215,10 @@ def ringed_box(error: np.ndarray, box: Box) -> np.ndarray:
     edges = ((1 - (top - y0), 1 - (y1 - bottom)), (1 - (left - x0), 1 - (x1 - right)))
     if any(any(pair) for pair in edges):
         window = np.pad(window, edges)
-    return window
-
-
-def _transform(error: np.ndarray, box: Box) -> np.ndarray:
-    """float32 distances of the box's error pixels to the nearest pixel outside the error, the image's edge counting
-    as outside, by OpenCV's own code (IPP off for this thread meanwhile)."""
     used_ipp = cv2.ipp.useIPP()
     cv2.ipp.setUseIPP(False)
     try:
-        return cv2.distanceTransform(ringed_box(error, box), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        return cv2.distanceTransform(window, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     finally:
         cv2.ipp.setUseIPP(used_ipp)
 

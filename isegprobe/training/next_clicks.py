@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from isegprobe.devices import from_host
-from isegprobe.inference.clicker import Box, bounding_box, box_depth_bound, ringed_box
+from isegprobe.inference.clicker import Box, bounding_box, box_depth_bound
+from isegprobe.training.region_depth import region_depth
 
 
 def next_click(
@@ -66,8 +67,7 @@ class ErrorRegion:
     so every pixel fewer than d such steps from one of depth d lies in the region, a diamond of 2d^2 - 2d + 1 pixels
     whose middle row and column are 2d - 1 long.
 
-    The transform covers the region's bounding box and the ring around it only (`ringed_box`), which gives the
-    whole image's depths there: late in training, when the errors are small, a fraction of the image.
+    The transform covers the region's bounding box (`region_depth`), where it gives the whole image's depths.
     """
 
     def __init__(self, mask: np.ndarray) -> None:
@@ -101,7 +101,7 @@ class ErrorRegion:
     def depth(self) -> np.ndarray:
         """RITM's transform of the whole image (float32), over the region's bounding box."""
         if self._depth is None:
-            self._depth = _inner_distance(self.mask, self.box)
+            self._depth = region_depth(self.mask, self.box)
         return self._depth
 
     def deeper_than(self, level: float) -> np.ndarray:
@@ -126,12 +126,6 @@ def _draw(deepest: tuple[np.ndarray, bool], width: int, rng: np.random.Generator
 def _transform_threads() -> ThreadPoolExecutor:
     """The threads the batch's transforms share (OpenCV's own count): distanceTransform releases the GIL."""
     return ThreadPoolExecutor(max(1, cv2.getNumThreads()), thread_name_prefix="next-clicks")
-
-
-def _inner_distance(mask: np.ndarray, box: Box) -> np.ndarray:
-    """Depth of the box's pixels: distance to the region's border, where the image border counts as border too
-    (RITM pads the whole image with zeros)."""
-    return cv2.distanceTransform(ringed_box(mask, box), cv2.DIST_L2, 5)[1:-1, 1:-1]
 
 
 def add_next_clicks(

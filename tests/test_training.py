@@ -724,7 +724,9 @@ def test_cache_and_online_give_the_same_loss(featurizer: nn.Module) -> None:
     online = Trainer(config, online_probe, dataset.preprocessing, featurizer=featurizer, online=True)
     batch = sampled_batch(dataset, config)
     cached_batch, online_batch = cached.to_device(batch), online.to_device(batch)
-    assert cached_batch.features.dtype == torch.float16 and online_batch.features.dtype == torch.float32
+    # Both as the probe takes them (float32); the cached ones hold the store's float16 values.
+    assert cached_batch.features.dtype == online_batch.features.dtype == torch.float32
+    assert torch.equal(cached_batch.features.half().float(), cached_batch.features)
     torch.testing.assert_close(cached_batch.features.float(), online_batch.features, rtol=2e-3, atol=2e-3)
     prev_mask = torch.zeros(2, 1, SIZE, SIZE)
     with torch.no_grad():

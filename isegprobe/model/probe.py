@@ -200,10 +200,17 @@ class ISProbe(nn.Module):
             return self._featurizer(image, token_bias=self._encoded_clicks(click_input, grid))
         if features is None:
             raise ValueError(f"fusion {self.fusion} needs the featurizer's features; got None")
-        features = features.to(image.dtype)
-        if image.is_cuda:
-            features = features.contiguous(memory_format=torch.channels_last)
-        return features
+        return probe_features(features, image)
+
+
+def probe_features(features: Tensor, image: Tensor) -> Tensor:
+    """Cached or computed features as the probe's layers take them: in the dtype of the normalized `image` (a
+    store's are float16, an autocast featurizer's bfloat16) and, on CUDA, channels-last. Features made so already
+    pass unchanged, so the trainer converts a batch's once, not at each of its step's passes."""
+    features = features.to(image.dtype)
+    if image.is_cuda:
+        features = features.contiguous(memory_format=torch.channels_last)
+    return features
 
 
 def _check_encoder_fits_fusion(config: ModelConfig) -> None:

@@ -23,6 +23,7 @@ from isegprobe.data.preprocess import normalize_images
 from isegprobe.devices import featurizer_autocast
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
+from isegprobe.model.probe import probe_features
 from isegprobe.training.batch_sampler import BatchPointSampler
 from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
 from isegprobe.training.next_clicks import ClickRound, next_clicks_together
@@ -34,7 +35,7 @@ _TORCH_DRAWS_STREAM = 2
 @dataclass
 class DeviceBatch:
     images: Tensor  # float [B, 3, H, W], normalized
-    features: Tensor | None  # [B, C, h, w]; None for early fusion
+    features: Tensor | None  # [B, C, h, w] as the probe takes them (`probe_features`); None for early fusion
     target: Tensor  # bool [B, H, W]
     valid: Tensor  # bool [B, H, W]
     clicks: Tensor  # long [B, K, 3], the sampler's clicks (rows of -1 are none)
@@ -127,9 +128,10 @@ class Trainer:
         else:
             labels = batch["labels"].to(self.device, non_blocking=non_blocking)
             target, clicks = self.batch_sampler.sample(labels, valid, batch["sample_seed"])
-        return DeviceBatch(
-            images=images, features=self._features(batch, images), target=target, valid=valid, clicks=clicks
-        )
+        features = self._features(batch, images)
+        if features is not None:
+            features = probe_features(features, images)  # once for the step's passes (and probes side by side)
+        return DeviceBatch(images=images, features=features, target=target, valid=valid, clicks=clicks)
 
     def inputs_key(self) -> tuple[Any, ...]:
         """Trainers with equal keys make the same `DeviceBatch` of a batch, so that probes trained side by side

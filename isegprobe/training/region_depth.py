@@ -10,7 +10,7 @@ bits in 27 of 900 random masks, one cut at a column of the padded image divisibl
 therefore starts at a multiple of `COLUMN_ALIGNMENT` (wider vector units group more columns), and each process first
 checks, once for IPP on and once off, that windows give the whole image's depths on masks where unaligned cuts do
 not (`boxes_are_exact`); where they do not (another OpenCV build or CPU), the whole image is transformed as before.
-Late in training the errors are a fraction of the image, and so is the transform: 0.87 -> 0.41 ms per image for
+Late in training the errors are a fraction of the image, and so is the transform: 0.91 -> 0.48 ms per image for
 GrabCut's objects shifted a few pixels, at 448 px.
 """
 

@@ -5,7 +5,7 @@ import pytest
 from isegprobe.data import create_dataset
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.image_io import is_truncated, read_rgb
-from isegprobe.data.instance_maps import FEW_IDS, compact_labels, ids_present, valid_areas
+from isegprobe.data.instance_maps import FEW_IDS, as_uint16_ids, compact_labels, ids_present, valid_areas
 from isegprobe.data.preprocess import drawn_orientation, make_view, orient, oriented_copy, parse_views
 from isegprobe.errors import UserError
 
@@ -254,6 +254,20 @@ def test_valid_areas_are_np_bincount_of_the_valid_pixels(dtype, largest):
 def test_ids_present_refuses_a_negative_id_as_bincount_does():
     with pytest.raises(ValueError):
         ids_present(np.array([[3, -1]], np.int32))
+
+
+def test_label_maps_whose_ids_fit_become_uint16_and_others_stay_as_they_are():
+    labels = np.array([[0, 3], [65535, 1]], np.int64)
+    narrowed = as_uint16_ids(labels)
+    assert narrowed.dtype == np.uint16 and np.array_equal(narrowed, labels)
+    for kept in (
+        np.array([[0, -1]], np.int64),
+        np.array([[0, 65536]], np.int32),
+        np.array([[0, 2]], np.uint8),
+        np.zeros((0, 3), np.int64),
+        np.array([[0.0, 1.0]]),
+    ):
+        assert as_uint16_ids(kept) is kept
 
 
 @pytest.mark.parametrize("name", ["hflip", "vflip", "rot90", "rot180", "rot270"])

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from isegprobe.config import RenamedConfigKeyWarning, SamplerConfig, TrainConfig, config_to_dict, load_train_config
+from isegprobe.data.instance_maps import as_uint16_ids
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.errors import UserError
 from isegprobe.featurizers.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -215,6 +216,19 @@ def test_sampler_clicks_land_on_the_target_or_the_background_and_never_in_ignore
         assert valid[sampled.clicks[real, 0], sampled.clicks[real, 1]].all()
         targets_seen.add(tuple(sorted(np.unique(labels[sampled.mask]))))
     assert targets_seen == {(1,), (2,), (1, 2)}, "single objects and (merge_objects_prob 0.15) merged pairs"
+
+
+def test_the_sampler_draws_the_same_from_a_store_entrys_int64_labels_and_their_uint16_copy() -> None:
+    # The training set hands the sampler a store entry's labels as uint16 (`as_uint16_ids`), where the sampler counts
+    # a few ids by comparisons rather than a histogram: the same targets and clicks as from the int64 map.
+    labels, valid = scene_arrays()
+    narrowed = as_uint16_ids(labels.astype(np.int64))
+    assert narrowed.dtype == np.uint16
+    sampler = MultiPointSampler(SamplerConfig())
+    for seed in range(60):
+        wide = sampler.sample(labels.astype(np.int64), valid, np.random.default_rng(seed))
+        narrow = sampler.sample(narrowed, valid, np.random.default_rng(seed))
+        assert np.array_equal(wide.mask, narrow.mask) and np.array_equal(wide.clicks, narrow.clicks)
 
 
 def test_categorical_draws_what_numpy_choice_draws() -> None:

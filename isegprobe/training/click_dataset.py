@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from isegprobe.config import AugmentConfig
+from isegprobe.data.instance_maps import as_uint16_ids
 from isegprobe.errors import UserError
 from isegprobe.training.augment import photometric, shift_rotate
 from isegprobe.training.points_sampler import MultiPointSampler
@@ -107,7 +108,7 @@ class ClickTrainingSet(Dataset):
         """Image and valid pixels made with NumPy and OpenCV (augmented, when asked for), with the labels the device
         draws from, or with the target and clicks drawn here."""
         image = _as_numpy(item["image"])
-        labels = _as_numpy(item["labels"])
+        labels = as_uint16_ids(_as_numpy(item["labels"]))
         valid = valid_pixels(_as_numpy(item["ignore"]).astype(bool), _as_numpy(item["valid_box"]))
         if self.augment.enabled:
             image, labels, valid = self._augmented(image, labels, valid, epoch, index)

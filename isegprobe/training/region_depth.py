@@ -7,11 +7,11 @@ around a tight bounding box lies outside the region, at depth 0 and nearer than 
 integer transform of the box and its ring gives the whole image's depths. The opencv-python wheels run it through
 Intel IPP, in float32, whose last bits also depend on where a column lies: a window cut at any column gave other
 bits in 27 of 900 random masks, one cut at a column of the padded image divisible by 4 in none of 2700. The window
-therefore starts at a multiple of `COLUMN_ALIGNMENT` (wider vector units group more columns), and each process first
-checks, once for IPP on and once off, that windows give the whole image's depths on masks where unaligned cuts do
-not (`boxes_are_exact`); where they do not (another OpenCV build or CPU), the whole image is transformed as before.
-Late in training the errors are a fraction of the image, and so is the transform: 0.91 -> 0.48 ms per image for
-GrabCut's objects shifted a few pixels, at 448 px.
+therefore starts at a multiple of `COLUMN_ALIGNMENT` (64: room for a build or CPU that groups more columns), and
+each process first checks, once for IPP on and once off, that windows give the whole image's depths on masks where
+unaligned cuts do not (`boxes_are_exact`); where they do not (another OpenCV build or CPU), the whole image is
+transformed as before. Late in training the errors are a fraction of the image, and so is the transform: 0.91 ->
+0.48 ms per image for GrabCut's objects shifted a few pixels, at 448 px.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def _window_depth(mask: np.ndarray, box: Box) -> np.ndarray:
 @cache
 def boxes_are_exact(use_ipp: bool) -> bool:
     """Whether windows give the whole image's depths in this process's OpenCV, with IPP on or off (for the calling
-    thread, whose setting it is): checked on ellipses in a 448 px image, of which an unaligned cut gives about a
-    quarter other bits where IPP groups columns by four."""
+    thread, whose setting it is): checked on 16 ellipses in a 448 px image, 4 of which a window cut at the ring's
+    own column gives other bits where IPP groups columns by four."""
     used_ipp = cv2.ipp.useIPP()
     cv2.ipp.setUseIPP(use_ipp)
     try:

@@ -201,24 +201,31 @@ def box_depth_bound(box: Box) -> int:
     return (min(bottom - top, right - left) + 1) // 2
 
 
-def _transform(error: np.ndarray, box: Box) -> np.ndarray:
-    """float32 distances of the box's error pixels to the nearest pixel outside the error, the image's edge counting
-    as outside, by OpenCV's own code (IPP off for this thread meanwhile).
+def ringed_box(error: np.ndarray, box: Box, left_margin: int = 1) -> np.ndarray:
+    """uint8 window of the error region's bounding box with the one-pixel ring around it (and `left_margin` columns
+    left of the box, the ring's included), as it lies in the image padded with zeros: what a transform of that
+    whole padded image sees of the box.
 
-    The pixels around a tight bounding box are not in the error, so the box is transformed with that ring as it lies
-    in the image, and a zero ring is added only where the box touches the image's edge.
+    The pixels around a tight bounding box are not in the error, so the window is taken as it lies in the image, and
+    zeros are added only where it reaches past the image's edge.
     """
     top, left, bottom, right = box
     height, width = error.shape
-    y0, x0, y1, x1 = max(top - 1, 0), max(left - 1, 0), min(bottom + 1, height), min(right + 1, width)
+    y0, x0, y1, x1 = max(top - 1, 0), max(left - left_margin, 0), min(bottom + 1, height), min(right + 1, width)
     window = error[y0:y1, x0:x1].view(np.uint8)
-    edges = ((1 - (top - y0), 1 - (y1 - bottom)), (1 - (left - x0), 1 - (x1 - right)))
+    edges = ((1 - (top - y0), 1 - (y1 - bottom)), (left_margin - (left - x0), 1 - (x1 - right)))
     if any(any(pair) for pair in edges):
         window = np.pad(window, edges)
+    return window
+
+
+def _transform(error: np.ndarray, box: Box) -> np.ndarray:
+    """float32 distances of the box's error pixels to the nearest pixel outside the error, the image's edge counting
+    as outside, by OpenCV's own code (IPP off for this thread meanwhile)."""
     used_ipp = cv2.ipp.useIPP()
     cv2.ipp.setUseIPP(False)
     try:
-        return cv2.distanceTransform(window, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        return cv2.distanceTransform(ringed_box(error, box), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     finally:
         cv2.ipp.setUseIPP(used_ipp)
 

@@ -21,7 +21,7 @@ from functools import cache
 import cv2
 import numpy as np
 
-from isegprobe.inference.clicker import Box, bounding_box
+from isegprobe.inference.clicker import Box, bounding_box, ringed_box
 
 COLUMN_ALIGNMENT = 64
 _CHECK_SIZE = 448
@@ -38,13 +38,12 @@ def region_depth(mask: np.ndarray, box: Box) -> np.ndarray:
 
 
 def _window_depth(mask: np.ndarray, box: Box) -> np.ndarray:
-    """The transform of the zero-padded image's window around `box`: its rows with the ring's, its columns from a
-    multiple of COLUMN_ALIGNMENT at or before the ring's; the box's part of it."""
-    top, left, bottom, right = box
-    padded = cv2.copyMakeBorder(mask.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    """The transform of the zero-padded image's window around `box` (`ringed_box`), its columns from a multiple of
+    COLUMN_ALIGNMENT of the padded image at or before the ring's; the box's part of it."""
+    left = box[1]
     first_column = left // COLUMN_ALIGNMENT * COLUMN_ALIGNMENT  # the ring's column in the padded image is `left`
-    depth = cv2.distanceTransform(padded[top : bottom + 2, first_column : right + 2], cv2.DIST_L2, 5)
-    return depth[1:-1, left + 1 - first_column : right + 1 - first_column]
+    margin = left + 1 - first_column
+    return cv2.distanceTransform(ringed_box(mask, box, margin), cv2.DIST_L2, 5)[1:-1, margin:-1]
 
 
 @cache

@@ -43,7 +43,13 @@ from isegprobe.training import (
 from isegprobe.training.checkpoint import resume_config
 from isegprobe.training.click_dataset import ClickTrainingSet, valid_pixels
 from isegprobe.training.losses import masked_bce
-from isegprobe.training.next_clicks import ClickRound, add_next_clicks, next_click, next_clicks_together
+from isegprobe.training.next_clicks import (
+    ClickRound,
+    add_next_clicks,
+    next_click,
+    next_clicks_together,
+    split_valid,
+)
 from isegprobe.training.points_sampler import categorical, cumulative, geometric_cdf
 from isegprobe.training.run_logger import RunLogger
 from isegprobe.training.schedule import StepSchedule
@@ -338,7 +344,7 @@ def test_rounds_clicked_together_are_each_round_clicked_alone() -> None:
         for index, (prob, slot, threshold) in enumerate(zip(probs, slots, thresholds, strict=True))
     ]
     rounds = [
-        ClickRound(prob, target, valid, clicks, slot, np.random.default_rng(index), threshold)
+        ClickRound(prob, *split_valid(target, valid), clicks, slot, np.random.default_rng(index), threshold)
         for index, (prob, slot, threshold) in enumerate(zip(probs, slots, thresholds, strict=True))
     ]
     together = next_clicks_together(rounds)

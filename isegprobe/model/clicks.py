@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -92,53 +92,69 @@ def _stamp_disks(
     """Stamp every click's disk into channel `positive` or `negative` of the maps that `buffer` holds."""
     if clicks.shape[1] == 0:
         return
-    disks = _whole_pixel_disks(clicks, radius) if not clicks.is_floating_point() else _disks(clicks, radius)
-    _stamp(buffer, shape, clicks, *disks, positive, negative)
+    centres = clicks[..., None, :2]
+    if clicks.is_floating_point():
+        cells, inside = _disk_cells(centres.float(), radius)
+    else:
+        cells, inside = centres + disk_offsets(radius, clicks.device), None
+    _stamp(buffer, shape, clicks, centres, cells, inside, positive, negative)
 
 
-def _disks(clicks: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(rows, cols, inside) of each click's window [B, K, window]: the pixels within `radius` of its centre."""
-    centres = clicks[..., :2].float()
-    offsets = _window_offsets(radius, clicks.device)
-    rows = centres[..., 0, None].floor().long() + offsets[:, 0]
-    cols = centres[..., 1, None].floor().long() + offsets[:, 1]
-    distance = (rows.float() - centres[..., 0, None]).square() + (cols.float() - centres[..., 1, None]).square()
-    inside = distance <= float(radius * radius)
-    padding = (centres[..., 0, None] < 0) & (centres[..., 1, None] < 0)
-    return rows, cols, inside & ~padding
-
-
-def _whole_pixel_disks(clicks: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Integer clicks (training's): the disk is a fixed stencil around each centre."""
-    offsets = disk_offsets(radius, clicks.device)
-    rows = clicks[..., 0, None] + offsets[:, 0]
-    cols = clicks[..., 1, None] + offsets[:, 1]
-    padding = (clicks[..., 0, None] < 0) & (clicks[..., 1, None] < 0)
-    return rows, cols, ~padding.expand_as(rows)
+def _disk_cells(centres: Tensor, radius: int) -> tuple[Tensor, Tensor]:
+    """(cells [B, K, window, 2], inside [B, K, window]) of clicks centred between pixels: the (y, x) of the window's
+    pixels around each centre, and whether each lies within `radius` of it (RITM's float32 squared distance)."""
+    cells = centres.floor().long() + _window_offsets(radius, centres.device)
+    apart = cells.float() - centres
+    squared = apart * apart
+    return cells, squared[..., 0] + squared[..., 1] <= float(radius * radius)
 
 
 def _stamp(
     buffer: Tensor,
     shape: torch.Size,
     clicks: Tensor,
-    rows: Tensor,
-    cols: Tensor,
-    keep: Tensor,
+    centres: Tensor,
+    cells: Tensor,
+    inside: Tensor | None,
     positive: int,
     negative: int,
 ) -> None:
-    """Set maps[b, channel of the click, rows, cols] = 1 where `keep` and inside the image, the maps of `shape`
-    being all of `buffer` but its last element.
+    """Set maps[b, channel of the click, y, x] = 1 for every (y, x) of `cells` [B, K, D, 2] inside the image and,
+    where given, `inside`, the maps of `shape` being all of `buffer` but its last element. A padding click (both
+    coordinates of its centre [B, K, 1, 2] negative) stamps nothing.
 
     The pixels left out are pointed at that spare element rather than selected with a boolean mask, so that a GPU
-    need not report how many there are (a wait for the device at every forward).
+    need not report how many there are (a wait for the device at every forward). The indices are made in a score
+    of operators, each a kernel launch on a GPU, whatever the number of clicks.
     """
-    batch, channels, height, width = shape
-    channel = torch.where(clicks[..., 2] > 0, positive, negative)[..., None].expand_as(rows)
-    image = torch.arange(batch, device=clicks.device)[:, None, None].expand_as(rows)
-    keep = keep & (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    flat = ((image * channels + channel) * height + rows) * width + cols
+    geometry = _geometry(tuple(shape), positive, negative, clicks.device)
+    keep = ((cells >= 0) & (cells < geometry.size)).all(-1)
+    keep &= (centres >= 0).any(-1)
+    if inside is not None:
+        keep &= inside
+    plane = torch.where(clicks[..., 2] > 0, geometry.positive_planes, geometry.negative_planes)
+    flat = plane[..., None] + (cells * geometry.strides).sum(-1)
     buffer.index_fill_(0, torch.where(keep, flat, buffer.numel() - 1).flatten(), 1.0)
+
+
+class _Geometry(NamedTuple):
+    size: Tensor  # (H, W)
+    strides: Tensor  # (W, 1): a pixel's offset in its map
+    positive_planes: Tensor  # [B, 1]: the offset of each image's positive map in the buffer
+    negative_planes: Tensor  # [B, 1]: and of its negative map
+
+
+@lru_cache(maxsize=16)
+def _geometry(shape: tuple[int, ...], positive: int, negative: int, device: torch.device) -> _Geometry:
+    """Kept on the device, as `_disk_offsets`: every pass of a probe stamps its clicks into maps of one shape."""
+    batch, channels, height, width = shape
+    images = torch.arange(batch)[:, None] * channels
+    return _Geometry(
+        size=torch.tensor([height, width], device=device),
+        strides=torch.tensor([width, 1], device=device),
+        positive_planes=((images + positive) * height * width).to(device),
+        negative_planes=((images + negative) * height * width).to(device),
+    )
 
 
 def click_inputs(clicks: Tensor, prev_mask: Tensor, radius: int = 5, research_order: bool = False) -> Tensor:

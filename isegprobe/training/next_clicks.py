@@ -139,17 +139,25 @@ def add_next_clicks(
 ) -> Tensor:
     """Write each image's next click into row `slot` of clicks [B, K, 3]; prob [B, 1, H, W], target/valid [B, H, W].
     One batch's `next_clicks_together`."""
-    return next_clicks_together([ClickRound(prob, target, valid, clicks, slot, rng, threshold)])[0]
+    return next_clicks_together([ClickRound(prob, *split_valid(target, valid), clicks, slot, rng, threshold)])[0]
+
+
+def split_valid(target: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """The valid pixels of the target and those of the rest (bool [B, H, W]), where false negatives and false
+    positives can be: made once for a batch's rounds of clicks."""
+    target, valid = target.bool(), valid.bool()
+    return target & valid, ~target & valid
 
 
 @dataclass(frozen=True)
 class ClickRound:
-    """A batch to click on after a pass of one probe: its probabilities [B, 1, H, W], target and valid pixels
-    [B, H, W], its clicks [B, K, 3] and the row to write, and the generator of that probe's draws."""
+    """A batch to click on after a pass of one probe: its probabilities [B, 1, H, W], the valid pixels of its target
+    and of the rest [B, H, W] (`split_valid`), its clicks [B, K, 3] and the row to write, and the generator of that
+    probe's draws."""
 
     prob: Tensor
-    target: Tensor
-    valid: Tensor
+    valid_object: Tensor
+    valid_background: Tensor
     clicks: Tensor
     slot: int
     rng: np.random.Generator
@@ -169,9 +177,9 @@ def next_clicks_together(rounds: Sequence[ClickRound]) -> list[Tensor]:
     start = 0
     for round_ in rounds:
         end = start + len(round_.prob)
-        target, valid, prob = round_.target.bool(), round_.valid.bool(), round_.prob[:, 0]
-        torch.logical_and(target & valid, prob < round_.threshold, out=errors[start:end, 0])  # false negatives
-        torch.logical_and(~target & valid, prob > round_.threshold, out=errors[start:end, 1])  # false positives
+        prob = round_.prob[:, 0]
+        torch.logical_and(round_.valid_object, prob < round_.threshold, out=errors[start:end, 0])  # false negatives
+        torch.logical_and(round_.valid_background, prob > round_.threshold, out=errors[start:end, 1])  # positives
         start = end
     pairs = errors.cpu().numpy()
     rows = torch.cat([round_.clicks[:, round_.slot] for round_ in rounds]).cpu()  # a new tensor: cat copies
@@ -179,10 +187,11 @@ def next_clicks_together(rounds: Sequence[ClickRound]) -> list[Tensor]:
     deepest = iter(_transform_threads().map(deepest_errors, pairs[:, 0], pairs[:, 1]))
     clicked = []
     for round_, round_rows in zip(rounds, host_rows, strict=True):
+        writable = round_rows.numpy()
         for index in range(len(round_rows)):
             click = _draw(next(deepest), round_.prob.shape[-1], round_.rng)
             if click is not None:
-                round_rows[index] = torch.tensor(click, dtype=round_rows.dtype)
+                writable[index] = click
         clicks = round_.clicks.clone()
         clicks[:, round_.slot] = from_host(round_rows, clicks.device)
         clicked.append(clicks)

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from isegprobe.model import ISProbe
 from isegprobe.model.probe import probe_features
 from isegprobe.training.batch_sampler import BatchPointSampler
 from isegprobe.training.losses import NormalizedFocalLoss, masked_bce
-from isegprobe.training.next_clicks import ClickRound, next_clicks_together
+from isegprobe.training.next_clicks import ClickRound, next_clicks_together, split_valid
 
 _VALIDATION_STREAM = 1
 _TORCH_DRAWS_STREAM = 2
@@ -39,6 +40,12 @@ class DeviceBatch:
     target: Tensor  # bool [B, H, W]
     valid: Tensor  # bool [B, H, W]
     clicks: Tensor  # long [B, K, 3], the sampler's clicks (rows of -1 are none)
+
+    @cached_property
+    def valid_object_and_background(self) -> tuple[Tensor, Tensor]:
+        """Where the step's rounds of clicks look for false negatives and false positives (`split_valid`): made
+        once for all of them, and for every probe that trains on the batch side by side."""
+        return split_valid(self.target, self.valid)
 
 
 @dataclass
@@ -292,8 +299,7 @@ def _simulate_together(simulations: Sequence[_ClickSimulation]) -> None:
         rounds = [
             ClickRound(
                 simulation.prev_mask,
-                simulation.batch.target,
-                simulation.batch.valid,
+                *simulation.batch.valid_object_and_background,
                 simulation.clicks,
                 simulation.batch.clicks.shape[1] + index,
                 simulation.rng,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -353,6 +354,32 @@ def test_a_click_just_outside_the_image_stamps_the_part_of_its_disk_inside():
     assert maps[0, 0].sum() == 0
     # rows 0..2 of a radius-5 disk centred 3 px above the image: dy = 3, 4, 5 -> half-widths 4, 3, 0
     assert maps[0, 1].sum() == (2 * 4 + 1) + (2 * 3 + 1) + 1
+
+
+def test_whole_pixel_clicks_stamp_the_same_disks_as_integers_or_as_floats() -> None:
+    """Training's integer clicks take a fixed stencil, evaluation's float ones test a window by distance: on whole
+    pixels both give each image's disks, clipped at every edge, in every channel order, padding rows left out."""
+    generator = torch.Generator().manual_seed(3)
+    height, width, radius = 23, 31, 4
+    for _ in range(20):
+        clicks = torch.cat(
+            (
+                torch.randint(-radius - 2, max(height, width) + radius + 2, (3, 6, 2), generator=generator),
+                torch.randint(0, 2, (3, 6, 1), generator=generator),
+            ),
+            dim=-1,
+        )
+        clicks[torch.rand(3, 6, generator=generator) < 0.3] = torch.tensor([-1, -1, 0])
+        prev_mask = torch.rand(3, 1, height, width, generator=generator)
+        for research_order in (False, True):
+            as_integers = click_inputs(clicks, prev_mask, radius, research_order)
+            assert torch.equal(as_integers, click_inputs(clicks.float(), prev_mask, radius, research_order))
+        by_hand = torch.zeros(3, 2, height, width)
+        for image, row in itertools.product(range(3), range(6)):
+            y, x, positive = clicks[image, row].tolist()
+            if y >= 0 or x >= 0:
+                by_hand[image, 1 - positive] += hand_disk(max(height, width), y, x, radius)[:height, :width]
+        assert torch.equal(click_maps(clicks, (height, width), radius), (by_hand > 0).float())
 
 
 def test_the_probe_trains_in_float32_unless_the_config_asks_for_bf16() -> None:

@@ -124,8 +124,8 @@ def _stamp(
     coordinates of its centre [B, K, 1, 2] negative) stamps nothing.
 
     The pixels left out are pointed at that spare element rather than selected with a boolean mask, so that a GPU
-    need not report how many there are (a wait for the device at every forward). The indices are made in a score
-    of operators, each a kernel launch on a GPU, whatever the number of clicks.
+    need not report how many there are (a wait for the device at every forward). The indices take about twenty
+    operators, each a kernel launch on a GPU, whatever the number of clicks.
     """
     geometry = _geometry(tuple(shape), positive, negative, clicks.device)
     keep = ((cells >= 0) & (cells < geometry.size)).all(-1)

@@ -178,8 +178,9 @@ def next_clicks_together(rounds: Sequence[ClickRound]) -> list[Tensor]:
     for round_ in rounds:
         end = start + len(round_.prob)
         prob = round_.prob[:, 0]
-        torch.logical_and(round_.valid_object, prob < round_.threshold, out=errors[start:end, 0])  # false negatives
-        torch.logical_and(round_.valid_background, prob > round_.threshold, out=errors[start:end, 1])  # positives
+        # the false negatives, then the false positives
+        torch.logical_and(round_.valid_object, prob < round_.threshold, out=errors[start:end, 0])
+        torch.logical_and(round_.valid_background, prob > round_.threshold, out=errors[start:end, 1])
         start = end
     pairs = errors.cpu().numpy()
     rows = torch.cat([round_.clicks[:, round_.slot] for round_ in rounds]).cpu()  # a new tensor: cat copies

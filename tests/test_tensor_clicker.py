@@ -87,6 +87,26 @@ def test_maps_transformed_in_groups_give_the_same_depths_and_pixels(monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(whole, grouped, strict=True))
 
 
+@pytest.mark.parametrize("blob", [9, 15, 31])
+def test_exact_depths_are_computed_for_few_pixels_of_blobby_errors(monkeypatch, blob):
+    # Blobs as an untrained probe's errors look: the column and row distances alone left 4020 to 18759 of these
+    # maps' pixels to compute a whole row for (each its exact depth), the bounds over the offset ladder leave a few.
+    error = uniform_filter(np.random.default_rng(0).random((240, 320)), size=blob) > 0.5
+    computed = []
+    exact_squares = tensor_clicker._exact_squares
+
+    def counted(column_squares, rows, maps, pixels):
+        computed.append(len(pixels))
+        return exact_squares(column_squares, rows, maps, pixels)
+
+    monkeypatch.setattr(tensor_clicker, "_exact_squares", counted)
+    depths, pixels = deepest_pixels(torch.from_numpy(error[None]), torch.zeros(1, 240, 320, dtype=torch.bool))
+
+    expected = opencv_depths(error)
+    assert (depths.item(), pixels.item()) == (expected.max(), int(np.argmax(expected)))
+    assert sum(computed) < 0.01 * np.count_nonzero(error)
+
+
 def test_roots_are_rounded_as_opencv_rounds_them():
     # One pixel outside the error in the corner of a 900 x 900 map: every sum of two squares up to 2 * 899**2.
     error = np.ones((900, 900), bool)

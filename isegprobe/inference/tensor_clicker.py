@@ -12,10 +12,10 @@ Why they are the same clicks:
   fifth of the integers below 2**22.)
 - D is the least g(y, x')**2 + (x - x')**2 over the pixel's row, g being each pixel's distance to the nearest pixel
   outside the error in its column: the separation OpenCV's algorithm (Felzenszwalb's) computes it by. A row per pixel
-  would cost too much, so D is computed only where the deepest pixel can be. Each pixel's distance to the nearest
-  pixel outside the error along its column and along its row bounds its depth from above; the exact depth of the
-  pixel with the largest bound is one the deepest pixel reaches; so only pixels whose bound reaches it (with the
-  float32 rounding allowed for) are candidates.
+  would cost too much, so D is computed only where the deepest pixel can be. That least value taken over a few
+  offsets x' - x only (a geometric ladder), and the distance to the nearest pixel outside the error along the row,
+  bound each pixel's D from above; the exact depth of the pixel with the largest bound is one the deepest pixel
+  reaches; so only pixels whose bound reaches it (with the float32 rounding allowed for) are candidates.
 - As in `Clicker`: the deepest pixel is the first in row-major order at the largest float32 depth, clicked pixels
   count as depth 0, a click is positive only when the deepest false negative is strictly deeper than the deepest
   false positive, and without any error left it is negative at (0, 0).
@@ -63,8 +63,10 @@ def deepest_pixels(errors: Tensor, clicked: Tensor) -> tuple[Tensor, Tensor]:
 def _deepest_pixels(errors: Tensor, clicked: Tensor) -> tuple[Tensor, Tensor]:
     maps, height, width = errors.shape
     columns, rows = _distance_along(errors, 1), _distance_along(errors, 2)
+    if height * height + width * width >= 2**31:  # squared distances past int32
+        columns, rows = columns.long(), rows.long()
     column_squares = columns.square()
-    bounds = torch.minimum(columns, rows).square_().masked_fill_(clicked, 0).view(maps, -1)
+    bounds = _depth_bounds(column_squares, rows).masked_fill_(clicked, 0).view(maps, -1)
     rows = rows.view(maps, -1)
     every_map = torch.arange(maps, device=errors.device)
     # The exact depth of the pixel with the largest bound: the deepest pixel is at least that deep.
@@ -87,6 +89,32 @@ def _distance_along(errors: Tensor, dim: int) -> Tensor:
     before = torch.where(errors, -1, index).cummax(dim).values
     after = torch.where(errors, length, index).flip(dim).cummin(dim).values.flip(dim)
     return torch.minimum(index - before, after - index)
+
+
+def _depth_bounds(column_squares: Tensor, rows: Tensor) -> Tensor:
+    """Upper bounds on each pixel's squared depth ([M, H, W]): the least column distance squared plus offset
+    squared over the offsets of `_ladder_offsets` to either side, and the row distance squared (the map's left and
+    right edges). Any set of offsets bounds the exact least; the ladder's nearest offset to the one that gives it is
+    within about an eighth of it, and few pixels besides the deepest keep a bound that reaches its depth (on the
+    benchmark's predictions, 561 candidates in 5 clicks of 8 maps, against 310441 with the column and row distances
+    alone)."""
+    bounds = torch.minimum(column_squares, rows.square())
+    for offset in _ladder_offsets(bounds.shape[-1]):
+        step = offset * offset
+        torch.minimum(bounds[..., offset:], column_squares[..., :-offset] + step, out=bounds[..., offset:])
+        torch.minimum(bounds[..., :-offset], column_squares[..., offset:] + step, out=bounds[..., :-offset])
+    return bounds
+
+
+def _ladder_offsets(width: int) -> list[int]:
+    """Offsets from 1 up to `width` - 1, each about 1.25 times the one before."""
+    offsets: list[int] = []
+    offset = 1.0
+    while round(offset) < width:
+        if not offsets or round(offset) > offsets[-1]:
+            offsets.append(round(offset))
+        offset *= 1.25
+    return offsets
 
 
 def _exact_squares(column_squares: Tensor, rows: Tensor, maps: Tensor, pixels: Tensor) -> Tensor:

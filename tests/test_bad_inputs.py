@@ -315,6 +315,10 @@ CASES: dict[str, Case] = {
         lambda w: ["evaluate", "--checkpoint", damaged_run(w), "--store", w.store, "--out", w.root / "e3"],
         "last.safetensors: not a safetensors file (corrupt or truncated)",
     ),
+    "checkpoint whose weights file is cut off after its header": Case(
+        lambda w: ["evaluate", "--checkpoint", cut_run(w), "--store", w.store, "--out", w.root / "e3b"],
+        "last.safetensors: not a safetensors file (corrupt or truncated)",
+    ),
     "store from another featurizer than the probe's": Case(
         lambda w: ["evaluate", "--checkpoint", w.run, "--store", w.store_patch16, "--out", w.root / "e4"],
         "features from another featurizer than the probe's",
@@ -462,6 +466,15 @@ CASES: dict[str, Case] = {
         lambda w: training(w, write_bytes(w.root / "a_file.txt", b"notes").name + "/run"),
         "a_file.txt/run: cannot create (Not a directory): a file stands where this path needs a folder",
     ),
+    "output path that is a broken symbolic link": Case(
+        lambda w: training(w, broken_link(w).name),
+        "broken_link: cannot create (File exists): a symbolic link to nowhere, which does not exist, stands where this "
+        "path needs a folder",
+    ),
+    "output folder the file system cannot create": Case(
+        lambda w: training(w, "/proc/isegprobe-run"),
+        "/proc/isegprobe-run: cannot open or create it (No such file or directory)",
+    ),
     "output file name too long for the file system": Case(
         lambda w: ["report", w.results, "--out", w.root / ("x" * 300 + ".md")],
         "xxx.md: cannot create (File name too long): choose a shorter output path",
@@ -473,6 +486,10 @@ CASES: dict[str, Case] = {
     "resuming a run with another store than its own": Case(
         lambda w: ["train", "--resume", "--out", w.run_copy("elsewhere"), "--store", w.store, "--max-iters", "1"],
         "not the store this run trained on",
+    ),
+    "resuming an evaluation whose curves file is empty": Case(
+        lambda w: evaluation(w, w.store, str(results_with_empty_curves(w))),
+        "ious.npz: unreadable or short of the curves results.json counts (No data left in file); pass --overwrite",
     ),
     "resuming an evaluation on a store extracted again": Case(
         lambda w: evaluation(w, w.store, str(results_of_another_store(w))),
@@ -497,6 +514,20 @@ def damaged_run(world: World) -> Path:
     return copy
 
 
+def cut_run(world: World) -> Path:
+    """A copy of the world's run whose weights file ends halfway: its header, with the step, is whole."""
+    copy = world.run_copy("cut_run")
+    weights = copy / "last.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return copy
+
+
+def broken_link(world: World) -> Path:
+    link = world.root / "broken_link"
+    link.symlink_to("nowhere")
+    return link
+
+
 def edited_run(world: World, key: str, value: object) -> Path:
     """A copy of the world's run whose last.json has `key` set to `value`."""
     copy = world.run_copy("edited_run")
@@ -512,6 +543,14 @@ def results_of_another_store(world: World) -> Path:
     results = json.loads((copy / "results.json").read_text())
     results["source_fingerprints"] = {name: "0" * 64 for name in results["source_fingerprints"]}
     (copy / "results.json").write_text(json.dumps(results))
+    return copy
+
+
+def results_with_empty_curves(world: World) -> Path:
+    """A copy of the world's results whose ious.npz is empty, as a disk that filled up as it was made leaves it."""
+    copy = world.root / "results_empty_curves"
+    shutil.copytree(world.results, copy)
+    (copy / "ious.npz").write_bytes(b"")
     return copy
 
 

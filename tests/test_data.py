@@ -7,6 +7,7 @@ from isegprobe.data.builtin import render_scene
 from isegprobe.data.image_io import is_truncated, read_rgb
 from isegprobe.data.instance_maps import FEW_IDS, as_uint16_ids, compact_labels, ids_present, valid_areas
 from isegprobe.data.preprocess import drawn_orientation, make_view, orient, oriented_copy, parse_views
+from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
 
 
@@ -146,6 +147,19 @@ def test_a_window_larger_than_the_image_is_padded_around_it():
     assert (bottom, right) == (round((240 - y0) * 448 / side), round((320 - x0) * 448 / side))
     assert (window.image[: top - 1] == 0).all() and (window.labels[: top - 1] == 0).all()
     assert window.image[top + 1 : bottom - 1, left + 1 : right - 1].any()
+
+
+@pytest.mark.parametrize("shape", [(1, 500), (500, 1), (2, 3000), (1, 1)])
+def test_a_window_keeps_at_least_a_pixel_of_an_image_thinner_than_one(shape):
+    # A window wider than a one-pixel-high image shrinks its row to less than a working pixel, whose box rounded to
+    # no pixel at all for some windows: `cache verify` then refused the item, and --repair wrote the same box again.
+    labels = np.zeros(shape, np.uint16)
+    labels[..., : max(1, shape[-1] // 2)] = 1
+    sample = Sample("thin", np.full((*shape, 3), 90, np.uint8), labels, np.zeros(shape, bool))
+    for seed in range(200):
+        for spec in parse_views("identity,crop1,rcrop1")[1:]:
+            y0, x0, y1, x1 = make_view(sample, spec, 64, "stretch", seed=seed).valid_box
+            assert 0 <= y0 < y1 <= 64 and 0 <= x0 < x1 <= 64, (seed, spec.name, (y0, x0, y1, x1))
 
 
 # What each view does to the identity view's arrays.

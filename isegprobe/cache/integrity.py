@@ -67,7 +67,7 @@ def _problems(store: FeatureStore, handles: dict, items: range, done: np.ndarray
             problems.append((index, "features are all zero although marked done"))
         y0, x0, y1, x1 = boxes[offset].T
         if ((y0 < 0) | (x0 < 0) | (y1 > size) | (x1 > size) | (y1 <= y0) | (x1 <= x0)).any():
-            problems.append((index, f"valid box outside the {size} px image"))
+            problems.append((index, f"valid box empty or reaching outside the {size} px image"))
     return problems
 
 

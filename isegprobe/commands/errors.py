@@ -33,8 +33,14 @@ def reports_user_errors(command: F) -> F:
                 raise click.ClickException(
                     f"{error.filename}: cannot create ({error.strerror}): choose a shorter output path"
                 ) from None
-            if error.errno in GONE and error.filename and (folder := vanished_folder(error.filename)):
-                raise click.ClickException(vanished_message(error, folder)) from None
+            if error.errno in GONE and error.filename:
+                folder = vanished_folder(error.filename)
+                message = (
+                    vanished_message(error, folder)
+                    if folder
+                    else f"{os.fsdecode(error.filename)}: cannot open or create it ({error.strerror})"
+                )
+                raise click.ClickException(message) from None
             if error.errno not in DISK_FULL | NOT_ALLOWED:
                 raise
             raise click.ClickException(disk_message(error)) from None
@@ -62,8 +68,12 @@ def disk_message(error: OSError) -> str:
 
 
 def folder_message(error: OSError) -> str:
+    if os.path.islink(error.filename) and not os.path.exists(error.filename):
+        what = f"a symbolic link to {os.readlink(error.filename)}, which does not exist,"
+    else:
+        what = "a file"
     return (
-        f"{error.filename}: cannot create ({error.strerror}): a file stands where this path needs a folder; choose "
+        f"{error.filename}: cannot create ({error.strerror}): {what} stands where this path needs a folder; choose "
         "another output path"
     )
 

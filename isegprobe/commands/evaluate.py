@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import asdict
 from pathlib import Path
 
@@ -137,7 +138,15 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
     refuse_output_inside_a_store(request.out_dir)
     run = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
-    summaries = run_evaluation(request)
+    try:
+        summaries = run_evaluation(request)
+    except KeyboardInterrupt:
+        click.echo(
+            f"evaluate: interrupted; the objects of the batches finished before it are kept in {request.out_dir} "
+            "(results.json, results.csv, ious.npz), and the same command goes on from there",
+            err=True,
+        )
+        raise SystemExit(128 + signal.SIGINT.value) from None
     if run is not None:
         log_results(run, summaries)
     click.echo(format_table(summaries))

@@ -139,12 +139,18 @@ def _real_pixels(box: tuple[int, int, int, int], height: int, width: int, size: 
     """Where the image's own pixels of a square window `box` land in the working square (the rest is padding)."""
     y0, x0, y1, x1 = box
     scale = size / (y1 - y0)
-    return (
-        round((max(y0, 0) - y0) * scale),
-        round((max(x0, 0) - x0) * scale),
-        round((min(y1, height) - y0) * scale),
-        round((min(x1, width) - x0) * scale),
-    )
+    top, bottom = _at_least_a_pixel(round((max(y0, 0) - y0) * scale), round((min(y1, height) - y0) * scale), size)
+    left, right = _at_least_a_pixel(round((max(x0, 0) - x0) * scale), round((min(x1, width) - x0) * scale), size)
+    return top, left, bottom, right
+
+
+def _at_least_a_pixel(start: int, end: int, size: int) -> tuple[int, int]:
+    """An image side that the window shrinks to less than a working pixel (a one-pixel-high image in a wider
+    window) rounds to no pixel at all; it keeps one, the pixel its start rounds to."""
+    if end > start:
+        return start, end
+    start = min(start, size - 1)
+    return start, start + 1
 
 
 def resize_into_square(

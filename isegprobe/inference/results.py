@@ -90,7 +90,7 @@ class ResultsWriter:
                 curves = {
                     dataset: (arrays[f"{dataset}/ids"], arrays[f"{dataset}/ious"]) for dataset in earlier["datasets"]
                 }
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
             raise UserError(
                 f"{self.out_dir / 'ious.npz'}: unreadable or short of the curves results.json counts ({error}); "
                 "pass --overwrite to start over"

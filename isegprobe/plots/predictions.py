@@ -144,7 +144,7 @@ def _recorded_curve(results_dir: Path, dataset: str, object_id: str) -> np.ndarr
     try:
         with np.load(results_dir / "ious.npz") as arrays:
             ids, ious = [str(name) for name in arrays[f"{dataset}/ids"]], arrays[f"{dataset}/ious"]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):  # EOFError: an empty file
         raise UserError(f"{results_dir / 'ious.npz'}: missing or unreadable") from None
     if object_id not in ids:
         example = f" (e.g. {ids[0]})" if ids else ""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
@@ -188,7 +189,7 @@ CHECKPOINT_HINT = (
 def _read_stamped(path: Path, step: int) -> dict[str, torch.Tensor]:
     stamp, data = _stamped_bytes(path)
     _require_step(path, stamp, step)
-    return load_safetensors_bytes(data)
+    return _tensors(path, data)
 
 
 def _require_step(path: Path, stamp: str | None, step: int) -> None:
@@ -225,7 +226,16 @@ def _read_weights_and_metadata(
     if str(metadata.get("step")) != stamp:
         metadata = read_metadata(metadata_path)
     _require_step(weights_path, stamp, metadata["step"])
-    return metadata, load_safetensors_bytes(data)
+    return metadata, _tensors(weights_path, data)
+
+
+def _tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file's bytes. A file cut off after its header has a whole header, with the
+    step, and is refused only here, where the tensors it promises are missing."""
+    try:
+        return load_safetensors_bytes(data)
+    except SafetensorError:
+        raise UserError(f"{path}: not a safetensors file (corrupt or truncated)") from None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -302,6 +302,15 @@ class TrainConfig:
     seed: int = number(0, SEED)
 
 
+class ConfigValueError(UserError):
+    """A config value of the wrong type or outside its range; `key` (dotted) says which, so that the message can
+    name the file that gave it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def load_train_config(source: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Defaults, then the YAML file or preset `source` (after its chain of bases), then `key.sub=value` overrides."""
     merged = config_to_dict(TrainConfig())
@@ -311,7 +320,26 @@ def load_train_config(source: str | Path | None = None, overrides: Sequence[str]
             _merge_into(merged, layer, prefix="")
         except UserError as error:
             raise UserError(f"--config: {name}: {error}") from None
-    return _finish(merged, overrides)
+    try:
+        return _finish(merged, overrides)
+    except ConfigValueError as error:
+        given_by = [name for name, layer in layers if error.key in _dotted_keys(layer)]
+        if not given_by or any(_override_key(override) == error.key for override in overrides):
+            raise
+        raise UserError(f"--config: {given_by[-1]}: {error}") from None
+
+
+def _dotted_keys(layer: Mapping[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in layer.items():
+        keys.add(f"{prefix}{key}")
+        if isinstance(value, Mapping):
+            keys |= _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _override_key(override: str) -> str:
+    return override.partition("=")[0].strip()
 
 
 def train_config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
@@ -405,9 +433,9 @@ def _check_range(value: Any, allowed: Range, key: str) -> None:
         return
     if isinstance(value, list):
         if not all(item in allowed for item in value):
-            raise UserError(f"config key {key!r} must hold finite numbers {allowed}, got {value!r}")
+            raise ConfigValueError(key, f"config key {key!r} must hold finite numbers {allowed}, got {value!r}")
     elif value not in allowed:
-        raise UserError(f"config key {key!r} must be a finite number {allowed}, got {value!r}")
+        raise ConfigValueError(key, f"config key {key!r} must be a finite number {allowed}, got {value!r}")
 
 
 def asks_for_workers(data: DataConfig) -> bool:
@@ -465,7 +493,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {key!r} must be a list, got {value!r}")
+            raise ConfigValueError(key, f"config key {key!r} must be a list, got {value!r}")
         return [_coerce(item, item_type, key) for item in value]
     if hint is bool:
         if isinstance(value, bool):
@@ -485,4 +513,4 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
     type_name = getattr(hint, "__name__", str(hint))
-    raise UserError(f"config key {key!r} must be {type_name}, got {value!r}")
+    raise ConfigValueError(key, f"config key {key!r} must be {type_name}, got {value!r}")

@@ -42,6 +42,8 @@ def find_config_file(source: str | Path, relative_to: Path | None = None) -> Con
         path = relative_to / path
     if path.is_file():
         return path.resolve()  # one name per file, so that a chain of bases that comes back is seen to
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: name a YAML file in it, or a preset ({', '.join(list_presets())})")
     text = str(source)
     if Path(text).suffix not in (".yaml", ".yml") and "/" not in text:
         preset = preset_folder() / f"{text}{PRESET_SUFFIX}"

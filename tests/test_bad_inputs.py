@@ -307,6 +307,10 @@ CASES: dict[str, Case] = {
         ],  # fmt: skip
         "other.safetensors: not an isegprobe checkpoint",
     ),
+    "checkpoint that is some other file": Case(
+        lambda w: evaluation(w, w.store, "e2b", "--checkpoint", write_bytes(w.root / "notes.txt", b"lr 1e-4")),
+        "notes.txt: not an isegprobe checkpoint. A checkpoint is a run folder",
+    ),
     "folder that is not a run": Case(
         lambda w: ["evaluate", "--checkpoint", w.root / "cache", "--store", w.store, "--out", w.root / "e2"],
         "not a run folder (no best.json or last.json in it)",
@@ -400,6 +404,22 @@ CASES: dict[str, Case] = {
     "config value outside its range": Case(
         lambda w: training(w, "r4", "--set", "schedule.epochs=-3"),
         "config key 'schedule.epochs' must be a finite number >= 1, got -3",
+    ),
+    "config file with a value outside its range": Case(
+        lambda w: [
+            "train",
+            "--config",
+            write_bytes(w.root / "lr_nan.yaml", b"optim:\n  lr: .nan\n"),
+            "--store",
+            w.train_store,
+            "--out",
+            w.root / "r5",
+        ],  # fmt: skip
+        "lr_nan.yaml: config key 'optim.lr' must be a finite number > 0, got nan",
+    ),
+    "folder given as a config file": Case(
+        lambda w: ["train", "--config", w.root / "cache", "--store", w.train_store, "--out", w.root / "r6"],
+        "cache is a folder: name a YAML file in it, or a preset (fast_cpu, quickstart",
     ),
     "training loss that becomes NaN or infinite": Case(
         lambda w: training(w, "r5", "--set", "optim.lr=1e30", "--set", "checkpoint.every_steps=1", "--max-iters", "6"),

@@ -294,6 +294,16 @@ def test_metadata_that_is_not_text_is_reported_as_unreadable(pristine, tmp_path)
     assert listed_rows(listed.output)[0][1].startswith("unreadable: zarr.json: unreadable Zarr metadata")
 
 
+@pytest.mark.parametrize("array", ["features", "done"])
+def test_an_arrays_metadata_that_is_not_json_is_named(pristine, tmp_path, array):
+    store = copied(pristine, tmp_path)
+    (store / array / "zarr.json").write_bytes(b"")
+    for command in ("inspect", "verify", "stats"):
+        refused = CliRunner().invoke(cache, [command, str(store)])
+        assert refused.exit_code == 1
+        assert f"{store / array / 'zarr.json'}: unreadable Zarr metadata (JSONDecodeError" in refused.output, command
+
+
 def test_verify_reports_a_count_of_finished_items_that_is_not_a_number(pristine, tmp_path):
     store = copied(pristine, tmp_path)
     edit_attrs(store, lambda attrs: attrs["completion"].update(items_done="x"))

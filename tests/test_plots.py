@@ -548,6 +548,7 @@ def test_featurizer_and_dataset_names_with_dollars_draw_and_wrap_as_measured(tmp
         (lambda document: document.update(max_clicks=[4]), "(max_clicks not counts)"),
         (lambda document: document["datasets"]["grabcut"].pop("num_instances"), "(no grabcut/num_instances)"),
         (lambda document: document["datasets"]["grabcut"].update(num_instances=[1]), "grabcut/num_instances not"),
+        (lambda document: document["datasets"]["grabcut"].update({"mIoU@k": []}), "mIoU@k not lists of one number"),
     ],
 )
 def test_damaged_results_are_refused_by_file_and_key(tmp_path: Path, edit, message: str) -> None:

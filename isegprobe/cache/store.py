@@ -35,6 +35,17 @@ REPLACEMENT_SUFFIX = ".replacing"
 REPLACED_SUFFIX = ".replaced"
 
 
+def _unparsed_metadata(path: Path) -> Path:
+    """The first of the store's array metadata files that is not JSON, to name in the error; the store itself when
+    all are JSON and what one of them says is the trouble."""
+    for metadata in sorted(path.glob("*/zarr.json")):
+        try:
+            json.loads(metadata.read_bytes())
+        except ValueError:
+            return metadata
+    return path
+
+
 class FeatureStore:
     """A handle on one store; `attrs` is the plain-JSON description written at creation."""
 
@@ -76,8 +87,8 @@ class FeatureStore:
             check_shapes(path, group, attrs)
         except (ValueError, KeyError, TypeError) as error:  # an array's zarr.json that is not valid JSON or Zarr
             raise UserError(
-                f"{path}: unreadable Zarr metadata ({type(error).__name__}: {error}); extract the store again "
-                "(extract-features --overwrite)"
+                f"{_unparsed_metadata(path)}: unreadable Zarr metadata ({type(error).__name__}: {error}); extract "
+                "the store again (extract-features --overwrite)"
             ) from None
         return cls(path, group)
 

@@ -41,7 +41,12 @@ RUN_INFO_DEFAULTS = {"protocol": "cache"}
 RECORDED_SINCE = frozenset({"source_fingerprints", "checkpoint_step"})
 
 # What plots and reports read from each dataset's summary in results.json, and what each holds (as a refusal names it).
-SUMMARY_KEYS = {"NoC@85": "numbers", "NoC@90": "numbers", "mIoU@k": "lists of numbers", "num_instances": "counts"}
+SUMMARY_KEYS = {
+    "NoC@85": "numbers",
+    "NoC@90": "numbers",
+    "mIoU@k": "lists of one number or more",
+    "num_instances": "counts",
+}
 # What they read of the run info, which results.json files written before a key existed leave out.
 OPTIONAL_RUN_KEYS = {
     "featurizer": "text or null",
@@ -181,7 +186,8 @@ def read_results(results_dir: str | Path) -> dict[str, Any]:
 
 def _read_back_problems(document: Any) -> list[str]:
     """What keeps `document` from being read back: keys missing, or holding another kind of value than plots and
-    reports expect ("no grabcut/NoC@85", "threshold not numbers")."""
+    reports expect ("no grabcut/NoC@85", "threshold not numbers"). Every curve an evaluation writes has a value
+    for its first click at least."""
     if not isinstance(document, dict) or not isinstance(document.get("datasets"), dict):
         return ["no datasets object"]
     summaries = document["datasets"]
@@ -215,7 +221,9 @@ def _is_count(value: Any) -> bool:
 _KIND_TESTS: dict[str, Callable[[Any], bool]] = {
     "numbers": _is_number,
     "counts": _is_count,
-    "lists of numbers": lambda value: isinstance(value, list) and all(_is_number(item) for item in value),
+    "lists of one number or more": lambda value: (
+        isinstance(value, list) and bool(value) and all(_is_number(item) for item in value)
+    ),
     "text or null": lambda value: value is None or isinstance(value, str),
 }
 

@@ -267,6 +267,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> tuple[Path, Pa
         name = prefer if (path / f"{prefer}.json").is_file() else other
         files = checkpoint_files(path, name)
         return files["weights"], files["metadata"]
+    if path.is_file() and path.suffix not in (".safetensors", ".json"):
+        raise UserError(f"{path}: not an isegprobe checkpoint. {CHECKPOINT_HINT}")
     stem = path.name.removesuffix(".safetensors").removesuffix(".json")
     files = checkpoint_files(path.parent, stem)
     return files["weights"], files["metadata"]

@@ -35,17 +35,6 @@ REPLACEMENT_SUFFIX = ".replacing"
 REPLACED_SUFFIX = ".replaced"
 
 
-def _unparsed_metadata(path: Path) -> Path:
-    """The first of the store's array metadata files that is not JSON, to name in the error; the store itself when
-    all are JSON and what one of them says is the trouble."""
-    for metadata in sorted(path.glob("*/zarr.json")):
-        try:
-            json.loads(metadata.read_bytes())
-        except ValueError:
-            return metadata
-    return path
-
-
 class FeatureStore:
     """A handle on one store; `attrs` is the plain-JSON description written at creation."""
 
@@ -310,3 +299,14 @@ def _dimension_names(spec: ArraySpec) -> tuple[str, ...]:
     }[spec.name]
     views = ("item", "pixel_view") if spec.pixels else ("item", "view")
     return (views if spec.per_view else ("item",)) + names
+
+
+def _unparsed_metadata(path: Path) -> Path:
+    """The first of the store's array metadata files that is not JSON, to name in the error; the store itself when
+    all are JSON and what one of them says is the trouble."""
+    for metadata in sorted(path.glob("*/zarr.json")):
+        try:
+            json.loads(metadata.read_bytes())
+        except ValueError:
+            return metadata
+    return path

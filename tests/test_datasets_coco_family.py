@@ -73,6 +73,36 @@ def test_custom_coco_json_finds_images_beside_it_and_checks_sizes(tmp_path):
         dataset[1]
 
 
+BAD_SEGMENTATIONS = {
+    "a NaN coordinate": ([[2, 2, float("nan"), 2, 20, 18, 2, 18]], "polygon coordinates must be finite, x within"),
+    # pycocotools walks every edge pixel by pixel: 1e300 took all memory, and the process with it
+    "a coordinate far off the image": ([[2, 2, 1e300, 2, 20, 18]], "x within [-30, 60] and y within [-20, 40]"),
+    "coordinates given as text": ([["2", "2", "20", "2", "20", "18"]], "a polygon must be a list of numbers"),
+    "an RLE of another size": ({"size": [5, 5], "counts": "05"}, "its RLE's size is [5, 5], the image's [20, 30]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SEGMENTATIONS)
+def test_a_segmentation_that_cannot_be_the_images_is_refused_by_annotation(tmp_path, case):
+    segmentation, message = BAD_SEGMENTATIONS[case]
+    write_image(tmp_path / "a.png", H, W)
+    document = {
+        "images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+        "annotations": [{"id": 7, "image_id": 1, "segmentation": segmentation}],
+    }
+    (tmp_path / "labels.json").write_text(json.dumps(document))
+    with pytest.raises(UserError, match="labels.json: annotation 7 of image a: bad segmentation") as refused:
+        create_dataset("custom", tmp_path / "labels.json")[0]
+    assert message in str(refused.value)
+
+
+def test_an_annotation_that_is_not_an_object_is_refused_by_position(tmp_path):
+    document = {"images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}], "annotations": [[1, 2, 3]]}
+    (tmp_path / "labels.json").write_text(json.dumps(document))
+    with pytest.raises(UserError, match=r"labels\.json: annotation 0 \(from 0\): expected an object, got \[1, 2, 3\]"):
+        create_dataset("custom", tmp_path / "labels.json")
+
+
 def _lvis_json(urls):
     return {
         "images": [{"id": i + 1, "coco_url": url, "height": H, "width": W} for i, url in enumerate(urls)],
@@ -103,6 +133,20 @@ def test_lvis_follows_coco_url_and_applies_the_overlap_filter(tmp_path):
     assert sample.num_instances == 2 and sample.labels[5, 5] == 1
     assert (sample.labels == 1).sum() == 121, "OpenCV fills polygons including their border, as in RITM"
     assert len(create_dataset("lvis", root, "val-instances")) == 4
+
+
+def test_lvis_refuses_a_coco_url_that_is_not_text_and_polygons_off_the_image(tmp_path):
+    root = tmp_path / "LVIS"
+    write_image(root / "val" / "images" / "000000000139.jpg", H, W)
+    document = _lvis_json(["http://images.cocodataset.org/val2017/000000000139.jpg", 5])
+    (root / "val" / "lvis_val.json").write_text(json.dumps(document))
+    with pytest.raises(UserError, match="lvis_val.json: image 2: coco_url must be a URL, got 5"):
+        create_dataset("lvis", root, "val")
+    document = _lvis_json(["http://images.cocodataset.org/val2017/000000000139.jpg"])
+    document["annotations"][0]["segmentation"] = [[0, 0, float("nan"), 0, 10, 10]]
+    (root / "val" / "lvis_val.json").write_text(json.dumps(document))
+    with pytest.raises(UserError, match="annotation 1 of image 000000000139: bad segmentation .polygon coordinates"):
+        create_dataset("lvis", root, "val")[0]
 
 
 def _packed_masks(layers, mapping):

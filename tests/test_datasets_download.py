@@ -140,6 +140,38 @@ def test_no_network_says_so_and_a_local_copy_of_the_archive_is_taken_by_url(tmp_
     assert (tmp_path / "data" / "GrabCut" / "boundary_GT" / "a.bmp").is_file()
 
 
+def test_an_archive_already_in_the_folder_is_unpacked_and_kept_and_a_path_is_taken_for_a_url(tmp_path, monkeypatch):
+    """The archive given by --url may lie where it would be saved: it is the user's, and stays."""
+    archive = tmp_path / "data" / "GrabCut.zip"
+    archive.parent.mkdir()
+    archive.write_bytes(_grabcut_zip(tmp_path))
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", archive.as_uri())
+    assert result.exit_code == 0, result.output
+    assert f"kept {archive}, which was there before" in result.output
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["GrabCut", "GrabCut.zip"]
+    moved = tmp_path / "elsewhere.zip"
+    archive.rename(moved)
+    monkeypatch.chdir(tmp_path)
+    result = _download("grabcut", "--to", tmp_path / "other", "--url", "elsewhere.zip")
+    assert result.exit_code == 0, result.output
+    assert create_dataset("grabcut", tmp_path / "other" / "GrabCut")[0].num_instances == 1 and moved.is_file()
+    result = _download("grabcut", "--to", tmp_path / "third", "--url", tmp_path / "missing.zip")
+    assert result.exit_code == 1
+    assert "missing.zip: neither a URL (https://..., file:///...) nor an archive file here" in result.output
+
+
+def test_an_archive_that_unpacks_to_far_more_than_itself_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "UNPACKED_BYTES_ALWAYS_ALLOWED", 1 << 20)
+    archive = tmp_path / "GrabCut.zip"
+    archive.write_bytes(_grabcut_zip(tmp_path))
+    with zipfile.ZipFile(archive, "a", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("GrabCut/zeros.bin", bytes(16 << 20))
+    result = _download("grabcut", "--to", tmp_path / "data", "--url", archive.as_uri())
+    assert result.exit_code == 1
+    assert "more than 50 times its size (the largest entry, 'GrabCut/zeros.bin', 16777216 bytes)" in result.output
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["GrabCut.zip"], "nothing unpacked"
+
+
 def test_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):
     server.payload = _grabcut_zip(tmp_path)
     server.cuts = 1

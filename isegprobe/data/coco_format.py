@@ -85,12 +85,36 @@ def coco_annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarr
     except ImportError:
         raise UserError("reading COCO-format annotations needs pycocotools: pip install pycocotools") from None
     if isinstance(segmentation, list):
+        check_polygons(segmentation, height, width)
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
+    elif isinstance(segmentation, dict):
+        if segmentation.get("size") != [height, width]:
+            raise ValueError(f"its RLE's size is {segmentation.get('size')!r}, the image's [{height}, {width}]")
+        rle = (
+            mask_utils.frPyObjects(segmentation, height, width)
+            if isinstance(segmentation["counts"], list)
+            else segmentation
+        )
     else:
         rle = segmentation
     return mask_utils.decode(rle).astype(bool)
+
+
+def check_polygons(segmentation: list[Any], height: int, width: int) -> None:
+    """Polygons must be lists of numbers, each x within a width of the image's sides and each y within a height:
+    rasterizing walks every edge pixel by pixel, so a coordinate of 1e300 (or NaN) took all memory and the process
+    with it. Polygons of real datasets lie on their images, give or take a pixel."""
+    for polygon in segmentation:
+        if not isinstance(polygon, list) or not all(
+            isinstance(value, int | float) and not isinstance(value, bool) for value in polygon
+        ):
+            raise ValueError(f"a polygon must be a list of numbers x0, y0, x1, y1, ..., got {polygon!r:.80}")
+        xs, ys = np.asarray(polygon[0::2], np.float64), np.asarray(polygon[1::2], np.float64)
+        if not (np.all((-width <= xs) & (xs <= 2 * width)) and np.all((-height <= ys) & (ys <= 2 * height))):
+            raise ValueError(
+                f"polygon coordinates must be finite, x within [{-width}, {2 * width}] and y within "
+                f"[{-height}, {2 * height}] for this {width} x {height} image, got {polygon!r:.80}"
+            )
 
 
 class AnnotatedImagesDataset(DatasetBase):
@@ -105,7 +129,11 @@ class AnnotatedImagesDataset(DatasetBase):
         data = load_json(annotation_file)
         by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         try:
-            for annotation in data["annotations"]:
+            for index, annotation in enumerate(data["annotations"]):
+                if not isinstance(annotation, dict):
+                    raise UserError(
+                        f"{annotation_file}: annotation {index} (from 0): expected an object, got {annotation!r:.80}"
+                    )
                 if not _is_crowd(annotation, annotation_file):
                     by_image[annotation["image_id"]].append(
                         {"id": annotation.get("id"), "segmentation": annotation["segmentation"]}
@@ -116,8 +144,12 @@ class AnnotatedImagesDataset(DatasetBase):
             self._annotations = [by_image[image["id"]] for image in self._images]
             self._ids = [self._sample_id(image) for image in self._images]
             self._sizes = [(int(image["height"]), int(image["width"])) for image in self._images]
-        except (KeyError, TypeError, ValueError) as error:
-            raise UserError(f"{annotation_file}: an image or annotation entry lacks a valid {error} field") from None
+        except KeyError as error:
+            raise UserError(f"{annotation_file}: an image or annotation entry lacks its {error} field") from None
+        except (TypeError, ValueError) as error:
+            raise UserError(
+                f"{annotation_file}: an image or annotation entry holds a value of the wrong kind ({error})"
+            ) from None
         if not self._images:
             raise UserError(
                 f"{annotation_file}: no image has an annotation to segment: {_why_no_image(data, annotation_file)}"

@@ -26,11 +26,18 @@ from tqdm import tqdm
 from isegprobe.data.catalog import dataset_facts, has_layout
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
+from isegprobe.home_paths import expand_home
 
 CHUNK_BYTES = 1 << 20
 RETRIES = 3
 TIMEOUT_S = 60
 _FBRS = "https://github.com/saic-vul/fbrs_interactive_segmentation/releases/download/v1.0"
+
+
+# An archive may unpack to 1 GiB, or to 50 times its size: dataset archives (compressed images and masks) unpack to
+# a few times theirs.
+MOST_EXPANSION = 50
+UNPACKED_BYTES_ALWAYS_ALLOWED = 2**30
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,7 @@ def _extract(archive: Path, into: Path) -> None:
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as bundle:
+                _refuse_a_bomb(archive, [(info.filename, info.file_size) for info in bundle.infolist()])
                 for member in bundle.namelist():
                     target = (into / member).resolve()
                     if not target.is_relative_to(into.resolve()):
@@ -161,11 +169,25 @@ def _extract(archive: Path, into: Path) -> None:
                 bundle.extractall(into)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as bundle:
+                _refuse_a_bomb(archive, [(member.name, member.size) for member in bundle.getmembers()])
                 bundle.extractall(into, filter="data")
         else:
             raise UserError(f"{archive}: neither a zip nor a tar archive")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
         raise UserError(f"{archive}: damaged archive ({error})") from None
+
+
+def _refuse_a_bomb(archive: Path, entries: list[tuple[str, int]]) -> None:
+    """Refuse an archive whose entries add up to far more than it: images and masks, already compressed, unpack
+    to a few times their archive, a file of zeros to a thousand times (3 GB written from a 3 MB zip)."""
+    unpacked, packed = sum(size for _, size in entries), archive.stat().st_size
+    if unpacked > max(UNPACKED_BYTES_ALWAYS_ALLOWED, MOST_EXPANSION * packed):
+        name, largest = max(entries, key=lambda entry: entry[1])
+        raise UserError(
+            f"{archive}: refusing to unpack {unpacked} bytes from an archive of {packed}, more than "
+            f"{MOST_EXPANSION} times its size (the largest entry, {name!r}, {largest} bytes): a damaged or hostile "
+            "archive"
+        )
 
 
 def find_layout_root(name: str, top: Path, max_depth: int = 4) -> Path | None:
@@ -236,11 +258,12 @@ def download_dataset(
         return target
     expected = (sha256 or archive_info.sha256 or "").lower() or None
     size = archive_info.size if url is None else None
-    url = url or archive_info.url
+    url = _as_url(url) if url is not None else archive_info.url
     archive = _archive_path(url, to, target)
     if archive.exists() and not archive.is_file():
         raise UserError(f"{archive}: a folder where the archive {url} is to be saved; move it, or pass another --to")
-    if archive.exists():
+    found = archive.exists()  # put there by hand, or the --url file itself: never removed
+    if found:
         digest = file_sha256(archive)
         if expected and digest != expected:
             raise UserError(
@@ -255,8 +278,20 @@ def download_dataset(
         echo(f"sha256 {digest} (no published checksum to compare with; pass --sha256 {digest} to pin it next time)")
     echo(f"unpacking {archive.name} -> {target}")
     unpack(facts.name, archive, target)
-    if not keep_archive:
+    if found:
+        echo(f"kept {archive}, which was there before")
+    elif not keep_archive:
         archive.unlink()
     if archive_info.after:
         echo(f"note: {archive_info.after}")
     return target
+
+
+def _as_url(url: str) -> str:
+    """`--url` as given, or a local archive's path as a file:// URL."""
+    if "://" in url:
+        return url
+    local = expand_home(url)
+    if not local.is_file():
+        raise UserError(f"--url {url}: neither a URL (https://..., file:///...) nor an archive file here")
+    return local.resolve().as_uri()

@@ -16,12 +16,15 @@ import cv2
 import numpy as np
 
 from isegprobe.data.base import build_source
-from isegprobe.data.coco_format import AnnotatedImagesDataset
+from isegprobe.data.coco_format import AnnotatedImagesDataset, check_polygons
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.errors import UserError
 
 
 def polygon_mask(segmentation: list[list[float]], height: int, width: int) -> np.ndarray:
+    if not isinstance(segmentation, list):
+        raise ValueError(f"LVIS segmentations are lists of polygons, got {type(segmentation).__name__}")
+    check_polygons(segmentation, height, width)
     mask = np.zeros((height, width), np.uint8)
     for polygon in segmentation:
         points = np.round(np.asarray(polygon, np.float64).reshape(-1, 2)).astype(np.int32)
@@ -41,7 +44,10 @@ class LVISDataset(AnnotatedImagesDataset):
         super().__init__("lvis", root, split, annotation_file, [root / "train" / "images", root / "val" / "images"])
 
     def _file_name(self, image: dict[str, Any]) -> str:
-        return image["coco_url"].rsplit("/", 1)[-1]
+        url = image["coco_url"]
+        if not isinstance(url, str):
+            raise UserError(f"{self.annotation_file}: image {image.get('id')!r}: coco_url must be a URL, got {url!r}")
+        return url.rsplit("/", 1)[-1]
 
     def _image_path(self, image: dict[str, Any]) -> Path:
         folder = self.image_dirs[0] if "train2017" in image["coco_url"] else self.image_dirs[1]

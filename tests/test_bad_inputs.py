@@ -77,6 +77,7 @@ def extract_custom(folder: Path, out: Path) -> list[object]:
 
 SQUARE = [[4, 4, 20, 4, 20, 20, 4, 20]]
 FLAT = [4, 4, 20, 4, 12, 4]  # a polygon of zero area: it paints no pixel
+FAR = [[4, 4, 1e300, 4, 20, 20]]  # rasterized edge pixel by edge pixel, it took all memory, and the process
 
 
 def coco_file(folder: Path, names: list[str], **annotation: object) -> Path:
@@ -367,6 +368,11 @@ CASES: dict[str, Case] = {
         lambda w: extract_custom(coco_file(w.root / "coco_ids", ["a.jpg"], image_id="1"), w.root / "x14"),
         "coco.json: no image has an annotation to segment: no annotation's image_id is an image's id (images' ids "
         "such as 1, annotations' image_id such as '1': they must be the same values, of the same type)",
+    ),
+    "COCO-format polygon far off its image": Case(
+        lambda w: extract_custom(coco_file(w.root / "coco_far", ["a.jpg"], segmentation=FAR), w.root / "x19"),
+        "coco.json: annotation 1 of image a: bad segmentation (polygon coordinates must be finite, x within [-28, 56] "
+        "and y within [-28, 56] for this 28 x 28 image",
     ),
     "COCO-format image of a size that is not a number of pixels": Case(
         lambda w: extract_custom(coco_of_a_negative_height(w.root / "coco_size"), w.root / "x18"),

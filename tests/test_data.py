@@ -1,3 +1,5 @@
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -160,6 +162,24 @@ def test_a_window_keeps_at_least_a_pixel_of_an_image_thinner_than_one(shape):
         for spec in parse_views("identity,crop1,rcrop1")[1:]:
             y0, x0, y1, x1 = make_view(sample, spec, 64, "stretch", seed=seed).valid_box
             assert 0 <= y0 < y1 <= 64 and 0 <= x0 < x1 <= 64, (seed, spec.name, (y0, x0, y1, x1))
+
+
+@pytest.mark.parametrize(
+    ("views", "message"),
+    [
+        ("identity,crop0", "unknown view 'crop0'"),
+        ("identity,rcrop0", "unknown view 'rcrop0'"),
+        ("identity,crop99999999999999999999", "unknown view 'crop99999999999999999999'"),
+        ("identity,scale1", "unknown view 'scale1'"),
+        ("identity,", "an empty view name (two commas together, or one at an end)"),
+        ("identity,,hflip", "an empty view name"),
+        ("hflip,identity", "the first view must be identity"),
+        ("identity,hflip,hflip", "a view is listed twice"),
+    ],
+)
+def test_views_that_name_no_view_are_refused(views, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_views(views)
 
 
 # What each view does to the identity view's arrays.

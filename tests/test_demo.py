@@ -30,7 +30,8 @@ from isegprobe.data import create_dataset
 from isegprobe.demo import server
 from isegprobe.demo.app import build_app
 from isegprobe.demo.catalog import DatasetCatalog, ImageCatalog
-from isegprobe.demo.session import DemoProbe, DemoSession
+from isegprobe.demo.session import MAX_CLICKS, DemoProbe, DemoSession
+from isegprobe.errors import UserError
 from isegprobe.inference.clicker import Click
 from isegprobe.inference.evaluation import WholeImage
 from isegprobe.inference.metrics import iou
@@ -111,6 +112,21 @@ def test_the_session_predicts_what_evaluation_predicts_and_undo_replays_exactly(
     assert count == (1 if (masks[1] > 0.5).any() else 0)
     assert session.clicks == [] and not session.mask().any()
     np.testing.assert_array_equal(session.image.instances == 1, (masks[1] > 0.5) if count else False)
+
+
+def test_one_object_takes_at_most_its_clicks_and_the_next_starts_afresh(checkpoint: Path) -> None:
+    # Undo replays every click while the server waits: without a bound, 3000 clicks made one undo take 28 s.
+    session = session_for(checkpoint)
+    sample = create_dataset("builtin", split="test")[0]
+    session.open(sample.id, sample.image)
+    for index in range(MAX_CLICKS):
+        session.click(index % 40, index % 50, index % 2 == 0)
+    with pytest.raises(UserError, match=f"{MAX_CLICKS} clicks on one object is the most the demo takes"):
+        session.click(1, 1, True)
+    assert len(session.clicks) == MAX_CLICKS
+    session.finish()
+    session.click(1, 1, True)
+    assert len(session.clicks) == 1
 
 
 def test_zoom_in_sessions_follow_evaluations_zoom_in_and_undo_exactly(checkpoint: Path) -> None:

@@ -21,8 +21,9 @@ from isegprobe.errors import UserError
 
 RESIZE_RULES = ("stretch", "letterbox")
 _SCALE_VIEW = re.compile(r"^scale(\d+(?:\.\d+)?)$")
-_WINDOW_VIEW = re.compile(r"^crop(\d+)$")
-_ORIENTED_WINDOW_VIEW = re.compile(r"^rcrop(\d+)$")
+# crop<k> and rcrop<k>: training windows, k from 1 (crop1, crop2, ... are different draws)
+_WINDOW_VIEW = re.compile(r"^crop([1-9]\d{0,5})$")
+_ORIENTED_WINDOW_VIEW = re.compile(r"^rcrop([1-9]\d{0,5})$")
 # Quarter turns counter-clockwise, as np.rot90 (iSegProbe's RandomRotate90 draws among these).
 _TURN_VIEWS = {"rot90": 1, "rot180": 2, "rot270": 3}
 # np.rot90's quarter turns (counter-clockwise) as OpenCV's rotations.
@@ -71,7 +72,10 @@ class View:
 def parse_views(text: str) -> list[ViewSpec]:
     """`identity,hflip,scale1.5` -> view specs; the first view must be `identity` (evaluation reads it)."""
     specs = []
-    for name in [part.strip() for part in text.split(",") if part.strip()]:
+    names = [part.strip() for part in text.split(",")]
+    if "" in names:
+        raise UserError(f"--views {text!r}: an empty view name (two commas together, or one at an end)")
+    for name in names:
         match = _SCALE_VIEW.match(name)
         if name == "identity":
             specs.append(ViewSpec(name))
@@ -90,7 +94,7 @@ def parse_views(text: str) -> list[ViewSpec]:
         else:
             raise UserError(
                 f"--views: unknown view {name!r}; expected identity, hflip, vflip, rot90, rot180, rot270, scale<f> "
-                "with f > 1 (scale1.5), crop<k> (crop1, crop2, ...) or rcrop<k> (rcrop1, rcrop2, ...)"
+                "with f > 1 (scale1.5), crop<k> (crop1, crop2, ..., k from 1) or rcrop<k> (rcrop1, rcrop2, ...)"
             )
     if not specs or specs[0].name != "identity":
         raise UserError(f"--views {text!r}: the first view must be identity")

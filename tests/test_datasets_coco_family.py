@@ -103,6 +103,14 @@ def test_an_annotation_that_is_not_an_object_is_refused_by_position(tmp_path):
         create_dataset("custom", tmp_path / "labels.json")
 
 
+def test_two_images_of_one_id_are_refused_rather_than_given_each_others_objects(tmp_path):
+    document = _coco_json(["a.png", "b.png"])
+    document["images"][1]["id"] = 1
+    (tmp_path / "labels.json").write_text(json.dumps(document))
+    with pytest.raises(UserError, match="labels.json: the images 'a.png' and 'b.png' have one id, 1, and annotations"):
+        create_dataset("custom", tmp_path / "labels.json")
+
+
 def _lvis_json(urls):
     return {
         "images": [{"id": i + 1, "coco_url": url, "height": H, "width": W} for i, url in enumerate(urls)],

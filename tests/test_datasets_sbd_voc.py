@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from dataset_trees import sbd_tree, use_dataset_config, write_image
 from PIL import Image
+from scipy.io import savemat
 
 from isegprobe.data import create_dataset
 from isegprobe.errors import UserError
@@ -60,6 +61,22 @@ def test_sbd_damaged_mat_names_the_file(sbd_root):
     assert len(per_instance) == 3, "an unreadable file stays one item, so reading it reports the file"
     with pytest.raises(UserError, match=r"2008_000002\.mat"):
         per_instance[2]
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "shown"),
+    [
+        (np.full((H, W), -1, np.int16), "values -1 to -1"),
+        (np.full((H, W), 3e9, np.uint32), "values 3000000000 to 3000000000"),
+        (np.full((H, W), 1.5), "float64 (48, 64)"),
+        ("hello", "<U5 ()"),
+    ],
+)
+def test_sbd_instance_maps_that_are_no_instance_numbers_name_the_file(sbd_root, segmentation, shown):
+    savemat(str(sbd_root / "inst" / "2008_000002.mat"), {"GTinst": {"Segmentation": segmentation}})
+    with pytest.raises(UserError, match=r"2008_000002\.mat: GTinst\.Segmentation must be a 2-D map of instance") as no:
+        create_dataset("sbd", sbd_root, "val")[1]
+    assert f"numbers from 0, got {shown}" in str(no.value)
 
 
 def _write_palette_png(path, indices):

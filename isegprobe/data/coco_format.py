@@ -62,6 +62,18 @@ def _check_image(image: dict[str, Any], name: Any, annotation_file: Path) -> Non
             raise UserError(f"{annotation_file}: image {name!r}: {key} must be a whole number of pixels, got {value!r}")
 
 
+def _refuse_shared_image_ids(images: list[dict[str, Any]], annotation_file: Path) -> None:
+    """Annotations name their image by id: two images of one id would each get the other's objects."""
+    first_of: dict[Any, dict[str, Any]] = {}
+    for image in images:
+        other = first_of.setdefault(image["id"], image)
+        if other is not image:
+            raise UserError(
+                f"{annotation_file}: the images {other.get('file_name')!r} and {image.get('file_name')!r} have one id, "
+                f"{image['id']!r}, and annotations name their image by it: give each image its own id"
+            )
+
+
 def _why_no_image(data: dict[str, Any], annotation_file: Path) -> str:
     """Why a COCO-format file yields no sample, for the error that says so."""
     images, annotations = data["images"], data["annotations"]
@@ -138,6 +150,7 @@ class AnnotatedImagesDataset(DatasetBase):
                     by_image[annotation["image_id"]].append(
                         {"id": annotation.get("id"), "segmentation": annotation["segmentation"]}
                     )
+            _refuse_shared_image_ids(data["images"], annotation_file)
             self._images = [image for image in data["images"] if by_image.get(image["id"])]
             for image in self._images:
                 _check_image(image, self._file_name(image), annotation_file)

@@ -38,7 +38,12 @@ def read_sbd_instances(path: Path) -> np.ndarray:
         raise UserError(f"{path}: instance file not found") from None
     except Exception as error:  # scipy raises many types for a damaged file; the user needs the file name
         raise UserError(f"{path}: cannot read GTinst.Segmentation ({type(error).__name__}: {error})") from None
-    return np.asarray(segmentation, dtype=np.int32)
+    values = np.asarray(segmentation)
+    numbers = values.ndim == 2 and (values.dtype == bool or np.issubdtype(values.dtype, np.integer))
+    if not numbers or (values.size and not 0 <= int(values.min()) <= int(values.max()) < 2**31):
+        shown = f"{values.dtype} {values.shape}" if not numbers else f"values {values.min()} to {values.max()}"
+        raise UserError(f"{path}: GTinst.Segmentation must be a 2-D map of instance numbers from 0, got {shown}")
+    return values.astype(np.int32)
 
 
 def _box_fill_ratio(mask: np.ndarray) -> float:

@@ -262,7 +262,7 @@ def download_dataset(
     archive = _archive_path(url, to, target)
     if archive.exists() and not archive.is_file():
         raise UserError(f"{archive}: a folder where the archive {url} is to be saved; move it, or pass another --to")
-    found = archive.exists()  # put there by hand, or the --url file itself: never removed
+    found = archive.exists()  # by hand, as the --url file itself, or by a run that could not unpack it: kept
     if found:
         digest = file_sha256(archive)
         if expected and digest != expected:

@@ -120,9 +120,17 @@ def check_command(context: click.Context, name: str, root: str | None, split: st
     type=click.Path(file_okay=False),
     help="Parent folder; the dataset lands in DIR/<its folder name>.",
 )
-@click.option("--url", default=None, help="Another address of the same archive (a mirror).")
+@click.option(
+    "--url",
+    default=None,
+    help="Another address of the same archive (a mirror), or the path of a copy fetched on another machine.",
+)
 @click.option("--sha256", default=None, help="Expected SHA-256 of the archive; the download fails if it differs.")
-@click.option("--keep-archive", is_flag=True, help="Keep the downloaded archive after unpacking.")
+@click.option(
+    "--keep-archive",
+    is_flag=True,
+    help="Keep the downloaded archive after unpacking (an archive that was in --to before is always kept).",
+)
 @reports_user_errors
 def download_command(name: str, to: str, url: str | None, sha256: str | None, keep_archive: bool) -> None:
     """Download dataset NAME's public archive (resumable, checked) and unpack it into the layout its loader reads."""

@@ -158,6 +158,9 @@ def test_an_archive_already_in_the_folder_is_unpacked_and_kept_and_a_path_is_tak
     result = _download("grabcut", "--to", tmp_path / "third", "--url", tmp_path / "missing.zip")
     assert result.exit_code == 1
     assert "missing.zip: neither a URL (https://..., file:///...) nor an archive file here" in result.output
+    result = _download("grabcut", "--to", tmp_path / "third", "--url", (tmp_path / "missing.zip").as_uri())
+    assert result.exit_code == 1
+    assert f"missing.zip: no archive file at {tmp_path / 'missing.zip'}" in result.output
 
 
 def test_an_archive_that_unpacks_to_far_more_than_itself_is_refused(tmp_path, monkeypatch):

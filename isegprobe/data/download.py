@@ -15,6 +15,7 @@ import shutil
 import sys
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -289,6 +290,11 @@ def download_dataset(
 
 def _as_url(url: str) -> str:
     """`--url` as given, or a local archive's path as a file:// URL."""
+    if url.startswith("file://"):
+        local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        if not local.is_file():
+            raise UserError(f"--url {url}: no archive file at {local}")
+        return url
     if "://" in url:
         return url
     local = expand_home(url)

@@ -55,6 +55,14 @@ def test_an_image_listed_twice_is_refused_rather_than_made_one_item(tmp_path):
         create_dataset("sbd", root, "val")
 
 
+@pytest.mark.parametrize(("listed", "message"), [(b"\n \n\n", "lists no image"), (b"\xff\xfe\x00", "not a text file")])
+def test_a_split_list_without_image_names_is_refused(tmp_path, listed, message):
+    root = sbd_tree(tmp_path / "SBD")
+    (root / "val.txt").write_bytes(listed)
+    with pytest.raises(UserError, match=rf"val\.txt: {message}"):
+        create_dataset("sbd", root, "val")
+
+
 def test_sbd_damaged_mat_names_the_file(sbd_root):
     (sbd_root / "inst" / "2008_000002.mat").write_bytes(b"garbage")
     per_instance = create_dataset("sbd", sbd_root, "val-instances")

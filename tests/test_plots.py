@@ -116,6 +116,10 @@ def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> N
     assert result.exit_code == 1 and "empty: no results.json" in result.output
     result = plot("iou-vs-clicks", str(tmp_path / "lift"), "--labels", "a,b")
     assert result.exit_code == 1 and "--labels gives 2 labels for 1 RESULTS folders" in result.output
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"), str(tmp_path / "lift"), "--labels", "a, ")
+    assert (
+        result.exit_code == 1 and "--labels 'a, ': label 2 is empty; each row and curve needs a name" in result.output
+    )
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text(json.dumps({"datasets": {"grabcut": {}}}))
     with pytest.raises(UserError, match="not an evaluation's results.json"):

@@ -117,4 +117,6 @@ def _split_labels(labels: str, results: tuple[str, ...]) -> list[str]:
     names = [label.strip() for label in labels.split(",")]
     if len(names) != len(results):
         raise UserError(f"--labels gives {len(names)} labels for {len(results)} RESULTS folders")
+    if "" in names:
+        raise UserError(f"--labels {labels!r}: label {names.index('') + 1} is empty; each row and curve needs a name")
     return names

@@ -92,7 +92,12 @@ class NameListDataset(DatasetBase):
     """
 
     def __init__(self, list_file: Path) -> None:
-        self._names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        try:
+            self._names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError(f"{list_file}: not a text file of image names, one per line") from None
+        if not self._names:
+            raise UserError(f"{list_file}: lists no image (one image name per line)")
         self._counts: list[int] | None = None
 
     def __len__(self) -> int:

@@ -58,7 +58,7 @@ def _check_image(image: dict[str, Any], name: Any, annotation_file: Path) -> Non
         raise UserError(f"{annotation_file}: image {image['id']!r}: file_name must be a file's name, got {name!r}")
     for key, value in (("height", height), ("width", width)):
         whole = isinstance(value, int) or isinstance(value, float) and value.is_integer()
-        if isinstance(value, bool) or not whole or value < 1:
+        if isinstance(value, bool) or not whole or not 1 <= value < 2**31:
             raise UserError(f"{annotation_file}: image {name!r}: {key} must be a whole number of pixels, got {value!r}")
 
 

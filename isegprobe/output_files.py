@@ -38,6 +38,25 @@ def refuse_to_replace_a_kept_file(path: Path) -> None:
         raise UserError(f"{path}: a file of the evaluation in {folder}, which this would replace; name another")
 
 
+def replaceable_file(path: Path) -> Path:
+    """The file that writing `path` replaces: `path`, or the regular file a symbolic link there points to (the link
+    stays). Anything else that stands there is refused: a write replaces its file whole, and `cache stats --out
+    /dev/null` had turned /dev/null into a file of statistics."""
+    if path.is_symlink() and path.is_file():
+        return path.resolve()
+    if os.path.lexists(path) and not path.is_file() and not path.is_dir():
+        kinds = (
+            (path.is_symlink, "a symbolic link to nothing"),
+            (path.is_fifo, "a named pipe"),
+            (path.is_char_device, "a device"),
+            (path.is_block_device, "a device"),
+            (path.is_socket, "a socket"),
+        )
+        kind = next((name for test, name in kinds if test()), "not a regular file")
+        raise UserError(f"{path}: {kind}, which writing a file here would replace; give a regular file's path")
+    return path
+
+
 def output_file(out: str | Path, option: str = "--out") -> Path:
     """`out` as the path of a file to write. An empty one, one that ends in a path separator and one that names a
     folder are refused: pathlib reads them as the current folder or drops the separator, so the file would be

@@ -5,6 +5,7 @@ every file already written as it was. A second test keeps that table and these c
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -501,6 +502,10 @@ CASES: dict[str, Case] = {
         lambda w: training(w, "/proc/isegprobe-run"),
         "/proc/isegprobe-run: cannot open or create it (No such file or directory)",
     ),
+    "output file that is a named pipe or a device": Case(
+        lambda w: ["report", w.results, "--out", named_pipe(w.root / "pipe.md")],
+        "pipe.md: a named pipe, which writing a file here would replace; give a regular file's path",
+    ),
     "output file name too long for the file system": Case(
         lambda w: ["report", w.results, "--out", w.root / ("x" * 300 + ".md")],
         "xxx.md: cannot create (File name too long): choose a shorter output path",
@@ -546,6 +551,11 @@ def cut_run(world: World) -> Path:
     weights = copy / "last.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return copy
+
+
+def named_pipe(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
 
 
 def broken_link(world: World) -> Path:

@@ -3,6 +3,7 @@ an evaluation's own files."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,21 @@ def test_an_output_that_names_a_folder_is_refused(tmp_path: Path, monkeypatch: p
     with pytest.raises(UserError, match="--out .*(empty|folder)"):
         output_file(out)
     assert output_file("figs/table.md") == Path("figs/table.md")
+
+
+def test_a_link_to_a_file_is_written_through_and_a_pipe_or_a_dangling_link_is_refused(tmp_path: Path) -> None:
+    # An atomic write replaces what stands at its path: a named pipe or a device (/dev/null) became a plain file.
+    target = tmp_path / "target.md"
+    target.write_text("old")
+    (tmp_path / "link.md").symlink_to(target)
+    write_output_file(tmp_path / "link.md", b"new")
+    assert (tmp_path / "link.md").is_symlink() and target.read_text() == "new"
+
+    os.mkfifo(tmp_path / "pipe.md")
+    with pytest.raises(UserError, match="pipe.md: a named pipe, which writing a file here would replace"):
+        write_output_file(tmp_path / "pipe.md", b"new")
+    assert (tmp_path / "pipe.md").is_fifo()
+    (tmp_path / "dangling.md").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="dangling.md: a symbolic link to nothing"):
+        write_output_file(tmp_path / "dangling.md", b"new")
+    assert not (tmp_path / "nowhere").exists()

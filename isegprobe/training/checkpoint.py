@@ -29,7 +29,7 @@ from isegprobe.config import TrainConfig, train_config_from_dict
 from isegprobe.errors import UserError, writing_to
 from isegprobe.home_paths import expand_home
 from isegprobe.model import ISProbe
-from isegprobe.output_files import refuse_to_replace_a_kept_file
+from isegprobe.output_files import refuse_to_replace_a_kept_file, replaceable_file
 from isegprobe.upsamplers.learned import LearnedUpsampler
 
 FORMAT = "isegprobe.probe"
@@ -59,7 +59,7 @@ def write_output_file(path: str | Path, data: bytes) -> None:
     """`atomic_write_bytes` into a path a user named, making its folders first, as the plots make theirs: a folder
     that does not exist yet is one to create, not one that vanished while the command ran. A file of a training run
     or an evaluation is never replaced (`refuse_to_replace_a_kept_file`)."""
-    path = Path(path)
+    path = replaceable_file(Path(path))
     refuse_to_replace_a_kept_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)

@@ -129,9 +129,28 @@ def load_strictly(module: nn.Module, state: Mapping[str, Tensor], misfit_message
         for key, value in state.items()
         if key in expected and value.shape != expected[key].shape
     ]
+    # load_state_dict casts: int8 weights became zeros and bool ones ones, with no word
+    not_floats = [
+        f"{key} (file {str(value.dtype).removeprefix('torch.')})"
+        for key, value in state.items()
+        if key in expected and expected[key].is_floating_point() and not value.is_floating_point()
+    ]
+    # NaN weights made NaN features that extraction stored as done; buffers (masks) may hold infinities
+    parameters = dict(module.named_parameters())
+    not_finite = [
+        key
+        for key, value in state.items()
+        if key in parameters and value.is_floating_point() and not value.isfinite().all()
+    ]
     problems = [
         f"{label}: {shown(keys)}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped))
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("misshaped", misshaped),
+            ("not floating-point", not_floats),
+            ("NaN or infinite values in", not_finite),
+        )
         if keys
     ]
     if problems:

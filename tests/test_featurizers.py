@@ -481,6 +481,26 @@ def test_bad_weights_files_name_the_file(tmp_path, problem):
         assert "missing: " in str(error.value) and "ls1.gamma" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda value: value.fill_(float("nan")), "NaN or infinite values in: blocks.3.mlp.fc1.weight"),
+        (lambda value: value.fill_(float("inf")), "NaN or infinite values in: blocks.3.mlp.fc1.weight"),
+        (lambda value: value.to(torch.int8), "not floating-point: blocks.3.mlp.fc1.weight (file int8)"),
+        (lambda value: value > 0, "not floating-point: blocks.3.mlp.fc1.weight (file bool)"),
+    ],
+)
+def test_weights_that_would_load_cast_or_as_nan_are_refused_by_key(tmp_path, change, message):
+    # NaN weights made NaN features that extraction stored as done; int8 ones were cast to zeros, bool ones to ones.
+    state = other_timm_model(DINO).state_dict()
+    state["blocks.3.mlp.fc1.weight"] = change(state["blocks.3.mlp.fc1.weight"])
+    path = tmp_path / "changed.pth"
+    torch.save(state, path)
+    with pytest.raises(UserError, match=re.escape(message)) as error:
+        create_featurizer(DINO, weights=str(path))
+    assert str(path.resolve()) in str(error.value)
+
+
 def test_missing_weights_file_is_named(tmp_path):
     path = tmp_path / "nowhere" / "model.pth"
     with pytest.raises(UserError, match=re.escape(str(path))):

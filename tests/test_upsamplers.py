@@ -310,6 +310,16 @@ def test_a_file_for_another_feature_dim_names_its_misshaped_keys(
         create_upsampler(name, 2 * DIM, weights=str(path))
 
 
+def test_an_upsampler_file_with_nan_weights_is_refused_by_key(tmp_path: Path) -> None:
+    # Trained on, they made the loss NaN at the first step, and the message blamed the learning rate.
+    state = create_upsampler("lift", DIM).state_dict()
+    key = next(key for key, value in state.items() if value.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    torch.save(state, tmp_path / "lift_nan.pth")
+    with pytest.raises(UserError, match=f"lift_nan.pth is not a LiFT checkpoint .*NaN or infinite values in: {key}"):
+        create_upsampler("lift", DIM, weights=str(tmp_path / "lift_nan.pth"))
+
+
 def test_a_lightning_file_without_the_upsampler_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "backbone_only.ckpt"
     torch.save({"state_dict": {"model.0.model.cls_token": torch.randn(1, 1, 8)}}, path)

@@ -124,7 +124,7 @@ class NotesToStderr(logging.Handler):
     may run several commands."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING)
+        super().__init__(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()

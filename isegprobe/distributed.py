@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -10,25 +11,57 @@ import torch.distributed as dist
 
 from isegprobe.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 def init_from_env(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, this rank's device); joins the process group when torchrun started several ranks."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = launcher_number("WORLD_SIZE", 1, least=1)
     rank = current_rank()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if rank >= world:
+        raise UserError(
+            f"RANK={rank} with WORLD_SIZE={world} in the environment: a rank counts from 0 to WORLD_SIZE - 1"
+        )
+    local_rank = launcher_number("LOCAL_RANK", 0, least=0)
     target = torch.device(device)
     if target.type == "cuda" and target.index is None and world > 1:
         target = torch.device("cuda", local_rank)
     if world > 1 and not dist.is_initialized():
         if target.type == "cuda":
             torch.cuda.set_device(target)
+        if "TORCHELASTIC_RUN_ID" not in os.environ:
+            log.warning(
+                "WORLD_SIZE=%d is set, but torchrun did not start this process: it waits at %s:%s for the rest of "
+                "those processes to join. Unset WORLD_SIZE and RANK to run one process",
+                world,
+                os.environ.get("MASTER_ADDR", "?"),
+                os.environ.get("MASTER_PORT", "?"),
+            )
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
     return rank, world, target
 
 
 def current_rank() -> int:
     """This process's rank as torchrun sets it (0 outside torchrun)."""
-    return int(os.environ.get("RANK", 0))
+    return launcher_number("RANK", 0, least=0)
+
+
+def launcher_number(name: str, default: int, least: int) -> int:
+    """A count torchrun puts in the environment (WORLD_SIZE, RANK, ...), read as a whole number of at least `least`;
+    one left over from another job, or mistyped, is named."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise UserError(
+            f"{name}={text!r} in the environment: torchrun sets it to a whole number of at least {least}; unset it "
+            "to run one process"
+        )
+    return value
 
 
 def barrier() -> None:

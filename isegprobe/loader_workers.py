@@ -37,8 +37,9 @@ def default_loader_workers() -> int:
     """The cores this process may use, shared among the torchrun ranks on this machine, at most
     MAX_DEFAULT_WORKERS. Decoding and resizing a 640x480 JPEG into two 448 px views costs 15 to 25 ms of CPU, so
     two workers would hold a GPU extraction to 80 to 130 items/s."""
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() // ranks))
+    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    ranks_here = int(ranks) if ranks.isdigit() and int(ranks) > 0 else 1  # a bad value is refused where ranks join
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() // ranks_here))
 
 
 def require_sensible_workers(workers: int, option: str) -> None:

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from stores import builtin_store
 
 from isegprobe.config import load_train_config
+from isegprobe.distributed import init_from_env
+from isegprobe.errors import UserError
 from isegprobe.model.probe import ISProbe
 from isegprobe.training.checkpoint import read_metadata
 
@@ -115,3 +117,23 @@ def test_a_rank_that_dies_leaves_the_other_saying_what_is_kept_and_how_to_go_on(
     assert f"{run}: last checkpoint at step {kept}." in said[0] and kept >= 2
     assert f"`torchrun --nproc-per-node 2 -m isegprobe train --resume --out {run}` continues from there" in said[0]
     assert "[rank0]: Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        (
+            {"WORLD_SIZE": "abc"},
+            "WORLD_SIZE='abc' in the environment: torchrun sets it to a whole number of at least 1",
+        ),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' in the environment"),
+        ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1' in the environment"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 with WORLD_SIZE=2 in the environment: a rank counts from 0"),
+    ],
+)
+def test_launcher_settings_left_over_or_mistyped_are_named(monkeypatch, environment, message):
+    # A traceback (int('abc'), a division by zero, a batch size of -4) before, or a wait for ranks that never come.
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=re.escape(message)):
+        init_from_env("cpu")

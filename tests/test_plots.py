@@ -116,10 +116,13 @@ def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> N
     assert result.exit_code == 1 and "empty: no results.json" in result.output
     result = plot("iou-vs-clicks", str(tmp_path / "lift"), "--labels", "a,b")
     assert result.exit_code == 1 and "--labels gives 2 labels for 1 RESULTS folders" in result.output
-    result = plot("iou-vs-clicks", str(tmp_path / "lift"), str(tmp_path / "lift"), "--labels", "a, ")
-    assert (
-        result.exit_code == 1 and "--labels 'a, ': label 2 is empty; each row and curve needs a name" in result.output
-    )
+    write_results(tmp_path / "other", {"a": [0.5, 0.86, 0.91, 0.95]})
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"), str(tmp_path / "other"), "--labels", "a, ")
+    assert result.exit_code == 1 and "--labels 'a, ': label 2 is empty" in result.output
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"), str(tmp_path / "other"), "--labels", "a\nb,c")
+    assert result.exit_code == 1 and "label 1 holds a line break, which would split its table row" in result.output
+    result = plot("iou-vs-clicks", str(tmp_path / "lift"), str(tmp_path / "lift" / "."))
+    assert result.exit_code == 1 and "is given twice: its rows and curves would be indistinguishable" in result.output
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text(json.dumps({"datasets": {"grabcut": {}}}))
     with pytest.raises(UserError, match="not an evaluation's results.json"):

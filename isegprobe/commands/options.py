@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -108,6 +109,10 @@ labels_option = click.option(
 def results_and_labels(results: tuple[str, ...], labels: str | None) -> list[tuple[str, dict[str, Any]]]:
     """(label, results.json document) per RESULTS folder: --labels' names when given, else names that tell the
     evaluations apart."""
+    resolved = [Path(folder).resolve() for folder in results]
+    twice = next((folder for index, folder in enumerate(results) if resolved[index] in resolved[:index]), None)
+    if twice is not None:
+        raise UserError(f"RESULTS folder {twice} is given twice: its rows and curves would be indistinguishable")
     documents = [read_results(folder) for folder in results]
     names = default_labels(documents, results) if labels is None else _split_labels(labels, results)
     return list(zip(names, documents, strict=True))
@@ -119,4 +124,7 @@ def _split_labels(labels: str, results: tuple[str, ...]) -> list[str]:
         raise UserError(f"--labels gives {len(names)} labels for {len(results)} RESULTS folders")
     if "" in names:
         raise UserError(f"--labels {labels!r}: label {names.index('') + 1} is empty; each row and curve needs a name")
+    broken = next((index for index, name in enumerate(names, 1) if "\n" in name or "\r" in name), None)
+    if broken is not None:
+        raise UserError(f"--labels {labels!r}: label {broken} holds a line break, which would split its table row")
     return names

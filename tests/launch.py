@@ -46,6 +46,17 @@ def kill_when(command: Sequence[str], moment: Callable[[], bool], what: str) -> 
     assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed {what}:\n{stderr}"
 
 
+def ctrl_c_when(command: Sequence[str], moment: Callable[[], bool]) -> tuple[int, str]:
+    """Start `command`, send it SIGINT (what Ctrl-C sends the foreground process) as soon as `moment()` holds, and
+    return its exit status and what it wrote to stderr."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while process.poll() is None and not moment():
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1]
+    return process.returncode, stderr
+
+
 def hold_lock(output: Path, shared: bool = False) -> subprocess.Popen:
     """Another process holding the lock of `output` (a store or run folder), as a running extraction or training
     does, until it is killed; `shared`: a store's shared lock, as a training or evaluation that reads it holds."""

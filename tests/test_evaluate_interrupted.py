@@ -4,12 +4,11 @@ the same command evaluates only the objects it had not finished, to the results 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from launch import ctrl_c_when
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
@@ -39,13 +38,9 @@ def test_ctrl_c_says_what_is_kept_exits_130_and_the_same_command_goes_on(tmp_pat
 
     subprocess.run(command("reference"), check=True, capture_output=True)
     total = finished_objects(tmp_path / "reference")
-    process = subprocess.Popen(command("interrupted"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while process.poll() is None and finished_objects(tmp_path / "interrupted") < 2:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)  # what Ctrl-C sends the foreground process
-    stderr = process.communicate(timeout=60)[1]
+    returncode, stderr = ctrl_c_when(command("interrupted"), lambda: finished_objects(tmp_path / "interrupted") >= 2)
 
-    assert process.returncode == 130, stderr
+    assert returncode == 130, stderr
     assert "evaluate: interrupted; the objects of the batches finished before it are kept in" in stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr
     assert 2 <= finished_objects(tmp_path / "interrupted") < total, "interrupted after the second object"

@@ -6,15 +6,13 @@ are when a job is killed on a cluster."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import zarr
-from launch import kill_when
+from launch import ctrl_c_when, kill_when
 
 from isegprobe.cache.store import STAGING_SUFFIX
 
@@ -64,12 +62,8 @@ def test_sigkill_at_several_moments_then_the_same_command_gives_the_uninterrupte
 def test_ctrl_c_says_what_is_kept_exits_130_and_the_same_command_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     store = out / STORE
-    process = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while process.poll() is None and done_shards(store) < 3:
-        time.sleep(0.001)
-    process.send_signal(signal.SIGINT)  # what Ctrl-C sends the foreground process
-    stderr = process.communicate(timeout=60)[1]
-    assert process.returncode == 130, stderr
+    returncode, stderr = ctrl_c_when(command(out), lambda: done_shards(store) >= 3)
+    assert returncode == 130, stderr
     assert "interrupted; the items finished before it are kept in the store, and the same command goes on" in stderr
     assert "Traceback" not in stderr and "\rError" not in stderr
     assert 3 <= done_shards(store) < ITEMS, "interrupted after the third item and before the last"

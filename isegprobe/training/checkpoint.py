@@ -207,7 +207,7 @@ def _stamped_bytes(path: Path) -> tuple[str | None, bytes]:
     try:
         return json.loads(data[8 : 8 + header_size]).get("__metadata__", {}).get("step"), data
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        raise UserError(f"{path}: not a safetensors file (corrupt or truncated)") from None
+        raise _damaged(path) from None
 
 
 def _read_weights_and_metadata(
@@ -235,7 +235,11 @@ def _tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
     try:
         return load_safetensors_bytes(data)
     except SafetensorError:
-        raise UserError(f"{path}: not a safetensors file (corrupt or truncated)") from None
+        raise _damaged(path) from None
+
+
+def _damaged(path: Path) -> UserError:
+    return UserError(f"{path}: not a safetensors file (corrupt or truncated)")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -53,10 +53,10 @@ def launcher_number(name: str, default: int, least: int) -> int:
     if text is None:
         return default
     try:
-        value = int(text)
+        value: int | None = int(text)
     except ValueError:
-        value = least - 1
-    if value < least:
+        value = None
+    if value is None or value < least:
         raise UserError(
             f"{name}={text!r} in the environment: torchrun sets it to a whole number of at least {least}; unset it "
             "to run one process"

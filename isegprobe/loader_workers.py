@@ -38,7 +38,7 @@ def default_loader_workers() -> int:
     MAX_DEFAULT_WORKERS. Decoding and resizing a 640x480 JPEG into two 448 px views costs 15 to 25 ms of CPU, so
     two workers would hold a GPU extraction to 80 to 130 items/s."""
     ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    ranks_here = int(ranks) if ranks.isdigit() and int(ranks) > 0 else 1  # a bad value is refused where ranks join
+    ranks_here = int(ranks) if ranks.isdigit() and int(ranks) > 0 else 1  # not a count of ranks: one process
     return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() // ranks_here))
 
 

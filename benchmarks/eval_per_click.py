@@ -11,8 +11,10 @@ clicker and the IoU.
 
 The CPU time per click outside the forward is the loop's process CPU time (all threads) less the probe's and the
 featurizer's forwards and less reading the objects (a cost per object, reported apart): the clicker, the IoU,
-preparing the predictor's inputs and mapping its answers back. "cache, before" runs the loop as it was before issue
-22 (`per_object_reference.py`) on the same objects, and must give the same clicks and IoUs. "cache" runs the clicker
+preparing the predictor's inputs and mapping its answers back. "cache, before" runs the steps of the loop as it was
+before issue 22 (`per_object_reference.py`) on the same objects, and must give the same clicks and IoUs; since it
+calls today's predictor, framing and metrics, its time is a lower bound on that loop's (issue 22's target on this
+time is measured against the tree itself, by `eval_loop_cpu.py`). "cache" runs the clicker
 `isegprobe evaluate` picks (`--clicker auto`: tensor operations on the device on a GPU, OpenCV on the CPU elsewhere);
 the other clicker is timed beside it, with the same clicks and IoUs.
 OpenCV runs with its default threads, as in `isegprobe evaluate`, unless --opencv-threads says otherwise: on one
@@ -32,6 +34,7 @@ from typing import Any
 import cv2
 import torch
 from common import Check, base_parser, dataset_root, ensure_store, interleave, median, report, setup, table
+from loop_timing import ForwardClock, timed_reads
 from per_object_reference import PerClickPredictor, evaluate_per_object
 
 from isegprobe.cache import CachedDataset, FeatureStore
@@ -73,37 +76,6 @@ def benchmark_probe(args: argparse.Namespace, featurizer: Featurizer, device: to
         summary = train(config, CachedDataset(store), run_dir, device=device)
         print(f"trained the probe: {summary.progress()}")
     return load_probe(run_dir)[0]
-
-
-class ForwardClock:
-    """Process CPU time spent inside the given modules' forwards (a forward inside another counted once)."""
-
-    def __init__(self, modules: list[torch.nn.Module]) -> None:
-        self.seconds, self._depth, self._started = 0.0, 0, 0.0
-        for module in modules:
-            module.register_forward_pre_hook(self._enter)
-            module.register_forward_hook(self._leave)
-
-    def _enter(self, *_: Any) -> None:
-        if self._depth == 0:
-            self._started = time.process_time()
-        self._depth += 1
-
-    def _leave(self, *_: Any) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self.seconds += time.process_time() - self._started
-
-
-def timed_reads(tasks: Iterator[ObjectTask], spent: list[float]) -> Iterator[ObjectTask]:
-    """The tasks, adding the process CPU time of reading each one to spent[0]."""
-    while True:
-        started = time.process_time()
-        task = next(tasks, None)
-        spent[0] += time.process_time() - started
-        if task is None:
-            return
-        yield task
 
 
 def run_mode(
@@ -261,7 +233,6 @@ def main() -> None:
         + f"\nsame clicks and IoUs in every cache mode: {'yes' if same else 'NO'}"
     }
     checks = [
-        Check("CPU per click outside the forward, today / before", outside_ratio, 0.30, at_least=False),
         Check("same clicks and IoUs in every cache mode (1 = yes)", float(same), 1.0),
     ]
     if args.preset == LOW_RES_PRESET:

@@ -22,6 +22,10 @@ SMALLEST = {
     "reader": ["--items", "4", "--batch-size", "2", "--batches", "1", "--steps", "1", "--workers", "0"],
     "store_size": ["--items", "2"],
     "eval_per_click": ["--objects", "1", "--clicks", "2", "--batch-size", "1", "--train-steps", "2"],
+    "eval_loop_cpu": [
+        "--baseline-tree", str(BENCHMARKS.parent), "--processes", "1", "--objects", "1", "--clicks", "2",
+        "--batch-size", "1", "--train-steps", "2",
+    ],
     "mask_decoding": ["--scenes", "2"],
 }  # fmt: skip
 

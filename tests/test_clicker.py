@@ -232,7 +232,7 @@ def test_a_prediction_that_stays_the_same_clicks_as_the_rule_does(seed):
     assert [clicker.next_click(pred) for pred in preds] == scipy_clicks(gt, ignore, preds)
 
 
-def test_batch_clicker_clicks_as_each_object_alone_and_gives_opencv_its_threads_back():
+def test_batch_clicker_clicks_as_each_object_alone_in_order_and_gives_opencv_its_threads_back():
     rng = np.random.default_rng(0)
     gts = [blobs(rng, (60, 80), fill=0.5) for _ in range(5)]
     preds = [[gt ^ blobs(rng, gt.shape, fill=0.3) for _ in range(4)] for gt in gts]
@@ -246,7 +246,8 @@ def test_batch_clicker_clicks_as_each_object_alone_and_gives_opencv_its_threads_
         clickers = [Clicker(gt) for gt in gts]
         with BatchClicker() as batch:
             for step in range(4):
-                batch.click(clickers, [c.errors(p[step]) for c, p in zip(clickers, preds, strict=True)])
+                made = batch.click(clickers, [c.errors(p[step]) for c, p in zip(clickers, preds, strict=True)])
+                assert made == [clicker.clicks[-1] for clicker in clickers]
                 assert cv2.getNumThreads() == 3
         assert [clicker.clicks for clicker in clickers] == alone
     finally:

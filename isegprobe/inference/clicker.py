@@ -157,13 +157,15 @@ class BatchClicker:
     """Clicks for a batch of objects at once, each object's transforms on one of OpenCV's threads.
 
     OpenCV splits one transform over its threads, whose waiting costs CPU time of its own (a third more than on one
-    thread, at 240 x 320 on 2 cores). While a batch clicks, OpenCV runs on one thread and the objects are spread
-    over as many threads as it had instead. The clicks do not depend on the threads.
+    thread, at 240 x 320 on 2 cores). While a batch clicks, OpenCV runs on one thread and the objects are dealt out
+    in as many shares as it had threads instead, this thread clicking the first share: a hand-over per share rather
+    than per object (four objects on 2 cores: 0.64 -> 0.47 CPU ms a batch's click). The clicks do not depend on the
+    threads.
     """
 
     def __enter__(self) -> BatchClicker:
         threads = cv2.getNumThreads()
-        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        self._pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
         return self
 
     def __exit__(
@@ -178,10 +180,17 @@ class BatchClicker:
         cv2.setNumThreads(1)
         try:
             if self._pool is None or len(clickers) == 1:
-                return [clicker.click(regions) for clicker, regions in zip(clickers, errors, strict=True)]
-            return list(self._pool.map(Clicker.click, clickers, errors))
+                return _clicks(clickers, errors)
+            shares = min(threads, len(clickers))
+            others = [self._pool.submit(_clicks, clickers[i::shares], errors[i::shares]) for i in range(1, shares)]
+            clicks = [_clicks(clickers[::shares], errors[::shares]), *(share.result() for share in others)]
+            return [clicks[i % shares][i // shares] for i in range(len(clickers))]
         finally:
             cv2.setNumThreads(threads)
+
+
+def _clicks(clickers: Sequence[Clicker], errors: Sequence[ErrorRegions]) -> list[Click]:
+    return [clicker.click(regions) for clicker, regions in zip(clickers, errors, strict=True)]
 
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive); all equal for an empty region

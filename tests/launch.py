@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,13 +21,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([ISEGPROBE, *args], capture_output=True, text=True, timeout=600)
 
 
-def run_two_ranks(*args: str, port: int) -> subprocess.CompletedProcess:
-    """`torchrun --nproc-per-node 2 -m isegprobe ARGS` (gloo on CPU); skips the test when torchrun is not installed
-    beside this Python. Each test passes its own port, so tests running side by side do not meet."""
+def run_two_ranks(*args: str, port: int, rank_one_adds: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node 2 -m isegprobe ARGS` (gloo on CPU), rank 1 with `rank_one_adds` after ARGS (as two
+    nodes' commands can differ); skips the test when torchrun is not installed beside this Python. Each test passes
+    its own port, so tests running side by side do not meet."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun not installed beside this Python")
-    command = [torchrun, "--nproc-per-node", "2", "--master-port", str(port), "-m", "isegprobe", *args]
+    launcher = [torchrun, "--nproc-per-node", "2", "--master-port", str(port)]
+    if not rank_one_adds:
+        return subprocess.run([*launcher, "-m", "isegprobe", *args], capture_output=True, text=True, timeout=600)
+    script = f'if [ "$RANK" = 1 ]; then set -- "$@" {shlex.join(rank_one_adds)}; fi; exec {shlex.quote(ISEGPROBE)} "$@"'
+    command = [*launcher, "--no-python", "sh", "-c", script, "sh", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 

@@ -115,6 +115,21 @@ def test_a_truncated_image_stops_extraction_with_its_name_and_keeps_the_items_be
     )
 
 
+def test_torchrun_ranks_of_other_weights_stop_before_writing(tmp_path):
+    """Rank 1 with another weights file wrote its features into the store rank 0 made, which records rank 0's
+    weights (exit 0, and `cache verify` found it consistent). Every rank now stops first, naming the setting."""
+    other = tmp_path / "other.pth"
+    torch.manual_seed(5)
+    torch.save(timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518).state_dict(), other)
+    args = ["extract-features", "--featurizer", "vit_small_patch14_dinov2", "--weights", "random", "--dataset"]
+    args += ["builtin", "--size", "56", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "ranks")]
+    launched = run_two_ranks(*args, port=29534, rank_one_adds=["--weights", str(other)])
+    assert launched.returncode != 0
+    message = "torchrun rank 1 runs another command than rank 0: the featurizer's weights (--weights) is"
+    assert launched.stderr.count(message) == 2, launched.stderr  # both ranks say it, and neither waits
+    assert not (tmp_path / "ranks").exists()
+
+
 def test_torchrun_ranks_fill_one_store(tmp_path):
     common = [
         "--featurizer",

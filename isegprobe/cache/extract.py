@@ -6,6 +6,8 @@ and the `done` record says which items are finished. Under torchrun each rank ta
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 import time
@@ -41,7 +43,7 @@ from isegprobe.data.preprocess import (
     parse_views,
 )
 from isegprobe.devices import featurizer_autocast, from_host
-from isegprobe.distributed import barrier, init_from_env
+from isegprobe.distributed import barrier, init_from_env, refuse_ranks_that_differ
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
@@ -423,6 +425,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     path = Path(request.out) / store_name(
         request.featurizer, request.dataset.lower(), request.split, request.size, featurizer.provenance["normalization"]
     )
+    refuse_ranks_that_differ(_rank_settings(path, wanted, request))
     with exclusive_lock(path) if rank == 0 else nullcontext():
         swap = finish_an_interrupted_swap(path) if rank == 0 else None
         barrier()
@@ -445,6 +448,32 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     seconds = time.perf_counter() - started
     extracted = every_ranks if rank == 0 else len(indices)
     return ExtractionResult(path, store.num_items, extracted, seconds, store.nbytes_on_disk(), repaired, loop)
+
+
+def _rank_settings(path: Path, wanted: dict[str, Any], request: ExtractionRequest) -> dict[str, Any]:
+    """What a rank writes, for `refuse_ranks_that_differ`: ranks write into one store, so one with other views
+    stopped on a traceback halfway, and one with other weights wrote features of another model into it, unseen. The
+    dataset's folder and the weights file's path may differ from node to node (its checksum may not), and the
+    loader's settings (--batch-size, --workers, --device) are each rank's own."""
+    ids = json.dumps(wanted["item_ids"]).encode()
+    settings = {
+        "the store": str(path.resolve()),
+        "--overwrite": request.overwrite,
+        "--repair": request.repair,
+        "--views": wanted["views"],
+        "the dataset's items": f"{len(wanted['item_ids'])} ids, sha256 {hashlib.sha256(ids).hexdigest()[:16]}",
+    }
+    featurizer = wanted["featurizer"]
+    weights = {key: featurizer.get(key) for key in ("weights", "weights_sha256", "random_seed")}
+    if weights["weights_sha256"]:
+        weights.pop("weights")
+    settings["the featurizer's weights (--weights)"] = weights
+    told = {("dataset", "root"), *(("featurizer", key) for key in ("weights", "weights_sha256", "random_seed"))}
+    for group in ("featurizer", "preprocessing", "dataset", "layout"):
+        for key, value in wanted[group].items():
+            if (group, key) not in told:
+                settings[f"the {group}'s {key}"] = value
+    return settings
 
 
 def _refuse_to_add_to_an_old_layout(store: FeatureStore, repair: bool) -> None:

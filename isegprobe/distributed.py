@@ -22,7 +22,12 @@ def init_from_env(device: str) -> tuple[int, int, torch.device]:
         raise UserError(
             f"RANK={rank} with WORLD_SIZE={world} in the environment: a rank counts from 0 to WORLD_SIZE - 1"
         )
-    local_rank = launcher_number("LOCAL_RANK", 0, least=0)
+    local_rank, ranks_here = launcher_number("LOCAL_RANK", 0, least=0), ranks_on_this_machine()
+    if local_rank >= ranks_here and "LOCAL_WORLD_SIZE" in os.environ:
+        raise UserError(
+            f"LOCAL_RANK={local_rank} with LOCAL_WORLD_SIZE={ranks_here} in the environment: a rank on this machine "
+            "counts from 0 to LOCAL_WORLD_SIZE - 1"
+        )
     target = torch.device(device)
     if target.type == "cuda" and target.index is None and world > 1:
         target = torch.device("cuda", local_rank)
@@ -44,6 +49,11 @@ def init_from_env(device: str) -> tuple[int, int, torch.device]:
 def current_rank() -> int:
     """This process's rank as torchrun sets it (0 outside torchrun)."""
     return launcher_number("RANK", 0, least=0)
+
+
+def ranks_on_this_machine() -> int:
+    """The torchrun ranks on this machine (LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    return launcher_number("LOCAL_WORLD_SIZE", 1, least=1)
 
 
 def launcher_number(name: str, default: int, least: int) -> int:

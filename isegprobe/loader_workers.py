@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from types import TracebackType
 
+from isegprobe.distributed import ranks_on_this_machine
 from isegprobe.errors import UserError
 
 _PR_SET_PDEATHSIG = 1
@@ -37,9 +38,7 @@ def default_loader_workers() -> int:
     """The cores this process may use, shared among the torchrun ranks on this machine, at most
     MAX_DEFAULT_WORKERS. Decoding and resizing a 640x480 JPEG into two 448 px views costs 15 to 25 ms of CPU, so
     two workers would hold a GPU extraction to 80 to 130 items/s."""
-    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    ranks_here = int(ranks) if ranks.isdigit() and int(ranks) > 0 else 1  # not a count of ranks: one process
-    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() // ranks_here))
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() // ranks_on_this_machine()))
 
 
 def require_sensible_workers(workers: int, option: str) -> None:

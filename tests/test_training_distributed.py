@@ -129,10 +129,17 @@ def test_a_rank_that_dies_leaves_the_other_saying_what_is_kept_and_how_to_go_on(
         ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' in the environment"),
         ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1' in the environment"),
         ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 with WORLD_SIZE=2 in the environment: a rank counts from 0"),
+        ({"LOCAL_WORLD_SIZE": "two"}, "LOCAL_WORLD_SIZE='two' in the environment: torchrun sets it to a whole number"),
+        ({"LOCAL_WORLD_SIZE": "0"}, "LOCAL_WORLD_SIZE='0' in the environment"),
+        (
+            {"LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "2"},
+            "LOCAL_RANK=2 with LOCAL_WORLD_SIZE=2 in the environment: a rank on this machine counts from 0",
+        ),
     ],
 )
 def test_launcher_settings_left_over_or_mistyped_are_named(monkeypatch, environment, message):
-    # A traceback (int('abc'), a division by zero, a batch size of -4) before, or a wait for ranks that never come.
+    # A traceback (int('abc'), a division by zero, a batch size of -4) before, or a wait for ranks that never come;
+    # LOCAL_WORLD_SIZE was read as 1 (the loader's default workers) and printed as it was (the resume command).
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(UserError, match=re.escape(message)):

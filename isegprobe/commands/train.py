@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 from pathlib import Path
@@ -20,7 +19,7 @@ from isegprobe.commands.options import allow_torchscript_option, device_option, 
 from isegprobe.commands.train_runs import planned_runs, resumed_runs
 from isegprobe.config import load_train_config
 from isegprobe.config_reference import annotated_config
-from isegprobe.distributed import LostRank, current_rank
+from isegprobe.distributed import LostRank, current_rank, ranks_on_this_machine
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.locks import shared_locks
@@ -266,8 +265,8 @@ def _run_stores(run_dir: str, store_path: str | None, val_store_path: str | None
 def _resume_command(run_dir: str, online: bool, featurizer_name: str | None, featurizer_weights: str | None) -> str:
     """The command that continues this run: the run recorded its stores and config; what it did not record is
     repeated here (under torchrun, the launcher with this node's processes; other nodes' options are the user's)."""
-    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    launcher = ["isegprobe"] if ranks == "1" else ["torchrun", "--nproc-per-node", ranks, "-m", "isegprobe"]
+    ranks = ranks_on_this_machine()
+    launcher = ["isegprobe"] if ranks == 1 else ["torchrun", "--nproc-per-node", str(ranks), "-m", "isegprobe"]
     words = [*launcher, "train", "--resume", "--out", run_dir]
     words += ["--online"] if online else []
     words += ["--featurizer", featurizer_name] if featurizer_name else []

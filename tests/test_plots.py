@@ -439,6 +439,26 @@ def test_long_default_labels_wrap_inside_the_figure_and_keep_their_noc(tmp_path:
     ], "the labels, only broken into lines"
 
 
+def many_curves(count: int, words: str) -> list[EvaluationCurves]:
+    """`count` evaluations of one dataset, each labelled `words` and its number."""
+    curve, noc = list(np.linspace(0.3, 0.9, 20)), (3.0, 5.0)
+    return [
+        EvaluationCurves(f"{words} {index}", {"a": curve}, {"a": noc}, {"a": 50}, {"a": True}) for index in range(count)
+    ]
+
+
+def test_forty_labels_of_several_lines_stay_inside_the_figure() -> None:
+    """Counted at the font's size a line, the legend's further lines were short by a fifth of a line each: forty
+    labels of three or four lines ran off the picture's bottom."""
+    words = " ".join(["sbd_dinov2_featup_jbu_after_backbone_run_with_a_longer_name flip threshold 0.5 and words"] * 2)
+    figure = iou_vs_clicks_figure(many_curves(40, words))
+    figure.canvas = FigureCanvasAgg(figure)
+    figure.canvas.draw()
+    legend = figure.axes[0].get_legend()
+    assert all(text.get_text().count("\n") >= 2 for text in legend.get_texts())
+    assert figure.bbox.contains(*legend.get_window_extent().p0)
+
+
 def test_a_report_tells_an_evaluation_in_progress_from_a_stopped_one(tmp_path: Path) -> None:
     """The lock an `isegprobe evaluate` holds on its results folder while it runs, taken by a live process."""
     write_results(tmp_path / "running", {"a": [0.5, 0.86, 0.91, 0.95]}, complete=False)

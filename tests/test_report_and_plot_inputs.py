@@ -115,6 +115,17 @@ def test_a_bar_in_a_label_or_name_stays_inside_its_cell(tmp_path: Path) -> None:
     assert markdown_table([["a|b", "c"], ["d", "e|f"]]) == "| a\\|b |    c |\n|------|-----:|\n| d    | e\\|f |"
 
 
+def test_more_evaluations_than_one_figure_tells_apart_are_refused(tmp_path: Path) -> None:
+    """Three hundred results folders drew a figure 15000 pixels high whose axes had collapsed to nothing, with
+    matplotlib's warnings; past forty, two curves shared a colour and a marker."""
+    folders = [write_results(tmp_path / f"run{index}", {"a": EASY}) for index in range(41)]
+    result = run("plot", "iou-vs-clicks", *folders, "--out", tmp_path / "curves.png")
+    assert result.exit_code == 1
+    assert "41 evaluations in one figure: past 40, two curves share a colour and a marker" in result.output
+    assert "Traceback" not in result.output and not list(tmp_path.glob("curves.*"))
+    assert run("plot", "iou-vs-clicks", *folders[:40], "--out", tmp_path / "curves.png").exit_code == 0
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

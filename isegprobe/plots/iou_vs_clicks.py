@@ -10,12 +10,15 @@ with the number of objects it covers.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from matplotlib import rcParams
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import text_to_path
@@ -36,7 +39,6 @@ PANEL_SIZE = (5.5, 4.2)  # inches: the axes with their labels and title; each pa
 LEGEND_FONT = FontProperties(size=8)
 # Legend text wider than this share of a panel wraps: the rest is the line sample and the margins.
 LEGEND_TEXT_SHARE = 0.85
-LINE_SPACING = 1.2  # a legend text line's height, in font sizes
 ENTRY_SPACING = 0.5  # matplotlib's default gap between legend entries, in font sizes
 
 
@@ -83,6 +85,13 @@ def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "
     datasets = list(dict.fromkeys(name for evaluation in evaluations for name in evaluation.miou))
     if not datasets:
         raise UserError("the evaluations hold no dataset results to plot")
+    most = most_curves()
+    if len(evaluations) > most:
+        raise UserError(
+            f"{len(evaluations)} evaluations in one figure: past {most}, two curves share a colour and a marker and "
+            f"cannot be told apart (and the legend pushes the axes out of the picture); plot them in groups of at most "
+            f"{most}, or tabulate them all with `isegprobe report`"
+        )
     width, height = PANEL_SIZE
     text_width = LEGEND_TEXT_SHARE * width * 72
     labels = {
@@ -119,7 +128,26 @@ def iou_vs_clicks_figure(evaluations: Sequence[EvaluationCurves], title: str = "
             text.set_parse_math(False)
     if title:
         figure.suptitle(title, parse_math=False)
+    _room_for_legends(figure)
     return figure
+
+
+def _room_for_legends(figure: Figure, margin: float = 0.05) -> None:
+    """Lengthen the figure until each panel's legend ends `margin` inches above its bottom. The legends' height
+    sets the figure's at first, but a legend hangs from its axes, whose height the layout then chooses: forty
+    labels of three or four lines ran off the picture's bottom."""
+    for _ in range(3):
+        figure.draw_without_rendering()
+        bottom = min(axis.get_legend().get_window_extent().y0 for axis in figure.axes) / figure.dpi
+        if bottom >= margin:
+            return
+        figure.set_figheight(figure.get_figheight() + margin - bottom)
+
+
+def most_curves() -> int:
+    """How many curves one figure tells apart: the first pair of evaluations with the same colour and marker is
+    this many apart (40 with matplotlib's ten colours and MARKERS' eight)."""
+    return math.lcm(len(rcParams["axes.prop_cycle"].by_key()["color"]), len(MARKERS))
 
 
 def _colour(index: int) -> str:
@@ -173,5 +201,21 @@ def _points(text: str) -> float:
 
 def _legend_height(labels: Sequence[str]) -> float:
     """Inches the legend of these (wrapped) labels takes below its panel."""
-    lines = sum(label.count("\n") + 1 for label in labels)
-    return LEGEND_FONT.get_size_in_points() * (LINE_SPACING * lines + ENTRY_SPACING * len(labels)) / 72
+    first_line, further_line = _line_heights()
+    lines = sum(label.count("\n") for label in labels)
+    gaps = ENTRY_SPACING * LEGEND_FONT.get_size_in_points() * len(labels)
+    return (first_line * len(labels) + further_line * lines + gaps) / 72
+
+
+@functools.cache
+def _line_heights() -> tuple[float, float]:
+    """Points a legend label's first line takes and each further line adds, as matplotlib lays them out (a further
+    line is 1.2 line heights, more than its font size: counted as the font size, forty labels of two lines ran
+    off the picture's bottom)."""
+    figure = Figure(dpi=72)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    one, two = (
+        figure.text(0, 0, text, fontproperties=LEGEND_FONT).get_window_extent(renderer).height
+        for text in ("Ag", "Ag\nAg")
+    )
+    return one, two - one

@@ -286,3 +286,22 @@ def test_a_config_file_names_its_run_by_its_stem_whatever_its_path_and_suffix(
     sources = ("quickstart", str(tmp_path / "cfgs" / "fast.YAML"), "cfgs/slow.conf")
     runs = planned_runs(str(tmp_path / "out"), sources, (), ())
     assert [run.folder for run in runs] == [tmp_path / "out" / name for name in ("quickstart", "fast", "slow")]
+
+
+def test_two_config_files_of_one_name_are_refused_for_their_shared_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--config a/fast.yaml --config b/fast.yaml` was refused as "each preset or file once", which they are: what
+    they share is the run folder OUT/fast."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "fast.yaml").write_text("base: quickstart\n")
+    out = str(tmp_path / "out")
+    with pytest.raises(
+        UserError, match=r"--config a/fast.yaml and --config b/fast.yaml: both would train into .*out/fast"
+    ):
+        planned_runs(out, ("a/fast.yaml", "b/fast.yaml"), (), ())
+    for sources in (("a/fast.yaml", "./a/fast.yaml"), ("quickstart", "quickstart")):
+        with pytest.raises(UserError, match="each preset or file once"):
+            planned_runs(out, sources, (), ())

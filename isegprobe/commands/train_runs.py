@@ -32,8 +32,7 @@ def planned_runs(
     `PRESET-VARIANT` when there are several of both."""
     parsed = [_parse_variant(text) for text in variants]
     names = [_source_name(source) for source in sources]
-    if len(set(names)) != len(names):
-        raise UserError(f"--config: each preset or file once, got {', '.join(sources)}")
+    _refuse_shared_folders(out, sources, names)
     if len({name for name, _ in parsed}) != len(parsed):
         raise UserError(f"--variant: each name once, got {', '.join(name for name, _ in parsed)}")
     runs = []
@@ -47,6 +46,28 @@ def planned_runs(
             folder = Path(out) / label
         runs.append(PlannedRun(folder, _variant_config(source, overrides, variant, variant_overrides)))
     return runs
+
+
+def _refuse_shared_folders(out: str, sources: tuple[str, ...], names: list[str]) -> None:
+    """Each --config trains into its own folder, named by `_source_name`: the same preset or file twice is one
+    run given twice; two files of one name (`a/fast.yaml`, `b/fast.yaml`) would write one folder."""
+    first: dict[str, str] = {}
+    for source, name in zip(sources, names, strict=True):
+        if name not in first:
+            first[name] = source
+        elif _same_source(first[name], source):
+            raise UserError(f"--config: each preset or file once, got {', '.join(sources)}")
+        else:
+            raise UserError(
+                f"--config {first[name]} and --config {source}: both would train into {Path(out) / name} (a run "
+                "side by side is named by its file's stem); give the files different names"
+            )
+
+
+def _same_source(one: str, other: str) -> bool:
+    if Path(one).is_file() and Path(other).is_file():
+        return Path(one).resolve() == Path(other).resolve()
+    return one == other
 
 
 def _variant_config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,23 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     array = mask if mask.ndim == 2 else cv2.cvtColor(mask, cv2.COLOR_RGB2BGR)
     assert cv2.imwrite(str(path), array)
+
+
+def write_png_with_a_damaged_note(path: Path, side: int) -> None:
+    """A PNG of side x side black pixels (a few kB for thousands of pixels a side) whose text note's checksum is
+    wrong: Pillow refuses its header, OpenCV decodes it whole."""
+
+    def chunk(kind: bytes, body: bytes, checksum_off: int = 0) -> bytes:
+        checksum = zlib.crc32(kind + body) ^ checksum_off
+        return len(body).to_bytes(4, "big") + kind + body + checksum.to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    pixels = zlib.compress(b"\0" * (1 + 3 * side) * side, 9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", b"Comment\0hi", checksum_off=1)
+        + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )  # fmt: skip
 
 
 def box(height: int, width: int, y0: int, x0: int, y1: int, x1: int, value: int = 255) -> np.ndarray:

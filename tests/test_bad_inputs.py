@@ -31,8 +31,8 @@ from bad_input_world import (
     with_file_limit,
     with_small_shared_memory,
 )
-from dataset_trees import box, write_image, write_mask
-from launch import hold_lock
+from dataset_trees import box, write_image, write_mask, write_png_with_a_damaged_note
+from launch import ISEGPROBE, hold_lock
 from safetensors.torch import load_file
 
 ERROR_TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -70,6 +70,36 @@ def repair_a_schema1_store(w: World) -> list[object]:
     views = "identity,hflip,rot90,scale1.5"
     options = ("--dataset", "builtin", "--size", "28", "--views", views, "--items-per-shard", "4", "--workers", "0")
     return extraction(*options, "--repair", "--out", out)
+
+
+def png_of_hidden_size(folder: Path) -> None:
+    """im1 as a PNG of 7000 x 7000 pixels whose header Pillow refuses."""
+    (folder / "images" / "im1.jpg").unlink()
+    write_png_with_a_damaged_note(folder / "images" / "im1.png", 7000)
+
+
+def huge_sparse_file(folder: Path) -> None:
+    """im1.jpg grown to 65 MiB of holes, past what 1000 pixels take: it was read whole before anything looked at it
+    (a MemoryError for 30 GB)."""
+    os.truncate(folder / "images" / "im1.jpg", 65 << 20)
+
+
+def name_in_latin1(folder: Path) -> None:
+    """im1's image and mask renamed café in Latin-1 bytes, which are not UTF-8."""
+    for kind, suffix in (("images", ".jpg"), ("masks", ".png")):
+        os.rename(folder / kind / f"im1{suffix}", os.fsencode(folder / kind) + b"/caf\xe9" + suffix.encode())
+
+
+def without_overriding_permissions(arguments: list[object]) -> tuple[int, str]:
+    """The command in its own process, held to files' permissions: as root, without the capabilities that pass
+    them by (setpriv)."""
+    held = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root, and no setpriv to drop the capabilities that pass permissions by")
+        held = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    done = subprocess.run([*held, ISEGPROBE, *map(str, arguments)], capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout + done.stderr
 
 
 def extract_custom(folder: Path, out: Path) -> list[object]:
@@ -360,6 +390,30 @@ CASES: dict[str, Case] = {
             w.images("twins", lambda f: write_image(f / "images" / "im1.bmp", 28, 28, seed=7)), w.root / "x6"
         ),
         "im1.bmp and im1.jpg: 2 image files named im1; which one belongs to the item is ambiguous",
+    ),
+    "image whose damaged header hides its size": Case(
+        lambda w: ["datasets", "check", "custom", "--root", w.images("hidden_size", png_of_hidden_size)],
+        "im1.png: 7000 x 7000 pixels (49.0 MP) is above the limit of 40000000 pixels",
+    ),
+    "image file larger than any image within the pixel limit": Case(
+        lambda w: ["datasets", "check", "custom", "--root", w.images("huge", huge_sparse_file), "--max-pixels", "1000"],
+        "im1.jpg: 0.1 GiB, more than any image within the limit of 1000 pixels takes (64 MiB); pass --max-pixels",
+        then=lambda w, output: (w.root / "huge" / "images" / "im1.jpg").unlink(),  # every later case hashes the world
+    ),
+    "file name that is not UTF-8": Case(
+        lambda w: extract_custom(w.images("latin1", name_in_latin1), w.root / "x_latin1"),
+        "the file name b'caf\\xe9.jpg' is not UTF-8 text; an item's id is its file's name",
+    ),
+    "split that is a path": Case(
+        lambda w: [*extract_custom(w.images("split", lambda _: None), w.root / "x_split"), "--split", "../escape"],
+        "--split '../escape': expected a name of letters, digits, '.', '_' and '-' that starts with a letter or a "
+        "digit",
+    ),
+    "dataset folder that cannot be read": Case(
+        lambda w: ["datasets", "check", "custom", "--root", w.images("locked", lambda f: (f / "masks").chmod(0))],
+        "locked/masks: cannot read (Permission denied): give this user read access to it",
+        run=without_overriding_permissions,
+        then=lambda w, output: (w.root / "locked" / "masks").chmod(0o755),
     ),
     "two images of one id in a COCO-format file": Case(
         lambda w: extract_custom(coco_file_of_twins(w.root / "coco_twins"), w.root / "x10"),

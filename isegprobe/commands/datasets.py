@@ -102,7 +102,7 @@ def check_command(context: click.Context, name: str, root: str | None, split: st
     Exits with status 1 when any item is bad.
     """
     facts = dataset_facts(name)  # an unknown name is refused before its root is looked for
-    split = split or facts.eval_split
+    split = facts.eval_split if split is None else split
     source = create_dataset(name, dataset_root(name, root), split)
     report = check_source(source, on_error)
     _print_report(report)

@@ -1,6 +1,6 @@
-"""Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk, an output path
-through a file, a file name too long for the file system, or a folder removed while the command ran, into one
-too."""
+"""Turning `UserError` into click's one-line error and exit status 1, and a full or read-only disk, an input that
+cannot be read, an output path through a file, a file name too long for the file system, or a folder removed while
+the command ran, into one too."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ def reports_user_errors(command: F) -> F:
                     else f"{os.fsdecode(error.filename)}: cannot open or create it ({error.strerror})"
                 )
                 raise click.ClickException(message) from None
+            if error.errno in NOT_ALLOWED and error.filename and unreadable(error.filename):
+                raise click.ClickException(
+                    f"{os.fsdecode(error.filename)}: cannot read ({error.strerror}): give this user read access to it, "
+                    "or copy it where they have"
+                ) from None
             if error.errno not in DISK_FULL | NOT_ALLOWED:
                 raise
             raise click.ClickException(disk_message(error)) from None
@@ -56,6 +61,19 @@ def own_message(error: UserError) -> str:
         return message
     marker = f"{type(error).__module__}.{type(error).__qualname__}: "
     return message.rsplit(marker, 1)[-1].rstrip()
+
+
+def unreadable(path: str | bytes) -> bool:
+    """Whether `path` is there but cannot be read (a folder listed, a file opened): a refusal to read it, not to
+    write, which told the user to make room on the disk."""
+    try:
+        if os.path.isdir(path):
+            os.scandir(path).close()
+        elif os.path.isfile(path):
+            open(path, "rb").close()
+    except PermissionError:
+        return True
+    return False
 
 
 def disk_message(error: OSError) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from isegprobe.data.gray_png import GrayPng, plain_gray_png
+from isegprobe.data.image_headers import declared_size
 from isegprobe.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -48,6 +49,13 @@ def max_pixels() -> int:
     if not value.isdigit() or int(value) < 1:
         raise UserError(f"{MAX_PIXELS_ENV}={value!r}: expected a whole number of pixels >= 1")
     return int(value)
+
+
+def largest_file() -> int:
+    """Bytes an image file within the pixel limit may take: uncompressed 16-bit RGBA (8 bytes a pixel), and 64 MiB
+    for what else a file holds (a camera's notes, its thumbnail, a video some phones append). A larger one was read
+    whole before any check: 11 GB of memory for a 10 GB file, a MemoryError for a bigger one."""
+    return 8 * max_pixels() + 64 * 2**20
 
 
 def require_within_pixel_limit(height: int, width: int, name: str) -> None:
@@ -123,7 +131,15 @@ def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
 
 
 def _file_bytes(path: Path, kind: str) -> bytes:
+    """The file's bytes, once its size is within what an image within the pixel limit can take."""
     try:
+        size = Path(path).stat().st_size
+        if size > largest_file():
+            raise UserError(
+                f"{path}: {size / 2**30:.1f} GiB, more than any {kind} within the limit of {max_pixels()} pixels "
+                f"takes ({largest_file() / 2**20:.0f} MiB); pass --max-pixels (or set {MAX_PIXELS_ENV}) to read "
+                "larger images"
+            )
         return Path(path).read_bytes()
     except OSError as error:
         if isinstance(error, FileNotFoundError) and Path(path).is_symlink():
@@ -138,7 +154,7 @@ def decode_bytes(data: bytes, flags: int, name: str, kind: str) -> np.ndarray:
     if png is not None and (pixels := _plain_pixels(png, name)) is not None:
         return pixels
     if png is None:  # a plain PNG's size was checked from its header already
-        _check_declared_size(data, name)
+        _check_declared_size(data, name, kind)
     if flags != cv2.IMREAD_UNCHANGED:  # IMREAD_UNCHANGED already ignores the tag
         flags |= cv2.IMREAD_IGNORE_ORIENTATION
     try:
@@ -173,9 +189,11 @@ def require_complete(data: bytes, name: str, kind: str) -> None:
         raise UserError(f"{name}: this {kind} file is truncated (it stops before the end of the image)")
 
 
-def _check_declared_size(data: bytes, name: str) -> None:
-    """Refuse a file whose header declares more pixels than the limit; Pillow reads the header without decoding.
-    Pillow itself refuses a header of more than twice `Image.MAX_IMAGE_PIXELS`, as a decompression bomb."""
+def _check_declared_size(data: bytes, name: str, kind: str) -> None:
+    """Refuse a file whose header declares more pixels than the limit, or whose header says no size: Pillow reads
+    the header without decoding (and itself refuses one of more than twice `Image.MAX_IMAGE_PIXELS`, as a
+    decompression bomb); a PNG or JPEG header that Pillow refuses is read by `declared_size`. OpenCV would decode
+    such a file whatever its size, up to 2**30 pixels."""
     bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)
     try:
         with warnings.catch_warnings():
@@ -187,7 +205,10 @@ def _check_declared_size(data: bytes, name: str) -> None:
             raise _too_large(name, f"a size of more than {bomb} pixels") from None
         return
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return  # a format Pillow does not know, or a damaged header: OpenCV decides
+        size = declared_size(data)
+        if size is None:
+            raise UserError(f"{name}: cannot read this {kind} (corrupt or not an image)") from None
+        height, width = size
     require_within_pixel_limit(height, width, name)
 
 
@@ -209,8 +230,21 @@ def files_by_stem(folder: Path) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         if (path.is_file() or path.is_symlink() and not path.exists()) and path.suffix.lower() in IMAGE_SUFFIXES:
+            _require_utf8_name(path)
             groups.setdefault(path.stem, []).append(path)
     return groups
+
+
+def _require_utf8_name(path: Path) -> None:
+    """A file's stem is its item's id, which goes into JSON, CSV and the names of picture files, all UTF-8: a name
+    of other bytes was extracted and evaluated, then crashed `evaluate --vis-preds` and `plot predictions`."""
+    try:
+        path.name.encode()
+    except UnicodeEncodeError:
+        raise UserError(
+            f"{path.parent}: the file name {os.fsencode(path.name)!r} is not UTF-8 text; an item's id is its file's "
+            "name, written into results and picture names: rename it"
+        ) from None
 
 
 def unread_files_named(folder: Path, stem: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +28,7 @@ class SampleSource(Protocol):
 
 
 DatasetFactory = Callable[[Path | None, str], SampleSource]
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DATASETS: Registry[DatasetFactory] = Registry("dataset", where="--dataset")
 
 
@@ -41,6 +43,11 @@ def list_datasets() -> list[str]:
 
 def create_dataset(name: str, root: str | Path | None = None, split: str = "test") -> SampleSource:
     """Build the loader `name` over `root` (a folder in that dataset's usual layout)."""
+    if not _SPLIT_NAME.fullmatch(split):
+        raise UserError(
+            f"--split {split!r}: expected a name of letters, digits, '.', '_' and '-' that starts with a letter or a "
+            "digit: it names the feature store's folder"
+        )
     factory = DATASETS.get(name)
     source = factory(expand_home(root) if root is not None else None, split)
     _refuse_shared_ids(source)

@@ -79,6 +79,18 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.lazy_commands)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Every argument must be text: a path of other bytes (Latin-1's `é`) crashed each command that records
+        its command line, and would go into results and stores that are written as UTF-8."""
+        for arg in args:
+            try:
+                arg.encode()
+            except UnicodeEncodeError:
+                raise click.UsageError(
+                    f"the argument {os.fsencode(arg)!r} is not UTF-8 text; rename the file or folder it names"
+                ) from None
+        return super().parse_args(ctx, args)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.lazy_commands:
             return None

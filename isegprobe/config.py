@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 import warnings
@@ -36,7 +37,7 @@ class Range:
     high_open: bool = False
 
     def __contains__(self, value: float) -> bool:
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             return False
         above = self.low is None or (value > self.low if self.low_open else value >= self.low)
         below = self.high is None or (value < self.high if self.high_open else value <= self.high)
@@ -376,7 +377,7 @@ def _merge_into(base: dict[str, Any], update: Mapping[str, Any], prefix: str) ->
             raise UserError(f"unknown config key {dotted!r}; known here: {', '.join(sorted(base))}")
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
-                raise UserError(f"config key {dotted!r} must be a mapping, got {value!r}")
+                raise UserError(f"config key {dotted!r} must be a mapping, got {_shown(value)}")
             _merge_into(base[key], value, prefix=f"{dotted}.")
         else:
             base[key] = value
@@ -433,9 +434,9 @@ def _check_range(value: Any, allowed: Range, key: str) -> None:
         return
     if isinstance(value, list):
         if not all(item in allowed for item in value):
-            raise ConfigValueError(key, f"config key {key!r} must hold finite numbers {allowed}, got {value!r}")
+            raise ConfigValueError(key, f"config key {key!r} must hold finite numbers {allowed}, got {_shown(value)}")
     elif value not in allowed:
-        raise ConfigValueError(key, f"config key {key!r} must be a finite number {allowed}, got {value!r}")
+        raise ConfigValueError(key, f"config key {key!r} must be a finite number {allowed}, got {_shown(value)}")
 
 
 def asks_for_workers(data: DataConfig) -> bool:
@@ -446,7 +447,7 @@ def asks_for_workers(data: DataConfig) -> bool:
 def _check_together(config: TrainConfig) -> None:
     """Keys whose allowed values depend on each other."""
     if len(config.optim.betas) != 2:
-        raise UserError(f"config key 'optim.betas' must hold two numbers (Adam's), got {config.optim.betas!r}")
+        raise UserError(f"config key 'optim.betas' must hold two numbers (Adam's), got {_shown(config.optim.betas)}")
     if config.data.preload not in PRELOAD:
         raise UserError(f"config key 'data.preload' must be true, false or auto, got {config.data.preload!r}")
     if isinstance(config.data.num_workers, str) and config.data.num_workers != "auto":
@@ -460,7 +461,8 @@ def _check_together(config: TrainConfig) -> None:
     if config.data.views is not None and not config.data.views:
         raise UserError("config key 'data.views' must name at least one of the store's views (null: all of them)")
     if config.data.views is not None and len(set(config.data.views)) < len(config.data.views):
-        raise UserError(f"config key 'data.views' names a view twice: {config.data.views}")
+        twice = next(view for index, view in enumerate(config.data.views) if view in config.data.views[:index])
+        raise UserError(f"config key 'data.views' names a view twice: {twice!r}")
     if config.data.click_sampling not in CLICK_SAMPLING:
         raise UserError(
             f"config key 'data.click_sampling' must be one of {', '.join(CLICK_SAMPLING)}, "
@@ -473,6 +475,20 @@ def _check_together(config: TrainConfig) -> None:
             "config keys sampler.negative_bg_prob, negative_other_prob and negative_border_prob must add up to 1, "
             f"got {' + '.join(f'{value:g}' for value in negatives)} = {sum(negatives):g}"
         )
+
+
+def _shown(value: Any) -> str:
+    """A value for a message, cut short: a config's value may be a list of millions (its message took 8 GB)."""
+    return _SHORT_REPR.repr(value)
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # Python 3.11's takes no limits as arguments
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxlong = 3, 6, 6, 60, 40
+    return short
+
+
+_SHORT_REPR = _short_repr()
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -493,7 +509,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
-            raise ConfigValueError(key, f"config key {key!r} must be a list, got {value!r}")
+            raise ConfigValueError(key, f"config key {key!r} must be a list, got {_shown(value)}")
         return [_coerce(item, item_type, key) for item in value]
     if hint is bool:
         if isinstance(value, bool):
@@ -502,15 +518,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
                 return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-            except ValueError:
-                pass
+        except (ValueError, OverflowError):  # text that is no number, an integer past float's range
+            pass
     elif hint is str:
         if isinstance(value, str):
             return value
     type_name = getattr(hint, "__name__", str(hint))
-    raise ConfigValueError(key, f"config key {key!r} must be {type_name}, got {value!r}")
+    raise ConfigValueError(key, f"config key {key!r} must be {type_name}, got {_shown(value)}")

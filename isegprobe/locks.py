@@ -172,7 +172,7 @@ def _open_lock_file(path: Path, shared: bool) -> TextIO | None:
     it exists (a writer's, which it can still lock), or None (no such folder either: the reader then says the store
     is missing)."""
     try:
-        return open(path, "a+")  # held open for the life of the lock
+        return open(path, "a+", encoding="utf-8", errors="backslashreplace")  # held open for the life of the lock
     except OSError as error:
         if not shared or error.errno not in _CANNOT_CREATE:
             raise

@@ -78,9 +78,15 @@ def _find(source: str | Path, relative_to: Path | None, where: str) -> ConfigFil
         raise UserError(f"{where}: {error}") from None
 
 
+MOST_CONFIG_BYTES = 1 << 20  # a config of a few hundred lines is a few kB
+
+
 def _read_mapping(file: ConfigFile) -> dict[str, Any]:
     try:
-        loaded = load_yaml(file.read_text())
+        text = file.read_text()
+        if len(text) > MOST_CONFIG_BYTES:
+            raise UserError(f"--config: {file}: {len(text)} characters, more than a config holds ({MOST_CONFIG_BYTES})")
+        loaded = load_yaml(text)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise UserError(f"--config: {file} is not valid YAML: {error}") from None
     if loaded is not None and not isinstance(loaded, Mapping):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import yaml
@@ -47,6 +48,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == _MERGE_TAG:
                 continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, "a key must be a plain value", key_node.start_mark
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping", node.start_mark, f"the key {key!r} is written twice", key_node.start_mark
@@ -57,5 +62,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_yaml(text: str) -> Any:
     """`yaml.safe_load(text)`, refusing a mapping that writes a key twice (a `yaml.YAMLError`, as other bad YAML) and
-    typing plain scalars by YAML 1.2's rules (see the module)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)
+    typing plain scalars by YAML 1.2's rules (see the module). Nesting deeper than Python's recursion allows, and
+    aliases that expand to more than MOST_VALUES values (a "billion laughs" of 353 bytes took all memory when a
+    message printed it), are `yaml.YAMLError`s too."""
+    try:
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    _refuse_expansion(loaded)
+    return loaded
+
+
+MOST_VALUES = 1_000_000
+
+
+def _refuse_expansion(loaded: Any) -> None:
+    """Count the values `loaded` holds as the aliases in it expand, up to MOST_VALUES."""
+    pending, count = [loaded], 0
+    while pending:
+        value = pending.pop()
+        count += 1
+        if count > MOST_VALUES:
+            raise yaml.YAMLError(f"more than {MOST_VALUES} values once its aliases (*name) are expanded")
+        if isinstance(value, Mapping):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)

@@ -4,6 +4,7 @@ the key or the file."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -150,6 +151,64 @@ def test_a_config_file_that_is_not_text_is_refused_naming_it(tmp_path: Path) -> 
     (tmp_path / "binary.yaml").write_bytes(bytes(range(128, 256)))
     with pytest.raises(UserError, match=r"binary\.yaml is not valid YAML: 'utf-8' codec can't decode"):
         load_train_config(str(tmp_path / "binary.yaml"))
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A list of nine lists of nine ... of nine strings, in a few hundred bytes of aliases."""
+    names = "abcdefghij"
+    lines = ['&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"&{names[k]} [{', '.join([f'*{names[k - 1]}'] * 9)}]" for k in range(1, levels)]
+    return f"[{', '.join(lines)}]"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # 387 million strings once expanded: a message printing the value took all memory.
+        (f"base: fast_cpu\nmodel: {billion_laughs()}\n", "more than 1000000 values once its aliases"),
+        (f"base: fast_cpu\noptim:\n  lr: {billion_laughs()}\n", "more than 1000000 values once its aliases"),
+        # A RecursionError traceback from PyYAML.
+        ("optim:\n  lr: " + "[" * 100_000 + "]" * 100_000 + "\n", "is not valid YAML: nested too deeply"),
+        # A TypeError traceback: the duplicate-key check hashed the key.
+        ("? [a, b]\n: 1\n", "(?s)is not valid YAML: .*a key must be a plain value"),
+        ("optim: {? {x: 1} : 2}\n", "(?s)is not valid YAML: .*a key must be a plain value"),
+        # 90 MB of views took 262 s and 8 GB to refuse, the message holding every one of them.
+        ("data:\n  views: [" + ", ".join(["identity"] * 150_000) + "]\n", "characters, more than a config holds"),
+    ],
+    ids=["alias-bomb-mapping", "alias-bomb-number", "deep", "list-key", "mapping-key", "huge"],
+)
+def test_hostile_yaml_is_refused_without_spending_memory(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "hostile.yaml").write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_train_config(str(tmp_path / "hostile.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (f"seed={10**400}", r"'seed' must be a finite number >= 0 and <= 9223372036854775807, got 1000.*\.\.\.0+$"),
+        (f"optim.lr={10**400}", r"'optim.lr' must be float, got 1000.*\.\.\.0+$"),  # an OverflowError traceback
+        (
+            "optim.betas=[" + ", ".join(["2"] * 100_000) + "]",
+            r"finite numbers >= 0 and < 1, got \[2.0, 2.0, .*\]$",
+        ),
+    ],
+    ids=["seed", "lr", "betas"],
+)
+def test_values_far_out_of_range_are_refused_and_shown_cut_short(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message) as refused:
+        load_train_config("fast_cpu", [override])
+    assert len(str(refused.value)) < 300
+
+
+def test_an_argument_that_is_not_utf8_is_refused_before_any_command_runs(tmp_path: Path) -> None:
+    """A path of Latin-1 bytes crashed every command that records its command line (a UnicodeEncodeError
+    traceback), after making its folder."""
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/run\xe9")
+    result = CliRunner().invoke(main, ["train", "--config", "fast_cpu", "--out", out, "--max-iters", "1"])
+    assert result.exit_code == 2
+    assert "the argument b'" in result.output and "run\\xe9' is not UTF-8 text" in result.output, result.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_key_written_twice_is_refused_where_yaml_would_keep_the_last(tmp_path: Path) -> None:

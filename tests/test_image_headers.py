@@ -85,3 +85,12 @@ def test_data_whose_header_says_no_size_is_not_decoded(tmp_path, monkeypatch):
     monkeypatch.setattr(image_io.cv2, "imdecode", lambda *_: pytest.fail("decoded"))
     with pytest.raises(UserError, match=r"noise\.png: cannot read this image \(corrupt or not an image\)"):
         image_io.read_rgb(path)
+
+
+@pytest.mark.parametrize("value", ["²", "9" * 5000, "0", "abc", ""])
+def test_a_pixel_limit_that_is_no_count_is_refused_by_its_name(monkeypatch, value):
+    """'²' passed `str.isdigit` and then failed `int` (a ValueError blamed on the first image read), and 5000
+    digits passed both and then Python's limit on converting long numbers."""
+    monkeypatch.setenv(image_io.MAX_PIXELS_ENV, value)
+    with pytest.raises(UserError, match=r"ISEGPROBE_MAX_PIXELS=.*: expected a whole number of pixels >= 1"):
+        image_io.max_pixels()

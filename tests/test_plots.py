@@ -131,7 +131,7 @@ def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> N
     edited["datasets"]["grabcut"]["NoC@85"] = "abc"
     (tmp_path / "lift" / "results.json").write_text(json.dumps(edited))
     result = plot("iou-vs-clicks", str(tmp_path / "lift"))
-    assert result.exit_code == 1 and "(grabcut/NoC@85 not numbers)" in result.output, result.output
+    assert result.exit_code == 1 and "(grabcut/NoC@85 not numbers of clicks" in result.output, result.output
     (tmp_path / "lift" / "results.json").write_bytes(b"\xff\xfe{not text")
     result = plot("iou-vs-clicks", str(tmp_path / "lift"))
     assert result.exit_code == 1 and "not an evaluation's results.json (UnicodeDecodeError" in result.output
@@ -287,20 +287,6 @@ def test_default_labels_name_the_training_runs_before_their_steps(tmp_path: Path
         f"{lift} (run lift_b, step 156)",
         f"{lift} (run lift_b, step 40)",
     ]
-
-
-def test_a_nan_in_results_is_never_the_best_cell(tmp_path: Path) -> None:
-    write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.91, 0.95]})
-    write_results(tmp_path / "edited", {"a": [0.6, 0.7, 0.8, 0.9]})
-    edited = json.loads((tmp_path / "edited" / "results.json").read_text())
-    edited["datasets"]["grabcut"]["NoC@85"] = float("nan")
-    (tmp_path / "edited" / "results.json").write_text(json.dumps(edited))
-    write_results(tmp_path / "bilinear", {"a": [0.6, 0.7, 0.8, 0.9]})
-    folders = [str(tmp_path / name) for name in ("edited", "lift", "bilinear")]
-    result = report(*folders, "--labels", "edited,lift,bilinear")
-    assert result.exit_code == 0, result.output
-    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.output.splitlines()[2:5]]
-    assert [row[2] for row in rows] == ["nan", "**2.00**", "4.00"]
 
 
 def test_a_column_whose_rows_all_read_the_same_has_no_best_cell(tmp_path: Path) -> None:
@@ -569,13 +555,20 @@ def test_featurizer_and_dataset_names_with_dollars_draw_and_wrap_as_measured(tmp
     [
         (lambda document: document["datasets"].update(builtin="NoC@85 NoC@90 mIoU@k"), "(builtin not objects)"),
         (lambda document: document["datasets"].update(builtin=["NoC@85", "NoC@90", "mIoU@k"]), "builtin not objects"),
-        (lambda document: document.update(threshold="abc"), "(threshold not numbers)"),
-        (lambda document: document.update(threshold=None), "(threshold not numbers)"),
+        (lambda document: document.update(threshold="abc"), "(threshold not numbers from 0 to 1)"),
+        (lambda document: document.update(threshold=None), "(threshold not numbers from 0 to 1)"),
+        (lambda document: document.update(threshold=1.5), "(threshold not numbers from 0 to 1)"),
         (lambda document: document.update(featurizer=5), "(featurizer not text or null)"),
-        (lambda document: document.update(max_clicks=[4]), "(max_clicks not counts)"),
+        (lambda document: document.update(max_clicks=[4]), "(max_clicks not counts of 1 or more)"),
         (lambda document: document["datasets"]["grabcut"].pop("num_instances"), "(no grabcut/num_instances)"),
         (lambda document: document["datasets"]["grabcut"].update(num_instances=[1]), "grabcut/num_instances not"),
-        (lambda document: document["datasets"]["grabcut"].update({"mIoU@k": []}), "mIoU@k not lists of one number"),
+        (lambda document: document["datasets"]["grabcut"].update(num_instances=-5), "grabcut/num_instances not"),
+        (lambda document: document["datasets"]["grabcut"].update({"mIoU@k": []}), "mIoU@k not lists of one IoU"),
+        (lambda document: document["datasets"]["grabcut"].update({"mIoU@k": [0.5, 1.2]}), "mIoU@k not lists of"),
+        # A hand-edited NoC of -3 was a column's best, in bold; NaN and infinity went into tables and plots.
+        (lambda document: document["datasets"]["grabcut"].update({"NoC@85": -3.0}), "grabcut/NoC@85 not numbers of"),
+        (lambda document: document["datasets"]["grabcut"].update({"NoC@90": float("nan")}), "grabcut/NoC@90 not"),
+        (lambda document: document["datasets"]["grabcut"].update({"NoC@90": float("inf")}), "grabcut/NoC@90 not"),
     ],
 )
 def test_damaged_results_are_refused_by_file_and_key(tmp_path: Path, edit, message: str) -> None:

@@ -157,6 +157,7 @@ def test_train_variants_from_the_command_line_and_resume_them(store: Path, tmp_p
     [
         (("--variant", "model.head.width=8"), "expected a name"),
         (("--variant", "a model.head.width"), "'model.head.width' is not KEY=VALUE"),
+        (("--variant", "a 'optim.lr=1e-4"), '--variant "a \'optim.lr=1e-4": no closing quotation'),
         (("--variant", "a seed=1", "--variant", "a seed=2"), "each name once"),
         (("--variant", "a", "--variant", "b data.batch_size=1"), "data.batch_size 4 there, 1 here"),
         (("--variant", "a", "--variant", "b optim.lrr=1"), "--variant 'b': unknown config key 'optim.lrr'"),

@@ -51,6 +51,16 @@ def test_ritms_scores_read_from_its_pickle_or_a_csv_and_nothing_else_is_unpickle
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("score", ["1.5", "-5", "nan"])
+def test_a_score_outside_zero_to_one_is_refused_naming_its_image(tmp_path: Path, score: str) -> None:
+    """A score of 1.5 made (1 - score) ** gamma a complex number (a TypeError traceback); one of -5 trained on, its
+    image drawn 9 times as often as a score of 0 would."""
+    csv = tmp_path / "scores.csv"
+    csv.write_text(f"index,image,score\n0,2008_000002,0.5\n1,2008_000003,{score}\n")
+    with pytest.raises(UserError, match=r"image 2008_000003 has the score .*; scores must lie in \[0, 1\]"):
+        read_sample_scores(csv)
+
+
 def test_an_epoch_draws_images_by_one_minus_score_to_the_gamma_with_replacement() -> None:
     names = [name for name, _ in SCORES]
     probabilities = draw_probabilities(names, dict(SCORES), gamma=1.25)

@@ -100,7 +100,10 @@ def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:
 
 
 def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
-    words = shlex.split(text)
+    try:
+        words = shlex.split(text)
+    except ValueError as error:  # an unbalanced quote
+        raise UserError(f"--variant {text!r}: {str(error).lower()}") from None
     if not words or not _FOLDER_NAME.fullmatch(words[0]):
         raise UserError(
             f"--variant {text!r}: expected a name (letters, digits, '.', '_', '-') and then KEY=VALUE overrides, "

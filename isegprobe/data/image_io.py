@@ -46,8 +46,8 @@ def max_pixels() -> int:
     value = os.environ.get(MAX_PIXELS_ENV)
     if value is None:
         return DEFAULT_MAX_PIXELS
-    if not value.isdigit() or int(value) < 1:
-        raise UserError(f"{MAX_PIXELS_ENV}={value!r}: expected a whole number of pixels >= 1")
+    if not (value.isascii() and value.isdigit() and len(value) <= 18) or int(value) < 1:  # '²' is a digit too
+        raise UserError(f"{MAX_PIXELS_ENV}={value[:40]!r}: expected a whole number of pixels >= 1, below 10**18")
     return int(value)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,18 +43,18 @@ RECORDED_SINCE = frozenset({"source_fingerprints", "checkpoint_step"})
 
 # What plots and reports read from each dataset's summary in results.json, and what each holds (as a refusal names it).
 SUMMARY_KEYS = {
-    "NoC@85": "numbers",
-    "NoC@90": "numbers",
-    "mIoU@k": "lists of one number or more",
-    "num_instances": "counts",
+    "NoC@85": "numbers of clicks (finite, 1 or more)",
+    "NoC@90": "numbers of clicks (finite, 1 or more)",
+    "mIoU@k": "lists of one IoU or more (0 to 1)",
+    "num_instances": "counts of 1 or more",
 }
 # What they read of the run info, which results.json files written before a key existed leave out.
 OPTIONAL_RUN_KEYS = {
     "featurizer": "text or null",
     "upsampler": "text or null",
     "fusion": "text or null",
-    "threshold": "numbers",
-    "max_clicks": "counts",
+    "threshold": "numbers from 0 to 1",
+    "max_clicks": "counts of 1 or more",
 }
 
 
@@ -210,19 +211,24 @@ def _read_back_problems(document: Any) -> list[str]:
     return [f"{', '.join(keys)} not {kind}" for kind, keys in wrong.items()]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _is_number(value: Any, low: float, high: float = math.inf) -> bool:
+    """A finite number from `low` to `high`: what an evaluation writes. A hand-edited NoC of -3 was a table's best,
+    in bold, and a NaN or a negative count went into tables and plots as they were."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and low <= value <= high
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 _KIND_TESTS: dict[str, Callable[[Any], bool]] = {
-    "numbers": _is_number,
-    "counts": _is_count,
-    "lists of one number or more": lambda value: (
-        isinstance(value, list) and bool(value) and all(_is_number(item) for item in value)
+    "numbers of clicks (finite, 1 or more)": lambda value: _is_number(value, 1),
+    "numbers from 0 to 1": lambda value: _is_number(value, 0, 1),
+    "counts of 1 or more": _is_count,
+    "lists of one IoU or more (0 to 1)": lambda value: (
+        isinstance(value, list) and bool(value) and all(_is_number(item, 0, 1) for item in value)
     ),
     "text or null": lambda value: value is None or isinstance(value, str),
 }

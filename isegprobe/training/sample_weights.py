@@ -38,6 +38,12 @@ def read_sample_scores(path: str | Path) -> dict[str, float]:
         ) from None
     if not scores:
         raise UserError(f"data.sample_weights: {path} holds no scores")
+    outside = next((name for name, score in scores.items() if not 0.0 <= score <= 1.0), None)
+    if outside is not None:
+        raise UserError(
+            f"data.sample_weights: {path}: image {outside} has the score {scores[outside]}; scores must lie in [0, 1] "
+            "(a weight is (1 - score) ** gamma: a score above 1 made a complex number, one below 0 a weight above 1)"
+        )
     return scores
 
 

@@ -407,6 +407,12 @@ def _apply_override(merged: dict[str, Any], override: str) -> None:
     except yaml.YAMLError as error:
         raise UserError(f"--set {override!r}: the value is not a YAML scalar or list: {error}") from error
     *parents, leaf = key.split(".")
+    node: Any = merged
+    for depth, parent in enumerate(parents):
+        node = node.get(parent) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, dict):
+            through = ".".join(parents[: depth + 1])
+            raise UserError(f"--set {override!r}: {through} is a value, not a group of keys (--set {through}=VALUE)")
     update: dict[str, Any] = {leaf: value}
     for parent in reversed(parents):
         update = {parent: update}

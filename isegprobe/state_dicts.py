@@ -47,7 +47,8 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
     (optimizer state, epoch) are ignored."""
     path = expand_home(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
+        what = "is a folder, not a weights file" if path.is_dir() else "does not exist"
+        raise UserError(f"weights file {path} {what}")
     torchscript = path.suffix != ".safetensors" and _is_torchscript(path)
     if torchscript:
         _require_torchscript_allowed(path)

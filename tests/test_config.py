@@ -201,6 +201,12 @@ def test_values_far_out_of_range_are_refused_and_shown_cut_short(override: str, 
     assert len(str(refused.value)) < 300
 
 
+def test_an_override_through_a_value_names_the_override_not_the_preset() -> None:
+    """`--set optim.lr.x=1` was blamed on sbd_224.yaml, the preset that gave optim.lr its value."""
+    with pytest.raises(UserError, match=r"^--set 'optim.lr.x=1': optim.lr is a value, not a group of keys"):
+        load_train_config("fast_cpu", ["optim.lr.x=1"])
+
+
 def test_an_argument_that_is_not_utf8_is_refused_before_any_command_runs(tmp_path: Path) -> None:
     """A path of Latin-1 bytes crashed every command that records its command line (a UnicodeEncodeError
     traceback), after making its folder."""

@@ -484,6 +484,24 @@ def test_max_objects_stops_each_dataset_as_an_interruption_does_and_the_same_com
     assert json.loads((out / "results.json").read_text())["datasets"]["grabcut"]["complete"] is True
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--datasets", "berkeley"], "holds grabcut test, but --datasets berkeley --split test ask for other data"),
+        (["--split", "train"], "holds grabcut test, but --datasets grabcut --split train ask for other data"),
+        (["--datasets", "grabcut,,grabcut"], "--datasets 'grabcut,,grabcut': expected dataset names separated by"),
+    ],
+)
+def test_datasets_and_split_given_beside_a_store_must_be_what_it_holds(store, trained_run, tmp_path, options, message):
+    """`--datasets grabcut --store <builtin train>` evaluated the store's training images under the name builtin,
+    saying nothing; an empty name in --datasets looked for a store named `--test`."""
+    common = ["--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", "2", "--out", str(tmp_path)]
+    result = cli(*common, *options)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "results.json").exists()
+    assert cli(*common, "--datasets", "grabcut", "--split", "test").exit_code == 0
+
+
 def test_results_of_another_evaluation_are_never_replaced_without_overwrite(store, trained_run, tmp_path):
     out = tmp_path / "results"
     common = ["--checkpoint", str(trained_run), "--store", str(store), "--batch-size", "3", "--out", str(out)]

@@ -115,6 +115,17 @@ def test_a_bar_in_a_label_or_name_stays_inside_its_cell(tmp_path: Path) -> None:
     assert markdown_table([["a|b", "c"], ["d", "e|f"]]) == "| a\\|b |    c |\n|------|-----:|\n| d    | e\\|f |"
 
 
+def test_an_miou_column_past_the_clicks_made_says_why_it_is_empty(tmp_path: Path) -> None:
+    """`--miou-at 1000` printed a column of `-` and nothing else."""
+    folder = write_results(tmp_path / "run", {"a": EASY})
+    result = run("report", folder, "--miou-at", "1000")
+    assert result.exit_code == 0, result.output
+    assert table_rows(result.output)[1][-1] == "-"
+    assert "- in mIoU@1000: the curve stops before 1000 clicks (" in result.output
+    assert "grabcut: 4 clicks)" in result.output
+    assert "the curve stops" not in run("report", folder, "--miou-at", "4").output
+
+
 def test_more_evaluations_than_one_figure_tells_apart_are_refused(tmp_path: Path) -> None:
     """Three hundred results folders drew a figure 15000 pixels high whose axes had collapsed to nothing, with
     matplotlib's warnings; past forty, two curves shared a colour and a marker."""

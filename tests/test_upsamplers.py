@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from isegprobe.config import load_train_config
 from isegprobe.errors import UserError
+from isegprobe.featurizers import create_featurizer
 from isegprobe.model import ISProbe
 from isegprobe.upsamplers import create_upsampler
 from isegprobe.upsamplers.anyup import AnyUp
@@ -318,6 +319,14 @@ def test_an_upsampler_file_with_nan_weights_is_refused_by_key(tmp_path: Path) ->
     torch.save(state, tmp_path / "lift_nan.pth")
     with pytest.raises(UserError, match=f"lift_nan.pth is not a LiFT checkpoint .*NaN or infinite values in: {key}"):
         create_upsampler("lift", DIM, weights=str(tmp_path / "lift_nan.pth"))
+
+
+def test_a_folder_given_as_weights_is_called_a_folder(tmp_path: Path) -> None:
+    """It was "does not exist", of a folder that does."""
+    with pytest.raises(UserError, match=f"weights file {tmp_path} is a folder, not a weights file"):
+        create_upsampler("lift", DIM, weights=str(tmp_path))
+    with pytest.raises(UserError, match=f"weights file {tmp_path} is a folder"):
+        create_featurizer("vit_small_patch14_dinov2", weights=str(tmp_path))
 
 
 def test_a_lightning_file_without_the_upsampler_is_refused(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from isegprobe.cache import FeatureStore
 from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option, threshold_option
@@ -19,6 +20,31 @@ from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.inference.wandb_results import log_results
 from isegprobe.training.run_logger import start_wandb
+
+
+def dataset_names(datasets: str) -> list[str]:
+    """--datasets as a list; an empty or repeated name is refused (`,grabcut` looked for a store named `--test`)."""
+    names = datasets.split(",")
+    if "" in names or len(set(names)) < len(names):
+        raise UserError(f"--datasets {datasets!r}: expected dataset names separated by commas, each once")
+    return names
+
+
+def refuse_stores_of_other_data(stores: tuple[str, ...], datasets: list[str], split: str) -> None:
+    """With --store, each store says what is evaluated; --datasets or --split given beside it must agree, or the
+    evaluation would run on other data than asked (`--datasets grabcut --store <builtin train>` evaluated the
+    training images, under the name builtin, and said nothing)."""
+    for path in stores:
+        if not (Path(path) / "zarr.json").is_file():
+            continue  # not a store: the run names it
+        dataset = FeatureStore.open(path).attrs.get("dataset", {})
+        held = f"{dataset.get('name')} {dataset.get('split')}"
+        if dataset.get("name") not in datasets or dataset.get("split") != split:
+            raise UserError(
+                f"--store {path} holds {held}, but --datasets {','.join(datasets)} --split {split} ask for other "
+                "data; with --store, leave --datasets and --split out (the store says what it holds), or give the "
+                "store of that data"
+            )
 
 
 @click.command("evaluate")
@@ -135,7 +161,12 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     clashes = conflicts(protocol, given)
     if clashes:
         raise UserError(f"--protocol {protocol.name} fixes what these flags change: {'; '.join(clashes)}")
-    request = EvaluationRequest(datasets=datasets.split(","), stores=list(stores), **options)
+    names = dataset_names(datasets)
+    if stores and (
+        context.get_parameter_source("datasets") is not click.core.ParameterSource.DEFAULT or "split" in given
+    ):
+        refuse_stores_of_other_data(stores, names, options["split"])
+    request = EvaluationRequest(datasets=names, stores=list(stores), **options)
     refuse_output_inside_a_store(request.out_dir)
     run = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
     try:

@@ -74,8 +74,8 @@ def create_timm_model(
     path = expand_home(weights).resolve()
     if not path.is_file():
         raise UserError(
-            f"weights file {path} does not exist (--weights takes 'random', 'hub' or a path to a "
-            ".safetensors / .pth / .pt / .bin checkpoint)"
+            f"weights file {path} {'is a folder' if path.is_dir() else 'does not exist'} (--weights takes 'random', "
+            "'hub' or a path to a .safetensors / .pth / .pt / .bin checkpoint)"
         )
     model = _seeded(arch, **model_kwargs)
     loaded = load_checkpoint(model, path)

@@ -83,7 +83,7 @@ def format_report(
             mark = _mark(document, column.dataset, index in running)
             cells.append(_cell(value, None if mark else column_best, mark))
         rows.append([label, protocol_of(document), *cells])
-    notes = _notes(evaluations, datasets, running)
+    notes = _notes(evaluations, datasets, running) + _short_curve_notes(evaluations, miou_at)
     # A blank line ends the table: in GitHub's Markdown a text line right after it would become a row.
     return markdown_table(rows) + "".join(f"\n\n{note}" for note in notes)
 
@@ -160,6 +160,20 @@ def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: 
         for label, document in evaluations
     ]
     return notes + object_count_notes(counted, "rows")
+
+
+def _short_curve_notes(evaluations: Sequence[Evaluation], miou_at: int) -> list[str]:
+    """A note where an mIoU cell is `-` because its curve stops before `miou_at` clicks: a column of `-` for
+    `--miou-at 1000` said nothing of why."""
+    short = [
+        f"{label} {dataset}: {len(summary['mIoU@k'])}"
+        for label, document in evaluations
+        for dataset, summary in document["datasets"].items()
+        if len(summary["mIoU@k"]) < miou_at
+    ]
+    if not short:
+        return []
+    return [f"- in mIoU@{miou_at}: the curve stops before {miou_at} clicks ({', '.join(short)} clicks)"]
 
 
 def object_count_notes(counted: Sequence[tuple[str, Mapping[str, int]]], what: str) -> list[str]:

@@ -167,7 +167,7 @@ def test_every_numeric_config_key_has_a_range():
             "'model.click_encoder.mlp_dim' must be a finite number >= 1 and <= 16384",
         ),
         ("data.views=[]", "'data.views' must name at least one of the store's views (null: all of them)"),
-        ("data.views=[identity, identity]", "'data.views' names a view twice: ['identity', 'identity']"),
+        ("data.views=[identity, identity]", "'data.views' names a view twice: 'identity'"),
     ],
 )
 def test_a_config_value_outside_its_range_is_refused_naming_the_key_and_the_range(override, message):

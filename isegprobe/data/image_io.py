@@ -7,6 +7,8 @@ its whole IEND chunk.
 
 Pixels are read as stored: an EXIF orientation tag is ignored, for images and masks alike. The benchmarks' masks
 were drawn on the stored pixels, and OpenCV would otherwise turn a phone photo by its tag but not the mask beside it.
+The first file read with such a tag is named in a warning, since a mask drawn on the turned picture would not line
+up.
 
 An image's size is read from its header before it is decoded, so that a file declaring more pixels than the limit
 (`ISEGPROBE_MAX_PIXELS`, `--max-pixels`) is refused without spending its memory.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -200,6 +203,7 @@ def _check_declared_size(data: bytes, name: str, kind: str) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
             with Image.open(io.BytesIO(data)) as image:
                 height, width = image.height, image.width
+                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Image.DecompressionBombError:
         if max_pixels() < bomb:
             raise _too_large(name, f"a size of more than {bomb} pixels") from None
@@ -209,7 +213,35 @@ def _check_declared_size(data: bytes, name: str, kind: str) -> None:
         if size is None:
             raise UserError(f"{name}: cannot read this {kind} (corrupt or not an image)") from None
         height, width = size
+        orientation = 1
     require_within_pixel_limit(height, width, name)
+    if orientation != 1 and not _TOLD_OF_ORIENTATION.is_set():
+        _TOLD_OF_ORIENTATION.set()
+        warnings.warn(
+            f"{name}: its EXIF orientation tag turns it ({_TURNS.get(orientation, orientation)}) for display, but "
+            "its pixels are read as stored, the way the benchmarks' masks were drawn: if its mask was drawn on the "
+            "turned picture, the two do not line up (said of the first such file only)",
+            OrientationTagWarning,
+            stacklevel=2,
+        )
+
+
+class OrientationTagWarning(UserWarning):
+    """An image carries an EXIF orientation tag, which is ignored: a phone photo's mask drawn on the turned picture
+    would not line up with the pixels read, silently."""
+
+
+_TOLD_OF_ORIENTATION = threading.Event()
+_EXIF_ORIENTATION = 0x0112
+_TURNS = {
+    2: "mirrored",
+    3: "a half turn",
+    4: "mirrored upside down",
+    5: "mirrored and a quarter turn",
+    6: "a quarter turn clockwise",
+    7: "mirrored and a quarter turn",
+    8: "a quarter turn anticlockwise",
+}
 
 
 def is_truncated(data: bytes) -> bool:

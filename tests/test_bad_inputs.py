@@ -78,6 +78,12 @@ def png_of_hidden_size(folder: Path) -> None:
     write_png_with_a_damaged_note(folder / "images" / "im1.png", 7000)
 
 
+def image_that_is_a_folder(folder: Path) -> None:
+    """images/im1.jpg made a folder: it was "no image named im1", of a name that is there."""
+    (folder / "images" / "im1.jpg").unlink()
+    (folder / "images" / "im1.jpg").mkdir()
+
+
 def huge_sparse_file(folder: Path) -> None:
     """im1.jpg grown to 65 MiB of holes, past what 1000 pixels take: it was read whole before anything looked at it
     (a MemoryError for 30 GB)."""
@@ -246,6 +252,10 @@ CASES: dict[str, Case] = {
             w.images("gif", lambda f: (f / "images" / "im1.jpg").rename(f / "images" / "im1.gif")), w.root / "x16"
         ),
         "(im1.gif is there, but only .jpg, .jpeg, .png, .bmp, .tif, .tiff files are read)",
+    ),
+    "folder named as an image": Case(
+        lambda w: extract_custom(w.images("folder_image", image_that_is_a_folder), w.root / "x_folder"),
+        "images (im1.jpg is there, but it is a folder)",
     ),
     "mask of another size than its image": Case(
         lambda w: extract_custom(

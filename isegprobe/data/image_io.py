@@ -280,15 +280,26 @@ def _require_utf8_name(path: Path) -> None:
 
 
 def unread_files_named(folder: Path, stem: str) -> str:
-    """For a message saying that no image of this name was found: the files of that name that are there but in a
-    format not read (` (a.gif is there, but only .jpg, ... files are read)`), or nothing."""
-    unread = sorted(
-        path.name for path in folder.glob("*") if path.stem == stem and path.suffix.lower() not in IMAGE_SUFFIXES
-    )
+    """For a message saying that no image of this name was found: what of that name is there but not read, a file
+    in another format (` (a.gif is there, but only .jpg, ... files are read)`) or something that is no file (` (a.jpg
+    is there, but it is a folder)`), or nothing."""
+    named = sorted(path for path in folder.glob("*") if path.stem == stem)
+    not_files = [path for path in named if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_file()]
+    if not_files:
+        return f" ({not_files[0].name} is there, but it is {_kind_of(not_files[0])})"
+    unread = [path.name for path in named if path.suffix.lower() not in IMAGE_SUFFIXES]
     if not unread:
         return ""
     verb = "is" if len(unread) == 1 else "are"
     return f" ({' and '.join(unread)} {verb} there, but only {', '.join(IMAGE_SUFFIXES)} files are read)"
+
+
+def _kind_of(path: Path) -> str:
+    if path.is_dir():
+        return "a folder"
+    if path.is_fifo():
+        return "a named pipe"
+    return "no regular file"
 
 
 def only_file(candidates: list[Path] | tuple[Path, ...], kind: str) -> Path:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from dataset_trees import write_png_with_a_damaged_note
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from isegprobe.data import image_io
 from isegprobe.data.image_headers import declared_size
@@ -94,3 +94,14 @@ def test_a_pixel_limit_that_is_no_count_is_refused_by_its_name(monkeypatch, valu
     monkeypatch.setenv(image_io.MAX_PIXELS_ENV, value)
     with pytest.raises(UserError, match=r"ISEGPROBE_MAX_PIXELS=.*: expected a whole number of pixels >= 1"):
         image_io.max_pixels()
+
+
+def test_an_image_above_the_limit_is_refused_before_pillow_or_opencv_decodes_it(tmp_path, monkeypatch):
+    """Reading a PNG's orientation tag through Pillow's `getexif` decoded the whole PNG first, before the limit."""
+    path = tmp_path / "wide.png"
+    cv2.imwrite(str(path), np.zeros((20, 30, 3), np.uint8))
+    monkeypatch.setenv(image_io.MAX_PIXELS_ENV, "100")
+    monkeypatch.setattr(image_io.cv2, "imdecode", lambda *_: pytest.fail("decoded by OpenCV"))
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda *_: pytest.fail("decoded by Pillow"))
+    with pytest.raises(UserError, match=r"wide\.png: 30 x 20 pixels .* above the limit of 100 pixels"):
+        image_io.read_rgb(path)

@@ -136,12 +136,11 @@ def decode_file(path: Path, flags: int, kind: str) -> np.ndarray:
 def _file_bytes(path: Path, kind: str) -> bytes:
     """The file's bytes, once its size is within what an image within the pixel limit can take."""
     try:
-        size = Path(path).stat().st_size
-        if size > largest_file():
+        size, most = Path(path).stat().st_size, largest_file()
+        if size > most:
             raise UserError(
                 f"{path}: {size / 2**30:.1f} GiB, more than any {kind} within the limit of {max_pixels()} pixels "
-                f"takes ({largest_file() / 2**20:.0f} MiB); pass --max-pixels (or set {MAX_PIXELS_ENV}) to read "
-                "larger images"
+                f"takes ({most / 2**20:.0f} MiB); pass --max-pixels (or set {MAX_PIXELS_ENV}) to read larger images"
             )
         return Path(path).read_bytes()
     except OSError as error:

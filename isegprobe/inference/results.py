@@ -187,8 +187,8 @@ def read_results(results_dir: str | Path) -> dict[str, Any]:
 
 def _read_back_problems(document: Any) -> list[str]:
     """What keeps `document` from being read back: keys missing, or holding another kind of value than plots and
-    reports expect ("no grabcut/NoC@85", "threshold not numbers"). Every curve an evaluation writes has a value
-    for its first click at least."""
+    reports expect, or out of their range ("no grabcut/NoC@85", "threshold not numbers from 0 to 1"). Every curve
+    an evaluation writes has a value for its first click at least."""
     if not isinstance(document, dict) or not isinstance(document.get("datasets"), dict):
         return ["no datasets object"]
     summaries = document["datasets"]

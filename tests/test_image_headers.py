@@ -105,3 +105,12 @@ def test_an_image_above_the_limit_is_refused_before_pillow_or_opencv_decodes_it(
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda *_: pytest.fail("decoded by Pillow"))
     with pytest.raises(UserError, match=r"wide\.png: 30 x 20 pixels .* above the limit of 100 pixels"):
         image_io.read_rgb(path)
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_a_tiff_of_32_bit_samples_is_named_as_such_not_as_corrupt(tmp_path, mode):
+    """Pillow reads its header and OpenCV returns no colour pixels: the file is whole, its samples are the reason."""
+    path = tmp_path / "scan.tif"
+    Image.fromarray(np.arange(12, dtype=np.float32 if mode == "F" else np.int32).reshape(3, 4)).save(path)
+    with pytest.raises(UserError, match=r"scan\.tif: cannot read this image \(a TIFF of 32-bit .* samples, which"):
+        image_io.read_rgb(path)

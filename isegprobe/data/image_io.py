@@ -164,9 +164,26 @@ def decode_bytes(data: bytes, flags: int, name: str, kind: str) -> np.ndarray:
     except cv2.error as error:  # OpenCV's own limits (more than 2**30 pixels) raise instead of returning None
         raise UserError(f"{name}: cannot read this {kind} ({getattr(error, 'err', error)})") from None
     if decoded is None:
-        raise UserError(f"{name}: cannot read this {kind} (corrupt or not an image)")
+        raise UserError(f"{name}: cannot read this {kind} ({_why_undecoded(data)})")
     require_within_pixel_limit(*decoded.shape[:2], name)  # formats whose header Pillow does not read
     return decoded
+
+
+# Sample formats that Pillow reads in a header but OpenCV does not decode as 8-bit colour or grey.
+_UNREAD_SAMPLES = {"F": "32-bit floating-point samples", "I": "32-bit integer samples"}
+
+
+def _why_undecoded(data: bytes) -> str:
+    """Why OpenCV returned no pixels for a file whose header was read: a TIFF of 32-bit samples (a float image
+    saved by a scientific tool) is a whole, valid file, and calling it corrupt sent its owner looking for damage."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            samples, file_format = _UNREAD_SAMPLES.get(image.mode), image.format
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        samples = None
+    if samples is None:
+        return "corrupt or not an image"
+    return f"a {file_format} of {samples}, which is not read: save it with 8-bit samples, as PNG or JPEG"
 
 
 def decode_packed_layer(data: bytes, name: str) -> np.ndarray | None:

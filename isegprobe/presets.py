@@ -36,19 +36,23 @@ def list_presets() -> list[str]:
 
 
 def find_config_file(source: str | Path, relative_to: Path | None = None) -> ConfigFile:
-    """A YAML file (a relative path from `relative_to`, else the current directory) or a preset name (`sbd_224`)."""
+    """A YAML file (a relative path from `relative_to`, else the current directory) or a preset name (`sbd_224`).
+
+    A folder is never a config, so a preset's name finds the preset beside a folder of that name: `isegprobe
+    quickstart` writes into `quickstart/` by default and then trains the `quickstart` preset, which a folder
+    refused ahead of presets made fail on every fresh machine."""
     path = expand_home(source)
     if relative_to is not None and not path.is_absolute():
         path = relative_to / path
     if path.is_file():
         return path.resolve()  # one name per file, so that a chain of bases that comes back is seen to
-    if path.is_dir():
-        raise UserError(f"{path} is a folder: name a YAML file in it, or a preset ({', '.join(list_presets())})")
     text = str(source)
     if Path(text).suffix not in (".yaml", ".yml") and "/" not in text:
         preset = preset_folder() / f"{text}{PRESET_SUFFIX}"
         if preset.is_file():
             return preset
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: name a YAML file in it, or a preset ({', '.join(list_presets())})")
     raise UserError(f"no file {str(path)!r} and no preset {text!r}; presets: {', '.join(list_presets())}")
 
 

@@ -17,8 +17,8 @@ import pytest
 ISEGPROBE = str(Path(sys.executable).with_name("isegprobe"))
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([ISEGPROBE, *args], capture_output=True, text=True, timeout=600)
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([ISEGPROBE, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def run_two_ranks(*args: str, port: int, rank_one_adds: Sequence[str] = ()) -> subprocess.CompletedProcess:

@@ -121,6 +121,19 @@ def test_a_preset_is_found_by_name_or_by_path() -> None:
         load_train_config("sbd_224.yaml")
 
 
+def test_a_preset_is_found_beside_a_folder_of_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`isegprobe quickstart` writes into ./quickstart and then trains the `quickstart` preset; a folder is never a
+    config, so a folder of another name is still refused as a folder, and one of a preset's name hides nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart").mkdir()
+    (tmp_path / "results").mkdir()
+    assert load_train_config("quickstart").model.head.width == 64
+    (tmp_path / "mine.yaml").write_text("base: quickstart\n")
+    assert load_train_config("mine.yaml") == load_train_config("quickstart")
+    with pytest.raises(UserError, match="results is a folder: name a YAML file in it, or a preset"):
+        load_train_config("results")
+
+
 def test_bases_chain_from_a_file_to_presets_and_to_files_beside_it(tmp_path: Path) -> None:
     (tmp_path / "mine.yaml").write_text("base: fast_cpu\noptim:\n  lr: 1.0e-3\n")
     (tmp_path / "runs").mkdir()

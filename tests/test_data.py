@@ -238,6 +238,23 @@ def test_a_truncated_image_file_is_refused_with_its_name(tmp_path, suffix):
     assert is_truncated(whole[:-2]) and not is_truncated(whole)
 
 
+def test_a_whole_jpeg_with_any_data_appended_is_not_called_truncated():
+    """A phone's motion photo appends a video: random bytes hold a scan marker after their last end marker in about
+    half of the files, which the rule "an end after the last scan" refused. A thumbnail in the EXIF segment, a
+    whole JPEG of its own before the image's first scan, must not make a cut image look whole either."""
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+    whole = cv2.imencode(".jpg", pixels)[1].tobytes()
+    trailers = [np.random.default_rng(seed).bytes(1 << 16) for seed in range(40)]
+    assert sum(b"\xff\xda" in trailer[trailer.rfind(b"\xff\xd9") + 1 :] for trailer in trailers) > 10
+    assert not any(is_truncated(whole + trailer) for trailer in trailers)
+    thumbnail = cv2.imencode(".jpg", pixels[:8, :8])[1].tobytes()
+    exif = b"\xff\xe1" + (len(thumbnail) + 8).to_bytes(2, "big") + b"Exif\0\0" + thumbnail
+    with_thumbnail = whole[:2] + exif + whole[2:]
+    assert cv2.imdecode(np.frombuffer(with_thumbnail, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+    assert not is_truncated(with_thumbnail)
+    assert is_truncated(with_thumbnail[: len(with_thumbnail) * 2 // 3])
+
+
 @pytest.mark.parametrize("ids", [(0, 1, 2, 3), (0, 2, 5, 9), (1, 2), (0, 3), (0,)])
 def test_compact_labels_numbers_the_ids_present_1_to_k_in_order(ids):
     """Against np.unique's numbering, with ids already 1..K (converted only) and with gaps (looked up)."""

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from isegprobe.data.gray_png import GrayPng, plain_gray_png
-from isegprobe.data.image_headers import declared_size
+from isegprobe.data.image_headers import declared_size, jpeg_first_scan
 from isegprobe.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -270,10 +270,16 @@ def _orientation(image: Image.Image) -> int:
 
 
 def is_truncated(data: bytes) -> bool:
-    """True for a JPEG without an end-of-image marker after its last scan, or a PNG without its IEND chunk. Data
-    after the end (some cameras append their own) is allowed."""
+    """True for a JPEG without an end-of-image marker after its first scan, or a PNG without its IEND chunk. Data
+    after the end is allowed: some cameras append their own (a phone's motion photo, a whole video), whose bytes
+    held a scan marker after their last end marker in about half of the files, which the rule "an end after the
+    last scan" called truncated. No end marker can occur inside a scan's coded data (there a 0xFF byte is followed
+    by 0 or a restart marker), so the first one after the first scan ends the image."""
     if data.startswith(_JPEG_START):
-        return data.rfind(_JPEG_END) < data.rfind(_JPEG_SCAN)
+        first_scan = jpeg_first_scan(data)
+        if first_scan is None:
+            return data.rfind(_JPEG_END) < data.rfind(_JPEG_SCAN)
+        return data.find(_JPEG_END, first_scan) == -1
     if data.startswith(_PNG_START):
         end = data.rfind(_PNG_END)
         return end == -1 or len(data) < end + len(_PNG_END) + 4  # the IEND chunk ends with its 4-byte CRC

@@ -23,17 +23,31 @@ RUN_FILES = (
     "scalars.csv",
 )
 RUN_MARKERS = ("last.json", "best.json")
+TENSORBOARD_FOLDER = "tensorboard"  # a run's event files, in a folder of its own
 FOLDER_NAMES = ("", ".", "..")  # what a path's last part reads when the path names a folder
 
 
+def enclosing_store(folder: Path) -> Path | None:
+    """The Zarr store that `folder` is or lies inside (a folder with a `zarr.json` among it and its parents)."""
+    resolved = folder.resolve()
+    return next((candidate for candidate in (resolved, *resolved.parents) if (candidate / "zarr.json").is_file()), None)
+
+
 def refuse_to_replace_a_kept_file(path: Path) -> None:
-    """A table, statistics or a picture written to `path` must not replace a file of the training run or the
-    evaluation in its folder: `cache stats --out RUN/best.json` left the run neither resumable nor evaluable."""
+    """A table, statistics or a picture written to `path` must not go into a feature store (where it replaced the
+    store's own metadata or a shard, and where `extract-features --overwrite` deletes what it holds) nor replace a
+    file of the training run or the evaluation in its folder: `cache stats --out RUN/best.json` left the run neither
+    resumable nor evaluable, and `report --out RUN/tensorboard/events...` its TensorBoard log a table."""
+    store = enclosing_store(path.parent)
+    if store is not None:
+        raise UserError(f"{path}: inside the feature store {store}, which a file written here damages; name another")
     if not path.is_file():
         return
     folder = path.parent
     if path.name in RUN_FILES and any((folder / marker).is_file() for marker in RUN_MARKERS):
         raise UserError(f"{path}: a file of the training run in {folder}, which this would replace; name another")
+    if folder.name == TENSORBOARD_FOLDER and any((folder.parent / marker).is_file() for marker in RUN_MARKERS):
+        raise UserError(f"{path}: a TensorBoard log of the training run in {folder.parent}; name another file")
     if path.name in EVALUATION_FILES and (folder / "results.json").is_file():
         raise UserError(f"{path}: a file of the evaluation in {folder}, which this would replace; name another")
 

@@ -35,6 +35,8 @@ from dataset_trees import box, write_image, write_mask, write_png_with_a_damaged
 from launch import ISEGPROBE, hold_lock
 from safetensors.torch import load_file
 
+from isegprobe.cache.store import FeatureStore
+
 ERROR_TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 SCHEMA1_STORE = Path(__file__).parent / "data" / "schema1-vit_small_patch14_dinov2-builtin-test-28.zarr"
 
@@ -577,6 +579,19 @@ CASES: dict[str, Case] = {
     "output folder inside a feature store": Case(
         lambda w: evaluation(w, w.store, str(w.damaged_store("holds_results", lambda _: None) / "results")),
         "inside the feature store",
+    ),
+    "store folder inside a feature store": Case(
+        lambda w: extraction("--dataset", "builtin", "--size", "28", "--out", w.damaged_store("nests", lambda _: None)),
+        "-56.zarr: inside the feature store",
+    ),
+    "output file inside a feature store": Case(
+        lambda w: ["report", w.results, "--out", w.damaged_store("report_into", lambda _: None) / "zarr.json"],
+        "zarr.json: inside the feature store",
+        then=lambda w, _: FeatureStore.open(w.root / "report_into" / w.store.name),
+    ),
+    "output file that is a run's TensorBoard log": Case(
+        lambda w: ["report", w.results, "--out", next((w.run_copy("tb_run") / "tensorboard").iterdir())],
+        "a TensorBoard log of the training run in",
     ),
     "resuming a run with another store than its own": Case(
         lambda w: ["train", "--resume", "--out", w.run_copy("elsewhere"), "--store", w.store, "--max-iters", "1"],

@@ -31,7 +31,13 @@ from isegprobe.cache.chunks import missing_chunk_files
 from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.pixel_views import PixelSource
 from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
-from isegprobe.cache.store import FeatureStore, finish_an_interrupted_swap, put_in_place, replacement_path
+from isegprobe.cache.store import (
+    FeatureStore,
+    finish_an_interrupted_swap,
+    put_in_place,
+    refuse_output_inside_a_store,
+    replacement_path,
+)
 from isegprobe.data import SampleSource, create_dataset, dataset_root
 from isegprobe.data.base import loader_options
 from isegprobe.data.preprocess import (
@@ -393,6 +399,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     if request.batch_size < 1:
         raise UserError(f"--batch-size: expected a positive number, got {request.batch_size}")
     require_sensible_workers(request.workers, "--workers")
+    refuse_output_inside_a_store(request.out)
     if request.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rank, world, device = init_from_env(request.device)

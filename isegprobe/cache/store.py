@@ -25,6 +25,7 @@ from isegprobe.cache.consistency import check_attrs, check_shapes
 from isegprobe.cache.pixel_views import PixelSource, pixel_sources, pixel_views
 from isegprobe.cache.schema import READABLE_SCHEMA_VERSIONS, ArraySpec, array_specs
 from isegprobe.errors import UserError, writing_to
+from isegprobe.output_files import enclosing_store
 
 # A store being created lives under its name plus this suffix until it is complete.
 STAGING_SUFFIX = ".creating"
@@ -252,13 +253,12 @@ def _discard(path: Path) -> None:
 def refuse_output_inside_a_store(out: str | Path, option: str = "--out") -> None:
     """An output folder (a run, results) must not be, or lie inside, a Zarr store: `extract-features --overwrite`
     replaces a store's folder whole, with anything written into it."""
-    folder = Path(out).resolve()
-    for candidate in (folder, *folder.parents):
-        if (candidate / "zarr.json").is_file():
-            raise UserError(
-                f"{option} {out}: inside the feature store {candidate}, which `extract-features --overwrite` replaces "
-                "whole with all it holds; choose a folder outside it"
-            )
+    store = enclosing_store(Path(out))
+    if store is not None:
+        raise UserError(
+            f"{option} {out}: inside the feature store {store}, which `extract-features --overwrite` replaces whole "
+            "with all it holds; choose a folder outside it"
+        )
 
 
 def _node_type(path: Path) -> str:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from isegprobe.errors import UserError, writing_to
+from isegprobe.output_files import TENSORBOARD_FOLDER
 from isegprobe.training.checkpoint import atomic_write_bytes
 
 WANDB_RUN_ID = "wandb_run_id"
@@ -49,8 +50,8 @@ class RunLogger:
 
             purge_step = resumed_at + 1 if resumed_at is not None else None
             if resumed_at is not None:
-                _wait_to_sort_after(self.run_dir / "tensorboard")
-            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
+                _wait_to_sort_after(self.run_dir / TENSORBOARD_FOLDER)
+            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_FOLDER), purge_step=purge_step)
         if use_wandb:
             self._wandb = self._start_wandb(config, wandb_project, resumed=resumed_at is not None)
 
@@ -72,7 +73,7 @@ class RunLogger:
                 csv.writer(self._csv_file).writerows([step, tag, value] for tag, value in values.items())
                 self._csv_file.flush()
         if self._tensorboard is not None:
-            with writing_to(self.run_dir / "tensorboard"):
+            with writing_to(self.run_dir / TENSORBOARD_FOLDER):
                 for tag, value in values.items():
                     self._tensorboard.add_scalar(tag, value, step)
         if self._wandb is not None:
@@ -81,7 +82,7 @@ class RunLogger:
     def images(self, tag: str, images: Tensor, step: int) -> None:
         """images: [N, 3, H, W] floats in [0, 1]."""
         if self._tensorboard is not None:
-            with writing_to(self.run_dir / "tensorboard"):
+            with writing_to(self.run_dir / TENSORBOARD_FOLDER):
                 self._tensorboard.add_images(tag, images, step)
         if self._wandb is not None:
             # W&B takes float arrays as 0-255 values, so [0, 1] floats would show black: hand it bytes.
@@ -93,7 +94,7 @@ class RunLogger:
         if self._csv_file is not None:
             self._csv_file.close()
         if self._tensorboard is not None:
-            with writing_to(self.run_dir / "tensorboard"):
+            with writing_to(self.run_dir / TENSORBOARD_FOLDER):
                 self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()

@@ -1,5 +1,7 @@
 """SBD (.mat instance maps, train/val lists, RITM's training filters) and PASCAL VOC (palette PNGs, 255 ignored)."""
 
+import re
+
 import numpy as np
 import pytest
 from dataset_trees import sbd_tree, use_dataset_config, write_image
@@ -61,6 +63,21 @@ def test_a_split_list_without_image_names_is_refused(tmp_path, listed, message):
     (root / "val.txt").write_bytes(listed)
     with pytest.raises(UserError, match=rf"val\.txt: {message}"):
         create_dataset("sbd", root, "val")
+
+
+@pytest.mark.parametrize("name", ["sub/../../../../escaped", "..", "a\\b", "/etc/x"])
+def test_a_listed_name_that_is_a_path_is_refused_by_its_line(tmp_path, name):
+    """Read from outside the root, its evaluation overlays (named after the item) went outside --out."""
+    root = sbd_tree(tmp_path / "SBD")
+    (root / "val.txt").write_text(f"2008_000001\n{name}\n")
+    with pytest.raises(UserError, match=rf"val\.txt, line 2: {re.escape(repr(name))} is a path, not an image name"):
+        create_dataset("sbd", root, "val")
+
+
+def test_a_byte_order_mark_before_the_first_name_is_no_part_of_it(tmp_path):
+    root = sbd_tree(tmp_path / "SBD")
+    (root / "val.txt").write_text("\ufeff2008_000001\n2008_000002\n", encoding="utf-8")
+    assert create_dataset("sbd", root, "val")[0].num_instances == 2
 
 
 def test_sbd_damaged_mat_names_the_file(sbd_root):

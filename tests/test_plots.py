@@ -33,7 +33,7 @@ from isegprobe.inference.clicker import Click
 from isegprobe.inference.evaluation import ObjectResult
 from isegprobe.inference.report import format_report
 from isegprobe.inference.results import ResultsWriter
-from isegprobe.inference.visuals import save_overlay
+from isegprobe.inference.visuals import has_overlay, save_overlay
 from isegprobe.plots.feature_panels import feature_panels, named_upsamplers, open_item
 from isegprobe.plots.feature_pca import PcaColours
 from isegprobe.plots.iou_vs_clicks import (
@@ -683,6 +683,13 @@ def test_overlays_of_objects_with_long_ids_are_written_under_names_that_differ(t
     second = save_overlay(tmp_path / "vis", drawn_object("x" * 300 + "2"))
     assert first != second and first.name.endswith("_4clicks_iou0.950.png")
     assert cv2.imread(str(first)) is not None and cv2.imread(str(second)) is not None
+
+
+def test_an_object_id_with_folders_in_it_names_a_file_inside_the_output_folder(tmp_path: Path) -> None:
+    """Ids come from a dataset's own files (a split list, an annotation file's keys): `../` put the picture outside."""
+    written = save_overlay(tmp_path / "a" / "vis", drawn_object("sub/../../../escaped"))
+    assert written.parent == tmp_path / "a" / "vis" and written.name.startswith("sub_.._.._.._escaped_")
+    assert has_overlay(tmp_path / "a" / "vis", "sub/../../../escaped")
 
 
 def test_report_never_writes_over_the_files_of_an_evaluation_it_reads(tmp_path: Path) -> None:

@@ -93,11 +93,14 @@ class NameListDataset(DatasetBase):
 
     def __init__(self, list_file: Path) -> None:
         try:
-            self._names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+            # utf-8-sig: a byte-order mark that an editor put first would be read as part of the first name
+            lines = list_file.read_text(encoding="utf-8-sig").splitlines()
         except UnicodeDecodeError:
             raise UserError(f"{list_file}: not a text file of image names, one per line") from None
+        self._names = [line.strip() for line in lines if line.strip()]
         if not self._names:
             raise UserError(f"{list_file}: lists no image (one image name per line)")
+        _refuse_paths_as_names(list_file, lines)
         self._counts: list[int] | None = None
 
     def __len__(self) -> int:
@@ -119,6 +122,18 @@ class NameListDataset(DatasetBase):
             return self.count_instances(name)
         except UserError:
             return 1
+
+
+def _refuse_paths_as_names(list_file: Path, lines: list[str]) -> None:
+    """A name is a file name in the dataset's folders: one with a folder in it (`sub/../../../x`) read an image from
+    outside the dataset's root, and an evaluation's overlays, named after the item, were written outside --out."""
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if name and (name != Path(name).name or name in (".", "..") or "\\" in name):
+            raise UserError(
+                f"{list_file}, line {number}: {name!r} is a path, not an image name (names are file names without "
+                "their suffix, without / or ..)"
+            )
 
 
 class PerInstanceSource:

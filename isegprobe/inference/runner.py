@@ -30,7 +30,7 @@ from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult,
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, get_protocol
 from isegprobe.inference.results import ResultsWriter, probe_identity
-from isegprobe.inference.saved_features import save_features, saving_features
+from isegprobe.inference.saved_features import SAVED_FEATURES_ENDING, save_features, saving_features
 from isegprobe.inference.tasks import (
     cached_object_count,
     cached_tasks,
@@ -39,7 +39,7 @@ from isegprobe.inference.tasks import (
     online_object_count,
     online_tasks,
 )
-from isegprobe.inference.visuals import has_overlay, save_overlay, strip_clicks
+from isegprobe.inference.visuals import file_name, has_overlay, save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.locks import exclusive_lock, shared_locks
 from isegprobe.model import runs_featurizer_online
@@ -389,7 +389,7 @@ def _save_features_of_objects_finished_unsaved(
 ) -> None:
     """--save-feats N keeps the features of a dataset's first N objects: those of `first` that an earlier run of this
     evaluation finished without saving them get theirs now (no click is made for them)."""
-    unsaved = [object_id for object_id in first if not (folder / f"{object_id}.npz").is_file()]
+    unsaved = [object_id for object_id in first if not (folder / file_name(object_id, SAVED_FEATURES_ENDING)).is_file()]
     if not unsaved:
         return
     tqdm.write(f"{name}: saving the features of {len(unsaved)} object(s) an earlier run finished", file=sys.stderr)

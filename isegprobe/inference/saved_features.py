@@ -15,7 +15,10 @@ import numpy as np
 
 from isegprobe.inference.evaluation import ObjectTask
 from isegprobe.inference.predictor import Predictor
+from isegprobe.inference.visuals import file_name
 from isegprobe.training.checkpoint import atomic_write_bytes
+
+SAVED_FEATURES_ENDING = ".npz"
 
 
 def save_features(folder: Path, task: ObjectTask, predictor: Predictor) -> Path:
@@ -28,7 +31,7 @@ def save_features(folder: Path, task: ObjectTask, predictor: Predictor) -> Path:
         image=task.view.image.permute(1, 2, 0).cpu().numpy(),
     )
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{task.id}.npz"
+    path = folder / file_name(task.id, SAVED_FEATURES_ENDING)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 

@@ -62,8 +62,11 @@ def has_overlay(folder: Path, object_id: str) -> bool:
 
 
 def file_name(stem: str, ending: str) -> str:
-    """`stem + ending`; where that is too long for a file name, the start of `stem`, then a hash of all of it (so
-    that two long object ids still name two files), then `ending`."""
+    """`stem + ending`, with any path separator in `stem` written as `_` (an object id comes from a dataset's own
+    files, and one with `../` in it put its picture outside the output folder); where that is too long for a file
+    name, the start of `stem`, then a hash of all of it (so that two long object ids still name two files), then
+    `ending`."""
+    stem = stem.replace("/", "_").replace("\\", "_")
     if len(f"{stem}{ending}".encode()) <= MAX_NAME_BYTES:
         return f"{stem}{ending}"
     digest = hashlib.sha256(stem.encode()).hexdigest()[:16]

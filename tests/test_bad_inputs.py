@@ -580,6 +580,16 @@ CASES: dict[str, Case] = {
         lambda w: evaluation(w, w.store, str(w.damaged_store("holds_results", lambda _: None) / "results")),
         "inside the feature store",
     ),
+    "extraction resumed from another dataset with the same ids": Case(
+        lambda w: extract_custom(other_images(w, "resumed"), stored_images(w, "resumed", 28).parent),
+        "im0' is not the image the store",
+    ),
+    "evaluation of a store with another dataset's images": Case(
+        lambda w: evaluation(
+            w, stored_images(w, "evaluated", SIZE), "res_other", "--root", other_images(w, "evaluated")
+        ),
+        "im0' under",
+    ),
     "store folder inside a feature store": Case(
         lambda w: extraction("--dataset", "builtin", "--size", "28", "--out", w.damaged_store("nests", lambda _: None)),
         "-56.zarr: inside the feature store",
@@ -649,6 +659,28 @@ def edited_run(world: World, key: str, value: object) -> Path:
     metadata = json.loads((copy / "last.json").read_text())
     (copy / "last.json").write_text(json.dumps({**metadata, key: value}))
     return copy
+
+
+def stored_images(world: World, name: str, size: int) -> Path:
+    """The store extracted at `size` from a custom folder of `World.images`' two pictures, in a folder `name`."""
+    out = world.root / name
+    folder = world.images(f"{name}_stored", lambda _: None)
+    extracted = invoke(
+        *extraction("--dataset", "custom", "--root", folder, "--size", size, "--workers", 0, "--out", out)
+    )
+    assert extracted.exit_code == 0, extracted.output
+    return next(out.glob("*.zarr"))
+
+
+def other_images(world: World, name: str) -> Path:
+    """A custom folder of `World.images`' names and masks with other pictures: a dataset that a store's item ids
+    cannot tell from the first."""
+
+    def repaint(folder: Path) -> None:
+        for index in range(2):
+            write_image(folder / "images" / f"im{index}.jpg", 28, 28, seed=100 + index)
+
+    return world.images(f"{name}_other", repaint)
 
 
 def results_of_another_store(world: World) -> Path:

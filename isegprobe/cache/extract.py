@@ -28,8 +28,10 @@ from isegprobe import featurizers
 from isegprobe.cache.attrs import build_attrs
 from isegprobe.cache.checksums import PIXEL_ARRAYS, pixel_checksums
 from isegprobe.cache.chunks import missing_chunk_files
+from isegprobe.cache.image_match import describe_difference, is_same_image, working_image
 from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.pixel_views import PixelSource
+from isegprobe.cache.reader import open_tensorstore
 from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
 from isegprobe.cache.store import (
     FeatureStore,
@@ -439,6 +441,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
         _refuse_to_add_to_an_old_layout(store, request.repair)
         repaired = _mark_broken_undone(store, request.repair) if rank == 0 else []
+        _refuse_another_datasets_images(store, source, request.out)
         if swap:
             repaired.insert(0, f"{path.name}: {swap}")
         # Rank 0 reports every rank's items: the shards left to do, whichever rank takes each.
@@ -493,6 +496,29 @@ def _refuse_to_add_to_an_old_layout(store: FeatureStore, repair: bool) -> None:
         f"stored); it reads and verifies as before, but extraction writes schema {SCHEMA_VERSION} only, so it cannot "
         "finish or repair it. Pass --overwrite to extract it again in the new layout, or choose another --out."
     )
+
+
+def _refuse_another_datasets_images(store: FeatureStore, source: SampleSource, out: str) -> None:
+    """Items are matched to a store by id, and another dataset of the same layout has the same ids: resumed with
+    another --root, extraction added that dataset's items to the store (or found nothing to do and kept the
+    first's). So the first finished item's image is made again and compared with the store's pixels. An item whose
+    image or chunks can no longer be read says nothing here; extraction or `cache verify` reports it."""
+    done = np.flatnonzero(store.done_mask())
+    if not len(done):
+        return
+    item = int(done[0])
+    identity = store.pixel_sources[store.attrs["views"].index("identity")]
+    try:
+        stored = open_tensorstore(store.path, "images")[item, identity.stored].read().result()
+        fresh = working_image(source[item].image, store.attrs["preprocessing"])
+    except (UserError, ValueError):
+        return
+    if not is_same_image(stored, fresh):
+        raise UserError(
+            f"--root {source.root}: item {store.attrs['item_ids'][item]!r} is not the image the store {store.path} "
+            f"was extracted from, under {store.attrs['dataset'].get('root')} ({describe_difference(stored, fresh)}); "
+            f"pass --overwrite to extract this dataset into it anew, or choose another --out than {out}"
+        )
 
 
 def _mark_broken_undone(store: FeatureStore, repair: bool) -> list[str]:

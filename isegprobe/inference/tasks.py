@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from isegprobe.cache import CachedDataset, FeatureStore
+from isegprobe.cache.image_match import require_the_stored_image, working_image
 from isegprobe.cache.reader import open_tensorstore, read_items
 from isegprobe.data import SampleSource
 from isegprobe.data.base import PerInstanceSource
@@ -104,6 +105,9 @@ def _cached_objects(
         sample = source[item]
         size = sample.image.shape[:2]
         entries = [cached[position * len(views) + v] for v in range(len(views))]
+        stored = entries[0]["image"].permute(1, 2, 0).numpy()  # views[0] is the identity view
+        fresh = working_image(sample.image, cached.preprocessing)
+        require_the_stored_image(cached.path, cached.item_ids[item], source.root, stored, fresh)
         working = [_working_view(entry["features"], entry["image"], entry["valid_box"], size) for entry in entries]
         yield from _objects(sample, working[0], working[1] if flip else None)
 

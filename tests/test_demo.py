@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import signal
 import socket
@@ -253,6 +254,24 @@ def test_an_image_option_that_names_no_image_file_is_refused_at_start(checkpoint
     assert result.exit_code == 1 and f"--image {notes}: not an image file" in result.output
 
 
+def test_an_image_whose_file_name_is_not_utf8_is_refused_at_start(
+    checkpoint: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    # Every answer of the API lists the names, in JSON: with such a name the demo started, then each request was a 500.
+    listed = next(image_folder.iterdir())
+    shutil.copy(listed, tmp_path / "plain.png")
+    shutil.copy(listed, tmp_path / os.fsdecode(b"caf\xe9.png"))
+    with socket.socket() as taken:  # a demo that got past the images would stop at the port instead of serving
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        command = ["demo", "--checkpoint", str(checkpoint), "--images", str(tmp_path), "--port", port]
+        result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1, result.output
+    assert f"{tmp_path}: the file name b'caf\\xe9.png' is not UTF-8 text" in result.output
+    assert "isegprobe demo on" not in result.output
+
+
 def picture_of(state: dict) -> np.ndarray:
     header, data = state["panels"][0]["picture"].split(",", 1)
     assert header == "data:image/jpeg;base64"
@@ -307,6 +326,34 @@ def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, im
         "/api/upload?name=cut.jpg", content=cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))[1][:-40]
     )
     assert cut.status_code == 400 and "cut.jpg: this image file is truncated" in cut.json()["detail"]
+
+
+def test_a_click_of_the_wrong_json_types_is_refused_naming_each_field(checkpoint: Path, image_folder: Path) -> None:
+    # Pydantic's lax integers and booleans recorded {"x": true, "y": false, "positive": "no"} as a click at (1, 0).
+    client = api(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
+    client.post("/api/open", json={"name": client.get("/api/state").json()["images"][0]})
+    refused = client.post("/api/click", json={"x": True, "y": False, "positive": "no"})
+    assert refused.status_code == 400
+    assert refused.json()["detail"] == (
+        "/api/click: x: Input should be a valid integer: a number, not true, false or text; "
+        "y: Input should be a valid integer: a number, not true, false or text; "
+        "positive: Input should be a valid boolean"
+    )
+    wrong = [
+        ({"x": "3", "y": 2, "positive": True}, "x"),
+        ({"x": 3, "y": 2.5, "positive": True}, "y"),
+        ({"x": 3, "y": 2, "positive": 1}, "positive"),
+        ({"x": 3, "y": 2, "positive": "true"}, "positive"),
+    ]
+    for body, field in wrong:
+        answer = client.post("/api/click", json=body)
+        assert answer.status_code == 400 and answer.json()["detail"].startswith(f"/api/click: {field}: "), body
+    unnamed = client.post("/api/open", json={"name": 0})
+    assert unnamed.status_code == 400 and unnamed.json()["detail"] == "/api/open: name: Input should be a valid string"
+    assert client.get("/api/state").json()["clicks"] == []
+    # What the page sends (whole numbers, true or false) is taken, and so is a whole number written as 3.0.
+    state = client.post("/api/click", json={"x": 3.0, "y": 2, "positive": False}).json()
+    assert state["clicks"] == [{"x": 3, "y": 2, "positive": False}]
 
 
 def free_port() -> int:

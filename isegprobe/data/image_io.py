@@ -293,12 +293,12 @@ def files_by_stem(folder: Path) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         if (path.is_file() or path.is_symlink() and not path.exists()) and path.suffix.lower() in IMAGE_SUFFIXES:
-            _require_utf8_name(path)
+            require_utf8_name(path)
             groups.setdefault(path.stem, []).append(path)
     return groups
 
 
-def _require_utf8_name(path: Path) -> None:
+def require_utf8_name(path: Path) -> None:
     """A file's stem is its item's id, which goes into JSON, CSV and the names of picture files, all UTF-8: a name
     of other bytes was extracted and evaluated, then crashed `evaluate --vis-preds` and `plot predictions`."""
     try:

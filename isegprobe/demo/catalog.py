@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from isegprobe.data import create_dataset, dataset_root
-from isegprobe.data.image_io import IMAGE_SUFFIXES, read_rgb
+from isegprobe.data.image_io import IMAGE_SUFFIXES, read_rgb, require_utf8_name
 from isegprobe.data.registry import SampleSource
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -28,6 +28,10 @@ class ImageCatalog:
     """Every image file in a folder (sorted), or one file."""
 
     def __init__(self, paths: list[Path]) -> None:
+        # A name is the image's id on the page, sent in every JSON answer: one that is not UTF-8 cannot be, and the
+        # server would start and then fail every request. The dataset loaders refuse such a name by the same rule.
+        for path in paths:
+            require_utf8_name(path)
         self.paths = {path.name: path for path in paths}
 
     @classmethod

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import cv2
@@ -24,7 +24,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, StrictBool, StrictStr
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
 from isegprobe.demo.catalog import Catalog
@@ -45,14 +46,28 @@ MAX_REQUEST_BYTES = 64 * 1024
 UPLOAD_PATH = "/api/upload"
 
 
+def _not_a_flag_or_text(value: object) -> object:
+    """Pydantic's integers take `true` as 1 and `"3"` as 3: a client that sends those has a bug the demo should
+    name, not a click it should record. Numbers go on to its integer check, which names a NaN, an infinity or a
+    fraction, and takes 3.0 as 3."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer: a number, not true, false or text")
+    return value
+
+
+PixelIndex = Annotated[int, BeforeValidator(_not_a_flag_or_text)]
+
+
 class ClickRequest(BaseModel):
-    x: int
-    y: int
-    positive: bool
+    """A click in the image's own pixels; the page sends whole numbers and `positive` as true or false."""
+
+    x: PixelIndex
+    y: PixelIndex
+    positive: StrictBool
 
 
 class OpenImage(BaseModel):
-    name: str
+    name: StrictStr
 
 
 def create_app(session: DemoSession, catalog: Catalog, host: str = "127.0.0.1", port: int = 8765) -> FastAPI:

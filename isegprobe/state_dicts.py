@@ -33,6 +33,8 @@ _ZIP_START, _PICKLE_START = b"PK\x03\x04", b"\x80"  # torch.save since 1.6; a pi
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 # The lines of torch's refusals that advise loading the file anyway.
 _ADVICE = re.compile(r"weights_only|weights only load failed|safe_globals|trusted source|documentation", re.IGNORECASE)
+# torch's warnings as it reads sparse tensors, which `read_state_dict` refuses right after.
+_SPARSE_WARNINGS = r"Validating sparse tensor invariants|Sparse \w+ tensor support is in beta"
 # Keys under which training code saves the weights beside its other state (Lightning's `state_dict`).
 WRAPPERS = ("model", "state_dict")
 
@@ -78,6 +80,11 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
     not_tensors = [key for key, value in state.items() if not isinstance(value, Tensor)]
     if not_tensors:
         raise UserError(f"weights file {path} is not a state dict: {shown(not_tensors)} are not tensors")
+    not_dense = not_dense_tensors(state)
+    if not_dense:
+        raise UserError(
+            f"weights file {path} holds tensors that are not dense (strided), as weights must be: {shown(not_dense)}"
+        )
     if all(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
     return dict(state)
@@ -87,7 +94,9 @@ def _load_pickled(path: Path) -> tuple[Any, Exception | None]:
     """The file's content, and torch's weights-only refusal where the file names other classes (then read as inert
     stand-ins, which may only sit beside the weights)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _SPARSE_WARNINGS, UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True), None
     except pickle.UnpicklingError as refusal:
         try:
             named = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -125,38 +134,64 @@ def load_strictly(module: nn.Module, state: Mapping[str, Tensor], misfit_message
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
+    not_dense = not_dense_tensors(state)
+    dense = {key: value for key, value in state.items() if _not_dense_kind(value) is None}
     misshaped = [
         f"{key} (file {tuple(value.shape)}, model {tuple(expected[key].shape)})"
-        for key, value in state.items()
+        for key, value in dense.items()
         if key in expected and value.shape != expected[key].shape
     ]
     # load_state_dict casts: int8 weights became zeros and bool ones ones, with no word
     not_floats = [
         f"{key} (file {str(value.dtype).removeprefix('torch.')})"
-        for key, value in state.items()
+        for key, value in dense.items()
         if key in expected and expected[key].is_floating_point() and not value.is_floating_point()
-    ]
-    # NaN weights made NaN features that extraction stored as done; buffers (masks) may hold infinities
-    parameters = dict(module.named_parameters())
-    not_finite = [
-        key
-        for key, value in state.items()
-        if key in parameters and value.is_floating_point() and not value.isfinite().all()
     ]
     problems = [
         f"{label}: {shown(keys)}"
         for label, keys in (
             ("missing", missing),
             ("unexpected", unexpected),
+            ("not dense (strided) tensors", not_dense),
             ("misshaped", misshaped),
             ("not floating-point", not_floats),
-            ("NaN or infinite values in", not_finite),
+            ("NaN or infinite values in", not_finite_parameters(module, dense)),
         )
         if keys
     ]
     if problems:
         raise UserError(f"{misfit_message}; " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
+
+
+def not_dense_tensors(state: Mapping[str, Tensor]) -> list[str]:
+    """The keys of `state` whose tensors are not dense (strided) ones with values, each with what it is instead.
+    torch.save keeps a tensor's layout, so a file can hold sparse, meta or nested tensors, on which checking values
+    and load_state_dict fail with a traceback."""
+    return [f"{key} ({kind})" for key, value in state.items() if (kind := _not_dense_kind(value)) is not None]
+
+
+def _not_dense_kind(tensor: Tensor) -> str | None:
+    if tensor.layout != torch.strided:
+        return str(tensor.layout).removeprefix("torch.")
+    if tensor.is_meta:
+        return "meta: a shape without values"
+    if tensor.is_nested:
+        return "nested"
+    return None
+
+
+def not_finite_parameters(module: nn.Module, state: Mapping[str, Tensor]) -> list[str]:
+    """The keys of `state` that load into parameters of `module` and hold NaN or infinite values. NaN weights made
+    NaN features that extraction stored as done, and a probe's made empty predictions; buffers (masks) may hold
+    infinities, so only parameters are checked."""
+    parameters = dict(module.named_parameters())
+    return not_finite({key: value for key, value in state.items() if key in parameters})
+
+
+def not_finite(tensors: Mapping[str, Tensor]) -> list[str]:
+    """The keys of the floating-point tensors among `tensors` (dense ones) that hold NaN or infinite values."""
+    return [key for key, value in tensors.items() if value.is_floating_point() and not value.isfinite().all()]
 
 
 def shown(keys: list[str]) -> str:

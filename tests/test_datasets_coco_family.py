@@ -188,3 +188,25 @@ def test_cocolvis_reads_ritm_pickles_layers_and_drops_stuff(tmp_path):
     (split / "masks" / "42.pickle").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match=r"42\.pickle: cannot unpickle"):
         dataset[0]
+
+
+def test_a_cocolvis_colour_layer_is_refused_naming_its_file(tmp_path):
+    # painting the objects failed with an IndexError, which `datasets check` reported without the file
+    root = tmp_path / "LVIS"
+    split = root / "val"
+    write_image(split / "images" / "42.jpg", H, W)
+    colour_layer = np.zeros((H, W, 3), np.uint8)
+    colour_layer[4:12, 4:12] = 1
+    (split / "masks").mkdir(parents=True)
+    with open(split / "masks" / "42.pickle", "wb") as file:
+        pickle.dump(_packed_masks([colour_layer], [(0, 1)]), file)
+    with open(split / "hannotation.pickle", "wb") as file:
+        pickle.dump({"42": {"hierarchy": {0: None}, "num_instance_masks": 1}}, file)
+    message = (
+        f"{split / 'masks' / '42.pickle'}: its mask layer 0 decodes as an image of 3 channels; each layer must be a "
+        "single-channel map (a greyscale PNG of object values)"
+    )
+    for name in ("val", "val-instances"):
+        with pytest.raises(UserError) as error:
+            create_dataset("cocolvis", root, name)[0]
+        assert str(error.value) == message

@@ -62,7 +62,8 @@ class CocoLvisDataset(DatasetBase):
             ]
             if any(layer is None for layer in layers):
                 raise ValueError("a layer is not a decodable image")
-            for layer in layers:
+            for number, layer in enumerate(layers):
+                _require_single_channel(mask_path, number, layer)
                 require_same_size(mask_path, layer.shape, image_path, image.shape)
             masks = [layers[mapping[instance][0]] == mapping[instance][1] for instance in instances]
         except (ValueError, TypeError, IndexError, KeyError) as error:
@@ -81,6 +82,16 @@ class CocoLvisDataset(DatasetBase):
         image_id, instances = self._items[index]
         image, (mask,) = self._read(index, [instances[instance - 1]])
         return instance_sample_of(image_id, instance, image, mask)
+
+
+def _require_single_channel(mask_path: Path, number: int, layer: np.ndarray) -> None:
+    """A layer holds one value per pixel (which object is there); a colour PNG decodes to several, and comparing
+    it with a value gave per-channel masks that painting the objects failed on with an IndexError."""
+    if layer.ndim != 2:
+        raise UserError(
+            f"{mask_path}: its mask layer {number} decodes as an image of {layer.shape[2]} channels; each layer must "
+            "be a single-channel map (a greyscale PNG of object values)"
+        )
 
 
 @register_dataset("cocolvis")

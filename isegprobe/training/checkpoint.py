@@ -30,6 +30,7 @@ from isegprobe.errors import UserError, writing_to
 from isegprobe.home_paths import expand_home
 from isegprobe.model import ISProbe
 from isegprobe.output_files import refuse_to_replace_a_kept_file, replaceable_file
+from isegprobe.state_dicts import not_finite, not_finite_parameters, shown
 from isegprobe.upsamplers.learned import LearnedUpsampler
 
 FORMAT = "isegprobe.probe"
@@ -334,13 +335,17 @@ def restore_training_state(run_dir: str | Path, probe: ISProbe, optimizer: torch
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise UserError(f"{files['metadata']}: its step is {step!r}, where train writes the number of steps taken")
     _load_weights(probe, _read_stamped(files["weights"], step), files["weights"], files["metadata"])
-    restore_optimizer(optimizer, _read_stamped(files["optimizer"], step), metadata["optimizer"])
+    optimizer_tensors = _read_stamped(files["optimizer"], step)
+    _refuse_not_finite(files["optimizer"], not_finite(optimizer_tensors))
+    restore_optimizer(optimizer, optimizer_tensors, metadata["optimizer"])
     return metadata
 
 
 def _load_weights(probe: ISProbe, weights: dict[str, torch.Tensor], weights_path: Path, metadata_path: Path) -> None:
     """Load a checkpoint's weights into the probe its JSON describes; weights of another probe (a file copied from
-    another run, an edited config, a store of another featurizer on resume) are refused naming both files."""
+    another run, an edited config, a store of another featurizer on resume) are refused naming both files, and
+    weights that are not finite naming the tensors."""
+    _refuse_not_finite(weights_path, not_finite_parameters(probe, weights))
     try:
         probe.load_state_dict(weights)
     except RuntimeError as error:
@@ -350,6 +355,14 @@ def _load_weights(probe: ISProbe, weights: dict[str, torch.Tensor], weights_path
             f"{weights_path}: these weights do not fit the probe that {metadata_path.name} (and the store's features) "
             f"describe: {first}; keep each run's files together, and resume a run with the store it trained on"
         ) from None
+
+
+def _refuse_not_finite(path: Path, keys: list[str]) -> None:
+    """Refuse a checkpoint file whose tensors hold NaN or infinities, as featurizer and upsampler weights are
+    refused: a probe with such weights predicted nothing, and evaluate reported IoU 0 everywhere; resumed from such
+    weights or optimizer moments, training made the loss NaN at once and blamed the learning rate."""
+    if keys:
+        raise UserError(f"{path}: NaN or infinite values in: {shown(keys)}; a checkpoint with them cannot be used")
 
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import warnings
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from dataset_trees import write_image
 
 from isegprobe.data import create_dataset
+from isegprobe.data.coco_format import UnpaintedAnnotationWarning
 from isegprobe.data.lvis import LVISDataset
 from isegprobe.errors import UserError
 
@@ -38,6 +40,29 @@ def _coco_json(file_names):
         ],
         "categories": [{"id": 1, "name": "thing"}],
     }
+
+
+def test_annotations_that_paint_no_pixel_are_named_once_not_dropped_silently(tmp_path):
+    """An annotation wholly under a later one and one of no area were left out of a custom file's objects without a
+    word; the first image with such annotations is named, and the objects are what can be clicked on."""
+    root = tmp_path / "COCO"
+    names = ["000000000001.jpg", "000000000002.jpg"]
+    for seed, name in enumerate(names):
+        write_image(root / "val2017" / name, H, W, seed)
+    data = _coco_json(names)
+    for image_id in (1, 2):
+        data["annotations"] += [
+            {"id": 20 + image_id, "image_id": image_id, "segmentation": [[4, 4, 9, 4, 6, 4]], "iscrowd": 0},
+            {"id": 30 + image_id, "image_id": image_id, "segmentation": _square(0, 0, 29, 19), "iscrowd": 0},
+        ]
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    dataset = create_dataset("coco", root, "val")
+    with pytest.warns(UnpaintedAnnotationWarning, match=r"image '000000000001': 3 of its 4 annotations paint no"):
+        assert dataset[0].num_instances == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnpaintedAnnotationWarning)
+        dataset[1]  # named for the first image only
 
 
 def test_coco_instances_paint_later_on_top_and_skip_crowds_and_empty_images(tmp_path):

@@ -8,6 +8,7 @@ annotation its own exact mask.
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,15 @@ def check_polygons(segmentation: list[Any], height: int, width: int) -> None:
             )
 
 
+class UnpaintedAnnotationWarning(UserWarning):
+    """Some annotations of an image paint no pixel of their own, so the image has fewer objects than annotations."""
+
+
 class AnnotatedImagesDataset(DatasetBase):
     """One sample per image that has at least one (non-crowd) annotation, in the JSON's image order."""
 
     max_overlap_ratio: float | None = None
+    _told_of_unpainted = False
 
     def __init__(self, name: str, root: Path, split: str, annotation_file: Path, image_dirs: list[Path]) -> None:
         self.name, self.split, self.root = name, split, str(root)
@@ -229,7 +235,26 @@ class AnnotatedImagesDataset(DatasetBase):
         image = self._read_image(index)
         masks = self._masks(index, self._annotations[index], image.shape[:2])
         labels = paint_instances(masks, image.shape[:2], self.max_overlap_ratio)
+        if self.max_overlap_ratio is None:  # LVIS's rule drops overlapping masks on purpose, as RITM does
+            self._tell_of_unpainted(index, len(masks) - int(labels.max(initial=0)))
         return Sample(id=self._ids[index], image=image, labels=labels, ignore=np.zeros(labels.shape, bool))
+
+    def _tell_of_unpainted(self, index: int, unpainted: int) -> None:
+        """Warn, for the first image only, that some of its annotations are no object: one that is empty (a polygon
+        of no area) or wholly under later ones paints no pixel, so it cannot be clicked on or evaluated, and the
+        image's objects are fewer than its annotations. A custom folder refuses such masks; annotation files made by
+        labelling tools hold them often enough that a refusal would leave whole datasets unusable."""
+        if unpainted <= 0 or self._told_of_unpainted:
+            return
+        self._told_of_unpainted = True
+        annotations = self._annotations[index]
+        warnings.warn(
+            f"{self.annotation_file}: image {self._ids[index]!r}: {unpainted} of its {len(annotations)} annotations "
+            "paint no pixel of their own (empty, or wholly under later ones) and are left out of its objects; "
+            "further images with such annotations are not named",
+            UnpaintedAnnotationWarning,
+            stacklevel=3,
+        )
 
     def instance_counts(self) -> list[int]:
         return [len(annotations) for annotations in self._annotations]

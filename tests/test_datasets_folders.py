@@ -77,6 +77,13 @@ def test_davis_reads_any_channel_and_reports_an_image_without_mask(tmp_path):
     assert sample.labels.sum() == 18 and not sample.ignore.any()
     with pytest.raises(UserError, match=r"camel\.jpg: no mask named camel"):
         dataset[1]
+    (root / "gt" / "camel.png").mkdir()
+    with pytest.raises(UserError, match=r"no mask named camel\.\* in .*gt \(camel\.png is there, but it is a folder\)"):
+        create_dataset("davis", root)[1]
+    (root / "gt" / "camel.png").rmdir()
+    (root / "gt" / "camel.gif").write_bytes(b"GIF89a")
+    with pytest.raises(UserError, match=r"\(camel\.gif is there, but only \.jpg, .* files are read\)"):
+        create_dataset("davis", root)[1]
 
 
 def test_coco_mval_keeps_one_sample_per_file_even_for_the_same_picture(tmp_path):

@@ -113,7 +113,9 @@ class MaskFolderDataset(DatasetBase):
             )
         path = only_file(entry.images, "image")
         if not entry.masks:
-            raise UserError(f"{path}: no mask named {entry.id}.* in {self.mask_dir}")
+            raise UserError(
+                f"{path}: no mask named {entry.id}.* in {self.mask_dir}" + unread_files_named(self.mask_dir, entry.id)
+            )
         for candidates in entry.masks:
             only_file(candidates, "mask")
         return path, read_rgb(path)

@@ -311,9 +311,9 @@ def require_utf8_name(path: Path) -> None:
 
 
 def unread_files_named(folder: Path, stem: str) -> str:
-    """For a message saying that no image of this name was found: what of that name is there but not read, a file
-    in another format (` (a.gif is there, but only .jpg, ... files are read)`) or something that is no file (` (a.jpg
-    is there, but it is a folder)`), or nothing."""
+    """For a message saying that no image or mask of this name was found: what of that name is there but not read,
+    a file in another format (` (a.gif is there, but only .jpg, ... files are read)`) or something that is no file
+    (` (a.jpg is there, but it is a folder)`), or nothing."""
     named = sorted(path for path in folder.glob("*") if path.stem == stem)
     not_files = [path for path in named if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_file()]
     if not_files:

@@ -86,6 +86,18 @@ def test_davis_reads_any_channel_and_reports_an_image_without_mask(tmp_path):
         create_dataset("davis", root)[1]
 
 
+def test_a_16_bit_mask_that_reads_as_empty_says_why(tmp_path):
+    """OpenCV's colour reading (RITM's DAVIS rule) scales 16-bit samples to 8 bits: an object at 255 becomes 0."""
+    root = tmp_path / "DAVIS"
+    write_image(root / "img" / "bear.jpg", H, W)
+    mask = np.zeros((H, W), np.uint16)
+    mask[3:6, 3:9] = 255
+    (root / "gt").mkdir()
+    assert cv2.imwrite(str(root / "gt" / "bear.png"), mask)
+    with pytest.raises(UserError, match=r"bear\.png: an empty mask \(no object pixel\) as read: it is a 16-bit PNG"):
+        create_dataset("davis", root)[0]
+
+
 def test_coco_mval_keeps_one_sample_per_file_even_for_the_same_picture(tmp_path):
     root = tmp_path / "COCO_MVal"
     for stem in ("airplane00_000000281693", "airplane01_000000281693"):

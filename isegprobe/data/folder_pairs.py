@@ -15,6 +15,7 @@ import numpy as np
 
 from isegprobe.data.base import DatasetBase, require_same_size
 from isegprobe.data.binary_masks import object_and_ignore, ritm_davis_rule, ritm_grabcut_rule
+from isegprobe.data.image_headers import png_bit_depth
 from isegprobe.data.image_io import files_by_stem, only_file, read_grey_mask, read_mask, read_rgb, unread_files_named
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
@@ -127,7 +128,9 @@ class MaskFolderDataset(DatasetBase):
         obj, ignore = self.decode_mask(path)
         require_same_size(path, obj.shape, image_path, image.shape)
         if not obj.any():
-            raise UserError(f"{path}: an empty mask (no object pixel); remove it or draw its object")
+            raise UserError(
+                f"{path}: an empty mask (no object pixel){_sixteen_bit_note(path)}; remove it or draw its object"
+            )
         return obj, ignore
 
     def __getitem__(self, index: int) -> Sample:
@@ -164,3 +167,15 @@ class MaskFolderDataset(DatasetBase):
         image_path, image = self._image(entry)
         obj, ignore = self._mask(entry.masks[instance - 1], image, image_path)
         return Sample(id=f"{entry.id}_{instance}", image=image, labels=obj.astype(np.uint16), ignore=ignore & ~obj)
+
+
+def _sixteen_bit_note(path: Path) -> str:
+    """Why a 16-bit PNG mask can read as empty: its samples are scaled to 8 bits as OpenCV reads colour (RITM's
+    rule), so an object drawn at 255 of 65535 becomes 0."""
+    with open(path, "rb") as file:
+        if png_bit_depth(file.read(25)) != 16:
+            return ""
+    return (
+        " as read: it is a 16-bit PNG, whose values are scaled to 8 bits (255 of 65535 becomes 0); save it with "
+        "8-bit samples"
+    )

@@ -27,6 +27,13 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def png_bit_depth(data: bytes) -> int | None:
+    """The bits per sample a PNG's IHDR declares; None for other data."""
+    if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 25:
+        return data[24]
+    return None
+
+
 def jpeg_first_scan(data: bytes) -> int | None:
     """Where a JPEG's first scan marker starts, found by walking its header segments (a thumbnail inside an EXIF
     segment holds scans and an end of its own, so the bytes cannot be searched); None where the walk fails."""

@@ -103,6 +103,22 @@ def test_a_report_notes_the_settings_its_labels_hide(tmp_path: Path) -> None:
     assert same.exit_code == 0 and "different settings" not in same.output, same.output
 
 
+def test_rows_of_one_dataset_read_from_different_folders_are_noted(tmp_path: Path) -> None:
+    """Two custom folders share a dataset's name and so a column: one cell was that column's best, without a word."""
+    first = write_results(tmp_path / "first", {"a": EASY}, image_roots={"grabcut": "/data/setA"})
+    second = write_results(tmp_path / "second", {"a": HARD}, image_roots={"grabcut": "/data/setB"})
+    same = write_results(tmp_path / "same", {"a": HARD}, image_roots={"grabcut": "/data/setA"})
+    before = write_results(tmp_path / "before", {"a": HARD})  # written before the folders were recorded
+    result = run("report", first, second, "--labels", "first,second")
+    assert result.exit_code == 0, result.output
+    assert (
+        "grabcut: rows read its images from different folders (first: /data/setA, second: /data/setB); unless these "
+        "hold the same images, their numbers do not compare"
+    ) in result.output
+    quiet = run("report", first, same, before, "--labels", "first,same,before")
+    assert quiet.exit_code == 0 and "different folders" not in quiet.output, quiet.output
+
+
 def test_a_bar_in_a_label_or_name_stays_inside_its_cell(tmp_path: Path) -> None:
     folders = [write_results(tmp_path / "a", {"a": EASY}), write_results(tmp_path / "b", {"a": HARD})]
     result = run("report", *folders, "--labels", "lift | 448 px,bilinear")

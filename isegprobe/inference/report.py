@@ -159,7 +159,23 @@ def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: 
         (label, {name: summary["num_instances"] for name, summary in document["datasets"].items()})
         for label, document in evaluations
     ]
-    return notes + object_count_notes(counted, "rows")
+    return notes + _image_root_notes(evaluations) + object_count_notes(counted, "rows")
+
+
+def _image_root_notes(evaluations: Sequence[Evaluation]) -> list[str]:
+    """Per dataset whose rows read its images from different folders, a note naming them: two custom folders (or
+    an SBD and its edited copy) share a dataset's name and so a column, and their numbers do not compare."""
+    roots: dict[str, list[tuple[str, str]]] = {}
+    for label, document in evaluations:
+        recorded = document.get("image_roots")  # absent from results written before it was recorded
+        for dataset, root in recorded.items() if isinstance(recorded, dict) else ():
+            roots.setdefault(dataset, []).append((label, str(root)))
+    return [
+        f"{dataset}: rows read its images from different folders ({_listed(read)}); unless these hold the same "
+        "images, their numbers do not compare"
+        for dataset, read in roots.items()
+        if _differ(read)
+    ]
 
 
 def _short_curve_notes(evaluations: Sequence[Evaluation], miou_at: int) -> list[str]:

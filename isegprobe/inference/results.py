@@ -39,7 +39,10 @@ CSV_COLUMNS = (
 # What results.json files written before a run-info key existed meant by leaving it out.
 RUN_INFO_DEFAULTS = {"protocol": "cache"}
 # Run-info keys that results.json files written before them cannot be checked against.
-RECORDED_SINCE = frozenset({"source_fingerprints", "checkpoint_step"})
+RECORDED_SINCE = frozenset({"source_fingerprints", "checkpoint_step", "image_roots"})
+# Run-info keys that a resumed evaluation may change: the checkpoint's path (its hash is compared), and the folder
+# of a store's images, which each item's image is compared with before its objects are evaluated.
+NOT_COMPARED_ON_RESUME = frozenset({"checkpoint", "image_roots"})
 
 # What plots and reports read from each dataset's summary in results.json, and what each holds (as a refusal names it).
 SUMMARY_KEYS = {
@@ -82,7 +85,7 @@ class ResultsWriter:
         differences = [
             f"{key}: {earlier.get(key, RUN_INFO_DEFAULTS.get(key))!r} there, {value!r} now"
             for key, value in wanted.items()
-            if key != "checkpoint"
+            if key not in NOT_COMPARED_ON_RESUME
             and not (key in RECORDED_SINCE and key not in earlier)
             and earlier.get(key, RUN_INFO_DEFAULTS.get(key)) != value
         ]

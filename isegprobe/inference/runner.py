@@ -22,7 +22,7 @@ from tqdm import tqdm
 from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.schema import check_same_featurizer, identity_value, store_fingerprint, store_name
-from isegprobe.data import create_dataset, dataset_root
+from isegprobe.data import SampleSource, create_dataset, dataset_root
 from isegprobe.devices import deterministic_arithmetic
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
@@ -114,6 +114,7 @@ def _evaluate(
             "threshold": request.threshold,
             "sources": {job.name: job.source for job in setup.jobs},
             "source_fingerprints": {job.name: job.fingerprint for job in setup.jobs if job.fingerprint},
+            "image_roots": {job.name: job.images_root for job in setup.jobs},
         }
         if request.online:
             # What `plot predictions` needs to read the same images again.
@@ -156,6 +157,9 @@ class EvaluationJob(NamedTuple):
     count: Callable[[], int]
     online_root: Path | None = None
     fingerprint: str | None = None  # a store's (`store_fingerprint`), so that a resume on a store made again refuses
+    # The folder the images and masks were read from (None for the built-in data): two datasets of one layout share
+    # a name, and `report` says so when the rows of one column read different folders.
+    images_root: str | None = None
 
 
 class EvaluationSetUp(NamedTuple):
@@ -287,6 +291,10 @@ class FirstObjects:
             yield task
 
 
+def _images_root(source: SampleSource) -> str | None:
+    return None if source.root is None else _root_text(Path(source.root))
+
+
 def _root_text(root: Path | None) -> str | None:
     return None if root is None else str(Path(root).resolve())
 
@@ -415,7 +423,9 @@ def _jobs(
             source = create_dataset(name, root, request.split)
             where = f"{name} {request.split} at {source.root}, online"
             tasks = distinct_objects(online_tasks(source, size, resize, whole_image_flip, only_items), name)
-            yield EvaluationJob(name, where, tasks, partial(online_object_count, source), root)
+            yield EvaluationJob(
+                name, where, tasks, partial(online_object_count, source), root, images_root=_images_root(source)
+            )
         return
     for path in _store_paths(request, metadata):
         reading.enter_context(shared_locks(path))
@@ -433,6 +443,7 @@ def _jobs(
             tasks,
             partial(cached_object_count, str(path)),
             fingerprint=store_fingerprint(store.attrs),
+            images_root=_images_root(source),
         )
 
 

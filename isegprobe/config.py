@@ -98,11 +98,11 @@ class ClickEncoderConfig:
 
 @dataclass
 class UpsamplerConfig:
-    """`fine_tune`: train a learned upsampler's weights with the probe (an upsampler whose `trainable` is false has
-    none to train). `train_mode_when_frozen`: a frozen learned upsampler still switches to training mode while the
-    probe trains (BatchNorm on batch statistics, moving its running statistics, dropout on), as the iSegProbe
-    research code's `net.train()` does; evaluation uses the authors' running statistics. Off by default, since frozen
-    means eval."""
+    """`fine_tune`: train a learned upsampler's weights with the probe (one without learned weights, such as
+    bilinear, has none to train). `train_mode_when_frozen`: a frozen learned upsampler still switches to training
+    mode while the probe trains (BatchNorm on batch statistics, moving its running statistics, dropout on), as the
+    iSegProbe research code's `net.train()` does; evaluation uses the authors' running statistics. Off by default,
+    since frozen means eval."""
 
     name: str = "bilinear"
     weights: str | None = None

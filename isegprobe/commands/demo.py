@@ -30,7 +30,12 @@ from isegprobe.errors import UserError
     default=None,
     help=f"List a dataset's images with their ground truth, and show the IoU; one of: {', '.join(list_datasets())}.",
 )
-@click.option("--root", default=None, help="Folder of --dataset in its usual layout (not needed for builtin).")
+@click.option(
+    "--root",
+    default=None,
+    help="Folder of --dataset in its usual layout; default: its configured root (see `datasets list`); builtin "
+    "has none.",
+)
 @click.option("--split", default="test", show_default=True, help="Split of --dataset.")
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network."

@@ -145,7 +145,8 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     """Simulate RITM's clicker on every object: NoC@80/85/90, NoF@85/90, IoU@1, the mIoU curve, seconds per click.
 
     \b
-    From the cache (the featurizer runs only for --zoom-in, early fusion and --protocol iSegProbe):
+    From the cache (the featurizer is loaded only for --zoom-in and early-fusion probes; --online and
+    --protocol iSegProbe run it on the images):
         isegprobe evaluate --checkpoint runs/probe --datasets grabcut,berkeley --store-root cache/ --out results/
     Writes results.json, results.csv and ious.npz (one IoU curve per object) into --out, after every batch,
     so an interrupted run (Ctrl-C) keeps the objects it finished, and the same command again evaluates only the

@@ -43,7 +43,12 @@ from isegprobe.units import human_bytes
     "iSegProbe research code normalizes; recorded in the store, which is never mixed with the other kind.",
 )
 @click.option("--dataset", required=True, help=f"Dataset family; one of: {', '.join(list_datasets())}.")
-@click.option("--root", default=None, help="Folder of the dataset in its usual layout (not needed for builtin).")
+@click.option(
+    "--root",
+    default=None,
+    help="Folder of the dataset in its usual layout; default: its configured root (see `datasets list`); builtin "
+    "has none.",
+)
 @click.option("--split", default="test", show_default=True, help="Dataset split.")
 @click.option(
     "--size",
@@ -59,7 +64,8 @@ from isegprobe.units import human_bytes
     help="Comma-separated views to cache: identity, hflip, vflip, rot90, rot180, rot270, scale<f> (a zoomed-in "
     "crop, e.g. scale1.5), crop<k> (iSegProbe's training crop: a working-size window at 0.75-1.25 scale; "
     "crop1,crop2,... for several), rcrop<k> (that crop, randomly flipped and turned as iSegProbe's training draws "
-    "it). Stage two trains on one view per image and epoch, drawn at random (data.views: among which).",
+    "it). identity is required and comes first. Stage two trains on one view per image and epoch, drawn at random "
+    "(data.views: among which).",
 )
 @click.option(
     "--resize",
@@ -101,7 +107,8 @@ from isegprobe.units import human_bytes
     type=click.Path(file_okay=False),
     help=(
         "Folder for the store; it is created as OUT/<featurizer>-<dataset>-<split>-<size>.zarr, the featurizer's "
-        "characters other than letters, digits, . and _ written as _ (NAME:keys: NAME_keys)."
+        "characters other than letters, digits, . and _ written as _ (NAME:keys: NAME_keys); --normalization "
+        "imagenet adds -imagenet_norm after the featurizer (<featurizer>-imagenet_norm-<dataset>-<split>-<size>.zarr)."
     ),
 )
 @click.option(

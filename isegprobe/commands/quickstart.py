@@ -60,7 +60,7 @@ QUICKSTART_PRESET = "quickstart"
     "--max-clicks",
     default=20,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 100),
     help="Clicks per object in the evaluation.",
 )
 @device_option
@@ -75,7 +75,8 @@ def quickstart(
     1. extract-features: builtin/train (24 scenes) and builtin/test (12 scenes), views identity + hflip
     2. train: the `quickstart` preset (a low-resolution probe: identity upsampler, head width 64) from the cache
     3. evaluate: RITM's clicker on every test object, from the cache (the featurizer is not loaded), with the last
-       checkpoint and --flip: `evaluate --checkpoint OUT/run/last.json --flip` gives the same numbers
+       checkpoint and --flip; the same numbers again: `evaluate --checkpoint OUT/run/last.json
+       --store OUT/cache/FEATURIZER-builtin-test-SIZE.zarr --flip --out DIR`
     With --weights random the featurizer is untrained: the pipeline runs, but the numbers say nothing about the model.
     """
     out_dir = Path(out)

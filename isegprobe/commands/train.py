@@ -117,7 +117,7 @@ def train(
     """Train an interactive-segmentation probe on cached frozen features.
 
     \b
-    isegprobe train --config sbd_224 --store cache/sbd_train.zarr --out runs/dinov2_s14
+    isegprobe train --config sbd_224 --store cache/vit_small_patch14_dinov2-sbd-train-224.zarr --out runs/dinov2_s14
     isegprobe train --config fast_cpu --set model.head.width=32 --store STORE --out RUN --max-iters 200
     torchrun --nproc-per-node 4 -m isegprobe train --config sbd_224 --store STORE --out RUN
     isegprobe train --config sbd_224 --store STORE --out RUNS --variant 'bilinear model.upsampler.name=bilinear'

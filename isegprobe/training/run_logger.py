@@ -158,7 +158,9 @@ def _wandb() -> Any:
     try:
         import wandb
     except ImportError as error:
-        raise UserError("--wandb needs the wandb package: pip install 'isegprobe[wandb]' (or drop --wandb)") from error
+        raise UserError(
+            "--wandb needs the wandb package: pip install -e '.[wandb]' in isegprobe's source folder (or drop --wandb)"
+        ) from error
     version = tuple(int(part) for part in re.findall(r"\d+", wandb.__version__)[:3])
     if version < WANDB_AT_LEAST:
         raise UserError(

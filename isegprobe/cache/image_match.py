@@ -12,7 +12,9 @@ agrees with a fresh view to within a grey level or two on average, while another
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,7 +26,7 @@ from isegprobe.errors import UserError
 MAX_MEAN_DIFFERENCE = 8.0
 
 
-def working_image(image: np.ndarray, preprocessing: dict) -> np.ndarray:
+def working_image(image: np.ndarray, preprocessing: Mapping[str, Any]) -> np.ndarray:
     """uint8 [S, S, 3]: the identity view's pixels of a full-size image, as extraction makes them (`preprocessing` is
     a store's attribute of that name)."""
     return resize_into_square(image, preprocessing["size"], preprocessing["resize"], cv2.INTER_LINEAR)[0]

@@ -105,7 +105,7 @@ def _cached_objects(
         sample = source[item]
         size = sample.image.shape[:2]
         entries = [cached[position * len(views) + v] for v in range(len(views))]
-        stored = entries[0]["image"].permute(1, 2, 0).numpy()  # views[0] is the identity view
+        stored = entries[0]["image"].permute(1, 2, 0).cpu().numpy()  # views[0] is the identity view
         fresh = working_image(sample.image, cached.preprocessing)
         require_the_stored_image(cached.path, cached.item_ids[item], source.root, stored, fresh)
         working = [_working_view(entry["features"], entry["image"], entry["valid_box"], size) for entry in entries]

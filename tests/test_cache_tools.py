@@ -338,3 +338,23 @@ def test_verify_recompute_tells_features_that_other_code_computed_though_their_c
     assert refused.exit_code == 1
     assert "features of 4 stored images (2 items) computed again on cpu" in refused.output
     assert "below 0.999, so the stored features are not what the recorded featurizer computes" in refused.output
+
+
+def test_verify_images_finds_items_whose_chunks_were_swapped_which_checksums_pass(pristine, tmp_path):
+    """Chunk files carry their checksums with them: swapped between two shards, every entry still matches its
+    checksum. Compared with the dataset's images, the items are not theirs."""
+    store = copied(pristine, tmp_path)
+    for array in store.iterdir():
+        chunks = array / "c"
+        if (chunks / "0").exists() and (chunks / "1").exists():
+            (chunks / "0").rename(chunks / "swapped")
+            (chunks / "1").rename(chunks / "0")
+            (chunks / "swapped").rename(chunks / "1")
+    runner = CliRunner()
+    assert runner.invoke(cache, ["verify", str(store)]).exit_code == 0, "the checksums cannot tell"
+    verified = runner.invoke(cache, ["verify", "--images", str(store)])
+    assert verified.exit_code == 1
+    assert "item 0 (test_000): not its image under builtin (its working-size pixels differ" in verified.output
+    assert "8 item(s) hold pixels of other images" in verified.output
+    whole = runner.invoke(cache, ["verify", "--images", str(pristine)])
+    assert whole.exit_code == 0 and "every finished item's pixels are its image under builtin" in whole.output

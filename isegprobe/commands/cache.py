@@ -7,6 +7,7 @@ import json
 import click
 
 from cache_tools import describe_store, feature_stats, format_stats, list_stores, verify_store
+from cache_tools.images import items_of_other_images
 from cache_tools.recompute import AGREEMENT, Recomputed, recompute_features
 from cache_tools.verify import finished_items, has_checksums
 from isegprobe.cache.store import refuse_output_inside_a_store
@@ -60,10 +61,19 @@ def info_command(store: str) -> None:
 @click.option(
     "--weights", default=None, help="With --recompute: weights in place of the recorded ones (hub or a file)."
 )
+@click.option(
+    "--images",
+    is_flag=True,
+    help="Also compare every finished item's stored pixels with its image in the dataset (at the recorded root, or "
+    "--root): checksums cannot tell chunk files copied from another store or swapped between items.",
+)
+@click.option("--root", default=None, help="With --images: the dataset's folder, where it moved since extraction.")
 @device_option
 @allow_torchscript_option
 @reports_user_errors
-def verify_command(store: str, recompute: int, weights: str | None, device: str) -> None:
+def verify_command(
+    store: str, recompute: int, weights: str | None, images: bool, root: str | None, device: str
+) -> None:
     """Read every finished item and check it against its checksum (written at extraction), for finite features and
     sane boxes; exits 1 and lists the problems if any."""
     with shared_locks(store):
@@ -74,6 +84,8 @@ def verify_command(store: str, recompute: int, weights: str | None, device: str)
             click.echo("the same extract-features command with --repair extracts the broken items again", err=True)
             raise SystemExit(1)
         done, items = finished_items(store)
+        read_from, other_images = items_of_other_images(store, root) if images else (None, [])
+        _refuse_other_images(other_images)
         recomputed = recompute_features(store, recompute, device, weights) if recompute else None
     if has_checksums(store):
         click.echo(f"{store}: consistent ({done} of {items} items finished, each entry matching its checksum)")
@@ -82,8 +94,23 @@ def verify_command(store: str, recompute: int, weights: str | None, device: str)
             f"{store}: consistent ({done} of {items} items finished), but made before per-entry checksums were "
             "recorded: its bytes were not checked"
         )
+    if images:
+        click.echo(f"every finished item's pixels are its image under {read_from}")
     if recomputed is not None:
         _report_recomputed(recomputed, device)
+
+
+def _refuse_other_images(problems: list[str]) -> None:
+    """`--images`: exit 1 listing the items whose pixels are not their dataset image."""
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        click.echo(
+            f"{len(problems)} item(s) hold pixels of other images (chunk files copied or swapped, or a dataset that "
+            "is not the store's): extract-features --overwrite extracts the store anew",
+            err=True,
+        )
+        raise SystemExit(1)
 
 
 def _report_recomputed(recomputed: Recomputed, device: str) -> None:

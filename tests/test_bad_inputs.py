@@ -620,6 +620,21 @@ CASES: dict[str, Case] = {
         "last.safetensors: these weights do not fit the probe that last.json (and the store's features) describe: "
         "size mismatch for head.reduce.weight",
     ),
+    "probe changed by --set on --resume": Case(
+        lambda w: [
+            "train",
+            "--resume",
+            "--out",
+            w.run_copy("reset"),
+            "--store",
+            w.train_store,
+            "--max-iters",
+            "1",
+            "--set",
+            "model.head.width=32",
+        ],  # fmt: skip
+        "--set changed the probe of a run under way (model.head.width 64 -> 32): a resumed run keeps its probe",
+    ),
 }
 
 

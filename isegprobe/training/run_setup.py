@@ -114,7 +114,7 @@ def set_up_run(
 
     state, changes = RunProgress(), []
     if resume:
-        metadata = restore_training_state(run_dir, trainer.probe, trainer.optimizer)
+        metadata = _restored(run_dir, trainer, config)
         state = RunProgress.from_metadata(metadata, checkpoint_files(run_dir, "last")["metadata"])
         changes = config_changes(metadata["config"], config, state.step, metadata.get("config_changes"))
         if rank == 0 and changes and changes[-1]["step"] == state.step:
@@ -177,6 +177,24 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
     resizes = [store.preprocessing.get("resize", "stretch") for store in (dataset, val_dataset)]
     if resizes[0] != resizes[1]:
         raise UserError(f"{where}: extracted with --resize {resizes[1]}, the training store with --resize {resizes[0]}")
+
+
+def _restored(run_dir: Path, trainer: Trainer, config: TrainConfig) -> dict:
+    """The run's last checkpoint, loaded into the trainer's probe and optimizer. A `--set` of the probe's own
+    settings on `--resume` builds a probe its weights do not fit; the refusal then names those settings, where it
+    blamed the run's files alone."""
+    try:
+        return restore_training_state(run_dir, trainer.probe, trainer.optimizer)
+    except UserError as error:
+        saved = read_metadata(checkpoint_files(run_dir, "last")["metadata"]).get("config", {})
+        changed = next(iter(config_changes(saved, config, 0, None)), {"changed": {}})["changed"]
+        model = [f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items() if key.startswith("model.")]
+        if not model:
+            raise
+        raise UserError(
+            f"{error}\n--set changed the probe of a run under way ({', '.join(model)}): a resumed run keeps its "
+            "probe; train the changed one in a new folder (another --out)"
+        ) from None
 
 
 def _preload(dataset: Dataset | None, device: torch.device | None, progress: bool) -> None:

@@ -7,6 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -179,7 +180,7 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
         raise UserError(f"{where}: extracted with --resize {resizes[1]}, the training store with --resize {resizes[0]}")
 
 
-def _restored(run_dir: Path, trainer: Trainer, config: TrainConfig) -> dict:
+def _restored(run_dir: Path, trainer: Trainer, config: TrainConfig) -> dict[str, Any]:
     """The run's last checkpoint, loaded into the trainer's probe and optimizer. A `--set` of the probe's own
     settings on `--resume` builds a probe its weights do not fit; the refusal then names those settings, where it
     blamed the run's files alone."""

@@ -26,8 +26,7 @@ def items_of_other_images(path: str | Path, root: str | None = None) -> tuple[st
     store = FeatureStore.open(path)
     dataset = store.attrs["dataset"]
     source = create_dataset(dataset["name"], root or dataset["root"], dataset["split"])
-    identity = store.pixel_sources[store.attrs["views"].index("identity")]
-    images = open_tensorstore(store.path, "images")[:, identity.stored]
+    images = open_tensorstore(store.path, "images")[:, store.identity_pixels]
     item_ids, done, preprocessing = store.attrs["item_ids"], store.done_mask(), store.attrs["preprocessing"]
     problems = []
     with tqdm(desc="images", total=int(done.sum()), unit="item", disable=None, file=sys.stderr) as progress:

@@ -507,9 +507,8 @@ def _refuse_another_datasets_images(store: FeatureStore, source: SampleSource, o
     if not len(done):
         return
     item = int(done[0])
-    identity = store.pixel_sources[store.attrs["views"].index("identity")]
     try:
-        stored = open_tensorstore(store.path, "images")[item, identity.stored].read().result()
+        stored = open_tensorstore(store.path, "images")[item, store.identity_pixels].read().result()
         fresh = working_image(source[item].image, store.attrs["preprocessing"])
     except (UserError, ValueError):
         return

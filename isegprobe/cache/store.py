@@ -134,6 +134,12 @@ class FeatureStore:
         """Where each view's pixels are stored (`cache.pixel_views`)."""
         return pixel_sources(self.attrs)
 
+    @property
+    def identity_pixels(self) -> int:
+        """Which stored pixel entry of an item is its identity view's (stored as itself), the one that is the image
+        as extraction saw it."""
+        return self.pixel_sources[self.attrs["views"].index("identity")].stored
+
     @cached_property
     def feature_dtype(self) -> np.dtype:
         """The features' stored dtype, read once: opening the array reads its metadata from disk, in Python (0.1 ms

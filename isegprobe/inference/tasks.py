@@ -63,8 +63,7 @@ def cached_object_count(store_path: str) -> int:
     rather than the dataset's full-size masks, which the evaluation reads anyway: a progress bar's total, known
     before the first object. An object too small to survive the resize to the working size is not counted."""
     store = FeatureStore.open(store_path)
-    identity = store.pixel_sources[store.attrs["views"].index("identity")]  # stored as itself
-    labels = open_tensorstore(store.path, "labels")[:, identity.stored]
+    labels = open_tensorstore(store.path, "labels")[:, store.identity_pixels]
     return sum(
         object_count(item_labels)
         for shard in store.shard_ranges()

@@ -505,7 +505,7 @@ def test_datasets_and_split_given_beside_a_store_must_be_what_it_holds(store, tr
 def test_results_of_another_evaluation_are_never_replaced_without_overwrite(store, trained_run, tmp_path):
     out = tmp_path / "results"
     common = ["--checkpoint", str(trained_run), "--store", str(store), "--batch-size", "3", "--out", str(out)]
-    assert cli(*common, "--max-clicks", "2").exit_code == 0
+    assert cli(*common, "--max-clicks", "2", "--vis-preds", "1", "--save-feats", "1").exit_code == 0
     before = (out / "ious.npz").read_bytes()
     evaluated_again = []
     request = EvaluationRequest(checkpoint=str(trained_run), out_dir=str(out), stores=[str(store)], max_clicks=2)
@@ -522,6 +522,7 @@ def test_results_of_another_evaluation_are_never_replaced_without_overwrite(stor
     replaced = cli(*common, "--max-clicks", "3", "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert np.load(out / "ious.npz")["grabcut/ious"].shape == (3, 3)
+    assert not (out / "vis").exists() and not (out / "feats").exists(), "the replaced evaluation's pictures went too"
 
     (out / "ious.npz").write_bytes((out / "ious.npz").read_bytes()[:300])
     cut = cli(*common, "--max-clicks", "3")
@@ -529,6 +530,30 @@ def test_results_of_another_evaluation_are_never_replaced_without_overwrite(stor
     (out / "ious.npz").unlink()
     lost = cli(*common, "--max-clicks", "3")
     assert lost.exit_code == 1 and "ious.npz: unreadable or short of the curves" in lost.output
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("complete", None, "complete is None, not true or false"),
+        ("clicks_timed", "many", "clicks_timed is 'many', not a count of 0 or more"),
+        ("sec_per_click", "fast", "sec_per_click is 'fast', not a number of seconds"),
+    ],
+)
+def test_a_results_json_a_resume_cannot_continue_is_refused_by_name(store, trained_run, tmp_path, key, value, message):
+    """A hand-edited summary that reports still read (they do not use these keys) stopped a resume in a traceback,
+    after one more batch where the seconds per click were text."""
+    out = tmp_path / "results"
+    common = ["--checkpoint", str(trained_run), "--store", str(store), "--max-clicks", "2", "--out", str(out)]
+    assert cli(*common, "--max-objects", "1").exit_code == 0
+    document = json.loads((out / "results.json").read_text())
+    document["datasets"]["grabcut"][key] = value
+    (out / "results.json").write_text(json.dumps(document))
+    before = (out / "ious.npz").read_bytes()
+    resumed = cli(*common)
+    assert resumed.exit_code == 1, resumed.output
+    assert f"results.json: cannot resume from it ({message}); pass --overwrite" in resumed.output
+    assert "Traceback" not in resumed.output and (out / "ious.npz").read_bytes() == before
 
 
 def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tmp_path, featurizer):

@@ -134,7 +134,11 @@ def refuse_stores_of_other_data(stores: tuple[str, ...], datasets: list[str], sp
     type=click.Path(file_okay=False),
     help="Folder for the results. If it holds an unfinished run of the same evaluation, that run is resumed.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace the results already in --out instead of resuming them.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the results already in --out (and their vis/ and feats/) instead of resuming them.",
+)
 @max_pixels_option
 @click.option(
     "--wandb", "use_wandb", is_flag=True, help="Also log the results to Weights & Biases (WANDB_MODE=offline works)."

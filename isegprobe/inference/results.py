@@ -104,6 +104,12 @@ class ResultsWriter:
                 f"{self.out_dir / 'ious.npz'}: unreadable or short of the curves results.json counts ({error}); "
                 "pass --overwrite to start over"
             ) from None
+        problems = [problem for summary in earlier["datasets"].values() for problem in _resume_problems(summary)]
+        if problems:
+            raise UserError(
+                f"{self.out_dir / 'results.json'}: cannot resume from it ({'; '.join(problems)}); pass --overwrite to "
+                "start over"
+            )
         for dataset, summary in earlier["datasets"].items():
             ids, ious = curves[dataset]
             for object_id, curve in zip(ids, ious, strict=True):
@@ -212,6 +218,21 @@ def _read_back_problems(document: Any) -> list[str]:
         if not _KIND_TESTS[kind](value):
             wrong.setdefault(kind, []).append(key)
     return [f"{', '.join(keys)} not {kind}" for kind, keys in wrong.items()]
+
+
+def _resume_problems(summary: dict[str, Any]) -> list[str]:
+    """What of a dataset's summary, beyond what reports read, a resumed evaluation carries on from: whether it was
+    finished, and the time of the clicks timed so far, which the resumed run's speed adds to."""
+    problems = []
+    if not isinstance(summary.get("complete"), bool):
+        problems.append(f"complete is {summary.get('complete')!r}, not true or false")
+    clicks = summary.get("clicks_timed", 0)
+    if not (isinstance(clicks, int) and not isinstance(clicks, bool) and clicks >= 0):
+        problems.append(f"clicks_timed is {clicks!r}, not a count of 0 or more")
+    for key in ("sec_per_click", "sec_per_click_loop"):
+        if not _is_number(summary.get(key, 0.0), 0):
+            problems.append(f"{key} is {summary[key]!r}, not a number of seconds")
+    return problems
 
 
 def _is_number(value: Any, low: float, high: float = math.inf) -> bool:

@@ -8,6 +8,7 @@ trained on.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
@@ -123,7 +124,9 @@ def _evaluate(
             }
         with exclusive_lock(Path(request.out_dir)):  # one evaluation writes a results folder at a time
             writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
-            if not request.overwrite:
+            if request.overwrite:
+                _remove_earlier_pictures_and_features(Path(request.out_dir))
+            else:
                 writer.resume()
             for job in setup.jobs:
                 finished = list(writer.curves.get(job.name, {}))
@@ -378,6 +381,18 @@ def _evaluate_dataset(
     finally:
         writer.write()
         progress.close()
+
+
+def _remove_earlier_pictures_and_features(out_dir: Path) -> None:
+    """--overwrite replaces an evaluation: the pictures (--vis-preds) and features (--save-feats) of the one it
+    replaces go with its results, or they would sit beside the new ones as theirs, and a resumed --vis-preds would
+    take an earlier probe's pictures of an object for its own and not draw it."""
+    for kind in ("vis", "feats"):
+        folder = out_dir / kind
+        if folder.is_symlink():
+            folder.unlink()
+        elif folder.is_dir():
+            shutil.rmtree(folder)
 
 
 def _draw_objects_finished_undrawn(request: EvaluationRequest, name: str, first: list[str], pictures: Path) -> None:

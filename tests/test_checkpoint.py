@@ -3,6 +3,7 @@ read them: weights or optimizer state that are not finite are refused by file an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from isegprobe.config import TrainConfig, config_to_dict, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
-from isegprobe.training.checkpoint import load_probe, restore_training_state, save_checkpoint
+from isegprobe.training.checkpoint import load_probe, restore_training_state, resume_config, save_checkpoint
 
 FEATURE_DIM, PATCH = 16, 8
 
@@ -89,3 +90,48 @@ def test_a_finite_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert restore_training_state(tmp_path, resumed, resumed_optimizer)["step"] == 1
     assert all(torch.equal(value, probe.state_dict()[key]) for key, value in resumed.state_dict().items())
     assert resumed_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+
+
+def edit_metadata(path: Path, edit) -> None:
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda document: document.update(format_version=99),
+            "checkpoint format version 99, and this isegprobe reads version 1: a newer isegprobe wrote it",
+        ),
+        (lambda document: document.pop("config"), "its config is None, where train writes the run's settings"),
+        (lambda document: document.update(config=5), "its config is 5, where train writes the run's settings"),
+        (
+            lambda document: document["model"].update(bogus=1),
+            "where train writes the probe's feature_dim, patch_size, token_dim",
+        ),
+        (
+            lambda document: document["model"].update(patch_size="8"),
+            "its model.patch_size is '8', where train writes a whole number of 1 or more",
+        ),
+        (
+            lambda document: document["config"]["model"].update(click_dropout=0.1),
+            "its recorded config does not read here (unknown config key 'model.click_dropout'",
+        ),
+        (
+            lambda document: document["config"]["optim"].update(lr=-1.0),
+            "its recorded config does not read here (config key 'optim.lr' must be a finite number > 0",
+        ),
+    ],
+)
+def test_a_checkpoint_json_that_does_not_rebuild_its_probe_here_is_refused_by_name(tmp_path: Path, edit, message):
+    """A newer format version was read as this one's; a missing or other-shaped config or model size failed in a
+    traceback where the probe was built, and a setting that did not read blamed a --config nobody passed."""
+    saved_run(tmp_path)
+    metadata = tmp_path / "last.json"
+    edit_metadata(metadata, edit)
+    for load in (lambda: load_probe(tmp_path), lambda: resume_config(tmp_path)):
+        with pytest.raises(UserError) as error:
+            load()
+        assert str(error.value).startswith(f"{metadata}: ") and message in str(error.value), str(error.value)

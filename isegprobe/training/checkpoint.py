@@ -258,7 +258,50 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not an isegprobe probe checkpoint (JSON nested too deep to read)") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise UserError(f"{path} is not an isegprobe probe checkpoint")
+    problem = _layout_problem(metadata)
+    if problem is not None:
+        raise UserError(f"{path}: {problem}")
     return metadata
+
+
+_PROBE_DIMS = {"feature_dim": False, "patch_size": False, "token_dim": True}  # whether each may be null
+
+
+def _layout_problem(metadata: dict[str, Any]) -> str | None:
+    """What keeps a checkpoint's JSON from rebuilding its probe here: a format version this isegprobe does not know
+    (a newer one would be read as if it were this one's), or a config or probe size of another shape than `train`
+    writes (a hand-edited file failed in a traceback where the probe was built)."""
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        return (
+            f"checkpoint format version {version!r}, and this isegprobe reads version {FORMAT_VERSION}: a newer "
+            "isegprobe wrote it, or the file was edited"
+        )
+    if not isinstance(metadata.get("config"), dict):
+        return f"its config is {metadata.get('config')!r:.60}, where train writes the run's settings"
+    dims = metadata.get("model")
+    if not isinstance(dims, dict) or set(dims) != set(_PROBE_DIMS):
+        return f"its model is {dims!r:.80}, where train writes the probe's {', '.join(_PROBE_DIMS)}"
+    for key, nullable in _PROBE_DIMS.items():
+        value = dims[key]
+        if not (nullable and value is None) and not (
+            isinstance(value, int) and not isinstance(value, bool) and value > 0
+        ):
+            return f"its model.{key} is {value!r:.40}, where train writes a whole number of 1 or more"
+    return None
+
+
+def _recorded_config(metadata: dict[str, Any], metadata_path: Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config a checkpoint records (with `overrides` applied). What of it does not read here (a setting of a
+    newer isegprobe, a value edited out of range) is named with the file, not as if a --config or --set had it."""
+    try:
+        train_config_from_dict(metadata["config"])
+    except UserError as error:
+        raise UserError(
+            f"{metadata_path}: its recorded config does not read here ({error}); a newer isegprobe wrote it, or the "
+            "file was edited"
+        ) from None
+    return train_config_from_dict(metadata["config"], overrides)
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> tuple[Path, Path]:
@@ -314,7 +357,7 @@ def load_probe(
     """
     weights_path, metadata_path = resolve_checkpoint(path)
     metadata, weights = _read_weights_and_metadata(weights_path, metadata_path)
-    config = train_config_from_dict(metadata["config"])
+    config = _recorded_config(metadata, metadata_path)
     model_config = dataclasses.replace(
         config.model, upsampler=dataclasses.replace(config.model.upsampler, weights=None)
     )
@@ -367,5 +410,5 @@ def _refuse_not_finite(path: Path, keys: list[str]) -> None:
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """The config a run was started with (from last.json), with further `key=value` overrides."""
-    metadata = read_metadata(checkpoint_files(run_dir, "last")["metadata"])
-    return train_config_from_dict(metadata["config"], overrides)
+    path = checkpoint_files(run_dir, "last")["metadata"]
+    return _recorded_config(read_metadata(path), path, overrides)

@@ -50,6 +50,32 @@ def test_sbd_unknown_option_and_split_are_refused(sbd_root, tmp_path, monkeypatc
         create_dataset("sbd", sbd_root, "trainval")
 
 
+@pytest.mark.parametrize(
+    ("dataset", "key", "value"),
+    [
+        ("sbd", "buggy_mask_threshold", "0.08"),
+        ("sbd", "buggy_mask_threshold", True),
+        ("sbd", "buggy_mask_threshold", float("nan")),
+        ("sbd", "buggy_mask_threshold", -1),
+        ("sbd", "buggy_mask_threshold", 8),
+        ("sbd", "buggy_mask_threshold", None),
+        ("lvis", "max_overlap_ratio", 50),
+    ],
+)
+def test_an_option_value_that_is_no_fraction_is_refused_naming_the_file_and_key(
+    sbd_root, tmp_path, monkeypatch, dataset, key, value
+):
+    """Only the keys were checked: a quoted number failed on the first item as a TypeError, `true` read as 1 and
+    dropped every object but rectangles, NaN or -1 turned RITM's filter off, and 8 (for 8 %) dropped every object."""
+    config = use_dataset_config(monkeypatch, tmp_path, options={dataset: {"train": {key: value}}})
+    with pytest.raises(UserError) as error:
+        create_dataset(dataset, sbd_root, "train")
+    nullable = " or null" if dataset == "lvis" else ""
+    assert str(error.value) == (
+        f"{config}: options.{dataset}.train.{key} must be a fraction from 0 to 1{nullable}, got {value!r}"
+    )
+
+
 def test_an_image_listed_twice_is_refused_rather_than_made_one_item(tmp_path):
     root = sbd_tree(tmp_path / "SBD")
     (root / "val.txt").write_text("2008_000001\n2008_000002\n2008_000001\n")

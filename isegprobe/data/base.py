@@ -174,6 +174,15 @@ def require_same_size(
         )
 
 
+def _is_fraction(value: Any, nullable: bool) -> bool:
+    """Whether `value` fits a loader's keyword: each is a ratio (SBD's mask-to-box fill, LVIS's overlap), so a
+    quoted number, `true`, NaN, a negative or a percentage (8 for 0.08) is refused before it silently keeps or drops
+    objects."""
+    if value is None:
+        return nullable
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+
+
 def loader_options(name: str, split: str) -> dict[str, Any]:
     """The keywords the loader of `name`'s `split` (an alias or per-instance name included) is made with: they
     shape the labels a store holds, so extraction records them."""
@@ -186,11 +195,18 @@ def build_source(name: str, root: Path | None, split: str, loader: Callable[...,
     base_split, per_instance = parse_split(split)
     base_split = dataset_facts(name).resolve_split(base_split)
     options = dataset_options(name, base_split)
-    accepted = set(inspect.signature(loader).parameters) - {"root", "split"}
+    parameters = inspect.signature(loader).parameters
+    accepted = set(parameters) - {"root", "split"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         known = sorted(accepted) or "none"
         where = options_source(name, base_split)
         raise UserError(f"{where}: options.{name}.{base_split}: unknown keys {unknown}; {name} accepts {known}")
+    for key, value in options.items():
+        if not _is_fraction(value, nullable=parameters[key].default is None):
+            raise UserError(
+                f"{options_source(name, base_split)}: options.{name}.{base_split}.{key} must be a fraction from 0 to 1"
+                f"{' or null' if parameters[key].default is None else ''}, got {value!r}"
+            )
     source = loader(root=require_root(name, root), split=base_split, **options)
     return PerInstanceSource(source) if per_instance else source

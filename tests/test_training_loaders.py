@@ -75,11 +75,16 @@ def test_an_epoch_gives_its_full_batches_only(store: Path, batch_size: int, batc
 def test_resuming_a_run_past_its_schedule_says_there_is_nothing_to_train(
     store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """And leaves the run as it was: config.yaml was rewritten with the shorter schedule under a "settings changed"
+    header, which the run's checkpoints, never written again, did not keep."""
     overrides = ["data.batch_size=4", "logging.tensorboard=false", "data.size=56"]
     train(load_train_config("quickstart", [*overrides, "schedule.max_iters=2"]), CachedDataset(store), tmp_path,
           device="cpu", progress=False)  # fmt: skip
-    with caplog.at_level("WARNING"):
+    before = {name: (tmp_path / name).read_bytes() for name in ("config.yaml", "last.json", "last.safetensors")}
+    with caplog.at_level("INFO"):
         summary = train(load_train_config("quickstart", [*overrides, "schedule.max_iters=1"]), CachedDataset(store),
                         tmp_path, device="cpu", resume=True, progress=False)  # fmt: skip
     assert summary.step == 2
     assert "is at step 2 already, at or past the 1 steps of this schedule: nothing left to train" in caplog.text
+    assert "settings changed" not in caplog.text
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before

@@ -21,7 +21,7 @@ from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.same_images import warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
-from isegprobe.training.run_state import RunDescription, RunProgress, changes_text, config_changes
+from isegprobe.training.run_state import RunDescription, RunProgress, changes_text, config_changes, recorded_changes
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.store_checks import (
     check_resumed_store,
@@ -117,12 +117,8 @@ def set_up_run(
     if resume:
         metadata = _restored(run_dir, trainer, config)
         state = RunProgress.from_metadata(metadata, checkpoint_files(run_dir, "last")["metadata"])
-        changes = config_changes(metadata["config"], config, state.step, metadata.get("config_changes"))
-        if rank == 0 and changes and changes[-1]["step"] == state.step:
-            log.info(
-                "%s: settings changed %s (kept in its checkpoints' config_changes)", run_dir, changes_text(changes[-1:])
-            )
-        if state.step >= schedule.total_steps:
+        if state.step >= schedule.total_steps:  # no step is taken, so no checkpoint would keep a setting changed now
+            changes = recorded_changes(metadata.get("config_changes"))
             log.warning(
                 "%s is at step %d already, at or past the %d steps of this schedule: nothing left to train (a run "
                 "trained further is not cut back; train a new one in another folder)",
@@ -131,6 +127,13 @@ def set_up_run(
                 schedule.total_steps,
             )
         else:
+            changes = config_changes(metadata["config"], config, state.step, metadata.get("config_changes"))
+            if rank == 0 and changes and changes[-1]["step"] == state.step:
+                log.info(
+                    "%s: settings changed %s (kept in its checkpoints' config_changes)",
+                    run_dir,
+                    changes_text(changes[-1:]),
+                )
             log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.total_steps)
     if world > 1:
         trainer.distribute()

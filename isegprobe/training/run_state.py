@@ -71,10 +71,15 @@ def config_changes(before: Mapping[str, Any], after: TrainConfig, step: int, ear
     """The run's record of the settings a --resume changed (`--set` on a run under way): the record the checkpoint
     kept (`earlier`), and the keys that differ between its config (`before`) and `after`, from `step` on, as
     {"step": step, "changed": {"optim.lr": [old, new]}}. `config` then holds the latest settings only."""
-    history = [dict(entry) for entry in earlier] if isinstance(earlier, list) else []
+    history = recorded_changes(earlier)
     old, new = dotted(before), dotted(config_to_dict(after))
     changed = {key: [old.get(key), value] for key, value in new.items() if old.get(key) != value}
     return [*history, {"step": step, "changed": changed}] if changed else history
+
+
+def recorded_changes(earlier: Any) -> list[dict[str, Any]]:
+    """The `config_changes` a checkpoint kept (none where it kept no list)."""
+    return [dict(entry) for entry in earlier] if isinstance(earlier, list) else []
 
 
 def changes_text(changes: list[dict[str, Any]]) -> str:

@@ -931,9 +931,27 @@ def test_without_a_config_the_preset_suits_the_device_and_is_named(tmp_path: Pat
     result = CliRunner().invoke(train_command.train, [*common, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "no --config: preset fast_cpu (a light head" in result.output
+    assert "minutes a step on a CPU" not in result.output
     saved = json.loads((tmp_path / "run" / "last.json").read_text())["config"]
     assert saved == config_to_dict(load_train_config("fast_cpu", ["schedule.max_iters=1", "data.batch_size=2"]))
     assert train_command.DEFAULT_PRESETS["cuda"] == "sbd_224"
+
+
+def test_the_research_recipe_named_on_a_cpu_says_its_steps_take_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """README's training command, copied onto a laptop: ten steps took nine minutes with nothing said but the bar."""
+    from isegprobe.commands import train as train_command
+
+    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
+    common = ["--store", str(tmp_path), "--device", "cpu", "--max-iters", "1", "--set", "data.batch_size=2"]
+    research = ["--config", "sbd_224", "--set", "data.size=64", "--set", "data.views=null"]
+    result = CliRunner().invoke(train_command.train, [*common, *research, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert (
+        "note: model.head.width null runs the research recipe's full head on the upsampled features, minutes a step "
+        "on a CPU; --config fast_cpu or quickstart train in seconds a step"
+    ) in result.output
 
 
 @pytest.mark.parametrize("upsampler", ["lift", "loftup"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
-from isegprobe.commands.train_runs import planned_runs, resumed_runs
+from isegprobe.commands.train_runs import PlannedRun, planned_runs, resumed_runs
 from isegprobe.config import load_train_config
 from isegprobe.config_reference import annotated_config
 from isegprobe.distributed import LostRank, current_rank, ranks_on_this_machine
@@ -118,6 +119,7 @@ def train(
 
     \b
     isegprobe train --config sbd_224 --store cache/vit_small_patch14_dinov2-sbd-train-224.zarr --out runs/dinov2_s14
+      --set 'data.views=[rcrop1,rcrop2,rcrop3,rcrop4,rcrop5,rcrop6,rcrop7,rcrop8]'   (the research recipe, on a GPU)
     isegprobe train --config fast_cpu --set model.head.width=32 --store STORE --out RUN --max-iters 200
     torchrun --nproc-per-node 4 -m isegprobe train --config sbd_224 --store STORE --out RUN
     isegprobe train --config sbd_224 --store STORE --out RUNS --variant 'bilinear model.upsampler.name=bilinear'
@@ -148,6 +150,7 @@ def train(
         if store_path is None:
             raise click.UsageError("Missing option '--store' (the training store).")
         runs = planned_runs(run_dir, config_sources or (_default_preset(device),), variants, overrides)
+        _say_when_steps_take_minutes(runs, device)
 
     refuse_output_inside_a_store(run_dir)
     with shared_locks(store_path, val_store_path):  # no extraction rewrites them under the training
@@ -214,6 +217,23 @@ def _default_preset(device: str) -> str:
     if current_rank() == 0:
         click.echo(f"no --config: preset {preset} ({why})", err=True)
     return preset
+
+
+def _say_when_steps_take_minutes(runs: Sequence[PlannedRun], device: str) -> None:
+    """Said before the first step on a CPU: the research recipe's full head on the upsampled features takes minutes a
+    step there, and a newcomer who copied the recipe's command would otherwise wait on a progress bar to learn it."""
+    slow = [
+        run.folder.name
+        for run in runs
+        if run.config.model.head.width is None and run.config.model.upsampler.name != "identity"
+    ]
+    if slow and torch.device(device).type == "cpu" and current_rank() == 0:
+        which = "" if len(runs) == 1 else f" ({', '.join(slow)})"
+        click.echo(
+            f"note: model.head.width null{which} runs the research recipe's full head on the upsampled features, "
+            "minutes a step on a CPU; --config fast_cpu or quickstart train in seconds a step",
+            err=True,
+        )
 
 
 def exit_if_stopped(summary: TrainSummary, how_to_continue: str, side_by_side: int = 1) -> None:

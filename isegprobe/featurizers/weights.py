@@ -105,7 +105,9 @@ def _from_hub(arch: str, **model_kwargs: Any) -> nn.Module:
     except OSError as error:
         raise UserError(
             f"could not fetch the {arch} weights from the Hugging Face hub: this needs the internet (or an HF cache "
-            f"that already holds them). Download the checkpoint elsewhere and pass --weights PATH. ({error})"
+            "that already holds them). Download the checkpoint elsewhere and pass --weights PATH; --weights random "
+            "runs the pipeline without them (its numbers mean nothing); HF_HUB_OFFLINE=1 says this at once on a "
+            f"machine without the internet, instead of after a minute of retries. ({error})"
         ) from error
 
 

@@ -516,6 +516,9 @@ def test_hub_weights_offline_say_they_need_the_internet(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="internet") as error:
         create_featurizer(DINO, weights="hub")
     assert "--weights PATH" in str(error.value)
+    assert "--weights random runs the pipeline without them" in str(error.value) and "HF_HUB_OFFLINE=1" in str(
+        error.value
+    )
 
 
 # --- names ---

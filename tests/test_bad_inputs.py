@@ -293,8 +293,9 @@ CASES: dict[str, Case] = {
         "unknown featurizer 'vit_imaginary': neither a timm model name nor one of isegprobe's own names",
     ),
     "--size not a multiple of the patch size": Case(
-        lambda w: extraction("--dataset", "builtin", "--size", "100", "--out", w.root / "x"),
+        lambda w: extraction("--dataset", "builtin", "--size", "100", "--out", w.root / "sized"),
         "--size 100: must be a multiple of the featurizer's patch size 14",
+        then=lambda w, output: nothing_at(w.root / "sized"),
     ),
     "weights file that is not a checkpoint": Case(
         lambda w: extraction(
@@ -636,6 +637,10 @@ CASES: dict[str, Case] = {
         "--set changed the probe of a run under way (model.head.width 64 -> 32): a resumed run keeps its probe",
     ),
 }
+
+
+def nothing_at(path: Path) -> None:
+    assert not path.exists(), f"the refused command made {path}"
 
 
 def write_bytes(path: Path, data: bytes) -> Path:

@@ -414,6 +414,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
             request.featurizer, weights=request.weights, normalization=request.normalization
         )
     featurizer = featurizer.to(device)
+    _feature_grid(featurizer, request.size)  # a size the featurizer cannot take is refused before any folder is made
     dataset_attrs = {
         "name": request.dataset.lower(),
         "split": request.split,

@@ -23,9 +23,12 @@ PROBE = {"featurizer": "vit_small_patch14_dinov2", "upsampler": "lift", "fusion"
 SETTINGS = {"flip": True, "zoom_in": False, "online": False, "threshold": 0.5}
 
 
-def write_results(folder: Path, curves: dict[str, list[float]], complete: bool = True, **settings) -> Path:
-    """An evaluation of grabcut with these per-object IoU curves (4 clicks), under SETTINGS changed by `settings`."""
-    writer = ResultsWriter(folder, max_clicks=4, run_info={**PROBE, **SETTINGS, **settings})
+def write_results(
+    folder: Path, curves: dict[str, list[float]], complete: bool = True, max_clicks: int = 4, **settings
+) -> Path:
+    """An evaluation of grabcut with these per-object IoU curves (`max_clicks` clicks), under SETTINGS changed by
+    `settings`."""
+    writer = ResultsWriter(folder, max_clicks=max_clicks, run_info={**PROBE, **SETTINGS, **settings})
     for object_id, curve in curves.items():
         writer.add("grabcut", object_id, np.array(curve))
     if complete:
@@ -80,6 +83,29 @@ def test_the_cells_of_a_stopped_evaluation_are_never_a_columns_best(tmp_path: Pa
     assert rows[1][2:] == ["1.00*", "1.00*", "95.00*"]
     assert rows[2][2:] == ["**2.00**", "**2.00**", "**66.67**"]
     assert rows[3][2:] == ["3.00", "3.00", "38.33"]
+
+
+@pytest.mark.parametrize(
+    ("other", "cells"),
+    [
+        # A 2-click budget caps the NoC at 2: its 2.00 was the column's best beside 3.00 measured over 4 clicks.
+        ({"max_clicks": 2}, ["2.00", "2.00", "**95.00**"]),
+        ({"image_roots": {"grabcut": "/data/GrabCut-edited"}}, ["2.00", "2.00", "95.00"]),
+        ({"protocol": "iSegProbe"}, ["2.00", "2.00", "95.00"]),
+        ({"flip": False}, ["**2.00**", "**2.00**", "**95.00**"]),  # the same objects, another setting: compared
+    ],
+)
+def test_no_cell_is_a_columns_best_among_rows_that_do_not_compare(tmp_path: Path, other, cells) -> None:
+    """NoC of different click budgets, and any cell of other objects or another protocol, do not compare: the notes
+    said so, but one of them was still in bold as the best."""
+    write_results(tmp_path / "a", {"a": [0.5, 0.6, 0.9, 0.95]}, image_roots={"grabcut": "/data/GrabCut"})
+    curve = [0.1, 0.95] if "max_clicks" in other else [0.1, 0.95, 0.96, 0.97]
+    write_results(tmp_path / "b", {"a": curve}, **{"image_roots": {"grabcut": "/data/GrabCut"}, **other})
+    result = run("report", tmp_path / "a", tmp_path / "b", "--labels", "a,b", "--miou-at", "2")
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.output)
+    assert rows[1][2:] == ["3.00", "3.00", "60.00"]
+    assert rows[2][2:] == cells
 
 
 def test_a_report_notes_the_settings_its_labels_hide(tmp_path: Path) -> None:

@@ -75,7 +75,11 @@ def format_report(
         [None if _incomplete(document, column.dataset) else value for column, value in zip(columns, row, strict=True)]
         for (_, document), row in zip(evaluations, values, strict=True)
     ]
-    best = [_best([row[index] for row in final], column.lower_is_better) for index, column in enumerate(columns)]
+    documents = [document for _, document in evaluations]
+    best = [
+        _best([row[index] for row in final], column.lower_is_better) if _comparable(column, documents) else None
+        for index, column in enumerate(columns)
+    ]
     rows = [header]
     for index, ((label, document), row) in enumerate(zip(evaluations, values, strict=True)):
         cells = []
@@ -101,6 +105,26 @@ def _mark(document: dict[str, Any], dataset: str, running: bool) -> str:
     if not _incomplete(document, dataset):
         return ""
     return RUNNING_MARK if running else INCOMPLETE_MARK
+
+
+def _comparable(column: Column, documents: Sequence[dict[str, Any]]) -> bool:
+    """Whether the finished rows' cells of `column` measure one thing, so that one can be its best: the same protocol,
+    the same objects (their count, and the folder their images came from, where recorded) and, for a NoC, the same
+    click budget (an object short of the target counts as the budget, so a 5-click evaluation's NoC is at most 5).
+    The notes below the table say which of these differ."""
+    dataset = column.dataset
+    present = [
+        document for document in documents if dataset in document["datasets"] and not _incomplete(document, dataset)
+    ]
+    roots = [document.get("image_roots") for document in present]
+    measured = [
+        [protocol_of(document) for document in present],
+        [document["datasets"][dataset]["num_instances"] for document in present],
+        [str(recorded[dataset]) for recorded in roots if isinstance(recorded, dict) and dataset in recorded],
+    ]
+    if column.lower_is_better:
+        measured.append([document.get("max_clicks") for document in present])
+    return all(len(set(values)) < 2 for values in measured)
 
 
 def _best(values: list[float | None], lower_is_better: bool) -> float | None:

@@ -132,6 +132,7 @@ def test_no_network_says_so_and_a_local_copy_of_the_archive_is_taken_by_url(tmp_
     result = _download("grabcut", "--to", tmp_path / "data", "--url", url, "--sha256", "0" * 64)
     assert result.exit_code == 1
     assert "not one byte came; is there a network to it here?" in result.output and ".part" not in result.output
+    assert not (tmp_path / "data").exists(), "a download that got nothing leaves no empty folder"
     archive = tmp_path / "GrabCut.zip"
     archive.write_bytes(_grabcut_zip(tmp_path))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()

@@ -122,6 +122,7 @@ def download_file(
 ) -> str:
     """Download `url` to `dest` (resuming `dest.part`), check its length and hash; returns the SHA-256."""
     part = dest.with_name(dest.name + ".part")
+    made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     total: int | None = None
     for attempt in range(retries + 1):
@@ -135,6 +136,8 @@ def download_file(
             failure = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
         if attempt == retries:
             if not part.exists():
+                for folder in made:  # innermost first: a download that got nothing leaves no empty folders
+                    folder.rmdir()
                 raise UserError(
                     f"{url}: could not download ({failure}), not one byte came; is there a network to it here? "
                     "Download the archive elsewhere and pass it with --url file://PATH (or a mirror's URL)"

@@ -10,7 +10,7 @@ import pytest
 from dataset_trees import write_image
 
 from isegprobe.data import create_dataset
-from isegprobe.data.coco_format import UnpaintedAnnotationWarning
+from isegprobe.data.coco_format import OrphanAnnotationWarning, UnpaintedAnnotationWarning
 from isegprobe.data.lvis import LVISDataset
 from isegprobe.errors import UserError
 
@@ -126,6 +126,26 @@ def test_an_annotation_that_is_not_an_object_is_refused_by_position(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps(document))
     with pytest.raises(UserError, match=r"labels\.json: annotation 0 \(from 0\): expected an object, got \[1, 2, 3\]"):
         create_dataset("custom", tmp_path / "labels.json")
+
+
+def test_annotations_of_no_listed_image_are_said_not_dropped_silently(tmp_path):
+    """An image_id written as text where the images' ids are numbers (or of an image not listed) made a benchmark of
+    fewer objects, exit 0 and not a word."""
+    document = _coco_json(["a.png", "b.png"])
+    document["annotations"][2]["image_id"] = "2"
+    document["annotations"].append({**document["annotations"][0], "id": 14, "image_id": 7})
+    (tmp_path / "labels.json").write_text(json.dumps(document))
+    with pytest.warns(OrphanAnnotationWarning) as told:
+        dataset = create_dataset("custom", tmp_path / "labels.json")
+    assert dataset.ids() == ["a"]
+    assert str(told[0].message) == (
+        f"{tmp_path / 'labels.json'}: 2 annotation(s) name an image_id that no image has (such as '2'; images' ids "
+        "such as 1) and are left out; ids must be the same values, of the same type"
+    )
+    (tmp_path / "whole.json").write_text(json.dumps(_coco_json(["a.png", "b.png"])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OrphanAnnotationWarning)
+        assert create_dataset("custom", tmp_path / "whole.json").ids() == ["a", "b"], "a whole file says nothing"
 
 
 def test_two_images_of_one_id_are_refused_rather_than_given_each_others_objects(tmp_path):

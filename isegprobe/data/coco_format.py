@@ -130,6 +130,29 @@ def check_polygons(segmentation: list[Any], height: int, width: int) -> None:
             )
 
 
+def _warn_of_annotations_of_no_image(
+    by_image: dict[Any, list[dict[str, Any]]], images: list[dict[str, Any]], annotation_file: Path
+) -> None:
+    """Annotations whose image_id no image has are left out, as RITM's loaders leave them; said, since they are most
+    often a file's mistake (ids written as text in one list and as numbers in the other) that would otherwise make
+    a benchmark of fewer objects without a word. Where no annotation names an image, the file is refused instead."""
+    known = {image["id"] for image in images}
+    orphans = [image_id for image_id in by_image if image_id not in known]
+    if not orphans or len(orphans) == len(by_image):
+        return
+    count = sum(len(by_image[image_id]) for image_id in orphans)
+    warnings.warn(
+        f"{annotation_file}: {count} annotation(s) name an image_id that no image has (such as {orphans[0]!r}; "
+        f"images' ids such as {images[0]['id']!r}) and are left out; ids must be the same values, of the same type",
+        OrphanAnnotationWarning,
+        stacklevel=4,
+    )
+
+
+class OrphanAnnotationWarning(UserWarning):
+    """Some annotations name an image the file does not list, so their objects are not evaluated or trained on."""
+
+
 class UnpaintedAnnotationWarning(UserWarning):
     """Some annotations of an image paint no pixel of their own, so the image has fewer objects than annotations."""
 
@@ -157,6 +180,7 @@ class AnnotatedImagesDataset(DatasetBase):
                         {"id": annotation.get("id"), "segmentation": annotation["segmentation"]}
                     )
             _refuse_shared_image_ids(data["images"], annotation_file)
+            _warn_of_annotations_of_no_image(by_image, data["images"], annotation_file)
             self._images = [image for image in data["images"] if by_image.get(image["id"])]
             for image in self._images:
                 _check_image(image, self._file_name(image), annotation_file)

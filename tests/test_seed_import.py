@@ -653,3 +653,43 @@ def test_every_research_configuration_has_its_preset_and_imports_to_it(
 def test_featup_jbu_imports_as_the_stack_without_channel_norm(tmp_path: Path) -> None:
     seed = translated(tmp_path, upsampler="jbu_featup", injection="before_backbone")
     assert "model.upsampler.name=featup_jbu_stack" in seed.overrides
+
+
+@pytest.mark.parametrize("kept", [5_000, 20_000, 40_000])
+def test_a_checkpoint_cut_short_is_refused_in_one_line(tmp_path: Path, kept: int) -> None:
+    """An interrupted copy cut within its zip's records made torch raise OSError, shown as a traceback."""
+    whole = write_seed_checkpoint(tmp_path / "whole.pth", patch_embed_weights()).read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole[:kept])
+    with pytest.raises(UserError, match=rf"{cut}: not a readable iSegProbe checkpoint \("):
+        import_seed_probe(cut, tmp_path / "run", weights="random")
+    assert not (tmp_path / "run").exists()
+
+
+def test_crops_the_featurizers_patch_does_not_divide_are_refused_at_import(tmp_path: Path) -> None:
+    """A probe of 50 px crops on a ViT of 14 px patches was imported, and evaluate then stopped in a traceback."""
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights(), size=50)
+    with pytest.raises(UserError) as refused:
+        import_seed_probe(checkpoint, tmp_path / "run", weights="random")
+    assert str(refused.value) == (
+        f"{checkpoint}: trained on 50 px crops, which dinov2_vits14's patch size 14 does not divide: its featurizer "
+        "cannot run at that size"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_weights_beside_a_store_are_refused_rather_than_left_unread(store: Path, tmp_path: Path) -> None:
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights())
+    arguments = [
+        str(checkpoint),
+        "--store",
+        str(store),
+        "--weights",
+        "/no/such/dinov2.pth",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    refused = run_cli("import-seed", *arguments)
+    assert refused.returncode == 1
+    assert "--weights /no/such/dinov2.pth and --store" in refused.stderr and "give one of them" in refused.stderr
+    assert not (tmp_path / "r").exists()

@@ -6,6 +6,7 @@ import click
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option
+from isegprobe.errors import UserError
 from isegprobe.training.seed_import import import_seed_probe
 
 
@@ -13,11 +14,10 @@ from isegprobe.training.seed_import import import_seed_probe
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--weights",
-    default="hub",
-    show_default=True,
-    help="The featurizer's weights the probe was trained with: hub (timm's copy of the official weights, needs the "
-    "internet or a cache), or the file itself (DINOv2's dinov2_vits14_pretrain.pth, a timm/HF checkpoint of "
-    "vit_small_patch16_224, ...).",
+    default=None,
+    help="The featurizer's weights the probe was trained with: hub (the default: timm's copy of the official "
+    "weights, needs the internet or a cache), or the file itself (DINOv2's dinov2_vits14_pretrain.pth, a timm/HF "
+    "checkpoint of vit_small_patch16_224, ...). Not with --store, whose weights stand for it.",
 )
 @click.option(
     "--upsampler-weights",
@@ -37,7 +37,7 @@ from isegprobe.training.seed_import import import_seed_probe
 @allow_torchscript_option
 @reports_user_errors
 def import_seed(
-    checkpoint: str, weights: str, upsampler_weights: str | None, store_path: str | None, run_dir: str
+    checkpoint: str, weights: str | None, upsampler_weights: str | None, store_path: str | None, run_dir: str
 ) -> None:
     """Convert a probe trained by the iSegProbe research code (its `last_checkpoint.pth` or `NNN.pth`) into
     RUN/last.safetensors + last.json, on the same featurizer and upsampler.
@@ -55,7 +55,12 @@ def import_seed(
     mask_clip -> maskclip; images normalized with ImageNet statistics, as its base model does. The click encoder and
     head map name for name (click channels and, on keys, the head's input channels reordered to isegprobe's layout).
     """
-    metadata = import_seed_probe(checkpoint, run_dir, weights, upsampler_weights, store_path)
+    if weights is not None and store_path is not None:
+        raise UserError(
+            f"--weights {weights} and --store {store_path}: the store's featurizer weights stand for the probe's, so "
+            "--weights would not be read; give one of them"
+        )
+    metadata = import_seed_probe(checkpoint, run_dir, weights or "hub", upsampler_weights, store_path)
     model = metadata["config"]["model"]
     click.echo(
         f"imported {checkpoint} as preset {metadata['imported_from']['preset']}: fusion {model['fusion']}, click "

@@ -71,7 +71,7 @@ def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: no such iSegProbe checkpoint file")
     try:
         checkpoint = load_inertly(path)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as error:
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as error:
         if is_legacy_torch_save(path):
             raise UserError(
                 f"{path}: written in torch.save's old format (before torch 1.6), which isegprobe cannot read without "

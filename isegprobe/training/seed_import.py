@@ -55,6 +55,11 @@ def import_seed_probe(
             warnings.simplefilter("ignore", featurizers.RandomWeightsWarning)
             featurizer = featurizers.create_featurizer(seed.featurizer, "random", SEED_NORMALIZATION)
         provenance = _store_provenance(store_path, seed, featurizer.provenance)
+    if seed.size % featurizer.patch_size:
+        raise UserError(
+            f"{seed_path}: trained on {seed.size} px crops, which {seed.featurizer}'s patch size "
+            f"{featurizer.patch_size} does not divide: its featurizer cannot run at that size"
+        )
     overrides = [*seed.preset_overrides, *seed.overrides, f"data.size={seed.size}"]
     if upsampler_weights is not None:
         overrides.append(f"model.upsampler.weights={upsampler_weights}")

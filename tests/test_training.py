@@ -954,6 +954,23 @@ def test_the_research_recipe_named_on_a_cpu_says_its_steps_take_minutes(
     ) in result.output
 
 
+def test_featurizer_options_of_a_training_that_runs_no_featurizer_are_refused(tmp_path: Path, monkeypatch) -> None:
+    """--featurizer and --weights without --online were taken without a word, and the probe trained on the store's
+    features of another model than the one named."""
+    from isegprobe.commands import train as train_command
+
+    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
+    common = ["--store", str(tmp_path), "--device", "cpu", "--max-iters", "1", "--out", str(tmp_path / "run")]
+    chosen = ["--featurizer", "vit_small_patch16_224", "--weights", "/no/such/file.pth"]
+    result = CliRunner().invoke(train_command.train, [*common, "--config", "quickstart", *chosen])
+    assert result.exit_code == 1, result.output
+    assert (
+        "--featurizer vit_small_patch16_224 and --weights /no/such/file.pth: no featurizer runs in this training (it "
+        "reads the store's features), so they would not be read; pass --online"
+    ) in result.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("upsampler", ["lift", "loftup"])
 def test_authors_upsampler_weights_guided_by_other_statistics_than_they_learnt_from_are_said(
     upsampler: str, tmp_path: Path

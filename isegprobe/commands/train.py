@@ -81,9 +81,17 @@ DEFAULT_PRESETS = {"cuda": "sbd_224", "cpu": "fast_cpu"}
 @click.option(
     "--online", is_flag=True, help="Compute features in the loop with the frozen featurizer instead of reading them."
 )
-@click.option("--featurizer", "featurizer_name", default=None, help="Featurizer for --online (default: the store's).")
 @click.option(
-    "--weights", "featurizer_weights", default=None, help="Featurizer weights for --online: random, hub or a file."
+    "--featurizer",
+    "featurizer_name",
+    default=None,
+    help="Featurizer for --online or an early-fusion probe (default: the store's).",
+)
+@click.option(
+    "--weights",
+    "featurizer_weights",
+    default=None,
+    help="Featurizer weights for --online or an early-fusion probe: random, hub or a file.",
 )
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint, at the same step and lr."
@@ -157,6 +165,7 @@ def train(
         dataset = CachedDataset(store_path, views=runs[0].config.data.views)
         val_dataset = CachedDataset(val_store_path) if val_store_path else None
         needs_featurizer = online or any(needs_featurizer_online(run.config.model) for run in runs)
+        _refuse_featurizer_options_left_unread(needs_featurizer, featurizer_name, featurizer_weights)
         featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
         try:
             summaries = train_side_by_side(
@@ -292,6 +301,17 @@ def _resume_command(run_dir: str, online: bool, featurizer_name: str | None, fea
     words += ["--featurizer", featurizer_name] if featurizer_name else []
     words += ["--weights", featurizer_weights] if featurizer_weights else []
     return shlex.join(words)
+
+
+def _refuse_featurizer_options_left_unread(needs_featurizer: bool, name: str | None, weights: str | None) -> None:
+    """--featurizer and --weights choose the featurizer that runs in the loop; a run from the store's features runs
+    none, and took them without a word, so a user who meant another model trained on the store's."""
+    given = [f"{option} {value}" for option, value in (("--featurizer", name), ("--weights", weights)) if value]
+    if given and not needs_featurizer:
+        raise UserError(
+            f"{' and '.join(given)}: no featurizer runs in this training (it reads the store's features), so they "
+            "would not be read; pass --online to run that featurizer in the loop, or leave them out"
+        )
 
 
 def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | None) -> Featurizer:

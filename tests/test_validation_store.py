@@ -64,3 +64,24 @@ def test_a_resume_picks_the_best_checkpoint_on_what_the_run_picked_it_on(tmp_pat
     resumed = train(longer, training, tmp_path / "validated", device="cpu", val_dataset=validation, resume=True,
                     progress=False)  # fmt: skip
     assert resumed.step == 6 and resumed.best_metric_name == "val_iou"
+
+
+def test_a_resume_whose_recorded_validation_store_is_gone_says_so(tmp_path: Path) -> None:
+    """The store a run recorded, removed or moved since: the refusal said `not a feature store (no zarr.json)` of a
+    path the user never typed, as if they had given it."""
+    from click.testing import CliRunner
+
+    from isegprobe.cli import main
+
+    training = builtin_store(tmp_path / "cache", split="train", size=56)
+    validation = builtin_store(tmp_path / "val", split="test", size=56)
+    short = load_train_config("quickstart", [*OVERRIDES, "schedule.max_iters=3"])
+    train(short, CachedDataset(training), tmp_path / "run", device="cpu", val_dataset=CachedDataset(validation),
+          progress=False)  # fmt: skip
+    validation.rename(tmp_path / "moved.zarr")
+    result = CliRunner().invoke(main, ["train", "--resume", "--out", str(tmp_path / "run"), "--max-iters", "6"])
+    assert result.exit_code == 1
+    assert (
+        f"--resume: the validation store the run in {tmp_path / 'run'} recorded ({validation.resolve()}) is not "
+        "there; pass --val-store STORE"
+    ) in result.output

@@ -288,6 +288,11 @@ def _run_stores(run_dir: str, store_path: str | None, val_store_path: str | None
             )
     if val_store_path is None:
         val_store_path = metadata.get("val_store_path") or None
+        if val_store_path is not None and not Path(val_store_path).is_dir():
+            raise UserError(
+                f"--resume: the validation store the run in {run_dir} recorded ({val_store_path}) is not there; "
+                "pass --val-store STORE"
+            )
     return store_path, val_store_path
 
 

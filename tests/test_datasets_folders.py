@@ -6,6 +6,7 @@ import pytest
 from dataset_trees import box, use_dataset_config, write_image, write_mask
 
 from isegprobe.data import create_dataset
+from isegprobe.data.folder_pairs import UnreadSubfolderWarning
 from isegprobe.errors import UserError
 
 H, W = 12, 16
@@ -117,6 +118,23 @@ def test_custom_folder_and_configured_root(tmp_path, monkeypatch):
     dataset = create_dataset("custom", None, "mine")
     assert dataset.root == str(root) and dataset.split == "mine"
     assert dataset[0].num_instances == 2
+
+
+def test_images_in_subfolders_are_said_not_read(tmp_path):
+    """images/cats/a.jpg and images/dogs/a.jpg beside images/a.jpg: one item, exit 0 and not a word of the others."""
+    root = tmp_path / "mine"
+    for folder in ("", "cats/", "dogs/"):
+        write_image(root / "images" / f"{folder}a.png", H, W)
+        write_mask(root / "masks" / f"{folder}a.png", box(H, W, 0, 0, 4, 4))
+    (root / "images" / "notes").mkdir()
+    with pytest.warns(UnreadSubfolderWarning) as told:
+        dataset = create_dataset("custom", root)
+    assert dataset.ids() == ["a"]
+    assert [str(warning.message) for warning in told] == [
+        f"{root / folder}: its subfolders cats/, dogs/ hold images, which are not read: only the files directly in "
+        f"{folder}/ are (a COCO-format JSON's file_name may name subfolders)"
+        for folder in ("images", "masks")
+    ]
 
 
 def test_missing_root_names_the_config_entry(tmp_path, monkeypatch):

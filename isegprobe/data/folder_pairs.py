@@ -7,6 +7,7 @@ Each mask file is one object. A mask named like its image (`12003.png` for `1200
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,15 @@ import numpy as np
 from isegprobe.data.base import DatasetBase, require_same_size
 from isegprobe.data.binary_masks import object_and_ignore, ritm_davis_rule, ritm_grabcut_rule
 from isegprobe.data.image_headers import png_bit_depth
-from isegprobe.data.image_io import files_by_stem, only_file, read_grey_mask, read_mask, read_rgb, unread_files_named
+from isegprobe.data.image_io import (
+    IMAGE_SUFFIXES,
+    files_by_stem,
+    only_file,
+    read_grey_mask,
+    read_mask,
+    read_rgb,
+    unread_files_named,
+)
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -73,6 +82,31 @@ def pair_images_and_masks(image_dir: Path, mask_dir: Path, numbered_masks: bool)
     return sorted(entries, key=lambda entry: entry.id)
 
 
+class UnreadSubfolderWarning(UserWarning):
+    """Images sit in subfolders of a folder dataset's image or mask folder, which is read one level deep."""
+
+
+def _warn_of_images_in_subfolders(folder: Path) -> None:
+    """A folder dataset reads the files directly in its image and mask folders; images sorted into subfolders
+    (`images/cats/`, `images/dogs/`) were left out without a word, and the benchmark held only the rest."""
+    holding = [child.name for child in sorted(folder.iterdir()) if child.is_dir() and _holds_images(child)]
+    if holding:
+        warnings.warn(
+            f"{folder}: its subfolders {', '.join(name + '/' for name in holding[:5])} hold images, which are not "
+            f"read: only the files directly in {folder.name}/ are (a COCO-format JSON's file_name may name "
+            "subfolders)",
+            UnreadSubfolderWarning,
+            stacklevel=3,
+        )
+
+
+def _holds_images(folder: Path) -> bool:
+    try:
+        return any(path.suffix.lower() in IMAGE_SUFFIXES for path in folder.iterdir())
+    except OSError:  # a subfolder this user may not list is no images of the dataset's either
+        return False
+
+
 class MaskFolderDataset(DatasetBase):
     """One sample per image with all its mask files painted in name order (see `folder_pairs`)."""
 
@@ -95,6 +129,8 @@ class MaskFolderDataset(DatasetBase):
                     f"--root {root}: expected the {name} layout with {layout} inside; {folder.name}/ not found"
                 )
         self.decode_mask = decode_mask
+        for folder in (self.image_dir, self.mask_dir):
+            _warn_of_images_in_subfolders(folder)
         self._entries = pair_images_and_masks(self.image_dir, self.mask_dir, numbered_masks)
         if not self._entries:
             raise UserError(f"{self.image_dir}: no images found")

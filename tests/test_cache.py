@@ -236,8 +236,10 @@ def test_interrupted_extraction_resumes_to_the_same_store(tmp_path, monkeypatch)
     monkeypatch.setattr(StoreClass, "finish_items", original_finish)
     partial = FeatureStore.open(reference.path.parents[1] / "resumed" / reference.path.name)
     assert partial.done_mask().tolist() == [True] * 8 + [False] * 4
-    with pytest.raises(UserError, match="not extracted yet"):
+    with pytest.raises(UserError, match=r"4 of 12 items are not extracted yet \(8 of 12 done\)"):
         CachedDataset(partial.path)
+    with pytest.raises(UserError, match=r"item\(s\) 10 of those asked for are not extracted yet \(8 of 12 done\)"):
+        CachedDataset(partial.path, items=[3, 10])
     resumed = extract(request(tmp_path / "resumed"))
     assert resumed.items_extracted == 4
     first, second = zarr.open(str(reference.path), mode="r"), zarr.open(str(resumed.path), mode="r")

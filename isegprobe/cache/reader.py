@@ -101,8 +101,13 @@ class CachedDataset(Dataset):
         self.items = list(range(self.store.num_items)) if items is None else list(items)
         missing = [index for index in self.items if not done[index]]
         if missing:
+            which = (
+                f"{len(missing)} of {len(self.items)} items are"
+                if items is None
+                else f"item(s) {', '.join(map(str, missing[:5]))} of those asked for are"
+            )
             raise UserError(
-                f"{self.path}: {len(missing)} of {len(self.items)} items are not extracted yet; "
+                f"{self.path}: {which} not extracted yet ({int(done.sum())} of {self.store.num_items} done); "
                 "run the same `isegprobe extract-features` command again to finish the store"
             )
         require_chunk_files(self.store, self.items)

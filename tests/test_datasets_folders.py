@@ -120,6 +120,21 @@ def test_custom_folder_and_configured_root(tmp_path, monkeypatch):
     assert dataset[0].num_instances == 2
 
 
+def test_a_name_written_in_another_unicode_form_is_said_so(tmp_path):
+    """An image named café in composed form, its mask in decomposed form (as macOS writes names): the message said
+    "no image named café" beside a café.png the user could see."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    root = tmp_path / "mine"
+    write_image(root / "images" / f"{composed}.png", H, W)
+    write_mask(root / "masks" / f"{decomposed}.png", box(H, W, 0, 0, 4, 4))
+    dataset = create_dataset("custom", root)
+    with pytest.raises(UserError) as refused:
+        dataset[dataset.ids().index(decomposed)]
+    assert f"({composed}.png is there, but its name is the same letters written in another Unicode form" in str(
+        refused.value
+    )
+
+
 def test_images_in_subfolders_are_said_not_read(tmp_path):
     """images/cats/a.jpg and images/dogs/a.jpg beside images/a.jpg: one item, exit 0 and not a word of the others."""
     root = tmp_path / "mine"

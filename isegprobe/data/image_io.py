@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -320,9 +321,26 @@ def unread_files_named(folder: Path, stem: str) -> str:
         return f" ({not_files[0].name} is there, but it is {_kind_of(not_files[0])})"
     unread = [path.name for path in named if path.suffix.lower() not in IMAGE_SUFFIXES]
     if not unread:
-        return ""
+        return _differently_composed(folder, stem)
     verb = "is" if len(unread) == 1 else "are"
     return f" ({' and '.join(unread)} {verb} there, but only {', '.join(IMAGE_SUFFIXES)} files are read)"
+
+
+def _differently_composed(folder: Path, stem: str) -> str:
+    """A file whose name reads the same but is other bytes: `café` composed (NFC, as most systems write it) against
+    decomposed (NFD, as macOS writes names), which a message quoting both names cannot show apart."""
+    composed = unicodedata.normalize("NFC", stem)
+    alike = sorted(
+        path.name
+        for path in folder.glob("*")
+        if path.stem != stem and unicodedata.normalize("NFC", path.stem) == composed
+    )
+    if not alike:
+        return ""
+    return (
+        f" ({alike[0]} is there, but its name is the same letters written in another Unicode form (composed or "
+        "decomposed, NFC or NFD): rename one of the two so that they are the same bytes)"
+    )
 
 
 def _kind_of(path: Path) -> str:

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import click
 from click.shell_completion import CompletionItem
@@ -90,6 +90,15 @@ class LazyGroup(click.Group):
                     f"the argument {os.fsencode(arg)!r} is not UTF-8 text; rename the file or folder it names"
                 ) from None
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Ctrl-C before a command takes over SIGINT (while torch, the model or a store load) ends as the command's
+        own interruption does, with the shell's status 130 that job scripts read as interrupted, not click's 1."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.lazy_commands:

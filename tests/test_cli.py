@@ -231,3 +231,16 @@ def test_train_picks_its_preset_by_the_resolved_device_and_says_so_in_help() -> 
     help_text = " ".join(CliRunner().invoke(main, ["train", "--help"], terminal_width=200).stdout.split())
     assert "Without it the preset is picked by the device (see --device): sbd_224 (the research recipe) on CUDA, " \
         "fast_cpu (a light head) on CPU" in help_text  # fmt: skip
+
+
+def test_ctrl_c_while_a_command_loads_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before a command takes over SIGINT (torch and its model still loading), click said "Aborted!" and exited 1,
+    which job scripts read as a failure, not as an interruption."""
+    import isegprobe.cli
+
+    def interrupted(name: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(isegprobe.cli.importlib, "import_module", interrupted)
+    result = CliRunner().invoke(main, ["report", "somewhere"])
+    assert result.exit_code == 130 and "interrupted" in result.stderr and "Aborted!" not in result.output

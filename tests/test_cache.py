@@ -301,9 +301,10 @@ def custom_tree(root: Path, images: int) -> Path:
     return root
 
 
-def test_overwrite_keeps_the_old_store_whole_until_its_replacement_is_done(tmp_path):
+def test_overwrite_keeps_the_old_store_whole_until_its_replacement_is_done(tmp_path, capsys):
     """--overwrite extracts beside the store it replaces: a run that fails half way leaves the old store as it was,
-    and the same command resumes the replacement and then swaps it in."""
+    and the same command resumes the replacement and then swaps it in; the command without --overwrite says it is
+    there."""
     root = custom_tree(tmp_path / "data", images=8)
     common = dict(dataset="custom", root=str(root), items_per_shard=2)
     old = extract(request(tmp_path / "cache", **common)).path
@@ -318,6 +319,9 @@ def test_overwrite_keeps_the_old_store_whole_until_its_replacement_is_done(tmp_p
     replacement = old.with_name(old.name + ".replacing")
     assert FeatureStore.open(replacement).done_mask().sum() == 4
 
+    capsys.readouterr()
+    assert extract(request(tmp_path / "cache", **common)).items_extracted == 0, "the old store is whole"
+    assert f"note: {replacement} holds an --overwrite of this store that did not finish" in capsys.readouterr().err
     (root / "images" / "im5.png").write_bytes(good)
     resumed = extract(request(tmp_path / "cache", views="identity,hflip,vflip", overwrite=True, **common))
     assert resumed.path == old and resumed.items_extracted == 4, "the replacement's four finished items are kept"

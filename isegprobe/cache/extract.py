@@ -260,6 +260,12 @@ def _open_or_create(
                 + "\n  ".join(problems)
                 + "\nPass --overwrite to replace it, or choose another --out."
             )
+        if rank == 0 and replacement_path(path).exists():
+            tqdm.write(
+                f"note: {replacement_path(path)} holds an --overwrite of this store that did not finish: the same "
+                "command with --overwrite finishes it and puts it in place; delete it to free its space",
+                file=sys.stderr,
+            )
         return store
     if resumable:
         return FeatureStore.open(target, mode="r+")

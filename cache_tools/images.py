@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from isegprobe.cache import FeatureStore
-from isegprobe.cache.image_match import describe_difference, is_same_image, working_image
+from isegprobe.cache.image_match import image_mismatch, working_image
 from isegprobe.cache.reader import open_tensorstore, read_items
 from isegprobe.data import create_dataset
 
@@ -38,10 +38,8 @@ def items_of_other_images(path: str | Path, root: str | None = None) -> tuple[st
             for index in finished:
                 fresh = working_image(source[index].image, preprocessing)
                 kept = np.asarray(stored[index - shard.start])
-                if not is_same_image(kept, fresh):
-                    problems.append(
-                        f"item {index} ({item_ids[index]}): not its image under {source.root} "
-                        f"({describe_difference(kept, fresh)})"
-                    )
+                mismatch = image_mismatch(kept, fresh)
+                if mismatch is not None:
+                    problems.append(f"item {index} ({item_ids[index]}): not its image under {source.root} ({mismatch})")
                 progress.update()
     return source.root, problems

@@ -9,7 +9,7 @@ import pytest
 
 from isegprobe.cache.image_match import (
     MAX_MEAN_DIFFERENCE,
-    is_same_image,
+    image_mismatch,
     require_the_stored_image,
     working_image,
 )
@@ -32,7 +32,7 @@ def test_the_same_picture_decoded_or_resized_otherwise_is_the_same_image() -> No
     other_resize = np.zeros_like(stored)
     other_resize[7:49] = area
     for fresh in (working_image(recompressed, PREPROCESSING), other_resize):
-        assert is_same_image(stored, fresh)
+        assert image_mismatch(stored, fresh) is None
         require_the_stored_image("s.zarr", "a", "root", stored, fresh)
 
 
@@ -44,6 +44,6 @@ def test_another_picture_under_the_same_name_is_refused(other: str) -> None:
         "another size": working_image(photo(0), {"size": 28, "resize": "letterbox"}),
         "brighter by more than the allowance": np.clip(stored.astype(int) + int(MAX_MEAN_DIFFERENCE) + 4, 0, 255),
     }[other].astype(np.uint8)
-    assert not is_same_image(stored, fresh)
+    assert image_mismatch(stored, fresh) is not None
     with pytest.raises(UserError, match=r"s\.zarr: item 'a' under root is not the image this store was extracted"):
         require_the_stored_image("s.zarr", "a", "root", stored, fresh)

@@ -28,7 +28,7 @@ from isegprobe import featurizers
 from isegprobe.cache.attrs import build_attrs
 from isegprobe.cache.checksums import PIXEL_ARRAYS, pixel_checksums
 from isegprobe.cache.chunks import missing_chunk_files
-from isegprobe.cache.image_match import describe_difference, is_same_image, working_image
+from isegprobe.cache.image_match import image_mismatch, working_image
 from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.pixel_views import PixelSource
 from isegprobe.cache.reader import open_tensorstore
@@ -519,10 +519,11 @@ def _refuse_another_datasets_images(store: FeatureStore, source: SampleSource, o
         fresh = working_image(source[item].image, store.attrs["preprocessing"])
     except (UserError, ValueError):
         return
-    if not is_same_image(stored, fresh):
+    mismatch = image_mismatch(stored, fresh)
+    if mismatch is not None:
         raise UserError(
             f"--root {source.root}: item {store.attrs['item_ids'][item]!r} is not the image the store {store.path} "
-            f"was extracted from, under {store.attrs['dataset'].get('root')} ({describe_difference(stored, fresh)}); "
+            f"was extracted from, under {store.attrs['dataset'].get('root')} ({mismatch}); "
             f"pass --overwrite to extract this dataset into it anew, or choose another --out than {out}"
         )
 

@@ -32,23 +32,14 @@ def working_image(image: np.ndarray, preprocessing: Mapping[str, Any]) -> np.nda
     return resize_into_square(image, preprocessing["size"], preprocessing["resize"], cv2.INTER_LINEAR)[0]
 
 
-def image_difference(stored: np.ndarray, fresh: np.ndarray) -> float | None:
-    """Mean absolute difference of two uint8 [S, S, 3] images, None when their shapes differ."""
+def image_mismatch(stored: np.ndarray, fresh: np.ndarray) -> str | None:
+    """None where two uint8 [S, S, 3] working-size images are the same image (within MAX_MEAN_DIFFERENCE grey levels
+    on average), else what a refusal says of them."""
     if stored.shape != fresh.shape:
-        return None
-    return float(np.abs(stored.astype(np.int16) - fresh.astype(np.int16)).mean())
-
-
-def is_same_image(stored: np.ndarray, fresh: np.ndarray) -> bool:
-    difference = image_difference(stored, fresh)
-    return difference is not None and difference <= MAX_MEAN_DIFFERENCE
-
-
-def describe_difference(stored: np.ndarray, fresh: np.ndarray) -> str:
-    """What a refusal says of two images that are not the same."""
-    difference = image_difference(stored, fresh)
-    if difference is None:
         return f"its working-size pixels are {fresh.shape}, the store's {stored.shape}"
+    difference = float(np.abs(stored.astype(np.int16) - fresh.astype(np.int16)).mean())
+    if difference <= MAX_MEAN_DIFFERENCE:
+        return None
     return f"its working-size pixels differ from the store's by {difference:.1f} grey levels on average"
 
 
@@ -56,10 +47,10 @@ def require_the_stored_image(
     store: str | Path, item_id: str, root: str | Path | None, stored: np.ndarray, fresh: np.ndarray
 ) -> None:
     """Refuse an evaluation that would pair the store's features of `item_id` with another image's masks."""
-    if is_same_image(stored, fresh):
+    mismatch = image_mismatch(stored, fresh)
+    if mismatch is None:
         return
     raise UserError(
-        f"{store}: item {item_id!r} under {root} is not the image this store was extracted from "
-        f"({describe_difference(stored, fresh)}); give --root the dataset the store was made of, or extract a store "
-        "of this one"
+        f"{store}: item {item_id!r} under {root} is not the image this store was extracted from ({mismatch}); give "
+        "--root the dataset the store was made of, or extract a store of this one"
     )

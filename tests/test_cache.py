@@ -276,7 +276,7 @@ def test_a_store_removed_while_it_is_written_stops_the_extraction_naming_it(tmp_
     assert calls["count"] == 3
     assert [path.name for path in tmp_path.iterdir()] == [], "nothing written under the removed store's name"
     monkeypatch.setattr(StoreClass, "finish_items", original_finish)
-    again = extract(request(tmp_path))
+    again = extract(request(tmp_path, items_per_shard=None))  # as the command line without the two options
     assert again.items_extracted == 12
     assert verify_store(again.path) == []
 
@@ -397,6 +397,22 @@ def test_lz4_codec_stores_the_same_features(tmp_path):
     assert any(codec["name"] == "blosc" and codec["configuration"]["cname"] == "lz4" for codec in inner)
     assert FeatureStore.open(lz4.path).attrs["layout"]["compressor"]["cname"] == "lz4"
     np.testing.assert_array_equal(zarr.open(str(zstd.path))["features"][:], zarr.open(str(lz4.path))["features"][:])
+
+
+def test_a_resumed_store_keeps_its_layout_and_says_so_where_another_was_asked(tmp_path, capsys):
+    """Shard size and codec are a new store's: a resumed one's items already lie in its own. Asked for others, the
+    command keeps them and says so; asked for nothing, it keeps them without a word."""
+    first = extract(request(tmp_path, items_per_shard=4, codec="lz4"))
+    capsys.readouterr()
+    again = extract(request(tmp_path, items_per_shard=None))  # as the command line without the two options
+    assert again.items_extracted == 0 and "note" not in capsys.readouterr().err
+    extract(request(tmp_path, items_per_shard=6, codec="zstd"))
+    note = capsys.readouterr().err
+    assert f"{first.path} keeps the --items-per-shard 4 (asked: 6) and --codec lz4 (asked: zstd)" in note
+    extract(request(tmp_path, items_per_shard=4, codec="lz4"))
+    assert "note" not in capsys.readouterr().err
+    store = FeatureStore.open(first.path)
+    assert store.items_per_shard == 4 and store.attrs["layout"]["compressor"]["cname"] == "lz4"
 
 
 def test_a_full_disk_under_the_feature_writer_is_the_os_error_naming_the_store(tmp_path):

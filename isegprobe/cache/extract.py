@@ -32,7 +32,13 @@ from isegprobe.cache.image_match import image_mismatch, working_image
 from isegprobe.cache.integrity import broken_entries, mark_undone
 from isegprobe.cache.pixel_views import PixelSource
 from isegprobe.cache.reader import open_tensorstore
-from isegprobe.cache.schema import SCHEMA_VERSION, mismatches, store_name
+from isegprobe.cache.schema import (
+    DEFAULT_CODEC,
+    DEFAULT_ITEMS_PER_SHARD,
+    SCHEMA_VERSION,
+    mismatches,
+    store_name,
+)
 from isegprobe.cache.store import (
     FeatureStore,
     finish_an_interrupted_swap,
@@ -74,9 +80,9 @@ class ExtractionRequest:
     out: str = "cache"
     overwrite: bool = False
     repair: bool = False
-    items_per_shard: int = 16
+    items_per_shard: int | None = None  # None: DEFAULT_ITEMS_PER_SHARD for a new store, a resumed store's own
     workers: int = field(default_factory=default_loader_workers)
-    codec: str = "zstd"
+    codec: str | None = None  # None: DEFAULT_CODEC for a new store, a resumed store's own
     normalization: str = DEFAULT_NORMALIZATION
 
 
@@ -435,8 +441,8 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         [s.name for s in specs],
         request.size,
         request.resize,
-        min(request.items_per_shard, max(1, len(source))),  # a shard holds room for all its items: no more
-        request.codec,
+        min(request.items_per_shard or DEFAULT_ITEMS_PER_SHARD, max(1, len(source))),  # no more room than items
+        request.codec or DEFAULT_CODEC,
     )
     path = Path(request.out) / store_name(
         request.featurizer, request.dataset.lower(), request.split, request.size, featurizer.provenance["normalization"]
@@ -446,6 +452,8 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         swap = finish_an_interrupted_swap(path) if rank == 0 else None
         barrier()
         store = _open_or_create(path, wanted, featurizer, request.overwrite, rank)
+        if rank == 0:
+            _note_layout_kept(store, request, wanted["layout"])
         _refuse_to_add_to_an_old_layout(store, request.repair)
         repaired = _mark_broken_undone(store, request.repair) if rank == 0 else []
         _refuse_another_datasets_images(store, source, request.out)
@@ -491,6 +499,24 @@ def _rank_settings(path: Path, wanted: dict[str, Any], request: ExtractionReques
             if (group, key) not in told:
                 settings[f"the {group}'s {key}"] = value
     return settings
+
+
+def _note_layout_kept(store: FeatureStore, request: ExtractionRequest, wanted: dict[str, Any]) -> None:
+    """A resumed store keeps the shard size and codec it was made with, since its items already lie so; say so
+    where the command asked for others, so that a user who asked for lz4's faster reads does not think they got
+    them."""
+    kept = []
+    if request.items_per_shard is not None and store.items_per_shard != wanted["items_per_shard"]:
+        kept.append(f"--items-per-shard {store.items_per_shard} (asked: {request.items_per_shard})")
+    recorded = store.attrs["layout"]["compressor"]["cname"]  # the codec's name, as COMPRESSORS' keys are
+    if request.codec is not None and recorded != wanted["compressor"]["cname"]:
+        kept.append(f"--codec {recorded} (asked: {request.codec})")
+    if kept:
+        tqdm.write(
+            f"note: {store.path} keeps the {' and '.join(kept)} it was made with; --overwrite extracts it again "
+            "with the asked ones",
+            file=sys.stderr,
+        )
 
 
 def _refuse_to_add_to_an_old_layout(store: FeatureStore, repair: bool) -> None:

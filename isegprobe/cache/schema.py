@@ -85,7 +85,10 @@ COMPRESSORS = {
     "zstd": {"name": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "bitshuffle", "blocksize": 1 << 20},
     "lz4": {"name": "blosc", "cname": "lz4", "clevel": 5, "shuffle": "shuffle"},
 }
-COMPRESSOR = COMPRESSORS["zstd"]
+DEFAULT_CODEC = "zstd"
+COMPRESSOR = COMPRESSORS[DEFAULT_CODEC]
+# Items per shard file of a new store: the unit of atomic writes and of resuming
+DEFAULT_ITEMS_PER_SHARD = 16
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import signal
 import click
 
 from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.cache.schema import COMPRESSORS, DEFAULT_CODEC, DEFAULT_ITEMS_PER_SHARD
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import WORKING_SIZE, max_pixels_option
 from isegprobe.commands.options import allow_torchscript_option, device_option
@@ -88,18 +89,15 @@ from isegprobe.units import human_bytes
 )
 @click.option(
     "--items-per-shard",
-    default=16,
-    show_default=True,
     type=click.IntRange(min=1),
-    help="Items per shard file; the unit of atomic writes and of resuming (at most the dataset's items).",
+    help=f"Items per shard file of a new store, the unit of atomic writes and of resuming (default "
+    f"{DEFAULT_ITEMS_PER_SHARD}, at most the dataset's items); a resumed store keeps its own.",
 )
 @click.option(
     "--codec",
-    type=click.Choice(["zstd", "lz4"]),
-    default="zstd",
-    show_default=True,
-    help="Blosc codec of a new store: zstd (level 1, bit shuffle) is smaller, lz4 (byte shuffle) reads about 2.6x "
-    "faster.",
+    type=click.Choice(sorted(COMPRESSORS)),
+    help=f"Blosc codec of a new store (default {DEFAULT_CODEC}): zstd (level 1, bit shuffle) is smaller, lz4 (byte "
+    "shuffle) reads about 2.6x faster; a resumed store keeps its own.",
 )
 @click.option(
     "--out",

@@ -259,6 +259,10 @@ def test_an_early_fusion_seed_probe_imports_for_online_evaluation(store: Path, t
             {"backbone": {"type": "vit", "params": {"arch": "vit_small_patch16_224", "feat_type": "cls"}}},
             "feat_type 'cls'",
         ),
+        (
+            {"backbone": {"type": "vit", "params": {"arch": "maskclip", "feats_injection_mode": "after_backbone"}}},
+            r"seed\.pth: isegprobe cannot rebuild this probe: ViT arch 'maskclip' \(the research code builds it by",
+        ),
         ({"upsampler": "lift"}, "--upsampler-weights"),
         ({"upsampler": "magic"}, "upsampler 'magic'"),
         ({"head": "linear"}, "head 'linear'"),

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig, Range
 from isegprobe.errors import UserError
+from isegprobe.featurizers.factory import parse_featurizer_name
 from isegprobe.featurizers.key_channels import research_key_channels
 from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
 from isegprobe.model.click_encoders import CLICK_ENCODERS
@@ -190,7 +191,12 @@ def _featurizer_name(kind: str, backbone_params: dict[str, Any], problems: list[
         if "dino" in arch and arch not in DINO_HUB_VITS:
             problems.append(f"ViT arch {arch!r} (DINO hub ViT-S names: {', '.join(DINO_HUB_VITS)})")
         name = DINO_HUB_VITS.get(arch, arch)
-        return f"{name}:keys" if feat_type == "key" else name
+        featurizer = f"{name}:keys" if feat_type == "key" else name
+        try:
+            parse_featurizer_name(featurizer)
+        except UserError:
+            problems.append(f"ViT arch {_shown(arch)} (the research code builds it by timm, which has no ViT so named)")
+        return featurizer
     if kind == "mask_clip":
         if backbone_params.get("model_name", "ViT-B/16") != "ViT-B/16":
             problems.append(f"MaskCLIP model {_shown(backbone_params.get('model_name'))} (only ViT-B/16)")

@@ -73,6 +73,34 @@ def test_features_are_timms_forward_intermediates(name, size, block, stride, dim
     assert (provenance["block"], provenance["normed"], provenance["output"]) == (block, True, "intermediates")
 
 
+def test_hieras_features_are_timms_unnormed_intermediates():
+    """timm gives no normed intermediates of a Hiera (MAE's or SAM2's HieraDet): their final norm is the classifier
+    head's. The features are the stage's output as it is, and the provenance says so."""
+    featurizer = random_featurizer("sam2_hiera_tiny")
+    x = images(64)
+    with torch.no_grad():
+        expected = featurizer.model.forward_intermediates(
+            x, indices=[-1], norm=False, output_fmt="NCHW", intermediates_only=True
+        )[-1]
+    torch.testing.assert_close(featurizer(x), expected, rtol=0, atol=1e-5)
+    assert (featurizer.patch_size, featurizer.dim, featurizer.fixed_size) == (32, 768, None)
+    assert featurizer.provenance["normed"] is False and "fixed_size" not in featurizer.provenance
+
+
+def test_a_model_timm_builds_for_one_size_runs_at_that_size_and_refuses_others(tmp_path):
+    """MAE's Hiera adds a position table of its build size unresampled: it runs at 224 px only."""
+    featurizer = random_featurizer("hiera_tiny_224")
+    assert featurizer.fixed_size == featurizer.provenance["fixed_size"] == 224
+    assert featurizer(images(224, batch=1)).shape == (1, 768, 7, 7)
+    with pytest.raises(UserError, match="runs on 224 px images only .*, not 448x448"):
+        featurizer(images(448, batch=1))
+    result = extract(tmp_path / "cache", "hiera_tiny_224", size=448)
+    assert result.exit_code != 0
+    assert "--size 448: hiera_tiny_224 runs on 224 px images only" in result.output
+    assert "pass --size 224" in result.output
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize(("arch", "size"), [("convnext_atto", 64), (DINOV3, 32)])
 def test_a_timm_state_dict_with_its_classifier_loads(arch, size, tmp_path):
     """timm's own files hold the classifier the featurizer is built without (ConvNeXt: head.fc inside its head)."""

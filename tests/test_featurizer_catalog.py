@@ -64,7 +64,8 @@ def test_the_model_has_the_attention_kernel_and_early_fusion_the_catalog_names(e
     arch, featurizer_class = parse_featurizer_name(entry.example)
     featurizer = featurizer_class(entry.example, model, WeightsSource("random"), DEFAULT_NORMALIZATION)
     assert (featurizer.early_fusion_refusal is None) == entry.early_fusion
-    assert (find_patch_embedding(model) is not None) == entry.early_fusion
+    if entry.early_fusion:  # clicks enter through the patch embedding (SAM2's Hiera has one, off the features' grid)
+        assert find_patch_embedding(model) is not None
 
 
 def test_help_lists_every_example_with_its_facts():

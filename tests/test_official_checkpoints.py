@@ -1,6 +1,6 @@
 """Checkpoint files in their authors' own layouts, loaded into timm models: DINOv3's `dinov3_vit*_pretrain_*.pth`
-(every tensor accounted for), SAM's `sam_vit_*.pth` and the ConvNeXt files of DINOv3 and FB (timm's converters for
-their families)."""
+(every tensor accounted for), SAM's `sam_vit_*.pth`, SAM2's `sam2*_hiera_*.pt` and the ConvNeXt files of DINOv3 and FB
+(timm's converters for their families)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from isegprobe.cache.schema import check_same_featurizer, store_fingerprint
 from isegprobe.cli import main
 from isegprobe.errors import UserError
 from isegprobe.featurizers import RandomWeightsWarning, create_featurizer
-from isegprobe.featurizers.weights import load_checkpoint
+from isegprobe.featurizers.weights import SAM2_TRUNK, load_checkpoint
 
 DINOV3 = "vit_small_patch16_dinov3"
 OFFICIAL_FILE = "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"
@@ -204,6 +204,26 @@ def test_sams_own_file_loads_through_timms_sam_converter(tmp_path):
     load_checkpoint(target, tmp_path / "sam_vit_b_01ec64.pth")
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(timm_features(target.eval(), x, -1), timm_features(model, x, -1), rtol=0, atol=0)
+
+
+def test_sam2s_own_file_loads_its_image_encoders_trunk(tmp_path):
+    """SAM2's `sam2.1_hiera_tiny.pt` holds {"model": ...}: the image encoder's trunk under `image_encoder.trunk.`
+    (MLPs as mlp.layers.0 and 1), beside its FPN neck, memory modules and mask decoder, and no final norm."""
+    model = seeded("sam2_hiera_tiny")
+    state = {
+        f"{SAM2_TRUNK}{key.replace('mlp.fc1', 'mlp.layers.0').replace('mlp.fc2', 'mlp.layers.1')}": value
+        for key, value in model.state_dict().items()
+        if not key.startswith("head.")
+    }
+    state["image_encoder.neck.convs.0.conv.weight"] = torch.randn(256, 768, 1, 1)
+    state["memory_encoder.out_proj.weight"] = torch.randn(64, 256, 1, 1)
+    state["sam_mask_decoder.iou_token.weight"] = torch.randn(1, 256)
+    torch.save({"model": state}, tmp_path / "sam2.1_hiera_tiny.pt")
+    featurizer = create_featurizer("sam2_hiera_tiny", weights=str(tmp_path / "sam2.1_hiera_tiny.pt"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=[-1], norm=False, output_fmt="NCHW", intermediates_only=True)
+    torch.testing.assert_close(featurizer(x), expected[-1], rtol=0, atol=0)
 
 
 def test_features_from_timms_periods_are_told_apart_from_the_files(official_file):

@@ -6,6 +6,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from isegprobe.errors import UserError
+
 
 class Featurizer(nn.Module):
     """A frozen image encoder: normalized images [B, 3, H, W] -> dense features [B, dim, H/p, W/p].
@@ -21,10 +23,13 @@ class Featurizer(nn.Module):
     their attention written out (`explicit_attention`); every other featurizer as without it.
     `research_channels`: where the research code lays the same features out in another channel order, its channel
     c is channel research_channels[c] here (a probe's head in research precision reads them in that order).
+    `fixed_size`: the one square image size a model runs at (timm builds some for one size: Hiera's position table,
+    LeViT's attention biases), None for any multiple of `patch_size`.
     """
 
     stride_name: ClassVar[str] = "patch size"
     early_fusion_refusal: str | None = None
+    fixed_size: int | None = None
     research_precision: bool = False
     research_channels: Tensor | None = None
 
@@ -63,6 +68,9 @@ class Featurizer(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: expected images [B, 3, H, W], got {tuple(images.shape)}")
         height, width = images.shape[-2:]
+        problem = self.size_problem(height, width)
+        if problem is not None:
+            raise UserError(f"{self.name}: {problem}")
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
                 f"{self.name}: image size {height}x{width} is not a multiple of the patch size {self.patch_size}"
@@ -73,3 +81,10 @@ class Featurizer(nn.Module):
             if tuple(token_bias.shape) != expected:
                 raise ValueError(f"{self.name}: token_bias must be {expected}, got {tuple(token_bias.shape)}")
         return grid
+
+    def size_problem(self, height: int, width: int) -> str | None:
+        """Why the model cannot run on `height` x `width` images when the size is the user's choice (None where it
+        can): a model built for one size runs at that size only."""
+        if self.fixed_size is not None and (height, width) != (self.fixed_size, self.fixed_size):
+            return f"runs on {self.fixed_size} px images only (timm builds it for that size), not {height}x{width}"
+        return None

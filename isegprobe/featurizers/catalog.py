@@ -101,6 +101,14 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("SigLIP2", "vit_base_patch16_siglip_224.v2_webli", "timm_vit", True, XFORMERS),
     CatalogEntry("SAM ViT-B", "samvit_base_patch16", "timm_dense", True, SDPA, "`sam_vit_b_01ec64.pth`"),
     CatalogEntry(
+        "SAM2 Hiera-T",
+        "sam2_hiera_tiny",
+        "timm_dense",
+        False,
+        SDPA,
+        "`sam2.1_hiera_tiny.pt` (its image encoder's trunk)",
+    ),
+    CatalogEntry(
         "RADIO v3",
         "naflexvit_base_patch16_radio_v3",
         "timm_dense",

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import timm
 import torch
 from timm.models.convnext import ConvNeXt
+from timm.models.hiera import Hiera
+from timm.models.hieradet_sam2 import HieraDet
 from torch import Tensor, nn
 
 from isegprobe.errors import UserError
@@ -25,6 +27,10 @@ from isegprobe.featurizers.timm_base import TimmFeaturizer
 from isegprobe.featurizers.timm_names import check_timm_model, is_timm_vit
 from isegprobe.featurizers.weights import WeightsSource
 
+# timm models whose `forward_intermediates` has no normed output (it asserts `not norm`): MAE's Hiera and SAM2's
+# (HieraDet), whose final norm belongs to the classifier head; their features are the stage's output as it is.
+_WITHOUT_NORMED_INTERMEDIATES = (Hiera, HieraDet)
+
 
 @register_featurizer("timm_dense")
 class DenseFeaturizer(TimmFeaturizer):
@@ -32,14 +38,15 @@ class DenseFeaturizer(TimmFeaturizer):
     `@BLOCK` of the name (negative from the end; the last by default), with timm's final norm applied where timm
     applies it: every block of ViT-likes, SAM's neck; ConvNeXt's `norm_pre` on its last stage, an identity for
     most ConvNeXts, whose final LayerNorm belongs to the classifier head that timm keeps out of this API, except
-    DINOv3's ConvNeXt, whose authors apply it at every location of the last stage (`_norms_every_location`). Stride
-    and channels are measured, since a normed output can differ from timm's `feature_info`; so are the patch
-    embedding's layout and width, which early fusion's click tokens take (`embed_dim`)."""
+    DINOv3's ConvNeXt, whose authors apply it at every location of the last stage (`_norms_every_location`); none
+    where timm has no normed output (Hiera, `normed` false in the provenance). Stride and channels are measured,
+    since a normed output can differ from timm's `feature_info`; so are the patch embedding's layout and width,
+    which early fusion's click tokens take (`embed_dim`), and whether the model runs only at the size timm built it
+    for (Hiera's position table, LeViT's attention biases: `fixed_size`)."""
 
     output: ClassVar[str] = "intermediates"
     accepts: ClassVar[tuple[str, ...]] = (ARCH_SLOT,)
     stride_name = "stride"
-    normed: ClassVar[bool] = True
 
     def __init__(
         self, name: str, model: nn.Module, weights: WeightsSource, normalization: str = DEFAULT_NORMALIZATION
@@ -47,7 +54,8 @@ class DenseFeaturizer(TimmFeaturizer):
         blocks = _feature_blocks(name, model)
         block = _block_index(name, len(blocks))
         model.eval()
-        stride, dim, patch_tokens = _measure(name, model, block, int(blocks[block]["reduction"]))
+        normed = not isinstance(model, _WITHOUT_NORMED_INTERMEDIATES)
+        stride, dim, patch_tokens, fixed_size = _measure(name, model, block, int(blocks[block]["reduction"]), normed)
         norms_every_location = _norms_every_location(model, weights, block, len(blocks))
         super().__init__(
             name,
@@ -60,11 +68,14 @@ class DenseFeaturizer(TimmFeaturizer):
             family_keys={
                 "block": block,
                 "num_blocks": len(blocks),
-                "normed": self.normed,
+                "normed": normed,
                 **({"last_stage_norm": "dinov3"} if norms_every_location else {}),
+                **({"fixed_size": fixed_size} if fixed_size else {}),
             },
         )
         self.block = block
+        self.normed = normed
+        self.fixed_size = fixed_size
         self.norms_every_location = norms_every_location
         self.patch_tokens = patch_tokens
         self.early_fusion_refusal = None if patch_tokens else late_fusion_only(model, stride)
@@ -92,7 +103,7 @@ class DenseFeaturizer(TimmFeaturizer):
             raise UserError(f"{self.name}: {self.early_fusion_refusal}")
         grid = self.feature_grid(images, token_bias)
         with self.patch_tokens.adding(token_bias) if self.patch_tokens and token_bias is not None else nullcontext():
-            features = _intermediate(self.model, images, self.block)
+            features = _intermediate(self.model, images, self.block, self.normed)
         if self.norms_every_location:
             features = self.model.head.norm(features)
         if tuple(features.shape[-2:]) != grid:
@@ -116,12 +127,13 @@ def _norms_every_location(model: nn.Module, weights: WeightsSource, block: int, 
     )
 
 
-def _intermediate(model: nn.Module, images: Tensor, block: int) -> Tensor:
-    """timm's normed output of `block` (later blocks are not run: `stop_early` changes nothing else)."""
+def _intermediate(model: nn.Module, images: Tensor, block: int, normed: bool) -> Tensor:
+    """timm's output of `block`, normed where `normed` (later blocks are not run: `stop_early` changes nothing
+    else)."""
     return model.forward_intermediates(
         images,
         indices=[block],
-        norm=DenseFeaturizer.normed,
+        norm=normed,
         stop_early=True,
         output_fmt="NCHW",
         intermediates_only=True,
@@ -129,16 +141,29 @@ def _intermediate(model: nn.Module, images: Tensor, block: int) -> Tensor:
 
 
 @torch.inference_mode()
-def _measure(name: str, model: nn.Module, block: int, reduction: int) -> tuple[int, int, PatchTokens | None]:
+def _measure(
+    name: str, model: nn.Module, block: int, reduction: int, normed: bool
+) -> tuple[int, int, PatchTokens | None, int | None]:
     """(stride, channels) of the block's output, from one forward on a 4x4 grid (`feature_info` gives the trunk's
-    channels, and a normed output can have others: SAM's neck maps 768 to 256), and the patch embedding's tokens
-    seen in the same forward, where they lie on the features' grid."""
-    side = 4 * reduction
+    channels, and a normed output can have others: SAM's neck maps 768 to 256), the patch embedding's tokens seen in
+    the same forward, where they lie on the features' grid, and the one size the model runs at, where it fails on
+    that grid and runs at the input size timm built it for (None where it runs at any)."""
     embedding = find_patch_embedding(model)
     seen: list[Tensor] = []
     handle = embedding[1].register_forward_hook(lambda _m, _i, tokens: seen.append(tokens)) if embedding else None
+    side, fixed_size = 4 * reduction, None
     try:
-        features = _intermediate(model, torch.zeros(1, 3, side, side, device=_device(model)), block)
+        try:
+            features = _intermediate(model, torch.zeros(1, 3, side, side, device=_device(model)), block, normed)
+        except (RuntimeError, AssertionError) as error:
+            fixed_size = _built_size(model)
+            if fixed_size is None or fixed_size == side:
+                raise UserError(
+                    f"{name}: timm's {type(model).__name__} did not run on a {side} px image ({error})"
+                ) from None
+            seen.clear()
+            side = fixed_size
+            features = _only_at_built_size(name, model, block, normed, fixed_size, error)
     finally:
         if handle is not None:
             handle.remove()
@@ -146,7 +171,26 @@ def _measure(name: str, model: nn.Module, block: int, reduction: int) -> tuple[i
     if rows != cols or side % rows:
         raise UserError(f"{name}: a {side}x{side} image gave a {rows}x{cols} grid, not one of stride {reduction}")
     patch_tokens = patch_tokens_of(*embedding, seen[0], (rows, cols)) if embedding and seen else None
-    return side // rows, int(features.shape[1]), patch_tokens
+    return side // rows, int(features.shape[1]), patch_tokens, fixed_size
+
+
+def _built_size(model: nn.Module) -> int | None:
+    """The square input size timm built `model` for (its pretrained config's), None where it gives none."""
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    return int(size[-1]) if size and size[-1] == size[-2] else None
+
+
+def _only_at_built_size(
+    name: str, model: nn.Module, block: int, normed: bool, size: int, first_failure: Exception
+) -> Tensor:
+    """The block's output on a `size` px image, for a model that failed on a smaller one."""
+    try:
+        return _intermediate(model, torch.zeros(1, 3, size, size, device=_device(model)), block, normed)
+    except (RuntimeError, AssertionError):
+        raise UserError(
+            f"{name}: timm's {type(model).__name__} runs neither on a small image ({first_failure}) nor at its own "
+            f"{size} px"
+        ) from None
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -2,9 +2,10 @@
 
 Files may be in any layout researchers actually have on disk: timm / Hugging Face state dicts (.safetensors, .pth,
 .pt, .bin, possibly wrapped in {"model": ...} or {"state_dict": ...}), DINOv2's and DINOv3's official
-`*_pretrain*.pth`, OpenAI CLIP's TorchScript `.pt` archives, SAM's `sam_vit_*.pth`, RADIO's and the official
-ConvNeXt files. timm's own converter for the model's family translates the foreign layouts (DINOv3's is ours, to
-account for every tensor); loading is strict, and nothing is unpickled beyond plain tensors.
+`*_pretrain*.pth`, OpenAI CLIP's TorchScript `.pt` archives, SAM's `sam_vit_*.pth`, SAM2's `sam2*_hiera_*.pt`, RADIO's
+and the official ConvNeXt files. timm's own converter for the model's family translates the foreign layouts (DINOv3's
+is ours, to account for every tensor; SAM2's trunk is cut out of its file here); loading is strict, and nothing is
+unpickled beyond plain tensors.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from isegprobe.home_paths import expand_home
 from isegprobe.state_dicts import load_strictly, read_state_dict
 
 RANDOM_SEED = 0
+# Where SAM2's own checkpoints keep the image encoder's trunk, the Hiera that timm's HieraDet is
+SAM2_TRUNK = "image_encoder.trunk."
 
 
 class RandomWeightsWarning(UserWarning):
@@ -116,6 +119,8 @@ def to_timm_layout(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tens
     A classifier the featurizer was built without (`num_classes=0`) is dropped from the file."""
     if is_dinov3_layout(state):
         state = dinov3_to_timm(state, model)
+    elif any(key.startswith(SAM2_TRUNK) for key in state):
+        state = _family_converter(model)(sam2_trunk(state, model), model)
     else:
         if "mask_token" in state:
             # DINOv2 trained with FSDP block chunks: blocks.<chunk>.<block>.* -> blocks.<block>.*
@@ -124,6 +129,16 @@ def to_timm_layout(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tens
     classifier = f"{model.pretrained_cfg.get('classifier') or 'head'}."
     own = model.state_dict().keys()
     return {key: value for key, value in state.items() if key in own or not key.startswith(classifier)}
+
+
+def sam2_trunk(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """The trunk of SAM2's image encoder from one of its own files, which also hold the FPN neck, the memory modules
+    and the mask decoder. SAM2's trunk ends without a norm; timm's HieraDet keeps one in its classifier head
+    (`head.norm`), which these features never pass through (timm's intermediates of a HieraDet are unnormed), so
+    it keeps the model's own values."""
+    trunk = {key.removeprefix(SAM2_TRUNK): value for key, value in state.items() if key.startswith(SAM2_TRUNK)}
+    head_norm = {key: value for key, value in model.state_dict().items() if key.startswith("head.norm.")}
+    return {**head_norm, **trunk}
 
 
 def _family_converter(model: nn.Module) -> Any:

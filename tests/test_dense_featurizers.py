@@ -101,6 +101,29 @@ def test_a_model_timm_builds_for_one_size_runs_at_that_size_and_refuses_others(t
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("inception_v3", r"no fixed stride \(a 128 px image gave a 2x2 grid, a 256 px one 6x6\)"),
+        ("crossvit_tiny_240", "a 68x68 image gave a 14x14 grid, not one of stride 17"),
+        ("mvitv2_tiny", "MultiScaleVit ran on a 128 px image but not on a 256 px one"),
+    ],
+)
+def test_a_model_whose_grid_is_not_the_image_over_a_stride_is_refused_when_built(name, message):
+    """Inception's unpadded convolutions, CrossViT's resize to its own size: features that would not lie where the
+    probe puts them over the pixels; MViTv2's relative positions, which run out past its build size."""
+    with pytest.raises(UserError, match=message), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        create_featurizer(name)
+
+
+def test_a_patch_embedding_that_gives_more_than_tokens_leaves_late_fusion():
+    """XCiT's patch embedding returns its grid beside its tokens: no tokens to add clicks to."""
+    featurizer = random_featurizer("xcit_nano_12_p16_224")
+    assert featurizer(images(64)).shape == (2, featurizer.dim, 4, 4)
+    assert "gives no tokens on the grid" in featurizer.early_fusion_refusal
+
+
 @pytest.mark.parametrize(("arch", "size"), [("convnext_atto", 64), (DINOV3, 32)])
 def test_a_timm_state_dict_with_its_classifier_loads(arch, size, tmp_path):
     """timm's own files hold the classifier the featurizer is built without (ConvNeXt: head.fc inside its head)."""
@@ -238,11 +261,11 @@ def test_a_patch_embedding_off_the_feature_grid_is_refused_naming_the_stride():
     """Swin embeds 4x4 patches and gives features at stride 32 after its last stage."""
     model = timm.create_model(
         "swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, depths=(1, 1, 1, 1), embed_dim=32,
-        num_heads=(1, 1, 1, 1), img_size=128, window_size=4,
+        num_heads=(1, 1, 1, 1), img_size=128, window_size=4, dynamic_img_size=True,
     )  # fmt: skip
     featurizer = DenseFeaturizer("swin_tiny_patch4_window7_224", model, WeightsSource("random"))
     assert featurizer.early_fusion_refusal.endswith(
-        "its patch embedding (patch_embed) is not on the grid of these features (stride 32)"
+        "its patch embedding (patch_embed) gives no tokens on the grid of these features (stride 32)"
     )
 
 

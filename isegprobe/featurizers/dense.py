@@ -32,6 +32,11 @@ from isegprobe.featurizers.weights import WeightsSource
 _WITHOUT_NORMED_INTERMEDIATES = (Hiera, HieraDet)
 
 
+# What a timm model raises on an image size it was not built for: shapes that do not broadcast (position tables,
+# attention biases), its own size assertions, relative-position tables indexed past their end (MViTv2)
+_SIZE_FAILURES = (RuntimeError, AssertionError, IndexError)
+
+
 @register_featurizer("timm_dense")
 class DenseFeaturizer(TimmFeaturizer):
     """`forward_intermediates(x, indices=[block], norm=True, output_fmt="NCHW", intermediates_only=True)`: block
@@ -155,7 +160,7 @@ def _measure(
     try:
         try:
             features = _intermediate(model, torch.zeros(1, 3, side, side, device=_device(model)), block, normed)
-        except (RuntimeError, AssertionError) as error:
+        except _SIZE_FAILURES as error:
             fixed_size = _built_size(model)
             if fixed_size is None or fixed_size == side:
                 raise UserError(
@@ -170,8 +175,26 @@ def _measure(
     rows, cols = features.shape[-2:]
     if rows != cols or side % rows:
         raise UserError(f"{name}: a {side}x{side} image gave a {rows}x{cols} grid, not one of stride {reduction}")
+    if fixed_size is None:
+        _require_a_fixed_stride(name, model, block, normed, side, rows)
     patch_tokens = patch_tokens_of(*embedding, seen[0], (rows, cols)) if embedding and seen else None
     return side // rows, int(features.shape[1]), patch_tokens, fixed_size
+
+
+def _require_a_fixed_stride(name: str, model: nn.Module, block: int, normed: bool, side: int, rows: int) -> None:
+    """The grid of a model of unpadded convolutions (Inception) is not the image size over a stride: twice the image
+    does not give twice the grid, and its features would not lie where isegprobe puts them over the pixels."""
+    try:
+        larger = _intermediate(model, torch.zeros(1, 3, 2 * side, 2 * side, device=_device(model)), block, normed)
+    except _SIZE_FAILURES as error:
+        raise UserError(
+            f"{name}: timm's {type(model).__name__} ran on a {side} px image but not on a {2 * side} px one ({error})"
+        ) from None
+    if tuple(larger.shape[-2:]) != (2 * rows, 2 * rows):
+        raise UserError(
+            f"{name}: its features lie on no fixed stride (a {side} px image gave a {rows}x{rows} grid, a {2 * side} "
+            f"px one {larger.shape[-2]}x{larger.shape[-1]}); isegprobe needs a grid of the image size over a stride"
+        )
 
 
 def _built_size(model: nn.Module) -> int | None:
@@ -186,7 +209,7 @@ def _only_at_built_size(
     """The block's output on a `size` px image, for a model that failed on a smaller one."""
     try:
         return _intermediate(model, torch.zeros(1, 3, size, size, device=_device(model)), block, normed)
-    except (RuntimeError, AssertionError):
+    except _SIZE_FAILURES:
         raise UserError(
             f"{name}: timm's {type(model).__name__} runs neither on a small image ({first_failure}) nor at its own "
             f"{size} px"
@@ -200,7 +223,7 @@ def _device(model: nn.Module) -> torch.device:
 def late_fusion_only(model: nn.Module, stride: int) -> str:
     embedding = find_patch_embedding(model)
     reason = (
-        f"its patch embedding ({embedding[0]}) is not on the grid of these features (stride {stride})"
+        f"its patch embedding ({embedding[0]}) gives no tokens on the grid of these features (stride {stride})"
         if embedding
         else f"timm's {type(model).__name__} has no patch embedding to add clicks to"
     )

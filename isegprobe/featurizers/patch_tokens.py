@@ -48,7 +48,10 @@ def find_patch_embedding(model: nn.Module) -> tuple[str, nn.Module] | None:
 
 def patch_tokens_of(path: str, module: nn.Module, tokens: Tensor, grid: tuple[int, int]) -> PatchTokens | None:
     """What `tokens`, the module's output on an image of `grid` patches, say of its layout; None when no layout
-    fits that grid (a patch embedding on another grid than the features')."""
+    fits that grid (a patch embedding on another grid than the features') or the output is more than tokens (XCiT's
+    and MViTv2's give their grid beside them)."""
+    if not isinstance(tokens, Tensor):
+        return None
     rows, cols = grid
     if tokens.ndim == 4 and tuple(tokens.shape[1:3]) == grid:
         return PatchTokens(path, module, "NHWC", int(tokens.shape[3]))

@@ -24,6 +24,7 @@ from torch import nn
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
+from isegprobe.commands.evaluate import interruption_note
 from isegprobe.commands.options import results_and_labels
 from isegprobe.config import load_train_config
 from isegprobe.data import create_dataset
@@ -467,6 +468,20 @@ def test_a_report_tells_an_evaluation_in_progress_from_a_stopped_one(tmp_path: P
 
     after = report(str(tmp_path / "running"), "--labels", "running")
     assert "2.00*" in after.stdout and "in progress" not in after.stdout, "its command ended: stopped"
+
+
+def test_an_evaluation_stopped_before_its_first_batch_says_so_at_ctrl_c_and_in_the_report(tmp_path: Path) -> None:
+    """Ctrl-C before the first batch leaves a results.json of no dataset: no object is kept, and a report of it
+    would be a row of no cells without a word."""
+    write_results(tmp_path / "empty", {})
+    write_results(tmp_path / "done", {"a": [0.5, 0.86, 0.91, 0.95]})
+    result = report(str(tmp_path / "empty"), str(tmp_path / "done"), "--labels", "empty,done")
+    assert result.exit_code == 0, result.output
+    assert any(line.startswith("empty: no object evaluated yet") for line in result.stdout.splitlines())
+    assert "done: no object" not in result.stdout
+    for folder in ("empty", "never-written"):
+        assert "holds no object's results yet" in interruption_note(str(tmp_path / folder))
+    assert "the objects of the batches finished before it are kept" in interruption_note(str(tmp_path / "done"))
 
 
 HOLD_LOCK = """

@@ -17,6 +17,7 @@ from isegprobe.errors import UserError
 from isegprobe.inference.evaluation import CLICKERS
 from isegprobe.inference.metrics import curve_warnings, format_miou_curves, format_table
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts, get_protocol
+from isegprobe.inference.results import objects_written
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.inference.wandb_results import log_results
 from isegprobe.training.run_logger import start_wandb
@@ -45,6 +46,19 @@ def refuse_stores_of_other_data(stores: tuple[str, ...], datasets: list[str], sp
                 "data; with --store, leave --datasets and --split out (the store says what it holds), or give the "
                 "store of that data"
             )
+
+
+def interruption_note(out_dir: str) -> str:
+    """What an evaluation stopped by Ctrl-C leaves in `out_dir`, as the folder says."""
+    if objects_written(out_dir) == 0:
+        return (
+            f"evaluate: interrupted before its first batch was written: {out_dir} holds no object's results yet, "
+            "and the same command starts again"
+        )
+    return (
+        f"evaluate: interrupted; the objects of the batches finished before it are kept in {out_dir} "
+        "(results.json, results.csv, ious.npz), and the same command goes on from there"
+    )
 
 
 @click.command("evaluate")
@@ -177,11 +191,7 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     try:
         summaries = run_evaluation(request)
     except KeyboardInterrupt:
-        click.echo(
-            f"evaluate: interrupted; the objects of the batches finished before it are kept in {request.out_dir} "
-            "(results.json, results.csv, ious.npz), and the same command goes on from there",
-            err=True,
-        )
+        click.echo(interruption_note(request.out_dir), err=True)
         raise SystemExit(128 + signal.SIGINT.value) from None
     if run is not None:
         log_results(run, summaries)

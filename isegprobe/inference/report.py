@@ -154,6 +154,12 @@ def _notes(evaluations: Sequence[Evaluation], datasets: Sequence[str], running: 
     ]
     if stopped:
         notes.append(f"{INCOMPLETE_MARK} evaluation stopped before every object was done")
+    notes += [
+        f"{label}: no object evaluated yet (its evaluation stopped before its first batch was written; the same "
+        "`isegprobe evaluate` command starts it again)"
+        for index, (label, document) in enumerate(evaluations)
+        if index not in running and not document["datasets"]
+    ]
     for index, holder in running.items():
         label = evaluations[index][0]
         notes.append(

@@ -194,6 +194,15 @@ def read_results(results_dir: str | Path) -> dict[str, Any]:
     return document
 
 
+def objects_written(results_dir: str | Path) -> int:
+    """How many objects' results `results_dir` holds: 0 before an evaluation's first batch is written."""
+    try:
+        document = read_results(results_dir)
+    except UserError:
+        return 0
+    return sum(summary["num_instances"] for summary in document["datasets"].values())
+
+
 def _read_back_problems(document: Any) -> list[str]:
     """What keeps `document` from being read back: keys missing, or holding another kind of value than plots and
     reports expect, or out of their range ("no grabcut/NoC@85", "threshold not numbers from 0 to 1"). Every curve

@@ -74,7 +74,8 @@ def replaceable_file(path: Path) -> Path:
 def output_file(out: str | Path, option: str = "--out") -> Path:
     """`out` as the path of a file to write. An empty one, one that ends in a path separator and one that names a
     folder are refused: pathlib reads them as the current folder or drops the separator, so the file would be
-    written somewhere the user did not name (`figs/` as ./figs.png, `rep/` as a file named rep)."""
+    written somewhere the user did not name (`figs/` as ./figs.png, `rep/` as a file named rep). So is one that the
+    write would refuse (a run's or an evaluation's file, a pipe): before the command's work, not after it."""
     text = os.fspath(out)
     separators = tuple(separator for separator in (os.sep, os.altsep) if separator)
     if not text:
@@ -83,6 +84,7 @@ def output_file(out: str | Path, option: str = "--out") -> Path:
         raise UserError(f"{option} {text}: ends in a path separator, so it names a folder; give a file's path")
     if Path(text).name in FOLDER_NAMES or Path(text).is_dir():
         raise UserError(f"{option} {text}: a folder; give a file's path")
+    refuse_to_replace_a_kept_file(replaceable_file(Path(text)))
     return Path(text)
 
 

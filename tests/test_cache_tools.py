@@ -87,6 +87,20 @@ def test_verify_finds_a_missing_chunk_of_the_arrays_no_checksum_covers(tmp_path,
     assert f"item 0 (test_000): the {array} chunk is missing" in verified.output
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--root", "elsewhere"], "--root: the dataset's folder for --images, which this command was not given"),
+        (["--weights", "hub"], "--weights: the featurizer's weights for --recompute N, which this command was not"),
+    ],
+)
+def test_verify_refuses_an_option_that_only_another_one_reads(pristine, options, message):
+    """They checked nothing and said nothing: a user who meant --images or --recompute believed it done."""
+    verified = CliRunner().invoke(cache, ["verify", str(pristine), *options])
+    assert verified.exit_code == 1
+    assert message in verified.output and "consistent" not in verified.output
+
+
 def test_stats_are_the_stores_channel_moments_and_find_high_norm_tokens(tmp_path):
     store = builtin_store(tmp_path, size=56, views="identity,hflip", items_per_shard=4)
     features = zarr.open(str(store), mode="r+")["features"]

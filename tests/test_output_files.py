@@ -42,6 +42,17 @@ def test_an_evaluation_keeps_its_files(tmp_path: Path, name: str) -> None:
     assert (results / "report.md").read_bytes() == b"table again"
 
 
+def test_an_output_the_write_would_refuse_is_refused_before_the_work(tmp_path: Path) -> None:
+    """`cache stats --out RESULTS/results.json` streamed the whole store and printed its statistics, then refused."""
+    results = folder_with(tmp_path / "results", "results.json", "results.csv", "ious.npz")
+    with pytest.raises(UserError, match="results.json: a file of the evaluation in"):
+        output_file(results / "results.json")
+    os.mkfifo(tmp_path / "pipe.md")
+    with pytest.raises(UserError, match="pipe.md: a named pipe"):
+        output_file(tmp_path / "pipe.md")
+    assert output_file(results / "stats.json") == results / "stats.json"
+
+
 def test_the_same_names_elsewhere_are_plain_outputs(tmp_path: Path) -> None:
     folder = folder_with(tmp_path / "mine", "config.yaml", "results.csv")
     write_output_file(folder / "config.yaml", b"a: 1")

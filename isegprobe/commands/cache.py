@@ -13,6 +13,7 @@ from cache_tools.verify import finished_items, has_checksums
 from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option
+from isegprobe.errors import UserError
 from isegprobe.locks import shared_locks
 from isegprobe.output_files import output_file
 from isegprobe.training.checkpoint import write_output_file
@@ -76,6 +77,10 @@ def verify_command(
 ) -> None:
     """Read every finished item and check it against its checksum (written at extraction), for finite features and
     sane boxes; exits 1 and lists the problems if any."""
+    if root is not None and not images:
+        raise UserError("--root: the dataset's folder for --images, which this command was not given; add --images")
+    if weights is not None and not recompute:
+        raise UserError("--weights: the featurizer's weights for --recompute N, which this command was not given")
     with shared_locks(store):
         problems = verify_store(store)
         for problem in problems:

@@ -452,3 +452,4 @@ def test_the_demo_command_serves_the_page_and_ends_cleanly_on_ctrl_c(checkpoint:
             process.kill()
     assert process.returncode == 0
     assert f"isegprobe demo on http://127.0.0.1:{port}" in stdout
+    assert "upload images" not in stdout, "images were given"

@@ -603,7 +603,8 @@ def test_a_featup_no_norm_checkpoint_loads_as_the_stack_and_featup_jbu_says_so(t
     stack_only = {key: value for key, value in source.state_dict().items() if key.startswith("upsampler.")}
     path = tmp_path / "maskclip_jbu_stack_cocostuff.ckpt"
     torch.save(lightning_checkpoint(stack_only), path)
-    with pytest.raises(UserError, match=r"without its ChannelNorm.*model\.upsampler\.name=featup_jbu_stack"):
+    expected = r"without its ChannelNorm.*model\.upsampler\.name=featup_jbu_stack .*--upsamplers featup_jbu_stack"
+    with pytest.raises(UserError, match=expected):
         create_upsampler("featup_jbu", DIM, weights=str(path))
     stack = create_upsampler("featup_jbu_stack", DIM, weights=str(path))
     features, image = inputs()

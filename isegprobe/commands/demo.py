@@ -65,10 +65,11 @@ def demo(
 ) -> None:
     """Serve a local web page on which a probe segments what you click.
 
-    Left clicks are positive and right clicks negative, scroll zooms, middle or shift drag moves, z (or ctrl-z,
-    backspace) undoes, r resets and space finishes an object; finished objects download as one instance-id PNG. With
-    --dataset, the object under the first positive click is compared with the ground truth and its IoU shown. With
-    --compare, other probes segment beside the first on the same clicks (finish keeps the first one's mask).
+    Images come from --images, --image or --dataset, or are uploaded on the page. Left clicks are positive and
+    right clicks negative, scroll zooms, middle or shift drag moves, z (or ctrl-z, backspace) undoes, r resets and
+    space finishes an object; finished objects download as one instance-id PNG. With --dataset, the object under the
+    first positive click is compared with the ground truth and its IoU shown. With --compare, other probes segment
+    beside the first on the same clicks (finish keeps the first one's mask).
 
     \b
     On a remote GPU server, forward the port and open http://127.0.0.1:8765 locally:
@@ -84,6 +85,8 @@ def demo(
     app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port)
     listening = _listening_socket(host, port)
     click.echo(f"isegprobe demo on http://{host}:{port} (Ctrl-C stops it)")
+    if not (images or image or dataset):
+        click.echo("no --images, --image or --dataset given: upload images with the page's upload button")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, which the server passes on once it has shut down
         server.run(sockets=[listening])

@@ -158,7 +158,8 @@ class FeatUpJBU(LearnedUpsampler):
         ):
             raise UserError(
                 f"{path}: a FeatUp JBU stack without its ChannelNorm, as FeatUp's `no_norm/` checkpoints are "
-                "(MaskCLIP's only exists so): load it with model.upsampler.name=featup_jbu_stack"
+                "(MaskCLIP's only exists so): load it as the upsampler featup_jbu_stack (model.upsampler.name="
+                "featup_jbu_stack in a training config, --upsamplers featup_jbu_stack in `plot features`)"
             )
         load_strictly(self, state, f"{path} is not a FeatUp JBU checkpoint for this feature dim")
 

@@ -95,7 +95,7 @@ def test_a_stop_signal_ends_training_after_a_whole_step_saved_and_resume_finishe
     assert "Traceback" not in stderr
 
     hint = stderr.split("`")[-2]  # the command the message gives, run as given: the run recorded its store
-    assert hint == f"isegprobe train --resume --out {run}"
+    assert hint == f"isegprobe train --resume --out {run} --device cpu", "the device given is repeated"
     resumed = subprocess.run([sys.executable, "-m", *shlex.split(hint)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run, straight_run)

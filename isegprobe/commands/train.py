@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 import torch
+from click.core import ParameterSource
 
 from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
@@ -167,6 +168,9 @@ def train(
         needs_featurizer = online or any(needs_featurizer_online(run.config.model) for run in runs)
         _refuse_featurizer_options_left_unread(needs_featurizer, featurizer_name, featurizer_weights)
         featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
+        device_source = click.get_current_context().get_parameter_source("device")
+        given_device = device if device_source is not ParameterSource.DEFAULT else None
+        how_to_continue = _resume_command(run_dir, online, featurizer_name, featurizer_weights, given_device)
         try:
             summaries = train_side_by_side(
                 [run.config for run in runs],
@@ -180,10 +184,8 @@ def train(
                 val_dataset=val_dataset,
             )
         except LostRank as lost:
-            raise UserError(
-                _lost_rank_message(lost, _resume_command(run_dir, online, featurizer_name, featurizer_weights))
-            ) from None
-    exit_if_stopped(summaries[0], _resume_command(run_dir, online, featurizer_name, featurizer_weights), len(summaries))
+            raise UserError(_lost_rank_message(lost, how_to_continue)) from None
+    exit_if_stopped(summaries[0], how_to_continue, len(summaries))
     if current_rank() == 0:  # under torchrun, the rank that logs and saves
         for summary in summaries:
             if summary.diverged:
@@ -296,15 +298,19 @@ def _run_stores(run_dir: str, store_path: str | None, val_store_path: str | None
     return store_path, val_store_path
 
 
-def _resume_command(run_dir: str, online: bool, featurizer_name: str | None, featurizer_weights: str | None) -> str:
+def _resume_command(
+    run_dir: str, online: bool, featurizer_name: str | None, featurizer_weights: str | None, device: str | None
+) -> str:
     """The command that continues this run: the run recorded its stores and config; what it did not record is
-    repeated here (under torchrun, the launcher with this node's processes; other nodes' options are the user's)."""
+    repeated here (under torchrun, the launcher with this node's processes; other nodes' options are the user's),
+    the device where one was given (without it a GPU machine would resume a CPU run on its GPU)."""
     ranks = ranks_on_this_machine()
     launcher = ["isegprobe"] if ranks == 1 else ["torchrun", "--nproc-per-node", str(ranks), "-m", "isegprobe"]
     words = [*launcher, "train", "--resume", "--out", run_dir]
     words += ["--online"] if online else []
     words += ["--featurizer", featurizer_name] if featurizer_name else []
     words += ["--weights", featurizer_weights] if featurizer_weights else []
+    words += ["--device", device] if device else []
     return shlex.join(words)
 
 

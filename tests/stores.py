@@ -6,6 +6,9 @@ from pathlib import Path
 
 from isegprobe.cache.extract import ExtractionRequest, extract
 
+# A store of schema 1, written by the extraction before pixels were stored once (tests/data/README.md)
+SCHEMA1_STORE = Path(__file__).parent / "data" / "schema1-vit_small_patch14_dinov2-builtin-test-28.zarr"
+
 
 def random_vit_store(
     out: Path,

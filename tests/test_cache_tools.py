@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from stores import builtin_store
+from stores import SCHEMA1_STORE, builtin_store
 
 from cache_tools.stats import feature_stats
 from isegprobe.cache.extract import ExtractionRequest, extract
@@ -224,8 +224,9 @@ def test_repair_extracts_the_broken_items_again_and_only_their_shard(tmp_path):
         np.testing.assert_array_equal(np.asarray(zarr.open(str(store))[name][:]), values)
 
 
-def test_a_store_without_checksums_verifies_and_says_its_bytes_were_not_checked(tmp_path):
-    store = builtin_store(tmp_path, size=28, views="identity")
+def test_a_schema1_store_without_checksums_verifies_and_says_its_bytes_were_not_checked(tmp_path):
+    """Stores of schema 1 made before checksums existed (the fixture, less its checksums)."""
+    store = copied(SCHEMA1_STORE, tmp_path)
     del zarr.open_group(str(store), mode="r+")["checksum"]
     verified = CliRunner().invoke(cache, ["verify", str(store)])
     assert verified.exit_code == 0 and "its bytes were not checked" in verified.output
@@ -284,6 +285,38 @@ def test_a_store_without_a_key_its_readers_use_is_refused_by_name_and_listed_as_
     assert [row[0] for row in rows] == [f"damaged/{damaged.name}", intact.name]
     assert rows[0][1].startswith(f"unreadable: attrs {section}.{key}: expected")
     assert rows[1][1] == "vit_small_patch14_dinov2"
+
+
+def test_a_store_of_schema_2_without_its_checksums_is_refused_not_called_consistent(pristine, tmp_path):
+    """Every store of schema 2 has them; a copy that lost the folder verified as "consistent, made before checksums"
+    and skipped its pixels, so an undecodable image shard went unseen until evaluation."""
+    store = copied(pristine, tmp_path)
+    shutil.rmtree(store / "checksum")
+    verified = CliRunner().invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 1
+    assert "array checksum is missing" in verified.output and "consistent" not in verified.output
+
+
+def repeat_first_id(attrs: dict) -> None:
+    attrs["item_ids"][1] = attrs["item_ids"][0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda attrs: attrs.update(schema_version=1), "layout.pixel_views: expected a list in a store of schema 2"),
+        (lambda attrs: attrs["layout"].pop("pixel_views"), "layout.pixel_views: expected a list in a store of schema"),
+        (repeat_first_id, "item_ids: expected distinct names, as a dataset's ids are, got \"'test_000' more than once"),
+    ],
+)
+def test_attrs_that_contradict_the_stores_layout_are_refused_by_name(pristine, tmp_path, change, message):
+    """A schema edited to 1 (whose checksums cover other bytes) made `cache verify` an IndexError; a repeated id read
+    another item's entry, and evaluation then blamed --root."""
+    store = copied(pristine, tmp_path)
+    edit_attrs(store, change)
+    verified = CliRunner().invoke(cache, ["verify", str(store)])
+    assert verified.exit_code == 1
+    assert message in verified.output and "Traceback" not in verified.output
 
 
 def test_a_store_that_does_not_say_how_it_resized_reads_as_stretched(pristine, tmp_path):

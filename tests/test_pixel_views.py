@@ -11,6 +11,7 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from stores import SCHEMA1_STORE
 
 from isegprobe.cache import CachedDataset, FeatureStore
 from isegprobe.cache.extract import ExtractionRequest, extract
@@ -20,7 +21,6 @@ from isegprobe.data.preprocess import make_view, parse_views
 from isegprobe.errors import UserError
 from isegprobe.inference.tasks import cached_object_count
 
-SCHEMA1 = Path(__file__).parent / "data" / "schema1-vit_small_patch14_dinov2-builtin-test-28.zarr"
 SCHEMA1_VIEWS = "identity,hflip,rot90,scale1.5"  # as tests/data/README.md says it was extracted
 EVERY_TURN = "identity,hflip,vflip,rot90,rot180,rot270,scale1.5"
 
@@ -88,26 +88,26 @@ def test_preloaded_flipped_entries_do_not_share_memory_with_the_preload(tmp_path
 
 def test_a_schema1_store_reads_as_a_new_extraction_of_the_same_data(tmp_path):
     """The fixture was written by the extraction before pixels were stored once (tests/data/README.md)."""
-    old = FeatureStore.open(SCHEMA1)
+    old = FeatureStore.open(SCHEMA1_STORE)
     assert old.schema_version == 1 and old.group["images"].shape[1] == 4
     new_path = extract(extraction(tmp_path, SCHEMA1_VIEWS)).path
     assert FeatureStore.open(new_path).group["images"].shape[1] == 2
     # Pixels, masks and boxes are exact; features are float32 CPU arithmetic of another build, rounded to float16.
-    assert_same_entries(CachedDataset(SCHEMA1), CachedDataset(new_path), feature_tolerance=2e-3)
-    one, two = CachedDataset(SCHEMA1), CachedDataset(SCHEMA1)
+    assert_same_entries(CachedDataset(SCHEMA1_STORE), CachedDataset(new_path), feature_tolerance=2e-3)
+    one, two = CachedDataset(SCHEMA1_STORE), CachedDataset(SCHEMA1_STORE)
     two.preload()
     assert_same_entries(one, two)
-    assert cached_object_count(str(SCHEMA1)) == cached_object_count(str(new_path)) > 0
+    assert cached_object_count(str(SCHEMA1_STORE)) == cached_object_count(str(new_path)) > 0
     runner = CliRunner()
-    inspected = {path: runner.invoke(cache, ["inspect", str(path)]).output for path in (SCHEMA1, new_path)}
-    assert "pixels     schema 1: stored for identity, hflip, rot90, scale1.5\n" in inspected[SCHEMA1]
+    inspected = {path: runner.invoke(cache, ["inspect", str(path)]).output for path in (SCHEMA1_STORE, new_path)}
+    assert "pixels     schema 1: stored for identity, hflip, rot90, scale1.5\n" in inspected[SCHEMA1_STORE]
     new_layout = "pixels     schema 2: stored for identity, scale1.5; hflip, rot90 read from identity's"
     assert new_layout in inspected[new_path]
 
 
 def test_a_schema1_store_verifies_by_its_own_checksums(tmp_path):
-    copy = tmp_path / SCHEMA1.name
-    shutil.copytree(SCHEMA1, copy)
+    copy = tmp_path / SCHEMA1_STORE.name
+    shutil.copytree(SCHEMA1_STORE, copy)
     runner = CliRunner()
     verified = runner.invoke(cache, ["verify", str(copy)])
     assert verified.exit_code == 0 and "each entry matching its checksum" in verified.output
@@ -120,8 +120,8 @@ def test_a_schema1_store_verifies_by_its_own_checksums(tmp_path):
 
 
 def test_extraction_leaves_a_finished_schema1_store_but_refuses_to_add_to_one(tmp_path):
-    copy = tmp_path / SCHEMA1.name.removeprefix("schema1-")
-    shutil.copytree(SCHEMA1, copy)
+    copy = tmp_path / SCHEMA1_STORE.name.removeprefix("schema1-")
+    shutil.copytree(SCHEMA1_STORE, copy)
     assert extract(extraction(tmp_path, SCHEMA1_VIEWS)).items_extracted == 0, "finished: nothing to do"
     with pytest.raises(UserError, match="a store of schema 1, written by an earlier isegprobe.*--overwrite"):
         extract(extraction(tmp_path, SCHEMA1_VIEWS, repair=True))

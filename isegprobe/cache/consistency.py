@@ -4,6 +4,7 @@ worse, as items read from the wrong place."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -77,20 +78,31 @@ def check_attrs(path: Path, attrs: dict[str, Any]) -> None:
     for key in ("views", "item_ids"):
         if not attrs[key] or not all(isinstance(name, str) for name in attrs[key]):
             raise _bad(path, key, "a non-empty list of names", attrs[key])
+    repeated = next((name for name, count in Counter(attrs["item_ids"]).items() if count > 1), None)
+    if repeated is not None:  # items are found by id: a repeated one reads another item's entry
+        raise _bad(path, "item_ids", "distinct names, as a dataset's ids are", f"{repeated!r} more than once")
+    if ("pixel_views" in attrs["layout"]) != (attrs["schema_version"] != 1):
+        raise _bad(
+            path,
+            "layout.pixel_views",
+            f"a list in a store of schema 2 and none in one of schema 1 (schema_version {attrs['schema_version']})",
+            attrs["layout"].get("pixel_views", _ABSENT),
+        )
     problem = check_pixel_views(attrs)
     if problem is not None:
         raise _bad(path, "layout.pixel_views", problem, attrs["layout"].get("pixel_views"))
 
 
 def check_shapes(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
-    """Every array the schema lists must exist with the shape the attrs give it (`checksum` may be absent: stores
-    made before checksums existed)."""
+    """Every array the schema lists must exist with the shape the attrs give it (`checksum` may be absent from a
+    store of schema 1, made before checksums existed; every store of schema 2 has it, and without it `cache
+    verify` could check none of its bytes)."""
     size, patch = attrs["preprocessing"]["size"], attrs["featurizer"]["patch_size"]
     items, views, stored = len(attrs["item_ids"]), len(attrs["views"]), len(pixel_views(attrs))
     arrays = set(group.array_keys())
     for spec in array_specs(attrs["featurizer"]["dim"], (size // patch, size // patch), size):
         if spec.name not in arrays:
-            if spec.name == CHECKSUM_ARRAY:
+            if spec.name == CHECKSUM_ARRAY and attrs["schema_version"] == 1:
                 continue
             raise UserError(f"{path}: array {spec.name} is missing; {_REMEDY}")
         actual, expected = tuple(group[spec.name].shape), spec.shape(items, spec.view_count(views, stored))

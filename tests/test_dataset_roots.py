@@ -104,6 +104,9 @@ def test_a_missing_or_malformed_user_file_is_named(home: Path, monkeypatch: pyte
     write_yaml(bad, {"options": {"sdb": {"train": {}}}})
     with pytest.raises(UserError, match=r"options\.sdb names no dataset; did you mean sbd\?"):
         load_dataset_config()
+    write_yaml(bad, {"roots": {"grabcut": "data/A", "GrabCut": "data/B"}})  # B was read for grabcut, unsaid
+    with pytest.raises(UserError, match=r"roots names dataset grabcut twice \(GrabCut and grabcut\); keep one"):
+        load_dataset_config()
 
 
 def test_shipped_options_apply_and_the_users_win(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,6 +115,7 @@ def _read(path: Path | Traversable, keys: set[str]) -> dict[str, Any]:
             raise UserError(f"{path}: options.{name} must map split names to keyword mappings")
     for section, names in (("roots", roots), ("options", options)):
         _refuse_unknown_datasets(path, section, names)
+        _refuse_names_twice_in_other_case(path, section, names)
     return {
         "roots": {str(name).lower(): value for name, value in roots.items()},
         "options": {
@@ -122,6 +123,17 @@ def _read(path: Path | Traversable, keys: set[str]) -> dict[str, Any]:
             for name, by_split in options.items()
         },
     }
+
+
+def _refuse_names_twice_in_other_case(path: Path | Traversable, section: str, names: dict[Any, Any]) -> None:
+    """Dataset names are read in any case, so `grabcut` and `GrabCut` are one dataset: the later one replaced the
+    earlier without a word, where the same name written twice is refused as YAML."""
+    seen: dict[str, Any] = {}
+    for name in names:
+        lowered = str(name).lower()
+        if lowered in seen:
+            raise UserError(f"{path}: {section} names dataset {lowered} twice ({seen[lowered]} and {name}); keep one")
+        seen[lowered] = name
 
 
 def _refuse_unknown_datasets(path: Path | Traversable, section: str, names: dict[Any, Any]) -> None:

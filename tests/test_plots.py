@@ -138,6 +138,30 @@ def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> N
     assert result.exit_code == 1 and "not an evaluation's results.json (UnicodeDecodeError" in result.output
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda summary: summary.update(complete="false"), "grabcut/complete is 'false', not true or false"),
+        (
+            lambda summary: summary.update({"NoC@85": 50, "NoC@90": 50}),
+            "grabcut/NoC@85, NoC@90 above max_clicks 4",
+        ),
+        (lambda summary: summary.update({"mIoU@k": [0.5] * 20}), "mIoU@k has 20 clicks, more than max_clicks 4"),
+        (lambda summary: summary.update({"NoC@85": 3, "NoC@90": 2}), "grabcut/NoC@90 2 below its NoC@85 3"),
+    ],
+)
+def test_results_whose_values_contradict_each_other_are_refused(tmp_path: Path, edit, said) -> None:
+    """Each value of the right kind, together what no evaluation writes: "false" as text counted as finished, and
+    a 20-value curve of a 4-click run gave a table its mIoU@5."""
+    write_results(tmp_path / "edited", {"a": [0.5, 0.86, 0.91, 0.95]})
+    document = json.loads((tmp_path / "edited" / "results.json").read_text())
+    edit(document["datasets"]["grabcut"])
+    (tmp_path / "edited" / "results.json").write_text(json.dumps(document))
+    for command in (["report"], ["plot", "iou-vs-clicks"]):
+        result = CliRunner().invoke(main, [*command, str(tmp_path / "edited")])
+        assert result.exit_code == 1 and said in result.output, result.output
+
+
 def test_pca_colours_recover_the_three_strongest_feature_directions() -> None:
     # Three uncorrelated zero-mean patterns of distinct strength, embedded in 32 channels with a little noise.
     generator = torch.Generator().manual_seed(0)

@@ -216,14 +216,31 @@ def test_an_out_that_names_no_file_it_would_write_is_refused(
 
 def test_a_figure_path_ends_in_a_suffix_of_its_formats_or_in_none(tmp_path: Path) -> None:
     results = write_results(tmp_path / "results", {"a": EASY})
-    for out in ("fig", "fig.png", "fig.svg", "fig.PNG"):
+    for out in ("fig", "fig.png", "fig.svg"):
         result = run("plot", "iou-vs-clicks", results, "--out", tmp_path / out)
         assert result.exit_code == 0, result.output
         assert sorted(path.name for path in tmp_path.glob("fig*")) == ["fig.png", "fig.svg"], out
+    upper = tmp_path / "upper"
+    assert run("plot", "iou-vs-clicks", results, "--out", upper / "fig.PNG").exit_code == 0
+    assert sorted(path.name for path in upper.iterdir()) == ["fig.PNG", "fig.svg"], "the name as given"
     refused = run("plot", "iou-vs-clicks", results, "--out", tmp_path / "plot.final.v2")
     assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit), refused.output
     assert "ends in .png or .svg, or in no suffix, not .v2 (`--out " in refused.output
     assert not list(tmp_path.glob("plot*")), "nothing written"
+    for out in ("plot.", ".png"):  # wrote plot..png and .png.png
+        refused = run("plot", "iou-vs-clicks", results, "--out", tmp_path / "odd" / out)
+        assert refused.exit_code == 1 and "a name that ends in a dot or is a suffix alone" in refused.output
+    assert not (tmp_path / "odd").exists()
+
+
+def test_no_format_of_a_figure_is_written_when_another_ones_path_is_refused(tmp_path: Path) -> None:
+    """The PNG was written, then the SVG's path, a folder, failed as an IsADirectoryError: half a pair."""
+    results = write_results(tmp_path / "results", {"a": EASY})
+    (tmp_path / "clash" / "fig.svg").mkdir(parents=True)
+    refused = run("plot", "iou-vs-clicks", results, "--out", tmp_path / "clash" / "fig.png")
+    assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit), refused.output
+    assert "fig.svg: a folder; give a file's path" in refused.output
+    assert not (tmp_path / "clash" / "fig.png").exists()
 
 
 def test_a_results_json_nested_too_deeply_to_read_is_refused_by_name(tmp_path: Path) -> None:

@@ -37,8 +37,8 @@ def report(results: tuple[str, ...], labels: str | None, table_format: str, miou
     still runs (it holds the folder's lock), as stopped once it does not.
     """
     if out is not None:
-        output_file(out)
         refuse_to_replace_results(out, results)
+        output_file(out)
     evaluations = results_and_labels(results, labels)
     if labels is not None:
         refuse_repeated_labels([label for label, _ in evaluations])

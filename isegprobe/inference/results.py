@@ -226,7 +226,28 @@ def _read_back_problems(document: Any) -> list[str]:
     for key, value, kind in values:
         if not _KIND_TESTS[kind](value):
             wrong.setdefault(kind, []).append(key)
-    return [f"{', '.join(keys)} not {kind}" for kind, keys in wrong.items()]
+    return [f"{', '.join(keys)} not {kind}" for kind, keys in wrong.items()] or _contradictions(document)
+
+
+def _contradictions(document: dict[str, Any]) -> list[str]:
+    """Values each of the right kind that no evaluation writes together: `complete` as text ("false" read as
+    finished, so its cells were not marked), a NoC above the click budget, a curve longer than it (its mIoU@5 read
+    from clicks a 3-click run never made), NoC@90 below NoC@85."""
+    problems = []
+    budget = document.get("max_clicks")
+    for name, summary in document["datasets"].items():
+        if not isinstance(summary.get("complete", True), bool):
+            problems.append(f"{name}/complete is {summary['complete']!r}, not true or false")
+        if summary["NoC@90"] < summary["NoC@85"]:
+            problems.append(f"{name}/NoC@90 {summary['NoC@90']} below its NoC@85 {summary['NoC@85']}")
+        if budget is None:
+            continue
+        over = [key for key in ("NoC@85", "NoC@90") if summary[key] > budget]
+        if over:
+            problems.append(f"{name}/{', '.join(over)} above max_clicks {budget}")
+        if len(summary["mIoU@k"]) > budget:
+            problems.append(f"{name}/mIoU@k has {len(summary['mIoU@k'])} clicks, more than max_clicks {budget}")
+    return problems
 
 
 def _resume_problems(summary: dict[str, Any]) -> list[str]:

@@ -25,17 +25,23 @@ def new_figure(panels: int, panel_size: tuple[float, float]) -> tuple[Figure, li
 
 def figure_paths(out: str | Path, formats: Sequence[str], option: str = "--out") -> list[Path]:
     """The files a figure saved to `out` is written to, one per format: `out` with that format's suffix. `out` may
-    end in one of those suffixes or in none (`fig` and `fig.png` both write fig.png); any other suffix is refused,
-    since replacing it would write a file of another name than the one given (`plot.final.v2` as plot.final.png)."""
+    end in one of those suffixes (in any case, kept as given) or in none (`fig` and `fig.png` both write fig.png);
+    any other suffix is refused, since replacing it would write a file of another name than the one given
+    (`plot.final.v2` as plot.final.png), and so is a name that ends in a dot or is a suffix alone (`fig.`, `.png`
+    wrote fig..png and .png.png). Each path is checked as `out` is, so that no format is written before another's
+    path is refused."""
     path = output_file(out, option)
     suffixes = [f".{extension}" for extension in formats]
+    if path.name.endswith(".") or (not path.suffix and path.name.lower() in suffixes):
+        raise UserError(f"{option} {out}: a name that ends in a dot or is a suffix alone; give one as fig{suffixes[0]}")
     if path.suffix and path.suffix.lower() not in suffixes:
         written = " and ".join(f"{path.name}{suffix}" for suffix in suffixes)
         raise UserError(
             f"{option} {out}: a figure path ends in {' or '.join(suffixes)}, or in no suffix, not {path.suffix} "
             f"(`{option} {out}{suffixes[0]}` writes {written})"
         )
-    return [path.with_suffix(suffix) for suffix in suffixes]
+    spelled = {suffix: path.suffix if path.suffix.lower() == suffix else suffix for suffix in suffixes}
+    return [output_file(path.with_suffix(spelled[suffix]), option) for suffix in suffixes]
 
 
 def save_figure(figure: Figure, out: str | Path, formats: Sequence[str] = ("png",), dpi: int = 150) -> list[Path]:

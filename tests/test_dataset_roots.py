@@ -14,6 +14,7 @@ from dataset_trees import box, write_image, write_mask
 
 from isegprobe.cli import main
 from isegprobe.commands.datasets import datasets
+from isegprobe.data import create_dataset
 from isegprobe.data.roots import (
     CONFIG_ENV,
     dataset_options,
@@ -157,3 +158,12 @@ def test_every_command_that_reads_a_dataset_tells_a_missing_folder_alike_and_rea
         write_mask(home / "data" / "GrabCut" / "boundary_GT" / f"{stem}.bmp", box(24, 32, 2, 2, 9, 9))
     assert DatasetCatalog.from_options("grabcut", None, "test").names() == ["a", "b"]
     assert len(DatasetCatalog.from_options("builtin", None, "test").names()) == 12
+
+
+def test_a_root_given_for_the_builtin_scenes_is_refused(home: Path) -> None:
+    """It was ignored: `datasets check builtin --root FOLDER` checked the scenes and said nothing of FOLDER."""
+    result = CliRunner().invoke(datasets, ["check", "builtin", "--root", str(home / "GrabCut")])
+    assert result.exit_code == 1
+    assert "the builtin scenes are made by code and read no folder; leave --root out" in result.output
+    with pytest.raises(UserError, match="builtin scenes are made by code"):
+        create_dataset("builtin", home, "test")

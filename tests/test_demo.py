@@ -31,6 +31,7 @@ from isegprobe.data import create_dataset
 from isegprobe.demo import server
 from isegprobe.demo.app import build_app
 from isegprobe.demo.catalog import DatasetCatalog, ImageCatalog
+from isegprobe.demo.guard import DemoAddress
 from isegprobe.demo.session import MAX_CLICKS, DemoProbe, DemoSession
 from isegprobe.errors import UserError
 from isegprobe.inference.clicker import Click
@@ -414,6 +415,13 @@ def test_a_real_browser_clicks_on_the_page(checkpoint: Path, bilinear_checkpoint
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_announced_address_is_one_a_browser_opens() -> None:
+    """`--host ::1` was announced as http://::1:8765, which no browser opens."""
+    assert DemoAddress("::1", 8765).url() == "http://[::1]:8765"
+    assert DemoAddress("[::1]", 8765).url() == "http://[::1]:8765"
+    assert DemoAddress("127.0.0.1", 8765).url() == "http://127.0.0.1:8765"
 
 
 def test_a_port_already_in_use_is_said_before_the_page_is_announced(checkpoint: Path, image_folder: Path) -> None:

@@ -214,6 +214,14 @@ def test_an_out_that_names_no_file_it_would_write_is_refused(
     assert sorted(tmp_path.iterdir()) == before, "nothing written"
 
 
+def test_one_upsampler_given_two_weights_files_is_refused(store: Path, tmp_path: Path) -> None:
+    """The later file was drawn and the earlier never read, without a word."""
+    weights = ["--weights", "lift=a.pth", "--weights", "lift=b.pth"]
+    result = run("plot", "features", "--store", store, "--upsamplers", "lift", *weights, "--out", tmp_path / "p")
+    assert result.exit_code == 1 and "--weights: lift is given twice (a.pth and b.pth); keep one" in result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_figure_path_ends_in_a_suffix_of_its_formats_or_in_none(tmp_path: Path) -> None:
     results = write_results(tmp_path / "results", {"a": EASY})
     for out in ("fig", "fig.png", "fig.svg"):

@@ -80,11 +80,12 @@ def demo(
     import uvicorn
 
     from isegprobe.demo.app import build_app
+    from isegprobe.demo.guard import DemoAddress
 
     catalog = _catalog(images, image, dataset, root, split)
     app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port)
     listening = _listening_socket(host, port)
-    click.echo(f"isegprobe demo on http://{host}:{port} (Ctrl-C stops it)")
+    click.echo(f"isegprobe demo on {DemoAddress(host, port).url()} (Ctrl-C stops it)")
     if not (images or image or dataset):
         click.echo("no --images, --image or --dataset given: upload images with the page's upload button")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from isegprobe.data.catalog import refuse_a_builtin_root
 from isegprobe.data.registry import register_dataset
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -113,4 +114,5 @@ class BuiltinDataset:
 
 @register_dataset("builtin")
 def _create(root: Path | None, split: str) -> BuiltinDataset:
+    refuse_a_builtin_root(root)
     return BuiltinDataset(split)

@@ -15,6 +15,12 @@ from isegprobe.errors import UserError
 BUILTIN = "builtin"  # the scenes that ship in the package: the one dataset read without a root folder
 
 
+def refuse_a_builtin_root(root: object) -> None:
+    """A folder given for the builtin scenes was meant for a dataset on disk: ignored, it said nothing."""
+    if root is not None:
+        raise UserError(f"--root {root}: the builtin scenes are made by code and read no folder; leave --root out")
+
+
 @dataclass(frozen=True)
 class DatasetFacts:
     name: str

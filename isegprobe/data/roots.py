@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from isegprobe.data.catalog import BUILTIN, CATALOG, dataset_facts
+from isegprobe.data.catalog import BUILTIN, CATALOG, dataset_facts, refuse_a_builtin_root
 from isegprobe.errors import UserError
 from isegprobe.home_paths import expand_home
 from isegprobe.yaml_text import load_yaml
@@ -185,6 +185,7 @@ def dataset_root(name: str, root_option: str | Path | None) -> Path | None:
     (--root, the user's datasets.yaml or the data/ default) and how to give another. An unknown name is refused
     first, as unknown."""
     if dataset_facts(name).name == BUILTIN:
+        refuse_a_builtin_root(root_option)
         return None
     return require_root(name, root_option)
 

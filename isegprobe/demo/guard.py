@@ -53,6 +53,11 @@ class DemoAddress:
         else:
             self.names = frozenset({self.host})
 
+    def url(self) -> str:
+        """The page's address as a browser takes it: an IPv6 address in brackets (http://[::1]:8765)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
     def expected(self) -> str:
         """The Host values answered, for messages."""
         names = sorted(self.names) + (["any IP address"] if self.host in WILDCARD_ADDRESSES else [])

@@ -7,6 +7,7 @@ importlib.resources so that an installed isegprobe finds them wherever it runs. 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -23,6 +24,11 @@ PRESET_SUFFIX = ".yaml"
 BASE_KEY = "base"
 
 ConfigFile = Path | Traversable
+
+
+class ConfigChoiceWarning(UserWarning):
+    """A --config that reads otherwise than its user likely meant: a file that bears a preset's name, a file that
+    holds no settings."""
 
 
 def preset_folder() -> Traversable:
@@ -44,13 +50,21 @@ def find_config_file(source: str | Path, relative_to: Path | None = None) -> Con
     path = expand_home(source)
     if relative_to is not None and not path.is_absolute():
         path = relative_to / path
-    if path.is_file():
-        return path.resolve()  # one name per file, so that a chain of bases that comes back is seen to
     text = str(source)
-    if Path(text).suffix not in (".yaml", ".yml") and "/" not in text:
-        preset = preset_folder() / f"{text}{PRESET_SUFFIX}"
-        if preset.is_file():
-            return preset
+    preset = preset_folder() / f"{text}{PRESET_SUFFIX}"
+    names_a_preset = Path(text).suffix not in (".yaml", ".yml") and "/" not in text and preset.is_file()
+    if path.is_file():
+        if names_a_preset:
+            warnings.warn(
+                ConfigChoiceWarning(
+                    f"{text}: the file {path.resolve()} is read, not the preset {text}; rename the file (or give "
+                    "the preset's own path) if the preset was meant"
+                ),
+                stacklevel=2,
+            )
+        return path.resolve()  # one name per file, so that a chain of bases that comes back is seen to
+    if names_a_preset:
+        return preset
     if path.is_dir():
         raise UserError(f"{path} is a folder: name a YAML file in it, or a preset ({', '.join(list_presets())})")
     raise UserError(f"no file {str(path)!r} and no preset {text!r}; presets: {', '.join(list_presets())}")
@@ -95,4 +109,6 @@ def _read_mapping(file: ConfigFile) -> dict[str, Any]:
         raise UserError(f"--config: {file} is not valid YAML: {error}") from None
     if loaded is not None and not isinstance(loaded, Mapping):
         raise UserError(f"--config: {file} must hold a mapping at the top level")
+    if not loaded:
+        warnings.warn(ConfigChoiceWarning(f"--config: {file} holds no settings: the defaults apply"), stacklevel=2)
     return dict(loaded or {})

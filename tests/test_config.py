@@ -22,7 +22,7 @@ from isegprobe.config import (
     train_config_from_dict,
 )
 from isegprobe.errors import UserError
-from isegprobe.presets import BASE_KEY, list_presets, preset_folder
+from isegprobe.presets import BASE_KEY, ConfigChoiceWarning, list_presets, preset_folder
 from isegprobe.yaml_text import load_yaml
 
 
@@ -132,6 +132,20 @@ def test_a_preset_is_found_beside_a_folder_of_its_name(tmp_path: Path, monkeypat
     assert load_train_config("mine.yaml") == load_train_config("quickstart")
     with pytest.raises(UserError, match="results is a folder: name a YAML file in it, or a preset"):
         load_train_config("results")
+
+
+def test_a_file_that_bears_a_presets_name_or_holds_nothing_is_read_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file `fast_cpu` in the current folder won over the preset, and an empty or comment-only file meant the
+    defaults, each without a word."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast_cpu").write_text("optim: {lr: 0.5}\n")
+    with pytest.warns(ConfigChoiceWarning, match="fast_cpu: the file .*fast_cpu is read, not the preset fast_cpu"):
+        assert load_train_config("fast_cpu").optim.lr == 0.5
+    (tmp_path / "empty.yaml").write_text("# to be filled in\n")
+    with pytest.warns(ConfigChoiceWarning, match="empty.yaml holds no settings: the defaults apply"):
+        assert load_train_config("empty.yaml") == load_train_config(None)
 
 
 def test_bases_chain_from_a_file_to_presets_and_to_files_beside_it(tmp_path: Path) -> None:

@@ -222,6 +222,21 @@ def test_one_upsampler_given_two_weights_files_is_refused(store: Path, tmp_path:
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("listed", "message"),
+    [
+        (",,", "an empty name between commas"),
+        ("bilinear, ,lift", "an empty name"),
+        ("bilinear,bilinear", "bilinear listed twice"),
+    ],
+)
+def test_an_upsampler_list_with_an_empty_or_repeated_name_is_refused(store: Path, tmp_path: Path, listed, message):
+    """`,,` drew no upsampler panel and `bilinear,bilinear` one twice, without a word."""
+    result = run("plot", "features", "--store", store, "--upsamplers", listed, "--out", tmp_path / "p")
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_figure_path_ends_in_a_suffix_of_its_formats_or_in_none(tmp_path: Path) -> None:
     results = write_results(tmp_path / "results", {"a": EASY})
     for out in ("fig", "fig.png", "fig.svg"):

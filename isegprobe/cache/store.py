@@ -62,10 +62,10 @@ class FeatureStore:
         try:
             group = zarr.open_group(str(path), mode=mode)
             if "schema_version" not in group.attrs:
+                staged = path.name if path.name.endswith(STAGING_SUFFIX) else f"{path.name}{STAGING_SUFFIX}"
                 raise UserError(
                     f"{path}: an unfinished store, whose description (attrs) was never written: a copy of a store "
-                    f"still being created ({path.name}{STAGING_SUFFIX})? Extract it again (extract-features "
-                    "--overwrite)"
+                    f"still being created ({staged})? Extract it again (extract-features --overwrite)"
                 )
             if group.attrs.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
                 raise UserError(

@@ -89,7 +89,9 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     "--upsamplers",
     default="bilinear",
     show_default=True,
-    help="Comma-separated upsamplers to draw beside the low-res features, of: " + ", ".join(list_upsamplers()) + ".",
+    help="Comma-separated upsamplers to draw beside the low-res features, of: "
+    + ", ".join(list_upsamplers())
+    + " ('' for none: with --checkpoint, its upsampler alone).",
 )
 @click.option(
     "--weights",
@@ -134,9 +136,9 @@ def features(
     """The image, a PCA-to-RGB picture of its cached low-res features, and the same PCA (fitted once, on the
     low-res features) of each upsampler's output: the same colour means the same feature in every panel."""
     figure_paths(out, PANEL_FORMATS)
+    names = _upsampler_names(upsamplers)
     with shared_locks(store_path):
         store = open_item(store_path, item, view)
-        names = [name.strip() for name in upsamplers.split(",") if name.strip()]
         built = named_upsamplers(names, _weights_by_name(weights), int(store.provenance["dim"]))
         if checkpoint is not None:
             built.append(probe_upsampler(checkpoint, store))
@@ -179,6 +181,20 @@ def predictions(
             "or the dataset changed since the evaluation, or it ran on another device",
             err=True,
         )
+
+
+def _upsampler_names(listed: str) -> list[str]:
+    """--upsamplers as names ('' for none, as with --checkpoint alone): `,,` drew no panel and `bilinear,bilinear`
+    one panel twice, both without a word."""
+    if not listed.strip():
+        return []
+    names = [name.strip() for name in listed.split(",")]
+    if not all(names):
+        raise UserError(f"--upsamplers {listed!r}: an empty name between commas; list names as bilinear,lift")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(f"--upsamplers {listed!r}: {', '.join(repeated)} listed twice; each draws one panel")
+    return names
 
 
 def _weights_by_name(pairs: tuple[str, ...]) -> dict[str, str]:

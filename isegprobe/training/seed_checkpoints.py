@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from isegprobe import featurizers
 from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig, Range
 from isegprobe.errors import UserError
-from isegprobe.featurizers.factory import parse_featurizer_name
 from isegprobe.featurizers.key_channels import research_key_channels
 from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
 from isegprobe.model.click_encoders import CLICK_ENCODERS
@@ -193,7 +193,7 @@ def _featurizer_name(kind: str, backbone_params: dict[str, Any], problems: list[
         name = DINO_HUB_VITS.get(arch, arch)
         featurizer = f"{name}:keys" if feat_type == "key" else name
         try:
-            parse_featurizer_name(featurizer)
+            featurizers.parse_featurizer_name(featurizer)  # imports timm only when a checkpoint is read
         except UserError:
             problems.append(f"ViT arch {_shown(arch)} (the research code builds it by timm, which has no ViT so named)")
         return featurizer

@@ -535,9 +535,10 @@ def test_results_of_another_evaluation_are_never_replaced_without_overwrite(stor
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("complete", None, "complete is None, not true or false"),
-        ("clicks_timed", "many", "clicks_timed is 'many', not a count of 0 or more"),
-        ("sec_per_click", "fast", "sec_per_click is 'fast', not a number of seconds"),
+        # reports read `complete` too, so it is refused as they refuse it, before the resume looks
+        ("complete", None, "not an evaluation's results.json (grabcut/complete is None, not true or false)"),
+        ("clicks_timed", "many", "cannot resume from it (clicks_timed is 'many', not a count of 0 or more)"),
+        ("sec_per_click", "fast", "cannot resume from it (sec_per_click is 'fast', not a number of seconds)"),
     ],
 )
 def test_a_results_json_a_resume_cannot_continue_is_refused_by_name(store, trained_run, tmp_path, key, value, message):
@@ -552,7 +553,7 @@ def test_a_results_json_a_resume_cannot_continue_is_refused_by_name(store, train
     before = (out / "ious.npz").read_bytes()
     resumed = cli(*common)
     assert resumed.exit_code == 1, resumed.output
-    assert f"results.json: cannot resume from it ({message}); pass --overwrite" in resumed.output
+    assert f"results.json: {message}" in resumed.output and "pass --overwrite" in resumed.output
     assert "Traceback" not in resumed.output and (out / "ious.npz").read_bytes() == before
 
 

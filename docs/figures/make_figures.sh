@@ -4,13 +4,16 @@
 # can do.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The README's setup puts isegprobe in .venv; an isegprobe installed otherwise is taken from PATH.
+isegprobe=.venv/bin/isegprobe
+[ -x "$isegprobe" ] || isegprobe=$(command -v isegprobe) || { echo "isegprobe is not installed" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-.venv/bin/isegprobe quickstart --out "$work/qs"
+"$isegprobe" quickstart --out "$work/qs"
 store="$work/qs/cache/vit_small_patch14_dinov2-builtin-test-224.zarr"
-.venv/bin/isegprobe plot iou-vs-clicks "$work/qs/results" --labels "quickstart probe (random-weight ViT-S/14)" \
+"$isegprobe" plot iou-vs-clicks "$work/qs/results" --labels "quickstart probe (random-weight ViT-S/14)" \
     --out "$work/iou_vs_clicks.png"
 cp "$work/iou_vs_clicks.png" docs/figures/iou_vs_clicks.png
-.venv/bin/isegprobe plot features --store "$store" --item 3 --upsamplers bilinear,bicubic \
+"$isegprobe" plot features --store "$store" --item 3 --upsamplers bilinear,bicubic \
     --out docs/figures/features.png
-.venv/bin/isegprobe plot predictions "$work/qs/results" --object test_003_2 --out docs/figures/predictions.jpg
+"$isegprobe" plot predictions "$work/qs/results" --object test_003_2 --out docs/figures/predictions.jpg

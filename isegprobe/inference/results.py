@@ -80,7 +80,10 @@ class ResultsWriter:
         did not finish are evaluated. Results of another evaluation there are refused, never mixed or replaced."""
         if not (self.out_dir / "results.json").is_file():
             return
-        earlier = read_results(self.out_dir)
+        try:
+            earlier = read_results(self.out_dir)
+        except UserError as error:
+            raise UserError(f"{error}; pass --overwrite to evaluate afresh into {self.out_dir}") from None
         wanted = {**self.run_info, "max_clicks": self.max_clicks}
         differences = [
             f"{key}: {earlier.get(key, RUN_INFO_DEFAULTS.get(key))!r} there, {value!r} now"

@@ -120,7 +120,7 @@ def to_timm_layout(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tens
     if is_dinov3_layout(state):
         state = dinov3_to_timm(state, model)
     elif any(key.startswith(SAM2_TRUNK) for key in state):
-        state = _family_converter(model)(sam2_trunk(state, model), model)
+        state = _family_converter(model)(_sam2_trunk(state, model), model)
     else:
         if "mask_token" in state:
             # DINOv2 trained with FSDP block chunks: blocks.<chunk>.<block>.* -> blocks.<block>.*
@@ -131,7 +131,7 @@ def to_timm_layout(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tens
     return {key: value for key, value in state.items() if key in own or not key.startswith(classifier)}
 
 
-def sam2_trunk(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def _sam2_trunk(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """The trunk of SAM2's image encoder from one of its own files, which also hold the FPN neck, the memory modules
     and the mask decoder. SAM2's trunk ends without a norm; timm's HieraDet keeps one in its classifier head
     (`head.norm`), which these features never pass through (timm's intermediates of a HieraDet are unnormed), so

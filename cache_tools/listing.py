@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from isegprobe.cache import FeatureStore
+from isegprobe.cache.chunks import missing_chunk_files
 from isegprobe.cache.store import STAGING_SUFFIX
 from isegprobe.errors import UserError
 from isegprobe.tables import markdown_table
@@ -61,9 +62,24 @@ def _described(store: FeatureStore) -> list[str]:
         f"{dataset['name']}/{dataset['split']}",
         ",".join(attrs["views"]),
         str(attrs["preprocessing"]["size"]),
-        f"{int(store.done_mask().sum())}/{store.num_items}",
+        _items_done(store),
         f"{store.nbytes_on_disk() / 2**20:.1f}",
     ]
+
+
+def _items_done(store: FeatureStore) -> str:
+    """Finished items of all, and what `cache verify` would find of the record at a glance: the record alone said
+    12/12 of a store that a lost shard file makes every reader refuse, and 0/12 of one that lost the record's own
+    chunk."""
+    done = int(store.done_mask().sum())
+    cell = f"{done}/{store.num_items}"
+    lacking = len(missing_chunk_files(store))
+    if lacking:
+        cell += f", {lacking} lack chunk files (cache verify)"
+    counted = store.attrs["completion"].get("items_done", 0)
+    if isinstance(counted, int) and counted > done:
+        cell += f", the extraction counted {counted} (cache verify)"
+    return cell
 
 
 def _in_a_cell(error: UserError, path: Path) -> str:

@@ -77,6 +77,23 @@ def test_verify_finds_a_done_record_that_lost_its_items(tmp_path):
     )
 
 
+def test_ls_says_when_the_record_of_finished_items_does_not_hold(pristine, tmp_path):
+    """It said 12/12 of a store whose lost shard file makes every reader refuse it, and 0/12 without a word of one
+    that lost the record's own chunk."""
+    lost_shard, lost_record = copied(pristine, tmp_path / "a"), copied(pristine, tmp_path / "b")
+    next(path for path in (lost_shard / "features" / "c").rglob("*") if path.is_file()).unlink()
+    shutil.rmtree(lost_record / "done" / "c")
+    listed = CliRunner().invoke(cache, ["ls", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    cells = {row[0].split("/")[0]: row[6] for row in listed_rows(listed.output)}
+    assert cells == {
+        "a": "12/12, 4 lack chunk files (cache verify)",
+        "b": "0/12, the extraction counted 12 (cache verify)",
+    }
+    intact = CliRunner().invoke(cache, ["ls", str(pristine.parent)])
+    assert listed_rows(intact.output)[0][6] == "12/12"
+
+
 @pytest.mark.parametrize("array", ["crop_box", "original_size"])
 def test_verify_finds_a_missing_chunk_of_the_arrays_no_checksum_covers(tmp_path, array):
     """Where each view lies in its image: no checksum covers it, yet every reader refuses a store without it."""

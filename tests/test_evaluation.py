@@ -490,6 +490,7 @@ def test_max_objects_stops_each_dataset_as_an_interruption_does_and_the_same_com
         (["--datasets", "berkeley"], "holds grabcut test, but --datasets berkeley --split test ask for other data"),
         (["--split", "train"], "holds grabcut test, but --datasets grabcut --split train ask for other data"),
         (["--datasets", "grabcut,,grabcut"], "--datasets 'grabcut,,grabcut': expected dataset names separated by"),
+        (["--store-root", "elsewhere"], "--store and --store-root elsewhere: --store names the stores to read"),
     ],
 )
 def test_datasets_and_split_given_beside_a_store_must_be_what_it_holds(store, trained_run, tmp_path, options, message):

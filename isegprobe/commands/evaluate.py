@@ -181,6 +181,11 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     if clashes:
         raise UserError(f"--protocol {protocol.name} fixes what these flags change: {'; '.join(clashes)}")
     names = dataset_names(datasets)
+    if stores and options["store_root"]:
+        raise UserError(
+            f"--store and --store-root {options['store_root']}: --store names the stores to read, --store-root finds "
+            "them by --datasets; give one (the folder was not read)"
+        )
     if stores and (
         context.get_parameter_source("datasets") is not click.core.ParameterSource.DEFAULT or "split" in given
     ):

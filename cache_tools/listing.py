@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cache_tools.verify import extraction_count
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.chunks import missing_chunk_files
 from isegprobe.cache.store import STAGING_SUFFIX
@@ -76,8 +77,8 @@ def _items_done(store: FeatureStore) -> str:
     lacking = len(missing_chunk_files(store))
     if lacking:
         cell += f", {lacking} lack chunk files (cache verify)"
-    counted = store.attrs["completion"].get("items_done", 0)
-    if isinstance(counted, int) and counted > done:
+    counted = extraction_count(store)
+    if counted is not None and counted > done:
         cell += f", the extraction counted {counted} (cache verify)"
     return cell
 

@@ -28,11 +28,12 @@ def verify_store(path: str | Path) -> list[str]:
     with tqdm(desc="verifying", total=total, unit="item", disable=None, file=sys.stderr) as progress:
         broken = list(broken_entries(store, on_shard=progress.update))
     problems = [f"item {index} ({item_ids[index]}): {problem}" for index, problem in broken]
-    recorded = store.attrs["completion"].get("items_done", 0)
-    if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded < 0:
+    recorded = extraction_count(store)
+    if recorded is None:
         problems.append(
-            f"attrs completion.items_done: expected the number of finished items, got {recorded!r}: the store's "
-            "zarr.json was edited or damaged (the next extract-features writes it again)"
+            f"attrs completion.items_done: expected the number of finished items, got "
+            f"{store.attrs['completion'].get('items_done')!r}: the store's zarr.json was edited or damaged (the next "
+            "extract-features writes it again)"
         )
     elif recorded > total:  # the last extraction counted more finished items than the done record now holds
         problems.append(
@@ -40,6 +41,13 @@ def verify_store(path: str | Path) -> list[str]:
             f"{recorded}: its chunk file is missing or was overwritten"
         )
     return problems
+
+
+def extraction_count(store: FeatureStore) -> int | None:
+    """The finished items the last extraction counted (attrs completion.items_done, 0 where absent), which a done
+    record that lost its chunk falls short of; None where the attrs hold no count (edited or damaged)."""
+    counted = store.attrs["completion"].get("items_done", 0)
+    return counted if isinstance(counted, int) and not isinstance(counted, bool) and counted >= 0 else None
 
 
 def finished_items(path: str | Path) -> tuple[int, int]:

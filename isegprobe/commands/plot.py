@@ -203,7 +203,8 @@ def _weights_by_name(pairs: tuple[str, ...]) -> dict[str, str]:
         name, separator, path = pair.partition("=")
         if not separator or not name or not path:
             raise UserError(f"--weights {pair!r}: expected NAME=PATH, e.g. lift=lift.pth")
-        if name.strip() in by_name:
-            raise UserError(f"--weights: {name.strip()} is given twice ({by_name[name.strip()]} and {path}); keep one")
-        by_name[name.strip()] = path
+        upsampler = name.strip()
+        if upsampler in by_name:
+            raise UserError(f"--weights: {upsampler} is given twice ({by_name[upsampler]} and {path}); keep one")
+        by_name[upsampler] = path
     return by_name

@@ -19,6 +19,17 @@ class UserError(Exception):
     """Bad input from the user (a file, an option, a dataset): the message names it and says what was expected."""
 
 
+class DatasetLayoutError(UserError):
+    """A dataset folder that lacks what its loader reads. The loader knows the folder but not where its path came
+    from (--root, datasets.yaml, the data/ default, the folder a store was extracted from), so its message says
+    `--root` until `data.roots.open_dataset` names the real source: the user must know which setting to change."""
+
+    def __init__(self, root: str | Path, expected: str) -> None:
+        self.root = Path(root)
+        self.expected = expected
+        super().__init__(f"--root {root}: {expected}")
+
+
 @contextmanager
 def writing_to(path: str | Path, stand_in: str | Path | None = None) -> Iterator[None]:
     """Name `path` in an OSError of the `with` body that names no file, or names `stand_in` (the temporary file

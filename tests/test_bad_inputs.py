@@ -591,6 +591,11 @@ CASES: dict[str, Case] = {
         ),
         "im0' under",
     ),
+    "evaluation of a store whose dataset folder has moved": Case(
+        lambda w: evaluation(w, store_of_a_moved_folder(w), "res_moved"),
+        "-56.zarr was extracted from) does not exist; pass --root DIR where custom is now",
+        then=lambda w, output: check_names_the_recorded_folder(w, output),
+    ),
     "store folder inside a feature store": Case(
         lambda w: extraction("--dataset", "builtin", "--size", "28", "--out", w.damaged_store("nests", lambda _: None)),
         "-56.zarr: inside the feature store",
@@ -690,6 +695,17 @@ def stored_images(world: World, name: str, size: int) -> Path:
     )
     assert extracted.exit_code == 0, extracted.output
     return next(out.glob("*.zarr"))
+
+
+def store_of_a_moved_folder(world: World) -> Path:
+    """A store of `World.images`' two pictures whose folder was then moved: the root the store recorded is gone."""
+    store = stored_images(world, "moved", SIZE)
+    (world.root / "moved_stored").rename(world.root / "moved_away")
+    return store
+
+
+def check_names_the_recorded_folder(world: World, output: str) -> None:
+    assert f"{world.root / 'moved_stored'} (the folder {world.root / 'moved'}" in " ".join(output.split())
 
 
 def other_images(world: World, name: str) -> Path:

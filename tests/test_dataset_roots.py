@@ -167,3 +167,30 @@ def test_a_root_given_for_the_builtin_scenes_is_refused(home: Path) -> None:
     assert "the builtin scenes are made by code and read no folder; leave --root out" in result.output
     with pytest.raises(UserError, match="builtin scenes are made by code"):
         create_dataset("builtin", home, "test")
+
+
+def test_a_folder_without_the_datasets_layout_is_told_with_where_its_path_came_from(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loader knows only the folder; the message must name the setting to change, as for a missing folder."""
+
+    def refusal(*arguments: str) -> str:
+        result = CliRunner().invoke(main, ["datasets", "check", "grabcut", *arguments])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        return " ".join(result.output.split())
+
+    lacking = "expected the GrabCut layout with data_GT/ inside, not found"
+    (home / "data" / "GrabCut").mkdir(parents=True)
+    config = home / "config" / "isegprobe" / "datasets.yaml"
+    said = refusal()
+    hint = f"pass --root DIR or set roots.grabcut in {config}"
+    assert f"data/GrabCut (grabcut's default folder, under {home}): {lacking}; {hint}" in said
+    assert "--root data" not in said
+    empty = home / "empty"
+    empty.mkdir()
+    mine = write_yaml(home / "mine.yaml", {"roots": {"grabcut": str(empty)}})
+    monkeypatch.setenv(CONFIG_ENV, str(mine))
+    assert f"{empty} (roots.grabcut in {mine}): {lacking}" in refusal()
+    assert f"--root {empty}: {lacking}" in refusal("--root", str(empty))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(empty))} \(roots\.grabcut in .*mine\.yaml\): expected"):
+        DatasetCatalog.from_options("grabcut", None, "test")

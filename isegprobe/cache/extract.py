@@ -46,7 +46,7 @@ from isegprobe.cache.store import (
     refuse_output_inside_a_store,
     replacement_path,
 )
-from isegprobe.data import SampleSource, create_dataset, dataset_root
+from isegprobe.data import SampleSource, create_dataset, dataset_root, root_origin_told
 from isegprobe.data.base import loader_options
 from isegprobe.data.preprocess import (
     View,
@@ -421,7 +421,8 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rank, world, device = init_from_env(request.device)
     root = dataset_root(request.dataset, request.root)
-    source = create_dataset(request.dataset, root, request.split)
+    with root_origin_told(request.dataset, request.root):
+        source = create_dataset(request.dataset, root, request.split)
     if len(source) == 0:
         raise UserError(f"--dataset {request.dataset} --split {request.split}: no items under {source.root}")
     if featurizer is None:

@@ -12,7 +12,7 @@ from isegprobe.data import create_dataset, list_datasets
 from isegprobe.data.catalog import BUILTIN, CATALOG, dataset_facts, has_layout
 from isegprobe.data.check import ON_ERROR_CHOICES, CheckReport, check_source
 from isegprobe.data.download import ARCHIVES, download_dataset
-from isegprobe.data.roots import dataset_root, load_dataset_config, resolve_root
+from isegprobe.data.roots import dataset_root, load_dataset_config, resolve_root, root_origin_told
 from isegprobe.home_paths import expand_home
 
 MAX_LISTED_WARNINGS = 20
@@ -103,7 +103,8 @@ def check_command(context: click.Context, name: str, root: str | None, split: st
     """
     facts = dataset_facts(name)  # an unknown name is refused before its root is looked for
     split = facts.eval_split if split is None else split
-    source = create_dataset(name, dataset_root(name, root), split)
+    with root_origin_told(name, root):
+        source = create_dataset(name, dataset_root(name, root), split)
     report = check_source(source, on_error)
     _print_report(report)
     if report.problems:

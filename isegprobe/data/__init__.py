@@ -16,7 +16,7 @@ from isegprobe.data import (
     sbd,
 )
 from isegprobe.data.registry import SampleSource, create_dataset, list_datasets, register_dataset
-from isegprobe.data.roots import dataset_root, resolve_root
+from isegprobe.data.roots import dataset_root, resolve_root, root_origin_told
 from isegprobe.data.sample import Sample
 
 __all__ = [
@@ -39,5 +39,6 @@ __all__ = [
     "pascalvoc",
     "register_dataset",
     "resolve_root",
+    "root_origin_told",
     "sbd",
 ]

@@ -22,7 +22,7 @@ from isegprobe.data.image_io import decode_file, read_gray, read_rgb
 from isegprobe.data.instance_maps import compact_labels
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.sample import Sample
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 SEG_SUFFIX = "_seg.png"
@@ -39,7 +39,7 @@ class ADE20kDataset(DatasetBase):
         folder = SPLIT_FOLDERS[split]
         self.image_dir = root / "images" / folder
         if not self.image_dir.is_dir():
-            raise UserError(f"--root {root}: expected ADE20K's images/{folder}/ inside, not found")
+            raise DatasetLayoutError(root, f"expected ADE20K's images/{folder}/ inside, not found")
         self.challenge_layout = (root / "annotations").is_dir()
         if self.challenge_layout:
             self.mask_dir = root / "annotations" / folder

@@ -22,7 +22,7 @@ from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.restricted_pickle import read_ritm_pickle
 from isegprobe.data.sample import Sample
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 
 
 class CocoLvisDataset(DatasetBase):
@@ -32,8 +32,8 @@ class CocoLvisDataset(DatasetBase):
         self.image_dir, self.mask_dir = split_dir / "images", split_dir / "masks"
         annotation_file = split_dir / "hannotation.pickle"
         if not annotation_file.is_file():
-            raise UserError(
-                f"--root {root}: expected RITM's COCO+LVIS annotations, {split}/hannotation.pickle not found"
+            raise DatasetLayoutError(
+                root, f"expected RITM's COCO+LVIS annotations, {split}/hannotation.pickle not found"
             )
         annotations = read_ritm_pickle(annotation_file)
         try:

@@ -28,7 +28,7 @@ from isegprobe.data.image_io import (
 )
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.sample import Sample
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 
 # A decoder turns a mask file into (object, ignore) boolean maps.
 MaskDecoder = Callable[[Path], tuple[np.ndarray, np.ndarray]]
@@ -125,8 +125,8 @@ class MaskFolderDataset(DatasetBase):
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
                 layout = f"{image_dir}/ and {mask_dir}/"
-                raise UserError(
-                    f"--root {root}: expected the {name} layout with {layout} inside; {folder.name}/ not found"
+                raise DatasetLayoutError(
+                    root, f"expected the {name} layout with {layout} inside; {folder.name}/ not found"
                 )
         self.decode_mask = decode_mask
         for folder in (self.image_dir, self.mask_dir):

@@ -18,7 +18,7 @@ from isegprobe.data.catalog import dataset_facts
 from isegprobe.data.image_io import files_by_stem, only_file, read_mask, read_rgb, unread_files_named
 from isegprobe.data.registry import register_dataset
 from isegprobe.data.sample import Sample
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 
 
 class GrabCutDataset:
@@ -33,7 +33,7 @@ class GrabCutDataset:
         self.mask_dir = root / "boundary_GT"
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
-                raise UserError(f"--root {root}: expected the GrabCut layout with {folder.name}/ inside, not found")
+                raise DatasetLayoutError(root, f"expected the GrabCut layout with {folder.name}/ inside, not found")
         self._masks = files_by_stem(self.mask_dir)
         if not self._masks:
             raise UserError(f"{self.mask_dir}: no masks found")

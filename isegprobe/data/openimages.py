@@ -23,7 +23,7 @@ from isegprobe.data.image_io import read_gray, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.sample import Sample
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 
 
 def read_mask_lists(csv_path: Path) -> dict[str, list[str]]:
@@ -48,8 +48,8 @@ class OpenImagesDataset(DatasetBase):
         csv_name = f"{split}-annotations-object-segmentation.csv"
         csv_path = next((path for path in (split_dir / csv_name, root / csv_name) if path.is_file()), None)
         if csv_path is None or not self.image_dir.is_dir():
-            raise UserError(
-                f"--root {root}: expected {split}/images/, {split}/masks/ and {csv_name} (in {split}/ or the root)"
+            raise DatasetLayoutError(
+                root, f"expected {split}/images/, {split}/masks/ and {csv_name} (in {split}/ or the root)"
             )
         self._items = sorted(read_mask_lists(csv_path).items())
 

@@ -18,7 +18,7 @@ from isegprobe.data.image_io import read_rgb, require_within_pixel_limit
 from isegprobe.data.instance_maps import compact_labels
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.sample import Sample
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 
 IGNORE_INDEX = 255
 
@@ -44,7 +44,7 @@ class PascalVOCDataset(NameListDataset):
         for needed in (self.image_dir, self.mask_dir, list_file):
             if not needed.exists():
                 layout = f"JPEGImages/, SegmentationObject/ and {list_file.relative_to(root)}"
-                raise UserError(f"--root {root}: expected VOC2012's {layout}; {needed.name} not found")
+                raise DatasetLayoutError(root, f"expected VOC2012's {layout}; {needed.name} not found")
         super().__init__(list_file)
 
     def _indices(self, name: str) -> np.ndarray:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -22,7 +24,7 @@ from typing import Any
 import yaml
 
 from isegprobe.data.catalog import BUILTIN, CATALOG, dataset_facts, refuse_a_builtin_root
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 from isegprobe.home_paths import expand_home
 from isegprobe.yaml_text import load_yaml
 
@@ -188,6 +190,25 @@ def dataset_root(name: str, root_option: str | Path | None) -> Path | None:
         refuse_a_builtin_root(root_option)
         return None
     return require_root(name, root_option)
+
+
+@contextmanager
+def root_origin_told(name: str, root_option: str | Path | None) -> Iterator[None]:
+    """Around reading dataset `name` from `dataset_root`'s folder: a folder that lacks the dataset's layout is told,
+    as a missing one is, with where its path came from (--root, the user's datasets.yaml, the data/ default) and how
+    to give another; the loader itself knows only the folder."""
+    try:
+        yield
+    except DatasetLayoutError as error:
+        if root_option is not None:
+            raise
+        config = load_dataset_config()
+        if config.root_origin(name) == "file":
+            raise UserError(f"{error.root} (roots.{name} in {config.path}): {error.expected}") from None
+        raise UserError(
+            f"{error.root} ({name}'s default folder, under {Path.cwd()}): {error.expected}; pass --root DIR or set "
+            f"roots.{name} in {config.path}"
+        ) from None
 
 
 def dataset_options(name: str, split: str) -> dict[str, Any]:

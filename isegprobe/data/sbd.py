@@ -23,7 +23,7 @@ from isegprobe.data.image_io import read_rgb
 from isegprobe.data.instance_maps import compact_labels, ids_present
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.sample import Sample
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 
 
 def read_sbd_instances(path: Path) -> np.ndarray:
@@ -59,8 +59,8 @@ class SBDDataset(NameListDataset):
         list_file = root / f"{split}.txt"
         for needed in (self.image_dir, self.inst_dir, list_file):
             if not needed.exists():
-                raise UserError(
-                    f"--root {root}: expected SBD's img/, inst/ and {split}.txt inside; {needed.name} not found"
+                raise DatasetLayoutError(
+                    root, f"expected SBD's img/, inst/ and {split}.txt inside; {needed.name} not found"
                 )
         super().__init__(list_file)
         self.buggy_mask_threshold = buggy_mask_threshold

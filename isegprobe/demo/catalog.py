@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from isegprobe.data import create_dataset, dataset_root
+from isegprobe.data import create_dataset, dataset_root, root_origin_told
 from isegprobe.data.image_io import IMAGE_SUFFIXES, read_rgb, require_utf8_name
 from isegprobe.data.registry import SampleSource
 from isegprobe.data.sample import Sample
@@ -66,7 +66,8 @@ class DatasetCatalog:
 
     @classmethod
     def from_options(cls, dataset: str, root: str | None, split: str) -> DatasetCatalog:
-        source = create_dataset(dataset, dataset_root(dataset, root), split)
+        with root_origin_told(dataset, root):
+            source = create_dataset(dataset, dataset_root(dataset, root), split)
         if len(source) == 0:
             raise UserError(f"--dataset {dataset} --split {split}: no samples under {source.root}")
         return cls(source)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,9 +23,9 @@ from tqdm import tqdm
 from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.schema import check_same_featurizer, identity_value, store_fingerprint, store_name
-from isegprobe.data import SampleSource, create_dataset, dataset_root
+from isegprobe.data import SampleSource, create_dataset, dataset_root, root_origin_told
 from isegprobe.devices import deterministic_arithmetic
-from isegprobe.errors import UserError
+from isegprobe.errors import DatasetLayoutError, UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
@@ -435,7 +435,8 @@ def _jobs(
     if request.online:
         for name in request.datasets:
             root = dataset_root(name, request.root)
-            source = create_dataset(name, root, request.split)
+            with root_origin_told(name, request.root):
+                source = create_dataset(name, root, request.split)
             where = f"{name} {request.split} at {source.root}, online"
             tasks = distinct_objects(online_tasks(source, size, resize, whole_image_flip, only_items), name)
             yield EvaluationJob(
@@ -448,7 +449,7 @@ def _jobs(
         check_store_matches(store, metadata)
         dataset = store.attrs["dataset"]
         warn_when_evaluating_training_images(metadata, Path(path), dataset)
-        source = create_dataset(dataset["name"], request.root or dataset["root"], dataset["split"])
+        source = _extracted_source(path, dataset, request.root)
         if whole_image_flip and "hflip" not in store.attrs["views"]:
             raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
         tasks = distinct_objects(cached_tasks(str(path), source, whole_image_flip, only_items), dataset["name"])
@@ -460,6 +461,22 @@ def _jobs(
             fingerprint=store_fingerprint(store.attrs),
             images_root=_images_root(source),
         )
+
+
+def _extracted_source(path: str | Path, dataset: Mapping[str, Any], root_option: str | None) -> SampleSource:
+    """The dataset a store was extracted from, in --root or in the folder the store recorded: a recorded folder that
+    has moved or lost its layout is told as the store's, not as a --root the user never gave."""
+    name, split = dataset["name"], dataset["split"]
+    if root_option:
+        return create_dataset(name, root_option, split)
+    recorded = dataset["root"]
+    where = f"the folder {path} was extracted from"
+    if recorded is not None and not Path(recorded).exists():
+        raise UserError(f"{recorded} ({where}) does not exist; pass --root DIR where {name} is now")
+    try:
+        return create_dataset(name, recorded, split)
+    except DatasetLayoutError as error:
+        raise UserError(f"{error.root} ({where}): {error.expected}; pass --root DIR where {name} is now") from None
 
 
 def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[Path]:

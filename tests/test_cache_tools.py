@@ -368,6 +368,20 @@ def test_an_arrays_metadata_that_is_not_json_is_named(pristine, tmp_path, array)
         assert f"{store / array / 'zarr.json'}: unreadable Zarr metadata (JSONDecodeError" in refused.output, command
 
 
+@pytest.mark.parametrize("array", ["features", "valid_box"])
+def test_an_arrays_metadata_that_is_json_but_no_zarr_array_is_named(pristine, tmp_path, array):
+    """The arrays' metadata is read one array at a time: read all at once, one unreadable file left the others'
+    reads pending in Zarr's event loop (a "Task was destroyed" line each at exit) and the error named no file."""
+    store = copied(pristine, tmp_path)
+    metadata = json.loads((store / array / "zarr.json").read_text())
+    del metadata["node_type"]
+    (store / array / "zarr.json").write_text(json.dumps(metadata))
+    for command in ("inspect", "verify", "stats"):
+        refused = CliRunner().invoke(cache, [command, str(store)])
+        assert refused.exit_code == 1
+        assert f"{store / array / 'zarr.json'}: unreadable Zarr metadata (MetadataValidationError" in refused.output
+
+
 def test_verify_reports_a_count_of_finished_items_that_is_not_a_number(pristine, tmp_path):
     store = copied(pristine, tmp_path)
     edit_attrs(store, lambda attrs: attrs["completion"].update(items_done="x"))

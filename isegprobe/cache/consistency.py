@@ -99,13 +99,23 @@ def check_shapes(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
     verify` could check none of its bytes)."""
     size, patch = attrs["preprocessing"]["size"], attrs["featurizer"]["patch_size"]
     items, views, stored = len(attrs["item_ids"]), len(attrs["views"]), len(pixel_views(attrs))
-    arrays = set(group.array_keys())
     for spec in array_specs(attrs["featurizer"]["dim"], (size // patch, size // patch), size):
-        if spec.name not in arrays:
+        # One array at a time, not `group.array_keys()`: that reads every member's zarr.json at once, and when one
+        # is unreadable its error leaves the others' reads pending in Zarr's event loop, destroyed at exit with a
+        # "Task was destroyed but it is pending!" for each after the one-line error.
+        metadata = path / spec.name / "zarr.json"
+        try:
+            array = group.get(spec.name) if metadata.is_file() else None
+        except (ValueError, KeyError, TypeError) as error:  # valid JSON that is no valid Zarr array's metadata
+            raise UserError(
+                f"{metadata}: unreadable Zarr metadata ({type(error).__name__}: {error}); extract the store again "
+                "(extract-features --overwrite)"
+            ) from None
+        if not isinstance(array, zarr.Array):
             if spec.name == CHECKSUM_ARRAY and attrs["schema_version"] == 1:
                 continue
             raise UserError(f"{path}: array {spec.name} is missing; {_REMEDY}")
-        actual, expected = tuple(group[spec.name].shape), spec.shape(items, spec.view_count(views, stored))
+        actual, expected = tuple(array.shape), spec.shape(items, spec.view_count(views, stored))
         if actual != expected:
             raise UserError(
                 f"{path / spec.name}: shape {actual} disagrees with the store's attrs, which give {expected} "

@@ -558,6 +558,32 @@ def test_a_results_json_a_resume_cannot_continue_is_refused_by_name(store, train
     assert "Traceback" not in resumed.output and (out / "ious.npz").read_bytes() == before
 
 
+def test_curves_of_another_evaluation_beside_results_json_are_refused_on_resume(store, trained_run, tmp_path):
+    """An ious.npz copied from another evaluation (or left by one whose results.json was replaced) was resumed from:
+    the report then printed that evaluation's curves as this one's numbers, exit 0."""
+    common = ["--checkpoint", str(trained_run), "--store", str(store)]
+    out, other = tmp_path / "results", tmp_path / "other"
+    assert cli(*common, "--max-clicks", "2", "--out", str(out)).exit_code == 0
+    assert cli(*common, "--max-clicks", "3", "--out", str(other)).exit_code == 0
+    assert cli(*common, "--max-clicks", "2", "--out", str(out)).exit_code == 0, "its own curves resume"
+    (out / "ious.npz").write_bytes((other / "ious.npz").read_bytes())
+    longer = cli(*common, "--max-clicks", "2", "--out", str(out))
+    assert longer.exit_code == 1 and "Traceback" not in longer.output, longer.output
+    assert (
+        "ious.npz holds grabcut curves of shape (3, 3) for 3 ids, where results.json counts 3 objects of 2 clicks"
+        in (" ".join(longer.output.split()))
+    )
+    with np.load(other / "ious.npz") as arrays:
+        swapped = {key: arrays[key] for key in arrays.files}
+    swapped["grabcut/ious"] = swapped["grabcut/ious"][:, :2][::-1].copy()
+    swapped["grabcut/ious"][0] = 1 - swapped["grabcut/ious"][0]
+    np.savez(out / "ious.npz", **swapped)
+    other_numbers = cli(*common, "--max-clicks", "2", "--out", str(out))
+    assert other_numbers.exit_code == 1, other_numbers.output
+    assert "ious.npz's grabcut curves give other" in other_numbers.output
+    assert "pass --overwrite" in other_numbers.output
+
+
 def test_refuses_a_store_from_other_weights(store, trained_run, three_images, tmp_path, featurizer):
     weights = tmp_path / "other.pth"
     torch.save(featurizer.model.state_dict(), weights)

@@ -108,6 +108,11 @@ class ResultsWriter:
                 "pass --overwrite to start over"
             ) from None
         problems = [problem for summary in earlier["datasets"].values() for problem in _resume_problems(summary)]
+        problems += [
+            problem
+            for dataset, summary in earlier["datasets"].items()
+            for problem in _curves_disagree(dataset, summary, *curves[dataset], self.max_clicks)
+        ]
         if problems:
             raise UserError(
                 f"{self.out_dir / 'results.json'}: cannot resume from it ({'; '.join(problems)}); pass --overwrite to "
@@ -266,6 +271,28 @@ def _resume_problems(summary: dict[str, Any]) -> list[str]:
         if not _is_number(summary.get(key, 0.0), 0):
             problems.append(f"{key} is {summary[key]!r}, not a number of seconds")
     return problems
+
+
+def _curves_disagree(
+    dataset: str, summary: dict[str, Any], ids: np.ndarray, ious: np.ndarray, max_clicks: int
+) -> list[str]:
+    """Whether ious.npz holds the curves results.json summarizes: an ious.npz of another evaluation (copied in, or
+    left by one whose results.json was replaced) was resumed from, and its curves' numbers reported as this one's."""
+    if ious.ndim != 2 or ious.shape != (len(ids), max_clicks) or len(ids) != summary["num_instances"]:
+        return [
+            f"ious.npz holds {dataset} curves of shape {ious.shape} for {len(ids)} ids, where results.json counts "
+            f"{summary['num_instances']} objects of {max_clicks} clicks"
+        ]
+    recomputed = summarize(list(ious), max_clicks=max_clicks)
+    differ = [
+        key
+        for key in ("NoC@85", "NoC@90", "mIoU@k")
+        if np.shape(recomputed[key]) != np.shape(summary[key])
+        or not np.allclose(recomputed[key], summary[key], rtol=1e-6, atol=1e-6)
+    ]
+    if differ:
+        return [f"ious.npz's {dataset} curves give other {', '.join(differ)} than results.json records"]
+    return []
 
 
 def _is_number(value: Any, low: float, high: float = math.inf) -> bool:

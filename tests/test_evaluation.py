@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,7 @@ from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.evaluate import evaluate
 from isegprobe.config import config_to_dict, load_train_config
 from isegprobe.data import create_dataset
+from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
 from isegprobe.featurizers import factory as featurizer_factory
 from isegprobe.inference import runner
@@ -35,7 +37,7 @@ from isegprobe.inference.predictor import (
     to_working,
 )
 from isegprobe.inference.runner import EvaluationRequest, replay_objects, run_evaluation
-from isegprobe.inference.tasks import cached_tasks
+from isegprobe.inference.tasks import ObjectTask, cached_tasks
 from isegprobe.inference.visuals import strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn, box_iou, object_box
 from isegprobe.model import ISProbe
@@ -556,6 +558,39 @@ def test_a_results_json_a_resume_cannot_continue_is_refused_by_name(store, train
     assert resumed.exit_code == 1, resumed.output
     assert f"results.json: {message}" in resumed.output and "pass --overwrite" in resumed.output
     assert "Traceback" not in resumed.output and (out / "ious.npz").read_bytes() == before
+
+
+def test_an_overwrite_that_stops_before_its_first_results_keeps_the_earlier_pictures(
+    store, trained_run, tmp_path, monkeypatch
+):
+    """--overwrite deleted the earlier evaluation's pictures and features before evaluating; one that then stopped
+    (an unreadable image in its first batch) left the earlier results.json without them."""
+    out = tmp_path / "results"
+    common = ["--checkpoint", str(trained_run), "--store", str(store), "--out", str(out)]
+    assert cli(*common, "--max-clicks", "2", "--vis-preds", "2", "--save-feats", "1").exit_code == 0
+
+    def files() -> dict[str, bytes]:
+        return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+
+    earlier = files()
+    assert any(name.startswith("vis/") for name in earlier) and any(name.startswith("feats/") for name in earlier)
+
+    def unreadable(*arguments: object) -> Iterator[ObjectTask]:
+        raise UserError("an unreadable image")
+        yield
+
+    request = EvaluationRequest(
+        checkpoint=str(trained_run), out_dir=str(out), stores=[str(store)], max_clicks=3, vis_preds=1, overwrite=True
+    )
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "cached_tasks", unreadable)
+        with pytest.raises(UserError, match="an unreadable image"):
+            run_evaluation(request)
+    assert files() == earlier, "the earlier evaluation is whole until the new one writes results"
+    assert cli(*common, "--max-clicks", "3", "--vis-preds", "1", "--overwrite").exit_code == 0
+    replaced = files()
+    assert len([name for name in replaced if name.startswith("vis/")]) == 1 and not (out / "feats").exists()
+    assert not list(out.glob(".*.replaced")), "the earlier pictures went once the new results were written"
 
 
 def test_curves_of_another_evaluation_beside_results_json_are_refused_on_resume(store, trained_run, tmp_path):

@@ -74,6 +74,8 @@ class ResultsWriter:
         # (predict seconds, loop seconds, clicks) per dataset: of the runs resumed from, and of this run so far
         self.timed_before: dict[str, tuple[float, float, int]] = {}
         self.timed_now: dict[str, tuple[float, float, int]] = {}
+        self.written = False  # whether this evaluation's results have replaced what out_dir held
+        self.unwritten = False  # whether it holds objects or a finished dataset that out_dir does not
 
     def resume(self) -> None:
         """Take back the curves an earlier run of this same evaluation left in `out_dir`, so that only the objects it
@@ -129,10 +131,12 @@ class ResultsWriter:
                 summary.get("sec_per_click_loop", 0.0) * clicks,
                 clicks,
             )
+        self.unwritten = False
 
     def add(self, dataset: str, object_id: str, ious: np.ndarray) -> None:
         self.curves.setdefault(dataset, {})[object_id] = np.asarray(ious, np.float32)
         self.complete.setdefault(dataset, False)
+        self.unwritten = True
 
     def set_speed(self, dataset: str, predict_seconds: float, loop_seconds: float, clicks: int) -> None:
         """The time this run spent in the predictor (crops, featurizer if online, probe, un-cropping), and in the whole
@@ -143,6 +147,7 @@ class ResultsWriter:
 
     def finish(self, dataset: str) -> None:
         self.complete[dataset] = True
+        self.unwritten = True
 
     def summaries(self) -> dict[str, dict[str, Any]]:
         table = {}
@@ -171,6 +176,7 @@ class ResultsWriter:
         summaries = self.summaries()
         document = {**self.run_info, "max_clicks": self.max_clicks, "datasets": summaries}
         atomic_write_bytes(self.out_dir / "results.json", json.dumps(document, indent=2).encode())
+        self.written, self.unwritten = True, False
         atomic_write_bytes(self.out_dir / "results.csv", _csv(summaries).encode())
         return summaries
 

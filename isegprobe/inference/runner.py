@@ -122,10 +122,11 @@ def _evaluate(
             run_info["online_sources"] = {
                 job.name: {"split": request.split, "root": _root_text(job.online_root)} for job in setup.jobs
             }
-        with exclusive_lock(Path(request.out_dir)):  # one evaluation writes a results folder at a time
+        # one evaluation writes a results folder at a time
+        with exclusive_lock(Path(request.out_dir)), ExitStack() as replacing:
             writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
             if request.overwrite:
-                _remove_earlier_pictures_and_features(Path(request.out_dir))
+                replacing.enter_context(_replacing_earlier_pictures_and_features(Path(request.out_dir), writer))
             else:
                 writer.resume()
             for job in setup.jobs:
@@ -379,20 +380,41 @@ def _evaluate_dataset(
         writer.finish(name)
         progress.total = progress.n  # the clicks made, where the count of objects up front was off
     finally:
-        writer.write()
+        if writer.unwritten:  # the objects of the batch it stopped in; none: what out_dir holds stays as it is
+            writer.write()
         progress.close()
 
 
-def _remove_earlier_pictures_and_features(out_dir: Path) -> None:
+@contextmanager
+def _replacing_earlier_pictures_and_features(out_dir: Path, writer: ResultsWriter) -> Iterator[None]:
     """--overwrite replaces an evaluation: the pictures (--vis-preds) and features (--save-feats) of the one it
     replaces go with its results, or they would sit beside the new ones as theirs, and a resumed --vis-preds would
-    take an earlier probe's pictures of an object for its own and not draw it."""
+    take an earlier probe's pictures of an object for its own and not draw it. They are moved aside until the new
+    evaluation writes its first results, and put back if it stops before (an unreadable image in its first batch):
+    the earlier results stay until then, and must keep their pictures."""
+    aside = {}
     for kind in ("vis", "feats"):
-        folder = out_dir / kind
-        if folder.is_symlink():
-            folder.unlink()
-        elif folder.is_dir():
-            shutil.rmtree(folder)
+        folder, kept = out_dir / kind, out_dir / f".{kind}.replaced"
+        _remove_file_or_folder(kept)  # left by an --overwrite that was killed before its first results
+        if folder.is_symlink() or folder.exists():
+            folder.rename(kept)
+            aside[folder] = kept
+    try:
+        yield
+    finally:
+        for folder, kept in aside.items():
+            if writer.written:
+                _remove_file_or_folder(kept)
+            else:
+                _remove_file_or_folder(folder)  # what the new evaluation drew before it stopped
+                kept.rename(folder)
+
+
+def _remove_file_or_folder(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def _draw_objects_finished_undrawn(request: EvaluationRequest, name: str, first: list[str], pictures: Path) -> None:

@@ -596,6 +596,11 @@ CASES: dict[str, Case] = {
         "-56.zarr was extracted from) does not exist; pass --root DIR where custom is now",
         then=lambda w, output: check_names_the_recorded_folder(w, output),
     ),
+    "online evaluation given a store": Case(
+        lambda w: evaluation(w, w.store, "res_online", "--online"),
+        "--online and --store: --online runs the featurizer on the images of --datasets, read from --root or their "
+        "folders, and reads no store",
+    ),
     "store folder inside a feature store": Case(
         lambda w: extraction("--dataset", "builtin", "--size", "28", "--out", w.damaged_store("nests", lambda _: None)),
         "-56.zarr: inside the feature store",

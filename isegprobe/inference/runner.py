@@ -76,10 +76,11 @@ class EvaluationRequest:
 def under_protocol(request: EvaluationRequest) -> EvaluationRequest:
     """`request` with the settings its protocol fixes (see isegprobe.inference.protocols)."""
     protocol = get_protocol(request.protocol)
-    if protocol.fixed.get("online") and request.stores:
+    if protocol.fixed.get("online") and (request.stores or request.store_root):
+        read = "--store" if request.stores else "--store-root"
         raise UserError(
             f"--protocol {protocol.name} runs the featurizer on every zoom-in crop, online: give --datasets (and "
-            "--root), not --store"
+            f"--root), not {read}"
         )
     return dataclasses.replace(request, protocol=protocol.name, **protocol.fixed)
 

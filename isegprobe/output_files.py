@@ -3,6 +3,7 @@ a training run or an evaluation keeps as its results; and output folders that a 
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -86,6 +87,29 @@ def output_file(out: str | Path, option: str = "--out") -> Path:
         raise UserError(f"{option} {text}: a folder; give a file's path")
     refuse_to_replace_a_kept_file(replaceable_file(Path(text)))
     return Path(text)
+
+
+def text_output_file(out: str | Path, option: str = "--out") -> Path:
+    """`output_file` for a table or statistics written as text. An existing file there that is not text (a picture,
+    an array) is refused too: `report --out RESULTS/iou_vs_clicks.png` replaced the evaluation's plot with a table."""
+    path = output_file(out, option)
+    if path.is_file() and not _reads_as_text(path):
+        raise UserError(
+            f"{option} {out}: an existing file that is not text (a picture or data), which the text written here "
+            "would replace; name a text file (.md, .csv, .json)"
+        )
+    return path
+
+
+def _reads_as_text(path: Path) -> bool:
+    """Whether the file's first 8 KiB are UTF-8 text without NUL bytes (a character cut at the end is text)."""
+    with path.open("rb") as file:
+        head = file.read(8192)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
 
 
 @contextmanager

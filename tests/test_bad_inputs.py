@@ -614,6 +614,11 @@ CASES: dict[str, Case] = {
         lambda w: ["report", w.results, "--out", next((w.run_copy("tb_run") / "tensorboard").iterdir())],
         "a TensorBoard log of the training run in",
     ),
+    "table written over a picture": Case(
+        lambda w: ["report", w.results, "--out", png_declaring(w.root / "iou_vs_clicks.png", 8, 8)],
+        "iou_vs_clicks.png: an existing file that is not text (a picture or data), which the text written here would "
+        "replace; name a text file (.md, .csv, .json)",
+    ),
     "resuming a run with another store than its own": Case(
         lambda w: ["train", "--resume", "--out", w.run_copy("elsewhere"), "--store", w.store, "--max-iters", "1"],
         "not the store this run trained on",

@@ -15,7 +15,7 @@ from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.errors import UserError
 from isegprobe.locks import shared_locks
-from isegprobe.output_files import output_file
+from isegprobe.output_files import text_output_file
 from isegprobe.training.checkpoint import write_output_file
 
 
@@ -144,7 +144,7 @@ def stats_command(store: str, out: str | None) -> None:
     """Per-channel mean and std and the token norm distribution (high-norm artefact tokens included) of every
     finished item and view, streamed shard by shard."""
     if out is not None:
-        output_file(out)
+        text_output_file(out)
         refuse_output_inside_a_store(out)
     with shared_locks(store):
         stats = feature_stats(store)

@@ -11,7 +11,7 @@ from isegprobe.commands.options import labels_option, results_and_labels, result
 from isegprobe.inference.report import format_report
 from isegprobe.inference.results import refuse_repeated_labels, refuse_to_replace_results
 from isegprobe.locks import lock_holder
-from isegprobe.output_files import output_file
+from isegprobe.output_files import text_output_file
 from isegprobe.training.checkpoint import write_output_file
 
 
@@ -38,7 +38,7 @@ def report(results: tuple[str, ...], labels: str | None, table_format: str, miou
     """
     if out is not None:
         refuse_to_replace_results(out, results)
-        output_file(out)
+        text_output_file(out)
     evaluations = results_and_labels(results, labels)
     if labels is not None:
         refuse_repeated_labels([label for label, _ in evaluations])

@@ -596,6 +596,11 @@ CASES: dict[str, Case] = {
         "-56.zarr was extracted from) does not exist; pass --root DIR where custom is now",
         then=lambda w, output: check_names_the_recorded_folder(w, output),
     ),
+    "evaluation into a folder whose ious.npz is a folder": Case(
+        lambda w: evaluation(w, w.store, folder_named(w.root / "res_folder_json" / "ious.npz").parent.name),
+        "res_folder_json/ious.npz: a folder where the evaluation writes its ious.npz; move it away",
+        then=lambda w, output: nothing_at(w.root / "res_folder_json" / "results.json"),
+    ),
     "online evaluation given a store": Case(
         lambda w: evaluation(w, w.store, "res_online", "--online"),
         "--online and --store: --online runs the featurizer on the images of --datasets, read from --root or their "
@@ -652,6 +657,11 @@ CASES: dict[str, Case] = {
         "--set changed the probe of a run under way (model.head.width 64 -> 32): a resumed run keeps its probe",
     ),
 }
+
+
+def folder_named(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
 
 
 def nothing_at(path: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from isegprobe.errors import UserError
 from isegprobe.inference.metrics import summarize
-from isegprobe.output_files import EVALUATION_FILES
+from isegprobe.output_files import EVALUATION_FILES, replaceable_file
 from isegprobe.training.checkpoint import atomic_write_bytes
 
 CSV_COLUMNS = (
@@ -67,6 +67,10 @@ class ResultsWriter:
     def __init__(self, out_dir: str | Path, max_clicks: int, run_info: dict[str, Any]) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        for name in EVALUATION_FILES:  # before any object is evaluated, not at the first write
+            if (self.out_dir / name).is_dir():
+                raise UserError(f"{self.out_dir / name}: a folder where the evaluation writes its {name}; move it away")
+            replaceable_file(self.out_dir / name)
         self.max_clicks = max_clicks
         self.run_info = run_info
         self.curves: dict[str, dict[str, np.ndarray]] = {}

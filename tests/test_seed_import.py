@@ -325,6 +325,20 @@ def test_a_seed_probe_from_another_patch_size_does_not_fit_its_featurizer(store:
         import_seed_probe(fitting, tmp_path / "ok", store_path=store)
 
 
+@pytest.mark.parametrize("names", [("best.safetensors", "best.json"), ("last.safetensors",)])
+def test_an_import_beside_any_file_of_another_run_is_refused(store: Path, tmp_path: Path, names) -> None:
+    """Beside another run's best.* the imported probe was written, and evaluation and the demo loaded the other
+    probe (a folder's best checkpoint comes first); a lone last.safetensors was replaced without a word."""
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights())
+    run = tmp_path / "mixed"
+    run.mkdir()
+    for name in names:
+        (run / name).write_text("another run's")
+    with pytest.raises(UserError, match=rf"mixed already holds a run \({', '.join(names)}\)"):
+        import_seed_probe(checkpoint, run, store_path=store)
+    assert sorted(path.name for path in run.iterdir()) == sorted(names)
+
+
 def test_two_imports_into_one_folder_at_once_leave_the_first_and_refuse_the_second(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

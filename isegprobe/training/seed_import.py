@@ -22,6 +22,7 @@ from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.locks import exclusive_lock
 from isegprobe.model import ISProbe, needs_featurizer_online
+from isegprobe.output_files import RUN_FILES
 from isegprobe.state_dicts import load_strictly
 from isegprobe.training.checkpoint import save_checkpoint
 from isegprobe.training.seed_checkpoints import SeedProbe, read_seed_checkpoint, seed_keys_to_isegprobe, seed_probe
@@ -103,8 +104,11 @@ def import_seed_probe(
 
 
 def _refuse_a_run_folder(run_dir: Path) -> None:
-    if (run_dir / "last.json").exists():
-        raise UserError(f"{run_dir} already holds a run (last.json); import into a new directory")
+    """Any file of a run there is refused, not only its last.json: beside another run's best.* the imported probe
+    was written, and evaluation and the demo, which take a folder's best checkpoint first, loaded the other one."""
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if held:
+        raise UserError(f"{run_dir} already holds a run ({', '.join(held)}); import into a new directory")
 
 
 def _store_provenance(store_path: str | Path, seed: SeedProbe, built: dict[str, Any]) -> dict[str, Any]:

@@ -173,7 +173,70 @@ def test_an_archive_that_unpacks_to_far_more_than_itself_is_refused(tmp_path, mo
     result = _download("grabcut", "--to", tmp_path / "data", "--url", archive.as_uri())
     assert result.exit_code == 1
     assert "more than 50 times its size (the largest entry, 'GrabCut/zeros.bin', 16777216 bytes)" in result.output
-    assert [p.name for p in (tmp_path / "data").iterdir()] == ["GrabCut.zip"], "nothing unpacked"
+    assert list((tmp_path / "data").iterdir()) == [], "nothing unpacked, and the copy that does not unpack removed"
+
+
+def test_a_merge_that_would_overwrite_moves_nothing_and_empty_folders_are_filled(tmp_path):
+    """A file of the user's where the archive has one stopped the merge halfway: what was moved before it stayed,
+    the next run found the layout's folders and said "nothing to download" (exit 0) over a dataset short of
+    images; folders made by hand and still empty were taken for the dataset too."""
+    archive = tmp_path / "GrabCut.zip"
+    archive.write_bytes(_grabcut_zip(tmp_path))
+    mine = tmp_path / "data" / "GrabCut" / "data_GT" / "a.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    refused = _download("grabcut", "--to", tmp_path / "data", "--url", archive)
+    assert refused.exit_code == 1
+    assert f"{mine}: already there, and the archive has its own; refusing to overwrite (nothing was moved" in (
+        " ".join(refused.output.split())
+    )
+    assert not (tmp_path / "data" / "GrabCut" / "boundary_GT").exists() and mine.read_text() == "mine"
+    mine.unlink()
+    (tmp_path / "data" / "GrabCut" / "boundary_GT").mkdir()
+    filled = _download("grabcut", "--to", tmp_path / "data", "--url", archive)
+    assert filled.exit_code == 0 and "nothing to download" not in filled.output, filled.output
+    assert create_dataset("grabcut", tmp_path / "data" / "GrabCut")[0].num_instances == 1
+    again = _download("grabcut", "--to", tmp_path / "data", "--url", archive)
+    assert "already has the grabcut layout; nothing to download (--url not read)" in again.output
+
+
+def test_an_archive_that_does_not_unpack_is_removed_or_said_to_be_reused(tmp_path):
+    """A downloaded file that was no archive was kept, and every later run unpacked it again instead of reading
+    its --url, saying only "neither a zip nor a tar archive"."""
+    page, good = tmp_path / "page" / "GrabCut.zip", tmp_path / "GrabCut.zip"
+    page.parent.mkdir()
+    page.write_text("<html>rate limited</html>")
+    good.write_bytes(_grabcut_zip(tmp_path))
+    refused = _download("grabcut", "--to", tmp_path / "data", "--url", page)
+    assert refused.exit_code == 1
+    assert "GrabCut.zip: neither a zip nor a tar archive; the downloaded file was removed" in refused.output
+    assert _download("grabcut", "--to", tmp_path / "data", "--url", good).exit_code == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "GrabCut.zip").write_bytes(good.read_bytes()[:-200])
+    kept = _download("grabcut", "--to", tmp_path / "other", "--url", good)
+    assert kept.exit_code == 1
+    said = " ".join(kept.output.split())
+    assert "GrabCut.zip: a damaged or truncated zip archive (its directory at the end is missing)" in said
+    assert f"was there before this run and was unpacked instead of downloading {good.as_uri()}: move it away" in said
+
+
+@pytest.mark.parametrize("digest", ["xyz", "296A869C", "0" * 63 + "g"])
+def test_a_sha256_that_is_not_one_is_refused_before_anything_is_read(tmp_path, digest):
+    archive = tmp_path / "GrabCut.zip"
+    archive.write_bytes(_grabcut_zip(tmp_path))
+    refused = _download("grabcut", "--to", tmp_path / "data", "--url", archive, "--sha256", digest)
+    assert refused.exit_code == 1
+    assert f"--sha256 {digest}: expected a SHA-256, 64 hexadecimal digits" in refused.output
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_file_on_the_way_to_the_folder_is_named(tmp_path):
+    (tmp_path / "afile").write_text("in the way")
+    archive = tmp_path / "GrabCut.zip"
+    archive.write_bytes(_grabcut_zip(tmp_path))
+    refused = _download("grabcut", "--to", tmp_path / "afile" / "sub", "--url", archive)
+    assert refused.exit_code == 1
+    assert f"a file ({tmp_path / 'afile'}) stands where this path needs a folder" in " ".join(refused.output.split())
 
 
 def test_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):

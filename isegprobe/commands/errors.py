@@ -86,14 +86,23 @@ def disk_message(error: OSError) -> str:
 
 
 def folder_message(error: OSError) -> str:
-    if os.path.islink(error.filename) and not os.path.exists(error.filename):
-        what = f"a symbolic link to {os.readlink(error.filename)}, which does not exist,"
+    path = Path(os.fsdecode(error.filename))
+    blocker = _first_non_folder(path)
+    if os.path.islink(blocker) and not os.path.exists(blocker):
+        what = f"a symbolic link to {os.readlink(blocker)}, which does not exist,"
     else:
         what = "a file"
+    where = "" if blocker == path else f" ({blocker})"
     return (
-        f"{error.filename}: cannot create ({error.strerror}): {what} stands where this path needs a folder; choose "
-        "another output path"
+        f"{error.filename}: cannot create ({error.strerror}): {what}{where} stands where this path needs a folder; "
+        "choose another output path"
     )
+
+
+def _first_non_folder(path: Path) -> Path:
+    """The first part of `path`, from its root down, that is there but not a folder: `--to afile/sub` is refused
+    for `afile`, which the message must name."""
+    return next((part for part in (*reversed(path.parents), path) if os.path.lexists(part) and not part.is_dir()), path)
 
 
 def vanished_folder(filename: str | bytes) -> Path | None:

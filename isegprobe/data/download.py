@@ -30,6 +30,7 @@ from isegprobe.hashing import file_sha256
 from isegprobe.home_paths import expand_home
 
 CHUNK_BYTES = 1 << 20
+ZIP_SIGNATURE = b"PK\x03\x04"  # how a zip archive's first entry begins
 RETRIES = 3
 TIMEOUT_S = 60
 _FBRS = "https://github.com/saic-vul/fbrs_interactive_segmentation/releases/download/v1.0"
@@ -175,10 +176,17 @@ def _extract(archive: Path, into: Path) -> None:
             with tarfile.open(archive) as bundle:
                 _refuse_a_bomb(archive, [(member.name, member.size) for member in bundle.getmembers()])
                 bundle.extractall(into, filter="data")
+        elif _begins_a_zip(archive):
+            raise UserError(f"{archive}: a damaged or truncated zip archive (its directory at the end is missing)")
         else:
             raise UserError(f"{archive}: neither a zip nor a tar archive")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
         raise UserError(f"{archive}: damaged archive ({error})") from None
+
+
+def _begins_a_zip(archive: Path) -> bool:
+    with archive.open("rb") as file:
+        return file.read(len(ZIP_SIGNATURE)) == ZIP_SIGNATURE
 
 
 def _refuse_a_bomb(archive: Path, entries: list[tuple[str, int]]) -> None:
@@ -205,14 +213,23 @@ def find_layout_root(name: str, top: Path, max_depth: int = 4) -> Path | None:
     return None
 
 
+def _merge_conflicts(source: Path, target: Path) -> list[Path]:
+    """The paths under `target` that moving `source` in would overwrite (a file there, or a file where the archive
+    has a folder)."""
+    if not target.exists():
+        return []
+    if not (source.is_dir() and target.is_dir()):
+        return [target]
+    return [conflict for child in sorted(source.iterdir()) for conflict in _merge_conflicts(child, target / child.name)]
+
+
 def _merge_move(source: Path, target: Path) -> None:
-    """Move `source`'s content into `target`, keeping what is there; never overwrite a file."""
+    """Move `source`'s content into `target`, keeping what is there; `_merge_conflicts` has found nothing to
+    overwrite."""
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), str(target))
         return
-    if not (source.is_dir() and target.is_dir()):
-        raise UserError(f"{target}: already exists; refusing to overwrite it (move it away and run again)")
     for child in sorted(source.iterdir()):
         _merge_move(child, target / child.name)
 
@@ -228,6 +245,13 @@ def unpack(name: str, archive: Path, target: Path) -> Path:
         if found is None:
             layouts = " or ".join("+".join(layout) for layout in dataset_facts(name).layouts)
             raise UserError(f"{archive}: no folder with the {name} layout ({layouts}) inside")
+        conflicts = _merge_conflicts(found, target)
+        if conflicts:  # before anything is moved: a merge stopped halfway left a dataset that read as complete
+            more = f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else ""
+            raise UserError(
+                f"{conflicts[0]}{more}: already there, and the archive has its own; refusing to overwrite (nothing "
+                "was moved: move them away and run again)"
+            )
         _merge_move(found, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -257,8 +281,11 @@ def download_dataset(
         raise UserError(f"{name}: no public archive to download; datasets with one: {', '.join(sorted(ARCHIVES))}")
     facts = dataset_facts(name)
     target = to / facts.folder
-    if has_layout(facts.name, target):
-        echo(f"{target} already has the {facts.name} layout; nothing to download")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise UserError(f"--sha256 {sha256}: expected a SHA-256, 64 hexadecimal digits")
+    if _holds_the_dataset(facts.name, target):
+        unread = " (--url not read)" if url is not None else ""
+        echo(f"{target} already has the {facts.name} layout; nothing to download{unread}")
         return target
     expected = (sha256 or archive_info.sha256 or "").lower() or None
     size = archive_info.size if url is None else None
@@ -281,7 +308,16 @@ def download_dataset(
     else:
         echo(f"sha256 {digest} (no published checksum to compare with; pass --sha256 {digest} to pin it next time)")
     echo(f"unpacking {archive.name} -> {target}")
-    unpack(facts.name, archive, target)
+    try:
+        unpack(facts.name, archive, target)
+    except UserError as error:
+        if found:  # the next run would read it again, whatever --url it is given
+            raise UserError(
+                f"{error}; {archive} was there before this run and was unpacked instead of downloading {url}: move "
+                "it away to download afresh"
+            ) from None
+        archive.unlink()
+        raise UserError(f"{error}; the downloaded file was removed") from None
     if found:
         echo(f"kept {archive}, which was there before")
     elif not keep_archive:
@@ -289,6 +325,14 @@ def download_dataset(
     if archive_info.after:
         echo(f"note: {archive_info.after}")
     return target
+
+
+def _holds_the_dataset(name: str, target: Path) -> bool:
+    """`name`'s layout with something in each of its folders: folders made by hand, still empty, are filled."""
+    if not has_layout(name, target):
+        return False
+    parts = [target / part for layout in dataset_facts(name).layouts for part in layout if (target / part).exists()]
+    return all(any(part.iterdir()) for part in parts if part.is_dir())
 
 
 def _as_url(url: str) -> str:

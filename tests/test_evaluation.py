@@ -505,6 +505,22 @@ def test_datasets_and_split_given_beside_a_store_must_be_what_it_holds(store, tr
     assert cli(*common, "--datasets", "grabcut", "--split", "test").exit_code == 0
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--datasets", "grabcutt"], "unknown dataset 'grabcutt'; known: ade20k"),
+        (["--datasets", "grabcut", "--split", "tset"], "--split: grabcut has splits test, not 'tset'"),
+        (["--datasets", "berkeley"], "--store-root: no store"),
+    ],
+)
+def test_a_misspelled_dataset_or_split_beside_a_store_root_is_said_to_be_one(
+    store, trained_run, tmp_path, options, message
+):
+    """They were reported as a store to extract ("no store ...-grabcutt-test-56.zarr")."""
+    refused = cli("--checkpoint", str(trained_run), "--store-root", str(store.parent), *options, "--out", str(tmp_path))
+    assert refused.exit_code == 1 and message in refused.output, refused.output
+
+
 def test_results_of_another_evaluation_are_never_replaced_without_overwrite(store, trained_run, tmp_path):
     out = tmp_path / "results"
     common = ["--checkpoint", str(trained_run), "--store", str(store), "--batch-size", "3", "--out", str(out)]

@@ -359,6 +359,16 @@ def test_two_imports_into_one_folder_at_once_leave_the_first_and_refuse_the_seco
     assert read_metadata(tmp_path / "run" / "last.json")["imported_from"]["path"] == str(first.resolve())
 
 
+@pytest.mark.parametrize("given", ["/dev/null", "folder"])
+def test_a_checkpoint_path_that_is_no_regular_file_is_said_to_be_one(tmp_path: Path, given: str) -> None:
+    """It was "no such iSegProbe checkpoint file", of a path that is there."""
+    path = Path(given) if given.startswith("/") else tmp_path / given
+    if not path.exists():
+        path.mkdir()
+    with pytest.raises(UserError, match=rf"^{path}: not a regular file \(a folder, a device or a pipe\)"):
+        import_seed_probe(path, tmp_path / "run", weights="random")
+
+
 def test_an_import_into_a_store_is_refused(store: Path, tmp_path: Path) -> None:
     checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights())
     with pytest.raises(UserError, match="inside the feature store"):

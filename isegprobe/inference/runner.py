@@ -24,6 +24,8 @@ from isegprobe import featurizers
 from isegprobe.cache import FeatureStore
 from isegprobe.cache.schema import check_same_featurizer, identity_value, store_fingerprint, store_name
 from isegprobe.data import SampleSource, create_dataset, dataset_root, root_origin_told
+from isegprobe.data.base import parse_split
+from isegprobe.data.catalog import dataset_facts
 from isegprobe.devices import deterministic_arithmetic
 from isegprobe.errors import DatasetLayoutError, UserError
 from isegprobe.hashing import file_sha256
@@ -515,6 +517,9 @@ def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[P
         for dataset in request.datasets
     ]
     missing = [str(path) for path in paths if not path.is_dir()]
+    for dataset, path in zip(request.datasets, paths, strict=True):
+        if not path.is_dir():  # a misspelled name or split is said as such, not as a store to extract
+            dataset_facts(dataset).resolve_split(parse_split(request.split)[0])
     if missing:
         raise UserError("--store-root: no store " + ", ".join(missing) + "; run `isegprobe extract-features` first")
     return paths

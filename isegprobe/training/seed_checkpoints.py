@@ -68,6 +68,8 @@ class SeedProbe:
 def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
     """The iSegProbe checkpoint's dictionary, loaded without importing or running anything it names."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path}: not a regular file (a folder, a device or a pipe); give the checkpoint file's path")
     if not path.is_file():
         raise UserError(f"{path}: no such iSegProbe checkpoint file")
     try:

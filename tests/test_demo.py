@@ -248,6 +248,28 @@ def test_the_demo_command_takes_one_source_of_images(checkpoint: Path, image_fol
     assert result.exit_code != 0 and "--images and --dataset: give one of them" in result.output
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--root", "data/GrabCut"], "--root data/GrabCut"), (["--split", "train"], "--split train")],
+)
+def test_options_of_a_dataset_without_one_are_refused(checkpoint: Path, options: list[str], message: str) -> None:
+    """They were read by nothing, and the page listed no dataset without a word."""
+    with socket.socket() as taken:  # a demo that got past its options would stop at the port instead of serving
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(main, ["demo", "--checkpoint", str(checkpoint), *options, "--port", port])
+    assert result.exit_code == 1
+    assert f"{message}: options of --dataset, which was not given; add --dataset NAME" in result.output
+
+
+def test_a_folder_named_like_an_image_is_not_listed(image_folder: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    shutil.copytree(image_folder, images)
+    (images / "dir.png").mkdir()
+    assert "dir.png" not in ImageCatalog.from_options(str(images), None).names()
+
+
 def test_an_image_option_that_names_no_image_file_is_refused_at_start(checkpoint: Path, tmp_path: Path) -> None:
     notes = tmp_path / "results.json"
     notes.write_text("{}")
@@ -327,6 +349,8 @@ def test_the_api_opens_clicks_undoes_finishes_and_downloads(checkpoint: Path, im
         "/api/upload?name=cut.jpg", content=cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))[1][:-40]
     )
     assert cut.status_code == 400 and "cut.jpg: this image file is truncated" in cut.json()["detail"]
+    unnamed = client.post("/api/upload?name=%20", content=encoded).json()
+    assert unnamed["image"] == "upload", "an upload of no name is called upload, not listed as ''"
 
 
 def test_a_click_of_the_wrong_json_types_is_refused_naming_each_field(checkpoint: Path, image_folder: Path) -> None:
@@ -352,6 +376,10 @@ def test_a_click_of_the_wrong_json_types_is_refused_naming_each_field(checkpoint
     unnamed = client.post("/api/open", json={"name": 0})
     assert unnamed.status_code == 400 and unnamed.json()["detail"] == "/api/open: name: Input should be a valid string"
     assert client.get("/api/state").json()["clicks"] == []
+    extra = client.post("/api/click", json={"x": 3, "y": 2, "positive": True, "postive": False})
+    assert extra.status_code == 400 and extra.json()["detail"].startswith("/api/click: postive: Extra inputs")
+    extra = client.post("/api/open", json={"name": "a.png", "split": "test"})
+    assert extra.status_code == 400 and extra.json()["detail"].startswith("/api/open: split: Extra inputs")
     # What the page sends (whole numbers, true or false) is taken, and so is a whole number written as 3.0.
     state = client.post("/api/click", json={"x": 3.0, "y": 2, "positive": False}).json()
     assert state["clicks"] == [{"x": 3, "y": 2, "positive": False}]

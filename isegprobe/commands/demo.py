@@ -82,7 +82,8 @@ def demo(
     from isegprobe.demo.app import build_app
     from isegprobe.demo.guard import DemoAddress
 
-    catalog = _catalog(images, image, dataset, root, split)
+    split_given = click.get_current_context().get_parameter_source("split") is not click.core.ParameterSource.DEFAULT
+    catalog = _catalog(images, image, dataset, root, split if split_given else None)
     app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port)
     listening = _listening_socket(host, port)
     click.echo(f"isegprobe demo on {DemoAddress(host, port).url()} (Ctrl-C stops it)")
@@ -110,10 +111,16 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return listening
 
 
-def _catalog(images: str | None, image: str | None, dataset: str | None, root: str | None, split: str) -> Catalog:
+def _catalog(
+    images: str | None, image: str | None, dataset: str | None, root: str | None, split: str | None
+) -> Catalog:
+    """The images the page lists; `split` is None where --split was left at its default."""
     given = [option for option, value in (("--images", images), ("--image", image), ("--dataset", dataset)) if value]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)}: give one of them (or none, and upload images on the page)")
     if dataset is not None:
-        return DatasetCatalog.from_options(dataset, root, split)
+        return DatasetCatalog.from_options(dataset, root, split or "test")
+    unread = [f"{option} {value}" for option, value in (("--root", root), ("--split", split)) if value is not None]
+    if unread:
+        raise UserError(f"{' and '.join(unread)}: options of --dataset, which was not given; add --dataset NAME")
     return ImageCatalog.from_options(images, image)

@@ -43,7 +43,7 @@ class ImageCatalog:
         if images is None:
             return cls([])
         folder = Path(images)
-        files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
         if not files:
             raise UserError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
         return cls(files)

@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, BeforeValidator, StrictBool, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictBool, StrictStr
 from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
@@ -59,7 +59,10 @@ PixelIndex = Annotated[int, BeforeValidator(_not_a_flag_or_text)]
 
 
 class ClickRequest(BaseModel):
-    """A click in the image's own pixels; the page sends whole numbers and `positive` as true or false."""
+    """A click in the image's own pixels; the page sends whole numbers and `positive` as true or false. A field it
+    does not send (`"negative": true`, a misspelled `"postive"`) is refused, not dropped."""
+
+    model_config = ConfigDict(extra="forbid")
 
     x: PixelIndex
     y: PixelIndex
@@ -67,6 +70,8 @@ class ClickRequest(BaseModel):
 
 
 class OpenImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: StrictStr
 
 
@@ -117,6 +122,7 @@ def create_app(session: DemoSession, catalog: Catalog, host: str = "127.0.0.1", 
 
     @app.post(UPLOAD_PATH)
     async def upload(request: Request, name: str = "upload") -> dict[str, Any]:
+        name = name.strip() or "upload"  # `?name=` made an image of no name, listed and downloaded as ""
         data = await request.body()  # the guard stops reading at MAX_UPLOAD_BYTES
         try:
             pixels = await run_in_threadpool(decoded, data, name)

@@ -253,18 +253,31 @@ def test_report_bolds_the_best_probe_per_column(tmp_path: Path) -> None:
     assert table.read_text() == result.output
 
     result = report(*folders, "--format", "csv")
-    assert result.output.splitlines() == [
-        "probe,protocol,grabcut NoC@85,grabcut NoC@90,grabcut mIoU@5 (%)",
-        "vit_small_patch14_dinov2 + lift + after_backbone (lift),cache,3.0000,3.5000,",
-        "vit_small_patch14_dinov2 + lift + after_backbone (bilinear),cache,4.0000,4.0000,",
+    assert result.stdout.splitlines() == [
+        "probe,protocol,grabcut NoC@85,grabcut NoC@90,grabcut mIoU@5 (%),grabcut complete",
+        "vit_small_patch14_dinov2 + lift + after_backbone (lift),cache,3.0000,3.5000,,yes",
+        "vit_small_patch14_dinov2 + lift + after_backbone (bilinear),cache,4.0000,4.0000,,yes",
     ]
+    assert result.stderr.startswith("- in mIoU@5: the curve stops before 5 clicks (vit_small_patch14_dinov2 + lift")
+
+
+def test_a_csv_report_says_which_rows_are_complete_and_gives_its_notes_on_stderr(tmp_path: Path) -> None:
+    """The CSV left out the marks and notes that the Markdown table has: a row of 8 of 50 objects read as final."""
+    write_results(tmp_path / "done", {"a": [0.5, 0.86, 0.91, 0.95], "b": [0.1, 0.2, 0.3, 0.92]})
+    write_results(tmp_path / "stopped", {"a": [0.6, 0.7, 0.8, 0.9]}, complete=False)
+    result = report(str(tmp_path / "done"), str(tmp_path / "stopped"), "--labels", "done,stopped", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(result.stdout.splitlines()))
+    assert rows[0][-1] == "grabcut complete" and [row[-1] for row in rows[1:]] == ["yes", "no"]
+    assert "* evaluation stopped before every object was done" in result.stderr
+    assert "measured different numbers of objects" in result.stderr
 
 
 def report_row_labels(*folders: str) -> list[str]:
     """The probe column of `report --format csv` over `folders`."""
     result = report(*folders, "--format", "csv")
     assert result.exit_code == 0, result.output
-    return [row[0] for row in csv.reader(result.output.splitlines()[1:])]
+    return [row[0] for row in csv.reader(result.stdout.splitlines()[1:])]
 
 
 def test_default_labels_tell_apart_evaluations_of_the_same_probe(tmp_path: Path) -> None:

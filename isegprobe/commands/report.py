@@ -8,7 +8,7 @@ import click
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import labels_option, results_and_labels, results_argument
-from isegprobe.inference.report import format_report
+from isegprobe.inference.report import format_report, report_notes
 from isegprobe.inference.results import refuse_repeated_labels, refuse_to_replace_results
 from isegprobe.locks import lock_holder
 from isegprobe.output_files import text_output_file
@@ -24,7 +24,8 @@ from isegprobe.training.checkpoint import write_output_file
     type=click.Choice(["md", "csv"]),
     default="md",
     show_default=True,
-    help="md: Markdown, best value per column in bold; csv: plain numbers for a spreadsheet.",
+    help="md: Markdown, best value per column in bold, notes below; csv: plain numbers for a spreadsheet, a "
+    "'complete' column per dataset (yes, no, running), the notes on stderr.",
 )
 @click.option("--miou-at", default=5, show_default=True, type=click.IntRange(min=1), help="Clicks for the mIoU column.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the table to this file.")
@@ -47,5 +48,8 @@ def report(results: tuple[str, ...], labels: str | None, table_format: str, miou
     }
     table = format_report(evaluations, miou_at, table_format, running)
     click.echo(table)
+    if table_format == "csv":  # the Markdown table has them below it; a spreadsheet's file must not
+        for note in report_notes(evaluations, miou_at, running):
+            click.echo(note, err=True)
     if out is not None:
         write_output_file(out, (table + "\n").encode())

@@ -58,18 +58,24 @@ def format_report(
     table_format: str = "md",
     running: Mapping[int, str] | None = None,
 ) -> str:
-    """The table as Markdown (best values in bold, notes below) or CSV (plain numbers, for spreadsheets).
+    """The table as Markdown (best values in bold, notes below) or CSV (plain numbers, for spreadsheets, with a
+    column per dataset that says whether its evaluation is complete; `report_notes` are for beside it).
     `running`: the positions in `evaluations` of those still being written, with what their command says of itself
     (see `isegprobe.locks.lock_holder`); their unfinished cells are marked as in progress, not as stopped. Rows are
     told apart by position, never by label, so that two rows labelled alike keep their notes."""
     running = running or {}
-    datasets = list(dict.fromkeys(name for _, document in evaluations for name in document["datasets"]))
+    datasets = _datasets(evaluations)
     columns = [Column(dataset, metric, miou_at) for dataset in datasets for metric in ("NoC@85", "NoC@90", "mIoU")]
     header = ["probe", "protocol", *(column.title for column in columns)]
     values = [[column.value(document) for column in columns] for _, document in evaluations]
     labels = [label for label, _ in evaluations]
     if table_format == "csv":
-        return _csv(header, labels, [protocol_of(document) for _, document in evaluations], values)
+        header += [f"{dataset} complete" for dataset in datasets]
+        rows = [
+            [*row, *(_completeness(document, dataset, index in running) for dataset in datasets)]
+            for index, ((_, document), row) in enumerate(zip(evaluations, values, strict=True))
+        ]
+        return _csv(header, labels, [protocol_of(document) for _, document in evaluations], rows)
     # The cells of an evaluation that did not do every object are not final: never a column's best.
     final = [
         [None if _incomplete(document, column.dataset) else value for column, value in zip(columns, row, strict=True)]
@@ -87,9 +93,31 @@ def format_report(
             mark = _mark(document, column.dataset, index in running)
             cells.append(_cell(value, None if mark else column_best, mark))
         rows.append([label, protocol_of(document), *cells])
-    notes = _notes(evaluations, datasets, running) + _short_curve_notes(evaluations, miou_at)
     # A blank line ends the table: in GitHub's Markdown a text line right after it would become a row.
-    return markdown_table(rows) + "".join(f"\n\n{note}" for note in notes)
+    return markdown_table(rows) + "".join(f"\n\n{note}" for note in report_notes(evaluations, miou_at, running))
+
+
+def report_notes(
+    evaluations: Sequence[Evaluation], miou_at: int = 5, running: Mapping[int, str] | None = None
+) -> list[str]:
+    """What the table's numbers need said beside them: evaluations stopped or running, rows that measured other
+    objects or protocols, curves too short for the mIoU column."""
+    datasets = _datasets(evaluations)
+    return _notes(evaluations, datasets, running or {}) + _short_curve_notes(evaluations, miou_at)
+
+
+def _datasets(evaluations: Sequence[Evaluation]) -> list[str]:
+    return list(dict.fromkeys(name for _, document in evaluations for name in document["datasets"]))
+
+
+def _completeness(document: dict[str, Any], dataset: str, running: bool) -> str:
+    """A CSV cell: whether the row's evaluation of `dataset` did every object (`yes`), stopped before (`no`), or is
+    still at it (`running`); empty where it has no such dataset."""
+    if dataset not in document["datasets"]:
+        return ""
+    if not _incomplete(document, dataset):
+        return "yes"
+    return "running" if running else "no"
 
 
 def protocol_of(document: dict[str, Any]) -> str:
@@ -252,10 +280,14 @@ def _listed(labelled: Sequence[tuple[str, Any]]) -> str:
     return ", ".join(f"{label}: {value}" for label, value in labelled)
 
 
-def _csv(header: list[str], labels: list[str], protocols: list[str], values: list[list[float | None]]) -> str:
+def _csv_cell(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.4f}"
+
+
+def _csv(header: list[str], labels: list[str], protocols: list[str], rows: list[list[float | str | None]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    for label, protocol, row in zip(labels, protocols, values, strict=True):
-        writer.writerow([label, protocol, *("" if value is None else f"{value:.4f}" for value in row)])
+    for label, protocol, row in zip(labels, protocols, rows, strict=True):
+        writer.writerow([label, protocol, *("" if value is None else _csv_cell(value) for value in row)])
     return buffer.getvalue().rstrip("\n")

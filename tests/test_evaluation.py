@@ -521,6 +521,15 @@ def test_a_misspelled_dataset_or_split_beside_a_store_root_is_said_to_be_one(
     assert refused.exit_code == 1 and message in refused.output, refused.output
 
 
+def test_dataset_names_are_read_in_any_case_as_everywhere_else(store, trained_run, tmp_path):
+    """`--datasets GrabCut` looked for a store named ...-GrabCut-test-56.zarr ("run extract-features first")."""
+    out = tmp_path / "results"
+    common = ["--checkpoint", str(trained_run), "--store-root", str(store.parent), "--max-clicks", "1"]
+    evaluated = cli(*common, "--datasets", "GrabCut", "--max-objects", "1", "--out", str(out))
+    assert evaluated.exit_code == 0, evaluated.output
+    assert list(json.loads((out / "results.json").read_text())["datasets"]) == ["grabcut"]
+
+
 def test_results_of_another_evaluation_are_never_replaced_without_overwrite(store, trained_run, tmp_path):
     out = tmp_path / "results"
     common = ["--checkpoint", str(trained_run), "--store", str(store), "--batch-size", "3", "--out", str(out)]

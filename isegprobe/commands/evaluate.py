@@ -24,8 +24,10 @@ from isegprobe.training.run_logger import start_wandb
 
 
 def dataset_names(datasets: str) -> list[str]:
-    """--datasets as a list; an empty or repeated name is refused (`,grabcut` looked for a store named `--test`)."""
-    names = datasets.split(",")
+    """--datasets as a list, in the lower case every store and loader names them by (`GrabCut` looked for a store
+    `...-GrabCut-test-224.zarr` and keyed online results apart from `grabcut`'s); an empty or repeated name is
+    refused (`,grabcut` looked for a store named `--test`)."""
+    names = datasets.lower().split(",")
     if "" in names or len(set(names)) < len(names):
         raise UserError(f"--datasets {datasets!r}: expected dataset names separated by commas, each once")
     return names

@@ -29,6 +29,10 @@ def test_quickstart_runs_the_pipeline_and_a_second_run_resumes(tmp_path):
     assert second.stdout.count("0 new items") == 2
     assert "resuming the run" in second.stdout
     assert "step 3;" in second.stdout
+    finished = run_cli("quickstart", "--out", str(out), "--max-iters", "3", "--max-clicks", "1")
+    assert finished.returncode == 0, finished.stderr
+    assert "has taken its 3 steps already: nothing left to train" in finished.stdout
+    assert "nothing left to train" not in finished.stderr, "the README's same command again is no cause for a warning"
 
     other_size = run_cli("quickstart", "--out", str(out), "--size", "112", "--max-iters", "3", "--max-clicks", "3")
     assert other_size.returncode == 1

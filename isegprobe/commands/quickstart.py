@@ -107,16 +107,20 @@ def quickstart(
     click.echo(f"[2/3 train] preset {QUICKSTART_PRESET} for {max_iters} steps from {stores['train']}")
     config = load_train_config(QUICKSTART_PRESET, [f"schedule.max_iters={max_iters}"])
     resume = (run_dir / "last.json").is_file()
-    if resume:
-        click.echo(f"  resuming the run in {run_dir} from its last checkpoint (delete the folder to start over)")
-    with shared_locks(stores["train"]):
-        dataset = CachedDataset(stores["train"], views=config.data.views)
-        summary = train(config, dataset, run_dir, device=device, resume=resume)
-    exit_if_stopped(summary, f"isegprobe quickstart --out {out_dir}")
-    click.echo(f"  {summary.progress()}")
-    click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")
-    if (warning := summary.nothing_to_segment()) is not None:
-        click.echo(warning, err=True)
+    if resume and read_metadata(run_dir / "last.json").get("step") == max_iters:
+        # The same command again, as the README says to: a note, where train warns of a run past its schedule.
+        click.echo(f"  {run_dir} has taken its {max_iters} steps already: nothing left to train")
+    else:
+        if resume:
+            click.echo(f"  resuming the run in {run_dir} from its last checkpoint (delete the folder to start over)")
+        with shared_locks(stores["train"]):
+            dataset = CachedDataset(stores["train"], views=config.data.views)
+            summary = train(config, dataset, run_dir, device=device, resume=resume)
+        exit_if_stopped(summary, f"isegprobe quickstart --out {out_dir}")
+        click.echo(f"  {summary.progress()}")
+        click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")
+        if (warning := summary.nothing_to_segment()) is not None:
+            click.echo(warning, err=True)
     click.echo(
         f"[3/3 evaluate] {max_clicks} clicks per object on builtin/test, from the cache, with the last checkpoint "
         "and --flip"

@@ -602,6 +602,10 @@ CASES: dict[str, Case] = {
         "res_folder_json/ious.npz: a folder where the evaluation writes its ious.npz; move it away",
         then=lambda w, output: nothing_at(w.root / "res_folder_json" / "results.json"),
     ),
+    "evaluation into a training run's folder": Case(
+        lambda w: ["evaluate", "--checkpoint", w.run, "--store", w.store, "--max-clicks", "2", "--out", w.run],
+        "run: the folder of a training run (last.json); give the evaluation a folder of its own, such as",
+    ),
     "online evaluation given a store": Case(
         lambda w: evaluation(w, w.store, "res_online", "--online"),
         "--online and --store: --online runs the featurizer on the images of --datasets, read from --root or their "

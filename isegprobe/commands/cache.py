@@ -119,10 +119,13 @@ def _refuse_other_images(problems: list[str]) -> None:
 
 
 def _report_recomputed(recomputed: Recomputed, device: str) -> None:
+    done = f"features of {recomputed.entries} stored images ({recomputed.items} items) computed again on {device}"
+    if recomputed.largest_difference == 0:  # a cosine of equal vectors, rounded, read 0.999999
+        click.echo(f"{done}: the same values as stored, every one (largest difference 0)")
+        return
     said = (
-        f"features of {recomputed.entries} stored images ({recomputed.items} items) computed again on {device}: "
-        f"lowest cosine similarity between a token's stored and recomputed features {recomputed.lowest_cosine:.6f} "
-        f"({recomputed.where}), largest difference {recomputed.largest_difference:.3g}"
+        f"{done}: lowest cosine similarity between a token's stored and recomputed features "
+        f"{recomputed.lowest_cosine:.6f} ({recomputed.where}), largest difference {recomputed.largest_difference:.3g}"
     )
     if recomputed.agrees:
         click.echo(said)

@@ -20,6 +20,7 @@ from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts
 from isegprobe.inference.results import objects_written
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.inference.wandb_results import log_results
+from isegprobe.output_files import RUN_MARKERS
 from isegprobe.training.run_logger import start_wandb
 
 
@@ -48,6 +49,17 @@ def refuse_stores_of_other_data(stores: tuple[str, ...], datasets: list[str], sp
                 "data; with --store, leave --datasets and --split out (the store says what it holds), or give the "
                 "store of that data"
             )
+
+
+def refuse_a_run_folder(out_dir: Path) -> None:
+    """A run's folder holds its checkpoints; results written beside them were read by `report RUN` as the run's,
+    and `report --out` refuses the files of a run, so evaluation must not write there either."""
+    held = [marker for marker in RUN_MARKERS if (out_dir / marker).is_file()]
+    if held:
+        raise UserError(
+            f"--out {out_dir}: the folder of a training run ({', '.join(held)}); give the evaluation a folder of its "
+            f"own, such as {out_dir / 'results'}"
+        )
 
 
 def interruption_note(out_dir: str) -> str:
@@ -200,6 +212,7 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
         refuse_stores_of_other_data(stores, names, options["split"])
     request = EvaluationRequest(datasets=names, stores=list(stores), **options)
     refuse_output_inside_a_store(request.out_dir)
+    refuse_a_run_folder(Path(request.out_dir))
     run = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
     try:
         summaries = run_evaluation(request)

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import pickle
 import socket
 import tarfile
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from isegprobe.commands.datasets import datasets
 from isegprobe.data import create_dataset, download
+from isegprobe.locks import exclusive_lock
 
 
 class ArchiveHandler(BaseHTTPRequestHandler):
@@ -121,7 +123,7 @@ def test_checksum_mismatch_fails_and_leaves_nothing_behind(server, tmp_path):
     result = _download("grabcut", "--to", tmp_path / "data", "--url", _url(server, "GrabCut.zip"), "--sha256", "0" * 64)
     assert result.exit_code == 1
     assert "SHA-256 mismatch" in result.output and hashlib.sha256(server.payload).hexdigest() in result.output
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists(), "nothing left behind, not even the folder it made"
 
 
 def test_no_network_says_so_and_a_local_copy_of_the_archive_is_taken_by_url(tmp_path):
@@ -173,7 +175,7 @@ def test_an_archive_that_unpacks_to_far_more_than_itself_is_refused(tmp_path, mo
     result = _download("grabcut", "--to", tmp_path / "data", "--url", archive.as_uri())
     assert result.exit_code == 1
     assert "more than 50 times its size (the largest entry, 'GrabCut/zeros.bin', 16777216 bytes)" in result.output
-    assert list((tmp_path / "data").iterdir()) == [], "nothing unpacked, and the copy that does not unpack removed"
+    assert not (tmp_path / "data").exists(), "nothing unpacked, and the copy that does not unpack removed"
 
 
 def test_a_merge_that_would_overwrite_moves_nothing_and_empty_folders_are_filled(tmp_path):
@@ -228,6 +230,18 @@ def test_a_sha256_that_is_not_one_is_refused_before_anything_is_read(tmp_path, d
     assert refused.exit_code == 1
     assert f"--sha256 {digest}: expected a SHA-256, 64 hexadecimal digits" in refused.output
     assert not (tmp_path / "data").exists()
+
+
+def test_a_second_download_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    """Two at once shared the archive's .part file and the unpacking folder: one unpacked an interleaved archive,
+    another said "nothing to download" while the first was still merging."""
+    archive = tmp_path / "GrabCut.zip"
+    archive.write_bytes(_grabcut_zip(tmp_path))
+    with exclusive_lock(tmp_path / "data" / "GrabCut"):
+        refused = _download("grabcut", "--to", tmp_path / "data", "--url", archive)
+    assert refused.exit_code == 1 and f"(PID {os.getpid()} on " in refused.output, refused.output
+    assert not (tmp_path / "data" / "GrabCut").exists()
+    assert _download("grabcut", "--to", tmp_path / "data", "--url", archive).exit_code == 0
 
 
 def test_a_file_on_the_way_to_the_folder_is_named(tmp_path):

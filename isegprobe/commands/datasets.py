@@ -14,6 +14,8 @@ from isegprobe.data.check import ON_ERROR_CHOICES, CheckReport, check_source
 from isegprobe.data.download import ARCHIVES, download_dataset
 from isegprobe.data.roots import dataset_root, load_dataset_config, resolve_root, root_origin_told
 from isegprobe.home_paths import expand_home
+from isegprobe.locks import exclusive_lock
+from isegprobe.output_files import folders_removed_if_left_empty
 
 MAX_LISTED_WARNINGS = 20
 
@@ -135,7 +137,10 @@ def check_command(context: click.Context, name: str, root: str | None, split: st
 @reports_user_errors
 def download_command(name: str, to: str, url: str | None, sha256: str | None, keep_archive: bool) -> None:
     """Download dataset NAME's public archive (resumable, checked) and unpack it into the layout its loader reads."""
-    root = download_dataset(name, Path(to), url=url, sha256=sha256, keep_archive=keep_archive, echo=click.echo)
+    target = Path(to) / dataset_facts(name).folder
+    # One download into a folder at a time: two shared the archive's .part file and the unpacking folder.
+    with folders_removed_if_left_empty([Path(to)]), exclusive_lock(target):
+        root = download_dataset(name, Path(to), url=url, sha256=sha256, keep_archive=keep_archive, echo=click.echo)
     click.echo(f"{name} is in {root}")
     configured = resolve_root(name, None)
     if configured is None or configured.resolve() != root.resolve():

@@ -438,7 +438,15 @@ def test_a_real_browser_clicks_on_the_page(checkpoint: Path, bilinear_checkpoint
             page.keyboard.press("Backspace")
             wait_for_text("status", "1 click,")
             page.keyboard.press(" ")
-            wait_for_text("status", "0 clicks")
+            wait_for_text("status", "0 clicks, 1 object done")
+            # Another image would drop the finished object: the page asks, and stays where it is if told no.
+            opened, asked = page.input_value("#images"), []
+            page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+            page.select_option("#images", index=1)
+            question = f"1 finished object of {opened} not saved (Save downloads them): open another image anyway?"
+            assert asked == [question]
+            assert page.input_value("#images") == opened
+            wait_for_text("status", "1 object done")
             browser.close()
     finally:
         server.should_exit = True

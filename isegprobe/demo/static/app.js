@@ -10,6 +10,7 @@ const truthLine = document.getElementById("truth");
 const view = document.getElementById("view");
 let state = null;
 let zoom = 1;
+let savedObjects = 0; // finished objects of the open image that Save has downloaded
 
 async function call(path, options = {}) {
   const response = await fetch(path, options);
@@ -31,6 +32,9 @@ function post(path, payload) {
 }
 
 function show(next) {
+  if (state === null || next.image !== state.image) {
+    savedObjects = 0;
+  }
   state = next;
   if (imageList.options.length !== state.images.length) {
     imageList.replaceChildren(...state.images.map((name) => new Option(name, name)));
@@ -126,14 +130,28 @@ view.addEventListener(
   { passive: false },
 );
 
+// Opening or uploading another image drops the open one's finished objects: ask first where some are not saved.
+function mayLeave() {
+  const unsaved = state === null || state.image === null ? 0 : state.objects - savedObjects;
+  if (unsaved <= 0) {
+    return true;
+  }
+  const objects = `${unsaved} finished object${unsaved === 1 ? "" : "s"}`;
+  return window.confirm(`${objects} of ${state.image} not saved (Save downloads them): open another image anyway?`);
+}
+
 // Keys act on the page, not on whatever control was used last: a focused list or button would take them.
 imageList.addEventListener("change", () => {
   imageList.blur();
+  if (!mayLeave()) {
+    imageList.value = state.image;
+    return;
+  }
   post("/api/open", { name: imageList.value });
 });
 document.getElementById("upload").addEventListener("change", async (event) => {
   const file = event.target.files[0];
-  if (file) {
+  if (file && mayLeave()) {
     await call(`/api/upload?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
   }
 });
@@ -146,6 +164,7 @@ for (const [id, path] of [["undo", "/api/undo"], ["reset", "/api/reset"], ["fini
 document.getElementById("save").addEventListener("click", (event) => {
   event.currentTarget.blur();
   if (state !== null && state.image !== null) {
+    savedObjects = state.objects;
     window.location.href = "/api/instances.png";
   }
 });

@@ -399,7 +399,7 @@ def _replacing_earlier_pictures_and_features(out_dir: Path, writer: ResultsWrite
     for kind in ("vis", "feats"):
         folder, kept = out_dir / kind, out_dir / f".{kind}.replaced"
         _remove_file_or_folder(kept)  # left by an --overwrite that was killed before its first results
-        if folder.is_symlink() or folder.exists():
+        if folder.is_symlink() or folder.is_dir():  # a file so named is the user's: drawing into it is refused
             folder.rename(kept)
             aside[folder] = kept
     try:

@@ -22,7 +22,8 @@ class UserError(Exception):
 class DatasetLayoutError(UserError):
     """A dataset folder that lacks what its loader reads. The loader knows the folder but not where its path came
     from (--root, datasets.yaml, the data/ default, the folder a store was extracted from), so its message says
-    `--root` until `data.roots.open_dataset` names the real source: the user must know which setting to change."""
+    `--root` until `data.roots.root_origin_told` (or evaluation, for a store's folder) names the real source: the
+    user must know which setting to change."""
 
     def __init__(self, root: str | Path, expected: str) -> None:
         self.root = Path(root)

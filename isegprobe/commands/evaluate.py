@@ -200,12 +200,6 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
             f"--store and --store-root {options['store_root']}: --store names the stores to read, --store-root finds "
             "them by --datasets; give one (the folder was not read)"
         )
-    if options["online"] and (stores or options["store_root"]):
-        read = "--store" if stores else f"--store-root {options['store_root']}"
-        raise UserError(
-            f"--online and {read}: --online runs the featurizer on the images of --datasets, read from --root or "
-            "their folders, and reads no store; give one or the other"
-        )
     if stores and (
         context.get_parameter_source("datasets") is not click.core.ParameterSource.DEFAULT or "split" in given
     ):

@@ -78,11 +78,16 @@ class EvaluationRequest:
 def under_protocol(request: EvaluationRequest) -> EvaluationRequest:
     """`request` with the settings its protocol fixes (see isegprobe.inference.protocols)."""
     protocol = get_protocol(request.protocol)
+    read = "--store" if request.stores else f"--store-root {request.store_root}"
     if protocol.fixed.get("online") and (request.stores or request.store_root):
-        read = "--store" if request.stores else "--store-root"
         raise UserError(
             f"--protocol {protocol.name} runs the featurizer on every zoom-in crop, online: give --datasets (and "
             f"--root), not {read}"
+        )
+    if request.online and (request.stores or request.store_root):  # the stores were ignored without a word
+        raise UserError(
+            f"--online and {read}: --online runs the featurizer on the images of --datasets, read from --root or "
+            "their folders, and reads no store; give one or the other"
         )
     return dataclasses.replace(request, protocol=protocol.name, **protocol.fixed)
 

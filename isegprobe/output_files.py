@@ -34,6 +34,11 @@ def enclosing_store(folder: Path) -> Path | None:
     return next((candidate for candidate in (resolved, *resolved.parents) if (candidate / "zarr.json").is_file()), None)
 
 
+def run_markers_in(folder: Path) -> list[str]:
+    """The files that make `folder` a training run's (its checkpoints' metadata), those it holds."""
+    return [marker for marker in RUN_MARKERS if (folder / marker).is_file()]
+
+
 def refuse_to_replace_a_kept_file(path: Path) -> None:
     """A table, statistics or a picture written to `path` must not go into a feature store (where it replaced the
     store's own metadata or a shard, and where `extract-features --overwrite` deletes what it holds) nor replace a
@@ -45,9 +50,9 @@ def refuse_to_replace_a_kept_file(path: Path) -> None:
     if not path.is_file():
         return
     folder = path.parent
-    if path.name in RUN_FILES and any((folder / marker).is_file() for marker in RUN_MARKERS):
+    if path.name in RUN_FILES and run_markers_in(folder):
         raise UserError(f"{path}: a file of the training run in {folder}, which this would replace; name another")
-    if folder.name == TENSORBOARD_FOLDER and any((folder.parent / marker).is_file() for marker in RUN_MARKERS):
+    if folder.name == TENSORBOARD_FOLDER and run_markers_in(folder.parent):
         raise UserError(f"{path}: a TensorBoard log of the training run in {folder.parent}; name another file")
     if path.name in EVALUATION_FILES and (folder / "results.json").is_file():
         raise UserError(f"{path}: a file of the evaluation in {folder}, which this would replace; name another")

@@ -20,7 +20,7 @@ from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts
 from isegprobe.inference.results import objects_written
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.inference.wandb_results import log_results
-from isegprobe.output_files import RUN_MARKERS
+from isegprobe.output_files import run_markers_in
 from isegprobe.training.run_logger import start_wandb
 
 
@@ -54,7 +54,7 @@ def refuse_stores_of_other_data(stores: tuple[str, ...], datasets: list[str], sp
 def refuse_a_run_folder(out_dir: Path) -> None:
     """A run's folder holds its checkpoints; results written beside them were read by `report RUN` as the run's,
     and `report --out` refuses the files of a run, so evaluation must not write there either."""
-    held = [marker for marker in RUN_MARKERS if (out_dir / marker).is_file()]
+    held = run_markers_in(out_dir)
     if held:
         raise UserError(
             f"--out {out_dir}: the folder of a training run ({', '.join(held)}); give the evaluation a folder of its "

@@ -14,6 +14,8 @@ from isegprobe.data import list_datasets
 from isegprobe.demo.catalog import Catalog, DatasetCatalog, ImageCatalog
 from isegprobe.errors import UserError
 
+DEFAULT_SPLIT = "test"  # a dataset's evaluation split, as every catalog entry's `test` resolves it
+
 
 @click.command("demo")
 @checkpoint_option
@@ -36,7 +38,7 @@ from isegprobe.errors import UserError
     help="Folder of --dataset in its usual layout; default: its configured root (see `datasets list`); builtin "
     "has none.",
 )
-@click.option("--split", default="test", show_default=True, help="Split of --dataset.")
+@click.option("--split", default=None, help=f"Split of --dataset.  [default: {DEFAULT_SPLIT}]")
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network."
 )
@@ -56,7 +58,7 @@ def demo(
     image: str | None,
     dataset: str | None,
     root: str | None,
-    split: str,
+    split: str | None,
     host: str,
     port: int,
     device: str,
@@ -82,8 +84,7 @@ def demo(
     from isegprobe.demo.app import build_app
     from isegprobe.demo.guard import DemoAddress
 
-    split_given = click.get_current_context().get_parameter_source("split") is not click.core.ParameterSource.DEFAULT
-    catalog = _catalog(images, image, dataset, root, split if split_given else None)
+    catalog = _catalog(images, image, dataset, root, split)
     app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port)
     listening = _listening_socket(host, port)
     click.echo(f"isegprobe demo on {DemoAddress(host, port).url()} (Ctrl-C stops it)")
@@ -114,12 +115,12 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def _catalog(
     images: str | None, image: str | None, dataset: str | None, root: str | None, split: str | None
 ) -> Catalog:
-    """The images the page lists; `split` is None where --split was left at its default."""
+    """The images the page lists; `split` is None where --split was not given (DEFAULT_SPLIT of a dataset)."""
     given = [option for option, value in (("--images", images), ("--image", image), ("--dataset", dataset)) if value]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)}: give one of them (or none, and upload images on the page)")
     if dataset is not None:
-        return DatasetCatalog.from_options(dataset, root, split or "test")
+        return DatasetCatalog.from_options(dataset, root, split or DEFAULT_SPLIT)
     unread = [f"{option} {value}" for option, value in (("--root", root), ("--split", split)) if value is not None]
     if unread:
         raise UserError(f"{' and '.join(unread)}: options of --dataset, which was not given; add --dataset NAME")

@@ -385,6 +385,47 @@ def test_a_click_of_the_wrong_json_types_is_refused_naming_each_field(checkpoint
     assert state["clicks"] == [{"x": 3, "y": 2, "positive": False}]
 
 
+def test_a_body_that_is_not_a_json_object_is_refused_saying_what_it_was(checkpoint: Path, image_folder: Path) -> None:
+    # Pydantic said "Field required" of no body and "Input should be a valid dictionary" of JSON sent as text/plain.
+    client = api(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
+    client.post("/api/open", json={"name": client.get("/api/state").json()["images"][0]})
+    click = b'{"x": 3, "y": 2, "positive": true}'
+    answers = {
+        "no Content-Type": client.post("/api/click", content=click),
+        "text/plain": client.post("/api/click", content=click, headers={"Content-Type": "text/plain"}),
+        "no body": client.post("/api/click"),
+        "an array": client.post("/api/click", json=[3, 2, True]),
+        "not JSON": client.post("/api/click", content=b"{x: 3}", headers={"Content-Type": "application/json"}),
+    }
+    assert {case: answer.json()["detail"] for case, answer in answers.items()} == {
+        "no Content-Type": "/api/click: the body must be JSON sent with Content-Type: application/json; this "
+        "request's Content-Type is missing",
+        "text/plain": "/api/click: the body must be JSON sent with Content-Type: application/json; this request's "
+        "Content-Type is text/plain",
+        "no body": "/api/click: the body must be a JSON object, and none was sent",
+        "an array": "/api/click: the body must be a JSON object, not an array",
+        "not JSON": "/api/click: the body is not valid JSON: Expecting property name enclosed in double quotes at "
+        "character 1",
+    }
+    assert all(answer.status_code == 400 for answer in answers.values())
+    assert client.get("/api/state").json()["clicks"] == []
+
+
+def test_actions_that_take_no_body_refuse_one_that_says_something(checkpoint: Path, image_folder: Path) -> None:
+    # /api/undo, /api/reset and /api/finish ignored any body: {"object": 2} sent to undo undid the last click.
+    client = api(build_app([str(checkpoint)], ImageCatalog.from_options(str(image_folder), None)))
+    client.post("/api/open", json={"name": client.get("/api/state").json()["images"][0]})
+    client.post("/api/click", json={"x": 3, "y": 2, "positive": True})
+    for path in ("/api/undo", "/api/reset", "/api/finish"):
+        refused = client.post(path, json={"object": 2})
+        assert refused.status_code == 400
+        expected = f"{path} takes no body: it acts on the open image as it stands (12 bytes sent)"
+        assert refused.json()["detail"] == expected
+    assert client.get("/api/state").json()["clicks"] == [{"x": 3, "y": 2, "positive": True}]
+    assert client.post("/api/undo", json={}).json()["clicks"] == [], "an empty object says nothing and is taken"
+    assert client.post("/api/reset").status_code == 200
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

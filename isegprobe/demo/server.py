@@ -13,14 +13,14 @@ import base64
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import cv2
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -136,15 +136,15 @@ def create_app(session: DemoSession, catalog: Catalog, host: str = "127.0.0.1", 
     def click(request: ClickRequest) -> dict[str, Any]:
         return act(lambda: session.click(request.y, request.x, request.positive))
 
-    @app.post("/api/undo")
+    @app.post("/api/undo", dependencies=[Depends(_no_body)])
     def undo() -> dict[str, Any]:
         return act(session.undo)
 
-    @app.post("/api/reset")
+    @app.post("/api/reset", dependencies=[Depends(_no_body)])
     def reset() -> dict[str, Any]:
         return act(session.reset)
 
-    @app.post("/api/finish")
+    @app.post("/api/finish", dependencies=[Depends(_no_body)])
     def finish() -> dict[str, Any]:
         return act(session.finish)
 
@@ -174,10 +174,50 @@ async def _bad_request(request: Request, error: RequestValidationError) -> JSONR
     problems are told without the input they came with: a NaN or Infinity in it cannot be written as JSON at all."""
     problems = []
     for problem in error.errors():
+        whole_body = _whole_body_problem(problem, request.headers.get("content-type"))
+        if whole_body is not None:
+            problems.append(whole_body)
+            continue
         where = ".".join(str(part) for part in problem["loc"] if part != "body")
         reason = problem["msg"] + (f" ({problem['ctx']['error']})" if "error" in problem.get("ctx", {}) else "")
         problems.append(f"{where}: {reason}" if where else reason)
     return JSONResponse({"detail": f"{request.url.path}: " + "; ".join(problems)}, status_code=400)
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false"}
+
+
+async def _no_body(request: Request) -> None:
+    """Refuse a body on the actions that take none (undo, reset, finish act on the open image as it stands): a
+    client that sends `{"object": 2}` to /api/undo expects something the demo would not do. An empty body, `{}` and
+    `null` say nothing and are taken."""
+    body = (await request.body()).strip()
+    if body and body not in (b"{}", b"null"):
+        raise HTTPException(
+            status_code=400,
+            detail=f"{request.url.path} takes no body: it acts on the open image as it stands ({len(body)} bytes sent)",
+        )
+
+
+def _whole_body_problem(problem: Mapping[str, Any], content_type: str | None) -> str | None:
+    """What is wrong with a body that is not a JSON object at all, in words a client's author can act on (pydantic
+    says "Field required" of a missing body and "a valid dictionary" of one sent without JSON's Content-Type, which
+    FastAPI then does not parse); None for a problem of one field."""
+    location, kind = tuple(problem["loc"]), problem["type"]
+    if kind == "json_invalid":
+        return f"the body is not valid JSON: {problem['ctx']['error']} at character {location[-1]}"
+    if location != ("body",):
+        return None
+    if kind == "missing":
+        return "the body must be a JSON object, and none was sent"
+    if isinstance(problem.get("input"), bytes):
+        return (
+            f"the body must be JSON sent with Content-Type: application/json; this request's Content-Type is "
+            f"{content_type or 'missing'}"
+        )
+    value = problem.get("input")
+    told = "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
+    return f"the body must be a JSON object, not {told}"
 
 
 def _upload_name(name: str, listed: list[str]) -> str:

@@ -327,6 +327,19 @@ def test_default_labels_name_the_training_runs_before_their_steps(tmp_path: Path
     ]
 
 
+def test_a_run_folder_named_run_is_named_with_its_parent(tmp_path: Path) -> None:
+    """The quickstart trains into QUICKSTART/run: its probe beside another run of the recipe read "(run run)"."""
+    curve = {"a": [0.5, 0.86, 0.91, 0.95]}
+    runs = {"quick": tmp_path / "quickstart_cpu" / "run", "mine": tmp_path / "runs" / "mine"}
+    for name, run in runs.items():
+        write_results(tmp_path / name, curve, {**RUN_INFO, "checkpoint": str(run / "best.safetensors")})
+    lift = "vit_small_patch14_dinov2 + lift + after_backbone"
+    assert report_row_labels(str(tmp_path / "quick"), str(tmp_path / "mine")) == [
+        f"{lift} (run quickstart_cpu/run)",
+        f"{lift} (run mine)",
+    ]
+
+
 def test_a_column_whose_rows_all_read_the_same_has_no_best_cell(tmp_path: Path) -> None:
     """Two probes that both reach no IoU of 90 % in the clicks given tie at the budget: neither is bolded there."""
     write_results(tmp_path / "lift", {"a": [0.5, 0.86, 0.88, 0.89]})

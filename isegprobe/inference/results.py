@@ -360,7 +360,7 @@ def default_labels(documents: Sequence[dict[str, Any]], results_dirs: Sequence[s
     names; a folder's name comes with its parent folders where the names alone are the same."""
     labels = [probe_label(document, folder) for document, folder in zip(documents, results_dirs, strict=True)]
     protocols = [protocol_words(document) for document in documents]
-    runs = [[f"run {name}"] for name in _folder_names([_run_folder(document) for document in documents])]
+    runs = [[f"run {name}"] for name in _run_names([_run_folder(document) for document in documents])]
     steps = [[f"step {document.get('checkpoint_step', '?')}"] for document in documents]
     return told_apart(labels, protocols, runs, steps, [[name] for name in _folder_names(results_dirs)])
 
@@ -368,6 +368,16 @@ def default_labels(documents: Sequence[dict[str, Any]], results_dirs: Sequence[s
 def _run_folder(document: dict[str, Any]) -> str:
     """The folder of the checkpoint evaluated (results.json records the checkpoint file's path as given)."""
     return str(Path(str(document.get("checkpoint", "?"))).parent)
+
+
+def _run_names(folders: Sequence[str | Path]) -> list[str]:
+    """`_folder_names` of training runs, where a run folder named `run` (the quickstart's) comes with its parent:
+    `run quickstart_cpu/run`, not `run run`."""
+    names = _folder_names(folders)
+    return [
+        str(Path(*Path(folder).resolve().parts[-2:])) if name == "run" else name
+        for name, folder in zip(names, folders, strict=True)
+    ]
 
 
 def _folder_names(folders: Sequence[str | Path]) -> list[str]:

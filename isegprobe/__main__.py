@@ -1,5 +1,23 @@
-"""`python -m isegprobe` is the `isegprobe` command (torchrun launches it this way)."""
+"""The `isegprobe` command and `python -m isegprobe` (torchrun launches it this way).
 
-from isegprobe.cli import main
+Ctrl-C is made safe for imports (`interrupts.py`) before the command line and its libraries are imported, so that
+an interruption at any moment ends with the status 130 of one, and its last line is the command's own.
+"""
 
-main()
+import sys
+
+from isegprobe.interrupts import INTERRUPTED_STATUS, interrupt_between_imports
+
+
+def run() -> None:
+    interrupt_between_imports()
+    try:
+        from isegprobe.cli import main
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
+    main()
+
+
+if __name__ == "__main__":
+    run()

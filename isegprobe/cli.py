@@ -91,14 +91,23 @@ class LazyGroup(click.Group):
                 ) from None
         return super().parse_args(ctx, args)
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        """Ctrl-C while the arguments are read (an interrupt held back during an import lands here) ends as one
+        during the command does, not with click's "Aborted!" and status 1."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+
     def invoke(self, ctx: click.Context) -> Any:
         """Ctrl-C before a command takes over SIGINT (while torch, the model or a store load) ends as the command's
         own interruption does, with the shell's status 130 that job scripts read as interrupted, not click's 1."""
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            raise click.exceptions.Exit(130) from None
+            raise _interrupted() from None
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.lazy_commands:
@@ -121,6 +130,11 @@ class LazyGroup(click.Group):
     def _stand_ins(self) -> list[click.Command]:
         """Empty commands with the real ones' names and summaries: click lays them out as it would the real ones."""
         return [click.Command(name, help=entry.summary) for name, entry in self.lazy_commands.items()]
+
+
+def _interrupted() -> click.exceptions.Exit:
+    click.echo("interrupted", err=True)
+    return click.exceptions.Exit(130)
 
 
 _python_format_warning = warnings.formatwarning

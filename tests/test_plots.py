@@ -407,6 +407,16 @@ def test_predictions_replay_an_object_of_an_evaluation_and_match_its_recorded_cu
     assert changed.exit_code == 1 and "changed since the evaluation" in changed.output
 
 
+def test_a_replay_that_differs_names_edited_settings_among_the_causes(evaluated: Path, tmp_path: Path) -> None:
+    """A results.json whose threshold was edited replayed 0.46 IoU away from its curve, and the warning blamed only
+    the store, the dataset or the device."""
+    results = edited_results(evaluated, tmp_path / "results", threshold=0.02)
+    result = plot("predictions", str(results), "--object", "test_002_1", "--out", str(tmp_path / "p.png"))
+    assert result.exit_code == 0, result.output
+    assert "the settings in its results.json (threshold, flip, zoom-in) were edited" in result.stderr
+    assert "the picture shows the replay" in result.stderr
+
+
 def test_predictions_refuse_a_store_extracted_again_since_the_evaluation(evaluated: Path, tmp_path: Path) -> None:
     """The replay would read other features than the evaluation did, and draw them as its."""
     results = edited_results(evaluated, tmp_path / "results", source_fingerprints={"builtin": "0" * 64})

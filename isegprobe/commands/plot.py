@@ -178,7 +178,8 @@ def predictions(
     if replayed.largest_difference > REPLAY_TOLERANCE:
         click.echo(
             f"warning: the replayed curve differs from the recorded one by more than {REPLAY_TOLERANCE}: the store "
-            "or the dataset changed since the evaluation, or it ran on another device",
+            "or the dataset changed since the evaluation, the settings in its results.json (threshold, flip, zoom-in) "
+            "were edited, or it ran on another device; the picture shows the replay",
             err=True,
         )
 

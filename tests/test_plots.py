@@ -133,6 +133,10 @@ def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> N
     (tmp_path / "lift" / "results.json").write_text(json.dumps(edited))
     result = plot("iou-vs-clicks", str(tmp_path / "lift"))
     assert result.exit_code == 1 and "(grabcut/NoC@85 not numbers of clicks" in result.output, result.output
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "results.json").write_text(json.dumps({**edited, "datasets": {}}))
+    result = plot("iou-vs-clicks", str(tmp_path / "other"), str(tmp_path / "none"))
+    assert result.exit_code == 1 and f"{tmp_path / 'none'}: results.json holds no dataset's results" in result.output
     (tmp_path / "lift" / "results.json").write_bytes(b"\xff\xfe{not text")
     result = plot("iou-vs-clicks", str(tmp_path / "lift"))
     assert result.exit_code == 1 and "not an evaluation's results.json (UnicodeDecodeError" in result.output
@@ -148,6 +152,7 @@ def test_bad_results_folders_and_labels_are_refused_by_name(tmp_path: Path) -> N
         ),
         (lambda summary: summary.update({"mIoU@k": [0.5] * 20}), "mIoU@k has 20 clicks, more than max_clicks 4"),
         (lambda summary: summary.update({"NoC@85": 3, "NoC@90": 2}), "grabcut/NoC@90 2 below its NoC@85 3"),
+        (lambda summary: summary.update(max_clicks=3), "grabcut/max_clicks 3 other than the evaluation's 4"),
     ],
 )
 def test_results_whose_values_contradict_each_other_are_refused(tmp_path: Path, edit, said) -> None:

@@ -64,6 +64,9 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     labelled = results_and_labels(results, labels)
     if labels is not None:
         refuse_repeated_labels([label for label, _ in labelled])
+    empty = [folder for folder, (_, document) in zip(results, labelled, strict=True) if not document["datasets"]]
+    if empty:
+        raise UserError(f"{', '.join(empty)}: results.json holds no dataset's results (no object was evaluated)")
     evaluations = [
         evaluation_curves(document, label, lock_holder(Path(folder)))
         for folder, (label, document) in zip(results, labelled, strict=True)

@@ -250,14 +250,21 @@ def _read_back_problems(document: Any) -> list[str]:
 def _contradictions(document: dict[str, Any]) -> list[str]:
     """Values each of the right kind that no evaluation writes together: `complete` as text ("false" read as
     finished, so its cells were not marked), a NoC above the click budget, a curve longer than it (its mIoU@5 read
-    from clicks a 3-click run never made), NoC@90 below NoC@85."""
+    from clicks a 3-click run never made), NoC@90 below NoC@85, a dataset's own click budget other than the
+    evaluation's."""
     problems = []
-    budget = document.get("max_clicks")
     for name, summary in document["datasets"].items():
         if not isinstance(summary.get("complete", True), bool):
             problems.append(f"{name}/complete is {summary['complete']!r}, not true or false")
         if summary["NoC@90"] < summary["NoC@85"]:
             problems.append(f"{name}/NoC@90 {summary['NoC@90']} below its NoC@85 {summary['NoC@85']}")
+        budget = document.get("max_clicks", summary.get("max_clicks"))
+        if budget is not None and not _is_count(budget):
+            problems.append(f"{name}/max_clicks {budget!r} not a count of 1 or more")
+            continue
+        if summary.get("max_clicks", budget) != budget:
+            problems.append(f"{name}/max_clicks {summary['max_clicks']!r} other than the evaluation's {budget}")
+            continue
         if budget is None:
             continue
         over = [key for key in ("NoC@85", "NoC@90") if summary[key] > budget]

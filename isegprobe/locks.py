@@ -109,6 +109,33 @@ def _let_go_as_reader(handle: TextIO, path: Path) -> None:
     handle.close()
 
 
+def refuse_if_held(output: Path) -> None:
+    """Refuse at once, naming the holders, where another command holds the lock of `output` (a writer, or readers:
+    what `exclusive_lock` would refuse), without creating the lock file or its folder. An extraction asks before it
+    builds its featurizer, which takes seconds to minutes, so that the refusal comes before that wait; it takes the
+    lock itself afterwards, since a size the featurizer cannot take is refused before any folder is made."""
+    path = lock_path(output)
+    patience = time.monotonic() + _INSTANT  # a reader letting go holds the lock exclusively for an instant
+    while True:
+        try:
+            handle = open(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > patience:
+                    raise UserError(_in_use(handle, output, shared=False)) from None
+            except OSError as error:
+                if error.errno in _NO_LOCKS:
+                    return
+                raise
+            else:
+                return
+        time.sleep(_INSTANT / 20)
+
+
 def lock_holder(output: Path) -> str | None:
     """What the command holding the lock of `output` says of itself (PID, host, start, command line), or None when
     no live command holds it: a reader's way to tell a results folder still being written from one whose writer

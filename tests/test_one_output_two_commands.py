@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from bad_input_world import World, assert_unchanged, invoke, snapshot, with_file_limit
+from bad_input_world import SIZE, World, assert_unchanged, invoke, snapshot, with_file_limit
 from launch import hold_lock
 
 from isegprobe.locks import lock_path
@@ -99,3 +99,30 @@ def test_a_store_in_a_folder_this_user_cannot_write_is_read_without_a_lock() -> 
     finally:
         store.parent.chmod(0o755)
         shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["written", "read"])
+def test_an_extraction_refuses_a_held_store_before_it_builds_its_featurizer(
+    world: World, shared: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal came after the featurizer was built: 36 s under load for a ViT-S, minutes for a large model."""
+    import isegprobe.featurizers
+
+    def not_to_be_built(*args, **kwargs) -> None:
+        raise AssertionError("the featurizer was built before the lock was asked for")
+
+    monkeypatch.setattr(isegprobe.featurizers, "create_featurizer", not_to_be_built)
+    holder = hold_lock(world.store, shared)
+    try:
+        options = ["--dataset", "builtin", "--size", str(SIZE), "--items-per-shard", "4", "--workers", "0"]
+        refused = invoke(
+            "extract-features", "--featurizer", "vit_small_patch14_dinov2", "--weights", "random", *options,
+            "--out", world.store.parent, "--overwrite",
+        )  # fmt: skip
+        said = "being read by other isegprobe commands" if shared else "in use by another isegprobe command"
+        assert refused.exit_code == 1 and f"{world.store.name}: {said} (PID {holder.pid}" in refused.output, (
+            refused.output
+        )
+    finally:
+        holder.kill()
+        holder.wait()

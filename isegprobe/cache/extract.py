@@ -62,7 +62,7 @@ from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.loader_workers import default_loader_workers, ends_with_this_process, require_sensible_workers
-from isegprobe.locks import exclusive_lock
+from isegprobe.locks import exclusive_lock, refuse_if_held
 
 
 @dataclass
@@ -425,9 +425,19 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         source = create_dataset(request.dataset, root, request.split)
     if len(source) == 0:
         raise UserError(f"--dataset {request.dataset} --split {request.split}: no items under {source.root}")
+    path = Path(request.out) / store_name(
+        request.featurizer, request.dataset.lower(), request.split, request.size, request.normalization
+    )
+    if rank == 0:
+        refuse_if_held(path)
     if featurizer is None:
         featurizer = featurizers.create_featurizer(
             request.featurizer, weights=request.weights, normalization=request.normalization
+        )
+    if featurizer.provenance["normalization"] != request.normalization:
+        raise ValueError(
+            f"the featurizer given normalizes by {featurizer.provenance['normalization']!r}, the request by "
+            f"{request.normalization!r}: the store's name and attrs would disagree"
         )
     featurizer = featurizer.to(device)
     _feature_grid(featurizer, request.size)  # a size the featurizer cannot take is refused before any folder is made
@@ -447,9 +457,6 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         request.resize,
         min(request.items_per_shard or DEFAULT_ITEMS_PER_SHARD, max(1, len(source))),  # no more room than items
         request.codec or DEFAULT_CODEC,
-    )
-    path = Path(request.out) / store_name(
-        request.featurizer, request.dataset.lower(), request.split, request.size, featurizer.provenance["normalization"]
     )
     refuse_ranks_that_differ(_rank_settings(path, wanted, request))
     with exclusive_lock(path) if rank == 0 else nullcontext():

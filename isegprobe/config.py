@@ -3,7 +3,8 @@
 Every default lives here, so a preset lists only what it means to say and a checkpoint's JSON describes its run in
 full. The defaults are the SBD recipe of the iSegProbe research code (arXiv 2505.02075; RITM/SimpleClick training
 settings). Every number has its allowed range beside its default (`number`), checked when a config is built, so a
-value such as `optim.lr=inf` or `schedule.epochs=-3` stops the command at once instead of training on nonsense.
+value such as `optim.lr=inf` or `schedule.epochs=-3` stops the command at once instead of training on nonsense; every
+key that takes a word has its choices (`word_choices`), checked alike.
 Where presets are found and how their `base:` chains unfold: isegprobe.presets.
 """
 
@@ -75,6 +76,27 @@ SEED = Range(0, 2**63 - 1)  # what torch.manual_seed takes
 MAX_WORKING_SIZE = 4096
 CLICK_SAMPLING = ("auto", "loader", "device")
 PRELOAD = (True, False, "auto")
+
+
+def word_choices() -> dict[str, tuple[Any, ...]]:
+    """The values each key that takes a word accepts. The fusions, click encoders and upsamplers are known beside the
+    parts they build, whose modules read this one's dataclasses: they are looked up when a config is checked (a
+    module may have registered more by then), not when this module is imported."""
+    from isegprobe.model import FUSIONS, list_click_encoders
+    from isegprobe.upsamplers import list_upsamplers
+
+    return {
+        "model.fusion": FUSIONS,
+        "model.upsampler.name": tuple(list_upsamplers()),
+        "model.click_encoder.name": tuple(list_click_encoders()),
+        "data.click_sampling": CLICK_SAMPLING,
+        "data.preload": PRELOAD,
+    }
+
+
+def listed_choices(values: Sequence[Any]) -> str:
+    """Choices as a config writes them: `true, false, auto`, not Python's `True, False, auto`."""
+    return ", ".join(str(value).lower() if isinstance(value, bool) else str(value) for value in values)
 
 
 def number(default: Any, allowed: Range) -> Any:
@@ -353,7 +375,7 @@ def train_config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (
 def _finish(merged: dict[str, Any], overrides: Sequence[str]) -> TrainConfig:
     for override in overrides:
         _apply_override(merged, override)
-    config = _build(TrainConfig, merged, prefix="")
+    config = _build(TrainConfig, merged, prefix="", choices=word_choices())
     _check_together(config)
     return config
 
@@ -419,19 +441,30 @@ def _apply_override(merged: dict[str, Any], override: str) -> None:
     _merge_into(merged, update, prefix="")
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: Mapping[str, Any], prefix: str, choices: Mapping[str, tuple[Any, ...]]) -> Any:
     hints = typing.get_type_hints(cls)
     values = {}
     for item in dataclasses.fields(cls):
         dotted = f"{prefix}{item.name}"
         hint = hints[item.name]
         if dataclasses.is_dataclass(hint):
-            values[item.name] = _build(hint, data[item.name], prefix=f"{dotted}.")
+            values[item.name] = _build(hint, data[item.name], prefix=f"{dotted}.", choices=choices)
         else:
             values[item.name] = _coerce(data[item.name], hint, dotted)
             if "range" in item.metadata:
                 _check_range(values[item.name], item.metadata["range"], dotted)
+            if dotted in choices:
+                values[item.name] = _chosen(values[item.name], choices[dotted], dotted)
     return cls(**values)
+
+
+def _chosen(value: Any, allowed: tuple[Any, ...], key: str) -> Any:
+    """`value` as one of `allowed`. A word is read in any case, as the registries read names, and kept in lower case:
+    `Bilinear` trains bilinear, and a run that recorded it so would be labelled apart from the `bilinear` runs."""
+    chosen = value.lower() if isinstance(value, str) else value
+    if chosen not in allowed:
+        raise ConfigValueError(key, f"config key {key!r} must be one of {listed_choices(allowed)}, got {_shown(value)}")
+    return chosen
 
 
 def _check_range(value: Any, allowed: Range, key: str) -> None:
@@ -454,8 +487,6 @@ def _check_together(config: TrainConfig) -> None:
     """Keys whose allowed values depend on each other."""
     if len(config.optim.betas) != 2:
         raise UserError(f"config key 'optim.betas' must hold two numbers (Adam's), got {_shown(config.optim.betas)}")
-    if config.data.preload not in PRELOAD:
-        raise UserError(f"config key 'data.preload' must be true, false or auto, got {config.data.preload!r}")
     if isinstance(config.data.num_workers, str) and config.data.num_workers != "auto":
         raise UserError(f"config key 'data.num_workers' must be a number >= 0 or auto, got {config.data.num_workers!r}")
     if config.data.preload is True and asks_for_workers(config.data):
@@ -469,11 +500,6 @@ def _check_together(config: TrainConfig) -> None:
     if config.data.views is not None and len(set(config.data.views)) < len(config.data.views):
         twice = next(view for index, view in enumerate(config.data.views) if view in config.data.views[:index])
         raise UserError(f"config key 'data.views' names a view twice: {twice!r}")
-    if config.data.click_sampling not in CLICK_SAMPLING:
-        raise UserError(
-            f"config key 'data.click_sampling' must be one of {', '.join(CLICK_SAMPLING)}, "
-            f"got {config.data.click_sampling!r}"
-        )
     sampler = config.sampler
     negatives = (sampler.negative_bg_prob, sampler.negative_other_prob, sampler.negative_border_prob)
     if not math.isclose(sum(negatives), 1.0, abs_tol=1e-6):

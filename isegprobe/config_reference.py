@@ -11,26 +11,14 @@ from typing import Any
 
 import yaml
 
-from isegprobe.config import CLICK_SAMPLING, PRELOAD, TrainConfig
-from isegprobe.model import FUSIONS, list_click_encoders
-from isegprobe.upsamplers import list_upsamplers
-
-
-def _words(values: typing.Iterable[Any]) -> str:
-    return "one of " + ", ".join(str(value).lower() if isinstance(value, bool) else str(value) for value in values)
-
+from isegprobe.config import TrainConfig, listed_choices, word_choices
 
 _WIDTH = 118
 
-# What the keys that take a word accept (the numbers' ranges come from the config's own fields).
-_CHOICES = {
-    "model.fusion": _words(FUSIONS),
-    "model.upsampler.name": _words(list_upsamplers()),
-    "model.click_encoder.name": _words(list_click_encoders()),
-    "data.click_sampling": _words(CLICK_SAMPLING),
-    "data.preload": _words(PRELOAD),
-    "data.num_workers": ">= 0, or auto",
-}
+# What the keys that take a word accept, as the config checks them (the numbers' ranges come from the config's own
+# fields).
+_CHOICES = {key: f"one of {listed_choices(values)}" for key, values in word_choices().items()}
+_CHOICES["data.num_workers"] = ">= 0, or auto"
 
 
 def annotated_config(config: TrainConfig) -> str:

@@ -479,6 +479,11 @@ CASES: dict[str, Case] = {
         lambda w: training(w, "r4", "--set", "schedule.epochs=-3"),
         "config key 'schedule.epochs' must be a finite number >= 1, got -3",
     ),
+    "config word outside its choices": Case(
+        lambda w: training(w, "r7", "--set", "model.upsampler.name=foo"),
+        "config key 'model.upsampler.name' must be one of anyup, bicubic, bilinear, featup_jbu, featup_jbu_stack, "
+        "identity, jafar, lift, loftup, nearest, got 'foo'",
+    ),
     "config file with a value outside its range": Case(
         lambda w: [
             "train",

@@ -22,7 +22,9 @@ from isegprobe.config import (
     train_config_from_dict,
 )
 from isegprobe.errors import UserError
+from isegprobe.model import FUSIONS, list_click_encoders
 from isegprobe.presets import BASE_KEY, ConfigChoiceWarning, list_presets, preset_folder
+from isegprobe.upsamplers import list_upsamplers
 from isegprobe.yaml_text import load_yaml
 
 
@@ -325,6 +327,48 @@ def test_values_of_the_wrong_type_are_errors_that_name_the_key() -> None:
         load_train_config(None, ["model.head=64"])
     with pytest.raises(UserError, match="KEY=VALUE"):
         load_train_config(None, ["optim.lr"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "choices"),
+    [
+        ("model.upsampler.name", "foo", ", ".join(list_upsamplers())),
+        ("model.fusion", "bar", ", ".join(FUSIONS)),
+        ("model.click_encoder.name", "mlp", ", ".join(list_click_encoders())),
+        ("data.click_sampling", "host", "auto, loader, device"),
+        ("data.preload", "always", "true, false, auto"),
+    ],
+    ids=["upsampler", "fusion", "click-encoder", "click-sampling", "preload"],
+)
+def test_a_word_outside_its_choices_is_refused_naming_the_key_the_value_and_the_choices(
+    tmp_path: Path, key: str, value: str, choices: str
+) -> None:
+    """`--show-config --set model.upsampler.name=foo` printed the config and exited 0, and a YAML file with it loaded:
+    only the training refused the unknown upsampler, when it built the probe."""
+    message = f"config key '{key}' must be one of {choices}, got '{value}'"
+    shown = CliRunner().invoke(main, ["train", "--show-config", "--config", "quickstart", "--set", f"{key}={value}"])
+    assert shown.exit_code == 1 and message in shown.output, shown.output
+    nested: object = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    (tmp_path / "word.yaml").write_text(yaml.safe_dump({"base": "quickstart", **nested}))
+    with pytest.raises(UserError, match=f"^--config: .*word\\.yaml: {re.escape(message)}$"):
+        load_train_config(tmp_path / "word.yaml")
+
+
+def test_a_word_in_another_case_is_kept_in_lower_case() -> None:
+    """`model.upsampler.name=Bilinear` trained bilinear, as names are read in any case, but the run recorded
+    `Bilinear`, and its labels then differed from those of the `bilinear` runs."""
+    config = load_train_config(
+        "quickstart",
+        ["model.upsampler.name=Bilinear", "model.fusion=After_Backbone", "model.click_encoder.name=SIMPLE_VIT"],
+    )
+    assert (config.model.upsampler.name, config.model.fusion, config.model.click_encoder.name) == (
+        "bilinear",
+        "after_backbone",
+        "simple_vit",
+    )
+    assert load_train_config("quickstart", ["data.preload=Auto"]).data.preload == "auto"
 
 
 def test_the_old_name_of_the_upsampler_fine_tune_key_still_loads(tmp_path: Path) -> None:

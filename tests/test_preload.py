@@ -214,7 +214,7 @@ def test_preload_auto_reads_from_the_store_what_would_not_fit_in_every_ranks_mem
 def test_data_preload_takes_true_false_or_auto() -> None:
     assert load_train_config("quickstart", []).data.preload == "auto"
     assert load_train_config("quickstart", ["data.preload=auto", "data.num_workers=2"]).data.num_workers == 2
-    with pytest.raises(UserError, match="config key 'data.preload' must be true, false or auto, got 'always'"):
+    with pytest.raises(UserError, match="config key 'data.preload' must be one of true, false, auto, got 'always'"):
         load_train_config("quickstart", ["data.preload=always"])
 
 

@@ -916,9 +916,11 @@ def test_a_run_refused_before_it_writes_leaves_no_folder_behind(tmp_path: Path) 
     assert not (tmp_path / "runs").exists(), "an empty run folder reads as a run that was started"
 
 
-def test_the_run_keeps_a_config_yaml_that_trains_the_same_probe(tmp_path: Path) -> None:
+@pytest.mark.parametrize("steps", [1, 0], ids=["trained", "untrained-baseline"])
+def test_the_run_keeps_a_config_yaml_that_trains_the_same_probe(tmp_path: Path, steps: int) -> None:
+    """A run of zero steps (`--max-iters 0`, the untrained baseline) wrote none."""
     dataset = SquaresDataset(count=4)
-    config = tiny_config("schedule.max_iters=1", "optim.lr=3e-4")
+    config = tiny_config(f"schedule.max_iters={steps}", "optim.lr=3e-4")
     train(config, dataset, tmp_path / "run", device="cpu", progress=False)
     assert load_train_config(tmp_path / "run" / "config.yaml") == config
 

@@ -173,7 +173,9 @@ class _Run:
             write_csv=rank == 0,
             resumed_at=setup.state.step if resume else None,
         )
-        if rank == 0 and setup.state.step < setup.schedule.total_steps:  # a run with nothing left to train stays
+        # A new run writes its config, one of zero steps (the untrained baseline) too; a resumed run with nothing
+        # left to train keeps the one it has.
+        if rank == 0 and (not resume or setup.state.step < setup.schedule.total_steps):
             atomic_write_bytes(run_dir / "config.yaml", self._config_yaml().encode())
         self.running = RunningMeans(device, setup.state.log_window if resume else None)
         self.divergence = DivergenceWatch(device)

@@ -633,6 +633,21 @@ def test_zero_steps_save_the_untrained_probe_that_training_starts_from(tmp_path:
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
 
 
+def test_the_trend_of_a_resumed_run_spans_the_steps_logged_before_the_resume(tmp_path: Path) -> None:
+    """A run that logged steps 1 and 2 and was resumed for step 3 ended with `too few logged steps to show a trend`:
+    the trend counted only the steps logged since the resume."""
+    dataset = SquaresDataset(count=4)
+    straight = train(tiny_config("schedule.max_iters=3"), dataset, tmp_path / "straight", device="cpu", progress=False)
+    train(tiny_config("schedule.max_iters=2"), dataset, tmp_path / "split", device="cpu", progress=False)
+    for _ in range(2):  # the second resume has nothing left to train, and says the same
+        resumed = train(
+            tiny_config("schedule.max_iters=3"), dataset, tmp_path / "split", device="cpu", resume=True, progress=False
+        )
+        assert (resumed.first_logged, resumed.last_logged) == (straight.first_logged, straight.last_logged)
+        assert resumed.progress() == straight.progress()
+    assert straight.progress().startswith("first -> last logged means: loss (normalized focal) ")
+
+
 def test_max_iters_beyond_the_epochs_says_where_the_run_ends(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # 4 items in batches of 2 for 1 epoch: 2 steps, however many --max-iters asks for.
     config = tiny_config("schedule.epochs=1", "schedule.milestones=[]", "schedule.max_iters=5")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import re
 import time
+from collections.abc import Collection
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -130,6 +132,24 @@ def _open_csv(path: Path, resumed_at: int | None) -> TextIO:
         writer.writerows(kept)
     partial.replace(path)
     return path.open("a", newline="")
+
+
+def logged_steps(path: Path, prefix: str, names: Collection[str]) -> dict[int, dict[str, float]]:
+    """The steps that the `scalars.csv` at `path` logged every one of `names` at, under `prefix` (`train/loss`: prefix
+    `train/`, name `loss`), each with its values by name; other tags, and rows cut short as they were written, are
+    passed over."""
+    logged: dict[int, dict[str, float]] = {}
+    if not path.is_file():
+        return logged
+    with path.open(newline="") as file:
+        for row in csv.reader(file):
+            if len(row) != 3 or not row[0].isdigit() or not row[1].startswith(prefix):
+                continue
+            name = row[1].removeprefix(prefix)
+            if name in names:
+                with suppress(ValueError):  # a value cut short as it was written
+                    logged.setdefault(int(row[0]), {})[name] = float(row[2])
+    return {step: values for step, values in logged.items() if values.keys() >= set(names)}
 
 
 def start_wandb(run_dir: Path, config: dict[str, Any], project: str, job_type: str, run_id: str | None = None) -> Any:

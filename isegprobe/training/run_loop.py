@@ -28,7 +28,7 @@ from isegprobe.model import needs_featurizer_online
 from isegprobe.output_files import folders_removed_if_left_empty
 from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint, save_checkpoint
 from isegprobe.training.divergence import Diverged, DivergenceWatch
-from isegprobe.training.run_logger import RunLogger
+from isegprobe.training.run_logger import SCALARS_CSV, RunLogger, logged_steps
 from isegprobe.training.run_setup import RunSetUp, set_up_run
 from isegprobe.training.run_state import RunningMeans, TrainSummary, changes_text, dataset_fingerprint, dotted
 from isegprobe.training.side_by_side import check_shared_batches
@@ -182,6 +182,10 @@ class _Run:
         self.saved_step = setup.state.step if resume else None
         self.first_logged: dict[str, float] | None = None
         self.last_logged: dict[str, float] | None = None
+        if resume and rank == 0:  # the trend spans the whole run: what it logged before this resume too
+            earlier = logged_steps(run_dir / SCALARS_CSV, "train/", ("loss", "bce", "iou", "lr"))
+            if earlier:
+                self.first_logged, self.last_logged = earlier[min(earlier)], earlier[max(earlier)]
         self.diverged: Diverged | None = None
         # Samples of this invocation, and those whose target holds an object (summed on the device, read once).
         self.samples = 0

@@ -222,7 +222,7 @@ class TrainSummary:
     best_metric: float | None
     best_metric_name: str  # train_iou, or val_iou with a validation store: the metric `best` was chosen by
     best_step: int | None
-    first_logged: dict[str, float] | None  # the first and last logged training means of this invocation
+    first_logged: dict[str, float] | None  # the run's first and last logged training means, before a --resume too
     last_logged: dict[str, float] | None
     stopped_by: str | None = None  # the signal (SIGINT, SIGTERM) that ended the run early, after saving `last`
     diverged: str | None = None  # why a run trained beside others stopped early (`Diverged`), the others going on

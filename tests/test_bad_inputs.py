@@ -376,6 +376,10 @@ CASES: dict[str, Case] = {
         lambda w: ["evaluate", "--checkpoint", w.run, "--store", w.store_112, "--out", w.root / "e5"],
         "extracted at --size 112 --resize stretch, but the probe was trained at --size 56",
     ),
+    "probe's upsampler drawn on a store at another working size": Case(
+        lambda w: ["plot", "features", "--store", w.store_112, "--checkpoint", w.run, "--out", w.root / "panels.png"],
+        "extracted at --size 112 --resize stretch, but the probe was trained at --size 56",
+    ),
     "evaluation into a folder with other results": Case(
         lambda w: [
             "evaluate",

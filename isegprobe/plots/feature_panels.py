@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from isegprobe.cache import CachedDataset, FeatureStore
-from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.errors import UserError
 from isegprobe.plots.feature_pca import PcaColours
 from isegprobe.plots.figures import new_figure, save_figure
 from isegprobe.training.checkpoint import load_probe
+from isegprobe.training.store_checks import check_store_matches
 from isegprobe.upsamplers import create_upsampler
 
 PANEL_FORMATS = ("png",)
@@ -61,10 +61,10 @@ def named_upsamplers(names: Sequence[str], weights: Mapping[str, str], dim: int)
 
 
 def probe_upsampler(checkpoint: str | Path, store: CachedDataset) -> tuple[str, nn.Module]:
-    """A trained probe's upsampler (trained along, or frozen from its authors' file), checked to be for this store's
-    featurizer."""
+    """A trained probe's upsampler (trained along, or frozen from its authors' file), checked as `evaluate` checks a
+    store for a probe: of its featurizer, at its working size and resize rule, which the upsampler learnt to draw."""
     probe, metadata = load_probe(checkpoint)
-    check_same_featurizer(metadata["featurizer_provenance"], store.provenance, store.path)
+    check_store_matches(store.store, metadata)
     return f"probe's {metadata['config']['model']['upsampler']['name']}", probe.upsampler
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from isegprobe.errors import UserError
 
 EVALUATION_FILES = ("results.json", "results.csv", "ious.npz")
+# Where `evaluate --vis-preds` draws its overlays in a results folder: vis/<dataset>/.
+OVERLAY_FOLDER = "vis"
 # A run's checkpoints (`checkpoint_files` of `last` and `best`), its settings and its logged scalars.
 RUN_FILES = (
     "last.safetensors",
@@ -42,8 +44,9 @@ def run_markers_in(folder: Path) -> list[str]:
 def refuse_to_replace_a_kept_file(path: Path) -> None:
     """A table, statistics or a picture written to `path` must not go into a feature store (where it replaced the
     store's own metadata or a shard, and where `extract-features --overwrite` deletes what it holds) nor replace a
-    file of the training run or the evaluation in its folder: `cache stats --out RUN/best.json` left the run neither
-    resumable nor evaluable, and `report --out RUN/tensorboard/events...` its TensorBoard log a table."""
+    file of the training run or the evaluation (its overlays included) in its folder: `cache stats --out
+    RUN/best.json` left the run neither resumable nor evaluable, and `report --out RUN/tensorboard/events...` its
+    TensorBoard log a table."""
     store = enclosing_store(path.parent)
     if store is not None:
         raise UserError(f"{path}: inside the feature store {store}, which a file written here damages; name another")
@@ -56,6 +59,11 @@ def refuse_to_replace_a_kept_file(path: Path) -> None:
         raise UserError(f"{path}: a TensorBoard log of the training run in {folder.parent}; name another file")
     if path.name in EVALUATION_FILES and (folder / "results.json").is_file():
         raise UserError(f"{path}: a file of the evaluation in {folder}, which this would replace; name another")
+    if folder.parent.name == OVERLAY_FOLDER and (folder.parent.parent / "results.json").is_file():
+        raise UserError(
+            f"{path}: an overlay of the evaluation in {folder.parent.parent}, which only evaluating again would draw "
+            "again; name another"
+        )
 
 
 def replaceable_file(path: Path) -> Path:

@@ -638,6 +638,10 @@ CASES: dict[str, Case] = {
         "iou_vs_clicks.png: an existing file that is not text (a picture or data), which the text written here would "
         "replace; name a text file (.md, .csv, .json)",
     ),
+    "picture drawn over an evaluation's overlay": Case(
+        lambda w: ["plot", "features", "--store", w.store, "--out", evaluation_with_an_overlay(w)],
+        "vis/builtin/overlay.png: an overlay of the evaluation in",
+    ),
     "resuming a run with another store than its own": Case(
         lambda w: ["train", "--resume", "--out", w.run_copy("elsewhere"), "--store", w.store, "--max-iters", "1"],
         "not the store this run trained on",
@@ -703,6 +707,14 @@ def cut_run(world: World) -> Path:
     weights = copy / "last.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return copy
+
+
+def evaluation_with_an_overlay(world: World) -> Path:
+    """An overlay in a copy of the world's evaluation, where `evaluate --vis-preds` draws them."""
+    copy = world.root / "pictured"
+    shutil.copytree(world.results, copy)
+    (copy / "vis" / "builtin").mkdir(parents=True, exist_ok=True)
+    return png_declaring(copy / "vis" / "builtin" / "overlay.png", 8, 8)
 
 
 def named_pipe(path: Path) -> Path:

@@ -16,6 +16,7 @@ from isegprobe.training.checkpoint import write_output_file
 def folder_with(path: Path, *names: str) -> Path:
     path.mkdir()
     for name in names:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_text("kept")
     return path
 
@@ -40,6 +41,21 @@ def test_an_evaluation_keeps_its_files(tmp_path: Path, name: str) -> None:
     write_output_file(results / "report.md", b"table")
     write_output_file(results / "report.md", b"table again")  # an output of its own is replaced as asked
     assert (results / "report.md").read_bytes() == b"table again"
+
+
+def test_an_evaluation_keeps_its_overlays_and_lets_its_curve_be_drawn_again(tmp_path: Path) -> None:
+    """An `evaluate --vis-preds` overlay was replaced by a plot's --out; the same name outside a results folder is a
+    plain output, and the curve beside the results is drawn again from them."""
+    overlay = "vis/grabcut/im1_5clicks_iou0.950.png"
+    results = folder_with(tmp_path / "results", "results.json", overlay, "iou_vs_clicks.png")
+    with pytest.raises(UserError, match=f"{overlay}: an overlay of the evaluation in .*results, which only evaluating"):
+        write_output_file(results / overlay, b"picture")
+    assert (results / overlay).read_text() == "kept"
+    elsewhere = folder_with(tmp_path / "mine", overlay)
+    write_output_file(elsewhere / overlay, b"picture")
+    assert (elsewhere / overlay).read_bytes() == b"picture"
+    write_output_file(results / "iou_vs_clicks.png", b"curve")
+    assert (results / "iou_vs_clicks.png").read_bytes() == b"curve"
 
 
 def test_an_output_the_write_would_refuse_is_refused_before_the_work(tmp_path: Path) -> None:

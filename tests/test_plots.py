@@ -758,6 +758,28 @@ def test_predictions_of_results_without_their_source_are_refused(
     assert message in result.output and not replayable.replays
 
 
+def test_no_plot_writes_over_the_overlays_of_an_evaluation(replayable: ReplayableResults, store: Path) -> None:
+    """`plot features --out RESULTS/vis/DATASET/OVERLAY.png` replaced an `evaluate --vis-preds` overlay without a
+    word, where the evaluation's results.json and ious.npz are kept; any plot command alike."""
+    results = replayable.folder
+    overlay = results / "vis" / "grabcut" / "a.png"
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    overlay.write_bytes(b"the evaluation's")
+    commands = [
+        ["features", "--store", str(store), "--device", "cpu", "--out", str(overlay)],
+        ["iou-vs-clicks", str(results), "--out", str(overlay)],
+        ["predictions", str(results), "--object", "a", "--out", str(overlay)],
+    ]
+    for arguments in commands:
+        refused = plot(*arguments)
+        assert refused.exit_code == 1, refused.output
+        assert f"{overlay}: an overlay of the evaluation in {results}, which only evaluating again" in refused.output
+    assert overlay.read_bytes() == b"the evaluation's"
+    assert not replayable.replays, "refused before the replay"
+    beside = plot("iou-vs-clicks", str(results), "--out", str(results / "curves.png"))
+    assert beside.exit_code == 0 and (results / "curves.svg").is_file(), "a picture of its own beside them"
+
+
 def test_overlays_of_objects_with_long_ids_are_written_under_names_that_differ(tmp_path: Path) -> None:
     first = save_overlay(tmp_path / "vis", drawn_object("x" * 300 + "1"))
     second = save_overlay(tmp_path / "vis", drawn_object("x" * 300 + "2"))

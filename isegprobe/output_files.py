@@ -26,6 +26,7 @@ RUN_FILES = (
     "scalars.csv",
 )
 RUN_MARKERS = ("last.json", "best.json")
+EVALUATION_MARKERS = ("results.json", "ious.npz")  # evaluate's alone: a table of any name may be called results.csv
 TENSORBOARD_FOLDER = "tensorboard"  # a run's event files, in a folder of its own
 FOLDER_NAMES = ("", ".", "..")  # what a path's last part reads when the path names a folder
 
@@ -39,6 +40,18 @@ def enclosing_store(folder: Path) -> Path | None:
 def run_markers_in(folder: Path) -> list[str]:
     """The files that make `folder` a training run's (its checkpoints' metadata), those it holds."""
     return [marker for marker in RUN_MARKERS if (folder / marker).is_file()]
+
+
+def run_files_in(folder: Path) -> list[str]:
+    """Every file of a training run that `folder` holds, its TensorBoard folder too: not its markers alone, since a
+    run folder that lost its last.json still holds that run's best checkpoint and logs."""
+    held = [name for name in RUN_FILES if (folder / name).exists()]
+    return [*held, f"{TENSORBOARD_FOLDER}/"] if (folder / TENSORBOARD_FOLDER).exists() else held
+
+
+def evaluation_markers_in(folder: Path) -> list[str]:
+    """The files that make `folder` an evaluation's (its results and curves), those it holds."""
+    return [marker for marker in EVALUATION_MARKERS if (folder / marker).exists()]
 
 
 def refuse_to_replace_a_kept_file(path: Path) -> None:

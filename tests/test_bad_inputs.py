@@ -340,6 +340,15 @@ CASES: dict[str, Case] = {
         lambda w: ["train", "--config", "quickstart", "--store", w.train_store, "--out", w.run],
         "already holds a run (last.json): --resume continues it",
     ),
+    "train into a folder that holds files of a run without its last.json": Case(
+        lambda w: training(w, without(w.run_copy("lost_last") / "last.json").name),
+        "lost_last already holds files of a run (last.safetensors, last.optim.safetensors, scalars.csv, tensorboard/), "
+        "without the last.json that --resume continues from",
+    ),
+    "train into an evaluation's folder": Case(
+        lambda w: training(w, w.results.name),
+        "results: the folder of an evaluation (results.json, ious.npz); give the run a folder of its own",
+    ),
     "checkpoint file that is not isegprobe's": Case(
         lambda w: [
             "evaluate",
@@ -693,6 +702,12 @@ def nothing_at(path: Path) -> None:
 def write_bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def without(path: Path) -> Path:
+    """`path`'s folder, `path` removed from it."""
+    path.unlink()
+    return path.parent
 
 
 def damaged_run(world: World) -> Path:

@@ -666,6 +666,29 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path: Path) -> None:
     assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir() if path.is_file()} == before
 
 
+def test_a_new_run_never_trains_beside_another_runs_files_or_an_evaluations(tmp_path: Path) -> None:
+    """A run folder that lost its last.json still holds that run's best checkpoint, which evaluation takes first, and
+    its TensorBoard log; an evaluation's folder holds results that `report` would read as the run's."""
+    dataset = SquaresDataset(count=4)
+    run = tmp_path / "run"
+    train(tiny_config("schedule.max_iters=2", "logging.tensorboard=true"), dataset, run, device="cpu", progress=False)
+    (run / "last.json").unlink()
+    only_a_log = tmp_path / "only_a_log"
+    (only_a_log / "tensorboard").mkdir(parents=True)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "ious.npz").write_bytes(b"")
+    for folder, words in (
+        (run, r"already holds files of a run \(last.safetensors, last.optim.safetensors, best.safetensors, "),
+        (only_a_log, r"already holds files of a run \(tensorboard/\), without the last.json that --resume"),
+        (results, r"results: the folder of an evaluation \(ious.npz\); give the run a folder of its own"),
+    ):
+        before = sorted(path.relative_to(folder) for path in folder.rglob("*"))
+        with pytest.raises(UserError, match=words):
+            train(tiny_config("schedule.max_iters=1"), dataset, folder, device="cpu", progress=False)
+        assert sorted(path.relative_to(folder) for path in folder.rglob("*")) == before
+
+
 def test_a_run_with_not_one_object_to_segment_says_so(tmp_path: Path) -> None:
     """Objects all under sampler.min_object_area leave every target empty: a probe that learns nothing, whose IoU
     reads 1.0 once it predicts nothing."""

@@ -18,6 +18,7 @@ from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.config import TrainConfig
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
+from isegprobe.output_files import evaluation_markers_in, run_files_in
 from isegprobe.same_images import warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
@@ -67,11 +68,8 @@ def set_up_run(
     """Check the data and the run folder, then build the run. The probe's weights are drawn from `config.seed`
     first, so that a run's numbers depend on its config alone. `loader_reads_features`: whether the training loader
     carries the store's features, which runs side by side share (by default, when this run reads them)."""
-    if not resume and (run_dir / "last.json").is_file():
-        raise UserError(
-            f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
-            "another --out"
-        )
+    if not resume:
+        _refuse_a_used_folder(run_dir)
     preprocessing = dict(dataset.preprocessing)
     size = int(preprocessing["size"])
     check_store_fits(config.data, preprocessing, getattr(dataset, "provenance", None))
@@ -166,6 +164,29 @@ def _schedule_line(images: int, views: int, batch_size: int, schedule: StepSched
         f"training on {counted(images, 'image')}{per_image} in batches of {batch_size}: "
         f"{counted(schedule.steps_per_epoch, 'step')} an epoch, {counted(schedule.total_steps, 'step')} in all"
     )
+
+
+def _refuse_a_used_folder(run_dir: Path) -> None:
+    """A new run goes into a folder of its own. Beside another run's files it mixed its TensorBoard log with theirs
+    and, until its own first best, left their best checkpoint there, which evaluation and the demo take first; beside
+    an evaluation's results, `report` read them as the run's (as `evaluate` refuses a run's folder)."""
+    if (run_dir / "last.json").is_file():
+        raise UserError(
+            f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
+            "another --out"
+        )
+    held = run_files_in(run_dir)
+    if held:
+        raise UserError(
+            f"{run_dir} already holds files of a run ({', '.join(held)}), without the last.json that --resume "
+            "continues from: a new run there would mix its checkpoints and logs with them; delete them or choose "
+            "another --out"
+        )
+    results = evaluation_markers_in(run_dir)
+    if results:
+        raise UserError(
+            f"--out {run_dir}: the folder of an evaluation ({', '.join(results)}); give the run a folder of its own"
+        )
 
 
 def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int) -> None:

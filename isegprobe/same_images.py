@@ -29,6 +29,25 @@ def warn_when_training_on_a_test_split(dataset: dict[str, Any]) -> None:
         )
 
 
+def refuse_validating_on_training_images(training: FeatureStore, validation: FeatureStore, resume: bool) -> None:
+    """The best checkpoint is the one that scores best on the validation store; on the training images that is the
+    probe that remembers them best, not the one that segments best. The same store, a copy of it or another store of
+    the same images (the dataset's split from the same root, extracted again with other views) is refused: `resume`
+    says that the run picked its best on them so far, so only a new run can pick it on other images."""
+    trained, validated = (store.attrs["dataset"] for store in (training, validation))
+    if any(trained.get(key) != validated.get(key) for key in ("name", "split", "root")):
+        return
+    held_out = "the store of a held-out split (extract-features --split test, or val where the dataset has one)"
+    advice = f"give {held_out}"
+    if resume:
+        advice = f"this run picked its best on them so far, so only a new run can pick it on {held_out}"
+    raise UserError(
+        f"--val-store {validation.path}: the training store's images ({trained.get('name')}/{trained.get('split')}): "
+        "the best checkpoint picked on them is the probe that remembers them best, not the one that segments best; "
+        f"{advice}"
+    )
+
+
 def warn_when_evaluating_training_images(checkpoint: dict[str, Any], store: Path, dataset: dict[str, Any]) -> None:
     """`checkpoint` is a probe's metadata (it records its training store); `store` and `dataset` the store evaluated
     and its `dataset` attribute. The same store, or another store of the same dataset split, is the same images.

@@ -349,6 +349,12 @@ CASES: dict[str, Case] = {
         lambda w: training(w, w.results.name),
         "results: the folder of an evaluation (results.json, ious.npz); give the run a folder of its own",
     ),
+    "validation store of the training images": Case(
+        lambda w: training(w, "r_val", "--val-store", w.train_store),
+        "-train-56.zarr: the training store's images (builtin/train): the best checkpoint picked on them is the probe "
+        "that remembers them best, not the one that segments best; give the store of a held-out split",
+        then=lambda w, output: nothing_at(w.root / "r_val"),
+    ),
     "checkpoint file that is not isegprobe's": Case(
         lambda w: [
             "evaluate",

@@ -136,9 +136,10 @@ def test_a_sample_left_to_the_device_carries_its_labels_and_seed(store: Path) ->
 
 def test_training_with_clicks_drawn_on_the_device_is_training_with_the_loaders(store: Path, tmp_path: Path) -> None:
     overrides = ["data.batch_size=4", "schedule.max_iters=6", "logging.tensorboard=false", "data.size=56"]
+    held_out = builtin_store(tmp_path / "held_out", split="test", views="identity", size=56)
     for where in ("loader", "device"):
         config = load_train_config("quickstart", [*overrides, f"data.click_sampling={where}"])
-        dataset, val_dataset = CachedDataset(store), CachedDataset(store)
+        dataset, val_dataset = CachedDataset(store), CachedDataset(held_out)
         train(config, dataset, tmp_path / where, device="cpu", val_dataset=val_dataset, progress=False)
     loader, device = (load_file(tmp_path / where / "last.safetensors") for where in ("loader", "device"))
     assert loader.keys() == device.keys()

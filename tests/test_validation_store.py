@@ -47,6 +47,27 @@ def test_a_validation_store_unlike_the_training_store_is_refused(tmp_path: Path)
     assert not (tmp_path / "run" / "last.json").exists()
 
 
+def test_a_validation_store_of_the_training_images_is_refused(tmp_path: Path) -> None:
+    """The best checkpoint picked on the training images is the probe that remembers them best: the training store
+    itself, or its split extracted again with other views, is refused, and so is a resume of a run that recorded one
+    (a run saved before this was checked, without the validation store's fingerprint)."""
+    training = CachedDataset(builtin_store(tmp_path / "cache", split="train", size=56))
+    again = CachedDataset(builtin_store(tmp_path / "again", split="train", size=56, views="identity"))
+    config = load_train_config("quickstart", [*OVERRIDES, "schedule.max_iters=3"])
+    for validation in (training, again):
+        with pytest.raises(UserError, match=r"the training store's images \(builtin/train\): the best checkpoint"):
+            train(config, training, tmp_path / "run", device="cpu", val_dataset=validation, progress=False)
+    assert not (tmp_path / "run").exists()
+    validation = CachedDataset(builtin_store(tmp_path / "cache", split="test", size=56))
+    train(config, training, tmp_path / "run", device="cpu", val_dataset=validation, progress=False)
+    metadata = json.loads((tmp_path / "run" / "last.json").read_text())
+    metadata |= {"val_store_path": training.path, "val_store_fingerprint": None}
+    (tmp_path / "run" / "last.json").write_text(json.dumps(metadata))
+    longer = load_train_config("quickstart", [*OVERRIDES, "schedule.max_iters=6"])
+    with pytest.raises(UserError, match="this run picked its best on them so far, so only a new run can pick it"):
+        train(longer, training, tmp_path / "run", device="cpu", val_dataset=training, resume=True, progress=False)
+
+
 def test_a_resume_picks_the_best_checkpoint_on_what_the_run_picked_it_on(tmp_path: Path) -> None:
     """Its training IoU, or the one validation store: another measurement would be compared with the best so far."""
     training = CachedDataset(builtin_store(tmp_path / "cache", split="train", size=56))

@@ -19,7 +19,7 @@ from isegprobe.config import TrainConfig
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.output_files import evaluation_markers_in, run_files_in
-from isegprobe.same_images import warn_when_training_on_a_test_split
+from isegprobe.same_images import refuse_validating_on_training_images, warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
 from isegprobe.training.run_state import RunDescription, RunProgress, changes_text, config_changes, recorded_changes
@@ -84,6 +84,8 @@ def set_up_run(
         check_resumed_validation(getattr(val_dataset, "store", None), recorded)
     if val_dataset is not None:
         _check_validation_matches(dataset, val_dataset, size)
+    if store is not None and getattr(val_dataset, "store", None) is not None:
+        refuse_validating_on_training_images(store, val_dataset.store, resume)
     online = runs_featurizer_online(config.model, online)
     if loader_reads_features is None:
         loader_reads_features = not online

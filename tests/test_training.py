@@ -710,6 +710,33 @@ def test_a_learned_upsampler_without_weights_must_be_trained_or_given_weights(tm
     assert train(config, dataset, tmp_path / "trained", device="cpu", progress=False).step == 1
 
 
+def test_a_resume_keeps_its_probe_even_where_the_weights_would_fit_another(tmp_path: Path) -> None:
+    """Another upsampler or click radius fits the saved weights, and the run went on with another probe under the new
+    setting's name; the authors' upsampler file, whose weights the checkpoint's replace, may be named anew."""
+    dataset, run = SquaresDataset(count=4), tmp_path / "run"
+    train(tiny_config("schedule.max_iters=1"), dataset, run, device="cpu", progress=False)
+    for changed, words in (
+        (("model.upsampler.name=identity",), "model.upsampler.name 'bilinear' -> 'identity'"),
+        (("model.click_radius=3", "model.align_corners=true"), "model.click_radius 5 -> 3, model.align_corners"),
+    ):
+        config = tiny_config("schedule.max_iters=2", *changed)
+        with pytest.raises(UserError, match=f"--set changed the probe of a run under way \\({words}"):
+            train(config, dataset, run, device="cpu", resume=True, progress=False)
+    assert json.loads((run / "last.json").read_text())["step"] == 1
+    weights = tmp_path / "lift.pth"
+    torch.save(create_upsampler("lift", 16).state_dict(), weights)
+    lift, moved = ("model.upsampler.name=lift", f"model.upsampler.weights={weights}"), tmp_path / "moved.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuidanceStatisticsWarning)
+        train(tiny_config(*lift, "schedule.max_iters=1"), dataset, tmp_path / "lift", device="cpu", progress=False)
+        weights.rename(moved)
+        config = tiny_config(*lift, "schedule.max_iters=2", f"model.upsampler.weights={moved}")
+        assert train(config, dataset, tmp_path / "lift", device="cpu", resume=True, progress=False).step == 2
+    assert json.loads((tmp_path / "lift" / "last.json").read_text())["config_changes"] == [
+        {"step": 1, "changed": {"model.upsampler.weights": [str(weights), str(moved)], "schedule.max_iters": [1, 2]}}
+    ]
+
+
 def test_a_run_saved_before_the_fine_tune_rename_loads_and_resumes(tmp_path: Path) -> None:
     """Run folders whose saved config says `model.upsampler.trainable` (now `fine_tune`) keep working."""
     dataset = SquaresDataset(count=2)

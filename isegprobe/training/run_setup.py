@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,14 +15,21 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from isegprobe.cache.schema import check_same_featurizer
-from isegprobe.config import TrainConfig
+from isegprobe.config import RenamedConfigKeyWarning, TrainConfig, config_to_dict
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.output_files import evaluation_markers_in, run_files_in
 from isegprobe.same_images import refuse_validating_on_training_images, warn_when_training_on_a_test_split
-from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state
+from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state, resume_config
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
-from isegprobe.training.run_state import RunDescription, RunProgress, changes_text, config_changes, recorded_changes
+from isegprobe.training.run_state import (
+    RunDescription,
+    RunProgress,
+    changes_text,
+    config_changes,
+    dotted,
+    recorded_changes,
+)
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.store_checks import (
     check_resumed_store,
@@ -36,6 +43,10 @@ from isegprobe.training.trainer import Trainer
 from isegprobe.units import counted
 
 log = logging.getLogger(__name__)
+
+# What a resume may name anew of its probe: the authors' upsampler file, read only to build the probe, whose
+# weights the checkpoint's then replace (a file moved since the run began).
+RESUMABLE_MODEL_KEYS = ("model.upsampler.weights",)
 
 
 @dataclass
@@ -68,7 +79,9 @@ def set_up_run(
     """Check the data and the run folder, then build the run. The probe's weights are drawn from `config.seed`
     first, so that a run's numbers depend on its config alone. `loader_reads_features`: whether the training loader
     carries the store's features, which runs side by side share (by default, when this run reads them)."""
-    if not resume:
+    if resume:
+        _refuse_a_changed_probe(run_dir, config)
+    else:
         _refuse_a_used_folder(run_dir)
     preprocessing = dict(dataset.preprocessing)
     size = int(preprocessing["size"])
@@ -115,7 +128,7 @@ def set_up_run(
 
     state, changes = RunProgress(), []
     if resume:
-        metadata = _restored(run_dir, trainer, config)
+        metadata = restore_training_state(run_dir, trainer.probe, trainer.optimizer)
         state = RunProgress.from_metadata(metadata, checkpoint_files(run_dir, "last")["metadata"])
         if state.step >= schedule.total_steps:  # no step is taken, so no checkpoint would keep a setting changed now
             changes = recorded_changes(metadata.get("config_changes"))
@@ -191,6 +204,25 @@ def _refuse_a_used_folder(run_dir: Path) -> None:
         )
 
 
+def _refuse_a_changed_probe(run_dir: Path, config: TrainConfig) -> None:
+    """A resumed run keeps its probe. A `model.*` key changed on --resume built a probe its weights do not fit, or
+    one they fit (another upsampler, click_radius, align_corners, fusion) that computes something else from the
+    resumed step on, while the run's checkpoints and results name the new setting alone."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RenamedConfigKeyWarning)  # said as the command read the run's config
+        saved = dotted(config_to_dict(resume_config(run_dir)))
+    changed = [
+        f"{key} {saved[key]!r} -> {value!r}"
+        for key, value in dotted(config_to_dict(config)).items()
+        if key.startswith("model.") and key not in RESUMABLE_MODEL_KEYS and value != saved[key]
+    ]
+    if changed:
+        raise UserError(
+            f"--set changed the probe of a run under way ({', '.join(changed)}): a resumed run keeps its probe; "
+            "train the changed one in a new folder (another --out)"
+        )
+
+
 def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int) -> None:
     """The best checkpoint is picked on the validation store, so it must hold the training store's kind of
     features at the same working size; otherwise training would crash at the first validation or, worse, pick
@@ -204,24 +236,6 @@ def _check_validation_matches(dataset: Dataset, val_dataset: Dataset, size: int)
     resizes = [store.preprocessing.get("resize", "stretch") for store in (dataset, val_dataset)]
     if resizes[0] != resizes[1]:
         raise UserError(f"{where}: extracted with --resize {resizes[1]}, the training store with --resize {resizes[0]}")
-
-
-def _restored(run_dir: Path, trainer: Trainer, config: TrainConfig) -> dict[str, Any]:
-    """The run's last checkpoint, loaded into the trainer's probe and optimizer. A `--set` of the probe's own
-    settings on `--resume` builds a probe its weights do not fit; the refusal then names those settings, where it
-    blamed the run's files alone."""
-    try:
-        return restore_training_state(run_dir, trainer.probe, trainer.optimizer)
-    except UserError as error:
-        saved = read_metadata(checkpoint_files(run_dir, "last")["metadata"]).get("config", {})
-        changed = next(iter(config_changes(saved, config, 0, None)), {"changed": {}})["changed"]
-        model = [f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items() if key.startswith("model.")]
-        if not model:
-            raise
-        raise UserError(
-            f"{error}\n--set changed the probe of a run under way ({', '.join(model)}): a resumed run keeps its "
-            "probe; train the changed one in a new folder (another --out)"
-        ) from None
 
 
 def _preload(dataset: Dataset | None, device: torch.device | None, progress: bool) -> None:

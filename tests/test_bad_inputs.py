@@ -328,6 +328,11 @@ CASES: dict[str, Case] = {
         lambda w: training(w, "r2", "--set", "optim.lr=fast"),
         "config key 'optim.lr' must be float, got 'fast'",
     ),
+    "config key given twice in a variant": Case(
+        lambda w: training(w, "r_twice", "--variant", "a model.head.width=32 model.head.width=16"),
+        "--variant 'a model.head.width=32 model.head.width=16': model.head.width is given twice; give each key once",
+        then=lambda w, output: nothing_at(w.root / "r_twice"),
+    ),
     "folder that is not a feature store": Case(
         lambda w: ["train", "--config", "quickstart", "--store", w.root / "run", "--out", w.root / "r3"],
         "not a feature store (no zarr.json)",

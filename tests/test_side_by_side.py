@@ -152,6 +152,15 @@ def test_train_variants_from_the_command_line_and_resume_them(store: Path, tmp_p
     assert load_file(tmp_path / "runs" / "w16" / "last.safetensors")["head.reduce.weight"].shape[0] == 16
 
 
+def test_max_iters_wins_over_a_variants_own_as_over_set(store: Path, tmp_path: Path) -> None:
+    """--max-iters is the last word on schedule.max_iters, a variant's included: a variant's value won before."""
+    common = ("train", "--config", "quickstart", "--store", store, "--set", "logging.tensorboard=false")
+    result = cli(*common, "--out", tmp_path / "runs", "--max-iters", 1, "--variant", "a schedule.max_iters=3")
+    assert result.exit_code == 0, result.output
+    assert "trained to step 1; best train_iou" in result.output
+    assert read_metadata(tmp_path / "runs" / "a" / "last.json")["config"]["schedule"]["max_iters"] == 1
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -162,6 +171,10 @@ def test_train_variants_from_the_command_line_and_resume_them(store: Path, tmp_p
         (("--variant", "a", "--variant", "b data.batch_size=1"), "data.batch_size 4 there, 1 here"),
         (("--variant", "a", "--variant", "b optim.lrr=1"), "--variant 'b': unknown config key 'optim.lrr'"),
         (("--variant", "a", "--set", "optim.lrr=1"), "Error: unknown config key 'optim.lrr'"),
+        (
+            ("--variant", "a model.head.width=32 model.head.width=16"),
+            "--variant 'a model.head.width=32 model.head.width=16': model.head.width is given twice; give each key",
+        ),
     ],
 )
 def test_variants_that_cannot_train_together_are_refused(

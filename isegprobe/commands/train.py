@@ -138,12 +138,12 @@ def train(
     (sbd_research, sbd_*_patch-embed*) run the featurizer online. --resume --out RUNS continues runs trained side
     by side together.
     """
-    overrides = (*overrides, f"schedule.max_iters={max_iters}") if max_iters is not None else overrides
+    flags = (f"schedule.max_iters={max_iters}",) if max_iters is not None else ()
     if show_config:
         sources = config_sources or (_default_preset(device),)
         for source in sources:
             heading = f"# --config {source}\n" if len(sources) > 1 else ""
-            click.echo(heading + annotated_config(load_train_config(source, overrides)), nl=False)
+            click.echo(heading + annotated_config(load_train_config(source, (*overrides, *flags))), nl=False)
         return
     if run_dir is None:
         raise click.UsageError("Missing option '--out' (the run directory).")
@@ -153,12 +153,12 @@ def train(
                 "--resume: using the runs' saved configs; --config and --variant are ignored (--set still applies)",
                 err=True,
             )
-        runs = resumed_runs(run_dir, overrides)
+        runs = resumed_runs(run_dir, (*overrides, *flags))
         store_path, val_store_path = _run_stores(str(runs[0].folder), store_path, val_store_path)
     else:
         if store_path is None:
             raise click.UsageError("Missing option '--store' (the training store).")
-        runs = planned_runs(run_dir, config_sources or (_default_preset(device),), variants, overrides)
+        runs = planned_runs(run_dir, config_sources or (_default_preset(device),), variants, overrides, flags)
         _say_when_steps_take_minutes(runs, device)
 
     refuse_output_inside_a_store(run_dir)

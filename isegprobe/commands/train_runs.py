@@ -25,11 +25,16 @@ class PlannedRun:
 
 
 def planned_runs(
-    out: str, sources: tuple[str, ...], variants: tuple[str, ...], overrides: tuple[str, ...]
+    out: str,
+    sources: tuple[str, ...],
+    variants: tuple[str, ...],
+    overrides: tuple[str, ...],
+    flags: tuple[str, ...] = (),
 ) -> list[PlannedRun]:
-    """One run per (--config, --variant) pair, the --set overrides under each variant's own. A single run goes
-    straight into `out`; several go into `out/NAME`: the preset (or YAML file's stem), the variant's name, or
-    `PRESET-VARIANT` when there are several of both."""
+    """One run per (--config, --variant) pair, the --set overrides under each variant's own, and `flags` (what an
+    option of its own sets, such as --max-iters) over both, as it is over --set. A single run goes straight into
+    `out`; several go into `out/NAME`: the preset (or YAML file's stem), the variant's name, or `PRESET-VARIANT` when
+    there are several of both."""
     parsed = [_parse_variant(text) for text in variants]
     names = [_source_name(source) for source in sources]
     _refuse_shared_folders(out, sources, names)
@@ -44,7 +49,7 @@ def planned_runs(
         else:
             label = "-".join(part for part in (source_name if len(sources) > 1 else "", variant) if part)
             folder = Path(out) / label
-        runs.append(PlannedRun(folder, _variant_config(source, overrides, variant, variant_overrides)))
+        runs.append(PlannedRun(folder, _variant_config(source, overrides, variant, variant_overrides, flags)))
     return runs
 
 
@@ -71,15 +76,15 @@ def _same_source(one: str, other: str) -> bool:
 
 
 def _variant_config(
-    source: str, overrides: tuple[str, ...], variant: str, variant_overrides: tuple[str, ...]
+    source: str, overrides: tuple[str, ...], variant: str, variant_overrides: tuple[str, ...], flags: tuple[str, ...]
 ) -> TrainConfig:
     """The config of one run; a bad key or value among a variant's own overrides says which variant it is in."""
     try:
-        return load_train_config(source, (*overrides, *variant_overrides))
+        return load_train_config(source, (*overrides, *variant_overrides, *flags))
     except UserError as error:
         if not variant_overrides:
             raise
-        load_train_config(source, overrides)  # the fault is the shared overrides': their own error, unprefixed
+        load_train_config(source, (*overrides, *flags))  # the fault is the shared ones': their own error, unprefixed
         raise UserError(f"--variant {variant!r}: {error}") from None
 
 
@@ -112,6 +117,10 @@ def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
     bad = [word for word in words[1:] if "=" not in word]
     if bad:
         raise UserError(f"--variant {text!r}: {bad[0]!r} is not KEY=VALUE")
+    keys = [word.partition("=")[0].strip() for word in words[1:]]
+    twice = next((key for index, key in enumerate(keys) if key in keys[:index]), None)
+    if twice is not None:  # the last value silently won
+        raise UserError(f"--variant {text!r}: {twice} is given twice; give each key once")
     return words[0], tuple(words[1:])
 
 

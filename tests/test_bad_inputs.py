@@ -360,6 +360,22 @@ CASES: dict[str, Case] = {
         "that remembers them best, not the one that segments best; give the store of a held-out split",
         then=lambda w, output: nothing_at(w.root / "r_val"),
     ),
+    "runs side by side into a run's folder": Case(
+        lambda w: training(w, w.run.name, "--variant", "a", "--variant", "b optim.lr=1e-3"),
+        "run holds a run (last.safetensors, last.optim.safetensors, last.json, scalars.csv, tensorboard/): the runs "
+        "side by side would train into its subfolders, and --resume --out",
+        then=lambda w, output: nothing_at(w.run / "a"),
+    ),
+    "run into the folder of runs side by side": Case(
+        lambda w: training(w, runs_side_by_side(w, "parent").name),
+        "parent holds runs side by side (a, b): a run trained into it would be the only one --resume --out",
+    ),
+    "resuming runs side by side, one of which lost its last checkpoint": Case(
+        lambda w: ["train", "--resume", "--out", runs_side_by_side(w, "siblings", without="last.json")],
+        "siblings/b has no last checkpoint to resume from (no last.json; it holds last.safetensors, "
+        "last.optim.safetensors), and the runs beside it would train on without it: put its last.* back, or move it "
+        "out of",
+    ),
     "checkpoint file that is not isegprobe's": Case(
         lambda w: [
             "evaluate",
@@ -713,6 +729,16 @@ def nothing_at(path: Path) -> None:
 def write_bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def runs_side_by_side(world: World, name: str, without: str | None = None) -> Path:
+    """A folder `name` of two copies of the world's run, a and b, as runs side by side leave it; b's file `without`
+    removed."""
+    for run in ("a", "b"):
+        world.run_copy(f"{name}/{run}")
+    if without is not None:
+        (world.root / name / "b" / without).unlink()
+    return world.root / name
 
 
 def without(path: Path) -> Path:

@@ -288,6 +288,48 @@ def test_a_run_that_diverges_beside_others_stops_alone(store: Path, tmp_path: Pa
     )
 
 
+def test_a_run_and_runs_side_by_side_never_nest(store: Path, tmp_path: Path) -> None:
+    """`--resume --out` continues the run in --out where there is one, else the runs in its subfolders: runs side by
+    side trained into a run's folder, or a run into theirs, were left behind by it."""
+    common = ("train", "--config", "quickstart", "--store", store, "--set", "logging.tensorboard=false")
+    common += ("--max-iters", 1)
+    variants = ("--variant", "a", "--variant", "b optim.lr=1e-3")
+    assert cli(*common, "--out", tmp_path / "single").exit_code == 0
+    assert cli(*common, "--out", tmp_path / "sb", *variants).exit_code == 0
+    before = sorted(tmp_path.rglob("*"))
+    nested = CliRunner().invoke(main, [str(word) for word in (*common, "--out", tmp_path / "single", *variants)])
+    assert nested.exit_code == 1
+    assert (
+        f"--out {tmp_path / 'single'} holds a run (last.safetensors, last.optim.safetensors, last.json, "
+        in " ".join(nested.output.split())
+    )
+    inside = CliRunner().invoke(main, [str(word) for word in (*common, "--out", tmp_path / "sb")])
+    assert inside.exit_code == 1
+    assert (
+        f"--out {tmp_path / 'sb'} holds runs side by side (a, b): a run trained into it would be the only one"
+        in " ".join(inside.output.split())
+    )
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_run_side_by_side_that_lost_its_last_checkpoint_stops_the_resume_of_the_others(
+    store: Path, tmp_path: Path
+) -> None:
+    """It has a best checkpoint, so it did checkpoint: the others resumed without it, and it was said to hold none."""
+    common = ("train", "--config", "quickstart", "--store", store, "--set", "logging.tensorboard=false")
+    variants = ("--variant", "a", "--variant", "b optim.lr=1e-3")
+    assert cli(*common, "--out", tmp_path / "sb", "--max-iters", 1, *variants).exit_code == 0
+    for path in (tmp_path / "sb" / "b").glob("last.*"):
+        path.unlink()
+    resumed = CliRunner().invoke(main, ["train", "--resume", "--out", str(tmp_path / "sb"), "--max-iters", "2"])
+    assert resumed.exit_code == 1
+    assert (
+        f"--resume: {tmp_path / 'sb' / 'b'} has no last checkpoint to resume from (no last.json; it holds "
+        "best.safetensors, best.json), and the runs beside it would train on without it"
+    ) in " ".join(resumed.output.split())
+    assert read_metadata(tmp_path / "sb" / "a" / "last.json")["step"] == 1
+
+
 def test_a_config_file_names_its_run_by_its_stem_whatever_its_path_and_suffix(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

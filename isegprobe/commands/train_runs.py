@@ -13,7 +13,8 @@ import click
 
 from isegprobe.config import TrainConfig, load_train_config
 from isegprobe.errors import UserError
-from isegprobe.training.checkpoint import resume_config
+from isegprobe.output_files import run_files_in
+from isegprobe.training.checkpoint import checkpoint_files, resume_config
 
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -50,7 +51,27 @@ def planned_runs(
             label = "-".join(part for part in (source_name if len(sources) > 1 else "", variant) if part)
             folder = Path(out) / label
         runs.append(PlannedRun(folder, _variant_config(source, overrides, variant, variant_overrides, flags)))
+    _refuse_nesting(Path(out), side_by_side=len(runs) > 1)
     return runs
+
+
+def _refuse_nesting(out: Path, side_by_side: bool) -> None:
+    """A run in `out` and runs side by side in its subfolders do not mix: `--resume --out` continues the run in `out`
+    where there is one, else those in its subfolders, so one or the other would be left behind without a word."""
+    if side_by_side:
+        held = run_files_in(out)
+        if held:
+            raise UserError(
+                f"--out {out} holds a run ({', '.join(held)}): the runs side by side would train into its subfolders, "
+                f"and --resume --out {out} would continue that run alone; choose another --out"
+            )
+        return
+    nested = [path.name for path in _subfolders(out) if run_files_in(path)]
+    if nested:
+        raise UserError(
+            f"--out {out} holds runs side by side ({', '.join(nested)}): a run trained into it would be the only one "
+            f"--resume --out {out} continues; choose another --out"
+        )
 
 
 def _refuse_shared_folders(out: str, sources: tuple[str, ...], names: list[str]) -> None:
@@ -96,12 +117,26 @@ def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:
     folders = sorted(path.parent for path in root.glob("*/last.json"))
     if not folders:
         raise UserError(f"--resume: no last.json in {out} or in its subfolders (runs trained side by side)")
-    for started in sorted(path.parent for path in root.glob("*/config.yaml")):
-        if started not in folders:
-            click.echo(
-                f"--resume: {started} holds no checkpoint (its run stopped before its first): not resumed", err=True
-            )
+    for started in [path for path in _subfolders(root) if path not in folders and run_files_in(path)]:
+        _refuse_a_run_left_behind(started, out)
+        click.echo(f"--resume: {started} holds no checkpoint (its run stopped before its first): not resumed", err=True)
     return [PlannedRun(folder, resume_config(folder, overrides)) for folder in folders]
+
+
+def _refuse_a_run_left_behind(folder: Path, out: str) -> None:
+    """A run beside the others without a last.json is left out of their resume. One that never saved a checkpoint
+    (its loss not finite before its first) has nothing to resume; one that did has lost its last checkpoint, and
+    the others would train on without it."""
+    kept = [path.name for name in ("last", "best") for path in checkpoint_files(folder, name).values() if path.exists()]
+    if kept:
+        raise UserError(
+            f"--resume: {folder} has no last checkpoint to resume from (no last.json; it holds {', '.join(kept)}), "
+            f"and the runs beside it would train on without it: put its last.* back, or move it out of {out}"
+        )
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
 
 
 def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:

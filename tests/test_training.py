@@ -673,20 +673,32 @@ def test_a_new_run_never_trains_beside_another_runs_files_or_an_evaluations(tmp_
     run = tmp_path / "run"
     train(tiny_config("schedule.max_iters=2", "logging.tensorboard=true"), dataset, run, device="cpu", progress=False)
     (run / "last.json").unlink()
-    only_a_log = tmp_path / "only_a_log"
-    (only_a_log / "tensorboard").mkdir(parents=True)
     results = tmp_path / "results"
     results.mkdir()
     (results / "ious.npz").write_bytes(b"")
     for folder, words in (
         (run, r"already holds files of a run \(last.safetensors, last.optim.safetensors, best.safetensors, "),
-        (only_a_log, r"already holds files of a run \(tensorboard/\), without the last.json that --resume"),
         (results, r"results: the folder of an evaluation \(ious.npz\); give the run a folder of its own"),
     ):
         before = sorted(path.relative_to(folder) for path in folder.rglob("*"))
         with pytest.raises(UserError, match=words):
             train(tiny_config("schedule.max_iters=1"), dataset, folder, device="cpu", progress=False)
         assert sorted(path.relative_to(folder) for path in folder.rglob("*")) == before
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_is_taken_over_by_the_same_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed before its first checkpoint, a run leaves its config.yaml and logs and nothing to resume: running the
+    same command again trains, saying what it takes over."""
+    dataset = SquaresDataset(count=4)
+    stopped = tmp_path / "stopped"
+    (stopped / "tensorboard").mkdir(parents=True)
+    (stopped / "config.yaml").write_text("seed: 3\n")
+    with caplog.at_level(logging.WARNING, logger="isegprobe"):
+        trained = train(tiny_config("schedule.max_iters=1"), dataset, stopped, device="cpu", progress=False)
+    assert trained.step == 1 and (stopped / "last.json").is_file()
+    assert "holds what a run that stopped before its first checkpoint left (config.yaml, tensorboard/)" in caplog.text
 
 
 def test_a_run_with_not_one_object_to_segment_says_so(tmp_path: Path) -> None:

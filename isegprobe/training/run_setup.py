@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # What a resume may name anew of its probe: the authors' upsampler file, read only to build the probe, whose
 # weights the checkpoint's then replace (a file moved since the run began).
 RESUMABLE_MODEL_KEYS = ("model.upsampler.weights",)
+# The files of a checkpoint (`checkpoint_files` of last and best) begin so.
+CHECKPOINT_PREFIXES = ("last.", "best.")
 
 
 @dataclass
@@ -182,20 +184,31 @@ def _schedule_line(images: int, views: int, batch_size: int, schedule: StepSched
 
 
 def _refuse_a_used_folder(run_dir: Path) -> None:
-    """A new run goes into a folder of its own. Beside another run's files it mixed its TensorBoard log with theirs
-    and, until its own first best, left their best checkpoint there, which evaluation and the demo take first; beside
-    an evaluation's results, `report` read them as the run's (as `evaluate` refuses a run's folder)."""
+    """A new run goes into a folder of its own. Beside another run's checkpoints it left their best there until its
+    own first best, which evaluation and the demo take first, and mixed its TensorBoard log with theirs; beside an
+    evaluation's results, `report` read them as the run's (as `evaluate` refuses a run's folder). What a run that
+    stopped before its first checkpoint leaves (config.yaml, its logs) is taken over, as the same command run again
+    expects, and said."""
     if (run_dir / "last.json").is_file():
         raise UserError(
             f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
             "another --out"
         )
     held = run_files_in(run_dir)
-    if held:
+    checkpoints = [name for name in held if name.startswith(CHECKPOINT_PREFIXES)]
+    if checkpoints:
         raise UserError(
             f"{run_dir} already holds files of a run ({', '.join(held)}), without the last.json that --resume "
             "continues from: a new run there would mix its checkpoints and logs with them; delete them or choose "
             "another --out"
+        )
+    if held:
+        log.warning(
+            "%s holds what a run that stopped before its first checkpoint left (%s): this run replaces its "
+            "config.yaml and scalars.csv, and TensorBoard shows the old event files beside the new until they are "
+            "deleted",
+            run_dir,
+            ", ".join(held),
         )
     results = evaluation_markers_in(run_dir)
     if results:

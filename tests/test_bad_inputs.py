@@ -347,8 +347,8 @@ CASES: dict[str, Case] = {
     ),
     "train into a folder that holds files of a run without its last.json": Case(
         lambda w: training(w, without(w.run_copy("lost_last") / "last.json").name),
-        "lost_last already holds files of a run (last.safetensors, last.optim.safetensors, scalars.csv, tensorboard/), "
-        "without the last.json that --resume continues from",
+        "lost_last already holds files of a run (last.safetensors, last.optim.safetensors, config.yaml, scalars.csv, "
+        "tensorboard/), without the last.json that --resume continues from",
     ),
     "train into an evaluation's folder": Case(
         lambda w: training(w, w.results.name),
@@ -362,8 +362,8 @@ CASES: dict[str, Case] = {
     ),
     "runs side by side into a run's folder": Case(
         lambda w: training(w, w.run.name, "--variant", "a", "--variant", "b optim.lr=1e-3"),
-        "run holds a run (last.safetensors, last.optim.safetensors, last.json, scalars.csv, tensorboard/): the runs "
-        "side by side would train into its subfolders, and --resume --out",
+        "run holds a run (last.safetensors, last.optim.safetensors, last.json, config.yaml, scalars.csv, "
+        "tensorboard/): the runs side by side would train into its subfolders, and --resume --out",
         then=lambda w, output: nothing_at(w.run / "a"),
     ),
     "run into the folder of runs side by side": Case(

@@ -19,6 +19,7 @@ from click.shell_completion import CompletionItem
 
 from isegprobe import __version__
 from isegprobe.errors import quiet_disk_errors_in_threads
+from isegprobe.interrupts import INTERRUPTED_STATUS
 
 
 class LazyCommand(NamedTuple):
@@ -134,7 +135,7 @@ class LazyGroup(click.Group):
 
 def _interrupted() -> click.exceptions.Exit:
     click.echo("interrupted", err=True)
-    return click.exceptions.Exit(130)
+    return click.exceptions.Exit(INTERRUPTED_STATUS)
 
 
 _python_format_warning = warnings.formatwarning

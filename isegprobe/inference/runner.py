@@ -46,6 +46,7 @@ from isegprobe.inference.visuals import file_name, has_overlay, save_overlay, st
 from isegprobe.inference.zoom_in import ZoomIn
 from isegprobe.locks import exclusive_lock, shared_locks
 from isegprobe.model import runs_featurizer_online
+from isegprobe.output_files import OVERLAY_FOLDER
 from isegprobe.same_images import warn_when_evaluating_training_images
 from isegprobe.training.checkpoint import checkpoint_description, load_probe, resolve_checkpoint
 from isegprobe.training.store_checks import check_store_matches
@@ -139,7 +140,7 @@ def _evaluate(
                 writer.resume()
             for job in setup.jobs:
                 finished = list(writer.curves.get(job.name, {}))
-                pictures, feats = (Path(request.out_dir) / kind / job.name for kind in ("vis", "feats"))
+                pictures, feats = (Path(request.out_dir) / kind / job.name for kind in (OVERLAY_FOLDER, "feats"))
                 _draw_objects_finished_undrawn(request, job.name, finished[: request.vis_preds], pictures)
                 _save_features_of_objects_finished_unsaved(request, job.name, finished[: request.save_feats], feats)
                 if writer.complete.get(job.name):
@@ -333,7 +334,7 @@ def _evaluate_dataset(
     clicks = request.max_clicks
     done = len(writer.curves.get(name, {}))
     progress = tqdm(desc=name, unit="click", total=total * clicks, initial=done * clicks, smoothing=0, file=sys.stderr)
-    pictures = Path(request.out_dir) / "vis" / name
+    pictures = Path(request.out_dir) / OVERLAY_FOLDER / name
     postfix = {"objects": f"{done}/{total}"}
 
     def clicked(click: int, objects: int) -> None:
@@ -401,7 +402,7 @@ def _replacing_earlier_pictures_and_features(out_dir: Path, writer: ResultsWrite
     evaluation writes its first results, and put back if it stops before (an unreadable image in its first batch):
     the earlier results stay until then, and must keep their pictures."""
     aside = {}
-    for kind in ("vis", "feats"):
+    for kind in (OVERLAY_FOLDER, "feats"):
         folder, kept = out_dir / kind, out_dir / f".{kind}.replaced"
         _remove_file_or_folder(kept)  # left by an --overwrite that was killed before its first results
         if folder.is_symlink() or folder.is_dir():  # a file so named is the user's: drawing into it is refused

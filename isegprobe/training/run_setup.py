@@ -22,14 +22,7 @@ from isegprobe.output_files import evaluation_markers_in, run_files_in
 from isegprobe.same_images import refuse_validating_on_training_images, warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state, resume_config
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
-from isegprobe.training.run_state import (
-    RunDescription,
-    RunProgress,
-    changes_text,
-    config_changes,
-    dotted,
-    recorded_changes,
-)
+from isegprobe.training.run_state import RunDescription, RunProgress, changes_text, config_changes, recorded_changes
 from isegprobe.training.schedule import StepSchedule
 from isegprobe.training.store_checks import (
     check_resumed_store,
@@ -84,7 +77,7 @@ def set_up_run(
     if resume:
         _refuse_a_changed_probe(run_dir, config)
     else:
-        _refuse_a_used_folder(run_dir)
+        _refuse_a_used_folder(run_dir, say=rank == 0)
     preprocessing = dict(dataset.preprocessing)
     size = int(preprocessing["size"])
     check_store_fits(config.data, preprocessing, getattr(dataset, "provenance", None))
@@ -183,12 +176,12 @@ def _schedule_line(images: int, views: int, batch_size: int, schedule: StepSched
     )
 
 
-def _refuse_a_used_folder(run_dir: Path) -> None:
+def _refuse_a_used_folder(run_dir: Path, say: bool) -> None:
     """A new run goes into a folder of its own. Beside another run's checkpoints it left their best there until its
     own first best, which evaluation and the demo take first, and mixed its TensorBoard log with theirs; beside an
     evaluation's results, `report` read them as the run's (as `evaluate` refuses a run's folder). What a run that
     stopped before its first checkpoint leaves (config.yaml, its logs) is taken over, as the same command run again
-    expects, and said."""
+    expects, and said where `say` (rank 0 of a torchrun job)."""
     if (run_dir / "last.json").is_file():
         raise UserError(
             f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
@@ -202,18 +195,18 @@ def _refuse_a_used_folder(run_dir: Path) -> None:
             "continues from: a new run there would mix its checkpoints and logs with them; delete them or choose "
             "another --out"
         )
-    if held:
+    results = evaluation_markers_in(run_dir)
+    if results:
+        raise UserError(
+            f"--out {run_dir}: the folder of an evaluation ({', '.join(results)}); give the run a folder of its own"
+        )
+    if held and say:
         log.warning(
             "%s holds what a run that stopped before its first checkpoint left (%s): this run replaces its "
             "config.yaml and scalars.csv, and TensorBoard shows the old event files beside the new until they are "
             "deleted",
             run_dir,
             ", ".join(held),
-        )
-    results = evaluation_markers_in(run_dir)
-    if results:
-        raise UserError(
-            f"--out {run_dir}: the folder of an evaluation ({', '.join(results)}); give the run a folder of its own"
         )
 
 
@@ -223,11 +216,12 @@ def _refuse_a_changed_probe(run_dir: Path, config: TrainConfig) -> None:
     resumed step on, while the run's checkpoints and results name the new setting alone."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RenamedConfigKeyWarning)  # said as the command read the run's config
-        saved = dotted(config_to_dict(resume_config(run_dir)))
+        saved = config_to_dict(resume_config(run_dir))
+    changes = config_changes(saved, config, 0, None)
     changed = [
-        f"{key} {saved[key]!r} -> {value!r}"
-        for key, value in dotted(config_to_dict(config)).items()
-        if key.startswith("model.") and key not in RESUMABLE_MODEL_KEYS and value != saved[key]
+        f"{key} {old!r} -> {new!r}"
+        for key, (old, new) in (changes[0]["changed"] if changes else {}).items()
+        if key.startswith("model.") and key not in RESUMABLE_MODEL_KEYS
     ]
     if changed:
         raise UserError(

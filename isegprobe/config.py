@@ -365,6 +365,13 @@ def _override_key(override: str) -> str:
     return override.partition("=")[0].strip()
 
 
+def key_given_twice(overrides: Sequence[str]) -> str | None:
+    """The first key that two of `overrides` set, or None. Applied in turn, the last would win without a word, and
+    a long command line's earlier value is easily the one its writer meant."""
+    keys = [_override_key(override) for override in overrides]
+    return next((key for index, key in enumerate(keys) if key in keys[:index]), None)
+
+
 def train_config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
     """Rebuild a config from a (possibly partial) nested dict, e.g. one saved in a checkpoint's JSON."""
     merged = config_to_dict(TrainConfig())

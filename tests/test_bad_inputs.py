@@ -333,6 +333,11 @@ CASES: dict[str, Case] = {
         "--variant 'a model.head.width=32 model.head.width=16': model.head.width is given twice; give each key once",
         then=lambda w, output: nothing_at(w.root / "r_twice"),
     ),
+    "config key given twice to --set": Case(
+        lambda w: training(w, "r_set_twice", "--set", "model.head.width=32", "--set", "model.head.width=16"),
+        "--set model.head.width is given twice; give each key once",
+        then=lambda w, output: nothing_at(w.root / "r_set_twice"),
+    ),
     "folder that is not a feature store": Case(
         lambda w: ["train", "--config", "quickstart", "--store", w.root / "run", "--out", w.root / "r3"],
         "not a feature store (no zarr.json)",

@@ -19,7 +19,7 @@ from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
 from isegprobe.commands.train_runs import PlannedRun, planned_runs, resumed_runs
-from isegprobe.config import load_train_config
+from isegprobe.config import key_given_twice, load_train_config
 from isegprobe.config_reference import annotated_config
 from isegprobe.distributed import LostRank, current_rank, ranks_on_this_machine
 from isegprobe.errors import UserError
@@ -47,7 +47,11 @@ DEFAULT_PRESETS = {"cuda": "sbd_224", "cpu": "fast_cpu"}
     "--variant).",
 )
 @click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.lr=1e-4."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. optim.lr=1e-4 (each key once).",
 )
 @click.option(
     "--variant",
@@ -138,6 +142,9 @@ def train(
     (sbd_research, sbd_*_patch-embed*) run the featurizer online. --resume --out RUNS continues runs trained side
     by side together.
     """
+    twice = key_given_twice(overrides)
+    if twice is not None:
+        raise UserError(f"--set {twice} is given twice; give each key once")
     flags = (f"schedule.max_iters={max_iters}",) if max_iters is not None else ()
     if show_config:
         sources = config_sources or (_default_preset(device),)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from isegprobe.config import TrainConfig, load_train_config
+from isegprobe.config import TrainConfig, key_given_twice, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.output_files import run_files_in
 from isegprobe.training.checkpoint import checkpoint_files, resume_config
@@ -152,9 +152,8 @@ def _parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
     bad = [word for word in words[1:] if "=" not in word]
     if bad:
         raise UserError(f"--variant {text!r}: {bad[0]!r} is not KEY=VALUE")
-    keys = [word.partition("=")[0].strip() for word in words[1:]]
-    twice = next((key for index, key in enumerate(keys) if key in keys[:index]), None)
-    if twice is not None:  # the last value silently won
+    twice = key_given_twice(words[1:])
+    if twice is not None:
         raise UserError(f"--variant {text!r}: {twice} is given twice; give each key once")
     return words[0], tuple(words[1:])
 

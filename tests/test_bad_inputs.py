@@ -297,6 +297,14 @@ CASES: dict[str, Case] = {
         "--size 100: must be a multiple of the featurizer's patch size 14",
         then=lambda w, output: nothing_at(w.root / "sized"),
     ),
+    "--size at which the model gives another grid": Case(
+        lambda w: extraction(
+            "--dataset", "builtin", "--size", "96", "--out", w.root / "gridded", featurizer="mobilevitv2_050"
+        ),
+        "--size 96: mobilevitv2_050 gives a 4x4 grid on a 96x96 px image, not the 3x3 of its stride 32 (timm's "
+        "ByobNet); sizes near it that run: 64, 128",
+        then=lambda w, output: nothing_at(w.root / "gridded"),
+    ),
     "weights file that is not a checkpoint": Case(
         lambda w: extraction(
             "--dataset", "builtin", "--out", w.root / "x", weights=write_bytes(w.root / "junk.pth", b"\x80\x02junk")

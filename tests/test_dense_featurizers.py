@@ -102,6 +102,28 @@ def test_a_model_timm_builds_for_one_size_runs_at_that_size_and_refuses_others(t
 
 
 @pytest.mark.parametrize(
+    ("name", "size", "message", "near"),
+    [
+        ("mobilevitv2_050", 96, r"gives a 4x4 grid on a 96x96 px image, not the 3x3 of its stride 32", "64, 128"),
+        ("ghostnetv3_050", 32, r"does not run on a 32x32 px image \(timm's GhostNet: Given input size", "64, 96"),
+    ],
+)
+def test_a_size_the_model_runs_wrongly_at_is_refused_naming_sizes_that_run(tmp_path, name, size, message, near):
+    """MobileViTv2 rounds an odd grid up (its own 224 px gives 8x8 features, not 7x7) and GhostNetV3 pools a 1x1
+    grid to nothing, at multiples of a stride measured on sizes where they run: refused before any folder is made,
+    naming multiples of the stride near it that run, instead of a traceback in the extraction."""
+    featurizer = random_featurizer(name)
+    with pytest.raises(UserError, match=message):
+        featurizer(images(size, batch=1))
+    result = extract(tmp_path / "cache", name, size=size)
+    assert result.exit_code == 1 and not isinstance(result.exception, ValueError | RuntimeError)
+    assert f"--size {size}: {name} " in result.output and f"sizes near it that run: {near}\n" in result.output
+    assert "pass --size" not in result.output
+    assert not (tmp_path / "cache").exists()
+    assert featurizer(images(128, batch=1)).shape == (1, featurizer.dim, 4, 4)
+
+
+@pytest.mark.parametrize(
     ("name", "message"),
     [
         ("inception_v3", r"no fixed stride \(a 128 px image gave a 2x2 grid, a 256 px one 6x6\)"),

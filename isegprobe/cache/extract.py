@@ -297,7 +297,8 @@ def _matching_store(path: Path, wanted: dict[str, Any]) -> FeatureStore | None:
 def _feature_grid(featurizer: Featurizer, size: int) -> tuple[int, int]:
     problem = featurizer.size_problem(size, size)
     if problem is not None:
-        raise UserError(f"--size {size}: {featurizer.name} {problem}; pass --size {featurizer.fixed_size}")
+        fixed = f"; pass --size {featurizer.fixed_size}" if featurizer.fixed_size else ""
+        raise UserError(f"--size {size}: {featurizer.name} {problem}{fixed}")
     if size % featurizer.patch_size:
         raise UserError(
             f"--size {size}: must be a multiple of the featurizer's {featurizer.stride_name} {featurizer.patch_size}"

@@ -84,6 +84,7 @@ class DenseFeaturizer(TimmFeaturizer):
         self.norms_every_location = norms_every_location
         self.patch_tokens = patch_tokens
         self.early_fusion_refusal = None if patch_tokens else late_fusion_only(model, stride)
+        self._size_problems: dict[tuple[int, int], str | None] = {}
 
     @classmethod
     def claims(cls, arch: str | None, block: int | None) -> bool:
@@ -102,6 +103,42 @@ class DenseFeaturizer(TimmFeaturizer):
     def timm_kwargs(cls, arch: str) -> dict[str, Any]:
         """No classifier; ViT-likes resample position embeddings (and RoPE) to the working grid."""
         return {"num_classes": 0, **({"dynamic_img_size": True} if takes_dynamic_img_size(arch) else {})}
+
+    def size_problem(self, height: int, width: int) -> str | None:
+        """Beside a fixed size, what one forward at this size shows (once per size): some models run at the sizes
+        measured when built but not at every multiple of their stride (MobileViTv2 rounds an odd grid up, so 96 px
+        gives 4x4 features at stride 32; GhostNetV3 pools a 1x1 grid to nothing), which would otherwise end an
+        extraction in a traceback."""
+        problem = super().size_problem(height, width)
+        if problem is not None or height % self.patch_size or width % self.patch_size:
+            return problem
+        problem = self._trial_problem(height, width)
+        if problem is None or height != width:
+            return problem
+        near = [side for side in _near_sizes(height, self.patch_size) if self._trial_problem(side, side) is None]
+        return f"{problem}; sizes near it that run: {', '.join(map(str, near))}" if near else problem
+
+    def _trial_problem(self, height: int, width: int) -> str | None:
+        """Why one zero image of this size fails or gives a grid other than the size over the stride, else None;
+        asked once per size."""
+        if (height, width) not in self._size_problems:
+            self._size_problems[height, width] = self._run_once(height, width)
+        return self._size_problems[height, width]
+
+    @torch.inference_mode()
+    def _run_once(self, height: int, width: int) -> str | None:
+        grid = (height // self.patch_size, width // self.patch_size)
+        zeros = torch.zeros(1, 3, height, width, device=_device(self.model))
+        try:
+            got = tuple(_intermediate(self.model, zeros, self.block, self.normed).shape[-2:])
+        except _SIZE_FAILURES as error:
+            return f"does not run on a {height}x{width} px image (timm's {type(self.model).__name__}: {error})"
+        if got != grid:
+            return (
+                f"gives a {got[0]}x{got[1]} grid on a {height}x{width} px image, not the {grid[0]}x{grid[1]} of its "
+                f"{self.stride_name} {self.patch_size} (timm's {type(self.model).__name__})"
+            )
+        return None
 
     def forward(self, images: Tensor, token_bias: Tensor | None = None) -> Tensor:
         if token_bias is not None and self.patch_tokens is None:
@@ -214,6 +251,11 @@ def _only_at_built_size(
             f"{name}: timm's {type(model).__name__} runs neither on a small image ({first_failure}) nor at its own "
             f"{size} px"
         ) from None
+
+
+def _near_sizes(size: int, stride: int) -> list[int]:
+    """The multiples of `stride` up to two strides either side of `size`, which a refusal tries to name."""
+    return [side for side in range(size - 2 * stride, size + 3 * stride, stride) if side > 0 and side != size]
 
 
 def _device(model: nn.Module) -> torch.device:

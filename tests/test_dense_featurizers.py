@@ -87,6 +87,20 @@ def test_hieras_features_are_timms_unnormed_intermediates():
     assert featurizer.provenance["normed"] is False and "fixed_size" not in featurizer.provenance
 
 
+def test_an_early_block_too_small_on_four_strides_is_no_model_of_one_size():
+    """SAM2's Hiera at its first stage (stride 4) fails on a 16 px image, whose 4x4 tokens are fewer than its 8x8
+    windows, but runs at 32 px and up: measured there, not taken for a model of its build size (896 px) alone."""
+    featurizer = random_featurizer("sam2_hiera_tiny@0")
+    assert (featurizer.patch_size, featurizer.dim, featurizer.fixed_size) == (4, 96, None)
+    assert "fixed_size" not in featurizer.provenance
+    x = images(32, batch=1)
+    with torch.no_grad():
+        expected = featurizer.model.forward_intermediates(x, indices=[0], output_fmt="NCHW", intermediates_only=True)
+    assert torch.equal(featurizer(x), expected[-1])
+    with pytest.raises(UserError, match=r"does not run on a 24x24 px image .*; sizes near it that run: 32$"):
+        featurizer(images(24, batch=1))
+
+
 def test_a_model_timm_builds_for_one_size_runs_at_that_size_and_refuses_others(tmp_path):
     """MAE's Hiera adds a position table of its build size unresampled: it runs at 224 px only."""
     featurizer = random_featurizer("hiera_tiny_224")

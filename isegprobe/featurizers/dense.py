@@ -199,13 +199,17 @@ def _measure(
             features = _intermediate(model, torch.zeros(1, 3, side, side, device=_device(model)), block, normed)
         except _SIZE_FAILURES as error:
             fixed_size = _built_size(model)
-            if fixed_size is None or fixed_size == side:
+            seen.clear()
+            larger = _larger_size_that_runs(model, block, normed, reduction, fixed_size, seen)
+            if larger is not None:
+                (side, features), fixed_size = larger, None
+            elif fixed_size is None or fixed_size == side:
                 raise UserError(
                     f"{name}: timm's {type(model).__name__} did not run on a {side} px image ({error})"
                 ) from None
-            seen.clear()
-            side = fixed_size
-            features = _only_at_built_size(name, model, block, normed, fixed_size, error)
+            else:
+                side = fixed_size
+                features = _only_at_built_size(name, model, block, normed, fixed_size, error)
     finally:
         if handle is not None:
             handle.remove()
@@ -216,6 +220,23 @@ def _measure(
         _require_a_fixed_stride(name, model, block, normed, side, rows)
     patch_tokens = patch_tokens_of(*embedding, seen[0], (rows, cols)) if embedding and seen else None
     return side // rows, int(features.shape[1]), patch_tokens, fixed_size
+
+
+def _larger_size_that_runs(
+    model: nn.Module, block: int, normed: bool, reduction: int, built: int | None, seen: list[Tensor]
+) -> tuple[int, Tensor] | None:
+    """(size, output) of the first of 8 and 16 strides, below the size timm built the model for, that it runs on:
+    a 4-stride image can be too small for a window of an early stage (SAM2's Hiera at stride 4 needs 8x8 tokens)
+    in a model that runs at any size from there on. None where it runs on none of them. `seen` keeps the patch
+    tokens of the forward that ran."""
+    for side in (8 * reduction, 16 * reduction):
+        if built is not None and side >= built:
+            break
+        try:
+            return side, _intermediate(model, torch.zeros(1, 3, side, side, device=_device(model)), block, normed)
+        except _SIZE_FAILURES:
+            seen.clear()
+    return None
 
 
 def _require_a_fixed_stride(name: str, model: nn.Module, block: int, normed: bool, side: int, rows: int) -> None:

@@ -76,10 +76,10 @@ def test_an_option_value_that_is_no_fraction_is_refused_naming_the_file_and_key(
     )
 
 
-def test_an_image_listed_twice_is_refused_rather_than_made_one_item(tmp_path):
+def test_an_image_listed_twice_is_refused_naming_its_lines(tmp_path):
     root = sbd_tree(tmp_path / "SBD")
     (root / "val.txt").write_text("2008_000001\n2008_000002\n2008_000001\n")
-    with pytest.raises(UserError, match=r"SBD: two items of sbd val have the id '2008_000001'; each image needs"):
+    with pytest.raises(UserError, match=r"val\.txt, lines 1 and 3: '2008_000001' is listed twice; list each image"):
         create_dataset("sbd", root, "val")
 
 

@@ -101,6 +101,7 @@ class NameListDataset(DatasetBase):
         if not self._names:
             raise UserError(f"{list_file}: lists no image (one image name per line)")
         _refuse_paths_as_names(list_file, lines)
+        _refuse_names_listed_twice(list_file, lines)
         self._counts: list[int] | None = None
 
     def __len__(self) -> int:
@@ -133,6 +134,18 @@ def _refuse_paths_as_names(list_file: Path, lines: list[str]) -> None:
             raise UserError(
                 f"{list_file}, line {number}: {name!r} is a path, not an image name (names are file names without "
                 "their suffix, without / or ..)"
+            )
+
+
+def _refuse_names_listed_twice(list_file: Path, lines: list[str]) -> None:
+    """A name listed twice would be two items of one id; refused here, naming the lines, since the general check
+    (two files of one name: rename one) sends the user looking for a second image that is not there."""
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if name and first_line.setdefault(name, number) != number:
+            raise UserError(
+                f"{list_file}, lines {first_line[name]} and {number}: {name!r} is listed twice; list each image once"
             )
 
 

@@ -117,6 +117,7 @@ def extract_custom(folder: Path, out: Path) -> list[object]:
 SQUARE = [[4, 4, 20, 4, 20, 20, 4, 20]]
 FLAT = [4, 4, 20, 4, 12, 4]  # a polygon of zero area: it paints no pixel
 FAR = [[4, 4, 1e300, 4, 20, 20]]  # rasterized edge pixel by edge pixel, it took all memory, and the process
+SHORT_RLE = {"size": [28, 28], "counts": [100, 20]}  # pycocotools decoded the rest as background, silently
 
 
 def coco_file(folder: Path, names: list[str], **annotation: object) -> Path:
@@ -494,6 +495,11 @@ CASES: dict[str, Case] = {
         lambda w: extract_custom(coco_file(w.root / "coco_far", ["a.jpg"], segmentation=FAR), w.root / "x19"),
         "coco.json: annotation 1 of image a: bad segmentation (polygon coordinates must be finite, x within [-28, 56] "
         "and y within [-28, 56] for this 28 x 28 image",
+    ),
+    "COCO-format RLE whose runs do not cover its image": Case(
+        lambda w: extract_custom(coco_file(w.root / "coco_runs", ["a.jpg"], segmentation=SHORT_RLE), w.root / "x20"),
+        "coco.json: annotation 1 of image a: bad segmentation (its RLE's runs cover 120 pixels, the image's [28, 28] "
+        "784: counts made for another image, or cut off)",
     ),
     "COCO-format image of a size that is not a number of pixels": Case(
         lambda w: extract_custom(coco_of_a_negative_height(w.root / "coco_size"), w.root / "x18"),

@@ -1,5 +1,6 @@
 """MS COCO and custom COCO-format JSON (pycocotools), LVIS (RITM's layout, polygons) and COCO+LVIS (RITM's pickles)."""
 
+import itertools
 import json
 import pickle
 import warnings
@@ -104,7 +105,30 @@ BAD_SEGMENTATIONS = {
     "a coordinate far off the image": ([[2, 2, 1e300, 2, 20, 18]], "x within [-30, 60] and y within [-20, 40]"),
     "coordinates given as text": ([["2", "2", "20", "2", "20", "18"]], "a polygon must be a list of numbers"),
     "an RLE of another size": ({"size": [5, 5], "counts": "05"}, "its RLE's size is [5, 5], the image's [20, 30]"),
+    # pycocotools decoded runs that stop short as background to the end, and "" as most of the image object
+    "RLE runs that stop short": ({"size": [H, W], "counts": [100, 20]}, "its RLE's runs cover 120 pixels, the"),
+    "an empty compressed RLE": ({"size": [H, W], "counts": ""}, "its RLE's runs cover 0 pixels, the image's [20, 30]"),
+    "a compressed RLE cut inside a run": ({"size": [H, W], "counts": "o"}, "are not COCO's run-length encoding"),
+    "a negative run": ({"size": [H, W], "counts": [100, -20, 520]}, "counts must be whole numbers from 0"),
 }
+
+
+def test_rle_runs_read_as_pycocotools_encodes_them(tmp_path):
+    """Compressed and uncompressed RLE of one mask give that mask, the runs' check passing both."""
+    mask = np.zeros((H, W), bool)
+    mask[3:11, 5:22] = True
+    runs = [len(list(run)) for _, run in itertools.groupby(mask.ravel(order="F"))]  # column-major, background first
+    write_image(tmp_path / "a.png", H, W)
+    document = {
+        "images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "segmentation": _rle(mask)},
+            {"id": 2, "image_id": 1, "segmentation": {"size": [H, W], "counts": runs}},
+        ],
+    }
+    (tmp_path / "labels.json").write_text(json.dumps(document))
+    dataset = create_dataset("custom", tmp_path / "labels.json", "test-instances")
+    assert (dataset[0].labels == mask).all() and (dataset[1].labels == mask).all()
 
 
 @pytest.mark.parametrize("case", BAD_SEGMENTATIONS)

@@ -110,7 +110,28 @@ BAD_SEGMENTATIONS = {
     "an empty compressed RLE": ({"size": [H, W], "counts": ""}, "its RLE's runs cover 0 pixels, the image's [20, 30]"),
     "a compressed RLE cut inside a run": ({"size": [H, W], "counts": "o"}, "are not COCO's run-length encoding"),
     "a negative run": ({"size": [H, W], "counts": [100, -20, 520]}, "counts must be whole numbers from 0"),
+    # pycocotools dropped the x without its y
+    "an odd number of coordinates": ([[2, 2, 20, 2, 20]], "a polygon is pairs of numbers x, y, got 5 numbers"),
 }
+
+
+@pytest.mark.parametrize("segmentation", [[[4, 4, 20, 15]], [[4, 4]], [[]], []], ids=["2 points", "1", "0", "none"])
+def test_polygons_of_fewer_than_three_points_paint_nothing_as_coco_paints_them(tmp_path, segmentation):
+    """pycocotools paints no pixel for such a polygon after a whole one, but took a first one of two points for a
+    box and failed, and failed on none, with messages of its internals: each is an annotation that paints nothing."""
+    write_image(tmp_path / "a.png", H, W)
+    document = {
+        "images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "segmentation": segmentation},
+            {"id": 2, "image_id": 1, "segmentation": _square(2, 2, 12, 9)},
+            {"id": 3, "image_id": 1, "segmentation": [*_square(14, 2, 24, 9), *segmentation]},
+        ],
+    }
+    (tmp_path / "labels.json").write_text(json.dumps(document))
+    with pytest.warns(UnpaintedAnnotationWarning, match=r"image 'a': 1 of its 3 annotations paint no pixel"):
+        sample = create_dataset("custom", tmp_path / "labels.json")[0]
+    assert sample.num_instances == 2 and (sample.labels == 2).sum() == (sample.labels == 1).sum() > 0
 
 
 def test_rle_runs_read_as_pycocotools_encodes_them(tmp_path):

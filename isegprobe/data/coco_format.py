@@ -91,6 +91,9 @@ def _why_no_image(data: dict[str, Any], annotation_file: Path) -> str:
     )
 
 
+MIN_POLYGON_NUMBERS = 6  # three points, x and y each
+
+
 def coco_annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     """bool [H, W] from COCO polygons, uncompressed RLE or compressed RLE, rasterized by pycocotools as COCO does."""
     try:
@@ -99,7 +102,12 @@ def coco_annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarr
         raise UserError("reading COCO-format annotations needs pycocotools: pip install pycocotools") from None
     if isinstance(segmentation, list):
         check_polygons(segmentation, height, width)
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        # pycocotools paints no pixel for a polygon of fewer than 3 points, but takes a first one of 2 points for a
+        # box and fails, and fails on an empty list: such polygons are left out, an annotation of none painting none
+        polygons = [polygon for polygon in segmentation if len(polygon) >= MIN_POLYGON_NUMBERS]
+        if not polygons:
+            return np.zeros((height, width), bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     elif isinstance(segmentation, dict):
         if segmentation.get("size") != [height, width]:
             raise ValueError(f"its RLE's size is {segmentation.get('size')!r}, the image's [{height}, {width}]")
@@ -171,12 +179,15 @@ def _compressed_runs(text: str) -> np.ndarray | None:
 def check_polygons(segmentation: list[Any], height: int, width: int) -> None:
     """Polygons must be lists of numbers, each x within a width of the image's sides and each y within a height:
     rasterizing walks every edge pixel by pixel, so a coordinate of 1e300 (or NaN) took all memory and the process
-    with it. Polygons of real datasets lie on their images, give or take a pixel."""
+    with it. Polygons of real datasets lie on their images, give or take a pixel. An odd count of numbers is an x
+    without its y, which pycocotools dropped without a word."""
     for polygon in segmentation:
         if not isinstance(polygon, list) or not all(
             isinstance(value, int | float) and not isinstance(value, bool) for value in polygon
         ):
             raise ValueError(f"a polygon must be a list of numbers x0, y0, x1, y1, ..., got {polygon!r:.80}")
+        if len(polygon) % 2:
+            raise ValueError(f"a polygon is pairs of numbers x, y, got {len(polygon)} numbers: {polygon!r:.80}")
         xs, ys = np.asarray(polygon[0::2], np.float64), np.asarray(polygon[1::2], np.float64)
         if not (np.all((-width <= xs) & (xs <= 2 * width)) and np.all((-height <= ys) & (ys <= 2 * height))):
             raise ValueError(

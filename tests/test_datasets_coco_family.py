@@ -112,6 +112,10 @@ BAD_SEGMENTATIONS = {
     "a negative run": ({"size": [H, W], "counts": [100, -20, 520]}, "counts must be whole numbers from 0"),
     # pycocotools dropped the x without its y
     "an odd number of coordinates": ([[2, 2, 20, 2, 20]], "a polygon is pairs of numbers x, y, got 5 numbers"),
+    # pycocotools was handed these and said 'int' object is not subscriptable
+    "a number": (7, "a segmentation is a list of polygons or an RLE {'size': [h, w], 'counts': ...}, got 7"),
+    "text": ("mask.png", "a segmentation is a list of polygons or an RLE"),
+    "null": (None, "a segmentation is a list of polygons or an RLE"),
 }
 
 

@@ -118,7 +118,8 @@ def coco_annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarr
             else segmentation
         )
     else:
-        rle = segmentation
+        expected = "a list of polygons or an RLE {'size': [h, w], 'counts': ...}"
+        raise ValueError(f"a segmentation is {expected}, got {segmentation!r:.80}")
     return mask_utils.decode(rle).astype(bool)
 
 

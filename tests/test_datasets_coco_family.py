@@ -138,6 +138,18 @@ def test_polygons_of_fewer_than_three_points_paint_nothing_as_coco_paints_them(t
     assert sample.num_instances == 2 and (sample.labels == 2).sum() == (sample.labels == 1).sum() > 0
 
 
+def test_a_coco_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """json refused the mark a Windows editor puts first (Unexpected UTF-8 BOM); the split lists read past it."""
+    write_image(tmp_path / "café.png", H, W)
+    document = {
+        "images": [{"id": 1, "file_name": "café.png", "height": H, "width": W}],
+        "annotations": [{"id": 1, "image_id": 1, "segmentation": _square(2, 2, 12, 9)}],
+    }
+    (tmp_path / "labels.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(document, ensure_ascii=False).encode())
+    dataset = create_dataset("custom", tmp_path / "labels.json")
+    assert dataset.ids() == ["café"] and dataset[0].num_instances == 1
+
+
 def test_rle_runs_read_as_pycocotools_encodes_them(tmp_path):
     """Compressed and uncompressed RLE of one mask give that mask, the runs' check passing both."""
     mask = np.zeros((H, W), bool)

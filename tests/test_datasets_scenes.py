@@ -62,3 +62,15 @@ def test_openimages_groups_masks_by_image_and_resizes_them(tmp_path):
     assert per_instance[0].labels.sum() == 80, "the half-size mask is scaled to the image"
     with pytest.raises(UserError, match=r"000a1249af2bc5f0_m01g317_c\.png: cannot read this mask"):
         dataset[1]
+
+
+def test_openimages_reads_a_csv_saved_with_a_byte_order_mark(tmp_path):
+    """A spreadsheet's "CSV UTF-8" begins with a byte-order mark, which made the first column '\\ufeffMaskPath' and
+    the file refused for a missing MaskPath column."""
+    split = tmp_path / "OpenImages" / "validation"
+    write_image(split / "images" / "0001eeaf4aed83f9.jpg", H, W)
+    write_mask(split / "masks" / "0001eeaf4aed83f9_m0k4j_b.png", box(H, W, 4, 4, 12, 12))
+    (split / "validation-annotations-object-segmentation.csv").write_bytes(
+        b"\xef\xbb\xbfMaskPath,ImageID,LabelName\n0001eeaf4aed83f9_m0k4j_b.png,0001eeaf4aed83f9,/m/0k4j\n"
+    )
+    assert create_dataset("openimages", tmp_path / "OpenImages", "val")[0].num_instances == 1

@@ -23,8 +23,11 @@ from isegprobe.errors import UserError
 
 
 def load_json(path: Path) -> dict[str, Any]:
+    """The COCO-format document at `path`. JSON is UTF-8 text whatever the machine's locale (open's default read
+    file names as cp1252 on Windows); a byte-order mark that a Windows editor put first is read past, as in the
+    split lists, where json refused it."""
     try:
-        with open(path) as file:
+        with open(path, encoding="utf-8-sig") as file:
             data = json.load(file)
     except FileNotFoundError:
         raise UserError(f"{path}: annotation file not found") from None

@@ -27,10 +27,11 @@ from isegprobe.errors import DatasetLayoutError, UserError
 
 
 def read_mask_lists(csv_path: Path) -> dict[str, list[str]]:
-    """ImageID -> its MaskPath values, in file order."""
+    """ImageID -> its MaskPath values, in file order. The file is read as UTF-8 whatever the locale, past a
+    byte-order mark (a spreadsheet's "CSV UTF-8" begins with one, which made the first column '\\ufeffMaskPath')."""
     masks: dict[str, list[str]] = defaultdict(list)
     try:
-        with open(csv_path, newline="") as file:
+        with open(csv_path, newline="", encoding="utf-8-sig") as file:
             for row in csv.DictReader(file):
                 masks[row["ImageID"]].append(row["MaskPath"])
     except KeyError as error:

@@ -316,3 +316,23 @@ def test_a_cocolvis_colour_layer_is_refused_naming_its_file(tmp_path):
         with pytest.raises(UserError) as error:
             create_dataset("cocolvis", root, name)[0]
         assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ({}, "hannotation.pickle: lists no image (RITM's hannotation: image id -> its instances)"),
+        ({"../../42": {"hierarchy": {0: None}}}, "hannotation.pickle: image id '../../42' is not a file name"),
+    ],
+    ids=["no image", "a path"],
+)
+def test_a_cocolvis_annotation_file_of_no_image_or_of_paths_is_refused(tmp_path, annotations, message):
+    """No image was a dataset of no item that `datasets check` passed; an id with a folder in it read images and
+    masks from outside the dataset's root."""
+    split = tmp_path / "LVIS" / "val"
+    split.mkdir(parents=True)
+    with open(split / "hannotation.pickle", "wb") as file:
+        pickle.dump(annotations, file)
+    with pytest.raises(UserError) as error:
+        create_dataset("cocolvis", tmp_path / "LVIS", "val")
+    assert message in str(error.value)

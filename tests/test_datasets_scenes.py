@@ -74,3 +74,32 @@ def test_openimages_reads_a_csv_saved_with_a_byte_order_mark(tmp_path):
         b"\xef\xbb\xbfMaskPath,ImageID,LabelName\n0001eeaf4aed83f9_m0k4j_b.png,0001eeaf4aed83f9,/m/0k4j\n"
     )
     assert create_dataset("openimages", tmp_path / "OpenImages", "val")[0].num_instances == 1
+
+
+HEADER = "MaskPath,ImageID,LabelName\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("", r"segmentation\.csv: lists no mask \(one row per mask, with its MaskPath and ImageID\)"),
+        (
+            "../../../elsewhere/a.png,0001eeaf4aed83f9,/m/0k4j\n",
+            r"line 2: MaskPath '\.\./\.\./\.\./elsewhere/a\.png' is not",
+        ),
+        (
+            "a.png,../../0001eeaf4aed83f9,/m/0k4j\n",
+            r"segmentation\.csv, line 2: ImageID '\.\./\.\./0001eeaf4aed83f9' is not a",
+        ),
+        ("a.png\n", r"line 2: ImageID None is not a file name \(expected a name in images/, without / or \.\.\)"),
+    ],
+    ids=["no row", "a mask path", "an image path", "a short row"],
+)
+def test_an_openimages_csv_of_no_mask_or_of_paths_is_refused_by_line(tmp_path, rows, message):
+    """A CSV of no row was a dataset of no item that `datasets check` passed; a path read a file from outside the
+    dataset's root; a short row failed on None."""
+    split = tmp_path / "OpenImages" / "validation"
+    write_image(split / "images" / "0001eeaf4aed83f9.jpg", H, W)
+    (split / "validation-annotations-object-segmentation.csv").write_text(HEADER + rows)
+    with pytest.raises(UserError, match=message):
+        create_dataset("openimages", tmp_path / "OpenImages", "val")

@@ -125,12 +125,18 @@ class NameListDataset(DatasetBase):
             return 1
 
 
+def is_plain_name(name: str) -> bool:
+    """Whether `name` is a file name in one folder, with no folder in it: a dataset's file naming its items or masks
+    by `sub/../../x` read files from outside the dataset's root."""
+    return bool(name) and name == Path(name).name and name not in (".", "..") and "\\" not in name
+
+
 def _refuse_paths_as_names(list_file: Path, lines: list[str]) -> None:
     """A name is a file name in the dataset's folders: one with a folder in it (`sub/../../../x`) read an image from
     outside the dataset's root, and an evaluation's overlays, named after the item, were written outside --out."""
     for number, line in enumerate(lines, start=1):
         name = line.strip()
-        if name and (name != Path(name).name or name in (".", "..") or "\\" in name):
+        if name and not is_plain_name(name):
             raise UserError(
                 f"{list_file}, line {number}: {name!r} is a path, not an image name (names are file names without "
                 "their suffix, without / or ..)"

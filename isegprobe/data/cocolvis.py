@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from isegprobe.data.base import DatasetBase, build_source, instance_sample_of, require_same_size
+from isegprobe.data.base import (
+    DatasetBase,
+    build_source,
+    instance_sample_of,
+    is_plain_name,
+    require_same_size,
+)
 from isegprobe.data.image_io import decode_packed_layer, read_rgb
 from isegprobe.data.instance_maps import paint_instances
 from isegprobe.data.registry import SampleSource, register_dataset
@@ -42,6 +48,14 @@ class CocoLvisDataset(DatasetBase):
             raise UserError(
                 f"{annotation_file}: not RITM's hannotation format ({type(error).__name__}: {error})"
             ) from None
+        if not self._items:
+            raise UserError(f"{annotation_file}: lists no image (RITM's hannotation: image id -> its instances)")
+        for image_id, _ in self._items:
+            if not is_plain_name(image_id):
+                raise UserError(
+                    f"{annotation_file}: image id {image_id!r} is not a file name (the id names images/<id>.jpg and "
+                    "masks/<id>.pickle, so it has no / or ..)"
+                )
 
     def __len__(self) -> int:
         return len(self._items)

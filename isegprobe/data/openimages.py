@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from isegprobe.data.base import DatasetBase, build_source, instance_sample_of
+from isegprobe.data.base import DatasetBase, build_source, instance_sample_of, is_plain_name
 from isegprobe.data.binary_masks import object_and_ignore
 from isegprobe.data.image_io import read_gray, read_rgb
 from isegprobe.data.instance_maps import paint_instances
@@ -32,13 +32,29 @@ def read_mask_lists(csv_path: Path) -> dict[str, list[str]]:
     masks: dict[str, list[str]] = defaultdict(list)
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as file:
-            for row in csv.DictReader(file):
-                masks[row["ImageID"]].append(row["MaskPath"])
+            rows = csv.DictReader(file)
+            for row in rows:
+                image_id, mask_path = row["ImageID"], row["MaskPath"]
+                _require_file_names(csv_path, rows.line_num, image_id, mask_path)
+                masks[image_id].append(mask_path)
     except KeyError as error:
         raise UserError(f"{csv_path}: expected the columns MaskPath and ImageID, {error} is missing") from None
     except (OSError, csv.Error, UnicodeDecodeError) as error:
         raise UserError(f"{csv_path}: cannot read ({error})") from None
+    if not masks:
+        raise UserError(f"{csv_path}: lists no mask (one row per mask, with its MaskPath and ImageID)")
     return masks
+
+
+def _require_file_names(csv_path: Path, line: int, image_id: str | None, mask_path: str | None) -> None:
+    """ImageID and MaskPath name files in images/ and masks/: a row of fewer columns leaves them None, and a path
+    (`../../x`) read a file from outside the dataset's root."""
+    for column, value in (("ImageID", image_id), ("MaskPath", mask_path)):
+        if value is None or not is_plain_name(value):
+            raise UserError(
+                f"{csv_path}, line {line}: {column} {value!r} is not a file name (expected a name in "
+                f"{'images/' if column == 'ImageID' else 'masks/'}, without / or ..)"
+            )
 
 
 class OpenImagesDataset(DatasetBase):

@@ -40,6 +40,15 @@ def test_ade20k_scene_parsing_layout_makes_each_class_an_object(tmp_path):
     assert sample.num_instances == 2 and (sample.labels == 2).sum() == 80
 
 
+def test_ade20k_scene_parsing_reads_images_of_an_upper_case_suffix(tmp_path):
+    """An image saved as .JPG was left out with its annotation, without a word."""
+    root = tmp_path / "ADEChallengeData2016"
+    for name in ("ADE_val_00000001.jpg", "ADE_val_00000002.JPG"):
+        write_image(root / "images" / "validation" / name, H, W)
+        write_mask(root / "annotations" / "validation" / f"{name[:-4]}.png", box(H, W, 2, 2, 8, 8))
+    assert create_dataset("ade20k", root, "val").ids() == ["ADE_val_00000001", "ADE_val_00000002"]
+
+
 def test_openimages_groups_masks_by_image_and_resizes_them(tmp_path):
     root = tmp_path / "OpenImages"
     split = root / "validation"

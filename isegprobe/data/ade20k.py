@@ -43,7 +43,9 @@ class ADE20kDataset(DatasetBase):
         self.challenge_layout = (root / "annotations").is_dir()
         if self.challenge_layout:
             self.mask_dir = root / "annotations" / folder
-            self._pairs = [(p, self.mask_dir / f"{p.stem}.png") for p in sorted(self.image_dir.glob("*.jpg"))]
+            # .jpg in any case, as GrabCut's loader reads them: a `.JPG` image and its annotation were left out
+            images = sorted(path for path in self.image_dir.iterdir() if path.suffix.lower() == ".jpg")
+            self._pairs = [(path, self.mask_dir / f"{path.stem}.png") for path in images]
         else:
             seg_files = sorted(self.image_dir.rglob(f"*{SEG_SUFFIX}"))
             self._pairs = [(p.with_name(p.name[: -len(SEG_SUFFIX)] + ".jpg"), p) for p in seg_files]

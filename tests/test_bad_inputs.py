@@ -31,7 +31,7 @@ from bad_input_world import (
     with_file_limit,
     with_small_shared_memory,
 )
-from dataset_trees import box, write_image, write_mask, write_png_with_a_damaged_note
+from dataset_trees import box, sbd_tree, write_image, write_mask, write_png_with_a_damaged_note
 from launch import ISEGPROBE, hold_lock
 from safetensors.torch import load_file
 
@@ -118,6 +118,13 @@ SQUARE = [[4, 4, 20, 4, 20, 20, 4, 20]]
 FLAT = [4, 4, 20, 4, 12, 4]  # a polygon of zero area: it paints no pixel
 FAR = [[4, 4, 1e300, 4, 20, 20]]  # rasterized edge pixel by edge pixel, it took all memory, and the process
 SHORT_RLE = {"size": [28, 28], "counts": [100, 20]}  # pycocotools decoded the rest as background, silently
+
+
+def sbd_with_a_cut_mat(folder: Path) -> Path:
+    """SBD whose second image's .mat is cut in half: its instances cannot be counted."""
+    root = sbd_tree(folder)
+    truncate(root / "inst" / "2008_000002.mat")
+    return root
 
 
 def coco_file(folder: Path, names: list[str], **annotation: object) -> Path:
@@ -230,6 +237,15 @@ CASES: dict[str, Case] = {
     "truncated image file": Case(
         lambda w: extract_custom(w.images("cut", lambda f: truncate(f / "images" / "im1.jpg")), w.root / "x1"),
         "im1.jpg: this image file is truncated",
+    ),
+    "per-instance split whose annotation cannot be read": Case(
+        lambda w: extraction(
+            *("--dataset", "sbd", "--root", sbd_with_a_cut_mat(w.root / "sbd_cut"), "--split", "val-instances"),
+            *("--size", "28", "--workers", "0", "--out", w.root / "x21"),
+        ),
+        "2008_000002.mat: cannot read GTinst.Segmentation (OSError: could not read bytes)\n--split val-instances gives "
+        "one item per instance, and this file's instances cannot be counted: fix it and run the command again "
+        "(nothing was written)",
     ),
     "file that is not an image": Case(
         lambda w: extract_custom(

@@ -199,3 +199,28 @@ def test_extract_features_reads_every_family(name, build, split, items, instance
     np.testing.assert_array_equal(labels, cv2.resize(sample.labels, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST))
     np.testing.assert_array_equal(CachedDataset(path)[1]["labels"].numpy(), labels[:, ::-1])
     np.testing.assert_array_equal(store["images"][0, 0], cv2.resize(sample.image, (SIZE, SIZE)))
+
+
+@pytest.mark.filterwarnings("ignore::isegprobe.featurizers.RandomWeightsWarning")
+def test_a_per_instance_split_whose_annotation_cannot_be_counted_is_refused_before_its_store(tmp_path):
+    """The unreadable .mat counted one instance, so the store listed 2008_000002_1 alone; once the file was fixed as
+    the message said, its three instances made other items than the store's, and the same command was refused."""
+    root, out = sbd_tree(tmp_path / "SBD"), tmp_path / "out"
+    mat = root / "inst" / "2008_000002.mat"
+    kept = mat.read_bytes()
+    mat.write_bytes(kept[: len(kept) // 2])
+    args = ["--featurizer", "vit_small_patch14_dinov2", "--weights", "random", "--dataset", "sbd", "--root", str(root)]
+    args += ["--split", "val-instances", "--size", str(SIZE), "--views", "identity", "--workers", "0"]
+    args += ["--items-per-shard", "1", "--out", str(out)]
+    refused = CliRunner().invoke(extract_features, args)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert f"{mat}: cannot read GTinst.Segmentation" in refused.output
+    assert "--split val-instances gives one item per instance, and this file's instances cannot be counted" in (
+        refused.output
+    )
+    assert not out.exists() or not any(out.iterdir()), "nothing was written"
+    mat.write_bytes(kept)
+    done = CliRunner().invoke(extract_features, args)
+    assert done.exit_code == 0, done.output
+    (path,) = out.iterdir()
+    assert zarr.open(str(path), mode="r").attrs["item_ids"] == create_dataset("sbd", root, "val-instances").ids()

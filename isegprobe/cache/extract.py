@@ -47,7 +47,7 @@ from isegprobe.cache.store import (
     replacement_path,
 )
 from isegprobe.data import SampleSource, create_dataset, dataset_root, root_origin_told
-from isegprobe.data.base import loader_options
+from isegprobe.data.base import PerInstanceSource, loader_options
 from isegprobe.data.preprocess import (
     View,
     ViewSpec,
@@ -409,6 +409,22 @@ def _pending_shards(store: FeatureStore, rank: int, world: int) -> list[range]:
     ]
 
 
+def _refuse_uncounted_instances(source: SampleSource, split: str) -> None:
+    """A per-instance split lists one item per instance, counted from each annotation when the store is made; an
+    annotation that cannot be read counts one, so the store's items would change once the file is fixed, and the
+    extraction, stopped at that file, could not be resumed as its message says: refused before anything is written."""
+    if isinstance(source, PerInstanceSource) and (problems := source.uncounted()):
+        more = (
+            f" (and {len(problems) - 1} more; isegprobe datasets check --on-error skip lists them)"
+            if len(problems) > 1
+            else ""
+        )
+        raise UserError(
+            f"{problems[0]}{more}\n--split {split} gives one item per instance, and this file's instances cannot be "
+            "counted: fix it and run the command again (nothing was written)"
+        )
+
+
 def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) -> ExtractionResult:
     """Fill (or finish) the store for `request`; returns where it is and how much work was done. `featurizer` is
     the one `request` names, already built (a caller extracting several datasets builds it once)."""
@@ -426,6 +442,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
         source = create_dataset(request.dataset, root, request.split)
     if len(source) == 0:
         raise UserError(f"--dataset {request.dataset} --split {request.split}: no items under {source.root}")
+    _refuse_uncounted_instances(source, request.split)
     path = Path(request.out) / store_name(
         request.featurizer, request.dataset.lower(), request.split, request.size, request.normalization
     )

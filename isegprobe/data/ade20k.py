@@ -51,6 +51,7 @@ class ADE20kDataset(DatasetBase):
             self._pairs = [(p.with_name(p.name[: -len(SEG_SUFFIX)] + ".jpg"), p) for p in seg_files]
         if not self._pairs:
             raise UserError(f"{self.image_dir}: no ADE20K images found")
+        self._uncounted: list[str] = []  # why `instance_counts` counted some masks one
 
     def __len__(self) -> int:
         return len(self._pairs)
@@ -71,13 +72,18 @@ class ADE20kDataset(DatasetBase):
 
     def instance_counts(self) -> list[int]:
         """Reads the masks only; an unreadable one counts one so that reading its item reports it."""
+        self._uncounted = []
         return [self._count(mask_path) for _, mask_path in self._pairs]
 
     def _count(self, mask_path: Path) -> int:
         try:
             return int(np.count_nonzero(np.unique(self._values(mask_path))))
-        except UserError:
+        except UserError as error:
+            self._uncounted.append(str(error))
             return 1
+
+    def uncounted(self) -> list[str]:
+        return self._uncounted
 
 
 @register_dataset("ade20k")

@@ -82,6 +82,10 @@ class DatasetBase:
     def instance_sample(self, index: int, instance: int) -> Sample:
         return one_instance(self[index], instance)
 
+    def uncounted(self) -> list[str]:
+        """Why `instance_counts` could not count some images' instances (each counted one): none by default."""
+        return []
+
 
 class NameListDataset(DatasetBase):
     """Images named by a split file, one name per line (SBD's `val.txt`, VOC's `ImageSets/Segmentation/val.txt`).
@@ -103,6 +107,7 @@ class NameListDataset(DatasetBase):
         _refuse_paths_as_names(list_file, lines)
         _refuse_names_listed_twice(list_file, lines)
         self._counts: list[int] | None = None
+        self._uncounted: list[str] = []
 
     def __len__(self) -> int:
         return len(self._names)
@@ -121,8 +126,12 @@ class NameListDataset(DatasetBase):
     def _count_or_one(self, name: str) -> int:
         try:
             return self.count_instances(name)
-        except UserError:
+        except UserError as error:
+            self._uncounted.append(str(error))
             return 1
+
+    def uncounted(self) -> list[str]:
+        return self._uncounted
 
 
 def is_plain_name(name: str) -> bool:
@@ -175,6 +184,11 @@ class PerInstanceSource:
 
     def image_id(self, index: int) -> str:
         return self.source.image_id(self._keys[index][0])
+
+    def uncounted(self) -> list[str]:
+        """Why some images' instances could not be counted: their items are placeholders (one each), so the item
+        list changes once the file is fixed."""
+        return self.source.uncounted()
 
     def __getitem__(self, index: int) -> Sample:
         image_index, instance = self._keys[index]

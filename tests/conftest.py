@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,19 @@ import torch
 from isegprobe.data.image_io import MAX_PIXELS_ENV
 
 GRABCUT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "GrabCut"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_under_pytests_folder(tmp_path_factory: pytest.TempPathFactory):
+    """What the libraries and the processes the tests start write to the temporary folder (torchrun's log folders,
+    W&B's offline media, loader workers' sockets) goes under pytest's own folder, which pytest clears of old runs,
+    instead of piling up in /tmp at every run of the suite."""
+    folder = tmp_path_factory.mktemp("temporary-files")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", str(folder))
+    patch.setattr(tempfile, "tempdir", None)  # Python's cached answer, taken again from TMPDIR
+    yield
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)

@@ -76,7 +76,7 @@ def test_ranks_started_with_different_commands_stop_naming_the_setting(tmp_path)
     script = tmp_path / "rank.sh"
     script.write_text(
         "#!/bin/sh\n"
-        'if [ "$RANK" = "1" ]; then set -- --set schedule.max_iters=4; fi\n'
+        'if [ "$RANK" = "1" ]; then set -- --max-iters 4; fi\n'
         f'exec {shlex.join([*command, "--device", "cpu", "--out", str(tmp_path / "run")])} "$@"\n'
     )
     script.chmod(0o755)

@@ -406,6 +406,11 @@ CASES: dict[str, Case] = {
         "last.optim.safetensors), and the runs beside it would train on without it: put its last.* back, or move it "
         "out of",
     ),
+    "resuming a run that stopped before its first checkpoint": Case(
+        lambda w: ["train", "--resume", "--out", stopped_before_its_first_checkpoint(w, "early_stop")],
+        "early_stop holds no checkpoint to resume from: its run stopped before its first (it left config.yaml, "
+        "scalars.csv, tensorboard/); run the command that started it again, without --resume",
+    ),
     "checkpoint file that is not isegprobe's": Case(
         lambda w: [
             "evaluate",
@@ -774,6 +779,15 @@ def runs_side_by_side(world: World, name: str, without: str | None = None) -> Pa
     if without is not None:
         (world.root / name / "b" / without).unlink()
     return world.root / name
+
+
+def stopped_before_its_first_checkpoint(world: World, name: str) -> Path:
+    """What a run killed before its first checkpoint leaves: its config, logged scalars and TensorBoard folder."""
+    folder = world.run_copy(name)
+    for stem in ("last", "best"):
+        for path in folder.glob(f"{stem}.*"):
+            path.unlink()
+    return folder
 
 
 def without(path: Path) -> Path:

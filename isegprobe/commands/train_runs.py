@@ -116,11 +116,25 @@ def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:
         return [PlannedRun(root, resume_config(root, overrides))]
     folders = sorted(path.parent for path in root.glob("*/last.json"))
     if not folders:
+        _refuse_a_run_without_checkpoints(root, out)
         raise UserError(f"--resume: no last.json in {out} or in its subfolders (runs trained side by side)")
     for started in [path for path in _subfolders(root) if path not in folders and run_files_in(path)]:
         _refuse_a_run_left_behind(started, out)
         click.echo(f"--resume: {started} holds no checkpoint (its run stopped before its first): not resumed", err=True)
     return [PlannedRun(folder, resume_config(folder, overrides)) for folder in folders]
+
+
+def _refuse_a_run_without_checkpoints(root: Path, out: str) -> None:
+    """A run killed before its first checkpoint leaves only its config.yaml and logs: nothing to resume, and the
+    command that started it takes them over. Saying only that no last.json is there left the user to guess whether
+    the run was lost or where it went."""
+    left = run_files_in(root)
+    if left and not any(name.startswith(("last.", "best.")) for name in left):
+        raise UserError(
+            f"--resume: {out} holds no checkpoint to resume from: its run stopped before its first (it left "
+            f"{', '.join(left)}); run the command that started it again, without --resume: it starts the run over "
+            "and takes over what it left"
+        )
 
 
 def _refuse_a_run_left_behind(folder: Path, out: str) -> None:

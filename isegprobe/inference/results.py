@@ -106,7 +106,8 @@ class ResultsWriter:
         try:
             with np.load(self.out_dir / "ious.npz") as arrays:
                 curves = {
-                    dataset: (arrays[f"{dataset}/ids"], arrays[f"{dataset}/ious"]) for dataset in earlier["datasets"]
+                    dataset: _counted_curves(arrays[f"{dataset}/ids"], arrays[f"{dataset}/ious"], summary)
+                    for dataset, summary in earlier["datasets"].items()
                 }
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
             raise UserError(
@@ -288,6 +289,16 @@ def _resume_problems(summary: dict[str, Any]) -> list[str]:
         if not _is_number(summary.get(key, 0.0), 0):
             problems.append(f"{key} is {summary[key]!r}, not a number of seconds")
     return problems
+
+
+def _counted_curves(ids: np.ndarray, ious: np.ndarray, summary: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The curves of the objects results.json counts. `write` replaces ious.npz before results.json, so a run stopped
+    between the two leaves the curves of its last batch after those results.json counts: they are left out, and
+    their objects evaluated again, rather than the whole evaluation refused."""
+    counted = summary.get("num_instances")
+    if isinstance(counted, int) and not isinstance(counted, bool) and 0 <= counted < len(ids) and ious.ndim == 2:
+        return ids[:counted], ious[:counted]
+    return ids, ious
 
 
 def _curves_disagree(

@@ -319,6 +319,8 @@ def test_overwrite_keeps_the_old_store_whole_until_its_replacement_is_done(tmp_p
     replacement = old.with_name(old.name + ".replacing")
     assert FeatureStore.open(replacement).done_mask().sum() == 4
 
+    with pytest.raises(UserError, match=r"(?s)views: .*replacing beside it holds an --overwrite made as this run asks"):
+        extract(request(tmp_path / "cache", views="identity,hflip,vflip", **common))  # the same without --overwrite
     capsys.readouterr()
     assert extract(request(tmp_path / "cache", **common)).items_extracted == 0, "the old store is whole"
     assert f"note: {replacement} holds an --overwrite of this store that did not finish" in capsys.readouterr().err

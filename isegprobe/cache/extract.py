@@ -265,6 +265,7 @@ def _open_or_create(
                 f"{path}: refusing to add to a store made differently:\n  "
                 + "\n  ".join(problems)
                 + "\nPass --overwrite to replace it, or choose another --out."
+                + _unfinished_replacement_note(path, wanted)
             )
         if rank == 0 and replacement_path(path).exists():
             tqdm.write(
@@ -281,6 +282,18 @@ def _open_or_create(
         )
     barrier()
     return store if rank == 0 else FeatureStore.open(target, mode="r+")
+
+
+def _unfinished_replacement_note(path: Path, wanted: dict[str, Any]) -> str:
+    """An --overwrite stopped half way is run again without --overwrite: the refusal says that its replacement,
+    made as this run asks, is there and that --overwrite goes on from its finished items, not from the start."""
+    replacement = replacement_path(path)
+    if _matching_store(replacement, wanted) is None:
+        return ""
+    return (
+        f"\n{replacement.name} beside it holds an --overwrite made as this run asks that did not finish: "
+        "--overwrite goes on from its finished items."
+    )
 
 
 def _matching_store(path: Path, wanted: dict[str, Any]) -> FeatureStore | None:

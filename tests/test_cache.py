@@ -348,6 +348,24 @@ def test_a_swap_stopped_between_its_renames_is_finished_by_the_next_run(tmp_path
     assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == [old.name]
 
 
+def test_the_cache_commands_name_a_store_being_created_and_one_that_is_not_there(tmp_path):
+    """A store killed while it was being created is only NAME.zarr.creating: `cache verify NAME.zarr` gave click's
+    "Directory ... does not exist" (exit 2) without a word of it."""
+    from click.testing import CliRunner
+
+    from isegprobe.cli import main
+
+    made = extract(request(tmp_path / "cache")).path
+    staged = made.rename(made.with_name(made.name + ".creating"))
+    for command in ("inspect", "verify", "stats"):
+        result = CliRunner().invoke(main, ["cache", command, str(made)])
+        assert result.exit_code == 1, result.output
+        assert f"{made}: not there yet, but {staged.name} is beside it" in result.output
+    result = CliRunner().invoke(main, ["cache", "verify", str(tmp_path / "nowhere.zarr")])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'nowhere.zarr'} does not exist: not a feature store" in result.output
+
+
 def test_a_swap_whose_replacement_is_gone_puts_the_old_store_back(tmp_path):
     old = extract(request(tmp_path / "cache")).path
     old.rename(old.with_name(old.name + ".replaced"))

@@ -55,6 +55,16 @@ class FeatureStore:
                     f"{path}: not there, but {replaced_path(path).name} is beside it: an `extract-features "
                     "--overwrite` stopped while swapping the stores; run it again to finish the swap"
                 )
+            staging = path.with_name(path.name + STAGING_SUFFIX)
+            if not _exists(path) and _exists(staging):
+                raise UserError(
+                    f"{path}: not there yet, but {staging.name} is beside it: an `extract-features` creating the "
+                    "store, or one stopped while creating it; when none runs, run it again to create the store"
+                )
+            if not _exists(path):
+                raise UserError(
+                    f"{path} does not exist: not a feature store; create one with `isegprobe extract-features`"
+                )
             raise UserError(f"{path}: not a feature store (no zarr.json); create one with `isegprobe extract-features`")
         node_type = _node_type(path)
         if node_type != "group":

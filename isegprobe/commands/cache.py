@@ -32,7 +32,7 @@ def cache() -> None:
 
 
 @cache.command("inspect")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False))
 @reports_user_errors
 def inspect_command(store: str) -> None:
     """What a store holds: featurizer provenance, dataset, preprocessing, progress, and per array its chunking and
@@ -41,7 +41,7 @@ def inspect_command(store: str) -> None:
 
 
 @cache.command("info")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False))
 @reports_user_errors
 def info_command(store: str) -> None:
     """The same as `inspect`."""
@@ -49,7 +49,7 @@ def info_command(store: str) -> None:
 
 
 @cache.command("verify")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False))
 @click.option(
     "--recompute",
     default=0,
@@ -140,7 +140,7 @@ def _report_recomputed(recomputed: Recomputed, device: str) -> None:
 
 
 @cache.command("stats")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write every channel's mean and std as JSON here.")
 @reports_user_errors
 def stats_command(store: str, out: str | None) -> None:

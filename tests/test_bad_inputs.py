@@ -411,6 +411,11 @@ CASES: dict[str, Case] = {
         "early_stop holds no checkpoint to resume from: its run stopped before its first (it left config.yaml, "
         "scalars.csv, tensorboard/); run the command that started it again, without --resume",
     ),
+    "resuming runs side by side that all stopped before their first checkpoint": Case(
+        lambda w: ["train", "--resume", "--out", side_by_side_stopped_before_their_first_checkpoint(w, "early_pair")],
+        "early_pair (a, b) hold no checkpoint to resume from: they stopped before their first; run the command that "
+        "started them again, without --resume",
+    ),
     "checkpoint file that is not isegprobe's": Case(
         lambda w: [
             "evaluate",
@@ -788,6 +793,15 @@ def stopped_before_its_first_checkpoint(world: World, name: str) -> Path:
         for path in folder.glob(f"{stem}.*"):
             path.unlink()
     return folder
+
+
+def side_by_side_stopped_before_their_first_checkpoint(world: World, name: str) -> Path:
+    """Two runs side by side, each as a run killed before its first checkpoint leaves it."""
+    parent = world.root / name
+    parent.mkdir()
+    for run in ("a", "b"):
+        stopped_before_its_first_checkpoint(world, f"{name}_{run}").rename(parent / run)
+    return parent
 
 
 def without(path: Path) -> Path:

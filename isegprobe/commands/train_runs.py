@@ -117,6 +117,7 @@ def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:
     folders = sorted(path.parent for path in root.glob("*/last.json"))
     if not folders:
         _refuse_a_run_without_checkpoints(root, out)
+        _refuse_runs_without_checkpoints([path for path in _subfolders(root) if run_files_in(path)], out)
         raise UserError(f"--resume: no last.json in {out} or in its subfolders (runs trained side by side)")
     for started in [path for path in _subfolders(root) if path not in folders and run_files_in(path)]:
         _refuse_a_run_left_behind(started, out)
@@ -134,6 +135,19 @@ def _refuse_a_run_without_checkpoints(root: Path, out: str) -> None:
             f"--resume: {out} holds no checkpoint to resume from: its run stopped before its first (it left "
             f"{', '.join(left)}); run the command that started it again, without --resume: it starts the run over "
             "and takes over what it left"
+        )
+
+
+def _refuse_runs_without_checkpoints(started: list[Path], out: str) -> None:
+    """Runs side by side that all stopped before their first checkpoint: as for one run, nothing to resume, and
+    the command that started them takes over what they left."""
+    for folder in started:
+        _refuse_a_run_left_behind(folder, out)
+    if started:
+        raise UserError(
+            f"--resume: the runs side by side in {out} ({', '.join(path.name for path in started)}) hold no "
+            "checkpoint to resume from: they stopped before their first; run the command that started them again, "
+            "without --resume: it starts them over and takes over what they left"
         )
 
 

@@ -15,6 +15,15 @@ from isegprobe.data.image_io import MAX_PIXELS_ENV
 GRABCUT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "GrabCut"
 
 
+SYSTEM_TEMPORARY_FOLDER = Path(tempfile.gettempdir())  # taken when pytest loads this file, before the fixture below
+
+
+@pytest.fixture(scope="session")
+def system_temporary_folder() -> Path:
+    """The machine's temporary folder, which every user may enter (pytest's own folders are private to the user)."""
+    return SYSTEM_TEMPORARY_FOLDER
+
+
 @pytest.fixture(scope="session", autouse=True)
 def temporary_files_under_pytests_folder(tmp_path_factory: pytest.TempPathFactory):
     """What the libraries and the processes the tests start write to the temporary folder (torchrun's log folders,

@@ -70,12 +70,10 @@ def test_commands_read_a_store_together_and_the_last_to_end_removes_its_lock_fil
     assert not lock_path(world.store).exists()
 
 
-def test_a_store_in_a_folder_this_user_cannot_write_is_read_without_a_lock() -> None:
+def test_a_store_in_a_folder_this_user_cannot_write_is_read_without_a_lock(system_temporary_folder: Path) -> None:
     """A colleague's cache, or a read-only mount: the reader cannot create the lock file, and reads without it. Root
     writes any folder, so where the tests run as root the reader is a child process that runs as nobody."""
-    folder = Path(
-        tempfile.mkdtemp(prefix="isegprobe-read-only-")
-    )  # not under pytest's folders, which others cannot enter
+    folder = Path(tempfile.mkdtemp(prefix="isegprobe-read-only-", dir=system_temporary_folder))  # others may enter
     try:
         store = folder / "shared_cache" / "store.zarr"
         store.mkdir(parents=True)

@@ -14,7 +14,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = WRAPPERS) -> d
             state, refusal = _load_pickled(path)
     except Exception as error:
         raise UserError(
-            f"could not read weights file {path} ({_what_is_wrong(path, error)}); expected safetensors, a torch.save'd "
+            f"could not read weights file {path} ({what_is_wrong(path, error)}); expected safetensors, a torch.save'd "
             "state dict (read by torch's weights-only unpickler: nothing is unpickled beyond tensors and plain "
             f"containers) or, with {ALLOW_TORCHSCRIPT}, a TorchScript archive"
         ) from error
@@ -107,11 +107,14 @@ def _load_pickled(path: Path) -> tuple[Any, Exception | None]:
         return load_inertly(path), refusal
 
 
-def _what_is_wrong(path: Path, error: Exception) -> str:
+def what_is_wrong(path: Path, error: Exception) -> str:
     """Why a weights file did not load: torch's complaint, unless the file is no kind of checkpoint at all, where
-    torch's unpickler says only what it made of the first bytes (a number, for a text file)."""
+    torch's unpickler says only what it made of the first bytes (a number, for a text file; nothing, for an empty
+    one)."""
     with open(path, "rb") as file:
         start = file.read(8)
+    if not start:
+        return "an empty file"
     if path.suffix != ".safetensors" and not start.startswith((_ZIP_START, _PICKLE_START)):
         return f"not a zip archive, as torch.save writes, nor a pickle: it begins with {start!r}"
     return unpickler_complaint(error)
@@ -129,24 +132,34 @@ def unpickler_complaint(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def load_strictly(module: nn.Module, state: Mapping[str, Tensor], misfit_message: str) -> None:
-    """`module.load_state_dict(state, strict=True)`; a misfit raises `misfit_message` plus the keys that misfit."""
+def load_strictly(
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    misfit_message: str,
+    name_in_file: Callable[[str], str] | None = None,
+) -> None:
+    """`module.load_state_dict(state, strict=True)`; a misfit raises `misfit_message` plus the keys that misfit.
+
+    `name_in_file`: the name the file gives a key of `state` (or would give a missing one), where the caller renamed
+    the file's keys: the message names the keys the user can find in the file."""
+    named = name_in_file or str
     expected = module.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    not_dense = not_dense_tensors(state)
+    missing = [named(key) for key in expected if key not in state]
+    unexpected = [named(key) for key in state if key not in expected]
+    not_dense = [f"{named(key)} ({kind})" for key, value in state.items() if (kind := _not_dense_kind(value))]
     dense = {key: value for key, value in state.items() if _not_dense_kind(value) is None}
     misshaped = [
-        f"{key} (file {tuple(value.shape)}, model {tuple(expected[key].shape)})"
+        f"{named(key)} (file {tuple(value.shape)}, model {tuple(expected[key].shape)})"
         for key, value in dense.items()
         if key in expected and value.shape != expected[key].shape
     ]
     # load_state_dict casts: int8 weights became zeros and bool ones ones, with no word
     not_floats = [
-        f"{key} (file {str(value.dtype).removeprefix('torch.')})"
+        f"{named(key)} (file {str(value.dtype).removeprefix('torch.')})"
         for key, value in dense.items()
         if key in expected and expected[key].is_floating_point() and not value.is_floating_point()
     ]
+    not_finite_keys = [named(key) for key in not_finite_parameters(module, dense)]
     problems = [
         f"{label}: {shown(keys)}"
         for label, keys in (
@@ -155,7 +168,7 @@ def load_strictly(module: nn.Module, state: Mapping[str, Tensor], misfit_message
             ("not dense (strided) tensors", not_dense),
             ("misshaped", misshaped),
             ("not floating-point", not_floats),
-            ("NaN or infinite values in", not_finite_parameters(module, dense)),
+            ("NaN or infinite values in", not_finite_keys),
         )
         if keys
     ]

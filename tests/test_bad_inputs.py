@@ -416,6 +416,16 @@ CASES: dict[str, Case] = {
         "early_pair (a, b) hold no checkpoint to resume from: they stopped before their first; run the command that "
         "started them again, without --resume",
     ),
+    "resuming a probe imported from the iSegProbe research code": Case(
+        lambda w: ["train", "--resume", "--out", imported_probe(w)],
+        "imported_probe holds a probe imported by isegprobe import-seed (from /seeds/last_checkpoint.pth), not a run "
+        "isegprobe trained: it has no optimizer state or schedule to resume",
+    ),
+    "RITM checkpoint given to import-seed": Case(
+        lambda w: ["import-seed", ritm_checkpoint(w), "--out", w.root / "imported"],
+        "ritm.pth: its config's class is 'isegm.model.is_hrnet_model.HRNetModel', not the research code's "
+        "iSegProbeModel: only probes trained by the iSegProbe research code are imported",
+    ),
     "checkpoint file that is not isegprobe's": Case(
         lambda w: [
             "evaluate",
@@ -909,6 +919,32 @@ def run_of_another_width(world: World) -> Path:
     metadata["config"]["model"]["head"]["width"] = 32
     (copy / "last.json").write_text(json.dumps(metadata))
     return copy
+
+
+def imported_probe(world: World) -> Path:
+    """A copy of the world's run whose last.json records the import-seed source, as an imported probe's does: the
+    trained weights and no optimizer state."""
+    copy = world.run_copy("imported_probe")
+    metadata = json.loads((copy / "last.json").read_text())
+    metadata["imported_from"] = {"path": "/seeds/last_checkpoint.pth", "sha256": "0" * 64, "preset": "sbd_224"}
+    (copy / "last.json").write_text(json.dumps(metadata))
+    (copy / "last.optim.safetensors").unlink()
+    return copy
+
+
+def ritm_checkpoint(world: World) -> Path:
+    """A checkpoint as RITM's trainer saves one (its model's config beside the weights), of its HRNet model."""
+    params = {"width": 18, "ocr_width": 64, "use_disks": True, "norm_radius": 5, "with_prev_mask": True}
+    config = {
+        "class": "isegm.model.is_hrnet_model.HRNetModel",
+        "params": {name: {"type": "builtin", "value": value, "specified": True} for name, value in params.items()},
+    }
+    weights = {
+        "feature_extractor.conv1.weight": torch.zeros(64, 3, 3, 3),
+        "maps_transform.0.weight": torch.zeros(16, 3, 1, 1),
+    }
+    torch.save({"state_dict": weights, "config": config}, world.root / "ritm.pth")
+    return world.root / "ritm.pth"
 
 
 HOLDERS: list[subprocess.Popen] = []

@@ -7,6 +7,7 @@ its serialized model config, whose values are EasyDicts, OmegaConf nodes and an 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import types
 import warnings
@@ -32,6 +33,7 @@ from isegprobe.training import load_probe, seed_import
 from isegprobe.training.checkpoint import read_metadata
 from isegprobe.training.seed_checkpoints import SeedProbe, read_seed_checkpoint, seed_probe
 from isegprobe.training.seed_import import import_seed_probe
+from isegprobe.upsamplers import create_upsampler
 
 easydict = pytest.importorskip("easydict", reason="easydict (a test extra) writes the seed's config objects")
 omegaconf = pytest.importorskip("omegaconf", reason="omegaconf (a test extra) writes the seed's config objects")
@@ -317,7 +319,7 @@ def test_import_seed_command_writes_a_run_that_evaluate_reads(store: Path, tmp_p
 def test_a_seed_probe_from_another_patch_size_does_not_fit_its_featurizer(store: Path, tmp_path: Path) -> None:
     weights = {**patch_embed_weights(), "embed_coords.proj.weight": torch.zeros(DIM, 3, 16, 16)}
     checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", weights)
-    with pytest.raises(UserError, match=r"do not fit a probe on dinov2_vits14.*click_encoder.proj.weight"):
+    with pytest.raises(UserError, match=r"do not fit a probe on dinov2_vits14.*embed_coords.proj.weight"):
         import_seed_probe(checkpoint, tmp_path / "run", store_path=store)
     fitting = write_seed_checkpoint(tmp_path / "ok.pth", patch_embed_weights())
     import_seed_probe(fitting, tmp_path / "ok", store_path=store)
@@ -463,6 +465,24 @@ MALFORMED_SEED_CHECKPOINTS = [
         id="click weight of 4 channels",
     ),
     pytest.param(
+        setting("state_dict", 3, to=torch.zeros(1)), "its state_dict key 3 is not a name (a string)", id="int key"
+    ),
+    pytest.param(
+        setting("config", "class", to="isegm.model.is_hrnet_model.HRNetModel"),
+        "its config's class is 'isegm.model.is_hrnet_model.HRNetModel', not the research code's iSegProbeModel",
+        id="RITM model class",
+    ),
+    pytest.param(
+        setting("config", "params", "use_rgb_conv", to={"value": True}),
+        "RITM's convolutional transform of the click maps (use_rgb_conv)",
+        id="use_rgb_conv",
+    ),
+    pytest.param(
+        setting("config", "params", "norm_mean_std", to={"value": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])}),
+        "images normalized with norm_mean_std [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]] (only ImageNet's)",
+        id="other normalization",
+    ),
+    pytest.param(
         param("head_cfg", "params", "num_layers", to=torch.zeros(2)),
         "not an iSegProbe checkpoint as the research code writes it",
         id="num_layers tensor",
@@ -584,9 +604,11 @@ def test_in_research_precision_a_vit_seed_probes_head_reads_the_keys_in_the_rese
 @pytest.mark.parametrize(
     ("key", "weight", "misfit"),
     [
-        ("head.convs.0.conv.weight", None, "missing: head.body.0.weight"),
-        ("head.convs.0.conv.weight", torch.zeros(DIM, 10, 3, 3), "misshaped: head.body.0.weight"),
-        ("embed_coords.proj.weight", torch.zeros(6, 3, VIT_PATCH, VIT_PATCH), "misshaped: click_encoder.proj.weight"),
+        ("head.convs.0.conv.weight", None, "missing: head.convs.0.conv.weight"),
+        ("head.convs.0.conv.weight", torch.zeros(DIM, 10, 3, 3), "misshaped: head.convs.0.conv.weight"),
+        ("embed_coords.proj.weight", torch.zeros(6, 3, VIT_PATCH, VIT_PATCH), "misshaped: embed_coords.proj.weight"),
+        ("head.convs.0.bn.weight", torch.ones(DIM), "unexpected: head.convs.0.bn.weight"),
+        ("head.classifier.weight", torch.zeros(2, DIM, 1, 1), r"misshaped: head.classifier.weight \(file \(2,"),
     ],
 )
 def test_a_seed_probe_on_keys_whose_weights_do_not_fit_is_refused_before_the_reordering(
@@ -721,3 +743,72 @@ def test_weights_beside_a_store_are_refused_rather_than_left_unread(store: Path,
     assert refused.returncode == 1
     assert "--weights /no/such/dinov2.pth and --store" in refused.stderr and "give one of them" in refused.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_research_codes_own_normalization_entry_imports(tmp_path: Path) -> None:
+    """The research model's config records its default norm_mean_std, ImageNet's, as a tuple of lists."""
+    edit = setting("config", "params", "norm_mean_std", to={"value": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])})
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights(), edit=edit)
+    assert seed_probe(read_seed_checkpoint(checkpoint), str(checkpoint)).featurizer == "dinov2_vits14"
+
+
+@pytest.mark.parametrize(
+    ("content", "held"),
+    [
+        (b"", "not a readable iSegProbe checkpoint (an empty file)"),
+        (
+            b"hello world\n",
+            "not a readable iSegProbe checkpoint (not a zip archive, as torch.save writes, nor a pickle",
+        ),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_said_to_be_what_it_is(tmp_path: Path, content: bytes, held: str) -> None:
+    """torch's complaint was "Expected input to be a checkpoint returned by torch.save", of an empty file too."""
+    path = tmp_path / "seed.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=re.escape(f"{path}: {held}")):
+        read_seed_checkpoint(path)
+
+
+def test_a_bare_state_dict_is_said_to_lack_its_config(tmp_path: Path) -> None:
+    torch.save(patch_embed_weights(), tmp_path / "weights.pth")
+    with pytest.raises(UserError, match=r"this file holds a bare state dict of 8 tensors \('embed_coords.proj.weight'"):
+        read_seed_checkpoint(tmp_path / "weights.pth")
+
+
+def test_a_probe_saved_under_data_parallel_imports_as_without_it(store: Path, tmp_path: Path) -> None:
+    """Every key of a model saved while wrapped in DataParallel starts with `module.`: they were refused as weights
+    of a trained backbone or upsampler."""
+    weights = patch_embed_weights()
+    wrapped = write_seed_checkpoint(tmp_path / "wrapped.pth", {f"module.{k}": v for k, v in weights.items()})
+    plain = write_seed_checkpoint(tmp_path / "plain.pth", weights)
+    import_seed_probe(wrapped, tmp_path / "wrapped", store_path=store)
+    import_seed_probe(plain, tmp_path / "plain", store_path=store)
+    wrapped_state = load_probe(tmp_path / "wrapped")[0].state_dict()
+    plain_state = load_probe(tmp_path / "plain")[0].state_dict()
+    assert all(torch.equal(wrapped_state[key], value) for key, value in plain_state.items())
+
+
+def test_upsampler_weights_are_a_path_whatever_their_name(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path went into the config as YAML: a file named null became no weights, and the import was refused as
+    if --upsampler-weights had not been given."""
+    monkeypatch.chdir(tmp_path)
+    torch.save(create_upsampler("lift", DIM).state_dict(), "null")
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights(), upsampler="lift")
+    metadata = import_seed_probe(checkpoint, tmp_path / "run", store_path=store, upsampler_weights="null")
+    assert metadata["config"]["model"]["upsampler"]["weights"] == "null"
+
+
+@pytest.mark.parametrize("option", ["--out", "--weights", "--upsampler-weights"])
+def test_an_empty_path_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str) -> None:
+    """`--out ""` wrote the run into the current folder; `--weights ""` took the hub's weights."""
+    checkpoint = write_seed_checkpoint(tmp_path / "seed.pth", patch_embed_weights())
+    monkeypatch.chdir(tmp_path)
+    given = {"--out": "run", "--weights": "random", option: ""}
+    arguments = [item for pair in given.items() for item in pair]
+    result = CliRunner().invoke(main, ["import-seed", str(checkpoint), *arguments])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}': an empty value; give a path" in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["seed.pth"]

@@ -409,6 +409,16 @@ def _refuse_not_finite(path: Path, keys: list[str]) -> None:
 
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """The config a run was started with (from last.json), with further `key=value` overrides."""
+    """The config a run was started with (from last.json), with further `key=value` overrides. A probe that
+    `import-seed` wrote has no training state (optimizer moments, schedule) to continue, and is refused here, before
+    the resumed run's plan is printed and its store read."""
     path = checkpoint_files(run_dir, "last")["metadata"]
-    return _recorded_config(read_metadata(path), path, overrides)
+    metadata = read_metadata(path)
+    imported = metadata.get("imported_from")
+    if isinstance(imported, dict):
+        raise UserError(
+            f"--resume: {run_dir} holds a probe imported by isegprobe import-seed (from {imported.get('path')}), not "
+            "a run isegprobe trained: it has no optimizer state or schedule to resume; evaluate it with isegprobe "
+            "evaluate --checkpoint, or train a new probe with --out elsewhere"
+        )
+    return _recorded_config(metadata, path, overrides)

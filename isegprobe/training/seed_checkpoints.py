@@ -28,10 +28,11 @@ from isegprobe import featurizers
 from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig, Range
 from isegprobe.errors import UserError
 from isegprobe.featurizers.key_channels import research_key_channels
+from isegprobe.featurizers.normalization import IMAGENET_MEAN, IMAGENET_STD
 from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
 from isegprobe.model.click_encoders import CLICK_ENCODERS
 from isegprobe.model.clicks import RESEARCH_CHANNEL_OF, in_click_channel_order
-from isegprobe.state_dicts import unpickler_complaint
+from isegprobe.state_dicts import what_is_wrong
 from isegprobe.training.seed_configurations import (
     DINO_HUB_VITS,
     GENERIC_PRESET,
@@ -42,6 +43,9 @@ from isegprobe.training.seed_configurations import (
 
 # How a key of the research code's ConvSegHead names its layer: head.convs.<layer>.[conv.]<parameter>.
 _HEAD_CONV_KEY = re.compile(r"head\.convs\.(\d+)\.(.+)")
+
+# The research code's model class, the last part of the class name its checkpoints' config records.
+SEED_MODEL_CLASS = "iSegProbeModel"
 
 # What reading a structure of the wrong shape raises: a list where a dict belongs, a tensor where a number does,
 # a list that holds itself (RecursionError)...
@@ -63,6 +67,12 @@ class SeedProbe:
     preset_overrides: list[str]  # `--set` overrides that make the preset that research configuration
     overrides: list[str]  # `--set` overrides, after those, that make it this probe's config
     state_dict: dict[str, Tensor]  # ISProbe names; the upsampler's weights are not in it
+    seed_names: dict[str, str]  # the checkpoint's name of each key of state_dict
+
+    def name_in_checkpoint(self, key: str) -> str:
+        """The checkpoint's name of an ISProbe key, for messages: the key it came from, or the key iSegProbe gives
+        a weight the checkpoint lacks."""
+        return self.seed_names.get(key) or seed_key(key)
 
 
 def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -80,10 +90,22 @@ def read_seed_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path}: written in torch.save's old format (before torch 1.6), which isegprobe cannot read without "
                 "running what it names: load it with the research code and save it again with a current torch"
             ) from error
-        raise UserError(f"{path}: not a readable iSegProbe checkpoint ({unpickler_complaint(error)})") from error
+        raise UserError(f"{path}: not a readable iSegProbe checkpoint ({what_is_wrong(path, error)})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
-        raise UserError(f"{path}: an iSegProbe checkpoint holds 'state_dict' and 'config'; this file does not")
+        raise UserError(
+            f"{path}: an iSegProbe checkpoint holds 'state_dict' and 'config'; this file holds {_held(checkpoint)}"
+        )
     return checkpoint
+
+
+def _held(content: Any) -> str:
+    """What a file that is no iSegProbe checkpoint holds instead, in a few words: a bare state dict (the weights
+    without the config that says which probe they are) is told apart from a dict of other entries."""
+    if not isinstance(content, dict):
+        return f"a {type(content).__name__}"
+    if content and all(isinstance(value, Tensor) for value in content.values()):
+        return f"a bare state dict of {len(content)} tensors ({_shown(next(iter(content)))}, ...), without its config"
+    return f"a dict of {_shown(list(content)[:6])}"
 
 
 def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
@@ -108,6 +130,7 @@ def _reading_structure(source: str) -> Iterator[None]:
 
 
 def _translate(checkpoint: dict[str, Any], source: str) -> SeedProbe:
+    _refuse_another_model_class(checkpoint["config"], source)
     params = _config_params(checkpoint["config"], source)
     backbone_cfg, head_cfg = _section(params, "backbone_cfg", source), _section(params, "head_cfg", source)
     encoder_cfg = _section(params, "embed_coords_cfg", source)
@@ -121,6 +144,11 @@ def _translate(checkpoint: dict[str, Any], source: str) -> SeedProbe:
         problems.append(f"architecture {_shown(params.get('architecture'))} (only backbone_upsampler_head maps)")
     if params.get("use_disks") is not True or params.get("with_prev_mask") is not True:
         problems.append("click maps other than disks with a previous-mask channel")
+    if params.get("use_rgb_conv"):
+        problems.append("RITM's convolutional transform of the click maps (use_rgb_conv)")
+    normalization = plain_value(params.get("norm_mean_std"))
+    if normalization is not None and not _is_imagenet_normalization(normalization):
+        problems.append(f"images normalized with norm_mean_std {_shown(normalization)} (only ImageNet's)")
     head_params = _mapping(head_cfg.get("params"), "head_cfg.params", source)
     head_type, head_layers = head_cfg.get("type"), head_params.get("num_layers")
     if head_type != "convhead" or head_layers != 2:
@@ -162,6 +190,7 @@ def _translate(checkpoint: dict[str, Any], source: str) -> SeedProbe:
                 encoder_params.get(key), f"simple_vit click encoder's {key}", ClickEncoderConfig, key, source
             )
             overrides.append(f"model.click_encoder.{key}={value}")
+    state_dict, seed_names = _probe_weights(_seed_weights(checkpoint["state_dict"], source), encoder, source)
     preset, preset_overrides = RESEARCH_PRESETS.get((backbone, encoder, upsampler, fusion), (GENERIC_PRESET, ()))
     return SeedProbe(
         backbone=backbone,
@@ -170,7 +199,32 @@ def _translate(checkpoint: dict[str, Any], source: str) -> SeedProbe:
         preset=preset,
         preset_overrides=list(preset_overrides),
         overrides=overrides,
-        state_dict=_probe_weights(_seed_weights(checkpoint["state_dict"], source), encoder, source),
+        state_dict=state_dict,
+        seed_names=seed_names,
+    )
+
+
+def _refuse_another_model_class(config: Any, source: str) -> None:
+    """RITM and its family save their checkpoints as iSegProbe does, with the class of their model in the config: one
+    of another class (RITM's HRNetModel) is named as such, rather than as an iSegProbe config missing its sections."""
+    model_class = config.get("class") if isinstance(config, dict) else None
+    if isinstance(model_class, str) and model_class.rsplit(".", 1)[-1] != SEED_MODEL_CLASS:
+        raise UserError(
+            f"{source}: its config's class is {_shown(model_class)}, not the research code's {SEED_MODEL_CLASS}: "
+            "only probes trained by the iSegProbe research code are imported"
+        )
+
+
+def _is_imagenet_normalization(normalization: Any) -> bool:
+    """Whether the research model's norm_mean_std is its default, ImageNet's (the only statistics the imported
+    featurizer is given)."""
+    try:
+        values = [[float(value) for value in row] for row in normalization]
+    except (TypeError, ValueError):
+        return False
+    return len(values) == 2 and all(
+        len(row) == 3 and all(abs(value - wanted) < 1e-6 for value, wanted in zip(row, wanted_row, strict=True))
+        for row, wanted_row in zip(values, (IMAGENET_MEAN, IMAGENET_STD), strict=True)
     )
 
 
@@ -300,11 +354,16 @@ def plain_value(value: Any) -> Any:
 
 
 def _seed_weights(state_dict: Any, source: str) -> dict[str, Tensor]:
-    """The checkpoint's state dict, refused unless it maps names to tensors."""
+    """The checkpoint's state dict, refused unless it maps names to tensors; DataParallel's `module.` prefix, on
+    every key of a model saved while wrapped, is taken off."""
     weights = _mapping(state_dict, "state_dict", source)
     for key, value in weights.items():
-        if not isinstance(key, str) or not isinstance(value, Tensor):
+        if not isinstance(key, str):
+            raise UserError(f"{source}: its state_dict key {_shown(key)} is not a name (a string)")
+        if not isinstance(value, Tensor):
             raise UserError(f"{source}: its state_dict entry {_shown(key)} is {_shown(value)}, expected a tensor")
+    if weights and all(key.startswith("module.") for key in weights):
+        weights = {key.removeprefix("module."): value for key, value in weights.items()}
     return weights
 
 
@@ -315,24 +374,30 @@ def _section(params: dict[str, Any], name: str, source: str) -> dict[str, Any]:
     return dict(section)
 
 
-def _probe_weights(seed_weights: dict[str, Tensor], encoder: str, source: str) -> dict[str, Tensor]:
-    """iSegProbe's `embed_coords.*` and `head.*` under ISProbe's names, click channels in isegprobe's order."""
+def _probe_weights(
+    seed_weights: dict[str, Tensor], encoder: str, source: str
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """iSegProbe's `embed_coords.*` and `head.*` under ISProbe's names, click channels in isegprobe's order, and the
+    checkpoint's name of each."""
     weights: dict[str, Tensor] = {}
+    seed_names: dict[str, str] = {}
     unexpected = []
     for key, value in seed_weights.items():
         if key.startswith("embed_coords."):
-            weights["click_encoder." + key.removeprefix("embed_coords.")] = value
+            name = "click_encoder." + key.removeprefix("embed_coords.")
         elif key.startswith("head.convs."):
             conv = _HEAD_CONV_KEY.fullmatch(key)
             if conv is None:
                 raise UserError(
                     f"{source}: its state_dict key {_shown(key)} is not head.convs.<layer>.conv.<parameter>"
                 )
-            weights[f"head.body.{2 * int(conv[1])}.{conv[2].removeprefix('conv.')}"] = value
+            name = f"head.body.{2 * int(conv[1])}.{conv[2].removeprefix('conv.')}"
         elif key.startswith("head.classifier."):
-            weights["head.logit." + key.removeprefix("head.classifier.")] = value
+            name = "head.logit." + key.removeprefix("head.classifier.")
         else:
             unexpected.append(key)
+            continue
+        weights[name], seed_names[name] = value, key
     if unexpected:
         raise UserError(
             f"{source}: weights outside the click encoder and head ({', '.join(unexpected[:4])}, ...): a trained "
@@ -340,7 +405,18 @@ def _probe_weights(seed_weights: dict[str, Tensor], encoder: str, source: str) -
         )
     for name, dim in CLICK_ENCODERS.get(encoder).click_channel_parameters.items():
         _reorder_click_channels(weights, f"click_encoder.{name}", dim=dim, source=source)
-    return weights
+    return weights, seed_names
+
+
+def seed_key(key: str) -> str:
+    """iSegProbe's name of an ISProbe key of the click encoder or head (the inverse of `_probe_weights`' renaming)."""
+    layer = re.fullmatch(r"head\.body\.(\d+)\.(.+)", key)
+    if layer is not None and int(layer[1]) % 2 == 0:
+        return f"head.convs.{int(layer[1]) // 2}.conv.{layer[2]}"
+    for ours, theirs in (("click_encoder.", "embed_coords."), ("head.logit.", "head.classifier.")):
+        if key.startswith(ours):
+            return theirs + key.removeprefix(ours)
+    return key
 
 
 def _reorder_click_channels(weights: dict[str, Tensor], key: str, dim: int, source: str) -> None:

@@ -8,6 +8,7 @@ supplies that featurizer's provenance instead and must match it (a probe evaluat
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ def import_seed_probe(
             f"{featurizer.patch_size} does not divide: its featurizer cannot run at that size"
         )
     overrides = [*seed.preset_overrides, *seed.overrides, f"data.size={seed.size}"]
-    if upsampler_weights is not None:
-        overrides.append(f"model.upsampler.weights={upsampler_weights}")
+    if upsampler_weights is not None:  # a path, not YAML: a file named null or 1e3 stays its name
+        overrides.append(f"model.upsampler.weights={json.dumps(upsampler_weights)}")
     config = load_train_config(seed.preset, overrides)
     fusion = config.model.fusion
     early_fusion = needs_featurizer_online(config.model)
@@ -84,7 +85,8 @@ def import_seed_probe(
         seed_keys_to_isegprobe(state, attention.num_heads, attention.head_dim, fusion)
     # The upsampler keeps the weights it was built with (its authors' file, or none); the rest comes from iSegProbe's.
     upsampler = {key: value for key, value in probe.state_dict().items() if key.startswith("upsampler.")}
-    load_strictly(probe, {**upsampler, **state}, f"{seed_path}: its weights do not fit a probe on {seed.featurizer}")
+    misfit = f"{seed_path}: its weights do not fit a probe on {seed.featurizer}"
+    load_strictly(probe, {**upsampler, **state}, misfit, name_in_file=seed.name_in_checkpoint)
     metadata = {
         "package_version": __version__,
         "config": config_to_dict(config),

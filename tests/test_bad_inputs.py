@@ -421,6 +421,11 @@ CASES: dict[str, Case] = {
         "imported_probe holds a probe imported by isegprobe import-seed (from /seeds/last_checkpoint.pth), not a run "
         "isegprobe trained: it has no optimizer state or schedule to resume",
     ),
+    "training into the folder of a probe imported from the iSegProbe research code": Case(
+        lambda w: training(w, imported_probe(w, "imported_target").name),
+        "imported_target holds a probe imported by isegprobe import-seed (from /seeds/last_checkpoint.pth); train a "
+        "new probe with another --out",
+    ),
     "RITM checkpoint given to import-seed": Case(
         lambda w: ["import-seed", ritm_checkpoint(w), "--out", w.root / "imported"],
         "ritm.pth: its config's class is 'isegm.model.is_hrnet_model.HRNetModel', not the research code's "
@@ -921,10 +926,10 @@ def run_of_another_width(world: World) -> Path:
     return copy
 
 
-def imported_probe(world: World) -> Path:
+def imported_probe(world: World, name: str = "imported_probe") -> Path:
     """A copy of the world's run whose last.json records the import-seed source, as an imported probe's does: the
     trained weights and no optimizer state."""
-    copy = world.run_copy("imported_probe")
+    copy = world.run_copy(name)
     metadata = json.loads((copy / "last.json").read_text())
     metadata["imported_from"] = {"path": "/seeds/last_checkpoint.pth", "sha256": "0" * 64, "preset": "sbd_224"}
     (copy / "last.json").write_text(json.dumps(metadata))

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -414,11 +414,17 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainCo
     the resumed run's plan is printed and its store read."""
     path = checkpoint_files(run_dir, "last")["metadata"]
     metadata = read_metadata(path)
-    imported = metadata.get("imported_from")
-    if isinstance(imported, dict):
+    imported = imported_from(metadata)
+    if imported is not None:
         raise UserError(
-            f"--resume: {run_dir} holds a probe imported by isegprobe import-seed (from {imported.get('path')}), not "
-            "a run isegprobe trained: it has no optimizer state or schedule to resume; evaluate it with isegprobe "
+            f"--resume: {run_dir} holds a probe imported by isegprobe import-seed (from {imported}), not a run "
+            "isegprobe trained: it has no optimizer state or schedule to resume; evaluate it with isegprobe "
             "evaluate --checkpoint, or train a new probe with --out elsewhere"
         )
     return _recorded_config(metadata, path, overrides)
+
+
+def imported_from(metadata: Mapping[str, Any]) -> str | None:
+    """The research checkpoint a probe was converted from by `import-seed`, or None for a probe isegprobe trained."""
+    imported = metadata.get("imported_from")
+    return str(imported.get("path")) if isinstance(imported, dict) else None

@@ -20,7 +20,13 @@ from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.output_files import evaluation_markers_in, run_files_in
 from isegprobe.same_images import refuse_validating_on_training_images, warn_when_training_on_a_test_split
-from isegprobe.training.checkpoint import checkpoint_files, read_metadata, restore_training_state, resume_config
+from isegprobe.training.checkpoint import (
+    checkpoint_files,
+    imported_from,
+    read_metadata,
+    restore_training_state,
+    resume_config,
+)
 from isegprobe.training.loaders import preload_device, preloads, training_loader, validation_loader
 from isegprobe.training.run_state import RunDescription, RunProgress, changes_text, config_changes, recorded_changes
 from isegprobe.training.schedule import StepSchedule
@@ -183,6 +189,12 @@ def _refuse_a_used_folder(run_dir: Path, say: bool) -> None:
     stopped before its first checkpoint leaves (config.yaml, its logs) is taken over, as the same command run again
     expects, and said where `say` (rank 0 of a torchrun job)."""
     if (run_dir / "last.json").is_file():
+        imported = imported_from(read_metadata(run_dir / "last.json"))
+        if imported is not None:
+            raise UserError(
+                f"{run_dir} holds a probe imported by isegprobe import-seed (from {imported}); train a new probe "
+                "with another --out"
+            )
         raise UserError(
             f"{run_dir} already holds a run (last.json): --resume continues it; to start over, delete it or choose "
             "another --out"

@@ -167,6 +167,32 @@ def test_the_old_store_option_of_train_still_reaches_the_command(tmp_path) -> No
     assert str(not_a_store) in result.stderr
 
 
+EMPTY_PATHS = [  # a command, an empty path given to one of its options, and what else it needs to get that far
+    ["train", "--config", "quickstart", "--store", "STORE", "--out", ""],
+    ["evaluate", "--checkpoint", "RUN", "--store", "STORE", "--out", ""],
+    ["extract-features", "--featurizer", "vit_small_patch14_dinov2", "--weights", "", "--dataset", "builtin",
+     "--out", "cache"],
+    ["extract-features", "--featurizer", "vit_small_patch14_dinov2", "--weights", "random", "--dataset", "builtin",
+     "--root", "", "--out", "cache"],
+    ["quickstart", "--out", ""],
+    ["report", "RESULTS", "--out", ""],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("arguments", EMPTY_PATHS, ids=lambda given: f"{given[0]} {given[given.index('') - 1]}")
+def test_an_empty_path_is_a_usage_error_before_any_work(arguments: list[str], tmp_path, monkeypatch) -> None:
+    """An empty path is the current folder to Python: `train --out "$RUN"` with RUN unset trained into the folder
+    the command ran in, and `--weights ""` took the hub's weights as if the option were not given."""
+    monkeypatch.chdir(tmp_path)
+    for placeholder in ("STORE", "RUN", "RESULTS"):
+        (tmp_path / placeholder).mkdir()
+    option = arguments[arguments.index("") - 1]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}': an empty path (an unset shell variable?)" in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["RESULTS", "RUN", "STORE"]
+
+
 STORE_OPTIONS = {  # command -> (options that take one store, options that take a folder of stores)
     ("train",): (["--store", "--val-store"], []),
     ("evaluate",): (["--store"], ["--store-root"]),

@@ -810,5 +810,5 @@ def test_an_empty_path_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.Monk
     arguments = [item for pair in given.items() for item in pair]
     result = CliRunner().invoke(main, ["import-seed", str(checkpoint), *arguments])
     assert result.exit_code == 2, result.output
-    assert f"Invalid value for '{option}': an empty value; give a path" in result.output
+    assert f"Invalid value for '{option}': an empty path (an unset shell variable?)" in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["seed.pth"]

@@ -17,11 +17,14 @@ from isegprobe.errors import DISK_FULL, GONE, NOT_A_FOLDER, NOT_ALLOWED, UserErr
 
 F = TypeVar("F", bound=Callable)
 _WORKER_PREAMBLE = "\nOriginal Traceback (most recent call last):"
+# Options of plain text that name a file or folder, beside words (hub, random) they also take.
+_PATH_TEXT_OPTIONS = frozenset({"root", "weights", "featurizer_weights", "upsampler_weights"})
 
 
 def reports_user_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        _refuse_empty_paths(click.get_current_context(silent=True))
         try:
             return command(*args, **kwargs)
         except UserError as error:
@@ -51,6 +54,19 @@ def reports_user_errors(command: F) -> F:
             raise click.ClickException(disk_message(error)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _refuse_empty_paths(ctx: click.Context | None) -> None:
+    """An empty path is the current folder to Python: `--out "$RUN"` with RUN unset trained (or imported) into the
+    folder the command ran in, and `--weights ""` took the hub's weights as if the option were not given. A usage
+    error, as click gives for a path that must exist."""
+    if ctx is None:
+        return
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        given = value if isinstance(value, tuple) else (value,)
+        if "" in given and (isinstance(param.type, click.Path) or param.name in _PATH_TEXT_OPTIONS):
+            raise click.BadParameter("an empty path (an unset shell variable?); give a file or folder", ctx, param)
 
 
 def own_message(error: UserError) -> str:

@@ -10,20 +10,11 @@ from isegprobe.errors import UserError
 from isegprobe.training.seed_import import import_seed_probe
 
 
-def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """An empty value is refused: `--out ""` wrote the run into the current folder, and `--weights ""` took the hub's
-    weights as if the option were not given."""
-    if value == "":
-        raise click.BadParameter("an empty value; give a path" + (", hub or random" if param.name == "weights" else ""))
-    return value
-
-
 @click.command("import-seed")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--weights",
     default=None,
-    callback=_not_empty,
     help="The featurizer's weights the probe was trained with: hub (the default: timm's copy of the official "
     "weights, needs the internet or a cache), or the file itself (DINOv2's dinov2_vits14_pretrain.pth, a timm/HF "
     "checkpoint of vit_small_patch16_224, ...). Not with --store, whose weights stand for it.",
@@ -31,7 +22,6 @@ def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option(
     "--upsampler-weights",
     default=None,
-    callback=_not_empty,
     help="The authors' checkpoint of the probe's frozen upsampler (LiFT's .pth, FeatUp's "
     "dinov2_jbu_stack_cocostuff.ckpt, LoftUp's .ckpt); the research code's checkpoints do not hold it.",
 )
@@ -43,14 +33,7 @@ def _not_empty(ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="Optional: a store of the probe's featurizer at its crop size (extract-features --normalization "
     "imagenet), to evaluate the probe from that store; its weights then stand for --weights.",
 )
-@click.option(
-    "--out",
-    "run_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    callback=_not_empty,
-    help="Run directory to write.",
-)
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @allow_torchscript_option
 @reports_user_errors
 def import_seed(

@@ -62,6 +62,11 @@ def ends_with_this_process() -> Callable[[int], None] | None:
 
 
 def _die_with(parent: int, worker_id: int) -> None:
+    """Also ignore SIGTERM: Slurm sends it to every process of a job, the workers too, and a worker it ended made a
+    training run, which stops after its step in progress, fail with "DataLoader worker is killed by signal:
+    Terminated", a traceback and status 1 instead of saving its step. The worker ends with the main process instead,
+    as it does when that one is killed."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.excepthook = _silent_when_the_parent_hangs_up
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:

@@ -63,6 +63,28 @@ def ctrl_c_when(command: Sequence[str], moment: Callable[[], bool]) -> tuple[int
     return process.returncode, stderr
 
 
+# Slurm's grace between SIGTERM and SIGKILL, by default: a command stopped by SIGTERM must have ended well within it.
+SLURM_GRACE_SECONDS = 30
+
+
+def terminate_group_when(command: Sequence[str], moment: Callable[[], bool]) -> tuple[int, str]:
+    """Start `command` in a process group of its own and, as soon as `moment()` holds, send SIGTERM to the whole
+    group, as Slurm stops a job (loader workers and torchrun's ranks get it too); return its exit status and what it
+    wrote to stderr. It must end within Slurm's grace, as its loader workers must: they hold stderr open."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    while process.poll() is None and not moment():
+        time.sleep(0.001)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        stderr = process.communicate(timeout=SLURM_GRACE_SECONDS)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"still running {SLURM_GRACE_SECONDS} s after SIGTERM, when Slurm kills it") from None
+    return process.returncode, stderr
+
+
 def hold_lock(output: Path, shared: bool = False) -> subprocess.Popen:
     """Another process holding the lock of `output` (a store or run folder), as a running extraction or training
     does, until it is killed; `shared`: a store's shared lock, as a training or evaluation that reads it holds."""

@@ -7,6 +7,7 @@ message gives continues the run as it is written, logging the means it would hav
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import kill_when
+from launch import SLURM_GRACE_SECONDS, kill_when
 from safetensors.torch import load_file
 from stores import builtin_store
 
@@ -74,20 +75,36 @@ def test_training_killed_twice_then_resumed_ends_with_the_uninterrupted_weights(
     assert train_rows(run) == train_rows(straight_run)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "stop, how",
+    [(signal.SIGINT, "main"), (signal.SIGTERM, "main"), (signal.SIGTERM, "group"), (signal.SIGTERM, "twice")],
+)
 def test_a_stop_signal_ends_training_after_a_whole_step_saved_and_resume_finishes_it(
-    straight: tuple[Path, Path], tmp_path: Path, stop: signal.Signals
+    straight: tuple[Path, Path], tmp_path: Path, stop: signal.Signals, how: str
 ) -> None:
-    """Checkpoints every 1000 steps, so the one the stop leaves is the stop's own."""
+    """Checkpoints every 1000 steps, so the one the stop leaves is the stop's own. `group`: SIGTERM to the whole
+    process group, loader workers included, as Slurm sends it (the workers it ended made the run fail with a
+    traceback and status 1). `twice`: SIGTERM again at once, as a torchrun rank under Slurm gets it from both (the
+    second one ended the run at once, with -15)."""
     store, straight_run = straight
     run = tmp_path / "stopped"
     process = subprocess.Popen(
-        command(store, run, every=1000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command(store, run, every=1000),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     while process.poll() is None and not logged_steps(run):
         time.sleep(0.005)
-    process.send_signal(stop)
-    stdout, stderr = process.communicate(timeout=60)
+    if how == "group":
+        os.killpg(process.pid, stop)
+    else:
+        process.send_signal(stop)
+    if how == "twice":
+        time.sleep(0.01)
+        process.send_signal(stop)
+    stdout, stderr = process.communicate(timeout=SLURM_GRACE_SECONDS)
     assert process.returncode == 128 + stop.value, stderr
     step = saved_step(run)
     assert 0 < step < STEPS

@@ -1,7 +1,9 @@
 """Stopping a training run on request without losing its steps: Ctrl-C (SIGINT) or SIGTERM (what Slurm and
 torchrun send before they kill a job) ends the run after the step in progress, and the trainer saves `last` there, so
 that `--resume` continues exactly. Stopping in the middle of a step could leave the weights half updated by the
-optimizer, which is why the signal only sets a flag. A second signal stops at once, as without this.
+optimizer, which is why the signal only sets a flag. A second Ctrl-C stops at once, as without this; SIGTERM again
+does not: Slurm sends it to every process of a job step, torchrun's ranks included, and torchrun passes on the one it
+got too, so each rank gets two at once (the scheduler's SIGKILL ends a job that takes too long).
 
 Under torchrun the ranks may get the signal at different steps; they agree (an all-reduce of the flag at each step)
 so that all of them stop after the same one.
@@ -53,10 +55,12 @@ class StopRequests:
         return self.requested
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
-        self.signal = signal.Signals(number)
-        self._restore()
+        if self.signal is None:
+            self.signal = signal.Signals(number)
+        self._restore(signal.SIGINT)
 
-    def _restore(self) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-        self._previous = {}
+    def _restore(self, *only: signal.Signals) -> None:
+        """Give back the handlers taken over: those of `only`, else all."""
+        for number in only or STOP_SIGNALS:
+            if number in self._previous:
+                signal.signal(number, self._previous.pop(number))

@@ -19,7 +19,7 @@ from click.shell_completion import CompletionItem
 
 from isegprobe import __version__
 from isegprobe.errors import quiet_disk_errors_in_threads
-from isegprobe.interrupts import INTERRUPTED_STATUS
+from isegprobe.interrupts import exit_status, how_stopped
 
 
 class LazyCommand(NamedTuple):
@@ -95,20 +95,21 @@ class LazyGroup(click.Group):
     def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
     ) -> click.Context:
-        """Ctrl-C while the arguments are read (an interrupt held back during an import lands here) ends as one
-        during the command does, not with click's "Aborted!" and status 1."""
+        """Ctrl-C or SIGTERM while the arguments are read (an interrupt held back during an import lands here) ends
+        as one during the command does, not with click's "Aborted!" and status 1."""
         try:
             return super().make_context(info_name, args, parent, **extra)
-        except KeyboardInterrupt:
-            raise _interrupted() from None
+        except KeyboardInterrupt as interrupt:
+            raise _interrupted(interrupt) from None
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Ctrl-C before a command takes over SIGINT (while torch, the model or a store load) ends as the command's
-        own interruption does, with the shell's status 130 that job scripts read as interrupted, not click's 1."""
+        """Ctrl-C or SIGTERM before a command handles it (while torch, the model or a store load) ends as the
+        command's own interruption does, with the shell's status 130 or 143 that job scripts read as stopped, not
+        click's 1."""
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            raise _interrupted() from None
+        except KeyboardInterrupt as interrupt:
+            raise _interrupted(interrupt) from None
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.lazy_commands:
@@ -133,9 +134,9 @@ class LazyGroup(click.Group):
         return [click.Command(name, help=entry.summary) for name, entry in self.lazy_commands.items()]
 
 
-def _interrupted() -> click.exceptions.Exit:
-    click.echo("interrupted", err=True)
-    return click.exceptions.Exit(INTERRUPTED_STATUS)
+def _interrupted(interrupt: KeyboardInterrupt) -> click.exceptions.Exit:
+    click.echo(how_stopped(interrupt), err=True)
+    return click.exceptions.Exit(exit_status(interrupt))
 
 
 _python_format_warning = warnings.formatwarning

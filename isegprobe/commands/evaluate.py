@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts
 from isegprobe.inference.results import objects_written
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.inference.wandb_results import log_results
+from isegprobe.interrupts import exit_status, how_stopped
 from isegprobe.output_files import run_markers_in
 from isegprobe.training.run_logger import start_wandb
 
@@ -62,15 +62,15 @@ def refuse_a_run_folder(out_dir: Path) -> None:
         )
 
 
-def interruption_note(out_dir: str) -> str:
-    """What an evaluation stopped by Ctrl-C leaves in `out_dir`, as the folder says."""
+def interruption_note(out_dir: str, how: str = "interrupted") -> str:
+    """What an evaluation stopped by Ctrl-C or SIGTERM (`how` says which) leaves in `out_dir`, as the folder says."""
     if objects_written(out_dir) == 0:
         return (
-            f"evaluate: interrupted before its first batch was written: {out_dir} holds no object's results yet, "
+            f"evaluate: {how} before its first batch was written: {out_dir} holds no object's results yet, "
             "and the same command starts again"
         )
     return (
-        f"evaluate: interrupted; the objects of the batches finished before it are kept in {out_dir} "
+        f"evaluate: {how}; the objects of the batches finished before it are kept in {out_dir} "
         "(results.json, results.csv, ious.npz), and the same command goes on from there"
     )
 
@@ -181,7 +181,7 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     --protocol iSegProbe run it on the images):
         isegprobe evaluate --checkpoint runs/probe --datasets grabcut,berkeley --store-root cache/ --out results/
     Writes results.json, results.csv and ious.npz (one IoU curve per object) into --out, after every batch,
-    so an interrupted run (Ctrl-C) keeps the objects it finished, and the same command again evaluates only the
+    so an interrupted run (Ctrl-C, SIGTERM) keeps the objects it finished, and the same command again evaluates only the
     objects it did not finish. Results of another evaluation in --out are never replaced without --overwrite.
     """
     protocol = get_protocol(options["protocol"])
@@ -210,9 +210,9 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     run = start_wandb(Path(request.out_dir), asdict(request), "isegprobe", job_type="evaluate") if use_wandb else None
     try:
         summaries = run_evaluation(request)
-    except KeyboardInterrupt:
-        click.echo(interruption_note(request.out_dir), err=True)
-        raise SystemExit(128 + signal.SIGINT.value) from None
+    except KeyboardInterrupt as interrupt:
+        click.echo(interruption_note(request.out_dir, how_stopped(interrupt)), err=True)
+        raise SystemExit(exit_status(interrupt)) from None
     if run is not None:
         log_results(run, summaries)
     click.echo(format_table(summaries))

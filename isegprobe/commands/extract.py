@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-
 import click
 
 from isegprobe.cache.extract import ExtractionRequest, extract
@@ -15,6 +13,7 @@ from isegprobe.data import list_datasets
 from isegprobe.distributed import current_rank
 from isegprobe.featurizers.catalog import catalog_help
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, NORMALIZATIONS
+from isegprobe.interrupts import exit_status, how_stopped
 from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
 from isegprobe.units import human_bytes
 
@@ -132,13 +131,13 @@ def extract_features(**options) -> None:
     """
     try:
         result = extract(ExtractionRequest(**options))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         click.echo(
-            "extract-features: interrupted; the items finished before it are kept in the store, and the same command "
-            "goes on from there",
+            f"extract-features: {how_stopped(interrupt)}; the items finished before it are kept in the store, and "
+            "the same command goes on from there",
             err=True,
         )
-        raise SystemExit(128 + signal.SIGINT.value) from None
+        raise SystemExit(exit_status(interrupt)) from None
     if current_rank() != 0:  # under torchrun, rank 0 reports for all
         return
     for problem in result.repaired:

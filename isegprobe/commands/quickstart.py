@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -17,6 +18,7 @@ from isegprobe.config import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.inference.metrics import curve_warnings, format_miou_curves, format_table
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+from isegprobe.interrupts import exit_status, how_stopped
 from isegprobe.locks import shared_locks
 from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
 from isegprobe.training import train
@@ -66,9 +68,7 @@ QUICKSTART_PRESET = "quickstart"
 @device_option
 @allow_torchscript_option
 @reports_user_errors
-def quickstart(
-    featurizer: str, size: int, out: str, weights: str, max_iters: int, max_clicks: int, device: str
-) -> None:
+def quickstart(**options) -> None:
     """Extract, train and evaluate on the built-in scenes, by default with a ViT-S/14 (DINOv2 architecture) at 224 px.
 
     \b
@@ -79,6 +79,28 @@ def quickstart(
        --store OUT/cache/FEATURIZER-builtin-test-SIZE.zarr --flip --out DIR`
     With --weights random the featurizer is untrained: the pipeline runs, but the numbers say nothing about the model.
     """
+    again = _the_same_command(click.get_current_context())
+    try:
+        _quickstart(**options, again=again)
+    except KeyboardInterrupt as interrupt:
+        click.echo(
+            f"quickstart: {how_stopped(interrupt)}; the items extracted and the run's last checkpoint are kept in "
+            f"{options['out']}, and `{again}` goes on from there",
+            err=True,
+        )
+        raise SystemExit(exit_status(interrupt)) from None
+
+
+def _quickstart(
+    featurizer: str,
+    size: int,
+    out: str,
+    weights: str,
+    max_iters: int,
+    max_clicks: int,
+    device: str,
+    again: str,
+) -> None:
     out_dir = Path(out)
     run_dir = out_dir / "run"
     _refuse_a_run_of_other_features(run_dir, store_name(featurizer, "builtin", "train", size))
@@ -116,7 +138,7 @@ def quickstart(
         with shared_locks(stores["train"]):
             dataset = CachedDataset(stores["train"], views=config.data.views)
             summary = train(config, dataset, run_dir, device=device, resume=resume)
-        exit_if_stopped(summary, f"isegprobe quickstart --out {out_dir}")
+        exit_if_stopped(summary, again)
         click.echo(f"  {summary.progress()}")
         click.echo(f"  step {summary.step}; checkpoints, TensorBoard logs and scalars.csv in {run_dir}")
         if (warning := summary.nothing_to_segment()) is not None:
@@ -143,6 +165,22 @@ def quickstart(
         click.echo(warning, err=True)
     curves = plot_iou_vs_clicks([read_evaluation(results_dir)], results_dir / "iou_vs_clicks.png")
     click.echo(f"  results, per-object IoU curves, overlays and the mIoU plot ({curves[0].name}) in {results_dir}")
+
+
+def _the_same_command(context: click.Context) -> str:
+    """The command line that goes on where this one stops: the options given, as given (the run, the stores and the
+    results are of that featurizer, size and schedule)."""
+    words = ["isegprobe", "quickstart"]
+    for parameter in context.command.params:
+        source = context.get_parameter_source(parameter.name)
+        if source is click.core.ParameterSource.DEFAULT or not parameter.opts:
+            continue
+        value = context.params[parameter.name]
+        if isinstance(parameter, click.Option) and parameter.is_flag:
+            words += [parameter.opts[0]] if value else []
+        else:
+            words += [parameter.opts[0], str(value)]
+    return shlex.join(words)
 
 
 def _refuse_a_run_of_other_features(run_dir: Path, train_store: str) -> None:

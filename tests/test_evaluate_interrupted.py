@@ -16,16 +16,8 @@ from stores import builtin_store
 from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
 from isegprobe.config import load_train_config
+from isegprobe.inference.results import objects_written
 from isegprobe.training import train
-
-
-def finished_objects(results: Path) -> int:
-    """Objects in the results written so far (after every batch); 0 before the first."""
-    try:
-        summary = json.loads((results / "results.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-    return sum(dataset["num_instances"] for dataset in summary["datasets"].values())
 
 
 def test_ctrl_c_says_what_is_kept_exits_130_and_the_same_command_goes_on(tmp_path: Path) -> None:
@@ -40,13 +32,13 @@ def test_ctrl_c_says_what_is_kept_exits_130_and_the_same_command_goes_on(tmp_pat
         ]  # fmt: skip
 
     subprocess.run(command("reference"), check=True, capture_output=True)
-    total = finished_objects(tmp_path / "reference")
-    returncode, stderr = ctrl_c_when(command("interrupted"), lambda: finished_objects(tmp_path / "interrupted") >= 2)
+    total = objects_written(tmp_path / "reference")
+    returncode, stderr = ctrl_c_when(command("interrupted"), lambda: objects_written(tmp_path / "interrupted") >= 2)
 
     assert returncode == 130, stderr
     assert "evaluate: interrupted; the objects of the batches finished before it are kept in" in stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr
-    assert 2 <= finished_objects(tmp_path / "interrupted") < total, "interrupted after the second object"
+    assert 2 <= objects_written(tmp_path / "interrupted") < total, "interrupted after the second object"
     finished = subprocess.run(command("interrupted"), capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     reference, resumed = (
@@ -79,7 +71,7 @@ def test_a_run_stopped_between_writing_the_curves_and_results_json_goes_on(tmp_p
     evaluate("stopped", "--max-objects", "4")
     for name, data in counted.items():  # the state a kill after ious.npz's replacement leaves
         (stopped / name).write_bytes(data)
-    assert len(np.load(stopped / "ious.npz")["builtin/ids"]) == 4 and finished_objects(stopped) == 2
+    assert len(np.load(stopped / "ious.npz")["builtin/ids"]) == 4 and objects_written(stopped) == 2
 
     evaluate("stopped")
     timings = ("sec_per_click", "sec_per_click_loop", "clicks_timed")

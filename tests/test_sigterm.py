@@ -20,6 +20,7 @@ from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
 from isegprobe.config import load_train_config
+from isegprobe.inference.results import objects_written
 from isegprobe.training import train
 
 TERMINATED = 128 + signal.SIGTERM.value
@@ -32,14 +33,6 @@ def isegprobe(*args: str) -> list[str]:
 def done_items(store: Path) -> int:
     folder = store / "done" / "c"
     return sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
-
-
-def finished_objects(results: Path) -> int:
-    try:
-        summary = json.loads((results / "results.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-    return sum(dataset["num_instances"] for dataset in summary["datasets"].values())
 
 
 def assert_stopped(returncode: int, stderr: str, line: str) -> None:
@@ -84,9 +77,9 @@ def test_evaluation_keeps_its_objects_and_the_same_command_gives_the_results_of_
         )  # fmt: skip
 
     subprocess.run(command("reference"), check=True, capture_output=True)
-    returncode, stderr = terminate_group_when(command("stopped"), lambda: finished_objects(tmp_path / "stopped") >= 2)
+    returncode, stderr = terminate_group_when(command("stopped"), lambda: objects_written(tmp_path / "stopped") >= 2)
     assert_stopped(returncode, stderr, "evaluate: stopped by SIGTERM; the objects of the batches finished before it")
-    assert finished_objects(tmp_path / "stopped") >= 2
+    assert objects_written(tmp_path / "stopped") >= 2
     finished = subprocess.run(command("stopped"), capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     reference, resumed = (json.loads((tmp_path / out / "results.json").read_text()) for out in ("reference", "stopped"))

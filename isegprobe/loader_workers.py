@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from isegprobe.distributed import ranks_on_this_machine
 from isegprobe.errors import UserError
@@ -62,17 +62,22 @@ def ends_with_this_process() -> Callable[[int], None] | None:
 
 
 def _die_with(parent: int, worker_id: int) -> None:
-    """Also ignore SIGTERM: Slurm sends it to every process of a job, the workers too, and a worker it ended made a
-    training run, which stops after its step in progress, fail with "DataLoader worker is killed by signal:
-    Terminated", a traceback and status 1 instead of saving its step. The worker ends with the main process instead,
-    as it does when that one is killed."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Also end quietly on SIGTERM, with status 0: Slurm sends it to every process of a job, the workers too, and a
+    worker killed by it made the main process's watch over its workers raise "DataLoader worker is killed by signal:
+    Terminated" at whatever it was doing, so that a training run, which stops after its step in progress, failed with
+    a traceback instead of saving its step; a worker that ends with status 0 is not reported. Ignoring the signal
+    instead hung the main process where PyTorch ends a worker that does not stop by itself: with SIGTERM."""
+    signal.signal(signal.SIGTERM, _end_quietly)
     sys.excepthook = _silent_when_the_parent_hangs_up
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
         return
     if os.getppid() != parent:  # the parent died before the request: the kernel would never send the signal
         os._exit(1)
+
+
+def _end_quietly(signum: int, frame: FrameType | None) -> None:
+    os._exit(0)
 
 
 def _silent_when_the_parent_hangs_up(

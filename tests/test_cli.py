@@ -176,6 +176,7 @@ EMPTY_PATHS = [  # a command, an empty path given to one of its options, and wha
      "--root", "", "--out", "cache"],
     ["quickstart", "--out", ""],
     ["report", "RESULTS", "--out", ""],
+    ["plot", "iou-vs-clicks", "RESULTS", "--out", ""],
 ]  # fmt: skip
 
 

@@ -182,23 +182,17 @@ def test_more_evaluations_than_one_figure_tells_apart_are_refused(tmp_path: Path
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["plot", "predictions", "{results}", "--object", "a", "--out", ""], "--out '': empty"),
         (["plot", "predictions", "{results}", "--object", "a", "--out", "p.png/"], "--out p.png/: ends in a path"),
-        (["plot", "iou-vs-clicks", "{results}", "--out", ""], "--out '': empty"),
         (["plot", "iou-vs-clicks", "{results}", "--out", "figs/"], "--out figs/: ends in a path separator"),
         (["plot", "features", "--store", "{store}", "--out", "x.txt"], "ends in .png, or in no suffix, not .txt"),
         (["plot", "features", "--store", "{store}", "--out", "panels/"], "--out panels/: ends in a path separator"),
-        (["report", "{results}", "--out", ""], "--out '': empty"),
         (["report", "{results}", "--out", "rep/"], "--out rep/: ends in a path separator"),
     ],
     ids=[
-        "predictions-empty",
         "predictions-separator",
-        "curves-empty",
         "curves-separator",
         "features-txt",
         "features-separator",
-        "report-empty",
         "report-separator",
     ],
 )

@@ -26,6 +26,7 @@ RUN_FILES = (
     "scalars.csv",
 )
 RUN_MARKERS = ("last.json", "best.json")
+CHECKPOINT_PREFIXES = ("last.", "best.")  # the files of a checkpoint (`checkpoint_files` of last and best) begin so
 EVALUATION_MARKERS = ("results.json", "ious.npz")  # evaluate's alone: a table of any name may be called results.csv
 TENSORBOARD_FOLDER = "tensorboard"  # a run's event files, in a folder of its own
 FOLDER_NAMES = ("", ".", "..")  # what a path's last part reads when the path names a folder

@@ -146,7 +146,7 @@ def load_strictly(
     expected = module.state_dict()
     missing = [named(key) for key in expected if key not in state]
     unexpected = [named(key) for key in state if key not in expected]
-    not_dense = [f"{named(key)} ({kind})" for key, value in state.items() if (kind := _not_dense_kind(value))]
+    not_dense = not_dense_tensors(state, named)
     dense = {key: value for key, value in state.items() if _not_dense_kind(value) is None}
     misshaped = [
         f"{named(key)} (file {tuple(value.shape)}, model {tuple(expected[key].shape)})"
@@ -177,11 +177,11 @@ def load_strictly(
     module.load_state_dict(state, strict=True)
 
 
-def not_dense_tensors(state: Mapping[str, Tensor]) -> list[str]:
-    """The keys of `state` whose tensors are not dense (strided) ones with values, each with what it is instead.
-    torch.save keeps a tensor's layout, so a file can hold sparse, meta or nested tensors, on which checking values
-    and load_state_dict fail with a traceback."""
-    return [f"{key} ({kind})" for key, value in state.items() if (kind := _not_dense_kind(value)) is not None]
+def not_dense_tensors(state: Mapping[str, Tensor], named: Callable[[str], str] = str) -> list[str]:
+    """The keys of `state` (as `named` shows them) whose tensors are not dense (strided) ones with values, each with
+    what it is instead. torch.save keeps a tensor's layout, so a file can hold sparse, meta or nested tensors, on
+    which checking values and load_state_dict fail with a traceback."""
+    return [f"{named(key)} ({kind})" for key, value in state.items() if (kind := _not_dense_kind(value)) is not None]
 
 
 def _not_dense_kind(tensor: Tensor) -> str | None:

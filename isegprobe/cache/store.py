@@ -50,21 +50,8 @@ class FeatureStore:
         """Open an existing store; raises UserError if `path` is not one."""
         path = Path(path)
         if not (path / "zarr.json").is_file():
-            if not _exists(path) and _exists(replaced_path(path)):
-                raise UserError(
-                    f"{path}: not there, but {replaced_path(path).name} is beside it: an `extract-features "
-                    "--overwrite` stopped while swapping the stores; run it again to finish the swap"
-                )
-            staging = path.with_name(path.name + STAGING_SUFFIX)
-            if not _exists(path) and _exists(staging):
-                raise UserError(
-                    f"{path}: not there yet, but {staging.name} is beside it: an `extract-features` creating the "
-                    "store, or one stopped while creating it; when none runs, run it again to create the store"
-                )
             if not _exists(path):
-                raise UserError(
-                    f"{path} does not exist: not a feature store; create one with `isegprobe extract-features`"
-                )
+                raise UserError(_why_missing(path))
             raise UserError(f"{path}: not a feature store (no zarr.json); create one with `isegprobe extract-features`")
         node_type = _node_type(path)
         if node_type != "group":
@@ -97,7 +84,7 @@ class FeatureStore:
         """Make an empty store whose arrays are sized for `attrs['item_ids']` and `attrs['views']`, replacing any
         store at `path`."""
         path = Path(path)
-        staging = path.with_name(path.name + STAGING_SUFFIX)
+        staging = staging_path(path)
         if staging.exists():
             shutil.rmtree(staging)
         num_items, num_views, stored = len(attrs["item_ids"]), len(attrs["views"]), len(pixel_views(attrs))
@@ -203,6 +190,26 @@ class FeatureStore:
 
     def nbytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def staging_path(path: Path) -> Path:
+    """Where `FeatureStore.create` makes a new store's arrays before moving them to `path`."""
+    return path.with_name(path.name + STAGING_SUFFIX)
+
+
+def _why_missing(path: Path) -> str:
+    """Why there is no store at `path`, from what lies beside it: a swap or a creation that stopped half way."""
+    if _exists(replaced_path(path)):
+        return (
+            f"{path}: not there, but {replaced_path(path).name} is beside it: an `extract-features --overwrite` "
+            "stopped while swapping the stores; run it again to finish the swap"
+        )
+    if _exists(staging_path(path)):
+        return (
+            f"{path}: not there yet, but {staging_path(path).name} is beside it: an `extract-features` creating the "
+            "store, or one stopped while creating it; when none runs, run it again to create the store"
+        )
+    return f"{path} does not exist: not a feature store; create one with `isegprobe extract-features`"
 
 
 def replacement_path(path: Path) -> Path:

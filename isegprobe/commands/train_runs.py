@@ -13,7 +13,7 @@ import click
 
 from isegprobe.config import TrainConfig, key_given_twice, load_train_config
 from isegprobe.errors import UserError
-from isegprobe.output_files import run_files_in
+from isegprobe.output_files import CHECKPOINT_PREFIXES, run_files_in
 from isegprobe.training.checkpoint import checkpoint_files, resume_config
 
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -130,7 +130,7 @@ def _refuse_a_run_without_checkpoints(root: Path, out: str) -> None:
     command that started it takes them over. Saying only that no last.json is there left the user to guess whether
     the run was lost or where it went."""
     left = run_files_in(root)
-    if left and not any(name.startswith(("last.", "best.")) for name in left):
+    if left and not any(name.startswith(CHECKPOINT_PREFIXES) for name in left):
         raise UserError(
             f"--resume: {out} holds no checkpoint to resume from: its run stopped before its first (it left "
             f"{', '.join(left)}); run the command that started it again, without --resume: it starts the run over "

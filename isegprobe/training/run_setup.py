@@ -18,7 +18,7 @@ from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.config import RenamedConfigKeyWarning, TrainConfig, config_to_dict
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
-from isegprobe.output_files import evaluation_markers_in, run_files_in
+from isegprobe.output_files import CHECKPOINT_PREFIXES, evaluation_markers_in, run_files_in
 from isegprobe.same_images import refuse_validating_on_training_images, warn_when_training_on_a_test_split
 from isegprobe.training.checkpoint import (
     checkpoint_files,
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 # What a resume may name anew of its probe: the authors' upsampler file, read only to build the probe, whose
 # weights the checkpoint's then replace (a file moved since the run began).
 RESUMABLE_MODEL_KEYS = ("model.upsampler.weights",)
-# The files of a checkpoint (`checkpoint_files` of last and best) begin so.
-CHECKPOINT_PREFIXES = ("last.", "best.")
 
 
 @dataclass

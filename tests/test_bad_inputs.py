@@ -36,6 +36,7 @@ from launch import ISEGPROBE, hold_lock
 from safetensors.torch import load_file
 
 from isegprobe.cache.store import FeatureStore
+from isegprobe.upsamplers import create_upsampler
 
 ERROR_TABLE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 SCHEMA1_STORE = Path(__file__).parent / "data" / "schema1-vit_small_patch14_dinov2-builtin-test-28.zarr"
@@ -112,6 +113,23 @@ def without_overriding_permissions(arguments: list[object]) -> tuple[int, str]:
 
 def extract_custom(folder: Path, out: Path) -> list[object]:
     return extraction("--dataset", "custom", "--root", folder, "--size", "28", "--workers", "0", "--out", out)
+
+
+UPSAMPLER_KEY = "model.upsampler.weights"
+
+
+def missing(w: World) -> Path:
+    return w.root / "missing.pth"
+
+
+def import_with_locked_upsampler_weights(w: World) -> list[object]:
+    """import-seed with an upsampler file in a folder this user may not enter: the research checkpoint, read first,
+    gave its own error."""
+    folder = w.root / "locked_weights"
+    folder.mkdir()
+    torch.save(create_upsampler("lift", 384).state_dict(), folder / "lift.pth")
+    folder.chmod(0)
+    return ["import-seed", ritm_checkpoint(w), "--upsampler-weights", folder / "lift.pth", "--out", w.root / "imported"]
 
 
 SQUARE = [[4, 4, 20, 4, 20, 20, 4, 20]]
@@ -333,6 +351,19 @@ CASES: dict[str, Case] = {
             "--dataset", "builtin", "--out", w.root / "x", weights=write_bytes(w.root / "notes.pth", b"junk\n")
         ),
         "not a zip archive, as torch.save writes, nor a pickle: it begins with b'junk\\n'",
+    ),
+    "weights file that is not there": Case(
+        lambda w: training(
+            w, "unbuilt", "--set", "model.upsampler.name=lift", "--set", f"{UPSAMPLER_KEY}={missing(w)}"
+        ),
+        "missing.pth does not exist (expected a weights file)",
+        then=lambda w, output: error_begins(f"{UPSAMPLER_KEY}: {missing(w)}", output),
+    ),
+    "weights file that cannot be read": Case(
+        import_with_locked_upsampler_weights,
+        "lift.pth: cannot read it (Permission denied): give this user read access to it, or copy it where they have",
+        run=without_overriding_permissions,
+        then=lambda w, output: unlock_weights(w, output),
     ),
     "extraction into a store made differently": Case(
         lambda w: extraction(
@@ -780,6 +811,15 @@ def check_names_the_file_in_the_way(world: World, output: str) -> None:
 def folder_named(path: Path) -> Path:
     path.mkdir(parents=True)
     return path
+
+
+def error_begins(words: str, output: str) -> None:
+    assert f"Error: {words}" in output, output
+
+
+def unlock_weights(w: World, output: str) -> None:
+    (w.root / "locked_weights").chmod(0o755)
+    error_begins(f"--upsampler-weights: {w.root / 'locked_weights' / 'lift.pth'}: cannot read it", output)
 
 
 def nothing_at(path: Path) -> None:

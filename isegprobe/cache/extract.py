@@ -63,6 +63,7 @@ from isegprobe.featurizers import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.loader_workers import default_loader_workers, ends_with_this_process, require_sensible_workers
 from isegprobe.locks import exclusive_lock, refuse_if_held
+from isegprobe.weights_files import require_featurizer_weights
 
 
 @dataclass
@@ -446,6 +447,7 @@ def extract(request: ExtractionRequest, featurizer: Featurizer | None = None) ->
     if request.batch_size < 1:
         raise UserError(f"--batch-size: expected a positive number, got {request.batch_size}")
     require_sensible_workers(request.workers, "--workers")
+    require_featurizer_weights(request.weights, "--weights")
     refuse_output_inside_a_store(request.out)
     if request.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")

@@ -17,6 +17,7 @@ from isegprobe.errors import UserError
 from isegprobe.locks import shared_locks
 from isegprobe.output_files import text_output_file
 from isegprobe.training.checkpoint import write_output_file
+from isegprobe.weights_files import require_featurizer_weights
 
 
 @click.group("cache")
@@ -81,6 +82,7 @@ def verify_command(
         raise UserError("--root: the dataset's folder for --images, which this command was not given; add --images")
     if weights is not None and not recompute:
         raise UserError("--weights: the featurizer's weights for --recompute N, which this command was not given")
+    require_featurizer_weights(weights, "--weights")
     with shared_locks(store):
         problems = verify_store(store)
         for problem in problems:

@@ -8,6 +8,7 @@ from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option
 from isegprobe.errors import UserError
 from isegprobe.training.seed_import import import_seed_probe
+from isegprobe.weights_files import require_featurizer_weights, require_weights_file
 
 
 @click.command("import-seed")
@@ -60,6 +61,9 @@ def import_seed(
             f"--weights {weights} and --store {store_path}: the store's featurizer weights stand for the probe's, so "
             "--weights would not be read; give one of them"
         )
+    require_featurizer_weights(weights, "--weights")
+    if upsampler_weights is not None:
+        require_weights_file(upsampler_weights, "--upsampler-weights")
     metadata = import_seed_probe(checkpoint, run_dir, weights or "hub", upsampler_weights, store_path)
     model = metadata["config"]["model"]
     click.echo(

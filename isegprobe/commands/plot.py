@@ -34,6 +34,7 @@ from isegprobe.plots.figures import figure_paths
 from isegprobe.plots.iou_vs_clicks import CURVE_FORMATS, evaluation_curves, plot_iou_vs_clicks
 from isegprobe.plots.predictions import plot_predictions
 from isegprobe.upsamplers import list_upsamplers
+from isegprobe.weights_files import require_weights_file
 
 # IoU differences between a replay and the evaluation beyond float noise (batches of other sizes) mean that
 # something changed since.
@@ -140,9 +141,12 @@ def features(
     low-res features) of each upsampler's output: the same colour means the same feature in every panel."""
     figure_paths(out, PANEL_FORMATS)
     names = _upsampler_names(upsamplers)
+    weights_by_name = _weights_by_name(weights)
+    for name in set(names) & set(weights_by_name):  # one for an upsampler not drawn is refused as such
+        require_weights_file(weights_by_name[name], f"--weights {name}")
     with shared_locks(store_path):
         store = open_item(store_path, item, view)
-        built = named_upsamplers(names, _weights_by_name(weights), int(store.provenance["dim"]))
+        built = named_upsamplers(names, weights_by_name, int(store.provenance["dim"]))
         if checkpoint is not None:
             built.append(probe_upsampler(checkpoint, store))
         panels = feature_panels(store, built, device=torch.device(device), shared=colours == "shared")

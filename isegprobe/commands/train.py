@@ -30,6 +30,7 @@ from isegprobe.presets import list_presets
 from isegprobe.training import TrainSummary
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata
 from isegprobe.training.run_loop import train_side_by_side
+from isegprobe.weights_files import require_featurizer_weights, require_weights_file
 
 # The research recipe's full-resolution head takes minutes a step on a CPU (188 s on 2 cores at 224 px), so a user who
 # names no preset gets one that suits the device the run will use.
@@ -167,13 +168,15 @@ def train(
             raise click.UsageError("Missing option '--store' (the training store).")
         runs = planned_runs(run_dir, config_sources or (_default_preset(device),), variants, overrides, flags)
         _say_when_steps_take_minutes(runs, device)
+    needs_featurizer = online or any(needs_featurizer_online(run.config.model) for run in runs)
+    _refuse_featurizer_options_left_unread(needs_featurizer, featurizer_name, featurizer_weights)
+    require_featurizer_weights(featurizer_weights, "--weights")
+    _require_upsampler_weights(runs, resume)
 
     refuse_output_inside_a_store(run_dir)
     with shared_locks(store_path, val_store_path):  # no extraction rewrites them under the training
         dataset = CachedDataset(store_path, views=runs[0].config.data.views)
         val_dataset = CachedDataset(val_store_path) if val_store_path else None
-        needs_featurizer = online or any(needs_featurizer_online(run.config.model) for run in runs)
-        _refuse_featurizer_options_left_unread(needs_featurizer, featurizer_name, featurizer_weights)
         featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
         device_source = click.get_current_context().get_parameter_source("device")
         given_device = device if device_source is not ParameterSource.DEFAULT else None
@@ -319,6 +322,24 @@ def _resume_command(
     words += ["--weights", featurizer_weights] if featurizer_weights else []
     words += ["--device", device] if device else []
     return shlex.join(words)
+
+
+def _require_upsampler_weights(runs: Sequence[PlannedRun], resume: bool) -> None:
+    """Each run's upsampler file, before the store is read and the featurizer and probe are built. A resumed run
+    reads it too, to build its probe before the checkpoint's weights replace the file's."""
+    for run in runs:
+        path = run.config.model.upsampler.weights
+        if path is None:
+            continue
+        key = "model.upsampler.weights" if len(runs) == 1 else f"{run.folder}: model.upsampler.weights"
+        try:
+            require_weights_file(path, key)
+        except UserError as error:
+            if not resume:
+                raise
+            raise UserError(
+                f"{error}; the run's config names it, and --set model.upsampler.weights=PATH says where it is now"
+            ) from None
 
 
 def _refuse_featurizer_options_left_unread(needs_featurizer: bool, name: str | None, weights: str | None) -> None:

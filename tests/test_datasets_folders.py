@@ -142,6 +142,9 @@ def test_images_in_subfolders_are_said_not_read(tmp_path):
         write_image(root / "images" / f"{folder}a.png", H, W)
         write_mask(root / "masks" / f"{folder}a.png", box(H, W, 0, 0, 4, 4))
     (root / "images" / "notes").mkdir()
+    (root / "images" / "mac").mkdir()  # what a Mac leaves there is no image of the dataset (a hidden file) ...
+    (root / "images" / "mac" / "._a.png").write_bytes(b"\0\5\26\7")
+    write_image(root / "images" / ".thumbnails" / "a.png", H, W)  # ... nor a hidden folder
     with pytest.warns(UnreadSubfolderWarning) as told:
         dataset = create_dataset("custom", root)
     assert dataset.ids() == ["a"]
@@ -193,3 +196,66 @@ def test_davis_and_coco_mval_read_a_mask_as_ritms_davis_loader(tmp_path, family)
     assert cv2.imwrite(str(root / "gt" / "bear.png"), with_alpha)
     sample = create_dataset(family, root)[0]
     assert np.array_equal(sample.labels > 0, soft_edged_square() > 0) and not sample.ignore.any()
+
+
+def _grabcut_tree(root):
+    write_image(root / "data_GT" / "1001.jpg", H, W, seed=1)
+    write_mask(root / "boundary_GT" / "1001.bmp", box(H, W, 2, 2, 8, 8))
+    write_image(root / "data_GT" / "1002.bmp", H, W, seed=2)
+    write_mask(root / "boundary_GT" / "1002.bmp", box(H, W, 4, 4, 10, 10))
+    return ["data_GT", "boundary_GT"]
+
+
+def _berkeley_tree(root):
+    write_image(root / "images" / "1001.jpg", H, W, seed=1)
+    write_mask(root / "masks" / "1001.png", box(H, W, 2, 2, 8, 8))
+    write_mask(root / "masks" / "1001_2.png", box(H, W, 6, 6, 10, 10))
+    return ["images", "masks"]
+
+
+def _img_gt_tree(root):
+    write_image(root / "img" / "bear.jpg", H, W, seed=1)
+    write_mask(root / "gt" / "bear.png", box(H, W, 2, 2, 8, 8))
+    return ["img", "gt"]
+
+
+def _ade20k_tree(root):
+    scene = root / "images" / "validation" / "a" / "abbey"
+    seg = np.zeros((H, W, 3), np.uint8)
+    seg[2:8, 2:8] = (10, 5, 7)
+    write_image(scene / "ADE_val_00000001.jpg", H, W)
+    write_mask(scene / "ADE_val_00000001_seg.png", seg)
+    return ["images/validation/a/abbey"]
+
+
+@pytest.mark.parametrize(
+    ("family", "build", "split"),
+    [
+        ("grabcut", _grabcut_tree, "test"),
+        ("berkeley", _berkeley_tree, "test"),
+        ("berkeley", _berkeley_tree, "test-instances"),
+        ("custom", _berkeley_tree, "test"),
+        ("davis", _img_gt_tree, "test"),
+        ("coco_mval", _img_gt_tree, "test"),
+        ("ade20k", _ade20k_tree, "val"),
+    ],
+)
+def test_hidden_files_a_mac_leaves_beside_the_images_are_not_read(tmp_path, family, build, split):
+    """A copy made on macOS holds `._NAME.jpg` (AppleDouble notes of junk bytes, not pictures) beside every file
+    and a `.DS_Store` in every folder: reading stopped at the first one ("cannot read this image", or "no mask named
+    ._1001.*"). They are no images of the dataset: the folder reads as the same items without them."""
+    clean, copied = tmp_path / "clean", tmp_path / "copied_from_a_mac"
+    build(clean)
+    folders = build(copied)
+    junk = np.random.default_rng(0).bytes(4096)
+    for folder in folders:
+        for path in sorted((copied / folder).iterdir()):
+            (path.parent / f"._{path.name}").write_bytes(junk)
+        (copied / folder / ".DS_Store").write_bytes(junk)
+    expected, dataset = create_dataset(family, clean, split), create_dataset(family, copied, split)
+    assert dataset.ids() == expected.ids()
+    for index in range(len(expected)):
+        sample, wanted = dataset[index], expected[index]
+        assert sample.id == wanted.id
+        for field in ("image", "labels", "ignore"):
+            assert np.array_equal(getattr(sample, field), getattr(wanted, field)), (sample.id, field)

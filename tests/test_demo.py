@@ -270,6 +270,16 @@ def test_a_folder_named_like_an_image_is_not_listed(image_folder: Path, tmp_path
     assert "dir.png" not in ImageCatalog.from_options(str(images), None).names()
 
 
+def test_the_hidden_files_a_mac_leaves_beside_the_images_are_not_listed(image_folder: Path, tmp_path: Path) -> None:
+    """macOS's AppleDouble `._NAME.png` (notes, not a picture) was listed, and failed when picked."""
+    images = tmp_path / "images"
+    shutil.copytree(image_folder, images)
+    listed = ImageCatalog.from_options(str(images), None).names()
+    for name in listed:
+        (images / f"._{name}").write_bytes(b"\0\5\26\7 AppleDouble notes")
+    assert ImageCatalog.from_options(str(images), None).names() == listed
+
+
 def test_an_image_option_that_names_no_image_file_is_refused_at_start(checkpoint: Path, tmp_path: Path) -> None:
     notes = tmp_path / "results.json"
     notes.write_text("{}")

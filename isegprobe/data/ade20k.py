@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from isegprobe.data.base import DatasetBase, build_source, require_same_size
-from isegprobe.data.image_io import decode_file, read_gray, read_rgb
+from isegprobe.data.image_io import decode_file, is_hidden, read_gray, read_rgb
 from isegprobe.data.instance_maps import compact_labels
 from isegprobe.data.registry import SampleSource, register_dataset
 from isegprobe.data.sample import Sample
@@ -44,10 +44,12 @@ class ADE20kDataset(DatasetBase):
         if self.challenge_layout:
             self.mask_dir = root / "annotations" / folder
             # .jpg in any case, as GrabCut's loader reads them: a `.JPG` image and its annotation were left out
-            images = sorted(path for path in self.image_dir.iterdir() if path.suffix.lower() == ".jpg")
+            images = sorted(
+                path for path in self.image_dir.iterdir() if path.suffix.lower() == ".jpg" and not is_hidden(path)
+            )
             self._pairs = [(path, self.mask_dir / f"{path.stem}.png") for path in images]
         else:
-            seg_files = sorted(self.image_dir.rglob(f"*{SEG_SUFFIX}"))
+            seg_files = sorted(path for path in self.image_dir.rglob(f"*{SEG_SUFFIX}") if not is_hidden(path))
             self._pairs = [(p.with_name(p.name[: -len(SEG_SUFFIX)] + ".jpg"), p) for p in seg_files]
         if not self._pairs:
             raise UserError(f"{self.image_dir}: no ADE20K images found")

@@ -20,6 +20,7 @@ from isegprobe.data.image_headers import png_bit_depth
 from isegprobe.data.image_io import (
     IMAGE_SUFFIXES,
     files_by_stem,
+    is_hidden,
     only_file,
     read_grey_mask,
     read_mask,
@@ -89,7 +90,11 @@ class UnreadSubfolderWarning(UserWarning):
 def _warn_of_images_in_subfolders(folder: Path) -> None:
     """A folder dataset reads the files directly in its image and mask folders; images sorted into subfolders
     (`images/cats/`, `images/dogs/`) were left out without a word, and the benchmark held only the rest."""
-    holding = [child.name for child in sorted(folder.iterdir()) if child.is_dir() and _holds_images(child)]
+    holding = [
+        child.name
+        for child in sorted(folder.iterdir())
+        if child.is_dir() and not is_hidden(child) and _holds_images(child)
+    ]
     if holding:
         warnings.warn(
             f"{folder}: its subfolders {', '.join(name + '/' for name in holding[:5])} hold images, which are not "
@@ -102,7 +107,7 @@ def _warn_of_images_in_subfolders(folder: Path) -> None:
 
 def _holds_images(folder: Path) -> bool:
     try:
-        return any(path.suffix.lower() in IMAGE_SUFFIXES for path in folder.iterdir())
+        return any(path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path) for path in folder.iterdir())
     except OSError:  # a subfolder this user may not list is no images of the dataset's either
         return False
 

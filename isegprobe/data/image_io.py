@@ -287,12 +287,22 @@ def is_truncated(data: bytes) -> bool:
     return False
 
 
+def is_hidden(path: Path) -> bool:
+    """A name that starts with "." names no image of a dataset: macOS leaves an AppleDouble file `._NAME.jpg` (its
+    notes on NAME.jpg, not a picture) beside every file it copies to a disk of another format, and a `.DS_Store` in
+    every folder it shows; a benchmark copied from a Mac stopped at the first of them."""
+    return path.name.startswith(".")
+
+
 def files_by_stem(folder: Path) -> dict[str, list[Path]]:
     """The image files of `folder` grouped by their exact stem (file names compared as strings, never used as
-    patterns: `a[1].jpg` is not `a1.jpg`); suffixes match case-insensitively (GrabCut mixes .jpg and .JPG). A link
-    whose file is gone stays, so that reading it says so instead of calling the image missing."""
+    patterns: `a[1].jpg` is not `a1.jpg`); suffixes match case-insensitively (GrabCut mixes .jpg and .JPG); hidden
+    files (`is_hidden`) are left out. A link whose file is gone stays, so that reading it says so instead of calling
+    the image missing."""
     groups: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
+        if is_hidden(path):
+            continue
         if (path.is_file() or path.is_symlink() and not path.exists()) and path.suffix.lower() in IMAGE_SUFFIXES:
             require_utf8_name(path)
             groups.setdefault(path.stem, []).append(path)

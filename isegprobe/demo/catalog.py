@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from isegprobe.data import create_dataset, dataset_root, root_origin_told
-from isegprobe.data.image_io import IMAGE_SUFFIXES, read_rgb, require_utf8_name
+from isegprobe.data.image_io import IMAGE_SUFFIXES, is_hidden, read_rgb, require_utf8_name
 from isegprobe.data.registry import SampleSource
 from isegprobe.data.sample import Sample
 from isegprobe.errors import UserError
@@ -43,7 +43,11 @@ class ImageCatalog:
         if images is None:
             return cls([])
         folder = Path(images)
-        files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+        files = sorted(
+            path
+            for path in folder.iterdir()
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not is_hidden(path)
+        )
         if not files:
             raise UserError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it")
         return cls(files)

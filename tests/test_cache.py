@@ -366,6 +366,19 @@ def test_the_cache_commands_name_a_store_being_created_and_one_that_is_not_there
     assert f"{tmp_path / 'nowhere.zarr'} does not exist: not a feature store" in result.output
 
 
+def test_a_folder_of_stores_given_as_a_store_names_the_stores_in_it(tmp_path):
+    """`train --store cache/` (the extract-features --out folder) was told to create a store with extract-features,
+    though the store it meant was in that folder."""
+    made = extract(request(tmp_path / "cache")).path
+    with pytest.raises(UserError) as error:
+        FeatureStore.open(tmp_path / "cache")
+    assert str(error.value) == (
+        f"{tmp_path / 'cache'}: a folder of feature stores ({made.name}), not a store itself; give one of them"
+    )
+    with pytest.raises(UserError, match=r"not a feature store \(no zarr\.json\); create one with"):
+        FeatureStore.open(tmp_path)
+
+
 def test_a_swap_whose_replacement_is_gone_puts_the_old_store_back(tmp_path):
     old = extract(request(tmp_path / "cache")).path
     old.rename(old.with_name(old.name + ".replaced"))

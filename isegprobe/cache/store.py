@@ -52,7 +52,7 @@ class FeatureStore:
         if not (path / "zarr.json").is_file():
             if not _exists(path):
                 raise UserError(_why_missing(path))
-            raise UserError(f"{path}: not a feature store (no zarr.json); create one with `isegprobe extract-features`")
+            raise UserError(_not_a_store(path))
         node_type = _node_type(path)
         if node_type != "group":
             raise UserError(f"{path}: a Zarr {node_type}, not a feature store (the folder that holds the arrays)")
@@ -210,6 +210,16 @@ def _why_missing(path: Path) -> str:
             "store, or one stopped while creating it; when none runs, run it again to create the store"
         )
     return f"{path} does not exist: not a feature store; create one with `isegprobe extract-features`"
+
+
+def _not_a_store(path: Path) -> str:
+    """Why `path`, which is there, is no store. The folder `extract-features --out` names holds the stores, and is
+    the path a user has at hand: the stores in it are named, since the one to give is among them."""
+    inside = sorted(child.name for child in path.glob("*.zarr") if (child / "zarr.json").is_file())
+    if inside:
+        shown = ", ".join(inside[:3]) + (f" and {len(inside) - 3} more" if len(inside) > 3 else "")
+        return f"{path}: a folder of feature stores ({shown}), not a store itself; give one of them"
+    return f"{path}: not a feature store (no zarr.json); create one with `isegprobe extract-features`"
 
 
 def replacement_path(path: Path) -> Path:

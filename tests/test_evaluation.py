@@ -521,6 +521,25 @@ def test_a_misspelled_dataset_or_split_beside_a_store_root_is_said_to_be_one(
     assert refused.exit_code == 1 and message in refused.output, refused.output
 
 
+def test_a_store_root_that_lacks_the_store_names_the_extraction_that_makes_it(store, trained_run, tmp_path):
+    """It said "run `isegprobe extract-features` first", leaving the featurizer, weights and size the store must have
+    to be guessed; a store given as --store-root was looked for inside itself."""
+    common = ["--checkpoint", str(trained_run), "--max-clicks", "1", "--out", str(tmp_path / "results")]
+    missing = cli(*common, "--store-root", str(store.parent), "--datasets", "berkeley")
+    assert missing.exit_code == 1, missing.output
+    assert (
+        f"; extract it for this probe with `isegprobe extract-features --featurizer {FEATURIZER} --weights random "
+        f"--dataset berkeley --split test --size {SIZE} --out {store.parent}`"
+    ) in " ".join(missing.output.split())
+    itself = cli(*common, "--store-root", str(store))
+    assert itself.exit_code == 1
+    assert (
+        f"a feature store itself, where the folder of stores is asked for; give it with --store {store}, or its "
+        in (" ".join(itself.output.split()))
+    )
+    assert not (tmp_path / "results").exists()
+
+
 def test_dataset_names_are_read_in_any_case_as_everywhere_else(store, trained_run, tmp_path):
     """`--datasets GrabCut` looked for a store named ...-GrabCut-test-56.zarr ("run extract-features first")."""
     out = tmp_path / "results"

@@ -8,6 +8,7 @@ trained on.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import shutil
 import sys
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -28,6 +29,7 @@ from isegprobe.data.base import parse_split
 from isegprobe.data.catalog import dataset_facts
 from isegprobe.devices import deterministic_arithmetic
 from isegprobe.errors import DatasetLayoutError, UserError
+from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.hashing import file_sha256
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
@@ -515,20 +517,39 @@ def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[P
         return [Path(path) for path in request.stores]
     if not request.store_root:
         raise UserError("give --store-root DIR (or --store PATH) to evaluate from stores, or --online")
+    root = Path(request.store_root)
+    if (root / "zarr.json").is_file():
+        raise UserError(
+            f"--store-root {root}: a feature store itself, where the folder of stores is asked for; give it with "
+            f"--store {root}, or its folder with --store-root {root.parent}"
+        )
     name = metadata["featurizer_provenance"]["name"]
     size = int(metadata["preprocessing"]["size"])
     normalization = identity_value(metadata["featurizer_provenance"], "normalization")
-    paths = [
-        Path(request.store_root) / store_name(name, dataset, request.split, size, normalization)
-        for dataset in request.datasets
-    ]
-    missing = [str(path) for path in paths if not path.is_dir()]
-    for dataset, path in zip(request.datasets, paths, strict=True):
-        if not path.is_dir():  # a misspelled name or split is said as such, not as a store to extract
-            dataset_facts(dataset).resolve_split(parse_split(request.split)[0])
+    paths = [root / store_name(name, dataset, request.split, size, normalization) for dataset in request.datasets]
+    missing = {dataset: path for dataset, path in zip(request.datasets, paths, strict=True) if not path.is_dir()}
+    for dataset in missing:  # a misspelled name or split is said as such, not as a store to extract
+        dataset_facts(dataset).resolve_split(parse_split(request.split)[0])
     if missing:
-        raise UserError("--store-root: no store " + ", ".join(missing) + "; run `isegprobe extract-features` first")
+        stores = ", ".join(map(str, missing.values()))
+        commands = " and ".join(f"`{_extraction_command(metadata, each, request.split, root)}`" for each in missing)
+        them = "it" if len(missing) == 1 else "them"
+        raise UserError(f"--store-root: no store {stores}; extract {them} for this probe with {commands}")
     return paths
+
+
+def _extraction_command(metadata: dict[str, Any], dataset: str, split: str, root: Path) -> str:
+    """The extract-features command that makes the store this probe is evaluated from: its featurizer and weights,
+    input statistics, working size and resize rule, which the store must share with the training store."""
+    provenance, preprocessing = metadata["featurizer_provenance"], metadata["preprocessing"]
+    words = ["isegprobe", "extract-features", "--featurizer", provenance["name"], "--weights", provenance["weights"]]
+    normalization = identity_value(provenance, "normalization")
+    if normalization != DEFAULT_NORMALIZATION:
+        words += ["--normalization", normalization]
+    words += ["--dataset", dataset, "--split", split, "--size", str(preprocessing["size"])]
+    if preprocessing.get("resize", "stretch") != "stretch":
+        words += ["--resize", preprocessing["resize"]]
+    return shlex.join([*words, "--out", str(root)])
 
 
 def checkpoint_featurizer(metadata: dict[str, Any]) -> torch.nn.Module:

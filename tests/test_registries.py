@@ -4,6 +4,7 @@ built in test_featurizers.py, beside the helpers that keep those builds cheap.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,6 +92,16 @@ def test_every_upsampler_builds_and_maps_features_to_the_guidance_grid(name: str
     grid = (3, 4) if name == "identity" else (38, 46)
     assert isinstance(upsampler, Upsampler)
     assert out.shape == (2, DIM, *grid) and out.dtype == torch.float32 and bool(out.isfinite().all())
+
+
+def test_the_upsamplers_page_has_a_row_for_every_upsampler_and_none_other() -> None:
+    """docs/upsamplers.md's table is where a user learns what each name is and which file it loads; its section on
+    adding an upsampler says this test asks for the new one's row."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "upsamplers.md").read_text(encoding="utf-8")
+    header = text.index("| name | method |")
+    rows = text[header : text.index("\n\n", header)].splitlines()[2:]
+    documented = [name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split(" | ")[0])]
+    assert sorted(documented) == list_upsamplers()
 
 
 # --- every click encoder ----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from isegprobe.featurizers.registry import FEATURIZERS
 from isegprobe.featurizers.weights import WeightsSource
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+EXTRACTION_PAGE = Path(__file__).resolve().parents[1] / "docs" / "extraction.md"
 README_START = "<!-- featurizer catalog:"
 README_END = "<!-- end of featurizer catalog -->"
 
@@ -82,3 +83,14 @@ def test_the_readme_table_is_the_rendered_catalog():
     text = README.read_text(encoding="utf-8")
     start = text.index("\n", text.index(README_START)) + 1
     assert text[start : text.index(README_END)] == catalog_markdown()
+
+
+def test_the_extraction_page_says_what_every_family_computes():
+    """The `--featurizer` row of docs/extraction.md names each family beside what it computes; its section on adding
+    a featurizer says this test asks for a new family there."""
+    row = next(
+        line
+        for line in EXTRACTION_PAGE.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `--featurizer` |")
+    )
+    assert [family for family in FEATURIZERS.names() if f"`{family}`" not in row] == []

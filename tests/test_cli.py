@@ -263,6 +263,16 @@ def test_train_picks_its_preset_by_the_resolved_device_and_says_so_in_help() -> 
         "fast_cpu (a light head) on CPU" in help_text  # fmt: skip
 
 
+def test_train_help_says_whose_weights_the_online_featurizer_takes_by_default() -> None:
+    """--featurizer said "(default: the store's)" and --weights nothing, though without it an --online run or an
+    early-fusion probe takes the store's weights, not hub or random."""
+    help_text = " ".join(CliRunner().invoke(main, ["train", "--help"], terminal_width=200).stdout.split())
+    assert (
+        "Featurizer weights for --online or an early-fusion probe: random, hub or a file (default: the store's)."
+        in (help_text)
+    )
+
+
 def test_ctrl_c_while_a_command_loads_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before a command takes over SIGINT (torch and its model still loading), click said "Aborted!" and exited 1,
     which job scripts read as a failure, not as an interruption."""

@@ -97,7 +97,7 @@ DEFAULT_PRESETS = {"cuda": "sbd_224", "cpu": "fast_cpu"}
     "--weights",
     "featurizer_weights",
     default=None,
-    help="Featurizer weights for --online or an early-fusion probe: random, hub or a file.",
+    help="Featurizer weights for --online or an early-fusion probe: random, hub or a file (default: the store's).",
 )
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --out from its last checkpoint, at the same step and lr."

@@ -13,7 +13,7 @@ import click
 import cv2
 import numpy as np
 import pytest
-from bad_input_world import World, invoke, png_declaring, remove_chunk_file, scramble_chunk_file
+from bad_input_world import SIZE, World, invoke, png_declaring, remove_chunk_file, scramble_chunk_file
 from dataset_trees import box, write_image, write_mask
 from PIL import Image
 
@@ -272,3 +272,31 @@ def test_a_store_that_does_not_fit_the_config_is_refused_saying_how_to_go_on():
         UserError, match=r"data\.normalization must be null \(any\) or one of model, imagenet, got 'bogus'"
     ):
         check_store_fits(data, preprocessing, provenance)
+
+
+def test_every_way_a_store_does_not_fit_a_research_preset_is_said_at_once(world: World):
+    """A plain store given to a research preset was refused for its views alone; extracted again with them, for its
+    size; then for its featurizer and for its input statistics: an extraction for each, where one command fits all."""
+    refused = invoke(
+        "train", "--config", "sbd_dinov2_simple-vit_noup", "--store", world.train_store, "--out", world.root / "t_fit"
+    )
+    assert refused.exit_code == 1
+    assert " ".join(refused.output.split()).endswith(
+        "data.featurizer is 'dinov2_vits14' but the store was extracted with 'vit_small_patch14_dinov2'; "
+        "data.normalization is 'imagenet' but the store was extracted with 'model'; "
+        f"data.size is 224 but the store was extracted at {SIZE} px; "
+        "data.views asks for rcrop1, rcrop2, rcrop3, rcrop4, rcrop5, rcrop6, rcrop7, rcrop8, which the store lacks (it "
+        "has identity, hflip): extract the dataset with --featurizer dinov2_vits14 --normalization imagenet --size 224 "
+        "--views identity,rcrop1,rcrop2,rcrop3,rcrop4,rcrop5,rcrop6,rcrop7,rcrop8 for this config, or choose another "
+        "preset"
+    )
+    assert not (world.root / "t_fit").exists()
+    views_alone = invoke(
+        "train", "--config", "quickstart", "--set", "data.views=[hflip,crop1]", "--store", world.train_store,
+        "--out", world.root / "t_fit",
+    )  # fmt: skip
+    assert views_alone.exit_code == 1
+    assert (
+        "data.views asks for crop1, which the store lacks (it has identity, hflip): extract the dataset with "
+        "--views identity,hflip,crop1 for this config, or train on views it has"
+    ) in " ".join(views_alone.output.split())

@@ -979,7 +979,7 @@ def test_data_views_trains_on_a_subset_of_the_stores_views(tmp_path: Path) -> No
     assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["data"]["views"] == ["hflip"]
     result = train_on("[crop1]", str(tmp_path / "b"))
     assert result.exit_code == 1
-    assert "no view(s) ['crop1']; the store has ['identity', 'hflip']" in result.output
+    assert "data.views asks for crop1, which the store lacks (it has identity, hflip)" in result.output
 
 
 def test_a_run_refused_before_it_writes_leaves_no_folder_behind(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from isegprobe import featurizers
 from isegprobe.cache import CachedDataset
 from isegprobe.cache.schema import check_same_featurizer
-from isegprobe.cache.store import refuse_output_inside_a_store
+from isegprobe.cache.store import FeatureStore, refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
 from isegprobe.commands.train_runs import PlannedRun, planned_runs, resumed_runs
@@ -30,6 +30,7 @@ from isegprobe.presets import list_presets
 from isegprobe.training import TrainSummary
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata
 from isegprobe.training.run_loop import train_side_by_side
+from isegprobe.training.store_checks import check_store_fits
 from isegprobe.weights_files import require_featurizer_weights, require_weights_file
 
 # The research recipe's full-resolution head takes minutes a step on a CPU (188 s on 2 cores at 224 px), so a user who
@@ -175,6 +176,10 @@ def train(
 
     refuse_output_inside_a_store(run_dir)
     with shared_locks(store_path, val_store_path):  # no extraction rewrites them under the training
+        store = FeatureStore.open(store_path)  # every way it does not fit the config, before its views are read
+        check_store_fits(
+            runs[0].config.data, store.attrs["preprocessing"], store.attrs["featurizer"], store.attrs["views"]
+        )
         dataset = CachedDataset(store_path, views=runs[0].config.data.views)
         val_dataset = CachedDataset(val_store_path) if val_store_path else None
         featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None

@@ -4,6 +4,7 @@ that reproduces a published model was made for; and what a store's labels say of
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,28 +17,45 @@ from isegprobe.errors import UserError
 from isegprobe.featurizers.normalization import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
 
 
-def check_store_fits(data: DataConfig, preprocessing: dict[str, Any], provenance: dict[str, Any] | None) -> None:
-    """Refuse a store extracted otherwise than `data.size`, `data.featurizer` and `data.normalization` say."""
-    size = int(preprocessing["size"])
-    if data.size is not None and data.size != size:
-        raise UserError(
-            f"data.size is {data.size} but the store was extracted at {size} px: extract the dataset with --size "
-            f"{data.size} for this config, or train at the store's size with --set data.size={size}"
-        )
+def check_store_fits(
+    data: DataConfig,
+    preprocessing: dict[str, Any],
+    provenance: dict[str, Any] | None,
+    views: Sequence[str] | None = None,
+) -> None:
+    """Refuse a store extracted otherwise than `data.size`, `data.featurizer` and `data.normalization` say, or
+    without the `data.views` asked for (where the store's `views` are given). Every difference is named at once, with
+    the extraction that fits them all: a research preset differs from a plain store in all four, and one told at a
+    time took an extraction each."""
     if data.normalization not in (None, *NORMALIZATIONS):
         raise UserError(
             f"data.normalization must be null (any) or one of {', '.join(NORMALIZATIONS)}, got {data.normalization!r}"
         )
-    provenance = provenance or {}
-    wanted = {"featurizer": (data.featurizer, "name"), "normalization": (data.normalization, "normalization")}
-    for key, (value, provenance_key) in wanted.items():
-        found = identity_value(provenance, provenance_key)
+    differences, flags, otherwise = [], [], []
+    for key in ("featurizer", "normalization"):
+        value, found = getattr(data, key), identity_value(provenance or {}, "name" if key == "featurizer" else key)
         if value is not None and value != found:
-            option = "--featurizer" if key == "featurizer" else "--normalization"
-            raise UserError(
-                f"data.{key} is {value!r} but the store was extracted with {found!r}: extract it with "
-                f"{option} {value}, or choose another preset"
-            )
+            differences.append(f"data.{key} is {value!r} but the store was extracted with {found!r}")
+            flags.append(f"--{key} {value}")
+    size = int(preprocessing["size"])
+    if data.size is not None and data.size != size:
+        differences.append(f"data.size is {data.size} but the store was extracted at {size} px")
+        flags.append(f"--size {data.size}")
+        otherwise.append(f"train at the store's size with --set data.size={size}")
+    lacking = [view for view in data.views or [] if views is not None and view not in views]
+    if lacking:
+        differences.append(
+            f"data.views asks for {', '.join(lacking)}, which the store lacks (it has {', '.join(views)})"
+        )
+        flags.append("--views " + ",".join(dict.fromkeys(["identity", *data.views])))
+        otherwise.append("train on views it has (--set data.views=...)")
+    if differences:
+        model_of_the_preset = any(flag.startswith(("--featurizer", "--normalization")) for flag in flags)
+        otherwise = ["choose another preset"] if model_of_the_preset else otherwise
+        raise UserError(
+            f"{'; '.join(differences)}: extract the dataset with {' '.join(flags)} for this config, or "
+            f"{', or '.join(otherwise)}"
+        )
 
 
 class OldLabelsWarning(UserWarning):

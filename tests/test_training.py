@@ -909,7 +909,7 @@ def test_train_command_trains_logs_and_resumes(tmp_path: Path, monkeypatch: pyte
     from isegprobe.commands import train as train_command
 
     dataset = SquaresDataset(count=4)
-    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: dataset)
+    monkeypatch.setattr(train_command, "_training_dataset", lambda path, data: dataset)
     run_dir = tmp_path / "run"
     common = ["--store", str(tmp_path), "--out", str(run_dir), "--device", "cpu"]
     settings = ["--set", "model.head.width=8", "--set", "data.batch_size=2", "--set", "logging.image_every_steps=2"]
@@ -940,7 +940,7 @@ def test_a_run_folder_removed_while_training_writes_it_ends_the_run_in_one_line_
     from isegprobe.errors import quiet_disk_errors_in_threads
     from isegprobe.training import run_loop
 
-    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
+    monkeypatch.setattr(train_command, "_training_dataset", lambda path, data: SquaresDataset(count=4))
     run_dir = tmp_path / "run"
     original_steps = run_loop.train_steps_together
 
@@ -1005,7 +1005,7 @@ def test_the_run_keeps_a_config_yaml_that_trains_the_same_probe(tmp_path: Path, 
 def test_without_a_config_the_preset_suits_the_device_and_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from isegprobe.commands import train as train_command
 
-    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
+    monkeypatch.setattr(train_command, "_training_dataset", lambda path, data: SquaresDataset(count=4))
     common = ["--store", str(tmp_path), "--device", "cpu", "--max-iters", "1", "--set", "data.batch_size=2"]
     result = CliRunner().invoke(train_command.train, [*common, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
@@ -1022,7 +1022,7 @@ def test_the_research_recipe_named_on_a_cpu_says_its_steps_take_minutes(
     """README's training command, copied onto a laptop: ten steps took nine minutes with nothing said but the bar."""
     from isegprobe.commands import train as train_command
 
-    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
+    monkeypatch.setattr(train_command, "_training_dataset", lambda path, data: SquaresDataset(count=4))
     common = ["--store", str(tmp_path), "--device", "cpu", "--max-iters", "1", "--set", "data.batch_size=2"]
     research = ["--config", "sbd_224", "--set", "data.size=64", "--set", "data.views=null"]
     result = CliRunner().invoke(train_command.train, [*common, *research, "--out", str(tmp_path / "run")])
@@ -1033,12 +1033,11 @@ def test_the_research_recipe_named_on_a_cpu_says_its_steps_take_minutes(
     ) in result.output
 
 
-def test_featurizer_options_of_a_training_that_runs_no_featurizer_are_refused(tmp_path: Path, monkeypatch) -> None:
+def test_featurizer_options_of_a_training_that_runs_no_featurizer_are_refused(tmp_path: Path) -> None:
     """--featurizer and --weights without --online were taken without a word, and the probe trained on the store's
     features of another model than the one named."""
     from isegprobe.commands import train as train_command
 
-    monkeypatch.setattr(train_command, "CachedDataset", lambda path, views=None: SquaresDataset(count=4))
     common = ["--store", str(tmp_path), "--device", "cpu", "--max-iters", "1", "--out", str(tmp_path / "run")]
     chosen = ["--featurizer", "vit_small_patch16_224", "--weights", "/no/such/file.pth"]
     result = CliRunner().invoke(train_command.train, [*common, "--config", "quickstart", *chosen])

@@ -19,7 +19,7 @@ from isegprobe.cache.store import FeatureStore, refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
 from isegprobe.commands.train_runs import PlannedRun, planned_runs, resumed_runs
-from isegprobe.config import key_given_twice, load_train_config
+from isegprobe.config import DataConfig, key_given_twice, load_train_config
 from isegprobe.config_reference import annotated_config
 from isegprobe.distributed import LostRank, current_rank, ranks_on_this_machine
 from isegprobe.errors import UserError
@@ -176,11 +176,7 @@ def train(
 
     refuse_output_inside_a_store(run_dir)
     with shared_locks(store_path, val_store_path):  # no extraction rewrites them under the training
-        store = FeatureStore.open(store_path)  # every way it does not fit the config, before its views are read
-        check_store_fits(
-            runs[0].config.data, store.attrs["preprocessing"], store.attrs["featurizer"], store.attrs["views"]
-        )
-        dataset = CachedDataset(store_path, views=runs[0].config.data.views)
+        dataset = _training_dataset(store_path, runs[0].config.data)
         val_dataset = CachedDataset(val_store_path) if val_store_path else None
         featurizer = _featurizer(dataset.provenance, featurizer_name, featurizer_weights) if needs_featurizer else None
         device_source = click.get_current_context().get_parameter_source("device")
@@ -327,6 +323,15 @@ def _resume_command(
     words += ["--weights", featurizer_weights] if featurizer_weights else []
     words += ["--device", device] if device else []
     return shlex.join(words)
+
+
+def _training_dataset(store_path: str, data: DataConfig) -> CachedDataset:
+    """The training store's entries of `data.views`, once every way the store does not fit `data` is named at once:
+    a research preset's store differs from a plain one in featurizer, statistics, size and views, and told one at a
+    time they took an extraction each."""
+    attrs = FeatureStore.open(store_path).attrs
+    check_store_fits(data, attrs["preprocessing"], attrs["featurizer"], attrs["views"])
+    return CachedDataset(store_path, views=data.views)
 
 
 def _require_upsampler_weights(runs: Sequence[PlannedRun], resume: bool) -> None:

@@ -1,21 +1,36 @@
-"""DataLoader workers: how many to start by default, and ending them with the process that started them.
+"""DataLoader workers: how many to start by default, and how they end: with the process that started them, and only
+when it asks.
 
 When the main process is killed (`kill -9`, the out-of-memory killer), PyTorch's workers notice only while they
 wait for work. A worker that is waiting to hand over a finished item blocks on its result pipe for good (it holds
 that pipe's reading end as well, so the pipe never breaks), and the workers of a killed extraction stayed behind
-for ever. On Linux each worker asks the kernel to kill it as soon as its parent dies (PR_SET_PDEATHSIG); elsewhere
-nothing changes.
+for ever. On Linux each worker asks the kernel to kill it as soon as its parent dies (PR_SET_PDEATHSIG).
+
+Ctrl-C and SIGTERM reach the workers too: a terminal sends SIGINT to its whole foreground process group, and Slurm
+sends SIGTERM to every process of a job. The main process answers them by finishing what it does (a training step,
+whose batch may be on its way from a worker) and then stops its loader, so a worker must serve until then: one that
+ended on the signal made the main process fail reading a batch from it ("DataLoader worker ... exited
+unexpectedly", or a connection reset while it took over a tensor's file descriptor). So on Linux a worker ignores
+SIGINT, and ends on SIGTERM only when the process that started it sends it: PyTorch's shutdown ends a worker that
+did not stop by itself so, and so does multiprocessing when the main process exits (a worker that ignored it hung
+the main process there). The sender is known only to a thread that waits for the signal (`sigwaitinfo`), and only
+if every thread of the worker blocks it, those that importing torch and the cache reader start included: the
+workers are started with both signals blocked, which their threads inherit (as would a process a worker started;
+none does). Elsewhere nothing changes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import multiprocessing.context
+import multiprocessing.process
 import os
 import signal
 import sys
-from collections.abc import Callable
-from types import FrameType, TracebackType
+import threading
+from types import TracebackType
+from typing import Any, Literal
 
 from isegprobe.distributed import ranks_on_this_machine
 from isegprobe.errors import UserError
@@ -53,21 +68,58 @@ def require_sensible_workers(workers: int, option: str) -> None:
         )
 
 
-def ends_with_this_process() -> Callable[[int], None] | None:
-    """A `worker_init_fn` that ties each worker's life to the calling process (None where Linux's prctl is
-    missing), quietly. It is a partial of a module function, so spawned workers can unpickle it."""
+def worker_processes(workers: int, start_method: Literal["fork", "spawn"]) -> dict[str, Any]:
+    """The DataLoader arguments that start `workers` worker processes by `start_method`, tied to this process as the
+    module says (on Linux; elsewhere plainly), or none. The worker's part is a partial of a module function, so
+    spawned workers can unpickle it."""
+    if workers == 0:
+        return {"num_workers": 0}
     if not sys.platform.startswith("linux"):
-        return None
-    return functools.partial(_die_with, os.getpid())
+        return {"num_workers": workers, "multiprocessing_context": multiprocessing.get_context(start_method)}
+    return {
+        "num_workers": workers,
+        "multiprocessing_context": _ForkContext() if start_method == "fork" else _SpawnContext(),
+        "worker_init_fn": functools.partial(_serve_until_the_parent_stops, os.getpid()),
+    }
 
 
-def _die_with(parent: int, worker_id: int) -> None:
-    """Also end quietly on SIGTERM, with status 0: Slurm sends it to every process of a job, the workers too, and a
-    worker killed by it made the main process's watch over its workers raise "DataLoader worker is killed by signal:
-    Terminated" at whatever it was doing, so that a training run, which stops after its step in progress, failed with
-    a traceback instead of saving its step; a worker that ends with status 0 is not reported. Ignoring the signal
-    instead hung the main process where PyTorch ends a worker that does not stop by itself: with SIGTERM."""
-    signal.signal(signal.SIGTERM, _end_quietly)
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class _StartsWithStopSignalsBlocked(multiprocessing.process.BaseProcess):
+    """A process that starts with SIGINT and SIGTERM blocked: a forked child keeps the mask of the thread that forks
+    it, and a spawned one keeps it through exec (multiprocessing's resource tracker is started so too)."""
+
+    def start(self) -> None:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+class _ForkProcess(_StartsWithStopSignalsBlocked, multiprocessing.context.ForkProcess):
+    pass
+
+
+class _SpawnProcess(_StartsWithStopSignalsBlocked, multiprocessing.context.SpawnProcess):
+    pass
+
+
+class _ForkContext(multiprocessing.context.ForkContext):
+    Process = _ForkProcess
+
+
+class _SpawnContext(multiprocessing.context.SpawnContext):
+    Process = _SpawnProcess
+
+
+def _serve_until_the_parent_stops(parent: int, worker_id: int) -> None:
+    """Ignore SIGINT, end on SIGTERM from `parent` alone, die with `parent`. Run first thing in the worker (its
+    `worker_init_fn`), where both signals are still blocked as it was started: a SIGTERM that came before waits
+    here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_on_sigterm_from, args=(parent,), name="sigterm from parent", daemon=True).start()
     sys.excepthook = _silent_when_the_parent_hangs_up
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
@@ -76,7 +128,12 @@ def _die_with(parent: int, worker_id: int) -> None:
         os._exit(1)
 
 
-def _end_quietly(signum: int, frame: FrameType | None) -> None:
+def _end_on_sigterm_from(parent: int) -> None:
+    """End at once, with status 0 (which the parent's watch over its workers does not report), on the first
+    SIGTERM that `parent` sends; keep serving through the others (Slurm's, torchrun's), which reached `parent` too:
+    it stops after what it is doing and then stops its workers."""
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
     os._exit(0)
 
 

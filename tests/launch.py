@@ -71,18 +71,34 @@ def terminate_group_when(command: Sequence[str], moment: Callable[[], bool]) -> 
     """Start `command` in a process group of its own and, as soon as `moment()` holds, send SIGTERM to the whole
     group, as Slurm stops a job (loader workers and torchrun's ranks get it too); return its exit status and what it
     wrote to stderr. It must end within Slurm's grace, as its loader workers must: they hold stderr open."""
+    return signal_group_when(command, lambda pid: moment(), signal.SIGTERM)
+
+
+def signal_group_when(command: Sequence[str], moment: Callable[[int], bool], stop: signal.Signals) -> tuple[int, str]:
+    """As `terminate_group_when`, with `stop` (SIGINT is what Ctrl-C in a terminal sends its whole foreground group),
+    and `moment` given the command's process id."""
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    while process.poll() is None and not moment():
+    while process.poll() is None and not moment(process.pid):
         time.sleep(0.001)
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, stop)
     try:
         stderr = process.communicate(timeout=SLURM_GRACE_SECONDS)[1]
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError(f"still running {SLURM_GRACE_SECONDS} s after SIGTERM, when Slurm kills it") from None
+        raise AssertionError(f"still running {SLURM_GRACE_SECONDS} s after {stop.name}, when Slurm kills it") from None
     return process.returncode, stderr
+
+
+def loader_worker_started(pid: int) -> bool:
+    """Process `pid` has started a spawned DataLoader worker (multiprocessing's resource tracker, also its child, is
+    not one). The worker may still be importing torch."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return any(b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes() for child in children)
+    except OSError:
+        return False
 
 
 def hold_lock(output: Path, shared: bool = False) -> subprocess.Popen:

@@ -16,18 +16,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import SLURM_GRACE_SECONDS, kill_when
+from launch import SLURM_GRACE_SECONDS, kill_when, loader_worker_started, signal_group_when
 from safetensors.torch import load_file
 from stores import builtin_store
 
 STEPS = 60
 
 
-def command(store: Path, run: Path, *extra: str, every: int = 5) -> list[str]:
+def command(store: Path, run: Path, *extra: str, every: int = 5, workers: int = 2) -> list[str]:
     return [
         sys.executable, "-m", "isegprobe", "train", "--config", "quickstart", "--store", str(store),
         "--out", str(run), "--max-iters", str(STEPS), "--device", "cpu",
-        "--set", f"checkpoint.every_steps={every}", "--set", "data.num_workers=2", *extra,
+        "--set", f"checkpoint.every_steps={every}", "--set", f"data.num_workers={workers}", *extra,
     ]  # fmt: skip
 
 
@@ -111,6 +111,45 @@ def test_a_stop_signal_ends_training_after_a_whole_step_saved_and_resume_finishe
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run, straight_run)
     assert train_rows(run) == train_rows(straight_run), "the logged means of the window the stop cut"
+
+
+def test_the_whole_group_signalled_stops_after_a_whole_step_whenever_it_comes_and_resume_finishes_it(
+    straight: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """SIGTERM as Slurm sends it and SIGINT as Ctrl-C in a terminal does: to the whole process group, the loader
+    worker included. Stopped while its worker starts (the run waits for its first batch) and while it trains, the
+    run finishes the step in progress each time, saves it, and the last --resume ends as a run never stopped. A
+    worker that ended on the signal made the run fail reading a batch from it ("DataLoader worker ... exited
+    unexpectedly", or a connection reset while it took over a tensor): every time while it started, about one time
+    in four later."""
+    store, straight_run = straight
+    run = tmp_path / "stopped"
+
+    def training_goes_on(pid: int) -> bool:
+        return len(train_rows_so_far(run)) > rows
+
+    stops = [
+        (signal.SIGTERM, (), loader_worker_started),
+        (signal.SIGINT, ("--resume",), loader_worker_started),
+        (signal.SIGTERM, ("--resume",), training_goes_on),
+    ]
+    for stop, resume, moment in stops:
+        before, rows = saved_step(run), len(train_rows_so_far(run))
+        returncode, stderr = signal_group_when(command(store, run, *resume, every=1000, workers=1), moment, stop)
+        assert returncode == 128 + stop.value, stderr
+        assert "Traceback" not in stderr, stderr
+        step = saved_step(run)
+        assert before < step < STEPS, stderr
+        assert f"{stop.name}: stopped after step {step}, saved as" in stderr.splitlines()[-1], stderr
+    resumed = subprocess.run(command(store, run, "--resume", every=1000, workers=1), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(run, straight_run)
+    assert train_rows(run) == train_rows(straight_run)
+
+
+def train_rows_so_far(run: Path) -> list[str]:
+    """`train_rows` of a run that may not have logged yet."""
+    return train_rows(run) if (run / "scalars.csv").is_file() else []
 
 
 def train_rows(run: Path) -> list[str]:

@@ -61,7 +61,7 @@ from isegprobe.distributed import barrier, init_from_env, refuse_ranks_that_diff
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
-from isegprobe.loader_workers import default_loader_workers, ends_with_this_process, require_sensible_workers
+from isegprobe.loader_workers import default_loader_workers, require_sensible_workers, worker_processes
 from isegprobe.locks import exclusive_lock, refuse_if_held
 from isegprobe.weights_files import require_featurizer_weights
 
@@ -630,10 +630,9 @@ def _run(
         ),
         batch_size=1,
         collate_fn=_single,
-        num_workers=request.workers,
         prefetch_factor=1 if request.workers else None,
         pin_memory=device.type == "cuda",
-        worker_init_fn=ends_with_this_process(),
+        **worker_processes(request.workers, "fork"),
     )
     progress = tqdm(
         total=len(indices) * len(specs), unit="img", desc="extract", disable=not show_progress, file=sys.stderr

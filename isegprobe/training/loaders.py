@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from isegprobe.cache.preload import available_memory, fits_in_memory, readable_size
 from isegprobe.config import TrainConfig, asks_for_workers
-from isegprobe.loader_workers import default_loader_workers, ends_with_this_process, require_sensible_workers
+from isegprobe.loader_workers import default_loader_workers, require_sensible_workers, worker_processes
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
 from isegprobe.training.points_sampler import MultiPointSampler
 from isegprobe.training.sample_weights import draw_probabilities, read_sample_scores
@@ -142,10 +142,8 @@ def _loader(
         items,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
         pin_memory=pinned and device.type == "cuda",
         persistent_workers=workers > 0,
-        multiprocessing_context="spawn" if workers > 0 else None,
-        worker_init_fn=ends_with_this_process(),
         drop_last=drop_last,
+        **worker_processes(workers, "spawn"),
     )

@@ -28,7 +28,7 @@ def test_ctrl_c_says_what_is_kept_exits_130_and_the_same_command_goes_on(tmp_pat
     def command(out: str) -> list[str]:
         return [
             sys.executable, "-m", "isegprobe", "evaluate", "--checkpoint", str(tmp_path / "run"),
-            "--store", str(store), "--batch-size", "1", "--max-clicks", "20", "--out", str(tmp_path / out),
+            "--store", str(store), "--batch-size", "1", "--max-clicks", "5", "--out", str(tmp_path / out),
         ]  # fmt: skip
 
     subprocess.run(command("reference"), check=True, capture_output=True)

@@ -37,7 +37,7 @@ def test_full_grabcut_with_a_timm_state_dict(grabcut_root, tmp_path):
         "--root",
         str(grabcut_root),
         "--size",
-        "224",
+        "112",
         "--views",
         "identity",
         "--device",
@@ -51,8 +51,8 @@ def test_full_grabcut_with_a_timm_state_dict(grabcut_root, tmp_path):
     assert len(stores) == 1 and str(stores[0]) in first.stdout
     root = zarr.open(str(stores[0]), mode="r")
     features = root["features"]
-    assert features.dtype == np.float16 and features.shape == (50, 1, 384, 16, 16)
-    images = root["images"][:].reshape(50, 224, 224, 3)
+    assert features.dtype == np.float16 and features.shape == (50, 1, 384, 8, 8)
+    images = root["images"][:].reshape(50, 112, 112, 3)
     expected = np.concatenate([timm_patch_tokens(model, images[i : i + 25]) for i in range(0, 50, 25)])
     np.testing.assert_allclose(features[:].reshape(expected.shape).astype(np.float32), expected, rtol=1e-2, atol=1e-2)
     second = run_cli(*args)

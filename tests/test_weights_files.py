@@ -113,3 +113,54 @@ def test_a_resumed_run_whose_upsampler_file_moved_is_told_how_to_name_its_new_pl
     ) in output
     code, output = invoke("train", "--resume", "--out", run, "--max-iters", "1", "--set", f"{KEY}={moved}")
     assert code == 0, output
+
+
+@pytest.mark.filterwarnings("ignore::isegprobe.featurizers.RandomWeightsWarning")
+def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_gives_its_new_place(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint records the path of its featurizer's weights file, which on another machine (or after a move)
+    is not there: evaluating online said only that the file does not exist, and offered `--weights`, which evaluate did
+    not have. Now evaluate --weights gives the file's new place; a file of other weights is refused by its sha256, and
+    one given to an evaluation that runs no featurizer is refused as unread."""
+    import timm
+
+    from isegprobe.cache.extract import ExtractionRequest, extract
+
+    files = {}
+    for seed, name in ((0, "trained_with.pth"), (1, "other.pth")):
+        torch.manual_seed(seed)
+        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, dynamic_img_size=True)
+        files[name] = tmp_path / name
+        torch.save(model.state_dict(), files[name])
+    request = ExtractionRequest(
+        featurizer="vit_small_patch14_dinov2",
+        weights=str(files["trained_with.pth"]),
+        dataset="builtin",
+        root=None,
+        split="test",
+        size=28,
+        views="identity",
+        out=str(tmp_path / "cache"),
+        workers=0,
+    )
+    store = extract(request).path
+    assert (
+        invoke("train", "--config", "quickstart", "--store", store, "--out", tmp_path / "run", "--max-iters", "0")[0]
+        == 0
+    )
+    moved = files["trained_with.pth"].rename(tmp_path / "moved.pth")
+    online = ["evaluate", "--checkpoint", tmp_path / "run", "--online", "--datasets", "builtin", "--max-clicks", "1"]
+    online += ["--max-objects", "2", "--device", "cpu"]
+
+    code, output = invoke(*online, "--out", tmp_path / "lost")
+    assert code == 1, output
+    assert f"{files['trained_with.pth']}: the featurizer weights file the probe was trained with" in output
+    assert "`evaluate --weights PATH` says where it is now" in output
+    code, output = invoke(*online, "--weights", moved, "--out", tmp_path / "found")
+    assert code == 0, output
+    code, output = invoke(*online, "--weights", files["other.pth"], "--out", tmp_path / "other")
+    assert code == 1 and "weights_sha256" in output, output
+    from_store = ["evaluate", "--checkpoint", tmp_path / "run", "--store", store, "--weights", moved]
+    code, output = invoke(*from_store, "--out", tmp_path / "unread")
+    assert code == 1 and f"--weights {moved}: no featurizer runs in this evaluation" in output, output

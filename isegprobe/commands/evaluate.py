@@ -22,6 +22,7 @@ from isegprobe.inference.wandb_results import log_results
 from isegprobe.interrupts import exit_status, how_stopped
 from isegprobe.output_files import run_markers_in
 from isegprobe.training.run_logger import start_wandb
+from isegprobe.weights_files import require_weights_file
 
 
 def dataset_names(datasets: str) -> list[str]:
@@ -103,6 +104,14 @@ def interruption_note(out_dir: str, how: str = "interrupted") -> str:
 )
 @click.option("--online", is_flag=True, help="Run the featurizer on the images instead of reading stores.")
 @click.option("--root", default=None, help="Dataset root, when the store's recorded root moved, or with --online.")
+@click.option(
+    "--weights",
+    "featurizer_weights",
+    default=None,
+    help="The featurizer's weights file, when the one the checkpoint records moved (another machine): the same file, "
+    "its sha256 is checked. Read only where the featurizer runs (--online, --zoom-in, early fusion, --protocol "
+    "iSegProbe).",
+)
 @click.option("--max-clicks", default=20, show_default=True, type=click.IntRange(1, 100), help="Clicks per object.")
 @click.option(
     "--flip",
@@ -195,6 +204,8 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     if clashes:
         raise UserError(f"--protocol {protocol.name} fixes what these flags change: {'; '.join(clashes)}")
     names = dataset_names(datasets)
+    if options["featurizer_weights"] is not None:
+        require_weights_file(options["featurizer_weights"], "--weights")
     if stores and options["store_root"]:
         raise UserError(
             f"--store and --store-root {options['store_root']}: --store names the stores to read, --store-root finds "

@@ -31,6 +31,7 @@ from isegprobe.devices import deterministic_arithmetic
 from isegprobe.errors import DatasetLayoutError, UserError
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
 from isegprobe.hashing import file_sha256
+from isegprobe.home_paths import expand_home
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, get_protocol
@@ -52,6 +53,7 @@ from isegprobe.output_files import OVERLAY_FOLDER
 from isegprobe.same_images import warn_when_evaluating_training_images
 from isegprobe.training.checkpoint import checkpoint_description, load_probe, resolve_checkpoint
 from isegprobe.training.store_checks import check_store_matches
+from isegprobe.weights_files import FEATURIZER_WEIGHT_WORDS
 
 
 @dataclass
@@ -64,6 +66,7 @@ class EvaluationRequest:
     stores: list[str] = field(default_factory=list)
     online: bool = False
     root: str | None = None
+    featurizer_weights: str | None = None  # where the checkpoint's featurizer weights file is now, if it moved
     max_clicks: int = 20
     max_objects: int | None = None  # stop each dataset after this many objects, as an interrupted run stops
     flip: bool = False
@@ -201,7 +204,12 @@ def _set_up(
     jobs = list(_jobs(request, metadata, reading, only_items))
     _refuse_two_jobs_of_one_dataset(jobs)
     featurizer_needed = runs_featurizer_online(probe.config, request.online) or request.zoom_in
-    featurizer = checkpoint_featurizer(metadata) if featurizer_needed else None
+    if request.featurizer_weights is not None and not featurizer_needed:
+        raise UserError(
+            f"--weights {request.featurizer_weights}: no featurizer runs in this evaluation (it reads the stores' "
+            "features), so it would not be read"
+        )
+    featurizer = checkpoint_featurizer(metadata, request.featurizer_weights) if featurizer_needed else None
     if featurizer is not None and probe.needs_featurizer:
         probe.attach_featurizer(featurizer.to(device))
     preprocessing = metadata["preprocessing"]
@@ -552,11 +560,19 @@ def _extraction_command(metadata: dict[str, Any], dataset: str, split: str, root
     return shlex.join([*words, "--out", str(root)])
 
 
-def checkpoint_featurizer(metadata: dict[str, Any]) -> torch.nn.Module:
-    """The probe's featurizer, rebuilt from the checkpoint's provenance and checked against it."""
+def checkpoint_featurizer(metadata: dict[str, Any], weights: str | None = None) -> torch.nn.Module:
+    """The probe's featurizer, rebuilt from the checkpoint's provenance and checked against it; `weights`: where the
+    weights file it records is now (a checkpoint moved to another machine records a path of the first), which the
+    check of the file's sha256 against the recorded one keeps to the same file."""
     provenance = metadata.get("featurizer_provenance") or {}
     if "name" not in provenance or "weights" not in provenance:
         raise UserError("the checkpoint records no featurizer provenance, so the probe's featurizer cannot be rebuilt")
-    featurizer = featurizers.recreate_featurizer(provenance)
+    recorded = provenance["weights"]
+    if weights is None and recorded not in FEATURIZER_WEIGHT_WORDS and not expand_home(recorded).is_file():
+        raise UserError(
+            f"{recorded}: the featurizer weights file the probe was trained with (its checkpoint records it) is not "
+            "there; `evaluate --weights PATH` says where it is now (the same file: its sha256 is checked)"
+        )
+    featurizer = featurizers.recreate_featurizer(provenance, weights)
     check_same_featurizer(provenance, featurizer.provenance, f"featurizer {provenance['name']}")
     return featurizer

@@ -23,11 +23,11 @@ from stores import builtin_store
 STEPS = 60
 
 
-def command(store: Path, run: Path, *extra: str, every: int = 5, workers: int = 2) -> list[str]:
+def command(store: Path, run: Path, *extra: str, every: int = 5) -> list[str]:
     return [
         sys.executable, "-m", "isegprobe", "train", "--config", "quickstart", "--store", str(store),
         "--out", str(run), "--max-iters", str(STEPS), "--device", "cpu",
-        "--set", f"checkpoint.every_steps={every}", "--set", f"data.num_workers={workers}", *extra,
+        "--set", f"checkpoint.every_steps={every}", "--set", "data.num_workers=1", *extra,
     ]  # fmt: skip
 
 
@@ -132,13 +132,13 @@ def test_the_whole_group_signalled_stops_after_a_whole_step_whenever_it_comes_an
     ]
     for stop, resume, moment in stops:
         before, rows = saved_step(run), len(train_rows_so_far(run))
-        returncode, stderr = signal_group_when(command(store, run, *resume, every=1000, workers=1), moment, stop)
+        returncode, stderr = signal_group_when(command(store, run, *resume, every=1000), moment, stop)
         assert returncode == 128 + stop.value, stderr
         assert "Traceback" not in stderr, stderr
         step = saved_step(run)
         assert before < step < STEPS, stderr
         assert f"{stop.name}: stopped after step {step}, saved as" in stderr.splitlines()[-1], stderr
-    resumed = subprocess.run(command(store, run, "--resume", every=1000, workers=1), capture_output=True, text=True)
+    resumed = subprocess.run(command(store, run, "--resume", every=1000), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run, straight_run)
     assert train_rows(run) == train_rows(straight_run)

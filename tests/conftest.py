@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from stores import share_builtin_stores_in
 
 from isegprobe.data.image_io import MAX_PIXELS_ENV
 
@@ -35,6 +36,18 @@ def temporary_files_under_pytests_folder(tmp_path_factory: pytest.TempPathFactor
     patch.setattr(tempfile, "tempdir", None)  # Python's cached answer, taken again from TMPDIR
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def builtin_stores_extracted_once(tmp_path_factory: pytest.TempPathFactory):
+    """`stores.builtin_store` extracts each distinct store once a session, into a folder of the session's that all
+    its xdist workers share (the parent of each worker's own), and copies it to the tests that ask for it."""
+    session = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session = session.parent
+    share_builtin_stores_in(session / "builtin-stores")
+    yield
+    share_builtin_stores_in(None)
 
 
 @pytest.fixture(autouse=True)

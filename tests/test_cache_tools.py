@@ -410,7 +410,7 @@ def test_verify_recompute_tells_features_that_other_code_computed_though_their_c
         return original(images, tuple(reversed(mean)), tuple(reversed(std)), out)
 
     monkeypatch.setattr(extraction, "normalize_images", channels_reversed)
-    wrong = builtin_store(tmp_path, size=28, views="identity,hflip", items_per_shard=4)
+    wrong = builtin_store(tmp_path, size=28, views="identity,hflip", items_per_shard=4, shared=False)
     monkeypatch.undo()
     assert runner.invoke(cache, ["verify", str(wrong)]).exit_code == 0, "its checksums hold"
     refused = runner.invoke(cache, ["verify", str(wrong), "--recompute", "2", "--device", "cpu"])

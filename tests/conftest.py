@@ -39,6 +39,21 @@ def temporary_files_under_pytests_folder(tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_xdist_worker():
+    """xdist starts a worker per core, and each would otherwise run torch's operators on every core: the workers'
+    threads then outnumber the cores and spin against each other and against the commands the tests start, which
+    made small in-process tests four times slower in the full suite than alone. The commands keep their own
+    threads."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def builtin_stores_extracted_once(tmp_path_factory: pytest.TempPathFactory):
     """`stores.builtin_store` extracts each distinct store once a session, into a folder of the session's that all
     its xdist workers share (the parent of each worker's own), and copies it to the tests that ask for it."""

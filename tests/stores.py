@@ -1,10 +1,10 @@
 """Feature stores for tests, extracted for real with a random-weight ViT-S/14 (the quickstart's featurizer).
 
 A store of the built-in data is extracted once per test session and copied to each test that asks for it: about
-sixty tests ask for a handful of distinct stores, each of which takes seconds to extract (its copy, milliseconds). A
-store is a folder whose bytes do not depend on where it lies, and every extraction of one request writes the same
-bytes, so a copy is what the test's own extraction would have written; the extraction itself is tested where tests
-call `extract` or the command.
+seventy calls ask for some twenty distinct stores, each of which takes seconds to extract (its copy, milliseconds). A
+store is a folder whose bytes do not depend on where it lies, and every extraction of one request in a session writes
+the same bytes, so a copy is what the test's own extraction would have written; the extraction itself is tested where
+tests call `extract` or the command.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -44,13 +46,8 @@ def one_torch_thread_per_xdist_worker():
     threads then outnumber the cores and spin against each other and against the commands the tests start, which
     made small in-process tests four times slower in the full suite than alone. The commands keep their own
     threads."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    with torch_on_one_thread() if os.environ.get("PYTEST_XDIST_WORKER") else nullcontext():
         yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -118,7 +115,16 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 def one_torch_thread():
     """Small CPU models gain nothing from threads, and threads spin badly when the cores are shared: modules of
     small featurizers ask for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    with torch_on_one_thread():
+        yield
+
+
+@contextmanager
+def torch_on_one_thread() -> Iterator[None]:
+    """torch's operators on one thread inside `with`, on as many as before outside."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ from isegprobe.cli import main
 from isegprobe.upsamplers import create_upsampler
 
 FEATURIZER_FILE = "(expected hub, random or a weights file)"
-UPSAMPLER_FILE = "(expected a weights file)"
+WEIGHTS_FILE = "(expected a weights file)"
 KEY = "model.upsampler.weights"
 
 
@@ -40,25 +40,26 @@ COMMANDS = {
     "{tmp}/nowhere --out {tmp}/cache": f"--weights: {{missing}} does not exist {FEATURIZER_FILE}",
     "quickstart --weights {missing} --out {tmp}/quick": f"--weights: {{missing}} does not exist {FEATURIZER_FILE}",
     "train --config quickstart --store {tmp} --out {tmp}/run --set model.upsampler.name=lift --set "
-    "model.upsampler.weights={missing}": f"model.upsampler.weights: {{missing}} does not exist {UPSAMPLER_FILE}",
+    "model.upsampler.weights={missing}": f"model.upsampler.weights: {{missing}} does not exist {WEIGHTS_FILE}",
     "train --config quickstart --store {tmp} --out {tmp}/runs --variant 'plain model.head.width=32' --variant 'lift "
     "model.upsampler.name=lift model.upsampler.weights={missing}'": (
-        f"{{tmp}}/runs/lift: model.upsampler.weights: {{missing}} does not exist {UPSAMPLER_FILE}"
+        f"{{tmp}}/runs/lift: model.upsampler.weights: {{missing}} does not exist {WEIGHTS_FILE}"
     ),
     "train --config quickstart --store {tmp} --out {tmp}/run --online --weights {missing}": (
         f"--weights: {{missing}} does not exist {FEATURIZER_FILE}"
     ),
     "plot features --store {tmp} --upsamplers lift --weights lift={missing} --out {tmp}/panels.png": (
-        f"--weights lift: {{missing}} does not exist {UPSAMPLER_FILE}"
+        f"--weights lift: {{missing}} does not exist {WEIGHTS_FILE}"
     ),
     # the featurizer's weights default to hub's: nothing is downloaded
     "import-seed {tmp}/seed.pth --upsampler-weights {missing} --out {tmp}/imported": (
-        f"--upsampler-weights: {{missing}} does not exist {UPSAMPLER_FILE}"
+        f"--upsampler-weights: {{missing}} does not exist {WEIGHTS_FILE}"
     ),
     "import-seed {tmp}/seed.pth --weights {missing} --out {tmp}/imported": (
         f"--weights: {{missing}} does not exist {FEATURIZER_FILE}"
     ),
     "cache verify {tmp} --recompute 1 --weights {missing}": f"--weights: {{missing}} does not exist {FEATURIZER_FILE}",
+    "demo --checkpoint {tmp} --weights {missing}": f"--weights: {{missing}} does not exist {WEIGHTS_FILE}",
 }
 
 
@@ -79,8 +80,8 @@ def test_a_missing_weights_file_is_named_with_its_option_before_anything_else_is
 @pytest.mark.parametrize(
     ("make", "said"),
     [
-        (lambda path: path.mkdir(), f"is a folder {UPSAMPLER_FILE}"),
-        (lambda path: os.mkfifo(path), f"is not a regular file {UPSAMPLER_FILE}"),  # opening it would wait forever
+        (lambda path: path.mkdir(), f"is a folder {WEIGHTS_FILE}"),
+        (lambda path: os.mkfifo(path), f"is not a regular file {WEIGHTS_FILE}"),  # opening it would wait forever
         (lambda path: path.symlink_to(path.parent / "moved" / "lift.pth"), "is a link to a file that does not exist"),
     ],
 )
@@ -108,14 +109,49 @@ def test_a_resumed_run_whose_upsampler_file_moved_is_told_how_to_name_its_new_pl
     code, output = invoke("train", "--resume", "--out", run, "--max-iters", "1")
     assert code == 1, output
     assert (
-        f"model.upsampler.weights: {weights} does not exist {UPSAMPLER_FILE}; the run's config names it, and --set "
+        f"model.upsampler.weights: {weights} does not exist {WEIGHTS_FILE}; the run's config names it, and --set "
         "model.upsampler.weights=PATH says where it is now"
     ) in output
     code, output = invoke("train", "--resume", "--out", run, "--max-iters", "1", "--set", f"{KEY}={moved}")
     assert code == 0, output
 
 
-@pytest.mark.filterwarnings("ignore::isegprobe.featurizers.RandomWeightsWarning")
+def weights_files(folder: Path, count: int) -> list[Path]:
+    """Files of `count` different ViT-S/14 weights (seeds 0, 1, ...), as a user's local checkpoints would be."""
+    import timm
+
+    files = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, dynamic_img_size=True)
+        files.append(folder / f"featurizer{seed}.pth")
+        torch.save(model.state_dict(), files[-1])
+    return files
+
+
+def run_trained_with(weights: Path, folder: Path) -> tuple[Path, Path]:
+    """(run, store): the quickstart probe, as initialised, on a store of the built-in scenes that the featurizer
+    with the weights file `weights` extracted."""
+    from isegprobe.cache.extract import ExtractionRequest, extract
+
+    request = ExtractionRequest(
+        featurizer="vit_small_patch14_dinov2",
+        weights=str(weights),
+        dataset="builtin",
+        root=None,
+        split="test",
+        size=28,
+        views="identity",
+        out=str(folder / "cache"),
+        workers=0,
+    )
+    store = extract(request).path
+    run = folder / "run"
+    code, output = invoke("train", "--config", "quickstart", "--store", store, "--out", run, "--max-iters", 0)
+    assert code == 0, output
+    return run, store
+
+
 def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_gives_its_new_place(
     tmp_path: Path,
 ) -> None:
@@ -123,44 +159,48 @@ def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_
     is not there: evaluating online said only that the file does not exist, and offered `--weights`, which evaluate did
     not have. Now evaluate --weights gives the file's new place; a file of other weights is refused by its sha256, and
     one given to an evaluation that runs no featurizer is refused as unread."""
-    import timm
-
-    from isegprobe.cache.extract import ExtractionRequest, extract
-
-    files = {}
-    for seed, name in ((0, "trained_with.pth"), (1, "other.pth")):
-        torch.manual_seed(seed)
-        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, dynamic_img_size=True)
-        files[name] = tmp_path / name
-        torch.save(model.state_dict(), files[name])
-    request = ExtractionRequest(
-        featurizer="vit_small_patch14_dinov2",
-        weights=str(files["trained_with.pth"]),
-        dataset="builtin",
-        root=None,
-        split="test",
-        size=28,
-        views="identity",
-        out=str(tmp_path / "cache"),
-        workers=0,
-    )
-    store = extract(request).path
-    assert (
-        invoke("train", "--config", "quickstart", "--store", store, "--out", tmp_path / "run", "--max-iters", "0")[0]
-        == 0
-    )
-    moved = files["trained_with.pth"].rename(tmp_path / "moved.pth")
-    online = ["evaluate", "--checkpoint", tmp_path / "run", "--online", "--datasets", "builtin", "--max-clicks", "1"]
+    trained_with, other = weights_files(tmp_path, 2)
+    run, store = run_trained_with(trained_with, tmp_path)
+    moved = trained_with.rename(tmp_path / "moved.pth")
+    online = ["evaluate", "--checkpoint", run, "--online", "--datasets", "builtin", "--max-clicks", "1"]
     online += ["--max-objects", "2", "--device", "cpu"]
 
     code, output = invoke(*online, "--out", tmp_path / "lost")
     assert code == 1, output
-    assert f"{files['trained_with.pth']}: the featurizer weights file the probe was trained with" in output
+    assert f"{trained_with}: the featurizer weights file the probe was trained with" in output
     assert "`evaluate --weights PATH` says where it is now" in output
     code, output = invoke(*online, "--weights", moved, "--out", tmp_path / "found")
     assert code == 0, output
-    code, output = invoke(*online, "--weights", files["other.pth"], "--out", tmp_path / "other")
+    code, output = invoke(*online, "--weights", other, "--out", tmp_path / "other")
     assert code == 1 and "weights_sha256" in output, output
-    from_store = ["evaluate", "--checkpoint", tmp_path / "run", "--store", store, "--weights", moved]
+    from_store = ["evaluate", "--checkpoint", run, "--store", store, "--weights", moved]
     code, output = invoke(*from_store, "--out", tmp_path / "unread")
     assert code == 1 and f"--weights {moved}: no featurizer runs in this evaluation" in output, output
+
+
+def test_the_demo_finds_each_probes_moved_featurizer_file_among_its_weights_by_sha256(tmp_path: Path) -> None:
+    """The demo rebuilds each probe's featurizer from the file its checkpoint records, and had no option to say
+    where that file went: a probe trained on one machine could not be shown on another. `demo --weights` gives the
+    files' new places, in any order, each going to the probes whose checkpoints record its sha256; a file that is
+    no probe's is refused, naming what each checkpoint records."""
+    from isegprobe.demo.app import demo_probes
+
+    files = weights_files(tmp_path, 3)
+    runs = [run_trained_with(files[index], tmp_path / f"trained{index}")[0] for index in range(2)]
+    moved = [file.rename(file.with_name(f"moved{index}.pth")) for index, file in enumerate(files)]
+    demo = ["demo", "--checkpoint", runs[0], "--compare", runs[1], "--dataset", "builtin", "--device", "cpu"]
+
+    code, output = invoke(*demo)
+    assert code == 1, output
+    assert f"{files[0]}: the featurizer weights file the probe was trained with" in output
+    assert "`demo --weights PATH` says where it is now" in output
+    code, output = invoke(*demo, "--weights", moved[1], "--weights", moved[2])
+    assert code == 1, output
+    assert f"--weights {moved[2]}: no probe's featurizer was built from this file" in output
+    assert f"{runs[0] / 'last.safetensors'}: vit_small_patch14_dinov2, weights {files[0]} (sha256 " in output
+    code, output = invoke(*demo, "--weights", moved[1])
+    assert code == 1 and f"{files[0]}: the featurizer weights file the probe was trained with" in output, output
+
+    probes = demo_probes([str(run) for run in runs], torch.device("cpu"), [str(moved[1]), str(moved[0])])
+    built_from = [probe.predictor.featurizer.provenance["weights"] for probe in probes]
+    assert built_from == [str(moved[0]), str(moved[1])]

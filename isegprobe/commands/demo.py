@@ -13,6 +13,7 @@ from isegprobe.commands.options import allow_torchscript_option, checkpoint_opti
 from isegprobe.data import list_datasets
 from isegprobe.demo.catalog import Catalog, DatasetCatalog, ImageCatalog
 from isegprobe.errors import UserError
+from isegprobe.weights_files import require_weights_file
 
 DEFAULT_SPLIT = "test"  # a dataset's evaluation split, as every catalog entry's `test` resolves it
 
@@ -43,6 +44,14 @@ DEFAULT_SPLIT = "test"  # a dataset's evaluation split, as every catalog entry's
     "--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network."
 )
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port of the page.")
+@click.option(
+    "--weights",
+    "featurizer_weights",
+    multiple=True,
+    help="A featurizer's weights file, when the one a checkpoint records moved (another machine): the same file, "
+    "found by the sha256 the checkpoint records, which also says which probes it belongs to; repeatable (probes on "
+    "several featurizers).",
+)
 @device_option
 @click.option(
     "--zoom-in", is_flag=True, help="RITM's zoom-in from the second click on (the featurizer runs per click)."
@@ -61,6 +70,7 @@ def demo(
     split: str | None,
     host: str,
     port: int,
+    featurizer_weights: tuple[str, ...],
     device: str,
     zoom_in: bool,
     threshold: float,
@@ -76,7 +86,8 @@ def demo(
     \b
     On a remote GPU server, forward the port and open http://127.0.0.1:8765 locally:
         ssh -L 8765:127.0.0.1:8765 server
-    The featurizer the probe was trained on is rebuilt from the checkpoint and runs once per image.
+    The featurizer the probe was trained on is rebuilt from the checkpoint and runs once per image; on another
+    machine than the one it was trained on, --weights says where its weights file is now.
     """
     # The web stack is imported here, not with the CLI: every other command starts without it.
     import uvicorn
@@ -84,8 +95,10 @@ def demo(
     from isegprobe.demo.app import build_app
     from isegprobe.demo.guard import DemoAddress
 
+    for path in featurizer_weights:
+        require_weights_file(path, "--weights")
     catalog = _catalog(images, image, dataset, root, split)
-    app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port)
+    app = build_app([checkpoint, *compare], catalog, device, zoom_in, threshold, host, port, featurizer_weights)
     listening = _listening_socket(host, port)
     click.echo(f"isegprobe demo on {DemoAddress(host, port).url()} (Ctrl-C stops it)")
     if not (images or image or dataset):

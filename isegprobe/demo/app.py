@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from torch import nn
 
 from isegprobe.demo.catalog import Catalog
+from isegprobe.demo.moved_weights import OPTION, GivenWeights
 from isegprobe.demo.server import create_app
 from isegprobe.demo.session import DemoProbe, DemoSession
 from isegprobe.inference.predictor import Predictor
@@ -25,15 +26,27 @@ def build_app(
     threshold: float = 0.5,
     host: str = "127.0.0.1",
     port: int = 8765,
+    featurizer_weights: Sequence[str] = (),
 ) -> FastAPI:
     """The demo app for the probes at `checkpoints` (side by side, on the same clicks), listing `catalog`'s images,
-    for a server bound to `host`:`port`. Probes on the same featurizer share one copy of it."""
-    torch_device = torch.device(device)
-    featurizers: dict[str, nn.Module] = {}
+    for a server bound to `host`:`port`; `featurizer_weights` as `demo_probes` takes them."""
+    probes = demo_probes(checkpoints, torch.device(device), featurizer_weights)
+    return create_app(DemoSession(probes, threshold, zoom_in), catalog, host, port)
+
+
+def demo_probes(
+    checkpoints: Sequence[str], device: torch.device, featurizer_weights: Sequence[str] = ()
+) -> list[DemoProbe]:
+    """The probes at `checkpoints`, each with its featurizer and a label that tells it apart on the page. Probes on
+    the same featurizer share one copy of it. `featurizer_weights`: where the weights files the checkpoints record
+    are now (`--weights`), each going to the probes whose checkpoints record its sha256."""
     weights = [resolve_checkpoint(checkpoint)[0].resolve() for checkpoint in checkpoints]
+    loaded = [load_probe(path, device=device) for path in weights]
+    given = GivenWeights.read(featurizer_weights)
+    given.require_each_used({str(path): metadata for path, (_, metadata) in zip(weights, loaded, strict=True)})
+    featurizers: dict[str, nn.Module] = {}
     identities, runners = [], []
-    for path in weights:
-        probe, metadata = load_probe(path, device=torch_device)
+    for probe, metadata in loaded:
         provenance = metadata.get("featurizer_provenance") or {}
         # A featurizer in research precision keeps float16 weights on a GPU, so it is shared only by such probes.
         key = (
@@ -41,12 +54,13 @@ def build_app(
             f"{probe.config.research_precision}"
         )
         if key not in featurizers:
-            featurizers[key] = checkpoint_featurizer(metadata).to(torch_device)
+            featurizer = checkpoint_featurizer(metadata, given.path_for(metadata), f"demo {OPTION}")
+            featurizers[key] = featurizer.to(device)
         featurizer = featurizers[key]
         if probe.needs_featurizer:
             probe.attach_featurizer(featurizer)
         preprocessing = metadata["preprocessing"]
-        predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], torch_device, featurizer)
+        predictor = Predictor(probe, preprocessing["mean"], preprocessing["std"], device, featurizer)
         size, resize = int(preprocessing["size"]), preprocessing.get("resize", "stretch")
         identities.append(probe_identity(metadata))
         runners.append((predictor, size, resize))
@@ -54,5 +68,4 @@ def build_app(
     # checkpoint names tell them apart on the page.
     names = [probe_label(identity, path.parent) for identity, path in zip(identities, weights, strict=True)]
     labels = told_apart(names, [[path.parent.name, path.stem] for path in weights])
-    probes = [DemoProbe(label, *runner) for label, runner in zip(labels, runners, strict=True)]
-    return create_app(DemoSession(probes, threshold, zoom_in), catalog, host, port)
+    return [DemoProbe(label, *runner) for label, runner in zip(labels, runners, strict=True)]

@@ -560,10 +560,13 @@ def _extraction_command(metadata: dict[str, Any], dataset: str, split: str, root
     return shlex.join([*words, "--out", str(root)])
 
 
-def checkpoint_featurizer(metadata: dict[str, Any], weights: str | None = None) -> torch.nn.Module:
+def checkpoint_featurizer(
+    metadata: dict[str, Any], weights: str | None = None, weights_option: str = "evaluate --weights"
+) -> torch.nn.Module:
     """The probe's featurizer, rebuilt from the checkpoint's provenance and checked against it; `weights`: where the
     weights file it records is now (a checkpoint moved to another machine records a path of the first), which the
-    check of the file's sha256 against the recorded one keeps to the same file."""
+    check of the file's sha256 against the recorded one keeps to the same file. `weights_option`: the command's
+    option that gives it, named where the recorded file is missing."""
     provenance = metadata.get("featurizer_provenance") or {}
     if "name" not in provenance or "weights" not in provenance:
         raise UserError("the checkpoint records no featurizer provenance, so the probe's featurizer cannot be rebuilt")
@@ -571,7 +574,7 @@ def checkpoint_featurizer(metadata: dict[str, Any], weights: str | None = None) 
     if weights is None and recorded not in FEATURIZER_WEIGHT_WORDS and not expand_home(recorded).is_file():
         raise UserError(
             f"{recorded}: the featurizer weights file the probe was trained with (its checkpoint records it) is not "
-            "there; `evaluate --weights PATH` says where it is now (the same file: its sha256 is checked)"
+            f"there; `{weights_option} PATH` says where it is now (the same file: its sha256 is checked)"
         )
     featurizer = featurizers.recreate_featurizer(provenance, weights)
     check_same_featurizer(provenance, featurizer.provenance, f"featurizer {provenance['name']}")

@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -60,6 +61,7 @@ COMMANDS = {
     ),
     "cache verify {tmp} --recompute 1 --weights {missing}": f"--weights: {{missing}} does not exist {FEATURIZER_FILE}",
     "demo --checkpoint {tmp} --weights {missing}": f"--weights: {{missing}} does not exist {WEIGHTS_FILE}",
+    "plot predictions {tmp} --object 1 --weights {missing}": f"--weights: {{missing}} does not exist {WEIGHTS_FILE}",
 }
 
 
@@ -152,13 +154,22 @@ def run_trained_with(weights: Path, folder: Path) -> tuple[Path, Path]:
     return run, store
 
 
+def first_object(results: Path) -> str:
+    """The id of the first object an evaluation in `results` finished."""
+    with np.load(results / "ious.npz") as arrays:
+        return str(arrays["builtin/ids"][0])
+
+
 def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_gives_its_new_place(
     tmp_path: Path,
 ) -> None:
     """A checkpoint records the path of its featurizer's weights file, which on another machine (or after a move)
     is not there: evaluating online said only that the file does not exist, and offered `--weights`, which evaluate did
     not have. Now evaluate --weights gives the file's new place; a file of other weights is refused by its sha256, and
-    one given to an evaluation that runs no featurizer is refused as unread."""
+    one given to an evaluation that runs no featurizer is refused as unread.
+
+    `plot predictions` replays such an evaluation: it looked for the file where the checkpoint says, and offered
+    evaluate's option. It now reads the file the evaluation read, and takes --weights where that one moved too."""
     trained_with, other = weights_files(tmp_path, 2)
     run, store = run_trained_with(trained_with, tmp_path)
     moved = trained_with.rename(tmp_path / "moved.pth")
@@ -168,9 +179,19 @@ def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_
     code, output = invoke(*online, "--out", tmp_path / "lost")
     assert code == 1, output
     assert f"{trained_with}: the featurizer weights file the probe was trained with" in output
-    assert "`evaluate --weights PATH` says where it is now" in output
+    assert "`--weights PATH` says where it is now" in output
     code, output = invoke(*online, "--weights", moved, "--out", tmp_path / "found")
     assert code == 0, output
+    found = tmp_path / "found"
+    replay = ["plot", "predictions", found, "--object", first_object(found), "--device", "cpu"]
+    code, output = invoke(*replay)
+    assert code == 0 and "largest difference over the 1 clicks 0\n" in output, output
+    again = moved.rename(tmp_path / "moved_again.pth")
+    code, output = invoke(*replay)
+    assert code == 1 and "`--weights PATH` says where it is now" in output, output
+    code, output = invoke(*replay, "--weights", again)
+    assert code == 0 and "largest difference over the 1 clicks 0\n" in output, output
+    moved = again.rename(moved)
     code, output = invoke(*online, "--weights", other, "--out", tmp_path / "other")
     assert code == 1 and "weights_sha256" in output, output
     from_store = ["evaluate", "--checkpoint", run, "--store", store, "--weights", moved]
@@ -193,7 +214,7 @@ def test_the_demo_finds_each_probes_moved_featurizer_file_among_its_weights_by_s
     code, output = invoke(*demo)
     assert code == 1, output
     assert f"{files[0]}: the featurizer weights file the probe was trained with" in output
-    assert "`demo --weights PATH` says where it is now" in output
+    assert "`--weights PATH` says where it is now" in output
     code, output = invoke(*demo, "--weights", moved[1], "--weights", moved[2])
     assert code == 1, output
     assert f"--weights {moved[2]}: no probe's featurizer was built from this file" in output

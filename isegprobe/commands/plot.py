@@ -159,6 +159,14 @@ def features(
 @click.option("--object", "object_id", required=True, help="Object id, as in ious.npz and the --vis-preds files.")
 @click.option("--dataset", default=None, help="Which dataset of the evaluation (needed when it has several).")
 @click.option("--root", default=None, help="Dataset root, when it moved since the evaluation.")
+@click.option(
+    "--weights",
+    "featurizer_weights",
+    default=None,
+    help="The featurizer's weights file, when the one the evaluation read moved since (another machine): the same "
+    "file, its sha256 is checked. Read only where the evaluation ran the featurizer (--online, --zoom-in, early "
+    "fusion, --protocol iSegProbe).",
+)
 @max_pixels_option
 @device_option
 @click.option(
@@ -170,13 +178,21 @@ def features(
 @allow_torchscript_option
 @reports_user_errors
 def predictions(
-    results: str, object_id: str, dataset: str | None, root: str | None, device: str, out: str | None
+    results: str,
+    object_id: str,
+    dataset: str | None,
+    root: str | None,
+    featurizer_weights: str | None,
+    device: str,
+    out: str | None,
 ) -> None:
     """One object of an evaluation (RESULTS: a folder written by `isegprobe evaluate --out`) evaluated again with
     the same checkpoint, store and settings: its mask after 1, 3, 5, 10 clicks and the last, side by side, clicks
     drawn (positive green, negative red) and the IoU above each. The replayed IoU curve is compared with the
     recorded one."""
-    replayed = plot_predictions(results, object_id, dataset, out, root, device)
+    if featurizer_weights is not None:
+        require_weights_file(featurizer_weights, "--weights")
+    replayed = plot_predictions(results, object_id, dataset, out, root, device, featurizer_weights)
     click.echo(f"wrote {replayed.path}")
     click.echo(
         f"IoU after the last click: {replayed.ious[-1]:.3f} now, {replayed.recorded[-1]:.3f} recorded; largest "

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from torch import nn
 
 from isegprobe.demo.catalog import Catalog
-from isegprobe.demo.moved_weights import OPTION, GivenWeights
+from isegprobe.demo.moved_weights import GivenWeights
 from isegprobe.demo.server import create_app
 from isegprobe.demo.session import DemoProbe, DemoSession
 from isegprobe.inference.predictor import Predictor
@@ -54,8 +54,7 @@ def demo_probes(
             f"{probe.config.research_precision}"
         )
         if key not in featurizers:
-            featurizer = checkpoint_featurizer(metadata, given.path_for(metadata), f"demo {OPTION}")
-            featurizers[key] = featurizer.to(device)
+            featurizers[key] = checkpoint_featurizer(metadata, given.path_for(metadata)).to(device)
         featurizer = featurizers[key]
         if probe.needs_featurizer:
             probe.attach_featurizer(featurizer)

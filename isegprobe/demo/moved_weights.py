@@ -16,8 +16,6 @@ from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.home_paths import expand_home
 
-OPTION = "--weights"
-
 
 def recorded_sha256(metadata: Mapping[str, Any]) -> str | None:
     """The sha256 of the weights file a checkpoint's featurizer was built from (None for hub or random weights)."""
@@ -51,7 +49,7 @@ class GivenWeights:
             f"{checkpoint}: {_recorded_weights(metadata)}" for checkpoint, metadata in checkpoints.items()
         )
         raise UserError(
-            f"{OPTION} {', '.join(unused)}: no probe's featurizer was built from this file (its sha256 is none of "
+            f"--weights {', '.join(unused)}: no probe's featurizer was built from this file (its sha256 is none of "
             f"those the checkpoints record); their featurizers' weights:\n  {records}"
         )
 

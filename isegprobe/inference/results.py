@@ -40,9 +40,10 @@ CSV_COLUMNS = (
 RUN_INFO_DEFAULTS = {"protocol": "cache"}
 # Run-info keys that results.json files written before them cannot be checked against.
 RECORDED_SINCE = frozenset({"source_fingerprints", "checkpoint_step", "image_roots"})
-# Run-info keys that a resumed evaluation may change: the checkpoint's path (its hash is compared), and the folder
-# of a store's images, which each item's image is compared with before its objects are evaluated.
-NOT_COMPARED_ON_RESUME = frozenset({"checkpoint", "image_roots"})
+# Run-info keys that a resumed evaluation may change: the checkpoint's path (its hash is compared), the folder of a
+# store's images, which each item's image is compared with before its objects are evaluated, and where the
+# featurizer's weights file was found (its sha256 is compared with the checkpoint's record).
+NOT_COMPARED_ON_RESUME = frozenset({"checkpoint", "image_roots", "featurizer_weights"})
 
 # What plots and reports read from each dataset's summary in results.json, and what each holds (as a refusal names it).
 SUMMARY_KEYS = {

@@ -131,6 +131,10 @@ def _evaluate(
             "source_fingerprints": {job.name: job.fingerprint for job in setup.jobs if job.fingerprint},
             "image_roots": {job.name: job.images_root for job in setup.jobs},
         }
+        if request.featurizer_weights is not None:
+            # Where the featurizer's file was found, away from the place the checkpoint records: `plot predictions`
+            # reads it from there again.
+            run_info["featurizer_weights"] = request.featurizer_weights
         if request.online:
             # What `plot predictions` needs to read the same images again.
             run_info["online_sources"] = {
@@ -560,13 +564,11 @@ def _extraction_command(metadata: dict[str, Any], dataset: str, split: str, root
     return shlex.join([*words, "--out", str(root)])
 
 
-def checkpoint_featurizer(
-    metadata: dict[str, Any], weights: str | None = None, weights_option: str = "evaluate --weights"
-) -> torch.nn.Module:
+def checkpoint_featurizer(metadata: dict[str, Any], weights: str | None = None) -> torch.nn.Module:
     """The probe's featurizer, rebuilt from the checkpoint's provenance and checked against it; `weights`: where the
     weights file it records is now (a checkpoint moved to another machine records a path of the first), which the
-    check of the file's sha256 against the recorded one keeps to the same file. `weights_option`: the command's
-    option that gives it, named where the recorded file is missing."""
+    check of the file's sha256 against the recorded one keeps to the same file. Every command that rebuilds it
+    (evaluate, plot predictions, demo) takes that place as `--weights`."""
     provenance = metadata.get("featurizer_provenance") or {}
     if "name" not in provenance or "weights" not in provenance:
         raise UserError("the checkpoint records no featurizer provenance, so the probe's featurizer cannot be rebuilt")
@@ -574,7 +576,7 @@ def checkpoint_featurizer(
     if weights is None and recorded not in FEATURIZER_WEIGHT_WORDS and not expand_home(recorded).is_file():
         raise UserError(
             f"{recorded}: the featurizer weights file the probe was trained with (its checkpoint records it) is not "
-            f"there; `{weights_option} PATH` says where it is now (the same file: its sha256 is checked)"
+            "there; `--weights PATH` says where it is now (the same file: its sha256 is checked)"
         )
     featurizer = featurizers.recreate_featurizer(provenance, weights)
     check_same_featurizer(provenance, featurizer.provenance, f"featurizer {provenance['name']}")

@@ -1,7 +1,8 @@
 """`plot predictions`: one object of an evaluation, evaluated again and drawn after 1, 3, 5, 10 clicks and the last.
 
 An evaluation's results.json records the checkpoint (with its sha256), the store of each dataset (or, online, its
-split and folder) and how it was run (click budget, flip, zoom-in, threshold). The object is evaluated again exactly
+split and folder), how it was run (click budget, flip, zoom-in, threshold) and, where `--weights` gave it, the
+featurizer's weights file. The object is evaluated again exactly
 that way, and its IoU curve is compared with the one in ious.npz: the picture shows the run the numbers came from,
 and a checkpoint changed since, or a store extracted again since, is refused rather than drawn.
 """
@@ -19,6 +20,7 @@ from isegprobe.cache import FeatureStore
 from isegprobe.cache.schema import store_fingerprint
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
+from isegprobe.home_paths import expand_home
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL
 from isegprobe.inference.results import read_results
 from isegprobe.inference.runner import EvaluationRequest, replay_objects
@@ -48,9 +50,12 @@ def plot_predictions(
     out: str | Path | None = None,
     root: str | None = None,
     device: str = "cpu",
+    featurizer_weights: str | None = None,
 ) -> Replayed:
     """Evaluate `object_id` of `dataset` again as the evaluation in `results_dir` did and save its strip (default
-    RESULTS/predictions/<dataset>_<object>.png); `root` when the dataset moved since."""
+    RESULTS/predictions/<dataset>_<object>.png); `root` when the dataset moved since, `featurizer_weights` when the
+    featurizer's weights file did (else the file the evaluation read: the one its `--weights` gave, or the
+    checkpoint's)."""
     if out is not None:
         _check_picture_suffix(out)
     document = read_results(results_dir)
@@ -69,6 +74,7 @@ def plot_predictions(
         "threshold": float(document["threshold"]),
         "device": device,
         "protocol": document.get("protocol", DEFAULT_PROTOCOL),
+        "featurizer_weights": featurizer_weights or _still_there(document.get("featurizer_weights")),
     }
     if document.get("online"):
         source = _recorded(document, "online_sources", dataset)
@@ -93,6 +99,12 @@ def plot_predictions(
     path = Path(out) if out else Path(results_dir) / "predictions" / file_name(f"{dataset}_{object_id}", ".png")
     write_picture(path, strip_picture(result))
     return Replayed(path, np.asarray(result.ious, np.float32), recorded)
+
+
+def _still_there(recorded: Any) -> str | None:
+    """The weights file an evaluation recorded reading, where it still is; else None, so that the replay looks for
+    the checkpoint's own and, where that is gone too, names it and `--weights`."""
+    return recorded if isinstance(recorded, str) and expand_home(recorded).is_file() else None
 
 
 def _check_picture_suffix(out: str | Path) -> None:

@@ -1049,6 +1049,39 @@ def test_featurizer_options_of_a_training_that_runs_no_featurizer_are_refused(tm
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.filterwarnings("ignore::isegprobe.featurizers.RandomWeightsWarning")
+def test_a_resumed_run_computes_its_features_as_it_did_before(tmp_path: Path) -> None:
+    """--online is an option of the command, which a run's config does not hold: `train --resume` without it went on
+    from the store's features for a run that trained online, and with it online for a run that trained from the
+    store, without a word, so the resumed run's numbers were neither run's. A resumed run now goes on as its
+    last.json records, saying so where --online was left out, and --online on a run from the store is refused."""
+    from isegprobe.commands import train as train_command
+
+    store = builtin_store(tmp_path / "cache", split="train", size=28, views="identity")
+    start = ["--config", "quickstart", "--store", str(store), "--set", "data.size=28", "--device", "cpu"]
+
+    def run(*arguments: object) -> tuple[int, str]:
+        result = CliRunner().invoke(train_command.train, [str(argument) for argument in arguments])
+        return result.exit_code, result.output
+
+    assert run(*start, "--online", "--out", tmp_path / "straight", "--max-iters", 4)[0] == 0
+    assert run(*start, "--online", "--out", tmp_path / "stopped", "--max-iters", 2)[0] == 0
+    code, output = run("--resume", "--out", tmp_path / "stopped", "--max-iters", 4, "--device", "cpu")
+    assert code == 0, output
+    assert f"the run in {tmp_path / 'stopped'} trained online (--online, the featurizer in the loop)" in output
+    assert json.loads((tmp_path / "stopped" / "last.json").read_text())["online"] is True
+    straight, resumed = (load_file(tmp_path / name / "last.safetensors") for name in ("straight", "stopped"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+    assert run(*start, "--out", tmp_path / "from_store", "--max-iters", 1)[0] == 0
+    code, output = run("--resume", "--online", "--out", tmp_path / "from_store", "--max-iters", 2, "--device", "cpu")
+    assert code == 1, output
+    assert f"--online: the run in {tmp_path / 'from_store'} trained from the store's features" in output
+    assert json.loads((tmp_path / "from_store" / "last.json").read_text())["step"] == 1
+
+
 @pytest.mark.parametrize("upsampler", ["lift", "loftup"])
 def test_authors_upsampler_weights_guided_by_other_statistics_than_they_learnt_from_are_said(
     upsampler: str, tmp_path: Path

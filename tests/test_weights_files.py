@@ -169,10 +169,18 @@ def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_
     one given to an evaluation that runs no featurizer is refused as unread.
 
     `plot predictions` replays such an evaluation: it looked for the file where the checkpoint says, and offered
-    evaluate's option. It now reads the file the evaluation read, and takes --weights where that one moved too."""
+    evaluate's option. It now reads the file the evaluation read, and takes --weights where that one moved too.
+    Training online from the store (whose featurizer it runs) said only that a file it was never given does not
+    exist."""
     trained_with, other = weights_files(tmp_path, 2)
     run, store = run_trained_with(trained_with, tmp_path)
     moved = trained_with.rename(tmp_path / "moved.pth")
+    train_online = ["train", "--config", "quickstart", "--store", store, "--online", "--max-iters", 1]
+    code, output = invoke(*train_online, "--out", tmp_path / "online_lost")
+    assert code == 1, output
+    assert f"{trained_with}: the featurizer weights file the training store's features were extracted with" in output
+    assert "--weights PATH says where it is now" in output
+    assert invoke(*train_online, "--weights", moved, "--out", tmp_path / "online_found")[0] == 0
     online = ["evaluate", "--checkpoint", run, "--online", "--datasets", "builtin", "--max-clicks", "1"]
     online += ["--max-objects", "2", "--device", "cpu"]
 

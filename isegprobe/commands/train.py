@@ -18,12 +18,13 @@ from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.cache.store import FeatureStore, refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
-from isegprobe.commands.train_runs import PlannedRun, planned_runs, resumed_runs
+from isegprobe.commands.train_runs import PlannedRun, planned_runs, resumed_online, resumed_runs
 from isegprobe.config import DataConfig, key_given_twice, load_train_config
 from isegprobe.config_reference import annotated_config
 from isegprobe.distributed import LostRank, current_rank, ranks_on_this_machine
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
+from isegprobe.home_paths import expand_home
 from isegprobe.locks import shared_locks
 from isegprobe.model import needs_featurizer_online
 from isegprobe.presets import list_presets
@@ -31,7 +32,7 @@ from isegprobe.training import TrainSummary
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata
 from isegprobe.training.run_loop import train_side_by_side
 from isegprobe.training.store_checks import check_store_fits
-from isegprobe.weights_files import require_featurizer_weights, require_weights_file
+from isegprobe.weights_files import FEATURIZER_WEIGHT_WORDS, require_featurizer_weights, require_weights_file
 
 # The research recipe's full-resolution head takes minutes a step on a CPU (188 s on 2 cores at 224 px), so a user who
 # names no preset gets one that suits the device the run will use.
@@ -163,6 +164,7 @@ def train(
                 err=True,
             )
         runs = resumed_runs(run_dir, (*overrides, *flags))
+        online = resumed_online(runs, online)
         store_path, val_store_path = _run_stores(str(runs[0].folder), store_path, val_store_path)
     else:
         if store_path is None:
@@ -364,8 +366,16 @@ def _refuse_featurizer_options_left_unread(needs_featurizer: bool, name: str | N
 
 
 def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | None) -> Featurizer:
+    """The featurizer that runs in the loop: --featurizer and --weights, by default the store's (whose weights
+    file, on another machine than the one that extracted it, may be somewhere else)."""
+    recorded = provenance.get("weights")
+    if weights is None and recorded not in (None, *FEATURIZER_WEIGHT_WORDS) and not expand_home(recorded).is_file():
+        raise UserError(
+            f"{recorded}: the featurizer weights file the training store's features were extracted with (the store "
+            "records it) is not there; --weights PATH says where it is now (the same file: its sha256 is checked)"
+        )
     name = name or provenance.get("name")
-    weights = weights or provenance.get("weights")
+    weights = weights or recorded
     if not name or not weights:
         raise UserError(
             "--online: the store's provenance does not name its featurizer; pass --featurizer and --weights"

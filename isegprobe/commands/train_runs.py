@@ -13,8 +13,9 @@ import click
 
 from isegprobe.config import TrainConfig, key_given_twice, load_train_config
 from isegprobe.errors import UserError
+from isegprobe.model import needs_featurizer_online
 from isegprobe.output_files import CHECKPOINT_PREFIXES, run_files_in
-from isegprobe.training.checkpoint import checkpoint_files, resume_config
+from isegprobe.training.checkpoint import checkpoint_files, read_metadata, resume_config
 
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -123,6 +124,34 @@ def resumed_runs(out: str, overrides: tuple[str, ...]) -> list[PlannedRun]:
         _refuse_a_run_left_behind(started, out)
         click.echo(f"--resume: {started} holds no checkpoint (its run stopped before its first): not resumed", err=True)
     return [PlannedRun(folder, resume_config(folder, overrides)) for folder in folders]
+
+
+def resumed_online(runs: list[PlannedRun], online: bool) -> bool:
+    """Whether resumed runs compute their features in the loop: as they did, which each records in its last.json
+    (`online`). A run trained with --online went on from the store's features when --resume was given without it,
+    and one trained from the store went on online when given it, without a word: either way its features changed
+    mid-run, so its numbers were neither those of the run online nor from the store."""
+    recorded = {run.folder: read_metadata(checkpoint_files(run.folder, "last")["metadata"]) for run in runs}
+    from_store = [run.folder for run in runs if recorded[run.folder].get("online") is False]
+    asked_online = [
+        run.folder
+        for run in runs
+        if recorded[run.folder].get("online") is True and not needs_featurizer_online(run.config.model)
+    ]
+    if online and from_store:
+        raise UserError(
+            f"--online: the run in {from_store[0]} trained from the store's features; resumed online, its features "
+            "would change mid-run and its numbers be neither those of a run from the store nor online; leave "
+            "--online out, or train a new run online into another --out"
+        )
+    if asked_online and not online:
+        click.echo(
+            f"--resume: the run in {asked_online[0]} trained online (--online, the featurizer in the loop), and goes "
+            "on so",
+            err=True,
+        )
+        return True
+    return online
 
 
 def _refuse_a_run_without_checkpoints(root: Path, out: str) -> None:

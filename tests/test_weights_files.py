@@ -161,7 +161,7 @@ def first_object(results: Path) -> str:
 
 
 def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_gives_its_new_place(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A checkpoint records the path of its featurizer's weights file, which on another machine (or after a move)
     is not there: evaluating online said only that the file does not exist, and offered `--weights`, which evaluate did
@@ -188,9 +188,11 @@ def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_
     assert code == 1, output
     assert f"{trained_with}: the featurizer weights file the probe was trained with" in output
     assert "`--weights PATH` says where it is now" in output
-    code, output = invoke(*online, "--weights", moved, "--out", tmp_path / "found")
+    monkeypatch.chdir(tmp_path)  # the file given by a relative path, the replay run from another folder
+    code, output = invoke(*online, "--weights", moved.name, "--out", tmp_path / "found")
     assert code == 0, output
     found = tmp_path / "found"
+    monkeypatch.chdir(found)
     replay = ["plot", "predictions", found, "--object", first_object(found), "--device", "cpu"]
     code, output = invoke(*replay)
     assert code == 0 and "largest difference over the 1 clicks 0\n" in output, output

@@ -134,7 +134,7 @@ def _evaluate(
         if request.featurizer_weights is not None:
             # Where the featurizer's file was found, away from the place the checkpoint records: `plot predictions`
             # reads it from there again.
-            run_info["featurizer_weights"] = request.featurizer_weights
+            run_info["featurizer_weights"] = str(expand_home(request.featurizer_weights).resolve())
         if request.online:
             # What `plot predictions` needs to read the same images again.
             run_info["online_sources"] = {

@@ -17,6 +17,19 @@ the main process there). The sender is known only to a thread that waits for the
 if every thread of the worker blocks it, those that importing torch and the cache reader start included: the
 workers are started with both signals blocked, which their threads inherit (as would a process a worker started;
 none does). Elsewhere nothing changes.
+
+The loader's queues of spawned workers name their semaphores in the file system, and multiprocessing's resource
+tracker (a process of the same group, which ignores both signals) unlinks at the end those that the main process did
+not say it released. A queue that the main process puts into (the workers' index queues; the result queue under a
+pin-memory thread) has a feeder thread, a daemon that holds the queue's write lock and semaphore until it ends. PyTorch
+closes these queues as it stops its workers, without waiting for their feeders, and drops them at once; a feeder that
+ends after that releases the last references to the two semaphores, and its thread unlinks them and then tells the
+tracker. When the command exited just then (a run that stopped, or finished, drops its loader moments before it exits)
+the interpreter stopped the feeder before it had told the tracker, which printed, after the command's last line, "There
+appear to be 1 leaked semaphore objects" (and "No such file or directory" when the name was already gone): twice in
+some 300 stops of a training run's whole process group. On Linux the spawned loaders' queues wait, as they are closed
+by the process that made them, for their feeder to end, so that the thread that drops the queue releases its
+semaphores.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import ctypes
 import functools
 import multiprocessing.context
 import multiprocessing.process
+import multiprocessing.queues
 import os
 import signal
 import sys
@@ -43,6 +57,11 @@ MAX_DEFAULT_WORKERS = 8
 
 # Workers per core beyond which more only wait for each other: each is a process that starts Python and torch.
 MAX_WORKERS_PER_CORE = 4
+
+# How long a queue closed by its process waits for its feeder thread: one hands over what is left (a few index
+# batches) in milliseconds. One that cannot (its pipe full and the worker that reads it gone, which is why PyTorch does
+# not wait for it at all) is left as before, after as long as PyTorch gives a worker to end (MP_STATUS_CHECK_INTERVAL).
+FEEDER_END_SECONDS = 5.0
 
 
 def usable_cores() -> int:
@@ -110,8 +129,24 @@ class _ForkContext(multiprocessing.context.ForkContext):
     Process = _ForkProcess
 
 
+class _QueueReleasedByItsCloser(multiprocessing.queues.Queue):
+    """A queue whose `close()`, in the process that made it, waits for its feeder thread to end (the module says
+    why): the semaphores then outlive the feeder and are released by whoever drops the queue. A worker's copy of the
+    queue closes as before: its process never registered the semaphores, and its feeder may wait on a parent that
+    stopped reading."""
+
+    def close(self) -> None:
+        super().close()
+        feeder = self._thread
+        if feeder is not None and feeder is not threading.current_thread() and self._opid == os.getpid():
+            feeder.join(FEEDER_END_SECONDS)
+
+
 class _SpawnContext(multiprocessing.context.SpawnContext):
     Process = _SpawnProcess
+
+    def Queue(self, maxsize: int = 0) -> multiprocessing.queues.Queue:
+        return _QueueReleasedByItsCloser(maxsize, ctx=self.get_context())
 
 
 def _serve_until_the_parent_stops(parent: int, worker_id: int) -> None:

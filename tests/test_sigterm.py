@@ -7,6 +7,7 @@ loader workers, ended by the same signal, made it fail with a traceback instead 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from isegprobe.cache import CachedDataset
 from isegprobe.config import load_train_config
 from isegprobe.inference.results import objects_written
 from isegprobe.training import train
+from isegprobe.training.stopping import StopRequests
 
 TERMINATED = 128 + signal.SIGTERM.value
 
@@ -146,3 +148,22 @@ def test_sigterm_while_a_command_starts_and_builds_its_model_exits_143_without_a
             delay,
             stderr,
         )
+
+
+def test_a_stop_signal_the_process_ignores_stays_ignored_while_it_trains() -> None:
+    """A background job of a shell without job control (`isegprobe train ... &` in a script) starts with SIGINT
+    ignored, so that a Ctrl-C meant for the foreground, which reaches the whole process group, leaves it running. The
+    command's start kept it ignored, but the training loop's stop handler took SIGINT over, and such a Ctrl-C stopped
+    the run."""
+    ignoring = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        with StopRequests() as stops:
+            assert signal.getsignal(signal.SIGTERM) != term, "SIGTERM, not ignored, is taken over (the main thread)"
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert not stops.requested
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == term
+    finally:
+        signal.signal(signal.SIGINT, ignoring)

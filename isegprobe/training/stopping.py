@@ -23,7 +23,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StopRequests:
     """A context in which SIGINT and SIGTERM set `requested` instead of stopping the process (main thread only;
-    elsewhere signals keep their handlers)."""
+    elsewhere signals keep their handlers). A signal the process ignores stays ignored: a background job of a shell
+    without job control (`isegprobe train ... &` in a script) starts with SIGINT ignored, so that a Ctrl-C meant for
+    the foreground, which reaches the whole process group, leaves it running; taken over here, it stopped the run."""
 
     def __init__(self) -> None:
         self.signal: signal.Signals | None = None
@@ -31,7 +33,11 @@ class StopRequests:
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._handle) for number in STOP_SIGNALS}
+            self._previous = {
+                number: signal.signal(number, self._handle)
+                for number in STOP_SIGNALS
+                if signal.getsignal(number) != signal.SIG_IGN
+            }
         return self
 
     def __exit__(

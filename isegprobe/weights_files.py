@@ -44,3 +44,14 @@ def require_featurizer_weights(weights: str | None, given_as: str) -> None:
     """`require_weights_file` for a featurizer's weights option, which also takes the words hub and random."""
     if weights is not None and weights not in FEATURIZER_WEIGHT_WORDS:
         require_weights_file(weights, given_as, f"{', '.join(FEATURIZER_WEIGHT_WORDS)} or a weights file")
+
+
+def require_recorded_weights_file(recorded: str | None, recorded_by: str) -> None:
+    """A UserError where the featurizer's weights file that a checkpoint or store records (its path on the machine
+    that wrote it) is not there, naming the path, `recorded_by` (what was made with it, and what records it) and
+    `--weights`, which every command that rebuilds a recorded featurizer takes for its new place."""
+    if recorded not in (None, *FEATURIZER_WEIGHT_WORDS) and not expand_home(recorded).is_file():
+        raise UserError(
+            f"{recorded}: the featurizer weights file {recorded_by} is not there; `--weights PATH` says where it is "
+            "now (the same file: its sha256 is checked)"
+        )

@@ -179,7 +179,7 @@ def test_a_checkpoints_featurizer_file_that_moved_is_named_and_evaluate_weights_
     code, output = invoke(*train_online, "--out", tmp_path / "online_lost")
     assert code == 1, output
     assert f"{trained_with}: the featurizer weights file the training store's features were extracted with" in output
-    assert "--weights PATH says where it is now" in output
+    assert "`--weights PATH` says where it is now" in output
     assert invoke(*train_online, "--weights", moved, "--out", tmp_path / "online_found")[0] == 0
     online = ["evaluate", "--checkpoint", run, "--online", "--datasets", "builtin", "--max-clicks", "1"]
     online += ["--max-objects", "2", "--device", "cpu"]

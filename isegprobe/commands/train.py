@@ -24,7 +24,6 @@ from isegprobe.config_reference import annotated_config
 from isegprobe.distributed import LostRank, current_rank, ranks_on_this_machine
 from isegprobe.errors import UserError
 from isegprobe.featurizers import Featurizer
-from isegprobe.home_paths import expand_home
 from isegprobe.locks import shared_locks
 from isegprobe.model import needs_featurizer_online
 from isegprobe.presets import list_presets
@@ -32,7 +31,7 @@ from isegprobe.training import TrainSummary
 from isegprobe.training.checkpoint import checkpoint_files, read_metadata
 from isegprobe.training.run_loop import train_side_by_side
 from isegprobe.training.store_checks import check_store_fits
-from isegprobe.weights_files import FEATURIZER_WEIGHT_WORDS, require_featurizer_weights, require_weights_file
+from isegprobe.weights_files import require_featurizer_weights, require_recorded_weights_file, require_weights_file
 
 # The research recipe's full-resolution head takes minutes a step on a CPU (188 s on 2 cores at 224 px), so a user who
 # names no preset gets one that suits the device the run will use.
@@ -369,10 +368,9 @@ def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | Non
     """The featurizer that runs in the loop: --featurizer and --weights, by default the store's (whose weights
     file, on another machine than the one that extracted it, may be somewhere else)."""
     recorded = provenance.get("weights")
-    if weights is None and recorded not in (None, *FEATURIZER_WEIGHT_WORDS) and not expand_home(recorded).is_file():
-        raise UserError(
-            f"{recorded}: the featurizer weights file the training store's features were extracted with (the store "
-            "records it) is not there; --weights PATH says where it is now (the same file: its sha256 is checked)"
+    if weights is None:
+        require_recorded_weights_file(
+            recorded, "the training store's features were extracted with (the store records it)"
         )
     name = name or provenance.get("name")
     weights = weights or recorded

@@ -53,7 +53,7 @@ from isegprobe.output_files import OVERLAY_FOLDER
 from isegprobe.same_images import warn_when_evaluating_training_images
 from isegprobe.training.checkpoint import checkpoint_description, load_probe, resolve_checkpoint
 from isegprobe.training.store_checks import check_store_matches
-from isegprobe.weights_files import FEATURIZER_WEIGHT_WORDS
+from isegprobe.weights_files import require_recorded_weights_file
 
 
 @dataclass
@@ -573,11 +573,8 @@ def checkpoint_featurizer(metadata: dict[str, Any], weights: str | None = None) 
     if "name" not in provenance or "weights" not in provenance:
         raise UserError("the checkpoint records no featurizer provenance, so the probe's featurizer cannot be rebuilt")
     recorded = provenance["weights"]
-    if weights is None and recorded not in FEATURIZER_WEIGHT_WORDS and not expand_home(recorded).is_file():
-        raise UserError(
-            f"{recorded}: the featurizer weights file the probe was trained with (its checkpoint records it) is not "
-            "there; `--weights PATH` says where it is now (the same file: its sha256 is checked)"
-        )
+    if weights is None:
+        require_recorded_weights_file(recorded, "the probe was trained with (its checkpoint records it)")
     featurizer = featurizers.recreate_featurizer(provenance, weights)
     check_same_featurizer(provenance, featurizer.provenance, f"featurizer {provenance['name']}")
     return featurizer

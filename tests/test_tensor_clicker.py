@@ -107,6 +107,35 @@ def test_exact_depths_are_computed_for_few_pixels_of_blobby_errors(monkeypatch, 
     assert sum(computed) < 0.01 * np.count_nonzero(error)
 
 
+@pytest.mark.parametrize(("seed", "specks"), [(0, 0.0005), (2, 0.0005), (0, 0.002)])
+def test_exact_depths_are_computed_for_few_more_pixels_than_can_be_deepest_in_a_speckled_region(
+    monkeypatch, seed, specks
+):
+    # A poor probe's error can cover most of the image with single pixels left out here and there. The offset ladder
+    # steps over such a speck, so the bounds near it are loose: the pixel with the highest bound lay shallow, and its
+    # depth alone left 5 to 20 times the pixels whose bounds reach the deepest one's depth to compute.
+    rng = np.random.default_rng(seed)
+    error = (uniform_filter(rng.random((240, 320)), size=31) > 0.45) & ~(rng.random((240, 320)) < specks)
+    errors = torch.from_numpy(error[None])
+    computed = []
+    exact_squares = tensor_clicker._exact_squares
+
+    def counted(column_squares, rows, maps, pixels):
+        computed.append(len(pixels))
+        return exact_squares(column_squares, rows, maps, pixels)
+
+    monkeypatch.setattr(tensor_clicker, "_exact_squares", counted)
+    depths, pixels = deepest_pixels(errors, torch.zeros_like(errors))
+
+    expected = opencv_depths(error)
+    assert (depths.item(), pixels.item()) == (expected.max(), int(np.argmax(expected)))
+    column_squares = tensor_clicker._distance_along(errors, 1).square()
+    bounds = tensor_clicker._depth_bounds(column_squares, tensor_clicker._distance_along(errors, 2))
+    deepest_square = torch.tensor([round(float(expected.max()) ** 2)])
+    can_be_deepest = int((bounds >= lowest_alike_square(deepest_square)).sum())
+    assert sum(computed) <= 1.5 * can_be_deepest
+
+
 def test_roots_are_rounded_as_opencv_rounds_them():
     # One pixel outside the error in the corner of a 900 x 900 map: every sum of two squares up to 2 * 899**2.
     error = np.ones((900, 900), bool)

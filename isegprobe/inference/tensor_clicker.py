@@ -98,7 +98,7 @@ def _candidates(bounds: Tensor, column_squares: Tensor, rows: Tensor) -> tuple[T
     while True:
         floor = lowest_alike_square(reached)[:, None]
         above = bounds >= floor
-        if int(above.sum()) <= per_map * maps or per_map >= bounds.shape[1]:
+        if int(above.sum()) <= per_map * maps:  # otherwise per_map is under a map's pixel count, as topk needs
             round_maps, round_pixels = above.nonzero(as_tuple=True)
             last = True
         else:

@@ -87,11 +87,9 @@ def test_maps_transformed_in_groups_give_the_same_depths_and_pixels(monkeypatch)
     assert all(torch.equal(a, b) for a, b in zip(whole, grouped, strict=True))
 
 
-@pytest.mark.parametrize("blob", [9, 15, 31])
-def test_exact_depths_are_computed_for_few_pixels_of_blobby_errors(monkeypatch, blob):
-    # Blobs as an untrained probe's errors look: the column and row distances alone left 4020 to 18759 of these
-    # maps' pixels to compute a whole row for (each its exact depth), the bounds over the offset ladder leave a few.
-    error = uniform_filter(np.random.default_rng(0).random((240, 320)), size=blob) > 0.5
+def exact_depths_computed(monkeypatch, error: np.ndarray) -> int:
+    """How many pixels' exact depths `deepest_pixels` computes to find the deepest pixel of one map, which it must
+    find where OpenCV's transform has it."""
     computed = []
     exact_squares = tensor_clicker._exact_squares
 
@@ -100,11 +98,19 @@ def test_exact_depths_are_computed_for_few_pixels_of_blobby_errors(monkeypatch, 
         return exact_squares(column_squares, rows, maps, pixels)
 
     monkeypatch.setattr(tensor_clicker, "_exact_squares", counted)
-    depths, pixels = deepest_pixels(torch.from_numpy(error[None]), torch.zeros(1, 240, 320, dtype=torch.bool))
-
+    errors = torch.from_numpy(error[None])
+    depths, pixels = deepest_pixels(errors, torch.zeros_like(errors))
     expected = opencv_depths(error)
     assert (depths.item(), pixels.item()) == (expected.max(), int(np.argmax(expected)))
-    assert sum(computed) < 0.01 * np.count_nonzero(error)
+    return sum(computed)
+
+
+@pytest.mark.parametrize("blob", [9, 15, 31])
+def test_exact_depths_are_computed_for_few_pixels_of_blobby_errors(monkeypatch, blob):
+    # Blobs as an untrained probe's errors look: the column and row distances alone left 4020 to 18759 of these
+    # maps' pixels to compute a whole row for (each its exact depth), the bounds over the offset ladder leave a few.
+    error = uniform_filter(np.random.default_rng(0).random((240, 320)), size=blob) > 0.5
+    assert exact_depths_computed(monkeypatch, error) < 0.01 * np.count_nonzero(error)
 
 
 @pytest.mark.parametrize(("seed", "specks"), [(0, 0.0005), (2, 0.0005), (0, 0.002)])
@@ -116,24 +122,13 @@ def test_exact_depths_are_computed_for_few_more_pixels_than_can_be_deepest_in_a_
     # depth alone left 5 to 20 times the pixels whose bounds reach the deepest one's depth to compute.
     rng = np.random.default_rng(seed)
     error = (uniform_filter(rng.random((240, 320)), size=31) > 0.45) & ~(rng.random((240, 320)) < specks)
+    computed = exact_depths_computed(monkeypatch, error)
+
     errors = torch.from_numpy(error[None])
-    computed = []
-    exact_squares = tensor_clicker._exact_squares
-
-    def counted(column_squares, rows, maps, pixels):
-        computed.append(len(pixels))
-        return exact_squares(column_squares, rows, maps, pixels)
-
-    monkeypatch.setattr(tensor_clicker, "_exact_squares", counted)
-    depths, pixels = deepest_pixels(errors, torch.zeros_like(errors))
-
-    expected = opencv_depths(error)
-    assert (depths.item(), pixels.item()) == (expected.max(), int(np.argmax(expected)))
     column_squares = tensor_clicker._distance_along(errors, 1).square()
     bounds = tensor_clicker._depth_bounds(column_squares, tensor_clicker._distance_along(errors, 2))
-    deepest_square = torch.tensor([round(float(expected.max()) ** 2)])
-    can_be_deepest = int((bounds >= lowest_alike_square(deepest_square)).sum())
-    assert sum(computed) <= 1.5 * can_be_deepest
+    deepest_square = torch.tensor([round(float(opencv_depths(error).max()) ** 2)])
+    assert computed <= 1.5 * int((bounds >= lowest_alike_square(deepest_square)).sum())
 
 
 def test_roots_are_rounded_as_opencv_rounds_them():

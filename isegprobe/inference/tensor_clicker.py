@@ -81,7 +81,8 @@ def _deepest_pixels(errors: Tensor, clicked: Tensor) -> tuple[Tensor, Tensor]:
 
 def _candidates(bounds: Tensor, column_squares: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The maps, flat pixels and exact squared depths of pixels that include every pixel as deep as its map's
-    deepest (`bounds` [M, H * W], upper bounds on the squared depths, 0 for pixels that cannot be clicked).
+    deepest (`bounds` [M, H * W], upper bounds on the squared depths, 0 for pixels that cannot be clicked; the
+    bounds of the pixels computed in a round are set to 0 in it, so that no later round takes them again).
 
     The deepest pixel is at least as deep as any pixel whose exact depth is known, so a pixel whose bound is below
     the lowest square alike to that depth is no candidate. The highest bounds of each map are computed first, in

@@ -8,7 +8,8 @@ import pytest
 from scipy.ndimage import distance_transform_edt, uniform_filter
 
 from isegprobe.inference import Click, Clicker
-from isegprobe.inference.clicker import BatchClicker
+from isegprobe.inference import clicker as clicker_module
+from isegprobe.inference.clicker import BatchClicker, area_depth_bound, bounding_box
 
 GRABCUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "GrabCut"
 
@@ -230,6 +231,56 @@ def test_a_prediction_that_stays_the_same_clicks_as_the_rule_does(seed):
 
     clicker = Clicker(gt, ignore)
     assert [clicker.next_click(pred) for pred in preds] == scipy_clicks(gt, ignore, preds)
+
+
+def largest_depth(region):
+    return float(clicker_module._transform(region, bounding_box(region)).max())
+
+
+def digital_disk(squared_radius, centre=(0, 0), reach=None):
+    """The pixels nearer than sqrt(squared_radius) to `centre`, in a square from -reach to reach around (0, 0)."""
+    reach = reach or int(np.sqrt(squared_radius)) + 2
+    ys, xs = np.mgrid[-reach : reach + 1, -reach : reach + 1]
+    return (ys - centre[0]) ** 2 + (xs - centre[1]) ** 2 < squared_radius
+
+
+def test_no_region_is_deeper_than_its_area_allows_and_round_ones_nearly_are():
+    # Digital disks are as deep as an area allows; small ones are where the bound's sqrt(1/2) is needed.
+    ratios = []
+    for squared_radius in range(1, 2000, 7):
+        for centre in [(0, 0), (0.5, 0), (0.5, 0.5), (0.3, 0.8)]:
+            disk = digital_disk(squared_radius, centre)
+            ratios.append(largest_depth(disk) / area_depth_bound(int(disk.sum())))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        shape = tuple(rng.integers(1, 80, 2))
+        region = blobs(rng, shape, fill=rng.uniform(0.1, 0.9))
+        if region.any():
+            ratios.append(largest_depth(region) / area_depth_bound(int(region.sum())))
+    assert max(ratios) <= 1
+    assert max(ratios) > 0.98, "the bound is tight for round regions"
+    assert area_depth_bound(0) == 0
+
+
+def test_a_thin_band_in_a_wide_box_is_not_transformed_beside_a_deeper_region(monkeypatch):
+    # The false positives ring the object two pixels wide: their box allows a depth of 52, their area 15.2, and the
+    # false negatives (the whole disk) are 40 deep, so the band cannot decide the click.
+    gt = digital_disk(40**2, reach=60)
+    pred = digital_disk(52**2, reach=60) & ~digital_disk(50**2, reach=60)
+    transformed = []
+    transform = clicker_module._transform
+
+    def counted(error, box):
+        transformed.append(box)
+        return transform(error, box)
+
+    monkeypatch.setattr(clicker_module, "_transform", counted)
+
+    made = Clicker(gt)
+    click = made.next_click(pred)
+
+    assert transformed == [bounding_box(gt)]
+    assert [click] == scipy_clicks(gt, np.zeros_like(gt), [pred])
 
 
 def test_batch_clicker_clicks_as_each_object_alone_in_order_and_gives_opencv_its_threads_back():

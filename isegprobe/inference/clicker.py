@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,22 +25,20 @@ class Click:
 class ErrorRegions:
     """A prediction's false negatives and false positives outside the ignore region.
 
-    They are what the next click answers, and with the object's area (outside the ignore region) they give the
-    prediction's IoU without another pass over the masks: intersection = area - |fn|, union = area + |fp|, the same
-    integers `metrics.iou` counts.
+    They are what the next click answers. Their areas, counted once, bound the click's depths, and with the
+    object's area (outside the ignore region) give the prediction's IoU without another pass over the masks:
+    intersection = area - |fn|, union = area + |fp|, the same integers `metrics.iou` counts.
     """
 
     false_negative: np.ndarray  # bool [H, W]
     false_positive: np.ndarray  # bool [H, W]
     object_area: int
+    false_negative_area: int
+    false_positive_area: int
 
     def iou(self) -> float:
         """The prediction's IoU, as `metrics.iou(gt, pred, ignore)` computes it (1.0 for an empty union)."""
-        return float(
-            iou_from_counts(
-                self.object_area, np.count_nonzero(self.false_negative), np.count_nonzero(self.false_positive)
-            )
-        )
+        return float(iou_from_counts(self.object_area, self.false_negative_area, self.false_positive_area))
 
 
 def iou_from_counts(object_area: np.ndarray, false_negatives: np.ndarray, false_positives: np.ndarray) -> np.ndarray:
@@ -93,7 +92,14 @@ class Clicker:
         if pred is None:
             pred = np.zeros_like(self.gt)
         _check_mask("pred", pred, self.gt.shape)
-        return ErrorRegions(self._object & ~pred, self._background & pred, self._object_area)
+        false_negative, false_positive = self._object & ~pred, self._background & pred
+        return ErrorRegions(
+            false_negative,
+            false_positive,
+            self._object_area,
+            int(np.count_nonzero(false_negative)),
+            int(np.count_nonzero(false_positive)),
+        )
 
     def next_click(self, pred: np.ndarray | None = None) -> Click:
         """Compute the click a user would make on `pred`, record it and return it.
@@ -105,11 +111,13 @@ class Clicker:
     def click(self, errors: ErrorRegions) -> Click:
         """The click answering these error regions (of this object's current prediction), recorded and returned.
 
-        No pixel is deeper than half the shorter side of its region's bounding box (rounded up): the region that could
-        be deeper is transformed first, and the other only if its bound could still change the answer.
+        No pixel is deeper than half the shorter side of its region's bounding box (rounded up), nor than its
+        region's area allows (`area_depth_bound`): the region that could be deeper is transformed first, and the
+        other only if its bound could still change the answer.
         """
         fn_box, fp_box = bounding_box(errors.false_negative), bounding_box(errors.false_positive)
-        fn_bound, fp_bound = box_depth_bound(fn_box), box_depth_bound(fp_box)
+        fn_bound = min(box_depth_bound(fn_box), area_depth_bound(errors.false_negative_area))
+        fp_bound = min(box_depth_bound(fp_box), area_depth_bound(errors.false_positive_area))
         if fn_bound >= fp_bound:
             fn = self._deepest("fn", errors.false_negative, fn_box)
             fp = _NOTHING if fp_bound < fn[0] else self._deepest("fp", errors.false_positive, fp_box)
@@ -195,6 +203,7 @@ def _clicks(clickers: Sequence[Clicker], errors: Sequence[ErrorRegions]) -> list
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive); all equal for an empty region
 _NOTHING = (np.float32(0), 0, 0)
+_ABOVE_FLOAT32_ROUNDING = 1 + 2**-20  # a float32 depth is at most half an ulp (2**-24 of it) above the true one
 
 
 def bounding_box(error: np.ndarray) -> Box:
@@ -208,6 +217,17 @@ def box_depth_bound(box: Box) -> int:
     clicks' chamfer distance, which is at most the number of horizontal and vertical steps)."""
     top, left, bottom, right = box
     return (min(bottom - top, right - left) + 1) // 2
+
+
+def area_depth_bound(area: int) -> float:
+    """A bound on the largest depth in a region of `area` pixels (0 for none), a little above the float32 depth
+    OpenCV gives: every pixel nearer than d to one of depth d is in the region, and their unit squares cover the
+    disk of radius d - sqrt(1/2) around it, so area >= pi (d - sqrt(1/2))^2. Near the depth for a round region;
+    below the box's bound for a small or thin region in a wide box (a speck beside the object, a ring round a small
+    one), though a band along a large object's edge has too much area for it."""
+    if area == 0:
+        return 0.0
+    return (math.sqrt(area / math.pi) + math.sqrt(0.5)) * _ABOVE_FLOAT32_ROUNDING
 
 
 def ringed_box(error: np.ndarray, box: Box, left_margin: int = 1) -> np.ndarray:

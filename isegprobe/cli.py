@@ -1,8 +1,9 @@
 """The `isegprobe` command: one click group, one module per subcommand under `isegprobe/commands/`.
 
-Subcommands are imported when they run, not when the group starts. Most of them pull in torch, timm and zarr
-(5 s on two CPU cores), which `isegprobe --help`, completing a subcommand's name and `isegprobe datasets` do not
-need.
+Subcommands are imported by name when they are asked for, not when the group starts, and a command module imports
+the libraries its command runs (torch, timm, zarr, tensorstore, matplotlib: 3 to 7 s on two CPU cores) only once it
+runs (isegprobe/commands/__init__.py): `isegprobe --help`, a command's --help, a mistyped option and completing a
+subcommand's name come back at once.
 """
 
 from __future__ import annotations
@@ -156,9 +157,9 @@ class NotesToStderr(logging.Handler):
     """The library's log records as the command's own lines on stderr: its INFO records say what it decided for the
     user (whether `data.preload: auto` reads the store into memory, the step a resumed run starts at), its WARNING
     ones begin with "warning:", as its warnings do. Under torchrun only rank 0 prints the INFO ones, which every
-    rank decides alike; the rank is read from RANK here, as `distributed.current_rank` does, since that module
-    imports torch, which the command group does not load. The stream is looked up at each record, since one process
-    may run several commands."""
+    rank decides alike; RANK is read here as it stands, since `torchrun_env.current_rank` refuses a malformed one,
+    which the command itself reports. The stream is looked up at each record, since one process may run several
+    commands."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)

@@ -12,9 +12,6 @@ import torch
 
 from isegprobe.errors import UserError
 
-# The rule, as --help states it.
-DEVICE_RULE = "cuda when a GPU is visible, else cpu"
-
 
 def featurizer_autocast(device: torch.device) -> torch.autocast:
     """The frozen featurizer's precision: bf16 (fp16 where bf16 is missing) autocast on CUDA, fp32 on CPU."""
@@ -56,7 +53,8 @@ def deterministic_arithmetic(enabled: bool = True) -> Iterator[None]:
 
 
 def default_device() -> str:
-    """`cuda` when a GPU is visible, else `cpu`: the device of every command that is not told otherwise."""
+    """`cuda` when a GPU is visible, else `cpu`: the device of every command that is not told otherwise (--help
+    says so: `commands.options.DEVICE_RULE`)."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

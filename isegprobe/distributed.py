@@ -1,4 +1,5 @@
-"""torchrun support in one place: join the process group the launcher describes, and wait for the others."""
+"""torchrun support in one place: join the process group the launcher describes (`torchrun_env.py` reads it), and
+wait for the others."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from isegprobe.errors import UserError
+from isegprobe.torchrun_env import current_rank, launcher_number, ranks_on_this_machine
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +46,6 @@ def init_from_env(device: str) -> tuple[int, int, torch.device]:
             )
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
     return rank, world, target
-
-
-def current_rank() -> int:
-    """This process's rank as torchrun sets it (0 outside torchrun)."""
-    return launcher_number("RANK", 0, least=0)
-
-
-def ranks_on_this_machine() -> int:
-    """The torchrun ranks on this machine (LOCAL_WORLD_SIZE; 1 outside torchrun)."""
-    return launcher_number("LOCAL_WORLD_SIZE", 1, least=1)
-
-
-def launcher_number(name: str, default: int, least: int) -> int:
-    """A count torchrun puts in the environment (WORLD_SIZE, RANK, ...), read as a whole number of at least `least`;
-    one left over from another job, or mistyped, is named."""
-    text = os.environ.get(name)
-    if text is None:
-        return default
-    try:
-        value: int | None = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < least:
-        raise UserError(
-            f"{name}={text!r} in the environment: torchrun sets it to a whole number of at least {least}; unset it "
-            "to run one process"
-        )
-    return value
 
 
 def barrier() -> None:

@@ -46,8 +46,8 @@ import threading
 from types import TracebackType
 from typing import Any, Literal
 
-from isegprobe.distributed import ranks_on_this_machine
 from isegprobe.errors import UserError
+from isegprobe.torchrun_env import ranks_on_this_machine
 
 _PR_SET_PDEATHSIG = 1
 # Above this many, extraction stopped getting faster on a 16-core GPU machine (8, 12 and 14 workers ran alike): the

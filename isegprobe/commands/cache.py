@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from cache_tools import describe_store, feature_stats, format_stats, list_stores, verify_store
-from cache_tools.images import items_of_other_images
-from cache_tools.recompute import AGREEMENT, Recomputed, recompute_features
-from cache_tools.verify import finished_items, has_checksums
-from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.errors import UserError
 from isegprobe.locks import shared_locks
 from isegprobe.output_files import text_output_file
-from isegprobe.training.checkpoint import write_output_file
 from isegprobe.weights_files import require_featurizer_weights
+
+if TYPE_CHECKING:
+    from cache_tools.recompute import Recomputed
 
 
 @click.group("cache")
@@ -38,6 +36,8 @@ def cache() -> None:
 def inspect_command(store: str) -> None:
     """What a store holds: featurizer provenance, dataset, preprocessing, progress, and per array its chunking and
     compression ratio, largest first."""
+    from cache_tools import describe_store
+
     click.echo(describe_store(store))
 
 
@@ -46,6 +46,8 @@ def inspect_command(store: str) -> None:
 @reports_user_errors
 def info_command(store: str) -> None:
     """The same as `inspect`."""
+    from cache_tools import describe_store
+
     click.echo(describe_store(store))
 
 
@@ -78,6 +80,11 @@ def verify_command(
 ) -> None:
     """Read every finished item and check it against its checksum (written at extraction), for finite features and
     sane boxes; exits 1 and lists the problems if any."""
+    from cache_tools import verify_store
+    from cache_tools.images import items_of_other_images
+    from cache_tools.recompute import recompute_features
+    from cache_tools.verify import finished_items, has_checksums
+
     if root is not None and not images:
         raise UserError("--root: the dataset's folder for --images, which this command was not given; add --images")
     if weights is not None and not recompute:
@@ -121,6 +128,8 @@ def _refuse_other_images(problems: list[str]) -> None:
 
 
 def _report_recomputed(recomputed: Recomputed, device: str) -> None:
+    from cache_tools.recompute import AGREEMENT
+
     done = f"features of {recomputed.entries} stored images ({recomputed.items} items) computed again on {device}"
     if recomputed.largest_difference == 0:  # a cosine of equal vectors, rounded, read 0.999999
         click.echo(f"{done}: the same values as stored, every one (largest difference 0)")
@@ -148,6 +157,10 @@ def _report_recomputed(recomputed: Recomputed, device: str) -> None:
 def stats_command(store: str, out: str | None) -> None:
     """Per-channel mean and std and the token norm distribution (high-norm artefact tokens included) of every
     finished item and view, streamed shard by shard."""
+    from cache_tools import feature_stats, format_stats
+    from isegprobe.cache.store import refuse_output_inside_a_store
+    from isegprobe.training.checkpoint import write_output_file
+
     if out is not None:
         text_output_file(out)
         refuse_output_inside_a_store(out)
@@ -165,4 +178,6 @@ def stats_command(store: str, out: str | None) -> None:
 def ls_command(store_root: str) -> None:
     """Every store under STORE_ROOT (an extract-features --out folder, evaluate's --store-root) as a table:
     featurizer, weights, dataset, size, views, items done, size on disk."""
+    from cache_tools import list_stores
+
     click.echo(list_stores(store_root))

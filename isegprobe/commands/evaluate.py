@@ -7,21 +7,15 @@ from pathlib import Path
 
 import click
 
-from isegprobe.cache import FeatureStore
-from isegprobe.cache.store import refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option, threshold_option
 from isegprobe.commands.options import allow_torchscript_option, checkpoint_option, device_option, renamed_option
 from isegprobe.errors import UserError
-from isegprobe.inference.evaluation import CLICKERS
+from isegprobe.inference.clicker import CLICKERS
 from isegprobe.inference.metrics import curve_warnings, format_miou_curves, format_table
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, PROTOCOLS, conflicts, get_protocol
-from isegprobe.inference.results import objects_written
-from isegprobe.inference.runner import EvaluationRequest, run_evaluation
-from isegprobe.inference.wandb_results import log_results
 from isegprobe.interrupts import exit_status, how_stopped
 from isegprobe.output_files import run_markers_in
-from isegprobe.training.run_logger import start_wandb
 from isegprobe.weights_files import require_weights_file
 
 
@@ -39,6 +33,8 @@ def refuse_stores_of_other_data(stores: tuple[str, ...], datasets: list[str], sp
     """With --store, each store says what is evaluated; --datasets or --split given beside it must agree, or the
     evaluation would run on other data than asked (`--datasets grabcut --store <builtin train>` evaluated the
     training images, under the name builtin, and said nothing)."""
+    from isegprobe.cache import FeatureStore
+
     for path in stores:
         if not (Path(path) / "zarr.json").is_file():
             continue  # not a store: the run names it
@@ -65,6 +61,8 @@ def refuse_a_run_folder(out_dir: Path) -> None:
 
 def interruption_note(out_dir: str, how: str = "interrupted") -> str:
     """What an evaluation stopped by Ctrl-C or SIGTERM (`how` says which) leaves in `out_dir`, as the folder says."""
+    from isegprobe.inference.results import objects_written
+
     if objects_written(out_dir) == 0:
         return (
             f"evaluate: {how} before its first batch was written: {out_dir} holds no object's results yet, "
@@ -193,6 +191,11 @@ def evaluate(datasets: str, stores: tuple[str, ...], use_wandb: bool, **options)
     so an interrupted run (Ctrl-C, SIGTERM) keeps the objects it finished, and the same command again evaluates only the
     objects it did not finish. Results of another evaluation in --out are never replaced without --overwrite.
     """
+    from isegprobe.cache.store import refuse_output_inside_a_store
+    from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+    from isegprobe.inference.wandb_results import log_results
+    from isegprobe.training.run_logger import start_wandb
+
     protocol = get_protocol(options["protocol"])
     context = click.get_current_context()
     given = {

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import click
 
-from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.cache.schema import COMPRESSORS, DEFAULT_CODEC, DEFAULT_ITEMS_PER_SHARD
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import WORKING_SIZE, max_pixels_option
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.data import list_datasets
-from isegprobe.distributed import current_rank
 from isegprobe.featurizers.catalog import catalog_help
 from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from isegprobe.interrupts import exit_status, how_stopped
 from isegprobe.loader_workers import MAX_DEFAULT_WORKERS, default_loader_workers
+from isegprobe.torchrun_env import current_rank
 from isegprobe.units import human_bytes
 
 
@@ -129,6 +128,8 @@ def extract_features(**options) -> None:
     Under torchrun, each rank extracts its own shards of the same store. On CUDA the featurizer runs under bf16 (fp16
     where bf16 is missing) autocast, on a CPU in float32.
     """
+    from isegprobe.cache.extract import ExtractionRequest, extract
+
     try:
         result = extract(ExtractionRequest(**options))
     except KeyboardInterrupt as interrupt:

@@ -7,7 +7,6 @@ import click
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option
 from isegprobe.errors import UserError
-from isegprobe.training.seed_import import import_seed_probe
 from isegprobe.weights_files import require_featurizer_weights, require_weights_file
 
 
@@ -56,6 +55,8 @@ def import_seed(
     mask_clip -> maskclip; images normalized with ImageNet statistics, as its base model does. The click encoder and
     head map name for name (click channels and, on keys, the head's input channels reordered to isegprobe's layout).
     """
+    from isegprobe.training.seed_import import import_seed_probe
+
     if weights is not None and store_path is not None:
         raise UserError(
             f"--weights {weights} and --store {store_path}: the store's featurizer weights stand for the probe's, so "

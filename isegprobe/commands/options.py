@@ -1,4 +1,6 @@
-"""Options and arguments that several commands share, so that they read and explain themselves the same way."""
+"""Options and arguments that several commands share, so that they read and explain themselves the same way.
+Light imports only, as in every command module: what an option's value needs (torch for --device) loads when it is
+read (isegprobe/commands/__init__.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from isegprobe.devices import DEVICE_RULE, resolve_device
 from isegprobe.errors import UserError
-from isegprobe.inference.results import default_labels, read_results
 from isegprobe.trust import ALLOW_TORCHSCRIPT, allowing_torchscript
 
 F = TypeVar("F", bound=Callable)
@@ -25,7 +25,13 @@ checkpoint_option = click.option(
 )
 
 
+# The rule `devices.resolve_device` follows, as --help states it.
+DEVICE_RULE = "cuda when a GPU is visible, else cpu"
+
+
 def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    from isegprobe.devices import resolve_device
+
     try:
         return resolve_device(value)
     except UserError as error:
@@ -109,6 +115,8 @@ labels_option = click.option(
 def results_and_labels(results: tuple[str, ...], labels: str | None) -> list[tuple[str, dict[str, Any]]]:
     """(label, results.json document) per RESULTS folder: --labels' names when given, else names that tell the
     evaluations apart."""
+    from isegprobe.inference.results import default_labels, read_results
+
     resolved = [Path(folder).resolve() for folder in results]
     twice = next((folder for index, folder in enumerate(results) if resolved[index] in resolved[:index]), None)
     if twice is not None:

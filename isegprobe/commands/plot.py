@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import max_pixels_option
@@ -19,21 +18,7 @@ from isegprobe.commands.options import (
     results_argument,
 )
 from isegprobe.errors import UserError
-from isegprobe.inference.report import object_count_notes
-from isegprobe.inference.results import refuse_repeated_labels
 from isegprobe.locks import lock_holder, shared_locks
-from isegprobe.plots.feature_panels import (
-    PANEL_FORMATS,
-    feature_panels,
-    named_upsamplers,
-    open_item,
-    plot_feature_panels,
-    probe_upsampler,
-)
-from isegprobe.plots.figures import figure_paths
-from isegprobe.plots.iou_vs_clicks import CURVE_FORMATS, evaluation_curves, plot_iou_vs_clicks
-from isegprobe.plots.predictions import plot_predictions
-from isegprobe.upsamplers import list_upsamplers
 from isegprobe.weights_files import require_weights_file
 
 # IoU differences between a replay and the evaluation beyond float noise (batches of other sizes) mean that
@@ -61,6 +46,11 @@ def plot() -> None:
 def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out: str) -> None:
     """mIoU after each click, one curve per evaluation (RESULTS: folders written by `isegprobe evaluate --out`) and
     one panel per dataset; the legend gives each curve's NoC@85 and NoC@90, dotted lines mark 85 and 90 % IoU."""
+    from isegprobe.inference.report import object_count_notes
+    from isegprobe.inference.results import refuse_repeated_labels
+    from isegprobe.plots.figures import figure_paths
+    from isegprobe.plots.iou_vs_clicks import CURVE_FORMATS, evaluation_curves, plot_iou_vs_clicks
+
     figure_paths(out, CURVE_FORMATS)
     labelled = results_and_labels(results, labels)
     if labels is not None:
@@ -93,9 +83,9 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     "--upsamplers",
     default="bilinear",
     show_default=True,
-    help="Comma-separated upsamplers to draw beside the low-res features, of: "
-    + ", ".join(list_upsamplers())
-    + " ('' for none: with --checkpoint, its upsampler alone).",
+    help="Comma-separated upsamplers to draw beside the low-res features: the names model.upsampler.name takes "
+    "(bilinear, lift, featup_jbu, loftup, jafar, anyup, ...; docs/upsamplers.md lists them all, and an unknown name "
+    "is refused with the list), or '' for none: with --checkpoint, its upsampler alone.",
 )
 @click.option(
     "--weights",
@@ -139,6 +129,18 @@ def features(
 ) -> None:
     """The image, a PCA-to-RGB picture of its cached low-res features, and the same PCA (fitted once, on the
     low-res features) of each upsampler's output: the same colour means the same feature in every panel."""
+    import torch
+
+    from isegprobe.plots.feature_panels import (
+        PANEL_FORMATS,
+        feature_panels,
+        named_upsamplers,
+        open_item,
+        plot_feature_panels,
+        probe_upsampler,
+    )
+    from isegprobe.plots.figures import figure_paths
+
     figure_paths(out, PANEL_FORMATS)
     names = _upsampler_names(upsamplers)
     weights_by_name = _weights_by_name(weights)
@@ -190,6 +192,8 @@ def predictions(
     the same checkpoint, store and settings: its mask after 1, 3, 5, 10 clicks and the last, side by side, clicks
     drawn (positive green, negative red) and the IoU above each. The replayed IoU curve is compared with the
     recorded one."""
+    from isegprobe.plots.predictions import plot_predictions
+
     if featurizer_weights is not None:
         require_weights_file(featurizer_weights, "--weights")
     replayed = plot_predictions(results, object_id, dataset, out, root, device, featurizer_weights)

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-from isegprobe.cache import CachedDataset
-from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.cache.schema import store_name
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import WORKING_SIZE
@@ -17,12 +15,8 @@ from isegprobe.commands.train import exit_if_stopped
 from isegprobe.config import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.inference.metrics import curve_warnings, format_miou_curves, format_table
-from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.interrupts import exit_status, how_stopped
 from isegprobe.locks import shared_locks
-from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
-from isegprobe.training import train
-from isegprobe.training.checkpoint import read_metadata
 from isegprobe.units import human_bytes
 
 QUICKSTART_FEATURIZER = "vit_small_patch14_dinov2"
@@ -101,6 +95,13 @@ def _quickstart(
     device: str,
     again: str,
 ) -> None:
+    from isegprobe.cache import CachedDataset
+    from isegprobe.cache.extract import ExtractionRequest, extract
+    from isegprobe.inference.runner import EvaluationRequest, run_evaluation
+    from isegprobe.plots.iou_vs_clicks import plot_iou_vs_clicks, read_evaluation
+    from isegprobe.training import train
+    from isegprobe.training.checkpoint import read_metadata
+
     out_dir = Path(out)
     run_dir = out_dir / "run"
     _refuse_a_run_of_other_features(run_dir, store_name(featurizer, "builtin", "train", size))
@@ -186,6 +187,8 @@ def _the_same_command(context: click.Context) -> str:
 def _refuse_a_run_of_other_features(run_dir: Path, train_store: str) -> None:
     """A quickstart in a folder whose run trained on another featurizer's or size's store would extract its own
     stores and only then be refused, by the resume: say so before any work."""
+    from isegprobe.training.checkpoint import read_metadata
+
     metadata = run_dir / "last.json"
     recorded = read_metadata(metadata).get("store_path") if metadata.is_file() else None
     trained_on = Path(str(recorded)).name

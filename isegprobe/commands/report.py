@@ -8,11 +8,8 @@ import click
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import labels_option, results_and_labels, results_argument
-from isegprobe.inference.report import format_report, report_notes
-from isegprobe.inference.results import refuse_repeated_labels, refuse_to_replace_results
 from isegprobe.locks import lock_holder
 from isegprobe.output_files import text_output_file
-from isegprobe.training.checkpoint import write_output_file
 
 
 @click.command("report")
@@ -37,6 +34,10 @@ def report(results: tuple[str, ...], labels: str | None, table_format: str, miou
     Cells of a dataset an evaluation has not finished are marked: as in progress while its `isegprobe evaluate`
     still runs (it holds the folder's lock), as stopped once it does not.
     """
+    from isegprobe.inference.report import format_report, report_notes
+    from isegprobe.inference.results import refuse_repeated_labels, refuse_to_replace_results
+    from isegprobe.training.checkpoint import write_output_file
+
     if out is not None:
         refuse_to_replace_results(out, results)
         text_output_file(out)

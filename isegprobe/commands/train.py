@@ -6,32 +6,26 @@ import shlex
 import signal
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 from click.core import ParameterSource
 
-from isegprobe import featurizers
-from isegprobe.cache import CachedDataset
-from isegprobe.cache.schema import check_same_featurizer
-from isegprobe.cache.store import FeatureStore, refuse_output_inside_a_store
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
-from isegprobe.commands.train_runs import PlannedRun, planned_runs, resumed_online, resumed_runs
 from isegprobe.config import DataConfig, key_given_twice, load_train_config
-from isegprobe.config_reference import annotated_config
-from isegprobe.distributed import LostRank, current_rank, ranks_on_this_machine
 from isegprobe.errors import UserError
-from isegprobe.featurizers import Featurizer
 from isegprobe.locks import shared_locks
-from isegprobe.model import needs_featurizer_online
 from isegprobe.presets import list_presets
-from isegprobe.training import TrainSummary
-from isegprobe.training.checkpoint import checkpoint_files, read_metadata
-from isegprobe.training.run_loop import train_side_by_side
-from isegprobe.training.store_checks import check_store_fits
+from isegprobe.torchrun_env import current_rank, ranks_on_this_machine
 from isegprobe.weights_files import require_featurizer_weights, require_recorded_weights_file, require_weights_file
+
+if TYPE_CHECKING:
+    from isegprobe.cache import CachedDataset
+    from isegprobe.commands.train_runs import PlannedRun
+    from isegprobe.distributed import LostRank
+    from isegprobe.featurizers import Featurizer
+    from isegprobe.training import TrainSummary
 
 # The research recipe's full-resolution head takes minutes a step on a CPU (188 s on 2 cores at 224 px), so a user who
 # names no preset gets one that suits the device the run will use.
@@ -144,6 +138,14 @@ def train(
     (sbd_research, sbd_*_patch-embed*) run the featurizer online. --resume --out RUNS continues runs trained side
     by side together.
     """
+    from isegprobe.cache import CachedDataset
+    from isegprobe.cache.store import refuse_output_inside_a_store
+    from isegprobe.commands.train_runs import planned_runs, resumed_online, resumed_runs
+    from isegprobe.config_reference import annotated_config
+    from isegprobe.distributed import LostRank
+    from isegprobe.model import needs_featurizer_online
+    from isegprobe.training.run_loop import train_side_by_side
+
     twice = key_given_twice(overrides)
     if twice is not None:
         raise UserError(f"--set {twice} is given twice; give each key once")
@@ -228,7 +230,7 @@ def train(
 def _default_preset(device: str) -> str:
     """The preset for a run without --config, chosen by the device the run trains on (already resolved by
     --device's rule), said as it is chosen."""
-    where = torch.device(device).type
+    where = device.split(":")[0]
     preset = DEFAULT_PRESETS[where]
     why = (
         "the research recipe, for a GPU"
@@ -250,7 +252,7 @@ def _say_when_steps_take_minutes(runs: Sequence[PlannedRun], device: str) -> Non
         for run in runs
         if run.config.model.head.width is None and run.config.model.upsampler.name != "identity"
     ]
-    if slow and torch.device(device).type == "cpu" and current_rank() == 0:
+    if slow and device == "cpu" and current_rank() == 0:
         which = "" if len(runs) == 1 else f" ({', '.join(slow)})"
         click.echo(
             f"note: model.head.width null{which} runs the research recipe's full head on the upsampled features, "
@@ -292,6 +294,8 @@ def _lost_rank_message(lost: LostRank, how_to_continue: str) -> str:
 
 def _run_stores(run_dir: str, store_path: str | None, val_store_path: str | None) -> tuple[str, str | None]:
     """The stores a resumed run trains and validates on: those given, else those its last checkpoint recorded."""
+    from isegprobe.training.checkpoint import checkpoint_files, read_metadata
+
     metadata = read_metadata(checkpoint_files(run_dir, "last")["metadata"])
     if store_path is None:
         store_path = metadata.get("store_path") or None
@@ -330,6 +334,9 @@ def _training_dataset(store_path: str, data: DataConfig) -> CachedDataset:
     """The training store's entries of `data.views`, once every way the store does not fit `data` is named at once:
     a research preset's store differs from a plain one in featurizer, statistics, size and views, and told one at a
     time they took an extraction each."""
+    from isegprobe.cache import CachedDataset, FeatureStore
+    from isegprobe.training.store_checks import check_store_fits
+
     attrs = FeatureStore.open(store_path).attrs
     check_store_fits(data, attrs["preprocessing"], attrs["featurizer"], attrs["views"])
     return CachedDataset(store_path, views=data.views)
@@ -367,6 +374,9 @@ def _refuse_featurizer_options_left_unread(needs_featurizer: bool, name: str | N
 def _featurizer(provenance: dict[str, Any], name: str | None, weights: str | None) -> Featurizer:
     """The featurizer that runs in the loop: --featurizer and --weights, by default the store's (whose weights
     file, on another machine than the one that extracted it, may be somewhere else)."""
+    from isegprobe import featurizers
+    from isegprobe.cache.schema import check_same_featurizer
+
     recorded = provenance.get("weights")
     if weights is None:
         require_recorded_weights_file(

@@ -1,8 +1,9 @@
 """Featurizers: frozen vision models (timm ViTs, DINOv2, CLIP, MaskCLIP, and any timm model with
 `forward_intermediates`: DINOv3, EVA02, SAM, ConvNeXt, ...) behind one interface: images -> dense features.
 
-timm, and torchvision with it, take about 2 s to import; they load with the first use of a name below that needs
-them, so the commands that never build a featurizer (and every command's --help) start without them.
+timm, and torchvision with it, take about 2 s to import, and torch 2 s more; they load with the first use of a
+name below that needs them, so the commands that never build a featurizer start without timm, and every command's
+--help (which lists the families of `featurizers.catalog`) without either.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from isegprobe.featurizers.base import Featurizer
-
 if TYPE_CHECKING:
+    from isegprobe.featurizers.base import Featurizer
     from isegprobe.featurizers.factory import (
         create_featurizer,
         featurizer_forms,
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from isegprobe.featurizers.registry import register_featurizer
     from isegprobe.featurizers.weights import RandomWeightsWarning
 
-_NEEDS_TIMM = {
+_LAZY = {
+    "Featurizer": "isegprobe.featurizers.base",
     "create_featurizer": "isegprobe.featurizers.factory",
     "featurizer_forms": "isegprobe.featurizers.factory",
     "list_featurizers": "isegprobe.featurizers.factory",
@@ -46,6 +47,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _NEEDS_TIMM:
-        return getattr(importlib.import_module(_NEEDS_TIMM[name]), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

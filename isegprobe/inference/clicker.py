@@ -11,6 +11,10 @@ from types import TracebackType
 import cv2
 import numpy as np
 
+# The clickers an evaluation can run (`evaluation.resolved_clicker` resolves auto): auto, this module's (opencv), and
+# tensor_clicker.py's (tensor), which makes a batch's clicks with tensor operations on the probe's device.
+CLICKERS = ("auto", "opencv", "tensor")
+
 
 @dataclass(frozen=True)
 class Click:

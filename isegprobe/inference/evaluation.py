@@ -21,11 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from isegprobe.inference.clicker import BatchClicker, Click, Clicker, ErrorRegions
+from isegprobe.inference.clicker import CLICKERS, BatchClicker, Click, Clicker, ErrorRegions
 from isegprobe.inference.predictor import PredictionInput, Predictor, WorkingView, to_original
 from isegprobe.inference.tensor_clicker import TensorClicks
-
-CLICKERS = ("auto", "opencv", "tensor")
 
 
 @dataclass

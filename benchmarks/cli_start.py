@@ -1,0 +1,65 @@
+"""Seconds until a command's --help (or a mistyped option's error) is on the screen: this tree against another.
+
+A researcher reads `isegprobe train --help` many times; a command module that imports torch, zarr, tensorstore and
+matplotlib at its top made each take 3 to 7 s on two cores. Each tree runs every command in its own fresh process
+(`python -m isegprobe ...`, the tree on PYTHONPATH), alternating between the trees, and the medians are compared.
+
+    python benchmarks/cli_start.py --baseline-tree /path/to/worktree-of-f2320f9
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, Check, base_parser, interleave, median, report, table
+
+from isegprobe.cli import COMMANDS
+
+# Subcommands of the groups whose options need libraries of their own, and a mistyped option (click's usage error).
+EXTRA = (("cache", "verify", "--help"), ("plot", "features", "--help"), ("train", "--no-such-option"))
+# A command's --help should come back within this many seconds on two cores.
+TARGET_SECONDS = 1.0
+
+
+def seconds(tree: Path, argv: tuple[str, ...]) -> float:
+    """Wall seconds of one fresh `python -m isegprobe ARGV` with `tree` first on PYTHONPATH."""
+    environment = {**os.environ, "PYTHONPATH": str(tree)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "isegprobe", *argv], env=environment, capture_output=True, check=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = base_parser("cli_start", __doc__)
+    parser.add_argument("--baseline-tree", type=Path, help="a checkout of the tree to compare with")
+    args = parser.parse_args()
+    trees = {"this tree": REPO}
+    if args.baseline_tree is not None:
+        if not (args.baseline_tree / "isegprobe" / "cli.py").is_file():
+            sys.exit(f"--baseline-tree {args.baseline_tree}: not a checkout of isegprobe")
+        trees["baseline"] = args.baseline_tree.resolve()
+    commands = [(name, "--help") for name in sorted(COMMANDS)] + list(EXTRA)
+    rows, results, checks = [], {}, []
+    for argv in commands:
+        timers = {name: lambda _, tree=tree, argv=argv: seconds(tree, argv) for name, tree in trees.items()}
+        runs = interleave(timers, args.repeats)
+        medians = {name: median(times) for name, times in runs.items()}
+        label = " ".join(argv)
+        results[label] = medians
+        row = [label, *(medians[name] for name in trees)]
+        if "baseline" in medians:
+            row.append(medians["baseline"] / medians["this tree"])
+        rows.append(row)
+        if argv[-1] == "--help":
+            checks.append(Check(f"{label}, seconds", medians["this tree"], TARGET_SECONDS, at_least=False))
+    headers = ["command", *(f"{name}, s" for name in trees)] + (["baseline / this tree"] if len(trees) > 1 else [])
+    sections = {f"median wall seconds of {args.repeats} fresh processes per tree, alternating": table(headers, rows)}
+    report("cli_start", args, sections, checks, results)
+
+
+if __name__ == "__main__":
+    main()

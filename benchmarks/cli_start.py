@@ -26,16 +26,29 @@ TARGET_SECONDS = 1.0
 
 
 def seconds(tree: Path, argv: tuple[str, ...]) -> float:
-    """Wall seconds of one fresh `python -m isegprobe ARGV` with `tree` first on PYTHONPATH."""
+    """Wall seconds of one fresh `python -m isegprobe ARGV` with `tree` first on PYTHONPATH, run in the tree (`-m`
+    puts the working folder first of all), checked to have imported that tree's package."""
     environment = {**os.environ, "PYTHONPATH": str(tree)}
+    python = os.path.abspath(sys.executable)  # the runs start in the tree, where a relative path means nothing
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "isegprobe", *argv], env=environment, capture_output=True, check=False)
-    return time.perf_counter() - start
+    subprocess.run([python, "-m", "isegprobe", *argv], env=environment, cwd=tree, capture_output=True)
+    elapsed = time.perf_counter() - start
+    where = subprocess.run(
+        [python, "-c", "import isegprobe; print(isegprobe.__file__)"],
+        env=environment,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if Path(where).resolve().parents[1] != tree:
+        sys.exit(f"the process run for {tree} imported isegprobe from {where}")
+    return elapsed
 
 
 def main() -> None:
     parser = base_parser("cli_start", __doc__)
     parser.add_argument("--baseline-tree", type=Path, help="a checkout of the tree to compare with")
+    parser.add_argument("--commands", help="comma-separated commands to time (default: every one, and a few more)")
     args = parser.parse_args()
     trees = {"this tree": REPO}
     if args.baseline_tree is not None:
@@ -43,6 +56,8 @@ def main() -> None:
             sys.exit(f"--baseline-tree {args.baseline_tree}: not a checkout of isegprobe")
         trees["baseline"] = args.baseline_tree.resolve()
     commands = [(name, "--help") for name in sorted(COMMANDS)] + list(EXTRA)
+    if args.commands is not None:
+        commands = [(name, "--help") for name in args.commands.split(",")]
     rows, results, checks = [], {}, []
     for argv in commands:
         timers = {name: lambda _, tree=tree, argv=argv: seconds(tree, argv) for name, tree in trees.items()}

@@ -52,6 +52,18 @@ def test_benchmark_prints_table_and_writes_json(name: str, cache_dir: Path, tmp_
     assert payload["results"]
 
 
+def test_cli_start_times_a_command_in_both_trees(tmp_path: Path) -> None:
+    out = tmp_path / "cli_start.json"
+    command = [sys.executable, str(BENCHMARKS / "cli_start.py"), "--repeats", "1", "--commands", "report"]
+    command += ["--baseline-tree", str(BENCHMARKS.parent), "--json", str(out)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "| report --help |" in finished.stdout and "baseline / this tree" in finished.stdout
+    payload = json.loads(out.read_text())
+    assert set(payload["results"]["report --help"]) == {"this tree", "baseline"}
+    assert [check["name"] for check in payload["checks"]] == ["report --help, seconds"]
+
+
 def test_cuda_agreement_needs_a_gpu_and_says_so() -> None:
     """It compares CUDA with the CPU, so it runs only on a GPU machine; here it must stop with a clear message."""
     if torch.cuda.is_available():

@@ -9,13 +9,14 @@ matplotlib at its top made each take 3 to 7 s on two cores. Each tree runs every
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import REPO, Check, base_parser, interleave, median, report, table
+from common import REPO, RESULTS, Check, interleave, median, report, table
 
 from isegprobe.cli import COMMANDS
 
@@ -31,8 +32,11 @@ def seconds(tree: Path, argv: tuple[str, ...]) -> float:
     environment = {**os.environ, "PYTHONPATH": str(tree)}
     python = os.path.abspath(sys.executable)  # the runs start in the tree, where a relative path means nothing
     start = time.perf_counter()
-    subprocess.run([python, "-m", "isegprobe", *argv], env=environment, cwd=tree, capture_output=True)
+    done = subprocess.run([python, "-m", "isegprobe", *argv], env=environment, cwd=tree, capture_output=True)
     elapsed = time.perf_counter() - start
+    expected = 0 if argv[-1] == "--help" else 2  # click's status for a usage error
+    if done.returncode != expected:
+        sys.exit(f"{' '.join(argv)} in {tree} exited {done.returncode}, not {expected}: {done.stderr.decode()[-2000:]}")
     where = subprocess.run(
         [python, "-c", "import isegprobe; print(isegprobe.__file__)"],
         env=environment,
@@ -46,8 +50,12 @@ def seconds(tree: Path, argv: tuple[str, ...]) -> float:
 
 
 def main() -> None:
-    parser = base_parser("cli_start", __doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--baseline-tree", type=Path, help="a checkout of the tree to compare with")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per command and tree (medians)")
+    parser.add_argument("--json", type=Path, default=RESULTS / "cli_start.json", help="where to write the results")
     parser.add_argument("--commands", help="comma-separated commands to time (default: every one, and a few more)")
     args = parser.parse_args()
     trees = {"this tree": REPO}

@@ -40,7 +40,8 @@ import torch
 from common import Check, base_parser, interleave, into_new_folder, median, report, setup, synchronize, table
 from extract_overhead import bare_forward
 
-from isegprobe.cache.extract import ExtractionRequest, LoopTimes, extract
+from isegprobe.cache.extract import ExtractionRequest, extract
+from isegprobe.cache.extract_loop import LoopTimes
 from isegprobe.data.builtin import render_scene
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.devices import featurizer_autocast

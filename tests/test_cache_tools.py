@@ -395,7 +395,7 @@ def test_verify_recompute_tells_features_that_other_code_computed_though_their_c
 ):
     """A store whose extraction normalized the colour channels in the wrong order matches its own checksums; only
     featurizing its pixels again shows that its features are not the featurizer's."""
-    from isegprobe.cache import extract as extraction
+    from isegprobe.cache import extract_loop as extraction
 
     runner = CliRunner()
     agreed = runner.invoke(cache, ["verify", str(pristine), "--recompute", "3", "--device", "cpu"])

@@ -24,7 +24,7 @@ from isegprobe.data import create_dataset
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
 from isegprobe.featurizers import factory as featurizer_factory
-from isegprobe.inference import runner
+from isegprobe.inference import evaluation_jobs, runner
 from isegprobe.inference.clicker import Click, Clicker
 from isegprobe.inference.evaluation import WholeImage, evaluate_objects
 from isegprobe.inference.metrics import iou
@@ -627,7 +627,7 @@ def test_an_overwrite_that_stops_before_its_first_results_keeps_the_earlier_pict
         checkpoint=str(trained_run), out_dir=str(out), stores=[str(store)], max_clicks=3, vis_preds=1, overwrite=True
     )
     with monkeypatch.context() as patched:
-        patched.setattr(runner, "cached_tasks", unreadable)
+        patched.setattr(evaluation_jobs, "cached_tasks", unreadable)
         with pytest.raises(UserError, match="an unreadable image"):
             run_evaluation(request)
     assert files() == earlier, "the earlier evaluation is whole until the new one writes results"

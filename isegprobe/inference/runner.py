@@ -8,10 +8,8 @@ trained on.
 from __future__ import annotations
 
 import dataclasses
-import shlex
-import shutil
 import sys
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,37 +20,31 @@ import torch
 from tqdm import tqdm
 
 from isegprobe import featurizers
-from isegprobe.cache import FeatureStore
-from isegprobe.cache.schema import check_same_featurizer, identity_value, store_fingerprint, store_name
-from isegprobe.data import SampleSource, create_dataset, dataset_root, root_origin_told
-from isegprobe.data.base import parse_split
-from isegprobe.data.catalog import dataset_facts
+from isegprobe.cache.schema import check_same_featurizer
 from isegprobe.devices import deterministic_arithmetic
-from isegprobe.errors import DatasetLayoutError, UserError
-from isegprobe.featurizers.normalization import DEFAULT_NORMALIZATION
+from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.home_paths import expand_home
 from isegprobe.inference.evaluation import EvaluationRun, Framing, ObjectResult, ObjectTask, evaluate_objects
+from isegprobe.inference.evaluation_jobs import (
+    EvaluationJob,
+    FirstObjects,
+    evaluation_jobs,
+    refuse_two_jobs_of_one_dataset,
+    root_text,
+)
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.protocols import DEFAULT_PROTOCOL, get_protocol
+from isegprobe.inference.replaced_outputs import replacing_earlier_pictures_and_features
 from isegprobe.inference.results import ResultsWriter, probe_identity
 from isegprobe.inference.saved_features import SAVED_FEATURES_ENDING, save_features, saving_features
-from isegprobe.inference.tasks import (
-    cached_object_count,
-    cached_tasks,
-    distinct_objects,
-    image_ids_of,
-    online_object_count,
-    online_tasks,
-)
+from isegprobe.inference.tasks import image_ids_of
 from isegprobe.inference.visuals import file_name, has_overlay, save_overlay, strip_clicks
 from isegprobe.inference.zoom_in import ZoomIn
-from isegprobe.locks import exclusive_lock, shared_locks
+from isegprobe.locks import exclusive_lock
 from isegprobe.model import runs_featurizer_online
 from isegprobe.output_files import OVERLAY_FOLDER
-from isegprobe.same_images import warn_when_evaluating_training_images
 from isegprobe.training.checkpoint import checkpoint_description, load_probe, resolve_checkpoint
-from isegprobe.training.store_checks import check_store_matches
 from isegprobe.weights_files import require_recorded_weights_file
 
 
@@ -138,13 +130,13 @@ def _evaluate(
         if request.online:
             # What `plot predictions` needs to read the same images again.
             run_info["online_sources"] = {
-                job.name: {"split": request.split, "root": _root_text(job.online_root)} for job in setup.jobs
+                job.name: {"split": request.split, "root": root_text(job.online_root)} for job in setup.jobs
             }
         # one evaluation writes a results folder at a time
         with exclusive_lock(Path(request.out_dir)), ExitStack() as replacing:
             writer = ResultsWriter(request.out_dir, request.max_clicks, run_info)
             if request.overwrite:
-                replacing.enter_context(_replacing_earlier_pictures_and_features(Path(request.out_dir), writer))
+                replacing.enter_context(replacing_earlier_pictures_and_features(Path(request.out_dir), writer))
             else:
                 writer.resume()
             for job in setup.jobs:
@@ -165,23 +157,6 @@ def _evaluate(
                     setup.predictor, request, writer, job.name, tasks, job.count(), setup.framing, on_result, limited
                 )
             return writer.write()
-
-
-class EvaluationJob(NamedTuple):
-    """One dataset of a run: its name, where its objects come from (the store, or the images online), the objects'
-    tasks and how to count them (for the progress bar, before the first one). `online_root` is the --root (or
-    configured) folder an online job reads its images from: None for the built-in data and for stores, whose attrs
-    record their own."""
-
-    name: str
-    source: str
-    tasks: Iterator[ObjectTask]
-    count: Callable[[], int]
-    online_root: Path | None = None
-    fingerprint: str | None = None  # a store's (`store_fingerprint`), so that a resume on a store made again refuses
-    # The folder the images and masks were read from (None for the built-in data): two datasets of one layout share
-    # a name, and `report` says so when the rows of one column read different folders.
-    images_root: str | None = None
 
 
 class EvaluationSetUp(NamedTuple):
@@ -205,8 +180,8 @@ def _set_up(
     protocol = get_protocol(request.protocol)
     weights = resolve_checkpoint(request.checkpoint, prefer=protocol.checkpoint)[0].resolve()
     probe, metadata = load_probe(weights, device=device)
-    jobs = list(_jobs(request, metadata, reading, only_items))
-    _refuse_two_jobs_of_one_dataset(jobs)
+    jobs = list(evaluation_jobs(request, metadata, reading, only_items))
+    refuse_two_jobs_of_one_dataset(jobs)
     featurizer_needed = runs_featurizer_online(probe.config, request.online) or request.zoom_in
     if request.featurizer_weights is not None and not featurizer_needed:
         raise UserError(
@@ -288,42 +263,6 @@ def _replay(request: EvaluationRequest, dataset: str, object_ids: Collection[str
                 clicker=request.clicker,
             )
         return results
-
-
-def _refuse_two_jobs_of_one_dataset(jobs: list[EvaluationJob]) -> None:
-    """Results are kept per dataset name (every custom folder or COCO file is `custom`): a second store of a dataset
-    already evaluated would be skipped as done, and the results would name it as their source."""
-    sources: dict[str, str] = {}
-    for job in jobs:
-        if job.name in sources:
-            raise UserError(
-                f"{sources[job.name]} and {job.source} are both {job.name!r}, and an evaluation keeps one result per "
-                "dataset: evaluate each into its own --out"
-            )
-        sources[job.name] = job.source
-
-
-class FirstObjects:
-    """The first `limit` of `tasks` (none when `limit` is 0 or less); `cut` says, once they are taken, whether
-    others were left: the dataset is then left unfinished, for a later run to go on with."""
-
-    def __init__(self, tasks: Iterator[ObjectTask], limit: int) -> None:
-        self._tasks, self._limit, self.cut = tasks, limit, False
-
-    def __iter__(self) -> Iterator[ObjectTask]:
-        for taken, task in enumerate(self._tasks):
-            if taken >= self._limit:
-                self.cut = True
-                return
-            yield task
-
-
-def _images_root(source: SampleSource) -> str | None:
-    return None if source.root is None else _root_text(Path(source.root))
-
-
-def _root_text(root: Path | None) -> str | None:
-    return None if root is None else str(Path(root).resolve())
 
 
 def _zoom_in(task: ObjectTask, **settings: Any) -> ZoomIn:
@@ -408,38 +347,6 @@ def _evaluate_dataset(
         progress.close()
 
 
-@contextmanager
-def _replacing_earlier_pictures_and_features(out_dir: Path, writer: ResultsWriter) -> Iterator[None]:
-    """--overwrite replaces an evaluation: the pictures (--vis-preds) and features (--save-feats) of the one it
-    replaces go with its results, or they would sit beside the new ones as theirs, and a resumed --vis-preds would
-    take an earlier probe's pictures of an object for its own and not draw it. They are moved aside until the new
-    evaluation writes its first results, and put back if it stops before (an unreadable image in its first batch):
-    the earlier results stay until then, and must keep their pictures."""
-    aside = {}
-    for kind in (OVERLAY_FOLDER, "feats"):
-        folder, kept = out_dir / kind, out_dir / f".{kind}.replaced"
-        _remove_file_or_folder(kept)  # left by an --overwrite that was killed before its first results
-        if folder.is_symlink() or folder.is_dir():  # a file so named is the user's: drawing into it is refused
-            folder.rename(kept)
-            aside[folder] = kept
-    try:
-        yield
-    finally:
-        for folder, kept in aside.items():
-            if writer.written:
-                _remove_file_or_folder(kept)
-            else:
-                _remove_file_or_folder(folder)  # what the new evaluation drew before it stopped
-                kept.rename(folder)
-
-
-def _remove_file_or_folder(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
 def _draw_objects_finished_undrawn(request: EvaluationRequest, name: str, first: list[str], pictures: Path) -> None:
     """--vis-preds N draws the first N objects of a dataset. Those of `first` that an earlier run of this evaluation
     finished without drawing (it ran without --vis-preds, or with a smaller N) are evaluated again, as `plot
@@ -464,104 +371,6 @@ def _save_features_of_objects_finished_unsaved(
     with _objects_again(request, name, unsaved) as (setup, tasks):
         for task in tasks:
             save_features(folder, task, setup.predictor)
-
-
-def _jobs(
-    request: EvaluationRequest,
-    metadata: dict[str, Any],
-    reading: ExitStack,
-    only_items: Collection[str] | None = None,
-) -> Iterator[EvaluationJob]:
-    """A job per requested dataset or store, of the items `only_items` (all when None); zoom-in makes its own
-    mirrored crops."""
-    size = int(metadata["preprocessing"]["size"])
-    resize = metadata["preprocessing"].get("resize", "stretch")
-    whole_image_flip = request.flip and not request.zoom_in
-    if request.online:
-        for name in request.datasets:
-            root = dataset_root(name, request.root)
-            with root_origin_told(name, request.root):
-                source = create_dataset(name, root, request.split)
-            where = f"{name} {request.split} at {source.root}, online"
-            tasks = distinct_objects(online_tasks(source, size, resize, whole_image_flip, only_items), name)
-            yield EvaluationJob(
-                name, where, tasks, partial(online_object_count, source), root, images_root=_images_root(source)
-            )
-        return
-    for path in _store_paths(request, metadata):
-        reading.enter_context(shared_locks(path))
-        store = FeatureStore.open(path)
-        check_store_matches(store, metadata)
-        dataset = store.attrs["dataset"]
-        warn_when_evaluating_training_images(metadata, Path(path), dataset)
-        source = _extracted_source(path, dataset, request.root)
-        if whole_image_flip and "hflip" not in store.attrs["views"]:
-            raise UserError(f"--flip: {path} has no hflip view (extract with --views identity,hflip)")
-        tasks = distinct_objects(cached_tasks(str(path), source, whole_image_flip, only_items), dataset["name"])
-        yield EvaluationJob(
-            dataset["name"],
-            str(Path(path).resolve()),
-            tasks,
-            partial(cached_object_count, str(path)),
-            fingerprint=store_fingerprint(store.attrs),
-            images_root=_images_root(source),
-        )
-
-
-def _extracted_source(path: str | Path, dataset: Mapping[str, Any], root_option: str | None) -> SampleSource:
-    """The dataset a store was extracted from, in --root or in the folder the store recorded: a recorded folder that
-    has moved or lost its layout is told as the store's, not as a --root the user never gave."""
-    name, split = dataset["name"], dataset["split"]
-    if root_option:
-        return create_dataset(name, root_option, split)
-    recorded = dataset["root"]
-    where = f"the folder {path} was extracted from"
-    if recorded is not None and not Path(recorded).exists():
-        raise UserError(f"{recorded} ({where}) does not exist; pass --root DIR where {name} is now")
-    try:
-        return create_dataset(name, recorded, split)
-    except DatasetLayoutError as error:
-        raise UserError(f"{error.root} ({where}): {error.expected}; pass --root DIR where {name} is now") from None
-
-
-def _store_paths(request: EvaluationRequest, metadata: dict[str, Any]) -> list[Path]:
-    if request.stores:
-        return [Path(path) for path in request.stores]
-    if not request.store_root:
-        raise UserError("give --store-root DIR (or --store PATH) to evaluate from stores, or --online")
-    root = Path(request.store_root)
-    if (root / "zarr.json").is_file():
-        raise UserError(
-            f"--store-root {root}: a feature store itself, where the folder of stores is asked for; give it with "
-            f"--store {root}, or its folder with --store-root {root.parent}"
-        )
-    name = metadata["featurizer_provenance"]["name"]
-    size = int(metadata["preprocessing"]["size"])
-    normalization = identity_value(metadata["featurizer_provenance"], "normalization")
-    paths = [root / store_name(name, dataset, request.split, size, normalization) for dataset in request.datasets]
-    missing = {dataset: path for dataset, path in zip(request.datasets, paths, strict=True) if not path.is_dir()}
-    for dataset in missing:  # a misspelled name or split is said as such, not as a store to extract
-        dataset_facts(dataset).resolve_split(parse_split(request.split)[0])
-    if missing:
-        stores = ", ".join(map(str, missing.values()))
-        commands = " and ".join(f"`{_extraction_command(metadata, each, request.split, root)}`" for each in missing)
-        them = "it" if len(missing) == 1 else "them"
-        raise UserError(f"--store-root: no store {stores}; extract {them} for this probe with {commands}")
-    return paths
-
-
-def _extraction_command(metadata: dict[str, Any], dataset: str, split: str, root: Path) -> str:
-    """The extract-features command that makes the store this probe is evaluated from: its featurizer and weights,
-    input statistics, working size and resize rule, which the store must share with the training store."""
-    provenance, preprocessing = metadata["featurizer_provenance"], metadata["preprocessing"]
-    words = ["isegprobe", "extract-features", "--featurizer", provenance["name"], "--weights", provenance["weights"]]
-    normalization = identity_value(provenance, "normalization")
-    if normalization != DEFAULT_NORMALIZATION:
-        words += ["--normalization", normalization]
-    words += ["--dataset", dataset, "--split", split, "--size", str(preprocessing["size"])]
-    if preprocessing.get("resize", "stretch") != "stretch":
-        words += ["--resize", preprocessing["resize"]]
-    return shlex.join([*words, "--out", str(root)])
 
 
 def checkpoint_featurizer(metadata: dict[str, Any], weights: str | None = None) -> torch.nn.Module:

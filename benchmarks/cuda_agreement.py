@@ -22,7 +22,7 @@ from common import Check, base_parser, extraction_request, report, setup, table
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import extract
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.inference.runner import EvaluationRequest, run_evaluation
 from isegprobe.training import train
 

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 import isegprobe
 from isegprobe.cache import CachedDataset, FeatureStore
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.featurizers import create_featurizer
 from isegprobe.inference.evaluation import evaluate_objects

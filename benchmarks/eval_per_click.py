@@ -38,7 +38,7 @@ from loop_timing import ForwardClock, timed_reads
 from per_object_reference import PerClickPredictor, evaluate_per_object
 
 from isegprobe.cache import CachedDataset, FeatureStore
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.data import SampleSource, create_dataset
 from isegprobe.featurizers import Featurizer, create_featurizer
 from isegprobe.inference.evaluation import EvaluationRun, ObjectTask, evaluate_objects, resolved_clicker

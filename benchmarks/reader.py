@@ -25,7 +25,7 @@ from train_throughput import ProbeRun, build_mode, run_round, timed_round
 from isegprobe.cache import CachedDataset, FeatureStore
 from isegprobe.cache.checksums import pixel_checksums
 from isegprobe.cache.schema import COMPRESSORS
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.training.run_setup import probe_dims
 
 _STORED = ("features", "images", "labels", "ignore", "valid_box", "crop_box", "original_size")

@@ -44,7 +44,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from isegprobe.cache import CachedDataset
-from isegprobe.config import TrainConfig, load_train_config
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import load_train_config
 from isegprobe.featurizers import Featurizer, create_featurizer
 from isegprobe.model import ISProbe
 from isegprobe.training.click_dataset import EpochShuffleSampler

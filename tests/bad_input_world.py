@@ -23,7 +23,7 @@ from stores import builtin_store, random_vit_store
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.training import train
 
 SIZE = 56

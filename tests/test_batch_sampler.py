@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
-from isegprobe.config import SamplerConfig, load_train_config
+from isegprobe.config import SamplerConfig
+from isegprobe.config_loading import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.training import train
 from isegprobe.training.batch_sampler import BatchPointSampler, square_dilation

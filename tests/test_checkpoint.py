@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from isegprobe.config import TrainConfig, config_to_dict, load_train_config
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import config_to_dict, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.training.checkpoint import load_probe, restore_training_state, resume_config, save_checkpoint

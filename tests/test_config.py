@@ -13,14 +13,8 @@ import yaml
 from click.testing import CliRunner
 
 from isegprobe.cli import main
-from isegprobe.config import (
-    RenamedConfigKeyWarning,
-    SamplerConfig,
-    TrainConfig,
-    config_to_dict,
-    load_train_config,
-    train_config_from_dict,
-)
+from isegprobe.config import SamplerConfig, TrainConfig
+from isegprobe.config_loading import RenamedConfigKeyWarning, config_to_dict, load_train_config, train_config_from_dict
 from isegprobe.errors import UserError
 from isegprobe.model import FUSIONS, list_click_encoders
 from isegprobe.presets import BASE_KEY, ConfigChoiceWarning, list_presets, preset_folder

@@ -26,7 +26,7 @@ from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.demo import server
 from isegprobe.demo.app import build_app

@@ -15,7 +15,7 @@ from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.inference.results import objects_written
 from isegprobe.training import train
 

@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from isegprobe.cache import CachedDataset
 from isegprobe.cache.extract import ExtractionRequest, extract
 from isegprobe.commands.evaluate import evaluate
-from isegprobe.config import config_to_dict, load_train_config
+from isegprobe.config_loading import config_to_dict, load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer

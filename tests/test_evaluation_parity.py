@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy.ndimage import distance_transform_edt, uniform_filter
 
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.devices import deterministic_arithmetic

@@ -26,7 +26,7 @@ from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
 from isegprobe.commands.evaluate import interruption_note
 from isegprobe.commands.options import results_and_labels
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256

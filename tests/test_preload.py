@@ -14,7 +14,7 @@ from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cache import preload as preload_module
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.training import Trainer, loaders, train

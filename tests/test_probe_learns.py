@@ -11,7 +11,7 @@ from stores import builtin_store, random_vit_store
 from torch.utils.data import default_collate
 
 from isegprobe.cache import CachedDataset
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.inference.evaluation import evaluate_objects
 from isegprobe.inference.predictor import Predictor

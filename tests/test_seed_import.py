@@ -24,7 +24,8 @@ from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
 from isegprobe.cli import main
-from isegprobe.config import ClickEncoderConfig, load_train_config
+from isegprobe.config import ClickEncoderConfig
+from isegprobe.config_loading import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.featurizers import RandomWeightsWarning, recreate_featurizer
 from isegprobe.model import click_inputs, click_maps, create_click_encoder

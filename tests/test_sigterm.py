@@ -20,7 +20,7 @@ from launch import terminate_group_when
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.inference.results import objects_written
 from isegprobe.training import train
 from isegprobe.training.stopping import StopRequests

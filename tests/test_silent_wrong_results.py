@@ -19,7 +19,8 @@ from PIL import Image
 
 from isegprobe.cli import COMMANDS, main
 from isegprobe.commands.limits import FiniteFloatRange
-from isegprobe.config import TrainConfig, load_train_config
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import load_train_config
 from isegprobe.data import create_dataset
 from isegprobe.data.image_io import MAX_PIXELS_ENV
 from isegprobe.errors import UserError

@@ -26,7 +26,8 @@ from stores import builtin_store
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from isegprobe.config import RenamedConfigKeyWarning, SamplerConfig, TrainConfig, config_to_dict, load_train_config
+from isegprobe.config import SamplerConfig, TrainConfig
+from isegprobe.config_loading import RenamedConfigKeyWarning, config_to_dict, load_train_config
 from isegprobe.data.instance_maps import as_uint16_ids
 from isegprobe.data.preprocess import normalize_images
 from isegprobe.errors import UserError
@@ -472,7 +473,7 @@ def test_an_epoch_is_its_full_batches_as_ritms_loader_drops_the_last() -> None:
 
 
 def probe_metadata(probe: ISProbe, config: TrainConfig, step: int) -> dict:
-    from isegprobe.config import config_to_dict
+    from isegprobe.config_loading import config_to_dict
 
     return {"config": config_to_dict(config), "model": probe.dims(), "step": step}
 

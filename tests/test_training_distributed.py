@@ -15,7 +15,7 @@ from launch import run_cli, run_two_ranks
 from safetensors.torch import load_file
 from stores import builtin_store
 
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.distributed import init_from_env
 from isegprobe.errors import UserError
 from isegprobe.model.probe import ISProbe

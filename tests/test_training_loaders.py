@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
-from isegprobe.config import DataConfig, load_train_config
+from isegprobe.config import DataConfig
+from isegprobe.config_loading import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.loader_workers import default_loader_workers
 from isegprobe.training import train

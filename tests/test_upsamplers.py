@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.featurizers import create_featurizer
 from isegprobe.model import ISProbe

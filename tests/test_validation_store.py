@@ -10,7 +10,7 @@ import pytest
 from stores import builtin_store
 
 from isegprobe.cache import CachedDataset
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.training import train
 

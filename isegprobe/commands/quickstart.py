@@ -12,7 +12,7 @@ from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.limits import WORKING_SIZE
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.commands.train import exit_if_stopped
-from isegprobe.config import load_train_config
+from isegprobe.config_loading import load_train_config
 from isegprobe.errors import UserError
 from isegprobe.inference.metrics import curve_warnings, format_miou_curves, format_table
 from isegprobe.interrupts import exit_status, how_stopped

@@ -13,7 +13,8 @@ from click.core import ParameterSource
 
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option, renamed_option
-from isegprobe.config import DataConfig, key_given_twice, load_train_config
+from isegprobe.config import DataConfig
+from isegprobe.config_loading import key_given_twice, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.locks import shared_locks
 from isegprobe.presets import list_presets

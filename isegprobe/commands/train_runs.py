@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from isegprobe.config import TrainConfig, key_given_twice, load_train_config
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import key_given_twice, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.model import needs_featurizer_online
 from isegprobe.output_files import CHECKPOINT_PREFIXES, run_files_in

@@ -25,7 +25,8 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from isegprobe.config import TrainConfig, train_config_from_dict
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import train_config_from_dict
 from isegprobe.errors import UserError, writing_to
 from isegprobe.home_paths import expand_home
 from isegprobe.model import ISProbe

@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from isegprobe.cache.preload import available_memory, fits_in_memory, readable_size
-from isegprobe.config import TrainConfig, asks_for_workers
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import asks_for_workers
 from isegprobe.loader_workers import default_loader_workers, require_sensible_workers, worker_processes
 from isegprobe.training.click_dataset import ClickTrainingSet, EpochShuffleSampler
 from isegprobe.training.points_sampler import MultiPointSampler

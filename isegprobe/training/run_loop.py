@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from isegprobe.config import TrainConfig, config_to_dict, config_to_yaml
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import config_to_dict, config_to_yaml
 from isegprobe.devices import resolve_device
 from isegprobe.distributed import LostRank, barrier, init_from_env, lost_contact, refuse_ranks_that_differ
 from isegprobe.errors import UserError

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from isegprobe.cache.schema import check_same_featurizer
-from isegprobe.config import RenamedConfigKeyWarning, TrainConfig, config_to_dict
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import RenamedConfigKeyWarning, config_to_dict
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe, runs_featurizer_online
 from isegprobe.output_files import CHECKPOINT_PREFIXES, evaluation_markers_in, run_files_in

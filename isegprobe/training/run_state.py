@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 
 from isegprobe import __version__
 from isegprobe.cache.schema import store_fingerprint
-from isegprobe.config import TrainConfig, config_to_dict
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import config_to_dict
 from isegprobe.errors import UserError
 from isegprobe.model import ISProbe
 from isegprobe.training.schedule import StepSchedule

@@ -18,7 +18,7 @@ from isegprobe.cache import FeatureStore
 from isegprobe.cache.attrs import preprocessing_attrs
 from isegprobe.cache.schema import ARCHITECTURE_IDENTITY_KEYS, check_same_featurizer
 from isegprobe.cache.store import refuse_output_inside_a_store
-from isegprobe.config import config_to_dict, load_train_config
+from isegprobe.config_loading import config_to_dict, load_train_config
 from isegprobe.errors import UserError
 from isegprobe.hashing import file_sha256
 from isegprobe.locks import exclusive_lock

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from isegprobe.config import TrainConfig, config_to_dict
+from isegprobe.config import TrainConfig
+from isegprobe.config_loading import config_to_dict
 from isegprobe.errors import UserError
 from isegprobe.training.run_setup import RunSetUp
 from isegprobe.training.run_state import dotted

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from isegprobe.atomic_files import write_output_file
 from isegprobe.errors import UserError
 from isegprobe.output_files import output_file
-from isegprobe.training.checkpoint import write_output_file
 
 
 def folder_with(path: Path, *names: str) -> Path:

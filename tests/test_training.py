@@ -26,6 +26,7 @@ from stores import builtin_store
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from isegprobe.atomic_files import atomic_write_bytes
 from isegprobe.config import SamplerConfig, TrainConfig
 from isegprobe.config_loading import RenamedConfigKeyWarning, config_to_dict, load_train_config
 from isegprobe.data.instance_maps import as_uint16_ids
@@ -495,7 +496,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
 
 def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "file.bin"
-    checkpoint.atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"old")
 
     def failing_fsync(descriptor: int) -> None:
         raise OSError("disk full")
@@ -503,7 +504,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path: Path, monkeypat
     with monkeypatch.context() as patch:
         patch.setattr(os, "fsync", failing_fsync)
         with pytest.raises(OSError, match="disk full"):
-            checkpoint.atomic_write_bytes(target, b"new" * 1000)
+            atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old"
 
     config = tiny_config()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from isegprobe.atomic_files import write_output_file
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import allow_torchscript_option, device_option
 from isegprobe.errors import UserError
@@ -159,7 +160,6 @@ def stats_command(store: str, out: str | None) -> None:
     finished item and view, streamed shard by shard."""
     from cache_tools import feature_stats, format_stats
     from isegprobe.cache.store import refuse_output_inside_a_store
-    from isegprobe.training.checkpoint import write_output_file
 
     if out is not None:
         text_output_file(out)

@@ -115,7 +115,8 @@ labels_option = click.option(
 def results_and_labels(results: tuple[str, ...], labels: str | None) -> list[tuple[str, dict[str, Any]]]:
     """(label, results.json document) per RESULTS folder: --labels' names when given, else names that tell the
     evaluations apart."""
-    from isegprobe.inference.results import default_labels, read_results
+    from isegprobe.inference.result_labels import default_labels
+    from isegprobe.inference.results import read_results
 
     resolved = [Path(folder).resolve() for folder in results]
     twice = next((folder for index, folder in enumerate(results) if resolved[index] in resolved[:index]), None)

@@ -47,7 +47,7 @@ def iou_vs_clicks(results: tuple[str, ...], labels: str | None, title: str, out:
     """mIoU after each click, one curve per evaluation (RESULTS: folders written by `isegprobe evaluate --out`) and
     one panel per dataset; the legend gives each curve's NoC@85 and NoC@90, dotted lines mark 85 and 90 % IoU."""
     from isegprobe.inference.report import object_count_notes
-    from isegprobe.inference.results import refuse_repeated_labels
+    from isegprobe.inference.result_labels import refuse_repeated_labels
     from isegprobe.plots.figures import figure_paths
     from isegprobe.plots.iou_vs_clicks import CURVE_FORMATS, evaluation_curves, plot_iou_vs_clicks
 

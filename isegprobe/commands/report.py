@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from isegprobe.atomic_files import write_output_file
 from isegprobe.commands.errors import reports_user_errors
 from isegprobe.commands.options import labels_option, results_and_labels, results_argument
 from isegprobe.locks import lock_holder
@@ -35,8 +36,8 @@ def report(results: tuple[str, ...], labels: str | None, table_format: str, miou
     still runs (it holds the folder's lock), as stopped once it does not.
     """
     from isegprobe.inference.report import format_report, report_notes
-    from isegprobe.inference.results import refuse_repeated_labels, refuse_to_replace_results
-    from isegprobe.training.checkpoint import write_output_file
+    from isegprobe.inference.result_labels import refuse_repeated_labels
+    from isegprobe.inference.results import refuse_to_replace_results
 
     if out is not None:
         refuse_to_replace_results(out, results)

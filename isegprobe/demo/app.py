@@ -13,7 +13,8 @@ from isegprobe.demo.moved_weights import GivenWeights
 from isegprobe.demo.server import create_app
 from isegprobe.demo.session import DemoProbe, DemoSession
 from isegprobe.inference.predictor import Predictor
-from isegprobe.inference.results import probe_identity, probe_label, told_apart
+from isegprobe.inference.result_labels import probe_label, told_apart
+from isegprobe.inference.results import probe_identity
 from isegprobe.inference.runner import checkpoint_featurizer
 from isegprobe.training.checkpoint import load_probe, resolve_checkpoint
 

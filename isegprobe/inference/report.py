@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from isegprobe.inference.results import RUN_INFO_DEFAULTS, protocol_words
+from isegprobe.inference.result_labels import protocol_words
+from isegprobe.inference.results import RUN_INFO_DEFAULTS
 from isegprobe.tables import markdown_table
 
 INCOMPLETE_MARK = "*"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from isegprobe.atomic_files import atomic_write_bytes
 from isegprobe.inference.evaluation import ObjectTask
 from isegprobe.inference.predictor import Predictor
 from isegprobe.inference.visuals import file_name
-from isegprobe.training.checkpoint import atomic_write_bytes
 
 SAVED_FEATURES_ENDING = ".npz"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from isegprobe.atomic_files import atomic_write_bytes
 from isegprobe.errors import DISK_FULL, NOT_A_FOLDER, NOT_ALLOWED, UserError
 from isegprobe.inference.evaluation import ObjectResult
-from isegprobe.training.checkpoint import atomic_write_bytes
 
 POSITIVE_BGR, NEGATIVE_BGR, MASK_BGR = (0, 200, 0), (0, 0, 230), (255, 140, 0)
 STRIP_CLICKS = (1, 3, 5, 10)

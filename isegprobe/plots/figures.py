@@ -11,9 +11,9 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from isegprobe.atomic_files import write_output_file
 from isegprobe.errors import UserError
 from isegprobe.output_files import output_file
-from isegprobe.training.checkpoint import write_output_file
 
 
 def new_figure(panels: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:

@@ -26,7 +26,8 @@ from matplotlib.ticker import MaxNLocator
 
 from isegprobe.errors import UserError
 from isegprobe.inference.report import INCOMPLETE_MARK, RUNNING_MARK
-from isegprobe.inference.results import probe_label, read_results
+from isegprobe.inference.result_labels import probe_label
+from isegprobe.inference.results import read_results
 from isegprobe.locks import lock_holder
 from isegprobe.plots.figures import new_figure, save_figure
 from isegprobe.units import counted

@@ -10,11 +10,9 @@ The files of one checkpoint carry its step; loading refuses files that disagree.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,12 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from isegprobe.atomic_files import atomic_write_bytes, fsync_directory
 from isegprobe.config import TrainConfig
 from isegprobe.config_loading import train_config_from_dict
-from isegprobe.errors import UserError, writing_to
+from isegprobe.errors import UserError
 from isegprobe.home_paths import expand_home
 from isegprobe.model import ISProbe
-from isegprobe.output_files import refuse_to_replace_a_kept_file, replaceable_file
 from isegprobe.state_dicts import not_finite, not_finite_parameters, shown
 from isegprobe.upsamplers.learned import LearnedUpsampler
 
@@ -38,46 +36,6 @@ FORMAT = "isegprobe.probe"
 FORMAT_VERSION = 1
 PENDING_SUFFIX = ".pending"
 _MOVE_ORDER = ("weights", "optimizer", "metadata")  # the metadata last: its pending file says all are written
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace `path` with `data` all at once: readers see the old file or the new one, never a torn one."""
-    path = Path(path)
-    temp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with writing_to(path, stand_in=temp_path), open(temp_path, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a name too long to create is too long to remove: the first error tells
-            temp_path.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def write_output_file(path: str | Path, data: bytes) -> None:
-    """`atomic_write_bytes` into a path a user named, making its folders first, as the plots make theirs: a folder
-    that does not exist yet is one to create, not one that vanished while the command ran. A file of a training run
-    or an evaluation is never replaced (`refuse_to_replace_a_kept_file`)."""
-    path = replaceable_file(Path(path))
-    refuse_to_replace_a_kept_file(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def checkpoint_files(run_dir: str | Path, name: str) -> dict[str, Path]:
@@ -144,7 +102,7 @@ def _move_pending(files: dict[str, Path]) -> None:
     for key in _MOVE_ORDER:
         if pending(files[key]).is_file():
             os.replace(pending(files[key]), files[key])
-    _fsync_directory(files["metadata"].parent)
+    fsync_directory(files["metadata"].parent)
 
 
 def _discard_pending(files: dict[str, Path]) -> None:

@@ -13,9 +13,9 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor
 
+from isegprobe.atomic_files import atomic_write_bytes
 from isegprobe.errors import UserError, writing_to
 from isegprobe.output_files import TENSORBOARD_FOLDER
-from isegprobe.training.checkpoint import atomic_write_bytes
 
 WANDB_RUN_ID = "wandb_run_id"
 WANDB_AT_LEAST = (0, 19, 10)  # reinit="create_new"

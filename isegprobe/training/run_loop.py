@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from isegprobe.atomic_files import atomic_write_bytes
 from isegprobe.config import TrainConfig
 from isegprobe.config_loading import config_to_dict, config_to_yaml
 from isegprobe.devices import resolve_device
@@ -27,7 +28,7 @@ from isegprobe.errors import UserError
 from isegprobe.locks import exclusive_lock
 from isegprobe.model import needs_featurizer_online
 from isegprobe.output_files import folders_removed_if_left_empty
-from isegprobe.training.checkpoint import atomic_write_bytes, recover_checkpoint, save_checkpoint
+from isegprobe.training.checkpoint import recover_checkpoint, save_checkpoint
 from isegprobe.training.divergence import Diverged, DivergenceWatch
 from isegprobe.training.run_logger import SCALARS_CSV, RunLogger, logged_steps
 from isegprobe.training.run_setup import RunSetUp, set_up_run

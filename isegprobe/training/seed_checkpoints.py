@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import pickle
 import re
-import reprlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,11 @@ import torch
 from torch import Tensor
 
 from isegprobe import featurizers
-from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig, Range
+from isegprobe.config import ClickEncoderConfig, DataConfig, ModelConfig
 from isegprobe.errors import UserError
 from isegprobe.featurizers.key_channels import research_key_channels
 from isegprobe.featurizers.normalization import IMAGENET_MEAN, IMAGENET_STD
-from isegprobe.inert_pickles import Placeholder, is_legacy_torch_save, load_inertly
+from isegprobe.inert_pickles import is_legacy_torch_save, load_inertly
 from isegprobe.model.click_encoders import CLICK_ENCODERS
 from isegprobe.model.clicks import RESEARCH_CHANNEL_OF, in_click_channel_order
 from isegprobe.state_dicts import what_is_wrong
@@ -39,6 +38,18 @@ from isegprobe.training.seed_configurations import (
     RESEARCH_PRESETS,
     SEED_FUSIONS,
     SEED_UPSAMPLERS,
+)
+from isegprobe.training.seed_values import (
+    allowed_range,
+    as_mapping,
+    config_params,
+    config_section,
+    is_whole_number,
+    name_in,
+    plain_value,
+    shown_value,
+    whole_number,
+    within_range,
 )
 
 # How a key of the research code's ConvSegHead names its layer: head.convs.<layer>.[conv.]<parameter>.
@@ -50,10 +61,6 @@ SEED_MODEL_CLASS = "iSegProbeModel"
 # What reading a structure of the wrong shape raises: a list where a dict belongs, a tensor where a number does,
 # a list that holds itself (RecursionError)...
 _STRUCTURE_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError, RuntimeError)
-
-# Checkpoint values in messages: long enough for any name the research code uses, short for hostile ones.
-_SHOWN = reprlib.Repr()
-_SHOWN.maxstring = _SHOWN.maxother = 80
 
 
 @dataclass
@@ -104,8 +111,10 @@ def _held(content: Any) -> str:
     if not isinstance(content, dict):
         return f"a {type(content).__name__}"
     if content and all(isinstance(value, Tensor) for value in content.values()):
-        return f"a bare state dict of {len(content)} tensors ({_shown(next(iter(content)))}, ...), without its config"
-    return f"a dict of {_shown(list(content)[:6])}"
+        return (
+            f"a bare state dict of {len(content)} tensors ({shown_value(next(iter(content)))}, ...), without its config"
+        )
+    return f"a dict of {shown_value(list(content)[:6])}"
 
 
 def seed_probe(checkpoint: dict[str, Any], source: str) -> SeedProbe:
@@ -131,50 +140,52 @@ def _reading_structure(source: str) -> Iterator[None]:
 
 def _translate(checkpoint: dict[str, Any], source: str) -> SeedProbe:
     _refuse_another_model_class(checkpoint["config"], source)
-    params = _config_params(checkpoint["config"], source)
-    backbone_cfg, head_cfg = _section(params, "backbone_cfg", source), _section(params, "head_cfg", source)
-    encoder_cfg = _section(params, "embed_coords_cfg", source)
-    upsampler_cfg = _mapping(params.get("upsampler_cfg"), "upsampler_cfg", source) or {"type": "bilinear"}
-    backbone_params = _mapping(backbone_cfg.get("params"), "backbone_cfg.params", source)
-    upsampler_params = _mapping(upsampler_cfg.get("params"), "upsampler_cfg.params", source)
-    encoder_params = _mapping(encoder_cfg.get("params"), "embed_coords_cfg.params", source)
+    params = config_params(checkpoint["config"], source)
+    backbone_cfg, head_cfg = config_section(params, "backbone_cfg", source), config_section(params, "head_cfg", source)
+    encoder_cfg = config_section(params, "embed_coords_cfg", source)
+    upsampler_cfg = as_mapping(params.get("upsampler_cfg"), "upsampler_cfg", source) or {"type": "bilinear"}
+    backbone_params = as_mapping(backbone_cfg.get("params"), "backbone_cfg.params", source)
+    upsampler_params = as_mapping(upsampler_cfg.get("params"), "upsampler_cfg.params", source)
+    encoder_params = as_mapping(encoder_cfg.get("params"), "embed_coords_cfg.params", source)
 
     problems = []
     if params.get("architecture", "backbone_upsampler_head") != "backbone_upsampler_head":
-        problems.append(f"architecture {_shown(params.get('architecture'))} (only backbone_upsampler_head maps)")
+        problems.append(f"architecture {shown_value(params.get('architecture'))} (only backbone_upsampler_head maps)")
     if params.get("use_disks") is not True or params.get("with_prev_mask") is not True:
         problems.append("click maps other than disks with a previous-mask channel")
     if params.get("use_rgb_conv"):
         problems.append("RITM's convolutional transform of the click maps (use_rgb_conv)")
     normalization = plain_value(params.get("norm_mean_std"))
     if normalization is not None and not _is_imagenet_normalization(normalization):
-        problems.append(f"images normalized with norm_mean_std {_shown(normalization)} (only ImageNet's)")
-    head_params = _mapping(head_cfg.get("params"), "head_cfg.params", source)
+        problems.append(f"images normalized with norm_mean_std {shown_value(normalization)} (only ImageNet's)")
+    head_params = as_mapping(head_cfg.get("params"), "head_cfg.params", source)
     head_type, head_layers = head_cfg.get("type"), head_params.get("num_layers")
     if head_type != "convhead" or head_layers != 2:
-        problems.append(f"head {_shown(head_type)} with {_shown(head_layers)} layers (only convhead x2)")
-    injection = _name(backbone_params, "feats_injection_mode", "backbone_cfg.params", source)
+        problems.append(f"head {shown_value(head_type)} with {shown_value(head_layers)} layers (only convhead x2)")
+    injection = name_in(backbone_params, "feats_injection_mode", "backbone_cfg.params", source)
     fusion = SEED_FUSIONS.get(injection)
     if fusion is None:
         problems.append(f"feats_injection_mode {injection!r}")
-    upsampler_type = _name(upsampler_cfg, "type", "upsampler_cfg", source)
+    upsampler_type = name_in(upsampler_cfg, "type", "upsampler_cfg", source)
     upsampler = SEED_UPSAMPLERS.get(upsampler_type)
     if upsampler is None:
         problems.append(f"upsampler {upsampler_type!r}")
     if upsampler == "loftup" and upsampler_params.get("lr_pe_type", "sine") != "sine":
-        problems.append(f"LoftUp with lr_pe_type {_shown(upsampler_params.get('lr_pe_type'))} (only its sine encoding)")
-    encoder_type = _name(encoder_cfg, "type", "embed_coords_cfg", source)
+        problems.append(
+            f"LoftUp with lr_pe_type {shown_value(upsampler_params.get('lr_pe_type'))} (only its sine encoding)"
+        )
+    encoder_type = name_in(encoder_cfg, "type", "embed_coords_cfg", source)
     encoder = {"patchEmbed": "patch_embed", "simple_vit": "simple_vit"}.get(encoder_type)
     if encoder is None:
         problems.append(f"click encoder {encoder_type!r}")
-    backbone = str(_name(backbone_cfg, "type", "backbone_cfg", source))
+    backbone = str(name_in(backbone_cfg, "type", "backbone_cfg", source))
     featurizer = _featurizer_name(backbone, backbone_params, problems, source)
     if featurizer.endswith(":keys") and upsampler not in (None, "identity", "nearest", "bilinear", "bicubic"):
         problems.append(f"a learned upsampler ({upsampler}) on attention keys, whose channel order differs here")
     if problems:
         raise UserError(f"{source}: isegprobe cannot rebuild this probe: " + "; ".join(problems))
 
-    radius = _whole_number(params.get("norm_radius", 5), "norm_radius", ModelConfig, "click_radius", source)
+    radius = whole_number(params.get("norm_radius", 5), "norm_radius", ModelConfig, "click_radius", source)
     overrides = [
         f"model.fusion={fusion}",
         f"model.upsampler.name={upsampler}",
@@ -186,7 +197,7 @@ def _translate(checkpoint: dict[str, Any], source: str) -> SeedProbe:
     if encoder == "simple_vit":
         encoder_params.setdefault("dim_head", 64)  # the research code's SimpleViT default
         for key in ("depth", "heads", "mlp_dim", "dim_head"):
-            value = _whole_number(
+            value = whole_number(
                 encoder_params.get(key), f"simple_vit click encoder's {key}", ClickEncoderConfig, key, source
             )
             overrides.append(f"model.click_encoder.{key}={value}")
@@ -210,7 +221,7 @@ def _refuse_another_model_class(config: Any, source: str) -> None:
     model_class = config.get("class") if isinstance(config, dict) else None
     if isinstance(model_class, str) and model_class.rsplit(".", 1)[-1] != SEED_MODEL_CLASS:
         raise UserError(
-            f"{source}: its config's class is {_shown(model_class)}, not the research code's {SEED_MODEL_CLASS}: "
+            f"{source}: its config's class is {shown_value(model_class)}, not the research code's {SEED_MODEL_CLASS}: "
             "only probes trained by the iSegProbe research code are imported"
         )
 
@@ -237,13 +248,13 @@ def _featurizer_name(kind: str, backbone_params: dict[str, Any], problems: list[
     if kind == "dinov2":
         arch = backbone_params.get("arch", "dinov2_vits14")
         if arch != "dinov2_vits14":
-            problems.append(f"DINOv2 arch {_shown(arch)} (the research code builds only dinov2_vits14)")
+            problems.append(f"DINOv2 arch {shown_value(arch)} (the research code builds only dinov2_vits14)")
         return "dinov2_vits14"
     if kind == "vit":
-        arch = str(_name(backbone_params, "arch", "backbone_cfg.params", source))
+        arch = str(name_in(backbone_params, "arch", "backbone_cfg.params", source))
         feat_type = backbone_params.get("feat_type", "key")
         if feat_type not in ("key", "token"):
-            problems.append(f"ViT feat_type {_shown(feat_type)}")
+            problems.append(f"ViT feat_type {shown_value(feat_type)}")
         if "dino" in arch and arch not in DINO_HUB_VITS:
             problems.append(f"ViT arch {arch!r} (DINO hub ViT-S names: {', '.join(DINO_HUB_VITS)})")
         name = DINO_HUB_VITS.get(arch, arch)
@@ -251,11 +262,13 @@ def _featurizer_name(kind: str, backbone_params: dict[str, Any], problems: list[
         try:
             featurizers.parse_featurizer_name(featurizer)  # imports timm only when a checkpoint is read
         except UserError:
-            problems.append(f"ViT arch {_shown(arch)} (the research code builds it by timm, which has no ViT so named)")
+            problems.append(
+                f"ViT arch {shown_value(arch)} (the research code builds it by timm, which has no ViT so named)"
+            )
         return featurizer
     if kind == "mask_clip":
         if backbone_params.get("model_name", "ViT-B/16") != "ViT-B/16":
-            problems.append(f"MaskCLIP model {_shown(backbone_params.get('model_name'))} (only ViT-B/16)")
+            problems.append(f"MaskCLIP model {shown_value(backbone_params.get('model_name'))} (only ViT-B/16)")
         return "maskclip"
     problems.append(f"backbone type {kind!r} (known: dinov2, vit, mask_clip)")
     return ""
@@ -266,112 +279,30 @@ def _crop_size(encoder_params: dict[str, Any], source: str) -> int:
     list of its training config)."""
     size = plain_value(encoder_params.get("img_size", (224, 224)))
     sides = size if isinstance(size, list) else [size, size]
-    if len(sides) != 2 or not all(_is_whole_number(side) for side in sides):
-        raise UserError(f"{source}: its click encoder's img_size {_shown(size)} is not a crop size (an int or two)")
+    if len(sides) != 2 or not all(is_whole_number(side) for side in sides):
+        raise UserError(
+            f"{source}: its click encoder's img_size {shown_value(size)} is not a crop size (an int or two)"
+        )
     height, width = (int(side) for side in sides)
     if height != width:
         raise UserError(f"{source}: trained on {height}x{width} crops; isegprobe's working size is square")
-    return _within(height, "click encoder's img_size", _allowed_range(DataConfig, "size"), source)
-
-
-def _config_params(config: Any, source: str) -> dict[str, Any]:
-    """The research model's constructor arguments, which its config keeps as entries {"value": ..., ...}."""
-    entries = _mapping(_mapping(config, "config", source).get("params"), "config's params", source)
-    params = {}
-    for name, entry in entries.items():
-        if not isinstance(entry, dict):
-            raise UserError(
-                f"{source}: its config's params entry {_shown(name)} is {_shown(entry)}, expected a dict with a 'value'"
-            )
-        params[name] = entry.get("value")
-    return params
-
-
-def _mapping(value: Any, what: str, source: str) -> dict[str, Any]:
-    """`value` as a dict, {} for None: the research code's config sections are dicts (EasyDicts), absent ones None."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UserError(f"{source}: its {what} is {_shown(value)}, expected a dict")
-    return dict(value)
-
-
-def _name(section: dict[str, Any], key: str, where: str, source: str) -> str | None:
-    """`section[key]` where the research code names a registered type or mode; None when absent."""
-    value = plain_value(section.get(key))
-    if value is not None and not isinstance(value, str):
-        raise UserError(f"{source}: its {where}.{key} is {_shown(value)}, expected a name")
-    return value
-
-
-def _whole_number(value: Any, what: str, config_class: type, key: str, source: str) -> int:
-    """A count or size from the checkpoint, refused rather than truncated (int("7.9"), NaN) and checked against
-    the range isegprobe allows `config_class.key`, under the checkpoint's own name `what`."""
-    value = plain_value(value)
-    if not _is_whole_number(value):
-        shown = "missing" if value is None else _shown(value)
-        raise UserError(f"{source}: its {what} is {shown}, expected a whole number")
-    return _within(int(value), what, _allowed_range(config_class, key), source)
-
-
-def _is_whole_number(value: Any) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
-
-
-def _within(number: int, what: str, allowed: Range, source: str) -> int:
-    if number not in allowed:
-        raise UserError(f"{source}: its {what} is {number}, expected a value {allowed}")
-    return number
-
-
-def _allowed_range(config_class: type, key: str) -> Range:
-    """The range isegprobe's config allows `key`: a value taken from a checkpoint is checked against it here, where
-    the message can name the checkpoint's field rather than a config key the user never set."""
-    return next(item.metadata["range"] for item in fields(config_class) if item.name == key)
-
-
-def _shown(value: Any) -> str:
-    """A value from the checkpoint in a one-line message, cut short: it may be a tensor or a long list."""
-    if isinstance(value, Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    return " ".join(_SHOWN.repr(value).split())
-
-
-def plain_value(value: Any) -> Any:
-    """`value` with the stand-ins of OmegaConf nodes replaced by what they hold: a ListConfig or DictConfig keeps its
-    items in `_content`, a value node its value in `_val`."""
-    if isinstance(value, Placeholder) and isinstance(getattr(value, "state", None), dict):
-        state = value.state
-        if "_content" in state:
-            return plain_value(state["_content"])
-        if "_val" in state:
-            return plain_value(state["_val"])
-    if isinstance(value, list | tuple):
-        return [plain_value(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain_value(item) for key, item in value.items()}
-    return value
+    return within_range(height, "click encoder's img_size", allowed_range(DataConfig, "size"), source)
 
 
 def _seed_weights(state_dict: Any, source: str) -> dict[str, Tensor]:
     """The checkpoint's state dict, refused unless it maps names to tensors; DataParallel's `module.` prefix, on
     every key of a model saved while wrapped, is taken off."""
-    weights = _mapping(state_dict, "state_dict", source)
+    weights = as_mapping(state_dict, "state_dict", source)
     for key, value in weights.items():
         if not isinstance(key, str):
-            raise UserError(f"{source}: its state_dict key {_shown(key)} is not a name (a string)")
+            raise UserError(f"{source}: its state_dict key {shown_value(key)} is not a name (a string)")
         if not isinstance(value, Tensor):
-            raise UserError(f"{source}: its state_dict entry {_shown(key)} is {_shown(value)}, expected a tensor")
+            raise UserError(
+                f"{source}: its state_dict entry {shown_value(key)} is {shown_value(value)}, expected a tensor"
+            )
     if weights and all(key.startswith("module.") for key in weights):
         weights = {key.removeprefix("module."): value for key, value in weights.items()}
     return weights
-
-
-def _section(params: dict[str, Any], name: str, source: str) -> dict[str, Any]:
-    section = params.get(name)
-    if not isinstance(section, dict):
-        raise UserError(f"{source}: the checkpoint's config has no {name}")
-    return dict(section)
 
 
 def _probe_weights(
@@ -389,7 +320,7 @@ def _probe_weights(
             conv = _HEAD_CONV_KEY.fullmatch(key)
             if conv is None:
                 raise UserError(
-                    f"{source}: its state_dict key {_shown(key)} is not head.convs.<layer>.conv.<parameter>"
+                    f"{source}: its state_dict key {shown_value(key)} is not head.convs.<layer>.conv.<parameter>"
                 )
             name = f"head.body.{2 * int(conv[1])}.{conv[2].removeprefix('conv.')}"
         elif key.startswith("head.classifier."):

@@ -24,28 +24,34 @@ from isegprobe.cli import COMMANDS
 EXTRA = (("cache", "verify", "--help"), ("plot", "features", "--help"), ("train", "--no-such-option"))
 # A command's --help should come back within this many seconds on two cores.
 TARGET_SECONDS = 1.0
+# The runs start in the tree, where a relative path to the interpreter means nothing.
+PYTHON = os.path.abspath(sys.executable)
 
 
-def seconds(tree: Path, argv: tuple[str, ...]) -> float:
-    """Wall seconds of one fresh `python -m isegprobe ARGV` with `tree` first on PYTHONPATH, run in the tree (`-m`
-    puts the working folder first of all), checked to have imported that tree's package."""
+def tree_environment(tree: Path) -> dict[str, str]:
+    """The environment whose `python -m isegprobe`, started in `tree` (`-m` puts the working folder first of all),
+    imports that tree's package: checked once per tree, since the package found depends on the tree alone."""
     environment = {**os.environ, "PYTHONPATH": str(tree)}
-    python = os.path.abspath(sys.executable)  # the runs start in the tree, where a relative path means nothing
-    start = time.perf_counter()
-    done = subprocess.run([python, "-m", "isegprobe", *argv], env=environment, cwd=tree, capture_output=True)
-    elapsed = time.perf_counter() - start
-    expected = 0 if argv[-1] == "--help" else 2  # click's status for a usage error
-    if done.returncode != expected:
-        sys.exit(f"{' '.join(argv)} in {tree} exited {done.returncode}, not {expected}: {done.stderr.decode()[-2000:]}")
     where = subprocess.run(
-        [python, "-c", "import isegprobe; print(isegprobe.__file__)"],
+        [PYTHON, "-c", "import isegprobe; print(isegprobe.__file__)"],
         env=environment,
         cwd=tree,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    if Path(where).resolve().parents[1] != tree:
-        sys.exit(f"the process run for {tree} imported isegprobe from {where}")
+    if not where or Path(where).resolve().parents[1] != tree:
+        sys.exit(f"a process started in {tree} imported isegprobe from {where or 'nowhere'}")
+    return environment
+
+
+def seconds(tree: Path, environment: dict[str, str], argv: tuple[str, ...]) -> float:
+    """Wall seconds of one fresh `python -m isegprobe ARGV` in `tree`, with its `tree_environment`."""
+    start = time.perf_counter()
+    done = subprocess.run([PYTHON, "-m", "isegprobe", *argv], env=environment, cwd=tree, capture_output=True)
+    elapsed = time.perf_counter() - start
+    expected = 0 if argv[-1] == "--help" else 2  # click's status for a usage error
+    if done.returncode != expected:
+        sys.exit(f"{' '.join(argv)} in {tree} exited {done.returncode}, not {expected}: {done.stderr.decode()[-2000:]}")
     return elapsed
 
 
@@ -66,9 +72,13 @@ def main() -> None:
     commands = [(name, "--help") for name in sorted(COMMANDS)] + list(EXTRA)
     if args.commands is not None:
         commands = [(name, "--help") for name in args.commands.split(",")]
+    environments = {name: tree_environment(tree) for name, tree in trees.items()}
     rows, results, checks = [], {}, []
     for argv in commands:
-        timers = {name: lambda _, tree=tree, argv=argv: seconds(tree, argv) for name, tree in trees.items()}
+        timers = {
+            name: lambda _, tree=tree, argv=argv, environment=environments[name]: seconds(tree, environment, argv)
+            for name, tree in trees.items()
+        }
         runs = interleave(timers, args.repeats)
         medians = {name: median(times) for name, times in runs.items()}
         label = " ".join(argv)
